@@ -1,0 +1,1 @@
+"""Host software: integer numerics, the MiniLM model, quantiser and CLI."""

@@ -1,0 +1,301 @@
+"""Celosia's integer numerics: the bit-exact specification every backend must match.
+
+Each function here is one operation of the hardware, written over NumPy int64 arrays with the
+widths, rounding and saturation stated in its docstring and in docs/numerics.md. The hardware
+(hdl/) imports the format constants from here; the golden model (sw/golden.py) composes these
+functions; nothing else defines what a result bit is.
+
+Conventions
+-----------
+* Integers are carried in ``np.int64``; every intermediate is proven to fit (widths are stated).
+* "floor shift" ``x >> s`` is an arithmetic shift (rounds toward minus infinity).
+* "round" means round half up: ``(x + (1 << (s - 1))) >> s`` (for ``s == 0``, no rounding term).
+* "saturate" clamps to the stated range; nothing wraps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "INT8", "UINT8", "INT16", "INT32", "Range",
+    "MULT_BITS", "SHIFT_MAX", "Dyadic",
+    "saturate", "round_shift", "requantize", "matmul", "residual_add",
+    "EXP_FRAC_BITS", "EXP_ONE_BITS", "EXP2_LUT", "PROB_MAX", "RECIP_BITS", "softmax",
+    "LN_IN_BITS", "LN_NORM_FRAC", "LN_INV_BITS", "LN_MAX_COLS", "isqrt", "layernorm",
+    "GELU_IN_FRAC", "GELU_PHI_BITS", "GELU_STEP_FRAC", "GELU_RANGE", "GELU_PHI_TABLE", "gelu",
+]
+
+
+@dataclass(frozen=True)
+class Range:
+    """An inclusive integer range, such as a saturation target."""
+    lo: int
+    hi: int
+
+    @property
+    def bits(self) -> int:
+        return (self.hi - self.lo).bit_length()
+
+
+INT8 = Range(-128, 127)
+UINT8 = Range(0, 255)
+INT16 = Range(-(1 << 15), (1 << 15) - 1)
+INT32 = Range(-(1 << 31), (1 << 31) - 1)
+
+
+def saturate(x, rng: Range) -> np.ndarray:
+    return np.clip(np.asarray(x, dtype=np.int64), rng.lo, rng.hi)
+
+
+def round_shift(x, shift) -> np.ndarray:
+    """Round-half-up arithmetic right shift: ``(x + 2**(shift-1)) >> shift`` (``x`` if shift is 0)."""
+    x = np.asarray(x, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
+    return (x + half) >> shift
+
+
+# --- Dyadic requantisation ------------------------------------------------------------------
+
+#: Width of a requantisation multiplier: an unsigned value below 2**MULT_BITS, so it fits a
+#: signed 16-bit operand (one 18x18 DSP with a 32-bit operand split in two halves).
+MULT_BITS = 15
+#: Largest shift; with |x| < 2**32 and multiplier < 2**15 the product fits 47 bits, so any shift
+#: up to 47 is meaningful and larger ones only give 0 or -1.
+SHIFT_MAX = 47
+
+
+@dataclass(frozen=True)
+class Dyadic:
+    """A positive real factor ``multiplier * 2**-shift``; arrays give one factor per channel."""
+    multiplier: np.ndarray
+    shift: np.ndarray
+
+    @classmethod
+    def from_real(cls, factor) -> "Dyadic":
+        """Nearest dyadic factor with a normalised ``MULT_BITS``-bit multiplier.
+
+        Raises ValueError for factors that are not positive and finite or too large
+        (above ``2**(MULT_BITS-1)``: the shift would be negative).
+        """
+        f = np.atleast_1d(np.asarray(factor, dtype=np.float64))
+        if not np.all(np.isfinite(f)) or np.any(f <= 0):
+            raise ValueError(f"dyadic factors must be positive and finite, got {f[~(f > 0)][:4]}")
+        exp = np.floor(np.log2(f)).astype(np.int64)
+        shift = (MULT_BITS - 1) - exp
+        if np.any(shift < 0):
+            raise ValueError(f"dyadic factor too large: {f.max()} (at most 2**{MULT_BITS - 1})")
+        shift = np.minimum(shift, SHIFT_MAX)
+        mult = np.round(f * np.exp2(shift.astype(np.float64))).astype(np.int64)
+        # Rounding may reach 2**MULT_BITS: renormalise.
+        top = mult >= (1 << MULT_BITS)
+        mult = np.where(top, mult >> 1, mult)
+        shift = np.where(top, shift - 1, shift)
+        return cls(mult.reshape(np.shape(factor)), shift.reshape(np.shape(factor)))
+
+    def to_real(self) -> np.ndarray:
+        return np.asarray(self.multiplier, dtype=np.float64) * np.exp2(-np.asarray(self.shift, dtype=np.float64))
+
+
+def requantize(x, scale: Dyadic, out: Range, zero_point=0) -> np.ndarray:
+    """Dyadic requantisation: ``saturate(round_shift(x * M, S) + zero_point, out)``.
+
+    ``x``: signed, |x| < 2**32 (an int32 accumulator, or an int32 sum with a bias).
+    ``M``: 0 <= M < 2**MULT_BITS; ``S``: 0 <= S <= SHIFT_MAX; the product fits 47 bits + sign.
+    ``M``, ``S`` and ``zero_point`` broadcast over the last axis (per output channel) or are
+    scalars (per tensor). Rounding is half up, then the zero point is added, then saturation.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    m = np.asarray(scale.multiplier, dtype=np.int64)
+    s = np.asarray(scale.shift, dtype=np.int64)
+    if np.any((m < 0) | (m >= (1 << MULT_BITS))) or np.any((s < 0) | (s > SHIFT_MAX)):
+        raise ValueError("requantize: multiplier or shift out of range")
+    return saturate(round_shift(x * m, s) + np.asarray(zero_point, dtype=np.int64), out)
+
+
+def matmul(a, b, bias=None, acc=None) -> np.ndarray:
+    """Integer matrix product ``A @ B (+ bias) (+ acc)`` with int32 saturating accumulation.
+
+    ``A`` (M x K) holds int8 or uint8 values (the array's A operand is 9 bits signed);
+    ``B`` (K x N) holds int8. Each MAC is exact: |a*b| <= 2**15, so K <= 2**16 terms cannot
+    leave 32 bits; ``bias`` (int32, per output column) and ``acc`` (int32, M x N, a previous
+    result to accumulate into) are added with saturation to int32.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    if a.min(initial=0) < INT8.lo or a.max(initial=0) > UINT8.hi:
+        raise ValueError("matmul: A operand outside int8/uint8")
+    if b.min(initial=0) < INT8.lo or b.max(initial=0) > INT8.hi:
+        raise ValueError("matmul: B operand outside int8")
+    c = a @ b
+    if bias is not None:
+        c = saturate(c + np.asarray(bias, dtype=np.int64), INT32)
+    if acc is not None:
+        c = saturate(c + np.asarray(acc, dtype=np.int64), INT32)
+    return saturate(c, INT32)
+
+
+def residual_add(x, residual, shift: int) -> np.ndarray:
+    """``saturate(x + (residual << shift), int32)``: the int16 residual stream aligned to an
+    int32 sum whose scale is ``2**-shift`` times finer (0 <= shift <= 16)."""
+    if not 0 <= shift <= 16:
+        raise ValueError("residual_add: shift must be in 0..16")
+    r = np.asarray(residual, dtype=np.int64)
+    return saturate(np.asarray(x, dtype=np.int64) + (r << shift), INT32)
+
+
+# --- Softmax -----------------------------------------------------------------------------------
+
+#: Fractional bits of the base-2 exponent t = (max - s) * scale * log2(e).
+EXP_FRAC_BITS = 8
+#: exp values are Q(EXP_ONE_BITS): 2**0 is 1 << EXP_ONE_BITS.
+EXP_ONE_BITS = 15
+#: 2**(-f / 2**EXP_FRAC_BITS) in Q15 for every fraction f: entries in [2**14, 2**15].
+EXP2_LUT = np.array([round(2.0 ** (EXP_ONE_BITS - f / (1 << EXP_FRAC_BITS)))
+                     for f in range(1 << EXP_FRAC_BITS)], dtype=np.int64)
+#: Probabilities are uint8 with scale 1/PROB_MAX (1.0 is 255).
+PROB_MAX = 255
+#: Reciprocal precision: R = floor(PROB_MAX * 2**RECIP_BITS / sum).
+RECIP_BITS = 24
+#: A row's exp sum is below 512 * 2**15 = 2**24; t beyond this many integer bits gives exp 0.
+_EXP_ZERO_SHIFT = EXP_ONE_BITS + 1
+
+
+def softmax(scores, scale: Dyadic, causal_offset: int | None = None) -> np.ndarray:
+    """Integer softmax over the last axis of int32 ``scores`` (rows of 1..512), uint8 out.
+
+    Per row, over the unmasked columns (column j of row i is masked when ``causal_offset`` is
+    given and j > i + causal_offset):
+
+    1. ``m = max(s)``; ``d = m - s`` (0 <= d < 2**32).
+    2. ``t = round_shift(d * M, S)``: ``(m - s) * scale * log2(e)`` in Q8, with the dyadic
+       factor ``scale`` = (M, S) folding the score scale, 1/sqrt(d_head) and log2(e).
+    3. ``e = EXP2_LUT[t & 255] >> (t >> 8)``, 0 when ``t >> 8 >= 16``; masked columns get 0.
+       e is Q15 (16 bits unsigned); the row maximum has e = 2**15.
+    4. ``sum = sum(e)`` (< 2**24 for rows up to 512); ``R = floor(255 * 2**24 / sum)`` (< 2**17).
+    5. ``p = min(255, round_shift(e * R, 24))``: probabilities with scale 1/255.
+    """
+    s = np.asarray(scores, dtype=np.int64)
+    if s.ndim < 1 or s.shape[-1] < 1:
+        raise ValueError("softmax: rows must hold at least one column")
+    rows, cols = s.shape[-2] if s.ndim >= 2 else 1, s.shape[-1]
+    if causal_offset is not None:
+        i = np.arange(rows)[:, None]
+        j = np.arange(cols)[None, :]
+        valid = np.broadcast_to(j <= i + causal_offset, s.shape)
+    else:
+        valid = np.ones(s.shape, dtype=bool)
+    m = np.max(np.where(valid, s, INT32.lo - 1), axis=-1, keepdims=True)
+    d = np.where(valid, m - s, 0)
+    t = round_shift(d * np.int64(scale.multiplier), np.int64(scale.shift))
+    z = t >> EXP_FRAC_BITS
+    f = t & ((1 << EXP_FRAC_BITS) - 1)
+    e = np.where(z < _EXP_ZERO_SHIFT, EXP2_LUT[f] >> np.minimum(z, _EXP_ZERO_SHIFT), 0)
+    e = np.where(valid, e, 0)
+    total = e.sum(axis=-1, keepdims=True)
+    # A row whose columns are all masked has sum 0: its probabilities are all 0.
+    recip = np.where(total > 0, (PROB_MAX << RECIP_BITS) // np.maximum(total, 1), 0)
+    return np.minimum(round_shift(e * recip, RECIP_BITS), PROB_MAX)
+
+
+# --- LayerNorm -----------------------------------------------------------------------------------
+
+#: LayerNorm inputs are saturated to this many bits (signed) before any arithmetic.
+LN_IN_BITS = 24
+#: Fractional bits of the normalised value (x - mean) / std.
+LN_NORM_FRAC = 12
+#: inv = floor(2**LN_INV_BITS / std): at least 2**21 for any std below 2**25.
+LN_INV_BITS = 46
+#: Longest row (the FFN width of MiniLM; sums then fit 35 bits and squared sums 61 bits).
+LN_MAX_COLS = 1536
+
+
+def isqrt(v) -> np.ndarray:
+    """Exact floor square root of non-negative int64 values (below 2**62)."""
+    v = np.asarray(v, dtype=np.int64)
+    if np.any(v < 0):
+        raise ValueError("isqrt of a negative value")
+    r = np.floor(np.sqrt(v.astype(np.float64))).astype(np.int64)
+    # float64 is within one of the true root here: correct both ways.
+    r = np.where(r * r > v, r - 1, r)
+    r = np.where((r + 1) * (r + 1) <= v, r + 1, r)
+    r = np.where(r * r > v, r - 1, r)
+    return r
+
+
+def layernorm(x, gamma, beta, shift: int, out: Range) -> np.ndarray:
+    """Integer LayerNorm over the last axis (rows of 1..LN_MAX_COLS), with affine output.
+
+    1. ``x = saturate(x, int24)``.
+    2. ``mean = floor(sum(x) / n)``; ``d = x - mean`` (|d| < 2**25).
+    3. ``var = floor(sum(d*d) / n)`` (d*d < 2**50; the sum fits 61 bits).
+    4. ``std = max(1, isqrt(var))``; ``inv = floor(2**46 / std)``.
+    5. ``z = round_shift(d * inv, 46 - 12)``: (x - mean)/std in Q12, |z| <= sqrt(n) * 2**12.
+    6. ``y = saturate(round_shift(z * gamma + beta, shift), out)``; ``gamma`` (|gamma| < 2**20)
+       and ``beta`` (|beta| < 2**40) are per-column integers carrying the output scale:
+       gamma_int = gamma / s_out * 2**(shift-12), beta_int = beta / s_out * 2**shift.
+
+    The model's epsilon (1e-12) is below the integer resolution of the variance and is dropped.
+    """
+    x = saturate(x, Range(-(1 << (LN_IN_BITS - 1)), (1 << (LN_IN_BITS - 1)) - 1))
+    n = x.shape[-1]
+    if not 1 <= n <= LN_MAX_COLS:
+        raise ValueError(f"layernorm: rows of 1..{LN_MAX_COLS} columns, got {n}")
+    mean = np.floor_divide(x.sum(axis=-1, keepdims=True), n)
+    d = x - mean
+    var = np.floor_divide((d * d).sum(axis=-1, keepdims=True), n)
+    std = np.maximum(isqrt(var), 1)
+    inv = np.floor_divide(np.int64(1) << LN_INV_BITS, std)
+    z = round_shift(d * inv, LN_INV_BITS - LN_NORM_FRAC)
+    g = np.asarray(gamma, dtype=np.int64)
+    b = np.asarray(beta, dtype=np.int64)
+    return saturate(round_shift(z * g + b, shift), out)
+
+
+# --- GELU --------------------------------------------------------------------------------------
+
+#: GELU input is a signed 16-bit fixed-point value with this many fractional bits (|x| < 32).
+GELU_IN_FRAC = 10
+#: Phi(x) = P(X <= x) of a standard normal is computed in Q14.
+GELU_PHI_BITS = 14
+#: Phi is interpolated from a table with a knot every 2**-GELU_STEP_FRAC ...
+GELU_STEP_FRAC = 4
+#: ... over |x| < GELU_RANGE (beyond it Phi is 0 or 1: 1 - Phi(4) = 3.2e-5).
+GELU_RANGE = 4
+#: Phi at the knots k / 16, k = 0..64, in Q14 (65 entries, 15 bits unsigned).
+GELU_PHI_TABLE = np.array(
+    [round((1 << GELU_PHI_BITS) * 0.5 * (1.0 + math.erf(k / (1 << GELU_STEP_FRAC) / math.sqrt(2.0))))
+     for k in range(GELU_RANGE * (1 << GELU_STEP_FRAC) + 1)], dtype=np.int64)
+_GELU_FRAC_BITS = GELU_IN_FRAC - GELU_STEP_FRAC     # bits of x between two knots
+
+
+def gelu(x) -> np.ndarray:
+    """Integer GELU: x * Phi(x), Phi linearly interpolated from a 65-entry table; Q24 out.
+
+    ``x``: int16 fixed point, Q10 (the caller requantises the int32 accumulator into it).
+
+    1. ``a = |x|``; if ``a >= 4096`` (|x| >= 4.0), ``phi_pos = 2**14``; otherwise
+       ``i = a >> 6``, ``f = a & 63`` and
+       ``phi_pos = T[i] + (((T[i+1] - T[i]) * f) >> 6)`` (floor shift; T[i+1]-T[i] < 2**12).
+    2. ``phi = phi_pos`` for x >= 0, ``2**14 - phi_pos`` for x < 0: Phi(x) in Q14.
+    3. result ``x * phi`` in Q24 (|x * phi| <= 2**29); the caller requantises it to uint8.
+
+    Interpolation error of Phi is below 1.3e-4, so |GELU error| < 5.3e-4 for |x| < 4.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    if x.min(initial=0) < INT16.lo or x.max(initial=0) > INT16.hi:
+        raise ValueError("gelu: input outside int16")
+    a = np.abs(x)
+    inside = a < (GELU_RANGE << GELU_IN_FRAC)
+    ac = np.where(inside, a, 0)
+    i = ac >> _GELU_FRAC_BITS
+    f = ac & ((1 << _GELU_FRAC_BITS) - 1)
+    lo = GELU_PHI_TABLE[i]
+    hi = GELU_PHI_TABLE[i + 1]
+    phi_pos = np.where(inside, lo + (((hi - lo) * f) >> _GELU_FRAC_BITS), 1 << GELU_PHI_BITS)
+    phi = np.where(x < 0, (1 << GELU_PHI_BITS) - phi_pos, phi_pos)
+    return x * phi
