@@ -1,0 +1,288 @@
+"""Arithmetic helpers of the vector unit: division, square root, base-2 exp, GELU's Phi and the
+multiply-round-saturate step every output lane is built from.
+
+All of them are bit-exact implementations of pieces of :mod:`celosia.sw.numerics`; tables and
+widths are derived from the constants there, never copied.
+"""
+
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from celosia.sw import numerics as nx
+
+__all__ = [
+    "Divider", "Isqrt", "Exp2", "GeluPhi",
+    "clamp", "mul_round_sat",
+    "EXP_T_BITS", "EXP_E_BITS", "GELU_PHI_WIDTH",
+]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Divider(wiring.Component):
+    """Iterative restoring divider: ``quotient = dividend // divisor`` for unsigned operands.
+
+    ``unroll`` quotient bits are produced per cycle. A division is started with ``start`` and
+    a number of ``steps``; it develops ``steps * unroll`` quotient bits and takes ``steps``
+    cycles. The caller guarantees ``dividend >> (steps * unroll) < divisor`` (the quotient fits),
+    which lets short quotients (the softmax reciprocal) finish early in a wide divider.
+
+    Parameters
+    ----------
+    dividend_width, divisor_width : int
+        Operand widths (unsigned).
+    unroll : int
+        Quotient bits per cycle (restoring steps chained combinationally).
+
+    Members
+    -------
+    start : In(1)
+        Latches ``dividend``, ``divisor`` and ``steps`` when the divider is not busy.
+    busy : Out(1)
+        High while the division runs.
+    done : Out(1)
+        Pulses for one cycle when ``quotient`` and ``remainder`` become valid; they stay valid
+        until the next start.
+    """
+
+    def __init__(self, dividend_width: int, divisor_width: int, unroll: int = 1):
+        for name, v in (("dividend_width", dividend_width), ("divisor_width", divisor_width),
+                        ("unroll", unroll)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, not {v!r}")
+        self.dividend_width = dividend_width
+        self.divisor_width = divisor_width
+        self.unroll = unroll
+        self.max_steps = _ceil_div(dividend_width, unroll)
+        super().__init__({
+            "start": In(1),
+            "dividend": In(dividend_width),
+            "divisor": In(divisor_width),
+            "steps": In(range(self.max_steps + 1)),
+            "busy": Out(1),
+            "done": Out(1),
+            "quotient": Out(dividend_width),
+            "remainder": Out(divisor_width),
+        })
+
+    def steps_for(self, quotient_bits: int) -> int:
+        """Steps needed to develop ``quotient_bits`` quotient bits."""
+        return min(self.max_steps, _ceil_div(quotient_bits, self.unroll))
+
+    def elaborate(self, platform):
+        m = Module()
+        W, D, U = self.dividend_width, self.divisor_width, self.unroll
+        # Padded so that any steps * unroll <= Wp can be left-aligned.
+        Wp = self.max_steps * U
+        q = Signal(Wp)          # dividend bits still to consume (left-aligned), quotient bits in
+        rem = Signal(D + 1)
+        div = Signal(D)
+        left = Signal(range(self.max_steps + 1))
+
+        m.d.sync += self.done.eq(0)
+        with m.If(self.busy):
+            r, qq = rem, q
+            for k in range(U):
+                t = Signal(D + 2, name=f"t{k}")
+                ge = Signal(name=f"ge{k}")
+                r_k = Signal(D + 1, name=f"rem{k}")
+                q_k = Signal(Wp, name=f"q{k}")
+                m.d.comb += [
+                    t.eq((r << 1) | qq[Wp - 1]),
+                    ge.eq(t >= div),
+                    r_k.eq(Mux(ge, t - div, t)),
+                    q_k.eq((qq << 1) | ge),
+                ]
+                r, qq = r_k, q_k
+            m.d.sync += [rem.eq(r), q.eq(qq), left.eq(left - 1)]
+            with m.If(left == 1):
+                m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+        with m.Elif(self.start):
+            bits = Signal(range(Wp + 1))
+            m.d.comb += bits.eq(self.steps * U)
+            wide = Signal(2 * Wp)
+            # dividend << (Wp - bits): the low `bits` dividend bits left-aligned in q, the high
+            # ones (already below the divisor) as the initial remainder.
+            sh = Signal(range(Wp + 1))
+            m.d.comb += sh.eq(Wp - bits)
+            m.d.comb += wide.eq(self.dividend << sh)
+            m.d.sync += [
+                q.eq(wide[:Wp]),
+                rem.eq(wide[Wp:]),
+                div.eq(self.divisor),
+                left.eq(self.steps),
+                self.busy.eq(self.steps != 0),
+                self.done.eq(self.steps == 0),
+            ]
+        m.d.comb += [self.quotient.eq(q), self.remainder.eq(rem)]
+        return m
+
+
+class Isqrt(wiring.Component):
+    """Digit-recurrence floor square root: ``root = isqrt(radicand)``, ``unroll`` root bits a cycle.
+
+    Members
+    -------
+    start : In(1)
+        Latches ``radicand`` when not busy.
+    busy, done : Out(1)
+        As for :class:`Divider`; ``root`` stays valid until the next start.
+    """
+
+    def __init__(self, root_width: int, unroll: int = 1):
+        if not isinstance(root_width, int) or root_width < 1:
+            raise ValueError(f"root_width must be a positive integer, not {root_width!r}")
+        if not isinstance(unroll, int) or unroll < 1:
+            raise ValueError(f"unroll must be a positive integer, not {unroll!r}")
+        self.root_width = root_width
+        self.unroll = unroll
+        self.steps = _ceil_div(root_width, unroll)
+        super().__init__({
+            "start": In(1),
+            "radicand": In(2 * root_width),
+            "busy": Out(1),
+            "done": Out(1),
+            "root": Out(root_width),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R = self.steps * self.unroll        # padded root width
+        x = Signal(2 * R)
+        rem = Signal(R + 2)
+        root = Signal(R)
+        left = Signal(range(self.steps + 1))
+        m.d.sync += self.done.eq(0)
+        with m.If(self.busy):
+            xx, r, rt = x, rem, root
+            for k in range(self.unroll):
+                # Named signals per step keep the unrolled expression linear in size.
+                t = Signal(R + 3, name=f"t{k}")
+                trial = Signal(R + 3, name=f"trial{k}")
+                ge = Signal(name=f"ge{k}")
+                r_k = Signal(R + 2, name=f"rem{k}")
+                rt_k = Signal(R, name=f"root{k}")
+                m.d.comb += [
+                    t.eq((r << 2) | xx[2 * R - 2:]),
+                    trial.eq((rt << 2) | 1),
+                    ge.eq(t >= trial),
+                    r_k.eq(Mux(ge, t - trial, t)),
+                    rt_k.eq((rt << 1) | ge),
+                ]
+                r, rt = r_k, rt_k
+                xx = (xx << 2)[:2 * R]
+            m.d.sync += [x.eq(xx), rem.eq(r), root.eq(rt), left.eq(left - 1)]
+            with m.If(left == 1):
+                m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+        with m.Elif(self.start):
+            m.d.sync += [x.eq(self.radicand), rem.eq(0), root.eq(0), left.eq(self.steps),
+                         self.busy.eq(1)]
+        m.d.comb += self.root.eq(root)
+        return m
+
+
+# --- Softmax exponent ----------------------------------------------------------------------
+
+#: Width of t = round_shift(d * M, S) with d < 2**32 and M < 2**MULT_BITS.
+EXP_T_BITS = 32 + nx.MULT_BITS
+#: Width of e (Q15, at most 2**15).
+EXP_E_BITS = nx.EXP_ONE_BITS + 1
+#: t >> EXP_FRAC_BITS at or beyond this gives e = 0 (every LUT entry shifted out).
+_EXP_ZERO_SHIFT = nx.EXP_ONE_BITS + 1
+
+
+def clamp(x, lo, hi):
+    return Mux(x < lo, lo, Mux(x > hi, hi, x))
+
+
+def mul_round_sat(m, a, b, add, shift, zp, lo, hi, saturate, *, width, name):
+    """``y = saturate ? clamp(round_shift(a*b + add, shift) + zp, lo, hi) : round_shift(...) + zp``.
+
+    The one multiply-and-scale step of the output multiplier bank; every operation of the unit
+    is a chain of these with per-operation operands. ``width`` bounds the product and sum.
+    """
+    p = Signal(signed(width), name=f"{name}_p")
+    m.d.comb += p.eq(a * b + add)
+    r = Signal(signed(width), name=f"{name}_r")
+    half = Signal(signed(width), name=f"{name}_half")
+    m.d.comb += half.eq(((Const(1, 1) << shift) >> 1))
+    m.d.comb += r.eq(((p + half)[:width].as_signed() >> shift) + zp)
+    y = Signal(signed(width), name=f"{name}_y")
+    m.d.comb += y.eq(Mux(saturate, clamp(r, lo, hi), r))
+    return y
+
+
+class Exp2(wiring.Component):
+    """One lane of the softmax exponent, combinational:
+    ``t = round_shift(d * mult, shift)``, ``e = EXP2_LUT[t & 255] >> (t >> 8)`` (0 when the
+    shift reaches 16), exactly steps 2-3 of :func:`celosia.sw.numerics.softmax`.
+
+    ``d = max - s`` is unsigned (below 2**32 for valid columns).
+    """
+
+    d: In(32)
+    mult: In(nx.MULT_BITS)
+    shift: In(range(nx.SHIFT_MAX + 1))
+    e: Out(EXP_E_BITS)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.lut = lut = memory.Memory(
+            shape=unsigned(EXP_E_BITS), depth=len(nx.EXP2_LUT),
+            init=[int(v) for v in nx.EXP2_LUT])
+        rd = lut.read_port(domain="comb")
+        prod = Signal(EXP_T_BITS)
+        m.d.comb += prod.eq(self.d * self.mult)
+        half = (Const(1, 1) << self.shift) >> 1
+        t = Signal(EXP_T_BITS + 1)
+        m.d.comb += t.eq((prod + half) >> self.shift)
+        z = t[nx.EXP_FRAC_BITS:]
+        m.d.comb += rd.addr.eq(t[:nx.EXP_FRAC_BITS])
+        zero_shift_bits = (_EXP_ZERO_SHIFT - 1).bit_length()
+        m.d.comb += self.e.eq(Mux(z < _EXP_ZERO_SHIFT, rd.data >> z[:zero_shift_bits], 0))
+        return m
+
+
+# --- GELU -------------------------------------------------------------------------------------
+
+_GELU_FRAC_BITS = nx.GELU_IN_FRAC - nx.GELU_STEP_FRAC
+_GELU_KNOTS = len(nx.GELU_PHI_TABLE) - 1
+_GELU_INSIDE = nx.GELU_RANGE << nx.GELU_IN_FRAC
+_GELU_SLOPES = [int(nx.GELU_PHI_TABLE[i + 1] - nx.GELU_PHI_TABLE[i]) for i in range(_GELU_KNOTS)]
+_GELU_BASE_BITS = int(max(nx.GELU_PHI_TABLE)).bit_length()
+_GELU_SLOPE_BITS = max(1, max(_GELU_SLOPES).bit_length())
+#: Width of Phi in Q14 (it reaches 2**14 exactly).
+GELU_PHI_WIDTH = nx.GELU_PHI_BITS + 1
+
+
+class GeluPhi(wiring.Component):
+    """Phi(x) of :func:`celosia.sw.numerics.gelu`, combinational: table knot plus interpolated
+    slope, mirrored for negative x. ``x`` is int16 Q10."""
+
+    x: In(signed(16))
+    phi: Out(GELU_PHI_WIDTH)
+
+    def elaborate(self, platform):
+        m = Module()
+        # One word per knot interval: the knot value and the slope to the next knot.
+        m.submodules.table = table = memory.Memory(
+            shape=unsigned(_GELU_BASE_BITS + _GELU_SLOPE_BITS), depth=_GELU_KNOTS,
+            init=[int(nx.GELU_PHI_TABLE[i]) | (_GELU_SLOPES[i] << _GELU_BASE_BITS)
+                  for i in range(_GELU_KNOTS)])
+        rd = table.read_port(domain="comb")
+        a = Signal(17)
+        m.d.comb += a.eq(Mux(self.x < 0, -self.x, self.x))
+        inside = a < _GELU_INSIDE
+        m.d.comb += rd.addr.eq(a >> _GELU_FRAC_BITS)
+        base = rd.data[:_GELU_BASE_BITS]
+        slope = rd.data[_GELU_BASE_BITS:]
+        frac = a[:_GELU_FRAC_BITS]
+        phi_pos = Signal(GELU_PHI_WIDTH)
+        m.d.comb += phi_pos.eq(Mux(inside, base + ((slope * frac) >> _GELU_FRAC_BITS),
+                                   1 << nx.GELU_PHI_BITS))
+        m.d.comb += self.phi.eq(Mux(self.x < 0, (1 << nx.GELU_PHI_BITS) - phi_pos, phi_pos))
+        return m

@@ -1,0 +1,124 @@
+"""Amaranth-simulator tests of the vector unit's arithmetic helpers against the golden numerics."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from celosia.hdl.vector_arith import Divider, Exp2, GeluPhi, Isqrt
+from celosia.sw import numerics as nx
+
+
+def _run(dut, bench, *, clock=True):
+    sim = Simulator(dut)
+    if clock:
+        sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def _divide(ctx, dut, a, b, quotient_bits):
+    steps = dut.steps_for(quotient_bits)
+    ctx.set(dut.dividend, a)
+    ctx.set(dut.divisor, b)
+    ctx.set(dut.steps, steps)
+    ctx.set(dut.start, 1)
+    return steps
+
+
+@pytest.mark.parametrize("unroll", [1, 3, 8])
+def test_divider_exact(unroll):
+    dut = Divider(64, 27, unroll)
+    rng = random.Random(unroll)
+    # (dividend, divisor, quotient bits): the unit's real uses plus random ones.
+    cases = [
+        ((nx.PROB_MAX << nx.RECIP_BITS), 1 << nx.EXP_ONE_BITS, 17),       # one-hot softmax row
+        ((nx.PROB_MAX << nx.RECIP_BITS), (1 << 24) - 1, 17),              # 512 equal columns
+        (1 << nx.LN_INV_BITS, 1, nx.LN_INV_BITS + 1),                     # std 1
+        (1 << nx.LN_INV_BITS, (1 << 25) - 1, nx.LN_INV_BITS + 1),
+        ((1536 << 50) - 1, 1536, 50),
+        (0, 7, 5),
+    ]
+    for _ in range(12):
+        b = rng.randrange(1, 1 << 27)
+        qbits = rng.randrange(1, 37)
+        a = rng.randrange(0, min(b << qbits, 1 << 64))
+        cases.append((a, b, qbits))
+
+    async def bench(ctx):
+        for a, b, qbits in cases:
+            steps = _divide(ctx, dut, a, b, qbits)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            cycles = 0
+            while not ctx.get(dut.done):
+                await ctx.tick()
+                cycles += 1
+            assert cycles == steps
+            assert ctx.get(dut.quotient) == a // b, (a, b)
+            assert ctx.get(dut.remainder) == a % b, (a, b)
+
+    _run(dut, bench)
+
+
+@pytest.mark.parametrize("unroll", [1, 4, 8])
+def test_isqrt_exact(unroll):
+    dut = Isqrt(nx.LN_IN_BITS + 1, unroll)
+    rng = random.Random(unroll)
+    top = 1 << (2 * (nx.LN_IN_BITS + 1))
+    values = [0, 1, 2, 3, 4, 15, 16, 17, top - 1, (1 << 48), (1 << 25) ** 2 - 1]
+    values += [rng.randrange(top) for _ in range(10)]
+    values += [r * r + d for r in (rng.randrange(1 << 25) for _ in range(4)) for d in (-1, 0)]
+
+    async def bench(ctx):
+        for v in values:
+            ctx.set(dut.radicand, v)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            while not ctx.get(dut.done):
+                await ctx.tick()
+            assert ctx.get(dut.root) == math.isqrt(v) == int(nx.isqrt(np.int64(v))), v
+
+    _run(dut, bench)
+
+
+def _golden_exp(d, mult, shift):
+    t = int(nx.round_shift(np.int64(d) * mult, shift))
+    z, f = t >> nx.EXP_FRAC_BITS, t & ((1 << nx.EXP_FRAC_BITS) - 1)
+    return int(nx.EXP2_LUT[f]) >> z if z < nx.EXP_ONE_BITS + 1 else 0
+
+
+def test_exp2_lane():
+    dut = Exp2()
+    rng = random.Random(1)
+    cases = [(0, 1, 0), ((1 << 32) - 1, (1 << nx.MULT_BITS) - 1, nx.SHIFT_MAX),
+             ((1 << 32) - 1, (1 << nx.MULT_BITS) - 1, 0), (1, 1, 1), (255, 1, 0), (256, 1, 0),
+             (4095, 1, 0), (4096, 1, 0), (4097, 1, 0)]
+    cases += [(rng.randrange(1 << rng.randrange(1, 33)), rng.randrange(1 << nx.MULT_BITS),
+               rng.randrange(nx.SHIFT_MAX + 1)) for _ in range(300)]
+
+    async def bench(ctx):
+        for d, mult, shift in cases:
+            ctx.set(dut.d, d)
+            ctx.set(dut.mult, mult)
+            ctx.set(dut.shift, shift)
+            assert ctx.get(dut.e) == _golden_exp(d, mult, shift), (d, mult, shift)
+
+    _run(dut, bench, clock=False)
+
+
+def test_gelu_phi_exhaustive_product():
+    """x * Phi(x) over every int16 input equals the golden GELU (sampled every 7 codes)."""
+    dut = GeluPhi()
+    xs = list(range(nx.INT16.lo, nx.INT16.hi + 1, 7)) + [nx.INT16.hi, -4096, 4095, 4096, -4097]
+    want = nx.gelu(np.array(xs))
+
+    async def bench(ctx):
+        for x, w in zip(xs, want):
+            ctx.set(dut.x, x)
+            assert x * ctx.get(dut.phi) == int(w), x
+
+    _run(dut, bench, clock=False)
