@@ -1,0 +1,268 @@
+"""The matmul engine: systolic array, scratchpads, tile sequencer and epilogue behind one command.
+
+A command (``celosia.hdl.params.command_layout``) describes ``C = A @ B`` with its epilogue
+(bias, accumulate or residual add, requantisation); the engine loads the operands through its
+memory port, computes, stores C and answers on ``done`` with a ``DoneCode``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from amaranth import *
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .epilogue import Epilogue
+from .params import (DEFAULT_ARRAY, K_MAX, PARAM_RECORD_BYTES, AddendMode, DoneCode,
+                     check_config, command_layout, default_port_bytes, group_cols)
+from .scratchpad import PingPong, Scratchpad
+from .sequencer import (Collector, Feeder, Loader, Writer, compute_plan, plan_layout,
+                        read_request_layout, write_layout)
+from .systolic import SystolicArray
+
+__all__ = ["MemoryPortSignature", "MatmulEngine", "verilog_text",
+           "add_verilog_arguments", "run_verilog"]
+
+
+class MemoryPortSignature(wiring.Signature):
+    """A simple memory master port moving ``port_bytes`` bytes per beat.
+
+    Members (seen from the master)
+    ------------------------------
+    rd_req : Out(stream.Signature({addr}))
+        Read one aligned beat at byte address ``addr``.
+    rd_resp : In(stream.Signature(port_bytes * 8))
+        Read data, in request order.
+    wr : Out(stream.Signature({addr, data, strb}))
+        Write the bytes of an aligned beat whose ``strb`` bit is set.
+    """
+
+    def __init__(self, port_bytes: int):
+        self.port_bytes = port_bytes
+        super().__init__({
+            "rd_req": Out(stream.Signature(read_request_layout())),
+            "rd_resp": In(stream.Signature(port_bytes * 8)),
+            "wr": Out(stream.Signature(write_layout(port_bytes))),
+        })
+
+
+class MatmulEngine(wiring.Component):
+    """An ``array`` x ``array`` int8 matmul engine with a ``port_bytes``-wide memory port.
+
+    Parameters
+    ----------
+    array : int
+        Systolic array size N (a power of two, 2..32).
+    port_bytes : int
+        Memory-port width W in bytes (a power of two, 4..128); default 2N.
+    k_max : int
+        Longest reduction the scratchpads hold (default 4096).
+    outstanding : int
+        Read requests in flight (covers the memory latency).
+
+    Members
+    -------
+    cmd : In(stream.Signature(command_layout()))
+        One command at a time (``ready`` while idle).
+    done : Out(stream.Signature(2))
+        A ``DoneCode`` per command, once every result beat has been accepted by the port.
+    mem : Out(MemoryPortSignature(port_bytes))
+    busy : Out(1)
+    """
+
+    def __init__(self, array: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
+                 k_max: int = K_MAX, outstanding: int = 32):
+        if port_bytes is None:
+            port_bytes = default_port_bytes(array) if isinstance(array, int) else 16
+        check_config(array, port_bytes, k_max)
+        if not isinstance(outstanding, int) or outstanding < 2:
+            raise ValueError(f"outstanding must be an int >= 2, not {outstanding!r}")
+        self.array = array
+        self.port_bytes = port_bytes
+        self.k_max = k_max
+        self.outstanding = outstanding
+        self.group = group_cols(array, port_bytes)
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout())),
+            "done": Out(stream.Signature(2)),
+            "mem": Out(MemoryPortSignature(port_bytes)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, w, g, k_max = self.array, self.port_bytes, self.group, self.k_max
+        lw = w.bit_length() - 1
+
+        cmd = Signal(command_layout())
+        plan_now = Signal(plan_layout(n, w))
+        plan = Signal(plan_layout(n, w))
+        compute_plan(m, cmd, plan_now, n, w)
+        start = Signal()
+        code = Signal(2)
+
+        m.submodules.loader = loader = Loader(n, w, k_max=k_max, outstanding=self.outstanding)
+        m.submodules.feeder = feeder = Feeder(n, w, k_max=k_max)
+        m.submodules.array = array = SystolicArray(n)
+        m.submodules.collector = collector = Collector(n, w)
+        m.submodules.epilogue = epilogue = Epilogue(n)
+        m.submodules.writer = writer = Writer(n, w)
+        for unit in (loader, feeder, collector, writer):
+            m.d.comb += [unit.start.eq(start), unit.cmd.eq(cmd), unit.plan.eq(plan)]
+
+        # Memory port.
+        wiring.connect(m, wiring.flipped(self.mem.rd_req), loader.rd_req)
+        wiring.connect(m, wiring.flipped(self.mem.rd_resp), loader.rd_resp)
+        wiring.connect(m, wiring.flipped(self.mem.wr), writer.wr)
+        # Datapath.
+        wiring.connect(m, feeder.o, array.i)
+        wiring.connect(m, array.o, collector.i)
+        wiring.connect(m, collector.o, epilogue.i)
+        wiring.connect(m, epilogue.o, writer.i)
+        m.d.comb += [
+            epilogue.requant.eq(cmd.requant),
+            epilogue.out_fmt.eq(cmd.out_fmt),
+            epilogue.zero_point.eq(cmd.zero_point),
+        ]
+
+        # Scratchpads and their tokens.
+        a_pads = []
+        for r in range(n):
+            pad = Scratchpad(write_bytes=w, read_bytes=1, depth_bytes=k_max)
+            m.submodules[f"a_pad{r}"] = pad
+            a_pads.append(pad)
+        m.submodules.b_pad = b_pad = Scratchpad(write_bytes=w, read_bytes=n, depth_bytes=k_max * g)
+        m.submodules.p_pad = p_pad = Scratchpad(write_bytes=w, read_bytes=n * PARAM_RECORD_BYTES,
+                                                depth_bytes=g * PARAM_RECORD_BYTES)
+        m.submodules.d_pad = d_pad = Scratchpad(write_bytes=w, read_bytes=4 * n,
+                                                depth_bytes=4 * n * g)
+        tokens = []
+        for name in ("a", "b", "p", "d"):
+            tok = PingPong()
+            m.submodules[f"{name}_tokens"] = tok
+            tokens.append(tok)
+            m.d.comb += [tok.clear.eq(start)]
+
+        for j, tok in enumerate(tokens):
+            m.d.comb += [
+                loader.free[2 * j:2 * j + 2].eq(tok.free),
+                tok.claim.eq(loader.claim[j]), tok.claim_buf.eq(loader.claim_buf),
+                tok.fill.eq(loader.fill[j]), tok.fill_buf.eq(loader.fill_buf),
+            ]
+        a_tok, b_tok, p_tok, d_tok = tokens
+        m.d.comb += [
+            feeder.full.eq(Cat(a_tok.full, b_tok.full)),
+            a_tok.release.eq(feeder.release[0]), a_tok.release_buf.eq(feeder.release_a_buf),
+            b_tok.release.eq(feeder.release[1]), b_tok.release_buf.eq(feeder.release_b_buf),
+            collector.full.eq(Cat(p_tok.full, d_tok.full)),
+            p_tok.release.eq(collector.release[0]), p_tok.release_buf.eq(collector.release_p_buf),
+            d_tok.release.eq(collector.release[1]), d_tok.release_buf.eq(collector.release_d_buf),
+        ]
+
+        def drive_write(pad, valid):
+            m.d.comb += [
+                pad.w.valid.eq(valid),
+                pad.w.payload.buf.eq(loader.w_buf),
+                pad.w.payload.addr.eq(loader.w_addr),
+                pad.w.payload.data.eq(loader.w_data),
+            ]
+
+        for r, pad in enumerate(a_pads):
+            drive_write(pad, loader.w_valid[0] & (loader.w_row == r))
+            m.d.comb += [pad.r_en.eq(feeder.a_r_en), pad.r_buf.eq(feeder.a_r_buf),
+                         pad.r_addr.eq(feeder.a_r_addr)]
+        m.d.comb += feeder.a_r_data.eq(Cat(pad.r_data for pad in a_pads))
+        drive_write(b_pad, loader.w_valid[1])
+        drive_write(p_pad, loader.w_valid[2])
+        drive_write(d_pad, loader.w_valid[3])
+        m.d.comb += [
+            b_pad.r_en.eq(feeder.b_r_en), b_pad.r_buf.eq(feeder.b_r_buf),
+            b_pad.r_addr.eq(feeder.b_r_addr), feeder.b_r_data.eq(b_pad.r_data),
+            p_pad.r_en.eq(collector.p_r_en), p_pad.r_buf.eq(collector.p_r_buf),
+            p_pad.r_addr.eq(collector.p_r_addr), collector.p_r_data.eq(p_pad.r_data),
+            d_pad.r_en.eq(collector.d_r_en), d_pad.r_buf.eq(collector.d_r_buf),
+            d_pad.r_addr.eq(collector.d_r_addr), collector.d_r_data.eq(d_pad.r_data),
+        ]
+
+        # Command checks.
+        def misaligned(*values):
+            return Cat(v[:lw] != 0 for v in values).any()
+
+        use_d = cmd.addend != AddendMode.NONE
+        bad_shape = ((cmd.m == 0) | (cmd.k == 0) | (cmd.n == 0) | (cmd.k > k_max))
+        bad_align = (misaligned(cmd.a_addr, cmd.b_addr, cmd.c_addr,
+                                cmd.a_stride, cmd.b_stride, cmd.c_stride) |
+                     (cmd.use_params & misaligned(cmd.p_addr)) |
+                     (use_d & misaligned(cmd.d_addr, cmd.d_stride)))
+        bad_mode = ((cmd.requant & ~cmd.use_params) | (cmd.addend == 3) |
+                    ((cmd.addend == AddendMode.RESIDUAL16) & (cmd.addend_shift > 16)))
+
+        m.d.comb += self.done.payload.eq(code)
+        with m.FSM(name="engine"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += cmd.eq(self.cmd.payload)
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.sync += plan.eq(plan_now)
+                with m.If(bad_shape):
+                    m.d.sync += code.eq(DoneCode.BAD_SHAPE)
+                    m.next = "DONE"
+                with m.Elif(bad_align):
+                    m.d.sync += code.eq(DoneCode.BAD_ALIGN)
+                    m.next = "DONE"
+                with m.Elif(bad_mode):
+                    m.d.sync += code.eq(DoneCode.BAD_MODE)
+                    m.next = "DONE"
+                with m.Else():
+                    m.d.sync += code.eq(DoneCode.OK)
+                    m.next = "START"
+            with m.State("START"):
+                m.d.comb += [start.eq(1), self.busy.eq(1)]
+                m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(writer.done):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.done.valid.eq(1)
+                with m.If(self.done.ready):
+                    m.next = "IDLE"
+        return m
+
+
+def verilog_text(array: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
+                 k_max: int = K_MAX, name: str = "celosia_matmul") -> str:
+    """The engine's Verilog (Yosys through Amaranth)."""
+    from amaranth.back import verilog
+
+    engine = MatmulEngine(array, port_bytes, k_max=k_max)
+    return verilog.convert(engine, name=name, emit_src=False)
+
+
+def add_verilog_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``celosia verilog``."""
+    parser.add_argument("--array", type=int, default=DEFAULT_ARRAY, help="array size N")
+    parser.add_argument("--port-bytes", type=int, default=None,
+                        help="memory-port width in bytes (default 2N)")
+    parser.add_argument("--k-max", type=int, default=K_MAX, help="longest reduction K")
+    parser.add_argument("--name", default="celosia_matmul", help="top module name")
+    parser.add_argument("-o", "--output", default="-", help="output file (default stdout)")
+
+
+def run_verilog(args: argparse.Namespace) -> int:
+    """``celosia verilog``: write the engine's Verilog."""
+    try:
+        text = verilog_text(args.array, args.port_bytes, k_max=args.k_max, name=args.name)
+    except (TypeError, ValueError) as exc:
+        print(f"celosia verilog: {exc}", file=sys.stderr)
+        return 2
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w") as f:
+            f.write(text)
+    return 0

@@ -1,0 +1,163 @@
+"""Hardware facts of the matmul engine shared by hdl/, sim/ and sw/.
+
+Everything a compiler or a test needs to lay out a matmul in memory for the engine lives here:
+the command word, the per-column parameter record, the output and addend formats and the
+alignment rules. hdl/ builds its ports from these definitions and sw/ packs commands with them,
+so the two cannot drift.
+
+Memory layout contract (all addresses are byte addresses):
+
+* The memory port moves ``port_bytes`` (W) bytes per beat; W is a power of two, 4..128.
+* Every matrix is row-major with a row stride that is a multiple of W, and every base address
+  is a multiple of W. Bytes between the end of a row and the stride are never used.
+* A is M x K bytes (int8, or uint8 when ``a_unsigned``); B is K x N bytes (int8).
+* C is M x N elements of ``out_bytes`` each (int8/uint8/int16/int32, little endian).
+* The parameter region holds one ``PARAM_RECORD_BYTES`` record per output column:
+  bias int32 at offset 0, requantisation multiplier uint16 at 4, shift uint8 at 6, one pad byte.
+* The addend (optional) is M x N int32 (``ACC32``: accumulate into a previous C) or int16
+  (``RESIDUAL16``: a residual added as ``residual << addend_shift``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
+
+from celosia.sw.numerics import INT8, INT16, INT32, MULT_BITS, SHIFT_MAX, UINT8, Range
+
+__all__ = [
+    "ARRAY_MIN", "ARRAY_MAX", "DEFAULT_ARRAY", "K_MAX", "ADDR_BITS", "DIM_BITS", "K_BITS",
+    "A_BITS", "B_BITS", "ACC_BITS", "SHIFT_BITS", "ZERO_POINT_BITS",
+    "PARAM_RECORD_BYTES", "PARAM_BIAS_OFFSET", "PARAM_MULT_OFFSET", "PARAM_SHIFT_OFFSET",
+    "OutFormat", "AddendMode", "DoneCode", "OUT_RANGE", "OUT_BYTES", "ADDEND_BYTES",
+    "default_port_bytes", "group_cols", "check_config", "command_layout", "pack_command",
+]
+
+#: Array sizes the engine is built and tested for (powers of two).
+ARRAY_MIN, ARRAY_MAX = 2, 32
+DEFAULT_ARRAY = 8
+#: Longest reduction the operand scratchpads hold (MiniLM's FFN width is 1536).
+K_MAX = 4096
+ADDR_BITS = 32
+#: M and N are 16-bit fields (a sequence or a feature dimension below 65536).
+DIM_BITS = 16
+#: K is 1..K_MAX.
+K_BITS = K_MAX.bit_length()
+#: The array's A operand is 9 bits signed so that it carries int8 and uint8 alike.
+A_BITS = 9
+B_BITS = 8
+ACC_BITS = 32
+SHIFT_BITS = SHIFT_MAX.bit_length()
+ZERO_POINT_BITS = 32
+
+PARAM_RECORD_BYTES = 8
+PARAM_BIAS_OFFSET = 0
+PARAM_MULT_OFFSET = 4
+PARAM_SHIFT_OFFSET = 6
+assert MULT_BITS <= 16
+
+
+class OutFormat(enum.IntEnum):
+    """Element format of the result C when requantising (raw results are always INT32)."""
+    INT8 = 0
+    UINT8 = 1
+    INT16 = 2
+    INT32 = 3
+
+
+OUT_RANGE: dict[OutFormat, Range] = {
+    OutFormat.INT8: INT8, OutFormat.UINT8: UINT8, OutFormat.INT16: INT16, OutFormat.INT32: INT32,
+}
+OUT_BYTES: dict[OutFormat, int] = {
+    OutFormat.INT8: 1, OutFormat.UINT8: 1, OutFormat.INT16: 2, OutFormat.INT32: 4,
+}
+
+
+class AddendMode(enum.IntEnum):
+    """What the epilogue adds to the (biased) accumulator before requantising."""
+    NONE = 0
+    ACC32 = 1        # matmul(..., acc=C_prev): saturating int32 add
+    RESIDUAL16 = 2   # residual_add(x, r, shift): saturating add of int16 r << shift
+
+
+ADDEND_BYTES = {AddendMode.NONE: 0, AddendMode.ACC32: 4, AddendMode.RESIDUAL16: 2}
+
+
+class DoneCode(enum.IntEnum):
+    """Status the engine returns for each command."""
+    OK = 0
+    BAD_SHAPE = 1      # M, K or N is 0, or K > k_max
+    BAD_ALIGN = 2      # a base address or stride is not a multiple of the port width
+    BAD_MODE = 3       # requantisation or bias asked for without a parameter region, ...
+
+
+def _is_pow2(x: int) -> bool:
+    return x > 0 and (x & (x - 1)) == 0
+
+
+def default_port_bytes(array: int) -> int:
+    """A memory port matched to the array: 2N bytes per beat (128 bits for an 8x8 array).
+
+    The engine streams B once and re-reads A once per column group, which needs about
+    N + N*N/M bytes per cycle; 2N leaves room for results and parameters."""
+    return max(4, 2 * array)
+
+
+def group_cols(array: int, port_bytes: int) -> int:
+    """Columns of B held on chip at a time: a whole number of array tiles and of port beats."""
+    return max(array, port_bytes)
+
+
+def check_config(array: int, port_bytes: int, k_max: int = K_MAX) -> None:
+    """Raise ``TypeError``/``ValueError`` for an engine configuration that cannot be built."""
+    for name, value in (("array", array), ("port_bytes", port_bytes), ("k_max", k_max)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, not {value!r}")
+    if not (ARRAY_MIN <= array <= ARRAY_MAX and _is_pow2(array)):
+        raise ValueError(f"array must be a power of two in {ARRAY_MIN}..{ARRAY_MAX}, not {array}")
+    if not (4 <= port_bytes <= 128 and _is_pow2(port_bytes)):
+        raise ValueError(f"port_bytes must be a power of two in 4..128, not {port_bytes}")
+    if not (1 <= k_max <= K_MAX and _is_pow2(k_max) and k_max >= port_bytes):
+        raise ValueError(f"k_max must be a power of two in port_bytes..{K_MAX}, not {k_max}")
+
+
+def command_layout() -> data.StructLayout:
+    """The command the engine accepts: one matmul with its epilogue."""
+    return data.StructLayout({
+        "m": unsigned(DIM_BITS),
+        "k": unsigned(K_BITS),
+        "n": unsigned(DIM_BITS),
+        "a_addr": unsigned(ADDR_BITS),
+        "b_addr": unsigned(ADDR_BITS),
+        "c_addr": unsigned(ADDR_BITS),
+        "p_addr": unsigned(ADDR_BITS),
+        "d_addr": unsigned(ADDR_BITS),
+        "a_stride": unsigned(ADDR_BITS),
+        "b_stride": unsigned(ADDR_BITS),
+        "c_stride": unsigned(ADDR_BITS),
+        "d_stride": unsigned(ADDR_BITS),
+        "a_unsigned": unsigned(1),
+        "use_params": unsigned(1),      # load per-column records (bias, multiplier, shift)
+        "requant": unsigned(1),         # 0: raw int32 out
+        "out_fmt": unsigned(2),         # OutFormat, when requantising
+        "addend": unsigned(2),          # AddendMode
+        "addend_shift": unsigned(5),    # 0..16, RESIDUAL16 only
+        "zero_point": signed(ZERO_POINT_BITS),
+    })
+
+
+def pack_command(**fields) -> int:
+    """Pack command fields (missing ones are 0) into the integer the ``cmd`` payload carries."""
+    layout = command_layout()
+    word = 0
+    for name, value in fields.items():
+        field = layout[name]      # KeyError for an unknown field
+        width = field.shape.width
+        value = int(value)
+        lo, hi = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if field.shape.signed else (0, (1 << width) - 1)
+        if not lo <= value <= hi:
+            raise ValueError(f"command field {name}={value} does not fit {field.shape}")
+        word |= (value & ((1 << width) - 1)) << field.offset
+    return word

@@ -1,0 +1,649 @@
+"""Tile sequencing of one matmul: what to load, what to compute, what to store, in which order.
+
+The result C (M x N) is cut into *groups* of G columns (G = max(array, port width), so a row of
+a group is a whole number of port beats) and *panels* of ``array`` rows. A *work item* is one
+(group, panel) pair and a *tile* is one array-sized block of it; the order is::
+
+    for g in groups:            # B[:, g] (K x G bytes) and the column parameters stay on chip
+        for p in panels:        # A[p, :] (array x K bytes) and the addend tile are loaded
+            for blk in blocks:  # G / array tiles, each K steps through the array
+                ...
+
+Four units walk this order independently and meet only at double-buffered scratchpads, each
+guarded by a :class:`~celosia.hdl.scratchpad.PingPong`:
+
+* :class:`Loader` issues read requests for the next item's operands while the current one
+  computes, and steers the in-order responses into the scratchpads.
+* :class:`Feeder` reads A and B from the scratchpads and streams steps into the array.
+* :class:`Collector` pairs each result row leaving the array with its column parameters and
+  addend row, for the epilogue.
+* :class:`Writer` packs the epilogue's rows into memory beats with byte strobes, clipped to
+  M x N.
+
+B is read from memory once; A once per group (about N*N/G bytes per array step); the array is
+busy whenever the loader keeps one item ahead.
+"""
+
+from amaranth import *
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .epilogue import epilogue_layout
+from .params import (ADDR_BITS, DIM_BITS, K_BITS, PARAM_BIAS_OFFSET, PARAM_MULT_OFFSET,
+                     PARAM_RECORD_BYTES, PARAM_SHIFT_OFFSET, AddendMode, OutFormat,
+                     command_layout, group_cols)
+from .systolic import row_layout, step_layout
+from celosia.sw.numerics import MULT_BITS
+
+__all__ = ["plan_layout", "compute_plan", "read_request_layout", "write_layout",
+           "Loader", "Feeder", "Collector", "Writer", "RESOURCES"]
+
+#: Scratchpads in the order the tokens and loader targets use.
+RESOURCES = ("a", "b", "p", "d")
+A, B, P, D = range(4)
+
+
+def _log2(x: int) -> int:
+    assert x > 0 and x & (x - 1) == 0, x
+    return x.bit_length() - 1
+
+
+def read_request_layout() -> data.StructLayout:
+    return data.StructLayout({"addr": unsigned(ADDR_BITS)})
+
+
+def write_layout(port_bytes: int) -> data.StructLayout:
+    return data.StructLayout({
+        "addr": unsigned(ADDR_BITS),
+        "data": unsigned(port_bytes * 8),
+        "strb": unsigned(port_bytes),
+    })
+
+
+def plan_layout(array: int, port_bytes: int) -> data.StructLayout:
+    """Quantities derived once per command from its shape."""
+    g = group_cols(array, port_bytes)
+    return data.StructLayout({
+        "kp": unsigned(K_BITS + 1),            # steps per tile: max(K, array)
+        "a_words": unsigned(K_BITS),           # beats per A row
+        "ng": unsigned(DIM_BITS),              # groups
+        "np": unsigned(DIM_BITS),              # panels
+        "last_rows": range(array + 1),         # rows of the last panel
+        "nblk_last": range(g // array + 1),    # tiles in the last group
+        "bw_last": range(g // port_bytes + 1),                       # B beats per row, last group
+        "pw_last": range(PARAM_RECORD_BYTES * g // port_bytes + 1),  # parameter beats, last group
+        "dw_last": range(4 * g // port_bytes + 1),                   # addend beats per row, last group
+        "dw_full": range(4 * g // port_bytes + 1),                   # ... other groups
+        "d_log2": range(3),                    # log2 of addend bytes (int32: 2, int16: 1)
+        "ob_log2": range(3),                   # log2 of result bytes
+    })
+
+
+def compute_plan(m: Module, cmd, plan, array: int, port_bytes: int):
+    """Drive the ``plan`` signal (plan_layout) combinationally from ``cmd`` (command_layout)."""
+    g = group_cols(array, port_bytes)
+    lg, ln, lw = _log2(g), _log2(array), _log2(port_bytes)
+    ng = Signal(DIM_BITS + 1)
+    np_ = Signal(DIM_BITS + 1)
+    rem = Signal(range(g + 1))
+    m.d.comb += [
+        ng.eq((cmd.n + (g - 1)) >> lg),
+        np_.eq((cmd.m + (array - 1)) >> ln),
+        rem.eq(cmd.n - ((ng - 1) << lg)),
+        plan.kp.eq(Mux(cmd.k < array, array, cmd.k)),
+        plan.a_words.eq((cmd.k + (port_bytes - 1)) >> lw),
+        plan.ng.eq(ng),
+        plan.np.eq(np_),
+        plan.last_rows.eq(cmd.m - ((np_ - 1) << ln)),
+        plan.nblk_last.eq((rem + (array - 1)) >> ln),
+        plan.bw_last.eq((rem + (port_bytes - 1)) >> lw),
+        plan.pw_last.eq(((rem * PARAM_RECORD_BYTES) + (port_bytes - 1)) >> lw),
+        plan.d_log2.eq(Mux(cmd.addend == AddendMode.RESIDUAL16, 1, 2)),
+        plan.dw_last.eq(((rem << plan.d_log2) + (port_bytes - 1)) >> lw),
+        plan.dw_full.eq((g << plan.d_log2) >> lw),
+        plan.ob_log2.eq(Mux(cmd.requant,
+                            Mux(cmd.out_fmt == OutFormat.INT32, 2,
+                                Mux(cmd.out_fmt == OutFormat.INT16, 1, 0)),
+                            2)),
+    ]
+
+
+class _Walk:
+    """The (group, panel, tile) order, as registers advanced one tile at a time."""
+
+    def __init__(self, m: Module, plan, array: int, port_bytes: int, name: str):
+        blocks = group_cols(array, port_bytes) // array
+        self.g = Signal(DIM_BITS, name=f"{name}_g")
+        self.p = Signal(DIM_BITS, name=f"{name}_p")
+        self.blk = Signal(range(blocks), name=f"{name}_blk")
+        self.item_parity = Signal(name=f"{name}_item_parity")
+        self.g_last = Signal(name=f"{name}_g_last")
+        self.p_last = Signal(name=f"{name}_p_last")
+        self.blk_last = Signal(name=f"{name}_blk_last")
+        self.group_last = Signal(name=f"{name}_group_last")
+        self.final = Signal(name=f"{name}_final")
+        m.d.comb += [
+            self.g_last.eq(self.g == plan.ng - 1),
+            self.p_last.eq(self.p == plan.np - 1),
+            self.blk_last.eq(self.blk == Mux(self.g_last, plan.nblk_last, blocks) - 1),
+            self.group_last.eq(self.blk_last & self.p_last),
+            self.final.eq(self.group_last & self.g_last),
+        ]
+
+    @property
+    def group_parity(self):
+        return self.g[0]
+
+    def reset(self):
+        return [self.g.eq(0), self.p.eq(0), self.blk.eq(0), self.item_parity.eq(0)]
+
+    def advance(self, m: Module, domain="sync"):
+        """Statements (under the caller's condition) moving to the next tile."""
+        with m.If(self.blk_last):
+            m.d[domain] += [self.blk.eq(0), self.item_parity.eq(~self.item_parity)]
+            with m.If(self.p_last):
+                m.d[domain] += [self.p.eq(0), self.g.eq(self.g + 1)]
+            with m.Else():
+                m.d[domain] += self.p.eq(self.p + 1)
+        with m.Else():
+            m.d[domain] += self.blk.eq(self.blk + 1)
+
+
+class _Unit(wiring.Component):
+    def __init__(self, array, port_bytes, members):
+        self.array = array
+        self.port_bytes = port_bytes
+        self.group = group_cols(array, port_bytes)
+        super().__init__({
+            "start": In(1),
+            "cmd": In(command_layout()),
+            "plan": In(plan_layout(array, port_bytes)),
+            **members,
+        })
+
+
+class Loader(_Unit):
+    """Reads each work item's operands from the memory port into the scratchpads.
+
+    Per item, in order: the B group and its column parameters (first panel of a group only),
+    the A panel, the addend tile. Each load waits for its buffer to be free; the buffer becomes
+    full when its last response is written. Descriptors of outstanding requests wait in a FIFO,
+    so responses (in order) need no tags.
+
+    Members
+    -------
+    rd_req : Out(stream.Signature(read_request_layout()))
+    rd_resp : In(stream.Signature(port_bytes * 8))
+    free : In(8)
+        ``free[2*r + b]``: buffer b of resource r (A, B, P, D) is free.
+    claim, fill : Out(4)
+        One-cycle pulses per resource, for buffer ``claim_buf`` / ``fill_buf``.
+    w_valid : Out(4)
+        A scratchpad beat for resource r: ``w_buf``, ``w_row`` (A bank), ``w_addr``, ``w_data``.
+    """
+
+    def __init__(self, array, port_bytes, *, k_max, outstanding=32):
+        self.k_max = k_max
+        self.outstanding = outstanding
+        g = group_cols(array, port_bytes)
+        self.max_words = max(k_max // port_bytes, PARAM_RECORD_BYTES * g // port_bytes)
+        self.max_rows = max(k_max, array)
+        super().__init__(array, port_bytes, {
+            "rd_req": Out(stream.Signature(read_request_layout())),
+            "rd_resp": In(stream.Signature(port_bytes * 8)),
+            "free": In(8),
+            "claim": Out(4), "claim_buf": Out(1),
+            "fill": Out(4), "fill_buf": Out(1),
+            "w_valid": Out(4),
+            "w_buf": Out(1),
+            "w_row": Out(range(array)),
+            "w_addr": Out(range(max(self.max_words, k_max * g // port_bytes,
+                                    4 * array * g // port_bytes))),
+            "w_data": Out(port_bytes * 8),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, w, g = self.array, self.port_bytes, self.group
+        cmd, plan = self.cmd, self.plan
+        desc_layout = data.StructLayout({
+            "target": range(4), "buf": 1, "last": 1,
+            "row": range(self.max_rows), "word": range(self.max_words),
+        })
+        m.submodules.pending = pending = fifo.SyncFIFOBuffered(
+            width=desc_layout.size, depth=self.outstanding)
+
+        # --- Request side --------------------------------------------------------------------
+        g_idx = Signal(DIM_BITS)
+        p_idx = Signal(DIM_BITS)
+        item_parity = Signal()
+        g_last = Signal()
+        p_last = Signal()
+        m.d.comb += [g_last.eq(g_idx == plan.ng - 1), p_last.eq(p_idx == plan.np - 1)]
+
+        b_gbase = Signal(ADDR_BITS)     # b_addr + g*G
+        p_gbase = Signal(ADDR_BITS)     # p_addr + g*G*8
+        a_pbase = Signal(ADDR_BITS)     # a_addr + p*N*a_stride
+        d_pbase = Signal(ADDR_BITS)     # d_addr + p*N*d_stride + g*G*eb
+        d_gbase = Signal(ADDR_BITS)     # d_addr + g*G*eb
+
+        target = Signal(range(4))
+        buf = Signal()
+        rows = Signal(range(self.max_rows + 1))
+        words = Signal(range(self.max_words + 1))
+        stride = Signal(ADDR_BITS)
+        row_addr = Signal(ADDR_BITS)
+        addr = Signal(ADDR_BITS)
+        row = Signal(range(self.max_rows))
+        word = Signal(range(self.max_words))
+
+        panel_rows = Mux(p_last, plan.last_rows, n)
+        enabled = Cat(C(1, 1), C(1, 1), cmd.use_params, cmd.addend != AddendMode.NONE)
+
+        def job_needed(j):
+            first_of_group = p_idx == 0
+            return {A: 1, B: first_of_group, P: first_of_group & cmd.use_params,
+                    D: cmd.addend != AddendMode.NONE}[j]
+
+        # Job order within an item: B, P, A, D.
+        order = [B, P, A, D]
+
+        def setup(j):
+            """Statements preparing job j of the current item."""
+            stmts = [target.eq(j), row.eq(0), word.eq(0)]
+            if j == B:
+                stmts += [buf.eq(g_idx[0]), rows.eq(cmd.k), stride.eq(cmd.b_stride),
+                          words.eq(Mux(g_last, plan.bw_last, g // w)),
+                          row_addr.eq(b_gbase), addr.eq(b_gbase)]
+            elif j == P:
+                stmts += [buf.eq(g_idx[0]), rows.eq(1), stride.eq(0),
+                          words.eq(Mux(g_last, plan.pw_last, PARAM_RECORD_BYTES * g // w)),
+                          row_addr.eq(p_gbase), addr.eq(p_gbase)]
+            elif j == A:
+                stmts += [buf.eq(item_parity), rows.eq(panel_rows), stride.eq(cmd.a_stride),
+                          words.eq(plan.a_words), row_addr.eq(a_pbase), addr.eq(a_pbase)]
+            else:
+                stmts += [buf.eq(item_parity), rows.eq(panel_rows), stride.eq(cmd.d_stride),
+                          words.eq(Mux(g_last, plan.dw_last, plan.dw_full)),
+                          row_addr.eq(d_pbase), addr.eq(d_pbase)]
+            return stmts
+
+        row_last = Signal()
+        word_last = Signal()
+        m.d.comb += [row_last.eq(row == rows - 1), word_last.eq(word == words - 1)]
+        desc = Signal(desc_layout)
+        m.d.comb += [
+            desc.target.eq(target), desc.buf.eq(buf), desc.row.eq(row), desc.word.eq(word),
+            desc.last.eq(row_last & word_last),
+            pending.w_data.eq(desc),
+            self.rd_req.payload.addr.eq(addr),
+            self.claim_buf.eq(buf),
+        ]
+
+        with m.FSM(name="load"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [
+                        g_idx.eq(0), p_idx.eq(0), item_parity.eq(0),
+                        b_gbase.eq(cmd.b_addr), p_gbase.eq(cmd.p_addr),
+                        a_pbase.eq(cmd.a_addr), d_pbase.eq(cmd.d_addr), d_gbase.eq(cmd.d_addr),
+                    ]
+                    m.next = f"SETUP_{order[0]}"
+            for pos, j in enumerate(order):
+                nxt = f"SETUP_{order[pos + 1]}" if pos + 1 < len(order) else "NEXT_ITEM"
+                with m.State(f"SETUP_{j}"):
+                    with m.If(job_needed(j)):
+                        m.d.sync += setup(j)
+                        m.next = f"CLAIM_{j}"
+                    with m.Else():
+                        m.next = nxt
+                with m.State(f"CLAIM_{j}"):
+                    with m.If(self.free.word_select(Cat(buf, C(j, 2)), 1)):
+                        m.d.comb += self.claim.eq(1 << j)
+                        m.next = f"ISSUE_{j}"
+                with m.State(f"ISSUE_{j}"):
+                    m.d.comb += [
+                        self.rd_req.valid.eq(pending.w_rdy),
+                        pending.w_en.eq(self.rd_req.ready),
+                    ]
+                    with m.If(self.rd_req.valid & self.rd_req.ready):
+                        with m.If(word_last):
+                            m.d.sync += [word.eq(0), row.eq(row + 1),
+                                         row_addr.eq(row_addr + stride),
+                                         addr.eq(row_addr + stride)]
+                            with m.If(row_last):
+                                m.next = nxt
+                        with m.Else():
+                            m.d.sync += [word.eq(word + 1), addr.eq(addr + w)]
+            with m.State("NEXT_ITEM"):
+                m.d.sync += item_parity.eq(~item_parity)
+                with m.If(p_last):
+                    m.d.sync += [
+                        p_idx.eq(0), g_idx.eq(g_idx + 1),
+                        b_gbase.eq(b_gbase + g),
+                        p_gbase.eq(p_gbase + PARAM_RECORD_BYTES * g),
+                        a_pbase.eq(cmd.a_addr),
+                        d_pbase.eq(d_gbase + (g << plan.d_log2)),
+                        d_gbase.eq(d_gbase + (g << plan.d_log2)),
+                    ]
+                    with m.If(g_last):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = f"SETUP_{order[0]}"
+                with m.Else():
+                    m.d.sync += [
+                        p_idx.eq(p_idx + 1),
+                        a_pbase.eq(a_pbase + (cmd.a_stride << _log2(n))),
+                        d_pbase.eq(d_pbase + (cmd.d_stride << _log2(n))),
+                    ]
+                    m.next = f"SETUP_{order[0]}"
+
+        # --- Response side ------------------------------------------------------------------
+        resp = Signal(desc_layout)
+        m.d.comb += [
+            resp.eq(pending.r_data),
+            self.rd_resp.ready.eq(pending.r_rdy),
+            pending.r_en.eq(self.rd_resp.valid),
+        ]
+        beat = self.rd_resp.valid & pending.r_rdy
+        lgw = _log2(g // w)
+        m.d.comb += [
+            self.w_buf.eq(resp.buf),
+            self.w_row.eq(resp.row),
+            self.w_data.eq(self.rd_resp.payload),
+            self.fill_buf.eq(resp.buf),
+        ]
+        with m.Switch(resp.target):
+            with m.Case(A):
+                m.d.comb += self.w_addr.eq(resp.word)
+            with m.Case(B):
+                m.d.comb += self.w_addr.eq(Cat(resp.word[:lgw], resp.row))
+            with m.Case(P):
+                m.d.comb += self.w_addr.eq(resp.word)
+            with m.Case(D):
+                # Row r of the addend tile starts at beat r * (G * eb / W).
+                m.d.comb += self.w_addr.eq(
+                    Mux(plan.d_log2 == 2,
+                        Cat(resp.word[:lgw + 2], resp.row),
+                        Cat(resp.word[:lgw + 1], resp.row)))
+        for j in range(4):
+            with m.If(beat & (resp.target == j)):
+                m.d.comb += self.w_valid[j].eq(1)
+                with m.If(resp.last):
+                    m.d.comb += self.fill[j].eq(1)
+        return m
+
+
+class Feeder(_Unit):
+    """Streams A columns and B rows from the scratchpads into the array, tile after tile.
+
+    Steps past K (tiles shorter than the array are padded to ``array`` steps) carry zeros.
+    Reads are pipelined one cycle; a stalled array holds the read data (``r_en`` low).
+    """
+
+    def __init__(self, array, port_bytes, *, k_max):
+        self.k_max = k_max
+        g = group_cols(array, port_bytes)
+        super().__init__(array, port_bytes, {
+            "full": In(4),                       # A buffers 0,1 then B buffers 0,1
+            "release": Out(2), "release_a_buf": Out(1), "release_b_buf": Out(1),
+            "a_r_en": Out(1), "a_r_buf": Out(1), "a_r_addr": Out(range(k_max)),
+            "a_r_data": In(array * 8),
+            "b_r_en": Out(1), "b_r_buf": Out(1), "b_r_addr": Out(range(k_max * g // array)),
+            "b_r_data": In(array * 8),
+            "o": Out(stream.Signature(step_layout(array))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.array
+        cmd, plan = self.cmd, self.plan
+        walk = _Walk(m, plan, n, self.port_bytes, "feed")
+        running = Signal()
+        k = Signal(K_BITS + 1)
+        k_last = Signal()
+        m.d.comb += [k_last.eq(k == plan.kp - 1), self.busy.eq(running)]
+
+        a_buf = walk.item_parity
+        b_buf = walk.group_parity
+        ready_tokens = self.full.bit_select(a_buf, 1) & self.full.bit_select(2 + b_buf, 1)
+
+        v1 = Signal()
+        live1 = Signal()
+        last1 = Signal()
+        enable = Signal()
+        issue = Signal()
+        m.d.comb += [
+            enable.eq(~v1 | self.o.ready),
+            issue.eq(enable & running & ready_tokens),
+            self.a_r_en.eq(enable), self.a_r_buf.eq(a_buf), self.a_r_addr.eq(k),
+            self.b_r_en.eq(enable), self.b_r_buf.eq(b_buf),
+            self.b_r_addr.eq(Cat(walk.blk, k) if self.group > n else k),
+            self.release_a_buf.eq(a_buf), self.release_b_buf.eq(b_buf),
+        ]
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), k.eq(0), *walk.reset()]
+        with m.If(issue):
+            m.d.sync += [v1.eq(1), live1.eq(k < cmd.k), last1.eq(k_last)]
+            with m.If(k_last):
+                m.d.sync += k.eq(0)
+                walk.advance(m)
+                with m.If(walk.blk_last):
+                    m.d.comb += self.release[0].eq(1)
+                with m.If(walk.group_last):
+                    m.d.comb += self.release[1].eq(1)
+                with m.If(walk.final):
+                    m.d.sync += running.eq(0)
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+        with m.Elif(enable):
+            m.d.sync += v1.eq(0)
+
+        m.d.comb += [self.o.valid.eq(v1), self.o.payload.last.eq(last1)]
+        for r in range(n):
+            byte = self.a_r_data[8 * r:8 * r + 8]
+            value = Mux(cmd.a_unsigned, byte.as_unsigned(), byte.as_signed())
+            m.d.comb += self.o.payload.a[r].eq(Mux(live1, value, 0))
+            m.d.comb += self.o.payload.b[r].eq(
+                Mux(live1, self.b_r_data[8 * r:8 * r + 8].as_signed(), 0))
+        return m
+
+
+class Collector(_Unit):
+    """Joins each result row of the array with its column parameters and addend row."""
+
+    def __init__(self, array, port_bytes):
+        g = group_cols(array, port_bytes)
+        super().__init__(array, port_bytes, {
+            "full": In(4),                       # P buffers 0,1 then D buffers 0,1
+            "release": Out(2), "release_p_buf": Out(1), "release_d_buf": Out(1),
+            "p_r_en": Out(1), "p_r_buf": Out(1), "p_r_addr": Out(range(g // array)),
+            "p_r_data": In(array * PARAM_RECORD_BYTES * 8),
+            "d_r_en": Out(1), "d_r_buf": Out(1), "d_r_addr": Out(range(g)),
+            "d_r_data": In(array * 4 * 8),
+            "i": In(stream.Signature(row_layout(array))),
+            "o": Out(stream.Signature(epilogue_layout(array))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.array
+        cmd, plan = self.cmd, self.plan
+        walk = _Walk(m, plan, n, self.port_bytes, "collect")
+        running = Signal()
+        row = Signal(range(n))
+        row_last = Signal()
+        m.d.comb += row_last.eq(row == n - 1)
+
+        p_buf = walk.group_parity
+        d_buf = walk.item_parity
+        use_d = cmd.addend != AddendMode.NONE
+        ready_tokens = ((~cmd.use_params | self.full.bit_select(p_buf, 1)) &
+                        (~use_d | self.full.bit_select(2 + d_buf, 1)))
+
+        v1 = Signal()
+        acc1 = Signal(row_layout(n))
+        half1 = Signal()
+        enable = Signal()
+        accept = Signal()
+        # Addend beat index of this row: row * (G / N) + blk, in 4N-byte units for int32 and
+        # 2N-byte units (two per read) for int16.
+        t = Signal(range(self.group))
+        m.d.comb += t.eq(Cat(walk.blk, row) if self.group > n else row)
+        m.d.comb += [
+            enable.eq(~v1 | self.o.ready),
+            self.i.ready.eq(enable & running & ready_tokens),
+            accept.eq(self.i.valid & self.i.ready),
+            self.p_r_en.eq(enable), self.p_r_buf.eq(p_buf), self.p_r_addr.eq(walk.blk),
+            self.d_r_en.eq(enable), self.d_r_buf.eq(d_buf),
+            self.d_r_addr.eq(Mux(plan.d_log2 == 2, t, t >> 1)),
+            self.release_p_buf.eq(p_buf), self.release_d_buf.eq(d_buf),
+        ]
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), row.eq(0), *walk.reset()]
+        with m.If(accept):
+            m.d.sync += [v1.eq(1), acc1.eq(self.i.payload), half1.eq(t[0])]
+            with m.If(row_last):
+                m.d.sync += row.eq(0)
+                walk.advance(m)
+                with m.If(walk.blk_last & use_d):
+                    m.d.comb += self.release[1].eq(1)
+                with m.If(walk.group_last & cmd.use_params):
+                    m.d.comb += self.release[0].eq(1)
+                with m.If(walk.final):
+                    m.d.sync += running.eq(0)
+            with m.Else():
+                m.d.sync += row.eq(row + 1)
+        with m.Elif(enable):
+            m.d.sync += v1.eq(0)
+
+        o = self.o.payload
+        m.d.comb += [self.o.valid.eq(v1), o.acc.eq(acc1)]
+        rec = PARAM_RECORD_BYTES * 8
+        d16 = Mux(half1, self.d_r_data[n * 16:], self.d_r_data[:n * 16])
+        for lane in range(n):
+            base = lane * rec
+            bias = self.p_r_data[base + 8 * PARAM_BIAS_OFFSET:][:32].as_signed()
+            mult = self.p_r_data[base + 8 * PARAM_MULT_OFFSET:][:MULT_BITS]
+            shift = self.p_r_data[base + 8 * PARAM_SHIFT_OFFSET:][:8]
+            acc32 = self.d_r_data[32 * lane:32 * lane + 32].as_signed()
+            res16 = d16[16 * lane:16 * lane + 16].as_signed()
+            m.d.comb += [
+                o.bias[lane].eq(Mux(cmd.use_params, bias, 0)),
+                o.mult[lane].eq(mult),
+                o.shift[lane].eq(Mux(shift > 63, 63, shift)),
+            ]
+            with m.Switch(cmd.addend):
+                with m.Case(AddendMode.ACC32):
+                    m.d.comb += o.addend[lane].eq(acc32)
+                with m.Case(AddendMode.RESIDUAL16):
+                    m.d.comb += o.addend[lane].eq(res16 << cmd.addend_shift)
+                with m.Default():
+                    m.d.comb += o.addend[lane].eq(0)
+        return m
+
+
+class Writer(_Unit):
+    """Stores result rows as memory beats with byte strobes, skipping rows and columns past M, N.
+
+    A row of a tile is ``array`` elements of 1, 2 or 4 bytes; it fills part of one beat or a
+    whole number of beats (everything is a power of two and aligned).
+    """
+
+    def __init__(self, array, port_bytes):
+        super().__init__(array, port_bytes, {
+            "i": In(stream.Signature(data.ArrayLayout(signed(32), array))),
+            "wr": Out(stream.Signature(write_layout(port_bytes))),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, w = self.array, self.port_bytes
+        cmd, plan = self.cmd, self.plan
+        ln, lw = _log2(n), _log2(w)
+        walk = _Walk(m, plan, n, w, "write")
+        running = Signal()
+        row = Signal(range(n))
+        beat = Signal(range(max(1, 4 * n // w)))
+        row_last = Signal()
+        m.d.comb += row_last.eq(row == n - 1)
+
+        panel_addr = Signal(ADDR_BITS)      # c_addr + p*N*c_stride
+        row_addr = Signal(ADDR_BITS)        # panel_addr + row*c_stride
+
+        # Beats per row: max(1, N * out_bytes / W).
+        beats_log2 = Signal(range(8))
+        span_log2 = Signal(range(8))
+        m.d.comb += span_log2.eq(ln + plan.ob_log2)
+        m.d.comb += beats_log2.eq(Mux(span_log2 > lw, span_log2 - lw, 0))
+        beat_last = Signal()
+        m.d.comb += beat_last.eq(beat == (1 << beats_log2) - 1)
+
+        col0 = Signal(DIM_BITS + 1)
+        m.d.comb += col0.eq(Cat(C(0, ln), walk.blk, walk.g) if self.group > n else
+                            Cat(C(0, ln), walk.g))
+        row_valid = ~walk.p_last | (row < plan.last_rows)
+        seg = Signal(ADDR_BITS)
+        m.d.comb += seg.eq(row_addr + (col0 << plan.ob_log2))
+
+        # Pack the row in the output format, with a byte mask of the columns inside N.
+        packed = Signal(n * 32)
+        mask = Signal(n * 4)
+        with m.Switch(plan.ob_log2):
+            for ob_log2 in range(3):
+                ob = 1 << ob_log2
+                with m.Case(ob_log2):
+                    m.d.comb += [
+                        packed.eq(Cat(self.i.payload[e].as_unsigned()[:8 * ob] for e in range(n))),
+                        mask.eq(Cat(Mux(col0 + e < cmd.n, (1 << ob) - 1, 0)[:ob]
+                                    for e in range(n))),
+                    ]
+        offset = Signal(range(w))
+        m.d.comb += offset.eq(seg[:lw])
+        shifted_data = Signal(n * 32 + 8 * w)
+        shifted_mask = Signal(n * 4 + w)
+        m.d.comb += [
+            shifted_data.eq((packed << (offset << 3)) >> (beat << (lw + 3))),
+            shifted_mask.eq((mask << offset) >> (beat << lw)),
+            self.wr.payload.addr.eq(Cat(C(0, lw), seg[lw:] + beat)),
+            self.wr.payload.data.eq(shifted_data[:8 * w]),
+            self.wr.payload.strb.eq(shifted_mask[:w]),
+        ]
+
+        take_row = Signal()
+        with m.If(running & self.i.valid):
+            with m.If(row_valid):
+                m.d.comb += self.wr.valid.eq(1)
+                with m.If(self.wr.ready):
+                    with m.If(beat_last):
+                        m.d.comb += take_row.eq(1)
+                        m.d.sync += beat.eq(0)
+                    with m.Else():
+                        m.d.sync += beat.eq(beat + 1)
+            with m.Else():
+                m.d.comb += take_row.eq(1)
+        m.d.comb += self.i.ready.eq(take_row)
+
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), row.eq(0), beat.eq(0), *walk.reset(),
+                         panel_addr.eq(cmd.c_addr), row_addr.eq(cmd.c_addr)]
+        with m.If(take_row):
+            with m.If(row_last):
+                m.d.sync += row.eq(0)
+                walk.advance(m)
+                with m.If(walk.blk_last):
+                    with m.If(walk.p_last):
+                        m.d.sync += [panel_addr.eq(cmd.c_addr), row_addr.eq(cmd.c_addr)]
+                    with m.Else():
+                        next_panel = panel_addr + (cmd.c_stride << ln)
+                        m.d.sync += [panel_addr.eq(next_panel), row_addr.eq(next_panel)]
+                with m.Else():
+                    m.d.sync += row_addr.eq(panel_addr)
+                with m.If(walk.final):
+                    m.d.sync += running.eq(0)
+                    m.d.comb += self.done.eq(1)
+            with m.Else():
+                m.d.sync += [row.eq(row + 1), row_addr.eq(row_addr + cmd.c_stride)]
+        return m

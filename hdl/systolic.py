@@ -1,0 +1,156 @@
+"""Output-stationary systolic array of int8 MACs with int32 accumulators.
+
+Each step the array takes one column of A (N values, one per row, 9-bit signed so that int8 and
+uint8 both fit) and one row of B (N int8 values, one per column). Row ``r`` of A is skewed by
+``r`` steps and column ``c`` of B by ``c`` steps, so the pair ``a[r, k]``, ``b[k, c]`` meets in
+processing element (r, c), which accumulates ``C[r, c]`` in place (output-stationary).
+
+The step that carries ``last`` closes a tile: each PE moves ``acc + a*b`` into a shadow register
+and restarts from zero, so the next tile streams in with no gap. A row's shadows are complete one
+step after its last PE captured; rows complete on consecutive steps and leave through a
+one-hot row multiplexer, one int32 row per step, in row order. A tile therefore needs at least N
+steps (the sequencer pads K below N with zeros) and the array never idles between tiles.
+"""
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .params import A_BITS, ACC_BITS, ARRAY_MAX, ARRAY_MIN, B_BITS
+
+__all__ = ["step_layout", "row_layout", "SystolicArray"]
+
+
+def step_layout(n: int) -> data.StructLayout:
+    """One step of operands: a column of A, a row of B and the end-of-tile flag."""
+    return data.StructLayout({
+        "a": data.ArrayLayout(signed(A_BITS), n),
+        "b": data.ArrayLayout(signed(B_BITS), n),
+        "last": unsigned(1),
+    })
+
+
+def row_layout(n: int) -> data.ArrayLayout:
+    """One row of accumulators."""
+    return data.ArrayLayout(signed(ACC_BITS), n)
+
+
+class SystolicArray(wiring.Component):
+    """N x N output-stationary array.
+
+    Parameters
+    ----------
+    n : int
+        Rows and columns of the array (2..32).
+
+    Members
+    -------
+    i : In(stream.Signature(step_layout(n)))
+        Operand steps; a tile is the run of steps up to and including one with ``last`` set
+        (at least ``n`` steps long).
+    o : Out(stream.Signature(row_layout(n)))
+        Result rows, ``n`` per tile in row order.
+
+    The whole array advances together: it steps when its output register can take a row and it
+    has either a new operand step or work still in flight (then it steps with zero operands, which
+    drains the last tile). A stalled output therefore stalls the input too.
+    """
+
+    def __init__(self, n: int):
+        if not isinstance(n, int):
+            raise TypeError(f"array size must be an int, not {n!r}")
+        if not ARRAY_MIN <= n <= ARRAY_MAX:
+            raise ValueError(f"array size must be in {ARRAY_MIN}..{ARRAY_MAX}, not {n}")
+        self.n = n
+        super().__init__({
+            "i": In(stream.Signature(step_layout(n))),
+            "o": Out(stream.Signature(row_layout(n))),
+        })
+
+    #: Steps after the last input until every result row has left: input register, row skew,
+    #: column travel, row-done flag, output register.
+    def drain_steps(self) -> int:
+        return 2 * self.n + 3
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.n
+
+        out_ok = ~self.o.valid | self.o.ready
+        take = Signal()
+        adv = Signal()
+        drain = Signal(range(self.drain_steps() + 1))
+        m.d.comb += [
+            self.i.ready.eq(out_ok),
+            take.eq(self.i.valid & out_ok),
+            adv.eq(out_ok & (self.i.valid | (drain != 0))),
+        ]
+        with m.If(take):
+            m.d.sync += drain.eq(self.drain_steps())
+        with m.Elif(adv):
+            m.d.sync += drain.eq(drain - 1)
+
+        # Input register plus skew: row r of A passes r + 1 registers, column c of B c + 1.
+        def skew(value, stages, name):
+            for s in range(stages):
+                reg = Signal.like(value, name=f"{name}_skew{s}")
+                with m.If(adv):
+                    m.d.sync += reg.eq(value)
+                value = reg
+            return value
+
+        a_left = [[None] * (n + 1) for _ in range(n)]
+        l_left = [[None] * (n + 1) for _ in range(n)]
+        b_top = [[None] * n for _ in range(n + 1)]
+        for r in range(n):
+            a_in = Signal(signed(A_BITS), name=f"a_in{r}")
+            l_in = Signal(name=f"l_in{r}")
+            m.d.comb += [
+                a_in.eq(Mux(take, self.i.payload.a[r], 0)),
+                l_in.eq(take & self.i.payload.last),
+            ]
+            a_left[r][0] = skew(a_in, r + 1, f"a{r}")
+            l_left[r][0] = skew(l_in, r + 1, f"l{r}")
+        for c in range(n):
+            b_in = Signal(signed(B_BITS), name=f"b_in{c}")
+            m.d.comb += b_in.eq(Mux(take, self.i.payload.b[c], 0))
+            b_top[0][c] = skew(b_in, c + 1, f"b{c}")
+
+        shadow = [[Signal(signed(ACC_BITS), name=f"shadow_{r}_{c}") for c in range(n)]
+                  for r in range(n)]
+        for r in range(n):
+            for c in range(n):
+                a, b, last = a_left[r][c], b_top[r][c], l_left[r][c]
+                acc = Signal(signed(ACC_BITS), name=f"acc_{r}_{c}")
+                a_reg = Signal(signed(A_BITS), name=f"a_{r}_{c}")
+                b_reg = Signal(signed(B_BITS), name=f"b_{r}_{c}")
+                l_reg = Signal(name=f"l_{r}_{c}")
+                total = Signal(signed(ACC_BITS), name=f"sum_{r}_{c}")
+                # |a*b| <= 2**15 and K <= 2**16 terms: the int32 sum cannot overflow.
+                m.d.comb += total.eq(acc + a * b)
+                with m.If(adv):
+                    m.d.sync += [a_reg.eq(a), b_reg.eq(b), l_reg.eq(last)]
+                    with m.If(last):
+                        m.d.sync += [shadow[r][c].eq(total), acc.eq(0)]
+                    with m.Else():
+                        m.d.sync += acc.eq(total)
+                a_left[r][c + 1] = a_reg
+                l_left[r][c + 1] = l_reg
+                b_top[r + 1][c] = b_reg
+
+        # Row r is complete one step after its rightmost PE captured.
+        row_done = Signal(n)
+        with m.If(adv):
+            m.d.sync += row_done.eq(Cat(l_left[r][n - 1] for r in range(n)))
+
+        row = Signal(row_layout(n))
+        row_bits = 0
+        for r in range(n):
+            row_bits = row_bits | Mux(row_done[r], Cat(shadow[r]), 0)
+        m.d.comb += row.eq(row_bits)
+
+        with m.If(adv & row_done.any()):
+            m.d.sync += [self.o.payload.eq(row), self.o.valid.eq(1)]
+        with m.Elif(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        return m

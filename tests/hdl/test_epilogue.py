@@ -1,0 +1,60 @@
+"""Epilogue against the golden numerics in Amaranth's simulator."""
+
+import random
+
+import numpy as np
+import pytest
+
+from celosia.hdl.epilogue import Epilogue
+from celosia.hdl.params import OUT_RANGE, OutFormat
+from celosia.sim.pysim import StreamSink, StreamSource, run
+from celosia.sw.numerics import INT32, MULT_BITS, SHIFT_MAX, Dyadic, requantize, saturate
+
+
+def golden_rows(rows, requant, fmt, zp):
+    out = []
+    for r in rows:
+        x = saturate(np.array(r["acc"]) + np.array(r["bias"]), INT32)
+        x = saturate(x + np.array(r["addend"]), INT32)
+        if requant:
+            x = requantize(x, Dyadic(np.array(r["mult"]), np.array(r["shift"])), OUT_RANGE[fmt], zp)
+        out.append([int(v) for v in x])
+    return out
+
+
+def random_rows(rng, n, count):
+    def val():
+        return rng.choice([INT32.lo, INT32.hi, 0, -1, 1, rng.randint(INT32.lo, INT32.hi),
+                           rng.randint(-5000, 5000)])
+    rows = []
+    for _ in range(count):
+        rows.append({
+            "acc": [val() for _ in range(n)],
+            "bias": [val() for _ in range(n)],
+            "addend": [val() for _ in range(n)],
+            "mult": [rng.choice([0, 1, (1 << MULT_BITS) - 1, rng.randrange(1 << MULT_BITS)])
+                     for _ in range(n)],
+            "shift": [rng.choice([0, 1, SHIFT_MAX, rng.randint(0, SHIFT_MAX)]) for _ in range(n)],
+        })
+    return rows
+
+
+@pytest.mark.parametrize("fmt", list(OutFormat))
+@pytest.mark.parametrize("requant", [0, 1])
+def test_epilogue_matches_golden(fmt, requant):
+    n = 4
+    rng = random.Random(int(fmt) * 2 + requant)
+    rows = random_rows(rng, n, 60)
+    zp = rng.choice([0, -7, 100, 255])
+    dut = Epilogue(n)
+    src = StreamSource(dut.i, rows, rng=rng, gap=0.3)
+    sink = StreamSink(dut.o, len(rows), rng=random.Random(5), stall=0.4,
+                      convert=lambda p: [int(v) for v in p])
+
+    async def config(ctx):
+        ctx.set(dut.requant, requant)
+        ctx.set(dut.out_fmt, fmt)
+        ctx.set(dut.zero_point, zp)
+
+    run(dut, config, src, sink, deadline_cycles=5000)
+    assert sink.received == golden_rows(rows, requant, fmt, zp)
