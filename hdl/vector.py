@@ -1,0 +1,611 @@
+"""The vector unit: N-lane streaming softmax, LayerNorm, GELU, requantisation and residual add.
+
+Rows stream in as beats of N lanes (column ``j`` of a row is lane ``j % N`` of beat ``j // N``),
+and stream out the same way, bit-exact with :mod:`celosia.sw.numerics`. A command selects the
+operation and its parameters for a batch of rows. See docs/vector.md for the datapaths.
+
+Structure (every arrow is a FIFO, so every stage runs at one beat a cycle on its own row)::
+
+    cmd ─▶ ingest ─beats─▶ [row FIFO A] ─▶ exp/square ─beats─▶ [row FIFO B] ─▶ output ─▶ o
+           (max, Σx,        tokens ─▶ T1     (e, Σe, Σx²)        ▲    multiplier bank
+            residual add)                      tokens ─▶ T2 ─▶ finishers ─▶ T3
+                                                        (reciprocal, mean, var, isqrt, 1/std)
+
+A *token* carries one row's command and its reductions from stage to stage; rows stay in order.
+"""
+
+import math
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from celosia.sw import numerics as nx
+
+from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
+                           mul_round_sat)
+
+__all__ = [
+    "VectorOp", "COLS_BITS", "ROWS_BITS", "GAMMA_BITS", "BETA_BITS",
+    "command_layout", "param_layout", "token_layout",
+    "VectorFinisher", "VectorUnit", "pack", "unpack",
+]
+
+
+class VectorOp(enum.Enum, shape=3):
+    """Operation of a command (a batch of rows)."""
+    SOFTMAX = 0     #: int32 scores -> uint8 probabilities (scale, optional causal mask)
+    LAYERNORM = 1   #: int32 (saturated to int24) -> out range, per-column gamma/beta
+    GELU = 2        #: int32 -> requantise to int16 Q10 (per column) -> GELU -> requantise (per tensor)
+    REQUANT = 3     #: int32 -> per-column dyadic requantisation, zero point, saturation
+    RESIDUAL = 4    #: int32 + (int16 << shift), saturated to int32
+
+
+#: A row has at most 2**COLS_BITS - 1 columns (LayerNorm's limit, LN_MAX_COLS, fits).
+COLS_BITS = nx.LN_MAX_COLS.bit_length()
+#: Rows in one command.
+ROWS_BITS = 16
+#: Per-column LayerNorm gamma is below 2**20 in magnitude (numerics.layernorm), beta below 2**40.
+GAMMA_BITS = 21
+BETA_BITS = 41
+#: Shift fields: up to SHIFT_MAX for requantisation.
+SHIFT_BITS = nx.SHIFT_MAX.bit_length()
+
+#: softmax running max starts below every int32.
+_MAX_INIT = nx.INT32.lo - 1
+_INT24 = nx.Range(-(1 << (nx.LN_IN_BITS - 1)), (1 << (nx.LN_IN_BITS - 1)) - 1)
+
+command_layout = data.StructLayout({
+    "op": VectorOp,
+    "rows": unsigned(ROWS_BITS),
+    "cols": unsigned(COLS_BITS),
+    # Softmax: column j of row i is masked when causal and j > i + causal_offset.
+    "causal": unsigned(1),
+    "causal_offset": signed(ROWS_BITS + 1),
+    # Softmax: scale (M, S). GELU: output requantisation (M, S). LayerNorm: output shift (S).
+    # Residual: residual shift (S, 0..16).
+    "mult": unsigned(nx.MULT_BITS),
+    "shift": unsigned(SHIFT_BITS),
+    # Requantise and GELU: output zero point. LayerNorm, requantise, GELU: output range.
+    "zero_point": signed(32),
+    "out_lo": signed(32),
+    "out_hi": signed(32),
+})
+
+#: Per-column parameters: LayerNorm gamma (mult) and beta (bias); requantise and GELU's input
+#: requantisation multiplier (mult, below 2**MULT_BITS) and shift.
+param_layout = data.StructLayout({
+    "mult": signed(GAMMA_BITS),
+    "shift": unsigned(SHIFT_BITS),
+    "bias": signed(BETA_BITS),
+})
+
+#: One row in flight. ``a``: softmax max / LayerNorm sum, then mean. ``b``: softmax exp sum,
+#: then reciprocal / LayerNorm sum of squares, then floor(2**46 / std).
+token_layout = data.StructLayout({
+    "cmd": command_layout,
+    "row": unsigned(ROWS_BITS),
+    "a": signed(2 + nx.LN_IN_BITS + COLS_BITS),
+    "b": unsigned(2 * nx.LN_IN_BITS + COLS_BITS),
+})
+
+_SX_BITS = 2 + nx.LN_IN_BITS + COLS_BITS            # |sum x| < 2**(23 + 11)
+_SXX_BITS = 2 * nx.LN_IN_BITS + COLS_BITS           # sum x*x < 2**(46 + 11)
+_ESUM_BITS = EXP_E_BITS + COLS_BITS                 # sum e <= 2047 * 2**15
+_RECIP_NUM = nx.PROB_MAX << nx.RECIP_BITS
+#: The exp sum of a row with any unmasked column is at least 2**EXP_ONE_BITS (its maximum).
+_RECIP_QBITS = _RECIP_NUM.bit_length() - nx.EXP_ONE_BITS
+_MEAN_QBITS = _SX_BITS - 1
+_VAR_QBITS = 2 * (nx.LN_IN_BITS + 1)                # |d| < 2**25, so var < 2**50
+_STD_BITS = nx.LN_IN_BITS + 1
+_INV_QBITS = nx.LN_INV_BITS + 1
+_INV_BITS = nx.LN_INV_BITS + 1
+_DIVISOR_BITS = max(_ESUM_BITS, _STD_BITS, COLS_BITS)
+_DIVIDEND_BITS = max(_RECIP_NUM.bit_length(), _SXX_BITS, nx.LN_INV_BITS + 1)
+
+
+def _is_reduction(op):
+    return (op == VectorOp.SOFTMAX) | (op == VectorOp.LAYERNORM)
+
+
+class VectorFinisher(wiring.Component):
+    """Per-row scalar work between the reduction passes and the output pass.
+
+    Softmax: ``R = floor(255 * 2**24 / sum)`` (0 for an all-masked row). LayerNorm: floor mean,
+    ``S2 = sum(x*x) - mean * (2*sum(x) - n*mean)`` (exactly ``sum((x - mean)**2)``), floor
+    variance, isqrt, ``inv = floor(2**46 / max(1, std))``. Other operations pass through.
+    One divider (``unroll`` quotient bits a cycle) serves every division.
+    """
+
+    def __init__(self, unroll: int = 8):
+        self.unroll = unroll
+        super().__init__({
+            "i": In(stream.Signature(token_layout)),
+            "o": Out(stream.Signature(token_layout)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.div = div = Divider(_DIVIDEND_BITS, _DIVISOR_BITS, self.unroll)
+        m.submodules.sqrt = sqrt = Isqrt(_STD_BITS, self.unroll)
+
+        tok = Signal(token_layout)
+        sx = Signal(signed(_SX_BITS))
+        mean = Signal(signed(_SX_BITS))
+        s2 = Signal(unsigned(_SXX_BITS + 1))
+        m.d.comb += self.o.payload.eq(tok)
+        cols = tok.cmd.cols
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    m.d.sync += [tok.eq(self.i.payload), sx.eq(self.i.payload.a)]
+                    m.next = "DISPATCH"
+            with m.State("DISPATCH"):
+                with m.Switch(tok.cmd.op):
+                    with m.Case(VectorOp.SOFTMAX):
+                        with m.If(tok.b == 0):
+                            m.next = "DONE"
+                        with m.Else():
+                            m.d.comb += [div.start.eq(1), div.dividend.eq(_RECIP_NUM),
+                                         div.divisor.eq(tok.b),
+                                         div.steps.eq(div.steps_for(_RECIP_QBITS))]
+                            m.next = "RECIP"
+                    with m.Case(VectorOp.LAYERNORM):
+                        # floor(a / n) = ~(~a // n) for negative a.
+                        m.d.comb += [div.start.eq(1),
+                                     div.dividend.eq(Mux(sx < 0, ~sx, sx)[:_SX_BITS]),
+                                     div.divisor.eq(cols),
+                                     div.steps.eq(div.steps_for(_MEAN_QBITS))]
+                        m.next = "MEAN"
+                    with m.Default():
+                        m.next = "DONE"
+            with m.State("RECIP"):
+                with m.If(div.done):
+                    m.d.sync += tok.b.eq(div.quotient)
+                    m.next = "DONE"
+            with m.State("MEAN"):
+                with m.If(div.done):
+                    q = div.quotient[:_SX_BITS].as_signed()
+                    m.d.sync += mean.eq(Mux(sx < 0, ~q, q))
+                    m.next = "SQUARES"
+            with m.State("SQUARES"):
+                m.d.sync += s2.eq(tok.b - mean * (2 * sx - cols * mean))
+                m.d.sync += tok.a.eq(mean)
+                m.next = "VAR"
+            with m.State("VAR"):
+                m.d.comb += [div.start.eq(1), div.dividend.eq(s2), div.divisor.eq(cols),
+                             div.steps.eq(div.steps_for(_VAR_QBITS))]
+                m.next = "SQRT"
+            with m.State("SQRT"):
+                with m.If(div.done):
+                    m.d.comb += [sqrt.start.eq(1), sqrt.radicand.eq(div.quotient)]
+                    m.next = "INV"
+            with m.State("INV"):
+                with m.If(sqrt.done):
+                    m.d.comb += [div.start.eq(1), div.dividend.eq(1 << nx.LN_INV_BITS),
+                                 div.divisor.eq(Mux(sqrt.root == 0, 1, sqrt.root)),
+                                 div.steps.eq(div.steps_for(_INV_QBITS))]
+                    m.next = "INV_WAIT"
+            with m.State("INV_WAIT"):
+                with m.If(div.done):
+                    m.d.sync += tok.b.eq(div.quotient)
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.o.valid.eq(1)
+                with m.If(self.o.ready):
+                    m.next = "IDLE"
+        return m
+
+
+def _ceil_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class VectorUnit(wiring.Component):
+    """N-lane vector unit for softmax, LayerNorm, GELU, requantisation and residual add.
+
+    Parameters
+    ----------
+    lanes : int
+        Lanes (columns per beat); matches the systolic array's N.
+    max_cols : int
+        Longest row (columns). Sizes the row FIFOs and the parameter memory.
+    unroll : int
+        Quotient (and root) bits per cycle of each finisher's divider and square root.
+    finishers : int or None
+        Finishers working on successive rows in parallel (None: enough for rows of 128 to keep
+        the unit at full rate).
+    fifo_depth : int or None
+        Depth in beats of each row FIFO (None: a power of two holding a longest row plus the
+        finisher latency).
+    token_depth : int
+        Rows that may wait between two stages.
+
+    Members
+    -------
+    cmd : In(stream.Signature(command_layout))
+        One command per batch of rows.
+    i : In(stream.Signature(StructLayout({"data": N x signed(32), "residual": N x signed(16)})))
+        Input beats (``residual`` is read by the residual add only).
+    o : Out(stream.Signature(N x signed(32)))
+        Output beats; lanes beyond the row's length are unspecified.
+    params : In(stream.Signature(StructLayout({"addr", "data": N x param_layout})))
+        Per-column parameters, one beat (N columns) per address; load them before the batch
+        that uses them (the port is always ready).
+    """
+
+    def __init__(self, lanes: int, *, max_cols: int = nx.LN_MAX_COLS, unroll: int = 8,
+                 finishers: int | None = None, fifo_depth: int | None = None,
+                 token_depth: int = 16):
+        if not isinstance(lanes, int) or not 1 <= lanes <= 64:
+            raise ValueError(f"lanes must be an integer in 1..64, not {lanes!r}")
+        if not isinstance(max_cols, int) or not 1 <= max_cols < (1 << COLS_BITS):
+            raise ValueError(f"max_cols must be in 1..{(1 << COLS_BITS) - 1}, not {max_cols!r}")
+        if not isinstance(unroll, int) or unroll < 1:
+            raise ValueError(f"unroll must be a positive integer, not {unroll!r}")
+        self.lanes = lanes
+        self.max_cols = max_cols
+        self.max_beats = -(-max_cols // lanes)
+        self.unroll = unroll
+        if finishers is None:
+            # A LayerNorm row keeps a finisher busy for about LN_FINISH_CYCLES cycles; rows of
+            # 128 arrive every 128 / lanes cycles.
+            finishers = max(1, -(-self.finisher_cycles() * lanes // 128))
+        if not isinstance(finishers, int) or finishers < 1:
+            raise ValueError(f"finishers must be a positive integer, not {finishers!r}")
+        self.finishers = finishers
+        if fifo_depth is None:
+            fifo_depth = _ceil_pow2(self.max_beats + self.finisher_cycles() + 8)
+        if not isinstance(fifo_depth, int) or fifo_depth < self.max_beats + 1:
+            raise ValueError(f"fifo_depth must hold a longest row ({self.max_beats} beats)")
+        self.fifo_depth = fifo_depth
+        self.token_depth = token_depth
+
+        self.in_layout = data.StructLayout({
+            "data": data.ArrayLayout(signed(32), lanes),
+            "residual": data.ArrayLayout(signed(16), lanes),
+        })
+        self.out_layout = data.ArrayLayout(signed(32), lanes)
+        self.param_write_layout = data.StructLayout({
+            "addr": unsigned(max(1, (self.max_beats - 1).bit_length())),
+            "data": data.ArrayLayout(param_layout, lanes),
+        })
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout)),
+            "i": In(stream.Signature(self.in_layout)),
+            "o": Out(stream.Signature(self.out_layout)),
+            "params": In(stream.Signature(self.param_write_layout)),
+        })
+
+    def finisher_cycles(self) -> int:
+        """Cycles one finisher spends on a LayerNorm row (the slowest operation)."""
+        u = self.unroll
+        steps = sum(-(-q // u) + 1 for q in (_MEAN_QBITS, _VAR_QBITS, _STD_BITS, _INV_QBITS))
+        return steps + 6
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _lane_valid(self, m, name, tok_cmd, row, col):
+        """Per-lane column validity: inside the row and, for a causal softmax, not masked."""
+        N = self.lanes
+        valid = Signal(N, name=f"{name}_lane_valid")
+        causal = tok_cmd.causal & (tok_cmd.op == VectorOp.SOFTMAX)
+        limit = Signal(signed(ROWS_BITS + 3), name=f"{name}_limit")
+        m.d.comb += limit.eq(row + tok_cmd.causal_offset)
+        for k in range(N):
+            j = col + k
+            m.d.comb += valid[k].eq((j < tok_cmd.cols) & (~causal | (j <= limit)))
+        return valid
+
+    def _max_tree(self, m, name, values):
+        level = 0
+        while len(values) > 1:
+            nxt = []
+            for k in range(0, len(values) - 1, 2):
+                s = Signal(signed(33), name=f"{name}_max{level}_{k}")
+                m.d.comb += s.eq(Mux(values[k] > values[k + 1], values[k], values[k + 1]))
+                nxt.append(s)
+            if len(values) % 2:
+                nxt.append(values[-1])
+            values, level = nxt, level + 1
+        return values[0]
+
+    # --- stages --------------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        N = self.lanes
+        col_shape = unsigned(COLS_BITS + 1 + max(1, N.bit_length()))
+        lanes32 = data.ArrayLayout(signed(32), N)
+
+        m.submodules.fifo_a = fa = fifo.SyncFIFOBuffered(width=lanes32.size, depth=self.fifo_depth)
+        m.submodules.fifo_b = fb = fifo.SyncFIFOBuffered(width=lanes32.size, depth=self.fifo_depth)
+        m.submodules.tok1 = t1 = fifo.SyncFIFOBuffered(width=token_layout.size, depth=self.token_depth)
+        m.submodules.tok2 = t2 = fifo.SyncFIFOBuffered(width=token_layout.size, depth=self.token_depth)
+        m.submodules.tok3 = t3 = fifo.SyncFIFOBuffered(width=token_layout.size, depth=self.token_depth)
+
+        # --- Stage 1: ingest. Saturation, residual add, running max / sum. ----------------------
+        cmd = Signal(command_layout)
+        have = Signal()
+        row1 = Signal(ROWS_BITS)
+        col1 = Signal(col_shape)
+        acc_max = Signal(signed(33), init=_MAX_INIT)
+        acc_sum = Signal(signed(_SX_BITS))
+
+        m.d.comb += self.cmd.ready.eq(~have)
+        with m.If(self.cmd.valid & ~have):
+            m.d.sync += [cmd.eq(self.cmd.payload), have.eq(self.cmd.payload.rows != 0),
+                         row1.eq(0), col1.eq(0), acc_max.eq(_MAX_INIT), acc_sum.eq(0)]
+
+        valid1 = self._lane_valid(m, "s1", cmd, row1, col1)
+        first1 = col1 == 0
+        last1 = col1 + N >= cmd.cols
+        tok_now1 = Mux(_is_reduction(cmd.op), last1, first1)
+        fire1 = Signal()
+        m.d.comb += [
+            fire1.eq(have & self.i.valid & fa.w_rdy & (~tok_now1 | t1.w_rdy)),
+            self.i.ready.eq(fire1),
+        ]
+        out1 = lanes32(fa.w_data)
+        maxes, sums = [], []
+        for k in range(N):
+            x = self.i.payload.data[k]
+            r = self.i.payload.residual[k]
+            xs = Signal(signed(nx.LN_IN_BITS), name=f"s1_xsat{k}")
+            m.d.comb += xs.eq(clamp(x, _INT24.lo, _INT24.hi))
+            res = Signal(signed(34), name=f"s1_res{k}")
+            m.d.comb += res.eq(x + (r << cmd.shift[:5]))
+            with m.Switch(cmd.op):
+                with m.Case(VectorOp.LAYERNORM):
+                    m.d.comb += out1[k].eq(xs)
+                with m.Case(VectorOp.RESIDUAL):
+                    m.d.comb += out1[k].eq(clamp(res, nx.INT32.lo, nx.INT32.hi))
+                with m.Default():
+                    m.d.comb += out1[k].eq(x)
+            mk = Signal(signed(33), name=f"s1_m{k}")
+            m.d.comb += mk.eq(Mux(valid1[k], x, _MAX_INIT))
+            maxes.append(mk)
+            sums.append(Mux(valid1[k], xs, 0))
+        beat_max = self._max_tree(m, "s1", maxes)
+        new_max = Signal(signed(33))
+        new_sum = Signal(signed(_SX_BITS))
+        m.d.comb += [new_max.eq(Mux(beat_max > acc_max, beat_max, acc_max)),
+                     new_sum.eq(acc_sum + sum(sums))]
+        tok1 = token_layout(t1.w_data)
+        m.d.comb += [
+            fa.w_en.eq(fire1),
+            t1.w_en.eq(fire1 & tok_now1),
+            tok1.cmd.eq(cmd), tok1.row.eq(row1), tok1.b.eq(0),
+            tok1.a.eq(Mux(cmd.op == VectorOp.SOFTMAX, new_max, new_sum)),
+        ]
+        with m.If(fire1):
+            with m.If(last1):
+                m.d.sync += [col1.eq(0), row1.eq(row1 + 1), acc_max.eq(_MAX_INIT), acc_sum.eq(0)]
+                with m.If(row1 + 1 == cmd.rows):
+                    m.d.sync += have.eq(0)
+            with m.Else():
+                m.d.sync += [col1.eq(col1 + N), acc_max.eq(new_max), acc_sum.eq(new_sum)]
+
+        # --- Stage 2: exponent (softmax) and squares (LayerNorm), one multiplier a lane. ------
+        tok2 = Signal(token_layout)
+        loaded2 = Signal()
+        col2 = Signal(col_shape)
+        acc_e = Signal(_ESUM_BITS)
+        acc_sq = Signal(_SXX_BITS)
+        valid2 = self._lane_valid(m, "s2", tok2.cmd, tok2.row, col2)
+        last2 = col2 + N >= tok2.cmd.cols
+        tok_now2 = Mux(_is_reduction(tok2.cmd.op), last2, col2 == 0)
+        fire2 = Signal()
+        m.d.comb += fire2.eq(loaded2 & fa.r_rdy & fb.w_rdy & (~tok_now2 | t2.w_rdy))
+        in2 = lanes32(fa.r_data)
+        out2 = lanes32(fb.w_data)
+        is_sm2 = tok2.cmd.op == VectorOp.SOFTMAX
+        es, sqs = [], []
+        for k in range(N):
+            x = in2[k]
+            # Shared multiplier: (max - s) * M for softmax, |x| * |x| for LayerNorm.
+            opa = Signal(32, name=f"s2_opa{k}")
+            opb = Signal(max(nx.MULT_BITS, nx.LN_IN_BITS), name=f"s2_opb{k}")
+            mag = Signal(nx.LN_IN_BITS, name=f"s2_mag{k}")
+            m.d.comb += mag.eq(Mux(x < 0, -x, x))
+            m.d.comb += [opa.eq(Mux(is_sm2, tok2.a - x, mag)),
+                         opb.eq(Mux(is_sm2, tok2.cmd.mult, mag))]
+            prod = Signal(32 + len(opb), name=f"s2_prod{k}")
+            m.d.comb += prod.eq(opa * opb)
+            exp = Exp2()
+            m.submodules[f"exp{k}"] = exp
+            m.d.comb += [exp.dm.eq(prod[:EXP_T_BITS]), exp.shift.eq(tok2.cmd.shift)]
+            e = Signal(EXP_E_BITS, name=f"s2_e{k}")
+            m.d.comb += e.eq(Mux(valid2[k], exp.e, 0))
+            es.append(e)
+            sqs.append(Mux(valid2[k], prod[:2 * nx.LN_IN_BITS], 0))
+            m.d.comb += out2[k].eq(Mux(is_sm2, e, x))
+        new_e = Signal(_ESUM_BITS)
+        new_sq = Signal(_SXX_BITS)
+        m.d.comb += [new_e.eq(acc_e + sum(es)), new_sq.eq(acc_sq + sum(sqs))]
+        tok2o = token_layout(t2.w_data)
+        m.d.comb += [
+            fa.r_en.eq(fire2), fb.w_en.eq(fire2), t2.w_en.eq(fire2 & tok_now2),
+            tok2o.cmd.eq(tok2.cmd), tok2o.row.eq(tok2.row), tok2o.a.eq(tok2.a),
+            tok2o.b.eq(Mux(is_sm2, new_e, new_sq)),
+        ]
+        with m.If(fire2):
+            m.d.sync += [col2.eq(col2 + N), acc_e.eq(new_e), acc_sq.eq(new_sq)]
+        can_load2 = ~loaded2 | (fire2 & last2)
+        m.d.comb += t1.r_en.eq(can_load2 & t1.r_rdy)
+        with m.If(can_load2 & t1.r_rdy):
+            m.d.sync += [tok2.eq(t1.r_data), loaded2.eq(1), col2.eq(0), acc_e.eq(0), acc_sq.eq(0)]
+        with m.Elif(fire2 & last2):
+            m.d.sync += loaded2.eq(0)
+
+        # --- Finishers: per-row scalars, several rows in flight, taken and returned in order. --
+        fins = []
+        for f in range(self.finishers):
+            fin = VectorFinisher(self.unroll)
+            m.submodules[f"finisher{f}"] = fin
+            fins.append(fin)
+        wp = Signal(range(self.finishers))
+        rp = Signal(range(self.finishers))
+        with m.Switch(wp):
+            for f, fin in enumerate(fins):
+                with m.Case(f):
+                    m.d.comb += [fin.i.payload.eq(t2.r_data), fin.i.valid.eq(t2.r_rdy),
+                                 t2.r_en.eq(t2.r_rdy & fin.i.ready)]
+                    with m.If(t2.r_rdy & fin.i.ready):
+                        m.d.sync += wp.eq(0 if f == self.finishers - 1 else f + 1)
+        with m.Switch(rp):
+            for f, fin in enumerate(fins):
+                with m.Case(f):
+                    m.d.comb += [t3.w_data.eq(fin.o.payload), t3.w_en.eq(fin.o.valid),
+                                 fin.o.ready.eq(t3.w_rdy)]
+                    with m.If(fin.o.valid & t3.w_rdy):
+                        m.d.sync += rp.eq(0 if f == self.finishers - 1 else f + 1)
+
+        # --- Stage 3: output through the multiplier bank (three multiply-round-saturate steps
+        # a lane), pipelined: slice 1 -> slice 2 -> output register. ---------------------------
+        m.submodules.params = pmem = memory.Memory(
+            shape=data.ArrayLayout(param_layout, N), depth=self.max_beats, init=[])
+        pw = pmem.write_port()
+        pr = pmem.read_port(domain="comb")
+        m.d.comb += [self.params.ready.eq(1), pw.en.eq(self.params.valid),
+                     pw.addr.eq(self.params.payload.addr), pw.data.eq(self.params.payload.data)]
+
+        tok3 = Signal(token_layout)
+        loaded3 = Signal()
+        col3 = Signal(col_shape)
+        beat3 = Signal(range(self.max_beats + 1))
+        adv = Signal()
+        m.d.comb += adv.eq(~self.o.valid | self.o.ready)
+        last3 = col3 + N >= tok3.cmd.cols
+        fire3 = Signal()
+        m.d.comb += [fire3.eq(loaded3 & fb.r_rdy & adv), fb.r_en.eq(fire3), pr.addr.eq(beat3)]
+        with m.If(fire3):
+            m.d.sync += [col3.eq(col3 + N), beat3.eq(beat3 + 1)]
+        can_load3 = ~loaded3 | (fire3 & last3)
+        m.d.comb += t3.r_en.eq(can_load3 & t3.r_rdy)
+        with m.If(can_load3 & t3.r_rdy):
+            m.d.sync += [tok3.eq(t3.r_data), loaded3.eq(1), col3.eq(0), beat3.eq(0)]
+        with m.Elif(fire3 & last3):
+            m.d.sync += loaded3.eq(0)
+
+        in3 = lanes32(fb.r_data)
+        op3 = tok3.cmd.op
+        c3 = tok3.cmd
+        # Slice 1 registers.
+        v1 = Signal()
+        cmd1 = Signal(command_layout)
+        y1 = [Signal(signed(33), name=f"y1_{k}") for k in range(N)]
+        g1 = [Signal(signed(GAMMA_BITS), name=f"gamma1_{k}") for k in range(N)]
+        b1 = [Signal(signed(BETA_BITS), name=f"beta1_{k}") for k in range(N)]
+        # Slice 2 registers.
+        v2 = Signal()
+        cmd2 = Signal(command_layout)
+        y2 = [Signal(signed(33), name=f"y2_{k}") for k in range(N)]
+        out = self.o.payload
+
+        with m.If(adv):
+            m.d.sync += [v1.eq(fire3), cmd1.eq(c3), v2.eq(v1), cmd2.eq(cmd1), self.o.valid.eq(v2)]
+
+        ln_z_shift = nx.LN_INV_BITS - nx.LN_NORM_FRAC
+        for k in range(N):
+            p = pr.data[k]
+            x = in3[k]
+            # Step 1: softmax e*R; LayerNorm (x - mean) * inv; requantise; GELU's input requant.
+            a = Signal(signed(33), name=f"m1_a{k}")
+            b = Signal(unsigned(_INV_BITS), name=f"m1_b{k}")
+            sh = Signal(SHIFT_BITS, name=f"m1_sh{k}")
+            zp = Signal(signed(32), name=f"m1_zp{k}")
+            lo = Signal(signed(32), name=f"m1_lo{k}")
+            hi = Signal(signed(32), name=f"m1_hi{k}")
+            sat = Signal(name=f"m1_sat{k}")
+            m.d.comb += [a.eq(x), b.eq(1), sh.eq(0), zp.eq(0), sat.eq(0), lo.eq(0), hi.eq(0)]
+            with m.Switch(op3):
+                with m.Case(VectorOp.SOFTMAX):
+                    m.d.comb += [b.eq(tok3.b), sh.eq(nx.RECIP_BITS), sat.eq(1),
+                                 lo.eq(0), hi.eq(nx.PROB_MAX)]
+                with m.Case(VectorOp.LAYERNORM):
+                    m.d.comb += [a.eq(x - tok3.a), b.eq(tok3.b), sh.eq(ln_z_shift)]
+                with m.Case(VectorOp.REQUANT):
+                    m.d.comb += [b.eq(p.mult[:nx.MULT_BITS]), sh.eq(p.shift), zp.eq(c3.zero_point),
+                                 sat.eq(1), lo.eq(c3.out_lo), hi.eq(c3.out_hi)]
+                with m.Case(VectorOp.GELU):
+                    m.d.comb += [b.eq(p.mult[:nx.MULT_BITS]), sh.eq(p.shift), sat.eq(1),
+                                 lo.eq(nx.INT16.lo), hi.eq(nx.INT16.hi)]
+            r1 = mul_round_sat(m, a, b, 0, sh, zp, lo, hi, sat, width=33 + _INV_BITS + 2,
+                               name=f"m1_{k}")
+            with m.If(adv):
+                m.d.sync += [y1[k].eq(r1), g1[k].eq(p.mult), b1[k].eq(p.bias)]
+
+            # Step 2: LayerNorm z * gamma + beta; GELU x * Phi(x).
+            phi = GeluPhi()
+            m.submodules[f"phi{k}"] = phi
+            m.d.comb += phi.x.eq(y1[k][:16])
+            b2 = Signal(signed(GAMMA_BITS + 1), name=f"m2_b{k}")
+            add2 = Signal(signed(BETA_BITS), name=f"m2_add{k}")
+            sh2 = Signal(SHIFT_BITS, name=f"m2_sh{k}")
+            sat2 = Signal(name=f"m2_sat{k}")
+            m.d.comb += [b2.eq(1), add2.eq(0), sh2.eq(0), sat2.eq(0)]
+            with m.Switch(cmd1.op):
+                with m.Case(VectorOp.LAYERNORM):
+                    m.d.comb += [b2.eq(g1[k]), add2.eq(b1[k]), sh2.eq(cmd1.shift), sat2.eq(1)]
+                with m.Case(VectorOp.GELU):
+                    m.d.comb += b2.eq(phi.phi)
+            r2 = mul_round_sat(m, y1[k], b2, add2, sh2, 0, cmd1.out_lo, cmd1.out_hi, sat2,
+                               width=33 + GAMMA_BITS + 4, name=f"m2_{k}")
+            with m.If(adv):
+                m.d.sync += y2[k].eq(r2)
+
+            # Step 3: GELU's output requantisation (per tensor, from the command).
+            is_gelu = cmd2.op == VectorOp.GELU
+            r3 = mul_round_sat(m, y2[k], Mux(is_gelu, cmd2.mult, 1), 0,
+                               Mux(is_gelu, cmd2.shift, 0), Mux(is_gelu, cmd2.zero_point, 0),
+                               cmd2.out_lo, cmd2.out_hi, is_gelu,
+                               width=33 + nx.MULT_BITS + 4, name=f"m3_{k}")
+            with m.If(adv):
+                m.d.sync += out[k].eq(r3)
+        return m
+
+
+# --- Packing helpers for testbenches and drivers ------------------------------------------------
+
+def pack(layout, value) -> int:
+    """Pack a nested dict/list/int ``value`` into the integer bit pattern of ``layout``."""
+    if isinstance(layout, data.StructLayout):
+        bits = 0
+        for name, field in layout:
+            if name in value:
+                bits |= pack(field.shape, value[name]) << field.offset
+        return bits
+    if isinstance(layout, data.ArrayLayout):
+        w = _shape_width(layout.elem_shape)
+        bits = 0
+        for k, v in enumerate(value):
+            bits |= pack(layout.elem_shape, v) << (k * w)
+        return bits
+    if isinstance(layout, type) and issubclass(layout, enum.Enum):
+        return int(layout(value).value)
+    w = _shape_width(layout)
+    return int(value) & ((1 << w) - 1)
+
+
+def unpack(layout, bits: int):
+    """Inverse of :func:`pack` for arrays of integers (output beats) and plain shapes."""
+    if isinstance(layout, data.ArrayLayout):
+        w = _shape_width(layout.elem_shape)
+        return [unpack(layout.elem_shape, (bits >> (k * w)) & ((1 << w) - 1))
+                for k in range(layout.length)]
+    from amaranth.hdl import Shape
+    s = Shape.cast(layout)
+    bits &= (1 << s.width) - 1
+    if s.signed and bits >> (s.width - 1):
+        bits -= 1 << s.width
+    return bits
+
+
+def _shape_width(shape) -> int:
+    from amaranth.hdl import Shape
+    if isinstance(shape, data.Layout):
+        return shape.size
+    return Shape.cast(shape).width
