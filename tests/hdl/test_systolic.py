@@ -16,7 +16,7 @@ def tile_steps(a, b):
             for i in range(k)]
 
 
-@pytest.mark.parametrize("n,gap,stall", [(2, 0.0, 0.0), (4, 0.3, 0.3), (4, 0.0, 0.6), (8, 0.2, 0.2)])
+@pytest.mark.parametrize("n,gap,stall", [(2, 0.0, 0.0), (4, 0.3, 0.3), (4, 0.0, 0.6), (8, 0.2, 0.2), (16, 0.1, 0.1)])
 def test_tiles_match_golden(n, gap, stall):
     rng = np.random.default_rng(n)
     tiles = []
