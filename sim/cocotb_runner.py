@@ -56,7 +56,7 @@ def _build(simulator: str, verilog: str, top: str):
         source.write_text(icarus_fixup(verilog) if simulator == "icarus" else verilog)
     # With an unchanged source the runner only records its build products.
     kwargs = dict(sources=[source], hdl_toplevel=top, build_dir=build_dir,
-                  timescale=TIMESCALE, always=False)
+                  timescale=TIMESCALE, always=False, log_file=build_dir / "build.log")
     if simulator == "verilator":
         old = dict(os.environ)
         os.environ.clear()
@@ -92,11 +92,12 @@ def run_cocotb(simulator: str, verilog: str, top: str, module: str, *,
     try:
         results = runner.test(test_module=module, hdl_toplevel=top, build_dir=build_dir,
                               test_dir=test_dir, extra_env=env, testcase=testcase, seed=seed,
+                              log_file=test_dir / "sim.log",
                               timescale=TIMESCALE if simulator == "icarus" else None)
         total, failed = get_results(results)
         if total == 0 or failed:
             log = ""
-            for name in ("results.xml",):
+            for name in ("sim.log", "results.xml"):
                 p = test_dir / name
                 if p.exists():
                     log += p.read_text()[-3000:]
