@@ -446,8 +446,9 @@ class VectorUnit(wiring.Component):
             fin = VectorFinisher(self.unroll)
             m.submodules[f"finisher{f}"] = fin
             fins.append(fin)
-        wp = Signal(range(self.finishers))
-        rp = Signal(range(self.finishers))
+        # At least one bit wide: a zero-width case subject is simulated differently by Icarus.
+        wp = Signal(range(max(2, self.finishers)))
+        rp = Signal(range(max(2, self.finishers)))
         with m.Switch(wp):
             for f, fin in enumerate(fins):
                 with m.Case(f):

@@ -11,6 +11,7 @@ import fcntl
 import os
 import pickle
 import random
+import re
 import shutil
 import sys
 import sysconfig
@@ -341,11 +342,25 @@ def run_amaranth(jobs, unit: VectorUnit, *, seed: int = 0, valid_prob: float = 1
 
 # --- Verilog and cocotb ------------------------------------------------------------------------
 
-def write_verilog(path: Path, unit: VectorUnit, name: str = "vector_unit") -> Path:
+_SETTLE_REG = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S+ ) = 0;$", re.M)
+
+
+def write_verilog(path: Path, unit: VectorUnit, name: str = "vector_unit", *,
+                  settle_at_start: bool = False) -> Path:
+    """Write the unit's Verilog (only if it changed, so simulator builds stay cached).
+
+    ``settle_at_start`` is for Icarus: it does not run an ``always @*`` process at time 0, so a
+    process whose inputs never change (a state register staying at its initial value) keeps X
+    outputs (amaranth issue #594). Every such process already reads one dummy register per
+    module; toggling it once after time 0 makes them all evaluate.
+    """
     from amaranth.back import verilog
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = verilog.convert(unit, name=name)
+    if settle_at_start:
+        text = _SETTLE_REG.sub(lambda mo: f"{mo.group(0)}\n{mo.group(1)}initial #1 {mo.group(2)} = 1;",
+                               text)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     return path
@@ -391,9 +406,10 @@ class cocotb_runner:
     def build(self):
         if self._built:
             return
-        src = write_verilog(self.build_dir / "vector_unit.v", self.unit)
+        src = write_verilog(self.build_dir / "vector_unit.v", self.unit,
+                            settle_at_start=self.simulator == "icarus")
         args = ["-Wno-fatal", "-Wno-lint"] if self.simulator == "verilator" else []
-        kw = dict(verilog_sources=[src], hdl_toplevel="vector_unit", build_dir=self.build_dir,
+        kw = dict(sources=[src], hdl_toplevel="vector_unit", build_dir=self.build_dir,
                   build_args=args, timescale=self.TIMESCALE, always=False)
         if self.simulator == "verilator":
             with _verilator_env(), open(VERILATOR_LOCK, "w") as lock:
@@ -406,8 +422,12 @@ class cocotb_runner:
     def test(self, module: str, testcase: str | None = None, *, env: dict | None = None,
              python_path: list | None = None, seed: int = 1):
         self.build()
-        extra = {"PYTHONPATH": os.pathsep.join([*(python_path or []), *sys.path]),
-                 "VECTOR_LANES": str(self.unit.lanes), **(env or {})}
+        # The runner hands the simulator this process's sys.path as PYTHONPATH.
+        for p in python_path or []:
+            if p not in sys.path:
+                sys.path.insert(0, p)
+        extra = {"VECTOR_LANES": str(self.unit.lanes), "VECTOR_MAX_COLS": str(self.unit.max_cols),
+                 **(env or {})}
         ctx = _verilator_env() if self.simulator == "verilator" else _null()
         with ctx:
             return self.runner.test(test_module=module, hdl_toplevel="vector_unit",
@@ -428,7 +448,7 @@ async def drive_cocotb(dut, unit: VectorUnit, jobs, *, seed: int = 0, valid_prob
     """The cocotb counterpart of :func:`run_amaranth` (same driver, same result)."""
     import cocotb
     from cocotb.clock import Clock
-    from cocotb.triggers import ReadOnly, RisingEdge
+    from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     for sig in (dut.cmd__valid, dut.i__valid, dut.params__valid, dut.o__ready):
@@ -439,8 +459,11 @@ async def drive_cocotb(dut, unit: VectorUnit, jobs, *, seed: int = 0, valid_prob
     dut.rst.value = 0
 
     drv = _Driver(unit, jobs, seed, valid_prob, ready_prob, max_cycles)
+    # Inputs change on the falling edge and the handshake is read once it has settled, so the
+    # rising edge between two iterations sees exactly what observe() was told (no race with the
+    # design's flops, whatever order the simulator runs callbacks in).
     while not drv.done:
-        await RisingEdge(dut.clk)
+        await FallingEdge(dut.clk)
         d = drv.drive()
         dut.cmd__valid.value = d["cmd_valid"]
         dut.i__valid.value = d["i_valid"]

