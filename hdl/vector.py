@@ -51,6 +51,10 @@ BETA_BITS = 41
 #: Shift fields: up to SHIFT_MAX for requantisation.
 SHIFT_BITS = nx.SHIFT_MAX.bit_length()
 
+#: GELU's output offset (x * Phi(x) + offset, clamped at 0) when the numerics define one.
+GELU_CLAMP = hasattr(nx, "GELU_OFFSET")
+GELU_OFFSET = int(getattr(nx, "GELU_OFFSET", 0))
+
 #: softmax running max starts below every int32.
 _MAX_INIT = nx.INT32.lo - 1
 _INT24 = nx.Range(-(1 << (nx.LN_IN_BITS - 1)), (1 << (nx.LN_IN_BITS - 1)) - 1)
@@ -547,13 +551,17 @@ class VectorUnit(wiring.Component):
             add2 = Signal(signed(BETA_BITS), name=f"m2_add{k}")
             sh2 = Signal(SHIFT_BITS, name=f"m2_sh{k}")
             sat2 = Signal(name=f"m2_sat{k}")
-            m.d.comb += [b2.eq(1), add2.eq(0), sh2.eq(0), sat2.eq(0)]
+            lo2 = Signal(signed(32), name=f"m2_lo{k}")
+            hi2 = Signal(signed(32), name=f"m2_hi{k}")
+            m.d.comb += [b2.eq(1), add2.eq(0), sh2.eq(0), sat2.eq(0),
+                         lo2.eq(cmd1.out_lo), hi2.eq(cmd1.out_hi)]
             with m.Switch(cmd1.op):
                 with m.Case(VectorOp.LAYERNORM):
                     m.d.comb += [b2.eq(g1[k]), add2.eq(b1[k]), sh2.eq(cmd1.shift), sat2.eq(1)]
                 with m.Case(VectorOp.GELU):
-                    m.d.comb += b2.eq(phi.phi)
-            r2 = mul_round_sat(m, y1[k], b2, add2, sh2, 0, cmd1.out_lo, cmd1.out_hi, sat2,
+                    m.d.comb += [b2.eq(phi.phi), add2.eq(GELU_OFFSET), sat2.eq(GELU_CLAMP),
+                                 lo2.eq(0), hi2.eq(nx.INT32.hi)]
+            r2 = mul_round_sat(m, y1[k], b2, add2, sh2, 0, lo2, hi2, sat2,
                                width=33 + GAMMA_BITS + 4, name=f"m2_{k}")
             with m.If(adv):
                 m.d.sync += y2[k].eq(r2)

@@ -410,7 +410,8 @@ class cocotb_runner:
                             settle_at_start=self.simulator == "icarus")
         args = ["-Wno-fatal", "-Wno-lint"] if self.simulator == "verilator" else []
         kw = dict(sources=[src], hdl_toplevel="vector_unit", build_dir=self.build_dir,
-                  build_args=args, timescale=self.TIMESCALE, always=False)
+                  build_args=args, timescale=self.TIMESCALE, always=False,
+                  log_file=self.build_dir / "build.log")
         if self.simulator == "verilator":
             with _verilator_env(), open(VERILATOR_LOCK, "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
@@ -420,7 +421,7 @@ class cocotb_runner:
         self._built = True
 
     def test(self, module: str, testcase: str | None = None, *, env: dict | None = None,
-             python_path: list | None = None, seed: int = 1):
+             python_path: list | None = None, seed: int = 1, log_file: Path | None = None):
         self.build()
         # The runner hands the simulator this process's sys.path as PYTHONPATH.
         for p in python_path or []:
@@ -433,7 +434,7 @@ class cocotb_runner:
             return self.runner.test(test_module=module, hdl_toplevel="vector_unit",
                                     testcase=testcase, build_dir=self.build_dir,
                                     test_dir=self.build_dir, extra_env=extra, seed=seed,
-                                    timescale=self.TIMESCALE)
+                                    timescale=self.TIMESCALE, log_file=log_file)
 
 
 @contextmanager

@@ -53,7 +53,6 @@ def test_vector_cocotb(sim, testcase):
     _run(sim, testcase)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sim", SIMULATORS)
 @pytest.mark.parametrize("testcase", ["softmax", "layernorm"])
 def test_vector_cocotb_long_rows(sim, testcase):
