@@ -23,10 +23,11 @@ import numpy as np
 __all__ = [
     "INT8", "UINT8", "INT16", "INT32", "Range",
     "MULT_BITS", "SHIFT_MAX", "Dyadic",
-    "saturate", "round_shift", "requantize", "matmul", "residual_add",
+    "saturate", "round_shift", "requantize", "ROW_EXP_MAX", "requantize_rows", "matmul",
+    "residual_add",
     "EXP_FRAC_BITS", "EXP_ONE_BITS", "EXP2_LUT", "PROB_MAX", "RECIP_BITS", "softmax",
     "LN_IN_BITS", "LN_NORM_FRAC", "LN_INV_BITS", "LN_MAX_COLS", "isqrt", "layernorm",
-    "GELU_IN_FRAC", "GELU_PHI_BITS", "GELU_STEP_FRAC", "GELU_RANGE", "GELU_PHI_TABLE", "gelu",
+    "GELU_IN_FRAC", "GELU_PHI_BITS", "GELU_STEP_FRAC", "GELU_RANGE", "GELU_PHI_TABLE", "GELU_MIN", "GELU_OFFSET", "gelu",
 ]
 
 
@@ -117,13 +118,15 @@ def requantize(x, scale: Dyadic, out: Range, zero_point=0) -> np.ndarray:
     return saturate(round_shift(x * m, s) + np.asarray(zero_point, dtype=np.int64), out)
 
 
-def matmul(a, b, bias=None, acc=None) -> np.ndarray:
-    """Integer matrix product ``A @ B (+ bias) (+ acc)`` with int32 saturating accumulation.
+def matmul(a, b, bias=None, acc=None, row_shift=None) -> np.ndarray:
+    """Integer matrix product ``A @ B (>> row_shift) (+ bias) (+ acc)``, int32 saturating.
 
     ``A`` (M x K) holds int8 or uint8 values (the array's A operand is 9 bits signed);
     ``B`` (K x N) holds int8. Each MAC is exact: |a*b| <= 2**15, so K <= 2**16 terms cannot
-    leave 32 bits; ``bias`` (int32, per output column) and ``acc`` (int32, M x N, a previous
-    result to accumulate into) are added with saturation to int32.
+    leave 32 bits. ``row_shift`` (M values in 0..ROW_EXP_MAX) undoes the per-row exponents of
+    an A operand made by :func:`requantize_rows`: row i of the product is
+    ``round_shift(., row_shift[i])``. Then ``bias`` (int32, per output column) and ``acc``
+    (int32, M x N, a previous result to accumulate into) are added with saturation to int32.
     """
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
@@ -132,11 +135,49 @@ def matmul(a, b, bias=None, acc=None) -> np.ndarray:
     if b.min(initial=0) < INT8.lo or b.max(initial=0) > INT8.hi:
         raise ValueError("matmul: B operand outside int8")
     c = a @ b
+    if row_shift is not None:
+        e = np.asarray(row_shift, dtype=np.int64)
+        if e.shape != (a.shape[0],) or e.min(initial=0) < 0 or e.max(initial=0) > ROW_EXP_MAX:
+            raise ValueError(f"matmul: row_shift must hold one value in 0..{ROW_EXP_MAX} per row")
+        c = round_shift(c, e[:, None])
     if bias is not None:
         c = saturate(c + np.asarray(bias, dtype=np.int64), INT32)
     if acc is not None:
         c = saturate(c + np.asarray(acc, dtype=np.int64), INT32)
     return saturate(c, INT32)
+
+
+#: Largest per-row exponent of :func:`requantize_rows` (a row may be scaled up by 2**8).
+ROW_EXP_MAX = 8
+
+
+def requantize_rows(x, scale: Dyadic, out: Range) -> tuple[np.ndarray, np.ndarray]:
+    """Requantisation with a per-row power-of-two exponent on top of the static factors.
+
+    A matmul operand row whose values are small next to the calibrated range is scaled up by
+    ``2**e`` so it uses the whole int8/uint8 range; the matmul undoes it with ``row_shift``.
+    Per row of ``x`` (last axis = channels, per-channel ``scale`` with every S >= ROW_EXP_MAX):
+
+    1. ``v = round_shift(x * M, S - ROW_EXP_MAX)``: the row at 2**ROW_EXP_MAX times the
+       static scale (|x| < 2**32, so |x * M| < 2**47).
+    2. ``peak = max(|v|)`` over the row.
+    3. ``k`` = the smallest k in 0..ROW_EXP_MAX with ``round_shift(peak, k) <= out.hi``
+       (ROW_EXP_MAX if none).
+    4. ``q = saturate(round_shift(v, k), out)``; the row's exponent is ``e = ROW_EXP_MAX - k``.
+
+    Returns (q, e) with e of shape x.shape[:-1].
+    """
+    x = np.asarray(x, dtype=np.int64)
+    m = np.asarray(scale.multiplier, dtype=np.int64)
+    s = np.asarray(scale.shift, dtype=np.int64)
+    if np.any((m < 0) | (m >= (1 << MULT_BITS))) or np.any((s < ROW_EXP_MAX) | (s > SHIFT_MAX)):
+        raise ValueError(f"requantize_rows: multiplier out of range or shift not in {ROW_EXP_MAX}..{SHIFT_MAX}")
+    v = round_shift(x * m, s - ROW_EXP_MAX)
+    peak = np.abs(v).max(axis=-1, keepdims=True)
+    k = np.full(peak.shape, ROW_EXP_MAX, dtype=np.int64)
+    for cand in range(ROW_EXP_MAX - 1, -1, -1):
+        k = np.where(round_shift(peak, cand) <= out.hi, cand, k)
+    return saturate(round_shift(v, k), out), (ROW_EXP_MAX - k)[..., 0]
 
 
 def residual_add(x, residual, shift: int) -> np.ndarray:
@@ -271,6 +312,10 @@ GELU_PHI_TABLE = np.array(
     [round((1 << GELU_PHI_BITS) * 0.5 * (1.0 + math.erf(k / (1 << GELU_STEP_FRAC) / math.sqrt(2.0))))
      for k in range(GELU_RANGE * (1 << GELU_STEP_FRAC) + 1)], dtype=np.int64)
 _GELU_FRAC_BITS = GELU_IN_FRAC - GELU_STEP_FRAC     # bits of x between two knots
+#: GELU's minimum is -0.16997 (at x = -0.7518): the output is offset by this much in Q24 so
+#: that it is non-negative and fills a uint8 with no zero point.
+GELU_MIN = -0.16997
+GELU_OFFSET = round(-GELU_MIN * (1 << (GELU_IN_FRAC + GELU_PHI_BITS)))
 
 
 def gelu(x) -> np.ndarray:
@@ -282,7 +327,6 @@ def gelu(x) -> np.ndarray:
        ``i = a >> 6``, ``f = a & 63`` and
        ``phi_pos = T[i] + (((T[i+1] - T[i]) * f) >> 6)`` (floor shift; T[i+1]-T[i] < 2**12).
     2. ``phi = phi_pos`` for x >= 0, ``2**14 - phi_pos`` for x < 0: Phi(x) in Q14.
-    3. result ``x * phi`` in Q24 (|x * phi| <= 2**29); the caller requantises it to uint8.
 
     Interpolation error of Phi is below 1.3e-4, so |GELU error| < 5.3e-4 for |x| < 4.
     """
@@ -298,4 +342,4 @@ def gelu(x) -> np.ndarray:
     hi = GELU_PHI_TABLE[i + 1]
     phi_pos = np.where(inside, lo + (((hi - lo) * f) >> _GELU_FRAC_BITS), 1 << GELU_PHI_BITS)
     phi = np.where(x < 0, (1 << GELU_PHI_BITS) - phi_pos, phi_pos)
-    return x * phi
+    return np.maximum(x * phi + GELU_OFFSET, 0)

@@ -1,0 +1,87 @@
+"""The golden model: the integer MiniLM forward pass, op by op, exactly as the hardware does it.
+
+Everything between the embedding lookup (host) and the pooling (host) is composed from the
+integer operations of :mod:`celosia.sw.numerics`; every backend must reproduce the int16 hidden
+states this returns, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import numerics as nx
+from .model import MiniLM, mean_pool_normalise
+from .quantize import IntegerModel
+
+__all__ = ["embed_int32", "encoder_layer", "forward", "embedding", "output_scale"]
+
+
+def embed_int32(model: MiniLM, im: IntegerModel, ids: np.ndarray) -> np.ndarray:
+    """Host side: float embedding sum quantised to int32 at the model's power-of-two scale."""
+    e = model.embed(ids).astype(np.float64) / im.meta["emb.scale"]
+    return nx.saturate(np.round(e), nx.INT32)
+
+
+def _layernorm(im: IntegerModel, name: str, x: np.ndarray) -> np.ndarray:
+    return nx.layernorm(x, im.tensors[f"{name}.gamma"], im.tensors[f"{name}.beta"],
+                        int(im.tensors[f"{name}.shift"]), nx.INT16)
+
+
+def _select(d: nx.Dyadic, index) -> nx.Dyadic:
+    return nx.Dyadic(d.multiplier[index], d.shift[index])
+
+
+def encoder_layer(im: IntegerModel, i: int, h: np.ndarray, trace: dict | None = None) -> np.ndarray:
+    """One encoder layer: int16 hidden state (tokens x hidden) in, int16 hidden state out.
+    ``trace`` collects the integer intermediates by name."""
+    T = im.tensors
+    p = f"L{i}"
+    hidden, heads = im.meta["hidden"], im.meta["heads"]
+    dh = hidden // heads
+    tokens = h.shape[0]
+    # Attention block.
+    x8, e = nx.requantize_rows(h, im.dyadic(f"{p}.qkv_in.rq"), nx.INT8)
+    qkv = nx.requantize(nx.matmul(x8, T[f"{p}.qkv.weight"], bias=T[f"{p}.qkv.bias"], row_shift=e),
+                        im.dyadic(f"{p}.qkv.rq"), nx.INT8)
+    q, k, v = qkv[:, :hidden], qkv[:, hidden:2 * hidden], qkv[:, 2 * hidden:]
+    ctx = np.empty((tokens, hidden), dtype=np.int64)
+    for head in range(heads):
+        cols = slice(head * dh, (head + 1) * dh)
+        scores = nx.matmul(q[:, cols], k[:, cols].T)
+        probs = nx.softmax(scores, _select(im.dyadic(f"{p}.softmax"), head))
+        ctx[:, cols] = nx.requantize(nx.matmul(probs, v[:, cols]), _select(im.dyadic(f"{p}.ctx.rq"), cols),
+                                     nx.INT8)
+    attn = nx.requantize(nx.matmul(ctx, T[f"{p}.attn_out.weight"], bias=T[f"{p}.attn_out.bias"]),
+                         im.dyadic(f"{p}.attn_out.rq"), nx.INT32)
+    h1 = _layernorm(im, f"{p}.ln1", nx.residual_add(attn, h, int(T[f"{p}.attn_out.res_shift"])))
+    # Feed-forward block.
+    x8, e = nx.requantize_rows(h1, im.dyadic(f"{p}.ffn_in.rq"), nx.INT8)
+    inter = nx.requantize(nx.matmul(x8, T[f"{p}.ffn1.weight"], bias=T[f"{p}.ffn1.bias"], row_shift=e),
+                          im.dyadic(f"{p}.ffn1.rq"), nx.INT16)
+    g, e = nx.requantize_rows(nx.gelu(inter), im.dyadic(f"{p}.gelu.rq"), nx.UINT8)
+    out = nx.requantize(nx.matmul(g, T[f"{p}.ffn2.weight"], bias=T[f"{p}.ffn2.bias"], row_shift=e),
+                        im.dyadic(f"{p}.ffn2.rq"), nx.INT32)
+    y = _layernorm(im, f"{p}.ln2", nx.residual_add(out, h1, int(T[f"{p}.ffn2.res_shift"])))
+    if trace is not None:
+        trace.update({"qkv": qkv, "ctx": ctx, "attn": attn, "h1": h1, "inter": inter, "gelu": g,
+                      "out": out, "y": y})
+    return y
+
+
+def forward(im: IntegerModel, e: np.ndarray, layers: int | None = None) -> np.ndarray:
+    """int32 embedding sums (tokens x hidden) -> int16 hidden states of the last layer."""
+    h = _layernorm(im, "emb.ln", e)
+    for i in range(im.meta["layers"] if layers is None else layers):
+        h = encoder_layer(im, i, h)
+    return h
+
+
+def embedding(model: MiniLM, im: IntegerModel, ids: np.ndarray) -> np.ndarray:
+    """Sentence embedding computed by the golden model (pooling on the host, in float)."""
+    h = forward(im, embed_int32(model, im, ids))
+    return mean_pool_normalise(h.astype(np.float64) * output_scale(im))
+
+
+def output_scale(im: IntegerModel) -> float:
+    """Real value of one unit of the final int16 hidden state."""
+    return im.meta[f"L{im.meta['layers'] - 1}.ln2.scale"]

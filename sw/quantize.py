@@ -1,0 +1,289 @@
+"""The quantiser: float all-MiniLM-L6-v2 -> the integer model the accelerator runs.
+
+Recipe (measured choices, see docs/numerics.md):
+
+* Weights: symmetric int8 per output channel, stored K x N (the array's B operand).
+* Matmul inputs made from the hidden state (Q/K/V and FFN1) and from the GELU output (FFN2):
+  SmoothQuant migrates per-channel outliers into the weight rows (the per-channel factor is
+  applied by the per-channel requantisation that makes the operand), then a static per-tensor
+  scale from the calibration set (sw/data/calibration.txt) with headroom, then a per-row
+  power-of-two exponent (numerics.requantize_rows) so that tokens far below the calibrated
+  maximum (everything but [CLS]-like outlier rows) still use the whole int8/uint8 range. The
+  matmul shifts each row back before the bias.
+* q and k: per-channel balance (q_c * g_c, k_c / g_c), one scale per head; v: a scale per
+  channel; the attention context: smoothed against the output projection.
+* The hidden state (every LayerNorm output, the residual stream) is int16; residual sums and
+  LayerNorm inputs are int32 on a scale 2**k finer than the hidden state.
+* GELU output is offset by 0.17 (GELU >= -0.17) so it is a plain uint8; FFN2's bias takes the
+  offset back.
+* Softmax probabilities are uint8 with scale 1/255.
+
+Deterministic: the same model and calibration text give the same integer model, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import numerics as nx
+from .model import MiniLM
+
+__all__ = ["FORMAT_VERSION", "QuantConfig", "IntegerModel", "quantize", "calibration_texts",
+           "QuantizedModelError"]
+
+FORMAT_VERSION = 1
+CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
+
+#: Headroom over the calibrated maximum for int16 hidden states and int32 LayerNorm inputs:
+#: unseen inputs may reach further than the calibration set; int16 has bits to spare.
+HIDDEN_HEADROOM = 2.0
+#: LayerNorm inputs are int24 (numerics.LN_IN_BITS); keep the calibrated max this far below 2**23.
+LN_IN_HEADROOM = 4.0
+#: Headroom over the calibrated maximum for int8/uint8 operands quantised with per-row
+#: exponents: rows that reach further than the calibration set are not clipped, and rows
+#: below the maximum lose nothing (their exponent scales them up).
+ACT_HEADROOM = 2.0
+
+
+class QuantizedModelError(Exception):
+    """The integer model file is missing, corrupt or of another format version."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Knobs of the recipe; the defaults were chosen on the calibration set (docs/numerics.md)."""
+    #: SmoothQuant migration strength for the LayerNorm outputs entering Q/K/V and FFN1.
+    smooth_alpha: float = 0.7
+    #: ... for the GELU output entering FFN2.
+    gelu_alpha: float = 0.5
+    #: ... for the attention context entering the output projection.
+    ctx_alpha: float = 0.5
+    #: Exponent of the per-channel q/k balance sqrt(max|k| / max|q|) (0 = off).
+    qk_balance: float = 1.0
+
+
+def calibration_texts(path: Path = CALIBRATION_FILE) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class IntegerModel:
+    """Integer tensors (keyed ``L{i}.{name}`` and ``emb.{name}``) plus float metadata."""
+    tensors: dict[str, np.ndarray]
+    meta: dict = field(default_factory=dict)
+
+    def dyadic(self, name: str) -> nx.Dyadic:
+        return nx.Dyadic(self.tensors[f"{name}.mult"], self.tensors[f"{name}.shift"])
+
+    def set_dyadic(self, name: str, factor, min_shift: int = 0) -> None:
+        d = nx.Dyadic.from_real(factor)
+        if np.min(d.shift) < min_shift:
+            raise ValueError(f"{name}: requantisation factor {np.max(factor):.3g} is too large "
+                             f"for per-row exponents (shift below {min_shift})")
+        self.tensors[f"{name}.mult"] = np.asarray(d.multiplier, dtype=np.int64)
+        self.tensors[f"{name}.shift"] = np.asarray(d.shift, dtype=np.int64)
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for k in sorted(self.tensors):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(self.tensors[k]).tobytes())
+        h.update(json.dumps(self.meta, sort_keys=True).encode())
+        return h.hexdigest()
+
+    def save(self, path: Path) -> None:
+        from safetensors.numpy import save_file
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = dict(self.meta, format_version=FORMAT_VERSION)
+        save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(path),
+                  metadata={"celosia": json.dumps(meta, sort_keys=True)})
+
+    @classmethod
+    def load(cls, path: Path) -> "IntegerModel":
+        from safetensors import safe_open
+        path = Path(path)
+        if not path.is_file():
+            raise QuantizedModelError(f"integer model {path} does not exist (run: celosia quantize)")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = json.loads((f.metadata() or {}).get("celosia", "{}"))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises its own error types on bad files
+            raise QuantizedModelError(f"integer model {path} is corrupt ({exc}); "
+                                      "delete it and run: celosia quantize") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise QuantizedModelError(f"integer model {path} has format version "
+                                      f"{meta.get('format_version')}, expected {FORMAT_VERSION}; "
+                                      "run: celosia quantize --force")
+        return cls(tensors, meta)
+
+
+def _absmax(arrays, axis=None):
+    """Largest |value| over calibration activations: overall, or per channel with axis=-1."""
+    stacked = np.concatenate([np.abs(a).reshape(-1, a.shape[-1]) for a in arrays], axis=0)
+    return stacked.max(axis=0) if axis == -1 else float(stacked.max())
+
+
+def _weight_int8(w_out_in: np.ndarray):
+    """Per-output-channel symmetric int8 of a (out, in) weight: (int8 K x N, scales[N])."""
+    scale = np.maximum(np.abs(w_out_in).max(axis=1), 1e-12) / 127.0
+    q = np.clip(np.round(w_out_in / scale[:, None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(q.T), scale
+
+
+def _bias_int32(bias: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(bias / scale), nx.INT32.lo, nx.INT32.hi).astype(np.int64)
+
+
+def _residual_shift(pre_ln_max: float, hidden_scale: float) -> int:
+    """Largest k in 0..16 so the LayerNorm input (scale hidden_scale / 2**k) keeps its
+    calibrated maximum LN_IN_HEADROOM times below the int24 limit."""
+    limit = (1 << (nx.LN_IN_BITS - 1)) / LN_IN_HEADROOM
+    k = math.floor(math.log2(limit / (pre_ln_max / hidden_scale)))
+    return int(min(max(k, 0), 16))
+
+
+def _ln_params(im: IntegerModel, name: str, gamma, beta, out_scale: float, out: nx.Range):
+    """Integer gamma/beta for numerics.layernorm, producing ``out`` at ``out_scale``."""
+    shift = 16
+    g = np.round(gamma / out_scale * 2.0 ** (shift - nx.LN_NORM_FRAC)).astype(np.int64)
+    b = np.round(beta / out_scale * 2.0 ** shift).astype(np.int64)
+    while np.abs(g).max() >= (1 << 20):
+        shift -= 1
+        g = np.round(gamma / out_scale * 2.0 ** (shift - nx.LN_NORM_FRAC)).astype(np.int64)
+        b = np.round(beta / out_scale * 2.0 ** shift).astype(np.int64)
+    im.tensors[f"{name}.gamma"] = g
+    im.tensors[f"{name}.beta"] = b
+    im.tensors[f"{name}.shift"] = np.asarray(shift, dtype=np.int64)
+    im.meta[f"{name}.scale"] = float(out_scale)
+
+
+def quantize(model: MiniLM, texts: list[str] | None = None,
+             config: QuantConfig = QuantConfig()) -> IntegerModel:
+    """Calibrate on ``texts`` (default: the repository's calibration set) and build the
+    integer model."""
+    texts = calibration_texts() if texts is None else texts
+    c = model.config
+    trace: dict = {}
+    embeds = []
+    for text in texts:
+        ids, _ = model.tokenizer.encode(text)
+        embeds.append(model.embed(ids))
+        model.forward(ids, trace)
+    im = IntegerModel({}, {"hidden": c.hidden, "heads": c.heads, "layers": c.layers,
+                           "ffn": c.ffn, "max_tokens": c.max_tokens,
+                           "smooth_alpha": config.smooth_alpha, "gelu_alpha": config.gelu_alpha,
+                           "ctx_alpha": config.ctx_alpha, "qk_balance": config.qk_balance})
+    w = model.w
+    # Embedding sum -> int32 at a power-of-two scale (the host's quantisation), then LN0 -> int16.
+    emb_max = _absmax(embeds)
+    emb_shift = int(math.floor(math.log2((1 << (nx.LN_IN_BITS - 1)) / LN_IN_HEADROOM / emb_max)))
+    im.meta["emb.scale"] = 2.0 ** -emb_shift
+    h_scale = _absmax(trace["emb_ln"]) * HIDDEN_HEADROOM / nx.INT16.hi
+    _ln_params(im, "emb.ln", w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"],
+               h_scale, nx.INT16)
+
+    for i in range(c.layers):
+        L = lambda name: w[f"encoder.layer.{i}.{name}"]  # noqa: E731
+        t = {k.split(".", 1)[1]: v for k, v in trace.items() if k.startswith(f"{i}.")}
+        p = f"L{i}"
+        # --- Q/K/V: int16 hidden -> smoothed int8 -> one (384 x 1152) matmul -> int8 q|k|v.
+        w_qkv = np.concatenate([L("attention.self.query.weight"), L("attention.self.key.weight"),
+                                L("attention.self.value.weight")], axis=0)
+        b_qkv = np.concatenate([L("attention.self.query.bias"), L("attention.self.key.bias"),
+                                L("attention.self.value.bias")])
+        x_scale, w_q, w_s = _smoothed_input(im, f"{p}.qkv_in", t["x"], w_qkv, h_scale, config)
+        im.tensors[f"{p}.qkv.weight"] = w_q
+        im.tensors[f"{p}.qkv.bias"] = _bias_int32(b_qkv, x_scale * w_s)
+        # q and k: balanced channel by channel (q_c * g_c and k_c / g_c leave q.k unchanged),
+        # then one scale per head each (the softmax takes a factor per head).
+        # v: a scale per channel (ctx_c = P @ v_c, so the context's requantisation undoes it).
+        # The context is smoothed against the output projection. All of it lives in the
+        # per-channel requantisations; only the output projection's weights change.
+        dh, heads = c.head_dim, c.heads
+        q_max = np.maximum(_absmax(t["q"], axis=-1), 1e-5)
+        k_max = np.maximum(_absmax(t["k"], axis=-1), 1e-5)
+        v_max = np.maximum(_absmax(t["v"], axis=-1), 1e-5)
+        g = np.sqrt(k_max / q_max) ** config.qk_balance
+        s_q = np.repeat((q_max * g).reshape(heads, dh).max(axis=1) / 127.0, dh)
+        s_k = np.repeat((k_max / g).reshape(heads, dh).max(axis=1) / 127.0, dh)
+        s_v = v_max / 127.0
+        out_scale = np.concatenate([s_q / g, s_k * g, s_v])
+        im.set_dyadic(f"{p}.qkv.rq", x_scale * w_s / out_scale)
+        # --- softmax per head: t = (max - s) * s_q * s_k / sqrt(d) * log2(e), in Q8.
+        im.set_dyadic(f"{p}.softmax", (s_q * s_k)[::dh] / math.sqrt(dh) * math.log2(math.e)
+                      * (1 << nx.EXP_FRAC_BITS))
+        # --- P (uint8, 1/255) @ V (int8) -> context int8, per-channel scale f_ctx * s_ctx.
+        w_o_float = L("attention.output.dense.weight")
+        f_ctx = _smooth_factor(_absmax(t["ctx"], axis=-1), np.abs(w_o_float).max(axis=0), config.ctx_alpha)
+        s_ctx = float(_absmax([x / f_ctx for x in t["ctx"]])) / 127.0
+        im.set_dyadic(f"{p}.ctx.rq", s_v / nx.PROB_MAX / (f_ctx * s_ctx))
+        w_o, w_os = _weight_int8(w_o_float * f_ctx[None, :])
+        # --- output projection -> int32 residual sum -> LN1 -> int16 h1.
+        im.tensors[f"{p}.attn_out.weight"] = w_o
+        im.tensors[f"{p}.attn_out.bias"] = _bias_int32(L("attention.output.dense.bias"), s_ctx * w_os)
+        pre_ln1 = [x + a for x, a in zip(t["x"], t["attn"])]
+        k1 = _residual_shift(_absmax(pre_ln1), h_scale)
+        im.tensors[f"{p}.attn_out.res_shift"] = np.asarray(k1, dtype=np.int64)
+        im.set_dyadic(f"{p}.attn_out.rq", s_ctx * w_os / (h_scale / 2.0 ** k1))
+        h1_scale = _absmax(t["h"]) * HIDDEN_HEADROOM / nx.INT16.hi
+        _ln_params(im, f"{p}.ln1", L("attention.output.LayerNorm.weight"),
+                   L("attention.output.LayerNorm.bias"), h1_scale, nx.INT16)
+        # --- FFN1: int16 h1 -> smoothed int8 -> matmul -> int16 Q10 -> GELU -> uint8.
+        x2_scale, w_1, w_1s = _smoothed_input(im, f"{p}.ffn_in", t["h"], L("intermediate.dense.weight"),
+                                              h1_scale, config)
+        im.tensors[f"{p}.ffn1.weight"] = w_1
+        im.tensors[f"{p}.ffn1.bias"] = _bias_int32(L("intermediate.dense.bias"), x2_scale * w_1s)
+        im.set_dyadic(f"{p}.ffn1.rq", x2_scale * w_1s * (1 << nx.GELU_IN_FRAC))
+        # GELU output (offset by -GELU_MIN so it is >= 0): uint8 with per-row exponents on
+        # a per-channel scale whose factor is folded into FFN2's weight rows (SmoothQuant over
+        # the GELU output's outlier channels). The offset comes back through FFN2's bias.
+        w2 = L("output.dense.weight")
+        g_range = np.maximum(_absmax(t["gelu"], axis=-1), 1e-3) - nx.GELU_MIN
+        f = _smooth_factor(g_range, np.abs(w2).max(axis=0), config.gelu_alpha)
+        s_g = float((g_range / f).max()) * ACT_HEADROOM / nx.UINT8.hi
+        im.set_dyadic(f"{p}.gelu.rq", 2.0 ** -(nx.GELU_IN_FRAC + nx.GELU_PHI_BITS) / (f * s_g),
+                      min_shift=nx.ROW_EXP_MAX)
+        w_2, w_2s = _weight_int8(w2 * f[None, :])
+        w2_used = (w_2.T.astype(np.float64) * w_2s[:, None]) / f[None, :]
+        im.tensors[f"{p}.ffn2.weight"] = w_2
+        im.tensors[f"{p}.ffn2.bias"] = _bias_int32(L("output.dense.bias") + nx.GELU_MIN * w2_used.sum(axis=1),
+                                                   s_g * w_2s)
+        pre_ln2 = [h + o for h, o in zip(t["h"], t["out"])]
+        k2 = _residual_shift(_absmax(pre_ln2), h1_scale)
+        im.tensors[f"{p}.ffn2.res_shift"] = np.asarray(k2, dtype=np.int64)
+        im.set_dyadic(f"{p}.ffn2.rq", s_g * w_2s / (h1_scale / 2.0 ** k2))
+        h_scale = _absmax(t["y"]) * HIDDEN_HEADROOM / nx.INT16.hi
+        _ln_params(im, f"{p}.ln2", L("output.LayerNorm.weight"), L("output.LayerNorm.bias"),
+                   h_scale, nx.INT16)
+    return im
+
+
+def _smooth_factor(act_max, w_max, alpha: float) -> np.ndarray:
+    """SmoothQuant's per-channel factor ``max|X_c|**alpha / max|W_c|**(1-alpha)``."""
+    return np.maximum(act_max, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
+
+
+def _smoothed_input(im: IntegerModel, name: str, acts, w_out_in: np.ndarray, h_scale: float,
+                    config: QuantConfig):
+    """SmoothQuant for a matmul whose input is an int16 hidden state.
+
+    Per input channel c: ``f_c = max|X_c|**a / max|W_:c|**(1-a)``. The int8 input is
+    ``X_c / f_c`` at one per-tensor scale and a per-row exponent (a per-channel
+    requantisation of the int16 state, numerics.requantize_rows);
+    the weight rows are multiplied by ``f_c`` before per-output-channel int8 quantisation.
+    Returns (input scale, int8 weight K x N, weight scales).
+    """
+    f = _smooth_factor(_absmax(acts, axis=-1), np.abs(w_out_in).max(axis=0), config.smooth_alpha)
+    smoothed = [x / f for x in acts]
+    x_scale = _absmax(smoothed) * ACT_HEADROOM / 127.0
+    im.set_dyadic(f"{name}.rq", h_scale / (f * x_scale), min_shift=nx.ROW_EXP_MAX)
+    w_q, w_s = _weight_int8(w_out_in * f[None, :])
+    return x_scale, w_q, w_s
