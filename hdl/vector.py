@@ -338,11 +338,6 @@ class VectorUnit(wiring.Component):
         acc_max = Signal(signed(33), init=_MAX_INIT)
         acc_sum = Signal(signed(_SX_BITS))
 
-        m.d.comb += self.cmd.ready.eq(~have)
-        with m.If(self.cmd.valid & ~have):
-            m.d.sync += [cmd.eq(self.cmd.payload), have.eq(self.cmd.payload.rows != 0),
-                         row1.eq(0), col1.eq(0), acc_max.eq(_MAX_INIT), acc_sum.eq(0)]
-
         valid1 = self._lane_valid(m, "s1", cmd, row1, col1)
         first1 = col1 == 0
         last1 = col1 + N >= cmd.cols
@@ -391,6 +386,12 @@ class VectorUnit(wiring.Component):
                     m.d.sync += have.eq(0)
             with m.Else():
                 m.d.sync += [col1.eq(col1 + N), acc_max.eq(new_max), acc_sum.eq(new_sum)]
+        # The next command is taken in the cycle the last beat of a batch goes in: batches follow
+        # each other without a bubble.
+        m.d.comb += self.cmd.ready.eq(~have | (fire1 & last1 & (row1 + 1 == cmd.rows)))
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [cmd.eq(self.cmd.payload), have.eq(self.cmd.payload.rows != 0),
+                         row1.eq(0), col1.eq(0), acc_max.eq(_MAX_INIT), acc_sum.eq(0)]
 
         # --- Stage 2: exponent (softmax) and squares (LayerNorm), one multiplier a lane. ------
         tok2 = Signal(token_layout)
