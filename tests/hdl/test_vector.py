@@ -109,3 +109,25 @@ def test_long_rows():
             random_job("layernorm", 2, 1536, rng, "random"),
             random_job("layernorm", 1, 1536, rng, "extremes")]
     _check(jobs, run_amaranth(jobs, unit, seed=1, valid_prob=0.9, ready_prob=0.9))
+
+
+def test_several_finishers_keep_row_order():
+    """Short rows with three finishers in flight (and small FIFOs) come back in order."""
+    unit = VectorUnit(LANES, max_cols=16, finishers=3, fifo_depth=8, token_depth=4)
+    rng = np.random.default_rng(21)
+    jobs = []
+    for k in range(10):
+        op = ("softmax", "layernorm")[k % 2] if k < 8 else OPS[k % len(OPS)]
+        jobs.append(random_job(op, int(rng.integers(2, 6)), int(rng.integers(1, 9)), rng,
+                               KINDS[k % len(KINDS)]))
+    _check(jobs, run_amaranth(jobs, unit, seed=8, valid_prob=0.95, ready_prob=0.7))
+
+
+@pytest.mark.parametrize("lanes", [1, 3, 8])
+def test_other_lane_counts(lanes):
+    """Lane counts that are not the default, including ones that are not powers of two."""
+    unit = VectorUnit(lanes, max_cols=40)
+    rng = np.random.default_rng(lanes)
+    jobs = [random_job(op, 2, cols, rng, kind)
+            for op in OPS for cols, kind in ((1, "extremes"), (lanes + 2, "random"), (40, "huge"))]
+    _check(jobs, run_amaranth(jobs, unit, seed=lanes, valid_prob=0.8, ready_prob=0.8))

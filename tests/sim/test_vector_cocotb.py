@@ -29,17 +29,17 @@ def _available(sim):
 _runners = {}
 
 
-def _runner(sim):
-    if sim not in _runners:
+def _runner(sim, lanes=LANES):
+    if (sim, lanes) not in _runners:
         if not _available(sim):
             pytest.skip(f"{sim} is not installed")
-        _runners[sim] = cocotb_runner(sim, VectorUnit(LANES),
-                                      BUILD_ROOT / f"vector_{sim}_n{LANES}")
-    return _runners[sim]
+        _runners[sim, lanes] = cocotb_runner(sim, VectorUnit(lanes),
+                                             BUILD_ROOT / f"vector_{sim}_n{lanes}")
+    return _runners[sim, lanes]
 
 
-def _run(sim, testcase, long=False):
-    r = _runner(sim)
+def _run(sim, testcase, long=False, lanes=LANES):
+    r = _runner(sim, lanes)
     results = r.test("tb_vector", testcase, python_path=[str(TB_DIR)],
                      env={"VECTOR_LONG": "1" if long else "0"})
     from cocotb_tools.check_results import get_results
@@ -58,3 +58,11 @@ def test_vector_cocotb(sim, testcase):
 def test_vector_cocotb_long_rows(sim, testcase):
     """Softmax rows of 512 and LayerNorm rows of 1536 in every flavour."""
     _run(sim, testcase, long=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("testcase", TESTCASES)
+def test_vector_cocotb_8_lanes(sim, testcase):
+    """The same testbenches on an 8-lane unit (one more build per simulator)."""
+    _run(sim, testcase, lanes=8)
