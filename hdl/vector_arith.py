@@ -217,15 +217,13 @@ def mul_round_sat(m, a, b, add, shift, zp, lo, hi, saturate, *, width, name):
 
 
 class Exp2(wiring.Component):
-    """One lane of the softmax exponent, combinational:
-    ``t = round_shift(d * mult, shift)``, ``e = EXP2_LUT[t & 255] >> (t >> 8)`` (0 when the
-    shift reaches 16), exactly steps 2-3 of :func:`celosia.sw.numerics.softmax`.
-
-    ``d = max - s`` is unsigned (below 2**32 for valid columns).
+    """One lane of the softmax exponent, combinational, from the product ``dm = (max - s) * M``
+    (the multiplier lives in the stage, shared with LayerNorm's squares):
+    ``t = round_shift(dm, shift)``, ``e = EXP2_LUT[t & 255] >> (t >> 8)`` (0 once the shift
+    reaches 16): steps 2-3 of :func:`celosia.sw.numerics.softmax`.
     """
 
-    d: In(32)
-    mult: In(nx.MULT_BITS)
+    dm: In(EXP_T_BITS)
     shift: In(range(nx.SHIFT_MAX + 1))
     e: Out(EXP_E_BITS)
 
@@ -235,11 +233,9 @@ class Exp2(wiring.Component):
             shape=unsigned(EXP_E_BITS), depth=len(nx.EXP2_LUT),
             init=[int(v) for v in nx.EXP2_LUT])
         rd = lut.read_port(domain="comb")
-        prod = Signal(EXP_T_BITS)
-        m.d.comb += prod.eq(self.d * self.mult)
         half = (Const(1, 1) << self.shift) >> 1
         t = Signal(EXP_T_BITS + 1)
-        m.d.comb += t.eq((prod + half) >> self.shift)
+        m.d.comb += t.eq((self.dm + half) >> self.shift)
         z = t[nx.EXP_FRAC_BITS:]
         m.d.comb += rd.addr.eq(t[:nx.EXP_FRAC_BITS])
         zero_shift_bits = (_EXP_ZERO_SHIFT - 1).bit_length()
