@@ -18,3 +18,8 @@ def test_bench_vector_json(capsys):
     for key in ("cycles", "elements_per_cycle", "latency_cycles", "sustained_elements_per_cycle"):
         assert key in record
     assert record["latency_cycles"] < record["cycles"]
+
+
+def test_bench_ops_are_the_runner_ops():
+    from celosia.sim.vector_runner import OPS
+    assert bench_vector.OPS == OPS
