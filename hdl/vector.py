@@ -238,6 +238,9 @@ class VectorUnit(wiring.Component):
     params : In(stream.Signature(StructLayout({"addr", "data": N x param_layout})))
         Per-column parameters, one beat (N columns) per address; load them before the batch
         that uses them (the port is always ready).
+    busy : Out(1)
+        Some row is in the unit (a command being taken, a beat or token in a FIFO, a finisher
+        or output register in use). Low means every accepted row has left.
     """
 
     def __init__(self, lanes: int, *, max_cols: int = nx.LN_MAX_COLS, unroll: int = 8,
@@ -281,6 +284,7 @@ class VectorUnit(wiring.Component):
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
             "params": In(stream.Signature(self.param_write_layout)),
+            "busy": Out(1),
         })
 
     def finisher_cycles(self) -> int:
@@ -575,7 +579,18 @@ class VectorUnit(wiring.Component):
                                width=33 + nx.MULT_BITS + 4, name=f"m3_{k}")
             with m.If(adv):
                 m.d.sync += out[k].eq(r3)
+        fifos_used = [f.r_level != 0 for f in (fa, fb, t1, t2, t3)]
+        finishers_used = [~fin.i.ready for fin in fins]
+        m.d.comb += self.busy.eq(have | loaded2 | loaded3 | v1 | v2 | self.o.valid
+                                 | _any(fifos_used + finishers_used))
         return m
+
+
+def _any(values):
+    out = 0
+    for v in values:
+        out = out | v
+    return out
 
 
 # --- Packing helpers for testbenches and drivers ------------------------------------------------

@@ -131,3 +131,45 @@ def test_other_lane_counts(lanes):
     jobs = [random_job(op, 2, cols, rng, kind)
             for op in OPS for cols, kind in ((1, "extremes"), (lanes + 2, "random"), (40, "huge"))]
     _check(jobs, run_amaranth(jobs, unit, seed=lanes, valid_prob=0.8, ready_prob=0.8))
+
+
+def test_busy_until_the_last_row_leaves(unit):
+    """``busy`` rises with the first command and falls only after the last output beat."""
+    from amaranth.sim import Simulator
+
+    from celosia.sim.vector_runner import _Driver
+
+    rng = np.random.default_rng(4)
+    jobs = [random_job("layernorm", 2, 9, rng), random_job("softmax", 1, 5, rng)]
+    drv = _Driver(unit, jobs, 1, 0.8, 0.7, 10_000)
+    trace = []
+
+    async def bench(ctx):
+        idle_after = 0
+        while idle_after < 40:
+            d = drv.drive() if not drv.done else {"cmd_valid": 0, "i_valid": 0, "p_valid": 0,
+                                                  "o_ready": 1, "cmd": None, "i": None, "p": None}
+            for port, key in ((unit.cmd, "cmd"), (unit.i, "i"), (unit.params, "p")):
+                ctx.set(port.valid, d[f"{key}_valid"])
+                if d[key] is not None:
+                    ctx.set(port.payload.as_value(), d[key])
+            ctx.set(unit.o.ready, d["o_ready"])
+            o_valid = ctx.get(unit.o.valid)
+            trace.append((ctx.get(unit.busy), o_valid and d["o_ready"],
+                          d["cmd_valid"] and ctx.get(unit.cmd.ready)))
+            if not drv.done:
+                drv.observe(ctx.get(unit.cmd.ready), ctx.get(unit.i.ready), o_valid,
+                            ctx.get(unit.o.payload.as_value()) if o_valid else None)
+            else:
+                idle_after += 1
+            await ctx.tick()
+
+    sim = Simulator(unit)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    first_cmd = min(k for k, (_, _, cmd) in enumerate(trace) if cmd)
+    last_out = max(k for k, (_, out, _) in enumerate(trace) if out)
+    assert not any(busy for busy, _, _ in trace[:first_cmd + 1])
+    assert all(busy for busy, _, _ in trace[first_cmd + 1:last_out + 1])
+    assert not any(busy for busy, _, _ in trace[last_out + 1:])
