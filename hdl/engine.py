@@ -138,8 +138,10 @@ class MatmulEngine(wiring.Component):
                                                 depth_bytes=g * PARAM_RECORD_BYTES)
         m.submodules.d_pad = d_pad = Scratchpad(write_bytes=w, read_bytes=4 * n,
                                                 depth_bytes=4 * n * g)
+        m.submodules.e_pad = e_pad = Scratchpad(write_bytes=w, read_bytes=n,
+                                                depth_bytes=max(n, w))
         tokens = []
-        for name in ("a", "b", "p", "d"):
+        for name in ("a", "b", "p", "d", "e"):
             tok = PingPong()
             m.submodules[f"{name}_tokens"] = tok
             tokens.append(tok)
@@ -151,14 +153,15 @@ class MatmulEngine(wiring.Component):
                 tok.claim.eq(loader.claim[j]), tok.claim_buf.eq(loader.claim_buf),
                 tok.fill.eq(loader.fill[j]), tok.fill_buf.eq(loader.fill_buf),
             ]
-        a_tok, b_tok, p_tok, d_tok = tokens
+        a_tok, b_tok, p_tok, d_tok, e_tok = tokens
         m.d.comb += [
             feeder.full.eq(Cat(a_tok.full, b_tok.full)),
             a_tok.release.eq(feeder.release[0]), a_tok.release_buf.eq(feeder.release_a_buf),
             b_tok.release.eq(feeder.release[1]), b_tok.release_buf.eq(feeder.release_b_buf),
-            collector.full.eq(Cat(p_tok.full, d_tok.full)),
+            collector.full.eq(Cat(p_tok.full, d_tok.full, e_tok.full)),
             p_tok.release.eq(collector.release[0]), p_tok.release_buf.eq(collector.release_p_buf),
             d_tok.release.eq(collector.release[1]), d_tok.release_buf.eq(collector.release_d_buf),
+            e_tok.release.eq(collector.release[2]), e_tok.release_buf.eq(collector.release_e_buf),
         ]
 
         def drive_write(pad, valid):
@@ -177,6 +180,7 @@ class MatmulEngine(wiring.Component):
         drive_write(b_pad, loader.w_valid[1])
         drive_write(p_pad, loader.w_valid[2])
         drive_write(d_pad, loader.w_valid[3])
+        drive_write(e_pad, loader.w_valid[4])
         m.d.comb += [
             b_pad.r_en.eq(feeder.b_r_en), b_pad.r_buf.eq(feeder.b_r_buf),
             b_pad.r_addr.eq(feeder.b_r_addr), feeder.b_r_data.eq(b_pad.r_data),
@@ -184,6 +188,8 @@ class MatmulEngine(wiring.Component):
             p_pad.r_addr.eq(collector.p_r_addr), collector.p_r_data.eq(p_pad.r_data),
             d_pad.r_en.eq(collector.d_r_en), d_pad.r_buf.eq(collector.d_r_buf),
             d_pad.r_addr.eq(collector.d_r_addr), collector.d_r_data.eq(d_pad.r_data),
+            e_pad.r_en.eq(collector.e_r_en), e_pad.r_buf.eq(collector.e_r_buf),
+            e_pad.r_addr.eq(collector.e_r_addr), collector.e_r_data.eq(e_pad.r_data),
         ]
 
         # Command checks.
@@ -195,7 +201,8 @@ class MatmulEngine(wiring.Component):
         bad_align = (misaligned(cmd.a_addr, cmd.b_addr, cmd.c_addr,
                                 cmd.a_stride, cmd.b_stride, cmd.c_stride) |
                      (cmd.use_params & misaligned(cmd.p_addr)) |
-                     (use_d & misaligned(cmd.d_addr, cmd.d_stride)))
+                     (use_d & misaligned(cmd.d_addr, cmd.d_stride)) |
+                     (cmd.row_shift & misaligned(cmd.e_addr)))
         bad_mode = ((cmd.requant & ~cmd.use_params) | (cmd.addend == 3) |
                     ((cmd.addend == AddendMode.RESIDUAL16) & (cmd.addend_shift > 16)))
 

@@ -1,12 +1,14 @@
-"""Requantising epilogue: bias, addend (accumulate or residual) and per-column dyadic scaling.
+"""Requantising epilogue: row shift, bias, addend (accumulate or residual) and per-column
+dyadic scaling.
 
 Per lane (output column), bit-exact with ``celosia.sw.numerics``::
 
-    x = saturate(acc + bias, INT32)                      # matmul(..., bias)
+    x = round_shift(acc, row_shift)                      # matmul(..., row_shift=e), per row
+    x = saturate(x + bias, INT32)                        # matmul(..., bias)
     x = saturate(x + addend, INT32)                      # matmul(..., acc) or residual_add
     y = requantize(x, Dyadic(mult, shift), range, zp)    # or y = x (raw int32)
 
-The pipeline has five registered stages and one stall signal for all of them, so it takes one
+The pipeline has six registered stages and one stall signal for all of them, so it takes one
 row per cycle and honours backpressure on its output.
 """
 
@@ -16,15 +18,17 @@ from amaranth.lib.wiring import In, Out
 
 from celosia.sw.numerics import INT32, MULT_BITS, SHIFT_MAX
 
-from .params import ACC_BITS, OUT_RANGE, SHIFT_BITS, ZERO_POINT_BITS, OutFormat
+from .params import ACC_BITS, OUT_RANGE, ROW_SHIFT_BITS, SHIFT_BITS, ZERO_POINT_BITS, OutFormat
 
 __all__ = ["epilogue_layout", "Epilogue"]
 
 
 def epilogue_layout(n: int) -> data.StructLayout:
-    """One row into the epilogue: accumulators and, per column, the operands that go with them."""
+    """One row into the epilogue: accumulators, the row's exponent and, per column, the operands
+    that go with them."""
     return data.StructLayout({
         "acc": data.ArrayLayout(signed(ACC_BITS), n),
+        "row_shift": unsigned(ROW_SHIFT_BITS),
         "bias": data.ArrayLayout(signed(32), n),
         "addend": data.ArrayLayout(signed(32), n),
         "mult": data.ArrayLayout(unsigned(MULT_BITS), n),
@@ -37,7 +41,7 @@ def _saturate(value, lo, hi):
 
 
 class Epilogue(wiring.Component):
-    """N-lane bias + addend + requantise pipeline.
+    """N-lane row shift + bias + addend + requantise pipeline.
 
     Parameters
     ----------
@@ -53,7 +57,7 @@ class Epilogue(wiring.Component):
         Held constant during a command. ``requant`` low gives the raw saturated int32 sum.
     """
 
-    LATENCY = 5
+    LATENCY = 6
 
     def __init__(self, n: int):
         if not isinstance(n, int) or n < 1:
@@ -89,8 +93,21 @@ class Epilogue(wiring.Component):
                     m.d.comb += [lo.eq(OUT_RANGE[fmt].lo), hi.eq(OUT_RANGE[fmt].hi)]
 
         int32_lo, int32_hi = C(INT32.lo, signed(33)), C(INT32.hi, signed(33))
+        p = self.i.payload
+        # Stage 0: the row's round-half-up shift (one exponent for all lanes). The row travels
+        # on with its operands one stage behind.
+        row_half = Signal(unsigned(1 << ROW_SHIFT_BITS), name="row_half")
+        m.d.comb += row_half.eq((C(1, 1 << ROW_SHIFT_BITS) << p.row_shift) >> 1)
+        p0 = Signal(data.StructLayout({name: epilogue_layout(n)[name].shape
+                                       for name in ("bias", "addend", "mult", "shift")}), name="p0")
+        with m.If(enable):
+            m.d.sync += [p0.bias.eq(p.bias), p0.addend.eq(p.addend), p0.mult.eq(p.mult),
+                         p0.shift.eq(p.shift)]
         for lane in range(n):
-            p = self.i.payload
+            # Stage 0 output: |acc| < 2**31, so acc + half fits 33 bits and the shifted value 32.
+            xs = Signal(signed(ACC_BITS), name=f"xs_{lane}")
+            with m.If(enable):
+                m.d.sync += xs.eq((p.acc[lane] + row_half) >> p.row_shift)
             # Stage 1: bias.
             x1 = Signal(signed(32), name=f"x1_{lane}")
             addend1 = Signal(signed(32), name=f"addend1_{lane}")
@@ -114,10 +131,10 @@ class Epilogue(wiring.Component):
             m.d.comb += half.eq(Mux(shift3 == 0, 0, C(1, SHIFT_MAX) << (shift3 - 1)[:SHIFT_BITS]))
             with m.If(enable):
                 m.d.sync += [
-                    x1.eq(_saturate(p.acc[lane] + p.bias[lane], int32_lo, int32_hi)),
-                    addend1.eq(p.addend[lane]),
-                    mult1.eq(p.mult[lane]),
-                    shift1.eq(Mux(p.shift[lane] > SHIFT_MAX, SHIFT_MAX, p.shift[lane])),
+                    x1.eq(_saturate(xs + p0.bias[lane], int32_lo, int32_hi)),
+                    addend1.eq(p0.addend[lane]),
+                    mult1.eq(p0.mult[lane]),
+                    shift1.eq(Mux(p0.shift[lane] > SHIFT_MAX, SHIFT_MAX, p0.shift[lane])),
 
                     x2.eq(_saturate(x1 + addend1, int32_lo, int32_hi)),
                     mult2.eq(mult1),

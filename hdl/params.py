@@ -9,8 +9,16 @@ Memory layout contract (all addresses are byte addresses):
 
 * The memory port moves ``port_bytes`` (W) bytes per beat; W is a power of two, 4..128.
 * Every matrix is row-major with a row stride that is a multiple of W, and every base address
-  is a multiple of W. Bytes between the end of a row and the stride are never used.
-* A is M x K bytes (int8, or uint8 when ``a_unsigned``); B is K x N bytes (int8).
+  is a multiple of W. Bytes between the end of a row and the stride are never used. A matrix
+  may be a view into a wider one (a column slice: base = the wide matrix's base plus the
+  slice's first byte, stride = the wide row stride) as long as that base and stride are
+  multiples of W; see ``view_aligned``. The engine rejects anything else with BAD_ALIGN.
+* A is M x K bytes (int8, or uint8 when ``a_unsigned``); B is K x N bytes (int8), or, with
+  ``b_transposed``, N x K bytes (element (k, n) of B at ``b_addr + n * b_stride + k``), which
+  is how a K operand of attention (tokens x head_dim, row-major) is used for Q @ K^T.
+* With ``row_shift``, ``e_addr`` holds M uint8 exponents, one per row of A, contiguous (values
+  above ``ROW_EXP_MAX`` are clamped to it); row i of A @ B is rounded and shifted right by
+  e[i] (``numerics.matmul(..., row_shift=e)``) before the bias and the addend.
 * C is M x N elements of ``out_bytes`` each (int8/uint8/int16/int32, little endian).
 * The parameter region holds one ``PARAM_RECORD_BYTES`` record per output column:
   bias int32 at offset 0, requantisation multiplier uint16 at 4, shift uint8 at 6, one pad byte.
@@ -25,14 +33,15 @@ import enum
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-from celosia.sw.numerics import INT8, INT16, INT32, MULT_BITS, SHIFT_MAX, UINT8, Range
+from celosia.sw.numerics import INT8, INT16, INT32, MULT_BITS, ROW_EXP_MAX, SHIFT_MAX, UINT8, Range
 
 __all__ = [
     "ARRAY_MIN", "ARRAY_MAX", "DEFAULT_ARRAY", "K_MAX", "ADDR_BITS", "DIM_BITS", "K_BITS",
-    "A_BITS", "B_BITS", "ACC_BITS", "SHIFT_BITS", "ZERO_POINT_BITS",
+    "A_BITS", "B_BITS", "ACC_BITS", "SHIFT_BITS", "ZERO_POINT_BITS", "ROW_SHIFT_BITS",
     "PARAM_RECORD_BYTES", "PARAM_BIAS_OFFSET", "PARAM_MULT_OFFSET", "PARAM_SHIFT_OFFSET",
     "OutFormat", "AddendMode", "DoneCode", "OUT_RANGE", "OUT_BYTES", "ADDEND_BYTES",
     "default_port_bytes", "group_cols", "check_config", "command_layout", "pack_command",
+    "view_aligned",
 ]
 
 #: Array sizes the engine is built and tested for (powers of two).
@@ -51,6 +60,8 @@ B_BITS = 8
 ACC_BITS = 32
 SHIFT_BITS = SHIFT_MAX.bit_length()
 ZERO_POINT_BITS = 32
+#: Per-row exponents 0..ROW_EXP_MAX (8) travel as 4-bit shifts.
+ROW_SHIFT_BITS = ROW_EXP_MAX.bit_length()
 
 PARAM_RECORD_BYTES = 8
 PARAM_BIAS_OFFSET = 0
@@ -89,7 +100,7 @@ class DoneCode(enum.IntEnum):
     """Status the engine returns for each command."""
     OK = 0
     BAD_SHAPE = 1      # M, K or N is 0, or K > k_max
-    BAD_ALIGN = 2      # a base address or stride is not a multiple of the port width
+    BAD_ALIGN = 2      # a base address or stride is not a multiple of the port width (e_addr too)
     BAD_MODE = 3       # requantisation or bias asked for without a parameter region, ...
 
 
@@ -145,6 +156,9 @@ def command_layout() -> data.StructLayout:
         "addend": unsigned(2),          # AddendMode
         "addend_shift": unsigned(5),    # 0..16, RESIDUAL16 only
         "zero_point": signed(ZERO_POINT_BITS),
+        "row_shift": unsigned(1),       # round-shift row i of A @ B right by e[i] (bytes at e_addr)
+        "e_addr": unsigned(ADDR_BITS),  # M uint8 row exponents, when row_shift
+        "b_transposed": unsigned(1),    # B is stored N x K row-major (b_stride per n)
     })
 
 
@@ -161,3 +175,18 @@ def pack_command(**fields) -> int:
             raise ValueError(f"command field {name}={value} does not fit {field.shape}")
         word |= (value & ((1 << width) - 1)) << field.offset
     return word
+
+
+def view_aligned(addr: int, stride: int, port_bytes: int) -> bool:
+    """True if a matrix (or a column slice of a wider one) at ``addr`` with row stride
+    ``stride`` satisfies the engine's alignment rule: both multiples of the port width W.
+
+    Attention slices: with a tokens x 1152 QKV buffer (stride 1152) at a W-aligned base, the
+    head-h slices start at byte offsets 32h (Q), 384 + 32h (K) and 768 + 32h (V), and the
+    context slice of a tokens x 384 buffer at 32h. These are aligned for every head when
+    W <= 32, i.e. with the default port (W = 2N) for arrays up to N = 16, and for N = 32 built
+    with ``port_bytes=32``. With W = 64 or 128 only even (W = 64) or every fourth (W = 128)
+    head is aligned: a compiler must then lay the heads out at W-aligned offsets (for example
+    pad each head's 32 columns to W in the QKV weight layout) or copy the slice.
+    """
+    return addr % port_bytes == 0 and stride % port_bytes == 0

@@ -13,7 +13,8 @@ Four units walk this order independently and meet only at double-buffered scratc
 guarded by a :class:`~celosia.hdl.scratchpad.PingPong`:
 
 * :class:`Loader` issues read requests for the next item's operands while the current one
-  computes, and steers the in-order responses into the scratchpads.
+  computes, and steers the in-order responses into the scratchpads (a transposed B passes
+  through a W x W byte corner turn on the way).
 * :class:`Feeder` reads A and B from the scratchpads and streams steps into the array.
 * :class:`Collector` pairs each result row leaving the array with its column parameters and
   addend row, for the epilogue.
@@ -33,14 +34,15 @@ from .params import (ADDR_BITS, DIM_BITS, K_BITS, PARAM_BIAS_OFFSET, PARAM_MULT_
                      PARAM_RECORD_BYTES, PARAM_SHIFT_OFFSET, AddendMode, OutFormat,
                      command_layout, group_cols)
 from .systolic import row_layout, step_layout
-from celosia.sw.numerics import MULT_BITS
+from celosia.sw.numerics import MULT_BITS, ROW_EXP_MAX
 
 __all__ = ["plan_layout", "compute_plan", "read_request_layout", "write_layout",
            "Loader", "Feeder", "Collector", "Writer", "RESOURCES"]
 
 #: Scratchpads in the order the tokens and loader targets use.
-RESOURCES = ("a", "b", "p", "d")
-A, B, P, D = range(4)
+RESOURCES = ("a", "b", "p", "d", "e")
+A, B, P, D, E = range(5)
+NRES = len(RESOURCES)
 
 
 def _log2(x: int) -> int:
@@ -71,9 +73,11 @@ def plan_layout(array: int, port_bytes: int) -> data.StructLayout:
         "last_rows": range(array + 1),         # rows of the last panel
         "nblk_last": range(g // array + 1),    # tiles in the last group
         "bw_last": range(g // port_bytes + 1),                       # B beats per row, last group
+        "cols_last": range(g + 1),             # columns of the last group
         "pw_last": range(PARAM_RECORD_BYTES * g // port_bytes + 1),  # parameter beats, last group
         "dw_last": range(4 * g // port_bytes + 1),                   # addend beats per row, last group
         "dw_full": range(4 * g // port_bytes + 1),                   # ... other groups
+        "ew_last": range(max(1, array // port_bytes) + 1),           # exponent beats, last panel
         "d_log2": range(3),                    # log2 of addend bytes (int32: 2, int16: 1)
         "ob_log2": range(3),                   # log2 of result bytes
     })
@@ -97,6 +101,8 @@ def compute_plan(m: Module, cmd, plan, array: int, port_bytes: int):
         plan.last_rows.eq(cmd.m - ((np_ - 1) << ln)),
         plan.nblk_last.eq((rem + (array - 1)) >> ln),
         plan.bw_last.eq((rem + (port_bytes - 1)) >> lw),
+        plan.cols_last.eq(rem),
+        plan.ew_last.eq((plan.last_rows + (port_bytes - 1)) >> lw),
         plan.pw_last.eq(((rem * PARAM_RECORD_BYTES) + (port_bytes - 1)) >> lw),
         plan.d_log2.eq(Mux(cmd.addend == AddendMode.RESIDUAL16, 1, 2)),
         plan.dw_last.eq(((rem << plan.d_log2) + (port_bytes - 1)) >> lw),
@@ -166,19 +172,25 @@ class Loader(_Unit):
     """Reads each work item's operands from the memory port into the scratchpads.
 
     Per item, in order: the B group and its column parameters (first panel of a group only),
-    the A panel, the addend tile. Each load waits for its buffer to be free; the buffer becomes
-    full when its last response is written. Descriptors of outstanding requests wait in a FIFO,
-    so responses (in order) need no tags.
+    the A panel, the row exponents (``row_shift``), the addend tile. Each load waits for its
+    buffer to be free; the buffer becomes full when its last beat is written. Descriptors of
+    outstanding requests wait in a FIFO, so responses (in order) need no tags.
+
+    A transposed B (``b_transposed``: memory row n holds column n of B) is read W columns at a
+    time for one W-byte chunk of K: those W beats fill the columns of a W x W byte corner turn,
+    whose rows (one k each, W columns) then go to the B scratchpad in the layout of an ordinary
+    B, one per cycle. Responses wait while the corner turn drains, so a transposed B group
+    costs about two cycles per beat (the drain stops at K).
 
     Members
     -------
     rd_req : Out(stream.Signature(read_request_layout()))
     rd_resp : In(stream.Signature(port_bytes * 8))
-    free : In(8)
-        ``free[2*r + b]``: buffer b of resource r (A, B, P, D) is free.
-    claim, fill : Out(4)
+    free : In(2 * NRES)
+        ``free[2*r + b]``: buffer b of resource r (A, B, P, D, E) is free.
+    claim, fill : Out(NRES)
         One-cycle pulses per resource, for buffer ``claim_buf`` / ``fill_buf``.
-    w_valid : Out(4)
+    w_valid : Out(NRES)
         A scratchpad beat for resource r: ``w_buf``, ``w_row`` (A bank), ``w_addr``, ``w_data``.
     """
 
@@ -186,15 +198,15 @@ class Loader(_Unit):
         self.k_max = k_max
         self.outstanding = outstanding
         g = group_cols(array, port_bytes)
-        self.max_words = max(k_max // port_bytes, PARAM_RECORD_BYTES * g // port_bytes)
+        self.max_words = max(k_max // port_bytes, PARAM_RECORD_BYTES * g // port_bytes, g)
         self.max_rows = max(k_max, array)
         super().__init__(array, port_bytes, {
             "rd_req": Out(stream.Signature(read_request_layout())),
             "rd_resp": In(stream.Signature(port_bytes * 8)),
-            "free": In(8),
-            "claim": Out(4), "claim_buf": Out(1),
-            "fill": Out(4), "fill_buf": Out(1),
-            "w_valid": Out(4),
+            "free": In(2 * NRES),
+            "claim": Out(NRES), "claim_buf": Out(1),
+            "fill": Out(NRES), "fill_buf": Out(1),
+            "w_valid": Out(NRES),
             "w_buf": Out(1),
             "w_row": Out(range(array)),
             "w_addr": Out(range(max(self.max_words, k_max * g // port_bytes,
@@ -205,10 +217,13 @@ class Loader(_Unit):
     def elaborate(self, platform):
         m = Module()
         n, w, g = self.array, self.port_bytes, self.group
+        lw = _log2(w)
         cmd, plan = self.cmd, self.plan
         desc_layout = data.StructLayout({
-            "target": range(4), "buf": 1, "last": 1,
+            "target": range(NRES), "buf": 1, "last": 1,
             "row": range(self.max_rows), "word": range(self.max_words),
+            "flush": 1,         # transposed B: the last column of a corner-turn block
+            "row_last": 1,      # transposed B: the last chunk of K
         })
         m.submodules.pending = pending = fifo.SyncFIFOBuffered(
             width=desc_layout.size, depth=self.outstanding)
@@ -221,40 +236,50 @@ class Loader(_Unit):
         p_last = Signal()
         m.d.comb += [g_last.eq(g_idx == plan.ng - 1), p_last.eq(p_idx == plan.np - 1)]
 
-        b_gbase = Signal(ADDR_BITS)     # b_addr + g*G
+        b_gbase = Signal(ADDR_BITS)     # b_addr + g*G (transposed: b_addr + g*G*b_stride)
         p_gbase = Signal(ADDR_BITS)     # p_addr + g*G*8
         a_pbase = Signal(ADDR_BITS)     # a_addr + p*N*a_stride
         d_pbase = Signal(ADDR_BITS)     # d_addr + p*N*d_stride + g*G*eb
         d_gbase = Signal(ADDR_BITS)     # d_addr + g*G*eb
+        e_pbase = Signal(ADDR_BITS)     # e_addr + p*N
 
-        target = Signal(range(4))
+        target = Signal(range(NRES))
         buf = Signal()
         rows = Signal(range(self.max_rows + 1))
         words = Signal(range(self.max_words + 1))
-        stride = Signal(ADDR_BITS)
+        stride = Signal(ADDR_BITS)      # address step from row to row
+        step = Signal(ADDR_BITS)        # address step from word to word
         row_addr = Signal(ADDR_BITS)
         addr = Signal(ADDR_BITS)
         row = Signal(range(self.max_rows))
         word = Signal(range(self.max_words))
 
         panel_rows = Mux(p_last, plan.last_rows, n)
-        enabled = Cat(C(1, 1), C(1, 1), cmd.use_params, cmd.addend != AddendMode.NONE)
+        e_full = max(1, n // w)
 
         def job_needed(j):
             first_of_group = p_idx == 0
             return {A: 1, B: first_of_group, P: first_of_group & cmd.use_params,
-                    D: cmd.addend != AddendMode.NONE}[j]
+                    D: cmd.addend != AddendMode.NONE, E: cmd.row_shift}[j]
 
-        # Job order within an item: B, P, A, D.
-        order = [B, P, A, D]
+        # Job order within an item: B, P, A, E, D.
+        order = [B, P, A, E, D]
 
         def setup(j):
             """Statements preparing job j of the current item."""
             stmts = [target.eq(j), row.eq(0), word.eq(0)]
+            if j != B:
+                stmts.append(step.eq(w))
             if j == B:
-                stmts += [buf.eq(g_idx[0]), rows.eq(cmd.k), stride.eq(cmd.b_stride),
-                          words.eq(Mux(g_last, plan.bw_last, g // w)),
-                          row_addr.eq(b_gbase), addr.eq(b_gbase)]
+                stmts += [buf.eq(g_idx[0]), row_addr.eq(b_gbase), addr.eq(b_gbase)]
+                with m.If(cmd.b_transposed):
+                    # Rows are W-byte chunks of K, words are the group's columns.
+                    m.d.sync += [rows.eq(plan.a_words), stride.eq(w), step.eq(cmd.b_stride),
+                                 words.eq(Mux(g_last, plan.cols_last, g))]
+                with m.Else():
+                    m.d.sync += [rows.eq(cmd.k), stride.eq(cmd.b_stride), step.eq(w),
+                                 words.eq(Mux(g_last, plan.bw_last, g // w))]
+                return stmts
             elif j == P:
                 stmts += [buf.eq(g_idx[0]), rows.eq(1), stride.eq(0),
                           words.eq(Mux(g_last, plan.pw_last, PARAM_RECORD_BYTES * g // w)),
@@ -262,6 +287,12 @@ class Loader(_Unit):
             elif j == A:
                 stmts += [buf.eq(item_parity), rows.eq(panel_rows), stride.eq(cmd.a_stride),
                           words.eq(plan.a_words), row_addr.eq(a_pbase), addr.eq(a_pbase)]
+            elif j == E:
+                # The beats holding this panel's N exponents (one beat shared by W/N panels).
+                e_beat = Cat(C(0, lw), e_pbase[lw:])
+                stmts += [buf.eq(item_parity), rows.eq(1), stride.eq(0),
+                          words.eq(Mux(p_last, plan.ew_last, e_full)),
+                          row_addr.eq(e_beat), addr.eq(e_beat)]
             else:
                 stmts += [buf.eq(item_parity), rows.eq(panel_rows), stride.eq(cmd.d_stride),
                           words.eq(Mux(g_last, plan.dw_last, plan.dw_full)),
@@ -275,6 +306,8 @@ class Loader(_Unit):
         m.d.comb += [
             desc.target.eq(target), desc.buf.eq(buf), desc.row.eq(row), desc.word.eq(word),
             desc.last.eq(row_last & word_last),
+            desc.flush.eq(word_last | (word[:lw] == w - 1)),
+            desc.row_last.eq(row_last),
             pending.w_data.eq(desc),
             self.rd_req.payload.addr.eq(addr),
             self.claim_buf.eq(buf),
@@ -287,6 +320,7 @@ class Loader(_Unit):
                         g_idx.eq(0), p_idx.eq(0), item_parity.eq(0),
                         b_gbase.eq(cmd.b_addr), p_gbase.eq(cmd.p_addr),
                         a_pbase.eq(cmd.a_addr), d_pbase.eq(cmd.d_addr), d_gbase.eq(cmd.d_addr),
+                        e_pbase.eq(cmd.e_addr),
                     ]
                     m.next = f"SETUP_{order[0]}"
             for pos, j in enumerate(order):
@@ -298,7 +332,7 @@ class Loader(_Unit):
                     with m.Else():
                         m.next = nxt
                 with m.State(f"CLAIM_{j}"):
-                    with m.If(self.free.word_select(Cat(buf, C(j, 2)), 1)):
+                    with m.If(self.free.word_select(Cat(buf, C(j, 3)), 1)):
                         m.d.comb += self.claim.eq(1 << j)
                         m.next = f"ISSUE_{j}"
                 with m.State(f"ISSUE_{j}"):
@@ -314,17 +348,18 @@ class Loader(_Unit):
                             with m.If(row_last):
                                 m.next = nxt
                         with m.Else():
-                            m.d.sync += [word.eq(word + 1), addr.eq(addr + w)]
+                            m.d.sync += [word.eq(word + 1), addr.eq(addr + step)]
             with m.State("NEXT_ITEM"):
                 m.d.sync += item_parity.eq(~item_parity)
                 with m.If(p_last):
                     m.d.sync += [
                         p_idx.eq(0), g_idx.eq(g_idx + 1),
-                        b_gbase.eq(b_gbase + g),
+                        b_gbase.eq(b_gbase + Mux(cmd.b_transposed, cmd.b_stride << _log2(g), g)),
                         p_gbase.eq(p_gbase + PARAM_RECORD_BYTES * g),
                         a_pbase.eq(cmd.a_addr),
                         d_pbase.eq(d_gbase + (g << plan.d_log2)),
                         d_gbase.eq(d_gbase + (g << plan.d_log2)),
+                        e_pbase.eq(cmd.e_addr),
                     ]
                     with m.If(g_last):
                         m.next = "IDLE"
@@ -335,42 +370,75 @@ class Loader(_Unit):
                         p_idx.eq(p_idx + 1),
                         a_pbase.eq(a_pbase + (cmd.a_stride << _log2(n))),
                         d_pbase.eq(d_pbase + (cmd.d_stride << _log2(n))),
+                        e_pbase.eq(e_pbase + n),
                     ]
                     m.next = f"SETUP_{order[0]}"
 
         # --- Response side ------------------------------------------------------------------
         resp = Signal(desc_layout)
+        # Corner turn for a transposed B: turn[i] holds k = chunk*W + i of W columns.
+        turn = [Signal(8 * w, name=f"turn{i}") for i in range(w)]
+        draining = Signal()
+        d_i = Signal(range(w))
+        d_chunk = Signal(range(max(2, self.k_max // w)))
+        d_blk = Signal(range(max(2, g // w)))
+        d_buf = Signal()
+        d_last = Signal()
+        d_chunk_last = Signal()
+        d_end = Signal()
+        m.d.comb += d_end.eq((d_i == w - 1) | (d_chunk_last & (d_i == (cmd.k - 1)[:lw])))
+
         m.d.comb += [
             resp.eq(pending.r_data),
-            self.rd_resp.ready.eq(pending.r_rdy),
-            pending.r_en.eq(self.rd_resp.valid),
+            self.rd_resp.ready.eq(pending.r_rdy & ~draining),
+            pending.r_en.eq(self.rd_resp.valid & ~draining),
         ]
-        beat = self.rd_resp.valid & pending.r_rdy
+        beat = self.rd_resp.valid & pending.r_rdy & ~draining
         lgw = _log2(g // w)
+        turned = cmd.b_transposed & (resp.target == B)
         m.d.comb += [
-            self.w_buf.eq(resp.buf),
+            self.w_buf.eq(Mux(draining, d_buf, resp.buf)),
             self.w_row.eq(resp.row),
-            self.w_data.eq(self.rd_resp.payload),
-            self.fill_buf.eq(resp.buf),
+            self.w_data.eq(Mux(draining, turn[0], self.rd_resp.payload)),
+            self.fill_buf.eq(Mux(draining, d_buf, resp.buf)),
         ]
-        with m.Switch(resp.target):
-            with m.Case(A):
-                m.d.comb += self.w_addr.eq(resp.word)
-            with m.Case(B):
-                m.d.comb += self.w_addr.eq(Cat(resp.word[:lgw], resp.row))
-            with m.Case(P):
-                m.d.comb += self.w_addr.eq(resp.word)
-            with m.Case(D):
-                # Row r of the addend tile starts at beat r * (G * eb / W).
-                m.d.comb += self.w_addr.eq(
-                    Mux(plan.d_log2 == 2,
-                        Cat(resp.word[:lgw + 2], resp.row),
-                        Cat(resp.word[:lgw + 1], resp.row)))
-        for j in range(4):
-            with m.If(beat & (resp.target == j)):
-                m.d.comb += self.w_valid[j].eq(1)
-                with m.If(resp.last):
-                    m.d.comb += self.fill[j].eq(1)
+        with m.If(draining):
+            m.d.comb += [self.w_addr.eq(Cat(d_blk[:lgw], d_i, d_chunk)), self.w_valid[B].eq(1)]
+            m.d.sync += [turn[i].eq(turn[i + 1]) for i in range(w - 1)]
+            m.d.sync += d_i.eq(d_i + 1)
+            with m.If(d_end):
+                m.d.sync += draining.eq(0)
+                with m.If(d_last):
+                    m.d.comb += self.fill[B].eq(1)
+        with m.Else():
+            with m.Switch(resp.target):
+                with m.Case(A, P, E):
+                    m.d.comb += self.w_addr.eq(resp.word)
+                with m.Case(B):
+                    m.d.comb += self.w_addr.eq(Cat(resp.word[:lgw], resp.row))
+                with m.Case(D):
+                    # Row r of the addend tile starts at beat r * (G * eb / W).
+                    m.d.comb += self.w_addr.eq(
+                        Mux(plan.d_log2 == 2,
+                            Cat(resp.word[:lgw + 2], resp.row),
+                            Cat(resp.word[:lgw + 1], resp.row)))
+            for j in range(NRES):
+                with m.If(beat & (resp.target == j) & ~(turned if j == B else C(0, 1))):
+                    m.d.comb += self.w_valid[j].eq(1)
+                    with m.If(resp.last):
+                        m.d.comb += self.fill[j].eq(1)
+            with m.If(beat & turned):
+                with m.Switch(resp.word[:lw]):
+                    for col in range(w):
+                        with m.Case(col):
+                            m.d.sync += [turn[i][8 * col:8 * col + 8].eq(
+                                self.rd_resp.payload[8 * i:8 * i + 8]) for i in range(w)]
+                with m.If(resp.flush):
+                    m.d.sync += [draining.eq(1), d_i.eq(0), d_chunk.eq(resp.row),
+                                 d_blk.eq(resp.word >> lw), d_buf.eq(resp.buf),
+                                 d_last.eq(resp.last), d_chunk_last.eq(resp.row_last)]
+        with m.If(self.start):
+            m.d.sync += draining.eq(0)
         return m
 
 
@@ -451,13 +519,18 @@ class Feeder(_Unit):
 
 
 class Collector(_Unit):
-    """Joins each result row of the array with its column parameters and addend row."""
+    """Joins each result row of the array with its column parameters, addend row and row
+    exponent."""
 
     def __init__(self, array, port_bytes):
         g = group_cols(array, port_bytes)
+        self.e_chunks = max(1, port_bytes // array)     # panels sharing one exponent beat
         super().__init__(array, port_bytes, {
-            "full": In(4),                       # P buffers 0,1 then D buffers 0,1
-            "release": Out(2), "release_p_buf": Out(1), "release_d_buf": Out(1),
+            "full": In(6),                       # P buffers 0,1, D buffers 0,1, E buffers 0,1
+            "release": Out(3), "release_p_buf": Out(1), "release_d_buf": Out(1),
+            "release_e_buf": Out(1),
+            "e_r_en": Out(1), "e_r_buf": Out(1), "e_r_addr": Out(range(self.e_chunks)),
+            "e_r_data": In(array * 8),
             "p_r_en": Out(1), "p_r_buf": Out(1), "p_r_addr": Out(range(g // array)),
             "p_r_data": In(array * PARAM_RECORD_BYTES * 8),
             "d_r_en": Out(1), "d_r_buf": Out(1), "d_r_addr": Out(range(g)),
@@ -478,13 +551,16 @@ class Collector(_Unit):
 
         p_buf = walk.group_parity
         d_buf = walk.item_parity
+        e_buf = walk.item_parity
         use_d = cmd.addend != AddendMode.NONE
         ready_tokens = ((~cmd.use_params | self.full.bit_select(p_buf, 1)) &
-                        (~use_d | self.full.bit_select(2 + d_buf, 1)))
+                        (~use_d | self.full.bit_select(2 + d_buf, 1)) &
+                        (~cmd.row_shift | self.full.bit_select(4 + e_buf, 1)))
 
         v1 = Signal()
         acc1 = Signal(row_layout(n))
         half1 = Signal()
+        row1 = Signal(range(n))
         enable = Signal()
         accept = Signal()
         # Addend beat index of this row: row * (G / N) + blk, in 4N-byte units for int32 and
@@ -499,16 +575,21 @@ class Collector(_Unit):
             self.d_r_en.eq(enable), self.d_r_buf.eq(d_buf),
             self.d_r_addr.eq(Mux(plan.d_log2 == 2, t, t >> 1)),
             self.release_p_buf.eq(p_buf), self.release_d_buf.eq(d_buf),
+            self.e_r_en.eq(enable), self.e_r_buf.eq(e_buf),
+            self.e_r_addr.eq(walk.p[:_log2(self.e_chunks)] if self.e_chunks > 1 else 0),
+            self.release_e_buf.eq(e_buf),
         ]
         with m.If(self.start):
             m.d.sync += [running.eq(1), row.eq(0), *walk.reset()]
         with m.If(accept):
-            m.d.sync += [v1.eq(1), acc1.eq(self.i.payload), half1.eq(t[0])]
+            m.d.sync += [v1.eq(1), acc1.eq(self.i.payload), half1.eq(t[0]), row1.eq(row)]
             with m.If(row_last):
                 m.d.sync += row.eq(0)
                 walk.advance(m)
                 with m.If(walk.blk_last & use_d):
                     m.d.comb += self.release[1].eq(1)
+                with m.If(walk.blk_last & cmd.row_shift):
+                    m.d.comb += self.release[2].eq(1)
                 with m.If(walk.group_last & cmd.use_params):
                     m.d.comb += self.release[0].eq(1)
                 with m.If(walk.final):
@@ -520,6 +601,8 @@ class Collector(_Unit):
 
         o = self.o.payload
         m.d.comb += [self.o.valid.eq(v1), o.acc.eq(acc1)]
+        exp = self.e_r_data.word_select(row1, 8)
+        m.d.comb += o.row_shift.eq(Mux(cmd.row_shift, Mux(exp > ROW_EXP_MAX, ROW_EXP_MAX, exp), 0))
         rec = PARAM_RECORD_BYTES * 8
         d16 = Mux(half1, self.d_r_data[n * 16:], self.d_r_data[:n * 16])
         for lane in range(n):

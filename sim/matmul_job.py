@@ -2,7 +2,8 @@
 
 The image follows the layout contract of ``celosia.hdl.params``. Every byte the engine should
 not read or write (row padding, gaps) is filled with random garbage, so a missing mask or an
-out-of-bounds write shows up as a wrong result or a changed byte.
+out-of-bounds write shows up as a wrong result or a changed byte. A matrix may be placed as a
+column slice of a wider one (``MatmulJob.views``), as attention's head slices are.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import numpy as np
 from celosia.hdl.params import (ADDEND_BYTES, OUT_BYTES, OUT_RANGE, PARAM_BIAS_OFFSET,
                                 PARAM_MULT_OFFSET, PARAM_RECORD_BYTES, PARAM_SHIFT_OFFSET,
                                 AddendMode, OutFormat, pack_command)
-from celosia.sw.numerics import (INT8, INT16, INT32, MULT_BITS, SHIFT_MAX, UINT8, Dyadic,
-                                 matmul, requantize, residual_add)
+from celosia.sw.numerics import (INT8, INT16, INT32, MULT_BITS, ROW_EXP_MAX, SHIFT_MAX, UINT8,
+                                 Dyadic, matmul, requantize, residual_add)
 
 __all__ = ["MatmulJob", "random_job", "MemoryImage"]
 
@@ -36,6 +37,11 @@ class MatmulJob:
     addend_mode: AddendMode = AddendMode.NONE
     addend: np.ndarray | None = None    # M x N int32 (ACC32) or int16 (RESIDUAL16)
     addend_shift: int = 0
+    row_shift: np.ndarray | None = None # M exponents 0..ROW_EXP_MAX (None: no row shift)
+    b_transposed: bool = False          # B stored N x K in memory
+    #: Column-slice placement per matrix ("a", "b", "c", "d"): (byte offset in the row, row
+    #: bytes of the wide matrix); the stride is the row bytes rounded up to the port width.
+    views: dict = field(default_factory=dict)
 
     @property
     def shape(self):
@@ -55,7 +61,7 @@ class MatmulJob:
 
     def golden(self) -> np.ndarray:
         acc = self.addend if self.addend_mode == AddendMode.ACC32 else None
-        c = matmul(self.a, self.b, self.bias, acc)
+        c = matmul(self.a, self.b, self.bias, acc, row_shift=self.row_shift)
         if self.addend_mode == AddendMode.RESIDUAL16:
             c = residual_add(c, self.addend, self.addend_shift)
         if self.requant:
@@ -69,6 +75,8 @@ class MatmulJob:
         if self.use_params:
             total += n * PARAM_RECORD_BYTES
         total += m * n * ADDEND_BYTES[self.addend_mode]
+        if self.row_shift is not None:
+            total += m
         return total
 
     def image(self, port_bytes: int, *, seed: int = 0, base: int = 0) -> "MemoryImage":
@@ -89,13 +97,21 @@ class MemoryImage:
 
         def region(name, rows, row_bytes):
             nonlocal cursor
-            stride = _align(row_bytes, w)
-            regions[name] = (cursor, stride, rows, row_bytes)
+            offset, wide = job.views.get(name, (0, row_bytes))
+            assert offset + row_bytes <= wide, (name, offset, row_bytes, wide)
+            stride = _align(wide, w)
+            # (address of element 0, stride, rows, row bytes)
+            regions[name] = (cursor + offset, stride, rows, row_bytes)
             cursor = _align(cursor + stride * rows, align) + align   # a gap after each
             return regions[name]
 
         region("a", m, k)
-        region("b", k, n)
+        if job.b_transposed:
+            region("b", n, k)
+        else:
+            region("b", k, n)
+        if job.row_shift is not None:
+            region("e", 1, m)
         if job.use_params:
             region("p", 1, n * PARAM_RECORD_BYTES)
         if job.addend_mode != AddendMode.NONE:
@@ -114,7 +130,9 @@ class MemoryImage:
                 self.data[addr + r * stride: addr + r * stride + row_bytes] = raw[r]
 
         put("a", job.a, np.uint8 if job.a_unsigned else np.int8)
-        put("b", job.b, np.int8)
+        put("b", job.b.T if job.b_transposed else job.b, np.int8)
+        if job.row_shift is not None:
+            put("e", np.asarray(job.row_shift).reshape(1, m), np.uint8)
         if job.use_params:
             rec = np.zeros((n, PARAM_RECORD_BYTES), dtype=np.uint8)
             bias = job.bias if job.bias is not None else np.zeros(n, dtype=np.int64)
@@ -145,7 +163,10 @@ class MemoryImage:
             requant=int(job.requant), out_fmt=int(job.out_fmt),
             addend=int(job.addend_mode), addend_shift=job.addend_shift,
             zero_point=job.zero_point,
+            b_transposed=int(job.b_transposed),
         )
+        if "e" in r:
+            fields.update(row_shift=1, e_addr=r["e"][0])
         if "p" in r:
             fields["p_addr"] = r["p"][0]
         if "d" in r:
@@ -178,8 +199,9 @@ class MemoryImage:
 
 def random_job(rng: np.random.Generator, m: int, k: int, n: int, *, a_unsigned=None,
                requant=True, out_fmt=None, bias=True, addend_mode=AddendMode.NONE,
-               extremes=False) -> MatmulJob:
-    """A random job; ``extremes`` draws operands from {-128, 127, 255} to stress saturation."""
+               extremes=False, row_shift=False, b_transposed=False) -> MatmulJob:
+    """A random job; ``extremes`` draws operands from {-128, 127, 255} to stress saturation.
+    ``row_shift`` adds random per-row exponents (0 and ROW_EXP_MAX included)."""
     if a_unsigned is None:
         a_unsigned = bool(rng.integers(2))
     a_range = UINT8 if a_unsigned else INT8
@@ -189,7 +211,11 @@ def random_job(rng: np.random.Generator, m: int, k: int, n: int, *, a_unsigned=N
     else:
         a = rng.integers(a_range.lo, a_range.hi + 1, size=(m, k))
         b = rng.integers(INT8.lo, INT8.hi + 1, size=(k, n))
-    job = MatmulJob(a=a, b=b, a_unsigned=a_unsigned)
+    job = MatmulJob(a=a, b=b, a_unsigned=a_unsigned, b_transposed=bool(b_transposed))
+    if row_shift:
+        job.row_shift = rng.choice([0, ROW_EXP_MAX, int(rng.integers(ROW_EXP_MAX + 1))], size=m)
+        job.row_shift = np.where(rng.random(m) < 0.5, rng.integers(0, ROW_EXP_MAX + 1, size=m),
+                                 job.row_shift)
     if bias:
         job.bias = rng.choice([rng.integers(-(1 << 20), 1 << 20, size=n),
                                rng.integers(INT32.lo, INT32.hi + 1, size=n)])

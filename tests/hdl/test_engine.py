@@ -7,8 +7,9 @@ import pytest
 
 from celosia.hdl.engine import MatmulEngine
 from celosia.hdl.params import (AddendMode, DoneCode, OutFormat, check_config, command_layout,
-                                pack_command)
-from celosia.sim.matmul_job import random_job
+                                pack_command, view_aligned)
+from celosia.sim.matmul_job import MatmulJob, random_job
+from celosia.sw.numerics import ROW_EXP_MAX, Dyadic
 from celosia.sim.pysim import MemoryModel, run, run_command
 
 
@@ -103,3 +104,134 @@ def test_config_checks():
     with pytest.raises(KeyError):
         pack_command(bogus=1)
     assert pack_command(zero_point=-1) >> command_layout()["zero_point"].offset == (1 << 32) - 1
+
+
+def tame(rng, job):
+    """Bias and addend small next to A @ B, so that results are not all saturated (the
+    saturating extremes have their own tests)."""
+    m, _, cols = job.shape
+    if job.bias is not None:
+        job.bias = rng.integers(-(1 << 12), 1 << 12, size=cols)
+    if job.addend_mode == AddendMode.ACC32:
+        job.addend = rng.integers(-(1 << 14), 1 << 14, size=(m, cols))
+    elif job.addend_mode == AddendMode.RESIDUAL16:
+        job.addend_shift = min(job.addend_shift, 2)
+    return job
+
+
+ROW_SHIFT_CASES = [
+    # array, port bytes, M, K, N, b_transposed, row_shift, addend mode, output format
+    (2, 4, 5, 7, 6, False, True, AddendMode.NONE, OutFormat.INT8),
+    (2, 8, 7, 3, 9, True, False, AddendMode.NONE, None),
+    (4, 4, 9, 13, 10, True, True, AddendMode.ACC32, OutFormat.INT16),
+    (4, 8, 3, 20, 5, True, True, AddendMode.RESIDUAL16, OutFormat.INT32),
+    (4, 16, 13, 9, 37, True, True, AddendMode.NONE, OutFormat.UINT8),
+    (4, 16, 6, 32, 20, False, True, AddendMode.ACC32, None),
+    (2, 4, 1, 1, 1, True, True, AddendMode.NONE, None),
+]
+
+
+@pytest.mark.parametrize("n,w,m,k,cols,bt,rs,mode,fmt", ROW_SHIFT_CASES)
+def test_engine_row_shift_and_transposed_b(n, w, m, k, cols, bt, rs, mode, fmt):
+    rng = np.random.default_rng(n * 1000 + m * 100 + k * 10 + cols + 7)
+    job = random_job(rng, m, k, cols, addend_mode=mode, requant=fmt is not None, out_fmt=fmt,
+                     bias=True, row_shift=rs, b_transposed=bt)
+    tame(rng, job)
+    engine = MatmulEngine(n, w, k_max=32)
+    code, img = run_job(engine, job, seed=m + k)
+    assert code == DoneCode.OK
+    assert np.array_equal(img.result(img.data), job.golden())
+    assert img.untouched_outside_c(img.data)
+
+
+@pytest.mark.parametrize("n,w", [(2, 8), (4, 8), (4, 16)])
+def test_engine_row_shift_extremes(n, w):
+    """-128 * -128 and 255 * -128 over K = k_max with every exponent; raw int32 out, and the
+    exponent bytes above ROW_EXP_MAX clamped to it."""
+    rng = np.random.default_rng(n + w)
+    m = 2 * (ROW_EXP_MAX + 1) + 1
+    job = random_job(rng, m, 32, n + 1, a_unsigned=True, requant=False, bias=False,
+                     row_shift=True, b_transposed=True)
+    job.a[::2] = 255
+    job.a[1::2] = 0
+    job.a[1::4] = 1
+    job.b[:] = -128
+    job.b[::3, ::2] = 127
+    job.row_shift = np.concatenate([np.arange(ROW_EXP_MAX + 1)] * 2 + [[ROW_EXP_MAX]])
+    engine = MatmulEngine(n, w, k_max=32)
+    img = job.image(w, seed=5)
+    # The last row's exponent byte reads 255: the engine clamps it to ROW_EXP_MAX.
+    img.data[img.regions["e"][0] + m - 1] = 255
+    mem = MemoryModel(engine.mem, img.data, w, rng=random.Random(1), latency=2, req_stall=0.2,
+                      resp_gap=0.2, wr_stall=0.2)
+    out = {}
+
+    async def main(ctx):
+        out["code"], _ = await run_command(ctx, engine, img.command(), timeout=100_000)
+
+    run(engine, main, background=[mem], deadline_cycles=200_000)
+    assert out["code"] == DoneCode.OK
+    assert np.array_equal(img.result(img.data), job.golden())
+
+
+def test_engine_random_row_shift_transposed_shapes():
+    rng = np.random.default_rng(23)
+    for i in range(6):
+        n, w = [(2, 4), (2, 8), (4, 4), (4, 16), (4, 8), (2, 16)][i]
+        m, k, cols = (int(rng.integers(1, 3 * n + 2)), int(rng.integers(1, 33)),
+                      int(rng.integers(1, 3 * max(n, w) + 2)))
+        job = random_job(rng, m, k, cols, addend_mode=AddendMode(i % 3), requant=i % 4 != 3,
+                         row_shift=bool(i % 2 == 0 or i == 5), b_transposed=bool(i % 3 != 1))
+        if i != 4:
+            tame(rng, job)
+        engine = MatmulEngine(n, w, k_max=32)
+        code, img = run_job(engine, job, seed=i, stalls=0.3)
+        assert code == DoneCode.OK
+        assert np.array_equal(img.result(img.data), job.golden()), (i, n, w, m, k, cols)
+        assert img.untouched_outside_c(img.data)
+
+
+@pytest.mark.parametrize("head", [0, 1, 3])
+def test_engine_attention_head_views(head):
+    """Scores of one head, Q_h @ K_h^T, with Q_h and K_h column slices of a tokens x (3*hidden)
+    QKV buffer (K_h read transposed), then the context probs @ V_h stored into a column slice
+    of a tokens x hidden buffer. Scaled down: head_dim 8, 4 heads, port width 8."""
+    n, w, dh, heads, tokens = 4, 8, 8, 4, 11
+    hidden = dh * heads
+    rng = np.random.default_rng(head)
+    q = rng.integers(-128, 128, size=(tokens, dh))
+    kh = rng.integers(-128, 128, size=(tokens, dh))
+    vh = rng.integers(-128, 128, size=(tokens, dh))
+    probs = rng.integers(0, 256, size=(tokens, tokens))
+    scores = MatmulJob(a=q, b=kh.T, b_transposed=True,
+                       views={"a": (dh * head, 3 * hidden), "b": (hidden + dh * head, 3 * hidden)})
+    ctx = random_job(rng, tokens, tokens, dh, a_unsigned=True, out_fmt=OutFormat.INT8)
+    ctx.a, ctx.b = probs, vh
+    ctx.bias = rng.integers(-(1 << 12), 1 << 12, size=dh)
+    ctx.scale = Dyadic.from_real(np.full(dh, 1 / 2000))
+    ctx.views = {"b": (2 * hidden + dh * head, 3 * hidden), "c": (dh * head, hidden)}
+    for job in (scores, ctx):
+        for name, (offset, wide) in job.views.items():
+            assert view_aligned(offset, wide, w)
+        engine = MatmulEngine(n, w, k_max=32)
+        code, img = run_job(engine, job, seed=head)
+        assert code == DoneCode.OK
+        assert np.array_equal(img.result(img.data), job.golden())
+        assert img.untouched_outside_c(img.data)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(m=2, k=4, n=4, row_shift=1, e_addr=2),
+    dict(m=2, k=4, n=4, b_transposed=1, b_stride=6),
+])
+def test_engine_rejects_misaligned_new_fields(fields):
+    engine = MatmulEngine(2, 4, k_max=16)
+    mem = MemoryModel(engine.mem, np.zeros(64, dtype=np.uint8), 4)
+    got = {}
+
+    async def main(ctx):
+        got["code"], _ = await run_command(ctx, engine, pack_command(**fields), timeout=100)
+
+    run(engine, main, background=[mem], deadline_cycles=1000)
+    assert got["code"] == DoneCode.BAD_ALIGN
+    assert mem.reads == 0 and mem.writes == 0
