@@ -1,0 +1,515 @@
+"""Celosia's instruction set and host register map: the one definition hdl/ and sw/ share.
+
+A program is a sequence of fixed-size instructions (``INSTR_BYTES`` bytes, little endian) in
+the memory window, fetched from the program address the host writes into ``PROG_ADDR``.
+Every instruction is one ``instruction_layout`` (an :mod:`amaranth.lib.data` struct): an 8-bit
+opcode and a body whose meaning depends on it.
+
+* ``MATMUL``: one matmul-engine command; the body *is* :func:`celosia.hdl.params.command_layout`,
+  so the controller hands it to the engine unchanged.
+* ``VECTOR``: one vector-unit batch of rows read from and written to memory (``vector_layout``).
+* ``SYNC``: wait until every unit named in its mask has finished all its commands.
+* ``HALT``: wait until every unit is idle, then stop (status DONE).
+
+The same module describes the CSR block (``CSR_REGISTERS``), the error codes
+(:class:`ErrorCode`), the vector-unit parameter record and the memory footprint of an
+instruction (:func:`footprint`), which both the compiler (to place fences) and the simulators
+(to bounds-check and to find missing fences) use. See docs/isa.md.
+
+The plain-Python helpers (:class:`Instruction`, :func:`pack_fields`, :func:`unpack_fields`)
+turn instructions into bytes and back; they take field offsets from the layouts, so the
+software view cannot drift from the hardware's.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from amaranth.hdl import Shape, signed, unsigned
+from amaranth.lib import data
+
+from celosia.sw import numerics as nx
+
+from . import params
+from .params import ADDEND_BYTES, OUT_BYTES, PARAM_RECORD_BYTES, AddendMode, DoneCode, OutFormat
+
+__all__ = [
+    "ISA_VERSION", "INSTR_BYTES", "INSTR_BITS", "WINDOW_ALIGN", "VEC_MAX_COLS", "RES_SHIFT_MAX",
+    "Opcode", "VecOp", "Unit", "ErrorCode", "ERROR_OF_DONE",
+    "VEC_PARAM_RECORD_BYTES", "VEC_PARAM_MULT_OFFSET", "VEC_PARAM_SHIFT_OFFSET",
+    "VEC_PARAM_BIAS_OFFSET", "ENGINE_PARAM_DTYPE", "VEC_PARAM_DTYPE",
+    "matmul_layout", "vector_layout", "sync_layout", "instruction_layout",
+    "leaf_fields", "pack_fields", "unpack_fields", "Instruction", "MachineConfig",
+    "Span", "footprint", "vec_uses_params", "vec_uses_rows_exponent", "vec_uses_residual",
+    "Access", "Register", "CSR_REGISTERS", "CSR", "Ctrl", "Status", "CSR_BYTES", "ID_MAGIC",
+]
+
+ISA_VERSION = 1
+
+#: Every instruction is this many bytes (a MATMUL body alone is 411 bits, so 32 bytes is too
+#: small; 64 bytes is one beat of a 512-bit port and a cache line on most hosts).
+INSTR_BYTES = 64
+INSTR_BITS = 8 * INSTR_BYTES
+#: The memory window's base and size are multiples of the widest memory port (128 bytes), so
+#: a beat-aligned access is inside the window exactly when its bytes are.
+WINDOW_ALIGN = 128
+#: Longest vector row: the vector unit's row FIFO holds a LayerNorm row of the FFN width.
+VEC_MAX_COLS = nx.LN_MAX_COLS
+#: numerics.residual_add's shift range.
+RES_SHIFT_MAX = 16
+
+
+class Opcode(enum.IntEnum):
+    """Instruction opcodes. 0 is not an opcode, so running into zeroed memory traps."""
+    HALT = 1
+    MATMUL = 2
+    VECTOR = 3
+    SYNC = 4
+
+
+class VecOp(enum.IntEnum):
+    """Operation of a VECTOR instruction (``x``: the source row, after the optional residual
+    pre-add ``x = residual_add(x, r, res_shift)``; ``out``: the range of ``dst_fmt``).
+
+    The first five are the vector unit's :class:`celosia.hdl.vector.VectorOp` with the same
+    values; the ``*_ROWS`` operations add a per-row exponent output (numerics.requantize_rows).
+    SOFTMAX, REQUANT_ROWS and GELU_ROWS write one uint8 exponent per row to ``e_addr`` (for
+    SOFTMAX, the probabilities' row exponent; 0 with numerics whose softmax has none).
+    """
+    SOFTMAX = 0        #: p, e = softmax(x, Dyadic(mult, shift), causal_offset if causal); saturate(p, out)
+    LAYERNORM = 1      #: layernorm(x, gamma[j], beta[j], shift, out)
+    GELU = 2           #: requantize(gelu(requantize(x, P[j], INT16)), Dyadic(mult, shift), out, zp)
+    REQUANT = 3        #: requantize(x, P[j], out, zero_point)
+    RESIDUAL = 4       #: saturate(residual_add(x, r, res_shift), out)
+    REQUANT_ROWS = 5   #: q, e = requantize_rows(x, P[j], out); e (uint8) to e_addr
+    GELU_ROWS = 6      #: q, e = requantize_rows(gelu(saturate(x, INT16)), P[j], out)
+
+
+class Unit(enum.IntFlag):
+    """Units a SYNC waits for (its ``units`` mask)."""
+    MATMUL = 1
+    VECTOR = 2
+    ALL = 3
+
+
+class ErrorCode(enum.IntEnum):
+    """Why the accelerator stopped (CSR ``ERROR``); ``ERROR_PC`` holds the instruction's address.
+
+    Checks happen in the order of the codes below (for one instruction, the first failing
+    check is reported). An instruction that fails a check before ``BAD_PARAM`` writes nothing;
+    one that fails ``BAD_PARAM`` (a value read from memory) may have written part of its own
+    destination, never anything outside it."""
+    OK = 0
+    ILLEGAL_OPCODE = 1   #: opcode not in Opcode
+    FETCH_FAULT = 2      #: instruction address not INSTR_BYTES-aligned or not inside the window
+    BAD_WINDOW = 3       #: at start: window base/size not WINDOW_ALIGN multiples, or size 0
+    BAD_SHAPE = 4        #: a dimension 0 or too large, or a row stride shorter than its row
+    BAD_ALIGN = 5        #: an address or stride used by the instruction is not a multiple of W
+    BAD_MODE = 6         #: an inconsistent or unknown mode (requantise without parameters, ...)
+    BAD_ADDRESS = 7      #: a byte the instruction would read or write is outside the window
+    BAD_PARAM = 8        #: a scalar or a parameter record value outside its numerics range
+    ABORTED = 9          #: the host wrote CTRL.abort
+
+
+#: The matmul engine's done codes as controller errors.
+ERROR_OF_DONE = {
+    DoneCode.BAD_SHAPE: ErrorCode.BAD_SHAPE,
+    DoneCode.BAD_ALIGN: ErrorCode.BAD_ALIGN,
+    DoneCode.BAD_MODE: ErrorCode.BAD_MODE,
+}
+
+
+# --- Parameter records ------------------------------------------------------------------------
+
+#: Vector-unit per-column parameter record: LayerNorm gamma / requantisation multiplier (int32
+#: at 0), shift (uint8 at 4), three pad bytes, LayerNorm beta (int64 at 8: |beta| < 2**40).
+VEC_PARAM_RECORD_BYTES = 16
+VEC_PARAM_MULT_OFFSET = 0
+VEC_PARAM_SHIFT_OFFSET = 4
+VEC_PARAM_BIAS_OFFSET = 8
+
+
+def _record_dtype(spec: dict, itemsize: int):
+    import numpy as np
+    names = list(spec)
+    return np.dtype({"names": names, "formats": [spec[n][1] for n in names],
+                     "offsets": [spec[n][0] for n in names], "itemsize": itemsize})
+
+
+#: NumPy views of the two record formats (little endian).
+ENGINE_PARAM_DTYPE = _record_dtype({"bias": (params.PARAM_BIAS_OFFSET, "<i4"),
+                                    "mult": (params.PARAM_MULT_OFFSET, "<u2"),
+                                    "shift": (params.PARAM_SHIFT_OFFSET, "u1")},
+                                   PARAM_RECORD_BYTES)
+VEC_PARAM_DTYPE = _record_dtype({"mult": (VEC_PARAM_MULT_OFFSET, "<i4"),
+                                 "shift": (VEC_PARAM_SHIFT_OFFSET, "u1"),
+                                 "bias": (VEC_PARAM_BIAS_OFFSET, "<i8")},
+                                VEC_PARAM_RECORD_BYTES)
+
+
+# --- Instruction layouts ----------------------------------------------------------------------
+
+_ADDR = unsigned(params.ADDR_BITS)
+
+
+def matmul_layout() -> data.StructLayout:
+    """The MATMUL body: the matmul engine's command, field for field."""
+    return params.command_layout()
+
+
+def vector_layout() -> data.StructLayout:
+    """The VECTOR body: one batch of ``rows`` rows of ``cols`` columns.
+
+    Element (i, j) of the source is at ``src_addr + i * src_stride + j * bytes(src_fmt)``;
+    the residual (int16), the destination and the source alike with their own address, stride
+    and format. ``p_addr``: one VEC_PARAM_RECORD_BYTES record per column. ``e_addr``: one
+    uint8 exponent per row (``*_ROWS`` operations).
+    """
+    return data.StructLayout({
+        "op": unsigned(4),                     # VecOp
+        "rows": unsigned(params.DIM_BITS),
+        "cols": unsigned(params.DIM_BITS),
+        "src_addr": _ADDR, "src_stride": _ADDR,
+        "dst_addr": _ADDR, "dst_stride": _ADDR,
+        "res_addr": _ADDR, "res_stride": _ADDR,
+        "p_addr": _ADDR,
+        "e_addr": _ADDR,
+        "src_fmt": unsigned(2),                # OutFormat of the source elements
+        "dst_fmt": unsigned(2),                # OutFormat of the results (and their range)
+        "add_residual": unsigned(1),           # x = residual_add(x, r, res_shift) first
+        "res_shift": unsigned(5),              # 0..RES_SHIFT_MAX
+        "causal": unsigned(1),                 # softmax: mask j > i + causal_offset
+        "causal_offset": signed(params.DIM_BITS + 1),
+        "mult": unsigned(nx.MULT_BITS),        # softmax scale / GELU output multiplier
+        "shift": unsigned(params.SHIFT_BITS),  # softmax / GELU output shift, LayerNorm shift
+        "zero_point": signed(params.ZERO_POINT_BITS),
+    })
+
+
+def sync_layout() -> data.StructLayout:
+    return data.StructLayout({"units": unsigned(8)})   # Unit mask; 0 is a no-op
+
+
+def instruction_layout() -> data.StructLayout:
+    """One instruction: ``opcode`` (8 bits), ``body`` (a union), reserved bits to INSTR_BITS.
+    Reserved bits, and body bits past the used member, are written 0 and ignored."""
+    body = data.UnionLayout({"matmul": matmul_layout(), "vector": vector_layout(),
+                             "sync": sync_layout()})
+    used = 8 + body.size
+    assert used <= INSTR_BITS, f"instruction needs {used} bits"
+    return data.StructLayout({"opcode": unsigned(8), "body": body,
+                              "reserved": unsigned(INSTR_BITS - used)})
+
+
+_BODY = {Opcode.MATMUL: "matmul", Opcode.VECTOR: "vector", Opcode.SYNC: "sync"}
+
+
+def leaf_fields(layout, offset: int = 0) -> dict[str, tuple[int, int, bool]]:
+    """Flatten a struct layout into ``{name: (bit offset, width, signed)}`` (names of nested
+    structs are not prefixed; they must be unique)."""
+    out = {}
+    for name, f in layout:
+        if isinstance(f.shape, data.Layout):
+            out.update(leaf_fields(f.shape, offset + f.offset))
+        else:
+            shape = Shape.cast(f.shape)
+            out[name] = (offset + f.offset, shape.width, shape.signed)
+    return out
+
+
+def pack_fields(fields_of: dict, values: dict) -> int:
+    """Pack ``values`` (missing fields are 0) by the ``leaf_fields`` map; range-checked."""
+    word = 0
+    for name, value in values.items():
+        try:
+            off, width, is_signed = fields_of[name]
+        except KeyError:
+            raise KeyError(f"unknown instruction field {name!r}") from None
+        value = int(value)
+        lo, hi = ((-(1 << (width - 1)), (1 << (width - 1)) - 1) if is_signed
+                  else (0, (1 << width) - 1))
+        if not lo <= value <= hi:
+            raise ValueError(f"instruction field {name}={value} does not fit {width} bits"
+                             f"{' signed' if is_signed else ''}")
+        word |= (value & ((1 << width) - 1)) << off
+    return word
+
+
+def unpack_fields(fields_of: dict, word: int) -> dict[str, int]:
+    out = {}
+    for name, (off, width, is_signed) in fields_of.items():
+        v = (word >> off) & ((1 << width) - 1)
+        if is_signed and v >> (width - 1):
+            v -= 1 << width
+        out[name] = v
+    return out
+
+
+class _Fields:
+    """Leaf-field maps of each body, built once."""
+    _cache: dict | None = None
+
+    @classmethod
+    def get(cls) -> dict:
+        if cls._cache is None:
+            layout = instruction_layout()
+            body = layout["body"]
+            base = body.offset
+            cls._cache = {
+                "opcode": (layout["opcode"].offset, 8, False),
+                Opcode.MATMUL: leaf_fields(matmul_layout(), base),
+                Opcode.VECTOR: leaf_fields(vector_layout(), base),
+                Opcode.SYNC: leaf_fields(sync_layout(), base),
+                Opcode.HALT: {},
+            }
+        return cls._cache
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One decoded instruction: the opcode (an int, so illegal ones can be represented) and
+    the body's fields (every field of the body, 0 when not given)."""
+    opcode: int
+    fields: dict = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, opcode: Opcode, **values) -> "Instruction":
+        fmap = _Fields.get()[Opcode(opcode)]
+        pack_fields(fmap, values)            # range check now, not at encode time
+        full = {name: 0 for name in fmap}
+        full.update({k: int(v) for k, v in values.items()})
+        return cls(int(opcode), full)
+
+    def encode(self) -> bytes:
+        fm = _Fields.get()
+        word = self.opcode & 0xFF
+        if self.opcode in fm:
+            word |= pack_fields(fm[self.opcode], self.fields)
+        return word.to_bytes(INSTR_BYTES, "little")
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Instruction":
+        if len(raw) != INSTR_BYTES:
+            raise ValueError(f"an instruction is {INSTR_BYTES} bytes, got {len(raw)}")
+        word = int.from_bytes(raw, "little")
+        opcode = word & 0xFF
+        fm = _Fields.get()
+        fields = unpack_fields(fm[opcode], word) if opcode in (o.value for o in Opcode) else {}
+        return cls(opcode, fields)
+
+    def __getattr__(self, name):
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __str__(self) -> str:
+        try:
+            name = Opcode(self.opcode).name
+        except ValueError:
+            return f"<illegal opcode {self.opcode:#x}>"
+        shown = ", ".join(f"{k}={v:#x}" if "addr" in k else f"{k}={v}"
+                          for k, v in self.fields.items() if v and k != "op")
+        if self.opcode == Opcode.VECTOR:
+            op = self.fields.get("op", 0)
+            name += "." + (VecOp(op).name if op in VecOp._value2member_map_ else str(op))
+        return f"{name} {shown}"
+
+
+def halt() -> Instruction:
+    return Instruction.make(Opcode.HALT)
+
+
+def sync(units: Unit) -> Instruction:
+    return Instruction.make(Opcode.SYNC, units=int(units))
+
+
+def matmul(**fields) -> Instruction:
+    return Instruction.make(Opcode.MATMUL, **fields)
+
+
+def vector(**fields) -> Instruction:
+    return Instruction.make(Opcode.VECTOR, **fields)
+
+
+__all__ += ["halt", "sync", "matmul", "vector"]
+
+
+# --- Machine configuration and memory footprints -------------------------------------------------
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """Build parameters a program depends on (CSR ``CONFIG``): array size N, port width W."""
+    array: int = params.DEFAULT_ARRAY
+    port_bytes: int | None = None
+
+    def __post_init__(self):
+        if self.port_bytes is None:
+            object.__setattr__(self, "port_bytes", params.default_port_bytes(self.array))
+        params.check_config(self.array, self.port_bytes)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Bytes ``[start, end)`` a strided access covers (rows x row_bytes at a stride)."""
+    start: int
+    end: int
+
+    @classmethod
+    def strided(cls, addr: int, rows: int, stride: int, row_bytes: int) -> "Span":
+        return cls(addr, addr + (rows - 1) * stride + row_bytes)
+
+    def overlaps(self, other: "Span") -> bool:
+        return self.start < other.end and other.start < self.end
+
+
+def vec_uses_params(op: int) -> bool:
+    return op in (VecOp.LAYERNORM, VecOp.GELU, VecOp.REQUANT, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
+
+
+def vec_uses_rows_exponent(op: int) -> bool:
+    return op in (VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
+
+
+def vec_uses_residual(f: dict) -> bool:
+    return f["op"] == VecOp.RESIDUAL or bool(f["add_residual"])
+
+
+def footprint(ins: Instruction) -> tuple[list[tuple[str, Span, int, int]], list[tuple[str, Span, int, int]]]:
+    """Reads and writes of a MATMUL or VECTOR as ``(name, span, address, stride)`` lists
+    (empty for other instructions). Shapes are taken as given (not validated here)."""
+    f = ins.fields
+    reads, writes = [], []
+    if ins.opcode == Opcode.MATMUL:
+        m, k, n = f["m"], f["k"], f["n"]
+        reads.append(("a", Span.strided(f["a_addr"], m, f["a_stride"], k), f["a_addr"], f["a_stride"]))
+        if f["b_transposed"]:
+            reads.append(("b", Span.strided(f["b_addr"], n, f["b_stride"], k), f["b_addr"], f["b_stride"]))
+        else:
+            reads.append(("b", Span.strided(f["b_addr"], k, f["b_stride"], n), f["b_addr"], f["b_stride"]))
+        if f["use_params"]:
+            reads.append(("p", Span(f["p_addr"], f["p_addr"] + n * PARAM_RECORD_BYTES), f["p_addr"], 0))
+        if f["addend"] in (AddendMode.ACC32, AddendMode.RESIDUAL16):
+            db = ADDEND_BYTES[AddendMode(f["addend"])]
+            reads.append(("d", Span.strided(f["d_addr"], m, f["d_stride"], n * db), f["d_addr"], f["d_stride"]))
+        if f["row_shift"]:
+            reads.append(("e", Span(f["e_addr"], f["e_addr"] + m), f["e_addr"], 0))
+        ob = OUT_BYTES[OutFormat(f["out_fmt"])] if f["requant"] else 4
+        writes.append(("c", Span.strided(f["c_addr"], m, f["c_stride"], n * ob), f["c_addr"], f["c_stride"]))
+    elif ins.opcode == Opcode.VECTOR:
+        rows, cols, op = f["rows"], f["cols"], f["op"]
+        sb, db = OUT_BYTES[OutFormat(f["src_fmt"])], OUT_BYTES[OutFormat(f["dst_fmt"])]
+        reads.append(("src", Span.strided(f["src_addr"], rows, f["src_stride"], cols * sb),
+                      f["src_addr"], f["src_stride"]))
+        if vec_uses_residual(f):
+            reads.append(("res", Span.strided(f["res_addr"], rows, f["res_stride"], cols * 2),
+                          f["res_addr"], f["res_stride"]))
+        if vec_uses_params(op):
+            reads.append(("p", Span(f["p_addr"], f["p_addr"] + cols * VEC_PARAM_RECORD_BYTES), f["p_addr"], 0))
+        writes.append(("dst", Span.strided(f["dst_addr"], rows, f["dst_stride"], cols * db),
+                       f["dst_addr"], f["dst_stride"]))
+        if vec_uses_rows_exponent(op):
+            writes.append(("e", Span(f["e_addr"], f["e_addr"] + rows), f["e_addr"], 0))
+    return reads, writes
+
+
+# --- Host interface: the CSR block ------------------------------------------------------------
+
+class Access(enum.Enum):
+    RO = "ro"      #: read only
+    RW = "rw"      #: read/write
+    WO = "wo"      #: write only (reads 0); writing 1 to a bit triggers it
+
+
+@dataclass(frozen=True)
+class Register:
+    """One 32-bit register of the CSR block at byte ``offset``; ``fields`` name bit ranges
+    ``{name: (lsb, width)}`` (a register without fields is one 32-bit value)."""
+    name: str
+    offset: int
+    access: Access
+    doc: str
+    fields: dict = field(default_factory=dict)
+
+    def layout(self) -> data.StructLayout:
+        """The register's fields as an amaranth layout (32 bits)."""
+        pos, members = 0, {}
+        for name, (lsb, width) in sorted(self.fields.items(), key=lambda kv: kv[1][0]):
+            if lsb > pos:
+                members[f"_pad{pos}"] = unsigned(lsb - pos)
+            members[name] = unsigned(width)
+            pos = lsb + width
+        if pos < 32:
+            members[f"_pad{pos}"] = unsigned(32 - pos)
+        return data.StructLayout(members) if self.fields else data.StructLayout({"value": unsigned(32)})
+
+    def get(self, word: int, name: str) -> int:
+        lsb, width = self.fields[name]
+        return (word >> lsb) & ((1 << width) - 1)
+
+    def make(self, **values) -> int:
+        word = 0
+        for name, v in values.items():
+            lsb, width = self.fields[name]
+            if not 0 <= int(v) < (1 << width):
+                raise ValueError(f"{self.name}.{name}={v} does not fit {width} bits")
+            word |= int(v) << lsb
+        return word
+
+
+#: "CELO" in ASCII: the ID register's value, so a driver knows it talks to this block.
+ID_MAGIC = 0x43454C4F
+CSR_BYTES = 4
+
+CSR_REGISTERS = (
+    Register("ID", 0x00, Access.RO, "ID_MAGIC"),
+    Register("CONFIG", 0x04, Access.RO, "build parameters the compiler needs",
+             {"isa_version": (0, 8), "array": (8, 8), "port_bytes": (16, 8),
+              "instr_bytes": (24, 8)}),
+    Register("CTRL", 0x08, Access.WO, "start a program at PROG_ADDR; abort; clear counters",
+             {"start": (0, 1), "abort": (1, 1), "clear_counters": (2, 1)}),
+    Register("STATUS", 0x0C, Access.RO, "state of the controller and the units",
+             {"busy": (0, 1), "done": (1, 1), "error": (2, 1),
+              "matmul_busy": (3, 1), "vector_busy": (4, 1)}),
+    Register("ERROR", 0x10, Access.RO, "ErrorCode of the last stop (0 = OK)"),
+    Register("ERROR_PC", 0x14, Access.RO, "address of the instruction that failed"),
+    Register("PROG_ADDR", 0x18, Access.RW, "address of the first instruction"),
+    Register("PC", 0x1C, Access.RO, "address of the instruction being executed"),
+    Register("WIN_BASE", 0x20, Access.RW, "first byte of the memory window (WINDOW_ALIGN multiple)"),
+    Register("WIN_SIZE", 0x24, Access.RW, "bytes in the memory window (WINDOW_ALIGN multiple)"),
+    Register("CYCLES_LO", 0x28, Access.RO, "cycles since start, low word (latches the high word)"),
+    Register("CYCLES_HI", 0x2C, Access.RO, "cycles since start, high word"),
+    Register("INSTRET", 0x30, Access.RO, "instructions retired"),
+    Register("MATMUL_BUSY", 0x34, Access.RO, "cycles the matmul engine was busy"),
+    Register("VECTOR_BUSY", 0x38, Access.RO, "cycles the vector unit was busy"),
+    Register("SYNC_STALL", 0x3C, Access.RO, "cycles the controller waited in SYNC or HALT"),
+    Register("MATMUL_COUNT", 0x40, Access.RO, "MATMUL instructions retired"),
+    Register("VECTOR_COUNT", 0x44, Access.RO, "VECTOR instructions retired"),
+)
+
+
+class _CSRMap:
+    """``CSR.STATUS`` etc.: the registers by name."""
+
+    def __init__(self, regs):
+        self._regs = {r.name: r for r in regs}
+        offsets = [r.offset for r in regs]
+        assert len(set(offsets)) == len(offsets) and all(o % CSR_BYTES == 0 for o in offsets)
+
+    def __getattr__(self, name) -> Register:
+        try:
+            return self._regs[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __iter__(self):
+        return iter(self._regs.values())
+
+    def by_offset(self, offset: int) -> Register | None:
+        return next((r for r in self._regs.values() if r.offset == offset), None)
+
+
+CSR = _CSRMap(CSR_REGISTERS)
+Ctrl = CSR.CTRL
+Status = CSR.STATUS
