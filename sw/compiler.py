@@ -1,0 +1,411 @@
+"""The compiler: an integer MiniLM and a token count -> a Celosia program and its memory image.
+
+The program runs exactly the operations of :func:`celosia.sw.golden.forward`, in the same
+order, on the matmul engine (MATMUL) and the vector unit (VECTOR), so every backend that
+executes it returns the golden int16 hidden state bit for bit:
+
+* embedding LayerNorm (the host writes the int32 embedding sums into ``input``);
+* per layer: ``requantize_rows`` of the hidden state -> QKV matmul with ``row_shift`` (int8
+  q|k|v); per head: ``Q_h @ K_h^T`` (raw int32, K read transposed) -> softmax (uint8) ->
+  ``P @ V_h`` with the softmax's row exponents as ``row_shift``, requantised per channel to
+  int8; output projection (int32) -> LayerNorm with the
+  int16 residual pre-added -> ``requantize_rows`` -> FFN1 with ``row_shift`` (int16 Q10) ->
+  GELU + ``requantize_rows`` (uint8) -> FFN2 with ``row_shift`` (int32) -> LayerNorm with the
+  residual;
+* HALT; the host reads the int16 hidden state from ``output``.
+
+Memory layout (one window, every base and stride a multiple of the port width W): weights and
+parameter records of every layer, activation buffers, then the program. Attention reads head
+slices of the tokens x (3 x heads x head pitch) QKV buffer in place; the head pitch is
+``dh`` rounded up to W (equal to ``dh`` for W <= 32), and the QKV weight columns, the context
+buffer and the output projection's weight rows follow that pitch, with zero weights and zero
+parameters in the padding. SYNC instructions are placed by a scoreboard over the memory
+footprints of the instructions (docs/isa.md, "Ordering").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from celosia.hdl import isa, params
+from celosia.hdl.isa import (INSTR_BYTES, WINDOW_ALIGN, Instruction, MachineConfig, Opcode,
+                             Span, Unit, VecOp, footprint)
+from celosia.hdl.params import AddendMode, OutFormat
+
+from . import numerics as nx
+from .quantize import IntegerModel
+
+__all__ = ["Tensor", "Program", "CompiledModel", "Scoreboard", "compile_model", "DTYPE"]
+
+#: Little-endian NumPy element type of each memory format.
+DTYPE = {OutFormat.INT8: np.dtype("i1"), OutFormat.UINT8: np.dtype("u1"),
+         OutFormat.INT16: np.dtype("<i2"), OutFormat.INT32: np.dtype("<i4")}
+
+
+def _round_up(x: int, a: int) -> int:
+    return -(-x // a) * a
+
+
+def _scalar(x) -> int:
+    return int(np.asarray(x).reshape(()))
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A row-major matrix in memory: ``rows`` x ``cols`` elements of ``fmt`` at ``addr``,
+    rows ``stride`` bytes apart."""
+    name: str
+    addr: int
+    rows: int
+    cols: int
+    stride: int
+    fmt: OutFormat
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.stride
+
+    @property
+    def span(self) -> Span:
+        return Span.strided(self.addr, self.rows, self.stride, self.cols * DTYPE[self.fmt].itemsize)
+
+    def pack(self, values) -> bytes:
+        """The tensor's bytes (``nbytes``, padding zero); values are range-checked."""
+        v = np.asarray(values, dtype=np.int64)
+        if v.shape != (self.rows, self.cols):
+            raise ValueError(f"{self.name}: expected {self.rows} x {self.cols}, got {v.shape}")
+        info = np.iinfo(DTYPE[self.fmt])
+        if v.size and (v.min() < info.min or v.max() > info.max):
+            raise ValueError(f"{self.name}: values outside {DTYPE[self.fmt]}")
+        out = np.zeros((self.rows, self.stride), dtype=np.uint8)
+        out[:, :self.cols * info.bits // 8] = v.astype(DTYPE[self.fmt]).view(np.uint8).reshape(self.rows, -1)
+        return out.tobytes()
+
+    def unpack(self, raw: bytes) -> np.ndarray:
+        """int64 values from the tensor's ``nbytes`` bytes."""
+        eb = DTYPE[self.fmt].itemsize
+        b = np.frombuffer(raw, dtype=np.uint8, count=self.nbytes).reshape(self.rows, self.stride)
+        return np.ascontiguousarray(b[:, :self.cols * eb]).view(DTYPE[self.fmt]).astype(np.int64)
+
+
+@dataclass
+class Program:
+    instructions: list[Instruction]
+
+    @property
+    def code(self) -> bytes:
+        return b"".join(i.encode() for i in self.instructions)
+
+    def counts(self) -> Counter:
+        """Instructions by kind: 'HALT', 'SYNC', 'MATMUL', 'VECTOR.SOFTMAX', ..."""
+        c = Counter()
+        for i in self.instructions:
+            name = Opcode(i.opcode).name
+            if i.opcode == Opcode.VECTOR:
+                name += "." + VecOp(i.fields["op"]).name
+            c[name] += 1
+        return c
+
+    def listing(self, base: int = 0) -> str:
+        return "\n".join(f"{base + n * INSTR_BYTES:#010x}  {i}" for n, i in enumerate(self.instructions))
+
+
+@dataclass
+class CompiledModel:
+    """A program and its memory image. ``image`` is the window's contents, from ``base`` for
+    ``window_size`` bytes; the host writes the int32 embedding sums into ``input`` (tokens x
+    hidden), starts at ``program_addr`` and reads the int16 hidden state from ``output``."""
+    config: MachineConfig
+    tokens: int
+    base: int
+    window_size: int
+    image: bytes
+    program: Program
+    program_addr: int
+    input: Tensor
+    output: Tensor
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def end(self) -> int:
+        return self.base + self.window_size
+
+
+class Scoreboard:
+    """Places SYNC instructions: the rule of docs/isa.md ("Ordering").
+
+    A unit runs its commands in order, and a command's reads finish before a later command of
+    the same unit writes; but a command may read before an earlier command of the same unit
+    has finished writing, and the two units are not ordered at all. So before a command of
+    unit U, wait for every unit V with an unsynchronised command that writes what it reads
+    (V = U included), or (V != U) reads or writes what it writes.
+    """
+
+    UNITS = (Unit.MATMUL, Unit.VECTOR)
+
+    def __init__(self):
+        self.instructions: list[Instruction] = []
+        self._reads = {u: [] for u in self.UNITS}
+        self._writes = {u: [] for u in self.UNITS}
+
+    @staticmethod
+    def unit_of(ins: Instruction) -> Unit:
+        return Unit.MATMUL if ins.opcode == Opcode.MATMUL else Unit.VECTOR
+
+    def conflicts(self, ins: Instruction) -> Unit:
+        unit = self.unit_of(ins)
+        reads, writes = ([s for _, s, _, _ in lst] for lst in footprint(ins))
+        need = Unit(0)
+        for u in self.UNITS:
+            hit = any(r.overlaps(w) for r in reads for w in self._writes[u])
+            if u != unit:
+                hit = hit or any(w.overlaps(x) for w in writes for x in self._reads[u] + self._writes[u])
+            if hit:
+                need |= u
+        return need
+
+    def retire(self, units: Unit) -> None:
+        for u in self.UNITS:
+            if u & units:
+                self._reads[u].clear()
+                self._writes[u].clear()
+
+    def issue(self, ins: Instruction) -> None:
+        if ins.opcode in (Opcode.MATMUL, Opcode.VECTOR):
+            need = self.conflicts(ins)
+            if need:
+                self.instructions.append(isa.sync(need))
+                self.retire(need)
+            reads, writes = footprint(ins)
+            unit = self.unit_of(ins)
+            self._reads[unit] += [s for _, s, _, _ in reads]
+            self._writes[unit] += [s for _, s, _, _ in writes]
+        elif ins.opcode == Opcode.SYNC:
+            self.retire(Unit(ins.fields["units"] & Unit.ALL))
+        elif ins.opcode == Opcode.HALT:
+            self.retire(Unit.ALL)
+        self.instructions.append(ins)
+
+
+class _Allocator:
+    def __init__(self, base: int, align: int):
+        self.top = base
+        self.align = align
+        self.tensors: dict[str, Tensor] = {}
+
+    def tensor(self, name: str, rows: int, cols: int, fmt: OutFormat) -> Tensor:
+        stride = _round_up(cols * DTYPE[fmt].itemsize, self.align)
+        t = Tensor(name, self.bytes(rows * stride), rows, cols, stride, fmt)
+        self.tensors[name] = t
+        return t
+
+    def bytes(self, n: int, align: int | None = None) -> int:
+        a = max(align or self.align, self.align)
+        addr = _round_up(self.top, a)
+        self.top = addr + n
+        return addr
+
+
+class _Image:
+    """The window's bytes, written tensor by tensor."""
+
+    def __init__(self, base: int):
+        self.base = base
+        self.chunks: list[tuple[int, bytes]] = []
+
+    def put(self, addr: int, raw: bytes) -> None:
+        self.chunks.append((addr, raw))
+
+    def build(self, size: int) -> bytes:
+        img = bytearray(size)
+        for addr, raw in self.chunks:
+            off = addr - self.base
+            img[off:off + len(raw)] = raw
+        return bytes(img)
+
+
+def _engine_records(bias, mult, shift) -> bytes:
+    n = len(bias)
+    rec = np.zeros(n, dtype=isa.ENGINE_PARAM_DTYPE)
+    rec["bias"], rec["mult"], rec["shift"] = bias, mult, shift
+    return rec.tobytes()
+
+
+def _vector_records(mult, shift=0, bias=0, n=None) -> bytes:
+    n = len(mult) if n is None else n
+    rec = np.zeros(n, dtype=isa.VEC_PARAM_DTYPE)
+    rec["mult"], rec["shift"], rec["bias"] = mult, shift, bias
+    return rec.tobytes()
+
+
+def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARRAY,
+                  port_bytes: int | None = None, base: int = 0,
+                  layers: int | None = None) -> CompiledModel:
+    """Compile ``im`` for ``tokens`` tokens on an ``array`` x ``array`` engine with a
+    ``port_bytes`` memory port (default: the engine's default for the array), with the
+    window at ``base``. ``layers`` limits the encoder layers (all by default)."""
+    config = MachineConfig(array, port_bytes)
+    W = config.port_bytes
+    meta = im.meta
+    hidden, heads, ffn = meta["hidden"], meta["heads"], meta["ffn"]
+    n_layers = meta["layers"] if layers is None else layers
+    dh = hidden // heads
+    if not 1 <= tokens <= isa.VEC_MAX_COLS:     # a softmax row holds every token
+        raise ValueError(f"tokens must be in 1..{isa.VEC_MAX_COLS}, got {tokens}")
+    if base % WINDOW_ALIGN:
+        raise ValueError(f"base must be a multiple of {WINDOW_ALIGN}")
+    pitch = _round_up(dh, W)              # head pitch in the QKV and context buffers
+    T = im.tensors
+    alloc = _Allocator(base, W)
+    img = _Image(base)
+    I8, U8, I16, I32 = OutFormat.INT8, OutFormat.UINT8, OutFormat.INT16, OutFormat.INT32
+
+    def weight(name: str, values) -> Tensor:
+        v = np.asarray(values)
+        t = alloc.tensor(name, v.shape[0], v.shape[1], I8)
+        img.put(t.addr, t.pack(v))
+        return t
+
+    def records(name: str, raw: bytes) -> int:
+        addr = alloc.bytes(len(raw))
+        alloc.tensors[name] = Tensor(name, addr, 1, len(raw), len(raw), U8)
+        img.put(addr, raw)
+        return addr
+
+    # QKV columns: part (q, k, v), head h -> column (part * heads + h) * pitch.
+    qkv_cols = 3 * heads * pitch
+    qkv_dst = np.concatenate([np.arange(dh) + (p * heads + h) * pitch
+                              for p in range(3) for h in range(heads)])
+    ctx_cols = heads * pitch
+    ctx_dst = np.concatenate([np.arange(dh) + h * pitch for h in range(heads)])
+
+    # --- Weights and parameters ----------------------------------------------------------
+    emb_ln = records("emb.ln.p", _vector_records(T["emb.ln.gamma"], 0, T["emb.ln.beta"]))
+    L = []
+    for i in range(n_layers):
+        p = f"L{i}"
+        w = {}
+        wq = np.zeros((hidden, qkv_cols), dtype=np.int64)
+        wq[:, qkv_dst] = T[f"{p}.qkv.weight"]
+        bias, mult, shift = (np.zeros(qkv_cols, dtype=np.int64) for _ in range(3))
+        bias[qkv_dst], mult[qkv_dst], shift[qkv_dst] = (T[f"{p}.qkv.bias"], T[f"{p}.qkv.rq.mult"],
+                                                        T[f"{p}.qkv.rq.shift"])
+        w["qkv"] = weight(f"{p}.qkv.weight", wq)
+        w["qkv.p"] = records(f"{p}.qkv.p", _engine_records(bias, mult, shift))
+        w["ctx.p"] = records(f"{p}.ctx.p", _engine_records(np.zeros(hidden, dtype=np.int64),
+                                                           T[f"{p}.ctx.rq.mult"], T[f"{p}.ctx.rq.shift"]))
+        wo = np.zeros((ctx_cols, hidden), dtype=np.int64)
+        wo[ctx_dst, :] = T[f"{p}.attn_out.weight"]
+        w["attn_out"] = weight(f"{p}.attn_out.weight", wo)
+        w["attn_out.p"] = records(f"{p}.attn_out.p", _engine_records(
+            T[f"{p}.attn_out.bias"], T[f"{p}.attn_out.rq.mult"], T[f"{p}.attn_out.rq.shift"]))
+        w["ffn1"] = weight(f"{p}.ffn1.weight", T[f"{p}.ffn1.weight"])
+        w["ffn1.p"] = records(f"{p}.ffn1.p", _engine_records(
+            T[f"{p}.ffn1.bias"], T[f"{p}.ffn1.rq.mult"], T[f"{p}.ffn1.rq.shift"]))
+        w["ffn2"] = weight(f"{p}.ffn2.weight", T[f"{p}.ffn2.weight"])
+        w["ffn2.p"] = records(f"{p}.ffn2.p", _engine_records(
+            T[f"{p}.ffn2.bias"], T[f"{p}.ffn2.rq.mult"], T[f"{p}.ffn2.rq.shift"]))
+        for name in ("qkv_in.rq", "ffn_in.rq", "gelu.rq"):
+            w[name] = records(f"{p}.{name}.p", _vector_records(T[f"{p}.{name}.mult"], T[f"{p}.{name}.shift"]))
+        for name in ("ln1", "ln2"):
+            w[name] = records(f"{p}.{name}.p", _vector_records(T[f"{p}.{name}.gamma"], 0, T[f"{p}.{name}.beta"]))
+        L.append(w)
+
+    # --- Activations --------------------------------------------------------------------------
+    emb = alloc.tensor("emb", tokens, hidden, I32)
+    h = alloc.tensor("h", tokens, hidden, I16)
+    h1 = alloc.tensor("h1", tokens, hidden, I16)
+    x8 = alloc.tensor("x8", tokens, hidden, I8)
+    rowexp = alloc.tensor("row_exp", 1, tokens, U8)
+    qkv = alloc.tensor("qkv", tokens, qkv_cols, I8)
+    scores = [alloc.tensor(f"scores{b}", tokens, tokens, I32) for b in range(2)]
+    probs = [alloc.tensor(f"probs{b}", tokens, tokens, U8) for b in range(2)]
+    probs_exp = [alloc.tensor(f"probs_exp{b}", 1, tokens, U8) for b in range(2)]
+    ctx = alloc.tensor("ctx", tokens, ctx_cols, I8)
+    acc = alloc.tensor("acc", tokens, hidden, I32)
+    inter = alloc.tensor("inter", tokens, ffn, I16)
+    g = alloc.tensor("gelu", tokens, ffn, U8)
+
+    # --- Program ------------------------------------------------------------------------------
+    sb = Scoreboard()
+
+    def vec(op: VecOp, src: Tensor, dst: Tensor, **kw) -> None:
+        f = dict(op=op, rows=src.rows, cols=src.cols, src_addr=src.addr, src_stride=src.stride,
+                 src_fmt=src.fmt, dst_addr=dst.addr, dst_stride=dst.stride, dst_fmt=dst.fmt)
+        res = kw.pop("res", None)
+        if res is not None:
+            f.update(res_addr=res.addr, res_stride=res.stride)
+        f.update(kw)
+        sb.issue(isa.vector(**f))
+
+    def mm(a_addr, a_stride, m, k, n, b_addr, b_stride, c: Tensor, c_addr=None, p_addr=None,
+           out_fmt=None, **kw) -> None:
+        f = dict(m=m, k=k, n=n, a_addr=a_addr, a_stride=a_stride, b_addr=b_addr, b_stride=b_stride,
+                 c_addr=c.addr if c_addr is None else c_addr, c_stride=c.stride)
+        if p_addr is not None:
+            f.update(p_addr=p_addr, use_params=1, requant=1, out_fmt=out_fmt)
+        f.update(kw)
+        sb.issue(isa.matmul(**f))
+
+    def ln(src: Tensor, dst: Tensor, p_addr: int, shift: int, res: Tensor | None = None,
+           res_shift: int = 0) -> None:
+        extra = dict(add_residual=1, res=res, res_shift=res_shift) if res is not None else {}
+        vec(VecOp.LAYERNORM, src, dst, p_addr=p_addr, shift=shift, **extra)
+
+    def rows_in(src: Tensor, dst: Tensor, p_addr: int, op=VecOp.REQUANT_ROWS) -> None:
+        vec(op, src, dst, p_addr=p_addr, e_addr=rowexp.addr)
+
+    ln(emb, h, emb_ln, _scalar(T["emb.ln.shift"]))
+    for i, w in enumerate(L):
+        p = f"L{i}"
+        # Attention.
+        rows_in(h, x8, w["qkv_in.rq"])
+        mm(x8.addr, x8.stride, tokens, hidden, qkv_cols, w["qkv"].addr, w["qkv"].stride, qkv,
+           p_addr=w["qkv.p"], out_fmt=I8, row_shift=1, e_addr=rowexp.addr)
+        sm_mult, sm_shift = T[f"{p}.softmax.mult"], T[f"{p}.softmax.shift"]
+
+        def head_scores(hd: int) -> None:
+            s = scores[hd % 2]
+            mm(qkv.addr + hd * pitch, qkv.stride, tokens, dh, tokens,
+               qkv.addr + (heads + hd) * pitch, qkv.stride, s, b_transposed=1)
+            vec(VecOp.SOFTMAX, s, probs[hd % 2], mult=int(sm_mult[hd]), shift=int(sm_shift[hd]),
+                e_addr=probs_exp[hd % 2].addr)
+
+        def head_context(hd: int) -> None:
+            pr = probs[hd % 2]
+            mm(pr.addr, pr.stride, tokens, tokens, dh, qkv.addr + (2 * heads + hd) * pitch,
+               qkv.stride, ctx, c_addr=ctx.addr + hd * pitch,
+               p_addr=w["ctx.p"] + hd * dh * params.PARAM_RECORD_BYTES, out_fmt=I8, a_unsigned=1,
+               row_shift=1, e_addr=probs_exp[hd % 2].addr)
+
+        # Software pipeline: head h+1's scores are computed while head h's softmax runs.
+        head_scores(0)
+        for hd in range(heads):
+            if hd + 1 < heads:
+                head_scores(hd + 1)
+            head_context(hd)
+        mm(ctx.addr, ctx.stride, tokens, ctx_cols, hidden, w["attn_out"].addr, w["attn_out"].stride,
+           acc, p_addr=w["attn_out.p"], out_fmt=I32)
+        ln(acc, h1, w["ln1"], _scalar(T[f"{p}.ln1.shift"]), res=h,
+           res_shift=_scalar(T[f"{p}.attn_out.res_shift"]))
+        # Feed-forward.
+        rows_in(h1, x8, w["ffn_in.rq"])
+        mm(x8.addr, x8.stride, tokens, hidden, ffn, w["ffn1"].addr, w["ffn1"].stride, inter,
+           p_addr=w["ffn1.p"], out_fmt=I16, row_shift=1, e_addr=rowexp.addr)
+        rows_in(inter, g, w["gelu.rq"], op=VecOp.GELU_ROWS)
+        mm(g.addr, g.stride, tokens, ffn, hidden, w["ffn2"].addr, w["ffn2"].stride, acc,
+           p_addr=w["ffn2.p"], out_fmt=I32, row_shift=1, e_addr=rowexp.addr, a_unsigned=1)
+        ln(acc, h, w["ln2"], _scalar(T[f"{p}.ln2.shift"]), res=h1,
+           res_shift=_scalar(T[f"{p}.ffn2.res_shift"]))
+    sb.issue(isa.halt())
+
+    program = Program(sb.instructions)
+    code = program.code
+    program_addr = alloc.bytes(len(code), WINDOW_ALIGN)
+    img.put(program_addr, code)
+    window_size = _round_up(alloc.top - base, WINDOW_ALIGN)
+    return CompiledModel(config, tokens, base, window_size, img.build(window_size), program,
+                         program_addr, emb, h, dict(alloc.tensors))

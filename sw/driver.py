@@ -1,0 +1,281 @@
+"""The host driver: one interface to every backend that runs a compiled Celosia program.
+
+A backend is anything with the accelerator's host interface (:class:`Backend`): byte access to
+the memory the accelerator sees, and the CSR block of :mod:`celosia.hdl.isa`, plus ``advance``
+(let the accelerator run for at most so many cycles or seconds; real hardware just sleeps).
+Everything else — loading an image, starting, waiting, reading status and counters — is
+written once here, on top of those, so the ``isa`` simulator, the RTL simulators and the FPGA
+over a serial link are driven by the same code.
+
+``run_embedding(backend, model, im, ids)`` is the whole path: embed on the host, compile, load,
+start, wait, read the int16 hidden state and the counters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from celosia.hdl import isa
+from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
+
+from . import golden
+from .compiler import CompiledModel, compile_model
+from .model import mean_pool_normalise
+from .quantize import IntegerModel
+
+__all__ = ["Backend", "Status", "AcceleratorError", "AcceleratorHung", "Accelerator",
+           "RunResult", "BACKENDS", "register_backend", "open_backend", "run_compiled",
+           "run_embedding", "COUNTERS"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The accelerator's host interface, as each backend provides it."""
+    name: str
+
+    def read_memory(self, addr: int, size: int) -> bytes: ...
+
+    def write_memory(self, addr: int, raw: bytes) -> None: ...
+
+    def read_csr(self, name: str) -> int: ...
+
+    def write_csr(self, name: str, value: int) -> None: ...
+
+    def advance(self, max_cycles: int | None, timeout_s: float | None) -> None:
+        """Let the accelerator run (at most ``max_cycles`` more cycles / ``timeout_s``
+        seconds); returns early when it stops."""
+
+
+@dataclass(frozen=True)
+class Status:
+    """A snapshot of STATUS, ERROR, ERROR_PC and PC."""
+    busy: bool
+    done: bool
+    error: ErrorCode
+    error_pc: int
+    pc: int
+    detail: str = ""
+
+    def __str__(self) -> str:
+        state = "busy" if self.busy else "done" if self.done else "stopped" if self.error else "idle"
+        err = f", error {self.error.name} at {self.error_pc:#x}" if self.error else ""
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"{state}, pc {self.pc:#x}{err}{extra}"
+
+
+class AcceleratorError(RuntimeError):
+    """The program stopped with an error code."""
+
+    def __init__(self, status: Status):
+        super().__init__(f"accelerator stopped with {status.error.name} at instruction "
+                         f"{status.error_pc:#x}: {status}")
+        self.status = status
+
+
+class AcceleratorHung(TimeoutError):
+    """The program did not stop within the cycle or time limit."""
+
+    def __init__(self, status: Status, limit: str):
+        super().__init__(f"accelerator still running after {limit}: {status}")
+        self.status = status
+
+
+#: Counter name -> CSR(s) (64-bit counters read as LO/HI pairs).
+COUNTERS = {"cycles": ("CYCLES_LO", "CYCLES_HI"), "instructions": ("INSTRET",),
+            "matmul_busy": ("MATMUL_BUSY",), "vector_busy": ("VECTOR_BUSY",),
+            "sync_stall": ("SYNC_STALL",), "matmul_count": ("MATMUL_COUNT",),
+            "vector_count": ("VECTOR_COUNT",)}
+
+
+class Accelerator:
+    """Driver operations over a :class:`Backend`."""
+
+    def __init__(self, backend: Backend):
+        if not isinstance(backend, Backend):
+            raise TypeError(f"{backend!r} does not implement the Backend interface")
+        self.backend = backend
+        ident = backend.read_csr("ID")
+        if ident != isa.ID_MAGIC:
+            raise RuntimeError(f"backend {backend.name}: ID register reads {ident:#x}, "
+                               f"expected {isa.ID_MAGIC:#x}")
+        cfg = backend.read_csr("CONFIG")
+        self.config = MachineConfig(CSR.CONFIG.get(cfg, "array"), CSR.CONFIG.get(cfg, "port_bytes"))
+        if CSR.CONFIG.get(cfg, "isa_version") != isa.ISA_VERSION:
+            raise RuntimeError(f"backend {backend.name} implements ISA version "
+                               f"{CSR.CONFIG.get(cfg, 'isa_version')}, expected {isa.ISA_VERSION}")
+
+    def load(self, compiled: CompiledModel) -> None:
+        """Write the image and set the window."""
+        if compiled.config != self.config:
+            raise ValueError(f"program compiled for {compiled.config}, backend is {self.config}")
+        self.backend.write_memory(compiled.base, compiled.image)
+        self.backend.write_csr("WIN_BASE", compiled.base)
+        self.backend.write_csr("WIN_SIZE", compiled.window_size)
+
+    def start(self, program_addr: int) -> None:
+        self.backend.write_csr("PROG_ADDR", program_addr)
+        self.backend.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
+
+    def status(self) -> Status:
+        b = self.backend
+        s = b.read_csr("STATUS")
+        return Status(bool(CSR.STATUS.get(s, "busy")), bool(CSR.STATUS.get(s, "done")),
+                      ErrorCode(b.read_csr("ERROR")), b.read_csr("ERROR_PC"), b.read_csr("PC"),
+                      getattr(b, "error_detail", ""))
+
+    def wait(self, max_cycles: int | None = None, timeout_s: float | None = None,
+             poll_s: float = 0.0) -> Status:
+        """Run until the program stops; AcceleratorError for an error code, AcceleratorHung
+        when a limit passes first."""
+        t0 = time.monotonic()
+        while True:
+            left = None if timeout_s is None else timeout_s - (time.monotonic() - t0)
+            cycles = self.counters()["cycles"]
+            left_cycles = None if max_cycles is None else max_cycles - cycles
+            status = self.status()
+            if not status.busy:
+                break
+            if (left is not None and left <= 0) or (left_cycles is not None and left_cycles <= 0):
+                limit = f"{cycles} cycles" if left_cycles is not None and left_cycles <= 0 \
+                    else f"{timeout_s} s"
+                raise AcceleratorHung(status, limit)
+            self.backend.advance(left_cycles, left)
+            if poll_s:
+                time.sleep(poll_s)
+        if status.error != ErrorCode.OK:
+            raise AcceleratorError(status)
+        return status
+
+    def counters(self) -> dict[str, int]:
+        out = {}
+        for name, regs in COUNTERS.items():
+            v = 0
+            for k, reg in enumerate(regs):
+                v |= self.backend.read_csr(reg) << (32 * k)
+            out[name] = v
+        return out
+
+
+# --- Backends ------------------------------------------------------------------------------------
+
+#: name -> factory(compiled, im) returning a Backend with memory for ``compiled``.
+BACKENDS: dict[str, Callable[[CompiledModel, IntegerModel], Backend]] = {}
+
+
+def register_backend(name: str, factory: Callable[[CompiledModel, IntegerModel], Backend]) -> None:
+    """Make a backend available to :func:`open_backend` (the RTL backends register here)."""
+    BACKENDS[name] = factory
+
+
+def open_backend(name: str, compiled: CompiledModel, im: IntegerModel) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name](compiled, im)
+
+
+class GoldenBackend:
+    """The reference: the host interface of an accelerator that computes
+    :func:`celosia.sw.golden.forward` on the program's input instead of executing the
+    instructions (it knows where the compiler put the input and the output)."""
+
+    name = "golden"
+
+    def __init__(self, compiled: CompiledModel, im: IntegerModel, layers: int | None = None):
+        self.compiled, self.im, self.layers = compiled, im, layers
+        self.mem = bytearray(compiled.end)
+        self.regs = {r.name: 0 for r in CSR}
+        self.regs["ID"] = isa.ID_MAGIC
+        c = compiled.config
+        self.regs["CONFIG"] = CSR.CONFIG.make(isa_version=isa.ISA_VERSION, array=c.array,
+                                              port_bytes=c.port_bytes, instr_bytes=isa.INSTR_BYTES)
+        self._run = False
+
+    def read_memory(self, addr: int, size: int) -> bytes:
+        return bytes(self.mem[addr:addr + size])
+
+    def write_memory(self, addr: int, raw: bytes) -> None:
+        self.mem[addr:addr + len(raw)] = raw
+
+    def read_csr(self, name: str) -> int:
+        if name == "STATUS":
+            return self.regs["STATUS"] | CSR.STATUS.make(busy=int(self._run))
+        return self.regs[name]
+
+    def write_csr(self, name: str, value: int) -> None:
+        if name == "CTRL":
+            if CSR.CTRL.get(value, "start"):
+                self._run = True
+                self.regs["STATUS"] = 0
+            return
+        self.regs[name] = value
+
+    def advance(self, max_cycles: int | None, timeout_s: float | None) -> None:
+        if not self._run:
+            return
+        c = self.compiled
+        e = c.input.unpack(self.read_memory(c.input.addr, c.input.nbytes))
+        h = golden.forward(self.im, e, self.layers)
+        self.write_memory(c.output.addr, c.output.pack(h))
+        self._run = False
+        self.regs["STATUS"] = CSR.STATUS.make(done=1)
+
+
+def _isa_backend(compiled: CompiledModel, im: IntegerModel) -> Backend:
+    from .isa_sim import IsaBackend
+    return IsaBackend(compiled.config, compiled.end)
+
+
+register_backend("golden", GoldenBackend)
+register_backend("isa", _isa_backend)
+
+
+# --- The whole path ------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    """The int16 hidden state of the last layer, the counters and the backend's name."""
+    hidden: np.ndarray
+    counters: dict[str, int]
+    backend: str
+    output_scale: float = 1.0
+    compiled: CompiledModel | None = field(default=None, repr=False)
+
+    @property
+    def embedding(self) -> np.ndarray:
+        """Sentence embedding: mean pooling and L2 normalisation on the host, in float."""
+        return mean_pool_normalise(self.hidden.astype(np.float64) * self.output_scale)
+
+
+def run_compiled(backend: Backend, compiled: CompiledModel, e: np.ndarray,
+                 max_cycles: int | None = None, timeout_s: float | None = None) -> RunResult:
+    """Load ``compiled`` into ``backend``, write the int32 embedding sums ``e``, run, read back."""
+    acc = Accelerator(backend)
+    acc.load(compiled)
+    backend.write_memory(compiled.input.addr, compiled.input.pack(e))
+    acc.start(compiled.program_addr)
+    acc.wait(max_cycles=max_cycles, timeout_s=timeout_s)
+    out = compiled.output
+    hidden = out.unpack(backend.read_memory(out.addr, out.nbytes))
+    return RunResult(hidden, acc.counters(), backend.name, compiled=compiled)
+
+
+def run_embedding(backend_name: str, model, im: IntegerModel, ids, array: int = 8,
+                  port_bytes: int | None = None, max_cycles: int | None = None,
+                  timeout_s: float | None = 600.0) -> RunResult:
+    """Token ids -> int16 hidden state (and counters) on the named backend.
+
+    ``model`` (the float MiniLM) supplies the embedding tables; the host quantises the
+    embedding sum (golden.embed_int32), the compiler builds the program for ``len(ids)``
+    tokens on an ``array`` x ``array`` engine, and the backend runs it.
+    """
+    ids = np.asarray(ids)
+    e = golden.embed_int32(model, im, ids)
+    compiled = compile_model(im, len(ids), array=array, port_bytes=port_bytes)
+    backend = open_backend(backend_name, compiled, im)
+    result = run_compiled(backend, compiled, e, max_cycles=max_cycles, timeout_s=timeout_s)
+    result.output_scale = golden.output_scale(im)
+    return result
