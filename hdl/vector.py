@@ -55,6 +55,19 @@ SHIFT_BITS = nx.SHIFT_MAX.bit_length()
 GELU_CLAMP = hasattr(nx, "GELU_OFFSET")
 GELU_OFFSET = int(getattr(nx, "GELU_OFFSET", 0))
 
+#: Softmax rows carry a power-of-two exponent when the numerics define one:
+#: ``x = clamp(floor(log2(sum)) - EXP_ONE_BITS, 0, ROW_EXP_MAX)``, probabilities scaled by 2**x.
+ROW_EXP_MAX = int(getattr(nx, "ROW_EXP_MAX", 0))
+ROW_EXP_BITS = max(1, ROW_EXP_MAX.bit_length())
+
+
+def _softmax_has_row_exponent() -> bool:
+    import numpy as np
+    return isinstance(nx.softmax(np.zeros((1, 1), dtype=np.int64), nx.Dyadic(1, 0)), tuple)
+
+
+SOFTMAX_ROW_EXP = _softmax_has_row_exponent()
+
 #: softmax running max starts below every int32.
 _MAX_INIT = nx.INT32.lo - 1
 _INT24 = nx.Range(-(1 << (nx.LN_IN_BITS - 1)), (1 << (nx.LN_IN_BITS - 1)) - 1)
@@ -91,6 +104,7 @@ token_layout = data.StructLayout({
     "row": unsigned(ROWS_BITS),
     "a": signed(2 + nx.LN_IN_BITS + COLS_BITS),
     "b": unsigned(2 * nx.LN_IN_BITS + COLS_BITS),
+    "exp": unsigned(ROW_EXP_BITS),
 })
 
 _SX_BITS = 2 + nx.LN_IN_BITS + COLS_BITS            # |sum x| < 2**(23 + 11)
@@ -149,6 +163,8 @@ class VectorFinisher(wiring.Component):
             with m.State("DISPATCH"):
                 with m.Switch(tok.cmd.op):
                     with m.Case(VectorOp.SOFTMAX):
+                        if SOFTMAX_ROW_EXP:
+                            m.d.sync += tok.exp.eq(_row_exponent(m, tok.b[:_ESUM_BITS]))
                         with m.If(tok.b == 0):
                             m.next = "DONE"
                         with m.Else():
@@ -203,6 +219,19 @@ class VectorFinisher(wiring.Component):
         return m
 
 
+def _row_exponent(m, total):
+    """``clamp(floor(log2(total)) - EXP_ONE_BITS, 0, ROW_EXP_MAX)`` (0 for a zero total)."""
+    log2 = Signal(range(len(total)), name="row_log2")
+    for k in range(len(total)):          # the highest set bit wins (last assignment)
+        with m.If(total[k]):
+            m.d.comb += log2.eq(k)
+    x = Signal(ROW_EXP_BITS, name="row_exp")
+    m.d.comb += x.eq(Mux(log2 <= nx.EXP_ONE_BITS, 0,
+                         Mux(log2 - nx.EXP_ONE_BITS >= ROW_EXP_MAX, ROW_EXP_MAX,
+                             log2 - nx.EXP_ONE_BITS)))
+    return x
+
+
 def _ceil_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -233,8 +262,9 @@ class VectorUnit(wiring.Component):
         One command per batch of rows.
     i : In(stream.Signature(StructLayout({"data": N x signed(32), "residual": N x signed(16)})))
         Input beats (``residual`` is read by the residual add only).
-    o : Out(stream.Signature(N x signed(32)))
-        Output beats; lanes beyond the row's length are unspecified.
+    o : Out(stream.Signature(StructLayout({"data": N x signed(32), "exp": unsigned(4)})))
+        Output beats; lanes beyond the row's length are unspecified. ``exp`` is the row's
+        power-of-two exponent (softmax; 0 for the other operations).
     params : In(stream.Signature(StructLayout({"addr", "data": N x param_layout})))
         Per-column parameters, one beat (N columns) per address; load them before the batch
         that uses them (the port is always ready).
@@ -274,7 +304,10 @@ class VectorUnit(wiring.Component):
             "data": data.ArrayLayout(signed(32), lanes),
             "residual": data.ArrayLayout(signed(16), lanes),
         })
-        self.out_layout = data.ArrayLayout(signed(32), lanes)
+        self.out_layout = data.StructLayout({
+            "data": data.ArrayLayout(signed(32), lanes),
+            "exp": unsigned(ROW_EXP_BITS),
+        })
         self.param_write_layout = data.StructLayout({
             "addr": unsigned(max(1, (self.max_beats - 1).bit_length())),
             "data": data.ArrayLayout(param_layout, lanes),
@@ -513,10 +546,14 @@ class VectorUnit(wiring.Component):
         v2 = Signal()
         cmd2 = Signal(command_layout)
         y2 = [Signal(signed(33), name=f"y2_{k}") for k in range(N)]
-        out = self.o.payload
+        out = self.o.payload.data
 
+        exp1 = Signal(ROW_EXP_BITS)
+        exp2 = Signal(ROW_EXP_BITS)
         with m.If(adv):
-            m.d.sync += [v1.eq(fire3), cmd1.eq(c3), v2.eq(v1), cmd2.eq(cmd1), self.o.valid.eq(v2)]
+            m.d.sync += [v1.eq(fire3), cmd1.eq(c3), v2.eq(v1), cmd2.eq(cmd1), self.o.valid.eq(v2),
+                         exp1.eq(Mux(op3 == VectorOp.SOFTMAX, tok3.exp, 0)), exp2.eq(exp1),
+                         self.o.payload.exp.eq(exp2)]
 
         ln_z_shift = nx.LN_INV_BITS - nx.LN_NORM_FRAC
         for k in range(N):
@@ -533,7 +570,7 @@ class VectorUnit(wiring.Component):
             m.d.comb += [a.eq(x), b.eq(1), sh.eq(0), zp.eq(0), sat.eq(0), lo.eq(0), hi.eq(0)]
             with m.Switch(op3):
                 with m.Case(VectorOp.SOFTMAX):
-                    m.d.comb += [b.eq(tok3.b), sh.eq(nx.RECIP_BITS), sat.eq(1),
+                    m.d.comb += [b.eq(tok3.b), sh.eq(nx.RECIP_BITS - tok3.exp), sat.eq(1),
                                  lo.eq(0), hi.eq(nx.PROB_MAX)]
                 with m.Case(VectorOp.LAYERNORM):
                     m.d.comb += [a.eq(x - tok3.a), b.eq(tok3.b), sh.eq(ln_z_shift)]
@@ -616,7 +653,10 @@ def pack(layout, value) -> int:
 
 
 def unpack(layout, bits: int):
-    """Inverse of :func:`pack` for arrays of integers (output beats) and plain shapes."""
+    """Inverse of :func:`pack`: dicts for structs, lists for arrays, ints for plain shapes."""
+    if isinstance(layout, data.StructLayout):
+        return {name: unpack(field.shape, (bits >> field.offset) & ((1 << field.width) - 1))
+                for name, field in layout}
     if isinstance(layout, data.ArrayLayout):
         w = _shape_width(layout.elem_shape)
         return [unpack(layout.elem_shape, (bits >> (k * w)) & ((1 << w) - 1))

@@ -46,6 +46,11 @@ class VectorJob:
     expected: np.ndarray                  # rows x cols
     residual: np.ndarray | None = None    # rows x cols, int16 (residual add)
     params: list | None = None            # per column: {"mult", "shift", "bias"}
+    expected_exp: np.ndarray | None = None  # per row: the softmax row exponent (else 0)
+
+    def __post_init__(self):
+        if self.expected_exp is None:
+            self.expected_exp = np.zeros(self.x.shape[0], dtype=np.int64)
 
     @property
     def rows(self) -> int:
@@ -87,15 +92,19 @@ class VectorJob:
     def out_beats(self, unit: VectorUnit) -> int:
         return self.rows * -(-self.cols // unit.lanes)
 
-    def collect(self, unit: VectorUnit, beats: list[int]) -> np.ndarray:
-        """Output rows from this job's output beats (lanes beyond the row dropped)."""
+    def collect(self, unit: VectorUnit, beats: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Output rows from this job's output beats (lanes beyond the row dropped) and each
+        row's exponent (-1 if the beats of a row disagree)."""
         N = unit.lanes
         nb = -(-self.cols // N)
         vals = [unpack(unit.out_layout, b) for b in beats]
         out = np.zeros((self.rows, nb * N), dtype=np.int64)
+        exps = np.full(self.rows, -2, dtype=np.int64)
         for k, v in enumerate(vals):
-            out[k // nb, (k % nb) * N:(k % nb + 1) * N] = v
-        return out[:, :self.cols]
+            out[k // nb, (k % nb) * N:(k % nb + 1) * N] = v["data"]
+            row = k // nb
+            exps[row] = v["exp"] if exps[row] in (-2, v["exp"]) else -1
+        return out[:, :self.cols], exps
 
 
 def _range_cmd(rng: nx.Range) -> dict:
@@ -107,7 +116,10 @@ def softmax_job(scores, scale: nx.Dyadic, causal_offset: int | None = None) -> V
     m, s = int(np.asarray(scale.multiplier)), int(np.asarray(scale.shift))
     cmd = {"mult": m, "shift": s, "causal": causal_offset is not None,
            "causal_offset": causal_offset or 0}
-    return VectorJob("softmax", scores, cmd, nx.softmax(scores, nx.Dyadic(m, s), causal_offset))
+    want = nx.softmax(scores, nx.Dyadic(m, s), causal_offset)
+    # The golden softmax may give a per-row exponent with the probabilities.
+    p, x = want if isinstance(want, tuple) else (want, None)
+    return VectorJob("softmax", scores, cmd, p, expected_exp=x)
 
 
 def layernorm_job(x, gamma, beta, shift: int, out: nx.Range) -> VectorJob:
@@ -213,21 +225,25 @@ def random_job(op: str, rows: int, cols: int, rng: np.random.Generator, kind: st
 class RunResult:
     """Outputs of a run and its cycle counts (first input accepted = cycle 0)."""
     outputs: list                 # one rows x cols array per job
+    exps: list                    # one array of row exponents per job
     cycles: int                   # first input accepted .. last output accepted, inclusive
     latency: int                  # first input accepted .. first output valid
     out_cycles: list              # cycle of every output beat
 
     def correct(self, jobs) -> bool:
-        return all(np.array_equal(o, j.expected) for o, j in zip(self.outputs, jobs))
+        return all(np.array_equal(o, j.expected) and np.array_equal(x, j.expected_exp)
+                   for o, x, j in zip(self.outputs, self.exps, jobs))
 
 
 def _split_outputs(unit, jobs, beats):
-    outs, k = [], 0
+    outs, exps, k = [], [], 0
     for j in jobs:
         n = j.out_beats(unit)
-        outs.append(j.collect(unit, beats[k:k + n]))
+        o, x = j.collect(unit, beats[k:k + n])
+        outs.append(o)
+        exps.append(x)
         k += n
-    return outs
+    return outs, exps
 
 
 # --- The stream driver (one model of the protocol for every simulator) -----------------------
@@ -298,7 +314,7 @@ class _Driver:
 
     def result(self, jobs) -> "RunResult":
         first = self.first_in or 0
-        return RunResult(_split_outputs(self.unit, jobs, self.received),
+        return RunResult(*_split_outputs(self.unit, jobs, self.received),
                          self.out_cycles[-1] - first + 1, self.first_valid - first,
                          [c - first for c in self.out_cycles])
 

@@ -17,8 +17,9 @@ def unit():
 
 
 def _check(jobs, result):
-    for job, out in zip(jobs, result.outputs):
+    for job, out, exps in zip(jobs, result.outputs, result.exps):
         np.testing.assert_array_equal(out, job.expected, err_msg=f"{job.op} {job.cmd}")
+        np.testing.assert_array_equal(exps, job.expected_exp, err_msg=f"{job.op} row exponents")
 
 
 @pytest.mark.parametrize("op", OPS)

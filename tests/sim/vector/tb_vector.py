@@ -24,7 +24,10 @@ def _long() -> bool:
 async def _run_and_check(dut, unit, jobs, seed, valid_prob=0.7, ready_prob=0.6):
     result = await drive_cocotb(dut, unit, jobs, seed=seed, valid_prob=valid_prob,
                                 ready_prob=ready_prob)
-    for n, (job, out) in enumerate(zip(jobs, result.outputs)):
+    for n, (job, out, exps) in enumerate(zip(jobs, result.outputs, result.exps)):
+        if not np.array_equal(exps, job.expected_exp):
+            raise AssertionError(f"job {n} ({job.op}): row exponents {exps.tolist()}, "
+                                 f"want {job.expected_exp.tolist()}")
         if not np.array_equal(out, job.expected):
             bad = np.argwhere(out != job.expected)[:4]
             raise AssertionError(f"job {n} ({job.op}, {job.cmd}): mismatch at {bad.tolist()}: "
