@@ -1,0 +1,125 @@
+"""The compiler: programs for MiniLM that the isa backend runs bit-exactly like the golden model.
+
+The float and integer models come from the session fixtures ``minilm`` and ``int_model``
+(tests/conftest.py)."""
+
+import numpy as np
+import pytest
+
+from celosia.hdl import isa
+from celosia.hdl.isa import Opcode, VecOp
+from celosia.hdl.params import OutFormat
+from celosia.sw import golden
+from celosia.sw.compiler import Tensor, compile_model
+from celosia.sw.driver import Accelerator, open_backend, run_compiled, run_embedding
+
+SENTENCES = [
+    "Hello.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Celosia runs a quantised sentence encoder on a systolic array, and every backend "
+    "must return the same integers.",
+    "In the beginning the universe was created; this has made a lot of people very angry "
+    "and been widely regarded as a bad move, wrote a novelist who also explained that time "
+    "is an illusion and lunchtime doubly so, which nobody has disproved since then.",
+]
+
+
+def _run_isa(compiled, im, e):
+    backend = open_backend("isa", compiled, im)
+    result = run_compiled(backend, compiled, e, timeout_s=120)
+    assert backend.machine.hazards == []
+    return result
+
+
+@pytest.mark.parametrize("text", SENTENCES + [None])
+def test_isa_backend_is_bit_exact(minilm, int_model, text):
+    ids = np.array([101]) if text is None else minilm.tokenizer.encode(text)[0]
+    e = golden.embed_int32(minilm, int_model, ids)
+    compiled = compile_model(int_model, len(ids))
+    result = _run_isa(compiled, int_model, e)
+    want = golden.forward(int_model, e)
+    assert result.hidden.shape == want.shape == (len(ids), int_model.meta["hidden"])
+    assert np.array_equal(result.hidden, want)
+    counts = compiled.program.counts()
+    assert result.counters["instructions"] == len(compiled.program.instructions)
+    assert result.counters["matmul_count"] == counts["MATMUL"]
+    assert result.counters["vector_count"] == sum(v for k, v in counts.items() if k.startswith("VECTOR"))
+
+
+@pytest.mark.parametrize("array,port_bytes,base", [(2, None, 0), (16, None, 0x1_0000),
+                                                   (32, None, 0x80), (32, 128, 0x4000_0000)])
+def test_other_arrays_ports_and_bases(minilm, int_model, array, port_bytes, base):
+    """Port widths above 32 bytes pad each head to W in the QKV and context layouts."""
+    ids = minilm.tokenizer.encode(SENTENCES[1])[0][:7]
+    e = golden.embed_int32(minilm, int_model, ids)
+    compiled = compile_model(int_model, len(ids), array=array, port_bytes=port_bytes, base=base,
+                             layers=1)
+    W = compiled.config.port_bytes
+    assert compiled.tensors["qkv"].cols == 3 * 12 * max(32, W)
+    result = _run_isa(compiled, int_model, e)
+    assert np.array_equal(result.hidden, golden.forward(int_model, e, layers=1))
+
+
+def test_program_structure(int_model):
+    layers, tokens = int_model.meta["layers"], 11
+    c = compile_model(int_model, tokens)
+    counts = c.program.counts()
+    heads = int_model.meta["heads"]
+    assert counts["MATMUL"] == layers * (2 * heads + 4)
+    assert counts["VECTOR.SOFTMAX"] == layers * heads
+    assert counts["VECTOR.LAYERNORM"] == 2 * layers + 1
+    assert counts["VECTOR.REQUANT_ROWS"] == 2 * layers
+    assert counts["VECTOR.GELU_ROWS"] == layers
+    assert counts["HALT"] == 1 and c.program.instructions[-1].opcode == Opcode.HALT
+    # Every operand is W-aligned and inside the window; the program too.
+    W = c.config.port_bytes
+    for ins in c.program.instructions:
+        reads, writes = isa.footprint(ins)
+        for name, span, addr, stride in reads + writes:
+            assert addr % W == 0 and stride % W == 0, (str(ins), name)
+            assert c.base <= span.start < span.end <= c.end, (str(ins), name)
+    assert c.program_addr % isa.INSTR_BYTES == 0
+    assert c.image[c.program_addr - c.base:][:len(c.program.code)] == c.program.code
+    assert c.end - c.program_addr >= len(c.program.code)
+    # The input and output are where the host expects them.
+    assert (c.input.rows, c.input.cols, c.input.fmt) == (tokens, 384, OutFormat.INT32)
+    assert (c.output.rows, c.output.cols, c.output.fmt) == (tokens, 384, OutFormat.INT16)
+    text = c.program.listing(c.program_addr)
+    assert "MATMUL" in text and "VECTOR.SOFTMAX" in text
+
+
+def test_compile_errors(int_model):
+    with pytest.raises(ValueError):
+        compile_model(int_model, 0)
+    with pytest.raises(ValueError):
+        compile_model(int_model, isa.VEC_MAX_COLS + 1)
+    with pytest.raises(ValueError):
+        compile_model(int_model, 4, base=0x10)
+    c = compile_model(int_model, 4, array=4, layers=1)
+    backend = open_backend("isa", compile_model(int_model, 4, array=8, layers=1), int_model)
+    with pytest.raises(ValueError, match="compiled for"):
+        Accelerator(backend).load(c)
+
+
+def test_tensor_pack_unpack():
+    t = Tensor("t", 0, 3, 5, 16, OutFormat.INT16)
+    v = np.arange(15).reshape(3, 5) - 7
+    raw = t.pack(v)
+    assert len(raw) == t.nbytes == 48
+    assert np.array_equal(t.unpack(raw), v)
+    with pytest.raises(ValueError):
+        t.pack(np.full((3, 5), 1 << 15))
+    with pytest.raises(ValueError):
+        t.pack(np.zeros((2, 5)))
+
+
+def test_run_embedding_golden_and_isa_agree(minilm, int_model):
+    ids = minilm.tokenizer.encode(SENTENCES[1])[0]
+    results = {name: run_embedding(name, minilm, int_model, ids) for name in ("golden", "isa")}
+    assert np.array_equal(results["golden"].hidden, results["isa"].hidden)
+    assert results["isa"].counters["cycles"] > 0 and results["isa"].counters["matmul_busy"] > 0
+    emb = results["isa"].embedding
+    assert emb.shape == (384,) and abs(np.linalg.norm(emb) - 1) < 1e-9
+    assert np.array_equal(emb, golden.embedding(minilm, int_model, ids))
+    with pytest.raises(ValueError, match="unknown backend"):
+        run_embedding("nonsense", minilm, int_model, ids)
