@@ -33,9 +33,8 @@ import numpy as np
 from celosia.hdl import isa, params
 from celosia.hdl.isa import (INSTR_BYTES, WINDOW_ALIGN, Instruction, MachineConfig, Opcode,
                              Span, Unit, VecOp, footprint)
-from celosia.hdl.params import AddendMode, OutFormat
+from celosia.hdl.params import OutFormat
 
-from . import numerics as nx
 from .quantize import IntegerModel
 
 __all__ = ["Tensor", "Program", "CompiledModel", "Scoreboard", "compile_model", "DTYPE"]

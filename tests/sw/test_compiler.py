@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from celosia.hdl import isa
-from celosia.hdl.isa import Opcode, VecOp
+from celosia.hdl.isa import Opcode
 from celosia.hdl.params import OutFormat
 from celosia.sw import golden
 from celosia.sw.compiler import Tensor, compile_model
