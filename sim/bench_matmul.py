@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default="int8", help="result format (raw: int32 without requantising)")
     parser.add_argument("--a-unsigned", action="store_true", help="A holds uint8 values")
     parser.add_argument("--addend", choices=["none", "acc32", "residual16"], default="none")
+    parser.add_argument("--row-shift", action="store_true",
+                        help="per-row exponents of A (row_shift, M bytes at e_addr)")
+    parser.add_argument("--b-transposed", action="store_true",
+                        help="B stored N x K (as K_h for Q @ K^T)")
     parser.add_argument("--latency", type=int, default=16, help="memory read latency in cycles")
     parser.add_argument("--stall", type=float, default=0.0,
                         help="chance per cycle of a stall on each memory channel")
@@ -53,7 +57,9 @@ def _job(args):
     mode = {"none": AddendMode.NONE, "acc32": AddendMode.ACC32,
             "residual16": AddendMode.RESIDUAL16}[args.addend]
     return random_job(rng, args.m, args.k, args.n, a_unsigned=args.a_unsigned,
-                      requant=out is not None, out_fmt=out, bias=True, addend_mode=mode)
+                      requant=out is not None, out_fmt=out, bias=True, addend_mode=mode,
+                      row_shift=getattr(args, "row_shift", False),
+                      b_transposed=getattr(args, "b_transposed", False))
 
 
 def _run_verilator(args, job, w):
@@ -129,6 +135,8 @@ def bench(args) -> dict:
         "port_bytes": w,
         "m": m, "k": k, "n": n,
         "out": args.out,
+        "row_shift": job.row_shift is not None,
+        "b_transposed": job.b_transposed,
         "correct": bool(r["code"] == 0 and np.array_equal(r["result"], expect) and r["intact"]),
         "done_code": r["code"],
         "cycles": cycles,

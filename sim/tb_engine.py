@@ -76,7 +76,8 @@ async def random_shapes(dut):
         mode = AddendMode(int(rng.integers(3)))
         requant = bool(rng.integers(4))
         job = random_job(rng, m, k, cols, addend_mode=mode, requant=requant,
-                         bias=requant or bool(rng.integers(2)))
+                         bias=requant or bool(rng.integers(2)), row_shift=bool(i % 2),
+                         b_transposed=i % 4 in (1, 2))
         img = job.image(w, seed=i)
         stall = [0.0, 0.3, 0.6][i % 3]
         code, cycles, _, _ = await run_command(dut, img.data, img.command(), w, rng=prng,
@@ -85,7 +86,8 @@ async def random_shapes(dut):
         got = img.result(img.data)
         assert np.array_equal(got, job.golden()), f"job {i} {m}x{k}x{cols} {mode!r}"
         assert img.untouched_outside_c(img.data)
-        dut._log.info(f"job {i}: {m}x{k}x{cols} {mode.name} stall {stall}: {cycles} cycles")
+        dut._log.info(f"job {i}: {m}x{k}x{cols} {mode.name} row_shift {job.row_shift is not None} "
+                      f"b_transposed {job.b_transposed} stall {stall}: {cycles} cycles")
 
 
 @cocotb.test(skip="job" in PARAMS or PARAMS.get("k_max", 0) < 4096)

@@ -30,3 +30,15 @@ def test_bench_summary_line(capsys):
     assert bench_matmul.run(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "correct" in out[0]
+
+
+def test_bench_row_shift_transposed(capsys):
+    parser = argparse.ArgumentParser()
+    bench_matmul.add_arguments(parser)
+    args = parser.parse_args(["--array", "2", "--m", "5", "--k", "6", "--n", "3",
+                              "--backend", "amaranth", "--latency", "2", "--row-shift",
+                              "--b-transposed", "--json"])
+    assert bench_matmul.run(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["correct"] is True and result["row_shift"] and result["b_transposed"]
+    assert result["ideal_memory_cycles"] == -(-(5 * 6 + 6 * 3 + 3 * 8 + 5 * 3 + 5) // 4)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from celosia.hdl.params import AddendMode, DoneCode, OutFormat
-from celosia.sim.matmul_job import random_job
+from celosia.sim.matmul_job import MatmulJob, random_job
+from celosia.sw.numerics import ROW_EXP_MAX
 from celosia.sim.verilator_engine import VerilatorEngine
 
 
@@ -33,8 +34,16 @@ def shapes(rng, n, w, count):
         cols = int(rng.integers(1, 4 * max(n, w)))
         mode = AddendMode(i % 3)
         requant = i % 4 != 3
-        jobs.append(random_job(rng, m, k, cols, addend_mode=mode, requant=requant,
-                               out_fmt=OutFormat(i % 4) if requant else None))
+        job = random_job(rng, m, k, cols, addend_mode=mode, requant=requant,
+                         out_fmt=OutFormat(i % 4) if requant else None,
+                         row_shift=i % 2 == 1, b_transposed=i % 5 in (1, 2))
+        if i % 3 != 0:
+            # Small bias and addend, so that results are not all saturated.
+            job.bias = rng.integers(-(1 << 12), 1 << 12, size=cols)
+            if mode == AddendMode.ACC32:
+                job.addend = rng.integers(-(1 << 14), 1 << 14, size=(m, cols))
+            job.addend_shift = min(job.addend_shift, 2)
+        jobs.append(job)
     return jobs
 
 
@@ -49,6 +58,28 @@ def test_verilator_engine_random_shapes():
         job.b[:] = -128
         check_jobs(engine, [job])
         assert (job.golden() == 1 << 26).all()
+
+
+def test_verilator_engine_row_shift_and_transposed_extremes():
+    """K = 4096 of 255 * -128 with every row exponent, B transposed; and an attention head:
+    Q_h @ K_h^T at 128 tokens with both operands column slices of a 128 x 1152 buffer."""
+    rng = np.random.default_rng(12)
+    with VerilatorEngine(4, 8, mem_bytes=1 << 20) as engine:
+        m = ROW_EXP_MAX + 2
+        job = random_job(rng, m, 4096, 5, a_unsigned=True, requant=False, bias=False,
+                         row_shift=True, b_transposed=True)
+        job.a[:] = 255
+        job.a[-1] = 0
+        job.b[:] = -128
+        job.row_shift = np.array(list(range(ROW_EXP_MAX + 1)) + [ROW_EXP_MAX])
+        check_jobs(engine, [job], stall=0.1)
+        assert job.golden()[0, 0] == -255 * 128 * 4096
+        for head in (0, 5):
+            q = rng.integers(-128, 128, size=(128, 32))
+            kh = rng.integers(-128, 128, size=(128, 32))
+            scores = MatmulJob(a=q, b=kh.T, b_transposed=True,
+                               views={"a": (32 * head, 1152), "b": (384 + 32 * head, 1152)})
+            check_jobs(engine, [scores])
 
 
 @pytest.mark.slow
