@@ -24,7 +24,7 @@ def embed_int32(model: MiniLM, im: IntegerModel, ids: np.ndarray) -> np.ndarray:
 
 def _layernorm(im: IntegerModel, name: str, x: np.ndarray) -> np.ndarray:
     return nx.layernorm(x, im.tensors[f"{name}.gamma"], im.tensors[f"{name}.beta"],
-                        int(im.tensors[f"{name}.shift"]), nx.INT16)
+                        im.scalar(f"{name}.shift"), nx.INT16)
 
 
 def _select(d: nx.Dyadic, index) -> nx.Dyadic:
@@ -48,12 +48,12 @@ def encoder_layer(im: IntegerModel, i: int, h: np.ndarray, trace: dict | None = 
     for head in range(heads):
         cols = slice(head * dh, (head + 1) * dh)
         scores = nx.matmul(q[:, cols], k[:, cols].T)
-        probs = nx.softmax(scores, _select(im.dyadic(f"{p}.softmax"), head))
-        ctx[:, cols] = nx.requantize(nx.matmul(probs, v[:, cols]), _select(im.dyadic(f"{p}.ctx.rq"), cols),
-                                     nx.INT8)
+        probs, x = nx.softmax(scores, _select(im.dyadic(f"{p}.softmax"), head))
+        ctx[:, cols] = nx.requantize(nx.matmul(probs, v[:, cols], row_shift=x),
+                                     _select(im.dyadic(f"{p}.ctx.rq"), cols), nx.INT8)
     attn = nx.requantize(nx.matmul(ctx, T[f"{p}.attn_out.weight"], bias=T[f"{p}.attn_out.bias"]),
                          im.dyadic(f"{p}.attn_out.rq"), nx.INT32)
-    h1 = _layernorm(im, f"{p}.ln1", nx.residual_add(attn, h, int(T[f"{p}.attn_out.res_shift"])))
+    h1 = _layernorm(im, f"{p}.ln1", nx.residual_add(attn, h, im.scalar(f"{p}.attn_out.res_shift")))
     # Feed-forward block.
     x8, e = nx.requantize_rows(h1, im.dyadic(f"{p}.ffn_in.rq"), nx.INT8)
     inter = nx.requantize(nx.matmul(x8, T[f"{p}.ffn1.weight"], bias=T[f"{p}.ffn1.bias"], row_shift=e),
@@ -61,7 +61,7 @@ def encoder_layer(im: IntegerModel, i: int, h: np.ndarray, trace: dict | None = 
     g, e = nx.requantize_rows(nx.gelu(inter), im.dyadic(f"{p}.gelu.rq"), nx.UINT8)
     out = nx.requantize(nx.matmul(g, T[f"{p}.ffn2.weight"], bias=T[f"{p}.ffn2.bias"], row_shift=e),
                         im.dyadic(f"{p}.ffn2.rq"), nx.INT32)
-    y = _layernorm(im, f"{p}.ln2", nx.residual_add(out, h1, int(T[f"{p}.ffn2.res_shift"])))
+    y = _layernorm(im, f"{p}.ln2", nx.residual_add(out, h1, im.scalar(f"{p}.ffn2.res_shift")))
     if trace is not None:
         trace.update({"qkv": qkv, "ctx": ctx, "attn": attn, "h1": h1, "inter": inter, "gelu": g,
                       "out": out, "y": y})

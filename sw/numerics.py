@@ -202,12 +202,13 @@ EXP2_LUT = np.array([round(2.0 ** (EXP_ONE_BITS - f / (1 << EXP_FRAC_BITS)))
 PROB_MAX = 255
 #: Reciprocal precision: R = floor(PROB_MAX * 2**RECIP_BITS / sum).
 RECIP_BITS = 24
-#: A row's exp sum is below 512 * 2**15 = 2**24; t beyond this many integer bits gives exp 0.
-_EXP_ZERO_SHIFT = EXP_ONE_BITS + 1
+#: Shifts of the exp table beyond this are all the same (0); the cap keeps shifts in int64.
+_EXP_SHIFT_CAP = 31
 
 
-def softmax(scores, scale: Dyadic, causal_offset: int | None = None) -> np.ndarray:
-    """Integer softmax over the last axis of int32 ``scores`` (rows of 1..512), uint8 out.
+def softmax(scores, scale: Dyadic, causal_offset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Integer softmax over the last axis of int32 ``scores`` (rows of 1..512): uint8
+    probabilities with a per-row exponent, as :func:`requantize_rows` gives.
 
     Per row, over the unmasked columns (column j of row i is masked when ``causal_offset`` is
     given and j > i + causal_offset):
@@ -215,10 +216,17 @@ def softmax(scores, scale: Dyadic, causal_offset: int | None = None) -> np.ndarr
     1. ``m = max(s)``; ``d = m - s`` (0 <= d < 2**32).
     2. ``t = round_shift(d * M, S)``: ``(m - s) * scale * log2(e)`` in Q8, with the dyadic
        factor ``scale`` = (M, S) folding the score scale, 1/sqrt(d_head) and log2(e).
-    3. ``e = EXP2_LUT[t & 255] >> (t >> 8)``, 0 when ``t >> 8 >= 16``; masked columns get 0.
+    3. ``e = round_shift(EXP2_LUT[t & 255], min(t >> 8, 31))`` (rounded, so the tail of a long
+       row is not biased down; it is 0 once ``t >> 8 >= 17``); masked columns get 0.
        e is Q15 (16 bits unsigned); the row maximum has e = 2**15.
     4. ``sum = sum(e)`` (< 2**24 for rows up to 512); ``R = floor(255 * 2**24 / sum)`` (< 2**17).
-    5. ``p = min(255, round_shift(e * R, 24))``: probabilities with scale 1/255.
+    5. Row exponent ``x = clamp(floor(log2(sum)) - 15, 0, ROW_EXP_MAX)`` (0 for sum 0): a flat
+       row, whose probabilities are all small, is scaled up by ``2**x`` so that its largest
+       probability (the one with e = 2**15) still lands in 128..255.
+    6. ``p = min(255, round_shift(e * R, 24 - x))``: probabilities with scale 2**-x / 255;
+       the P @ V matmul takes ``x`` as its row shift.
+
+    Returns (p, x) with x of shape scores.shape[:-1].
     """
     s = np.asarray(scores, dtype=np.int64)
     if s.ndim < 1 or s.shape[-1] < 1:
@@ -235,12 +243,14 @@ def softmax(scores, scale: Dyadic, causal_offset: int | None = None) -> np.ndarr
     t = round_shift(d * np.int64(scale.multiplier), np.int64(scale.shift))
     z = t >> EXP_FRAC_BITS
     f = t & ((1 << EXP_FRAC_BITS) - 1)
-    e = np.where(z < _EXP_ZERO_SHIFT, EXP2_LUT[f] >> np.minimum(z, _EXP_ZERO_SHIFT), 0)
-    e = np.where(valid, e, 0)
+    e = np.where(valid, round_shift(EXP2_LUT[f], np.minimum(z, _EXP_SHIFT_CAP)), 0)
     total = e.sum(axis=-1, keepdims=True)
     # A row whose columns are all masked has sum 0: its probabilities are all 0.
     recip = np.where(total > 0, (PROB_MAX << RECIP_BITS) // np.maximum(total, 1), 0)
-    return np.minimum(round_shift(e * recip, RECIP_BITS), PROB_MAX)
+    log2_total = np.floor(np.log2(np.maximum(total, 1))).astype(np.int64)   # exact below 2**53
+    x = np.clip(log2_total - EXP_ONE_BITS, 0, ROW_EXP_MAX)
+    p = np.minimum(round_shift(e * recip, RECIP_BITS - x), PROB_MAX)
+    return p, x[..., 0]
 
 
 # --- LayerNorm -----------------------------------------------------------------------------------

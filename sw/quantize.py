@@ -66,6 +66,8 @@ class QuantConfig:
     ctx_alpha: float = 0.5
     #: Exponent of the per-channel q/k balance sqrt(max|k| / max|q|) (0 = off).
     qk_balance: float = 1.0
+    #: Headroom of the static q, k, v and context scales over their calibrated maxima.
+    attn_headroom: float = 1.0
 
 
 def calibration_texts(path: Path = CALIBRATION_FILE) -> list[str]:
@@ -77,6 +79,10 @@ class IntegerModel:
     """Integer tensors (keyed ``L{i}.{name}`` and ``emb.{name}``) plus float metadata."""
     tensors: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
+
+    def scalar(self, name: str) -> int:
+        """A one-element integer tensor (a shift) as a Python int."""
+        return int(np.asarray(self.tensors[name]).reshape(()))
 
     def dyadic(self, name: str) -> nx.Dyadic:
         return nx.Dyadic(self.tensors[f"{name}.mult"], self.tensors[f"{name}.shift"])
@@ -101,9 +107,8 @@ class IntegerModel:
         from safetensors.numpy import save_file
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = dict(self.meta, format_version=FORMAT_VERSION)
         save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(path),
-                  metadata={"celosia": json.dumps(meta, sort_keys=True)})
+                  metadata={"celosia": json.dumps(self.meta, sort_keys=True)})
 
     @classmethod
     def load(cls, path: Path) -> "IntegerModel":
@@ -177,7 +182,7 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         ids, _ = model.tokenizer.encode(text)
         embeds.append(model.embed(ids))
         model.forward(ids, trace)
-    im = IntegerModel({}, {"hidden": c.hidden, "heads": c.heads, "layers": c.layers,
+    im = IntegerModel({}, {"format_version": FORMAT_VERSION, "hidden": c.hidden, "heads": c.heads, "layers": c.layers,
                            "ffn": c.ffn, "max_tokens": c.max_tokens,
                            "smooth_alpha": config.smooth_alpha, "gelu_alpha": config.gelu_alpha,
                            "ctx_alpha": config.ctx_alpha, "qk_balance": config.qk_balance})
@@ -212,9 +217,9 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         k_max = np.maximum(_absmax(t["k"], axis=-1), 1e-5)
         v_max = np.maximum(_absmax(t["v"], axis=-1), 1e-5)
         g = np.sqrt(k_max / q_max) ** config.qk_balance
-        s_q = np.repeat((q_max * g).reshape(heads, dh).max(axis=1) / 127.0, dh)
-        s_k = np.repeat((k_max / g).reshape(heads, dh).max(axis=1) / 127.0, dh)
-        s_v = v_max / 127.0
+        s_q = np.repeat((q_max * g).reshape(heads, dh).max(axis=1) * config.attn_headroom / 127.0, dh)
+        s_k = np.repeat((k_max / g).reshape(heads, dh).max(axis=1) * config.attn_headroom / 127.0, dh)
+        s_v = v_max * config.attn_headroom / 127.0
         out_scale = np.concatenate([s_q / g, s_k * g, s_v])
         im.set_dyadic(f"{p}.qkv.rq", x_scale * w_s / out_scale)
         # --- softmax per head: t = (max - s) * s_q * s_k / sqrt(d) * log2(e), in Q8.
@@ -223,7 +228,7 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         # --- P (uint8, 1/255) @ V (int8) -> context int8, per-channel scale f_ctx * s_ctx.
         w_o_float = L("attention.output.dense.weight")
         f_ctx = _smooth_factor(_absmax(t["ctx"], axis=-1), np.abs(w_o_float).max(axis=0), config.ctx_alpha)
-        s_ctx = float(_absmax([x / f_ctx for x in t["ctx"]])) / 127.0
+        s_ctx = float(_absmax([x / f_ctx for x in t["ctx"]])) * config.attn_headroom / 127.0
         im.set_dyadic(f"{p}.ctx.rq", s_v / nx.PROB_MAX / (f_ctx * s_ctx))
         w_o, w_os = _weight_int8(w_o_float * f_ctx[None, :])
         # --- output projection -> int32 residual sum -> LN1 -> int16 h1.

@@ -1,0 +1,262 @@
+"""The ``celosia`` command line.
+
+Subcommands:
+  embed      sentence embeddings of all-MiniLM-L6-v2 computed by a backend
+  quantize   build (or rebuild) the integer model file
+  bench      benchmarks (accuracy, matmul, vector) that print figures
+  verilog    write the matmul engine's Verilog
+
+Errors from bad input are one line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "CLIError"]
+
+#: Exit statuses.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def default_model_file() -> Path:
+    """Where the integer model is kept: $CELOSIA_CACHE or ~/.cache/celosia."""
+    base = os.environ.get("CELOSIA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "celosia")
+    return Path(base) / "minilm-int8.safetensors"
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- shared model loading ---------------------------------------------------------------------
+
+def load_models(model_file: Path | None, rebuild: bool = False, quiet: bool = False):
+    """The float model and its integer model; builds and caches the integer model on first use."""
+    from .model import ModelError, load_minilm
+    from .quantize import IntegerModel, QuantizedModelError, quantize
+    try:
+        model = load_minilm()
+    except ModelError as exc:
+        raise CLIError(str(exc)) from None
+    path = Path(model_file) if model_file else default_model_file()
+    if path.exists() and not rebuild:
+        try:
+            return model, IntegerModel.load(path)
+        except QuantizedModelError as exc:
+            if model_file:       # a file the user named: do not overwrite it silently
+                raise CLIError(str(exc)) from None
+            if not quiet:
+                _stderr(f"celosia: {exc}; rebuilding it")
+    if not quiet:
+        _stderr(f"celosia: quantising all-MiniLM-L6-v2 (once; cached in {path})")
+    im = quantize(model)
+    try:
+        im.save(path)
+    except OSError as exc:
+        raise CLIError(f"cannot write the integer model to {path}: {exc.strerror}") from None
+    return model, im
+
+
+# --- embed ------------------------------------------------------------------------------------
+
+BACKENDS = ("golden",)
+
+
+def _read_texts(args) -> list[str]:
+    texts = list(args.text)
+    if args.file is not None:
+        try:
+            if args.file == "-":
+                content = sys.stdin.read()
+            else:
+                content = Path(args.file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CLIError(f"cannot read --file {args.file}: no such file") from None
+        except IsADirectoryError:
+            raise CLIError(f"cannot read --file {args.file}: it is a directory") from None
+        except PermissionError:
+            raise CLIError(f"cannot read --file {args.file}: permission denied") from None
+        except UnicodeDecodeError:
+            raise CLIError(f"cannot read --file {args.file}: not UTF-8 text") from None
+        texts.extend(line for line in content.splitlines() if line.strip())
+    if not texts:
+        raise CLIError("no text given: pass TEXT arguments or --file PATH")
+    return texts
+
+
+def _cmd_embed(args) -> int:
+    import numpy as np
+    from . import golden
+    if args.backend not in BACKENDS:
+        raise CLIError(f"unknown backend {args.backend!r}; available: {', '.join(BACKENDS)}")
+    texts = _read_texts(args)
+    model, im = load_models(args.model_file, quiet=args.json)
+    results = []
+    for text in texts:
+        ids, truncated = model.tokenizer.encode(text)
+        if truncated:
+            _stderr(f"celosia: warning: text truncated to {model.tokenizer.max_tokens} tokens: "
+                    f"{text[:40]!r}...")
+        t0 = time.perf_counter()
+        emb = golden.embedding(model, im, ids)
+        wall = time.perf_counter() - t0
+        r = {"text": text, "tokens": int(len(ids)), "embedding": [float(v) for v in emb],
+             "wall_s": round(wall, 4)}
+        if args.reference:
+            ref, _, _ = model.encode(text)
+            r["cosine_vs_float"] = float(np.dot(ref.astype(np.float64), emb.astype(np.float64)))
+        results.append(r)
+    if args.json:
+        json.dump({"backend": args.backend, "results": results}, sys.stdout)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    head = f"{'tokens':>6}  {'first values':<34}  {'norm':>6}"
+    if args.reference:
+        head += f"  {'cos vs float':>12}"
+    print(f"backend: {args.backend}")
+    print(head + "  text")
+    for r in results:
+        first = " ".join(f"{v:+.4f}" for v in r["embedding"][:4])
+        norm = float(np.linalg.norm(r["embedding"]))
+        line = f"{r['tokens']:>6}  {first:<34}  {norm:>6.4f}"
+        if args.reference:
+            line += f"  {r['cosine_vs_float']:>12.6f}"
+        text = r["text"] if len(r["text"]) <= 48 else r["text"][:45] + "..."
+        print(f"{line}  {text}")
+    return EXIT_OK
+
+
+# --- quantize ---------------------------------------------------------------------------------
+
+def _cmd_quantize(args) -> int:
+    path = Path(args.output) if args.output else default_model_file()
+    if path.exists() and not args.force:
+        from .quantize import IntegerModel, QuantizedModelError
+        try:
+            im = IntegerModel.load(path)
+        except QuantizedModelError as exc:
+            raise CLIError(f"{exc}") from None
+        print(f"{path}: integer model present (sha256 {im.digest()[:16]}); --force rebuilds it")
+        return EXIT_OK
+    t0 = time.perf_counter()
+    _, im = load_models(path, rebuild=True, quiet=True)
+    print(f"{path}: integer model written in {time.perf_counter() - t0:.1f} s "
+          f"(sha256 {im.digest()[:16]})")
+    return EXIT_OK
+
+
+# --- bench ------------------------------------------------------------------------------------
+
+def _cmd_bench_accuracy(args) -> int:
+    from .accuracy import run_accuracy
+    model, im = load_models(args.model_file, quiet=args.json)
+    report = run_accuracy(model, im, Path(args.dev_set), Path(args.pairs),
+                          progress=None if args.json else _stderr)
+    if args.json:
+        json.dump(report, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(report["table"])
+    return EXIT_OK
+
+
+def _optional(module: str):
+    """Import an optional part (the benchmarks of hardware units); None if it is absent."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="celosia",
+        description="Celosia: an open int8 Transformer accelerator. Computes all-MiniLM-L6-v2 "
+                    "sentence embeddings on a backend (the golden integer model, and in time "
+                    "the simulated RTL or an FPGA), benchmarks the hardware units and exports "
+                    "their Verilog.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("embed", help="compute sentence embeddings",
+                       description="One 384-dimensional embedding per text (or per non-empty "
+                                   "line of --file). Texts longer than 256 tokens are truncated, "
+                                   "with a warning, as sentence-transformers does.")
+    p.add_argument("text", nargs="*", metavar="TEXT", help="texts to embed")
+    p.add_argument("--file", metavar="PATH", help="read texts from PATH, one per line ('-': stdin)")
+    p.add_argument("--backend", default="golden", metavar="NAME",
+                   help=f"where to compute: {', '.join(BACKENDS)} (default: golden)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--reference", action="store_true",
+                   help="also compute the float32 embedding and report the cosine against it")
+    p.add_argument("--model-file", metavar="PATH",
+                   help=f"integer model file (default: {default_model_file()})")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("quantize", help="build the integer model file",
+                       description="Quantise all-MiniLM-L6-v2 with the calibration set in the "
+                                   "repository and write the integer model (safetensors with a "
+                                   "JSON metadata header). Deterministic: same inputs, same bytes.")
+    p.add_argument("-o", "--output", metavar="PATH", help=f"output file (default: {default_model_file()})")
+    p.add_argument("--force", action="store_true", help="rebuild even if the file exists")
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    repo = Path(__file__).resolve().parent.parent
+    b = bench.add_parser("accuracy", help="golden model vs float: cosine and pair ordering",
+                         description="Cosine between the golden model's embeddings and the float "
+                                     "model's on a dev set, and the order of similarities of "
+                                     "sentence pairs.")
+    b.add_argument("--dev-set", default=str(repo / "bench" / "devset.txt"), metavar="PATH")
+    b.add_argument("--pairs", default=str(repo / "bench" / "pairs.tsv"), metavar="PATH")
+    b.add_argument("--model-file", metavar="PATH")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=_cmd_bench_accuracy)
+    for name, module, text in (("matmul", "celosia.sim.bench_matmul", "one random matmul on the RTL"),
+                               ("vector", "celosia.sim.bench_vector", "one vector-unit batch on the RTL")):
+        mod = _optional(module)
+        if mod is not None:
+            b = bench.add_parser(name, help=text, description=(mod.__doc__ or text).strip().splitlines()[0])
+            mod.add_arguments(b)
+            b.set_defaults(func=mod.run)
+
+    engine = _optional("celosia.hdl.engine")
+    if engine is not None and hasattr(engine, "add_verilog_arguments"):
+        p = sub.add_parser("verilog", help="write the matmul engine's Verilog",
+                           description="Elaborate the matmul engine at a given array size and "
+                                       "write its Verilog.")
+        engine.add_verilog_arguments(p)
+        p.set_defaults(func=engine.run_verilog)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or EXIT_OK
+    except CLIError as exc:
+        _stderr(f"celosia: error: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _stderr("celosia: interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Shared fixtures: the float model and its integer model, built once per test session."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from celosia.sw.model import load_minilm
+    return load_minilm()
+
+
+@pytest.fixture(scope="session")
+def int_model(minilm):
+    from celosia.sw.quantize import quantize
+    return quantize(minilm)

@@ -1,0 +1,58 @@
+"""The golden integer model: shapes, integer types, and accuracy on sentences it was not tuned on."""
+
+import numpy as np
+import pytest
+
+from celosia.sw import golden, numerics as nx
+
+# None of these is in the calibration set or the dev set.
+UNSEEN = [
+    "Ok",
+    "Fine, thanks.",
+    "A cyclist waits at a red traffic light.",
+    "The violinist tuned her instrument before the rehearsal began.",
+    "Can I pay by card?",
+    "Rust and Go are both popular for systems programming.",
+    "During the long winter nights, the villagers gathered around the fire to share stories, "
+    "mend their nets and plan the spring planting, while the children fell asleep on sheepskins.",
+]
+
+
+@pytest.mark.parametrize("text", UNSEEN)
+def test_golden_embedding_close_to_float(minilm, int_model, text):
+    ids, _ = minilm.tokenizer.encode(text)
+    emb = golden.embedding(minilm, int_model, ids)
+    ref, _, _ = minilm.encode(text)
+    assert emb.shape == (384,)
+    assert abs(np.linalg.norm(emb) - 1) < 1e-5
+    assert float(np.dot(emb, ref)) >= 0.99
+
+
+def test_golden_hidden_state_is_int16_and_deterministic(minilm, int_model):
+    ids, _ = minilm.tokenizer.encode("Deterministic integers, please.")
+    e = golden.embed_int32(minilm, int_model, ids)
+    h1 = golden.forward(int_model, e)
+    h2 = golden.forward(int_model, e.copy())
+    assert h1.shape == (len(ids), 384)
+    assert h1.min() >= nx.INT16.lo and h1.max() <= nx.INT16.hi
+    assert np.array_equal(h1, h2)
+
+
+def test_golden_handles_shortest_and_longest_inputs(minilm, int_model):
+    long = ("Every spring the old orchard behind the school fills with blossom, and the pupils "
+            "spend an afternoon counting bees for the county survey. ") * 12
+    for text in ("", long):
+        ids, _ = minilm.tokenizer.encode(text)
+        emb = golden.embedding(minilm, int_model, ids)
+        ref, _, _ = minilm.encode(text)
+        assert float(np.dot(emb, ref)) >= 0.98
+
+
+def test_layer_trace_has_every_intermediate(minilm, int_model):
+    ids, _ = minilm.tokenizer.encode("trace me")
+    h = golden._layernorm(int_model, "emb.ln", golden.embed_int32(minilm, int_model, ids))
+    trace = {}
+    golden.encoder_layer(int_model, 0, h, trace)
+    assert set(trace) == {"qkv", "ctx", "attn", "h1", "inter", "gelu", "out", "y"}
+    assert trace["gelu"].min() >= 0 and trace["gelu"].max() <= 255
+    assert trace["qkv"].shape == (len(ids), 3 * 384)
