@@ -6,6 +6,7 @@ widths are derived from the constants there, never copied.
 """
 
 
+import numpy as np
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
@@ -191,8 +192,9 @@ class Isqrt(wiring.Component):
 EXP_T_BITS = 32 + nx.MULT_BITS
 #: Width of e (Q15, at most 2**15).
 EXP_E_BITS = nx.EXP_ONE_BITS + 1
-#: t >> EXP_FRAC_BITS at or beyond this gives e = 0 (every LUT entry shifted out).
-_EXP_ZERO_SHIFT = nx.EXP_ONE_BITS + 1
+#: e = round_shift(EXP2_LUT[f], t >> EXP_FRAC_BITS): from this shift on every entry rounds to 0.
+_EXP_ZERO_SHIFT = next(z for z in range(64)
+                       if int(nx.round_shift(np.int64(max(nx.EXP2_LUT)), z)) == 0)
 
 
 def clamp(x, lo, hi):
@@ -219,8 +221,8 @@ def mul_round_sat(m, a, b, add, shift, zp, lo, hi, saturate, *, width, name):
 class Exp2(wiring.Component):
     """One lane of the softmax exponent, combinational, from the product ``dm = (max - s) * M``
     (the multiplier lives in the stage, shared with LayerNorm's squares):
-    ``t = round_shift(dm, shift)``, ``e = EXP2_LUT[t & 255] >> (t >> 8)`` (0 once the shift
-    reaches 16): steps 2-3 of :func:`celosia.sw.numerics.softmax`.
+    ``t = round_shift(dm, shift)``, ``e = round_shift(EXP2_LUT[t & 255], t >> 8)`` (0 once the
+    shift rounds every entry away): steps 2-3 of :func:`celosia.sw.numerics.softmax`.
     """
 
     dm: In(EXP_T_BITS)
@@ -238,8 +240,11 @@ class Exp2(wiring.Component):
         m.d.comb += t.eq((self.dm + half) >> self.shift)
         z = t[nx.EXP_FRAC_BITS:]
         m.d.comb += rd.addr.eq(t[:nx.EXP_FRAC_BITS])
-        zero_shift_bits = (_EXP_ZERO_SHIFT - 1).bit_length()
-        m.d.comb += self.e.eq(Mux(z < _EXP_ZERO_SHIFT, rd.data >> z[:zero_shift_bits], 0))
+        zs = Signal(range(_EXP_ZERO_SHIFT))
+        m.d.comb += zs.eq(z)
+        rounded = Signal(EXP_E_BITS + 1)
+        m.d.comb += rounded.eq((rd.data + ((Const(1, 1) << zs) >> 1)) >> zs)
+        m.d.comb += self.e.eq(Mux(z < _EXP_ZERO_SHIFT, rounded, 0))
         return m
 
 

@@ -32,7 +32,10 @@ _BUILD_ROOT = Path(os.environ.get("CELOSIA_BUILD", Path(__file__).resolve().pare
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--op", choices=OPS, default="softmax")
-    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--rows", type=int, default=16, help="rows per batch (command)")
+    parser.add_argument("--batches", type=int, default=1,
+                        help="batches back to back, e.g. attention heads (parameterised "
+                             "operations reload their parameters, and so drain, between batches)")
     parser.add_argument("--cols", type=int, default=128)
     parser.add_argument("--lanes", type=int, default=8)
     parser.add_argument("--backend", choices=BACKENDS, default="verilator")
@@ -46,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _summary(result, jobs, unit, rows, cols):
     beats_per_row = -(-cols // unit.lanes)
+    rows = rows * len(jobs)
     elements = rows * cols
     out = {
         "correct": bool(result.correct(jobs)),
@@ -64,7 +68,7 @@ def _summary(result, jobs, unit, rows, cols):
 
 
 def measure(op: str, rows: int, cols: int, lanes: int, backend: str, *, seed: int = 0,
-            unroll: int = 8, finishers: int | None = None) -> dict:
+            unroll: int = 8, finishers: int | None = None, batches: int = 1) -> dict:
     """Run one batch and return the benchmark record."""
     import numpy as np
 
@@ -74,7 +78,7 @@ def measure(op: str, rows: int, cols: int, lanes: int, backend: str, *, seed: in
 
     unit = VectorUnit(lanes, unroll=unroll, finishers=finishers)
     rng = np.random.default_rng(seed)
-    jobs = [random_job(op, rows, cols, rng)]
+    jobs = [random_job(op, rows, cols, rng) for _ in range(batches)]
     if backend == "amaranth":
         result = run_amaranth(jobs, unit)
     elif backend in ("icarus", "verilator"):
@@ -93,7 +97,8 @@ def measure(op: str, rows: int, cols: int, lanes: int, backend: str, *, seed: in
         result = load_jobs(result_file)
     else:
         raise ValueError(f"unknown backend {backend!r}")
-    record = {"op": op, "rows": rows, "cols": cols, "lanes": lanes, "backend": backend,
+    record = {"op": op, "rows": rows, "batches": batches, "cols": cols, "lanes": lanes,
+              "backend": backend,
               "unroll": unroll, "finishers": unit.finishers}
     record.update(_summary(result, jobs, unit, rows, cols))
     return record
@@ -101,11 +106,12 @@ def measure(op: str, rows: int, cols: int, lanes: int, backend: str, *, seed: in
 
 def run(args) -> int:
     record = measure(args.op, args.rows, args.cols, args.lanes, args.backend, seed=args.seed,
-                     unroll=args.unroll, finishers=args.finishers)
+                     unroll=args.unroll, finishers=args.finishers, batches=args.batches)
     if args.json:
         print(json.dumps(record))
     else:
-        print(f"vector {record['op']} {record['rows']}x{record['cols']} N={record['lanes']} "
+        print(f"vector {record['op']} {record['batches']}x{record['rows']}x{record['cols']} "
+              f"N={record['lanes']} "
               f"[{record['backend']}]: correct={record['correct']} cycles={record['cycles']} "
               f"elements/cycle={record['elements_per_cycle']} "
               f"sustained={record['sustained_elements_per_cycle']} "

@@ -250,23 +250,31 @@ def _split_outputs(unit, jobs, beats):
 
 class _Driver:
     """Cycle-by-cycle driver: ``drive()`` gives the inputs for this cycle, ``observe()`` takes the
-    settled handshake outputs of the same cycle (so a transfer happens at the next edge)."""
+    settled handshake outputs of the same cycle (so a transfer happens at the next edge).
+
+    Commands and parameters go out in order on their own ports; a batch's beats follow its
+    command, and the next command is offered while the previous batch's beats still stream (the
+    unit takes it with the last beat). Parameters of a batch wait until every earlier batch has
+    left the unit, since they replace the ones it reads.
+    """
 
     def __init__(self, unit, jobs, seed, valid_prob, ready_prob, max_cycles):
         self.unit, self.rng = unit, random.Random(seed)
         self.valid_prob, self.ready_prob, self.max_cycles = valid_prob, ready_prob, max_cycles
         self.total = sum(j.out_beats(unit) for j in jobs)
-        self.actions, sent = [], 0
-        for job in jobs:
+        self.ctrl, self.beats = [], []
+        sent_beats = sent_out = 0
+        for n, job in enumerate(jobs):
             pbeats = job.param_beats(unit)
             if pbeats:
-                # A batch's parameters replace the previous batch's: wait for it to drain.
-                self.actions.append(("drain", sent))
-                self.actions += [("param", pb) for pb in pbeats]
-            self.actions.append(("cmd", job.command()))
-            self.actions += [("beat", b) for b in job.beats(unit)]
-            sent += job.out_beats(unit)
-        self.pos = 0
+                self.ctrl.append(("drain", (sent_beats, sent_out)))
+                self.ctrl += [("param", pb) for pb in pbeats]
+            self.ctrl.append(("cmd", job.command()))
+            beats = job.beats(unit)
+            self.beats += [(n, b) for b in beats]
+            sent_beats += len(beats)
+            sent_out += job.out_beats(unit)
+        self.cpos = self.bpos = self.cmds = 0
         self.cycle = 0
         self.first_in = None
         self.first_valid = None
@@ -278,28 +286,33 @@ class _Driver:
         return len(self.received) >= self.total
 
     def drive(self) -> dict:
-        while self.pos < len(self.actions) and self.actions[self.pos][0] == "drain" \
-                and len(self.received) >= self.actions[self.pos][1]:
-            self.pos += 1
+        while self.cpos < len(self.ctrl) and self.ctrl[self.cpos][0] == "drain" \
+                and self.bpos >= self.ctrl[self.cpos][1][0] \
+                and len(self.received) >= self.ctrl[self.cpos][1][1]:
+            self.cpos += 1
         d = {"cmd_valid": 0, "i_valid": 0, "p_valid": 0, "cmd": None, "i": None, "p": None}
-        if self.pos < len(self.actions):
-            kind, word = self.actions[self.pos]
+        if self.cpos < len(self.ctrl):
+            kind, word = self.ctrl[self.cpos]
             if kind == "param":
                 d.update(p_valid=1, p=word)
             elif kind == "cmd":
                 d.update(cmd_valid=1, cmd=word)
-            elif kind == "beat" and self.rng.random() < self.valid_prob:
-                d.update(i_valid=1, i=word)
+        if self.bpos < len(self.beats) and self.beats[self.bpos][0] < self.cmds \
+                and self.rng.random() < self.valid_prob:
+            d.update(i_valid=1, i=self.beats[self.bpos][1])
         d["o_ready"] = int(self.rng.random() < self.ready_prob)
         self._drive = d
         return d
 
     def observe(self, cmd_ready, i_ready, o_valid, o_payload):
         d = self._drive
-        if d["p_valid"] or (d["cmd_valid"] and cmd_ready):
-            self.pos += 1
+        if d["p_valid"]:
+            self.cpos += 1
+        if d["cmd_valid"] and cmd_ready:
+            self.cpos += 1
+            self.cmds += 1
         if d["i_valid"] and i_ready:
-            self.pos += 1
+            self.bpos += 1
             if self.first_in is None:
                 self.first_in = self.cycle
         if o_valid and self.first_valid is None:

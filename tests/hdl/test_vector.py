@@ -174,3 +174,15 @@ def test_busy_until_the_last_row_leaves(unit):
     assert not any(busy for busy, _, _ in trace[:first_cmd + 1])
     assert all(busy for busy, _, _ in trace[first_cmd + 1:last_out + 1])
     assert not any(busy for busy, _, _ in trace[last_out + 1:])
+
+
+def test_full_rate_across_batches():
+    """Attention heads as separate softmax commands follow each other without a bubble."""
+    unit = VectorUnit(LANES, max_cols=64)
+    rng = np.random.default_rng(2)
+    jobs = [random_job("softmax", 3, 32, rng) for _ in range(4)]
+    result = run_amaranth(jobs, unit)
+    _check(jobs, result)
+    beats_per_row = 32 // LANES
+    steady = result.out_cycles[-1] - result.out_cycles[beats_per_row - 1]
+    assert steady == (4 * 3 - 1) * beats_per_row, result.out_cycles
