@@ -26,7 +26,7 @@ def read_lines(path: Path) -> list[str]:
 def read_pairs(path: Path) -> list[tuple[str, str]]:
     pairs = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+        if not line.strip() or line.startswith("#"):
             continue
         parts = line.split("\t")
         if len(parts) != 2:
@@ -87,6 +87,7 @@ def run_accuracy(model: MiniLM, im: IntegerModel, dev_set: Path, pairs_file: Pat
         "pair_order_matches": order_ok,
         "pair_kendall_tau": _kendall_tau(sim_f, sim_i),
         "pair_max_abs_similarity_error": float(np.abs(sim_f - sim_i).max()),
+        "pair_min_float_gap": float(np.diff(np.sort(sim_f)).min()) if len(pairs) > 1 else None,
         "wall_s": round(time.perf_counter() - t0, 2),
         "per_sentence": [{"text": t, "tokens": ints[t][1], "cosine": float(c)} for t, c in zip(texts, cos)],
     }
@@ -95,7 +96,8 @@ def run_accuracy(model: MiniLM, im: IntegerModel, dev_set: Path, pairs_file: Pat
             f"  cosine mean            {report['cosine_mean']:.5f}",
             f"  cosine min             {report['cosine_min']:.5f}  ({texts[worst]!r})",
             f"  pair order matches     {order_ok}  (Kendall tau {report['pair_kendall_tau']:.4f}, "
-            f"max |similarity error| {report['pair_max_abs_similarity_error']:.4f})",
+            f"max |similarity error| {report['pair_max_abs_similarity_error']:.4f}, "
+            f"closest float similarities {report['pair_min_float_gap']:.4f} apart)",
             f"  wall time              {report['wall_s']:.1f} s"]
     report["table"] = "\n".join(rows)
     return report
