@@ -14,8 +14,6 @@ Structure (every arrow is a FIFO, so every stage runs at one beat a cycle on its
 A *token* carries one row's command and its reductions from stage to stage; rows stay in order.
 """
 
-import math
-
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -287,7 +285,7 @@ class VectorUnit(wiring.Component):
         self.max_beats = -(-max_cols // lanes)
         self.unroll = unroll
         if finishers is None:
-            # A LayerNorm row keeps a finisher busy for about LN_FINISH_CYCLES cycles; rows of
+            # A LayerNorm row keeps a finisher busy for finisher_cycles() cycles; rows of
             # 128 arrive every 128 / lanes cycles.
             finishers = max(1, -(-self.finisher_cycles() * lanes // 128))
         if not isinstance(finishers, int) or finishers < 1:

@@ -12,9 +12,7 @@ import os
 import pickle
 import random
 import re
-import shutil
 import sys
-import sysconfig
 from contextlib import contextmanager
 from pathlib import Path
 
