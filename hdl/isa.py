@@ -110,6 +110,7 @@ class ErrorCode(enum.IntEnum):
     BAD_ADDRESS = 7      #: a byte the instruction would read or write is outside the window
     BAD_PARAM = 8        #: a scalar or a parameter record value outside its numerics range
     ABORTED = 9          #: the host wrote CTRL.abort
+    UNSUPPORTED = 10     #: a VECTOR instruction on a build without the vector unit (at decode)
 
 
 #: The matmul engine's done codes as controller errors.

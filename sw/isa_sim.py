@@ -61,8 +61,11 @@ class IsaMachine:
     :meth:`step` runs one instruction and :meth:`run` runs until the program stops.
     """
 
-    def __init__(self, config: MachineConfig = MachineConfig(), mem_size: int = 1 << 20):
+    def __init__(self, config: MachineConfig = MachineConfig(), mem_size: int = 1 << 20,
+                 vector_unit: bool = True):
         self.config = config
+        #: False models a build without the vector unit: VECTOR stops with UNSUPPORTED.
+        self.vector_unit = vector_unit
         self.mem = np.zeros(mem_size, dtype=np.uint8)
         self.regs = {r.name: 0 for r in CSR}
         self.regs["ID"] = isa.ID_MAGIC
@@ -193,6 +196,8 @@ class IsaMachine:
                 self._matmul(ins)
                 self.regs["MATMUL_COUNT"] += 1
             elif ins.opcode == Opcode.VECTOR:
+                if not self.vector_unit:
+                    raise IsaStop(ErrorCode.UNSUPPORTED, "this build has no vector unit")
                 self._vector(ins)
                 self.regs["VECTOR_COUNT"] += 1
             else:
@@ -425,8 +430,8 @@ class IsaBackend:
 
     name = "isa"
 
-    def __init__(self, config: MachineConfig, mem_size: int):
-        self.machine = IsaMachine(config, mem_size)
+    def __init__(self, config: MachineConfig, mem_size: int, vector_unit: bool = True):
+        self.machine = IsaMachine(config, mem_size, vector_unit)
 
     @property
     def error_detail(self) -> str:

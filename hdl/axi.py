@@ -1,0 +1,249 @@
+"""AXI4 and AXI4-Lite for Celosia's host interface: signatures, a memory-port arbiter and an
+AXI4 master for the memory port.
+
+* :class:`AXI4LiteSignature` / :class:`AXI4Signature`: the buses, seen from the master, with
+  the AXI signal names (``awaddr``, ``wdata``, ...), so that an exported port ``m_axi__awaddr``
+  is what cocotbext-axi's ``AxiBus.from_prefix(dut, "m_axi_")`` looks for.
+* :class:`MemArbiter`: several :class:`celosia.hdl.engine.MemoryPortSignature` masters (the
+  controller's fetch port, the matmul engine, the vector engine) onto one, round robin per
+  request, read data routed back in request order through a FIFO of port numbers.
+* :class:`AxiMaster`: that one port as an AXI4 master with one ID: every read request is an
+  ``INCR`` burst and consecutive read requests to consecutive beats are merged into one burst
+  (up to ``max_burst`` beats, never across a 4 KiB boundary); writes are single-beat ``INCR``
+  bursts with byte strobes. Responses on one ID return in order, so read data needs no
+  reordering. ``writes_idle`` is high when no write is waiting or unacknowledged (``B``
+  received): the controller's SYNC and HALT wait for it, so a write is in memory before a
+  later command is allowed to read it.
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .engine import MemoryPortSignature
+
+__all__ = ["AXI4LiteSignature", "AXI4Signature", "MemArbiter", "AxiMaster", "BURST_INCR"]
+
+BURST_INCR = 1
+
+
+class AXI4LiteSignature(wiring.Signature):
+    """AXI4-Lite, master's view (``Out`` = driven by the master)."""
+
+    def __init__(self, addr_width: int = 8, data_width: int = 32):
+        self.addr_width, self.data_width = addr_width, data_width
+        super().__init__({
+            "awaddr": Out(addr_width), "awprot": Out(3), "awvalid": Out(1), "awready": In(1),
+            "wdata": Out(data_width), "wstrb": Out(data_width // 8), "wvalid": Out(1),
+            "wready": In(1),
+            "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+            "araddr": Out(addr_width), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
+            "rdata": In(data_width), "rresp": In(2), "rvalid": In(1), "rready": Out(1),
+        })
+
+
+class AXI4Signature(wiring.Signature):
+    """AXI4 (full), master's view, without the optional QoS/region/user signals."""
+
+    def __init__(self, addr_width: int = 32, data_width: int = 128, id_width: int = 1):
+        self.addr_width, self.data_width, self.id_width = addr_width, data_width, id_width
+        members = {}
+        for ch in ("aw", "ar"):
+            members.update({
+                f"{ch}id": Out(id_width), f"{ch}addr": Out(addr_width), f"{ch}len": Out(8),
+                f"{ch}size": Out(3), f"{ch}burst": Out(2), f"{ch}lock": Out(1),
+                f"{ch}cache": Out(4), f"{ch}prot": Out(3), f"{ch}valid": Out(1),
+                f"{ch}ready": In(1),
+            })
+        members.update({
+            "wdata": Out(data_width), "wstrb": Out(data_width // 8), "wlast": Out(1),
+            "wvalid": Out(1), "wready": In(1),
+            "bid": In(id_width), "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+            "rid": In(id_width), "rdata": In(data_width), "rresp": In(2), "rlast": In(1),
+            "rvalid": In(1), "rready": Out(1),
+        })
+        super().__init__(members)
+
+
+def _round_robin(m: Module, valids: list, last: Signal, grant: Signal) -> None:
+    """Combinational grant: the first valid port after ``last`` (round robin)."""
+    n = len(valids)
+    with m.Switch(last):
+        for prev in range(n):
+            with m.Case(prev):
+                order = [(prev + 1 + k) % n for k in range(n)]
+                with m.If(valids[order[0]]):
+                    m.d.comb += grant.eq(order[0])
+                for i in order[1:]:
+                    with m.Elif(valids[i]):
+                        m.d.comb += grant.eq(i)
+
+
+class MemArbiter(wiring.Component):
+    """``ports`` memory-port masters onto ``out``; reads answered in order per port.
+
+    ``outstanding`` bounds the reads in flight (the depth of the FIFO that routes read data
+    back). A port must accept its read data eventually (every Celosia master does: it only
+    requests what it has room for)."""
+
+    def __init__(self, ports: int, port_bytes: int, outstanding: int = 64):
+        self.n, self.port_bytes, self.outstanding = ports, port_bytes, outstanding
+        super().__init__({
+            **{f"p{i}": In(MemoryPortSignature(port_bytes)) for i in range(ports)},
+            "out": Out(MemoryPortSignature(port_bytes)),
+        })
+
+    def port(self, i):
+        return getattr(self, f"p{i}")
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.n
+        ports = [self.port(i) for i in range(n)]
+        idx_bits = max(1, (n - 1).bit_length())
+        m.submodules.tags = tags = fifo.SyncFIFOBuffered(width=idx_bits, depth=self.outstanding)
+
+        # Read requests.
+        rd_last = Signal(idx_bits, init=n - 1)
+        rd_grant = Signal(idx_bits)
+        rd_valids = [p.rd_req.valid for p in ports]
+        _round_robin(m, rd_valids, rd_last, rd_grant)
+        m.d.comb += self.out.rd_req.valid.eq(Cat(rd_valids).any() & tags.w_rdy)
+        with m.Switch(rd_grant):
+            for i, p in enumerate(ports):
+                with m.Case(i):
+                    m.d.comb += [
+                        self.out.rd_req.payload.eq(p.rd_req.payload),
+                        p.rd_req.ready.eq(self.out.rd_req.ready & tags.w_rdy),
+                    ]
+        with m.If(self.out.rd_req.valid & self.out.rd_req.ready):
+            m.d.comb += [tags.w_en.eq(1), tags.w_data.eq(rd_grant)]
+            m.d.sync += rd_last.eq(rd_grant)
+
+        # Read data, back to the port that asked.
+        for i, p in enumerate(ports):
+            m.d.comb += [
+                p.rd_resp.payload.eq(self.out.rd_resp.payload),
+                p.rd_resp.valid.eq(self.out.rd_resp.valid & tags.r_rdy & (tags.r_data == i)),
+            ]
+        with m.Switch(tags.r_data):
+            for i, p in enumerate(ports):
+                with m.Case(i):
+                    m.d.comb += self.out.rd_resp.ready.eq(tags.r_rdy & p.rd_resp.ready)
+        m.d.comb += tags.r_en.eq(self.out.rd_resp.valid & self.out.rd_resp.ready)
+
+        # Writes.
+        wr_last = Signal(idx_bits, init=n - 1)
+        wr_grant = Signal(idx_bits)
+        wr_valids = [p.wr.valid for p in ports]
+        _round_robin(m, wr_valids, wr_last, wr_grant)
+        m.d.comb += self.out.wr.valid.eq(Cat(wr_valids).any())
+        with m.Switch(wr_grant):
+            for i, p in enumerate(ports):
+                with m.Case(i):
+                    m.d.comb += [
+                        self.out.wr.payload.eq(p.wr.payload),
+                        p.wr.ready.eq(self.out.wr.ready),
+                    ]
+        with m.If(self.out.wr.valid & self.out.wr.ready):
+            m.d.sync += wr_last.eq(wr_grant)
+        return m
+
+
+class AxiMaster(wiring.Component):
+    """A :class:`MemoryPortSignature` slave in, an AXI4 master out (one ID, in order).
+
+    Reads: a request opens a burst in a holding register; while the next request is the next
+    beat (same 4 KiB page, fewer than ``max_burst`` beats so far) it joins the burst, and the
+    burst goes out on ``AR`` as soon as a request does not fit or no request came in a cycle.
+    Writes: one beat per burst (``AW`` and ``W`` together), at most ``max_writes``
+    unacknowledged."""
+
+    def __init__(self, port_bytes: int, *, addr_width: int = 32, max_burst: int = 16,
+                 max_writes: int = 64):
+        assert port_bytes & (port_bytes - 1) == 0 and 1 <= max_burst <= 256
+        self.port_bytes, self.addr_width = port_bytes, addr_width
+        self.max_burst, self.max_writes = max_burst, max_writes
+        super().__init__({
+            "port": In(MemoryPortSignature(port_bytes)),
+            "axi": Out(AXI4Signature(addr_width, 8 * port_bytes)),
+            "writes_idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w, axi, port = self.port_bytes, self.axi, self.port
+        lw = w.bit_length() - 1
+        for ch in ("aw", "ar"):
+            m.d.comb += [
+                getattr(axi, f"{ch}size").eq(lw),
+                getattr(axi, f"{ch}burst").eq(BURST_INCR),
+                getattr(axi, f"{ch}cache").eq(0b0011),     # normal, bufferable, modifiable
+            ]
+
+        # --- reads: gather consecutive beats into a burst ---
+        held = Signal()                   # a burst is being gathered
+        h_addr = Signal(self.addr_width)
+        h_len = Signal(8)                 # beats - 1
+        nxt = Signal(self.addr_width)
+        m.d.comb += nxt.eq(h_addr + ((h_len + 1) << lw))
+        joins = Signal()
+        m.d.comb += joins.eq(held & (port.rd_req.payload.addr == nxt)
+                             & (nxt[12:] == h_addr[12:]) & (h_len < self.max_burst - 1))
+        ar_free = Signal()
+        m.d.comb += ar_free.eq(~axi.arvalid | axi.arready)
+        with m.If(axi.arvalid & axi.arready):
+            m.d.sync += axi.arvalid.eq(0)
+        # Accept a request when it joins the held burst, or when the held burst (if any) can
+        # be handed to AR this cycle.
+        m.d.comb += port.rd_req.ready.eq(joins | ~held | ar_free)
+        with m.If(port.rd_req.valid & joins):
+            m.d.sync += h_len.eq(h_len + 1)
+        with m.Elif(held & ar_free):
+            # The held burst is complete (no joining request this cycle): send it.
+            m.d.sync += [axi.arvalid.eq(1), axi.araddr.eq(h_addr), axi.arlen.eq(h_len),
+                         held.eq(0)]
+            with m.If(port.rd_req.valid):
+                m.d.sync += [held.eq(1), h_addr.eq(port.rd_req.payload.addr), h_len.eq(0)]
+        with m.Elif(port.rd_req.valid & ~held):
+            m.d.sync += [held.eq(1), h_addr.eq(port.rd_req.payload.addr), h_len.eq(0)]
+        m.d.comb += [
+            port.rd_resp.valid.eq(axi.rvalid),
+            port.rd_resp.payload.eq(axi.rdata),
+            axi.rready.eq(port.rd_resp.ready),
+        ]
+
+        # --- writes: one beat per burst ---
+        pending = Signal(range(self.max_writes + 1))
+        inc = Signal()
+        dec = Signal()
+        aw_free = Signal()
+        w_free = Signal()
+        m.d.comb += [
+            aw_free.eq(~axi.awvalid | axi.awready),
+            w_free.eq(~axi.wvalid | axi.wready),
+            port.wr.ready.eq(aw_free & w_free & (pending < self.max_writes)),
+            inc.eq(port.wr.valid & port.wr.ready),
+            axi.bready.eq(1),
+            dec.eq(axi.bvalid),
+            axi.wlast.eq(1),
+            axi.awlen.eq(0),
+        ]
+        with m.If(axi.awvalid & axi.awready):
+            m.d.sync += axi.awvalid.eq(0)
+        with m.If(axi.wvalid & axi.wready):
+            m.d.sync += axi.wvalid.eq(0)
+        with m.If(inc):
+            m.d.sync += [
+                axi.awvalid.eq(1), axi.awaddr.eq(port.wr.payload.addr),
+                axi.wvalid.eq(1), axi.wdata.eq(port.wr.payload.data),
+                axi.wstrb.eq(port.wr.payload.strb),
+            ]
+        with m.If(inc & ~dec):
+            m.d.sync += pending.eq(pending + 1)
+        with m.Elif(dec & ~inc):
+            m.d.sync += pending.eq(pending - 1)
+        m.d.comb += self.writes_idle.eq((pending == 0) & ~port.wr.valid)
+        return m

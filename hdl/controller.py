@@ -1,0 +1,484 @@
+"""The controller: fetches, checks and dispatches Celosia instructions (docs/isa.md).
+
+It runs the program at ``PROG_ADDR`` one instruction at a time:
+
+1. **Fetch** the 64-byte instruction through its own memory port (``INSTR_BYTES / W`` beats,
+   or half of one beat when W = 128), after checking that the address is aligned and inside
+   the window (``FETCH_FAULT``).
+2. **Decode** the opcode: HALT and SYNC wait for the units; MATMUL and VECTOR are checked;
+   VECTOR on a build without the vector unit stops with ``UNSUPPORTED``; anything else stops
+   with ``ILLEGAL_OPCODE``.
+3. **Check** a command exactly as ``sw/isa_sim.py`` does and in the same order: shapes
+   (dimensions, strides at least as long as their rows), alignment to W, modes, then every
+   operand's span against the window ``[WIN_BASE, WIN_BASE + WIN_SIZE)``, one operand per
+   cycle through one multiplier (``(rows - 1) * stride``). All of this is decided from the
+   instruction alone, before any memory traffic. For a requantising MATMUL the controller
+   then reads the per-column records (``ceil(8N / W)`` beats) and stops with ``BAD_PARAM``
+   when a multiplier or a shift is out of range, before the engine sees the command; for a
+   VECTOR it checks the scalar shifts (record values are the vector engine's to report).
+4. **Dispatch** the command into the unit's issue slot and go on with the next instruction:
+   the slot hands the command to the engine when it is ready, so the other unit's commands,
+   and the next fetch, overlap a running command. SYNC waits until the units it names have
+   empty slots, no command in flight and (for every unit) no unacknowledged write.
+
+A unit answers each command on ``done``; a non-OK answer (which the checks above should make
+impossible) becomes an error stop with the address of that command, never a hang. Any stop
+(HALT, an error, CTRL.abort) first lets the commands already issued finish: they precede the
+stopping instruction in program order, as in the functional simulator.
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from celosia.sw import numerics as nx
+
+from . import isa
+from .engine import MemoryPortSignature
+from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES,
+                  WINDOW_ALIGN, ErrorCode, Opcode, VecOp)
+from .params import (ADDR_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
+                     PARAM_SHIFT_OFFSET, AddendMode, command_layout)
+
+__all__ = ["Controller", "ERROR_BITS", "VECTOR_DONE_BITS"]
+
+ERROR_BITS = 4
+#: A vector engine answers each command with an ErrorCode (OK, or BAD_PARAM for a record).
+VECTOR_DONE_BITS = ERROR_BITS
+assert max(ErrorCode) < (1 << ERROR_BITS)
+assert PARAM_RECORD_BYTES == 8 and PARAM_MULT_OFFSET == 4 and PARAM_SHIFT_OFFSET == 6
+
+
+class Controller(wiring.Component):
+    """Instruction fetch, checks, dispatch to the units, SYNC/HALT and the stop state.
+
+    Parameters
+    ----------
+    port_bytes : int
+        Memory-port width W (bytes per beat).
+    vector : bool
+        Whether a vector engine is attached (``vec_cmd``/``vec_done`` exist).
+    queue : int
+        Commands a unit may hold between acceptance and ``done``.
+
+    Members
+    -------
+    mem : Out(MemoryPortSignature(port_bytes))
+        Instruction fetch and parameter-record reads (never writes).
+    mm_cmd, mm_done : the matmul engine's ``cmd`` and ``done`` streams.
+    vec_cmd, vec_done : the vector engine's (``vector_layout()`` body; done is an ErrorCode).
+    writes_idle : In(1)
+        No write is outstanding in the memory system.
+    start, abort : In(1)
+        One-cycle requests from the CSR block.
+    prog_addr, win_base, win_size : In(32)
+    running, done, error : Out(1)
+        STATUS: busy, stopped by HALT, stopped by an error.
+    error_code, error_pc, pc : CSR values.
+    mm_busy, vec_busy : Out(1)
+        A unit holds an issued command.
+    stall, retire, retire_mm, retire_vec : Out(1)
+        Counter events: a cycle waiting in SYNC/HALT, an instruction retired (MATMUL, VECTOR).
+    """
+
+    def __init__(self, port_bytes: int, *, vector: bool = False, queue: int = 4):
+        assert port_bytes & (port_bytes - 1) == 0 and 4 <= port_bytes <= 128
+        self.port_bytes = port_bytes
+        self.vector = vector
+        self.queue = queue
+        members = {
+            "mem": Out(MemoryPortSignature(port_bytes)),
+            "mm_cmd": Out(stream.Signature(command_layout())),
+            "mm_done": In(stream.Signature(2)),
+            "writes_idle": In(1, init=1),
+            "start": In(1), "abort": In(1),
+            "prog_addr": In(ADDR_BITS), "win_base": In(ADDR_BITS), "win_size": In(ADDR_BITS),
+            "running": Out(1), "done": Out(1), "error": Out(1),
+            "error_code": Out(ERROR_BITS), "error_pc": Out(ADDR_BITS), "pc": Out(ADDR_BITS),
+            "mm_busy": Out(1), "vec_busy": Out(1),
+            "stall": Out(1), "retire": Out(1), "retire_mm": Out(1), "retire_vec": Out(1),
+        }
+        if vector:
+            members["vec_cmd"] = Out(stream.Signature(isa.vector_layout()))
+            members["vec_done"] = In(stream.Signature(VECTOR_DONE_BITS))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        W = self.port_bytes
+        lw = W.bit_length() - 1
+
+        base = Signal(ADDR_BITS)
+        size = Signal(ADDR_BITS)
+        win_end = Signal(ADDR_BITS + 1)
+        m.d.comb += win_end.eq(base + size)
+        pc = Signal(ADDR_BITS)
+        m.d.comb += self.pc.eq(pc)
+
+        instr = Signal(isa.instruction_layout())
+        mm = instr.body.matmul
+        vec = instr.body.vector
+
+        # --- error state ---
+        code = Signal(ERROR_BITS)         # the stop being prepared (DRAIN)
+        code_pc = Signal(ADDR_BITS)
+        unit_err = Signal()               # a unit answered a command with an error
+        unit_code = Signal(ERROR_BITS)
+        unit_pc = Signal(ADDR_BITS)
+        abort_req = Signal()
+        with m.If(self.abort & self.running):
+            m.d.sync += abort_req.eq(1)
+
+        # --- units: an issue slot and a FIFO of the addresses of commands in flight ---
+        units = {}
+
+        def unit(name, cmd, done, layout, done_code):
+            slot_valid = Signal(name=f"{name}_slot_valid")
+            slot_cmd = Signal(layout, name=f"{name}_slot_cmd")
+            slot_pc = Signal(ADDR_BITS, name=f"{name}_slot_pc")
+            q = fifo.SyncFIFOBuffered(width=ADDR_BITS, depth=self.queue)
+            m.submodules[f"{name}_inflight"] = q
+            m.d.comb += [
+                cmd.valid.eq(slot_valid & q.w_rdy),
+                cmd.payload.eq(slot_cmd),
+                q.w_data.eq(slot_pc),
+                q.w_en.eq(cmd.valid & cmd.ready),
+                done.ready.eq(1),
+                q.r_en.eq(done.valid),
+            ]
+            with m.If(cmd.valid & cmd.ready):
+                m.d.sync += slot_valid.eq(0)
+            with m.If(done.valid & (done.payload != 0) & ~unit_err):
+                m.d.sync += [unit_err.eq(1), unit_code.eq(done_code(done.payload)),
+                             unit_pc.eq(q.r_data)]
+            busy = Signal(name=f"{name}_busy")
+            m.d.comb += busy.eq(slot_valid | q.r_rdy)
+            units[name] = (slot_valid, slot_cmd, slot_pc, busy)
+            return busy
+
+        mm_busy = unit("mm", self.mm_cmd, self.mm_done, command_layout(),
+                       lambda c: c + (ErrorCode.BAD_SHAPE - 1))   # ERROR_OF_DONE
+        m.d.comb += self.mm_busy.eq(mm_busy)
+        if self.vector:
+            vec_busy = unit("vec", self.vec_cmd, self.vec_done, isa.vector_layout(),
+                            lambda c: c)
+            m.d.comb += self.vec_busy.eq(vec_busy)
+        else:
+            vec_busy = C(0, 1)
+
+        # --- fetch/record-read port: requests counted out, responses counted in ---
+        req_n = Signal(20)
+        resp_n = Signal(20)
+        beats = Signal(20)                # beats to read in this FETCH or PSCAN
+        rd_base = Signal(ADDR_BITS)
+        m.d.comb += [
+            self.mem.rd_req.payload.addr.eq(rd_base + (req_n << lw)),
+        ]
+
+        # --- command checks ---
+        # Matmul.
+        ob = Signal(3)                    # output bytes per element
+        with m.If(~mm.requant | (mm.out_fmt == 3)):
+            m.d.comb += ob.eq(4)
+        with m.Elif(mm.out_fmt == 2):
+            m.d.comb += ob.eq(2)
+        with m.Else():
+            m.d.comb += ob.eq(1)
+        db = Signal(3)
+        with m.Switch(mm.addend):
+            with m.Case(AddendMode.ACC32):
+                m.d.comb += db.eq(4)
+            with m.Case(AddendMode.RESIDUAL16):
+                m.d.comb += db.eq(2)
+
+        def misaligned(*values):
+            return Cat(v[:lw] != 0 for v in values).any()
+
+        use_d = mm.addend != AddendMode.NONE
+        mm_bad_dims = (mm.m == 0) | (mm.k == 0) | (mm.n == 0) | (mm.k > K_MAX)
+        mm_bad_align = (misaligned(mm.a_addr, mm.b_addr, mm.c_addr,
+                                   mm.a_stride, mm.b_stride, mm.c_stride)
+                        | (mm.use_params & misaligned(mm.p_addr))
+                        | (use_d & misaligned(mm.d_addr, mm.d_stride))
+                        | (mm.row_shift & misaligned(mm.e_addr)))
+        mm_bad_mode = ((mm.requant & ~mm.use_params) | (mm.addend == 3)
+                       | ((mm.addend == AddendMode.RESIDUAL16) & (mm.addend_shift > RES_SHIFT_MAX)))
+        # Vector.
+        def fmt_bytes(fmt):
+            return Mux(fmt == 3, 4, Mux(fmt == 2, 2, 1))
+
+        vsb = Signal(3)
+        vdb = Signal(3)
+        m.d.comb += [vsb.eq(fmt_bytes(vec.src_fmt)), vdb.eq(fmt_bytes(vec.dst_fmt))]
+        v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual
+        v_use_p = vec.op.matches(VecOp.LAYERNORM, VecOp.GELU, VecOp.REQUANT,
+                                 VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
+        v_use_e = vec.op.matches(VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
+        v_bad_mode = vec.op > max(VecOp)
+        v_bad_dims = (vec.rows == 0) | (vec.cols == 0) | (vec.cols > VEC_MAX_COLS)
+        v_bad_align = (misaligned(vec.src_addr, vec.src_stride, vec.dst_addr, vec.dst_stride)
+                       | (v_use_res & misaligned(vec.res_addr, vec.res_stride))
+                       | (v_use_p & misaligned(vec.p_addr))
+                       | (v_use_e & misaligned(vec.e_addr)))
+        v_bad_param = ((vec.op.matches(VecOp.SOFTMAX, VecOp.GELU, VecOp.LAYERNORM)
+                        & (vec.shift > nx.SHIFT_MAX))
+                       | (v_use_res & (vec.res_shift > RES_SHIFT_MAX)))
+
+        # Operand table, one operand per cycle: (used, addr, rows, stride, row bytes).
+        is_vec = Signal()
+        idx = Signal(3)
+        op_used = Signal()
+        op_addr = Signal(ADDR_BITS)
+        op_rows = Signal(16)
+        op_stride = Signal(ADDR_BITS)
+        op_rb = Signal(24)
+        mm_ops = [
+            (1, mm.a_addr, mm.m, mm.a_stride, mm.k),
+            (1, mm.b_addr, Mux(mm.b_transposed, mm.n, mm.k), mm.b_stride,
+             Mux(mm.b_transposed, mm.k, mm.n)),
+            (1, mm.c_addr, mm.m, mm.c_stride, mm.n * ob),
+            (db != 0, mm.d_addr, mm.m, mm.d_stride, mm.n * db),
+            (mm.use_params, mm.p_addr, 1, 0, mm.n * PARAM_RECORD_BYTES),
+            (mm.row_shift, mm.e_addr, 1, 0, mm.m),
+        ]
+        vec_ops = [
+            (1, vec.src_addr, vec.rows, vec.src_stride, vec.cols * vsb),
+            (v_use_res, vec.res_addr, vec.rows, vec.res_stride, vec.cols * 2),
+            (v_use_p, vec.p_addr, 1, 0, vec.cols * VEC_PARAM_RECORD_BYTES),
+            (1, vec.dst_addr, vec.rows, vec.dst_stride, vec.cols * vdb),
+            (v_use_e, vec.e_addr, 1, 0, vec.rows),
+        ]
+        N_OPS = len(mm_ops)
+
+        def drive(ops):
+            with m.Switch(idx):
+                for i, (used, addr, rows, stride, rb) in enumerate(ops):
+                    with m.Case(i):
+                        m.d.comb += [op_used.eq(used), op_addr.eq(addr), op_rows.eq(rows),
+                                     op_stride.eq(stride), op_rb.eq(rb)]
+
+        if self.vector:
+            with m.If(is_vec):
+                drive(vec_ops)
+            with m.Else():
+                drive(mm_ops)
+        else:
+            drive(mm_ops)
+        rows_m1 = Signal(16)
+        m.d.comb += rows_m1.eq(Mux(op_rows == 0, 0, op_rows - 1))
+        span_end = Signal(ADDR_BITS + 16 + 2)
+        m.d.comb += span_end.eq(op_addr + rows_m1 * op_stride + op_rb)
+        short = Signal()
+        outside = Signal()
+        m.d.comb += [
+            short.eq(op_used & (op_rows > 1) & (op_stride < op_rb)),
+            outside.eq(op_used & ((op_addr < base) | (span_end > win_end))),
+        ]
+        any_short = Signal()
+        any_outside = Signal()
+
+        # --- parameter-record scan (requantising MATMUL) ---
+        lanes = W // 4
+        scan_bad = Signal()
+        rec_lanes = Signal(18)            # 32-bit lanes of the records: 2 per column
+        m.d.comb += rec_lanes.eq(mm.n << 1)
+        beat_bad = []
+        for j in range(lanes):
+            lane = self.mem.rd_resp.payload[32 * j:32 * j + 32]
+            g = (resp_n << (lanes.bit_length() - 1)) + j     # lane index from p_addr
+            mult = lane[8 * (PARAM_MULT_OFFSET - 4):8 * (PARAM_MULT_OFFSET - 4) + 16]
+            shift = lane[8 * (PARAM_SHIFT_OFFSET - 4):8 * (PARAM_SHIFT_OFFSET - 4) + 8]
+            beat_bad.append(g[0] & (g < rec_lanes)
+                            & ((mult >= (1 << nx.MULT_BITS)) | (shift > nx.SHIFT_MAX)))
+
+        # --- the main FSM ---
+        halting = Signal()                # WAIT is for HALT (else SYNC)
+        wait_mask = Signal(2)
+        idle_mm = ~mm_busy
+        idle_vec = ~vec_busy
+        m.d.comb += self.error_code.eq(Mux(self.error, code, 0))
+
+        def stop_with(err, at):
+            m.d.sync += [code.eq(err), code_pc.eq(at)]
+            m.next = "DRAIN"
+
+        def next_instruction():
+            m.d.comb += self.retire.eq(1)
+            m.d.sync += pc.eq(pc + INSTR_BYTES)
+            m.next = "NEXT"
+
+        with m.FSM(name="ctrl"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [
+                        base.eq(self.win_base), size.eq(self.win_size), pc.eq(self.prog_addr),
+                        self.running.eq(1), self.done.eq(0), self.error.eq(0),
+                        self.error_pc.eq(0), code.eq(0), code_pc.eq(0),
+                        unit_err.eq(0), abort_req.eq(0),
+                    ]
+                    with m.If((self.win_base % WINDOW_ALIGN != 0) | (self.win_size % WINDOW_ALIGN != 0)
+                              | (self.win_size == 0)):
+                        m.d.sync += [code.eq(ErrorCode.BAD_WINDOW), code_pc.eq(self.prog_addr)]
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.next = "NEXT"
+
+            with m.State("NEXT"):
+                # Between instructions: unit errors and aborts are taken here.
+                with m.If(unit_err):
+                    m.next = "DRAIN"
+                with m.Elif(abort_req):
+                    stop_with(ErrorCode.ABORTED, pc)
+                with m.Elif((pc[:6] != 0) | (pc < base) | (pc + INSTR_BYTES > win_end)):
+                    stop_with(ErrorCode.FETCH_FAULT, pc)
+                with m.Else():
+                    m.d.sync += [req_n.eq(0), resp_n.eq(0),
+                                 beats.eq(max(1, INSTR_BYTES // W)),
+                                 rd_base.eq(pc & ~(W - 1))]
+                    m.next = "FETCH"
+
+            with m.State("FETCH"):
+                m.d.comb += [self.mem.rd_req.valid.eq(req_n < beats),
+                             self.mem.rd_resp.ready.eq(1)]
+                with m.If(self.mem.rd_req.valid & self.mem.rd_req.ready):
+                    m.d.sync += req_n.eq(req_n + 1)
+                with m.If(self.mem.rd_resp.valid):
+                    m.d.sync += resp_n.eq(resp_n + 1)
+                    if W <= INSTR_BYTES:
+                        if W == INSTR_BYTES:
+                            m.d.sync += instr.as_value().eq(self.mem.rd_resp.payload)
+                        else:
+                            m.d.sync += instr.as_value().eq(
+                                Cat(instr.as_value()[8 * W:], self.mem.rd_resp.payload))
+                    else:
+                        m.d.sync += instr.as_value().eq(
+                            self.mem.rd_resp.payload.word_select(pc[6:lw], INSTR_BITS))
+                    with m.If(resp_n == beats - 1):
+                        m.next = "DECODE"
+
+            with m.State("DECODE"):
+                m.d.sync += [idx.eq(0), any_short.eq(0), any_outside.eq(0), is_vec.eq(0)]
+                with m.Switch(instr.opcode):
+                    with m.Case(Opcode.HALT):
+                        m.d.sync += [halting.eq(1), wait_mask.eq(0b11)]
+                        m.next = "WAIT"
+                    with m.Case(Opcode.SYNC):
+                        m.d.sync += [halting.eq(0), wait_mask.eq(instr.body.sync.units[:2])]
+                        m.next = "WAIT"
+                    with m.Case(Opcode.MATMUL):
+                        m.next = "CHECK"
+                    with m.Case(Opcode.VECTOR):
+                        if self.vector:
+                            m.d.sync += is_vec.eq(1)
+                            m.next = "CHECK"
+                        else:
+                            stop_with(ErrorCode.UNSUPPORTED, pc)
+                    with m.Default():
+                        stop_with(ErrorCode.ILLEGAL_OPCODE, pc)
+
+            with m.State("CHECK"):
+                m.d.sync += [any_short.eq(any_short | short),
+                             any_outside.eq(any_outside | outside),
+                             idx.eq(idx + 1)]
+                with m.If(idx == N_OPS - 1):
+                    m.next = "RESOLVE"
+
+            with m.State("RESOLVE"):
+                with m.If(is_vec):
+                    with m.If(v_bad_mode):
+                        stop_with(ErrorCode.BAD_MODE, pc)
+                    with m.Elif(v_bad_dims | any_short):
+                        stop_with(ErrorCode.BAD_SHAPE, pc)
+                    with m.Elif(v_bad_align):
+                        stop_with(ErrorCode.BAD_ALIGN, pc)
+                    with m.Elif(any_outside):
+                        stop_with(ErrorCode.BAD_ADDRESS, pc)
+                    with m.Elif(v_bad_param):
+                        stop_with(ErrorCode.BAD_PARAM, pc)
+                    with m.Else():
+                        m.next = "ISSUE"
+                with m.Else():
+                    with m.If(mm_bad_dims | any_short):
+                        stop_with(ErrorCode.BAD_SHAPE, pc)
+                    with m.Elif(mm_bad_align):
+                        stop_with(ErrorCode.BAD_ALIGN, pc)
+                    with m.Elif(mm_bad_mode):
+                        stop_with(ErrorCode.BAD_MODE, pc)
+                    with m.Elif(any_outside):
+                        stop_with(ErrorCode.BAD_ADDRESS, pc)
+                    with m.Elif(mm.requant):
+                        m.d.sync += [req_n.eq(0), resp_n.eq(0), scan_bad.eq(0),
+                                     rd_base.eq(mm.p_addr),
+                                     beats.eq((mm.n * PARAM_RECORD_BYTES + W - 1) >> lw)]
+                        m.next = "PSCAN"
+                    with m.Else():
+                        m.next = "ISSUE"
+
+            with m.State("PSCAN"):
+                m.d.comb += [self.mem.rd_req.valid.eq(req_n < beats),
+                             self.mem.rd_resp.ready.eq(1)]
+                with m.If(self.mem.rd_req.valid & self.mem.rd_req.ready):
+                    m.d.sync += req_n.eq(req_n + 1)
+                with m.If(self.mem.rd_resp.valid):
+                    m.d.sync += resp_n.eq(resp_n + 1)
+                    with m.If(Cat(beat_bad).any()):
+                        m.d.sync += scan_bad.eq(1)
+                    with m.If(resp_n == beats - 1):
+                        m.next = "SCANNED"
+
+            with m.State("SCANNED"):
+                with m.If(scan_bad):
+                    stop_with(ErrorCode.BAD_PARAM, pc)
+                with m.Else():
+                    m.next = "ISSUE"
+
+            with m.State("ISSUE"):
+                mm_slot_valid, mm_slot_cmd, mm_slot_pc, _ = units["mm"]
+                with m.If(unit_err):
+                    m.next = "DRAIN"
+                with m.Elif(abort_req):
+                    stop_with(ErrorCode.ABORTED, pc)
+                if self.vector:
+                    v_slot_valid, v_slot_cmd, v_slot_pc, _ = units["vec"]
+                    with m.Elif(is_vec & ~v_slot_valid):
+                        m.d.sync += [v_slot_valid.eq(1), v_slot_cmd.eq(vec), v_slot_pc.eq(pc)]
+                        m.d.comb += self.retire_vec.eq(1)
+                        next_instruction()
+                with m.Elif(~is_vec & ~mm_slot_valid):
+                    m.d.sync += [mm_slot_valid.eq(1), mm_slot_cmd.eq(mm), mm_slot_pc.eq(pc)]
+                    m.d.comb += self.retire_mm.eq(1)
+                    next_instruction()
+
+            with m.State("WAIT"):
+                ready = ((~wait_mask[0] | idle_mm) & (~wait_mask[1] | idle_vec)
+                         & (~wait_mask.any() | self.writes_idle))
+                with m.If(unit_err):
+                    m.next = "DRAIN"
+                with m.Elif(abort_req):
+                    stop_with(ErrorCode.ABORTED, pc)
+                with m.Elif(ready):
+                    with m.If(halting):
+                        m.d.comb += self.retire.eq(1)
+                        m.d.sync += [code.eq(ErrorCode.OK), code_pc.eq(pc)]
+                        m.next = "DRAIN"
+                    with m.Else():
+                        next_instruction()
+                with m.Else():
+                    m.d.comb += self.stall.eq(1)
+
+            with m.State("DRAIN"):
+                # Commands issued before the stop finish; then the stop is published.
+                with m.If(idle_mm & idle_vec & self.writes_idle):
+                    m.d.sync += [self.running.eq(0), abort_req.eq(0)]
+                    with m.If(unit_err):
+                        m.d.sync += [self.error.eq(1), code.eq(unit_code),
+                                     self.error_pc.eq(unit_pc), pc.eq(unit_pc)]
+                    with m.Elif(code == ErrorCode.OK):
+                        m.d.sync += self.done.eq(1)
+                    with m.Else():
+                        m.d.sync += [self.error.eq(1), self.error_pc.eq(code_pc),
+                                     pc.eq(code_pc)]
+                    m.next = "IDLE"
+        return m

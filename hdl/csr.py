@@ -1,0 +1,154 @@
+"""The CSR block: Celosia's host registers (``hdl/isa.py`` ``CSR_REGISTERS``) as an AXI4-Lite
+slave with 32-bit data.
+
+Every register, offset and field comes from :mod:`celosia.hdl.isa`; this module only decides
+how each is produced. Semantics follow ``sw/isa_sim.py``:
+
+* CTRL (write only, reads 0): ``start`` (ignored while running), ``abort`` (ignored when
+  idle), ``clear_counters`` (all counters to 0). The three are one-cycle pulses to the
+  controller.
+* STATUS: busy, done, error from the controller; matmul_busy and vector_busy live.
+* CYCLES (64 bits), MATMUL_BUSY, VECTOR_BUSY and SYNC_STALL restart from 0 at every start;
+  INSTRET, MATMUL_COUNT and VECTOR_COUNT only at ``clear_counters``. Reading CYCLES_LO
+  latches the high word, which CYCLES_HI then returns, so a LO-then-HI read is consistent.
+  The 32-bit busy/stall counters saturate, the event counters wrap.
+* Writes to read-only or unmapped offsets are ignored (response OKAY); reads of unmapped
+  offsets return 0. Byte strobes apply to the read/write registers.
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from . import isa
+from .axi import AXI4LiteSignature
+from .controller import ERROR_BITS
+from .isa import CSR, INSTR_BYTES, ISA_VERSION
+
+__all__ = ["CsrBlock", "CSR_ADDR_BITS"]
+
+#: Byte-address bits of the CSR window (64 registers).
+CSR_ADDR_BITS = 8
+assert max(r.offset for r in CSR) < (1 << CSR_ADDR_BITS)
+
+
+class CsrBlock(wiring.Component):
+    """AXI4-Lite slave ``bus`` plus the controller-facing signals (see
+    :class:`celosia.hdl.controller.Controller` for their meaning)."""
+
+    def __init__(self, array: int, port_bytes: int):
+        self.array, self.port_bytes = array, port_bytes
+        super().__init__({
+            "bus": In(AXI4LiteSignature(CSR_ADDR_BITS, 32)),
+            "start": Out(1), "abort": Out(1), "clear": Out(1),
+            "prog_addr": Out(32), "win_base": Out(32), "win_size": Out(32),
+            "running": In(1), "done": In(1), "error": In(1),
+            "error_code": In(ERROR_BITS), "error_pc": In(32), "pc": In(32),
+            "mm_busy": In(1), "vec_busy": In(1),
+            "stall": In(1), "retire": In(1), "retire_mm": In(1), "retire_vec": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self.bus
+
+        cycles = Signal(64)
+        hi_latch = Signal(32)
+        instret = Signal(32)
+        mm_busy_n = Signal(32)
+        vec_busy_n = Signal(32)
+        stall_n = Signal(32)
+        mm_count = Signal(32)
+        vec_count = Signal(32)
+
+        def sat_inc(counter, cond):
+            with m.If(cond & (counter != 0xFFFFFFFF)):
+                m.d.sync += counter.eq(counter + 1)
+
+        # Counters (the start/clear resets below come later and take precedence).
+        with m.If(self.running):
+            m.d.sync += cycles.eq(cycles + 1)
+        sat_inc(mm_busy_n, self.mm_busy)
+        sat_inc(vec_busy_n, self.vec_busy)
+        sat_inc(stall_n, self.stall)
+        with m.If(self.retire):
+            m.d.sync += instret.eq(instret + 1)
+        with m.If(self.retire_mm):
+            m.d.sync += mm_count.eq(mm_count + 1)
+        with m.If(self.retire_vec):
+            m.d.sync += vec_count.eq(vec_count + 1)
+
+        values = {
+            "ID": C(isa.ID_MAGIC, 32),
+            "CONFIG": C(CSR.CONFIG.make(isa_version=ISA_VERSION, array=self.array,
+                                        port_bytes=self.port_bytes, instr_bytes=INSTR_BYTES), 32),
+            "CTRL": C(0, 32),
+            "STATUS": Cat(self.running, self.done, self.error, self.mm_busy, self.vec_busy),
+            "ERROR": self.error_code,
+            "ERROR_PC": self.error_pc,
+            "PROG_ADDR": self.prog_addr,
+            "PC": self.pc,
+            "WIN_BASE": self.win_base,
+            "WIN_SIZE": self.win_size,
+            "CYCLES_LO": cycles[:32],
+            "CYCLES_HI": hi_latch,
+            "INSTRET": instret,
+            "MATMUL_BUSY": mm_busy_n,
+            "VECTOR_BUSY": vec_busy_n,
+            "SYNC_STALL": stall_n,
+            "MATMUL_COUNT": mm_count,
+            "VECTOR_COUNT": vec_count,
+        }
+        assert set(values) == {r.name for r in CSR}, "every register of isa.CSR is implemented"
+        for name, field in (("busy", 0), ("done", 1), ("error", 2), ("matmul_busy", 3),
+                            ("vector_busy", 4)):
+            assert CSR.STATUS.fields[name] == (field, 1)
+
+        # --- reads ---
+        with m.If(bus.rvalid & bus.rready):
+            m.d.sync += bus.rvalid.eq(0)
+        m.d.comb += bus.arready.eq(~bus.rvalid)
+        with m.If(bus.arvalid & bus.arready):
+            m.d.sync += [bus.rvalid.eq(1), bus.rresp.eq(0), bus.rdata.eq(0)]
+            with m.Switch(bus.araddr[2:]):
+                for reg in CSR:
+                    with m.Case(reg.offset >> 2):
+                        m.d.sync += bus.rdata.eq(values[reg.name])
+                        if reg.name == "CYCLES_LO":
+                            m.d.sync += hi_latch.eq(cycles[32:])
+
+        # --- writes: address and data accepted together ---
+        m.d.comb += [self.start.eq(0), self.abort.eq(0), self.clear.eq(0)]
+        with m.If(bus.bvalid & bus.bready):
+            m.d.sync += bus.bvalid.eq(0)
+        accept = Signal()
+        m.d.comb += [
+            accept.eq(bus.awvalid & bus.wvalid & ~bus.bvalid),
+            bus.awready.eq(accept),
+            bus.wready.eq(accept),
+        ]
+        rw = {r.name: values[r.name] for r in CSR if r.access == isa.Access.RW}
+        with m.If(accept):
+            m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(0)]
+            with m.Switch(bus.awaddr[2:]):
+                for name, reg in rw.items():
+                    with m.Case(getattr(CSR, name).offset >> 2):
+                        for b in range(4):
+                            with m.If(bus.wstrb[b]):
+                                m.d.sync += reg[8 * b:8 * b + 8].eq(bus.wdata[8 * b:8 * b + 8])
+                with m.Case(CSR.CTRL.offset >> 2):
+                    with m.If(bus.wstrb[0]):
+                        ctrl = CSR.CTRL
+                        m.d.comb += [
+                            self.start.eq(bus.wdata[ctrl.fields["start"][0]] & ~self.running),
+                            self.abort.eq(bus.wdata[ctrl.fields["abort"][0]] & self.running),
+                            self.clear.eq(bus.wdata[ctrl.fields["clear_counters"][0]]),
+                        ]
+
+        with m.If(self.start | self.clear):
+            m.d.sync += [cycles.eq(0), mm_busy_n.eq(0), vec_busy_n.eq(0), stall_n.eq(0)]
+        with m.If(self.clear):
+            m.d.sync += [instret.eq(0), mm_count.eq(0), vec_count.eq(0), hi_latch.eq(0)]
+        return m

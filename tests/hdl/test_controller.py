@@ -1,0 +1,211 @@
+"""The controller in Amaranth's simulator, with stub units: fetch, decode, the checks and their
+order (against sw/isa_sim.py), dispatch to two units with overlap, SYNC, HALT, abort, a
+rejected command, and no memory traffic for a rejected instruction."""
+
+import numpy as np
+import pytest
+from amaranth import Module
+from amaranth.lib import wiring
+
+from celosia.hdl import isa
+from celosia.hdl.controller import Controller
+from celosia.hdl.isa import CSR, INSTR_BYTES, ErrorCode, MachineConfig, Unit, VecOp
+from celosia.hdl.params import OutFormat
+from celosia.sim.pysim import MemoryModel, run
+from celosia.sim.tb_accelerator import error_image, matmul_chain, reference
+from celosia.sw.isa_sim import IsaMachine
+
+W = 8
+CFG = MachineConfig(4, W)
+
+
+class StubUnit:
+    """Accepts commands, answers each ``latency`` cycles later with ``code(cmd)``; records
+    (cycle accepted, cycle done, payload)."""
+
+    def __init__(self, cmd, done, latency=20, code=lambda p: 0, layout=None):
+        self.cmd, self.done, self.latency, self.code = cmd, done, latency, code
+        self.log = []
+
+    async def testbench(self, ctx):
+        cycle = 0
+        ctx.set(self.cmd.ready, 1)
+        while True:
+            valid, payload = ctx.get(self.cmd.valid), ctx.get(self.cmd.payload.as_value())
+            await ctx.tick()
+            cycle += 1
+            if valid:
+                ctx.set(self.cmd.ready, 0)
+                start = cycle
+                for _ in range(self.latency):
+                    await ctx.tick()
+                cycle += self.latency
+                ctx.set(self.done.payload, self.code(payload))
+                ctx.set(self.done.valid, 1)
+                await ctx.tick().until(self.done.ready)
+                cycle += 1
+                ctx.set(self.done.valid, 0)
+                ctx.set(self.cmd.ready, 1)
+                self.log.append((start, cycle, payload))
+
+
+def run_controller(img, *, vector=False, mm_latency=20, vec_latency=20, mm_code=lambda p: 0,
+                   abort_at=None, max_cycles=20000):
+    ctrl = Controller(W, vector=vector)
+    mem = img.mem.copy()
+    model = MemoryModel(ctrl.mem, mem, W, latency=3)
+    mm = StubUnit(ctrl.mm_cmd, ctrl.mm_done, mm_latency, mm_code)
+    units = [mm]
+    if vector:
+        units.append(StubUnit(ctrl.vec_cmd, ctrl.vec_done, vec_latency))
+    result = {}
+
+    async def host(ctx):
+        ctx.set(ctrl.win_base, img.base)
+        ctx.set(ctrl.win_size, img.size)
+        ctx.set(ctrl.prog_addr, img.prog)
+        ctx.set(ctrl.start, 1)
+        await ctx.tick()
+        ctx.set(ctrl.start, 0)
+        cycles = 0
+        counts = {"retire": 0, "retire_mm": 0, "retire_vec": 0, "stall": 0}
+        while True:
+            sample = await ctx.tick().sample(ctrl.running, *(getattr(ctrl, k) for k in counts))
+            cycles += 1
+            for k, v in zip(counts, sample[3:]):
+                counts[k] += int(v)
+            if cycles == abort_at:
+                ctx.set(ctrl.abort, 1)
+                await ctx.tick()
+                ctx.set(ctrl.abort, 0)
+            if not sample[2]:
+                break
+            assert cycles < max_cycles
+        result.update(counts, cycles=cycles, done=ctx.get(ctrl.done), error=ctx.get(ctrl.error),
+                      code=ctx.get(ctrl.error_code), error_pc=ctx.get(ctrl.error_pc),
+                      pc=ctx.get(ctrl.pc))
+
+    run(ctrl, host, background=[model] + units, deadline_cycles=max_cycles + 100)
+    return result, model, units
+
+
+def expect_like_isa(img, result, *, vector_unit=False):
+    _, regs, mach = reference(img, vector_unit=vector_unit)
+    assert result["code"] == regs["ERROR"], (ErrorCode(result["code"]), mach.error_detail)
+    assert result["error_pc"] == regs["ERROR_PC"]
+    assert result["pc"] == regs["PC"]
+    assert result["retire"] == regs["INSTRET"]
+    assert result["retire_mm"] == regs["MATMUL_COUNT"]
+    assert result["done"] == CSR.STATUS.get(regs["STATUS"], "done")
+    return mach
+
+
+def test_chain_dispatches_in_order_with_syncs():
+    img = matmul_chain(1, CFG, links=3)
+    result, model, (mm,) = run_controller(img)
+    mach = expect_like_isa(img, result)
+    assert result["done"] and result["code"] == 0
+    assert len(mm.log) == 3
+    # Each command is the instruction's body, unchanged.
+    prog = [isa.Instruction.decode(img.mem[img.prog + i * 64:img.prog + i * 64 + 64].tobytes())
+            for i in range(img.notes["instructions"])]
+    bodies = [isa.Instruction(int(isa.Opcode.MATMUL), {}) for _ in prog]
+    sent = [p for _, _, p in mm.log]
+    fm = isa._Fields.get()[isa.Opcode.MATMUL]
+    word_of = [int.from_bytes(img.mem[img.prog + i * 64:img.prog + i * 64 + 64].tobytes(), "little") >> 8
+               for i, ins in enumerate(prog) if ins.opcode == isa.Opcode.MATMUL]
+    width = isa.matmul_layout().size
+    assert sent == [w & ((1 << width) - 1) for w in word_of]
+    # SYNC(MATMUL): a command is accepted only after the previous one is done.
+    for (s0, d0, _), (s1, _, _) in zip(mm.log, mm.log[1:]):
+        assert s1 > d0
+    assert result["stall"] > 0
+    # The controller reads only instructions and parameter records.
+    assert model.writes == 0
+    del bodies, mach
+
+
+def test_without_sync_the_next_fetch_overlaps():
+    img = matmul_chain(2, CFG, links=3, fence=False)
+    result, _, (mm,) = run_controller(img, mm_latency=200)
+    assert result["done"]
+    # The second and third commands were checked and queued while the first ran: the
+    # program's decode finished long before the engine.
+    assert mm.log[1][0] <= mm.log[0][1] + 3
+    assert result["stall"] > 0       # HALT waited for the engine
+
+
+def _vec_program(rng_seed=0):
+    """MATMUL, VECTOR, VECTOR, SYNC(VECTOR), MATMUL, HALT on a 4 KiB window (stub units do
+    not touch memory)."""
+    img = matmul_chain(rng_seed, CFG, links=1)
+    mm_raw = img.mem[img.prog:img.prog + INSTR_BYTES].tobytes()
+    v = isa.vector(op=VecOp.REQUANT, rows=2, cols=8, src_addr=img.base, src_stride=64,
+                   dst_addr=img.base + 0x200, dst_stride=64, p_addr=img.base + 0x400,
+                   src_fmt=OutFormat.INT32, dst_fmt=OutFormat.INT8).encode()
+    code = mm_raw + v + v + isa.sync(Unit.VECTOR).encode() + mm_raw + isa.halt().encode()
+    img.mem[img.prog:img.prog + len(code)] = np.frombuffer(code, np.uint8)
+    return img
+
+
+def test_two_units_overlap_and_sync_waits_for_the_named_unit():
+    img = _vec_program()
+    result, _, (mm, vec) = run_controller(img, vector=True, mm_latency=300, vec_latency=40)
+    assert result["done"] and result["code"] == 0
+    assert result["retire_vec"] == 2 and result["retire_mm"] == 2 and result["retire"] == 6
+    (m0s, m0d, _), (m1s, _, _) = mm.log
+    (v0s, v0d, _), (v1s, v1d, _) = vec.log
+    assert v0s < m0d and v1d < m0d            # the vector commands ran under the matmul
+    assert v1s >= v0d                          # one at a time in the unit
+    assert v1d < m1s < m0d + 10                # SYNC(VECTOR) did not wait for the matmul...
+    assert m1s >= m0d                          # ...but the engine takes one command at a time
+
+
+def test_vector_without_unit_is_unsupported_like_isa_sim():
+    img = error_image("vector", CFG)
+    result, _, (mm,) = run_controller(img)
+    expect_like_isa(img, result, vector_unit=False)
+    assert result["code"] == ErrorCode.UNSUPPORTED
+    assert len(mm.log) == 1                    # the MATMUL before it ran to completion
+    assert IsaMachine(CFG, 16, vector_unit=False).vector_unit is False
+
+
+@pytest.mark.parametrize("kind", ["illegal", "window", "param", "fetch", "ok"])
+def test_errors_match_isa_sim(kind):
+    img = error_image(kind, CFG)
+    result, model, (mm,) = run_controller(img)
+    expect_like_isa(img, result)
+    expected = {"illegal": ErrorCode.ILLEGAL_OPCODE, "window": ErrorCode.BAD_ADDRESS,
+                "param": ErrorCode.BAD_PARAM, "fetch": ErrorCode.FETCH_FAULT,
+                "ok": ErrorCode.OK}[kind]
+    assert result["code"] == expected
+    if kind in ("window", "param"):
+        assert mm.log == []                    # rejected before the engine saw it
+
+
+def test_bad_window_and_misaligned_program():
+    img = error_image("ok", CFG)
+    img.base += 8
+    result, model, _ = run_controller(img)
+    assert result["code"] == ErrorCode.BAD_WINDOW and model.reads == 0
+    expect_like_isa(img, result)
+    img = error_image("ok", CFG)
+    img.prog += 8
+    result, model, _ = run_controller(img)
+    assert result["code"] == ErrorCode.FETCH_FAULT and model.reads == 0
+    expect_like_isa(img, result)
+
+
+def test_rejected_command_stops_with_its_address():
+    img = matmul_chain(3, CFG, links=2)
+    result, _, (mm,) = run_controller(img, mm_code=lambda p: 2)   # engine says BAD_ALIGN
+    assert result["error"] and result["code"] == ErrorCode.BAD_ALIGN
+    assert result["error_pc"] == img.prog and result["pc"] == img.prog
+    assert len(mm.log) == 1                    # SYNC saw the error; nothing more issued
+
+
+def test_abort_waits_for_the_running_command():
+    img = matmul_chain(4, CFG, links=3)
+    result, _, (mm,) = run_controller(img, mm_latency=400, abort_at=60)
+    assert result["error"] and result["code"] == ErrorCode.ABORTED
+    assert len(mm.log) == 1 and result["cycles"] >= mm.log[0][1]
