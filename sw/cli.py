@@ -69,7 +69,9 @@ def load_models(model_file: Path | None, rebuild: bool = False, quiet: bool = Fa
 
 # --- embed ------------------------------------------------------------------------------------
 
-BACKENDS = ("golden",)
+#: Backends of ``celosia embed``: golden (the op-level integer model) and isa (the compiled
+#: program on the functional simulator of the instruction set).
+BACKENDS = ("golden", "isa")
 
 
 def _read_texts(args) -> list[str]:
@@ -108,10 +110,14 @@ def _cmd_embed(args) -> int:
             _stderr(f"celosia: warning: text truncated to {model.tokenizer.max_tokens} tokens: "
                     f"{text[:40]!r}...")
         t0 = time.perf_counter()
-        emb = golden.embedding(model, im, ids)
-        wall = time.perf_counter() - t0
-        r = {"text": text, "tokens": int(len(ids)), "embedding": [float(v) for v in emb],
-             "wall_s": round(wall, 4)}
+        if args.backend == "golden":
+            emb = golden.embedding(model, im, ids)
+            r = {"text": text, "tokens": int(len(ids))}
+        else:
+            r = {"text": text, "tokens": int(len(ids))}
+            emb = _run_on_accelerator(args, model, im, ids, r)
+        r["wall_s"] = round(time.perf_counter() - t0, 4)
+        r["embedding"] = [float(v) for v in emb]
         if args.reference:
             ref, _, _ = model.encode(text)
             r["cosine_vs_float"] = float(np.dot(ref.astype(np.float64), emb.astype(np.float64)))
@@ -123,6 +129,8 @@ def _cmd_embed(args) -> int:
     head = f"{'tokens':>6}  {'first values':<34}  {'norm':>6}"
     if args.reference:
         head += f"  {'cos vs float':>12}"
+    if args.backend != "golden":
+        head += f"  {'cycles':>10}  {'util':>5}  {'bit-exact':>9}"
     print(f"backend: {args.backend}")
     print(head + "  text")
     for r in results:
@@ -131,9 +139,31 @@ def _cmd_embed(args) -> int:
         line = f"{r['tokens']:>6}  {first:<34}  {norm:>6.4f}"
         if args.reference:
             line += f"  {r['cosine_vs_float']:>12.6f}"
+        if "cycles" in r:
+            line += f"  {r['cycles']:>10}  {r['utilization']:>5.3f}  {'yes' if r['bit_exact_vs_golden'] else 'NO':>9}"
         text = r["text"] if len(r["text"]) <= 48 else r["text"][:45] + "..."
         print(f"{line}  {text}")
     return EXIT_OK
+
+
+def _run_on_accelerator(args, model, im, ids, r: dict):
+    """Run the compiled program on a backend; fill the result's hardware fields."""
+    from . import golden
+    import numpy as np
+    from .driver import AcceleratorError, AcceleratorHung, run_embedding
+    try:
+        res = run_embedding(args.backend, model, im, ids, array=args.array)
+    except (AcceleratorError, AcceleratorHung) as exc:
+        raise CLIError(f"backend {args.backend}: {exc}") from None
+    ref = golden.forward(im, golden.embed_int32(model, im, ids))
+    cycles = res.counters["cycles"]
+    ideal = golden.macs(im, len(ids)) / args.array ** 2
+    r.update({"array": args.array, "cycles": cycles, "ideal_cycles": int(round(ideal)),
+              "utilization": round(ideal / cycles, 4) if cycles else None,
+              "bit_exact_vs_golden": bool(np.array_equal(res.hidden, ref))})
+    if args.backend == "isa":
+        r["cycles_model"] = "isa simulator estimate (each unit at its ideal rate), not RTL"
+    return res.embedding
 
 
 # --- quantize ---------------------------------------------------------------------------------
@@ -198,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", metavar="PATH", help="read texts from PATH, one per line ('-': stdin)")
     p.add_argument("--backend", default="golden", metavar="NAME",
                    help=f"where to compute: {', '.join(BACKENDS)} (default: golden)")
+    p.add_argument("--array", type=int, default=8, metavar="N",
+                   help="systolic array size the program is compiled for (default 8; not golden)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--reference", action="store_true",
                    help="also compute the float32 embedding and report the cosine against it")

@@ -13,7 +13,7 @@ from . import numerics as nx
 from .model import MiniLM, mean_pool_normalise
 from .quantize import IntegerModel
 
-__all__ = ["embed_int32", "encoder_layer", "forward", "embedding", "output_scale"]
+__all__ = ["embed_int32", "encoder_layer", "forward", "embedding", "output_scale", "macs"]
 
 
 def embed_int32(model: MiniLM, im: IntegerModel, ids: np.ndarray) -> np.ndarray:
@@ -66,6 +66,16 @@ def encoder_layer(im: IntegerModel, i: int, h: np.ndarray, trace: dict | None = 
         trace.update({"qkv": qkv, "ctx": ctx, "attn": attn, "h1": h1, "inter": inter, "gelu": g,
                       "out": out, "y": y})
     return y
+
+
+def macs(im: IntegerModel, tokens: int) -> int:
+    """Multiply-accumulates of the encoder layers for ``tokens`` tokens (the matmuls above)."""
+    h, f, heads = im.meta["hidden"], im.meta["ffn"], im.meta["heads"]
+    per_layer = (tokens * h * 3 * h                       # Q, K, V
+                 + 2 * heads * tokens * tokens * (h // heads)   # scores and context
+                 + tokens * h * h                         # output projection
+                 + 2 * tokens * h * f)                    # FFN1 and FFN2
+    return per_layer * im.meta["layers"]
 
 
 def forward(im: IntegerModel, e: np.ndarray, layers: int | None = None) -> np.ndarray:

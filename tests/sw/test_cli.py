@@ -98,3 +98,14 @@ def test_console_script_help():
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     for word in ("embed", "quantize", "bench", "verilog"):
         assert word in out
+
+
+def test_embed_on_the_isa_backend_is_bit_exact(cache, capsys):
+    code, out, err = run(capsys, "embed", "--json", "--backend", "isa", "--array", "8", "Hi there")
+    assert code == 0
+    r = json.loads(out)["results"][0]
+    assert r["bit_exact_vs_golden"] is True
+    assert r["array"] == 8 and r["cycles"] >= r["ideal_cycles"] > 0
+    assert 0 < r["utilization"] <= 1
+    code, out, _ = run(capsys, "embed", "--json", "Hi there")
+    assert json.loads(out)["results"][0]["embedding"] == r["embedding"]
