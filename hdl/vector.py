@@ -37,6 +37,8 @@ class VectorOp(enum.Enum, shape=3):
     GELU = 2        #: int32 -> requantise to int16 Q10 (per column) -> GELU -> requantise (per tensor)
     REQUANT = 3     #: int32 -> per-column dyadic requantisation, zero point, saturation
     RESIDUAL = 4    #: int32 + (int16 << shift), saturated to int32
+    REQUANT_ROWS = 5  #: int32 -> requantize_rows (per-column factors, per-row exponent on ``exp``)
+    GELU_ROWS = 6   #: int32 -> saturate to int16 Q10 -> GELU (Q24) -> requantize_rows
 
 
 #: A row has at most 2**COLS_BITS - 1 columns (LayerNorm's limit, LN_MAX_COLS, fits).
@@ -80,6 +82,9 @@ command_layout = data.StructLayout({
     # Softmax: scale (M, S). GELU: output requantisation (M, S). LayerNorm: output shift (S).
     # Residual: residual shift (S, 0..16).
     "mult": unsigned(nx.MULT_BITS),
+    # Any operation: x = residual_add(x, r, res_shift) first (RESIDUAL always adds, by ``shift``).
+    "add_residual": unsigned(1),
+    "res_shift": unsigned(5),
     "shift": unsigned(SHIFT_BITS),
     # Requantise and GELU: output zero point. LayerNorm, requantise, GELU: output range.
     "zero_point": signed(32),
@@ -122,6 +127,29 @@ _DIVIDEND_BITS = max(_RECIP_NUM.bit_length(), _SXX_BITS, nx.LN_INV_BITS + 1)
 
 def _is_reduction(op):
     return (op == VectorOp.SOFTMAX) | (op == VectorOp.LAYERNORM)
+
+
+def _is_rows(op):
+    """Operations with a per-row exponent from the row's peak (numerics.requantize_rows)."""
+    return (op == VectorOp.REQUANT_ROWS) | (op == VectorOp.GELU_ROWS)
+
+
+#: |v| of requantize_rows is clamped here: beyond it every k gives a saturated output anyway
+#: (round_shift(2**40, ROW_EXP_MAX) >= 2**32), so the exponent and the outputs are unchanged.
+_ROWS_V_BITS = 42
+_ROWS_V_MAX = (1 << (_ROWS_V_BITS - 1)) - 1
+
+
+def _rows_exponent(m, peak, out_hi):
+    """``ROW_EXP_MAX - k``, k the smallest in 0..ROW_EXP_MAX with round_shift(peak, k) <= out_hi
+    (ROW_EXP_MAX if none): step 3 of numerics.requantize_rows."""
+    k = Signal(ROW_EXP_BITS, name="rows_k")
+    m.d.comb += k.eq(ROW_EXP_MAX)
+    for c in range(ROW_EXP_MAX - 1, -1, -1):     # the smallest fitting k wins (last assignment)
+        r = (peak + ((1 << c) >> 1)) >> c
+        with m.If(r <= out_hi):
+            m.d.comb += k.eq(c)
+    return ROW_EXP_MAX - k
 
 
 class VectorFinisher(wiring.Component):
@@ -177,6 +205,9 @@ class VectorFinisher(wiring.Component):
                                      div.divisor.eq(cols),
                                      div.steps.eq(div.steps_for(_MEAN_QBITS))]
                         m.next = "MEAN"
+                    with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
+                        m.d.sync += tok.exp.eq(_rows_exponent(m, tok.b, tok.cmd.out_hi))
+                        m.next = "DONE"
                     with m.Default():
                         m.next = "DONE"
             with m.State("RECIP"):
@@ -338,12 +369,12 @@ class VectorUnit(wiring.Component):
             m.d.comb += valid[k].eq((j < tok_cmd.cols) & (~causal | (j <= limit)))
         return valid
 
-    def _max_tree(self, m, name, values):
+    def _max_tree(self, m, name, values, shape=signed(33)):
         level = 0
         while len(values) > 1:
             nxt = []
             for k in range(0, len(values) - 1, 2):
-                s = Signal(signed(33), name=f"{name}_max{level}_{k}")
+                s = Signal(shape, name=f"{name}_max{level}_{k}")
                 m.d.comb += s.eq(Mux(values[k] > values[k + 1], values[k], values[k + 1]))
                 nxt.append(s)
             if len(values) % 2:
@@ -384,18 +415,22 @@ class VectorUnit(wiring.Component):
         ]
         out1 = lanes32(fa.w_data)
         maxes, sums = [], []
+        is_res1 = cmd.op == VectorOp.RESIDUAL
+        pre_add1 = is_res1 | cmd.add_residual
+        res_shift1 = Mux(is_res1, cmd.shift[:5], cmd.res_shift)
         for k in range(N):
-            x = self.i.payload.data[k]
+            raw = self.i.payload.data[k]
             r = self.i.payload.residual[k]
+            # The residual pre-add: x = saturate(x + (r << shift), int32) (numerics.residual_add).
+            res = Signal(signed(34), name=f"s1_res{k}")
+            m.d.comb += res.eq(raw + (r << res_shift1))
+            x = Signal(signed(32), name=f"s1_x{k}")
+            m.d.comb += x.eq(Mux(pre_add1, clamp(res, nx.INT32.lo, nx.INT32.hi), raw))
             xs = Signal(signed(nx.LN_IN_BITS), name=f"s1_xsat{k}")
             m.d.comb += xs.eq(clamp(x, _INT24.lo, _INT24.hi))
-            res = Signal(signed(34), name=f"s1_res{k}")
-            m.d.comb += res.eq(x + (r << cmd.shift[:5]))
             with m.Switch(cmd.op):
                 with m.Case(VectorOp.LAYERNORM):
                     m.d.comb += out1[k].eq(xs)
-                with m.Case(VectorOp.RESIDUAL):
-                    m.d.comb += out1[k].eq(clamp(res, nx.INT32.lo, nx.INT32.hi))
                 with m.Default():
                     m.d.comb += out1[k].eq(x)
             mk = Signal(signed(33), name=f"s1_m{k}")
@@ -428,7 +463,15 @@ class VectorUnit(wiring.Component):
             m.d.sync += [cmd.eq(self.cmd.payload), have.eq(self.cmd.payload.rows != 0),
                          row1.eq(0), col1.eq(0), acc_max.eq(_MAX_INIT), acc_sum.eq(0)]
 
-        # --- Stage 2: exponent (softmax) and squares (LayerNorm), one multiplier a lane. ------
+        # Per-column parameters (read by stage 2 for the row requantisations and by stage 3).
+        m.submodules.params = pmem = memory.Memory(
+            shape=data.ArrayLayout(param_layout, N), depth=self.max_beats, init=[])
+        pw = pmem.write_port()
+        pr = pmem.read_port(domain="comb")
+        m.d.comb += [self.params.ready.eq(1), pw.en.eq(self.params.valid),
+                     pw.addr.eq(self.params.payload.addr), pw.data.eq(self.params.payload.data)]
+
+        # --- Stage 2: exponent (softmax), squares (LayerNorm), peak (row requantisations). ---
         tok2 = Signal(token_layout)
         loaded2 = Signal()
         col2 = Signal(col_shape)
@@ -436,24 +479,60 @@ class VectorUnit(wiring.Component):
         acc_sq = Signal(_SXX_BITS)
         valid2 = self._lane_valid(m, "s2", tok2.cmd, tok2.row, col2)
         last2 = col2 + N >= tok2.cmd.cols
-        tok_now2 = Mux(_is_reduction(tok2.cmd.op), last2, col2 == 0)
+        tok_now2 = Mux(_is_reduction(tok2.cmd.op) | _is_rows(tok2.cmd.op), last2, col2 == 0)
         fire2 = Signal()
         m.d.comb += fire2.eq(loaded2 & fa.r_rdy & fb.w_rdy & (~tok_now2 | t2.w_rdy))
         in2 = lanes32(fa.r_data)
         out2 = lanes32(fb.w_data)
         is_sm2 = tok2.cmd.op == VectorOp.SOFTMAX
-        es, sqs = [], []
+        is_rows2 = _is_rows(tok2.cmd.op)
+        is_grows2 = tok2.cmd.op == VectorOp.GELU_ROWS
+        # requantize_rows needs the per-column factors in this pass (for the row's peak).
+        pr2 = pmem.read_port(domain="comb")
+        beat2 = Signal(range(self.max_beats + 1))
+        m.d.comb += pr2.addr.eq(beat2)
+        es, sqs, peaks = [], [], []
         for k in range(N):
             x = in2[k]
-            # Shared multiplier: (max - s) * M for softmax, |x| * |x| for LayerNorm.
+            p2 = pr2.data[k]
+            # GELU_ROWS: g = gelu(saturate(x, int16)), Q24, 0 <= g < 2**30.
+            x16 = Signal(signed(16), name=f"s2_x16_{k}")
+            m.d.comb += x16.eq(clamp(x, nx.INT16.lo, nx.INT16.hi))
+            phi2 = GeluPhi()
+            m.submodules[f"phi_s2_{k}"] = phi2
+            m.d.comb += phi2.x.eq(x16)
+            gx = Signal(signed(33), name=f"s2_gx{k}")
+            m.d.comb += gx.eq(x16 * phi2.phi + GELU_OFFSET)
+            g = Signal(signed(32), name=f"s2_g{k}")
+            m.d.comb += g.eq(Mux(GELU_CLAMP & (gx < 0), 0, gx))
+            # REQUANT_ROWS / GELU_ROWS operand a (x or g), its magnitude.
+            ra = Signal(signed(32), name=f"s2_ra{k}")
+            m.d.comb += ra.eq(Mux(is_grows2, g, x))
+            rmag = Signal(32, name=f"s2_rmag{k}")
+            m.d.comb += rmag.eq(Mux(ra < 0, -ra, ra))
+            # Shared multiplier: (max - s) * M for softmax, |x| * |x| for LayerNorm,
+            # |a| * M[j] for the row requantisations.
             opa = Signal(32, name=f"s2_opa{k}")
             opb = Signal(max(nx.MULT_BITS, nx.LN_IN_BITS), name=f"s2_opb{k}")
             mag = Signal(nx.LN_IN_BITS, name=f"s2_mag{k}")
             m.d.comb += mag.eq(Mux(x < 0, -x, x))
-            m.d.comb += [opa.eq(Mux(is_sm2, tok2.a - x, mag)),
-                         opb.eq(Mux(is_sm2, tok2.cmd.mult, mag))]
+            m.d.comb += [opa.eq(Mux(is_sm2, tok2.a - x, Mux(is_rows2, rmag, mag))),
+                         opb.eq(Mux(is_sm2, tok2.cmd.mult,
+                                    Mux(is_rows2, p2.mult[:nx.MULT_BITS], mag)))]
             prod = Signal(32 + len(opb), name=f"s2_prod{k}")
             m.d.comb += prod.eq(opa * opb)
+            # v = round_shift(a * M, S - ROW_EXP_MAX); |v| (clamped) for the row's peak.
+            sprod = Signal(signed(len(prod) + 1), name=f"s2_sprod{k}")
+            m.d.comb += sprod.eq(Mux(ra < 0, -prod, prod))
+            vsh = Signal(SHIFT_BITS, name=f"s2_vsh{k}")
+            m.d.comb += vsh.eq(p2.shift - ROW_EXP_MAX)
+            v = Signal(signed(len(sprod) + 1), name=f"s2_v{k}")
+            m.d.comb += v.eq((sprod + ((Const(1, 1) << vsh) >> 1)) >> vsh)
+            vmag = Signal(len(v), name=f"s2_vmag{k}")
+            m.d.comb += vmag.eq(Mux(v < 0, -v, v))
+            pk = Signal(_ROWS_V_BITS, name=f"s2_peak{k}")
+            m.d.comb += pk.eq(Mux(valid2[k], Mux(vmag > _ROWS_V_MAX, _ROWS_V_MAX, vmag), 0))
+            peaks.append(pk)
             exp = Exp2()
             m.submodules[f"exp{k}"] = exp
             m.d.comb += [exp.dm.eq(prod[:EXP_T_BITS]), exp.shift.eq(tok2.cmd.shift)]
@@ -461,22 +540,28 @@ class VectorUnit(wiring.Component):
             m.d.comb += e.eq(Mux(valid2[k], exp.e, 0))
             es.append(e)
             sqs.append(Mux(valid2[k], prod[:2 * nx.LN_IN_BITS], 0))
-            m.d.comb += out2[k].eq(Mux(is_sm2, e, x))
+            m.d.comb += out2[k].eq(Mux(is_sm2, e, Mux(is_grows2, g, x)))
         new_e = Signal(_ESUM_BITS)
         new_sq = Signal(_SXX_BITS)
-        m.d.comb += [new_e.eq(acc_e + sum(es)), new_sq.eq(acc_sq + sum(sqs))]
+        beat_peak = self._max_tree(m, "s2", peaks, unsigned(_ROWS_V_BITS))
+        new_peak = Signal(_ROWS_V_BITS)
+        acc_peak = Signal(_ROWS_V_BITS)
+        m.d.comb += [new_e.eq(acc_e + sum(es)), new_sq.eq(acc_sq + sum(sqs)),
+                     new_peak.eq(Mux(beat_peak > acc_peak, beat_peak, acc_peak))]
         tok2o = token_layout(t2.w_data)
         m.d.comb += [
             fa.r_en.eq(fire2), fb.w_en.eq(fire2), t2.w_en.eq(fire2 & tok_now2),
             tok2o.cmd.eq(tok2.cmd), tok2o.row.eq(tok2.row), tok2o.a.eq(tok2.a),
-            tok2o.b.eq(Mux(is_sm2, new_e, new_sq)),
+            tok2o.b.eq(Mux(is_sm2, new_e, Mux(is_rows2, new_peak, new_sq))),
         ]
         with m.If(fire2):
-            m.d.sync += [col2.eq(col2 + N), acc_e.eq(new_e), acc_sq.eq(new_sq)]
+            m.d.sync += [col2.eq(col2 + N), beat2.eq(beat2 + 1), acc_e.eq(new_e),
+                         acc_sq.eq(new_sq), acc_peak.eq(new_peak)]
         can_load2 = ~loaded2 | (fire2 & last2)
         m.d.comb += t1.r_en.eq(can_load2 & t1.r_rdy)
         with m.If(can_load2 & t1.r_rdy):
-            m.d.sync += [tok2.eq(t1.r_data), loaded2.eq(1), col2.eq(0), acc_e.eq(0), acc_sq.eq(0)]
+            m.d.sync += [tok2.eq(t1.r_data), loaded2.eq(1), col2.eq(0), beat2.eq(0), acc_e.eq(0),
+                         acc_sq.eq(0), acc_peak.eq(0)]
         with m.Elif(fire2 & last2):
             m.d.sync += loaded2.eq(0)
 
@@ -506,12 +591,6 @@ class VectorUnit(wiring.Component):
 
         # --- Stage 3: output through the multiplier bank (three multiply-round-saturate steps
         # a lane), pipelined: slice 1 -> slice 2 -> output register. ---------------------------
-        m.submodules.params = pmem = memory.Memory(
-            shape=data.ArrayLayout(param_layout, N), depth=self.max_beats, init=[])
-        pw = pmem.write_port()
-        pr = pmem.read_port(domain="comb")
-        m.d.comb += [self.params.ready.eq(1), pw.en.eq(self.params.valid),
-                     pw.addr.eq(self.params.payload.addr), pw.data.eq(self.params.payload.data)]
 
         tok3 = Signal(token_layout)
         loaded3 = Signal()
@@ -538,6 +617,7 @@ class VectorUnit(wiring.Component):
         v1 = Signal()
         cmd1 = Signal(command_layout)
         y1 = [Signal(signed(33), name=f"y1_{k}") for k in range(N)]
+        y1w = [Signal(signed(_ROWS_V_BITS), name=f"y1w_{k}") for k in range(N)]
         g1 = [Signal(signed(GAMMA_BITS), name=f"gamma1_{k}") for k in range(N)]
         b1 = [Signal(signed(BETA_BITS), name=f"beta1_{k}") for k in range(N)]
         # Slice 2 registers.
@@ -550,7 +630,8 @@ class VectorUnit(wiring.Component):
         exp2 = Signal(ROW_EXP_BITS)
         with m.If(adv):
             m.d.sync += [v1.eq(fire3), cmd1.eq(c3), v2.eq(v1), cmd2.eq(cmd1), self.o.valid.eq(v2),
-                         exp1.eq(Mux(op3 == VectorOp.SOFTMAX, tok3.exp, 0)), exp2.eq(exp1),
+                         exp1.eq(Mux((op3 == VectorOp.SOFTMAX) | _is_rows(op3), tok3.exp, 0)),
+                         exp2.eq(exp1),
                          self.o.payload.exp.eq(exp2)]
 
         ln_z_shift = nx.LN_INV_BITS - nx.LN_NORM_FRAC
@@ -578,10 +659,14 @@ class VectorUnit(wiring.Component):
                 with m.Case(VectorOp.GELU):
                     m.d.comb += [b.eq(p.mult[:nx.MULT_BITS]), sh.eq(p.shift), sat.eq(1),
                                  lo.eq(nx.INT16.lo), hi.eq(nx.INT16.hi)]
+                with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
+                    # v = round_shift(a * M[j], S[j] - ROW_EXP_MAX), a = x or GELU(x) (stage 2).
+                    m.d.comb += [b.eq(p.mult[:nx.MULT_BITS]), sh.eq(p.shift - ROW_EXP_MAX)]
             r1 = mul_round_sat(m, a, b, 0, sh, zp, lo, hi, sat, width=33 + _INV_BITS + 2,
                                name=f"m1_{k}")
             with m.If(adv):
-                m.d.sync += [y1[k].eq(r1), g1[k].eq(p.mult), b1[k].eq(p.bias)]
+                m.d.sync += [y1[k].eq(r1), g1[k].eq(p.mult), b1[k].eq(p.bias),
+                             y1w[k].eq(clamp(r1, -_ROWS_V_MAX, _ROWS_V_MAX))]
 
             # Step 2: LayerNorm z * gamma + beta; GELU x * Phi(x).
             phi = GeluPhi()
@@ -603,8 +688,13 @@ class VectorUnit(wiring.Component):
                                  lo2.eq(0), hi2.eq(nx.INT32.hi)]
             r2 = mul_round_sat(m, y1[k], b2, add2, sh2, 0, lo2, hi2, sat2,
                                width=33 + GAMMA_BITS + 4, name=f"m2_{k}")
+            # Row requantisations: q = saturate(round_shift(v, k), out), k = ROW_EXP_MAX - e.
+            kk = Signal(ROW_EXP_BITS, name=f"m2_k{k}")
+            m.d.comb += kk.eq(ROW_EXP_MAX - exp1)
+            rq = Signal(signed(_ROWS_V_BITS + 1), name=f"m2_rq{k}")
+            m.d.comb += rq.eq((y1w[k] + ((Const(1, 1) << kk) >> 1)) >> kk)
             with m.If(adv):
-                m.d.sync += y2[k].eq(r2)
+                m.d.sync += y2[k].eq(Mux(_is_rows(cmd1.op), clamp(rq, cmd1.out_lo, cmd1.out_hi), r2))
 
             # Step 3: GELU's output requantisation (per tensor, from the command).
             is_gelu = cmd2.op == VectorOp.GELU

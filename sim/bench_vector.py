@@ -22,7 +22,7 @@ from pathlib import Path
 
 # The hardware and simulator modules are imported when a benchmark runs, so that building the
 # command line (which lists this benchmark) stays cheap.
-OPS = ("softmax", "layernorm", "gelu", "requant", "residual")
+OPS = ("softmax", "layernorm", "gelu", "requant", "residual", "requant_rows", "gelu_rows")
 
 __all__ = ["add_arguments", "run", "measure", "main"]
 

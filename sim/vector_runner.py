@@ -23,13 +23,15 @@ from celosia.sw import numerics as nx
 
 __all__ = [
     "OPS", "VectorJob", "softmax_job", "layernorm_job", "gelu_job", "requant_job", "residual_job",
+    "requant_rows_job", "gelu_rows_job", "with_residual",
     "KINDS", "random_job", "RunResult", "run_amaranth", "write_verilog", "cocotb_runner",
     "drive_cocotb", "VERILATOR_LOCK",
 ]
 
-OPS = ("softmax", "layernorm", "gelu", "requant", "residual")
+OPS = ("softmax", "layernorm", "gelu", "requant", "residual", "requant_rows", "gelu_rows")
 _OP_CODES = {"softmax": VectorOp.SOFTMAX, "layernorm": VectorOp.LAYERNORM, "gelu": VectorOp.GELU,
-             "requant": VectorOp.REQUANT, "residual": VectorOp.RESIDUAL}
+             "requant": VectorOp.REQUANT, "residual": VectorOp.RESIDUAL,
+             "requant_rows": VectorOp.REQUANT_ROWS, "gelu_rows": VectorOp.GELU_ROWS}
 
 #: Two Verilator builds never run at once on the shared machines.
 VERILATOR_LOCK = "/tmp/celosia-verilator.lock"
@@ -150,6 +152,40 @@ def requant_job(x, scale: nx.Dyadic, out: nx.Range, zero_point: int = 0) -> Vect
                      nx.requantize(x, scale, out, zero_point), params=params)
 
 
+def _dyadic_params(scale: nx.Dyadic, cols: int) -> list:
+    return [{"mult": int(m), "shift": int(s), "bias": 0}
+            for m, s in zip(np.broadcast_to(scale.multiplier, (cols,)),
+                            np.broadcast_to(scale.shift, (cols,)))]
+
+
+def requant_rows_job(x, scale: nx.Dyadic, out: nx.Range) -> VectorJob:
+    """``q, e = requantize_rows(x, scale, out)``: e is the row exponent on ``exp``."""
+    x = np.asarray(x, dtype=np.int64)
+    q, e = nx.requantize_rows(x, scale, out)
+    return VectorJob("requant_rows", x, _range_cmd(out), q,
+                     params=_dyadic_params(scale, x.shape[1]), expected_exp=e)
+
+
+def gelu_rows_job(x, scale: nx.Dyadic, out: nx.Range) -> VectorJob:
+    """``q, e = requantize_rows(gelu(saturate(x, int16)), scale, out)``."""
+    x = np.asarray(x, dtype=np.int64)
+    q, e = nx.requantize_rows(nx.gelu(nx.saturate(x, nx.INT16)), scale, out)
+    return VectorJob("gelu_rows", x, _range_cmd(out), q,
+                     params=_dyadic_params(scale, x.shape[1]), expected_exp=e)
+
+
+def with_residual(make, x, residual, res_shift: int, *args, **kwargs) -> VectorJob:
+    """The job ``make(residual_add(x, residual, res_shift), ...)`` run as ``x`` with the unit's
+    residual pre-add (``add_residual``, ``res_shift``)."""
+    x = np.asarray(x, dtype=np.int64)
+    residual = np.asarray(residual, dtype=np.int64)
+    job = make(nx.residual_add(x, residual, res_shift), *args, **kwargs)
+    job.x = x
+    job.residual = residual
+    job.cmd = {**job.cmd, "add_residual": 1, "res_shift": res_shift}
+    return job
+
+
 def residual_job(x, residual, shift: int) -> VectorJob:
     x = np.asarray(x, dtype=np.int64)
     residual = np.asarray(residual, dtype=np.int64)
@@ -214,6 +250,15 @@ def random_job(op: str, rows: int, cols: int, rng: np.random.Generator, kind: st
     if op == "residual":
         res = _values(rng, (rows, cols), kind, nx.INT16.lo, nx.INT16.hi)
         return residual_job(x, res, int(rng.integers(0, 17)))
+    if op in ("requant_rows", "gelu_rows"):
+        mult = rng.integers(0, 1 << nx.MULT_BITS, size=cols)
+        lo_shift = 8 if op == "requant_rows" or rng.random() < 0.3 else 24
+        shift = rng.integers(lo_shift, nx.SHIFT_MAX + 1, size=cols)
+        if rng.random() < 0.5:      # one factor for the whole row, as most calibrations give
+            mult, shift = np.full(cols, mult[0]), np.full(cols, shift[0])
+        out = [nx.INT8, nx.UINT8, nx.INT16, nx.INT32][int(rng.integers(0, 4))]
+        make = requant_rows_job if op == "requant_rows" else gelu_rows_job
+        return make(x, nx.Dyadic(mult, shift), out)
     raise ValueError(f"unknown op {op!r}")
 
 

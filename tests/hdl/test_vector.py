@@ -186,3 +186,57 @@ def test_full_rate_across_batches():
     beats_per_row = 32 // LANES
     steady = result.out_cycles[-1] - result.out_cycles[beats_per_row - 1]
     assert steady == (4 * 3 - 1) * beats_per_row, result.out_cycles
+
+
+def test_rows_requantisation_edges(unit):
+    """requantize_rows: every exponent 0..8 (peaks just at and above each threshold), peaks past
+    2**41, shift 8 (no static rounding), negative ties, zero rows, every output range."""
+    from celosia.sim.vector_runner import gelu_rows_job, requant_rows_job
+
+    jobs = []
+    for out in (nx.INT8, nx.UINT8, nx.INT16, nx.INT32):
+        for k in range(nx.ROW_EXP_MAX + 1):
+            for extra in (0, 1):
+                peak = ((out.hi << k) >> 0) + extra * (1 << max(k - 1, 0))
+                x = nx.saturate(np.array([[peak, -peak, 3, -(1 << max(k - 1, 0)), 0]]), nx.INT32)
+                jobs.append(requant_rows_job(x, nx.Dyadic(np.full(5, 1), np.full(5, 8)), out))
+        x = np.array([[nx.INT32.lo, nx.INT32.hi, -1, 1, 0, -2]])
+        big = nx.Dyadic(np.full(6, (1 << nx.MULT_BITS) - 1), np.full(6, 8))
+        jobs.append(requant_rows_job(x, big, out))
+        jobs.append(requant_rows_job(np.zeros((2, 6), dtype=np.int64), big, out))
+        g = np.array([[nx.INT16.lo, -770, -769, 0, 1, 4095, 4096, nx.INT16.hi, nx.INT32.hi]])
+        jobs.append(gelu_rows_job(g, nx.Dyadic(np.full(9, 20000), np.full(9, 30)), out))
+        jobs.append(gelu_rows_job(g, nx.Dyadic(np.full(9, (1 << nx.MULT_BITS) - 1), np.full(9, 8)), out))
+    _check(jobs, run_amaranth(jobs, unit, seed=12, valid_prob=0.8, ready_prob=0.7))
+
+
+@pytest.mark.parametrize("op", ["layernorm", "requant_rows", "gelu_rows", "softmax", "requant"])
+def test_residual_pre_add(unit, op):
+    """``add_residual``: x = residual_add(x, r, res_shift) before the operation, saturating."""
+    from celosia.sim.vector_runner import (gelu_rows_job, requant_rows_job, with_residual)
+
+    rng = np.random.default_rng(31)
+    jobs = []
+    for kind, cols in (("random", 9), ("extremes", 4), ("huge", 1)):
+        x = _values_for(rng, (3, cols), kind)
+        r = rng.choice([nx.INT16.lo, nx.INT16.hi, 0, -1, 1234], size=(3, cols))
+        shift = int(rng.integers(0, 17))
+        if op == "layernorm":
+            job = with_residual(layernorm_job, x, r, shift, rng.integers(-(1 << 19), 1 << 19, size=cols),
+                                rng.integers(-(1 << 39), 1 << 39, size=cols), 20, nx.INT16)
+        elif op == "softmax":
+            job = with_residual(softmax_job, x, r, shift, nx.Dyadic(9000, 20))
+        elif op == "requant":
+            job = with_residual(requant_job, x, r, shift,
+                                nx.Dyadic(np.full(cols, 12345), np.full(cols, 30)), nx.INT8, 3)
+        else:
+            make = requant_rows_job if op == "requant_rows" else gelu_rows_job
+            job = with_residual(make, x, r, shift, nx.Dyadic(np.full(cols, 20000), np.full(cols, 33)),
+                                nx.INT8 if op == "requant_rows" else nx.UINT8)
+        jobs.append(job)
+    _check(jobs, run_amaranth(jobs, unit, seed=13, valid_prob=0.8, ready_prob=0.8))
+
+
+def _values_for(rng, shape, kind):
+    from celosia.sim.vector_runner import _values
+    return _values(rng, shape, kind)
