@@ -91,7 +91,7 @@ class Accelerator(wiring.Component):
         m = Module()
         W = self.port_bytes
         m.submodules.csr = csr = CsrBlock(self.array, W)
-        m.submodules.ctrl = ctrl = Controller(W, vector=self.has_vector)
+        m.submodules.ctrl = ctrl = Controller(W, vector=self.has_vector, k_max=self.k_max)
         m.submodules.matmul = mm = MatmulEngine(self.array, W, k_max=self.k_max,
                                                 outstanding=self.outstanding)
         ports = [ctrl.mem, mm.mem]

@@ -62,6 +62,9 @@ class Controller(wiring.Component):
         Whether a vector engine is attached (``vec_cmd``/``vec_done`` exist).
     queue : int
         Commands a unit may hold between acceptance and ``done``.
+    k_max : int
+        The matmul engine's longest K (``K_MAX`` in a full build; a smaller test build
+        rejects longer ones with BAD_SHAPE, where the ISA simulator would accept them).
 
     Members
     -------
@@ -83,9 +86,11 @@ class Controller(wiring.Component):
         Counter events: a cycle waiting in SYNC/HALT, an instruction retired (MATMUL, VECTOR).
     """
 
-    def __init__(self, port_bytes: int, *, vector: bool = False, queue: int = 4):
+    def __init__(self, port_bytes: int, *, vector: bool = False, queue: int = 4,
+                 k_max: int = K_MAX):
         assert port_bytes & (port_bytes - 1) == 0 and 4 <= port_bytes <= 128
         self.port_bytes = port_bytes
+        self.k_max = k_max
         self.vector = vector
         self.queue = queue
         members = {
@@ -197,7 +202,7 @@ class Controller(wiring.Component):
             return Cat(v[:lw] != 0 for v in values).any()
 
         use_d = mm.addend != AddendMode.NONE
-        mm_bad_dims = (mm.m == 0) | (mm.k == 0) | (mm.n == 0) | (mm.k > K_MAX)
+        mm_bad_dims = (mm.m == 0) | (mm.k == 0) | (mm.n == 0) | (mm.k > self.k_max)
         mm_bad_align = (misaligned(mm.a_addr, mm.b_addr, mm.c_addr,
                                    mm.a_stride, mm.b_stride, mm.c_stride)
                         | (mm.use_params & misaligned(mm.p_addr))

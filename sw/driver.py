@@ -229,8 +229,14 @@ def _isa_backend(compiled: CompiledModel, im: IntegerModel) -> Backend:
     return IsaBackend(compiled.config, compiled.end)
 
 
+def _verilator_backend(compiled: CompiledModel, im: IntegerModel) -> Backend:
+    from celosia.sim.verilator_accel import verilator_backend
+    return verilator_backend(compiled, im)
+
+
 register_backend("golden", GoldenBackend)
 register_backend("isa", _isa_backend)
+register_backend("verilator", _verilator_backend)
 
 
 # --- The whole path ------------------------------------------------------------------------------

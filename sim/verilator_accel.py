@@ -1,0 +1,166 @@
+"""The whole accelerator as a Verilated C++ model: the ``verilator`` backend.
+
+``sim/verilator/accel_harness.cpp`` serves the accelerator's AXI4 master from a C++ memory
+image and drives its AXI4-Lite CSRs; :class:`VerilatorAccel` binds it with ctypes (builds are
+cached by content hash, see ``sim/verilator_build.py``). Python only touches CSRs and memory;
+the harness clocks the design in bulk between status polls.
+
+:class:`VerilatorBackend` is the :class:`celosia.sw.driver.Backend` of that model, registered
+as ``verilator`` (``run_embedding('verilator', ...)``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+
+import numpy as np
+
+from celosia.hdl.isa import CSR, MachineConfig
+from celosia.hdl.params import K_MAX
+
+from .verilator_build import build_library
+
+__all__ = ["VerilatorAccel", "VerilatorBackend", "verilator_backend"]
+
+_STALL_ONE = 1 << 16
+
+
+class VerilatorAccel:
+    """A Verilated :class:`celosia.hdl.accelerator.Accelerator` with ``mem_bytes`` of memory
+    at address 0 behind its AXI4 port."""
+
+    TOP = "celosia_accel"
+
+    def __init__(self, array: int, port_bytes: int | None = None, *, vector=False,
+                 k_max: int = K_MAX, mem_bytes: int = 1 << 20):
+        from celosia.hdl.accelerator import verilog_text, vector_engine_factory
+
+        if vector is None:                          # use the vector engine when there is one
+            vector = vector_engine_factory() is not None
+        self.config = MachineConfig(array, port_bytes)
+        self.port_bytes = self.config.port_bytes
+        self.vector = bool(vector)
+        verilog = verilog_text(array, self.port_bytes, vector=vector, k_max=k_max, name=self.TOP)
+        self.library, self.build_seconds = build_library(verilog, self.TOP,
+                                                         harness="accel_harness.cpp")
+        lib = self._lib = ctypes.CDLL(str(self.library))
+        lib.accel_new.restype = ctypes.c_void_p
+        lib.accel_new.argtypes = [ctypes.c_uint64, ctypes.c_uint]
+        lib.accel_free.argtypes = [ctypes.c_void_p]
+        lib.accel_mem.restype = ctypes.POINTER(ctypes.c_uint8)
+        lib.accel_mem.argtypes = [ctypes.c_void_p]
+        lib.accel_reset.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.accel_model.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint32, ctypes.c_uint32]
+        lib.accel_csr_read.restype = ctypes.c_int64
+        lib.accel_csr_read.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        lib.accel_csr_write.restype = ctypes.c_int64
+        lib.accel_csr_write.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32]
+        lib.accel_run.restype = ctypes.c_int64
+        lib.accel_run.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_uint32]
+        lib.accel_counter.restype = ctypes.c_uint64
+        lib.accel_counter.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self._h = lib.accel_new(mem_bytes, self.port_bytes)
+        self.mem = np.ctypeslib.as_array(lib.accel_mem(self._h), shape=(mem_bytes,))
+        self.sim_seconds = 0.0
+
+    def close(self):
+        if self._h:
+            self._lib.accel_free(self._h)
+            self._h = None
+            self.mem = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def memory_model(self, *, latency: int = 4, seed: int = 1, stall: float = 0.0):
+        """Read latency in cycles; chance per cycle that a channel is not ready."""
+        p = int(round(min(max(stall, 0.0), 1.0) * (_STALL_ONE - 1)))
+        self._lib.accel_model(self._h, latency, seed, p)
+
+    def reset(self, cycles: int = 4):
+        self._lib.accel_reset(self._h, cycles)
+
+    def _check(self, value: int) -> int:
+        if value < 0:
+            raise RuntimeError(self._error_text())
+        return value
+
+    def _error_text(self) -> str:
+        err = self.counter("error")
+        if err:
+            kind = "read" if err == 1 else "write"
+            return f"AXI {kind} at {self.counter('error_addr'):#x} outside the simulated memory"
+        return "AXI4-Lite transaction did not complete"
+
+    def read_csr(self, name: str) -> int:
+        return self._check(self._lib.accel_csr_read(self._h, getattr(CSR, name).offset))
+
+    def write_csr(self, name: str, value: int) -> None:
+        self._check(self._lib.accel_csr_write(self._h, getattr(CSR, name).offset,
+                                              int(value) & 0xFFFFFFFF))
+
+    def run(self, max_cycles: int = 1 << 40, *, poll: int = 1024) -> int:
+        """Clock until STATUS.busy falls or ``max_cycles`` pass; returns the cycles run."""
+        t0 = time.perf_counter()
+        n = self._check(self._lib.accel_run(self._h, max_cycles, poll, CSR.STATUS.offset))
+        self.sim_seconds += time.perf_counter() - t0
+        return n
+
+    def counter(self, name: str) -> int:
+        which = ("cycles", "reads", "writes", "read_bursts", "error", "error_addr").index(name)
+        return int(self._lib.accel_counter(self._h, which))
+
+
+class VerilatorBackend:
+    """The ``verilator`` backend of :mod:`celosia.sw.driver`."""
+
+    name = "verilator"
+
+    def __init__(self, config: MachineConfig, mem_bytes: int, *, vector=None,
+                 k_max: int = K_MAX, latency: int = 4):
+        mem_bytes = -(-mem_bytes // 4096) * 4096
+        self.model = VerilatorAccel(config.array, config.port_bytes, vector=vector, k_max=k_max,
+                                    mem_bytes=mem_bytes)
+        self.model.memory_model(latency=latency)
+
+    def read_memory(self, addr: int, size: int) -> bytes:
+        return self.model.mem[addr:addr + size].tobytes()
+
+    def write_memory(self, addr: int, raw: bytes) -> None:
+        if addr < 0 or addr + len(raw) > len(self.model.mem):
+            raise ValueError(f"[{addr:#x}, {addr + len(raw):#x}) is outside the memory")
+        self.model.mem[addr:addr + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+
+    def read_csr(self, name: str) -> int:
+        return self.model.read_csr(name)
+
+    def write_csr(self, name: str, value: int) -> None:
+        self.model.write_csr(name, value)
+
+    def advance(self, max_cycles: int | None, timeout_s: float | None) -> None:
+        t0 = time.monotonic()
+        left = max_cycles if max_cycles is not None else 1 << 62
+        while left > 0:
+            chunk = min(left, 1 << 22)
+            self.model.run(chunk)
+            left -= chunk
+            if not CSR.STATUS.get(self.model.read_csr("STATUS"), "busy"):
+                return
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                return
+
+
+def verilator_backend(compiled, im=None) -> VerilatorBackend:
+    """Factory for ``driver.register_backend``: memory for the compiled image, the vector
+    engine when this tree has one (without it a VECTOR stops with UNSUPPORTED)."""
+    return VerilatorBackend(compiled.config, compiled.end)
