@@ -1,0 +1,519 @@
+"""The vector engine: the vector unit behind a memory port, executing one VECTOR instruction body
+(``isa.vector_layout()``) per command, byte for byte as ``sw/isa_sim.py`` does.
+
+Per command::
+
+    CHECK ─▶ PARAMS (records ─▶ unit parameter memory, range checks) ─▶ START (unit command) ─▶ RUN ─▶ DONE
+
+* CHECK: unknown op (BAD_MODE), shapes (BAD_SHAPE), alignment to W (BAD_ALIGN), scalar shifts
+  (BAD_PARAM), in ``isa_sim``'s order; the window is the controller's. A rejected command reads
+  and writes nothing.
+* PARAMS: the per-column records are read (``ceil(16 cols / W)`` beats), repacked N columns to a
+  unit parameter beat and range-checked as ``isa_sim`` does (BAD_PARAM before any write).
+* RUN: source rows (and residual rows) are read through a credit-limited request generator into
+  per-stream beat FIFOs; a gearbox per stream turns W-byte beats into N-lane unit beats (1, 2 or
+  4 bytes an element); the unit's output beats are packed to the destination format, saturated
+  to its range and written as W-byte beats with byte strobes, row by row; row exponents (SOFTMAX,
+  REQUANT_ROWS, GELU_ROWS) are gathered into W-byte beats at ``e_addr``.
+* DONE: the status (an ``isa.ErrorCode``) once every write has been accepted by the port.
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from celosia.sw import numerics as nx
+
+from . import isa
+from .engine import MemoryPortSignature
+from .isa import RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, ErrorCode, VecOp
+from .params import ADDR_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
+from .vector import VectorOp, VectorUnit, command_layout as unit_command_layout
+
+__all__ = ["VectorEngine", "DONE_BITS"]
+
+#: The done code is an ErrorCode.
+DONE_BITS = 4
+assert max(ErrorCode) < (1 << DONE_BITS)
+assert VEC_PARAM_RECORD_BYTES == 16
+
+_REC = VEC_PARAM_RECORD_BYTES
+
+
+def _log2(n: int) -> int:
+    assert n > 0 and n & (n - 1) == 0, n
+    return n.bit_length() - 1
+
+
+def _fmt_log(fmt):
+    """log2 of the element bytes of an OutFormat (INT8/UINT8 0, INT16 1, INT32 2)."""
+    return Mux(fmt == OutFormat.INT32, 2, Mux(fmt == OutFormat.INT16, 1, 0))
+
+
+class _Gearbox(wiring.Component):
+    """W-byte beats of a row stream in, unit beats (N elements of 1 << elog bytes) out.
+
+    Every row starts on a beat boundary; a row is ``beats = ceil(cols << elog / W)`` beats in and
+    ``nub = ceil(cols / N)`` unit beats out. A unit beat takes the next ``N << elog`` bytes; the
+    last of a row takes every byte left of the row (the tail of its last beat is dropped).
+    """
+
+    def __init__(self, port_bytes: int, lanes: int, max_elog: int):
+        self.W, self.N = port_bytes, lanes
+        self.U = lanes << max_elog
+        self.C = 2 * max(port_bytes, self.U)
+        super().__init__({
+            "beat": In(stream.Signature(8 * port_bytes)),
+            "elog": In(2),                          # held during a command
+            "last_take": In(range(self.C + 1)),     # bytes the last unit beat of a row takes
+            "last": In(1),                          # the unit beat being offered is a row's last
+            "avail": Out(1),                        # a unit beat is available
+            "take": In(1),                          # ... and is taken now
+            "bytes": Out(8 * self.U),               # the unit beat (low bytes first)
+            "clear": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        W, C = self.W, self.C
+        buf = Signal(8 * C)
+        level = Signal(range(C + 1))
+        need = Signal(range(C + 1))
+        m.d.comb += need.eq(Mux(self.last, self.last_take, self.N << self.elog))
+        m.d.comb += [self.avail.eq(level >= need), self.bytes.eq(buf[:8 * self.U])]
+        pop = Signal(range(C + 1))
+        m.d.comb += pop.eq(Mux(self.take, need, 0))
+        after = Signal(range(C + 1))
+        m.d.comb += after.eq(level - pop)
+        push = Signal()
+        m.d.comb += [push.eq(self.beat.valid & (after + W <= C)), self.beat.ready.eq(push)]
+        shifted = Signal(8 * C)
+        m.d.comb += shifted.eq(buf >> (pop << 3))
+        with m.If(self.clear):
+            m.d.sync += [buf.eq(0), level.eq(0)]
+        with m.Else():
+            m.d.sync += [buf.eq(Mux(push, shifted | (self.beat.payload << (after << 3)), shifted)),
+                         level.eq(after + Mux(push, W, 0))]
+        return m
+
+
+class VectorEngine(wiring.Component):
+    """The vector unit with a memory port: one VECTOR instruction body per command.
+
+    Parameters
+    ----------
+    lanes : int
+        Vector lanes N (the systolic array's size; a power of two).
+    port_bytes : int or None
+        Memory-port width W (default 2N); W <= 16 N (a beat holds at most N parameter records).
+    max_cols : int
+        Longest row (default ``isa.VEC_MAX_COLS``).
+    fifo_beats : int
+        Read beats in flight or buffered per stream (source, residual).
+    unit_kwargs
+        Passed to :class:`celosia.hdl.vector.VectorUnit`.
+
+    Members
+    -------
+    cmd : In(stream.Signature(isa.vector_layout()))
+    done : Out(stream.Signature(4))
+        An ``isa.ErrorCode`` per command (OK, BAD_SHAPE, BAD_ALIGN, BAD_MODE, BAD_PARAM).
+    mem : Out(MemoryPortSignature(port_bytes))
+    busy : Out(1)
+    """
+
+    def __init__(self, lanes: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
+                 max_cols: int = VEC_MAX_COLS, fifo_beats: int = 16, **unit_kwargs):
+        if port_bytes is None:
+            port_bytes = default_port_bytes(lanes) if isinstance(lanes, int) else 16
+        check_config(lanes, port_bytes)
+        if port_bytes > _REC * lanes:
+            raise ValueError(f"port_bytes {port_bytes} > 16 * lanes: a beat would hold more "
+                             f"parameter records than a unit parameter beat")
+        if not isinstance(fifo_beats, int) or fifo_beats < 2:
+            raise ValueError("fifo_beats must be an int >= 2")
+        self.lanes, self.port_bytes, self.max_cols = lanes, port_bytes, max_cols
+        self.fifo_beats = fifo_beats
+        self.unit_kwargs = unit_kwargs
+        super().__init__({
+            "cmd": In(stream.Signature(isa.vector_layout())),
+            "done": Out(stream.Signature(DONE_BITS)),
+            "mem": Out(MemoryPortSignature(port_bytes)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N, W = self.lanes, self.port_bytes
+        lw, ln = _log2(W), _log2(N)
+        D = self.fifo_beats
+        m.submodules.unit = unit = VectorUnit(N, max_cols=self.max_cols, **self.unit_kwargs)
+
+        cmd = Signal(isa.vector_layout())
+        code = Signal(DONE_BITS)
+        op = cmd.op
+        rows, cols = cmd.rows, cmd.cols
+
+        # --- per-command constants ---------------------------------------------------------
+        sl = Signal(2)           # log2 bytes of a source element
+        dl = Signal(2)           # ... of a destination element
+        m.d.comb += [sl.eq(_fmt_log(cmd.src_fmt)), dl.eq(_fmt_log(cmd.dst_fmt))]
+        use_res = (op == VecOp.RESIDUAL) | cmd.add_residual
+        use_p = ((op == VecOp.LAYERNORM) | (op == VecOp.GELU) | (op == VecOp.REQUANT)
+                 | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS))
+        use_e = (op == VecOp.SOFTMAX) | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
+        is_rows_op = (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
+        nub = Signal(16)         # unit beats a row
+        m.d.comb += nub.eq((cols + N - 1) >> ln)
+        src_bytes = Signal(16)
+        res_bytes = Signal(16)
+        dst_bytes = Signal(16)
+        m.d.comb += [src_bytes.eq(cols << sl), res_bytes.eq(cols << 1), dst_bytes.eq(cols << dl)]
+        src_beats = Signal(16)
+        res_beats = Signal(16)
+        m.d.comb += [src_beats.eq((src_bytes + W - 1) >> lw), res_beats.eq((res_bytes + W - 1) >> lw)]
+        p_beats = Signal(20)
+        m.d.comb += p_beats.eq(((cols << 4) + W - 1) >> lw)
+
+        # --- checks (isa_sim order: op, shapes, alignment, scalars) ----------------------------
+        def misaligned(*values):
+            return Cat(v[:lw] != 0 for v in values).any()
+
+        bad_op = op > max(VecOp)
+        many = rows > 1
+        bad_shape = ((rows == 0) | (cols == 0) | (cols > VEC_MAX_COLS)
+                     | (many & (cmd.src_stride < src_bytes)) | (many & (cmd.dst_stride < dst_bytes))
+                     | (many & use_res & (cmd.res_stride < res_bytes)))
+        bad_align = (misaligned(cmd.src_addr, cmd.src_stride, cmd.dst_addr, cmd.dst_stride)
+                     | (use_res & misaligned(cmd.res_addr, cmd.res_stride))
+                     | (use_p & misaligned(cmd.p_addr)) | (use_e & misaligned(cmd.e_addr)))
+        bad_scalar = ((((op == VecOp.SOFTMAX) | (op == VecOp.GELU) | (op == VecOp.LAYERNORM))
+                       & (cmd.shift > nx.SHIFT_MAX))
+                      | (use_res & (cmd.res_shift > RES_SHIFT_MAX)))
+
+        # --- the unit's command -----------------------------------------------------------
+        ucmd = Signal(unit_command_layout)
+        out_lo = Signal(signed(32))
+        out_hi = Signal(signed(32))
+        with m.Switch(cmd.dst_fmt):
+            for fmt in OutFormat:
+                with m.Case(fmt):
+                    m.d.comb += [out_lo.eq(OUT_RANGE[fmt].lo), out_hi.eq(OUT_RANGE[fmt].hi)]
+        is_resid = op == VecOp.RESIDUAL
+        m.d.comb += [
+            ucmd.op.as_value().eq(op[:3]), ucmd.rows.eq(rows), ucmd.cols.eq(cols),
+            ucmd.causal.eq(cmd.causal), ucmd.causal_offset.eq(cmd.causal_offset),
+            ucmd.mult.eq(cmd.mult),
+            ucmd.shift.eq(Mux(is_resid, cmd.res_shift, cmd.shift)),
+            ucmd.add_residual.eq(cmd.add_residual & ~is_resid), ucmd.res_shift.eq(cmd.res_shift),
+            ucmd.zero_point.eq(cmd.zero_point), ucmd.out_lo.eq(out_lo), ucmd.out_hi.eq(out_hi),
+            unit.cmd.payload.eq(ucmd),
+        ]
+
+        # --- read side ----------------------------------------------------------------------
+        rd = self.mem.rd_req
+        resp = self.mem.rd_resp
+        phase_params = Signal()
+        phase_run = Signal()
+
+        # Parameter records: requests and responses counted.
+        p_req = Signal(20)
+        p_resp = Signal(20)
+        # Source / residual streams: row address, beat in the row, rows left to request.
+        s_row_addr = Signal(ADDR_BITS)
+        s_beat = Signal(16)
+        s_row = Signal(17)
+        r_row_addr = Signal(ADDR_BITS)
+        r_beat = Signal(16)
+        r_row = Signal(17)
+        s_pend = Signal(range(D + 1))
+        r_pend = Signal(range(D + 1))
+        m.submodules.s_fifo = s_fifo = fifo.SyncFIFOBuffered(width=8 * W, depth=D)
+        m.submodules.r_fifo = r_fifo = fifo.SyncFIFOBuffered(width=8 * W, depth=D)
+        m.submodules.tags = tags = fifo.SyncFIFOBuffered(width=1, depth=2 * D)
+        s_more = s_row < rows
+        r_more = use_res & (r_row < rows)
+        s_can = phase_run & s_more & (s_pend < D) & tags.w_rdy
+        r_can = phase_run & r_more & (r_pend < D) & tags.w_rdy
+        last_grant_res = Signal()
+        pick_res = Signal()
+        m.d.comb += pick_res.eq(r_can & (~s_can | ~last_grant_res))
+        p_can = phase_params & (p_req < p_beats)
+        with m.If(p_can):
+            m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(cmd.p_addr + (p_req << lw))]
+        with m.Elif(pick_res):
+            m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(r_row_addr + (r_beat << lw))]
+        with m.Elif(s_can):
+            m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(s_row_addr + (s_beat << lw))]
+        fire_rd = rd.valid & rd.ready
+        s_req = fire_rd & ~p_can & ~pick_res
+        r_req = fire_rd & ~p_can & pick_res
+        m.d.comb += [tags.w_en.eq(s_req | r_req), tags.w_data.eq(r_req)]
+        with m.If(fire_rd & p_can):
+            m.d.sync += p_req.eq(p_req + 1)
+        with m.If(s_req | r_req):
+            m.d.sync += last_grant_res.eq(r_req)
+        with m.If(s_req):
+            with m.If(s_beat + 1 == src_beats):
+                m.d.sync += [s_beat.eq(0), s_row.eq(s_row + 1),
+                             s_row_addr.eq(s_row_addr + cmd.src_stride)]
+            with m.Else():
+                m.d.sync += s_beat.eq(s_beat + 1)
+        with m.If(r_req):
+            with m.If(r_beat + 1 == res_beats):
+                m.d.sync += [r_beat.eq(0), r_row.eq(r_row + 1),
+                             r_row_addr.eq(r_row_addr + cmd.res_stride)]
+            with m.Else():
+                m.d.sync += r_beat.eq(r_beat + 1)
+
+        # Responses: parameter records in PARAMS, else by tag to the stream FIFOs (room reserved).
+        m.d.comb += resp.ready.eq(phase_params | phase_run)
+        fire_resp = resp.valid & resp.ready
+        resp_data = phase_run & fire_resp
+        m.d.comb += [
+            tags.r_en.eq(resp_data),
+            s_fifo.w_data.eq(resp.payload), r_fifo.w_data.eq(resp.payload),
+            s_fifo.w_en.eq(resp_data & ~tags.r_data), r_fifo.w_en.eq(resp_data & tags.r_data),
+        ]
+        m.d.sync += [s_pend.eq(s_pend + s_req - (s_fifo.r_en & s_fifo.r_rdy)),
+                     r_pend.eq(r_pend + r_req - (r_fifo.r_en & r_fifo.r_rdy))]
+
+        # --- parameter records ----------------------------------------------------------------
+        rec_layout = data.StructLayout({"mult": signed(32), "shift": unsigned(8), "pad": unsigned(24),
+                                        "bias": signed(64)})
+        G = max(1, W // _REC)                 # records completed per completing beat
+        per_rec = max(1, _REC // W)           # beats per record
+        rec_idx = Signal(range(self.max_cols + G + 1))     # first record of the next group
+        asm = Signal(8 * max(W, _REC))
+        asm_beat = Signal(range(per_rec + 1))
+        staging = Signal(data.ArrayLayout(unit.params.payload.data.shape().elem_shape, N))
+        bad_rec = Signal()
+        group_done = Signal()
+        group = Signal(8 * G * _REC)
+        if per_rec == 1:
+            m.d.comb += [group.eq(resp.payload), group_done.eq(phase_params & fire_resp)]
+        else:
+            m.d.comb += [group.eq(Cat(asm[8 * W:], resp.payload)),
+                         group_done.eq(phase_params & fire_resp & (asm_beat == per_rec - 1))]
+            with m.If(phase_params & fire_resp):
+                m.d.sync += [asm.eq(Cat(asm[8 * W:], resp.payload)),
+                             asm_beat.eq(Mux(asm_beat == per_rec - 1, 0, asm_beat + 1))]
+        new_stage = Signal.like(staging)
+        m.d.comb += new_stage.eq(staging)
+        slot = rec_idx[:ln] if ln else C(0, 1)
+        recs = [rec_layout(group[8 * _REC * g:8 * _REC * (g + 1)]) for g in range(G)]
+        with m.Switch(slot >> _log2(G) if G > 1 else slot):
+            for base in range(N // G):
+                with m.Case(base):
+                    for g in range(G):
+                        r = recs[g]
+                        m.d.comb += [new_stage[base * G + g].mult.eq(r.mult),
+                                     new_stage[base * G + g].shift.eq(r.shift),
+                                     new_stage[base * G + g].bias.eq(r.bias)]
+        rec_bad = []
+        for g, r in enumerate(recs):
+            ln_bad = ((r.mult >= (1 << 20)) | (r.mult <= -(1 << 20))
+                      | (r.bias >= (1 << 40)) | (r.bias <= -(1 << 40)))
+            lo_shift = Mux(is_rows_op, nx.ROW_EXP_MAX, 0)
+            rq_bad = ((r.mult < 0) | (r.mult >= (1 << nx.MULT_BITS))
+                      | (r.shift < lo_shift) | (r.shift > nx.SHIFT_MAX))
+            rec_bad.append((rec_idx + g < cols) & Mux(op == VecOp.LAYERNORM, ln_bad, rq_bad))
+        last_group = rec_idx + G >= cols
+        full = (slot + G == N) if N > G else C(1, 1)
+        m.d.comb += [
+            unit.params.valid.eq(group_done & (full | last_group)),
+            unit.params.payload.addr.eq(rec_idx >> ln),
+            unit.params.payload.data.eq(new_stage),
+        ]
+        with m.If(group_done):
+            m.d.sync += [staging.eq(new_stage), rec_idx.eq(rec_idx + G)]
+            with m.If(Cat(rec_bad).any()):
+                m.d.sync += bad_rec.eq(1)
+
+        # --- source and residual gearboxes into the unit ---------------------------------------
+        m.submodules.g_src = g_src = _Gearbox(W, N, 2)
+        m.submodules.g_res = g_res = _Gearbox(W, N, 1)
+        m.d.comb += [g_src.beat.valid.eq(s_fifo.r_rdy), g_src.beat.payload.eq(s_fifo.r_data),
+                     s_fifo.r_en.eq(g_src.beat.ready)]
+        m.d.comb += [g_res.beat.valid.eq(r_fifo.r_rdy), g_res.beat.payload.eq(r_fifo.r_data),
+                     r_fifo.r_en.eq(g_res.beat.ready)]
+        in_beat = Signal(16)       # unit beat in the row
+        in_row = Signal(17)
+        in_last = in_beat + 1 == nub
+        src_last_take = ((src_beats << lw) - ((nub - 1) << (ln + sl)))[:16]
+        res_last_take = ((res_beats << lw) - ((nub - 1) << (ln + 1)))[:16]
+        m.d.comb += [g_src.elog.eq(sl), g_src.last.eq(in_last), g_src.last_take.eq(src_last_take),
+                     g_res.elog.eq(1), g_res.last.eq(in_last), g_res.last_take.eq(res_last_take)]
+        in_ok = phase_run & (in_row < rows) & g_src.avail & (g_res.avail | ~use_res)
+        m.d.comb += unit.i.valid.eq(in_ok)
+        fire_in = in_ok & unit.i.ready
+        m.d.comb += [g_src.take.eq(fire_in), g_res.take.eq(fire_in & use_res)]
+        with m.If(fire_in):
+            with m.If(in_last):
+                m.d.sync += [in_beat.eq(0), in_row.eq(in_row + 1)]
+            with m.Else():
+                m.d.sync += in_beat.eq(in_beat + 1)
+        sb = g_src.bytes
+        for k in range(N):
+            lane = Signal(signed(32), name=f"in_lane{k}")
+            with m.Switch(cmd.src_fmt):
+                with m.Case(OutFormat.INT8):
+                    m.d.comb += lane.eq(sb[8 * k:8 * k + 8].as_signed())
+                with m.Case(OutFormat.UINT8):
+                    m.d.comb += lane.eq(sb[8 * k:8 * k + 8])
+                with m.Case(OutFormat.INT16):
+                    m.d.comb += lane.eq(sb[16 * k:16 * k + 16].as_signed())
+                with m.Case(OutFormat.INT32):
+                    m.d.comb += lane.eq(sb[32 * k:32 * k + 32].as_signed())
+            m.d.comb += [unit.i.payload.data[k].eq(lane),
+                         unit.i.payload.residual[k].eq(g_res.bytes[16 * k:16 * k + 16].as_signed())]
+
+        # --- output: pack, saturate, write rows; row exponents ---------------------------------
+        Cb = 2 * max(W, 4 * N)
+        obuf = Signal(8 * Cb)
+        olevel = Signal(range(Cb + 1))
+        oflush = Signal()
+        o_beat = Signal(16)        # unit beat of the output row
+        o_row = Signal(17)         # output rows fully written
+        w_row_addr = Signal(ADDR_BITS)
+        w_beat = Signal(16)
+        wr = self.mem.wr
+        e_buf = Signal(8 * W)
+        e_strb = Signal(W)
+        e_pend = Signal()
+        e_row = Signal(17)         # rows whose exponent is recorded
+        e_word_addr = Signal(ADDR_BITS)
+
+        # Write port: a pending exponent beat first, else a data beat.
+        d_want = phase_run & ((olevel >= W) | (oflush & (olevel != 0)))
+        m.d.comb += [wr.payload.addr.eq(Mux(e_pend, e_word_addr, w_row_addr + (w_beat << lw))),
+                     wr.payload.data.eq(Mux(e_pend, e_buf, obuf[:8 * W])),
+                     wr.valid.eq(e_pend | d_want)]
+        d_strb = Signal(W)
+        with m.If(olevel >= W):
+            m.d.comb += d_strb.eq((1 << W) - 1)
+        with m.Else():
+            m.d.comb += d_strb.eq((Const(1, W + 1) << olevel) - 1)
+        m.d.comb += wr.payload.strb.eq(Mux(e_pend, e_strb, d_strb))
+        d_fire = wr.ready & ~e_pend & d_want
+        o_pop = Signal(range(Cb + 1))
+        m.d.comb += o_pop.eq(Mux(d_fire, Mux(olevel >= W, W, olevel), 0))
+        o_after = Signal(range(Cb + 1))
+        m.d.comb += o_after.eq(olevel - o_pop)
+        flush_done = oflush & (o_after == 0) & d_fire
+        with m.If(d_fire):
+            with m.If(flush_done):
+                m.d.sync += [w_beat.eq(0), w_row_addr.eq(w_row_addr + cmd.dst_stride),
+                             o_row.eq(o_row + 1), oflush.eq(0)]
+            with m.Else():
+                m.d.sync += w_beat.eq(w_beat + 1)
+        with m.If(wr.ready & e_pend):
+            m.d.sync += [e_pend.eq(0), e_strb.eq(0), e_buf.eq(0)]
+
+        o_last = o_beat + 1 == nub
+        V = Signal(range(4 * N + 1))
+        m.d.comb += V.eq(Mux(o_last, (dst_bytes - ((nub - 1) << (ln + dl)))[:len(V)], N << dl))
+        o_ok = (phase_run & (~oflush | flush_done) & (o_after + V <= Cb)
+                & ~(e_pend & use_e & o_last))
+        m.d.comb += unit.o.ready.eq(o_ok)
+        fire_o = unit.o.valid & o_ok
+        packed = Signal(8 * 4 * N)
+        for k in range(N):
+            y = unit.o.payload.data[k]
+            ys = Signal(signed(32), name=f"out_lane{k}")
+            m.d.comb += ys.eq(Mux(y < out_lo, out_lo, Mux(y > out_hi, out_hi, y)))
+            with m.Switch(dl):
+                for b in range(3):
+                    with m.Case(b):
+                        eb = 1 << b
+                        m.d.comb += packed[8 * eb * k:8 * eb * (k + 1)].eq(ys[:8 * eb])
+        vmask = Signal(8 * 4 * N)
+        for byte in range(4 * N):
+            m.d.comb += vmask[8 * byte:8 * byte + 8].eq(Mux(byte < V, 0xFF, 0))
+        shifted = Signal(8 * Cb)
+        m.d.comb += shifted.eq(obuf >> (o_pop << 3))
+        with m.If(fire_o):
+            m.d.sync += [obuf.eq(shifted | ((packed & vmask) << (o_after << 3))),
+                         olevel.eq(o_after + V)]
+            with m.If(o_last):
+                m.d.sync += [o_beat.eq(0), oflush.eq(1)]
+            with m.Else():
+                m.d.sync += o_beat.eq(o_beat + 1)
+        with m.Else():
+            m.d.sync += [obuf.eq(shifted), olevel.eq(o_after)]
+        # Row exponents: one byte per row, W rows a beat.
+        e_pos = e_row[:lw] if lw else C(0, 1)
+        with m.If(fire_o & o_last & use_e):
+            m.d.sync += [e_buf.eq(e_buf | (unit.o.payload.exp << (e_pos << 3))),
+                         e_strb.eq(e_strb | (Const(1, 1) << e_pos)), e_row.eq(e_row + 1)]
+            with m.If((e_pos == W - 1) | (e_row + 1 == rows)):
+                m.d.sync += [e_pend.eq(1),
+                             e_word_addr.eq(cmd.e_addr + ((e_row >> lw) << lw))]
+
+        # --- control ----------------------------------------------------------------------
+        clear = Signal()
+        m.d.comb += [g_src.clear.eq(clear), g_res.clear.eq(clear)]
+        m.d.comb += self.done.payload.eq(code)
+        with m.FSM(name="vector_engine"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += cmd.eq(self.cmd.payload)
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += [self.busy.eq(1), clear.eq(1)]
+                m.d.sync += [p_req.eq(0), p_resp.eq(0), rec_idx.eq(0), asm_beat.eq(0),
+                             bad_rec.eq(0), staging.eq(0),
+                             s_row_addr.eq(cmd.src_addr), s_beat.eq(0), s_row.eq(0),
+                             r_row_addr.eq(cmd.res_addr), r_beat.eq(0), r_row.eq(0),
+                             in_beat.eq(0), in_row.eq(0), o_beat.eq(0), o_row.eq(0),
+                             oflush.eq(0), olevel.eq(0), obuf.eq(0),
+                             w_row_addr.eq(cmd.dst_addr), w_beat.eq(0),
+                             e_buf.eq(0), e_strb.eq(0), e_pend.eq(0), e_row.eq(0),
+                             last_grant_res.eq(0)]
+                with m.If(bad_op):
+                    m.d.sync += code.eq(ErrorCode.BAD_MODE)
+                    m.next = "DONE"
+                with m.Elif(bad_shape):
+                    m.d.sync += code.eq(ErrorCode.BAD_SHAPE)
+                    m.next = "DONE"
+                with m.Elif(bad_align):
+                    m.d.sync += code.eq(ErrorCode.BAD_ALIGN)
+                    m.next = "DONE"
+                with m.Elif(bad_scalar):
+                    m.d.sync += code.eq(ErrorCode.BAD_PARAM)
+                    m.next = "DONE"
+                with m.Elif(use_p):
+                    m.d.sync += [code.eq(ErrorCode.OK), phase_params.eq(1)]
+                    m.next = "PARAMS"
+                with m.Else():
+                    m.d.sync += code.eq(ErrorCode.OK)
+                    m.next = "START"
+            with m.State("PARAMS"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(phase_params & fire_resp):
+                    m.d.sync += p_resp.eq(p_resp + 1)
+                with m.If(p_resp == p_beats):
+                    m.d.sync += phase_params.eq(0)
+                    with m.If(bad_rec):
+                        m.d.sync += code.eq(ErrorCode.BAD_PARAM)
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "START"
+            with m.State("START"):
+                m.d.comb += [self.busy.eq(1), unit.cmd.valid.eq(1)]
+                with m.If(unit.cmd.ready):
+                    m.d.sync += phase_run.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If((o_row == rows) & ~e_pend):
+                    m.d.sync += phase_run.eq(0)
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += [self.busy.eq(1), self.done.valid.eq(1)]
+                with m.If(self.done.ready):
+                    m.next = "IDLE"
+        return m
