@@ -6,7 +6,8 @@
 // Memory model: reads (any INCR burst length) answer in order, `latency` cycles after the
 // address at the earliest; a write lands in the image when its data beat is accepted and is
 // acknowledged on B the next cycle; every channel's ready (and read data valid) can drop at
-// random with probability `stall`/65536. A beat outside the image sets the error flag and
+// random with probability `stall`/65536. Write data may arrive before its address (AXI
+// allows it); a write lands when both have arrived, and its B follows the next cycle. A beat outside the image sets the error flag and
 // stops the run.
 //
 // Verilator spells the double underscores of Amaranth's port names (m_axi__arvalid) as ___05F.
@@ -72,14 +73,13 @@ struct Harness {
     uint32_t rng = 1, stall = 0;
     std::deque<ReadBeat> rq;
     std::deque<uint64_t> awq;   // write addresses waiting for their data
+    std::deque<std::vector<uint8_t>> wq;   // write data (and strobes) waiting for an address
     std::deque<uint64_t> bq;    // due cycles of write responses
     int error = 0;
     uint64_t error_addr = 0;
-    std::vector<uint8_t> wdata, wstrb;
 
     Harness(uint64_t mem_bytes, unsigned port_bytes)
-        : ctx(new VerilatedContext), mem(mem_bytes, 0), port_bytes(port_bytes),
-          wdata(port_bytes + 8), wstrb(port_bytes / 8 + 8) {
+        : ctx(new VerilatedContext), mem(mem_bytes, 0), port_bytes(port_bytes) {
         top.reset(new CELOSIA_CLASS(ctx.get()));
     }
 
@@ -107,7 +107,7 @@ struct Harness {
         top->clk = 0;
         top->rst = 0;
         top->eval();
-        rq.clear(); awq.clear(); bq.clear();
+        rq.clear(); awq.clear(); wq.clear(); bq.clear();
         error = 0;
     }
 
@@ -124,9 +124,7 @@ struct Harness {
             M(rlast) = b.last;
         }
         M(bvalid) = !bq.empty() && bq.front() <= cycle;
-        top->eval();
-        // W may complete with its AW in the same cycle.
-        M(wready) = w_go && (!awq.empty() || (M(awvalid) && aw_go));
+        M(wready) = w_go;
         top->eval();
 
         if (M(arvalid) && M(arready)) {
@@ -144,13 +142,20 @@ struct Harness {
         if (M(bvalid) && M(bready)) bq.pop_front();
         if (M(awvalid) && M(awready)) awq.push_back(M(awaddr));
         if (M(wvalid) && M(wready)) {
+            std::vector<uint8_t> beat(port_bytes + (port_bytes + 7) / 8);
+            get_bytes(M(wdata), beat.data(), port_bytes);
+            get_bytes(M(wstrb), beat.data() + port_bytes, (port_bytes + 7) / 8);
+            wq.push_back(std::move(beat));
+        }
+        // A write lands when both its address and its data have arrived.
+        while (!awq.empty() && !wq.empty()) {
             uint64_t addr = awq.front();
             awq.pop_front();
             if (!in_bounds(addr)) { error = 2; error_addr = addr; return; }
-            get_bytes(M(wdata), wdata.data(), port_bytes);
-            get_bytes(M(wstrb), wstrb.data(), (port_bytes + 7) / 8);
+            const uint8_t *data = wq.front().data(), *strb = data + port_bytes;
             for (unsigned i = 0; i < port_bytes; i++)
-                if (wstrb[i / 8] >> (i % 8) & 1) mem[addr + i] = wdata[i];
+                if (strb[i / 8] >> (i % 8) & 1) mem[addr + i] = data[i];
+            wq.pop_front();
             bq.push_back(cycle + 1);
             writes++;
         }
