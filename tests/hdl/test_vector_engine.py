@@ -193,7 +193,149 @@ def check(engine, cases, **kw):
         assert diff.size == 0, f"{ins}: {diff.size} bytes differ, first at {diff[:8]}"
 
 
-def test_smoke(engine):
-    rng = np.random.default_rng(0)
-    cases = [make_vector(op, 3, 5, W, rng) for op in VecOp]
+def check_batch(engine, cases, **kw):
+    """Every case's instruction run back to back on one memory image per case."""
+    check(engine, cases, **kw)
+
+
+@pytest.mark.parametrize("op", list(VecOp))
+def test_op_formats_and_shapes(engine, op):
+    """Each opcode over every source format, random destination formats, row lengths below, at
+    and above a beat, padded strides, with and without the residual pre-add, with stalls."""
+    rng = np.random.default_rng(int(op) + 100)
+    cases = []
+    for k, sf in enumerate(OutFormat):
+        cols = (1, 3, 2 * LANES + 1, 17)[k]
+        cases.append(make_vector(op, int(rng.integers(1, 4)), cols, W, rng, src_fmt=sf,
+                                 dst_fmt=OutFormat(int(rng.integers(0, 4))),
+                                 residual=bool(k % 2), pad=k % 2,
+                                 kind=("random", "extremes", "equal", "random")[k]))
+    check(engine, cases, seed=int(op), stall=0.3)
+
+
+def test_compiled_model_instructions(engine):
+    """The VECTOR instructions the compiler emits, at small sizes: REQUANT_ROWS int16 -> int8,
+    SOFTMAX int32 -> uint8 (causal too), LAYERNORM int32 + residual -> int16, GELU_ROWS
+    int16 -> uint8, each with its row exponents."""
+    rng = np.random.default_rng(7)
+    cases = [
+        make_vector(VecOp.REQUANT_ROWS, 5, 24, W, rng, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8),
+        make_vector(VecOp.SOFTMAX, 6, 6, W, rng, src_fmt=OutFormat.INT32, dst_fmt=OutFormat.UINT8),
+        make_vector(VecOp.SOFTMAX, 6, 6, W, rng, causal=0),
+        make_vector(VecOp.LAYERNORM, 3, 24, W, rng, src_fmt=OutFormat.INT32,
+                    dst_fmt=OutFormat.INT16, residual=True),
+        make_vector(VecOp.GELU_ROWS, 4, 40, W, rng, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.UINT8),
+    ]
+    check(engine, cases, seed=3, stall=0.2)
+
+
+def test_adversarial_rows(engine):
+    """Extreme and constant rows, one column, masked rows, many rows (exponent beats)."""
+    rng = np.random.default_rng(8)
+    cases = [
+        make_vector(VecOp.SOFTMAX, 3, 9, W, rng, kind="extremes", causal=-1),   # row 0 masked
+        make_vector(VecOp.LAYERNORM, 2, 1, W, rng, kind="extremes", residual=True),
+        make_vector(VecOp.LAYERNORM, 2, 7, W, rng, kind="equal"),
+        make_vector(VecOp.REQUANT_ROWS, 19, 3, W, rng, kind="extremes"),      # > W exponents
+        make_vector(VecOp.GELU_ROWS, 2, 5, W, rng, kind="extremes", src_fmt=OutFormat.INT32,
+                    dst_fmt=OutFormat.INT32),
+        make_vector(VecOp.RESIDUAL, 2, 6, W, rng, kind="extremes", dst_fmt=OutFormat.INT8),
+    ]
+    check(engine, cases, seed=4, stall=0.1)
+
+
+def test_commands_back_to_back(engine):
+    """Several instructions on one image, in one run: each sees the previous one's results."""
+    rng = np.random.default_rng(9)
+    img_ins, mem = make_vector(VecOp.REQUANT_ROWS, 4, 12, W, rng, src_fmt=OutFormat.INT16)
+    f = dict(img_ins.fields)
+    # LayerNorm of the same source into a second buffer; then GELU_ROWS reading the first.
+    ins2 = isa.vector(**{**f, "op": VecOp.RESIDUAL, "res_addr": f["src_addr"],
+                         "res_stride": f["src_stride"], "res_shift": 3,
+                         "dst_fmt": OutFormat.INT16, "dst_addr": f["dst_addr"] + 4 * f["dst_stride"] * 4,
+                         "dst_stride": f["dst_stride"] * 4, "e_addr": 0})
+    ins3 = isa.vector(**{**f, "op": VecOp.GELU_ROWS, "src_addr": ins2.dst_addr,
+                         "src_stride": ins2.dst_stride, "dst_fmt": OutFormat.UINT8})
+    ref = mem
+    for ins in (img_ins, ins2, ins3):
+        ref, code = isa_reference(ins, ref, LANES, W)
+        assert code == ErrorCode.OK
+    got, codes, _ = run_engine(engine, [img_ins, ins2, ins3], mem, seed=5, stall=0.2)
+    assert codes == [ErrorCode.OK] * 3
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_bad_instructions(engine):
+    """Every check isa_sim makes (other than the window): the same code, memory untouched."""
+    rng = np.random.default_rng(10)
+    base, mem = make_vector(VecOp.LAYERNORM, 3, 6, W, rng, residual=True)
+    f = dict(base.fields)
+    bad = [
+        dict(op=7), dict(op=15),
+        dict(rows=0), dict(cols=0), dict(cols=isa.VEC_MAX_COLS + 1),
+        dict(src_stride=8), dict(dst_stride=0), dict(res_stride=W),
+        dict(src_addr=f["src_addr"] + 1), dict(dst_stride=f["dst_stride"] + 2),
+        dict(res_addr=f["res_addr"] + 4), dict(p_addr=f["p_addr"] + 1),
+        dict(shift=48), dict(res_shift=17),
+        dict(op=VecOp.SOFTMAX, e_addr=3), dict(op=VecOp.SOFTMAX, shift=63),
+        dict(op=VecOp.GELU, shift=50), dict(op=VecOp.REQUANT, shift=63, add_residual=0),
+    ]
+    cases = [(isa.vector(**{**f, **b}), mem) for b in bad]
+    # Parameter records out of range (read from memory): BAD_PARAM, nothing written.
+    for op, rec in ((VecOp.LAYERNORM, {"mult": 1 << 20}), (VecOp.LAYERNORM, {"bias": -(1 << 40)}),
+                    (VecOp.REQUANT, {"mult": -1}), (VecOp.REQUANT, {"shift": 48}),
+                    (VecOp.GELU, {"mult": 1 << 15}), (VecOp.REQUANT_ROWS, {"shift": 7}),
+                    (VecOp.GELU_ROWS, {"shift": 200})):
+        ins, m2 = make_vector(op, 2, 9, W, rng)
+        recs = np.frombuffer(m2, dtype=VEC_PARAM_DTYPE, count=9, offset=ins.p_addr)
+        recs[8][list(rec)[0]] = list(rec.values())[0]       # the last column only
+        cases.append((ins, m2))
+    for ins, m in cases:
+        want, code = isa_reference(ins, m, LANES, W)
+        assert code != ErrorCode.OK, str(ins)
+        assert np.array_equal(want, m)
+        got, codes, _ = run_engine(engine, [ins], m)
+        assert codes == [code], (str(ins), codes, code)
+        np.testing.assert_array_equal(got, m)
+    # A good instruction after a bad one still runs.
+    check(engine, [(base, mem)])
+
+
+@pytest.mark.parametrize("lanes,port_bytes", [(4, 4), (4, 16), (2, 32), (8, 16)])
+def test_other_ports(lanes, port_bytes):
+    """Port widths below a record (4), equal to one (16) and holding several (32), N = 8."""
+    engine = VectorEngine(lanes, port_bytes, max_cols=48)
+    rng = np.random.default_rng(lanes * 100 + port_bytes)
+    cases = [make_vector(op, 2, int(rng.integers(1, 40)), port_bytes, rng,
+                         src_fmt=OutFormat(int(rng.integers(0, 4))),
+                         dst_fmt=OutFormat(int(rng.integers(0, 4))), residual=bool(rng.integers(0, 2)))
+             for op in (VecOp.SOFTMAX, VecOp.LAYERNORM, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)]
+    check(engine, cases, seed=port_bytes, stall=0.2)
+
+
+def test_rows_of_512_and_1536():
+    """The compiled model's long rows: LayerNorm-sized rows of 384, a GELU_ROWS row of 1536."""
+    engine = VectorEngine(8, 16)
+    rng = np.random.default_rng(11)
+    cases = [make_vector(VecOp.LAYERNORM, 2, 384, 16, rng, residual=True),
+             make_vector(VecOp.GELU_ROWS, 1, 1536, 16, rng, src_fmt=OutFormat.INT16)]
     check(engine, cases)
+
+
+def test_throughput_int16_to_int8():
+    """No stalls, memory latency 3: REQUANT_ROWS int16 -> int8 rows of 128 at N = 8, W = 16
+    stream at one unit beat (8 elements) a cycle once the pipe is full, after the parameter
+    records (16 bytes a column: 128 beats at W = 16)."""
+    engine = VectorEngine(8, 16, max_cols=128)
+    rng = np.random.default_rng(12)
+    ins, mem = make_vector(VecOp.REQUANT_ROWS, 8, 128, 16, rng, src_fmt=OutFormat.INT16)
+    want, _ = isa_reference(ins, mem, 8, 16)
+    got, codes, cycles = run_engine(engine, [ins], mem, latency=3)
+    np.testing.assert_array_equal(got, want)
+    param_beats, beats, row_beats = 128 * 16 // 16, 8 * 128 // 8, 128 // 8
+    assert cycles[0] <= param_beats + beats + 2 * row_beats + 30, cycles
+
+
+def test_rejects_wide_ports():
+    with pytest.raises(ValueError):
+        VectorEngine(2, 64)
