@@ -121,7 +121,8 @@ class Accelerator(wiring.Component):
             ctrl.win_size.eq(csr.win_size),
         ]
         for name in ("running", "done", "error", "error_code", "error_pc", "pc", "mm_busy",
-                     "vec_busy", "stall", "retire", "retire_mm", "retire_vec"):
+                     "vec_busy", "stall", "retire", "retire_mm", "retire_vec", "unretire_mm",
+                     "unretire_vec"):
             m.d.comb += getattr(csr, name).eq(getattr(ctrl, name))
         return m
 

@@ -104,6 +104,7 @@ class Controller(wiring.Component):
             "error_code": Out(ERROR_BITS), "error_pc": Out(ADDR_BITS), "pc": Out(ADDR_BITS),
             "mm_busy": Out(1), "vec_busy": Out(1),
             "stall": Out(1), "retire": Out(1), "retire_mm": Out(1), "retire_vec": Out(1),
+            "unretire_mm": Out(1), "unretire_vec": Out(1),
         }
         if vector:
             members["vec_cmd"] = Out(stream.Signature(isa.vector_layout()))
@@ -132,6 +133,7 @@ class Controller(wiring.Component):
         unit_err = Signal()               # a unit answered a command with an error
         unit_code = Signal(ERROR_BITS)
         unit_pc = Signal(ADDR_BITS)
+        unit_vec = Signal()               # the failing unit is the vector engine
         abort_req = Signal()
         with m.If(self.abort & self.running):
             m.d.sync += abort_req.eq(1)
@@ -139,7 +141,7 @@ class Controller(wiring.Component):
         # --- units: an issue slot and a FIFO of the addresses of commands in flight ---
         units = {}
 
-        def unit(name, cmd, done, layout, done_code):
+        def unit(name, cmd, done, layout, done_code, is_vector=0):
             slot_valid = Signal(name=f"{name}_slot_valid")
             slot_cmd = Signal(layout, name=f"{name}_slot_cmd")
             slot_pc = Signal(ADDR_BITS, name=f"{name}_slot_pc")
@@ -157,7 +159,7 @@ class Controller(wiring.Component):
                 m.d.sync += slot_valid.eq(0)
             with m.If(done.valid & (done.payload != 0) & ~unit_err):
                 m.d.sync += [unit_err.eq(1), unit_code.eq(done_code(done.payload)),
-                             unit_pc.eq(q.r_data)]
+                             unit_pc.eq(q.r_data), unit_vec.eq(is_vector)]
             busy = Signal(name=f"{name}_busy")
             m.d.comb += busy.eq(slot_valid | q.r_rdy)
             units[name] = (slot_valid, slot_cmd, slot_pc, busy)
@@ -168,7 +170,7 @@ class Controller(wiring.Component):
         m.d.comb += self.mm_busy.eq(mm_busy)
         if self.vector:
             vec_busy = unit("vec", self.vec_cmd, self.vec_done, isa.vector_layout(),
-                            lambda c: c)
+                            lambda c: c, 1)
             m.d.comb += self.vec_busy.eq(vec_busy)
         else:
             vec_busy = C(0, 1)
@@ -478,6 +480,9 @@ class Controller(wiring.Component):
                 with m.If(idle_mm & idle_vec & self.writes_idle):
                     m.d.sync += [self.running.eq(0), abort_req.eq(0)]
                     with m.If(unit_err):
+                        # The failing command was counted when issued; isa_sim does not
+                        # count an instruction that fails.
+                        m.d.comb += [self.unretire_mm.eq(~unit_vec), self.unretire_vec.eq(unit_vec)]
                         m.d.sync += [self.error.eq(1), code.eq(unit_code),
                                      self.error_pc.eq(unit_pc), pc.eq(unit_pc)]
                     with m.Elif(code == ErrorCode.OK):

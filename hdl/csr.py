@@ -48,6 +48,7 @@ class CsrBlock(wiring.Component):
             "error_code": In(ERROR_BITS), "error_pc": In(32), "pc": In(32),
             "mm_busy": In(1), "vec_busy": In(1),
             "stall": In(1), "retire": In(1), "retire_mm": In(1), "retire_vec": In(1),
+            "unretire_mm": In(1), "unretire_vec": In(1),
         })
 
     def elaborate(self, platform):
@@ -75,10 +76,16 @@ class CsrBlock(wiring.Component):
         sat_inc(stall_n, self.stall)
         with m.If(self.retire):
             m.d.sync += instret.eq(instret + 1)
+        with m.Elif(self.unretire_mm | self.unretire_vec):
+            m.d.sync += instret.eq(instret - 1)
         with m.If(self.retire_mm):
             m.d.sync += mm_count.eq(mm_count + 1)
+        with m.Elif(self.unretire_mm):
+            m.d.sync += mm_count.eq(mm_count - 1)
         with m.If(self.retire_vec):
             m.d.sync += vec_count.eq(vec_count + 1)
+        with m.Elif(self.unretire_vec):
+            m.d.sync += vec_count.eq(vec_count - 1)
 
         values = {
             "ID": C(isa.ID_MAGIC, 32),

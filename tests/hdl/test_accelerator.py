@@ -13,8 +13,8 @@ from celosia.sim.tb_accelerator import (AxiMemoryModel, axil_read, axil_write, e
                                         matmul_chain, reference, status_bits)
 
 
-def run_accel(img, *, array, k_max=64, latency=2, stall=0.0, max_cycles=200_000):
-    dut = Accelerator(array, img.config.port_bytes, k_max=k_max)
+def run_accel(img, *, array, k_max=64, latency=2, stall=0.0, max_cycles=200_000, vector=False):
+    dut = Accelerator(array, img.config.port_bytes, k_max=k_max, vector=vector)
     mem = img.mem.copy()
     model = AxiMemoryModel(dut.m_axi, mem, img.config.port_bytes, latency=latency, stall=stall)
     regs = {}
@@ -36,8 +36,8 @@ def run_accel(img, *, array, k_max=64, latency=2, stall=0.0, max_cycles=200_000)
     return mem, regs
 
 
-def check_against_isa(img, mem, regs):
-    ref_mem, ref, mach = reference(img)
+def check_against_isa(img, mem, regs, vector_unit=False):
+    ref_mem, ref, mach = reference(img, vector_unit=vector_unit)
     for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT", "VECTOR_COUNT"):
         assert regs[name] == ref[name], (name, regs[name], ref[name], mach.error_detail)
     assert status_bits(regs["STATUS"]) == ref["STATUS"]
@@ -77,3 +77,15 @@ def test_vector_true_needs_a_vector_engine():
         pytest.skip("this tree has a vector engine")
     with pytest.raises(ValueError, match="no VectorEngine"):
         Accelerator.__init__(object.__new__(Accelerator), 2, 8, vector=True)
+
+
+def test_vector_engine_plugs_in():
+    """With the tree's vector engine: a VECTOR whose record is out of range stops with the
+    engine's BAD_PARAM at its address, counted as isa_sim counts it."""
+    from celosia.hdl.accelerator import vector_engine_factory
+    if vector_engine_factory() is None:
+        pytest.skip("this tree has no vector engine")
+    img = error_image("vector", MachineConfig(2, 8), size=0x1000)
+    mem, regs = run_accel(img, array=2, vector=True)
+    check_against_isa(img, mem, regs, vector_unit=True)
+    assert regs["ERROR"] == ErrorCode.BAD_PARAM
