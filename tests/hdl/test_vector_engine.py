@@ -124,9 +124,9 @@ def _src_values(rng, shape, fmt, kind):
 
 
 def make_vector(op: VecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=None, residual=None,
-                kind="random", pad=0, causal=None):
+                kind="random", pad=0, causal=None, mem_size=MEM):
     """An image and a VECTOR instruction of ``op`` with random valid fields."""
-    img = Image(W, rng)
+    img = Image(W, rng, mem_size)
     src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
     if dst_fmt is None:
         dst_fmt = {VecOp.SOFTMAX: OutFormat.UINT8, VecOp.LAYERNORM: OutFormat.INT16,
