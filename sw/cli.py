@@ -69,9 +69,34 @@ def load_models(model_file: Path | None, rebuild: bool = False, quiet: bool = Fa
 
 # --- embed ------------------------------------------------------------------------------------
 
-#: Backends of ``celosia embed``: golden (the op-level integer model) and isa (the compiled
-#: program on the functional simulator of the instruction set).
-BACKENDS = ("golden", "isa")
+#: Backends of ``celosia embed``: golden (the op-level integer model), isa (the compiled
+#: program on the functional simulator of the instruction set) and verilator (the compiled
+#: program on the accelerator's RTL, Verilated).
+BACKENDS = ("golden", "isa", "verilator")
+
+
+class LayerProgress:
+    """A progress line on stderr while a program runs: the encoder layer it has reached."""
+
+    def __init__(self, layers: int, enabled: bool):
+        self.layers, self.enabled = layers, enabled
+        self.tty = sys.stderr.isatty()
+        self.shown = -1
+
+    def __call__(self, retired: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        layer = min(self.layers, retired * self.layers // total)
+        if layer == self.shown:
+            return
+        self.shown = layer
+        bar = "#" * layer + "." * (self.layers - layer)
+        text = f"  [{bar}] layer {layer}/{self.layers}  ({retired}/{total} instructions)"
+        if self.tty:
+            sys.stderr.write("\r" + text + ("\n" if layer == self.layers else ""))
+            sys.stderr.flush()
+        else:
+            _stderr(text)
 
 
 def _read_texts(args) -> list[str]:
@@ -151,10 +176,16 @@ def _run_on_accelerator(args, model, im, ids, r: dict):
     from . import golden
     import numpy as np
     from .driver import AcceleratorError, AcceleratorHung, run_embedding
+    if args.backend == "verilator":
+        import celosia.sim.verilator_accel  # noqa: F401  (registers the backend)
+    progress = LayerProgress(im.meta["layers"], enabled=not args.json)
     try:
-        res = run_embedding(args.backend, model, im, ids, array=args.array)
+        res = run_embedding(args.backend, model, im, ids, array=args.array,
+                            timeout_s=args.timeout, progress=progress)
     except (AcceleratorError, AcceleratorHung) as exc:
         raise CLIError(f"backend {args.backend}: {exc}") from None
+    if progress.tty and progress.shown not in (-1, progress.layers):
+        sys.stderr.write("\n")
     ref = golden.forward(im, golden.embed_int32(model, im, ids))
     cycles = res.counters["cycles"]
     ideal = golden.macs(im, len(ids)) / args.array ** 2
@@ -163,6 +194,8 @@ def _run_on_accelerator(args, model, im, ids, r: dict):
               "bit_exact_vs_golden": bool(np.array_equal(res.hidden, ref))})
     if args.backend == "isa":
         r["cycles_model"] = "isa simulator estimate (each unit at its ideal rate), not RTL"
+    if res.build_s:
+        r["build_s"] = round(res.build_s, 2)
     return res.embedding
 
 
@@ -230,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"where to compute: {', '.join(BACKENDS)} (default: golden)")
     p.add_argument("--array", type=int, default=8, metavar="N",
                    help="systolic array size the program is compiled for (default 8; not golden)")
+    p.add_argument("--timeout", type=float, default=1800.0, metavar="S",
+                   help="give up on a backend run after S seconds, reporting the last status "
+                        "(default 1800)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--reference", action="store_true",
                    help="also compute the float32 embedding and report the cosine against it")

@@ -128,9 +128,11 @@ class Accelerator:
                       getattr(b, "error_detail", ""))
 
     def wait(self, max_cycles: int | None = None, timeout_s: float | None = None,
-             poll_s: float = 0.0) -> Status:
+             poll_s: float = 0.0, progress: Callable[[int], None] | None = None,
+             progress_cycles: int = 1 << 18) -> Status:
         """Run until the program stops; AcceleratorError for an error code, AcceleratorHung
-        when a limit passes first."""
+        when a limit passes first. ``progress`` is called with the count of retired
+        instructions every ``progress_cycles`` cycles."""
         t0 = time.monotonic()
         while True:
             left = None if timeout_s is None else timeout_s - (time.monotonic() - t0)
@@ -143,7 +145,12 @@ class Accelerator:
                 limit = f"{cycles} cycles" if left_cycles is not None and left_cycles <= 0 \
                     else f"{timeout_s} s"
                 raise AcceleratorHung(status, limit)
-            self.backend.advance(left_cycles, left)
+            if progress is not None:
+                step = progress_cycles if left_cycles is None else min(left_cycles, progress_cycles)
+                self.backend.advance(step, left)
+                progress(self.counters()["instructions"])
+            else:
+                self.backend.advance(left_cycles, left)
             if poll_s:
                 time.sleep(poll_s)
         if status.error != ErrorCode.OK:
@@ -249,6 +256,8 @@ class RunResult:
     backend: str
     output_scale: float = 1.0
     compiled: CompiledModel | None = field(default=None, repr=False)
+    #: Seconds the backend spent building itself (a Verilator model on a cache miss).
+    build_s: float = 0.0
 
     @property
     def embedding(self) -> np.ndarray:
@@ -257,31 +266,37 @@ class RunResult:
 
 
 def run_compiled(backend: Backend, compiled: CompiledModel, e: np.ndarray,
-                 max_cycles: int | None = None, timeout_s: float | None = None) -> RunResult:
+                 max_cycles: int | None = None, timeout_s: float | None = None,
+                 progress: Callable[[int], None] | None = None) -> RunResult:
     """Load ``compiled`` into ``backend``, write the int32 embedding sums ``e``, run, read back."""
     acc = Accelerator(backend)
     acc.load(compiled)
     backend.write_memory(compiled.input.addr, compiled.input.pack(e))
     acc.start(compiled.program_addr)
-    acc.wait(max_cycles=max_cycles, timeout_s=timeout_s)
+    acc.wait(max_cycles=max_cycles, timeout_s=timeout_s, progress=progress)
     out = compiled.output
     hidden = out.unpack(backend.read_memory(out.addr, out.nbytes))
-    return RunResult(hidden, acc.counters(), backend.name, compiled=compiled)
+    build_s = float(getattr(getattr(backend, "model", None), "build_seconds", 0.0) or 0.0)
+    return RunResult(hidden, acc.counters(), backend.name, compiled=compiled, build_s=build_s)
 
 
 def run_embedding(backend_name: str, model, im: IntegerModel, ids, array: int = 8,
                   port_bytes: int | None = None, max_cycles: int | None = None,
-                  timeout_s: float | None = 600.0) -> RunResult:
+                  timeout_s: float | None = 600.0,
+                  progress: Callable[[int, int], None] | None = None) -> RunResult:
     """Token ids -> int16 hidden state (and counters) on the named backend.
 
     ``model`` (the float MiniLM) supplies the embedding tables; the host quantises the
     embedding sum (golden.embed_int32), the compiler builds the program for ``len(ids)``
-    tokens on an ``array`` x ``array`` engine, and the backend runs it.
+    tokens on an ``array`` x ``array`` engine, and the backend runs it. ``progress`` is
+    called with (retired instructions, program length) while it runs.
     """
     ids = np.asarray(ids)
     e = golden.embed_int32(model, im, ids)
     compiled = compile_model(im, len(ids), array=array, port_bytes=port_bytes)
     backend = open_backend(backend_name, compiled, im)
-    result = run_compiled(backend, compiled, e, max_cycles=max_cycles, timeout_s=timeout_s)
+    total = len(compiled.program.instructions)
+    result = run_compiled(backend, compiled, e, max_cycles=max_cycles, timeout_s=timeout_s,
+                          progress=None if progress is None else (lambda n: progress(n, total)))
     result.output_scale = golden.output_scale(im)
     return result
