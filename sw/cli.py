@@ -5,6 +5,7 @@ Subcommands:
   quantize   build (or rebuild) the integer model file
   bench      benchmarks (accuracy, matmul, vector) that print figures
   verilog    write the matmul engine's Verilog
+  build      FPGA bitstreams (when fpga/ provides them)
 
 Errors from bad input are one line on stderr and a non-zero exit status, never a traceback.
 """
@@ -300,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
             b = bench.add_parser(name, help=text, description=(mod.__doc__ or text).strip().splitlines()[0])
             mod.add_arguments(b)
             b.set_defaults(func=mod.run)
+
+    build = _optional("celosia.fpga.build")
+    if build is not None and hasattr(build, "add_arguments"):
+        p = sub.add_parser("build", help="build an FPGA bitstream",
+                           description="Synthesise, place and route the accelerator for a board "
+                                       "with the open toolchain (YoWASP) and report utilisation "
+                                       "and the achieved Fmax.")
+        build.add_arguments(p)
+        p.set_defaults(func=build.run)
 
     engine = _optional("celosia.hdl.engine")
     if engine is not None and hasattr(engine, "add_verilog_arguments"):
