@@ -160,8 +160,11 @@ class Controller(wiring.Component):
             with m.If(done.valid & (done.payload != 0) & ~unit_err):
                 m.d.sync += [unit_err.eq(1), unit_code.eq(done_code(done.payload)),
                              unit_pc.eq(q.r_data), unit_vec.eq(is_vector)]
+            # In flight counts from the cycle after the hand-over: the FIFO's level, not its
+            # r_rdy, which a SyncFIFOBuffered raises one cycle later (a SYNC or HALT sampling
+            # that cycle would pass a command that has only just started).
             busy = Signal(name=f"{name}_busy")
-            m.d.comb += busy.eq(slot_valid | q.r_rdy)
+            m.d.comb += busy.eq(slot_valid | (q.level != 0))
             units[name] = (slot_valid, slot_cmd, slot_pc, busy)
             return busy
 

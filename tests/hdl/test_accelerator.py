@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from celosia.hdl.accelerator import Accelerator, verilog_text
-from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
+from celosia.hdl import isa
+from celosia.hdl.isa import CSR, ErrorCode, MachineConfig, Unit
+from celosia.hdl.params import OutFormat
 from celosia.sim.pysim import run
 from celosia.sim.tb_accelerator import (AxiMemoryModel, axil_read, axil_write, error_image,
                                         matmul_chain, reference, status_bits)
@@ -89,3 +91,82 @@ def test_vector_engine_plugs_in():
     mem, regs = run_accel(img, array=2, vector=True)
     check_against_isa(img, mem, regs, vector_unit=True)
     assert regs["ERROR"] == ErrorCode.BAD_PARAM
+
+
+def sync_handover_image(config: MachineConfig, *, seed: int = 0, k: int = 48):
+    """Two commands of one unit back to back, a SYNC naming that unit, then a command of the
+    other unit that reads what the second one wrote, in both directions:
+
+        MATMUL (long), MATMUL -> X (int32), SYNC(MATMUL), VECTOR X -> Y (int8),
+        VECTOR, VECTOR -> Z (int8), SYNC(VECTOR), MATMUL Z -> out, HALT
+
+    The second command of each pair waits in its unit's issue slot while the SYNC waits, and
+    is handed to the engine only then: the SYNC must still wait for it (it once passed in the
+    cycle of the hand-over, and the next unit read X before the matmul had written it)."""
+    from celosia.sim.tb_accelerator import Image, _Alloc
+
+    rng = np.random.default_rng(seed)
+    w = config.port_bytes
+    base, size = 0x1000, 0x8000
+    mem = rng.integers(0, 256, base + size + 0x1000, dtype=np.uint8)
+    mem[base:base + size] = 0
+    al = _Alloc(mem, base, max(w, isa.INSTR_BYTES))
+
+    def rup(n):
+        return -(-n // w) * w
+
+    def mat(rows, cols, dtype, lo, hi):
+        stride = rup(cols * np.dtype(dtype).itemsize)
+        return al.matrix(rng.integers(lo, hi, (rows, cols)), dtype, stride), stride
+
+    def out(rows, cols, nbytes):
+        stride = rup(cols * nbytes)
+        return al.put(bytes(rows * stride)), stride
+
+    m, n = 4, 8
+    program = []
+    a, a_s = mat(8, k, np.int8, -128, 128)
+    b, b_s = mat(k, 8, np.int8, -128, 128)
+    c, c_s = out(8, 8, 4)
+    program.append(isa.matmul(m=8, k=k, n=8, a_addr=a, a_stride=a_s, b_addr=b, b_stride=b_s,
+                              c_addr=c, c_stride=c_s))
+    a2, a2_s = mat(m, 16, np.int8, -128, 128)
+    b2, b2_s = mat(16, n, np.int8, -128, 128)
+    x, x_s = out(m, n, 4)
+    program.append(isa.matmul(m=m, k=16, n=n, a_addr=a2, a_stride=a2_s, b_addr=b2,
+                              b_stride=b2_s, c_addr=x, c_stride=x_s))
+    program.append(isa.sync(Unit.MATMUL))
+    r, r_s = mat(m, n, np.int16, -8, 8)
+    y, y_s = out(m, n, 1)
+    program.append(isa.vector(op=isa.VecOp.RESIDUAL, rows=m, cols=n, src_addr=x, src_stride=x_s,
+                              res_addr=r, res_stride=r_s, res_shift=4, dst_addr=y, dst_stride=y_s,
+                              src_fmt=OutFormat.INT32, dst_fmt=OutFormat.INT8))
+    s, s_s = mat(8, 64, np.int32, -1 << 12, 1 << 12)
+    sr, sr_s = mat(8, 64, np.int16, -100, 100)
+    t, t_s = out(8, 64, 4)
+    program.append(isa.vector(op=isa.VecOp.RESIDUAL, rows=8, cols=64, src_addr=s, src_stride=s_s,
+                              res_addr=sr, res_stride=sr_s, dst_addr=t, dst_stride=t_s,
+                              src_fmt=OutFormat.INT32, dst_fmt=OutFormat.INT32))
+    z, z_s = out(m, 16, 1)
+    program.append(isa.vector(op=isa.VecOp.RESIDUAL, rows=m, cols=16, src_addr=s, src_stride=s_s,
+                              res_addr=sr, res_stride=sr_s, res_shift=1, dst_addr=z,
+                              dst_stride=z_s, src_fmt=OutFormat.INT32, dst_fmt=OutFormat.INT8))
+    program.append(isa.sync(Unit.VECTOR))
+    b3, b3_s = mat(16, n, np.int8, -128, 128)
+    o, o_s = out(m, n, 4)
+    program.append(isa.matmul(m=m, k=16, n=n, a_addr=z, a_stride=z_s, b_addr=b3, b_stride=b3_s,
+                              c_addr=o, c_stride=o_s))
+    program.append(isa.halt())
+    prog = al.put(b"".join(ins.encode() for ins in program))
+    assert al.top <= base + size
+    return Image(mem, base, size, prog, config, {"y": y, "out": o})
+
+
+def test_sync_waits_for_a_command_handed_over_while_it_waits():
+    from celosia.hdl.accelerator import vector_engine_factory
+    if vector_engine_factory() is None:
+        pytest.skip("this tree has no vector engine")
+    img = sync_handover_image(MachineConfig(2, 8))
+    mem, regs = run_accel(img, array=2, vector=True)
+    check_against_isa(img, mem, regs, vector_unit=True)
+    assert regs["ERROR"] == 0 and regs["MATMUL_COUNT"] == 3 and regs["VECTOR_COUNT"] == 3
