@@ -187,3 +187,33 @@ def test_throughput(accel):
     _, ref, _ = reference(img)
     print(f"{m}x{k}x{n} on N={CFG.array}: {regs['CYCLES']} cycles (isa_sim model {ref['CYCLES']}, "
           f"ideal {m * k * n // CFG.array ** 2}), {regs['CYCLES'] / wall / 1e6:.2f} M cycles/s")
+
+
+def _sync_handover_image():
+    path = Path(__file__).parents[1] / "hdl" / "test_accelerator.py"
+    spec = importlib.util.spec_from_file_location("_accel_sync_handover", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.sync_handover_image
+
+
+def test_sync_after_back_to_back_commands_with_the_vector_engine():
+    """The build with the vector engine at N = 8 (the MiniLM build): two commands of one unit
+    back to back, a SYNC naming it, then the other unit reading the second one's output, in
+    both directions, under several memory latencies: memory and CSRs of isa_sim. (A SYNC
+    once passed in the cycle its unit took the second command out of the issue slot.)"""
+    from celosia.hdl.accelerator import vector_engine_factory
+    if vector_engine_factory() is None:
+        pytest.skip("this tree has no vector engine")
+    make = _sync_handover_image()
+    cfg = MachineConfig(8, 16)
+    with VerilatorAccel(cfg.array, cfg.port_bytes, vector=True, mem_bytes=1 << 16) as v:
+        for seed in range(6):
+            img = make(cfg, seed=seed, k=32 + 16 * seed)
+            v.memory_model(latency=1 + 2 * seed, seed=seed + 1, stall=0.2 if seed % 2 else 0.0)
+            out, regs = run_image(v, img)
+            ref_mem, ref, mach = reference(img, vector_unit=True)
+            for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT", "VECTOR_COUNT"):
+                assert regs[name] == ref[name], (seed, name, regs[name], ref[name])
+            diff = np.flatnonzero(out != ref_mem)
+            assert diff.size == 0, f"seed {seed}: {diff.size} bytes differ, first at {diff[0]:#x}"
