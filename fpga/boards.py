@@ -44,11 +44,13 @@ BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5", platform_module="amaranth_boards.ulx3s",
         platform_class="ULX3S_85F_Platform", clk_name="clk25", clk_in_mhz=25.0,
-        array=8, clock_mhz=50.0, vector=True, k_max=4096, mem_bytes=128 * 1024, spram=False,
+        # With the vector engine an 8x8 build needs 251 MULT18X18D (Yosys), above the 156.
+        array=8, clock_mhz=100.0, vector=False, k_max=4096, mem_bytes=128 * 1024, spram=False,
         dsps=156, reset_button="button_fire"),
     "icebreaker": Board(
         name="icebreaker", family="ice40", platform_module="amaranth_boards.icebreaker",
         platform_class="ICEBreakerPlatform", clk_name="clk12", clk_in_mhz=12.0,
+        # Matmul only; even so the accelerator is about 2.5x the device's LUTs (docs/fpga.md).
         array=2, clock_mhz=18.0, vector=False, k_max=512, mem_bytes=64 * 1024, spram=True,
         dsps=8, reset_button=None),
 }
@@ -104,10 +106,10 @@ def ice40_pll_params(fin_mhz: float, fout_mhz: float) -> dict:
     return {"DIVR": divr, "DIVF": divf, "DIVQ": divq, "FILTER_RANGE": filt, "fout_mhz": fout}
 
 
-def add_pll(m: Module, platform, board: Board, fout_mhz: float):
-    """Instantiate the board's PLL in ``m``; returns ``(clk, locked, achieved_mhz)``. ``clk``
-    carries a clock constraint at the achieved frequency."""
-    clk = Signal()
+def add_pll(m: Module, platform, board: Board, fout_mhz: float, clk: Signal):
+    """Instantiate the board's PLL in ``m`` driving ``clk`` (a clock domain's own clock signal,
+    so that the constrained net keeps its name through synthesis); returns ``(locked,
+    achieved_mhz)``. ``clk`` carries a clock constraint at the achieved frequency."""
     locked = Signal()
     if board.family == "ecp5":
         p = ecp5_pll_params(board.clk_in_mhz, fout_mhz)
@@ -137,4 +139,4 @@ def add_pll(m: Module, platform, board: Board, fout_mhz: float):
             io_PACKAGEPIN=pad.io, i_RESETB=1, i_BYPASS=0,
             o_PLLOUTGLOBAL=clk, o_LOCK=locked)
     platform.add_clock_constraint(clk, p["fout_mhz"] * 1e6)
-    return clk, locked, p["fout_mhz"]
+    return locked, p["fout_mhz"]

@@ -44,12 +44,11 @@ class CelosiaTop(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         b = self.board
-        clk, locked, self.achieved_mhz = add_pll(m, platform, b, self.clock_mhz)
-        clk_hz = int(round(self.achieved_mhz * 1e6))
-
         m.domains.sync = cd_sync = ClockDomain("sync")
         m.domains.por = cd_por = ClockDomain("por", reset_less=True)
-        m.d.comb += [cd_sync.clk.eq(clk), cd_por.clk.eq(clk)]
+        locked, self.achieved_mhz = add_pll(m, platform, b, self.clock_mhz, cd_sync.clk)
+        clk_hz = int(round(self.achieved_mhz * 1e6))
+        m.d.comb += cd_por.clk.eq(cd_sync.clk)
         hold = Signal()
         if b.reset_button is not None:
             button = platform.request(b.reset_button, 0)
