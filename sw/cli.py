@@ -179,6 +179,10 @@ def _run_on_accelerator(args, model, im, ids, r: dict):
     from .driver import AcceleratorError, AcceleratorHung, run_embedding
     if args.backend == "verilator":
         import celosia.sim.verilator_accel  # noqa: F401  (registers the backend)
+        if not args.json and not getattr(args, "_announced", False):
+            _stderr(f"celosia: Verilated model of the {args.array}x{args.array} accelerator: "
+                    "elaborated and built on first use (minutes), then cached")
+            args._announced = True
     progress = LayerProgress(im.meta["layers"], enabled=not args.json)
     try:
         res = run_embedding(args.backend, model, im, ids, array=args.array,
