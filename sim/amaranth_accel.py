@@ -1,0 +1,369 @@
+"""The whole accelerator in Amaranth's Python simulator: the ``amaranth`` backend.
+
+:class:`AmaranthAccel` elaborates :class:`celosia.hdl.accelerator.Accelerator` into one
+``amaranth.sim.Simulator`` that lives as long as the object, with two background testbenches:
+
+* :class:`AxiMemory` serves the ``m_axi`` master from a Python ``bytearray``: ``INCR`` bursts
+  of any length on one ID, answered in order after ``latency`` cycles (``AW`` and ``W`` are
+  always ready, write responses follow the last beat);
+* a host testbench runs the CSR accesses the Python side queues, as AXI4-Lite transactions on
+  ``s_axil``, so the RTL register block is exercised.
+
+The simulator only advances inside :meth:`AmaranthAccel.read_csr`, :meth:`~AmaranthAccel.write_csr`
+and :meth:`~AmaranthAccel.run`: between them time stands still and the host reads and writes
+the memory image directly (the accelerator is idle then, or at least not clocked).
+
+:class:`AmaranthBackend` is the :class:`celosia.sw.driver.Backend` of that model and
+:func:`amaranth_backend` its factory for ``driver.register_backend`` (like
+``verilator_backend``). The Python simulator runs some thousand cycles per second for a 2x2
+or 4x4 array: it suits small arrays, small programs and waveforms (``vcd_path``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from amaranth.hdl import Cat
+
+from celosia.hdl.isa import CSR, MachineConfig
+from celosia.hdl.params import K_MAX
+
+__all__ = ["AxiMemory", "AmaranthAccel", "AmaranthBackend", "amaranth_backend"]
+
+#: Clock period given to the simulator (only the waveform's time axis depends on it).
+CLOCK_PERIOD = 1e-8
+#: Cycles an AXI4-Lite transaction may take before the host gives up on it.
+CSR_TIMEOUT_CYCLES = 1000
+
+
+class AxiMemory:
+    """An AXI4 slave memory for Amaranth's simulator, serving ``axi`` (the accelerator's
+    ``Out(AXI4Signature)`` port) from ``mem`` (a ``bytearray``) at address 0.
+
+    Reads: every accepted ``AR`` is an ``INCR`` burst of ``arlen + 1`` beats; its beats leave on
+    ``R`` in order, the first ``latency`` cycles after the request at the earliest. Writes:
+    ``AW`` and ``W`` are always ready; beats are matched to bursts in order and written with
+    their strobes; a ``B`` response follows each burst's last beat. A beat outside ``mem`` or a
+    burst type other than ``INCR`` is recorded in ``error`` (reads return 0, writes are
+    dropped) rather than raised inside the simulator; :class:`AmaranthAccel` reports it."""
+
+    def __init__(self, axi, mem: bytearray, port_bytes: int, *, latency: int = 2):
+        if latency < 1:
+            raise ValueError("latency must be at least 1 cycle")
+        self.axi, self.mem, self.w = axi, mem, port_bytes
+        self.latency = latency
+        self.cycle = 0
+        self.reads = self.writes = self.read_bursts = 0
+        self.error: str | None = None
+
+    def _fault(self, text: str) -> None:
+        if self.error is None:
+            self.error = text
+
+    def _read(self, addr: int) -> int:
+        w = self.w
+        if addr + w > len(self.mem):
+            self._fault(f"AXI read at {addr:#x} outside the simulated memory")
+            return 0
+        return int.from_bytes(self.mem[addr:addr + w], "little")
+
+    def _write(self, addr: int, data: int, strb: int) -> None:
+        w = self.w
+        if addr + w > len(self.mem):
+            self._fault(f"AXI write at {addr:#x} outside the simulated memory")
+            return
+        raw = data.to_bytes(w, "little")
+        if strb == (1 << w) - 1:
+            self.mem[addr:addr + w] = raw
+        else:
+            mem = self.mem
+            for i in range(w):
+                if strb >> i & 1:
+                    mem[addr + i] = raw[i]
+
+    async def testbench(self, ctx):
+        a, w, lat = self.axi, self.w, self.latency
+        reads = deque()          # [due cycle, address, beats left, data] per accepted AR burst
+        bursts = deque()         # [address, beats left] per accepted AW burst
+        beats = deque()          # (data, strobes) received before their AW
+        bresp = 0
+        ctx.set(Cat(a.arready, a.awready, a.wready), 0b111)
+        # The R and B outputs are set as one value and the master's outputs sampled as one, so
+        # a cycle settles the design once for the memory and evaluates one expression.
+        outputs = Cat(a.rvalid, a.rlast, a.bvalid, a.rdata)
+        shown = 0
+        fields = (a.rready, a.bready, a.arvalid, a.awvalid, a.wvalid, a.arburst, a.awburst,
+                  a.arlen, a.awlen, a.araddr, a.awaddr, a.wstrb, a.wdata)
+        inputs = Cat(*fields)
+        offsets, at = [], 0
+        for f in fields:
+            offsets.append(at)
+            at += len(f)
+        (o_rr, o_br, o_arv, o_awv, o_wv, o_arb, o_awb, o_arlen, o_awlen, o_araddr, o_awaddr,
+         o_wstrb, o_wdata) = offsets
+        addr_mask = (1 << len(a.araddr)) - 1
+        strb_mask = (1 << w) - 1
+        while True:
+            cycle = self.cycle
+            rv = bool(reads) and reads[0][0] <= cycle
+            bv = bresp > 0
+            if rv:
+                head = reads[0]
+                if head[3] is None:
+                    head[3] = self._read(head[1])
+                out = 1 | (head[2] == 1) << 1 | bv << 2 | head[3] << 3
+            else:
+                out = (shown & ~0b111) | bv << 2        # rdata/rlast hold when not valid
+            if out != shown:
+                ctx.set(outputs, out)
+                shown = out
+            _, _, v = await ctx.tick().sample(inputs)
+            self.cycle = cycle + 1
+            if rv and v & 1:                    # rready
+                head = reads[0]
+                self.reads += 1
+                head[2] -= 1
+                if head[2]:
+                    head[1] += w
+                    head[3] = None
+                else:
+                    reads.popleft()
+            if bv and v >> o_br & 1:
+                bresp -= 1
+            if v >> o_arv & 1:
+                araddr = v >> o_araddr & addr_mask
+                if v >> o_arb & 3 != 1:
+                    self._fault(f"AXI read burst type {v >> o_arb & 3} at {araddr:#x} (only INCR)")
+                reads.append([cycle + lat, araddr, (v >> o_arlen & 0xFF) + 1, None])
+                self.read_bursts += 1
+            if v >> o_awv & 1:
+                awaddr = v >> o_awaddr & addr_mask
+                if v >> o_awb & 3 != 1:
+                    self._fault(f"AXI write burst type {v >> o_awb & 3} at {awaddr:#x} (only INCR)")
+                bursts.append([awaddr, (v >> o_awlen & 0xFF) + 1])
+            if v >> o_wv & 1:
+                beats.append((v >> o_wdata, v >> o_wstrb & strb_mask))
+            while bursts and beats:
+                data, strb = beats.popleft()
+                burst = bursts[0]
+                self._write(burst[0], data, strb)
+                self.writes += 1
+                burst[1] -= 1
+                if burst[1]:
+                    burst[0] += w
+                else:
+                    bursts.popleft()
+                    bresp += 1
+
+
+class _CsrOp:
+    __slots__ = ("addr", "value", "write", "done")
+
+    def __init__(self, addr: int, value: int, write: bool):
+        self.addr, self.value, self.write, self.done = addr, value, write, False
+
+
+class AmaranthAccel:
+    """A simulated :class:`celosia.hdl.accelerator.Accelerator` with ``mem_bytes`` of memory at
+    address 0 behind its AXI4 port (``mem``, a ``bytearray``).
+
+    ``vector``: the tree's vector engine (True), none (False: a VECTOR stops with UNSUPPORTED)
+    or None for "when there is one". ``vcd_path``: write every signal's waveform there (closed
+    by :meth:`close`; the file grows by about a kilobyte per cycle)."""
+
+    def __init__(self, array: int, port_bytes: int | None = None, *, vector=True,
+                 k_max: int = K_MAX, mem_bytes: int = 1 << 20, latency: int = 2,
+                 vcd_path=None, gtkw_path=None):
+        from amaranth.sim import Simulator
+
+        from celosia.hdl.accelerator import Accelerator, vector_engine_factory
+
+        if vector is None:
+            vector = vector_engine_factory() is not None
+        self.config = MachineConfig(array, port_bytes)
+        self.port_bytes = self.config.port_bytes
+        self.vector = bool(vector)
+        t0 = time.perf_counter()
+        self.dut = Accelerator(array, self.port_bytes, vector=self.vector, k_max=k_max)
+        self.mem = bytearray(mem_bytes)
+        self.memory = AxiMemory(self.dut.m_axi, self.mem, self.port_bytes, latency=latency)
+        self._ops: deque[_CsrOp] = deque()
+        sim = self.sim = Simulator(self.dut)
+        sim.add_clock(CLOCK_PERIOD)
+        sim.add_testbench(self.memory.testbench, background=True)
+        sim.add_testbench(self._host, background=True)
+        self._vcd = None
+        if vcd_path is not None:
+            self._vcd = sim.write_vcd(str(vcd_path), None if gtkw_path is None else str(gtkw_path))
+            self._vcd.__enter__()
+        self.build_seconds = time.perf_counter() - t0
+        self.sim_seconds = 0.0
+
+    # --- the simulator ------------------------------------------------------------------------
+
+    async def _host(self, ctx):
+        """Runs the queued CSR accesses as AXI4-Lite transactions (one at a time, as the
+        verilator harness and cocotbext-axi's AxiLiteMaster do)."""
+        bus = self.dut.s_axil
+        ops = self._ops
+        aw = Cat(bus.awaddr, bus.wdata, bus.wstrb, bus.awvalid, bus.wvalid)
+        aw_valid = 0b11 << (len(bus.awaddr) + len(bus.wdata) + len(bus.wstrb))
+        b_phase = Cat(bus.awvalid, bus.wvalid, bus.bready)
+        ar = Cat(bus.araddr, bus.arvalid)
+        ar_valid = 1 << len(bus.araddr)
+        r_phase = Cat(bus.arvalid, bus.rready)
+        while True:
+            if not ops:
+                await ctx.tick()
+                continue
+            op = ops[0]
+            if op.write:
+                ctx.set(aw, op.addr | op.value << len(bus.awaddr)
+                        | 0xF << (len(bus.awaddr) + len(bus.wdata)) | aw_valid)
+                await ctx.tick().until(bus.awready & bus.wready)
+                ctx.set(b_phase, 0b100)
+                await ctx.tick().until(bus.bvalid)
+                ctx.set(bus.bready, 0)
+            else:
+                ctx.set(ar, op.addr | ar_valid)
+                await ctx.tick().until(bus.arready)
+                ctx.set(r_phase, 0b10)
+                op.value, = await ctx.tick().sample(bus.rdata).until(bus.rvalid)
+                ctx.set(bus.rready, 0)
+            ops.popleft()
+            op.done = True
+
+    def _step_until(self, done, limit: int) -> None:
+        """Advance the simulator until ``done()`` or ``limit`` more cycles passed."""
+        if self.sim is None:
+            raise RuntimeError("the simulation is closed")
+        t0 = time.perf_counter()
+        mem, sim = self.memory, self.sim
+        end = mem.cycle + limit
+        try:
+            while not done() and mem.cycle < end:
+                sim.advance()
+        finally:
+            self.sim_seconds += time.perf_counter() - t0
+
+    def _csr(self, addr: int, value: int, write: bool) -> int:
+        op = _CsrOp(addr, value, write)
+        self._ops.append(op)
+        self._step_until(lambda: op.done, CSR_TIMEOUT_CYCLES)
+        if not op.done:
+            raise RuntimeError(f"AXI4-Lite {'write' if write else 'read'} at {addr:#x} "
+                               f"did not complete in {CSR_TIMEOUT_CYCLES} cycles")
+        return op.value
+
+    def check(self) -> None:
+        """Raise the memory's first bus error, if any (once)."""
+        err, self.memory.error = self.memory.error, None
+        if err is not None:
+            raise RuntimeError(err)
+
+    @property
+    def cycle(self) -> int:
+        """Clock cycles simulated so far (since construction)."""
+        return self.memory.cycle
+
+    def close(self) -> None:
+        if self._vcd is not None:
+            vcd, self._vcd = self._vcd, None
+            vcd.__exit__(None, None, None)
+        self.sim = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            if self._vcd is not None:
+                self.close()
+        except Exception:
+            pass
+
+    # --- the host interface -------------------------------------------------------------------
+
+    def read_csr(self, name: str) -> int:
+        return self._csr(getattr(CSR, name).offset, 0, False)
+
+    def write_csr(self, name: str, value: int) -> None:
+        self._csr(getattr(CSR, name).offset, int(value) & 0xFFFFFFFF, True)
+
+    def busy(self) -> bool:
+        return bool(CSR.STATUS.get(self.read_csr("STATUS"), "busy"))
+
+    def run(self, max_cycles: int | None = None, timeout_s: float | None = None, *,
+            poll: int = 128) -> int:
+        """Clock until STATUS.busy falls (read over AXI4-Lite every ``poll`` cycles), or
+        ``max_cycles`` cycles or ``timeout_s`` seconds pass; returns the cycles run."""
+        t0 = time.monotonic()
+        start = self.cycle
+        left = float("inf") if max_cycles is None else max_cycles
+        while left > 0:
+            chunk = int(min(left, poll))
+            before = self.cycle
+            self._step_until(lambda: False, chunk)
+            self.check()
+            left -= self.cycle - before
+            if not self.busy():
+                break
+            if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
+                break
+        return self.cycle - start
+
+
+class AmaranthBackend:
+    """The ``amaranth`` backend of :mod:`celosia.sw.driver`: :class:`AmaranthAccel` behind the
+    CSR/memory interface every backend has. ``config`` is a :class:`MachineConfig` or the array
+    size."""
+
+    name = "amaranth"
+
+    def __init__(self, config: MachineConfig | int, mem_size: int, vector=True, *,
+                 k_max: int = K_MAX, latency: int = 2, vcd_path=None, gtkw_path=None,
+                 poll: int = 128):
+        if not isinstance(config, MachineConfig):
+            config = MachineConfig(int(config))
+        mem_size = -(-mem_size // 4096) * 4096
+        self.poll = poll
+        self.model = AmaranthAccel(config.array, config.port_bytes, vector=vector, k_max=k_max,
+                                   mem_bytes=mem_size, latency=latency, vcd_path=vcd_path,
+                                   gtkw_path=gtkw_path)
+        self.config = self.model.config
+
+    @property
+    def build_seconds(self) -> float:
+        return self.model.build_seconds
+
+    def read_memory(self, addr: int, size: int) -> bytes:
+        if addr < 0 or addr + size > len(self.model.mem):
+            raise ValueError(f"[{addr:#x}, {addr + size:#x}) is outside the memory")
+        return bytes(self.model.mem[addr:addr + size])
+
+    def write_memory(self, addr: int, raw: bytes) -> None:
+        if addr < 0 or addr + len(raw) > len(self.model.mem):
+            raise ValueError(f"[{addr:#x}, {addr + len(raw):#x}) is outside the memory")
+        self.model.mem[addr:addr + len(raw)] = raw
+
+    def read_csr(self, name: str) -> int:
+        return self.model.read_csr(name)
+
+    def write_csr(self, name: str, value: int) -> None:
+        self.model.write_csr(name, value)
+
+    def advance(self, max_cycles: int | None, timeout_s: float | None) -> None:
+        self.model.run(max_cycles, timeout_s, poll=self.poll)
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def amaranth_backend(compiled, im=None, **kwargs) -> AmaranthBackend:
+    """Factory for ``driver.register_backend``: memory for the compiled image, the vector
+    engine, the array and port width the program was compiled for."""
+    return AmaranthBackend(compiled.config, compiled.end, **kwargs)

@@ -1,0 +1,189 @@
+"""The ``amaranth`` backend: the accelerator in Amaranth's Python simulator behind the driver's
+Backend interface. A matmul program and a one-layer encoder (attention and FFN, a MiniLM layer
+cut down to 16 features) give the integers of the isa backend and the golden model; an illegal
+instruction stops with its code; the driver's cycle limit raises AcceleratorHung.
+
+The Python simulator runs about a thousand cycles per second, so the programs are small (a few
+thousand cycles) and the arrays 2x2 and 4x4."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
+from celosia.sim.amaranth_accel import AmaranthBackend, amaranth_backend
+from celosia.sim.tb_accelerator import error_image, matmul_chain, reference, status_bits
+from celosia.sw import driver, golden
+from celosia.sw.compiler import compile_model
+from celosia.sw.driver import Accelerator, AcceleratorError, AcceleratorHung, run_compiled
+from celosia.sw.isa_sim import IsaBackend
+from celosia.sw.quantize import IntegerModel
+
+CFG = MachineConfig(2, 8)
+
+
+def load_image(backend, img) -> Accelerator:
+    """Write ``img`` (a tb_accelerator Image) and its window through the driver."""
+    acc = Accelerator(backend)
+    backend.write_memory(0, img.mem.tobytes())
+    backend.write_csr("WIN_BASE", img.base)
+    backend.write_csr("WIN_SIZE", img.size)
+    return acc
+
+
+def test_matmul_program_matches_isa_sim():
+    img = matmul_chain(11, CFG, links=3, max_dim=8)
+    backend = AmaranthBackend(CFG, len(img.mem))
+    acc = load_image(backend, img)
+    assert acc.config == CFG
+    acc.start(img.prog)
+    t0 = time.perf_counter()
+    c0 = backend.model.cycle
+    status = acc.wait(max_cycles=100_000, timeout_s=60)
+    wall = time.perf_counter() - t0
+    assert status.done and status.error == ErrorCode.OK
+    ref_mem, ref, mach = reference(img)
+    for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT", "VECTOR_COUNT"):
+        assert backend.read_csr(name) == ref[name], name
+    assert status_bits(backend.read_csr("STATUS")) == ref["STATUS"]
+    mem = np.frombuffer(backend.read_memory(0, len(img.mem)), np.uint8)
+    diff = np.flatnonzero(mem != ref_mem)
+    assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[0]:#x}"
+    counters = acc.counters()
+    assert counters["matmul_count"] == 3 and counters["cycles"] > 0
+    sim = backend.model.cycle - c0
+    print(f"matmul chain on N=2: {counters['cycles']} cycles (isa_sim model {ref['CYCLES']}), "
+          f"{sim} simulated in {wall:.2f} s, {sim / wall:.0f} cycles/s")
+
+
+def tiny_model(im: IntegerModel, hidden: int = 16, heads: int = 2, ffn: int = 32) -> IntegerModel:
+    """The first layer of ``im`` cut down to ``hidden`` features, ``heads`` heads (the first
+    ``hidden // heads`` dimensions of each of the first heads) and ``ffn`` FFN units: a real
+    layer's integer parameters, small enough for the Python simulator."""
+    H, n_heads = im.meta["hidden"], im.meta["heads"]
+    dh0, dh = H // n_heads, hidden // heads
+    hid = np.arange(hidden)
+    ctx = np.concatenate([h * dh0 + np.arange(dh) for h in range(heads)])
+    qkv = np.concatenate([p * H + ctx for p in range(3)])
+    ff = np.arange(ffn)
+    per_hidden = ("qkv_in.", "attn_out.rq.", "attn_out.bias", "ln1.", "ffn_in.", "ffn2.bias",
+                  "ffn2.rq.", "ln2.")
+    out = {}
+    for key, value in im.tensors.items():
+        v = np.asarray(value)
+        if key.startswith("L") and not key.startswith("L0."):
+            continue
+        name = key[3:] if key.startswith("L0.") else None
+        if v.ndim == 0:
+            out[key] = v
+        elif name is None or name.startswith(per_hidden):
+            out[key] = v[hid]
+        elif name == "qkv.weight":
+            out[key] = v[np.ix_(hid, qkv)]
+        elif name.startswith("qkv."):
+            out[key] = v[qkv]
+        elif name.startswith("softmax."):
+            out[key] = v[:heads]
+        elif name.startswith("ctx."):
+            out[key] = v[ctx]
+        elif name == "attn_out.weight":
+            out[key] = v[np.ix_(ctx, hid)]
+        elif name == "ffn1.weight":
+            out[key] = v[np.ix_(hid, ff)]
+        elif name.startswith(("ffn1.", "gelu.")):
+            out[key] = v[ff]
+        elif name == "ffn2.weight":
+            out[key] = v[np.ix_(ff, hid)]
+        else:
+            raise KeyError(key)
+    return IntegerModel(out, dict(im.meta, hidden=hidden, heads=heads, ffn=ffn, layers=1))
+
+
+def test_one_layer_model_is_bit_exact(minilm, int_model):
+    """Embedding LayerNorm, then a whole encoder layer (QKV, per-head scores, softmax, context,
+    output projection, residual + LayerNorm, FFN with GELU, residual + LayerNorm) for 4 tokens
+    on a 4x4 array: the int16 hidden state of golden.forward and of the isa backend."""
+    tm = tiny_model(int_model)
+    ids = minilm.tokenizer.encode("Hello world.")[0][:4]
+    e = golden.embed_int32(minilm, int_model, ids)[:, :tm.meta["hidden"]]
+    compiled = compile_model(tm, len(ids), array=4)
+    want = golden.forward(tm, e)
+    isa = run_compiled(IsaBackend(compiled.config, compiled.end), compiled, e)
+    assert np.array_equal(isa.hidden, want)
+
+    t0 = time.perf_counter()
+    backend = amaranth_backend(compiled, tm)
+    built = time.perf_counter()
+    c0 = backend.model.cycle
+    result = run_compiled(backend, compiled, e, max_cycles=100_000, timeout_s=120)
+    wall = time.perf_counter() - built
+    assert result.backend == "amaranth"
+    assert np.array_equal(result.hidden, want)
+    for name in ("instructions", "matmul_count", "vector_count"):
+        assert result.counters[name] == isa.counters[name], name
+    sim = backend.model.cycle - c0
+    print(f"one layer, 16 features, {len(ids)} tokens, N=4: {result.counters['cycles']} cycles "
+          f"(isa_sim model {isa.counters['cycles']}), build {built - t0:.2f} s, {sim} simulated "
+          f"in {wall:.2f} s, {sim / wall:.0f} cycles/s")
+
+
+def test_illegal_instruction_stops_with_its_code():
+    img = error_image("illegal", CFG)
+    backend = AmaranthBackend(CFG, len(img.mem))
+    acc = load_image(backend, img)
+    acc.start(img.prog)
+    with pytest.raises(AcceleratorError) as info:
+        acc.wait(max_cycles=20_000)
+    _, ref, _ = reference(img)
+    status = info.value.status
+    assert status.error == ErrorCode.ILLEGAL_OPCODE == ref["ERROR"]
+    assert status.error_pc == ref["ERROR_PC"] == img.prog + 64
+    assert not status.busy and not status.done
+
+
+def test_cycle_limit_raises_hung_and_the_run_resumes():
+    img = matmul_chain(4, CFG, links=2, max_dim=8)
+    backend = AmaranthBackend(CFG, len(img.mem))
+    acc = load_image(backend, img)
+    acc.start(img.prog)
+    with pytest.raises(AcceleratorHung) as info:
+        acc.wait(max_cycles=60)
+    assert info.value.status.busy
+    assert 60 <= acc.counters()["cycles"] < 60 + 200
+    status = acc.wait(max_cycles=100_000)          # the same run goes on to the end
+    assert status.done
+    ref_mem, ref, _ = reference(img)
+    assert acc.counters()["instructions"] == ref["INSTRET"]
+    assert np.array_equal(np.frombuffer(backend.read_memory(0, len(img.mem)), np.uint8), ref_mem)
+
+
+def test_registered_backend_and_waveform(tmp_path, monkeypatch):
+    """Through driver.open_backend under the name "amaranth", with a VCD of the run; a fetch
+    past the simulated memory is reported as a bus error."""
+    monkeypatch.setitem(driver.BACKENDS, "amaranth", amaranth_backend)
+    img = error_image("illegal", CFG)
+    vcd = tmp_path / "run.vcd"
+    backend = AmaranthBackend(CFG, len(img.mem), vcd_path=vcd)
+    acc = load_image(backend, img)
+    acc.start(img.prog)
+    with pytest.raises(AcceleratorError):
+        acc.wait(max_cycles=20_000)
+    backend.close()
+    text = vcd.read_text()
+    assert "m_axi__arvalid" in text and "s_axil__awvalid" in text
+
+    class Compiled:                       # what the factory reads of a CompiledModel
+        config, end = CFG, 0x1000
+
+    backend = driver.open_backend("amaranth", Compiled, None)
+    assert backend.name == "amaranth"
+    Accelerator(backend)
+    backend.write_csr("WIN_BASE", 0)
+    backend.write_csr("WIN_SIZE", 0x10000)           # reaches past the 4 KiB simulated
+    backend.write_csr("PROG_ADDR", 0x8000)
+    backend.write_csr("CTRL", CSR.CTRL.make(start=1))
+    with pytest.raises(RuntimeError, match="outside the simulated memory"):
+        backend.advance(10_000, None)
