@@ -189,6 +189,7 @@ class AmaranthAccel:
         self.mem = bytearray(mem_bytes)
         self.memory = AxiMemory(self.dut.m_axi, self.mem, self.port_bytes, latency=latency)
         self._ops: deque[_CsrOp] = deque()
+        self.last_error: str | None = None
         sim = self.sim = Simulator(self.dut)
         sim.add_clock(CLOCK_PERIOD)
         sim.add_testbench(self.memory.testbench, background=True)
@@ -260,6 +261,7 @@ class AmaranthAccel:
         """Raise the memory's first bus error, if any (once)."""
         err, self.memory.error = self.memory.error, None
         if err is not None:
+            self.last_error = err
             raise RuntimeError(err)
 
     @property
@@ -304,16 +306,13 @@ class AmaranthAccel:
         t0 = time.monotonic()
         start = self.cycle
         left = float("inf") if max_cycles is None else max_cycles
-        while left > 0:
-            chunk = int(min(left, poll))
-            before = self.cycle
-            self._step_until(lambda: False, chunk)
-            self.check()
-            left -= self.cycle - before
-            if not self.busy():
-                break
+        while left > 0 and self.busy():
             if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
                 break
+            before = self.cycle
+            self._step_until(lambda: False, int(min(left, poll)))
+            self.check()
+            left -= self.cycle - before
         return self.cycle - start
 
 
@@ -349,6 +348,11 @@ class AmaranthBackend:
         if addr < 0 or addr + len(raw) > len(self.model.mem):
             raise ValueError(f"[{addr:#x}, {addr + len(raw):#x}) is outside the memory")
         self.model.mem[addr:addr + len(raw)] = raw
+
+    @property
+    def error_detail(self) -> str:
+        """The first AXI error of the memory, if there was one (also raised by advance)."""
+        return self.model.last_error or ""
 
     def read_csr(self, name: str) -> int:
         return self.model.read_csr(name)
