@@ -104,21 +104,11 @@ class AxiMemory:
          o_wstrb, o_wdata) = offsets
         addr_mask = (1 << len(a.araddr)) - 1
         strb_mask = (1 << w) - 1
-        while True:
+        rv = bv = False
+        # One multi-shot wait for the whole run (cheaper than a new trigger every cycle); the
+        # loop body never awaits, so no edge is missed.
+        async for _, _, v in ctx.tick().sample(inputs):
             cycle = self.cycle
-            rv = bool(reads) and reads[0][0] <= cycle
-            bv = bresp > 0
-            if rv:
-                head = reads[0]
-                if head[3] is None:
-                    head[3] = self._read(head[1])
-                out = 1 | (head[2] == 1) << 1 | bv << 2 | head[3] << 3
-            else:
-                out = (shown & ~0b111) | bv << 2        # rdata/rlast hold when not valid
-            if out != shown:
-                ctx.set(outputs, out)
-                shown = out
-            _, _, v = await ctx.tick().sample(inputs)
             self.cycle = cycle + 1
             if rv and v & 1:                    # rready
                 head = reads[0]
@@ -155,6 +145,19 @@ class AxiMemory:
                 else:
                     bursts.popleft()
                     bresp += 1
+            # What the slave shows in the next cycle.
+            rv = bool(reads) and reads[0][0] <= cycle + 1
+            bv = bresp > 0
+            if rv:
+                head = reads[0]
+                if head[3] is None:
+                    head[3] = self._read(head[1])
+                out = 1 | (head[2] == 1) << 1 | bv << 2 | head[3] << 3
+            else:
+                out = (shown & ~0b111) | bv << 2        # rdata/rlast hold when not valid
+            if out != shown:
+                ctx.set(outputs, out)
+                shown = out
 
 
 class _CsrOp:
@@ -300,13 +303,17 @@ class AmaranthAccel:
         return bool(CSR.STATUS.get(self.read_csr("STATUS"), "busy"))
 
     def run(self, max_cycles: int | None = None, timeout_s: float | None = None, *,
-            poll: int = 128) -> int:
+            poll: int = 128, until: tuple[str, int] | None = None) -> int:
         """Clock until STATUS.busy falls (read over AXI4-Lite every ``poll`` cycles), or
-        ``max_cycles`` cycles or ``timeout_s`` seconds pass; returns the cycles run."""
+        ``max_cycles`` cycles or ``timeout_s`` seconds pass; returns the cycles run.
+        ``until=(name, target)`` also stops once CSR ``name`` reads at least ``target``
+        (polled likewise)."""
         t0 = time.monotonic()
         start = self.cycle
         left = float("inf") if max_cycles is None else max_cycles
         while left > 0 and self.busy():
+            if until is not None and self.read_csr(until[0]) >= until[1]:
+                break
             if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
                 break
             before = self.cycle
@@ -334,6 +341,7 @@ class AmaranthBackend:
                                    mem_bytes=mem_size, latency=latency, vcd_path=vcd_path,
                                    gtkw_path=gtkw_path)
         self.config = self.model.config
+        self.waves = vcd_path
 
     @property
     def build_seconds(self) -> float:
@@ -363,11 +371,29 @@ class AmaranthBackend:
     def advance(self, max_cycles: int | None, timeout_s: float | None) -> None:
         self.model.run(max_cycles, timeout_s, poll=self.poll)
 
+    def advance_to_retired(self, count: int, max_cycles: int | None,
+                           timeout_s: float | None) -> None:
+        """Like :meth:`advance`, but also return once INSTRET reaches ``count`` (located to
+        within the ``poll`` cycles of the CSR poll)."""
+        self.model.run(max_cycles, timeout_s, poll=self.poll, until=("INSTRET", count))
+
     def close(self) -> None:
+        """Finish the waveform file (if any) and stop the simulation."""
         self.model.close()
 
 
-def amaranth_backend(compiled, im=None, **kwargs) -> AmaranthBackend:
+def amaranth_backend(compiled, im=None, *, waves=None, waves_cycles: int | None = None,
+                     waves_skip: int = 0, **kwargs) -> AmaranthBackend:
     """Factory for ``driver.register_backend``: memory for the compiled image, the vector
-    engine, the array and port width the program was compiled for."""
+    engine, the array and port width the program was compiled for. ``waves``: a ``.vcd``
+    path for the waveform of the whole simulation (Amaranth's simulator writes VCD only,
+    from its first cycle: ``waves_cycles`` and ``waves_skip`` must keep their defaults).
+    Other keywords go to :class:`AmaranthBackend` (``latency``, ``poll``, ``k_max``, ...)."""
+    if waves is not None:
+        if not str(waves).endswith(".vcd"):
+            raise ValueError(f"the amaranth backend writes VCD waveforms only, not {waves}")
+        if waves_cycles is not None or waves_skip:
+            raise ValueError("the amaranth backend records the whole simulation "
+                             "(no waves_cycles or waves_skip)")
+        kwargs["vcd_path"] = waves
     return AmaranthBackend(compiled.config, compiled.end, **kwargs)

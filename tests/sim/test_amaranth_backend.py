@@ -145,7 +145,7 @@ def test_illegal_instruction_stops_with_its_code():
 
 
 def test_cycle_limit_raises_hung_and_the_run_resumes():
-    img = matmul_chain(4, CFG, links=2, max_dim=8)
+    img = matmul_chain(4, CFG, links=3, max_dim=8)
     backend = AmaranthBackend(CFG, len(img.mem))
     acc = load_image(backend, img)
     acc.start(img.prog)
@@ -153,10 +153,13 @@ def test_cycle_limit_raises_hung_and_the_run_resumes():
         acc.wait(max_cycles=60)
     assert info.value.status.busy
     assert 60 <= acc.counters()["cycles"] < 60 + 200
+    # Stop again once two instructions (the first MATMUL and its SYNC) have retired.
+    backend.advance_to_retired(2, 100_000, None)
+    assert 2 <= backend.read_csr("INSTRET") < 5 and acc.status().busy
     status = acc.wait(max_cycles=100_000)          # the same run goes on to the end
     assert status.done
     ref_mem, ref, _ = reference(img)
-    assert acc.counters()["instructions"] == ref["INSTRET"]
+    assert acc.counters()["instructions"] == ref["INSTRET"] == 6
     assert np.array_equal(np.frombuffer(backend.read_memory(0, len(img.mem)), np.uint8), ref_mem)
 
 
@@ -165,8 +168,12 @@ def test_registered_backend_and_waveform(tmp_path, monkeypatch):
     past the simulated memory is reported as a bus error."""
     monkeypatch.setitem(driver.BACKENDS, "amaranth", amaranth_backend)
     img = error_image("illegal", CFG)
+
+    class Compiled:                       # what the factory reads of a CompiledModel
+        config, end = CFG, len(img.mem)
+
     vcd = tmp_path / "run.vcd"
-    backend = AmaranthBackend(CFG, len(img.mem), vcd_path=vcd)
+    backend = driver.BACKENDS["amaranth"](Compiled, None, waves=vcd)
     acc = load_image(backend, img)
     acc.start(img.prog)
     with pytest.raises(AcceleratorError):
@@ -174,10 +181,10 @@ def test_registered_backend_and_waveform(tmp_path, monkeypatch):
     backend.close()
     text = vcd.read_text()
     assert "m_axi__arvalid" in text and "s_axil__awvalid" in text
+    with pytest.raises(ValueError, match="VCD"):
+        amaranth_backend(Compiled, None, waves=tmp_path / "run.fst")
 
-    class Compiled:                       # what the factory reads of a CompiledModel
-        config, end = CFG, 0x1000
-
+    Compiled.end = 0x1000
     backend = driver.open_backend("amaranth", Compiled, None)
     assert backend.name == "amaranth"
     Accelerator(backend)
@@ -187,3 +194,4 @@ def test_registered_backend_and_waveform(tmp_path, monkeypatch):
     backend.write_csr("CTRL", CSR.CTRL.make(start=1))
     with pytest.raises(RuntimeError, match="outside the simulated memory"):
         backend.advance(10_000, None)
+    assert "outside the simulated memory" in backend.error_detail
