@@ -94,13 +94,24 @@ def parse_reply(raw: bytes) -> tuple[BridgeStatus, bytes]:
 
 # --- hardware -------------------------------------------------------------------------------
 
+def crc8_taps() -> list[list[int]]:
+    """For each bit of the CRC-8 register after one byte, the bits of ``crc ^ byte`` whose
+    exclusive or it is (the CRC of one byte is linear in ``crc ^ byte``)."""
+    return [[j for j in range(8) if crc8(bytes([1 << j])) >> i & 1] for i in range(8)]
+
+
 def crc8_next(crc, byte):
-    """The CRC-8 register after one byte, as an expression."""
+    """The CRC-8 register after one byte, as an expression: one XOR tree per bit. (Unrolling
+    the bitwise shift-and-Mux loop instead duplicates each step's operand in the netlist,
+    2**8 copies per use, which made the bridge's Verilog some 345k lines.)"""
     c = crc ^ byte
-    for _ in range(8):
-        shifted = (c << 1)[:8]
-        c = Mux(c[7], shifted ^ CRC_POLY, shifted)
-    return c
+    bits = []
+    for taps in crc8_taps():
+        bit = c[taps[0]]
+        for j in taps[1:]:
+            bit = bit ^ c[j]
+        bits.append(bit)
+    return Cat(*bits)
 
 
 class BytePortSignature(wiring.Signature):

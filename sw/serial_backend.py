@@ -1,0 +1,379 @@
+"""The ``serial`` backend: the driver's :class:`celosia.sw.driver.Backend` over the UART bridge
+of an FPGA board (``fpga/bridge.py``; frames in docs/fpga.md, "The UART protocol").
+
+``SerialBackend(port_or_url)`` opens any pyserial port or URL (``/dev/ttyUSB0``,
+``socket://127.0.0.1:PORT`` for the simulated board of ``sim/verilator_uart.py``), reads INFO
+(memory size, core clock) and then speaks one request, one reply:
+
+* ``read_csr``/``write_csr``: READ_CSR/WRITE_CSR at the offset of ``celosia.hdl.isa.CSR``;
+* ``read_memory``/``write_memory``: READ_MEM/WRITE_MEM in chunks of up to 256 bytes;
+* ``advance``: polls STATUS until ``busy`` clears or the cycle limit (CYCLES_LO/HI) or the
+  time limit passes.
+
+Link errors. A reply is looked for after the sync byte 0x5A (bytes before it are skipped), its
+length follows from the status and the request, and its CRC must match. A reply that does not
+come in time (``timeout`` plus twice the frame's transfer time for the first byte, then at most
+``gap_timeout`` between bytes), is cut short, fails its CRC or reports that the board saw a
+corrupted request (BAD_CRC, BAD_CMD, BAD_LEN, or BAD_ADDR for an address the host checked)
+makes the backend wait (``retry_wait`` times the attempt, always over the board's 10 ms
+resynchronisation gap), flush its input and send the request again, at most ``retries`` more
+times. After an exchange that timed out, the line is drained until quiet, so a late reply to
+the earlier copy cannot be taken for the reply to the next request. A port that closes or
+reports end of file, or a request with no valid reply after the retries, raises
+:class:`SerialLinkError` naming the request; the backend never waits without a deadline
+(except in ``advance`` without limits, which polls until the program stops).
+
+Idempotence. Reads, memory writes and register writes may be executed twice when a reply is
+lost and the request is sent again; that is harmless for all of them except a CTRL write
+that starts a program (it would run the program again once it has finished). The rule for a
+start: before it, the backend reads STATUS (a start while busy is ignored by the board, so it
+is sent like any write); otherwise it first writes CTRL with only ``clear_counters`` when the
+start asks for it, then takes a snapshot (STATUS done/error, ERROR, CYCLES, INSTRET); after a
+failed attempt it re-reads them and sends the start again only when the board is not busy and
+nothing changed — a start that was taken makes the board busy and counts at least one cycle.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from celosia.fpga.bridge import MAX_LEN, REPLY_SYNC, BridgeStatus, Cmd, crc8, reply_length, request
+from celosia.hdl.isa import CSR
+
+__all__ = ["SerialBackend", "SerialLinkError", "BridgeError", "serial_backend",
+           "serial_backend_factory", "DEFAULT_BAUD"]
+
+DEFAULT_BAUD = 115200
+#: Seconds each read call of the port may block (the deadlines are checked between calls).
+READ_SLICE = 0.01
+
+#: Statuses that say the board received a corrupted request (and did nothing).
+_REJECTED = (BridgeStatus.BAD_CRC, BridgeStatus.BAD_CMD, BridgeStatus.BAD_LEN)
+_STATUS_CODES = {int(s) for s in BridgeStatus}
+
+
+class SerialLinkError(ConnectionError):
+    """The link to the board is gone: the port closed or reported end of file, or a request
+    got no valid reply after the retries. ``request`` describes the last request,
+    ``attempts`` how often it was sent and ``reason`` what went wrong last."""
+
+    def __init__(self, reason: str, request: str = "", attempts: int = 0):
+        where = f" ({request}" + (f", {attempts} attempts" if attempts else "") + ")" \
+            if request else ""
+        super().__init__(f"serial link: {reason}{where}")
+        self.reason, self.request, self.attempts = reason, request, attempts
+
+
+class BridgeError(RuntimeError):
+    """The board answered a well-formed request with an error (BUS_ERROR from the CSR bus)."""
+
+    def __init__(self, status: BridgeStatus, request: str):
+        super().__init__(f"board answered {status.name} to {request}")
+        self.status, self.request = status, request
+
+
+class _BadReply(Exception):
+    def __init__(self, reason: str, timeout: bool = False):
+        super().__init__(reason)
+        self.timeout = timeout
+
+
+class SerialBackend:
+    """The accelerator on a board behind its UART bridge.
+
+    Parameters
+    ----------
+    port_or_url : a pyserial port name or URL, or an open serial-like object (``read``,
+        ``write``, ``reset_input_buffer``, ``close``; tests pass fakes).
+    baud : the UART rate (ignored by ``socket://``).
+    timeout : seconds the board may take to start a reply, on top of the transfer time.
+    retries : resends after a failed attempt.
+    retry_wait : seconds before the first resend (``retry_wait * attempt`` before later ones,
+        at most 4x); must exceed the board's 10 ms resynchronisation gap.
+    byte_time : seconds per byte on the line (default ``10 / baud``); the simulated board's
+        link is slower than its nominal baud rate.
+    gap_timeout : longest silence inside a reply (default ``max(0.05, 32 * byte_time)``).
+    poll_s : pause between STATUS polls in ``advance``.
+    """
+
+    name = "serial"
+
+    def __init__(self, port_or_url, baud: int = DEFAULT_BAUD, timeout: float = 0.1, *,
+                 retries: int = 8, retry_wait: float = 0.02, byte_time: float | None = None,
+                 gap_timeout: float | None = None, poll_s: float = 0.0):
+        if retry_wait <= 0.01:
+            raise ValueError("retry_wait must exceed the board's 10 ms resynchronisation gap")
+        self.baud, self.timeout, self.retries, self.retry_wait = baud, timeout, retries, retry_wait
+        self.byte_time = 10.0 / baud if byte_time is None else byte_time
+        self.gap_timeout = max(0.05, 32 * self.byte_time) if gap_timeout is None else gap_timeout
+        self.poll_s = poll_s
+        #: Link statistics: requests, resends, timeouts, bad replies, drains, bytes each way.
+        self.stats = dict(requests=0, retries=0, timeouts=0, bad_replies=0, rejected=0,
+                          drains=0, bytes_out=0, bytes_in=0, starts_taken_late=0)
+        if isinstance(port_or_url, str):
+            self.port = port_or_url
+            self._ser = self._open(port_or_url)
+        else:
+            self.port = getattr(port_or_url, "port", None) or repr(port_or_url)
+            self._ser = port_or_url
+        self._closed = False
+        try:
+            self._ser.reset_input_buffer()
+        except Exception as exc:
+            raise SerialLinkError(f"cannot use port {self.port}: {exc}") from exc
+        info = self._transact(Cmd.INFO, what="INFO")
+        self.mem_bytes = int.from_bytes(info[:4], "little")
+        self.clk_hz = int.from_bytes(info[4:8], "little")
+
+    def _open(self, url: str):
+        import serial
+
+        try:
+            return serial.serial_for_url(url, baudrate=self.baud, timeout=READ_SLICE,
+                                         write_timeout=max(1.0, 4 * MAX_LEN * self.byte_time))
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise SerialLinkError(f"cannot open {url}: {exc}") from exc
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._ser.close()
+            except Exception:
+                pass
+
+    def __enter__(self) -> "SerialBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- Backend interface -------------------------------------------------------------------
+
+    def read_memory(self, addr: int, size: int) -> bytes:
+        self._check_range(addr, size)
+        out = bytearray()
+        for at in range(addr, addr + size, MAX_LEN):
+            n = min(MAX_LEN, addr + size - at)
+            out += self._transact(Cmd.READ_MEM, at, n, what=f"READ_MEM {n} bytes at {at:#x}")
+        return bytes(out)
+
+    def write_memory(self, addr: int, raw: bytes) -> None:
+        raw = bytes(raw)
+        self._check_range(addr, len(raw))
+        for off in range(0, len(raw), MAX_LEN):
+            chunk = raw[off:off + MAX_LEN]
+            self._transact(Cmd.WRITE_MEM, addr + off, len(chunk), chunk,
+                           what=f"WRITE_MEM {len(chunk)} bytes at {addr + off:#x}")
+
+    def read_csr(self, name: str) -> int:
+        reg = getattr(CSR, name)
+        return int.from_bytes(self._transact(Cmd.READ_CSR, reg.offset, what=f"READ_CSR {name}"),
+                              "little")
+
+    def write_csr(self, name: str, value: int) -> None:
+        value = int(value) & 0xFFFFFFFF
+        if name == "CTRL" and CSR.CTRL.get(value, "start"):
+            self._start(value)
+        else:
+            self._write_csr(name, value)
+
+    def advance(self, max_cycles: int | None, timeout_s: float | None) -> None:
+        """Poll STATUS until ``busy`` clears, ``max_cycles`` more cycles have run (CYCLES) or
+        ``timeout_s`` seconds have passed."""
+        t0 = time.monotonic()
+        c0 = self.cycles() if max_cycles is not None else 0
+        while CSR.STATUS.get(self.read_csr("STATUS"), "busy"):
+            if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
+                return
+            if max_cycles is not None and self.cycles() - c0 >= max_cycles:
+                return
+            if self.poll_s:
+                time.sleep(self.poll_s)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def cycles(self) -> int:
+        """CYCLES (reading LO latches HI)."""
+        lo = self.read_csr("CYCLES_LO")
+        return lo | self.read_csr("CYCLES_HI") << 32
+
+    def _check_range(self, addr: int, size: int) -> None:
+        if addr < 0 or size < 0 or addr + size > self.mem_bytes:
+            raise ValueError(f"[{addr:#x}, {addr + size:#x}) is outside the board's memory "
+                             f"({self.mem_bytes} bytes)")
+
+    def _write_csr(self, name: str, value: int, taken: Callable[[], bool] | None = None) -> None:
+        reg = getattr(CSR, name)
+        self._transact(Cmd.WRITE_CSR, reg.offset, 4, value.to_bytes(4, "little"),
+                       what=f"WRITE_CSR {name} = {value:#x}", taken=taken)
+
+    def _start(self, value: int) -> None:
+        """A CTRL write with ``start``: sent again only when the earlier copy was not taken
+        (see the module's docstring)."""
+        status = self.read_csr("STATUS")
+        if CSR.STATUS.get(status, "busy"):
+            self._write_csr("CTRL", value)        # ignored by a running board
+            return
+        if CSR.CTRL.get(value, "clear_counters"):
+            self._write_csr("CTRL", CSR.CTRL.make(clear_counters=1))
+        mask = CSR.STATUS.make(done=1, error=1)
+
+        def snapshot():
+            s = self.read_csr("STATUS")
+            return (bool(CSR.STATUS.get(s, "busy")),
+                    (s & mask, self.read_csr("ERROR"), self.cycles(), self.read_csr("INSTRET")))
+
+        _, before = snapshot()
+
+        def taken() -> bool:
+            busy, now = snapshot()
+            if busy or now != before:
+                self.stats["starts_taken_late"] += 1
+                return True
+            return False
+
+        self._write_csr("CTRL", value, taken=taken)
+
+    # --- framing -----------------------------------------------------------------------------
+
+    def _transact(self, cmd: Cmd, addr: int = 0, length: int = 1, payload: bytes = b"", *,
+                  what: str, taken: Callable[[], bool] | None = None) -> bytes:
+        """Send one request until a valid OK reply comes; its data. ``taken``, when given, is
+        asked before every resend whether the request took effect although its reply was lost
+        (then no resend)."""
+        if self._closed:
+            raise SerialLinkError("port closed", what)
+        frame = request(cmd, addr, length, payload)
+        expect = reply_length(cmd, length)
+        self.stats["requests"] += 1
+        reason, timed_out = "", False
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+                self._recover(attempt, what)
+                if taken is not None and taken():
+                    self._drain(what)
+                    return b""
+            self._send(frame, what)
+            try:
+                status, data = self._receive(expect, len(frame), what)
+            except _BadReply as bad:
+                reason = str(bad)
+                timed_out |= bad.timeout
+                self.stats["timeouts" if bad.timeout else "bad_replies"] += 1
+                continue
+            if status == BridgeStatus.OK:
+                if timed_out:
+                    self._drain(what)
+                return data
+            if status == BridgeStatus.BUS_ERROR:
+                raise BridgeError(status, what)
+            # BAD_CRC/BAD_CMD/BAD_LEN, or BAD_ADDR for a range checked here: the board saw a
+            # corrupted request.
+            self.stats["rejected"] += 1
+            reason = f"board answered {status.name}"
+        raise SerialLinkError(f"no valid reply after {self.retries + 1} attempts, last: {reason}",
+                              what, self.retries + 1)
+
+    def _send(self, frame: bytes, what: str) -> None:
+        try:
+            self._ser.write(frame)
+        except Exception as exc:       # SerialException, OSError, timeouts: the link is gone
+            raise SerialLinkError(f"write failed: {exc}", what) from exc
+        self.stats["bytes_out"] += len(frame)
+
+    def _read(self, n: int, deadline: float, what: str, *, gap: bool = False) -> bytes:
+        """Up to ``n`` bytes, until ``deadline`` (with ``gap``: until ``gap_timeout`` passes
+        without a byte)."""
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = self._ser.read(n - len(buf))
+            except Exception as exc:   # EOF on a socket, a vanished device, a closed port
+                raise SerialLinkError(f"connection lost: {exc}", what) from exc
+            now = time.monotonic()
+            if chunk:
+                buf += chunk
+                self.stats["bytes_in"] += len(chunk)
+                if gap:
+                    deadline = now + self.gap_timeout
+            elif now >= deadline:
+                break
+        return bytes(buf)
+
+    def _receive(self, expect: int, sent: int, what: str) -> tuple[BridgeStatus, bytes]:
+        """One reply: skip to the sync byte, read status, data (``expect`` bytes when OK) and
+        CRC; _BadReply when it is late, short, garbled or not a reply."""
+        deadline = time.monotonic() + self.timeout + 2 * self.byte_time * (sent + expect + 3)
+        skipped = 0
+        while True:
+            b = self._read(1, deadline, what)
+            if not b:
+                raise _BadReply("no reply" + (f" ({skipped} stray bytes)" if skipped else ""),
+                                timeout=True)
+            if b[0] == REPLY_SYNC:
+                break
+            skipped += 1
+        head = self._read(1, time.monotonic() + self.gap_timeout, what, gap=True)
+        if not head:
+            raise _BadReply("reply cut short after its sync byte", timeout=True)
+        n = expect if head[0] == BridgeStatus.OK else 0
+        rest = self._read(n + 1, time.monotonic() + self.gap_timeout, what, gap=True)
+        if len(rest) < n + 1:
+            raise _BadReply(f"reply cut short ({2 + len(rest)} of {n + 3} bytes)", timeout=True)
+        if crc8(head + rest[:-1]) != rest[-1]:
+            raise _BadReply("reply CRC mismatch")
+        if head[0] not in _STATUS_CODES:
+            raise _BadReply(f"unknown status {head[0]:#x}")
+        return BridgeStatus(head[0]), rest[:-1]
+
+    def _recover(self, attempt: int, what: str) -> None:
+        """Wait over the board's resynchronisation gap, then drop whatever arrived."""
+        time.sleep(self.retry_wait * min(attempt, 4))
+        try:
+            self._ser.reset_input_buffer()
+        except Exception as exc:
+            raise SerialLinkError(f"connection lost: {exc}", what) from exc
+
+    def _drain(self, what: str) -> None:
+        """Read and drop bytes until the line has been quiet for a while (a late reply to an
+        earlier copy of the request), at most a second."""
+        self.stats["drains"] += 1
+        quiet = max(self.retry_wait, self.gap_timeout)
+        end = time.monotonic() + 1.0
+        last = time.monotonic()
+        while time.monotonic() < end and time.monotonic() - last < quiet:
+            if self._read(1, 0.0, what):
+                last = time.monotonic()
+
+
+# --- factories ---------------------------------------------------------------------------------
+
+def serial_backend_factory(port: str, baud: int = DEFAULT_BAUD, timeout: float = 0.1,
+                           **options) -> Callable:
+    """A ``driver.register_backend`` factory ``(compiled, im) -> SerialBackend`` for the board
+    on ``port``; it checks that the compiled window fits the board's memory."""
+
+    def factory(compiled, im=None) -> SerialBackend:
+        backend = SerialBackend(port, baud, timeout, **options)
+        if compiled is not None and compiled.end > backend.mem_bytes:
+            backend.close()
+            raise ValueError(f"the program's window ends at {compiled.end:#x}, the board on "
+                             f"{port} has {backend.mem_bytes} bytes of memory")
+        return backend
+
+    return factory
+
+
+def serial_backend(compiled, im=None) -> SerialBackend:
+    """The ``serial`` backend with the port from ``CELOSIA_SERIAL_PORT`` (a pyserial port or
+    URL) and the rate from ``CELOSIA_SERIAL_BAUD`` (default 115200)."""
+    port = os.environ.get("CELOSIA_SERIAL_PORT")
+    if not port:
+        raise ValueError("the serial backend needs a port: set CELOSIA_SERIAL_PORT "
+                         "(e.g. /dev/ttyUSB0 or socket://127.0.0.1:PORT)")
+    baud = int(os.environ.get("CELOSIA_SERIAL_BAUD", DEFAULT_BAUD))
+    return serial_backend_factory(port, baud)(compiled, im)

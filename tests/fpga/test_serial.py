@@ -1,0 +1,412 @@
+"""The serial backend (sw/serial_backend.py) and the simulated board (fpga/simtop.py,
+sim/verilator_uart.py).
+
+Unit tests: the framing and retry logic against a pure-Python board behind a fake serial port
+(corrupted, dropped and stray bytes in both directions, lost replies, a lost reply to a start,
+a closed or silent link).
+
+End to end: the Verilated board on a TCP port, driven through pyserial's ``socket://`` URL by
+the driver: a matmul chain and an attention block (QK^T, softmax on the vector engine, PV)
+bit-exact with the isa simulator, every byte of the board's memory checked afterwards; the
+same through a proxy that corrupts and drops bytes in both directions.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from celosia.fpga.bridge import (MAX_LEN, REPLY_SYNC, REQ_SYNC, BridgeStatus, Cmd, crc8,
+                                 crc8_next)
+from celosia.hdl.isa import CSR, ID_MAGIC, ISA_VERSION, MachineConfig
+from celosia.sw.serial_backend import BridgeError, SerialBackend, SerialLinkError
+
+# --- the CRC in hardware ------------------------------------------------------------------------
+
+
+def test_crc8_next_matches_crc8():
+    from amaranth import Signal
+    from amaranth.sim import Simulator
+
+    crc, byte = Signal(8), Signal(8)
+    out = crc8_next(crc, byte)
+    rng = np.random.default_rng(0)
+    pairs = [(int(c), int(b)) for c, b in rng.integers(0, 256, (200, 2))] + [(0, 0), (255, 255)]
+    from amaranth import Module
+    m = Module()
+    res = Signal(8)
+    m.d.comb += res.eq(out)
+    sim = Simulator(m)
+
+    async def bench(ctx):
+        for c, b in pairs:
+            ctx.set(crc, c)
+            ctx.set(byte, b)
+            assert ctx.get(res) == crc8(bytes([b]), c), (c, b)
+
+    sim.add_testbench(bench)
+    sim.run()
+
+
+# --- a pure-Python board behind a fake serial port -----------------------------------------------
+
+class FakeBoard:
+    """The bridge's protocol over a memory and a few CSRs. A start makes the board busy for
+    ``run_polls`` STATUS reads, counting one cycle per read; ``runs`` counts the starts taken.
+    A pause of more than ``gap_s`` inside a request drops it (the board's 10 ms)."""
+
+    def __init__(self, mem_bytes=4096, gap_s=0.01):
+        self.mem = bytearray(mem_bytes)
+        self.gap_s = gap_s
+        self.regs = {r.name: 0 for r in CSR}
+        self.regs["ID"] = ID_MAGIC
+        self.regs["CONFIG"] = CSR.CONFIG.make(isa_version=ISA_VERSION, array=4, port_bytes=8,
+                                              instr_bytes=64)
+        self.busy_left = 0
+        self.run_polls = 3
+        self.runs = 0
+        self.frames = []            # (cmd, addr, length) of every request executed
+        self.buf = bytearray()
+        self.last_rx = 0.0
+
+    def receive(self, data: bytes) -> bytes:
+        """Bytes from the host; returns the reply bytes produced."""
+        out = bytearray()
+        now = time.monotonic()
+        if self.buf and now - self.last_rx > self.gap_s:
+            self.buf.clear()
+        self.last_rx = now
+        for b in data:
+            if not self.buf and b != REQ_SYNC:
+                continue
+            self.buf.append(b)
+            frame = self._complete()
+            if frame is not None:
+                self.buf.clear()
+                out += frame
+        return bytes(out)
+
+    def _complete(self):
+        buf = self.buf
+        if len(buf) < 7:
+            return None
+        cmd, addr, n = buf[1], int.from_bytes(buf[2:6], "little"), buf[6] + 1
+        size = 8 + (n if cmd in (Cmd.WRITE_CSR, Cmd.WRITE_MEM) else 0)
+        if len(buf) < size:
+            return None
+        body, crc = bytes(buf[1:size - 1]), buf[size - 1]
+        if crc8(body) != crc:
+            return self._reply(BridgeStatus.BAD_CRC)
+        payload = body[6:]
+        return self._execute(cmd, addr, n, payload)
+
+    def _reply(self, status, data=b""):
+        body = bytes([status]) + (data if status == BridgeStatus.OK else b"")
+        return bytes([REPLY_SYNC]) + body + bytes([crc8(body)])
+
+    def _csr_name(self, addr):
+        return next((r.name for r in CSR if r.offset == addr), None)
+
+    def _execute(self, cmd, addr, n, payload):
+        self.frames.append((cmd, addr, n))
+        if cmd == Cmd.INFO:
+            return self._reply(BridgeStatus.OK, len(self.mem).to_bytes(4, "little")
+                               + (1000000).to_bytes(4, "little"))
+        if cmd in (Cmd.READ_MEM, Cmd.WRITE_MEM):
+            if addr + n > len(self.mem):
+                return self._reply(BridgeStatus.BAD_ADDR)
+            if cmd == Cmd.READ_MEM:
+                return self._reply(BridgeStatus.OK, bytes(self.mem[addr:addr + n]))
+            self.mem[addr:addr + n] = payload
+            return self._reply(BridgeStatus.OK)
+        if cmd == Cmd.READ_CSR:
+            name = self._csr_name(addr)
+            if name is None:
+                return self._reply(BridgeStatus.BUS_ERROR)
+            if name == "STATUS":
+                value = CSR.STATUS.make(busy=int(self.busy_left > 0),
+                                        done=int(self.runs > 0 and self.busy_left == 0))
+                if self.busy_left:
+                    self.busy_left -= 1
+                    self.regs["CYCLES_LO"] += 1
+            else:
+                value = self.regs[name]
+            return self._reply(BridgeStatus.OK, value.to_bytes(4, "little"))
+        if cmd == Cmd.WRITE_CSR:
+            if n != 4:
+                return self._reply(BridgeStatus.BAD_LEN)
+            value = int.from_bytes(payload, "little")
+            name = self._csr_name(addr)
+            if name == "CTRL":
+                if CSR.CTRL.get(value, "clear_counters"):
+                    for r in ("CYCLES_LO", "CYCLES_HI", "INSTRET"):
+                        self.regs[r] = 0
+                if CSR.CTRL.get(value, "start") and not self.busy_left:
+                    self.runs += 1
+                    self.busy_left = self.run_polls
+                    self.regs["CYCLES_LO"] = 1
+                    self.regs["INSTRET"] += 1
+            elif name in ("PROG_ADDR", "WIN_BASE", "WIN_SIZE"):
+                self.regs[name] = value
+            return self._reply(BridgeStatus.OK)
+        return self._reply(BridgeStatus.BAD_CMD)
+
+
+class FakeSerial:
+    """A serial port to a :class:`FakeBoard`. ``faults`` is a list of one-shot faults applied
+    in order to the next requests/replies:
+
+    * ``("req_flip", i)`` / ``("req_drop", i)``: flip byte i (modulo the length) of the next
+      request / drop it;
+    * ``("rep_flip", i)`` / ``("rep_drop", i)``: the same on the next reply;
+    * ``("rep_lost",)``: the next request executes, its reply never comes;
+    * ``("garbage", bytes)``: stray bytes before the next reply;
+    a third element, a predicate of the request's bytes, picks the request the fault hits.
+    ``closed``: the other end has gone (reads and writes raise); ``silent``: nothing answers.
+    """
+
+    def __init__(self, board: FakeBoard):
+        import serial
+        self._exc = serial.SerialException
+        self.board = board
+        self.inbuf = bytearray()
+        self.faults: list[tuple] = []
+        self.closed = False
+        self.silent = False
+        self.port = "fake"
+        self.writes = 0
+
+    def _take(self, kinds, frame):
+        if self.faults and self.faults[0][0] in kinds:
+            f = self.faults[0]
+            if len(f) < 3 or f[2](bytes(frame)):
+                return self.faults.pop(0)
+        return None
+
+    def write(self, data: bytes) -> int:
+        if self.closed:
+            raise self._exc("socket disconnected")
+        self.writes += 1
+        data = bytearray(data)
+        sent = bytes(data)
+        f = self._take(("req_flip", "req_drop"), sent)
+        if f is not None:
+            i = f[1] % len(data)
+            if f[0] == "req_flip":
+                data[i] ^= 0x10
+            else:
+                del data[i]
+        if self.silent:
+            return len(data)
+        reply = bytearray(self.board.receive(bytes(data)))
+        if reply:
+            f = self._take(("rep_flip", "rep_drop", "rep_lost", "garbage"), sent)
+            if f is not None:
+                if f[0] == "rep_flip":
+                    reply[f[1] % len(reply)] ^= 0x01
+                elif f[0] == "rep_drop":
+                    del reply[f[1] % len(reply)]
+                elif f[0] == "rep_lost":
+                    reply = bytearray()
+                else:
+                    reply = bytearray(f[1]) + reply
+        self.inbuf += reply
+        return len(data)
+
+    def read(self, n: int = 1) -> bytes:
+        if self.closed:
+            raise self._exc("socket disconnected")
+        if not self.inbuf:
+            time.sleep(0.001)
+            return b""
+        out = bytes(self.inbuf[:n])
+        del self.inbuf[:n]
+        return out
+
+    def reset_input_buffer(self):
+        if self.closed:
+            raise self._exc("socket disconnected")
+        self.inbuf.clear()
+
+    def close(self):
+        self.closed = True
+
+
+FAST = dict(timeout=0.05, retry_wait=0.012, byte_time=0.0, gap_timeout=0.02, retries=4)
+
+
+@pytest.fixture
+def link():
+    board = FakeBoard()
+    ser = FakeSerial(board)
+    return board, ser, SerialBackend(ser, **FAST)
+
+
+def test_clean_link(link):
+    board, ser, be = link
+    assert be.mem_bytes == 4096 and be.clk_hz == 1_000_000
+    assert be.read_csr("ID") == ID_MAGIC
+    data = bytes(range(256)) * 3 + b"tail"
+    be.write_memory(100, data)
+    assert [f[2] for f in board.frames if f[0] == Cmd.WRITE_MEM] == [256, 256, 256, 4]
+    assert be.read_memory(100, len(data)) == data
+    be.write_csr("WIN_BASE", 0x80)
+    assert board.regs["WIN_BASE"] == 0x80
+    assert be.stats["retries"] == 0
+    with pytest.raises(ValueError):
+        be.read_memory(4000, 200)
+    with pytest.raises(ValueError):
+        be.write_memory(-1, b"x")
+
+
+@pytest.mark.parametrize("fault", [("rep_flip", 1), ("rep_flip", 5), ("rep_flip", -1),
+                                   ("rep_drop", 3), ("rep_drop", 0), ("rep_drop", -1),
+                                   ("rep_lost",), ("req_flip", 3), ("req_flip", 0),
+                                   ("req_drop", 4), ("req_drop", 0), ("req_drop", -1),
+                                   ("garbage", b"\x00\xff\x5a\x00\x5a\x13"),
+                                   ("garbage", b"\x5a\x00")])
+def test_one_fault_is_retried(link, fault):
+    board, ser, be = link
+    be.write_memory(0, bytes(range(200)))
+    ser.faults = [fault]
+    assert be.read_memory(0, 200) == bytes(range(200))
+    assert be.read_csr("ID") == ID_MAGIC
+    ser.faults = [fault]
+    be.write_memory(300, b"abcdef")
+    assert bytes(board.mem[300:306]) == b"abcdef"
+    assert be.stats["retries"] >= 1 or fault[0] == "garbage"
+    assert not ser.faults
+
+
+def test_many_faults_in_a_row(link):
+    board, ser, be = link
+    ser.faults = [("rep_flip", 2), ("req_drop", 1), ("rep_lost",), ("garbage", b"\x5a\x5a")]
+    assert be.read_csr("CONFIG") == board.regs["CONFIG"]
+    # Stray sync bytes before a reply make it unreadable (the backend sends again); other
+    # stray bytes are skipped.
+    assert be.stats["retries"] == 4
+    ser.faults = [("garbage", b"\x00\xa5\xff" * 20)]
+    assert be.read_csr("CONFIG") == board.regs["CONFIG"]
+    assert be.stats["retries"] == 4
+
+
+def _is_start(frame: bytes) -> bool:
+    return (frame[1] == Cmd.WRITE_CSR and frame[2] == CSR.CTRL.offset
+            and CSR.CTRL.get(frame[7], "start"))
+
+
+def test_lost_reply_to_a_start_is_not_resent(link):
+    board, ser, be = link
+    # The start executes, its reply is lost: the backend sees the board busy and stops there.
+    ser.faults = [("rep_lost", 0, _is_start)]
+    be.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
+    assert board.runs == 1 and not ser.faults
+    assert be.stats["starts_taken_late"] == 1
+    be.advance(None, 1.0)
+    assert not CSR.STATUS.get(be.read_csr("STATUS"), "busy")
+    # A program that is already over when the backend looks: CYCLES and INSTRET moved.
+    for clear in (1, 0):
+        board.run_polls = 0
+        ser.faults = [("rep_lost", 0, _is_start)]
+        be.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=clear))
+        assert board.runs == 3 - clear and not ser.faults
+    # The start itself lost or corrupted on the way: sent again, taken once.
+    board.run_polls = 3
+    for n, fault in enumerate([("req_drop", 3, _is_start), ("req_flip", 8, _is_start),
+                               ("rep_flip", 1, _is_start)]):
+        be.advance(None, 1.0)
+        ser.faults = [fault]
+        be.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
+        assert board.runs == 4 + n and not ser.faults
+    assert be.stats["starts_taken_late"] == 4
+    # A start while running is ignored by the board, so it is simply sent again.
+    ser.faults = [("rep_lost", 0, _is_start)]
+    be.write_csr("CTRL", CSR.CTRL.make(start=1))
+    assert board.runs == 6 and not ser.faults
+
+
+def test_advance_limits(link):
+    board, ser, be = link
+    board.run_polls = 10**9
+    be.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
+    t0 = time.monotonic()
+    be.advance(None, 0.1)
+    assert 0.1 <= time.monotonic() - t0 < 1.0
+    assert CSR.STATUS.get(be.read_csr("STATUS"), "busy")
+    c0 = be.cycles()
+    be.advance(5, None)
+    assert be.cycles() - c0 >= 5
+    board.busy_left = 2
+    be.advance(None, None)
+    assert not CSR.STATUS.get(be.read_csr("STATUS"), "busy")
+
+
+def test_closed_connection_is_a_clear_error(link):
+    board, ser, be = link
+    ser.closed = True
+    t0 = time.monotonic()
+    with pytest.raises(SerialLinkError) as info:
+        be.read_memory(0x40, 16)
+    assert time.monotonic() - t0 < 0.5
+    assert "READ_MEM 16 bytes at 0x40" in str(info.value)
+    assert "disconnected" in str(info.value)
+
+
+def test_silent_board_is_a_clear_error(link):
+    board, ser, be = link
+    ser.silent = True
+    t0 = time.monotonic()
+    with pytest.raises(SerialLinkError) as info:
+        be.write_csr("PROG_ADDR", 0x100)
+    assert time.monotonic() - t0 < 2.0
+    assert info.value.attempts == FAST["retries"] + 1
+    assert info.value.request == "WRITE_CSR PROG_ADDR = 0x100"
+    assert "no reply" in str(info.value)
+    be.close()
+    with pytest.raises(SerialLinkError):
+        be.read_csr("ID")
+
+
+def test_garbled_forever_is_a_clear_error(link):
+    board, ser, be = link
+    ser.faults = [("rep_flip", 2)] * 10
+    with pytest.raises(SerialLinkError) as info:
+        be.read_csr("STATUS")
+    assert "CRC" in info.value.reason
+
+
+def test_bus_error_is_reported(link):
+    board, ser, be = link
+    from celosia.hdl import isa
+    with pytest.raises(BridgeError):
+        be._transact(Cmd.READ_CSR, 0x7C, what="READ_CSR 0x7c")
+    assert isa.CSR_BYTES == 4
+
+
+def test_open_failure_is_a_clear_error():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(SerialLinkError, match="cannot open"):
+        SerialBackend(f"socket://127.0.0.1:{port}")
+
+
+def test_factory_checks_the_window():
+    from celosia.sw.serial_backend import serial_backend_factory
+
+    class Compiled:
+        end = 1 << 20
+    board = FakeBoard()
+    ser = FakeSerial(board)
+    factory = serial_backend_factory(ser, **FAST)
+    with pytest.raises(ValueError, match="4096 bytes"):
+        factory(Compiled(), None)
+    assert ser.closed
+    ser.closed = False
+    Compiled.end = 4096
+    assert factory(Compiled(), None).mem_bytes == 4096
