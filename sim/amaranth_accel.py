@@ -207,36 +207,56 @@ class AmaranthAccel:
     # --- the simulator ------------------------------------------------------------------------
 
     async def _host(self, ctx):
-        """Runs the queued CSR accesses as AXI4-Lite transactions (one at a time, as the
-        verilator harness and cocotbext-axi's AxiLiteMaster do)."""
+        """Runs the queued CSR accesses as AXI4-Lite transactions, one at a time (as the
+        verilator harness and cocotbext-axi's AxiLiteMaster do): valid and address (and data)
+        out, wait for ready, then wait for the response. A state machine on one multi-shot
+        wait, like the memory's, so an idle host costs little per cycle."""
         bus = self.dut.s_axil
         ops = self._ops
+        a_bits, d_bits = len(bus.awaddr), len(bus.wdata)
         aw = Cat(bus.awaddr, bus.wdata, bus.wstrb, bus.awvalid, bus.wvalid)
-        aw_valid = 0b11 << (len(bus.awaddr) + len(bus.wdata) + len(bus.wstrb))
+        aw_valid = 0b11 << (a_bits + d_bits + len(bus.wstrb))
+        strb_all = (1 << len(bus.wstrb)) - 1
         b_phase = Cat(bus.awvalid, bus.wvalid, bus.bready)
         ar = Cat(bus.araddr, bus.arvalid)
         ar_valid = 1 << len(bus.araddr)
         r_phase = Cat(bus.arvalid, bus.rready)
-        while True:
-            if not ops:
-                await ctx.tick()
-                continue
-            op = ops[0]
-            if op.write:
-                ctx.set(aw, op.addr | op.value << len(bus.awaddr)
-                        | 0xF << (len(bus.awaddr) + len(bus.wdata)) | aw_valid)
-                await ctx.tick().until(bus.awready & bus.wready)
-                ctx.set(b_phase, 0b100)
-                await ctx.tick().until(bus.bvalid)
-                ctx.set(bus.bready, 0)
-            else:
-                ctx.set(ar, op.addr | ar_valid)
-                await ctx.tick().until(bus.arready)
-                ctx.set(r_phase, 0b10)
-                op.value, = await ctx.tick().sample(bus.rdata).until(bus.rvalid)
+        inputs = Cat(bus.awready, bus.wready, bus.bvalid, bus.arready, bus.rvalid, bus.rdata)
+        IDLE, AW, B, AR, R = range(5)
+        state, op = IDLE, None
+        async for _, _, v in ctx.tick().sample(inputs):
+            finished = False
+            if state == IDLE:
+                pass
+            elif state == AW:
+                if v & 0b11 == 0b11:                # awready and wready
+                    ctx.set(b_phase, 0b100)
+                    state = B
+            elif state == B:
+                if v & 0b100:                       # bvalid
+                    ctx.set(bus.bready, 0)
+                    finished = True
+            elif state == AR:
+                if v & 0b1000:                      # arready
+                    ctx.set(r_phase, 0b10)
+                    state = R
+            elif v & 0b10000:                       # R: rvalid
+                op.value = v >> 5
                 ctx.set(bus.rready, 0)
-            ops.popleft()
-            op.done = True
+                finished = True
+            if finished:
+                ops.popleft()
+                op.done = True
+                state, op = IDLE, None
+            if state == IDLE and ops:
+                op = ops[0]
+                if op.write:
+                    ctx.set(aw, op.addr | op.value << a_bits | strb_all << (a_bits + d_bits)
+                            | aw_valid)
+                    state = AW
+                else:
+                    ctx.set(ar, op.addr | ar_valid)
+                    state = AR
 
     def _step_until(self, done, limit: int) -> None:
         """Advance the simulator until ``done()`` or ``limit`` more cycles passed."""
