@@ -4,8 +4,8 @@
 ``amaranth.sim.Simulator`` that lives as long as the object, with two background testbenches:
 
 * :class:`AxiMemory` serves the ``m_axi`` master from a Python ``bytearray``: ``INCR`` bursts
-  of any length on one ID, answered in order after ``latency`` cycles (``AW`` and ``W`` are
-  always ready, write responses follow the last beat);
+  of any length on one ID, answered in order after ``latency`` cycles, write responses after
+  the last beat, optionally with random stalls on every channel (``stall``);
 * a host testbench runs the CSR accesses the Python side queues, as AXI4-Lite transactions on
   ``s_axil``, so the RTL register block is exercised.
 
@@ -43,16 +43,24 @@ class AxiMemory:
 
     Reads: every accepted ``AR`` is an ``INCR`` burst of ``arlen + 1`` beats; its beats leave on
     ``R`` in order, the first ``latency`` cycles after the request at the earliest. Writes:
-    ``AW`` and ``W`` are always ready; beats are matched to bursts in order and written with
-    their strobes; a ``B`` response follows each burst's last beat. A beat outside ``mem`` or a
-    burst type other than ``INCR`` is recorded in ``error`` (reads return 0, writes are
-    dropped) rather than raised inside the simulator; :class:`AmaranthAccel` reports it."""
+    beats are matched to ``AW`` bursts in order and written with their strobes; a ``B``
+    response follows each burst's last beat. ``stall`` is the chance, per cycle and channel,
+    that ``AR``, ``AW`` or ``W`` is not ready or that a due ``R`` beat is held back (``seed``
+    seeds it); with 0 they are always ready. A beat outside ``mem`` or a burst type other than
+    ``INCR`` is recorded in ``error`` (reads return 0, writes are dropped) rather than raised
+    inside the simulator; :class:`AmaranthAccel` reports it."""
 
-    def __init__(self, axi, mem: bytearray, port_bytes: int, *, latency: int = 2):
+    def __init__(self, axi, mem: bytearray, port_bytes: int, *, latency: int = 2,
+                 stall: float = 0.0, seed: int = 1):
+        import random
+
         if latency < 1:
             raise ValueError("latency must be at least 1 cycle")
+        if not 0.0 <= stall < 1.0:
+            raise ValueError("stall must be in [0, 1)")
         self.axi, self.mem, self.w = axi, mem, port_bytes
-        self.latency = latency
+        self.latency, self.stall = latency, stall
+        self.rng = random.Random(seed)
         self.cycle = 0
         self.reads = self.writes = self.read_bursts = 0
         self.error: str | None = None
@@ -84,15 +92,14 @@ class AxiMemory:
 
     async def testbench(self, ctx):
         a, w, lat = self.axi, self.w, self.latency
+        stall, rand = self.stall, self.rng.random
         reads = deque()          # [due cycle, address, beats left, data] per accepted AR burst
         bursts = deque()         # [address, beats left] per accepted AW burst
         beats = deque()          # (data, strobes) received before their AW
         bresp = 0
-        ctx.set(Cat(a.arready, a.awready, a.wready), 0b111)
-        # The R and B outputs are set as one value and the master's outputs sampled as one, so
-        # a cycle settles the design once for the memory and evaluates one expression.
-        outputs = Cat(a.rvalid, a.rlast, a.bvalid, a.rdata)
-        shown = 0
+        # The slave's outputs are set as one value and the master's sampled as one, so a cycle
+        # settles the design at most once for the memory and evaluates one expression.
+        outputs = Cat(a.arready, a.awready, a.wready, a.rvalid, a.bvalid, a.rlast, a.rdata)
         fields = (a.rready, a.bready, a.arvalid, a.awvalid, a.wvalid, a.arburst, a.awburst,
                   a.arlen, a.awlen, a.araddr, a.awaddr, a.wstrb, a.wdata)
         inputs = Cat(*fields)
@@ -104,13 +111,16 @@ class AxiMemory:
          o_wstrb, o_wdata) = offsets
         addr_mask = (1 << len(a.araddr)) - 1
         strb_mask = (1 << w) - 1
-        rv = bv = False
+        shown = 0b111
+        ctx.set(outputs, shown)
         # One multi-shot wait for the whole run (cheaper than a new trigger every cycle); the
-        # loop body never awaits, so no edge is missed.
+        # loop body never awaits, so no edge is missed. ``shown`` is what the slave drove
+        # during the cycle that just ended: the handshakes are its bits and the master's.
         async for _, _, v in ctx.tick().sample(inputs):
             cycle = self.cycle
             self.cycle = cycle + 1
-            if rv and v & 1:                    # rready
+            r_taken = shown & 0b1000 and v & 1
+            if r_taken:
                 head = reads[0]
                 self.reads += 1
                 head[2] -= 1
@@ -119,20 +129,20 @@ class AxiMemory:
                     head[3] = None
                 else:
                     reads.popleft()
-            if bv and v >> o_br & 1:
+            if shown & 0b10000 and v >> o_br & 1:
                 bresp -= 1
-            if v >> o_arv & 1:
+            if shown & 0b1 and v >> o_arv & 1:
                 araddr = v >> o_araddr & addr_mask
                 if v >> o_arb & 3 != 1:
                     self._fault(f"AXI read burst type {v >> o_arb & 3} at {araddr:#x} (only INCR)")
                 reads.append([cycle + lat, araddr, (v >> o_arlen & 0xFF) + 1, None])
                 self.read_bursts += 1
-            if v >> o_awv & 1:
+            if shown & 0b10 and v >> o_awv & 1:
                 awaddr = v >> o_awaddr & addr_mask
                 if v >> o_awb & 3 != 1:
                     self._fault(f"AXI write burst type {v >> o_awb & 3} at {awaddr:#x} (only INCR)")
                 bursts.append([awaddr, (v >> o_awlen & 0xFF) + 1])
-            if v >> o_wv & 1:
+            if shown & 0b100 and v >> o_wv & 1:
                 beats.append((v >> o_wdata, v >> o_wstrb & strb_mask))
             while bursts and beats:
                 data, strb = beats.popleft()
@@ -145,16 +155,22 @@ class AxiMemory:
                 else:
                     bursts.popleft()
                     bresp += 1
-            # What the slave shows in the next cycle.
-            rv = bool(reads) and reads[0][0] <= cycle + 1
-            bv = bresp > 0
+            # What the slave drives in the next cycle.
+            if stall:
+                ready = (rand() >= stall) | (rand() >= stall) << 1 | (rand() >= stall) << 2
+                rv = bool(reads) and reads[0][0] <= cycle + 1 and (
+                    (shown & 0b1000 and not r_taken) or rand() >= stall)   # valid stays up
+            else:
+                ready = 0b111
+                rv = bool(reads) and reads[0][0] <= cycle + 1
+            out = ready | (bresp > 0) << 4
             if rv:
                 head = reads[0]
                 if head[3] is None:
                     head[3] = self._read(head[1])
-                out = 1 | (head[2] == 1) << 1 | bv << 2 | head[3] << 3
+                out |= 0b1000 | (head[2] == 1) << 5 | head[3] << 6
             else:
-                out = (shown & ~0b111) | bv << 2        # rdata/rlast hold when not valid
+                out |= shown & ~0b111111                # rdata holds when not valid
             if out != shown:
                 ctx.set(outputs, out)
                 shown = out
@@ -177,6 +193,7 @@ class AmaranthAccel:
 
     def __init__(self, array: int, port_bytes: int | None = None, *, vector=True,
                  k_max: int = K_MAX, mem_bytes: int = 1 << 20, latency: int = 2,
+                 stall: float = 0.0, seed: int = 1,
                  vcd_path=None, gtkw_path=None):
         from amaranth.sim import Simulator
 
@@ -190,7 +207,8 @@ class AmaranthAccel:
         t0 = time.perf_counter()
         self.dut = Accelerator(array, self.port_bytes, vector=self.vector, k_max=k_max)
         self.mem = bytearray(mem_bytes)
-        self.memory = AxiMemory(self.dut.m_axi, self.mem, self.port_bytes, latency=latency)
+        self.memory = AxiMemory(self.dut.m_axi, self.mem, self.port_bytes, latency=latency,
+                                stall=stall, seed=seed)
         self._ops: deque[_CsrOp] = deque()
         self.last_error: str | None = None
         sim = self.sim = Simulator(self.dut)
@@ -346,20 +364,21 @@ class AmaranthAccel:
 class AmaranthBackend:
     """The ``amaranth`` backend of :mod:`celosia.sw.driver`: :class:`AmaranthAccel` behind the
     CSR/memory interface every backend has. ``config`` is a :class:`MachineConfig` or the array
-    size."""
+    size; ``latency``, ``stall`` and ``seed`` shape the memory (:class:`AxiMemory`), ``poll``
+    is how many cycles :meth:`advance` runs between reads of STATUS."""
 
     name = "amaranth"
 
     def __init__(self, config: MachineConfig | int, mem_size: int, vector=True, *,
-                 k_max: int = K_MAX, latency: int = 2, vcd_path=None, gtkw_path=None,
-                 poll: int = 128):
+                 k_max: int = K_MAX, latency: int = 2, stall: float = 0.0, seed: int = 1,
+                 vcd_path=None, gtkw_path=None, poll: int = 128):
         if not isinstance(config, MachineConfig):
             config = MachineConfig(int(config))
         mem_size = -(-mem_size // 4096) * 4096
         self.poll = poll
         self.model = AmaranthAccel(config.array, config.port_bytes, vector=vector, k_max=k_max,
-                                   mem_bytes=mem_size, latency=latency, vcd_path=vcd_path,
-                                   gtkw_path=gtkw_path)
+                                   mem_bytes=mem_size, latency=latency, stall=stall, seed=seed,
+                                   vcd_path=vcd_path, gtkw_path=gtkw_path)
         self.config = self.model.config
         self.waves = vcd_path
 
@@ -408,7 +427,7 @@ def amaranth_backend(compiled, im=None, *, waves=None, waves_cycles: int | None 
     engine, the array and port width the program was compiled for. ``waves``: a ``.vcd``
     path for the waveform of the whole simulation (Amaranth's simulator writes VCD only,
     from its first cycle: ``waves_cycles`` and ``waves_skip`` must keep their defaults).
-    Other keywords go to :class:`AmaranthBackend` (``latency``, ``poll``, ``k_max``, ...)."""
+    Other keywords go to :class:`AmaranthBackend` (``latency``, ``stall``, ``poll``, ...)."""
     if waves is not None:
         if not str(waves).endswith(".vcd"):
             raise ValueError(f"the amaranth backend writes VCD waveforms only, not {waves}")

@@ -34,11 +34,15 @@ def load_image(backend, img) -> Accelerator:
     return acc
 
 
-def test_matmul_program_matches_isa_sim():
-    img = matmul_chain(11, CFG, links=3, max_dim=8)
-    backend = AmaranthBackend(CFG, len(img.mem))
+@pytest.mark.parametrize("cfg,latency,stall", [(CFG, 2, 0.0), (MachineConfig(2, 4), 1, 0.0),
+                                               (MachineConfig(4, 8), 6, 0.3)])
+def test_matmul_program_matches_isa_sim(cfg, latency, stall):
+    """A chain of three MATMULs (modes varied: transposed B, row shifts, ACC32 addend), each
+    reading the previous one's output; with random stalls on every AXI channel in the last."""
+    img = matmul_chain(11, cfg, links=3, max_dim=8)
+    backend = AmaranthBackend(cfg, len(img.mem), latency=latency, stall=stall)
     acc = load_image(backend, img)
-    assert acc.config == CFG
+    assert acc.config == cfg
     acc.start(img.prog)
     t0 = time.perf_counter()
     c0 = backend.model.cycle
@@ -55,7 +59,8 @@ def test_matmul_program_matches_isa_sim():
     counters = acc.counters()
     assert counters["matmul_count"] == 3 and counters["cycles"] > 0
     sim = backend.model.cycle - c0
-    print(f"matmul chain on N=2: {counters['cycles']} cycles (isa_sim model {ref['CYCLES']}), "
+    print(f"matmul chain on N={cfg.array}, W={cfg.port_bytes}, latency {latency}, stall {stall}: "
+          f"{counters['cycles']} cycles (isa_sim model {ref['CYCLES']}), "
           f"{sim} simulated in {wall:.2f} s, {sim / wall:.0f} cycles/s")
 
 
