@@ -107,20 +107,22 @@ def tiny_model(im: IntegerModel, hidden: int = 16, heads: int = 2, ffn: int = 32
     return IntegerModel(out, dict(im.meta, hidden=hidden, heads=heads, ffn=ffn, layers=1))
 
 
-def test_one_layer_model_is_bit_exact(minilm, int_model):
+@pytest.mark.parametrize("array,tokens,latency,stall", [(4, 4, 2, 0.0), (2, 2, 5, 0.25)])
+def test_one_layer_model_is_bit_exact(minilm, int_model, array, tokens, latency, stall):
     """Embedding LayerNorm, then a whole encoder layer (QKV, per-head scores, softmax, context,
-    output projection, residual + LayerNorm, FFN with GELU, residual + LayerNorm) for 4 tokens
-    on a 4x4 array: the int16 hidden state of golden.forward and of the isa backend."""
+    output projection, residual + LayerNorm, FFN with GELU, residual + LayerNorm): the int16
+    hidden state of golden.forward and of the isa backend (at N = 2 with AXI stalls)."""
     tm = tiny_model(int_model)
-    ids = minilm.tokenizer.encode("Hello world.")[0][:4]
+    ids = minilm.tokenizer.encode("Hello world.")[0][:tokens]
+    assert len(ids) == tokens
     e = golden.embed_int32(minilm, int_model, ids)[:, :tm.meta["hidden"]]
-    compiled = compile_model(tm, len(ids), array=4)
+    compiled = compile_model(tm, len(ids), array=array)
     want = golden.forward(tm, e)
     isa = run_compiled(IsaBackend(compiled.config, compiled.end), compiled, e)
     assert np.array_equal(isa.hidden, want)
 
     t0 = time.perf_counter()
-    backend = amaranth_backend(compiled, tm)
+    backend = amaranth_backend(compiled, tm, latency=latency, stall=stall)
     built = time.perf_counter()
     c0 = backend.model.cycle
     result = run_compiled(backend, compiled, e, max_cycles=100_000, timeout_s=120)
@@ -130,9 +132,9 @@ def test_one_layer_model_is_bit_exact(minilm, int_model):
     for name in ("instructions", "matmul_count", "vector_count"):
         assert result.counters[name] == isa.counters[name], name
     sim = backend.model.cycle - c0
-    print(f"one layer, 16 features, {len(ids)} tokens, N=4: {result.counters['cycles']} cycles "
-          f"(isa_sim model {isa.counters['cycles']}), build {built - t0:.2f} s, {sim} simulated "
-          f"in {wall:.2f} s, {sim / wall:.0f} cycles/s")
+    print(f"one layer, 16 features, {len(ids)} tokens, N={array}, stall {stall}: "
+          f"{result.counters['cycles']} cycles (isa_sim model {isa.counters['cycles']}), "
+          f"build {built - t0:.2f} s, {sim} simulated in {wall:.2f} s, {sim / wall:.0f} cycles/s")
 
 
 def test_illegal_instruction_stops_with_its_code():
