@@ -410,3 +410,184 @@ def test_factory_checks_the_window():
     ser.closed = False
     Compiled.end = 4096
     assert factory(Compiled(), None).mem_bytes == 4096
+
+
+# --- end to end: the Verilated board over a TCP socket -------------------------------------------
+
+SIM_CFG = MachineConfig(4, 8)
+
+
+@pytest.fixture(scope="module")
+def sim_board():
+    """The simulated board (N = 4 with the vector engine) and a mirror of what its memory
+    must hold (it starts zeroed; every write and every program's result update the mirror)."""
+    from celosia.sim.verilator_uart import SimBoard
+
+    t0 = time.monotonic()
+    board = SimBoard(array=SIM_CFG.array, port_bytes=SIM_CFG.port_bytes, vector=True)
+    board.start()
+    print(f"\nsimulated board: build {board.build_seconds:.1f} s, setup "
+          f"{time.monotonic() - t0:.1f} s, {board.url}")
+    mirror = np.zeros(board.mem_bytes, np.uint8)
+    yield board, mirror
+    board.stop()
+
+
+def attention_image(seed: int, base: int, size: int = 0x800, tokens: int = 8, dh: int = 16):
+    """One attention head as the compiler emits it: scores = Q K^T (int32), SYNC, softmax on
+    the vector engine (uint8 probabilities and a row exponent per row), SYNC, context =
+    requant(P V) with the row exponents as row shift (int8), HALT."""
+    from celosia.hdl import isa
+    from celosia.hdl.isa import Unit, VecOp
+    from celosia.hdl.params import OutFormat
+    from celosia.sim.tb_accelerator import Image
+
+    rng = np.random.default_rng(seed)
+    mem = np.zeros(base + size, np.uint8)
+    top = [base]
+
+    def put(raw: bytes, align: int = 8) -> int:
+        addr = -(-top[0] // align) * align
+        mem[addr:addr + len(raw)] = np.frombuffer(raw, np.uint8)
+        top[0] = addr + -(-max(len(raw), 1) // 8) * 8
+        return addr
+
+    def matrix(values, dtype):
+        return put(np.ascontiguousarray(values.astype(dtype)).tobytes())
+
+    q, k, v = (rng.integers(-40, 41, (tokens, dh)) for _ in range(3))
+    qa, ka, va = matrix(q, np.int8), matrix(k, np.int8), matrix(v, np.int8)
+    scores = put(bytes(4 * tokens * tokens))
+    probs = put(bytes(tokens * tokens))
+    probs_e = put(bytes(tokens))
+    rec = np.zeros(dh, dtype=isa.ENGINE_PARAM_DTYPE)
+    rec["bias"] = rng.integers(-200, 200, dh)
+    rec["mult"] = rng.integers(1 << 13, 1 << 15, dh)
+    rec["shift"] = rng.integers(19, 23, dh)
+    params = put(rec.tobytes())
+    ctx = put(bytes(tokens * dh))
+    program = [
+        isa.matmul(m=tokens, k=dh, n=tokens, a_addr=qa, a_stride=dh, b_addr=ka, b_stride=dh,
+                   b_transposed=1, c_addr=scores, c_stride=4 * tokens),
+        isa.sync(Unit.MATMUL),
+        isa.vector(op=VecOp.SOFTMAX, rows=tokens, cols=tokens, src_addr=scores,
+                   src_stride=4 * tokens, src_fmt=OutFormat.INT32, dst_addr=probs,
+                   dst_stride=tokens, dst_fmt=OutFormat.UINT8, mult=int(rng.integers(1 << 13, 1 << 15)),
+                   shift=16, e_addr=probs_e),
+        isa.sync(Unit.VECTOR),
+        isa.matmul(m=tokens, k=tokens, n=dh, a_addr=probs, a_stride=tokens, b_addr=va,
+                   b_stride=dh, c_addr=ctx, c_stride=dh, p_addr=params, use_params=1, requant=1,
+                   out_fmt=OutFormat.INT8, a_unsigned=1, row_shift=1, e_addr=probs_e),
+        isa.halt(),
+    ]
+    prog = put(b"".join(i.encode() for i in program), 64)
+    assert top[0] <= base + size
+    return Image(mem, base, size, prog, SIM_CFG, {"probs": probs, "ctx": ctx, "tokens": tokens,
+                                                  "dh": dh})
+
+
+def _run_over_serial(backend, mirror, img, *, vector: bool):
+    """Load the image's window, run it through the driver, compare the CSRs with the isa
+    simulator and update the mirror with its final memory."""
+    from celosia.sim.tb_accelerator import reference, status_bits
+    from celosia.sw.driver import Accelerator
+
+    acc = Accelerator(backend)
+    assert acc.config == SIM_CFG
+    window = img.mem[img.base:img.base + img.size]
+    backend.write_memory(img.base, window.tobytes())
+    mirror[img.base:img.base + img.size] = window
+    backend.write_csr("WIN_BASE", img.base)
+    backend.write_csr("WIN_SIZE", img.size)
+    acc.start(img.prog)
+    status = acc.wait(max_cycles=2_000_000, timeout_s=120)
+    ref_mem, ref, mach = reference(img, vector_unit=vector)
+    regs = {name: backend.read_csr(name) for name in ("STATUS", "ERROR", "ERROR_PC", "PC",
+                                                      "INSTRET", "MATMUL_COUNT", "VECTOR_COUNT")}
+    for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT", "VECTOR_COUNT"):
+        assert regs[name] == ref[name], (name, regs[name], ref[name], mach.error_detail)
+    assert status_bits(regs["STATUS"]) == ref["STATUS"] and status.done
+    mirror[img.base:img.base + img.size] = ref_mem[img.base:img.base + img.size]
+    return acc.counters()
+
+
+def _check_memory(backend, mirror):
+    """Every byte of the board's memory: the window results and nothing else changed."""
+    got = np.frombuffer(backend.read_memory(0, len(mirror)), np.uint8)
+    diff = np.flatnonzero(got != mirror)
+    assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[0]:#x}"
+
+
+def _programs(seed: int):
+    from celosia.sim.tb_accelerator import matmul_chain
+
+    mm = matmul_chain(seed, SIM_CFG, links=3, base=0x800, size=0x1000, guard=0, max_dim=12)
+    att = attention_image(seed, base=0x2000)
+    return mm, att
+
+
+def _run_both(backend, mirror, seed):
+    mm, att = _programs(seed)
+    c_mm = _run_over_serial(backend, mirror, mm, vector=False)
+    assert c_mm["matmul_count"] == 3
+    c_att = _run_over_serial(backend, mirror, att, vector=True)
+    assert c_att["matmul_count"] == 2 and c_att["vector_count"] == 1
+    p = att.notes["probs"]
+    t = att.notes["tokens"]
+    probs = mirror[p:p + t * t].reshape(t, t)
+    assert probs.max() > 0 and len(np.unique(probs)) > 4       # not a degenerate softmax
+    return c_mm, c_att
+
+
+def test_end_to_end_matmul_and_attention(sim_board):
+    """A matmul chain and an attention head through the driver over the clean link."""
+    board, mirror = sim_board
+    t0 = time.monotonic()
+    s0 = board.stats()
+    with SerialBackend(board.url, **board.backend_options()) as be:
+        assert be.mem_bytes == board.mem_bytes
+        _run_both(be, mirror, seed=1)
+        _check_memory(be, mirror)
+        assert be.stats["retries"] == 0, be.stats
+        moved = be.stats["bytes_out"] + be.stats["bytes_in"]
+    wall = time.monotonic() - t0
+    s1 = board.stats()
+    print(f"clean link: {wall:.1f} s, {moved} bytes ({moved / wall:.0f} B/s), "
+          f"{(s1['cycles'] - s0['cycles']) / wall / 1e6:.2f} M cycles/s")
+
+
+def test_end_to_end_through_a_faulty_link(sim_board):
+    """The same programs (other data) through a proxy that corrupts and drops bytes both
+    ways: bit-exact results, the whole memory as expected, and the faults really happened."""
+    from celosia.sim.verilator_uart import FaultProxy
+
+    board, mirror = sim_board
+    t0 = time.monotonic()
+    with FaultProxy(board.url, seed=3, spacing=(300, 1000)) as proxy:
+        with SerialBackend(proxy.url, **board.backend_options(), retries=10) as be:
+            _run_both(be, mirror, seed=2)
+            _check_memory(be, mirror)
+            stats = dict(be.stats)
+        faults = dict(proxy.stats)
+    wall = time.monotonic() - t0
+    print(f"faulty link: {wall:.1f} s, proxy {faults}, backend {stats}")
+    assert faults["up_flips"] + faults["up_drops"] >= 3
+    assert faults["down_flips"] + faults["down_drops"] >= 3
+    assert stats["retries"] >= proxy.faults // 2
+
+
+def test_dropped_connection_and_reconnect(sim_board):
+    """A pulled cable: the next request fails with SerialLinkError at once; a new connection
+    finds the board as it was."""
+    board, mirror = sim_board
+    with SerialBackend(board.url, **board.backend_options()) as be:
+        assert be.read_csr("ID") == ID_MAGIC
+        board.drop_client()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        with pytest.raises(SerialLinkError) as info:
+            be.read_memory(0x800, 64)
+        assert time.monotonic() - t0 < 2.0
+        assert "READ_MEM 64 bytes at 0x800" in str(info.value)
+    with SerialBackend(board.url, **board.backend_options()) as be:
+        assert be.read_memory(0x800, 64) == mirror[0x800:0x840].tobytes()

