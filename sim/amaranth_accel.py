@@ -219,49 +219,52 @@ class AmaranthAccel:
         if vcd_path is not None:
             self._vcd = sim.write_vcd(str(vcd_path), None if gtkw_path is None else str(gtkw_path))
             self._vcd.__enter__()
-        self.build_seconds = time.perf_counter() - t0
         self.sim_seconds = 0.0
+        self._step_until(lambda: False, 1)      # start both testbenches (and compile the design)
+        self.build_seconds = time.perf_counter() - t0
 
     # --- the simulator ------------------------------------------------------------------------
 
     async def _host(self, ctx):
         """Runs the queued CSR accesses as AXI4-Lite transactions, one at a time (as the
-        verilator harness and cocotbext-axi's AxiLiteMaster do): valid and address (and data)
-        out, wait for ready, then wait for the response. A state machine on one multi-shot
-        wait, like the memory's, so an idle host costs little per cycle."""
+        verilator harness and cocotbext-axi's AxiLiteMaster do): address (and data) valid with
+        the response's ready, each valid dropped after its handshake, done at the response. A
+        state machine on one multi-shot wait, like the memory's, so an idle host costs little
+        per cycle."""
         bus = self.dut.s_axil
         ops = self._ops
-        a_bits, d_bits = len(bus.awaddr), len(bus.wdata)
-        aw = Cat(bus.awaddr, bus.wdata, bus.wstrb, bus.awvalid, bus.wvalid)
-        aw_valid = 0b11 << (a_bits + d_bits + len(bus.wstrb))
-        strb_all = (1 << len(bus.wstrb)) - 1
-        b_phase = Cat(bus.awvalid, bus.wvalid, bus.bready)
-        ar = Cat(bus.araddr, bus.arvalid)
-        ar_valid = 1 << len(bus.araddr)
-        r_phase = Cat(bus.arvalid, bus.rready)
+        a_bits, d_bits, s_bits = len(bus.awaddr), len(bus.wdata), len(bus.wstrb)
+        aw = Cat(bus.awaddr, bus.wdata, bus.wstrb, bus.awvalid, bus.wvalid, bus.bready)
+        aw_start = 0b111 << (a_bits + d_bits + s_bits)        # awvalid, wvalid, bready
+        strb_all = (1 << s_bits) - 1
+        aw_valids = Cat(bus.awvalid, bus.wvalid)
+        ar = Cat(bus.araddr, bus.arvalid, bus.rready)
+        ar_start = 0b11 << len(bus.araddr)                       # arvalid, rready
         inputs = Cat(bus.awready, bus.wready, bus.bvalid, bus.arready, bus.rvalid, bus.rdata)
-        IDLE, AW, B, AR, R = range(5)
-        state, op = IDLE, None
+        IDLE, W, B, AR, R = range(5)
+        state, op, pend = IDLE, None, 0
         async for _, _, v in ctx.tick().sample(inputs):
             finished = False
-            if state == IDLE:
-                pass
-            elif state == AW:
-                if v & 0b11 == 0b11:                # awready and wready
-                    ctx.set(b_phase, 0b100)
-                    state = B
+            if state == W:                          # pend: AW and W not yet accepted
+                left = pend & ~(v & 0b11)
+                if left != pend:
+                    ctx.set(aw_valids, left)
+                    pend = left
+                    if not left:
+                        state = B
             elif state == B:
-                if v & 0b100:                       # bvalid
+                if v & 0b100:                       # bvalid (bready is up)
                     ctx.set(bus.bready, 0)
                     finished = True
             elif state == AR:
                 if v & 0b1000:                      # arready
-                    ctx.set(r_phase, 0b10)
+                    ctx.set(bus.arvalid, 0)
                     state = R
-            elif v & 0b10000:                       # R: rvalid
-                op.value = v >> 5
-                ctx.set(bus.rready, 0)
-                finished = True
+            elif state == R:
+                if v & 0b10000:                     # rvalid (rready is up)
+                    op.value = v >> 5
+                    ctx.set(bus.rready, 0)
+                    finished = True
             if finished:
                 ops.popleft()
                 op.done = True
@@ -270,10 +273,10 @@ class AmaranthAccel:
                 op = ops[0]
                 if op.write:
                     ctx.set(aw, op.addr | op.value << a_bits | strb_all << (a_bits + d_bits)
-                            | aw_valid)
-                    state = AW
+                            | aw_start)
+                    state, pend = W, 0b11
                 else:
-                    ctx.set(ar, op.addr | ar_valid)
+                    ctx.set(ar, op.addr | ar_start)
                     state = AR
 
     def _step_until(self, done, limit: int) -> None:
