@@ -261,3 +261,50 @@ class FaultProxy:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def main(argv=None) -> int:
+    """``python -m celosia.sim.verilator_uart``: serve a simulated board until interrupted."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Serve a simulated Celosia board (Verilated "
+                                "accelerator + UART bridge) on a TCP port for pyserial's socket:// URLs")
+    p.add_argument("--array", type=int, default=4)
+    p.add_argument("--port-bytes", type=int, default=None)
+    p.add_argument("--no-vector", action="store_true", help="without the vector engine")
+    p.add_argument("--mem-bytes", type=int, default=SIM_MEM_BYTES)
+    p.add_argument("--divisor", type=int, default=SIM_DIVISOR, help="clocks per UART bit")
+    p.add_argument("--tcp-port", type=int, default=0, help="0: an ephemeral port")
+    p.add_argument("--faults", type=int, default=None, metavar="SEED",
+                   help="put a fault-injecting proxy in front (corrupted and dropped bytes)")
+    args = p.parse_args(argv)
+    import signal
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    board = SimBoard(args.array, args.port_bytes, vector=not args.no_vector,
+                     mem_bytes=args.mem_bytes, divisor=args.divisor, port=args.tcp_port)
+    url = board.start()
+    proxy = None
+    if args.faults is not None:
+        proxy = FaultProxy(url, seed=args.faults)
+        url = proxy.url
+    opts = board.backend_options()
+    print(f"{url}  (SerialBackend options {opts}; Ctrl-C or SIGTERM stops)", flush=True)
+    try:
+        while True:
+            time.sleep(5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        print(board.stats(), flush=True)
+        board.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

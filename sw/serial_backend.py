@@ -8,7 +8,12 @@ of an FPGA board (``fpga/bridge.py``; frames in docs/fpga.md, "The UART protocol
 * ``read_csr``/``write_csr``: READ_CSR/WRITE_CSR at the offset of ``celosia.hdl.isa.CSR``;
 * ``read_memory``/``write_memory``: READ_MEM/WRITE_MEM in chunks of up to 256 bytes;
 * ``advance``: polls STATUS until ``busy`` clears or the cycle limit (CYCLES_LO/HI) or the
-  time limit passes.
+  time limit passes; ``advance_to_retired`` also stops when INSTRET reaches a count (the
+  driver's per-layer cycles).
+
+``serial_backend(compiled, im, port=..., baud=..., timeout=...)`` is the factory for
+``driver.register_backend("serial", ...)`` (port and rate default to ``$CELOSIA_SERIAL_PORT``
+and ``$CELOSIA_SERIAL_BAUD``).
 
 Link errors. A reply is looked for after the sync byte 0x5A (bytes before it are skipped), its
 length follows from the status and the request, and its CRC must match. A reply that does not
@@ -183,9 +188,19 @@ class SerialBackend:
     def advance(self, max_cycles: int | None, timeout_s: float | None) -> None:
         """Poll STATUS until ``busy`` clears, ``max_cycles`` more cycles have run (CYCLES) or
         ``timeout_s`` seconds have passed."""
+        self._poll(None, max_cycles, timeout_s)
+
+    def advance_to_retired(self, count: int, max_cycles: int | None,
+                           timeout_s: float | None) -> None:
+        """``advance`` that also returns once INSTRET reaches ``count``."""
+        self._poll(count, max_cycles, timeout_s)
+
+    def _poll(self, retired: int | None, max_cycles: int | None, timeout_s: float | None) -> None:
         t0 = time.monotonic()
         c0 = self.cycles() if max_cycles is not None else 0
         while CSR.STATUS.get(self.read_csr("STATUS"), "busy"):
+            if retired is not None and self.read_csr("INSTRET") >= retired:
+                return
             if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
                 return
             if max_cycles is not None and self.cycles() - c0 >= max_cycles:
@@ -269,10 +284,11 @@ class SerialBackend:
                 if timed_out:
                     self._drain(what)
                 return data
-            if status == BridgeStatus.BUS_ERROR:
-                raise BridgeError(status, what)
             # BAD_CRC/BAD_CMD/BAD_LEN, or BAD_ADDR for a range checked here: the board saw a
-            # corrupted request.
+            # corrupted request. BUS_ERROR is the board's answer when it comes twice in a row
+            # (once, it may be a reply whose status byte was hit and whose CRC matched anyway).
+            if status == BridgeStatus.BUS_ERROR and reason == "board answered BUS_ERROR":
+                raise BridgeError(status, what)
             self.stats["rejected"] += 1
             reason = f"board answered {status.name}"
         raise SerialLinkError(f"no valid reply after {self.retries + 1} attempts, last: {reason}",
@@ -280,6 +296,7 @@ class SerialBackend:
 
     def _send(self, frame: bytes, what: str) -> None:
         try:
+            self._ser.reset_input_buffer()    # nothing may be pending between exchanges
             self._ser.write(frame)
         except Exception as exc:       # SerialException, OSError, timeouts: the link is gone
             raise SerialLinkError(f"write failed: {exc}", what) from exc
@@ -352,28 +369,32 @@ class SerialBackend:
 
 # --- factories ---------------------------------------------------------------------------------
 
-def serial_backend_factory(port: str, baud: int = DEFAULT_BAUD, timeout: float = 0.1,
-                           **options) -> Callable:
-    """A ``driver.register_backend`` factory ``(compiled, im) -> SerialBackend`` for the board
-    on ``port``; it checks that the compiled window fits the board's memory."""
+def serial_backend(compiled=None, im=None, *, port=None, baud: int | None = None,
+                   timeout: float | None = None, **options) -> SerialBackend:
+    """The ``serial`` backend factory for ``driver.register_backend``: a
+    :class:`SerialBackend` on ``port`` (a pyserial port or URL, default
+    ``$CELOSIA_SERIAL_PORT``) at ``baud`` (default ``$CELOSIA_SERIAL_BAUD`` or 115200);
+    ``timeout`` and ``options`` go to SerialBackend. Checks that the compiled window fits the
+    board's memory."""
+    port = port or os.environ.get("CELOSIA_SERIAL_PORT")
+    if not port:
+        raise ValueError("the serial backend needs a port (e.g. /dev/ttyUSB0 or "
+                         "socket://127.0.0.1:PORT): pass port=... or set CELOSIA_SERIAL_PORT")
+    baud = int(baud or os.environ.get("CELOSIA_SERIAL_BAUD", DEFAULT_BAUD))
+    backend = SerialBackend(port, baud, 0.1 if timeout is None else timeout, **options)
+    if compiled is not None and compiled.end > backend.mem_bytes:
+        backend.close()
+        raise ValueError(f"the program's window ends at {compiled.end:#x}; the board on "
+                         f"{backend.port} has {backend.mem_bytes} bytes of memory")
+    return backend
 
-    def factory(compiled, im=None) -> SerialBackend:
-        backend = SerialBackend(port, baud, timeout, **options)
-        if compiled is not None and compiled.end > backend.mem_bytes:
-            backend.close()
-            raise ValueError(f"the program's window ends at {compiled.end:#x}, the board on "
-                             f"{port} has {backend.mem_bytes} bytes of memory")
-        return backend
+
+def serial_backend_factory(port, baud: int = DEFAULT_BAUD, timeout: float = 0.1,
+                           **options) -> Callable:
+    """``serial_backend`` with the port and options bound: ``(compiled, im) -> backend``."""
+
+    def factory(compiled, im=None, **more) -> SerialBackend:
+        return serial_backend(compiled, im, port=port, baud=baud, timeout=timeout,
+                              **{**options, **more})
 
     return factory
-
-
-def serial_backend(compiled, im=None) -> SerialBackend:
-    """The ``serial`` backend with the port from ``CELOSIA_SERIAL_PORT`` (a pyserial port or
-    URL) and the rate from ``CELOSIA_SERIAL_BAUD`` (default 115200)."""
-    port = os.environ.get("CELOSIA_SERIAL_PORT")
-    if not port:
-        raise ValueError("the serial backend needs a port: set CELOSIA_SERIAL_PORT "
-                         "(e.g. /dev/ttyUSB0 or socket://127.0.0.1:PORT)")
-    baud = int(os.environ.get("CELOSIA_SERIAL_BAUD", DEFAULT_BAUD))
-    return serial_backend_factory(port, baud)(compiled, im)

@@ -396,20 +396,33 @@ def test_open_failure_is_a_clear_error():
         SerialBackend(f"socket://127.0.0.1:{port}")
 
 
-def test_factory_checks_the_window():
-    from celosia.sw.serial_backend import serial_backend_factory
+def test_factory_checks_the_window(monkeypatch):
+    from celosia.sw.serial_backend import serial_backend, serial_backend_factory
 
     class Compiled:
         end = 1 << 20
     board = FakeBoard()
     ser = FakeSerial(board)
-    factory = serial_backend_factory(ser, **FAST)
     with pytest.raises(ValueError, match="4096 bytes"):
-        factory(Compiled(), None)
+        serial_backend(Compiled(), None, port=ser, **FAST)
     assert ser.closed
     ser.closed = False
     Compiled.end = 4096
-    assert factory(Compiled(), None).mem_bytes == 4096
+    assert serial_backend_factory(ser, **FAST)(Compiled(), None).mem_bytes == 4096
+    monkeypatch.delenv("CELOSIA_SERIAL_PORT", raising=False)
+    with pytest.raises(ValueError, match="CELOSIA_SERIAL_PORT"):
+        serial_backend(Compiled(), None)
+
+
+def test_advance_to_retired(link):
+    board, ser, be = link
+    board.run_polls = 10**9
+    be.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
+    t0 = time.monotonic()
+    be.advance_to_retired(1, None, 5.0)           # the fake retires one instruction at start
+    assert time.monotonic() - t0 < 1.0
+    be.advance_to_retired(2, None, 0.05)
+    assert CSR.STATUS.get(be.read_csr("STATUS"), "busy")
 
 
 # --- end to end: the Verilated board over a TCP socket -------------------------------------------
