@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from amaranth import *
 
+from celosia.hdl.params import FULL, SMALL, Sizing
+
 __all__ = ["Board", "BOARDS", "ecp5_pll_params", "ice40_pll_params", "add_pll"]
 
 
@@ -34,6 +36,8 @@ class Board:
     spram: bool               #: memory window in iCE40 SPRAM
     dsps: int                 #: DSP blocks on the device
     reset_button: str | None  #: a button that resets the core (active when pressed)
+    sizing: Sizing = FULL     #: how large the accelerator's result-neutral parts are built
+    synth_opts: str = ""      #: extra options of Yosys's synth_<family>
 
     def platform(self):
         import importlib
@@ -53,7 +57,7 @@ BOARDS = {
         platform_class="ICEBreakerPlatform", clk_name="clk12", clk_in_mhz=12.0,
         # Matmul only; even so the accelerator is about 2.5x the device's LUTs (docs/fpga.md).
         array=2, clock_mhz=18.0, vector=False, k_max=512, mem_bytes=64 * 1024, spram=True,
-        dsps=8, reset_button=None),
+        dsps=8, reset_button=None, sizing=SMALL, synth_opts="-dsp"),
 }
 
 

@@ -96,7 +96,7 @@ def build(board: str, array: int | None = None, clock_mhz: float | None = None,
     error = None
     try:
         platform.build(top, name=TOP_NAME, build_dir=str(out_dir), do_program=False,
-                       nextpnr_opts=" ".join(opts))
+                       synth_opts=b.synth_opts, nextpnr_opts=" ".join(opts))
     except Exception as e:            # noqa: BLE001 - reported, with the log's tail
         error = f"{type(e).__name__}: {e}"
     wall = time.monotonic() - t0

@@ -64,7 +64,8 @@ class CelosiaTop(Elaboratable):
         m.d.por += rst.eq(por != POR_CYCLES)
         m.d.comb += cd_sync.rst.eq(rst)
 
-        m.submodules.accel = accel = Accelerator(self.array, vector=self.vector, k_max=b.k_max)
+        m.submodules.accel = accel = Accelerator(self.array, vector=self.vector, k_max=b.k_max,
+                                                 sizing=b.sizing)
         m.submodules.ram = ram = AxiRam(accel.port_bytes, self.mem_bytes, spram=b.spram)
         m.submodules.bridge = bridge = UartBridge(
             divisor=max(4, int(round(clk_hz / self.baud))), mem_bytes=self.mem_bytes,

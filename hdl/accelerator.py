@@ -32,7 +32,8 @@ from .axi import AXI4LiteSignature, AXI4Signature, AxiMaster, MemArbiter
 from .controller import Controller
 from .csr import CSR_ADDR_BITS, CsrBlock
 from .engine import MatmulEngine
-from .params import ADDR_BITS, DEFAULT_ARRAY, K_MAX, check_config, default_port_bytes
+from .params import (ADDR_BITS, DEFAULT_ARRAY, FULL, K_MAX, Sizing, check_config,
+                     default_port_bytes)
 
 __all__ = ["Accelerator", "verilog_text", "write_verilog", "vector_engine_factory", "TOP_NAME"]
 
@@ -63,10 +64,14 @@ class Accelerator(wiring.Component):
         False: no vector unit (VECTOR stops with ``ErrorCode.UNSUPPORTED``). True: the tree's
         vector engine (:func:`vector_engine_factory`; an error if there is none). A callable:
         ``vector(array, port_bytes)`` builds the engine.
+    sizing : params.Sizing
+        How large the parts that do not change results are built (default ``FULL``; ``SMALL``
+        for a small FPGA). ``outstanding`` overrides ``sizing.outstanding``.
     """
 
     def __init__(self, array: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
-                 vector=False, k_max: int = K_MAX, outstanding: int = 32):
+                 vector=False, k_max: int = K_MAX, outstanding: int | None = None,
+                 sizing: Sizing = FULL):
         if port_bytes is None:
             port_bytes = default_port_bytes(array)
         check_config(array, port_bytes, k_max)
@@ -76,7 +81,8 @@ class Accelerator(wiring.Component):
                 raise ValueError("this tree has no VectorEngine; build with vector=False")
             vector = factory
         self.array, self.port_bytes, self.k_max = array, port_bytes, k_max
-        self.outstanding = outstanding
+        self.sizing = sizing
+        self.outstanding = sizing.outstanding if outstanding is None else outstanding
         self.vector_factory = vector or None
         super().__init__({
             "s_axil": In(AXI4LiteSignature(CSR_ADDR_BITS, 32)),
@@ -90,10 +96,20 @@ class Accelerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         W = self.port_bytes
-        m.submodules.csr = csr = CsrBlock(self.array, W)
-        m.submodules.ctrl = ctrl = Controller(W, vector=self.has_vector, k_max=self.k_max)
+        sz = self.sizing
+        m.submodules.csr = csr = CsrBlock(self.array, W, counter_bits=sz.counter_bits,
+                                          cycle_bits=sz.cycle_bits)
+        m.submodules.ctrl = ctrl = Controller(W, vector=self.has_vector, k_max=self.k_max,
+                                              queue=sz.queue, addr_bits=sz.addr_bits,
+                                              issue_slot=sz.issue_slot,
+                                              serial_check=sz.serial_check)
         m.submodules.matmul = mm = MatmulEngine(self.array, W, k_max=self.k_max,
-                                                outstanding=self.outstanding)
+                                                outstanding=self.outstanding,
+                                                addr_bits=sz.addr_bits,
+                                                epilogue_lanes=sz.epilogue_lanes,
+                                                epilogue_registers=sz.epilogue_registers,
+                                                bram_pads=sz.bram_pads,
+                                                hold_cmd=not sz.issue_slot)
         ports = [ctrl.mem, mm.mem]
         if self.has_vector:
             m.submodules.vector = vec = self.vector_factory(self.array, W)

@@ -23,6 +23,7 @@ from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .engine import MemoryPortSignature
+from .scratchpad import SyncFifo
 
 __all__ = ["AXI4LiteSignature", "AXI4Signature", "MemArbiter", "AxiMaster", "BURST_INCR"]
 
@@ -103,7 +104,7 @@ class MemArbiter(wiring.Component):
         n = self.n
         ports = [self.port(i) for i in range(n)]
         idx_bits = max(1, (n - 1).bit_length())
-        m.submodules.tags = tags = fifo.SyncFIFOBuffered(width=idx_bits, depth=self.outstanding)
+        m.submodules.tags = tags = SyncFifo(width=idx_bits, depth=self.outstanding)
 
         # Read requests.
         rd_last = Signal(idx_bits, init=n - 1)

@@ -37,6 +37,7 @@ from celosia.sw import numerics as nx
 
 from . import isa
 from .engine import MemoryPortSignature
+from .scratchpad import SyncFifo
 from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES,
                   WINDOW_ALIGN, ErrorCode, Opcode, VecOp)
 from .params import (ADDR_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
@@ -65,6 +66,9 @@ class Controller(wiring.Component):
     k_max : int
         The matmul engine's longest K (``K_MAX`` in a full build; a smaller test build
         rejects longer ones with BAD_SHAPE, where the ISA simulator would accept them).
+    addr_bits, issue_slot, serial_check : see :class:`celosia.hdl.params.Sizing`. Without an
+        issue slot a unit's ``cmd.payload`` stays valid from the hand-over until its ``done``
+        (the controller waits in HOLD), so the unit need not copy it.
 
     Members
     -------
@@ -87,12 +91,17 @@ class Controller(wiring.Component):
     """
 
     def __init__(self, port_bytes: int, *, vector: bool = False, queue: int = 4,
-                 k_max: int = K_MAX):
+                 k_max: int = K_MAX, addr_bits: int = ADDR_BITS, issue_slot: bool = True,
+                 serial_check: bool = False):
         assert port_bytes & (port_bytes - 1) == 0 and 4 <= port_bytes <= 128
+        assert 12 <= addr_bits <= ADDR_BITS
         self.port_bytes = port_bytes
         self.k_max = k_max
         self.vector = vector
         self.queue = queue
+        self.addr_bits = addr_bits
+        self.issue_slot = issue_slot
+        self.serial_check = serial_check
         members = {
             "mem": Out(MemoryPortSignature(port_bytes)),
             "mm_cmd": Out(stream.Signature(command_layout())),
@@ -115,10 +124,13 @@ class Controller(wiring.Component):
         m = Module()
         W = self.port_bytes
         lw = W.bit_length() - 1
+        # Every address the units see lies inside the window, which lies inside
+        # [0, 2**addr_bits): the window and the issued commands' addresses need only these bits.
+        ab = self.addr_bits
 
-        base = Signal(ADDR_BITS)
-        size = Signal(ADDR_BITS)
-        win_end = Signal(ADDR_BITS + 1)
+        base = Signal(ab)
+        size = Signal(ab + 1)
+        win_end = Signal(ab + 1)
         m.d.comb += win_end.eq(base + size)
         pc = Signal(ADDR_BITS)
         m.d.comb += self.pc.eq(pc)
@@ -132,7 +144,7 @@ class Controller(wiring.Component):
         code_pc = Signal(ADDR_BITS)
         unit_err = Signal()               # a unit answered a command with an error
         unit_code = Signal(ERROR_BITS)
-        unit_pc = Signal(ADDR_BITS)
+        unit_pc = Signal(ab)
         unit_vec = Signal()               # the failing unit is the vector engine
         abort_req = Signal()
         with m.If(self.abort & self.running):
@@ -141,11 +153,13 @@ class Controller(wiring.Component):
         # --- units: an issue slot and a FIFO of the addresses of commands in flight ---
         units = {}
 
-        def unit(name, cmd, done, layout, done_code, is_vector=0):
+        def unit(name, cmd, done, layout, source, done_code, is_vector=0):
+            # Without an issue slot these are combinational: ISSUE offers the command straight
+            # from the instruction register.
             slot_valid = Signal(name=f"{name}_slot_valid")
             slot_cmd = Signal(layout, name=f"{name}_slot_cmd")
-            slot_pc = Signal(ADDR_BITS, name=f"{name}_slot_pc")
-            q = fifo.SyncFIFOBuffered(width=ADDR_BITS, depth=self.queue)
+            slot_pc = Signal(ab, name=f"{name}_slot_pc")
+            q = SyncFifo(width=ab, depth=self.queue)
             m.submodules[f"{name}_inflight"] = q
             m.d.comb += [
                 cmd.valid.eq(slot_valid & q.w_rdy),
@@ -155,8 +169,11 @@ class Controller(wiring.Component):
                 done.ready.eq(1),
                 q.r_en.eq(done.valid),
             ]
-            with m.If(cmd.valid & cmd.ready):
-                m.d.sync += slot_valid.eq(0)
+            if self.issue_slot:
+                with m.If(cmd.valid & cmd.ready):
+                    m.d.sync += slot_valid.eq(0)
+            else:
+                m.d.comb += [slot_cmd.eq(source), slot_pc.eq(pc)]
             with m.If(done.valid & (done.payload != 0) & ~unit_err):
                 m.d.sync += [unit_err.eq(1), unit_code.eq(done_code(done.payload)),
                              unit_pc.eq(q.r_data), unit_vec.eq(is_vector)]
@@ -168,11 +185,11 @@ class Controller(wiring.Component):
             units[name] = (slot_valid, slot_cmd, slot_pc, busy)
             return busy
 
-        mm_busy = unit("mm", self.mm_cmd, self.mm_done, command_layout(),
+        mm_busy = unit("mm", self.mm_cmd, self.mm_done, command_layout(), mm,
                        lambda c: c + (ErrorCode.BAD_SHAPE - 1))   # ERROR_OF_DONE
         m.d.comb += self.mm_busy.eq(mm_busy)
         if self.vector:
-            vec_busy = unit("vec", self.vec_cmd, self.vec_done, isa.vector_layout(),
+            vec_busy = unit("vec", self.vec_cmd, self.vec_done, isa.vector_layout(), vec,
                             lambda c: c, 1)
             m.d.comb += self.vec_busy.eq(vec_busy)
         else:
@@ -182,7 +199,7 @@ class Controller(wiring.Component):
         req_n = Signal(20)
         resp_n = Signal(20)
         beats = Signal(20)                # beats to read in this FETCH or PSCAN
-        rd_base = Signal(ADDR_BITS)
+        rd_base = Signal(ab)
         m.d.comb += [
             self.mem.rd_req.payload.addr.eq(rd_base + (req_n << lw)),
         ]
@@ -279,7 +296,17 @@ class Controller(wiring.Component):
         rows_m1 = Signal(16)
         m.d.comb += rows_m1.eq(Mux(op_rows == 0, 0, op_rows - 1))
         span_end = Signal(ADDR_BITS + 16 + 2)
-        m.d.comb += span_end.eq(op_addr + rows_m1 * op_stride + op_rb)
+        product = Signal(ADDR_BITS + 16)
+        if self.serial_check:
+            # (rows - 1) * stride by shift and add, most significant bit of rows - 1 first.
+            mul_n = Signal(range(17))
+            mul_done = Signal()
+            m.d.comb += mul_done.eq((mul_n == 16) | ~op_used | (rows_m1 == 0))
+            prod_acc = Signal(ADDR_BITS + 16)
+            m.d.comb += product.eq(prod_acc)
+        else:
+            m.d.comb += product.eq(rows_m1 * op_stride)
+        m.d.comb += span_end.eq(op_addr + product + op_rb)
         short = Signal()
         outside = Signal()
         m.d.comb += [
@@ -328,8 +355,12 @@ class Controller(wiring.Component):
                         self.error_pc.eq(0), code.eq(0), code_pc.eq(0),
                         unit_err.eq(0), abort_req.eq(0),
                     ]
+                    beyond = C(0, 1)
+                    if ab < ADDR_BITS:
+                        # The window must lie inside the addresses this build reaches.
+                        beyond = (self.win_base + self.win_size) > (1 << ab)
                     with m.If((self.win_base % WINDOW_ALIGN != 0) | (self.win_size % WINDOW_ALIGN != 0)
-                              | (self.win_size == 0)):
+                              | (self.win_size == 0) | beyond):
                         m.d.sync += [code.eq(ErrorCode.BAD_WINDOW), code_pc.eq(self.prog_addr)]
                         m.next = "DRAIN"
                     with m.Else():
@@ -370,6 +401,8 @@ class Controller(wiring.Component):
 
             with m.State("DECODE"):
                 m.d.sync += [idx.eq(0), any_short.eq(0), any_outside.eq(0), is_vec.eq(0)]
+                if self.serial_check:
+                    m.d.sync += [mul_n.eq(0), prod_acc.eq(0)]
                 with m.Switch(instr.opcode):
                     with m.Case(Opcode.HALT):
                         m.d.sync += [halting.eq(1), wait_mask.eq(0b11)]
@@ -389,11 +422,23 @@ class Controller(wiring.Component):
                         stop_with(ErrorCode.ILLEGAL_OPCODE, pc)
 
             with m.State("CHECK"):
-                m.d.sync += [any_short.eq(any_short | short),
-                             any_outside.eq(any_outside | outside),
-                             idx.eq(idx + 1)]
-                with m.If(idx == N_OPS - 1):
-                    m.next = "RESOLVE"
+                if self.serial_check:
+                    with m.If(~mul_done):
+                        m.d.sync += [
+                            prod_acc.eq((prod_acc << 1)
+                                        + Mux(rows_m1[::-1].bit_select(mul_n[:4], 1), op_stride, 0)),
+                            mul_n.eq(mul_n + 1)]
+                    checked = mul_done
+                else:
+                    checked = C(1, 1)
+                with m.If(checked):
+                    m.d.sync += [any_short.eq(any_short | short),
+                                 any_outside.eq(any_outside | outside),
+                                 idx.eq(idx + 1)]
+                    if self.serial_check:
+                        m.d.sync += [mul_n.eq(0), prod_acc.eq(0)]
+                    with m.If(idx == N_OPS - 1):
+                        m.next = "RESOLVE"
 
             with m.State("RESOLVE"):
                 with m.If(is_vec):
@@ -450,16 +495,39 @@ class Controller(wiring.Component):
                     m.next = "DRAIN"
                 with m.Elif(abort_req):
                     stop_with(ErrorCode.ABORTED, pc)
-                if self.vector:
-                    v_slot_valid, v_slot_cmd, v_slot_pc, _ = units["vec"]
-                    with m.Elif(is_vec & ~v_slot_valid):
-                        m.d.sync += [v_slot_valid.eq(1), v_slot_cmd.eq(vec), v_slot_pc.eq(pc)]
-                        m.d.comb += self.retire_vec.eq(1)
+                if self.issue_slot:
+                    if self.vector:
+                        v_slot_valid, v_slot_cmd, v_slot_pc, _ = units["vec"]
+                        with m.Elif(is_vec & ~v_slot_valid):
+                            m.d.sync += [v_slot_valid.eq(1), v_slot_cmd.eq(vec), v_slot_pc.eq(pc)]
+                            m.d.comb += self.retire_vec.eq(1)
+                            next_instruction()
+                    with m.Elif(~is_vec & ~mm_slot_valid):
+                        m.d.sync += [mm_slot_valid.eq(1), mm_slot_cmd.eq(mm), mm_slot_pc.eq(pc)]
+                        m.d.comb += self.retire_mm.eq(1)
                         next_instruction()
-                with m.Elif(~is_vec & ~mm_slot_valid):
-                    m.d.sync += [mm_slot_valid.eq(1), mm_slot_cmd.eq(mm), mm_slot_pc.eq(pc)]
-                    m.d.comb += self.retire_mm.eq(1)
-                    next_instruction()
+                else:
+                    # The command goes to the unit from the instruction register, which holds
+                    # it until the unit answers (HOLD).
+                    if self.vector:
+                        v_slot_valid, v_slot_cmd, v_slot_pc, _ = units["vec"]
+                        with m.Elif(is_vec):
+                            m.d.comb += v_slot_valid.eq(1)
+                            with m.If(self.vec_cmd.valid & self.vec_cmd.ready):
+                                m.d.comb += [self.retire_vec.eq(1), self.retire.eq(1)]
+                                m.next = "HOLD"
+                    with m.Elif(~is_vec):
+                        m.d.comb += mm_slot_valid.eq(1)
+                        with m.If(self.mm_cmd.valid & self.mm_cmd.ready):
+                            m.d.comb += [self.retire_mm.eq(1), self.retire.eq(1)]
+                            m.next = "HOLD"
+
+            if not self.issue_slot:
+                with m.State("HOLD"):
+                    # The unit reads its command from ``instr`` until it answers.
+                    with m.If(idle_mm & idle_vec):
+                        m.d.sync += pc.eq(pc + INSTR_BYTES)
+                        m.next = "NEXT"
 
             with m.State("WAIT"):
                 ready = ((~wait_mask[0] | idle_mm) & (~wait_mask[1] | idle_vec)

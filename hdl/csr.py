@@ -11,7 +11,9 @@ how each is produced. Semantics follow ``sw/isa_sim.py``:
 * CYCLES (64 bits), MATMUL_BUSY, VECTOR_BUSY and SYNC_STALL restart from 0 at every start;
   INSTRET, MATMUL_COUNT and VECTOR_COUNT only at ``clear_counters``. Reading CYCLES_LO
   latches the high word, which CYCLES_HI then returns, so a LO-then-HI read is consistent.
-  The 32-bit busy/stall counters saturate, the event counters wrap.
+  The 32-bit busy/stall counters saturate, the event counters wrap. A board-sized build
+  (``counter_bits``, ``cycle_bits``; ``params.Sizing``) has narrower counters: they saturate or
+  wrap at their own width and the bits above read as 0.
 * Writes to read-only or unmapped offsets are ignored (response OKAY); reads of unmapped
   offsets return 0. Byte strobes apply to the read/write registers.
 """
@@ -38,8 +40,11 @@ class CsrBlock(wiring.Component):
     """AXI4-Lite slave ``bus`` plus the controller-facing signals (see
     :class:`celosia.hdl.controller.Controller` for their meaning)."""
 
-    def __init__(self, array: int, port_bytes: int):
+    def __init__(self, array: int, port_bytes: int, *, counter_bits: int = 32,
+                 cycle_bits: int = 64):
+        assert 1 <= counter_bits <= 32 and 1 <= cycle_bits <= 64
         self.array, self.port_bytes = array, port_bytes
+        self.counter_bits, self.cycle_bits = counter_bits, cycle_bits
         super().__init__({
             "bus": In(AXI4LiteSignature(CSR_ADDR_BITS, 32)),
             "start": Out(1), "abort": Out(1), "clear": Out(1),
@@ -55,17 +60,18 @@ class CsrBlock(wiring.Component):
         m = Module()
         bus = self.bus
 
-        cycles = Signal(64)
-        hi_latch = Signal(32)
-        instret = Signal(32)
-        mm_busy_n = Signal(32)
-        vec_busy_n = Signal(32)
-        stall_n = Signal(32)
-        mm_count = Signal(32)
-        vec_count = Signal(32)
+        cb = self.counter_bits
+        cycles = Signal(self.cycle_bits)
+        hi_latch = Signal(max(1, self.cycle_bits - 32))
+        instret = Signal(cb)
+        mm_busy_n = Signal(cb)
+        vec_busy_n = Signal(cb)
+        stall_n = Signal(cb)
+        mm_count = Signal(cb)
+        vec_count = Signal(cb)
 
         def sat_inc(counter, cond):
-            with m.If(cond & (counter != 0xFFFFFFFF)):
+            with m.If(cond & (counter != (1 << len(counter)) - 1)):
                 m.d.sync += counter.eq(counter + 1)
 
         # Counters (the start/clear resets below come later and take precedence).
@@ -100,7 +106,7 @@ class CsrBlock(wiring.Component):
             "WIN_BASE": self.win_base,
             "WIN_SIZE": self.win_size,
             "CYCLES_LO": cycles[:32],
-            "CYCLES_HI": hi_latch,
+            "CYCLES_HI": hi_latch if self.cycle_bits > 32 else C(0, 32),
             "INSTRET": instret,
             "MATMUL_BUSY": mm_busy_n,
             "VECTOR_BUSY": vec_busy_n,
@@ -123,7 +129,7 @@ class CsrBlock(wiring.Component):
                 for reg in CSR:
                     with m.Case(reg.offset >> 2):
                         m.d.sync += bus.rdata.eq(values[reg.name])
-                        if reg.name == "CYCLES_LO":
+                        if reg.name == "CYCLES_LO" and self.cycle_bits > 32:
                             m.d.sync += hi_latch.eq(cycles[32:])
 
         # --- writes: address and data accepted together ---

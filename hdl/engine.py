@@ -15,7 +15,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .epilogue import Epilogue
-from .params import (DEFAULT_ARRAY, K_MAX, PARAM_RECORD_BYTES, AddendMode, DoneCode,
+from .params import (ADDR_BITS, DEFAULT_ARRAY, K_MAX, PARAM_RECORD_BYTES, AddendMode, DoneCode,
                      check_config, command_layout, default_port_bytes, group_cols)
 from .scratchpad import PingPong, Scratchpad
 from .sequencer import (Collector, Feeder, Loader, Writer, compute_plan, plan_layout,
@@ -61,6 +61,12 @@ class MatmulEngine(wiring.Component):
         Longest reduction the scratchpads hold (default 4096).
     outstanding : int
         Read requests in flight (covers the memory latency).
+    addr_bits, epilogue_lanes, epilogue_registers, bram_pads
+        See :class:`celosia.hdl.params.Sizing` (default: full size).
+    hold_cmd : bool
+        The master keeps ``cmd.payload`` valid from the hand-over until ``done`` is taken (a
+        controller without an issue slot does), so the engine uses it in place and keeps no
+        copy.
 
     Members
     -------
@@ -73,7 +79,9 @@ class MatmulEngine(wiring.Component):
     """
 
     def __init__(self, array: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
-                 k_max: int = K_MAX, outstanding: int = 32):
+                 k_max: int = K_MAX, outstanding: int = 32, addr_bits: int = ADDR_BITS,
+                 epilogue_lanes: int | None = None, epilogue_registers=(True,) * 6,
+                 bram_pads: bool = False, hold_cmd: bool = False):
         if port_bytes is None:
             port_bytes = default_port_bytes(array) if isinstance(array, int) else 16
         check_config(array, port_bytes, k_max)
@@ -83,6 +91,11 @@ class MatmulEngine(wiring.Component):
         self.port_bytes = port_bytes
         self.k_max = k_max
         self.outstanding = outstanding
+        self.addr_bits = addr_bits
+        self.epilogue_lanes = epilogue_lanes
+        self.epilogue_registers = epilogue_registers
+        self.bram_pads = bram_pads
+        self.hold_cmd = hold_cmd
         self.group = group_cols(array, port_bytes)
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
@@ -97,18 +110,21 @@ class MatmulEngine(wiring.Component):
         lw = w.bit_length() - 1
 
         cmd = Signal(command_layout())
+        if self.hold_cmd:
+            m.d.comb += cmd.eq(self.cmd.payload)
         plan_now = Signal(plan_layout(n, w))
         plan = Signal(plan_layout(n, w))
         compute_plan(m, cmd, plan_now, n, w)
         start = Signal()
         code = Signal(2)
 
-        m.submodules.loader = loader = Loader(n, w, k_max=k_max, outstanding=self.outstanding)
+        m.submodules.loader = loader = Loader(n, w, k_max=k_max, outstanding=self.outstanding,
+                                              addr_bits=self.addr_bits)
         m.submodules.feeder = feeder = Feeder(n, w, k_max=k_max)
         m.submodules.array = array = SystolicArray(n)
         m.submodules.collector = collector = Collector(n, w)
-        m.submodules.epilogue = epilogue = Epilogue(n)
-        m.submodules.writer = writer = Writer(n, w)
+        m.submodules.epilogue = epilogue = Epilogue(n, self.epilogue_lanes, self.epilogue_registers)
+        m.submodules.writer = writer = Writer(n, w, self.addr_bits)
         for unit in (loader, feeder, collector, writer):
             m.d.comb += [unit.start.eq(start), unit.cmd.eq(cmd), unit.plan.eq(plan)]
 
@@ -125,6 +141,7 @@ class MatmulEngine(wiring.Component):
             epilogue.requant.eq(cmd.requant),
             epilogue.out_fmt.eq(cmd.out_fmt),
             epilogue.zero_point.eq(cmd.zero_point),
+            epilogue.addend_shift.eq(Mux(cmd.addend == AddendMode.RESIDUAL16, cmd.addend_shift, 0)),
         ]
 
         # Scratchpads and their tokens.
@@ -135,7 +152,8 @@ class MatmulEngine(wiring.Component):
             a_pads.append(pad)
         m.submodules.b_pad = b_pad = Scratchpad(write_bytes=w, read_bytes=n, depth_bytes=k_max * g)
         m.submodules.p_pad = p_pad = Scratchpad(write_bytes=w, read_bytes=n * PARAM_RECORD_BYTES,
-                                                depth_bytes=g * PARAM_RECORD_BYTES)
+                                                depth_bytes=g * PARAM_RECORD_BYTES,
+                                                block_ram=self.bram_pads)
         m.submodules.d_pad = d_pad = Scratchpad(write_bytes=w, read_bytes=4 * n,
                                                 depth_bytes=4 * n * g)
         m.submodules.e_pad = e_pad = Scratchpad(write_bytes=w, read_bytes=n,
@@ -211,7 +229,8 @@ class MatmulEngine(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += cmd.eq(self.cmd.payload)
+                    if not self.hold_cmd:
+                        m.d.sync += cmd.eq(self.cmd.payload)
                     m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.sync += plan.eq(plan_now)

@@ -8,8 +8,9 @@ Per lane (output column), bit-exact with ``celosia.sw.numerics``::
     x = saturate(x + addend, INT32)                      # matmul(..., acc) or residual_add
     y = requantize(x, Dyadic(mult, shift), range, zp)    # or y = x (raw int32)
 
-The pipeline has six registered stages and one stall signal for all of them, so it takes one
-row per cycle and honours backpressure on its output.
+The pipeline has six stages (registered unless a board-sized build merges some, see
+``registers``) and one stall signal for all of them, so it takes one row per cycle and honours
+backpressure on its output.
 """
 
 from amaranth import *
@@ -47,35 +48,56 @@ class Epilogue(wiring.Component):
     ----------
     n : int
         Lanes (the array width).
+    lanes : int
+        Lanes built (default ``n``; a divisor of ``n``). With fewer, each row takes
+        ``n / lanes`` cycles through one ``lanes``-wide pipeline (a board-sized build: the
+        array delivers N rows per tile of at least N steps, so one lane keeps up with K >= N*N).
+    registers : six bools
+        Which of the six stages end in a register (the last always does); a stage without
+        one is merged into the next, which saves flip-flops at a lower clock.
 
     Members
     -------
     i : In(stream.Signature(epilogue_layout(n)))
     o : Out(stream.Signature(ArrayLayout(signed(32), n)))
         Results, already saturated to the output range (the writer keeps the low bytes).
-    requant, out_fmt, zero_point : In
+    requant, out_fmt, zero_point, addend_shift : In
         Held constant during a command. ``requant`` low gives the raw saturated int32 sum.
+        ``addend_shift`` shifts every addend left (a residual's ``addend_shift``; 0 otherwise).
     """
 
     LATENCY = 6
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, lanes: int | None = None, registers=(True,) * 6):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"lanes must be a positive int, not {n!r}")
+        lanes = n if lanes is None else lanes
+        if not isinstance(lanes, int) or lanes < 1 or n % lanes:
+            raise ValueError(f"lanes must divide {n}, not {lanes!r}")
+        registers = tuple(bool(r) for r in registers)
+        if len(registers) != 6 or not registers[-1]:
+            raise ValueError("registers: six flags, the last one set")
         self.n = n
+        self.lanes = lanes
+        self.registers = registers
+        self.latency = sum(registers)
         super().__init__({
             "i": In(stream.Signature(epilogue_layout(n))),
             "o": Out(stream.Signature(data.ArrayLayout(signed(32), n))),
             "requant": In(1),
             "out_fmt": In(2),
             "zero_point": In(signed(ZERO_POINT_BITS)),
+            "addend_shift": In(5),
         })
 
     def elaborate(self, platform):
+        if self.lanes < self.n:
+            return self._time_multiplexed()
         m = Module()
         n = self.n
+        keep = self.registers
         enable = Signal()
-        valid = Signal(self.LATENCY)
+        valid = Signal(self.latency)
         m.d.comb += [
             enable.eq(~self.o.valid | self.o.ready),
             self.i.ready.eq(enable),
@@ -83,6 +105,17 @@ class Epilogue(wiring.Component):
         ]
         with m.If(enable):
             m.d.sync += valid.eq(Cat(self.i.valid, valid[:-1]))
+
+        def stage(k, name, shape, value):
+            """The value at the end of stage ``k``: a register, or a wire when stage ``k`` is
+            merged into the next."""
+            sig = Signal(shape, name=name)
+            if keep[k]:
+                with m.If(enable):
+                    m.d.sync += sig.eq(value)
+            else:
+                m.d.comb += sig.eq(value)
+            return sig
 
         # The output range of this command.
         lo = Signal(signed(33))
@@ -98,58 +131,71 @@ class Epilogue(wiring.Component):
         # on with its operands one stage behind.
         row_half = Signal(unsigned(1 << ROW_SHIFT_BITS), name="row_half")
         m.d.comb += row_half.eq((C(1, 1 << ROW_SHIFT_BITS) << p.row_shift) >> 1)
-        p0 = Signal(data.StructLayout({name: epilogue_layout(n)[name].shape
-                                       for name in ("bias", "addend", "mult", "shift")}), name="p0")
-        with m.If(enable):
-            m.d.sync += [p0.bias.eq(p.bias), p0.addend.eq(p.addend), p0.mult.eq(p.mult),
-                         p0.shift.eq(p.shift)]
+        p0 = stage(0, "p0", data.StructLayout({name: epilogue_layout(n)[name].shape
+                                               for name in ("bias", "addend", "mult", "shift")}),
+                   Cat(p.bias, p.addend, p.mult, p.shift))
         for lane in range(n):
             # Stage 0 output: |acc| < 2**31, so acc + half fits 33 bits and the shifted value 32.
-            xs = Signal(signed(ACC_BITS), name=f"xs_{lane}")
-            with m.If(enable):
-                m.d.sync += xs.eq((p.acc[lane] + row_half) >> p.row_shift)
-            # Stage 1: bias.
-            x1 = Signal(signed(32), name=f"x1_{lane}")
-            addend1 = Signal(signed(32), name=f"addend1_{lane}")
-            mult1 = Signal(MULT_BITS, name=f"mult1_{lane}")
-            shift1 = Signal(SHIFT_BITS, name=f"shift1_{lane}")
+            xs = stage(0, f"xs_{lane}", signed(ACC_BITS), (p.acc[lane] + row_half) >> p.row_shift)
+            # Stage 1: bias; the addend shifted into place (a residual: int16 << 0..16 fits).
+            x1 = stage(1, f"x1_{lane}", signed(32), _saturate(xs + p0.bias[lane], int32_lo, int32_hi))
+            addend1 = stage(1, f"addend1_{lane}", signed(32),
+                            (p0.addend[lane] << self.addend_shift)[:32])
+            mult1 = stage(1, f"mult1_{lane}", MULT_BITS, p0.mult[lane])
+            shift1 = stage(1, f"shift1_{lane}", SHIFT_BITS,
+                           Mux(p0.shift[lane] > SHIFT_MAX, SHIFT_MAX, p0.shift[lane]))
             # Stage 2: addend.
-            x2 = Signal(signed(32), name=f"x2_{lane}")
-            mult2 = Signal(MULT_BITS, name=f"mult2_{lane}")
-            shift2 = Signal(SHIFT_BITS, name=f"shift2_{lane}")
+            x2 = stage(2, f"x2_{lane}", signed(32), _saturate(x1 + addend1, int32_lo, int32_hi))
+            mult2 = stage(2, f"mult2_{lane}", MULT_BITS, mult1)
+            shift2 = stage(2, f"shift2_{lane}", SHIFT_BITS, shift1)
             # Stage 3: product (|x| < 2**31, mult < 2**15: fits 47 bits).
-            prod3 = Signal(signed(48), name=f"prod3_{lane}")
-            shift3 = Signal(SHIFT_BITS, name=f"shift3_{lane}")
-            x3 = Signal(signed(32), name=f"x3_{lane}")
+            prod3 = stage(3, f"prod3_{lane}", signed(48), x2 * mult2)
+            shift3 = stage(3, f"shift3_{lane}", SHIFT_BITS, shift2)
+            x3 = stage(3, f"x3_{lane}", signed(32), x2)
             # Stage 4: round half up and shift.
-            rounded4 = Signal(signed(49), name=f"rounded4_{lane}")
-            x4 = Signal(signed(32), name=f"x4_{lane}")
-            # Stage 5: zero point and saturation, or the raw sum.
-            y5 = Signal(signed(32), name=f"y5_{lane}")
-
             half = Signal(unsigned(SHIFT_MAX), name=f"half_{lane}")
             m.d.comb += half.eq(Mux(shift3 == 0, 0, C(1, SHIFT_MAX) << (shift3 - 1)[:SHIFT_BITS]))
-            with m.If(enable):
-                m.d.sync += [
-                    x1.eq(_saturate(xs + p0.bias[lane], int32_lo, int32_hi)),
-                    addend1.eq(p0.addend[lane]),
-                    mult1.eq(p0.mult[lane]),
-                    shift1.eq(Mux(p0.shift[lane] > SHIFT_MAX, SHIFT_MAX, p0.shift[lane])),
-
-                    x2.eq(_saturate(x1 + addend1, int32_lo, int32_hi)),
-                    mult2.eq(mult1),
-                    shift2.eq(shift1),
-
-                    prod3.eq(x2 * mult2),
-                    shift3.eq(shift2),
-                    x3.eq(x2),
-
-                    rounded4.eq((prod3 + half) >> shift3),
-                    x4.eq(x3),
-
-                    y5.eq(Mux(self.requant,
-                              _saturate(rounded4 + self.zero_point, lo, hi),
-                              x4)),
-                ]
+            rounded4 = stage(4, f"rounded4_{lane}", signed(49), (prod3 + half) >> shift3)
+            x4 = stage(4, f"x4_{lane}", signed(32), x3)
+            # Stage 5: zero point and saturation, or the raw sum.
+            y5 = stage(5, f"y5_{lane}", signed(32),
+                       Mux(self.requant, _saturate(rounded4 + self.zero_point, lo, hi), x4))
             m.d.comb += self.o.payload[lane].eq(y5)
+        return m
+
+    def _time_multiplexed(self):
+        """``n / lanes`` passes of a ``lanes``-lane pipeline per row: the row is held on the
+        input (ready on its last pass) and the results of the earlier passes wait in a register
+        until the last pass leaves."""
+        m = Module()
+        n, L = self.n, self.lanes
+        passes = n // L
+        m.submodules.core = core = Epilogue(L, registers=self.registers)
+        m.d.comb += [core.requant.eq(self.requant), core.out_fmt.eq(self.out_fmt),
+                     core.zero_point.eq(self.zero_point), core.addend_shift.eq(self.addend_shift)]
+        p, q = self.i.payload, core.i.payload
+        sel = Signal(range(passes))
+        m.d.comb += [core.i.valid.eq(self.i.valid), q.row_shift.eq(p.row_shift),
+                     self.i.ready.eq(core.i.ready & (sel == passes - 1))]
+        with m.Switch(sel):
+            for s in range(passes):
+                with m.Case(s):
+                    for j in range(L):
+                        for name in ("acc", "bias", "addend", "mult", "shift"):
+                            m.d.comb += q[name][j].eq(p[name][s * L + j])
+        with m.If(core.i.valid & core.i.ready):
+            m.d.sync += sel.eq(Mux(sel == passes - 1, 0, sel + 1))
+
+        osel = Signal(range(passes))
+        held = [Signal(data.ArrayLayout(signed(32), L), name=f"held{s}") for s in range(passes - 1)]
+        last = osel == passes - 1
+        m.d.comb += [self.o.valid.eq(core.o.valid & last),
+                     core.o.ready.eq(~last | self.o.ready),
+                     self.o.payload.eq(Cat(*held, core.o.payload))]
+        with m.If(core.o.valid & core.o.ready):
+            m.d.sync += osel.eq(Mux(last, 0, osel + 1))
+            with m.Switch(osel):
+                for s in range(passes - 1):
+                    with m.Case(s):
+                        m.d.sync += held[s].eq(core.o.payload)
         return m

@@ -29,6 +29,7 @@ Memory layout contract (all addresses are byte addresses):
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
@@ -41,7 +42,7 @@ __all__ = [
     "PARAM_RECORD_BYTES", "PARAM_BIAS_OFFSET", "PARAM_MULT_OFFSET", "PARAM_SHIFT_OFFSET",
     "OutFormat", "AddendMode", "DoneCode", "OUT_RANGE", "OUT_BYTES", "ADDEND_BYTES",
     "default_port_bytes", "group_cols", "check_config", "command_layout", "pack_command",
-    "view_aligned",
+    "view_aligned", "Sizing", "FULL", "SMALL",
 ]
 
 #: Array sizes the engine is built and tested for (powers of two).
@@ -119,6 +120,72 @@ def default_port_bytes(array: int) -> int:
 def group_cols(array: int, port_bytes: int) -> int:
     """Columns of B held on chip at a time: a whole number of array tiles and of port beats."""
     return max(array, port_bytes)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How large the parts of an accelerator that do not change its results are built.
+
+    The default is the full-size accelerator. A board-sized build (``SMALL``) keeps the ISA, the
+    CSR map and the numerics and trades speed and reach for logic:
+
+    addr_bits
+        Address bits the engine and the controller compute with: the accelerator reaches bytes
+        ``[0, 2**addr_bits)`` and stops at START with ``BAD_WINDOW`` when the window does not
+        lie inside (every operand is checked against the window in full 32-bit arithmetic, so
+        no address of an accepted command is truncated).
+    epilogue_lanes
+        Lanes of the requantisation pipeline (``None``: the array width); a row takes
+        ``array / epilogue_lanes`` cycles.
+    epilogue_registers
+        Which of its six stages end in a register (``Epilogue``'s ``registers``): fewer save
+        flip-flops at a lower clock.
+    issue_slot
+        The controller holds a checked command in an issue slot and fetches on while the engine
+        is busy; without it the controller hands the command over from its instruction register
+        and keeps it there until the unit answers (the next fetch waits), so the matmul engine
+        keeps no copy of its own.
+    serial_check
+        The operand-span check multiplies ``(rows - 1) * stride`` one bit per cycle (about 17
+        cycles per operand, no DSP) instead of in one cycle.
+    queue
+        Commands a unit may hold between acceptance and ``done``.
+    counter_bits, cycle_bits
+        Width of the CSR event counters (INSTRET, the busy/stall counters and the instruction
+        counts; saturating counters saturate at ``2**counter_bits - 1``, the others wrap) and of
+        CYCLES (up to 64; CYCLES_HI reads the bits above 32).
+    outstanding
+        Read requests the matmul engine keeps in flight.
+    bram_pads
+        The parameter scratchpad (two lines per buffer) in block RAM instead of flip-flops.
+    """
+    addr_bits: int = ADDR_BITS
+    epilogue_lanes: int | None = None
+    epilogue_registers: tuple = (True,) * 6
+    issue_slot: bool = True
+    serial_check: bool = False
+    queue: int = 4
+    counter_bits: int = 32
+    cycle_bits: int = 64
+    outstanding: int = 32
+    bram_pads: bool = False
+
+    def __post_init__(self):
+        if not 12 <= self.addr_bits <= ADDR_BITS:
+            raise ValueError(f"addr_bits must be in 12..{ADDR_BITS}, not {self.addr_bits}")
+        if not 1 <= self.counter_bits <= 32 or not 1 <= self.cycle_bits <= 64:
+            raise ValueError("counter_bits must be in 1..32 and cycle_bits in 1..64")
+        if self.queue < 1 or self.outstanding < 2:
+            raise ValueError("queue must be at least 1 and outstanding at least 2")
+
+
+#: The full-size accelerator.
+FULL = Sizing()
+#: A small FPGA (iCE40UP5K): 64 KiB reach, one epilogue lane, no issue slot, serial span
+#: checks, 24-bit event counters, a 40-bit cycle counter, parameter records in block RAM.
+SMALL = Sizing(addr_bits=16, epilogue_lanes=1,
+               epilogue_registers=(False, True, True, True, True, True), issue_slot=False, serial_check=True, queue=1,
+               counter_bits=24, cycle_bits=40, outstanding=32, bram_pads=True)
 
 
 def check_config(array: int, port_bytes: int, k_max: int = K_MAX) -> None:

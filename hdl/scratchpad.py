@@ -3,17 +3,83 @@
 A :class:`Scratchpad` is written one memory-port beat (W bytes) per cycle and read R bytes per
 cycle. Its lines are ``max(W, R)`` bytes wide and split into W-byte banks, so a beat writes
 exactly one bank and a read gets a whole line (then picks its R bytes). Each scratchpad holds
-two buffers: the loader fills one while the compute side reads the other.
+two buffers: the loader fills one while the compute side reads the other. A buffer is written
+only while the loader owns it and read (for data that is used) only while it is full, so reads
+and writes never meet at one address (``NO_RW_CHECK``).
 
 A :class:`PingPong` tracks the two buffers of one scratchpad: a buffer is *free*, *claimed*
 by the loader (requests issued), *full* (last beat written) and then *released* by its reader.
 """
 
 from amaranth import *
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Scratchpad", "PingPong"]
+__all__ = ["Scratchpad", "PingPong", "SyncFifo", "NO_RW_CHECK"]
+
+#: Memory attribute telling synthesis that a read never needs the data being written to the
+#: same address in the same cycle, so no collision logic is added around block RAM. Yosys
+#: applies it when it merges a register into an asynchronous read port, so the memories below
+#: read asynchronously into a register of their own (the same behaviour as a synchronous,
+#: non-transparent read port).
+NO_RW_CHECK = {"no_rw_check": 1}
+
+
+def _read_register(m, memory, en, name):
+    """A synchronous read of ``memory`` (data one cycle after an enabled read, held otherwise)
+    made of an asynchronous read port and a register; returns ``(port, data)``."""
+    port = memory.read_port(domain="comb")
+    data = Signal(memory.shape, name=name)
+    with m.If(en):
+        m.d.sync += data.eq(port.data)
+    return port, data
+
+
+class SyncFifo(fifo.SyncFIFOBuffered):
+    """``amaranth.lib.fifo.SyncFIFOBuffered`` (the same interface and timing) whose storage is
+    marked ``NO_RW_CHECK``: it reads an entry only while the FIFO holds it and writes one only
+    while it is free, so a read and a write never meet at one address."""
+
+    def elaborate(self, platform):
+        if self.depth <= 1:
+            return super().elaborate(platform)
+        m = Module()
+        inner_depth = self.depth - 1
+        inner_level = Signal(range(inner_depth + 1))
+        produce = Signal(range(inner_depth))
+        consume = Signal(range(inner_depth))
+        do_write = Signal()
+        do_read = Signal()
+        do_inner_read = Signal()
+        m.d.comb += [
+            self.w_level.eq(self.level), self.r_level.eq(self.level),
+            self.level.eq(inner_level + self.r_rdy),
+            self.w_rdy.eq(inner_level != inner_depth),
+            do_write.eq(self.w_rdy & self.w_en),
+            do_read.eq(self.r_rdy & self.r_en),
+            do_inner_read.eq((inner_level != 0) & (~self.r_rdy | self.r_en)),
+        ]
+        m.submodules.storage = storage = memory.Memory(shape=self.width, depth=inner_depth,
+                                                       init=[], attrs=NO_RW_CHECK)
+        wp = storage.write_port()
+        rp, r_data = _read_register(m, storage, do_inner_read, "storage_r_data")
+        m.d.comb += [wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(do_write),
+                     rp.addr.eq(consume), self.r_data.eq(r_data)]
+
+        def incr(v):
+            return Mux(v == inner_depth - 1, 0, v + 1)
+
+        with m.If(do_write):
+            m.d.sync += produce.eq(incr(produce))
+        with m.If(do_inner_read):
+            m.d.sync += [consume.eq(incr(consume)), self.r_rdy.eq(1)]
+        with m.Elif(self.r_en):
+            m.d.sync += self.r_rdy.eq(0)
+        with m.If(do_write & ~do_inner_read):
+            m.d.sync += inner_level.eq(inner_level + 1)
+        with m.If(do_inner_read & ~do_write):
+            m.d.sync += inner_level.eq(inner_level - 1)
+        return m
 
 
 def _log2(x: int) -> int:
@@ -32,6 +98,9 @@ class Scratchpad(wiring.Component):
         Bytes per read, a power of two.
     depth_bytes : int
         Capacity of one buffer, a power of two, at least ``max(write_bytes, read_bytes)``.
+    block_ram : bool
+        Ask synthesis for block RAM even when the scratchpad is small (``ram_style``), which a
+        small FPGA with spare block RAM prefers to flip-flops.
 
     Members
     -------
@@ -44,7 +113,8 @@ class Scratchpad(wiring.Component):
         Data of the last enabled read, one cycle after it.
     """
 
-    def __init__(self, *, write_bytes: int, read_bytes: int, depth_bytes: int):
+    def __init__(self, *, write_bytes: int, read_bytes: int, depth_bytes: int,
+                 block_ram: bool = False):
         for name, v in (("write_bytes", write_bytes), ("read_bytes", read_bytes),
                         ("depth_bytes", depth_bytes)):
             if not isinstance(v, int) or v <= 0 or v & (v - 1):
@@ -55,6 +125,7 @@ class Scratchpad(wiring.Component):
         if depth_bytes < self.line_bytes:
             raise ValueError(f"depth_bytes {depth_bytes} is below one line ({self.line_bytes})")
         self.depth_bytes = depth_bytes
+        self.block_ram = block_ram
         self.lines = depth_bytes // self.line_bytes
         super().__init__({
             "w": In(stream.Signature(data.StructLayout({
@@ -81,18 +152,19 @@ class Scratchpad(wiring.Component):
         line_data = []
         for bank in range(banks):
             mem = memory.Memory(shape=unsigned(self.write_bytes * 8),
-                                depth=2 * self.lines, init=[])
+                                depth=2 * self.lines, init=[],
+                                attrs={**NO_RW_CHECK,
+                                       **({"ram_style": "block"} if self.block_ram else {})})
             m.submodules[f"bank{bank}"] = mem
             wp = mem.write_port()
-            rp = mem.read_port()
+            rp, r_data = _read_register(m, mem, self.r_en, f"bank{bank}_r_data")
             m.d.comb += [
                 wp.addr.eq(Cat(w_line[:lines_log2], self.w.payload.buf)),
                 wp.data.eq(self.w.payload.data),
                 wp.en.eq(self.w.valid & (w_bank == bank)),
                 rp.addr.eq(Cat(r_line[:lines_log2], self.r_buf)),
-                rp.en.eq(self.r_en),
             ]
-            line_data.append(rp.data)
+            line_data.append(r_data)
         line = Cat(*line_data)
         if chunks > 1:
             sel = Signal(range(chunks))

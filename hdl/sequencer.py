@@ -33,6 +33,7 @@ from .epilogue import epilogue_layout
 from .params import (ADDR_BITS, DIM_BITS, K_BITS, PARAM_BIAS_OFFSET, PARAM_MULT_OFFSET,
                      PARAM_RECORD_BYTES, PARAM_SHIFT_OFFSET, AddendMode, OutFormat,
                      command_layout, group_cols)
+from .scratchpad import SyncFifo
 from .systolic import row_layout, step_layout
 from celosia.sw.numerics import MULT_BITS, ROW_EXP_MAX
 
@@ -156,9 +157,11 @@ class _Walk:
 
 
 class _Unit(wiring.Component):
-    def __init__(self, array, port_bytes, members):
+    def __init__(self, array, port_bytes, members, addr_bits=ADDR_BITS):
         self.array = array
         self.port_bytes = port_bytes
+        #: Address bits computed with (``params.Sizing.addr_bits``); the ports carry ADDR_BITS.
+        self.addr_bits = addr_bits
         self.group = group_cols(array, port_bytes)
         super().__init__({
             "start": In(1),
@@ -194,7 +197,7 @@ class Loader(_Unit):
         A scratchpad beat for resource r: ``w_buf``, ``w_row`` (A bank), ``w_addr``, ``w_data``.
     """
 
-    def __init__(self, array, port_bytes, *, k_max, outstanding=32):
+    def __init__(self, array, port_bytes, *, k_max, outstanding=32, addr_bits=ADDR_BITS):
         self.k_max = k_max
         self.outstanding = outstanding
         g = group_cols(array, port_bytes)
@@ -212,12 +215,13 @@ class Loader(_Unit):
             "w_addr": Out(range(max(self.max_words, k_max * g // port_bytes,
                                     4 * array * g // port_bytes))),
             "w_data": Out(port_bytes * 8),
-        })
+        }, addr_bits)
 
     def elaborate(self, platform):
         m = Module()
         n, w, g = self.array, self.port_bytes, self.group
         lw = _log2(w)
+        ab = self.addr_bits
         cmd, plan = self.cmd, self.plan
         desc_layout = data.StructLayout({
             "target": range(NRES), "buf": 1, "last": 1,
@@ -225,7 +229,7 @@ class Loader(_Unit):
             "flush": 1,         # transposed B: the last column of a corner-turn block
             "row_last": 1,      # transposed B: the last chunk of K
         })
-        m.submodules.pending = pending = fifo.SyncFIFOBuffered(
+        m.submodules.pending = pending = SyncFifo(
             width=desc_layout.size, depth=self.outstanding)
 
         # --- Request side --------------------------------------------------------------------
@@ -236,21 +240,21 @@ class Loader(_Unit):
         p_last = Signal()
         m.d.comb += [g_last.eq(g_idx == plan.ng - 1), p_last.eq(p_idx == plan.np - 1)]
 
-        b_gbase = Signal(ADDR_BITS)     # b_addr + g*G (transposed: b_addr + g*G*b_stride)
-        p_gbase = Signal(ADDR_BITS)     # p_addr + g*G*8
-        a_pbase = Signal(ADDR_BITS)     # a_addr + p*N*a_stride
-        d_pbase = Signal(ADDR_BITS)     # d_addr + p*N*d_stride + g*G*eb
-        d_gbase = Signal(ADDR_BITS)     # d_addr + g*G*eb
-        e_pbase = Signal(ADDR_BITS)     # e_addr + p*N
+        b_gbase = Signal(ab)     # b_addr + g*G (transposed: b_addr + g*G*b_stride)
+        p_gbase = Signal(ab)     # p_addr + g*G*8
+        a_pbase = Signal(ab)     # a_addr + p*N*a_stride
+        d_pbase = Signal(ab)     # d_addr + p*N*d_stride + g*G*eb
+        d_gbase = Signal(ab)     # d_addr + g*G*eb
+        e_pbase = Signal(ab)     # e_addr + p*N
 
         target = Signal(range(NRES))
         buf = Signal()
         rows = Signal(range(self.max_rows + 1))
         words = Signal(range(self.max_words + 1))
-        stride = Signal(ADDR_BITS)      # address step from row to row
-        step = Signal(ADDR_BITS)        # address step from word to word
-        row_addr = Signal(ADDR_BITS)
-        addr = Signal(ADDR_BITS)
+        stride = Signal(ab)      # address step from row to row
+        step = Signal(ab)        # address step from word to word
+        row_addr = Signal(ab)
+        addr = Signal(ab)
         row = Signal(range(self.max_rows))
         word = Signal(range(self.max_words))
 
@@ -621,7 +625,8 @@ class Collector(_Unit):
                 with m.Case(AddendMode.ACC32):
                     m.d.comb += o.addend[lane].eq(acc32)
                 with m.Case(AddendMode.RESIDUAL16):
-                    m.d.comb += o.addend[lane].eq(res16 << cmd.addend_shift)
+                    # Shifted by addend_shift in the epilogue.
+                    m.d.comb += o.addend[lane].eq(res16)
                 with m.Default():
                     m.d.comb += o.addend[lane].eq(0)
         return m
@@ -634,16 +639,17 @@ class Writer(_Unit):
     whole number of beats (everything is a power of two and aligned).
     """
 
-    def __init__(self, array, port_bytes):
+    def __init__(self, array, port_bytes, addr_bits=ADDR_BITS):
         super().__init__(array, port_bytes, {
             "i": In(stream.Signature(data.ArrayLayout(signed(32), array))),
             "wr": Out(stream.Signature(write_layout(port_bytes))),
             "done": Out(1),
-        })
+        }, addr_bits)
 
     def elaborate(self, platform):
         m = Module()
         n, w = self.array, self.port_bytes
+        ab = self.addr_bits
         cmd, plan = self.cmd, self.plan
         ln, lw = _log2(n), _log2(w)
         walk = _Walk(m, plan, n, w, "write")
@@ -653,8 +659,8 @@ class Writer(_Unit):
         row_last = Signal()
         m.d.comb += row_last.eq(row == n - 1)
 
-        panel_addr = Signal(ADDR_BITS)      # c_addr + p*N*c_stride
-        row_addr = Signal(ADDR_BITS)        # panel_addr + row*c_stride
+        panel_addr = Signal(ab)      # c_addr + p*N*c_stride
+        row_addr = Signal(ab)        # panel_addr + row*c_stride
 
         # Beats per row: max(1, N * out_bytes / W).
         beats_log2 = Signal(range(8))
@@ -668,7 +674,7 @@ class Writer(_Unit):
         m.d.comb += col0.eq(Cat(C(0, ln), walk.blk, walk.g) if self.group > n else
                             Cat(C(0, ln), walk.g))
         row_valid = ~walk.p_last | (row < plan.last_rows)
-        seg = Signal(ADDR_BITS)
+        seg = Signal(ab)
         m.d.comb += seg.eq(row_addr + (col0 << plan.ob_log2))
 
         # Pack the row in the output format, with a byte mask of the columns inside N.
@@ -690,7 +696,7 @@ class Writer(_Unit):
         m.d.comb += [
             shifted_data.eq((packed << (offset << 3)) >> (beat << (lw + 3))),
             shifted_mask.eq((mask << offset) >> (beat << lw)),
-            self.wr.payload.addr.eq(Cat(C(0, lw), seg[lw:] + beat)),
+            self.wr.payload.addr.eq(Cat(C(0, lw), (seg[lw:] + beat)[:ab - lw])),
             self.wr.payload.data.eq(shifted_data[:8 * w]),
             self.wr.payload.strb.eq(shifted_mask[:w]),
         ]

@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from celosia.sw import numerics as nx
 
+from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
                            mul_round_sat)
 
@@ -390,11 +391,11 @@ class VectorUnit(wiring.Component):
         col_shape = unsigned(COLS_BITS + 1 + max(1, N.bit_length()))
         lanes32 = data.ArrayLayout(signed(32), N)
 
-        m.submodules.fifo_a = fa = fifo.SyncFIFOBuffered(width=lanes32.size, depth=self.fifo_depth)
-        m.submodules.fifo_b = fb = fifo.SyncFIFOBuffered(width=lanes32.size, depth=self.fifo_depth)
-        m.submodules.tok1 = t1 = fifo.SyncFIFOBuffered(width=token_layout.size, depth=self.token_depth)
-        m.submodules.tok2 = t2 = fifo.SyncFIFOBuffered(width=token_layout.size, depth=self.token_depth)
-        m.submodules.tok3 = t3 = fifo.SyncFIFOBuffered(width=token_layout.size, depth=self.token_depth)
+        m.submodules.fifo_a = fa = SyncFifo(width=lanes32.size, depth=self.fifo_depth)
+        m.submodules.fifo_b = fb = SyncFifo(width=lanes32.size, depth=self.fifo_depth)
+        m.submodules.tok1 = t1 = SyncFifo(width=token_layout.size, depth=self.token_depth)
+        m.submodules.tok2 = t2 = SyncFifo(width=token_layout.size, depth=self.token_depth)
+        m.submodules.tok3 = t3 = SyncFifo(width=token_layout.size, depth=self.token_depth)
 
         # --- Stage 1: ingest. Saturation, residual add, running max / sum. ----------------------
         cmd = Signal(command_layout)

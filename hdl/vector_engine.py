@@ -28,6 +28,7 @@ from celosia.sw import numerics as nx
 
 from . import isa
 from .engine import MemoryPortSignature
+from .scratchpad import SyncFifo
 from .isa import RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, ErrorCode, VecOp
 from .params import ADDR_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
 from .vector import VectorOp, VectorUnit, command_layout as unit_command_layout
@@ -230,9 +231,9 @@ class VectorEngine(wiring.Component):
         r_row = Signal(17)
         s_pend = Signal(range(D + 1))
         r_pend = Signal(range(D + 1))
-        m.submodules.s_fifo = s_fifo = fifo.SyncFIFOBuffered(width=8 * W, depth=D)
-        m.submodules.r_fifo = r_fifo = fifo.SyncFIFOBuffered(width=8 * W, depth=D)
-        m.submodules.tags = tags = fifo.SyncFIFOBuffered(width=1, depth=2 * D)
+        m.submodules.s_fifo = s_fifo = SyncFifo(width=8 * W, depth=D)
+        m.submodules.r_fifo = r_fifo = SyncFifo(width=8 * W, depth=D)
+        m.submodules.tags = tags = SyncFifo(width=1, depth=2 * D)
         s_more = s_row < rows
         r_more = use_res & (r_row < rows)
         s_can = phase_run & s_more & (s_pend < D) & tags.w_rdy

@@ -1,0 +1,114 @@
+"""Board-sized builds (``params.Sizing``): the same results as the full-size units."""
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+
+from celosia.hdl.accelerator import Accelerator
+from celosia.hdl.epilogue import Epilogue
+from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
+from celosia.hdl.params import SMALL, OutFormat
+from celosia.sim.pysim import StreamSink, StreamSource, run
+from celosia.sim.tb_accelerator import (AxiMemoryModel, axil_read, axil_write, error_image,
+                                        matmul_chain, reference, status_bits)
+
+from test_epilogue import golden_rows, random_rows
+
+
+@pytest.mark.parametrize("n,lanes", [(2, 1), (4, 1), (4, 2)])
+@pytest.mark.parametrize("fmt,requant", [(OutFormat.INT8, 1), (OutFormat.INT32, 0)])
+def test_epilogue_fewer_lanes(n, lanes, fmt, requant):
+    rng = random.Random(n * 10 + lanes + int(fmt))
+    rows = random_rows(rng, n, 50, row_shift=True)
+    zp = rng.choice([0, -7, 100])
+    dut = Epilogue(n, lanes=lanes)
+    src = StreamSource(dut.i, rows, rng=rng, gap=0.3)
+    sink = StreamSink(dut.o, len(rows), rng=random.Random(7), stall=0.4,
+                      convert=lambda p: [int(v) for v in p])
+
+    async def config(ctx):
+        ctx.set(dut.requant, requant)
+        ctx.set(dut.out_fmt, fmt)
+        ctx.set(dut.zero_point, zp)
+
+    run(dut, config, src, sink, deadline_cycles=5000)
+    assert sink.received == golden_rows(rows, requant, fmt, zp)
+
+
+@pytest.mark.parametrize("registers", [(False, True, True, True, True, True),
+                                       (False, False, True, True, False, True)])
+def test_epilogue_merged_stages(registers):
+    n = 2
+    rng = random.Random(sum(registers))
+    rows = random_rows(rng, n, 60, row_shift=True)
+    dut = Epilogue(n, lanes=1, registers=registers)
+    src = StreamSource(dut.i, rows, rng=rng, gap=0.3)
+    sink = StreamSink(dut.o, len(rows), rng=random.Random(8), stall=0.4,
+                      convert=lambda p: [int(v) for v in p])
+
+    async def config(ctx):
+        ctx.set(dut.requant, 1)
+        ctx.set(dut.out_fmt, OutFormat.INT16)
+        ctx.set(dut.zero_point, -5)
+
+    run(dut, config, src, sink, deadline_cycles=5000)
+    assert sink.received == golden_rows(rows, 1, OutFormat.INT16, -5)
+
+
+def run_small(img, *, array=2, k_max=64, sizing=SMALL, stall=0.2, max_cycles=300_000):
+    """The accelerator built with ``sizing`` running an image, as test_accelerator.run_accel."""
+    dut = Accelerator(array, img.config.port_bytes, k_max=k_max, sizing=sizing)
+    mem = img.mem.copy()
+    model = AxiMemoryModel(dut.m_axi, mem, img.config.port_bytes, latency=2, stall=stall)
+    regs = {}
+
+    async def host(ctx):
+        bus = dut.s_axil
+        for name, value in (("WIN_BASE", img.base), ("WIN_SIZE", img.size), ("PROG_ADDR", img.prog)):
+            await axil_write(ctx, bus, getattr(CSR, name).offset, value)
+        await axil_write(ctx, bus, CSR.CTRL.offset, CSR.CTRL.make(start=1, clear_counters=1))
+        while CSR.STATUS.get(await axil_read(ctx, bus, CSR.STATUS.offset), "busy"):
+            await ctx.tick().repeat(20)
+        for name in ("STATUS", "ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT",
+                     "VECTOR_COUNT", "MATMUL_BUSY", "CYCLES_LO", "CYCLES_HI", "CONFIG"):
+            regs[name] = await axil_read(ctx, bus, getattr(CSR, name).offset)
+
+    run(dut, host, background=[model], deadline_cycles=max_cycles)
+    return mem, regs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_small_accelerator_matches_isa_sim(seed):
+    """The board-sized accelerator (one epilogue lane, no issue slot, serial span checks,
+    16-bit addresses, narrow counters) computes the same memory and CSRs as isa_sim."""
+    img = matmul_chain(seed, MachineConfig(2, 4), links=3, base=0x1000, size=0x6000, max_dim=7)
+    mem, regs = run_small(img)
+    ref_mem, ref, mach = reference(img)
+    for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT", "VECTOR_COUNT"):
+        assert regs[name] == ref[name], (name, regs[name], ref[name], mach.error_detail)
+    assert status_bits(regs["STATUS"]) == ref["STATUS"]
+    assert np.array_equal(mem, ref_mem)
+    assert CSR.CONFIG.get(regs["CONFIG"], "array") == 2
+    assert regs["CYCLES_LO"] > 0 and regs["CYCLES_HI"] == 0 and regs["MATMUL_BUSY"] > 0
+
+
+@pytest.mark.parametrize("kind", ["illegal", "window", "param", "vector", "fetch"])
+def test_small_accelerator_errors_match_isa_sim(kind):
+    img = error_image(kind, MachineConfig(2, 4), size=0x4000)
+    mem, regs = run_small(img)
+    ref_mem, ref, mach = reference(img)
+    for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT"):
+        assert regs[name] == ref[name], (name, regs[name], ref[name])
+    assert np.array_equal(mem, ref_mem)
+    assert regs["ERROR"] != ErrorCode.OK
+
+
+def test_small_accelerator_window_beyond_reach():
+    """A window reaching past 2**addr_bits stops at START with BAD_WINDOW."""
+    img = matmul_chain(0, MachineConfig(2, 4), links=1, base=0x1000, size=0x4000, max_dim=4)
+    sizing = dataclasses.replace(SMALL, addr_bits=14)        # reaches 0x4000 bytes only
+    mem, regs = run_small(img, sizing=sizing)
+    assert regs["ERROR"] == ErrorCode.BAD_WINDOW and regs["MATMUL_COUNT"] == 0
+    assert np.array_equal(mem, img.mem)
