@@ -531,6 +531,74 @@ def _check_memory(backend, mirror):
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[0]:#x}"
 
 
+def tiny_encoder(seed: int = 0, hidden: int = 16, heads: int = 2, ffn: int = 32, vocab: int = 50):
+    """A one-layer MiniLM-shaped model with random weights, quantised on a few word lists
+    (a whole encoder layer the compiler turns into an 8.5 KB window at N = 4)."""
+    import zlib
+
+    from celosia.sw.model import MiniLM, MiniLMConfig
+    from celosia.sw.quantize import quantize
+
+    rng = np.random.default_rng(seed)
+    cfg = MiniLMConfig(hidden=hidden, heads=heads, layers=1, ffn=ffn, max_tokens=16)
+
+    def f(*shape, scale=0.3, one=False):
+        return (one + rng.standard_normal(shape) * scale).astype(np.float32)
+
+    w = {"embeddings.word_embeddings.weight": f(vocab, hidden, scale=1.0),
+         "embeddings.position_embeddings.weight": f(16, hidden),
+         "embeddings.token_type_embeddings.weight": f(2, hidden),
+         "embeddings.LayerNorm.weight": f(hidden, scale=0.1, one=True),
+         "embeddings.LayerNorm.bias": f(hidden, scale=0.1)}
+    p = "encoder.layer.0."
+    for name, (n_out, n_in) in {"attention.self.query": (hidden, hidden),
+                                "attention.self.key": (hidden, hidden),
+                                "attention.self.value": (hidden, hidden),
+                                "attention.output.dense": (hidden, hidden),
+                                "intermediate.dense": (ffn, hidden),
+                                "output.dense": (hidden, ffn)}.items():
+        w[p + name + ".weight"] = f(n_out, n_in)
+        w[p + name + ".bias"] = f(n_out, scale=0.1)
+    for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+        w[p + name + ".weight"] = f(hidden, scale=0.1, one=True)
+        w[p + name + ".bias"] = f(hidden, scale=0.1)
+
+    class Words:
+        def encode(self, text):
+            ids = [1] + [zlib.crc32(t.encode()) % (vocab - 2) + 2 for t in text.split()][:14]
+            return np.array(ids + [0], dtype=np.int64), False
+
+    model = MiniLM(w, cfg, Words())
+    texts = ["a b c d", "hello there world", "x y", "the quick brown fox jumps over",
+             "one two three four five six seven"]
+    return model, quantize(model, texts=texts)
+
+
+def _run_compiled_over_serial(backend, mirror, seed: int):
+    """A compiled encoder layer through driver.run_compiled: the hidden state of the golden
+    model, and every byte of the window (weights, activations, program) as the isa backend
+    leaves it."""
+    from celosia.sw import golden
+    from celosia.sw.compiler import compile_model
+    from celosia.sw.driver import open_backend, run_compiled
+
+    model, im = tiny_encoder(seed)
+    ids = np.array([1, 7 + seed, 23, 11, 0])
+    e = golden.embed_int32(model, im, ids)
+    compiled = compile_model(im, len(ids), array=SIM_CFG.array, port_bytes=SIM_CFG.port_bytes)
+    assert compiled.end <= len(mirror)
+    isa = open_backend("isa", compiled, im)
+    want = run_compiled(isa, compiled, e)
+    got = run_compiled(backend, compiled, e)
+    assert np.array_equal(want.hidden, golden.forward(im, e))
+    assert np.array_equal(got.hidden, want.hidden)
+    for name in ("instructions", "matmul_count", "vector_count"):
+        assert got.counters[name] == want.counters[name], name
+    mirror[compiled.base:compiled.end] = np.frombuffer(
+        isa.read_memory(compiled.base, compiled.window_size), np.uint8)
+    return got
+
+
 def _programs(seed: int):
     from celosia.sim.tb_accelerator import matmul_chain
 
@@ -539,7 +607,9 @@ def _programs(seed: int):
     return mm, att
 
 
-def _run_both(backend, mirror, seed):
+def _run_all(backend, mirror, seed):
+    layer = _run_compiled_over_serial(backend, mirror, seed)
+    assert layer.counters["vector_count"] == 8
     mm, att = _programs(seed)
     c_mm = _run_over_serial(backend, mirror, mm, vector=False)
     assert c_mm["matmul_count"] == 3
@@ -553,13 +623,14 @@ def _run_both(backend, mirror, seed):
 
 
 def test_end_to_end_matmul_and_attention(sim_board):
-    """A matmul chain and an attention head through the driver over the clean link."""
+    """A compiled encoder layer, a matmul chain and an attention head through the driver over
+    the clean link."""
     board, mirror = sim_board
     t0 = time.monotonic()
     s0 = board.stats()
     with SerialBackend(board.url, **board.backend_options()) as be:
         assert be.mem_bytes == board.mem_bytes
-        _run_both(be, mirror, seed=1)
+        _run_all(be, mirror, seed=1)
         _check_memory(be, mirror)
         assert be.stats["retries"] == 0, be.stats
         moved = be.stats["bytes_out"] + be.stats["bytes_in"]
@@ -578,7 +649,7 @@ def test_end_to_end_through_a_faulty_link(sim_board):
     t0 = time.monotonic()
     with FaultProxy(board.url, seed=3, spacing=(300, 1000)) as proxy:
         with SerialBackend(proxy.url, **board.backend_options(), retries=10) as be:
-            _run_both(be, mirror, seed=2)
+            _run_all(be, mirror, seed=2)
             _check_memory(be, mirror)
             stats = dict(be.stats)
         faults = dict(proxy.stats)
