@@ -297,22 +297,40 @@ class Controller(wiring.Component):
         m.d.comb += rows_m1.eq(Mux(op_rows == 0, 0, op_rows - 1))
         span_end = Signal(ADDR_BITS + 16 + 2)
         product = Signal(ADDR_BITS + 16)
-        if self.serial_check:
-            # (rows - 1) * stride by shift and add, most significant bit of rows - 1 first.
-            mul_n = Signal(range(17))
-            mul_done = Signal()
-            m.d.comb += mul_done.eq((mul_n == 16) | ~op_used | (rows_m1 == 0))
-            prod_acc = Signal(ADDR_BITS + 16)
-            m.d.comb += product.eq(prod_acc)
-        else:
-            m.d.comb += product.eq(rows_m1 * op_stride)
-        m.d.comb += span_end.eq(op_addr + product + op_rb)
         short = Signal()
         outside = Signal()
-        m.d.comb += [
-            short.eq(op_used & (op_rows > 1) & (op_stride < op_rb)),
-            outside.eq(op_used & ((op_addr < base) | (span_end > win_end))),
-        ]
+        m.d.comb += short.eq(op_used & (op_rows > 1) & (op_stride < op_rb))
+        # A narrow build (window inside [0, 2**ab)) computes the span in ab + 1 bits plus an
+        # overflow flag: an address, a stride in use or a product reaching 2**ab puts the span
+        # past the window (every row is at least one byte long unless a dimension is 0, and a
+        # zero dimension is reported first as BAD_SHAPE).
+        narrow = self.serial_check and ab < ADDR_BITS
+        if self.serial_check:
+            # (rows - 1) * stride by shift and add, most significant bit of rows - 1 first.
+            pw = ab + 1 if narrow else ADDR_BITS + 16
+            mul_n = Signal(range(17))
+            mul_done = Signal()
+            mul_bit = Signal()
+            m.d.comb += [mul_done.eq((mul_n == 16) | ~op_used | (rows_m1 == 0)),
+                         mul_bit.eq(rows_m1[::-1].bit_select(mul_n[:4], 1))]
+            prod_acc = Signal(pw)
+            prod_ovf = Signal()
+            prod_next = Signal(pw + 2)
+            m.d.comb += [prod_next.eq((prod_acc << 1) + Mux(mul_bit, op_stride[:pw], 0)),
+                         product.eq(prod_acc)]
+        else:
+            m.d.comb += product.eq(rows_m1 * op_stride)
+        if narrow:
+            m.d.comb += [
+                span_end.eq(op_addr[:ab] + prod_acc + op_rb),
+                outside.eq(op_used & ((op_addr[ab:] != 0) | prod_ovf | (op_addr[:ab] < base)
+                                      | (span_end > win_end))),
+            ]
+        else:
+            m.d.comb += [
+                span_end.eq(op_addr + product + op_rb),
+                outside.eq(op_used & ((op_addr < base) | (span_end > win_end))),
+            ]
         any_short = Signal()
         any_outside = Signal()
 
@@ -402,7 +420,7 @@ class Controller(wiring.Component):
             with m.State("DECODE"):
                 m.d.sync += [idx.eq(0), any_short.eq(0), any_outside.eq(0), is_vec.eq(0)]
                 if self.serial_check:
-                    m.d.sync += [mul_n.eq(0), prod_acc.eq(0)]
+                    m.d.sync += [mul_n.eq(0), prod_acc.eq(0), prod_ovf.eq(0)]
                 with m.Switch(instr.opcode):
                     with m.Case(Opcode.HALT):
                         m.d.sync += [halting.eq(1), wait_mask.eq(0b11)]
@@ -424,10 +442,10 @@ class Controller(wiring.Component):
             with m.State("CHECK"):
                 if self.serial_check:
                     with m.If(~mul_done):
-                        m.d.sync += [
-                            prod_acc.eq((prod_acc << 1)
-                                        + Mux(rows_m1[::-1].bit_select(mul_n[:4], 1), op_stride, 0)),
-                            mul_n.eq(mul_n + 1)]
+                        m.d.sync += [prod_acc.eq(prod_next[:pw]), mul_n.eq(mul_n + 1)]
+                        if narrow:
+                            m.d.sync += prod_ovf.eq(prod_ovf | (prod_next[pw:] != 0)
+                                                    | (mul_bit & (op_stride[pw:] != 0)))
                     checked = mul_done
                 else:
                     checked = C(1, 1)
@@ -436,7 +454,7 @@ class Controller(wiring.Component):
                                  any_outside.eq(any_outside | outside),
                                  idx.eq(idx + 1)]
                     if self.serial_check:
-                        m.d.sync += [mul_n.eq(0), prod_acc.eq(0)]
+                        m.d.sync += [mul_n.eq(0), prod_acc.eq(0), prod_ovf.eq(0)]
                     with m.If(idx == N_OPS - 1):
                         m.next = "RESOLVE"
 

@@ -141,9 +141,12 @@ class Epilogue(wiring.Component):
             x1 = stage(1, f"x1_{lane}", signed(32), _saturate(xs + p0.bias[lane], int32_lo, int32_hi))
             addend1 = stage(1, f"addend1_{lane}", signed(32),
                             (p0.addend[lane] << self.addend_shift)[:32])
-            mult1 = stage(1, f"mult1_{lane}", MULT_BITS, p0.mult[lane])
+            # A raw result goes through the scaling as x * 1 >> 0 (exact), so it needs no
+            # pipeline of its own.
+            mult1 = stage(1, f"mult1_{lane}", MULT_BITS, Mux(self.requant, p0.mult[lane], 1))
             shift1 = stage(1, f"shift1_{lane}", SHIFT_BITS,
-                           Mux(p0.shift[lane] > SHIFT_MAX, SHIFT_MAX, p0.shift[lane]))
+                           Mux(~self.requant, 0,
+                               Mux(p0.shift[lane] > SHIFT_MAX, SHIFT_MAX, p0.shift[lane])))
             # Stage 2: addend.
             x2 = stage(2, f"x2_{lane}", signed(32), _saturate(x1 + addend1, int32_lo, int32_hi))
             mult2 = stage(2, f"mult2_{lane}", MULT_BITS, mult1)
@@ -151,15 +154,14 @@ class Epilogue(wiring.Component):
             # Stage 3: product (|x| < 2**31, mult < 2**15: fits 47 bits).
             prod3 = stage(3, f"prod3_{lane}", signed(48), x2 * mult2)
             shift3 = stage(3, f"shift3_{lane}", SHIFT_BITS, shift2)
-            x3 = stage(3, f"x3_{lane}", signed(32), x2)
             # Stage 4: round half up and shift.
             half = Signal(unsigned(SHIFT_MAX), name=f"half_{lane}")
             m.d.comb += half.eq(Mux(shift3 == 0, 0, C(1, SHIFT_MAX) << (shift3 - 1)[:SHIFT_BITS]))
             rounded4 = stage(4, f"rounded4_{lane}", signed(49), (prod3 + half) >> shift3)
-            x4 = stage(4, f"x4_{lane}", signed(32), x3)
-            # Stage 5: zero point and saturation, or the raw sum.
+            # Stage 5: zero point and saturation, or the raw sum (x2 itself).
             y5 = stage(5, f"y5_{lane}", signed(32),
-                       Mux(self.requant, _saturate(rounded4 + self.zero_point, lo, hi), x4))
+                       Mux(self.requant, _saturate(rounded4 + self.zero_point, lo, hi),
+                           rounded4[:32]))
             m.d.comb += self.o.payload[lane].eq(y5)
         return m
 

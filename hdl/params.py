@@ -184,7 +184,8 @@ FULL = Sizing()
 #: A small FPGA (iCE40UP5K): 64 KiB reach, one epilogue lane, no issue slot, serial span
 #: checks, 24-bit event counters, a 40-bit cycle counter, parameter records in block RAM.
 SMALL = Sizing(addr_bits=16, epilogue_lanes=1,
-               epilogue_registers=(False, True, True, True, True, True), issue_slot=False, serial_check=True, queue=1,
+               epilogue_registers=(False, True, True, True, True, True), issue_slot=False,
+               serial_check=True, queue=1,
                counter_bits=24, cycle_bits=40, outstanding=32, bram_pads=True)
 
 

@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 
+from celosia.hdl import isa
 from celosia.hdl.accelerator import Accelerator
 from celosia.hdl.epilogue import Epilogue
 from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
@@ -112,3 +113,28 @@ def test_small_accelerator_window_beyond_reach():
     mem, regs = run_small(img, sizing=sizing)
     assert regs["ERROR"] == ErrorCode.BAD_WINDOW and regs["MATMUL_COUNT"] == 0
     assert np.array_equal(mem, img.mem)
+
+
+@pytest.mark.parametrize("change", [
+    dict(a_addr=0x0001_1000),                       # an address above 2**addr_bits
+    dict(a_addr=0xFFFF_FFC0),                       # the span wraps 32 bits
+    dict(a_stride=0x0100_0000, m=3),                # a stride far past the window
+    dict(c_stride=0x0002_0000, m=2),                # rows - 1 = 1 times a stride >= 2**17
+    dict(c_stride=0x8000, m=3),                     # a product just past the window
+    dict(a_stride=0x1_0000_0000 - 4, m=2),          # 32-bit stride, short rows: BAD_SHAPE
+])
+def test_small_accelerator_span_checks(change):
+    """The narrowed span check gives isa_sim's error for addresses and strides beyond the
+    16-bit reach."""
+    img = error_image("ok", MachineConfig(2, 4), size=0x4000, seed=3)
+    ins = isa.Instruction.decode(img.mem[img.prog:img.prog + isa.INSTR_BYTES].tobytes())
+    f = dict(ins.fields)
+    f.update({k: v & 0xFFFF_FFFF for k, v in change.items()})
+    raw = isa.Instruction(ins.opcode, f).encode()
+    img.mem[img.prog:img.prog + isa.INSTR_BYTES] = np.frombuffer(raw, np.uint8)
+    mem, regs = run_small(img)
+    ref_mem, ref, mach = reference(img)
+    for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT"):
+        assert regs[name] == ref[name], (name, regs[name], ref[name])
+    assert np.array_equal(mem, ref_mem)
+    assert regs["ERROR"] != ErrorCode.OK
