@@ -188,13 +188,13 @@ class AmaranthAccel:
     address 0 behind its AXI4 port (``mem``, a ``bytearray``).
 
     ``vector``: the tree's vector engine (True), none (False: a VECTOR stops with UNSUPPORTED)
-    or None for "when there is one". ``vcd_path``: write every signal's waveform there (closed
-    by :meth:`close`; the file grows by about a kilobyte per cycle)."""
+    or None for "when there is one". ``vcd_path``: write every signal's waveform there from the
+    first cycle, for ``vcd_cycles`` cycles (all when None), closed then or by :meth:`close`."""
 
     def __init__(self, array: int, port_bytes: int | None = None, *, vector=True,
                  k_max: int = K_MAX, mem_bytes: int = 1 << 20, latency: int = 2,
-                 stall: float = 0.0, seed: int = 1,
-                 vcd_path=None, gtkw_path=None):
+                 stall: float = 0.0, seed: int = 1, vcd_path=None, gtkw_path=None,
+                 vcd_cycles: int | None = None):
         from amaranth.sim import Simulator
 
         from celosia.hdl.accelerator import Accelerator, vector_engine_factory
@@ -216,7 +216,9 @@ class AmaranthAccel:
         sim.add_testbench(self.memory.testbench, background=True)
         sim.add_testbench(self._host, background=True)
         self._vcd = None
+        self._vcd_stop = None
         if vcd_path is not None:
+            self._vcd_stop = vcd_cycles
             self._vcd = sim.write_vcd(str(vcd_path), None if gtkw_path is None else str(gtkw_path))
             self._vcd.__enter__()
         self.sim_seconds = 0.0
@@ -287,6 +289,12 @@ class AmaranthAccel:
         mem, sim = self.memory, self.sim
         end = mem.cycle + limit
         try:
+            if self._vcd_stop is not None:
+                while not done() and mem.cycle < end:
+                    sim.advance()
+                    if mem.cycle >= self._vcd_stop:
+                        self._close_vcd()
+                        break
             while not done() and mem.cycle < end:
                 sim.advance()
         finally:
@@ -313,10 +321,14 @@ class AmaranthAccel:
         """Clock cycles simulated so far (since construction)."""
         return self.memory.cycle
 
-    def close(self) -> None:
+    def _close_vcd(self) -> None:
+        self._vcd_stop = None
         if self._vcd is not None:
             vcd, self._vcd = self._vcd, None
             vcd.__exit__(None, None, None)
+
+    def close(self) -> None:
+        self._close_vcd()
         self.sim = None
 
     def __enter__(self):
@@ -374,14 +386,16 @@ class AmaranthBackend:
 
     def __init__(self, config: MachineConfig | int, mem_size: int, vector=True, *,
                  k_max: int = K_MAX, latency: int = 2, stall: float = 0.0, seed: int = 1,
-                 vcd_path=None, gtkw_path=None, poll: int = 128):
+                 vcd_path=None, gtkw_path=None, vcd_cycles: int | None = None,
+                 poll: int = 128):
         if not isinstance(config, MachineConfig):
             config = MachineConfig(int(config))
         mem_size = -(-mem_size // 4096) * 4096
         self.poll = poll
         self.model = AmaranthAccel(config.array, config.port_bytes, vector=vector, k_max=k_max,
                                    mem_bytes=mem_size, latency=latency, stall=stall, seed=seed,
-                                   vcd_path=vcd_path, gtkw_path=gtkw_path)
+                                   vcd_path=vcd_path, gtkw_path=gtkw_path,
+                                   vcd_cycles=vcd_cycles)
         self.config = self.model.config
         self.waves = vcd_path
 
@@ -428,14 +442,15 @@ def amaranth_backend(compiled, im=None, *, waves=None, waves_cycles: int | None 
                      waves_skip: int = 0, **kwargs) -> AmaranthBackend:
     """Factory for ``driver.register_backend``: memory for the compiled image, the vector
     engine, the array and port width the program was compiled for. ``waves``: a ``.vcd``
-    path for the waveform of the whole simulation (Amaranth's simulator writes VCD only,
-    from its first cycle: ``waves_cycles`` and ``waves_skip`` must keep their defaults).
-    Other keywords go to :class:`AmaranthBackend` (``latency``, ``stall``, ``poll``, ...)."""
+    path for the waveform of the first ``waves_cycles`` cycles (all when None) from when the
+    model is made (Amaranth's simulator writes VCD only, and only from its first cycle:
+    ``waves_skip`` must be 0). Other keywords go to :class:`AmaranthBackend` (``latency``,
+    ``stall``, ``poll``, ...)."""
     if waves is not None:
         if not str(waves).endswith(".vcd"):
             raise ValueError(f"the amaranth backend writes VCD waveforms only, not {waves}")
-        if waves_cycles is not None or waves_skip:
-            raise ValueError("the amaranth backend records the whole simulation "
-                             "(no waves_cycles or waves_skip)")
-        kwargs["vcd_path"] = waves
+        if waves_skip:
+            raise ValueError("the amaranth backend records waveforms from the first cycle "
+                             "(waves_skip must be 0)")
+        kwargs.update(vcd_path=waves, vcd_cycles=waves_cycles)
     return AmaranthBackend(compiled.config, compiled.end, **kwargs)
