@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Set up Celosia on a Debian machine: system packages (Icarus Verilog, a C++ compiler and make
-# for the Verilator models), then the Python environment in .venv with everything the CLI and
-# the tests need. Safe to run again.
+# for the Verilator models, zlib and lz4 for their FST waveforms), then the Python environment
+# in .venv with everything the CLI and the tests need. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(iverilog g++ make python3-venv)
+APT_PACKAGES=(iverilog g++ make python3-venv zlib1g-dev liblz4-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

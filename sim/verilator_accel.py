@@ -21,7 +21,7 @@ import numpy as np
 from celosia.hdl.isa import CSR, MachineConfig
 from celosia.hdl.params import K_MAX
 
-from .verilator_build import build_library, cache_root
+from .verilator_build import build_library, cache_root, trace_format
 
 __all__ = ["VerilatorAccel", "VerilatorBackend", "verilator_backend"]
 
@@ -46,19 +46,22 @@ def _source_digest() -> str:
     return h.hexdigest()[:24]
 
 
-def _memo_verilog(elaborate, *params) -> str:
-    """The Verilog for ``params``, elaborated once per source digest (tens of seconds at
-    N = 16) and kept beside the Verilator builds; the build itself is keyed by the text."""
+def _memo_verilog(elaborate, *params) -> tuple[str, float]:
+    """The Verilog for ``params`` and the seconds spent elaborating it (0.0 from the cache):
+    elaborated once per source digest (tens of seconds at N = 16) and kept beside the
+    Verilator builds; the build itself is keyed by the text."""
     key = hashlib.sha256(repr((_source_digest(), params)).encode()).hexdigest()[:24]
     path = cache_root() / f"verilog-{key}.v"
     if path.exists():
-        return path.read_text()
+        return path.read_text(), 0.0
+    t0 = time.perf_counter()
     text = elaborate()
+    seconds = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
-    return text
+    return text, seconds
 
 
 class VerilatorAccel:
@@ -68,7 +71,7 @@ class VerilatorAccel:
     TOP = "celosia_accel"
 
     def __init__(self, array: int, port_bytes: int | None = None, *, vector=False,
-                 k_max: int = K_MAX, mem_bytes: int = 1 << 20):
+                 k_max: int = K_MAX, mem_bytes: int = 1 << 20, trace: str | None = None):
         from celosia.hdl.accelerator import verilog_text, vector_engine_factory
 
         if vector is None:                          # use the vector engine when there is one
@@ -76,11 +79,16 @@ class VerilatorAccel:
         self.config = MachineConfig(array, port_bytes)
         self.port_bytes = self.config.port_bytes
         self.vector = bool(vector)
-        verilog = _memo_verilog(lambda: verilog_text(array, self.port_bytes, vector=vector,
-                                                     k_max=k_max, name=self.TOP),
-                                array, self.port_bytes, bool(vector), k_max, self.TOP)
-        self.library, self.build_seconds = build_library(verilog, self.TOP,
-                                                         harness="accel_harness.cpp")
+        verilog, elaborated = _memo_verilog(
+            lambda: verilog_text(array, self.port_bytes, vector=vector, k_max=k_max,
+                                 name=self.TOP),
+            array, self.port_bytes, bool(vector), k_max, self.TOP)
+        self.trace = trace
+        self.library, built = build_library(verilog, self.TOP, trace=trace,
+                                            harness="accel_harness.cpp")
+        #: One-time cost of this model: the Verilator build plus the Verilog elaboration, 0.0
+        #: when both came from the caches.
+        self.build_seconds = built + elaborated
         lib = self._lib = ctypes.CDLL(str(self.library))
         lib.accel_new.restype = ctypes.c_void_p
         lib.accel_new.argtypes = [ctypes.c_uint64, ctypes.c_uint]
@@ -95,6 +103,13 @@ class VerilatorAccel:
         lib.accel_csr_write.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32]
         lib.accel_run.restype = ctypes.c_int64
         lib.accel_run.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_uint32]
+        lib.accel_run_until.restype = ctypes.c_int64
+        lib.accel_run_until.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint,
+                                        ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32]
+        lib.accel_trace_open.restype = ctypes.c_int
+        lib.accel_trace_open.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint64,
+                                         ctypes.c_uint64]
+        lib.accel_trace_close.argtypes = [ctypes.c_void_p]
         lib.accel_counter.restype = ctypes.c_uint64
         lib.accel_counter.argtypes = [ctypes.c_void_p, ctypes.c_int]
         self._h = lib.accel_new(mem_bytes, self.port_bytes)
@@ -103,6 +118,7 @@ class VerilatorAccel:
 
     def close(self):
         if self._h:
+            self._lib.accel_trace_close(self._h)
             self._lib.accel_free(self._h)
             self._h = None
             self.mem = None
@@ -153,6 +169,30 @@ class VerilatorAccel:
         self.sim_seconds += time.perf_counter() - t0
         return n
 
+    def run_until(self, name: str, target: int, max_cycles: int = 1 << 40, *,
+                  poll: int = 32) -> int:
+        """Clock until CSR ``name`` reads at least ``target``, STATUS.busy falls or
+        ``max_cycles`` pass (both registers polled every ``poll`` cycles); returns the
+        cycles run."""
+        t0 = time.perf_counter()
+        n = self._check(self._lib.accel_run_until(self._h, max_cycles, poll, CSR.STATUS.offset,
+                                                  getattr(CSR, name).offset, target))
+        self.sim_seconds += time.perf_counter() - t0
+        return n
+
+    def trace_open(self, path, cycles: int | None = None, skip: int = 0) -> None:
+        """Dump cycles into the waveform file ``path`` (a trace build): from ``skip`` cycles
+        from now, at most ``cycles`` of them (all by default)."""
+        if self.trace is None:
+            raise RuntimeError("this model was built without tracing (trace='fst' or 'vcd')")
+        start = self.counter("cycles") + skip
+        stop = (1 << 64) - 1 if cycles is None else start + cycles
+        if not self._lib.accel_trace_open(self._h, os.fsencode(os.fspath(path)), start, stop):
+            raise OSError(f"cannot open waveform file {path}")
+
+    def trace_close(self) -> None:
+        self._lib.accel_trace_close(self._h)
+
     def counter(self, name: str) -> int:
         which = ("cycles", "reads", "writes", "read_bursts", "error", "error_addr").index(name)
         return int(self._lib.accel_counter(self._h, which))
@@ -164,11 +204,20 @@ class VerilatorBackend:
     name = "verilator"
 
     def __init__(self, config: MachineConfig, mem_bytes: int, *, vector=None,
-                 k_max: int = K_MAX, latency: int = 4):
+                 k_max: int = K_MAX, latency: int = 4, waves=None,
+                 waves_cycles: int | None = None, waves_skip: int = 0):
         mem_bytes = -(-mem_bytes // 4096) * 4096
+        trace = None if waves is None else trace_format(waves)
         self.model = VerilatorAccel(config.array, config.port_bytes, vector=vector, k_max=k_max,
-                                    mem_bytes=mem_bytes)
+                                    mem_bytes=mem_bytes, trace=trace)
         self.model.memory_model(latency=latency)
+        self.waves = waves
+        if waves is not None:
+            self.model.trace_open(waves, waves_cycles, waves_skip)
+
+    def close(self) -> None:
+        """Finish the waveform file (if any) and free the model."""
+        self.model.close()
 
     def read_memory(self, addr: int, size: int) -> bytes:
         return self.model.mem[addr:addr + size].tobytes()
@@ -196,8 +245,28 @@ class VerilatorBackend:
             if timeout_s is not None and time.monotonic() - t0 > timeout_s:
                 return
 
+    def advance_to_retired(self, count: int, max_cycles: int | None,
+                           timeout_s: float | None) -> None:
+        """Like :meth:`advance`, but also return once INSTRET reaches ``count`` (located to
+        within the 32-cycle CSR poll)."""
+        t0 = time.monotonic()
+        left = max_cycles if max_cycles is not None else 1 << 62
+        while left > 0:
+            chunk = min(left, 1 << 22)
+            left -= self.model.run_until("INSTRET", count, chunk)
+            if not CSR.STATUS.get(self.model.read_csr("STATUS"), "busy"):
+                return
+            if self.model.read_csr("INSTRET") >= count:
+                return
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                return
 
-def verilator_backend(compiled, im=None) -> VerilatorBackend:
+
+def verilator_backend(compiled, im=None, *, waves=None, waves_cycles: int | None = None,
+                      waves_skip: int = 0) -> VerilatorBackend:
     """Factory for ``driver.register_backend``: memory for the compiled image, the vector
-    engine when this tree has one (without it a VECTOR stops with UNSUPPORTED)."""
-    return VerilatorBackend(compiled.config, compiled.end)
+    engine when this tree has one (without it a VECTOR stops with UNSUPPORTED); ``waves``
+    (a .fst or .vcd path) records ``waves_cycles`` cycles (all when None) from
+    ``waves_skip`` cycles after the model is made (the host's loading takes a few)."""
+    return VerilatorBackend(compiled.config, compiled.end, waves=waves,
+                            waves_cycles=waves_cycles, waves_skip=waves_skip)

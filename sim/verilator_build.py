@@ -20,7 +20,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["verilator_env", "verilator_lock", "cache_root", "build_library", "LOCK_PATH"]
+__all__ = ["verilator_env", "verilator_lock", "cache_root", "build_library", "LOCK_PATH",
+           "TRACE_FORMATS", "trace_format"]
 
 LOCK_PATH = Path("/tmp/celosia-verilator.lock")
 HARNESS_DIR = Path(__file__).parent / "verilator"
@@ -78,15 +79,34 @@ BUILD_OPTIONS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert
 OPT_FAST = "-O2"
 
 
+#: Waveform formats of trace builds: Verilator option and the harness's CELOSIA_TRACE value.
+TRACE_FORMATS = {"vcd": ("--trace", 1), "fst": ("--trace-fst", 2)}
+
+
+def trace_format(path) -> str:
+    """The waveform format a file name asks for (``.fst`` or ``.vcd``)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in TRACE_FORMATS:
+        raise ValueError(f"waveform file {path}: the name must end in .fst or .vcd")
+    return suffix
+
+
 def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
-                  log=None) -> tuple[Path, float]:
+                  trace: str | None = None, log=None) -> tuple[Path, float]:
     """Verilate ``verilog`` with the C++ harness into a shared library; return (path, seconds).
 
-    The seconds are 0.0 when the library came from the cache."""
+    ``trace`` ("vcd" or "fst") builds the model with waveform tracing (slower to build and to
+    run; a separate cache entry). The seconds are 0.0 when the library came from the cache."""
     env = verilator_env()
-    harness_src = (HARNESS_DIR / harness).read_text()
+    if trace is not None and trace not in TRACE_FORMATS:
+        raise ValueError(f"trace must be one of {sorted(TRACE_FORMATS)}, got {trace!r}")
+    headers = sorted(HARNESS_DIR.glob("*.h"))
+    sources = [(HARNESS_DIR / harness).read_text()] + [h.read_text() for h in headers]
+    trace_opts = () if trace is None else (TRACE_FORMATS[trace][0],)
+    trace_flag = "" if trace is None else f" -DCELOSIA_TRACE={TRACE_FORMATS[trace][1]}"
     key = hashlib.sha256("\0".join([
-        verilog, top, harness_src, " ".join(BUILD_OPTIONS), OPT_FAST, _verilator_version(env),
+        verilog, top, *sources, " ".join(BUILD_OPTIONS + trace_opts), OPT_FAST,
+        _verilator_version(env),
     ]).encode()).hexdigest()[:24]
     out_dir = cache_root() / f"{top}-{key}"
     lib = out_dir / f"lib{top}.so"
@@ -101,9 +121,12 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
         tmp.mkdir(parents=True)
         (tmp / f"{top}.v").write_text(verilog)
         shutil.copy(HARNESS_DIR / harness, tmp / harness)
-        cmd = ["verilator", "--cc", "--exe", "--build", "-j", "1", *BUILD_OPTIONS,
+        for h in headers:
+            shutil.copy(h, tmp / h.name)
+        cmd = ["verilator", "--cc", "--exe", "--build", "-j", "1", *BUILD_OPTIONS, *trace_opts,
                "--top-module", top, "--Mdir", "obj",
-               "-CFLAGS", f"-fPIC -DCELOSIA_TOP={top} -DCELOSIA_HEADER=V{top}.h",
+               "-CFLAGS", f"-fPIC -DCELOSIA_TOP={top} -DCELOSIA_HEADER=V{top}.h -I{tmp}"
+               + trace_flag,
                "-LDFLAGS", "-shared", "-o", f"lib{top}.so",
                "--MAKEFLAGS", f"OPT_FAST={OPT_FAST}",
                f"{top}.v", harness]

@@ -7,54 +7,23 @@
 // address at the earliest; a write lands in the image when its data beat is accepted and is
 // acknowledged on B the next cycle; every channel's ready (and read data valid) can drop at
 // random with probability `stall`/65536. Write data may arrive before its address (AXI
-// allows it); a write lands when both have arrived, and its B follows the next cycle. A beat outside the image sets the error flag and
-// stops the run.
+// allows it); a write lands when both have arrived, and its B follows the next cycle. A beat
+// outside the image sets the error flag and stops the run.
 //
-// Verilator spells the double underscores of Amaranth's port names (m_axi__arvalid) as ___05F.
+// Waveforms: in a trace build (see celosia_verilated.h) accel_trace_open() dumps the cycles
+// of a window, CSR transactions included, until accel_trace_close().
 
-#include <cstdint>
-#include <cstring>
 #include <deque>
-#include <memory>
 #include <vector>
 
-#include "verilated.h"
-#define CELOSIA_STR2(x) #x
-#define CELOSIA_STR(x) CELOSIA_STR2(x)
-#define CELOSIA_CAT2(a, b) a##b
-#define CELOSIA_CAT(a, b) CELOSIA_CAT2(a, b)
-#define CELOSIA_CLASS CELOSIA_CAT(V, CELOSIA_TOP)
-#include CELOSIA_STR(CELOSIA_HEADER)
+#include "celosia_verilated.h"
 
 #define M(name) top->m_axi___05F##name
 #define S(name) top->s_axil___05F##name
 
 namespace {
 
-template <typename T>
-void put_bytes(T &sig, const uint8_t *src, size_t n) {
-    uint64_t v = 0;
-    std::memcpy(&v, src, n < sizeof(T) ? n : sizeof(T));
-    sig = static_cast<T>(v);
-}
-template <std::size_t W>
-void put_bytes(VlWide<W> &sig, const uint8_t *src, size_t n) {
-    for (std::size_t i = 0; i < W; i++) {
-        uint32_t word = 0;
-        for (std::size_t b = 0; b < 4; b++)
-            if (4 * i + b < n) word |= uint32_t(src[4 * i + b]) << (8 * b);
-        sig[i] = word;
-    }
-}
-template <typename T>
-void get_bytes(const T &sig, uint8_t *dst, size_t n) {
-    uint64_t v = sig;
-    std::memcpy(dst, &v, n < 8 ? n : 8);
-}
-template <std::size_t W>
-void get_bytes(const VlWide<W> &sig, uint8_t *dst, size_t n) {
-    for (std::size_t i = 0; i < n; i++) dst[i] = uint8_t(sig[i / 4] >> (8 * (i % 4)));
-}
+using namespace celosia;
 
 struct ReadBeat {
     uint64_t due;
@@ -65,12 +34,15 @@ struct ReadBeat {
 struct Harness {
     std::unique_ptr<VerilatedContext> ctx;
     std::unique_ptr<CELOSIA_CLASS> top;
-    std::vector<uint8_t> mem;
+    FlatMemory mem;
+    Tracer tracer;
+    uint64_t trace_from = 0, trace_to = 0;     // cycles [from, to) go into the waveform
     unsigned port_bytes;
     uint64_t cycle = 0;
     uint64_t reads = 0, writes = 0, read_bursts = 0;
     unsigned latency = 4;
-    uint32_t rng = 1, stall = 0;
+    Random rng;
+    uint32_t stall = 0;
     std::deque<ReadBeat> rq;
     std::deque<uint64_t> awq;   // write addresses waiting for their data
     std::deque<std::vector<uint8_t>> wq;   // write data (and strobes) waiting for an address
@@ -79,19 +51,12 @@ struct Harness {
     uint64_t error_addr = 0;
 
     Harness(uint64_t mem_bytes, unsigned port_bytes)
-        : ctx(new VerilatedContext), mem(mem_bytes, 0), port_bytes(port_bytes) {
+        : ctx(new VerilatedContext), mem(mem_bytes, port_bytes), port_bytes(port_bytes) {
+        Tracer::prepare(ctx.get());
         top.reset(new CELOSIA_CLASS(ctx.get()));
     }
 
-    uint32_t next_random() {
-        rng ^= rng << 13; rng ^= rng >> 17; rng ^= rng << 5;
-        return rng;
-    }
-    bool go() { return !(stall && (next_random() & 0xffff) < stall); }
-
-    bool in_bounds(uint64_t addr) const {
-        return addr % port_bytes == 0 && addr + port_bytes <= mem.size();
-    }
+    bool go() { return !rng.chance(stall); }
 
     void idle_host() {
         S(awvalid) = 0; S(wvalid) = 0; S(bready) = 0; S(arvalid) = 0; S(rready) = 0;
@@ -120,19 +85,21 @@ struct Harness {
         M(rvalid) = rv;
         if (rv) {
             const ReadBeat &b = rq.front();
-            put_bytes(M(rdata), mem.data() + b.addr, port_bytes);
+            put_bytes(M(rdata), mem.beat(b.addr), port_bytes);
             M(rlast) = b.last;
         }
         M(bvalid) = !bq.empty() && bq.front() <= cycle;
         M(wready) = w_go;
         top->eval();
+        bool traced = cycle >= trace_from && cycle < trace_to;
+        if (traced) tracer.dump(2 * cycle);
 
         if (M(arvalid) && M(arready)) {
             uint64_t addr = M(araddr);
             unsigned len = M(arlen) + 1u;
             for (unsigned i = 0; i < len; i++) {
                 uint64_t a = addr + uint64_t(i) * port_bytes;
-                if (!in_bounds(a)) { error = 1; error_addr = a; return; }
+                if (!mem.in_bounds(a)) { error = 1; error_addr = a; return; }
                 rq.push_back(ReadBeat{cycle + latency, a, i + 1 == len});
             }
             reads += len;
@@ -151,16 +118,16 @@ struct Harness {
         while (!awq.empty() && !wq.empty()) {
             uint64_t addr = awq.front();
             awq.pop_front();
-            if (!in_bounds(addr)) { error = 2; error_addr = addr; return; }
-            const uint8_t *data = wq.front().data(), *strb = data + port_bytes;
-            for (unsigned i = 0; i < port_bytes; i++)
-                if (strb[i / 8] >> (i % 8) & 1) mem[addr + i] = data[i];
+            if (!mem.in_bounds(addr)) { error = 2; error_addr = addr; return; }
+            const uint8_t *data = wq.front().data();
+            mem.write(addr, data, data + port_bytes);
             wq.pop_front();
             bq.push_back(cycle + 1);
             writes++;
         }
         top->clk = 1;
         top->eval();
+        if (traced) tracer.dump(2 * cycle + 1);
         top->clk = 0;
         cycle++;
     }
@@ -200,10 +167,13 @@ struct Harness {
         return -1;
     }
 
-    // Clock until STATUS.busy falls (polled every `poll` cycles) or max_cycles pass.
+    // Clock until STATUS.busy falls (polled every `poll` cycles) or max_cycles pass; with a
+    // `watch_addr`, also stop once that register reads at least `target` (polled likewise).
     // Returns cycles run, or -1 on a memory error.
-    int64_t run(uint64_t max_cycles, unsigned poll, uint32_t status_addr) {
+    int64_t run(uint64_t max_cycles, unsigned poll, uint32_t status_addr,
+                int64_t watch_addr = -1, uint32_t target = 0) {
         uint64_t start = cycle;
+        if (poll == 0) poll = 1;
         while (cycle - start < max_cycles) {
             uint64_t chunk = poll;
             if (chunk > max_cycles - (cycle - start)) chunk = max_cycles - (cycle - start);
@@ -212,6 +182,11 @@ struct Harness {
             int64_t s = csr_read(status_addr);
             if (s < 0) return -1;
             if (!(s & 1)) break;
+            if (watch_addr >= 0) {
+                int64_t v = csr_read(uint32_t(watch_addr));
+                if (v < 0) return -1;
+                if (uint32_t(v) >= target) break;
+            }
         }
         return int64_t(cycle - start);
     }
@@ -227,12 +202,12 @@ void *accel_new(uint64_t mem_bytes, unsigned port_bytes) {
     return h;
 }
 void accel_free(void *h) { delete static_cast<Harness *>(h); }
-uint8_t *accel_mem(void *h) { return static_cast<Harness *>(h)->mem.data(); }
+uint8_t *accel_mem(void *h) { return static_cast<Harness *>(h)->mem.bytes.data(); }
 void accel_reset(void *h, int cycles) { static_cast<Harness *>(h)->reset(cycles); }
 void accel_model(void *hp, unsigned latency, uint32_t seed, uint32_t stall) {
     Harness *h = static_cast<Harness *>(hp);
     h->latency = latency;
-    h->rng = seed ? seed : 1;
+    h->rng.seed(seed);
     h->stall = stall;
 }
 int64_t accel_csr_read(void *h, uint32_t addr) { return static_cast<Harness *>(h)->csr_read(addr); }
@@ -242,6 +217,19 @@ int64_t accel_csr_write(void *h, uint32_t addr, uint32_t value) {
 int64_t accel_run(void *h, uint64_t max_cycles, unsigned poll, uint32_t status_addr) {
     return static_cast<Harness *>(h)->run(max_cycles, poll, status_addr);
 }
+int64_t accel_run_until(void *h, uint64_t max_cycles, unsigned poll, uint32_t status_addr,
+                        uint32_t watch_addr, uint32_t target) {
+    return static_cast<Harness *>(h)->run(max_cycles, poll, status_addr, watch_addr, target);
+}
+// Record cycles [from, to) (counted from the model's construction) into the waveform file;
+// 1 when it opened (a trace build), else 0.
+int accel_trace_open(void *hp, const char *path, uint64_t from, uint64_t to) {
+    Harness *h = static_cast<Harness *>(hp);
+    h->trace_from = from;
+    h->trace_to = to;
+    return h->tracer.open(h->ctx.get(), h->top.get(), path) ? 1 : 0;
+}
+void accel_trace_close(void *hp) { static_cast<Harness *>(hp)->tracer.close(); }
 uint64_t accel_counter(void *hp, int which) {
     Harness *h = static_cast<Harness *>(hp);
     switch (which) {

@@ -3,53 +3,17 @@
 // image and packed commands; this file clocks the design in bulk and serves the port from a
 // C++ memory model with a fixed read latency and optional random stalls.
 //
-// The top module name comes in as CELOSIA_TOP (the Verilated class is V<top>). Verilator
-// spells the double underscores of Amaranth's port names (cmd__valid) as ___05F.
+// The shared pieces (the Verilated class, signal byte access, the memory image, stall
+// injection) are in celosia_verilated.h.
 
-#include <cstdint>
-#include <cstring>
-#include <vector>
 #include <deque>
-#include <memory>
+#include <vector>
 
-#include "verilated.h"
-#define CELOSIA_STR2(x) #x
-#define CELOSIA_STR(x) CELOSIA_STR2(x)
-#define CELOSIA_CAT2(a, b) a##b
-#define CELOSIA_CAT(a, b) CELOSIA_CAT2(a, b)
-#define CELOSIA_CLASS CELOSIA_CAT(V, CELOSIA_TOP)
-#include CELOSIA_STR(CELOSIA_HEADER)
+#include "celosia_verilated.h"
 
 namespace {
 
-// --- Bit access to Verilated signals of any width ------------------------------------------
-
-template <typename T>
-void put_bytes(T &sig, const uint8_t *src, size_t n) {
-    uint64_t v = 0;
-    std::memcpy(&v, src, n < sizeof(T) ? n : sizeof(T));
-    sig = static_cast<T>(v);
-}
-template <std::size_t W>
-void put_bytes(VlWide<W> &sig, const uint8_t *src, size_t n) {
-    for (std::size_t i = 0; i < W; i++) {
-        uint32_t word = 0;
-        for (std::size_t b = 0; b < 4; b++)
-            if (4 * i + b < n) word |= uint32_t(src[4 * i + b]) << (8 * b);
-        sig[i] = word;
-    }
-}
-template <typename T>
-void get_bytes(const T &sig, uint8_t *dst, size_t n) {
-    uint64_t v = sig;
-    std::memcpy(dst, &v, n < 8 ? n : 8);
-}
-template <std::size_t W>
-void get_bytes(const VlWide<W> &sig, uint8_t *dst, size_t n) {
-    for (std::size_t i = 0; i < n; i++) dst[i] = uint8_t(sig[i / 4] >> (8 * (i % 4)));
-}
-template <typename T> constexpr size_t sig_bytes(const T &) { return sizeof(T); }
-template <std::size_t W> constexpr size_t sig_bytes(const VlWide<W> &) { return 4 * W; }
+using namespace celosia;
 
 struct Response {
     uint64_t due;
@@ -59,27 +23,24 @@ struct Response {
 struct Harness {
     std::unique_ptr<VerilatedContext> ctx;
     std::unique_ptr<CELOSIA_CLASS> top;
-    std::vector<uint8_t> mem;
+    FlatMemory mem;
     unsigned port_bytes;
     uint64_t cycle = 0;
     uint64_t reads = 0, writes = 0;
     unsigned latency = 2;
-    uint32_t rng = 1, req_stall = 0, resp_gap = 0, wr_stall = 0;   // stall chances in 1/65536
+    Random rng;
+    uint32_t req_stall = 0, resp_gap = 0, wr_stall = 0;   // stall chances in 1/65536
     std::deque<Response> pending;
     int error = 0;
     std::vector<uint8_t> scratch;
 
     Harness(uint64_t mem_bytes, unsigned port_bytes)
-        : ctx(new VerilatedContext), mem(mem_bytes, 0), port_bytes(port_bytes) {
+        : ctx(new VerilatedContext), mem(mem_bytes, port_bytes), port_bytes(port_bytes) {
         top.reset(new CELOSIA_CLASS(ctx.get()));
         scratch.resize(sig_bytes(top->mem___05Fwr___05Fpayload) + 8);
     }
 
-    uint32_t next_random() {       // xorshift32
-        rng ^= rng << 13; rng ^= rng >> 17; rng ^= rng << 5;
-        return rng;
-    }
-    bool chance(uint32_t p) { return p && (next_random() & 0xffff) < p; }
+    bool chance(uint32_t p) { return rng.chance(p); }
 
     void tick() {
         top->clk = 1;
@@ -101,10 +62,6 @@ struct Harness {
         pending.clear();
     }
 
-    bool in_bounds(uint64_t addr) const {
-        return addr % port_bytes == 0 && addr + port_bytes <= mem.size();
-    }
-
     // Drive the memory port's inputs for this cycle.
     void drive_port() {
         top->mem___05Frd_req___05Fready = !chance(req_stall);
@@ -117,9 +74,9 @@ struct Harness {
     void sample_port() {
         if (top->mem___05Frd_req___05Fvalid && top->mem___05Frd_req___05Fready) {
             uint64_t addr = top->mem___05Frd_req___05Fpayload;
-            if (!in_bounds(addr)) { error = 1; return; }
+            if (!mem.in_bounds(addr)) { error = 1; return; }
             pending.push_back(Response{cycle + latency,
-                std::vector<uint8_t>(mem.begin() + addr, mem.begin() + addr + port_bytes)});
+                std::vector<uint8_t>(mem.beat(addr), mem.beat(addr) + port_bytes)});
             reads++;
         }
         if (top->mem___05Frd_resp___05Fvalid && top->mem___05Frd_resp___05Fready) pending.pop_front();
@@ -128,11 +85,9 @@ struct Harness {
             get_bytes(top->mem___05Fwr___05Fpayload, scratch.data(), 4 + port_bytes + (port_bytes + 7) / 8);
             uint32_t addr;
             std::memcpy(&addr, scratch.data(), 4);
-            if (!in_bounds(addr)) { error = 2; return; }
+            if (!mem.in_bounds(addr)) { error = 2; return; }
             const uint8_t *data = scratch.data() + 4;
-            const uint8_t *strb = data + port_bytes;
-            for (unsigned i = 0; i < port_bytes; i++)
-                if (strb[i / 8] >> (i % 8) & 1) mem[addr + i] = data[i];
+            mem.write(addr, data, data + port_bytes);
             writes++;
         }
     }
@@ -181,14 +136,14 @@ void *celosia_new(uint64_t mem_bytes, unsigned port_bytes) {
     return h;
 }
 void celosia_free(void *h) { delete static_cast<Harness *>(h); }
-uint8_t *celosia_mem(void *h) { return static_cast<Harness *>(h)->mem.data(); }
-uint64_t celosia_mem_size(void *h) { return static_cast<Harness *>(h)->mem.size(); }
+uint8_t *celosia_mem(void *h) { return static_cast<Harness *>(h)->mem.bytes.data(); }
+uint64_t celosia_mem_size(void *h) { return static_cast<Harness *>(h)->mem.bytes.size(); }
 void celosia_reset(void *h, int cycles) { static_cast<Harness *>(h)->reset(cycles); }
 void celosia_port_model(void *hp, unsigned latency, uint32_t seed, uint32_t req_stall,
                         uint32_t resp_gap, uint32_t wr_stall) {
     Harness *h = static_cast<Harness *>(hp);
     h->latency = latency;
-    h->rng = seed ? seed : 1;
+    h->rng.seed(seed);
     h->req_stall = req_stall; h->resp_gap = resp_gap; h->wr_stall = wr_stall;
 }
 int64_t celosia_run_command(void *h, const uint8_t *cmd, uint64_t len, uint64_t max_cycles,
