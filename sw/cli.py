@@ -128,9 +128,22 @@ def _cmd_embed(args) -> int:
     if args.backend not in BACKENDS:
         raise CLIError(f"unknown backend {args.backend!r}; available: {', '.join(BACKENDS)}")
     texts = _read_texts(args)
+    if args.waves is not None:
+        if args.backend not in WAVE_BACKENDS:
+            raise CLIError(f"--waves needs a simulated RTL backend ({', '.join(WAVE_BACKENDS)}), "
+                           f"not {args.backend}")
+        from celosia.sim.verilator_build import trace_format
+        try:
+            trace_format(args.waves)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        parent = Path(args.waves).parent
+        if not parent.is_dir():
+            raise CLIError(f"--waves {args.waves}: directory {parent} does not exist")
+        args._text_count = len(texts)
     model, im = load_models(args.model_file, quiet=args.json)
     results = []
-    for text in texts:
+    for index, text in enumerate(texts):
         ids, truncated = model.tokenizer.encode(text)
         if truncated:
             _stderr(f"celosia: warning: text truncated to {model.tokenizer.max_tokens} tokens: "
@@ -140,9 +153,11 @@ def _cmd_embed(args) -> int:
             emb = golden.embedding(model, im, ids)
             r = {"text": text, "tokens": int(len(ids))}
         else:
-            r = {"text": text, "tokens": int(len(ids))}
+            r = {"text": text, "tokens": int(len(ids)), "index": index}
             emb = _run_on_accelerator(args, model, im, ids, r)
-        r["wall_s"] = round(time.perf_counter() - t0, 4)
+            del r["index"]
+        # Wall time of the run itself; a one-time model build is reported as build_s.
+        r["wall_s"] = round(time.perf_counter() - t0 - r.get("build_s", 0.0), 4)
         r["embedding"] = [float(v) for v in emb]
         if args.reference:
             ref, _, _ = model.encode(text)
@@ -172,6 +187,19 @@ def _cmd_embed(args) -> int:
     return EXIT_OK
 
 
+#: Backends that can write a waveform (``--waves``).
+WAVE_BACKENDS = ("verilator",)
+
+
+def _waves_path(args, r: dict) -> Path:
+    """The waveform file of this text: --waves as given for one text; with several texts,
+    the text's index goes before the suffix (run.fst -> run.0.fst, run.1.fst, ...)."""
+    path = Path(args.waves)
+    if getattr(args, "_text_count", 1) > 1:
+        path = path.with_name(f"{path.stem}.{r['index']}{path.suffix}")
+    return path
+
+
 def _run_on_accelerator(args, model, im, ids, r: dict):
     """Run the compiled program on a backend; fill the result's hardware fields."""
     from . import golden
@@ -184,9 +212,13 @@ def _run_on_accelerator(args, model, im, ids, r: dict):
                     "elaborated and built on first use (minutes), then cached")
             args._announced = True
     progress = LayerProgress(im.meta["layers"], enabled=not args.json)
+    options = {}
+    if args.waves is not None:
+        options.update(waves=_waves_path(args, r), waves_skip=args.waves_skip,
+                       waves_cycles=args.waves_cycles or None)
     try:
         res = run_embedding(args.backend, model, im, ids, array=args.array,
-                            timeout_s=args.timeout, progress=progress)
+                            timeout_s=args.timeout, progress=progress, backend_options=options)
     except (AcceleratorError, AcceleratorHung) as exc:
         raise CLIError(f"backend {args.backend}: {exc}") from None
     if progress.tty and progress.shown not in (-1, progress.layers):
@@ -197,6 +229,15 @@ def _run_on_accelerator(args, model, im, ids, r: dict):
     r.update({"array": args.array, "cycles": cycles, "ideal_cycles": int(round(ideal)),
               "utilization": round(ideal / cycles, 4) if cycles else None,
               "bit_exact_vs_golden": bool(np.array_equal(res.hidden, ref))})
+    if res.layer_cycles is not None:
+        per = ideal / len(res.layer_cycles)
+        r["per_layer"] = [{"layer": i, "cycles": c, "ideal_cycles": int(round(per)),
+                           "utilization": round(per / c, 4) if c else None}
+                          for i, c in enumerate(res.layer_cycles)]
+    else:
+        r["per_layer"] = None
+    if "waves" in options:
+        r["waves"] = str(options["waves"])
     if args.backend == "isa":
         r["cycles_model"] = "isa simulator estimate (each unit at its ideal rate), not RTL"
     if res.build_s:
@@ -271,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1800.0, metavar="S",
                    help="give up on a backend run after S seconds, reporting the last status "
                         "(default 1800)")
+    p.add_argument("--waves", metavar="FILE", default=None,
+                   help="write the RTL run's waveform to FILE (.fst or .vcd; open it in "
+                        "GTKWave or Surfer); verilator backend only, with a separate traced "
+                        "build (minutes, once). With several texts: FILE.0.fst, FILE.1.fst, ...")
+    p.add_argument("--waves-cycles", type=int, default=100_000, metavar="C",
+                   help="cycles the waveform holds (default 100000, about 100 MB of FST at "
+                        "N = 8; 0: the whole run, over 1 GB for a sentence)")
+    p.add_argument("--waves-skip", type=int, default=0, metavar="C",
+                   help="start the waveform C cycles into the run (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--reference", action="store_true",
                    help="also compute the float32 embedding and report the cosine against it")

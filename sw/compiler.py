@@ -127,6 +127,10 @@ class CompiledModel:
     input: Tensor
     output: Tensor
     tensors: dict[str, Tensor] = field(default_factory=dict)
+    #: Per encoder layer, the index of its first instruction that is not a SYNC: once INSTRET
+    #: reaches it, every instruction before the layer has issued and the SYNC that separates
+    #: it from the previous layer has seen that layer finish.
+    layer_starts: tuple[int, ...] = ()
 
     @property
     def end(self) -> int:
@@ -358,10 +362,12 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
         vec(op, src, dst, p_addr=p_addr, e_addr=rowexp.addr)
 
     ln(emb, h, emb_ln, _scalar(T["emb.ln.shift"]))
+    layer_starts = []
     for i, w in enumerate(L):
         p = f"L{i}"
         # Attention.
         rows_in(h, x8, w["qkv_in.rq"])
+        layer_starts.append(len(sb.instructions) - 1)
         mm(x8.addr, x8.stride, tokens, hidden, qkv_cols, w["qkv"].addr, w["qkv"].stride, qkv,
            p_addr=w["qkv.p"], out_fmt=I8, row_shift=1, e_addr=rowexp.addr)
         sm_mult, sm_shift = T[f"{p}.softmax.mult"], T[f"{p}.softmax.shift"]
@@ -407,4 +413,4 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
     img.put(program_addr, code)
     window_size = _round_up(alloc.top - base, WINDOW_ALIGN)
     return CompiledModel(config, tokens, base, window_size, img.build(window_size), program,
-                         program_addr, emb, h, dict(alloc.tensors))
+                         program_addr, emb, h, dict(alloc.tensors), tuple(layer_starts))

@@ -49,6 +49,10 @@ class Backend(Protocol):
         """Let the accelerator run (at most ``max_cycles`` more cycles / ``timeout_s``
         seconds); returns early when it stops."""
 
+    # Optional: ``advance_to_retired(count, max_cycles, timeout_s)``, like ``advance`` but
+    # also returning once INSTRET reaches ``count``. Backends that have it report the cycles
+    # of each encoder layer (RunResult.layer_cycles).
+
 
 @dataclass(frozen=True)
 class Status:
@@ -129,28 +133,44 @@ class Accelerator:
 
     def wait(self, max_cycles: int | None = None, timeout_s: float | None = None,
              poll_s: float = 0.0, progress: Callable[[int], None] | None = None,
-             progress_cycles: int = 1 << 18) -> Status:
+             progress_cycles: int = 1 << 18, marks: list[int] | None = None) -> Status:
         """Run until the program stops; AcceleratorError for an error code, AcceleratorHung
         when a limit passes first. ``progress`` is called with the count of retired
-        instructions every ``progress_cycles`` cycles."""
+        instructions every ``progress_cycles`` cycles.
+
+        ``marks``: ascending INSTRET values; on a backend with ``advance_to_retired`` the
+        CYCLES counter is read as each is reached, into ``self.mark_cycles`` (None on other
+        backends, and for marks the program did not reach)."""
         t0 = time.monotonic()
+        pending = list(marks or [])
+        track = bool(pending) and hasattr(self.backend, "advance_to_retired")
+        self.mark_cycles: list[int | None] | None = [None] * len(pending) if track else None
+        k = 0
         while True:
             left = None if timeout_s is None else timeout_s - (time.monotonic() - t0)
             cycles = self.counters()["cycles"]
             left_cycles = None if max_cycles is None else max_cycles - cycles
             status = self.status()
+            if track:
+                retired = self.backend.read_csr("INSTRET")
+                while k < len(pending) and retired >= pending[k]:
+                    self.mark_cycles[k] = cycles
+                    k += 1
             if not status.busy:
                 break
             if (left is not None and left <= 0) or (left_cycles is not None and left_cycles <= 0):
                 limit = f"{cycles} cycles" if left_cycles is not None and left_cycles <= 0 \
                     else f"{timeout_s} s"
                 raise AcceleratorHung(status, limit)
+            step = left_cycles
             if progress is not None:
                 step = progress_cycles if left_cycles is None else min(left_cycles, progress_cycles)
-                self.backend.advance(step, left)
-                progress(self.counters()["instructions"])
+            if track and k < len(pending):
+                self.backend.advance_to_retired(pending[k], step, left)
             else:
-                self.backend.advance(left_cycles, left)
+                self.backend.advance(step, left)
+            if progress is not None:
+                progress(self.counters()["instructions"])
             if poll_s:
                 time.sleep(poll_s)
         if status.error != ErrorCode.OK:
@@ -178,10 +198,12 @@ def register_backend(name: str, factory: Callable[[CompiledModel, IntegerModel],
     BACKENDS[name] = factory
 
 
-def open_backend(name: str, compiled: CompiledModel, im: IntegerModel) -> Backend:
+def open_backend(name: str, compiled: CompiledModel, im: IntegerModel, **options) -> Backend:
+    """A backend with memory for ``compiled``; ``options`` go to its factory (e.g. ``waves``
+    for the RTL simulators)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](compiled, im)
+    return BACKENDS[name](compiled, im, **options)
 
 
 class GoldenBackend:
@@ -236,9 +258,9 @@ def _isa_backend(compiled: CompiledModel, im: IntegerModel) -> Backend:
     return IsaBackend(compiled.config, compiled.end)
 
 
-def _verilator_backend(compiled: CompiledModel, im: IntegerModel) -> Backend:
+def _verilator_backend(compiled: CompiledModel, im: IntegerModel, **options) -> Backend:
     from celosia.sim.verilator_accel import verilator_backend
-    return verilator_backend(compiled, im)
+    return verilator_backend(compiled, im, **options)
 
 
 register_backend("golden", GoldenBackend)
@@ -258,6 +280,9 @@ class RunResult:
     compiled: CompiledModel | None = field(default=None, repr=False)
     #: Seconds the backend spent building itself (a Verilator model on a cache miss).
     build_s: float = 0.0
+    #: Cycles of each encoder layer (the first includes the embedding LayerNorm), from the
+    #: backend's counters at the layer boundaries; None when the backend cannot stop there.
+    layer_cycles: list[int] | None = None
 
     @property
     def embedding(self) -> np.ndarray:
@@ -273,30 +298,46 @@ def run_compiled(backend: Backend, compiled: CompiledModel, e: np.ndarray,
     acc.load(compiled)
     backend.write_memory(compiled.input.addr, compiled.input.pack(e))
     acc.start(compiled.program_addr)
-    acc.wait(max_cycles=max_cycles, timeout_s=timeout_s, progress=progress)
+    marks = list(compiled.layer_starts[1:])
+    acc.wait(max_cycles=max_cycles, timeout_s=timeout_s, progress=progress, marks=marks)
     out = compiled.output
     hidden = out.unpack(backend.read_memory(out.addr, out.nbytes))
     build_s = float(getattr(getattr(backend, "model", None), "build_seconds", 0.0) or 0.0)
-    return RunResult(hidden, acc.counters(), backend.name, compiled=compiled, build_s=build_s)
+    counters = acc.counters()
+    layer_cycles = None
+    if len(compiled.layer_starts) == 1 and counters["cycles"]:
+        layer_cycles = [counters["cycles"]]
+    elif compiled.layer_starts and acc.mark_cycles is not None and None not in acc.mark_cycles:
+        edges = [0, *acc.mark_cycles, counters["cycles"]]
+        layer_cycles = [b - a for a, b in zip(edges, edges[1:])]
+    return RunResult(hidden, counters, backend.name, compiled=compiled, build_s=build_s,
+                     layer_cycles=layer_cycles)
 
 
 def run_embedding(backend_name: str, model, im: IntegerModel, ids, array: int = 8,
                   port_bytes: int | None = None, max_cycles: int | None = None,
                   timeout_s: float | None = 600.0,
-                  progress: Callable[[int, int], None] | None = None) -> RunResult:
+                  progress: Callable[[int, int], None] | None = None,
+                  backend_options: dict | None = None) -> RunResult:
     """Token ids -> int16 hidden state (and counters) on the named backend.
 
     ``model`` (the float MiniLM) supplies the embedding tables; the host quantises the
     embedding sum (golden.embed_int32), the compiler builds the program for ``len(ids)``
     tokens on an ``array`` x ``array`` engine, and the backend runs it. ``progress`` is
-    called with (retired instructions, program length) while it runs.
+    called with (retired instructions, program length) while it runs; ``backend_options``
+    go to the backend's factory. The backend is closed afterwards when it has ``close``
+    (which finishes a waveform file).
     """
     ids = np.asarray(ids)
     e = golden.embed_int32(model, im, ids)
     compiled = compile_model(im, len(ids), array=array, port_bytes=port_bytes)
-    backend = open_backend(backend_name, compiled, im)
+    backend = open_backend(backend_name, compiled, im, **(backend_options or {}))
     total = len(compiled.program.instructions)
-    result = run_compiled(backend, compiled, e, max_cycles=max_cycles, timeout_s=timeout_s,
-                          progress=None if progress is None else (lambda n: progress(n, total)))
+    try:
+        result = run_compiled(backend, compiled, e, max_cycles=max_cycles, timeout_s=timeout_s,
+                              progress=None if progress is None else (lambda n: progress(n, total)))
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
     result.output_scale = golden.output_scale(im)
     return result

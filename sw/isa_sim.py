@@ -8,8 +8,10 @@ before anything is written.
 
 Besides the architectural state it keeps
 
-* ``hazards``: accesses that the ordering rule of docs/isa.md leaves unordered (a command
-  reading what an unsynchronised command writes, ...): a correct program has none;
+* ``hazards``: accesses that the rules of docs/isa.md leave unordered (a command reading what
+  an unsynchronised command writes, a command writing what it reads itself, an instruction
+  fetched from bytes an unsynchronised command writes, ...): a correct program has none, and
+  the memory a program with hazards leaves may differ between this simulator and the RTL;
 * an estimate of cycles: each unit runs its commands in order at the ideal rate of an N x N
   array and N vector lanes behind a W-byte port (``max(compute, memory)`` per command),
   overlapping the other unit until a SYNC; this is a model, not a measurement.
@@ -183,6 +185,7 @@ class IsaMachine:
         try:
             if pc % INSTR_BYTES or pc < self.base or pc + INSTR_BYTES > self.base + self.size:
                 raise IsaStop(ErrorCode.FETCH_FAULT, f"instruction address {pc:#x}")
+            self._fetch_hazard(pc)
             ins = Instruction.decode(self.mem[pc:pc + INSTR_BYTES].tobytes())
             if ins.opcode == Opcode.HALT:
                 self._wait(Unit.ALL)
@@ -222,12 +225,23 @@ class IsaMachine:
                 self._pending[u][0].clear()
                 self._pending[u][1].clear()
 
+    def _fetch_hazard(self, pc: int) -> None:
+        """The controller fetches ahead while commands run: an instruction in bytes that an
+        unsynchronised command writes may be fetched before or after the write."""
+        code = isa.Span(pc, pc + INSTR_BYTES)
+        for u, (_, p_writes) in self._pending.items():
+            if any(code.overlaps(w) for w in p_writes):
+                self.hazards.append(f"{pc:#x}: instruction fetched from bytes an "
+                                    f"unsynchronised {u.name} command writes")
+
     def _dispatch(self, unit: Unit, ins: Instruction, cycles: int) -> None:
         """Timing model and hazard record of an accepted command."""
         start = max(self.now, self.free[unit])
         self.free[unit] = start + cycles
         self.busy[unit] += cycles
         reads, writes = ([s for _, s, _, _ in lst] for lst in footprint(ins))
+        if any(w.overlaps(r) for w in writes for r in reads):
+            self.hazards.append(f"{self.pc:#x}: {unit.name} command writes what it reads itself")
         for u, (p_reads, p_writes) in self._pending.items():
             for r in reads:
                 if any(r.overlaps(w) for w in p_writes):
@@ -453,3 +467,9 @@ class IsaBackend:
 
     def advance(self, max_cycles: int | None, timeout_s: float | None) -> None:
         self.machine.run(max_cycles=max_cycles, timeout_s=timeout_s)
+
+    def advance_to_retired(self, count: int, max_cycles: int | None,
+                           timeout_s: float | None) -> None:
+        """Run until INSTRET reaches ``count`` (exactly), the program stops or a limit."""
+        left = max(0, count - self.machine.regs["INSTRET"])
+        self.machine.run(max_instructions=left, max_cycles=max_cycles, timeout_s=timeout_s)

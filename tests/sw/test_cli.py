@@ -62,6 +62,11 @@ def test_long_text_is_truncated_with_a_warning(cache, capsys):
     (["embed", "--backend", "nosuch", "x"], "unknown backend 'nosuch'"),
     (["embed", "--file", "/no/such/file"], "cannot read --file /no/such/file: no such file"),
     (["embed"], "no text given"),
+    (["embed", "--waves", "run.fst", "x"], "--waves needs a simulated RTL backend"),
+    (["embed", "--backend", "isa", "--waves", "run.fst", "x"], "--waves needs a simulated RTL"),
+    (["embed", "--backend", "verilator", "--waves", "run.txt", "x"], "must end in .fst or .vcd"),
+    (["embed", "--backend", "verilator", "--waves", "/no/such/dir/run.fst", "x"],
+     "directory /no/such/dir does not exist"),
 ])
 def test_bad_input_is_one_line(cache, capsys, argv, message):
     code, out, err = run(capsys, *argv)
@@ -107,5 +112,11 @@ def test_embed_on_the_isa_backend_is_bit_exact(cache, capsys):
     assert r["bit_exact_vs_golden"] is True
     assert r["array"] == 8 and r["cycles"] >= r["ideal_cycles"] > 0
     assert 0 < r["utilization"] <= 1
+    # One entry per encoder layer, adding up to the whole run.
+    layers = r["per_layer"]
+    assert [x["layer"] for x in layers] == list(range(6))
+    assert sum(x["cycles"] for x in layers) == r["cycles"]
+    assert all(0 < x["utilization"] <= 1 and x["ideal_cycles"] > 0 for x in layers)
+    assert abs(sum(x["ideal_cycles"] for x in layers) - r["ideal_cycles"]) <= 6
     code, out, _ = run(capsys, "embed", "--json", "Hi there")
     assert json.loads(out)["results"][0]["embedding"] == r["embedding"]

@@ -320,6 +320,37 @@ def test_missing_fence_is_a_hazard():
     assert len(r.m.hazards) == 1
 
 
+def test_command_writing_its_own_sources_is_a_hazard():
+    r = Rig()
+    a = r.tensor(np.ones((4, 8)), OutFormat.INT8)
+    b = r.tensor(np.ones((8, 8)), OutFormat.INT8)
+    c = r.empty(4, 8, OutFormat.INT32)
+    r.run(_mm(a, b, c))
+    assert r.m.hazards == []
+    in_place = Tensor("a32", a.addr, 4, 8, c.stride, OutFormat.INT32)     # C over A
+    r.run(_mm(a, b, in_place))
+    assert r.m.error == ErrorCode.OK
+    assert len(r.m.hazards) == 1 and "writes what it reads itself" in r.m.hazards[0]
+    x = r.empty(4, 16, OutFormat.INT32)
+    r.run(_vec(VecOp.RESIDUAL, x, x, res_addr=c.addr, res_stride=c.stride))
+    assert r.m.error == ErrorCode.OK, r.m.error_detail
+    assert any("VECTOR command writes what it reads itself" in h for h in r.m.hazards)
+
+
+def test_command_overwriting_the_next_instruction_is_a_hazard():
+    r = Rig()
+    a = r.tensor(np.ones((1, 8)), OutFormat.INT8)
+    b = r.tensor(np.ones((8, 16)), OutFormat.INT8)
+    # C covers the second instruction (the HALT); a SYNC in between makes it ordered.
+    over = Tensor("code", PROG + INSTR_BYTES, 1, 16, 64, OutFormat.INT32)
+    r.run(_mm(a, b, over))
+    assert any("instruction fetched from bytes" in h for h in r.m.hazards)
+    r.load(_mm(a, b, Tensor("code", PROG + 2 * INSTR_BYTES, 1, 16, 64, OutFormat.INT32)),
+           isa.sync(Unit.MATMUL))
+    m = r.run()
+    assert m.hazards == []
+
+
 # --- fuzzing --------------------------------------------------------------------------------------
 
 def _plausible(rng, opcode, f):
