@@ -57,7 +57,7 @@ BOARDS = {
         platform_class="ICEBreakerPlatform", clk_name="clk12", clk_in_mhz=12.0,
         # Matmul only; even so the accelerator is about 2.5x the device's LUTs (docs/fpga.md).
         array=2, clock_mhz=18.0, vector=False, k_max=512, mem_bytes=64 * 1024, spram=True,
-        dsps=8, reset_button=None, sizing=SMALL, synth_opts="-dsp"),
+        dsps=8, reset_button=None, sizing=SMALL, synth_opts="-dsp -device u"),
 }
 
 

@@ -37,8 +37,16 @@ def epilogue_layout(n: int) -> data.StructLayout:
     })
 
 
-def _saturate(value, lo, hi):
-    return Mux(value < lo, lo, Mux(value > hi, hi, value))
+def _saturate32(value):
+    """A sum of two int32 values (33 bits) saturated to INT32: overflow shows as bits 32 and
+    31 differing."""
+    return Mux(value[32] != value[31],
+               Mux(value[32], C(INT32.lo, signed(32)), C(INT32.hi, signed(32))),
+               value[:32].as_signed())
+
+
+def _all_same(bits):
+    return ~bits.any() | bits.all()
 
 
 class Epilogue(wiring.Component):
@@ -118,14 +126,30 @@ class Epilogue(wiring.Component):
             return sig
 
         # The output range of this command.
-        lo = Signal(signed(33))
-        hi = Signal(signed(33))
+        lo = Signal(signed(32))
+        hi = Signal(signed(32))
         with m.Switch(self.out_fmt):
             for fmt in OutFormat:
                 with m.Case(fmt):
                     m.d.comb += [lo.eq(OUT_RANGE[fmt].lo), hi.eq(OUT_RANGE[fmt].hi)]
+        assert [(OUT_RANGE[f].lo, OUT_RANGE[f].hi) for f in OutFormat] == [
+            (-128, 127), (0, 255), (-32768, 32767), (INT32.lo, INT32.hi)]
 
-        int32_lo, int32_hi = C(INT32.lo, signed(33)), C(INT32.hi, signed(33))
+        def in_range(v):
+            """v (signed) lies in the output range: its bits above the format are copies of
+            the sign (all zero for UINT8)."""
+            ok = Signal(name="in_range")
+            with m.Switch(self.out_fmt):
+                with m.Case(OutFormat.INT8):
+                    m.d.comb += ok.eq(_all_same(v[7:]))
+                with m.Case(OutFormat.UINT8):
+                    m.d.comb += ok.eq(~v[8:].any())
+                with m.Case(OutFormat.INT16):
+                    m.d.comb += ok.eq(_all_same(v[15:]))
+                with m.Case(OutFormat.INT32):
+                    m.d.comb += ok.eq(_all_same(v[31:]))
+            return ok
+
         p = self.i.payload
         # Stage 0: the row's round-half-up shift (one exponent for all lanes). The row travels
         # on with its operands one stage behind.
@@ -138,7 +162,7 @@ class Epilogue(wiring.Component):
             # Stage 0 output: |acc| < 2**31, so acc + half fits 33 bits and the shifted value 32.
             xs = stage(0, f"xs_{lane}", signed(ACC_BITS), (p.acc[lane] + row_half) >> p.row_shift)
             # Stage 1: bias; the addend shifted into place (a residual: int16 << 0..16 fits).
-            x1 = stage(1, f"x1_{lane}", signed(32), _saturate(xs + p0.bias[lane], int32_lo, int32_hi))
+            x1 = stage(1, f"x1_{lane}", signed(32), _saturate32(xs + p0.bias[lane]))
             addend1 = stage(1, f"addend1_{lane}", signed(32),
                             (p0.addend[lane] << self.addend_shift)[:32])
             # A raw result goes through the scaling as x * 1 >> 0 (exact), so it needs no
@@ -148,19 +172,28 @@ class Epilogue(wiring.Component):
                            Mux(~self.requant, 0,
                                Mux(p0.shift[lane] > SHIFT_MAX, SHIFT_MAX, p0.shift[lane])))
             # Stage 2: addend.
-            x2 = stage(2, f"x2_{lane}", signed(32), _saturate(x1 + addend1, int32_lo, int32_hi))
+            x2 = stage(2, f"x2_{lane}", signed(32), _saturate32(x1 + addend1))
             mult2 = stage(2, f"mult2_{lane}", MULT_BITS, mult1)
             shift2 = stage(2, f"shift2_{lane}", SHIFT_BITS, shift1)
             # Stage 3: product (|x| < 2**31, mult < 2**15: fits 47 bits).
             prod3 = stage(3, f"prod3_{lane}", signed(48), x2 * mult2)
             shift3 = stage(3, f"shift3_{lane}", SHIFT_BITS, shift2)
-            # Stage 4: round half up and shift.
-            half = Signal(unsigned(SHIFT_MAX), name=f"half_{lane}")
-            m.d.comb += half.eq(Mux(shift3 == 0, 0, C(1, SHIFT_MAX) << (shift3 - 1)[:SHIFT_BITS]))
-            rounded4 = stage(4, f"rounded4_{lane}", signed(49), (prod3 + half) >> shift3)
+            # Stage 4: round half up and shift, as floor((floor(p / 2**(s-1)) + 1) / 2) for
+            # s > 0 (p itself for s = 0). The shifted value is clamped to 35 bits first: beyond
+            # that the result saturates whatever the zero point (|zp| < 2**31), and the clamp
+            # keeps it beyond.
+            t = Signal(signed(49), name=f"t_{lane}")
+            m.d.comb += t.eq((prod3 << 1) >> shift3)
+            tc = Signal(signed(35), name=f"tc_{lane}")
+            m.d.comb += tc.eq(Mux(_all_same(t[34:]), t[:35].as_signed(),
+                                  Mux(t[48], C(-(1 << 34), signed(35)), C((1 << 34) - 1, signed(35)))))
+            rounded4 = stage(4, f"rounded4_{lane}", signed(35), (tc + (shift3 != 0)) >> 1)
             # Stage 5: zero point and saturation, or the raw sum (x2 itself).
+            v5 = Signal(signed(36), name=f"v5_{lane}")
+            m.d.comb += v5.eq(rounded4 + self.zero_point)
             y5 = stage(5, f"y5_{lane}", signed(32),
-                       Mux(self.requant, _saturate(rounded4 + self.zero_point, lo, hi),
+                       Mux(self.requant,
+                           Mux(in_range(v5), v5[:32], Mux(v5[35], lo, hi)),
                            rounded4[:32]))
             m.d.comb += self.o.payload[lane].eq(y5)
         return m

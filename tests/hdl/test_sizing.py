@@ -138,3 +138,36 @@ def test_small_accelerator_span_checks(change):
         assert regs[name] == ref[name], (name, regs[name], ref[name])
     assert np.array_equal(mem, ref_mem)
     assert regs["ERROR"] != ErrorCode.OK
+
+
+@pytest.mark.parametrize("fmt", list(OutFormat))
+def test_epilogue_saturation_edges(fmt):
+    """Products near every saturation boundary (the scaled value is clamped to 35 bits before
+    the zero point is added)."""
+    from celosia.sw.numerics import INT32, MULT_BITS, SHIFT_MAX
+    rng = random.Random(100 + int(fmt))
+    rows = []
+    for _ in range(120):
+        shift = rng.choice([0, 1, 2, 3, 15, 16, 17, 30, 31, 32, 33, 34, 46, SHIFT_MAX])
+        mult = rng.choice([1, 2, (1 << MULT_BITS) - 1, rng.randrange(1 << MULT_BITS)])
+        target = rng.choice([127, 128, 255, 256, -128, -129, 32767, 32768, -32769, INT32.hi,
+                             INT32.hi + 1, INT32.lo, INT32.lo - 1, 1 << 33, -(1 << 33),
+                             (1 << 34) + 5, -(1 << 34) - 5, 0, -1])
+        # An accumulator that scales to about `target`.
+        acc = max(INT32.lo, min(INT32.hi, (target << shift) // max(mult, 1) + rng.randint(-3, 3)))
+        rows.append({"acc": [acc, -acc if acc != INT32.lo else INT32.hi], "bias": [0, 0],
+                     "addend": [0, 0], "mult": [mult, mult], "shift": [shift, shift],
+                     "row_shift": 0})
+    zp = rng.choice([0, -7, 100, INT32.hi, INT32.lo])
+    dut = Epilogue(2)
+    src = StreamSource(dut.i, rows, rng=rng, gap=0.2)
+    sink = StreamSink(dut.o, len(rows), rng=random.Random(9), stall=0.2,
+                      convert=lambda p: [int(v) for v in p])
+
+    async def config(ctx):
+        ctx.set(dut.requant, 1)
+        ctx.set(dut.out_fmt, fmt)
+        ctx.set(dut.zero_point, zp)
+
+    run(dut, config, src, sink, deadline_cycles=5000)
+    assert sink.received == golden_rows(rows, 1, fmt, zp)
