@@ -83,29 +83,12 @@ def _isa_fuzz():
     return mod._fuzz_instruction
 
 
-def _unordered(img, count) -> bool:
-    """Whether one of the first ``count`` instructions writes what it reads itself (the
-    result then depends on the order the engine reads tiles and writes results in: it
-    re-reads A for every column group, while isa_sim reads everything first) or overwrites
-    the program (the controller fetches the next instruction while a command runs)."""
-    code = isa.Span(img.prog, img.prog + count * INSTR_BYTES)
-    for i in range(count):
-        at = img.prog + i * INSTR_BYTES
-        if at + INSTR_BYTES > len(img.mem):
-            break
-        ins = isa.Instruction.decode(img.mem[at:at + INSTR_BYTES].tobytes())
-        reads, writes = isa.footprint(ins)
-        if any(w.overlaps(r) for _, w, _, _ in writes for _, r, _, _ in reads + [(0, code, 0, 0)]):
-            return True
-    return False
-
-
 def test_isa_fuzz_streams(accel):
     """The isa tests' random instruction streams (without a vector unit): same stop, same
-    ERROR/ERROR_PC/PC, counts and memory where the program has no hazard (an unfenced
-    read of an earlier command's output is unordered by the ISA, and so are a command that
-    overwrites its own operands and one that overwrites the program); never a byte outside
-    the window."""
+    ERROR/ERROR_PC/PC, counts and memory where isa_sim records no hazard (a program that
+    breaks an ordering rule of docs/isa.md -- an unfenced read of an earlier command's
+    output, a command writing its own operands, an unfenced write to the code -- leaves
+    undefined memory); never a byte outside the window."""
     fuzz = _isa_fuzz()
     rng = np.random.default_rng(7)
     guard, size = 0x800, 0x2000
@@ -117,7 +100,7 @@ def test_isa_fuzz_streams(accel):
             if not (no_vector and raw[0] == isa.Opcode.VECTOR):
                 return raw
 
-    trials = 64
+    trials = 512
     for trial in range(trials):
         mem = rng.integers(0, 256, base + size + guard, dtype=np.uint8)
         pattern = mem.copy()
@@ -131,7 +114,7 @@ def test_isa_fuzz_streams(accel):
         img = Image(mem, base, size, prog, CFG)
         out, regs = run_image(accel, img)
         _, ref, mach = reference(img)
-        clean = not mach.hazards and not _unordered(img, ref["INSTRET"] + 1)
+        clean = not mach.hazards
         if clean:
             compare(img, out, regs)
         compared += clean
