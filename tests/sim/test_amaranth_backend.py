@@ -151,6 +151,26 @@ def test_illegal_instruction_stops_with_its_code():
     assert not status.busy and not status.done
 
 
+@pytest.mark.parametrize("kind,vector,code", [("window", True, ErrorCode.BAD_ADDRESS),
+                                              ("fetch", True, ErrorCode.FETCH_FAULT),
+                                              ("vector", False, ErrorCode.UNSUPPORTED)])
+def test_other_errors_match_isa_sim(kind, vector, code):
+    """C past the window, running off the end of the window, and a VECTOR on a build without
+    the vector engine: the code, PC and memory of isa_sim (nothing written outside the
+    window)."""
+    img = error_image(kind, CFG)
+    backend = AmaranthBackend(CFG, len(img.mem), vector=vector)
+    acc = load_image(backend, img)
+    acc.start(img.prog)
+    with pytest.raises(AcceleratorError) as info:
+        acc.wait(max_cycles=20_000)
+    ref_mem, ref, _ = reference(img, vector_unit=vector)
+    assert info.value.status.error == code == ref["ERROR"]
+    for name in ("ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT", "VECTOR_COUNT"):
+        assert backend.read_csr(name) == ref[name], name
+    assert np.array_equal(np.frombuffer(backend.read_memory(0, len(img.mem)), np.uint8), ref_mem)
+
+
 def test_cycle_limit_raises_hung_and_the_run_resumes():
     img = matmul_chain(4, CFG, links=3, max_dim=8)
     backend = AmaranthBackend(CFG, len(img.mem))
@@ -180,16 +200,22 @@ def test_registered_backend_and_waveform(tmp_path, monkeypatch):
         config, end = CFG, len(img.mem)
 
     vcd = tmp_path / "run.vcd"
-    backend = driver.BACKENDS["amaranth"](Compiled, None, waves=vcd)
+    backend = driver.BACKENDS["amaranth"](Compiled, None, waves=vcd, waves_cycles=40)
     acc = load_image(backend, img)
     acc.start(img.prog)
-    with pytest.raises(AcceleratorError):
+    with pytest.raises(AcceleratorError) as info:       # the run goes on past the 40 cycles
         acc.wait(max_cycles=20_000)
+    assert info.value.status.error == ErrorCode.ILLEGAL_OPCODE
+    assert backend.model.cycle > 100
     backend.close()
     text = vcd.read_text()
     assert "m_axi__arvalid" in text and "s_axil__awvalid" in text
+    stamps = [int(line[1:]) for line in text.splitlines() if line.startswith("#")]
+    assert "$timescale 1 fs" in text and max(stamps) == 40 * 10_000_000     # 40 cycles of 10 ns
     with pytest.raises(ValueError, match="VCD"):
         amaranth_backend(Compiled, None, waves=tmp_path / "run.fst")
+    with pytest.raises(ValueError, match="waves_skip"):
+        amaranth_backend(Compiled, None, waves=vcd, waves_skip=10)
 
     Compiled.end = 0x1000
     backend = driver.open_backend("amaranth", Compiled, None)
@@ -202,3 +228,24 @@ def test_registered_backend_and_waveform(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="outside the simulated memory"):
         backend.advance(10_000, None)
     assert "outside the simulated memory" in backend.error_detail
+
+
+@pytest.mark.slow
+def test_minilm_layer_bit_exact_slow(minilm, int_model):
+    """The first MiniLM encoder layer, full size (384 features, 12 heads, FFN 1536), for 2
+    tokens at N = 8: the golden model's int16 hidden state (236 k cycles; 16 minutes at 254
+    cycles/s on a loaded 2-core machine)."""
+    ids = minilm.tokenizer.encode("Hello")[0][:2]
+    e = golden.embed_int32(minilm, int_model, ids)
+    compiled = compile_model(int_model, len(ids), array=8, layers=1)
+    want = golden.forward(int_model, e, layers=1)
+    backend = amaranth_backend(compiled, int_model)
+    t0 = time.perf_counter()
+    c0 = backend.model.cycle
+    result = run_compiled(backend, compiled, e, timeout_s=3600)
+    wall = time.perf_counter() - t0
+    assert np.array_equal(result.hidden, want)
+    assert result.counters["instructions"] == len(compiled.program.instructions)
+    sim = backend.model.cycle - c0
+    print(f"MiniLM layer 0, {len(ids)} tokens, N=8: {result.counters['cycles']} cycles, "
+          f"{sim} simulated in {wall:.0f} s, {sim / wall:.0f} cycles/s")
