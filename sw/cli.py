@@ -73,7 +73,7 @@ def load_models(model_file: Path | None, rebuild: bool = False, quiet: bool = Fa
 #: Backends of ``celosia embed``: golden (the op-level integer model), isa (the compiled
 #: program on the functional simulator of the instruction set) and verilator (the compiled
 #: program on the accelerator's RTL, Verilated).
-BACKENDS = ("golden", "isa", "verilator")
+BACKENDS = ("golden", "isa", "amaranth", "verilator", "serial")
 
 
 class LayerProgress:
@@ -134,9 +134,12 @@ def _cmd_embed(args) -> int:
                            f"not {args.backend}")
         from celosia.sim.verilator_build import trace_format
         try:
-            trace_format(args.waves)
+            fmt = trace_format(args.waves)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
+        if args.backend == "amaranth" and fmt != "vcd":
+            raise CLIError(f"--waves {args.waves}: the amaranth backend writes VCD waveforms "
+                           "only (name the file .vcd)")
         parent = Path(args.waves).parent
         if not parent.is_dir():
             raise CLIError(f"--waves {args.waves}: directory {parent} does not exist")
@@ -188,7 +191,7 @@ def _cmd_embed(args) -> int:
 
 
 #: Backends that can write a waveform (``--waves``).
-WAVE_BACKENDS = ("verilator",)
+WAVE_BACKENDS = ("verilator", "amaranth")
 
 
 def _waves_path(args, r: dict) -> Path:
@@ -212,14 +215,23 @@ def _run_on_accelerator(args, model, im, ids, r: dict):
                     "elaborated and built on first use (minutes), then cached")
             args._announced = True
     progress = LayerProgress(im.meta["layers"], enabled=not args.json)
+    if args.backend == "amaranth" and not getattr(args, "_announced", False):
+        _stderr("celosia: the amaranth backend is Amaranth's Python simulator (a few thousand "
+                "cycles/s at N = 2..4): a MiniLM sentence takes millions of cycles, so it is "
+                f"for small programs and tests; --timeout ({args.timeout:g} s) stops it")
+        args._announced = True
     options = {}
     if args.waves is not None:
         options.update(waves=_waves_path(args, r), waves_skip=args.waves_skip,
                        waves_cycles=args.waves_cycles or None)
+    if args.backend == "serial":
+        options.update(port=args.port, baud=args.baud)
     try:
         res = run_embedding(args.backend, model, im, ids, array=args.array,
                             timeout_s=args.timeout, progress=progress, backend_options=options)
     except (AcceleratorError, AcceleratorHung) as exc:
+        raise CLIError(f"backend {args.backend}: {exc}") from None
+    except (ValueError, OSError) as exc:       # backend set-up: waveform format, port, window
         raise CLIError(f"backend {args.backend}: {exc}") from None
     if progress.tty and progress.shown not in (-1, progress.layers):
         sys.stderr.write("\n")
@@ -306,21 +318,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="*", metavar="TEXT", help="texts to embed")
     p.add_argument("--file", metavar="PATH", help="read texts from PATH, one per line ('-': stdin)")
     p.add_argument("--backend", default="golden", metavar="NAME",
-                   help=f"where to compute: {', '.join(BACKENDS)} (default: golden)")
+                   help="where to compute: golden (the integer model), isa (the compiled "
+                        "program on the instruction-set simulator; estimated cycles), amaranth "
+                        "(the RTL in Amaranth's simulator; small programs only), verilator "
+                        "(the RTL compiled by Verilator), serial (an FPGA board over --port) "
+                        "(default: golden)")
     p.add_argument("--array", type=int, default=8, metavar="N",
                    help="systolic array size the program is compiled for (default 8; not golden)")
     p.add_argument("--timeout", type=float, default=1800.0, metavar="S",
                    help="give up on a backend run after S seconds, reporting the last status "
                         "(default 1800)")
     p.add_argument("--waves", metavar="FILE", default=None,
-                   help="write the RTL run's waveform to FILE (.fst or .vcd; open it in "
-                        "GTKWave or Surfer); verilator backend only, with a separate traced "
-                        "build (minutes, once). With several texts: FILE.0.fst, FILE.1.fst, ...")
+                   help="write the RTL run's waveform to FILE, to open in GTKWave or Surfer: "
+                        "verilator backend .fst or .vcd (a separate traced build, minutes, "
+                        "once), amaranth backend .vcd. With several texts: FILE.0.fst, "
+                        "FILE.1.fst, ...")
     p.add_argument("--waves-cycles", type=int, default=100_000, metavar="C",
                    help="cycles the waveform holds (default 100000, about 100 MB of FST at "
                         "N = 8; 0: the whole run, over 1 GB for a sentence)")
     p.add_argument("--waves-skip", type=int, default=0, metavar="C",
                    help="start the waveform C cycles into the run (default 0)")
+    p.add_argument("--port", metavar="PORT", default=None,
+                   help="serial backend: the board's serial port or a pyserial URL "
+                        "(/dev/ttyUSB0, socket://127.0.0.1:PORT; default $CELOSIA_SERIAL_PORT)")
+    p.add_argument("--baud", type=int, default=None, metavar="B",
+                   help="serial backend: baud rate (default $CELOSIA_SERIAL_BAUD or 115200)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--reference", action="store_true",
                    help="also compute the float32 embedding and report the cosine against it")

@@ -263,9 +263,21 @@ def _verilator_backend(compiled: CompiledModel, im: IntegerModel, **options) -> 
     return verilator_backend(compiled, im, **options)
 
 
+def _amaranth_backend(compiled: CompiledModel, im: IntegerModel, **options) -> Backend:
+    from celosia.sim.amaranth_accel import amaranth_backend
+    return amaranth_backend(compiled, im, **options)
+
+
+def _serial_backend(compiled: CompiledModel, im: IntegerModel, **options) -> Backend:
+    from .serial_backend import serial_backend
+    return serial_backend(compiled, im, **options)
+
+
 register_backend("golden", GoldenBackend)
 register_backend("isa", _isa_backend)
+register_backend("amaranth", _amaranth_backend)
 register_backend("verilator", _verilator_backend)
+register_backend("serial", _serial_backend)
 
 
 # --- The whole path ------------------------------------------------------------------------------

@@ -67,6 +67,10 @@ def test_long_text_is_truncated_with_a_warning(cache, capsys):
     (["embed", "--backend", "verilator", "--waves", "run.txt", "x"], "must end in .fst or .vcd"),
     (["embed", "--backend", "verilator", "--waves", "/no/such/dir/run.fst", "x"],
      "directory /no/such/dir does not exist"),
+    (["embed", "--backend", "serial", "x"], "the serial backend needs a port"),
+    (["embed", "--backend", "serial", "--port", "socket://127.0.0.1:1", "x"], "cannot open"),
+    (["embed", "--backend", "amaranth", "--array", "2", "--waves", "run.fst", "x"],
+     "VCD waveforms only"),
 ])
 def test_bad_input_is_one_line(cache, capsys, argv, message):
     code, out, err = run(capsys, *argv)
@@ -120,3 +124,14 @@ def test_embed_on_the_isa_backend_is_bit_exact(cache, capsys):
     assert abs(sum(x["ideal_cycles"] for x in layers) - r["ideal_cycles"]) <= 6
     code, out, _ = run(capsys, "embed", "--json", "Hi there")
     assert json.loads(out)["results"][0]["embedding"] == r["embedding"]
+
+
+def test_a_hung_run_reports_the_last_status(cache, capsys):
+    """The amaranth backend cannot finish MiniLM in a second: the driver's time limit stops
+    it with the accelerator's last status, as one line and exit status 1."""
+    code, out, err = run(capsys, "embed", "--backend", "amaranth", "--array", "2",
+                         "--timeout", "1", "--json", "Hi")
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("celosia: error: backend amaranth: accelerator still running after")
+    assert "busy, pc 0x" in last
