@@ -1,10 +1,12 @@
 """The ``amaranth`` backend: the accelerator in Amaranth's Python simulator behind the driver's
-Backend interface. A matmul program and a one-layer encoder (attention and FFN, a MiniLM layer
-cut down to 16 features) give the integers of the isa backend and the golden model; an illegal
-instruction stops with its code; the driver's cycle limit raises AcceleratorHung.
+Backend interface. Matmul programs (with and without AXI stalls) and a one-layer encoder
+(attention and FFN, a MiniLM layer cut down to 16 features) give the memory, CSRs and integers
+of the isa backend and the golden model; error programs stop with isa_sim's code; the driver's
+cycle limit raises AcceleratorHung and the run resumes; waveforms and bus errors.
 
-The Python simulator runs about a thousand cycles per second, so the programs are small (a few
-thousand cycles) and the arrays 2x2 and 4x4."""
+The Python simulator runs some hundreds to a couple of thousand cycles per second (N = 8 to 2),
+so these programs are small (a few thousand cycles) and the arrays 2x2 and 4x4; the full-size
+MiniLM layer at N = 8 is marked slow."""
 
 from __future__ import annotations
 
