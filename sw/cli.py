@@ -190,6 +190,30 @@ def _cmd_embed(args) -> int:
     return EXIT_OK
 
 
+def _per_layer(res, im, tokens: int, array: int) -> list | None:
+    """Cycles and utilisation of each encoder layer, and the cycles of its parts against
+    their ideal matmul (MACs / N^2) and vector (elements / N) cycles."""
+    from .compiler import part_work
+    if res.part_cycles is None:
+        return None
+    layers: list[dict] = []
+    for layer, name, cycles in res.part_cycles:
+        while len(layers) <= layer:
+            layers.append({"layer": len(layers), "cycles": 0, "ideal_cycles": 0, "parts": []})
+        macs, elements = part_work(im.meta, tokens, name)
+        entry = layers[layer]
+        entry["cycles"] += cycles
+        entry["ideal_cycles"] += macs / array ** 2
+        entry["parts"].append({"part": name, "cycles": cycles,
+                               "matmul_ideal": int(round(macs / array ** 2)),
+                               "vector_ideal": int(round(elements / array))})
+    for entry in layers:
+        c, ideal = entry["cycles"], entry["ideal_cycles"]
+        entry["ideal_cycles"] = int(round(ideal))
+        entry["utilization"] = round(ideal / c, 4) if c else None
+    return layers
+
+
 #: Backends that can write a waveform (``--waves``).
 WAVE_BACKENDS = ("verilator", "amaranth")
 
@@ -241,13 +265,7 @@ def _run_on_accelerator(args, model, im, ids, r: dict):
     r.update({"array": args.array, "cycles": cycles, "ideal_cycles": int(round(ideal)),
               "utilization": round(ideal / cycles, 4) if cycles else None,
               "bit_exact_vs_golden": bool(np.array_equal(res.hidden, ref))})
-    if res.layer_cycles is not None:
-        per = ideal / len(res.layer_cycles)
-        r["per_layer"] = [{"layer": i, "cycles": c, "ideal_cycles": int(round(per)),
-                           "utilization": round(per / c, 4) if c else None}
-                          for i, c in enumerate(res.layer_cycles)]
-    else:
-        r["per_layer"] = None
+    r["per_layer"] = _per_layer(res, im, len(ids), args.array)
     if "waves" in options:
         r["waves"] = str(options["waves"])
     if args.backend == "isa":

@@ -127,10 +127,19 @@ class CompiledModel:
     input: Tensor
     output: Tensor
     tensors: dict[str, Tensor] = field(default_factory=dict)
-    #: Per encoder layer, the index of its first instruction that is not a SYNC: once INSTRET
-    #: reaches it, every instruction before the layer has issued and the SYNC that separates
-    #: it from the previous layer has seen that layer finish.
-    layer_starts: tuple[int, ...] = ()
+    #: The program's parts in order, ``(layer, part, index)``: ``index`` is the part's first
+    #: instruction that is not a SYNC. Once INSTRET reaches it every instruction before the
+    #: part has issued, and where a SYNC precedes it (between the parts of PARTS, except
+    #: inside "attention") that SYNC has seen the work it waits for finish.
+    parts: tuple[tuple[int, str, int], ...] = ()
+
+    @property
+    def layer_starts(self) -> tuple[int, ...]:
+        """Per encoder layer, the index of its first part (layer 0's includes "emb_ln")."""
+        firsts: dict[int, int] = {}
+        for layer, _, index in self.parts:
+            firsts.setdefault(layer, index)
+        return tuple(firsts[k] for k in sorted(firsts))
 
     @property
     def end(self) -> int:
@@ -244,6 +253,30 @@ def _vector_records(mult, shift=0, bias=0, n=None) -> bytes:
     return rec.tobytes()
 
 
+#: The parts of an encoder layer, in program order ("emb_ln" opens layer 0).
+PARTS = ("emb_ln", "qkv_in", "qkv", "attention", "attn_out", "ln1", "ffn_in", "ffn1", "gelu",
+         "ffn2", "ln2")
+
+
+def part_work(meta: dict, tokens: int, part: str) -> tuple[int, int]:
+    """(multiply-accumulates, vector elements) of one part of one layer: the matmul work
+    and the elements the vector unit reads (one pass over its input)."""
+    T, H, F, heads = tokens, meta["hidden"], meta["ffn"], meta["heads"]
+    return {
+        "emb_ln": (0, T * H),
+        "qkv_in": (0, T * H),
+        "qkv": (T * H * 3 * H, 0),
+        "attention": (2 * heads * T * T * (H // heads), heads * T * T),
+        "attn_out": (T * H * H, 0),
+        "ln1": (0, T * H),
+        "ffn_in": (0, T * H),
+        "ffn1": (T * H * F, 0),
+        "gelu": (0, T * F),
+        "ffn2": (T * F * H, 0),
+        "ln2": (0, T * H),
+    }[part]
+
+
 def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARRAY,
                   port_bytes: int | None = None, base: int = 0,
                   layers: int | None = None) -> CompiledModel:
@@ -334,6 +367,17 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
 
     # --- Program ------------------------------------------------------------------------------
     sb = Scoreboard()
+    parts: list[tuple[int, str, int]] = []
+    opening: list[tuple[int, str]] = []          # a part that starts with the next command
+
+    def part(layer: int, name: str) -> None:
+        opening.append((layer, name))
+
+    def issue(ins) -> None:
+        sb.issue(ins)
+        if opening:
+            layer, name = opening.pop()
+            parts.append((layer, name, len(sb.instructions) - 1))
 
     def vec(op: VecOp, src: Tensor, dst: Tensor, **kw) -> None:
         f = dict(op=op, rows=src.rows, cols=src.cols, src_addr=src.addr, src_stride=src.stride,
@@ -342,7 +386,7 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
         if res is not None:
             f.update(res_addr=res.addr, res_stride=res.stride)
         f.update(kw)
-        sb.issue(isa.vector(**f))
+        issue(isa.vector(**f))
 
     def mm(a_addr, a_stride, m, k, n, b_addr, b_stride, c: Tensor, c_addr=None, p_addr=None,
            out_fmt=None, **kw) -> None:
@@ -351,7 +395,7 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
         if p_addr is not None:
             f.update(p_addr=p_addr, use_params=1, requant=1, out_fmt=out_fmt)
         f.update(kw)
-        sb.issue(isa.matmul(**f))
+        issue(isa.matmul(**f))
 
     def ln(src: Tensor, dst: Tensor, p_addr: int, shift: int, res: Tensor | None = None,
            res_shift: int = 0) -> None:
@@ -361,13 +405,14 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
     def rows_in(src: Tensor, dst: Tensor, p_addr: int, op=VecOp.REQUANT_ROWS) -> None:
         vec(op, src, dst, p_addr=p_addr, e_addr=rowexp.addr)
 
+    part(0, "emb_ln")
     ln(emb, h, emb_ln, _scalar(T["emb.ln.shift"]))
-    layer_starts = []
     for i, w in enumerate(L):
         p = f"L{i}"
         # Attention.
+        part(i, "qkv_in")
         rows_in(h, x8, w["qkv_in.rq"])
-        layer_starts.append(len(sb.instructions) - 1)
+        part(i, "qkv")
         mm(x8.addr, x8.stride, tokens, hidden, qkv_cols, w["qkv"].addr, w["qkv"].stride, qkv,
            p_addr=w["qkv.p"], out_fmt=I8, row_shift=1, e_addr=rowexp.addr)
         sm_mult, sm_shift = T[f"{p}.softmax.mult"], T[f"{p}.softmax.shift"]
@@ -387,25 +432,33 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
                row_shift=1, e_addr=probs_exp[hd % 2].addr)
 
         # Software pipeline: head h+1's scores are computed while head h's softmax runs.
+        part(i, "attention")
         head_scores(0)
         for hd in range(heads):
             if hd + 1 < heads:
                 head_scores(hd + 1)
             head_context(hd)
+        part(i, "attn_out")
         mm(ctx.addr, ctx.stride, tokens, ctx_cols, hidden, w["attn_out"].addr, w["attn_out"].stride,
            acc, p_addr=w["attn_out.p"], out_fmt=I32)
+        part(i, "ln1")
         ln(acc, h1, w["ln1"], _scalar(T[f"{p}.ln1.shift"]), res=h,
            res_shift=_scalar(T[f"{p}.attn_out.res_shift"]))
         # Feed-forward.
+        part(i, "ffn_in")
         rows_in(h1, x8, w["ffn_in.rq"])
+        part(i, "ffn1")
         mm(x8.addr, x8.stride, tokens, hidden, ffn, w["ffn1"].addr, w["ffn1"].stride, inter,
            p_addr=w["ffn1.p"], out_fmt=I16, row_shift=1, e_addr=rowexp.addr)
+        part(i, "gelu")
         rows_in(inter, g, w["gelu.rq"], op=VecOp.GELU_ROWS)
+        part(i, "ffn2")
         mm(g.addr, g.stride, tokens, ffn, hidden, w["ffn2"].addr, w["ffn2"].stride, acc,
            p_addr=w["ffn2.p"], out_fmt=I32, row_shift=1, e_addr=rowexp.addr, a_unsigned=1)
+        part(i, "ln2")
         ln(acc, h, w["ln2"], _scalar(T[f"{p}.ln2.shift"]), res=h1,
            res_shift=_scalar(T[f"{p}.ffn2.res_shift"]))
-    sb.issue(isa.halt())
+    issue(isa.halt())
 
     program = Program(sb.instructions)
     code = program.code
@@ -413,4 +466,4 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
     img.put(program_addr, code)
     window_size = _round_up(alloc.top - base, WINDOW_ALIGN)
     return CompiledModel(config, tokens, base, window_size, img.build(window_size), program,
-                         program_addr, emb, h, dict(alloc.tensors), tuple(layer_starts))
+                         program_addr, emb, h, dict(alloc.tensors), tuple(parts))

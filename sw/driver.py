@@ -292,9 +292,20 @@ class RunResult:
     compiled: CompiledModel | None = field(default=None, repr=False)
     #: Seconds the backend spent building itself (a Verilator model on a cache miss).
     build_s: float = 0.0
-    #: Cycles of each encoder layer (the first includes the embedding LayerNorm), from the
-    #: backend's counters at the layer boundaries; None when the backend cannot stop there.
-    layer_cycles: list[int] | None = None
+    #: Cycles of each part of the program, ``[(layer, part, cycles)]`` in program order
+    #: (CompiledModel.parts), from the backend's counters at the part boundaries; None when
+    #: the backend cannot stop there.
+    part_cycles: list[tuple[int, str, int]] | None = None
+
+    @property
+    def layer_cycles(self) -> list[int] | None:
+        """Cycles of each encoder layer (the first includes the embedding LayerNorm)."""
+        if self.part_cycles is None:
+            return None
+        out: dict[int, int] = {}
+        for layer, _, c in self.part_cycles:
+            out[layer] = out.get(layer, 0) + c
+        return [out[k] for k in sorted(out)]
 
     @property
     def embedding(self) -> np.ndarray:
@@ -310,20 +321,20 @@ def run_compiled(backend: Backend, compiled: CompiledModel, e: np.ndarray,
     acc.load(compiled)
     backend.write_memory(compiled.input.addr, compiled.input.pack(e))
     acc.start(compiled.program_addr)
-    marks = list(compiled.layer_starts[1:])
+    marks = [index for _, _, index in compiled.parts[1:]]
     acc.wait(max_cycles=max_cycles, timeout_s=timeout_s, progress=progress, marks=marks)
     out = compiled.output
     hidden = out.unpack(backend.read_memory(out.addr, out.nbytes))
     build_s = float(getattr(getattr(backend, "model", None), "build_seconds", 0.0) or 0.0)
     counters = acc.counters()
-    layer_cycles = None
-    if len(compiled.layer_starts) == 1 and counters["cycles"]:
-        layer_cycles = [counters["cycles"]]
-    elif compiled.layer_starts and acc.mark_cycles is not None and None not in acc.mark_cycles:
-        edges = [0, *acc.mark_cycles, counters["cycles"]]
-        layer_cycles = [b - a for a, b in zip(edges, edges[1:])]
+    part_cycles = None
+    found = [] if len(compiled.parts) == 1 else acc.mark_cycles
+    if compiled.parts and counters["cycles"] and found is not None and None not in found:
+        edges = [0, *found, counters["cycles"]]
+        part_cycles = [(layer, name, b - a)
+                       for (layer, name, _), a, b in zip(compiled.parts, edges, edges[1:])]
     return RunResult(hidden, counters, backend.name, compiled=compiled, build_s=build_s,
-                     layer_cycles=layer_cycles)
+                     part_cycles=part_cycles)
 
 
 def run_embedding(backend_name: str, model, im: IntegerModel, ids, array: int = 8,

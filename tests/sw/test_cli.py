@@ -122,6 +122,10 @@ def test_embed_on_the_isa_backend_is_bit_exact(cache, capsys):
     assert sum(x["cycles"] for x in layers) == r["cycles"]
     assert all(0 < x["utilization"] <= 1 and x["ideal_cycles"] > 0 for x in layers)
     assert abs(sum(x["ideal_cycles"] for x in layers) - r["ideal_cycles"]) <= 6
+    for x in layers:
+        assert sum(p["cycles"] for p in x["parts"]) == x["cycles"]
+        assert [p["part"] for p in x["parts"]][-2:] == ["ffn2", "ln2"]
+        assert all(p["cycles"] >= max(p["matmul_ideal"], 1) for p in x["parts"])
     code, out, _ = run(capsys, "embed", "--json", "Hi there")
     assert json.loads(out)["results"][0]["embedding"] == r["embedding"]
 

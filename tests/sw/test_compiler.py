@@ -123,3 +123,27 @@ def test_run_embedding_golden_and_isa_agree(minilm, int_model):
     assert np.array_equal(emb, golden.embedding(minilm, int_model, ids))
     with pytest.raises(ValueError, match="unknown backend"):
         run_embedding("nonsense", minilm, int_model, ids)
+
+
+@pytest.mark.parametrize("layers", [1, 2, None])
+def test_parts_mark_the_program(int_model, layers):
+    """Every layer has the parts of PARTS in order; each mark is the part's first non-SYNC
+    instruction; the isa backend's part cycles add up to CYCLES."""
+    from celosia.sw.compiler import PARTS
+    compiled = compile_model(int_model, 5, array=4, layers=layers)
+    n = int_model.meta["layers"] if layers is None else layers
+    names = [name for _, name, _ in compiled.parts]
+    assert names == ["emb_ln"] + list(PARTS[1:]) * n
+    assert [layer for layer, _, _ in compiled.parts] == [0] * len(PARTS) + sum(
+        ([k] * (len(PARTS) - 1) for k in range(1, n)), [])
+    index = [i for _, _, i in compiled.parts]
+    assert index == sorted(set(index))
+    code = compiled.program.instructions
+    assert all(code[i].opcode in (Opcode.MATMUL, Opcode.VECTOR) for i in index)
+    assert len(compiled.layer_starts) == n
+    e = np.zeros((5, int_model.meta["hidden"]), dtype=np.int64)
+    result = _run_isa(compiled, int_model, e)
+    assert [(l, p) for l, p, _ in result.part_cycles] == [(l, p) for l, p, _ in compiled.parts]
+    assert sum(c for _, _, c in result.part_cycles) == result.counters["cycles"]
+    assert all(c > 0 for _, _, c in result.part_cycles)
+    assert sum(result.layer_cycles) == result.counters["cycles"]
