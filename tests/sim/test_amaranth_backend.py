@@ -66,10 +66,11 @@ def test_matmul_program_matches_isa_sim(cfg, latency, stall):
           f"{sim} simulated in {wall:.2f} s, {sim / wall:.0f} cycles/s")
 
 
-def tiny_model(im: IntegerModel, hidden: int = 16, heads: int = 2, ffn: int = 32) -> IntegerModel:
-    """The first layer of ``im`` cut down to ``hidden`` features, ``heads`` heads (the first
-    ``hidden // heads`` dimensions of each of the first heads) and ``ffn`` FFN units: a real
-    layer's integer parameters, small enough for the Python simulator."""
+def tiny_model(im: IntegerModel, hidden: int = 16, heads: int = 2, ffn: int = 32,
+               layers: int = 1) -> IntegerModel:
+    """The first ``layers`` layers of ``im`` cut down to ``hidden`` features, ``heads`` heads
+    (the first ``hidden // heads`` dimensions of each of the first heads) and ``ffn`` FFN units:
+    real layers' integer parameters, small enough for the Python simulator."""
     H, n_heads = im.meta["hidden"], im.meta["heads"]
     dh0, dh = H // n_heads, hidden // heads
     hid = np.arange(hidden)
@@ -81,9 +82,12 @@ def tiny_model(im: IntegerModel, hidden: int = 16, heads: int = 2, ffn: int = 32
     out = {}
     for key, value in im.tensors.items():
         v = np.asarray(value)
-        if key.startswith("L") and not key.startswith("L0."):
-            continue
-        name = key[3:] if key.startswith("L0.") else None
+        layer, _, name = key.partition(".")
+        if layer.startswith("L"):
+            if int(layer[1:]) >= layers:
+                continue
+        else:
+            name = None
         if v.ndim == 0:
             out[key] = v
         elif name is None or name.startswith(per_hidden):
@@ -106,15 +110,19 @@ def tiny_model(im: IntegerModel, hidden: int = 16, heads: int = 2, ffn: int = 32
             out[key] = v[np.ix_(ff, hid)]
         else:
             raise KeyError(key)
-    return IntegerModel(out, dict(im.meta, hidden=hidden, heads=heads, ffn=ffn, layers=1))
+    return IntegerModel(out, dict(im.meta, hidden=hidden, heads=heads, ffn=ffn, layers=layers))
 
 
-@pytest.mark.parametrize("array,tokens,latency,stall", [(4, 4, 2, 0.0), (2, 2, 5, 0.25)])
-def test_one_layer_model_is_bit_exact(minilm, int_model, array, tokens, latency, stall):
-    """Embedding LayerNorm, then a whole encoder layer (QKV, per-head scores, softmax, context,
+@pytest.mark.parametrize("array,tokens,layers,latency,stall", [(4, 4, 1, 2, 0.0),
+                                                               (2, 2, 1, 5, 0.25),
+                                                               (4, 2, 2, 3, 0.0)])
+def test_small_model_is_bit_exact(minilm, int_model, array, tokens, layers, latency, stall):
+    """Embedding LayerNorm, then whole encoder layers (QKV, per-head scores, softmax, context,
     output projection, residual + LayerNorm, FFN with GELU, residual + LayerNorm): the int16
-    hidden state of golden.forward and of the isa backend (at N = 2 with AXI stalls)."""
-    tm = tiny_model(int_model)
+    hidden state of golden.forward and of the isa backend (at N = 2 with AXI stalls); with two
+    layers, the cycles of each (the driver stops at the layer boundary with
+    advance_to_retired)."""
+    tm = tiny_model(int_model, layers=layers)
     ids = minilm.tokenizer.encode("Hello world.")[0][:tokens]
     assert len(ids) == tokens
     e = golden.embed_int32(minilm, int_model, ids)[:, :tm.meta["hidden"]]
@@ -133,8 +141,13 @@ def test_one_layer_model_is_bit_exact(minilm, int_model, array, tokens, latency,
     assert np.array_equal(result.hidden, want)
     for name in ("instructions", "matmul_count", "vector_count"):
         assert result.counters[name] == isa.counters[name], name
+    per_layer = getattr(result, "layer_cycles", None)
+    if layers > 1 and hasattr(compiled, "layer_starts"):
+        assert per_layer is not None and len(per_layer) == layers
+        assert sum(per_layer) == result.counters["cycles"] and min(per_layer) > 0
     sim = backend.model.cycle - c0
-    print(f"one layer, 16 features, {len(ids)} tokens, N={array}, stall {stall}: "
+    print(f"{layers} layer(s), 16 features, {len(ids)} tokens, N={array}, stall {stall}: "
+          f"per layer {per_layer}, "
           f"{result.counters['cycles']} cycles (isa_sim model {isa.counters['cycles']}), "
           f"build {built - t0:.2f} s, {sim} simulated in {wall:.2f} s, {sim / wall:.0f} cycles/s")
 
