@@ -98,7 +98,8 @@ class Accelerator(wiring.Component):
         W = self.port_bytes
         sz = self.sizing
         m.submodules.csr = csr = CsrBlock(self.array, W, counter_bits=sz.counter_bits,
-                                          cycle_bits=sz.cycle_bits)
+                                          cycle_bits=sz.cycle_bits,
+                                          perf_counters=sz.perf_counters)
         m.submodules.ctrl = ctrl = Controller(W, vector=self.has_vector, k_max=self.k_max,
                                               queue=sz.queue, addr_bits=sz.addr_bits,
                                               issue_slot=sz.issue_slot,

@@ -354,6 +354,8 @@ class Controller(wiring.Component):
         idle_mm = ~mm_busy
         idle_vec = ~vec_busy
         m.d.comb += self.error_code.eq(Mux(self.error, code, 0))
+        # Both are kept from the stop until the next START.
+        m.d.comb += self.error_pc.eq(Mux(self.error, Mux(unit_err, unit_pc, code_pc), 0))
 
         def stop_with(err, at):
             m.d.sync += [code.eq(err), code_pc.eq(at)]
@@ -370,7 +372,7 @@ class Controller(wiring.Component):
                     m.d.sync += [
                         base.eq(self.win_base), size.eq(self.win_size), pc.eq(self.prog_addr),
                         self.running.eq(1), self.done.eq(0), self.error.eq(0),
-                        self.error_pc.eq(0), code.eq(0), code_pc.eq(0),
+                        code.eq(0), code_pc.eq(0),
                         unit_err.eq(0), abort_req.eq(0),
                     ]
                     beyond = C(0, 1)
@@ -573,11 +575,11 @@ class Controller(wiring.Component):
                         # count an instruction that fails.
                         m.d.comb += [self.unretire_mm.eq(~unit_vec), self.unretire_vec.eq(unit_vec)]
                         m.d.sync += [self.error.eq(1), code.eq(unit_code),
-                                     self.error_pc.eq(unit_pc), pc.eq(unit_pc)]
+                                     pc.eq(unit_pc)]
                     with m.Elif(code == ErrorCode.OK):
                         m.d.sync += self.done.eq(1)
                     with m.Else():
-                        m.d.sync += [self.error.eq(1), self.error_pc.eq(code_pc),
+                        m.d.sync += [self.error.eq(1),
                                      pc.eq(code_pc)]
                     m.next = "IDLE"
         return m

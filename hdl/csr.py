@@ -13,7 +13,8 @@ how each is produced. Semantics follow ``sw/isa_sim.py``:
   latches the high word, which CYCLES_HI then returns, so a LO-then-HI read is consistent.
   The 32-bit busy/stall counters saturate, the event counters wrap. A board-sized build
   (``counter_bits``, ``cycle_bits``; ``params.Sizing``) has narrower counters: they saturate or
-  wrap at their own width and the bits above read as 0.
+  wrap at their own width and the bits above read as 0; without ``perf_counters`` MATMUL_BUSY,
+  VECTOR_BUSY and SYNC_STALL read 0.
 * Writes to read-only or unmapped offsets are ignored (response OKAY); reads of unmapped
   offsets return 0. Byte strobes apply to the read/write registers.
 """
@@ -41,10 +42,11 @@ class CsrBlock(wiring.Component):
     :class:`celosia.hdl.controller.Controller` for their meaning)."""
 
     def __init__(self, array: int, port_bytes: int, *, counter_bits: int = 32,
-                 cycle_bits: int = 64):
+                 cycle_bits: int = 64, perf_counters: bool = True):
         assert 1 <= counter_bits <= 32 and 1 <= cycle_bits <= 64
         self.array, self.port_bytes = array, port_bytes
         self.counter_bits, self.cycle_bits = counter_bits, cycle_bits
+        self.perf_counters = perf_counters
         super().__init__({
             "bus": In(AXI4LiteSignature(CSR_ADDR_BITS, 32)),
             "start": Out(1), "abort": Out(1), "clear": Out(1),
@@ -77,9 +79,10 @@ class CsrBlock(wiring.Component):
         # Counters (the start/clear resets below come later and take precedence).
         with m.If(self.running):
             m.d.sync += cycles.eq(cycles + 1)
-        sat_inc(mm_busy_n, self.mm_busy)
-        sat_inc(vec_busy_n, self.vec_busy)
-        sat_inc(stall_n, self.stall)
+        if self.perf_counters:
+            sat_inc(mm_busy_n, self.mm_busy)
+            sat_inc(vec_busy_n, self.vec_busy)
+            sat_inc(stall_n, self.stall)
         with m.If(self.retire):
             m.d.sync += instret.eq(instret + 1)
         with m.Elif(self.unretire_mm | self.unretire_vec):

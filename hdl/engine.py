@@ -122,7 +122,8 @@ class MatmulEngine(wiring.Component):
                                               addr_bits=self.addr_bits)
         m.submodules.feeder = feeder = Feeder(n, w, k_max=k_max)
         m.submodules.array = array = SystolicArray(n)
-        m.submodules.collector = collector = Collector(n, w)
+        lean = self.epilogue_lanes is not None and self.epilogue_lanes < n
+        m.submodules.collector = collector = Collector(n, w, in_place=lean)
         m.submodules.epilogue = epilogue = Epilogue(n, self.epilogue_lanes, self.epilogue_registers)
         m.submodules.writer = writer = Writer(n, w, self.addr_bits)
         for unit in (loader, feeder, collector, writer):
@@ -157,6 +158,7 @@ class MatmulEngine(wiring.Component):
         m.submodules.d_pad = d_pad = Scratchpad(write_bytes=w, read_bytes=4 * n,
                                                 depth_bytes=4 * n * g)
         m.submodules.e_pad = e_pad = Scratchpad(write_bytes=w, read_bytes=n,
+                                                block_ram=self.bram_pads,
                                                 depth_bytes=max(n, w))
         tokens = []
         for name in ("a", "b", "p", "d", "e"):

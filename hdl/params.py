@@ -157,7 +157,10 @@ class Sizing:
     outstanding
         Read requests the matmul engine keeps in flight.
     bram_pads
-        The parameter scratchpad (two lines per buffer) in block RAM instead of flip-flops.
+        The parameter and exponent scratchpads (a few lines per buffer) in block RAM instead of
+        flip-flops.
+    perf_counters
+        MATMUL_BUSY, VECTOR_BUSY and SYNC_STALL count (without: they read 0).
     """
     addr_bits: int = ADDR_BITS
     epilogue_lanes: int | None = None
@@ -169,6 +172,7 @@ class Sizing:
     cycle_bits: int = 64
     outstanding: int = 32
     bram_pads: bool = False
+    perf_counters: bool = True
 
     def __post_init__(self):
         if not 12 <= self.addr_bits <= ADDR_BITS:
@@ -182,11 +186,13 @@ class Sizing:
 #: The full-size accelerator.
 FULL = Sizing()
 #: A small FPGA (iCE40UP5K): 64 KiB reach, one epilogue lane, no issue slot, serial span
-#: checks, 24-bit event counters, a 40-bit cycle counter, parameter records in block RAM.
+#: checks, 24-bit event counters, a 40-bit cycle counter and no busy/stall counters, the small
+#: scratchpads in block RAM.
 SMALL = Sizing(addr_bits=16, epilogue_lanes=1,
                epilogue_registers=(False, True, True, True, True, True), issue_slot=False,
                serial_check=True, queue=1,
-               counter_bits=24, cycle_bits=40, outstanding=32, bram_pads=True)
+               counter_bits=24, cycle_bits=40, outstanding=32, bram_pads=True,
+               perf_counters=False)
 
 
 def check_config(array: int, port_bytes: int, k_max: int = K_MAX) -> None:

@@ -524,9 +524,15 @@ class Feeder(_Unit):
 
 class Collector(_Unit):
     """Joins each result row of the array with its column parameters, addend row and row
-    exponent."""
+    exponent.
 
-    def __init__(self, array, port_bytes):
+    ``in_place``: instead of registering the row, read the scratchpads for the row the array
+    offers, then offer it on ``o`` straight from the array's output register and take it from
+    the array when the epilogue takes it (two cycles per row, which an epilogue with fewer lanes
+    than the array needs anyway)."""
+
+    def __init__(self, array, port_bytes, in_place=False):
+        self.in_place = in_place
         g = group_cols(array, port_bytes)
         self.e_chunks = max(1, port_bytes // array)     # panels sharing one exponent beat
         super().__init__(array, port_bytes, {
@@ -572,8 +578,6 @@ class Collector(_Unit):
         t = Signal(range(self.group))
         m.d.comb += t.eq(Cat(walk.blk, row) if self.group > n else row)
         m.d.comb += [
-            enable.eq(~v1 | self.o.ready),
-            self.i.ready.eq(enable & running & ready_tokens),
             accept.eq(self.i.valid & self.i.ready),
             self.p_r_en.eq(enable), self.p_r_buf.eq(p_buf), self.p_r_addr.eq(walk.blk),
             self.d_r_en.eq(enable), self.d_r_buf.eq(d_buf),
@@ -583,10 +587,32 @@ class Collector(_Unit):
             self.e_r_addr.eq(walk.p[:_log2(self.e_chunks)] if self.e_chunks > 1 else 0),
             self.release_e_buf.eq(e_buf),
         ]
+        if self.in_place:
+            # Phase 0: the scratchpads are read for the offered row; phase 1: it is offered on.
+            phase = Signal()
+            m.d.comb += [
+                enable.eq(~phase),
+                self.o.valid.eq(phase & self.i.valid),
+                self.i.ready.eq(phase & self.o.ready),
+                acc1.eq(self.i.payload), half1.eq(t[0]), row1.eq(row),
+            ]
+            with m.If(~phase & self.i.valid & running & ready_tokens):
+                m.d.sync += phase.eq(1)
+            with m.If(accept | self.start):
+                m.d.sync += phase.eq(0)
+        else:
+            m.d.comb += [
+                enable.eq(~v1 | self.o.ready),
+                self.i.ready.eq(enable & running & ready_tokens),
+                self.o.valid.eq(v1),
+            ]
+            with m.If(accept):
+                m.d.sync += [v1.eq(1), acc1.eq(self.i.payload), half1.eq(t[0]), row1.eq(row)]
+            with m.Elif(enable):
+                m.d.sync += v1.eq(0)
         with m.If(self.start):
             m.d.sync += [running.eq(1), row.eq(0), *walk.reset()]
         with m.If(accept):
-            m.d.sync += [v1.eq(1), acc1.eq(self.i.payload), half1.eq(t[0]), row1.eq(row)]
             with m.If(row_last):
                 m.d.sync += row.eq(0)
                 walk.advance(m)
@@ -600,11 +626,9 @@ class Collector(_Unit):
                     m.d.sync += running.eq(0)
             with m.Else():
                 m.d.sync += row.eq(row + 1)
-        with m.Elif(enable):
-            m.d.sync += v1.eq(0)
 
         o = self.o.payload
-        m.d.comb += [self.o.valid.eq(v1), o.acc.eq(acc1)]
+        m.d.comb += o.acc.eq(acc1)
         exp = self.e_r_data.word_select(row1, 8)
         m.d.comb += o.row_shift.eq(Mux(cmd.row_shift, Mux(exp > ROW_EXP_MAX, ROW_EXP_MAX, exp), 0))
         rec = PARAM_RECORD_BYTES * 8
