@@ -6,7 +6,9 @@ of an FPGA board (``fpga/bridge.py``; frames in docs/fpga.md, "The UART protocol
 (memory size, core clock) and then speaks one request, one reply:
 
 * ``read_csr``/``write_csr``: READ_CSR/WRITE_CSR at the offset of ``celosia.hdl.isa.CSR``;
-* ``read_memory``/``write_memory``: READ_MEM/WRITE_MEM in chunks of up to 256 bytes;
+* ``read_memory``/``write_memory``: READ_MEM/WRITE_MEM in chunks of up to 256 bytes (halved,
+  down to 32, while chunks need more than two attempts, split after four failed ones; doubled
+  back after 8 clean ones);
 * ``advance``: polls STATUS until ``busy`` clears or the cycle limit (CYCLES_LO/HI) or the
   time limit passes; ``advance_to_retired`` also stops when INSTRET reaches a count (the
   driver's per-layer cycles).
@@ -31,8 +33,8 @@ reports end of file, or a request with no valid reply after the retries, raises
 Idempotence. Reads, memory writes and register writes may be executed twice when a reply is
 lost and the request is sent again; that is harmless for all of them except a CTRL write
 that starts a program (it would run the program again once it has finished). The rule for a
-start: before it, the backend reads STATUS (a start while busy is ignored by the board, so it
-is sent like any write); otherwise it first writes CTRL with only ``clear_counters`` when the
+start: before it, the backend reads STATUS (a start while busy is ignored by the board; it is
+sent, but never resent); otherwise it first writes CTRL with only ``clear_counters`` when the
 start asks for it, then takes a snapshot (STATUS done/error, ERROR, CYCLES, INSTRET); after a
 failed attempt it re-reads them and sends the start again only when the board is not busy and
 nothing changed — a start that was taken makes the board busy and counts at least one cycle.
@@ -51,6 +53,10 @@ __all__ = ["SerialBackend", "SerialLinkError", "BridgeError", "serial_backend",
            "serial_backend_factory", "DEFAULT_BAUD"]
 
 DEFAULT_BAUD = 115200
+#: Smallest memory chunk on a noisy line.
+MIN_CHUNK = 32
+#: Attempts at a memory chunk larger than MIN_CHUNK before it is split.
+SPLIT_ATTEMPTS = 4
 #: Seconds each read call of the port may block (the deadlines are checked between calls).
 READ_SLICE = 0.01
 
@@ -77,6 +83,10 @@ class BridgeError(RuntimeError):
     def __init__(self, status: BridgeStatus, request: str):
         super().__init__(f"board answered {status.name} to {request}")
         self.status, self.request = status, request
+
+
+class _TooNoisy(Exception):
+    """A memory chunk failed SPLIT_ATTEMPTS times: send it in smaller pieces."""
 
 
 class _BadReply(Exception):
@@ -116,7 +126,11 @@ class SerialBackend:
         self.poll_s = poll_s
         #: Link statistics: requests, resends, timeouts, bad replies, drains, bytes each way.
         self.stats = dict(requests=0, retries=0, timeouts=0, bad_replies=0, rejected=0,
-                          drains=0, bytes_out=0, bytes_in=0, starts_taken_late=0)
+                          drains=0, bytes_out=0, bytes_in=0, starts_taken_late=0,
+                          min_chunk=MAX_LEN, splits=0)
+        #: Bytes per READ_MEM/WRITE_MEM (adapts to the line, see _adapt).
+        self.chunk = MAX_LEN
+        self._attempts, self._clean = 1, 0
         if isinstance(port_or_url, str):
             self.port = port_or_url
             self._ser = self._open(port_or_url)
@@ -160,18 +174,49 @@ class SerialBackend:
     def read_memory(self, addr: int, size: int) -> bytes:
         self._check_range(addr, size)
         out = bytearray()
-        for at in range(addr, addr + size, MAX_LEN):
-            n = min(MAX_LEN, addr + size - at)
-            out += self._transact(Cmd.READ_MEM, at, n, what=f"READ_MEM {n} bytes at {at:#x}")
+        at, end = addr, addr + size
+        while at < end:
+            n = min(self.chunk, end - at)
+            try:
+                out += self._transact(Cmd.READ_MEM, at, n, what=f"READ_MEM {n} bytes at {at:#x}",
+                                      split=n > MIN_CHUNK)
+            except _TooNoisy:
+                self.chunk = max(MIN_CHUNK, n // 2)
+                continue
+            self._adapt()
+            at += n
         return bytes(out)
 
     def write_memory(self, addr: int, raw: bytes) -> None:
         raw = bytes(raw)
         self._check_range(addr, len(raw))
-        for off in range(0, len(raw), MAX_LEN):
-            chunk = raw[off:off + MAX_LEN]
-            self._transact(Cmd.WRITE_MEM, addr + off, len(chunk), chunk,
-                           what=f"WRITE_MEM {len(chunk)} bytes at {addr + off:#x}")
+        off = 0
+        while off < len(raw):
+            chunk = raw[off:off + self.chunk]
+            try:
+                self._transact(Cmd.WRITE_MEM, addr + off, len(chunk), chunk,
+                               what=f"WRITE_MEM {len(chunk)} bytes at {addr + off:#x}",
+                               split=len(chunk) > MIN_CHUNK)
+            except _TooNoisy:
+                self.chunk = max(MIN_CHUNK, len(chunk) // 2)
+                continue
+            self._adapt()
+            off += len(chunk)
+
+    def _adapt(self) -> None:
+        """Memory chunk size: halved (down to MIN_CHUNK) after a chunk that needed more than
+        two attempts (a chunk that fails SPLIT_ATTEMPTS times is split at once), doubled back
+        (up to 256) after 8 chunks that went through at once, so a noisy line still moves
+        data."""
+        if self._attempts > 2:
+            self.chunk = max(MIN_CHUNK, self.chunk // 2)
+            self._clean = 0
+        elif self._attempts == 1:
+            self._clean += 1
+            if self._clean >= 8 and self.chunk < MAX_LEN:
+                self.chunk = min(MAX_LEN, 2 * self.chunk)
+                self._clean = 0
+        self.stats["min_chunk"] = min(self.stats["min_chunk"], self.chunk)
 
     def read_csr(self, name: str) -> int:
         reg = getattr(CSR, name)
@@ -230,7 +275,9 @@ class SerialBackend:
         (see the module's docstring)."""
         status = self.read_csr("STATUS")
         if CSR.STATUS.get(status, "busy"):
-            self._write_csr("CTRL", value)        # ignored by a running board
+            # A running board ignores a start: deliver it at most once, never resend it (the
+            # program may end meanwhile, and a resent start would then run it again).
+            self._write_csr("CTRL", value, taken=lambda: True)
             return
         if CSR.CTRL.get(value, "clear_counters"):
             self._write_csr("CTRL", CSR.CTRL.make(clear_counters=1))
@@ -255,10 +302,12 @@ class SerialBackend:
     # --- framing -----------------------------------------------------------------------------
 
     def _transact(self, cmd: Cmd, addr: int = 0, length: int = 1, payload: bytes = b"", *,
-                  what: str, taken: Callable[[], bool] | None = None) -> bytes:
+                  what: str, taken: Callable[[], bool] | None = None,
+                  split: bool = False) -> bytes:
         """Send one request until a valid OK reply comes; its data. ``taken``, when given, is
         asked before every resend whether the request took effect although its reply was lost
-        (then no resend)."""
+        (then no resend). ``split``: give up with _TooNoisy after SPLIT_ATTEMPTS attempts
+        (the caller sends the range in smaller chunks)."""
         if self._closed:
             raise SerialLinkError("port closed", what)
         frame = request(cmd, addr, length, payload)
@@ -266,6 +315,11 @@ class SerialBackend:
         self.stats["requests"] += 1
         reason, timed_out = "", False
         for attempt in range(self.retries + 1):
+            if split and attempt == SPLIT_ATTEMPTS:
+                self._recover(attempt, what)
+                self.stats["splits"] += 1
+                self._clean = 0
+                raise _TooNoisy()
             if attempt:
                 self.stats["retries"] += 1
                 self._recover(attempt, what)
@@ -283,6 +337,7 @@ class SerialBackend:
             if status == BridgeStatus.OK:
                 if timed_out:
                     self._drain(what)
+                self._attempts = attempt + 1
                 return data
             # BAD_CRC/BAD_CMD/BAD_LEN, or BAD_ADDR for a range checked here: the board saw a
             # corrupted request. BUS_ERROR is the board's answer when it comes twice in a row

@@ -282,6 +282,23 @@ def test_one_fault_is_retried(link, fault):
     assert not ser.faults
 
 
+def test_chunks_shrink_on_a_noisy_line(link):
+    board, ser, be = link
+    data = bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8))
+    ser.faults = [("rep_lost",), ("req_drop", 9)]      # the first chunk takes three attempts
+    be.write_memory(0, data)
+    sizes = [f[2] for f in board.frames if f[0] == Cmd.WRITE_MEM]
+    assert sizes[:4] == [256, 256, 128, 128]            # the lost reply's copy ran twice
+    assert sizes[2 + 8] == 256 and be.stats["min_chunk"] == 128
+    assert bytes(board.mem[:3000]) == data
+    # A chunk that fails four times is split at once.
+    board.frames.clear()
+    ser.faults = [("rep_flip", 4)] * 4
+    assert be.read_memory(0, 3000) == data
+    sizes = [f[2] for f in board.frames if f[0] == Cmd.READ_MEM]
+    assert sizes[:6] == [256] * 4 + [128, 128] and be.stats["splits"] == 1
+
+
 def test_many_faults_in_a_row(link):
     board, ser, be = link
     ser.faults = [("rep_flip", 2), ("req_drop", 1), ("rep_lost",), ("garbage", b"\x5a\x5a")]
@@ -323,7 +340,7 @@ def test_lost_reply_to_a_start_is_not_resent(link):
         be.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
         assert board.runs == 4 + n and not ser.faults
     assert be.stats["starts_taken_late"] == 4
-    # A start while running is ignored by the board, so it is simply sent again.
+    # A start while running is ignored by the board: sent, never resent.
     ser.faults = [("rep_lost", 0, _is_start)]
     be.write_csr("CTRL", CSR.CTRL.make(start=1))
     assert board.runs == 6 and not ser.faults
