@@ -22,7 +22,7 @@ from pathlib import Path
 from .boards import BOARDS
 from .top import DEFAULT_BAUD, CelosiaTop
 
-__all__ = ["add_arguments", "run", "build", "parse_nextpnr_log", "tool_env"]
+__all__ = ["add_arguments", "run", "build", "parse_nextpnr_log", "tool_env", "tool_options"]
 
 TOP_NAME = "celosia_top"
 
@@ -72,6 +72,15 @@ def parse_nextpnr_log(text: str) -> dict:
     return {"utilisation": util, "clocks": fmax}
 
 
+def tool_options(board, seed: int | None = None) -> dict:
+    """Overrides for the platform's build: the board's Yosys synthesis options (iCE40: ``-dsp``
+    so that multipliers use the SB_MAC16s) and nextpnr's."""
+    opts = ["--timing-allow-fail"]
+    if seed is not None:
+        opts += ["--seed", str(seed)]
+    return {"synth_opts": board.synth_opts, "nextpnr_opts": " ".join(opts)}
+
+
 def _count(util: dict, *names) -> tuple[int, int]:
     for n in names:
         if n in util:
@@ -89,14 +98,11 @@ def build(board: str, array: int | None = None, clock_mhz: float | None = None,
     tool_env()
     top = CelosiaTop(b, array=array, clock_mhz=clock_mhz, vector=vector, baud=baud)
     platform = b.platform()
-    opts = ["--timing-allow-fail"]
-    if seed is not None:
-        opts += ["--seed", str(seed)]
     t0 = time.monotonic()
     error = None
     try:
         platform.build(top, name=TOP_NAME, build_dir=str(out_dir), do_program=False,
-                       synth_opts=b.synth_opts, nextpnr_opts=" ".join(opts))
+                       **tool_options(b, seed))
     except Exception as e:            # noqa: BLE001 - reported, with the log's tail
         error = f"{type(e).__name__}: {e}"
     wall = time.monotonic() - t0

@@ -113,7 +113,7 @@ class Accelerator(wiring.Component):
                                                 hold_cmd=not sz.issue_slot)
         ports = [ctrl.mem, mm.mem]
         if self.has_vector:
-            m.submodules.vector = vec = self.vector_factory(self.array, W)
+            m.submodules.vector = vec = self.vector_factory(sz.vector_lanes or self.array, W)
             ports.append(vec.mem)
         m.submodules.arbiter = arb = MemArbiter(len(ports), W, outstanding=2 * self.outstanding + 16)
         m.submodules.axi = axi = AxiMaster(W)

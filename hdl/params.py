@@ -161,6 +161,8 @@ class Sizing:
         flip-flops.
     perf_counters
         MATMUL_BUSY, VECTOR_BUSY and SYNC_STALL count (without: they read 0).
+    vector_lanes
+        Lanes of the vector engine (``None``: the array width).
     """
     addr_bits: int = ADDR_BITS
     epilogue_lanes: int | None = None
@@ -173,6 +175,7 @@ class Sizing:
     outstanding: int = 32
     bram_pads: bool = False
     perf_counters: bool = True
+    vector_lanes: int | None = None
 
     def __post_init__(self):
         if not 12 <= self.addr_bits <= ADDR_BITS:
