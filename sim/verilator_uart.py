@@ -8,8 +8,9 @@ which bit-bangs the UART lines and carries the bytes to a socket on 127.0.0.1.
         backend = SerialBackend(board.url, **board.backend_options())
         ...
 
-``board.url`` is a pyserial URL (``socket://127.0.0.1:PORT``); the harness runs in a
-background thread (a ctypes call, which releases the GIL) until :meth:`SimBoard.stop`.
+``board.url`` is a pyserial URL (``socket://127.0.0.1:PORT``), or with ``pty=True`` the path
+of a pseudo-terminal (``/dev/pts/N``, opened by pyserial as a serial port); the harness runs
+in a background thread (a ctypes call, which releases the GIL) until :meth:`SimBoard.stop`.
 Builds go through ``sim/verilator_build.py`` (cached by content hash, one build at a time).
 """
 
@@ -65,14 +66,15 @@ class SimBoard:
     """The simulated board; :meth:`start` returns its pyserial URL.
 
     ``active_cycles``: how long after the last byte or AXI transaction the harness keeps
-    clocking before it sleeps (it must exceed the bridge's ``timeout_cycles``)."""
+    clocking before it sleeps (it must exceed the bridge's ``timeout_cycles``). ``pty``: a
+    pseudo-terminal instead of a TCP port."""
 
     TOP = "celosia_simtop"
 
     def __init__(self, array: int = 4, port_bytes: int | None = None, *, vector: bool = True,
                  k_max: int = 512, mem_bytes: int = SIM_MEM_BYTES, divisor: int = SIM_DIVISOR,
                  timeout_cycles: int = SIM_TIMEOUT_CYCLES, active_cycles: int = 200_000,
-                 port: int = 0):
+                 port: int = 0, pty: bool = False):
         assert active_cycles > 4 * timeout_cycles
         self.array, self.vector, self.mem_bytes = array, vector, mem_bytes
         self.divisor, self.timeout_cycles = divisor, timeout_cycles
@@ -91,23 +93,33 @@ class SimBoard:
             getattr(lib, name).restype = None
         lib.board_listen.restype = ctypes.c_int
         lib.board_listen.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.board_pty.restype = ctypes.c_int
+        lib.board_pty.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
         lib.board_stat.restype = ctypes.c_uint64
         lib.board_stat.argtypes = [ctypes.c_void_p, ctypes.c_int]
         self._h = lib.board_new(divisor, active_cycles)
-        self._port = port
+        self._port, self.pty = port, pty
         self._thread: threading.Thread | None = None
         self.url: str | None = None
 
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> str:
-        """Listen on 127.0.0.1 and serve in a background thread; returns the pyserial URL."""
+        """Listen on 127.0.0.1 (or open the pty) and serve in a background thread; returns
+        the pyserial URL (or the pty's path)."""
         if self._thread is not None:
             return self.url
-        port = self._lib.board_listen(self._h, self._port)
-        if port < 0:
-            raise OSError(-port, f"simulated board cannot listen on port {self._port}")
-        self.url = f"socket://127.0.0.1:{port}"
+        if self.pty:
+            name = ctypes.create_string_buffer(128)
+            err = self._lib.board_pty(self._h, name, len(name))
+            if err < 0:
+                raise OSError(-err, "simulated board cannot open a pseudo-terminal")
+            self.url = name.value.decode()
+        else:
+            port = self._lib.board_listen(self._h, self._port)
+            if port < 0:
+                raise OSError(-port, f"simulated board cannot listen on port {self._port}")
+            self.url = f"socket://127.0.0.1:{port}"
         self._thread = threading.Thread(target=self._lib.board_serve, args=(self._h,),
                                         name="celosia-simboard", daemon=True)
         self._thread.start()
@@ -125,7 +137,8 @@ class SimBoard:
         self._h = None
 
     def drop_client(self) -> None:
-        """Close the current client's connection, as a pulled cable would."""
+        """Close the current client's connection, as a pulled cable would (a pty only loses
+        the bytes in flight)."""
         self._lib.board_drop_client(self._h)
 
     def __enter__(self) -> "SimBoard":
@@ -275,9 +288,12 @@ def main(argv=None) -> int:
     p.add_argument("--mem-bytes", type=int, default=SIM_MEM_BYTES)
     p.add_argument("--divisor", type=int, default=SIM_DIVISOR, help="clocks per UART bit")
     p.add_argument("--tcp-port", type=int, default=0, help="0: an ephemeral port")
+    p.add_argument("--pty", action="store_true", help="a pseudo-terminal instead of TCP")
     p.add_argument("--faults", type=int, default=None, metavar="SEED",
                    help="put a fault-injecting proxy in front (corrupted and dropped bytes)")
     args = p.parse_args(argv)
+    if args.pty and args.faults is not None:
+        p.error("--faults works with TCP only")
     import signal
 
     def interrupt(*_):
@@ -285,7 +301,8 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     board = SimBoard(args.array, args.port_bytes, vector=not args.no_vector,
-                     mem_bytes=args.mem_bytes, divisor=args.divisor, port=args.tcp_port)
+                     mem_bytes=args.mem_bytes, divisor=args.divisor, port=args.tcp_port,
+                     pty=args.pty)
     url = board.start()
     proxy = None
     if args.faults is not None:

@@ -5,9 +5,11 @@
 // the client. So pyserial's `socket://127.0.0.1:PORT` is a serial port to the board.
 //
 // Python (sim/verilator_uart.py, through ctypes) creates the board, makes it listen on
-// 127.0.0.1 (port 0: an ephemeral port, returned), then calls board_serve() from a thread
-// (ctypes releases the GIL) and board_stop() to end it. One client at a time; when it
-// disconnects the board keeps its state and waits for the next one, as a powered board would.
+// 127.0.0.1 (port 0: an ephemeral port, returned) or opens a pseudo-terminal (board_pty: its
+// slave path, e.g. /dev/pts/3, is then a serial port for pyserial), calls board_serve() from
+// a thread (ctypes releases the GIL) and board_stop() to end it. One TCP client at a time;
+// when it disconnects the board keeps its state and waits for the next one, as a powered
+// board would (the pty stays open for the board's lifetime).
 //
 // Idling: the design is clocked continuously while bytes are moving, the accelerator has an
 // AXI transaction in flight (the top's axi_active) or either happened within the last
@@ -20,7 +22,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pty.h>
 #include <sys/socket.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -49,6 +53,7 @@ struct Board {
     unsigned divisor;
     uint64_t active_cycles;
     int listen_fd = -1, client_fd = -1;
+    int pty_slave = -1;         // pty mode: client_fd is the master, kept for good
     std::atomic<bool> stop{false}, drop{false};
     std::atomic<uint64_t> cycles{0}, bytes_in{0}, bytes_out{0}, clients{0}, sleeps{0};
     uint64_t cycle = 0, last_activity = 0;
@@ -78,6 +83,7 @@ struct Board {
     ~Board() {
         if (client_fd >= 0) close(client_fd);
         if (listen_fd >= 0) close(listen_fd);
+        if (pty_slave >= 0) close(pty_slave);
         top->final();
     }
 
@@ -106,7 +112,27 @@ struct Board {
         return ntohs(a.sin_port);
     }
 
+    // A pseudo-terminal in raw mode (no echo, no line editing); its slave's path into `name`.
+    int open_pty(char *name, int len) {
+        char path[128] = {0};
+        if (openpty(&client_fd, &pty_slave, path, nullptr, nullptr) < 0) return -errno;
+        termios t{};
+        tcgetattr(pty_slave, &t);
+        cfmakeraw(&t);
+        tcsetattr(pty_slave, TCSANOW, &t);
+        fcntl(client_fd, F_SETFL, O_NONBLOCK);
+        std::strncpy(name, path, size_t(len) - 1);
+        name[len - 1] = 0;
+        clients++;
+        return 0;
+    }
+
     void close_client() {
+        if (pty_slave >= 0) {   // a pty cannot be unplugged; drop what is in flight
+            rxq.clear();
+            outbuf.clear();
+            return;
+        }
         if (client_fd >= 0) close(client_fd);
         client_fd = -1;
         rxq.clear();
@@ -136,10 +162,13 @@ struct Board {
         }
         if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
             uint8_t buf[4096];
-            ssize_t n = recv(client_fd, buf, sizeof buf, 0);
+            ssize_t n = pty_slave >= 0 ? read(client_fd, buf, sizeof buf)
+                                       : recv(client_fd, buf, sizeof buf, 0);
             if (n > 0) {
                 rxq.insert(rxq.end(), buf, buf + n);
                 last_activity = cycle;
+            } else if (pty_slave >= 0) {
+                // nothing to read (the slave end is held open here, so no hang-up)
             } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
                 close_client();
                 return;
@@ -150,7 +179,8 @@ struct Board {
 
     void flush_out() {
         if (client_fd < 0 || outbuf.empty()) return;
-        ssize_t n = send(client_fd, outbuf.data(), outbuf.size(), MSG_NOSIGNAL);
+        ssize_t n = pty_slave >= 0 ? write(client_fd, outbuf.data(), outbuf.size())
+                                   : send(client_fd, outbuf.data(), outbuf.size(), MSG_NOSIGNAL);
         if (n > 0) {
             outbuf.erase(outbuf.begin(), outbuf.begin() + n);
         } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -254,6 +284,8 @@ void *board_new(unsigned divisor, uint64_t active_cycles) {
 void board_free(void *h) { delete static_cast<Board *>(h); }
 
 int board_listen(void *h, int port) { return static_cast<Board *>(h)->listen_on(port); }
+
+int board_pty(void *h, char *name, int len) { return static_cast<Board *>(h)->open_pty(name, len); }
 
 void board_serve(void *h) { static_cast<Board *>(h)->serve(); }
 

@@ -695,3 +695,24 @@ def test_dropped_connection_and_reconnect(sim_board):
         assert "READ_MEM 64 bytes at 0x800" in str(info.value)
     with SerialBackend(board.url, **board.backend_options()) as be:
         assert be.read_memory(0x800, 64) == mirror[0x800:0x840].tobytes()
+
+
+def test_pty_board(sim_board):
+    """The simulated board on a pseudo-terminal: pyserial opens it as a serial port (termios),
+    the driver runs the attention head on it."""
+    from celosia.sim.verilator_uart import SimBoard
+
+    board, _ = sim_board
+    with SimBoard(array=SIM_CFG.array, port_bytes=SIM_CFG.port_bytes, vector=True,
+                  pty=True) as pty_board:
+        assert pty_board.url.startswith("/dev/")
+        mirror = np.zeros(pty_board.mem_bytes, np.uint8)
+        with SerialBackend(pty_board.url, **pty_board.backend_options()) as be:
+            import serial
+            assert isinstance(be._ser, serial.Serial)
+            att = attention_image(5, base=0x1000)
+            _run_over_serial(be, mirror, att, vector=True)
+            got = be.read_memory(0x1000, 0x800)
+            assert got == mirror[0x1000:0x1800].tobytes()
+            st = be.stats
+            assert st["bad_replies"] + st["rejected"] <= st["timeouts"] <= 2, st
