@@ -96,7 +96,8 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
     """Verilate ``verilog`` with the C++ harness into a shared library; return (path, seconds).
 
     ``trace`` ("vcd" or "fst") builds the model with waveform tracing (slower to build and to
-    run; a separate cache entry). The seconds are 0.0 when the library came from the cache."""
+    run; a separate cache entry). The seconds are 0.0 when the library came from the cache,
+    and the time spent waiting when another process built it meanwhile."""
     env = verilator_env()
     if trace is not None and trace not in TRACE_FORMATS:
         raise ValueError(f"trace must be one of {sorted(TRACE_FORMATS)}, got {trace!r}")
@@ -112,9 +113,10 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
     lib = out_dir / f"lib{top}.so"
     if lib.exists():
         return lib, 0.0
+    waited = time.monotonic()
     with verilator_lock():
-        if lib.exists():
-            return lib, 0.0
+        if lib.exists():                # built meanwhile by another process: count the wait
+            return lib, time.monotonic() - waited
         started = time.monotonic()
         tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
