@@ -17,6 +17,10 @@ from amaranth import *
 
 from celosia.hdl.params import FULL, SMALL, Sizing
 
+#: ULX3S with the vector engine: two vector lanes (the eight-lane engine's multipliers take the
+#: MULT18X18D count to 251 of 156) and the span checks without a multiplier.
+ULX3S_VECTOR = Sizing(vector_lanes=2, serial_check=True)
+
 __all__ = ["Board", "BOARDS", "ecp5_pll_params", "ice40_pll_params", "add_pll"]
 
 
@@ -37,6 +41,7 @@ class Board:
     dsps: int                 #: DSP blocks on the device
     reset_button: str | None  #: a button that resets the core (active when pressed)
     sizing: Sizing = FULL     #: how large the accelerator's result-neutral parts are built
+    vector_sizing: Sizing | None = None   #: the sizing with the vector engine (default: sizing)
     synth_opts: str = ""      #: extra options of Yosys's synth_<family>
 
     def platform(self):
@@ -51,7 +56,7 @@ BOARDS = {
         # With the vector engine an 8x8 build needs 251 MULT18X18D (Yosys), above the 156.
         # Placed at a 100 MHz constraint the 8x8 matmul-only top reaches about 35 MHz.
         array=8, clock_mhz=30.0, vector=False, k_max=4096, mem_bytes=128 * 1024, spram=False,
-        dsps=156, reset_button="button_fire"),
+        dsps=156, reset_button="button_fire", vector_sizing=ULX3S_VECTOR),
     "icebreaker": Board(
         name="icebreaker", family="ice40", platform_module="amaranth_boards.icebreaker",
         platform_class="ICEBreakerPlatform", clk_name="clk12", clk_in_mhz=12.0,

@@ -64,8 +64,9 @@ class CelosiaTop(Elaboratable):
         m.d.por += rst.eq(por != POR_CYCLES)
         m.d.comb += cd_sync.rst.eq(rst)
 
+        sizing = (b.vector_sizing or b.sizing) if self.vector else b.sizing
         m.submodules.accel = accel = Accelerator(self.array, vector=self.vector, k_max=b.k_max,
-                                                 sizing=b.sizing)
+                                                 sizing=sizing)
         m.submodules.ram = ram = AxiRam(accel.port_bytes, self.mem_bytes, spram=b.spram)
         m.submodules.bridge = bridge = UartBridge(
             divisor=max(4, int(round(clk_hz / self.baud))), mem_bytes=self.mem_bytes,

@@ -11,7 +11,7 @@ from celosia.hdl.accelerator import Accelerator
 from celosia.hdl.engine import MatmulEngine
 from celosia.hdl.epilogue import Epilogue
 from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
-from celosia.hdl.params import SMALL, AddendMode, DoneCode, OutFormat
+from celosia.hdl.params import FULL, SMALL, AddendMode, DoneCode, OutFormat
 from celosia.sim.matmul_job import random_job
 from celosia.sim.pysim import StreamSink, StreamSource, run
 from celosia.sim.tb_accelerator import (AxiMemoryModel, axil_read, axil_write, error_image,
@@ -201,3 +201,36 @@ def test_small_engine_matches_golden(n, w, m, k, cols, mode, fmt, bt, rs):
     assert code == DoneCode.OK
     assert np.array_equal(img.result(img.data), job.golden())
     assert img.untouched_outside_c(img.data)
+
+
+@pytest.mark.parametrize("array,port_bytes,sizing", [
+    (4, 8, dataclasses.replace(FULL, vector_lanes=2, serial_check=True)),
+    (2, 8, SMALL),
+])
+def test_sized_accelerator_with_vector_engine(array, port_bytes, sizing):
+    """A narrower vector engine, and the controller without issue slot (HOLD) with both units:
+    back-to-back commands, SYNCs and hand-overs as isa_sim runs them."""
+    from celosia.hdl.accelerator import vector_engine_factory
+    if vector_engine_factory() is None:
+        pytest.skip("this tree has no vector engine")
+    from test_accelerator import check_against_isa, sync_handover_image
+    img = sync_handover_image(MachineConfig(array, port_bytes))
+    dut = Accelerator(array, port_bytes, k_max=64, vector=True, sizing=sizing)
+    mem = img.mem.copy()
+    model = AxiMemoryModel(dut.m_axi, mem, port_bytes, latency=2, stall=0.1)
+    regs = {}
+
+    async def host(ctx):
+        bus = dut.s_axil
+        for name, value in (("WIN_BASE", img.base), ("WIN_SIZE", img.size), ("PROG_ADDR", img.prog)):
+            await axil_write(ctx, bus, getattr(CSR, name).offset, value)
+        await axil_write(ctx, bus, CSR.CTRL.offset, CSR.CTRL.make(start=1, clear_counters=1))
+        while CSR.STATUS.get(await axil_read(ctx, bus, CSR.STATUS.offset), "busy"):
+            await ctx.tick().repeat(20)
+        for name in ("STATUS", "ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT",
+                     "VECTOR_COUNT"):
+            regs[name] = await axil_read(ctx, bus, getattr(CSR, name).offset)
+
+    run(dut, host, background=[model], deadline_cycles=400_000)
+    check_against_isa(img, mem, regs, vector_unit=True)
+    assert regs["ERROR"] == 0 and regs["MATMUL_COUNT"] == 3 and regs["VECTOR_COUNT"] == 3
