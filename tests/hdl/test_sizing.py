@@ -8,6 +8,7 @@ import pytest
 
 from celosia.hdl import isa
 from celosia.hdl.accelerator import Accelerator
+from celosia.hdl.controller import Controller
 from celosia.hdl.engine import MatmulEngine
 from celosia.hdl.epilogue import Epilogue
 from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
@@ -234,3 +235,47 @@ def test_sized_accelerator_with_vector_engine(array, port_bytes, sizing):
     run(dut, host, background=[model], deadline_cycles=400_000)
     check_against_isa(img, mem, regs, vector_unit=True)
     assert regs["ERROR"] == 0 and regs["MATMUL_COUNT"] == 3 and regs["VECTOR_COUNT"] == 3
+
+
+@pytest.mark.parametrize("name", ["test_vector_without_unit_is_unsupported_like_isa_sim",
+                                  "test_bad_window_and_misaligned_program",
+                                  "test_rejected_command_stops_with_its_address",
+                                  "test_abort_waits_for_the_running_command"])
+def test_controller_without_issue_slot(monkeypatch, name):
+    """test_controller's checks with the controller SMALL builds (HOLD instead of an issue
+    slot, serial span checks, a queue of one; 17 address bits for its 68 KiB windows)."""
+    import functools
+    import test_controller as tc
+    monkeypatch.setattr(tc, "Controller", functools.partial(
+        Controller, issue_slot=False, serial_check=True, queue=1, addr_bits=17))
+    getattr(tc, name)()
+
+
+@pytest.mark.parametrize("kind", ["illegal", "window", "param", "fetch", "ok"])
+def test_controller_without_issue_slot_errors(monkeypatch, kind):
+    import functools
+    import test_controller as tc
+    monkeypatch.setattr(tc, "Controller", functools.partial(
+        Controller, issue_slot=False, serial_check=True, queue=1, addr_bits=17))
+    tc.test_errors_match_isa_sim(kind)
+
+
+def test_controller_without_issue_slot_chain(monkeypatch):
+    """The commands reach the unit unchanged and in order, each after the previous one is done
+    (the controller waits in HOLD, so the SYNCs find the unit idle)."""
+    import functools
+    import test_controller as tc
+    monkeypatch.setattr(tc, "Controller", functools.partial(
+        Controller, issue_slot=False, serial_check=True, queue=1, addr_bits=17))
+    img = matmul_chain(1, tc.CFG, links=3)
+    result, model, (mm,) = tc.run_controller(img)
+    tc.expect_like_isa(img, result)
+    assert result["done"] and result["code"] == 0 and len(mm.log) == 3
+    width = isa.matmul_layout().size
+    words = [int.from_bytes(img.mem[img.prog + i * 64:img.prog + i * 64 + 64].tobytes(), "little")
+             for i in range(img.notes["instructions"])]
+    bodies = [(w >> 8) & ((1 << width) - 1) for w in words if w & 0xFF == isa.Opcode.MATMUL]
+    assert [p for _, _, p in mm.log] == bodies
+    for (s0, d0, _), (s1, _, _) in zip(mm.log, mm.log[1:]):
+        assert s1 > d0
+    assert model.writes == 0
