@@ -134,6 +134,7 @@ async def epilogue_rows(dut):
             dut.requant.value = requant
             dut.out_fmt.value = int(fmt)
             dut.zero_point.value = zp
+            dut.addend_shift.value = 0
             src = Source(dut, "i", [pack(layout, r) for r in rows], rng=rng, gap=0.3)
             sink = Sink(dut, "o", rng=rng, stall=0.4)
             await step_until(dut, [src, sink], lambda: len(sink.received) == len(rows),
