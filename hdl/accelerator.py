@@ -109,6 +109,7 @@ class Accelerator(wiring.Component):
                                                 addr_bits=sz.addr_bits,
                                                 epilogue_lanes=sz.epilogue_lanes,
                                                 epilogue_registers=sz.epilogue_registers,
+                                                serial_epilogue=sz.serial_epilogue,
                                                 bram_pads=sz.bram_pads,
                                                 hold_cmd=not sz.issue_slot)
         ports = [ctrl.mem, mm.mem]

@@ -61,7 +61,7 @@ class MatmulEngine(wiring.Component):
         Longest reduction the scratchpads hold (default 4096).
     outstanding : int
         Read requests in flight (covers the memory latency).
-    addr_bits, epilogue_lanes, epilogue_registers, bram_pads
+    addr_bits, epilogue_lanes, epilogue_registers, serial_epilogue, bram_pads
         See :class:`celosia.hdl.params.Sizing` (default: full size).
     hold_cmd : bool
         The master keeps ``cmd.payload`` valid from the hand-over until ``done`` is taken (a
@@ -81,7 +81,8 @@ class MatmulEngine(wiring.Component):
     def __init__(self, array: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
                  k_max: int = K_MAX, outstanding: int = 32, addr_bits: int = ADDR_BITS,
                  epilogue_lanes: int | None = None, epilogue_registers=(True,) * 6,
-                 bram_pads: bool = False, hold_cmd: bool = False):
+                 bram_pads: bool = False, hold_cmd: bool = False,
+                 serial_epilogue: bool = False):
         if port_bytes is None:
             port_bytes = default_port_bytes(array) if isinstance(array, int) else 16
         check_config(array, port_bytes, k_max)
@@ -96,6 +97,7 @@ class MatmulEngine(wiring.Component):
         self.epilogue_registers = epilogue_registers
         self.bram_pads = bram_pads
         self.hold_cmd = hold_cmd
+        self.serial_epilogue = serial_epilogue
         self.group = group_cols(array, port_bytes)
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
@@ -122,9 +124,12 @@ class MatmulEngine(wiring.Component):
                                               addr_bits=self.addr_bits)
         m.submodules.feeder = feeder = Feeder(n, w, k_max=k_max)
         m.submodules.array = array = SystolicArray(n)
-        lean = self.epilogue_lanes is not None and self.epilogue_lanes < n
+        lean = ((self.epilogue_lanes is not None and self.epilogue_lanes < n)
+                or self.serial_epilogue)
         m.submodules.collector = collector = Collector(n, w, in_place=lean)
-        m.submodules.epilogue = epilogue = Epilogue(n, self.epilogue_lanes, self.epilogue_registers)
+        m.submodules.epilogue = epilogue = Epilogue(n, self.epilogue_lanes,
+                                                    self.epilogue_registers,
+                                                    serial=self.serial_epilogue)
         m.submodules.writer = writer = Writer(n, w, self.addr_bits)
         for unit in (loader, feeder, collector, writer):
             m.d.comb += [unit.start.eq(start), unit.cmd.eq(cmd), unit.plan.eq(plan)]

@@ -63,6 +63,9 @@ class Epilogue(wiring.Component):
     registers : six bools
         Which of the six stages end in a register (the last always does); a stage without
         one is merged into the next, which saves flip-flops at a lower clock.
+    serial : bool
+        One lane that works on one element at a time over several cycles
+        (:class:`SerialEpilogue`) instead of a pipeline; ``lanes`` must be 1.
 
     Members
     -------
@@ -76,7 +79,8 @@ class Epilogue(wiring.Component):
 
     LATENCY = 6
 
-    def __init__(self, n: int, lanes: int | None = None, registers=(True,) * 6):
+    def __init__(self, n: int, lanes: int | None = None, registers=(True,) * 6,
+                 serial: bool = False):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"lanes must be a positive int, not {n!r}")
         lanes = n if lanes is None else lanes
@@ -85,8 +89,11 @@ class Epilogue(wiring.Component):
         registers = tuple(bool(r) for r in registers)
         if len(registers) != 6 or not registers[-1]:
             raise ValueError("registers: six flags, the last one set")
+        if serial and lanes != 1:
+            raise ValueError("a serial epilogue has one lane")
         self.n = n
         self.lanes = lanes
+        self.serial = serial
         self.registers = registers
         self.latency = sum(registers)
         super().__init__({
@@ -99,7 +106,7 @@ class Epilogue(wiring.Component):
         })
 
     def elaborate(self, platform):
-        if self.lanes < self.n:
+        if self.lanes < self.n or self.serial:
             return self._time_multiplexed()
         m = Module()
         n = self.n
@@ -205,7 +212,8 @@ class Epilogue(wiring.Component):
         m = Module()
         n, L = self.n, self.lanes
         passes = n // L
-        m.submodules.core = core = Epilogue(L, registers=self.registers)
+        m.submodules.core = core = (SerialEpilogue() if self.serial
+                                    else Epilogue(L, registers=self.registers))
         m.d.comb += [core.requant.eq(self.requant), core.out_fmt.eq(self.out_fmt),
                      core.zero_point.eq(self.zero_point), core.addend_shift.eq(self.addend_shift)]
         p, q = self.i.payload, core.i.payload
@@ -233,4 +241,111 @@ class Epilogue(wiring.Component):
                 for s in range(passes - 1):
                     with m.Case(s):
                         m.d.sync += held[s].eq(core.o.payload)
+        return m
+
+
+class SerialEpilogue(wiring.Component):
+    """One lane of the epilogue as a small sequential datapath: one element at a time, through
+    one 51-bit working register and one adder, shifting right by 8 or 1 bit per cycle.
+
+    The same numerics as :class:`Epilogue` (bit-exact) for a fraction of its logic, at about
+    ``5 + ceil(row_shift) + addend_shift + shift / 8 + shift % 8`` cycles per element (about 11
+    for a typical requantisation). The input element is taken (``i.ready``) when its result is
+    registered on ``o``, so the element must stay on ``i.payload`` meanwhile (a stream's
+    payload does while it waits).
+
+    The rounding shifts use ``round_shift(x, s) = ((x >> (s - 1)) + 1) >> 1`` for s > 0.
+    """
+
+    def __init__(self):
+        super().__init__({
+            "i": In(stream.Signature(epilogue_layout(1))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(32), 1))),
+            "requant": In(1),
+            "out_fmt": In(2),
+            "zero_point": In(signed(ZERO_POINT_BITS)),
+            "addend_shift": In(5),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.i.payload
+        w = Signal(signed(51))                 # the element being worked on
+        cnt = Signal(range(SHIFT_MAX + 1))     # shift steps still to go
+        a = Signal(signed(32))                 # the addend, shifted into place
+        ash = Signal(5)
+        opnd = Signal(signed(33))
+        total = Signal(signed(52))
+        m.d.comb += total.eq(w + opnd)
+        sat = _saturate32(total[:33].as_signed())
+
+        lo = Signal(signed(32))
+        hi = Signal(signed(32))
+        ok = Signal()
+        in_range = {OutFormat.INT8: _all_same(total[7:]), OutFormat.UINT8: ~total[8:].any(),
+                    OutFormat.INT16: _all_same(total[15:]), OutFormat.INT32: _all_same(total[31:])}
+        with m.Switch(self.out_fmt):
+            for fmt in OutFormat:
+                with m.Case(fmt):
+                    m.d.comb += [lo.eq(OUT_RANGE[fmt].lo), hi.eq(OUT_RANGE[fmt].hi),
+                                 ok.eq(in_range[fmt])]
+
+        out_free = ~self.o.valid | self.o.ready
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+
+        def shift_step(then):
+            """One step of a rounding shift by ``cnt``: right by 8 or 1, then the final
+            (w + 1) >> 1."""
+            with m.If(cnt > 8):
+                m.d.sync += [w.eq(w >> 8), cnt.eq(cnt - 8)]
+            with m.Elif(cnt > 1):
+                m.d.sync += [w.eq(w >> 1), cnt.eq(cnt - 1)]
+            with m.Else():
+                m.d.comb += opnd.eq(1)
+                m.d.sync += w.eq(total >> 1)
+                m.next = then
+
+        with m.FSM(name="epi"):
+            with m.State("IDLE"):
+                with m.If(self.i.valid):
+                    m.d.sync += [w.eq(p.acc[0]), cnt.eq(p.row_shift)]
+                    m.next = "ROW"
+            with m.State("ROW"):
+                with m.If(cnt == 0):
+                    m.next = "BIAS"
+                with m.Else():
+                    shift_step("BIAS")
+            with m.State("BIAS"):
+                m.d.comb += opnd.eq(p.bias[0])
+                m.d.sync += [w.eq(sat), a.eq(p.addend[0]), ash.eq(self.addend_shift)]
+                m.next = "ADDEND"
+            with m.State("ADDEND"):
+                with m.If(ash != 0):
+                    m.d.sync += [a.eq(a << 1), ash.eq(ash - 1)]
+                with m.Else():
+                    m.d.comb += opnd.eq(a)
+                    m.d.sync += w.eq(sat)
+                    m.next = "MUL"
+            with m.State("MUL"):
+                with m.If(self.requant):
+                    m.d.sync += [w.eq(w[:32].as_signed() * p.mult[0]),
+                                 cnt.eq(Mux(p.shift[0] > SHIFT_MAX, SHIFT_MAX, p.shift[0]))]
+                    m.next = "SCALE"
+                with m.Else():
+                    m.next = "DONE"
+            with m.State("SCALE"):
+                with m.If(cnt == 0):
+                    m.next = "DONE"
+                with m.Else():
+                    shift_step("DONE")
+            with m.State("DONE"):
+                m.d.comb += opnd.eq(Mux(self.requant, self.zero_point, 0))
+                with m.If(out_free):
+                    m.d.comb += self.i.ready.eq(1)
+                    m.d.sync += [self.o.valid.eq(1),
+                                 self.o.payload[0].eq(
+                                     Mux(~self.requant, w[:32],
+                                         Mux(ok, total[:32], Mux(total[51], lo, hi))))]
+                    m.next = "IDLE"
         return m

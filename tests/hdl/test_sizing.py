@@ -20,6 +20,8 @@ from celosia.sim.tb_accelerator import (AxiMemoryModel, axil_read, axil_write, e
 
 from test_epilogue import golden_rows, random_rows
 
+INT32_HI = (1 << 31) - 1
+
 
 @pytest.mark.parametrize("n,lanes", [(2, 1), (4, 1), (4, 2)])
 @pytest.mark.parametrize("fmt,requant", [(OutFormat.INT8, 1), (OutFormat.INT32, 0)])
@@ -143,8 +145,9 @@ def test_small_accelerator_span_checks(change):
     assert regs["ERROR"] != ErrorCode.OK
 
 
+@pytest.mark.parametrize("serial", [False, True])
 @pytest.mark.parametrize("fmt", list(OutFormat))
-def test_epilogue_saturation_edges(fmt):
+def test_epilogue_saturation_edges(fmt, serial):
     """Products near every saturation boundary (the scaled value is clamped to 35 bits before
     the zero point is added)."""
     from celosia.sw.numerics import INT32, MULT_BITS, SHIFT_MAX
@@ -162,7 +165,7 @@ def test_epilogue_saturation_edges(fmt):
                      "addend": [0, 0], "mult": [mult, mult], "shift": [shift, shift],
                      "row_shift": 0})
     zp = rng.choice([0, -7, 100, INT32.hi, INT32.lo])
-    dut = Epilogue(2)
+    dut = Epilogue(2, lanes=1, serial=True) if serial else Epilogue(2)
     src = StreamSource(dut.i, rows, rng=rng, gap=0.2)
     sink = StreamSink(dut.o, len(rows), rng=random.Random(9), stall=0.2,
                       convert=lambda p: [int(v) for v in p])
@@ -172,7 +175,7 @@ def test_epilogue_saturation_edges(fmt):
         ctx.set(dut.out_fmt, fmt)
         ctx.set(dut.zero_point, zp)
 
-    run(dut, config, src, sink, deadline_cycles=5000)
+    run(dut, config, src, sink, deadline_cycles=20000)
     assert sink.received == golden_rows(rows, 1, fmt, zp)
 
 
@@ -196,7 +199,7 @@ def test_small_engine_matches_golden(n, w, m, k, cols, mode, fmt, bt, rs):
                      bias=True, row_shift=rs, b_transposed=bt)
     tame(rng, job)
     engine = MatmulEngine(n, w, k_max=32, addr_bits=SMALL.addr_bits, epilogue_lanes=1,
-                          epilogue_registers=SMALL.epilogue_registers, bram_pads=True,
+                          serial_epilogue=SMALL.serial_epilogue, bram_pads=True,
                           hold_cmd=True)
     code, img = run_job(engine, job, seed=m + k, stalls=0.3)
     assert code == DoneCode.OK
@@ -279,3 +282,49 @@ def test_controller_without_issue_slot_chain(monkeypatch):
     for (s0, d0, _), (s1, _, _) in zip(mm.log, mm.log[1:]):
         assert s1 > d0
     assert model.writes == 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+@pytest.mark.parametrize("fmt,requant", [(OutFormat.INT8, 1), (OutFormat.UINT8, 1),
+                                         (OutFormat.INT16, 1), (OutFormat.INT32, 1),
+                                         (OutFormat.INT32, 0)])
+def test_serial_epilogue_matches_golden(n, fmt, requant):
+    rng = random.Random(n * 7 + int(fmt) + 50 * requant)
+    rows = random_rows(rng, n, 40, row_shift=True)
+    zp = rng.choice([0, -7, 100, INT32_HI])
+    dut = Epilogue(n, lanes=1, serial=True)
+    src = StreamSource(dut.i, rows, rng=rng, gap=0.3)
+    sink = StreamSink(dut.o, len(rows), rng=random.Random(11), stall=0.4,
+                      convert=lambda p: [int(v) for v in p])
+
+    async def config(ctx):
+        ctx.set(dut.requant, requant)
+        ctx.set(dut.out_fmt, fmt)
+        ctx.set(dut.zero_point, zp)
+
+    run(dut, config, src, sink, deadline_cycles=40000)
+    assert sink.received == golden_rows(rows, requant, fmt, zp)
+
+
+@pytest.mark.parametrize("shift", [3, 4, 16])
+def test_serial_epilogue_residual_shift(shift):
+    """Residual addends (int16) shifted left by addend_shift before the add."""
+    n = 2
+    rng = random.Random(shift)
+    rows = random_rows(rng, n, 30, row_shift=True)
+    for r in rows:
+        r["addend"] = [rng.randint(-(1 << 15), (1 << 15) - 1) for _ in range(n)]
+    dut = Epilogue(n, lanes=1, serial=True)
+    src = StreamSource(dut.i, rows, rng=rng, gap=0.3)
+    sink = StreamSink(dut.o, len(rows), rng=random.Random(12), stall=0.3,
+                      convert=lambda p: [int(v) for v in p])
+
+    async def config(ctx):
+        ctx.set(dut.requant, 1)
+        ctx.set(dut.out_fmt, OutFormat.INT16)
+        ctx.set(dut.zero_point, 3)
+        ctx.set(dut.addend_shift, shift)
+
+    shifted = [dict(r, addend=[a << shift for a in r["addend"]]) for r in rows]
+    run(dut, config, src, sink, deadline_cycles=40000)
+    assert sink.received == golden_rows(shifted, 1, OutFormat.INT16, 3)
