@@ -704,14 +704,18 @@ class Writer(_Unit):
         # Pack the row in the output format, with a byte mask of the columns inside N.
         packed = Signal(n * 32)
         mask = Signal(n * 4)
+        # Column col0 + e lies inside N when e < N - col0 (one subtraction for the row).
+        cols_left = Signal(signed(DIM_BITS + 2))
+        m.d.comb += cols_left.eq(cmd.n - col0)
+        inside = Signal(n)
+        m.d.comb += inside.eq(Cat(cols_left > e for e in range(n)))
         with m.Switch(plan.ob_log2):
             for ob_log2 in range(3):
                 ob = 1 << ob_log2
                 with m.Case(ob_log2):
                     m.d.comb += [
                         packed.eq(Cat(self.i.payload[e].as_unsigned()[:8 * ob] for e in range(n))),
-                        mask.eq(Cat(Mux(col0 + e < cmd.n, (1 << ob) - 1, 0)[:ob]
-                                    for e in range(n))),
+                        mask.eq(Cat(Mux(inside[e], (1 << ob) - 1, 0)[:ob] for e in range(n))),
                     ]
         offset = Signal(range(w))
         m.d.comb += offset.eq(seg[:lw])
