@@ -396,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
             mod.add_arguments(b)
             b.set_defaults(func=mod.run)
 
+    from . import check
+    p = sub.add_parser("check", help="random programs on a backend or board vs the isa simulator",
+                       description=(check.__doc__ or "").strip().splitlines()[0] + " Exit "
+                                   "status 3 when a result differs.")
+    check.add_arguments(p)
+    p.set_defaults(func=check.run)
+
     build = _optional("celosia.fpga.build")
     if build is not None and hasattr(build, "add_arguments"):
         p = sub.add_parser("build", help="build an FPGA bitstream",
