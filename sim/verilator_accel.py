@@ -185,6 +185,8 @@ class VerilatorAccel:
         from now, at most ``cycles`` of them (all by default)."""
         if self.trace is None:
             raise RuntimeError("this model was built without tracing (trace='fst' or 'vcd')")
+        if skip < 0 or (cycles is not None and cycles < 0):
+            raise ValueError(f"waveform window: cycles {cycles} and skip {skip} must be >= 0")
         start = self.counter("cycles") + skip
         stop = (1 << 64) - 1 if cycles is None else start + cycles
         if not self._lib.accel_trace_open(self._h, os.fsencode(os.fspath(path)), start, stop):

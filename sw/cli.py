@@ -128,6 +128,14 @@ def _cmd_embed(args) -> int:
     if args.backend not in BACKENDS:
         raise CLIError(f"unknown backend {args.backend!r}; available: {', '.join(BACKENDS)}")
     texts = _read_texts(args)
+    if args.backend != "golden":
+        from celosia.hdl.params import check_config, default_port_bytes
+        try:
+            check_config(args.array, default_port_bytes(args.array))
+        except ValueError as exc:
+            raise CLIError(f"--array {args.array}: {exc}") from None
+    if args.waves_cycles < 0 or args.waves_skip < 0:
+        raise CLIError("--waves-cycles and --waves-skip must be 0 or more")
     if args.waves is not None:
         if args.backend not in WAVE_BACKENDS:
             raise CLIError(f"--waves needs a simulated RTL backend ({', '.join(WAVE_BACKENDS)}), "

@@ -49,6 +49,8 @@ def test_vcd_window_and_results(traced, tmp_path):
     traced.trace_close()
     ref_mem, ref, _ = reference(img)
     assert (traced.mem[:len(img.mem)] == ref_mem).all()
+    with pytest.raises(ValueError, match="must be >= 0"):
+        traced.trace_open(tmp_path / "bad.vcd", cycles=-5)
 
     text = path.read_text()
     assert "$enddefinitions" in text
