@@ -43,6 +43,7 @@ class Board:
     sizing: Sizing = FULL     #: how large the accelerator's result-neutral parts are built
     vector_sizing: Sizing | None = None   #: the sizing with the vector engine (default: sizing)
     synth_opts: str = ""      #: extra options of Yosys's synth_<family>
+    nextpnr_opts: str = ""    #: extra options of nextpnr
 
     def platform(self):
         import importlib
@@ -53,14 +54,16 @@ BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5", platform_module="amaranth_boards.ulx3s",
         platform_class="ULX3S_85F_Platform", clk_name="clk25", clk_in_mhz=25.0,
-        # With the vector engine an 8x8 build needs 251 MULT18X18D (Yosys), above the 156.
-        # Placed at a 100 MHz constraint the 8x8 matmul-only top reaches about 35 MHz.
+        # With an eight-lane vector engine an 8x8 build needs 251 MULT18X18D (Yosys), above
+        # the 156, hence ULX3S_VECTOR. The 8x8 matmul-only top places at 31.5 MHz (estimate
+        # after placement); router2 routes the congested design (docs/fpga.md).
         array=8, clock_mhz=30.0, vector=False, k_max=4096, mem_bytes=128 * 1024, spram=False,
-        dsps=156, reset_button="button_fire", vector_sizing=ULX3S_VECTOR),
+        dsps=156, reset_button="button_fire", vector_sizing=ULX3S_VECTOR,
+        nextpnr_opts="--router router2"),
     "icebreaker": Board(
         name="icebreaker", family="ice40", platform_module="amaranth_boards.icebreaker",
         platform_class="ICEBreakerPlatform", clk_name="clk12", clk_in_mhz=12.0,
-        # Matmul only; even so the accelerator is about 2.5x the device's LUTs (docs/fpga.md).
+        # Matmul only and board-sized (SMALL); still about 1.3x the device's LCs (docs/fpga.md).
         array=2, clock_mhz=18.0, vector=False, k_max=512, mem_bytes=64 * 1024, spram=True,
         dsps=8, reset_button=None, sizing=SMALL, synth_opts="-dsp -device u"),
 }

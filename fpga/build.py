@@ -74,8 +74,9 @@ def parse_nextpnr_log(text: str) -> dict:
 
 def tool_options(board, seed: int | None = None) -> dict:
     """Overrides for the platform's build: the board's Yosys synthesis options (iCE40: ``-dsp``
-    so that multipliers use the SB_MAC16s) and nextpnr's."""
-    opts = ["--timing-allow-fail"]
+    so that multipliers use the SB_MAC16s) and nextpnr's (ECP5: router2, which routes the
+    congested 8x8 design far faster than router1)."""
+    opts = ["--timing-allow-fail"] + board.nextpnr_opts.split()
     if seed is not None:
         opts += ["--seed", str(seed)]
     return {"synth_opts": board.synth_opts, "nextpnr_opts": " ".join(opts)}
