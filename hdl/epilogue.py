@@ -192,8 +192,8 @@ class Epilogue(wiring.Component):
             t = Signal(signed(49), name=f"t_{lane}")
             m.d.comb += t.eq((prod3 << 1) >> shift3)
             tc = Signal(signed(35), name=f"tc_{lane}")
-            m.d.comb += tc.eq(Mux(_all_same(t[34:]), t[:35].as_signed(),
-                                  Mux(t[48], C(-(1 << 34), signed(35)), C((1 << 34) - 1, signed(35)))))
+            t_lo, t_hi = C(-(1 << 34), signed(35)), C((1 << 34) - 1, signed(35))
+            m.d.comb += tc.eq(Mux(_all_same(t[34:]), t[:35].as_signed(), Mux(t[48], t_lo, t_hi)))
             rounded4 = stage(4, f"rounded4_{lane}", signed(35), (tc + (shift3 != 0)) >> 1)
             # Stage 5: zero point and saturation, or the raw sum (x2 itself).
             v5 = Signal(signed(36), name=f"v5_{lane}")
