@@ -17,8 +17,11 @@ from amaranth import *
 
 from celosia.hdl.params import FULL, SMALL, Sizing
 
-#: ULX3S with the vector engine: two vector lanes (the eight-lane engine's multipliers take the
-#: MULT18X18D count to 251 of 156) and the span checks without a multiplier.
+#: ULX3S: the full-size accelerator with the span checks done by shift and add (routed, the
+#: one-cycle 16x32 product of the checks was the only path slower than 30 MHz: 29.08 MHz).
+ULX3S = Sizing(serial_check=True)
+#: ULX3S with the vector engine: two vector lanes as well (the eight-lane engine's multipliers
+#: take the MULT18X18D count to 251 of 156).
 ULX3S_VECTOR = Sizing(vector_lanes=2, serial_check=True)
 
 __all__ = ["Board", "BOARDS", "ecp5_pll_params", "ice40_pll_params", "add_pll"]
@@ -55,10 +58,10 @@ BOARDS = {
         name="ulx3s-85f", family="ecp5", platform_module="amaranth_boards.ulx3s",
         platform_class="ULX3S_85F_Platform", clk_name="clk25", clk_in_mhz=25.0,
         # With an eight-lane vector engine an 8x8 build needs 251 MULT18X18D (Yosys), above
-        # the 156, hence ULX3S_VECTOR. The 8x8 matmul-only top places at 31.5 MHz (estimate
-        # after placement); router2 routes the congested design (docs/fpga.md).
+        # the 156, hence ULX3S_VECTOR. router2 routes the 8x8 matmul-only top in about 6 min,
+        # where router1 stalls on the congestion (docs/fpga.md).
         array=8, clock_mhz=30.0, vector=False, k_max=4096, mem_bytes=128 * 1024, spram=False,
-        dsps=156, reset_button="button_fire", vector_sizing=ULX3S_VECTOR,
+        dsps=156, reset_button="button_fire", sizing=ULX3S, vector_sizing=ULX3S_VECTOR,
         nextpnr_opts="--router router2"),
     "icebreaker": Board(
         name="icebreaker", family="ice40", platform_module="amaranth_boards.icebreaker",

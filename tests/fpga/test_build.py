@@ -6,6 +6,7 @@ and writes, bad CRC rejected, resynchronisation after garbage, out-of-range addr
 Slow: the board bitstreams are built for real (place, route, timing).
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -186,11 +187,11 @@ def test_bridge_rejects_and_resyncs():
 
 def test_board_sizing():
     """The iCEBreaker builds the board-sized accelerator (same ISA and CSR map) with the DSPs
-    inferred; the ULX3S the full-size one."""
+    inferred; the ULX3S the full-size one with serial span checks."""
     from celosia.hdl.params import FULL, SMALL
     ice, ecp = BOARDS["icebreaker"], BOARDS["ulx3s-85f"]
     assert ice.sizing == SMALL and "-dsp" in ice.synth_opts.split()
-    assert ecp.sizing == FULL
+    assert ecp.sizing == dataclasses.replace(FULL, serial_check=True)
     top = CelosiaTop(ice)
     plan = ice.platform().build(top, name="celosia_top", do_build=False, **tool_options(ice))
     assert "synth_ice40 -dsp" in dict(plan.files)["celosia_top.ys"]
@@ -216,3 +217,13 @@ def test_icebreaker_bitstream(tmp_path):
     assert r["brams"] <= r["brams_total"] and r["wall_s"] > 0
     with open(r["bitstream"], "rb") as f:
         assert len(f.read()) > 100_000
+
+
+@pytest.mark.slow
+def test_ulx3s_bitstream(tmp_path):
+    """The 8x8 matmul-only ULX3S top at its default clock (about 25 minutes on two cores)."""
+    rc, r = _build("ulx3s-85f", tmp_path)
+    assert r["board"] == "ulx3s-85f" and r["array"] == 8 and r["bitstream"], r
+    assert 0 < r["luts"] <= r["luts_total"] and 0 < r["dsps"] <= r["dsps_total"]
+    assert r["brams"] <= r["brams_total"]
+    assert rc == 0 and r["timing_met"] is True, r
