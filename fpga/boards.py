@@ -17,8 +17,9 @@ from amaranth import *
 
 from celosia.hdl.params import FULL, SMALL, Sizing
 
-#: ULX3S: the full-size accelerator with the span checks done by shift and add (routed, the
-#: one-cycle 16x32 product of the checks was the only path slower than 30 MHz: 29.08 MHz).
+#: ULX3S: the full-size accelerator with the span checks done by shift and add (with the
+#: one-cycle 16x32 check product it routed at 29.08 MHz, without it at 28.83 MHz: the check's
+#: operand table and window compare remain the critical path, docs/fpga.md).
 ULX3S = Sizing(serial_check=True)
 #: ULX3S with the vector engine: two vector lanes as well (the eight-lane engine's multipliers
 #: take the MULT18X18D count to 251 of 156).
