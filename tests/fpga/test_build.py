@@ -220,8 +220,6 @@ def test_icebreaker_bitstream(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="routed at 28.83 MHz against the 30 MHz default: the controller's "
-                          "window check is the critical path (docs/fpga.md)", strict=False)
 def test_ulx3s_bitstream(tmp_path):
     """The 8x8 matmul-only ULX3S top at its default clock (about 25 minutes on two cores)."""
     rc, r = _build("ulx3s-85f", tmp_path)
