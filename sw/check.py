@@ -18,7 +18,7 @@ import numpy as np
 
 from celosia.hdl.isa import CSR, WINDOW_ALIGN, MachineConfig
 
-__all__ = ["add_arguments", "run", "check_backend"]
+__all__ = ["add_arguments", "add_serial_arguments", "run", "check_backend"]
 
 BACKENDS = ("isa", "amaranth", "verilator", "serial")
 
@@ -90,14 +90,19 @@ def check_backend(backend, mem_bytes: int, programs: int = 3, seed: int = 1,
     return results
 
 
+def add_serial_arguments(p) -> None:
+    """--port and --baud of the serial backend (``embed`` and ``check``)."""
+    p.add_argument("--port", metavar="PORT", default=None,
+                   help="serial backend: the board's serial port or a pyserial URL "
+                        "(/dev/ttyUSB0, socket://127.0.0.1:PORT; default $CELOSIA_SERIAL_PORT)")
+    p.add_argument("--baud", type=int, default=None, metavar="B",
+                   help="serial backend: baud rate (default $CELOSIA_SERIAL_BAUD or 115200)")
+
+
 def add_arguments(p) -> None:
     p.add_argument("--backend", default="serial", choices=BACKENDS,
                    help="where to run (default: serial, a board on --port)")
-    p.add_argument("--port", metavar="PORT", default=None,
-                   help="serial: the board's port or a pyserial URL (default "
-                        "$CELOSIA_SERIAL_PORT)")
-    p.add_argument("--baud", type=int, default=None, metavar="B",
-                   help="serial: baud rate (default $CELOSIA_SERIAL_BAUD or 115200)")
+    add_serial_arguments(p)
     p.add_argument("--array", type=int, default=4, metavar="N",
                    help="array size of a simulated backend (default 4; a board reports its own)")
     p.add_argument("--mem-kib", type=int, default=64, metavar="K",

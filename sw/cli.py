@@ -364,11 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "N = 8; 0: the whole run, over 1 GB for a sentence)")
     p.add_argument("--waves-skip", type=int, default=0, metavar="C",
                    help="start the waveform C cycles into the run (default 0)")
-    p.add_argument("--port", metavar="PORT", default=None,
-                   help="serial backend: the board's serial port or a pyserial URL "
-                        "(/dev/ttyUSB0, socket://127.0.0.1:PORT; default $CELOSIA_SERIAL_PORT)")
-    p.add_argument("--baud", type=int, default=None, metavar="B",
-                   help="serial backend: baud rate (default $CELOSIA_SERIAL_BAUD or 115200)")
+    from .check import add_serial_arguments
+    add_serial_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--reference", action="store_true",
                    help="also compute the float32 embedding and report the cosine against it")
