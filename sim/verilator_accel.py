@@ -236,29 +236,29 @@ class VerilatorBackend:
         self.model.write_csr(name, value)
 
     def advance(self, max_cycles: int | None, timeout_s: float | None) -> None:
-        t0 = time.monotonic()
-        left = max_cycles if max_cycles is not None else 1 << 62
-        while left > 0:
-            chunk = min(left, 1 << 22)
-            self.model.run(chunk)
-            left -= chunk
-            if not CSR.STATUS.get(self.model.read_csr("STATUS"), "busy"):
-                return
-            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-                return
+        self._advance(max_cycles, timeout_s)
 
     def advance_to_retired(self, count: int, max_cycles: int | None,
                            timeout_s: float | None) -> None:
         """Like :meth:`advance`, but also return once INSTRET reaches ``count`` (located to
         within the 32-cycle CSR poll)."""
+        self._advance(max_cycles, timeout_s, count)
+
+    def _advance(self, max_cycles, timeout_s, retired: int | None = None) -> None:
+        """Clock in chunks until the program stops, INSTRET reaches ``retired`` (when given;
+        STATUS is then polled every 32 cycles instead of 1024) or a limit passes."""
         t0 = time.monotonic()
         left = max_cycles if max_cycles is not None else 1 << 62
         while left > 0:
             chunk = min(left, 1 << 22)
-            left -= self.model.run_until("INSTRET", count, chunk)
+            if retired is None:
+                self.model.run(chunk)
+                left -= chunk
+            else:
+                left -= self.model.run_until("INSTRET", retired, chunk)
             if not CSR.STATUS.get(self.model.read_csr("STATUS"), "busy"):
                 return
-            if self.model.read_csr("INSTRET") >= count:
+            if retired is not None and self.model.read_csr("INSTRET") >= retired:
                 return
             if timeout_s is not None and time.monotonic() - t0 > timeout_s:
                 return
