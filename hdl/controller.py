@@ -50,6 +50,11 @@ ERROR_BITS = 4
 VECTOR_DONE_BITS = ERROR_BITS
 assert max(ErrorCode) < (1 << ERROR_BITS)
 assert PARAM_RECORD_BYTES == 8 and PARAM_MULT_OFFSET == 4 and PARAM_SHIFT_OFFSET == 6
+#: The 32-bit address and stride fields of the two command bodies.
+_MM_ADDR_FIELDS = ("a_addr", "b_addr", "c_addr", "p_addr", "d_addr", "e_addr",
+                   "a_stride", "b_stride", "c_stride", "d_stride")
+_VEC_ADDR_FIELDS = ("src_addr", "src_stride", "dst_addr", "dst_stride", "res_addr", "res_stride",
+                    "p_addr", "e_addr")
 
 
 class Controller(wiring.Component):
@@ -135,9 +140,37 @@ class Controller(wiring.Component):
         pc = Signal(ADDR_BITS)
         m.d.comb += self.pc.eq(pc)
 
+        hi_range = {}
         instr = Signal(isa.instruction_layout())
-        mm = instr.body.matmul
-        vec = instr.body.vector
+        # A narrow build keeps of each 32-bit address and stride field only the low ``ab`` bits
+        # and a flag "some higher bit is set", taken as the words arrive (``hi_flags``). Only
+        # the checks read the flags: an accepted command has none set, so the units get the
+        # low bits zero-extended and the high bits of the register are never read.
+        narrow = ab < ADDR_BITS
+        mm, vec = instr.body.matmul, instr.body.vector
+        hi = {}                           # (body, field) -> flag
+        if narrow:
+            body_off = isa.instruction_layout()["body"].offset
+            mm_src = Signal(command_layout())
+            vec_src = Signal(isa.vector_layout()) if self.vector else None
+            m.d.comb += mm_src.eq(mm)
+            if vec_src is not None:
+                m.d.comb += vec_src.eq(vec)
+            for view, body, layout, names in (
+                    (mm_src, "mm", command_layout(), _MM_ADDR_FIELDS),
+                    (vec_src, "vec", isa.vector_layout(), _VEC_ADDR_FIELDS)):
+                if view is None:
+                    continue
+                for name in names:
+                    off = body_off + layout[name].offset
+                    hi[body, name] = Signal(name=f"{body}_{name}_hi")
+                    hi_range[body, name] = (off + ab, off + ADDR_BITS)
+                    field = instr.body.matmul if body == "mm" else instr.body.vector
+                    m.d.comb += view[name].eq(getattr(field, name)[:ab])
+            mm, vec = mm_src, vec_src if vec_src is not None else vec
+
+        def hi_of(body, name):
+            return hi.get((body, name), C(0, 1))
 
         # --- error state ---
         code = Signal(ERROR_BITS)         # the stop being prepared (DRAIN)
@@ -196,9 +229,12 @@ class Controller(wiring.Component):
             vec_busy = C(0, 1)
 
         # --- fetch/record-read port: requests counted out, responses counted in ---
-        req_n = Signal(20)
-        resp_n = Signal(20)
-        beats = Signal(20)                # beats to read in this FETCH or PSCAN
+        # At most 64 / W beats of an instruction or ceil(8 * 65535 / W) of records (which, on
+        # a narrow build, lie inside the window: at most 2**ab / W beats).
+        cnt_bits = ((1 << ab) // W).bit_length() if narrow else ((8 * 65535) // W + 1).bit_length()
+        req_n = Signal(cnt_bits)
+        resp_n = Signal(cnt_bits)
+        beats = Signal(cnt_bits)          # beats to read in this FETCH or PSCAN
         rd_base = Signal(ab)
         m.d.comb += [
             self.mem.rd_req.payload.addr.eq(rd_base + (req_n << lw)),
@@ -206,19 +242,14 @@ class Controller(wiring.Component):
 
         # --- command checks ---
         # Matmul.
-        ob = Signal(3)                    # output bytes per element
+        # Element sizes as log2 of the bytes (row bytes are shifts, not products).
+        ob_log = Signal(2)                # output bytes per element: 1, 2 or 4
         with m.If(~mm.requant | (mm.out_fmt == 3)):
-            m.d.comb += ob.eq(4)
+            m.d.comb += ob_log.eq(2)
         with m.Elif(mm.out_fmt == 2):
-            m.d.comb += ob.eq(2)
-        with m.Else():
-            m.d.comb += ob.eq(1)
-        db = Signal(3)
-        with m.Switch(mm.addend):
-            with m.Case(AddendMode.ACC32):
-                m.d.comb += db.eq(4)
-            with m.Case(AddendMode.RESIDUAL16):
-                m.d.comb += db.eq(2)
+            m.d.comb += ob_log.eq(1)
+        db_log = Signal(2)                # addend bytes per element: 4 or 2 (when used)
+        m.d.comb += db_log.eq(Mux(mm.addend == AddendMode.ACC32, 2, 1))
 
         def misaligned(*values):
             return Cat(v[:lw] != 0 for v in values).any()
@@ -233,12 +264,12 @@ class Controller(wiring.Component):
         mm_bad_mode = ((mm.requant & ~mm.use_params) | (mm.addend == 3)
                        | ((mm.addend == AddendMode.RESIDUAL16) & (mm.addend_shift > RES_SHIFT_MAX)))
         # Vector.
-        def fmt_bytes(fmt):
-            return Mux(fmt == 3, 4, Mux(fmt == 2, 2, 1))
+        def fmt_log(fmt):
+            return Mux(fmt == 3, 2, Mux(fmt == 2, 1, 0))
 
-        vsb = Signal(3)
-        vdb = Signal(3)
-        m.d.comb += [vsb.eq(fmt_bytes(vec.src_fmt)), vdb.eq(fmt_bytes(vec.dst_fmt))]
+        vsb_log = Signal(2)
+        vdb_log = Signal(2)
+        m.d.comb += [vsb_log.eq(fmt_log(vec.src_fmt)), vdb_log.eq(fmt_log(vec.dst_fmt))]
         v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual
         v_use_p = vec.op.matches(VecOp.LAYERNORM, VecOp.GELU, VecOp.REQUANT,
                                  VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
@@ -257,25 +288,31 @@ class Controller(wiring.Component):
         is_vec = Signal()
         idx = Signal(3)
         op_used = Signal()
-        op_addr = Signal(ADDR_BITS)
+        op_addr = Signal(ab + 1 if narrow else ADDR_BITS)
         op_rows = Signal(16)
-        op_stride = Signal(ADDR_BITS)
+        op_stride = Signal(ab + 1 if narrow else ADDR_BITS)
         op_rb = Signal(24)
+        def ref(body, view, name):
+            # A field's value; on a narrow build the low bits with the high flag above them
+            # (the flag stands for "at least 2**ab").
+            v = getattr(view, name)
+            return Cat(v[:ab], hi_of(body, name)) if narrow else v
+
+        def mref(name):
+            return ref("mm", mm, name)
+
+        def vref(name):
+            return ref("vec", vec, name)
+
         mm_ops = [
-            (1, mm.a_addr, mm.m, mm.a_stride, mm.k),
-            (1, mm.b_addr, Mux(mm.b_transposed, mm.n, mm.k), mm.b_stride,
+            (1, mref("a_addr"), mm.m, mref("a_stride"), mm.k),
+            (1, mref("b_addr"), Mux(mm.b_transposed, mm.n, mm.k), mref("b_stride"),
              Mux(mm.b_transposed, mm.k, mm.n)),
-            (1, mm.c_addr, mm.m, mm.c_stride, mm.n * ob),
-            (db != 0, mm.d_addr, mm.m, mm.d_stride, mm.n * db),
-            (mm.use_params, mm.p_addr, 1, 0, mm.n * PARAM_RECORD_BYTES),
-            (mm.row_shift, mm.e_addr, 1, 0, mm.m),
-        ]
-        vec_ops = [
-            (1, vec.src_addr, vec.rows, vec.src_stride, vec.cols * vsb),
-            (v_use_res, vec.res_addr, vec.rows, vec.res_stride, vec.cols * 2),
-            (v_use_p, vec.p_addr, 1, 0, vec.cols * VEC_PARAM_RECORD_BYTES),
-            (1, vec.dst_addr, vec.rows, vec.dst_stride, vec.cols * vdb),
-            (v_use_e, vec.e_addr, 1, 0, vec.rows),
+            (1, mref("c_addr"), mm.m, mref("c_stride"), mm.n << ob_log),
+            (mm.addend.matches(AddendMode.ACC32, AddendMode.RESIDUAL16), mref("d_addr"), mm.m,
+             mref("d_stride"), mm.n << db_log),
+            (mm.use_params, mref("p_addr"), 1, 0, mm.n * PARAM_RECORD_BYTES),
+            (mm.row_shift, mref("e_addr"), 1, 0, mm.m),
         ]
         N_OPS = len(mm_ops)
 
@@ -287,6 +324,13 @@ class Controller(wiring.Component):
                                      op_stride.eq(stride), op_rb.eq(rb)]
 
         if self.vector:
+            vec_ops = [
+                (1, vref("src_addr"), vec.rows, vref("src_stride"), vec.cols << vsb_log),
+                (v_use_res, vref("res_addr"), vec.rows, vref("res_stride"), vec.cols * 2),
+                (v_use_p, vref("p_addr"), 1, 0, vec.cols * VEC_PARAM_RECORD_BYTES),
+                (1, vref("dst_addr"), vec.rows, vref("dst_stride"), vec.cols << vdb_log),
+                (v_use_e, vref("e_addr"), 1, 0, vec.rows),
+            ]
             with m.If(is_vec):
                 drive(vec_ops)
             with m.Else():
@@ -299,15 +343,19 @@ class Controller(wiring.Component):
         product = Signal(ADDR_BITS + 16)
         short = Signal()
         outside = Signal()
-        m.d.comb += short.eq(op_used & (op_rows > 1) & (op_stride < op_rb))
+        if narrow:
+            # Bit ab of an address or stride is its high flag (the value is at least 2**ab).
+            m.d.comb += short.eq(op_used & (op_rows > 1) & ~op_stride[ab]
+                                 & (op_stride[:ab] < op_rb))
+        else:
+            m.d.comb += short.eq(op_used & (op_rows > 1) & (op_stride < op_rb))
         # A narrow build (window inside [0, 2**ab)) computes the span in ab + 1 bits plus an
         # overflow flag: an address, a stride in use or a product reaching 2**ab puts the span
         # past the window (every row is at least one byte long unless a dimension is 0, and a
         # zero dimension is reported first as BAD_SHAPE).
-        narrow = self.serial_check and ab < ADDR_BITS
         if self.serial_check:
             # (rows - 1) * stride by shift and add, most significant bit of rows - 1 first.
-            pw = ab + 1 if narrow else ADDR_BITS + 16
+            pw = ab if narrow else ADDR_BITS + 16
             mul_n = Signal(range(17))
             mul_done = Signal()
             mul_bit = Signal()
@@ -317,14 +365,14 @@ class Controller(wiring.Component):
             prod_ovf = Signal()
             prod_next = Signal(pw + 2)
             m.d.comb += [prod_next.eq((prod_acc << 1) + Mux(mul_bit, op_stride[:pw], 0)),
-                         product.eq(prod_acc)]
+                         product.eq(Cat(prod_acc, prod_ovf) if narrow else prod_acc)]
         else:
             m.d.comb += product.eq(rows_m1 * op_stride)
         if narrow:
+            # An address, product or span at or past 2**ab is past the window's end.
             m.d.comb += [
-                span_end.eq(op_addr[:ab] + prod_acc + op_rb),
-                outside.eq(op_used & ((op_addr[ab:] != 0) | prod_ovf | (op_addr[:ab] < base)
-                                      | (span_end > win_end))),
+                span_end.eq(op_addr + product + op_rb),
+                outside.eq(op_used & ((op_addr[:ab] < base) | (span_end > win_end))),
             ]
         else:
             m.d.comb += [
@@ -398,6 +446,7 @@ class Controller(wiring.Component):
                     m.d.sync += [req_n.eq(0), resp_n.eq(0),
                                  beats.eq(max(1, INSTR_BYTES // W)),
                                  rd_base.eq(pc & ~(W - 1))]
+                    m.d.sync += [flag.eq(0) for flag in hi.values()]
                     m.next = "FETCH"
 
             with m.State("FETCH"):
@@ -407,15 +456,21 @@ class Controller(wiring.Component):
                     m.d.sync += req_n.eq(req_n + 1)
                 with m.If(self.mem.rd_resp.valid):
                     m.d.sync += resp_n.eq(resp_n + 1)
-                    if W <= INSTR_BYTES:
-                        if W == INSTR_BYTES:
-                            m.d.sync += instr.as_value().eq(self.mem.rd_resp.payload)
-                        else:
-                            m.d.sync += instr.as_value().eq(
-                                Cat(instr.as_value()[8 * W:], self.mem.rd_resp.payload))
+                    # Beat j fills bits [8W*j, 8W*(j+1)) of the instruction, in place (a
+                    # shift register would keep every bit that passes through a used one).
+                    if W < INSTR_BYTES:
+                        words = [(j, j * 8 * W, self.mem.rd_resp.payload)
+                                 for j in range(INSTR_BYTES // W)]
                     else:
-                        m.d.sync += instr.as_value().eq(
-                            self.mem.rd_resp.payload.word_select(pc[6:lw], INSTR_BITS))
+                        words = [(0, 0, self.mem.rd_resp.payload.word_select(pc[6:lw], INSTR_BITS)
+                                  if W > INSTR_BYTES else self.mem.rd_resp.payload)]
+                    for j, lo, word in words:
+                        with m.If(resp_n[:(len(words) - 1).bit_length()] == j):
+                            m.d.sync += instr.as_value()[lo:lo + len(word)].eq(word)
+                            for key, (f_lo, f_hi) in hi_range.items():
+                                a, b = max(f_lo, lo), min(f_hi, lo + len(word))
+                                if a < b:
+                                    m.d.sync += hi[key].eq(hi[key] | (word[a - lo:b - lo] != 0))
                     with m.If(resp_n == beats - 1):
                         m.next = "DECODE"
 
@@ -447,7 +502,7 @@ class Controller(wiring.Component):
                         m.d.sync += [prod_acc.eq(prod_next[:pw]), mul_n.eq(mul_n + 1)]
                         if narrow:
                             m.d.sync += prod_ovf.eq(prod_ovf | (prod_next[pw:] != 0)
-                                                    | (mul_bit & (op_stride[pw:] != 0)))
+                                                    | (mul_bit & op_stride[ab]))
                     checked = mul_done
                 else:
                     checked = C(1, 1)

@@ -127,6 +127,9 @@ def test_small_accelerator_window_beyond_reach():
     dict(c_stride=0x0002_0000, m=2),                # rows - 1 = 1 times a stride >= 2**17
     dict(c_stride=0x8000, m=3),                     # a product just past the window
     dict(a_stride=0x1_0000_0000 - 4, m=2),          # 32-bit stride, short rows: BAD_SHAPE
+    # rows of 80,000 bytes (above 2**16) and a stride of 2**17: not short, past the window
+    dict(n=20000, b_stride=0x8000, b_transposed=0, c_stride=0x2_0000, m=2, requant=0,
+         addend=0),
 ])
 def test_small_accelerator_span_checks(change):
     """The narrowed span check gives isa_sim's error for addresses and strides beyond the
