@@ -139,6 +139,29 @@ class Controller(wiring.Component):
         m.d.comb += win_end.eq(base + size)
         pc = Signal(ADDR_BITS)
         m.d.comb += self.pc.eq(pc)
+        if ab < ADDR_BITS:
+            # The program counter only advances from a fetch inside the window, so past
+            # PROG_ADDR it stays below 2**ab + INSTR_BYTES: the bits above ab are PROG_ADDR's.
+            pc_lo = Signal(ab + 1)
+            pc_hi = Signal(ADDR_BITS - ab - 1)
+            m.d.comb += pc.eq(Cat(pc_lo, pc_hi))
+
+            def set_pc(value):
+                return [pc_lo.eq(value[:ab + 1]), pc_hi.eq(value[ab + 1:])]
+
+            def advance_pc():
+                return pc_lo.eq(pc_lo + INSTR_BYTES)
+
+            fetch_fault = ((pc_lo[:6] != 0) | (pc_hi != 0) | (pc_lo < base)
+                           | (pc_lo + INSTR_BYTES > win_end))
+        else:
+            def set_pc(value):
+                return [pc.eq(value)]
+
+            def advance_pc():
+                return pc.eq(pc + INSTR_BYTES)
+
+            fetch_fault = (pc[:6] != 0) | (pc < base) | (pc + INSTR_BYTES > win_end)
 
         hi_range = {}
         instr = Signal(isa.instruction_layout())
@@ -411,14 +434,14 @@ class Controller(wiring.Component):
 
         def next_instruction():
             m.d.comb += self.retire.eq(1)
-            m.d.sync += pc.eq(pc + INSTR_BYTES)
+            m.d.sync += advance_pc()
             m.next = "NEXT"
 
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [
-                        base.eq(self.win_base), size.eq(self.win_size), pc.eq(self.prog_addr),
+                        base.eq(self.win_base), size.eq(self.win_size), *set_pc(self.prog_addr),
                         self.running.eq(1), self.done.eq(0), self.error.eq(0),
                         code.eq(0), code_pc.eq(0),
                         unit_err.eq(0), abort_req.eq(0),
@@ -440,7 +463,7 @@ class Controller(wiring.Component):
                     m.next = "DRAIN"
                 with m.Elif(abort_req):
                     stop_with(ErrorCode.ABORTED, pc)
-                with m.Elif((pc[:6] != 0) | (pc < base) | (pc + INSTR_BYTES > win_end)):
+                with m.Elif(fetch_fault):
                     stop_with(ErrorCode.FETCH_FAULT, pc)
                 with m.Else():
                     m.d.sync += [req_n.eq(0), resp_n.eq(0),
@@ -601,7 +624,7 @@ class Controller(wiring.Component):
                 with m.State("HOLD"):
                     # The unit reads its command from ``instr`` until it answers.
                     with m.If(idle_mm & idle_vec):
-                        m.d.sync += pc.eq(pc + INSTR_BYTES)
+                        m.d.sync += advance_pc()
                         m.next = "NEXT"
 
             with m.State("WAIT"):
@@ -630,11 +653,11 @@ class Controller(wiring.Component):
                         # count an instruction that fails.
                         m.d.comb += [self.unretire_mm.eq(~unit_vec), self.unretire_vec.eq(unit_vec)]
                         m.d.sync += [self.error.eq(1), code.eq(unit_code),
-                                     pc.eq(unit_pc)]
+                                     *set_pc(unit_pc)]
                     with m.Elif(code == ErrorCode.OK):
                         m.d.sync += self.done.eq(1)
                     with m.Else():
                         m.d.sync += [self.error.eq(1),
-                                     pc.eq(code_pc)]
+                                     *set_pc(code_pc)]
                     m.next = "IDLE"
         return m

@@ -120,6 +120,20 @@ def test_small_accelerator_window_beyond_reach():
     assert np.array_equal(mem, img.mem)
 
 
+@pytest.mark.parametrize("prog", [0x1_0000, 0x1_0040, 0x2_0000, 0x8000_0040, 0xFFFF_FFC0, 0x1004])
+def test_small_accelerator_program_beyond_reach(prog):
+    """PROG_ADDR at or past 2**addr_bits (or misaligned) is a FETCH_FAULT at that address, as
+    in isa_sim, although the program counter keeps only addr_bits + 1 low bits."""
+    img = error_image("ok", MachineConfig(2, 4), size=0x4000)
+    img.prog = prog
+    mem, regs = run_small(img)
+    ref_mem, ref, mach = reference(img)
+    for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT"):
+        assert regs[name] == ref[name], (name, regs[name], ref[name])
+    assert regs["ERROR"] == ErrorCode.FETCH_FAULT and regs["ERROR_PC"] == prog
+    assert np.array_equal(mem, ref_mem)
+
+
 @pytest.mark.parametrize("change", [
     dict(a_addr=0x0001_1000),                       # an address above 2**addr_bits
     dict(a_addr=0xFFFF_FFC0),                       # the span wraps 32 bits
