@@ -120,8 +120,11 @@ class MatmulEngine(wiring.Component):
         start = Signal()
         code = Signal(2)
 
+        # With a serial epilogue (about 11 cycles per element) the sequencer is built for size:
+        # a transposed B goes into its scratchpad one byte per cycle, without a corner turn.
+        compact = self.serial_epilogue
         m.submodules.loader = loader = Loader(n, w, k_max=k_max, outstanding=self.outstanding,
-                                              addr_bits=self.addr_bits)
+                                              addr_bits=self.addr_bits, byte_turn=compact)
         m.submodules.feeder = feeder = Feeder(n, w, k_max=k_max)
         m.submodules.array = array = SystolicArray(n)
         lean = ((self.epilogue_lanes is not None and self.epilogue_lanes < n)
@@ -156,7 +159,8 @@ class MatmulEngine(wiring.Component):
             pad = Scratchpad(write_bytes=w, read_bytes=1, depth_bytes=k_max)
             m.submodules[f"a_pad{r}"] = pad
             a_pads.append(pad)
-        m.submodules.b_pad = b_pad = Scratchpad(write_bytes=w, read_bytes=n, depth_bytes=k_max * g)
+        m.submodules.b_pad = b_pad = Scratchpad(write_bytes=w, read_bytes=n, depth_bytes=k_max * g,
+                                                byte_mask=compact)
         m.submodules.p_pad = p_pad = Scratchpad(write_bytes=w, read_bytes=n * PARAM_RECORD_BYTES,
                                                 depth_bytes=g * PARAM_RECORD_BYTES,
                                                 block_ram=self.bram_pads)
@@ -203,6 +207,8 @@ class MatmulEngine(wiring.Component):
                          pad.r_addr.eq(feeder.a_r_addr)]
         m.d.comb += feeder.a_r_data.eq(Cat(pad.r_data for pad in a_pads))
         drive_write(b_pad, loader.w_valid[1])
+        if compact:
+            m.d.comb += b_pad.w.payload.mask.eq(loader.w_mask)
         drive_write(p_pad, loader.w_valid[2])
         drive_write(d_pad, loader.w_valid[3])
         drive_write(e_pad, loader.w_valid[4])

@@ -185,6 +185,13 @@ class Loader(_Unit):
     B, one per cycle. Responses wait while the corner turn drains, so a transposed B group
     costs about two cycles per beat (the drain stops at K).
 
+    ``byte_turn`` (a board-sized build): no corner turn. A transposed B is read like any other
+    operand, row after row of memory (one column of B each), and every beat is written into the
+    B scratchpad one byte per cycle with a byte mask (``w_mask``): byte i of the beat holding
+    column c, chunk kc is element (kc*W + i, c). A transposed B group then costs W cycles per
+    beat. The scratchpad address of every beat is computed when it is requested, so the
+    descriptors are narrow, and the read address is ``row address + word * W``.
+
     Members
     -------
     rd_req : Out(stream.Signature(read_request_layout()))
@@ -197,9 +204,11 @@ class Loader(_Unit):
         A scratchpad beat for resource r: ``w_buf``, ``w_row`` (A bank), ``w_addr``, ``w_data``.
     """
 
-    def __init__(self, array, port_bytes, *, k_max, outstanding=32, addr_bits=ADDR_BITS):
+    def __init__(self, array, port_bytes, *, k_max, outstanding=32, addr_bits=ADDR_BITS,
+                 byte_turn=False):
         self.k_max = k_max
         self.outstanding = outstanding
+        self.byte_turn = byte_turn
         g = group_cols(array, port_bytes)
         self.max_words = max(k_max // port_bytes, PARAM_RECORD_BYTES * g // port_bytes, g)
         self.max_rows = max(k_max, array)
@@ -215,10 +224,14 @@ class Loader(_Unit):
             "w_addr": Out(range(max(self.max_words, k_max * g // port_bytes,
                                     4 * array * g // port_bytes))),
             "w_data": Out(port_bytes * 8),
+            "w_mask": Out(port_bytes),
         }, addr_bits)
 
     def elaborate(self, platform):
+        if self.byte_turn:
+            return self._elaborate_byte_turn()
         m = Module()
+        m.d.comb += self.w_mask.eq(-1)
         n, w, g = self.array, self.port_bytes, self.group
         lw = _log2(w)
         ab = self.addr_bits
@@ -443,6 +456,217 @@ class Loader(_Unit):
                                  d_last.eq(resp.last), d_chunk_last.eq(resp.row_last)]
         with m.If(self.start):
             m.d.sync += draining.eq(0)
+        return m
+
+    def _elaborate_byte_turn(self):
+        m = Module()
+        n, w, g = self.array, self.port_bytes, self.group
+        ln, lw, lg = _log2(n), _log2(w), _log2(g)
+        lgw = lg - lw
+        ab = self.addr_bits
+        cmd, plan = self.cmd, self.plan
+        addr_width = len(self.w_addr)
+        # Rows of a job: K (B), the group's columns (transposed B) or a panel's rows; words of a
+        # row: beats of K (A, transposed B), of the group's columns (B) or of its records (P, D).
+        max_rows = max(self.k_max, n, g)
+        max_words = max(self.k_max // w, PARAM_RECORD_BYTES * g // w)
+        desc_layout = data.StructLayout({
+            "target": range(NRES), "buf": 1, "last": 1,
+            # A: the panel row (scratchpad bank); transposed B: the column's byte lane.
+            "row": range(max(n, w)),
+            # Scratchpad beat address (transposed B: without the two lowest bits of k).
+            "addr": unsigned(addr_width),
+        })
+        m.submodules.pending = pending = SyncFifo(
+            width=desc_layout.size, depth=self.outstanding)
+
+        # --- Request side --------------------------------------------------------------------
+        g_idx = Signal(DIM_BITS - lg)
+        p_idx = Signal(DIM_BITS - ln)
+        item_parity = Signal()
+        g_last = Signal()
+        p_last = Signal()
+        m.d.comb += [g_last.eq(g_idx == plan.ng - 1), p_last.eq(p_idx == plan.np - 1)]
+
+        b_gbase = Signal(ab)     # b_addr + g*G (transposed: b_addr + g*G*b_stride)
+        p_gbase = Signal(ab)     # p_addr + g*G*8
+        a_pbase = Signal(ab)     # a_addr + p*N*a_stride
+        d_pbase = Signal(ab)     # d_addr + p*N*d_stride + g*G*eb
+        d_gbase = Signal(ab)     # d_addr + g*G*eb
+        e_pbase = Signal(ab)     # e_addr + p*N
+
+        target = Signal(range(NRES))
+        buf = Signal()
+        rows = Signal(range(max_rows + 1))
+        words = Signal(range(max_words + 1))
+        row_addr = Signal(ab)
+        row = Signal(range(max_rows))
+        word = Signal(range(max_words))
+        transposed = cmd.b_transposed
+
+        # Address step from row to row (P and E load one row).
+        stride = Signal(ab)
+        m.d.comb += stride.eq(Mux(target == A, cmd.a_stride,
+                                  Mux(target == D, cmd.d_stride, cmd.b_stride)))
+        next_row = Signal(ab)
+        m.d.comb += next_row.eq(row_addr + stride)
+
+        panel_rows = Mux(p_last, plan.last_rows, n)
+        e_full = max(1, n // w)
+
+        def job_needed(j):
+            first_of_group = p_idx == 0
+            return {A: 1, B: first_of_group, P: first_of_group & cmd.use_params,
+                    D: cmd.addend != AddendMode.NONE, E: cmd.row_shift}[j]
+
+        order = [B, P, A, E, D]
+
+        def setup(j):
+            stmts = [target.eq(j), row.eq(0), word.eq(0)]
+            if j == B:
+                stmts += [buf.eq(g_idx[0]), row_addr.eq(b_gbase),
+                          rows.eq(Mux(transposed, Mux(g_last, plan.cols_last, g), cmd.k)),
+                          words.eq(Mux(transposed, plan.a_words,
+                                       Mux(g_last, plan.bw_last, g // w)))]
+            elif j == P:
+                stmts += [buf.eq(g_idx[0]), rows.eq(1),
+                          words.eq(Mux(g_last, plan.pw_last, PARAM_RECORD_BYTES * g // w)),
+                          row_addr.eq(p_gbase)]
+            elif j == A:
+                stmts += [buf.eq(item_parity), rows.eq(panel_rows), words.eq(plan.a_words),
+                          row_addr.eq(a_pbase)]
+            elif j == E:
+                stmts += [buf.eq(item_parity), rows.eq(1),
+                          words.eq(Mux(p_last, plan.ew_last, e_full)),
+                          row_addr.eq(Cat(C(0, lw), e_pbase[lw:]))]
+            else:
+                stmts += [buf.eq(item_parity), rows.eq(panel_rows),
+                          words.eq(Mux(g_last, plan.dw_last, plan.dw_full)),
+                          row_addr.eq(d_pbase)]
+            return stmts
+
+        row_last = Signal()
+        word_last = Signal()
+        m.d.comb += [row_last.eq(row == rows - 1), word_last.eq(word == words - 1)]
+        desc = Signal(desc_layout)
+        m.d.comb += [
+            desc.target.eq(target), desc.buf.eq(buf), desc.last.eq(row_last & word_last),
+            pending.w_data.eq(desc),
+            self.rd_req.payload.addr.eq((row_addr + (word << lw))[:ab]),
+            self.claim_buf.eq(buf),
+        ]
+        # Scratchpad addresses, in beats.
+        with m.Switch(target):
+            with m.Case(A):
+                m.d.comb += [desc.row.eq(row), desc.addr.eq(word)]
+            with m.Case(B):
+                with m.If(transposed):
+                    # Row = column c of the group, word = chunk of K.
+                    m.d.comb += [desc.row.eq(row[:lw]),
+                                 desc.addr.eq(Cat(row[lw:lg], word) if lgw else word)]
+                with m.Else():
+                    m.d.comb += desc.addr.eq(Cat(word[:lgw], row) if lgw else row)
+            with m.Case(D):
+                # Row r of the addend tile starts at beat r * (G * eb / W).
+                m.d.comb += desc.addr.eq(Mux(plan.d_log2 == 2, Cat(word[:lgw + 2], row),
+                                             Cat(word[:lgw + 1], row)))
+            with m.Default():
+                m.d.comb += desc.addr.eq(word)
+
+        with m.FSM(name="load"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [
+                        g_idx.eq(0), p_idx.eq(0), item_parity.eq(0),
+                        b_gbase.eq(cmd.b_addr), p_gbase.eq(cmd.p_addr),
+                        a_pbase.eq(cmd.a_addr), d_pbase.eq(cmd.d_addr), d_gbase.eq(cmd.d_addr),
+                        e_pbase.eq(cmd.e_addr),
+                    ]
+                    m.next = f"SETUP_{order[0]}"
+            for pos, j in enumerate(order):
+                nxt = f"SETUP_{order[pos + 1]}" if pos + 1 < len(order) else "NEXT_ITEM"
+                with m.State(f"SETUP_{j}"):
+                    with m.If(job_needed(j)):
+                        m.d.sync += setup(j)
+                        m.next = f"CLAIM_{j}"
+                    with m.Else():
+                        m.next = nxt
+                with m.State(f"CLAIM_{j}"):
+                    with m.If(self.free.word_select(Cat(buf, C(j, 3)), 1)):
+                        m.d.comb += self.claim.eq(1 << j)
+                        m.next = f"ISSUE_{j}"
+                with m.State(f"ISSUE_{j}"):
+                    m.d.comb += [
+                        self.rd_req.valid.eq(pending.w_rdy),
+                        pending.w_en.eq(self.rd_req.ready),
+                    ]
+                    with m.If(self.rd_req.valid & self.rd_req.ready):
+                        with m.If(word_last):
+                            m.d.sync += [word.eq(0), row.eq(row + 1), row_addr.eq(next_row)]
+                            with m.If(row_last):
+                                # The address past the last row is the next panel's (A, D)
+                                # or the next group's (transposed B).
+                                if j == A:
+                                    m.d.sync += a_pbase.eq(Mux(p_last, cmd.a_addr, next_row))
+                                elif j == D:
+                                    m.d.sync += d_pbase.eq(next_row)
+                                elif j == B:
+                                    with m.If(transposed):
+                                        m.d.sync += b_gbase.eq(next_row)
+                                m.next = nxt
+                        with m.Else():
+                            m.d.sync += word.eq(word + 1)
+            with m.State("NEXT_ITEM"):
+                m.d.sync += item_parity.eq(~item_parity)
+                with m.If(p_last):
+                    d_next = d_gbase + (g << plan.d_log2)
+                    m.d.sync += [
+                        p_idx.eq(0), g_idx.eq(g_idx + 1),
+                        p_gbase.eq(p_gbase + PARAM_RECORD_BYTES * g),
+                        d_pbase.eq(d_next), d_gbase.eq(d_next),
+                        e_pbase.eq(cmd.e_addr),
+                    ]
+                    with m.If(~transposed):
+                        m.d.sync += b_gbase.eq(b_gbase + g)
+                    with m.If(g_last):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = f"SETUP_{order[0]}"
+                with m.Else():
+                    m.d.sync += [p_idx.eq(p_idx + 1), e_pbase.eq(e_pbase + n)]
+                    m.next = f"SETUP_{order[0]}"
+
+        # --- Response side ------------------------------------------------------------------
+        resp = Signal(desc_layout)
+        turned = Signal()
+        sub = Signal(lw)            # the byte of a transposed B beat being written
+        beat_done = Signal()
+        m.d.comb += [
+            resp.eq(pending.r_data),
+            turned.eq(transposed & (resp.target == B)),
+            beat_done.eq(~turned | (sub == w - 1)),
+            self.rd_resp.ready.eq(pending.r_rdy & beat_done),
+            pending.r_en.eq(self.rd_resp.valid & beat_done),
+        ]
+        beat = self.rd_resp.valid & pending.r_rdy
+        payload = self.rd_resp.payload
+        m.d.comb += [
+            self.w_buf.eq(resp.buf), self.fill_buf.eq(resp.buf),
+            self.w_row.eq(resp.row),
+            self.w_addr.eq(Mux(turned,
+                               Cat(resp.addr[:lgw], sub, resp.addr[lgw:]) if lgw else
+                               Cat(sub, resp.addr),
+                               resp.addr)),
+            self.w_data.eq(Mux(turned, payload.word_select(sub, 8).replicate(w), payload)),
+            self.w_mask.eq(Mux(turned, C(1, w) << resp.row[:lw], (1 << w) - 1)),
+        ]
+        with m.If(beat & turned):
+            m.d.sync += sub.eq(sub + 1)
+        for j in range(NRES):
+            with m.If(beat & (resp.target == j)):
+                m.d.comb += self.w_valid[j].eq(1)
+                with m.If(resp.last & beat_done):
+                    m.d.comb += self.fill[j].eq(1)
         return m
 
 
