@@ -114,8 +114,8 @@ class MatmulEngine(wiring.Component):
         cmd = Signal(command_layout())
         if self.hold_cmd:
             m.d.comb += cmd.eq(self.cmd.payload)
-        plan_now = Signal(plan_layout(n, w))
-        plan = Signal(plan_layout(n, w))
+        plan_now = Signal(plan_layout(n, w, k_max))
+        plan = Signal(plan_layout(n, w, k_max))
         compute_plan(m, cmd, plan_now, n, w)
         start = Signal()
         code = Signal(2)
@@ -129,11 +129,11 @@ class MatmulEngine(wiring.Component):
         m.submodules.array = array = SystolicArray(n)
         lean = ((self.epilogue_lanes is not None and self.epilogue_lanes < n)
                 or self.serial_epilogue)
-        m.submodules.collector = collector = Collector(n, w, in_place=lean)
+        m.submodules.collector = collector = Collector(n, w, in_place=lean, k_max=k_max)
         m.submodules.epilogue = epilogue = Epilogue(n, self.epilogue_lanes,
                                                     self.epilogue_registers,
                                                     serial=self.serial_epilogue)
-        m.submodules.writer = writer = Writer(n, w, self.addr_bits)
+        m.submodules.writer = writer = Writer(n, w, self.addr_bits, k_max=k_max)
         for unit in (loader, feeder, collector, writer):
             m.d.comb += [unit.start.eq(start), unit.cmd.eq(cmd), unit.plan.eq(plan)]
 

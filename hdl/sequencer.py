@@ -30,7 +30,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .epilogue import epilogue_layout
-from .params import (ADDR_BITS, DIM_BITS, K_BITS, PARAM_BIAS_OFFSET, PARAM_MULT_OFFSET,
+from .params import (ADDR_BITS, DIM_BITS, K_BITS, K_MAX, PARAM_BIAS_OFFSET, PARAM_MULT_OFFSET,
                      PARAM_RECORD_BYTES, PARAM_SHIFT_OFFSET, AddendMode, OutFormat,
                      command_layout, group_cols)
 from .scratchpad import SyncFifo
@@ -63,16 +63,16 @@ def write_layout(port_bytes: int) -> data.StructLayout:
     })
 
 
-def plan_layout(array: int, port_bytes: int) -> data.StructLayout:
-    """Quantities derived once per command from its shape."""
+def plan_layout(array: int, port_bytes: int, k_max: int = K_MAX) -> data.StructLayout:
+    """Quantities derived once per command from its shape (``k_max``: the engine's longest K)."""
     g = group_cols(array, port_bytes)
     return data.StructLayout({
-        "kp": unsigned(K_BITS + 1),            # steps per tile: max(K, array)
-        "a_words": unsigned(K_BITS),           # beats per A row
-        "ng": unsigned(DIM_BITS),              # groups
-        "np": unsigned(DIM_BITS),              # panels
+        "kp_m1": range(max(k_max, array)),     # steps per tile, max(K, array), minus one
+        "a_words": range(k_max // port_bytes + 1),                   # beats per A row
+        "ng_m1": unsigned(DIM_BITS - _log2(g)),        # groups minus one (the last group)
+        "np_m1": unsigned(DIM_BITS - _log2(array)),    # panels minus one (the last panel)
         "last_rows": range(array + 1),         # rows of the last panel
-        "nblk_last": range(g // array + 1),    # tiles in the last group
+        "nblk_m1": range(g // array),          # tiles in the last group minus one
         "bw_last": range(g // port_bytes + 1),                       # B beats per row, last group
         "cols_last": range(g + 1),             # columns of the last group
         "pw_last": range(PARAM_RECORD_BYTES * g // port_bytes + 1),  # parameter beats, last group
@@ -85,22 +85,24 @@ def plan_layout(array: int, port_bytes: int) -> data.StructLayout:
 
 
 def compute_plan(m: Module, cmd, plan, array: int, port_bytes: int):
-    """Drive the ``plan`` signal (plan_layout) combinationally from ``cmd`` (command_layout)."""
+    """Drive the ``plan`` signal (plan_layout) combinationally from ``cmd`` (command_layout).
+
+    Meaningful for a command that passes the engine's checks (M, K, N at least 1)."""
     g = group_cols(array, port_bytes)
     lg, ln, lw = _log2(g), _log2(array), _log2(port_bytes)
-    ng = Signal(DIM_BITS + 1)
-    np_ = Signal(DIM_BITS + 1)
+    n_m1 = Signal(DIM_BITS)
+    m_m1 = Signal(DIM_BITS)
     rem = Signal(range(g + 1))
     m.d.comb += [
-        ng.eq((cmd.n + (g - 1)) >> lg),
-        np_.eq((cmd.m + (array - 1)) >> ln),
-        rem.eq(cmd.n - ((ng - 1) << lg)),
-        plan.kp.eq(Mux(cmd.k < array, array, cmd.k)),
+        n_m1.eq(cmd.n - 1),
+        m_m1.eq(cmd.m - 1),
+        rem.eq(n_m1[:lg] + 1),
+        plan.kp_m1.eq(Mux(cmd.k < array, array - 1, cmd.k - 1)),
         plan.a_words.eq((cmd.k + (port_bytes - 1)) >> lw),
-        plan.ng.eq(ng),
-        plan.np.eq(np_),
-        plan.last_rows.eq(cmd.m - ((np_ - 1) << ln)),
-        plan.nblk_last.eq((rem + (array - 1)) >> ln),
+        plan.ng_m1.eq(n_m1 >> lg),
+        plan.np_m1.eq(m_m1 >> ln),
+        plan.last_rows.eq(m_m1[:ln] + 1),
+        plan.nblk_m1.eq(n_m1[ln:lg] if g > array else 0),
         plan.bw_last.eq((rem + (port_bytes - 1)) >> lw),
         plan.cols_last.eq(rem),
         plan.ew_last.eq((plan.last_rows + (port_bytes - 1)) >> lw),
@@ -120,8 +122,8 @@ class _Walk:
 
     def __init__(self, m: Module, plan, array: int, port_bytes: int, name: str):
         blocks = group_cols(array, port_bytes) // array
-        self.g = Signal(DIM_BITS, name=f"{name}_g")
-        self.p = Signal(DIM_BITS, name=f"{name}_p")
+        self.g = Signal(len(plan.ng_m1), name=f"{name}_g")
+        self.p = Signal(len(plan.np_m1), name=f"{name}_p")
         self.blk = Signal(range(blocks), name=f"{name}_blk")
         self.item_parity = Signal(name=f"{name}_item_parity")
         self.g_last = Signal(name=f"{name}_g_last")
@@ -130,9 +132,9 @@ class _Walk:
         self.group_last = Signal(name=f"{name}_group_last")
         self.final = Signal(name=f"{name}_final")
         m.d.comb += [
-            self.g_last.eq(self.g == plan.ng - 1),
-            self.p_last.eq(self.p == plan.np - 1),
-            self.blk_last.eq(self.blk == Mux(self.g_last, plan.nblk_last, blocks) - 1),
+            self.g_last.eq(self.g == plan.ng_m1),
+            self.p_last.eq(self.p == plan.np_m1),
+            self.blk_last.eq(self.blk == Mux(self.g_last, plan.nblk_m1, blocks - 1)),
             self.group_last.eq(self.blk_last & self.p_last),
             self.final.eq(self.group_last & self.g_last),
         ]
@@ -157,7 +159,7 @@ class _Walk:
 
 
 class _Unit(wiring.Component):
-    def __init__(self, array, port_bytes, members, addr_bits=ADDR_BITS):
+    def __init__(self, array, port_bytes, members, addr_bits=ADDR_BITS, k_max=K_MAX):
         self.array = array
         self.port_bytes = port_bytes
         #: Address bits computed with (``params.Sizing.addr_bits``); the ports carry ADDR_BITS.
@@ -166,7 +168,7 @@ class _Unit(wiring.Component):
         super().__init__({
             "start": In(1),
             "cmd": In(command_layout()),
-            "plan": In(plan_layout(array, port_bytes)),
+            "plan": In(plan_layout(array, port_bytes, k_max)),
             **members,
         })
 
@@ -225,7 +227,7 @@ class Loader(_Unit):
                                     4 * array * g // port_bytes))),
             "w_data": Out(port_bytes * 8),
             "w_mask": Out(port_bytes),
-        }, addr_bits)
+        }, addr_bits, k_max)
 
     def elaborate(self, platform):
         if self.byte_turn:
@@ -251,7 +253,7 @@ class Loader(_Unit):
         item_parity = Signal()
         g_last = Signal()
         p_last = Signal()
-        m.d.comb += [g_last.eq(g_idx == plan.ng - 1), p_last.eq(p_idx == plan.np - 1)]
+        m.d.comb += [g_last.eq(g_idx == plan.ng_m1), p_last.eq(p_idx == plan.np_m1)]
 
         b_gbase = Signal(ab)     # b_addr + g*G (transposed: b_addr + g*G*b_stride)
         p_gbase = Signal(ab)     # p_addr + g*G*8
@@ -481,12 +483,12 @@ class Loader(_Unit):
             width=desc_layout.size, depth=self.outstanding)
 
         # --- Request side --------------------------------------------------------------------
-        g_idx = Signal(DIM_BITS - lg)
-        p_idx = Signal(DIM_BITS - ln)
+        g_idx = Signal(len(plan.ng_m1))
+        p_idx = Signal(len(plan.np_m1))
         item_parity = Signal()
         g_last = Signal()
         p_last = Signal()
-        m.d.comb += [g_last.eq(g_idx == plan.ng - 1), p_last.eq(p_idx == plan.np - 1)]
+        m.d.comb += [g_last.eq(g_idx == plan.ng_m1), p_last.eq(p_idx == plan.np_m1)]
 
         b_gbase = Signal(ab)     # b_addr + g*G (transposed: b_addr + g*G*b_stride)
         p_gbase = Signal(ab)     # p_addr + g*G*8
@@ -689,7 +691,7 @@ class Feeder(_Unit):
             "b_r_data": In(array * 8),
             "o": Out(stream.Signature(step_layout(array))),
             "busy": Out(1),
-        })
+        }, k_max=k_max)
 
     def elaborate(self, platform):
         m = Module()
@@ -697,9 +699,9 @@ class Feeder(_Unit):
         cmd, plan = self.cmd, self.plan
         walk = _Walk(m, plan, n, self.port_bytes, "feed")
         running = Signal()
-        k = Signal(K_BITS + 1)
+        k = Signal.like(plan.kp_m1)
         k_last = Signal()
-        m.d.comb += [k_last.eq(k == plan.kp - 1), self.busy.eq(running)]
+        m.d.comb += [k_last.eq(k == plan.kp_m1), self.busy.eq(running)]
 
         a_buf = walk.item_parity
         b_buf = walk.group_parity
@@ -755,7 +757,7 @@ class Collector(_Unit):
     the array when the epilogue takes it (two cycles per row, which an epilogue with fewer lanes
     than the array needs anyway)."""
 
-    def __init__(self, array, port_bytes, in_place=False):
+    def __init__(self, array, port_bytes, in_place=False, *, k_max=K_MAX):
         self.in_place = in_place
         g = group_cols(array, port_bytes)
         self.e_chunks = max(1, port_bytes // array)     # panels sharing one exponent beat
@@ -771,7 +773,7 @@ class Collector(_Unit):
             "d_r_data": In(array * 4 * 8),
             "i": In(stream.Signature(row_layout(array))),
             "o": Out(stream.Signature(epilogue_layout(array))),
-        })
+        }, k_max=k_max)
 
     def elaborate(self, platform):
         m = Module()
@@ -884,22 +886,26 @@ class Writer(_Unit):
     """Stores result rows as memory beats with byte strobes, skipping rows and columns past M, N.
 
     A row of a tile is ``array`` elements of 1, 2 or 4 bytes; it fills part of one beat or a
-    whole number of beats (everything is a power of two and aligned).
+    whole number of beats (everything is a power of two and aligned). Since C's base and stride
+    are multiples of W and a group is a whole number of beats, where a row lands in its beats
+    depends only on the element size, the tile within the group and the beat, so each byte lane
+    of a beat chooses among the few element bytes that can reach it.
     """
 
-    def __init__(self, array, port_bytes, addr_bits=ADDR_BITS):
+    def __init__(self, array, port_bytes, addr_bits=ADDR_BITS, *, k_max=K_MAX):
         super().__init__(array, port_bytes, {
             "i": In(stream.Signature(data.ArrayLayout(signed(32), array))),
             "wr": Out(stream.Signature(write_layout(port_bytes))),
             "done": Out(1),
-        }, addr_bits)
+        }, addr_bits, k_max)
 
     def elaborate(self, platform):
         m = Module()
-        n, w = self.array, self.port_bytes
+        n, w, g = self.array, self.port_bytes, self.group
         ab = self.addr_bits
         cmd, plan = self.cmd, self.plan
-        ln, lw = _log2(n), _log2(w)
+        ln, lw, lg = _log2(n), _log2(w), _log2(g)
+        blocks = g // n
         walk = _Walk(m, plan, n, w, "write")
         running = Signal()
         row = Signal(range(n))
@@ -909,49 +915,62 @@ class Writer(_Unit):
 
         panel_addr = Signal(ab)      # c_addr + p*N*c_stride
         row_addr = Signal(ab)        # panel_addr + row*c_stride
+        next_row = Signal(ab)
+        m.d.comb += next_row.eq(row_addr + cmd.c_stride)
 
         # Beats per row: max(1, N * out_bytes / W).
-        beats_log2 = Signal(range(8))
-        span_log2 = Signal(range(8))
-        m.d.comb += span_log2.eq(ln + plan.ob_log2)
-        m.d.comb += beats_log2.eq(Mux(span_log2 > lw, span_log2 - lw, 0))
         beat_last = Signal()
-        m.d.comb += beat_last.eq(beat == (1 << beats_log2) - 1)
+        beats_m1 = [max(1, (n << ob_log2) // w) - 1 for ob_log2 in range(3)]
+        m.d.comb += beat_last.eq(beat == Mux(plan.ob_log2 == 2, beats_m1[2],
+                                             Mux(plan.ob_log2 == 1, beats_m1[1], beats_m1[0])))
 
-        col0 = Signal(DIM_BITS + 1)
-        m.d.comb += col0.eq(Cat(C(0, ln), walk.blk, walk.g) if self.group > n else
+        # The tile's first column, col0 = g*G + blk*N, as a byte offset within the row: a whole
+        # number of beats plus, for a row shorter than a beat, a fixed offset within it (below).
+        # The beat counter never overlaps those whole beats (a row of several beats starts at a
+        # multiple of its length), so it is ORed in.
+        col0 = Signal(DIM_BITS)
+        m.d.comb += col0.eq(Cat(C(0, ln), walk.blk, walk.g) if blocks > 1 else
                             Cat(C(0, ln), walk.g))
+        col_beats = Signal(ab - lw)
+        m.d.comb += col_beats.eq((col0 << plan.ob_log2)[lw:] | beat)
         row_valid = ~walk.p_last | (row < plan.last_rows)
-        seg = Signal(ab)
-        m.d.comb += seg.eq(row_addr + (col0 << plan.ob_log2))
+        m.d.comb += self.wr.payload.addr.eq(Cat(C(0, lw), (row_addr[lw:] + col_beats)[:ab - lw]))
 
-        # Pack the row in the output format, with a byte mask of the columns inside N.
-        packed = Signal(n * 32)
-        mask = Signal(n * 4)
-        # Column col0 + e lies inside N when e < N - col0 (one subtraction for the row).
-        cols_left = Signal(signed(DIM_BITS + 2))
-        m.d.comb += cols_left.eq(cmd.n - col0)
+        # Columns inside N: all of them except in the last group, where column blk*N + e of
+        # the group must be below cols_last.
         inside = Signal(n)
-        m.d.comb += inside.eq(Cat(cols_left > e for e in range(n)))
-        with m.Switch(plan.ob_log2):
-            for ob_log2 in range(3):
-                ob = 1 << ob_log2
-                with m.Case(ob_log2):
-                    m.d.comb += [
-                        packed.eq(Cat(self.i.payload[e].as_unsigned()[:8 * ob] for e in range(n))),
-                        mask.eq(Cat(Mux(inside[e], (1 << ob) - 1, 0)[:ob] for e in range(n))),
-                    ]
-        offset = Signal(range(w))
-        m.d.comb += offset.eq(seg[:lw])
-        shifted_data = Signal(n * 32 + 8 * w)
-        shifted_mask = Signal(n * 4 + w)
-        m.d.comb += [
-            shifted_data.eq((packed << (offset << 3)) >> (beat << (lw + 3))),
-            shifted_mask.eq((mask << offset) >> (beat << lw)),
-            self.wr.payload.addr.eq(Cat(C(0, lw), (seg[lw:] + beat)[:ab - lw])),
-            self.wr.payload.data.eq(shifted_data[:8 * w]),
-            self.wr.payload.strb.eq(shifted_mask[:w]),
-        ]
+        m.d.comb += inside.eq(Cat(~walk.g_last | ((walk.blk * n + e) < plan.cols_last)
+                                  for e in range(n)))
+
+        # Every (element size, tile, beat) case, and for each byte lane the element byte it
+        # takes (None: not written).
+        sources = [dict() for _ in range(w)]      # lane -> {(element, byte): [conditions]}
+        for ob_log2 in range(3):
+            ob = 1 << ob_log2
+            span = n * ob
+            for blk in range(blocks):
+                off = (blk * span) % w
+                for bt in range(max(1, span // w)):
+                    cond = plan.ob_log2 == ob_log2
+                    if blocks > 1:
+                        cond = cond & (walk.blk == blk)
+                    if span > w:
+                        cond = cond & (beat == bt)
+                    for j in range(w):
+                        pos = j + bt * w - off
+                        if 0 <= pos < span:
+                            sources[j].setdefault((pos >> ob_log2, pos & (ob - 1)), []).append(cond)
+        for j in range(w):
+            srcs = sorted(sources[j].items(), key=lambda kv: -len(kv[1]))
+            lane = self.i.payload[srcs[0][0][0]].as_unsigned().word_select(srcs[0][0][1], 8)
+            strb = C(0, 1)
+            for (e, b), conds in srcs:
+                hit = Cat(*conds).any()
+                if (e, b) != srcs[0][0]:
+                    lane = Mux(hit, self.i.payload[e].as_unsigned().word_select(b, 8), lane)
+                strb = strb | (hit & inside[e])
+            m.d.comb += [self.wr.payload.data.word_select(j, 8).eq(lane),
+                         self.wr.payload.strb[j].eq(strb)]
 
         take_row = Signal()
         with m.If(running & self.i.valid):
@@ -975,16 +994,16 @@ class Writer(_Unit):
                 m.d.sync += row.eq(0)
                 walk.advance(m)
                 with m.If(walk.blk_last):
+                    # Past the panel's last row is the next panel.
                     with m.If(walk.p_last):
                         m.d.sync += [panel_addr.eq(cmd.c_addr), row_addr.eq(cmd.c_addr)]
                     with m.Else():
-                        next_panel = panel_addr + (cmd.c_stride << ln)
-                        m.d.sync += [panel_addr.eq(next_panel), row_addr.eq(next_panel)]
+                        m.d.sync += [panel_addr.eq(next_row), row_addr.eq(next_row)]
                 with m.Else():
                     m.d.sync += row_addr.eq(panel_addr)
                 with m.If(walk.final):
                     m.d.sync += running.eq(0)
                     m.d.comb += self.done.eq(1)
             with m.Else():
-                m.d.sync += [row.eq(row + 1), row_addr.eq(row_addr + cmd.c_stride)]
+                m.d.sync += [row.eq(row + 1), row_addr.eq(next_row)]
         return m
