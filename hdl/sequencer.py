@@ -490,12 +490,21 @@ class Loader(_Unit):
         p_last = Signal()
         m.d.comb += [g_last.eq(g_idx == plan.ng_m1), p_last.eq(p_idx == plan.np_m1)]
 
+        # Bases that need a multiplication are carried from job to job (the address past a
+        # job's last row is the next panel's or group's); the others are computed.
         b_gbase = Signal(ab)     # b_addr + g*G (transposed: b_addr + g*G*b_stride)
-        p_gbase = Signal(ab)     # p_addr + g*G*8
         a_pbase = Signal(ab)     # a_addr + p*N*a_stride
-        d_pbase = Signal(ab)     # d_addr + p*N*d_stride + g*G*eb
-        d_gbase = Signal(ab)     # d_addr + g*G*eb
-        e_pbase = Signal(ab)     # e_addr + p*N
+        d_pbase = Signal(ab)     # d_addr + p*N*d_stride + g*G*eb (p > 0)
+        p_gbase = Signal(ab)
+        d_gbase = Signal(ab)
+        e_beat = Signal(ab)
+        m.d.comb += [
+            p_gbase.eq(cmd.p_addr + (g_idx << (lg + _log2(PARAM_RECORD_BYTES)))),
+            d_gbase.eq(cmd.d_addr + (g_idx << (lg + plan.d_log2))),
+            # The beat holding this panel's N exponents (one beat shared by W/N panels).
+            e_beat.eq(cmd.e_addr + (p_idx[lw - ln:] << lw) if w > n else
+                      cmd.e_addr + (p_idx << ln)),
+        ]
 
         target = Signal(range(NRES))
         buf = Signal()
@@ -540,11 +549,11 @@ class Loader(_Unit):
             elif j == E:
                 stmts += [buf.eq(item_parity), rows.eq(1),
                           words.eq(Mux(p_last, plan.ew_last, e_full)),
-                          row_addr.eq(Cat(C(0, lw), e_pbase[lw:]))]
+                          row_addr.eq(e_beat)]
             else:
                 stmts += [buf.eq(item_parity), rows.eq(panel_rows),
                           words.eq(Mux(g_last, plan.dw_last, plan.dw_full)),
-                          row_addr.eq(d_pbase)]
+                          row_addr.eq(Mux(p_idx == 0, d_gbase, d_pbase))]
             return stmts
 
         row_last = Signal()
@@ -580,9 +589,7 @@ class Loader(_Unit):
                 with m.If(self.start):
                     m.d.sync += [
                         g_idx.eq(0), p_idx.eq(0), item_parity.eq(0),
-                        b_gbase.eq(cmd.b_addr), p_gbase.eq(cmd.p_addr),
-                        a_pbase.eq(cmd.a_addr), d_pbase.eq(cmd.d_addr), d_gbase.eq(cmd.d_addr),
-                        e_pbase.eq(cmd.e_addr),
+                        b_gbase.eq(cmd.b_addr), a_pbase.eq(cmd.a_addr),
                     ]
                     m.next = f"SETUP_{order[0]}"
             for pos, j in enumerate(order):
@@ -621,13 +628,7 @@ class Loader(_Unit):
             with m.State("NEXT_ITEM"):
                 m.d.sync += item_parity.eq(~item_parity)
                 with m.If(p_last):
-                    d_next = d_gbase + (g << plan.d_log2)
-                    m.d.sync += [
-                        p_idx.eq(0), g_idx.eq(g_idx + 1),
-                        p_gbase.eq(p_gbase + PARAM_RECORD_BYTES * g),
-                        d_pbase.eq(d_next), d_gbase.eq(d_next),
-                        e_pbase.eq(cmd.e_addr),
-                    ]
+                    m.d.sync += [p_idx.eq(0), g_idx.eq(g_idx + 1)]
                     with m.If(~transposed):
                         m.d.sync += b_gbase.eq(b_gbase + g)
                     with m.If(g_last):
@@ -635,7 +636,7 @@ class Loader(_Unit):
                     with m.Else():
                         m.next = f"SETUP_{order[0]}"
                 with m.Else():
-                    m.d.sync += [p_idx.eq(p_idx + 1), e_pbase.eq(e_pbase + n)]
+                    m.d.sync += p_idx.eq(p_idx + 1)
                     m.next = f"SETUP_{order[0]}"
 
         # --- Response side ------------------------------------------------------------------
