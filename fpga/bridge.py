@@ -126,7 +126,11 @@ class BytePortSignature(wiring.Signature):
 
 
 class UartRx(wiring.Component):
-    """8N1 receiver; ``data.valid`` pulses for one cycle per byte (no backpressure)."""
+    """8N1 receiver; ``data.valid`` pulses for one cycle per byte (no backpressure).
+
+    The bits shift into a register behind a marker bit, so the marker reaching the bottom
+    ends the byte (no bit counter); ``data.payload`` is that register, which holds until the
+    next start bit has been confirmed, half a bit after the stop bit at the earliest."""
 
     def __init__(self, divisor: int):
         assert divisor >= 4
@@ -137,63 +141,65 @@ class UartRx(wiring.Component):
         m = Module()
         rx = Signal(init=1)
         m.submodules.sync_rx = FFSynchronizer(self.rx, rx, init=1)
-        timer = Signal(range(self.divisor * 3 // 2 + 1))
-        bit = Signal(range(9))
-        shreg = Signal(8)
+        timer = Signal(range(self.divisor))
+        zero = Signal()
+        m.d.comb += zero.eq(timer == 0)
+        with m.If(~zero):
+            m.d.sync += timer.eq(timer - 1)
+        # [marker, 8 data bits, stop bit]: after nine samples the marker is at bit 0.
+        shreg = Signal(10)
+        m.d.comb += self.data.payload.eq(shreg[1:9])
         m.d.sync += self.data.valid.eq(0)
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(~rx):
-                    m.d.sync += timer.eq(self.divisor // 2)
+                    m.d.sync += timer.eq(self.divisor // 2 - 1)
                     m.next = "START"
             with m.State("START"):
-                with m.If(timer != 0):
-                    m.d.sync += timer.eq(timer - 1)
-                with m.Elif(rx):
-                    m.next = "IDLE"               # a glitch, not a start bit
-                with m.Else():
-                    m.d.sync += [timer.eq(self.divisor - 1), bit.eq(0)]
-                    m.next = "DATA"
+                with m.If(zero):
+                    m.d.sync += [timer.eq(self.divisor - 1), shreg.eq(1 << 9)]
+                    with m.If(rx):
+                        m.next = "IDLE"           # a glitch, not a start bit
+                    with m.Else():
+                        m.next = "DATA"
             with m.State("DATA"):
-                with m.If(timer != 0):
-                    m.d.sync += timer.eq(timer - 1)
-                with m.Else():
-                    m.d.sync += [shreg.eq(Cat(shreg[1:], rx)), bit.eq(bit + 1),
-                                 timer.eq(self.divisor - 1)]
-                    with m.If(bit == 7):
-                        m.next = "STOP"
-            with m.State("STOP"):
-                with m.If(timer != 0):
-                    m.d.sync += timer.eq(timer - 1)
-                with m.Else():
-                    with m.If(rx):                # a framing error drops the byte
-                        m.d.sync += [self.data.valid.eq(1), self.data.payload.eq(shreg)]
-                    m.next = "IDLE"
+                with m.If(zero):
+                    m.d.sync += [shreg.eq(Cat(shreg[1:], rx)), timer.eq(self.divisor - 1)]
+                    with m.If(shreg[1]):
+                        m.d.sync += self.data.valid.eq(rx)    # a framing error drops the byte
+                        m.next = "IDLE"
         return m
 
 
 class UartTx(wiring.Component):
-    """8N1 transmitter with a stream input."""
+    """8N1 transmitter with a stream input.
+
+    The bit timer runs freely: ``tick`` pulses once every ``divisor`` cycles, and the line
+    changes only on a tick. A byte is taken whenever the previous one is on its stop bit (or
+    the line is idle), behind one extra idle bit, so the start bit always lasts a whole bit."""
 
     def __init__(self, divisor: int):
         self.divisor = divisor
-        super().__init__({"data": In(stream.Signature(8)), "tx": Out(1, init=1)})
+        super().__init__({"data": In(stream.Signature(8)), "tx": Out(1, init=1),
+                          "tick": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
         timer = Signal(range(self.divisor))
-        bits = Signal(range(11))
-        shreg = Signal(10, init=0x3FF)
-        m.d.comb += [self.tx.eq(shreg[0]), self.data.ready.eq(bits == 0)]
-        with m.If(bits == 0):
-            with m.If(self.data.valid):
-                m.d.sync += [shreg.eq(Cat(0, self.data.payload, 1)), bits.eq(10),
-                             timer.eq(self.divisor - 1)]
-        with m.Elif(timer != 0):
-            m.d.sync += timer.eq(timer - 1)
+        m.d.comb += self.tick.eq(timer == 0)
+        with m.If(self.tick):
+            m.d.sync += timer.eq(self.divisor - 1)
         with m.Else():
-            m.d.sync += [shreg.eq(Cat(shreg[1:], 1)), bits.eq(bits - 1),
-                         timer.eq(self.divisor - 1)]
+            m.d.sync += timer.eq(timer - 1)
+        # Bit 0 is on the line; shifting stops when only it (a stop or idle bit) is left.
+        shreg = Signal(11, init=1)
+        last = Signal()
+        m.d.comb += [self.tx.eq(shreg[0]), last.eq(shreg[1:] == 0),
+                     self.data.ready.eq(last)]
+        with m.If(last & self.data.valid):
+            m.d.sync += shreg.eq(Cat(1, 0, self.data.payload, 1))
+        with m.Elif(self.tick & ~last):
+            m.d.sync += shreg.eq(shreg[1:])
         return m
 
 
@@ -205,7 +211,14 @@ class UartBridge(wiring.Component):
     divisor : clock cycles per UART bit.
     mem_bytes : size of the memory behind ``mem`` (requests beyond it get ``BAD_ADDR``).
     clk_hz : reported by INFO.
-    timeout_cycles : a gap this long inside a request drops it.
+    timeout_cycles : a gap this long inside a request drops it (measured in whole bit times
+        of the transmitter's free-running bit timer, so the gap that drops a request is
+        between ``timeout_cycles`` and ``timeout_cycles + divisor`` cycles long).
+
+    Only the address bits below the memory size (at least the CSR address bits) are kept;
+    higher address bits that are not zero only make a memory request ``BAD_ADDR``. The
+    payload of a write goes into a 256-byte buffer and reaches memory after its CRC checked
+    out; a READ_MEM reply byte goes from the memory straight to the transmitter.
     """
 
     def __init__(self, divisor: int, mem_bytes: int, clk_hz: int = 0,
@@ -230,82 +243,105 @@ class UartBridge(wiring.Component):
         bw = buf.write_port()
         br = buf.read_port()
 
-        cmd = Signal(8)
-        addr = Signal(32)
+        # Address: the bytes below ``k`` bits (the memory size, at least the CSR address),
+        # plus a flag for any nonzero byte above them.
+        k = max((self.mem_bytes - 1).bit_length(), CSR_ADDR_BITS, 1)
+        kbytes = (k + 7) // 8
+        addr = Signal(8 * kbytes)
+        addr_hi = Signal()
+        cmd = Signal(3)             # the command if it is one of Cmd, else 0
         length = Signal(8)          # bytes - 1
-        cnt = Signal(9)
+        cnt = Signal(8)
         crc = Signal(8)
-        status = Signal(8)
-        word = Signal(32)           # WRITE_CSR payload
-        reply = Signal(64)          # INFO / READ_CSR data, sent low byte first
-        reply_n = Signal(4)
-        is_write = Signal()
-        m.d.comb += is_write.eq((cmd == Cmd.WRITE_CSR) | (cmd == Cmd.WRITE_MEM))
+        status = Signal(3)
+        word = Signal(32)           # WRITE_CSR payload; READ_CSR reply, low byte first
+        info = C(self.mem_bytes | self.clk_hz << 32, 64)
 
-        # Inter-byte timeout while a request is being received.
-        idle = Signal(range(self.timeout_cycles + 1))
+        # Inter-byte timeout while a request is being received, in bit times.
+        ticks = -(-self.timeout_cycles // self.divisor) + 1
+        idle = Signal(range(ticks + 1))
         expired = Signal()
-        m.d.comb += expired.eq(idle == self.timeout_cycles)
+        m.d.comb += expired.eq(idle == ticks)
         with m.If(rxv):
             m.d.sync += idle.eq(0)
-        with m.Elif(~expired):
+        with m.Elif(utx.tick & ~expired):
             m.d.sync += idle.eq(idle + 1)
 
-        end = Signal(33)
-        m.d.comb += end.eq(addr + length + 1)
+        # Range check: addr + length + 1 <= mem_bytes.
         in_range = Signal()
-        m.d.comb += in_range.eq(end <= self.mem_bytes)
+        mk = (self.mem_bytes - 1).bit_length()
+        high = addr_hi | (addr[mk:] != 0 if mk < len(addr) else C(0))
+        if self.mem_bytes == 1 << mk and mk >= 8:
+            # a power of two: no carry out of the low mk bits
+            carry = addr[8:mk].all() & ((addr[:8] + length) >> 8)[0]
+            m.d.comb += in_range.eq(~high & ~carry)
+        else:
+            m.d.comb += in_range.eq(~high & (addr[:mk] + length + 1 <= self.mem_bytes))
+
+        # CRC of whatever byte is received or sent.
+        crc_in = Signal(8)
+        crc_upd = Signal()
+        with m.If(crc_upd):
+            m.d.sync += crc.eq(crc8_next(crc, crc_in))
 
         m.d.comb += [bw.addr.eq(cnt), bw.data.eq(rxb), br.addr.eq(cnt)]
         csr = self.csr
         mem = self.mem
         m.d.comb += [csr.awaddr.eq(addr), csr.araddr.eq(addr), csr.wdata.eq(word),
-                     csr.wstrb.eq(0xF), mem.addr.eq(addr + cnt)]
+                     csr.wstrb.eq(0xF), mem.addr.eq(addr), mem.wdata.eq(br.data)]
 
         def send_status(code):
             m.d.sync += [status.eq(code), cnt.eq(0)]
             m.next = "TX_SYNC"
 
+        def receive():
+            """In a request state: CRC over the received byte; the gap timeout."""
+            m.d.comb += [crc_in.eq(rxb), crc_upd.eq(rxv)]
+            with m.If(~rxv & expired):
+                m.next = "IDLE"
+
+        def send(payload, crc_too=True):
+            m.d.comb += [tx.valid.eq(1), tx.payload.eq(payload), crc_in.eq(payload)]
+            if crc_too:
+                m.d.comb += crc_upd.eq(tx.ready)
+
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(rxv & (rxb == REQ_SYNC)):
-                    m.d.sync += [crc.eq(0), cnt.eq(0)]
+                    m.d.sync += [crc.eq(0), cnt.eq(0), addr_hi.eq(0)]
                     m.next = "CMD"
             with m.State("CMD"):
+                receive()
                 with m.If(rxv):
-                    m.d.sync += [cmd.eq(rxb), crc.eq(crc8_next(crc, rxb))]
+                    m.d.sync += cmd.eq(Mux((rxb[3:] == 0) & (rxb[:3] <= max(Cmd)), rxb[:3], 0))
                     m.next = "ADDR"
-                with m.Elif(expired):
-                    m.next = "IDLE"
             with m.State("ADDR"):
+                receive()
                 with m.If(rxv):
-                    m.d.sync += [addr.eq(Cat(addr[8:], rxb)), crc.eq(crc8_next(crc, rxb)),
-                                 cnt.eq(cnt + 1)]
+                    m.d.sync += cnt.eq(cnt + 1)
+                    with m.If(cnt < kbytes):
+                        m.d.sync += addr.eq(Cat(addr[8:], rxb))
+                    with m.Elif(rxb != 0):
+                        m.d.sync += addr_hi.eq(1)
                     with m.If(cnt == 3):
                         m.next = "LEN"
-                with m.Elif(expired):
-                    m.next = "IDLE"
             with m.State("LEN"):
+                receive()
                 with m.If(rxv):
-                    m.d.sync += [length.eq(rxb), crc.eq(crc8_next(crc, rxb)), cnt.eq(0)]
-                    with m.If(is_write):
+                    m.d.sync += [length.eq(rxb), cnt.eq(0)]
+                    with m.If((cmd == Cmd.WRITE_CSR) | (cmd == Cmd.WRITE_MEM)):
                         m.next = "PAYLOAD"
                     with m.Else():
                         m.next = "CRC"
-                with m.Elif(expired):
-                    m.next = "IDLE"
             with m.State("PAYLOAD"):
+                receive()
                 m.d.comb += bw.en.eq(rxv)
                 with m.If(rxv):
-                    m.d.sync += [word.eq(Cat(word[8:], rxb)), crc.eq(crc8_next(crc, rxb)),
-                                 cnt.eq(cnt + 1)]
+                    m.d.sync += [word.eq(Cat(word[8:], rxb)), cnt.eq(cnt + 1)]
                     with m.If(cnt == length):
                         m.next = "CRC"
-                with m.Elif(expired):
-                    m.next = "IDLE"
             with m.State("CRC"):
                 with m.If(rxv):
-                    m.d.sync += cnt.eq(0)
                     with m.If(rxb == crc):
                         m.next = "EXEC"
                     with m.Else():
@@ -314,10 +350,9 @@ class UartBridge(wiring.Component):
                     m.next = "IDLE"
 
             with m.State("EXEC"):
+                m.d.sync += cnt.eq(0)
                 with m.Switch(cmd):
                     with m.Case(Cmd.INFO):
-                        m.d.sync += [reply.eq(Cat(C(self.mem_bytes, 32), C(self.clk_hz, 32))),
-                                     reply_n.eq(8)]
                         send_status(BridgeStatus.OK)
                     with m.Case(Cmd.READ_CSR):
                         m.d.sync += csr.arvalid.eq(1)
@@ -328,16 +363,13 @@ class UartBridge(wiring.Component):
                         with m.Else():
                             m.d.sync += [csr.awvalid.eq(1), csr.wvalid.eq(1)]
                             m.next = "CSR_W"
-                    with m.Case(Cmd.READ_MEM):
-                        with m.If(in_range):
-                            send_status(BridgeStatus.OK)
-                        with m.Else():
+                    with m.Case(Cmd.READ_MEM, Cmd.WRITE_MEM):
+                        with m.If(~in_range):
                             send_status(BridgeStatus.BAD_ADDR)
-                    with m.Case(Cmd.WRITE_MEM):
-                        with m.If(in_range):
+                        with m.Elif(cmd == Cmd.WRITE_MEM):
                             m.next = "COPY_RD"
                         with m.Else():
-                            send_status(BridgeStatus.BAD_ADDR)
+                            send_status(BridgeStatus.OK)
                     with m.Default():
                         send_status(BridgeStatus.BAD_CMD)
 
@@ -346,7 +378,7 @@ class UartBridge(wiring.Component):
                     m.d.sync += csr.arvalid.eq(0)
                 m.d.comb += csr.rready.eq(1)
                 with m.If(csr.rvalid):
-                    m.d.sync += [reply.eq(csr.rdata), reply_n.eq(4)]
+                    m.d.sync += word.eq(csr.rdata)
                     send_status(Mux(csr.rresp == 0, BridgeStatus.OK, BridgeStatus.BUS_ERROR))
             with m.State("CSR_W"):
                 with m.If(csr.awready):
@@ -355,65 +387,65 @@ class UartBridge(wiring.Component):
                     m.d.sync += csr.wvalid.eq(0)
                 m.d.comb += csr.bready.eq(1)
                 with m.If(csr.bvalid):
-                    m.d.sync += reply_n.eq(0)
                     send_status(Mux(csr.bresp == 0, BridgeStatus.OK, BridgeStatus.BUS_ERROR))
 
             # WRITE_MEM: the checked payload from the buffer to memory, one byte at a time.
             with m.State("COPY_RD"):
                 m.next = "COPY_WR"           # buffer data for cnt is valid next cycle
             with m.State("COPY_WR"):
-                m.d.comb += [mem.valid.eq(1), mem.we.eq(1), mem.wdata.eq(br.data)]
+                m.d.comb += [mem.valid.eq(1), mem.we.eq(1)]
                 with m.If(mem.ready):
-                    m.d.sync += cnt.eq(cnt + 1)
+                    m.d.sync += [cnt.eq(cnt + 1), addr.eq(addr + 1)]
                     with m.If(cnt == length):
-                        m.d.sync += reply_n.eq(0)
                         send_status(BridgeStatus.OK)
                     with m.Else():
                         m.next = "COPY_RD"
 
             # Reply.
             with m.State("TX_SYNC"):
-                m.d.comb += [tx.valid.eq(1), tx.payload.eq(REPLY_SYNC)]
+                send(REPLY_SYNC, crc_too=False)
                 with m.If(tx.ready):
                     m.d.sync += crc.eq(0)
                     m.next = "TX_STATUS"
             with m.State("TX_STATUS"):
-                m.d.comb += [tx.valid.eq(1), tx.payload.eq(status)]
+                send(status)
                 with m.If(tx.ready):
-                    m.d.sync += crc.eq(crc8_next(crc, status))
                     with m.If(status != BridgeStatus.OK):
                         m.next = "TX_CRC"
                     with m.Elif(cmd == Cmd.READ_MEM):
                         m.next = "MEM_REQ"
-                    with m.Elif(reply_n != 0):
-                        m.next = "TX_REPLY"
+                    with m.Elif(cmd == Cmd.INFO):
+                        m.next = "TX_INFO"
+                    with m.Elif(cmd == Cmd.READ_CSR):
+                        m.next = "TX_WORD"
                     with m.Else():
                         m.next = "TX_CRC"
-            with m.State("TX_REPLY"):
-                m.d.comb += [tx.valid.eq(1), tx.payload.eq(reply[:8])]
+            with m.State("TX_WORD"):             # READ_CSR: the word read
+                send(word[:8])
                 with m.If(tx.ready):
-                    m.d.sync += [crc.eq(crc8_next(crc, reply[:8])), reply.eq(reply >> 8),
-                                 reply_n.eq(reply_n - 1)]
-                    with m.If(reply_n == 1):
+                    m.d.sync += [word.eq(Cat(word[8:], rxb)), cnt.eq(cnt + 1)]
+                    with m.If(cnt[:2] == 3):
+                        m.next = "TX_CRC"
+            with m.State("TX_INFO"):             # INFO: two constant words
+                send(info.word_select(cnt[:3], 8))
+                with m.If(tx.ready):
+                    m.d.sync += cnt.eq(cnt + 1)
+                    with m.If(cnt[:3] == 7):
                         m.next = "TX_CRC"
             with m.State("MEM_REQ"):
-                m.d.comb += mem.valid.eq(1)
-                with m.If(mem.ready):
+                m.d.comb += mem.valid.eq(tx.ready)
+                with m.If(tx.ready & mem.ready):
                     m.next = "MEM_WAIT"
-            with m.State("MEM_WAIT"):
+            with m.State("MEM_WAIT"):            # the transmitter is idle: it takes the byte
                 with m.If(mem.rvalid):
-                    m.d.sync += word[:8].eq(mem.rdata)
-                    m.next = "TX_MEM"
-            with m.State("TX_MEM"):
-                m.d.comb += [tx.valid.eq(1), tx.payload.eq(word[:8])]
-                with m.If(tx.ready):
-                    m.d.sync += [crc.eq(crc8_next(crc, word[:8])), cnt.eq(cnt + 1)]
+                    send(mem.rdata)
+                    m.d.sync += [cnt.eq(cnt + 1), addr.eq(addr + 1)]
                     with m.If(cnt == length):
                         m.next = "TX_CRC"
                     with m.Else():
                         m.next = "MEM_REQ"
             with m.State("TX_CRC"):
-                m.d.comb += [tx.valid.eq(1), tx.payload.eq(crc)]
+                send(crc, crc_too=False)
                 with m.If(tx.ready):
                     m.next = "IDLE"
         return m

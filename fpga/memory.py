@@ -3,9 +3,13 @@ UART bridge, over one single-ported RAM (block RAM through ``amaranth.lib.memory
 SPRAM instances).
 
 The RAM sits at address 0; addresses wrap modulo its size (the accelerator's window CSRs keep
-programs inside ``[0, mem_bytes)``, the bridge rejects anything beyond it). Reads stream one beat
-per cycle; a write beat takes two cycles (data, then B). The byte port is served between AXI
-transactions.
+programs inside ``[0, mem_bytes)``, the bridge rejects anything beyond it). The slave serves
+what :class:`celosia.hdl.axi.AxiMaster` issues: ``INCR`` read bursts of ``port_bytes`` beats
+(any length, one beat per cycle) and single-beat writes (``AW`` and ``W`` together, ``awlen``
+0), one write per cycle while ``B`` is taken at once. Wider-than-one-beat write bursts are not
+supported. A read burst runs to its end before a write or a byte access starts (the RAM's
+output must hold the beat the master has not taken yet); writes go before reads. The byte port
+is served in cycles without AXI traffic.
 """
 
 from __future__ import annotations
@@ -46,19 +50,16 @@ class _Ram(Elaboratable):
             m.d.comb += [wp.addr.eq(self.addr), wp.data.eq(self.wdata), wp.en.eq(self.we),
                          rp.addr.eq(self.addr), rp.en.eq(self.re), self.rdata.eq(rp.data)]
             return m
-        # iCE40 SPRAM: 16-bit slices side by side, banks of 16K words.
+        # iCE40 SPRAM: 16-bit slices side by side, banks of 16K words. A deselected SPRAM
+        # (CHIPSELECT low) keeps its DATAOUT, which is how rdata holds between reads.
         assert self.width % 2 == 0
         banks = self.depth // 16384
         assert banks * 16384 == self.depth and banks >= 1
-        last = Signal(range(self.depth))
-        addr = Signal(range(self.depth))
-        active = Signal()
-        m.d.comb += [active.eq(self.re | self.we.any()),
-                     addr.eq(Mux(active, self.addr, last))]
-        m.d.sync += last.eq(addr)
+        addr = self.addr
         bank = addr[14:] if banks > 1 else C(0, 1)
         bank_q = Signal.like(bank)
-        m.d.sync += bank_q.eq(bank)
+        with m.If(self.re):
+            m.d.sync += bank_q.eq(bank)
         outs = []
         for b in range(banks):
             slices = []
@@ -69,7 +70,8 @@ class _Ram(Elaboratable):
                     "SB_SPRAM256KA",
                     i_ADDRESS=addr[:14], i_DATAIN=self.wdata[16 * s:16 * s + 16],
                     i_MASKWREN=Cat(be[0], be[0], be[1], be[1]),
-                    i_WREN=be.any() & (bank == b), i_CHIPSELECT=1, i_CLOCK=ClockSignal(),
+                    i_WREN=be.any(), i_CHIPSELECT=(self.re | self.we.any()) & (bank == b),
+                    i_CLOCK=ClockSignal(),
                     i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1, o_DATAOUT=dout)
                 slices.append(dout)
             outs.append(Cat(*slices))
@@ -98,65 +100,58 @@ class AxiRam(wiring.Component):
         depth = self.mem_bytes // W
         m.submodules.ram = ram = _Ram(W, depth, self.spram)
         axi, side = self.axi, self.side
+        aw = len(ram.addr)
 
         def word(a):
-            return (a >> lw)[:len(ram.addr)]
+            return a[lw:lw + aw]
 
-        raddr = Signal.like(ram.addr)
-        remaining = Signal(9)           # read beats still to issue
-        waddr = Signal.like(ram.addr)
-        advance = Signal()
-        m.d.comb += advance.eq((remaining != 0) & (~axi.rvalid | axi.rready))
-        with m.If(advance):
-            m.d.sync += [axi.rvalid.eq(1), axi.rlast.eq(remaining == 1),
-                         raddr.eq(raddr + 1), remaining.eq(remaining - 1)]
+        reading = Signal()              # a read burst has beats left to issue
+        left = Signal(8)                # beats after the next one
+        raddr = Signal(aw)
+        issue = Signal()                # a read beat from the RAM this cycle
+        free = Signal()                 # no read burst, no beat waiting for the master
+        write = Signal()
+        start = Signal()
+        byte = Signal()
+        m.d.comb += [
+            issue.eq(reading & (~axi.rvalid | axi.rready)),
+            free.eq(~reading & ~axi.rvalid),
+            write.eq(free & axi.awvalid & axi.wvalid & (~axi.bvalid | axi.bready)),
+            start.eq(free & axi.arvalid & ~axi.awvalid),
+            byte.eq(free & side.valid & ~axi.awvalid & ~axi.arvalid),
+            axi.awready.eq(write), axi.wready.eq(write), axi.arready.eq(start),
+            axi.rdata.eq(ram.rdata), axi.rresp.eq(0), axi.bresp.eq(0),
+            side.ready.eq(byte),
+        ]
+
+        with m.If(write):
+            m.d.sync += [axi.bvalid.eq(1), axi.bid.eq(axi.awid)]
+        with m.Elif(axi.bready):
+            m.d.sync += axi.bvalid.eq(0)
+
+        with m.If(start):
+            m.d.sync += [reading.eq(1), raddr.eq(word(axi.araddr)), left.eq(axi.arlen),
+                         axi.rid.eq(axi.arid)]
+        with m.Elif(issue):
+            m.d.sync += [reading.eq(left != 0), raddr.eq(raddr + 1), left.eq(left - 1)]
+        with m.If(issue):
+            m.d.sync += [axi.rvalid.eq(1), axi.rlast.eq(left == 0)]
         with m.Elif(axi.rready):
             m.d.sync += axi.rvalid.eq(0)
-        m.d.comb += [axi.rdata.eq(ram.rdata), axi.rresp.eq(0), axi.bresp.eq(0)]
 
         lane = Signal(range(W))
-        m.d.sync += side.rvalid.eq(0)
+        with m.If(byte):
+            m.d.sync += lane.eq(side.addr[:lw])
+        m.d.sync += side.rvalid.eq(byte & ~side.we)
         m.d.comb += side.rdata.eq(ram.rdata.word_select(lane, 8))
 
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(axi.awvalid & axi.wvalid):
-                    m.d.comb += [axi.awready.eq(1), axi.wready.eq(1),
-                                 ram.addr.eq(word(axi.awaddr)), ram.wdata.eq(axi.wdata),
-                                 ram.we.eq(axi.wstrb)]
-                    m.d.sync += [axi.bid.eq(axi.awid), waddr.eq(word(axi.awaddr) + 1)]
-                    with m.If(axi.wlast):
-                        m.d.sync += axi.bvalid.eq(1)
-                        m.next = "B"
-                    with m.Else():
-                        m.next = "W"
-                with m.Elif(axi.arvalid):
-                    m.d.comb += axi.arready.eq(1)
-                    m.d.sync += [axi.rid.eq(axi.arid), raddr.eq(word(axi.araddr)),
-                                 remaining.eq(axi.arlen + 1)]
-                    m.next = "R"
-                with m.Elif(side.valid):
-                    m.d.comb += [side.ready.eq(1), ram.addr.eq(word(side.addr)),
-                                 ram.wdata.eq(side.wdata.replicate(W))]
-                    with m.If(side.we):
-                        m.d.comb += ram.we.eq(1 << side.addr[:lw])
-                    with m.Else():
-                        m.d.comb += ram.re.eq(1)
-                        m.d.sync += [side.rvalid.eq(1), lane.eq(side.addr[:lw])]
-            with m.State("W"):
-                m.d.comb += [axi.wready.eq(1), ram.addr.eq(waddr), ram.wdata.eq(axi.wdata)]
-                with m.If(axi.wvalid):
-                    m.d.comb += ram.we.eq(axi.wstrb)
-                    m.d.sync += waddr.eq(waddr + 1)
-                    with m.If(axi.wlast):
-                        m.d.sync += axi.bvalid.eq(1)
-                        m.next = "B"
-            with m.State("B"):
-                with m.If(axi.bready):
-                    m.d.sync += axi.bvalid.eq(0)
-                    m.next = "IDLE"
-            with m.State("R"):
-                m.d.comb += [ram.addr.eq(raddr), ram.re.eq(advance)]
-                with m.If((remaining == 0) & (~axi.rvalid | axi.rready)):
-                    m.next = "IDLE"
+        m.d.comb += [
+            ram.addr.eq(Mux(reading, raddr, Mux(axi.awvalid, word(axi.awaddr), word(side.addr)))),
+            ram.re.eq(issue | (byte & ~side.we)),
+            ram.wdata.eq(Mux(axi.awvalid, axi.wdata, side.wdata.replicate(W))),
+        ]
+        with m.If(write):
+            m.d.comb += ram.we.eq(axi.wstrb)
+        with m.Elif(byte & side.we):
+            m.d.comb += ram.we.eq(1 << side.addr[:lw])
         return m

@@ -114,23 +114,26 @@ class MatmulEngine(wiring.Component):
         cmd = Signal(command_layout())
         if self.hold_cmd:
             m.d.comb += cmd.eq(self.cmd.payload)
-        plan_now = Signal(plan_layout(n, w))
-        plan = Signal(plan_layout(n, w))
+        plan_now = Signal(plan_layout(n, w, k_max))
+        plan = Signal(plan_layout(n, w, k_max))
         compute_plan(m, cmd, plan_now, n, w)
         start = Signal()
         code = Signal(2)
 
+        # With a serial epilogue (about 11 cycles per element) the sequencer is built for size:
+        # a transposed B goes into its scratchpad one byte per cycle, without a corner turn.
+        compact = self.serial_epilogue
         m.submodules.loader = loader = Loader(n, w, k_max=k_max, outstanding=self.outstanding,
-                                              addr_bits=self.addr_bits)
+                                              addr_bits=self.addr_bits, byte_turn=compact)
         m.submodules.feeder = feeder = Feeder(n, w, k_max=k_max)
         m.submodules.array = array = SystolicArray(n)
         lean = ((self.epilogue_lanes is not None and self.epilogue_lanes < n)
                 or self.serial_epilogue)
-        m.submodules.collector = collector = Collector(n, w, in_place=lean)
+        m.submodules.collector = collector = Collector(n, w, in_place=lean, k_max=k_max)
         m.submodules.epilogue = epilogue = Epilogue(n, self.epilogue_lanes,
                                                     self.epilogue_registers,
                                                     serial=self.serial_epilogue)
-        m.submodules.writer = writer = Writer(n, w, self.addr_bits)
+        m.submodules.writer = writer = Writer(n, w, self.addr_bits, k_max=k_max)
         for unit in (loader, feeder, collector, writer):
             m.d.comb += [unit.start.eq(start), unit.cmd.eq(cmd), unit.plan.eq(plan)]
 
@@ -156,7 +159,8 @@ class MatmulEngine(wiring.Component):
             pad = Scratchpad(write_bytes=w, read_bytes=1, depth_bytes=k_max)
             m.submodules[f"a_pad{r}"] = pad
             a_pads.append(pad)
-        m.submodules.b_pad = b_pad = Scratchpad(write_bytes=w, read_bytes=n, depth_bytes=k_max * g)
+        m.submodules.b_pad = b_pad = Scratchpad(write_bytes=w, read_bytes=n, depth_bytes=k_max * g,
+                                                byte_mask=compact)
         m.submodules.p_pad = p_pad = Scratchpad(write_bytes=w, read_bytes=n * PARAM_RECORD_BYTES,
                                                 depth_bytes=g * PARAM_RECORD_BYTES,
                                                 block_ram=self.bram_pads)
@@ -203,6 +207,8 @@ class MatmulEngine(wiring.Component):
                          pad.r_addr.eq(feeder.a_r_addr)]
         m.d.comb += feeder.a_r_data.eq(Cat(pad.r_data for pad in a_pads))
         drive_write(b_pad, loader.w_valid[1])
+        if compact:
+            m.d.comb += b_pad.w.payload.mask.eq(loader.w_mask)
         drive_write(p_pad, loader.w_valid[2])
         drive_write(d_pad, loader.w_valid[3])
         drive_write(e_pad, loader.w_valid[4])

@@ -101,11 +101,14 @@ class Scratchpad(wiring.Component):
     block_ram : bool
         Ask synthesis for block RAM even when the scratchpad is small (``ram_style``), which a
         small FPGA with spare block RAM prefers to flip-flops.
+    byte_mask : bool
+        Write beats carry a byte mask (``mask``): only the bytes whose bit is set are written.
 
     Members
     -------
     w : In(stream.Signature(...))
-        Write beats ``{buf, addr, data}``; ``addr`` counts ``write_bytes`` units. Always ready.
+        Write beats ``{buf, addr, data}`` (and ``mask`` with ``byte_mask``); ``addr`` counts
+        ``write_bytes`` units. Always ready.
     r_en, r_buf, r_addr : In
         Read request; ``addr`` counts ``read_bytes`` units. When ``r_en`` is low the previous
         read data is held (a stalled pipeline keeps its operands).
@@ -114,7 +117,7 @@ class Scratchpad(wiring.Component):
     """
 
     def __init__(self, *, write_bytes: int, read_bytes: int, depth_bytes: int,
-                 block_ram: bool = False):
+                 block_ram: bool = False, byte_mask: bool = False):
         for name, v in (("write_bytes", write_bytes), ("read_bytes", read_bytes),
                         ("depth_bytes", depth_bytes)):
             if not isinstance(v, int) or v <= 0 or v & (v - 1):
@@ -126,12 +129,14 @@ class Scratchpad(wiring.Component):
             raise ValueError(f"depth_bytes {depth_bytes} is below one line ({self.line_bytes})")
         self.depth_bytes = depth_bytes
         self.block_ram = block_ram
+        self.byte_mask = byte_mask
         self.lines = depth_bytes // self.line_bytes
         super().__init__({
             "w": In(stream.Signature(data.StructLayout({
                 "buf": 1,
                 "addr": range(depth_bytes // write_bytes),
                 "data": unsigned(write_bytes * 8),
+                **({"mask": unsigned(write_bytes)} if byte_mask else {}),
             }))),
             "r_en": In(1),
             "r_buf": In(1),
@@ -156,12 +161,14 @@ class Scratchpad(wiring.Component):
                                 attrs={**NO_RW_CHECK,
                                        **({"ram_style": "block"} if self.block_ram else {})})
             m.submodules[f"bank{bank}"] = mem
-            wp = mem.write_port()
+            wp = mem.write_port(granularity=8 if self.byte_mask else None)
             rp, r_data = _read_register(m, mem, self.r_en, f"bank{bank}_r_data")
+            write = self.w.valid & (w_bank == bank)
             m.d.comb += [
                 wp.addr.eq(Cat(w_line[:lines_log2], self.w.payload.buf)),
                 wp.data.eq(self.w.payload.data),
-                wp.en.eq(self.w.valid & (w_bank == bank)),
+                wp.en.eq(Mux(write, self.w.payload.mask, 0) if self.byte_mask
+                         else write.replicate(len(wp.en))),
                 rp.addr.eq(Cat(r_line[:lines_log2], self.r_buf)),
             ]
             line_data.append(r_data)

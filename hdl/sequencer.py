@@ -30,7 +30,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .epilogue import epilogue_layout
-from .params import (ADDR_BITS, DIM_BITS, K_BITS, PARAM_BIAS_OFFSET, PARAM_MULT_OFFSET,
+from .params import (ADDR_BITS, DIM_BITS, K_BITS, K_MAX, PARAM_BIAS_OFFSET, PARAM_MULT_OFFSET,
                      PARAM_RECORD_BYTES, PARAM_SHIFT_OFFSET, AddendMode, OutFormat,
                      command_layout, group_cols)
 from .scratchpad import SyncFifo
@@ -63,16 +63,16 @@ def write_layout(port_bytes: int) -> data.StructLayout:
     })
 
 
-def plan_layout(array: int, port_bytes: int) -> data.StructLayout:
-    """Quantities derived once per command from its shape."""
+def plan_layout(array: int, port_bytes: int, k_max: int = K_MAX) -> data.StructLayout:
+    """Quantities derived once per command from its shape (``k_max``: the engine's longest K)."""
     g = group_cols(array, port_bytes)
     return data.StructLayout({
-        "kp": unsigned(K_BITS + 1),            # steps per tile: max(K, array)
-        "a_words": unsigned(K_BITS),           # beats per A row
-        "ng": unsigned(DIM_BITS),              # groups
-        "np": unsigned(DIM_BITS),              # panels
+        "kp_m1": range(max(k_max, array)),     # steps per tile, max(K, array), minus one
+        "a_words": range(k_max // port_bytes + 1),                   # beats per A row
+        "ng_m1": unsigned(DIM_BITS - _log2(g)),        # groups minus one (the last group)
+        "np_m1": unsigned(DIM_BITS - _log2(array)),    # panels minus one (the last panel)
         "last_rows": range(array + 1),         # rows of the last panel
-        "nblk_last": range(g // array + 1),    # tiles in the last group
+        "nblk_m1": range(g // array),          # tiles in the last group minus one
         "bw_last": range(g // port_bytes + 1),                       # B beats per row, last group
         "cols_last": range(g + 1),             # columns of the last group
         "pw_last": range(PARAM_RECORD_BYTES * g // port_bytes + 1),  # parameter beats, last group
@@ -85,22 +85,24 @@ def plan_layout(array: int, port_bytes: int) -> data.StructLayout:
 
 
 def compute_plan(m: Module, cmd, plan, array: int, port_bytes: int):
-    """Drive the ``plan`` signal (plan_layout) combinationally from ``cmd`` (command_layout)."""
+    """Drive the ``plan`` signal (plan_layout) combinationally from ``cmd`` (command_layout).
+
+    Meaningful for a command that passes the engine's checks (M, K, N at least 1)."""
     g = group_cols(array, port_bytes)
     lg, ln, lw = _log2(g), _log2(array), _log2(port_bytes)
-    ng = Signal(DIM_BITS + 1)
-    np_ = Signal(DIM_BITS + 1)
+    n_m1 = Signal(DIM_BITS)
+    m_m1 = Signal(DIM_BITS)
     rem = Signal(range(g + 1))
     m.d.comb += [
-        ng.eq((cmd.n + (g - 1)) >> lg),
-        np_.eq((cmd.m + (array - 1)) >> ln),
-        rem.eq(cmd.n - ((ng - 1) << lg)),
-        plan.kp.eq(Mux(cmd.k < array, array, cmd.k)),
+        n_m1.eq(cmd.n - 1),
+        m_m1.eq(cmd.m - 1),
+        rem.eq(n_m1[:lg] + 1),
+        plan.kp_m1.eq(Mux(cmd.k < array, array - 1, cmd.k - 1)),
         plan.a_words.eq((cmd.k + (port_bytes - 1)) >> lw),
-        plan.ng.eq(ng),
-        plan.np.eq(np_),
-        plan.last_rows.eq(cmd.m - ((np_ - 1) << ln)),
-        plan.nblk_last.eq((rem + (array - 1)) >> ln),
+        plan.ng_m1.eq(n_m1 >> lg),
+        plan.np_m1.eq(m_m1 >> ln),
+        plan.last_rows.eq(m_m1[:ln] + 1),
+        plan.nblk_m1.eq(n_m1[ln:lg] if g > array else 0),
         plan.bw_last.eq((rem + (port_bytes - 1)) >> lw),
         plan.cols_last.eq(rem),
         plan.ew_last.eq((plan.last_rows + (port_bytes - 1)) >> lw),
@@ -120,8 +122,8 @@ class _Walk:
 
     def __init__(self, m: Module, plan, array: int, port_bytes: int, name: str):
         blocks = group_cols(array, port_bytes) // array
-        self.g = Signal(DIM_BITS, name=f"{name}_g")
-        self.p = Signal(DIM_BITS, name=f"{name}_p")
+        self.g = Signal(len(plan.ng_m1), name=f"{name}_g")
+        self.p = Signal(len(plan.np_m1), name=f"{name}_p")
         self.blk = Signal(range(blocks), name=f"{name}_blk")
         self.item_parity = Signal(name=f"{name}_item_parity")
         self.g_last = Signal(name=f"{name}_g_last")
@@ -130,9 +132,9 @@ class _Walk:
         self.group_last = Signal(name=f"{name}_group_last")
         self.final = Signal(name=f"{name}_final")
         m.d.comb += [
-            self.g_last.eq(self.g == plan.ng - 1),
-            self.p_last.eq(self.p == plan.np - 1),
-            self.blk_last.eq(self.blk == Mux(self.g_last, plan.nblk_last, blocks) - 1),
+            self.g_last.eq(self.g == plan.ng_m1),
+            self.p_last.eq(self.p == plan.np_m1),
+            self.blk_last.eq(self.blk == Mux(self.g_last, plan.nblk_m1, blocks - 1)),
             self.group_last.eq(self.blk_last & self.p_last),
             self.final.eq(self.group_last & self.g_last),
         ]
@@ -157,7 +159,7 @@ class _Walk:
 
 
 class _Unit(wiring.Component):
-    def __init__(self, array, port_bytes, members, addr_bits=ADDR_BITS):
+    def __init__(self, array, port_bytes, members, addr_bits=ADDR_BITS, k_max=K_MAX):
         self.array = array
         self.port_bytes = port_bytes
         #: Address bits computed with (``params.Sizing.addr_bits``); the ports carry ADDR_BITS.
@@ -166,7 +168,7 @@ class _Unit(wiring.Component):
         super().__init__({
             "start": In(1),
             "cmd": In(command_layout()),
-            "plan": In(plan_layout(array, port_bytes)),
+            "plan": In(plan_layout(array, port_bytes, k_max)),
             **members,
         })
 
@@ -185,6 +187,13 @@ class Loader(_Unit):
     B, one per cycle. Responses wait while the corner turn drains, so a transposed B group
     costs about two cycles per beat (the drain stops at K).
 
+    ``byte_turn`` (a board-sized build): no corner turn. A transposed B is read like any other
+    operand, row after row of memory (one column of B each), and every beat is written into the
+    B scratchpad one byte per cycle with a byte mask (``w_mask``): byte i of the beat holding
+    column c, chunk kc is element (kc*W + i, c). A transposed B group then costs W cycles per
+    beat. The scratchpad address of every beat is computed when it is requested, so the
+    descriptors are narrow, and the read address is ``row address + word * W``.
+
     Members
     -------
     rd_req : Out(stream.Signature(read_request_layout()))
@@ -197,9 +206,11 @@ class Loader(_Unit):
         A scratchpad beat for resource r: ``w_buf``, ``w_row`` (A bank), ``w_addr``, ``w_data``.
     """
 
-    def __init__(self, array, port_bytes, *, k_max, outstanding=32, addr_bits=ADDR_BITS):
+    def __init__(self, array, port_bytes, *, k_max, outstanding=32, addr_bits=ADDR_BITS,
+                 byte_turn=False):
         self.k_max = k_max
         self.outstanding = outstanding
+        self.byte_turn = byte_turn
         g = group_cols(array, port_bytes)
         self.max_words = max(k_max // port_bytes, PARAM_RECORD_BYTES * g // port_bytes, g)
         self.max_rows = max(k_max, array)
@@ -215,10 +226,14 @@ class Loader(_Unit):
             "w_addr": Out(range(max(self.max_words, k_max * g // port_bytes,
                                     4 * array * g // port_bytes))),
             "w_data": Out(port_bytes * 8),
-        }, addr_bits)
+            "w_mask": Out(port_bytes),
+        }, addr_bits, k_max)
 
     def elaborate(self, platform):
+        if self.byte_turn:
+            return self._elaborate_byte_turn()
         m = Module()
+        m.d.comb += self.w_mask.eq(-1)
         n, w, g = self.array, self.port_bytes, self.group
         lw = _log2(w)
         ab = self.addr_bits
@@ -238,7 +253,7 @@ class Loader(_Unit):
         item_parity = Signal()
         g_last = Signal()
         p_last = Signal()
-        m.d.comb += [g_last.eq(g_idx == plan.ng - 1), p_last.eq(p_idx == plan.np - 1)]
+        m.d.comb += [g_last.eq(g_idx == plan.ng_m1), p_last.eq(p_idx == plan.np_m1)]
 
         b_gbase = Signal(ab)     # b_addr + g*G (transposed: b_addr + g*G*b_stride)
         p_gbase = Signal(ab)     # p_addr + g*G*8
@@ -445,6 +460,218 @@ class Loader(_Unit):
             m.d.sync += draining.eq(0)
         return m
 
+    def _elaborate_byte_turn(self):
+        m = Module()
+        n, w, g = self.array, self.port_bytes, self.group
+        ln, lw, lg = _log2(n), _log2(w), _log2(g)
+        lgw = lg - lw
+        ab = self.addr_bits
+        cmd, plan = self.cmd, self.plan
+        addr_width = len(self.w_addr)
+        # Rows of a job: K (B), the group's columns (transposed B) or a panel's rows; words of a
+        # row: beats of K (A, transposed B), of the group's columns (B) or of its records (P, D).
+        max_rows = max(self.k_max, n, g)
+        max_words = max(self.k_max // w, PARAM_RECORD_BYTES * g // w)
+        desc_layout = data.StructLayout({
+            "target": range(NRES), "buf": 1, "last": 1,
+            # A: the panel row (scratchpad bank); transposed B: the column's byte lane.
+            "row": range(max(n, w)),
+            # Scratchpad beat address (transposed B: without the two lowest bits of k).
+            "addr": unsigned(addr_width),
+        })
+        m.submodules.pending = pending = SyncFifo(
+            width=desc_layout.size, depth=self.outstanding)
+
+        # --- Request side --------------------------------------------------------------------
+        g_idx = Signal(len(plan.ng_m1))
+        p_idx = Signal(len(plan.np_m1))
+        item_parity = Signal()
+        g_last = Signal()
+        p_last = Signal()
+        m.d.comb += [g_last.eq(g_idx == plan.ng_m1), p_last.eq(p_idx == plan.np_m1)]
+
+        # Bases that need a multiplication are carried from job to job (the address past a
+        # job's last row is the next panel's or group's); the others are computed.
+        b_gbase = Signal(ab)     # b_addr + g*G (transposed: b_addr + g*G*b_stride)
+        a_pbase = Signal(ab)     # a_addr + p*N*a_stride
+        d_pbase = Signal(ab)     # d_addr + p*N*d_stride + g*G*eb (p > 0)
+        p_gbase = Signal(ab)
+        d_gbase = Signal(ab)
+        e_beat = Signal(ab)
+        m.d.comb += [
+            p_gbase.eq(cmd.p_addr + (g_idx << (lg + _log2(PARAM_RECORD_BYTES)))),
+            d_gbase.eq(cmd.d_addr + (g_idx << (lg + plan.d_log2))),
+            # The beat holding this panel's N exponents (one beat shared by W/N panels).
+            e_beat.eq(cmd.e_addr + (p_idx[lw - ln:] << lw) if w > n else
+                      cmd.e_addr + (p_idx << ln)),
+        ]
+
+        target = Signal(range(NRES))
+        buf = Signal()
+        rows = Signal(range(max_rows + 1))
+        words = Signal(range(max_words + 1))
+        row_addr = Signal(ab)
+        row = Signal(range(max_rows))
+        word = Signal(range(max_words))
+        transposed = cmd.b_transposed
+
+        # Address step from row to row (P and E load one row).
+        stride = Signal(ab)
+        m.d.comb += stride.eq(Mux(target == A, cmd.a_stride,
+                                  Mux(target == D, cmd.d_stride, cmd.b_stride)))
+        next_row = Signal(ab)
+        m.d.comb += next_row.eq(row_addr + stride)
+
+        panel_rows = Mux(p_last, plan.last_rows, n)
+        e_full = max(1, n // w)
+
+        def job_needed(j):
+            first_of_group = p_idx == 0
+            return {A: 1, B: first_of_group, P: first_of_group & cmd.use_params,
+                    D: cmd.addend != AddendMode.NONE, E: cmd.row_shift}[j]
+
+        order = [B, P, A, E, D]
+
+        def setup(j):
+            stmts = [target.eq(j), row.eq(0), word.eq(0)]
+            if j == B:
+                stmts += [buf.eq(g_idx[0]), row_addr.eq(b_gbase),
+                          rows.eq(Mux(transposed, Mux(g_last, plan.cols_last, g), cmd.k)),
+                          words.eq(Mux(transposed, plan.a_words,
+                                       Mux(g_last, plan.bw_last, g // w)))]
+            elif j == P:
+                stmts += [buf.eq(g_idx[0]), rows.eq(1),
+                          words.eq(Mux(g_last, plan.pw_last, PARAM_RECORD_BYTES * g // w)),
+                          row_addr.eq(p_gbase)]
+            elif j == A:
+                stmts += [buf.eq(item_parity), rows.eq(panel_rows), words.eq(plan.a_words),
+                          row_addr.eq(a_pbase)]
+            elif j == E:
+                stmts += [buf.eq(item_parity), rows.eq(1),
+                          words.eq(Mux(p_last, plan.ew_last, e_full)),
+                          row_addr.eq(e_beat)]
+            else:
+                stmts += [buf.eq(item_parity), rows.eq(panel_rows),
+                          words.eq(Mux(g_last, plan.dw_last, plan.dw_full)),
+                          row_addr.eq(Mux(p_idx == 0, d_gbase, d_pbase))]
+            return stmts
+
+        row_last = Signal()
+        word_last = Signal()
+        m.d.comb += [row_last.eq(row == rows - 1), word_last.eq(word == words - 1)]
+        desc = Signal(desc_layout)
+        m.d.comb += [
+            desc.target.eq(target), desc.buf.eq(buf), desc.last.eq(row_last & word_last),
+            pending.w_data.eq(desc),
+            self.rd_req.payload.addr.eq((row_addr + (word << lw))[:ab]),
+            self.claim_buf.eq(buf),
+        ]
+        # Scratchpad addresses, in beats.
+        with m.Switch(target):
+            with m.Case(A):
+                m.d.comb += [desc.row.eq(row), desc.addr.eq(word)]
+            with m.Case(B):
+                with m.If(transposed):
+                    # Row = column c of the group, word = chunk of K.
+                    m.d.comb += [desc.row.eq(row[:lw]),
+                                 desc.addr.eq(Cat(row[lw:lg], word) if lgw else word)]
+                with m.Else():
+                    m.d.comb += desc.addr.eq(Cat(word[:lgw], row) if lgw else row)
+            with m.Case(D):
+                # Row r of the addend tile starts at beat r * (G * eb / W).
+                m.d.comb += desc.addr.eq(Mux(plan.d_log2 == 2, Cat(word[:lgw + 2], row),
+                                             Cat(word[:lgw + 1], row)))
+            with m.Default():
+                m.d.comb += desc.addr.eq(word)
+
+        with m.FSM(name="load"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [
+                        g_idx.eq(0), p_idx.eq(0), item_parity.eq(0),
+                        b_gbase.eq(cmd.b_addr), a_pbase.eq(cmd.a_addr),
+                    ]
+                    m.next = f"SETUP_{order[0]}"
+            for pos, j in enumerate(order):
+                nxt = f"SETUP_{order[pos + 1]}" if pos + 1 < len(order) else "NEXT_ITEM"
+                with m.State(f"SETUP_{j}"):
+                    with m.If(job_needed(j)):
+                        m.d.sync += setup(j)
+                        m.next = f"CLAIM_{j}"
+                    with m.Else():
+                        m.next = nxt
+                with m.State(f"CLAIM_{j}"):
+                    with m.If(self.free.word_select(Cat(buf, C(j, 3)), 1)):
+                        m.d.comb += self.claim.eq(1 << j)
+                        m.next = f"ISSUE_{j}"
+                with m.State(f"ISSUE_{j}"):
+                    m.d.comb += [
+                        self.rd_req.valid.eq(pending.w_rdy),
+                        pending.w_en.eq(self.rd_req.ready),
+                    ]
+                    with m.If(self.rd_req.valid & self.rd_req.ready):
+                        with m.If(word_last):
+                            m.d.sync += [word.eq(0), row.eq(row + 1), row_addr.eq(next_row)]
+                            with m.If(row_last):
+                                # The address past the last row is the next panel's (A, D)
+                                # or the next group's (transposed B).
+                                if j == A:
+                                    m.d.sync += a_pbase.eq(Mux(p_last, cmd.a_addr, next_row))
+                                elif j == D:
+                                    m.d.sync += d_pbase.eq(next_row)
+                                elif j == B:
+                                    with m.If(transposed):
+                                        m.d.sync += b_gbase.eq(next_row)
+                                m.next = nxt
+                        with m.Else():
+                            m.d.sync += word.eq(word + 1)
+            with m.State("NEXT_ITEM"):
+                m.d.sync += item_parity.eq(~item_parity)
+                with m.If(p_last):
+                    m.d.sync += [p_idx.eq(0), g_idx.eq(g_idx + 1)]
+                    with m.If(~transposed):
+                        m.d.sync += b_gbase.eq(b_gbase + g)
+                    with m.If(g_last):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = f"SETUP_{order[0]}"
+                with m.Else():
+                    m.d.sync += p_idx.eq(p_idx + 1)
+                    m.next = f"SETUP_{order[0]}"
+
+        # --- Response side ------------------------------------------------------------------
+        resp = Signal(desc_layout)
+        turned = Signal()
+        sub = Signal(lw)            # the byte of a transposed B beat being written
+        beat_done = Signal()
+        m.d.comb += [
+            resp.eq(pending.r_data),
+            turned.eq(transposed & (resp.target == B)),
+            beat_done.eq(~turned | (sub == w - 1)),
+            self.rd_resp.ready.eq(pending.r_rdy & beat_done),
+            pending.r_en.eq(self.rd_resp.valid & beat_done),
+        ]
+        beat = self.rd_resp.valid & pending.r_rdy
+        payload = self.rd_resp.payload
+        m.d.comb += [
+            self.w_buf.eq(resp.buf), self.fill_buf.eq(resp.buf),
+            self.w_row.eq(resp.row),
+            self.w_addr.eq(Mux(turned,
+                               Cat(resp.addr[:lgw], sub, resp.addr[lgw:]) if lgw else
+                               Cat(sub, resp.addr),
+                               resp.addr)),
+            self.w_data.eq(Mux(turned, payload.word_select(sub, 8).replicate(w), payload)),
+            self.w_mask.eq(Mux(turned, C(1, w) << resp.row[:lw], (1 << w) - 1)),
+        ]
+        with m.If(beat & turned):
+            m.d.sync += sub.eq(sub + 1)
+        for j in range(NRES):
+            with m.If(beat & (resp.target == j)):
+                m.d.comb += self.w_valid[j].eq(1)
+                with m.If(resp.last & beat_done):
+                    m.d.comb += self.fill[j].eq(1)
+        return m
+
 
 class Feeder(_Unit):
     """Streams A columns and B rows from the scratchpads into the array, tile after tile.
@@ -465,7 +692,7 @@ class Feeder(_Unit):
             "b_r_data": In(array * 8),
             "o": Out(stream.Signature(step_layout(array))),
             "busy": Out(1),
-        })
+        }, k_max=k_max)
 
     def elaborate(self, platform):
         m = Module()
@@ -473,9 +700,9 @@ class Feeder(_Unit):
         cmd, plan = self.cmd, self.plan
         walk = _Walk(m, plan, n, self.port_bytes, "feed")
         running = Signal()
-        k = Signal(K_BITS + 1)
+        k = Signal.like(plan.kp_m1)
         k_last = Signal()
-        m.d.comb += [k_last.eq(k == plan.kp - 1), self.busy.eq(running)]
+        m.d.comb += [k_last.eq(k == plan.kp_m1), self.busy.eq(running)]
 
         a_buf = walk.item_parity
         b_buf = walk.group_parity
@@ -531,7 +758,7 @@ class Collector(_Unit):
     the array when the epilogue takes it (two cycles per row, which an epilogue with fewer lanes
     than the array needs anyway)."""
 
-    def __init__(self, array, port_bytes, in_place=False):
+    def __init__(self, array, port_bytes, in_place=False, *, k_max=K_MAX):
         self.in_place = in_place
         g = group_cols(array, port_bytes)
         self.e_chunks = max(1, port_bytes // array)     # panels sharing one exponent beat
@@ -547,7 +774,7 @@ class Collector(_Unit):
             "d_r_data": In(array * 4 * 8),
             "i": In(stream.Signature(row_layout(array))),
             "o": Out(stream.Signature(epilogue_layout(array))),
-        })
+        }, k_max=k_max)
 
     def elaborate(self, platform):
         m = Module()
@@ -660,22 +887,26 @@ class Writer(_Unit):
     """Stores result rows as memory beats with byte strobes, skipping rows and columns past M, N.
 
     A row of a tile is ``array`` elements of 1, 2 or 4 bytes; it fills part of one beat or a
-    whole number of beats (everything is a power of two and aligned).
+    whole number of beats (everything is a power of two and aligned). Since C's base and stride
+    are multiples of W and a group is a whole number of beats, where a row lands in its beats
+    depends only on the element size, the tile within the group and the beat, so each byte lane
+    of a beat chooses among the few element bytes that can reach it.
     """
 
-    def __init__(self, array, port_bytes, addr_bits=ADDR_BITS):
+    def __init__(self, array, port_bytes, addr_bits=ADDR_BITS, *, k_max=K_MAX):
         super().__init__(array, port_bytes, {
             "i": In(stream.Signature(data.ArrayLayout(signed(32), array))),
             "wr": Out(stream.Signature(write_layout(port_bytes))),
             "done": Out(1),
-        }, addr_bits)
+        }, addr_bits, k_max)
 
     def elaborate(self, platform):
         m = Module()
-        n, w = self.array, self.port_bytes
+        n, w, g = self.array, self.port_bytes, self.group
         ab = self.addr_bits
         cmd, plan = self.cmd, self.plan
-        ln, lw = _log2(n), _log2(w)
+        ln, lw, lg = _log2(n), _log2(w), _log2(g)
+        blocks = g // n
         walk = _Walk(m, plan, n, w, "write")
         running = Signal()
         row = Signal(range(n))
@@ -685,49 +916,62 @@ class Writer(_Unit):
 
         panel_addr = Signal(ab)      # c_addr + p*N*c_stride
         row_addr = Signal(ab)        # panel_addr + row*c_stride
+        next_row = Signal(ab)
+        m.d.comb += next_row.eq(row_addr + cmd.c_stride)
 
         # Beats per row: max(1, N * out_bytes / W).
-        beats_log2 = Signal(range(8))
-        span_log2 = Signal(range(8))
-        m.d.comb += span_log2.eq(ln + plan.ob_log2)
-        m.d.comb += beats_log2.eq(Mux(span_log2 > lw, span_log2 - lw, 0))
         beat_last = Signal()
-        m.d.comb += beat_last.eq(beat == (1 << beats_log2) - 1)
+        beats_m1 = [max(1, (n << ob_log2) // w) - 1 for ob_log2 in range(3)]
+        m.d.comb += beat_last.eq(beat == Mux(plan.ob_log2 == 2, beats_m1[2],
+                                             Mux(plan.ob_log2 == 1, beats_m1[1], beats_m1[0])))
 
-        col0 = Signal(DIM_BITS + 1)
-        m.d.comb += col0.eq(Cat(C(0, ln), walk.blk, walk.g) if self.group > n else
+        # The tile's first column, col0 = g*G + blk*N, as a byte offset within the row: a whole
+        # number of beats plus, for a row shorter than a beat, a fixed offset within it (below).
+        # The beat counter never overlaps those whole beats (a row of several beats starts at a
+        # multiple of its length), so it is ORed in.
+        col0 = Signal(DIM_BITS)
+        m.d.comb += col0.eq(Cat(C(0, ln), walk.blk, walk.g) if blocks > 1 else
                             Cat(C(0, ln), walk.g))
+        col_beats = Signal(ab - lw)
+        m.d.comb += col_beats.eq((col0 << plan.ob_log2)[lw:] | beat)
         row_valid = ~walk.p_last | (row < plan.last_rows)
-        seg = Signal(ab)
-        m.d.comb += seg.eq(row_addr + (col0 << plan.ob_log2))
+        m.d.comb += self.wr.payload.addr.eq(Cat(C(0, lw), (row_addr[lw:] + col_beats)[:ab - lw]))
 
-        # Pack the row in the output format, with a byte mask of the columns inside N.
-        packed = Signal(n * 32)
-        mask = Signal(n * 4)
-        # Column col0 + e lies inside N when e < N - col0 (one subtraction for the row).
-        cols_left = Signal(signed(DIM_BITS + 2))
-        m.d.comb += cols_left.eq(cmd.n - col0)
+        # Columns inside N: all of them except in the last group, where column blk*N + e of
+        # the group must be below cols_last.
         inside = Signal(n)
-        m.d.comb += inside.eq(Cat(cols_left > e for e in range(n)))
-        with m.Switch(plan.ob_log2):
-            for ob_log2 in range(3):
-                ob = 1 << ob_log2
-                with m.Case(ob_log2):
-                    m.d.comb += [
-                        packed.eq(Cat(self.i.payload[e].as_unsigned()[:8 * ob] for e in range(n))),
-                        mask.eq(Cat(Mux(inside[e], (1 << ob) - 1, 0)[:ob] for e in range(n))),
-                    ]
-        offset = Signal(range(w))
-        m.d.comb += offset.eq(seg[:lw])
-        shifted_data = Signal(n * 32 + 8 * w)
-        shifted_mask = Signal(n * 4 + w)
-        m.d.comb += [
-            shifted_data.eq((packed << (offset << 3)) >> (beat << (lw + 3))),
-            shifted_mask.eq((mask << offset) >> (beat << lw)),
-            self.wr.payload.addr.eq(Cat(C(0, lw), (seg[lw:] + beat)[:ab - lw])),
-            self.wr.payload.data.eq(shifted_data[:8 * w]),
-            self.wr.payload.strb.eq(shifted_mask[:w]),
-        ]
+        m.d.comb += inside.eq(Cat(~walk.g_last | ((walk.blk * n + e) < plan.cols_last)
+                                  for e in range(n)))
+
+        # Every (element size, tile, beat) case, and for each byte lane the element byte it
+        # takes (None: not written).
+        sources = [dict() for _ in range(w)]      # lane -> {(element, byte): [conditions]}
+        for ob_log2 in range(3):
+            ob = 1 << ob_log2
+            span = n * ob
+            for blk in range(blocks):
+                off = (blk * span) % w
+                for bt in range(max(1, span // w)):
+                    cond = plan.ob_log2 == ob_log2
+                    if blocks > 1:
+                        cond = cond & (walk.blk == blk)
+                    if span > w:
+                        cond = cond & (beat == bt)
+                    for j in range(w):
+                        pos = j + bt * w - off
+                        if 0 <= pos < span:
+                            sources[j].setdefault((pos >> ob_log2, pos & (ob - 1)), []).append(cond)
+        for j in range(w):
+            srcs = sorted(sources[j].items(), key=lambda kv: -len(kv[1]))
+            lane = self.i.payload[srcs[0][0][0]].as_unsigned().word_select(srcs[0][0][1], 8)
+            strb = C(0, 1)
+            for (e, b), conds in srcs:
+                hit = Cat(*conds).any()
+                if (e, b) != srcs[0][0]:
+                    lane = Mux(hit, self.i.payload[e].as_unsigned().word_select(b, 8), lane)
+                strb = strb | (hit & inside[e])
+            m.d.comb += [self.wr.payload.data.word_select(j, 8).eq(lane),
+                         self.wr.payload.strb[j].eq(strb)]
 
         take_row = Signal()
         with m.If(running & self.i.valid):
@@ -751,16 +995,16 @@ class Writer(_Unit):
                 m.d.sync += row.eq(0)
                 walk.advance(m)
                 with m.If(walk.blk_last):
+                    # Past the panel's last row is the next panel.
                     with m.If(walk.p_last):
                         m.d.sync += [panel_addr.eq(cmd.c_addr), row_addr.eq(cmd.c_addr)]
                     with m.Else():
-                        next_panel = panel_addr + (cmd.c_stride << ln)
-                        m.d.sync += [panel_addr.eq(next_panel), row_addr.eq(next_panel)]
+                        m.d.sync += [panel_addr.eq(next_row), row_addr.eq(next_row)]
                 with m.Else():
                     m.d.sync += row_addr.eq(panel_addr)
                 with m.If(walk.final):
                     m.d.sync += running.eq(0)
                     m.d.comb += self.done.eq(1)
             with m.Else():
-                m.d.sync += [row.eq(row + 1), row_addr.eq(row_addr + cmd.c_stride)]
+                m.d.sync += [row.eq(row + 1), row_addr.eq(next_row)]
         return m

@@ -203,6 +203,10 @@ ENGINE_CASES = [
     (2, 4, 4, 2, 6, AddendMode.RESIDUAL16, OutFormat.INT16, True, True),
     (4, 8, 9, 17, 13, AddendMode.RESIDUAL16, OutFormat.UINT8, False, True),
     (4, 4, 6, 3, 9, AddendMode.ACC32, OutFormat.INT32, True, False),
+    # Groups wider than a beat (G = 8 > W = 4), and exponent beats shared by four panels.
+    (8, 4, 9, 13, 19, AddendMode.ACC32, OutFormat.INT8, True, True),
+    (2, 8, 11, 21, 19, AddendMode.RESIDUAL16, OutFormat.INT16, True, True),
+    (2, 8, 7, 30, 13, AddendMode.NONE, OutFormat.UINT8, False, True),
 ]
 
 

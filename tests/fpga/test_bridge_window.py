@@ -1,0 +1,233 @@
+"""The UART bridge and the memory window in the Amaranth simulator, beyond the frames of
+tests/fpga/test_build.py: the BAD_ADDR edges (the bridge keeps only the address bits below the
+memory size), the request gap timeout at both sides of its limit, back-to-back reply bytes at
+the right bit timing, and ``AxiRam`` under an AXI4 master with read bursts, backpressure,
+strobed writes and byte accesses in between, against a byte array.
+"""
+
+import random
+
+import pytest
+from amaranth import *
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from celosia.fpga.bridge import BridgeStatus, Cmd, UartBridge, parse_reply, request
+from celosia.fpga.memory import AxiRam
+from celosia.hdl.csr import CsrBlock
+
+DIV = 4
+
+
+class _Dut(Elaboratable):
+    def __init__(self, mem, timeout):
+        self.bridge = UartBridge(DIV, mem, clk_hz=1000, timeout_cycles=timeout)
+        self.ram = AxiRam(4, mem)
+        self.csr = CsrBlock(2, 4)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.bridge, m.submodules.ram, m.submodules.csr = self.bridge, self.ram, self.csr
+        wiring.connect(m, self.bridge.mem, self.ram.side)
+        wiring.connect(m, self.bridge.csr, self.csr.bus)
+        return m
+
+
+def _exchange(items, data_lengths, mem=1024, timeout=60 * DIV):
+    """Send ``items`` (bytes: a frame; int: that many idle cycles; ``("replies", n)``: wait
+    until n replies are in) and collect one reply per
+    entry of ``data_lengths`` (the data bytes of that reply if its status is OK); also returns
+    the lengths in cycles of the levels on tx."""
+    dut = _Dut(mem, timeout)
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    replies, bit_lengths = [], []
+
+    async def sender(ctx):
+        ctx.set(dut.bridge.rx, 1)
+        await ctx.tick().repeat(10)
+        for item in items:
+            if isinstance(item, int):
+                await ctx.tick().repeat(item)
+                continue
+            if isinstance(item, tuple):                 # ("replies", n): wait for n replies
+                while len(replies) < item[1]:
+                    await ctx.tick()
+                continue
+            for byte in item:
+                for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+                    ctx.set(dut.bridge.rx, bit)
+                    await ctx.tick().repeat(DIV)
+
+    async def receiver(ctx):
+        for n in data_lengths:
+            raw = bytearray()
+            while len(raw) < (3 + n if len(raw) < 2 or raw[1] == BridgeStatus.OK else 3):
+                while ctx.get(dut.bridge.tx):
+                    await ctx.tick()
+                await ctx.tick().repeat(DIV // 2)
+                byte = 0
+                for i in range(8):
+                    await ctx.tick().repeat(DIV)
+                    byte |= ctx.get(dut.bridge.tx) << i
+                await ctx.tick().repeat(DIV)
+                assert ctx.get(dut.bridge.tx) == 1
+                raw.append(byte)
+            replies.append(parse_reply(bytes(raw)))
+
+    async def line(ctx):
+        """The length in cycles of every level run on tx during the first reply."""
+        last, run = 1, 0
+        async for _clk, _rst, tx in ctx.tick().sample(dut.bridge.tx):
+            run += 1
+            if tx != last:
+                bit_lengths.append(run)
+                last, run = tx, 0
+
+    sim.add_testbench(sender, background=True)
+    sim.add_testbench(line, background=True)
+    sim.add_testbench(receiver)
+    sim.run()
+    return replies, bit_lengths
+
+
+def test_bad_addr_edges():
+    mem = 1024
+    frames = [
+        request(Cmd.WRITE_MEM, mem - 4, 4, b"\x01\x02\x03\x04"),   # ends exactly at the top
+        request(Cmd.READ_MEM, mem - 4, 4),
+        request(Cmd.READ_MEM, mem - 3, 4),                         # one byte beyond
+        request(Cmd.READ_MEM, mem, 1),
+        request(Cmd.READ_MEM, 0xFFFF_FFFF, 1),
+        request(Cmd.READ_MEM, 0x8000_0000, 1),                     # only the top bit set
+        request(Cmd.READ_MEM, 0x0001_0000, 1),                     # a bit above the kept bytes
+        request(Cmd.WRITE_MEM, 1 << 24, 1, b"\x55"),               # must not write address 0
+        request(Cmd.READ_MEM, 0, 256),
+        request(Cmd.READ_MEM, mem - 256, 256),
+        request(Cmd.READ_MEM, mem - 255, 256),
+    ]
+    items = []
+    for i, f in enumerate(frames):
+        items += [f, ("replies", i + 1), 100]
+    got, _ = _exchange(items, [0, 4, 4, 1, 1, 1, 1, 0, 256, 256, 256], mem)
+    ok, bad = BridgeStatus.OK, BridgeStatus.BAD_ADDR
+    assert [s for s, _ in got] == [ok, ok, bad, bad, bad, bad, bad, bad, ok, ok, bad]
+    assert got[1][1] == b"\x01\x02\x03\x04"
+    assert got[8][1] == bytes(256)
+    assert got[9][1] == bytes(252) + b"\x01\x02\x03\x04"
+
+
+def test_bad_addr_memory_not_a_power_of_two():
+    mem = 1000
+    frames = [request(Cmd.READ_MEM, mem - 2, 2), request(Cmd.READ_MEM, mem - 1, 2),
+              request(Cmd.READ_MEM, 1023, 1), request(Cmd.INFO)]
+    items = []
+    for i, f in enumerate(frames):
+        items += [f, ("replies", i + 1), 100]
+    got, _ = _exchange(items, [2, 2, 1, 8], mem)
+    assert [s for s, _ in got] == [BridgeStatus.OK, BridgeStatus.BAD_ADDR, BridgeStatus.BAD_ADDR,
+                                   BridgeStatus.OK]
+    assert got[3][1] == mem.to_bytes(4, "little") + (1000).to_bytes(4, "little")
+
+
+@pytest.mark.parametrize("gap,dropped", [(200, False), (60 * DIV + DIV + 40, True)])
+def test_request_gap(gap, dropped):
+    """A pause inside a request shorter than the timeout (60 bit times here) is harmless; a
+    longer one drops the partial request, so its remainder is garbage and only the next full
+    request is answered."""
+    frame = request(Cmd.WRITE_MEM, 8, 2, b"\xAB\xCD")
+    items = [frame[:5], gap, frame[5:], 2000, request(Cmd.READ_MEM, 8, 2)]
+    got, _ = _exchange(items, [2] if dropped else [0, 2])
+    if dropped:
+        assert got == [(BridgeStatus.OK, b"\x00\x00")]
+    else:
+        assert got == [(BridgeStatus.OK, b""), (BridgeStatus.OK, b"\xAB\xCD")]
+
+
+def test_reply_bit_timing():
+    """Every level on the line lasts a whole number of bit times (start bits included), and
+    INFO's ten reply bytes follow each other without gaps."""
+    got, runs = _exchange([request(Cmd.INFO)], [8])
+    assert got[0][0] == BridgeStatus.OK
+    # From the first start bit to the last stop bit: 11 bytes of 10 bits, less that stop bit.
+    assert all(r % DIV == 0 for r in runs[1:]), runs
+    assert sum(runs[1:]) == 109 * DIV, runs
+
+
+# --- AxiRam under an AXI4 master -----------------------------------------------------------------
+
+def test_axi_ram_bursts_writes_and_bytes():
+    W, MEMB = 4, 512
+    dut = AxiRam(W, MEMB)
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    model = bytearray(MEMB)
+    rng = random.Random(1)
+    a, s = dut.axi, dut.side
+
+    async def bench(ctx):
+        for step in range(120):
+            kind = rng.choice(["read", "write", "byte_w", "byte_r"])
+            if kind == "write":
+                addr = rng.randrange(MEMB // W) * W
+                data = rng.getrandbits(8 * W)
+                strb = rng.randrange(1, 1 << W)
+                ctx.set(a.awaddr, addr); ctx.set(a.awlen, 0); ctx.set(a.awid, step & 1)
+                ctx.set(a.wdata, data); ctx.set(a.wstrb, strb); ctx.set(a.wlast, 1)
+                ctx.set(a.awvalid, 1); ctx.set(a.wvalid, 1)
+                ctx.set(a.bready, rng.random() < 0.7)
+                while not (ctx.get(a.awready) and ctx.get(a.wready)):
+                    await ctx.tick()
+                await ctx.tick()
+                ctx.set(a.awvalid, 0); ctx.set(a.wvalid, 0)
+                for i in range(W):
+                    if strb >> i & 1:
+                        model[addr + i] = data >> (8 * i) & 0xFF
+                ctx.set(a.bready, 1)
+                while not ctx.get(a.bvalid):
+                    await ctx.tick()
+                assert ctx.get(a.bid) == step & 1
+                await ctx.tick()
+            elif kind == "read":
+                beats = rng.randrange(1, 17)
+                addr = rng.randrange(MEMB // W - beats + 1) * W
+                ctx.set(a.araddr, addr); ctx.set(a.arlen, beats - 1); ctx.set(a.arid, step & 1)
+                ctx.set(a.arvalid, 1)
+                while not ctx.get(a.arready):
+                    await ctx.tick()
+                await ctx.tick()
+                ctx.set(a.arvalid, 0)
+                for b in range(beats):
+                    while True:
+                        ready = rng.random() < 0.6
+                        ctx.set(a.rready, ready)
+                        valid = ctx.get(a.rvalid)
+                        if valid and ready:
+                            break
+                        await ctx.tick()
+                    want = int.from_bytes(model[addr + W * b:addr + W * b + W], "little")
+                    assert ctx.get(a.rdata) == want, (step, b)
+                    assert ctx.get(a.rlast) == (b == beats - 1)
+                    assert ctx.get(a.rid) == step & 1
+                    await ctx.tick()
+                ctx.set(a.rready, 0)
+            else:
+                addr = rng.randrange(MEMB)
+                ctx.set(s.addr, addr); ctx.set(s.valid, 1)
+                ctx.set(s.we, kind == "byte_w")
+                value = rng.randrange(256)
+                ctx.set(s.wdata, value)
+                while not ctx.get(s.ready):
+                    await ctx.tick()
+                await ctx.tick()
+                ctx.set(s.valid, 0)
+                if kind == "byte_w":
+                    model[addr] = value
+                else:
+                    while not ctx.get(s.rvalid):
+                        await ctx.tick()
+                    assert ctx.get(s.rdata) == model[addr], step
+                    await ctx.tick()
+
+    sim.add_testbench(bench)
+    sim.run()
