@@ -247,9 +247,7 @@ class AxiMaster(wiring.Component):
                 axi.wvalid.eq(1), axi.wdata.eq(port.wr.payload.data),
                 axi.wstrb.eq(port.wr.payload.strb),
             ]
-        with m.If(inc & ~dec):
-            m.d.sync += pending.eq(pending + 1)
-        with m.Elif(dec & ~inc):
-            m.d.sync += pending.eq(pending - 1)
+        with m.If(inc ^ dec):
+            m.d.sync += pending.eq(pending + Mux(inc, 1, C(-1, len(pending))))
         m.d.comb += self.writes_idle.eq((pending == 0) & ~port.wr.valid)
         return m

@@ -56,3 +56,36 @@ def test_read_requests_gathered_into_bursts(w, max_burst):
 
     run(dut, requests, background=[ar_channel], deadline_cycles=20000)
     assert seen == expected_bursts(addrs, w, max_burst)
+
+
+def test_writes_bounded_and_idle():
+    """At most ``max_writes`` writes wait for their response; ``writes_idle`` once every
+    response is in and no write waits."""
+    dut = AxiMaster(4, max_writes=3)
+    log = []
+
+    async def tb(ctx):
+        ctx.set(dut.axi.awready, 1)
+        ctx.set(dut.axi.wready, 1)
+        sent = responses = 0
+        for cycle in range(60):
+            valid = sent < 8
+            ctx.set(dut.port.wr.valid, valid)
+            ctx.set(dut.port.wr.payload.addr, 4 * sent)
+            ctx.set(dut.port.wr.payload.data, sent)
+            ctx.set(dut.port.wr.payload.strb, 0xF)
+            # Responses: none for 10 cycles, then one every other cycle for each write out.
+            b = cycle >= 10 and cycle % 2 == 0 and responses < sent
+            ctx.set(dut.axi.bvalid, b)
+            _, _, ready, idle = await ctx.tick().sample(dut.port.wr.ready, dut.writes_idle)
+            # Idle: nothing waiting for a response before this cycle and no write offered.
+            assert idle == (sent == responses and not valid)
+            sent += valid and ready
+            responses += b
+            log.append((sent, responses))
+
+    run(dut, tb, deadline_cycles=1000)
+    # Three writes go out, then the fourth waits for the first response (cycle 10).
+    assert [s for s, _ in log[:12]] == [1, 2, 3] + [3] * 8 + [4]
+    assert all(sent - responses <= 3 for sent, responses in log)
+    assert log[-1] == (8, 8)
