@@ -254,8 +254,8 @@ class Epilogue(wiring.Component):
 
 class SerialEpilogue(wiring.Component):
     """The epilogue as a small sequential datapath: the ``n`` elements of a row one after the
-    other, each through one 47-bit working register, one adder and the 32x15 product, shifting
-    right one bit per cycle.
+    other, each through one 47-bit working register, one adder, the 32x15 product and a 32-bit
+    register for the addend, shifting right or left one bit per cycle.
 
     The same numerics as :class:`Epilogue` (bit-exact) for a fraction of its logic, at
     ``5 + row_shift + addend_shift + shift`` cycles per element when requantising (``shift``
@@ -266,7 +266,7 @@ class SerialEpilogue(wiring.Component):
     result waits for the previous row to leave ``o``.
 
     Per element: the accumulator is loaded through the adder, shifted right by ``row_shift``
-    with rounding, the bias added (saturating), the addend shifted left in place by
+    with rounding, the bias added (saturating), the addend shifted left in its register by
     ``addend_shift`` and added (saturating), the product taken, shifted right by ``shift`` with
     rounding, and the zero point added while the result is checked against the output range.
     The rounding shifts use ``round_shift(x, s) = ((x >> (s - 1)) + 1) >> 1`` for s > 0.
@@ -311,7 +311,8 @@ class SerialEpilogue(wiring.Component):
         # The sum of two int32 values (33 bits) saturated to int32, and sign-extended.
         ovf = total[32] ^ total[31]
         sat = Signal(signed(47))
-        m.d.comb += sat.eq(Cat(Mux(ovf, (~total[32]).replicate(31), total[:31]), total[32]).as_signed())
+        m.d.comb += sat.eq(Cat(Mux(ovf, (~total[32]).replicate(31), total[:31]),
+                               total[32]).as_signed())
 
         # The result: the zero point added, checked against the output range (a raw result is
         # the saturated int32 sum itself, which passes the int32 check).
