@@ -188,11 +188,16 @@ class AxiMaster(wiring.Component):
         held = Signal()                   # a burst is being gathered
         h_addr = Signal(self.addr_width)
         h_len = Signal(8)                 # beats - 1
-        nxt = Signal(self.addr_width)
-        m.d.comb += nxt.eq(h_addr + ((h_len + 1) << lw))
+        # The next beat of the burst lies in the same 4 KiB page: only the beat index within
+        # the page is added to (a carry out of it means the burst would cross the page).
+        addr = port.rd_req.payload.addr
+        nxt_beat = Signal(max(12 - lw, len(h_len)) + 1)
+        m.d.comb += nxt_beat.eq(h_addr[lw:12] + h_len + 1)
         joins = Signal()
-        m.d.comb += joins.eq(held & (port.rd_req.payload.addr == nxt)
-                             & (nxt[12:] == h_addr[12:]) & (h_len < self.max_burst - 1))
+        m.d.comb += joins.eq(held & (addr[lw:12] == nxt_beat[:12 - lw])
+                             & ~nxt_beat[12 - lw:].any()
+                             & (addr[12:] == h_addr[12:]) & (addr[:lw] == h_addr[:lw])
+                             & (h_len < self.max_burst - 1))
         ar_free = Signal()
         m.d.comb += ar_free.eq(~axi.arvalid | axi.arready)
         with m.If(axi.arvalid & axi.arready):
@@ -242,9 +247,7 @@ class AxiMaster(wiring.Component):
                 axi.wvalid.eq(1), axi.wdata.eq(port.wr.payload.data),
                 axi.wstrb.eq(port.wr.payload.strb),
             ]
-        with m.If(inc & ~dec):
-            m.d.sync += pending.eq(pending + 1)
-        with m.Elif(dec & ~inc):
-            m.d.sync += pending.eq(pending - 1)
+        with m.If(inc ^ dec):
+            m.d.sync += pending.eq(pending + Mux(inc, 1, C(-1, len(pending))))
         m.d.comb += self.writes_idle.eq((pending == 0) & ~port.wr.valid)
         return m

@@ -83,18 +83,14 @@ class CsrBlock(wiring.Component):
             sat_inc(mm_busy_n, self.mm_busy)
             sat_inc(vec_busy_n, self.vec_busy)
             sat_inc(stall_n, self.stall)
-        with m.If(self.retire):
-            m.d.sync += instret.eq(instret + 1)
-        with m.Elif(self.unretire_mm | self.unretire_vec):
-            m.d.sync += instret.eq(instret - 1)
-        with m.If(self.retire_mm):
-            m.d.sync += mm_count.eq(mm_count + 1)
-        with m.Elif(self.unretire_mm):
-            m.d.sync += mm_count.eq(mm_count - 1)
-        with m.If(self.retire_vec):
-            m.d.sync += vec_count.eq(vec_count + 1)
-        with m.Elif(self.unretire_vec):
-            m.d.sync += vec_count.eq(vec_count - 1)
+        def up_down(counter, up, down):
+            """+1 on ``up``, else -1 on ``down``: one adder whose addend is +1 or -1."""
+            with m.If(up | down):
+                m.d.sync += counter.eq(counter + Mux(up, 1, C(-1, len(counter))))
+
+        up_down(instret, self.retire, self.unretire_mm | self.unretire_vec)
+        up_down(mm_count, self.retire_mm, self.unretire_mm)
+        up_down(vec_count, self.retire_vec, self.unretire_vec)
 
         values = {
             "ID": C(isa.ID_MAGIC, 32),
@@ -126,9 +122,10 @@ class CsrBlock(wiring.Component):
         with m.If(bus.rvalid & bus.rready):
             m.d.sync += bus.rvalid.eq(0)
         m.d.comb += bus.arready.eq(~bus.rvalid)
+        index = bus.araddr[2:]
         with m.If(bus.arvalid & bus.arready):
             m.d.sync += [bus.rvalid.eq(1), bus.rresp.eq(0), bus.rdata.eq(0)]
-            with m.Switch(bus.araddr[2:]):
+            with m.Switch(index):
                 for reg in CSR:
                     with m.Case(reg.offset >> 2):
                         m.d.sync += bus.rdata.eq(values[reg.name])

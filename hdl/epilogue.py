@@ -64,8 +64,8 @@ class Epilogue(wiring.Component):
         Which of the six stages end in a register (the last always does); a stage without
         one is merged into the next, which saves flip-flops at a lower clock.
     serial : bool
-        One lane that works on one element at a time over several cycles
-        (:class:`SerialEpilogue`) instead of a pipeline; ``lanes`` must be 1.
+        One small datapath that works through the row's elements one at a time over several
+        cycles each (:class:`SerialEpilogue`) instead of a pipeline; ``lanes`` must be 1.
 
     Members
     -------
@@ -106,7 +106,16 @@ class Epilogue(wiring.Component):
         })
 
     def elaborate(self, platform):
-        if self.lanes < self.n or self.serial:
+        if self.serial:
+            m = Module()
+            m.submodules.core = core = SerialEpilogue(self.n)
+            wiring.connect(m, wiring.flipped(self.i), core.i)
+            wiring.connect(m, core.o, wiring.flipped(self.o))
+            m.d.comb += [core.requant.eq(self.requant), core.out_fmt.eq(self.out_fmt),
+                         core.zero_point.eq(self.zero_point),
+                         core.addend_shift.eq(self.addend_shift)]
+            return m
+        if self.lanes < self.n:
             return self._time_multiplexed()
         m = Module()
         n = self.n
@@ -212,8 +221,7 @@ class Epilogue(wiring.Component):
         m = Module()
         n, L = self.n, self.lanes
         passes = n // L
-        m.submodules.core = core = (SerialEpilogue() if self.serial
-                                    else Epilogue(L, registers=self.registers))
+        m.submodules.core = core = Epilogue(L, registers=self.registers)
         m.d.comb += [core.requant.eq(self.requant), core.out_fmt.eq(self.out_fmt),
                      core.zero_point.eq(self.zero_point), core.addend_shift.eq(self.addend_shift)]
         p, q = self.i.payload, core.i.payload
@@ -245,22 +253,30 @@ class Epilogue(wiring.Component):
 
 
 class SerialEpilogue(wiring.Component):
-    """One lane of the epilogue as a small sequential datapath: one element at a time, through
-    one 51-bit working register and one adder, shifting right by 8 or 1 bit per cycle.
+    """The epilogue as a small sequential datapath: the ``n`` elements of a row one after the
+    other, each through one 47-bit working register, one adder, the 32x15 product and a 32-bit
+    register for the addend, shifting right or left one bit per cycle.
 
-    The same numerics as :class:`Epilogue` (bit-exact) for a fraction of its logic, at about
-    ``5 + ceil(row_shift) + addend_shift + shift / 8 + shift % 8`` cycles per element (about 11
-    for a typical requantisation). The input element is taken (``i.ready``) when its result is
-    registered on ``o``, so the element must stay on ``i.payload`` meanwhile (a stream's
-    payload does while it waits).
+    The same numerics as :class:`Epilogue` (bit-exact) for a fraction of its logic, at
+    ``5 + row_shift + addend_shift + shift`` cycles per element when requantising (``shift``
+    clamped to ``SHIFT_MAX``) and ``5 + row_shift + addend_shift`` for a raw result. The row is
+    taken (``i.ready``) when the result of its last element is registered on ``o``, so it must
+    stay on ``i.payload`` meanwhile (a stream's payload does while it waits); the results of
+    the row move along a chain of ``n`` output registers as they are made, so an element's
+    result waits for the previous row to leave ``o``.
 
+    Per element: the accumulator is loaded through the adder, shifted right by ``row_shift``
+    with rounding, the bias added (saturating), the addend shifted left in its register by
+    ``addend_shift`` and added (saturating), the product taken, shifted right by ``shift`` with
+    rounding, and the zero point added while the result is checked against the output range.
     The rounding shifts use ``round_shift(x, s) = ((x >> (s - 1)) + 1) >> 1`` for s > 0.
     """
 
-    def __init__(self):
+    def __init__(self, n: int = 1):
+        self.n = n
         super().__init__({
-            "i": In(stream.Signature(epilogue_layout(1))),
-            "o": Out(stream.Signature(data.ArrayLayout(signed(32), 1))),
+            "i": In(stream.Signature(epilogue_layout(n))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(32), n))),
             "requant": In(1),
             "out_fmt": In(2),
             "zero_point": In(signed(ZERO_POINT_BITS)),
@@ -269,83 +285,129 @@ class SerialEpilogue(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        n = self.n
         p = self.i.payload
-        w = Signal(signed(51))                 # the element being worked on
+        lane = Signal(range(n))
+
+        def pick(field, shape):
+            """The field of the element being worked on."""
+            sig = Signal(shape, name=f"{field}_lane")
+            with m.Switch(lane):
+                for k in range(n):
+                    with m.Case(k):
+                        m.d.comb += sig.eq(p[field][k])
+            return sig
+
+        w = Signal(signed(47))                 # the element being worked on
         cnt = Signal(range(SHIFT_MAX + 1))     # shift steps still to go
         a = Signal(signed(32))                 # the addend, shifted into place
-        ash = Signal(5)
-        opnd = Signal(signed(33))
-        total = Signal(signed(52))
+        opnd = Signal(signed(32))
+        total = Signal(signed(48))
         m.d.comb += total.eq(w + opnd)
-        sat = _saturate32(total[:33].as_signed())
+        # The adder's operand: an OR of the sources, each gated by its step.
+        use_acc, use_bias, use_a, use_zp, use_one = (Signal(name=f"use_{x}") for x in
+                                                     ("acc", "bias", "a", "zp", "one"))
 
+        # The sum of two int32 values (33 bits) saturated to int32, and sign-extended.
+        ovf = total[32] ^ total[31]
+        sat = Signal(signed(47))
+        m.d.comb += sat.eq(Cat(Mux(ovf, (~total[32]).replicate(31), total[:31]),
+                               total[32]).as_signed())
+
+        # The result: the zero point added, checked against the output range (a raw result is
+        # the saturated int32 sum itself, which passes the int32 check).
+        fmt = Signal(2)
+        m.d.comb += fmt.eq(Mux(self.requant, self.out_fmt, OutFormat.INT32))
         lo = Signal(signed(32))
         hi = Signal(signed(32))
         ok = Signal()
-        in_range = {OutFormat.INT8: _all_same(total[7:]), OutFormat.UINT8: ~total[8:].any(),
-                    OutFormat.INT16: _all_same(total[15:]), OutFormat.INT32: _all_same(total[31:])}
-        with m.Switch(self.out_fmt):
-            for fmt in OutFormat:
-                with m.Case(fmt):
-                    m.d.comb += [lo.eq(OUT_RANGE[fmt].lo), hi.eq(OUT_RANGE[fmt].hi),
-                                 ok.eq(in_range[fmt])]
+        # In range: the bits above the format all copy the sign (all 0 for UINT8); the checks
+        # of the four formats share their upper parts.
+        sign = total[-1]
 
-        out_free = ~self.o.valid | self.o.ready
+        def same(a, b):
+            return ~(total[a:b] ^ sign.replicate(b - a)).any()
+
+        same31 = same(31, 47)
+        same15 = same31 & same(15, 31)
+        same8 = same15 & same(8, 15)
+        in_range = {OutFormat.INT8: same8 & same(7, 8), OutFormat.UINT8: same8 & ~sign,
+                    OutFormat.INT16: same15, OutFormat.INT32: same31}
+        with m.Switch(fmt):
+            for f in OutFormat:
+                with m.Case(f):
+                    m.d.comb += [lo.eq(OUT_RANGE[f].lo), hi.eq(OUT_RANGE[f].hi),
+                                 ok.eq(in_range[f])]
+        result = Mux(ok, total[:32], Mux(total[47], lo, hi))
+
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
+        out_free = ~self.o.valid | self.o.ready
 
-        def shift_step(then):
-            """One step of a rounding shift by ``cnt``: right by 8 or 1, then the final
-            (w + 1) >> 1."""
-            with m.If(cnt > 8):
-                m.d.sync += [w.eq(w >> 8), cnt.eq(cnt - 8)]
-            with m.Elif(cnt > 1):
-                m.d.sync += [w.eq(w >> 1), cnt.eq(cnt - 1)]
-            with m.Else():
-                m.d.comb += opnd.eq(1)
-                m.d.sync += w.eq(total >> 1)
-                m.next = then
+        # What the steps do to the working register (w is cleared after each element, so the
+        # accumulator goes in through the adder) and to the shift counter.
+        w_add, w_shift, w_mul, w_clear = (Signal(name=f"w_{x}") for x in
+                                          ("add", "shift", "mul", "clear"))
+        a_load, a_shift = Signal(), Signal()
+        cnt_load = Signal(range(SHIFT_MAX + 1))
+        cnt_set, cnt_dec = Signal(), Signal()
+        mult = pick("mult", MULT_BITS)
+        shift = pick("shift", SHIFT_BITS)
+        with m.If(w_clear):
+            m.d.sync += w.eq(0)
+        with m.Elif(w_add | w_shift | w_mul):
+            m.d.sync += w.eq(Mux(w_mul, w[:32].as_signed() * mult,
+                                 Mux(w_shift, total >> 1, sat)))
+        with m.If(a_load | a_shift):
+            m.d.sync += a.eq(Mux(a_load, pick("addend", signed(32)), a << 1))
+        with m.If(cnt_set | cnt_dec):
+            m.d.sync += cnt.eq(Mux(cnt_set, cnt_load, cnt - 1))
+        m.d.comb += opnd.eq(Mux(use_acc, pick("acc", signed(ACC_BITS)), 0)
+                            | Mux(use_bias, pick("bias", signed(32)), 0)
+                            | Mux(use_a, a, 0) | Mux(use_zp, self.zero_point, 0) | use_one)
+
+        def shift_step():
+            """One step of a rounding shift by ``cnt`` > 0: right by 1, adding 1 first on the
+            last step."""
+            m.d.comb += [use_one.eq(cnt == 1), w_shift.eq(1), cnt_dec.eq(1)]
 
         with m.FSM(name="epi"):
-            with m.State("IDLE"):
+            with m.State("LOAD"):
+                m.d.comb += [use_acc.eq(1), cnt_load.eq(p.row_shift)]
                 with m.If(self.i.valid):
-                    m.d.sync += [w.eq(p.acc[0]), cnt.eq(p.row_shift)]
+                    m.d.comb += [w_add.eq(1), cnt_set.eq(1)]
                     m.next = "ROW"
             with m.State("ROW"):
                 with m.If(cnt == 0):
-                    m.next = "BIAS"
+                    m.d.comb += [use_bias.eq(1), w_add.eq(1), a_load.eq(1),
+                                 cnt_load.eq(self.addend_shift), cnt_set.eq(1)]
+                    m.next = "ADDEND"
                 with m.Else():
-                    shift_step("BIAS")
-            with m.State("BIAS"):
-                m.d.comb += opnd.eq(p.bias[0])
-                m.d.sync += [w.eq(sat), a.eq(p.addend[0]), ash.eq(self.addend_shift)]
-                m.next = "ADDEND"
+                    shift_step()
             with m.State("ADDEND"):
-                with m.If(ash != 0):
-                    m.d.sync += [a.eq(a << 1), ash.eq(ash - 1)]
+                with m.If(cnt != 0):
+                    m.d.comb += [a_shift.eq(1), cnt_dec.eq(1)]
                 with m.Else():
-                    m.d.comb += opnd.eq(a)
-                    m.d.sync += w.eq(sat)
+                    m.d.comb += [use_a.eq(1), w_add.eq(1)]
                     m.next = "MUL"
             with m.State("MUL"):
+                m.d.comb += cnt_load.eq(Mux(shift > SHIFT_MAX, SHIFT_MAX, shift))
                 with m.If(self.requant):
-                    m.d.sync += [w.eq(w[:32].as_signed() * p.mult[0]),
-                                 cnt.eq(Mux(p.shift[0] > SHIFT_MAX, SHIFT_MAX, p.shift[0]))]
-                    m.next = "SCALE"
-                with m.Else():
-                    m.next = "DONE"
+                    m.d.comb += [w_mul.eq(1), cnt_set.eq(1)]
+                m.next = "SCALE"
             with m.State("SCALE"):
                 with m.If(cnt == 0):
-                    m.next = "DONE"
+                    m.d.comb += use_zp.eq(self.requant)
+                    with m.If(out_free):
+                        m.d.comb += w_clear.eq(1)
+                        m.d.sync += [lane.eq(Mux(lane == n - 1, 0, lane + 1)),
+                                     self.o.payload[n - 1].eq(result)]
+                        m.d.sync += [self.o.payload[k].eq(self.o.payload[k + 1])
+                                     for k in range(n - 1)]
+                        with m.If(lane == n - 1):
+                            m.d.comb += self.i.ready.eq(1)
+                            m.d.sync += self.o.valid.eq(1)
+                        m.next = "LOAD"
                 with m.Else():
-                    shift_step("DONE")
-            with m.State("DONE"):
-                m.d.comb += opnd.eq(Mux(self.requant, self.zero_point, 0))
-                with m.If(out_free):
-                    m.d.comb += self.i.ready.eq(1)
-                    m.d.sync += [self.o.valid.eq(1),
-                                 self.o.payload[0].eq(
-                                     Mux(~self.requant, w[:32],
-                                         Mux(ok, total[:32], Mux(total[51], lo, hi))))]
-                    m.next = "IDLE"
+                    shift_step()
         return m

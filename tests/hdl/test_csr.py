@@ -80,3 +80,46 @@ def test_registers_and_counters():
 
     run(dut, host, background=[watch], deadline_cycles=5000)
     assert seen == {"start": 2, "abort": 1, "clear": 2}
+
+
+def test_narrow_event_counters_wrap_both_ways():
+    """Board-sized counters (``counter_bits``): +1 on retire, -1 on unretire (retire first
+    when both come in one cycle), wrapping at their own width in both directions."""
+    dut = CsrBlock(2, 4, counter_bits=4, cycle_bits=36, perf_counters=False)
+
+    async def host(ctx):
+        bus = dut.bus
+
+        async def pulse(**sigs):
+            for name, v in sigs.items():
+                ctx.set(getattr(dut, name), v)
+            await ctx.tick()
+            for name in sigs:
+                ctx.set(getattr(dut, name), 0)
+
+        async def counts():
+            return [await axil_read(ctx, bus, getattr(CSR, n).offset)
+                    for n in ("INSTRET", "MATMUL_COUNT", "VECTOR_COUNT")]
+
+        # 0 - 1 wraps to 15 for each counter.
+        await pulse(unretire_mm=1)
+        await pulse(unretire_vec=1)
+        assert await counts() == [14, 15, 15]
+        # retire and unretire together: the retire counts.
+        await pulse(retire=1, retire_mm=1, unretire_mm=1, retire_vec=1, unretire_vec=1)
+        assert await counts() == [15, 0, 0]
+        for _ in range(18):
+            await pulse(retire=1, retire_vec=1)
+        assert await counts() == [1, 0, 2]
+        await pulse(unretire_vec=1)
+        assert await counts() == [0, 0, 1]
+        # The perf counters are not built: they read 0.
+        ctx.set(dut.mm_busy, 1)
+        ctx.set(dut.stall, 1)
+        await ctx.tick().repeat(5)
+        assert await axil_read(ctx, bus, CSR.MATMUL_BUSY.offset) == 0
+        assert await axil_read(ctx, bus, CSR.SYNC_STALL.offset) == 0
+        await axil_write(ctx, bus, CSR.CTRL.offset, CSR.CTRL.make(clear_counters=1))
+        assert await counts() == [0, 0, 0]
+
+    run(dut, host, deadline_cycles=5000)

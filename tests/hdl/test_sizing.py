@@ -349,3 +349,42 @@ def test_serial_epilogue_residual_shift(shift):
     shifted = [dict(r, addend=[a << shift for a in r["addend"]]) for r in rows]
     run(dut, config, src, sink, deadline_cycles=40000)
     assert sink.received == golden_rows(shifted, 1, OutFormat.INT16, 3)
+
+
+@pytest.mark.parametrize("n,row_shift,addend_shift,shift,requant", [
+    (2, 0, 0, 0, 1), (2, 3, 0, 20, 1), (1, 8, 16, 47, 1), (4, 2, 5, 63, 1), (2, 5, 4, 30, 0),
+])
+def test_serial_epilogue_cycles(n, row_shift, addend_shift, shift, requant):
+    """With the input always valid and the output always ready, a row leaves every
+    n * (5 + row_shift + addend_shift + shift) cycles (shift clamped to SHIFT_MAX, 0 for a raw
+    result), and its results are right."""
+    from celosia.sw.numerics import SHIFT_MAX
+    rng = random.Random(n + shift)
+    row = random_rows(rng, n, 1)[0]
+    row.update(row_shift=row_shift, shift=[shift] * n,
+               addend=[rng.randint(-(1 << 15), (1 << 15) - 1) for _ in range(n)])
+    dut = Epilogue(n, lanes=1, serial=True)
+    starts, rows = [], []
+
+    async def tb(ctx):
+        ctx.set(dut.requant, requant)
+        ctx.set(dut.out_fmt, OutFormat.INT16)
+        ctx.set(dut.zero_point, -3)
+        ctx.set(dut.addend_shift, addend_shift)
+        ctx.set(dut.i.payload, row)
+        ctx.set(dut.i.valid, 1)
+        ctx.set(dut.o.ready, 1)
+        cycle = 0
+        while len(starts) < 4:
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            cycle += 1
+            if valid:
+                starts.append(cycle)
+                rows.append([int(v) for v in payload])
+
+    run(dut, tb, deadline_cycles=5000)
+    per_element = 5 + row_shift + addend_shift + (min(shift, SHIFT_MAX) if requant else 0)
+    assert [b - a for a, b in zip(starts, starts[1:])] == [n * per_element] * 3
+    shifted = dict(row, addend=[v << addend_shift for v in row["addend"]],
+                   shift=[min(shift, SHIFT_MAX)] * n)
+    assert rows == golden_rows([shifted] * 4, requant, OutFormat.INT16, -3)
