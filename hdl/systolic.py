@@ -68,9 +68,9 @@ class SystolicArray(wiring.Component):
         })
 
     #: Steps after the last input until every result row has left: input register, row skew,
-    #: column travel, row-done flag, output register.
+    #: column travel, output register (one spare).
     def drain_steps(self) -> int:
-        return 2 * self.n + 3
+        return 2 * self.n + 2
 
     def elaborate(self, platform):
         m = Module()
@@ -116,8 +116,11 @@ class SystolicArray(wiring.Component):
             m.d.comb += b_in.eq(Mux(take, self.i.payload.b[c], 0))
             b_top[0][c] = skew(b_in, c + 1, f"b{c}")
 
-        shadow = [[Signal(signed(ACC_BITS), name=f"shadow_{r}_{c}") for c in range(n)]
+        # A PE keeps its finished sum in a shadow register until the row's rightmost PE
+        # finishes (that one goes straight to the output register): columns 0..n-2 only.
+        shadow = [[Signal(signed(ACC_BITS), name=f"shadow_{r}_{c}") for c in range(n - 1)]
                   for r in range(n)]
+        totals = [[None] * n for _ in range(n)]
         for r in range(n):
             for c in range(n):
                 a, b, last = a_left[r][c], b_top[r][c], l_left[r][c]
@@ -131,22 +134,25 @@ class SystolicArray(wiring.Component):
                 with m.If(adv):
                     m.d.sync += [a_reg.eq(a), b_reg.eq(b), l_reg.eq(last)]
                     with m.If(last):
-                        m.d.sync += [shadow[r][c].eq(total), acc.eq(0)]
+                        m.d.sync += acc.eq(0)
+                        if c < n - 1:
+                            m.d.sync += shadow[r][c].eq(total)
                     with m.Else():
                         m.d.sync += acc.eq(total)
+                totals[r][c] = total
                 a_left[r][c + 1] = a_reg
                 l_left[r][c + 1] = l_reg
                 b_top[r + 1][c] = b_reg
 
-        # Row r is complete one step after its rightmost PE captured.
+        # Row r is complete when its rightmost PE takes its last step: the row enters the
+        # output register in that step (one row per step, as tiles are at least n steps long).
         row_done = Signal(n)
-        with m.If(adv):
-            m.d.sync += row_done.eq(Cat(l_left[r][n - 1] for r in range(n)))
+        m.d.comb += row_done.eq(Cat(l_left[r][n - 1] for r in range(n)))
 
         row = Signal(row_layout(n))
         row_bits = 0
         for r in range(n):
-            row_bits = row_bits | Mux(row_done[r], Cat(shadow[r]), 0)
+            row_bits = row_bits | Mux(row_done[r], Cat(*shadow[r], totals[r][n - 1]), 0)
         m.d.comb += row.eq(row_bits)
 
         with m.If(adv & row_done.any()):
