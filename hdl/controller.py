@@ -215,29 +215,38 @@ class Controller(wiring.Component):
             slot_valid = Signal(name=f"{name}_slot_valid")
             slot_cmd = Signal(layout, name=f"{name}_slot_cmd")
             slot_pc = Signal(ab, name=f"{name}_slot_pc")
-            q = SyncFifo(width=ab, depth=self.queue)
-            m.submodules[f"{name}_inflight"] = q
-            m.d.comb += [
-                cmd.valid.eq(slot_valid & q.w_rdy),
-                cmd.payload.eq(slot_cmd),
-                q.w_data.eq(slot_pc),
-                q.w_en.eq(cmd.valid & cmd.ready),
-                done.ready.eq(1),
-                q.r_en.eq(done.valid),
-            ]
+            busy = Signal(name=f"{name}_busy")
             if self.issue_slot:
+                q = SyncFifo(width=ab, depth=self.queue)
+                m.submodules[f"{name}_inflight"] = q
+                m.d.comb += [
+                    cmd.valid.eq(slot_valid & q.w_rdy),
+                    q.w_data.eq(slot_pc),
+                    q.w_en.eq(cmd.valid & cmd.ready),
+                    q.r_en.eq(done.valid),
+                ]
                 with m.If(cmd.valid & cmd.ready):
                     m.d.sync += slot_valid.eq(0)
+                failed_pc = q.r_data
+                # In flight counts from the cycle after the hand-over: the FIFO's level, not
+                # its r_rdy, which a SyncFIFOBuffered raises one cycle later (a SYNC or HALT
+                # sampling that cycle would pass a command that has only just started).
+                m.d.comb += busy.eq(slot_valid | (q.level != 0))
             else:
-                m.d.comb += [slot_cmd.eq(source), slot_pc.eq(pc)]
+                # One command at a time: the controller waits in HOLD, with the program
+                # counter on the command, until the unit answers.
+                inflight = Signal(name=f"{name}_inflight")
+                with m.If(cmd.valid & cmd.ready):
+                    m.d.sync += inflight.eq(1)
+                with m.Elif(done.valid):
+                    m.d.sync += inflight.eq(0)
+                m.d.comb += [cmd.valid.eq(slot_valid), slot_cmd.eq(source), slot_pc.eq(pc),
+                             busy.eq(slot_valid | inflight)]
+                failed_pc = pc[:ab]
+            m.d.comb += [cmd.payload.eq(slot_cmd), done.ready.eq(1)]
             with m.If(done.valid & (done.payload != 0) & ~unit_err):
                 m.d.sync += [unit_err.eq(1), unit_code.eq(done_code(done.payload)),
-                             unit_pc.eq(q.r_data), unit_vec.eq(is_vector)]
-            # In flight counts from the cycle after the hand-over: the FIFO's level, not its
-            # r_rdy, which a SyncFIFOBuffered raises one cycle later (a SYNC or HALT sampling
-            # that cycle would pass a command that has only just started).
-            busy = Signal(name=f"{name}_busy")
-            m.d.comb += busy.eq(slot_valid | (q.level != 0))
+                             unit_pc.eq(failed_pc), unit_vec.eq(is_vector)]
             units[name] = (slot_valid, slot_cmd, slot_pc, busy)
             return busy
 

@@ -204,6 +204,30 @@ def test_rejected_command_stops_with_its_address():
     assert len(mm.log) == 1                    # SYNC saw the error; nothing more issued
 
 
+def test_rejected_later_command_stops_with_its_address():
+    """A unit's error on the third MATMUL names that instruction, not the program start."""
+    img = matmul_chain(5, CFG, links=3)
+    addrs = []
+    addr = img.prog
+    while True:
+        ins = isa.Instruction.decode(img.mem[addr:addr + INSTR_BYTES].tobytes())
+        if ins.opcode == isa.Opcode.HALT:
+            break
+        if ins.opcode == isa.Opcode.MATMUL:
+            addrs.append(addr)
+        addr += INSTR_BYTES
+    seen = []
+
+    def code(payload):
+        seen.append(payload)
+        return 3 if len(seen) == 3 else 0           # the third command: BAD_MODE
+
+    result, _, (mm,) = run_controller(img, mm_code=code)
+    assert len(addrs) == 3
+    assert result["error"] and result["code"] == ErrorCode.BAD_MODE
+    assert result["error_pc"] == addrs[2] and result["pc"] == addrs[2]
+
+
 def test_abort_waits_for_the_running_command():
     img = matmul_chain(4, CFG, links=3)
     result, _, (mm,) = run_controller(img, mm_latency=400, abort_at=60)

@@ -264,6 +264,7 @@ def test_sized_accelerator_with_vector_engine(array, port_bytes, sizing):
 @pytest.mark.parametrize("name", ["test_vector_without_unit_is_unsupported_like_isa_sim",
                                   "test_bad_window_and_misaligned_program",
                                   "test_rejected_command_stops_with_its_address",
+                                  "test_rejected_later_command_stops_with_its_address",
                                   "test_abort_waits_for_the_running_command"])
 def test_controller_without_issue_slot(monkeypatch, name):
     """test_controller's checks with the controller SMALL builds (HOLD instead of an issue
