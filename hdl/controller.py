@@ -386,31 +386,45 @@ class Controller(wiring.Component):
         # past the window (every row is at least one byte long unless a dimension is 0, and a
         # zero dimension is reported first as BAD_SHAPE).
         if self.serial_check:
-            # (rows - 1) * stride by shift and add, most significant bit of rows - 1 first.
-            pw = ab if narrow else ADDR_BITS + 16
+            # One adder and one register per operand, in phases (no path from the operand
+            # table through more than one adder):
+            #   MUL: (rows - 1) * stride by shift and add, most significant bit first;
+            #   ADDR, ROWB: add the address, then the row bytes (the span's end);
+            #   CMP: compare the registered end with the window's.
+            pw = ab if narrow else ADDR_BITS + 17
             mul_n = Signal(range(17))
             mul_done = Signal()
             mul_bit = Signal()
-            m.d.comb += [mul_done.eq((mul_n == 16) | ~op_used | (rows_m1 == 0)),
+            phase = Signal(2)             # 0 MUL, 1 ADDR, 2 ROWB, 3 CMP
+            m.d.comb += [mul_done.eq((mul_n == 16) | (rows_m1 == 0)),
                          mul_bit.eq(rows_m1[::-1].bit_select(mul_n[:4], 1))]
             prod_acc = Signal(pw)
             prod_ovf = Signal()
-            prod_next = Signal(pw + 2)
-            m.d.comb += [prod_next.eq((prod_acc << 1) + Mux(mul_bit, op_stride[:pw], 0)),
-                         product.eq(Cat(prod_acc, prod_ovf) if narrow else prod_acc)]
+            addend = Signal(max(pw, len(op_addr), len(op_rb)))
+            prod_next = Signal(len(addend) + 2)
+            with m.Switch(phase):
+                with m.Case(0):
+                    m.d.comb += addend.eq(Mux(mul_bit, op_stride, 0))
+                with m.Case(1):
+                    m.d.comb += addend.eq(op_addr)
+                with m.Default():
+                    m.d.comb += addend.eq(op_rb)
+            m.d.comb += prod_next.eq(Mux(phase == 0, prod_acc << 1, prod_acc) + addend)
+            if narrow:
+                m.d.comb += outside.eq(op_used & ((op_addr[:ab] < base) | prod_ovf
+                                                  | (prod_acc > win_end)))
+            else:
+                m.d.comb += outside.eq(op_used & ((op_addr < base) | (prod_acc > win_end)))
         else:
-            m.d.comb += product.eq(rows_m1 * op_stride)
-        if narrow:
-            # An address, product or span at or past 2**ab is past the window's end.
             m.d.comb += [
+                product.eq(rows_m1 * op_stride),
                 span_end.eq(op_addr + product + op_rb),
-                outside.eq(op_used & ((op_addr[:ab] < base) | (span_end > win_end))),
             ]
-        else:
-            m.d.comb += [
-                span_end.eq(op_addr + product + op_rb),
-                outside.eq(op_used & ((op_addr < base) | (span_end > win_end))),
-            ]
+            if narrow:
+                # An address, product or span at or past 2**ab is past the window's end.
+                m.d.comb += outside.eq(op_used & ((op_addr[:ab] < base) | (span_end > win_end)))
+            else:
+                m.d.comb += outside.eq(op_used & ((op_addr < base) | (span_end > win_end)))
         any_short = Signal()
         any_outside = Signal()
 
@@ -509,7 +523,7 @@ class Controller(wiring.Component):
             with m.State("DECODE"):
                 m.d.sync += [idx.eq(0), any_short.eq(0), any_outside.eq(0), is_vec.eq(0)]
                 if self.serial_check:
-                    m.d.sync += [mul_n.eq(0), prod_acc.eq(0), prod_ovf.eq(0)]
+                    m.d.sync += [mul_n.eq(0), prod_acc.eq(0), prod_ovf.eq(0), phase.eq(0)]
                 with m.Switch(instr.opcode):
                     with m.Case(Opcode.HALT):
                         m.d.sync += [halting.eq(1), wait_mask.eq(0b11)]
@@ -530,12 +544,23 @@ class Controller(wiring.Component):
 
             with m.State("CHECK"):
                 if self.serial_check:
-                    with m.If(~mul_done):
-                        m.d.sync += [prod_acc.eq(prod_next[:pw]), mul_n.eq(mul_n + 1)]
+                    step = Signal()           # this cycle updates the span register
+                    with m.Switch(phase):
+                        with m.Case(0):
+                            m.d.comb += step.eq(~mul_done)
+                            with m.If(~mul_done):
+                                m.d.sync += mul_n.eq(mul_n + 1)
+                            with m.Else():
+                                m.d.sync += phase.eq(1)
+                        with m.Case(1, 2):
+                            m.d.comb += step.eq(1)
+                            m.d.sync += phase.eq(phase + 1)
+                    with m.If(step):
+                        m.d.sync += prod_acc.eq(prod_next[:pw])
                         if narrow:
                             m.d.sync += prod_ovf.eq(prod_ovf | (prod_next[pw:] != 0)
-                                                    | (mul_bit & op_stride[ab]))
-                    checked = mul_done
+                                                    | ((phase == 0) & mul_bit & op_stride[ab]))
+                    checked = (phase == 3) | ~op_used
                 else:
                     checked = C(1, 1)
                 with m.If(checked):
@@ -543,7 +568,7 @@ class Controller(wiring.Component):
                                  any_outside.eq(any_outside | outside),
                                  idx.eq(idx + 1)]
                     if self.serial_check:
-                        m.d.sync += [mul_n.eq(0), prod_acc.eq(0), prod_ovf.eq(0)]
+                        m.d.sync += [mul_n.eq(0), prod_acc.eq(0), prod_ovf.eq(0), phase.eq(0)]
                     with m.If(idx == N_OPS - 1):
                         m.next = "RESOLVE"
 

@@ -230,6 +230,6 @@ def test_rejected_later_command_stops_with_its_address():
 
 def test_abort_waits_for_the_running_command():
     img = matmul_chain(4, CFG, links=3)
-    result, _, (mm,) = run_controller(img, mm_latency=400, abort_at=60)
+    result, _, (mm,) = run_controller(img, mm_latency=400, abort_at=150)   # in the first MATMUL
     assert result["error"] and result["code"] == ErrorCode.ABORTED
     assert len(mm.log) == 1 and result["cycles"] >= mm.log[0][1]

@@ -145,16 +145,18 @@ def test_small_accelerator_program_beyond_reach(prog):
     dict(n=20000, b_stride=0x8000, b_transposed=0, c_stride=0x2_0000, m=2, requant=0,
          addend=0),
 ])
-def test_small_accelerator_span_checks(change):
-    """The narrowed span check gives isa_sim's error for addresses and strides beyond the
-    16-bit reach."""
+@pytest.mark.parametrize("sizing", [SMALL, dataclasses.replace(FULL, serial_check=True)],
+                         ids=["small", "full-serial-check"])
+def test_small_accelerator_span_checks(change, sizing):
+    """The narrowed and the serial span checks give isa_sim's error for addresses and strides
+    beyond the 16-bit reach (and, with 32-bit addresses, beyond the window)."""
     img = error_image("ok", MachineConfig(2, 4), size=0x4000, seed=3)
     ins = isa.Instruction.decode(img.mem[img.prog:img.prog + isa.INSTR_BYTES].tobytes())
     f = dict(ins.fields)
     f.update({k: v & 0xFFFF_FFFF for k, v in change.items()})
     raw = isa.Instruction(ins.opcode, f).encode()
     img.mem[img.prog:img.prog + isa.INSTR_BYTES] = np.frombuffer(raw, np.uint8)
-    mem, regs = run_small(img)
+    mem, regs = run_small(img, sizing=sizing)
     ref_mem, ref, mach = reference(img)
     for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT"):
         assert regs[name] == ref[name], (name, regs[name], ref[name])
