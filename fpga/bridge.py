@@ -218,7 +218,10 @@ class UartBridge(wiring.Component):
     Only the address bits below the memory size (at least the CSR address bits) are kept;
     higher address bits that are not zero only make a memory request ``BAD_ADDR``. The
     payload of a write goes into a 256-byte buffer and reaches memory after its CRC checked
-    out; a READ_MEM reply byte goes from the memory straight to the transmitter.
+    out; a READ_MEM reply byte goes from the memory straight to the transmitter. A CSR
+    response (R or B) is taken only while the reply's CRC byte goes out: until then the bus
+    holds it, so READ_CSR's data bytes come straight from ``rdata`` and its ``rresp`` (or the
+    ``bresp``) is still there to make the status BUS_ERROR.
     """
 
     def __init__(self, divisor: int, mem_bytes: int, clk_hz: int = 0,
