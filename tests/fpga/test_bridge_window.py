@@ -13,6 +13,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from celosia.fpga.bridge import BridgeStatus, Cmd, UartBridge, parse_reply, request
+from celosia.fpga import memory
 from celosia.fpga.memory import AxiRam
 from celosia.hdl.csr import CsrBlock
 
@@ -250,7 +251,30 @@ def test_csr_responses_held_and_errors(resp):
 
 # --- AxiRam under an AXI4 master -----------------------------------------------------------------
 
-def test_axi_ram_bursts_writes_and_bytes():
+class _ForgetfulRam(memory._Ram):
+    """A RAM whose output is garbage except in the cycle after a read (an SPRAM is not
+    documented to keep DATAOUT while CHIPSELECT is low)."""
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = inner = _RAM(self.width, self.depth, self.spram)
+        m.d.comb += [inner.addr.eq(self.addr), inner.re.eq(self.re), inner.we.eq(self.we),
+                     inner.wdata.eq(self.wdata)]
+        was_read = Signal()
+        m.d.sync += was_read.eq(self.re & (self.we == 0))
+        m.d.comb += self.rdata.eq(Mux(was_read, inner.rdata, C(0xA5, 8).replicate(self.width)))
+        return m
+
+
+_RAM = memory._Ram
+
+
+@pytest.mark.parametrize("forgetful", [False, True])
+def test_axi_ram_bursts_writes_and_bytes(forgetful, monkeypatch):
+    """With ``forgetful`` the RAM's output is only good in the cycle after a read: a beat the
+    master has not taken must be read again."""
+    if forgetful:
+        monkeypatch.setattr(memory, "_Ram", _ForgetfulRam)
     W, MEMB = 4, 512
     dut = AxiRam(W, MEMB)
     sim = Simulator(dut)
