@@ -218,7 +218,10 @@ class UartBridge(wiring.Component):
     Only the address bits below the memory size (at least the CSR address bits) are kept;
     higher address bits that are not zero only make a memory request ``BAD_ADDR``. The
     payload of a write goes into a 256-byte buffer and reaches memory after its CRC checked
-    out; a READ_MEM reply byte goes from the memory straight to the transmitter.
+    out; a READ_MEM reply byte goes from the memory straight to the transmitter. A CSR
+    response (R or B) is taken only while the reply's CRC byte goes out: until then the bus
+    holds it, so READ_CSR's data bytes come straight from ``rdata`` and its ``rresp`` (or the
+    ``bresp``) is still there to make the status BUS_ERROR.
     """
 
     def __init__(self, divisor: int, mem_bytes: int, clk_hz: int = 0,
@@ -254,7 +257,7 @@ class UartBridge(wiring.Component):
         cnt = Signal(8)
         crc = Signal(8)
         status = Signal(3)
-        word = Signal(32)           # WRITE_CSR payload; READ_CSR reply, low byte first
+        word = Signal(32)           # WRITE_CSR payload
         info = C(self.mem_bytes | self.clk_hz << 32, 64)
 
         # Inter-byte timeout while a request is being received, in bit times.
@@ -309,30 +312,25 @@ class UartBridge(wiring.Component):
             with m.State("IDLE"):
                 with m.If(rxv & (rxb == REQ_SYNC)):
                     m.d.sync += [crc.eq(0), cnt.eq(0), addr_hi.eq(0)]
-                    m.next = "CMD"
-            with m.State("CMD"):
-                receive()
-                with m.If(rxv):
-                    m.d.sync += cmd.eq(Mux((rxb[3:] == 0) & (rxb[:3] <= max(Cmd)), rxb[:3], 0))
-                    m.next = "ADDR"
-            with m.State("ADDR"):
+                    m.next = "HEADER"
+            with m.State("HEADER"):              # cnt: 0 cmd, 1..4 addr, 5 len
                 receive()
                 with m.If(rxv):
                     m.d.sync += cnt.eq(cnt + 1)
-                    with m.If(cnt < kbytes):
+                    with m.If(cnt == 0):
+                        m.d.sync += cmd.eq(Mux((rxb[3:] == 0) & (rxb[:3] <= max(Cmd)),
+                                               rxb[:3], 0))
+                    with m.Elif(cnt <= kbytes):
                         m.d.sync += addr.eq(Cat(addr[8:], rxb))
-                    with m.Elif(rxb != 0):
-                        m.d.sync += addr_hi.eq(1)
-                    with m.If(cnt == 3):
-                        m.next = "LEN"
-            with m.State("LEN"):
-                receive()
-                with m.If(rxv):
-                    m.d.sync += [length.eq(rxb), cnt.eq(0)]
-                    with m.If((cmd == Cmd.WRITE_CSR) | (cmd == Cmd.WRITE_MEM)):
-                        m.next = "PAYLOAD"
+                    with m.Elif(cnt <= 4):
+                        with m.If(rxb != 0):
+                            m.d.sync += addr_hi.eq(1)
                     with m.Else():
-                        m.next = "CRC"
+                        m.d.sync += [length.eq(rxb), cnt.eq(0)]
+                        with m.If((cmd == Cmd.WRITE_CSR) | (cmd == Cmd.WRITE_MEM)):
+                            m.next = "PAYLOAD"
+                        with m.Else():
+                            m.next = "CRC"
             with m.State("PAYLOAD"):
                 receive()
                 m.d.comb += bw.en.eq(rxv)
@@ -356,13 +354,13 @@ class UartBridge(wiring.Component):
                         send_status(BridgeStatus.OK)
                     with m.Case(Cmd.READ_CSR):
                         m.d.sync += csr.arvalid.eq(1)
-                        m.next = "CSR_R"
+                        m.next = "CSR"
                     with m.Case(Cmd.WRITE_CSR):
                         with m.If(length != 3):
                             send_status(BridgeStatus.BAD_LEN)
                         with m.Else():
                             m.d.sync += [csr.awvalid.eq(1), csr.wvalid.eq(1)]
-                            m.next = "CSR_W"
+                            m.next = "CSR"
                     with m.Case(Cmd.READ_MEM, Cmd.WRITE_MEM):
                         with m.If(~in_range):
                             send_status(BridgeStatus.BAD_ADDR)
@@ -373,21 +371,18 @@ class UartBridge(wiring.Component):
                     with m.Default():
                         send_status(BridgeStatus.BAD_CMD)
 
-            with m.State("CSR_R"):
+            # The CSR response is taken only in TX_CRC: until then R holds rresp and rdata.
+            with m.State("CSR"):
                 with m.If(csr.arready):
                     m.d.sync += csr.arvalid.eq(0)
-                m.d.comb += csr.rready.eq(1)
-                with m.If(csr.rvalid):
-                    m.d.sync += word.eq(csr.rdata)
-                    send_status(Mux(csr.rresp == 0, BridgeStatus.OK, BridgeStatus.BUS_ERROR))
-            with m.State("CSR_W"):
                 with m.If(csr.awready):
                     m.d.sync += csr.awvalid.eq(0)
                 with m.If(csr.wready):
                     m.d.sync += csr.wvalid.eq(0)
-                m.d.comb += csr.bready.eq(1)
-                with m.If(csr.bvalid):
-                    send_status(Mux(csr.bresp == 0, BridgeStatus.OK, BridgeStatus.BUS_ERROR))
+                with m.If(csr.rvalid | csr.bvalid):
+                    send_status(Mux((csr.rvalid & (csr.rresp != 0)) |
+                                    (csr.bvalid & (csr.bresp != 0)),
+                                    BridgeStatus.BUS_ERROR, BridgeStatus.OK))
 
             # WRITE_MEM: the checked payload from the buffer to memory, one byte at a time.
             with m.State("COPY_RD"):
@@ -414,23 +409,16 @@ class UartBridge(wiring.Component):
                         m.next = "TX_CRC"
                     with m.Elif(cmd == Cmd.READ_MEM):
                         m.next = "MEM_REQ"
-                    with m.Elif(cmd == Cmd.INFO):
-                        m.next = "TX_INFO"
-                    with m.Elif(cmd == Cmd.READ_CSR):
-                        m.next = "TX_WORD"
+                    with m.Elif((cmd == Cmd.INFO) | (cmd == Cmd.READ_CSR)):
+                        m.next = "TX_DATA"
                     with m.Else():
                         m.next = "TX_CRC"
-            with m.State("TX_WORD"):             # READ_CSR: the word read
-                send(word[:8])
-                with m.If(tx.ready):
-                    m.d.sync += [word.eq(Cat(word[8:], rxb)), cnt.eq(cnt + 1)]
-                    with m.If(cnt[:2] == 3):
-                        m.next = "TX_CRC"
-            with m.State("TX_INFO"):             # INFO: two constant words
-                send(info.word_select(cnt[:3], 8))
+            with m.State("TX_DATA"):             # INFO: two constant words; READ_CSR: rdata
+                send(Mux(cmd[1], csr.rdata.word_select(cnt[:2], 8),
+                         info.word_select(cnt[:3], 8)))
                 with m.If(tx.ready):
                     m.d.sync += cnt.eq(cnt + 1)
-                    with m.If(cnt[:3] == 7):
+                    with m.If((cnt[:2] == 3) & (cnt[2] | cmd[1])):
                         m.next = "TX_CRC"
             with m.State("MEM_REQ"):
                 m.d.comb += mem.valid.eq(tx.ready)
@@ -445,6 +433,7 @@ class UartBridge(wiring.Component):
                     with m.Else():
                         m.next = "MEM_REQ"
             with m.State("TX_CRC"):
+                m.d.comb += [csr.rready.eq(1), csr.bready.eq(1)]
                 send(crc, crc_too=False)
                 with m.If(tx.ready):
                     m.next = "IDLE"

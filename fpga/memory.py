@@ -7,9 +7,10 @@ programs inside ``[0, mem_bytes)``, the bridge rejects anything beyond it). The 
 what :class:`celosia.hdl.axi.AxiMaster` issues: ``INCR`` read bursts of ``port_bytes`` beats
 (any length, one beat per cycle) and single-beat writes (``AW`` and ``W`` together, ``awlen``
 0), one write per cycle while ``B`` is taken at once. Wider-than-one-beat write bursts are not
-supported. A read burst runs to its end before a write or a byte access starts (the RAM's
-output must hold the beat the master has not taken yet); writes go before reads. The byte port
-is served in cycles without AXI traffic.
+supported. A read burst runs to its end before a write or a byte access starts; while the
+master has not taken a beat, the RAM reads that beat's address again every cycle, so nothing
+relies on a RAM holding its output while it is not enabled. Writes go before reads. The byte
+port is served in cycles without AXI traffic.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ SPRAM_BYTES = 32 * 1024
 
 
 class _Ram(Elaboratable):
-    """Single-ported RAM, ``width`` bytes per word; ``rdata`` follows ``addr`` one cycle after a
-    cycle with ``re``, and holds while ``re`` and ``we`` are low."""
+    """Single-ported RAM, ``width`` bytes per word; ``rdata`` is the word at ``addr`` one cycle
+    after a cycle with ``re`` (afterwards it is not relied on)."""
 
     def __init__(self, width: int, depth: int, spram: bool):
         self.width, self.depth, self.spram = width, depth, spram
@@ -50,8 +51,7 @@ class _Ram(Elaboratable):
             m.d.comb += [wp.addr.eq(self.addr), wp.data.eq(self.wdata), wp.en.eq(self.we),
                          rp.addr.eq(self.addr), rp.en.eq(self.re), self.rdata.eq(rp.data)]
             return m
-        # iCE40 SPRAM: 16-bit slices side by side, banks of 16K words. A deselected SPRAM
-        # (CHIPSELECT low) keeps its DATAOUT, which is how rdata holds between reads.
+        # iCE40 SPRAM: 16-bit slices side by side, banks of 16K words.
         assert self.width % 2 == 0
         banks = self.depth // 16384
         assert banks * 16384 == self.depth and banks >= 1
@@ -107,7 +107,10 @@ class AxiRam(wiring.Component):
 
         reading = Signal()              # a read burst has beats left to issue
         left = Signal(8)                # beats after the next one
-        raddr = Signal(aw)
+        raddr = Signal(aw)              # the beat issued last (the first one: not yet issued)
+        first = Signal()                # no beat of this burst issued yet
+        hold = Signal()                 # a beat waits for the master: read it again
+        rd_addr = Signal(aw)
         issue = Signal()                # a read beat from the RAM this cycle
         free = Signal()                 # no read burst, no beat waiting for the master
         write = Signal()
@@ -119,6 +122,8 @@ class AxiRam(wiring.Component):
             write.eq(free & axi.awvalid & axi.wvalid & (~axi.bvalid | axi.bready)),
             start.eq(free & axi.arvalid & ~axi.awvalid),
             byte.eq(free & side.valid & ~axi.awvalid & ~axi.arvalid),
+            hold.eq(axi.rvalid & ~axi.rready),
+            rd_addr.eq(raddr + (issue & ~first)),
             axi.awready.eq(write), axi.wready.eq(write), axi.arready.eq(start),
             axi.rdata.eq(ram.rdata), axi.rresp.eq(0), axi.bresp.eq(0),
             side.ready.eq(byte),
@@ -131,9 +136,10 @@ class AxiRam(wiring.Component):
 
         with m.If(start):
             m.d.sync += [reading.eq(1), raddr.eq(word(axi.araddr)), left.eq(axi.arlen),
-                         axi.rid.eq(axi.arid)]
+                         axi.rid.eq(axi.arid), first.eq(1)]
         with m.Elif(issue):
-            m.d.sync += [reading.eq(left != 0), raddr.eq(raddr + 1), left.eq(left - 1)]
+            m.d.sync += [reading.eq(left != 0), raddr.eq(rd_addr), left.eq(left - 1),
+                         first.eq(0)]
         with m.If(issue):
             m.d.sync += [axi.rvalid.eq(1), axi.rlast.eq(left == 0)]
         with m.Elif(axi.rready):
@@ -146,8 +152,9 @@ class AxiRam(wiring.Component):
         m.d.comb += side.rdata.eq(ram.rdata.word_select(lane, 8))
 
         m.d.comb += [
-            ram.addr.eq(Mux(reading, raddr, Mux(axi.awvalid, word(axi.awaddr), word(side.addr)))),
-            ram.re.eq(issue | (byte & ~side.we)),
+            ram.addr.eq(Mux(reading | axi.rvalid, rd_addr,
+                            Mux(axi.awvalid, word(axi.awaddr), word(side.addr)))),
+            ram.re.eq(issue | hold | (byte & ~side.we)),
             ram.wdata.eq(Mux(axi.awvalid, axi.wdata, side.wdata.replicate(W))),
         ]
         with m.If(write):

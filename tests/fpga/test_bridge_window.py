@@ -13,6 +13,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from celosia.fpga.bridge import BridgeStatus, Cmd, UartBridge, parse_reply, request
+from celosia.fpga import memory
 from celosia.fpga.memory import AxiRam
 from celosia.hdl.csr import CsrBlock
 
@@ -154,9 +155,126 @@ def test_reply_bit_timing():
     assert sum(runs[1:]) == 109 * DIV, runs
 
 
+def _csr_exchange(frames, lengths, resp):
+    """The bridge against a slow CSR slave written here: AR and AW/W are taken after a few
+    cycles, R/B come later with ``resp``, and rdata is the read address times 0x01010101
+    only while rvalid is high (0xEEEEEEEE otherwise), so the reply must come from R while it
+    is held. Returns the replies and the list of CSR writes (address, data)."""
+    bridge = UartBridge(DIV, 1024, clk_hz=1000)
+    sim = Simulator(bridge)
+    sim.add_clock(1e-6)
+    c = bridge.csr
+    replies, writes = [], []
+
+    async def sender(ctx):
+        ctx.set(bridge.rx, 1)
+        await ctx.tick().repeat(10)
+        for frame in frames:
+            for byte in frame:
+                for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+                    ctx.set(bridge.rx, bit)
+                    await ctx.tick().repeat(DIV)
+            while len(replies) < frames.index(frame) + 1:
+                await ctx.tick()
+
+    async def slave(ctx):
+        ctx.set(c.rdata, 0xEEEEEEEE)
+        while True:
+            await ctx.tick()
+            if ctx.get(c.arvalid):
+                await ctx.tick().repeat(3)
+                a = ctx.get(c.araddr)
+                ctx.set(c.arready, 1)
+                await ctx.tick()
+                ctx.set(c.arready, 0)
+                await ctx.tick().repeat(5)
+                ctx.set(c.rvalid, 1)
+                ctx.set(c.rresp, resp)
+                ctx.set(c.rdata, a * 0x01010101)
+                while not ctx.get(c.rready):
+                    await ctx.tick()
+                await ctx.tick()
+                ctx.set(c.rvalid, 0)
+                ctx.set(c.rdata, 0xEEEEEEEE)
+            elif ctx.get(c.awvalid) and ctx.get(c.wvalid):
+                await ctx.tick().repeat(2)
+                writes.append((ctx.get(c.awaddr), ctx.get(c.wdata)))
+                ctx.set(c.awready, 1)
+                ctx.set(c.wready, 1)
+                await ctx.tick()
+                ctx.set(c.awready, 0)
+                ctx.set(c.wready, 0)
+                await ctx.tick().repeat(4)
+                ctx.set(c.bvalid, 1)
+                ctx.set(c.bresp, resp)
+                while not ctx.get(c.bready):
+                    await ctx.tick()
+                await ctx.tick()
+                ctx.set(c.bvalid, 0)
+
+    async def receiver(ctx):
+        for n in lengths:
+            raw = bytearray()
+            while len(raw) < (3 + n if len(raw) < 2 or raw[1] == BridgeStatus.OK else 3):
+                while ctx.get(bridge.tx):
+                    await ctx.tick()
+                await ctx.tick().repeat(DIV // 2)
+                byte = 0
+                for i in range(8):
+                    await ctx.tick().repeat(DIV)
+                    byte |= ctx.get(bridge.tx) << i
+                await ctx.tick().repeat(DIV)
+                raw.append(byte)
+            replies.append(parse_reply(bytes(raw)))
+
+    sim.add_testbench(sender, background=True)
+    sim.add_testbench(slave, background=True)
+    sim.add_testbench(receiver)
+    sim.run()
+    return replies, writes
+
+
+@pytest.mark.parametrize("resp", [0, 2])
+def test_csr_responses_held_and_errors(resp):
+    """READ_CSR's reply bytes are the R channel's rdata, which the bridge holds (rready low)
+    until the reply is out; a non-OKAY rresp or bresp is BUS_ERROR; the next request works."""
+    frames = [request(Cmd.READ_CSR, 0x24), request(Cmd.WRITE_CSR, 0x10, 4, b"\x01\x02\x03\x04"),
+              request(Cmd.READ_CSR, 0x31)]
+    got, writes = _csr_exchange(frames, [4, 0, 4], resp)
+    if resp == 0:
+        assert got == [(BridgeStatus.OK, bytes([0x24] * 4)), (BridgeStatus.OK, b""),
+                       (BridgeStatus.OK, bytes([0x31] * 4))]
+    else:
+        assert got == [(BridgeStatus.BUS_ERROR, b"")] * 3
+    assert writes == [(0x10, 0x04030201)]
+
+
 # --- AxiRam under an AXI4 master -----------------------------------------------------------------
 
-def test_axi_ram_bursts_writes_and_bytes():
+class _ForgetfulRam(memory._Ram):
+    """A RAM whose output is garbage except in the cycle after a read (an SPRAM is not
+    documented to keep DATAOUT while CHIPSELECT is low)."""
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = inner = _RAM(self.width, self.depth, self.spram)
+        m.d.comb += [inner.addr.eq(self.addr), inner.re.eq(self.re), inner.we.eq(self.we),
+                     inner.wdata.eq(self.wdata)]
+        was_read = Signal()
+        m.d.sync += was_read.eq(self.re & (self.we == 0))
+        m.d.comb += self.rdata.eq(Mux(was_read, inner.rdata, C(0xA5, 8).replicate(self.width)))
+        return m
+
+
+_RAM = memory._Ram
+
+
+@pytest.mark.parametrize("forgetful", [False, True])
+def test_axi_ram_bursts_writes_and_bytes(forgetful, monkeypatch):
+    """With ``forgetful`` the RAM's output is only good in the cycle after a read: a beat the
+    master has not taken must be read again."""
+    if forgetful:
+        monkeypatch.setattr(memory, "_Ram", _ForgetfulRam)
     W, MEMB = 4, 512
     dut = AxiRam(W, MEMB)
     sim = Simulator(dut)
