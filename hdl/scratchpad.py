@@ -25,11 +25,27 @@ __all__ = ["Scratchpad", "PingPong", "SyncFifo", "NO_RW_CHECK"]
 NO_RW_CHECK = {"no_rw_check": 1}
 
 
+def _undefined_init(shape):
+    """Attributes giving a register an undefined initial value in the netlist (simulation keeps
+    0). A register merged into a block RAM read port that has a defined initial value is
+    emulated with a flip-flop and an AND gate per data bit, since the RAM's output register
+    powers up undefined; the data of the registers below is used only after an enabled read.
+    Empty where the RTLIL backend has no undefined constant."""
+    try:
+        from amaranth.back.rtlil import Undef
+    except ImportError:
+        return {}
+    return {"init": Undef(Shape.cast(shape).width)}
+
+
 def _read_register(m, memory, en, name):
     """A synchronous read of ``memory`` (data one cycle after an enabled read, held otherwise)
-    made of an asynchronous read port and a register; returns ``(port, data)``."""
+    made of an asynchronous read port and a register; returns ``(port, data)``.
+
+    The register has no reset and an undefined initial value (:func:`_undefined_init`), so it
+    becomes the block RAM's own output register."""
     port = memory.read_port(domain="comb")
-    data = Signal(memory.shape, name=name)
+    data = Signal(memory.shape, name=name, reset_less=True, attrs=_undefined_init(memory.shape))
     with m.If(en):
         m.d.sync += data.eq(port.data)
     return port, data

@@ -533,7 +533,7 @@ class Loader(_Unit):
         order = [B, P, A, E, D]
 
         def setup(j):
-            stmts = [target.eq(j), row.eq(0), word.eq(0)]
+            stmts = [row.eq(0), word.eq(0)]
             if j == B:
                 stmts += [buf.eq(g_idx[0]), row_addr.eq(b_gbase),
                           rows.eq(Mux(transposed, Mux(g_last, plan.cols_last, g), cmd.k)),
@@ -584,49 +584,63 @@ class Loader(_Unit):
             with m.Default():
                 m.d.comb += desc.addr.eq(word)
 
+        # One state per step of a job; ``target`` (the job) walks the order B, P, A, E, D.
+        nxt_job = {order[i]: order[i + 1] for i in range(len(order) - 1)}
         with m.FSM(name="load"):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [
-                        g_idx.eq(0), p_idx.eq(0), item_parity.eq(0),
+                        g_idx.eq(0), p_idx.eq(0), item_parity.eq(0), target.eq(order[0]),
                         b_gbase.eq(cmd.b_addr), a_pbase.eq(cmd.a_addr),
                     ]
-                    m.next = f"SETUP_{order[0]}"
-            for pos, j in enumerate(order):
-                nxt = f"SETUP_{order[pos + 1]}" if pos + 1 < len(order) else "NEXT_ITEM"
-                with m.State(f"SETUP_{j}"):
-                    with m.If(job_needed(j)):
-                        m.d.sync += setup(j)
-                        m.next = f"CLAIM_{j}"
-                    with m.Else():
-                        m.next = nxt
-                with m.State(f"CLAIM_{j}"):
-                    with m.If(self.free.word_select(Cat(buf, C(j, 3)), 1)):
-                        m.d.comb += self.claim.eq(1 << j)
-                        m.next = f"ISSUE_{j}"
-                with m.State(f"ISSUE_{j}"):
-                    m.d.comb += [
-                        self.rd_req.valid.eq(pending.w_rdy),
-                        pending.w_en.eq(self.rd_req.ready),
-                    ]
-                    with m.If(self.rd_req.valid & self.rd_req.ready):
-                        with m.If(word_last):
-                            m.d.sync += [word.eq(0), row.eq(row + 1), row_addr.eq(next_row)]
-                            with m.If(row_last):
-                                # The address past the last row is the next panel's (A, D)
-                                # or the next group's (transposed B).
-                                if j == A:
+                    m.next = "SETUP"
+            with m.State("SETUP"):
+                with m.Switch(target):
+                    for j in order:
+                        with m.Case(j):
+                            with m.If(job_needed(j)):
+                                m.d.sync += setup(j)
+                                m.next = "CLAIM"
+                            with m.Elif(target == order[-1]):
+                                m.next = "NEXT_ITEM"
+                            with m.Else():
+                                if j in nxt_job:
+                                    m.d.sync += target.eq(nxt_job[j])
+            with m.State("CLAIM"):
+                with m.If(self.free.word_select(Cat(buf, target), 1)):
+                    m.d.comb += self.claim.eq(1 << target)
+                    m.next = "ISSUE"
+            with m.State("ISSUE"):
+                m.d.comb += [
+                    self.rd_req.valid.eq(pending.w_rdy),
+                    pending.w_en.eq(self.rd_req.ready),
+                ]
+                with m.If(self.rd_req.valid & self.rd_req.ready):
+                    with m.If(word_last):
+                        m.d.sync += [word.eq(0), row.eq(row + 1), row_addr.eq(next_row)]
+                        with m.If(row_last):
+                            # The address past the last row is the next panel's (A, D) or the
+                            # next group's (transposed B).
+                            with m.Switch(target):
+                                with m.Case(A):
                                     m.d.sync += a_pbase.eq(Mux(p_last, cmd.a_addr, next_row))
-                                elif j == D:
+                                with m.Case(D):
                                     m.d.sync += d_pbase.eq(next_row)
-                                elif j == B:
+                                with m.Case(B):
                                     with m.If(transposed):
                                         m.d.sync += b_gbase.eq(next_row)
-                                m.next = nxt
-                        with m.Else():
-                            m.d.sync += word.eq(word + 1)
+                            with m.If(target == order[-1]):
+                                m.next = "NEXT_ITEM"
+                            with m.Else():
+                                with m.Switch(target):
+                                    for j, k in nxt_job.items():
+                                        with m.Case(j):
+                                            m.d.sync += target.eq(k)
+                                m.next = "SETUP"
+                    with m.Else():
+                        m.d.sync += word.eq(word + 1)
             with m.State("NEXT_ITEM"):
-                m.d.sync += item_parity.eq(~item_parity)
+                m.d.sync += [item_parity.eq(~item_parity), target.eq(order[0])]
                 with m.If(p_last):
                     m.d.sync += [p_idx.eq(0), g_idx.eq(g_idx + 1)]
                     with m.If(~transposed):
@@ -634,10 +648,10 @@ class Loader(_Unit):
                     with m.If(g_last):
                         m.next = "IDLE"
                     with m.Else():
-                        m.next = f"SETUP_{order[0]}"
+                        m.next = "SETUP"
                 with m.Else():
                     m.d.sync += p_idx.eq(p_idx + 1)
-                    m.next = f"SETUP_{order[0]}"
+                    m.next = "SETUP"
 
         # --- Response side ------------------------------------------------------------------
         resp = Signal(desc_layout)
