@@ -46,6 +46,7 @@ class Board:
     reset_button: str | None  #: a button that resets the core (active when pressed)
     sizing: Sizing = FULL     #: how large the accelerator's result-neutral parts are built
     vector_sizing: Sizing | None = None   #: the sizing with the vector engine (default: sizing)
+    memory: str = "axi"       #: the accelerator's memory interface ("axi" or "native")
     synth_opts: str = ""      #: extra options of Yosys's synth_<family>
     nextpnr_opts: str = ""    #: extra options of nextpnr
 
@@ -70,7 +71,8 @@ BOARDS = {
         platform_class="ICEBreakerPlatform", clk_name="clk12", clk_in_mhz=12.0,
         # Matmul only and board-sized (SMALL); still about 1.3x the device's LCs (docs/fpga.md).
         array=2, clock_mhz=18.0, vector=False, k_max=512, mem_bytes=64 * 1024, spram=True,
-        dsps=8, reset_button=None, sizing=SMALL, synth_opts="-dsp -device u"),
+        dsps=8, reset_button=None, sizing=SMALL, memory="native",
+        synth_opts="-dsp -device u"),
 }
 
 

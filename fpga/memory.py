@@ -1,6 +1,13 @@
-"""The on-chip memory window: an AXI4 slave for the accelerator's master plus a byte port for the
+"""The on-chip memory window: an AXI4 slave for the accelerator's master (:class:`AxiRam`) or a
+slave of the accelerator's native memory port (:class:`NativeRam`), plus a byte port for the
 UART bridge, over one single-ported RAM (block RAM through ``amaranth.lib.memory``, or iCE40
 SPRAM instances).
+
+:class:`NativeRam` serves ``Accelerator(memory="native")``: a write is done in the cycle it is
+accepted (so the accelerator's "no write outstanding" is "no write offered"), writes go before
+reads, one read or one write per cycle, read data one cycle after the request, and a response
+the accelerator has not taken is read again every cycle. The byte port is served in cycles
+with neither.
 
 The RAM sits at address 0; addresses wrap modulo its size (the accelerator's window CSRs keep
 programs inside ``[0, mem_bytes)``, the bridge rejects anything beyond it). The slave serves
@@ -21,10 +28,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from celosia.hdl.axi import AXI4Signature
+from celosia.hdl.engine import MemoryPortSignature
 
 from .bridge import BytePortSignature
 
-__all__ = ["AxiRam", "SPRAM_BYTES"]
+__all__ = ["AxiRam", "NativeRam", "SPRAM_BYTES"]
 
 #: One iCE40UP5K SPRAM: 16384 words of 16 bits.
 SPRAM_BYTES = 32 * 1024
@@ -159,6 +167,69 @@ class AxiRam(wiring.Component):
         ]
         with m.If(write):
             m.d.comb += ram.we.eq(axi.wstrb)
+        with m.Elif(byte & side.we):
+            m.d.comb += ram.we.eq(1 << side.addr[:lw])
+        return m
+
+
+class NativeRam(wiring.Component):
+    """``mem_bytes`` of RAM behind a :class:`MemoryPortSignature` slave (``port_bytes`` wide)
+    and a byte port."""
+
+    def __init__(self, port_bytes: int, mem_bytes: int, *, spram: bool = False):
+        assert port_bytes & (port_bytes - 1) == 0 and mem_bytes % port_bytes == 0
+        self.port_bytes, self.mem_bytes, self.spram = port_bytes, mem_bytes, spram
+        super().__init__({
+            "port": In(MemoryPortSignature(port_bytes)),
+            "side": In(BytePortSignature()),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        W = self.port_bytes
+        lw = W.bit_length() - 1
+        m.submodules.ram = ram = _Ram(W, self.mem_bytes // W, self.spram)
+        p, side = self.port, self.side
+        aw = len(ram.addr)
+
+        raddr = Signal(aw)              # the word of the response being offered
+        hold = Signal()                 # a response waits for the master: read it again
+        write = Signal()
+        issue = Signal()
+        byte = Signal()
+        m.d.comb += [
+            hold.eq(p.rd_resp.valid & ~p.rd_resp.ready),
+            write.eq(p.wr.valid & ~hold),
+            issue.eq(p.rd_req.valid & ~hold & ~p.wr.valid),
+            byte.eq(side.valid & ~hold & ~p.wr.valid & ~p.rd_req.valid),
+            p.wr.ready.eq(write), p.rd_req.ready.eq(issue), side.ready.eq(byte),
+            p.rd_resp.payload.eq(ram.rdata),
+        ]
+        with m.If(issue):
+            m.d.sync += [p.rd_resp.valid.eq(1), raddr.eq(p.rd_req.payload.addr[lw:lw + aw])]
+        with m.Elif(p.rd_resp.ready):
+            m.d.sync += p.rd_resp.valid.eq(0)
+
+        lane = Signal(range(W))
+        with m.If(byte):
+            m.d.sync += lane.eq(side.addr[:lw])
+        m.d.sync += side.rvalid.eq(byte & ~side.we)
+        m.d.comb += side.rdata.eq(ram.rdata.word_select(lane, 8))
+
+        with m.If(hold):
+            m.d.comb += ram.addr.eq(raddr)
+        with m.Elif(p.wr.valid):
+            m.d.comb += ram.addr.eq(p.wr.payload.addr[lw:lw + aw])
+        with m.Elif(p.rd_req.valid):
+            m.d.comb += ram.addr.eq(p.rd_req.payload.addr[lw:lw + aw])
+        with m.Else():
+            m.d.comb += ram.addr.eq(side.addr[lw:lw + aw])
+        m.d.comb += [
+            ram.re.eq(issue | hold | (byte & ~side.we)),
+            ram.wdata.eq(Mux(p.wr.valid, p.wr.payload.data, side.wdata.replicate(W))),
+        ]
+        with m.If(write):
+            m.d.comb += ram.we.eq(p.wr.payload.strb)
         with m.Elif(byte & side.we):
             m.d.comb += ram.we.eq(1 << side.addr[:lw])
         return m

@@ -3,9 +3,12 @@
 ::
 
     osc ─▶ PLL ─▶ sync clock        UART rx/tx ─▶ UartBridge ─csr (AXI4-Lite)─▶ Accelerator.s_axil
-                                                      │ byte port                   │ m_axi (AXI4)
+                                                         │ byte port                   │ m_axi (AXI4)
                                                       ▼                             ▼
                                                    AxiRam (on-chip memory window, at address 0)
+
+The iCEBreaker builds ``Accelerator(memory="native")`` with :class:`NativeRam` instead of the
+AXI4 master and ``AxiRam`` (no AXI registers on the small device).
 
 Reset: the core is held in reset until the PLL locks, then for ``POR_CYCLES`` more cycles (iCE40
 block RAMs read as zero for a few microseconds after configuration), and while the board's reset
@@ -21,7 +24,7 @@ from celosia.hdl.accelerator import Accelerator
 
 from .boards import BOARDS, Board, add_pll
 from .bridge import UartBridge
-from .memory import AxiRam
+from .memory import AxiRam, NativeRam
 
 __all__ = ["CelosiaTop", "POR_CYCLES", "DEFAULT_BAUD"]
 
@@ -66,12 +69,16 @@ class CelosiaTop(Elaboratable):
 
         sizing = (b.vector_sizing or b.sizing) if self.vector else b.sizing
         m.submodules.accel = accel = Accelerator(self.array, vector=self.vector, k_max=b.k_max,
-                                                 sizing=sizing)
-        m.submodules.ram = ram = AxiRam(accel.port_bytes, self.mem_bytes, spram=b.spram)
+                                                 sizing=sizing, memory=b.memory)
+        if b.memory == "native":
+            m.submodules.ram = ram = NativeRam(accel.port_bytes, self.mem_bytes, spram=b.spram)
+            wiring.connect(m, accel.mem, ram.port)
+        else:
+            m.submodules.ram = ram = AxiRam(accel.port_bytes, self.mem_bytes, spram=b.spram)
+            wiring.connect(m, accel.m_axi, ram.axi)
         m.submodules.bridge = bridge = UartBridge(
             divisor=max(4, int(round(clk_hz / self.baud))), mem_bytes=self.mem_bytes,
             clk_hz=clk_hz, timeout_cycles=clk_hz // 100)   # 10 ms gap drops a request
-        wiring.connect(m, accel.m_axi, ram.axi)
         wiring.connect(m, bridge.csr, accel.s_axil)
         wiring.connect(m, bridge.mem, ram.side)
 

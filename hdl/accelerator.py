@@ -10,6 +10,8 @@ memory-port arbiter and the AXI4 master, behind two buses.
                                               MemArbiter (round robin, in-order read routing)
                                                   ▼
                                               AxiMaster ──▶ m_axi (AXI4 master, W-byte data)
+                                                  (or, with memory="native", the arbiter's
+                                                   port itself as ``mem``, for on-chip RAM)
 
 A unit plugs in with the matmul engine's shape: a ``cmd`` stream (the instruction body), a
 ``done`` stream (a code per command), a ``MemoryPortSignature`` port ``mem`` and ``busy``. The
@@ -31,7 +33,7 @@ from amaranth.lib.wiring import In, Out
 from .axi import AXI4LiteSignature, AXI4Signature, AxiMaster, MemArbiter
 from .controller import Controller
 from .csr import CSR_ADDR_BITS, CsrBlock
-from .engine import MatmulEngine
+from .engine import MatmulEngine, MemoryPortSignature
 from .params import (ADDR_BITS, DEFAULT_ARRAY, FULL, K_MAX, Sizing, check_config,
                      default_port_bytes)
 
@@ -67,11 +69,15 @@ class Accelerator(wiring.Component):
     sizing : params.Sizing
         How large the parts that do not change results are built (default ``FULL``; ``SMALL``
         for a small FPGA). ``outstanding`` overrides ``sizing.outstanding``.
+    memory : "axi" or "native"
+        The memory interface: ``m_axi``, an AXI4 master (default), or ``mem``, the units'
+        own :class:`celosia.hdl.engine.MemoryPortSignature` (reads answered in order, a write
+        complete once accepted: for on-chip memory, without the AXI master's registers).
     """
 
     def __init__(self, array: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
                  vector=False, k_max: int = K_MAX, outstanding: int | None = None,
-                 sizing: Sizing = FULL):
+                 sizing: Sizing = FULL, memory: str = "axi"):
         if port_bytes is None:
             port_bytes = default_port_bytes(array)
         check_config(array, port_bytes, k_max)
@@ -84,9 +90,13 @@ class Accelerator(wiring.Component):
         self.sizing = sizing
         self.outstanding = sizing.outstanding if outstanding is None else outstanding
         self.vector_factory = vector or None
+        if memory not in ("axi", "native"):
+            raise ValueError(f"memory must be 'axi' or 'native', not {memory!r}")
+        self.memory = memory
         super().__init__({
             "s_axil": In(AXI4LiteSignature(CSR_ADDR_BITS, 32)),
-            "m_axi": Out(AXI4Signature(ADDR_BITS, 8 * port_bytes)),
+            **({"m_axi": Out(AXI4Signature(ADDR_BITS, 8 * port_bytes))} if memory == "axi"
+               else {"mem": Out(MemoryPortSignature(port_bytes))}),
         })
 
     @property
@@ -117,13 +127,17 @@ class Accelerator(wiring.Component):
             m.submodules.vector = vec = self.vector_factory(sz.vector_lanes or self.array, W)
             ports.append(vec.mem)
         m.submodules.arbiter = arb = MemArbiter(len(ports), W, outstanding=2 * self.outstanding + 16)
-        m.submodules.axi = axi = AxiMaster(W)
-
         wiring.connect(m, wiring.flipped(self.s_axil), csr.bus)
         for i, p in enumerate(ports):
             wiring.connect(m, p, arb.port(i))
-        wiring.connect(m, arb.out, axi.port)
-        wiring.connect(m, axi.axi, wiring.flipped(self.m_axi))
+        if self.memory == "axi":
+            m.submodules.axi = axi = AxiMaster(W)
+            wiring.connect(m, arb.out, axi.port)
+            wiring.connect(m, axi.axi, wiring.flipped(self.m_axi))
+            writes_idle = axi.writes_idle
+        else:
+            wiring.connect(m, arb.out, wiring.flipped(self.mem))
+            writes_idle = ~self.mem.wr.valid
 
         wiring.connect(m, ctrl.mm_cmd, mm.cmd)
         wiring.connect(m, mm.done, ctrl.mm_done)
@@ -133,7 +147,7 @@ class Accelerator(wiring.Component):
                          ctrl.vec_done.payload.eq(vec.done.payload),
                          vec.done.ready.eq(ctrl.vec_done.ready)]
         m.d.comb += [
-            ctrl.writes_idle.eq(axi.writes_idle),
+            ctrl.writes_idle.eq(writes_idle),
             ctrl.start.eq(csr.start), ctrl.abort.eq(csr.abort),
             ctrl.prog_addr.eq(csr.prog_addr), ctrl.win_base.eq(csr.win_base),
             ctrl.win_size.eq(csr.win_size),

@@ -601,11 +601,11 @@ class Loader(_Unit):
                             with m.If(job_needed(j)):
                                 m.d.sync += setup(j)
                                 m.next = "CLAIM"
-                            with m.Elif(target == order[-1]):
-                                m.next = "NEXT_ITEM"
                             with m.Else():
                                 if j in nxt_job:
                                     m.d.sync += target.eq(nxt_job[j])
+                                else:
+                                    m.next = "NEXT_ITEM"
             with m.State("CLAIM"):
                 with m.If(self.free.word_select(Cat(buf, target), 1)):
                     m.d.comb += self.claim.eq(1 << target)

@@ -74,12 +74,13 @@ class SimBoard:
     def __init__(self, array: int = 4, port_bytes: int | None = None, *, vector: bool = True,
                  k_max: int = 512, mem_bytes: int = SIM_MEM_BYTES, divisor: int = SIM_DIVISOR,
                  timeout_cycles: int = SIM_TIMEOUT_CYCLES, active_cycles: int = 200_000,
-                 port: int = 0, pty: bool = False):
+                 port: int = 0, pty: bool = False, sizing: str = "full", memory: str = "axi"):
         assert active_cycles > 4 * timeout_cycles
         self.array, self.vector, self.mem_bytes = array, vector, mem_bytes
         self.divisor, self.timeout_cycles = divisor, timeout_cycles
         params = dict(array=array, port_bytes=port_bytes, vector=vector, k_max=k_max,
-                      mem_bytes=mem_bytes, divisor=divisor, timeout_cycles=timeout_cycles)
+                      mem_bytes=mem_bytes, divisor=divisor, timeout_cycles=timeout_cycles,
+                      sizing=sizing, memory=memory)
         t0 = time.monotonic()
         verilog = _verilog(params, self.TOP)
         self.library, self.build_seconds = build_library(verilog, self.TOP,
@@ -285,6 +286,9 @@ def main(argv=None) -> int:
     p.add_argument("--array", type=int, default=4)
     p.add_argument("--port-bytes", type=int, default=None)
     p.add_argument("--no-vector", action="store_true", help="without the vector engine")
+    p.add_argument("--icebreaker", action="store_true",
+                   help="the iCEBreaker's accelerator: 2x2, no vector engine, board-sized "
+                        "(SMALL), k_max 512, native memory port")
     p.add_argument("--mem-bytes", type=int, default=SIM_MEM_BYTES)
     p.add_argument("--divisor", type=int, default=SIM_DIVISOR, help="clocks per UART bit")
     p.add_argument("--tcp-port", type=int, default=0, help="0: an ephemeral port")
@@ -300,9 +304,10 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    board = SimBoard(args.array, args.port_bytes, vector=not args.no_vector,
-                     mem_bytes=args.mem_bytes, divisor=args.divisor, port=args.tcp_port,
-                     pty=args.pty)
+    shape = (dict(array=2, vector=False, k_max=512, sizing="small", memory="native")
+             if args.icebreaker else dict(array=args.array, vector=not args.no_vector))
+    board = SimBoard(port_bytes=args.port_bytes, mem_bytes=args.mem_bytes,
+                     divisor=args.divisor, port=args.tcp_port, pty=args.pty, **shape)
     url = board.start()
     proxy = None
     if args.faults is not None:

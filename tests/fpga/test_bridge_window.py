@@ -349,3 +349,105 @@ def test_axi_ram_bursts_writes_and_bytes(forgetful, monkeypatch):
 
     sim.add_testbench(bench)
     sim.run()
+
+
+@pytest.mark.parametrize("forgetful", [False, True])
+def test_native_ram_pipelined_reads_writes_and_bytes(forgetful, monkeypatch):
+    """NativeRam (the iCEBreaker's window on the accelerator's own memory port): back-to-back
+    reads with the response held back at random, writes in the same cycles (to the other
+    half), byte accesses, then every word read back; with ``forgetful`` the RAM's output is
+    only good in the cycle after a read."""
+    from collections import deque
+
+    from celosia.fpga.memory import NativeRam
+
+    if forgetful:
+        monkeypatch.setattr(memory, "_Ram", _ForgetfulRam)
+    W, MEMB = 4, 512
+    half = MEMB // 2
+    dut = NativeRam(W, MEMB)
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    model = bytearray(MEMB)
+    rng = random.Random(2)
+    p, s = dut.port, dut.side
+    expect = deque()
+    state = {"preloaded": False, "reads_done": False, "responses": 0}
+    for a in range(half):
+        model[a] = rng.randrange(256)
+
+    async def write_word(ctx, addr, data, strb):
+        ctx.set(p.wr.payload.addr, addr); ctx.set(p.wr.payload.data, data)
+        ctx.set(p.wr.payload.strb, strb); ctx.set(p.wr.valid, 1)
+        await ctx.tick().until(p.wr.ready)
+        ctx.set(p.wr.valid, 0)
+        for i in range(W):
+            if strb >> i & 1:
+                model[addr + i] = data >> (8 * i) & 0xFF
+
+    async def reads(ctx):
+        while not state["preloaded"]:
+            await ctx.tick()
+        for _ in range(150):
+            addr = rng.randrange(half // W) * W
+            ctx.set(p.rd_req.payload.addr, addr); ctx.set(p.rd_req.valid, 1)
+            await ctx.tick().until(p.rd_req.ready)
+            expect.append(int.from_bytes(model[addr:addr + W], "little"))
+            if rng.random() < 0.2:
+                ctx.set(p.rd_req.valid, 0)
+                await ctx.tick()
+        ctx.set(p.rd_req.valid, 0)
+        state["reads_done"] = True
+
+    async def responses(ctx):
+        while not (state["reads_done"] and not expect):
+            ready = rng.random() < 0.6
+            ctx.set(p.rd_resp.ready, ready)
+            valid, data = ctx.get(p.rd_resp.valid), ctx.get(p.rd_resp.payload)
+            if valid and ready:
+                assert expect, "a response nobody asked for"
+                assert data == expect.popleft()
+                state["responses"] += 1
+            await ctx.tick()
+        ctx.set(p.rd_resp.ready, 1)
+
+    async def main(ctx):
+        for addr in range(0, half, W):                 # preload the half that is read
+            await write_word(ctx, addr, int.from_bytes(model[addr:addr + W], "little"),
+                             (1 << W) - 1)
+        state["preloaded"] = True
+        for _ in range(100):                           # writes to the other half meanwhile
+            await write_word(ctx, half + rng.randrange(half // W) * W, rng.getrandbits(8 * W),
+                             rng.randrange(1, 1 << W))
+            for _ in range(rng.randrange(3)):
+                await ctx.tick()
+        while not state["reads_done"] or expect:
+            await ctx.tick()
+        assert state["responses"] == 150
+        for step in range(60):                         # byte accesses
+            addr = rng.randrange(MEMB)
+            we = rng.random() < 0.5
+            value = rng.randrange(256)
+            ctx.set(s.addr, addr); ctx.set(s.we, we); ctx.set(s.wdata, value)
+            ctx.set(s.valid, 1)
+            await ctx.tick().until(s.ready)
+            ctx.set(s.valid, 0)
+            if we:
+                model[addr] = value
+            else:
+                while not ctx.get(s.rvalid):         # rdata is good while rvalid is high
+                    await ctx.tick()
+                assert ctx.get(s.rdata) == model[addr], step
+        ctx.set(p.rd_resp.ready, 1)
+        for addr in range(0, MEMB, W):                 # everything, read back
+            ctx.set(p.rd_req.payload.addr, addr); ctx.set(p.rd_req.valid, 1)
+            await ctx.tick().until(p.rd_req.ready)
+            ctx.set(p.rd_req.valid, 0)
+            while not ctx.get(p.rd_resp.valid):
+                await ctx.tick()
+            assert ctx.get(p.rd_resp.payload) == int.from_bytes(model[addr:addr + W], "little")
+
+    sim.add_testbench(main)
+    sim.add_testbench(reads)
+    sim.add_testbench(responses)
+    sim.run()

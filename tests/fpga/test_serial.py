@@ -510,27 +510,35 @@ def attention_image(seed: int, base: int, size: int = 0x800, tokens: int = 8, dh
                                                   "dh": dh})
 
 
-def _run_over_serial(backend, mirror, img, *, vector: bool):
+def _run_over_serial(backend, mirror, img, *, vector: bool, config=SIM_CFG,
+                     error: bool = False):
     """Load the image's window, run it through the driver, compare the CSRs with the isa
-    simulator and update the mirror with its final memory."""
+    simulator and update the mirror with its final memory (``error``: the program stops
+    with an error code, as in the isa simulator)."""
     from celosia.sim.tb_accelerator import reference, status_bits
-    from celosia.sw.driver import Accelerator
+    from celosia.sw.driver import Accelerator, AcceleratorError
 
     acc = Accelerator(backend)
-    assert acc.config == SIM_CFG
+    assert acc.config == config
     window = img.mem[img.base:img.base + img.size]
     backend.write_memory(img.base, window.tobytes())
     mirror[img.base:img.base + img.size] = window
     backend.write_csr("WIN_BASE", img.base)
     backend.write_csr("WIN_SIZE", img.size)
     acc.start(img.prog)
-    status = acc.wait(max_cycles=2_000_000, timeout_s=120)
+    try:
+        status = acc.wait(max_cycles=2_000_000, timeout_s=120)
+        assert not error, "the program should have stopped with an error"
+    except AcceleratorError as e:
+        if not error:
+            raise
+        status = e.status
     ref_mem, ref, mach = reference(img, vector_unit=vector)
     regs = {name: backend.read_csr(name) for name in ("STATUS", "ERROR", "ERROR_PC", "PC",
                                                       "INSTRET", "MATMUL_COUNT", "VECTOR_COUNT")}
     for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT", "VECTOR_COUNT"):
         assert regs[name] == ref[name], (name, regs[name], ref[name], mach.error_detail)
-    assert status_bits(regs["STATUS"]) == ref["STATUS"] and status.done
+    assert status_bits(regs["STATUS"]) == ref["STATUS"] and status.done != error
     mirror[img.base:img.base + img.size] = ref_mem[img.base:img.base + img.size]
     return acc.counters()
 
@@ -710,3 +718,26 @@ def test_pty_board(sim_board):
             assert got == mirror[0x1000:0x1800].tobytes()
             st = be.stats
             assert st["bad_replies"] + st["rejected"] <= st["timeouts"] <= 2, st
+
+
+def test_icebreaker_board_end_to_end():
+    """The iCEBreaker's accelerator (2x2, board-sized, no vector engine, native memory port
+    on NativeRam) as a simulated board: matmul chains and error programs through the driver
+    over a link that corrupts and drops bytes, bit-exact, then every byte of memory."""
+    from celosia.sim.tb_accelerator import error_image, matmul_chain
+    from celosia.sim.verilator_uart import FaultProxy, SimBoard
+
+    cfg = MachineConfig(2, 4)
+    with SimBoard(array=2, vector=False, k_max=512, sizing="small", memory="native") as board:
+        mirror = np.zeros(board.mem_bytes, np.uint8)
+        with FaultProxy(board.url, seed=5, spacing=(300, 1000)) as proxy:
+            with SerialBackend(proxy.url, **board.backend_options(), retries=10) as be:
+                for seed in range(2):
+                    img = matmul_chain(seed, cfg, links=3, base=0x800, size=0x1800, max_dim=9)
+                    assert _run_over_serial(be, mirror, img, vector=False,
+                                            config=cfg)["matmul_count"] == 3
+                for kind in ("window", "param", "vector"):
+                    img = error_image(kind, cfg, base=0x2000, size=0x1000)
+                    _run_over_serial(be, mirror, img, vector=False, config=cfg, error=True)
+                _check_memory(be, mirror)
+            assert proxy.faults >= 3

@@ -14,7 +14,7 @@ from celosia.hdl.epilogue import Epilogue
 from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
 from celosia.hdl.params import FULL, SMALL, AddendMode, DoneCode, OutFormat
 from celosia.sim.matmul_job import random_job
-from celosia.sim.pysim import StreamSink, StreamSource, run
+from celosia.sim.pysim import MemoryModel, StreamSink, StreamSource, run
 from celosia.sim.tb_accelerator import (AxiMemoryModel, axil_read, axil_write, error_image,
                                         matmul_chain, reference, status_bits)
 
@@ -63,11 +63,17 @@ def test_epilogue_merged_stages(registers):
     assert sink.received == golden_rows(rows, 1, OutFormat.INT16, -5)
 
 
-def run_small(img, *, array=2, k_max=64, sizing=SMALL, stall=0.2, max_cycles=300_000):
-    """The accelerator built with ``sizing`` running an image, as test_accelerator.run_accel."""
-    dut = Accelerator(array, img.config.port_bytes, k_max=k_max, sizing=sizing)
+def run_small(img, *, array=2, k_max=64, sizing=SMALL, stall=0.2, max_cycles=300_000,
+              memory="axi"):
+    """The accelerator built with ``sizing`` running an image, as test_accelerator.run_accel
+    (``memory="native"``: its own memory port served by a memory model with stalls)."""
+    dut = Accelerator(array, img.config.port_bytes, k_max=k_max, sizing=sizing, memory=memory)
     mem = img.mem.copy()
-    model = AxiMemoryModel(dut.m_axi, mem, img.config.port_bytes, latency=2, stall=stall)
+    if memory == "native":
+        model = MemoryModel(dut.mem, mem, img.config.port_bytes, latency=2, req_stall=stall,
+                            resp_gap=stall, wr_stall=stall)
+    else:
+        model = AxiMemoryModel(dut.m_axi, mem, img.config.port_bytes, latency=2, stall=stall)
     regs = {}
 
     async def host(ctx):
@@ -85,12 +91,14 @@ def run_small(img, *, array=2, k_max=64, sizing=SMALL, stall=0.2, max_cycles=300
     return mem, regs
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_small_accelerator_matches_isa_sim(seed):
+@pytest.mark.parametrize("seed,memory", [(0, "axi"), (1, "axi"), (2, "axi"), (3, "native"),
+                                         (4, "native")])
+def test_small_accelerator_matches_isa_sim(seed, memory):
     """The board-sized accelerator (one epilogue lane, no issue slot, serial span checks,
-    16-bit addresses, narrow counters) computes the same memory and CSRs as isa_sim."""
+    16-bit addresses, narrow counters; on the AXI4 port or on its native memory port, as the
+    iCEBreaker builds it) computes the same memory and CSRs as isa_sim."""
     img = matmul_chain(seed, MachineConfig(2, 4), links=3, base=0x1000, size=0x6000, max_dim=7)
-    mem, regs = run_small(img)
+    mem, regs = run_small(img, memory=memory)
     ref_mem, ref, mach = reference(img)
     for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT", "VECTOR_COUNT"):
         assert regs[name] == ref[name], (name, regs[name], ref[name], mach.error_detail)
@@ -100,10 +108,11 @@ def test_small_accelerator_matches_isa_sim(seed):
     assert regs["CYCLES_LO"] > 0 and regs["CYCLES_HI"] == 0 and regs["MATMUL_BUSY"] == 0
 
 
+@pytest.mark.parametrize("memory", ["axi", "native"])
 @pytest.mark.parametrize("kind", ["illegal", "window", "param", "vector", "fetch"])
-def test_small_accelerator_errors_match_isa_sim(kind):
+def test_small_accelerator_errors_match_isa_sim(kind, memory):
     img = error_image(kind, MachineConfig(2, 4), size=0x4000)
-    mem, regs = run_small(img)
+    mem, regs = run_small(img, memory=memory)
     ref_mem, ref, mach = reference(img)
     for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT"):
         assert regs[name] == ref[name], (name, regs[name], ref[name])
