@@ -141,9 +141,9 @@ class Sizing:
         Which of its six stages end in a register (``Epilogue``'s ``registers``): fewer save
         flip-flops at a lower clock.
     serial_epilogue
-        The one epilogue lane works on one element at a time over several cycles (about 11 for
-        a typical requantisation) with a narrow datapath (``SerialEpilogue``); needs
-        ``epilogue_lanes=1``.
+        The one epilogue lane works on one element at a time over several cycles
+        (``5 + row_shift + addend_shift + shift``, about 25 for a typical requantisation) with
+        a narrow datapath (``SerialEpilogue``); needs ``epilogue_lanes=1``.
     issue_slot
         The controller holds a checked command in an issue slot and fetches on while the engine
         is busy; without it the controller hands the command over from its instruction register
@@ -194,11 +194,12 @@ class Sizing:
 #: The full-size accelerator.
 FULL = Sizing()
 #: A small FPGA (iCE40UP5K): 64 KiB reach, one serial epilogue lane, no issue slot, serial span
-#: checks, 24-bit event counters, a 40-bit cycle counter and no busy/stall counters, the small
-#: scratchpads in block RAM.
+#: checks, 16-bit event counters (the ISA has no branches, so a run retires at most
+#: 2**16 / 64 = 1024 instructions), a 40-bit cycle counter and no busy/stall counters, the
+#: small scratchpads in block RAM.
 SMALL = Sizing(addr_bits=16, epilogue_lanes=1, serial_epilogue=True, issue_slot=False,
                serial_check=True, queue=1,
-               counter_bits=24, cycle_bits=40, outstanding=32, bram_pads=True,
+               counter_bits=16, cycle_bits=40, outstanding=32, bram_pads=True,
                perf_counters=False)
 
 
