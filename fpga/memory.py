@@ -4,10 +4,10 @@ UART bridge, over one single-ported RAM (block RAM through ``amaranth.lib.memory
 SPRAM instances).
 
 :class:`NativeRam` serves ``Accelerator(memory="native")``: a write is done in the cycle it is
-accepted (so the accelerator's "no write outstanding" is "no write offered"), writes go before
-reads, one read or one write per cycle, read data one cycle after the request, and a response
-the accelerator has not taken is read again every cycle. The byte port is served in cycles
-with neither.
+accepted (so the accelerator's "no write outstanding" is "no write offered") and is taken when
+no read response is offered; reads go one per cycle otherwise, data one cycle after the
+request, and a response the accelerator has not taken is read again every cycle. The byte
+port is served in cycles with neither.
 
 The RAM sits at address 0; addresses wrap modulo its size (the accelerator's window CSRs keep
 programs inside ``[0, mem_bytes)``, the bridge rejects anything beyond it). The slave serves
@@ -192,16 +192,17 @@ class NativeRam(wiring.Component):
         p, side = self.port, self.side
         aw = len(ram.addr)
 
+        # A write waits until no response is offered, so that its ready depends on registers
+        # only (not on the master's response ready, which would chain the units' handshakes
+        # through this port into one combinational path).
         raddr = Signal(aw)              # the word of the response being offered
-        hold = Signal()                 # a response waits for the master: read it again
         write = Signal()
         issue = Signal()
         byte = Signal()
         m.d.comb += [
-            hold.eq(p.rd_resp.valid & ~p.rd_resp.ready),
-            write.eq(p.wr.valid & ~hold),
-            issue.eq(p.rd_req.valid & ~hold & ~p.wr.valid),
-            byte.eq(side.valid & ~hold & ~p.wr.valid & ~p.rd_req.valid),
+            write.eq(p.wr.valid & ~p.rd_resp.valid),
+            issue.eq(p.rd_req.valid & ~p.wr.valid & (~p.rd_resp.valid | p.rd_resp.ready)),
+            byte.eq(side.valid & ~p.wr.valid & ~p.rd_req.valid & ~p.rd_resp.valid),
             p.wr.ready.eq(write), p.rd_req.ready.eq(issue), side.ready.eq(byte),
             p.rd_resp.payload.eq(ram.rdata),
         ]
@@ -216,16 +217,17 @@ class NativeRam(wiring.Component):
         m.d.sync += side.rvalid.eq(byte & ~side.we)
         m.d.comb += side.rdata.eq(ram.rdata.word_select(lane, 8))
 
-        with m.If(hold):
+        # An offered response is read again every cycle (the RAM need not hold its output).
+        with m.If(issue):
+            m.d.comb += ram.addr.eq(p.rd_req.payload.addr[lw:lw + aw])
+        with m.Elif(p.rd_resp.valid):
             m.d.comb += ram.addr.eq(raddr)
         with m.Elif(p.wr.valid):
             m.d.comb += ram.addr.eq(p.wr.payload.addr[lw:lw + aw])
-        with m.Elif(p.rd_req.valid):
-            m.d.comb += ram.addr.eq(p.rd_req.payload.addr[lw:lw + aw])
         with m.Else():
             m.d.comb += ram.addr.eq(side.addr[lw:lw + aw])
         m.d.comb += [
-            ram.re.eq(issue | hold | (byte & ~side.we)),
+            ram.re.eq(issue | p.rd_resp.valid | (byte & ~side.we)),
             ram.wdata.eq(Mux(p.wr.valid, p.wr.payload.data, side.wdata.replicate(W))),
         ]
         with m.If(write):

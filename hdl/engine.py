@@ -126,7 +126,9 @@ class MatmulEngine(wiring.Component):
         m.submodules.loader = loader = Loader(n, w, k_max=k_max, outstanding=self.outstanding,
                                               addr_bits=self.addr_bits, byte_turn=compact)
         m.submodules.feeder = feeder = Feeder(n, w, k_max=k_max)
-        m.submodules.array = array = SystolicArray(n)
+        # The serial epilogue takes a row in several cycles anyway: no combinational ready
+        # through the array on such a (small, slow-clocked) build.
+        m.submodules.array = array = SystolicArray(n, registered_ready=self.serial_epilogue)
         lean = ((self.epilogue_lanes is not None and self.epilogue_lanes < n)
                 or self.serial_epilogue)
         m.submodules.collector = collector = Collector(n, w, in_place=lean, k_max=k_max)

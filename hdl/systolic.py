@@ -56,7 +56,11 @@ class SystolicArray(wiring.Component):
     drains the last tile). A stalled output therefore stalls the input too.
     """
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, *, registered_ready: bool = False):
+        #: With ``registered_ready`` the array steps only while its output register is empty,
+        #: so ``i.ready`` does not depend on ``o.ready`` (the engine's handshakes do not chain
+        #: through the array into one combinational path); each result row then costs a step.
+        self.registered_ready = registered_ready
         if not isinstance(n, int):
             raise TypeError(f"array size must be an int, not {n!r}")
         if not ARRAY_MIN <= n <= ARRAY_MAX:
@@ -76,7 +80,7 @@ class SystolicArray(wiring.Component):
         m = Module()
         n = self.n
 
-        out_ok = ~self.o.valid | self.o.ready
+        out_ok = ~self.o.valid if self.registered_ready else ~self.o.valid | self.o.ready
         take = Signal()
         adv = Signal()
         drain = Signal(range(self.drain_steps() + 1))

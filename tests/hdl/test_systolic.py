@@ -16,8 +16,9 @@ def tile_steps(a, b):
             for i in range(k)]
 
 
+@pytest.mark.parametrize("registered_ready", [False, True])
 @pytest.mark.parametrize("n,gap,stall", [(2, 0.0, 0.0), (4, 0.3, 0.3), (4, 0.0, 0.6), (8, 0.2, 0.2), (16, 0.1, 0.1)])
-def test_tiles_match_golden(n, gap, stall):
+def test_tiles_match_golden(n, gap, stall, registered_ready):
     rng = np.random.default_rng(n)
     tiles = []
     for t in range(4):
@@ -29,7 +30,7 @@ def test_tiles_match_golden(n, gap, stall):
     # Extremes: every product is +2**14 or -128*255.
     tiles.append((np.full((n, n), -128), np.full((n, n), -128)))
     tiles.append((np.full((n, n), 255), np.full((n, n), -128)))
-    dut = SystolicArray(n)
+    dut = SystolicArray(n, registered_ready=registered_ready)
     steps = [s for a, b in tiles for s in tile_steps(a, b)]
     src = StreamSource(dut.i, steps, rng=random.Random(1), gap=gap)
     sink = StreamSink(dut.o, n * len(tiles), rng=random.Random(2), stall=stall,
