@@ -69,7 +69,8 @@ BOARDS = {
     "icebreaker": Board(
         name="icebreaker", family="ice40", platform_module="amaranth_boards.icebreaker",
         platform_class="ICEBreakerPlatform", clk_name="clk12", clk_in_mhz=12.0,
-        # Matmul only and board-sized (SMALL); still about 1.3x the device's LCs (docs/fpga.md).
+        # Matmul only, board-sized (SMALL), on the native memory port: about 94% of the
+        # device's LCs (docs/fpga.md).
         array=2, clock_mhz=18.0, vector=False, k_max=512, mem_bytes=64 * 1024, spram=True,
         dsps=8, reset_button=None, sizing=SMALL, memory="native",
         synth_opts="-dsp -device u"),
