@@ -17,9 +17,9 @@ from amaranth import *
 
 from celosia.hdl.params import FULL, SMALL, Sizing
 
-#: ULX3S: the full-size accelerator with the span checks done by shift and add (with the
-#: one-cycle 16x32 check product it routed at 29.08 MHz, without it at 28.83 MHz: the check's
-#: operand table and window compare remain the critical path, docs/fpga.md).
+#: ULX3S: the full-size accelerator with the span checks done serially through one adder (the
+#: one-cycle check through its 16x32 product and two adders was the critical path; with the
+#: serial check the 8x8 top routes at 30.14 MHz, docs/fpga.md).
 ULX3S = Sizing(serial_check=True)
 #: ULX3S with the vector engine: two vector lanes as well (the eight-lane engine's multipliers
 #: take the MULT18X18D count to 251 of 156).
@@ -61,8 +61,8 @@ BOARDS = {
         platform_class="ULX3S_85F_Platform", clk_name="clk25", clk_in_mhz=25.0,
         # With an eight-lane vector engine an 8x8 build needs 251 MULT18X18D (Yosys), above
         # the 156, hence ULX3S_VECTOR. router2 routes the 8x8 matmul-only top in about 6 min,
-        # where router1 stalls on the congestion; routed Fmax 28.2-28.8 MHz, so the default
-        # clock is 25 MHz, timing-clean (docs/fpga.md).
+        # where router1 stalls on the congestion; routed Fmax 30.14 MHz at 25 MHz (the
+        # default clock, timing-clean; docs/fpga.md).
         array=8, clock_mhz=25.0, vector=False, k_max=4096, mem_bytes=128 * 1024, spram=False,
         dsps=156, reset_button="button_fire", sizing=ULX3S, vector_sizing=ULX3S_VECTOR,
         nextpnr_opts="--router router2"),
