@@ -37,6 +37,18 @@ def epilogue_layout(n: int) -> data.StructLayout:
     })
 
 
+def _members(n: int) -> dict:
+    """The ports of an epilogue of ``n`` columns (:class:`Epilogue` and its serial core)."""
+    return {
+        "i": In(stream.Signature(epilogue_layout(n))),
+        "o": Out(stream.Signature(data.ArrayLayout(signed(32), n))),
+        "requant": In(1),
+        "out_fmt": In(2),
+        "zero_point": In(signed(ZERO_POINT_BITS)),
+        "addend_shift": In(5),
+    }
+
+
 def _saturate32(value):
     """A sum of two int32 values (33 bits) saturated to INT32: overflow shows as bits 32 and
     31 differing."""
@@ -96,14 +108,7 @@ class Epilogue(wiring.Component):
         self.serial = serial
         self.registers = registers
         self.latency = sum(registers)
-        super().__init__({
-            "i": In(stream.Signature(epilogue_layout(n))),
-            "o": Out(stream.Signature(data.ArrayLayout(signed(32), n))),
-            "requant": In(1),
-            "out_fmt": In(2),
-            "zero_point": In(signed(ZERO_POINT_BITS)),
-            "addend_shift": In(5),
-        })
+        super().__init__(_members(n))
 
     def elaborate(self, platform):
         if self.serial:
@@ -274,14 +279,7 @@ class SerialEpilogue(wiring.Component):
 
     def __init__(self, n: int = 1):
         self.n = n
-        super().__init__({
-            "i": In(stream.Signature(epilogue_layout(n))),
-            "o": Out(stream.Signature(data.ArrayLayout(signed(32), n))),
-            "requant": In(1),
-            "out_fmt": In(2),
-            "zero_point": In(signed(ZERO_POINT_BITS)),
-            "addend_shift": In(5),
-        })
+        super().__init__(_members(n))
 
     def elaborate(self, platform):
         m = Module()

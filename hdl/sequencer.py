@@ -46,6 +46,18 @@ A, B, P, D, E = range(5)
 NRES = len(RESOURCES)
 
 
+#: The loader's jobs within one item (panel of A and group of B), in order.
+JOB_ORDER = (B, P, A, E, D)
+
+
+def _job_needed(cmd, p_idx, j):
+    """Whether job ``j`` loads anything for the item at panel ``p_idx``: B and the parameters
+    once per group, A always, the addend and the row exponents when the command uses them."""
+    first_of_group = p_idx == 0
+    return {A: 1, B: first_of_group, P: first_of_group & cmd.use_params,
+            D: cmd.addend != AddendMode.NONE, E: cmd.row_shift}[j]
+
+
 def _log2(x: int) -> int:
     assert x > 0 and x & (x - 1) == 0, x
     return x.bit_length() - 1
@@ -277,12 +289,9 @@ class Loader(_Unit):
         e_full = max(1, n // w)
 
         def job_needed(j):
-            first_of_group = p_idx == 0
-            return {A: 1, B: first_of_group, P: first_of_group & cmd.use_params,
-                    D: cmd.addend != AddendMode.NONE, E: cmd.row_shift}[j]
+            return _job_needed(cmd, p_idx, j)
 
-        # Job order within an item: B, P, A, E, D.
-        order = [B, P, A, E, D]
+        order = JOB_ORDER
 
         def setup(j):
             """Statements preparing job j of the current item."""
@@ -526,11 +535,9 @@ class Loader(_Unit):
         e_full = max(1, n // w)
 
         def job_needed(j):
-            first_of_group = p_idx == 0
-            return {A: 1, B: first_of_group, P: first_of_group & cmd.use_params,
-                    D: cmd.addend != AddendMode.NONE, E: cmd.row_shift}[j]
+            return _job_needed(cmd, p_idx, j)
 
-        order = [B, P, A, E, D]
+        order = JOB_ORDER
 
         def setup(j):
             stmts = [row.eq(0), word.eq(0)]

@@ -15,23 +15,8 @@ from amaranth.sim import Simulator
 from celosia.fpga.bridge import BridgeStatus, Cmd, UartBridge, parse_reply, request
 from celosia.fpga import memory
 from celosia.fpga.memory import AxiRam
-from celosia.hdl.csr import CsrBlock
 
-DIV = 4
-
-
-class _Dut(Elaboratable):
-    def __init__(self, mem, timeout):
-        self.bridge = UartBridge(DIV, mem, clk_hz=1000, timeout_cycles=timeout)
-        self.ram = AxiRam(4, mem)
-        self.csr = CsrBlock(2, 4)
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.bridge, m.submodules.ram, m.submodules.csr = self.bridge, self.ram, self.csr
-        wiring.connect(m, self.bridge.mem, self.ram.side)
-        wiring.connect(m, self.bridge.csr, self.csr.bus)
-        return m
+from test_build import DIV, BridgeBench
 
 
 def _exchange(items, data_lengths, mem=1024, timeout=60 * DIV):
@@ -39,7 +24,7 @@ def _exchange(items, data_lengths, mem=1024, timeout=60 * DIV):
     until n replies are in) and collect one reply per
     entry of ``data_lengths`` (the data bytes of that reply if its status is OK); also returns
     the lengths in cycles of the levels on tx."""
-    dut = _Dut(mem, timeout)
+    dut = BridgeBench(mem, timeout, clk_hz=1000)
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     replies, bit_lengths = [], []
@@ -269,6 +254,13 @@ class _ForgetfulRam(memory._Ram):
 _RAM = memory._Ram
 
 
+def _write_bytes(model, addr, data, strb, width):
+    """The model's memory after a write of ``data`` with byte strobes ``strb``."""
+    for i in range(width):
+        if strb >> i & 1:
+            model[addr + i] = data >> (8 * i) & 0xFF
+
+
 @pytest.mark.parametrize("forgetful", [False, True])
 def test_axi_ram_bursts_writes_and_bytes(forgetful, monkeypatch):
     """With ``forgetful`` the RAM's output is only good in the cycle after a read: a beat the
@@ -298,9 +290,7 @@ def test_axi_ram_bursts_writes_and_bytes(forgetful, monkeypatch):
                     await ctx.tick()
                 await ctx.tick()
                 ctx.set(a.awvalid, 0); ctx.set(a.wvalid, 0)
-                for i in range(W):
-                    if strb >> i & 1:
-                        model[addr + i] = data >> (8 * i) & 0xFF
+                _write_bytes(model, addr, data, strb, W)
                 ctx.set(a.bready, 1)
                 while not ctx.get(a.bvalid):
                     await ctx.tick()
@@ -381,9 +371,7 @@ def test_native_ram_pipelined_reads_writes_and_bytes(forgetful, monkeypatch):
         ctx.set(p.wr.payload.strb, strb); ctx.set(p.wr.valid, 1)
         await ctx.tick().until(p.wr.ready)
         ctx.set(p.wr.valid, 0)
-        for i in range(W):
-            if strb >> i & 1:
-                model[addr + i] = data >> (8 * i) & 0xFF
+        _write_bytes(model, addr, data, strb, W)
 
     async def reads(ctx):
         while not state["preloaded"]:

@@ -67,10 +67,12 @@ Info: Max frequency for clock 'clk': 21.50 MHz (PASS at 18.00 MHz)
     assert r["clocks"]["clk"] == (21.5, True, 18.0)
 
 
-class _Dut(Elaboratable):
-    def __init__(self):
-        self.bridge = UartBridge(DIV, MEM, clk_hz=12345678, timeout_cycles=60 * DIV)
-        self.ram = AxiRam(4, MEM)
+class BridgeBench(Elaboratable):
+    """The UART bridge with an AxiRam window and a CSR block, for simulation."""
+
+    def __init__(self, mem=MEM, timeout=60 * DIV, clk_hz=12345678):
+        self.bridge = UartBridge(DIV, mem, clk_hz=clk_hz, timeout_cycles=timeout)
+        self.ram = AxiRam(4, mem)
         self.csr = CsrBlock(2, 4)
 
     def elaborate(self, platform):
@@ -85,7 +87,7 @@ def _run(frames_and_gaps, replies_expected):
     """Send frames one by one, each after the previous reply (ints are idle gaps in cycles,
     tuples ``("noreply", bytes)`` are sent without waiting for an answer) and collect replies of
     the ``replies_expected`` sizes."""
-    dut = _Dut()
+    dut = BridgeBench()
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     got = []

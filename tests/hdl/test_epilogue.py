@@ -42,6 +42,25 @@ def random_rows(rng, n, count, row_shift=False):
     return rows
 
 
+def run_rows(dut, rows, rng, *, requant, fmt, zp, sink_seed, gap=0.3, stall=0.4,
+             addend_shift=None, deadline=5000):
+    """Stream ``rows`` through an epilogue with the given configuration (random input gaps and
+    output stalls); returns the rows it produced."""
+    src = StreamSource(dut.i, rows, rng=rng, gap=gap)
+    sink = StreamSink(dut.o, len(rows), rng=random.Random(sink_seed), stall=stall,
+                      convert=lambda p: [int(v) for v in p])
+
+    async def config(ctx):
+        ctx.set(dut.requant, requant)
+        ctx.set(dut.out_fmt, fmt)
+        ctx.set(dut.zero_point, zp)
+        if addend_shift is not None:
+            ctx.set(dut.addend_shift, addend_shift)
+
+    run(dut, config, src, sink, deadline_cycles=deadline)
+    return sink.received
+
+
 @pytest.mark.parametrize("fmt", list(OutFormat))
 @pytest.mark.parametrize("requant", [0, 1])
 def test_epilogue_matches_golden(fmt, requant):
@@ -50,17 +69,9 @@ def test_epilogue_matches_golden(fmt, requant):
     rows = random_rows(rng, n, 60)
     zp = rng.choice([0, -7, 100, 255])
     dut = Epilogue(n)
-    src = StreamSource(dut.i, rows, rng=rng, gap=0.3)
-    sink = StreamSink(dut.o, len(rows), rng=random.Random(5), stall=0.4,
-                      convert=lambda p: [int(v) for v in p])
-
-    async def config(ctx):
-        ctx.set(dut.requant, requant)
-        ctx.set(dut.out_fmt, fmt)
-        ctx.set(dut.zero_point, zp)
-
-    run(dut, config, src, sink, deadline_cycles=5000)
-    assert sink.received == golden_rows(rows, requant, fmt, zp)
+    got = run_rows(dut, rows, rng, requant=requant, fmt=fmt, zp=zp,
+                   sink_seed=5)
+    assert got == golden_rows(rows, requant, fmt, zp)
 
 
 @pytest.mark.parametrize("fmt", [OutFormat.INT8, OutFormat.INT32])
@@ -80,14 +91,6 @@ def test_epilogue_row_shift(fmt, requant):
                      "shift": [14] * n, "row_shift": e})
     zp = rng.choice([0, -3, 90])
     dut = Epilogue(n)
-    src = StreamSource(dut.i, rows, rng=rng, gap=0.3)
-    sink = StreamSink(dut.o, len(rows), rng=random.Random(6), stall=0.4,
-                      convert=lambda p: [int(v) for v in p])
-
-    async def config(ctx):
-        ctx.set(dut.requant, requant)
-        ctx.set(dut.out_fmt, fmt)
-        ctx.set(dut.zero_point, zp)
-
-    run(dut, config, src, sink, deadline_cycles=5000)
-    assert sink.received == golden_rows(rows, requant, fmt, zp)
+    got = run_rows(dut, rows, rng, requant=requant, fmt=fmt, zp=zp,
+                   sink_seed=6)
+    assert got == golden_rows(rows, requant, fmt, zp)

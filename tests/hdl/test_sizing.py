@@ -14,11 +14,11 @@ from celosia.hdl.epilogue import Epilogue
 from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
 from celosia.hdl.params import FULL, SMALL, AddendMode, DoneCode, OutFormat
 from celosia.sim.matmul_job import random_job
-from celosia.sim.pysim import MemoryModel, StreamSink, StreamSource, run
+from celosia.sim.pysim import MemoryModel, run
 from celosia.sim.tb_accelerator import (AxiMemoryModel, axil_read, axil_write, error_image,
                                         matmul_chain, reference, status_bits)
 
-from test_epilogue import golden_rows, random_rows
+from test_epilogue import golden_rows, random_rows, run_rows
 
 INT32_HI = (1 << 31) - 1
 
@@ -30,17 +30,9 @@ def test_epilogue_fewer_lanes(n, lanes, fmt, requant):
     rows = random_rows(rng, n, 50, row_shift=True)
     zp = rng.choice([0, -7, 100])
     dut = Epilogue(n, lanes=lanes)
-    src = StreamSource(dut.i, rows, rng=rng, gap=0.3)
-    sink = StreamSink(dut.o, len(rows), rng=random.Random(7), stall=0.4,
-                      convert=lambda p: [int(v) for v in p])
-
-    async def config(ctx):
-        ctx.set(dut.requant, requant)
-        ctx.set(dut.out_fmt, fmt)
-        ctx.set(dut.zero_point, zp)
-
-    run(dut, config, src, sink, deadline_cycles=5000)
-    assert sink.received == golden_rows(rows, requant, fmt, zp)
+    got = run_rows(dut, rows, rng, requant=requant, fmt=fmt, zp=zp,
+                   sink_seed=7)
+    assert got == golden_rows(rows, requant, fmt, zp)
 
 
 @pytest.mark.parametrize("registers", [(False, True, True, True, True, True),
@@ -50,17 +42,9 @@ def test_epilogue_merged_stages(registers):
     rng = random.Random(sum(registers))
     rows = random_rows(rng, n, 60, row_shift=True)
     dut = Epilogue(n, lanes=1, registers=registers)
-    src = StreamSource(dut.i, rows, rng=rng, gap=0.3)
-    sink = StreamSink(dut.o, len(rows), rng=random.Random(8), stall=0.4,
-                      convert=lambda p: [int(v) for v in p])
-
-    async def config(ctx):
-        ctx.set(dut.requant, 1)
-        ctx.set(dut.out_fmt, OutFormat.INT16)
-        ctx.set(dut.zero_point, -5)
-
-    run(dut, config, src, sink, deadline_cycles=5000)
-    assert sink.received == golden_rows(rows, 1, OutFormat.INT16, -5)
+    got = run_rows(dut, rows, rng, requant=1, fmt=OutFormat.INT16, zp=-5,
+                   sink_seed=8)
+    assert got == golden_rows(rows, 1, OutFormat.INT16, -5)
 
 
 def run_small(img, *, array=2, k_max=64, sizing=SMALL, stall=0.2, max_cycles=300_000,
@@ -194,17 +178,9 @@ def test_epilogue_saturation_edges(fmt, serial):
                      "row_shift": 0})
     zp = rng.choice([0, -7, 100, INT32.hi, INT32.lo])
     dut = Epilogue(2, lanes=1, serial=True) if serial else Epilogue(2)
-    src = StreamSource(dut.i, rows, rng=rng, gap=0.2)
-    sink = StreamSink(dut.o, len(rows), rng=random.Random(9), stall=0.2,
-                      convert=lambda p: [int(v) for v in p])
-
-    async def config(ctx):
-        ctx.set(dut.requant, 1)
-        ctx.set(dut.out_fmt, fmt)
-        ctx.set(dut.zero_point, zp)
-
-    run(dut, config, src, sink, deadline_cycles=20000)
-    assert sink.received == golden_rows(rows, 1, fmt, zp)
+    got = run_rows(dut, rows, rng, requant=1, fmt=fmt, zp=zp,
+                   sink_seed=9, gap=0.2, stall=0.2, deadline=20000)
+    assert got == golden_rows(rows, 1, fmt, zp)
 
 
 ENGINE_CASES = [
@@ -326,17 +302,9 @@ def test_serial_epilogue_matches_golden(n, fmt, requant):
     rows = random_rows(rng, n, 40, row_shift=True)
     zp = rng.choice([0, -7, 100, INT32_HI])
     dut = Epilogue(n, lanes=1, serial=True)
-    src = StreamSource(dut.i, rows, rng=rng, gap=0.3)
-    sink = StreamSink(dut.o, len(rows), rng=random.Random(11), stall=0.4,
-                      convert=lambda p: [int(v) for v in p])
-
-    async def config(ctx):
-        ctx.set(dut.requant, requant)
-        ctx.set(dut.out_fmt, fmt)
-        ctx.set(dut.zero_point, zp)
-
-    run(dut, config, src, sink, deadline_cycles=40000)
-    assert sink.received == golden_rows(rows, requant, fmt, zp)
+    got = run_rows(dut, rows, rng, requant=requant, fmt=fmt, zp=zp,
+                   sink_seed=11, deadline=40000)
+    assert got == golden_rows(rows, requant, fmt, zp)
 
 
 @pytest.mark.parametrize("shift", [3, 4, 16])
@@ -348,19 +316,10 @@ def test_serial_epilogue_residual_shift(shift):
     for r in rows:
         r["addend"] = [rng.randint(-(1 << 15), (1 << 15) - 1) for _ in range(n)]
     dut = Epilogue(n, lanes=1, serial=True)
-    src = StreamSource(dut.i, rows, rng=rng, gap=0.3)
-    sink = StreamSink(dut.o, len(rows), rng=random.Random(12), stall=0.3,
-                      convert=lambda p: [int(v) for v in p])
-
-    async def config(ctx):
-        ctx.set(dut.requant, 1)
-        ctx.set(dut.out_fmt, OutFormat.INT16)
-        ctx.set(dut.zero_point, 3)
-        ctx.set(dut.addend_shift, shift)
-
     shifted = [dict(r, addend=[a << shift for a in r["addend"]]) for r in rows]
-    run(dut, config, src, sink, deadline_cycles=40000)
-    assert sink.received == golden_rows(shifted, 1, OutFormat.INT16, 3)
+    got = run_rows(dut, rows, rng, requant=1, fmt=OutFormat.INT16, zp=3,
+                   sink_seed=12, stall=0.3, addend_shift=shift, deadline=40000)
+    assert got == golden_rows(shifted, 1, OutFormat.INT16, 3)
 
 
 @pytest.mark.parametrize("n,row_shift,addend_shift,shift,requant", [
