@@ -137,9 +137,11 @@ class Controller(wiring.Component):
         size = Signal(ab + 1)
         win_end = Signal(ab + 1)
         m.d.comb += win_end.eq(base + size)
+        # A narrow build: the window lies inside [0, 2**ab) with ab < 32.
+        narrow = ab < ADDR_BITS
         pc = Signal(ADDR_BITS)
         m.d.comb += self.pc.eq(pc)
-        if ab < ADDR_BITS:
+        if narrow:
             # The program counter only advances from a fetch inside the window, so past
             # PROG_ADDR it stays below 2**ab + INSTR_BYTES: the bits above ab are PROG_ADDR's.
             pc_lo = Signal(ab + 1)
@@ -163,34 +165,30 @@ class Controller(wiring.Component):
 
             fetch_fault = (pc[:6] != 0) | (pc < base) | (pc + INSTR_BYTES > win_end)
 
-        hi_range = {}
         instr = Signal(isa.instruction_layout())
         # A narrow build keeps of each 32-bit address and stride field only the low ``ab`` bits
-        # and a flag "some higher bit is set", taken as the words arrive (``hi_flags``). Only
-        # the checks read the flags: an accepted command has none set, so the units get the
-        # low bits zero-extended and the high bits of the register are never read.
-        narrow = ab < ADDR_BITS
+        # and a flag "some higher bit is set" (``hi``), taken as the words arrive (``hi_range``:
+        # the field's instruction bits at and above ab). Only the checks read the flags: an
+        # accepted command has none set, so the units get the low bits zero-extended and the
+        # high bits of the register are never read.
         mm, vec = instr.body.matmul, instr.body.vector
         hi = {}                           # (body, field) -> flag
+        hi_range = {}                     # (body, field) -> (first, end) instruction bit
         if narrow:
             body_off = isa.instruction_layout()["body"].offset
-            mm_src = Signal(command_layout())
-            vec_src = Signal(isa.vector_layout()) if self.vector else None
-            m.d.comb += mm_src.eq(mm)
-            if vec_src is not None:
-                m.d.comb += vec_src.eq(vec)
-            for view, body, layout, names in (
-                    (mm_src, "mm", command_layout(), _MM_ADDR_FIELDS),
-                    (vec_src, "vec", isa.vector_layout(), _VEC_ADDR_FIELDS)):
-                if view is None:
-                    continue
+            bodies = [("mm", mm, command_layout(), _MM_ADDR_FIELDS)]
+            if self.vector:
+                bodies.append(("vec", vec, isa.vector_layout(), _VEC_ADDR_FIELDS))
+            views = {}
+            for body, field, layout, names in bodies:
+                views[body] = view = Signal(layout, name=f"{body}_src")
+                m.d.comb += view.eq(field)
                 for name in names:
                     off = body_off + layout[name].offset
                     hi[body, name] = Signal(name=f"{body}_{name}_hi")
                     hi_range[body, name] = (off + ab, off + ADDR_BITS)
-                    field = instr.body.matmul if body == "mm" else instr.body.vector
                     m.d.comb += view[name].eq(getattr(field, name)[:ab])
-            mm, vec = mm_src, vec_src if vec_src is not None else vec
+            mm, vec = views["mm"], views.get("vec", vec)
 
         def hi_of(body, name):
             return hi.get((body, name), C(0, 1))
