@@ -90,6 +90,16 @@ class _Ram(Elaboratable):
         return m
 
 
+def _byte_reads(m, ram, side, byte, width):
+    """The byte port's read data: the lane of the word read in a cycle with ``byte``, on the
+    next cycle (with ``rvalid``)."""
+    lane = Signal(range(width))
+    with m.If(byte):
+        m.d.sync += lane.eq(side.addr[:width.bit_length() - 1])
+    m.d.sync += side.rvalid.eq(byte & ~side.we)
+    m.d.comb += side.rdata.eq(ram.rdata.word_select(lane, 8))
+
+
 class AxiRam(wiring.Component):
     """``mem_bytes`` of RAM behind an AXI4 slave (``port_bytes`` wide) and a byte port."""
 
@@ -153,11 +163,7 @@ class AxiRam(wiring.Component):
         with m.Elif(axi.rready):
             m.d.sync += axi.rvalid.eq(0)
 
-        lane = Signal(range(W))
-        with m.If(byte):
-            m.d.sync += lane.eq(side.addr[:lw])
-        m.d.sync += side.rvalid.eq(byte & ~side.we)
-        m.d.comb += side.rdata.eq(ram.rdata.word_select(lane, 8))
+        _byte_reads(m, ram, side, byte, W)
 
         m.d.comb += [
             ram.addr.eq(Mux(reading | axi.rvalid, rd_addr,
@@ -211,11 +217,7 @@ class NativeRam(wiring.Component):
         with m.Elif(p.rd_resp.ready):
             m.d.sync += p.rd_resp.valid.eq(0)
 
-        lane = Signal(range(W))
-        with m.If(byte):
-            m.d.sync += lane.eq(side.addr[:lw])
-        m.d.sync += side.rvalid.eq(byte & ~side.we)
-        m.d.comb += side.rdata.eq(ram.rdata.word_select(lane, 8))
+        _byte_reads(m, ram, side, byte, W)
 
         # An offered response is read again every cycle (the RAM need not hold its output).
         with m.If(issue):
