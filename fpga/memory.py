@@ -32,7 +32,7 @@ from celosia.hdl.engine import MemoryPortSignature
 
 from .bridge import BytePortSignature
 
-__all__ = ["AxiRam", "NativeRam", "SPRAM_BYTES"]
+__all__ = ["AxiRam", "NativeRam", "SPRAM_BYTES", "add_window"]
 
 #: One iCE40UP5K SPRAM: 16384 words of 16 bits.
 SPRAM_BYTES = 32 * 1024
@@ -237,3 +237,16 @@ class NativeRam(wiring.Component):
         with m.Elif(byte & side.we):
             m.d.comb += ram.we.eq(1 << side.addr[:lw])
         return m
+
+
+def add_window(m: Module, accel, mem_bytes: int, *, spram: bool = False):
+    """Add the memory window for ``accel`` (an :class:`celosia.hdl.accelerator.Accelerator`)
+    to ``m`` as submodule ``ram``, connected to its memory interface: NativeRam on
+    ``memory="native"``, AxiRam on AXI4. Returns the window (its ``side`` is the byte port)."""
+    if accel.memory == "native":
+        m.submodules.ram = ram = NativeRam(accel.port_bytes, mem_bytes, spram=spram)
+        wiring.connect(m, accel.mem, ram.port)
+    else:
+        m.submodules.ram = ram = AxiRam(accel.port_bytes, mem_bytes, spram=spram)
+        wiring.connect(m, accel.m_axi, ram.axi)
+    return ram

@@ -24,7 +24,7 @@ from celosia.hdl.accelerator import Accelerator
 from celosia.hdl.params import FULL, SMALL
 
 from .bridge import UartBridge
-from .memory import AxiRam, NativeRam
+from .memory import add_window
 
 __all__ = ["SimTop", "SIM_DIVISOR", "SIM_MEM_BYTES", "SIM_TIMEOUT_CYCLES", "verilog_text"]
 
@@ -62,14 +62,11 @@ class SimTop(wiring.Component):
         m.submodules.accel = accel = Accelerator(self.array, self.port_bytes, vector=self.vector,
                                                  k_max=self.k_max, sizing=SIZINGS[self.sizing],
                                                  memory=self.memory)
+        ram = add_window(m, accel, self.mem_bytes)
         if self.memory == "native":
-            m.submodules.ram = ram = NativeRam(accel.port_bytes, self.mem_bytes)
-            wiring.connect(m, accel.mem, ram.port)
             p = accel.mem
             active = p.rd_req.valid | p.rd_resp.valid | p.wr.valid
         else:
-            m.submodules.ram = ram = AxiRam(accel.port_bytes, self.mem_bytes)
-            wiring.connect(m, accel.m_axi, ram.axi)
             a = accel.m_axi
             active = a.arvalid | a.awvalid | a.wvalid | a.rvalid | a.bvalid
         m.submodules.bridge = bridge = UartBridge(

@@ -24,7 +24,7 @@ from celosia.hdl.accelerator import Accelerator
 
 from .boards import BOARDS, Board, add_pll
 from .bridge import UartBridge
-from .memory import AxiRam, NativeRam
+from .memory import add_window
 
 __all__ = ["CelosiaTop", "POR_CYCLES", "DEFAULT_BAUD"]
 
@@ -70,12 +70,7 @@ class CelosiaTop(Elaboratable):
         sizing = (b.vector_sizing or b.sizing) if self.vector else b.sizing
         m.submodules.accel = accel = Accelerator(self.array, vector=self.vector, k_max=b.k_max,
                                                  sizing=sizing, memory=b.memory)
-        if b.memory == "native":
-            m.submodules.ram = ram = NativeRam(accel.port_bytes, self.mem_bytes, spram=b.spram)
-            wiring.connect(m, accel.mem, ram.port)
-        else:
-            m.submodules.ram = ram = AxiRam(accel.port_bytes, self.mem_bytes, spram=b.spram)
-            wiring.connect(m, accel.m_axi, ram.axi)
+        ram = add_window(m, accel, self.mem_bytes, spram=b.spram)
         m.submodules.bridge = bridge = UartBridge(
             divisor=max(4, int(round(clk_hz / self.baud))), mem_bytes=self.mem_bytes,
             clk_hz=clk_hz, timeout_cycles=clk_hz // 100)   # 10 ms gap drops a request
