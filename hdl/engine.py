@@ -120,7 +120,7 @@ class MatmulEngine(wiring.Component):
         start = Signal()
         code = Signal(2)
 
-        # With a serial epilogue (about 11 cycles per element) the sequencer is built for size:
+        # With a serial epilogue (about 25 cycles per element) the sequencer is built for size:
         # a transposed B goes into its scratchpad one byte per cycle, without a corner turn.
         compact = self.serial_epilogue
         m.submodules.loader = loader = Loader(n, w, k_max=k_max, outstanding=self.outstanding,
