@@ -58,8 +58,9 @@ class SkidBuffer(wiring.Component):
             raise TypeError(f"shape must be a shape-castable object, not {shape!r}") from error
         self._shape = shape
         super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
-        # The skid entry; its proof states where a tracked item sits, so it is created here
-        # rather than in elaborate().
+        # The registers behind o.payload and i.ready. Created here rather than in elaborate():
+        # the proof states which of them holds a tracked item.
+        self._main_payload = Signal(shape, reset_less=True)
         self._skid_valid = Signal()
         self._skid_payload = Signal(shape, reset_less=True)
 
@@ -70,8 +71,8 @@ class SkidBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        main_payload = self._main_payload
         skid_valid, skid_payload = self._skid_valid, self._skid_payload
-        main_payload = Signal(self._shape, reset_less=True)
         m.d.comb += [self.i.ready.eq(~skid_valid), self.o.payload.eq(main_payload)]
 
         # While the skid entry is free it follows the input, so an item accepted in a stalled
