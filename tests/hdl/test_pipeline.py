@@ -315,7 +315,7 @@ class CreditCounterLateOk(CreditCounter):
 SKID_DEPTH = CREDIT_DEPTH = 4
 
 
-@pytest.mark.parametrize("shape", [unsigned(4), data.StructLayout({"a": 2, "b": signed(3)})],
+@pytest.mark.parametrize("shape", [unsigned(32), data.StructLayout({"a": 2, "b": signed(3)})],
                          ids=str)
 def test_skid_buffer_proof(shape):
     result = prove(SkidBufferSpec(SkidBuffer(shape)), SKID_DEPTH)
@@ -328,7 +328,7 @@ def test_skid_buffer_mutant_fails_proof(mutant):
     assert result.status == "FAIL", result.log
 
 
-@pytest.mark.parametrize("capacity,cost", [(8, 3), (7, 7), (12, 1)])
+@pytest.mark.parametrize("capacity,cost", [(8, 3), (7, 7), (12, 1), (1024, 64)])
 def test_credit_counter_proof(capacity, cost):
     result = prove(CreditCounterSpec(CreditCounter(capacity, cost)), CREDIT_DEPTH)
     assert result.status == "PASS", result.log
