@@ -121,7 +121,8 @@ class Accelerator(wiring.Component):
                                                 epilogue_registers=sz.epilogue_registers,
                                                 serial_epilogue=sz.serial_epilogue,
                                                 bram_pads=sz.bram_pads,
-                                                hold_cmd=not sz.issue_slot)
+                                                hold_cmd=not sz.issue_slot,
+                                                result_rows=sz.result_tiles * self.array)
         ports = [ctrl.mem, mm.mem]
         if self.has_vector:
             m.submodules.vector = vec = self.vector_factory(sz.vector_lanes or self.array, W)

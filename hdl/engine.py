@@ -17,10 +17,11 @@ from amaranth.lib.wiring import In, Out
 from .epilogue import Epilogue
 from .params import (ADDR_BITS, DEFAULT_ARRAY, K_MAX, PARAM_RECORD_BYTES, AddendMode, DoneCode,
                      check_config, command_layout, default_port_bytes, group_cols)
-from .scratchpad import PingPong, Scratchpad
+from .pipeline import CreditCounter
+from .scratchpad import PingPong, Scratchpad, SyncFifo
 from .sequencer import (Collector, Feeder, Loader, Writer, compute_plan, plan_layout,
                         read_request_layout, write_layout)
-from .systolic import SystolicArray
+from .systolic import SystolicArray, row_layout
 
 __all__ = ["MemoryPortSignature", "MatmulEngine", "verilog_text",
            "add_verilog_arguments", "run_verilog"]
@@ -63,6 +64,11 @@ class MatmulEngine(wiring.Component):
         Read requests in flight (covers the memory latency).
     addr_bits, epilogue_lanes, epilogue_registers, serial_epilogue, bram_pads
         See :class:`celosia.hdl.params.Sizing` (default: full size).
+    result_rows : int
+        Rows the queue behind the array holds (default 4N; at least N). A tile closes only when
+        the queue has room for its N rows, so short tiles stream back to back when it holds
+        the rows of the tiles in flight (about 2N + 4 cycles from a tile's last step to its
+        last row).
     hold_cmd : bool
         The master keeps ``cmd.payload`` valid from the hand-over until ``done`` is taken (a
         controller without an issue slot does), so the engine uses it in place and keeps no
@@ -82,7 +88,7 @@ class MatmulEngine(wiring.Component):
                  k_max: int = K_MAX, outstanding: int = 32, addr_bits: int = ADDR_BITS,
                  epilogue_lanes: int | None = None, epilogue_registers=(True,) * 6,
                  bram_pads: bool = False, hold_cmd: bool = False,
-                 serial_epilogue: bool = False):
+                 serial_epilogue: bool = False, result_rows: int | None = None):
         if port_bytes is None:
             port_bytes = default_port_bytes(array) if isinstance(array, int) else 16
         check_config(array, port_bytes, k_max)
@@ -99,6 +105,12 @@ class MatmulEngine(wiring.Component):
         self.hold_cmd = hold_cmd
         self.serial_epilogue = serial_epilogue
         self.group = group_cols(array, port_bytes)
+        if result_rows is None:
+            result_rows = 4 * array
+        if not isinstance(result_rows, int) or result_rows < array:
+            raise ValueError(f"result_rows must be an int >= the array size {array}, "
+                             f"not {result_rows!r}")
+        self.result_rows = result_rows
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
             "done": Out(stream.Signature(2)),
@@ -126,9 +138,14 @@ class MatmulEngine(wiring.Component):
         m.submodules.loader = loader = Loader(n, w, k_max=k_max, outstanding=self.outstanding,
                                               addr_bits=self.addr_bits, byte_turn=compact)
         m.submodules.feeder = feeder = Feeder(n, w, k_max=k_max)
-        # The serial epilogue takes a row in several cycles anyway: no combinational ready
-        # through the array on such a (small, slow-clocked) build.
-        m.submodules.array = array = SystolicArray(n, registered_ready=self.serial_epilogue)
+        m.submodules.array = array = SystolicArray(n)
+        # The array never stalls: its rows go into a queue, and the feeder closes a tile only
+        # when the queue has room for all of the tile's rows.
+        # One entry more than the credits: SyncFifo refuses a write while its storage is full
+        # even in the cycle it moves an entry out to its output register.
+        m.submodules.results = results = SyncFifo(width=row_layout(n).size,
+                                                  depth=self.result_rows + 1)
+        m.submodules.credits = credits = CreditCounter(self.result_rows, n)
         lean = ((self.epilogue_lanes is not None and self.epilogue_lanes < n)
                 or self.serial_epilogue)
         m.submodules.collector = collector = Collector(n, w, in_place=lean, k_max=k_max)
@@ -145,7 +162,13 @@ class MatmulEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.mem.wr), writer.wr)
         # Datapath.
         wiring.connect(m, feeder.o, array.i)
-        wiring.connect(m, array.o, collector.i)
+        m.d.comb += [
+            results.w_en.eq(array.o.valid), results.w_data.eq(array.o.payload),
+            collector.i.valid.eq(results.r_rdy), collector.i.payload.eq(results.r_data),
+            results.r_en.eq(collector.i.ready),
+            credits.take.eq(feeder.credit_take), feeder.credit_ok.eq(credits.ok),
+            credits.give.eq(results.r_rdy & collector.i.ready),
+        ]
         wiring.connect(m, collector.o, epilogue.i)
         wiring.connect(m, epilogue.o, writer.i)
         m.d.comb += [

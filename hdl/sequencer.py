@@ -698,7 +698,10 @@ class Feeder(_Unit):
     """Streams A columns and B rows from the scratchpads into the array, tile after tile.
 
     Steps past K (tiles shorter than the array are padded to ``array`` steps) carry zeros.
-    Reads are pipelined one cycle; a stalled array holds the read data (``r_en`` low).
+    Reads are pipelined one cycle. The array never stalls, so nothing here waits on it: the
+    step that closes a tile is issued only with ``credit_ok`` (the result queue behind the
+    array has room for the tile's ``array`` rows), and that step takes the credits
+    (``credit_take``).
     """
 
     def __init__(self, array, port_bytes, *, k_max):
@@ -711,7 +714,8 @@ class Feeder(_Unit):
             "a_r_data": In(array * 8),
             "b_r_en": Out(1), "b_r_buf": Out(1), "b_r_addr": Out(range(k_max * g // array)),
             "b_r_data": In(array * 8),
-            "o": Out(stream.Signature(step_layout(array))),
+            "o": Out(stream.Signature(step_layout(array), always_ready=True)),
+            "credit_ok": In(1), "credit_take": Out(1),
             "busy": Out(1),
         }, k_max=k_max)
 
@@ -732,13 +736,12 @@ class Feeder(_Unit):
         v1 = Signal()
         live1 = Signal()
         last1 = Signal()
-        enable = Signal()
         issue = Signal()
         m.d.comb += [
-            enable.eq(~v1 | self.o.ready),
-            issue.eq(enable & running & ready_tokens),
-            self.a_r_en.eq(enable), self.a_r_buf.eq(a_buf), self.a_r_addr.eq(k),
-            self.b_r_en.eq(enable), self.b_r_buf.eq(b_buf),
+            issue.eq(running & ready_tokens & (~k_last | self.credit_ok)),
+            self.credit_take.eq(running & ready_tokens & k_last),
+            self.a_r_en.eq(1), self.a_r_buf.eq(a_buf), self.a_r_addr.eq(k),
+            self.b_r_en.eq(1), self.b_r_buf.eq(b_buf),
             self.b_r_addr.eq(Cat(walk.blk, k) if self.group > n else k),
             self.release_a_buf.eq(a_buf), self.release_b_buf.eq(b_buf),
         ]
@@ -757,7 +760,7 @@ class Feeder(_Unit):
                     m.d.sync += running.eq(0)
             with m.Else():
                 m.d.sync += k.eq(k + 1)
-        with m.Elif(enable):
+        with m.Else():
             m.d.sync += v1.eq(0)
 
         m.d.comb += [self.o.valid.eq(v1), self.o.payload.last.eq(last1)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from amaranth.hdl import Const
+
 __all__ = ["StreamSource", "StreamSink", "MemoryModel", "run", "run_command"]
 
 
@@ -39,12 +41,18 @@ class StreamSink:
         self.received = []
 
     async def testbench(self, ctx):
+        # An always-ready stream (its ready is a constant) is taken every cycle it is offered.
+        always_ready = isinstance(self.stream.ready, Const)
+        if always_ready and self.stall:
+            raise ValueError("an always-ready stream cannot be stalled")
         while len(self.received) < self.count:
             while self.stall and self.rng.random() < self.stall:
                 await ctx.tick()
-            ctx.set(self.stream.ready, 1)
+            if not always_ready:
+                ctx.set(self.stream.ready, 1)
             payload, = await ctx.tick().sample(self.stream.payload).until(self.stream.valid)
-            ctx.set(self.stream.ready, 0)
+            if not always_ready:
+                ctx.set(self.stream.ready, 0)
             self.received.append(self.convert(payload))
 
 

@@ -1,0 +1,110 @@
+"""A registered signed multiplier that maps onto an FPGA's DSP slice with its own registers.
+
+The processing elements of the systolic array (and any other datapath that multiplies every
+cycle) use :class:`Multiplier`: its operands are registered on the way in and the product on the
+way out, so a multiply never shares a clock period with the routing that feeds it or with the
+adder that consumes it. Those are exactly the registers inside an ECP5 ``MULT18X18D`` (input
+registers A and B, output register P), which Yosys does not absorb into the slice by itself:
+on an ECP5 platform the multiplier is the primitive, instantiated with those registers enabled;
+everywhere else (simulation, iCE40, Verilog export) it is a behavioural twin with the same
+latency and the same result, so simulation and bitstream agree cycle for cycle.
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Multiplier", "ecp5_dsp", "MULT18_BITS"]
+
+#: Operand width of one ECP5 sysDSP multiplier (signed).
+MULT18_BITS = 18
+
+
+def ecp5_dsp(platform) -> bool:
+    """True when elaborating for an ECP5 device (its multipliers are ``MULT18X18D`` slices)."""
+    return getattr(platform, "family", None) == "ecp5"
+
+
+class Multiplier(wiring.Component):
+    """``p = a * b`` two cycles after ``a`` and ``b`` are presented, every cycle, no enable.
+
+    Parameters
+    ----------
+    a_width, b_width : int
+        Widths of the signed operands (1..18 each, one ``MULT18X18D``).
+    primitive : bool or None
+        ``True``: always the ECP5 primitive; ``False``: always the behavioural twin; ``None``
+        (default): the primitive when the platform is an ECP5 device.
+
+    Members
+    -------
+    a : In(signed(a_width))
+    b : In(signed(b_width))
+    p : Out(signed(a_width + b_width))
+        The product of the operands presented ``LATENCY`` cycles earlier.
+    """
+
+    #: Operand registers, then the product register.
+    LATENCY = 2
+
+    def __init__(self, a_width: int, b_width: int, *, primitive: bool | None = None):
+        for name, width in (("a_width", a_width), ("b_width", b_width)):
+            if not isinstance(width, int) or isinstance(width, bool):
+                raise TypeError(f"{name} must be an int, not {width!r}")
+            if not 1 <= width <= MULT18_BITS:
+                raise ValueError(f"{name} must be in 1..{MULT18_BITS}, not {width}")
+        self.a_width = a_width
+        self.b_width = b_width
+        self.primitive = primitive
+        super().__init__({
+            "a": In(signed(a_width)),
+            "b": In(signed(b_width)),
+            "p": Out(signed(a_width + b_width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        use_primitive = ecp5_dsp(platform) if self.primitive is None else self.primitive
+        if not use_primitive:
+            # No reset, like the slice's registers (the array flushes them with zero operands).
+            a_reg = Signal(signed(self.a_width), name="a_reg", reset_less=True)
+            b_reg = Signal(signed(self.b_width), name="b_reg", reset_less=True)
+            p_reg = Signal(signed(self.a_width + self.b_width), name="p_reg", reset_less=True)
+            m.d.sync += [a_reg.eq(self.a), b_reg.eq(self.b), p_reg.eq(a_reg * b_reg)]
+            m.d.comb += self.p.eq(p_reg)
+            return m
+
+        a18 = Signal(signed(MULT18_BITS))
+        b18 = Signal(signed(MULT18_BITS))
+        p36 = Signal(signed(2 * MULT18_BITS))
+        m.d.comb += [a18.eq(self.a), b18.eq(self.b), self.p.eq(p36)]
+        ports = {}
+        for i in range(MULT18_BITS):
+            ports[f"i_A{i}"] = a18[i]
+            ports[f"i_B{i}"] = b18[i]
+            ports[f"i_C{i}"] = C(0, 1)
+        for i in range(2 * MULT18_BITS):
+            ports[f"o_P{i}"] = p36[i]
+        # The registers are clocked by CLK0 with CE0 tied high and no reset (RST0 low): the same
+        # free-running registers as the twin. CLKx_DIV is the clock divider of the slice's
+        # high-speed mode, unused here.
+        m.submodules.mult = Instance(
+            "MULT18X18D",
+            p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+            p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+            p_REG_INPUTC_CLK="NONE",
+            p_REG_PIPELINE_CLK="NONE",
+            p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
+            p_GSR="DISABLED", p_RESETMODE="SYNC", p_MULT_BYPASS="DISABLED",
+            p_SOURCEB_MODE="B_SHIFT", p_CAS_MATCH_REG="FALSE",
+            p_CLK0_DIV="DISABLED", p_CLK1_DIV="DISABLED", p_CLK2_DIV="DISABLED",
+            p_CLK3_DIV="DISABLED",
+            i_SIGNEDA=C(1, 1), i_SIGNEDB=C(1, 1), i_SOURCEA=C(0, 1), i_SOURCEB=C(0, 1),
+            i_CLK0=ClockSignal(), i_CLK1=C(0, 1), i_CLK2=C(0, 1), i_CLK3=C(0, 1),
+            i_CE0=C(1, 1), i_CE1=C(0, 1), i_CE2=C(0, 1), i_CE3=C(0, 1),
+            i_RST0=C(0, 1), i_RST1=C(0, 1), i_RST2=C(0, 1), i_RST3=C(0, 1),
+            **ports,
+        )
+        return m
