@@ -122,7 +122,8 @@ class Accelerator(wiring.Component):
                                                 serial_epilogue=sz.serial_epilogue,
                                                 bram_pads=sz.bram_pads,
                                                 hold_cmd=not sz.issue_slot,
-                                                result_rows=sz.result_tiles * self.array)
+                                                result_rows=sz.result_tiles * self.array,
+                                                output_rows=sz.output_rows)
         ports = [ctrl.mem, mm.mem]
         if self.has_vector:
             m.submodules.vector = vec = self.vector_factory(sz.vector_lanes or self.array, W)

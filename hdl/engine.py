@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 from .epilogue import Epilogue
 from .params import (ADDR_BITS, DEFAULT_ARRAY, K_MAX, PARAM_RECORD_BYTES, AddendMode, DoneCode,
                      check_config, command_layout, default_port_bytes, group_cols)
-from .pipeline import CreditCounter
+from .pipeline import CreditCounter, SkidBuffer
 from .scratchpad import PingPong, Scratchpad, SyncFifo
 from .sequencer import (Collector, Feeder, Loader, Writer, compute_plan, plan_layout,
                         read_request_layout, write_layout)
@@ -69,6 +69,10 @@ class MatmulEngine(wiring.Component):
         the queue has room for its N rows, so short tiles stream back to back when it holds
         the rows of the tiles in flight (about 2N + 4 cycles from a tile's last step to its
         last row).
+    output_rows : int
+        Result rows the queue behind the epilogue holds (default 16, about the round trip
+        from a row's issue into the epilogue to its credit's return, so the epilogue can take
+        a row every cycle).
     hold_cmd : bool
         The master keeps ``cmd.payload`` valid from the hand-over until ``done`` is taken (a
         controller without an issue slot does), so the engine uses it in place and keeps no
@@ -88,7 +92,8 @@ class MatmulEngine(wiring.Component):
                  k_max: int = K_MAX, outstanding: int = 32, addr_bits: int = ADDR_BITS,
                  epilogue_lanes: int | None = None, epilogue_registers=(True,) * 6,
                  bram_pads: bool = False, hold_cmd: bool = False,
-                 serial_epilogue: bool = False, result_rows: int | None = None):
+                 serial_epilogue: bool = False, result_rows: int | None = None,
+                 output_rows: int = 16):
         if port_bytes is None:
             port_bytes = default_port_bytes(array) if isinstance(array, int) else 16
         check_config(array, port_bytes, k_max)
@@ -110,13 +115,23 @@ class MatmulEngine(wiring.Component):
         if not isinstance(result_rows, int) or result_rows < array:
             raise ValueError(f"result_rows must be an int >= the array size {array}, "
                              f"not {result_rows!r}")
+        if not isinstance(output_rows, int) or output_rows < 1:
+            raise ValueError(f"output_rows must be a positive int, not {output_rows!r}")
         self.result_rows = result_rows
+        self.output_rows = output_rows
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
             "done": Out(stream.Signature(2)),
             "mem": Out(MemoryPortSignature(port_bytes)),
             "busy": Out(1),
         })
+
+    @staticmethod
+    def _queue(width: int, credits: int) -> SyncFifo:
+        """A queue for ``credits`` items behind a unit that never stalls. One entry more than
+        the credits: SyncFifo refuses a write while its storage is full even in the cycle it
+        moves an entry out to its output register."""
+        return SyncFifo(width=width, depth=credits + 1)
 
     def elaborate(self, platform):
         m = Module()
@@ -139,13 +154,6 @@ class MatmulEngine(wiring.Component):
                                               addr_bits=self.addr_bits, byte_turn=compact)
         m.submodules.feeder = feeder = Feeder(n, w, k_max=k_max)
         m.submodules.array = array = SystolicArray(n)
-        # The array never stalls: its rows go into a queue, and the feeder closes a tile only
-        # when the queue has room for all of the tile's rows.
-        # One entry more than the credits: SyncFifo refuses a write while its storage is full
-        # even in the cycle it moves an entry out to its output register.
-        m.submodules.results = results = SyncFifo(width=row_layout(n).size,
-                                                  depth=self.result_rows + 1)
-        m.submodules.credits = credits = CreditCounter(self.result_rows, n)
         lean = ((self.epilogue_lanes is not None and self.epilogue_lanes < n)
                 or self.serial_epilogue)
         m.submodules.collector = collector = Collector(n, w, in_place=lean, k_max=k_max)
@@ -156,21 +164,41 @@ class MatmulEngine(wiring.Component):
         for unit in (loader, feeder, collector, writer):
             m.d.comb += [unit.start.eq(start), unit.cmd.eq(cmd), unit.plan.eq(plan)]
 
-        # Memory port.
-        wiring.connect(m, wiring.flipped(self.mem.rd_req), loader.rd_req)
-        wiring.connect(m, wiring.flipped(self.mem.rd_resp), loader.rd_resp)
-        wiring.connect(m, wiring.flipped(self.mem.wr), writer.wr)
-        # Datapath.
+        # Memory port: a registered stage on each channel, so no handshake path crosses it.
+        m.submodules.rd_req_stage = rd_req_stage = SkidBuffer(read_request_layout())
+        m.submodules.rd_resp_stage = rd_resp_stage = SkidBuffer(w * 8)
+        m.submodules.wr_stage = wr_stage = SkidBuffer(write_layout(w))
+        wiring.connect(m, loader.rd_req, rd_req_stage.i)
+        wiring.connect(m, rd_req_stage.o, wiring.flipped(self.mem.rd_req))
+        wiring.connect(m, wiring.flipped(self.mem.rd_resp), rd_resp_stage.i)
+        wiring.connect(m, rd_resp_stage.o, loader.rd_resp)
+        wiring.connect(m, writer.wr, wr_stage.i)
+        wiring.connect(m, wr_stage.o, wiring.flipped(self.mem.wr))
+
+        # Datapath: array and epilogue never stall; each is followed by a queue, and the unit
+        # that feeds it issues only with credit for the queue's room.
+        m.submodules.results = results = self._queue(row_layout(n).size, self.result_rows)
+        m.submodules.credits = credits = CreditCounter(self.result_rows, n)
+        m.submodules.outputs = outputs = self._queue(32 * n, self.output_rows)
+        m.submodules.out_credits = out_credits = CreditCounter(self.output_rows, 1)
         wiring.connect(m, feeder.o, array.i)
-        m.d.comb += [
-            results.w_en.eq(array.o.valid), results.w_data.eq(array.o.payload),
-            collector.i.valid.eq(results.r_rdy), collector.i.payload.eq(results.r_data),
-            results.r_en.eq(collector.i.ready),
-            credits.take.eq(feeder.credit_take), feeder.credit_ok.eq(credits.ok),
-            credits.give.eq(results.r_rdy & collector.i.ready),
-        ]
         wiring.connect(m, collector.o, epilogue.i)
-        wiring.connect(m, epilogue.o, writer.i)
+
+        def enqueue(queue, source):
+            m.d.comb += [queue.w_en.eq(source.valid), queue.w_data.eq(source.payload)]
+
+        def dequeue(queue, sink, counter):
+            m.d.comb += [sink.valid.eq(queue.r_rdy), sink.payload.eq(queue.r_data),
+                         queue.r_en.eq(sink.ready), counter.give.eq(queue.r_rdy & sink.ready)]
+
+        enqueue(results, array.o)
+        dequeue(results, collector.i, credits)
+        m.d.comb += [credits.take.eq(feeder.credit_take), feeder.credit_ok.eq(credits.ok)]
+        m.d.comb += epilogue.o.ready.eq(1)
+        enqueue(outputs, epilogue.o)
+        dequeue(outputs, writer.i, out_credits)
+        m.d.comb += [out_credits.take.eq(collector.credit_take),
+                     collector.credit_ok.eq(out_credits.ok)]
         m.d.comb += [
             epilogue.requant.eq(cmd.requant),
             epilogue.out_fmt.eq(cmd.out_fmt),
@@ -290,6 +318,12 @@ class MatmulEngine(wiring.Component):
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(writer.done):
+                    m.next = "FLUSH"
+            with m.State("FLUSH"):
+                # The last beats leave the write stage: done means every beat was accepted by
+                # the port.
+                m.d.comb += self.busy.eq(1)
+                with m.If(~wr_stage.o.valid):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += self.done.valid.eq(1)

@@ -9,8 +9,9 @@ Per lane (output column), bit-exact with ``celosia.sw.numerics``::
     y = requantize(x, Dyadic(mult, shift), range, zp)    # or y = x (raw int32)
 
 The pipeline has six stages (registered unless a board-sized build merges some, see
-``registers``) and one stall signal for all of them, so it takes one row per cycle and honours
-backpressure on its output.
+``registers``) and never stalls: it takes a row every cycle one is offered and its receiver
+takes every result (the engine issues a row only when the queue behind the epilogue has room
+for it), so none of its registers has a clock enable.
 """
 
 from amaranth import *
@@ -83,7 +84,9 @@ class Epilogue(wiring.Component):
     -------
     i : In(stream.Signature(epilogue_layout(n)))
     o : Out(stream.Signature(ArrayLayout(signed(32), n)))
-        Results, already saturated to the output range (the writer keeps the low bytes).
+        Results, already saturated to the output range (the writer keeps the low bytes). The
+        receiver must take every result it is offered (``o.ready`` high); a row is offered
+        on ``i`` only when there is room for its result behind the epilogue.
     requant, out_fmt, zero_point, addend_shift : In
         Held constant during a command. ``requant`` low gives the raw saturated int32 sum.
         ``addend_shift`` shifts every addend left (a residual's ``addend_shift``; 0 otherwise).
@@ -125,23 +128,16 @@ class Epilogue(wiring.Component):
         m = Module()
         n = self.n
         keep = self.registers
-        enable = Signal()
         valid = Signal(self.latency)
-        m.d.comb += [
-            enable.eq(~self.o.valid | self.o.ready),
-            self.i.ready.eq(enable),
-            self.o.valid.eq(valid[-1]),
-        ]
-        with m.If(enable):
-            m.d.sync += valid.eq(Cat(self.i.valid, valid[:-1]))
+        m.d.comb += [self.i.ready.eq(1), self.o.valid.eq(valid[-1])]
+        m.d.sync += valid.eq(Cat(self.i.valid, valid[:-1]))
 
         def stage(k, name, shape, value):
-            """The value at the end of stage ``k``: a register, or a wire when stage ``k`` is
-            merged into the next."""
-            sig = Signal(shape, name=name)
+            """The value at the end of stage ``k``: a register (no reset: only the valid bits
+            say what it holds), or a wire when stage ``k`` is merged into the next."""
+            sig = Signal(shape, name=name, reset_less=keep[k])
             if keep[k]:
-                with m.If(enable):
-                    m.d.sync += sig.eq(value)
+                m.d.sync += sig.eq(value)
             else:
                 m.d.comb += sig.eq(value)
             return sig

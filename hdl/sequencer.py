@@ -780,7 +780,10 @@ class Collector(_Unit):
     ``in_place``: instead of registering the row, read the scratchpads for the row the array
     offers, then offer it on ``o`` straight from the array's output register and take it from
     the array when the epilogue takes it (two cycles per row, which an epilogue with fewer lanes
-    than the array needs anyway)."""
+    than the array needs anyway).
+
+    A row is taken only with ``credit_ok`` (the queue behind the epilogue has room for its
+    result) and takes that credit (``credit_take``): the epilogue never stalls."""
 
     def __init__(self, array, port_bytes, in_place=False, *, k_max=K_MAX):
         self.in_place = in_place
@@ -798,6 +801,7 @@ class Collector(_Unit):
             "d_r_data": In(array * 4 * 8),
             "i": In(stream.Signature(row_layout(array))),
             "o": Out(stream.Signature(epilogue_layout(array))),
+            "credit_ok": In(1), "credit_take": Out(1),
         }, k_max=k_max)
 
     def elaborate(self, platform):
@@ -830,6 +834,7 @@ class Collector(_Unit):
         m.d.comb += t.eq(Cat(walk.blk, row) if self.group > n else row)
         m.d.comb += [
             accept.eq(self.i.valid & self.i.ready),
+            self.credit_take.eq(accept),
             self.p_r_en.eq(enable), self.p_r_buf.eq(p_buf), self.p_r_addr.eq(walk.blk),
             self.d_r_en.eq(enable), self.d_r_buf.eq(d_buf),
             self.d_r_addr.eq(Mux(plan.d_log2 == 2, t, t >> 1)),
@@ -847,14 +852,14 @@ class Collector(_Unit):
                 self.i.ready.eq(phase & self.o.ready),
                 acc1.eq(self.i.payload), half1.eq(t[0]), row1.eq(row),
             ]
-            with m.If(~phase & self.i.valid & running & ready_tokens):
+            with m.If(~phase & self.i.valid & running & ready_tokens & self.credit_ok):
                 m.d.sync += phase.eq(1)
             with m.If(accept | self.start):
                 m.d.sync += phase.eq(0)
         else:
             m.d.comb += [
                 enable.eq(~v1 | self.o.ready),
-                self.i.ready.eq(enable & running & ready_tokens),
+                self.i.ready.eq(enable & running & ready_tokens & self.credit_ok),
                 self.o.valid.eq(v1),
             ]
             with m.If(accept):
