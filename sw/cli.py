@@ -19,14 +19,16 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import CelosiaError
+
 __all__ = ["main", "CLIError"]
 
 #: Exit statuses.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 1."""
+#: A user-facing error: printed as one line, exit status 1.
+CLIError = CelosiaError
 
 
 def default_model_file() -> Path:
@@ -304,17 +306,33 @@ def _cmd_quantize(args) -> int:
 
 # --- bench ------------------------------------------------------------------------------------
 
-def _cmd_bench_accuracy(args) -> int:
-    from .accuracy import run_accuracy
-    model, im = load_models(args.model_file, quiet=args.json)
-    report = run_accuracy(model, im, Path(args.dev_set), Path(args.pairs),
-                          progress=None if args.json else _stderr)
+def _print_report(args, report: dict) -> int:
+    """A benchmark's report: one JSON object with --json, else its table."""
     if args.json:
-        json.dump(report, sys.stdout)
+        json.dump({k: v for k, v in report.items() if k != "table"}, sys.stdout)
         sys.stdout.write("\n")
     else:
         print(report["table"])
     return EXIT_OK
+
+
+def _cmd_bench_accuracy(args) -> int:
+    from .accuracy import read_lines, read_pairs, run_accuracy
+    texts, pairs = read_lines(args.dev_set), read_pairs(args.pairs)
+    model, im = load_models(args.model_file, quiet=args.json)
+    return _print_report(args, run_accuracy(model, im, texts, pairs,
+                                            progress=None if args.json else _stderr))
+
+
+def _cmd_bench_golden(args) -> int:
+    from .accuracy import golden_speed, read_lines
+    if args.sentences < 1:
+        raise CLIError("--sentences must be 1 or more")
+    texts = read_lines(args.dev_set)[:args.sentences]
+    if not texts:
+        raise CLIError(f"--dev-set {args.dev_set} holds no sentences")
+    model, im = load_models(args.model_file, quiet=args.json)
+    return _print_report(args, golden_speed(model, im, texts, int64=args.int64))
 
 
 def _optional(module: str):
@@ -383,16 +401,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    repo = Path(__file__).resolve().parent.parent
+    from .accuracy import DEV_SET, PAIRS
     b = bench.add_parser("accuracy", help="golden model vs float: cosine and pair ordering",
                          description="Cosine between the golden model's embeddings and the float "
                                      "model's on a dev set, and the order of similarities of "
                                      "sentence pairs.")
-    b.add_argument("--dev-set", default=str(repo / "bench" / "devset.txt"), metavar="PATH")
-    b.add_argument("--pairs", default=str(repo / "bench" / "pairs.tsv"), metavar="PATH")
-    b.add_argument("--model-file", metavar="PATH")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--pairs", default=str(PAIRS), metavar="PATH",
+                   help="tab-separated sentence pairs, one a line (default: the shipped pairs)")
     b.set_defaults(func=_cmd_bench_accuracy)
+    accuracy = b
+    b = bench.add_parser("golden", help="golden model speed in sentences/s",
+                         description="Sentences per second of the golden model on the dev set, "
+                                     "its integer matmuls on float64 BLAS (exact by a bound on "
+                                     "the partial sums); --int64 also times NumPy's int64 path "
+                                     "and checks that both give the same embeddings.")
+    b.add_argument("--sentences", type=int, default=32, metavar="N",
+                   help="the first N dev-set sentences (default 32)")
+    b.add_argument("--int64", action="store_true",
+                   help="also time the int64 matmul path and report the speed-up")
+    b.set_defaults(func=_cmd_bench_golden)
+    for b in (accuracy, b):
+        b.add_argument("--dev-set", default=str(DEV_SET), metavar="PATH",
+                       help="sentences, one a line (default: the shipped dev set)")
+        b.add_argument("--model-file", metavar="PATH")
+        b.add_argument("--json", action="store_true", help="print one JSON object")
     for name, module, text in (("matmul", "celosia.sim.bench_matmul", "one random matmul on the RTL"),
                                ("vector", "celosia.sim.bench_vector", "one vector-unit batch on the RTL")):
         mod = _optional(module)

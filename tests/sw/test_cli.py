@@ -142,3 +142,18 @@ def test_a_hung_run_reports_the_last_status(cache, capsys):
     last = err.strip().splitlines()[-1]
     assert last.startswith("celosia: error: backend amaranth: accelerator still running after")
     assert "busy, pc 0x" in last
+
+
+def test_bench_golden_json_and_table(cache, capsys):
+    code, out, _ = run(capsys, "bench", "golden", "--sentences", "3", "--int64", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["sentences"] == 3 and doc["tokens"] == 3 + 4 + 5     # "Hi", "Hello world", ...
+    assert [r["matmul"] for r in doc["runs"]] == ["float64", "int64"]
+    assert doc["bit_identical"] is True
+    assert all(r["sentences_per_s"] > 0 for r in doc["runs"])
+    code, out, _ = run(capsys, "bench", "golden", "--sentences", "2")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "golden model on 2 sentences (7 tokens)"
+    assert lines[1].split() == ["matmul", "path", "wall", "s", "sentences/s", "tokens/s"]
+    assert lines[2].split()[0] == "float64" and len(lines) == 3
