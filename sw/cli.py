@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import CelosiaError
+from .errors import CelosiaError, check_text, read_text, seconds, text_lines
+from .quantize import default_model_file
 
 __all__ = ["main", "CLIError"]
 
@@ -31,12 +32,6 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 CLIError = CelosiaError
 
 
-def default_model_file() -> Path:
-    """Where the integer model is kept: $CELOSIA_CACHE or ~/.cache/celosia."""
-    base = os.environ.get("CELOSIA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "celosia")
-    return Path(base) / "minilm-int8.safetensors"
-
-
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -44,22 +39,33 @@ def _stderr(msg: str) -> None:
 # --- shared model loading ---------------------------------------------------------------------
 
 def load_models(model_file: Path | None, rebuild: bool = False, quiet: bool = False):
-    """The float model and its integer model; builds and caches the integer model on first use."""
+    """The float model and its integer model; builds and caches the integer model on first use.
+
+    A damaged file is an error (never silently replaced); the default cache of another format
+    version is rebuilt. Before any work whose result must be written, the folder is checked.
+    """
     from .model import ModelError, load_minilm
-    from .quantize import IntegerModel, QuantizedModelError, quantize
+    from .quantize import CorruptModelError, IntegerModel, QuantizedModelError, check_writable, quantize
+    path = Path(model_file) if model_file else default_model_file()
+    im = None
+    if path.exists() and not rebuild:
+        try:
+            im = IntegerModel.load(path)
+        except CorruptModelError:
+            raise
+        except QuantizedModelError as exc:
+            if model_file:       # a file the user named: do not overwrite it silently
+                raise
+            if not quiet:
+                _stderr(f"celosia: {exc.problem}; rebuilding it")
+    if im is None:
+        check_writable(path)
     try:
         model = load_minilm()
     except ModelError as exc:
         raise CLIError(str(exc)) from None
-    path = Path(model_file) if model_file else default_model_file()
-    if path.exists() and not rebuild:
-        try:
-            return model, IntegerModel.load(path)
-        except QuantizedModelError as exc:
-            if model_file:       # a file the user named: do not overwrite it silently
-                raise CLIError(str(exc)) from None
-            if not quiet:
-                _stderr(f"celosia: {exc}; rebuilding it")
+    if im is not None:
+        return model, im
     if not quiet:
         _stderr(f"celosia: quantising all-MiniLM-L6-v2 (once; cached in {path})")
     im = quantize(model)
@@ -102,23 +108,21 @@ class LayerProgress:
             _stderr(text)
 
 
+def _read_stdin() -> str:
+    """Standard input as UTF-8, whatever the locale (a C locale would let bad bytes through
+    as surrogates)."""
+    raw = getattr(sys.stdin, "buffer", None)
+    try:
+        return raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
+    except UnicodeDecodeError:
+        raise CLIError("cannot read --file -: standard input is not UTF-8 text") from None
+
+
 def _read_texts(args) -> list[str]:
-    texts = list(args.text)
+    # Arguments carry undecodable bytes as surrogates; files and stdin are decoded strictly.
+    texts = [check_text(t, f"argument {os.fsencode(t)[:40]!r}") for t in args.text]
     if args.file is not None:
-        try:
-            if args.file == "-":
-                content = sys.stdin.read()
-            else:
-                content = Path(args.file).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise CLIError(f"cannot read --file {args.file}: no such file") from None
-        except IsADirectoryError:
-            raise CLIError(f"cannot read --file {args.file}: it is a directory") from None
-        except PermissionError:
-            raise CLIError(f"cannot read --file {args.file}: permission denied") from None
-        except UnicodeDecodeError:
-            raise CLIError(f"cannot read --file {args.file}: not UTF-8 text") from None
-        texts.extend(line for line in content.splitlines() if line.strip())
+        texts.extend(text_lines(_read_stdin() if args.file == "-" else read_text(args.file, "--file")))
     if not texts:
         raise CLIError("no text given: pass TEXT arguments or --file PATH")
     return texts
@@ -290,11 +294,8 @@ def _run_on_accelerator(args, model, im, ids, r: dict):
 def _cmd_quantize(args) -> int:
     path = Path(args.output) if args.output else default_model_file()
     if path.exists() and not args.force:
-        from .quantize import IntegerModel, QuantizedModelError
-        try:
-            im = IntegerModel.load(path)
-        except QuantizedModelError as exc:
-            raise CLIError(f"{exc}") from None
+        from .quantize import IntegerModel
+        im = IntegerModel.load(path)
         print(f"{path}: integer model present (sha256 {im.digest()[:16]}); --force rebuilds it")
         return EXIT_OK
     t0 = time.perf_counter()
@@ -369,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: golden)")
     p.add_argument("--array", type=int, default=8, metavar="N",
                    help="systolic array size the program is compiled for (default 8; not golden)")
-    p.add_argument("--timeout", type=float, default=1800.0, metavar="S",
+    p.add_argument("--timeout", type=seconds, default=1800.0, metavar="S",
                    help="give up on a backend run after S seconds, reporting the last status "
                         "(default 1800)")
     p.add_argument("--waves", metavar="FILE", default=None,

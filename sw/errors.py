@@ -8,9 +8,11 @@ command line.
 
 from __future__ import annotations
 
+import argparse
+import math
 from pathlib import Path
 
-__all__ = ["CelosiaError", "read_text", "text_lines", "check_text"]
+__all__ = ["CelosiaError", "read_text", "text_lines", "check_text", "seconds"]
 
 
 class CelosiaError(Exception):
@@ -48,3 +50,15 @@ def check_text(text: str, what: str) -> str:
     except UnicodeEncodeError:
         raise CelosiaError(f"{what} is not UTF-8 text") from None
     return text
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a time limit in seconds, finite and above 0 (-5, 0, nan and inf are
+    refused with argparse's own one-line message and exit status 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, not {text!r}")
+    return value
