@@ -142,3 +142,10 @@ def test_readme_semantic_search_example_runs_as_written(model_file, monkeypatch,
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("A man is eating food.") and lines[1].endswith("A woman slices an onion.")
     assert lines[2] == "5 sentences, 43 tokens"
+
+
+def test_progress_bar_only_when_asked(encoder, capsys):
+    encoder.encode(TEXTS, batch_size=2)
+    assert capsys.readouterr().err == ""
+    encoder.encode(TEXTS, batch_size=2, show_progress_bar=True)
+    assert capsys.readouterr().err == "\r  2/3 sentences\r  3/3 sentences\n"
