@@ -3,7 +3,7 @@
 Subcommands:
   embed      sentence embeddings of all-MiniLM-L6-v2 computed by a backend
   quantize   build (or rebuild) the integer model file
-  bench      benchmarks (accuracy, matmul, vector) that print figures
+  bench      benchmarks (accuracy, golden, matmul, vector) that print figures
   verilog    write the matmul engine's Verilog
   build      FPGA bitstreams (when fpga/ provides them)
 
