@@ -302,10 +302,21 @@ def test_timeout_must_be_positive_seconds(capsys, argv, value):
 
 def test_installed_wheel_carries_the_bench_data(tmp_path):
     """A wheel built without -e holds the dev set and pairs its default paths point at."""
+    import shutil
     import zipfile
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    # A copy of the sources: setuptools leaves build/ behind, whose stale files a later wheel
+    # of the working tree would pick up.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    for folder in ("celosia", "hdl", "sim", "sw", "fpga"):
+        shutil.copytree(root / folder, src / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     # pip builds in an isolated environment (setuptools from the package index).
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", root, "--no-deps", "-q",
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q",
                         "-w", str(tmp_path)], capture_output=True, text=True)
     if r.returncode and any(w in r.stderr for w in ("NewConnectionError", "Could not find a version")):
         pytest.skip("no package index to build the wheel with")
