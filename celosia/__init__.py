@@ -6,3 +6,13 @@ The distribution maps its sub-packages onto the repository's top-level folders:
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["SentenceEncoder", "__version__"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: ``import celosia`` stays cheap, and celosia.hdl does not pull in sw/.
+    if name == "SentenceEncoder":
+        from celosia.sw.encoder import SentenceEncoder
+        return SentenceEncoder
+    raise AttributeError(f"module 'celosia' has no attribute {name!r}")

@@ -18,6 +18,8 @@ import numpy as np
 
 from celosia.hdl.isa import CSR, WINDOW_ALIGN, MachineConfig
 
+from .errors import CelosiaError, seconds
+
 __all__ = ["add_arguments", "add_serial_arguments", "run", "check_backend"]
 
 BACKENDS = ("isa", "amaranth", "verilator", "serial")
@@ -110,18 +112,17 @@ def add_arguments(p) -> None:
     p.add_argument("--programs", type=int, default=3, metavar="P",
                    help="random programs to run (default 3)")
     p.add_argument("--seed", type=int, default=1, help="first program's seed (default 1)")
-    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+    p.add_argument("--timeout", type=seconds, default=600.0, metavar="S",
                    help="give up on a program after S seconds (default 600)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args) -> int:
-    from .cli import CLIError
     from .driver import AcceleratorError, AcceleratorHung
     try:
         backend, mem = _open(args)
     except (ValueError, OSError) as exc:
-        raise CLIError(f"backend {args.backend}: {exc}") from None
+        raise CelosiaError(f"backend {args.backend}: {exc}") from None
     show = None
     if not args.json:
         print(f"{'program':>7}  {'matmuls':>7}  {'cycles':>9}  {'wall s':>7}  bit-exact vs isa")
@@ -131,7 +132,7 @@ def run(args) -> int:
     try:
         results = check_backend(backend, mem, args.programs, args.seed, args.timeout, show)
     except (AcceleratorError, AcceleratorHung, ValueError, OSError) as exc:
-        raise CLIError(f"backend {args.backend}: {exc}") from None
+        raise CelosiaError(f"backend {args.backend}: {exc}") from None
     finally:
         if hasattr(backend, "close"):
             backend.close()

@@ -3,7 +3,7 @@
 Subcommands:
   embed      sentence embeddings of all-MiniLM-L6-v2 computed by a backend
   quantize   build (or rebuild) the integer model file
-  bench      benchmarks (accuracy, matmul, vector) that print figures
+  bench      benchmarks (accuracy, golden, matmul, vector) that print figures
   verilog    write the matmul engine's Verilog
   build      FPGA bitstreams (when fpga/ provides them)
 
@@ -19,62 +19,25 @@ import sys
 import time
 from pathlib import Path
 
+from .encoder import BACKENDS, SentenceEncoder, array_problem, load_models
+from .errors import CelosiaError, check_text, read_text, seconds, text_lines
+from .quantize import default_model_file
+
 __all__ = ["main", "CLIError"]
 
 #: Exit statuses.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 1."""
-
-
-def default_model_file() -> Path:
-    """Where the integer model is kept: $CELOSIA_CACHE or ~/.cache/celosia."""
-    base = os.environ.get("CELOSIA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "celosia")
-    return Path(base) / "minilm-int8.safetensors"
+#: A user-facing error: printed as one line, exit status 1.
+CLIError = CelosiaError
 
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# --- shared model loading ---------------------------------------------------------------------
-
-def load_models(model_file: Path | None, rebuild: bool = False, quiet: bool = False):
-    """The float model and its integer model; builds and caches the integer model on first use."""
-    from .model import ModelError, load_minilm
-    from .quantize import IntegerModel, QuantizedModelError, quantize
-    try:
-        model = load_minilm()
-    except ModelError as exc:
-        raise CLIError(str(exc)) from None
-    path = Path(model_file) if model_file else default_model_file()
-    if path.exists() and not rebuild:
-        try:
-            return model, IntegerModel.load(path)
-        except QuantizedModelError as exc:
-            if model_file:       # a file the user named: do not overwrite it silently
-                raise CLIError(str(exc)) from None
-            if not quiet:
-                _stderr(f"celosia: {exc}; rebuilding it")
-    if not quiet:
-        _stderr(f"celosia: quantising all-MiniLM-L6-v2 (once; cached in {path})")
-    im = quantize(model)
-    try:
-        im.save(path)
-    except OSError as exc:
-        raise CLIError(f"cannot write the integer model to {path}: {exc.strerror}") from None
-    return model, im
-
-
 # --- embed ------------------------------------------------------------------------------------
-
-#: Backends of ``celosia embed``: golden (the op-level integer model), isa (the compiled
-#: program on the functional simulator of the instruction set) and verilator (the compiled
-#: program on the accelerator's RTL, Verilated).
-BACKENDS = ("golden", "isa", "amaranth", "verilator", "serial")
-
 
 class LayerProgress:
     """A progress line on stderr while a program runs: the encoder layer it has reached."""
@@ -99,24 +62,27 @@ class LayerProgress:
         else:
             _stderr(text)
 
+    def finish(self) -> None:
+        """End a bar left part-way on a terminal (a run that stopped early)."""
+        if self.tty and self.shown not in (-1, self.layers):
+            sys.stderr.write("\n")
+
+
+def _read_stdin() -> str:
+    """Standard input as UTF-8, whatever the locale (a C locale would let bad bytes through
+    as surrogates)."""
+    raw = getattr(sys.stdin, "buffer", None)
+    try:
+        return raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
+    except UnicodeDecodeError:
+        raise CLIError("cannot read --file -: standard input is not UTF-8 text") from None
+
 
 def _read_texts(args) -> list[str]:
-    texts = list(args.text)
+    # Arguments carry undecodable bytes as surrogates; files and stdin are decoded strictly.
+    texts = [check_text(t, f"argument {os.fsencode(t)[:40]!r}") for t in args.text]
     if args.file is not None:
-        try:
-            if args.file == "-":
-                content = sys.stdin.read()
-            else:
-                content = Path(args.file).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise CLIError(f"cannot read --file {args.file}: no such file") from None
-        except IsADirectoryError:
-            raise CLIError(f"cannot read --file {args.file}: it is a directory") from None
-        except PermissionError:
-            raise CLIError(f"cannot read --file {args.file}: permission denied") from None
-        except UnicodeDecodeError:
-            raise CLIError(f"cannot read --file {args.file}: not UTF-8 text") from None
-        texts.extend(line for line in content.splitlines() if line.strip())
+        texts.extend(text_lines(_read_stdin() if args.file == "-" else read_text(args.file, "--file")))
     if not texts:
         raise CLIError("no text given: pass TEXT arguments or --file PATH")
     return texts
@@ -124,16 +90,11 @@ def _read_texts(args) -> list[str]:
 
 def _cmd_embed(args) -> int:
     import numpy as np
-    from . import golden
     if args.backend not in BACKENDS:
         raise CLIError(f"unknown backend {args.backend!r}; available: {', '.join(BACKENDS)}")
     texts = _read_texts(args)
-    if args.backend != "golden":
-        from celosia.hdl.params import check_config, default_port_bytes
-        try:
-            check_config(args.array, default_port_bytes(args.array))
-        except ValueError as exc:
-            raise CLIError(f"--array {args.array}: {exc}") from None
+    if args.backend != "golden" and array_problem(args.array):
+        raise CLIError(f"--array {args.array}: {array_problem(args.array)}")
     if args.waves_cycles < 0 or args.waves_skip < 0:
         raise CLIError("--waves-cycles and --waves-skip must be 0 or more")
     if args.waves is not None:
@@ -151,29 +112,23 @@ def _cmd_embed(args) -> int:
         parent = Path(args.waves).parent
         if not parent.is_dir():
             raise CLIError(f"--waves {args.waves}: directory {parent} does not exist")
-        args._text_count = len(texts)
-    model, im = load_models(args.model_file, quiet=args.json)
-    results = []
-    for index, text in enumerate(texts):
-        ids, truncated = model.tokenizer.encode(text)
-        if truncated:
-            _stderr(f"celosia: warning: text truncated to {model.tokenizer.max_tokens} tokens: "
-                    f"{text[:40]!r}...")
-        t0 = time.perf_counter()
-        if args.backend == "golden":
-            emb = golden.embedding(model, im, ids)
-            r = {"text": text, "tokens": int(len(ids))}
-        else:
-            r = {"text": text, "tokens": int(len(ids)), "index": index}
-            emb = _run_on_accelerator(args, model, im, ids, r)
-            del r["index"]
-        # Wall time of the run itself; a one-time model build is reported as build_s.
-        r["wall_s"] = round(time.perf_counter() - t0 - r.get("build_s", 0.0), 4)
+    serial = {"port": args.port, "baud": args.baud} if args.backend == "serial" else {}
+    encoder = SentenceEncoder(backend=args.backend, array=args.array, **serial,
+                              model_file=args.model_file, timeout=args.timeout, quiet=args.json,
+                              backend_options=lambda index: _waves_options(args, index, len(texts)),
+                              layer_progress=lambda: LayerProgress(
+                                  encoder.integer_model.meta["layers"], not args.json))
+    _announce(args)
+    embeddings = encoder.encode(texts)
+    results = encoder.last_run["per_sentence"]
+    for r, emb in zip(results, embeddings):
+        if r.pop("truncated", False):
+            _stderr(f"celosia: warning: text truncated to "
+                    f"{encoder.float_model.tokenizer.max_tokens} tokens: {r['text'][:40]!r}...")
         r["embedding"] = [float(v) for v in emb]
         if args.reference:
-            ref, _, _ = model.encode(text)
+            ref, _, _ = encoder.float_model.encode(r["text"])
             r["cosine_vs_float"] = float(np.dot(ref.astype(np.float64), emb.astype(np.float64)))
-        results.append(r)
     if args.json:
         json.dump({"backend": args.backend, "results": results}, sys.stdout)
         sys.stdout.write("\n")
@@ -198,89 +153,30 @@ def _cmd_embed(args) -> int:
     return EXIT_OK
 
 
-def _per_layer(res, im, tokens: int, array: int) -> list | None:
-    """Cycles and utilisation of each encoder layer, and the cycles of its parts against
-    their ideal matmul (MACs / N^2) and vector (elements / N) cycles."""
-    from .compiler import part_work
-    if res.part_cycles is None:
-        return None
-    layers: list[dict] = []
-    for layer, name, cycles in res.part_cycles:
-        while len(layers) <= layer:
-            layers.append({"layer": len(layers), "cycles": 0, "ideal_cycles": 0, "parts": []})
-        macs, elements = part_work(im.meta, tokens, name)
-        entry = layers[layer]
-        entry["cycles"] += cycles
-        entry["ideal_cycles"] += macs / array ** 2
-        entry["parts"].append({"part": name, "cycles": cycles,
-                               "matmul_ideal": int(round(macs / array ** 2)),
-                               "vector_ideal": int(round(elements / array))})
-    for entry in layers:
-        c, ideal = entry["cycles"], entry["ideal_cycles"]
-        entry["ideal_cycles"] = int(round(ideal))
-        entry["utilization"] = round(ideal / c, 4) if c else None
-    return layers
-
-
 #: Backends that can write a waveform (``--waves``).
 WAVE_BACKENDS = ("verilator", "amaranth")
 
 
-def _waves_path(args, r: dict) -> Path:
-    """The waveform file of this text: --waves as given for one text; with several texts,
-    the text's index goes before the suffix (run.fst -> run.0.fst, run.1.fst, ...)."""
+def _waves_options(args, index: int, count: int) -> dict:
+    """The backend options of text ``index``: its waveform file (--waves as given for one text;
+    with several, the text's index goes before the suffix: run.fst -> run.0.fst, run.1.fst)."""
+    if args.waves is None:
+        return {}
     path = Path(args.waves)
-    if getattr(args, "_text_count", 1) > 1:
-        path = path.with_name(f"{path.stem}.{r['index']}{path.suffix}")
-    return path
+    if count > 1:
+        path = path.with_name(f"{path.stem}.{index}{path.suffix}")
+    return {"waves": path, "waves_skip": args.waves_skip, "waves_cycles": args.waves_cycles or None}
 
 
-def _run_on_accelerator(args, model, im, ids, r: dict):
-    """Run the compiled program on a backend; fill the result's hardware fields."""
-    from . import golden
-    import numpy as np
-    from .driver import AcceleratorError, AcceleratorHung, run_embedding
-    if args.backend == "verilator":
-        import celosia.sim.verilator_accel  # noqa: F401  (registers the backend)
-        if not args.json and not getattr(args, "_announced", False):
-            _stderr(f"celosia: Verilated model of the {args.array}x{args.array} accelerator: "
-                    "elaborated and built on first use (minutes), then cached")
-            args._announced = True
-    progress = LayerProgress(im.meta["layers"], enabled=not args.json)
-    if args.backend == "amaranth" and not getattr(args, "_announced", False):
+def _announce(args) -> None:
+    """A note before a slow backend's first run (not with --json)."""
+    if args.backend == "verilator" and not args.json:
+        _stderr(f"celosia: Verilated model of the {args.array}x{args.array} accelerator: "
+                "elaborated and built on first use (minutes), then cached")
+    if args.backend == "amaranth":
         _stderr("celosia: the amaranth backend is Amaranth's Python simulator (a few thousand "
                 "cycles/s at N = 2..4): a MiniLM sentence takes millions of cycles, so it is "
                 f"for small programs and tests; --timeout ({args.timeout:g} s) stops it")
-        args._announced = True
-    options = {}
-    if args.waves is not None:
-        options.update(waves=_waves_path(args, r), waves_skip=args.waves_skip,
-                       waves_cycles=args.waves_cycles or None)
-    if args.backend == "serial":
-        options.update(port=args.port, baud=args.baud)
-    try:
-        res = run_embedding(args.backend, model, im, ids, array=args.array,
-                            timeout_s=args.timeout, progress=progress, backend_options=options)
-    except (AcceleratorError, AcceleratorHung) as exc:
-        raise CLIError(f"backend {args.backend}: {exc}") from None
-    except (ValueError, OSError) as exc:       # backend set-up: waveform format, port, window
-        raise CLIError(f"backend {args.backend}: {exc}") from None
-    if progress.tty and progress.shown not in (-1, progress.layers):
-        sys.stderr.write("\n")
-    ref = golden.forward(im, golden.embed_int32(model, im, ids))
-    cycles = res.counters["cycles"]
-    ideal = golden.macs(im, len(ids)) / args.array ** 2
-    r.update({"array": args.array, "cycles": cycles, "ideal_cycles": int(round(ideal)),
-              "utilization": round(ideal / cycles, 4) if cycles else None,
-              "bit_exact_vs_golden": bool(np.array_equal(res.hidden, ref))})
-    r["per_layer"] = _per_layer(res, im, len(ids), args.array)
-    if "waves" in options:
-        r["waves"] = str(options["waves"])
-    if args.backend == "isa":
-        r["cycles_model"] = "isa simulator estimate (each unit at its ideal rate), not RTL"
-    if res.build_s:
-        r["build_s"] = round(res.build_s, 2)
-    return res.embedding
 
 
 # --- quantize ---------------------------------------------------------------------------------
@@ -288,11 +184,8 @@ def _run_on_accelerator(args, model, im, ids, r: dict):
 def _cmd_quantize(args) -> int:
     path = Path(args.output) if args.output else default_model_file()
     if path.exists() and not args.force:
-        from .quantize import IntegerModel, QuantizedModelError
-        try:
-            im = IntegerModel.load(path)
-        except QuantizedModelError as exc:
-            raise CLIError(f"{exc}") from None
+        from .quantize import IntegerModel
+        im = IntegerModel.load(path)
         print(f"{path}: integer model present (sha256 {im.digest()[:16]}); --force rebuilds it")
         return EXIT_OK
     t0 = time.perf_counter()
@@ -304,17 +197,33 @@ def _cmd_quantize(args) -> int:
 
 # --- bench ------------------------------------------------------------------------------------
 
-def _cmd_bench_accuracy(args) -> int:
-    from .accuracy import run_accuracy
-    model, im = load_models(args.model_file, quiet=args.json)
-    report = run_accuracy(model, im, Path(args.dev_set), Path(args.pairs),
-                          progress=None if args.json else _stderr)
+def _print_report(args, report: dict) -> int:
+    """A benchmark's report: one JSON object with --json, else its table."""
     if args.json:
-        json.dump(report, sys.stdout)
+        json.dump({k: v for k, v in report.items() if k != "table"}, sys.stdout)
         sys.stdout.write("\n")
     else:
         print(report["table"])
     return EXIT_OK
+
+
+def _cmd_bench_accuracy(args) -> int:
+    from .accuracy import read_lines, read_pairs, run_accuracy
+    texts, pairs = read_lines(args.dev_set), read_pairs(args.pairs)
+    model, im = load_models(args.model_file, quiet=args.json)
+    return _print_report(args, run_accuracy(model, im, texts, pairs,
+                                            progress=None if args.json else _stderr))
+
+
+def _cmd_bench_golden(args) -> int:
+    from .accuracy import golden_speed, read_lines
+    if args.sentences < 1:
+        raise CLIError("--sentences must be 1 or more")
+    texts = read_lines(args.dev_set)[:args.sentences]
+    if not texts:
+        raise CLIError(f"--dev-set {args.dev_set} holds no sentences")
+    model, im = load_models(args.model_file, quiet=args.json)
+    return _print_report(args, golden_speed(model, im, texts, int64=args.int64))
 
 
 def _optional(module: str):
@@ -351,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: golden)")
     p.add_argument("--array", type=int, default=8, metavar="N",
                    help="systolic array size the program is compiled for (default 8; not golden)")
-    p.add_argument("--timeout", type=float, default=1800.0, metavar="S",
+    p.add_argument("--timeout", type=seconds, default=1800.0, metavar="S",
                    help="give up on a backend run after S seconds, reporting the last status "
                         "(default 1800)")
     p.add_argument("--waves", metavar="FILE", default=None,
@@ -383,16 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    repo = Path(__file__).resolve().parent.parent
+    from .accuracy import DEV_SET, PAIRS
     b = bench.add_parser("accuracy", help="golden model vs float: cosine and pair ordering",
                          description="Cosine between the golden model's embeddings and the float "
                                      "model's on a dev set, and the order of similarities of "
                                      "sentence pairs.")
-    b.add_argument("--dev-set", default=str(repo / "bench" / "devset.txt"), metavar="PATH")
-    b.add_argument("--pairs", default=str(repo / "bench" / "pairs.tsv"), metavar="PATH")
-    b.add_argument("--model-file", metavar="PATH")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--pairs", default=str(PAIRS), metavar="PATH",
+                   help="tab-separated sentence pairs, one a line (default: the shipped pairs)")
     b.set_defaults(func=_cmd_bench_accuracy)
+    accuracy = b
+    b = bench.add_parser("golden", help="golden model speed in sentences/s",
+                         description="Sentences per second of the golden model on the dev set, "
+                                     "its integer matmuls on float64 BLAS (exact by a bound on "
+                                     "the partial sums); --int64 also times NumPy's int64 path "
+                                     "and checks that both give the same embeddings.")
+    b.add_argument("--sentences", type=int, default=32, metavar="N",
+                   help="the first N dev-set sentences (default 32)")
+    b.add_argument("--int64", action="store_true",
+                   help="also time the int64 matmul path and report the speed-up")
+    b.set_defaults(func=_cmd_bench_golden)
+    for b in (accuracy, b):
+        b.add_argument("--dev-set", default=str(DEV_SET), metavar="PATH",
+                       help="sentences, one a line (default: the shipped dev set)")
+        b.add_argument("--model-file", metavar="PATH")
+        b.add_argument("--json", action="store_true", help="print one JSON object")
     for name, module, text in (("matmul", "celosia.sim.bench_matmul", "one random matmul on the RTL"),
                                ("vector", "celosia.sim.bench_vector", "one vector-unit batch on the RTL")):
         mod = _optional(module)

@@ -80,9 +80,10 @@ def macs(im: IntegerModel, tokens: int) -> int:
 
 def forward(im: IntegerModel, e: np.ndarray, layers: int | None = None) -> np.ndarray:
     """int32 embedding sums (tokens x hidden) -> int16 hidden states of the last layer."""
-    h = _layernorm(im, "emb.ln", e)
-    for i in range(im.meta["layers"] if layers is None else layers):
-        h = encoder_layer(im, i, h)
+    with nx.one_blas_thread():
+        h = _layernorm(im, "emb.ln", e)
+        for i in range(im.meta["layers"] if layers is None else layers):
+            h = encoder_layer(im, i, h)
     return h
 
 

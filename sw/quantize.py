@@ -26,16 +26,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import numerics as nx
+from .errors import CelosiaError
 from .model import MiniLM
 
 __all__ = ["FORMAT_VERSION", "QuantConfig", "IntegerModel", "quantize", "calibration_texts",
-           "QuantizedModelError"]
+           "QuantizedModelError", "CorruptModelError", "default_model_file", "rebuild_command",
+           "check_writable"]
 
 FORMAT_VERSION = 1
 CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
@@ -51,8 +55,51 @@ LN_IN_HEADROOM = 4.0
 ACT_HEADROOM = 2.0
 
 
-class QuantizedModelError(Exception):
-    """The integer model file is missing, corrupt or of another format version."""
+#: Key of the file's SHA-256 digest (IntegerModel.digest, over the tensors and the rest of the
+#: metadata) in the metadata JSON, checked on every load. It lives inside the one metadata
+#: entry: safetensors writes several entries in no fixed order, and the file must be
+#: byte-for-byte deterministic.
+DIGEST_KEY = "sha256"
+
+
+class QuantizedModelError(CelosiaError):
+    """The integer model file is missing, of another format version, or corrupt: ``problem``
+    says which, the message adds the command that rebuilds it."""
+
+    def __init__(self, problem: str, path: Path, action: str = "rebuild it"):
+        self.problem = problem
+        super().__init__(f"{problem}; {action}: {rebuild_command(path)}")
+
+
+class CorruptModelError(QuantizedModelError):
+    """The integer model file is damaged (unreadable, truncated, or its digest differs): never
+    rebuilt behind the user's back, since the damage may be a sign of a failing disk."""
+
+
+def default_model_file() -> Path:
+    """Where the integer model is kept: $CELOSIA_CACHE or ~/.cache/celosia."""
+    base = os.environ.get("CELOSIA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "celosia")
+    return Path(base) / "minilm-int8.safetensors"
+
+
+def rebuild_command(path: Path) -> str:
+    """The command that rebuilds the integer model file ``path``."""
+    if Path(path) == default_model_file():
+        return "celosia quantize --force"
+    return f"celosia quantize --force -o {path}"
+
+
+def check_writable(path: Path) -> None:
+    """Raise CelosiaError unless the folder of ``path`` exists (or can be made) and takes
+    a new file: checked before any work whose result would be written there."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise CelosiaError(f"cannot write the integer model to {folder}: {exc.strerror or exc} "
+                           "(set $CELOSIA_CACHE, or --model-file, to a writable place)") from None
 
 
 @dataclass(frozen=True)
@@ -104,30 +151,50 @@ class IntegerModel:
         return h.hexdigest()
 
     def save(self, path: Path) -> None:
+        """Write the file atomically (a temporary file in the same folder, then a rename): a
+        reader sees the old file or the new one, never a half-written one."""
         from safetensors.numpy import save_file
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(path),
-                  metadata={"celosia": json.dumps(self.meta, sort_keys=True)})
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            os.chmod(tmp, 0o644)        # mkstemp's 0600 would make a shared cache unreadable
+            save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, tmp,
+                      metadata={"celosia": json.dumps({**self.meta, DIGEST_KEY: self.digest()},
+                                                      sort_keys=True)})
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: Path) -> "IntegerModel":
+        """Read and verify an integer model file: QuantizedModelError if it is missing or
+        of another format version, CorruptModelError if it is damaged (its digest differs)."""
         from safetensors import safe_open
         path = Path(path)
         if not path.is_file():
-            raise QuantizedModelError(f"integer model {path} does not exist (run: celosia quantize)")
+            raise QuantizedModelError(f"integer model {path} does not exist", path, "build it")
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = json.loads((f.metadata() or {}).get("celosia", "{}"))
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises its own error types on bad files
-            raise QuantizedModelError(f"integer model {path} is corrupt ({exc}); "
-                                      "delete it and run: celosia quantize") from None
+            detail = " ".join(str(exc).split())[:120]
+            raise CorruptModelError(f"integer model {path} is corrupt ({detail})", path) from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise QuantizedModelError(f"integer model {path} has format version "
-                                      f"{meta.get('format_version')}, expected {FORMAT_VERSION}; "
-                                      "run: celosia quantize --force")
-        return cls(tensors, meta)
+                                      f"{meta.get('format_version')}, expected {FORMAT_VERSION}", path)
+        digest = meta.pop(DIGEST_KEY, None)
+        model = cls(tensors, meta)
+        if digest is None:
+            raise QuantizedModelError(f"integer model {path} was written without a digest "
+                                      "(by an older celosia)", path)
+        if model.digest() != digest:
+            raise CorruptModelError(f"integer model {path} is corrupt (its sha256 differs from "
+                                    "the one written with it)", path)
+        return model
 
 
 def _absmax(arrays, axis=None):

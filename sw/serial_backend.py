@@ -434,7 +434,7 @@ def serial_backend(compiled=None, im=None, *, port=None, baud: int | None = None
     port = port or os.environ.get("CELOSIA_SERIAL_PORT")
     if not port:
         raise ValueError("the serial backend needs a port (e.g. /dev/ttyUSB0 or "
-                         "socket://127.0.0.1:PORT): pass port=... or set CELOSIA_SERIAL_PORT")
+                         "socket://127.0.0.1:PORT): pass --port or set CELOSIA_SERIAL_PORT")
     baud = int(baud or os.environ.get("CELOSIA_SERIAL_BAUD", DEFAULT_BAUD))
     backend = SerialBackend(port, baud, 0.1 if timeout is None else timeout, **options)
     if compiled is not None and compiled.end > backend.mem_bytes:

@@ -40,3 +40,24 @@ def test_no_port_is_one_line(capsys):
     assert cli.main(["check", "--backend", "serial"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs a port" in err[0]
+
+
+def test_no_module_the_cli_builds_on_imports_the_cli():
+    """The CLI imports check (and the rest of sw/); none of them imports the CLI back, at module
+    level or inside a function: shared pieces (CelosiaError, argument types) live in sw/errors."""
+    import ast
+    from pathlib import Path
+
+    import celosia.sw
+    folder = Path(celosia.sw.__file__).parent
+    for source in sorted(folder.glob("*.py")):
+        if source.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}"] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            assert not any(n.split(".")[-1] == "cli" or n.endswith("sw.cli") for n in names), \
+                f"{source.name}:{node.lineno} imports the CLI"

@@ -68,6 +68,7 @@ def test_long_text_is_truncated_with_a_warning(cache, capsys):
     (["embed", "--backend", "verilator", "--waves", "/no/such/dir/run.fst", "x"],
      "directory /no/such/dir does not exist"),
     (["embed", "--backend", "serial", "x"], "the serial backend needs a port"),
+    (["embed", "--backend", "serial", "x"], "pass --port or set CELOSIA_SERIAL_PORT"),
     (["embed", "--backend", "verilator", "--array", "3", "x"], "--array 3: array must be"),
     (["embed", "--backend", "verilator", "--waves", "r.vcd", "--waves-cycles", "-5", "x"],
      "must be 0 or more"),
@@ -142,3 +143,199 @@ def test_a_hung_run_reports_the_last_status(cache, capsys):
     last = err.strip().splitlines()[-1]
     assert last.startswith("celosia: error: backend amaranth: accelerator still running after")
     assert "busy, pc 0x" in last
+
+
+def test_bench_golden_json_and_table(cache, capsys):
+    code, out, _ = run(capsys, "bench", "golden", "--sentences", "3", "--int64", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["sentences"] == 3 and doc["tokens"] == 3 + 4 + 5     # "Hi", "Hello world", ...
+    assert [r["matmul"] for r in doc["runs"]] == ["float64", "int64"]
+    assert doc["bit_identical"] is True
+    assert all(r["sentences_per_s"] > 0 for r in doc["runs"])
+    code, out, _ = run(capsys, "bench", "golden", "--sentences", "2")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "golden model on 2 sentences (7 tokens)"
+    assert lines[1].split() == ["matmul", "path", "wall", "s", "sentences/s", "tokens/s"]
+    assert lines[2].split()[0] == "float64" and len(lines) == 3
+
+
+
+# --- errors, never tracebacks or silent damage ------------------------------------------------
+
+def one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 1, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("celosia: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def _damage(path, how: str) -> None:
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":
+        del raw[len(raw) // 2:]
+    else:                       # one byte of a weight changed in place: same size
+        raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("how", ["corrupted", "truncated"])
+def test_damaged_model_cache_is_an_error_not_a_wrong_embedding(cache, capsys, how):
+    path = cli.default_model_file()
+    size = path.stat().st_size
+    _damage(path, how)
+    assert (path.stat().st_size == size) == (how == "corrupted")
+    code, out, err = run(capsys, "embed", "x")
+    one_line_error(code, err, str(path), "is corrupt", "rebuild it: celosia quantize --force")
+    assert out == ""
+    # The file is left for the user to look at, not replaced behind their back.
+    assert path.stat().st_size == (size if how == "corrupted" else size // 2)
+
+
+def test_damaged_named_model_file_names_its_rebuild_command(cache, capsys, int_model, tmp_path):
+    path = tmp_path / "named.safetensors"
+    int_model.save(path)
+    _damage(path, "corrupted")
+    code, _, err = run(capsys, "embed", "x", "--model-file", str(path))
+    one_line_error(code, err, f"rebuild it: celosia quantize --force -o {path}")
+
+
+def test_cache_writes_are_atomic(cache, int_model, monkeypatch):
+    """A write that fails half-way leaves the old file whole and no temporary file behind."""
+    import safetensors.numpy
+    path = cli.default_model_file()
+    before = path.read_bytes()
+
+    def half_written(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", half_written)
+    with pytest.raises(OSError):
+        int_model.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    monkeypatch.undo()
+    int_model.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_unwritable_cache_is_reported_before_any_work(tmp_path, capsys, monkeypatch):
+    from celosia.sw import model, quantize
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CELOSIA_CACHE", str(blocker / "cache"))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the cache folder was checked")
+
+    monkeypatch.setattr(model, "load_minilm", no_work)
+    monkeypatch.setattr(quantize, "quantize", no_work)
+    code, _, err = run(capsys, "embed", "x")
+    one_line_error(code, err, f"cannot write the integer model to {blocker / 'cache'}")
+    code, _, err = run(capsys, "quantize")
+    one_line_error(code, err, "cannot write the integer model")
+
+
+def _celosia(*argv, input=None, env=None):
+    exe = os.path.join(os.path.dirname(sys.executable), "celosia")
+    return subprocess.run([exe, *argv], input=input, capture_output=True,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_non_utf8_argument_and_stdin_are_one_line_errors(cache, locale):
+    env = {"LC_ALL": locale, "PYTHONUTF8": "0"}
+    r = _celosia("embed", b"caf\xe9", env=env)
+    err = r.stderr.decode()
+    one_line_error(r.returncode, err, "argument b'caf\\xe9' is not UTF-8 text")
+    r = _celosia("embed", "--file", "-", input=b"fine\ncaf\xe9\n", env=env)
+    one_line_error(r.returncode, r.stderr.decode(), "standard input is not UTF-8 text")
+
+
+def test_surrogate_escaped_argument_in_process(cache, capsys):
+    code, _, err = run(capsys, "embed", "ok", "caf\udce9")
+    one_line_error(code, err, "argument b'caf\\xe9' is not UTF-8 text")
+
+
+def test_file_splits_only_on_newlines(cache, capsys, tmp_path):
+    f = tmp_path / "texts.txt"
+    f.write_bytes("one\x0cstill one\r\ntwo\u2028still two\n\nthree\x1c\u2029three\nfour".encode())
+    code, out, _ = run(capsys, "embed", "--json", "--file", str(f))
+    assert code == 0
+    texts = [r["text"] for r in json.loads(out)["results"]]
+    assert texts == ["one\x0cstill one", "two\u2028still two", "three\x1c\u2029three", "four"]
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["bench", "accuracy", "--dev-set", "/no/such/devset.txt"],
+     ["cannot read --dev-set /no/such/devset.txt: no such file"]),
+    (["bench", "golden", "--dev-set", "/no/such/devset.txt"], ["cannot read --dev-set"]),
+    (["bench", "accuracy", "--pairs", "/no/such/pairs.tsv"], ["cannot read --pairs"]),
+    (["bench", "golden", "--sentences", "0"], ["--sentences must be 1 or more"]),
+])
+def test_bench_input_errors_are_one_line(cache, capsys, argv, needles):
+    code, _, err = run(capsys, *argv)
+    one_line_error(code, err, *needles)
+
+
+def test_malformed_pairs_file_names_file_and_line(cache, capsys, tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("# comment\nA cat.\tA kitten.\n\njust one sentence\n")
+    code, _, err = run(capsys, "bench", "accuracy", "--pairs", str(pairs))
+    one_line_error(code, err, f"--pairs {pairs}, line 4: expected two tab-separated sentences")
+
+
+@pytest.mark.parametrize("argv", [["embed", "x"], ["check"]])
+@pytest.mark.parametrize("value", ["-5", "nan", "0", "inf", "soon"])
+def test_timeout_must_be_positive_seconds(capsys, argv, value):
+    with pytest.raises(SystemExit) as exit:
+        cli.main([*argv, "--timeout", value])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --timeout: expected a number of seconds above 0, not '{value}'" in err
+    assert "Traceback" not in err
+
+
+def test_installed_wheel_carries_the_bench_data(tmp_path):
+    """A wheel built without -e holds the dev set and pairs its default paths point at."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    # A copy of the sources: setuptools leaves build/ behind, whose stale files a later wheel
+    # of the working tree would pick up.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    for folder in ("celosia", "hdl", "sim", "sw", "fpga"):
+        shutil.copytree(root / folder, src / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    # pip builds in an isolated environment (setuptools from the package index).
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q",
+                        "-w", str(tmp_path)], capture_output=True, text=True)
+    if r.returncode and any(w in r.stderr for w in ("NewConnectionError", "Could not find a version")):
+        pytest.skip("no package index to build the wheel with")
+    assert r.returncode == 0, r.stderr
+    wheel, = tmp_path.glob("celosia-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for data in ("devset.txt", "pairs.tsv", "calibration.txt"):
+        assert f"celosia/sw/data/{data}" in names
+
+
+def test_stale_default_cache_is_rebuilt_with_a_note(cache, capsys, int_model):
+    """A cache from before digests is replaced (a stale format is not damage)."""
+    import safetensors.numpy
+    path = cli.default_model_file()
+    safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in int_model.tensors.items()},
+                                str(path), metadata={"celosia": json.dumps(int_model.meta)})
+    code, out, err = run(capsys, "embed", "x")
+    assert code == 0 and out.startswith("backend: golden")
+    assert f"celosia: integer model {path} was written without a digest (by an older celosia); " \
+           "rebuilding it" in err
+    from celosia.sw.quantize import IntegerModel
+    assert IntegerModel.load(path).digest() == int_model.digest()

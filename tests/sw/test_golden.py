@@ -56,3 +56,18 @@ def test_layer_trace_has_every_intermediate(minilm, int_model):
     assert set(trace) == {"qkv", "ctx", "attn", "h1", "inter", "gelu", "out", "y"}
     assert trace["gelu"].min() >= 0 and trace["gelu"].max() <= 255
     assert trace["qkv"].shape == (len(ids), 3 * 384)
+
+
+def test_float64_matmuls_give_the_int64_paths_integers(minilm, int_model):
+    """The golden model's BLAS path is bit-identical to its int64 path on a whole sentence,
+    every intermediate of a layer included."""
+    ids, _ = minilm.tokenizer.encode(UNSEEN[-1])
+    e = golden.embed_int32(minilm, int_model, ids)
+    h = golden._layernorm(int_model, "emb.ln", e)
+    fast, slow = {}, {}
+    golden.encoder_layer(int_model, 0, h, fast)
+    with nx.int64_matmuls():
+        golden.encoder_layer(int_model, 0, h, slow)
+        want = golden.forward(int_model, e)
+    assert all(np.array_equal(fast[k], slow[k]) for k in slow)
+    assert np.array_equal(golden.forward(int_model, e), want)

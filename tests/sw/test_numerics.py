@@ -121,6 +121,66 @@ def test_matmul_row_shift_then_bias(data):
             assert got[i, j] == want
 
 
+def _exact_product(a, b) -> list:
+    """A @ B in Python integers (no int64 or float64 arithmetic)."""
+    return (np.asarray(a).astype(object) @ np.asarray(b).astype(object)).tolist()
+
+
+@given(data=st.data())
+@settings(max_examples=80)
+def test_integer_matmul_is_exact_on_either_path(data):
+    """Random shapes and magnitudes from int8 to 2**30: some products take the float64 path,
+    some the int64 path; every result equals the Python-integer product."""
+    m, k, n = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 7)), data.draw(st.integers(1, 5))
+    bits = data.draw(st.integers(1, 30))
+    elems = st.integers(-(1 << bits), 1 << bits)
+    a = data.draw(hnp.arrays(np.int64, (m, k), elements=elems))
+    b = data.draw(hnp.arrays(np.int64, (k, n), elements=elems))
+    got = nx.integer_matmul(a, b)
+    assert got.dtype == np.int64
+    assert got.tolist() == _exact_product(a, b)
+
+
+def test_integer_matmul_matches_the_int64_path_on_random_operands():
+    rng = np.random.default_rng(14)
+    for m, k, n in ((1, 1, 1), (7, 384, 1152), (13, 1536, 384), (256, 32, 256)):
+        a = rng.integers(nx.INT8.lo, nx.UINT8.hi + 1, (m, k))
+        b = rng.integers(nx.INT8.lo, nx.INT8.hi + 1, (k, n), dtype=np.int8)
+        with nx.int64_matmuls():
+            want = nx.matmul(a, b)
+        assert np.array_equal(nx.matmul(a, b), want)
+
+
+def test_integer_matmul_extremes_at_the_bound():
+    # The matmul operands' own bound: K * 255 * 128 stays below 2**53 far beyond K = 2**16.
+    assert nx.exact_sum_bound(nx.UINT8.hi, -nx.INT8.lo, 1 << 16) < nx.FLOAT64_EXACT
+    # Just below 2**53: float64 path, and every term has the same sign (no cancellation).
+    a = np.array([[(1 << 25), (1 << 25)]])
+    b = np.array([[(1 << 27) - 1], [(1 << 27) - 1]])
+    assert nx.exact_sum_bound(1 << 25, (1 << 27) - 1, 2) == (1 << 53) - (1 << 26)
+    assert nx.integer_matmul(a, b).tolist() == [[(1 << 53) - (1 << 26)]]
+    # Alternating extremes that cancel: the exact answer is small, the partial sums are not.
+    k = 4096
+    a = np.tile([nx.UINT8.hi, nx.UINT8.hi], (3, k // 2))
+    b = np.tile([[nx.INT8.lo], [nx.INT8.hi]], (k // 2, 2))
+    b[-1, 1] = nx.INT8.lo
+    assert nx.matmul(a, b).tolist() == _exact_product(a, b)
+    assert nx.matmul(a, b)[0].tolist() == [-255 * k // 2, -255 * k // 2 - 255 * 255]
+
+
+def test_integer_matmul_falls_back_to_int64_past_the_bound():
+    """(2**30 + 1)**2 + 1 needs 61 bits: float64 would round it, so the bound sends it to int64."""
+    a = np.array([[(1 << 30) + 1, 1]])
+    b = np.array([[(1 << 30) + 1], [1]])
+    want = ((1 << 30) + 1) ** 2 + 1
+    assert nx.exact_sum_bound((1 << 30) + 1, (1 << 30) + 1, 2) >= nx.FLOAT64_EXACT
+    assert int((a.astype(np.float64) @ b.astype(np.float64))[0, 0]) != want   # float64 rounds
+    assert nx.integer_matmul(a, b).tolist() == [[want]]
+    # int64's most negative value has no int64 magnitude: the bound is still taken exactly.
+    assert nx.integer_matmul(np.array([[np.iinfo(np.int64).min]]), np.array([[1]])).tolist() == \
+        [[np.iinfo(np.int64).min]]
+
+
 def test_residual_add():
     assert nx.residual_add(np.array([5, nx.INT32.hi]), np.array([-3, 32767]), 4).tolist() == [5 - 48, nx.INT32.hi]
     with pytest.raises(ValueError):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from celosia.sw import numerics as nx
-from celosia.sw.quantize import FORMAT_VERSION, IntegerModel, QuantizedModelError, quantize
+from celosia.sw.quantize import (FORMAT_VERSION, CorruptModelError, IntegerModel,
+                                 QuantizedModelError, quantize)
 
 
 def test_deterministic_and_file_round_trip(minilm, int_model, tmp_path):
@@ -56,3 +57,22 @@ def test_integer_tensors_fit_the_hardware_formats(int_model):
             assert np.abs(t[f"L{i}.{ln}.beta"]).max() < 2**40
         assert 0 <= int_model.scalar(f"L{i}.attn_out.res_shift") <= 16
     assert t["L0.softmax.mult"].shape == (int_model.meta["heads"],)
+
+
+def test_the_digest_is_checked_on_load(int_model, tmp_path):
+    import json
+
+    from safetensors.numpy import save_file
+    path = tmp_path / "m.safetensors"
+    int_model.save(path)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x80                        # the last byte of the last tensor
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptModelError, match="its sha256 differs"):
+        IntegerModel.load(path)
+    # A file written before digests were stored is not trusted either (but is not "corrupt").
+    save_file({k: np.ascontiguousarray(v) for k, v in int_model.tensors.items()}, str(path),
+              metadata={"celosia": json.dumps(int_model.meta, sort_keys=True)})
+    with pytest.raises(QuantizedModelError, match="without a digest") as info:
+        IntegerModel.load(path)
+    assert not isinstance(info.value, CorruptModelError)

@@ -1,0 +1,296 @@
+"""``SentenceEncoder``: Celosia's sentence embeddings as a library, with sentence-transformers'
+conventions, on any backend.
+
+    >>> from celosia import SentenceEncoder
+    >>> encoder = SentenceEncoder()                    # the golden integer model
+    >>> encoder.encode("A cat sat on the mat.").shape
+    (384,)
+    >>> encoder.encode(["first", "second"]).shape
+    (2, 384)
+    >>> encoder.last_run["tokens"]
+    6
+
+Embeddings are float32, L2-normalised when the checkpoint's pipeline ends in a Normalize module
+(all-MiniLM-L6-v2 does) or when ``normalize_embeddings=True``, so they feed
+``sentence_transformers.util.cos_sim`` and ``semantic_search`` unchanged. Every backend computes
+the same integers (the golden model is the spec); ``last_run`` holds what the last ``encode``
+measured: tokens, and on the accelerator backends cycles, utilisation and per-layer counters.
+The ``celosia embed`` command is built on this class.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import golden
+from .errors import CelosiaError, check_text
+from .quantize import default_model_file
+
+__all__ = ["SentenceEncoder", "BACKENDS", "load_models", "array_problem"]
+
+#: Backends: golden (the op-level integer model), isa (the compiled program on the functional
+#: simulator of the instruction set; estimated cycles), amaranth (the RTL in Amaranth's
+#: simulator; small programs only), verilator (the RTL compiled by Verilator), serial (a board).
+BACKENDS = ("golden", "isa", "amaranth", "verilator", "serial")
+
+
+def array_problem(array: int) -> str | None:
+    """Why an N x N array cannot be built (None if it can)."""
+    from celosia.hdl.params import check_config, default_port_bytes
+    try:
+        check_config(array, default_port_bytes(array))
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
+def _note(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_models(model_file: Path | None = None, rebuild: bool = False, quiet: bool = False):
+    """The float model and its integer model; builds and caches the integer model on first use.
+
+    A damaged file is an error (never silently replaced); the default cache of another format
+    version is rebuilt. Before any work whose result must be written, the folder is checked.
+    """
+    from .model import ModelError, load_minilm
+    from .quantize import CorruptModelError, IntegerModel, QuantizedModelError, check_writable, quantize
+    path = Path(model_file) if model_file else default_model_file()
+    im = None
+    if path.exists() and not rebuild:
+        try:
+            im = IntegerModel.load(path)
+        except CorruptModelError:
+            raise
+        except QuantizedModelError as exc:
+            if model_file:       # a file the user named: do not overwrite it silently
+                raise
+            if not quiet:
+                _note(f"celosia: {exc.problem}; rebuilding it")
+    if im is None:
+        check_writable(path)
+    try:
+        model = load_minilm()
+    except ModelError as exc:
+        raise CelosiaError(str(exc)) from None
+    if im is not None:
+        return model, im
+    if not quiet:
+        _note(f"celosia: quantising all-MiniLM-L6-v2 (once; cached in {path})")
+    im = quantize(model)
+    try:
+        im.save(path)
+    except OSError as exc:
+        raise CelosiaError(f"cannot write the integer model to {path}: {exc.strerror}") from None
+    return model, im
+
+
+def pipeline_normalizes(folder: Path) -> bool:
+    """Whether a sentence-transformers checkpoint's modules.json ends in a Normalize module."""
+    import json
+    try:
+        modules = json.loads((Path(folder) / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
+
+
+def pool(hidden: np.ndarray, normalise: bool) -> np.ndarray:
+    """Mean over tokens (in float64), then L2 normalisation if asked; float32."""
+    pooled = hidden.astype(np.float64).mean(axis=0)
+    if normalise:
+        pooled = pooled / max(np.linalg.norm(pooled), 1e-12)
+    return pooled.astype(np.float32)
+
+
+def per_layer(res, im, tokens: int, array: int) -> list | None:
+    """Cycles and utilisation of each encoder layer, and the cycles of its parts against
+    their ideal matmul (MACs / N^2) and vector (elements / N) cycles."""
+    from .compiler import part_work
+    if res.part_cycles is None:
+        return None
+    layers: list[dict] = []
+    for layer, name, cycles in res.part_cycles:
+        while len(layers) <= layer:
+            layers.append({"layer": len(layers), "cycles": 0, "ideal_cycles": 0, "parts": []})
+        macs, elements = part_work(im.meta, tokens, name)
+        entry = layers[layer]
+        entry["cycles"] += cycles
+        entry["ideal_cycles"] += macs / array ** 2
+        entry["parts"].append({"part": name, "cycles": cycles,
+                               "matmul_ideal": int(round(macs / array ** 2)),
+                               "vector_ideal": int(round(elements / array))})
+    for entry in layers:
+        c, ideal = entry["cycles"], entry["ideal_cycles"]
+        entry["ideal_cycles"] = int(round(ideal))
+        entry["utilization"] = round(ideal / c, 4) if c else None
+    return layers
+
+
+class SentenceEncoder:
+    """Sentence embeddings of all-MiniLM-L6-v2 computed by a Celosia backend.
+
+    Parameters
+    ----------
+    model:
+        None: the bundled all-MiniLM-L6-v2 (other checkpoints are not supported yet).
+    backend:
+        One of :data:`BACKENDS`; ``golden`` by default.
+    array:
+        Size N of the N x N systolic array the program is compiled for (not golden).
+    port, baud:
+        The board's serial port (or a pyserial URL) and baud rate (serial backend).
+    model_file:
+        The integer model file (default: the cache, ``$CELOSIA_CACHE`` or ~/.cache/celosia);
+        built on first use.
+    timeout:
+        Seconds a backend run may take before it is stopped (with its last status).
+    quiet:
+        No notes on stderr (building the integer model, rebuilding a stale cache).
+    backend_options:
+        Options for the backend's factory (a waveform file, ...): a dict, or a function of the
+        sentence's index that returns one.
+    layer_progress:
+        A function called once per sentence that returns a progress callback
+        ``(retired instructions, program length)`` for an accelerator run; the callback's
+        ``finish()``, if it has one, is called when the run ends.
+
+    Members
+    -------
+    dim: int
+        Embedding dimension.
+    normalizes: bool
+        Whether the checkpoint's pipeline normalises embeddings.
+    float_model, integer_model:
+        The float reference and the integer model the backends run.
+    last_run: dict | None
+        What the last :meth:`encode` measured: ``backend``, ``sentences``, ``tokens``,
+        ``wall_s``; on accelerator backends ``array``, ``cycles``, ``ideal_cycles`` and
+        ``utilization``; and ``per_sentence``, one record each (``tokens``, and on accelerator
+        backends ``cycles``, ``utilization``, ``bit_exact_vs_golden``, ``per_layer``).
+    """
+
+    def __init__(self, model=None, backend: str = "golden", array: int = 16, port=None,
+                 baud: int | None = None, *, model_file: Path | None = None,
+                 timeout: float = 1800.0, quiet: bool = True,
+                 backend_options: dict | Callable[[int], dict] | None = None,
+                 layer_progress: Callable[[], Callable[[int, int], None]] | None = None):
+        if model is not None:
+            raise CelosiaError(f"model={model!r}: only the bundled all-MiniLM-L6-v2 (model=None) "
+                               "is supported so far")
+        if backend not in BACKENDS:
+            raise CelosiaError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+        if backend != "golden" and array_problem(array):
+            raise CelosiaError(f"array={array}: {array_problem(array)}")
+        if backend != "serial" and (port is not None or baud is not None):
+            raise CelosiaError(f"port and baud are for the serial backend, not {backend}")
+        if not timeout > 0:
+            raise CelosiaError(f"timeout must be a number of seconds above 0, not {timeout!r}")
+        self.backend, self.array, self.timeout = backend, array, timeout
+        self._options = backend_options
+        self._serial = {"port": port, "baud": baud} if backend == "serial" else {}
+        self._layer_progress = layer_progress
+        self.float_model, self.integer_model = load_models(model_file, quiet=quiet)
+        from .model import model_path
+        self.normalizes = pipeline_normalizes(model_path())
+        self.dim = int(self.integer_model.meta["hidden"])
+        self.last_run: dict | None = None
+
+    def encode(self, sentences, batch_size: int = 32, show_progress_bar: bool | None = None,
+               convert_to_numpy: bool = True, normalize_embeddings: bool | None = None):
+        """Embeddings of ``sentences``: a str gives shape (dim,), a list (n, dim), float32
+        (with ``convert_to_numpy=False``, a list of 1-D arrays). Normalised when the pipeline
+        has a Normalize module or ``normalize_embeddings`` is true. ``batch_size`` sentences
+        go to the backend at a time; ``show_progress_bar`` prints sentences done on stderr
+        (default: off)."""
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        for n, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise CelosiaError(f"sentence {n} is a {type(text).__name__}, not a str")
+            check_text(text, f"sentence {n}")
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise CelosiaError(f"batch_size must be 1 or more, not {batch_size!r}")
+        normalise = self.normalizes or bool(normalize_embeddings)
+        t0 = time.perf_counter()
+        embeddings, records = [], []
+        for start in range(0, len(texts), batch_size):
+            for text in texts[start:start + batch_size]:
+                emb, record = self._encode_one(len(records), text, normalise)
+                embeddings.append(emb)
+                records.append(record)
+            if show_progress_bar:
+                end = "\n" if len(records) == len(texts) else ""
+                print(f"\r  {len(records)}/{len(texts)} sentences", end=end, file=sys.stderr,
+                      flush=True)
+        self.last_run = self._summary(records, time.perf_counter() - t0)
+        out = np.stack(embeddings) if embeddings else np.zeros((0, self.dim), dtype=np.float32)
+        if single:
+            return out[0]
+        return out if convert_to_numpy else list(out)
+
+    def _encode_one(self, index: int, text: str, normalise: bool) -> tuple[np.ndarray, dict]:
+        model, im = self.float_model, self.integer_model
+        ids, truncated = model.tokenizer.encode(text)
+        record = {"text": text, "tokens": int(len(ids))}
+        if truncated:
+            record["truncated"] = True
+        t0 = time.perf_counter()
+        if self.backend == "golden":
+            hidden = golden.forward(im, golden.embed_int32(model, im, ids))
+        else:
+            hidden = self._run_on_accelerator(index, ids, record)
+        # Wall time of the run itself; a one-time model build is reported as build_s.
+        record["wall_s"] = round(time.perf_counter() - t0 - record.get("build_s", 0.0), 4)
+        return pool(hidden.astype(np.float64) * golden.output_scale(im), normalise), record
+
+    def _run_on_accelerator(self, index: int, ids: np.ndarray, record: dict) -> np.ndarray:
+        """Run the compiled program on the backend; fill the record's hardware fields."""
+        from .driver import AcceleratorError, AcceleratorHung, run_embedding
+        if self.backend == "verilator":
+            import celosia.sim.verilator_accel  # noqa: F401  (registers the backend)
+        model, im = self.float_model, self.integer_model
+        options = self._options(index) if callable(self._options) else dict(self._options or {})
+        options.update(self._serial)
+        progress = self._layer_progress() if self._layer_progress else None
+        try:
+            res = run_embedding(self.backend, model, im, ids, array=self.array,
+                                timeout_s=self.timeout, progress=progress,
+                                backend_options=options)
+        except (AcceleratorError, AcceleratorHung, ValueError, OSError) as exc:
+            # ValueError, OSError: backend set-up (waveform format, port, memory window).
+            raise CelosiaError(f"backend {self.backend}: {exc}") from None
+        finally:
+            if hasattr(progress, "finish"):
+                progress.finish()
+        ref = golden.forward(im, golden.embed_int32(model, im, ids))
+        cycles = res.counters["cycles"]
+        ideal = golden.macs(im, len(ids)) / self.array ** 2
+        record.update({"array": self.array, "cycles": cycles, "ideal_cycles": int(round(ideal)),
+                       "utilization": round(ideal / cycles, 4) if cycles else None,
+                       "bit_exact_vs_golden": bool(np.array_equal(res.hidden, ref))})
+        record["per_layer"] = per_layer(res, im, len(ids), self.array)
+        if "waves" in options:
+            record["waves"] = str(options["waves"])
+        if self.backend == "isa":
+            record["cycles_model"] = "isa simulator estimate (each unit at its ideal rate), not RTL"
+        if res.build_s:
+            record["build_s"] = round(res.build_s, 2)
+        return res.hidden
+
+    def _summary(self, records: list[dict], wall: float) -> dict:
+        run = {"backend": self.backend, "sentences": len(records),
+               "tokens": sum(r["tokens"] for r in records), "wall_s": round(wall, 4)}
+        if self.backend != "golden":
+            cycles = sum(r["cycles"] for r in records)
+            ideal = sum(golden.macs(self.integer_model, r["tokens"]) for r in records) / self.array ** 2
+            run.update({"array": self.array, "cycles": cycles, "ideal_cycles": int(round(ideal)),
+                        "utilization": round(ideal / cycles, 4) if cycles else None})
+        run["per_sentence"] = records
+        return run
