@@ -123,7 +123,8 @@ class Accelerator(wiring.Component):
                                                 bram_pads=sz.bram_pads,
                                                 hold_cmd=not sz.issue_slot,
                                                 result_rows=sz.result_tiles * self.array,
-                                                output_rows=sz.output_rows)
+                                                output_rows=sz.output_rows,
+                                                port_stages=sz.port_stages)
         ports = [ctrl.mem, mm.mem]
         if self.has_vector:
             m.submodules.vector = vec = self.vector_factory(sz.vector_lanes or self.array, W)

@@ -73,6 +73,11 @@ class MatmulEngine(wiring.Component):
         Result rows the queue behind the epilogue holds (default 16, about the round trip
         from a row's issue into the epilogue to its credit's return, so the epilogue can take
         a row every cycle).
+        0: no queue, the serial epilogue (which honours backpressure) feeds the writer.
+    port_stages : bool
+        A registered stage (:class:`celosia.hdl.pipeline.SkidBuffer`) on each channel of the
+        memory port (default); without, the loader and writer meet the port directly (a
+        small, slow-clocked build).
     hold_cmd : bool
         The master keeps ``cmd.payload`` valid from the hand-over until ``done`` is taken (a
         controller without an issue slot does), so the engine uses it in place and keeps no
@@ -93,7 +98,7 @@ class MatmulEngine(wiring.Component):
                  epilogue_lanes: int | None = None, epilogue_registers=(True,) * 6,
                  bram_pads: bool = False, hold_cmd: bool = False,
                  serial_epilogue: bool = False, result_rows: int | None = None,
-                 output_rows: int = 16):
+                 output_rows: int = 16, port_stages: bool = True):
         if port_bytes is None:
             port_bytes = default_port_bytes(array) if isinstance(array, int) else 16
         check_config(array, port_bytes, k_max)
@@ -115,10 +120,14 @@ class MatmulEngine(wiring.Component):
         if not isinstance(result_rows, int) or result_rows < array:
             raise ValueError(f"result_rows must be an int >= the array size {array}, "
                              f"not {result_rows!r}")
-        if not isinstance(output_rows, int) or output_rows < 1:
-            raise ValueError(f"output_rows must be a positive int, not {output_rows!r}")
+        if not isinstance(output_rows, int) or output_rows < 0:
+            raise ValueError(f"output_rows must be an int >= 0, not {output_rows!r}")
+        if output_rows == 0 and not serial_epilogue:
+            raise ValueError("output_rows=0 needs the serial epilogue (the pipelined one "
+                             "never stalls, so its results need a queue)")
         self.result_rows = result_rows
         self.output_rows = output_rows
+        self.port_stages = port_stages
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
             "done": Out(stream.Signature(2)),
@@ -164,23 +173,27 @@ class MatmulEngine(wiring.Component):
         for unit in (loader, feeder, collector, writer):
             m.d.comb += [unit.start.eq(start), unit.cmd.eq(cmd), unit.plan.eq(plan)]
 
-        # Memory port: a registered stage on each channel, so no handshake path crosses it.
-        m.submodules.rd_req_stage = rd_req_stage = SkidBuffer(read_request_layout())
-        m.submodules.rd_resp_stage = rd_resp_stage = SkidBuffer(w * 8)
-        m.submodules.wr_stage = wr_stage = SkidBuffer(write_layout(w))
-        wiring.connect(m, loader.rd_req, rd_req_stage.i)
-        wiring.connect(m, rd_req_stage.o, wiring.flipped(self.mem.rd_req))
-        wiring.connect(m, wiring.flipped(self.mem.rd_resp), rd_resp_stage.i)
-        wiring.connect(m, rd_resp_stage.o, loader.rd_resp)
-        wiring.connect(m, writer.wr, wr_stage.i)
-        wiring.connect(m, wr_stage.o, wiring.flipped(self.mem.wr))
+        # Memory port: a registered stage on each channel (``port_stages``), so no handshake
+        # path crosses it.
+        def port_stage(name, source, sink, shape):
+            if not self.port_stages:
+                wiring.connect(m, source, sink)
+                return None
+            m.submodules[name] = stage = SkidBuffer(shape)
+            wiring.connect(m, source, stage.i)
+            wiring.connect(m, stage.o, sink)
+            return stage
+
+        port_stage("rd_req_stage", loader.rd_req, wiring.flipped(self.mem.rd_req),
+                   read_request_layout())
+        port_stage("rd_resp_stage", wiring.flipped(self.mem.rd_resp), loader.rd_resp, w * 8)
+        wr_stage = port_stage("wr_stage", writer.wr, wiring.flipped(self.mem.wr),
+                              write_layout(w))
 
         # Datapath: array and epilogue never stall; each is followed by a queue, and the unit
         # that feeds it issues only with credit for the queue's room.
         m.submodules.results = results = self._queue(row_layout(n).size, self.result_rows)
         m.submodules.credits = credits = CreditCounter(self.result_rows, n)
-        m.submodules.outputs = outputs = self._queue(32 * n, self.output_rows)
-        m.submodules.out_credits = out_credits = CreditCounter(self.output_rows, 1)
         wiring.connect(m, feeder.o, array.i)
         wiring.connect(m, collector.o, epilogue.i)
 
@@ -194,11 +207,18 @@ class MatmulEngine(wiring.Component):
         enqueue(results, array.o)
         dequeue(results, collector.i, credits)
         m.d.comb += [credits.take.eq(feeder.credit_take), feeder.credit_ok.eq(credits.ok)]
-        m.d.comb += epilogue.o.ready.eq(1)
-        enqueue(outputs, epilogue.o)
-        dequeue(outputs, writer.i, out_credits)
-        m.d.comb += [out_credits.take.eq(collector.credit_take),
-                     collector.credit_ok.eq(out_credits.ok)]
+        if self.output_rows:
+            m.submodules.outputs = outputs = self._queue(32 * n, self.output_rows)
+            m.submodules.out_credits = out_credits = CreditCounter(self.output_rows, 1)
+            m.d.comb += epilogue.o.ready.eq(1)
+            enqueue(outputs, epilogue.o)
+            dequeue(outputs, writer.i, out_credits)
+            m.d.comb += [out_credits.take.eq(collector.credit_take),
+                         collector.credit_ok.eq(out_credits.ok)]
+        else:
+            # The serial epilogue holds its results until the writer takes them.
+            wiring.connect(m, epilogue.o, writer.i)
+            m.d.comb += collector.credit_ok.eq(1)
         m.d.comb += [
             epilogue.requant.eq(cmd.requant),
             epilogue.out_fmt.eq(cmd.out_fmt),
@@ -323,7 +343,7 @@ class MatmulEngine(wiring.Component):
                 # The last beats leave the write stage: done means every beat was accepted by
                 # the port.
                 m.d.comb += self.busy.eq(1)
-                with m.If(~wr_stage.o.valid):
+                with m.If(~wr_stage.o.valid if wr_stage is not None else 1):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += self.done.valid.eq(1)

@@ -173,7 +173,11 @@ class Sizing:
         short as N steps stream back to back; one is enough behind a serial epilogue.
     output_rows
         Result rows the queue behind the never-stalling epilogue holds: 16 cover the round trip
-        of its credits so it takes a row every cycle; one is enough for a serial epilogue.
+        of its credits so it takes a row every cycle; 0 (no queue) needs the serial epilogue,
+        which holds its results until the writer takes them.
+    port_stages
+        A registered stage on each channel of the matmul engine's memory port, so no handshake
+        path crosses it (without: fewer flip-flops at a lower clock).
     """
     addr_bits: int = ADDR_BITS
     epilogue_lanes: int | None = None
@@ -190,14 +194,15 @@ class Sizing:
     vector_lanes: int | None = None
     result_tiles: int = 4
     output_rows: int = 16
+    port_stages: bool = True
 
     def __post_init__(self):
         if not 12 <= self.addr_bits <= ADDR_BITS:
             raise ValueError(f"addr_bits must be in 12..{ADDR_BITS}, not {self.addr_bits}")
         if not 1 <= self.counter_bits <= 32 or not 1 <= self.cycle_bits <= 64:
             raise ValueError("counter_bits must be in 1..32 and cycle_bits in 1..64")
-        if self.result_tiles < 1 or self.output_rows < 1:
-            raise ValueError("result_tiles and output_rows must be at least 1")
+        if self.result_tiles < 1 or self.output_rows < 0:
+            raise ValueError("result_tiles must be at least 1 and output_rows at least 0")
         if self.queue < 1 or self.outstanding < 2:
             raise ValueError("queue must be at least 1 and outstanding at least 2")
 
@@ -211,7 +216,7 @@ FULL = Sizing()
 SMALL = Sizing(addr_bits=16, epilogue_lanes=1, serial_epilogue=True, issue_slot=False,
                serial_check=True, queue=1,
                counter_bits=16, cycle_bits=40, outstanding=32, bram_pads=True,
-               perf_counters=False, result_tiles=1, output_rows=1)
+               perf_counters=False, result_tiles=1, output_rows=0, port_stages=False)
 
 
 def check_config(array: int, port_bytes: int, k_max: int = K_MAX) -> None:
