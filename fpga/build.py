@@ -22,7 +22,8 @@ from pathlib import Path
 from .boards import BOARDS
 from .top import DEFAULT_BAUD, CelosiaTop
 
-__all__ = ["add_arguments", "run", "build", "parse_nextpnr_log", "tool_env", "tool_options"]
+__all__ = ["add_arguments", "run", "build", "parse_nextpnr_log", "parse_nextpnr_report",
+           "tool_env", "tool_options"]
 
 TOP_NAME = "celosia_top"
 
@@ -72,11 +73,42 @@ def parse_nextpnr_log(text: str) -> dict:
     return {"utilisation": util, "clocks": fmax}
 
 
+#: nextpnr's machine-readable report (utilisation, Fmax and the critical paths), in the build
+#: directory.
+REPORT_NAME = f"{TOP_NAME}.report.json"
+
+
+def parse_nextpnr_report(report: dict, count: int = 3) -> list[dict]:
+    """The worst ``count`` paths of a nextpnr ``--report`` JSON, slowest first.
+
+    nextpnr reports the critical path of each pair of clock domains (the launching and the
+    capturing edge), so with one core clock these are that domain's worst path and the worst
+    ones into and out of the other domains (the UART pins, the oscillator). Each entry gives
+    the start and end cell, the logic levels (cells the path goes through between them), the
+    total delay and its logic and routing parts in ns."""
+    paths = []
+    for crit in report.get("critical_paths", []):
+        segs = crit.get("path", [])
+        if not segs:
+            continue
+        logic = sum(sg["delay"] for sg in segs if sg.get("type") != "routing")
+        routing = sum(sg["delay"] for sg in segs if sg.get("type") == "routing")
+        paths.append({
+            "from_clock": crit.get("from"), "to_clock": crit.get("to"),
+            "start": segs[0]["from"]["cell"], "end": segs[-1]["to"]["cell"],
+            "logic_levels": sum(1 for sg in segs if sg.get("type") == "logic"),
+            "delay_ns": round(logic + routing, 3),
+            "logic_ns": round(logic, 3), "routing_ns": round(routing, 3),
+        })
+    paths.sort(key=lambda p: -p["delay_ns"])
+    return paths[:count]
+
+
 def tool_options(board, seed: int | None = None) -> dict:
     """Overrides for the platform's build: the board's Yosys synthesis options (iCE40: ``-dsp``
     so that multipliers use the SB_MAC16s) and nextpnr's (ECP5: router2, which routes the
-    congested 8x8 design far faster than router1)."""
-    opts = ["--timing-allow-fail"] + board.nextpnr_opts.split()
+    congested 8x8 design far faster than router1; the JSON report for the critical paths)."""
+    opts = ["--timing-allow-fail", "--report", REPORT_NAME] + board.nextpnr_opts.split()
     if seed is not None:
         opts += ["--seed", str(seed)]
     return {"synth_opts": board.synth_opts, "nextpnr_opts": " ".join(opts)}
@@ -128,15 +160,24 @@ def build(board: str, array: int | None = None, clock_mhz: float | None = None,
                              _count(util, "ICESTORM_RAM"))
         ffs = (0, 0)
         spram = _count(util, "ICESTORM_SPRAM")
+    report_path = out_dir / REPORT_NAME
+    worst = []
+    if report_path.exists():
+        try:
+            worst = parse_nextpnr_report(json.loads(report_path.read_text()))
+        except (ValueError, KeyError, TypeError):
+            worst = []
     report = {
-        "board": board, "array": top.array, "vector": top.vector, "k_max": b.k_max,
+        "board": board, "array": top.array, "vector": top.vector,
+        "vector_lanes": top.vector_lanes, "k_max": b.k_max,
         "mem_bytes": top.mem_bytes, "baud": baud,
         "bitstream": str(bit) if bit.exists() and error is None else None,
-        "luts": luts[0], "luts_total": luts[1], "ffs": ffs[0],
+        "luts": luts[0], "luts_total": luts[1], "ffs": ffs[0], "ffs_total": ffs[1],
         "dsps": dsps[0], "dsps_total": dsps[1], "brams": brams[0], "brams_total": brams[1],
         "sprams": spram[0],
         "fmax_mhz": fmax, "target_mhz": round(target, 4),
         "timing_met": bool(fmax is not None and fmax >= target and error is None),
+        "worst_paths": worst,
         "wall_s": round(wall, 1), "log": str(log_path),
     }
     if error:
@@ -177,6 +218,10 @@ def run(args) -> int:
                 ("wall", f"{r['wall_s']} s")]
         for k, v in rows:
             print(f"{k:>10}  {v}")
+        for i, p in enumerate(r["worst_paths"]):
+            print(f"{'path ' + str(i + 1):>10}  {p['delay_ns']} ns ({p['logic_ns']} logic, "
+                  f"{p['routing_ns']} routing, {p['logic_levels']} levels) "
+                  f"{p['start']} -> {p['end']}")
         if "error" in r:
             print(f"{'error':>10}  {r['error']}")
             print(r["log_tail"])

@@ -43,6 +43,9 @@ class CelosiaTop(Elaboratable):
         self.baud = baud
         self.mem_bytes = mem_bytes or self.board.mem_bytes
         self.achieved_mhz = None
+        sizing = (self.board.vector_sizing or self.board.sizing) if self.vector else self.board.sizing
+        #: Lanes of the vector engine (0 without one).
+        self.vector_lanes = (sizing.vector_lanes or self.array) if self.vector else 0
 
     def elaborate(self, platform):
         m = Module()

@@ -19,7 +19,10 @@ __all__ = ["port", "Source", "Sink", "MemoryAgent", "start_clock", "reset", "ste
 
 
 def port(dut, name: str, member: str):
-    """The Verilog port of a stream member: ``cmd`` + ``valid`` -> ``dut.cmd__valid``."""
+    """The Verilog port of a stream member: ``cmd`` + ``valid`` -> ``dut.cmd__valid``; ``None``
+    for the ``ready`` of an always-ready stream (a constant, so not a port)."""
+    if member == "ready" and not hasattr(dut, f"{name}__ready"):
+        return None
     return getattr(dut, f"{name}__{member}")
 
 
@@ -51,7 +54,7 @@ class Source:
             self.payload.value = self.items[0]
 
     def sample(self):
-        if self._offer and _int(self.ready):
+        if self._offer and (self.ready is None or _int(self.ready)):
             self.items.popleft()
             self.sent += 1
 
@@ -63,6 +66,8 @@ class Sink:
         self.valid = port(dut, name, "valid")
         self.ready = port(dut, name, "ready")
         self.payload = port(dut, name, "payload")
+        if self.ready is None and stall:
+            raise ValueError(f"stream {name} is always ready: it cannot be stalled")
         self.rng = rng or random.Random(1)
         self.stall = stall
         self.received = []
@@ -70,7 +75,8 @@ class Sink:
 
     def drive(self):
         self._ready = not (self.stall and self.rng.random() < self.stall)
-        self.ready.value = int(self._ready)
+        if self.ready is not None:
+            self.ready.value = int(self._ready)
 
     def sample(self):
         if self._ready and _int(self.valid):

@@ -39,9 +39,10 @@ async def _start(dut, inputs=()):
 
 @cocotb.test(skip=UNIT != "systolic")
 async def systolic_tiles(dut):
-    """Back-to-back tiles of random and extreme operands, with gaps and stalls."""
+    """Back-to-back tiles of random and extreme operands, with gaps (the array never stalls:
+    every row it offers is taken)."""
     n = PARAMS["array"]
-    await _start(dut, ["i__valid", "o__ready"])
+    await _start(dut, ["i__valid"])
     rng = np.random.default_rng(3)
     tiles = []
     for t in range(6):
@@ -54,17 +55,17 @@ async def systolic_tiles(dut):
     steps = [pack(layout, {"a": [int(x) for x in a[:, i]], "b": [int(x) for x in b[i]],
                            "last": int(i == a.shape[1] - 1)})
              for a, b in tiles for i in range(a.shape[1])]
-    for gap, stall in ((0.0, 0.0), (0.4, 0.5)):
+    for gap in (0.0, 0.4):
         src = Source(dut, "i", steps, rng=random.Random(1), gap=gap)
-        sink = Sink(dut, "o", rng=random.Random(2), stall=stall)
+        sink = Sink(dut, "o")
         cycles = await step_until(dut, [src, sink], lambda: len(sink.received) == n * len(tiles),
                                   max_cycles=50_000)
         got = np.array([unpack_row(row_layout(n), v) for v in sink.received])
         assert np.array_equal(got, np.concatenate([a @ b for a, b in tiles]))
-        if gap == 0 and stall == 0:
+        if gap == 0:
             # Fill, drain and readout overlap the next tile: no cycles lost between tiles.
             assert cycles <= len(steps) + 2 * n + 6, cycles
-        dut._log.info(f"{len(tiles)} tiles, gap {gap}, stall {stall}: {cycles} cycles")
+        dut._log.info(f"{len(tiles)} tiles, gap {gap}: {cycles} cycles")
 
 
 @cocotb.test(skip=UNIT != "scratchpad")
@@ -112,7 +113,7 @@ def _epilogue_golden(rows, requant, fmt, zp):
 
 @cocotb.test(skip=UNIT != "epilogue")
 async def epilogue_rows(dut):
-    """Every output format, raw and requantised, extremes included, with gaps and stalls."""
+    """Every output format, raw and requantised, extremes included, with input gaps."""
     n = PARAMS["array"]
     await _start(dut, ["i__valid", "o__ready"])
     rng = random.Random(6)
@@ -136,7 +137,8 @@ async def epilogue_rows(dut):
             dut.zero_point.value = zp
             dut.addend_shift.value = 0
             src = Source(dut, "i", [pack(layout, r) for r in rows], rng=rng, gap=0.3)
-            sink = Sink(dut, "o", rng=rng, stall=0.4)
+            # The pipelined epilogue never stalls: its receiver takes every result.
+            sink = Sink(dut, "o")
             await step_until(dut, [src, sink], lambda: len(sink.received) == len(rows),
                              max_cycles=10_000)
             got = [unpack_row(data.ArrayLayout(32, n), v) for v in sink.received]
