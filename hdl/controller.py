@@ -43,7 +43,7 @@ from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARA
 from .params import (ADDR_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
                      PARAM_SHIFT_OFFSET, AddendMode, command_layout)
 
-__all__ = ["Controller", "ERROR_BITS", "VECTOR_DONE_BITS"]
+__all__ = ["Controller", "SpanCheck", "ERROR_BITS", "VECTOR_DONE_BITS"]
 
 ERROR_BITS = 4
 #: A vector engine answers each command with an ErrorCode (OK, or BAD_PARAM for a record).
@@ -55,6 +55,52 @@ _MM_ADDR_FIELDS = ("a_addr", "b_addr", "c_addr", "p_addr", "d_addr", "e_addr",
                    "a_stride", "b_stride", "c_stride", "d_stride")
 _VEC_ADDR_FIELDS = ("src_addr", "src_stride", "dst_addr", "dst_stride", "res_addr", "res_stride",
                     "p_addr", "e_addr")
+
+
+class SpanCheck(wiring.Component):
+    """Whether an operand reaches outside the window ``[base, end)``: the address check of
+    every command, one operand at a time (combinational).
+
+    An operand covers ``rows`` rows of ``row_bytes`` bytes, row ``r`` starting at
+    ``addr + r * stride``. It is inside when its first byte is at or above ``base`` and the end
+    of its last row, ``addr + (rows - 1) * stride + row_bytes``, is at or below ``end``. Every
+    sum and product is as wide as its operands need, so nothing wraps; a row never starts
+    beyond the last one's start (strides are unsigned), so these two comparisons bound every
+    byte of every row. The proof (``celosia.sim.properties``) checks exactly that claim: no
+    byte of an operand that passes lies outside the window.
+
+    Parameters
+    ----------
+    addr_width, rows_width, stride_width, row_bytes_width, end_width : int
+        Widths of the inputs (``base`` is ``end_width`` bits too).
+
+    Members
+    -------
+    used : In(1)
+        The command uses this operand (an unused one is never outside).
+    addr, rows, stride, row_bytes : In
+        The operand: first byte, rows (0 counts as 1), bytes between row starts, bytes per row.
+    base, end : In(end_width)
+        The window: first byte and one past the last.
+    outside : Out(1)
+        Some byte of the operand lies outside the window.
+    """
+
+    def __init__(self, addr_width: int, rows_width: int, stride_width: int,
+                 row_bytes_width: int, end_width: int):
+        super().__init__({
+            "used": In(1), "addr": In(addr_width), "rows": In(rows_width),
+            "stride": In(stride_width), "row_bytes": In(row_bytes_width),
+            "base": In(end_width), "end": In(end_width), "outside": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        rows_m1 = Signal.like(self.rows)
+        m.d.comb += rows_m1.eq(Mux(self.rows == 0, 0, self.rows - 1))
+        span_end = self.addr + rows_m1 * self.stride + self.row_bytes
+        m.d.comb += self.outside.eq(self.used & ((self.addr < self.base) | (span_end > self.end)))
+        return m
 
 
 class Controller(wiring.Component):
@@ -367,10 +413,6 @@ class Controller(wiring.Component):
                 drive(mm_ops)
         else:
             drive(mm_ops)
-        rows_m1 = Signal(16)
-        m.d.comb += rows_m1.eq(Mux(op_rows == 0, 0, op_rows - 1))
-        span_end = Signal(ADDR_BITS + 16 + 2)
-        product = Signal(ADDR_BITS + 16)
         short = Signal()
         outside = Signal()
         if narrow:
@@ -390,6 +432,8 @@ class Controller(wiring.Component):
             #   ADDR, ROWB: add the address, then the row bytes (the span's end);
             #   CMP: compare the registered end with the window's.
             pw = ab if narrow else ADDR_BITS + 17
+            rows_m1 = Signal(16)
+            m.d.comb += rows_m1.eq(Mux(op_rows == 0, 0, op_rows - 1))
             mul_n = Signal(range(17))
             mul_done = Signal()
             mul_bit = Signal()
@@ -414,15 +458,16 @@ class Controller(wiring.Component):
             else:
                 m.d.comb += outside.eq(op_used & ((op_addr < base) | (prod_acc > win_end)))
         else:
+            # On a narrow build an address or stride with its high flag set reads as at least
+            # 2**ab, so its span ends past the window (which ends at or below 2**ab): outside.
+            m.submodules.span_check = span_check = SpanCheck(
+                len(op_addr), len(op_rows), len(op_stride), len(op_rb), len(win_end))
             m.d.comb += [
-                product.eq(rows_m1 * op_stride),
-                span_end.eq(op_addr + product + op_rb),
+                span_check.used.eq(op_used), span_check.addr.eq(op_addr),
+                span_check.rows.eq(op_rows), span_check.stride.eq(op_stride),
+                span_check.row_bytes.eq(op_rb), span_check.base.eq(base),
+                span_check.end.eq(win_end), outside.eq(span_check.outside),
             ]
-            if narrow:
-                # An address, product or span at or past 2**ab is past the window's end.
-                m.d.comb += outside.eq(op_used & ((op_addr[:ab] < base) | (span_end > win_end)))
-            else:
-                m.d.comb += outside.eq(op_used & ((op_addr < base) | (span_end > win_end)))
         any_short = Signal()
         any_outside = Signal()
 
