@@ -436,32 +436,27 @@ class CsrSpec(wiring.Component):
 
 
 class _CsrMutant(CsrBlock):
-    """A :class:`CsrBlock` whose bugs are statements after its own, on an accepted write."""
+    """A :class:`CsrBlock` that, on an accepted write to ``_offset``, also stores the whole
+    data word (all four strobes) in the register ``_register``."""
 
-    def _on_write(self, m: Module, offset: int):
-        """Statements in a cycle that accepts a write to ``offset``."""
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
         bus = self.bus
-        return m.If(bus.awvalid & bus.wvalid & ~bus.bvalid & (bus.awaddr[2:] == offset >> 2))
+        with m.If(bus.awvalid & bus.wvalid & ~bus.bvalid & (bus.awaddr[2:] == self._offset >> 2)):
+            m.d.sync += getattr(self, self._register).eq(bus.wdata)
+        return m
 
 
 class CsrBlockIgnoringStrobes(_CsrMutant):
     """Mutant: a write to PROG_ADDR stores all four bytes, whatever the strobes say."""
 
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        with self._on_write(m, isa.CSR.PROG_ADDR.offset):
-            m.d.sync += self.prog_addr.eq(self.bus.wdata)
-        return m
+    _offset, _register = isa.CSR.PROG_ADDR.offset, "prog_addr"
 
 
 class CsrBlockSwappedWindow(_CsrMutant):
     """Mutant: a write to WIN_SIZE also lands in WIN_BASE (a decoding slip)."""
 
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        with self._on_write(m, isa.CSR.WIN_SIZE.offset):
-            m.d.sync += self.win_base.eq(self.bus.wdata)
-        return m
+    _offset, _register = isa.CSR.WIN_SIZE.offset, "win_base"
 
 
 # --- the DMA window ----------------------------------------------------------------------------
