@@ -178,6 +178,7 @@ class AxiMaster(wiring.Component):
         self._held = Signal()
         self._h_addr = Signal(addr_width)
         self._h_len = Signal(8)           # beats - 1
+        self._joins = Signal()            # the request offered now continues the held burst
         self._pending = Signal(range(max_writes + 1))
 
     def elaborate(self, platform):
@@ -198,7 +199,7 @@ class AxiMaster(wiring.Component):
         addr = port.rd_req.payload.addr
         nxt_beat = Signal(max(12 - lw, len(h_len)) + 1)
         m.d.comb += nxt_beat.eq(h_addr[lw:12] + h_len + 1)
-        joins = Signal()
+        joins = self._joins
         m.d.comb += joins.eq(held & (addr[lw:12] == nxt_beat[:12 - lw])
                              & ~nxt_beat[12 - lw:].any()
                              & (addr[12:] == h_addr[12:]) & (addr[:lw] == h_addr[:lw])

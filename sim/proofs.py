@@ -176,14 +176,16 @@ PROOFS: tuple[Proof, ...] = (
           cover_depth=None),
     Proof("axi_master", "AxiMaster: AR/AW/W held with a stable payload until ready; W bursts of "
           "awlen + 1 beats, WLAST on the last; AR bursts INCR, at most 16 beats, inside 4 KiB; "
-          "read beats conserved; at most 80 reads and 64 writes outstanding",
+          "read beats conserved, each request in its burst at its address, in order; at most 80 "
+          "reads and 64 writes outstanding",
           _axi(), 4,
           abstraction="slave and requester free under their promises (R and B only for "
-                      "requests made; the requester keeps at most 80 reads in flight); read "
-                      "addresses inside a burst not tracked",
+                      "requests made; the requester keeps at most 80 reads in flight); one "
+                      "read request followed at a time (the solver picks which)",
           mutants=(Mutant("aw_not_held", _axi(props.AxiMasterAwNotHeld)),
                    Mutant("short_write_burst", _axi(props.AxiMasterShortWriteBurst)),
                    Mutant("long_read_burst", _axi(props.AxiMasterLongReadBurst)),
+                   Mutant("moving_burst", _axi(props.AxiMasterMovingBurst)),
                    Mutant("uncounted_writes", _axi(props.AxiMasterUncountedWrites)))),
     Proof("csr", "CsrBlock over AXI4-Lite: PROG_ADDR, WIN_BASE, WIN_SIZE read back what was "
           "written (with byte strobes); ID, CONFIG, CTRL and unmapped offsets read their fixed "

@@ -28,6 +28,7 @@ __all__ = [
     "SkidBufferSpec", "CreditCounterSpec", "AxiMasterSpec", "CsrSpec", "SpanCheckSpec",
     "SkidBufferLosingSkid", "SkidBufferBypassingSkid", "CreditCounterLateOk",
     "AxiMasterAwNotHeld", "AxiMasterShortWriteBurst", "AxiMasterLongReadBurst",
+    "AxiMasterMovingBurst",
     "AxiMasterUncountedWrites", "CsrBlockIgnoringStrobes", "CsrBlockSwappedWindow",
     "SpanCheckWithoutRowBytes", "SpanCheckWithoutBase",
 ]
@@ -195,6 +196,8 @@ class AxiMasterSpec(wiring.Component):
     * asks on AR for exactly the beats the requester asked for and hands every R beat to the
       requester: requester reads in flight = beats held in the burst being gathered + beats of
       the AR on the bus + beats the slave owes (so at most ``reads`` read beats are outstanding);
+    * puts every read request into an AR burst at its address, in request order, so the R beat
+      for its address is the response the requester takes for it (one request followed);
     * has at most ``max_writes`` writes outstanding, counted exactly (``writes_idle`` is true
       only when none is).
 
@@ -204,6 +207,8 @@ class AxiMasterSpec(wiring.Component):
         The requester's side, free.
     axi : Out(AXI4Signature)
         The slave's side; its ``In`` signals are free.
+    track : In(1)
+        Follow the read request accepted in this cycle (one at a time; the solver chooses).
     """
 
     def __init__(self, dut: AxiMaster, reads: int):
@@ -211,6 +216,7 @@ class AxiMasterSpec(wiring.Component):
         super().__init__({
             "port": In(MemoryPortSignature(dut.port_bytes)),
             "axi": Out(AXI4Signature(dut.addr_width, 8 * dut.port_bytes)),
+            "track": In(1),
         })
 
     def elaborate(self, platform):
@@ -265,6 +271,7 @@ class AxiMasterSpec(wiring.Component):
                 Assert(dut._h_len < dut.max_burst, "held burst longer than max_burst"),
                 Assert(dut._h_addr[lw:12] + dut._h_len < page_beats, "held burst crosses 4 KiB"),
             ]
+        self._track_read(m, in_flight, owed, ar_beats)
 
         # --- writes: W bursts match their AW, responses only for writes made ---
         aw_fire = axi.awvalid & axi.awready
@@ -311,6 +318,71 @@ class AxiMasterSpec(wiring.Component):
         return m
 
 
+    def _track_read(self, m, in_flight, owed, ar_beats):
+        """Follow one read request, chosen by the solver (``track`` high when it is accepted),
+        from the port through the burst being gathered and AR to its R beat.
+
+        It becomes the last beat of the held burst and stays at its index there, the burst's
+        address plus that many beats being the request's address, until the burst goes out on
+        AR with the same address; then the slave owes it as that beat of that burst. ``ahead``,
+        the responses the requester takes before this one, always equals the beats before it
+        in the slave's order, so the R beat for the request's address is the response the
+        requester takes for it.
+        """
+        dut, axi, port = self.dut, self.dut.axi, self.dut.port
+        lw = dut.port_bytes.bit_length() - 1
+        req_fire = port.rd_req.valid & port.rd_req.ready
+        resp_fire = port.rd_resp.valid & port.rd_resp.ready
+        # The design sends the held burst when AR is free and no request joins it.
+        sends = dut._held & (~axi.arvalid | axi.arready) & ~(port.rd_req.valid & dut._joins)
+        address = Signal(dut.addr_width)
+        ahead = Signal.like(in_flight)
+        index = Signal(8)                     # the request's beat in its burst
+
+        def holds(addr, beat):
+            return (addr + (beat << lw))[:dut.addr_width] == address
+
+        def in_held_burst(beat, what):
+            m.d.comb += [
+                Assert(dut._held & (beat <= dut._h_len) & holds(dut._h_addr, beat), what),
+                Assert(ahead == owed + ar_beats + beat, "tracked read out of order (held)"),
+            ]
+            m.d.sync += index.eq(beat)
+            with m.If(sends):
+                m.next = "AR"
+
+        m.d.sync += ahead.eq(ahead - resp_fire)
+        with m.FSM(name="tracked"):
+            with m.State("NONE"):
+                with m.If(req_fire & self.track):
+                    m.d.sync += [address.eq(port.rd_req.payload.addr),
+                                 ahead.eq(in_flight - resp_fire)]
+                    m.next = "NEW"
+            with m.State("NEW"):
+                # Accepted last cycle, so the youngest beat: the last of the held burst.
+                in_held_burst(dut._h_len, "accepted read not the last beat of the held burst")
+                with m.If(~sends):
+                    m.next = "HELD"
+            with m.State("HELD"):
+                in_held_burst(index, "held burst lost the tracked read's address")
+            with m.State("AR"):
+                m.d.comb += [
+                    Assert(axi.arvalid & (index <= axi.arlen) & holds(axi.araddr, index),
+                           "AR burst without the tracked read's address"),
+                    Assert(ahead == owed + index, "tracked read out of order (AR)"),
+                ]
+                with m.If(axi.arvalid & axi.arready):
+                    m.next = "OWED"
+            with m.State("OWED"):
+                m.d.comb += [
+                    Assert(ahead < owed, "tracked read's beat not owed by the slave"),
+                    # Reachable: a read that joined a burst gets its answer.
+                    Cover(resp_fire & (ahead == 0) & (index != 0)),
+                ]
+                with m.If(resp_fire & (ahead == 0)):
+                    m.next = "NONE"
+
+
 class AxiMasterAwNotHeld(AxiMaster):
     """Mutant: while AW waits for ready its address follows the port's next write, so the
     slave sees the payload change before the handshake."""
@@ -340,6 +412,17 @@ class AxiMasterLongReadBurst(AxiMaster):
         # The held burst goes out in a cycle without a request (none can join it then).
         with m.If(self._held & (~self.axi.arvalid | self.axi.arready) & ~self.port.rd_req.valid):
             m.d.sync += self.axi.arlen.eq(self._h_len + 1)
+        return m
+
+
+class AxiMasterMovingBurst(AxiMaster):
+    """Mutant: a request that joins the held burst also moves the burst's start address to
+    its own, so the earlier beats are read from the wrong addresses."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        with m.If(self.port.rd_req.valid & self._joins):
+            m.d.sync += self._h_addr.eq(self.port.rd_req.payload.addr)
         return m
 
 
