@@ -154,6 +154,9 @@ def _run_sby(folder: Path, il_text: str, depth: int, mode: str, timeout: float) 
     """Write ``design.il`` and ``design.sby`` into ``folder``, run SymbiYosys, read its verdict."""
     (folder / "design.il").write_text(il_text)
     # multiclock off: every flip-flop steps once per solver step (the one clock is implicit).
+    # The hierarchy is flattened, so that a harness that writes an expression exactly as its
+    # design does (a product, say) shares the design's cell instead of making the solver
+    # prove two circuits equal.
     (folder / "design.sby").write_text(textwrap.dedent(f"""\
         [options]
         mode {mode}
@@ -165,7 +168,7 @@ def _run_sby(folder: Path, il_text: str, depth: int, mode: str, timeout: float) 
 
         [script]
         read_rtlil design.il
-        prep -top top
+        prep -flatten -top top
 
         [files]
         design.il

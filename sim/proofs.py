@@ -125,11 +125,14 @@ class Outcome:
 #: burst and write limits, W = 16 bytes) and the reads in flight its arbiter allows
 #: (``MemArbiter(outstanding=2 * 32 + 16)``).
 AXI_PORT_BYTES, AXI_READS = 16, 80
-#: The span check's widths in the proof. The built check has 33-bit addresses and strides (a
-#: 16 x 33-bit multiplier), or ab + 1 bits on a narrow build; with a free row and byte of the
-#: operand the solver must reason about products, which takes it minutes already at 13 bits.
-#: The check is one circuit for every width, so it is proved at these.
-SPAN_WIDTHS = dict(addr_width=8, rows_width=4, stride_width=8, row_bytes_width=6, end_width=9)
+#: The span check as the full build has it (controller.py: 32-bit addresses and strides, 16-bit
+#: rows, 24-bit row bytes, a 33-bit window end).
+SPAN_WIDTHS = dict(addr_width=32, rows_width=16, stride_width=32, row_bytes_width=24,
+                   end_width=33)
+#: Widths at which any byte of any row is checked: with a free row the solver must compare
+#: products of it, which takes it minutes already at 13 bits.
+SPAN_SMALL_WIDTHS = dict(addr_width=8, rows_width=4, stride_width=8, row_bytes_width=6,
+                         end_width=9)
 
 
 def _axi(cls=AxiMaster):
@@ -140,8 +143,8 @@ def _csr(cls=CsrBlock):
     return lambda: props.CsrSpec(cls(8, 16))
 
 
-def _span(cls=SpanCheck):
-    return lambda: props.SpanCheckSpec(cls(**SPAN_WIDTHS))
+def _span(cls=SpanCheck, widths=SPAN_WIDTHS):
+    return lambda: props.SpanCheckSpec(cls(**widths), end_rows=widths is SPAN_WIDTHS)
 
 
 def _credits(capacity, cost, cls=CreditCounter):
@@ -194,15 +197,21 @@ PROOFS: tuple[Proof, ...] = (
           abstraction="the live registers (status, counters) are not checked",
           mutants=(Mutant("ignoring_strobes", _csr(props.CsrBlockIgnoringStrobes)),
                    Mutant("swapped_window", _csr(props.CsrBlockSwappedWindow)))),
-    Proof("span_check", "SpanCheck: no byte of an operand that passes lies outside the window "
-          "[base, end), for any operand and window",
+    Proof("span_check", "SpanCheck (full build's widths): no byte of the first or the last row "
+          "of an operand that passes lies outside the window [base, end) (rows between start "
+          "between those), for any operand and window",
           _span(), 1,
-          abstraction="8-bit addresses and strides, 4-bit rows, 6-bit row bytes (the built "
-                      "check is the same circuit at 33, 16 and 24 bits); not proved: the "
-                      "controller's serial check, that it issues only checked commands, and "
-                      "the engines' address generators",
+          abstraction="not proved: the narrow builds' widths and the serial check "
+                      "(controller.py), that the controller issues only checked commands, and "
+                      "that the engines write only inside a command's operands",
           mutants=(Mutant("without_row_bytes", _span(props.SpanCheckWithoutRowBytes)),
                    Mutant("without_base", _span(props.SpanCheckWithoutBase)))),
+    Proof("span_check_any_row", "SpanCheck (8-bit addresses and strides, 4-bit rows): no byte "
+          "of any row of an operand that passes lies outside the window",
+          _span(widths=SPAN_SMALL_WIDTHS), 1,
+          abstraction="small widths: the same circuit as the full build's, narrower",
+          mutants=(Mutant("without_row_bytes",
+                          _span(props.SpanCheckWithoutRowBytes, SPAN_SMALL_WIDTHS)),)),
 )
 
 
