@@ -23,7 +23,7 @@ from amaranth import signed, unsigned
 from amaranth.lib import data
 
 from celosia.hdl.axi import AxiMaster
-from celosia.hdl.controller import SpanCheck
+from celosia.hdl.controller import SerialSpanCheck, SpanCheck
 from celosia.hdl.csr import CsrBlock
 from celosia.hdl.pipeline import CreditCounter, SkidBuffer
 
@@ -147,6 +147,20 @@ def _span(cls=SpanCheck, widths=SPAN_WIDTHS):
     return lambda: props.SpanCheckSpec(cls(**widths), end_rows=widths is SPAN_WIDTHS)
 
 
+#: The serial check's widths (6-bit addresses and strides, 3-bit rows, 4-bit row bytes): its
+#: accumulator's content is a product of a free prefix of the rows, so the same limit applies;
+#: the narrow variant's values carry the flag at bit 6 (``addr_bits`` = 6).
+SERIAL_WIDTHS = (6, 3, 6, 4, 7)
+SERIAL_NARROW_WIDTHS, SERIAL_FLAG_BIT = (7, 3, 7, 4, 7), 6
+
+
+def _serial(cls=SerialSpanCheck, narrow=False):
+    if narrow:
+        return lambda: props.SerialSpanCheckSpec(cls(*SERIAL_NARROW_WIDTHS,
+                                                     flag_bit=SERIAL_FLAG_BIT))
+    return lambda: props.SerialSpanCheckSpec(cls(*SERIAL_WIDTHS))
+
+
 def _credits(capacity, cost, cls=CreditCounter):
     return lambda: props.CreditCounterSpec(cls(capacity, cost))
 
@@ -201,9 +215,9 @@ PROOFS: tuple[Proof, ...] = (
           "of an operand that passes lies outside the window [base, end) (rows between start "
           "between those), for any operand and window",
           _span(), 1,
-          abstraction="not proved: the narrow builds' widths and the serial check "
-                      "(controller.py), that the controller issues only checked commands, and "
-                      "that the engines write only inside a command's operands",
+          abstraction="not proved: the narrow builds' widths, that the controller issues "
+                      "only checked commands, and that the engines write only inside a "
+                      "command's operands",
           mutants=(Mutant("without_row_bytes", _span(props.SpanCheckWithoutRowBytes)),
                    Mutant("without_base", _span(props.SpanCheckWithoutBase)))),
     Proof("span_check_any_row", "SpanCheck (8-bit addresses and strides, 4-bit rows): no byte "
@@ -212,6 +226,20 @@ PROOFS: tuple[Proof, ...] = (
           abstraction="small widths: the same circuit as the full build's, narrower",
           mutants=(Mutant("without_row_bytes",
                           _span(props.SpanCheckWithoutRowBytes, SPAN_SMALL_WIDTHS)),)),
+    Proof("serial_span_check", "SerialSpanCheck (the boards' check, several cycles): no byte of "
+          "any row of an operand that passes lies outside the window, under any restarts",
+          _serial(), 4, cover_depth=12,
+          abstraction="6-bit addresses and strides, 3-bit rows, 4-bit row bytes",
+          mutants=(Mutant("skipping_row_bytes",
+                          _serial(props.SerialSpanCheckSkippingRowBytes)),)),
+    Proof("serial_span_check_narrow", "SerialSpanCheck of a narrow build (values flagged at "
+          "2**ab, window below 2**ab): the same, and no flagged address or stride passes",
+          _serial(narrow=True), 4, cover_depth=12,
+          abstraction="ab = 6: 7-bit addresses and strides, 3-bit rows, 4-bit row bytes",
+          mutants=(Mutant("skipping_row_bytes",
+                          _serial(props.SerialSpanCheckSkippingRowBytes, narrow=True)),
+                   Mutant("ignoring_overflow",
+                          _serial(props.SerialSpanCheckIgnoringOverflow, narrow=True)))),
 )
 
 

@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In, Out
 
 from celosia.hdl import isa
 from celosia.hdl.axi import AXI4LiteSignature, AXI4Signature, AxiMaster, BURST_INCR
-from celosia.hdl.controller import SpanCheck
+from celosia.hdl.controller import SerialSpanCheck, SpanCheck
 from celosia.hdl.csr import CSR_ADDR_BITS, CsrBlock
 from celosia.hdl.engine import MemoryPortSignature
 from celosia.hdl.pipeline import CreditCounter, SkidBuffer
@@ -30,7 +30,8 @@ __all__ = [
     "AxiMasterAwNotHeld", "AxiMasterShortWriteBurst", "AxiMasterLongReadBurst",
     "AxiMasterMovingBurst",
     "AxiMasterUncountedWrites", "CsrBlockIgnoringStrobes", "CsrBlockSwappedWindow",
-    "SpanCheckWithoutRowBytes", "SpanCheckWithoutBase",
+    "SpanCheckWithoutRowBytes", "SpanCheckWithoutBase", "SerialSpanCheckSpec",
+    "SerialSpanCheckSkippingRowBytes", "SerialSpanCheckIgnoringOverflow",
 ]
 
 
@@ -616,4 +617,106 @@ class SpanCheckWithoutBase(SpanCheck):
         rows_m1 = Mux(self.rows == 0, 0, self.rows - 1)
         m.d.comb += self.outside.eq(self.used & (self.addr + rows_m1 * self.stride
                                                  + self.row_bytes > self.end))
+        return m
+
+
+class SerialSpanCheckSpec(wiring.Component):
+    """No byte of an operand that a :class:`SerialSpanCheck` passes lies outside the window,
+    for any operand and window, under a free ``restart`` and ``run``.
+
+    The operand, the window and the chosen byte (``row`` < ``rows``, ``byte`` <
+    ``row_bytes``) may change only in the cycle after a restart (as the controller moves to
+    the next operand); the window ends at or below 2**``flag_bit`` on a narrow build. When
+    ``done`` and the operand is not reported outside, that byte lies in ``[base, end)``; on a
+    narrow build, moreover, no flagged address or stride in use passes (a flagged value is only
+    a lower bound of the real one).
+
+    The accumulator's content in each phase is asserted too (the induction needs it): the
+    partial product of the leading ``mul_n`` bits of ``rows - 1`` with the stride, then plus
+    the address, then plus the row bytes; on a narrow build the overflow flag says exactly
+    whether that value reached 2**``flag_bit``, and below that the accumulator holds it.
+    """
+
+    def __init__(self, dut: SerialSpanCheck):
+        self.dut = dut
+        self.widths = {name: len(getattr(dut, name))
+                       for name in ("addr", "rows", "stride", "row_bytes", "base", "end")}
+        super().__init__({**{name: In(width) for name, width in self.widths.items()},
+                          "row": In(self.widths["rows"]), "byte": In(self.widths["row_bytes"]),
+                          "restart": In(1), "run": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        held = [getattr(self, name) for name in (*self.widths, "row", "byte")]
+        m.d.comb += [dut.used.eq(1), dut.restart.eq(self.restart), dut.run.eq(self.run),
+                     *(getattr(dut, name).eq(getattr(self, name)) for name in self.widths)]
+        fresh = Signal(init=1)                # the cycle after a restart (or the reset)
+        last = Signal(len(Cat(*held)))
+        m.d.sync += [fresh.eq(self.restart), last.eq(Cat(*held))]
+        m.d.comb += [
+            Assume(fresh | (Cat(*held) == last)),
+            Assume(self.base <= self.end),
+            Assume((self.row < self.rows) & (self.byte < self.row_bytes)),
+        ]
+        ab = dut.flag_bit
+        if ab is not None:
+            m.d.comb += Assume(self.end <= (1 << ab))
+
+        rows_width = len(self.rows)
+        rows_m1 = Mux(self.rows == 0, 0, self.rows - 1)[:rows_width]
+        product = rows_m1 * self.stride
+        value = Signal(len(product) + 2)      # what the accumulator stands for
+        with m.Switch(dut._phase):
+            with m.Case(0):
+                m.d.comb += value.eq((rows_m1 >> (rows_width - dut._mul_n).as_unsigned())
+                                     * self.stride)
+            with m.Case(1):
+                m.d.comb += value.eq(product)
+            with m.Case(2):
+                m.d.comb += value.eq(product + self.addr)
+            with m.Case(3):
+                m.d.comb += value.eq(product + self.addr + self.row_bytes)
+        m.d.comb += Assert(dut._mul_n <= rows_width, "multiplier step past the last bit")
+        with m.If(dut._phase != 0):
+            m.d.comb += Assert((dut._mul_n == rows_width) | (rows_m1 == 0),
+                               "multiplication left before its last bit")
+        if ab is None:
+            m.d.comb += Assert(dut._acc == value, "accumulator off its phase's value")
+        else:
+            m.d.comb += [Assert(dut._ovf == (value >= (1 << ab)), "overflow flag wrong"),
+                         Assert(dut._ovf | (dut._acc == value), "accumulator off its value")]
+        with m.If(fresh):
+            m.d.comb += Assert((dut._phase == 0) & (dut._mul_n == 0) & (dut._acc == 0)
+                               & ~dut._ovf, "a restart left a phase under way")
+
+        at = self.addr + self.row * self.stride + self.byte
+        with m.If(dut.done & ~dut.outside):
+            m.d.comb += Assert((at >= self.base) & (at < self.end),
+                               "a byte of an operand that passed lies outside the window")
+            if ab is not None:
+                m.d.comb += Assert(~self.addr[ab] & ((self.rows <= 1) | ~self.stride[ab]),
+                                   "a flagged address or stride passed")
+        m.d.comb += Cover(dut.done & ~dut.outside & (self.rows > 2) & (at == self.end - 1))
+        return m
+
+
+class SerialSpanCheckSkippingRowBytes(SerialSpanCheck):
+    """Mutant: from ADDR straight to CMP, so the span ends where the last row starts."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        with m.If(~self.restart & self.run & (self._phase == 1)):
+            m.d.sync += self._phase.eq(3)
+        return m
+
+
+class SerialSpanCheckIgnoringOverflow(SerialSpanCheck):
+    """Mutant (narrow builds): the verdict ignores the overflow flag, so a span whose end
+    wrapped past 2**ab compares as small and passes."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.comb += self.outside.eq(self.used & ((self.addr[:self.flag_bit] < self.base)
+                                                 | (self._acc > self.end)))
         return m
