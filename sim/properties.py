@@ -202,6 +202,12 @@ class AxiMasterSpec(wiring.Component):
     * has at most ``max_writes`` writes outstanding, counted exactly (``writes_idle`` is true
       only when none is).
 
+    Parameters
+    ----------
+    dut : AxiMaster
+    reads : int
+        The most reads the requester keeps in flight.
+
     Members
     -------
     port : In(MemoryPortSignature)
