@@ -172,6 +172,14 @@ class AxiMaster(wiring.Component):
             "axi": Out(AXI4Signature(addr_width, 8 * port_bytes)),
             "writes_idle": Out(1),
         })
+        # The read burst being gathered and the count of unacknowledged writes. Created here
+        # rather than in elaborate(): the protocol proof (celosia.sim.properties) states how
+        # they relate to the transfers on both sides.
+        self._held = Signal()
+        self._h_addr = Signal(addr_width)
+        self._h_len = Signal(8)           # beats - 1
+        self._joins = Signal()            # the request offered now continues the held burst
+        self._pending = Signal(range(max_writes + 1))
 
     def elaborate(self, platform):
         m = Module()
@@ -185,15 +193,13 @@ class AxiMaster(wiring.Component):
             ]
 
         # --- reads: gather consecutive beats into a burst ---
-        held = Signal()                   # a burst is being gathered
-        h_addr = Signal(self.addr_width)
-        h_len = Signal(8)                 # beats - 1
+        held, h_addr, h_len = self._held, self._h_addr, self._h_len
         # The next beat of the burst lies in the same 4 KiB page: only the beat index within
         # the page is added to (a carry out of it means the burst would cross the page).
         addr = port.rd_req.payload.addr
         nxt_beat = Signal(max(12 - lw, len(h_len)) + 1)
         m.d.comb += nxt_beat.eq(h_addr[lw:12] + h_len + 1)
-        joins = Signal()
+        joins = self._joins
         m.d.comb += joins.eq(held & (addr[lw:12] == nxt_beat[:12 - lw])
                              & ~nxt_beat[12 - lw:].any()
                              & (addr[12:] == h_addr[12:]) & (addr[:lw] == h_addr[:lw])
@@ -222,7 +228,7 @@ class AxiMaster(wiring.Component):
         ]
 
         # --- writes: one beat per burst ---
-        pending = Signal(range(self.max_writes + 1))
+        pending = self._pending
         inc = Signal()
         dec = Signal()
         aw_free = Signal()

@@ -43,7 +43,7 @@ from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARA
 from .params import (ADDR_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
                      PARAM_SHIFT_OFFSET, AddendMode, command_layout)
 
-__all__ = ["Controller", "ERROR_BITS", "VECTOR_DONE_BITS"]
+__all__ = ["Controller", "SpanCheck", "SerialSpanCheck", "ERROR_BITS", "VECTOR_DONE_BITS"]
 
 ERROR_BITS = 4
 #: A vector engine answers each command with an ErrorCode (OK, or BAD_PARAM for a record).
@@ -55,6 +55,154 @@ _MM_ADDR_FIELDS = ("a_addr", "b_addr", "c_addr", "p_addr", "d_addr", "e_addr",
                    "a_stride", "b_stride", "c_stride", "d_stride")
 _VEC_ADDR_FIELDS = ("src_addr", "src_stride", "dst_addr", "dst_stride", "res_addr", "res_stride",
                     "p_addr", "e_addr")
+
+
+def _span_members(addr_width, rows_width, stride_width, row_bytes_width, end_width) -> dict:
+    """The members of :class:`SpanCheck` and :class:`SerialSpanCheck`: an operand and a window
+    in, the verdict out."""
+    return {
+        "used": In(1), "addr": In(addr_width), "rows": In(rows_width),
+        "stride": In(stride_width), "row_bytes": In(row_bytes_width),
+        "base": In(end_width), "end": In(end_width), "outside": Out(1),
+    }
+
+
+class SpanCheck(wiring.Component):
+    """Whether an operand reaches outside the window ``[base, end)``: the address check of
+    every command, one operand at a time (combinational).
+
+    An operand covers ``rows`` rows of ``row_bytes`` bytes, row ``r`` starting at
+    ``addr + r * stride``. It is inside when its first byte is at or above ``base`` and the end
+    of its last row, ``addr + (rows - 1) * stride + row_bytes``, is at or below ``end``. Every
+    sum and product is as wide as its operands need, so nothing wraps; a row never starts
+    beyond the last one's start (strides are unsigned), so these two comparisons bound every
+    byte of every row. The proof (``celosia.sim.properties``) checks exactly that claim: no
+    byte of an operand that passes lies outside the window.
+
+    Parameters
+    ----------
+    addr_width, rows_width, stride_width, row_bytes_width, end_width : int
+        Widths of the inputs (``base`` is ``end_width`` bits too).
+
+    Members
+    -------
+    used : In(1)
+        The command uses this operand (an unused one is never outside).
+    addr, rows, stride, row_bytes : In
+        The operand: first byte, rows (0 counts as 1), bytes between row starts, bytes per row.
+    base, end : In(end_width)
+        The window: first byte and one past the last.
+    outside : Out(1)
+        Some byte of the operand lies outside the window.
+    """
+
+    def __init__(self, addr_width: int, rows_width: int, stride_width: int,
+                 row_bytes_width: int, end_width: int):
+        super().__init__(_span_members(addr_width, rows_width, stride_width, row_bytes_width,
+                                       end_width))
+
+    def elaborate(self, platform):
+        m = Module()
+        rows_m1 = Signal.like(self.rows)
+        m.d.comb += rows_m1.eq(Mux(self.rows == 0, 0, self.rows - 1))
+        span_end = self.addr + rows_m1 * self.stride + self.row_bytes
+        m.d.comb += self.outside.eq(self.used & ((self.addr < self.base) | (span_end > self.end)))
+        return m
+
+
+class SerialSpanCheck(wiring.Component):
+    """:class:`SpanCheck`'s verdict computed over several cycles with one adder and one
+    register, in phases (no path from the operand through more than one adder):
+
+    * MUL: ``(rows - 1) * stride`` by shift and add, most significant bit of ``rows - 1``
+      first (``rows_width`` cycles, none when ``rows`` is 0 or 1);
+    * ADDR, ROWB: add the address, then the row bytes: the span's end;
+    * CMP: ``done``; ``outside`` compares the registered end with the window's.
+
+    The operand and the window must stay put from ``restart`` until ``done``.
+
+    Parameters
+    ----------
+    addr_width, rows_width, stride_width, row_bytes_width, end_width : int
+        As for :class:`SpanCheck`.
+    flag_bit : int, optional
+        A narrow build's ``ab``: bit ``ab`` of ``addr`` and ``stride`` is a flag "at least
+        2**ab" and the window ends at or below 2**ab, so the span is computed in ``ab`` bits
+        plus an overflow flag (any carry out of them is past the window's end).
+
+    Members
+    -------
+    used, addr, rows, stride, row_bytes, base, end, outside
+        As for :class:`SpanCheck`; ``outside`` is the verdict while ``done``.
+    restart : In(1)
+        Start over (back to MUL); has priority over ``run``.
+    run : In(1)
+        Advance one phase step this cycle.
+    done : Out(1)
+        The verdict is ready (CMP).
+    """
+
+    def __init__(self, addr_width: int, rows_width: int, stride_width: int,
+                 row_bytes_width: int, end_width: int, *, flag_bit: int | None = None):
+        self.flag_bit = flag_bit
+        self.acc_width = flag_bit if flag_bit is not None else addr_width + rows_width + 1
+        super().__init__({**_span_members(addr_width, rows_width, stride_width,
+                                          row_bytes_width, end_width),
+                          "restart": In(1), "run": In(1), "done": Out(1)})
+        # The phase registers; created here rather than in elaborate(): the proof states
+        # what the accumulator holds in each phase.
+        self._phase = Signal(2)               # 0 MUL, 1 ADDR, 2 ROWB, 3 CMP
+        self._mul_n = Signal(range(rows_width + 1))
+        self._acc = Signal(self.acc_width)
+        self._ovf = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        phase, mul_n, acc, ovf = self._phase, self._mul_n, self._acc, self._ovf
+        rows_width, pw, ab = len(self.rows), self.acc_width, self.flag_bit
+        rows_m1 = Signal(rows_width)
+        m.d.comb += rows_m1.eq(Mux(self.rows == 0, 0, self.rows - 1))
+        mul_done = (mul_n == rows_width) | (rows_m1 == 0)
+        mul_bit = Signal()
+        m.d.comb += mul_bit.eq(rows_m1[::-1].bit_select(
+            mul_n[:max(1, (rows_width - 1).bit_length())], 1))
+        addend = Signal(max(pw, len(self.addr), len(self.row_bytes)))
+        acc_next = Signal(len(addend) + 2)
+        with m.Switch(phase):
+            with m.Case(0):
+                m.d.comb += addend.eq(Mux(mul_bit, self.stride, 0))
+            with m.Case(1):
+                m.d.comb += addend.eq(self.addr)
+            with m.Default():
+                m.d.comb += addend.eq(self.row_bytes)
+        m.d.comb += [acc_next.eq(Mux(phase == 0, acc << 1, acc) + addend),
+                     self.done.eq(phase == 3)]
+        if ab is not None:
+            m.d.comb += self.outside.eq(self.used & ((self.addr[:ab] < self.base) | ovf
+                                                     | (acc > self.end)))
+        else:
+            m.d.comb += self.outside.eq(self.used & ((self.addr < self.base) | (acc > self.end)))
+
+        with m.If(self.restart):
+            m.d.sync += [mul_n.eq(0), acc.eq(0), ovf.eq(0), phase.eq(0)]
+        with m.Elif(self.run):
+            step = Signal()                   # this cycle updates the accumulator
+            with m.Switch(phase):
+                with m.Case(0):
+                    m.d.comb += step.eq(~mul_done)
+                    with m.If(~mul_done):
+                        m.d.sync += mul_n.eq(mul_n + 1)
+                    with m.Else():
+                        m.d.sync += phase.eq(1)
+                with m.Case(1, 2):
+                    m.d.comb += step.eq(1)
+                    m.d.sync += phase.eq(phase + 1)
+            with m.If(step):
+                m.d.sync += acc.eq(acc_next[:pw])
+                if ab is not None:
+                    m.d.sync += ovf.eq(ovf | (acc_next[pw:] != 0)
+                                       | ((phase == 0) & mul_bit & self.stride[ab]))
+        return m
 
 
 class Controller(wiring.Component):
@@ -367,10 +515,6 @@ class Controller(wiring.Component):
                 drive(mm_ops)
         else:
             drive(mm_ops)
-        rows_m1 = Signal(16)
-        m.d.comb += rows_m1.eq(Mux(op_rows == 0, 0, op_rows - 1))
-        span_end = Signal(ADDR_BITS + 16 + 2)
-        product = Signal(ADDR_BITS + 16)
         short = Signal()
         outside = Signal()
         if narrow:
@@ -382,47 +526,20 @@ class Controller(wiring.Component):
         # A narrow build (window inside [0, 2**ab)) computes the span in ab + 1 bits plus an
         # overflow flag: an address, a stride in use or a product reaching 2**ab puts the span
         # past the window (every row is at least one byte long unless a dimension is 0, and a
-        # zero dimension is reported first as BAD_SHAPE).
+        # zero dimension is reported first as BAD_SHAPE). The one-cycle check sees a flagged
+        # value as at least 2**ab, so its span ends past the window's end: outside too.
+        widths = (len(op_addr), len(op_rows), len(op_stride), len(op_rb), len(win_end))
         if self.serial_check:
-            # One adder and one register per operand, in phases (no path from the operand
-            # table through more than one adder):
-            #   MUL: (rows - 1) * stride by shift and add, most significant bit first;
-            #   ADDR, ROWB: add the address, then the row bytes (the span's end);
-            #   CMP: compare the registered end with the window's.
-            pw = ab if narrow else ADDR_BITS + 17
-            mul_n = Signal(range(17))
-            mul_done = Signal()
-            mul_bit = Signal()
-            phase = Signal(2)             # 0 MUL, 1 ADDR, 2 ROWB, 3 CMP
-            m.d.comb += [mul_done.eq((mul_n == 16) | (rows_m1 == 0)),
-                         mul_bit.eq(rows_m1[::-1].bit_select(mul_n[:4], 1))]
-            prod_acc = Signal(pw)
-            prod_ovf = Signal()
-            addend = Signal(max(pw, len(op_addr), len(op_rb)))
-            prod_next = Signal(len(addend) + 2)
-            with m.Switch(phase):
-                with m.Case(0):
-                    m.d.comb += addend.eq(Mux(mul_bit, op_stride, 0))
-                with m.Case(1):
-                    m.d.comb += addend.eq(op_addr)
-                with m.Default():
-                    m.d.comb += addend.eq(op_rb)
-            m.d.comb += prod_next.eq(Mux(phase == 0, prod_acc << 1, prod_acc) + addend)
-            if narrow:
-                m.d.comb += outside.eq(op_used & ((op_addr[:ab] < base) | prod_ovf
-                                                  | (prod_acc > win_end)))
-            else:
-                m.d.comb += outside.eq(op_used & ((op_addr < base) | (prod_acc > win_end)))
+            span_check = SerialSpanCheck(*widths, flag_bit=ab if narrow else None)
         else:
-            m.d.comb += [
-                product.eq(rows_m1 * op_stride),
-                span_end.eq(op_addr + product + op_rb),
-            ]
-            if narrow:
-                # An address, product or span at or past 2**ab is past the window's end.
-                m.d.comb += outside.eq(op_used & ((op_addr[:ab] < base) | (span_end > win_end)))
-            else:
-                m.d.comb += outside.eq(op_used & ((op_addr < base) | (span_end > win_end)))
+            span_check = SpanCheck(*widths)
+        m.submodules.span_check = span_check
+        m.d.comb += [
+            span_check.used.eq(op_used), span_check.addr.eq(op_addr),
+            span_check.rows.eq(op_rows), span_check.stride.eq(op_stride),
+            span_check.row_bytes.eq(op_rb), span_check.base.eq(base),
+            span_check.end.eq(win_end), outside.eq(span_check.outside),
+        ]
         any_short = Signal()
         any_outside = Signal()
 
@@ -521,7 +638,7 @@ class Controller(wiring.Component):
             with m.State("DECODE"):
                 m.d.sync += [idx.eq(0), any_short.eq(0), any_outside.eq(0), is_vec.eq(0)]
                 if self.serial_check:
-                    m.d.sync += [mul_n.eq(0), prod_acc.eq(0), prod_ovf.eq(0), phase.eq(0)]
+                    m.d.comb += span_check.restart.eq(1)
                 with m.Switch(instr.opcode):
                     with m.Case(Opcode.HALT):
                         m.d.sync += [halting.eq(1), wait_mask.eq(0b11)]
@@ -542,23 +659,8 @@ class Controller(wiring.Component):
 
             with m.State("CHECK"):
                 if self.serial_check:
-                    step = Signal()           # this cycle updates the span register
-                    with m.Switch(phase):
-                        with m.Case(0):
-                            m.d.comb += step.eq(~mul_done)
-                            with m.If(~mul_done):
-                                m.d.sync += mul_n.eq(mul_n + 1)
-                            with m.Else():
-                                m.d.sync += phase.eq(1)
-                        with m.Case(1, 2):
-                            m.d.comb += step.eq(1)
-                            m.d.sync += phase.eq(phase + 1)
-                    with m.If(step):
-                        m.d.sync += prod_acc.eq(prod_next[:pw])
-                        if narrow:
-                            m.d.sync += prod_ovf.eq(prod_ovf | (prod_next[pw:] != 0)
-                                                    | ((phase == 0) & mul_bit & op_stride[ab]))
-                    checked = (phase == 3) | ~op_used
+                    m.d.comb += span_check.run.eq(1)
+                    checked = span_check.done | ~op_used
                 else:
                     checked = C(1, 1)
                 with m.If(checked):
@@ -566,7 +668,7 @@ class Controller(wiring.Component):
                                  any_outside.eq(any_outside | outside),
                                  idx.eq(idx + 1)]
                     if self.serial_check:
-                        m.d.sync += [mul_n.eq(0), prod_acc.eq(0), prod_ovf.eq(0), phase.eq(0)]
+                        m.d.comb += span_check.restart.eq(1)
                     with m.If(idx == N_OPS - 1):
                         m.next = "RESOLVE"
 

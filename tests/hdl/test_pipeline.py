@@ -1,5 +1,6 @@
-"""Skid buffer and credit counter: simulation under random idle and backpressure, and proofs of
-their properties by k-induction (with mutants that must fail them)."""
+"""Skid buffer and credit counter: simulation under random idle and backpressure. Their proofs
+by k-induction, with mutants that must fail them, are in ``celosia.sim.proofs`` (run by
+``tests/sim/test_proofs.py``)."""
 
 import gc
 import random
@@ -7,12 +8,10 @@ import warnings
 
 import pytest
 from amaranth import *
-from amaranth.hdl import Assert, Assume, Cover, UnusedElaboratable, ValueCastable
-from amaranth.lib import data, wiring
-from amaranth.lib.wiring import In
+from amaranth.hdl import UnusedElaboratable, ValueCastable
+from amaranth.lib import data
 
 from celosia.hdl.pipeline import CreditCounter, SkidBuffer
-from celosia.sim.formal import prove
 from celosia.sim.pysim import run
 
 SHAPES = [unsigned(8), signed(5), data.StructLayout({"a": 3, "b": signed(4)})]
@@ -177,172 +176,3 @@ def test_credit_counter_rejects_bad_parameters(args, error):
 
 def test_skid_buffer_rejects_a_non_shape():
     _rejects(TypeError, SkidBuffer, "eight", match="shape")
-
-
-# --- Formal proofs (k-induction with SymbiYosys) -----------------------------------------------
-
-class SkidBufferSpec(wiring.Component):
-    """The properties of a :class:`SkidBuffer` around it; the members are the free inputs.
-
-    One item, chosen by the solver (``track`` high in the cycle it is accepted), is followed
-    through the buffer: its position (items ahead of it) and its payload. With the item count
-    ``occupancy`` (transfers in minus transfers out) this shows that no item is lost, duplicated
-    or reordered: the tracked item leaves exactly when the items ahead of it have left, with
-    its payload, and the buffer's valid/ready follow the count.
-    """
-
-    def __init__(self, dut: SkidBuffer):
-        self.dut = dut
-        self.width = len(_bits(dut.i.payload))
-        super().__init__({"i_valid": In(1), "i_payload": In(self.width), "o_ready": In(1),
-                          "track": In(1)})
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.dut = dut = self.dut
-        i_payload, o_payload = _bits(dut.i.payload), _bits(dut.o.payload)
-        m.d.comb += [dut.i.valid.eq(self.i_valid), i_payload.eq(self.i_payload),
-                     dut.o.ready.eq(self.o_ready)]
-        i_fire = dut.i.valid & dut.i.ready
-        o_fire = dut.o.valid & dut.o.ready
-
-        occupancy = Signal(2)                  # one spare value: 3 shows an overflow
-        m.d.sync += occupancy.eq(occupancy + i_fire - o_fire)
-        m.d.comb += [Assert(occupancy <= 2, "more than two items held"),
-                     Assert(dut.o.valid == (occupancy != 0), "o.valid != holding an item"),
-                     Assert(dut.i.ready == (occupancy < 2), "i.ready != room for an item")]
-
-        tracking = Signal()
-        position = Signal(2)
-        data = Signal(self.width)
-        with m.If(tracking):
-            with m.If(o_fire):
-                with m.If(position == 0):
-                    m.d.sync += tracking.eq(0)     # it left now; its payload is checked below
-                with m.Else():
-                    m.d.sync += position.eq(position - 1)
-        with m.Elif(i_fire & self.track):
-            m.d.sync += [tracking.eq(1), position.eq(occupancy - o_fire), data.eq(i_payload)]
-        # Reachable (the properties below are not vacuous): a tracked item in the skid entry
-        # moves up as the item ahead leaves, and one leaves while the next arrives.
-        m.d.comb += [Cover(tracking & (position == 1) & o_fire),
-                     Cover(tracking & (position == 0) & o_fire & i_fire)]
-        with m.If(tracking):
-            m.d.comb += Assert(position < occupancy, "tracked item lost")
-            with m.If(position == 0):
-                m.d.comb += Assert(o_payload == data, "tracked item out with another payload")
-            with m.Else():
-                # Where the second item waits: the induction needs this, as the consumer can
-                # stall for longer than any depth.
-                m.d.comb += Assert(dut._skid_valid & (_bits(dut._skid_payload) == data),
-                                   "tracked item not in the skid entry")
-
-        stalled = Signal()
-        last_payload = Signal(self.width)
-        m.d.sync += [stalled.eq(dut.o.valid & ~dut.o.ready), last_payload.eq(o_payload)]
-        with m.If(stalled):
-            m.d.comb += Assert(dut.o.valid & (o_payload == last_payload),
-                               "offered item dropped or changed before its transfer")
-        return m
-
-
-class CreditCounterSpec(wiring.Component):
-    """The properties of a :class:`CreditCounter`; the members are the free inputs.
-
-    The environment returns a credit only for an item in flight (``Assume``). Then credits plus
-    items in flight equal the capacity at all times (so credits stay within [0, capacity]), a
-    take is granted only with enough credit, and ``ok`` tells exactly that.
-    """
-
-    take: In(1)
-    give: In(1)
-
-    def __init__(self, dut: CreditCounter):
-        self.dut = dut
-        super().__init__()
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.dut = dut = self.dut
-        m.d.comb += [dut.take.eq(self.take), dut.give.eq(self.give)]
-        taken = dut.take & dut.ok
-        # Wide enough that a take beyond the capacity shows instead of wrapping.
-        in_flight = Signal(range(dut.capacity + dut.cost + 1))
-        m.d.sync += in_flight.eq(in_flight + Mux(taken, dut.cost, 0) - dut.give)
-        m.d.comb += [
-            Assume(~dut.give | (in_flight != 0)),
-            Assert(dut.credits + in_flight == dut.capacity, "credits + in flight != capacity"),
-            Assert(dut.credits <= dut.capacity, "credits above capacity"),
-            Assert(~taken | (dut.credits >= dut.cost), "take granted without enough credit"),
-            Assert(dut.ok == (dut.credits >= dut.cost), "ok does not tell credits >= cost"),
-            # Reachable under the assumption: empty, and a take and a give in one cycle.
-            Cover(dut.credits == 0),
-            Cover(taken & dut.give),
-        ]
-        return m
-
-
-class SkidBufferLosingSkid(SkidBuffer):
-    """Mutant: the skid entry never fills, so an item accepted while the output stalls is lost."""
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        m.d.sync += self._skid_valid.eq(0)
-        return m
-
-
-class SkidBufferBypassingSkid(SkidBuffer):
-    """Mutant: the main register always loads the input, overtaking a waiting skid item."""
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        with m.If(~self.o.valid | self.o.ready):
-            m.d.sync += self._main_payload.eq(self.i.payload)
-        return m
-
-
-class CreditCounterLateOk(CreditCounter):
-    """Mutant: ``ok`` from this cycle's credits instead of the next, so in the cycle after a
-    take it still grants one more take without enough credit."""
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        m.d.sync += self.ok.eq(self.credits >= self.cost)
-        return m
-
-
-#: Induction depths: both invariants are inductive in one step; a little more costs nothing.
-SKID_DEPTH = CREDIT_DEPTH = 4
-
-
-@pytest.mark.parametrize("shape", [unsigned(32), data.StructLayout({"a": 2, "b": signed(3)})],
-                         ids=str)
-def test_skid_buffer_proof(shape):
-    result = prove(SkidBufferSpec(SkidBuffer(shape)), SKID_DEPTH)
-    assert result.status == "PASS", result.log
-
-
-@pytest.mark.parametrize("mutant", [SkidBufferLosingSkid, SkidBufferBypassingSkid])
-def test_skid_buffer_mutant_fails_proof(mutant):
-    result = prove(SkidBufferSpec(mutant(unsigned(4))), SKID_DEPTH)
-    assert result.status == "FAIL", result.log
-
-
-@pytest.mark.parametrize("capacity,cost", [(8, 3), (7, 7), (12, 1), (1024, 64)])
-def test_credit_counter_proof(capacity, cost):
-    result = prove(CreditCounterSpec(CreditCounter(capacity, cost)), CREDIT_DEPTH)
-    assert result.status == "PASS", result.log
-
-
-@pytest.mark.parametrize("spec", [lambda: SkidBufferSpec(SkidBuffer(unsigned(4))),
-                                  lambda: CreditCounterSpec(CreditCounter(5, 2))],
-                         ids=["skid", "credit"])
-def test_specs_reach_their_covers(spec):
-    """The environments are not vacuous: each ``Cover`` is reached within a few cycles."""
-    result = prove(spec, 8, mode="cover")
-    assert result.status == "PASS", result.log
-
-
-def test_credit_counter_mutant_fails_proof():
-    result = prove(CreditCounterSpec(CreditCounterLateOk(8, 3)), CREDIT_DEPTH)
-    assert result.status == "FAIL", result.log

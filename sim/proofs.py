@@ -1,0 +1,332 @@
+"""``celosia prove``: the registry of Celosia's formal proofs, and the command that runs them.
+
+Each :class:`Proof` names a property harness around one hardware block (the harnesses are in
+:mod:`celosia.sim.properties`), the SymbiYosys mode and depth that prove it, and the mutants
+(the block with one deliberate bug) that must fail it. The test suite and the command read the
+same registry: the tests run every proof, check that every mutant fails and that every
+harness's ``Cover`` statements are reachable; the command runs the proofs (and, with
+``--mutants``, the mutants) and prints one line per run with its verdict and time.
+
+A proof at ``mode="prove"`` is k-induction: the properties hold in every reachable state,
+however long the run. Where a block is too wide for the solver within about a minute, the
+registry proves a smaller instance and says so in ``abstraction``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from amaranth import signed, unsigned
+from amaranth.lib import data
+
+from celosia.hdl.axi import AxiMaster
+from celosia.hdl.controller import SerialSpanCheck, SpanCheck
+from celosia.hdl.csr import CsrBlock
+from celosia.hdl.pipeline import CreditCounter, SkidBuffer
+
+from . import properties as props
+from .formal import FormalResult, prove
+
+__all__ = ["Mutant", "Proof", "PROOFS", "Outcome", "check", "select", "add_arguments", "run"]
+
+#: Exit status when a proof does not pass (or a mutant does not fail).
+EXIT_FAILED = 1
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """A broken variant of a proof's design; its proof must end in ``FAIL`` (a counterexample
+    from reset within the proof's depth).
+
+    Attributes
+    ----------
+    name : str
+        Short name, unique within its proof.
+    design : callable
+        Builds the harness around the broken block.
+    """
+
+    name: str
+    design: Callable
+
+
+@dataclass(frozen=True)
+class Proof:
+    """One named proof.
+
+    Attributes
+    ----------
+    name : str
+        The name ``--only`` selects.
+    claim : str
+        What is proved, in one line.
+    design : callable
+        Builds the harness around the block (called anew for every run).
+    depth : int
+        Induction depth (or bound, for ``bmc``); also the depth mutants and covers run at.
+    mode : str
+        ``"prove"`` (k-induction) or ``"bmc"`` (bounded: no failure within ``depth`` cycles).
+    abstraction : str
+        What the proved instance leaves out or makes smaller than the built hardware.
+    mutants : tuple of Mutant
+    cover_depth : int or None
+        Cycles within which every ``Cover`` of the harness is reached (the environment's
+        assumptions leave the properties something to check); ``None`` where a cover is out of
+        reach by design (see the proof) and another instance of the harness shows it.
+    """
+
+    name: str
+    claim: str
+    design: Callable
+    depth: int
+    mode: str = "prove"
+    abstraction: str = ""
+    mutants: tuple = ()
+    cover_depth: int | None = 8
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The verdict of one run of a proof or a mutant.
+
+    Attributes
+    ----------
+    proof, mutant : str
+        The proof's name; the mutant's (empty for the proof itself).
+    expected, status : str
+        The verdict wanted (``PASS`` for a proof, ``FAIL`` for a mutant) and the one obtained.
+    seconds : float
+    log : str
+        SymbiYosys's output (names the failing assertion).
+    """
+
+    proof: str
+    mutant: str
+    expected: str
+    status: str
+    seconds: float
+    log: str
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run gave the wanted verdict."""
+        return self.status == self.expected
+
+    def as_dict(self) -> dict:
+        """The outcome without its log, for JSON."""
+        return {"proof": self.proof, "mutant": self.mutant or None, "expected": self.expected,
+                "status": self.status, "ok": self.ok, "seconds": round(self.seconds, 2)}
+
+
+#: The accelerator's memory master as built (accelerator.py: ``AxiMaster(W)`` with its default
+#: burst and write limits, W = 16 bytes) and the reads in flight its arbiter allows
+#: (``MemArbiter(outstanding=2 * 32 + 16)``).
+AXI_PORT_BYTES, AXI_READS = 16, 80
+#: The span check as the full build has it (controller.py: 32-bit addresses and strides, 16-bit
+#: rows, 24-bit row bytes, a 33-bit window end).
+SPAN_WIDTHS = dict(addr_width=32, rows_width=16, stride_width=32, row_bytes_width=24,
+                   end_width=33)
+#: Widths at which any byte of any row is checked: with a free row the solver must compare
+#: products of it, which takes it minutes already at 13 bits.
+SPAN_SMALL_WIDTHS = dict(addr_width=8, rows_width=4, stride_width=8, row_bytes_width=6,
+                         end_width=9)
+
+
+def _axi(cls=AxiMaster):
+    return lambda: props.AxiMasterSpec(cls(AXI_PORT_BYTES), reads=AXI_READS)
+
+
+def _csr(cls=CsrBlock):
+    return lambda: props.CsrSpec(cls(8, 16))
+
+
+def _span(cls=SpanCheck, widths=SPAN_WIDTHS):
+    return lambda: props.SpanCheckSpec(cls(**widths), end_rows=widths is SPAN_WIDTHS)
+
+
+#: The serial check's widths (6-bit addresses and strides, 3-bit rows, 4-bit row bytes): its
+#: accumulator's content is a product of a free prefix of the rows, so the same limit applies;
+#: the narrow variant's values carry the flag at bit 6 (``addr_bits`` = 6).
+SERIAL_WIDTHS = (6, 3, 6, 4, 7)
+SERIAL_NARROW_WIDTHS, SERIAL_FLAG_BIT = (7, 3, 7, 4, 7), 6
+
+
+def _serial(cls=SerialSpanCheck, narrow=False):
+    if narrow:
+        return lambda: props.SerialSpanCheckSpec(cls(*SERIAL_NARROW_WIDTHS,
+                                                     flag_bit=SERIAL_FLAG_BIT))
+    return lambda: props.SerialSpanCheckSpec(cls(*SERIAL_WIDTHS))
+
+
+def _credits(capacity, cost, cls=CreditCounter):
+    return lambda: props.CreditCounterSpec(cls(capacity, cost))
+
+
+def _skid(shape, cls=SkidBuffer):
+    return lambda: props.SkidBufferSpec(cls(shape))
+
+
+_CREDIT_CLAIM = ("credits + in flight = capacity, so within [0, capacity]; a take only with "
+                 "enough credit; ok registered and exact")
+
+#: Every proof, in the order the command runs them.
+PROOFS: tuple[Proof, ...] = (
+    Proof("skid_buffer", "SkidBuffer (32-bit payload): no item lost, duplicated or reordered; "
+          "payload held while stalled; valid and ready follow the occupancy",
+          _skid(unsigned(32)), 4,
+          mutants=(Mutant("losing_skid", _skid(unsigned(4), props.SkidBufferLosingSkid)),
+                   Mutant("bypassing_skid", _skid(unsigned(4), props.SkidBufferBypassingSkid)))),
+    Proof("skid_buffer_layout", "SkidBuffer (struct payload): the same",
+          _skid(data.StructLayout({"a": 2, "b": signed(3)})), 4),
+    Proof("credit_counter", f"CreditCounter(8, 3): {_CREDIT_CLAIM}", _credits(8, 3), 4,
+          mutants=(Mutant("late_ok", _credits(8, 3, props.CreditCounterLateOk)),)),
+    # A take and a give never meet when one take needs every credit, and 1024 credits take 16
+    # takes to spend: credit_counter reaches both covers.
+    Proof("credit_counter_edges", "CreditCounter(7, 7): the same (one take empties it)",
+          _credits(7, 7), 4, cover_depth=None),
+    Proof("credit_counter_unit", "CreditCounter(12, 1): the same (one credit a take)",
+          _credits(12, 1), 4, cover_depth=14),      # 12 takes to empty it
+    Proof("credit_counter_wide", "CreditCounter(1024, 64): the same", _credits(1024, 64), 4,
+          cover_depth=None),
+    Proof("axi_master", "AxiMaster: AR/AW/W held with a stable payload until ready; W bursts of "
+          "awlen + 1 beats, WLAST on the last; AR bursts INCR, at most 16 beats, inside 4 KiB; "
+          "read beats conserved, each request in its burst at its address, in order; at most 80 "
+          "reads and 64 writes outstanding",
+          _axi(), 4,
+          abstraction="slave and requester free under their promises (R and B only for "
+                      "requests made; the requester keeps at most 80 reads in flight); one "
+                      "read request followed at a time (the solver picks which)",
+          mutants=(Mutant("aw_not_held", _axi(props.AxiMasterAwNotHeld)),
+                   Mutant("short_write_burst", _axi(props.AxiMasterShortWriteBurst)),
+                   Mutant("long_read_burst", _axi(props.AxiMasterLongReadBurst)),
+                   Mutant("moving_burst", _axi(props.AxiMasterMovingBurst)),
+                   Mutant("uncounted_writes", _axi(props.AxiMasterUncountedWrites)))),
+    Proof("csr", "CsrBlock over AXI4-Lite: PROG_ADDR, WIN_BASE, WIN_SIZE read back what was "
+          "written (with byte strobes); ID, CONFIG, CTRL and unmapped offsets read their fixed "
+          "values; R and B held until taken",
+          _csr(), 4,
+          abstraction="the live registers (status, counters) are not checked",
+          mutants=(Mutant("ignoring_strobes", _csr(props.CsrBlockIgnoringStrobes)),
+                   Mutant("swapped_window", _csr(props.CsrBlockSwappedWindow)))),
+    Proof("span_check", "SpanCheck (full build's widths): no byte of the first or the last row "
+          "of an operand that passes lies outside the window [base, end) (rows between start "
+          "between those), for any operand and window",
+          _span(), 1,
+          abstraction="not proved: the narrow builds' widths, that the controller issues "
+                      "only checked commands, and that the engines write only inside a "
+                      "command's operands",
+          mutants=(Mutant("without_row_bytes", _span(props.SpanCheckWithoutRowBytes)),
+                   Mutant("without_base", _span(props.SpanCheckWithoutBase)))),
+    Proof("span_check_any_row", "SpanCheck (8-bit addresses and strides, 4-bit rows): no byte "
+          "of any row of an operand that passes lies outside the window",
+          _span(widths=SPAN_SMALL_WIDTHS), 1,
+          abstraction="small widths: the same circuit as the full build's, narrower",
+          mutants=(Mutant("without_row_bytes",
+                          _span(props.SpanCheckWithoutRowBytes, SPAN_SMALL_WIDTHS)),)),
+    Proof("serial_span_check", "SerialSpanCheck (the boards' check, several cycles): no byte of "
+          "any row of an operand that passes lies outside the window, under any restarts",
+          _serial(), 4, cover_depth=12,
+          abstraction="6-bit addresses and strides, 3-bit rows, 4-bit row bytes",
+          mutants=(Mutant("skipping_row_bytes",
+                          _serial(props.SerialSpanCheckSkippingRowBytes)),)),
+    Proof("serial_span_check_narrow", "SerialSpanCheck of a narrow build (values flagged at "
+          "2**ab, window below 2**ab): the same, and no flagged address or stride passes",
+          _serial(narrow=True), 4, cover_depth=12,
+          abstraction="ab = 6: 7-bit addresses and strides, 3-bit rows, 4-bit row bytes",
+          mutants=(Mutant("skipping_row_bytes",
+                          _serial(props.SerialSpanCheckSkippingRowBytes, narrow=True)),
+                   Mutant("ignoring_overflow",
+                          _serial(props.SerialSpanCheckIgnoringOverflow, narrow=True)))),
+)
+
+
+def select(names=None) -> list[Proof]:
+    """The registered proofs named in ``names`` (all of them when ``None``), in registry order.
+
+    Raises
+    ------
+    KeyError
+        A name is not registered (the message lists the names that are).
+    """
+    if names is None:
+        return list(PROOFS)
+    known = {proof.name for proof in PROOFS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise KeyError(f"no proof named {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return [proof for proof in PROOFS if proof.name in set(names)]
+
+
+def check(proof: Proof, mutant: Mutant | None = None, *, workdir=None) -> Outcome:
+    """Run ``proof`` (or one of its mutants, which must fail it) with SymbiYosys.
+
+    Parameters
+    ----------
+    proof : Proof
+    mutant : Mutant, optional
+        Run this broken variant instead; the wanted verdict is then ``FAIL``.
+    workdir : path-like, optional
+        Keep SymbiYosys's files (logs, counterexample traces) there.
+
+    Returns
+    -------
+    Outcome
+    """
+    design = proof.design if mutant is None else mutant.design
+    result: FormalResult = prove(design, proof.depth, proof.mode, workdir=workdir)
+    return Outcome(proof.name, "" if mutant is None else mutant.name,
+                   "PASS" if mutant is None else "FAIL", result.status, result.seconds,
+                   result.log)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def add_arguments(p) -> None:
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="run only the proof NAME (repeatable; default: all of them: "
+                        + ", ".join(proof.name for proof in PROOFS) + ")")
+    p.add_argument("--mutants", action="store_true",
+                   help="also run each proof's mutants (broken variants), which must fail")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _runs(proofs, mutants: bool):
+    """(proof, mutant or None, label) of every run, proofs first then their mutants."""
+    for proof in proofs:
+        yield proof, None, proof.name
+        for mutant in proof.mutants if mutants else ():
+            yield proof, mutant, f"{proof.name}/{mutant.name}"
+
+
+def run(args) -> int:
+    from celosia.sw.errors import CelosiaError
+    try:
+        proofs = select(args.only)
+    except KeyError as exc:
+        raise CelosiaError(exc.args[0]) from None
+    runs = list(_runs(proofs, args.mutants))
+    width = max(len(label) for _, _, label in runs)
+    if not args.json:
+        print(f"{'proof':<{width}}  {'mode':<5}  {'depth':>5}  {'want':<4}  {'result':<7}  "
+              f"{'seconds':>7}")
+    results = []
+    for proof, mutant, label in runs:
+        outcome = check(proof, mutant)
+        results.append({**outcome.as_dict(), "claim": proof.claim, "mode": proof.mode,
+                        "depth": proof.depth, "abstraction": proof.abstraction or None})
+        if not args.json:
+            print(f"{label:<{width}}  {proof.mode:<5}  {proof.depth:>5}  {outcome.expected:<4}  "
+                  f"{outcome.status:<7}  {outcome.seconds:>7.1f}"
+                  + ("" if outcome.ok else "  <- not the verdict wanted"), flush=True)
+    ok = all(result["ok"] for result in results)
+    if args.json:
+        json.dump({"ok": ok, "results": results}, sys.stdout)
+        sys.stdout.write("\n")
+    elif ok:
+        print("every proof holds" + (" and every mutant fails" if args.mutants else ""))
+    else:
+        print("FAILED: a proof does not hold" + (" or a mutant passes" if args.mutants else ""))
+    return 0 if ok else EXIT_FAILED

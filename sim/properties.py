@@ -1,0 +1,728 @@
+"""Property harnesses of Celosia's hardware blocks, and mutants that must fail them.
+
+Each harness is a ``wiring.Component`` around the design it checks (see
+:mod:`celosia.sim.formal` for the idiom): its ``In`` members are free inputs the solver picks in
+every cycle, constrained only by ``Assume`` statements that state what the environment
+promises; a value from an earlier cycle is a register of the harness. The named proofs that
+:func:`celosia.sim.proofs.run` checks are built from these classes.
+
+A mutant is the design with one deliberate bug, made by overriding ``elaborate`` and adding a
+statement after the design's own (the later assignment wins). Each one breaks exactly the
+property its docstring names; a proof that still passes on it would prove nothing.
+"""
+
+
+from amaranth import *
+from amaranth.hdl import Assert, Assume, Cover, ValueCastable
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from celosia.hdl import isa
+from celosia.hdl.axi import AXI4LiteSignature, AXI4Signature, AxiMaster, BURST_INCR
+from celosia.hdl.controller import SerialSpanCheck, SpanCheck
+from celosia.hdl.csr import CSR_ADDR_BITS, CsrBlock
+from celosia.hdl.engine import MemoryPortSignature
+from celosia.hdl.pipeline import CreditCounter, SkidBuffer
+
+__all__ = [
+    "SkidBufferSpec", "CreditCounterSpec", "AxiMasterSpec", "CsrSpec", "SpanCheckSpec",
+    "SkidBufferLosingSkid", "SkidBufferBypassingSkid", "CreditCounterLateOk",
+    "AxiMasterAwNotHeld", "AxiMasterShortWriteBurst", "AxiMasterLongReadBurst",
+    "AxiMasterMovingBurst",
+    "AxiMasterUncountedWrites", "CsrBlockIgnoringStrobes", "CsrBlockSwappedWindow",
+    "SpanCheckWithoutRowBytes", "SpanCheckWithoutBase", "SerialSpanCheckSpec",
+    "SerialSpanCheckSkippingRowBytes", "SerialSpanCheckIgnoringOverflow",
+]
+
+
+def _bits(value):
+    """The plain value behind a payload (a layout's view or a signal)."""
+    return value.as_value() if isinstance(value, ValueCastable) else value
+
+
+def _held_until_ready(m: Module, valid, ready, payload, channel: str) -> None:
+    """Assert the handshake rule of a sender: once ``valid`` is high without ``ready``, the
+    next cycle has ``valid`` high again with the same ``payload``."""
+    stalled = Signal(name=f"{channel}_stalled")
+    last = Signal(len(payload), name=f"{channel}_last")
+    m.d.sync += [stalled.eq(valid & ~ready), last.eq(payload)]
+    with m.If(stalled):
+        m.d.comb += Assert(valid & (payload == last),
+                           f"{channel}: valid dropped or payload changed before ready")
+
+
+# --- pipeline ----------------------------------------------------------------------------------
+
+class SkidBufferSpec(wiring.Component):
+    """The properties of a :class:`SkidBuffer` around it; the members are the free inputs.
+
+    One item, chosen by the solver (``track`` high in the cycle it is accepted), is followed
+    through the buffer: its position (items ahead of it) and its payload. With the item count
+    ``occupancy`` (transfers in minus transfers out) this shows that no item is lost, duplicated
+    or reordered: the tracked item leaves exactly when the items ahead of it have left, with
+    its payload, and the buffer's valid/ready follow the count.
+    """
+
+    def __init__(self, dut: SkidBuffer):
+        self.dut = dut
+        self.width = len(_bits(dut.i.payload))
+        super().__init__({"i_valid": In(1), "i_payload": In(self.width), "o_ready": In(1),
+                          "track": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        i_payload, o_payload = _bits(dut.i.payload), _bits(dut.o.payload)
+        m.d.comb += [dut.i.valid.eq(self.i_valid), i_payload.eq(self.i_payload),
+                     dut.o.ready.eq(self.o_ready)]
+        i_fire = dut.i.valid & dut.i.ready
+        o_fire = dut.o.valid & dut.o.ready
+
+        occupancy = Signal(2)                  # one spare value: 3 shows an overflow
+        m.d.sync += occupancy.eq(occupancy + i_fire - o_fire)
+        m.d.comb += [Assert(occupancy <= 2, "more than two items held"),
+                     Assert(dut.o.valid == (occupancy != 0), "o.valid != holding an item"),
+                     Assert(dut.i.ready == (occupancy < 2), "i.ready != room for an item")]
+
+        tracking = Signal()
+        position = Signal(2)
+        data = Signal(self.width)
+        with m.If(tracking):
+            with m.If(o_fire):
+                with m.If(position == 0):
+                    m.d.sync += tracking.eq(0)     # it left now; its payload is checked below
+                with m.Else():
+                    m.d.sync += position.eq(position - 1)
+        with m.Elif(i_fire & self.track):
+            m.d.sync += [tracking.eq(1), position.eq(occupancy - o_fire), data.eq(i_payload)]
+        # Reachable (the properties below are not vacuous): a tracked item in the skid entry
+        # moves up as the item ahead leaves, and one leaves while the next arrives.
+        m.d.comb += [Cover(tracking & (position == 1) & o_fire),
+                     Cover(tracking & (position == 0) & o_fire & i_fire)]
+        with m.If(tracking):
+            m.d.comb += Assert(position < occupancy, "tracked item lost")
+            with m.If(position == 0):
+                m.d.comb += Assert(o_payload == data, "tracked item out with another payload")
+            with m.Else():
+                # Where the second item waits: the induction needs this, as the consumer can
+                # stall for longer than any depth.
+                m.d.comb += Assert(dut._skid_valid & (_bits(dut._skid_payload) == data),
+                                   "tracked item not in the skid entry")
+
+        _held_until_ready(m, dut.o.valid, dut.o.ready, o_payload, "o")
+        return m
+
+
+class CreditCounterSpec(wiring.Component):
+    """The properties of a :class:`CreditCounter`; the members are the free inputs.
+
+    The environment returns a credit only for an item in flight (``Assume``). Then credits plus
+    items in flight equal the capacity at all times (so credits stay within [0, capacity]), a
+    take is granted only with enough credit, and ``ok`` tells exactly that.
+    """
+
+    take: In(1)
+    give: In(1)
+
+    def __init__(self, dut: CreditCounter):
+        self.dut = dut
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        m.d.comb += [dut.take.eq(self.take), dut.give.eq(self.give)]
+        taken = dut.take & dut.ok
+        # Wide enough that a take beyond the capacity shows instead of wrapping.
+        in_flight = Signal(range(dut.capacity + dut.cost + 1))
+        m.d.sync += in_flight.eq(in_flight + Mux(taken, dut.cost, 0) - dut.give)
+        m.d.comb += [
+            Assume(~dut.give | (in_flight != 0)),
+            Assert(dut.credits + in_flight == dut.capacity, "credits + in flight != capacity"),
+            Assert(dut.credits <= dut.capacity, "credits above capacity"),
+            Assert(~taken | (dut.credits >= dut.cost), "take granted without enough credit"),
+            Assert(dut.ok == (dut.credits >= dut.cost), "ok does not tell credits >= cost"),
+            # Reachable under the assumption: empty, and a take and a give in one cycle.
+            Cover(dut.credits == 0),
+            Cover(taken & dut.give),
+        ]
+        return m
+
+
+class SkidBufferLosingSkid(SkidBuffer):
+    """Mutant: the skid entry never fills, so an item accepted while the output stalls is lost."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.sync += self._skid_valid.eq(0)
+        return m
+
+
+class SkidBufferBypassingSkid(SkidBuffer):
+    """Mutant: the main register always loads the input, overtaking a waiting skid item."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        with m.If(~self.o.valid | self.o.ready):
+            m.d.sync += self._main_payload.eq(self.i.payload)
+        return m
+
+
+class CreditCounterLateOk(CreditCounter):
+    """Mutant: ``ok`` from this cycle's credits instead of the next, so in the cycle after a
+    take it still grants one more take without enough credit."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.sync += self.ok.eq(self.credits >= self.cost)
+        return m
+
+
+# --- AXI4 master -------------------------------------------------------------------------------
+
+class AxiMasterSpec(wiring.Component):
+    """The AXI4 master obligations of an :class:`AxiMaster` under a free slave and a free
+    requester on its memory port.
+
+    The slave's inputs (ready signals, responses) are free, with the promises a slave makes:
+    it returns an R beat only for a beat some accepted AR asked for, and a B response only for
+    a write whose AW and W burst it accepted. The requester's are free too, with one promise:
+    it keeps at most ``reads`` reads in flight (the :class:`MemArbiter` in front of the master
+    bounds them with its tag FIFO). Under these the master
+
+    * holds AR, AW and W valid, with the same payload, until ready;
+    * sends each AR burst of at most ``max_burst`` beats inside one 4 KiB page, ``INCR``;
+    * sends, per AW burst, exactly ``awlen + 1`` W beats with WLAST on the last one, and
+      never a W beat before its AW is valid;
+    * asks on AR for exactly the beats the requester asked for and hands every R beat to the
+      requester: requester reads in flight = beats held in the burst being gathered + beats of
+      the AR on the bus + beats the slave owes (so at most ``reads`` read beats are outstanding);
+    * puts every read request into an AR burst at its address, in request order, so the R beat
+      for its address is the response the requester takes for it (one request followed);
+    * has at most ``max_writes`` writes outstanding, counted exactly (``writes_idle`` is true
+      only when none is).
+
+    Parameters
+    ----------
+    dut : AxiMaster
+    reads : int
+        The most reads the requester keeps in flight.
+
+    Members
+    -------
+    port : In(MemoryPortSignature)
+        The requester's side, free.
+    axi : Out(AXI4Signature)
+        The slave's side; its ``In`` signals are free.
+    track : In(1)
+        Follow the read request accepted in this cycle (one at a time; the solver chooses).
+    """
+
+    def __init__(self, dut: AxiMaster, reads: int):
+        self.dut, self.reads = dut, reads
+        super().__init__({
+            "port": In(MemoryPortSignature(dut.port_bytes)),
+            "axi": Out(AXI4Signature(dut.addr_width, 8 * dut.port_bytes)),
+            "track": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        wiring.connect(m, wiring.flipped(self.port), dut.port)
+        wiring.connect(m, dut.axi, wiring.flipped(self.axi))
+        axi, port = dut.axi, dut.port
+        lw = dut.port_bytes.bit_length() - 1
+        page_beats = 1 << (12 - lw)
+
+        def payload(ch):
+            return Cat(getattr(axi, f"{ch}{name}") for name in
+                       ("id", "addr", "len", "size", "burst", "lock", "cache", "prot"))
+
+        _held_until_ready(m, axi.arvalid, axi.arready, payload("ar"), "AR")
+        _held_until_ready(m, axi.awvalid, axi.awready, payload("aw"), "AW")
+        _held_until_ready(m, axi.wvalid, axi.wready, Cat(axi.wdata, axi.wstrb, axi.wlast), "W")
+
+        # --- reads: beats conserved from the requester to AR and back on R ---
+        ar_fire = axi.arvalid & axi.arready
+        r_fire = axi.rvalid & axi.rready
+        req_fire = port.rd_req.valid & port.rd_req.ready
+        resp_fire = port.rd_resp.valid & port.rd_resp.ready
+        spare = dut.max_burst + 1             # room to show an excess instead of wrapping
+        in_flight = Signal(range(self.reads + spare))      # the requester's reads in flight
+        owed = Signal(range(self.reads + spare))           # R beats the slave owes
+        m.d.sync += [in_flight.eq(in_flight + req_fire - resp_fire),
+                     owed.eq(owed + Mux(ar_fire, axi.arlen + 1, 0) - r_fire)]
+        m.d.comb += [
+            Assume(~port.rd_req.valid | (in_flight < self.reads)),
+            Assume(~axi.rvalid | (owed != 0)),
+        ]
+        held_beats = Mux(dut._held, dut._h_len + 1, 0)
+        ar_beats = Mux(axi.arvalid, axi.arlen + 1, 0)
+        m.d.comb += [
+            Assert(in_flight == held_beats + ar_beats + owed,
+                   "read beats requested != beats held + on AR + owed by the slave"),
+            Assert(in_flight <= self.reads, "more reads outstanding than the requester allows"),
+            Assert(port.rd_resp.valid == axi.rvalid, "R beat not handed to the requester"),
+        ]
+        with m.If(axi.arvalid):
+            m.d.comb += [
+                Assert(axi.arlen < dut.max_burst, "AR burst longer than max_burst"),
+                Assert(axi.araddr[lw:12] + axi.arlen < page_beats, "AR burst crosses 4 KiB"),
+                Assert((axi.arburst == BURST_INCR) & (axi.arsize == lw), "AR not INCR of W bytes"),
+            ]
+        # The burst being gathered obeys the same rules (the induction needs it: it becomes
+        # the next AR).
+        with m.If(dut._held):
+            m.d.comb += [
+                Assert(dut._h_len < dut.max_burst, "held burst longer than max_burst"),
+                Assert(dut._h_addr[lw:12] + dut._h_len < page_beats, "held burst crosses 4 KiB"),
+            ]
+        self._track_read(m, in_flight, owed, ar_beats)
+
+        # --- writes: W bursts match their AW, responses only for writes made ---
+        aw_fire = axi.awvalid & axi.awready
+        w_fire = axi.wvalid & axi.wready
+        b_fire = axi.bvalid & axi.bready
+        wide = range(dut.max_writes + 3)
+        aw_open = Signal(wide)                # AW accepted, no B yet
+        w_open = Signal(wide)                 # W burst complete (WLAST accepted), no B yet
+        w_beat = Signal(9)                    # beats of the W burst under way
+        last_awlen = Signal(8)                # awlen of the last AW accepted
+        m.d.sync += [aw_open.eq(aw_open + aw_fire - b_fire),
+                     w_open.eq(w_open + (w_fire & axi.wlast) - b_fire)]
+        with m.If(w_fire):
+            m.d.sync += w_beat.eq(Mux(axi.wlast, 0, w_beat + 1))
+        with m.If(aw_fire):
+            m.d.sync += last_awlen.eq(axi.awlen)
+        m.d.comb += Assume(~axi.bvalid | ((aw_open != 0) & (w_open != 0)))
+        # W bursts complete in order; the one under way belongs to the AW accepted last when
+        # AW is a burst ahead, else to the AW on the bus now.
+        aw_ahead = aw_open > w_open
+        burst_len = Mux(aw_ahead, last_awlen, axi.awlen)
+        w_under_way = axi.wvalid | (w_beat != 0)
+        with m.If(w_fire):
+            m.d.comb += [
+                Assert(aw_ahead | ((aw_open == w_open) & axi.awvalid), "W beat before its AW"),
+                Assert(axi.wlast == (w_beat == burst_len), "WLAST not on beat awlen + 1"),
+            ]
+        m.d.comb += [
+            Assert(dut._pending == aw_open + axi.awvalid, "writes counted != AWs outstanding"),
+            Assert(dut._pending == w_open + w_under_way, "writes counted != W bursts outstanding"),
+            Assert(dut._pending <= dut.max_writes, "more writes outstanding than max_writes"),
+            Assert(~dut.writes_idle | ((aw_open == 0) & ~axi.awvalid & (w_open == 0)
+                                       & ~w_under_way & ~port.wr.valid),
+                   "writes_idle while a write is offered or outstanding"),
+            # Reachable: a burst of several beats accepted while earlier beats are owed and
+            # two writes are outstanding.
+            Cover(ar_fire & (axi.arlen != 0) & (owed != 0) & (aw_open > 1)),
+        ]
+        # Induction strengthening for this design's single-beat bursts: no W burst is ever
+        # part-sent, and the length recorded for an AW a burst ahead is the one it announced
+        # (without these the induction could start from a state the design never reaches).
+        m.d.comb += [Assert(w_beat == 0, "a W burst part-sent"),
+                     Assert(~aw_ahead | (last_awlen == 0), "AW ahead with another length")]
+        return m
+
+
+    def _track_read(self, m, in_flight, owed, ar_beats):
+        """Follow one read request, chosen by the solver (``track`` high when it is accepted),
+        from the port through the burst being gathered and AR to its R beat.
+
+        It becomes the last beat of the held burst and stays at its index there, the burst's
+        address plus that many beats being the request's address, until the burst goes out on
+        AR with the same address; then the slave owes it as that beat of that burst. ``ahead``,
+        the responses the requester takes before this one, always equals the beats before it
+        in the slave's order, so the R beat for the request's address is the response the
+        requester takes for it.
+        """
+        dut, axi, port = self.dut, self.dut.axi, self.dut.port
+        lw = dut.port_bytes.bit_length() - 1
+        req_fire = port.rd_req.valid & port.rd_req.ready
+        resp_fire = port.rd_resp.valid & port.rd_resp.ready
+        # The design sends the held burst when AR is free and no request joins it.
+        sends = dut._held & (~axi.arvalid | axi.arready) & ~(port.rd_req.valid & dut._joins)
+        address = Signal(dut.addr_width)
+        ahead = Signal.like(in_flight)
+        index = Signal(8)                     # the request's beat in its burst
+
+        def holds(addr, beat):
+            return (addr + (beat << lw))[:dut.addr_width] == address
+
+        def in_held_burst(beat, what):
+            m.d.comb += [
+                Assert(dut._held & (beat <= dut._h_len) & holds(dut._h_addr, beat), what),
+                Assert(ahead == owed + ar_beats + beat, "tracked read out of order (held)"),
+            ]
+            m.d.sync += index.eq(beat)
+            with m.If(sends):
+                m.next = "AR"
+
+        m.d.sync += ahead.eq(ahead - resp_fire)
+        with m.FSM(name="tracked"):
+            with m.State("NONE"):
+                with m.If(req_fire & self.track):
+                    m.d.sync += [address.eq(port.rd_req.payload.addr),
+                                 ahead.eq(in_flight - resp_fire)]
+                    m.next = "NEW"
+            with m.State("NEW"):
+                # Accepted last cycle, so the youngest beat: the last of the held burst.
+                in_held_burst(dut._h_len, "accepted read not the last beat of the held burst")
+                with m.If(~sends):
+                    m.next = "HELD"
+            with m.State("HELD"):
+                in_held_burst(index, "held burst lost the tracked read's address")
+            with m.State("AR"):
+                m.d.comb += [
+                    Assert(axi.arvalid & (index <= axi.arlen) & holds(axi.araddr, index),
+                           "AR burst without the tracked read's address"),
+                    Assert(ahead == owed + index, "tracked read out of order (AR)"),
+                ]
+                with m.If(axi.arvalid & axi.arready):
+                    m.next = "OWED"
+            with m.State("OWED"):
+                m.d.comb += [
+                    Assert(ahead < owed, "tracked read's beat not owed by the slave"),
+                    # Reachable: a read that joined a burst gets its answer.
+                    Cover(resp_fire & (ahead == 0) & (index != 0)),
+                ]
+                with m.If(resp_fire & (ahead == 0)):
+                    m.next = "NONE"
+
+
+class AxiMasterAwNotHeld(AxiMaster):
+    """Mutant: while AW waits for ready its address follows the port's next write, so the
+    slave sees the payload change before the handshake."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        with m.If(self.axi.awvalid & ~self.axi.awready):
+            m.d.sync += self.axi.awaddr.eq(self.port.wr.payload.addr)
+        return m
+
+
+class AxiMasterShortWriteBurst(AxiMaster):
+    """Mutant: AW announces two beats (``awlen`` 1) but W carries one, with WLAST on it."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.comb += self.axi.awlen.eq(1)
+        return m
+
+
+class AxiMasterLongReadBurst(AxiMaster):
+    """Mutant: a gathered read burst sent in a cycle without a request goes out on AR one beat
+    longer than the requests it holds, so the slave returns a beat nobody asked for."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        # The held burst goes out in a cycle without a request (none can join it then).
+        with m.If(self._held & (~self.axi.arvalid | self.axi.arready) & ~self.port.rd_req.valid):
+            m.d.sync += self.axi.arlen.eq(self._h_len + 1)
+        return m
+
+
+class AxiMasterMovingBurst(AxiMaster):
+    """Mutant: a request that joins the held burst also moves the burst's start address to
+    its own, so the earlier beats are read from the wrong addresses."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        with m.If(self.port.rd_req.valid & self._joins):
+            m.d.sync += self._h_addr.eq(self.port.rd_req.payload.addr)
+        return m
+
+
+class AxiMasterUncountedWrites(AxiMaster):
+    """Mutant: the count of unacknowledged writes never rises, so nothing bounds them and
+    ``writes_idle`` claims idle with writes in flight."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.sync += self._pending.eq(0)
+        return m
+
+
+# --- CSR block ---------------------------------------------------------------------------------
+
+class CsrSpec(wiring.Component):
+    """The registers of a :class:`CsrBlock` read back what was written, over AXI4-Lite, under a
+    free master.
+
+    The harness keeps a shadow of each read/write register (PROG_ADDR, WIN_BASE, WIN_SIZE),
+    updated at every accepted write to its offset with the bytes the strobes select. Then each
+    register's value (the controller sees it) equals its shadow, and a read of it returns the
+    shadow's value at the read's acceptance, held with RVALID until RREADY. Reads of the
+    constant registers (ID, CONFIG), of CTRL and of unmapped offsets return their fixed values
+    (CTRL and unmapped: 0). Write responses and read data are held until taken.
+
+    Members
+    -------
+    bus : In(AXI4LiteSignature)
+        The master's side, free.
+    """
+
+    def __init__(self, dut: CsrBlock):
+        self.dut = dut
+        super().__init__({"bus": In(AXI4LiteSignature(CSR_ADDR_BITS, 32))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        wiring.connect(m, wiring.flipped(self.bus), dut.bus)
+        bus = dut.bus
+        CSR = isa.CSR
+        registers = {"PROG_ADDR": dut.prog_addr, "WIN_BASE": dut.win_base,
+                     "WIN_SIZE": dut.win_size}
+        assert set(registers) == {r.name for r in CSR if r.access == isa.Access.RW}
+        shadows = {name: Signal(32, name=f"{name.lower()}_shadow") for name in registers}
+
+        w_fire = bus.awvalid & bus.awready & bus.wvalid & bus.wready
+        m.d.comb += Assert(bus.awready == bus.wready, "AW and W not accepted together")
+        for name, reg in registers.items():
+            shadow = shadows[name]
+            m.d.comb += Assert(reg == shadow, f"{name} != what was written")
+            with m.If(w_fire & (bus.awaddr[2:] == getattr(CSR, name).offset >> 2)):
+                for b in range(4):
+                    with m.If(bus.wstrb[b]):
+                        m.d.sync += shadow[8 * b:8 * b + 8].eq(bus.wdata[8 * b:8 * b + 8])
+
+        expected = Signal(32)
+        checked = Signal()                    # the read being answered has a known value
+        fixed = {
+            CSR.ID.offset >> 2: C(isa.ID_MAGIC, 32),
+            CSR.CONFIG.offset >> 2: C(CSR.CONFIG.make(
+                isa_version=isa.ISA_VERSION, array=dut.array, port_bytes=dut.port_bytes,
+                instr_bytes=isa.INSTR_BYTES), 32),
+            CSR.CTRL.offset >> 2: C(0, 32),
+        }
+        mapped = {r.offset >> 2 for r in CSR}
+        with m.If(bus.arvalid & bus.arready):
+            m.d.sync += checked.eq(1)
+            with m.Switch(bus.araddr[2:]):
+                for name, shadow in shadows.items():
+                    with m.Case(getattr(CSR, name).offset >> 2):
+                        m.d.sync += expected.eq(shadow)
+                for index, value in fixed.items():
+                    with m.Case(index):
+                        m.d.sync += expected.eq(value)
+                for index in mapped - set(fixed) - {getattr(CSR, n).offset >> 2 for n in shadows}:
+                    with m.Case(index):
+                        m.d.sync += checked.eq(0)       # a live value: not checked here
+                with m.Default():
+                    m.d.sync += expected.eq(0)
+        with m.Elif(bus.rvalid & bus.rready):
+            m.d.sync += checked.eq(0)
+        with m.If(checked):
+            m.d.comb += Assert(bus.rvalid & (bus.rdata == expected) & (bus.rresp == 0),
+                               "read returned another value than the register's")
+
+        _held_until_ready(m, bus.rvalid, bus.rready, Cat(bus.rdata, bus.rresp), "R")
+        _held_until_ready(m, bus.bvalid, bus.bready, bus.bresp, "B")
+        # Reachable: a register written in part (one byte lane) and read back.
+        m.d.comb += Cover(checked & bus.rready & (expected == shadows["WIN_SIZE"])
+                          & (expected[8:16] != 0) & (expected[:8] == 0))
+        return m
+
+
+class _CsrMutant(CsrBlock):
+    """A :class:`CsrBlock` that, on an accepted write to ``_offset``, also stores the whole
+    data word (all four strobes) in the register ``_register``."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        bus = self.bus
+        with m.If(bus.awvalid & bus.wvalid & ~bus.bvalid & (bus.awaddr[2:] == self._offset >> 2)):
+            m.d.sync += getattr(self, self._register).eq(bus.wdata)
+        return m
+
+
+class CsrBlockIgnoringStrobes(_CsrMutant):
+    """Mutant: a write to PROG_ADDR stores all four bytes, whatever the strobes say."""
+
+    _offset, _register = isa.CSR.PROG_ADDR.offset, "prog_addr"
+
+
+class CsrBlockSwappedWindow(_CsrMutant):
+    """Mutant: a write to WIN_SIZE also lands in WIN_BASE (a decoding slip)."""
+
+    _offset, _register = isa.CSR.WIN_SIZE.offset, "win_base"
+
+
+# --- the DMA window ----------------------------------------------------------------------------
+
+class SpanCheckSpec(wiring.Component):
+    """No byte of an operand that passes a :class:`SpanCheck` lies outside the window, for any
+    operand and any window.
+
+    Free inputs: the operand (``addr``, ``rows``, ``stride``, ``row_bytes``), the window
+    (``base`` at or below ``end``) and a byte of the operand chosen by the solver: row
+    ``row`` < ``rows`` and offset ``byte`` < ``row_bytes``. When the operand is used and not
+    reported outside, that byte, ``addr + row * stride + byte`` (computed without wrapping),
+    lies in ``[base, end)``.
+
+    With ``end_rows`` the row is the first or the last (``last`` chooses). The rows between
+    start between those two (row starts grow with the row), so the claim is the same, and the
+    solver no longer compares products of a free row: the full build's widths take it about
+    a second this way (a free row does not finish within minutes at 13 bits).
+    """
+
+    def __init__(self, dut: SpanCheck, *, end_rows: bool = False):
+        self.dut, self.end_rows = dut, end_rows
+        widths = {name: len(getattr(dut, name))
+                  for name in ("addr", "rows", "stride", "row_bytes", "base", "end")}
+        super().__init__({**{name: In(width) for name, width in widths.items()},
+                          "row": In(widths["rows"]), "last": In(1),
+                          "byte": In(widths["row_bytes"])})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        m.d.comb += [dut.used.eq(1), dut.addr.eq(self.addr), dut.rows.eq(self.rows),
+                     dut.stride.eq(self.stride), dut.row_bytes.eq(self.row_bytes),
+                     dut.base.eq(self.base), dut.end.eq(self.end)]
+        if self.end_rows:
+            # The last row's start written as the check writes it, so that the solver sees one
+            # product (the flattened design shares it).
+            rows_m1 = Signal.like(self.rows)
+            m.d.comb += rows_m1.eq(Mux(self.rows == 0, 0, self.rows - 1))
+            row = Mux(self.last, rows_m1, 0)
+            at = self.addr + Mux(self.last, rows_m1 * self.stride, 0) + self.byte
+        else:
+            row = self.row
+            at = self.addr + self.row * self.stride + self.byte
+        m.d.comb += [
+            Assume(self.base <= self.end),
+            Assume((row < self.rows) & (self.byte < self.row_bytes)),
+            Cover(~dut.outside & (self.rows > 1) & (row == self.rows - 1)
+                  & (at == self.end - 1)),
+        ]
+        with m.If(~dut.outside):
+            m.d.comb += Assert((at >= self.base) & (at < self.end),
+                               "a byte of an operand that passed lies outside the window")
+        return m
+
+
+class SpanCheckWithoutRowBytes(SpanCheck):
+    """Mutant: the span ends where the last row starts, so the last row's bytes may reach past
+    the window's end."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        rows_m1 = Mux(self.rows == 0, 0, self.rows - 1)
+        m.d.comb += self.outside.eq(self.used & ((self.addr < self.base)
+                                                 | (self.addr + rows_m1 * self.stride > self.end)))
+        return m
+
+
+class SpanCheckWithoutBase(SpanCheck):
+    """Mutant: only the end is checked, so an operand below the window's base passes."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        rows_m1 = Mux(self.rows == 0, 0, self.rows - 1)
+        m.d.comb += self.outside.eq(self.used & (self.addr + rows_m1 * self.stride
+                                                 + self.row_bytes > self.end))
+        return m
+
+
+class SerialSpanCheckSpec(wiring.Component):
+    """No byte of an operand that a :class:`SerialSpanCheck` passes lies outside the window,
+    for any operand and window, under a free ``restart`` and ``run``.
+
+    The operand, the window and the chosen byte (``row`` < ``rows``, ``byte`` <
+    ``row_bytes``) may change only in the cycle after a restart (as the controller moves to
+    the next operand); the window ends at or below 2**``flag_bit`` on a narrow build. When
+    ``done`` and the operand is not reported outside, that byte lies in ``[base, end)``; on a
+    narrow build, moreover, no flagged address or stride in use passes (a flagged value is only
+    a lower bound of the real one).
+
+    The accumulator's content in each phase is asserted too (the induction needs it): the
+    partial product of the leading ``mul_n`` bits of ``rows - 1`` with the stride, then plus
+    the address, then plus the row bytes; on a narrow build the overflow flag says exactly
+    whether that value reached 2**``flag_bit``, and below that the accumulator holds it.
+    """
+
+    def __init__(self, dut: SerialSpanCheck):
+        self.dut = dut
+        self.widths = {name: len(getattr(dut, name))
+                       for name in ("addr", "rows", "stride", "row_bytes", "base", "end")}
+        super().__init__({**{name: In(width) for name, width in self.widths.items()},
+                          "row": In(self.widths["rows"]), "byte": In(self.widths["row_bytes"]),
+                          "restart": In(1), "run": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        held = [getattr(self, name) for name in (*self.widths, "row", "byte")]
+        m.d.comb += [dut.used.eq(1), dut.restart.eq(self.restart), dut.run.eq(self.run),
+                     *(getattr(dut, name).eq(getattr(self, name)) for name in self.widths)]
+        fresh = Signal(init=1)                # the cycle after a restart (or the reset)
+        last = Signal(len(Cat(*held)))
+        m.d.sync += [fresh.eq(self.restart), last.eq(Cat(*held))]
+        m.d.comb += [
+            Assume(fresh | (Cat(*held) == last)),
+            Assume(self.base <= self.end),
+            Assume((self.row < self.rows) & (self.byte < self.row_bytes)),
+        ]
+        ab = dut.flag_bit
+        if ab is not None:
+            m.d.comb += Assume(self.end <= (1 << ab))
+
+        rows_width = len(self.rows)
+        rows_m1 = Mux(self.rows == 0, 0, self.rows - 1)[:rows_width]
+        product = rows_m1 * self.stride
+        value = Signal(len(product) + 2)      # what the accumulator stands for
+        with m.Switch(dut._phase):
+            with m.Case(0):
+                m.d.comb += value.eq((rows_m1 >> (rows_width - dut._mul_n).as_unsigned())
+                                     * self.stride)
+            with m.Case(1):
+                m.d.comb += value.eq(product)
+            with m.Case(2):
+                m.d.comb += value.eq(product + self.addr)
+            with m.Case(3):
+                m.d.comb += value.eq(product + self.addr + self.row_bytes)
+        m.d.comb += Assert(dut._mul_n <= rows_width, "multiplier step past the last bit")
+        with m.If(dut._phase != 0):
+            m.d.comb += Assert((dut._mul_n == rows_width) | (rows_m1 == 0),
+                               "multiplication left before its last bit")
+        if ab is None:
+            m.d.comb += Assert(dut._acc == value, "accumulator off its phase's value")
+        else:
+            m.d.comb += [Assert(dut._ovf == (value >= (1 << ab)), "overflow flag wrong"),
+                         Assert(dut._ovf | (dut._acc == value), "accumulator off its value")]
+        with m.If(fresh):
+            m.d.comb += Assert((dut._phase == 0) & (dut._mul_n == 0) & (dut._acc == 0)
+                               & ~dut._ovf, "a restart left a phase under way")
+
+        at = self.addr + self.row * self.stride + self.byte
+        with m.If(dut.done & ~dut.outside):
+            m.d.comb += Assert((at >= self.base) & (at < self.end),
+                               "a byte of an operand that passed lies outside the window")
+            if ab is not None:
+                m.d.comb += Assert(~self.addr[ab] & ((self.rows <= 1) | ~self.stride[ab]),
+                                   "a flagged address or stride passed")
+        m.d.comb += Cover(dut.done & ~dut.outside & (self.rows > 2) & (at == self.end - 1))
+        return m
+
+
+class SerialSpanCheckSkippingRowBytes(SerialSpanCheck):
+    """Mutant: from ADDR straight to CMP, so the span ends where the last row starts."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        with m.If(~self.restart & self.run & (self._phase == 1)):
+            m.d.sync += self._phase.eq(3)
+        return m
+
+
+class SerialSpanCheckIgnoringOverflow(SerialSpanCheck):
+    """Mutant (narrow builds): the verdict ignores the overflow flag, so a span whose end
+    wrapped past 2**ab compares as small and passes."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.comb += self.outside.eq(self.used & ((self.addr[:self.flag_bit] < self.base)
+                                                 | (self._acc > self.end)))
+        return m
