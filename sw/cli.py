@@ -112,15 +112,22 @@ def _cmd_embed(args) -> int:
         parent = Path(args.waves).parent
         if not parent.is_dir():
             raise CLIError(f"--waves {args.waves}: directory {parent} does not exist")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be 1 or more, not {args.batch_size}")
     serial = {"port": args.port, "baud": args.baud} if args.backend == "serial" else {}
+    batches = -(-len(texts) // args.batch_size)
+    layer_bar = args.backend != "golden" and not args.json
     encoder = SentenceEncoder(backend=args.backend, array=args.array, **serial,
                               model_file=args.model_file, timeout=args.timeout, quiet=args.json,
-                              backend_options=lambda index: _waves_options(args, index, len(texts)),
+                              backend_options=lambda index: _waves_options(args, index, batches),
                               layer_progress=lambda: LayerProgress(
-                                  encoder.integer_model.meta["layers"], not args.json))
+                                  encoder.integer_model.meta["layers"], layer_bar))
     _announce(args)
-    embeddings = encoder.encode(texts)
-    results = encoder.last_run["per_sentence"]
+    # The layer bar of an accelerator run and the sentence bar would share one line.
+    embeddings = encoder.encode(texts, batch_size=args.batch_size,
+                                show_progress_bar=False if layer_bar else None)
+    run = encoder.last_run
+    results = run["per_sentence"]
     for r, emb in zip(results, embeddings):
         if r.pop("truncated", False):
             _stderr(f"celosia: warning: text truncated to "
@@ -129,15 +136,18 @@ def _cmd_embed(args) -> int:
         if args.reference:
             ref, _, _ = encoder.float_model.encode(r["text"])
             r["cosine_vs_float"] = float(np.dot(ref.astype(np.float64), emb.astype(np.float64)))
+    if args.plot:
+        _plot_run(args.plot, run)
     if args.json:
-        json.dump({"backend": args.backend, "results": results}, sys.stdout)
+        json.dump({"backend": args.backend, "batch_size": args.batch_size,
+                   "batches": run["batches"], "results": results}, sys.stdout)
         sys.stdout.write("\n")
         return EXIT_OK
     head = f"{'tokens':>6}  {'first values':<34}  {'norm':>6}"
     if args.reference:
         head += f"  {'cos vs float':>12}"
     if args.backend != "golden":
-        head += f"  {'cycles':>10}  {'util':>5}  {'bit-exact':>9}"
+        head += f"  {'batch':>5}  {'bit-exact':>9}"
     print(f"backend: {args.backend}")
     print(head + "  text")
     for r in results:
@@ -146,10 +156,15 @@ def _cmd_embed(args) -> int:
         line = f"{r['tokens']:>6}  {first:<34}  {norm:>6.4f}"
         if args.reference:
             line += f"  {r['cosine_vs_float']:>12.6f}"
-        if "cycles" in r:
-            line += f"  {r['cycles']:>10}  {r['utilization']:>5.3f}  {'yes' if r['bit_exact_vs_golden'] else 'NO':>9}"
+        if "bit_exact_vs_golden" in r:
+            line += f"  {r['batch']:>5}  {'yes' if r['bit_exact_vs_golden'] else 'NO':>9}"
         text = r["text"] if len(r["text"]) <= 48 else r["text"][:45] + "..."
         print(f"{line}  {text}")
+    if args.backend != "golden":
+        print(f"\n{'batch':>5}  {'sentences':>9}  {'tokens':>6}  {'cycles':>10}  {'util':>5}")
+        for b in run["batches"]:
+            print(f"{b['batch']:>5}  {b['sentences']:>9}  {b['tokens']:>6}  {b['cycles']:>10}  "
+                  f"{b['utilization']:>5.3f}")
     return EXIT_OK
 
 
@@ -158,8 +173,9 @@ WAVE_BACKENDS = ("verilator", "amaranth")
 
 
 def _waves_options(args, index: int, count: int) -> dict:
-    """The backend options of text ``index``: its waveform file (--waves as given for one text;
-    with several, the text's index goes before the suffix: run.fst -> run.0.fst, run.1.fst)."""
+    """The backend options of batch ``index`` of ``count``: its waveform file (--waves as
+    given for one batch; with several, the batch's index goes before the suffix: run.fst ->
+    run.0.fst, run.1.fst)."""
     if args.waves is None:
         return {}
     path = Path(args.waves)
@@ -267,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the RTL run's waveform to FILE, to open in GTKWave or Surfer: "
                         "verilator backend .fst or .vcd (a separate traced build, minutes, "
                         "once), amaranth backend .vcd. With several texts: FILE.0.fst, "
-                        "FILE.1.fst, ...")
+                        "FILE.1.fst, ... (one per batch)")
     p.add_argument("--waves-cycles", type=int, default=100_000, metavar="C",
                    help="cycles the waveform holds (default 100000, about 100 MB of FST at "
                         "N = 8; 0: the whole run, over 1 GB for a sentence)")
@@ -275,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the waveform C cycles into the run (default 0)")
     from .check import add_serial_arguments
     add_serial_arguments(p)
+    p.add_argument("--batch-size", type=int, default=32, metavar="B",
+                   help="sentences per backend run: their token rows share the dense layers "
+                        "(one pass over the weights), attention stays per sentence; the "
+                        "embeddings are the same as one at a time (default 32)")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="draw each layer's cycles and utilisation per batch to FILE.png "
+                        "(accelerator backends; needs the plot extra: matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--reference", action="store_true",
                    help="also compute the float32 embedding and report the cosine against it")

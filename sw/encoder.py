@@ -29,6 +29,7 @@ import numpy as np
 
 from . import golden
 from .errors import CelosiaError, check_text
+from .progress import ProgressBar
 from .quantize import default_model_file
 
 __all__ = ["SentenceEncoder", "BACKENDS", "load_models", "array_problem"]
@@ -37,6 +38,8 @@ __all__ = ["SentenceEncoder", "BACKENDS", "load_models", "array_problem"]
 #: simulator of the instruction set; estimated cycles), amaranth (the RTL in Amaranth's
 #: simulator; small programs only), verilator (the RTL compiled by Verilator), serial (a board).
 BACKENDS = ("golden", "isa", "amaranth", "verilator", "serial")
+#: Backends slow enough that a progress bar helps even for one batch.
+SLOW_BACKENDS = ("amaranth", "verilator", "serial")
 
 
 def array_problem(array: int) -> str | None:
@@ -109,9 +112,10 @@ def pool(hidden: np.ndarray, normalise: bool) -> np.ndarray:
     return pooled.astype(np.float32)
 
 
-def per_layer(res, im, tokens: int, array: int) -> list | None:
+def per_layer(res, im, tokens, array: int) -> list | None:
     """Cycles and utilisation of each encoder layer, and the cycles of its parts against
-    their ideal matmul (MACs / N^2) and vector (elements / N) cycles."""
+    their ideal matmul (MACs / N^2) and vector (elements / N) cycles. ``tokens``: the token
+    counts of the run's sentences."""
     from .compiler import part_work
     if res.part_cycles is None:
         return None
@@ -131,6 +135,13 @@ def per_layer(res, im, tokens: int, array: int) -> list | None:
         entry["ideal_cycles"] = int(round(ideal))
         entry["utilization"] = round(ideal / c, 4) if c else None
     return layers
+
+
+def utilization(im, tokens, array: int, cycles: int) -> dict:
+    """Cycles against the ideal (every MAC of the sentences on an N x N array, N^2 a cycle)."""
+    ideal = sum(golden.macs(im, t) for t in tokens) / array ** 2
+    return {"array": array, "cycles": cycles, "ideal_cycles": int(round(ideal)),
+            "utilization": round(ideal / cycles, 4) if cycles else None}
 
 
 class SentenceEncoder:
@@ -171,9 +182,11 @@ class SentenceEncoder:
         The float reference and the integer model the backends run.
     last_run: dict | None
         What the last :meth:`encode` measured: ``backend``, ``sentences``, ``tokens``,
-        ``wall_s``; on accelerator backends ``array``, ``cycles``, ``ideal_cycles`` and
-        ``utilization``; and ``per_sentence``, one record each (``tokens``, and on accelerator
-        backends ``cycles``, ``utilization``, ``bit_exact_vs_golden``, ``per_layer``).
+        ``batch_size``, ``wall_s``; on accelerator backends ``array``, ``cycles``,
+        ``ideal_cycles`` and ``utilization``; ``batches``, one record per backend run
+        (``sentences``, ``tokens``, ``wall_s``, and on accelerator backends ``cycles``,
+        ``utilization``, ``per_layer``); and ``per_sentence``, one record each (``tokens``,
+        ``batch``, and on accelerator backends ``bit_exact_vs_golden``).
     """
 
     def __init__(self, model=None, backend: str = "golden", array: int = 16, port=None,
@@ -206,9 +219,12 @@ class SentenceEncoder:
                convert_to_numpy: bool = True, normalize_embeddings: bool | None = None):
         """Embeddings of ``sentences``: a str gives shape (dim,), a list (n, dim), float32
         (with ``convert_to_numpy=False``, a list of 1-D arrays). Normalised when the pipeline
-        has a Normalize module or ``normalize_embeddings`` is true. ``batch_size`` sentences
-        go to the backend at a time; ``show_progress_bar`` prints sentences done on stderr
-        (default: off)."""
+        has a Normalize module or ``normalize_embeddings`` is true.
+
+        ``batch_size`` sentences go to the backend at a time, as one program whose dense
+        layers run over all their token rows (bit-identical to one sentence at a time).
+        ``show_progress_bar``: a bar of sentences done on stderr; by default shown when
+        stderr is a terminal and the run has several batches or a slow backend."""
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
         for n, text in enumerate(texts):
@@ -218,41 +234,58 @@ class SentenceEncoder:
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise CelosiaError(f"batch_size must be 1 or more, not {batch_size!r}")
         normalise = self.normalizes or bool(normalize_embeddings)
+        if show_progress_bar is None and not (len(texts) > batch_size
+                                              or self.backend in SLOW_BACKENDS):
+            show_progress_bar = False             # one quick batch: nothing to wait for
+        bar = ProgressBar(len(texts), "sentences", enabled=show_progress_bar)
         t0 = time.perf_counter()
-        embeddings, records = [], []
+        embeddings, records, batches = [], [], []
         for start in range(0, len(texts), batch_size):
-            for text in texts[start:start + batch_size]:
-                emb, record = self._encode_one(len(records), text, normalise)
-                embeddings.append(emb)
-                records.append(record)
-            if show_progress_bar:
-                end = "\n" if len(records) == len(texts) else ""
-                print(f"\r  {len(records)}/{len(texts)} sentences", end=end, file=sys.stderr,
-                      flush=True)
-        self.last_run = self._summary(records, time.perf_counter() - t0)
+            chunk = texts[start:start + batch_size]
+            hidden, batch = self._encode_batch(len(batches), chunk, records)
+            batches.append(batch)
+            scale = golden.output_scale(self.integer_model)
+            embeddings += [self.pooling(h.astype(np.float64) * scale, normalise) for h in hidden]
+            bar.update(len(records))
+        bar.close()
+        self.last_run = self._summary(records, batches, batch_size, time.perf_counter() - t0)
         out = np.stack(embeddings) if embeddings else np.zeros((0, self.dim), dtype=np.float32)
         if single:
             return out[0]
         return out if convert_to_numpy else list(out)
 
-    def _encode_one(self, index: int, text: str, normalise: bool) -> tuple[np.ndarray, dict]:
-        model, im = self.float_model, self.integer_model
-        ids, truncated = model.tokenizer.encode(text)
-        record = {"text": text, "tokens": int(len(ids))}
-        if truncated:
-            record["truncated"] = True
-        t0 = time.perf_counter()
-        if self.backend == "golden":
-            hidden = golden.forward(im, golden.embed_int32(model, im, ids))
-        else:
-            hidden = self._run_on_accelerator(index, ids, record)
-        # Wall time of the run itself; a one-time model build is reported as build_s.
-        record["wall_s"] = round(time.perf_counter() - t0 - record.get("build_s", 0.0), 4)
-        return pool(hidden.astype(np.float64) * golden.output_scale(im), normalise), record
+    def pooling(self, hidden: np.ndarray, normalise: bool) -> np.ndarray:
+        """One sentence's embedding from its float hidden state (tokens x hidden)."""
+        return pool(hidden, normalise)
 
-    def _run_on_accelerator(self, index: int, ids: np.ndarray, record: dict) -> np.ndarray:
-        """Run the compiled program on the backend; fill the record's hardware fields."""
-        from .driver import AcceleratorError, AcceleratorHung, run_embedding
+    def _encode_batch(self, index: int, texts: list[str], records: list[dict]):
+        """Hidden states of a batch of sentences (one backend run); appends a record per
+        sentence to ``records`` and returns the batch's record."""
+        model, im = self.float_model, self.integer_model
+        ids = []
+        for text in texts:
+            tok, truncated = model.tokenizer.encode(text)
+            ids.append(tok)
+            records.append({"text": text, "tokens": int(len(tok)), "batch": index,
+                            **({"truncated": True} if truncated else {})})
+        tokens = [len(x) for x in ids]
+        batch = {"batch": index, "sentences": len(ids), "tokens": sum(tokens)}
+        t0 = time.perf_counter()
+        ref = golden.forward_batch(im, [golden.embed_int32(model, im, x) for x in ids])
+        if self.backend == "golden":
+            hidden = ref
+        else:
+            hidden = self._run_on_accelerator(index, ids, batch)
+            for record, got, want in zip(records[-len(ids):], hidden, ref):
+                record["bit_exact_vs_golden"] = bool(np.array_equal(got, want))
+        # Wall time of the run itself; a one-time model build is reported as build_s.
+        batch["wall_s"] = round(time.perf_counter() - t0 - batch.get("build_s", 0.0), 4)
+        return hidden, batch
+
+    def _run_on_accelerator(self, index: int, ids: list[np.ndarray], batch: dict) -> list:
+        """Run the batch's compiled program on the backend; fill the batch record's hardware
+        fields."""
+        from .driver import AcceleratorError, AcceleratorHung, run_batch
         if self.backend == "verilator":
             import celosia.sim.verilator_accel  # noqa: F401  (registers the backend)
         model, im = self.float_model, self.integer_model
@@ -260,37 +293,33 @@ class SentenceEncoder:
         options.update(self._serial)
         progress = self._layer_progress() if self._layer_progress else None
         try:
-            res = run_embedding(self.backend, model, im, ids, array=self.array,
-                                timeout_s=self.timeout, progress=progress,
-                                backend_options=options)
+            res = run_batch(self.backend, model, im, ids, array=self.array,
+                            timeout_s=self.timeout, progress=progress, backend_options=options)
         except (AcceleratorError, AcceleratorHung, ValueError, OSError) as exc:
             # ValueError, OSError: backend set-up (waveform format, port, memory window).
             raise CelosiaError(f"backend {self.backend}: {exc}") from None
         finally:
             if hasattr(progress, "finish"):
                 progress.finish()
-        ref = golden.forward(im, golden.embed_int32(model, im, ids))
-        cycles = res.counters["cycles"]
-        ideal = golden.macs(im, len(ids)) / self.array ** 2
-        record.update({"array": self.array, "cycles": cycles, "ideal_cycles": int(round(ideal)),
-                       "utilization": round(ideal / cycles, 4) if cycles else None,
-                       "bit_exact_vs_golden": bool(np.array_equal(res.hidden, ref))})
-        record["per_layer"] = per_layer(res, im, len(ids), self.array)
+        tokens = [len(x) for x in ids]
+        batch.update(utilization(im, tokens, self.array, res.counters["cycles"]))
+        batch["per_layer"] = per_layer(res, im, tokens, self.array)
         if "waves" in options:
-            record["waves"] = str(options["waves"])
+            batch["waves"] = str(options["waves"])
         if self.backend == "isa":
-            record["cycles_model"] = "isa simulator estimate (each unit at its ideal rate), not RTL"
+            batch["cycles_model"] = "isa simulator estimate (each unit at its ideal rate), not RTL"
         if res.build_s:
-            record["build_s"] = round(res.build_s, 2)
-        return res.hidden
+            batch["build_s"] = round(res.build_s, 2)
+        return res.sentence_hidden
 
-    def _summary(self, records: list[dict], wall: float) -> dict:
+    def _summary(self, records: list[dict], batches: list[dict], batch_size: int,
+                 wall: float) -> dict:
         run = {"backend": self.backend, "sentences": len(records),
-               "tokens": sum(r["tokens"] for r in records), "wall_s": round(wall, 4)}
+               "tokens": sum(r["tokens"] for r in records), "batch_size": batch_size,
+               "wall_s": round(wall, 4)}
         if self.backend != "golden":
-            cycles = sum(r["cycles"] for r in records)
-            ideal = sum(golden.macs(self.integer_model, r["tokens"]) for r in records) / self.array ** 2
-            run.update({"array": self.array, "cycles": cycles, "ideal_cycles": int(round(ideal)),
-                        "utilization": round(ideal / cycles, 4) if cycles else None})
+            run.update(utilization(self.integer_model, [r["tokens"] for r in records], self.array,
+                                   sum(b["cycles"] for b in batches)))
+        run["batches"] = batches
         run["per_sentence"] = records
         return run
