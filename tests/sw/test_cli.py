@@ -116,8 +116,10 @@ def test_console_script_help():
 def test_embed_on_the_isa_backend_is_bit_exact(cache, capsys):
     code, out, err = run(capsys, "embed", "--json", "--backend", "isa", "--array", "8", "Hi there")
     assert code == 0
-    r = json.loads(out)["results"][0]
-    assert r["bit_exact_vs_golden"] is True
+    report = json.loads(out)
+    assert report["results"][0]["bit_exact_vs_golden"] is True
+    r = report["batches"][0]
+    assert r["sentences"] == 1 and r["tokens"] == report["results"][0]["tokens"]
     assert r["array"] == 8 and r["cycles"] >= r["ideal_cycles"] > 0
     assert 0 < r["utilization"] <= 1
     # One entry per encoder layer, adding up to the whole run.
@@ -131,7 +133,7 @@ def test_embed_on_the_isa_backend_is_bit_exact(cache, capsys):
         assert [p["part"] for p in x["parts"]][-2:] == ["ffn2", "ln2"]
         assert all(p["cycles"] >= max(p["matmul_ideal"], 1) for p in x["parts"])
     code, out, _ = run(capsys, "embed", "--json", "Hi there")
-    assert json.loads(out)["results"][0]["embedding"] == r["embedding"]
+    assert json.loads(out)["results"][0]["embedding"] == report["results"][0]["embedding"]
 
 
 def test_a_hung_run_reports_the_last_status(cache, capsys):
