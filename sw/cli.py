@@ -117,7 +117,7 @@ def _cmd_embed(args) -> int:
     serial = {"port": args.port, "baud": args.baud} if args.backend == "serial" else {}
     batches = -(-len(texts) // args.batch_size)
     layer_bar = args.backend != "golden" and not args.json
-    encoder = SentenceEncoder(backend=args.backend, array=args.array, **serial,
+    encoder = SentenceEncoder(model=args.model, backend=args.backend, array=args.array, **serial,
                               model_file=args.model_file, timeout=args.timeout, quiet=args.json,
                               backend_options=lambda index: _waves_options(args, index, batches),
                               layer_progress=lambda: LayerProgress(
@@ -199,13 +199,19 @@ def _announce(args) -> None:
 
 def _cmd_quantize(args) -> int:
     path = Path(args.output) if args.output else default_model_file()
+    if args.model is not None and not args.output:
+        from .model import checkpoint_digest
+        from .quantize import checkpoint_model_file
+        if not Path(args.model).is_dir():
+            raise CLIError(f"--model {args.model}: no such folder")
+        path = checkpoint_model_file(args.model, checkpoint_digest(args.model))
     if path.exists() and not args.force:
         from .quantize import IntegerModel
         im = IntegerModel.load(path)
         print(f"{path}: integer model present (sha256 {im.digest()[:16]}); --force rebuilds it")
         return EXIT_OK
     t0 = time.perf_counter()
-    _, im = load_models(path, rebuild=True, quiet=True)
+    _, im = load_models(path, rebuild=True, quiet=True, checkpoint=args.model)
     print(f"{path}: integer model written in {time.perf_counter() - t0:.1f} s "
           f"(sha256 {im.digest()[:16]})")
     return EXIT_OK
@@ -253,6 +259,11 @@ def _optional(module: str):
         raise
 
 
+MODEL_HELP = ("a sentence-transformers folder of a BERT encoder (config.json, tokenizer.json, "
+              "model.safetensors, modules.json, ...); quantised on first use and cached "
+              "(default: the bundled all-MiniLM-L6-v2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="celosia",
@@ -263,9 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("embed", help="compute sentence embeddings",
-                       description="One 384-dimensional embedding per text (or per non-empty "
-                                   "line of --file). Texts longer than 256 tokens are truncated, "
-                                   "with a warning, as sentence-transformers does.")
+                       description="One embedding per text (or per non-empty line of --file): "
+                                   "384 values for the bundled all-MiniLM-L6-v2, or those of "
+                                   "the --model checkpoint. Texts longer than the model's "
+                                   "max_seq_length (256 tokens) are truncated, with a warning, "
+                                   "as sentence-transformers does.")
     p.add_argument("text", nargs="*", metavar="TEXT", help="texts to embed")
     p.add_argument("--file", metavar="PATH", help="read texts from PATH, one per line ('-': stdin)")
     p.add_argument("--backend", default="golden", metavar="NAME",
@@ -301,8 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--reference", action="store_true",
                    help="also compute the float32 embedding and report the cosine against it")
+    p.add_argument("--model", metavar="PATH", default=None, help=MODEL_HELP)
     p.add_argument("--model-file", metavar="PATH",
-                   help=f"integer model file (default: {default_model_file()})")
+                   help=f"integer model file (default: {default_model_file()}, or beside it "
+                        "under the --model checkpoint's digest)")
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("quantize", help="build the integer model file",
@@ -311,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "JSON metadata header). Deterministic: same inputs, same bytes.")
     p.add_argument("-o", "--output", metavar="PATH", help=f"output file (default: {default_model_file()})")
     p.add_argument("--force", action="store_true", help="rebuild even if the file exists")
+    p.add_argument("--model", metavar="PATH", default=None, help=MODEL_HELP)
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")

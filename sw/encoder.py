@@ -29,10 +29,11 @@ import numpy as np
 
 from . import golden
 from .errors import CelosiaError, check_text
+from .model import pool
 from .progress import ProgressBar
 from .quantize import default_model_file
 
-__all__ = ["SentenceEncoder", "BACKENDS", "load_models", "array_problem"]
+__all__ = ["SentenceEncoder", "BACKENDS", "load_models", "array_problem", "model_problem"]
 
 #: Backends: golden (the op-level integer model), isa (the compiled program on the functional
 #: simulator of the instruction set; estimated cycles), amaranth (the RTL in Amaranth's
@@ -56,60 +57,84 @@ def _note(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load_models(model_file: Path | None = None, rebuild: bool = False, quiet: bool = False):
+def model_problem(config) -> str | None:
+    """Why the hardware cannot run an encoder of this shape (None if it can): every
+    LayerNorm row (hidden), GELU row (FFN width) and softmax row (tokens) is one vector-unit
+    row of at most VEC_MAX_COLS columns."""
+    from celosia.hdl.isa import VEC_MAX_COLS
+    c = config
+    if c.hidden % c.heads:
+        return f"hidden_size {c.hidden} is not a multiple of num_attention_heads {c.heads}"
+    for value, name, where in ((c.hidden, "hidden_size", "LayerNorm"),
+                               (c.ffn, "intermediate_size", "the GELU over FFN1's output"),
+                               (c.max_tokens, "max_seq_length", "softmax")):
+        if value > VEC_MAX_COLS:
+            return (f"{name} {value} is more than the vector unit's {VEC_MAX_COLS}-column rows "
+                    f"({where}; VEC_MAX_COLS in hdl/isa.py)")
+    return None
+
+
+def load_models(model_file: Path | None = None, rebuild: bool = False, quiet: bool = False,
+                checkpoint: Path | None = None):
     """The float model and its integer model; builds and caches the integer model on first use.
 
+    ``checkpoint``: a sentence-transformers folder (default: the bundled all-MiniLM-L6-v2);
+    its integer model is cached under the checkpoint's digest unless ``model_file`` names one.
     A damaged file is an error (never silently replaced); the default cache of another format
     version is rebuilt. Before any work whose result must be written, the folder is checked.
     """
-    from .model import ModelError, load_minilm
-    from .quantize import CorruptModelError, IntegerModel, QuantizedModelError, check_writable, quantize
-    path = Path(model_file) if model_file else default_model_file()
+    from .model import ModelError, checkpoint_digest, load_minilm
+    from .quantize import (CorruptModelError, IntegerModel, QuantizedModelError, check_writable,
+                           checkpoint_model_file, quantize)
+    digest = command = None
+    if checkpoint is not None:
+        if not Path(checkpoint).is_dir():
+            raise CelosiaError(f"model {checkpoint}: no such folder")
+        digest = checkpoint_digest(checkpoint)
+        command = f"celosia quantize --force --model {checkpoint}" + (
+            f" -o {model_file}" if model_file else "")
+    path = Path(model_file) if model_file else (
+        checkpoint_model_file(checkpoint, digest) if checkpoint else default_model_file())
     im = None
     if path.exists() and not rebuild:
         try:
             im = IntegerModel.load(path)
-        except CorruptModelError:
-            raise
+        except CorruptModelError as exc:
+            raise exc if command is None else CorruptModelError(exc.problem, path,
+                                                                command=command) from None
         except QuantizedModelError as exc:
             if model_file:       # a file the user named: do not overwrite it silently
-                raise
+                raise exc if command is None else QuantizedModelError(exc.problem, path,
+                                                                      command=command) from None
             if not quiet:
                 _note(f"celosia: {exc.problem}; rebuilding it")
+        if im is not None and digest and im.meta.get("checkpoint_sha256") != digest:
+            if model_file:
+                raise QuantizedModelError(f"integer model {path} was made from another "
+                                          f"checkpoint than {checkpoint}", path, command=command)
+            im = None
     if im is None:
         check_writable(path)
     try:
-        model = load_minilm()
+        model = load_minilm(checkpoint)
     except ModelError as exc:
         raise CelosiaError(str(exc)) from None
+    problem = model_problem(model.config)
+    if problem:
+        raise CelosiaError(f"model {checkpoint or 'all-MiniLM-L6-v2'}: {problem}")
     if im is not None:
         return model, im
+    name = "all-MiniLM-L6-v2" if checkpoint is None else str(checkpoint)
     if not quiet:
-        _note(f"celosia: quantising all-MiniLM-L6-v2 (once; cached in {path})")
+        _note(f"celosia: quantising {name} (once; cached in {path})")
     im = quantize(model)
+    if digest:
+        im.meta["checkpoint_sha256"] = digest
     try:
         im.save(path)
     except OSError as exc:
         raise CelosiaError(f"cannot write the integer model to {path}: {exc.strerror}") from None
     return model, im
-
-
-def pipeline_normalizes(folder: Path) -> bool:
-    """Whether a sentence-transformers checkpoint's modules.json ends in a Normalize module."""
-    import json
-    try:
-        modules = json.loads((Path(folder) / "modules.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
-
-
-def pool(hidden: np.ndarray, normalise: bool) -> np.ndarray:
-    """Mean over tokens (in float64), then L2 normalisation if asked; float32."""
-    pooled = hidden.astype(np.float64).mean(axis=0)
-    if normalise:
-        pooled = pooled / max(np.linalg.norm(pooled), 1e-12)
-    return pooled.astype(np.float32)
 
 
 def per_layer(res, im, tokens, array: int) -> list | None:
@@ -145,12 +170,15 @@ def utilization(im, tokens, array: int, cycles: int) -> dict:
 
 
 class SentenceEncoder:
-    """Sentence embeddings of all-MiniLM-L6-v2 computed by a Celosia backend.
+    """Sentence embeddings of a BERT-family checkpoint (all-MiniLM-L6-v2 by default) computed
+    by a Celosia backend.
 
     Parameters
     ----------
     model:
-        None: the bundled all-MiniLM-L6-v2 (other checkpoints are not supported yet).
+        None: the bundled all-MiniLM-L6-v2; or the path of a sentence-transformers folder of a
+        BERT encoder (see :func:`celosia.sw.model.load_minilm`), quantised on first use with
+        the repository's calibration text and cached under the checkpoint's digest.
     backend:
         One of :data:`BACKENDS`; ``golden`` by default.
     array:
@@ -178,6 +206,8 @@ class SentenceEncoder:
         Embedding dimension.
     normalizes: bool
         Whether the checkpoint's pipeline normalises embeddings.
+    pooling: str
+        The checkpoint's pooling: "mean" or "cls".
     float_model, integer_model:
         The float reference and the integer model the backends run.
     last_run: dict | None
@@ -194,9 +224,6 @@ class SentenceEncoder:
                  timeout: float = 1800.0, quiet: bool = True,
                  backend_options: dict | Callable[[int], dict] | None = None,
                  layer_progress: Callable[[], Callable[[int, int], None]] | None = None):
-        if model is not None:
-            raise CelosiaError(f"model={model!r}: only the bundled all-MiniLM-L6-v2 (model=None) "
-                               "is supported so far")
         if backend not in BACKENDS:
             raise CelosiaError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         if backend != "golden" and array_problem(array):
@@ -209,9 +236,10 @@ class SentenceEncoder:
         self._options = backend_options
         self._serial = {"port": port, "baud": baud} if backend == "serial" else {}
         self._layer_progress = layer_progress
-        self.float_model, self.integer_model = load_models(model_file, quiet=quiet)
-        from .model import model_path
-        self.normalizes = pipeline_normalizes(model_path())
+        self.float_model, self.integer_model = load_models(model_file, quiet=quiet,
+                                                           checkpoint=model)
+        self.pooling = self.float_model.config.pooling
+        self.normalizes = self.float_model.config.normalize
         self.dim = int(self.integer_model.meta["hidden"])
         self.last_run: dict | None = None
 
@@ -245,7 +273,8 @@ class SentenceEncoder:
             hidden, batch = self._encode_batch(len(batches), chunk, records)
             batches.append(batch)
             scale = golden.output_scale(self.integer_model)
-            embeddings += [self.pooling(h.astype(np.float64) * scale, normalise) for h in hidden]
+            embeddings += [pool(h.astype(np.float64) * scale, self.pooling, normalise)
+                           for h in hidden]
             bar.update(len(records))
         bar.close()
         self.last_run = self._summary(records, batches, batch_size, time.perf_counter() - t0)
@@ -253,10 +282,6 @@ class SentenceEncoder:
         if single:
             return out[0]
         return out if convert_to_numpy else list(out)
-
-    def pooling(self, hidden: np.ndarray, normalise: bool) -> np.ndarray:
-        """One sentence's embedding from its float hidden state (tokens x hidden)."""
-        return pool(hidden, normalise)
 
     def _encode_batch(self, index: int, texts: list[str], records: list[dict]):
         """Hidden states of a batch of sentences (one backend run); appends a record per

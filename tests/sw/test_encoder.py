@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from celosia.sw import golden
-from celosia.sw.encoder import SentenceEncoder, pipeline_normalizes
+from celosia.sw.encoder import SentenceEncoder
 from celosia.sw.errors import CelosiaError
 
 TEXTS = ["Hi", "A cat sat on the mat.", "Rust and Go are both popular for systems programming."]
@@ -57,13 +57,10 @@ def test_last_run_on_golden(encoder, minilm):
     assert "cycles" not in run
 
 
-def test_normalisation_follows_the_pipeline_or_the_caller(encoder, tmp_path):
+def test_normalisation_follows_the_pipeline_or_the_caller(encoder):
     assert encoder.normalizes                    # MiniLM's modules.json ends in Normalize
+    assert encoder.pooling == "mean"
     assert abs(np.linalg.norm(encoder.encode("x", normalize_embeddings=False)) - 1) < 1e-6
-    (tmp_path / "modules.json").write_text(json.dumps(
-        [{"idx": 0, "type": "sentence_transformers.models.Transformer"},
-         {"idx": 1, "type": "sentence_transformers.models.Pooling"}]))
-    assert not pipeline_normalizes(tmp_path)
     encoder.normalizes = False                    # a checkpoint whose pipeline has no Normalize
     try:
         raw = encoder.encode(TEXTS[1])
@@ -135,7 +132,7 @@ def test_output_feeds_sentence_transformers_util(encoder):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"model": "/some/checkpoint"}, "only the bundled all-MiniLM-L6-v2"),
+    ({"model": "/some/checkpoint"}, "model /some/checkpoint: no such folder"),
     ({"backend": "nosuch"}, "unknown backend 'nosuch'"),
     ({"backend": "isa", "array": 3}, "array=3: array must be"),
     ({"port": "/dev/ttyUSB0"}, "port and baud are for the serial backend, not golden"),
