@@ -1,9 +1,9 @@
 """The ``celosia`` command line.
 
 Subcommands:
-  embed      sentence embeddings of all-MiniLM-L6-v2 computed by a backend
+  embed      sentence embeddings (all-MiniLM-L6-v2 or a --model checkpoint) on a backend
   quantize   build (or rebuild) the integer model file
-  bench      benchmarks (accuracy, golden, matmul, vector) that print figures
+  bench      benchmarks (accuracy, golden, batching, matmul, vector) that print figures
   verilog    write the matmul engine's Verilog
   build      FPGA bitstreams (when fpga/ provides them)
 
@@ -114,6 +114,8 @@ def _cmd_embed(args) -> int:
             raise CLIError(f"--waves {args.waves}: directory {parent} does not exist")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be 1 or more, not {args.batch_size}")
+    if args.plot:
+        _check_plot(args)
     serial = {"port": args.port, "baud": args.baud} if args.backend == "serial" else {}
     batches = -(-len(texts) // args.batch_size)
     layer_bar = args.backend != "golden" and not args.json
@@ -137,7 +139,8 @@ def _cmd_embed(args) -> int:
             ref, _, _ = encoder.float_model.encode(r["text"])
             r["cosine_vs_float"] = float(np.dot(ref.astype(np.float64), emb.astype(np.float64)))
     if args.plot:
-        _plot_run(args.plot, run)
+        from .plot import plot_run
+        plot_run(args.plot, run)
     if args.json:
         json.dump({"backend": args.backend, "batch_size": args.batch_size,
                    "batches": run["batches"], "results": results}, sys.stdout)
@@ -166,6 +169,15 @@ def _cmd_embed(args) -> int:
             print(f"{b['batch']:>5}  {b['sentences']:>9}  {b['tokens']:>6}  {b['cycles']:>10}  "
                   f"{b['utilization']:>5.3f}")
     return EXIT_OK
+
+
+def _check_plot(args) -> None:
+    """--plot's checks, before the run: an accelerator backend, matplotlib, a writable .png."""
+    from .plot import check_plot
+    if args.backend == "golden":
+        raise CLIError("--plot draws cycles and utilisation per layer: it needs an accelerator "
+                       "backend (--backend isa, verilator, ...), not golden")
+    check_plot(args.plot)
 
 
 #: Backends that can write a waveform (``--waves``).
@@ -246,6 +258,34 @@ def _cmd_bench_golden(args) -> int:
         raise CLIError(f"--dev-set {args.dev_set} holds no sentences")
     model, im = load_models(args.model_file, quiet=args.json)
     return _print_report(args, golden_speed(model, im, texts, int64=args.int64))
+
+
+def _cmd_bench_batching(args) -> int:
+    from .accuracy import read_lines
+    from .encoder import batching_report
+    try:
+        sizes = sorted({int(x) for x in args.batch_sizes.split(",")})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1:
+        raise CLIError(f"--batch-sizes {args.batch_sizes!r}: expected sizes of 1 or more, "
+                       "separated by commas (1,2,4,8)")
+    if args.sentences < 1:
+        raise CLIError("--sentences must be 1 or more")
+    if args.backend not in BACKENDS:
+        raise CLIError(f"unknown backend {args.backend!r}; available: {', '.join(BACKENDS)}")
+    if args.plot:
+        _check_plot(args)
+    texts = read_lines(args.dev_set)[:args.sentences]
+    if not texts:
+        raise CLIError(f"--dev-set {args.dev_set} holds no sentences")
+    encoder = SentenceEncoder(model=args.model, backend=args.backend, array=args.array,
+                              model_file=args.model_file, quiet=args.json)
+    report = batching_report(encoder, texts, sizes)
+    if args.plot:
+        from .plot import plot_batching
+        plot_batching(args.plot, report)
+    return _print_report(args, report)
 
 
 def _optional(module: str):
@@ -350,7 +390,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--int64", action="store_true",
                    help="also time the int64 matmul path and report the speed-up")
     b.set_defaults(func=_cmd_bench_golden)
-    for b in (accuracy, b):
+    speed = b
+    b = bench.add_parser("batching", help="utilisation of batched runs per batch size",
+                         description="The first N dev-set sentences encoded with each batch "
+                                     "size on an accelerator backend: cycles and utilisation "
+                                     "(overall and per batch), and whether the embeddings "
+                                     "equal batch size 1's.")
+    b.add_argument("--sentences", type=int, default=8, metavar="N",
+                   help="the first N dev-set sentences (default 8)")
+    b.add_argument("--batch-sizes", default="1,2,4,8", metavar="B,B,...",
+                   help="batch sizes to compare (default 1,2,4,8)")
+    b.add_argument("--backend", default="isa", metavar="NAME",
+                   help="accelerator backend (default isa: the instruction-set simulator's "
+                        "cycle estimate)")
+    b.add_argument("--array", type=int, default=16, metavar="N", help="array size (default 16)")
+    b.add_argument("--model", metavar="PATH", default=None, help=MODEL_HELP)
+    b.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="draw each layer's cycles and utilisation per batch size to FILE.png "
+                        "(needs the plot extra: matplotlib)")
+    b.set_defaults(func=_cmd_bench_batching)
+    for b in (accuracy, speed, b):
         b.add_argument("--dev-set", default=str(DEV_SET), metavar="PATH",
                        help="sentences, one a line (default: the shipped dev set)")
         b.add_argument("--model-file", metavar="PATH")

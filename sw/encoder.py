@@ -348,3 +348,41 @@ class SentenceEncoder:
         run["batches"] = batches
         run["per_sentence"] = records
         return run
+
+
+def batching_report(encoder: "SentenceEncoder", texts: list[str], sizes: list[int]) -> dict:
+    """``celosia bench batching``: the same sentences encoded with each batch size; cycles,
+    utilisation (overall and per batch), whether every embedding equals batch size 1's, and
+    the per-layer records of the run (summed over its batches)."""
+    from .plot import sum_layers
+    runs, first = [], None
+    for size in sizes:
+        emb = encoder.encode(texts, batch_size=size, show_progress_bar=False)
+        run = encoder.last_run
+        first = emb if first is None else first
+        record = {"batch_size": size, "batches": len(run["batches"]),
+                  "utilization_per_batch": [b.get("utilization") for b in run["batches"]],
+                  "same_embeddings": bool(np.array_equal(emb, first)),
+                  "wall_s": run["wall_s"]}
+        if "cycles" in run:
+            record.update({k: run[k] for k in ("cycles", "ideal_cycles", "utilization")})
+            record["bit_exact_vs_golden"] = all(r["bit_exact_vs_golden"] for r in run["per_sentence"])
+            if all(b.get("per_layer") for b in run["batches"]):
+                record["per_layer"] = sum_layers([b["per_layer"] for b in run["batches"]])
+        runs.append(record)
+    tokens = [r["tokens"] for r in encoder.last_run["per_sentence"]]
+    report = {"backend": encoder.backend, "array": encoder.array, "sentences": len(texts),
+              "tokens": sum(tokens), "tokens_per_sentence": round(sum(tokens) / len(tokens), 2),
+              "runs": runs}
+    rows = [f"{encoder.backend} backend, {encoder.array}x{encoder.array} array: {len(texts)} "
+            f"sentences, {sum(tokens)} tokens ({min(tokens)}..{max(tokens)} a sentence)",
+            f"{'batch size':>10}  {'batches':>7}  {'cycles':>10}  {'util':>6}  "
+            f"{'util per batch':<24}  {'same as 1':>9}"]
+    for r in runs:
+        per = " ".join(f"{u:.3f}" for u in r["utilization_per_batch"][:4] if u is not None)
+        per += " ..." if len(r["utilization_per_batch"]) > 4 else ""
+        rows.append(f"{r['batch_size']:>10}  {r['batches']:>7}  {r.get('cycles', '-'):>10}  "
+                    f"{r.get('utilization') or 0:>6.3f}  {per:<24}  "
+                    f"{'yes' if r['same_embeddings'] else 'NO':>9}")
+    report["table"] = "\n".join(rows)
+    return report

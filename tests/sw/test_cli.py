@@ -341,3 +341,72 @@ def test_stale_default_cache_is_rebuilt_with_a_note(cache, capsys, int_model):
            "rebuilding it" in err
     from celosia.sw.quantize import IntegerModel
     assert IntegerModel.load(path).digest() == int_model.digest()
+
+
+def test_embed_plot_draws_layers_per_batch(cache, capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "layers.png"
+    code, out, err = run(capsys, "embed", "--json", "--backend", "isa", "--array", "8",
+                         "--batch-size", "2", "--plot", str(png), "Hi there", "A cat.", "Go")
+    assert code == 0, err
+    report = json.loads(out)
+    assert [b["sentences"] for b in report["batches"]] == [2, 1]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_plot_sums_the_batches_layers():
+    from celosia.sw.plot import sum_layers
+    a = [{"layer": 0, "cycles": 10, "ideal_cycles": 5, "parts": [{"part": "qkv", "cycles": 10}]}]
+    b = [{"layer": 0, "cycles": 30, "ideal_cycles": 25, "parts": [{"part": "qkv", "cycles": 20},
+                                                                 {"part": "ln2", "cycles": 10}]}]
+    assert sum_layers([a, b]) == [{"layer": 0, "cycles": 40, "ideal_cycles": 30, "utilization": 0.75,
+                                   "parts": [{"part": "qkv", "cycles": 30},
+                                             {"part": "ln2", "cycles": 10}]}]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["embed", "--plot", "x.png", "hi"], "--plot draws cycles and utilisation per layer: it "
+                                          "needs an accelerator backend"),
+    (["embed", "--backend", "isa", "--plot", "x.svg", "hi"], "the file name must end in .png"),
+    (["embed", "--backend", "isa", "--plot", "/no/such/dir/x.png", "hi"],
+     "directory /no/such/dir does not exist"),
+    (["embed", "--batch-size", "0", "hi"], "--batch-size must be 1 or more, not 0"),
+    (["bench", "batching", "--batch-sizes", "4,x"], "--batch-sizes '4,x': expected sizes"),
+    (["bench", "batching", "--batch-sizes", "0,2"], "--batch-sizes '0,2': expected sizes"),
+])
+def test_plot_and_batch_errors_are_one_line(cache, capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+
+
+def test_plot_without_matplotlib_is_one_line(cache, capsys, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    code, out, err = run(capsys, "embed", "--backend", "isa", "--plot", "x.png", "hi")
+    assert code == 1 and out == ""
+    assert err == ("celosia: error: --plot needs matplotlib, which is not installed; install it "
+                   "with: pip install 'celosia[plot]'\n")
+
+
+def test_bench_batching_reports_utilisation_per_batch_size(cache, capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "batching.png"
+    code, out, err = run(capsys, "bench", "batching", "--json", "--sentences", "4",
+                         "--batch-sizes", "4,1", "--array", "8", "--plot", str(png))
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["sentences"] == 4 and [r["batch_size"] for r in report["runs"]] == [1, 4]
+    one, four = report["runs"]
+    assert (one["batches"], four["batches"]) == (4, 1)
+    assert one["ideal_cycles"] == four["ideal_cycles"] and four["cycles"] < one["cycles"]
+    assert four["utilization_per_batch"] == [four["utilization"]]
+    assert all(r["same_embeddings"] and r["bit_exact_vs_golden"] for r in report["runs"])
+    assert [x["layer"] for x in four["per_layer"]] == list(range(6))
+    assert sum(x["cycles"] for x in four["per_layer"]) == four["cycles"]
+    assert png.stat().st_size > 20_000
