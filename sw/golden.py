@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import numerics as nx
-from .model import MiniLM, mean_pool_normalise
+from .model import MiniLM, pool
 from .quantize import IntegerModel
 
 __all__ = ["embed_int32", "encoder_layer", "forward", "forward_batch", "embedding", "output_scale",
@@ -104,9 +104,10 @@ def forward_batch(im: IntegerModel, es, layers: int | None = None) -> list[np.nd
 
 
 def embedding(model: MiniLM, im: IntegerModel, ids: np.ndarray) -> np.ndarray:
-    """Sentence embedding computed by the golden model (pooling on the host, in float)."""
+    """Sentence embedding computed by the golden model (pooling, and normalisation when the
+    checkpoint's pipeline has it, on the host in float)."""
     h = forward(im, embed_int32(model, im, ids))
-    return mean_pool_normalise(h.astype(np.float64) * output_scale(im))
+    return pool(h.astype(np.float64) * output_scale(im), model.config.pooling, model.config.normalize)
 
 
 def output_scale(im: IntegerModel) -> float:
