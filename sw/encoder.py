@@ -320,8 +320,9 @@ class SentenceEncoder:
         try:
             res = run_batch(self.backend, model, im, ids, array=self.array,
                             timeout_s=self.timeout, progress=progress, backend_options=options)
-        except (AcceleratorError, AcceleratorHung, ValueError, OSError) as exc:
-            # ValueError, OSError: backend set-up (waveform format, port, memory window).
+        except (AcceleratorError, AcceleratorHung, ValueError, OSError, RuntimeError) as exc:
+            # ValueError, OSError, RuntimeError: backend set-up (waveform format, port, memory
+            # window, a Verilator that is missing or fails to build the model).
             raise CelosiaError(f"backend {self.backend}: {exc}") from None
         finally:
             if hasattr(progress, "finish"):

@@ -177,3 +177,17 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(encoder, capsys, monkeypa
     assert re.search(r"3/3 sentences  \d+ s\n$", capsys.readouterr().err)
     encoder.encode(TEXTS, batch_size=3)              # one quick batch: nothing to wait for
     assert capsys.readouterr().err == ""
+
+
+def test_a_backend_that_cannot_start_is_one_line(model_file, monkeypatch):
+    """A missing Verilator (or a model that fails to build) raises RuntimeError in the
+    backend's factory: one line, not a traceback."""
+    from celosia.sw import driver
+
+    def no_verilator(*args, **kwargs):
+        raise RuntimeError("verilator is not available: [Errno 2] No such file or directory")
+    monkeypatch.setattr(driver, "open_backend", no_verilator)
+    isa = SentenceEncoder(backend="isa", array=8, model_file=model_file)
+    with pytest.raises(CelosiaError, match=re.escape(
+            "backend isa: verilator is not available: [Errno 2] No such file or directory")):
+        isa.encode("x")
