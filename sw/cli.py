@@ -361,9 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("quantize", help="build the integer model file",
-                       description="Quantise all-MiniLM-L6-v2 with the calibration set in the "
-                                   "repository and write the integer model (safetensors with a "
-                                   "JSON metadata header). Deterministic: same inputs, same bytes.")
+                       description="Quantise all-MiniLM-L6-v2 (or the --model checkpoint) "
+                                   "with the calibration set in the repository and write the "
+                                   "integer model (safetensors with a JSON metadata header). "
+                                   "Deterministic: same inputs, same bytes.")
     p.add_argument("-o", "--output", metavar="PATH", help=f"output file (default: {default_model_file()})")
     p.add_argument("--force", action="store_true", help="rebuild even if the file exists")
     p.add_argument("--model", metavar="PATH", default=None, help=MODEL_HELP)
