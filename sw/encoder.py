@@ -367,7 +367,8 @@ def batching_report(encoder: "SentenceEncoder", texts: list[str], sizes: list[in
                   "wall_s": run["wall_s"]}
         if "cycles" in run:
             record.update({k: run[k] for k in ("cycles", "ideal_cycles", "utilization")})
-            record["bit_exact_vs_golden"] = all(r["bit_exact_vs_golden"] for r in run["per_sentence"])
+            record["bit_exact_vs_golden"] = all(r["bit_exact_vs_golden"]
+                                                for r in run["per_sentence"])
             if all(b.get("per_layer") for b in run["batches"]):
                 record["per_layer"] = sum_layers([b["per_layer"] for b in run["batches"]])
         runs.append(record)

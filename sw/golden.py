@@ -107,7 +107,8 @@ def embedding(model: MiniLM, im: IntegerModel, ids: np.ndarray) -> np.ndarray:
     """Sentence embedding computed by the golden model (pooling, and normalisation when the
     checkpoint's pipeline has it, on the host in float)."""
     h = forward(im, embed_int32(model, im, ids))
-    return pool(h.astype(np.float64) * output_scale(im), model.config.pooling, model.config.normalize)
+    c = model.config
+    return pool(h.astype(np.float64) * output_scale(im), c.pooling, c.normalize)
 
 
 def output_scale(im: IntegerModel) -> float:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 #: Tokenizer files copied from the bundled model (sentence-transformers wants all of them).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt")
 VOCAB = 30522
 
 
@@ -66,8 +67,10 @@ def make_checkpoint(folder: Path, *, hidden: int = 256, heads: int = 4, layers: 
         "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": pooling == "max",
         "pooling_mode_mean_sqrt_len_tokens": False}))
     if modules is None:
-        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        modules = [{"idx": 0, "name": "0", "path": "",
+                    "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling"}]
         if normalize:
             modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
                             "type": "sentence_transformers.models.Normalize"})

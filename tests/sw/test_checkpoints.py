@@ -131,7 +131,8 @@ def test_the_cli_embeds_with_a_checkpoint(checkpoint, use_cache, capsys):
 
 @pytest.mark.parametrize("change, message", [
     (dict(config={"model_type": "roberta"}), "config.json: model_type 'roberta' is not supported"),
-    (dict(config={"hidden_act": "gelu_new"}), "config.json: hidden_act 'gelu_new' is not supported"),
+    (dict(config={"hidden_act": "gelu_new"}),
+     "config.json: hidden_act 'gelu_new' is not supported"),
     (dict(pooling="max"), "config.json: pooling pooling_mode_max_tokens is not supported"),
     (dict(modules=[{"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
                    {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},

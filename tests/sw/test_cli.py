@@ -359,7 +359,8 @@ def test_plot_sums_the_batches_layers():
     a = [{"layer": 0, "cycles": 10, "ideal_cycles": 5, "parts": [{"part": "qkv", "cycles": 10}]}]
     b = [{"layer": 0, "cycles": 30, "ideal_cycles": 25, "parts": [{"part": "qkv", "cycles": 20},
                                                                  {"part": "ln2", "cycles": 10}]}]
-    assert sum_layers([a, b]) == [{"layer": 0, "cycles": 40, "ideal_cycles": 30, "utilization": 0.75,
+    assert sum_layers([a, b]) == [{"layer": 0, "cycles": 40, "ideal_cycles": 30,
+                                   "utilization": 0.75,
                                    "parts": [{"part": "qkv", "cycles": 30},
                                              {"part": "ln2", "cycles": 10}]}]
 
