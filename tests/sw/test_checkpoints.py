@@ -12,7 +12,6 @@ from celosia.sw import golden
 from celosia.sw.encoder import SentenceEncoder
 from celosia.sw.errors import CelosiaError
 
-from checkpoints import make_checkpoint
 
 TEXTS = ["A man is eating food.", "The new movie is awesome!", "x",
          "Two men pushed carts through the woods.",
@@ -34,7 +33,7 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=sorted(SHAPES))
-def checkpoint(request, tmp_path_factory, cache):
+def checkpoint(request, tmp_path_factory, cache, make_checkpoint):
     folder = make_checkpoint(tmp_path_factory.mktemp(request.param), **SHAPES[request.param])
     return request.param, folder
 
@@ -142,7 +141,8 @@ def test_the_cli_embeds_with_a_checkpoint(checkpoint, use_cache, capsys):
      "intermediate_size 3072 is more than the vector unit's 1536-column rows"),
     (dict(max_seq_length=600), "max_seq_length 600 exceeds the 512 position embeddings"),
 ])
-def test_unsupported_pieces_are_one_line(tmp_path, use_cache, capsys, change, message):
+def test_unsupported_pieces_are_one_line(tmp_path, use_cache, capsys, change, message,
+                                         make_checkpoint):
     from celosia.sw import cli
     folder = make_checkpoint(tmp_path / "ckpt", **{"hidden": 64, "heads": 2, "ffn": 128,
                                                    "layers": 1, **change})
@@ -152,7 +152,7 @@ def test_unsupported_pieces_are_one_line(tmp_path, use_cache, capsys, change, me
     assert not list(use_cache.glob("ckpt-*"))      # refused before any work
 
 
-def test_safetensors_weights_only(tmp_path, use_cache):
+def test_safetensors_weights_only(tmp_path, use_cache, make_checkpoint):
     folder = make_checkpoint(tmp_path / "ckpt", hidden=64, heads=2, ffn=128, layers=1)
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     with pytest.raises(CelosiaError, match="pytorch_model.bin: only safetensors weights"):
