@@ -13,6 +13,7 @@ Errors from bad input are one line on stderr and a non-zero exit status, never a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -40,10 +41,11 @@ def _stderr(msg: str) -> None:
 # --- embed ------------------------------------------------------------------------------------
 
 class LayerProgress:
-    """A progress line on stderr while a program runs: the encoder layer it has reached."""
+    """A progress line on stderr while a program runs: the encoder layer it has reached (and
+    which batch it is, ``label``, when there are several)."""
 
-    def __init__(self, layers: int, enabled: bool):
-        self.layers, self.enabled = layers, enabled
+    def __init__(self, layers: int, enabled: bool, label: str = ""):
+        self.layers, self.enabled, self.label = layers, enabled, label
         self.tty = sys.stderr.isatty()
         self.shown = -1
 
@@ -55,7 +57,8 @@ class LayerProgress:
             return
         self.shown = layer
         bar = "#" * layer + "." * (self.layers - layer)
-        text = f"  [{bar}] layer {layer}/{self.layers}  ({retired}/{total} instructions)"
+        text = (f"  {self.label}[{bar}] layer {layer}/{self.layers}  "
+                f"({retired}/{total} instructions)")
         if self.tty:
             sys.stderr.write("\r" + text + ("\n" if layer == self.layers else ""))
             sys.stderr.flush()
@@ -119,11 +122,13 @@ def _cmd_embed(args) -> int:
     serial = {"port": args.port, "baud": args.baud} if args.backend == "serial" else {}
     batches = -(-len(texts) // args.batch_size)
     layer_bar = args.backend != "golden" and not args.json
+    batch_number = itertools.count(1)
     encoder = SentenceEncoder(model=args.model, backend=args.backend, array=args.array, **serial,
                               model_file=args.model_file, timeout=args.timeout, quiet=args.json,
                               backend_options=lambda index: _waves_options(args, index, batches),
                               layer_progress=lambda: LayerProgress(
-                                  encoder.integer_model.meta["layers"], layer_bar))
+                                  encoder.integer_model.meta["layers"], layer_bar,
+                                  f"batch {next(batch_number)}/{batches} " if batches > 1 else ""))
     _announce(args)
     # The layer bar of an accelerator run and the sentence bar would share one line.
     embeddings = encoder.encode(texts, batch_size=args.batch_size,

@@ -411,3 +411,17 @@ def test_bench_batching_reports_utilisation_per_batch_size(cache, capsys, tmp_pa
     assert [x["layer"] for x in four["per_layer"]] == list(range(6))
     assert sum(x["cycles"] for x in four["per_layer"]) == four["cycles"]
     assert png.stat().st_size > 20_000
+
+
+def test_the_layer_bar_names_the_batch(cache, capsys):
+    """Off a terminal the layer bar prints a line per layer reached; with several batches each
+    line says which batch it is."""
+    code, out, err = run(capsys, "embed", "--backend", "isa", "--array", "8", "--batch-size", "1",
+                         "Hi", "Go")
+    assert code == 0
+    lines = [x for x in err.splitlines() if "layer" in x]
+    assert lines[0].startswith("  batch 1/2 [......] layer 0/6  (")
+    assert lines[-1].startswith("  batch 2/2 [######] layer 6/6  (")
+    assert sum("layer 6/6" in x for x in lines) == 2
+    code, out, err = run(capsys, "embed", "--backend", "isa", "--array", "8", "Hi", "Go")
+    assert [x for x in err.splitlines() if "layer" in x][-1].startswith("  [######] layer 6/6  (")
