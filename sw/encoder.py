@@ -268,15 +268,17 @@ class SentenceEncoder:
         bar = ProgressBar(len(texts), "sentences", enabled=show_progress_bar)
         t0 = time.perf_counter()
         embeddings, records, batches = [], [], []
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
-            hidden, batch = self._encode_batch(len(batches), chunk, records)
-            batches.append(batch)
-            scale = golden.output_scale(self.integer_model)
-            embeddings += [pool(h.astype(np.float64) * scale, self.pooling, normalise)
-                           for h in hidden]
-            bar.update(len(records))
-        bar.close()
+        scale = golden.output_scale(self.integer_model)
+        try:
+            for start in range(0, len(texts), batch_size):
+                chunk = texts[start:start + batch_size]
+                hidden, batch = self._encode_batch(len(batches), chunk, records)
+                batches.append(batch)
+                embeddings += [pool(h.astype(np.float64) * scale, self.pooling, normalise)
+                               for h in hidden]
+                bar.update(len(records))
+        finally:
+            bar.close()          # an error's message starts on a line of its own
         self.last_run = self._summary(records, batches, batch_size, time.perf_counter() - t0)
         out = np.stack(embeddings) if embeddings else np.zeros((0, self.dim), dtype=np.float32)
         if single:
