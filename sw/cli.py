@@ -1,9 +1,9 @@
 """The ``celosia`` command line.
 
 Subcommands:
-  embed      sentence embeddings of all-MiniLM-L6-v2 computed by a backend
+  embed      sentence embeddings (all-MiniLM-L6-v2 or a --model checkpoint) on a backend
   quantize   build (or rebuild) the integer model file
-  bench      benchmarks (accuracy, golden, matmul, vector) that print figures
+  bench      benchmarks (accuracy, golden, batching, matmul, vector) that print figures
   verilog    write the matmul engine's Verilog
   build      FPGA bitstreams (when fpga/ provides them)
   prove      formal proofs of the hardware blocks' properties (SymbiYosys)
@@ -14,6 +14,7 @@ Errors from bad input are one line on stderr and a non-zero exit status, never a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -41,10 +42,11 @@ def _stderr(msg: str) -> None:
 # --- embed ------------------------------------------------------------------------------------
 
 class LayerProgress:
-    """A progress line on stderr while a program runs: the encoder layer it has reached."""
+    """A progress line on stderr while a program runs: the encoder layer it has reached (and
+    which batch it is, ``label``, when there are several)."""
 
-    def __init__(self, layers: int, enabled: bool):
-        self.layers, self.enabled = layers, enabled
+    def __init__(self, layers: int, enabled: bool, label: str = ""):
+        self.layers, self.enabled, self.label = layers, enabled, label
         self.tty = sys.stderr.isatty()
         self.shown = -1
 
@@ -56,7 +58,8 @@ class LayerProgress:
             return
         self.shown = layer
         bar = "#" * layer + "." * (self.layers - layer)
-        text = f"  [{bar}] layer {layer}/{self.layers}  ({retired}/{total} instructions)"
+        text = (f"  {self.label}[{bar}] layer {layer}/{self.layers}  "
+                f"({retired}/{total} instructions)")
         if self.tty:
             sys.stderr.write("\r" + text + ("\n" if layer == self.layers else ""))
             sys.stderr.flush()
@@ -113,15 +116,26 @@ def _cmd_embed(args) -> int:
         parent = Path(args.waves).parent
         if not parent.is_dir():
             raise CLIError(f"--waves {args.waves}: directory {parent} does not exist")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be 1 or more, not {args.batch_size}")
+    if args.plot:
+        _check_plot(args)
     serial = {"port": args.port, "baud": args.baud} if args.backend == "serial" else {}
-    encoder = SentenceEncoder(backend=args.backend, array=args.array, **serial,
+    batches = -(-len(texts) // args.batch_size)
+    layer_bar = args.backend != "golden" and not args.json
+    batch_number = itertools.count(1)
+    encoder = SentenceEncoder(model=args.model, backend=args.backend, array=args.array, **serial,
                               model_file=args.model_file, timeout=args.timeout, quiet=args.json,
-                              backend_options=lambda index: _waves_options(args, index, len(texts)),
+                              backend_options=lambda index: _waves_options(args, index, batches),
                               layer_progress=lambda: LayerProgress(
-                                  encoder.integer_model.meta["layers"], not args.json))
+                                  encoder.integer_model.meta["layers"], layer_bar,
+                                  f"batch {next(batch_number)}/{batches} " if batches > 1 else ""))
     _announce(args)
-    embeddings = encoder.encode(texts)
-    results = encoder.last_run["per_sentence"]
+    # The layer bar of an accelerator run and the sentence bar would share one line.
+    embeddings = encoder.encode(texts, batch_size=args.batch_size,
+                                show_progress_bar=False if layer_bar else None)
+    run = encoder.last_run
+    results = run["per_sentence"]
     for r, emb in zip(results, embeddings):
         if r.pop("truncated", False):
             _stderr(f"celosia: warning: text truncated to "
@@ -130,15 +144,19 @@ def _cmd_embed(args) -> int:
         if args.reference:
             ref, _, _ = encoder.float_model.encode(r["text"])
             r["cosine_vs_float"] = float(np.dot(ref.astype(np.float64), emb.astype(np.float64)))
+    if args.plot:
+        from .plot import plot_run
+        plot_run(args.plot, run)
     if args.json:
-        json.dump({"backend": args.backend, "results": results}, sys.stdout)
+        json.dump({"backend": args.backend, "batch_size": args.batch_size,
+                   "batches": run["batches"], "results": results}, sys.stdout)
         sys.stdout.write("\n")
         return EXIT_OK
     head = f"{'tokens':>6}  {'first values':<34}  {'norm':>6}"
     if args.reference:
         head += f"  {'cos vs float':>12}"
     if args.backend != "golden":
-        head += f"  {'cycles':>10}  {'util':>5}  {'bit-exact':>9}"
+        head += f"  {'batch':>5}  {'bit-exact':>9}"
     print(f"backend: {args.backend}")
     print(head + "  text")
     for r in results:
@@ -147,11 +165,25 @@ def _cmd_embed(args) -> int:
         line = f"{r['tokens']:>6}  {first:<34}  {norm:>6.4f}"
         if args.reference:
             line += f"  {r['cosine_vs_float']:>12.6f}"
-        if "cycles" in r:
-            line += f"  {r['cycles']:>10}  {r['utilization']:>5.3f}  {'yes' if r['bit_exact_vs_golden'] else 'NO':>9}"
+        if "bit_exact_vs_golden" in r:
+            line += f"  {r['batch']:>5}  {'yes' if r['bit_exact_vs_golden'] else 'NO':>9}"
         text = r["text"] if len(r["text"]) <= 48 else r["text"][:45] + "..."
         print(f"{line}  {text}")
+    if args.backend != "golden":
+        print(f"\n{'batch':>5}  {'sentences':>9}  {'tokens':>6}  {'cycles':>10}  {'util':>5}")
+        for b in run["batches"]:
+            print(f"{b['batch']:>5}  {b['sentences']:>9}  {b['tokens']:>6}  {b['cycles']:>10}  "
+                  f"{b['utilization']:>5.3f}")
     return EXIT_OK
+
+
+def _check_plot(args) -> None:
+    """--plot's checks, before the run: an accelerator backend, matplotlib, a writable .png."""
+    from .plot import check_plot
+    if args.backend == "golden":
+        raise CLIError("--plot draws cycles and utilisation per layer: it needs an accelerator "
+                       "backend (--backend isa, verilator, ...), not golden")
+    check_plot(args.plot)
 
 
 #: Backends that can write a waveform (``--waves``).
@@ -159,8 +191,9 @@ WAVE_BACKENDS = ("verilator", "amaranth")
 
 
 def _waves_options(args, index: int, count: int) -> dict:
-    """The backend options of text ``index``: its waveform file (--waves as given for one text;
-    with several, the text's index goes before the suffix: run.fst -> run.0.fst, run.1.fst)."""
+    """The backend options of batch ``index`` of ``count``: its waveform file (--waves as
+    given for one batch; with several, the batch's index goes before the suffix: run.fst ->
+    run.0.fst, run.1.fst)."""
     if args.waves is None:
         return {}
     path = Path(args.waves)
@@ -184,13 +217,19 @@ def _announce(args) -> None:
 
 def _cmd_quantize(args) -> int:
     path = Path(args.output) if args.output else default_model_file()
+    if args.model is not None and not args.output:
+        from .model import checkpoint_digest
+        from .quantize import checkpoint_model_file
+        if not Path(args.model).is_dir():
+            raise CLIError(f"--model {args.model}: no such folder")
+        path = checkpoint_model_file(args.model, checkpoint_digest(args.model))
     if path.exists() and not args.force:
         from .quantize import IntegerModel
         im = IntegerModel.load(path)
         print(f"{path}: integer model present (sha256 {im.digest()[:16]}); --force rebuilds it")
         return EXIT_OK
     t0 = time.perf_counter()
-    _, im = load_models(path, rebuild=True, quiet=True)
+    _, im = load_models(path, rebuild=True, quiet=True, checkpoint=args.model)
     print(f"{path}: integer model written in {time.perf_counter() - t0:.1f} s "
           f"(sha256 {im.digest()[:16]})")
     return EXIT_OK
@@ -227,6 +266,34 @@ def _cmd_bench_golden(args) -> int:
     return _print_report(args, golden_speed(model, im, texts, int64=args.int64))
 
 
+def _cmd_bench_batching(args) -> int:
+    from .accuracy import read_lines
+    from .encoder import batching_report
+    try:
+        sizes = sorted({int(x) for x in args.batch_sizes.split(",")})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1:
+        raise CLIError(f"--batch-sizes {args.batch_sizes!r}: expected sizes of 1 or more, "
+                       "separated by commas (1,2,4,8)")
+    if args.sentences < 1:
+        raise CLIError("--sentences must be 1 or more")
+    if args.backend not in BACKENDS:
+        raise CLIError(f"unknown backend {args.backend!r}; available: {', '.join(BACKENDS)}")
+    if args.plot:
+        _check_plot(args)
+    texts = read_lines(args.dev_set)[:args.sentences]
+    if not texts:
+        raise CLIError(f"--dev-set {args.dev_set} holds no sentences")
+    encoder = SentenceEncoder(model=args.model, backend=args.backend, array=args.array,
+                              model_file=args.model_file, quiet=args.json)
+    report = batching_report(encoder, texts, sizes)
+    if args.plot:
+        from .plot import plot_batching
+        plot_batching(args.plot, report)
+    return _print_report(args, report)
+
+
 def _optional(module: str):
     """Import an optional part (the benchmarks of hardware units); None if it is absent."""
     import importlib
@@ -236,6 +303,11 @@ def _optional(module: str):
         if exc.name and module.startswith(exc.name):
             return None
         raise
+
+
+MODEL_HELP = ("a sentence-transformers folder of a BERT encoder (config.json, tokenizer.json, "
+              "model.safetensors, modules.json, ...); quantised on first use and cached "
+              "(default: the bundled all-MiniLM-L6-v2)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,9 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("embed", help="compute sentence embeddings",
-                       description="One 384-dimensional embedding per text (or per non-empty "
-                                   "line of --file). Texts longer than 256 tokens are truncated, "
-                                   "with a warning, as sentence-transformers does.")
+                       description="One embedding per text (or per non-empty line of --file): "
+                                   "384 values for the bundled all-MiniLM-L6-v2, or those of "
+                                   "the --model checkpoint. Texts longer than the model's "
+                                   "max_seq_length (256 tokens) are truncated, with a warning, "
+                                   "as sentence-transformers does.")
     p.add_argument("text", nargs="*", metavar="TEXT", help="texts to embed")
     p.add_argument("--file", metavar="PATH", help="read texts from PATH, one per line ('-': stdin)")
     p.add_argument("--backend", default="golden", metavar="NAME",
@@ -268,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the RTL run's waveform to FILE, to open in GTKWave or Surfer: "
                         "verilator backend .fst or .vcd (a separate traced build, minutes, "
                         "once), amaranth backend .vcd. With several texts: FILE.0.fst, "
-                        "FILE.1.fst, ...")
+                        "FILE.1.fst, ... (one per batch)")
     p.add_argument("--waves-cycles", type=int, default=100_000, metavar="C",
                    help="cycles the waveform holds (default 100000, about 100 MB of FST at "
                         "N = 8; 0: the whole run, over 1 GB for a sentence)")
@@ -276,19 +350,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the waveform C cycles into the run (default 0)")
     from .check import add_serial_arguments
     add_serial_arguments(p)
+    p.add_argument("--batch-size", type=int, default=32, metavar="B",
+                   help="sentences per backend run: their token rows share the dense layers "
+                        "(one pass over the weights), attention stays per sentence; the "
+                        "embeddings are the same as one at a time (default 32)")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="draw each layer's cycles and utilisation per batch to FILE.png "
+                        "(accelerator backends; needs the plot extra: matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--reference", action="store_true",
                    help="also compute the float32 embedding and report the cosine against it")
+    p.add_argument("--model", metavar="PATH", default=None, help=MODEL_HELP)
     p.add_argument("--model-file", metavar="PATH",
-                   help=f"integer model file (default: {default_model_file()})")
+                   help=f"integer model file (default: {default_model_file()}, or beside it "
+                        "under the --model checkpoint's digest)")
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("quantize", help="build the integer model file",
-                       description="Quantise all-MiniLM-L6-v2 with the calibration set in the "
-                                   "repository and write the integer model (safetensors with a "
-                                   "JSON metadata header). Deterministic: same inputs, same bytes.")
+                       description="Quantise all-MiniLM-L6-v2 (or the --model checkpoint) "
+                                   "with the calibration set in the repository and write the "
+                                   "integer model (safetensors with a JSON metadata header). "
+                                   "Deterministic: same inputs, same bytes.")
     p.add_argument("-o", "--output", metavar="PATH", help=f"output file (default: {default_model_file()})")
     p.add_argument("--force", action="store_true", help="rebuild even if the file exists")
+    p.add_argument("--model", metavar="PATH", default=None, help=MODEL_HELP)
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
@@ -312,7 +397,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--int64", action="store_true",
                    help="also time the int64 matmul path and report the speed-up")
     b.set_defaults(func=_cmd_bench_golden)
-    for b in (accuracy, b):
+    speed = b
+    b = bench.add_parser("batching", help="utilisation of batched runs per batch size",
+                         description="The first N dev-set sentences encoded with each batch "
+                                     "size on an accelerator backend: cycles and utilisation "
+                                     "(overall and per batch), and whether the embeddings "
+                                     "equal batch size 1's.")
+    b.add_argument("--sentences", type=int, default=8, metavar="N",
+                   help="the first N dev-set sentences (default 8)")
+    b.add_argument("--batch-sizes", default="1,2,4,8", metavar="B,B,...",
+                   help="batch sizes to compare (default 1,2,4,8)")
+    b.add_argument("--backend", default="isa", metavar="NAME",
+                   help="accelerator backend (default isa: the instruction-set simulator's "
+                        "cycle estimate)")
+    b.add_argument("--array", type=int, default=16, metavar="N", help="array size (default 16)")
+    b.add_argument("--model", metavar="PATH", default=None, help=MODEL_HELP)
+    b.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="draw each layer's cycles and utilisation per batch size to FILE.png "
+                        "(needs the plot extra: matplotlib)")
+    b.set_defaults(func=_cmd_bench_batching)
+    for b in (accuracy, speed, b):
         b.add_argument("--dev-set", default=str(DEV_SET), metavar="PATH",
                        help="sentences, one a line (default: the shipped dev set)")
         b.add_argument("--model-file", metavar="PATH")

@@ -1,4 +1,4 @@
-"""The compiler: an integer MiniLM and a token count -> a Celosia program and its memory image.
+"""The compiler: an integer MiniLM and token counts -> a Celosia program and its memory image.
 
 The program runs exactly the operations of :func:`celosia.sw.golden.forward`, in the same
 order, on the matmul engine (MATMUL) and the vector unit (VECTOR), so every backend that
@@ -13,6 +13,13 @@ executes it returns the golden int16 hidden state bit for bit:
   GELU + ``requantize_rows`` (uint8) -> FFN2 with ``row_shift`` (int32) -> LayerNorm with the
   residual;
 * HALT; the host reads the int16 hidden state from ``output``.
+
+A batch of sentences is one program: their token rows are stacked (sentence after sentence) in
+every row-wise buffer, so each dense matmul (QKV, output projection, FFN1, FFN2) and each
+row-wise vector operation (LayerNorms, row requantisations, GELU) runs once over all the rows
+and reads its weights once; attention (``Q_h @ K_h^T``, softmax, ``P @ V_h``) runs per sentence
+on its own rows. Every operation is row-wise or per sentence, so each sentence's rows equal
+the program compiled for that sentence alone.
 
 Memory layout (one window, every base and stride a multiple of the port width W): weights and
 parameter records of every layer, activation buffers, then the program. Attention reads head
@@ -116,8 +123,10 @@ class Program:
 class CompiledModel:
     """A program and its memory image. ``image`` is the window's contents, from ``base`` for
     ``window_size`` bytes; the host writes the int32 embedding sums into ``input`` (tokens x
-    hidden), starts at ``program_addr`` and reads the int16 hidden state from ``output``."""
+    hidden, the sentences' rows one after another), starts at ``program_addr`` and reads the
+    int16 hidden state from ``output``."""
     config: MachineConfig
+    #: Rows of all the sentences together.
     tokens: int
     base: int
     window_size: int
@@ -132,6 +141,12 @@ class CompiledModel:
     #: part has issued, and where a SYNC precedes it (between the parts of PARTS, except
     #: inside "attention") that SYNC has seen the work it waits for finish.
     parts: tuple[tuple[int, str, int], ...] = ()
+    #: Token count of each sentence of the batch, in row order.
+    sentences: tuple[int, ...] = ()
+
+    def split(self, rows: np.ndarray) -> list[np.ndarray]:
+        """The rows of each sentence (of ``input`` or ``output`` values)."""
+        return np.split(rows, np.cumsum(self.sentences)[:-1])
 
     @property
     def layer_starts(self) -> tuple[int, ...]:
@@ -258,9 +273,13 @@ PARTS = ("emb_ln", "qkv_in", "qkv", "attention", "attn_out", "ln1", "ffn_in", "f
          "ffn2", "ln2")
 
 
-def part_work(meta: dict, tokens: int, part: str) -> tuple[int, int]:
+def part_work(meta: dict, tokens, part: str) -> tuple[int, int]:
     """(multiply-accumulates, vector elements) of one part of one layer: the matmul work
-    and the elements the vector unit reads (one pass over its input)."""
+    and the elements the vector unit reads (one pass over its input). ``tokens``: a token
+    count, or the token counts of a batch (the work of a batch is the sum of its sentences')."""
+    if not isinstance(tokens, (int, np.integer)):
+        work = [part_work(meta, int(t), part) for t in tokens]
+        return sum(w[0] for w in work), sum(w[1] for w in work)
     T, H, F, heads = tokens, meta["hidden"], meta["ffn"], meta["heads"]
     return {
         "emb_ln": (0, T * H),
@@ -277,10 +296,11 @@ def part_work(meta: dict, tokens: int, part: str) -> tuple[int, int]:
     }[part]
 
 
-def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARRAY,
+def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
                   port_bytes: int | None = None, base: int = 0,
                   layers: int | None = None) -> CompiledModel:
-    """Compile ``im`` for ``tokens`` tokens on an ``array`` x ``array`` engine with a
+    """Compile ``im`` for ``tokens`` tokens (one sentence) or a sequence of token counts (a
+    batch of sentences, rows stacked) on an ``array`` x ``array`` engine with a
     ``port_bytes`` memory port (default: the engine's default for the array), with the
     window at ``base``. ``layers`` limits the encoder layers (all by default)."""
     config = MachineConfig(array, port_bytes)
@@ -289,8 +309,16 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
     hidden, heads, ffn = meta["hidden"], meta["heads"], meta["ffn"]
     n_layers = meta["layers"] if layers is None else layers
     dh = hidden // heads
-    if not 1 <= tokens <= isa.VEC_MAX_COLS:     # a softmax row holds every token
-        raise ValueError(f"tokens must be in 1..{isa.VEC_MAX_COLS}, got {tokens}")
+    sentences = (int(tokens),) if isinstance(tokens, (int, np.integer)) else tuple(map(int, tokens))
+    if not sentences:
+        raise ValueError("a batch needs at least one sentence")
+    for t in sentences:
+        if not 1 <= t <= isa.VEC_MAX_COLS:     # a softmax row holds every token
+            raise ValueError(f"tokens must be in 1..{isa.VEC_MAX_COLS}, got {t}")
+    tokens, longest = sum(sentences), max(sentences)
+    if tokens >= 1 << params.DIM_BITS:
+        raise ValueError(f"a batch holds fewer than {1 << params.DIM_BITS} tokens, got {tokens}")
+    starts = np.concatenate([[0], np.cumsum(sentences)[:-1]]).tolist()
     if base % WINDOW_ALIGN:
         raise ValueError(f"base must be a multiple of {WINDOW_ALIGN}")
     pitch = _round_up(dh, W)              # head pitch in the QKV and context buffers
@@ -357,9 +385,10 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
     x8 = alloc.tensor("x8", tokens, hidden, I8)
     rowexp = alloc.tensor("row_exp", 1, tokens, U8)
     qkv = alloc.tensor("qkv", tokens, qkv_cols, I8)
-    scores = [alloc.tensor(f"scores{b}", tokens, tokens, I32) for b in range(2)]
-    probs = [alloc.tensor(f"probs{b}", tokens, tokens, U8) for b in range(2)]
-    probs_exp = [alloc.tensor(f"probs_exp{b}", 1, tokens, U8) for b in range(2)]
+    # Attention buffers hold one sentence's scores (the longest), double-buffered.
+    scores = [alloc.tensor(f"scores{b}", longest, longest, I32) for b in range(2)]
+    probs = [alloc.tensor(f"probs{b}", longest, longest, U8) for b in range(2)]
+    probs_exp = [alloc.tensor(f"probs_exp{b}", 1, longest, U8) for b in range(2)]
     ctx = alloc.tensor("ctx", tokens, ctx_cols, I8)
     acc = alloc.tensor("acc", tokens, hidden, I32)
     inter = alloc.tensor("inter", tokens, ffn, I16)
@@ -378,6 +407,12 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
         if opening:
             layer, name = opening.pop()
             parts.append((layer, name, len(sb.instructions) - 1))
+
+    def rows(t: Tensor, start: int, count: int, cols: int | None = None) -> Tensor:
+        """Rows ``start`` .. ``start + count`` of ``t`` (one sentence's), its first ``cols``
+        columns (all by default)."""
+        return Tensor(t.name, t.addr + start * t.stride, count, t.cols if cols is None else cols,
+                      t.stride, t.fmt)
 
     def vec(op: VecOp, src: Tensor, dst: Tensor, **kw) -> None:
         f = dict(op=op, rows=src.rows, cols=src.cols, src_addr=src.addr, src_stride=src.stride,
@@ -417,27 +452,33 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
            p_addr=w["qkv.p"], out_fmt=I8, row_shift=1, e_addr=rowexp.addr)
         sm_mult, sm_shift = T[f"{p}.softmax.mult"], T[f"{p}.softmax.shift"]
 
-        def head_scores(hd: int) -> None:
-            s = scores[hd % 2]
-            mm(qkv.addr + hd * pitch, qkv.stride, tokens, dh, tokens,
-               qkv.addr + (heads + hd) * pitch, qkv.stride, s, b_transposed=1)
-            vec(VecOp.SOFTMAX, s, probs[hd % 2], mult=int(sm_mult[hd]), shift=int(sm_shift[hd]),
-                e_addr=probs_exp[hd % 2].addr)
+        # Attention per sentence and head: item j's scores and probabilities go to buffer j % 2.
+        items = [(s0, n, hd) for s0, n in zip(starts, sentences) for hd in range(heads)]
 
-        def head_context(hd: int) -> None:
-            pr = probs[hd % 2]
-            mm(pr.addr, pr.stride, tokens, tokens, dh, qkv.addr + (2 * heads + hd) * pitch,
-               qkv.stride, ctx, c_addr=ctx.addr + hd * pitch,
+        def head_scores(j: int) -> None:
+            s0, n, hd = items[j]
+            sc, pr = rows(scores[j % 2], 0, n, n), rows(probs[j % 2], 0, n, n)
+            q_rows = rows(qkv, s0, n)
+            mm(q_rows.addr + hd * pitch, qkv.stride, n, dh, n,
+               q_rows.addr + (heads + hd) * pitch, qkv.stride, sc, b_transposed=1)
+            vec(VecOp.SOFTMAX, sc, pr, mult=int(sm_mult[hd]), shift=int(sm_shift[hd]),
+                e_addr=probs_exp[j % 2].addr)
+
+        def head_context(j: int) -> None:
+            s0, n, hd = items[j]
+            pr = probs[j % 2]
+            mm(pr.addr, pr.stride, n, n, dh, rows(qkv, s0, n).addr + (2 * heads + hd) * pitch,
+               qkv.stride, ctx, c_addr=rows(ctx, s0, n).addr + hd * pitch,
                p_addr=w["ctx.p"] + hd * dh * params.PARAM_RECORD_BYTES, out_fmt=I8, a_unsigned=1,
-               row_shift=1, e_addr=probs_exp[hd % 2].addr)
+               row_shift=1, e_addr=probs_exp[j % 2].addr)
 
-        # Software pipeline: head h+1's scores are computed while head h's softmax runs.
+        # Software pipeline: item j+1's scores are computed while item j's softmax runs.
         part(i, "attention")
         head_scores(0)
-        for hd in range(heads):
-            if hd + 1 < heads:
-                head_scores(hd + 1)
-            head_context(hd)
+        for j in range(len(items)):
+            if j + 1 < len(items):
+                head_scores(j + 1)
+            head_context(j)
         part(i, "attn_out")
         mm(ctx.addr, ctx.stride, tokens, ctx_cols, hidden, w["attn_out"].addr, w["attn_out"].stride,
            acc, p_addr=w["attn_out.p"], out_fmt=I32)
@@ -466,4 +507,4 @@ def compile_model(im: IntegerModel, tokens: int, array: int = params.DEFAULT_ARR
     img.put(program_addr, code)
     window_size = _round_up(alloc.top - base, WINDOW_ALIGN)
     return CompiledModel(config, tokens, base, window_size, img.build(window_size), program,
-                         program_addr, emb, h, dict(alloc.tensors), tuple(parts))
+                         program_addr, emb, h, dict(alloc.tensors), tuple(parts), sentences)

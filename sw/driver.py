@@ -29,7 +29,7 @@ from .quantize import IntegerModel
 
 __all__ = ["Backend", "Status", "AcceleratorError", "AcceleratorHung", "Accelerator",
            "RunResult", "BACKENDS", "register_backend", "open_backend", "run_compiled",
-           "run_embedding", "COUNTERS"]
+           "run_embedding", "run_batch", "COUNTERS"]
 
 
 @runtime_checkable
@@ -247,7 +247,7 @@ class GoldenBackend:
             return
         c = self.compiled
         e = c.input.unpack(self.read_memory(c.input.addr, c.input.nbytes))
-        h = golden.forward(self.im, e, self.layers)
+        h = golden.forward(self.im, e, self.layers, c.sentences or None)
         self.write_memory(c.output.addr, c.output.pack(h))
         self._run = False
         self.regs["STATUS"] = CSR.STATUS.make(done=1)
@@ -308,6 +308,11 @@ class RunResult:
         return [out[k] for k in sorted(out)]
 
     @property
+    def sentence_hidden(self) -> list[np.ndarray]:
+        """The int16 hidden state of each sentence of the batch."""
+        return self.compiled.split(self.hidden)
+
+    @property
     def embedding(self) -> np.ndarray:
         """Sentence embedding: mean pooling and L2 normalisation on the host, in float."""
         return mean_pool_normalise(self.hidden.astype(np.float64) * self.output_scale)
@@ -337,23 +342,30 @@ def run_compiled(backend: Backend, compiled: CompiledModel, e: np.ndarray,
                      part_cycles=part_cycles)
 
 
-def run_embedding(backend_name: str, model, im: IntegerModel, ids, array: int = 8,
-                  port_bytes: int | None = None, max_cycles: int | None = None,
-                  timeout_s: float | None = 600.0,
-                  progress: Callable[[int, int], None] | None = None,
-                  backend_options: dict | None = None) -> RunResult:
-    """Token ids -> int16 hidden state (and counters) on the named backend.
+def run_embedding(backend_name: str, model, im: IntegerModel, ids, **kw) -> RunResult:
+    """Token ids of one sentence -> int16 hidden state (and counters): :func:`run_batch` of
+    one sentence."""
+    return run_batch(backend_name, model, im, [ids], **kw)
+
+
+def run_batch(backend_name: str, model, im: IntegerModel, batch, array: int = 8,
+              port_bytes: int | None = None, max_cycles: int | None = None,
+              timeout_s: float | None = 600.0,
+              progress: Callable[[int, int], None] | None = None,
+              backend_options: dict | None = None) -> RunResult:
+    """Token ids of each sentence of ``batch`` -> int16 hidden states (rows stacked; see
+    ``RunResult.sentence_hidden``) and counters, in one run on the named backend.
 
     ``model`` (the float MiniLM) supplies the embedding tables; the host quantises the
-    embedding sum (golden.embed_int32), the compiler builds the program for ``len(ids)``
-    tokens on an ``array`` x ``array`` engine, and the backend runs it. ``progress`` is
+    embedding sums (golden.embed_int32), the compiler builds one program for the batch's
+    token counts on an ``array`` x ``array`` engine, and the backend runs it. ``progress`` is
     called with (retired instructions, program length) while it runs; ``backend_options``
     go to the backend's factory. The backend is closed afterwards when it has ``close``
     (which finishes a waveform file).
     """
-    ids = np.asarray(ids)
-    e = golden.embed_int32(model, im, ids)
-    compiled = compile_model(im, len(ids), array=array, port_bytes=port_bytes)
+    batch = [np.asarray(ids) for ids in batch]
+    e = np.concatenate([golden.embed_int32(model, im, ids) for ids in batch])
+    compiled = compile_model(im, [len(ids) for ids in batch], array=array, port_bytes=port_bytes)
     backend = open_backend(backend_name, compiled, im, **(backend_options or {}))
     total = len(compiled.program.instructions)
     try:

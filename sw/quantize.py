@@ -1,4 +1,5 @@
-"""The quantiser: float all-MiniLM-L6-v2 -> the integer model the accelerator runs.
+"""The quantiser: a float BERT encoder (all-MiniLM-L6-v2 by default) -> the integer model the
+accelerator runs.
 
 Recipe (measured choices, see docs/numerics.md):
 
@@ -39,7 +40,7 @@ from .model import MiniLM
 
 __all__ = ["FORMAT_VERSION", "QuantConfig", "IntegerModel", "quantize", "calibration_texts",
            "QuantizedModelError", "CorruptModelError", "default_model_file", "rebuild_command",
-           "check_writable"]
+           "check_writable", "checkpoint_model_file"]
 
 FORMAT_VERSION = 1
 CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
@@ -66,9 +67,10 @@ class QuantizedModelError(CelosiaError):
     """The integer model file is missing, of another format version, or corrupt: ``problem``
     says which, the message adds the command that rebuilds it."""
 
-    def __init__(self, problem: str, path: Path, action: str = "rebuild it"):
+    def __init__(self, problem: str, path: Path, action: str = "rebuild it",
+                 command: str | None = None):
         self.problem = problem
-        super().__init__(f"{problem}; {action}: {rebuild_command(path)}")
+        super().__init__(f"{problem}; {action}: {command or rebuild_command(path)}")
 
 
 class CorruptModelError(QuantizedModelError):
@@ -80,6 +82,14 @@ def default_model_file() -> Path:
     """Where the integer model is kept: $CELOSIA_CACHE or ~/.cache/celosia."""
     base = os.environ.get("CELOSIA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "celosia")
     return Path(base) / "minilm-int8.safetensors"
+
+
+def checkpoint_model_file(folder: Path, digest: str) -> Path:
+    """Where the integer model of a sentence-transformers checkpoint is kept: beside the
+    default one, under the checkpoint's folder name and digest (another checkpoint, or the
+    same folder with other weights, gets another file)."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(folder).resolve().name)
+    return default_model_file().parent / f"{name}-{digest[:16]}-int8.safetensors"
 
 
 def rebuild_command(path: Path) -> str:

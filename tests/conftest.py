@@ -13,3 +13,10 @@ def minilm():
 def int_model(minilm):
     from celosia.sw.quantize import quantize
     return quantize(minilm)
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint():
+    """Writes small sentence-transformers BERT checkpoints (tests/checkpoints.py)."""
+    from checkpoints import make_checkpoint
+    return make_checkpoint

@@ -116,8 +116,10 @@ def test_console_script_help():
 def test_embed_on_the_isa_backend_is_bit_exact(cache, capsys):
     code, out, err = run(capsys, "embed", "--json", "--backend", "isa", "--array", "8", "Hi there")
     assert code == 0
-    r = json.loads(out)["results"][0]
-    assert r["bit_exact_vs_golden"] is True
+    report = json.loads(out)
+    assert report["results"][0]["bit_exact_vs_golden"] is True
+    r = report["batches"][0]
+    assert r["sentences"] == 1 and r["tokens"] == report["results"][0]["tokens"]
     assert r["array"] == 8 and r["cycles"] >= r["ideal_cycles"] > 0
     assert 0 < r["utilization"] <= 1
     # One entry per encoder layer, adding up to the whole run.
@@ -131,7 +133,7 @@ def test_embed_on_the_isa_backend_is_bit_exact(cache, capsys):
         assert [p["part"] for p in x["parts"]][-2:] == ["ffn2", "ln2"]
         assert all(p["cycles"] >= max(p["matmul_ideal"], 1) for p in x["parts"])
     code, out, _ = run(capsys, "embed", "--json", "Hi there")
-    assert json.loads(out)["results"][0]["embedding"] == r["embedding"]
+    assert json.loads(out)["results"][0]["embedding"] == report["results"][0]["embedding"]
 
 
 def test_a_hung_run_reports_the_last_status(cache, capsys):
@@ -339,3 +341,87 @@ def test_stale_default_cache_is_rebuilt_with_a_note(cache, capsys, int_model):
            "rebuilding it" in err
     from celosia.sw.quantize import IntegerModel
     assert IntegerModel.load(path).digest() == int_model.digest()
+
+
+def test_embed_plot_draws_layers_per_batch(cache, capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "layers.png"
+    code, out, err = run(capsys, "embed", "--json", "--backend", "isa", "--array", "8",
+                         "--batch-size", "2", "--plot", str(png), "Hi there", "A cat.", "Go")
+    assert code == 0, err
+    report = json.loads(out)
+    assert [b["sentences"] for b in report["batches"]] == [2, 1]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_plot_sums_the_batches_layers():
+    from celosia.sw.plot import sum_layers
+    a = [{"layer": 0, "cycles": 10, "ideal_cycles": 5, "parts": [{"part": "qkv", "cycles": 10}]}]
+    b = [{"layer": 0, "cycles": 30, "ideal_cycles": 25, "parts": [{"part": "qkv", "cycles": 20},
+                                                                 {"part": "ln2", "cycles": 10}]}]
+    assert sum_layers([a, b]) == [{"layer": 0, "cycles": 40, "ideal_cycles": 30,
+                                   "utilization": 0.75,
+                                   "parts": [{"part": "qkv", "cycles": 30},
+                                             {"part": "ln2", "cycles": 10}]}]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["embed", "--plot", "x.png", "hi"], "--plot draws cycles and utilisation per layer: it "
+                                          "needs an accelerator backend"),
+    (["embed", "--backend", "isa", "--plot", "x.svg", "hi"], "the file name must end in .png"),
+    (["embed", "--backend", "isa", "--plot", "/no/such/dir/x.png", "hi"],
+     "directory /no/such/dir does not exist"),
+    (["embed", "--batch-size", "0", "hi"], "--batch-size must be 1 or more, not 0"),
+    (["bench", "batching", "--batch-sizes", "4,x"], "--batch-sizes '4,x': expected sizes"),
+    (["bench", "batching", "--batch-sizes", "0,2"], "--batch-sizes '0,2': expected sizes"),
+])
+def test_plot_and_batch_errors_are_one_line(cache, capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+
+
+def test_plot_without_matplotlib_is_one_line(cache, capsys, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    code, out, err = run(capsys, "embed", "--backend", "isa", "--plot", "x.png", "hi")
+    assert code == 1 and out == ""
+    assert err == ("celosia: error: --plot needs matplotlib, which is not installed; install it "
+                   "with: pip install 'celosia[plot]'\n")
+
+
+def test_bench_batching_reports_utilisation_per_batch_size(cache, capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "batching.png"
+    code, out, err = run(capsys, "bench", "batching", "--json", "--sentences", "4",
+                         "--batch-sizes", "4,1", "--array", "8", "--plot", str(png))
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["sentences"] == 4 and [r["batch_size"] for r in report["runs"]] == [1, 4]
+    one, four = report["runs"]
+    assert (one["batches"], four["batches"]) == (4, 1)
+    assert one["ideal_cycles"] == four["ideal_cycles"] and four["cycles"] < one["cycles"]
+    assert four["utilization_per_batch"] == [four["utilization"]]
+    assert all(r["same_embeddings"] and r["bit_exact_vs_golden"] for r in report["runs"])
+    assert [x["layer"] for x in four["per_layer"]] == list(range(6))
+    assert sum(x["cycles"] for x in four["per_layer"]) == four["cycles"]
+    assert png.stat().st_size > 20_000
+
+
+def test_the_layer_bar_names_the_batch(cache, capsys):
+    """Off a terminal the layer bar prints a line per layer reached; with several batches each
+    line says which batch it is."""
+    code, out, err = run(capsys, "embed", "--backend", "isa", "--array", "8", "--batch-size", "1",
+                         "Hi", "Go")
+    assert code == 0
+    lines = [x for x in err.splitlines() if "layer" in x]
+    assert lines[0].startswith("  batch 1/2 [......] layer 0/6  (")
+    assert lines[-1].startswith("  batch 2/2 [######] layer 6/6  (")
+    assert sum("layer 6/6" in x for x in lines) == 2
+    code, out, err = run(capsys, "embed", "--backend", "isa", "--array", "8", "Hi", "Go")
+    assert [x for x in err.splitlines() if "layer" in x][-1].startswith("  [######] layer 6/6  (")

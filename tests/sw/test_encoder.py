@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from celosia.sw import golden
-from celosia.sw.encoder import SentenceEncoder, pipeline_normalizes
+from celosia.sw.encoder import SentenceEncoder
 from celosia.sw.errors import CelosiaError
 
 TEXTS = ["Hi", "A cat sat on the mat.", "Rust and Go are both popular for systems programming."]
@@ -57,13 +57,10 @@ def test_last_run_on_golden(encoder, minilm):
     assert "cycles" not in run
 
 
-def test_normalisation_follows_the_pipeline_or_the_caller(encoder, tmp_path):
+def test_normalisation_follows_the_pipeline_or_the_caller(encoder):
     assert encoder.normalizes                    # MiniLM's modules.json ends in Normalize
+    assert encoder.pooling == "mean"
     assert abs(np.linalg.norm(encoder.encode("x", normalize_embeddings=False)) - 1) < 1e-6
-    (tmp_path / "modules.json").write_text(json.dumps(
-        [{"idx": 0, "type": "sentence_transformers.models.Transformer"},
-         {"idx": 1, "type": "sentence_transformers.models.Pooling"}]))
-    assert not pipeline_normalizes(tmp_path)
     encoder.normalizes = False                    # a checkpoint whose pipeline has no Normalize
     try:
         raw = encoder.encode(TEXTS[1])
@@ -77,16 +74,40 @@ def test_normalisation_follows_the_pipeline_or_the_caller(encoder, tmp_path):
 
 def test_isa_backend_gives_the_same_embeddings_and_counters(encoder, model_file):
     isa = SentenceEncoder(backend="isa", array=8, model_file=model_file)
-    got = isa.encode(TEXTS[:2])
+    got = isa.encode(TEXTS[:2], batch_size=1)
     assert np.array_equal(got, encoder.encode(TEXTS[:2]))
     run = isa.last_run
     assert run["backend"] == "isa" and run["array"] == 8 and run["sentences"] == 2
-    assert run["cycles"] == sum(r["cycles"] for r in run["per_sentence"]) > run["ideal_cycles"] > 0
+    assert run["cycles"] == sum(b["cycles"] for b in run["batches"]) > run["ideal_cycles"] > 0
     assert 0 < run["utilization"] <= 1
+    assert [r["batch"] for r in run["per_sentence"]] == [0, 1]
     for r in run["per_sentence"]:
         assert r["bit_exact_vs_golden"] is True
-        assert [x["layer"] for x in r["per_layer"]] == list(range(6))
-        assert sum(x["cycles"] for x in r["per_layer"]) == r["cycles"]
+    for b in run["batches"]:
+        assert [x["layer"] for x in b["per_layer"]] == list(range(6))
+        assert sum(x["cycles"] for x in b["per_layer"]) == b["cycles"]
+
+
+def test_batches_are_bit_identical_and_use_the_array_better(encoder, model_file):
+    """Eight sentences in one program: the embeddings of one at a time, in fewer cycles."""
+    texts = ["A man is eating a plate of food.", "A man is riding a white horse.",
+             "A woman slices an onion slowly.", "Someone is cooking dinner for friends.",
+             "The cat sleeps on the warm sofa.", "Heavy rain is expected this evening.",
+             "He plays the guitar in a band.", "Stock prices fell sharply on Monday."]
+    isa = SentenceEncoder(backend="isa", array=16, model_file=model_file)
+    together = isa.encode(texts, batch_size=8)
+    run8 = isa.last_run
+    assert len(run8["batches"]) == 1 and run8["batches"][0]["sentences"] == 8
+    assert all(r["bit_exact_vs_golden"] for r in run8["per_sentence"])
+    alone = isa.encode(texts, batch_size=1)
+    run1 = isa.last_run
+    assert len(run1["batches"]) == 8
+    assert np.array_equal(together, alone)
+    assert np.array_equal(together, encoder.encode(texts, batch_size=1))
+    assert np.array_equal(together, encoder.encode(texts, batch_size=3))
+    assert run8["ideal_cycles"] == run1["ideal_cycles"]
+    assert run8["utilization"] >= 0.85 > run1["utilization"]
+    assert run8["batches"][0]["utilization"] == run8["utilization"]
 
 
 def test_the_cli_returns_what_the_api_returns(encoder, model_file, capsys):
@@ -111,7 +132,7 @@ def test_output_feeds_sentence_transformers_util(encoder):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"model": "/some/checkpoint"}, "only the bundled all-MiniLM-L6-v2"),
+    ({"model": "/some/checkpoint"}, "model /some/checkpoint: no such folder"),
     ({"backend": "nosuch"}, "unknown backend 'nosuch'"),
     ({"backend": "isa", "array": 3}, "array=3: array must be"),
     ({"port": "/dev/ttyUSB0"}, "port and baud are for the serial backend, not golden"),
@@ -144,8 +165,29 @@ def test_readme_semantic_search_example_runs_as_written(model_file, monkeypatch,
     assert lines[2] == "5 sentences, 43 tokens"
 
 
-def test_progress_bar_only_when_asked(encoder, capsys):
-    encoder.encode(TEXTS, batch_size=2)
+def test_progress_bar_only_when_asked_or_on_a_terminal(encoder, capsys, monkeypatch):
+    encoder.encode(TEXTS, batch_size=2)              # stderr is not a terminal here
     assert capsys.readouterr().err == ""
     encoder.encode(TEXTS, batch_size=2, show_progress_bar=True)
-    assert capsys.readouterr().err == "\r  2/3 sentences\r  3/3 sentences\n"
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"\r  \[#{13}\.{7}\] 2/3 sentences  \d+ s, ~\d+ s left"
+                        r"\r  \[#{20}\] 3/3 sentences  \d+ s\n", err), err
+    monkeypatch.setattr("celosia.sw.progress.stderr_is_terminal", lambda: True)
+    encoder.encode(TEXTS, batch_size=2)              # on a terminal: shown for several batches
+    assert re.search(r"3/3 sentences  \d+ s\n$", capsys.readouterr().err)
+    encoder.encode(TEXTS, batch_size=3)              # one quick batch: nothing to wait for
+    assert capsys.readouterr().err == ""
+
+
+def test_a_backend_that_cannot_start_is_one_line(model_file, monkeypatch):
+    """A missing Verilator (or a model that fails to build) raises RuntimeError in the
+    backend's factory: one line, not a traceback."""
+    from celosia.sw import driver
+
+    def no_verilator(*args, **kwargs):
+        raise RuntimeError("verilator is not available: [Errno 2] No such file or directory")
+    monkeypatch.setattr(driver, "open_backend", no_verilator)
+    isa = SentenceEncoder(backend="isa", array=8, model_file=model_file)
+    with pytest.raises(CelosiaError, match=re.escape(
+            "backend isa: verilator is not available: [Errno 2] No such file or directory")):
+        isa.encode("x")

@@ -71,3 +71,15 @@ def test_float64_matmuls_give_the_int64_paths_integers(minilm, int_model):
         want = golden.forward(int_model, e)
     assert all(np.array_equal(fast[k], slow[k]) for k in slow)
     assert np.array_equal(golden.forward(int_model, e), want)
+
+
+def test_batched_forward_gives_each_sentences_integers(minilm, int_model):
+    """Rows of several sentences stacked through the dense layers, attention per sentence:
+    the same integers as one sentence at a time (and not the integers of one long sentence)."""
+    texts = ["Hi", "A cat sat on the mat.", "Rust and Go are both popular for systems programming."]
+    es = [golden.embed_int32(minilm, int_model, minilm.tokenizer.encode(t)[0]) for t in texts]
+    batch = golden.forward_batch(int_model, es)
+    for e, h in zip(es, batch):
+        assert np.array_equal(h, golden.forward(int_model, e))
+    joined = golden.forward(int_model, np.concatenate(es))
+    assert not np.array_equal(joined[:len(es[0])], batch[0])
