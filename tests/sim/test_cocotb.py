@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from amaranth import Const, Module, Signal
+from amaranth import Const, Module, Signal, Value
 from amaranth.back import verilog
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -53,8 +53,8 @@ class StoreSequencer(wiring.Component):
 
 def _verilog(component, name):
     # The ready of an always-ready stream is a constant, not a port.
-    ports = [value for _, _, value in component.signature.flatten(component)
-             if not isinstance(value, Const)]
+    values = [Value.cast(value) for _, _, value in component.signature.flatten(component)]
+    ports = [value for value in values if not isinstance(value, Const)]
     return verilog.convert(component, name=name, emit_src=False, ports=ports)
 
 
