@@ -26,7 +26,8 @@
 //               WRITE or BURST TERMINATE before initialisation completed (PRECHARGE ALL,
 //               init_refreshes AUTO REFRESH commands and LOAD MODE REGISTER, the last two in
 //               either order, as the datasheets allow)
-//   cke         CKE low
+//   cke         CKE low once the first command was given (before it, during power-up, CKE
+//               may be low and the chip ignores its inputs)
 //   mode        a LOAD MODE value the model does not support (reserved or interleaved burst,
 //               CL other than 2/3, test mode bits) or auto precharge with full-page bursts
 //   tCK         a CAS latency whose minimum clock period is longer than the clock's
@@ -62,7 +63,10 @@
 // Auto precharge starts at the edge after the last column access of a read burst (where an
 // explicit PRECHARGE would have ended it) and tWR after the last write data of a write burst,
 // but never before tRAS (the chips' tRAS lockout); a burst with auto precharge that another
-// command ends starts its precharge then (concurrent auto precharge).
+// command ends starts its precharge then (concurrent auto precharge). The bank takes ACTIVE
+// tRP after its precharge began; after a lockout-delayed read auto precharge, which begins
+// when tRAS ends (between edges), ACTIVE may come tRAS + tRP after the previous ACTIVE,
+// rounded up to an edge once (42 + 18 ns at 10 ns: 6 edges, not 5 + 2).
 
 #pragma once
 
@@ -130,6 +134,7 @@ inline const Part *find_part(const std::string &name) {
 struct Timing {
     double tck_ns, tCK_cl2, tCK_cl3;
     unsigned tRCD, tRP, tRAS, tRC, tRRD, tWR, tRFC, tMRD;
+    unsigned tRAS_tRP;              // tRAS + tRP rounded up once (auto precharge lockout)
     int64_t tRAS_max, tREF, refresh_gap, init;
     unsigned refresh_rows, init_refreshes;
 
@@ -144,6 +149,7 @@ struct Timing {
         c.tRCD = edges(t.tRCD, tck_ns);
         c.tRP = edges(t.tRP, tck_ns);
         c.tRAS = edges(t.tRAS, tck_ns);
+        c.tRAS_tRP = edges(t.tRAS + t.tRP, tck_ns);
         c.tRC = edges(t.tRC, tck_ns);
         c.tRRD = edges(t.tRRD, tck_ns);
         c.tWR = edges(t.tWR, tck_ns);
@@ -235,11 +241,16 @@ public:
     Dq edge(const Pins &p) {
         const int64_t n = now_;
         Command cmd = decode(p);
+        if (!p.cke && !started_) {      // power-up: CKE may stay low, inputs are ignored
+            now_++;
+            return Dq{};
+        }
         check_refresh_deadlines(n);
-        if (!p.cke) violate("cke", -1, -1, "CKE low (power-down, self refresh and clock "
-                            "suspend are not modelled)");
+        if (!p.cke) violate("cke", -1, -1, "CKE low after the first command (power-down, self"
+                            " refresh and clock suspend are not modelled)");
         check_open_rows(n);
         if (cmd != Command::DESELECT && cmd != Command::NOP) {
+            started_ = true;
             check_init(cmd);
             if (n < lmr_at_ + t_.tMRD)
                 violate_after("tMRD", -1, -1, cmd, "LOAD MODE", n - lmr_at_, t_.tMRD);
@@ -265,12 +276,19 @@ public:
         return out;
     }
 
+    // The DQ the chip drives between the last edge and the next: the data due at the next
+    // edge, which a chip puts out from tAC after the last edge to tOH after the next. A
+    // controller sampling between the edges (on a clock half a period off the chip's, as
+    // LiteDRAM's GENSDRPHY expects) takes this rather than edge()'s result.
+    Dq driving() const { return due_at(now_, dqm_history_ >> 2 & 3); }
+
 private:
     struct Bank {
         bool open = false;
         bool auto_precharge = false;        // an auto-precharge burst is running
         uint32_t row = 0;
         int64_t activated = LONG_AGO, precharged = LONG_AGO, written = LONG_AGO;
+        int64_t idle_at = LONG_AGO;         // precharge done: the earliest next ACTIVE
     };
     struct Burst {
         bool active = false, write = false, auto_precharge = false;
@@ -292,6 +310,7 @@ private:
     int64_t lmr_at_ = LONG_AGO, ref_at_ = LONG_AGO, act_at_ = LONG_AGO;
     int64_t gap_from_ = 0;                      // the tREFI check's last refresh
     int act_bank_ = -1;
+    bool started_ = false;                      // a command other than NOP was seen
     bool mode_set_ = false, precharged_all_ = false, initialised_ = false;
     unsigned init_refreshes_ = 0;
     unsigned cl_ = 0, burst_length_ = 0;        // burst_length_ 0: full page
@@ -397,7 +416,13 @@ private:
         if (!burst_.auto_precharge) return;
         Bank &k = banks_[burst_.bank];
         if (burst_.write) at = std::max(at, k.written + int64_t(t_.tWR));
-        k.precharged = std::max(at, k.activated + int64_t(t_.tRAS));   // tRAS lockout
+        k.precharged = at;
+        k.idle_at = at + t_.tRP;
+        // tRAS lockout: a read's auto precharge waits for tRAS, which ends between edges.
+        if (!burst_.write)
+            k.idle_at = std::max(k.idle_at, k.activated + t_.tRAS_tRP);
+        else
+            k.idle_at = std::max(k.idle_at, k.activated + int64_t(t_.tRAS + t_.tRP));
         k.open = false;
         k.auto_precharge = false;
     }
@@ -410,8 +435,9 @@ private:
         else if (k.open)
             violate("bank_open", b, k.row, "ACTIVE to row " + std::to_string(row)
                     + " with a row already open");
-        if (n < k.precharged + t_.tRP)
-            violate_after("tRP", b, row, Command::ACTIVE, "precharge", n - k.precharged, t_.tRP);
+        if (n < k.idle_at)
+            violate_after("tRP", b, row, Command::ACTIVE, "precharge", n - k.precharged,
+                          k.idle_at - k.precharged);
         if (n < k.activated + t_.tRC)
             violate_after("tRC", b, row, Command::ACTIVE, "ACTIVE", n - k.activated, t_.tRC);
         if (act_bank_ >= 0 && unsigned(act_bank_) != b && n < act_at_ + t_.tRRD)
@@ -474,6 +500,7 @@ private:
                               now_ - k.written, t_.tWR);
             k.open = false;
             k.precharged = now_;
+            k.idle_at = now_ + t_.tRP;
         }
     }
 
@@ -484,8 +511,9 @@ private:
             if (k.open || k.auto_precharge)
                 violate("bank_open", b, k.row, std::string(command_name(cmd))
                         + " with a row open");
-            else if (now_ < k.precharged + t_.tRP)
-                violate_after("tRP", b, -1, cmd, "precharge", now_ - k.precharged, t_.tRP);
+            else if (now_ < k.idle_at)
+                violate_after("tRP", b, -1, cmd, "precharge", now_ - k.precharged,
+                              k.idle_at - k.precharged);
         }
     }
 
@@ -562,15 +590,21 @@ private:
             finish_burst(now_ + 1);     // as if a command at the next edge had ended it
     }
 
-    Dq read_output(unsigned dqm) {
+    // The read data due at edge e, under the DQM sampled two edges before it.
+    Dq due_at(int64_t e, unsigned dqm_two_before) const {
         Dq out;
-        unsigned masked = dqm_history_ >> 2 & 3;      // DQM two edges ago
-        dqm_history_ = ((dqm_history_ << 2) | (dqm & 3)) & 0xf;
-        if (!pipeline_.empty() && pipeline_.front().due == now_) {
+        if (!pipeline_.empty() && pipeline_.front().due == e) {
             out.value = pipeline_.front().value;
-            out.lanes = ~masked & 3;
-            pipeline_.erase(pipeline_.begin());
+            out.lanes = ~dqm_two_before & 3;
         }
+        return out;
+    }
+
+    Dq read_output(unsigned dqm) {
+        Dq out = due_at(now_, dqm_history_ >> 2 & 3);
+        dqm_history_ = ((dqm_history_ << 2) | (dqm & 3)) & 0xf;
+        if (!pipeline_.empty() && pipeline_.front().due == now_)
+            pipeline_.erase(pipeline_.begin());
         return out;
     }
 

@@ -143,7 +143,10 @@ struct Bench {
 
     // The datasheet power-up sequence, every gap at its minimum.
     void init(unsigned mode) {
-        nop(t.init);
+        Pins off;                   // CKE low for the first half of the power-up wait
+        off.cke = false;
+        for (int64_t i = 0; i < t.init / 2; i++) edge(off);
+        nop(t.init - t.init / 2);
         precharge_all();
         wait(t.tRP);
         for (unsigned i = 0; i < t.init_refreshes; i++) {
@@ -218,6 +221,16 @@ uint64_t legal_traffic(const char *part, double tck_ns, unsigned cl, bool &ok) {
         b.wait(cl + t.tRAS);
         b.precharge(2);
         b.wait(t.tRP);
+        if (code == MODE_BL1) {     // READ with auto precharge right after tRCD: tRAS lockout
+            b.active(3, 9);
+            b.wait(t.tRCD);
+            b.read(3, 9, 0, 1, true);
+            b.wait(std::max(t.tRC, t.tRAS_tRP) - t.tRCD);
+            b.active(3, 9);
+            b.wait(t.tRAS);
+            b.precharge(3);
+            b.wait(t.tRP);
+        }
     }
 
     // Full page: a write burst crossing the end of the row, stopped by BURST TERMINATE;
