@@ -134,6 +134,20 @@ struct Burst { uint32_t addr; unsigned beats; };
 // AXI write then read of `bursts`; `memory` is the expected content (address -> byte).
 struct AxiResult { uint64_t cycles = 0, beats = 0, mismatches = 0; bool hung = false; };
 
+// Offers burst i on an address channel (AW or AR), nothing once all went. One ID for all:
+// responses come in order.
+template <typename V, typename A, typename L, typename S, typename K, typename I>
+void offer_address(V &valid, A &addr, L &len, S &size, K &kind, I &id,
+                   const std::vector<Burst> &bursts, size_t i, unsigned axi_size) {
+    valid = i < bursts.size();
+    if (i >= bursts.size()) return;
+    addr = bursts[i].addr;
+    len = bursts[i].beats - 1;
+    size = axi_size;
+    kind = AXI_BURST_INCR;
+    id = 0;
+}
+
 AxiResult axi_writes(Bench &b, const std::vector<Burst> &bursts,
                      const std::vector<uint32_t> &data, const std::vector<uint8_t> &strobes,
                      std::map<uint32_t, uint8_t> &memory) {
@@ -143,14 +157,9 @@ AxiResult axi_writes(Bench &b, const std::vector<Burst> &bursts,
     auto &t = b.top;
     t.user_port_axi_0_bready = 1;
     while (responses < bursts.size() && !b.failed()) {
-        t.user_port_axi_0_awvalid = aw < bursts.size();
-        if (aw < bursts.size()) {
-            t.user_port_axi_0_awaddr = bursts[aw].addr;
-            t.user_port_axi_0_awlen = bursts[aw].beats - 1;
-            t.user_port_axi_0_awsize = b.axi_size;
-            t.user_port_axi_0_awburst = AXI_BURST_INCR;
-            t.user_port_axi_0_awid = 0;        // one ID: responses in order
-        }
+        offer_address(t.user_port_axi_0_awvalid, t.user_port_axi_0_awaddr,
+                      t.user_port_axi_0_awlen, t.user_port_axi_0_awsize,
+                      t.user_port_axi_0_awburst, t.user_port_axi_0_awid, bursts, aw, b.axi_size);
         t.user_port_axi_0_wvalid = w < bursts.size();
         if (w < bursts.size()) {
             t.user_port_axi_0_wdata = data[word];
@@ -190,14 +199,9 @@ AxiResult axi_reads(Bench &b, const std::vector<Burst> &bursts,
     auto &t = b.top;
     t.user_port_axi_0_rready = 1;
     while (rb < bursts.size() && !b.failed()) {
-        t.user_port_axi_0_arvalid = ar < bursts.size();
-        if (ar < bursts.size()) {
-            t.user_port_axi_0_araddr = bursts[ar].addr;
-            t.user_port_axi_0_arlen = bursts[ar].beats - 1;
-            t.user_port_axi_0_arsize = b.axi_size;
-            t.user_port_axi_0_arburst = AXI_BURST_INCR;
-            t.user_port_axi_0_arid = 0;
-        }
+        offer_address(t.user_port_axi_0_arvalid, t.user_port_axi_0_araddr,
+                      t.user_port_axi_0_arlen, t.user_port_axi_0_arsize,
+                      t.user_port_axi_0_arburst, t.user_port_axi_0_arid, bursts, ar, b.axi_size);
         bool ar_go = false, r_go = false;
         uint32_t rdata = 0;
         bool rlast = false;
