@@ -37,7 +37,8 @@ from amaranth.lib.wiring import In, Out
 from celosia.hdl.axi import AXI4Signature
 
 __all__ = ["GENERATOR_PACKAGES", "SdramCoreConfig", "generate", "GeneratedCore",
-           "WishboneSignature", "SdramPinsSignature", "LiteDRAMCore", "init_sequence"]
+           "WishboneSignature", "SdramPinsSignature", "LiteDRAMCore", "init_sequence",
+           "InitSequencer"]
 
 #: The generator's packages (pinned by the ``board`` extra; their installed versions are part
 #: of a generated core's cache key).
@@ -306,3 +307,48 @@ def init_sequence(core: GeneratedCore, sys_clk_freq: float) -> list[tuple[str, i
     steps.append(("write", ctrl, software | phy["DFII_CONTROL_SEL"]))
     steps.append(("write", regs["ddrctrl_init_done"], 1))
     return steps
+
+
+class InitSequencer(wiring.Component):
+    """Plays :func:`init_sequence` steps on a Wishbone master after reset, then sets ``done``.
+
+    A write is held until ``ack``; a wait counts cycles. For a board whose SDRAM must work
+    without the host (the accelerator's memory).
+
+    Members
+    -------
+    bus : Out(WishboneSignature)
+        To the core's ``wb_ctrl``.
+    done : Out(1)
+        Every step played.
+    """
+
+    def __init__(self, steps, addr_width: int = 30):
+        self._steps = list(steps)
+        kinds = {kind for kind, _, _ in self._steps}
+        if not kinds <= {"write", "wait"}:
+            raise ValueError(f"unknown step kinds {sorted(kinds - {'write', 'wait'})}")
+        self._longest_wait = max([n for kind, n, _ in self._steps if kind == "wait"] + [1])
+        super().__init__({"bus": Out(WishboneSignature(addr_width)), "done": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        step = Signal(range(len(self._steps) + 1))
+        waited = Signal(range(self._longest_wait + 1))
+        bus = self.bus
+        with m.Switch(step):
+            for i, (kind, x, y) in enumerate(self._steps):
+                with m.Case(i):
+                    if kind == "write":
+                        m.d.comb += [bus.adr.eq(x >> 2), bus.dat_w.eq(y), bus.sel.eq(0xf),
+                                     bus.cyc.eq(1), bus.stb.eq(1), bus.we.eq(1)]
+                        with m.If(bus.ack):
+                            m.d.sync += step.eq(i + 1)
+                    else:
+                        with m.If(waited + 1 >= x):
+                            m.d.sync += [waited.eq(0), step.eq(i + 1)]
+                        with m.Else():
+                            m.d.sync += waited.eq(waited + 1)
+            with m.Default():
+                m.d.comb += self.done.eq(1)
+        return m

@@ -1,15 +1,18 @@
 // LiteDRAM's generated core (fpga/sdram.py: litedram_core.v with its GENSDRPHY, the ECP5
-// cells modelled by ecp5_cells.v) on the SDRAM chip model (sdram_chip.h): plays the power-up
-// sequence on the Wishbone control port, then AXI traffic on the user port, checks every
-// word read against what was written and prints one JSON object.
+// cells modelled by ecp5_cells.v) on the SDRAM chip model (sdram_chip.h): the power-up
+// sequence, then AXI traffic on the user port; checks every word read against what was
+// written and prints one JSON object.
 //
-//   litedram_core STEPS PART TCK_NS SEED RANDOM_WORDS BURSTS BURST_BEATS
+//   sdram_harness_top STEPS PART TCK_NS SEED RANDOM_WORDS BURSTS BURST_BEATS
 //
-// STEPS is a file of "write ADDRESS VALUE" / "wait CYCLES 0" lines (fpga/sdram.py
-// init_sequence). Then RANDOM_WORDS single-beat writes of random data under random byte
-// strobes to random addresses, read back in a shuffled order; then BURSTS write bursts of
-// BURST_BEATS beats to consecutive addresses, read back as bursts, timed: bytes per cycle
-// from the first address handshake to the last response.
+// The top is sim/verilator_sdram.py's SdramHarnessTop (the core's ports under their own
+// names). STEPS is a file of "write ADDRESS VALUE" / "wait CYCLES 0" lines (fpga/sdram.py
+// init_sequence) played on the Wishbone control port; built with
+// -DCELOSIA_SDRAM_GATEWARE_INIT the top initialises the chip itself and STEPS is unused.
+// Then RANDOM_WORDS single-beat writes of random data under random byte strobes to random
+// addresses, read back in a shuffled order; then BURSTS write bursts of BURST_BEATS beats to
+// consecutive addresses, read back as bursts, timed: bytes per cycle from the first address
+// handshake to the last response.
 //
 // The chip's clock is the core's delayed by half a period (inverted, or a 180-degree PLL
 // output forwarded to the pin): the chip samples the pins half a cycle after the core's
@@ -38,6 +41,7 @@ using celosia::sdram::SdramChip;
 namespace {
 
 constexpr uint64_t STALL_LIMIT = 200000;    // cycles without progress: the run hangs
+constexpr uint64_t INIT_LIMIT = 1000000;    // cycles for a gateware sequencer's power-up
 constexpr unsigned AXI_BURST_INCR = 1;
 
 struct Bench {
@@ -111,6 +115,7 @@ struct Bench {
     void tick() { tick([] {}); }
     bool failed() const { return !violation.empty(); }
 
+#ifndef CELOSIA_SDRAM_GATEWARE_INIT
     // One Wishbone write (classic cycle: hold until ack).
     bool wb_write(uint32_t byte_addr, uint32_t value) {
         top.wb_ctrl_adr = byte_addr >> 2;
@@ -127,6 +132,7 @@ struct Bench {
         tick();
         return acked;
     }
+#endif
 };
 
 struct Burst { uint32_t addr; unsigned beats; };
@@ -260,14 +266,19 @@ int main(int argc, char **argv) {
     b.top.rst = 1;
     for (int i = 0; i < 8; i++) b.tick();
     b.top.rst = 0;
+    bool acked = true;
+#ifdef CELOSIA_SDRAM_GATEWARE_INIT
+    // The top's own sequencer initialises the chip.
+    while (!b.top.init_done && !b.failed() && b.cycle < INIT_LIMIT) b.tick();
+#else
     std::ifstream steps(argv[1]);
     std::string kind;
     uint64_t x, y;
-    bool acked = true;
     while (steps >> kind >> x >> y && !b.failed()) {
         if (kind == "write") acked = b.wb_write(uint32_t(x), uint32_t(y)) && acked;
         else for (uint64_t i = 0; i < x; i++) b.tick();
     }
+#endif
     uint64_t init_cycles = b.cycle;
     bool init_done = b.top.init_done;
 

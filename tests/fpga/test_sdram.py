@@ -1,16 +1,15 @@
 """LiteDRAM's generated SDR controller (fpga/sdram.py) on the SDRAM chip model.
 
-The Verilog core, with its real GENSDRPHY (ECP5 I/O cells modelled by
-sim/verilator/ecp5_cells.v), is Verilated with sim/verilator/litedram_harness.cpp: the
-power-up sequence from :func:`init_sequence` over the Wishbone control port, then random
-single words and long bursts over the AXI user port, read back bit-exact, while the chip
-model checks every command. Needs the ``board`` extra (litedram, litex, migen)."""
+sim/verilator_sdram.py Verilates the Amaranth wrapper around the Verilog core, with its real
+GENSDRPHY (ECP5 I/O cells modelled by sim/verilator/ecp5_cells.v), and
+sim/verilator/litedram_harness.cpp drives it: the power-up sequence (from the C++ harness over
+the Wishbone control port, or by the gateware InitSequencer), then random single words and
+long bursts over the AXI user port, read back bit-exact, while the chip model checks every
+command. Needs the ``board`` extra (litedram, litex, migen)."""
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 
 import pytest
 
@@ -19,53 +18,26 @@ pytest.importorskip("litedram")
 from amaranth.back import verilog
 from amaranth.hdl import IOPort
 
-from celosia.fpga.sdram import LiteDRAMCore, SdramCoreConfig, generate, init_sequence
-from celosia.sim.verilator_build import HARNESS_DIR, build_library
+from celosia.fpga.sdram import LiteDRAMCore, SdramCoreConfig, generate
+from celosia.sim.verilator_sdram import run_traffic
 
 SYS_CLK_FREQ = 100e6
-TCK_NS = 1e9 / SYS_CLK_FREQ
 #: The ULX3S's 32 MB chips (the chip model's parts).
 PARTS_32MB = ("IS42S16160G-6", "IS42S16160G-7", "MT48LC16M16A2-6A", "MT48LC16M16A2-7E")
-RANDOM_WORDS = 400
-BURSTS, BURST_BEATS = 64, 256
 #: The SDR bus moves one 16-bit word per cycle at most.
 PEAK_BYTES_PER_CYCLE = 2.0
-
-_built = {}
-
-
-def harness(config: SdramCoreConfig, tmp_path_factory):
-    """(executable, init steps file) for ``config``, built once per session."""
-    if config not in _built:
-        core = generate(config)
-        steps = tmp_path_factory.mktemp("sdram") / "init_steps.txt"
-        steps.write_text("".join(f"{kind} {a} {b}\n"
-                                 for kind, a, b in init_sequence(core, config.sys_clk_freq)))
-        exe, _ = build_library(core.verilog(), "litedram_core", harness="litedram_harness.cpp",
-                               extra_verilog={"ecp5_cells.v":
-                                              (HARNESS_DIR / "ecp5_cells.v").read_text()},
-                               flags=("--pins-inout-enables",), executable=True)
-        _built[config] = exe, steps
-    return _built[config]
-
-
-def run(config, part, tmp_path_factory, *, seed=1):
-    exe, steps = harness(config, tmp_path_factory)
-    proc = subprocess.run([str(exe), str(steps), part, str(TCK_NS), str(seed),
-                           str(RANDOM_WORDS), str(BURSTS), str(BURST_BEATS)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.stdout, proc.stderr
-    return json.loads(proc.stdout), proc
+BURSTS, BURST_BEATS = 64, 256
 
 
 @pytest.mark.parametrize("data_width", [32, 16])
 @pytest.mark.parametrize("part", PARTS_32MB)
-def test_litedram_on_chip_model(part, data_width, tmp_path_factory):
+def test_litedram_on_chip_model(part, data_width):
     config = SdramCoreConfig(sys_clk_freq=SYS_CLK_FREQ, data_width=data_width)
-    result, proc = run(config, part, tmp_path_factory, seed=len(part) + data_width)
-    assert result["violation"] == "", proc.stderr
+    result, log = run_traffic(config, part, gateware_init=False, seed=len(part) + data_width,
+                              bursts=BURSTS, burst_beats=BURST_BEATS)
+    assert result["violation"] == "", log
     assert result["init_done"] and result["wishbone_acked"] and not result["hung"], result
-    assert result["random_mismatches"] == 0 and result["burst_mismatches"] == 0, proc.stderr
+    assert result["random_mismatches"] == 0 and result["burst_mismatches"] == 0, log
     assert result["burst_bytes"] == BURSTS * BURST_BEATS * data_width // 8
     # The chip model saw the power-up refreshes and the controller's own.
     assert result["refreshes"] > 8
@@ -75,15 +47,25 @@ def test_litedram_on_chip_model(part, data_width, tmp_path_factory):
     print(f"\n{part} {data_width}-bit AXI: write {result['write_bytes_per_cycle']:.3f}, "
           f"read {result['read_bytes_per_cycle']:.3f} bytes/cycle "
           f"({BURSTS} bursts of {BURST_BEATS} beats)")
-    assert proc.returncode == 0, proc.stderr
+    assert result["ok"], log
 
 
-def test_litedram_is42s16160_module_breaks_trc(tmp_path_factory):
+def test_gateware_init_sequencer():
+    """The InitSequencer brings the chip up on its own; traffic then runs as above."""
+    config = SdramCoreConfig(sys_clk_freq=SYS_CLK_FREQ, data_width=16)
+    result, log = run_traffic(config, "IS42S16160G-7", gateware_init=True, bursts=8)
+    assert result["violation"] == "", log
+    assert result["init_done"] and result["ok"], (result, log)
+    # Not before the power-up wait (200 us) it plays.
+    assert result["init_cycles"] >= 200e-6 * SYS_CLK_FREQ
+
+
+def test_litedram_is42s16160_module_breaks_trc():
     """LiteDRAM's IS42S16160 module leaves tRAS (and so tRC) unset: a row miss after a READ
     with auto precharge re-activates the bank 50 ns after its ACTIVE. The chip catches it."""
     config = SdramCoreConfig(module="IS42S16160", sys_clk_freq=SYS_CLK_FREQ, data_width=16)
-    result, proc = run(config, "IS42S16160G-7", tmp_path_factory)
-    assert proc.returncode != 0
+    result, _ = run_traffic(config, "IS42S16160G-7", gateware_init=False)
+    assert not result["ok"]
     assert result["violation"].split()[0] in {"tRP", "tRC", "tRAS"}, result["violation"]
     assert "ACTIVE" in result["violation"] or "PRECHARGE" in result["violation"]
 
