@@ -50,7 +50,7 @@ struct Bench {
     SdramChip chip;
     // The user port's beat (AXI size: log2 of it).
     const unsigned beat_bytes = unsigned(celosia::sig_bytes(top.user_port_axi_0_wdata));
-    const unsigned axi_size = beat_bytes == 2 ? 1 : beat_bytes == 4 ? 2 : 3;
+    const unsigned axi_size = unsigned(__builtin_ctz(beat_bytes));
     uint64_t cycle = 0;
     std::string violation;
     std::vector<std::string> recent = std::vector<std::string>(12);  // the last commands
@@ -155,7 +155,7 @@ void offer_address(V &valid, A &addr, L &len, S &size, K &kind, I &id,
 }
 
 AxiResult axi_writes(Bench &b, const std::vector<Burst> &bursts,
-                     const std::vector<uint32_t> &data, const std::vector<uint8_t> &strobes,
+                     const std::vector<uint8_t> &data, const std::vector<uint64_t> &strobes,
                      std::map<uint32_t, uint8_t> &memory) {
     AxiResult r;
     size_t aw = 0, w = 0, beat_in_burst = 0, responses = 0, word = 0;
@@ -168,7 +168,7 @@ AxiResult axi_writes(Bench &b, const std::vector<Burst> &bursts,
                       t.user_port_axi_0_awburst, t.user_port_axi_0_awid, bursts, aw, b.axi_size);
         t.user_port_axi_0_wvalid = w < bursts.size();
         if (w < bursts.size()) {
-            t.user_port_axi_0_wdata = data[word];
+            celosia::put_bytes(t.user_port_axi_0_wdata, &data[word * b.beat_bytes], b.beat_bytes);
             t.user_port_axi_0_wstrb = strobes[word];
             t.user_port_axi_0_wlast = beat_in_burst + 1 == bursts[w].beats;
         }
@@ -182,7 +182,7 @@ AxiResult axi_writes(Bench &b, const std::vector<Burst> &bursts,
         if (w_go) {
             uint32_t addr = bursts[w].addr + unsigned(beat_in_burst) * b.beat_bytes;
             for (unsigned i = 0; i < b.beat_bytes; i++)
-                if (strobes[word] >> i & 1) memory[addr + i] = uint8_t(data[word] >> (8 * i));
+                if (strobes[word] >> i & 1) memory[addr + i] = data[word * b.beat_bytes + i];
             word++;
             r.beats++;
             if (++beat_in_burst == bursts[w].beats) { beat_in_burst = 0; w++; }
@@ -209,25 +209,24 @@ AxiResult axi_reads(Bench &b, const std::vector<Burst> &bursts,
                       t.user_port_axi_0_arlen, t.user_port_axi_0_arsize,
                       t.user_port_axi_0_arburst, t.user_port_axi_0_arid, bursts, ar, b.axi_size);
         bool ar_go = false, r_go = false;
-        uint32_t rdata = 0;
+        std::vector<uint8_t> rdata(b.beat_bytes);
         bool rlast = false;
         b.tick([&] {
             ar_go = t.user_port_axi_0_arvalid && t.user_port_axi_0_arready;
             r_go = t.user_port_axi_0_rvalid;
-            rdata = t.user_port_axi_0_rdata;
+            celosia::get_bytes(t.user_port_axi_0_rdata, rdata.data(), b.beat_bytes);
             rlast = t.user_port_axi_0_rlast;
         });
         if (ar_go) ar++;
         if (r_go) {
             uint32_t addr = bursts[rb].addr + unsigned(beat_in_burst) * b.beat_bytes;
-            uint32_t expect = 0;
             for (unsigned i = 0; i < b.beat_bytes; i++) {
                 auto it = memory.find(addr + i);
-                expect |= uint32_t(it == memory.end() ? 0 : it->second) << (8 * i);
+                uint8_t expect = it == memory.end() ? 0 : it->second;
+                if (rdata[i] != expect && r.mismatches++ < 5)
+                    std::fprintf(stderr, "read 0x%02x at byte 0x%06x, expected 0x%02x\n",
+                                 rdata[i], addr + i, expect);
             }
-            if (rdata != expect && r.mismatches++ < 5)
-                std::fprintf(stderr, "read 0x%08x at 0x%06x, expected 0x%08x\n", rdata, addr,
-                             expect);
             bool last = ++beat_in_burst == bursts[rb].beats;
             if (rlast != last && r.mismatches++ < 5)
                 std::fprintf(stderr, "rlast %d on beat %zu of %u\n", rlast, beat_in_burst,
@@ -259,8 +258,10 @@ int main(int argc, char **argv) {
     unsigned random_words = unsigned(std::atoi(argv[5]));
     unsigned bursts_n = unsigned(std::atoi(argv[6])), beats = unsigned(std::atoi(argv[7]));
     uint32_t mem_bytes = uint32_t(part->geometry.bytes());
-    if (b.beat_bytes > 4) { std::fprintf(stderr, "user ports wider than 32 bits are not driven\n"); return 2; }
-    const uint8_t all_bytes = uint8_t((1u << b.beat_bytes) - 1);
+    const uint64_t all_bytes = b.beat_bytes >= 64 ? ~uint64_t(0) : (uint64_t(1) << b.beat_bytes) - 1;
+    auto random_bytes = [&](std::vector<uint8_t> &v) {
+        for (unsigned i = 0; i < b.beat_bytes; i++) v.push_back(uint8_t(rng.next()));
+    };
 
     // Reset, then the power-up sequence.
     b.top.rst = 1;
@@ -285,12 +286,12 @@ int main(int argc, char **argv) {
     // Random single words, then long bursts.
     std::map<uint32_t, uint8_t> memory;
     std::vector<Burst> singles;
-    std::vector<uint32_t> data;
-    std::vector<uint8_t> strobes;
+    std::vector<uint8_t> data;
+    std::vector<uint64_t> strobes;
     for (unsigned i = 0; i < random_words; i++) {
         singles.push_back({(rng.next() % mem_bytes) & ~(b.beat_bytes - 1), 1});
-        data.push_back(rng.next());
-        strobes.push_back(i % 4 ? all_bytes : uint8_t(rng.next() & all_bytes));
+        random_bytes(data);
+        strobes.push_back(i % 4 ? all_bytes : (uint64_t(rng.next()) << 32 | rng.next()) & all_bytes);
     }
     AxiResult ws = axi_writes(b, singles, data, strobes, memory);
     std::vector<Burst> shuffled = singles;
@@ -302,7 +303,10 @@ int main(int argc, char **argv) {
     strobes.clear();
     uint32_t base = (rng.next() % (mem_bytes / 2)) & ~0xfffu;
     for (unsigned i = 0; i < bursts_n; i++) bursts.push_back({base + i * beats * b.beat_bytes, beats});
-    for (unsigned i = 0; i < bursts_n * beats; i++) { data.push_back(rng.next()); strobes.push_back(all_bytes); }
+    for (unsigned i = 0; i < bursts_n * beats; i++) {
+        random_bytes(data);
+        strobes.push_back(all_bytes);
+    }
     AxiResult wb = axi_writes(b, bursts, data, strobes, memory);
     AxiResult rb = axi_reads(b, bursts, memory);
     for (int i = 0; i < 100; i++) b.tick();     // let refresh and the chip's checks run on
