@@ -325,11 +325,12 @@ int main(int argc, char **argv) {
                 "\"random_words\": %u, \"random_mismatches\": %" PRIu64 ", "
                 "\"burst_bytes\": %" PRIu64 ", \"burst_mismatches\": %" PRIu64 ", "
                 "\"hung\": %s, \"write_bytes_per_cycle\": %.4f, \"read_bytes_per_cycle\": %.4f, "
-                "\"write_cycles\": %" PRIu64 ", \"read_cycles\": %" PRIu64 "}\n",
+                "\"write_cycles\": %" PRIu64 ", \"read_cycles\": %" PRIu64 ", "
+                "\"random_write_cycles\": %" PRIu64 ", \"random_read_cycles\": %" PRIu64 "}\n",
                 ok ? "true" : "false", v.c_str(), init_done ? "true" : "false",
                 acked ? "true" : "false", init_cycles, b.cycle, b.chip.refreshes(), random_words,
                 rs.mismatches, wb.beats * b.beat_bytes, rb.mismatches,
                 (ws.hung || rs.hung || wb.hung || rb.hung) ? "true" : "false", rate(wb), rate(rb),
-                wb.cycles, rb.cycles);
+                wb.cycles, rb.cycles, ws.cycles, rs.cycles);
     return ok ? 0 : 1;
 }
