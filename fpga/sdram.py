@@ -36,15 +36,19 @@ from amaranth.lib.wiring import In, Out
 
 from celosia.hdl.axi import AXI4Signature
 
+from .bridge import BytePortSignature
+
 __all__ = ["GENERATOR_PACKAGES", "SdramCoreConfig", "generate", "GeneratedCore",
            "WishboneSignature", "SdramPinsSignature", "LiteDRAMCore", "init_sequence",
-           "InitSequencer"]
+           "InitSequencer", "ByteToWishbone", "SdramWindow"]
 
 #: The generator's packages (pinned by the ``board`` extra; their installed versions are part
 #: of a generated core's cache key).
 GENERATOR_PACKAGES = ("litedram", "litex", "migen")
 
 CORE_NAME = "litedram_core"
+#: The name of the byte port's LiteDRAM user port (ports user_port_wb_1_*).
+BYTE_PORT = "wb_1"
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,9 @@ class SdramCoreConfig:
     device: str = "LFE5U-85F-6BG381C"
     id_width: int = 4
     data_width: int = 32
+    #: A second user port for byte accesses (Wishbone, the chip's 16-bit width): the UART
+    #: bridge's way into the memory beside the accelerator's AXI port.
+    byte_port: bool = False
 
     def yaml(self) -> str:
         """The generator's configuration (JSON is YAML)."""
@@ -76,7 +83,9 @@ class SdramCoreConfig:
             "sdram_rank_nb": 1, "sdram_phy": "GENSDRPHY", "device": self.device,
             "input_clk_freq": 25e6, "sys_clk_freq": self.sys_clk_freq, "cmd_latency": 0,
             "user_ports": {"axi_0": {"type": "axi", "id_width": self.id_width,
-                                     "data_width": self.data_width}},
+                                     "data_width": self.data_width},
+                           **({BYTE_PORT: {"type": "wishbone", "data_width": 8 * self.modules}}
+                              if self.byte_port else {})},
         }, indent=2, sort_keys=True)
 
 
@@ -173,12 +182,13 @@ def _fix_dq_direction(verilog: str) -> str:
 
 
 class WishboneSignature(wiring.Signature):
-    """Wishbone B4 classic, master's view, 32-bit data (LiteX's ``wishbone.Interface``)."""
+    """Wishbone B4 classic, master's view (LiteX's ``wishbone.Interface``)."""
 
-    def __init__(self, addr_width: int = 30):
-        self.addr_width = addr_width
+    def __init__(self, addr_width: int = 30, data_width: int = 32):
+        self.addr_width, self.data_width = addr_width, data_width
         super().__init__({
-            "adr": Out(addr_width), "dat_w": Out(32), "dat_r": In(32), "sel": Out(4),
+            "adr": Out(addr_width), "dat_w": Out(data_width), "dat_r": In(data_width),
+            "sel": Out(data_width // 8),
             "cyc": Out(1), "stb": Out(1), "we": Out(1), "ack": In(1), "err": In(1),
             "cti": Out(3), "bte": Out(2),
         })
@@ -207,37 +217,49 @@ class LiteDRAMCore(wiring.Component):
         them from the platform without a buffer, ``dir="-"``).
     domain : str
         The SDRAM clock domain (its frequency is the configuration's ``sys_clk_freq``).
+    axi_addr_width : int
+        The width of ``axi``'s addresses (default: the core's, the memory's size in bytes);
+        wider addresses wrap modulo the memory's size.
 
     Members
     -------
     axi : In(AXI4Signature)
-        The user port, byte addressed, ``addr_width`` bits (the memory's size).
+        The user port, byte addressed.
+    byte_bus : In(WishboneSignature)
+        The byte port's Wishbone user port (16-bit words), when the core has one.
     wb_ctrl : In(WishboneSignature)
         The control registers (:func:`init_sequence`).
     pins : Out(SdramPinsSignature)
         Command, address, CKE and DQM pins (registered in the core's I/O cells).
     init_done, init_error : Out(1)
-        The ``init_done``/``init_error`` registers; the user port waits for init_done.
+        The ``init_done``/``init_error`` registers; the user ports wait for init_done.
     """
 
-    def __init__(self, core: GeneratedCore, dq, *, domain: str = "sync"):
+    def __init__(self, core: GeneratedCore, dq, *, domain: str = "sync",
+                 axi_addr_width: int | None = None):
         ports = core.port_widths()
         self._core, self._dq, self._domain = core, dq, domain
-        axi = [name for name in ports if name.startswith("user_port_axi_0_")]
-        if not axi:
+        if "user_port_axi_0_awaddr" not in ports:
             raise ValueError(f"{core.verilog_path}: no AXI user port axi_0")
-        self.addr_width = ports["user_port_axi_0_awaddr"][1]
+        self.addr_width = axi_addr_width or ports["user_port_axi_0_awaddr"][1]
         self.data_width = ports["user_port_axi_0_wdata"][1]
         self.id_width = ports["user_port_axi_0_awid"][1]
         if len(dq) != ports["sdram_dq"][1]:
             raise ValueError(f"dq has {len(dq)} pads, the core {ports['sdram_dq'][1]}")
-        super().__init__({
+        members = {
             "axi": In(AXI4Signature(self.addr_width, self.data_width, self.id_width)),
             "wb_ctrl": In(WishboneSignature(ports["wb_ctrl_adr"][1])),
             "pins": Out(SdramPinsSignature(ports["sdram_a"][1], ports["sdram_ba"][1],
                                            ports["sdram_dm"][1])),
             "init_done": Out(1), "init_error": Out(1),
-        })
+        }
+        self._buses = {"user_port_axi_0_": "axi", "wb_ctrl_": "wb_ctrl"}
+        byte = f"user_port_{BYTE_PORT}_"
+        if byte + "adr" in ports:
+            members["byte_bus"] = In(WishboneSignature(ports[byte + "adr"][1],
+                                                       ports[byte + "dat_w"][1]))
+            self._buses[byte] = "byte_bus"
+        super().__init__(members)
         self._ports = ports
 
     def elaborate(self, platform):
@@ -248,12 +270,15 @@ class LiteDRAMCore(wiring.Component):
         for name in self.pins.signature.members:
             kwargs[f"o_sdram_{name}"] = getattr(self.pins, name)
         for name, (direction, width) in self._ports.items():
-            for prefix, bus in (("user_port_axi_0_", self.axi), ("wb_ctrl_", self.wb_ctrl)):
+            for prefix, bus_name in self._buses.items():
+                bus = getattr(self, bus_name)
                 member = name[len(prefix):]
                 if name.startswith(prefix) and member in bus.signature.members:
                     value = getattr(bus, member)
                     if direction == "input" and len(value) < width:   # AXI's 3-bit size
                         value = Cat(value, C(0, width - len(value)))
+                    elif direction == "input" and len(value) > width:  # addresses wrap
+                        value = value[:width]
                     elif len(value) != width:
                         raise ValueError(f"{name}: {width} bits, {member} has {len(value)}")
                     kwargs[f"{direction[0]}_{name}"] = value
@@ -351,4 +376,95 @@ class InitSequencer(wiring.Component):
                             m.d.sync += waited.eq(waited + 1)
             with m.Default():
                 m.d.comb += self.done.eq(1)
+        return m
+
+
+class ByteToWishbone(wiring.Component):
+    """The UART bridge's byte port as single accesses on a Wishbone bus of ``data_width``-bit
+    words (the byte's lane selected by ``sel``; a read's byte taken from its lane).
+
+    A request is taken at once when no access is running (``ready`` is high while idle) and
+    the access is held until ``ack``; a read answers with ``rvalid`` the cycle after."""
+
+    def __init__(self, addr_width: int, data_width: int = 16):
+        assert data_width in (8, 16, 32, 64)
+        self.lanes = data_width // 8
+        super().__init__({"side": In(BytePortSignature()),
+                          "bus": Out(WishboneSignature(addr_width, data_width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        side, bus = self.side, self.bus
+        lane_bits = (self.lanes - 1).bit_length()
+        busy, we = Signal(), Signal()
+        addr, wdata = Signal(len(side.addr)), Signal(8)
+        m.d.comb += [side.ready.eq(~busy),
+                     bus.cyc.eq(busy), bus.stb.eq(busy), bus.we.eq(we),
+                     bus.adr.eq(addr[lane_bits:]),
+                     bus.sel.eq(1 << addr[:lane_bits] if lane_bits else 1),
+                     bus.dat_w.eq(wdata.replicate(self.lanes))]
+        with m.If(side.valid & side.ready):
+            m.d.sync += [busy.eq(1), we.eq(side.we), addr.eq(side.addr), wdata.eq(side.wdata)]
+        m.d.sync += side.rvalid.eq(0)
+        with m.If(busy & bus.ack):
+            m.d.sync += [busy.eq(0), side.rvalid.eq(~we),
+                         side.rdata.eq(bus.dat_r.word_select(addr[:lane_bits], 8)
+                                       if lane_bits else bus.dat_r)]
+        return m
+
+
+class SdramWindow(wiring.Component):
+    """The accelerator's memory window in SDRAM: an AXI4 slave and a byte port, as
+    :class:`celosia.fpga.memory.AxiRam`, served by the LiteDRAM core (its AXI user port and
+    its byte port) with :class:`InitSequencer` bringing the chip up after reset.
+
+    Parameters
+    ----------
+    core : GeneratedCore
+        Generated with ``byte_port=True`` and the AXI port's width and ID width.
+    dq : IOValue
+        The SDRAM data pads.
+    init_steps : list
+        :func:`init_sequence` for the core's clock; ``None`` leaves ``wb_ctrl`` to the
+        outside (a test harness that plays the sequence itself).
+
+    Members
+    -------
+    axi : In(AXI4Signature(addr_width, ...))
+        Addresses wrap modulo the SDRAM's size.
+    side : In(BytePortSignature)
+    pins : Out(SdramPinsSignature)
+    init_done : Out(1)
+        The chip is initialised (the ports wait for it).
+    wb_ctrl : In(WishboneSignature)
+        Only without ``init_steps``.
+    """
+
+    def __init__(self, core: GeneratedCore, dq, *, init_steps=None, addr_width: int = 32):
+        self._core_view = LiteDRAMCore(core, dq, axi_addr_width=addr_width)
+        if "byte_bus" not in self._core_view.signature.members:
+            raise ValueError(f"{core.verilog_path}: generated without the byte port")
+        self._init_steps = init_steps
+        members = {name: self._core_view.signature.members[name]
+                   for name in ("axi", "pins", "init_done")}
+        members["side"] = In(BytePortSignature())
+        if init_steps is None:
+            members["wb_ctrl"] = self._core_view.signature.members["wb_ctrl"]
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self._core_view
+        wiring.connect(m, wiring.flipped(self.axi), core.axi)
+        wiring.connect(m, wiring.flipped(self.pins), core.pins)
+        m.d.comb += self.init_done.eq(core.init_done)
+        m.submodules.byte = byte = ByteToWishbone(len(core.byte_bus.adr),
+                                                  len(core.byte_bus.dat_w))
+        wiring.connect(m, wiring.flipped(self.side), byte.side)
+        wiring.connect(m, byte.bus, core.byte_bus)
+        if self._init_steps is None:
+            wiring.connect(m, wiring.flipped(self.wb_ctrl), core.wb_ctrl)
+        else:
+            m.submodules.init = init = InitSequencer(self._init_steps, len(core.wb_ctrl.adr))
+            wiring.connect(m, init.bus, core.wb_ctrl)
         return m

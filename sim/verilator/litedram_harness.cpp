@@ -113,6 +113,21 @@ struct Bench {
         top.sdram_dq = bus;
     }
     void tick() { tick([] {}); }
+
+    // One access on the byte port (the UART bridge's way in); false if it hangs.
+    bool byte_access(uint32_t addr, bool we, uint8_t wdata, uint8_t &rdata) {
+        top.side_valid = 1;
+        top.side_addr = addr;
+        top.side_we = we;
+        top.side_wdata = wdata;
+        bool taken = false, answered = false;
+        for (uint64_t i = 0; i < STALL_LIMIT && !taken && !failed(); i++) tick([&] { taken = top.side_ready; });
+        top.side_valid = 0;
+        if (!taken || we) return taken;
+        for (uint64_t i = 0; i < STALL_LIMIT && !answered && !failed(); i++)
+            tick([&] { answered = top.side_rvalid; rdata = top.side_rdata; });
+        return answered;
+    }
     bool failed() const { return !violation.empty(); }
 
 #ifndef CELOSIA_SDRAM_GATEWARE_INIT
@@ -298,6 +313,34 @@ int main(int argc, char **argv) {
     for (size_t i = shuffled.size(); i > 1; i--) std::swap(shuffled[i - 1], shuffled[rng.next() % i]);
     AxiResult rs = axi_reads(b, shuffled, memory);
 
+    // Bytes through the byte port: half into words the AXI port wrote, read back through
+    // both ports.
+    uint64_t byte_start = b.cycle, byte_mismatches = 0;
+    bool byte_hung = false;
+    std::vector<uint32_t> byte_addrs;
+    for (unsigned i = 0; i < random_words && !b.failed(); i++) {
+        uint32_t addr = i % 2 ? singles[rng.next() % singles.size()].addr + rng.next() % b.beat_bytes
+                              : rng.next() % mem_bytes;
+        uint8_t value = uint8_t(rng.next()), unused;
+        byte_hung |= !b.byte_access(addr, true, value, unused);
+        memory[addr] = value;
+        byte_addrs.push_back(addr);
+    }
+    for (size_t i = byte_addrs.size(); i > 1; i--) std::swap(byte_addrs[i - 1], byte_addrs[rng.next() % i]);
+    std::vector<Burst> byte_beats;
+    for (uint32_t addr : byte_addrs) {
+        if (b.failed()) break;
+        uint8_t got = 0;
+        byte_hung |= !b.byte_access(addr, false, 0, got);
+        auto it = memory.find(addr);
+        uint8_t expect = it == memory.end() ? 0 : it->second;
+        if (got != expect && byte_mismatches++ < 5)
+            std::fprintf(stderr, "byte port read 0x%02x at 0x%06x, expected 0x%02x\n", got, addr, expect);
+        byte_beats.push_back({addr & ~(b.beat_bytes - 1), 1});
+    }
+    uint64_t byte_cycles = b.cycle - byte_start;
+    AxiResult bs = axi_reads(b, byte_beats, memory);
+
     std::vector<Burst> bursts;
     data.clear();
     strobes.clear();
@@ -316,7 +359,8 @@ int main(int argc, char **argv) {
         b.print_recent();
     }
     bool ok = !b.failed() && acked && init_done && !ws.hung && !rs.hung && !wb.hung && !rb.hung
-              && rs.mismatches == 0 && rb.mismatches == 0;
+              && !bs.hung && !byte_hung && rs.mismatches == 0 && rb.mismatches == 0
+              && bs.mismatches == 0 && byte_mismatches == 0;
     auto rate = [&](const AxiResult &r) { return r.cycles ? double(r.beats * b.beat_bytes) / r.cycles : 0.0; };
     std::string v;
     for (char c : b.violation) v += c == '"' ? '\'' : c;
@@ -326,11 +370,15 @@ int main(int argc, char **argv) {
                 "\"burst_bytes\": %" PRIu64 ", \"burst_mismatches\": %" PRIu64 ", "
                 "\"hung\": %s, \"write_bytes_per_cycle\": %.4f, \"read_bytes_per_cycle\": %.4f, "
                 "\"write_cycles\": %" PRIu64 ", \"read_cycles\": %" PRIu64 ", "
-                "\"random_write_cycles\": %" PRIu64 ", \"random_read_cycles\": %" PRIu64 "}\n",
+                "\"random_write_cycles\": %" PRIu64 ", \"random_read_cycles\": %" PRIu64 ", "
+                "\"byte_accesses\": %zu, \"byte_mismatches\": %" PRIu64 ", "
+                "\"byte_cycles\": %" PRIu64 "}\n",
                 ok ? "true" : "false", v.c_str(), init_done ? "true" : "false",
                 acked ? "true" : "false", init_cycles, b.cycle, b.chip.refreshes(), random_words,
                 rs.mismatches, wb.beats * b.beat_bytes, rb.mismatches,
-                (ws.hung || rs.hung || wb.hung || rb.hung) ? "true" : "false", rate(wb), rate(rb),
-                wb.cycles, rb.cycles, ws.cycles, rs.cycles);
+                (ws.hung || rs.hung || wb.hung || rb.hung || bs.hung || byte_hung) ? "true" : "false",
+                rate(wb), rate(rb),
+                wb.cycles, rb.cycles, ws.cycles, rs.cycles, 2 * byte_addrs.size(),
+                byte_mismatches + bs.mismatches, byte_cycles);
     return ok ? 0 : 1;
 }

@@ -1,11 +1,12 @@
 """LiteDRAM's generated SDR controller (fpga/sdram.py) on the SDRAM chip model.
 
-sim/verilator_sdram.py Verilates the Amaranth wrapper around the Verilog core, with its real
-GENSDRPHY (ECP5 I/O cells modelled by sim/verilator/ecp5_cells.v), and
+sim/verilator_sdram.py Verilates SdramWindow (the Amaranth wrapper around the Verilog core,
+with its real GENSDRPHY, the ECP5 I/O cells modelled by sim/verilator/ecp5_cells.v), and
 sim/verilator/litedram_harness.cpp drives it: the power-up sequence (from the C++ harness over
 the Wishbone control port, or by the gateware InitSequencer), then random single words and
-long bursts over the AXI user port, read back bit-exact, while the chip model checks every
-command. Needs the ``board`` extra (litedram, litex, migen)."""
+long bursts over the AXI user port and bytes over the byte port, read back bit-exact through
+both, while the chip model checks every command. Needs the ``board`` extra (litedram, litex,
+migen)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def test_litedram_on_chip_model(part, clock, data_width):
     assert result["violation"] == "", log
     assert result["init_done"] and result["wishbone_acked"] and not result["hung"], result
     assert result["random_mismatches"] == 0 and result["burst_mismatches"] == 0, log
+    # The byte port (the UART bridge's way in) wrote and read bytes beside the AXI port.
+    assert result["byte_accesses"] > 0 and result["byte_mismatches"] == 0, log
     assert result["burst_bytes"] == BURSTS * beats * data_width // 8
     # The chip model saw the power-up refreshes and the controller's own.
     assert result["refreshes"] > 8
