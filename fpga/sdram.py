@@ -9,7 +9,9 @@ the YAML and the generator's versions. :class:`LiteDRAMCore` is that Verilog as 
 
 Nobody initialises the chip in a core without a CPU: :func:`init_sequence` is the datasheet
 power-up sequence as writes to the control registers (DFII), read from the generated
-register map and PHY header, for a sequencer or a test harness to play.
+register map and PHY header, for :class:`InitSequencer` (gateware) or a test harness to play.
+:class:`SdramWindow` puts it together as the accelerator's memory window: AXI4 slave and the
+UART bridge's byte port, like :class:`celosia.fpga.memory.AxiRam`.
 
 One fix to the generated Verilog: ``sdram_dq`` is declared ``input`` but the pads
 (TRELLIS_IO) inside drive it, so it becomes ``inout``; nothing else changes.
