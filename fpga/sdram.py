@@ -40,7 +40,7 @@ from celosia.hdl.axi import AXI4Signature
 
 from .bridge import BytePortSignature
 
-__all__ = ["GENERATOR_PACKAGES", "SdramCoreConfig", "generate", "GeneratedCore",
+__all__ = ["GENERATOR_PACKAGES", "EXTRA_MODULES", "SdramCoreConfig", "generate", "GeneratedCore",
            "WishboneSignature", "SdramPinsSignature", "LiteDRAMCore", "init_sequence",
            "InitSequencer", "ByteToWishbone", "SdramWindow"]
 
@@ -57,8 +57,8 @@ BYTE_PORT = "wb_1"
 class SdramCoreConfig:
     """What :func:`generate` asks LiteDRAM for.
 
-    ``module`` is a LiteDRAM SDRAM module class; ``modules`` of them side by side make the
-    data bus (two 8-bit lanes for the ULX3S's x16 chip).
+    ``module`` is a LiteDRAM SDRAM module class or one of :data:`EXTRA_MODULES`; ``modules``
+    of them side by side make the data bus (two 8-bit lanes for the ULX3S's x16 chip).
 
     The default drives the ULX3S's 32 MB chips (IS42S16160G, MT48LC16M16A2, -6 and -7
     grades): LiteDRAM's MT48LC16M16 timings are at least the datasheet values of all four
@@ -139,10 +139,42 @@ def installed_versions() -> dict[str, str]:
                            "pip install 'celosia[board]'") from exc
 
 
+#: SDR modules LiteDRAM's table lacks, as the fields of its ``SDRModule`` (timings in ns, or
+#: (clocks, ns) pairs, as LiteDRAM writes them). AS4C32M16SB_7: the 64 MB chip of later ULX3S
+#: boards in its -7 grade (LiteDRAM's AS4C32M16 has -6 timings, 18 ns tRCD/tRP, and no tRAS).
+EXTRA_MODULES = {
+    "AS4C32M16SB_7": {
+        "nbanks": 4, "nrows": 8192, "ncols": 1024,
+        "technology": {"tREFI": 64e6 / 8192, "tWTR": (2, None), "tCCD": (1, None),
+                       "tRRD": (None, 14)},
+        "speedgrade": {"tRP": 21, "tRCD": 21, "tWR": 14, "tRFC": (None, 63), "tFAW": None,
+                       "tRAS": 42},
+    },
+}
+
+# Runs litedram.gen with EXTRA_MODULES (argv[1], JSON) added to LiteDRAM's module table.
+_GENERATOR = """
+import json, sys
+from litedram import modules
+pair = lambda v: tuple(v) if isinstance(v, list) else v
+for name, m in json.loads(sys.argv.pop(1)).items():
+    setattr(modules, name, type(name, (modules.SDRModule,), {
+        "nbanks": m["nbanks"], "nrows": m["nrows"], "ncols": m["ncols"],
+        "technology_timings": modules._TechnologyTimings(
+            **{k: pair(v) for k, v in m["technology"].items()}),
+        "speedgrade_timings": {"default": modules._SpeedgradeTimings(
+            **{k: pair(v) for k, v in m["speedgrade"].items()})}}))
+from litedram.gen import main
+main()
+"""
+
+
 def generate(config: SdramCoreConfig = SdramCoreConfig(), *, log=None) -> GeneratedCore:
     """The core for ``config``, generated now or taken from the cache."""
     versions = installed_versions()
-    key = hashlib.sha256((config.yaml() + json.dumps(versions, sort_keys=True)).encode())
+    extra = json.dumps({k: v for k, v in EXTRA_MODULES.items() if k == config.module})
+    key = hashlib.sha256((config.yaml() + json.dumps(versions, sort_keys=True)
+                          + extra).encode())
     folder = cache_dir() / f"{CORE_NAME}-{key.hexdigest()[:16]}"
     core = GeneratedCore(folder)
     if core.verilog_path.exists():
@@ -151,7 +183,7 @@ def generate(config: SdramCoreConfig = SdramCoreConfig(), *, log=None) -> Genera
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         tmp = Path(tmp)
         (tmp / "core.yml").write_text(config.yaml())
-        proc = subprocess.run([sys.executable, "-m", "litedram.gen", "core.yml",
+        proc = subprocess.run([sys.executable, "-c", _GENERATOR, extra, "core.yml",
                                "--name", CORE_NAME], cwd=tmp, capture_output=True, text=True)
         if log is not None:
             log.write(proc.stdout + proc.stderr)
