@@ -3,6 +3,8 @@
 // The harness calls SdramChip::edge() once per rising edge of the SDRAM clock with the pins
 // the controller drives at that edge (command, address, DQM, DQ and its output enable, CKE);
 // it returns the DQ the chip drives at that edge (read data the controller samples there).
+// driving() is the data on the bus between two edges, for a controller that samples half a
+// period off the chip's clock (LiteDRAM's GENSDRPHY, sim/verilator/litedram_harness.cpp).
 // The model keeps the whole array in memory, so data written is read back.
 //
 // Modelled: the mode register (CAS latency 2/3, burst length 1/2/4/8/full page, sequential
