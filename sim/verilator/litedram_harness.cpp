@@ -153,7 +153,21 @@ struct Bench {
 struct Burst { uint32_t addr; unsigned beats; };
 
 // AXI write then read of `bursts`; `memory` is the expected content (address -> byte).
-struct AxiResult { uint64_t cycles = 0, beats = 0, mismatches = 0; bool hung = false; };
+// What one phase of AXI traffic did. It is created when the phase starts; moved() notes the
+// cycles with a handshake and says whether the phase has hung, done() takes the time.
+struct AxiResult {
+    uint64_t cycles = 0, beats = 0, mismatches = 0;
+    bool hung = false;
+    const Bench &b;
+    uint64_t start = b.cycle, last_progress = b.cycle;
+    explicit AxiResult(const Bench &bench) : b(bench) {}
+    bool stalled(bool moved) {
+        if (moved) last_progress = b.cycle;
+        hung = b.cycle - last_progress > STALL_LIMIT;
+        return hung;
+    }
+    AxiResult &done() { cycles = b.cycle - start; return *this; }
+};
 
 // Offers burst i on an address channel (AW or AR), nothing once all went. One ID for all:
 // responses come in order.
@@ -172,9 +186,8 @@ void offer_address(V &valid, A &addr, L &len, S &size, K &kind, I &id,
 AxiResult axi_writes(Bench &b, const std::vector<Burst> &bursts,
                      const std::vector<uint8_t> &data, const std::vector<uint64_t> &strobes,
                      std::map<uint32_t, uint8_t> &memory) {
-    AxiResult r;
+    AxiResult r(b);
     size_t aw = 0, w = 0, beat_in_burst = 0, responses = 0, word = 0;
-    uint64_t start = b.cycle, last_progress = b.cycle;
     auto &t = b.top;
     t.user_port_axi_0_bready = 1;
     while (responses < bursts.size() && !b.failed()) {
@@ -203,20 +216,17 @@ AxiResult axi_writes(Bench &b, const std::vector<Burst> &bursts,
             if (++beat_in_burst == bursts[w].beats) { beat_in_burst = 0; w++; }
         }
         if (b_go) responses++;
-        if (aw_go || w_go || b_go) last_progress = b.cycle;
-        if (b.cycle - last_progress > STALL_LIMIT) { r.hung = true; break; }
+        if (r.stalled(aw_go || w_go || b_go)) break;
     }
     t.user_port_axi_0_awvalid = 0;
     t.user_port_axi_0_wvalid = 0;
-    r.cycles = b.cycle - start;
-    return r;
+    return r.done();
 }
 
 AxiResult axi_reads(Bench &b, const std::vector<Burst> &bursts,
                     const std::map<uint32_t, uint8_t> &memory) {
-    AxiResult r;
+    AxiResult r(b);
     size_t ar = 0, rb = 0, beat_in_burst = 0;
-    uint64_t start = b.cycle, last_progress = b.cycle;
     auto &t = b.top;
     t.user_port_axi_0_rready = 1;
     while (rb < bursts.size() && !b.failed()) {
@@ -249,12 +259,10 @@ AxiResult axi_reads(Bench &b, const std::vector<Burst> &bursts,
             r.beats++;
             if (last) { beat_in_burst = 0; rb++; }
         }
-        if (ar_go || r_go) last_progress = b.cycle;
-        if (b.cycle - last_progress > STALL_LIMIT) { r.hung = true; break; }
+        if (r.stalled(ar_go || r_go)) break;
     }
     t.user_port_axi_0_arvalid = 0;
-    r.cycles = b.cycle - start;
-    return r;
+    return r.done();
 }
 
 }  // namespace
