@@ -8,8 +8,8 @@ Per lane (output column), bit-exact with ``celosia.sw.numerics``::
     x = saturate(x + addend, INT32)                      # matmul(..., acc) or residual_add
     y = requantize(x, Dyadic(mult, shift), range, zp)    # or y = x (raw int32)
 
-The pipeline has six stages (registered unless a board-sized build merges some, see
-``registers``) and never stalls: it takes a row every cycle one is offered and its receiver
+The pipeline has an input register and six stages (registered unless a board-sized build
+merges some, see ``registers``) and never stalls: it takes a row every cycle one is offered and its receiver
 takes every result (the engine issues a row only when the queue behind the epilogue has room
 for it), so none of its registers has a clock enable.
 """
@@ -92,7 +92,8 @@ class Epilogue(wiring.Component):
         ``addend_shift`` shifts every addend left (a residual's ``addend_shift``; 0 otherwise).
     """
 
-    LATENCY = 6
+    #: An input register, then the six stages.
+    LATENCY = 7
 
     def __init__(self, n: int, lanes: int | None = None, registers=(True,) * 6,
                  serial: bool = False):
@@ -110,7 +111,7 @@ class Epilogue(wiring.Component):
         self.lanes = lanes
         self.serial = serial
         self.registers = registers
-        self.latency = sum(registers)
+        self.latency = 1 + sum(registers)
         super().__init__(_members(n))
 
     def elaborate(self, platform):
@@ -167,7 +168,10 @@ class Epilogue(wiring.Component):
                     m.d.comb += ok.eq(_all_same(v[31:]))
             return ok
 
-        p = self.i.payload
+        # The input register: the row arrives from the collector's scratchpad selects (the row
+        # exponent picked from its beat and clamped), so the row shift starts from registers.
+        p = Signal(epilogue_layout(n), name="row_in", reset_less=True)
+        m.d.sync += p.eq(self.i.payload)
         # Stage 0: the row's round-half-up shift (one exponent for all lanes). The row travels
         # on with its operands one stage behind.
         row_half = Signal(unsigned(1 << ROW_SHIFT_BITS), name="row_half")
