@@ -19,7 +19,7 @@ from amaranth.sim import Simulator
 from celosia.fpga.boards import BOARDS, ecp5_pll_params, ice40_pll_params
 from celosia.fpga.bridge import (REQ_SYNC, BridgeStatus, Cmd, UartBridge, crc8, parse_reply,
                                  reply_length, request)
-from celosia.fpga.build import parse_nextpnr_log, tool_options
+from celosia.fpga.build import parse_nextpnr_log, parse_nextpnr_report, tool_options
 from celosia.fpga.memory import AxiRam
 from celosia.fpga.top import CelosiaTop
 from celosia.hdl.csr import CsrBlock
@@ -52,6 +52,35 @@ def test_board_top_elaborates(board, array):
     assert ("FREQUENCY NET" if b.family == "ecp5" else "set_frequency") in constraints
     if b.spram:
         assert "SB_SPRAM256KA" in il
+
+
+def _segment(kind, cell_from, cell_to, delay):
+    return {"type": kind, "delay": delay, "from": {"cell": cell_from, "port": "Q", "loc": [1, 1]},
+            "to": {"cell": cell_to, "port": "D", "loc": [2, 2]}}
+
+
+def test_parse_nextpnr_report():
+    """Worst paths from nextpnr's --report JSON (its format: a list of critical paths, one per
+    pair of clock domains, each a list of typed segments), slowest first."""
+    clk = "posedge clk"
+    report = {"critical_paths": [
+        {"from": "<async>", "to": clk,
+         "path": [_segment("source", "pin", "pin", 0), _segment("routing", "pin", "ff", 3.0),
+                  _segment("setup", "ff", "ff", 0)]},
+        {"from": clk, "to": clk,
+         "path": [_segment("clk-to-q", "a", "a", 0.5), _segment("routing", "a", "l1", 2.0),
+                  _segment("logic", "l1", "l1", 0.25), _segment("routing", "l1", "l2", 1.0),
+                  _segment("logic", "l2", "l2", 0.25), _segment("routing", "l2", "z", 1.5),
+                  _segment("setup", "z", "z", 0.1)]},
+        {"from": clk, "to": "<async>", "path": []},
+    ]}
+    worst = parse_nextpnr_report(report)
+    assert [p["start"] for p in worst] == ["a", "pin"]
+    top = worst[0]
+    assert (top["end"], top["logic_levels"], top["from_clock"]) == ("z", 2, clk)
+    assert top["delay_ns"] == 5.6 and top["routing_ns"] == 4.5 and top["logic_ns"] == 1.1
+    assert parse_nextpnr_report(report, count=1) == worst[:1]
+    assert parse_nextpnr_report({}) == []
 
 
 def test_parse_nextpnr_log():
@@ -219,6 +248,9 @@ def test_icebreaker_bitstream(tmp_path):
     assert r["timing_met"] is True and r["fmax_mhz"] >= r["target_mhz"]
     assert 0 < r["luts"] <= r["luts_total"] and 0 < r["dsps"] <= r["dsps_total"]
     assert r["brams"] <= r["brams_total"] and r["wall_s"] > 0
+    # The critical path nextpnr names is the one that sets Fmax.
+    period = 1000 / r["fmax_mhz"]
+    assert any(abs(p["delay_ns"] - period) < 0.02 * period for p in r["worst_paths"]), r
     with open(r["bitstream"], "rb") as f:
         assert len(f.read()) > 100_000
 
