@@ -65,6 +65,9 @@ def _verilog(params: dict, top: str) -> str:
 class SimBoard:
     """The simulated board; :meth:`start` returns its pyserial URL.
 
+    ``clk_hz``: the core clock INFO reports (default ``divisor`` x 115200); a board that
+    stands for the ULX3S at 3 Mbaud is ``SimBoard(divisor=uart_divisor(25e6, 3e6),
+    clk_hz=25_000_000)`` (:func:`celosia.fpga.boards.uart_divisor`).
     ``active_cycles``: how long after the last byte or AXI transaction the harness keeps
     clocking before it sleeps (it must exceed the bridge's ``timeout_cycles``). ``pty``: a
     pseudo-terminal instead of a TCP port."""
@@ -74,13 +77,16 @@ class SimBoard:
     def __init__(self, array: int = 4, port_bytes: int | None = None, *, vector: bool = True,
                  k_max: int = 512, mem_bytes: int = SIM_MEM_BYTES, divisor: int = SIM_DIVISOR,
                  timeout_cycles: int = SIM_TIMEOUT_CYCLES, active_cycles: int = 200_000,
-                 port: int = 0, pty: bool = False, sizing: str = "full", memory: str = "axi"):
+                 port: int = 0, pty: bool = False, sizing: str = "full", memory: str = "axi",
+                 clk_hz: int | None = None):
         assert active_cycles > 4 * timeout_cycles
         self.array, self.vector, self.mem_bytes = array, vector, mem_bytes
         self.divisor, self.timeout_cycles = divisor, timeout_cycles
         params = dict(array=array, port_bytes=port_bytes, vector=vector, k_max=k_max,
                       mem_bytes=mem_bytes, divisor=divisor, timeout_cycles=timeout_cycles,
                       sizing=sizing, memory=memory)
+        if clk_hz is not None:          # (absent by default: the cached builds keep their key)
+            params["clk_hz"] = int(clk_hz)
         t0 = time.monotonic()
         verilog = _verilog(params, self.TOP)
         self.library, self.build_seconds = build_library(verilog, self.TOP,
