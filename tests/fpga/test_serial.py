@@ -550,49 +550,6 @@ def _check_memory(backend, mirror):
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[0]:#x}"
 
 
-def tiny_encoder(seed: int = 0, hidden: int = 16, heads: int = 2, ffn: int = 32, vocab: int = 50):
-    """A one-layer MiniLM-shaped model with random weights, quantised on a few word lists
-    (a whole encoder layer the compiler turns into an 8.5 KB window at N = 4)."""
-    import zlib
-
-    from celosia.sw.model import MiniLM, MiniLMConfig
-    from celosia.sw.quantize import quantize
-
-    rng = np.random.default_rng(seed)
-    cfg = MiniLMConfig(hidden=hidden, heads=heads, layers=1, ffn=ffn, max_tokens=16)
-
-    def f(*shape, scale=0.3, one=False):
-        return (one + rng.standard_normal(shape) * scale).astype(np.float32)
-
-    w = {"embeddings.word_embeddings.weight": f(vocab, hidden, scale=1.0),
-         "embeddings.position_embeddings.weight": f(16, hidden),
-         "embeddings.token_type_embeddings.weight": f(2, hidden),
-         "embeddings.LayerNorm.weight": f(hidden, scale=0.1, one=True),
-         "embeddings.LayerNorm.bias": f(hidden, scale=0.1)}
-    p = "encoder.layer.0."
-    for name, (n_out, n_in) in {"attention.self.query": (hidden, hidden),
-                                "attention.self.key": (hidden, hidden),
-                                "attention.self.value": (hidden, hidden),
-                                "attention.output.dense": (hidden, hidden),
-                                "intermediate.dense": (ffn, hidden),
-                                "output.dense": (hidden, ffn)}.items():
-        w[p + name + ".weight"] = f(n_out, n_in)
-        w[p + name + ".bias"] = f(n_out, scale=0.1)
-    for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-        w[p + name + ".weight"] = f(hidden, scale=0.1, one=True)
-        w[p + name + ".bias"] = f(hidden, scale=0.1)
-
-    class Words:
-        def encode(self, text):
-            ids = [1] + [zlib.crc32(t.encode()) % (vocab - 2) + 2 for t in text.split()][:14]
-            return np.array(ids + [0], dtype=np.int64), False
-
-    model = MiniLM(w, cfg, Words())
-    texts = ["a b c d", "hello there world", "x y", "the quick brown fox jumps over",
-             "one two three four five six seven"]
-    return model, quantize(model, texts=texts)
-
-
 def _run_compiled_over_serial(backend, mirror, seed: int):
     """A compiled encoder layer through driver.run_compiled: the hidden state of the golden
     model, and every byte of the window (weights, activations, program) as the isa backend
@@ -600,6 +557,8 @@ def _run_compiled_over_serial(backend, mirror, seed: int):
     from celosia.sw import golden
     from celosia.sw.compiler import compile_model
     from celosia.sw.driver import open_backend, run_compiled
+
+    from checkpoints import tiny_encoder
 
     model, im = tiny_encoder(seed)
     ids = np.array([1, 7 + seed, 23, 11, 0])
