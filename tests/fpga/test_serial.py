@@ -700,3 +700,69 @@ def test_icebreaker_board_end_to_end():
                     _run_over_serial(be, mirror, img, vector=False, config=cfg, error=True)
                 _check_memory(be, mirror)
             assert proxy.faults >= 3
+
+
+# --- resident weights over a 3 Mbaud link ------------------------------------------------------
+
+#: The ULX3S link: 3 Mbaud from the 25 MHz core clock (8 clocks per bit: 3.125 Mbaud).
+ULX3S_CLK_HZ, FAST_BAUD = 25_000_000, 3_000_000
+
+
+@pytest.fixture(scope="module")
+def fast_board():
+    """A simulated board that reports the ULX3S clock and runs its UART at the divisor
+    3 Mbaud takes there."""
+    from celosia.fpga.boards import uart_divisor
+    from celosia.sim.verilator_uart import SimBoard
+
+    with SimBoard(array=SIM_CFG.array, port_bytes=SIM_CFG.port_bytes, vector=True,
+                  divisor=uart_divisor(ULX3S_CLK_HZ, FAST_BAUD), clk_hz=ULX3S_CLK_HZ) as board:
+        yield board
+
+
+def test_resident_weights_over_the_link(fast_board):
+    """The first run loads the weights and their digest record; the next sentence, of
+    another length, and a batch send only the program and the input; a record of other
+    weights and a weights region overwritten behind the record's back each make the driver
+    load them again. Every run bit-exact with the golden model."""
+    from checkpoints import tiny_encoder
+
+    from celosia.sw import golden
+    from celosia.sw.compiler import compile_model
+    from celosia.sw.driver import run_compiled
+    from celosia.sw.memory_map import DIGEST_ADDR, RECORD_BYTES
+
+    model, im = tiny_encoder(0)
+
+    def run(be, *sentences):
+        ids = [np.array(s) for s in sentences]
+        c = compile_model(im, [len(x) for x in ids], array=SIM_CFG.array,
+                          port_bytes=SIM_CFG.port_bytes)
+        e = np.concatenate([golden.embed_int32(model, im, x) for x in ids])
+        r = run_compiled(be, c, e, resident=True)
+        assert np.array_equal(r.hidden, golden.forward(im, e, None, c.sentences))
+        return c, r
+
+    a, b = [1, 7, 23, 11, 0], [1, 9, 4, 0]
+    with SerialBackend(fast_board.url, baud=FAST_BAUD, **fast_board.backend_options()) as be:
+        assert be.clk_hz == ULX3S_CLK_HZ
+        c, first = run(be, a)
+        assert first.weights_loaded
+        assert be.read_memory(DIGEST_ADDR, RECORD_BYTES) == c.weights_record
+        c2, second = run(be, b)
+        assert not second.weights_loaded and c2.weights_digest == c.weights_digest
+        # The weights' bytes (and their frames) are what the second run did not send.
+        assert first.link_bytes - second.link_bytes > c.weights_size
+        _, batch = run(be, a, b)
+        assert not batch.weights_loaded
+        _, im1 = tiny_encoder(1)
+        be.write_memory(DIGEST_ADDR, compile_model(im1, 5, array=SIM_CFG.array,
+                                                   port_bytes=SIM_CFG.port_bytes).weights_record)
+        _, other = run(be, b)
+        assert other.weights_loaded
+        rng = np.random.default_rng(0)
+        be.write_memory(c.base, rng.integers(0, 256, c.weights_size, np.uint8).tobytes())
+        _, corrupted = run(be, a)
+        assert corrupted.weights_loaded
+        print(f"\nlink bytes at {FAST_BAUD} baud: first run {first.link_bytes}, resident "
+              f"{second.link_bytes} (weights region {c.weights_size} bytes)")
