@@ -705,7 +705,7 @@ def test_icebreaker_board_end_to_end():
 # --- resident weights over a 3 Mbaud link ------------------------------------------------------
 
 #: The ULX3S link: 3 Mbaud from the 25 MHz core clock (8 clocks per bit: 3.125 Mbaud).
-ULX3S_CLK_HZ, FAST_BAUD = 25_000_000, 3_000_000
+FAST_BAUD = 3_000_000
 
 
 @pytest.fixture(scope="module")
@@ -713,7 +713,7 @@ def fast_board():
     """A simulated board that reports the ULX3S clock and runs its UART at the divisor
     3 Mbaud takes there."""
     from celosia.fpga.boards import uart_divisor
-    from celosia.sim.verilator_uart import SimBoard
+    from celosia.sim.verilator_uart import ULX3S_CLK_HZ, SimBoard
 
     with SimBoard(array=SIM_CFG.array, port_bytes=SIM_CFG.port_bytes, vector=True,
                   divisor=uart_divisor(ULX3S_CLK_HZ, FAST_BAUD), clk_hz=ULX3S_CLK_HZ) as board:
@@ -745,7 +745,7 @@ def test_resident_weights_over_the_link(fast_board):
 
     a, b = [1, 7, 23, 11, 0], [1, 9, 4, 0]
     with SerialBackend(fast_board.url, baud=FAST_BAUD, **fast_board.backend_options()) as be:
-        assert be.clk_hz == ULX3S_CLK_HZ
+        assert be.clk_hz == 25_000_000
         c, first = run(be, a)
         assert first.weights_loaded
         assert be.read_memory(DIGEST_ADDR, RECORD_BYTES) == c.weights_record
@@ -766,3 +766,25 @@ def test_resident_weights_over_the_link(fast_board):
         assert corrupted.weights_loaded
         print(f"\nlink bytes at {FAST_BAUD} baud: first run {first.link_bytes}, resident "
               f"{second.link_bytes} (weights region {c.weights_size} bytes)")
+
+
+def test_embed_keeps_the_weights_on_the_board(fast_board, make_checkpoint, tmp_path, capsys):
+    """``celosia embed --backend serial --baud 3000000 --json`` twice on the board: the first
+    sentence loads a test-made checkpoint's weights, the second finds them there; both
+    bit-exact with the golden model, and the JSON says so."""
+    import json
+
+    from celosia.sw import cli
+
+    folder = make_checkpoint(tmp_path / "ckpt", hidden=16, heads=2, layers=1, ffn=32,
+                             pooling="mean", normalize=True)
+    runs = []
+    for text in ("a small test sentence", "another one, a little longer than the first"):
+        assert cli.main(["embed", "--model", str(folder), "--model-file", str(tmp_path / "im"),
+                         "--backend", "serial", "--port", fast_board.url, "--baud",
+                         str(FAST_BAUD), "--array", str(SIM_CFG.array), "--json", text]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    first, second = (r["batches"][0] for r in runs)
+    assert first["weights_loaded"] and not second["weights_loaded"]
+    assert all(r["results"][0]["bit_exact_vs_golden"] for r in runs)
+    assert second["link_bytes"] < first["link_bytes"]
