@@ -80,6 +80,9 @@ def test_resident_runs_on_the_isa_backend():
     make the next run load them again. Every run bit-exact with the golden model."""
     model, im = tiny_encoder(0)
     backend = IsaBackend(CFG, 1 << 15)
+    rng = np.random.default_rng(0)
+    # Garbage everywhere: the activation buffers are not sent, the program writes them first.
+    backend.write_memory(0, rng.integers(0, 256, 1 << 15, np.uint8).tobytes())
     acc = Accelerator(backend)
     c, r = _run(backend, model, im, [SENTENCES[0]], resident=True)
     assert r.weights_loaded
@@ -95,7 +98,6 @@ def test_resident_runs_on_the_isa_backend():
     assert acc.load(c, resident=True).bytes_written == (2 * RECORD_BYTES + c.weights_size
                                                         + len(c.program.code))
     # The weights region overwritten behind the record's back (every sample lands in it).
-    rng = np.random.default_rng(0)
     backend.write_memory(c.base, rng.integers(0, 256, c.weights_size, np.uint8).tobytes())
     c, r = _run(backend, model, im, [SENTENCES[2]], resident=True)
     assert r.weights_loaded
