@@ -120,3 +120,19 @@ def tiny_encoder(seed: int = 0, hidden: int = 16, heads: int = 2, ffn: int = 32,
     texts = ["a b c d", "hello there world", "x y", "the quick brown fox jumps over",
              "one two three four five six seven"]
     return model, quantize(model, texts=texts)
+
+
+def run_bit_exact(backend, model, im, sentences, config, **options):
+    """Compile the token ids of ``sentences`` as one batch for ``config``, run them on
+    ``backend`` through ``driver.run_compiled`` (``options``: e.g. ``resident``), assert the
+    hidden state equals the golden model's; (compiled, result)."""
+    from celosia.sw import golden
+    from celosia.sw.compiler import compile_model
+    from celosia.sw.driver import run_compiled
+
+    ids = [np.asarray(s) for s in sentences]
+    c = compile_model(im, [len(x) for x in ids], array=config.array, port_bytes=config.port_bytes)
+    e = np.concatenate([golden.embed_int32(model, im, x) for x in ids])
+    r = run_compiled(backend, c, e, **options)
+    assert np.array_equal(r.hidden, golden.forward(im, e, None, c.sentences))
+    return c, r

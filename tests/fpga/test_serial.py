@@ -725,23 +725,15 @@ def test_resident_weights_over_the_link(fast_board):
     another length, and a batch send only the program and the input; a record of other
     weights and a weights region overwritten behind the record's back each make the driver
     load them again. Every run bit-exact with the golden model."""
-    from checkpoints import tiny_encoder
+    from checkpoints import run_bit_exact, tiny_encoder
 
-    from celosia.sw import golden
     from celosia.sw.compiler import compile_model
-    from celosia.sw.driver import run_compiled
     from celosia.sw.memory_map import DIGEST_ADDR, RECORD_BYTES
 
     model, im = tiny_encoder(0)
 
     def run(be, *sentences):
-        ids = [np.array(s) for s in sentences]
-        c = compile_model(im, [len(x) for x in ids], array=SIM_CFG.array,
-                          port_bytes=SIM_CFG.port_bytes)
-        e = np.concatenate([golden.embed_int32(model, im, x) for x in ids])
-        r = run_compiled(be, c, e, resident=True)
-        assert np.array_equal(r.hidden, golden.forward(im, e, None, c.sentences))
-        return c, r
+        return run_bit_exact(be, model, im, sentences, SIM_CFG, resident=True)
 
     a, b = [1, 7, 23, 11, 0], [1, 9, 4, 0]
     with SerialBackend(fast_board.url, baud=FAST_BAUD, **fast_board.backend_options()) as be:
@@ -780,10 +772,12 @@ def test_embed_keeps_the_weights_on_the_board(fast_board, make_checkpoint, tmp_p
                              pooling="mean", normalize=True)
     runs = []
     for text in ("a small test sentence", "another one, a little longer than the first"):
-        assert cli.main(["embed", "--model", str(folder), "--model-file", str(tmp_path / "im"),
-                         "--backend", "serial", "--port", fast_board.url, "--baud",
-                         str(FAST_BAUD), "--array", str(SIM_CFG.array), "--json", text]) == 0
-        runs.append(json.loads(capsys.readouterr().out))
+        status = cli.main(["embed", "--model", str(folder), "--model-file", str(tmp_path / "im"),
+                           "--backend", "serial", "--port", fast_board.url, "--baud",
+                           str(FAST_BAUD), "--array", str(SIM_CFG.array), "--json", text])
+        out = capsys.readouterr()
+        assert status == 0, out.err
+        runs.append(json.loads(out.out))
     first, second = (r["batches"][0] for r in runs)
     assert first["weights_loaded"] and not second["weights_loaded"]
     assert all(r["results"][0]["bit_exact_vs_golden"] for r in runs)

@@ -5,13 +5,12 @@ over the simulated board's link is in tests/fpga/test_serial.py."""
 
 import numpy as np
 import pytest
-from checkpoints import tiny_encoder
+from checkpoints import run_bit_exact, tiny_encoder
 
 from celosia.hdl import isa
 from celosia.hdl.isa import MachineConfig
-from celosia.sw import golden
 from celosia.sw.compiler import Program, _check_per_run, compile_model
-from celosia.sw.driver import Accelerator, run_compiled
+from celosia.sw.driver import Accelerator
 from celosia.sw.isa_sim import IsaBackend
 from celosia.sw.memory_map import DIGEST_ADDR, RECORD_BYTES, WEIGHTS_BASE, digest_record
 
@@ -65,13 +64,8 @@ def test_no_run_writes_the_weights():
         _check_per_run(c.weights_end + 64, c.tensors, weights, c.program, c.program_addr)
 
 
-def _run(backend, model, im, ids, **kw):
-    ids = [np.array(x) for x in ids]
-    c = compile_model(im, [len(x) for x in ids], array=CFG.array, port_bytes=CFG.port_bytes)
-    e = np.concatenate([golden.embed_int32(model, im, x) for x in ids])
-    r = run_compiled(backend, c, e, **kw)
-    assert np.array_equal(r.hidden, golden.forward(im, e, None, c.sentences))
-    return c, r
+def _run(backend, model, im, sentences, **options):
+    return run_bit_exact(backend, model, im, sentences, CFG, **options)
 
 
 def test_resident_runs_on_the_isa_backend():
