@@ -136,12 +136,11 @@ class Accelerator:
         before it reads them, and the host writes the input."""
         if compiled.config != self.config:
             raise ValueError(f"program compiled for {compiled.config}, backend is {self.config}")
-        b = self.backend
-        self._written = 0
+        writes: list[tuple[int, bytes]] = []
         if not resident:
             if compiled.base >= WEIGHTS_BASE:
-                self._write(DIGEST_ADDR, bytes(RECORD_BYTES))     # the weights are replaced
-            self._write(compiled.base, compiled.image)
+                writes.append((DIGEST_ADDR, bytes(RECORD_BYTES)))   # the weights are replaced
+            writes.append((compiled.base, compiled.image))
             loaded = True
         else:
             if compiled.base < WEIGHTS_BASE:
@@ -149,19 +148,16 @@ class Accelerator:
                                  f"above (the digest area), not at {compiled.base:#x}")
             loaded = not self.weights_resident(compiled)
             if loaded:
-                self._write(DIGEST_ADDR, bytes(RECORD_BYTES))
-                self._write(compiled.base, compiled.weights_image)
-                self._write(DIGEST_ADDR, compiled.weights_record)
-            code = compiled.program.code
+                writes += [(DIGEST_ADDR, bytes(RECORD_BYTES)),
+                           (compiled.base, compiled.weights_image),
+                           (DIGEST_ADDR, compiled.weights_record)]
             assert compiled.program_addr >= compiled.weights_end
-            self._write(compiled.program_addr, code)
-        b.write_csr("WIN_BASE", compiled.base)
-        b.write_csr("WIN_SIZE", compiled.window_size)
-        return Load(loaded, self._written)
-
-    def _write(self, addr: int, raw: bytes) -> None:
-        self.backend.write_memory(addr, raw)
-        self._written += len(raw)
+            writes.append((compiled.program_addr, compiled.program.code))
+        for addr, raw in writes:
+            self.backend.write_memory(addr, raw)
+        self.backend.write_csr("WIN_BASE", compiled.base)
+        self.backend.write_csr("WIN_SIZE", compiled.window_size)
+        return Load(loaded, sum(len(raw) for _, raw in writes))
 
     def weights_resident(self, compiled: CompiledModel, samples: int = RESIDENT_SAMPLES) -> bool:
         """Whether the backend holds ``compiled``'s weights: its digest record, and
@@ -175,7 +171,7 @@ class Accelerator:
         for _ in range(samples if size else 0):
             n = min(SAMPLE_BYTES, size)
             off = rng.randrange(0, size - n + 1)
-            if b.read_memory(compiled.base + off, n) != compiled.weights_image[off:off + n]:
+            if b.read_memory(compiled.base + off, n) != compiled.image[off:off + n]:
                 return False
         return True
 
