@@ -26,8 +26,8 @@ region (weights and parameter records of every layer: what depends only on the i
 at addresses that do not depend on the token counts, named by ``weights_digest``), then from
 the next WINDOW_ALIGN boundary the per-run region (activation buffers, then the program). The
 window starts at :data:`celosia.sw.memory_map.WEIGHTS_BASE` by default (below it is the
-digest record of resident weights); no instruction writes into the weights region. Attention reads head
-slices of the tokens x (3 x heads x head pitch) QKV buffer in place; the head pitch is
+digest record of resident weights); no instruction writes into the weights region. Attention
+reads head slices of the tokens x (3 x heads x head pitch) QKV buffer in place; the head pitch is
 ``dh`` rounded up to W (equal to ``dh`` for W <= 32), and the QKV weight columns, the context
 buffer and the output projection's weight rows follow that pitch, with zero weights and zero
 parameters in the padding. SYNC instructions are placed by a scoreboard over the memory
