@@ -25,7 +25,21 @@ ULX3S = Sizing(serial_check=True)
 #: take the MULT18X18D count to 251 of 156).
 ULX3S_VECTOR = Sizing(vector_lanes=2, serial_check=True)
 
-__all__ = ["Board", "BOARDS", "ecp5_pll_params", "ice40_pll_params", "add_pll"]
+__all__ = ["Board", "BOARDS", "ecp5_pll_params", "ice40_pll_params", "add_pll", "uart_divisor",
+           "MIN_UART_DIVISOR"]
+
+#: Fewest clock cycles per UART bit the bridge's receiver works with (it samples mid-bit).
+MIN_UART_DIVISOR = 4
+
+
+def uart_divisor(clk_hz: float, baud: float) -> int:
+    """Clock cycles per UART bit for ``baud`` at ``clk_hz`` (the nearest whole number; the
+    rate made is ``clk_hz / divisor``, e.g. 3.125 Mbaud for 3 Mbaud at 25 MHz)."""
+    divisor = int(round(clk_hz / baud))
+    if divisor < MIN_UART_DIVISOR:
+        raise ValueError(f"{baud:g} baud at {clk_hz / 1e6:g} MHz needs {clk_hz / baud:.2f} "
+                         f"clocks per bit; the bridge needs at least {MIN_UART_DIVISOR}")
+    return divisor
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from amaranth.lib import wiring
 
 from celosia.hdl.accelerator import Accelerator
 
-from .boards import BOARDS, Board, add_pll
+from .boards import BOARDS, Board, add_pll, uart_divisor
 from .bridge import UartBridge
 from .memory import add_window
 
@@ -75,7 +75,7 @@ class CelosiaTop(Elaboratable):
                                                  sizing=sizing, memory=b.memory)
         ram = add_window(m, accel, self.mem_bytes, spram=b.spram)
         m.submodules.bridge = bridge = UartBridge(
-            divisor=max(4, int(round(clk_hz / self.baud))), mem_bytes=self.mem_bytes,
+            divisor=uart_divisor(clk_hz, self.baud), mem_bytes=self.mem_bytes,
             clk_hz=clk_hz, timeout_cycles=clk_hz // 100)   # 10 ms gap drops a request
         wiring.connect(m, bridge.csr, accel.s_axil)
         wiring.connect(m, bridge.mem, ram.side)

@@ -22,11 +22,15 @@ import threading
 import time
 from pathlib import Path
 
+from celosia.fpga.boards import BOARDS, uart_divisor
 from celosia.fpga.simtop import SIM_DIVISOR, SIM_MEM_BYTES, SIM_TIMEOUT_CYCLES
 
 from .verilator_build import build_library, cache_root
 
-__all__ = ["SimBoard", "FaultProxy"]
+__all__ = ["SimBoard", "FaultProxy", "ULX3S_CLK_HZ"]
+
+#: The core clock a ``--baud`` board reports unless told otherwise: the ULX3S's default.
+ULX3S_CLK_HZ = int(round(BOARDS["ulx3s-85f"].clock_mhz * 1e6))
 
 
 def _verilog(params: dict, top: str) -> str:
@@ -65,6 +69,9 @@ def _verilog(params: dict, top: str) -> str:
 class SimBoard:
     """The simulated board; :meth:`start` returns its pyserial URL.
 
+    ``clk_hz``: the core clock INFO reports (default ``divisor`` x 115200); a board that
+    stands for the ULX3S at 3 Mbaud is ``SimBoard(divisor=uart_divisor(25e6, 3e6),
+    clk_hz=25_000_000)`` (:func:`celosia.fpga.boards.uart_divisor`).
     ``active_cycles``: how long after the last byte or AXI transaction the harness keeps
     clocking before it sleeps (it must exceed the bridge's ``timeout_cycles``). ``pty``: a
     pseudo-terminal instead of a TCP port."""
@@ -74,13 +81,18 @@ class SimBoard:
     def __init__(self, array: int = 4, port_bytes: int | None = None, *, vector: bool = True,
                  k_max: int = 512, mem_bytes: int = SIM_MEM_BYTES, divisor: int = SIM_DIVISOR,
                  timeout_cycles: int = SIM_TIMEOUT_CYCLES, active_cycles: int = 200_000,
-                 port: int = 0, pty: bool = False, sizing: str = "full", memory: str = "axi"):
+                 port: int = 0, pty: bool = False, sizing: str = "full", memory: str = "axi",
+                 clk_hz: int | None = None):
         assert active_cycles > 4 * timeout_cycles
         self.array, self.vector, self.mem_bytes = array, vector, mem_bytes
         self.divisor, self.timeout_cycles = divisor, timeout_cycles
         params = dict(array=array, port_bytes=port_bytes, vector=vector, k_max=k_max,
                       mem_bytes=mem_bytes, divisor=divisor, timeout_cycles=timeout_cycles,
                       sizing=sizing, memory=memory)
+        #: The core clock INFO reports.
+        self.clk_hz = int(clk_hz) if clk_hz is not None else divisor * 115200
+        if clk_hz is not None:          # (absent by default: the cached builds keep their key)
+            params["clk_hz"] = self.clk_hz
         t0 = time.monotonic()
         verilog = _verilog(params, self.TOP)
         self.library, self.build_seconds = build_library(verilog, self.TOP,
@@ -290,7 +302,14 @@ def main(argv=None) -> int:
                    help="the iCEBreaker's accelerator: 2x2, no vector engine, board-sized "
                         "(SMALL), k_max 512, native memory port")
     p.add_argument("--mem-bytes", type=int, default=SIM_MEM_BYTES)
-    p.add_argument("--divisor", type=int, default=SIM_DIVISOR, help="clocks per UART bit")
+    p.add_argument("--divisor", type=int, default=None,
+                   help=f"clocks per UART bit (default {SIM_DIVISOR}, or from --baud)")
+    p.add_argument("--baud", type=int, default=None, metavar="B",
+                   help="run the UART at the divisor B baud takes at the --clk-mhz core clock "
+                        "(e.g. 3000000: 8 clocks per bit at 25 MHz, 3.125 Mbaud)")
+    p.add_argument("--clk-mhz", type=float, default=None, metavar="F",
+                   help="the core clock INFO reports (default: 25 with --baud, the ULX3S's, "
+                        f"else divisor x 115200 Hz)")
     p.add_argument("--tcp-port", type=int, default=0, help="0: an ephemeral port")
     p.add_argument("--pty", action="store_true", help="a pseudo-terminal instead of TCP")
     p.add_argument("--faults", type=int, default=None, metavar="SEED",
@@ -298,6 +317,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.pty and args.faults is not None:
         p.error("--faults works with TCP only")
+    if args.baud is not None and args.divisor is not None:
+        p.error("give --baud or --divisor, not both")
+    clk_hz = None if args.clk_mhz is None else int(round(args.clk_mhz * 1e6))
+    divisor = args.divisor or SIM_DIVISOR
+    if args.baud is not None:
+        clk_hz = clk_hz or ULX3S_CLK_HZ
+        try:
+            divisor = uart_divisor(clk_hz, args.baud)
+        except ValueError as exc:
+            p.error(str(exc))
     import signal
 
     def interrupt(*_):
@@ -306,15 +335,17 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     shape = (dict(array=2, vector=False, k_max=512, sizing="small", memory="native")
              if args.icebreaker else dict(array=args.array, vector=not args.no_vector))
-    board = SimBoard(port_bytes=args.port_bytes, mem_bytes=args.mem_bytes,
-                     divisor=args.divisor, port=args.tcp_port, pty=args.pty, **shape)
+    board = SimBoard(port_bytes=args.port_bytes, mem_bytes=args.mem_bytes, divisor=divisor,
+                     clk_hz=clk_hz, port=args.tcp_port, pty=args.pty, **shape)
     url = board.start()
     proxy = None
     if args.faults is not None:
         proxy = FaultProxy(url, seed=args.faults)
         url = proxy.url
     opts = board.backend_options()
-    print(f"{url}  (SerialBackend options {opts}; Ctrl-C or SIGTERM stops)", flush=True)
+    rate = board.clk_hz / divisor
+    print(f"{url}  ({divisor} clocks per bit: {rate:.0f} baud at {board.clk_hz / 1e6:g} MHz; "
+          f"SerialBackend options {opts}; Ctrl-C or SIGTERM stops)", flush=True)
     try:
         while True:
             time.sleep(5)

@@ -21,9 +21,13 @@ and reads its weights once; attention (``Q_h @ K_h^T``, softmax, ``P @ V_h``) ru
 on its own rows. Every operation is row-wise or per sentence, so each sentence's rows equal
 the program compiled for that sentence alone.
 
-Memory layout (one window, every base and stride a multiple of the port width W): weights and
-parameter records of every layer, activation buffers, then the program. Attention reads head
-slices of the tokens x (3 x heads x head pitch) QKV buffer in place; the head pitch is
+Memory layout (one window, every base and stride a multiple of the port width W): the weights
+region (weights and parameter records of every layer: what depends only on the integer model,
+at addresses that do not depend on the token counts, named by ``weights_digest``), then from
+the next WINDOW_ALIGN boundary the per-run region (activation buffers, then the program). The
+window starts at :data:`celosia.sw.memory_map.WEIGHTS_BASE` by default (below it is the
+digest record of resident weights); no instruction writes into the weights region. Attention
+reads head slices of the tokens x (3 x heads x head pitch) QKV buffer in place; the head pitch is
 ``dh`` rounded up to W (equal to ``dh`` for W <= 32), and the QKV weight columns, the context
 buffer and the output projection's weight rows follow that pitch, with zero weights and zero
 parameters in the padding. SYNC instructions are placed by a scoreboard over the memory
@@ -32,6 +36,8 @@ footprints of the instructions (docs/isa.md, "Ordering").
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -42,6 +48,7 @@ from celosia.hdl.isa import (INSTR_BYTES, WINDOW_ALIGN, Instruction, MachineConf
                              Span, Unit, VecOp, footprint)
 from celosia.hdl.params import OutFormat
 
+from .memory_map import WEIGHTS_BASE, digest_record
 from .quantize import IntegerModel
 
 __all__ = ["Tensor", "Program", "CompiledModel", "Scoreboard", "compile_model", "DTYPE"]
@@ -143,6 +150,24 @@ class CompiledModel:
     parts: tuple[tuple[int, str, int], ...] = ()
     #: Token count of each sentence of the batch, in row order.
     sentences: tuple[int, ...] = ()
+    #: Bytes of the weights region at ``base`` (the image's first bytes).
+    weights_size: int = 0
+    #: SHA-256 of the weights region's layout and bytes (see ``_weights_digest``).
+    weights_digest: bytes = b""
+
+    @property
+    def weights_end(self) -> int:
+        """First byte of the per-run region."""
+        return self.base + self.weights_size
+
+    @property
+    def weights_image(self) -> bytes:
+        return self.image[:self.weights_size]
+
+    @property
+    def weights_record(self) -> bytes:
+        """The digest record that says these weights are loaded (celosia.sw.memory_map)."""
+        return digest_record(self.base, self.weights_size, self.weights_digest)
 
     def split(self, rows: np.ndarray) -> list[np.ndarray]:
         """The rows of each sentence (of ``input`` or ``output`` values)."""
@@ -297,7 +322,7 @@ def part_work(meta: dict, tokens, part: str) -> tuple[int, int]:
 
 
 def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
-                  port_bytes: int | None = None, base: int = 0,
+                  port_bytes: int | None = None, base: int = WEIGHTS_BASE,
                   layers: int | None = None) -> CompiledModel:
     """Compile ``im`` for ``tokens`` tokens (one sentence) or a sequence of token counts (a
     batch of sentences, rows stacked) on an ``array`` x ``array`` engine with a
@@ -377,6 +402,10 @@ def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
         for name in ("ln1", "ln2"):
             w[name] = records(f"{p}.{name}.p", _vector_records(T[f"{p}.{name}.gamma"], 0, T[f"{p}.{name}.beta"]))
         L.append(w)
+
+    # The per-run region starts on a window boundary after the weights.
+    weights_end = alloc.bytes(0, WINDOW_ALIGN)
+    weight_tensors = dict(alloc.tensors)
 
     # --- Activations --------------------------------------------------------------------------
     emb = alloc.tensor("emb", tokens, hidden, I32)
@@ -506,5 +535,35 @@ def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
     program_addr = alloc.bytes(len(code), WINDOW_ALIGN)
     img.put(program_addr, code)
     window_size = _round_up(alloc.top - base, WINDOW_ALIGN)
-    return CompiledModel(config, tokens, base, window_size, img.build(window_size), program,
-                         program_addr, emb, h, dict(alloc.tensors), tuple(parts), sentences)
+    image = img.build(window_size)
+    weights_size = weights_end - base
+    _check_per_run(weights_end, alloc.tensors, weight_tensors, program, program_addr)
+    return CompiledModel(config, tokens, base, window_size, image, program, program_addr, emb, h,
+                         dict(alloc.tensors), tuple(parts), sentences, weights_size,
+                         _weights_digest(config, base, image[:weights_size], weight_tensors))
+
+
+def _weights_digest(config: MachineConfig, base: int, raw: bytes,
+                    tensors: dict[str, Tensor]) -> bytes:
+    """SHA-256 of the weights region: its layout (machine, base, size, every tensor's place
+    and shape) as canonical JSON, a zero byte, then its bytes."""
+    layout = {"array": config.array, "port_bytes": config.port_bytes, "base": base,
+              "size": len(raw),
+              "tensors": [[t.name, t.addr, t.rows, t.cols, t.stride, int(t.fmt)]
+                          for t in tensors.values()]}
+    h = hashlib.sha256(json.dumps(layout, sort_keys=True).encode() + b"\0")
+    h.update(raw)
+    return h.digest()
+
+
+def _check_per_run(weights_end: int, tensors: dict[str, Tensor], weights: dict[str, Tensor],
+                   program: Program, program_addr: int) -> None:
+    """The per-run data lies beyond the weights and no instruction writes into them, so a run
+    never changes the resident weights."""
+    for name, t in tensors.items():
+        assert name in weights or t.addr >= weights_end, f"{name} overlaps the weights region"
+    assert program_addr >= weights_end, "the program overlaps the weights region"
+    region = Span(0, weights_end)
+    for ins in program.instructions:
+        for name, span, _, _ in footprint(ins)[1]:
+            assert not span.overlaps(region), f"{ins} writes {name} into the weights region"

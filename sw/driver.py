@@ -13,6 +13,7 @@ start, wait, read the int16 hidden state and the counters.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
@@ -24,10 +25,11 @@ from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
 
 from . import golden
 from .compiler import CompiledModel, compile_model
+from .memory_map import DIGEST_ADDR, RECORD_BYTES, WEIGHTS_BASE
 from .model import mean_pool_normalise
 from .quantize import IntegerModel
 
-__all__ = ["Backend", "Status", "AcceleratorError", "AcceleratorHung", "Accelerator",
+__all__ = ["Backend", "Status", "AcceleratorError", "AcceleratorHung", "Accelerator", "Load",
            "RunResult", "BACKENDS", "register_backend", "open_backend", "run_compiled",
            "run_embedding", "run_batch", "COUNTERS"]
 
@@ -95,6 +97,17 @@ COUNTERS = {"cycles": ("CYCLES_LO", "CYCLES_HI"), "instructions": ("INSTRET",),
             "vector_count": ("VECTOR_COUNT",)}
 
 
+#: Chunks of the weights region compared before resident weights are trusted, and their size.
+RESIDENT_SAMPLES, SAMPLE_BYTES = 8, 32
+
+
+@dataclass(frozen=True)
+class Load:
+    """What :meth:`Accelerator.load` wrote: whether the weights went too, and the bytes."""
+    weights_loaded: bool
+    bytes_written: int
+
+
 class Accelerator:
     """Driver operations over a :class:`Backend`."""
 
@@ -112,13 +125,55 @@ class Accelerator:
             raise RuntimeError(f"backend {backend.name} implements ISA version "
                                f"{CSR.CONFIG.get(cfg, 'isa_version')}, expected {isa.ISA_VERSION}")
 
-    def load(self, compiled: CompiledModel) -> None:
-        """Write the image and set the window."""
+    def load(self, compiled: CompiledModel, resident: bool = False) -> Load:
+        """Write the program and its data and set the window.
+
+        Without ``resident``, the whole image. With it, the weights stay on the backend
+        between runs (docs/fpga.md, "Resident weights"): the digest record is read back, and
+        only when it names other weights, or a few sampled chunks of the weights region differ
+        from the image, are the weights written (the record cleared first, written after).
+        Then only the program is written: the activation buffers are the program's own output
+        before it reads them, and the host writes the input."""
         if compiled.config != self.config:
             raise ValueError(f"program compiled for {compiled.config}, backend is {self.config}")
-        self.backend.write_memory(compiled.base, compiled.image)
+        writes: list[tuple[int, bytes]] = []
+        if not resident:
+            if compiled.base >= WEIGHTS_BASE:
+                writes.append((DIGEST_ADDR, bytes(RECORD_BYTES)))   # the weights are replaced
+            writes.append((compiled.base, compiled.image))
+            loaded = True
+        else:
+            if compiled.base < WEIGHTS_BASE:
+                raise ValueError(f"resident weights need the window at {WEIGHTS_BASE:#x} or "
+                                 f"above (the digest area), not at {compiled.base:#x}")
+            loaded = not self.weights_resident(compiled)
+            if loaded:
+                writes += [(DIGEST_ADDR, bytes(RECORD_BYTES)),
+                           (compiled.base, compiled.weights_image),
+                           (DIGEST_ADDR, compiled.weights_record)]
+            assert compiled.program_addr >= compiled.weights_end
+            writes.append((compiled.program_addr, compiled.program.code))
+        for addr, raw in writes:
+            self.backend.write_memory(addr, raw)
         self.backend.write_csr("WIN_BASE", compiled.base)
         self.backend.write_csr("WIN_SIZE", compiled.window_size)
+        return Load(loaded, sum(len(raw) for _, raw in writes))
+
+    def weights_resident(self, compiled: CompiledModel, samples: int = RESIDENT_SAMPLES) -> bool:
+        """Whether the backend holds ``compiled``'s weights: its digest record, and
+        ``samples`` chunks of SAMPLE_BYTES at random places in the weights region equal to
+        the image (a region overwritten by something that did not clear the record)."""
+        b = self.backend
+        if b.read_memory(DIGEST_ADDR, RECORD_BYTES) != compiled.weights_record:
+            return False
+        size = compiled.weights_size
+        rng = random.Random()
+        for _ in range(samples if size else 0):
+            n = min(SAMPLE_BYTES, size)
+            off = rng.randrange(0, size - n + 1)
+            if b.read_memory(compiled.base + off, n) != compiled.image[off:off + n]:
+                return False
+        return True
 
     def start(self, program_addr: int) -> None:
         self.backend.write_csr("PROG_ADDR", program_addr)
@@ -296,6 +351,10 @@ class RunResult:
     #: (CompiledModel.parts), from the backend's counters at the part boundaries; None when
     #: the backend cannot stop there.
     part_cycles: list[tuple[int, str, int]] | None = None
+    #: Whether the run wrote the weights (False: they were resident on the backend).
+    weights_loaded: bool = True
+    #: Bytes the run moved over the backend's link, both ways (None: no link).
+    link_bytes: int | None = None
 
     @property
     def layer_cycles(self) -> list[int] | None:
@@ -318,12 +377,23 @@ class RunResult:
         return mean_pool_normalise(self.hidden.astype(np.float64) * self.output_scale)
 
 
+def _link_bytes(backend: Backend) -> int | None:
+    """Bytes the backend has moved over its link so far (None without a link)."""
+    stats = getattr(backend, "stats", None)
+    if not isinstance(stats, dict) or "bytes_out" not in stats:
+        return None
+    return stats["bytes_out"] + stats["bytes_in"]
+
+
 def run_compiled(backend: Backend, compiled: CompiledModel, e: np.ndarray,
                  max_cycles: int | None = None, timeout_s: float | None = None,
-                 progress: Callable[[int], None] | None = None) -> RunResult:
-    """Load ``compiled`` into ``backend``, write the int32 embedding sums ``e``, run, read back."""
+                 progress: Callable[[int], None] | None = None,
+                 resident: bool = False) -> RunResult:
+    """Load ``compiled`` into ``backend`` (keeping resident weights with ``resident``, see
+    :meth:`Accelerator.load`), write the int32 embedding sums ``e``, run, read back."""
+    link0 = _link_bytes(backend)
     acc = Accelerator(backend)
-    acc.load(compiled)
+    load = acc.load(compiled, resident)
     backend.write_memory(compiled.input.addr, compiled.input.pack(e))
     acc.start(compiled.program_addr)
     marks = [index for _, _, index in compiled.parts[1:]]
@@ -338,8 +408,10 @@ def run_compiled(backend: Backend, compiled: CompiledModel, e: np.ndarray,
         edges = [0, *found, counters["cycles"]]
         part_cycles = [(layer, name, b - a)
                        for (layer, name, _), a, b in zip(compiled.parts, edges, edges[1:])]
+    link = _link_bytes(backend)
     return RunResult(hidden, counters, backend.name, compiled=compiled, build_s=build_s,
-                     part_cycles=part_cycles)
+                     part_cycles=part_cycles, weights_loaded=load.weights_loaded,
+                     link_bytes=None if link is None else link - link0)
 
 
 def run_embedding(backend_name: str, model, im: IntegerModel, ids, **kw) -> RunResult:
@@ -352,7 +424,7 @@ def run_batch(backend_name: str, model, im: IntegerModel, batch, array: int = 8,
               port_bytes: int | None = None, max_cycles: int | None = None,
               timeout_s: float | None = 600.0,
               progress: Callable[[int, int], None] | None = None,
-              backend_options: dict | None = None) -> RunResult:
+              backend_options: dict | None = None, resident: bool | None = None) -> RunResult:
     """Token ids of each sentence of ``batch`` -> int16 hidden states (rows stacked; see
     ``RunResult.sentence_hidden``) and counters, in one run on the named backend.
 
@@ -361,7 +433,8 @@ def run_batch(backend_name: str, model, im: IntegerModel, batch, array: int = 8,
     token counts on an ``array`` x ``array`` engine, and the backend runs it. ``progress`` is
     called with (retired instructions, program length) while it runs; ``backend_options``
     go to the backend's factory. The backend is closed afterwards when it has ``close``
-    (which finishes a waveform file).
+    (which finishes a waveform file). ``resident`` (default: on the serial backend, whose
+    board keeps its memory between runs) keeps the weights on the backend between runs.
     """
     batch = [np.asarray(ids) for ids in batch]
     e = np.concatenate([golden.embed_int32(model, im, ids) for ids in batch])
@@ -370,7 +443,8 @@ def run_batch(backend_name: str, model, im: IntegerModel, batch, array: int = 8,
     total = len(compiled.program.instructions)
     try:
         result = run_compiled(backend, compiled, e, max_cycles=max_cycles, timeout_s=timeout_s,
-                              progress=None if progress is None else (lambda n: progress(n, total)))
+                              progress=None if progress is None else (lambda n: progress(n, total)),
+                              resident=backend_name == "serial" if resident is None else resident)
     finally:
         if hasattr(backend, "close"):
             backend.close()

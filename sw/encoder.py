@@ -215,7 +215,8 @@ class SentenceEncoder:
         ``batch_size``, ``wall_s``; on accelerator backends ``array``, ``cycles``,
         ``ideal_cycles`` and ``utilization``; ``batches``, one record per backend run
         (``sentences``, ``tokens``, ``wall_s``, and on accelerator backends ``cycles``,
-        ``utilization``, ``per_layer``); and ``per_sentence``, one record each (``tokens``,
+        ``utilization``, ``per_layer``; on the serial backend ``link_bytes``, both ways, and
+        ``weights_loaded``, false when the board already held the weights); and ``per_sentence``, one record each (``tokens``,
         ``batch``, and on accelerator backends ``bit_exact_vs_golden``).
     """
 
@@ -338,6 +339,8 @@ class SentenceEncoder:
             batch["cycles_model"] = "isa simulator estimate (each unit at its ideal rate), not RTL"
         if res.build_s:
             batch["build_s"] = round(res.build_s, 2)
+        if res.link_bytes is not None:
+            batch.update(link_bytes=res.link_bytes, weights_loaded=res.weights_loaded)
         return res.sentence_hidden
 
     def _summary(self, records: list[dict], batches: list[dict], batch_size: int,

@@ -1,5 +1,6 @@
-"""Small sentence-transformers checkpoints of other shapes, written by the tests: random
-weights (safetensors.numpy) and the bundled MiniLM's tokenizer files."""
+"""Small models for the tests: sentence-transformers checkpoints of other shapes, written by the
+tests (random weights, safetensors.numpy, and the bundled MiniLM's tokenizer files), and a tiny
+in-memory MiniLM-shaped encoder (:func:`tiny_encoder`)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,62 @@ def make_checkpoint(folder: Path, *, hidden: int = 256, heads: int = 4, layers: 
                             "type": "sentence_transformers.models.Normalize"})
     (folder / "modules.json").write_text(json.dumps(modules))
     return folder
+
+
+def tiny_encoder(seed: int = 0, hidden: int = 16, heads: int = 2, ffn: int = 32, vocab: int = 50):
+    """A one-layer MiniLM-shaped model with random weights, quantised on a few word lists
+    (a whole encoder layer the compiler turns into a 9 KB window at N = 4)."""
+    import zlib
+
+    from celosia.sw.model import MiniLM, MiniLMConfig
+    from celosia.sw.quantize import quantize
+
+    rng = np.random.default_rng(seed)
+    cfg = MiniLMConfig(hidden=hidden, heads=heads, layers=1, ffn=ffn, max_tokens=16)
+
+    def f(*shape, scale=0.3, one=False):
+        return (one + rng.standard_normal(shape) * scale).astype(np.float32)
+
+    w = {"embeddings.word_embeddings.weight": f(vocab, hidden, scale=1.0),
+         "embeddings.position_embeddings.weight": f(16, hidden),
+         "embeddings.token_type_embeddings.weight": f(2, hidden),
+         "embeddings.LayerNorm.weight": f(hidden, scale=0.1, one=True),
+         "embeddings.LayerNorm.bias": f(hidden, scale=0.1)}
+    p = "encoder.layer.0."
+    for name, (n_out, n_in) in {"attention.self.query": (hidden, hidden),
+                                "attention.self.key": (hidden, hidden),
+                                "attention.self.value": (hidden, hidden),
+                                "attention.output.dense": (hidden, hidden),
+                                "intermediate.dense": (ffn, hidden),
+                                "output.dense": (hidden, ffn)}.items():
+        w[p + name + ".weight"] = f(n_out, n_in)
+        w[p + name + ".bias"] = f(n_out, scale=0.1)
+    for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+        w[p + name + ".weight"] = f(hidden, scale=0.1, one=True)
+        w[p + name + ".bias"] = f(hidden, scale=0.1)
+
+    class Words:
+        def encode(self, text):
+            ids = [1] + [zlib.crc32(t.encode()) % (vocab - 2) + 2 for t in text.split()][:14]
+            return np.array(ids + [0], dtype=np.int64), False
+
+    model = MiniLM(w, cfg, Words())
+    texts = ["a b c d", "hello there world", "x y", "the quick brown fox jumps over",
+             "one two three four five six seven"]
+    return model, quantize(model, texts=texts)
+
+
+def run_bit_exact(backend, model, im, sentences, config, **options):
+    """Compile the token ids of ``sentences`` as one batch for ``config``, run them on
+    ``backend`` through ``driver.run_compiled`` (``options``: e.g. ``resident``), assert the
+    hidden state equals the golden model's; (compiled, result)."""
+    from celosia.sw import golden
+    from celosia.sw.compiler import compile_model
+    from celosia.sw.driver import run_compiled
+
+    ids = [np.asarray(s) for s in sentences]
+    c = compile_model(im, [len(x) for x in ids], array=config.array, port_bytes=config.port_bytes)
+    e = np.concatenate([golden.embed_int32(model, im, x) for x in ids])
+    r = run_compiled(backend, c, e, **options)
+    assert np.array_equal(r.hidden, golden.forward(im, e, None, c.sentences))
+    return c, r

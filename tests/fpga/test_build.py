@@ -16,7 +16,7 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from celosia.fpga.boards import BOARDS, ecp5_pll_params, ice40_pll_params
+from celosia.fpga.boards import BOARDS, ecp5_pll_params, ice40_pll_params, uart_divisor
 from celosia.fpga.bridge import (REQ_SYNC, BridgeStatus, Cmd, UartBridge, crc8, parse_reply,
                                  reply_length, request)
 from celosia.fpga.build import parse_nextpnr_log, parse_nextpnr_report, tool_options
@@ -38,6 +38,16 @@ def test_pll_params():
     assert p["fout_mhz"] == 100 and 400 <= p["fvco_mhz"] <= 800
     q = ice40_pll_params(12, 24)
     assert abs(q["fout_mhz"] - 24) < 0.1
+
+
+def test_uart_divisor():
+    """Clocks per bit: the nearest whole number, at least the receiver's 4."""
+    assert uart_divisor(25e6, 3e6) == 8            # 3.125 Mbaud on the ULX3S at 25 MHz
+    assert uart_divisor(30e6, 3e6) == 10
+    assert uart_divisor(25e6, 115200) == 217
+    assert uart_divisor(18e6, 4.5e6) == 4
+    with pytest.raises(ValueError, match=r"needs 3.00 clocks per bit; the bridge needs at least 4"):
+        uart_divisor(12e6, 4e6)
 
 
 @pytest.mark.parametrize("board,array", [("icebreaker", None), ("ulx3s-85f", 2)])

@@ -550,49 +550,6 @@ def _check_memory(backend, mirror):
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[0]:#x}"
 
 
-def tiny_encoder(seed: int = 0, hidden: int = 16, heads: int = 2, ffn: int = 32, vocab: int = 50):
-    """A one-layer MiniLM-shaped model with random weights, quantised on a few word lists
-    (a whole encoder layer the compiler turns into an 8.5 KB window at N = 4)."""
-    import zlib
-
-    from celosia.sw.model import MiniLM, MiniLMConfig
-    from celosia.sw.quantize import quantize
-
-    rng = np.random.default_rng(seed)
-    cfg = MiniLMConfig(hidden=hidden, heads=heads, layers=1, ffn=ffn, max_tokens=16)
-
-    def f(*shape, scale=0.3, one=False):
-        return (one + rng.standard_normal(shape) * scale).astype(np.float32)
-
-    w = {"embeddings.word_embeddings.weight": f(vocab, hidden, scale=1.0),
-         "embeddings.position_embeddings.weight": f(16, hidden),
-         "embeddings.token_type_embeddings.weight": f(2, hidden),
-         "embeddings.LayerNorm.weight": f(hidden, scale=0.1, one=True),
-         "embeddings.LayerNorm.bias": f(hidden, scale=0.1)}
-    p = "encoder.layer.0."
-    for name, (n_out, n_in) in {"attention.self.query": (hidden, hidden),
-                                "attention.self.key": (hidden, hidden),
-                                "attention.self.value": (hidden, hidden),
-                                "attention.output.dense": (hidden, hidden),
-                                "intermediate.dense": (ffn, hidden),
-                                "output.dense": (hidden, ffn)}.items():
-        w[p + name + ".weight"] = f(n_out, n_in)
-        w[p + name + ".bias"] = f(n_out, scale=0.1)
-    for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-        w[p + name + ".weight"] = f(hidden, scale=0.1, one=True)
-        w[p + name + ".bias"] = f(hidden, scale=0.1)
-
-    class Words:
-        def encode(self, text):
-            ids = [1] + [zlib.crc32(t.encode()) % (vocab - 2) + 2 for t in text.split()][:14]
-            return np.array(ids + [0], dtype=np.int64), False
-
-    model = MiniLM(w, cfg, Words())
-    texts = ["a b c d", "hello there world", "x y", "the quick brown fox jumps over",
-             "one two three four five six seven"]
-    return model, quantize(model, texts=texts)
-
-
 def _run_compiled_over_serial(backend, mirror, seed: int):
     """A compiled encoder layer through driver.run_compiled: the hidden state of the golden
     model, and every byte of the window (weights, activations, program) as the isa backend
@@ -600,6 +557,8 @@ def _run_compiled_over_serial(backend, mirror, seed: int):
     from celosia.sw import golden
     from celosia.sw.compiler import compile_model
     from celosia.sw.driver import open_backend, run_compiled
+
+    from checkpoints import tiny_encoder
 
     model, im = tiny_encoder(seed)
     ids = np.array([1, 7 + seed, 23, 11, 0])
@@ -741,3 +700,85 @@ def test_icebreaker_board_end_to_end():
                     _run_over_serial(be, mirror, img, vector=False, config=cfg, error=True)
                 _check_memory(be, mirror)
             assert proxy.faults >= 3
+
+
+# --- resident weights over a 3 Mbaud link ------------------------------------------------------
+
+#: The ULX3S link: 3 Mbaud from the 25 MHz core clock (8 clocks per bit: 3.125 Mbaud).
+FAST_BAUD = 3_000_000
+
+
+@pytest.fixture(scope="module")
+def fast_board():
+    """A simulated board that reports the ULX3S clock and runs its UART at the divisor
+    3 Mbaud takes there."""
+    from celosia.fpga.boards import uart_divisor
+    from celosia.sim.verilator_uart import ULX3S_CLK_HZ, SimBoard
+
+    with SimBoard(array=SIM_CFG.array, port_bytes=SIM_CFG.port_bytes, vector=True,
+                  divisor=uart_divisor(ULX3S_CLK_HZ, FAST_BAUD), clk_hz=ULX3S_CLK_HZ) as board:
+        yield board
+
+
+def test_resident_weights_over_the_link(fast_board):
+    """The first run loads the weights and their digest record; the next sentence, of
+    another length, and a batch send only the program and the input; a record of other
+    weights and a weights region overwritten behind the record's back each make the driver
+    load them again. Every run bit-exact with the golden model."""
+    from checkpoints import run_bit_exact, tiny_encoder
+
+    from celosia.sw.compiler import compile_model
+    from celosia.sw.memory_map import DIGEST_ADDR, RECORD_BYTES
+
+    model, im = tiny_encoder(0)
+
+    def run(be, *sentences):
+        return run_bit_exact(be, model, im, sentences, SIM_CFG, resident=True)
+
+    a, b = [1, 7, 23, 11, 0], [1, 9, 4, 0]
+    with SerialBackend(fast_board.url, baud=FAST_BAUD, **fast_board.backend_options()) as be:
+        assert be.clk_hz == 25_000_000
+        c, first = run(be, a)
+        assert first.weights_loaded
+        assert be.read_memory(DIGEST_ADDR, RECORD_BYTES) == c.weights_record
+        c2, second = run(be, b)
+        assert not second.weights_loaded and c2.weights_digest == c.weights_digest
+        # The weights' bytes (and their frames) are what the second run did not send.
+        assert first.link_bytes - second.link_bytes > c.weights_size
+        _, batch = run(be, a, b)
+        assert not batch.weights_loaded
+        _, im1 = tiny_encoder(1)
+        be.write_memory(DIGEST_ADDR, compile_model(im1, 5, array=SIM_CFG.array,
+                                                   port_bytes=SIM_CFG.port_bytes).weights_record)
+        _, other = run(be, b)
+        assert other.weights_loaded
+        rng = np.random.default_rng(0)
+        be.write_memory(c.base, rng.integers(0, 256, c.weights_size, np.uint8).tobytes())
+        _, corrupted = run(be, a)
+        assert corrupted.weights_loaded
+        print(f"\nlink bytes at {FAST_BAUD} baud: first run {first.link_bytes}, resident "
+              f"{second.link_bytes} (weights region {c.weights_size} bytes)")
+
+
+def test_embed_keeps_the_weights_on_the_board(fast_board, make_checkpoint, tmp_path, capsys):
+    """``celosia embed --backend serial --baud 3000000 --json`` twice on the board: the first
+    sentence loads a test-made checkpoint's weights, the second finds them there; both
+    bit-exact with the golden model, and the JSON says so."""
+    import json
+
+    from celosia.sw import cli
+
+    folder = make_checkpoint(tmp_path / "ckpt", hidden=16, heads=2, layers=1, ffn=32,
+                             pooling="mean", normalize=True)
+    runs = []
+    for text in ("a small test sentence", "another one, a little longer than the first"):
+        status = cli.main(["embed", "--model", str(folder), "--model-file", str(tmp_path / "im"),
+                           "--backend", "serial", "--port", fast_board.url, "--baud",
+                           str(FAST_BAUD), "--array", str(SIM_CFG.array), "--json", text])
+        out = capsys.readouterr()
+        assert status == 0, out.err
+        runs.append(json.loads(out.out))
+    first, second = (r["batches"][0] for r in runs)
+    assert first["weights_loaded"] and not second["weights_loaded"]
+    assert all(r["results"][0]["bit_exact_vs_golden"] for r in runs)
+    assert second["link_bytes"] < first["link_bytes"]
