@@ -43,7 +43,9 @@ class CelosiaTop(Elaboratable):
         self.baud = baud
         self.mem_bytes = mem_bytes or self.board.mem_bytes
         self.achieved_mhz = None
-        sizing = (self.board.vector_sizing or self.board.sizing) if self.vector else self.board.sizing
+        #: The accelerator's sizing (the board's, or its sizing with the vector engine).
+        self.sizing = sizing = ((self.board.vector_sizing or self.board.sizing) if self.vector
+                                else self.board.sizing)
         #: Lanes of the vector engine (0 without one).
         self.vector_lanes = (sizing.vector_lanes or self.array) if self.vector else 0
 
@@ -70,9 +72,8 @@ class CelosiaTop(Elaboratable):
         m.d.por += rst.eq(por != POR_CYCLES)
         m.d.comb += cd_sync.rst.eq(rst)
 
-        sizing = (b.vector_sizing or b.sizing) if self.vector else b.sizing
         m.submodules.accel = accel = Accelerator(self.array, vector=self.vector, k_max=b.k_max,
-                                                 sizing=sizing, memory=b.memory)
+                                                 sizing=self.sizing, memory=b.memory)
         ram = add_window(m, accel, self.mem_bytes, spram=b.spram)
         m.submodules.bridge = bridge = UartBridge(
             divisor=uart_divisor(clk_hz, self.baud), mem_bytes=self.mem_bytes,
