@@ -16,15 +16,91 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Multiplier", "ecp5_dsp", "MULT18_BITS"]
+__all__ = ["Multiplier", "ecp5_dsp", "MULT18_BITS", "LIMB_BITS", "limb_product",
+           "lut_product", "dsp_count"]
 
 #: Operand width of one ECP5 sysDSP multiplier (signed).
 MULT18_BITS = 18
+#: Widest unsigned limb one sysDSP multiplier takes (an 18-bit signed operand).
+LIMB_BITS = MULT18_BITS - 1
+#: Limb pairs with a limb this narrow or narrower are multiplied in LUTs by :func:`limb_product`.
+LUT_LIMB_BITS = 8
 
 
 def ecp5_dsp(platform) -> bool:
     """True when elaborating for an ECP5 device (its multipliers are ``MULT18X18D`` slices)."""
     return getattr(platform, "family", None) == "ecp5"
+
+
+def _limbs(value):
+    """``value`` as ``[(limb, offset)]``: unsigned limbs of :data:`LIMB_BITS` from the bottom,
+    the top limb signed when ``value`` is (at most :data:`MULT18_BITS` bits)."""
+    value = Value.cast(value)
+    shape = value.shape()
+    width = shape.width
+    if shape.signed and width <= MULT18_BITS or not shape.signed and width <= LIMB_BITS:
+        return [(value, 0)]
+    limbs, offset = [], 0
+    while True:
+        rest = width - offset
+        if shape.signed and rest <= MULT18_BITS or not shape.signed and rest <= LIMB_BITS:
+            top = value[offset:]
+            limbs.append((top.as_signed() if shape.signed else top, offset))
+            return limbs
+        limbs.append((value[offset:offset + LIMB_BITS], offset))
+        offset += LIMB_BITS
+
+
+def _tree_sum(terms):
+    """A balanced adder tree (shorter paths than a chain of additions)."""
+    terms = list(terms)
+    if not terms:
+        return C(0, 1)
+    while len(terms) > 1:
+        terms = [terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k]
+                 for k in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def lut_product(x, y):
+    """``x * y`` as a shift-and-add of ``y`` over the bits of ``x`` (the narrow operand).
+
+    Synthesis sees additions, not a multiplication, so the product is built from LUTs and carry
+    chains and never takes a DSP slice. A signed ``x`` weighs its top bit negatively.
+    """
+    x, y = Value.cast(x), Value.cast(y)
+    k = len(x)
+    terms = [Mux(x[i], y, 0) << i for i in range(k)]
+    if x.shape().signed:
+        terms[-1] = -terms[-1]
+    return _tree_sum(terms)
+
+
+def limb_product(a, b, *, lut_bits: int = LUT_LIMB_BITS):
+    """``a * b`` exactly, from one DSP multiply per pair of wide limbs.
+
+    Both operands are cut into :data:`LIMB_BITS`-bit unsigned limbs (the top one signed for a
+    signed operand), so each limb pair is one 18x18 sysDSP multiply; pairs with a limb of at
+    most ``lut_bits`` bits are shift-and-adds in LUTs instead (:func:`lut_product`). The caller
+    shapes the operands: every bit it can prove zero is a limb not paid for.
+    """
+    terms = []
+    for la, oa in _limbs(a):
+        for lb, ob in _limbs(b):
+            if min(len(la), len(lb)) <= lut_bits:
+                narrow, wide = (la, lb) if len(la) <= len(lb) else (lb, la)
+                p = lut_product(narrow, wide)
+            else:
+                p = la * lb
+            terms.append(p << (oa + ob) if oa + ob else p)
+    return _tree_sum(terms)
+
+
+def dsp_count(a_shape, b_shape, *, lut_bits: int = LUT_LIMB_BITS) -> int:
+    """sysDSP multiplies :func:`limb_product` spends on operands of these shapes."""
+    a = Signal(a_shape)
+    b = Signal(b_shape)
+    return sum(min(len(la), len(lb)) > lut_bits for la, _ in _limbs(a) for lb, _ in _limbs(b))
 
 
 class Multiplier(wiring.Component):

@@ -14,12 +14,15 @@ Structure (every arrow is a FIFO, so every stage runs at one beat a cycle on its
 A *token* carries one row's command and its reductions from stage to stage; rows stay in order.
 """
 
+from math import isqrt
+
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from celosia.sw import numerics as nx
 
+from .dsp import limb_product
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
                            mul_round_sat)
@@ -101,6 +104,9 @@ param_layout = data.StructLayout({
     "bias": signed(BETA_BITS),
 })
 
+#: The per-column parameters stage 2 reads (the row requantisations' M and S).
+_PARAM2_LAYOUT = data.StructLayout({"mult": unsigned(nx.MULT_BITS), "shift": unsigned(SHIFT_BITS)})
+
 #: One row in flight. ``a``: softmax max / LayerNorm sum, then mean. ``b``: softmax exp sum,
 #: then reciprocal / LayerNorm sum of squares, then floor(2**46 / std).
 token_layout = data.StructLayout({
@@ -134,6 +140,23 @@ def _is_rows(op):
     """Operations with a per-row exponent from the row's peak (numerics.requantize_rows)."""
     return (op == VectorOp.REQUANT_ROWS) | (op == VectorOp.GELU_ROWS)
 
+
+# Proven operand widths of the output multiplier bank (signed), so that every product is built
+# from as few DSP limbs and as narrow a shifter as its values need:
+#: LayerNorm's d = x - mean of int24 values.
+_LN_D_BITS = nx.LN_IN_BITS + 1
+#: LayerNorm's z = round_shift(d * inv, LN_INV_BITS - LN_NORM_FRAC). |d| < sqrt(n) * (std + 1)
+#: (d*d <= sum of squares < n * (var + 1) <= n * (std + 1)**2) and inv <= 2**46 / max(1, std),
+#: so |d * inv| < (isqrt(n) + 1) * 2**47 and |z| <= (isqrt(n) + 1) * 2**13, n < 2**COLS_BITS.
+_LN_DINV_MAX = (isqrt((1 << COLS_BITS) - 1) + 1) << (nx.LN_INV_BITS + 1)
+_Z_BITS = ((_LN_DINV_MAX >> (nx.LN_INV_BITS - nx.LN_NORM_FRAC)) + 1).bit_length() + 1
+#: GELU's g = x * Phi(x) + offset, x int16, Phi <= 2**14.
+_G_BITS = ((1 << 15 << nx.GELU_PHI_BITS) + GELU_OFFSET).bit_length() + 1
+#: Widths of the three steps' products plus rounding half (the half reaches 2**(SHIFT_MAX-1)).
+_HALF_BITS = nx.SHIFT_MAX + 1
+_M1_BITS = max(_LN_DINV_MAX.bit_length() + 1, 32 + nx.MULT_BITS, _HALF_BITS) + 1
+_M2_BITS = max(_Z_BITS + GAMMA_BITS, BETA_BITS, _HALF_BITS) + 1
+_M3_BITS = max(_G_BITS + nx.MULT_BITS, _HALF_BITS) + 1
 
 #: |v| of requantize_rows is clamped here: beyond it every k gives a saturated output anyway
 #: (round_shift(2**40, ROW_EXP_MAX) >= 2**32), so the exponent and the outputs are unchanged.
@@ -464,13 +487,23 @@ class VectorUnit(wiring.Component):
             m.d.sync += [cmd.eq(self.cmd.payload), have.eq(self.cmd.payload.rows != 0),
                          row1.eq(0), col1.eq(0), acc_max.eq(_MAX_INIT), acc_sum.eq(0)]
 
-        # Per-column parameters (read by stage 2 for the row requantisations and by stage 3).
+        # Per-column parameters: stage 3 reads whole records, stage 2 (the row requantisations'
+        # peak) the multiplier and shift only, each through a synchronous read port of its own
+        # copy (block RAM), addressed with the beat each stage takes next.
         m.submodules.params = pmem = memory.Memory(
             shape=data.ArrayLayout(param_layout, N), depth=self.max_beats, init=[])
+        m.submodules.params2 = pmem2 = memory.Memory(
+            shape=data.ArrayLayout(_PARAM2_LAYOUT, N), depth=self.max_beats, init=[])
         pw = pmem.write_port()
-        pr = pmem.read_port(domain="comb")
+        pw2 = pmem2.write_port()
+        pr = pmem.read_port()
+        pr2 = pmem2.read_port()
         m.d.comb += [self.params.ready.eq(1), pw.en.eq(self.params.valid),
-                     pw.addr.eq(self.params.payload.addr), pw.data.eq(self.params.payload.data)]
+                     pw.addr.eq(self.params.payload.addr), pw.data.eq(self.params.payload.data),
+                     pw2.en.eq(self.params.valid), pw2.addr.eq(self.params.payload.addr)]
+        for k in range(N):
+            m.d.comb += [pw2.data[k].mult.eq(self.params.payload.data[k].mult),
+                         pw2.data[k].shift.eq(self.params.payload.data[k].shift)]
 
         # --- Stage 2: exponent (softmax), squares (LayerNorm), peak (row requantisations). ---
         tok2 = Signal(token_layout)
@@ -489,9 +522,7 @@ class VectorUnit(wiring.Component):
         is_rows2 = _is_rows(tok2.cmd.op)
         is_grows2 = tok2.cmd.op == VectorOp.GELU_ROWS
         # requantize_rows needs the per-column factors in this pass (for the row's peak).
-        pr2 = pmem.read_port(domain="comb")
         beat2 = Signal(range(self.max_beats + 1))
-        m.d.comb += pr2.addr.eq(beat2)
         es, sqs, peaks = [], [], []
         for k in range(N):
             x = in2[k]
@@ -559,6 +590,7 @@ class VectorUnit(wiring.Component):
             m.d.sync += [col2.eq(col2 + N), beat2.eq(beat2 + 1), acc_e.eq(new_e),
                          acc_sq.eq(new_sq), acc_peak.eq(new_peak)]
         can_load2 = ~loaded2 | (fire2 & last2)
+        m.d.comb += pr2.addr.eq(Mux(can_load2 & t1.r_rdy, 0, Mux(fire2, beat2 + 1, beat2)))
         m.d.comb += t1.r_en.eq(can_load2 & t1.r_rdy)
         with m.If(can_load2 & t1.r_rdy):
             m.d.sync += [tok2.eq(t1.r_data), loaded2.eq(1), col2.eq(0), beat2.eq(0), acc_e.eq(0),
@@ -601,10 +633,11 @@ class VectorUnit(wiring.Component):
         m.d.comb += adv.eq(~self.o.valid | self.o.ready)
         last3 = col3 + N >= tok3.cmd.cols
         fire3 = Signal()
-        m.d.comb += [fire3.eq(loaded3 & fb.r_rdy & adv), fb.r_en.eq(fire3), pr.addr.eq(beat3)]
+        m.d.comb += [fire3.eq(loaded3 & fb.r_rdy & adv), fb.r_en.eq(fire3)]
         with m.If(fire3):
             m.d.sync += [col3.eq(col3 + N), beat3.eq(beat3 + 1)]
         can_load3 = ~loaded3 | (fire3 & last3)
+        m.d.comb += pr.addr.eq(Mux(can_load3 & t3.r_rdy, 0, Mux(fire3, beat3 + 1, beat3)))
         m.d.comb += t3.r_en.eq(can_load3 & t3.r_rdy)
         with m.If(can_load3 & t3.r_rdy):
             m.d.sync += [tok3.eq(t3.r_data), loaded3.eq(1), col3.eq(0), beat3.eq(0)]
@@ -640,7 +673,7 @@ class VectorUnit(wiring.Component):
             p = pr.data[k]
             x = in3[k]
             # Step 1: softmax e*R; LayerNorm (x - mean) * inv; requantise; GELU's input requant.
-            a = Signal(signed(33), name=f"m1_a{k}")
+            a = Signal(signed(32), name=f"m1_a{k}")
             b = Signal(unsigned(_INV_BITS), name=f"m1_b{k}")
             sh = Signal(SHIFT_BITS, name=f"m1_sh{k}")
             zp = Signal(signed(32), name=f"m1_zp{k}")
@@ -663,8 +696,11 @@ class VectorUnit(wiring.Component):
                 with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
                     # v = round_shift(a * M[j], S[j] - ROW_EXP_MAX), a = x or GELU(x) (stage 2).
                     m.d.comb += [b.eq(p.mult[:nx.MULT_BITS]), sh.eq(p.shift - ROW_EXP_MAX)]
-            r1 = mul_round_sat(m, a, b, 0, sh, zp, lo, hi, sat, width=33 + _INV_BITS + 2,
-                               name=f"m1_{k}")
+            # b beyond its low DSP limb is LayerNorm's inv only, whose a is a 25-bit d.
+            lb = 17
+            p1 = limb_product(a, b[:lb]) + (limb_product(a[:_LN_D_BITS].as_signed(), b[lb:],
+                                                         lut_bits=0) << lb)
+            r1 = mul_round_sat(m, p1, sh, zp, lo, hi, sat, width=_M1_BITS, name=f"m1_{k}")
             with m.If(adv):
                 m.d.sync += [y1[k].eq(r1), g1[k].eq(p.mult), b1[k].eq(p.bias),
                              y1w[k].eq(clamp(r1, -_ROWS_V_MAX, _ROWS_V_MAX))]
@@ -687,24 +723,27 @@ class VectorUnit(wiring.Component):
                 with m.Case(VectorOp.GELU):
                     m.d.comb += [b2.eq(phi.phi), add2.eq(GELU_OFFSET), sat2.eq(GELU_CLAMP),
                                  lo2.eq(0), hi2.eq(nx.INT32.hi)]
-            r2 = mul_round_sat(m, y1[k], b2, add2, sh2, 0, lo2, hi2, sat2,
-                               width=33 + GAMMA_BITS + 4, name=f"m2_{k}")
+            # y1 is z (LayerNorm) or an int16 (GELU): _Z_BITS hold either.
+            p2 = limb_product(y1[k][:_Z_BITS].as_signed(), b2, lut_bits=5) + add2
+            r2 = mul_round_sat(m, p2, sh2, 0, lo2, hi2, sat2, width=_M2_BITS, name=f"m2_{k}")
             # Row requantisations: q = saturate(round_shift(v, k), out), k = ROW_EXP_MAX - e.
             kk = Signal(ROW_EXP_BITS, name=f"m2_k{k}")
             m.d.comb += kk.eq(ROW_EXP_MAX - exp1)
             rq = Signal(signed(_ROWS_V_BITS + 1), name=f"m2_rq{k}")
             m.d.comb += rq.eq((y1w[k] + ((Const(1, 1) << kk) >> 1)) >> kk)
             with m.If(adv):
-                m.d.sync += y2[k].eq(Mux(_is_rows(cmd1.op), clamp(rq, cmd1.out_lo, cmd1.out_hi), r2))
+                m.d.sync += y2[k].eq(
+                    Mux(_is_rows(cmd1.op), clamp(rq, cmd1.out_lo, cmd1.out_hi),
+                        Mux((cmd1.op == VectorOp.LAYERNORM) | (cmd1.op == VectorOp.GELU), r2,
+                            y1[k])))
 
             # Step 3: GELU's output requantisation (per tensor, from the command).
             is_gelu = cmd2.op == VectorOp.GELU
-            r3 = mul_round_sat(m, y2[k], Mux(is_gelu, cmd2.mult, 1), 0,
-                               Mux(is_gelu, cmd2.shift, 0), Mux(is_gelu, cmd2.zero_point, 0),
-                               cmd2.out_lo, cmd2.out_hi, is_gelu,
-                               width=33 + nx.MULT_BITS + 4, name=f"m3_{k}")
+            p3 = limb_product(y2[k][:_G_BITS].as_signed(), cmd2.mult)
+            r3 = mul_round_sat(m, p3, cmd2.shift, cmd2.zero_point, cmd2.out_lo, cmd2.out_hi, 1,
+                               width=_M3_BITS, name=f"m3_{k}")
             with m.If(adv):
-                m.d.sync += out[k].eq(r3)
+                m.d.sync += out[k].eq(Mux(is_gelu, r3, y2[k]))
         fifos_used = [f.r_level != 0 for f in (fa, fb, t1, t2, t3)]
         finishers_used = [~fin.i.ready for fin in fins]
         m.d.comb += self.busy.eq(have | loaded2 | loaded3 | v1 | v2 | self.o.valid

@@ -7,11 +7,13 @@ widths are derived from the constants there, never copied.
 
 
 import numpy as np
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from celosia.sw import numerics as nx
+
+from .dsp import lut_product
 
 __all__ = [
     "Divider", "Isqrt", "Exp2", "GeluPhi",
@@ -198,22 +200,37 @@ _EXP_ZERO_SHIFT = next(z for z in range(64)
 
 
 def clamp(x, lo, hi):
-    return Mux(x < lo, lo, Mux(x > hi, hi, x))
+    """``lo`` if ``x < lo``, else ``hi`` if ``x > hi``, else ``x`` (``lo`` wins when ``lo > hi``).
 
-
-def mul_round_sat(m, a, b, add, shift, zp, lo, hi, saturate, *, width, name):
-    """``y = saturate ? clamp(round_shift(a*b + add, shift) + zp, lo, hi) : round_shift(...) + zp``.
-
-    The one multiply-and-scale step of the output multiplier bank; every operation of the unit
-    is a chain of these with per-operation operands. ``width`` bounds the product and sum.
+    A signed ``x`` wider than both bounds is compared in their width: outside it, its sign
+    alone decides (it is below every ``lo`` or above every ``hi``), which saves the wide
+    comparators.
     """
-    p = Signal(signed(width), name=f"{name}_p")
-    m.d.comb += p.eq(a * b + add)
-    r = Signal(signed(width), name=f"{name}_r")
+    x, lo, hi = Value.cast(x), Value.cast(lo), Value.cast(hi)
+    bw = max(len(lo), len(hi)) if lo.shape().signed and hi.shape().signed else 0
+    if not (x.shape().signed and bw and len(x) > bw):
+        return Mux(x < lo, lo, Mux(x > hi, hi, x))
+    top = x[bw - 1:]
+    fits = (top == 0) | (top == (1 << len(top)) - 1)
+    xn = x[:bw].as_signed()
+    return Mux(fits, Mux(xn < lo, lo, Mux(xn > hi, hi, xn)), Mux(x[-1], lo, hi))
+
+
+def mul_round_sat(m, p, shift, zp, lo, hi, saturate, *, width, name):
+    """``y = saturate ? clamp(round_shift(p, shift) + zp, lo, hi) : round_shift(p, shift) + zp``.
+
+    ``p`` is a product (plus addend) the caller builds from DSP limbs (:func:`limb_product`)
+    with operands cut to their proven widths; ``width`` bounds ``p`` plus the rounding half.
+    The one multiply-and-scale step of the output multiplier bank: every operation of the unit
+    is a chain of these with per-operation operands.
+    """
+    ps = Signal(signed(width), name=f"{name}_p")
+    m.d.comb += ps.eq(p)
+    r = Signal(signed(width + 1), name=f"{name}_r")
     half = Signal(signed(width), name=f"{name}_half")
     m.d.comb += half.eq(((Const(1, 1) << shift) >> 1))
-    m.d.comb += r.eq(((p + half)[:width].as_signed() >> shift) + zp)
-    y = Signal(signed(width), name=f"{name}_y")
+    m.d.comb += r.eq(((ps + half)[:width].as_signed() >> shift) + zp)
+    y = Signal(signed(width + 1), name=f"{name}_y")
     m.d.comb += y.eq(Mux(saturate, clamp(r, lo, hi), r))
     return y
 
@@ -283,7 +300,8 @@ class GeluPhi(wiring.Component):
         slope = rd.data[_GELU_BASE_BITS:]
         frac = a[:_GELU_FRAC_BITS]
         phi_pos = Signal(GELU_PHI_WIDTH)
-        m.d.comb += phi_pos.eq(Mux(inside, base + ((slope * frac) >> _GELU_FRAC_BITS),
+        # The slope times the 6-bit fraction is a shift-and-add: no DSP slice for it.
+        m.d.comb += phi_pos.eq(Mux(inside, base + (lut_product(frac, slope) >> _GELU_FRAC_BITS),
                                    1 << nx.GELU_PHI_BITS))
         m.d.comb += self.phi.eq(Mux(self.x < 0, (1 << nx.GELU_PHI_BITS) - phi_pos, phi_pos))
         return m
