@@ -26,7 +26,8 @@ from pathlib import Path
 from celosia.hdl.isa import MachineConfig
 
 from .errors import CelosiaError, seconds
-from .fuzz import FAILURES, KINDS, VERDICTS, judge, make_case, memory_layout, run_case
+from .fuzz import (FAILURES, KINDS, VERDICTS, judge, make_case, memory_layout,
+                   probe_vector_unit, run_case)
 from .progress import ProgressBar
 
 __all__ = ["add_arguments", "add_serial_arguments", "run", "check_backend", "BACKENDS"]
@@ -65,9 +66,11 @@ class Campaign:
         from .driver import Accelerator
         self.backend, self.mem_bytes, self.kinds, self.timeout_s = backend, mem_bytes, kinds, timeout_s
         self.config = Accelerator(backend).config          # checks the ID and ISA version
-        self.vector_unit = bool(getattr(backend, "vector_unit", False))
-        self.memory_model = hasattr(backend, "memory_model")
         memory_layout(mem_bytes)                           # enough memory for the window
+        self.vector_unit = getattr(backend, "vector_unit", None)
+        if self.vector_unit is None:
+            self.vector_unit = probe_vector_unit(backend, mem_bytes, timeout_s)
+        self.memory_model = hasattr(backend, "memory_model")
 
     def case(self, seed: int):
         return make_case(seed, self.config, self.mem_bytes, vector_unit=self.vector_unit,
@@ -171,7 +174,7 @@ def add_arguments(p) -> None:
                    help="memory of a simulated backend in KiB (default 64)")
     p.add_argument("--programs", type=int, default=3, metavar="P",
                    help="programs to run (default 3)")
-    p.add_argument("--seed", type=int, default=1,
+    p.add_argument("--seed", type=int, default=1, metavar="S",
                    help="seed of the first program; program i has seed S + i (default 1)")
     p.add_argument("--kinds", type=_kinds, default=KINDS, metavar="K,K",
                    help="kinds of program, made in turn: chain (valid matmul chains), random "

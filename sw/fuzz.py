@@ -36,7 +36,7 @@ from celosia.sim.tb_accelerator import CSR_RESULTS, Image, matmul_chain, referen
 from .program_file import ProgramCase
 
 __all__ = ["KINDS", "MUTATIONS", "VERDICTS", "FAILURES", "fuzz_instruction", "make_case",
-           "run_case", "judge", "Outcome", "memory_layout"]
+           "run_case", "judge", "Outcome", "memory_layout", "probe_vector_unit"]
 
 KINDS = ("chain", "random", "mutated")
 #: Verdicts of a run; the last three are failures (the program is saved for replay).
@@ -280,6 +280,21 @@ def make_case(seed: int, config: MachineConfig, mem_bytes: int, *, vector_unit: 
         case.latency = int(rng.integers(1, 9))
         case.stall = float(rng.choice([0.0, 0.0, 0.1, 0.3]))
     return case
+
+
+def probe_vector_unit(backend, mem_bytes: int, timeout_s: float | None = None) -> bool:
+    """Whether ``backend`` runs VECTOR instructions, for a backend that does not say (a
+    board): a VECTOR of zero rows stops with UNSUPPORTED at decode on a build without the
+    vector unit and with BAD_SHAPE on one with it; neither writes anything."""
+    base, size, _ = memory_layout(mem_bytes)
+    code = (isa.vector(op=VecOp.REQUANT, rows=0, cols=1, src_addr=base, dst_addr=base,
+                       p_addr=base).encode() + isa.halt().encode())
+    backend.write_memory(base, code)
+    for name, value in (("WIN_BASE", base), ("WIN_SIZE", size), ("PROG_ADDR", base),
+                        ("CTRL", CSR.CTRL.make(start=1, clear_counters=1))):
+        backend.write_csr(name, value)
+    backend.advance(100_000, timeout_s)
+    return ErrorCode(backend.read_csr("ERROR")) != ErrorCode.UNSUPPORTED
 
 
 @dataclass

@@ -181,3 +181,14 @@ def test_no_module_the_cli_builds_on_imports_the_cli():
                 names = [a.name for a in node.names]
             assert not any(n.split(".")[-1] == "cli" or n.endswith("sw.cli") for n in names), \
                 f"{source.name}:{node.lineno} imports the CLI"
+
+
+@pytest.mark.parametrize("vector_unit", [False, True])
+def test_a_backend_that_does_not_say_is_probed_for_its_vector_unit(vector_unit):
+    """A board does not report whether it has the vector unit; mutated programs may hold
+    VECTOR instructions, so the reference must know."""
+    from celosia.sw.check import Campaign
+
+    backend = IsaBackend(MachineConfig(4), MEM, vector_unit=vector_unit)
+    del backend.vector_unit
+    assert Campaign(backend, MEM).vector_unit is vector_unit
