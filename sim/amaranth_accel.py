@@ -397,6 +397,8 @@ class AmaranthBackend:
                                    vcd_path=vcd_path, gtkw_path=gtkw_path,
                                    vcd_cycles=vcd_cycles)
         self.config = self.model.config
+        #: Whether VECTOR instructions run (else they stop with UNSUPPORTED).
+        self.vector_unit = self.model.vector
         self.waves = vcd_path
 
     @property

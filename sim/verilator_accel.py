@@ -213,6 +213,8 @@ class VerilatorBackend:
         self.model = VerilatorAccel(config.array, config.port_bytes, vector=vector, k_max=k_max,
                                     mem_bytes=mem_bytes, trace=trace)
         self.model.memory_model(latency=latency)
+        #: Whether VECTOR instructions run (else they stop with UNSUPPORTED).
+        self.vector_unit = self.model.vector
         self.waves = waves
         if waves is not None:
             self.model.trace_open(waves, waves_cycles, waves_skip)
@@ -220,6 +222,11 @@ class VerilatorBackend:
     def close(self) -> None:
         """Finish the waveform file (if any) and free the model."""
         self.model.close()
+
+    def memory_model(self, *, latency: int = 4, stall: float = 0.0, seed: int = 1) -> None:
+        """The memory's read latency (cycles) and the chance per cycle and channel that it
+        is not ready (``seed`` seeds it), from the next cycle on."""
+        self.model.memory_model(latency=latency, stall=stall, seed=seed)
 
     def read_memory(self, addr: int, size: int) -> bytes:
         return self.model.mem[addr:addr + size].tobytes()

@@ -1,11 +1,18 @@
-"""``celosia check``: random programs on a backend, compared with the ``isa`` simulator.
+"""``celosia check``: random and mutated programs on a backend, judged against the ``isa`` simulator.
 
-A smoke test for a board (``--backend serial --port ...``) or a simulated accelerator: each
-program is a chain of requantising matmuls (``celosia.sim.tb_accelerator.matmul_chain``: random
-shapes, transposed B, row shifts, accumulate and residual modes) in a window of the backend's
-memory. The backend's whole window and its counters must equal what the ``isa`` simulator
-leaves; the memory around the window must not change. Reports cycles, wall time and, over a
-serial link, the bytes moved.
+A fuzzer for the simulated accelerators and a smoke test for a board (``--backend serial
+--port ...``). Program ``S + i`` of a campaign is made from that seed alone
+(:mod:`celosia.sw.fuzz`): valid matmul chains, random instruction streams (illegal opcodes,
+addresses in and around the window, zero and huge shapes, short strides, hazards) and valid
+chains with mutations, each in a window with a random pattern around it and, on the simulated
+RTL, under a random memory read latency and stall chance. The backend's CSRs and window must
+equal what the ``isa`` simulator leaves, and the memory around the window must not change.
+
+The report counts the programs run, bit-exact, stopped with the expected error code, with an
+ordering hazard (their memory is undefined: only the window and the stop are checked), hangs,
+writes outside the window and mismatches; ``--save-failures DIR`` writes each failing program
+as a program image file that ``--replay FILE`` runs again. ``--workers W`` runs W processes,
+each with its own backend (the Verilated model is built once, before they start).
 """
 
 from __future__ import annotations
@@ -13,26 +20,34 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
+from pathlib import Path
 
-import numpy as np
-
-from celosia.hdl.isa import CSR, WINDOW_ALIGN, MachineConfig
+from celosia.hdl.isa import MachineConfig
 
 from .errors import CelosiaError, seconds
+from .fuzz import (FAILURES, KINDS, VERDICTS, judge, make_case, memory_layout,
+                   probe_vector_unit, run_case)
+from .progress import ProgressBar
 
-__all__ = ["add_arguments", "add_serial_arguments", "run", "check_backend"]
+__all__ = ["add_arguments", "add_serial_arguments", "run", "check_backend", "BACKENDS"]
 
 BACKENDS = ("isa", "amaranth", "verilator", "serial")
+#: Table rows of the report: verdict -> its line.
+VERDICT_LINES = {"bit_exact": "bit-exact", "expected_error": "expected error codes",
+                 "hazard": "hazards (memory undefined; window and stop checked)",
+                 "hang": "hangs", "outside_window": "writes outside the window",
+                 "mismatch": "mismatches vs the isa simulator"}
 
 
-def _open(args):
-    """(backend, memory bytes it has)."""
+def _open(args, config: MachineConfig | None = None):
+    """(backend, memory bytes it has); ``config`` overrides --array (a replayed program's)."""
     if args.backend == "serial":
         from .serial_backend import serial_backend
         b = serial_backend(None, None, port=args.port, baud=args.baud)
         return b, b.mem_bytes
     mem = args.mem_kib * 1024
-    config = MachineConfig(args.array)
+    config = config or MachineConfig(args.array)
     if args.backend == "isa":
         from .isa_sim import IsaBackend
         return IsaBackend(config, mem), mem
@@ -43,54 +58,93 @@ def _open(args):
     return AmaranthBackend(config, mem), mem
 
 
-def check_backend(backend, mem_bytes: int, programs: int = 3, seed: int = 1,
-                  timeout_s: float = 600.0, progress=None) -> list[dict]:
-    """Run ``programs`` random matmul chains on ``backend``; one result dict each."""
-    from celosia.sim.tb_accelerator import matmul_chain, reference
-    from .driver import Accelerator
+class Campaign:
+    """A backend and what the programs made for it need: its machine (read from its CSRs),
+    memory, whether it has a vector unit and a memory model."""
 
-    acc = Accelerator(backend)
-    cfg = acc.config
-    guard = WINDOW_ALIGN
-    size = (mem_bytes - 2 * guard) // WINDOW_ALIGN * WINDOW_ALIGN
-    size = min(size, 0x4000)
-    if size < 0x800:
-        raise ValueError(f"the backend has {mem_bytes} bytes of memory; the check needs "
-                         f"at least {0x800 + 2 * guard}")
-    results = []
-    for k in range(programs):
-        img = matmul_chain(seed + k, cfg, links=3, base=guard, size=size, guard=guard,
-                           max_dim=4 * cfg.array)
-        want_mem, want, _ = reference(img)
-        stats0 = dict(getattr(backend, "stats", {}))
+    def __init__(self, backend, mem_bytes: int, kinds=KINDS, timeout_s: float = 600.0):
+        from .driver import Accelerator
+        self.backend, self.mem_bytes, self.kinds, self.timeout_s = backend, mem_bytes, kinds, timeout_s
+        self.config = Accelerator(backend).config          # checks the ID and ISA version
+        memory_layout(mem_bytes)                           # enough memory for the window
+        self.vector_unit = getattr(backend, "vector_unit", None)
+        if self.vector_unit is None:
+            self.vector_unit = probe_vector_unit(backend, mem_bytes, timeout_s)
+        self.memory_model = hasattr(backend, "memory_model")
+
+    def case(self, seed: int):
+        return make_case(seed, self.config, self.mem_bytes, vector_unit=self.vector_unit,
+                         memory_model=self.memory_model, kinds=self.kinds)
+
+    def check(self, case) -> dict:
+        """Run ``case``, judge it; wall seconds and link traffic added."""
+        stats0 = dict(getattr(self.backend, "stats", None) or {})
         t0 = time.perf_counter()
-        backend.write_memory(0, img.mem.tobytes())
-        backend.write_csr("WIN_BASE", img.base)
-        backend.write_csr("WIN_SIZE", img.size)
-        acc.start(img.prog)
-        acc.wait(max_cycles=50_000_000, timeout_s=timeout_s)
-        got = np.frombuffer(backend.read_memory(0, len(img.mem)), np.uint8)
-        wall = time.perf_counter() - t0
-        counters = acc.counters()
-        diff = np.flatnonzero(got != want_mem)
-        r = {"program": k, "matmuls": counters["matmul_count"], "cycles": counters["cycles"],
-             "wall_s": round(wall, 3),
-             "bit_exact_vs_isa": bool(diff.size == 0
-                                      and counters["instructions"] == want["INSTRET"]),
-             "bytes_differing": int(diff.size)}
-        if diff.size:
-            r["first_difference"] = int(diff[0])
-        stats = getattr(backend, "stats", None)
+        try:
+            result = judge(case, run_case(self.backend, case, self.timeout_s))
+        except (RuntimeError, ValueError) as exc:      # e.g. an access past a model's memory
+            img = case.image
+            result = {"kind": img.notes.get("kind"), "seed": img.notes.get("seed"),
+                      "verdict": "mismatch", "detail": f"backend error: {exc}"}
+        result["wall_s"] = round(time.perf_counter() - t0, 4)
+        stats = getattr(self.backend, "stats", None)
         if stats:
-            moved = (stats.get("bytes_out", 0) - stats0.get("bytes_out", 0)
-                     + stats.get("bytes_in", 0) - stats0.get("bytes_in", 0))
-            r.update(link_bytes=moved, link_retries=stats.get("retries", 0)
-                     - stats0.get("retries", 0))
-        results.append(r)
+            result["link_bytes"] = sum(stats.get(k, 0) - stats0.get(k, 0)
+                                       for k in ("bytes_out", "bytes_in"))
+            result["link_retries"] = stats.get("retries", 0) - stats0.get("retries", 0)
+        return result
+
+
+def check_backend(backend, mem_bytes: int, programs: int = 3, seed: int = 1,
+                  timeout_s: float = 600.0, progress=None, kinds=KINDS) -> list[dict]:
+    """Run programs ``seed .. seed + programs - 1`` on ``backend``; one result dict each."""
+    campaign = Campaign(backend, mem_bytes, kinds, timeout_s)
+    results = []
+    for s in range(seed, seed + programs):
+        results.append(campaign.check(campaign.case(s)))
         if progress is not None:
-            progress(r)
+            progress(results[-1])
     return results
 
+
+# --- workers ------------------------------------------------------------------------------------
+
+_worker: Campaign | None = None
+
+
+def _worker_start(args_dict: dict, kinds) -> None:
+    import argparse
+    import atexit
+    global _worker
+    args = argparse.Namespace(**args_dict)
+    backend, mem = _open(args)
+    _worker = Campaign(backend, mem, kinds, args.timeout)
+    if hasattr(backend, "close"):
+        atexit.register(backend.close)
+
+
+def _worker_check(seed: int) -> dict:
+    return _worker.check(_worker.case(seed))
+
+
+def _run_parallel(args, kinds, seeds, on_result) -> None:
+    """Run ``seeds`` in ``args.workers`` processes, each with its own backend."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    spec = {k: v for k, v in vars(args).items() if k != "func"}
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_start, initargs=(spec, kinds)) as pool:
+        futures = [pool.submit(_worker_check, s) for s in seeds]
+        try:
+            for f in as_completed(futures):
+                on_result(f.result())
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+# --- the command --------------------------------------------------------------------------------
 
 def add_serial_arguments(p) -> None:
     """--port and --baud of the serial backend (``embed`` and ``check``)."""
@@ -99,6 +153,15 @@ def add_serial_arguments(p) -> None:
                         "(/dev/ttyUSB0, socket://127.0.0.1:PORT; default $CELOSIA_SERIAL_PORT)")
     p.add_argument("--baud", type=int, default=None, metavar="B",
                    help="serial backend: baud rate (default $CELOSIA_SERIAL_BAUD or 115200)")
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    import argparse
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(f"expected kinds from {','.join(KINDS)}, not {text!r}")
+    return kinds
 
 
 def add_arguments(p) -> None:
@@ -110,37 +173,158 @@ def add_arguments(p) -> None:
     p.add_argument("--mem-kib", type=int, default=64, metavar="K",
                    help="memory of a simulated backend in KiB (default 64)")
     p.add_argument("--programs", type=int, default=3, metavar="P",
-                   help="random programs to run (default 3)")
-    p.add_argument("--seed", type=int, default=1, help="first program's seed (default 1)")
+                   help="programs to run (default 3)")
+    p.add_argument("--seed", type=int, default=1, metavar="S",
+                   help="seed of the first program; program i has seed S + i (default 1)")
+    p.add_argument("--kinds", type=_kinds, default=KINDS, metavar="K,K",
+                   help="kinds of program, made in turn: chain (valid matmul chains), random "
+                        "(random instruction streams), mutated (valid chains with mutations) "
+                        f"(default {','.join(KINDS)})")
+    p.add_argument("--workers", type=int, default=1, metavar="W",
+                   help="processes running programs, each with its own simulated backend "
+                        "(default 1; a board takes 1)")
+    p.add_argument("--save-failures", metavar="DIR", default=None,
+                   help="write each failing program (hang, write outside the window, mismatch) "
+                        "to DIR as a program image file for --replay")
+    p.add_argument("--replay", metavar="FILE", nargs="+", default=None,
+                   help="run these saved program images instead of new programs (on a "
+                        "simulated backend of the machine they were made for)")
     p.add_argument("--timeout", type=seconds, default=600.0, metavar="S",
                    help="give up on a program after S seconds (default 600)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (counts, failures, programs/s)")
+
+
+def _backend_call(args, what, *a, **k):
+    """``what(*a, **k)``, a backend's own errors as one line."""
+    try:
+        return what(*a, **k)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise CelosiaError(f"backend {args.backend}: {exc}") from None
+
+
+def _save_dir(path) -> Path:
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CelosiaError(f"--save-failures {path}: {exc.strerror or exc}") from None
+    return folder
+
+
+def _replay(args) -> int:
+    from .program_file import load_program
+    cases = [load_program(path) for path in args.replay]     # every file checked first
+    failed = 0
+    for path, case in zip(args.replay, cases):
+        backend, mem = _backend_call(args, _open, args, case.image.config)
+        try:
+            if len(case.image.mem) > mem:
+                raise CelosiaError(f"{path}: its {len(case.image.mem)}-byte memory does not fit "
+                                   f"the backend's {mem} bytes (--mem-kib)")
+            from .driver import Accelerator
+            config = _backend_call(args, lambda: Accelerator(backend).config)
+            if config != case.image.config:
+                raise CelosiaError(f"{path} was made for {case.image.config}, the backend "
+                                   f"is {config}")
+            t0 = time.perf_counter()
+            out = _backend_call(args, run_case, backend, case, args.timeout)
+            result = judge(case, out)
+        finally:
+            if hasattr(backend, "close"):
+                backend.close()
+        result.update(file=str(path), wall_s=round(time.perf_counter() - t0, 4))
+        failed += result["verdict"] in FAILURES
+        if args.json:
+            json.dump(result, sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            print(f"{path}: {result['verdict']}" + (f" ({result['detail']})"
+                                                   if "detail" in result else ""))
+    return 3 if failed else 0
 
 
 def run(args) -> int:
-    from .driver import AcceleratorError, AcceleratorHung
+    if args.replay:
+        return _replay(args)
+    if args.programs < 1:
+        raise CelosiaError(f"--programs must be 1 or more, not {args.programs}")
+    if args.workers < 1:
+        raise CelosiaError(f"--workers must be 1 or more, not {args.workers}")
+    if args.workers > 1 and args.backend == "serial":
+        raise CelosiaError("--workers: a board runs one program at a time (use --workers 1)")
+    save = _save_dir(args.save_failures) if args.save_failures else None
+    backend, mem = _backend_call(args, _open, args)     # with workers: builds the model once
     try:
-        backend, mem = _open(args)
-    except (ValueError, OSError) as exc:
-        raise CelosiaError(f"backend {args.backend}: {exc}") from None
-    show = None
-    if not args.json:
-        print(f"{'program':>7}  {'matmuls':>7}  {'cycles':>9}  {'wall s':>7}  bit-exact vs isa")
-        show = lambda r: print(f"{r['program']:>7}  {r['matmuls']:>7}  {r['cycles']:>9}  "
-                               f"{r['wall_s']:>7.2f}  {'yes' if r['bit_exact_vs_isa'] else 'NO'}",
-                               flush=True)
-    try:
-        results = check_backend(backend, mem, args.programs, args.seed, args.timeout, show)
-    except (AcceleratorError, AcceleratorHung, ValueError, OSError) as exc:
-        raise CelosiaError(f"backend {args.backend}: {exc}") from None
-    finally:
+        campaign = _backend_call(args, Campaign, backend, mem, args.kinds, args.timeout)
+    except CelosiaError:
         if hasattr(backend, "close"):
             backend.close()
-    ok = all(r["bit_exact_vs_isa"] for r in results)
+        raise
+    counts, errors, kinds = Counter(), Counter(), Counter()
+    failures, saved, link = [], [], Counter()
+    bar = ProgressBar(args.programs, "programs", enabled=None if not args.json else False)
+    t0 = time.perf_counter()
+
+    def on_result(r: dict) -> None:
+        counts[r["verdict"]] += 1
+        kinds[r["kind"]] += 1
+        link["cycles"] += r.get("cycles", 0)
+        if "error" in r:
+            errors[r["error"]] += 1
+        for k in ("link_bytes", "link_retries"):
+            if k in r:
+                link[k] += r[k]
+        if r["verdict"] in FAILURES:
+            failures.append(r)
+            if save is not None:
+                from .program_file import save_program
+                case = campaign.case(r["seed"])
+                case.image.notes.update(verdict=r["verdict"], detail=r.get("detail", ""),
+                                        backend=args.backend)
+                path = save / f"{args.backend}-seed{r['seed']}-{r['verdict']}.safetensors"
+                save_program(path, case)
+                saved.append(str(path))
+            if not args.json:
+                bar.close()
+                print(f"program {r['seed']} ({r['kind']}): {r['verdict']}: {r.get('detail', '')}",
+                      flush=True)
+        bar.update(sum(counts.values()))
+
+    seeds = range(args.seed, args.seed + args.programs)
+    try:
+        if args.workers == 1:
+            for s in seeds:
+                on_result(_backend_call(args, campaign.check, campaign.case(s)))
+        else:
+            if hasattr(backend, "close"):
+                backend.close()
+            _run_parallel(args, args.kinds, seeds, on_result)
+    finally:
+        bar.close()
+        if hasattr(backend, "close"):
+            backend.close()
+    wall = time.perf_counter() - t0
+    ok = not failures
+    report = {"backend": args.backend, "ok": ok, "programs": sum(counts.values()),
+              "seed": args.seed, "workers": args.workers, "kinds": dict(kinds),
+              "array": campaign.config.array, "vector_unit": campaign.vector_unit,
+              "random_memory_timing": campaign.memory_model,
+              "counts": {v: counts[v] for v in VERDICTS}, "errors": dict(errors),
+              "wall_s": round(wall, 2), "programs_per_s": round(sum(counts.values()) / wall, 2),
+              "failures": failures, "saved": saved, **dict(link)}
     if args.json:
-        json.dump({"backend": args.backend, "ok": ok, "results": results}, sys.stdout)
+        json.dump(report, sys.stdout)
         sys.stdout.write("\n")
     else:
-        print("all programs bit-exact" if ok else "MISMATCH: the backend differs from the "
-              "isa simulator")
+        print(f"{'programs run':<52} {report['programs']:>8}")
+        for v in VERDICTS:
+            print(f"{VERDICT_LINES[v]:<52} {counts[v]:>8}")
+        print(f"{'programs/s':<52} {report['programs_per_s']:>8}")
+        print(f"{'cycles (all programs)':<52} {report['cycles']:>8}")
+        print("error codes: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())))
+        if saved:
+            print(f"failing programs saved in {save} (celosia check --replay FILE)")
+        print("all programs agree with the isa simulator" if ok else
+              "FAILED: the backend differs from the isa simulator")
     return 0 if ok else 3

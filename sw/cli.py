@@ -7,6 +7,7 @@ Subcommands:
   verilog    write the matmul engine's Verilog
   build      FPGA bitstreams (when fpga/ provides them)
   prove      formal proofs of the hardware blocks' properties (SymbiYosys)
+  check      fuzz a backend or board with random and mutated programs vs the isa simulator
 
 Errors from bad input are one line on stderr and a non-zero exit status, never a traceback.
 """
@@ -430,9 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
             b.set_defaults(func=mod.run)
 
     from . import check
-    p = sub.add_parser("check", help="random programs on a backend or board vs the isa simulator",
-                       description=(check.__doc__ or "").strip().splitlines()[0] + " Exit "
-                                   "status 3 when a result differs.")
+    p = sub.add_parser("check", help="fuzz a backend or board with random and mutated programs "
+                                     "against the isa simulator",
+                       description="Run valid, random and mutated instruction streams on a "
+                                   "backend (under random memory latency and stalls on "
+                                   "Verilator) and compare each with the isa simulator: reports "
+                                   "programs run, bit-exact, expected error codes, hazards, "
+                                   "hangs, writes outside the window and mismatches. Program i "
+                                   "is made from seed S + i alone, so any one can be made again; "
+                                   "--save-failures keeps failing programs as files for "
+                                   "--replay. Exit status 3 when a program hangs, writes outside "
+                                   "its window or differs from the isa simulator.")
     check.add_arguments(p)
     p.set_defaults(func=check.run)
 

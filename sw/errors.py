@@ -12,11 +12,22 @@ import argparse
 import math
 from pathlib import Path
 
-__all__ = ["CelosiaError", "read_text", "text_lines", "check_text", "seconds"]
+__all__ = ["CelosiaError", "FileFormatError", "read_text", "text_lines", "check_text", "seconds"]
 
 
 class CelosiaError(Exception):
     """A user-facing error with a one-line message."""
+
+
+class FileFormatError(CelosiaError):
+    """A file the user named (a checkpoint, an integer model, a program image) is missing,
+    malformed or of the wrong shape: refused before any of its contents is used
+    (:mod:`celosia.sw.files`). ``reason`` is the message without the file's name, for a
+    reader that names the file its own way."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def read_text(path, what: str) -> str:

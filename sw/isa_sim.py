@@ -446,6 +446,8 @@ class IsaBackend:
 
     def __init__(self, config: MachineConfig, mem_size: int, vector_unit: bool = True):
         self.machine = IsaMachine(config, mem_size, vector_unit)
+        #: Whether VECTOR instructions run (else they stop with UNSUPPORTED).
+        self.vector_unit = vector_unit
 
     @property
     def error_detail(self) -> str:

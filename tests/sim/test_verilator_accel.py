@@ -1,5 +1,5 @@
 """The Verilated accelerator behind its C++ AXI harness (the ``verilator`` backend): random
-matmul programs and the isa fuzz streams give the memory, CSRs and error codes of
+matmul programs and random instruction streams (sw/fuzz.py) give the memory, CSRs and error codes of
 sw/isa_sim.py; nothing outside the window changes; the driver runs over it."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from celosia.sim.tb_accelerator import (CSR_RESULTS, error_image, matmul_chain, 
                                         status_bits)
 from celosia.sim.verilator_accel import VerilatorAccel, VerilatorBackend
 from celosia.sw.driver import Accelerator, AcceleratorError
+from celosia.sw.fuzz import fuzz_instruction
 from celosia.sw.isa_sim import IsaMachine
 
 CFG = MachineConfig(4, 8)
@@ -75,28 +76,19 @@ def test_error_programs(accel, kind):
     assert regs["ERROR"] != ErrorCode.OK
 
 
-def _isa_fuzz():
-    path = Path(__file__).parents[1] / "sw" / "test_isa_sim.py"
-    spec = importlib.util.spec_from_file_location("_isa_fuzz_streams", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod._fuzz_instruction
-
-
 def test_isa_fuzz_streams(accel):
     """The isa tests' random instruction streams (without a vector unit): same stop, same
     ERROR/ERROR_PC/PC, counts and memory where isa_sim records no hazard (a program that
     breaks an ordering rule of docs/isa.md -- an unfenced read of an earlier command's
     output, a command writing its own operands, an unfenced write to the code -- leaves
     undefined memory); never a byte outside the window."""
-    fuzz = _isa_fuzz()
     rng = np.random.default_rng(7)
     guard, size = 0x800, 0x2000
     base = guard
     outcomes, compared = {}, 0
     def instruction(no_vector):
         while True:
-            raw = fuzz(rng, base, base + size)
+            raw = fuzz_instruction(rng, base, base + size)
             if not (no_vector and raw[0] == isa.Opcode.VECTOR):
                 return raw
 

@@ -10,6 +10,7 @@ from celosia.hdl.params import OUT_RANGE, AddendMode, OutFormat
 from celosia.sw import numerics as nx
 from celosia.sw.compiler import DTYPE, Tensor
 from celosia.sw.driver import Accelerator, AcceleratorError, AcceleratorHung
+from celosia.sw.fuzz import fuzz_instruction
 from celosia.sw.isa_sim import IsaBackend, IsaMachine
 
 CFG = MachineConfig(4)          # N = 4, W = 8
@@ -353,66 +354,6 @@ def test_command_overwriting_the_next_instruction_is_a_hazard():
 
 # --- fuzzing --------------------------------------------------------------------------------------
 
-def _plausible(rng, opcode, f):
-    """Repair some fields so that more instructions get past the first checks."""
-    if opcode == Opcode.MATMUL:
-        f["addend"] = int(rng.integers(0, 3))
-        f["addend_shift"] = int(rng.integers(0, 17))
-        f["use_params"] |= f["requant"]
-        for d in ("m", "k", "n"):
-            f[d] = int(rng.integers(1, 24))
-        ob = (1, 1, 2, 4)[f["out_fmt"]] if f["requant"] else 4
-        rows = {"a": f["k"], "b": f["k"] if f["b_transposed"] else f["n"], "c": f["n"] * ob,
-                "d": f["n"] * (0, 4, 2)[f["addend"]]}
-    else:
-        f["op"] = int(rng.integers(0, len(VecOp)))
-        f["shift"] = int(rng.integers(0, 48))
-        f["res_shift"] = int(rng.integers(0, 17))
-        f["rows"], f["cols"] = int(rng.integers(1, 8)), int(rng.integers(1, 40))
-        eb = (1, 1, 2, 4)
-        rows = {"src": f["cols"] * eb[f["src_fmt"]], "dst": f["cols"] * eb[f["dst_fmt"]],
-                "res": f["cols"] * 2}
-    for name, row_bytes in rows.items():
-        f[f"{name}_stride"] = -(-row_bytes // 8) * 8 * int(rng.integers(1, 3))
-    for name in f:
-        if name.endswith("_addr"):
-            f[name] -= f[name] % 8
-
-
-def _fuzz_instruction(rng, lo, hi):
-    """A random instruction whose addresses fall mostly in or near [lo, hi)."""
-    kind = rng.choice(["matmul", "vector", "sync", "halt", "illegal"], p=[0.4, 0.4, 0.1, 0.03, 0.07])
-    if kind == "illegal":
-        raw = bytearray(rng.integers(0, 256, INSTR_BYTES, dtype=np.uint8).tobytes())
-        raw[0] = int(rng.choice([0, 5, 77, 255]))
-        return bytes(raw)
-    if kind == "halt":
-        return isa.halt().encode()
-    if kind == "sync":
-        return isa.sync(Unit(int(rng.integers(0, 4)))).encode()
-    opcode = Opcode.MATMUL if kind == "matmul" else Opcode.VECTOR
-    fmap = isa._Fields.get()[opcode]
-    f = {}
-    for name, (_, width, signed) in fmap.items():
-        if "addr" in name:
-            near = rng.integers(lo - 256, hi + 256)
-            f[name] = int(near) if rng.random() < 0.9 else int(rng.integers(0, 1 << 32))
-            if rng.random() < 0.7:
-                f[name] -= f[name] % 8
-            f[name] = max(0, min(f[name], (1 << 32) - 1))
-        elif "stride" in name:
-            f[name] = int(rng.choice([0, 8, 16, 64, 128, int(rng.integers(0, 300)), int(rng.integers(0, 1 << 32))]))
-        elif name in ("m", "k", "n", "rows", "cols"):
-            f[name] = int(rng.choice([0, 1, int(rng.integers(1, 24)), int(rng.integers(0, 1 << width))]))
-        else:
-            top = (1 << width) - 1
-            v = int(rng.integers(0, top + 1)) if rng.random() < 0.5 else int(rng.integers(0, min(top, 20) + 1))
-            f[name] = v - (1 << width) if signed and v >> (width - 1) else v
-    if rng.random() < 0.75:
-        _plausible(rng, opcode, f)
-    return isa.Instruction.make(opcode, **f).encode()
-
-
 def test_fuzz_random_programs_stay_in_the_window():
     """Hundreds of random instruction streams: each halts or stops with an error code within
     the bound of a straight-line program (one instruction per INSTR_BYTES of the window), and
@@ -430,7 +371,7 @@ def test_fuzz_random_programs_stay_in_the_window():
         if trial % 2:       # zeroed data: parameter records are valid, so more instructions run
             machine.mem[base:base + size] = 0
         n = int(rng.integers(1, 12))
-        code = b"".join(_fuzz_instruction(rng, base, base + size) for _ in range(n))
+        code = b"".join(fuzz_instruction(rng, base, base + size) for _ in range(n))
         prog = base + int(rng.integers(0, (size - len(code)) // INSTR_BYTES + 1)) * INSTR_BYTES
         machine.mem[prog:prog + len(code)] = np.frombuffer(code, np.uint8)
         machine.write_csr("WIN_BASE", base)
