@@ -129,7 +129,7 @@ def _cmd_embed(args) -> int:
                               model_file=args.model_file, timeout=args.timeout, quiet=args.json,
                               backend_options=lambda index: _waves_options(args, index, batches),
                               layer_progress=lambda: LayerProgress(
-                                  encoder.integer_model.meta["layers"], layer_bar,
+                                  encoder.integer_model.arch.layers, layer_bar,
                                   f"batch {next(batch_number)}/{batches} " if batches > 1 else ""))
     _announce(args)
     # The layer bar of an accelerator run and the sentence bar would share one line.

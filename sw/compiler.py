@@ -145,8 +145,8 @@ class CompiledModel:
     tensors: dict[str, Tensor] = field(default_factory=dict)
     #: The program's parts in order, ``(layer, part, index)``: ``index`` is the part's first
     #: instruction that is not a SYNC. Once INSTRET reaches it every instruction before the
-    #: part has issued, and where a SYNC precedes it (between the parts of PARTS, except
-    #: inside "attention") that SYNC has seen the work it waits for finish.
+    #: part has issued, and where a SYNC precedes it (between the parts of the description's
+    #: ``parts``, except inside "attention") that SYNC has seen the work it waits for finish.
     parts: tuple[tuple[int, str, int], ...] = ()
     #: Token count of each sentence of the batch, in row order.
     sentences: tuple[int, ...] = ()
@@ -293,47 +293,21 @@ def _vector_records(mult, shift=0, bias=0, n=None) -> bytes:
     return rec.tobytes()
 
 
-#: The parts of an encoder layer, in program order ("emb_ln" opens layer 0).
-PARTS = ("emb_ln", "qkv_in", "qkv", "attention", "attn_out", "ln1", "ffn_in", "ffn1", "gelu",
-         "ffn2", "ln2")
-
-
-def part_work(meta: dict, tokens, part: str) -> tuple[int, int]:
-    """(multiply-accumulates, vector elements) of one part of one layer: the matmul work
-    and the elements the vector unit reads (one pass over its input). ``tokens``: a token
-    count, or the token counts of a batch (the work of a batch is the sum of its sentences')."""
-    if not isinstance(tokens, (int, np.integer)):
-        work = [part_work(meta, int(t), part) for t in tokens]
-        return sum(w[0] for w in work), sum(w[1] for w in work)
-    T, H, F, heads = tokens, meta["hidden"], meta["ffn"], meta["heads"]
-    return {
-        "emb_ln": (0, T * H),
-        "qkv_in": (0, T * H),
-        "qkv": (T * H * 3 * H, 0),
-        "attention": (2 * heads * T * T * (H // heads), heads * T * T),
-        "attn_out": (T * H * H, 0),
-        "ln1": (0, T * H),
-        "ffn_in": (0, T * H),
-        "ffn1": (T * H * F, 0),
-        "gelu": (0, T * F),
-        "ffn2": (T * F * H, 0),
-        "ln2": (0, T * H),
-    }[part]
-
-
 def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
                   port_bytes: int | None = None, base: int = WEIGHTS_BASE,
                   layers: int | None = None) -> CompiledModel:
     """Compile ``im`` for ``tokens`` tokens (one sentence) or a sequence of token counts (a
     batch of sentences, rows stacked) on an ``array`` x ``array`` engine with a
     ``port_bytes`` memory port (default: the engine's default for the array), with the
-    window at ``base``. ``layers`` limits the encoder layers (all by default)."""
+    window at ``base``. ``layers`` limits the encoder layers (all by default). The program's
+    shape and structure are the integer model's description (``im.arch``); one with features
+    the compiler does not implement yet is refused (NotImplementedError)."""
+    arch = im.arch
+    arch.require_runnable("the compiler")
     config = MachineConfig(array, port_bytes)
     W = config.port_bytes
-    meta = im.meta
-    hidden, heads, ffn = meta["hidden"], meta["heads"], meta["ffn"]
-    n_layers = meta["layers"] if layers is None else layers
-    dh = hidden // heads
+    hidden, heads, ffn, dh = arch.hidden, arch.heads, arch.ffn, arch.head_dim
+    n_layers = arch.layers if layers is None else layers
     sentences = (int(tokens),) if isinstance(tokens, (int, np.integer)) else tuple(map(int, tokens))
     if not sentences:
         raise ValueError("a batch needs at least one sentence")
@@ -530,6 +504,8 @@ def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
            res_shift=_scalar(T[f"{p}.ffn2.res_shift"]))
     issue(isa.halt())
 
+    # The parts emitted are the description's, layer after layer (the first opens layer 0).
+    assert [name for _, name, _ in parts] == [arch.parts[0]] + list(arch.parts[1:]) * n_layers
     program = Program(sb.instructions)
     code = program.code
     program_addr = alloc.bytes(len(code), WINDOW_ALIGN)

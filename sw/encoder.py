@@ -57,14 +57,13 @@ def _note(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def model_problem(config) -> str | None:
+def model_problem(arch) -> str | None:
     """Why the hardware cannot run an encoder of this shape (None if it can): every
     LayerNorm row (hidden), GELU row (FFN width) and softmax row (tokens) is one vector-unit
-    row of at most VEC_MAX_COLS columns."""
+    row of at most VEC_MAX_COLS columns. ``arch``: the model's description
+    (:class:`celosia.sw.arch.Transformer`)."""
     from celosia.hdl.isa import VEC_MAX_COLS
-    c = config
-    if c.hidden % c.heads:
-        return f"hidden_size {c.hidden} is not a multiple of num_attention_heads {c.heads}"
+    c = arch
     for value, name, where in ((c.hidden, "hidden_size", "LayerNorm"),
                                (c.ffn, "intermediate_size", "the GELU over FFN1's output"),
                                (c.max_tokens, "max_seq_length", "softmax")):
@@ -119,7 +118,7 @@ def load_models(model_file: Path | None = None, rebuild: bool = False, quiet: bo
         model = load_minilm(checkpoint)
     except ModelError as exc:
         raise CelosiaError(str(exc)) from None
-    problem = model_problem(model.config)
+    problem = model_problem(model.arch)
     if problem:
         raise CelosiaError(f"model {checkpoint or 'all-MiniLM-L6-v2'}: {problem}")
     if im is not None:
@@ -141,14 +140,13 @@ def per_layer(res, im, tokens, array: int) -> list | None:
     """Cycles and utilisation of each encoder layer, and the cycles of its parts against
     their ideal matmul (MACs / N^2) and vector (elements / N) cycles. ``tokens``: the token
     counts of the run's sentences."""
-    from .compiler import part_work
     if res.part_cycles is None:
         return None
     layers: list[dict] = []
     for layer, name, cycles in res.part_cycles:
         while len(layers) <= layer:
             layers.append({"layer": len(layers), "cycles": 0, "ideal_cycles": 0, "parts": []})
-        macs, elements = part_work(im.meta, tokens, name)
+        macs, elements = im.arch.part_work(tokens, name)
         entry = layers[layer]
         entry["cycles"] += cycles
         entry["ideal_cycles"] += macs / array ** 2
@@ -164,7 +162,7 @@ def per_layer(res, im, tokens, array: int) -> list | None:
 
 def utilization(im, tokens, array: int, cycles: int) -> dict:
     """Cycles against the ideal (every MAC of the sentences on an N x N array, N^2 a cycle)."""
-    ideal = sum(golden.macs(im, t) for t in tokens) / array ** 2
+    ideal = im.arch.macs(tokens) / array ** 2
     return {"array": array, "cycles": cycles, "ideal_cycles": int(round(ideal)),
             "utilization": round(ideal / cycles, 4) if cycles else None}
 
@@ -239,9 +237,9 @@ class SentenceEncoder:
         self._layer_progress = layer_progress
         self.float_model, self.integer_model = load_models(model_file, quiet=quiet,
                                                            checkpoint=model)
-        self.pooling = self.float_model.config.pooling
-        self.normalizes = self.float_model.config.normalize
-        self.dim = int(self.integer_model.meta["hidden"])
+        self.pooling = self.float_model.arch.output.pooling
+        self.normalizes = self.float_model.arch.output.normalize
+        self.dim = self.integer_model.arch.hidden
         self.last_run: dict | None = None
 
     def encode(self, sentences, batch_size: int = 32, show_progress_bar: bool | None = None,

@@ -2,7 +2,9 @@
 
 Everything between the embedding lookup (host) and the pooling (host) is composed from the
 integer operations of :mod:`celosia.sw.numerics`; every backend must reproduce the int16 hidden
-states this returns, bit for bit.
+states this returns, bit for bit. Its shape and structure come from the integer model's
+description (``IntegerModel.arch``, :mod:`celosia.sw.arch`); a description with features it
+does not implement yet is refused.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from . import numerics as nx
 from .model import MiniLM, pool
 from .quantize import IntegerModel
 
-__all__ = ["embed_int32", "encoder_layer", "forward", "forward_batch", "embedding", "output_scale",
-           "macs"]
+__all__ = ["embed_int32", "encoder_layer", "forward", "forward_batch", "embedding", "output_scale"]
+
+#: What this module is called in refusals (Transformer.require_runnable).
+STAGE = "the golden model"
 
 
 def embed_int32(model: MiniLM, im: IntegerModel, ids: np.ndarray) -> np.ndarray:
@@ -40,8 +44,9 @@ def encoder_layer(im: IntegerModel, i: int, h: np.ndarray, trace: dict | None = 
     other operation is row-wise); one sentence by default."""
     T = im.tensors
     p = f"L{i}"
-    hidden, heads = im.meta["hidden"], im.meta["heads"]
-    dh = hidden // heads
+    arch = im.arch
+    arch.require_runnable(STAGE)
+    hidden, heads, dh = arch.hidden, arch.heads, arch.head_dim
     tokens = h.shape[0]
     # Attention block.
     x8, e = nx.requantize_rows(h, im.dyadic(f"{p}.qkv_in.rq"), nx.INT8)
@@ -74,23 +79,14 @@ def encoder_layer(im: IntegerModel, i: int, h: np.ndarray, trace: dict | None = 
     return y
 
 
-def macs(im: IntegerModel, tokens: int) -> int:
-    """Multiply-accumulates of the encoder layers for ``tokens`` tokens (the matmuls above)."""
-    h, f, heads = im.meta["hidden"], im.meta["ffn"], im.meta["heads"]
-    per_layer = (tokens * h * 3 * h                       # Q, K, V
-                 + 2 * heads * tokens * tokens * (h // heads)   # scores and context
-                 + tokens * h * h                         # output projection
-                 + 2 * tokens * h * f)                    # FFN1 and FFN2
-    return per_layer * im.meta["layers"]
-
-
 def forward(im: IntegerModel, e: np.ndarray, layers: int | None = None,
             sentences=None) -> np.ndarray:
     """int32 embedding sums (tokens x hidden) -> int16 hidden states of the last layer.
     ``sentences``: token counts of a batch whose rows are stacked in ``e``."""
+    im.arch.require_runnable(STAGE)
     with nx.one_blas_thread():
         h = _layernorm(im, "emb.ln", e)
-        for i in range(im.meta["layers"] if layers is None else layers):
+        for i in range(im.arch.layers if layers is None else layers):
             h = encoder_layer(im, i, h, sentences=sentences)
     return h
 
@@ -107,10 +103,10 @@ def embedding(model: MiniLM, im: IntegerModel, ids: np.ndarray) -> np.ndarray:
     """Sentence embedding computed by the golden model (pooling, and normalisation when the
     checkpoint's pipeline has it, on the host in float)."""
     h = forward(im, embed_int32(model, im, ids))
-    c = model.config
-    return pool(h.astype(np.float64) * output_scale(im), c.pooling, c.normalize)
+    o = model.arch.output
+    return pool(h.astype(np.float64) * output_scale(im), o.pooling, o.normalize)
 
 
 def output_scale(im: IntegerModel) -> float:
     """Real value of one unit of the final int16 hidden state."""
-    return im.meta[f"L{im.meta['layers'] - 1}.ln2.scale"]
+    return im.meta[f"L{im.arch.layers - 1}.ln2.scale"]

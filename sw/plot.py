@@ -16,7 +16,7 @@ from .errors import CelosiaError
 __all__ = ["require_matplotlib", "check_plot", "plot_layers", "plot_run", "plot_batching",
            "sum_layers", "PART_GROUPS"]
 
-#: Parts of a layer (compiler.PARTS) by the unit that does the work, in stacking order.
+#: Parts of a layer (arch.ENCODER_PARTS) by the unit that does the work, in stacking order.
 PART_GROUPS = {
     "dense matmuls (QKV, out, FFN1, FFN2)": ("qkv", "attn_out", "ffn1", "ffn2"),
     "attention (QK^T, softmax, PV)": ("attention",),

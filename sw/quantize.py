@@ -1,5 +1,5 @@
 """The quantiser: a float BERT encoder (all-MiniLM-L6-v2 by default) -> the integer model the
-accelerator runs.
+accelerator runs, its structure read from the model's description (:mod:`celosia.sw.arch`).
 
 Recipe (measured choices, see docs/numerics.md):
 
@@ -30,11 +30,13 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from . import numerics as nx
+from .arch import Transformer
 from .errors import CelosiaError, FileFormatError
 from .files import check_tensors, safetensors_header
 from .model import MiniLM
@@ -43,7 +45,8 @@ __all__ = ["FORMAT_VERSION", "QuantConfig", "IntegerModel", "quantize", "calibra
            "QuantizedModelError", "CorruptModelError", "default_model_file", "rebuild_command",
            "check_writable", "checkpoint_model_file", "integer_model_shapes"]
 
-FORMAT_VERSION = 1
+#: 2: the metadata holds the model description (``arch``) instead of loose shape keys.
+FORMAT_VERSION = 2
 CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
 
 #: Headroom over the calibrated maximum for int16 hidden states and int32 LayerNorm inputs:
@@ -134,9 +137,17 @@ def calibration_texts(path: Path = CALIBRATION_FILE) -> list[str]:
 
 @dataclass
 class IntegerModel:
-    """Integer tensors (keyed ``L{i}.{name}`` and ``emb.{name}``) plus float metadata."""
+    """Integer tensors (keyed ``L{i}.{name}`` and ``emb.{name}``) plus float metadata; the
+    metadata's ``arch`` is the model description (:meth:`Transformer.to_dict`)."""
     tensors: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
+
+    @cached_property
+    def arch(self) -> Transformer:
+        """The description of the model these tensors quantise."""
+        if "arch" not in self.meta:
+            raise ValueError("the integer model's metadata has no model description ('arch')")
+        return Transformer.from_dict(self.meta["arch"])
 
     def scalar(self, name: str) -> int:
         """A one-element integer tensor (a shift) as a Python int."""
@@ -230,23 +241,18 @@ class IntegerModel:
         return model
 
 
-#: Meta entries every integer model has: the encoder's shape (checked against its tensors).
-SHAPE_KEYS = ("hidden", "heads", "layers", "ffn", "max_tokens")
-
-
 def integer_model_shapes(meta: dict, tensors: int) -> dict:
     """The tensors of an integer model with ``meta`` (name -> (dtype, shape)), as
-    :func:`quantize` writes them; FileFormatError if ``meta`` does not describe an encoder
+    :func:`quantize` writes them; FileFormatError if ``meta`` does not hold a model description
     whose tensors could be among ``tensors`` of them (a crafted layer count would make the
     schema itself huge)."""
-    problem = [k for k in SHAPE_KEYS if not (isinstance(meta.get(k), int)
-                                             and not isinstance(meta.get(k), bool)
-                                             and meta[k] >= 1)]
-    if problem:
-        raise FileFormatError(f"its metadata lacks {problem[0]} (an integer of 1 or more)")
-    h, f, heads, layers = meta["hidden"], meta["ffn"], meta["heads"], meta["layers"]
-    if h % heads:
-        raise FileFormatError(f"its hidden size {h} is not a multiple of its {heads} heads")
+    if not isinstance(meta.get("arch"), dict):
+        raise FileFormatError("its metadata lacks the model description (arch)")
+    try:
+        arch = Transformer.from_dict(meta["arch"])
+    except (ValueError, TypeError) as exc:
+        raise FileFormatError(f"its model description is invalid ({exc})") from None
+    h, f, heads, layers = arch.hidden, arch.block.mlp.ffn, arch.heads, arch.layers
     if layers > tensors:
         raise FileFormatError(f"it holds {tensors} tensors, too few for {layers} layers")
     for key in ("emb.scale", f"L{layers - 1}.ln2.scale"):
@@ -325,35 +331,32 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
     """Calibrate on ``texts`` (default: the repository's calibration set) and build the
     integer model."""
     texts = calibration_texts() if texts is None else texts
-    c = model.config
+    c = model.arch
+    c.require_runnable("the quantiser")
     trace: dict = {}
     embeds = []
     for text in texts:
         ids, _ = model.tokenizer.encode(text)
         embeds.append(model.embed(ids))
         model.forward(ids, trace)
-    im = IntegerModel({}, {"format_version": FORMAT_VERSION, "hidden": c.hidden, "heads": c.heads, "layers": c.layers,
-                           "ffn": c.ffn, "max_tokens": c.max_tokens,
+    im = IntegerModel({}, {"format_version": FORMAT_VERSION, "arch": c.to_dict(),
                            "smooth_alpha": config.smooth_alpha, "gelu_alpha": config.gelu_alpha,
                            "ctx_alpha": config.ctx_alpha, "qk_balance": config.qk_balance})
-    w = model.w
     # Embedding sum -> int32 at a power-of-two scale (the host's quantisation), then LN0 -> int16.
     emb_max = _absmax(embeds)
     emb_shift = int(math.floor(math.log2((1 << (nx.LN_IN_BITS - 1)) / LN_IN_HEADROOM / emb_max)))
     im.meta["emb.scale"] = 2.0 ** -emb_shift
     h_scale = _absmax(trace["emb_ln"]) * HIDDEN_HEADROOM / nx.INT16.hi
-    _ln_params(im, "emb.ln", w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"],
+    _ln_params(im, "emb.ln", model.weight("embed.norm.weight"), model.weight("embed.norm.bias"),
                h_scale, nx.INT16)
 
     for i in range(c.layers):
-        L = lambda name: w[f"encoder.layer.{i}.{name}"]  # noqa: E731
+        L = lambda role: model.weight(role, i)  # noqa: E731
         t = {k.split(".", 1)[1]: v for k, v in trace.items() if k.startswith(f"{i}.")}
         p = f"L{i}"
         # --- Q/K/V: int16 hidden -> smoothed int8 -> one (384 x 1152) matmul -> int8 q|k|v.
-        w_qkv = np.concatenate([L("attention.self.query.weight"), L("attention.self.key.weight"),
-                                L("attention.self.value.weight")], axis=0)
-        b_qkv = np.concatenate([L("attention.self.query.bias"), L("attention.self.key.bias"),
-                                L("attention.self.value.bias")])
+        w_qkv = np.concatenate([L("q.weight"), L("k.weight"), L("v.weight")], axis=0)
+        b_qkv = np.concatenate([L("q.bias"), L("k.bias"), L("v.bias")])
         x_scale, w_q, w_s = _smoothed_input(im, f"{p}.qkv_in", t["x"], w_qkv, h_scale, config)
         im.tensors[f"{p}.qkv.weight"] = w_q
         im.tensors[f"{p}.qkv.bias"] = _bias_int32(b_qkv, x_scale * w_s)
@@ -376,31 +379,31 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         im.set_dyadic(f"{p}.softmax", (s_q * s_k)[::dh] / math.sqrt(dh) * math.log2(math.e)
                       * (1 << nx.EXP_FRAC_BITS))
         # --- P (uint8, 1/255) @ V (int8) -> context int8, per-channel scale f_ctx * s_ctx.
-        w_o_float = L("attention.output.dense.weight")
+        w_o_float = L("o.weight")
         f_ctx = _smooth_factor(_absmax(t["ctx"], axis=-1), np.abs(w_o_float).max(axis=0), config.ctx_alpha)
         s_ctx = float(_absmax([x / f_ctx for x in t["ctx"]])) * config.attn_headroom / 127.0
         im.set_dyadic(f"{p}.ctx.rq", s_v / nx.PROB_MAX / (f_ctx * s_ctx))
         w_o, w_os = _weight_int8(w_o_float * f_ctx[None, :])
         # --- output projection -> int32 residual sum -> LN1 -> int16 h1.
         im.tensors[f"{p}.attn_out.weight"] = w_o
-        im.tensors[f"{p}.attn_out.bias"] = _bias_int32(L("attention.output.dense.bias"), s_ctx * w_os)
+        im.tensors[f"{p}.attn_out.bias"] = _bias_int32(L("o.bias"), s_ctx * w_os)
         pre_ln1 = [x + a for x, a in zip(t["x"], t["attn"])]
         k1 = _residual_shift(_absmax(pre_ln1), h_scale)
         im.tensors[f"{p}.attn_out.res_shift"] = np.asarray(k1, dtype=np.int64)
         im.set_dyadic(f"{p}.attn_out.rq", s_ctx * w_os / (h_scale / 2.0 ** k1))
         h1_scale = _absmax(t["h"]) * HIDDEN_HEADROOM / nx.INT16.hi
-        _ln_params(im, f"{p}.ln1", L("attention.output.LayerNorm.weight"),
-                   L("attention.output.LayerNorm.bias"), h1_scale, nx.INT16)
+        _ln_params(im, f"{p}.ln1", L("attn_norm.weight"), L("attn_norm.bias"), h1_scale,
+                   nx.INT16)
         # --- FFN1: int16 h1 -> smoothed int8 -> matmul -> int16 Q10 -> GELU -> uint8.
-        x2_scale, w_1, w_1s = _smoothed_input(im, f"{p}.ffn_in", t["h"], L("intermediate.dense.weight"),
+        x2_scale, w_1, w_1s = _smoothed_input(im, f"{p}.ffn_in", t["h"], L("up.weight"),
                                               h1_scale, config)
         im.tensors[f"{p}.ffn1.weight"] = w_1
-        im.tensors[f"{p}.ffn1.bias"] = _bias_int32(L("intermediate.dense.bias"), x2_scale * w_1s)
+        im.tensors[f"{p}.ffn1.bias"] = _bias_int32(L("up.bias"), x2_scale * w_1s)
         im.set_dyadic(f"{p}.ffn1.rq", x2_scale * w_1s * (1 << nx.GELU_IN_FRAC))
         # GELU output (offset by -GELU_MIN so it is >= 0): uint8 with per-row exponents on
         # a per-channel scale whose factor is folded into FFN2's weight rows (SmoothQuant over
         # the GELU output's outlier channels). The offset comes back through FFN2's bias.
-        w2 = L("output.dense.weight")
+        w2 = L("down.weight")
         g_range = np.maximum(_absmax(t["gelu"], axis=-1), 1e-3) - nx.GELU_MIN
         f = _smooth_factor(g_range, np.abs(w2).max(axis=0), config.gelu_alpha)
         s_g = float((g_range / f).max()) * ACT_HEADROOM / nx.UINT8.hi
@@ -409,15 +412,14 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         w_2, w_2s = _weight_int8(w2 * f[None, :])
         w2_used = (w_2.T.astype(np.float64) * w_2s[:, None]) / f[None, :]
         im.tensors[f"{p}.ffn2.weight"] = w_2
-        im.tensors[f"{p}.ffn2.bias"] = _bias_int32(L("output.dense.bias") + nx.GELU_MIN * w2_used.sum(axis=1),
+        im.tensors[f"{p}.ffn2.bias"] = _bias_int32(L("down.bias") + nx.GELU_MIN * w2_used.sum(axis=1),
                                                    s_g * w_2s)
         pre_ln2 = [h + o for h, o in zip(t["h"], t["out"])]
         k2 = _residual_shift(_absmax(pre_ln2), h1_scale)
         im.tensors[f"{p}.ffn2.res_shift"] = np.asarray(k2, dtype=np.int64)
         im.set_dyadic(f"{p}.ffn2.rq", s_g * w_2s / (h1_scale / 2.0 ** k2))
         h_scale = _absmax(t["y"]) * HIDDEN_HEADROOM / nx.INT16.hi
-        _ln_params(im, f"{p}.ln2", L("output.LayerNorm.weight"), L("output.LayerNorm.bias"),
-                   h_scale, nx.INT16)
+        _ln_params(im, f"{p}.ln2", L("mlp_norm.weight"), L("mlp_norm.bias"), h_scale, nx.INT16)
     return im
 
 

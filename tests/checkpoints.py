@@ -23,6 +23,7 @@ def make_checkpoint(folder: Path, *, hidden: int = 256, heads: int = 4, layers: 
     """Write a BERT sentence-transformers folder; ``config`` and ``modules`` override
     config.json entries and the module list."""
     from safetensors.numpy import save_file
+    from celosia.sw.arch import bert_encoder
     from celosia.sw.model import model_path
     folder = Path(folder)
     (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
@@ -31,25 +32,19 @@ def make_checkpoint(folder: Path, *, hidden: int = 256, heads: int = 4, layers: 
     def normal(*shape, std=0.05):
         return rng.normal(0.0, std, shape).astype(np.float32)
 
-    def ln(name):
-        return {f"{name}.weight": (1 + normal(hidden, std=0.1)), f"{name}.bias": normal(hidden)}
-
-    w = {"embeddings.word_embeddings.weight": normal(VOCAB, hidden),
-         "embeddings.position_embeddings.weight": normal(512, hidden),
-         "embeddings.token_type_embeddings.weight": normal(2, hidden),
-         **ln("embeddings.LayerNorm")}
-    for i in range(layers):
-        p = f"encoder.layer.{i}."
-        for name, (n_out, n_in) in (("attention.self.query", (hidden, hidden)),
-                                    ("attention.self.key", (hidden, hidden)),
-                                    ("attention.self.value", (hidden, hidden)),
-                                    ("attention.output.dense", (hidden, hidden)),
-                                    ("intermediate.dense", (ffn, hidden)),
-                                    ("output.dense", (hidden, ffn))):
-            w[p + name + ".weight"] = normal(n_out, n_in, std=1 / np.sqrt(n_in))
-            w[p + name + ".bias"] = normal(n_out)
-        w.update(ln(p + "attention.output.LayerNorm"))
-        w.update(ln(p + "output.LayerNorm"))
+    # The tensors the description lists (the loader checks the same list), in its order.
+    # max_tokens only bounds the description; an over-long max_seq_length is the loader's to refuse.
+    arch = bert_encoder(hidden=hidden, heads=heads, layers=layers, ffn=ffn, vocab=VOCAB,
+                        max_tokens=min(max_seq_length, 512))
+    w = {}
+    for (role, layer), shape in arch.tensors().items():
+        if "norm." in role:
+            value = 1 + normal(*shape, std=0.1) if role.endswith(".weight") else normal(*shape)
+        elif role.startswith("embed.") or role.endswith(".bias"):
+            value = normal(*shape)
+        else:
+            value = normal(*shape, std=1 / np.sqrt(shape[1]))
+        w[arch.tensor_name(role, layer)] = value
     save_file({prefix + k: v for k, v in w.items()}, str(folder / "model.safetensors"))
     cfg = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": hidden,
            "num_attention_heads": heads, "num_hidden_layers": layers, "intermediate_size": ffn,
@@ -84,39 +79,33 @@ def tiny_encoder(seed: int = 0, hidden: int = 16, heads: int = 2, ffn: int = 32,
     (a whole encoder layer the compiler turns into a 9 KB window at N = 4)."""
     import zlib
 
-    from celosia.sw.model import MiniLM, MiniLMConfig
+    from celosia.sw.arch import bert_encoder
+    from celosia.sw.model import MiniLM
     from celosia.sw.quantize import quantize
 
     rng = np.random.default_rng(seed)
-    cfg = MiniLMConfig(hidden=hidden, heads=heads, layers=1, ffn=ffn, max_tokens=16)
+    arch = bert_encoder(hidden=hidden, heads=heads, layers=1, ffn=ffn, max_tokens=16,
+                        vocab=vocab, max_positions=16, pooling="mean", normalize=True)
 
     def f(*shape, scale=0.3, one=False):
         return (one + rng.standard_normal(shape) * scale).astype(np.float32)
 
-    w = {"embeddings.word_embeddings.weight": f(vocab, hidden, scale=1.0),
-         "embeddings.position_embeddings.weight": f(16, hidden),
-         "embeddings.token_type_embeddings.weight": f(2, hidden),
-         "embeddings.LayerNorm.weight": f(hidden, scale=0.1, one=True),
-         "embeddings.LayerNorm.bias": f(hidden, scale=0.1)}
-    p = "encoder.layer.0."
-    for name, (n_out, n_in) in {"attention.self.query": (hidden, hidden),
-                                "attention.self.key": (hidden, hidden),
-                                "attention.self.value": (hidden, hidden),
-                                "attention.output.dense": (hidden, hidden),
-                                "intermediate.dense": (ffn, hidden),
-                                "output.dense": (hidden, ffn)}.items():
-        w[p + name + ".weight"] = f(n_out, n_in)
-        w[p + name + ".bias"] = f(n_out, scale=0.1)
-    for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-        w[p + name + ".weight"] = f(hidden, scale=0.1, one=True)
-        w[p + name + ".bias"] = f(hidden, scale=0.1)
+    w = {}
+    for (role, layer), shape in arch.tensors().items():
+        if "norm." in role:
+            value = f(*shape, scale=0.1, one=role.endswith(".weight"))
+        elif role == "embed.tokens":
+            value = f(*shape, scale=1.0)
+        else:
+            value = f(*shape, scale=0.1 if role.endswith(".bias") else 0.3)
+        w[arch.tensor_name(role, layer)] = value
 
     class Words:
         def encode(self, text):
             ids = [1] + [zlib.crc32(t.encode()) % (vocab - 2) + 2 for t in text.split()][:14]
             return np.array(ids + [0], dtype=np.int64), False
 
-    model = MiniLM(w, cfg, Words())
+    model = MiniLM(w, arch, Words())
     texts = ["a b c d", "hello there world", "x y", "the quick brown fox jumps over",
              "one two three four five six seven"]
     return model, quantize(model, texts=texts)

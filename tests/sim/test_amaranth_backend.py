@@ -71,7 +71,7 @@ def tiny_model(im: IntegerModel, hidden: int = 16, heads: int = 2, ffn: int = 32
     """The first ``layers`` layers of ``im`` cut down to ``hidden`` features, ``heads`` heads
     (the first ``hidden // heads`` dimensions of each of the first heads) and ``ffn`` FFN units:
     real layers' integer parameters, small enough for the Python simulator."""
-    H, n_heads = im.meta["hidden"], im.meta["heads"]
+    H, n_heads = im.arch.hidden, im.arch.heads
     dh0, dh = H // n_heads, hidden // heads
     hid = np.arange(hidden)
     ctx = np.concatenate([h * dh0 + np.arange(dh) for h in range(heads)])
@@ -110,7 +110,8 @@ def tiny_model(im: IntegerModel, hidden: int = 16, heads: int = 2, ffn: int = 32
             out[key] = v[np.ix_(ff, hid)]
         else:
             raise KeyError(key)
-    return IntegerModel(out, dict(im.meta, hidden=hidden, heads=heads, ffn=ffn, layers=layers))
+    arch = im.arch.reshaped(hidden=hidden, heads=heads, ffn=ffn, layers=layers)
+    return IntegerModel(out, dict(im.meta, arch=arch.to_dict()))
 
 
 @pytest.mark.parametrize("array,tokens,layers,latency,stall", [(4, 4, 1, 2, 0.0),
@@ -125,7 +126,7 @@ def test_small_model_is_bit_exact(minilm, int_model, array, tokens, layers, late
     tm = tiny_model(int_model, layers=layers)
     ids = minilm.tokenizer.encode("Hello world.")[0][:tokens]
     assert len(ids) == tokens
-    e = golden.embed_int32(minilm, int_model, ids)[:, :tm.meta["hidden"]]
+    e = golden.embed_int32(minilm, int_model, ids)[:, :tm.arch.hidden]
     compiled = compile_model(tm, len(ids), array=array)
     want = golden.forward(tm, e)
     isa = run_compiled(IsaBackend(compiled.config, compiled.end), compiled, e)

@@ -48,11 +48,11 @@ def run_and_check(minilm, int_model, tokens: int, array: int):
     # Per-layer cycles: one per encoder layer, adding up to the total; the layers do the
     # same work, so apart from layer 0 (which includes the embedding LayerNorm) they agree.
     layers = result.layer_cycles
-    assert layers is not None and len(layers) == int_model.meta["layers"]
+    assert layers is not None and len(layers) == int_model.arch.layers
     assert sum(layers) == c["cycles"]
     assert layers[0] > min(layers[1:])
     assert max(layers[1:]) - min(layers[1:]) <= 0.02 * min(layers[1:]), layers
-    ideal = golden.macs(int_model, tokens) / array ** 2
+    ideal = int_model.arch.macs(tokens) / array ** 2
     print(f"N={array} tokens={tokens}: {c['cycles']} cycles, ideal {ideal:.0f} "
           f"({ideal / c['cycles']:.1%}), build {result.build_s:.0f} s, run {wall:.1f} s")
     return result

@@ -54,8 +54,8 @@ def test_checkpoint_runs_bit_exact_and_close_to_float(checkpoint, use_cache):
     enc = SentenceEncoder(model=folder)
     assert (enc.dim, enc.pooling, enc.normalizes) == (shape["hidden"], shape["pooling"],
                                                       shape["normalize"])
-    meta = enc.integer_model.meta
-    assert (meta["layers"], meta["heads"], meta["ffn"]) == (shape["layers"], shape["heads"],
+    arch = enc.integer_model.arch
+    assert (arch.layers, arch.heads, arch.ffn) == (shape["layers"], shape["heads"],
                                                             shape["ffn"])
     assert enc.float_model.tokenizer.max_tokens == shape["max_seq_length"]
     got = enc.encode(TEXTS)

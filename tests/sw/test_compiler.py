@@ -38,7 +38,7 @@ def test_isa_backend_is_bit_exact(minilm, int_model, text):
     compiled = compile_model(int_model, len(ids))
     result = _run_isa(compiled, int_model, e)
     want = golden.forward(int_model, e)
-    assert result.hidden.shape == want.shape == (len(ids), int_model.meta["hidden"])
+    assert result.hidden.shape == want.shape == (len(ids), int_model.arch.hidden)
     assert np.array_equal(result.hidden, want)
     counts = compiled.program.counts()
     assert result.counters["instructions"] == len(compiled.program.instructions)
@@ -61,10 +61,10 @@ def test_other_arrays_ports_and_bases(minilm, int_model, array, port_bytes, base
 
 
 def test_program_structure(int_model):
-    layers, tokens = int_model.meta["layers"], 11
+    layers, tokens = int_model.arch.layers, 11
     c = compile_model(int_model, tokens)
     counts = c.program.counts()
-    heads = int_model.meta["heads"]
+    heads = int_model.arch.heads
     assert counts["MATMUL"] == layers * (2 * heads + 4)
     assert counts["VECTOR.SOFTMAX"] == layers * heads
     assert counts["VECTOR.LAYERNORM"] == 2 * layers + 1
@@ -127,11 +127,11 @@ def test_run_embedding_golden_and_isa_agree(minilm, int_model):
 
 @pytest.mark.parametrize("layers", [1, 2, None])
 def test_parts_mark_the_program(int_model, layers):
-    """Every layer has the parts of PARTS in order; each mark is the part's first non-SYNC
+    """Every layer has the description's parts in order; each mark is the part's first non-SYNC
     instruction; the isa backend's part cycles add up to CYCLES."""
-    from celosia.sw.compiler import PARTS
+    PARTS = int_model.arch.parts
     compiled = compile_model(int_model, 5, array=4, layers=layers)
-    n = int_model.meta["layers"] if layers is None else layers
+    n = int_model.arch.layers if layers is None else layers
     names = [name for _, name, _ in compiled.parts]
     assert names == ["emb_ln"] + list(PARTS[1:]) * n
     assert [layer for layer, _, _ in compiled.parts] == [0] * len(PARTS) + sum(
@@ -141,7 +141,7 @@ def test_parts_mark_the_program(int_model, layers):
     code = compiled.program.instructions
     assert all(code[i].opcode in (Opcode.MATMUL, Opcode.VECTOR) for i in index)
     assert len(compiled.layer_starts) == n
-    e = np.zeros((5, int_model.meta["hidden"]), dtype=np.int64)
+    e = np.zeros((5, int_model.arch.hidden), dtype=np.int64)
     result = _run_isa(compiled, int_model, e)
     assert [(l, p) for l, p, _ in result.part_cycles] == [(l, p) for l, p, _ in compiled.parts]
     assert sum(c for _, _, c in result.part_cycles) == result.counters["cycles"]

@@ -141,13 +141,13 @@ def test_a_damaged_checkpoint_is_refused(checkpoint, tmp_path, name, change, wor
 
 
 def test_a_tokenizer_larger_than_the_embeddings_is_refused(checkpoint, tmp_path):
-    """Without vocab_size in config.json the rows are not fixed by the config; the tokenizer's
-    ids must still index them."""
+    """The config and the weights agree on 100 rows of word embeddings; the tokenizer's ids
+    must still index them."""
     from celosia.sw.model import load_minilm
     folder = _rewrite(checkpoint, tmp_path / "bad", lambda w: w.update(
         {"embeddings.word_embeddings.weight": np.zeros((100, 16), np.float32)}))
     cfg = json.loads((folder / "config.json").read_text())
-    del cfg["vocab_size"]
+    cfg["vocab_size"] = 100
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CelosiaError, match="30522 tokens, more than the 100 rows"):
         load_minilm(folder)
@@ -205,9 +205,12 @@ INTEGER_DAMAGE = [
     ("wrong dtype", lambda t, m: t.update({"L0.qkv.weight": t["L0.qkv.weight"].astype(np.int16)}),
      "is I16, expected I8"),
     ("missing tensor", lambda t, m: t.pop("L0.ln2.beta"), "L0.ln2.beta is missing"),
-    ("heads differ", lambda t, m: m.update(heads=4), "L0.softmax.mult has shape [2], expected [4]"),
-    ("huge layer count", lambda t, m: m.update(layers=10 ** 12), "too few for 1000000000000 layers"),
-    ("no hidden size", lambda t, m: m.pop("hidden"), "lacks hidden"),
+    ("heads differ", lambda t, m: m["arch"]["block"]["attention"].update(heads=4, kv_heads=4),
+     "L0.softmax.mult has shape [2], expected [4]"),
+    ("huge layer count", lambda t, m: m["arch"].update(layers=10 ** 12),
+     "too few for 1000000000000 layers"),
+    ("no hidden size", lambda t, m: m["arch"].pop("hidden"), "model description is invalid"),
+    ("no description", lambda t, m: m.pop("arch"), "lacks the model description"),
     ("no output scale", lambda t, m: m.pop("L0.ln2.scale"), "lacks L0.ln2.scale"),
 ]
 

@@ -31,7 +31,7 @@ def test_bad_files_are_reported(int_model, tmp_path):
     path = tmp_path / "old.safetensors"
     old.save(path)
     # Rewrite the header's version: a file from another format version is refused.
-    raw = path.read_bytes().replace(b'\\"format_version\\": 1', b'\\"format_version\\": 7')
+    raw = path.read_bytes().replace(b'\\"format_version\\": %d' % FORMAT_VERSION, b'\\"format_version\\": 7')
     assert raw != path.read_bytes()
     path.write_bytes(raw)
     with pytest.raises(QuantizedModelError, match="format version"):
@@ -40,7 +40,7 @@ def test_bad_files_are_reported(int_model, tmp_path):
 
 def test_integer_tensors_fit_the_hardware_formats(int_model):
     t = int_model.tensors
-    for i in range(int_model.meta["layers"]):
+    for i in range(int_model.arch.layers):
         for w in ("qkv", "attn_out", "ffn1", "ffn2"):
             assert t[f"L{i}.{w}.weight"].dtype == np.int8
             bias = t[f"L{i}.{w}.bias"]
@@ -56,7 +56,7 @@ def test_integer_tensors_fit_the_hardware_formats(int_model):
             assert np.abs(t[f"L{i}.{ln}.gamma"]).max() < 2**20
             assert np.abs(t[f"L{i}.{ln}.beta"]).max() < 2**40
         assert 0 <= int_model.scalar(f"L{i}.attn_out.res_shift") <= 16
-    assert t["L0.softmax.mult"].shape == (int_model.meta["heads"],)
+    assert t["L0.softmax.mult"].shape == (int_model.arch.heads,)
 
 
 def test_the_digest_is_checked_on_load(int_model, tmp_path):
