@@ -16,7 +16,7 @@ A *token* carries one row's command and its reductions from stage to stage; rows
 
 from math import isqrt
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -505,96 +505,145 @@ class VectorUnit(wiring.Component):
             m.d.comb += [pw2.data[k].mult.eq(self.params.payload.data[k].mult),
                          pw2.data[k].shift.eq(self.params.payload.data[k].shift)]
 
-        # --- Stage 2: exponent (softmax), squares (LayerNorm), peak (row requantisations). ---
+        # --- Stage 2: exponent (softmax), squares (LayerNorm), peak (row requantisations), in
+        # five slices that move together when the last one can write its beat (and token). ----
         tok2 = Signal(token_layout)
         loaded2 = Signal()
         col2 = Signal(col_shape)
-        acc_e = Signal(_ESUM_BITS)
-        acc_sq = Signal(_SXX_BITS)
-        valid2 = self._lane_valid(m, "s2", tok2.cmd, tok2.row, col2)
-        last2 = col2 + N >= tok2.cmd.cols
-        tok_now2 = Mux(_is_reduction(tok2.cmd.op) | _is_rows(tok2.cmd.op), last2, col2 == 0)
-        fire2 = Signal()
-        m.d.comb += fire2.eq(loaded2 & fa.r_rdy & fb.w_rdy & (~tok_now2 | t2.w_rdy))
-        in2 = lanes32(fa.r_data)
-        out2 = lanes32(fb.w_data)
-        is_sm2 = tok2.cmd.op == VectorOp.SOFTMAX
-        is_rows2 = _is_rows(tok2.cmd.op)
-        is_grows2 = tok2.cmd.op == VectorOp.GELU_ROWS
-        # requantize_rows needs the per-column factors in this pass (for the row's peak).
         beat2 = Signal(range(self.max_beats + 1))
+        last2 = col2 + N >= tok2.cmd.cols
+        adv2 = Signal()
+        fire2 = Signal()
+        m.d.comb += fire2.eq(loaded2 & fa.r_rdy & adv2)
+
+        def piped2(value, shape, name):
+            r = Signal(shape, name=name)
+            with m.If(adv2):
+                m.d.sync += r.eq(value)
+            return r
+
+        def carry(values, slices, prefix):
+            """``values`` (name -> value) through ``slices`` slices: a list of dicts per slice."""
+            out = [values]
+            for i in range(1, slices + 1):
+                out.append({n: piped2(v, Value.cast(v).shape(), f"s2_{prefix}{n}_{i}")
+                            for n, v in out[-1].items()})
+            return out
+
+        L2 = 5
+        in2 = lanes32(fa.r_data)
+        ctl = carry({"valid": fire2, "tok": tok2, "first": col2 == 0, "last": last2,
+                     "lanes": self._lane_valid(m, "s2", tok2.cmd, tok2.row, col2)}, L2, "")
+        ctl = [{**c, "tok": token_layout(c["tok"])} for c in ctl]
+        adv_now = ~ctl[L2]["valid"]
+        op_at = [c["tok"].cmd.op for c in ctl]
+        tok_now = Mux(_is_reduction(op_at[L2]) | _is_rows(op_at[L2]), ctl[L2]["last"],
+                      ctl[L2]["first"])
+        m.d.comb += adv2.eq(adv_now | (fb.w_rdy & (~tok_now | t2.w_rdy)))
+        stage2_slices = [c["valid"] for c in ctl[1:]]
+
+        out2 = lanes32(fb.w_data)
         es, sqs, peaks = [], [], []
         for k in range(N):
             x = in2[k]
             p2 = pr2.data[k]
-            # GELU_ROWS: g = gelu(saturate(x, int16)), Q24, 0 <= g < 2**30.
-            x16 = Signal(signed(16), name=f"s2_x16_{k}")
-            m.d.comb += x16.eq(clamp(x, nx.INT16.lo, nx.INT16.hi))
+            c0 = ctl[0]["tok"]
+            # Slice 1: the operands' magnitudes and GELU_ROWS' int16 input; the softmax
+            # difference (max - s).
+            s1 = carry({"x": x, "x16": clamp(x, nx.INT16.lo, nx.INT16.hi),
+                        "mag": Mux(x < 0, -x, x)[:nx.LN_IN_BITS],
+                        "diff": (c0.a - x)[:32], "mult": p2.mult, "shift": p2.shift},
+                       1, f"l{k}_")[1]
+            # Slice 2: Phi(x16) (GELU_ROWS: g = gelu(saturate(x, int16)), Q24, 0 <= g < 2**30).
             phi2 = GeluPhi()
             m.submodules[f"phi_s2_{k}"] = phi2
-            m.d.comb += phi2.x.eq(x16)
-            gx = Signal(signed(33), name=f"s2_gx{k}")
-            m.d.comb += gx.eq(x16 * phi2.phi + GELU_OFFSET)
+            m.d.comb += phi2.x.eq(s1["x16"])
+            s2 = carry({**s1, "phi": phi2.phi}, 1, f"l{k}_")[1]
+            # Slice 3: g, and the shared multiplier's operands: (max - s) * M for softmax,
+            # |x| * |x| for LayerNorm, |a| * M[j] for the row requantisations (a = x or g).
+            c2 = ctl[2]["tok"]
+            gx = Signal(signed(_G_BITS + 1), name=f"s2_gx{k}")
+            m.d.comb += gx.eq(limb_product(s2["x16"], s2["phi"]) + GELU_OFFSET)
             g = Signal(signed(32), name=f"s2_g{k}")
             m.d.comb += g.eq(Mux(GELU_CLAMP & (gx < 0), 0, gx))
-            # REQUANT_ROWS / GELU_ROWS operand a (x or g), its magnitude.
+            is_grows = c2.cmd.op == VectorOp.GELU_ROWS
             ra = Signal(signed(32), name=f"s2_ra{k}")
-            m.d.comb += ra.eq(Mux(is_grows2, g, x))
-            rmag = Signal(32, name=f"s2_rmag{k}")
-            m.d.comb += rmag.eq(Mux(ra < 0, -ra, ra))
-            # Shared multiplier: (max - s) * M for softmax, |x| * |x| for LayerNorm,
-            # |a| * M[j] for the row requantisations.
-            opa = Signal(32, name=f"s2_opa{k}")
-            opb = Signal(max(nx.MULT_BITS, nx.LN_IN_BITS), name=f"s2_opb{k}")
-            mag = Signal(nx.LN_IN_BITS, name=f"s2_mag{k}")
-            m.d.comb += mag.eq(Mux(x < 0, -x, x))
-            m.d.comb += [opa.eq(Mux(is_sm2, tok2.a - x, Mux(is_rows2, rmag, mag))),
-                         opb.eq(Mux(is_sm2, tok2.cmd.mult,
-                                    Mux(is_rows2, p2.mult[:nx.MULT_BITS], mag)))]
-            prod = Signal(32 + len(opb), name=f"s2_prod{k}")
-            m.d.comb += prod.eq(opa * opb)
-            # v = round_shift(a * M, S - ROW_EXP_MAX); |v| (clamped) for the row's peak.
-            sprod = Signal(signed(len(prod) + 1), name=f"s2_sprod{k}")
-            m.d.comb += sprod.eq(Mux(ra < 0, -prod, prod))
-            vsh = Signal(SHIFT_BITS, name=f"s2_vsh{k}")
-            m.d.comb += vsh.eq(p2.shift - ROW_EXP_MAX)
-            v = Signal(signed(len(sprod) + 1), name=f"s2_v{k}")
-            m.d.comb += v.eq((sprod + ((Const(1, 1) << vsh) >> 1)) >> vsh)
+            m.d.comb += ra.eq(Mux(is_grows, g, s2["x"]))
+            is_sm, is_rows = c2.cmd.op == VectorOp.SOFTMAX, _is_rows(c2.cmd.op)
+            opa = Mux(is_sm, s2["diff"], Mux(is_rows, Mux(ra < 0, -ra, ra)[:32], s2["mag"]))
+            opb = Mux(is_sm, c2.cmd.mult, Mux(is_rows, s2["mult"], s2["mag"]))
+            s3 = carry({"opa": opa[:32], "opb": opb[:max(nx.MULT_BITS, nx.LN_IN_BITS)],
+                        "neg": ra < 0, "pass": Mux(is_grows, g, s2["x"]), "shift": s2["shift"]},
+                       1, f"l{k}_")[1]
+            # Slice 4: the product, its sign for the row requantisations.
+            c3 = ctl[3]["tok"]
+            prod = limb_product(s3["opa"], s3["opb"])
+            s4 = carry({"prod": prod[:32 + len(s3["opb"])], "neg": s3["neg"] & _is_rows(c3.cmd.op),
+                        "pass": s3["pass"], "shift": s3["shift"]}, 1, f"l{k}_")[1]
+            # Slice 5: one rounding shifter: the softmax exponent's t = round_shift(dm, S), the
+            # row requantisations' v = round_shift(+-a * M, S[j] - ROW_EXP_MAX), LayerNorm's
+            # square unshifted.
+            c4 = ctl[4]["tok"]
+            sprod = Signal(signed(len(s4["prod"]) + 1), name=f"s2_sprod{k}")
+            m.d.comb += sprod.eq(Mux(s4["neg"], -s4["prod"], s4["prod"]))
+            amt = Signal(SHIFT_BITS, name=f"s2_amt{k}")
+            with m.Switch(c4.cmd.op):
+                with m.Case(VectorOp.SOFTMAX):
+                    m.d.comb += amt.eq(c4.cmd.shift)
+                with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
+                    m.d.comb += amt.eq(s4["shift"] - ROW_EXP_MAX)
+            r = Signal(signed(len(sprod) + 1), name=f"s2_r{k}")
+            m.d.comb += r.eq((sprod + ((Const(1, 1) << amt) >> 1)) >> amt)
+            s5 = carry({"r": r, "pass": s4["pass"]}, 1, f"l{k}_")[1]
+            # The beat: e (softmax), |v| for the peak, the square.
+            lane_ok = ctl[L2]["lanes"][k]
+            v = s5["r"]
             vmag = Signal(len(v), name=f"s2_vmag{k}")
             m.d.comb += vmag.eq(Mux(v < 0, -v, v))
             pk = Signal(_ROWS_V_BITS, name=f"s2_peak{k}")
-            m.d.comb += pk.eq(Mux(valid2[k], Mux(vmag > _ROWS_V_MAX, _ROWS_V_MAX, vmag), 0))
+            m.d.comb += pk.eq(Mux(lane_ok, Mux(vmag > _ROWS_V_MAX, _ROWS_V_MAX, vmag), 0))
             peaks.append(pk)
             exp = Exp2()
             m.submodules[f"exp{k}"] = exp
-            m.d.comb += [exp.dm.eq(prod[:EXP_T_BITS]), exp.shift.eq(tok2.cmd.shift)]
+            m.d.comb += [exp.dm.eq(v[:EXP_T_BITS]), exp.shift.eq(0)]
             e = Signal(EXP_E_BITS, name=f"s2_e{k}")
-            m.d.comb += e.eq(Mux(valid2[k], exp.e, 0))
+            m.d.comb += e.eq(Mux(lane_ok, exp.e, 0))
             es.append(e)
-            sqs.append(Mux(valid2[k], prod[:2 * nx.LN_IN_BITS], 0))
-            m.d.comb += out2[k].eq(Mux(is_sm2, e, Mux(is_grows2, g, x)))
+            sqs.append(Mux(lane_ok, v[:2 * nx.LN_IN_BITS], 0))
+            m.d.comb += out2[k].eq(Mux(op_at[L2] == VectorOp.SOFTMAX, e, s5["pass"]))
+
+        tokL = ctl[L2]["tok"]
+        firstL = ctl[L2]["first"]
+        acc_e = Signal(_ESUM_BITS)
+        acc_sq = Signal(_SXX_BITS)
+        acc_peak = Signal(_ROWS_V_BITS)
         new_e = Signal(_ESUM_BITS)
         new_sq = Signal(_SXX_BITS)
         beat_peak = self._max_tree(m, "s2", peaks, unsigned(_ROWS_V_BITS))
         new_peak = Signal(_ROWS_V_BITS)
-        acc_peak = Signal(_ROWS_V_BITS)
-        m.d.comb += [new_e.eq(acc_e + sum(es)), new_sq.eq(acc_sq + sum(sqs)),
-                     new_peak.eq(Mux(beat_peak > acc_peak, beat_peak, acc_peak))]
+        m.d.comb += [new_e.eq(Mux(firstL, 0, acc_e) + sum(es)),
+                     new_sq.eq(Mux(firstL, 0, acc_sq) + sum(sqs)),
+                     new_peak.eq(Mux(~firstL & (acc_peak > beat_peak), acc_peak, beat_peak))]
+        write2 = Signal()
+        m.d.comb += write2.eq(ctl[L2]["valid"] & adv2)
         tok2o = token_layout(t2.w_data)
+        is_smL = op_at[L2] == VectorOp.SOFTMAX
         m.d.comb += [
-            fa.r_en.eq(fire2), fb.w_en.eq(fire2), t2.w_en.eq(fire2 & tok_now2),
-            tok2o.cmd.eq(tok2.cmd), tok2o.row.eq(tok2.row), tok2o.a.eq(tok2.a),
-            tok2o.b.eq(Mux(is_sm2, new_e, Mux(is_rows2, new_peak, new_sq))),
+            fb.w_en.eq(write2), t2.w_en.eq(write2 & tok_now),
+            tok2o.cmd.eq(tokL.cmd), tok2o.row.eq(tokL.row), tok2o.a.eq(tokL.a),
+            tok2o.b.eq(Mux(is_smL, new_e, Mux(_is_rows(op_at[L2]), new_peak, new_sq))),
         ]
+        with m.If(write2):
+            m.d.sync += [acc_e.eq(new_e), acc_sq.eq(new_sq), acc_peak.eq(new_peak)]
+
+        m.d.comb += fa.r_en.eq(fire2)
         with m.If(fire2):
-            m.d.sync += [col2.eq(col2 + N), beat2.eq(beat2 + 1), acc_e.eq(new_e),
-                         acc_sq.eq(new_sq), acc_peak.eq(new_peak)]
+            m.d.sync += [col2.eq(col2 + N), beat2.eq(beat2 + 1)]
         can_load2 = ~loaded2 | (fire2 & last2)
         m.d.comb += pr2.addr.eq(Mux(can_load2 & t1.r_rdy, 0, Mux(fire2, beat2 + 1, beat2)))
         m.d.comb += t1.r_en.eq(can_load2 & t1.r_rdy)
         with m.If(can_load2 & t1.r_rdy):
-            m.d.sync += [tok2.eq(t1.r_data), loaded2.eq(1), col2.eq(0), beat2.eq(0), acc_e.eq(0),
-                         acc_sq.eq(0), acc_peak.eq(0)]
+            m.d.sync += [tok2.eq(t1.r_data), loaded2.eq(1), col2.eq(0), beat2.eq(0)]
         with m.Elif(fire2 & last2):
             m.d.sync += loaded2.eq(0)
 
@@ -623,7 +672,7 @@ class VectorUnit(wiring.Component):
                         m.d.sync += rp.eq(0 if f == self.finishers - 1 else f + 1)
 
         # --- Stage 3: output through the multiplier bank (three multiply-round-saturate steps
-        # a lane), pipelined: slice 1 -> slice 2 -> output register. ---------------------------
+        # a lane) in eight slices, every one a register that moves when the output can. ------
 
         tok3 = Signal(token_layout)
         loaded3 = Signal()
@@ -647,26 +696,27 @@ class VectorUnit(wiring.Component):
         in3 = lanes32(fb.r_data)
         op3 = tok3.cmd.op
         c3 = tok3.cmd
-        # Slice 1 registers.
-        v1 = Signal()
-        cmd1 = Signal(command_layout)
-        y1 = [Signal(signed(33), name=f"y1_{k}") for k in range(N)]
-        y1w = [Signal(signed(_ROWS_V_BITS), name=f"y1w_{k}") for k in range(N)]
-        g1 = [Signal(signed(GAMMA_BITS), name=f"gamma1_{k}") for k in range(N)]
-        b1 = [Signal(signed(BETA_BITS), name=f"beta1_{k}") for k in range(N)]
-        # Slice 2 registers.
-        v2 = Signal()
-        cmd2 = Signal(command_layout)
-        y2 = [Signal(signed(33), name=f"y2_{k}") for k in range(N)]
         out = self.o.payload.data
 
-        exp1 = Signal(ROW_EXP_BITS)
-        exp2 = Signal(ROW_EXP_BITS)
+        def piped(value, shape, name):
+            """``value`` one slice later: a register that moves when the bank advances."""
+            r = Signal(shape, name=name)
+            with m.If(adv):
+                m.d.sync += r.eq(value)
+            return r
+
+        # Six slices: each step's operands are registered in front of its product (the DSP's
+        # input registers), its product behind it (the output registers), then it is rounded,
+        # shifted and saturated into the next step's input.
+        valid, cmd, exp = [fire3], [c3], [Mux((op3 == VectorOp.SOFTMAX) | _is_rows(op3),
+                                               tok3.exp, 0)]
+        for i in range(1, 8):
+            valid.append(piped(valid[-1], 1, f"s3_valid{i}"))
+            cmd.append(piped(cmd[-1], command_layout, f"s3_cmd{i}"))
+            exp.append(piped(exp[-1], ROW_EXP_BITS, f"s3_exp{i}"))
+        slices3 = valid[1:]
         with m.If(adv):
-            m.d.sync += [v1.eq(fire3), cmd1.eq(c3), v2.eq(v1), cmd2.eq(cmd1), self.o.valid.eq(v2),
-                         exp1.eq(Mux((op3 == VectorOp.SOFTMAX) | _is_rows(op3), tok3.exp, 0)),
-                         exp2.eq(exp1),
-                         self.o.payload.exp.eq(exp2)]
+            m.d.sync += [self.o.valid.eq(valid[-1]), self.o.payload.exp.eq(exp[-1])]
 
         ln_z_shift = nx.LN_INV_BITS - nx.LN_NORM_FRAC
         for k in range(N):
@@ -696,19 +746,32 @@ class VectorUnit(wiring.Component):
                 with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
                     # v = round_shift(a * M[j], S[j] - ROW_EXP_MAX), a = x or GELU(x) (stage 2).
                     m.d.comb += [b.eq(p.mult[:nx.MULT_BITS]), sh.eq(p.shift - ROW_EXP_MAX)]
-            # b beyond its low DSP limb is LayerNorm's inv only, whose a is a 25-bit d.
+            # Slice 1: operands. Slice 2: the product (b beyond its low DSP limb is LayerNorm's
+            # inv only, whose a is a 25-bit d). Slice 3: round, shift, saturate.
+            a1 = piped(a, a.shape(), f"m1_a1_{k}")
+            b1 = piped(b, b.shape(), f"m1_b1_{k}")
+            ctl1 = [piped(v, v.shape(), f"{v.name}_1") for v in (sh, zp, lo, hi, sat)]
+            gamma1 = piped(p.mult, signed(GAMMA_BITS), f"gamma1_{k}")
+            beta1 = piped(p.bias, signed(BETA_BITS), f"beta1_{k}")
             lb = 17
-            p1 = limb_product(a, b[:lb]) + (limb_product(a[:_LN_D_BITS].as_signed(), b[lb:],
-                                                         lut_bits=0) << lb)
-            r1 = mul_round_sat(m, p1, sh, zp, lo, hi, sat, width=_M1_BITS, name=f"m1_{k}")
-            with m.If(adv):
-                m.d.sync += [y1[k].eq(r1), g1[k].eq(p.mult), b1[k].eq(p.bias),
-                             y1w[k].eq(clamp(r1, -_ROWS_V_MAX, _ROWS_V_MAX))]
+            p1 = piped(limb_product(a1, b1[:lb])
+                       + (limb_product(a1[:_LN_D_BITS].as_signed(), b1[lb:], lut_bits=0) << lb),
+                       signed(_M1_BITS), f"m1_p{k}")
+            ctl2 = [piped(v, v.shape(), f"{v.name[:-2]}_2") for v in ctl1]
+            gamma2 = piped(gamma1, signed(GAMMA_BITS), f"gamma2_{k}")
+            beta2 = piped(beta1, signed(BETA_BITS), f"beta2_{k}")
+            r1 = mul_round_sat(m, p1, *ctl2[:4], ctl2[4], width=_M1_BITS, name=f"m1_{k}")
+            y1 = piped(r1, signed(33), f"y1_{k}")
+            y1w = piped(clamp(r1, -_ROWS_V_MAX, _ROWS_V_MAX), signed(_ROWS_V_BITS), f"y1w_{k}")
+            gamma3 = piped(gamma2, signed(GAMMA_BITS), f"gamma3_{k}")
+            beta3 = piped(beta2, signed(BETA_BITS), f"beta3_{k}")
 
-            # Step 2: LayerNorm z * gamma + beta; GELU x * Phi(x).
+            # Step 2: LayerNorm z * gamma + beta; GELU x * Phi(x); the row requantisations'
+            # q = saturate(round_shift(v, k), out), k = ROW_EXP_MAX - e.
+            c = cmd[3]
             phi = GeluPhi()
             m.submodules[f"phi{k}"] = phi
-            m.d.comb += phi.x.eq(y1[k][:16])
+            m.d.comb += phi.x.eq(y1[:16])
             b2 = Signal(signed(GAMMA_BITS + 1), name=f"m2_b{k}")
             add2 = Signal(signed(BETA_BITS), name=f"m2_add{k}")
             sh2 = Signal(SHIFT_BITS, name=f"m2_sh{k}")
@@ -716,38 +779,50 @@ class VectorUnit(wiring.Component):
             lo2 = Signal(signed(32), name=f"m2_lo{k}")
             hi2 = Signal(signed(32), name=f"m2_hi{k}")
             m.d.comb += [b2.eq(1), add2.eq(0), sh2.eq(0), sat2.eq(0),
-                         lo2.eq(cmd1.out_lo), hi2.eq(cmd1.out_hi)]
-            with m.Switch(cmd1.op):
+                         lo2.eq(c.out_lo), hi2.eq(c.out_hi)]
+            with m.Switch(c.op):
                 with m.Case(VectorOp.LAYERNORM):
-                    m.d.comb += [b2.eq(g1[k]), add2.eq(b1[k]), sh2.eq(cmd1.shift), sat2.eq(1)]
+                    m.d.comb += [b2.eq(gamma3), add2.eq(beta3), sh2.eq(c.shift), sat2.eq(1)]
                 with m.Case(VectorOp.GELU):
                     m.d.comb += [b2.eq(phi.phi), add2.eq(GELU_OFFSET), sat2.eq(GELU_CLAMP),
                                  lo2.eq(0), hi2.eq(nx.INT32.hi)]
-            # y1 is z (LayerNorm) or an int16 (GELU): _Z_BITS hold either.
-            p2 = limb_product(y1[k][:_Z_BITS].as_signed(), b2, lut_bits=5) + add2
-            r2 = mul_round_sat(m, p2, sh2, 0, lo2, hi2, sat2, width=_M2_BITS, name=f"m2_{k}")
-            # Row requantisations: q = saturate(round_shift(v, k), out), k = ROW_EXP_MAX - e.
             kk = Signal(ROW_EXP_BITS, name=f"m2_k{k}")
-            m.d.comb += kk.eq(ROW_EXP_MAX - exp1)
+            m.d.comb += kk.eq(ROW_EXP_MAX - exp[3])
             rq = Signal(signed(_ROWS_V_BITS + 1), name=f"m2_rq{k}")
-            m.d.comb += rq.eq((y1w[k] + ((Const(1, 1) << kk) >> 1)) >> kk)
-            with m.If(adv):
-                m.d.sync += y2[k].eq(
-                    Mux(_is_rows(cmd1.op), clamp(rq, cmd1.out_lo, cmd1.out_hi),
-                        Mux((cmd1.op == VectorOp.LAYERNORM) | (cmd1.op == VectorOp.GELU), r2,
-                            y1[k])))
+            m.d.comb += rq.eq((y1w + ((Const(1, 1) << kk) >> 1)) >> kk)
+            # Slice 4: operands (y1 is z for LayerNorm or an int16 for GELU: _Z_BITS hold
+            # either), the row requantisations' result and the passing value.
+            z4 = piped(y1[:_Z_BITS].as_signed(), signed(_Z_BITS), f"m2_z4_{k}")
+            b4 = piped(b2, b2.shape(), f"m2_b4_{k}")
+            add4 = piped(add2, add2.shape(), f"m2_add4_{k}")
+            ctl4 = [piped(v, v.shape(), f"{v.name}_4") for v in (sh2, lo2, hi2, sat2)]
+            pass4 = piped(Mux(_is_rows(c.op), clamp(rq, c.out_lo, c.out_hi), y1), signed(33),
+                          f"m2_pass4_{k}")
+            # Slice 5: the product. Slice 6: round, shift, saturate.
+            p2 = piped(limb_product(z4, b4, lut_bits=5) + add4, signed(_M2_BITS), f"m2_p{k}")
+            ctl5 = [piped(v, v.shape(), f"{v.name[:-2]}_5") for v in ctl4]
+            pass5 = piped(pass4, signed(33), f"m2_pass5_{k}")
+            r2 = mul_round_sat(m, p2, ctl5[0], 0, ctl5[1], ctl5[2], ctl5[3], width=_M2_BITS,
+                               name=f"m2_{k}")
+            uses2 = (cmd[5].op == VectorOp.LAYERNORM) | (cmd[5].op == VectorOp.GELU)
+            y2 = piped(Mux(uses2, r2, pass5), signed(33), f"y2_{k}")
 
-            # Step 3: GELU's output requantisation (per tensor, from the command).
-            is_gelu = cmd2.op == VectorOp.GELU
-            p3 = limb_product(y2[k][:_G_BITS].as_signed(), cmd2.mult)
-            r3 = mul_round_sat(m, p3, cmd2.shift, cmd2.zero_point, cmd2.out_lo, cmd2.out_hi, 1,
+            # Step 3: GELU's output requantisation (per tensor, from the command). Slice 7: the
+            # product; the output register rounds, shifts and saturates.
+            c = cmd[6]
+            p3 = piped(limb_product(y2[:_G_BITS].as_signed(), c.mult), signed(_M3_BITS),
+                       f"m3_p{k}")
+            y3 = piped(y2, signed(33), f"y3_{k}")
+            c = cmd[7]
+            r3 = mul_round_sat(m, p3, c.shift, c.zero_point, c.out_lo, c.out_hi, 1,
                                width=_M3_BITS, name=f"m3_{k}")
             with m.If(adv):
-                m.d.sync += out[k].eq(Mux(is_gelu, r3, y2[k]))
+                m.d.sync += out[k].eq(Mux(c.op == VectorOp.GELU, r3, y3))
         fifos_used = [f.r_level != 0 for f in (fa, fb, t1, t2, t3)]
         finishers_used = [~fin.i.ready for fin in fins]
-        m.d.comb += self.busy.eq(have | loaded2 | loaded3 | v1 | v2 | self.o.valid
-                                 | _any(fifos_used + finishers_used))
+        m.d.comb += self.busy.eq(have | loaded2 | loaded3 | self.o.valid
+                                 | _any(fifos_used + finishers_used + slices3
+                                        + stage2_slices))
         return m
 
 
