@@ -152,11 +152,11 @@ _LN_DINV_MAX = (isqrt((1 << COLS_BITS) - 1) + 1) << (nx.LN_INV_BITS + 1)
 _Z_BITS = ((_LN_DINV_MAX >> (nx.LN_INV_BITS - nx.LN_NORM_FRAC)) + 1).bit_length() + 1
 #: GELU's g = x * Phi(x) + offset, x int16, Phi <= 2**14.
 _G_BITS = ((1 << 15 << nx.GELU_PHI_BITS) + GELU_OFFSET).bit_length() + 1
-#: Widths of the three steps' products plus rounding half (the half reaches 2**(SHIFT_MAX-1)).
+#: Widths of the steps' products (plus rounding half, which reaches 2**(SHIFT_MAX-1)).
 _HALF_BITS = nx.SHIFT_MAX + 1
 _M1_BITS = max(_LN_DINV_MAX.bit_length() + 1, 32 + nx.MULT_BITS, _HALF_BITS) + 1
-_M2_BITS = max(_Z_BITS + GAMMA_BITS, BETA_BITS, _HALF_BITS) + 1
-_M3_BITS = max(_G_BITS + nx.MULT_BITS, _HALF_BITS) + 1
+_M2_BITS = max(_Z_BITS + GAMMA_BITS, BETA_BITS) + 1          # z * gamma + beta, unshifted
+_M3_BITS = max(_G_BITS + nx.MULT_BITS, _M2_BITS, _HALF_BITS) + 1
 
 #: |v| of requantize_rows is clamped here: beyond it every k gives a saturated output anyway
 #: (round_shift(2**40, ROW_EXP_MAX) >= 2**32), so the exponent and the outputs are unchanged.
@@ -605,7 +605,8 @@ class VectorUnit(wiring.Component):
             peaks.append(pk)
             exp = Exp2()
             m.submodules[f"exp{k}"] = exp
-            m.d.comb += [exp.dm.eq(v[:EXP_T_BITS]), exp.shift.eq(0)]
+            # The table lookup is the slice's register (block RAM): t goes in with slice 5.
+            m.d.comb += [exp.t.eq(r[:EXP_T_BITS + 1]), exp.en.eq(adv2)]
             e = Signal(EXP_E_BITS, name=f"s2_e{k}")
             m.d.comb += e.eq(Mux(lane_ok, exp.e, 0))
             es.append(e)
@@ -766,26 +767,18 @@ class VectorUnit(wiring.Component):
             gamma3 = piped(gamma2, signed(GAMMA_BITS), f"gamma3_{k}")
             beta3 = piped(beta2, signed(BETA_BITS), f"beta3_{k}")
 
-            # Step 2: LayerNorm z * gamma + beta; GELU x * Phi(x); the row requantisations'
+            # Step 2: LayerNorm z * gamma + beta (rounded and saturated by step 3); GELU
+            # max(0, x * Phi(x) + offset); the row requantisations'
             # q = saturate(round_shift(v, k), out), k = ROW_EXP_MAX - e.
             c = cmd[3]
             phi = GeluPhi()
             m.submodules[f"phi{k}"] = phi
             m.d.comb += phi.x.eq(y1[:16])
+            is_ln, is_gelu = c.op == VectorOp.LAYERNORM, c.op == VectorOp.GELU
             b2 = Signal(signed(GAMMA_BITS + 1), name=f"m2_b{k}")
+            m.d.comb += b2.eq(Mux(is_ln, gamma3, Mux(is_gelu, phi.phi, 0)))
             add2 = Signal(signed(BETA_BITS), name=f"m2_add{k}")
-            sh2 = Signal(SHIFT_BITS, name=f"m2_sh{k}")
-            sat2 = Signal(name=f"m2_sat{k}")
-            lo2 = Signal(signed(32), name=f"m2_lo{k}")
-            hi2 = Signal(signed(32), name=f"m2_hi{k}")
-            m.d.comb += [b2.eq(1), add2.eq(0), sh2.eq(0), sat2.eq(0),
-                         lo2.eq(c.out_lo), hi2.eq(c.out_hi)]
-            with m.Switch(c.op):
-                with m.Case(VectorOp.LAYERNORM):
-                    m.d.comb += [b2.eq(gamma3), add2.eq(beta3), sh2.eq(c.shift), sat2.eq(1)]
-                with m.Case(VectorOp.GELU):
-                    m.d.comb += [b2.eq(phi.phi), add2.eq(GELU_OFFSET), sat2.eq(GELU_CLAMP),
-                                 lo2.eq(0), hi2.eq(nx.INT32.hi)]
+            m.d.comb += add2.eq(Mux(is_ln, beta3, Mux(is_gelu, GELU_OFFSET, 0)))
             kk = Signal(ROW_EXP_BITS, name=f"m2_k{k}")
             m.d.comb += kk.eq(ROW_EXP_MAX - exp[3])
             rq = Signal(signed(_ROWS_V_BITS + 1), name=f"m2_rq{k}")
@@ -795,29 +788,30 @@ class VectorUnit(wiring.Component):
             z4 = piped(y1[:_Z_BITS].as_signed(), signed(_Z_BITS), f"m2_z4_{k}")
             b4 = piped(b2, b2.shape(), f"m2_b4_{k}")
             add4 = piped(add2, add2.shape(), f"m2_add4_{k}")
-            ctl4 = [piped(v, v.shape(), f"{v.name}_4") for v in (sh2, lo2, hi2, sat2)]
             pass4 = piped(Mux(_is_rows(c.op), clamp(rq, c.out_lo, c.out_hi), y1), signed(33),
                           f"m2_pass4_{k}")
-            # Slice 5: the product. Slice 6: round, shift, saturate.
+            # Slice 5: the product. Slice 6: GELU's clamp (the offset keeps it at or above 0).
             p2 = piped(limb_product(z4, b4, lut_bits=5) + add4, signed(_M2_BITS), f"m2_p{k}")
-            ctl5 = [piped(v, v.shape(), f"{v.name[:-2]}_5") for v in ctl4]
             pass5 = piped(pass4, signed(33), f"m2_pass5_{k}")
-            r2 = mul_round_sat(m, p2, ctl5[0], 0, ctl5[1], ctl5[2], ctl5[3], width=_M2_BITS,
-                               name=f"m2_{k}")
-            uses2 = (cmd[5].op == VectorOp.LAYERNORM) | (cmd[5].op == VectorOp.GELU)
-            y2 = piped(Mux(uses2, r2, pass5), signed(33), f"y2_{k}")
+            c = cmd[5]
+            g2 = Mux(GELU_CLAMP & (p2 < 0), 0, p2)
+            y2 = piped(Mux(c.op == VectorOp.LAYERNORM, p2,
+                           Mux(c.op == VectorOp.GELU, g2, pass5)), signed(_M2_BITS), f"y2_{k}")
 
-            # Step 3: GELU's output requantisation (per tensor, from the command). Slice 7: the
-            # product; the output register rounds, shifts and saturates.
+            # Step 3: GELU's output requantisation (per tensor, from the command), LayerNorm's
+            # output shift and saturation. Slice 7: the product (LayerNorm's passes); the output
+            # register rounds, shifts and saturates.
             c = cmd[6]
-            p3 = piped(limb_product(y2[:_G_BITS].as_signed(), c.mult), signed(_M3_BITS),
-                       f"m3_p{k}")
+            p3 = piped(Mux(c.op == VectorOp.GELU, limb_product(y2[:_G_BITS].as_signed(), c.mult),
+                           y2), signed(_M3_BITS), f"m3_p{k}")
             y3 = piped(y2, signed(33), f"y3_{k}")
             c = cmd[7]
-            r3 = mul_round_sat(m, p3, c.shift, c.zero_point, c.out_lo, c.out_hi, 1,
-                               width=_M3_BITS, name=f"m3_{k}")
+            is_gelu = c.op == VectorOp.GELU
+            r3 = mul_round_sat(m, p3, c.shift, Mux(is_gelu, c.zero_point, 0), c.out_lo,
+                               c.out_hi, 1, width=_M3_BITS, name=f"m3_{k}")
             with m.If(adv):
-                m.d.sync += out[k].eq(Mux(c.op == VectorOp.GELU, r3, y3))
+                m.d.sync += out[k].eq(Mux(is_gelu | (c.op == VectorOp.LAYERNORM), r3, y3))
+
         fifos_used = [f.r_level != 0 for f in (fa, fb, t1, t2, t3)]
         finishers_used = [~fin.i.ready for fin in fins]
         m.d.comb += self.busy.eq(have | loaded2 | loaded3 | self.o.valid

@@ -236,14 +236,15 @@ def mul_round_sat(m, p, shift, zp, lo, hi, saturate, *, width, name):
 
 
 class Exp2(wiring.Component):
-    """One lane of the softmax exponent, combinational, from the product ``dm = (max - s) * M``
-    (the multiplier lives in the stage, shared with LayerNorm's squares):
-    ``t = round_shift(dm, shift)``, ``e = round_shift(EXP2_LUT[t & 255], t >> 8)`` (0 once the
-    shift rounds every entry away): steps 2-3 of :func:`celosia.sw.numerics.softmax`.
+    """One lane of the softmax exponent from ``t = round_shift((max - s) * M, S)`` (the
+    multiplier and the rounding shifter live in the stage):
+    ``e = round_shift(EXP2_LUT[t & 255], t >> 8)`` (0 once the shift rounds every entry away),
+    step 3 of :func:`celosia.sw.numerics.softmax`. The table is read synchronously (block RAM):
+    ``e`` belongs to the ``t`` presented in the last cycle ``en`` was high.
     """
 
-    dm: In(EXP_T_BITS)
-    shift: In(range(nx.SHIFT_MAX + 1))
+    t: In(EXP_T_BITS + 1)
+    en: In(1)
     e: Out(EXP_E_BITS)
 
     def elaborate(self, platform):
@@ -251,12 +252,11 @@ class Exp2(wiring.Component):
         m.submodules.lut = lut = memory.Memory(
             shape=unsigned(EXP_E_BITS), depth=len(nx.EXP2_LUT),
             init=[int(v) for v in nx.EXP2_LUT])
-        rd = lut.read_port(domain="comb")
-        half = (Const(1, 1) << self.shift) >> 1
-        t = Signal(EXP_T_BITS + 1)
-        m.d.comb += t.eq((self.dm + half) >> self.shift)
-        z = t[nx.EXP_FRAC_BITS:]
-        m.d.comb += rd.addr.eq(t[:nx.EXP_FRAC_BITS])
+        rd = lut.read_port()
+        m.d.comb += [rd.en.eq(self.en), rd.addr.eq(self.t[:nx.EXP_FRAC_BITS])]
+        z = Signal(len(self.t) - nx.EXP_FRAC_BITS)
+        with m.If(self.en):
+            m.d.sync += z.eq(self.t[nx.EXP_FRAC_BITS:])
         zs = Signal(range(_EXP_ZERO_SHIFT))
         m.d.comb += zs.eq(z)
         rounded = Signal(EXP_E_BITS + 1)
