@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
+from amaranth.lib import enum as hdl_enum
 
 from celosia.sw import numerics as nx
 
@@ -68,12 +69,12 @@ class Opcode(enum.IntEnum):
     SYNC = 4
 
 
-class VecOp(enum.IntEnum):
+class VecOp(hdl_enum.IntEnum, shape=3):
     """Operation of a VECTOR instruction (``x``: the source row, after the optional residual
-    pre-add ``x = residual_add(x, r, res_shift)``; ``out``: the range of ``dst_fmt``).
+    pre-add ``x = residual_add(x, r, res_shift)``; ``out``: the range of ``dst_fmt``), and the
+    vector unit's command (:data:`celosia.hdl.vector.VectorOp` is this enum).
 
-    The first five are the vector unit's :class:`celosia.hdl.vector.VectorOp` with the same
-    values; the ``*_ROWS`` operations add a per-row exponent output (numerics.requantize_rows).
+    The ``*_ROWS`` operations add a per-row exponent output (numerics.requantize_rows).
     SOFTMAX, REQUANT_ROWS and GELU_ROWS write one uint8 exponent per row to ``e_addr`` (for
     SOFTMAX, the probabilities' row exponent; 0 with numerics whose softmax has none).
     """

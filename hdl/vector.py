@@ -23,6 +23,7 @@ from amaranth.lib.wiring import In, Out
 from celosia.sw import numerics as nx
 
 from .dsp import limb_product
+from .isa import VecOp
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
                            mul_round_sat)
@@ -34,15 +35,8 @@ __all__ = [
 ]
 
 
-class VectorOp(enum.Enum, shape=3):
-    """Operation of a command (a batch of rows)."""
-    SOFTMAX = 0     #: int32 scores -> uint8 probabilities (scale, optional causal mask)
-    LAYERNORM = 1   #: int32 (saturated to int24) -> out range, per-column gamma/beta
-    GELU = 2        #: int32 -> requantise to int16 Q10 (per column) -> GELU -> requantise (per tensor)
-    REQUANT = 3     #: int32 -> per-column dyadic requantisation, zero point, saturation
-    RESIDUAL = 4    #: int32 + (int16 << shift), saturated to int32
-    REQUANT_ROWS = 5  #: int32 -> requantize_rows (per-column factors, per-row exponent on ``exp``)
-    GELU_ROWS = 6   #: int32 -> saturate to int16 Q10 -> GELU (Q24) -> requantize_rows
+#: The operation of a command: the ISA's VECTOR operations, one enum for both.
+VectorOp = VecOp
 
 
 #: A row has at most 2**COLS_BITS - 1 columns (LayerNorm's limit, LN_MAX_COLS, fits).

@@ -204,7 +204,7 @@ class VectorEngine(wiring.Component):
                     m.d.comb += [out_lo.eq(OUT_RANGE[fmt].lo), out_hi.eq(OUT_RANGE[fmt].hi)]
         is_resid = op == VecOp.RESIDUAL
         m.d.comb += [
-            ucmd.op.as_value().eq(op[:3]), ucmd.rows.eq(rows), ucmd.cols.eq(cols),
+            ucmd.op.eq(op[:3]), ucmd.rows.eq(rows), ucmd.cols.eq(cols),
             ucmd.causal.eq(cmd.causal), ucmd.causal_offset.eq(cmd.causal_offset),
             ucmd.mult.eq(cmd.mult),
             ucmd.shift.eq(Mux(is_resid, cmd.res_shift, cmd.shift)),
