@@ -173,9 +173,10 @@ def _rows_exponent(m, peak, out_hi):
 class VectorFinisher(wiring.Component):
     """Per-row scalar work between the reduction passes and the output pass.
 
-    Softmax: ``R = floor(255 * 2**24 / sum)`` (0 for an all-masked row). LayerNorm: floor mean,
-    ``S2 = sum(x*x) - mean * (2*sum(x) - n*mean)`` (exactly ``sum((x - mean)**2)``), floor
-    variance, isqrt, ``inv = floor(2**46 / max(1, std))``. Other operations pass through.
+    Softmax: ``R = floor(255 * 2**24 / sum)`` (0 for an all-masked row). LayerNorm: floor mean
+    and its remainder ``r = sum(x) - n*mean``, ``S2 = sum(x*x) - mean * (sum(x) + r)`` (as
+    ``2*sum(x) - n*mean = sum(x) + r``, exactly ``sum((x - mean)**2)``), floor variance, isqrt,
+    ``inv = floor(2**46 / max(1, std))``. Other operations pass through.
     One divider (``unroll`` quotient bits a cycle) serves every division.
     """
 
@@ -193,7 +194,9 @@ class VectorFinisher(wiring.Component):
 
         tok = Signal(token_layout)
         sx = Signal(signed(_SX_BITS))
-        mean = Signal(signed(_SX_BITS))
+        # The mean of int24 values is an int24.
+        mean = Signal(signed(nx.LN_IN_BITS))
+        rem = Signal(_DIVISOR_BITS)
         s2 = Signal(unsigned(_SXX_BITS + 1))
         m.d.comb += self.o.payload.eq(tok)
         cols = tok.cmd.cols
@@ -235,10 +238,16 @@ class VectorFinisher(wiring.Component):
             with m.State("MEAN"):
                 with m.If(div.done):
                     q = div.quotient[:_SX_BITS].as_signed()
-                    m.d.sync += mean.eq(Mux(sx < 0, ~q, q))
+                    # For a negative sum, ~sum = n*q + r: sum = n*~q + (n - 1 - r).
+                    m.d.sync += [mean.eq(Mux(sx < 0, ~q, q)),
+                                 rem.eq(Mux(sx < 0, cols - 1 - div.remainder, div.remainder))]
                     m.next = "SQUARES"
             with m.State("SQUARES"):
-                m.d.sync += s2.eq(tok.b - mean * (2 * sx - cols * mean))
+                f = Signal(signed(_SX_BITS + 1))
+                m.d.comb += f.eq(sx + rem)
+                # |sum + r| < 2**(23 + COLS_BITS) + 2**COLS_BITS: 36 bits at 11 column bits.
+                f_bits = nx.LN_IN_BITS + COLS_BITS + 1
+                m.d.sync += s2.eq(tok.b - limb_product(mean, f[:f_bits].as_signed(), lut_bits=2))
                 m.d.sync += tok.a.eq(mean)
                 m.next = "VAR"
             with m.State("VAR"):
