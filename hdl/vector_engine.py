@@ -59,6 +59,12 @@ class _Gearbox(wiring.Component):
     Every row starts on a beat boundary; a row is ``beats = ceil(cols << elog / W)`` beats in and
     ``nub = ceil(cols / N)`` unit beats out. A unit beat takes the next ``N << elog`` bytes; the
     last of a row takes every byte left of the row (the tail of its last beat is dropped).
+
+    Unit and memory beats are powers of two and rows start on beat boundaries, so a unit beat
+    starts at a multiple of its own size: inside one memory beat when it is narrower, on a beat
+    boundary when it is wider. The buffer is therefore a shift register of whole beats and the
+    offset into the head beat, and the output a choice among ``W / N`` positions, not a byte
+    shifter. ``avail`` and the push condition are those of a ``2 max(W, U)``-byte buffer.
     """
 
     def __init__(self, port_bytes: int, lanes: int, max_elog: int):
@@ -78,25 +84,41 @@ class _Gearbox(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        W, C = self.W, self.C
-        buf = Signal(8 * C)
-        level = Signal(range(C + 1))
-        need = Signal(range(C + 1))
-        m.d.comb += need.eq(Mux(self.last, self.last_take, self.N << self.elog))
-        m.d.comb += [self.avail.eq(level >= need), self.bytes.eq(buf[:8 * self.U])]
-        pop = Signal(range(C + 1))
-        m.d.comb += pop.eq(Mux(self.take, need, 0))
-        after = Signal(range(C + 1))
-        m.d.comb += after.eq(level - pop)
+        W, N, U = self.W, self.N, self.U
+        lw, ln = _log2(W), _log2(N)
+        D = self.C // W                      # beats the buffer holds
+        R = max(1, U // W)                   # beats a widest unit beat spans
+        q = [Signal(8 * W, name=f"q{j}") for j in range(D)]
+        count = Signal(range(D + 1))
+        off = Signal(max(1, lw))             # bytes of the head beat already taken
+        need = Signal(range(self.C + 1))
+        m.d.comb += need.eq(Mux(self.last, self.last_take, N << self.elog))
+        span = Signal(range(W + self.C + 1))
+        m.d.comb += span.eq(off + need)
+        m.d.comb += self.avail.eq((count << lw) >= span)
+        pop = Signal(range(D + 1))           # whole beats leaving
+        m.d.comb += pop.eq(Mux(self.take, span >> lw, 0))
+        after = Signal(range(D + 1))
+        m.d.comb += after.eq(count - pop)
         push = Signal()
-        m.d.comb += [push.eq(self.beat.valid & (after + W <= C)), self.beat.ready.eq(push)]
-        shifted = Signal(8 * C)
-        m.d.comb += shifted.eq(buf >> (pop << 3))
+        m.d.comb += [push.eq(self.beat.valid & (after < D)), self.beat.ready.eq(push)]
+        # The unit beat starts at a multiple of N bytes inside the head beat.
+        window = Cat(*q[:R])
+        if lw > ln:
+            m.d.comb += self.bytes.eq((window >> (off[ln:lw] << (ln + 3)))[:8 * U])
+        else:
+            m.d.comb += self.bytes.eq(window[:8 * U])
         with m.If(self.clear):
-            m.d.sync += [buf.eq(0), level.eq(0)]
+            m.d.sync += [count.eq(0), off.eq(0)]
         with m.Else():
-            m.d.sync += [buf.eq(Mux(push, shifted | (self.beat.payload << (after << 3)), shifted)),
-                         level.eq(after + Mux(push, W, 0))]
+            m.d.sync += [count.eq(after + push), off.eq(Mux(self.take, span, off)[:len(off)])]
+            for j in range(D):
+                moved = Signal(8 * W, name=f"moved{j}")
+                with m.Switch(pop):
+                    for k in range(R + 1):
+                        with m.Case(k):
+                            m.d.comb += moved.eq(q[j + k] if j + k < D else 0)
+                m.d.sync += q[j].eq(Mux(push & (after == j), self.beat.payload, moved))
         return m
 
 
