@@ -88,7 +88,8 @@ class _Gearbox(wiring.Component):
         lw, ln = _log2(W), _log2(N)
         D = self.C // W                      # beats the buffer holds
         R = max(1, U // W)                   # beats a widest unit beat spans
-        q = [Signal(8 * W, name=f"q{j}") for j in range(D)]
+        # Beats past ``count`` are don't-care: no reset, and a clear leaves them.
+        q = [Signal(8 * W, name=f"q{j}", reset_less=True) for j in range(D)]
         count = Signal(range(D + 1))
         off = Signal(max(1, lw))             # bytes of the head beat already taken
         need = Signal(range(self.C + 1))
@@ -103,22 +104,28 @@ class _Gearbox(wiring.Component):
         push = Signal()
         m.d.comb += [push.eq(self.beat.valid & (after < D)), self.beat.ready.eq(push)]
         # The unit beat starts at a multiple of N bytes inside the head beat.
-        window = Cat(*q[:R])
+        window = Cat(*q[:R], C(0, 8 * U))
         if lw > ln:
-            m.d.comb += self.bytes.eq((window >> (off[ln:lw] << (ln + 3)))[:8 * U])
+            with m.Switch(off[ln:lw]):
+                for k in range(W // N):
+                    with m.Case(k):
+                        m.d.comb += self.bytes.eq(window[8 * N * k:8 * N * k + 8 * U])
         else:
             m.d.comb += self.bytes.eq(window[:8 * U])
         with m.If(self.clear):
             m.d.sync += [count.eq(0), off.eq(0)]
         with m.Else():
             m.d.sync += [count.eq(after + push), off.eq(Mux(self.take, span, off)[:len(off)])]
-            for j in range(D):
-                moved = Signal(8 * W, name=f"moved{j}")
+        # A slot loads the incoming beat or moves down by the beats leaving, else holds (the
+        # flip-flops' clock enable); slots emptied by a move keep stale beats.
+        for j in range(D):
+            with m.If(push & (after == j)):
+                m.d.sync += q[j].eq(self.beat.payload)
+            with m.Elif(pop != 0):
                 with m.Switch(pop):
-                    for k in range(R + 1):
+                    for k in range(1, min(R, D - 1 - j) + 1):
                         with m.Case(k):
-                            m.d.comb += moved.eq(q[j + k] if j + k < D else 0)
-                m.d.sync += q[j].eq(Mux(push & (after == j), self.beat.payload, moved))
+                            m.d.sync += q[j].eq(q[j + k])
         return m
 
 
