@@ -21,9 +21,9 @@ from celosia.hdl.params import FULL, SMALL, Sizing
 #: one-cycle check through its 16x32 product and two adders was the critical path; with the
 #: serial check the 8x8 top routes at 30.14 MHz, docs/fpga.md).
 ULX3S = Sizing(serial_check=True)
-#: ULX3S with the vector engine: four vector lanes. A lane takes 14 MULT18X18D and a LayerNorm
-#: finisher 8 (Yosys), so 8x8 PEs, the epilogue and four lanes use 144 of the 156; eight lanes
-#: would need 208.
+#: ULX3S with the vector engine: four vector lanes. A lane takes 13 MULT18X18D and a LayerNorm
+#: finisher 4 (Yosys), so 8x8 PEs, the epilogue and four lanes use 136 of the 156; eight lanes
+#: would need 192 (docs/vector.md, "Cost").
 ULX3S_VECTOR = Sizing(vector_lanes=4, serial_check=True)
 
 __all__ = ["Board", "BOARDS", "ecp5_pll_params", "ice40_pll_params", "add_pll", "uart_divisor",
