@@ -520,10 +520,7 @@ class VectorUnit(wiring.Component):
         m.d.comb += fire2.eq(loaded2 & fa.r_rdy & adv2)
 
         def piped2(value, shape, name):
-            r = Signal(shape, name=name)
-            with m.If(adv2):
-                m.d.sync += r.eq(value)
-            return r
+            return _piped(m, adv2, value, shape, name)
 
         def carry(values, slices, prefix):
             """``values`` (name -> value) through ``slices`` slices: a list of dicts per slice."""
@@ -703,13 +700,9 @@ class VectorUnit(wiring.Component):
         out = self.o.payload.data
 
         def piped(value, shape, name):
-            """``value`` one slice later: a register that moves when the bank advances."""
-            r = Signal(shape, name=name)
-            with m.If(adv):
-                m.d.sync += r.eq(value)
-            return r
+            return _piped(m, adv, value, shape, name)
 
-        # Six slices: each step's operands are registered in front of its product (the DSP's
+        # Eight slices: each step's operands are registered in front of its product (the DSP's
         # input registers), its product behind it (the output registers), then it is rounded,
         # shifted and saturated into the next step's input.
         valid, cmd, exp = [fire3], [c3], [Mux((op3 == VectorOp.SOFTMAX) | _is_rows(op3),
@@ -821,6 +814,14 @@ class VectorUnit(wiring.Component):
                                  | _any(fifos_used + finishers_used + slices3
                                         + stage2_slices))
         return m
+
+
+def _piped(m, en, value, shape, name):
+    """``value`` one slice later: a register that moves when its pipeline advances (``en``)."""
+    r = Signal(shape, name=name)
+    with m.If(en):
+        m.d.sync += r.eq(value)
+    return r
 
 
 def _any(values):
