@@ -40,7 +40,8 @@ from celosia.hdl.axi import AXI4Signature
 
 from .bridge import BytePortSignature
 
-__all__ = ["GENERATOR_PACKAGES", "EXTRA_MODULES", "SdramCoreConfig", "generate", "GeneratedCore",
+__all__ = ["GENERATOR_PACKAGES", "EXTRA_MODULES", "REFRESH_INTERVAL_NS", "refresh_interval_ns",
+           "SdramCoreConfig", "generate", "GeneratedCore",
            "WishboneSignature", "SdramPinsSignature", "LiteDRAMCore", "init_sequence",
            "InitSequencer", "ByteToWishbone", "SdramWindow"]
 
@@ -152,7 +153,25 @@ EXTRA_MODULES = {
     },
 }
 
-# Runs litedram.gen with EXTRA_MODULES (argv[1], JSON) added to LiteDRAM's module table.
+#: Every ULX3S part refreshes its 8192 rows within 64 ms: one AUTO REFRESH every 7812.5 ns on
+#: average (LiteDRAM's tREFI for them).
+REFRESH_INTERVAL_NS = 64e6 / 8192
+
+
+def refresh_interval_ns(sys_clk_freq: float, interval_ns: float = REFRESH_INTERVAL_NS) -> float:
+    """The tREFI given to the generator: ``interval_ns`` rounded down to whole clock cycles.
+
+    LiteDRAM rounds tREFI *up* to whole cycles (at 25 MHz, 196 cycles of 40 ns: 8192 refreshes
+    take 64.2 ms, past the 64 ms of every datasheet; the chip model reports it as a tREF
+    violation after 64 ms of simulated time). Rounded down here, the generator's ceiling gives
+    back the same whole number of cycles (a hundredth of a cycle below it, against rounding
+    errors)."""
+    period = 1e9 / sys_clk_freq
+    return (int(interval_ns // period) - 0.01) * period
+
+
+# Runs litedram.gen with EXTRA_MODULES (argv[1], JSON) added to LiteDRAM's module table and the
+# module's tREFI replaced by argv[2] (ns).
 _GENERATOR = """
 import json, sys
 from litedram import modules
@@ -164,6 +183,10 @@ for name, m in json.loads(sys.argv.pop(1)).items():
             **{k: pair(v) for k, v in m["technology"].items()}),
         "speedgrade_timings": {"default": modules._SpeedgradeTimings(
             **{k: pair(v) for k, v in m["speedgrade"].items()})}}))
+module, trefi = sys.argv.pop(1), float(sys.argv.pop(1))
+t = getattr(modules, module).technology_timings
+getattr(modules, module).technology_timings = modules._TechnologyTimings(
+    tREFI=trefi, tWTR=t.tWTR, tCCD=t.tCCD, tRRD=t.tRRD, tZQCS=t.tZQCS)
 from litedram.gen import main
 main()
 """
@@ -173,8 +196,9 @@ def generate(config: SdramCoreConfig = SdramCoreConfig(), *, log=None) -> Genera
     """The core for ``config``, generated now or taken from the cache."""
     versions = installed_versions()
     extra = json.dumps({k: v for k, v in EXTRA_MODULES.items() if k == config.module})
+    trefi = repr(refresh_interval_ns(config.sys_clk_freq))
     key = hashlib.sha256((config.yaml() + json.dumps(versions, sort_keys=True)
-                          + extra).encode())
+                          + extra + trefi).encode())
     folder = cache_dir() / f"{CORE_NAME}-{key.hexdigest()[:16]}"
     core = GeneratedCore(folder)
     if core.verilog_path.exists():
@@ -183,7 +207,7 @@ def generate(config: SdramCoreConfig = SdramCoreConfig(), *, log=None) -> Genera
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         tmp = Path(tmp)
         (tmp / "core.yml").write_text(config.yaml())
-        proc = subprocess.run([sys.executable, "-c", _GENERATOR, extra, "core.yml",
+        proc = subprocess.run([sys.executable, "-c", _GENERATOR, extra, config.module, trefi, "core.yml",
                                "--name", CORE_NAME], cwd=tmp, capture_output=True, text=True)
         if log is not None:
             log.write(proc.stdout + proc.stderr)

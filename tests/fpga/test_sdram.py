@@ -114,3 +114,23 @@ def test_wrapper_connects_every_core_port():
     unused = {"user_clk", "user_rst"}        # the core's clock and reset, handed back
     assert connected == set(core.port_widths()) - unused
     assert top.addr_width == 25 and top.data_width == 32    # 32 MB, byte addressed
+
+
+@pytest.mark.parametrize("mhz", [25, 48.8, 50, 100, 133.33])
+def test_refresh_interval_rounds_down(mhz):
+    """The generator's tREFI comes back as whole cycles no longer than 64 ms / 8192 (LiteDRAM
+    rounds it up: at 25 MHz 196 cycles, and 8192 refreshes take 64.2 ms)."""
+    import math
+
+    from celosia.fpga.sdram import REFRESH_INTERVAL_NS, refresh_interval_ns
+
+    period = 1e3 / mhz
+    cycles = math.ceil(refresh_interval_ns(mhz * 1e6) / period)     # LiteDRAM's ns_to_cycles
+    assert cycles * period <= REFRESH_INTERVAL_NS < (cycles + 1) * period
+
+
+def test_generated_refresh_timer():
+    """The generated core at 25 MHz reloads its refresh timer for 195 cycles (7.8 us)."""
+    text = generate(SdramCoreConfig(sys_clk_freq=25e6)).verilog()
+    reloads = set(re.findall(r"timer_count1 <= 8'd(\d+);", text))
+    assert reloads == {"194"}

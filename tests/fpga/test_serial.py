@@ -782,3 +782,82 @@ def test_embed_keeps_the_weights_on_the_board(fast_board, make_checkpoint, tmp_p
     assert first["weights_loaded"] and not second["weights_loaded"]
     assert all(r["results"][0]["bit_exact_vs_golden"] for r in runs)
     assert second["link_bytes"] < first["link_bytes"]
+
+
+# --- the simulated board with its memory window in SDRAM -------------------------------------
+
+#: Bytes of the SDRAM board's memory the tests mirror and read back over the link (the
+#: programs' windows are inside it); the rest is checked through the chip model's back door.
+SDRAM_MIRROR_BYTES = 0x10000
+
+
+@pytest.fixture(scope="module")
+def sdram_board():
+    """The simulated board with LiteDRAM and the SDRAM chip model as its memory (N = 4 with
+    the vector engine, the ULX3S's 25 MHz and 3 Mbaud divisor)."""
+    from celosia.fpga.boards import uart_divisor
+    from celosia.sim.verilator_uart import ULX3S_CLK_HZ, SimBoard
+
+    t0 = time.monotonic()
+    board = SimBoard(array=SIM_CFG.array, port_bytes=SIM_CFG.port_bytes, vector=True,
+                     window="sdram", divisor=uart_divisor(ULX3S_CLK_HZ, FAST_BAUD),
+                     clk_hz=ULX3S_CLK_HZ)
+    print(f"\nsimulated SDRAM board: build {board.build_seconds:.1f} s, setup "
+          f"{time.monotonic() - t0:.1f} s")
+    yield board
+    board.stop()
+
+
+def test_sdram_board_back_door_and_link(sdram_board):
+    """Bytes loaded into the chip model behind the controller read back over the link, bytes
+    written over the link are in the chip where LiteDRAM's address mapping puts them (first
+    and last bytes of the 32 MB included); no protocol violation."""
+    board = sdram_board
+    assert board.mem_bytes == 32 << 20
+    rng = np.random.default_rng(5)
+    spots = [0, 0x1234567, board.mem_bytes - 700]
+    blobs = [rng.integers(0, 256, 700, np.uint8).tobytes() for _ in spots]
+    for addr, blob in zip(spots, blobs):
+        board.preload(addr, blob)
+    with pytest.raises(ValueError, match="outside"):
+        board.preload(board.mem_bytes - 1, b"xy")
+    board.start()
+    with SerialBackend(board.url, baud=FAST_BAUD, **board.backend_options()) as be:
+        assert be.mem_bytes == board.mem_bytes
+        for addr, blob in zip(spots, blobs):
+            assert be.read_memory(addr, len(blob)) == blob
+        new = rng.integers(0, 256, 513, np.uint8).tobytes()
+        be.write_memory(0x0abcdef, new)
+        assert board.peek(0x0abcdef, len(new)) == new
+        for addr in spots:                      # put back the zeros the next test expects
+            be.write_memory(addr, bytes(700))
+        be.write_memory(0x0abcdef, bytes(len(new)))
+    assert board.violation == ""
+    st = board.stats()
+    assert st["sdram_reads"] >= 3 * 700 and st["sdram_writes"] >= 513 and st["sdram_refreshes"] > 0
+
+
+def test_sdram_board_end_to_end(sdram_board):
+    """The compiled encoder layer, the matmul chain and the attention head of the on-chip
+    board's tests, bit-exact with the isa simulator on the SDRAM board; every byte of the
+    mirrored region read back over the link, and the whole 32 MB through the back door."""
+    board = sdram_board
+    board.start()
+    mirror = np.zeros(SDRAM_MIRROR_BYTES, np.uint8)
+    s0 = board.stats()
+    t0 = time.monotonic()
+    with SerialBackend(board.url, baud=FAST_BAUD, **board.backend_options()) as be:
+        _run_all(be, mirror, seed=3)
+        _check_memory(be, mirror)
+    wall = time.monotonic() - t0
+    assert board.peek(0, len(mirror)) == mirror.tobytes()
+    rest = np.frombuffer(board.peek(len(mirror), board.mem_bytes - len(mirror)), np.uint8)
+    assert not rest.any(), f"a byte outside the programs' region changed at {np.flatnonzero(rest)[0] + len(mirror):#x}"
+    assert board.violation == ""
+    s1 = board.stats()
+    cycles = s1["cycles"] - s0["cycles"]
+    words = (s1["sdram_reads"] - s0["sdram_reads"]) + (s1["sdram_writes"] - s0["sdram_writes"])
+    print(f"SDRAM board: {wall:.1f} s, {cycles / wall / 1e6:.2f} M cycles/s, SDRAM "
+          f"{s1['sdram_reads'] - s0['sdram_reads']} reads, {s1['sdram_writes'] - s0['sdram_writes']} "
+          f"writes, {s1['sdram_activates'] - s0['sdram_activates']} activates "
+          f"({words / cycles:.3f} words a cycle)")
