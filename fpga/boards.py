@@ -62,6 +62,7 @@ class Board:
     sizing: Sizing = FULL     #: how large the accelerator's result-neutral parts are built
     vector_sizing: Sizing | None = None   #: the sizing with the vector engine (default: sizing)
     memory: str = "axi"       #: the accelerator's memory interface ("axi" or "native")
+    window: str = "bram"      #: where its memory is: "bram" (on chip) or "sdram" (fpga/system.py)
     synth_opts: str = ""      #: extra options of Yosys's synth_<family>
     nextpnr_opts: str = ""    #: extra options of nextpnr
 
@@ -80,7 +81,7 @@ BOARDS = {
         # default clock, timing-clean; docs/fpga.md).
         array=8, clock_mhz=25.0, vector=False, k_max=4096, mem_bytes=128 * 1024, spram=False,
         dsps=156, reset_button="button_fire", sizing=ULX3S, vector_sizing=ULX3S_VECTOR,
-        nextpnr_opts="--router router2"),
+        window="sdram", nextpnr_opts="--router router2"),
     "icebreaker": Board(
         name="icebreaker", family="ice40", platform_module="amaranth_boards.icebreaker",
         platform_class="ICEBreakerPlatform", clk_name="clk12", clk_in_mhz=12.0,

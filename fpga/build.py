@@ -123,13 +123,14 @@ def _count(util: dict, *names) -> tuple[int, int]:
 
 def build(board: str, array: int | None = None, clock_mhz: float | None = None,
           out_dir: str | Path = "build/fpga", vector: bool | None = None,
-          baud: int = DEFAULT_BAUD, seed: int | None = None) -> dict:
+          baud: int = DEFAULT_BAUD, seed: int | None = None, window: str | None = None) -> dict:
     """Build a bitstream; returns the report dictionary (see docs/fpga.md)."""
     b = BOARDS[board]
     out_dir = Path(out_dir) / board
     out_dir.mkdir(parents=True, exist_ok=True)
     tool_env()
-    top = CelosiaTop(b, array=array, clock_mhz=clock_mhz, vector=vector, baud=baud)
+    top = CelosiaTop(b, array=array, clock_mhz=clock_mhz, vector=vector, baud=baud,
+                     window=window)
     platform = b.platform()
     t0 = time.monotonic()
     error = None
@@ -170,7 +171,7 @@ def build(board: str, array: int | None = None, clock_mhz: float | None = None,
     report = {
         "board": board, "array": top.array, "vector": top.vector,
         "vector_lanes": top.vector_lanes, "k_max": b.k_max,
-        "mem_bytes": top.mem_bytes, "baud": baud,
+        "window": top.window, "mem_bytes": top.mem_bytes, "baud": baud,
         "bitstream": str(bit) if bit.exists() and error is None else None,
         "luts": luts[0], "luts_total": luts[1], "ffs": ffs[0], "ffs_total": ffs[1],
         "dsps": dsps[0], "dsps_total": dsps[1], "brams": brams[0], "brams_total": brams[1],
@@ -194,6 +195,9 @@ def add_arguments(parser) -> None:
                         help="core clock (default: the board's; the PLL picks the nearest)")
     parser.add_argument("--vector", choices=("auto", "on", "off"), default="auto",
                         help="include the vector engine (auto: when it fits the board)")
+    parser.add_argument("--memory", choices=("bram", "sdram"), default=None,
+                        help="where the accelerator's memory is: on-chip block RAM or the "
+                             "board's SDRAM (default: the board's)")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD)
     parser.add_argument("--seed", type=int, default=None, help="nextpnr placement seed")
     parser.add_argument("-o", "--output", default="build/fpga", help="build directory")
@@ -203,12 +207,14 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     vector = {"auto": None, "on": True, "off": False}[getattr(args, "vector", "auto")]
     r = build(args.board, args.array, args.clock_mhz, args.output, vector=vector,
-              baud=getattr(args, "baud", DEFAULT_BAUD), seed=getattr(args, "seed", None))
+              baud=getattr(args, "baud", DEFAULT_BAUD), seed=getattr(args, "seed", None),
+              window=getattr(args, "memory", None))
     if args.json:
         print(json.dumps(r))
     else:
         rows = [("board", r["board"]), ("array", f"{r['array']}x{r['array']}"
                                         + (" + vector" if r["vector"] else " (matmul only)")),
+                ("memory", f"{r['window']}, {r['mem_bytes']} bytes"),
                 ("bitstream", r["bitstream"] or "-"),
                 ("LUTs", f"{r['luts']}/{r['luts_total']}"),
                 ("DSPs", f"{r['dsps']}/{r['dsps_total']}"),

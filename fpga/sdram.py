@@ -40,7 +40,7 @@ from celosia.hdl.axi import AXI4Signature
 
 from .bridge import BytePortSignature
 
-__all__ = ["GENERATOR_PACKAGES", "EXTRA_MODULES", "REFRESH_INTERVAL_NS", "refresh_interval_ns",
+__all__ = ["GENERATOR_PACKAGES", "EXTRA_MODULES", "SDRAM_WORD_BYTES", "REFRESH_INTERVAL_NS", "refresh_interval_ns",
            "SdramCoreConfig", "generate", "GeneratedCore",
            "WishboneSignature", "SdramPinsSignature", "LiteDRAMCore", "init_sequence",
            "InitSequencer", "ByteToWishbone", "SdramWindow"]
@@ -50,6 +50,8 @@ __all__ = ["GENERATOR_PACKAGES", "EXTRA_MODULES", "REFRESH_INTERVAL_NS", "refres
 GENERATOR_PACKAGES = ("litedram", "litex", "migen")
 
 CORE_NAME = "litedram_core"
+#: Bytes the SDRAM moves per clock at most: one 16-bit word (SDR, burst length 1).
+SDRAM_WORD_BYTES = 2
 #: The name of the byte port's LiteDRAM user port (ports user_port_wb_1_*).
 BYTE_PORT = "wb_1"
 

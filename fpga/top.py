@@ -5,7 +5,12 @@
     osc ─▶ PLL ─▶ sync clock        UART rx/tx ─▶ UartBridge ─csr (AXI4-Lite)─▶ Accelerator.s_axil
                                                          │ byte port                   │ m_axi (AXI4)
                                                       ▼                             ▼
-                                                   AxiRam (on-chip memory window, at address 0)
+                               AxiRam (on-chip memory window, at address 0), or the SDRAM
+
+The accelerator, its memory window and the bridge are :class:`celosia.fpga.system.BoardSystem`,
+the same gateware the simulated board (:mod:`celosia.fpga.simtop`) runs. A board whose
+``window`` is ``"sdram"`` keeps the accelerator's memory in its SDRAM (LiteDRAM's controller,
+:mod:`celosia.fpga.sdram`); its clock pin is the core clock inverted.
 
 The iCEBreaker builds ``Accelerator(memory="native")`` with :class:`NativeRam` instead of the
 AXI4 master and ``AxiRam`` (no AXI registers on the small device).
@@ -20,11 +25,10 @@ from __future__ import annotations
 from amaranth import *
 from amaranth.lib import wiring
 
-from celosia.hdl.accelerator import Accelerator
+from amaranth.lib import io
 
 from .boards import BOARDS, Board, add_pll, uart_divisor
-from .bridge import UartBridge
-from .memory import add_window
+from .system import BoardSystem
 
 __all__ = ["CelosiaTop", "POR_CYCLES", "DEFAULT_BAUD"]
 
@@ -35,13 +39,16 @@ DEFAULT_BAUD = 115200
 class CelosiaTop(Elaboratable):
     def __init__(self, board: Board | str, *, array: int | None = None,
                  clock_mhz: float | None = None, vector: bool | None = None,
-                 baud: int = DEFAULT_BAUD, mem_bytes: int | None = None):
+                 baud: int = DEFAULT_BAUD, mem_bytes: int | None = None,
+                 window: str | None = None):
         self.board = BOARDS[board] if isinstance(board, str) else board
         self.array = array or self.board.array
         self.clock_mhz = clock_mhz or self.board.clock_mhz
         self.vector = self.board.vector if vector is None else vector
         self.baud = baud
         self.mem_bytes = mem_bytes or self.board.mem_bytes
+        #: Where the accelerator's memory is ("bram" or "sdram"; default: the board's).
+        self.window = window or self.board.window
         self.achieved_mhz = None
         #: The accelerator's sizing (the board's, or its sizing with the vector engine).
         self.sizing = sizing = ((self.board.vector_sizing or self.board.sizing) if self.vector
@@ -72,15 +79,35 @@ class CelosiaTop(Elaboratable):
         m.d.por += rst.eq(por != POR_CYCLES)
         m.d.comb += cd_sync.rst.eq(rst)
 
-        m.submodules.accel = accel = Accelerator(self.array, vector=self.vector, k_max=b.k_max,
-                                                 sizing=self.sizing, memory=b.memory)
-        ram = add_window(m, accel, self.mem_bytes, spram=b.spram)
-        m.submodules.bridge = bridge = UartBridge(
-            divisor=uart_divisor(clk_hz, self.baud), mem_bytes=self.mem_bytes,
-            clk_hz=clk_hz, timeout_cycles=clk_hz // 100)   # 10 ms gap drops a request
-        wiring.connect(m, bridge.csr, accel.s_axil)
-        wiring.connect(m, bridge.mem, ram.side)
-
+        if self.window == "sdram":
+            pins = platform.request("sdram", 0, dir="-")
+            dq = pins.dq.io            # the core's own pads (TRELLIS_IO) drive it
+        else:
+            dq = None
+        m.submodules.system = system = BoardSystem(
+            array=self.array, vector=self.vector, k_max=b.k_max, sizing=self.sizing,
+            memory=b.memory, window=self.window, mem_bytes=self.mem_bytes, spram=b.spram,
+            divisor=uart_divisor(clk_hz, self.baud), clk_hz=clk_hz,
+            timeout_cycles=clk_hz // 100, dq=dq)     # a 10 ms gap drops a request
+        self.mem_bytes = system.mem_bytes
+        if self.window == "sdram":
+            _sdram_pins(m, pins, system.sdram)
         uart = platform.request("uart", 0)
-        m.d.comb += [bridge.rx.eq(uart.rx.i), uart.tx.o.eq(bridge.tx)]
+        m.d.comb += [system.rx.eq(uart.rx.i), uart.tx.o.eq(system.tx)]
         return m
+
+
+def _sdram_pins(m: Module, pins, sdram) -> None:
+    """Drive the SDRAM's pins: the controller's registered command, address, CKE and DQM
+    outputs through plain output buffers (so the core's I/O registers pack into the pads; the
+    resource's active-low pins are inverted by the platform, hence the controller's ``_n``
+    signals go out inverted once more), and the chip's clock, the core's clock inverted by a
+    DDR output register (the chip samples half a period after the core's edge, as LiteDRAM's
+    GENSDRPHY expects)."""
+    outputs = {"clk_en": sdram.cke, "cs": ~sdram.cs_n, "we": ~sdram.we_n, "ras": ~sdram.ras_n,
+               "cas": ~sdram.cas_n, "ba": sdram.ba, "a": sdram.a, "dqm": sdram.dm}
+    for name, value in outputs.items():
+        m.submodules[f"sdram_{name}"] = buf = io.Buffer("o", getattr(pins, name))
+        m.d.comb += buf.o.eq(value)
+    m.submodules.sdram_clk = clk = io.DDRBuffer("o", pins.clk)
+    m.d.comb += [clk.o[0].eq(0), clk.o[1].eq(1)]

@@ -159,6 +159,9 @@ class Accelerator(wiring.Component):
                      "vec_busy", "stall", "retire", "retire_mm", "retire_vec", "unretire_mm",
                      "unretire_vec"):
             m.d.comb += getattr(csr, name).eq(getattr(ctrl, name))
+        out = arb.out
+        m.d.comb += [csr.rd_beat.eq(out.rd_resp.valid & out.rd_resp.ready),
+                     csr.wr_beat.eq(out.wr.valid & out.wr.ready)]
         return m
 
 

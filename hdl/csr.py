@@ -8,13 +8,15 @@ how each is produced. Semantics follow ``sw/isa_sim.py``:
   idle), ``clear_counters`` (all counters to 0). The three are one-cycle pulses to the
   controller.
 * STATUS: busy, done, error from the controller; matmul_busy and vector_busy live.
-* CYCLES (64 bits), MATMUL_BUSY, VECTOR_BUSY and SYNC_STALL restart from 0 at every start;
+* CYCLES (64 bits), MATMUL_BUSY, VECTOR_BUSY, SYNC_STALL, MEM_READS and MEM_WRITES restart from
+  0 at every start;
   INSTRET, MATMUL_COUNT and VECTOR_COUNT only at ``clear_counters``. Reading CYCLES_LO
   latches the high word, which CYCLES_HI then returns, so a LO-then-HI read is consistent.
   The 32-bit busy/stall counters saturate, the event counters wrap. A board-sized build
   (``counter_bits``, ``cycle_bits``; ``params.Sizing``) has narrower counters: they saturate or
   wrap at their own width and the bits above read as 0; without ``perf_counters`` MATMUL_BUSY,
-  VECTOR_BUSY and SYNC_STALL read 0.
+  VECTOR_BUSY, SYNC_STALL, MEM_READS and MEM_WRITES read 0. MEM_READS and MEM_WRITES count the
+  beats of the memory port (``rd_beat``, ``wr_beat``), the host's traffic aside.
 * Writes to read-only or unmapped offsets are ignored (response OKAY); reads of unmapped
   offsets return 0. Byte strobes apply to the read/write registers.
 """
@@ -56,6 +58,7 @@ class CsrBlock(wiring.Component):
             "mm_busy": In(1), "vec_busy": In(1),
             "stall": In(1), "retire": In(1), "retire_mm": In(1), "retire_vec": In(1),
             "unretire_mm": In(1), "unretire_vec": In(1),
+            "rd_beat": In(1), "wr_beat": In(1),
         })
 
     def elaborate(self, platform):
@@ -71,6 +74,8 @@ class CsrBlock(wiring.Component):
         stall_n = Signal(cb)
         mm_count = Signal(cb)
         vec_count = Signal(cb)
+        rd_beats = Signal(cb)
+        wr_beats = Signal(cb)
 
         def sat_inc(counter, cond):
             with m.If(cond & (counter != (1 << len(counter)) - 1)):
@@ -83,6 +88,8 @@ class CsrBlock(wiring.Component):
             sat_inc(mm_busy_n, self.mm_busy)
             sat_inc(vec_busy_n, self.vec_busy)
             sat_inc(stall_n, self.stall)
+            sat_inc(rd_beats, self.rd_beat)
+            sat_inc(wr_beats, self.wr_beat)
         def up_down(counter, up, down):
             """+1 on ``up``, else -1 on ``down``: one adder whose addend is +1 or -1."""
             with m.If(up | down):
@@ -112,6 +119,8 @@ class CsrBlock(wiring.Component):
             "SYNC_STALL": stall_n,
             "MATMUL_COUNT": mm_count,
             "VECTOR_COUNT": vec_count,
+            "MEM_READS": rd_beats,
+            "MEM_WRITES": wr_beats,
         }
         assert set(values) == {r.name for r in CSR}, "every register of isa.CSR is implemented"
         for name, field in (("busy", 0), ("done", 1), ("error", 2), ("matmul_busy", 3),
@@ -161,7 +170,8 @@ class CsrBlock(wiring.Component):
                         ]
 
         with m.If(self.start | self.clear):
-            m.d.sync += [cycles.eq(0), mm_busy_n.eq(0), vec_busy_n.eq(0), stall_n.eq(0)]
+            m.d.sync += [cycles.eq(0), mm_busy_n.eq(0), vec_busy_n.eq(0), stall_n.eq(0),
+                         rd_beats.eq(0), wr_beats.eq(0)]
         with m.If(self.clear):
             m.d.sync += [instret.eq(0), mm_count.eq(0), vec_count.eq(0), hi_latch.eq(0)]
         return m

@@ -488,6 +488,9 @@ CSR_REGISTERS = (
     Register("SYNC_STALL", 0x3C, Access.RO, "cycles the controller waited in SYNC or HALT"),
     Register("MATMUL_COUNT", 0x40, Access.RO, "MATMUL instructions retired"),
     Register("VECTOR_COUNT", 0x44, Access.RO, "VECTOR instructions retired"),
+    Register("MEM_READS", 0x48, Access.RO,
+             "memory read beats (CONFIG.port_bytes bytes each) since start"),
+    Register("MEM_WRITES", 0x4C, Access.RO, "memory write beats since start"),
 )
 
 

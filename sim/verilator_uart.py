@@ -69,16 +69,17 @@ def _verilog(params: dict, top: str) -> str:
 def _sdram_build(params: dict) -> tuple[dict, tuple]:
     """The generated LiteDRAM core and the ECP5 cell models to Verilate beside the top, the
     harness's flags, and (key ``mem_bytes``) the SDRAM's size."""
-    from celosia.fpga.simtop import SimTop
-    from celosia.fpga.sdram import CORE_NAME
+    from celosia.fpga.sdram import CORE_NAME, generate
+    from celosia.fpga.system import sdram_config
+    from celosia.hdl.isa import MachineConfig
 
     from .verilator_build import HARNESS_DIR
 
-    top = SimTop(**params)
-    core = top.system.sdram_core
+    port_bytes = MachineConfig(params["array"], params.get("port_bytes")).port_bytes
+    core = generate(sdram_config(port_bytes, params["clk_hz"], params.get("sdram_module")))
     extra = {f"{CORE_NAME}.v": core.verilog(),
              "ecp5_cells.v": (HARNESS_DIR / "ecp5_cells.v").read_text(),
-             "mem_bytes": top.mem_bytes}
+             "mem_bytes": 1 << core.port_widths()["user_port_axi_0_awaddr"][1]}
     return extra, ("--pins-inout-enables", "-CFLAGS", "-DCELOSIA_SDRAM")
 
 

@@ -454,6 +454,19 @@ def build_parser() -> argparse.ArgumentParser:
         build.add_arguments(p)
         p.set_defaults(func=build.run)
 
+    simboard = _optional("celosia.sim.simboard")
+    if simboard is not None:
+        p = sub.add_parser("simboard", help="serve a simulated board on a TCP port",
+                           description="Build a board's gateware (the accelerator, its memory "
+                           "window and UART bridge; for the ULX3S the SDRAM controller on a "
+                           "simulated SDRAM chip that stops on any protocol violation) with "
+                           "Verilator and serve it as a serial port. Prints the pyserial URL (socket://127.0.0.1:P) on its first line, "
+                           "then serves until Ctrl-C; `celosia embed --backend serial --port "
+                           "URL` runs on it. Exit status 1 when the SDRAM chip model sees a "
+                           "protocol violation.")
+        simboard.add_arguments(p)
+        p.set_defaults(func=simboard.run)
+
     proofs = _optional("celosia.sim.proofs")
     if proofs is not None:
         p = sub.add_parser("prove", help="formal proofs of the hardware blocks' properties",

@@ -94,7 +94,8 @@ class AcceleratorHung(TimeoutError):
 COUNTERS = {"cycles": ("CYCLES_LO", "CYCLES_HI"), "instructions": ("INSTRET",),
             "matmul_busy": ("MATMUL_BUSY",), "vector_busy": ("VECTOR_BUSY",),
             "sync_stall": ("SYNC_STALL",), "matmul_count": ("MATMUL_COUNT",),
-            "vector_count": ("VECTOR_COUNT",)}
+            "vector_count": ("VECTOR_COUNT",), "mem_read_beats": ("MEM_READS",),
+            "mem_write_beats": ("MEM_WRITES",)}
 
 
 #: Chunks of the weights region compared before resident weights are trusted, and their size.
@@ -355,6 +356,9 @@ class RunResult:
     weights_loaded: bool = True
     #: Bytes the run moved over the backend's link, both ways (None: no link).
     link_bytes: int | None = None
+    #: A board's own figures: ``clk_hz`` (its core clock), ``mem_bytes`` and the link's
+    #: ``baud`` (None: not a board).
+    board: dict | None = None
 
     @property
     def layer_cycles(self) -> list[int] | None:
@@ -409,9 +413,11 @@ def run_compiled(backend: Backend, compiled: CompiledModel, e: np.ndarray,
         part_cycles = [(layer, name, b - a)
                        for (layer, name, _), a, b in zip(compiled.parts, edges, edges[1:])]
     link = _link_bytes(backend)
+    board = ({"clk_hz": backend.clk_hz, "mem_bytes": backend.mem_bytes, "baud": backend.baud}
+             if hasattr(backend, "clk_hz") else None)
     return RunResult(hidden, counters, backend.name, compiled=compiled, build_s=build_s,
                      part_cycles=part_cycles, weights_loaded=load.weights_loaded,
-                     link_bytes=None if link is None else link - link0)
+                     link_bytes=None if link is None else link - link0, board=board)
 
 
 def run_embedding(backend_name: str, model, im: IntegerModel, ids, **kw) -> RunResult:

@@ -339,6 +339,7 @@ class SentenceEncoder:
             batch["build_s"] = round(res.build_s, 2)
         if res.link_bytes is not None:
             batch.update(link_bytes=res.link_bytes, weights_loaded=res.weights_loaded)
+        batch.update(memory_figures(res, len(ids)))
         return res.sentence_hidden
 
     def _summary(self, records: list[dict], batches: list[dict], batch_size: int,
@@ -352,6 +353,38 @@ class SentenceEncoder:
         run["batches"] = batches
         run["per_sentence"] = records
         return run
+
+
+#: A board memory this large is its SDRAM (every on-chip window is far smaller).
+SDRAM_MIN_BYTES = 1 << 24
+
+
+def memory_figures(res, sentences: int) -> dict:
+    """The run's memory traffic from the accelerator's MEM_READS/MEM_WRITES counters (RTL
+    backends; the isa simulator does not model them), and on a board: its clock, the SDRAM
+    bandwidth used (against one 16-bit word a clock) and the throughput projected for the
+    board at its own clock, the link's time at its baud rate included."""
+    out = {}
+    beats = res.counters.get("mem_read_beats", 0), res.counters.get("mem_write_beats", 0)
+    cycles = res.counters.get("cycles", 0)
+    if res.backend == "isa" or not any(beats) or not cycles or res.compiled is None:
+        return out
+    W = res.compiled.config.port_bytes
+    read, written = beats[0] * W, beats[1] * W
+    out.update(memory_read_bytes=read, memory_write_bytes=written,
+               memory_bytes_per_cycle=round((read + written) / cycles, 4))
+    if res.board:
+        from celosia.fpga.sdram import SDRAM_WORD_BYTES
+
+        clk, baud = res.board["clk_hz"], res.board["baud"]
+        out["board_clock_hz"] = clk
+        if res.board["mem_bytes"] >= SDRAM_MIN_BYTES:
+            out["sdram_bandwidth_utilization"] = round((read + written)
+                                                       / (cycles * SDRAM_WORD_BYTES), 4)
+        seconds = cycles / clk + (res.link_bytes or 0) * 10 / baud
+        out["projected_seconds_on_board"] = round(seconds, 4)
+        out["projected_sentences_per_s"] = round(sentences / seconds, 3)
+    return out
 
 
 def batching_report(encoder: "SentenceEncoder", texts: list[str], sizes: list[int]) -> dict:

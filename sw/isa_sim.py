@@ -14,7 +14,8 @@ Besides the architectural state it keeps
   the memory a program with hazards leaves may differ between this simulator and the RTL;
 * an estimate of cycles: each unit runs its commands in order at the ideal rate of an N x N
   array and N vector lanes behind a W-byte port (``max(compute, memory)`` per command),
-  overlapping the other unit until a SYNC; this is a model, not a measurement.
+  overlapping the other unit until a SYNC; this is a model, not a measurement. The memory
+  traffic counters (MEM_READS, MEM_WRITES) are not modelled and read 0.
 
 :class:`IsaBackend` wraps the machine in the driver's :class:`celosia.sw.driver.Backend`
 interface (CSR and memory access).
@@ -109,7 +110,7 @@ class IsaMachine:
 
     def _clear_counters(self) -> None:
         for name in ("CYCLES_LO", "CYCLES_HI", "INSTRET", "MATMUL_BUSY", "VECTOR_BUSY",
-                     "SYNC_STALL", "MATMUL_COUNT", "VECTOR_COUNT"):
+                     "SYNC_STALL", "MATMUL_COUNT", "VECTOR_COUNT", "MEM_READS", "MEM_WRITES"):
             self.regs[name] = 0
         self.stats = {k: 0 for k in self.stats}
         self._reset_timing()

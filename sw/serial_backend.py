@@ -95,6 +95,10 @@ class _BadReply(Exception):
         self.timeout = timeout
 
 
+#: Seconds per byte assumed on a ``socket://`` link (see SerialBackend's ``byte_time``).
+SOCKET_BYTE_TIME = 0.005
+
+
 class SerialBackend:
     """The accelerator on a board behind its UART bridge.
 
@@ -107,8 +111,10 @@ class SerialBackend:
     retries : resends after a failed attempt.
     retry_wait : seconds before the first resend (``retry_wait * attempt`` before later ones,
         at most 4x); must exceed the board's 10 ms resynchronisation gap.
-    byte_time : seconds per byte on the line (default ``10 / baud``); the simulated board's
-        link is slower than its nominal baud rate.
+    byte_time : seconds per byte on the line (default ``10 / baud``, and SOCKET_BYTE_TIME on
+        a ``socket://`` URL: a simulated board, or a board behind a network bridge, moves
+        bytes far slower than its nominal baud rate; the simulated ULX3S with its SDRAM
+        takes about 2 ms a byte).
     gap_timeout : longest silence inside a reply (default ``max(0.05, 32 * byte_time)``).
     poll_s : pause between STATUS polls in ``advance``.
     """
@@ -121,7 +127,10 @@ class SerialBackend:
         if retry_wait <= 0.01:
             raise ValueError("retry_wait must exceed the board's 10 ms resynchronisation gap")
         self.baud, self.timeout, self.retries, self.retry_wait = baud, timeout, retries, retry_wait
-        self.byte_time = 10.0 / baud if byte_time is None else byte_time
+        if byte_time is None:
+            byte_time = (SOCKET_BYTE_TIME if isinstance(port_or_url, str)
+                         and port_or_url.startswith("socket://") else 10.0 / baud)
+        self.byte_time = byte_time
         self.gap_timeout = max(0.05, 32 * self.byte_time) if gap_timeout is None else gap_timeout
         self.poll_s = poll_s
         #: Link statistics: requests, resends, timeouts, bad replies, drains, bytes each way.

@@ -49,7 +49,11 @@ def test_registers_and_counters():
             ctx.set(dut.retire, i < 10)
             ctx.set(dut.retire_mm, i < 4)
             ctx.set(dut.stall, i % 2)
+            ctx.set(dut.rd_beat, i % 3 == 0)
+            ctx.set(dut.wr_beat, i < 7)
             await ctx.tick()
+        ctx.set(dut.rd_beat, 0)
+        ctx.set(dut.wr_beat, 0)
         ctx.set(dut.retire, 0)
         ctx.set(dut.retire_mm, 0)
         ctx.set(dut.stall, 0)
@@ -66,9 +70,13 @@ def test_registers_and_counters():
         assert await axil_read(ctx, bus, CSR.MATMUL_COUNT.offset) == 4
         assert await axil_read(ctx, bus, CSR.SYNC_STALL.offset) == 50
         assert 100 <= await axil_read(ctx, bus, CSR.MATMUL_BUSY.offset) < 200
-        # A start restarts the cycle and busy counters, not the event counters.
+        assert await axil_read(ctx, bus, CSR.MEM_READS.offset) == 34
+        assert await axil_read(ctx, bus, CSR.MEM_WRITES.offset) == 7
+        # A start restarts the cycle, busy and memory counters, not the event counters.
         await axil_write(ctx, bus, CSR.CTRL.offset, CSR.CTRL.make(start=1))
         assert await axil_read(ctx, bus, CSR.SYNC_STALL.offset) == 0
+        assert await axil_read(ctx, bus, CSR.MEM_READS.offset) == 0
+        assert await axil_read(ctx, bus, CSR.MEM_WRITES.offset) == 0
         assert await axil_read(ctx, bus, CSR.INSTRET.offset) == 10
         await axil_write(ctx, bus, CSR.CTRL.offset, CSR.CTRL.make(clear_counters=1))
         assert await axil_read(ctx, bus, CSR.INSTRET.offset) == 0
