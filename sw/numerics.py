@@ -32,7 +32,7 @@ __all__ = [
     "EXP_FRAC_BITS", "EXP_ONE_BITS", "EXP2_LUT", "PROB_MAX", "RECIP_BITS", "softmax",
     "LN_IN_BITS", "LN_NORM_FRAC", "LN_INV_BITS", "LN_MAX_COLS", "isqrt", "layernorm",
     "GELU_IN_FRAC", "GELU_PHI_BITS", "GELU_STEP_FRAC", "GELU_RANGE", "GELU_PHI_TABLE", "GELU_MIN", "GELU_OFFSET", "gelu",
-    "RMS_PEAK_BITS", "RMS_INV_BITS", "RMS_NORM_FRAC", "RMS_MAX_COLS", "rmsnorm",
+    "RMS_PEAK_BITS", "RMS_INV_BITS", "RMS_NORM_FRAC", "RMS_MAX_COLS", "RMS_EPS_BITS", "rmsnorm",
     "SILU_IN_FRAC", "SILU_SIG_BITS", "SILU_STEP_FRAC", "SILU_RANGE", "SILU_SIG_TABLE", "SILU_OUT_FRAC",
     "silu", "gated_silu",
     "ROPE_TRIG_BITS", "rope_tables", "rotary",
@@ -445,35 +445,48 @@ RMS_INV_BITS = 46
 RMS_NORM_FRAC = 12
 #: Longest row (squares < 2**46, so the sum of 1536 fits 57 bits).
 RMS_MAX_COLS = 1536
+#: The epsilon, shifted with the row, stays below 2**RMS_EPS_BITS (mean square plus epsilon
+#: then stays below isqrt's 2**62).
+RMS_EPS_BITS = 61
 
 
-def rmsnorm(x, gamma, shift: int, out: Range) -> np.ndarray:
+def rmsnorm(x, gamma, shift: int, out: Range, eps: int = 0) -> np.ndarray:
     """Integer RMSNorm over the last axis (rows of 1..RMS_MAX_COLS int32 values), times gamma.
 
-    1. ``peak = max|x|``; ``k = bit_length(peak) - RMS_PEAK_BITS`` (0 for a zero row);
-       ``u = x << -k`` if k < 0, else ``round_shift(x, k)``: the row's peak now has 23 bits
-       (|u| <= 2**23; a leading-zero count and a shifter).
+    1. ``peak = max|x|``; ``k = max(bit_length(peak) - RMS_PEAK_BITS, k_eps)`` (``k_eps`` for
+       a zero row) with ``k_eps = ceil((bit_length(eps) - 61) / 2)`` (a constant of the
+       layer); ``u = x << -k`` if k < 0, else ``round_shift(x, k)``: the row's peak now has
+       23 bits (|u| <= 2**23; a leading-zero count and a shifter), or fewer where the epsilon
+       dominates the row.
     2. ``ms = floor(sum(u*u) / n)`` (u*u <= 2**46, the sum < 2**57).
-    3. ``rms = max(1, isqrt(ms))`` (>= 2**22 / sqrt(n) for a nonzero row);
-       ``inv = floor(2**46 / rms)`` (>= 2**23).
+    3. ``eps`` (0 <= eps < 2**62, the model's epsilon in units of the input scale squared,
+       ``round(eps_f / s_in**2)``) follows the row's shift: ``eps_k = round_shift(eps, 2k)``
+       for k >= 0, ``eps << -2k`` for k < 0 (< 2**61 by the choice of k);
+       ``rms = max(1, isqrt(ms + eps_k))`` (>= 2**22 / sqrt(n) for a nonzero row);
+       ``inv = floor(2**46 / rms)`` (>= 2**15).
     4. ``z = round_shift(u * inv, 46 - 12)``: x / rms(x) in Q12 (|z| <= sqrt(n) * 2**12).
     5. ``y = saturate(round_shift(z * gamma, shift), out)``, gamma per column
        (``round(gamma_f / s_out * 2**(shift - 12))``, |gamma| < 2**20).
 
-    The result does not depend on the input scale: ``rmsnorm(x * 2**j)`` equals
-    ``rmsnorm(x)`` bit for bit, so the residual stream keeps its whole int32 range. The
-    model's epsilon is dropped (docs/numerics.md: its effect is measured); a zero row gives 0.
+    Without epsilon the result does not depend on the input scale: ``rmsnorm(x * 2**j)``
+    equals ``rmsnorm(x)`` bit for bit, so the residual stream keeps its whole int32 range.
+    A zero row gives 0.
     """
     x = saturate(x, INT32)
     n = x.shape[-1]
     if not 1 <= n <= RMS_MAX_COLS:
         raise ValueError(f"rmsnorm: rows of 1..{RMS_MAX_COLS} columns, got {n}")
+    if not 0 <= int(eps) < (1 << 62):
+        raise ValueError("rmsnorm: eps must be in 0..2**62 - 1")
+    k_eps = -((RMS_EPS_BITS - int(eps).bit_length()) // 2)
     peak = np.abs(x).max(axis=-1, keepdims=True)
     bits = np.where(peak > 0, np.floor(np.log2(np.maximum(peak, 1))).astype(np.int64) + 1, 0)
-    k = np.where(peak > 0, bits - RMS_PEAK_BITS, 0)
+    k = np.maximum(np.where(peak > 0, bits - RMS_PEAK_BITS, k_eps), k_eps)
     u = np.where(k < 0, x << np.maximum(-k, 0), round_shift(x, np.maximum(k, 0)))
     ms = np.floor_divide((u * u).sum(axis=-1, keepdims=True), n)
-    rms = np.maximum(isqrt(ms), 1)
+    e = np.int64(eps)
+    eps_k = np.where(k < 0, e << np.maximum(-2 * k, 0), round_shift(e, 2 * np.maximum(k, 0)))
+    rms = np.maximum(isqrt(ms + eps_k), 1)
     inv = np.floor_divide(np.int64(1) << RMS_INV_BITS, rms)
     z = round_shift(u * inv, RMS_INV_BITS - RMS_NORM_FRAC)
     return saturate(round_shift(z * np.asarray(gamma, dtype=np.int64), shift), out)

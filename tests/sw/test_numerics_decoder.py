@@ -89,6 +89,25 @@ def test_rmsnorm_does_not_see_the_input_scale():
         assert (nx.rmsnorm(x << j, gamma, 20, nx.INT16) == y).all()
 
 
+def test_rmsnorm_epsilon_follows_the_row_shift():
+    """eps is in units of the input scale squared: scaling the input by 2**j and eps by 4**j
+    changes nothing, and it is the float epsilon of the same rows."""
+    rng = np.random.default_rng(RNG_SEED)
+    x = np.concatenate([rng.integers(-1000, 1000, (3, 576)), np.full((1, 576), 3),
+                        np.zeros((1, 576), dtype=np.int64)])
+    g = np.full(576, 1 << 12)
+    for eps in (1, 40_000, 10**9, (1 << 62) - 1):
+        y = nx.rmsnorm(x, g, 12, nx.INT32, eps=eps)
+        for j in (1, 9, 21):
+            if eps << 2 * j < 1 << 62:
+                assert (nx.rmsnorm(x << j, g, 12, nx.INT32, eps=eps << 2 * j) == y).all(), (eps, j)
+        xf = x.astype(np.float64)
+        ref = xf / np.sqrt(np.mean(xf * xf, axis=-1, keepdims=True) + eps)
+        assert np.abs(y / 4096 - ref).max() <= RMSNORM_ERROR
+    with pytest.raises(ValueError):
+        nx.rmsnorm(x, g, 12, nx.INT32, eps=-1)
+
+
 def test_rmsnorm_close_to_float():
     """Measured worst case 3.0e-4 of a normalised unit (n = 1536, where |z| reaches
     sqrt(n) = 39; 1.2e-4 up to n = 576): the Q12 rounding (1.2e-4) plus the integer rms, exact
