@@ -96,6 +96,11 @@ def test_float_logits_match_transformers(float_lm, prompts, transformers_lm):
     """Every position's logits within LOGIT_TOLERANCE and the same top-1 token."""
     import torch
     model, _ = transformers_lm
+    # transformers dequantises and un-permutes q and k itself: the same float32 weights.
+    theirs = model.state_dict()
+    for ours, name in (("q.weight", "self_attn.q_proj"), ("k.weight", "self_attn.k_proj"),
+                       ("gate.weight", "mlp.gate_proj")):
+        assert (float_lm.weight(ours, 7) == theirs[f"model.layers.7.{name}.weight"].numpy()).all()
     for ids in prompts:
         ours = float_lm.logits(ids)
         with torch.no_grad():
