@@ -158,3 +158,57 @@ def test_integer_rmsnorm_on_smollm2_s_residual_stream(smollm2, float_lm, prompts
         y = nx.rmsnorm(np.round(x / s_in).astype(np.int64), g, shift, nx.INT16,
                        eps=round(eps / s_in**2))
         assert np.abs(y * s_out - ref).max() <= s_out, i
+
+
+def _small_decoder(**kw):
+    return llama_decoder(**{**dict(hidden=64, heads=4, kv_heads=2, layers=2, ffn=96, vocab=50,
+                                   max_positions=32, rope_theta=10000.0, eps=1e-5), **kw})
+
+
+def test_the_decoder_description_names_its_tensors():
+    from celosia.sw.arch import Transformer
+    a = _small_decoder()
+    t = a.tensors()
+    assert t[("embed.tokens", None)] == (50, 64) and t[("k.weight", 1)] == (32, 64)
+    assert t[("gate.weight", 0)] == (96, 64) and t[("final_norm.weight", None)] == (64,)
+    assert ("lm_head.weight", None) not in t and ("q.bias", 0) not in t
+    assert len(t) == 2 * 9 + 2
+    assert _small_decoder(tied=False).tensors()[("lm_head.weight", None)] == (50, 64)
+    assert a.tensor_name("final_norm.weight") == "output_norm.weight"
+    assert a.tensor_name("lm_head.weight") == "output.weight"
+    assert a.tensor_name("mlp_norm.weight", 1) == "blk.1.ffn_norm.weight"
+    assert Transformer.from_dict(a.to_dict()) == a
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(hidden=60, heads=4, kv_heads=2), "rotary positions need an even head width, not 15"),
+    (dict(max_tokens=33), "max_tokens 33 exceeds the 32 rotary positions"),
+    (dict(kv_heads=3), "heads 4 is not a multiple of kv_heads 3"),
+])
+def test_bad_decoder_descriptions_are_one_precise_error(change, message):
+    with pytest.raises(ValueError, match=message):
+        _small_decoder(**change)
+
+
+def test_the_decoder_forward_pass_on_random_weights_matches_its_cache_and_gqa():
+    """A small random decoder: grouped-query attention is multi-head attention with k and v
+    repeated, and decoding token by token through the cache gives the prefill's logits."""
+    rng = np.random.default_rng(0)
+    a = _small_decoder()
+    w = {a.tensor_name(r, i): rng.standard_normal(s).astype(np.float32) * 0.3
+         for (r, i), s in a.tensors().items()}
+    m = FloatTransformer(w, a)
+    ids = rng.integers(0, 50, 9)
+    whole = m.logits(ids)
+    cache = KVCache()
+    steps = np.concatenate([m.logits(ids[t:t + 1], cache) for t in range(9)])
+    np.testing.assert_allclose(steps, whole, rtol=1e-4, atol=1e-4)
+    mha = _small_decoder(kv_heads=4)
+    w2 = dict(w)
+    for i in range(2):
+        for r in ("k", "v"):
+            name = a.tensor_name(f"{r}.weight", i)
+            w2[name] = np.repeat(w[name].reshape(2, 16, 64), 2, axis=0).reshape(64, 64)
+    np.testing.assert_allclose(FloatTransformer(w2, mha).logits(ids), whole, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="34 tokens exceed the model.s 32"):
+        m.logits(np.zeros(33 - 9 + 1, dtype=np.int64), cache)
