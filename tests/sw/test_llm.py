@@ -6,6 +6,7 @@ The SmolLM2 tests skip when the ``llm`` extra (gguf) or the model package (llm-s
 installed with --no-deps) is absent; the comparison with transformers skips without torch,
 transformers and accelerate (the test extra)."""
 
+import functools
 import importlib.util
 
 import numpy as np
@@ -53,11 +54,18 @@ def transformers_lm():
     transformers = pytest.importorskip("transformers")
     from celosia.sw.llm import smollm2_path
     path = smollm2_path()
+    import gguf
     torch.set_num_threads(1)
     kw = dict(gguf_file=path.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32,
-                                                              **kw)
-    tok = transformers.AutoTokenizer.from_pretrained(path.parent, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        # transformers parses the file three times (config, weights, tokenizer) and builds
+        # llama.cpp's tensor-name map once per tensor: most of its load time. The same parse
+        # and the same map, memoised, take a third of it.
+        mp.setattr(gguf, "GGUFReader", functools.cache(gguf.GGUFReader))
+        mp.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
+        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent,
+                                                                  dtype=torch.float32, **kw)
+        tok = transformers.AutoTokenizer.from_pretrained(path.parent, **kw)
     return model.eval(), tok
 
 
