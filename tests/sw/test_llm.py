@@ -100,8 +100,21 @@ def test_the_tokenizer_and_chat_template_match_transformers(smollm2, transformer
         assert tok.decode(ids) == text
 
 
+@pytest.fixture(scope="module")
+def chat_run(float_lm, prompts):
+    """The chat prompt's prefill: its logits and every float intermediate by layer and name."""
+    trace = {}
+    logits = float_lm.logits(prompts[0], trace=trace)
+    return logits, {k: v[0] for k, v in trace.items()}
+
+
+@pytest.fixture(scope="module")
+def chat_trace(chat_run):
+    return chat_run[1]
+
+
 @needs_smollm2
-def test_float_logits_match_transformers(float_lm, prompts, transformers_lm):
+def test_float_logits_match_transformers(float_lm, prompts, chat_run, transformers_lm):
     """Every position's logits within LOGIT_TOLERANCE and the same top-1 token."""
     import torch
     model, _ = transformers_lm
@@ -110,8 +123,8 @@ def test_float_logits_match_transformers(float_lm, prompts, transformers_lm):
     for ours, name in (("q.weight", "self_attn.q_proj"), ("k.weight", "self_attn.k_proj"),
                        ("gate.weight", "mlp.gate_proj")):
         assert (float_lm.weight(ours, 7) == theirs[f"model.layers.7.{name}.weight"].numpy()).all()
-    for ids in prompts:
-        ours = float_lm.logits(ids)
+    for n, ids in enumerate(prompts):
+        ours = chat_run[0] if n == 0 else float_lm.logits(ids)
         with torch.no_grad():
             theirs = model(torch.from_numpy(ids)[None]).logits[0].numpy()
         assert ours.shape == theirs.shape == (len(ids), 49152)
@@ -120,9 +133,9 @@ def test_float_logits_match_transformers(float_lm, prompts, transformers_lm):
 
 
 @needs_smollm2
-def test_prefill_in_pieces_through_the_kv_cache_gives_the_same_logits(float_lm, prompts):
-    ids = prompts[0]
-    whole = float_lm.logits(ids)
+def test_prefill_in_pieces_through_the_kv_cache_gives_the_same_logits(float_lm, prompts,
+                                                                      chat_run):
+    ids, whole = prompts[0], chat_run[0]
     cache = KVCache()
     pieces = [float_lm.logits(ids[:17], cache), float_lm.logits(ids[17:-1], cache),
               float_lm.logits(ids[-1:], cache)]
@@ -145,14 +158,6 @@ def test_the_description_driven_forward_is_minilms(minilm):
     np.testing.assert_allclose(ours, minilm.forward(ids), atol=1e-5)
     with pytest.raises(ValueError, match="no LM head"):
         FloatTransformer(minilm.w, minilm.arch).logits(ids)
-
-
-@pytest.fixture(scope="module")
-def chat_trace(float_lm, prompts):
-    """Every float intermediate of the chat prompt's prefill, by layer and name."""
-    trace = {}
-    float_lm.logits(prompts[0], trace=trace)
-    return {k: v[0] for k, v in trace.items()}
 
 
 @needs_smollm2
