@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = ["NORMS", "PLACEMENTS", "POSITIONS", "MLP_KINDS", "OUTPUTS", "POOLINGS", "NAMINGS",
            "Embeddings", "Attention", "MLP", "Block", "Output", "Transformer", "bert_encoder",
-           "ENCODER_PARTS"]
+           "llama_decoder", "ENCODER_PARTS"]
 
 #: Norm kinds: LayerNorm (mean, variance, gamma and beta) or RMSNorm (root mean square, gamma).
 NORMS = ("layernorm", "rmsnorm")
@@ -34,7 +34,9 @@ NORMS = ("layernorm", "rmsnorm")
 #: final norm after the last block (Llama).
 PLACEMENTS = ("post", "pre")
 #: Position information: a learned table added to the token embeddings (BERT) or rotary
-#: embeddings applied to q and k (Llama).
+#: embeddings applied to q and k (Llama). Rotary pairs channel c of a head with channel
+#: c + head_dim/2 (the "rotate half" layout of Hugging Face Llama checkpoints; the GGUF loader
+#: undoes llama.cpp's interleaved layout, sw/llm.py).
 POSITIONS = ("learned", "rotary")
 #: MLP kinds: ``gelu`` is down(GELU(up(x))); ``gated_silu`` is down(SiLU(gate(x)) * up(x)).
 MLP_KINDS = ("gelu", "gated_silu")
@@ -59,6 +61,22 @@ NAMINGS = {
         "down": "encoder.layer.{i}.output.dense",
         "attn_norm": "encoder.layer.{i}.attention.output.LayerNorm",
         "mlp_norm": "encoder.layer.{i}.output.LayerNorm",
+    },
+    # llama.cpp's GGUF names of a Llama decoder ("final_norm" follows the last pre-norm block,
+    # "lm_head" is absent when tied to the token table).
+    "gguf": {
+        "embed.tokens": "token_embd.weight",
+        "q": "blk.{i}.attn_q",
+        "k": "blk.{i}.attn_k",
+        "v": "blk.{i}.attn_v",
+        "o": "blk.{i}.attn_output",
+        "gate": "blk.{i}.ffn_gate",
+        "up": "blk.{i}.ffn_up",
+        "down": "blk.{i}.ffn_down",
+        "attn_norm": "blk.{i}.attn_norm",
+        "mlp_norm": "blk.{i}.ffn_norm",
+        "final_norm": "output_norm",
+        "lm_head": "output",
     },
 }
 
@@ -257,6 +275,11 @@ class Transformer:
         if a.positions == "learned" and self.max_tokens > a.max_positions:
             raise ValueError(f"max_tokens {self.max_tokens} exceeds the {a.max_positions} "
                              "position embeddings")
+        if a.positions == "rotary" and self.max_tokens > a.max_positions:
+            raise ValueError(f"max_tokens {self.max_tokens} exceeds the {a.max_positions} "
+                             "rotary positions")
+        if a.positions == "rotary" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head width, not {self.head_dim}")
 
     # --- Shape --------------------------------------------------------------------------------
     @property
@@ -338,6 +361,10 @@ class Transformer:
                     out[(f"{role}.bias", i)] = (n_out,)
             for role in ("attn_norm", "mlp_norm"):
                 out.update({(f"{role}.{p}", i): (d,) for p in norm})
+        if self.block.placement == "pre":
+            out.update({(f"final_norm.{p}", None): (d,) for p in norm})
+        if self.output.kind == "lm_head" and not self.output.tied:
+            out[("lm_head.weight", None)] = (e.vocab, d)
         return out
 
     def tensor_name(self, role: str, layer: int | None = None) -> str:
@@ -422,3 +449,23 @@ def bert_encoder(*, hidden: int, heads: int, layers: int, ffn: int, max_tokens: 
         block=Block(Attention(heads=heads, kv_heads=heads, max_positions=max_positions),
                     MLP("gelu", ffn), norm="layernorm", placement="post", eps=eps),
         output=Output("pool", pooling=pooling, normalize=normalize), naming="bert")
+
+
+def llama_decoder(*, hidden: int, heads: int, kv_heads: int, layers: int, ffn: int, vocab: int,
+                  max_positions: int, rope_theta: float, eps: float, tied: bool = True,
+                  max_tokens: int | None = None, naming: str = "gguf") -> Transformer:
+    """A Llama decoder: the token table alone (no norm after it), pre-norm RMSNorm blocks of
+    causal grouped-query attention with rotary positions and a gated-SiLU MLP (no biases), a
+    final RMSNorm, then an LM head (``tied``: the token table). SmolLM2-135M is
+    ``llama_decoder(hidden=576, heads=9, kv_heads=3, layers=30, ffn=1536, vocab=49152,
+    max_positions=8192, rope_theta=100000.0, eps=1e-5)``."""
+    return Transformer(
+        hidden=hidden, layers=layers,
+        max_tokens=max_positions if max_tokens is None else max_tokens,
+        embeddings=Embeddings(vocab=vocab, token_types=0, norm=False),
+        block=Block(Attention(heads=heads, kv_heads=kv_heads, causal=True, positions="rotary",
+                              max_positions=max_positions, rope_theta=float(rope_theta),
+                              bias=False),
+                    MLP("gated_silu", ffn, bias=False), norm="rmsnorm", placement="pre",
+                    eps=float(eps)),
+        output=Output("lm_head", tied=tied), naming=naming)
