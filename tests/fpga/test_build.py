@@ -62,6 +62,8 @@ def test_board_top_elaborates(board, array):
     assert ("FREQUENCY NET" if b.family == "ecp5" else "set_frequency") in constraints
     if b.spram:
         assert "SB_SPRAM256KA" in il
+    if b.window == "sdram":     # LiteDRAM's core, and the chip's clock from a DDR output
+        assert "litedram_core.v" in files and "litedram_core" in il and "ODDRX1F" in il
 
 
 def _segment(kind, cell_from, cell_to, delay):
@@ -267,9 +269,11 @@ def test_icebreaker_bitstream(tmp_path):
 
 @pytest.mark.slow
 def test_ulx3s_bitstream(tmp_path):
-    """The 8x8 matmul-only ULX3S top at its default clock (about 25 minutes on two cores)."""
+    """The 8x8 matmul-only ULX3S top with its memory in SDRAM at its default clock (about 30
+    minutes on two cores)."""
     rc, r = _build("ulx3s-85f", tmp_path)
     assert r["board"] == "ulx3s-85f" and r["array"] == 8 and r["bitstream"], r
+    assert r["window"] == "sdram" and r["mem_bytes"] == 32 << 20
     assert 0 < r["luts"] <= r["luts_total"] and 0 < r["dsps"] <= r["dsps_total"]
     assert r["brams"] <= r["brams_total"]
     assert rc == 0 and r["timing_met"] is True, r
