@@ -34,10 +34,12 @@ def board_simulator(board: str, *, baud: int = DEFAULT_BAUD, port: int = 0, pty:
 
     b = BOARDS[board]
     clk_hz = int(round(b.clock_mhz * 1e6))
-    # The board's vector engine sizing: the simulated board runs whole models.
-    sizing = b.vector_sizing or b.sizing
+    # With the vector engine where the board has a sizing for it: the simulated board runs
+    # whole models (the iCEBreaker has none: matmul only, as its bitstream).
+    vector = b.vector or b.vector_sizing is not None
+    sizing = (b.vector_sizing or b.sizing) if vector else b.sizing
     timeout = clk_hz // 100                 # the board top's 10 ms gap
-    return SimBoard(array=b.array, vector=True, k_max=b.k_max, sizing=sizing, memory=b.memory,
+    return SimBoard(array=b.array, vector=vector, k_max=b.k_max, sizing=sizing, memory=b.memory,
                     window=b.window, mem_bytes=b.mem_bytes,
                     divisor=uart_divisor(clk_hz, baud), clk_hz=clk_hz, timeout_cycles=timeout,
                     active_cycles=4 * timeout + 1, port=port, pty=pty, log=log)
@@ -97,7 +99,8 @@ def run(args) -> int:
     if not 0 <= args.tcp_port <= 65535:
         _say(f"--tcp-port {args.tcp_port}: a port number 0..65535")
         return 2
-    _say(f"building the simulated {b.name} ({b.array}x{b.array}, vector engine, memory "
+    vector = "vector engine" if b.vector or b.vector_sizing else "matmul only"
+    _say(f"building the simulated {b.name} ({b.array}x{b.array}, {vector}, memory "
          f"{b.window}; minutes the first time, then cached)")
     t0 = time.monotonic()
     sim = board_simulator(args.board, baud=args.baud, port=args.tcp_port, pty=args.pty)
