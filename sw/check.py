@@ -12,7 +12,9 @@ The report counts the programs run, bit-exact, stopped with the expected error c
 ordering hazard (their memory is undefined: only the window and the stop are checked), hangs,
 writes outside the window and mismatches; ``--save-failures DIR`` writes each failing program
 as a program image file that ``--replay FILE`` runs again. ``--workers W`` runs W processes,
-each with its own backend (the Verilated model is built once, before they start).
+each with its own backend (the Verilated model is built once, before they start); with
+``--ray ADDRESS`` they are W Ray actors on a Ray cluster (``auto``: the cluster this machine
+belongs to, or a local one started for the campaign), each building its backend on its node.
 """
 
 from __future__ import annotations
@@ -144,6 +146,91 @@ def _run_parallel(args, kinds, seeds, on_result) -> None:
             raise
 
 
+class _RayWorker:
+    """A Ray actor with its own backend (made as a worker process makes one)."""
+
+    def __init__(self, args_dict: dict, kinds):
+        _worker_start(args_dict, kinds)
+
+    def check(self, seed: int) -> dict:
+        return _worker_check(seed)
+
+
+#: Programs queued per Ray actor (one running, one waiting), so none idles between results.
+RAY_QUEUE = 2
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """A one-line error unless ``address`` (host:port or ray://host:port) answers a TCP
+    connection: Ray itself retries a dead address for minutes."""
+    import socket
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise CelosiaError(f"--ray {address}: expected 'auto', host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise CelosiaError(f"--ray {address}: no Ray cluster answers there ({exc})") from None
+
+
+def _ray_init(address: str) -> tuple[object, bool]:
+    """The ``ray`` module, connected; and whether this process started the cluster.
+    ``auto``: the cluster this machine belongs to, else a local one."""
+    import os
+    try:
+        import ray
+    except ImportError:
+        raise CelosiaError("--ray needs the ray extra: pip install 'celosia[ray]'") from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if address != "auto":
+        _reachable(address)
+        try:
+            ray.init(address=address, **options)
+        except (ConnectionError, ValueError, RuntimeError, SystemExit) as exc:
+            raise CelosiaError(f"--ray {address}: {exc}") from None
+        return ray, False
+    try:
+        ray.init(address="auto", **options)
+        return ray, False
+    except (ConnectionError, ValueError, RuntimeError):
+        # Up to 128 MB of shared memory: the programs' results are small dicts.
+        ray.init(object_store_memory=128 << 20, **options)
+        return ray, True
+
+
+def _run_ray(args, kinds, seeds, on_result) -> dict:
+    """Run ``seeds`` on ``args.workers`` Ray actors; returns what the report says of Ray."""
+    ray, started = _ray_init(args.ray)
+    spec = {k: v for k, v in vars(args).items() if k != "func"}
+    try:
+        nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        actor = ray.remote(num_cpus=1)(_RayWorker)
+        actors = [actor.remote(spec, kinds) for _ in range(args.workers)]
+        todo = iter(seeds)
+        pending = {}
+        for a in actors:
+            for _ in range(RAY_QUEUE):
+                s = next(todo, None)
+                if s is not None:
+                    pending[a.check.remote(s)] = a
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                a = pending.pop(ref)
+                on_result(ray.get(ref))
+                s = next(todo, None)
+                if s is not None:
+                    pending[a.check.remote(s)] = a
+        for a in actors:
+            ray.kill(a)
+    finally:
+        ray.shutdown()
+    return {"address": args.ray, "started_locally": started, "nodes": nodes,
+            "actors": args.workers}
+
+
 # --- the command --------------------------------------------------------------------------------
 
 def add_serial_arguments(p) -> None:
@@ -183,6 +270,11 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="W",
                    help="processes running programs, each with its own simulated backend "
                         "(default 1; a board takes 1)")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run the --workers on a Ray cluster (the ray extra) as actors, each "
+                        "building its own backend on its node: 'auto' joins the cluster this "
+                        "machine belongs to or starts a local one; an address (host:6379, "
+                        "ray://host:10001) joins that cluster")
     p.add_argument("--save-failures", metavar="DIR", default=None,
                    help="write each failing program (hang, write outside the window, mismatch) "
                         "to DIR as a program image file for --replay")
@@ -253,6 +345,9 @@ def run(args) -> int:
         raise CelosiaError(f"--workers must be 1 or more, not {args.workers}")
     if args.workers > 1 and args.backend == "serial":
         raise CelosiaError("--workers: a board runs one program at a time (use --workers 1)")
+    if args.ray is not None and args.backend == "serial":
+        raise CelosiaError("--ray: a board is reached from this machine only (run --ray with a "
+                           "simulated backend)")
     save = _save_dir(args.save_failures) if args.save_failures else None
     backend, mem = _backend_call(args, _open, args)     # with workers: builds the model once
     try:
@@ -292,8 +387,13 @@ def run(args) -> int:
         bar.update(sum(counts.values()))
 
     seeds = range(args.seed, args.seed + args.programs)
+    ray_report = None
     try:
-        if args.workers == 1:
+        if args.ray is not None:
+            if hasattr(backend, "close"):
+                backend.close()
+            ray_report = _run_ray(args, args.kinds, seeds, on_result)
+        elif args.workers == 1:
             for s in seeds:
                 on_result(_backend_call(args, campaign.check, campaign.case(s)))
         else:
@@ -313,6 +413,8 @@ def run(args) -> int:
               "counts": {v: counts[v] for v in VERDICTS}, "errors": dict(errors),
               "wall_s": round(wall, 2), "programs_per_s": round(sum(counts.values()) / wall, 2),
               "failures": failures, "saved": saved, **dict(link)}
+    if ray_report is not None:
+        report["ray"] = ray_report
     if args.json:
         json.dump(report, sys.stdout)
         sys.stdout.write("\n")

@@ -39,6 +39,25 @@ def test_workers_run_the_same_programs(capsys):
     assert two["workers"] == 2 and two["counts"] == one["counts"] and two["errors"] == one["errors"]
 
 
+def test_ray_runs_the_same_programs(capsys):
+    """The campaign on two actors of a local Ray instance (started for it) gives the verdicts
+    and error codes of one process."""
+    pytest.importorskip("ray")
+    _, one = campaign(capsys, "--programs", "24", "--seed", "700")
+    status, ray = campaign(capsys, "--programs", "24", "--seed", "700", "--workers", "2",
+                           "--ray", "auto")
+    assert status == 0 and ray["counts"] == one["counts"] and ray["errors"] == one["errors"]
+    assert ray["ray"]["actors"] == 2 and ray["ray"]["nodes"] >= 1
+
+
+def test_ray_to_a_missing_cluster_is_one_line(capsys):
+    pytest.importorskip("ray")
+    status = cli.main(["check", "--backend", "isa", "--programs", "2", "--ray",
+                       "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert status != 0 and "--ray 127.0.0.1:1" in err and "Traceback" not in err
+
+
 def test_programs_are_made_from_their_seed_alone():
     cfg = MachineConfig(4)
     for seed in range(6):
