@@ -18,7 +18,7 @@ from .model import MiniLM, pool
 from .quantize import IntegerModel
 
 __all__ = ["embed_int32", "encoder_layer", "forward", "forward_batch", "embedding", "output_scale",
-           "DecoderCache", "decoder_embed", "decoder_layer", "decoder_logits", "logit_scale",
+           "DecoderCache", "decoder_embed", "decoder_attention", "decoder_mlp", "decoder_layer", "decoder_logits", "logit_scale",
            "decoder_generate"]
 
 #: What this module is called in refusals (Transformer.require_runnable).
@@ -128,10 +128,11 @@ class DecoderCache:
 
 
 def decoder_embed(im: IntegerModel, ids) -> np.ndarray:
-    """The token rows of the int8 table, each requantised by its own factor to the int32
-    residual stream (tokens x hidden)."""
+    """The token rows of the int8 table, requantised per channel (undoing the LM head's
+    smoothing of a tied table), then by each token's own factor to the int32 residual stream
+    (tokens x hidden)."""
     ids = np.asarray(ids, dtype=np.int64)
-    rows = im.tensors["emb.tokens"][:, ids].T
+    rows = nx.requantize(im.tensors["emb.tokens"][:, ids].T, im.dyadic("emb.unsmooth"), nx.INT32)
     rq = im.dyadic("emb.rq")
     return nx.requantize(rows, nx.Dyadic(rq.multiplier[ids][:, None], rq.shift[ids][:, None]),
                          nx.INT32)
@@ -142,17 +143,18 @@ def _rmsnorm(im: IntegerModel, name: str, x: np.ndarray) -> np.ndarray:
                       eps=im.scalar("rms.eps"))
 
 
-def decoder_layer(im: IntegerModel, i: int, x: np.ndarray, cache: DecoderCache | None = None,
-                  trace: dict | None = None) -> np.ndarray:
-    """One pre-norm decoder layer on the int32 residual stream (tokens x hidden) of tokens
-    that follow the ``cache``'s (whose layer ``i`` keys and values they join)."""
+def decoder_attention(im: IntegerModel, i: int, x: np.ndarray, cache: DecoderCache | None = None,
+                      trace: dict | None = None) -> np.ndarray:
+    """Layer ``i``'s attention sublayer on the int32 residual stream (tokens x hidden) of
+    tokens that follow the ``cache``'s (whose layer ``i`` keys and values they join): the
+    output projection's int32 result, to be added to the stream shifted by
+    ``attn_out.res_shift``."""
     T = im.tensors
     p = f"L{i}"
     a = im.arch
     heads, kv_heads, dh, hidden = a.heads, a.kv_heads, a.head_dim, a.hidden
     tokens, start = x.shape[0], 0 if cache is None else cache.length
     kv = kv_heads * dh
-    # Attention.
     h = _rmsnorm(im, f"{p}.attn_norm", x)
     x8, e = nx.requantize_rows(h, im.dyadic(f"{p}.qkv_in.rq"), nx.INT8)
     qkv = nx.requantize(nx.matmul(x8, T[f"{p}.qkv.weight"], row_shift=e),
@@ -170,23 +172,39 @@ def decoder_layer(im: IntegerModel, i: int, x: np.ndarray, cache: DecoderCache |
         cache.keys[i], cache.values[i] = k, v
     ctx = nx.attention(q, k, v, im.dyadic(f"{p}.softmax"), im.dyadic(f"{p}.ctx.rq"),
                        causal_offset=start)
-    attn = nx.requantize(nx.matmul(ctx, T[f"{p}.attn_out.weight"]),
+    if trace is not None:
+        trace.update({f"{i}.qkv_in": x8, f"{i}.qkv": qkv, f"{i}.ctx": ctx})
+    return nx.requantize(nx.matmul(ctx, T[f"{p}.attn_out.weight"]),
                          im.dyadic(f"{p}.attn_out.rq"), nx.INT32)
-    x = nx.residual_add(x, attn, im.scalar(f"{p}.attn_out.res_shift"))
-    # Gated MLP.
+
+
+def decoder_mlp(im: IntegerModel, i: int, x: np.ndarray, trace: dict | None = None) -> np.ndarray:
+    """Layer ``i``'s gated MLP on the int32 residual stream: the down projection's int32
+    result, to be added to the stream shifted by ``down.res_shift``."""
+    T = im.tensors
+    p = f"L{i}"
     h = _rmsnorm(im, f"{p}.mlp_norm", x)
     x8, e = nx.requantize_rows(h, im.dyadic(f"{p}.mlp_in.rq"), nx.INT8)
     gu = nx.matmul(x8, T[f"{p}.gate_up.weight"], row_shift=e)
-    ffn = a.ffn
+    ffn = im.arch.ffn
     gate = nx.requantize(gu[:, :ffn], im.dyadic(f"{p}.gate.rq"), nx.INT16)
     up = nx.requantize(gu[:, ffn:], im.dyadic(f"{p}.up.rq"), nx.INT8)
     inner, e = nx.gated_silu(gate, up, im.dyadic(f"{p}.inner.rq"), nx.INT8)
-    down = nx.requantize(nx.matmul(inner, T[f"{p}.down.weight"], row_shift=e),
-                         im.dyadic(f"{p}.down.rq"), nx.INT32)
-    y = nx.residual_add(x, down, im.scalar(f"{p}.down.res_shift"))
     if trace is not None:
-        trace.update({f"{i}.qkv": qkv, f"{i}.ctx": ctx, f"{i}.h": x, f"{i}.gate": gate,
-                      f"{i}.up": up, f"{i}.inner": inner, f"{i}.y": y})
+        trace.update({f"{i}.mlp_in": x8, f"{i}.gate": gate, f"{i}.up": up, f"{i}.inner": inner})
+    return nx.requantize(nx.matmul(inner, T[f"{p}.down.weight"], row_shift=e),
+                         im.dyadic(f"{p}.down.rq"), nx.INT32)
+
+
+def decoder_layer(im: IntegerModel, i: int, x: np.ndarray, cache: DecoderCache | None = None,
+                  trace: dict | None = None) -> np.ndarray:
+    """One pre-norm decoder layer on the int32 residual stream (tokens x hidden)."""
+    p = f"L{i}"
+    h = nx.residual_add(x, decoder_attention(im, i, x, cache, trace),
+                        im.scalar(f"{p}.attn_out.res_shift"))
+    y = nx.residual_add(h, decoder_mlp(im, i, h, trace), im.scalar(f"{p}.down.res_shift"))
+    if trace is not None:
+        trace.update({f"{i}.h": h, f"{i}.y": y})
     return y
 
 

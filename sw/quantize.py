@@ -24,6 +24,7 @@ Deterministic: the same model and calibration text give the same integer model, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -307,6 +308,7 @@ def _decoder_shapes(arch: Transformer, meta: dict) -> dict:
         shapes.update({f"{name}.gamma": (i64, (h,)), f"{name}.shift": (i64, "scalar")})
 
     rq("emb.rq", v)
+    rq("emb.unsmooth", h)
     for i in range(arch.layers):
         p = f"L{i}."
         norm(p + "attn_norm")
@@ -481,7 +483,7 @@ def _smoothed_input(im: IntegerModel, name: str, acts, w_out_in: np.ndarray, h_s
     """
     f = _smooth_factor(_absmax(acts, axis=-1), np.abs(w_out_in).max(axis=0), config.smooth_alpha)
     smoothed = [x / f for x in acts]
-    x_scale = _absmax(smoothed) * ACT_HEADROOM / 127.0
+    x_scale = _absmax(smoothed) * getattr(config, "act_headroom", ACT_HEADROOM) / 127.0
     im.set_dyadic(f"{name}.rq", h_scale / (f * x_scale), min_shift=nx.ROW_EXP_MAX)
     w_q, w_s = _weight_int8(w_out_in * f[None, :])
     return x_scale, w_q, w_s
@@ -499,6 +501,9 @@ DECODER_CALIBRATION_FILE = Path(__file__).parent / "data" / "chat_calibration.ts
 RESIDUAL_HEADROOM = 2.0
 #: Fractional bits of the integer logits (int32): SmolLM2's logits reach 41, 2.7M units.
 LOGIT_FRAC = 16
+#: The embedding lookup's per-channel requantisation (undoing the LM head's smoothing of a
+#: tied table) gains this many bits over the smallest factor: int8 x 2**13 fits int21.
+EMB_UNSMOOTH_BITS = 13
 
 
 @dataclass(frozen=True)
@@ -510,9 +515,16 @@ class DecoderQuantConfig:
     inner_alpha: float = 0.5
     #: ... for the attention context entering the output projection.
     ctx_alpha: float = 0.5
+    #: ... for the final RMSNorm's output entering the LM head (0 = off).
+    head_alpha: float = 0.5
+    #: Headroom over the calibrated maximum of the operands with per-row exponents (the
+    #: matmul inputs and the gated product).
+    act_headroom: float = 4.0
     #: Exponent of the q/k balance per rotary pair (0 = off).
     qk_balance: float = 1.0
-    #: Headroom of the static q, k, v, context and up scales over their calibrated maxima.
+    #: Headroom of the static q and k scales over their calibrated maxima.
+    qk_headroom: float = 1.0
+    #: ... of the v and context scales, and of up's.
     attn_headroom: float = 1.0
     up_headroom: float = 2.0
 
@@ -589,20 +601,28 @@ def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = Non
     heads, kv_heads, dh, hidden, ffn = a.heads, a.kv_heads, a.head_dim, a.hidden, a.ffn
     group, half = heads // kv_heads, dh // 2
     im = IntegerModel({}, {"format_version": FORMAT_VERSION, "arch": a.to_dict(),
-                           "smooth_alpha": config.smooth_alpha, "inner_alpha": config.inner_alpha,
-                           "ctx_alpha": config.ctx_alpha, "qk_balance": config.qk_balance,
-                           "logit_frac": LOGIT_FRAC})
+                           "recipe": dataclasses.asdict(config), "logit_frac": LOGIT_FRAC})
     # The residual stream: one int32 scale; RMSNorm's epsilon in its units squared.
     res_max = max(_absmax(t(i, n)) for i in range(a.layers) for n in ("x", "h", "y"))
     s_res = res_max * RESIDUAL_HEADROOM / nx.INT32.hi
     im.meta["residual.scale"] = float(s_res)
     im.tensors["rms.eps"] = np.asarray(round(a.block.eps / s_res ** 2), dtype=np.int64)
 
-    # The token table: int8 per row; the embedding lookup requantises a row to the stream.
+    # The LM head's input is smoothed per channel against the head (SmoothQuant): a tied
+    # table is stored times the factor, and the embedding lookup takes it back out.
+    head_float = lm.weight("embed.tokens" if a.output.tied else "lm_head.weight")
+    f_head = (_smooth_factor(_absmax(finals, axis=-1), np.abs(head_float).max(axis=0),
+                             config.head_alpha) if config.head_alpha else np.ones(hidden))
+    # The token table: int8 per row. The embedding lookup requantises a row per channel
+    # (undoing the head's smoothing, at 2**EMB_UNSMOOTH_BITS times the factor's smallest
+    # step), then per token to the stream.
     table = lm.weight("embed.tokens")
-    w_emb, s_emb = _weight_int8(table)           # hidden x vocab, a scale per token
+    f_emb = f_head if a.output.tied else np.ones(hidden)
+    w_emb, s_emb = _weight_int8(table * f_emb[None, :])  # hidden x vocab, a scale per token
     im.tensors["emb.tokens"] = w_emb
-    im.set_dyadic("emb.rq", s_emb / s_res)
+    gain = 2.0 ** EMB_UNSMOOTH_BITS * float(f_emb.min())
+    im.set_dyadic("emb.unsmooth", gain / f_emb)
+    im.set_dyadic("emb.rq", s_emb / (gain * s_res))
 
     for i in range(a.layers):
         L = lambda role: lm.weight(role, i)  # noqa: E731
@@ -623,8 +643,8 @@ def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = Non
         q_group = q_len.reshape(kv_heads, group, half).max(axis=1)
         b = np.sqrt(k_len / q_group) ** config.qk_balance                     # kv x d/2
         b_q = np.repeat(b, group, axis=0)                                       # heads x d/2
-        s_q = (q_len * b_q).max(axis=1) * config.attn_headroom / nx.INT8.hi                           # heads
-        s_k = (k_len / b).max(axis=1) * config.attn_headroom / nx.INT8.hi                             # kv heads
+        s_q = (q_len * b_q).max(axis=1) * config.qk_headroom / nx.INT8.hi                           # heads
+        s_k = (k_len / b).max(axis=1) * config.qk_headroom / nx.INT8.hi                             # kv heads
         v_max = np.maximum(np.max([np.abs(v).max(axis=1) for v in t(i, "v")], axis=0), 1e-5)
         s_v = v_max * config.attn_headroom / nx.INT8.hi                                               # kv x dh
         q_out = (s_q[:, None] / np.concatenate([b_q, b_q], axis=1)).reshape(-1)
@@ -659,7 +679,7 @@ def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = Non
         w_d_float = L("down.weight")
         f_in = _smooth_factor(_absmax(t(i, "inner"), axis=-1), np.abs(w_d_float).max(axis=0),
                               config.inner_alpha)
-        s_in = _absmax([x / f_in for x in t(i, "inner")]) * ACT_HEADROOM / nx.INT8.hi
+        s_in = _absmax([x / f_in for x in t(i, "inner")]) * config.act_headroom / nx.INT8.hi
         im.set_dyadic(f"{p}.inner.rq", 2.0 ** -nx.SILU_OUT_FRAC * s_up / (f_in * s_in),
                       min_shift=nx.ROW_EXP_MAX)
         w_d, w_ds = _weight_int8(w_d_float * f_in[None, :])
@@ -669,12 +689,12 @@ def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = Non
     # --- final RMSNorm -> int16 -> int8 with row exponents -> LM head -> int32 logits.
     s_f = _absmax(finals) * HIDDEN_HEADROOM / nx.INT16.hi
     _rms_params(im, "final_norm", lm.weight("final_norm.weight"), s_f)
-    s_hx = _absmax(finals) * ACT_HEADROOM / nx.INT8.hi
-    im.set_dyadic("head_in.rq", np.full(hidden, s_f / s_hx), min_shift=nx.ROW_EXP_MAX)
+    s_hx = _absmax([x / f_head for x in finals]) * config.act_headroom / nx.INT8.hi
+    im.set_dyadic("head_in.rq", s_f / (f_head * s_hx), min_shift=nx.ROW_EXP_MAX)
     if a.output.tied:
         w_head, s_head = w_emb, s_emb
     else:
-        w_head, s_head = _weight_int8(lm.weight("lm_head.weight"))
+        w_head, s_head = _weight_int8(head_float * f_head[None, :])
         im.tensors["lm_head.weight"] = w_head
     im.set_dyadic("lm_head.rq", s_hx * s_head * 2.0 ** LOGIT_FRAC)
     return im
