@@ -9,7 +9,8 @@ tensor names and shapes, the parts of a layer in program order and the work of e
 A description may declare what Celosia cannot run yet (causal attention, rotary positions,
 grouped-query attention, the gated-SiLU MLP, RMSNorm, pre-norm blocks, an LM head); every stage
 refuses such a description with :class:`NotImplementedError` (:meth:`Transformer.require_runnable`)
-instead of computing something else. docs/model.md says how a new family is described.
+instead of computing something else. The quantiser and golden model have a decoder path that
+runs a Llama decoder (:data:`DECODER_RUNNABLE`, :meth:`Transformer.require_decoder`). docs/model.md says how a new family is described.
 
     >>> from celosia.sw.arch import bert_encoder
     >>> d = bert_encoder(hidden=384, heads=12, layers=6, ffn=1536, max_tokens=256)

@@ -5,6 +5,11 @@ integer operations of :mod:`celosia.sw.numerics`; every backend must reproduce t
 states this returns, bit for bit. Its shape and structure come from the integer model's
 description (``IntegerModel.arch``, :mod:`celosia.sw.arch`); a description with features it
 does not implement yet is refused.
+
+The decoder (a Llama description, :func:`quantize_decoder`'s integer model) runs through
+:func:`decoder_logits`: the int32 residual stream through pre-norm layers of RMSNorm, rotary,
+causal grouped-query attention over an integer KV cache (:class:`DecoderCache`) and the gated
+SiLU MLP, then the LM head's int32 logits; prefill and decode give the same rows bit for bit.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ Recipe (measured choices, see docs/numerics.md):
 * Softmax probabilities are uint8 with scale 1/255.
 
 Deterministic: the same model and calibration text give the same integer model, byte for byte.
+
+A Llama decoder (SmolLM2) has its own recipe, :func:`quantize_decoder` (docs/numerics.md, "The
+integer decoder"): the same weight and operand formats, an int32 residual stream at one scale,
+q/k on their rotary pair lengths, the tied token table as the int8 LM head.
 """
 
 from __future__ import annotations
@@ -508,7 +512,8 @@ EMB_UNSMOOTH_BITS = 13
 
 @dataclass(frozen=True)
 class DecoderQuantConfig:
-    """Knobs of the decoder's recipe (docs/numerics.md, "The decoder's quantiser")."""
+    """Knobs of the decoder's recipe, chosen on development prompts (docs/numerics.md, "The
+    integer decoder")."""
     #: SmoothQuant strength for the RMSNorm outputs entering q/k/v and gate/up.
     smooth_alpha: float = 0.7
     #: ... for the gated product entering the down projection.
@@ -558,8 +563,8 @@ def _to_residual(im: IntegerModel, name: str, acc_scale: np.ndarray, s_res: floa
     """Requantisation of a projection that joins the residual stream: to int32 at the
     stream's scale times ``2**k``, added as ``residual_add(stream, result, k)``, with the
     smallest k in 0..16 that keeps the factor within a multiplier (k > 0 where one unit of the
-    accumulator is worth more than 2**14 units of the stream: SmolLM2's layer 11 down
-    projection, which writes the first token's 24926)."""
+    accumulator is worth more than 2**14 units of the stream: SmolLM2's down projections of
+    layers 11, which writes the first token's 24926, and 28, both with k = 4)."""
     limit = 2.0 ** (nx.MULT_BITS - 1)
     k = max(0, math.ceil(math.log2(float(np.max(acc_scale)) / s_res / limit * 1.001)))
     if k > 16:

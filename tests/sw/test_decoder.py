@@ -56,6 +56,9 @@ def test_the_integer_decoder_is_deterministic_and_survives_its_file(smollm2, flo
     assert t["L29.qkv.weight"].shape == (576, 960) and t["L0.gate_up.weight"].shape == (576, 3072)
     assert t["emb.tokens"].shape == (576, 49152) and "lm_head.weight" not in t
     assert all(t[k].dtype == np.int8 for k in t if k.endswith(".weight") or k == "emb.tokens")
+    # One int32 stream scale; two down projections join it shifted (docs/numerics.md).
+    assert {k: int(v[0]) for k, v in t.items() if k.endswith("res_shift") and v[0]} == \
+        {"L11.down.res_shift": 4, "L28.down.res_shift": 4}
 
 
 def test_decode_through_the_integer_kv_cache_is_the_prefill_bit_for_bit(int_decoder, chat_ids):
@@ -78,9 +81,11 @@ def test_greedy_answer_of_the_integer_decoder(smollm2, int_decoder, chat_ids):
     assert tok.decode(out) == "The capital of France is Paris.<|im_end|>"
 
 
-def test_the_decoder_path_refuses_an_encoder():
+def test_the_decoder_path_refuses_an_encoder(smollm2):
     from celosia.sw.arch import bert_encoder
     from celosia.sw.llm import FloatTransformer
+    # The decoder path runs SmolLM2's every kind; the compiler still refuses them.
+    assert smollm2.arch.decoder_unsupported() == [] and len(smollm2.arch.unsupported()) == 10
     bert = bert_encoder(hidden=64, heads=2, layers=1, ffn=128, max_tokens=16)
     with pytest.raises(NotImplementedError, match="the quantiser does not implement LayerNorm, "
                                                   "post-norm blocks, bidirectional attention, "
