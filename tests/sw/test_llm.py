@@ -30,12 +30,6 @@ LOGIT_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    from celosia.sw.llm import load_smollm2
-    return load_smollm2()
-
-
-@pytest.fixture(scope="module")
 def float_lm(smollm2):
     return FloatTransformer(smollm2.weights, smollm2.arch)
 
