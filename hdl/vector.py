@@ -26,7 +26,7 @@ from .dsp import limb_product
 from .isa import VecOp
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
-                           mul_round_sat)
+                           mul_round_sat, round_shift_add)
 
 __all__ = [
     "VectorOp", "COLS_BITS", "ROWS_BITS", "GAMMA_BITS", "BETA_BITS",
@@ -550,14 +550,17 @@ class VectorUnit(wiring.Component):
             c0 = ctl[0]["tok"]
             # Slice 1: the operands' magnitudes and GELU_ROWS' int16 input; the softmax
             # difference (max - s).
-            s1 = carry({"x": x, "x16": clamp(x, nx.INT16.lo, nx.INT16.hi),
+            x16 = Signal(signed(16), name=f"s2_x16_{k}")
+            m.d.comb += x16.eq(clamp(x, nx.INT16.lo, nx.INT16.hi))
+            s1 = carry({"x": x, "x16": x16,
                         "mag": Mux(x < 0, -x, x)[:nx.LN_IN_BITS],
                         "diff": (c0.a - x)[:32], "mult": p2.mult, "shift": p2.shift},
                        1, f"l{k}_")[1]
-            # Slice 2: Phi(x16) (GELU_ROWS: g = gelu(saturate(x, int16)), Q24, 0 <= g < 2**30).
+            # Slice 2: Phi(x16) (GELU_ROWS: g = gelu(saturate(x, int16)), Q24, 0 <= g < 2**30),
+            # its table read (block RAM) with slice 1.
             phi2 = GeluPhi()
             m.submodules[f"phi_s2_{k}"] = phi2
-            m.d.comb += phi2.x.eq(s1["x16"])
+            m.d.comb += [phi2.x.eq(x16), phi2.en.eq(adv2)]
             s2 = carry({**s1, "phi": phi2.phi}, 1, f"l{k}_")[1]
             # Slice 3: g, and the shared multiplier's operands: (max - s) * M for softmax,
             # |x| * |x| for LayerNorm, |a| * M[j] for the row requantisations (a = x or g).
@@ -593,7 +596,7 @@ class VectorUnit(wiring.Component):
                 with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
                     m.d.comb += amt.eq(s4["shift"] - ROW_EXP_MAX)
             r = Signal(signed(len(sprod) + 1), name=f"s2_r{k}")
-            m.d.comb += r.eq((sprod + ((Const(1, 1) << amt) >> 1)) >> amt)
+            m.d.comb += r.eq(round_shift_add(m, sprod, amt, name=f"s2_rs{k}"))
             s5 = carry({"r": r, "pass": s4["pass"]}, 1, f"l{k}_")[1]
             # The beat: e (softmax), |v| for the peak, the square.
             lane_ok = ctl[L2]["lanes"][k]
@@ -769,7 +772,8 @@ class VectorUnit(wiring.Component):
             c = cmd[3]
             phi = GeluPhi()
             m.submodules[f"phi{k}"] = phi
-            m.d.comb += phi.x.eq(y1[:16])
+            # Its table is read (block RAM) with slice 3: GELU's r1 is an int16.
+            m.d.comb += [phi.x.eq(r1[:16]), phi.en.eq(adv)]
             is_ln, is_gelu = c.op == VectorOp.LAYERNORM, c.op == VectorOp.GELU
             b2 = Signal(signed(GAMMA_BITS + 1), name=f"m2_b{k}")
             m.d.comb += b2.eq(Mux(is_ln, gamma3, Mux(is_gelu, phi.phi, 0)))
@@ -778,7 +782,7 @@ class VectorUnit(wiring.Component):
             kk = Signal(ROW_EXP_BITS, name=f"m2_k{k}")
             m.d.comb += kk.eq(ROW_EXP_MAX - exp[3])
             rq = Signal(signed(_ROWS_V_BITS + 1), name=f"m2_rq{k}")
-            m.d.comb += rq.eq((y1w + ((Const(1, 1) << kk) >> 1)) >> kk)
+            m.d.comb += rq.eq(round_shift_add(m, y1w, kk, name=f"m2_rs{k}"))
             # Slice 4: operands (y1 is z for LayerNorm or an int16 for GELU: _Z_BITS hold
             # either), the row requantisations' result and the passing value.
             z4 = piped(y1[:_Z_BITS].as_signed(), signed(_Z_BITS), f"m2_z4_{k}")
