@@ -396,9 +396,10 @@ class VectorUnit(wiring.Component):
             m.d.comb += valid[k].eq((j < tok_cmd.cols) & (~causal | (j <= limit)))
         return valid
 
-    def _max_tree(self, m, name, values, shape=signed(33)):
+    def _max_tree(self, m, name, values, shape=signed(33), *, levels=None):
+        """The maximum of ``values`` (a list of one), or after ``levels`` levels of pairs."""
         level = 0
-        while len(values) > 1:
+        while len(values) > 1 and (levels is None or level < levels):
             nxt = []
             for k in range(0, len(values) - 1, 2):
                 s = Signal(shape, name=f"{name}_max{level}_{k}")
@@ -407,7 +408,7 @@ class VectorUnit(wiring.Component):
             if len(values) % 2:
                 nxt.append(values[-1])
             values, level = nxt, level + 1
-        return values[0]
+        return values
 
     # --- stages --------------------------------------------------------------------------------
 
@@ -423,28 +424,34 @@ class VectorUnit(wiring.Component):
         m.submodules.tok2 = t2 = SyncFifo(width=token_layout.size, depth=self.token_depth)
         m.submodules.tok3 = t3 = SyncFifo(width=token_layout.size, depth=self.token_depth)
 
-        # --- Stage 1: ingest. Saturation, residual add, running max / sum. ----------------------
+        # --- Stage 1: ingest. Saturation and residual add (slice 1), the first half of the
+        # max / sum trees over the lanes (slice 2), the rest and the running max / sum as the
+        # beat goes into FIFO A. The slices move together when the last can write. -------------
         cmd = Signal(command_layout)
         have = Signal()
         row1 = Signal(ROWS_BITS)
         col1 = Signal(col_shape)
         acc_max = Signal(signed(33), init=_MAX_INIT)
         acc_sum = Signal(signed(_SX_BITS))
+        adv1 = Signal()
 
         valid1 = self._lane_valid(m, "s1", cmd, row1, col1)
         first1 = col1 == 0
         last1 = col1 + N >= cmd.cols
-        tok_now1 = Mux(_is_reduction(cmd.op), last1, first1)
         fire1 = Signal()
         m.d.comb += [
-            fire1.eq(have & self.i.valid & fa.w_rdy & (~tok_now1 | t1.w_rdy)),
+            fire1.eq(have & self.i.valid & adv1),
             self.i.ready.eq(fire1),
         ]
-        out1 = lanes32(fa.w_data)
-        maxes, sums = [], []
+
+        def piped1(value, shape, name):
+            return _piped(m, adv1, value, shape, name)
+
         is_res1 = cmd.op == VectorOp.RESIDUAL
         pre_add1 = is_res1 | cmd.add_residual
         res_shift1 = Mux(is_res1, cmd.shift[:5], cmd.res_shift)
+        # Slice 1: x (after the residual pre-add; int24 for LayerNorm) and the control.
+        xa = []
         for k in range(N):
             raw = self.i.payload.data[k]
             r = self.i.payload.residual[k]
@@ -455,40 +462,62 @@ class VectorUnit(wiring.Component):
             m.d.comb += x.eq(Mux(pre_add1, clamp(res, nx.INT32.lo, nx.INT32.hi), raw))
             xs = Signal(signed(nx.LN_IN_BITS), name=f"s1_xsat{k}")
             m.d.comb += xs.eq(clamp(x, _INT24.lo, _INT24.hi))
-            with m.Switch(cmd.op):
-                with m.Case(VectorOp.LAYERNORM):
-                    m.d.comb += out1[k].eq(xs)
-                with m.Default():
-                    m.d.comb += out1[k].eq(x)
-            mk = Signal(signed(33), name=f"s1_m{k}")
-            m.d.comb += mk.eq(Mux(valid1[k], x, _MAX_INIT))
-            maxes.append(mk)
-            sums.append(Mux(valid1[k], xs, 0))
-        beat_max = self._max_tree(m, "s1", maxes)
+            xa.append(piped1(Mux(cmd.op == VectorOp.LAYERNORM, xs, x), signed(32), f"s1_xa{k}"))
+        ctl1 = [{"valid": fire1, "cmd": cmd, "row": row1, "first": first1, "last": last1,
+                 "lanes": valid1}]
+        for i in (1, 2):
+            ctl1.append({n: piped1(v, command_layout if n == "cmd" else Value.cast(v).shape(),
+                                   f"s1_{n}_{i}") for n, v in ctl1[-1].items()})
+        # Slice 2: the first half of the trees (softmax: masked max, a masked lane is
+        # -2**31 - 1; LayerNorm: masked sum of the int24 values).
+        lanes1 = ctl1[1]["lanes"]
+        maxes = [Mux(lanes1[k], xa[k], _MAX_INIT) for k in range(N)]
+        sums = [Mux(lanes1[k], xa[k][:nx.LN_IN_BITS].as_signed(), 0) for k in range(N)]
+        levels = (N - 1).bit_length()
+        half = (levels + 1) // 2
+        maxes = self._max_tree(m, "s1a", maxes, levels=half)
+        sums = _sum_tree(m, "s1a", sums, signed(_SX_BITS), levels=half)
+        maxes = [piped1(v, signed(33), f"s1_max2_{j}") for j, v in enumerate(maxes)]
+        sums = [piped1(v, signed(_SX_BITS), f"s1_sum2_{j}") for j, v in enumerate(sums)]
+        xb = [piped1(v, signed(32), f"s1_xb{k}") for k, v in enumerate(xa)]
+        # The rest of the trees and the running max / sum, into FIFO A and T1.
+        c2 = ctl1[2]
+        beat_max = self._max_tree(m, "s1b", maxes)[0]
+        beat_sum = _sum_tree(m, "s1b", sums, signed(_SX_BITS))[0]
         new_max = Signal(signed(33))
         new_sum = Signal(signed(_SX_BITS))
-        m.d.comb += [new_max.eq(Mux(beat_max > acc_max, beat_max, acc_max)),
-                     new_sum.eq(acc_sum + sum(sums))]
+        m.d.comb += [new_max.eq(Mux(~c2["first"] & (acc_max > beat_max), acc_max, beat_max)),
+                     new_sum.eq(Mux(c2["first"], 0, acc_sum) + beat_sum)]
+        cmd2 = c2["cmd"]
+        tok_now1 = Mux(_is_reduction(cmd2.op), c2["last"], c2["first"])
+        write1 = Signal()
+        m.d.comb += [write1.eq(c2["valid"] & adv1),
+                     adv1.eq(~c2["valid"] | (fa.w_rdy & (~tok_now1 | t1.w_rdy)))]
+        out1 = lanes32(fa.w_data)
         tok1 = token_layout(t1.w_data)
+        m.d.comb += [out1[k].eq(xb[k]) for k in range(N)]
         m.d.comb += [
-            fa.w_en.eq(fire1),
-            t1.w_en.eq(fire1 & tok_now1),
-            tok1.cmd.eq(cmd), tok1.row.eq(row1), tok1.b.eq(0),
-            tok1.a.eq(Mux(cmd.op == VectorOp.SOFTMAX, new_max, new_sum)),
+            fa.w_en.eq(write1),
+            t1.w_en.eq(write1 & tok_now1),
+            tok1.cmd.eq(cmd2), tok1.row.eq(c2["row"]), tok1.b.eq(0),
+            tok1.a.eq(Mux(cmd2.op == VectorOp.SOFTMAX, new_max, new_sum)),
         ]
+        with m.If(write1):
+            m.d.sync += [acc_max.eq(new_max), acc_sum.eq(new_sum)]
+        stage1_slices = [c["valid"] for c in ctl1[1:]]
         with m.If(fire1):
             with m.If(last1):
-                m.d.sync += [col1.eq(0), row1.eq(row1 + 1), acc_max.eq(_MAX_INIT), acc_sum.eq(0)]
+                m.d.sync += [col1.eq(0), row1.eq(row1 + 1)]
                 with m.If(row1 + 1 == cmd.rows):
                     m.d.sync += have.eq(0)
             with m.Else():
-                m.d.sync += [col1.eq(col1 + N), acc_max.eq(new_max), acc_sum.eq(new_sum)]
+                m.d.sync += col1.eq(col1 + N)
         # The next command is taken in the cycle the last beat of a batch goes in: batches follow
         # each other without a bubble.
         m.d.comb += self.cmd.ready.eq(~have | (fire1 & last1 & (row1 + 1 == cmd.rows)))
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [cmd.eq(self.cmd.payload), have.eq(self.cmd.payload.rows != 0),
-                         row1.eq(0), col1.eq(0), acc_max.eq(_MAX_INIT), acc_sum.eq(0)]
+                         row1.eq(0), col1.eq(0)]
 
         # Per-column parameters: stage 3 reads whole records, stage 2 (the row requantisations'
         # peak) the multiplier and shift only, each through a synchronous read port of its own
@@ -623,7 +652,7 @@ class VectorUnit(wiring.Component):
         acc_peak = Signal(_ROWS_V_BITS)
         new_e = Signal(_ESUM_BITS)
         new_sq = Signal(_SXX_BITS)
-        beat_peak = self._max_tree(m, "s2", peaks, unsigned(_ROWS_V_BITS))
+        beat_peak = self._max_tree(m, "s2", peaks, unsigned(_ROWS_V_BITS))[0]
         new_peak = Signal(_ROWS_V_BITS)
         m.d.comb += [new_e.eq(Mux(firstL, 0, acc_e) + sum(es)),
                      new_sq.eq(Mux(firstL, 0, acc_sq) + sum(sqs)),
@@ -816,8 +845,23 @@ class VectorUnit(wiring.Component):
         finishers_used = [~fin.i.ready for fin in fins]
         m.d.comb += self.busy.eq(have | loaded2 | loaded3 | self.o.valid
                                  | _any(fifos_used + finishers_used + slices3
-                                        + stage2_slices))
+                                        + stage2_slices + stage1_slices))
         return m
+
+
+def _sum_tree(m, name, values, shape, *, levels=None):
+    """The sum of ``values`` (a list of one), or after ``levels`` levels of pairs."""
+    level = 0
+    while len(values) > 1 and (levels is None or level < levels):
+        nxt = []
+        for k in range(0, len(values) - 1, 2):
+            s = Signal(shape, name=f"{name}_sum{level}_{k}")
+            m.d.comb += s.eq(values[k] + values[k + 1])
+            nxt.append(s)
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values, level = nxt, level + 1
+    return values
 
 
 def _piped(m, en, value, shape, name):
