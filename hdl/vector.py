@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 
 from celosia.sw import numerics as nx
 
-from .dsp import limb_product
+from .dsp import add_chain, limb_product
 from .isa import VecOp
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
@@ -595,7 +595,8 @@ class VectorUnit(wiring.Component):
             # |x| * |x| for LayerNorm, |a| * M[j] for the row requantisations (a = x or g).
             c2 = ctl[2]["tok"]
             gx = Signal(signed(_G_BITS + 1), name=f"s2_gx{k}")
-            m.d.comb += gx.eq(limb_product(s2["x16"], s2["phi"]) + GELU_OFFSET)
+            m.d.comb += gx.eq(limb_product(s2["x16"], s2["phi"], m=m, name=f"s2_gx{k}")
+                            + GELU_OFFSET)
             g = Signal(signed(32), name=f"s2_g{k}")
             m.d.comb += g.eq(Mux(GELU_CLAMP & (gx < 0), 0, gx))
             is_grows = c2.cmd.op == VectorOp.GELU_ROWS
@@ -609,7 +610,7 @@ class VectorUnit(wiring.Component):
                        1, f"l{k}_")[1]
             # Slice 4: the product, its sign for the row requantisations.
             c3 = ctl[3]["tok"]
-            prod = limb_product(s3["opa"], s3["opb"])
+            prod = limb_product(s3["opa"], s3["opb"], m=m, name=f"s2_prod{k}")
             s4 = carry({"prod": prod[:32 + len(s3["opb"])], "neg": s3["neg"] & _is_rows(c3.cmd.op),
                         "pass": s3["pass"], "shift": s3["shift"]}, 1, f"l{k}_")[1]
             # Slice 5: one rounding shifter: the softmax exponent's t = round_shift(dm, S), the
@@ -654,8 +655,8 @@ class VectorUnit(wiring.Component):
         new_sq = Signal(_SXX_BITS)
         beat_peak = self._max_tree(m, "s2", peaks, unsigned(_ROWS_V_BITS))[0]
         new_peak = Signal(_ROWS_V_BITS)
-        m.d.comb += [new_e.eq(Mux(firstL, 0, acc_e) + sum(es)),
-                     new_sq.eq(Mux(firstL, 0, acc_sq) + sum(sqs)),
+        m.d.comb += [new_e.eq(Mux(firstL, 0, acc_e) + add_chain(m, es, "s2_esum")),
+                     new_sq.eq(Mux(firstL, 0, acc_sq) + add_chain(m, sqs, "s2_sqsum")),
                      new_peak.eq(Mux(~firstL & (acc_peak > beat_peak), acc_peak, beat_peak))]
         write2 = Signal()
         m.d.comb += write2.eq(ctl[L2]["valid"] & adv2)
@@ -783,8 +784,9 @@ class VectorUnit(wiring.Component):
             gamma1 = piped(p.mult, signed(GAMMA_BITS), f"gamma1_{k}")
             beta1 = piped(p.bias, signed(BETA_BITS), f"beta1_{k}")
             lb = 17
-            p1 = piped(limb_product(a1, b1[:lb])
-                       + (limb_product(a1[:_LN_D_BITS].as_signed(), b1[lb:], lut_bits=0) << lb),
+            p1 = piped(limb_product(a1, b1[:lb], m=m, name=f"m1_lo{k}")
+                       + (limb_product(a1[:_LN_D_BITS].as_signed(), b1[lb:], lut_bits=0, m=m,
+                                       name=f"m1_hi{k}") << lb),
                        signed(_M1_BITS), f"m1_p{k}")
             ctl2 = [piped(v, v.shape(), f"{v.name[:-2]}_2") for v in ctl1]
             gamma2 = piped(gamma1, signed(GAMMA_BITS), f"gamma2_{k}")
@@ -820,7 +822,8 @@ class VectorUnit(wiring.Component):
             pass4 = piped(Mux(_is_rows(c.op), clamp(rq, c.out_lo, c.out_hi), y1), signed(33),
                           f"m2_pass4_{k}")
             # Slice 5: the product. Slice 6: GELU's clamp (the offset keeps it at or above 0).
-            p2 = piped(limb_product(z4, b4, lut_bits=5) + add4, signed(_M2_BITS), f"m2_p{k}")
+            p2 = piped(limb_product(z4, b4, lut_bits=5, m=m, name=f"m2_{k}") + add4,
+                       signed(_M2_BITS), f"m2_p{k}")
             pass5 = piped(pass4, signed(33), f"m2_pass5_{k}")
             c = cmd[5]
             g2 = Mux(GELU_CLAMP & (p2 < 0), 0, p2)
@@ -831,7 +834,8 @@ class VectorUnit(wiring.Component):
             # output shift and saturation. Slice 7: the product (LayerNorm's passes); the output
             # register rounds, shifts and saturates.
             c = cmd[6]
-            p3 = piped(Mux(c.op == VectorOp.GELU, limb_product(y2[:_G_BITS].as_signed(), c.mult),
+            p3 = piped(Mux(c.op == VectorOp.GELU, limb_product(y2[:_G_BITS].as_signed(), c.mult, m=m,
+                                                                     name=f"m3_{k}"),
                            y2), signed(_M3_BITS), f"m3_p{k}")
             y3 = piped(y2, signed(33), f"y3_{k}")
             c = cmd[7]
@@ -855,7 +859,7 @@ def _sum_tree(m, name, values, shape, *, levels=None):
     while len(values) > 1 and (levels is None or level < levels):
         nxt = []
         for k in range(0, len(values) - 1, 2):
-            s = Signal(shape, name=f"{name}_sum{level}_{k}")
+            s = Signal(shape, name=f"{name}_sum{level}_{k}", attrs={"keep": 1})
             m.d.comb += s.eq(values[k] + values[k + 1])
             nxt.append(s)
         if len(values) % 2:

@@ -387,6 +387,7 @@ class GeluPhi(wiring.Component):
         zero = rd.data[-1]
         # The slope times the 6-bit fraction is a shift-and-add: no DSP slice for it.
         interp = Signal(slope_bits + F + 1)
-        m.d.comb += interp.eq(lut_product(f, slope) + Mux(neg, (1 << F) - 1, 0))
+        m.d.comb += interp.eq(lut_product(f, slope, m=m, name="slope_f")
+                              + Mux(neg, (1 << F) - 1, 0))
         m.d.comb += self.phi.eq(Mux(zero & (f == 0), 0, base + (interp >> F)))
         return m
