@@ -200,6 +200,13 @@ class VectorFinisher(wiring.Component):
         s2 = Signal(unsigned(_SXX_BITS + 1))
         m.d.comb += self.o.payload.eq(tok)
         cols = tok.cmd.cols
+        # mean * (sum + r), taken in state SQUARES (outside the FSM: its partial sums are carry
+        # chains of their own, see limb_product).
+        f = Signal(signed(_SX_BITS + 1))
+        m.d.comb += f.eq(sx + rem)
+        # |sum + r| < 2**(23 + COLS_BITS) + 2**COLS_BITS: 36 bits at 11 column bits.
+        f_bits = nx.LN_IN_BITS + COLS_BITS + 1
+        mf = limb_product(mean, f[:f_bits].as_signed(), lut_bits=2, m=m, name="mf")
 
         with m.FSM():
             with m.State("IDLE"):
@@ -243,11 +250,7 @@ class VectorFinisher(wiring.Component):
                                  rem.eq(Mux(sx < 0, cols - 1 - div.remainder, div.remainder))]
                     m.next = "SQUARES"
             with m.State("SQUARES"):
-                f = Signal(signed(_SX_BITS + 1))
-                m.d.comb += f.eq(sx + rem)
-                # |sum + r| < 2**(23 + COLS_BITS) + 2**COLS_BITS: 36 bits at 11 column bits.
-                f_bits = nx.LN_IN_BITS + COLS_BITS + 1
-                m.d.sync += s2.eq(tok.b - limb_product(mean, f[:f_bits].as_signed(), lut_bits=2))
+                m.d.sync += s2.eq(tok.b - mf)
                 m.d.sync += tok.a.eq(mean)
                 m.next = "VAR"
             with m.State("VAR"):
@@ -614,12 +617,14 @@ class VectorUnit(wiring.Component):
             s4 = carry({"prod": prod[:32 + len(s3["opb"])], "neg": s3["neg"] & _is_rows(c3.cmd.op),
                         "pass": s3["pass"], "shift": s3["shift"]}, 1, f"l{k}_")[1]
             # Slice 5: one rounding shifter: the softmax exponent's t = round_shift(dm, S), the
-            # row requantisations' v = round_shift(+-a * M, S[j] - ROW_EXP_MAX), LayerNorm's
-            # square unshifted.
+            # row requantisations' |v|, v = round_shift(+-a * M, S[j] - ROW_EXP_MAX) (only the
+            # peak max |v| is taken here), LayerNorm's square unshifted. For a negative a,
+            # |round_shift(-p, s)| = ceil((p - 2**(s-1)) / 2**s) = round_shift(p - 1, s) when
+            # s >= 1 (p when s = 0): one decrement instead of negating p and then v.
             c4 = ctl[4]["tok"]
-            sprod = Signal(signed(len(s4["prod"]) + 1), name=f"s2_sprod{k}")
-            m.d.comb += sprod.eq(Mux(s4["neg"], -s4["prod"], s4["prod"]))
             amt = Signal(SHIFT_BITS, name=f"s2_amt{k}")
+            sprod = Signal(signed(len(s4["prod"]) + 1), name=f"s2_sprod{k}")
+            m.d.comb += sprod.eq(s4["prod"] - (s4["neg"] & (amt != 0)))
             with m.Switch(c4.cmd.op):
                 with m.Case(VectorOp.SOFTMAX):
                     m.d.comb += amt.eq(c4.cmd.shift)
@@ -631,8 +636,8 @@ class VectorUnit(wiring.Component):
             # The beat: e (softmax), |v| for the peak, the square.
             lane_ok = ctl[L2]["lanes"][k]
             v = s5["r"]
-            vmag = Signal(len(v), name=f"s2_vmag{k}")
-            m.d.comb += vmag.eq(Mux(v < 0, -v, v))
+            vmag = Signal(len(v) - 1, name=f"s2_vmag{k}")
+            m.d.comb += vmag.eq(v)     # never negative
             pk = Signal(_ROWS_V_BITS, name=f"s2_peak{k}")
             m.d.comb += pk.eq(Mux(lane_ok, Mux(vmag > _ROWS_V_MAX, _ROWS_V_MAX, vmag), 0))
             peaks.append(pk)
@@ -834,9 +839,8 @@ class VectorUnit(wiring.Component):
             # output shift and saturation. Slice 7: the product (LayerNorm's passes); the output
             # register rounds, shifts and saturates.
             c = cmd[6]
-            p3 = piped(Mux(c.op == VectorOp.GELU, limb_product(y2[:_G_BITS].as_signed(), c.mult, m=m,
-                                                                     name=f"m3_{k}"),
-                           y2), signed(_M3_BITS), f"m3_p{k}")
+            g3 = limb_product(y2[:_G_BITS].as_signed(), c.mult, m=m, name=f"m3_{k}")
+            p3 = piped(Mux(c.op == VectorOp.GELU, g3, y2), signed(_M3_BITS), f"m3_p{k}")
             y3 = piped(y2, signed(33), f"y3_{k}")
             c = cmd[7]
             is_gelu = c.op == VectorOp.GELU
