@@ -465,13 +465,18 @@ class VectorEngine(wiring.Component):
         vmask = Signal(8 * 4 * N)
         for byte in range(4 * N):
             m.d.comb += vmask[8 * byte:8 * byte + 8].eq(Mux(byte < V, 0xFF, 0))
+        # Inside a row every unit beat but the last brings N << dl bytes and a write takes W
+        # (both powers of two), and a row starts at level 0 (after the previous row's flush):
+        # a unit beat always goes in at a multiple of min(N, W) bytes.
+        lg = _log2(min(N, W))
         # Bytes of obuf at and above olevel are always zero (it starts zeroed, the unit's beats
         # are masked to V bytes, and bytes come out at the bottom). A write pops W bytes, or on a
         # row's last write all olevel < W of them: either way obuf >> 8 W is what stays.
         shifted = Signal(8 * Cb)
         m.d.comb += shifted.eq(Mux(o_pop != 0, obuf >> (8 * W), obuf))
         with m.If(fire_o):
-            m.d.sync += [obuf.eq(shifted | ((packed & vmask) << (o_after[:_log2(Ch)] << 3))),
+            at = o_after[lg:_log2(Ch)] << (3 + lg)
+            m.d.sync += [obuf.eq(shifted | ((packed & vmask) << at)),
                          olevel.eq(o_after + V)]
             with m.If(o_last):
                 m.d.sync += [o_beat.eq(0), oflush.eq(1)]
