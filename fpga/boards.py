@@ -76,7 +76,8 @@ BOARDS = {
         name="ulx3s-85f", family="ecp5", platform_module="amaranth_boards.ulx3s",
         platform_class="ULX3S_85F_Platform", clk_name="clk25", clk_in_mhz=25.0,
         # With an eight-lane vector engine an 8x8 build needs 192 MULT18X18D (Yosys), above
-        # the 156, hence ULX3S_VECTOR (four lanes: placed, not yet routed; docs/fpga.md). router2 routes the 8x8 matmul-only top in about 6 min,
+        # the 156, hence ULX3S_VECTOR (four lanes: placed at 71% of the LUTs, not yet
+        # routed; docs/fpga.md). router2 routes the 8x8 matmul-only top in about 6 min,
         # where router1 stalls on the congestion; routed Fmax 30.14 MHz at 25 MHz (the
         # default clock, timing-clean; docs/fpga.md).
         array=8, clock_mhz=25.0, vector=False, k_max=4096, mem_bytes=128 * 1024, spram=False,

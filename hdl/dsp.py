@@ -17,7 +17,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["Multiplier", "ecp5_dsp", "MULT18_BITS", "LIMB_BITS", "limb_product",
-           "lut_product", "dsp_count"]
+           "lut_product", "add_chain", "dsp_count"]
 
 #: Operand width of one ECP5 sysDSP multiplier (signed).
 MULT18_BITS = 18
@@ -51,49 +51,80 @@ def _limbs(value):
         offset += LIMB_BITS
 
 
-def _tree_sum(terms):
-    """A balanced adder tree (shorter paths than a chain of additions)."""
+def _tree_sum(terms, m=None, name="sum"):
+    """A balanced adder tree (shorter paths than a chain of additions).
+
+    With a module ``m``, every partial sum is a signal of its own with a ``keep`` attribute:
+    Yosys then maps each addition onto a carry chain (ECP5: CCU2C, one slice per two bits).
+    Without it, ``alumacc`` merges the whole tree into one multi-operand ``$macc``, which
+    ``maccmap`` builds as a carry-save tree of full adders in LUTs, about twice the area.
+    """
     terms = list(terms)
     if not terms:
         return C(0, 1)
+    n = 0
     while len(terms) > 1:
-        terms = [terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k]
-                 for k in range(0, len(terms), 2)]
+        nxt = []
+        for k in range(0, len(terms), 2):
+            if k + 1 < len(terms):
+                s = terms[k] + terms[k + 1]
+                if m is not None:
+                    s = _kept(m, s, f"{name}_{n}")
+                    n += 1
+                nxt.append(s)
+            else:
+                nxt.append(terms[k])
+        terms = nxt
     return terms[0]
 
 
-def lut_product(x, y):
+def _kept(m, value, name):
+    """``value`` through a signal Yosys keeps (a boundary ``alumacc`` does not merge across)."""
+    value = Value.cast(value)
+    s = Signal(value.shape(), name=name, attrs={"keep": 1})
+    m.d.comb += s.eq(value)
+    return s
+
+
+def add_chain(m, terms, name="sum"):
+    """``sum(terms)`` as a tree of two-input additions on carry chains (see :func:`_tree_sum`)."""
+    return _tree_sum(terms, m, name)
+
+
+def lut_product(x, y, *, m=None, name="lp"):
     """``x * y`` as a shift-and-add of ``y`` over the bits of ``x`` (the narrow operand).
 
     Synthesis sees additions, not a multiplication, so the product is built from LUTs and carry
-    chains and never takes a DSP slice. A signed ``x`` weighs its top bit negatively.
+    chains and never takes a DSP slice. A signed ``x`` weighs its top bit negatively. With a
+    module ``m`` the additions are kept apart (carry chains, see :func:`_tree_sum`).
     """
     x, y = Value.cast(x), Value.cast(y)
     k = len(x)
     terms = [Mux(x[i], y, 0) << i for i in range(k)]
     if x.shape().signed:
         terms[-1] = -terms[-1]
-    return _tree_sum(terms)
+    return _tree_sum(terms, m, name)
 
 
-def limb_product(a, b, *, lut_bits: int = LUT_LIMB_BITS):
+def limb_product(a, b, *, lut_bits: int = LUT_LIMB_BITS, m=None, name="limb"):
     """``a * b`` exactly, from one DSP multiply per pair of wide limbs.
 
     Both operands are cut into :data:`LIMB_BITS`-bit unsigned limbs (the top one signed for a
     signed operand), so each limb pair is one 18x18 sysDSP multiply; pairs with a limb of at
     most ``lut_bits`` bits are shift-and-adds in LUTs instead (:func:`lut_product`). The caller
-    shapes the operands: every bit it can prove zero is a limb not paid for.
+    shapes the operands: every bit it can prove zero is a limb not paid for. With a module ``m``
+    the partial products are summed on carry chains (see :func:`_tree_sum`).
     """
     terms = []
-    for la, oa in _limbs(a):
-        for lb, ob in _limbs(b):
+    for i, (la, oa) in enumerate(_limbs(a)):
+        for j, (lb, ob) in enumerate(_limbs(b)):
             if min(len(la), len(lb)) <= lut_bits:
                 narrow, wide = (la, lb) if len(la) <= len(lb) else (lb, la)
-                p = lut_product(narrow, wide)
+                p = lut_product(narrow, wide, m=m, name=f"{name}_l{i}{j}")
             else:
                 p = la * lb
             terms.append(p << (oa + ob) if oa + ob else p)
-    return _tree_sum(terms)
+    return _tree_sum(terms, m, name)
 
 
 def dsp_count(a_shape, b_shape, *, lut_bits: int = LUT_LIMB_BITS) -> int:

@@ -22,11 +22,11 @@ from amaranth.lib.wiring import In, Out
 
 from celosia.sw import numerics as nx
 
-from .dsp import limb_product
+from .dsp import add_chain, limb_product
 from .isa import VecOp
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
-                           mul_round_sat)
+                           mul_round_sat, round_shift_add)
 
 __all__ = [
     "VectorOp", "COLS_BITS", "ROWS_BITS", "GAMMA_BITS", "BETA_BITS",
@@ -200,6 +200,13 @@ class VectorFinisher(wiring.Component):
         s2 = Signal(unsigned(_SXX_BITS + 1))
         m.d.comb += self.o.payload.eq(tok)
         cols = tok.cmd.cols
+        # mean * (sum + r), taken in state SQUARES (outside the FSM: its partial sums are carry
+        # chains of their own, see limb_product).
+        f = Signal(signed(_SX_BITS + 1))
+        m.d.comb += f.eq(sx + rem)
+        # |sum + r| < 2**(23 + COLS_BITS) + 2**COLS_BITS: 36 bits at 11 column bits.
+        f_bits = nx.LN_IN_BITS + COLS_BITS + 1
+        mf = limb_product(mean, f[:f_bits].as_signed(), lut_bits=2, m=m, name="mf")
 
         with m.FSM():
             with m.State("IDLE"):
@@ -243,11 +250,7 @@ class VectorFinisher(wiring.Component):
                                  rem.eq(Mux(sx < 0, cols - 1 - div.remainder, div.remainder))]
                     m.next = "SQUARES"
             with m.State("SQUARES"):
-                f = Signal(signed(_SX_BITS + 1))
-                m.d.comb += f.eq(sx + rem)
-                # |sum + r| < 2**(23 + COLS_BITS) + 2**COLS_BITS: 36 bits at 11 column bits.
-                f_bits = nx.LN_IN_BITS + COLS_BITS + 1
-                m.d.sync += s2.eq(tok.b - limb_product(mean, f[:f_bits].as_signed(), lut_bits=2))
+                m.d.sync += s2.eq(tok.b - mf)
                 m.d.sync += tok.a.eq(mean)
                 m.next = "VAR"
             with m.State("VAR"):
@@ -396,9 +399,10 @@ class VectorUnit(wiring.Component):
             m.d.comb += valid[k].eq((j < tok_cmd.cols) & (~causal | (j <= limit)))
         return valid
 
-    def _max_tree(self, m, name, values, shape=signed(33)):
+    def _max_tree(self, m, name, values, shape=signed(33), *, levels=None):
+        """The maximum of ``values`` (a list of one), or after ``levels`` levels of pairs."""
         level = 0
-        while len(values) > 1:
+        while len(values) > 1 and (levels is None or level < levels):
             nxt = []
             for k in range(0, len(values) - 1, 2):
                 s = Signal(shape, name=f"{name}_max{level}_{k}")
@@ -407,7 +411,7 @@ class VectorUnit(wiring.Component):
             if len(values) % 2:
                 nxt.append(values[-1])
             values, level = nxt, level + 1
-        return values[0]
+        return values
 
     # --- stages --------------------------------------------------------------------------------
 
@@ -423,28 +427,34 @@ class VectorUnit(wiring.Component):
         m.submodules.tok2 = t2 = SyncFifo(width=token_layout.size, depth=self.token_depth)
         m.submodules.tok3 = t3 = SyncFifo(width=token_layout.size, depth=self.token_depth)
 
-        # --- Stage 1: ingest. Saturation, residual add, running max / sum. ----------------------
+        # --- Stage 1: ingest. Saturation and residual add (slice 1), the first half of the
+        # max / sum trees over the lanes (slice 2), the rest and the running max / sum as the
+        # beat goes into FIFO A. The slices move together when the last can write. -------------
         cmd = Signal(command_layout)
         have = Signal()
         row1 = Signal(ROWS_BITS)
         col1 = Signal(col_shape)
         acc_max = Signal(signed(33), init=_MAX_INIT)
         acc_sum = Signal(signed(_SX_BITS))
+        adv1 = Signal()
 
         valid1 = self._lane_valid(m, "s1", cmd, row1, col1)
         first1 = col1 == 0
         last1 = col1 + N >= cmd.cols
-        tok_now1 = Mux(_is_reduction(cmd.op), last1, first1)
         fire1 = Signal()
         m.d.comb += [
-            fire1.eq(have & self.i.valid & fa.w_rdy & (~tok_now1 | t1.w_rdy)),
+            fire1.eq(have & self.i.valid & adv1),
             self.i.ready.eq(fire1),
         ]
-        out1 = lanes32(fa.w_data)
-        maxes, sums = [], []
+
+        def piped1(value, shape, name):
+            return _piped(m, adv1, value, shape, name)
+
         is_res1 = cmd.op == VectorOp.RESIDUAL
         pre_add1 = is_res1 | cmd.add_residual
         res_shift1 = Mux(is_res1, cmd.shift[:5], cmd.res_shift)
+        # Slice 1: x (after the residual pre-add; int24 for LayerNorm) and the control.
+        xa = []
         for k in range(N):
             raw = self.i.payload.data[k]
             r = self.i.payload.residual[k]
@@ -455,40 +465,62 @@ class VectorUnit(wiring.Component):
             m.d.comb += x.eq(Mux(pre_add1, clamp(res, nx.INT32.lo, nx.INT32.hi), raw))
             xs = Signal(signed(nx.LN_IN_BITS), name=f"s1_xsat{k}")
             m.d.comb += xs.eq(clamp(x, _INT24.lo, _INT24.hi))
-            with m.Switch(cmd.op):
-                with m.Case(VectorOp.LAYERNORM):
-                    m.d.comb += out1[k].eq(xs)
-                with m.Default():
-                    m.d.comb += out1[k].eq(x)
-            mk = Signal(signed(33), name=f"s1_m{k}")
-            m.d.comb += mk.eq(Mux(valid1[k], x, _MAX_INIT))
-            maxes.append(mk)
-            sums.append(Mux(valid1[k], xs, 0))
-        beat_max = self._max_tree(m, "s1", maxes)
+            xa.append(piped1(Mux(cmd.op == VectorOp.LAYERNORM, xs, x), signed(32), f"s1_xa{k}"))
+        ctl1 = [{"valid": fire1, "cmd": cmd, "row": row1, "first": first1, "last": last1,
+                 "lanes": valid1}]
+        for i in (1, 2):
+            ctl1.append({n: piped1(v, command_layout if n == "cmd" else Value.cast(v).shape(),
+                                   f"s1_{n}_{i}") for n, v in ctl1[-1].items()})
+        # Slice 2: the first half of the trees (softmax: masked max, a masked lane is
+        # -2**31 - 1; LayerNorm: masked sum of the int24 values).
+        lanes1 = ctl1[1]["lanes"]
+        maxes = [Mux(lanes1[k], xa[k], _MAX_INIT) for k in range(N)]
+        sums = [Mux(lanes1[k], xa[k][:nx.LN_IN_BITS].as_signed(), 0) for k in range(N)]
+        levels = (N - 1).bit_length()
+        half = (levels + 1) // 2
+        maxes = self._max_tree(m, "s1a", maxes, levels=half)
+        sums = _sum_tree(m, "s1a", sums, signed(_SX_BITS), levels=half)
+        maxes = [piped1(v, signed(33), f"s1_max2_{j}") for j, v in enumerate(maxes)]
+        sums = [piped1(v, signed(_SX_BITS), f"s1_sum2_{j}") for j, v in enumerate(sums)]
+        xb = [piped1(v, signed(32), f"s1_xb{k}") for k, v in enumerate(xa)]
+        # The rest of the trees and the running max / sum, into FIFO A and T1.
+        c2 = ctl1[2]
+        beat_max = self._max_tree(m, "s1b", maxes)[0]
+        beat_sum = _sum_tree(m, "s1b", sums, signed(_SX_BITS))[0]
         new_max = Signal(signed(33))
         new_sum = Signal(signed(_SX_BITS))
-        m.d.comb += [new_max.eq(Mux(beat_max > acc_max, beat_max, acc_max)),
-                     new_sum.eq(acc_sum + sum(sums))]
+        m.d.comb += [new_max.eq(Mux(~c2["first"] & (acc_max > beat_max), acc_max, beat_max)),
+                     new_sum.eq(Mux(c2["first"], 0, acc_sum) + beat_sum)]
+        cmd2 = c2["cmd"]
+        tok_now1 = Mux(_is_reduction(cmd2.op), c2["last"], c2["first"])
+        write1 = Signal()
+        m.d.comb += [write1.eq(c2["valid"] & adv1),
+                     adv1.eq(~c2["valid"] | (fa.w_rdy & (~tok_now1 | t1.w_rdy)))]
+        out1 = lanes32(fa.w_data)
         tok1 = token_layout(t1.w_data)
+        m.d.comb += [out1[k].eq(xb[k]) for k in range(N)]
         m.d.comb += [
-            fa.w_en.eq(fire1),
-            t1.w_en.eq(fire1 & tok_now1),
-            tok1.cmd.eq(cmd), tok1.row.eq(row1), tok1.b.eq(0),
-            tok1.a.eq(Mux(cmd.op == VectorOp.SOFTMAX, new_max, new_sum)),
+            fa.w_en.eq(write1),
+            t1.w_en.eq(write1 & tok_now1),
+            tok1.cmd.eq(cmd2), tok1.row.eq(c2["row"]), tok1.b.eq(0),
+            tok1.a.eq(Mux(cmd2.op == VectorOp.SOFTMAX, new_max, new_sum)),
         ]
+        with m.If(write1):
+            m.d.sync += [acc_max.eq(new_max), acc_sum.eq(new_sum)]
+        stage1_slices = [c["valid"] for c in ctl1[1:]]
         with m.If(fire1):
             with m.If(last1):
-                m.d.sync += [col1.eq(0), row1.eq(row1 + 1), acc_max.eq(_MAX_INIT), acc_sum.eq(0)]
+                m.d.sync += [col1.eq(0), row1.eq(row1 + 1)]
                 with m.If(row1 + 1 == cmd.rows):
                     m.d.sync += have.eq(0)
             with m.Else():
-                m.d.sync += [col1.eq(col1 + N), acc_max.eq(new_max), acc_sum.eq(new_sum)]
+                m.d.sync += col1.eq(col1 + N)
         # The next command is taken in the cycle the last beat of a batch goes in: batches follow
         # each other without a bubble.
         m.d.comb += self.cmd.ready.eq(~have | (fire1 & last1 & (row1 + 1 == cmd.rows)))
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [cmd.eq(self.cmd.payload), have.eq(self.cmd.payload.rows != 0),
-                         row1.eq(0), col1.eq(0), acc_max.eq(_MAX_INIT), acc_sum.eq(0)]
+                         row1.eq(0), col1.eq(0)]
 
         # Per-column parameters: stage 3 reads whole records, stage 2 (the row requantisations'
         # peak) the multiplier and shift only, each through a synchronous read port of its own
@@ -550,20 +582,24 @@ class VectorUnit(wiring.Component):
             c0 = ctl[0]["tok"]
             # Slice 1: the operands' magnitudes and GELU_ROWS' int16 input; the softmax
             # difference (max - s).
-            s1 = carry({"x": x, "x16": clamp(x, nx.INT16.lo, nx.INT16.hi),
+            x16 = Signal(signed(16), name=f"s2_x16_{k}")
+            m.d.comb += x16.eq(clamp(x, nx.INT16.lo, nx.INT16.hi))
+            s1 = carry({"x": x, "x16": x16,
                         "mag": Mux(x < 0, -x, x)[:nx.LN_IN_BITS],
                         "diff": (c0.a - x)[:32], "mult": p2.mult, "shift": p2.shift},
                        1, f"l{k}_")[1]
-            # Slice 2: Phi(x16) (GELU_ROWS: g = gelu(saturate(x, int16)), Q24, 0 <= g < 2**30).
+            # Slice 2: Phi(x16) (GELU_ROWS: g = gelu(saturate(x, int16)), Q24, 0 <= g < 2**30),
+            # its table read (block RAM) with slice 1.
             phi2 = GeluPhi()
             m.submodules[f"phi_s2_{k}"] = phi2
-            m.d.comb += phi2.x.eq(s1["x16"])
+            m.d.comb += [phi2.x.eq(x16), phi2.en.eq(adv2)]
             s2 = carry({**s1, "phi": phi2.phi}, 1, f"l{k}_")[1]
             # Slice 3: g, and the shared multiplier's operands: (max - s) * M for softmax,
             # |x| * |x| for LayerNorm, |a| * M[j] for the row requantisations (a = x or g).
             c2 = ctl[2]["tok"]
             gx = Signal(signed(_G_BITS + 1), name=f"s2_gx{k}")
-            m.d.comb += gx.eq(limb_product(s2["x16"], s2["phi"]) + GELU_OFFSET)
+            m.d.comb += gx.eq(limb_product(s2["x16"], s2["phi"], m=m, name=f"s2_gx{k}")
+                            + GELU_OFFSET)
             g = Signal(signed(32), name=f"s2_g{k}")
             m.d.comb += g.eq(Mux(GELU_CLAMP & (gx < 0), 0, gx))
             is_grows = c2.cmd.op == VectorOp.GELU_ROWS
@@ -577,29 +613,31 @@ class VectorUnit(wiring.Component):
                        1, f"l{k}_")[1]
             # Slice 4: the product, its sign for the row requantisations.
             c3 = ctl[3]["tok"]
-            prod = limb_product(s3["opa"], s3["opb"])
+            prod = limb_product(s3["opa"], s3["opb"], m=m, name=f"s2_prod{k}")
             s4 = carry({"prod": prod[:32 + len(s3["opb"])], "neg": s3["neg"] & _is_rows(c3.cmd.op),
                         "pass": s3["pass"], "shift": s3["shift"]}, 1, f"l{k}_")[1]
             # Slice 5: one rounding shifter: the softmax exponent's t = round_shift(dm, S), the
-            # row requantisations' v = round_shift(+-a * M, S[j] - ROW_EXP_MAX), LayerNorm's
-            # square unshifted.
+            # row requantisations' |v|, v = round_shift(+-a * M, S[j] - ROW_EXP_MAX) (only the
+            # peak max |v| is taken here), LayerNorm's square unshifted. For a negative a,
+            # |round_shift(-p, s)| = ceil((p - 2**(s-1)) / 2**s) = round_shift(p - 1, s) when
+            # s >= 1 (p when s = 0): one decrement instead of negating p and then v.
             c4 = ctl[4]["tok"]
-            sprod = Signal(signed(len(s4["prod"]) + 1), name=f"s2_sprod{k}")
-            m.d.comb += sprod.eq(Mux(s4["neg"], -s4["prod"], s4["prod"]))
             amt = Signal(SHIFT_BITS, name=f"s2_amt{k}")
+            sprod = Signal(signed(len(s4["prod"]) + 1), name=f"s2_sprod{k}")
+            m.d.comb += sprod.eq(s4["prod"] - (s4["neg"] & (amt != 0)))
             with m.Switch(c4.cmd.op):
                 with m.Case(VectorOp.SOFTMAX):
                     m.d.comb += amt.eq(c4.cmd.shift)
                 with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
                     m.d.comb += amt.eq(s4["shift"] - ROW_EXP_MAX)
             r = Signal(signed(len(sprod) + 1), name=f"s2_r{k}")
-            m.d.comb += r.eq((sprod + ((Const(1, 1) << amt) >> 1)) >> amt)
+            m.d.comb += r.eq(round_shift_add(m, sprod, amt, name=f"s2_rs{k}"))
             s5 = carry({"r": r, "pass": s4["pass"]}, 1, f"l{k}_")[1]
             # The beat: e (softmax), |v| for the peak, the square.
             lane_ok = ctl[L2]["lanes"][k]
             v = s5["r"]
-            vmag = Signal(len(v), name=f"s2_vmag{k}")
-            m.d.comb += vmag.eq(Mux(v < 0, -v, v))
+            vmag = Signal(len(v) - 1, name=f"s2_vmag{k}")
+            m.d.comb += vmag.eq(v)     # never negative
             pk = Signal(_ROWS_V_BITS, name=f"s2_peak{k}")
             m.d.comb += pk.eq(Mux(lane_ok, Mux(vmag > _ROWS_V_MAX, _ROWS_V_MAX, vmag), 0))
             peaks.append(pk)
@@ -620,10 +658,10 @@ class VectorUnit(wiring.Component):
         acc_peak = Signal(_ROWS_V_BITS)
         new_e = Signal(_ESUM_BITS)
         new_sq = Signal(_SXX_BITS)
-        beat_peak = self._max_tree(m, "s2", peaks, unsigned(_ROWS_V_BITS))
+        beat_peak = self._max_tree(m, "s2", peaks, unsigned(_ROWS_V_BITS))[0]
         new_peak = Signal(_ROWS_V_BITS)
-        m.d.comb += [new_e.eq(Mux(firstL, 0, acc_e) + sum(es)),
-                     new_sq.eq(Mux(firstL, 0, acc_sq) + sum(sqs)),
+        m.d.comb += [new_e.eq(Mux(firstL, 0, acc_e) + add_chain(m, es, "s2_esum")),
+                     new_sq.eq(Mux(firstL, 0, acc_sq) + add_chain(m, sqs, "s2_sqsum")),
                      new_peak.eq(Mux(~firstL & (acc_peak > beat_peak), acc_peak, beat_peak))]
         write2 = Signal()
         m.d.comb += write2.eq(ctl[L2]["valid"] & adv2)
@@ -751,8 +789,9 @@ class VectorUnit(wiring.Component):
             gamma1 = piped(p.mult, signed(GAMMA_BITS), f"gamma1_{k}")
             beta1 = piped(p.bias, signed(BETA_BITS), f"beta1_{k}")
             lb = 17
-            p1 = piped(limb_product(a1, b1[:lb])
-                       + (limb_product(a1[:_LN_D_BITS].as_signed(), b1[lb:], lut_bits=0) << lb),
+            p1 = piped(limb_product(a1, b1[:lb], m=m, name=f"m1_lo{k}")
+                       + (limb_product(a1[:_LN_D_BITS].as_signed(), b1[lb:], lut_bits=0, m=m,
+                                       name=f"m1_hi{k}") << lb),
                        signed(_M1_BITS), f"m1_p{k}")
             ctl2 = [piped(v, v.shape(), f"{v.name[:-2]}_2") for v in ctl1]
             gamma2 = piped(gamma1, signed(GAMMA_BITS), f"gamma2_{k}")
@@ -769,7 +808,8 @@ class VectorUnit(wiring.Component):
             c = cmd[3]
             phi = GeluPhi()
             m.submodules[f"phi{k}"] = phi
-            m.d.comb += phi.x.eq(y1[:16])
+            # Its table is read (block RAM) with slice 3: GELU's r1 is an int16.
+            m.d.comb += [phi.x.eq(r1[:16]), phi.en.eq(adv)]
             is_ln, is_gelu = c.op == VectorOp.LAYERNORM, c.op == VectorOp.GELU
             b2 = Signal(signed(GAMMA_BITS + 1), name=f"m2_b{k}")
             m.d.comb += b2.eq(Mux(is_ln, gamma3, Mux(is_gelu, phi.phi, 0)))
@@ -778,7 +818,7 @@ class VectorUnit(wiring.Component):
             kk = Signal(ROW_EXP_BITS, name=f"m2_k{k}")
             m.d.comb += kk.eq(ROW_EXP_MAX - exp[3])
             rq = Signal(signed(_ROWS_V_BITS + 1), name=f"m2_rq{k}")
-            m.d.comb += rq.eq((y1w + ((Const(1, 1) << kk) >> 1)) >> kk)
+            m.d.comb += rq.eq(round_shift_add(m, y1w, kk, name=f"m2_rs{k}"))
             # Slice 4: operands (y1 is z for LayerNorm or an int16 for GELU: _Z_BITS hold
             # either), the row requantisations' result and the passing value.
             z4 = piped(y1[:_Z_BITS].as_signed(), signed(_Z_BITS), f"m2_z4_{k}")
@@ -787,7 +827,8 @@ class VectorUnit(wiring.Component):
             pass4 = piped(Mux(_is_rows(c.op), clamp(rq, c.out_lo, c.out_hi), y1), signed(33),
                           f"m2_pass4_{k}")
             # Slice 5: the product. Slice 6: GELU's clamp (the offset keeps it at or above 0).
-            p2 = piped(limb_product(z4, b4, lut_bits=5) + add4, signed(_M2_BITS), f"m2_p{k}")
+            p2 = piped(limb_product(z4, b4, lut_bits=5, m=m, name=f"m2_{k}") + add4,
+                       signed(_M2_BITS), f"m2_p{k}")
             pass5 = piped(pass4, signed(33), f"m2_pass5_{k}")
             c = cmd[5]
             g2 = Mux(GELU_CLAMP & (p2 < 0), 0, p2)
@@ -798,8 +839,8 @@ class VectorUnit(wiring.Component):
             # output shift and saturation. Slice 7: the product (LayerNorm's passes); the output
             # register rounds, shifts and saturates.
             c = cmd[6]
-            p3 = piped(Mux(c.op == VectorOp.GELU, limb_product(y2[:_G_BITS].as_signed(), c.mult),
-                           y2), signed(_M3_BITS), f"m3_p{k}")
+            g3 = limb_product(y2[:_G_BITS].as_signed(), c.mult, m=m, name=f"m3_{k}")
+            p3 = piped(Mux(c.op == VectorOp.GELU, g3, y2), signed(_M3_BITS), f"m3_p{k}")
             y3 = piped(y2, signed(33), f"y3_{k}")
             c = cmd[7]
             is_gelu = c.op == VectorOp.GELU
@@ -812,8 +853,23 @@ class VectorUnit(wiring.Component):
         finishers_used = [~fin.i.ready for fin in fins]
         m.d.comb += self.busy.eq(have | loaded2 | loaded3 | self.o.valid
                                  | _any(fifos_used + finishers_used + slices3
-                                        + stage2_slices))
+                                        + stage2_slices + stage1_slices))
         return m
+
+
+def _sum_tree(m, name, values, shape, *, levels=None):
+    """The sum of ``values`` (a list of one), or after ``levels`` levels of pairs."""
+    level = 0
+    while len(values) > 1 and (levels is None or level < levels):
+        nxt = []
+        for k in range(0, len(values) - 1, 2):
+            s = Signal(shape, name=f"{name}_sum{level}_{k}", attrs={"keep": 1})
+            m.d.comb += s.eq(values[k] + values[k + 1])
+            nxt.append(s)
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values, level = nxt, level + 1
+    return values
 
 
 def _piped(m, en, value, shape, name):

@@ -7,7 +7,7 @@ widths are derived from the constants there, never copied.
 
 
 import numpy as np
-from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -17,7 +17,7 @@ from .dsp import lut_product
 
 __all__ = [
     "Divider", "Isqrt", "Exp2", "GeluPhi",
-    "clamp", "mul_round_sat",
+    "clamp", "mul_round_sat", "round_shift_add",
     "EXP_T_BITS", "EXP_E_BITS", "GELU_PHI_WIDTH",
 ]
 
@@ -216,6 +216,25 @@ def clamp(x, lo, hi):
     return Mux(fits, Mux(xn < lo, lo, Mux(xn > hi, hi, xn)), Mux(x[-1], lo, hi))
 
 
+def round_shift_add(m, x, shift, add=0, *, name):
+    """``round_shift(x, shift) + add`` (half up, the numerics' rounding) without a decoded
+    rounding half: ``((2x >> shift) + 2 add + 1) >> 1``, one adder after the shifter.
+
+    ``floor((floor(2x / 2**s) + 1) / 2) = floor((x + 2**(s-1)) / 2**s)`` for s >= 1 (the floor
+    of 2x / 2**s keeps the bit that decides the rounding), and ``x`` for s = 0; the addend
+    rides in the same carry chain.
+    """
+    x, add = Value.cast(x), Value.cast(add)
+    signed_ = x.shape().signed or add.shape().signed
+    w = len(x) + 1
+    q = Signal(signed(w) if signed_ else unsigned(w), name=f"{name}_q")
+    m.d.comb += q.eq((x << 1) >> shift)
+    if len(add) == 0 or (isinstance(add, Const) and add.value == 0):
+        return (q + 1) >> 1
+    return (q + Cat(Const(1, 1), add).as_signed() if add.shape().signed
+            else q + Cat(Const(1, 1), add)) >> 1
+
+
 def mul_round_sat(m, p, shift, zp, lo, hi, saturate, *, width, name):
     """``y = saturate ? clamp(round_shift(p, shift) + zp, lo, hi) : round_shift(p, shift) + zp``.
 
@@ -227,9 +246,7 @@ def mul_round_sat(m, p, shift, zp, lo, hi, saturate, *, width, name):
     ps = Signal(signed(width), name=f"{name}_p")
     m.d.comb += ps.eq(p)
     r = Signal(signed(width + 1), name=f"{name}_r")
-    half = Signal(signed(width), name=f"{name}_half")
-    m.d.comb += half.eq(((Const(1, 1) << shift) >> 1))
-    m.d.comb += r.eq(((ps + half)[:width].as_signed() >> shift) + zp)
+    m.d.comb += r.eq(round_shift_add(m, ps, shift, zp, name=name))
     y = Signal(signed(width + 1), name=f"{name}_y")
     m.d.comb += y.eq(Mux(saturate, clamp(r, lo, hi), r))
     return y
@@ -260,7 +277,7 @@ class Exp2(wiring.Component):
         zs = Signal(range(_EXP_ZERO_SHIFT))
         m.d.comb += zs.eq(z)
         rounded = Signal(EXP_E_BITS + 1)
-        m.d.comb += rounded.eq((rd.data + ((Const(1, 1) << zs) >> 1)) >> zs)
+        m.d.comb += rounded.eq(round_shift_add(m, rd.data, zs, name="e"))
         m.d.comb += self.e.eq(Mux(z < _EXP_ZERO_SHIFT, rounded, 0))
         return m
 
@@ -277,31 +294,100 @@ _GELU_SLOPE_BITS = max(1, max(_GELU_SLOPES).bit_length())
 GELU_PHI_WIDTH = nx.GELU_PHI_BITS + 1
 
 
+def _gelu_phi(x: int) -> int:
+    """Phi(x) of :func:`celosia.sw.numerics.gelu` for one int16 ``x`` (Q14), from its table."""
+    a = abs(x)
+    t = [int(v) for v in nx.GELU_PHI_TABLE]
+    if a >= _GELU_INSIDE:
+        pos = 1 << nx.GELU_PHI_BITS
+    else:
+        i, f = a >> _GELU_FRAC_BITS, a & ((1 << _GELU_FRAC_BITS) - 1)
+        pos = t[i] + (((t[i + 1] - t[i]) * f) >> _GELU_FRAC_BITS)
+    return pos if x >= 0 else (1 << nx.GELU_PHI_BITS) - pos
+
+
+#: GeluPhi's table is indexed by x >> 6 (signed), clamped to this many bits.
+_GELU_INDEX_BITS = 8
+
+
+def _gelu_bucket_table():
+    """One entry per bucket of 64 consecutive x (``x >> 6`` in the signed 8-bit index range,
+    the end buckets standing for everything beyond): ``(base, slope, zero)`` with
+    ``Phi(x) = base + ((slope * f + c) >> 6)``, ``f = x & 63``, ``c = 63`` for x < 0 (there the
+    mirrored interpolation ``2**14 - T[k] - floor(S (64 - f) / 64)`` is ``2**14 - T[k+1] +
+    ceil(S f / 64)``), 0 otherwise; ``zero``: Phi is 0 at f = 0 (x = -4096, where the table's last
+    knot is below 2**14). Every x of a bucket is checked against the definition."""
+    F = _GELU_FRAC_BITS
+    lo_i, hi_i = -(1 << (_GELU_INDEX_BITS - 1)), (1 << (_GELU_INDEX_BITS - 1)) - 1
+    t = [int(v) for v in nx.GELU_PHI_TABLE]
+    rows = []
+    for i in range(lo_i, hi_i + 1):
+        x0 = i << F
+        c = (1 << F) - 1 if i < 0 else 0
+        if 0 <= i < _GELU_KNOTS:
+            slope = t[i + 1] - t[i]
+        elif -_GELU_KNOTS <= i < 0:
+            slope = t[-i] - t[-i - 1]
+        else:
+            slope = 0
+        xs = range(x0, x0 + (1 << F))
+        want = [_gelu_phi(x) for x in xs]
+        base = want[1] - ((slope + c) >> F)
+        zero = want[0] != base + (c >> F)
+        got = [base + ((slope * f + c) >> F) for f in range(1 << F)]
+        if zero:
+            got[0] = 0
+        if got != want or base < 0:
+            raise AssertionError(f"GELU bucket {i} is not linear: {got} != {want}")
+        rows.append((base, slope, int(zero)))
+    # The end buckets stand for every x beyond them: Phi is flat there.
+    assert rows[0][1] == 0 and rows[-1][1] == 0 and _GELU_INSIDE <= (hi_i << F)
+    return rows
+
+
 class GeluPhi(wiring.Component):
-    """Phi(x) of :func:`celosia.sw.numerics.gelu`, combinational: table knot plus interpolated
-    slope, mirrored for negative x. ``x`` is int16 Q10."""
+    """Phi(x) of :func:`celosia.sw.numerics.gelu` (``x`` int16 Q10, Phi Q14): a knot and the slope
+    to the next one from a table in block RAM, read synchronously as :class:`Exp2` does:
+    ``phi`` belongs to the ``x`` presented in the last cycle ``en`` was high.
+
+    The table is indexed by ``x >> 6`` as a signed number (clamped to 8 bits: Phi is flat
+    beyond |x| = 4.0), so neither |x| nor the mirrored ``2**14 - Phi(|x|)`` is computed: the
+    negative buckets hold the mirrored knots and round the interpolation up.
+    """
 
     x: In(signed(16))
+    en: In(1)
     phi: Out(GELU_PHI_WIDTH)
 
     def elaborate(self, platform):
         m = Module()
-        # One word per knot interval: the knot value and the slope to the next knot.
+        F = _GELU_FRAC_BITS
+        rows = _gelu_bucket_table()
+        slope_bits = max(1, max(r[1] for r in rows).bit_length())
+        base_bits = GELU_PHI_WIDTH
+        ib = _GELU_INDEX_BITS
         m.submodules.table = table = memory.Memory(
-            shape=unsigned(_GELU_BASE_BITS + _GELU_SLOPE_BITS), depth=_GELU_KNOTS,
-            init=[int(nx.GELU_PHI_TABLE[i]) | (_GELU_SLOPES[i] << _GELU_BASE_BITS)
-                  for i in range(_GELU_KNOTS)])
-        rd = table.read_port(domain="comb")
-        a = Signal(17)
-        m.d.comb += a.eq(Mux(self.x < 0, -self.x, self.x))
-        inside = a < _GELU_INSIDE
-        m.d.comb += rd.addr.eq(a >> _GELU_FRAC_BITS)
-        base = rd.data[:_GELU_BASE_BITS]
-        slope = rd.data[_GELU_BASE_BITS:]
-        frac = a[:_GELU_FRAC_BITS]
-        phi_pos = Signal(GELU_PHI_WIDTH)
+            shape=unsigned(base_bits + slope_bits + 1), depth=len(rows),
+            init=[b | (s << base_bits) | (z << (base_bits + slope_bits))
+                  for b, s, z in rows[1 << (ib - 1):] + rows[:1 << (ib - 1)]])
+        rd = table.read_port()
+        # x >> F clamped to ib signed bits, as the address (two's complement, so the
+        # non-negative buckets come first).
+        top = self.x[F + ib - 1:]
+        fits = (top == 0) | (top == (1 << len(top)) - 1)
+        m.d.comb += [rd.en.eq(self.en),
+                     rd.addr.eq(Mux(fits, self.x[F:F + ib], Mux(self.x[-1], 1 << (ib - 1),
+                                                                (1 << (ib - 1)) - 1)))]
+        f = Signal(F)
+        neg = Signal()
+        with m.If(self.en):
+            m.d.sync += [f.eq(self.x[:F]), neg.eq(self.x[-1])]
+        base = rd.data[:base_bits]
+        slope = rd.data[base_bits:base_bits + slope_bits]
+        zero = rd.data[-1]
         # The slope times the 6-bit fraction is a shift-and-add: no DSP slice for it.
-        m.d.comb += phi_pos.eq(Mux(inside, base + (lut_product(frac, slope) >> _GELU_FRAC_BITS),
-                                   1 << nx.GELU_PHI_BITS))
-        m.d.comb += self.phi.eq(Mux(self.x < 0, (1 << nx.GELU_PHI_BITS) - phi_pos, phi_pos))
+        interp = Signal(slope_bits + F + 1)
+        m.d.comb += interp.eq(lut_product(f, slope, m=m, name="slope_f")
+                              + Mux(neg, (1 << F) - 1, 0))
+        m.d.comb += self.phi.eq(Mux(zero & (f == 0), 0, base + (interp >> F)))
         return m

@@ -445,7 +445,10 @@ class VectorEngine(wiring.Component):
         o_last = o_beat + 1 == nub
         V = Signal(range(4 * N + 1))
         m.d.comb += V.eq(Mux(o_last, (dst_bytes - ((nub - 1) << (ln + dl)))[:len(V)], N << dl))
-        o_ok = (phase_run & (~oflush | flush_done) & (o_after + V <= Cb)
+        # A unit beat goes in only below half the buffer (o_after < Cb / 2, so o_after + V <= Cb):
+        # the insertion shifter spans half the positions.
+        Ch = Cb // 2
+        o_ok = (phase_run & (~oflush | flush_done) & (o_after < Ch)
                 & ~(e_pend & use_e & o_last))
         m.d.comb += unit.o.ready.eq(o_ok)
         fire_o = unit.o.valid & o_ok
@@ -462,10 +465,18 @@ class VectorEngine(wiring.Component):
         vmask = Signal(8 * 4 * N)
         for byte in range(4 * N):
             m.d.comb += vmask[8 * byte:8 * byte + 8].eq(Mux(byte < V, 0xFF, 0))
+        # Inside a row every unit beat but the last brings N << dl bytes and a write takes W
+        # (both powers of two), and a row starts at level 0 (after the previous row's flush):
+        # a unit beat always goes in at a multiple of min(N, W) bytes.
+        lg = _log2(min(N, W))
+        # Bytes of obuf at and above olevel are always zero (it starts zeroed, the unit's beats
+        # are masked to V bytes, and bytes come out at the bottom). A write pops W bytes, or on a
+        # row's last write all olevel < W of them: either way obuf >> 8 W is what stays.
         shifted = Signal(8 * Cb)
-        m.d.comb += shifted.eq(obuf >> (o_pop << 3))
+        m.d.comb += shifted.eq(Mux(o_pop != 0, obuf >> (8 * W), obuf))
         with m.If(fire_o):
-            m.d.sync += [obuf.eq(shifted | ((packed & vmask) << (o_after << 3))),
+            at = o_after[lg:_log2(Ch)] << (3 + lg)
+            m.d.sync += [obuf.eq(shifted | ((packed & vmask) << at)),
                          olevel.eq(o_after + V)]
             with m.If(o_last):
                 m.d.sync += [o_beat.eq(0), oflush.eq(1)]

@@ -40,8 +40,8 @@ __all__ = ["IsaStop", "IsaMachine", "IsaBackend"]
 
 _VEC_OPS = {op.value for op in VecOp}
 #: Cycles a vector batch spends filling and draining the unit's pipeline (docs/vector.md:
-#: 23 cycles for element-wise operations, more for two-pass rows; one number is enough here).
-_VEC_LATENCY = 26
+#: 25 cycles for element-wise operations, more for two-pass rows; one number is enough here).
+_VEC_LATENCY = 28
 
 
 class IsaStop(Exception):

@@ -120,17 +120,27 @@ def test_exp2_lane():
 
 def test_gelu_phi_exhaustive_product():
     """x * Phi(x) (with the output offset and clamp the unit applies) over int16 inputs equals
-    the golden GELU (sampled every 7 codes)."""
+    the golden GELU (every code within |x| <= 4160, sampled every 7 codes beyond). The table
+    is read synchronously: Phi belongs to the x of the last cycle with ``en``."""
     dut = GeluPhi()
-    xs = list(range(nx.INT16.lo, nx.INT16.hi + 1, 7)) + [nx.INT16.hi, -4096, 4095, 4096, -4097]
+    edge = 4096 + 64
+    xs = (list(range(nx.INT16.lo, -edge, 7)) + list(range(-edge, edge + 1))
+          + list(range(edge + 1, nx.INT16.hi + 1, 7)) + [nx.INT16.hi, -4096, 4095, 4096, -4097])
     want = nx.gelu(np.array(xs))
 
     def finish(p):
         return max(p + GELU_OFFSET, 0) if GELU_CLAMP else p
 
     async def bench(ctx):
+        ctx.set(dut.en, 1)
         for x, w in zip(xs, want):
             ctx.set(dut.x, x)
+            await ctx.tick()
             assert finish(x * ctx.get(dut.phi)) == int(w), x
+        # Without en the lookup holds its result.
+        ctx.set(dut.en, 0)
+        ctx.set(dut.x, 0)
+        await ctx.tick()
+        assert finish(xs[-1] * ctx.get(dut.phi)) == int(want[-1])
 
-    _run(dut, bench, clock=False)
+    _run(dut, bench)
