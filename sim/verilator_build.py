@@ -108,7 +108,8 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
     run; a separate cache entry). The seconds are 0.0 when the library came from the cache,
     and the time spent waiting when another process built it meanwhile.
 
-    ``extra_verilog`` maps file names to more Verilog sources (e.g. models of vendor cells),
+    ``extra_verilog`` maps file names to more Verilog sources (e.g. models of vendor cells;
+    names ending in ``.vh`` are files those include, written beside them but not compiled),
     ``flags`` are more Verilator options, and ``executable`` builds a program (the harness
     has ``main``) named ``top`` instead of ``lib<top>.so``."""
     env = verilator_env()
@@ -146,13 +147,15 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
         for h in headers:
             shutil.copy(h, tmp / h.name)
         link = () if executable else ("-LDFLAGS", "-shared")
+        sources = [name for name in extra_verilog if not name.endswith(".vh")]
+        includes = ("-I.",) if len(sources) < len(extra_verilog) else ()
         cmd = ["verilator", "--cc", "--exe", "--build", "-j", "1", *BUILD_OPTIONS, *trace_opts,
-               *flags, "--top-module", top, "--Mdir", "obj",
+               *flags, *includes, "--top-module", top, "--Mdir", "obj",
                "-CFLAGS", f"-fPIC -DCELOSIA_TOP={top} -DCELOSIA_HEADER=V{top}.h -I{tmp}"
                + trace_flag,
                *link, "-o", output,
                "--MAKEFLAGS", f"OPT_FAST={OPT_FAST}",
-               f"{top}.v", *extra_verilog, harness]
+               f"{top}.v", *sources, harness]
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
         if log is not None:
             log.write(proc.stdout + proc.stderr)
