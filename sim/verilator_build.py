@@ -101,7 +101,8 @@ def trace_format(path) -> str:
 
 def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
                   trace: str | None = None, log=None, extra_verilog: dict | None = None,
-                  flags: tuple = (), executable: bool = False) -> tuple[Path, float]:
+                  flags: tuple = (), executable: bool = False,
+                  opt_fast: str = OPT_FAST) -> tuple[Path, float]:
     """Verilate ``verilog`` with the C++ harness into a shared library; return (path, seconds).
 
     ``trace`` ("vcd" or "fst") builds the model with waveform tracing (slower to build and to
@@ -111,7 +112,8 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
     ``extra_verilog`` maps file names to more Verilog sources (e.g. models of vendor cells;
     names ending in ``.vh`` are files those include, written beside them but not compiled),
     ``flags`` are more Verilator options, and ``executable`` builds a program (the harness
-    has ``main``) named ``top`` instead of ``lib<top>.so``."""
+    has ``main``) named ``top`` instead of ``lib<top>.so``. ``opt_fast`` is the C++ optimisation
+    of the model's code (a gate-level netlist compiles much faster at -O1)."""
     env = verilator_env()
     if trace is not None and trace not in TRACE_FORMATS:
         raise ValueError(f"trace must be one of {sorted(TRACE_FORMATS)}, got {trace!r}")
@@ -124,7 +126,7 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
     if flags or executable:
         extras += [" ".join(flags), f"executable={executable}"]
     key = hashlib.sha256("\0".join([
-        verilog, top, *sources, " ".join(BUILD_OPTIONS + trace_opts), OPT_FAST,
+        verilog, top, *sources, " ".join(BUILD_OPTIONS + trace_opts), opt_fast,
         _verilator_version(env), *extras,
     ]).encode()).hexdigest()[:24]
     out_dir = cache_root() / f"{top}-{key}"
@@ -154,7 +156,7 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
                "-CFLAGS", f"-fPIC -DCELOSIA_TOP={top} -DCELOSIA_HEADER=V{top}.h -I{tmp}"
                + trace_flag,
                *link, "-o", output,
-               "--MAKEFLAGS", f"OPT_FAST={OPT_FAST}",
+               "--MAKEFLAGS", f"OPT_FAST={opt_fast}",
                f"{top}.v", *sources, harness]
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
         if log is not None:
