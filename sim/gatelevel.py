@@ -40,8 +40,9 @@ from celosia.hdl.params import FULL, K_MAX, Sizing
 from .verilator_accel import VerilatorAccel, VerilatorBackend
 from .verilator_build import HARNESS_DIR, build_library, cache_root
 
-__all__ = ["GateLevelError", "Netlist", "rtl_text", "synthesise", "cell_models", "check_cells",
-           "GateLevelAccel", "GateLevelBackend", "gatelevel_backend", "TOP"]
+__all__ = ["GateLevelError", "Netlist", "rtl_text", "synthesise", "yosys_models_dir",
+           "cell_models", "check_cells", "netlist_for", "default_sizing", "GateLevelAccel",
+           "GateLevelBackend", "gatelevel_backend", "TOP"]
 
 TOP = "celosia_accel"
 #: Our models of the cells Yosys ships as black boxes: the block RAM here, the multiplier with
@@ -348,7 +349,7 @@ def netlist_for(array: int, port_bytes: int | None = None, *, vector=True, k_max
 #: code, which -O2 takes several times longer to compile than -O1.
 NETLIST_OPT = "-O1"
 #: Verilator options of the netlist builds: Yosys's models carry timing (specify blocks)
-#: that Verilator ignores.
+#: that Verilator ignores, the DP16KD model writes its memory from both ports' processes.
 NETLIST_FLAGS = ("-Wno-SPECIFYIGN", "-Wno-MULTIDRIVEN", "-Wno-UNOPTFLAT")
 
 
@@ -399,8 +400,9 @@ class GateLevelBackend(VerilatorBackend):
 def default_sizing(array: int) -> Sizing:
     """The ULX3S's build (``fpga.boards.ULX3S_VECTOR``: serial span checks, four vector
     lanes), with at most ``array`` lanes."""
-    from celosia.fpga.boards import ULX3S_VECTOR
     from dataclasses import replace
+
+    from celosia.fpga.boards import ULX3S_VECTOR
     return replace(ULX3S_VECTOR, vector_lanes=min(array, ULX3S_VECTOR.vector_lanes or array))
 
 

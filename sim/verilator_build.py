@@ -149,15 +149,15 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
         for h in headers:
             shutil.copy(h, tmp / h.name)
         link = () if executable else ("-LDFLAGS", "-shared")
-        sources = [name for name in extra_verilog if not name.endswith(".vh")]
-        includes = ("-I.",) if len(sources) < len(extra_verilog) else ()
+        compiled = [name for name in extra_verilog if not name.endswith(".vh")]
+        includes = ("-I.",) if len(compiled) < len(extra_verilog) else ()
         cmd = ["verilator", "--cc", "--exe", "--build", "-j", "1", *BUILD_OPTIONS, *trace_opts,
                *flags, *includes, "--top-module", top, "--Mdir", "obj",
                "-CFLAGS", f"-fPIC -DCELOSIA_TOP={top} -DCELOSIA_HEADER=V{top}.h -I{tmp}"
                + trace_flag,
                *link, "-o", output,
                "--MAKEFLAGS", f"OPT_FAST={opt_fast}",
-               f"{top}.v", *sources, harness]
+               f"{top}.v", *compiled, harness]
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
         if log is not None:
             log.write(proc.stdout + proc.stderr)
