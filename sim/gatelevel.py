@@ -208,9 +208,11 @@ def cell_models() -> tuple[dict[str, str], dict[str, str]]:
         raise GateLevelError(f"{top} defines {own_modules}, expected only the DP16KD black box: "
                              "a Yosys whose models this check does not know yet")
     includes = _INCLUDE.findall(text)
+    # common_sim.vh includes cells_ff.vh and cells_io.vh too, unless NO_INCLUDES is defined.
     files = {"ecp5_cells_sim.v": "// Yosys's ECP5 cell models (share/ecp5/cells_sim.v without its "
-                                 "DP16KD black box)\n"
-                                 + "".join(f'`include "{name}"\n' for name in includes)}
+                                 "DP16KD black box), each file once\n`define NO_INCLUDES\n"
+                                 + "".join(f'`include "{name}"\n' for name in includes)
+                                 + "`undef NO_INCLUDES\n"}
     cells = {}
     for name in includes:
         files[name] = (ydir / name).read_text()
@@ -350,7 +352,7 @@ def netlist_for(array: int, port_bytes: int | None = None, *, vector=True, k_max
 NETLIST_OPT = "-O1"
 #: Verilator options of the netlist builds: Yosys's models carry timing (specify blocks)
 #: that Verilator ignores, the DP16KD model writes its memory from both ports' processes.
-NETLIST_FLAGS = ("-Wno-SPECIFYIGN", "-Wno-MULTIDRIVEN", "-Wno-UNOPTFLAT")
+NETLIST_FLAGS = ("-Wno-SPECIFYIGN", "-Wno-MULTIDRIVEN")
 
 
 class GateLevelAccel(VerilatorAccel):
