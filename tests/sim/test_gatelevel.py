@@ -2,8 +2,9 @@
 the Verilator harness: the ``gatelevel`` backend) runs compiled programs bit-exact with the isa
 simulator and the golden model.
 
-The default case is a small build (N = 2, two vector lanes, K up to 64; about 3 min of synthesis
-and Verilator build on a cache miss): a compiled encoder layer of a tiny model (MATMUL with its
+The default case is a small build (N = 2, two vector lanes, K up to 64; on the shared 2-core
+machine about 5 min of synthesis, 1 of net splitting and 6-8 of Verilator build on a cache miss,
+20 s from the caches): a compiled encoder layer of a tiny model (MATMUL with its
 epilogue variants, SOFTMAX, LAYERNORM, REQUANT_ROWS, GELU_ROWS, SYNC, HALT) and a program with
 the remaining instruction variants (a MATMUL chain with ACC32 and raw int32 results, GELU,
 REQUANT, RESIDUAL and the rest). The slow case is the ULX3S's build (N = 8, four vector lanes)
