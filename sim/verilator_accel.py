@@ -84,11 +84,16 @@ class VerilatorAccel:
                                  name=self.TOP),
             array, self.port_bytes, bool(vector), k_max, self.TOP)
         self.trace = trace
-        self.library, built = build_library(verilog, self.TOP, trace=trace,
-                                            harness="accel_harness.cpp")
+        library, built = build_library(verilog, self.TOP, trace=trace,
+                                       harness="accel_harness.cpp")
         #: One-time cost of this model: the Verilator build plus the Verilog elaboration, 0.0
         #: when both came from the caches.
         self.build_seconds = built + elaborated
+        self._open(library, mem_bytes)
+
+    def _open(self, library, mem_bytes: int) -> None:
+        """Load the harness library ``library`` and make a model with ``mem_bytes`` of memory."""
+        self.library = library
         lib = self._lib = ctypes.CDLL(str(self.library))
         lib.accel_new.restype = ctypes.c_void_p
         lib.accel_new.argtypes = [ctypes.c_uint64, ctypes.c_uint]

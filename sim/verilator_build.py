@@ -101,16 +101,19 @@ def trace_format(path) -> str:
 
 def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
                   trace: str | None = None, log=None, extra_verilog: dict | None = None,
-                  flags: tuple = (), executable: bool = False) -> tuple[Path, float]:
+                  flags: tuple = (), executable: bool = False,
+                  opt_fast: str = OPT_FAST) -> tuple[Path, float]:
     """Verilate ``verilog`` with the C++ harness into a shared library; return (path, seconds).
 
     ``trace`` ("vcd" or "fst") builds the model with waveform tracing (slower to build and to
     run; a separate cache entry). The seconds are 0.0 when the library came from the cache,
     and the time spent waiting when another process built it meanwhile.
 
-    ``extra_verilog`` maps file names to more Verilog sources (e.g. models of vendor cells),
+    ``extra_verilog`` maps file names to more Verilog sources (e.g. models of vendor cells;
+    names ending in ``.vh`` are files those include, written beside them but not compiled),
     ``flags`` are more Verilator options, and ``executable`` builds a program (the harness
-    has ``main``) named ``top`` instead of ``lib<top>.so``."""
+    has ``main``) named ``top`` instead of ``lib<top>.so``. ``opt_fast`` is the C++ optimisation
+    of the model's code (a gate-level netlist compiles much faster at -O1)."""
     env = verilator_env()
     if trace is not None and trace not in TRACE_FORMATS:
         raise ValueError(f"trace must be one of {sorted(TRACE_FORMATS)}, got {trace!r}")
@@ -123,7 +126,7 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
     if flags or executable:
         extras += [" ".join(flags), f"executable={executable}"]
     key = hashlib.sha256("\0".join([
-        verilog, top, *sources, " ".join(BUILD_OPTIONS + trace_opts), OPT_FAST,
+        verilog, top, *sources, " ".join(BUILD_OPTIONS + trace_opts), opt_fast,
         _verilator_version(env), *extras,
     ]).encode()).hexdigest()[:24]
     out_dir = cache_root() / f"{top}-{key}"
@@ -146,13 +149,15 @@ def build_library(verilog: str, top: str, *, harness: str = "harness.cpp",
         for h in headers:
             shutil.copy(h, tmp / h.name)
         link = () if executable else ("-LDFLAGS", "-shared")
+        compiled = [name for name in extra_verilog if not name.endswith(".vh")]
+        includes = ("-I.",) if len(compiled) < len(extra_verilog) else ()
         cmd = ["verilator", "--cc", "--exe", "--build", "-j", "1", *BUILD_OPTIONS, *trace_opts,
-               *flags, "--top-module", top, "--Mdir", "obj",
+               *flags, *includes, "--top-module", top, "--Mdir", "obj",
                "-CFLAGS", f"-fPIC -DCELOSIA_TOP={top} -DCELOSIA_HEADER=V{top}.h -I{tmp}"
                + trace_flag,
                *link, "-o", output,
-               "--MAKEFLAGS", f"OPT_FAST={OPT_FAST}",
-               f"{top}.v", *extra_verilog, harness]
+               "--MAKEFLAGS", f"OPT_FAST={opt_fast}",
+               f"{top}.v", *compiled, harness]
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
         if log is not None:
             log.write(proc.stdout + proc.stderr)

@@ -319,6 +319,11 @@ def _verilator_backend(compiled: CompiledModel, im: IntegerModel, **options) -> 
     return verilator_backend(compiled, im, **options)
 
 
+def _gatelevel_backend(compiled: CompiledModel, im: IntegerModel, **options) -> Backend:
+    from celosia.sim.gatelevel import gatelevel_backend
+    return gatelevel_backend(compiled, im, **options)
+
+
 def _amaranth_backend(compiled: CompiledModel, im: IntegerModel, **options) -> Backend:
     from celosia.sim.amaranth_accel import amaranth_backend
     return amaranth_backend(compiled, im, **options)
@@ -333,6 +338,7 @@ register_backend("golden", GoldenBackend)
 register_backend("isa", _isa_backend)
 register_backend("amaranth", _amaranth_backend)
 register_backend("verilator", _verilator_backend)
+register_backend("gatelevel", _gatelevel_backend)
 register_backend("serial", _serial_backend)
 
 
