@@ -422,16 +422,25 @@ def gelu(x) -> np.ndarray:
     x = np.asarray(x, dtype=np.int64)
     if x.min(initial=0) < INT16.lo or x.max(initial=0) > INT16.hi:
         raise ValueError("gelu: input outside int16")
-    a = np.abs(x)
-    inside = a < (GELU_RANGE << GELU_IN_FRAC)
-    ac = np.where(inside, a, 0)
-    i = ac >> _GELU_FRAC_BITS
-    f = ac & ((1 << _GELU_FRAC_BITS) - 1)
-    lo = GELU_PHI_TABLE[i]
-    hi = GELU_PHI_TABLE[i + 1]
-    phi_pos = np.where(inside, lo + (((hi - lo) * f) >> _GELU_FRAC_BITS), 1 << GELU_PHI_BITS)
-    phi = np.where(x < 0, (1 << GELU_PHI_BITS) - phi_pos, phi_pos)
+    phi = _symmetric_cdf(x, GELU_PHI_TABLE, GELU_RANGE << GELU_IN_FRAC, _GELU_FRAC_BITS,
+                         GELU_PHI_BITS)
     return np.maximum(x * phi + GELU_OFFSET, 0)
+
+
+def _symmetric_cdf(x: np.ndarray, table: np.ndarray, end: int, frac_bits: int,
+                   one_bits: int) -> np.ndarray:
+    """A CDF-like curve F (F(-x) = 1 - F(x), F = 1 past ``end``) in Q``one_bits`` from the
+    knots ``table`` of its positive half, ``2**frac_bits`` input steps apart: ``a = |x|``,
+    ``T[a >> frac] + (((T[.+1] - T[.]) * (a & (2**frac - 1))) >> frac)`` (floor shift) below
+    ``end``, ``2**one_bits`` from there; mirrored for x < 0 (GELU's Phi, SiLU's sigmoid)."""
+    a = np.abs(x)
+    inside = a < end
+    ac = np.where(inside, a, 0)
+    i = ac >> frac_bits
+    f = ac & ((1 << frac_bits) - 1)
+    lo, hi = table[i], table[i + 1]
+    pos = np.where(inside, lo + (((hi - lo) * f) >> frac_bits), 1 << one_bits)
+    return np.where(x < 0, (1 << one_bits) - pos, pos)
 
 
 # --- RMSNorm (decoders) ---------------------------------------------------------------------------
@@ -529,15 +538,8 @@ def silu(x) -> np.ndarray:
     x = np.asarray(x, dtype=np.int64)
     if x.min(initial=0) < INT16.lo or x.max(initial=0) > INT16.hi:
         raise ValueError("silu: input outside int16")
-    a = np.abs(x)
-    inside = a < (SILU_RANGE << SILU_IN_FRAC)
-    ac = np.where(inside, a, 0)
-    i = ac >> _SILU_FRAC_BITS
-    f = ac & ((1 << _SILU_FRAC_BITS) - 1)
-    lo = SILU_SIG_TABLE[i]
-    hi = SILU_SIG_TABLE[i + 1]
-    sig_pos = np.where(inside, lo + (((hi - lo) * f) >> _SILU_FRAC_BITS), 1 << SILU_SIG_BITS)
-    sig = np.where(x < 0, (1 << SILU_SIG_BITS) - sig_pos, sig_pos)
+    sig = _symmetric_cdf(x, SILU_SIG_TABLE, SILU_RANGE << SILU_IN_FRAC, _SILU_FRAC_BITS,
+                         SILU_SIG_BITS)
     return round_shift(x * sig, SILU_IN_FRAC + SILU_SIG_BITS - SILU_OUT_FRAC)
 
 
