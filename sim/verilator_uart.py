@@ -66,9 +66,9 @@ def _verilog(params: dict, top: str) -> str:
     return text
 
 
-def _sdram_build(params: dict) -> tuple[dict, tuple]:
+def _sdram_build(params: dict) -> tuple[dict, tuple, int]:
     """The generated LiteDRAM core and the ECP5 cell models to Verilate beside the top, the
-    harness's flags, and (key ``mem_bytes``) the SDRAM's size."""
+    harness's flags, and the SDRAM's size in bytes."""
     from celosia.fpga.sdram import CORE_NAME, generate
     from celosia.fpga.system import sdram_config
     from celosia.hdl.isa import MachineConfig
@@ -78,9 +78,9 @@ def _sdram_build(params: dict) -> tuple[dict, tuple]:
     port_bytes = MachineConfig(params["array"], params.get("port_bytes")).port_bytes
     core = generate(sdram_config(port_bytes, params["clk_hz"], params.get("sdram_module")))
     extra = {f"{CORE_NAME}.v": core.verilog(),
-             "ecp5_cells.v": (HARNESS_DIR / "ecp5_cells.v").read_text(),
-             "mem_bytes": 1 << core.port_widths()["user_port_axi_0_awaddr"][1]}
-    return extra, ("--pins-inout-enables", "-CFLAGS", "-DCELOSIA_SDRAM")
+             "ecp5_cells.v": (HARNESS_DIR / "ecp5_cells.v").read_text()}
+    return (extra, ("--pins-inout-enables", "-CFLAGS", "-DCELOSIA_SDRAM"),
+            1 << core.port_widths()["user_port_axi_0_awaddr"][1])
 
 
 class SimBoard:
@@ -123,10 +123,10 @@ class SimBoard:
         if clk_hz is not None:          # (absent by default: the cached builds keep their key)
             params["clk_hz"] = self.clk_hz
         extra, flags = {}, ()
+        self.mem_bytes = mem_bytes
         if window != "bram":
             params["window"] = window
-            extra, flags = _sdram_build(params)
-        self.mem_bytes = extra.pop("mem_bytes", mem_bytes)
+            extra, flags, self.mem_bytes = _sdram_build(params)
         t0 = time.monotonic()
         verilog = _verilog(params, self.TOP)
         self.library, self.build_seconds = build_library(verilog, self.TOP, log=log,
