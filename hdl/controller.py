@@ -40,15 +40,13 @@ from .engine import MemoryPortSignature
 from .scratchpad import SyncFifo
 from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES,
                   WINDOW_ALIGN, ErrorCode, Opcode, VecOp)
-from .params import (ADDR_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
+from .params import (ADDR_BITS, DONE_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
                      PARAM_SHIFT_OFFSET, AddendMode, command_layout)
 
-__all__ = ["Controller", "SpanCheck", "SerialSpanCheck", "ERROR_BITS", "VECTOR_DONE_BITS"]
+__all__ = ["Controller", "SpanCheck", "SerialSpanCheck", "ERROR_BITS"]
 
-ERROR_BITS = 4
-#: A vector engine answers each command with an ErrorCode (OK, or BAD_PARAM for a record).
-VECTOR_DONE_BITS = ERROR_BITS
-assert max(ErrorCode) < (1 << ERROR_BITS)
+#: Both engines answer each command with an ErrorCode; the controller stops with one.
+ERROR_BITS = DONE_BITS
 assert PARAM_RECORD_BYTES == 8 and PARAM_MULT_OFFSET == 4 and PARAM_SHIFT_OFFSET == 6
 #: The 32-bit address and stride fields of the two command bodies.
 _MM_ADDR_FIELDS = ("a_addr", "b_addr", "c_addr", "p_addr", "d_addr", "e_addr",
@@ -258,7 +256,7 @@ class Controller(wiring.Component):
         members = {
             "mem": Out(MemoryPortSignature(port_bytes)),
             "mm_cmd": Out(stream.Signature(command_layout())),
-            "mm_done": In(stream.Signature(2)),
+            "mm_done": In(stream.Signature(DONE_BITS)),
             "writes_idle": In(1, init=1),
             "start": In(1), "abort": In(1),
             "prog_addr": In(ADDR_BITS), "win_base": In(ADDR_BITS), "win_size": In(ADDR_BITS),
@@ -270,7 +268,7 @@ class Controller(wiring.Component):
         }
         if vector:
             members["vec_cmd"] = Out(stream.Signature(isa.vector_layout()))
-            members["vec_done"] = In(stream.Signature(VECTOR_DONE_BITS))
+            members["vec_done"] = In(stream.Signature(DONE_BITS))
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -355,7 +353,7 @@ class Controller(wiring.Component):
         # --- units: an issue slot and a FIFO of the addresses of commands in flight ---
         units = {}
 
-        def unit(name, cmd, done, layout, source, done_code, is_vector=0):
+        def unit(name, cmd, done, layout, source, is_vector=0):
             # Without an issue slot these are combinational: ISSUE offers the command straight
             # from the instruction register.
             slot_valid = Signal(name=f"{name}_slot_valid")
@@ -391,17 +389,15 @@ class Controller(wiring.Component):
                 failed_pc = pc[:ab]
             m.d.comb += [cmd.payload.eq(slot_cmd), done.ready.eq(1)]
             with m.If(done.valid & (done.payload != 0) & ~unit_err):
-                m.d.sync += [unit_err.eq(1), unit_code.eq(done_code(done.payload)),
+                m.d.sync += [unit_err.eq(1), unit_code.eq(done.payload),
                              unit_pc.eq(failed_pc), unit_vec.eq(is_vector)]
             units[name] = (slot_valid, slot_cmd, slot_pc, busy)
             return busy
 
-        mm_busy = unit("mm", self.mm_cmd, self.mm_done, command_layout(), mm,
-                       lambda c: c + (ErrorCode.BAD_SHAPE - 1))   # ERROR_OF_DONE
+        mm_busy = unit("mm", self.mm_cmd, self.mm_done, command_layout(), mm)
         m.d.comb += self.mm_busy.eq(mm_busy)
         if self.vector:
-            vec_busy = unit("vec", self.vec_cmd, self.vec_done, isa.vector_layout(), vec,
-                            lambda c: c, 1)
+            vec_busy = unit("vec", self.vec_cmd, self.vec_done, isa.vector_layout(), vec, 1)
             m.d.comb += self.vec_busy.eq(vec_busy)
         else:
             vec_busy = C(0, 1)

@@ -2,7 +2,7 @@
 
 A command (``celosia.hdl.params.command_layout``) describes ``C = A @ B`` with its epilogue
 (bias, accumulate or residual add, requantisation); the engine loads the operands through its
-memory port, computes, stores C and answers on ``done`` with a ``DoneCode``.
+memory port, computes, stores C and answers on ``done`` with an ``ErrorCode``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .epilogue import Epilogue
-from .params import (ADDR_BITS, DEFAULT_ARRAY, K_MAX, PARAM_RECORD_BYTES, AddendMode, DoneCode,
+from .params import (ADDR_BITS, DEFAULT_ARRAY, K_MAX, PARAM_RECORD_BYTES, AddendMode, DONE_BITS, ErrorCode,
                      check_config, command_layout, default_port_bytes, group_cols)
 from .pipeline import CreditCounter, SkidBuffer
 from .scratchpad import PingPong, Scratchpad, SyncFifo
@@ -87,8 +87,8 @@ class MatmulEngine(wiring.Component):
     -------
     cmd : In(stream.Signature(command_layout()))
         One command at a time (``ready`` while idle).
-    done : Out(stream.Signature(2))
-        A ``DoneCode`` per command, once every result beat has been accepted by the port.
+    done : Out(stream.Signature(DONE_BITS))
+        An ``ErrorCode`` per command (OK, BAD_SHAPE, BAD_ALIGN or BAD_MODE), once every result beat has been accepted by the port.
     mem : Out(MemoryPortSignature(port_bytes))
     busy : Out(1)
     """
@@ -130,7 +130,7 @@ class MatmulEngine(wiring.Component):
         self.port_stages = port_stages
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
-            "done": Out(stream.Signature(2)),
+            "done": Out(stream.Signature(DONE_BITS)),
             "mem": Out(MemoryPortSignature(port_bytes)),
             "busy": Out(1),
         })
@@ -154,7 +154,7 @@ class MatmulEngine(wiring.Component):
         plan = Signal(plan_layout(n, w, k_max))
         compute_plan(m, cmd, plan_now, n, w)
         start = Signal()
-        code = Signal(2)
+        code = Signal(DONE_BITS)
 
         # With a serial epilogue (about 25 cycles per element) the sequencer is built for size:
         # a transposed B goes into its scratchpad one byte per cycle, without a corner turn.
@@ -321,16 +321,16 @@ class MatmulEngine(wiring.Component):
             with m.State("CHECK"):
                 m.d.sync += plan.eq(plan_now)
                 with m.If(bad_shape):
-                    m.d.sync += code.eq(DoneCode.BAD_SHAPE)
+                    m.d.sync += code.eq(ErrorCode.BAD_SHAPE)
                     m.next = "DONE"
                 with m.Elif(bad_align):
-                    m.d.sync += code.eq(DoneCode.BAD_ALIGN)
+                    m.d.sync += code.eq(ErrorCode.BAD_ALIGN)
                     m.next = "DONE"
                 with m.Elif(bad_mode):
-                    m.d.sync += code.eq(DoneCode.BAD_MODE)
+                    m.d.sync += code.eq(ErrorCode.BAD_MODE)
                     m.next = "DONE"
                 with m.Else():
-                    m.d.sync += code.eq(DoneCode.OK)
+                    m.d.sync += code.eq(ErrorCode.OK)
                     m.next = "START"
             with m.State("START"):
                 m.d.comb += [start.eq(1), self.busy.eq(1)]

@@ -33,11 +33,11 @@ from amaranth.lib import enum as hdl_enum
 from celosia.sw import numerics as nx
 
 from . import params
-from .params import ADDEND_BYTES, OUT_BYTES, PARAM_RECORD_BYTES, AddendMode, DoneCode, OutFormat
+from .params import ADDEND_BYTES, OUT_BYTES, PARAM_RECORD_BYTES, AddendMode, ErrorCode, OutFormat
 
 __all__ = [
     "ISA_VERSION", "INSTR_BYTES", "INSTR_BITS", "WINDOW_ALIGN", "VEC_MAX_COLS", "RES_SHIFT_MAX",
-    "Opcode", "VecOp", "Unit", "ErrorCode", "ERROR_OF_DONE",
+    "Opcode", "VecOp", "Unit", "ErrorCode",
     "VEC_PARAM_RECORD_BYTES", "VEC_PARAM_MULT_OFFSET", "VEC_PARAM_SHIFT_OFFSET",
     "VEC_PARAM_BIAS_OFFSET", "ENGINE_PARAM_DTYPE", "VEC_PARAM_DTYPE",
     "matmul_layout", "vector_layout", "sync_layout", "instruction_layout",
@@ -94,32 +94,6 @@ class Unit(enum.IntFlag):
     ALL = 3
 
 
-class ErrorCode(enum.IntEnum):
-    """Why the accelerator stopped (CSR ``ERROR``); ``ERROR_PC`` holds the instruction's address.
-
-    Checks happen in the order of the codes below (for one instruction, the first failing
-    check is reported). An instruction that fails a check before ``BAD_PARAM`` writes nothing;
-    one that fails ``BAD_PARAM`` (a value read from memory) may have written part of its own
-    destination, never anything outside it."""
-    OK = 0
-    ILLEGAL_OPCODE = 1   #: opcode not in Opcode
-    FETCH_FAULT = 2      #: instruction address not INSTR_BYTES-aligned or not inside the window
-    BAD_WINDOW = 3       #: at start: window base/size not WINDOW_ALIGN multiples, or size 0
-    BAD_SHAPE = 4        #: a dimension 0 or too large, or a row stride shorter than its row
-    BAD_ALIGN = 5        #: an address or stride used by the instruction is not a multiple of W
-    BAD_MODE = 6         #: an inconsistent or unknown mode (requantise without parameters, ...)
-    BAD_ADDRESS = 7      #: a byte the instruction would read or write is outside the window
-    BAD_PARAM = 8        #: a scalar or a parameter record value outside its numerics range
-    ABORTED = 9          #: the host wrote CTRL.abort
-    UNSUPPORTED = 10     #: a VECTOR instruction on a build without the vector unit (at decode)
-
-
-#: The matmul engine's done codes as controller errors.
-ERROR_OF_DONE = {
-    DoneCode.BAD_SHAPE: ErrorCode.BAD_SHAPE,
-    DoneCode.BAD_ALIGN: ErrorCode.BAD_ALIGN,
-    DoneCode.BAD_MODE: ErrorCode.BAD_MODE,
-}
 
 
 # --- Parameter records ------------------------------------------------------------------------

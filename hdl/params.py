@@ -40,7 +40,7 @@ __all__ = [
     "ARRAY_MIN", "ARRAY_MAX", "DEFAULT_ARRAY", "K_MAX", "ADDR_BITS", "DIM_BITS", "K_BITS",
     "A_BITS", "B_BITS", "ACC_BITS", "SHIFT_BITS", "ZERO_POINT_BITS", "ROW_SHIFT_BITS",
     "PARAM_RECORD_BYTES", "PARAM_BIAS_OFFSET", "PARAM_MULT_OFFSET", "PARAM_SHIFT_OFFSET",
-    "OutFormat", "AddendMode", "DoneCode", "OUT_RANGE", "OUT_BYTES", "ADDEND_BYTES",
+    "OutFormat", "AddendMode", "ErrorCode", "DONE_BITS", "OUT_RANGE", "OUT_BYTES", "ADDEND_BYTES",
     "default_port_bytes", "group_cols", "check_config", "command_layout", "pack_command",
     "view_aligned", "Sizing", "FULL", "SMALL",
 ]
@@ -97,12 +97,29 @@ class AddendMode(enum.IntEnum):
 ADDEND_BYTES = {AddendMode.NONE: 0, AddendMode.ACC32: 4, AddendMode.RESIDUAL16: 2}
 
 
-class DoneCode(enum.IntEnum):
-    """Status the engine returns for each command."""
+class ErrorCode(enum.IntEnum):
+    """Why the accelerator stopped (CSR ``ERROR``); ``ERROR_PC`` holds the instruction's address.
+
+    Checks happen in the order of the codes below (for one instruction, the first failing
+    check is reported). An instruction that fails a check before ``BAD_PARAM`` writes nothing;
+    one that fails ``BAD_PARAM`` (a value read from memory) may have written part of its own
+    destination, never anything outside it."""
     OK = 0
-    BAD_SHAPE = 1      # M, K or N is 0, or K > k_max
-    BAD_ALIGN = 2      # a base address or stride is not a multiple of the port width (e_addr too)
-    BAD_MODE = 3       # requantisation or bias asked for without a parameter region, ...
+    ILLEGAL_OPCODE = 1   #: opcode not in Opcode
+    FETCH_FAULT = 2      #: instruction address not INSTR_BYTES-aligned or not inside the window
+    BAD_WINDOW = 3       #: at start: window base/size not WINDOW_ALIGN multiples, or size 0
+    BAD_SHAPE = 4        #: a dimension 0 or too large, or a row stride shorter than its row
+    BAD_ALIGN = 5        #: an address or stride used by the instruction is not a multiple of W
+    BAD_MODE = 6         #: an inconsistent or unknown mode (requantise without parameters, ...)
+    BAD_ADDRESS = 7      #: a byte the instruction would read or write is outside the window
+    BAD_PARAM = 8        #: a scalar or a parameter record value outside its numerics range
+    ABORTED = 9          #: the host wrote CTRL.abort
+    UNSUPPORTED = 10     #: a VECTOR instruction on a build without the vector unit (at decode)
+
+
+#: Width of the units' done codes (an ``ErrorCode``).
+DONE_BITS = 4
+assert max(ErrorCode) < (1 << DONE_BITS)
 
 
 def _is_pow2(x: int) -> bool:

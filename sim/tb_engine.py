@@ -10,7 +10,7 @@ import time
 import cocotb
 import numpy as np
 
-from celosia.hdl.params import AddendMode, DoneCode
+from celosia.hdl.params import AddendMode, ErrorCode
 from celosia.sim.cocotb_streams import MemoryAgent, Sink, Source, reset, start_clock, step_until
 from celosia.sim.matmul_job import random_job
 
@@ -82,7 +82,7 @@ async def random_shapes(dut):
         stall = [0.0, 0.3, 0.6][i % 3]
         code, cycles, _, _ = await run_command(dut, img.data, img.command(), w, rng=prng,
                                                latency=1 + i % 4, stall=stall)
-        assert code == DoneCode.OK
+        assert code == ErrorCode.OK
         got = img.result(img.data)
         assert np.array_equal(got, job.golden()), f"job {i} {m}x{k}x{cols} {mode!r}"
         assert img.untouched_outside_c(img.data)
@@ -105,7 +105,7 @@ async def extremes_k4096(dut):
     img = job.image(w, seed=9)
     code, cycles, _, _ = await run_command(dut, img.data, img.command(), w,
                                            rng=random.Random(3), latency=3, stall=0.2)
-    assert code == DoneCode.OK
+    assert code == ErrorCode.OK
     expect = job.golden()
     assert np.array_equal(img.result(img.data), expect)
     raw = job.a.astype(np.int64) @ job.b

@@ -198,7 +198,7 @@ def test_bad_window_and_misaligned_program():
 
 def test_rejected_command_stops_with_its_address():
     img = matmul_chain(3, CFG, links=2)
-    result, _, (mm,) = run_controller(img, mm_code=lambda p: 2)   # engine says BAD_ALIGN
+    result, _, (mm,) = run_controller(img, mm_code=lambda p: ErrorCode.BAD_ALIGN)
     assert result["error"] and result["code"] == ErrorCode.BAD_ALIGN
     assert result["error_pc"] == img.prog and result["pc"] == img.prog
     assert len(mm.log) == 1                    # SYNC saw the error; nothing more issued
@@ -220,7 +220,7 @@ def test_rejected_later_command_stops_with_its_address():
 
     def code(payload):
         seen.append(payload)
-        return 3 if len(seen) == 3 else 0           # the third command: BAD_MODE
+        return ErrorCode.BAD_MODE if len(seen) == 3 else ErrorCode.OK   # the third command
 
     result, _, (mm,) = run_controller(img, mm_code=code)
     assert len(addrs) == 3

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from celosia.hdl.engine import MatmulEngine
-from celosia.hdl.params import (AddendMode, DoneCode, OutFormat, check_config, command_layout,
+from celosia.hdl.params import (AddendMode, ErrorCode, OutFormat, check_config, command_layout,
                                 pack_command, view_aligned)
 from celosia.sim.matmul_job import MatmulJob, random_job
 from celosia.sw.numerics import ROW_EXP_MAX, Dyadic
@@ -44,7 +44,7 @@ def test_engine_matches_golden(n, w, m, k, cols, mode, fmt):
                      bias=bool(rng.integers(2)) or fmt is not None)
     engine = MatmulEngine(n, w, k_max=32)
     code, img = run_job(engine, job, seed=m + k)
-    assert code == DoneCode.OK
+    assert code == ErrorCode.OK
     assert np.array_equal(img.result(img.data), job.golden())
     assert img.untouched_outside_c(img.data)
 
@@ -66,18 +66,18 @@ def test_engine_runs_back_to_back_commands():
             codes.append(code)
 
     run(engine, main, background=[mem], deadline_cycles=50_000)
-    assert codes == [DoneCode.OK, DoneCode.OK]
+    assert codes == [ErrorCode.OK, ErrorCode.OK]
     assert np.array_equal(img0.result(data), jobs[0].golden())
     assert np.array_equal(img1.result(data), jobs[1].golden())
 
 
 @pytest.mark.parametrize("fields,code", [
-    (dict(m=0, k=4, n=4), DoneCode.BAD_SHAPE),
-    (dict(m=2, k=17, n=4), DoneCode.BAD_SHAPE),
-    (dict(m=2, k=4, n=4, a_addr=2), DoneCode.BAD_ALIGN),
-    (dict(m=2, k=4, n=4, c_stride=6), DoneCode.BAD_ALIGN),
-    (dict(m=2, k=4, n=4, requant=1), DoneCode.BAD_MODE),
-    (dict(m=2, k=4, n=4, addend=3), DoneCode.BAD_MODE),
+    (dict(m=0, k=4, n=4), ErrorCode.BAD_SHAPE),
+    (dict(m=2, k=17, n=4), ErrorCode.BAD_SHAPE),
+    (dict(m=2, k=4, n=4, a_addr=2), ErrorCode.BAD_ALIGN),
+    (dict(m=2, k=4, n=4, c_stride=6), ErrorCode.BAD_ALIGN),
+    (dict(m=2, k=4, n=4, requant=1), ErrorCode.BAD_MODE),
+    (dict(m=2, k=4, n=4, addend=3), ErrorCode.BAD_MODE),
 ])
 def test_engine_rejects_bad_commands(fields, code):
     engine = MatmulEngine(2, 4, k_max=16)
@@ -139,7 +139,7 @@ def test_engine_row_shift_and_transposed_b(n, w, m, k, cols, bt, rs, mode, fmt):
     tame(rng, job)
     engine = MatmulEngine(n, w, k_max=32)
     code, img = run_job(engine, job, seed=m + k)
-    assert code == DoneCode.OK
+    assert code == ErrorCode.OK
     assert np.array_equal(img.result(img.data), job.golden())
     assert img.untouched_outside_c(img.data)
 
@@ -170,7 +170,7 @@ def test_engine_row_shift_extremes(n, w):
         out["code"], _ = await run_command(ctx, engine, img.command(), timeout=100_000)
 
     run(engine, main, background=[mem], deadline_cycles=200_000)
-    assert out["code"] == DoneCode.OK
+    assert out["code"] == ErrorCode.OK
     assert np.array_equal(img.result(img.data), job.golden())
 
 
@@ -186,7 +186,7 @@ def test_engine_random_row_shift_transposed_shapes():
             tame(rng, job)
         engine = MatmulEngine(n, w, k_max=32)
         code, img = run_job(engine, job, seed=i, stalls=0.3)
-        assert code == DoneCode.OK
+        assert code == ErrorCode.OK
         assert np.array_equal(img.result(img.data), job.golden()), (i, n, w, m, k, cols)
         assert img.untouched_outside_c(img.data)
 
@@ -215,7 +215,7 @@ def test_engine_attention_head_views(head):
             assert view_aligned(offset, wide, w)
         engine = MatmulEngine(n, w, k_max=32)
         code, img = run_job(engine, job, seed=head)
-        assert code == DoneCode.OK
+        assert code == ErrorCode.OK
         assert np.array_equal(img.result(img.data), job.golden())
         assert img.untouched_outside_c(img.data)
 
@@ -233,5 +233,5 @@ def test_engine_rejects_misaligned_new_fields(fields):
         got["code"], _ = await run_command(ctx, engine, pack_command(**fields), timeout=100)
 
     run(engine, main, background=[mem], deadline_cycles=1000)
-    assert got["code"] == DoneCode.BAD_ALIGN
+    assert got["code"] == ErrorCode.BAD_ALIGN
     assert mem.reads == 0 and mem.writes == 0

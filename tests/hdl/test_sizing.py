@@ -12,7 +12,7 @@ from celosia.hdl.controller import Controller
 from celosia.hdl.engine import MatmulEngine
 from celosia.hdl.epilogue import Epilogue
 from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
-from celosia.hdl.params import FULL, SMALL, AddendMode, DoneCode, OutFormat
+from celosia.hdl.params import FULL, SMALL, AddendMode, ErrorCode, OutFormat
 from celosia.sim.matmul_job import random_job
 from celosia.sim.pysim import MemoryModel, run
 from celosia.sim.tb_accelerator import (AxiMemoryModel, axil_read, axil_write, error_image,
@@ -210,7 +210,7 @@ def test_small_engine_matches_golden(n, w, m, k, cols, mode, fmt, bt, rs):
                           serial_epilogue=SMALL.serial_epilogue, bram_pads=True,
                           hold_cmd=True)
     code, img = run_job(engine, job, seed=m + k, stalls=0.3)
-    assert code == DoneCode.OK
+    assert code == ErrorCode.OK
     assert np.array_equal(img.result(img.data), job.golden())
     assert img.untouched_outside_c(img.data)
 

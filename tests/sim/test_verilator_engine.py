@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from celosia.hdl.params import AddendMode, DoneCode, OutFormat
+from celosia.hdl.params import AddendMode, ErrorCode, OutFormat
 from celosia.sim.matmul_job import MatmulJob, random_job
 from celosia.sw.numerics import ROW_EXP_MAX
 from celosia.sim.verilator_engine import VerilatorEngine
@@ -20,7 +20,7 @@ def check_jobs(engine, jobs, *, stall=0.0, latency=5):
         engine.port_model(latency=latency, seed=i + 1, req_stall=stall, resp_gap=stall,
                           wr_stall=stall)
         code, cycles, _ = engine.run_command(img.command())
-        assert code == DoneCode.OK
+        assert code == ErrorCode.OK
         m, k, n = job.shape
         assert np.array_equal(img.result(engine.mem), job.golden()), (i, m, k, n)
         assert img.untouched_outside_c(engine.mem[:img.size])
@@ -95,7 +95,7 @@ def test_bad_command_is_rejected_without_memory_traffic():
     with VerilatorEngine(4, 8, mem_bytes=1 << 18) as engine:
         before = engine.counters()
         code, _, _ = engine.run_command(pack_command(m=3, k=5000, n=4))
-        assert code == DoneCode.BAD_SHAPE
+        assert code == ErrorCode.BAD_SHAPE
         after = engine.counters()
         assert after["reads"] == before["reads"] and after["writes"] == before["writes"]
 

@@ -128,7 +128,7 @@ def test_span_overlap():
 
 def test_error_codes():
     assert isa.ErrorCode.OK == 0
-    assert set(isa.ERROR_OF_DONE) == set(params.DoneCode) - {params.DoneCode.OK}
+    assert isa.ErrorCode is params.ErrorCode
     assert len({int(c) for c in isa.ErrorCode}) == len(isa.ErrorCode)
 
 
