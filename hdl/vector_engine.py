@@ -30,14 +30,11 @@ from . import isa
 from .engine import MemoryPortSignature
 from .scratchpad import SyncFifo
 from .isa import RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, ErrorCode, VecOp
-from .params import ADDR_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
+from .params import ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
 from .vector import VectorOp, VectorUnit, command_layout as unit_command_layout
 
-__all__ = ["VectorEngine", "DONE_BITS"]
+__all__ = ["VectorEngine"]
 
-#: The done code is an ErrorCode.
-DONE_BITS = 4
-assert max(ErrorCode) < (1 << DONE_BITS)
 assert VEC_PARAM_RECORD_BYTES == 16
 
 _REC = VEC_PARAM_RECORD_BYTES
@@ -206,6 +203,16 @@ class VectorEngine(wiring.Component):
         m.d.comb += [src_beats.eq((src_bytes + W - 1) >> lw), res_beats.eq((res_bytes + W - 1) >> lw)]
         p_beats = Signal(20)
         m.d.comb += p_beats.eq(((cols << 4) + W - 1) >> lw)
+        # The same facts registered for the run-time paths (the handshakes and the gearboxes):
+        # ``cmd`` holds from CHECK on, and nothing runs before START, so they are settled by then
+        # and no length arithmetic sits in front of a handshake.
+        def settled(value, width, name):
+            r = Signal(width, name=name)
+            m.d.sync += r.eq(value)
+            return r
+        nub_m1 = settled(nub - 1, 16, "nub_m1")
+        src_beats_m1 = settled(src_beats - 1, 16, "src_beats_m1")
+        res_beats_m1 = settled(res_beats - 1, 16, "res_beats_m1")
 
         # --- checks (isa_sim order: op, shapes, alignment, scalars) ----------------------------
         def misaligned(*values):
@@ -286,13 +293,13 @@ class VectorEngine(wiring.Component):
         with m.If(s_req | r_req):
             m.d.sync += last_grant_res.eq(r_req)
         with m.If(s_req):
-            with m.If(s_beat + 1 == src_beats):
+            with m.If(s_beat == src_beats_m1):
                 m.d.sync += [s_beat.eq(0), s_row.eq(s_row + 1),
                              s_row_addr.eq(s_row_addr + cmd.src_stride)]
             with m.Else():
                 m.d.sync += s_beat.eq(s_beat + 1)
         with m.If(r_req):
-            with m.If(r_beat + 1 == res_beats):
+            with m.If(r_beat == res_beats_m1):
                 m.d.sync += [r_beat.eq(0), r_row.eq(r_row + 1),
                              r_row_addr.eq(r_row_addr + cmd.res_stride)]
             with m.Else():
@@ -371,9 +378,11 @@ class VectorEngine(wiring.Component):
                      r_fifo.r_en.eq(g_res.beat.ready)]
         in_beat = Signal(16)       # unit beat in the row
         in_row = Signal(17)
-        in_last = in_beat + 1 == nub
-        src_last_take = ((src_beats << lw) - ((nub - 1) << (ln + sl)))[:16]
-        res_last_take = ((res_beats << lw) - ((nub - 1) << (ln + 1)))[:16]
+        in_last = in_beat == nub_m1
+        src_last_take = settled(((src_beats << lw) - ((nub - 1) << (ln + sl)))[:16], 16,
+                                "src_last_take")
+        res_last_take = settled(((res_beats << lw) - ((nub - 1) << (ln + 1)))[:16], 16,
+                                "res_last_take")
         m.d.comb += [g_src.elog.eq(sl), g_src.last.eq(in_last), g_src.last_take.eq(src_last_take),
                      g_res.elog.eq(1), g_res.last.eq(in_last), g_res.last_take.eq(res_last_take)]
         in_ok = phase_run & (in_row < rows) & g_src.avail & (g_res.avail | ~use_res)
@@ -442,9 +451,11 @@ class VectorEngine(wiring.Component):
         with m.If(wr.ready & e_pend):
             m.d.sync += [e_pend.eq(0), e_strb.eq(0), e_buf.eq(0)]
 
-        o_last = o_beat + 1 == nub
+        o_last = o_beat == nub_m1
         V = Signal(range(4 * N + 1))
-        m.d.comb += V.eq(Mux(o_last, (dst_bytes - ((nub - 1) << (ln + dl)))[:len(V)], N << dl))
+        v_last = settled((dst_bytes - ((nub - 1) << (ln + dl)))[:len(V)], len(V), "v_last")
+        v_mid = settled(N << dl, len(V), "v_mid")
+        m.d.comb += V.eq(Mux(o_last, v_last, v_mid))
         # A unit beat goes in only below half the buffer (o_after < Cb / 2, so o_after + V <= Cb):
         # the insertion shifter spans half the positions.
         Ch = Cb // 2
