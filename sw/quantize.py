@@ -694,10 +694,11 @@ def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = Non
                                config.ctx_alpha)
         s_ctx = _absmax([c / f_ctx for c in t(i, "ctx")]) * config.attn_headroom / nx.INT8.hi
         s_v_ctx = np.repeat(s_v, group, axis=0).reshape(-1)      # v channel of each ctx column
-        prob_unit = (_wide_gain(True) / nx.INT16.hi if "probs" in config.wide
-                     else 1.0 / nx.PROB_MAX)
-        im.set_dyadic(f"{p}.ctx.rq", s_v_ctx * prob_unit / (f_ctx * s_ctx)
-                      * _wide_gain("ctx" in config.wide))
+        if "probs" in config.wide:      # 15-bit probabilities, matmul_wide through v
+            ctx_factor = s_v_ctx * (_wide_gain(True) / nx.INT16.hi) / (f_ctx * s_ctx)
+        else:
+            ctx_factor = s_v_ctx / nx.PROB_MAX / (f_ctx * s_ctx)
+        im.set_dyadic(f"{p}.ctx.rq", ctx_factor * _wide_gain("ctx" in config.wide))
         w_o, w_os = _weight_int8(w_o_float * f_ctx[None, :])
         im.tensors[f"{p}.attn_out.weight"] = w_o
         _to_residual(im, f"{p}.attn_out", s_ctx * w_os, s_res)
