@@ -148,6 +148,23 @@ def _rmsnorm(im: IntegerModel, name: str, x: np.ndarray) -> np.ndarray:
                       eps=im.scalar("rms.eps"))
 
 
+def _wide(im: IntegerModel, name: str) -> bool:
+    """Whether the decoder's matmul operand ``name`` is int16 (numerics.matmul_wide)."""
+    return name in im.meta.get("wide", ())
+
+
+def _operand(im: IntegerModel, name: str, x: np.ndarray, p: str = "") -> tuple:
+    """A matmul operand with per-row exponents: int8, or int16 when it is wide."""
+    return nx.requantize_rows(x, im.dyadic(f"{p}{name}.rq"),
+                              nx.INT16 if _wide(im, name) else nx.INT8)
+
+
+def _product(im: IntegerModel, name: str, a: np.ndarray, b: np.ndarray, e=None) -> np.ndarray:
+    """The matmul of operand ``name``: one int8 pass, or two (matmul_wide) when it is wide;
+    either way at the int8 operand's scale."""
+    return (nx.matmul_wide if _wide(im, name) else nx.matmul)(a, b, row_shift=e)
+
+
 def decoder_attention(im: IntegerModel, i: int, x: np.ndarray, cache: DecoderCache | None = None,
                       trace: dict | None = None) -> np.ndarray:
     """Layer ``i``'s attention sublayer on the int32 residual stream (tokens x hidden) of
@@ -161,25 +178,34 @@ def decoder_attention(im: IntegerModel, i: int, x: np.ndarray, cache: DecoderCac
     tokens, start = x.shape[0], 0 if cache is None else cache.length
     kv = kv_heads * dh
     h = _rmsnorm(im, f"{p}.attn_norm", x)
-    x8, e = nx.requantize_rows(h, im.dyadic(f"{p}.qkv_in.rq"), nx.INT8)
-    qkv = nx.requantize(nx.matmul(x8, T[f"{p}.qkv.weight"], row_shift=e),
-                        im.dyadic(f"{p}.qkv.rq"), nx.INT8)
+    xq, e = _operand(im, "qkv_in", h, f"{p}.")
+    acc = _product(im, "qkv_in", xq, T[f"{p}.qkv.weight"], e)
+    # q, k and v requantised per channel: int8, or int16 where q (or k) is wide.
+    q_out = nx.INT16 if _wide(im, "q") else nx.INT8
+    k_out = nx.INT16 if _wide(im, "k") else nx.INT8
+    rq = im.dyadic(f"{p}.qkv.rq")
+    qkv = np.concatenate([nx.requantize(acc[:, cols], _select(rq, cols), out) for cols, out in
+                          ((slice(0, hidden), q_out), (slice(hidden, hidden + kv), k_out),
+                           (slice(hidden + kv, None), nx.INT8))], axis=1)
     q = qkv[:, :hidden].reshape(tokens, heads, dh).transpose(1, 0, 2)
     k = qkv[:, hidden:hidden + kv].reshape(tokens, kv_heads, dh).transpose(1, 0, 2)
     v = qkv[:, hidden + kv:].reshape(tokens, kv_heads, dh).transpose(1, 0, 2)
     tables = nx.rope_tables(a.block.attention.rope_theta, dh, a.max_tokens)
     positions = start + np.arange(tokens)
-    q, k = nx.rotary(q, positions, tables, nx.INT8), nx.rotary(k, positions, tables, nx.INT8)
+    q, k = nx.rotary(q, positions, tables, q_out), nx.rotary(k, positions, tables, k_out)
     if cache is not None:
         if i in cache.keys:
             k = np.concatenate([cache.keys[i], k], axis=1)
             v = np.concatenate([cache.values[i], v], axis=1)
         cache.keys[i], cache.values[i] = k, v
     ctx = nx.attention(q, k, v, im.dyadic(f"{p}.softmax"), im.dyadic(f"{p}.ctx.rq"),
-                       causal_offset=start)
+                       causal_offset=start, out=nx.INT16 if _wide(im, "ctx") else nx.INT8,
+                       wide_q=_wide(im, "q"),
+                       prob_max=nx.INT16.hi if _wide(im, "probs") else nx.PROB_MAX,
+                       wide_k=_wide(im, "k"))
     if trace is not None:
-        trace.update({f"{i}.qkv_in": x8, f"{i}.qkv": qkv, f"{i}.ctx": ctx})
-    return nx.requantize(nx.matmul(ctx, T[f"{p}.attn_out.weight"]),
+        trace.update({f"{i}.qkv_in": xq, f"{i}.qkv": qkv, f"{i}.ctx": ctx})
+    return nx.requantize(_product(im, "ctx", ctx, T[f"{p}.attn_out.weight"]),
                          im.dyadic(f"{p}.attn_out.rq"), nx.INT32)
 
 
@@ -189,15 +215,17 @@ def decoder_mlp(im: IntegerModel, i: int, x: np.ndarray, trace: dict | None = No
     T = im.tensors
     p = f"L{i}"
     h = _rmsnorm(im, f"{p}.mlp_norm", x)
-    x8, e = nx.requantize_rows(h, im.dyadic(f"{p}.mlp_in.rq"), nx.INT8)
-    gu = nx.matmul(x8, T[f"{p}.gate_up.weight"], row_shift=e)
+    xq, e = _operand(im, "mlp_in", h, f"{p}.")
+    gu = _product(im, "mlp_in", xq, T[f"{p}.gate_up.weight"], e)
     ffn = im.arch.ffn
     gate = nx.requantize(gu[:, :ffn], im.dyadic(f"{p}.gate.rq"), nx.INT16)
-    up = nx.requantize(gu[:, ffn:], im.dyadic(f"{p}.up.rq"), nx.INT8)
-    inner, e = nx.gated_silu(gate, up, im.dyadic(f"{p}.inner.rq"), nx.INT8)
+    up = nx.requantize(gu[:, ffn:], im.dyadic(f"{p}.up.rq"),
+                       nx.INT16 if _wide(im, "up") else nx.INT8)
+    inner, e = nx.gated_silu(gate, up, im.dyadic(f"{p}.inner.rq"),
+                             nx.INT16 if _wide(im, "inner") else nx.INT8, _wide(im, "up"))
     if trace is not None:
-        trace.update({f"{i}.mlp_in": x8, f"{i}.gate": gate, f"{i}.up": up, f"{i}.inner": inner})
-    return nx.requantize(nx.matmul(inner, T[f"{p}.down.weight"], row_shift=e),
+        trace.update({f"{i}.mlp_in": xq, f"{i}.gate": gate, f"{i}.up": up, f"{i}.inner": inner})
+    return nx.requantize(_product(im, "inner", inner, T[f"{p}.down.weight"], e),
                          im.dyadic(f"{p}.down.rq"), nx.INT32)
 
 
@@ -229,11 +257,11 @@ def decoder_logits(im: IntegerModel, ids, cache: DecoderCache | None = None,
         for i in range(a.layers):
             x = decoder_layer(im, i, x, cache, trace)
         h = _rmsnorm(im, "final_norm", x)
-        x8, e = nx.requantize_rows(h, im.dyadic("head_in.rq"), nx.INT8)
+        xq, e = _operand(im, "head_in", h)
         if trace is not None:
-            trace.update({"final": h, "head_in": x8})
+            trace.update({"final": h, "head_in": xq})
         head = im.tensors["emb.tokens" if a.output.tied else "lm_head.weight"]
-        logits = nx.requantize(nx.matmul(x8, head, row_shift=e), im.dyadic("lm_head.rq"),
+        logits = nx.requantize(_product(im, "head_in", xq, head, e), im.dyadic("lm_head.rq"),
                                nx.INT32)
     if cache is not None:
         cache.length += len(ids)

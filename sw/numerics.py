@@ -27,7 +27,7 @@ __all__ = [
     "MULT_BITS", "SHIFT_MAX", "Dyadic",
     "saturate", "round_shift", "requantize", "ROW_EXP_MAX", "requantize_rows",
     "FLOAT64_EXACT", "exact_sum_bound", "integer_matmul", "int64_matmuls", "one_blas_thread",
-    "matmul",
+    "matmul", "WIDE_LO_BITS", "matmul_wide",
     "residual_add",
     "EXP_FRAC_BITS", "EXP_ONE_BITS", "EXP2_LUT", "PROB_MAX", "RECIP_BITS", "softmax",
     "LN_IN_BITS", "LN_NORM_FRAC", "LN_INV_BITS", "LN_MAX_COLS", "isqrt", "layernorm",
@@ -229,6 +229,39 @@ def matmul(a, b, bias=None, acc=None, row_shift=None) -> np.ndarray:
 #: Largest per-row exponent of :func:`requantize_rows` (a row may be scaled up by 2**8).
 ROW_EXP_MAX = 8
 
+#: A wide (int16) matmul operand is split into its high byte (int8) and its low
+#: WIDE_LO_BITS bits (uint8): ``a = hi * 2**8 + lo``.
+WIDE_LO_BITS = 8
+
+
+def matmul_wide(a, b, row_shift=None) -> np.ndarray:
+    """An int16 A operand (M x K) times int8 ``B`` (K x N) in two passes of the int8 array:
+    ``round(A @ B / 2**(8 + e))`` per row (``e`` = ``row_shift``, 0..ROW_EXP_MAX, as
+    :func:`matmul`'s), int32, at 2**8 times the step of A's rows.
+
+    1. ``hi = a >> 8`` (floor: int8), ``lo = a & 255`` (uint8), so ``a = 256 * hi + lo``.
+    2. Low pass: ``c_lo = requantize(matmul(lo, B), (2**14, 22 + e) per row, int32)``, which
+       is ``round_shift(lo @ B, 8 + e)`` (|lo @ B| <= K * 255 * 128 < 2**31 for K <= 2**16).
+    3. High pass: ``matmul(hi, B, row_shift=e, acc=c_lo)`` = ``round_shift(hi @ B, e) + c_lo``.
+
+    Every step is exact int32 (|result| <= K * 2**15 * 2**7 / 2**8, below 2**31 for
+    K <= 2**16) and the result is within one unit of ``A @ B / 2**(8 + e)`` (two roundings
+    of half a unit). The operand carries 8 more bits than an int8 one for twice the array
+    passes.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    if a.min(initial=0) < INT16.lo or a.max(initial=0) > INT16.hi:
+        raise ValueError("matmul_wide: A operand outside int16")
+    rows = a.shape[0]
+    e = np.zeros(rows, dtype=np.int64) if row_shift is None else np.asarray(row_shift, np.int64)
+    if e.shape != (rows,) or e.min(initial=0) < 0 or e.max(initial=0) > ROW_EXP_MAX:
+        raise ValueError(f"matmul_wide: row_shift must hold one value in 0..{ROW_EXP_MAX} per row")
+    hi, lo = a >> WIDE_LO_BITS, a & ((1 << WIDE_LO_BITS) - 1)
+    one = MULT_BITS - 1                   # the multiplier 2**14 exactly: a plain shift
+    c_lo = requantize(matmul(lo, b), Dyadic(np.int64(1 << one), one + WIDE_LO_BITS + e[:, None]),
+                      INT32)
+    return matmul(hi, b, row_shift=e, acc=c_lo)
+
 
 def requantize_rows(x, scale: Dyadic, out: Range) -> tuple[np.ndarray, np.ndarray]:
     """Requantisation with a per-row power-of-two exponent on top of the static factors.
@@ -285,9 +318,11 @@ RECIP_BITS = 24
 _EXP_SHIFT_CAP = 31
 
 
-def softmax(scores, scale: Dyadic, causal_offset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def softmax(scores, scale: Dyadic, causal_offset: int | None = None,
+            prob_max: int = PROB_MAX) -> tuple[np.ndarray, np.ndarray]:
     """Integer softmax over the last axis of int32 ``scores`` (rows of 1..512): uint8
-    probabilities with a per-row exponent, as :func:`requantize_rows` gives.
+    probabilities (or up to 15 bits, ``prob_max``) with a per-row exponent, as
+    :func:`requantize_rows` gives.
 
     Per row, over the unmasked columns (column j of row i is masked when ``causal_offset`` is
     given and j > i + causal_offset):
@@ -298,11 +333,12 @@ def softmax(scores, scale: Dyadic, causal_offset: int | None = None) -> tuple[np
     3. ``e = round_shift(EXP2_LUT[t & 255], min(t >> 8, 31))`` (rounded, so the tail of a long
        row is not biased down; it is 0 once ``t >> 8 >= 17``); masked columns get 0.
        e is Q15 (16 bits unsigned); the row maximum has e = 2**15.
-    4. ``sum = sum(e)`` (< 2**24 for rows up to 512); ``R = floor(255 * 2**24 / sum)`` (< 2**17).
+    4. ``sum = sum(e)`` (< 2**24 for rows up to 512); ``R = floor(P * 2**24 / sum)`` with
+       ``P = prob_max`` (255: R < 2**17; the decoder's 32767 for :func:`matmul_wide`: R < 2**24).
     5. Row exponent ``x = clamp(floor(log2(sum)) - 15, 0, ROW_EXP_MAX)`` (0 for sum 0): a flat
        row, whose probabilities are all small, is scaled up by ``2**x`` so that its largest
        probability (the one with e = 2**15) still lands in 128..255.
-    6. ``p = min(255, round_shift(e * R, 24 - x))``: probabilities with scale 2**-x / 255;
+    6. ``p = min(P, round_shift(e * R, 24 - x))``: probabilities with scale 2**-x / P;
        the P @ V matmul takes ``x`` as its row shift.
 
     Returns (p, x) with x of shape scores.shape[:-1].
@@ -310,6 +346,8 @@ def softmax(scores, scale: Dyadic, causal_offset: int | None = None) -> tuple[np
     s = np.asarray(scores, dtype=np.int64)
     if s.ndim < 1 or s.shape[-1] < 1:
         raise ValueError("softmax: rows must hold at least one column")
+    if not UINT8.hi <= prob_max <= INT16.hi:
+        raise ValueError(f"softmax: prob_max must be in {UINT8.hi}..{INT16.hi}")
     rows, cols = s.shape[-2] if s.ndim >= 2 else 1, s.shape[-1]
     if causal_offset is not None:
         i = np.arange(rows)[:, None]
@@ -325,10 +363,10 @@ def softmax(scores, scale: Dyadic, causal_offset: int | None = None) -> tuple[np
     e = np.where(valid, round_shift(EXP2_LUT[f], np.minimum(z, _EXP_SHIFT_CAP)), 0)
     total = e.sum(axis=-1, keepdims=True)
     # A row whose columns are all masked has sum 0: its probabilities are all 0.
-    recip = np.where(total > 0, (PROB_MAX << RECIP_BITS) // np.maximum(total, 1), 0)
+    recip = np.where(total > 0, (prob_max << RECIP_BITS) // np.maximum(total, 1), 0)
     log2_total = np.floor(np.log2(np.maximum(total, 1))).astype(np.int64)   # exact below 2**53
     x = np.clip(log2_total - EXP_ONE_BITS, 0, ROW_EXP_MAX)
-    p = np.minimum(round_shift(e * recip, RECIP_BITS - x), PROB_MAX)
+    p = np.minimum(round_shift(e * recip, RECIP_BITS - x), prob_max)
     return p, x[..., 0]
 
 
@@ -543,19 +581,25 @@ def silu(x) -> np.ndarray:
     return round_shift(x * sig, SILU_IN_FRAC + SILU_SIG_BITS - SILU_OUT_FRAC)
 
 
-def gated_silu(gate, up, scale: Dyadic, out: Range) -> tuple[np.ndarray, np.ndarray]:
+def gated_silu(gate, up, scale: Dyadic, out: Range,
+               wide_up: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The gated MLP's inner activation SiLU(gate) * up, requantised with per-row exponents
     for the down projection.
 
     ``gate``: int16 Q8 (:func:`silu`); ``up``: int8 (the up projection requantised per
     channel). ``p = silu(gate) * up`` (|p| < 2**23 * 2**7 = 2**30), then
-    ``requantize_rows(p, scale, out)`` (per-channel ``scale``, every S >= ROW_EXP_MAX).
+    ``requantize_rows(p, scale, out)`` (per-channel ``scale``, every S >= ROW_EXP_MAX):
+    ``out`` int8 for :func:`matmul`, or int16 for :func:`matmul_wide`. With ``wide_up``, up
+    is int16 (int8 with 8 more fractional bits) and ``p = round_shift(silu(gate) * up, 8)``
+    (|silu * up| < 2**38, |p| < 2**30, at the scale of the int8 case).
     Returns (q, e) as :func:`requantize_rows`.
     """
     u = np.asarray(up, dtype=np.int64)
-    if u.min(initial=0) < INT8.lo or u.max(initial=0) > INT8.hi:
-        raise ValueError("gated_silu: up operand outside int8")
-    return requantize_rows(silu(gate) * u, scale, out)
+    r = INT16 if wide_up else INT8
+    if u.min(initial=0) < r.lo or u.max(initial=0) > r.hi:
+        raise ValueError(f"gated_silu: up operand outside int{r.bits}")
+    p = silu(gate) * u
+    return requantize_rows(round_shift(p, WIDE_LO_BITS) if wide_up else p, scale, out)
 
 
 # --- Rotary positions ---------------------------------------------------------------------------
@@ -624,15 +668,20 @@ def kv_head(head: int, heads: int, kv_heads: int) -> int:
 
 
 def attention(q, k, v, softmax_scale: Dyadic, ctx_scale: Dyadic,
-              causal_offset: int | None = None) -> np.ndarray:
-    """Attention of one sequence, every query head: int8 context (tokens x heads * head_dim).
+              causal_offset: int | None = None, out: Range = INT8,
+              wide_q: bool = False, prob_max: int = PROB_MAX, wide_k: bool = False) -> np.ndarray:
+    """Attention of one sequence, every query head: int8 context (tokens x heads * head_dim),
+    or ``out`` (int16 for :func:`matmul_wide`). With ``wide_q`` q is int16 and the scores are
+    ``matmul_wide(q_h, k_g.T)``; with ``wide_k`` k is int16 and they are
+    ``matmul_wide(k_g, q_h.T).T`` (either at the int8 operand's scale). With ``prob_max``
+    above 255 the probabilities are int16 and go through ``matmul_wide(p, v_g, row_shift=x)``.
 
     ``q``: int8 (heads, tokens, head_dim); ``k``, ``v``: int8 (kv_heads, keys, head_dim), the
     cached tokens first (``causal_offset`` of them with causal attention: :func:`softmax`
     masks key j for query t when j > t + causal_offset). Query head h reads key/value head
     :func:`kv_head`; per head: ``scores = matmul(q_h, k_g.T)``, ``(p, x) = softmax(scores,
     softmax_scale[h])``, ``ctx_h = requantize(matmul(p, v_g, row_shift=x), ctx_scale[cols of
-    h], int8)``. Nothing but the choice of g differs from multi-head attention.
+    h], out)``. Nothing but the choice of g differs from multi-head attention.
     """
     q, k, v = (np.asarray(a, dtype=np.int64) for a in (q, k, v))
     heads, tokens, dh = q.shape
@@ -647,7 +696,11 @@ def attention(q, k, v, softmax_scale: Dyadic, ctx_scale: Dyadic,
     for h in range(heads):
         g = kv_head(h, heads, kv_heads)
         cols = slice(h * dh, (h + 1) * dh)
-        probs, x = softmax(matmul(q[h], k[g].T), Dyadic(m[h], s[h]), causal_offset)
-        ctx[:, cols] = requantize(matmul(probs, v[g], row_shift=x), Dyadic(cm[cols], cs[cols]),
-                                  INT8)
+        if wide_k:
+            scores = matmul_wide(k[g], q[h].T).T
+        else:
+            scores = (matmul_wide if wide_q else matmul)(q[h], k[g].T)
+        probs, x = softmax(scores, Dyadic(m[h], s[h]), causal_offset, prob_max)
+        pv = (matmul_wide if prob_max > UINT8.hi else matmul)(probs, v[g], row_shift=x)
+        ctx[:, cols] = requantize(pv, Dyadic(cm[cols], cs[cols]), out)
     return ctx

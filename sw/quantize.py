@@ -22,8 +22,9 @@ Recipe (measured choices, see docs/numerics.md):
 Deterministic: the same model and calibration text give the same integer model, byte for byte.
 
 A Llama decoder (SmolLM2) has its own recipe, :func:`quantize_decoder` (docs/numerics.md, "The
-integer decoder"): the same weight and operand formats, an int32 residual stream at one scale,
-q/k on their rotary pair lengths, the tied token table as the int8 LM head.
+integer decoder"): the same weight formats, int16 matmul operands (two int8 passes,
+numerics.matmul_wide), an int32 residual stream at one scale, q/k on their rotary pair
+lengths, the tied token table as the int8 LM head.
 """
 
 from __future__ import annotations
@@ -470,27 +471,43 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
     return im
 
 
+def _wide_gain(wide: bool) -> float:
+    """An int16 operand of numerics.matmul_wide is its int8 counterpart with 8 more
+    fractional bits: its requantisation factor is 2**8 times the int8 one's."""
+    return 2.0 ** nx.WIDE_LO_BITS if wide else 1.0
+
+
 def _smooth_factor(act_max, w_max, alpha: float) -> np.ndarray:
     """SmoothQuant's per-channel factor ``max|X_c|**alpha / max|W_c|**(1-alpha)``."""
     return np.maximum(act_max, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
 
 
 def _smoothed_input(im: IntegerModel, name: str, acts, w_out_in: np.ndarray, h_scale: float,
-                    config: QuantConfig):
+                    config: QuantConfig, wide: bool = False):
     """SmoothQuant for a matmul whose input is an int16 hidden state.
 
     Per input channel c: ``f_c = max|X_c|**a / max|W_:c|**(1-a)``. The int8 input is
     ``X_c / f_c`` at one per-tensor scale and a per-row exponent (a per-channel
     requantisation of the int16 state, numerics.requantize_rows);
     the weight rows are multiplied by ``f_c`` before per-output-channel int8 quantisation.
-    Returns (input scale, int8 weight K x N, weight scales).
+    A ``wide`` input is int16 at ``2**-g`` times the int8 scale (numerics.matmul_wide), g
+    the largest in 0..8 that keeps the requantisation factor within per-row exponents' reach
+    (an int16 state has only so many bits to give); the product's scale is then ``2**(8-g)``
+    times the int8 product's.
+    Returns (scale of the product's input, int8 weight K x N, weight scales).
     """
     f = _smooth_factor(_absmax(acts, axis=-1), np.abs(w_out_in).max(axis=0), config.smooth_alpha)
     smoothed = [x / f for x in acts]
     x_scale = _absmax(smoothed) * getattr(config, "act_headroom", ACT_HEADROOM) / 127.0
-    im.set_dyadic(f"{name}.rq", h_scale / (f * x_scale), min_shift=nx.ROW_EXP_MAX)
+    factor = h_scale / (f * x_scale)
+    g = 0
+    if wide:
+        reach = 2.0 ** (nx.MULT_BITS - 1 - nx.ROW_EXP_MAX)     # a shift of at least 8
+        g = int(np.clip(math.floor(math.log2(reach / float(np.max(factor)))), 0,
+                        nx.WIDE_LO_BITS))
+    im.set_dyadic(f"{name}.rq", factor * 2.0 ** g, min_shift=nx.ROW_EXP_MAX)
     w_q, w_s = _weight_int8(w_out_in * f[None, :])
-    return x_scale, w_q, w_s
+    return x_scale * (2.0 ** (nx.WIDE_LO_BITS - g) if wide else 1.0), w_q, w_s
 
 
 # --- The decoder (a Llama description: sw/arch.py, DECODER_RUNNABLE) ---------------------------
@@ -532,6 +549,12 @@ class DecoderQuantConfig:
     #: ... of the v and context scales, and of up's.
     attn_headroom: float = 1.0
     up_headroom: float = 2.0
+    #: The operands that are int16 (numerics.matmul_wide: two int8 passes; the int8 scale
+    #: divided by 2**8) instead of int8: "qkv_in", "mlp_in" (the RMSNorm outputs into q|k|v
+    #: and gate|up), "q" (against the int8 keys), "probs" (15-bit probabilities through v),
+    #: "ctx" (into o), "up" (into the gated product), "inner" (the gated product into down),
+    #: "head_in" (into the LM head); "k" (int16 keys, the scores as k @ q.T) is not used.
+    wide: tuple = ("qkv_in", "mlp_in", "q", "probs", "ctx", "up", "inner", "head_in")
 
 
 def chat_calibration(path: Path = DECODER_CALIBRATION_FILE) -> list[list[dict]]:
@@ -592,7 +615,9 @@ def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = Non
     smoothed against the output projection; the gate int16 Q8, up int8 per channel, the gated
     product smoothed against the down projection; output and down projections requantised to
     the int32 residual stream. The token table, int8 per row, is the LM head (tied) and the
-    embedding lookup; logits are int32 at 2**-LOGIT_FRAC.
+    embedding lookup; logits are int32 at 2**-LOGIT_FRAC. Each operand named in
+    ``config.wide`` is int16 instead of int8 (the same scale divided by 2**8, or by less where
+    an int16 RMSNorm output has fewer bits to give), the probabilities 15 bits.
     """
     a = lm.arch
     a.require_decoder("the quantiser")
@@ -605,8 +630,10 @@ def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = Non
     t = lambda i, name: trace[f"{i}.{name}"]  # noqa: E731
     heads, kv_heads, dh, hidden, ffn = a.heads, a.kv_heads, a.head_dim, a.hidden, a.ffn
     group, half = heads // kv_heads, dh // 2
+    recipe = dataclasses.asdict(config) | {"wide": list(config.wide)}   # as JSON reads it back
     im = IntegerModel({}, {"format_version": FORMAT_VERSION, "arch": a.to_dict(),
-                           "recipe": dataclasses.asdict(config), "logit_frac": LOGIT_FRAC})
+                           "recipe": recipe, "logit_frac": LOGIT_FRAC,
+                           "wide": sorted(config.wide)})
     # The residual stream: one int32 scale; RMSNorm's epsilon in its units squared.
     res_max = max(_absmax(t(i, n)) for i in range(a.layers) for n in ("x", "h", "y"))
     s_res = res_max * RESIDUAL_HEADROOM / nx.INT32.hi
@@ -632,12 +659,12 @@ def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = Non
     for i in range(a.layers):
         L = lambda role: lm.weight(role, i)  # noqa: E731
         p = f"L{i}"
-        # --- RMSNorm -> int16 -> smoothed int8 with row exponents -> one matmul -> q|k|v.
+        # --- RMSNorm -> int16 -> smoothed int8 (or int16) with row exponents -> q|k|v.
         s_n = _absmax(t(i, "attn_in")) * HIDDEN_HEADROOM / nx.INT16.hi
         _rms_params(im, f"{p}.attn_norm", L("attn_norm.weight"), s_n)
         w_qkv = np.concatenate([L("q.weight"), L("k.weight"), L("v.weight")], axis=0)
         x_scale, w_q, w_s = _smoothed_input(im, f"{p}.qkv_in", t(i, "attn_in"), w_qkv, s_n,
-                                            config)
+                                            config, "qkv_in" in config.wide)
         im.tensors[f"{p}.qkv.weight"] = w_q
         # q and k: rotation keeps a pair's length, so each head's scale is its largest pair
         # length (int8 after rotary does not saturate); a balance per pair (k-head g, pair c)
@@ -652,8 +679,10 @@ def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = Non
         s_k = (k_len / b).max(axis=1) * config.qk_headroom / nx.INT8.hi                             # kv heads
         v_max = np.maximum(np.max([np.abs(v).max(axis=1) for v in t(i, "v")], axis=0), 1e-5)
         s_v = v_max * config.attn_headroom / nx.INT8.hi                                               # kv x dh
-        q_out = (s_q[:, None] / np.concatenate([b_q, b_q], axis=1)).reshape(-1)
-        k_out = (s_k[:, None] * np.concatenate([b, b], axis=1)).reshape(-1)
+        q_out = (s_q[:, None] / np.concatenate([b_q, b_q], axis=1)).reshape(-1) \
+            / _wide_gain("q" in config.wide)
+        k_out = (s_k[:, None] * np.concatenate([b, b], axis=1)).reshape(-1) \
+            / _wide_gain("k" in config.wide)
         im.set_dyadic(f"{p}.qkv.rq", x_scale * w_s / np.concatenate([q_out, k_out,
                                                                      s_v.reshape(-1)]))
         # --- softmax per query head: (max - s) * s_q * s_k / sqrt(dh) * log2(e), Q8.
@@ -665,28 +694,33 @@ def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = Non
                                config.ctx_alpha)
         s_ctx = _absmax([c / f_ctx for c in t(i, "ctx")]) * config.attn_headroom / nx.INT8.hi
         s_v_ctx = np.repeat(s_v, group, axis=0).reshape(-1)      # v channel of each ctx column
-        im.set_dyadic(f"{p}.ctx.rq", s_v_ctx / nx.PROB_MAX / (f_ctx * s_ctx))
+        if "probs" in config.wide:      # 15-bit probabilities, matmul_wide through v
+            ctx_factor = s_v_ctx * (_wide_gain(True) / nx.INT16.hi) / (f_ctx * s_ctx)
+        else:
+            ctx_factor = s_v_ctx / nx.PROB_MAX / (f_ctx * s_ctx)
+        im.set_dyadic(f"{p}.ctx.rq", ctx_factor * _wide_gain("ctx" in config.wide))
         w_o, w_os = _weight_int8(w_o_float * f_ctx[None, :])
         im.tensors[f"{p}.attn_out.weight"] = w_o
         _to_residual(im, f"{p}.attn_out", s_ctx * w_os, s_res)
-        # --- MLP: RMSNorm -> smoothed int8 -> gate (int16 Q8) | up (int8 per channel).
+        # --- MLP: RMSNorm -> smoothed int8 (or int16) -> gate (int16 Q8) | up per channel.
         s_m = _absmax(t(i, "mlp_in")) * HIDDEN_HEADROOM / nx.INT16.hi
         _rms_params(im, f"{p}.mlp_norm", L("mlp_norm.weight"), s_m)
         w_gu = np.concatenate([L("gate.weight"), L("up.weight")], axis=0)
         x2_scale, w_gu_q, w_gu_s = _smoothed_input(im, f"{p}.mlp_in", t(i, "mlp_in"), w_gu, s_m,
-                                                   config)
+                                                   config, "mlp_in" in config.wide)
         im.tensors[f"{p}.gate_up.weight"] = w_gu_q
         im.set_dyadic(f"{p}.gate.rq", x2_scale * w_gu_s[:ffn] * (1 << nx.SILU_IN_FRAC))
         s_up = np.maximum(_absmax(t(i, "up"), axis=-1), 1e-5) * config.up_headroom / nx.INT8.hi
-        im.set_dyadic(f"{p}.up.rq", x2_scale * w_gu_s[ffn:] / s_up)
+        im.set_dyadic(f"{p}.up.rq",
+                      x2_scale * w_gu_s[ffn:] / s_up * _wide_gain("up" in config.wide))
         # --- gated product (SiLU Q16 x up int8) -> int8 with row exponents, smoothed
         # against the down projection, whose result joins the residual stream.
         w_d_float = L("down.weight")
         f_in = _smooth_factor(_absmax(t(i, "inner"), axis=-1), np.abs(w_d_float).max(axis=0),
                               config.inner_alpha)
         s_in = _absmax([x / f_in for x in t(i, "inner")]) * config.act_headroom / nx.INT8.hi
-        im.set_dyadic(f"{p}.inner.rq", 2.0 ** -nx.SILU_OUT_FRAC * s_up / (f_in * s_in),
-                      min_shift=nx.ROW_EXP_MAX)
+        im.set_dyadic(f"{p}.inner.rq", 2.0 ** -nx.SILU_OUT_FRAC * s_up / (f_in * s_in)
+                      * _wide_gain("inner" in config.wide), min_shift=nx.ROW_EXP_MAX)
         w_d, w_ds = _weight_int8(w_d_float * f_in[None, :])
         im.tensors[f"{p}.down.weight"] = w_d
         _to_residual(im, f"{p}.down", s_in * w_ds, s_res)
@@ -695,7 +729,8 @@ def quantize_decoder(lm, tokenizer, conversations: list[list[dict]] | None = Non
     s_f = _absmax(finals) * HIDDEN_HEADROOM / nx.INT16.hi
     _rms_params(im, "final_norm", lm.weight("final_norm.weight"), s_f)
     s_hx = _absmax([x / f_head for x in finals]) * config.act_headroom / nx.INT8.hi
-    im.set_dyadic("head_in.rq", s_f / (f_head * s_hx), min_shift=nx.ROW_EXP_MAX)
+    im.set_dyadic("head_in.rq", s_f / (f_head * s_hx) * _wide_gain("head_in" in config.wide),
+                  min_shift=nx.ROW_EXP_MAX)
     if a.output.tied:
         w_head, s_head = w_emb, s_emb
     else:

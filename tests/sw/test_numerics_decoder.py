@@ -19,6 +19,8 @@ GATED_ERROR_LSB = 0.51     # |float - integer| of the gated product, output step
 ROTARY_ERROR_LSB = {"int8": 0.51, "int16": 1.5}   # |float rotation - integer|, output steps
 SOFTMAX_ERROR = 2.1e-3     # |p_float - p|, probability units, rows of 1..1024 keys (1.95e-3)
 ATTENTION_ERROR_LSB = 4.0  # |float attention - integer context|, context steps (2.3..3.5)
+WIDE_SOFTMAX_ERROR = 3.0e-4 # ... with 15-bit probabilities (prob_max 32767; 2.73e-4)
+WIDE_ATTENTION_ERROR_LSB = 0.4  # ... int8 steps, with them and an int16 context (0.20..0.34)
 
 
 def _rows(rng, n: int) -> np.ndarray:
@@ -275,7 +277,7 @@ def _softmax_scale(f):
     return nx.Dyadic.from_real(f * math.log2(math.e) * (1 << nx.EXP_FRAC_BITS))
 
 
-def softmax_errors(seed=RNG_SEED):
+def softmax_errors(seed=RNG_SEED, prob_max=nx.PROB_MAX):
     """Probability error of the causal softmax with a cache offset, rows of 1..1024 keys."""
     rng = np.random.default_rng(seed)
     worst = 0.0
@@ -285,9 +287,10 @@ def softmax_errors(seed=RNG_SEED):
         s = np.concatenate([rng.integers(-(1 << 16), 1 << 16, (tokens, keys)),
                             np.full((1, keys), 77), np.zeros((1, keys), dtype=np.int64),
                             np.where(np.arange(keys) % 2, nx.INT32.hi, nx.INT32.lo)[None, :]])[:tokens]
-        p, x = nx.softmax(s, _softmax_scale(f), causal_offset=offset)
+        p, x = nx.softmax(s, _softmax_scale(f), causal_offset=offset, prob_max=prob_max)
+        assert p.min() >= 0 and p.max() <= prob_max
         valid = np.arange(keys)[None, :] <= offset + np.arange(tokens)[:, None]
-        prob = p / nx.PROB_MAX / 2.0 ** x[:, None]
+        prob = p / prob_max / 2.0 ** x[:, None]
         worst = max(worst, np.abs(prob - _float_softmax(s.astype(np.float64), f, valid)).max())
     return worst
 
@@ -351,16 +354,23 @@ def test_grouped_query_attention_is_multi_head_with_shared_keys_and_values():
         nx.attention(q, k[:2], v[:2], sm, cs)
 
 
-def attention_error(seed=RNG_SEED):
+def attention_error(seed=RNG_SEED, wide=False):
     """Context steps between float attention (softmax of the same integer scores, the same
-    v) and the integer context, 9 query heads over 3 key/value heads."""
+    v) and the integer context, 9 query heads over 3 key/value heads; ``wide``: int16
+    probabilities (two passes through v) and an int16 context, its steps counted as int8's
+    (2**8 of them)."""
     rng = np.random.default_rng(seed)
     heads, kv_heads, tokens, keys, dh = 9, 3, 6, 40, 64
     q, k, v = _qkv(rng, heads, kv_heads, tokens, keys)
     f = rng.uniform(2e-4, 1e-3, heads)
     sm = _softmax_scale(f)
     cs = nx.Dyadic.from_real(rng.uniform(0.5, 1.5, heads * dh) / 255 * 4)
-    ctx = nx.attention(q, k, v, sm, cs, causal_offset=keys - tokens)
+    if wide:
+        wide_cs = nx.Dyadic.from_real(cs.to_real() * 2.0 ** 16 * nx.PROB_MAX / nx.INT16.hi)
+        ctx = nx.attention(q, k, v, sm, wide_cs, causal_offset=keys - tokens, out=nx.INT16,
+                           prob_max=nx.INT16.hi) / 2.0 ** 8
+    else:
+        ctx = nx.attention(q, k, v, sm, cs, causal_offset=keys - tokens)
     valid = np.arange(keys)[None, :] <= keys - tokens + np.arange(tokens)[:, None]
     ref = np.empty(ctx.shape)
     for h in range(heads):
@@ -369,7 +379,7 @@ def attention_error(seed=RNG_SEED):
         p = _float_softmax((q[h] @ k[g].T).astype(np.float64), fh, valid)
         cols = slice(h * dh, (h + 1) * dh)
         ref[:, cols] = (p * 255) @ v[g] * cs.to_real()[cols]
-    return np.abs(ctx - np.clip(ref, -128, 127)).max()
+    return np.abs(ctx - np.clip(ref, -128, nx.INT16.hi / 2.0 ** 8 if wide else 127)).max()
 
 
 def test_grouped_query_attention_close_to_float():
@@ -377,3 +387,144 @@ def test_grouped_query_attention_close_to_float():
     v: random full-range int8 v is the worst case for it (measured 2.3 to 3.5 steps over
     four seeds, of a context range of +-127)."""
     assert attention_error() <= ATTENTION_ERROR_LSB
+
+
+def test_wide_softmax_and_attention_close_to_float():
+    """Probabilities of 15 bits (prob_max 32767, two passes through v): the error is the exp
+    table's and the row sum's (measured in docs/numerics.md), the context within a small part
+    of an int8 step."""
+    assert softmax_errors(prob_max=nx.INT16.hi) <= WIDE_SOFTMAX_ERROR
+    assert attention_error(wide=True) <= WIDE_ATTENTION_ERROR_LSB
+
+
+def test_wide_attention_operands_compose_as_stated():
+    """An int16 q (``wide_q``) or an int16 k (``wide_k``) of int8 values shifted by 8 gives
+    the int8 attention bit for bit; int16 probabilities go through matmul_wide."""
+    rng = np.random.default_rng(RNG_SEED)
+    q, k, v = _qkv(rng, 9, 3, 5, 12)
+    sm, cs = _scales(rng, 9)
+    base = nx.attention(q, k, v, sm, cs, causal_offset=7)
+    assert (nx.attention(q << 8, k, v, sm, cs, causal_offset=7, wide_q=True) == base).all()
+    assert (nx.attention(q, k << 8, v, sm, cs, causal_offset=7, wide_k=True) == base).all()
+    ctx = nx.attention(q, k, v, sm, cs, causal_offset=7, out=nx.INT16, prob_max=nx.INT16.hi)
+    p, x = nx.softmax(nx.matmul(q[4], k[1].T), nx.Dyadic(sm.multiplier[4], sm.shift[4]), 7,
+                      prob_max=nx.INT16.hi)
+    want = nx.requantize(nx.matmul_wide(p, v[1], row_shift=x),
+                         nx.Dyadic(cs.multiplier[256:320], cs.shift[256:320]), nx.INT16)
+    assert (ctx[:, 256:320] == want).all() and p.max() > nx.UINT8.hi
+
+
+# --- The wide (int16) matmul operand -------------------------------------------------------------
+
+def _wide_reference(a, b, e) -> list:
+    """matmul_wide in Python integers: each int16 value split by divmod into its high byte
+    and low byte, the two products summed exactly, each rounded half up by floor division."""
+    out = []
+    for row, s in zip(np.asarray(a).tolist(), np.asarray(e).tolist()):
+        split = [divmod(v, 256) for v in row]
+        res = []
+        for col in np.asarray(b).T.tolist():
+            hi = sum(h * w for (h, _), w in zip(split, col))
+            lo = sum(l * w for (_, l), w in zip(split, col))
+            res.append((hi + (1 << s >> 1)) // (1 << s) + (lo + (1 << (s + 7))) // (1 << (s + 8)))
+        out.append(res)
+    return out
+
+
+def _wide_rows(rng, k: int) -> np.ndarray:
+    """int16 rows: random at several scales and adversarial ones (both extremes, -1 (high byte
+    -1, low byte 255), byte boundaries 255/256 and -256/-257, zero, alternating extremes)."""
+    rows = [rng.integers(-(1 << b), 1 << b, k) for b in (4, 8, 12, 15)]
+    rows += [np.full(k, nx.INT16.hi), np.full(k, nx.INT16.lo), np.full(k, -1),
+             np.where(np.arange(k) % 2, 255, 256), np.where(np.arange(k) % 2, -256, -257),
+             np.zeros(k, dtype=np.int64),
+             np.where(np.arange(k) % 2, nx.INT16.hi, nx.INT16.lo)]
+    return np.array(rows, dtype=np.int64)
+
+
+def test_matmul_wide_exact_against_a_python_reference():
+    rng = np.random.default_rng(RNG_SEED)
+    for k in (1, 3, 64, 1536):
+        a = _wide_rows(rng, k)
+        b = np.concatenate([rng.integers(-128, 128, (k, 3)), np.full((k, 1), -128),
+                            np.full((k, 1), 127), np.where(np.arange(k) % 2, 127, -128)[:, None]],
+                           axis=1)
+        for e in (np.zeros(len(a), dtype=np.int64), rng.integers(0, nx.ROW_EXP_MAX + 1, len(a)),
+                  np.full(len(a), nx.ROW_EXP_MAX)):
+            got = nx.matmul_wide(a, b, row_shift=e)
+            assert got.tolist() == _wide_reference(a, b, e)
+            # ... within one unit of the exact product at 2**(8 + e) steps of A.
+            exact = (a.astype(object) @ b.astype(object)).astype(np.float64)
+            exact /= 2.0 ** (8 + e[:, None])
+            assert np.abs(got - exact).max() <= 1.0
+    # The longest row the accelerator takes at its extremes: no int32 saturation anywhere.
+    k = 1 << 16
+    a = np.full((2, k), nx.INT16.lo)
+    a[1] = nx.INT16.hi
+    b = np.full((k, 2), -128)
+    b[:, 1] = 127
+    assert nx.matmul_wide(a, b).tolist() == [[128 * 128 * k, -128 * 127 * k],
+                                             [-32767 * 128 * k // 256, 32767 * 127 * k // 256]]
+    # Without a row shift it is the rounded product: int8 values give matmul's result / 256.
+    a8 = rng.integers(-128, 128, (4, 9))
+    b8 = rng.integers(-128, 128, (9, 5))
+    assert np.array_equal(nx.matmul_wide(a8 << 8, b8), nx.matmul(a8, b8))
+
+
+def test_matmul_wide_rejects_bad_operands():
+    with pytest.raises(ValueError, match="int16"):
+        nx.matmul_wide(np.array([[nx.INT16.hi + 1]]), np.array([[1]]))
+    with pytest.raises(ValueError, match="row_shift"):
+        nx.matmul_wide(np.array([[1]]), np.array([[1]]), row_shift=np.array([nx.ROW_EXP_MAX + 1]))
+    with pytest.raises(ValueError, match="B operand"):
+        nx.matmul_wide(np.array([[1]]), np.array([[128]]))
+
+
+def test_gated_silu_to_a_wide_operand():
+    """The gated product as int16 with row exponents: every nonzero row's peak in the upper
+    half of int16 (or saturated), within half an output step and SiLU's error of float."""
+    rng = np.random.default_rng(RNG_SEED)
+    n = 1536
+    gate = np.concatenate([rng.integers(-4096, 4096, (3, n)), rng.integers(-64, 64, (1, n)),
+                           np.full((1, n), nx.INT16.hi), np.zeros((1, n), dtype=np.int64)])
+    up = np.concatenate([rng.integers(-127, 128, (4, n)), np.full((1, n), -128),
+                         rng.integers(-3, 4, (1, n))])
+    factor = rng.uniform(0.5, 2.0, n) * 2.0 ** -12        # |p| < 2**27 -> about 2**15
+    q, e = nx.gated_silu(gate, up, nx.Dyadic.from_real(factor), nx.INT16)
+    scale = nx.Dyadic.from_real(factor).to_real()
+    ref = _float_silu(gate / 2.0 ** nx.SILU_IN_FRAC) * up * 2.0 ** 16 * scale
+    step = 2.0 ** -e[:, None]
+    inside = np.abs(ref) <= (nx.INT16.hi + 0.5) * step
+    # Half a step of rounding, SiLU's 1.71e-4 times |up| <= 128 at the row's scale.
+    bound = 0.5 + SILU_ERROR * 128 * 2.0 ** 16 * scale.max() * 2.0 ** e
+    assert (np.where(inside, np.abs(q * step - ref) / step, 0).max(axis=1) <= bound).all()
+    peak = np.abs(q).max(axis=1)
+    assert (peak[:4] >= 1 << 14).all() and e[3] > 0 and peak[5] == 0
+    assert q[4].min() == nx.INT16.lo and q.max() <= nx.INT16.hi      # saturated, not wrapped
+
+
+def test_gated_silu_with_a_wide_up():
+    """An int16 up (``wide_up``: the product rounded by 2**8 before the requantisation) of
+    int8 values shifted by 8 is the int8 up bit for bit; finer values stay within half an
+    output step and SiLU's error of float; up beyond int16 is refused."""
+    rng = np.random.default_rng(RNG_SEED)
+    n = 1536
+    gate = np.concatenate([rng.integers(-4096, 4096, (3, n)), np.full((1, n), nx.INT16.hi)])
+    up8 = np.concatenate([rng.integers(-128, 128, (3, n)), np.full((1, n), -128)])
+    scale = nx.Dyadic.from_real(rng.uniform(0.5, 2.0, n) * 2.0 ** -12)
+    q8, e8 = nx.gated_silu(gate, up8, scale, nx.INT16)
+    q16, e16 = nx.gated_silu(gate, up8 << 8, scale, nx.INT16, wide_up=True)
+    assert (q16 == q8).all() and (e16 == e8).all()
+    up = rng.integers(nx.INT16.lo, nx.INT16.hi + 1, (4, n))
+    q, e = nx.gated_silu(gate, up, scale, nx.INT16, wide_up=True)
+    ref = (_float_silu(gate / 2.0 ** nx.SILU_IN_FRAC) * up / 2.0 ** 8 * 2.0 ** 16
+           * scale.to_real())
+    step = 2.0 ** -e[:, None]
+    inside = np.abs(ref) <= (nx.INT16.hi + 0.5) * step
+    # Half a step of the final rounding, half a unit of the product's rounding by 2**8 and
+    # SiLU's error times |up| < 2**15, at the row's scale.
+    f = scale.to_real().max() * 2.0 ** e
+    bound = 0.5 + 0.5 * f + SILU_ERROR * 2.0 ** 15 * 2.0 ** 8 * f
+    assert (np.where(inside, np.abs(q * step - ref) / step, 0).max(axis=1) <= bound).all()
+    with pytest.raises(ValueError, match="int16"):
+        nx.gated_silu(gate[:1], np.full((1, n), nx.INT16.hi + 1), scale, nx.INT16, wide_up=True)
