@@ -143,7 +143,8 @@ class SimBoard:
                                            ctypes.c_uint64]
         lib.board_violation.restype = None
         lib.board_violation.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
-        for name in ("board_free", "board_serve", "board_stop", "board_drop_client"):
+        for name in ("board_free", "board_serve", "board_stop", "board_drop_client",
+                     "board_reset"):
             getattr(lib, name).argtypes = [ctypes.c_void_p]
             getattr(lib, name).restype = None
         lib.board_listen.restype = ctypes.c_int
@@ -200,6 +201,11 @@ class SimBoard:
         the bytes in flight)."""
         self._lib.board_drop_client(self._h)
 
+    def reset(self) -> None:
+        """Pulse the gateware's reset (a reset button): the CSRs and a running program are
+        lost, the memory keeps its contents, the bridge flags its replies until the next INFO."""
+        self._lib.board_reset(self._h)
+
     def __enter__(self) -> "SimBoard":
         self.start()
         return self
@@ -211,12 +217,14 @@ class SimBoard:
 
     def stats(self) -> dict[str, int]:
         """Cycles clocked, bytes carried in (host -> board) and out, clients accepted, idle
-        sleeps; with the SDRAM, its ACTIVE, READ and WRITE commands (a READ or WRITE moves
+        sleeps, resets (:meth:`reset`); with the SDRAM, its ACTIVE, READ and WRITE commands (a READ or WRITE moves
         one 16-bit word) and AUTO REFRESH commands."""
         names = ("cycles", "bytes_in", "bytes_out", "clients", "sleeps")
         if self.window == "sdram":
             names += ("sdram_activates", "sdram_reads", "sdram_writes", "sdram_refreshes")
-        return {n: int(self._lib.board_stat(self._h, i)) for i, n in enumerate(names)}
+        out = {n: int(self._lib.board_stat(self._h, i)) for i, n in enumerate(names)}
+        out["resets"] = int(self._lib.board_stat(self._h, 10))
+        return out
 
     @property
     def violation(self) -> str:
