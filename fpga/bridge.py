@@ -20,8 +20,9 @@ sends again because its reply was lost takes effect once. Reads are always execu
 no side effects). INFO starts a session: it forgets the last write's ``seq``.
 
 Resets: bit 7 of the status byte (:data:`RESET_FLAG`) is set in every reply from a reset of the
-bridge until the next INFO (INFO's own reply is without it), so a host that has read INFO sees a board reset (which loses the
-CSRs and any running program) in the next reply.
+bridge until an INFO has been answered (that INFO's reply included), so a host that has read
+INFO sees a board reset (which loses the CSRs and any running program) in the next reply, and
+an INFO in the middle of a session tells whether the board was reset since the last one.
 
 The Python side of the protocol (:func:`crc16`, :func:`request`, :func:`parse_reply`) lives here
 too, so the host backend and the hardware share one definition.
@@ -43,7 +44,7 @@ from celosia.hdl.csr import CSR_ADDR_BITS
 __all__ = ["REQ_SYNC", "REPLY_SYNC", "RESET_FLAG", "Cmd", "BridgeStatus", "MAX_LEN",
            "REQUEST_OVERHEAD", "REPLY_OVERHEAD", "crc16", "request", "request_length", "reply",
            "reply_length", "reply_fields", "parse_reply", "BytePortSignature", "UartRx",
-           "UartTx", "UartBridge"]
+           "UartTx", "Crc16Serial", "UartBridge"]
 
 REQ_SYNC = 0xA5
 REPLY_SYNC = 0x5A
@@ -151,27 +152,38 @@ def parse_reply(raw: bytes, seq: int | None = None) -> tuple[BridgeStatus, bytes
 
 # --- hardware -------------------------------------------------------------------------------
 
-def crc16_taps() -> list[list[int]]:
-    """For each bit of the CRC-16 register after one byte, the bits of
-    ``Cat(crc[:8], crc[8:] ^ byte)`` whose exclusive or it is (one byte's step is linear in
-    them: the low byte shifts up, the high byte xor the data byte selects the table entry)."""
-    def step(v: int) -> int:
-        return crc16(b"\0", v)          # crc16 of a zero byte from register v
-    return [[j for j in range(16) if step(1 << j) >> i & 1] for i in range(16)]
+class Crc16Serial(wiring.Component):
+    """CRC-16/CCITT-FALSE one bit a cycle: ``load`` takes ``byte`` and shifts it in over the
+    next 8 cycles (``busy``), most significant bit first; ``init`` sets the register to 0xFFFF
+    (and drops a byte being shifted in). The bridge loads at most one byte every 10 bit times
+    (at least 40 cycles), so the register has settled long before it is read. (A byte a cycle
+    takes an XOR tree per bit: some 45 more LUT4s on the iCE40.)
 
+    The data bits go through a shift register behind a marker bit (as in UartRx): the byte is
+    done when the marker reaches the top."""
 
-def crc16_next(crc, byte):
-    """The CRC-16 register after one byte, as an expression: one XOR tree per bit. (Unrolling
-    the bitwise shift-and-Mux loop instead duplicates each step's operand in the netlist,
-    2**8 copies per use.)"""
-    c = Cat(crc[:8], crc[8:] ^ byte)
-    bits = []
-    for taps in crc16_taps():
-        bit = c[taps[0]]
-        for j in taps[1:]:
-            bit = bit ^ c[j]
-        bits.append(bit)
-    return Cat(*bits)
+    def __init__(self):
+        super().__init__({"init": In(1), "load": In(1), "byte": In(8),
+                          "crc": Out(16), "busy": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        sr = Signal(9)              # [marker, byte]: bit 8 goes in next
+        m.d.comb += self.busy.eq(sr[:8].any())
+        crc = self.crc
+        fb = crc[15] ^ sr[8]
+        with m.If(self.load):
+            m.d.sync += sr.eq(Cat(1, self.byte))
+        with m.Elif(self.init):
+            m.d.sync += sr.eq(0)
+        with m.Elif(self.busy):
+            m.d.sync += sr.eq(sr << 1)
+        with m.If(self.init):
+            m.d.sync += crc.eq(CRC_INIT)
+        with m.Elif(self.busy):
+            step = Cat(fb, crc[:15])
+            m.d.sync += crc.eq(step ^ Mux(fb, CRC_POLY & ~1, 0))
+        return m
 
 
 class BytePortSignature(wiring.Signature):
@@ -316,11 +328,11 @@ class UartBridge(wiring.Component):
         seq = Signal(8)             # the request's sequence number, echoed in the reply
         last_seq = Signal(8)        # that of the last write executed with status OK ...
         last_valid = Signal()       # ... since the last INFO (or reset)
-        fresh = Signal(init=1)      # no INFO since reset: RESET_FLAG in every reply
+        fresh = Signal(init=1)      # no INFO answered since reset: RESET_FLAG in replies
         crc_byte = Signal()         # which CRC byte comes (or goes) next
         length = Signal(8)          # bytes - 1
         cnt = Signal(8)
-        crc = Signal(16)
+        crc = Signal(16)            # the CRC unit's register
         status = Signal(3)
         word = Signal(32)           # WRITE_CSR payload
         info = C(self.mem_bytes | self.clk_hz << 32, 64)
@@ -349,10 +361,12 @@ class UartBridge(wiring.Component):
             m.d.comb += in_range.eq(~high & (addr[:mk] + length + 1 <= self.mem_bytes))
 
         # CRC of whatever byte is received or sent.
+        m.submodules.crc = crcu = Crc16Serial()
         crc_in = Signal(8)
         crc_upd = Signal()
-        with m.If(crc_upd):
-            m.d.sync += crc.eq(crc16_next(crc, crc_in))
+        crc_init = Signal()
+        m.d.comb += [crcu.byte.eq(crc_in), crcu.load.eq(crc_upd), crcu.init.eq(crc_init),
+                     crc.eq(crcu.crc)]
 
         m.d.comb += [bw.addr.eq(cnt), bw.data.eq(rxb), br.addr.eq(cnt)]
         csr = self.csr
@@ -382,7 +396,8 @@ class UartBridge(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(rxv & (rxb == REQ_SYNC)):
-                    m.d.sync += [crc.eq(CRC_INIT), cnt.eq(0), addr_hi.eq(0), crc_byte.eq(0)]
+                    m.d.comb += crc_init.eq(1)
+                    m.d.sync += [cnt.eq(0), addr_hi.eq(0), crc_byte.eq(0)]
                     m.next = "HEADER"
             with m.State("HEADER"):              # cnt: 0 seq, 1 cmd, 2..5 addr, 6 len
                 receive()
@@ -420,14 +435,16 @@ class UartBridge(wiring.Component):
 
             with m.State("EXEC"):
                 m.d.sync += cnt.eq(0)
-                with m.If(crc != 0):
+                with m.If(crcu.busy):
+                    pass                                 # the last CRC byte going in
+                with m.Elif(crc != 0):
                     send_status(BridgeStatus.BAD_CRC)
                 with m.Elif(is_write & last_valid & (seq == last_seq)):
                     send_status(BridgeStatus.OK)         # a duplicate: acknowledged only
                 with m.Else():
                     with m.Switch(cmd):
                         with m.Case(Cmd.INFO):
-                            m.d.sync += [fresh.eq(0), last_valid.eq(0)]
+                            m.d.sync += last_valid.eq(0)
                             send_status(BridgeStatus.OK)
                         with m.Case(Cmd.READ_CSR):
                             m.d.sync += csr.arvalid.eq(1)
@@ -481,7 +498,7 @@ class UartBridge(wiring.Component):
             with m.State("TX_SYNC"):
                 send(REPLY_SYNC, crc_too=False)
                 with m.If(tx.ready):
-                    m.d.sync += crc.eq(CRC_INIT)
+                    m.d.comb += crc_init.eq(1)
                     m.next = "TX_SEQ"
             with m.State("TX_SEQ"):
                 send(seq)
@@ -526,4 +543,6 @@ class UartBridge(wiring.Component):
                     m.d.sync += crc_byte.eq(~crc_byte)
                     with m.If(crc_byte):
                         m.next = "IDLE"
+                        with m.If((cmd == Cmd.INFO) & (status == BridgeStatus.OK)):
+                            m.d.sync += fresh.eq(0)     # INFO's reply went out flagged
         return m

@@ -13,7 +13,7 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from celosia.fpga.bridge import REPLY_OVERHEAD, BridgeStatus, Cmd, UartBridge, parse_reply
+from celosia.fpga.bridge import REPLY_OVERHEAD, BridgeStatus, Cmd, UartBridge, parse_reply, reply
 from celosia.fpga.bridge import request as _request
 from celosia.fpga import memory
 from celosia.fpga.memory import AxiRam
@@ -143,11 +143,14 @@ def test_request_gap(gap, dropped):
 def test_reply_bit_timing():
     """Every level on the line lasts a whole number of bit times (start bits included), and
     INFO's thirteen reply bytes follow each other without gaps."""
-    got, runs = _exchange([request(Cmd.INFO)], [8])
+    got, runs = _exchange([_request(Cmd.INFO, seq=0x11)], [8])
     assert got[0][0] == BridgeStatus.OK
-    # From the first start bit to the last stop bit: 13 bytes of 10 bits, less that stop bit.
+    # From the first start bit to the last 0 bit of the 13 reply bytes (8N1, LSB first).
+    want = reply(0x11, BridgeStatus.OK, got[0][1], reset=True)
+    bits = [b for byte in want for b in [0] + [(byte >> i) & 1 for i in range(8)] + [1]]
+    last0 = max(i for i, b in enumerate(bits) if b == 0)
     assert all(r % DIV == 0 for r in runs[1:]), runs
-    assert sum(runs[1:]) == 129 * DIV, runs
+    assert sum(runs[1:]) == (last0 + 1) * DIV, runs
 
 
 def _csr_exchange(frames, lengths, resp):

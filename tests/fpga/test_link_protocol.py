@@ -4,10 +4,9 @@ writes acknowledged without being executed, bad CRCs, truncated frames and resyn
 """
 
 import numpy as np
-from amaranth import Module, Signal
 from amaranth.sim import Simulator
 
-from celosia.fpga.bridge import (REQ_SYNC, BridgeStatus, Cmd, crc16, crc16_next, reply, request,
+from celosia.fpga.bridge import (REQ_SYNC, BridgeStatus, Cmd, Crc16Serial, crc16, reply, request,
                                  request_length, reply_fields)
 from celosia.hdl.isa import CSR
 
@@ -16,22 +15,34 @@ from test_build import MEM, _run
 OK = BridgeStatus.OK
 
 
-def test_crc16_next_matches_crc16():
-    """The bridge's CRC step (one XOR tree per bit) against the host's bitwise CRC-16."""
-    crc, byte, res = Signal(16), Signal(8), Signal(16)
-    m = Module()
-    m.d.comb += res.eq(crc16_next(crc, byte))
+def test_serial_crc_matches_crc16():
+    """The bridge's CRC unit (a bit a cycle) against the host's CRC-16, bytes loaded 9 cycles
+    apart; ``init`` drops a byte half shifted in."""
+    dut = Crc16Serial()
     rng = np.random.default_rng(0)
-    pairs = [(int(c), int(b)) for c, b in zip(rng.integers(0, 1 << 16, 200),
-                                               rng.integers(0, 256, 200))]
-    pairs += [(0, 0), (0xFFFF, 0xFF), (0xFFFF, 0)]
-    sim = Simulator(m)
+    data = bytes(rng.integers(0, 256, 100, np.uint8))
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
 
     async def bench(ctx):
-        for c, b in pairs:
-            ctx.set(crc, c)
-            ctx.set(byte, b)
-            assert ctx.get(res) == crc16(bytes([b]), c), (c, b)
+        ctx.set(dut.byte, 0x5A)
+        ctx.set(dut.load, 1)
+        await ctx.tick().repeat(1)
+        ctx.set(dut.load, 0)
+        await ctx.tick().repeat(3)
+        ctx.set(dut.init, 1)
+        await ctx.tick()
+        ctx.set(dut.init, 0)
+        assert ctx.get(dut.crc) == 0xFFFF and not ctx.get(dut.busy)
+        for i, b in enumerate(data):
+            ctx.set(dut.byte, b)
+            ctx.set(dut.load, 1)
+            await ctx.tick()
+            ctx.set(dut.load, 0)
+            assert ctx.get(dut.busy)
+            await ctx.tick().repeat(8)
+            assert not ctx.get(dut.busy)
+            assert ctx.get(dut.crc) == crc16(data[:i + 1]), i
 
     sim.add_testbench(bench)
     sim.run()
@@ -49,7 +60,7 @@ def test_host_side_framing():
 
 
 def test_exact_frames_reset_flag_and_duplicates():
-    """Every reply byte for byte: the reset flag until INFO (whose reply is without it), the sequence number echoed; a
+    """Every reply byte for byte: the reset flag until INFO has been answered (its reply too), the sequence number echoed; a
     write sent again with the same sequence number is acknowledged and not executed (memory
     and CSR), reads are executed again; after INFO the same number is a new request."""
     info = MEM.to_bytes(4, "little") + (12345678).to_bytes(4, "little")
@@ -71,7 +82,7 @@ def test_exact_frames_reset_flag_and_duplicates():
         request(Cmd.WRITE_CSR, prog, 4, (0x300).to_bytes(4, "little"), seq=5),
         request(Cmd.READ_CSR, prog, seq=9),
     ]
-    want = [reply(1, OK, b"\0\0", reset=True), reply(2, OK, info),
+    want = [reply(1, OK, b"\0\0", reset=True), reply(2, OK, info, reset=True),
             reply(3, OK), reply(3, OK), reply(4, OK, b"\x11\x22"), reply(4, OK, b"\x11\x22"),
             reply(4, OK), reply(4, OK), reply(5, OK), reply(5, OK),
             reply(6, OK, (0x100).to_bytes(4, "little")), reply(7, OK, b"\x33\x44"),
@@ -96,7 +107,7 @@ def test_bad_crc_truncated_frames_and_resync():
     ]
     info = MEM.to_bytes(4, "little") + (12345678).to_bytes(4, "little")
     bad = BridgeStatus.BAD_CRC
-    want = [reply(0x40, OK, info)]
+    want = [reply(0x40, OK, info, reset=True)]
     want += [reply(f[1], bad) for f in flips]     # (the sequence byte as received)
     want += [reply(0x42, OK, bytes(4)), reply(0x41, OK),
              reply(0x43, OK, b"\xde\xad\xbe\xef")]
