@@ -39,9 +39,12 @@ last acknowledged one, and after a request it gave up on (an error, or an interr
 a new session (INFO, which makes the board forget the last write) before the next request.
 Reads are executed again; they have no side effects.
 
-Resets. From its reset until the next INFO the board flags every reply (RESET_FLAG): a reply
-so flagged after this backend's INFO means the board lost its CSRs and any running program,
-and raises :class:`BoardResetError` (then and on every later request: open a new backend).
+Resets. From its reset until an INFO has been answered the board flags every reply
+(RESET_FLAG, that INFO's reply included): a reply so flagged after this backend's first INFO
+(a later INFO too) means the board lost its CSRs and any running program, and raises
+:class:`BoardResetError` (then and on every later request: open a new backend).
+``board_was_reset`` tells whether the first INFO found the board reset or powered up since
+the last session.
 
 Opening. The backend drains the line until it is quiet (a reply to an interrupted earlier
 session), reads INFO (a new session), and with ``abort_running`` (the default) aborts a
@@ -180,19 +183,27 @@ class SerialBackend:
         except Exception as exc:
             raise SerialLinkError(f"cannot use port {self.port}: {exc}") from exc
         self._drain("opening")
-        self._new_session()
+        #: INFO on opening found the board reset (or powered up) since the last session.
+        self.board_was_reset = False
+        self._new_session(first=True)
         if abort_running and CSR.STATUS.get(self.read_csr("STATUS"), "busy"):
             self._abort()
 
-    def _new_session(self) -> None:
+    def _new_session(self, first: bool = False) -> None:
         """INFO: the board forgets the last write's sequence number and clears its reset
-        flag; memory size and clock."""
+        flag; memory size and clock. In the middle of a session (``first`` false), a flagged
+        INFO reply means the board was reset meanwhile: BoardResetError."""
         self._session = True        # (INFO itself needs none)
         try:
-            info = self._transact(Cmd.INFO, what="INFO")
+            info, reset = self._transact(Cmd.INFO, what="INFO", flag=True)
         except BaseException:
             self._session = False
             raise
+        if first:
+            self.board_was_reset = reset
+        elif reset:
+            self._reset_seen = "INFO (a new session after a failed request)"
+            raise BoardResetError(self._reset_seen)
         self.stats["sessions"] += 1
         self._last_write_seq = None
         self.mem_bytes = int.from_bytes(info[:4], "little")
@@ -331,11 +342,12 @@ class SerialBackend:
     # --- framing -----------------------------------------------------------------------------
 
     def _transact(self, cmd: Cmd, addr: int = 0, length: int = 1, payload: bytes = b"", *,
-                  what: str, split: bool = False) -> bytes:
+                  what: str, split: bool = False, flag: bool = False):
         """Send one request until a valid OK reply with its sequence number comes; its data.
         Every attempt sends the same frame, so the board executes a write once. ``split``: give
         up with _TooNoisy after SPLIT_ATTEMPTS attempts (the caller sends the range in smaller
-        chunks, under new sequence numbers)."""
+        chunks, under new sequence numbers). A reply with the reset flag raises
+        BoardResetError; with ``flag`` (INFO) it is returned instead: (data, flag)."""
         if self._closed:
             raise SerialLinkError("port closed", what)
         if self._reset_seen:
@@ -367,7 +379,7 @@ class SerialBackend:
                 reason = str(bad)
                 self.stats["timeouts" if bad.timeout else "bad_replies"] += 1
                 continue
-            if reset and cmd != Cmd.INFO:
+            if reset and not flag:
                 self._reset_seen = what
                 raise BoardResetError(what)
             if status == BridgeStatus.OK:
@@ -375,7 +387,7 @@ class SerialBackend:
                 if cmd in WRITES:
                     self._last_write_seq = seq
                 self._session = True
-                return data
+                return (data, reset) if flag else data
             # BAD_CRC/BAD_CMD/BAD_LEN, or BAD_ADDR for a range checked here: the board saw a
             # corrupted request. BUS_ERROR is the board's answer when it comes twice in a row
             # (once, it may be a reply whose status byte was hit and whose CRC matched anyway).

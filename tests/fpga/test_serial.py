@@ -102,9 +102,10 @@ class FakeBoard:
     def _execute(self, cmd, addr, n, payload):
         self.frames.append((cmd, addr, n))
         if cmd == Cmd.INFO:
+            out = self._reply(BridgeStatus.OK, len(self.mem).to_bytes(4, "little")
+                              + (1000000).to_bytes(4, "little"))
             self.fresh, self.last_write = False, None
-            return self._reply(BridgeStatus.OK, len(self.mem).to_bytes(4, "little")
-                               + (1000000).to_bytes(4, "little"))
+            return out
         if cmd in (Cmd.READ_MEM, Cmd.WRITE_MEM):
             if addr + n > len(self.mem):
                 return self._reply(BridgeStatus.BAD_ADDR)
@@ -369,9 +370,19 @@ def test_board_reset_is_a_clear_error(link):
     with pytest.raises(BoardResetError):
         be.read_memory(0, 4)
     be2 = SerialBackend(ser, **FAST)
-    assert be2.read_csr("PROG_ADDR") == 0 and be2.stats["aborted_on_open"] == 0
+    assert be2.board_was_reset and be2.stats["aborted_on_open"] == 0
+    assert be2.read_csr("PROG_ADDR") == 0
     be2.write_memory(0, b"abcd")
     assert be2.read_memory(0, 4) == b"abcd"
+    assert not SerialBackend(ser, **FAST).board_was_reset
+    # A reset between a request given up on and the new session's INFO.
+    ser.silent = True
+    with pytest.raises(SerialLinkError):
+        be2.read_csr("ID")
+    ser.silent = False
+    board.reset()
+    with pytest.raises(BoardResetError, match="new session"):
+        be2.read_csr("ID")
 
 
 def test_interrupt_leaves_the_board_usable(link):
