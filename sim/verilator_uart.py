@@ -11,6 +11,9 @@ which bit-bangs the UART lines and carries the bytes to a socket on 127.0.0.1.
 ``board.url`` is a pyserial URL (``socket://127.0.0.1:PORT``), or with ``pty=True`` the path
 of a pseudo-terminal (``/dev/pts/N``, opened by pyserial as a serial port); the harness runs
 in a background thread (a ctypes call, which releases the GIL) until :meth:`SimBoard.stop`.
+:meth:`SimBoard.reset` presses the board's reset button. :class:`FaultProxy` sits in front of
+the board's URL and flips, drops, duplicates, reorders and truncates bytes and frames, and
+resets the board (the link fault campaign: ``sim/link_campaign.py``).
 Builds go through ``sim/verilator_build.py`` (cached by content hash, one build at a time).
 """
 
@@ -459,7 +462,11 @@ def main(argv=None) -> int:
     p.add_argument("--tcp-port", type=int, default=0, help="0: an ephemeral port")
     p.add_argument("--pty", action="store_true", help="a pseudo-terminal instead of TCP")
     p.add_argument("--faults", type=int, default=None, metavar="SEED",
-                   help="put a fault-injecting proxy in front (corrupted and dropped bytes)")
+                   help="put a fault-injecting proxy in front (corrupted and dropped bytes; "
+                        "see also --frame-faults)")
+    p.add_argument("--frame-faults", type=float, default=0.0, metavar="P",
+                   help="with --faults: also duplicate, reorder or truncate a frame with "
+                        "probability P")
     args = p.parse_args(argv)
     if args.pty and args.faults is not None:
         p.error("--faults works with TCP only")
@@ -486,7 +493,7 @@ def main(argv=None) -> int:
     url = board.start()
     proxy = None
     if args.faults is not None:
-        proxy = FaultProxy(url, seed=args.faults)
+        proxy = FaultProxy(url, seed=args.faults, frames=args.frame_faults)
         url = proxy.url
     opts = board.backend_options()
     rate = board.clk_hz / divisor
