@@ -26,22 +26,23 @@ def board():
         yield b
 
 
-def long_image(reps: int = 60):
-    """``reps`` int32 matmuls of 16x64 by 64x16 on the same operands (some 300k cycles on the
-    2x2 array), then HALT."""
+def long_image(reps: int = 78):
+    """``reps`` int32 matmuls of 16x64 by 64x64 on the same operands (some 1.3 M cycles on
+    the 2x2 array, seconds on the Verilated board), then HALT."""
     from celosia.hdl import isa
     from celosia.sim.tb_accelerator import Image
 
     rng = np.random.default_rng(7)
-    base, size = 0x800, 0x3000
+    base, size = 0x800, 0x3800
     mem = np.zeros(base + size, np.uint8)
-    a, b, c, prog = base, base + 0x400, base + 0x800, base + 0xC00
-    mem[a:a + 1024] = rng.integers(0, 256, 1024, np.uint8)
-    mem[b:b + 1024] = rng.integers(0, 256, 1024, np.uint8)
-    program = [isa.matmul(m=16, k=64, n=16, a_addr=a, a_stride=64, b_addr=b, b_stride=16,
-                          c_addr=c, c_stride=64) for _ in range(reps)]
+    a, b, c, prog = base, base + 0x400, base + 0x1400, base + 0x2400
+    mem[a:a + 0x400] = rng.integers(0, 256, 0x400, np.uint8)
+    mem[b:b + 0x1000] = rng.integers(0, 256, 0x1000, np.uint8)
+    program = [isa.matmul(m=16, k=64, n=64, a_addr=a, a_stride=64, b_addr=b, b_stride=64,
+                          c_addr=c, c_stride=256) for _ in range(reps)]
     program += [isa.sync(isa.Unit.MATMUL), isa.halt()]
     raw = b"".join(i.encode() for i in program)
+    assert prog + len(raw) <= base + size
     mem[prog:prog + len(raw)] = np.frombuffer(raw, np.uint8)
     return Image(mem, base, size, prog, CFG, {})
 
