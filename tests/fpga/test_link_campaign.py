@@ -81,11 +81,12 @@ def _start(be, img):
 
 
 def test_campaign_slice(board):
-    """A few hundred injected faults of every kind: every run bit-exact or a clear error."""
+    """A couple of hundred injected faults of every kind: every run bit-exact or a clear
+    error; then three runs with frequent board resets, each a clear error or bit-exact."""
     from celosia.sim.link_campaign import run_campaign
 
     t0 = time.monotonic()
-    r = run_campaign(200, seed=11, board=board, resets=0.003)
+    r = run_campaign(200, seed=11, board=board, resets=0.0)
     print(f"\ncampaign slice: {r['runs']} runs, {r['faults']} faults {r['faults_by_kind']}, "
           f"{r['bit_exact']} bit-exact, {r['clear_errors']} clear errors "
           f"{r['errors_by_type']}, {time.monotonic() - t0:.1f} s")
@@ -95,6 +96,12 @@ def test_campaign_slice(board):
     assert r["bit_exact"] + r["clear_errors"] == r["runs"]
     for kind in ("flips", "drops", "dups", "reorders", "truncations"):
         assert r["faults_by_kind"][kind] > 0, kind
+    r = run_campaign(10**9, seed=12, board=board, resets=0.02, max_runs=3)
+    print(f"with resets: {r['runs']} runs, {r['faults_by_kind']}, {r['bit_exact']} bit-exact, "
+          f"{r['errors_by_type']}")
+    assert r["silent_errors"] == 0 and r["unexpected"] == 0
+    assert r["faults_by_kind"]["resets"] >= 1
+    assert set(r["errors_by_type"]) <= {"BoardResetError"} and r["clear_errors"] >= 1
 
 
 def test_board_reset_mid_run(board):
