@@ -185,7 +185,14 @@ class SerialBackend:
         self._drain("opening")
         #: INFO on opening found the board reset (or powered up) since the last session.
         self.board_was_reset = False
-        self._new_session(first=True)
+        try:
+            self._new_session(first=True)
+        except SerialLinkError as exc:
+            if self.stats["bytes_in"] and not self.stats["sessions"]:
+                raise SerialLinkError(
+                    f"{exc.reason}; bytes came back but no protocol 2 reply (a bitstream "
+                    f"from before protocol 2?)", exc.request, exc.attempts) from exc
+            raise
         if abort_running and CSR.STATUS.get(self.read_csr("STATUS"), "busy"):
             self._abort()
 

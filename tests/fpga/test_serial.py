@@ -470,6 +470,16 @@ def test_silent_board_is_a_clear_error(link):
         be.read_csr("ID")
 
 
+def test_protocol_1_board_is_a_clear_error():
+    """A board that answers in protocol 1 (5A | status | crc8): no reply is taken, and the
+    error says what the bytes suggest."""
+    board = FakeBoard()
+    ser = FakeSerial(board)
+    ser.board = type("V1", (), {"receive": staticmethod(lambda data: b"\x5a\x02\x0e")})()
+    with pytest.raises(SerialLinkError, match="before protocol 2"):
+        SerialBackend(ser, **FAST)
+
+
 def test_garbled_forever_is_a_clear_error(link):
     board, ser, be = link
     ser.faults = [("rep_flip", 2)] * 10
