@@ -361,7 +361,7 @@ class UartBridge(wiring.Component):
             m.d.comb += in_range.eq(~high & (addr[:mk] + length + 1 <= self.mem_bytes))
 
         # CRC of whatever byte is received or sent.
-        m.submodules.crc = crcu = Crc16Serial()
+        m.submodules.crc16 = crcu = Crc16Serial()
         crc_in = Signal(8)
         crc_upd = Signal()
         crc_init = Signal()
