@@ -72,11 +72,6 @@ def test_board_top_elaborates(board, array):
     assert ("EHXPLLL" if b.family == "ecp5" else "SB_PLL40_PAD") in il
     constraints = files["celosia_top.lpf" if b.family == "ecp5" else "celosia_top.pcf"]
     assert ("FREQUENCY NET" if b.family == "ecp5" else "set_frequency") in constraints
-    # The core clock's constraint names a net that survives synthesis (a name with "$", from
-    # two things of one name in a module, is dropped: nextpnr then ignores the constraint).
-    for line in constraints.splitlines():
-        if "set_frequency" in line or "FREQUENCY NET" in line:
-            assert "$" not in line, line
     if b.spram:
         assert "SB_SPRAM256KA" in il
     if b.window == "sdram":     # LiteDRAM's core, and the chip's clock from a DDR output
