@@ -1,17 +1,30 @@
 """The UART bridge: a framed serial protocol onto the CSR bus (AXI4-Lite) and the on-chip memory.
 
-Frames (all multi-byte fields little endian; see docs/fpga.md)::
+Frames, protocol version 2 (addresses and data little endian, the CRC big endian; see
+docs/fpga.md, "The UART protocol")::
 
-    request: 0xA5 | cmd | addr[4] | len | payload[len + 1 if cmd writes] | crc8
-    reply:   0x5A | status | data[...] (only when status == OK) | crc8
+    request: 0xA5 | seq | cmd | addr[4] | len | payload[len + 1 if cmd writes] | crc16[2]
+    reply:   0x5A | seq | status | data[...] (only when status is OK) | crc16[2]
 
-``len`` encodes ``len + 1`` bytes (1..256). The CRC is CRC-8 (polynomial 0x07, initial value 0,
-no reflection, no final xor) over every byte after the sync byte and before the CRC. A request
-whose CRC does not match is answered with ``BAD_CRC`` and has no effect. A pause of more than
-``timeout_cycles`` inside a request drops the partial request, so the receiver resynchronises on
-the next 0xA5 after garbage.
+``len`` encodes ``len + 1`` bytes (1..256). ``seq`` is the host's sequence number, echoed in
+the reply. The CRC is CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF, no
+reflection, no final xor; check value 0x29B1 for "123456789") over every byte after the sync
+byte and before the CRC, sent high byte first, so the CRC run over a whole frame after its
+sync byte, CRC included, is 0. A request whose CRC does not match is answered with ``BAD_CRC``
+and has no effect. A pause of more than ``timeout_cycles`` inside a request drops the partial
+request, so the receiver resynchronises on the next 0xA5 after garbage.
 
-The Python side of the protocol (:func:`crc8`, :func:`request`, :func:`parse_reply`) lives here
+Duplicates: a write (WRITE_CSR, WRITE_MEM) whose ``seq`` equals that of the last write that
+was executed with status OK is not executed again, only acknowledged (OK): a request the host
+sends again because its reply was lost takes effect once. Reads are always executed (they have
+no side effects). INFO starts a session: it forgets the last write's ``seq``.
+
+Resets: bit 7 of the status byte (:data:`RESET_FLAG`) is set in every reply from a reset of the
+bridge until an INFO has been answered (that INFO's reply included), so a host that has read
+INFO sees a board reset (which loses the CSRs and any running program) in the next reply, and
+an INFO in the middle of a session tells whether the board was reset since the last one.
+
+The Python side of the protocol (:func:`crc16`, :func:`request`, :func:`parse_reply`) lives here
 too, so the host backend and the hardware share one definition.
 """
 
@@ -28,14 +41,24 @@ from amaranth.lib.wiring import In, Out
 from celosia.hdl.axi import AXI4LiteSignature
 from celosia.hdl.csr import CSR_ADDR_BITS
 
-__all__ = ["REQ_SYNC", "REPLY_SYNC", "Cmd", "BridgeStatus", "MAX_LEN", "crc8", "request",
-           "reply_length", "parse_reply", "BytePortSignature", "UartRx", "UartTx", "UartBridge"]
+__all__ = ["REQ_SYNC", "REPLY_SYNC", "RESET_FLAG", "Cmd", "BridgeStatus", "MAX_LEN",
+           "REQUEST_OVERHEAD", "REPLY_OVERHEAD", "crc16", "request", "request_length", "reply",
+           "reply_length", "reply_fields", "parse_reply", "BytePortSignature", "UartRx",
+           "UartTx", "Crc16Serial", "UartBridge"]
 
 REQ_SYNC = 0xA5
 REPLY_SYNC = 0x5A
-CRC_POLY = 0x07
+#: CRC-16/CCITT-FALSE.
+CRC_POLY = 0x1021
+CRC_INIT = 0xFFFF
+#: Bit 7 of a reply's status byte: the bridge was reset since the last INFO.
+RESET_FLAG = 0x80
 #: Largest payload of one request or reply (``len`` byte 255).
 MAX_LEN = 256
+#: Bytes of a request besides its payload: sync, seq, cmd, addr[4], len, crc[2].
+REQUEST_OVERHEAD = 10
+#: Bytes of a reply besides its data: sync, seq, status, crc[2].
+REPLY_OVERHEAD = 5
 
 
 class Cmd(enum.IntEnum):
@@ -60,22 +83,44 @@ WRITES = (Cmd.WRITE_CSR, Cmd.WRITE_MEM)
 
 # --- host side ------------------------------------------------------------------------------
 
-def crc8(data: bytes, crc: int = 0) -> int:
+def crc16(data: bytes, crc: int = CRC_INIT) -> int:
+    """CRC-16/CCITT-FALSE of ``data`` (continuing from ``crc``)."""
     for b in data:
-        crc ^= b
+        crc ^= b << 8
         for _ in range(8):
-            crc = ((crc << 1) ^ CRC_POLY) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+            crc = ((crc << 1) ^ CRC_POLY) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
     return crc
 
 
-def request(cmd: int, addr: int = 0, length: int = 1, payload: bytes = b"") -> bytes:
+def _with_crc(body: bytes) -> bytes:
+    return body + crc16(body).to_bytes(2, "big")
+
+
+def request(cmd: int, addr: int = 0, length: int = 1, payload: bytes = b"", *,
+            seq: int = 0) -> bytes:
     """The bytes of one request frame (``length`` is the byte count, 1..256)."""
     if not 1 <= length <= MAX_LEN:
         raise ValueError(f"length {length} outside 1..{MAX_LEN}")
     if cmd in WRITES and len(payload) != length:
         raise ValueError("a write carries exactly `length` payload bytes")
-    body = bytes([cmd]) + int(addr).to_bytes(4, "little") + bytes([length - 1]) + bytes(payload)
-    return bytes([REQ_SYNC]) + body + bytes([crc8(body)])
+    body = (bytes([seq & 0xFF, cmd]) + int(addr).to_bytes(4, "little") + bytes([length - 1])
+            + bytes(payload))
+    return bytes([REQ_SYNC]) + _with_crc(body)
+
+
+def request_length(header: bytes) -> int | None:
+    """The length of the request frame that starts with ``header`` (its first 8 bytes: sync
+    to len), or None while fewer are given."""
+    if len(header) < 8:
+        return None
+    return REQUEST_OVERHEAD + (header[7] + 1 if header[2] in WRITES else 0)
+
+
+def reply(seq: int, status: int, data: bytes = b"", reset: bool = False) -> bytes:
+    """The bytes of one reply frame (what the bridge sends; for tests and models)."""
+    body = bytes([seq & 0xFF, int(status) | (RESET_FLAG if reset else 0)])
+    return bytes([REPLY_SYNC]) + _with_crc(body + (bytes(data) if status == BridgeStatus.OK
+                                                   else b""))
 
 
 def reply_length(cmd: int, length: int = 1) -> int:
@@ -83,35 +128,62 @@ def reply_length(cmd: int, length: int = 1) -> int:
     return {Cmd.INFO: 8, Cmd.READ_CSR: 4, Cmd.READ_MEM: length}.get(cmd, 0)
 
 
-def parse_reply(raw: bytes) -> tuple[BridgeStatus, bytes]:
-    """(status, data) of one reply frame; raises ValueError on a malformed frame."""
-    if len(raw) < 3 or raw[0] != REPLY_SYNC:
+def reply_fields(raw: bytes) -> tuple[int, BridgeStatus, bytes, bool]:
+    """(seq, status, data, reset flag) of one whole reply frame; ValueError if it is
+    malformed or its CRC does not match."""
+    if len(raw) < REPLY_OVERHEAD or raw[0] != REPLY_SYNC:
         raise ValueError(f"malformed reply {raw.hex()}")
-    if crc8(raw[1:-1]) != raw[-1]:
+    if crc16(raw[1:]) != 0:
         raise ValueError(f"reply CRC mismatch {raw.hex()}")
-    return BridgeStatus(raw[1]), bytes(raw[2:-1])
+    code = raw[2] & ~RESET_FLAG
+    if code not in BridgeStatus._value2member_map_:
+        raise ValueError(f"unknown status {raw[2]:#x}")
+    return raw[1], BridgeStatus(code), bytes(raw[3:-2]), bool(raw[2] & RESET_FLAG)
+
+
+def parse_reply(raw: bytes, seq: int | None = None) -> tuple[BridgeStatus, bytes]:
+    """(status, data) of one reply frame; ValueError on a malformed frame (or one whose
+    sequence number is not ``seq``, when given)."""
+    got, status, data, _ = reply_fields(raw)
+    if seq is not None and got != seq & 0xFF:
+        raise ValueError(f"reply to sequence number {got}, not {seq & 0xFF}")
+    return status, data
 
 
 # --- hardware -------------------------------------------------------------------------------
 
-def crc8_taps() -> list[list[int]]:
-    """For each bit of the CRC-8 register after one byte, the bits of ``crc ^ byte`` whose
-    exclusive or it is (the CRC of one byte is linear in ``crc ^ byte``)."""
-    return [[j for j in range(8) if crc8(bytes([1 << j])) >> i & 1] for i in range(8)]
+class Crc16Serial(wiring.Component):
+    """CRC-16/CCITT-FALSE one bit a cycle: ``load`` takes ``byte`` and shifts it in over the
+    next 8 cycles (``busy``), most significant bit first; ``init`` sets the register to 0xFFFF
+    (and drops a byte being shifted in). The bridge loads at most one byte every 10 bit times
+    (at least 40 cycles), so the register has settled long before it is read. (A byte a cycle
+    takes an XOR tree per bit: some 45 more LUT4s on the iCE40.)
 
+    The data bits go through a shift register behind a marker bit (as in UartRx): the byte is
+    done when the marker reaches the top."""
 
-def crc8_next(crc, byte):
-    """The CRC-8 register after one byte, as an expression: one XOR tree per bit. (Unrolling
-    the bitwise shift-and-Mux loop instead duplicates each step's operand in the netlist,
-    2**8 copies per use, which made the bridge's Verilog some 345k lines.)"""
-    c = crc ^ byte
-    bits = []
-    for taps in crc8_taps():
-        bit = c[taps[0]]
-        for j in taps[1:]:
-            bit = bit ^ c[j]
-        bits.append(bit)
-    return Cat(*bits)
+    def __init__(self):
+        super().__init__({"init": In(1), "load": In(1), "byte": In(8),
+                          "crc": Out(16), "busy": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        sr = Signal(9)              # [marker, byte]: bit 8 goes in next
+        m.d.comb += self.busy.eq(sr[:8].any())
+        crc = self.crc
+        fb = crc[15] ^ sr[8]
+        with m.If(self.load):
+            m.d.sync += sr.eq(Cat(1, self.byte))
+        with m.Elif(self.init):
+            m.d.sync += sr.eq(0)
+        with m.Elif(self.busy):
+            m.d.sync += sr.eq(sr << 1)
+        with m.If(self.init):
+            m.d.sync += crc.eq(CRC_INIT)
+        with m.Elif(self.busy):
+            step = Cat(fb, crc[:15])
+            m.d.sync += crc.eq(step ^ Mux(fb, CRC_POLY & ~1, 0))
+        return m
 
 
 class BytePortSignature(wiring.Signature):
@@ -253,12 +325,19 @@ class UartBridge(wiring.Component):
         addr = Signal(8 * kbytes)
         addr_hi = Signal()
         cmd = Signal(3)             # the command if it is one of Cmd, else 0
+        seq = Signal(8)             # the request's sequence number, echoed in the reply
+        last_seq = Signal(8)        # that of the last write executed with status OK ...
+        last_valid = Signal()       # ... since the last INFO (or reset)
+        fresh = Signal(init=1)      # no INFO answered since reset: RESET_FLAG in replies
+        crc_byte = Signal()         # which CRC byte comes (or goes) next
         length = Signal(8)          # bytes - 1
         cnt = Signal(8)
-        crc = Signal(8)
+        crc = Signal(16)            # the CRC unit's register
         status = Signal(3)
         word = Signal(32)           # WRITE_CSR payload
         info = C(self.mem_bytes | self.clk_hz << 32, 64)
+        is_write = Signal()
+        m.d.comb += is_write.eq((cmd == Cmd.WRITE_CSR) | (cmd == Cmd.WRITE_MEM))
 
         # Inter-byte timeout while a request is being received, in bit times.
         ticks = -(-self.timeout_cycles // self.divisor) + 1
@@ -282,10 +361,12 @@ class UartBridge(wiring.Component):
             m.d.comb += in_range.eq(~high & (addr[:mk] + length + 1 <= self.mem_bytes))
 
         # CRC of whatever byte is received or sent.
+        m.submodules.crc16 = crcu = Crc16Serial()
         crc_in = Signal(8)
         crc_upd = Signal()
-        with m.If(crc_upd):
-            m.d.sync += crc.eq(crc8_next(crc, crc_in))
+        crc_init = Signal()
+        m.d.comb += [crcu.byte.eq(crc_in), crcu.load.eq(crc_upd), crcu.init.eq(crc_init),
+                     crc.eq(crcu.crc)]
 
         m.d.comb += [bw.addr.eq(cnt), bw.data.eq(rxb), br.addr.eq(cnt)]
         csr = self.csr
@@ -296,6 +377,10 @@ class UartBridge(wiring.Component):
         def send_status(code):
             m.d.sync += [status.eq(code), cnt.eq(0)]
             m.next = "TX_SYNC"
+
+        def write_done():
+            """A write executed with status OK: a copy with the same seq is a duplicate."""
+            m.d.sync += [last_seq.eq(seq), last_valid.eq(1)]
 
         def receive():
             """In a request state: CRC over the received byte; the gap timeout."""
@@ -311,23 +396,26 @@ class UartBridge(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(rxv & (rxb == REQ_SYNC)):
-                    m.d.sync += [crc.eq(0), cnt.eq(0), addr_hi.eq(0)]
+                    m.d.comb += crc_init.eq(1)
+                    m.d.sync += [cnt.eq(0), addr_hi.eq(0), crc_byte.eq(0)]
                     m.next = "HEADER"
-            with m.State("HEADER"):              # cnt: 0 cmd, 1..4 addr, 5 len
+            with m.State("HEADER"):              # cnt: 0 seq, 1 cmd, 2..5 addr, 6 len
                 receive()
                 with m.If(rxv):
                     m.d.sync += cnt.eq(cnt + 1)
                     with m.If(cnt == 0):
+                        m.d.sync += seq.eq(rxb)
+                    with m.Elif(cnt == 1):
                         m.d.sync += cmd.eq(Mux((rxb[3:] == 0) & (rxb[:3] <= max(Cmd)),
                                                rxb[:3], 0))
-                    with m.Elif(cnt <= kbytes):
+                    with m.Elif(cnt <= kbytes + 1):
                         m.d.sync += addr.eq(Cat(addr[8:], rxb))
-                    with m.Elif(cnt <= 4):
+                    with m.Elif(cnt <= 5):
                         with m.If(rxb != 0):
                             m.d.sync += addr_hi.eq(1)
                     with m.Else():
                         m.d.sync += [length.eq(rxb), cnt.eq(0)]
-                        with m.If((cmd == Cmd.WRITE_CSR) | (cmd == Cmd.WRITE_MEM)):
+                        with m.If(is_write):
                             m.next = "PAYLOAD"
                         with m.Else():
                             m.next = "CRC"
@@ -338,38 +426,44 @@ class UartBridge(wiring.Component):
                     m.d.sync += [word.eq(Cat(word[8:], rxb)), cnt.eq(cnt + 1)]
                     with m.If(cnt == length):
                         m.next = "CRC"
-            with m.State("CRC"):
+            with m.State("CRC"):                 # two bytes; then the register is 0 if good
+                receive()
                 with m.If(rxv):
-                    with m.If(rxb == crc):
+                    m.d.sync += crc_byte.eq(~crc_byte)
+                    with m.If(crc_byte):
                         m.next = "EXEC"
-                    with m.Else():
-                        send_status(BridgeStatus.BAD_CRC)
-                with m.Elif(expired):
-                    m.next = "IDLE"
 
             with m.State("EXEC"):
                 m.d.sync += cnt.eq(0)
-                with m.Switch(cmd):
-                    with m.Case(Cmd.INFO):
-                        send_status(BridgeStatus.OK)
-                    with m.Case(Cmd.READ_CSR):
-                        m.d.sync += csr.arvalid.eq(1)
-                        m.next = "CSR"
-                    with m.Case(Cmd.WRITE_CSR):
-                        with m.If(length != 3):
-                            send_status(BridgeStatus.BAD_LEN)
-                        with m.Else():
-                            m.d.sync += [csr.awvalid.eq(1), csr.wvalid.eq(1)]
-                            m.next = "CSR"
-                    with m.Case(Cmd.READ_MEM, Cmd.WRITE_MEM):
-                        with m.If(~in_range):
-                            send_status(BridgeStatus.BAD_ADDR)
-                        with m.Elif(cmd == Cmd.WRITE_MEM):
-                            m.next = "COPY_RD"
-                        with m.Else():
+                with m.If(crcu.busy):
+                    pass                                 # the last CRC byte going in
+                with m.Elif(crc != 0):
+                    send_status(BridgeStatus.BAD_CRC)
+                with m.Elif(is_write & last_valid & (seq == last_seq)):
+                    send_status(BridgeStatus.OK)         # a duplicate: acknowledged only
+                with m.Else():
+                    with m.Switch(cmd):
+                        with m.Case(Cmd.INFO):
+                            m.d.sync += last_valid.eq(0)
                             send_status(BridgeStatus.OK)
-                    with m.Default():
-                        send_status(BridgeStatus.BAD_CMD)
+                        with m.Case(Cmd.READ_CSR):
+                            m.d.sync += csr.arvalid.eq(1)
+                            m.next = "CSR"
+                        with m.Case(Cmd.WRITE_CSR):
+                            with m.If(length != 3):
+                                send_status(BridgeStatus.BAD_LEN)
+                            with m.Else():
+                                m.d.sync += [csr.awvalid.eq(1), csr.wvalid.eq(1)]
+                                m.next = "CSR"
+                        with m.Case(Cmd.READ_MEM, Cmd.WRITE_MEM):
+                            with m.If(~in_range):
+                                send_status(BridgeStatus.BAD_ADDR)
+                            with m.Elif(cmd == Cmd.WRITE_MEM):
+                                m.next = "COPY_RD"
+                            with m.Else():
+                                send_status(BridgeStatus.OK)
+                        with m.Default():
+                            send_status(BridgeStatus.BAD_CMD)
 
             # The CSR response is taken only in TX_CRC: until then R holds rresp and rdata.
             with m.State("CSR"):
@@ -380,9 +474,12 @@ class UartBridge(wiring.Component):
                 with m.If(csr.wready):
                     m.d.sync += csr.wvalid.eq(0)
                 with m.If(csr.rvalid | csr.bvalid):
-                    send_status(Mux((csr.rvalid & (csr.rresp != 0)) |
-                                    (csr.bvalid & (csr.bresp != 0)),
-                                    BridgeStatus.BUS_ERROR, BridgeStatus.OK))
+                    with m.If((csr.rvalid & (csr.rresp != 0)) | (csr.bvalid & (csr.bresp != 0))):
+                        send_status(BridgeStatus.BUS_ERROR)
+                    with m.Else():
+                        with m.If(csr.bvalid):
+                            write_done()
+                        send_status(BridgeStatus.OK)
 
             # WRITE_MEM: the checked payload from the buffer to memory, one byte at a time.
             with m.State("COPY_RD"):
@@ -392,6 +489,7 @@ class UartBridge(wiring.Component):
                 with m.If(mem.ready):
                     m.d.sync += [cnt.eq(cnt + 1), addr.eq(addr + 1)]
                     with m.If(cnt == length):
+                        write_done()
                         send_status(BridgeStatus.OK)
                     with m.Else():
                         m.next = "COPY_RD"
@@ -400,10 +498,14 @@ class UartBridge(wiring.Component):
             with m.State("TX_SYNC"):
                 send(REPLY_SYNC, crc_too=False)
                 with m.If(tx.ready):
-                    m.d.sync += crc.eq(0)
+                    m.d.comb += crc_init.eq(1)
+                    m.next = "TX_SEQ"
+            with m.State("TX_SEQ"):
+                send(seq)
+                with m.If(tx.ready):
                     m.next = "TX_STATUS"
             with m.State("TX_STATUS"):
-                send(status)
+                send(Cat(status, C(0, 4), fresh))
                 with m.If(tx.ready):
                     with m.If(status != BridgeStatus.OK):
                         m.next = "TX_CRC"
@@ -432,9 +534,15 @@ class UartBridge(wiring.Component):
                         m.next = "TX_CRC"
                     with m.Else():
                         m.next = "MEM_REQ"
+            # The CRC, high byte first: feeding the register its own high byte leaves the low
+            # byte on top (and a zero below), so both bytes are crc[8:] with the CRC updated.
             with m.State("TX_CRC"):
                 m.d.comb += [csr.rready.eq(1), csr.bready.eq(1)]
-                send(crc, crc_too=False)
+                send(crc[8:])
                 with m.If(tx.ready):
-                    m.next = "IDLE"
+                    m.d.sync += crc_byte.eq(~crc_byte)
+                    with m.If(crc_byte):
+                        m.next = "IDLE"
+                        with m.If((cmd == Cmd.INFO) & (status == BridgeStatus.OK)):
+                            m.d.sync += fresh.eq(0)     # INFO's reply went out flagged
         return m

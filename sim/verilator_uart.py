@@ -11,6 +11,9 @@ which bit-bangs the UART lines and carries the bytes to a socket on 127.0.0.1.
 ``board.url`` is a pyserial URL (``socket://127.0.0.1:PORT``), or with ``pty=True`` the path
 of a pseudo-terminal (``/dev/pts/N``, opened by pyserial as a serial port); the harness runs
 in a background thread (a ctypes call, which releases the GIL) until :meth:`SimBoard.stop`.
+:meth:`SimBoard.reset` presses the board's reset button. :class:`FaultProxy` sits in front of
+the board's URL and flips, drops, duplicates, reorders and truncates bytes and frames, and
+resets the board (the link fault campaign: ``sim/link_campaign.py``).
 Builds go through ``sim/verilator_build.py`` (cached by content hash, one build at a time).
 """
 
@@ -143,7 +146,8 @@ class SimBoard:
                                            ctypes.c_uint64]
         lib.board_violation.restype = None
         lib.board_violation.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
-        for name in ("board_free", "board_serve", "board_stop", "board_drop_client"):
+        for name in ("board_free", "board_serve", "board_stop", "board_drop_client",
+                     "board_reset"):
             getattr(lib, name).argtypes = [ctypes.c_void_p]
             getattr(lib, name).restype = None
         lib.board_listen.restype = ctypes.c_int
@@ -200,6 +204,11 @@ class SimBoard:
         the bytes in flight)."""
         self._lib.board_drop_client(self._h)
 
+    def reset(self) -> None:
+        """Pulse the gateware's reset (a reset button): the CSRs and a running program are
+        lost, the memory keeps its contents, the bridge flags its replies until the next INFO."""
+        self._lib.board_reset(self._h)
+
     def __enter__(self) -> "SimBoard":
         self.start()
         return self
@@ -211,12 +220,14 @@ class SimBoard:
 
     def stats(self) -> dict[str, int]:
         """Cycles clocked, bytes carried in (host -> board) and out, clients accepted, idle
-        sleeps; with the SDRAM, its ACTIVE, READ and WRITE commands (a READ or WRITE moves
+        sleeps, resets (:meth:`reset`); with the SDRAM, its ACTIVE, READ and WRITE commands (a READ or WRITE moves
         one 16-bit word) and AUTO REFRESH commands."""
         names = ("cycles", "bytes_in", "bytes_out", "clients", "sleeps")
         if self.window == "sdram":
             names += ("sdram_activates", "sdram_reads", "sdram_writes", "sdram_refreshes")
-        return {n: int(self._lib.board_stat(self._h, i)) for i, n in enumerate(names)}
+        out = {n: int(self._lib.board_stat(self._h, i)) for i, n in enumerate(names)}
+        out["resets"] = int(self._lib.board_stat(self._h, 10))
+        return out
 
     @property
     def violation(self) -> str:
@@ -249,25 +260,50 @@ class SimBoard:
 
 
 class FaultProxy:
-    """A TCP proxy in front of a ``socket://`` URL that corrupts and drops bytes in both
-    directions, for testing the serial backend's recovery.
+    """A TCP proxy in front of a ``socket://`` URL that injects link faults in both directions,
+    for testing the serial backend's recovery.
 
-    Faults hit single bytes: ``drop`` of them are dropped, the rest XORed with a random
-    non-zero mask (any burst within one byte is caught by CRC-8). Consecutive faults in one
-    direction are ``spacing`` bytes apart at least (a random distance in ``[lo, hi)``); with
-    ``lo`` above the longest frame (263 bytes) no frame sees two faults, so every fault is one
-    the protocol detects, never one that could slip through the CRC. ``stats`` counts the
-    bytes carried and the faults made per direction ("up": to the board, "down": from it).
+    Byte faults hit single bytes: ``drop`` of them are dropped, the rest XORed with a random
+    non-zero mask (any burst within 16 bits is caught by the CRC-16). Consecutive byte faults in
+    one direction are ``spacing`` bytes apart at least (a random distance in ``[lo, hi)``;
+    ``spacing=None``: no byte faults); with ``lo`` above the longest frame (266 bytes) no frame
+    sees two of them.
+
+    Frame faults (``frames``: the probability that a frame gets one; 0 by default): the proxy
+    then groups each direction's bytes into frames at pauses of ``frame_gap`` seconds (the host
+    sends a request and waits for its reply; the board sends a reply in one go) and a frame
+    fault is one of ``frame_kinds``:
+
+    * ``"dup"``: the frame goes twice;
+    * ``"reorder"``: the frame is held and goes after the next frame in its direction (a
+      request is then often followed by the host's resend of itself, a reply by the reply to
+      the resend or to the next request);
+    * ``"truncate"``: only a random non-empty prefix of the frame goes.
+
+    ``resets``: the probability that the board is reset (``reset``, a callable such as
+    :meth:`SimBoard.reset`) just before a frame goes on.
+
+    ``stats`` counts the bytes carried and the faults made per direction ("up": to the board,
+    "down": from it); :attr:`faults` is their total.
     """
 
-    def __init__(self, target_url: str, *, seed: int = 0, spacing: tuple[int, int] = (300, 900),
-                 drop: float = 0.5):
+    KINDS = ("flips", "drops", "dups", "reorders", "truncations", "resets")
+    FRAME_KINDS = ("dup", "reorder", "truncate")
+
+    def __init__(self, target_url: str, *, seed: int = 0,
+                 spacing: tuple[int, int] | None = (300, 900), drop: float = 0.5,
+                 frames: float = 0.0, frame_kinds=FRAME_KINDS, resets: float = 0.0,
+                 reset=None, frame_gap: float = 0.002):
         import socket
 
         host, port = target_url.removeprefix("socket://").rsplit(":", 1)
         self.target = (host, int(port))
         self.seed, self.spacing, self.drop = seed, spacing, drop
-        self.stats = {f"{d}_{k}": 0 for d in ("up", "down") for k in ("bytes", "flips", "drops")}
+        self.frames, self.frame_kinds, self.resets = frames, tuple(frame_kinds), resets
+        self.reset, self.frame_gap = reset, frame_gap
+        if resets and reset is None:
+            raise ValueError("resets need a reset callable (e.g. SimBoard.reset)")
+        self.stats = {f"{d}_{k}": 0 for d in ("up", "down") for k in ("bytes",) + self.KINDS}
         self._lock = threading.Lock()
         self._listen = socket.create_server(("127.0.0.1", 0))
         self._listen.settimeout(0.1)
@@ -305,37 +341,77 @@ class FaultProxy:
         import socket
 
         rng = random.Random(f"{self.seed}-{direction}-{connection}")
-        lo, hi = self.spacing
-        countdown = rng.randrange(lo, hi)
-        while not self._stop.is_set():
-            try:
-                data = src.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            out = bytearray()
-            flips = drops = 0
-            for b in data:
-                countdown -= 1
-                if countdown == 0:
-                    countdown = rng.randrange(lo, hi)
-                    if rng.random() < self.drop:
-                        drops += 1
-                        continue
-                    b ^= rng.randrange(1, 256)
-                    flips += 1
-                out.append(b)
+        lo, hi = self.spacing or (0, 0)
+        countdown = rng.randrange(lo, hi) if self.spacing else -1
+        grouping = bool(self.frames or self.resets)
+        if grouping:
+            src.settimeout(self.frame_gap)
+        pending = bytearray()
+        held: list[bytes] = []
+        n = dict.fromkeys(("bytes",) + self.KINDS, 0)
+
+        def emit(frame: bytes) -> None:
+            if self.resets and rng.random() < self.resets:
+                self.reset()
+                n["resets"] += 1
+            copies = 1
+            if self.frames and rng.random() < self.frames:
+                kind = rng.choice(self.frame_kinds)
+                if kind == "dup":
+                    copies = 2
+                    n["dups"] += 1
+                elif kind == "truncate" and len(frame) > 1:
+                    frame = frame[:rng.randrange(1, len(frame))]
+                    n["truncations"] += 1
+                elif kind == "reorder" and not held:
+                    held.append(frame)
+                    n["reorders"] += 1
+                    return
+            dst.sendall(frame * copies)
+            if held:
+                dst.sendall(held.pop())
+
+        def count() -> None:
             with self._lock:
-                self.stats[f"{direction}_bytes"] += len(data)
-                self.stats[f"{direction}_flips"] += flips
-                self.stats[f"{direction}_drops"] += drops
-            try:
-                dst.sendall(bytes(out))
-            except OSError:
-                break
+                for k, v in n.items():
+                    self.stats[f"{direction}_{k}"] += v
+            n.update(dict.fromkeys(n, 0))
+
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = src.recv(4096)
+                except socket.timeout:
+                    if pending:
+                        emit(bytes(pending))
+                        pending.clear()
+                        count()
+                    continue
+                if not data:
+                    break
+                out = bytearray()
+                for b in data:
+                    countdown -= 1
+                    if countdown == 0:
+                        countdown = rng.randrange(lo, hi)
+                        if rng.random() < self.drop:
+                            n["drops"] += 1
+                            continue
+                        b ^= rng.randrange(1, 256)
+                        n["flips"] += 1
+                    out.append(b)
+                n["bytes"] += len(data)
+                if grouping:
+                    pending += out
+                    if len(pending) >= 4096:
+                        emit(bytes(pending))
+                        pending.clear()
+                else:
+                    dst.sendall(bytes(out))
+                count()
+        except OSError:
+            pass
+        count()
         for s in (src, dst):
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -344,7 +420,8 @@ class FaultProxy:
 
     @property
     def faults(self) -> int:
-        return sum(v for k, v in self.stats.items() if not k.endswith("bytes"))
+        with self._lock:
+            return sum(v for k, v in self.stats.items() if not k.endswith("bytes"))
 
     def stop(self) -> None:
         self._stop.set()
@@ -385,7 +462,11 @@ def main(argv=None) -> int:
     p.add_argument("--tcp-port", type=int, default=0, help="0: an ephemeral port")
     p.add_argument("--pty", action="store_true", help="a pseudo-terminal instead of TCP")
     p.add_argument("--faults", type=int, default=None, metavar="SEED",
-                   help="put a fault-injecting proxy in front (corrupted and dropped bytes)")
+                   help="put a fault-injecting proxy in front (corrupted and dropped bytes; "
+                        "see also --frame-faults)")
+    p.add_argument("--frame-faults", type=float, default=0.0, metavar="P",
+                   help="with --faults: also duplicate, reorder or truncate a frame with "
+                        "probability P")
     args = p.parse_args(argv)
     if args.pty and args.faults is not None:
         p.error("--faults works with TCP only")
@@ -412,7 +493,7 @@ def main(argv=None) -> int:
     url = board.start()
     proxy = None
     if args.faults is not None:
-        proxy = FaultProxy(url, seed=args.faults)
+        proxy = FaultProxy(url, seed=args.faults, frames=args.frame_faults)
         url = proxy.url
     opts = board.backend_options()
     rate = board.clk_hz / divisor

@@ -17,27 +17,39 @@ of an FPGA board (``fpga/bridge.py``; frames in docs/fpga.md, "The UART protocol
 ``driver.register_backend("serial", ...)`` (port and rate default to ``$CELOSIA_SERIAL_PORT``
 and ``$CELOSIA_SERIAL_BAUD``).
 
-Link errors. A reply is looked for after the sync byte 0x5A (bytes before it are skipped), its
-length follows from the status and the request, and its CRC must match. A reply that does not
-come in time (``timeout`` plus twice the frame's transfer time for the first byte, then at most
-``gap_timeout`` between bytes), is cut short, fails its CRC or reports that the board saw a
-corrupted request (BAD_CRC, BAD_CMD, BAD_LEN, or BAD_ADDR for an address the host checked)
-makes the backend wait (``retry_wait`` times the attempt, always over the board's 10 ms
-resynchronisation gap), flush its input and send the request again, at most ``retries`` more
-times. After an exchange that timed out, the line is drained until quiet, so a late reply to
-the earlier copy cannot be taken for the reply to the next request. A port that closes or
-reports end of file, or a request with no valid reply after the retries, raises
-:class:`SerialLinkError` naming the request; the backend never waits without a deadline
-(except in ``advance`` without limits, which polls until the program stops).
+Protocol version 2 (fpga/bridge.py): every request carries a sequence number that its reply
+echoes, and both carry CRC-16. A reply is looked for after the sync byte 0x5A (bytes before it
+are skipped); its length follows from the status and the request, its sequence number must be
+the one awaited and its CRC must match: a reply to an earlier request (a late, duplicated or
+reordered one) is skipped like stray bytes. A reply that does not come in time (``timeout``
+plus twice the frame's transfer time for the first byte, then at most ``gap_timeout`` between
+bytes), is cut short, fails its CRC or reports that the board saw a corrupted request
+(BAD_CRC, BAD_CMD, BAD_LEN, or BAD_ADDR for an address the host checked) makes the backend
+wait (``retry_wait`` times the attempt, always over the board's 10 ms resynchronisation gap),
+flush its input and send the same frame (same sequence number) again, at most ``retries``
+more times. A port that closes or reports end of file, or a request with no valid reply after
+the retries, raises :class:`SerialLinkError` naming the request; the backend never waits
+without a deadline (except in ``advance`` without limits, which polls until the program
+stops).
 
-Idempotence. Reads, memory writes and register writes may be executed twice when a reply is
-lost and the request is sent again; that is harmless for all of them except a CTRL write
-that starts a program (it would run the program again once it has finished). The rule for a
-start: before it, the backend reads STATUS (a start while busy is ignored by the board; it is
-sent, but never resent); otherwise it first writes CTRL with only ``clear_counters`` when the
-start asks for it, then takes a snapshot (STATUS done/error, ERROR, CYCLES, INSTRET); after a
-failed attempt it re-reads them and sends the start again only when the board is not busy and
-nothing changed — a start that was taken makes the board busy and counts at least one cycle.
+Idempotence. The board executes a write whose sequence number equals that of the last write
+it executed (since INFO) only once, and acknowledges the copy: so a resent request takes
+effect once, a CTRL start included. The backend never gives a new write the number of the
+last acknowledged one, and after a request it gave up on (an error, or an interrupt) it opens
+a new session (INFO, which makes the board forget the last write) before the next request.
+Reads are executed again; they have no side effects.
+
+Resets. From its reset until an INFO has been answered the board flags every reply
+(RESET_FLAG, that INFO's reply included): a reply so flagged after this backend's first INFO
+(a later INFO too) means the board lost its CSRs and any running program, and raises
+:class:`BoardResetError` (then and on every later request: open a new backend).
+``board_was_reset`` tells whether the first INFO found the board reset or powered up since
+the last session.
+
+Opening. The backend drains the line until it is quiet (a reply to an interrupted earlier
+session), reads INFO (a new session), and with ``abort_running`` (the default) aborts a
+program still running from an interrupted run (CTRL abort), so Ctrl-C during a run leaves the
+board usable by the next one.
 """
 
 from __future__ import annotations
@@ -46,11 +58,12 @@ import os
 import time
 from typing import Callable
 
-from celosia.fpga.bridge import MAX_LEN, REPLY_SYNC, BridgeStatus, Cmd, crc8, reply_length, request
+from celosia.fpga.bridge import (MAX_LEN, REPLY_OVERHEAD, REPLY_SYNC, RESET_FLAG, WRITES,
+                                 BridgeStatus, Cmd, crc16, reply_length, request)
 from celosia.hdl.isa import CSR
 
-__all__ = ["SerialBackend", "SerialLinkError", "BridgeError", "serial_backend",
-           "serial_backend_factory", "DEFAULT_BAUD"]
+__all__ = ["SerialBackend", "SerialLinkError", "BridgeError", "BoardResetError",
+           "serial_backend", "serial_backend_factory", "DEFAULT_BAUD"]
 
 DEFAULT_BAUD = 115200
 #: Smallest memory chunk on a noisy line.
@@ -85,6 +98,17 @@ class BridgeError(RuntimeError):
         self.status, self.request = status, request
 
 
+class BoardResetError(RuntimeError):
+    """The board was reset since this backend read INFO: its CSRs and any running program are
+    lost, so the run cannot go on (open a new backend and run again)."""
+
+    def __init__(self, request: str):
+        super().__init__(f"the board was reset during this session (its registers and any "
+                         f"running program are lost; noticed at {request}); open the link "
+                         f"again and rerun")
+        self.request = request
+
+
 class _TooNoisy(Exception):
     """A memory chunk failed SPLIT_ATTEMPTS times: send it in smaller pieces."""
 
@@ -117,13 +141,16 @@ class SerialBackend:
         takes about 2 ms a byte).
     gap_timeout : longest silence inside a reply (default ``max(0.05, 32 * byte_time)``).
     poll_s : pause between STATUS polls in ``advance``.
+    abort_running : on opening, abort a program the board is still running (one an
+        interrupted earlier run left behind).
     """
 
     name = "serial"
 
     def __init__(self, port_or_url, baud: int = DEFAULT_BAUD, timeout: float = 0.1, *,
                  retries: int = 8, retry_wait: float = 0.02, byte_time: float | None = None,
-                 gap_timeout: float | None = None, poll_s: float = 0.0):
+                 gap_timeout: float | None = None, poll_s: float = 0.0,
+                 abort_running: bool = True):
         if retry_wait <= 0.01:
             raise ValueError("retry_wait must exceed the board's 10 ms resynchronisation gap")
         self.baud, self.timeout, self.retries, self.retry_wait = baud, timeout, retries, retry_wait
@@ -135,8 +162,8 @@ class SerialBackend:
         self.poll_s = poll_s
         #: Link statistics: requests, resends, timeouts, bad replies, drains, bytes each way.
         self.stats = dict(requests=0, retries=0, timeouts=0, bad_replies=0, rejected=0,
-                          drains=0, bytes_out=0, bytes_in=0, starts_taken_late=0,
-                          min_chunk=MAX_LEN, splits=0)
+                          drains=0, bytes_out=0, bytes_in=0, skipped_bytes=0, sessions=0,
+                          aborted_on_open=0, min_chunk=MAX_LEN, splits=0)
         #: Bytes per READ_MEM/WRITE_MEM (adapts to the line, see _adapt).
         self.chunk = MAX_LEN
         self._attempts, self._clean = 1, 0
@@ -147,13 +174,57 @@ class SerialBackend:
             self.port = getattr(port_or_url, "port", None) or repr(port_or_url)
             self._ser = port_or_url
         self._closed = False
+        self._seq = int.from_bytes(os.urandom(1), "little")
+        self._last_write_seq: int | None = None
+        self._session = False       # INFO read; no request given up on since
+        self._reset_seen = ""       # the request at which a board reset was noticed
         try:
             self._ser.reset_input_buffer()
         except Exception as exc:
             raise SerialLinkError(f"cannot use port {self.port}: {exc}") from exc
-        info = self._transact(Cmd.INFO, what="INFO")
+        self._drain("opening")
+        #: INFO on opening found the board reset (or powered up) since the last session.
+        self.board_was_reset = False
+        try:
+            self._new_session(first=True)
+        except SerialLinkError as exc:
+            if self.stats["bytes_in"] and not self.stats["sessions"]:
+                raise SerialLinkError(
+                    f"{exc.reason}; bytes came back but no protocol 2 reply (a bitstream "
+                    f"from before protocol 2?)", exc.request, exc.attempts) from exc
+            raise
+        if abort_running and CSR.STATUS.get(self.read_csr("STATUS"), "busy"):
+            self._abort()
+
+    def _new_session(self, first: bool = False) -> None:
+        """INFO: the board forgets the last write's sequence number and clears its reset
+        flag; memory size and clock. In the middle of a session (``first`` false), a flagged
+        INFO reply means the board was reset meanwhile: BoardResetError."""
+        self._session = True        # (INFO itself needs none)
+        try:
+            info, reset = self._transact(Cmd.INFO, what="INFO", flag=True)
+        except BaseException:
+            self._session = False
+            raise
+        if first:
+            self.board_was_reset = reset
+        elif reset:
+            self._reset_seen = "INFO (a new session after a failed request)"
+            raise BoardResetError(self._reset_seen)
+        self.stats["sessions"] += 1
+        self._last_write_seq = None
         self.mem_bytes = int.from_bytes(info[:4], "little")
         self.clk_hz = int.from_bytes(info[4:8], "little")
+
+    def _abort(self, timeout_s: float = 5.0) -> None:
+        """Abort the running program (CTRL abort) and wait until the board is idle."""
+        self.stats["aborted_on_open"] += 1
+        self._write_csr("CTRL", CSR.CTRL.make(abort=1))
+        end = time.monotonic() + timeout_s
+        while CSR.STATUS.get(self.read_csr("STATUS"), "busy"):
+            if time.monotonic() > end:
+                raise SerialLinkError(f"the board stays busy {timeout_s:g} s after CTRL abort",
+                                      "CTRL abort")
 
     def _open(self, url: str):
         import serial
@@ -233,11 +304,7 @@ class SerialBackend:
                               "little")
 
     def write_csr(self, name: str, value: int) -> None:
-        value = int(value) & 0xFFFFFFFF
-        if name == "CTRL" and CSR.CTRL.get(value, "start"):
-            self._start(value)
-        else:
-            self._write_csr(name, value)
+        self._write_csr(name, int(value) & 0xFFFFFFFF)
 
     def advance(self, max_cycles: int | None, timeout_s: float | None) -> None:
         """Poll STATUS until ``busy`` clears, ``max_cycles`` more cycles have run (CYCLES) or
@@ -274,55 +341,35 @@ class SerialBackend:
             raise ValueError(f"[{addr:#x}, {addr + size:#x}) is outside the board's memory "
                              f"({self.mem_bytes} bytes)")
 
-    def _write_csr(self, name: str, value: int, taken: Callable[[], bool] | None = None) -> None:
+    def _write_csr(self, name: str, value: int) -> None:
         reg = getattr(CSR, name)
         self._transact(Cmd.WRITE_CSR, reg.offset, 4, value.to_bytes(4, "little"),
-                       what=f"WRITE_CSR {name} = {value:#x}", taken=taken)
-
-    def _start(self, value: int) -> None:
-        """A CTRL write with ``start``: sent again only when the earlier copy was not taken
-        (see the module's docstring)."""
-        status = self.read_csr("STATUS")
-        if CSR.STATUS.get(status, "busy"):
-            # A running board ignores a start: deliver it at most once, never resend it (the
-            # program may end meanwhile, and a resent start would then run it again).
-            self._write_csr("CTRL", value, taken=lambda: True)
-            return
-        if CSR.CTRL.get(value, "clear_counters"):
-            self._write_csr("CTRL", CSR.CTRL.make(clear_counters=1))
-        mask = CSR.STATUS.make(done=1, error=1)
-
-        def snapshot():
-            s = self.read_csr("STATUS")
-            return (bool(CSR.STATUS.get(s, "busy")),
-                    (s & mask, self.read_csr("ERROR"), self.cycles(), self.read_csr("INSTRET")))
-
-        _, before = snapshot()
-
-        def taken() -> bool:
-            busy, now = snapshot()
-            if busy or now != before:
-                self.stats["starts_taken_late"] += 1
-                return True
-            return False
-
-        self._write_csr("CTRL", value, taken=taken)
+                       what=f"WRITE_CSR {name} = {value:#x}")
 
     # --- framing -----------------------------------------------------------------------------
 
     def _transact(self, cmd: Cmd, addr: int = 0, length: int = 1, payload: bytes = b"", *,
-                  what: str, taken: Callable[[], bool] | None = None,
-                  split: bool = False) -> bytes:
-        """Send one request until a valid OK reply comes; its data. ``taken``, when given, is
-        asked before every resend whether the request took effect although its reply was lost
-        (then no resend). ``split``: give up with _TooNoisy after SPLIT_ATTEMPTS attempts
-        (the caller sends the range in smaller chunks)."""
+                  what: str, split: bool = False, flag: bool = False):
+        """Send one request until a valid OK reply with its sequence number comes; its data.
+        Every attempt sends the same frame, so the board executes a write once. ``split``: give
+        up with _TooNoisy after SPLIT_ATTEMPTS attempts (the caller sends the range in smaller
+        chunks, under new sequence numbers). A reply with the reset flag raises
+        BoardResetError; with ``flag`` (INFO) it is returned instead: (data, flag)."""
         if self._closed:
             raise SerialLinkError("port closed", what)
-        frame = request(cmd, addr, length, payload)
+        if self._reset_seen:
+            raise BoardResetError(self._reset_seen)
+        if not self._session:
+            # An earlier request was given up on (the board may hold it as its last write):
+            # let the line settle, then a new session.
+            self._recover(1, what)
+            self._new_session()
+        seq = self._next_seq(cmd in WRITES)
+        frame = request(cmd, addr, length, payload, seq=seq)
         expect = reply_length(cmd, length)
         self.stats["requests"] += 1
-        reason, timed_out = "", False
+        self._session = False       # until this request is settled
+        reason = ""
         for attempt in range(self.retries + 1):
             if split and attempt == SPLIT_ATTEMPTS:
                 self._recover(attempt, what)
@@ -332,31 +379,40 @@ class SerialBackend:
             if attempt:
                 self.stats["retries"] += 1
                 self._recover(attempt, what)
-                if taken is not None and taken():
-                    self._drain(what)
-                    return b""
             self._send(frame, what)
             try:
-                status, data = self._receive(expect, len(frame), what)
+                status, data, reset = self._receive(expect, len(frame), seq, what)
             except _BadReply as bad:
                 reason = str(bad)
-                timed_out |= bad.timeout
                 self.stats["timeouts" if bad.timeout else "bad_replies"] += 1
                 continue
+            if reset and not flag:
+                self._reset_seen = what
+                raise BoardResetError(what)
             if status == BridgeStatus.OK:
-                if timed_out:
-                    self._drain(what)
                 self._attempts = attempt + 1
-                return data
+                if cmd in WRITES:
+                    self._last_write_seq = seq
+                self._session = True
+                return (data, reset) if flag else data
             # BAD_CRC/BAD_CMD/BAD_LEN, or BAD_ADDR for a range checked here: the board saw a
             # corrupted request. BUS_ERROR is the board's answer when it comes twice in a row
             # (once, it may be a reply whose status byte was hit and whose CRC matched anyway).
             if status == BridgeStatus.BUS_ERROR and reason == "board answered BUS_ERROR":
+                self._session = True        # a failed write is not the board's last write
                 raise BridgeError(status, what)
             self.stats["rejected"] += 1
             reason = f"board answered {status.name}"
         raise SerialLinkError(f"no valid reply after {self.retries + 1} attempts, last: {reason}",
                               what, self.retries + 1)
+
+    def _next_seq(self, write: bool) -> int:
+        """The next sequence number; a write never gets that of the last acknowledged write
+        (the board would take it for a copy of it)."""
+        self._seq = (self._seq + 1) & 0xFF
+        if write and self._seq == self._last_write_seq:
+            self._seq = (self._seq + 1) & 0xFF
+        return self._seq
 
     def _send(self, frame: bytes, what: str) -> None:
         try:
@@ -385,31 +441,54 @@ class SerialBackend:
                 break
         return bytes(buf)
 
-    def _receive(self, expect: int, sent: int, what: str) -> tuple[BridgeStatus, bytes]:
-        """One reply: skip to the sync byte, read status, data (``expect`` bytes when OK) and
-        CRC; _BadReply when it is late, short, garbled or not a reply."""
-        deadline = time.monotonic() + self.timeout + 2 * self.byte_time * (sent + expect + 3)
+    def _receive(self, expect: int, sent: int, seq: int,
+                 what: str) -> tuple[BridgeStatus, bytes, bool]:
+        """The reply with sequence number ``seq``: (status, data, reset flag). Bytes before a
+        sync byte and replies to other requests are skipped; _BadReply when no such reply
+        comes in time, or it is cut short or garbled."""
+        deadline = (time.monotonic() + self.timeout
+                    + 2 * self.byte_time * (sent + expect + REPLY_OVERHEAD))
+        buf = bytearray()
         skipped = 0
-        while True:
-            b = self._read(1, deadline, what)
-            if not b:
-                raise _BadReply("no reply" + (f" ({skipped} stray bytes)" if skipped else ""),
-                                timeout=True)
-            if b[0] == REPLY_SYNC:
-                break
-            skipped += 1
-        head = self._read(1, time.monotonic() + self.gap_timeout, what, gap=True)
-        if not head:
-            raise _BadReply("reply cut short after its sync byte", timeout=True)
-        n = expect if head[0] == BridgeStatus.OK else 0
-        rest = self._read(n + 1, time.monotonic() + self.gap_timeout, what, gap=True)
-        if len(rest) < n + 1:
-            raise _BadReply(f"reply cut short ({2 + len(rest)} of {n + 3} bytes)", timeout=True)
-        if crc8(head + rest[:-1]) != rest[-1]:
-            raise _BadReply("reply CRC mismatch")
-        if head[0] not in _STATUS_CODES:
-            raise _BadReply(f"unknown status {head[0]:#x}")
-        return BridgeStatus(head[0]), rest[:-1]
+        try:
+            while True:
+                i = buf.find(REPLY_SYNC)
+                drop = len(buf) if i < 0 else i
+                if drop:
+                    skipped += drop
+                    del buf[:drop]
+                if len(buf) >= 3:
+                    if buf[1] != seq:             # not a reply to this request: skip it
+                        skipped += 1
+                        del buf[:1]
+                        continue
+                    n = expect if buf[2] & ~RESET_FLAG == BridgeStatus.OK else 0
+                    total = REPLY_OVERHEAD + n
+                    if len(buf) >= total:
+                        if crc16(bytes(buf[1:total])) != 0:
+                            raise _BadReply("reply CRC mismatch")
+                        code = buf[2] & ~RESET_FLAG
+                        if code not in _STATUS_CODES:
+                            raise _BadReply(f"unknown status {buf[2]:#x}")
+                        return (BridgeStatus(code), bytes(buf[3:total - 2]),
+                                bool(buf[2] & RESET_FLAG))
+                try:
+                    chunk = self._ser.read(max(1, (REPLY_OVERHEAD + expect) - len(buf)))
+                except Exception as exc:   # EOF on a socket, a vanished device, a closed port
+                    raise SerialLinkError(f"connection lost: {exc}", what) from exc
+                now = time.monotonic()
+                if chunk:
+                    buf += chunk
+                    self.stats["bytes_in"] += len(chunk)
+                    if REPLY_SYNC in buf:     # inside a reply: the gap limit from now on
+                        deadline = max(deadline, now + self.gap_timeout)
+                elif now >= deadline:
+                    if buf:
+                        raise _BadReply(f"reply cut short ({len(buf)} bytes)", timeout=True)
+                    raise _BadReply("no reply" + (f" ({skipped} stray bytes)" if skipped else ""),
+                                    timeout=True)
+        finally:
+            self.stats["skipped_bytes"] += skipped
 
     def _recover(self, attempt: int, what: str) -> None:
         """Wait over the board's resynchronisation gap, then drop whatever arrived."""
@@ -420,8 +499,8 @@ class SerialBackend:
             raise SerialLinkError(f"connection lost: {exc}", what) from exc
 
     def _drain(self, what: str) -> None:
-        """Read and drop bytes until the line has been quiet for a while (a late reply to an
-        earlier copy of the request), at most a second."""
+        """Read and drop bytes until the line has been quiet for a while (replies to an
+        interrupted earlier session), at most a second."""
         self.stats["drains"] += 1
         quiet = max(self.retry_wait, self.gap_timeout)
         end = time.monotonic() + 1.0

@@ -9,7 +9,9 @@
 // slave path, e.g. /dev/pts/3, is then a serial port for pyserial), calls board_serve() from
 // a thread (ctypes releases the GIL) and board_stop() to end it. One TCP client at a time;
 // when it disconnects the board keeps its state and waits for the next one, as a powered
-// board would (the pty stays open for the board's lifetime).
+// board would (the pty stays open for the board's lifetime). board_reset() pulses the
+// design's reset for 8 cycles between two cycles of the serving thread (a reset button: the
+// CSRs and any running program are lost, the memory keeps its contents).
 //
 // Idling: the design is clocked continuously while bytes are moving, the accelerator has an
 // AXI transaction in flight (the top's axi_active) or either happened within the last
@@ -73,8 +75,8 @@ struct Board {
     uint64_t active_cycles;
     int listen_fd = -1, client_fd = -1;
     int pty_slave = -1;         // pty mode: client_fd is the master, kept for good
-    std::atomic<bool> stop{false}, drop{false};
-    std::atomic<uint64_t> cycles{0}, bytes_in{0}, bytes_out{0}, clients{0}, sleeps{0};
+    std::atomic<bool> stop{false}, drop{false}, reset_req{false};
+    std::atomic<uint64_t> cycles{0}, bytes_in{0}, bytes_out{0}, clients{0}, sleeps{0}, resets{0};
     uint64_t cycle = 0, last_activity = 0;
 
     // host -> board (the rx line)
@@ -344,8 +346,23 @@ struct Board {
                && cycle - last_activity >= active_cycles;
     }
 
+    // The reset line high for 8 cycles, as a reset button would: the gateware restarts (the
+    // memory keeps its contents), a byte half way through on either line is lost.
+    void reset_gateware() {
+        top->rx = 1;
+        top->rst = 1;
+        for (int i = 0; i < 8; i++) tick();
+        top->rst = 0;
+        top->eval();
+        rx_bit = -1;
+        tx_state = TX_IDLE;
+        last_activity = cycle;
+        resets++;
+    }
+
     void serve() {
         while (!stop.load(std::memory_order_relaxed)) {
+            if (reset_req.exchange(false)) reset_gateware();
             if (idle()) {
                 sleeps++;
                 service_net(10);
@@ -442,6 +459,9 @@ void board_stop(void *h) { static_cast<Board *>(h)->stop = true; }
 // Close the current client's connection (a pulled cable); the board waits for the next one.
 void board_drop_client(void *h) { static_cast<Board *>(h)->drop = true; }
 
+// Reset the gateware (between two cycles of the serving thread).
+void board_reset(void *h) { static_cast<Board *>(h)->reset_req = true; }
+
 uint64_t board_stat(void *h, int which) {
     Board *b = static_cast<Board *>(h);
     switch (which) {
@@ -450,6 +470,7 @@ uint64_t board_stat(void *h, int which) {
     case 2: return b->bytes_out.load();
     case 3: return b->clients.load();
     case 4: return b->sleeps.load();
+    case 10: return b->resets.load();
 #ifdef CELOSIA_SDRAM
     case 5: return b->activates.load();
     case 6: return b->reads.load();

@@ -5,6 +5,7 @@ the right bit timing, and ``AxiRam`` under an AXI4 master with read bursts, back
 strobed writes and byte accesses in between, against a byte array.
 """
 
+import itertools
 import random
 
 import pytest
@@ -12,11 +13,19 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from celosia.fpga.bridge import BridgeStatus, Cmd, UartBridge, parse_reply, request
+from celosia.fpga.bridge import REPLY_OVERHEAD, BridgeStatus, Cmd, UartBridge, parse_reply, reply
+from celosia.fpga.bridge import request as _request
 from celosia.fpga import memory
 from celosia.fpga.memory import AxiRam
 
 from test_build import DIV, BridgeBench
+
+_seqs = itertools.count(1)
+
+
+def request(*args, **kw):
+    """A request frame with the next sequence number."""
+    return _request(*args, seq=next(_seqs) & 0xFF, **kw)
 
 
 def _exchange(items, data_lengths, mem=1024, timeout=60 * DIV):
@@ -48,7 +57,8 @@ def _exchange(items, data_lengths, mem=1024, timeout=60 * DIV):
     async def receiver(ctx):
         for n in data_lengths:
             raw = bytearray()
-            while len(raw) < (3 + n if len(raw) < 2 or raw[1] == BridgeStatus.OK else 3):
+            while len(raw) < (REPLY_OVERHEAD + n if len(raw) < 3 or raw[2] & 0x7F == BridgeStatus.OK
+                              else REPLY_OVERHEAD):
                 while ctx.get(dut.bridge.tx):
                     await ctx.tick()
                 await ctx.tick().repeat(DIV // 2)
@@ -132,12 +142,15 @@ def test_request_gap(gap, dropped):
 
 def test_reply_bit_timing():
     """Every level on the line lasts a whole number of bit times (start bits included), and
-    INFO's ten reply bytes follow each other without gaps."""
-    got, runs = _exchange([request(Cmd.INFO)], [8])
+    INFO's thirteen reply bytes follow each other without gaps."""
+    got, runs = _exchange([_request(Cmd.INFO, seq=0x11)], [8])
     assert got[0][0] == BridgeStatus.OK
-    # From the first start bit to the last stop bit: 11 bytes of 10 bits, less that stop bit.
+    # From the first start bit to the last 0 bit of the 13 reply bytes (8N1, LSB first).
+    want = reply(0x11, BridgeStatus.OK, got[0][1], reset=True)
+    bits = [b for byte in want for b in [0] + [(byte >> i) & 1 for i in range(8)] + [1]]
+    last0 = max(i for i, b in enumerate(bits) if b == 0)
     assert all(r % DIV == 0 for r in runs[1:]), runs
-    assert sum(runs[1:]) == 109 * DIV, runs
+    assert sum(runs[1:]) == (last0 + 1) * DIV, runs
 
 
 def _csr_exchange(frames, lengths, resp):
@@ -200,7 +213,8 @@ def _csr_exchange(frames, lengths, resp):
     async def receiver(ctx):
         for n in lengths:
             raw = bytearray()
-            while len(raw) < (3 + n if len(raw) < 2 or raw[1] == BridgeStatus.OK else 3):
+            while len(raw) < (REPLY_OVERHEAD + n if len(raw) < 3 or raw[2] & 0x7F == BridgeStatus.OK
+                              else REPLY_OVERHEAD):
                 while ctx.get(bridge.tx):
                     await ctx.tick()
                 await ctx.tick().repeat(DIV // 2)

@@ -17,8 +17,11 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from celosia.fpga.boards import BOARDS, ecp5_pll_params, ice40_pll_params, uart_divisor
-from celosia.fpga.bridge import (REQ_SYNC, BridgeStatus, Cmd, UartBridge, crc8, parse_reply,
-                                 reply_length, request)
+import itertools
+
+from celosia.fpga.bridge import (REPLY_OVERHEAD, REQ_SYNC, BridgeStatus, Cmd, UartBridge, crc16,
+                                 parse_reply, reply_length)
+from celosia.fpga.bridge import request as _request
 from celosia.fpga.build import parse_nextpnr_log, parse_nextpnr_report, tool_options
 from celosia.fpga.memory import AxiRam
 from celosia.fpga.top import CelosiaTop
@@ -29,8 +32,17 @@ DIV = 4                 # clock cycles per UART bit in simulation
 MEM = 1024
 
 
-def test_crc8_reference():
-    assert crc8(b"123456789") == 0xF4      # CRC-8 (poly 0x07) check value
+_seqs = itertools.count(1)
+
+
+def request(*args, **kw):
+    """A request frame with the next sequence number (the bridge acknowledges a write with
+    the sequence number of the last one without executing it)."""
+    return _request(*args, seq=next(_seqs) & 0xFF, **kw)
+
+
+def test_crc16_reference():
+    assert crc16(b"123456789") == 0x29B1    # CRC-16/CCITT-FALSE check value
 
 
 def test_pll_params():
@@ -175,7 +187,7 @@ def _run(frames_and_gaps, replies_expected):
 
 
 def _reply_size(cmd, length=1, ok=True):
-    return 3 + (reply_length(cmd, length) if ok else 0)
+    return REPLY_OVERHEAD + (reply_length(cmd, length) if ok else 0)
 
 
 def test_bridge_frames():
@@ -208,7 +220,7 @@ def test_bridge_rejects_and_resyncs():
         bad_crc,
         bytes(corrupted),
         # Garbage holding a sync byte and a long length: the partial frame times out.
-        ("noreply", bytes([0x00, 0xFF, REQ_SYNC, Cmd.WRITE_MEM, 0, 0, 0, 0, 200, 1, 2])), 400,
+        ("noreply", bytes([0x00, 0xFF, REQ_SYNC, 0x77, Cmd.WRITE_MEM, 0, 0, 0, 0, 200, 1, 2])), 400,
         request(Cmd.READ_MEM, 0, 4),
         good,
         request(Cmd.READ_MEM, 0, 4),
@@ -216,7 +228,7 @@ def test_bridge_rejects_and_resyncs():
         request(0x7E),                              # unknown command
         request(Cmd.WRITE_CSR, 0x18, 2, b"\x00\x01"),  # CSR writes are 4 bytes
     ]
-    sizes = [3, 3, _reply_size(Cmd.READ_MEM, 4), 3, _reply_size(Cmd.READ_MEM, 4), 3, 3, 3]
+    sizes = [5, 5, _reply_size(Cmd.READ_MEM, 4), 5, _reply_size(Cmd.READ_MEM, 4), 5, 5, 5]
     got = [parse_reply(r) for r in _run(frames, sizes)]
     assert got[0] == (BridgeStatus.BAD_CRC, b"")
     assert got[1] == (BridgeStatus.BAD_CRC, b"")

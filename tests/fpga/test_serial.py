@@ -19,33 +19,10 @@ import time
 import numpy as np
 import pytest
 
-from celosia.fpga.bridge import REPLY_SYNC, REQ_SYNC, BridgeStatus, Cmd, crc8, crc8_next
+from celosia.fpga.bridge import (REQ_SYNC, WRITES, BridgeStatus, Cmd, crc16, reply,
+                                 request_length)
 from celosia.hdl.isa import CSR, ID_MAGIC, ISA_VERSION, MachineConfig
-from celosia.sw.serial_backend import BridgeError, SerialBackend, SerialLinkError
-
-# --- the CRC in hardware ------------------------------------------------------------------------
-
-
-def test_crc8_next_matches_crc8():
-    """The bridge's CRC step (one XOR tree per bit) against the host's bitwise CRC-8."""
-    from amaranth import Module, Signal
-    from amaranth.sim import Simulator
-
-    crc, byte, res = Signal(8), Signal(8), Signal(8)
-    m = Module()
-    m.d.comb += res.eq(crc8_next(crc, byte))
-    rng = np.random.default_rng(0)
-    pairs = [(int(c), int(b)) for c, b in rng.integers(0, 256, (200, 2))] + [(0, 0), (255, 255)]
-    sim = Simulator(m)
-
-    async def bench(ctx):
-        for c, b in pairs:
-            ctx.set(crc, c)
-            ctx.set(byte, b)
-            assert ctx.get(res) == crc8(bytes([b]), c), (c, b)
-
-    sim.add_testbench(bench)
-    sim.run()
+from celosia.sw.serial_backend import BoardResetError, BridgeError, SerialBackend, SerialLinkError
 
 
 # --- a pure-Python board behind a fake serial port -----------------------------------------------
@@ -53,7 +30,9 @@ def test_crc8_next_matches_crc8():
 class FakeBoard:
     """The bridge's protocol over a memory and a few CSRs. A start makes the board busy for
     ``run_polls`` STATUS reads, counting one cycle per read; ``runs`` counts the starts taken.
-    A pause of more than ``gap_s`` inside a request drops it (the board's 10 ms)."""
+    A pause of more than ``gap_s`` inside a request drops it (the board's 10 ms). A write with
+    the sequence number of the last write executed is acknowledged only; :meth:`reset` loses
+    the CSRs and flags replies until INFO."""
 
     def __init__(self, mem_bytes=4096, gap_s=0.01):
         self.mem = bytearray(mem_bytes)
@@ -68,6 +47,17 @@ class FakeBoard:
         self.frames = []            # (cmd, addr, length) of every request executed
         self.buf = bytearray()
         self.last_rx = 0.0
+        self.last_write = None
+        self.fresh = True
+        self.duplicates = 0
+
+    def reset(self):
+        self.regs.update({r: 0 for r in ("PROG_ADDR", "WIN_BASE", "WIN_SIZE", "CYCLES_LO",
+                                         "CYCLES_HI", "INSTRET")})
+        self.busy_left = 0
+        self.buf.clear()
+        self.last_write = None
+        self.fresh = True
 
     def receive(self, data: bytes) -> bytes:
         """Bytes from the host; returns the reply bytes produced."""
@@ -88,21 +78,23 @@ class FakeBoard:
 
     def _complete(self):
         buf = self.buf
-        if len(buf) < 7:
+        size = request_length(bytes(buf[:8]))
+        if size is None or len(buf) < size:
             return None
-        cmd, addr, n = buf[1], int.from_bytes(buf[2:6], "little"), buf[6] + 1
-        size = 8 + (n if cmd in (Cmd.WRITE_CSR, Cmd.WRITE_MEM) else 0)
-        if len(buf) < size:
-            return None
-        body, crc = bytes(buf[1:size - 1]), buf[size - 1]
-        if crc8(body) != crc:
+        self.seq, cmd = buf[1], buf[2]
+        addr, n = int.from_bytes(buf[3:7], "little"), buf[7] + 1
+        if crc16(bytes(buf[1:size])) != 0:
             return self._reply(BridgeStatus.BAD_CRC)
-        payload = body[6:]
-        return self._execute(cmd, addr, n, payload)
+        if cmd in WRITES and self.seq == self.last_write:
+            self.duplicates += 1
+            return self._reply(BridgeStatus.OK)
+        out = self._execute(cmd, addr, n, bytes(buf[8:size - 2]))
+        if cmd in WRITES and out[2] & 0x7F == BridgeStatus.OK:
+            self.last_write = self.seq
+        return out
 
     def _reply(self, status, data=b""):
-        body = bytes([status]) + (data if status == BridgeStatus.OK else b"")
-        return bytes([REPLY_SYNC]) + body + bytes([crc8(body)])
+        return reply(self.seq, status, data, reset=self.fresh)
 
     def _csr_name(self, addr):
         return next((r.name for r in CSR if r.offset == addr), None)
@@ -110,8 +102,10 @@ class FakeBoard:
     def _execute(self, cmd, addr, n, payload):
         self.frames.append((cmd, addr, n))
         if cmd == Cmd.INFO:
-            return self._reply(BridgeStatus.OK, len(self.mem).to_bytes(4, "little")
-                               + (1000000).to_bytes(4, "little"))
+            out = self._reply(BridgeStatus.OK, len(self.mem).to_bytes(4, "little")
+                              + (1000000).to_bytes(4, "little"))
+            self.fresh, self.last_write = False, None
+            return out
         if cmd in (Cmd.READ_MEM, Cmd.WRITE_MEM):
             if addr + n > len(self.mem):
                 return self._reply(BridgeStatus.BAD_ADDR)
@@ -141,6 +135,8 @@ class FakeBoard:
                 if CSR.CTRL.get(value, "clear_counters"):
                     for r in ("CYCLES_LO", "CYCLES_HI", "INSTRET"):
                         self.regs[r] = 0
+                if CSR.CTRL.get(value, "abort"):
+                    self.busy_left = 0
                 if CSR.CTRL.get(value, "start") and not self.busy_left:
                     self.runs += 1
                     self.busy_left = self.run_polls
@@ -161,6 +157,10 @@ class FakeSerial:
     * ``("rep_flip", i)`` / ``("rep_drop", i)``: the same on the next reply;
     * ``("rep_lost",)``: the next request executes, its reply never comes;
     * ``("garbage", bytes)``: stray bytes before the next reply;
+    * ``("rep_late",)``: the next reply comes only after the request after the following one
+      (after the host flushed its input), in front of that request's reply;
+    * ``("rep_dup",)``: the next reply comes twice: at once and again after the following
+      request;
     a third element, a predicate of the request's bytes, picks the request the fault hits.
     ``closed``: the other end has gone (reads and writes raise); ``silent``: nothing answers.
     """
@@ -175,6 +175,7 @@ class FakeSerial:
         self.silent = False
         self.port = "fake"
         self.writes = 0
+        self.held = []              # [writes to wait, bytes]
 
     def _take(self, kinds, frame):
         if self.faults and self.faults[0][0] in kinds:
@@ -187,6 +188,11 @@ class FakeSerial:
         if self.closed:
             raise self._exc("socket disconnected")
         self.writes += 1
+        for h in self.held:
+            h[0] -= 1
+            if h[0] == 0:
+                self.inbuf += h[1]
+        self.held = [h for h in self.held if h[0] > 0]
         data = bytearray(data)
         sent = bytes(data)
         f = self._take(("req_flip", "req_drop"), sent)
@@ -200,9 +206,14 @@ class FakeSerial:
             return len(data)
         reply = bytearray(self.board.receive(bytes(data)))
         if reply:
-            f = self._take(("rep_flip", "rep_drop", "rep_lost", "garbage"), sent)
+            f = self._take(("rep_flip", "rep_drop", "rep_lost", "garbage", "rep_late",
+                            "rep_dup"), sent)
             if f is not None:
-                if f[0] == "rep_flip":
+                if f[0] in ("rep_late", "rep_dup"):
+                    self.held.append([2 if f[0] == "rep_late" else 1, bytes(reply)])
+                    if f[0] == "rep_late":
+                        reply = bytearray()
+                elif f[0] == "rep_flip":
                     reply[f[1] % len(reply)] ^= 0x01
                 elif f[0] == "rep_drop":
                     del reply[f[1] % len(reply)]
@@ -239,7 +250,9 @@ FAST = dict(timeout=0.05, retry_wait=0.012, byte_time=0.0, gap_timeout=0.02, ret
 def link():
     board = FakeBoard()
     ser = FakeSerial(board)
-    return board, ser, SerialBackend(ser, **FAST)
+    be = SerialBackend(ser, **FAST)
+    be._seq = 0         # (random on opening; fixed here so no test meets 0x5A by chance)
+    return board, ser, be
 
 
 def test_clean_link(link):
@@ -284,8 +297,9 @@ def test_chunks_shrink_on_a_noisy_line(link):
     ser.faults = [("rep_lost",), ("req_drop", 9)]      # the first chunk takes three attempts
     be.write_memory(0, data)
     sizes = [f[2] for f in board.frames if f[0] == Cmd.WRITE_MEM]
-    assert sizes[:4] == [256, 256, 128, 128]            # the lost reply's copy ran twice
-    assert sizes[2 + 8] == 256 and be.stats["min_chunk"] == 128
+    assert sizes[:3] == [256, 128, 128]                 # the lost reply's copy: acknowledged
+    assert board.duplicates == 1
+    assert sizes[1 + 8] == 256 and be.stats["min_chunk"] == 128
     assert bytes(board.mem[:3000]) == data
     # A chunk that fails four times is split at once.
     board.frames.clear()
@@ -299,47 +313,119 @@ def test_many_faults_in_a_row(link):
     board, ser, be = link
     ser.faults = [("rep_flip", 2), ("req_drop", 1), ("rep_lost",), ("garbage", b"\x5a\x5a")]
     assert be.read_csr("CONFIG") == board.regs["CONFIG"]
-    # Stray sync bytes before a reply make it unreadable (the backend sends again); other
-    # stray bytes are skipped.
-    assert be.stats["retries"] == 4
-    ser.faults = [("garbage", b"\x00\xa5\xff" * 20)]
+    # Stray bytes before a reply, sync bytes among them, are skipped.
+    assert be.stats["retries"] == 3
+    ser.faults = [("garbage", b"\x00\xa5\xff\x5a" * 20)]
     assert be.read_csr("CONFIG") == board.regs["CONFIG"]
-    assert be.stats["retries"] == 4
+    assert be.stats["retries"] == 3 and be.stats["skipped_bytes"] >= 82
 
 
 def _is_start(frame: bytes) -> bool:
-    return (frame[1] == Cmd.WRITE_CSR and frame[2] == CSR.CTRL.offset
-            and CSR.CTRL.get(frame[7], "start"))
+    return (frame[2] == Cmd.WRITE_CSR and frame[3] == CSR.CTRL.offset
+            and CSR.CTRL.get(frame[8], "start"))
 
 
-def test_lost_reply_to_a_start_is_not_resent(link):
+def test_resent_start_runs_once(link):
+    """A start whose reply is lost, garbled or late is sent again under the same sequence
+    number: the board acknowledges the copy without starting the program again, whether the
+    program still runs or is already over; a start lost on the way is taken at its resend."""
     board, ser, be = link
-    # The start executes, its reply is lost: the backend sees the board busy and stops there.
-    ser.faults = [("rep_lost", 0, _is_start)]
-    be.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
-    assert board.runs == 1 and not ser.faults
-    assert be.stats["starts_taken_late"] == 1
-    be.advance(None, 1.0)
-    assert not CSR.STATUS.get(be.read_csr("STATUS"), "busy")
-    # A program that is already over when the backend looks: CYCLES and INSTRET moved.
-    for clear in (1, 0):
-        board.run_polls = 0
-        ser.faults = [("rep_lost", 0, _is_start)]
-        be.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=clear))
-        assert board.runs == 3 - clear and not ser.faults
-    # The start itself lost or corrupted on the way: sent again, taken once.
-    board.run_polls = 3
-    for n, fault in enumerate([("req_drop", 3, _is_start), ("req_flip", 8, _is_start),
-                               ("rep_flip", 1, _is_start)]):
-        be.advance(None, 1.0)
+    faults = [("rep_lost", 0, _is_start), ("rep_flip", 1, _is_start), ("rep_late", 0, _is_start),
+              ("req_drop", 3, _is_start), ("req_flip", 8, _is_start), ("rep_dup", 0, _is_start)]
+    for n, fault in enumerate(faults):
+        board.run_polls = 0 if n % 2 else 3
         ser.faults = [fault]
         be.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
-        assert board.runs == 4 + n and not ser.faults
-    assert be.stats["starts_taken_late"] == 4
-    # A start while running is ignored by the board: sent, never resent.
-    ser.faults = [("rep_lost", 0, _is_start)]
-    be.write_csr("CTRL", CSR.CTRL.make(start=1))
-    assert board.runs == 6 and not ser.faults
+        assert board.runs == n + 1 and not ser.faults, fault
+        be.advance(None, 1.0)
+        assert not CSR.STATUS.get(be.read_csr("STATUS"), "busy")
+    assert board.duplicates == 3 and be.stats["retries"] == 5
+
+
+@pytest.mark.parametrize("fault", ["rep_late", "rep_dup"])
+def test_late_and_duplicated_replies_are_skipped(link, fault):
+    """A reply that comes after the host gave up on it, or twice, is skipped by its sequence
+    number: every read returns its own data."""
+    board, ser, be = link
+    rng = np.random.default_rng(2)
+    board.mem[:] = rng.integers(0, 256, len(board.mem), np.uint8).tobytes()
+    for i in range(6):
+        ser.faults = [(fault,)]
+        assert be.read_memory(64 * i, 40 + i) == bytes(board.mem[64 * i:64 * i + 40 + i])
+        assert be.read_csr("ID") == ID_MAGIC
+    assert be.stats["skipped_bytes"] >= 6 * 45
+    assert be.stats["retries"] == (6 if fault == "rep_late" else 0)
+
+
+def test_board_reset_is_a_clear_error(link):
+    """A board reset during a run: the next reply carries the reset flag and the backend
+    raises BoardResetError (then on every request); a new backend runs again."""
+    board, ser, be = link
+    board.run_polls = 10**9
+    be.write_csr("PROG_ADDR", 0x100)
+    be.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
+    board.reset()
+    with pytest.raises(BoardResetError, match="reset during this session"):
+        be.advance(None, 1.0)
+    with pytest.raises(BoardResetError):
+        be.read_memory(0, 4)
+    be2 = SerialBackend(ser, **FAST)
+    assert be2.board_was_reset and be2.stats["aborted_on_open"] == 0
+    assert be2.read_csr("PROG_ADDR") == 0
+    be2.write_memory(0, b"abcd")
+    assert be2.read_memory(0, 4) == b"abcd"
+    assert not SerialBackend(ser, **FAST).board_was_reset
+    # A reset between a request given up on and the new session's INFO.
+    ser.silent = True
+    with pytest.raises(SerialLinkError):
+        be2.read_csr("ID")
+    ser.silent = False
+    board.reset()
+    with pytest.raises(BoardResetError, match="new session"):
+        be2.read_csr("ID")
+
+
+def test_interrupt_leaves_the_board_usable(link):
+    """Ctrl-C while polling a running program and Ctrl-C half way through sending a frame:
+    the next backend on the same port drains the line, opens a session, aborts the program,
+    and runs the next one; a backend interrupted mid-frame goes on with a new session."""
+    board, ser, be = link
+    board.run_polls = 10**9
+    be.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
+    polls = [0]
+    real_read = be.read_csr
+
+    def read_csr(name):
+        polls[0] += 1
+        if polls[0] == 5:
+            raise KeyboardInterrupt
+        return real_read(name)
+
+    be.read_csr = read_csr
+    with pytest.raises(KeyboardInterrupt):
+        be.advance(None, 10.0)
+    ser.inbuf += reply(be._seq, BridgeStatus.OK, b"\0" * 4)[:4]     # a reply in flight
+    be2 = SerialBackend(ser, **FAST)
+    assert be2.stats["aborted_on_open"] == 1 and board.busy_left == 0
+    # Interrupted while the frame is half sent: the board holds a partial request.
+    real_write = ser.write
+
+    def half_write(data):
+        board.receive(bytes(data[:len(data) // 2]))
+        raise KeyboardInterrupt
+
+    ser.write = half_write
+    with pytest.raises(KeyboardInterrupt):
+        be2.write_memory(0x200, b"x" * 100)
+    ser.write = real_write
+    be2.write_memory(0x200, b"y" * 100)           # the same backend: a new session first
+    assert bytes(board.mem[0x200:0x264]) == b"y" * 100 and be2.stats["sessions"] == 2
+    board.run_polls = 3
+    runs = board.runs
+    be2.write_csr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
+    be2.advance(None, 1.0)
+    assert board.runs == runs + 1
+    assert not CSR.STATUS.get(be2.read_csr("STATUS"), "busy")
 
 
 def test_advance_limits(link):
@@ -382,6 +468,16 @@ def test_silent_board_is_a_clear_error(link):
     be.close()
     with pytest.raises(SerialLinkError):
         be.read_csr("ID")
+
+
+def test_protocol_1_board_is_a_clear_error():
+    """A board that answers in protocol 1 (5A | status | crc8): no reply is taken, and the
+    error says what the bytes suggest."""
+    board = FakeBoard()
+    ser = FakeSerial(board)
+    ser.board = type("V1", (), {"receive": staticmethod(lambda data: b"\x5a\x02\x0e")})()
+    with pytest.raises(SerialLinkError, match="before protocol 2"):
+        SerialBackend(ser, **FAST)
 
 
 def test_garbled_forever_is_a_clear_error(link):
