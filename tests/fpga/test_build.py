@@ -8,6 +8,7 @@ Slow: the board bitstreams are built for real (place, route, timing).
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -260,9 +261,33 @@ def _build(board, tmp_path):
     return out.returncode, r
 
 
+def test_icebreaker_synthesises(tmp_path):
+    """CI's slice of the iCEBreaker build: Yosys synthesises the default top with the board's
+    options, and its LUTs and DSPs fit the device (the place and route below is slow-marked)."""
+    from celosia.fpga.build import tool_env
+    ice = BOARDS["icebreaker"]
+    plan = ice.platform().build(CelosiaTop(ice), name="celosia_top", do_build=False,
+                                **tool_options(ice))
+    for name, content in dict(plan.files).items():
+        mode = "wb" if isinstance(content, bytes) else "w"
+        with open(tmp_path / name, mode) as f:
+            f.write(content)
+    yosys = tool_env()["YOSYS"]
+    subprocess.run([yosys, "-q", "-p", "script celosia_top.ys; tee -q -o stat.txt stat"],
+                   cwd=tmp_path, check=True, timeout=1800)
+    stat = (tmp_path / "stat.txt").read_text()
+    cells = {m.group(2): int(m.group(1))
+             for m in re.finditer(r"^\s+(\d+)\s+(SB_\w+)\s*$", stat, re.M)}
+    print(f"\nicebreaker synthesis: {cells}")
+    assert 0 < cells["SB_LUT4"] <= 5280 and 0 < cells.get("SB_MAC16", 0) <= 8, cells
+    assert cells.get("SB_SPRAM256KA", 0) == 2, cells
+
+
+@pytest.mark.slow
 def test_icebreaker_bitstream(tmp_path):
     """The iCEBreaker's top (2x2, board-sized, native memory port) from the YoWASP tools at
-    its default clock: placed, routed, packed, timing met (about 5 minutes on two cores)."""
+    its default clock: placed, routed, packed, timing met (about 35 minutes on two cores at
+    99% of the LCs, hence slow-marked)."""
     rc, r = _build("icebreaker", tmp_path)
     print(f"\nicebreaker: {r['luts']}/{r['luts_total']} LCs, {r['dsps']} DSPs, "
           f"{r['brams']} BRAMs, Fmax {r['fmax_mhz']} MHz at {r['target_mhz']} MHz, "
