@@ -422,19 +422,24 @@ class SerialBackend:
             raise SerialLinkError(f"write failed: {exc}", what) from exc
         self.stats["bytes_out"] += len(frame)
 
+    def _chunk(self, n: int, what: str) -> bytes:
+        """What the port has of the next ``n`` bytes within its read timeout, counted."""
+        try:
+            chunk = self._ser.read(n)
+        except Exception as exc:   # EOF on a socket, a vanished device, a closed port
+            raise SerialLinkError(f"connection lost: {exc}", what) from exc
+        self.stats["bytes_in"] += len(chunk)
+        return chunk
+
     def _read(self, n: int, deadline: float, what: str, *, gap: bool = False) -> bytes:
         """Up to ``n`` bytes, until ``deadline`` (with ``gap``: until ``gap_timeout`` passes
         without a byte)."""
         buf = bytearray()
         while len(buf) < n:
-            try:
-                chunk = self._ser.read(n - len(buf))
-            except Exception as exc:   # EOF on a socket, a vanished device, a closed port
-                raise SerialLinkError(f"connection lost: {exc}", what) from exc
+            chunk = self._chunk(n - len(buf), what)
             now = time.monotonic()
             if chunk:
                 buf += chunk
-                self.stats["bytes_in"] += len(chunk)
                 if gap:
                     deadline = now + self.gap_timeout
             elif now >= deadline:
@@ -472,14 +477,10 @@ class SerialBackend:
                             raise _BadReply(f"unknown status {buf[2]:#x}")
                         return (BridgeStatus(code), bytes(buf[3:total - 2]),
                                 bool(buf[2] & RESET_FLAG))
-                try:
-                    chunk = self._ser.read(max(1, (REPLY_OVERHEAD + expect) - len(buf)))
-                except Exception as exc:   # EOF on a socket, a vanished device, a closed port
-                    raise SerialLinkError(f"connection lost: {exc}", what) from exc
+                chunk = self._chunk(max(1, (REPLY_OVERHEAD + expect) - len(buf)), what)
                 now = time.monotonic()
                 if chunk:
                     buf += chunk
-                    self.stats["bytes_in"] += len(chunk)
                     if REPLY_SYNC in buf:     # inside a reply: the gap limit from now on
                         deadline = max(deadline, now + self.gap_timeout)
                 elif now >= deadline:
