@@ -23,6 +23,7 @@ from amaranth.lib.wiring import In, Out
 from celosia.sw import numerics as nx
 
 from .dsp import add_chain, limb_product
+from .pipeline import CreditCounter
 from .isa import VecOp
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
@@ -436,19 +437,24 @@ class VectorUnit(wiring.Component):
         col1 = Signal(col_shape)
         acc_max = Signal(signed(33), init=_MAX_INIT)
         acc_sum = Signal(signed(_SX_BITS))
-        adv1 = Signal()
 
         valid1 = self._lane_valid(m, "s1", cmd, row1, col1)
         first1 = col1 == 0
         last1 = col1 + N >= cmd.cols
+        # The slices never stall: a beat goes in only with credit for its place in FIFO A (and
+        # for its token in T1), so backpressure stops intake, not the datapath.
+        m.submodules.fa_credit = fa_cr = _credits(fa)
+        m.submodules.t1_credit = t1_cr = _credits(t1)
+        tok_in1 = Mux(_is_reduction(cmd.op), last1, first1)
         fire1 = Signal()
         m.d.comb += [
-            fire1.eq(have & self.i.valid & adv1),
-            self.i.ready.eq(fire1),
+            self.i.ready.eq(have & fa_cr.ok & (~tok_in1 | t1_cr.ok)),
+            fire1.eq(self.i.ready & self.i.valid),
+            fa_cr.take.eq(fire1), t1_cr.take.eq(fire1 & tok_in1),
         ]
 
         def piped1(value, shape, name):
-            return _piped(m, adv1, value, shape, name)
+            return _piped(m, 1, value, shape, name)
 
         is_res1 = cmd.op == VectorOp.RESIDUAL
         pre_add1 = is_res1 | cmd.add_residual
@@ -494,8 +500,7 @@ class VectorUnit(wiring.Component):
         cmd2 = c2["cmd"]
         tok_now1 = Mux(_is_reduction(cmd2.op), c2["last"], c2["first"])
         write1 = Signal()
-        m.d.comb += [write1.eq(c2["valid"] & adv1),
-                     adv1.eq(~c2["valid"] | (fa.w_rdy & (~tok_now1 | t1.w_rdy)))]
+        m.d.comb += write1.eq(c2["valid"])
         out1 = lanes32(fa.w_data)
         tok1 = token_layout(t1.w_data)
         m.d.comb += [out1[k].eq(xb[k]) for k in range(N)]
@@ -547,12 +552,16 @@ class VectorUnit(wiring.Component):
         col2 = Signal(col_shape)
         beat2 = Signal(range(self.max_beats + 1))
         last2 = col2 + N >= tok2.cmd.cols
-        adv2 = Signal()
         fire2 = Signal()
-        m.d.comb += fire2.eq(loaded2 & fa.r_rdy & adv2)
+        # As in stage 1: a beat is taken from FIFO A only with credit for FIFO B (and T2).
+        m.submodules.fb_credit = fb_cr = _credits(fb)
+        m.submodules.t2_credit = t2_cr = _credits(t2)
+        tok_in2 = Mux(_is_reduction(tok2.cmd.op) | _is_rows(tok2.cmd.op), last2, col2 == 0)
+        m.d.comb += [fire2.eq(loaded2 & fa.r_rdy & fb_cr.ok & (~tok_in2 | t2_cr.ok)),
+                     fb_cr.take.eq(fire2), t2_cr.take.eq(fire2 & tok_in2)]
 
         def piped2(value, shape, name):
-            return _piped(m, adv2, value, shape, name)
+            return _piped(m, 1, value, shape, name)
 
         def carry(values, slices, prefix):
             """``values`` (name -> value) through ``slices`` slices: a list of dicts per slice."""
@@ -567,11 +576,9 @@ class VectorUnit(wiring.Component):
         ctl = carry({"valid": fire2, "tok": tok2, "first": col2 == 0, "last": last2,
                      "lanes": self._lane_valid(m, "s2", tok2.cmd, tok2.row, col2)}, L2, "")
         ctl = [{**c, "tok": token_layout(c["tok"])} for c in ctl]
-        adv_now = ~ctl[L2]["valid"]
         op_at = [c["tok"].cmd.op for c in ctl]
         tok_now = Mux(_is_reduction(op_at[L2]) | _is_rows(op_at[L2]), ctl[L2]["last"],
                       ctl[L2]["first"])
-        m.d.comb += adv2.eq(adv_now | (fb.w_rdy & (~tok_now | t2.w_rdy)))
         stage2_slices = [c["valid"] for c in ctl[1:]]
 
         out2 = lanes32(fb.w_data)
@@ -592,7 +599,7 @@ class VectorUnit(wiring.Component):
             # its table read (block RAM) with slice 1.
             phi2 = GeluPhi()
             m.submodules[f"phi_s2_{k}"] = phi2
-            m.d.comb += [phi2.x.eq(x16), phi2.en.eq(adv2)]
+            m.d.comb += [phi2.x.eq(x16), phi2.en.eq(1)]
             s2 = carry({**s1, "phi": phi2.phi}, 1, f"l{k}_")[1]
             # Slice 3: g, and the shared multiplier's operands: (max - s) * M for softmax,
             # |x| * |x| for LayerNorm, |a| * M[j] for the row requantisations (a = x or g).
@@ -644,7 +651,7 @@ class VectorUnit(wiring.Component):
             exp = Exp2()
             m.submodules[f"exp{k}"] = exp
             # The table lookup is the slice's register (block RAM): t goes in with slice 5.
-            m.d.comb += [exp.t.eq(r[:EXP_T_BITS + 1]), exp.en.eq(adv2)]
+            m.d.comb += [exp.t.eq(r[:EXP_T_BITS + 1]), exp.en.eq(1)]
             e = Signal(EXP_E_BITS, name=f"s2_e{k}")
             m.d.comb += e.eq(Mux(lane_ok, exp.e, 0))
             es.append(e)
@@ -664,7 +671,7 @@ class VectorUnit(wiring.Component):
                      new_sq.eq(Mux(firstL, 0, acc_sq) + add_chain(m, sqs, "s2_sqsum")),
                      new_peak.eq(Mux(~firstL & (acc_peak > beat_peak), acc_peak, beat_peak))]
         write2 = Signal()
-        m.d.comb += write2.eq(ctl[L2]["valid"] & adv2)
+        m.d.comb += write2.eq(ctl[L2]["valid"])
         tok2o = token_layout(t2.w_data)
         is_smL = op_at[L2] == VectorOp.SOFTMAX
         m.d.comb += [
@@ -675,12 +682,12 @@ class VectorUnit(wiring.Component):
         with m.If(write2):
             m.d.sync += [acc_e.eq(new_e), acc_sq.eq(new_sq), acc_peak.eq(new_peak)]
 
-        m.d.comb += fa.r_en.eq(fire2)
+        m.d.comb += [fa.r_en.eq(fire2), fa_cr.give.eq(fire2)]
         with m.If(fire2):
             m.d.sync += [col2.eq(col2 + N), beat2.eq(beat2 + 1)]
         can_load2 = ~loaded2 | (fire2 & last2)
         m.d.comb += pr2.addr.eq(Mux(can_load2 & t1.r_rdy, 0, Mux(fire2, beat2 + 1, beat2)))
-        m.d.comb += t1.r_en.eq(can_load2 & t1.r_rdy)
+        m.d.comb += [t1.r_en.eq(can_load2 & t1.r_rdy), t1_cr.give.eq(can_load2 & t1.r_rdy)]
         with m.If(can_load2 & t1.r_rdy):
             m.d.sync += [tok2.eq(t1.r_data), loaded2.eq(1), col2.eq(0), beat2.eq(0)]
         with m.Elif(fire2 & last2):
@@ -702,6 +709,7 @@ class VectorUnit(wiring.Component):
                                  t2.r_en.eq(t2.r_rdy & fin.i.ready)]
                     with m.If(t2.r_rdy & fin.i.ready):
                         m.d.sync += wp.eq(0 if f == self.finishers - 1 else f + 1)
+        m.d.comb += t2_cr.give.eq(t2.r_en & t2.r_rdy)
         with m.Switch(rp):
             for f, fin in enumerate(fins):
                 with m.Case(f):
@@ -711,17 +719,21 @@ class VectorUnit(wiring.Component):
                         m.d.sync += rp.eq(0 if f == self.finishers - 1 else f + 1)
 
         # --- Stage 3: output through the multiplier bank (three multiply-round-saturate steps
-        # a lane) in eight slices, every one a register that moves when the output can. ------
+        # a lane) in eight slices that never stall, into the output queue: a beat is taken
+        # from FIFO B only with credit for its place in the queue. ---------------------------
 
         tok3 = Signal(token_layout)
         loaded3 = Signal()
         col3 = Signal(col_shape)
         beat3 = Signal(range(self.max_beats + 1))
-        adv = Signal()
-        m.d.comb += adv.eq(~self.o.valid | self.o.ready)
+        m.submodules.out_queue = oq = SyncFifo(width=self.out_layout.size, depth=_OUT_QUEUE)
+        m.submodules.out_credit = o_cr = _credits(oq)
+        m.d.comb += [self.o.valid.eq(oq.r_rdy), self.o.payload.eq(oq.r_data),
+                     oq.r_en.eq(self.o.ready), o_cr.give.eq(self.o.valid & self.o.ready)]
         last3 = col3 + N >= tok3.cmd.cols
         fire3 = Signal()
-        m.d.comb += [fire3.eq(loaded3 & fb.r_rdy & adv), fb.r_en.eq(fire3)]
+        m.d.comb += [fire3.eq(loaded3 & fb.r_rdy & o_cr.ok), fb.r_en.eq(fire3),
+                     fb_cr.give.eq(fire3), o_cr.take.eq(fire3)]
         with m.If(fire3):
             m.d.sync += [col3.eq(col3 + N), beat3.eq(beat3 + 1)]
         can_load3 = ~loaded3 | (fire3 & last3)
@@ -735,10 +747,11 @@ class VectorUnit(wiring.Component):
         in3 = lanes32(fb.r_data)
         op3 = tok3.cmd.op
         c3 = tok3.cmd
-        out = self.o.payload.data
+        o_beat = self.out_layout(oq.w_data)
+        out = o_beat.data
 
         def piped(value, shape, name):
-            return _piped(m, adv, value, shape, name)
+            return _piped(m, 1, value, shape, name)
 
         # Eight slices: each step's operands are registered in front of its product (the DSP's
         # input registers), its product behind it (the output registers), then it is rounded,
@@ -750,8 +763,7 @@ class VectorUnit(wiring.Component):
             cmd.append(piped(cmd[-1], command_layout, f"s3_cmd{i}"))
             exp.append(piped(exp[-1], ROW_EXP_BITS, f"s3_exp{i}"))
         slices3 = valid[1:]
-        with m.If(adv):
-            m.d.sync += [self.o.valid.eq(valid[-1]), self.o.payload.exp.eq(exp[-1])]
+        m.d.comb += [oq.w_en.eq(valid[-1]), o_beat.exp.eq(exp[-1])]
 
         ln_z_shift = nx.LN_INV_BITS - nx.LN_NORM_FRAC
         for k in range(N):
@@ -809,7 +821,7 @@ class VectorUnit(wiring.Component):
             phi = GeluPhi()
             m.submodules[f"phi{k}"] = phi
             # Its table is read (block RAM) with slice 3: GELU's r1 is an int16.
-            m.d.comb += [phi.x.eq(r1[:16]), phi.en.eq(adv)]
+            m.d.comb += [phi.x.eq(r1[:16]), phi.en.eq(1)]
             is_ln, is_gelu = c.op == VectorOp.LAYERNORM, c.op == VectorOp.GELU
             b2 = Signal(signed(GAMMA_BITS + 1), name=f"m2_b{k}")
             m.d.comb += b2.eq(Mux(is_ln, gamma3, Mux(is_gelu, phi.phi, 0)))
@@ -846,12 +858,11 @@ class VectorUnit(wiring.Component):
             is_gelu = c.op == VectorOp.GELU
             r3 = mul_round_sat(m, p3, c.shift, Mux(is_gelu, c.zero_point, 0), c.out_lo,
                                c.out_hi, 1, width=_M3_BITS, name=f"m3_{k}")
-            with m.If(adv):
-                m.d.sync += out[k].eq(Mux(is_gelu | (c.op == VectorOp.LAYERNORM), r3, y3))
+            m.d.comb += out[k].eq(Mux(is_gelu | (c.op == VectorOp.LAYERNORM), r3, y3))
 
-        fifos_used = [f.r_level != 0 for f in (fa, fb, t1, t2, t3)]
+        fifos_used = [f.r_level != 0 for f in (fa, fb, t1, t2, t3, oq)]
         finishers_used = [~fin.i.ready for fin in fins]
-        m.d.comb += self.busy.eq(have | loaded2 | loaded3 | self.o.valid
+        m.d.comb += self.busy.eq(have | loaded2 | loaded3
                                  | _any(fifos_used + finishers_used + slices3
                                         + stage2_slices + stage1_slices))
         return m
@@ -870,6 +881,18 @@ def _sum_tree(m, name, values, shape, *, levels=None):
             nxt.append(values[-1])
         values, level = nxt, level + 1
     return values
+
+
+#: Output queue (beats): the eight output slices in flight plus the queue's own latency, so
+#: the credits never cut the rate of a consumer that is always ready.
+_OUT_QUEUE = 16
+
+
+def _credits(queue):
+    """Credits for ``queue`` (a :class:`SyncFifo`): its depth less one, so every beat in
+    flight finds room (the FIFO's ``w_rdy`` looks at its inner storage, ``depth - 1`` entries,
+    whatever its read register holds)."""
+    return CreditCounter(queue.depth - 1, 1)
 
 
 def _piped(m, en, value, shape, name):

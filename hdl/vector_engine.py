@@ -28,9 +28,11 @@ from celosia.sw import numerics as nx
 
 from . import isa
 from .engine import MemoryPortSignature
+from .pipeline import SkidBuffer
 from .scratchpad import SyncFifo
 from .isa import RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, ErrorCode, VecOp
 from .params import ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
+from .sequencer import read_request_layout, write_layout
 from .vector import VectorOp, VectorUnit, command_layout as unit_command_layout
 
 __all__ = ["VectorEngine"]
@@ -249,9 +251,21 @@ class VectorEngine(wiring.Component):
             unit.cmd.payload.eq(ucmd),
         ]
 
+        # --- memory port: a registered stage on each channel, so no handshake path runs
+        # between the engine and the memory side --------------------------------------------
+        stages = {}
+        for name, shape, source_is_port in (("rd_req", read_request_layout(), False),
+                                            ("rd_resp", 8 * W, True),
+                                            ("wr", write_layout(W), False)):
+            m.submodules[f"{name}_stage"] = stage = stages[name] = SkidBuffer(shape)
+            if source_is_port:
+                wiring.connect(m, wiring.flipped(getattr(self.mem, name)), stage.i)
+            else:
+                wiring.connect(m, stage.o, wiring.flipped(getattr(self.mem, name)))
+
         # --- read side ----------------------------------------------------------------------
-        rd = self.mem.rd_req
-        resp = self.mem.rd_resp
+        rd = stages["rd_req"].i
+        resp = stages["rd_resp"].o
         phase_params = Signal()
         phase_run = Signal()
 
@@ -418,7 +432,7 @@ class VectorEngine(wiring.Component):
         o_row = Signal(17)         # output rows fully written
         w_row_addr = Signal(ADDR_BITS)
         w_beat = Signal(16)
-        wr = self.mem.wr
+        wr = stages["wr"].i
         e_buf = Signal(8 * W)
         e_strb = Signal(W)
         e_pend = Signal()
@@ -561,7 +575,7 @@ class VectorEngine(wiring.Component):
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
-                with m.If((o_row == rows) & ~e_pend):
+                with m.If((o_row == rows) & ~e_pend & ~stages["wr"].o.valid):
                     m.d.sync += phase_run.eq(0)
                     m.next = "DONE"
             with m.State("DONE"):
