@@ -67,6 +67,11 @@ def _softmax_has_row_exponent() -> bool:
 
 SOFTMAX_ROW_EXP = _softmax_has_row_exponent()
 
+#: Quotient (and root) bits a finisher's divider and square root develop per cycle: each bit
+#: is one carry chain of about 30 bits, and two chained fit the clock the board aims at.
+#: Rows of 128 still go at full rate: the unit adds finishers (``VectorUnit.finishers``).
+FINISHER_UNROLL = 2
+
 #: softmax running max starts below every int32.
 _MAX_INIT = nx.INT32.lo - 1
 _INT24 = nx.Range(-(1 << (nx.LN_IN_BITS - 1)), (1 << (nx.LN_IN_BITS - 1)) - 1)
@@ -181,7 +186,7 @@ class VectorFinisher(wiring.Component):
     One divider (``unroll`` quotient bits a cycle) serves every division.
     """
 
-    def __init__(self, unroll: int = 8):
+    def __init__(self, unroll: int = FINISHER_UNROLL):
         self.unroll = unroll
         super().__init__({
             "i": In(stream.Signature(token_layout)),
@@ -201,13 +206,14 @@ class VectorFinisher(wiring.Component):
         s2 = Signal(unsigned(_SXX_BITS + 1))
         m.d.comb += self.o.payload.eq(tok)
         cols = tok.cmd.cols
-        # mean * (sum + r), taken in state SQUARES (outside the FSM: its partial sums are carry
+        # mean * (sum + r), taken in state PRODUCT (outside the FSM: its partial sums are carry
         # chains of their own, see limb_product).
+        # In three cycles: the sum, the product, the difference.
         f = Signal(signed(_SX_BITS + 1))
-        m.d.comb += f.eq(sx + rem)
         # |sum + r| < 2**(23 + COLS_BITS) + 2**COLS_BITS: 36 bits at 11 column bits.
         f_bits = nx.LN_IN_BITS + COLS_BITS + 1
-        mf = limb_product(mean, f[:f_bits].as_signed(), lut_bits=2, m=m, name="mf")
+        mf = Signal(signed(nx.LN_IN_BITS + f_bits))
+        mf_comb = limb_product(mean, f[:f_bits].as_signed(), lut_bits=2, m=m, name="mf")
 
         with m.FSM():
             with m.State("IDLE"):
@@ -251,8 +257,13 @@ class VectorFinisher(wiring.Component):
                                  rem.eq(Mux(sx < 0, cols - 1 - div.remainder, div.remainder))]
                     m.next = "SQUARES"
             with m.State("SQUARES"):
+                m.d.sync += [f.eq(sx + rem), tok.a.eq(mean)]
+                m.next = "PRODUCT"
+            with m.State("PRODUCT"):
+                m.d.sync += mf.eq(mf_comb)
+                m.next = "DIFFERENCE"
+            with m.State("DIFFERENCE"):
                 m.d.sync += s2.eq(tok.b - mf)
-                m.d.sync += tok.a.eq(mean)
                 m.next = "VAR"
             with m.State("VAR"):
                 m.d.comb += [div.start.eq(1), div.dividend.eq(s2), div.divisor.eq(cols),
@@ -333,7 +344,8 @@ class VectorUnit(wiring.Component):
         or output register in use). Low means every accepted row has left.
     """
 
-    def __init__(self, lanes: int, *, max_cols: int = nx.LN_MAX_COLS, unroll: int = 8,
+    def __init__(self, lanes: int, *, max_cols: int = nx.LN_MAX_COLS,
+                 unroll: int = FINISHER_UNROLL,
                  finishers: int | None = None, fifo_depth: int | None = None,
                  token_depth: int = 16):
         if not isinstance(lanes, int) or not 1 <= lanes <= 64:
@@ -383,8 +395,10 @@ class VectorUnit(wiring.Component):
     def finisher_cycles(self) -> int:
         """Cycles one finisher spends on a LayerNorm row (the slowest operation)."""
         u = self.unroll
-        steps = sum(-(-q // u) + 1 for q in (_MEAN_QBITS, _VAR_QBITS, _STD_BITS, _INV_QBITS))
-        return steps + 6
+        # Each division: an alignment cycle, its steps, the done cycle; the square root: its
+        # steps and the done cycle; eight more for the FSM's other states.
+        divisions = sum(-(-q // u) + 2 for q in (_MEAN_QBITS, _VAR_QBITS, _INV_QBITS))
+        return divisions + -(-_STD_BITS // u) + 1 + 8
 
     # --- helpers -------------------------------------------------------------------------------
 

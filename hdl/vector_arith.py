@@ -30,8 +30,8 @@ class Divider(wiring.Component):
     """Iterative restoring divider: ``quotient = dividend // divisor`` for unsigned operands.
 
     ``unroll`` quotient bits are produced per cycle. A division is started with ``start`` and
-    a number of ``steps``; it develops ``steps * unroll`` quotient bits and takes ``steps``
-    cycles. The caller guarantees ``dividend >> (steps * unroll) < divisor`` (the quotient fits),
+    a number of ``steps``; it develops ``steps * unroll`` quotient bits and takes ``steps + 1``
+    cycles (the first aligns the dividend, from registers). The caller guarantees ``dividend >> (steps * unroll) < divisor`` (the quotient fits),
     which lets short quotients (the softmax reciprocal) finish early in a wide divider.
 
     Parameters
@@ -85,41 +85,46 @@ class Divider(wiring.Component):
         rem = Signal(D + 1)
         div = Signal(D)
         left = Signal(range(self.max_steps + 1))
+        # The operands as started: the alignment shift runs from these registers in the
+        # cycle after ``start`` (a shifter and the steps' carry chains never share a cycle).
+        dividend = Signal(W)
+        align = Signal()
 
         m.d.sync += self.done.eq(0)
-        with m.If(self.busy):
+        with m.If(align):
+            wide = Signal(2 * Wp)
+            # dividend << (Wp - steps * U): the low dividend bits left-aligned in q, the high
+            # ones (already below the divisor) as the initial remainder.
+            sh = Signal(range(Wp + 1))
+            m.d.comb += [sh.eq(Wp - left * U), wide.eq(dividend << sh)]
+            m.d.sync += [q.eq(wide[:Wp]), rem.eq(wide[Wp:]), align.eq(0)]
+            with m.If(left == 0):
+                m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+        with m.Elif(self.busy):
             r, qq = rem, q
             for k in range(U):
                 t = Signal(D + 2, name=f"t{k}")
-                ge = Signal(name=f"ge{k}")
+                d = Signal(signed(D + 3), name=f"d{k}")
                 r_k = Signal(D + 1, name=f"rem{k}")
                 q_k = Signal(Wp, name=f"q{k}")
+                # One carry chain a step: the trial subtraction's sign is the comparison.
                 m.d.comb += [
                     t.eq((r << 1) | qq[Wp - 1]),
-                    ge.eq(t >= div),
-                    r_k.eq(Mux(ge, t - div, t)),
-                    q_k.eq((qq << 1) | ge),
+                    d.eq(t - div),
+                    r_k.eq(Mux(d[-1], t, d)),
+                    q_k.eq((qq << 1) | ~d[-1]),
                 ]
                 r, qq = r_k, q_k
             m.d.sync += [rem.eq(r), q.eq(qq), left.eq(left - 1)]
             with m.If(left == 1):
                 m.d.sync += [self.busy.eq(0), self.done.eq(1)]
         with m.Elif(self.start):
-            bits = Signal(range(Wp + 1))
-            m.d.comb += bits.eq(self.steps * U)
-            wide = Signal(2 * Wp)
-            # dividend << (Wp - bits): the low `bits` dividend bits left-aligned in q, the high
-            # ones (already below the divisor) as the initial remainder.
-            sh = Signal(range(Wp + 1))
-            m.d.comb += sh.eq(Wp - bits)
-            m.d.comb += wide.eq(self.dividend << sh)
             m.d.sync += [
-                q.eq(wide[:Wp]),
-                rem.eq(wide[Wp:]),
+                dividend.eq(self.dividend),
                 div.eq(self.divisor),
                 left.eq(self.steps),
-                self.busy.eq(self.steps != 0),
-                self.done.eq(self.steps == 0),
+                align.eq(1),
+                self.busy.eq(1),
             ]
         m.d.comb += [self.quotient.eq(q), self.remainder.eq(rem)]
         return m
@@ -166,15 +171,15 @@ class Isqrt(wiring.Component):
                 # Named signals per step keep the unrolled expression linear in size.
                 t = Signal(R + 3, name=f"t{k}")
                 trial = Signal(R + 3, name=f"trial{k}")
-                ge = Signal(name=f"ge{k}")
+                d = Signal(signed(R + 4), name=f"d{k}")
                 r_k = Signal(R + 2, name=f"rem{k}")
                 rt_k = Signal(R, name=f"root{k}")
                 m.d.comb += [
                     t.eq((r << 2) | xx[2 * R - 2:]),
                     trial.eq((rt << 2) | 1),
-                    ge.eq(t >= trial),
-                    r_k.eq(Mux(ge, t - trial, t)),
-                    rt_k.eq((rt << 1) | ge),
+                    d.eq(t - trial),
+                    r_k.eq(Mux(d[-1], t, d)),
+                    rt_k.eq((rt << 1) | ~d[-1]),
                 ]
                 r, rt = r_k, rt_k
                 xx = (xx << 2)[:2 * R]

@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from celosia.hdl.vector import FINISHER_UNROLL
+
 # The hardware and simulator modules are imported when a benchmark runs, so that building the
 # command line (which lists this benchmark) stays cheap.
 OPS = ("softmax", "layernorm", "gelu", "requant", "residual", "requant_rows", "gelu_rows")
@@ -40,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lanes", type=int, default=8)
     parser.add_argument("--backend", choices=BACKENDS, default="verilator")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--unroll", type=int, default=8,
+    parser.add_argument("--unroll", type=int, default=FINISHER_UNROLL,
                         help="quotient bits per cycle of the finishers' divider")
     parser.add_argument("--finishers", type=int, default=None,
                         help="finishers (default: enough for rows of 128)")
@@ -68,7 +70,7 @@ def _summary(result, jobs, unit, rows, cols):
 
 
 def measure(op: str, rows: int, cols: int, lanes: int, backend: str, *, seed: int = 0,
-            unroll: int = 8, finishers: int | None = None, batches: int = 1) -> dict:
+            unroll: int = FINISHER_UNROLL, finishers: int | None = None, batches: int = 1) -> dict:
     """Run one batch and return the benchmark record."""
     import numpy as np
 
