@@ -585,7 +585,9 @@ class VectorUnit(wiring.Component):
                             for n, v in out[-1].items()})
             return out
 
-        L2 = 5
+        # Slices 1-5 work per lane; slice 6 holds each beat's lane sums and peak, so the running
+        # sums (one carry chain) do not share a cycle with the lane trees.
+        L5, L2 = 5, 6
         in2 = lanes32(fa.r_data)
         ctl = carry({"valid": fire2, "tok": tok2, "first": col2 == 0, "last": last2,
                      "lanes": self._lane_valid(m, "s2", tok2.cmd, tok2.row, col2)}, L2, "")
@@ -655,7 +657,7 @@ class VectorUnit(wiring.Component):
             m.d.comb += r.eq(round_shift_add(m, sprod, amt, name=f"s2_rs{k}"))
             s5 = carry({"r": r, "pass": s4["pass"]}, 1, f"l{k}_")[1]
             # The beat: e (softmax), |v| for the peak, the square.
-            lane_ok = ctl[L2]["lanes"][k]
+            lane_ok = ctl[L5]["lanes"][k]
             v = s5["r"]
             vmag = Signal(len(v) - 1, name=f"s2_vmag{k}")
             m.d.comb += vmag.eq(v)     # never negative
@@ -670,7 +672,8 @@ class VectorUnit(wiring.Component):
             m.d.comb += e.eq(Mux(lane_ok, exp.e, 0))
             es.append(e)
             sqs.append(Mux(lane_ok, v[:2 * nx.LN_IN_BITS], 0))
-            m.d.comb += out2[k].eq(Mux(op_at[L2] == VectorOp.SOFTMAX, e, s5["pass"]))
+            m.d.comb += out2[k].eq(piped2(Mux(op_at[L5] == VectorOp.SOFTMAX, e, s5["pass"]),
+                                          signed(32), f"s2_out{k}"))
 
         tokL = ctl[L2]["tok"]
         firstL = ctl[L2]["first"]
@@ -679,10 +682,13 @@ class VectorUnit(wiring.Component):
         acc_peak = Signal(_ROWS_V_BITS)
         new_e = Signal(_ESUM_BITS)
         new_sq = Signal(_SXX_BITS)
-        beat_peak = self._max_tree(m, "s2", peaks, unsigned(_ROWS_V_BITS))[0]
+        beat_peak = piped2(self._max_tree(m, "s2", peaks, unsigned(_ROWS_V_BITS))[0],
+                           unsigned(_ROWS_V_BITS), "s2_beat_peak")
+        beat_e = piped2(add_chain(m, es, "s2_esum"), unsigned(_ESUM_BITS), "s2_beat_e")
+        beat_sq = piped2(add_chain(m, sqs, "s2_sqsum"), unsigned(_SXX_BITS), "s2_beat_sq")
         new_peak = Signal(_ROWS_V_BITS)
-        m.d.comb += [new_e.eq(Mux(firstL, 0, acc_e) + add_chain(m, es, "s2_esum")),
-                     new_sq.eq(Mux(firstL, 0, acc_sq) + add_chain(m, sqs, "s2_sqsum")),
+        m.d.comb += [new_e.eq(Mux(firstL, 0, acc_e) + beat_e),
+                     new_sq.eq(Mux(firstL, 0, acc_sq) + beat_sq),
                      new_peak.eq(Mux(~firstL & (acc_peak > beat_peak), acc_peak, beat_peak))]
         write2 = Signal()
         m.d.comb += write2.eq(ctl[L2]["valid"])
@@ -767,12 +773,13 @@ class VectorUnit(wiring.Component):
         def piped(value, shape, name):
             return _piped(m, 1, value, shape, name)
 
-        # Eight slices: each step's operands are registered in front of its product (the DSP's
-        # input registers), its product behind it (the output registers), then it is rounded,
-        # shifted and saturated into the next step's input.
+        # Ten slices, three multiply steps. Each step's operands are registered in front of
+        # its product (the DSP's input registers), its product behind it (the output
+        # registers); then its rounding shifter and its adder with the saturation take a slice
+        # each. At most one carry chain or one multiplier in a slice.
         valid, cmd, exp = [fire3], [c3], [Mux((op3 == VectorOp.SOFTMAX) | _is_rows(op3),
                                                tok3.exp, 0)]
-        for i in range(1, 8):
+        for i in range(1, _S3_SLICES + 1):
             valid.append(piped(valid[-1], 1, f"s3_valid{i}"))
             cmd.append(piped(cmd[-1], command_layout, f"s3_cmd{i}"))
             exp.append(piped(exp[-1], ROW_EXP_BITS, f"s3_exp{i}"))
@@ -808,71 +815,79 @@ class VectorUnit(wiring.Component):
                     # v = round_shift(a * M[j], S[j] - ROW_EXP_MAX), a = x or GELU(x) (stage 2).
                     m.d.comb += [b.eq(p.mult[:nx.MULT_BITS]), sh.eq(p.shift - ROW_EXP_MAX)]
             # Slice 1: operands. Slice 2: the product (b beyond its low DSP limb is LayerNorm's
-            # inv only, whose a is a 25-bit d). Slice 3: round, shift, saturate.
+            # inv only, whose a is a 25-bit d). Slice 3: the shift. Slice 4: round, saturate.
             a1 = piped(a, a.shape(), f"m1_a1_{k}")
             b1 = piped(b, b.shape(), f"m1_b1_{k}")
             ctl1 = [piped(v, v.shape(), f"{v.name}_1") for v in (sh, zp, lo, hi, sat)]
-            gamma1 = piped(p.mult, signed(GAMMA_BITS), f"gamma1_{k}")
-            beta1 = piped(p.bias, signed(BETA_BITS), f"beta1_{k}")
+            gamma = piped(p.mult, signed(GAMMA_BITS), f"gamma1_{k}")
+            beta = piped(p.bias, signed(BETA_BITS), f"beta1_{k}")
             lb = 17
             p1 = piped(limb_product(a1, b1[:lb], m=m, name=f"m1_lo{k}")
                        + (limb_product(a1[:_LN_D_BITS].as_signed(), b1[lb:], lut_bits=0, m=m,
                                        name=f"m1_hi{k}") << lb),
                        signed(_M1_BITS), f"m1_p{k}")
             ctl2 = [piped(v, v.shape(), f"{v.name[:-2]}_2") for v in ctl1]
-            gamma2 = piped(gamma1, signed(GAMMA_BITS), f"gamma2_{k}")
-            beta2 = piped(beta1, signed(BETA_BITS), f"beta2_{k}")
-            r1 = mul_round_sat(m, p1, *ctl2[:4], ctl2[4], width=_M1_BITS, name=f"m1_{k}")
-            y1 = piped(r1, signed(33), f"y1_{k}")
-            y1w = piped(clamp(r1, -_ROWS_V_MAX, _ROWS_V_MAX), signed(_ROWS_V_BITS), f"y1w_{k}")
-            gamma3 = piped(gamma2, signed(GAMMA_BITS), f"gamma3_{k}")
-            beta3 = piped(beta2, signed(BETA_BITS), f"beta3_{k}")
+            for i in range(2, 6):
+                gamma = piped(gamma, signed(GAMMA_BITS), f"gamma{i}_{k}")
+                beta = piped(beta, signed(BETA_BITS), f"beta{i}_{k}")
+            r1 = mul_round_sat(m, p1, *ctl2[:4], ctl2[4], width=_M1_BITS, name=f"m1_{k}",
+                               stage=piped)
+            y1 = piped(r1, r1.shape(), f"y1_{k}")     # full width: the rows' bound needs it
+            # Slice 5: the row requantisations' |v| bound, GELU's Phi(y1) (its table is read,
+            # block RAM, with the slice: GELU's y1 is an int16) and y1 itself.
+            y1w = piped(clamp(y1, -_ROWS_V_MAX, _ROWS_V_MAX), signed(_ROWS_V_BITS), f"y1w_{k}")
+            phi = GeluPhi()
+            m.submodules[f"phi{k}"] = phi
+            m.d.comb += [phi.x.eq(y1[:16]), phi.en.eq(1)]
+            y1 = piped(y1, signed(33), f"y1_5_{k}")
 
             # Step 2: LayerNorm z * gamma + beta (rounded and saturated by step 3); GELU
             # max(0, x * Phi(x) + offset); the row requantisations'
             # q = saturate(round_shift(v, k), out), k = ROW_EXP_MAX - e.
-            c = cmd[3]
-            phi = GeluPhi()
-            m.submodules[f"phi{k}"] = phi
-            # Its table is read (block RAM) with slice 3: GELU's r1 is an int16.
-            m.d.comb += [phi.x.eq(r1[:16]), phi.en.eq(1)]
+            c = cmd[5]
             is_ln, is_gelu = c.op == VectorOp.LAYERNORM, c.op == VectorOp.GELU
             b2 = Signal(signed(GAMMA_BITS + 1), name=f"m2_b{k}")
-            m.d.comb += b2.eq(Mux(is_ln, gamma3, Mux(is_gelu, phi.phi, 0)))
+            m.d.comb += b2.eq(Mux(is_ln, gamma, Mux(is_gelu, phi.phi, 0)))
             add2 = Signal(signed(BETA_BITS), name=f"m2_add{k}")
-            m.d.comb += add2.eq(Mux(is_ln, beta3, Mux(is_gelu, GELU_OFFSET, 0)))
+            m.d.comb += add2.eq(Mux(is_ln, beta, Mux(is_gelu, GELU_OFFSET, 0)))
             kk = Signal(ROW_EXP_BITS, name=f"m2_k{k}")
-            m.d.comb += kk.eq(ROW_EXP_MAX - exp[3])
+            m.d.comb += kk.eq(ROW_EXP_MAX - exp[5])
             rq = Signal(signed(_ROWS_V_BITS + 1), name=f"m2_rq{k}")
             m.d.comb += rq.eq(round_shift_add(m, y1w, kk, name=f"m2_rs{k}"))
-            # Slice 4: operands (y1 is z for LayerNorm or an int16 for GELU: _Z_BITS hold
-            # either), the row requantisations' result and the passing value.
-            z4 = piped(y1[:_Z_BITS].as_signed(), signed(_Z_BITS), f"m2_z4_{k}")
-            b4 = piped(b2, b2.shape(), f"m2_b4_{k}")
-            add4 = piped(add2, add2.shape(), f"m2_add4_{k}")
-            pass4 = piped(Mux(_is_rows(c.op), clamp(rq, c.out_lo, c.out_hi), y1), signed(33),
-                          f"m2_pass4_{k}")
-            # Slice 5: the product. Slice 6: GELU's clamp (the offset keeps it at or above 0).
-            p2 = piped(limb_product(z4, b4, lut_bits=5, m=m, name=f"m2_{k}") + add4,
+            # Slice 6: operands (y1 is z for LayerNorm or an int16 for GELU: _Z_BITS hold
+            # either), the row requantisations' rounded value and the passing value.
+            z6 = piped(y1[:_Z_BITS].as_signed(), signed(_Z_BITS), f"m2_z6_{k}")
+            b6 = piped(b2, b2.shape(), f"m2_b6_{k}")
+            add6 = piped(add2, add2.shape(), f"m2_add6_{k}")
+            pass6 = piped(y1, signed(33), f"m2_pass6_{k}")
+            rq6 = piped(rq, rq.shape(), f"m2_rq6_{k}")
+            # Slice 7: the product; the row requantisations' saturation. Slice 8: GELU's clamp
+            # (the offset keeps it at or above 0).
+            p2 = piped(limb_product(z6, b6, lut_bits=5, m=m, name=f"m2_{k}") + add6,
                        signed(_M2_BITS), f"m2_p{k}")
-            pass5 = piped(pass4, signed(33), f"m2_pass5_{k}")
-            c = cmd[5]
+            c = cmd[6]
+            pass7 = piped(Mux(_is_rows(c.op), clamp(rq6, c.out_lo, c.out_hi), pass6), signed(33),
+                          f"m2_pass7_{k}")
+            c = cmd[7]
             g2 = Mux(GELU_CLAMP & (p2 < 0), 0, p2)
             y2 = piped(Mux(c.op == VectorOp.LAYERNORM, p2,
-                           Mux(c.op == VectorOp.GELU, g2, pass5)), signed(_M2_BITS), f"y2_{k}")
+                           Mux(c.op == VectorOp.GELU, g2, pass7)), signed(_M2_BITS), f"y2_{k}")
 
             # Step 3: GELU's output requantisation (per tensor, from the command), LayerNorm's
-            # output shift and saturation. Slice 7: the product (LayerNorm's passes); the output
-            # register rounds, shifts and saturates.
-            c = cmd[6]
+            # output shift and saturation. Slice 9: the product (LayerNorm's passes). Slice
+            # 10: the shift; the queue's write rounds and saturates.
+            c = cmd[8]
             g3 = limb_product(y2[:_G_BITS].as_signed(), c.mult, m=m, name=f"m3_{k}")
             p3 = piped(Mux(c.op == VectorOp.GELU, g3, y2), signed(_M3_BITS), f"m3_p{k}")
             y3 = piped(y2, signed(33), f"y3_{k}")
-            c = cmd[7]
+            c = cmd[9]
             is_gelu = c.op == VectorOp.GELU
             r3 = mul_round_sat(m, p3, c.shift, Mux(is_gelu, c.zero_point, 0), c.out_lo,
-                               c.out_hi, 1, width=_M3_BITS, name=f"m3_{k}")
-            m.d.comb += out[k].eq(Mux(is_gelu | (c.op == VectorOp.LAYERNORM), r3, y3))
+                               c.out_hi, 1, width=_M3_BITS, name=f"m3_{k}", stage=piped)
+            y3 = piped(y3, signed(33), f"y3_10_{k}")
+            c = cmd[10]
+            m.d.comb += out[k].eq(Mux((c.op == VectorOp.GELU) | (c.op == VectorOp.LAYERNORM),
+                                      r3, y3))
 
         fifos_used = [f.r_level != 0 for f in (fa, fb, t1, t2, t3, oq)]
         finishers_used = [~fin.i.ready for fin in fins]
@@ -897,9 +912,11 @@ def _sum_tree(m, name, values, shape, *, levels=None):
     return values
 
 
-#: Output queue (beats): the eight output slices in flight plus the queue's own latency, so
-#: the credits never cut the rate of a consumer that is always ready.
+#: Output queue (beats): room for the output slices in flight (``_S3_SLICES``) plus the
+#: queue's own latency, so the credits never cut the rate of a consumer that is always ready.
 _OUT_QUEUE = 16
+#: Slices of the output pass (stage 3).
+_S3_SLICES = 10
 
 
 def _credits(queue):

@@ -229,29 +229,52 @@ def round_shift_add(m, x, shift, add=0, *, name):
     of 2x / 2**s keeps the bit that decides the rounding), and ``x`` for s = 0; the addend
     rides in the same carry chain.
     """
+    return _round_add(_round_shifted(m, x, shift, add, name=name), add)
+
+
+def _round_shifted(m, x, shift, add=0, *, name):
+    """The shifter of :func:`round_shift_add`: ``2x >> shift``."""
     x, add = Value.cast(x), Value.cast(add)
     signed_ = x.shape().signed or add.shape().signed
     w = len(x) + 1
     q = Signal(signed(w) if signed_ else unsigned(w), name=f"{name}_q")
     m.d.comb += q.eq((x << 1) >> shift)
+    return q
+
+
+def _round_add(q, add=0):
+    """The adder of :func:`round_shift_add`: ``(q + 2 add + 1) >> 1``."""
+    add = Value.cast(add)
     if len(add) == 0 or (isinstance(add, Const) and add.value == 0):
         return (q + 1) >> 1
     return (q + Cat(Const(1, 1), add).as_signed() if add.shape().signed
             else q + Cat(Const(1, 1), add)) >> 1
 
 
-def mul_round_sat(m, p, shift, zp, lo, hi, saturate, *, width, name):
+def mul_round_sat(m, p, shift, zp, lo, hi, saturate, *, width, name, stage=None):
     """``y = saturate ? clamp(round_shift(p, shift) + zp, lo, hi) : round_shift(p, shift) + zp``.
 
     ``p`` is a product (plus addend) the caller builds from DSP limbs (:func:`limb_product`)
     with operands cut to their proven widths; ``width`` bounds ``p`` plus the rounding half.
     The one multiply-and-scale step of the output multiplier bank: every operation of the unit
     is a chain of these with per-operation operands.
+
+    With ``stage`` (``stage(value, shape, name)`` returns ``value`` registered one pipeline
+    slice later), the shifter's output and ``zp``, ``lo``, ``hi``, ``saturate`` are
+    registered: the shifter and the adder with its saturation take a cycle each.
     """
     ps = Signal(signed(width), name=f"{name}_p")
     m.d.comb += ps.eq(p)
     r = Signal(signed(width + 1), name=f"{name}_r")
-    m.d.comb += r.eq(round_shift_add(m, ps, shift, zp, name=name))
+    if stage is None:
+        m.d.comb += r.eq(round_shift_add(m, ps, shift, zp, name=name))
+    else:
+        q = _round_shifted(m, ps, shift, zp, name=name)
+        q = stage(q, q.shape(), f"{name}_qr")
+        zp, lo, hi, saturate = (stage(v, Value.cast(v).shape(), f"{name}_{n}r")
+                                for v, n in ((zp, "zp"), (lo, "lo"), (hi, "hi"),
+                                             (saturate, "sat")))
+        m.d.comb += r.eq(_round_add(q, zp))
     y = Signal(signed(width + 1), name=f"{name}_y")
     m.d.comb += y.eq(Mux(saturate, clamp(r, lo, hi), r))
     return y
