@@ -22,12 +22,12 @@ from amaranth.lib.wiring import In, Out
 
 from celosia.sw import numerics as nx
 
-from .dsp import add_chain, limb_product
+from .dsp import limb_product
 from .pipeline import CreditCounter
 from .isa import VecOp
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
-                           mul_round_sat, round_shift_add)
+                           mul_round_sat, round_add, round_shift_add, round_shifted)
 
 __all__ = [
     "VectorOp", "COLS_BITS", "ROWS_BITS", "GAMMA_BITS", "BETA_BITS",
@@ -585,9 +585,10 @@ class VectorUnit(wiring.Component):
                             for n, v in out[-1].items()})
             return out
 
-        # Slices 1-5 work per lane; slice 6 holds each beat's lane sums and peak, so the running
-        # sums (one carry chain) do not share a cycle with the lane trees.
-        L5, L2 = 5, 6
+        # Slices 1-6 work per lane (L5 is the last); slice 7 holds the masked lane values, 8
+        # half of each lane tree (sums, peak), 9 the beat's sums, so the running sums (one carry
+        # chain) share a cycle with nothing else.
+        L5, L2 = 6, 9
         in2 = lanes32(fa.r_data)
         ctl = carry({"valid": fire2, "tok": tok2, "first": col2 == 0, "last": last2,
                      "lanes": self._lane_valid(m, "s2", tok2.cmd, tok2.row, col2)}, L2, "")
@@ -653,27 +654,33 @@ class VectorUnit(wiring.Component):
                     m.d.comb += amt.eq(c4.cmd.shift)
                 with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
                     m.d.comb += amt.eq(s4["shift"] - ROW_EXP_MAX)
+            # Slice 5: the shifter; slice 6: the rounding adder.
+            q = round_shifted(m, sprod, amt, name=f"s2_rs{k}")
+            s5 = carry({"q": q, "pass": s4["pass"]}, 1, f"l{k}_")[1]
             r = Signal(signed(len(sprod) + 1), name=f"s2_r{k}")
-            m.d.comb += r.eq(round_shift_add(m, sprod, amt, name=f"s2_rs{k}"))
-            s5 = carry({"r": r, "pass": s4["pass"]}, 1, f"l{k}_")[1]
+            m.d.comb += r.eq(round_add(s5["q"]))
+            s6 = carry({"r": r, "pass": s5["pass"]}, 1, f"l{k}_")[1]
             # The beat: e (softmax), |v| for the peak, the square.
             lane_ok = ctl[L5]["lanes"][k]
-            v = s5["r"]
+            v = s6["r"]
             vmag = Signal(len(v) - 1, name=f"s2_vmag{k}")
             m.d.comb += vmag.eq(v)     # never negative
             pk = Signal(_ROWS_V_BITS, name=f"s2_peak{k}")
             m.d.comb += pk.eq(Mux(lane_ok, Mux(vmag > _ROWS_V_MAX, _ROWS_V_MAX, vmag), 0))
-            peaks.append(pk)
+            peaks.append(piped2(pk, pk.shape(), f"s2_peak7_{k}"))
             exp = Exp2()
             m.submodules[f"exp{k}"] = exp
-            # The table lookup is the slice's register (block RAM): t goes in with slice 5.
+            # The table lookup is the slice's register (block RAM): t goes in with slice 6.
             m.d.comb += [exp.t.eq(r[:EXP_T_BITS + 1]), exp.en.eq(1)]
             e = Signal(EXP_E_BITS, name=f"s2_e{k}")
             m.d.comb += e.eq(Mux(lane_ok, exp.e, 0))
-            es.append(e)
-            sqs.append(Mux(lane_ok, v[:2 * nx.LN_IN_BITS], 0))
-            m.d.comb += out2[k].eq(piped2(Mux(op_at[L5] == VectorOp.SOFTMAX, e, s5["pass"]),
-                                          signed(32), f"s2_out{k}"))
+            es.append(piped2(e, e.shape(), f"s2_e7_{k}"))
+            sqs.append(piped2(Mux(lane_ok, v[:2 * nx.LN_IN_BITS], 0), unsigned(2 * nx.LN_IN_BITS),
+                              f"s2_sq7_{k}"))
+            o = Mux(op_at[L5] == VectorOp.SOFTMAX, e, s6["pass"])
+            for i in range(L5 + 1, L2 + 1):
+                o = piped2(o, signed(32), f"s2_out{i}_{k}")
+            m.d.comb += out2[k].eq(o)
 
         tokL = ctl[L2]["tok"]
         firstL = ctl[L2]["first"]
@@ -682,10 +689,15 @@ class VectorUnit(wiring.Component):
         acc_peak = Signal(_ROWS_V_BITS)
         new_e = Signal(_ESUM_BITS)
         new_sq = Signal(_SXX_BITS)
-        beat_peak = piped2(self._max_tree(m, "s2", peaks, unsigned(_ROWS_V_BITS))[0],
-                           unsigned(_ROWS_V_BITS), "s2_beat_peak")
-        beat_e = piped2(add_chain(m, es, "s2_esum"), unsigned(_ESUM_BITS), "s2_beat_e")
-        beat_sq = piped2(add_chain(m, sqs, "s2_sqsum"), unsigned(_SXX_BITS), "s2_beat_sq")
+        half = ((N - 1).bit_length() + 1) // 2
+        beat = []
+        for name, values, shape, tree in (
+                ("peak", peaks, unsigned(_ROWS_V_BITS), self._max_tree),
+                ("e", es, unsigned(_ESUM_BITS), _sum_tree), ("sq", sqs, unsigned(_SXX_BITS), _sum_tree)):
+            values = [piped2(v, shape, f"s2_{name}8_{j}")
+                      for j, v in enumerate(tree(m, f"s2a_{name}", values, shape, levels=half))]
+            beat.append(piped2(tree(m, f"s2b_{name}", values, shape)[0], shape, f"s2_beat_{name}"))
+        beat_peak, beat_e, beat_sq = beat
         new_peak = Signal(_ROWS_V_BITS)
         m.d.comb += [new_e.eq(Mux(firstL, 0, acc_e) + beat_e),
                      new_sq.eq(Mux(firstL, 0, acc_sq) + beat_sq),

@@ -17,7 +17,7 @@ from .dsp import lut_product
 
 __all__ = [
     "Divider", "Isqrt", "Exp2", "GeluPhi",
-    "clamp", "mul_round_sat", "round_shift_add",
+    "clamp", "mul_round_sat", "round_shift_add", "round_shifted", "round_add",
     "EXP_T_BITS", "EXP_E_BITS", "GELU_PHI_WIDTH",
 ]
 
@@ -229,10 +229,10 @@ def round_shift_add(m, x, shift, add=0, *, name):
     of 2x / 2**s keeps the bit that decides the rounding), and ``x`` for s = 0; the addend
     rides in the same carry chain.
     """
-    return _round_add(_round_shifted(m, x, shift, add, name=name), add)
+    return round_add(round_shifted(m, x, shift, add, name=name), add)
 
 
-def _round_shifted(m, x, shift, add=0, *, name):
+def round_shifted(m, x, shift, add=0, *, name):
     """The shifter of :func:`round_shift_add`: ``2x >> shift``."""
     x, add = Value.cast(x), Value.cast(add)
     signed_ = x.shape().signed or add.shape().signed
@@ -242,7 +242,7 @@ def _round_shifted(m, x, shift, add=0, *, name):
     return q
 
 
-def _round_add(q, add=0):
+def round_add(q, add=0):
     """The adder of :func:`round_shift_add`: ``(q + 2 add + 1) >> 1``."""
     add = Value.cast(add)
     if len(add) == 0 or (isinstance(add, Const) and add.value == 0):
@@ -269,12 +269,12 @@ def mul_round_sat(m, p, shift, zp, lo, hi, saturate, *, width, name, stage=None)
     if stage is None:
         m.d.comb += r.eq(round_shift_add(m, ps, shift, zp, name=name))
     else:
-        q = _round_shifted(m, ps, shift, zp, name=name)
+        q = round_shifted(m, ps, shift, zp, name=name)
         q = stage(q, q.shape(), f"{name}_qr")
         zp, lo, hi, saturate = (stage(v, Value.cast(v).shape(), f"{name}_{n}r")
                                 for v, n in ((zp, "zp"), (lo, "lo"), (hi, "hi"),
                                              (saturate, "sat")))
-        m.d.comb += r.eq(_round_add(q, zp))
+        m.d.comb += r.eq(round_add(q, zp))
     y = Signal(signed(width + 1), name=f"{name}_y")
     m.d.comb += y.eq(Mux(saturate, clamp(r, lo, hi), r))
     return y

@@ -179,6 +179,13 @@ class VectorEngine(wiring.Component):
         lw, ln = _log2(W), _log2(N)
         D = self.fifo_beats
         m.submodules.unit = unit = VectorUnit(N, max_cols=self.max_cols, **self.unit_kwargs)
+        # Registered stages on the unit's beat streams: the gearboxes and the output packer
+        # (whose readiness follows the memory port) never share a path with the unit's intake
+        # or its output queue.
+        m.submodules.unit_in = unit_in = SkidBuffer(unit.in_layout)
+        m.submodules.unit_out = unit_out = SkidBuffer(unit.out_layout)
+        wiring.connect(m, unit_in.o, unit.i)
+        wiring.connect(m, unit.o, unit_out.i)
 
         cmd = Signal(isa.vector_layout())
         code = Signal(DONE_BITS)
@@ -400,8 +407,8 @@ class VectorEngine(wiring.Component):
         m.d.comb += [g_src.elog.eq(sl), g_src.last.eq(in_last), g_src.last_take.eq(src_last_take),
                      g_res.elog.eq(1), g_res.last.eq(in_last), g_res.last_take.eq(res_last_take)]
         in_ok = phase_run & (in_row < rows) & g_src.avail & (g_res.avail | ~use_res)
-        m.d.comb += unit.i.valid.eq(in_ok)
-        fire_in = in_ok & unit.i.ready
+        m.d.comb += unit_in.i.valid.eq(in_ok)
+        fire_in = in_ok & unit_in.i.ready
         m.d.comb += [g_src.take.eq(fire_in), g_res.take.eq(fire_in & use_res)]
         with m.If(fire_in):
             with m.If(in_last):
@@ -420,8 +427,8 @@ class VectorEngine(wiring.Component):
                     m.d.comb += lane.eq(sb[16 * k:16 * k + 16].as_signed())
                 with m.Case(OutFormat.INT32):
                     m.d.comb += lane.eq(sb[32 * k:32 * k + 32].as_signed())
-            m.d.comb += [unit.i.payload.data[k].eq(lane),
-                         unit.i.payload.residual[k].eq(g_res.bytes[16 * k:16 * k + 16].as_signed())]
+            m.d.comb += [unit_in.i.payload.data[k].eq(lane),
+                         unit_in.i.payload.residual[k].eq(g_res.bytes[16 * k:16 * k + 16].as_signed())]
 
         # --- output: pack, saturate, write rows; row exponents ---------------------------------
         Cb = 2 * max(W, 4 * N)
@@ -475,11 +482,11 @@ class VectorEngine(wiring.Component):
         Ch = Cb // 2
         o_ok = (phase_run & (~oflush | flush_done) & (o_after < Ch)
                 & ~(e_pend & use_e & o_last))
-        m.d.comb += unit.o.ready.eq(o_ok)
-        fire_o = unit.o.valid & o_ok
+        m.d.comb += unit_out.o.ready.eq(o_ok)
+        fire_o = unit_out.o.valid & o_ok
         packed = Signal(8 * 4 * N)
         for k in range(N):
-            y = unit.o.payload.data[k]
+            y = unit_out.o.payload.data[k]
             ys = Signal(signed(32), name=f"out_lane{k}")
             m.d.comb += ys.eq(Mux(y < out_lo, out_lo, Mux(y > out_hi, out_hi, y)))
             with m.Switch(dl):
@@ -512,7 +519,7 @@ class VectorEngine(wiring.Component):
         # Row exponents: one byte per row, W rows a beat.
         e_pos = e_row[:lw] if lw else C(0, 1)
         with m.If(fire_o & o_last & use_e):
-            m.d.sync += [e_buf.eq(e_buf | (unit.o.payload.exp << (e_pos << 3))),
+            m.d.sync += [e_buf.eq(e_buf | (unit_out.o.payload.exp << (e_pos << 3))),
                          e_strb.eq(e_strb | (Const(1, 1) << e_pos)), e_row.eq(e_row + 1)]
             with m.If((e_pos == W - 1) | (e_row + 1 == rows)):
                 m.d.sync += [e_pend.eq(1),
