@@ -1,0 +1,324 @@
+"""One decoder block's prefill as a Celosia program (the ``isa`` backend's first decoder path).
+
+:func:`compile_decoder_block` turns layer ``i`` of an integer decoder
+(:func:`celosia.sw.quantize.quantize_decoder`) and a prompt's int32 residual stream
+(tokens x hidden, at position 0: no KV cache yet) into MATMUL and VECTOR instructions;
+:func:`run_decoder_block` runs them on the instruction-set simulator with the decoder's
+vector operations (:class:`celosia.hdl.isa.DecoderVecOp`, ``IsaMachine(decoder_ops=True)``)
+and returns the block's output stream, bit for bit :func:`celosia.sw.golden.decoder_layer`'s.
+
+The mapping, step by step as golden.decoder_attention and golden.decoder_mlp:
+
+* RMSNorm (RMSNORM) and the smoothed operand with row exponents (REQUANT_ROWS, int16 where
+  the recipe makes it wide);
+* a wide operand times int8 weights is numerics.matmul_wide's two passes: WIDE_SPLIT writes
+  the operand's high (int8) and low (uint8) byte planes, the low plane's MATMUL gives int32,
+  WIDE_LO rescales it per row, and the high plane's MATMUL adds it (ACC32) after its own row
+  shift;
+* q, k and v requantised per channel (REQUANT), rotary per head (ROTARY, the host writes the
+  prompt positions' cos | sin rows), scores per query head against its key/value head
+  (grouped-query attention: B transposed), SOFTMAX_WIDE (causal, 15-bit probabilities), the
+  probabilities times v (two passes), the context per head (REQUANT into its columns);
+* the output and down projections requantised to int32 (REQUANT) and added to the stream
+  (RESIDUAL32); the gate and up requantised, SILU_GATE, the down projection's two passes.
+
+Not done here: decode steps against a KV cache in accelerator memory, the embedding lookup,
+the final norm and the LM head, several blocks in one program, and the RTL (which has none of
+the decoder's vector operations: they stop with BAD_MODE there). A vector command is at most
+VEC_MAX_COLS columns, so wider rows go as several commands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from celosia.hdl import isa
+from celosia.hdl.isa import CSR, INSTR_BYTES, DecoderVecOp, MachineConfig, Unit, VecOp
+from celosia.hdl.params import AddendMode, OutFormat
+
+from . import numerics as nx
+from .compiler import DTYPE, Tensor, _vector_records
+from .golden import _select, _wide
+from .quantize import IntegerModel
+
+__all__ = ["DecoderBlockProgram", "compile_decoder_block", "run_decoder_block"]
+
+_I8, _U8, _I16, _I32 = OutFormat.INT8, OutFormat.UINT8, OutFormat.INT16, OutFormat.INT32
+
+
+@dataclass
+class DecoderBlockProgram:
+    """A compiled block: the memory image (instructions at ``prog``), where the input stream
+    goes and where the output stream is read, and the machine it is compiled for."""
+    config: MachineConfig
+    image: bytearray
+    prog: int
+    x: Tensor
+    y: Tensor
+    instructions: list
+
+    def counts(self) -> dict:
+        out: dict[str, int] = {}
+        for ins in self.instructions:
+            name = isa.Opcode(ins.opcode).name
+            if ins.opcode == isa.Opcode.VECTOR:
+                name += "." + isa.vec_op_name(ins.fields["op"])
+            out[name] = out.get(name, 0) + 1
+        return out
+
+
+class _Builder:
+    """A bump allocator over a growing memory image, and the instruction list."""
+
+    def __init__(self, config: MachineConfig):
+        self.config = config
+        self.W = config.port_bytes
+        self.image = bytearray()
+        self.code: list = []
+
+    def _alloc(self, nbytes: int) -> int:
+        addr = len(self.image)
+        self.image += bytes(-(-max(nbytes, 1) // self.W) * self.W)
+        return addr
+
+    def tensor(self, name: str, rows: int, cols: int, fmt: OutFormat, values=None) -> Tensor:
+        stride = -(-cols * DTYPE[fmt].itemsize // self.W) * self.W
+        t = Tensor(name, self._alloc(rows * stride), rows, cols, stride, fmt)
+        if values is not None:
+            self.image[t.addr:t.addr + t.nbytes] = t.pack(values)
+        return t
+
+    def raw(self, data: bytes) -> int:
+        addr = self._alloc(len(data))
+        self.image[addr:addr + len(data)] = data
+        return addr
+
+    def cols(self, t: Tensor, start: int, count: int) -> Tensor:
+        """Columns start..start+count of ``t`` (the same rows and stride)."""
+        return Tensor(f"{t.name}[{start}:]", t.addr + start * DTYPE[t.fmt].itemsize, t.rows,
+                      count, t.stride, t.fmt)
+
+    def rows(self, t: Tensor, start: int, count: int, fmt: OutFormat | None = None) -> Tensor:
+        return Tensor(f"{t.name}[rows {start}:]", t.addr + start * t.stride, count, t.cols,
+                      t.stride, fmt or t.fmt)
+
+    def sync(self, units=Unit.ALL) -> None:
+        self.code.append(isa.sync(units))
+
+    def vector(self, op, src: Tensor, dst: Tensor, **kw) -> None:
+        """One VECTOR per VEC_MAX_COLS columns of ``src`` (and ``dst``, and the second
+        operand's and parameters' columns alike)."""
+        step = isa.VEC_MAX_COLS
+        for c0 in range(0, src.cols, step):
+            n = min(step, src.cols - c0)
+            s, d = self.cols(src, c0, n), self.cols(dst, c0, n)
+            extra = dict(kw)
+            if "res" in extra:
+                r = self.cols(extra.pop("res"), c0, n)
+                extra.update(res_addr=r.addr, res_stride=r.stride)
+            if "p_addr" in extra:
+                extra["p_addr"] += c0 * isa.VEC_PARAM_RECORD_BYTES
+            self.code.append(isa.vector(op=int(op), rows=s.rows, cols=n, src_addr=s.addr,
+                                        src_stride=s.stride, src_fmt=int(s.fmt), dst_addr=d.addr,
+                                        dst_stride=d.stride, dst_fmt=int(d.fmt), **extra))
+
+    def matmul(self, a: Tensor, b: Tensor, c: Tensor, transposed: bool = False, **kw) -> None:
+        self.code.append(isa.matmul(m=a.rows, k=a.cols, n=b.rows if transposed else b.cols,
+                                    a_addr=a.addr, a_stride=a.stride, b_addr=b.addr,
+                                    b_stride=b.stride, c_addr=c.addr, c_stride=c.stride,
+                                    a_unsigned=int(a.fmt == _U8), b_transposed=int(transposed),
+                                    **kw))
+
+    def product(self, name: str, a: Tensor, b: Tensor, e: int | None, wide: bool,
+                transposed: bool = False) -> Tensor:
+        """``a @ b`` as golden._product: one int8 MATMUL, or numerics.matmul_wide's two
+        passes for an int16 ``a``; ``e``: the address of a's row exponents (None: 0)."""
+        n = b.rows if transposed else b.cols
+        out = self.tensor(name, a.rows, n, _I32)
+        shift = {} if e is None else {"row_shift": 1, "e_addr": e}
+        if not wide:
+            self.matmul(a, b, out, transposed, **shift)
+            return out
+        planes = self.tensor(f"{name}.planes", 2 * a.rows, a.cols, _I8)
+        self.vector(DecoderVecOp.WIDE_SPLIT, a, planes)
+        self.sync(Unit.VECTOR)
+        lo = self.tensor(f"{name}.lo", a.rows, n, _I32)
+        self.matmul(self.rows(planes, a.rows, a.rows, _U8), b, lo, transposed)
+        self.sync(Unit.MATMUL)
+        if e is None:
+            e = self.raw(bytes(a.rows))
+        lo2 = self.tensor(f"{name}.lo2", a.rows, n, _I32)
+        self.vector(DecoderVecOp.WIDE_LO, lo, lo2, e_addr=e)
+        self.sync(Unit.VECTOR)
+        self.matmul(self.rows(planes, 0, a.rows), b, out, transposed, addend=int(AddendMode.ACC32),
+                    d_addr=lo2.addr, d_stride=lo2.stride, **shift)
+        return out
+
+    def requant(self, src: Tensor, dst: Tensor, d: nx.Dyadic) -> None:
+        m = np.broadcast_to(d.multiplier, (src.cols,))
+        s = np.broadcast_to(d.shift, (src.cols,))
+        self.vector(VecOp.REQUANT, src, dst, p_addr=self.raw(_vector_records(m, s)))
+
+    def operand(self, im: IntegerModel, name: str, h: Tensor, prefix: str) -> tuple[Tensor, int]:
+        """golden._operand: the smoothed operand and the address of its row exponents."""
+        fmt = _I16 if _wide(im, name) else _I8
+        out = self.tensor(name, h.rows, h.cols, fmt)
+        e = self.raw(bytes(h.rows))
+        d = im.dyadic(f"{prefix}{name}.rq")
+        self.vector(VecOp.REQUANT_ROWS, h, out, e_addr=e,
+                    p_addr=self.raw(_vector_records(np.broadcast_to(d.multiplier, (h.cols,)),
+                                                    np.broadcast_to(d.shift, (h.cols,)))))
+        return out, e
+
+    def rmsnorm(self, im: IntegerModel, name: str, x: Tensor) -> Tensor:
+        out = self.tensor(name, x.rows, x.cols, _I16)
+        gamma = im.tensors[f"{name}.gamma"]
+        eps = np.zeros(x.cols, dtype=np.int64)
+        eps[0] = im.scalar("rms.eps")
+        self.vector(DecoderVecOp.RMSNORM, x, out, shift=im.scalar(f"{name}.shift"),
+                    p_addr=self.raw(_vector_records(gamma, 0, eps)))
+        return out
+
+
+def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray,
+                          array: int = 16) -> DecoderBlockProgram:
+    """Layer ``i``'s prefill of the int32 residual stream ``x`` (tokens x hidden, positions
+    0..tokens-1) as one program: weights, tables, the input, scratch, then the code."""
+    a = im.arch
+    a.require_decoder("the decoder compiler")
+    T = im.tensors
+    p = f"L{i}"
+    x = np.asarray(x, dtype=np.int64)
+    tokens, hidden = x.shape
+    heads, kv_heads, dh, ffn = a.heads, a.kv_heads, a.head_dim, a.ffn
+    kv = kv_heads * dh
+    if hidden != a.hidden or not 1 <= tokens <= min(512, a.max_tokens):
+        raise ValueError(f"compile_decoder_block: tokens x {a.hidden} with 1..512 tokens, got "
+                         f"{x.shape}")
+    b = _Builder(MachineConfig(array))
+    W = {name: b.tensor(name, *T[f"{p}.{name}.weight"].shape, _I8, T[f"{p}.{name}.weight"])
+         for name in ("qkv", "attn_out", "gate_up", "down")}
+    cos, sin = nx.rope_tables(a.block.attention.rope_theta, dh, a.max_tokens)
+    trig = b.tensor("cos|sin", tokens, dh, _I16,
+                    np.concatenate([cos[:tokens], sin[:tokens]], axis=1))
+    xin = b.tensor("x", tokens, hidden, _I32, x)
+
+    # --- attention -------------------------------------------------------------------------
+    h = b.rmsnorm(im, f"{p}.attn_norm", xin)
+    b.sync(Unit.VECTOR)
+    xq, e = b.operand(im, "qkv_in", h, f"{p}.")
+    b.sync(Unit.VECTOR)
+    acc = b.product("qkv", xq, W["qkv"], e, _wide(im, "qkv_in"))
+    b.sync(Unit.MATMUL)
+    q_fmt = _I16 if _wide(im, "q") else _I8
+    k_fmt = _I16 if _wide(im, "k") else _I8
+    rq = im.dyadic(f"{p}.qkv.rq")
+    parts = {}
+    for name, c0, n, fmt in (("q", 0, hidden, q_fmt), ("k", hidden, kv, k_fmt),
+                             ("v", hidden + kv, kv, _I8)):
+        parts[name] = b.tensor(name, tokens, n, fmt)
+        b.requant(b.cols(acc, c0, n), parts[name], _select(rq, slice(c0, c0 + n)))
+    b.sync(Unit.VECTOR)
+    rot = {name: b.tensor(f"{name}.rot", tokens, parts[name].cols, parts[name].fmt)
+           for name in ("q", "k")}
+    for name, count in (("q", heads), ("k", kv_heads)):
+        for g in range(count):
+            b.vector(DecoderVecOp.ROTARY, b.cols(parts[name], g * dh, dh),
+                     b.cols(rot[name], g * dh, dh), res=trig)
+    b.sync(Unit.VECTOR)
+    sm = im.dyadic(f"{p}.softmax")
+    sm_m = np.broadcast_to(sm.multiplier, (heads,))
+    sm_s = np.broadcast_to(sm.shift, (heads,))
+    ctx_fmt = _I16 if _wide(im, "ctx") else _I8
+    ctx = b.tensor("ctx", tokens, hidden, ctx_fmt)
+    ctx_rq = im.dyadic(f"{p}.ctx.rq")
+    wide_probs = _wide(im, "probs")
+    if _wide(im, "k"):
+        raise NotImplementedError("the decoder compiler does not map a wide k yet")
+    for hd in range(heads):
+        g = nx.kv_head(hd, heads, kv_heads)
+        qh, kg = b.cols(rot["q"], hd * dh, dh), b.cols(rot["k"], g * dh, dh)
+        vg = b.cols(parts["v"], g * dh, dh)
+        scores = b.product(f"scores{hd}", qh, kg, None, _wide(im, "q"), transposed=True)
+        b.sync(Unit.MATMUL)
+        probs = b.tensor(f"probs{hd}", tokens, tokens, _I16 if wide_probs else _U8)
+        pe = b.raw(bytes(tokens))
+        b.vector(DecoderVecOp.SOFTMAX_WIDE if wide_probs else VecOp.SOFTMAX, scores, probs,
+                 e_addr=pe, mult=int(sm_m[hd]), shift=int(sm_s[hd]), causal=1, causal_offset=0)
+        b.sync(Unit.VECTOR)
+        pv = b.product(f"pv{hd}", probs, vg, pe, wide_probs)
+        b.sync(Unit.MATMUL)
+        b.requant(pv, b.cols(ctx, hd * dh, dh), _select(ctx_rq, slice(hd * dh, (hd + 1) * dh)))
+    b.sync(Unit.VECTOR)
+    o = b.product("attn_out", ctx, W["attn_out"], None, _wide(im, "ctx"))
+    b.sync(Unit.MATMUL)
+    o32 = b.tensor("attn_out.rq", tokens, hidden, _I32)
+    b.requant(o, o32, im.dyadic(f"{p}.attn_out.rq"))
+    b.sync(Unit.VECTOR)
+    h1 = b.tensor("h", tokens, hidden, _I32)
+    b.vector(DecoderVecOp.RESIDUAL32, xin, h1, res=o32,
+             res_shift=im.scalar(f"{p}.attn_out.res_shift"))
+    b.sync(Unit.VECTOR)
+
+    # --- the gated MLP ---------------------------------------------------------------------
+    hn = b.rmsnorm(im, f"{p}.mlp_norm", h1)
+    b.sync(Unit.VECTOR)
+    xq, e = b.operand(im, "mlp_in", hn, f"{p}.")
+    b.sync(Unit.VECTOR)
+    gu = b.product("gate_up", xq, W["gate_up"], e, _wide(im, "mlp_in"))
+    b.sync(Unit.MATMUL)
+    wide_up = _wide(im, "up")
+    if not wide_up:
+        raise NotImplementedError("the decoder compiler maps the recipe's int16 up operand only")
+    gate = b.tensor("gate", tokens, ffn, _I16)
+    up = b.tensor("up", tokens, ffn, _I16)
+    b.requant(b.cols(gu, 0, ffn), gate, im.dyadic(f"{p}.gate.rq"))
+    b.requant(b.cols(gu, ffn, ffn), up, im.dyadic(f"{p}.up.rq"))
+    b.sync(Unit.VECTOR)
+    inner_fmt = _I16 if _wide(im, "inner") else _I8
+    inner = b.tensor("inner", tokens, ffn, inner_fmt)
+    ie = b.raw(bytes(tokens))
+    d = im.dyadic(f"{p}.inner.rq")
+    b.vector(DecoderVecOp.SILU_GATE, gate, inner, res=up, e_addr=ie,
+             res_shift=nx.WIDE_LO_BITS if wide_up else 0,
+             p_addr=b.raw(_vector_records(np.broadcast_to(d.multiplier, (ffn,)),
+                                          np.broadcast_to(d.shift, (ffn,)))))
+    b.sync(Unit.VECTOR)
+    dn = b.product("down", inner, W["down"], ie, _wide(im, "inner"))
+    b.sync(Unit.MATMUL)
+    d32 = b.tensor("down.rq", tokens, hidden, _I32)
+    b.requant(dn, d32, im.dyadic(f"{p}.down.rq"))
+    b.sync(Unit.VECTOR)
+    y = b.tensor("y", tokens, hidden, _I32)
+    b.vector(DecoderVecOp.RESIDUAL32, h1, y, res=d32, res_shift=im.scalar(f"{p}.down.res_shift"))
+    b.code.append(isa.halt())
+    b.image += bytes(-len(b.image) % INSTR_BYTES)      # instructions are INSTR_BYTES-aligned
+    prog = b.raw(b"".join(ins.encode() for ins in b.code))
+    b._alloc(isa.WINDOW_ALIGN)          # the window ends on WINDOW_ALIGN past the code
+    pad = -len(b.image) % isa.WINDOW_ALIGN
+    b.image += bytes(pad)
+    return DecoderBlockProgram(b.config, b.image, prog, xin, y, b.code)
+
+
+def run_decoder_block(program: DecoderBlockProgram) -> tuple[np.ndarray, dict]:
+    """Run a compiled block on the isa simulator with the decoder's vector operations:
+    ``(output stream, figures)``, the figures the simulator's cycle estimate and counts."""
+    from .isa_sim import IsaMachine
+    m = IsaMachine(program.config, len(program.image), decoder_ops=True)
+    m.mem[:] = np.frombuffer(bytes(program.image), dtype=np.uint8)
+    for name, value in (("WIN_BASE", 0), ("WIN_SIZE", len(program.image)),
+                        ("PROG_ADDR", program.prog)):
+        m.write_csr(name, value)
+    m.write_csr("CTRL", CSR.CTRL.make(start=1))
+    m.run()
+    if m.error != isa.ErrorCode.OK:
+        raise RuntimeError(f"the decoder block stopped with {m.error.name} at "
+                           f"{m.read_csr('ERROR_PC'):#x}: {m.error_detail}")
+    y = program.y.unpack(m.mem[program.y.addr:program.y.addr + program.y.nbytes].tobytes())
+    cycles = m.read_csr("CYCLES_LO") | m.read_csr("CYCLES_HI") << 32
+    return y, {"cycles": cycles, "instructions": len(program.instructions),
+               "hazards": list(m.hazards), "macs": m.stats["macs"],
+               "array": program.config.array, "counts": program.counts(),
+               "instr_bytes": INSTR_BYTES * len(program.instructions)}
