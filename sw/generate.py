@@ -114,7 +114,8 @@ def quantiser_digest() -> str:
     """SHA-256 over :data:`QUANTISER_SOURCES`."""
     h = hashlib.sha256()
     for name in QUANTISER_SOURCES:
-        h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
+        path = Path(__file__).parent / name
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-"))
     return h.hexdigest()
 
 
