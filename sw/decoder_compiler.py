@@ -1,8 +1,10 @@
-"""One decoder block's prefill as a Celosia program (the ``isa`` backend's first decoder path).
+"""One decoder block, a prompt's prefill or a decode step through the KV cache, as a Celosia
+program (the ``isa`` backend's first decoder path).
 
 :func:`compile_decoder_block` turns layer ``i`` of an integer decoder
 (:func:`celosia.sw.quantize.quantize_decoder`) and a prompt's int32 residual stream
-(tokens x hidden, at position 0: no KV cache yet) into MATMUL and VECTOR instructions;
+(tokens x hidden: a prompt's prefill, or with the layer's KV cache a continuation of it, one
+token being a decode step) into MATMUL and VECTOR instructions;
 :func:`run_decoder_block` runs them on the instruction-set simulator with the decoder's
 vector operations (:class:`celosia.hdl.isa.DecoderVecOp`, ``IsaMachine(decoder_ops=True)``)
 and returns the block's output stream, bit for bit :func:`celosia.sw.golden.decoder_layer`'s.
@@ -22,7 +24,10 @@ The mapping, step by step as golden.decoder_attention and golden.decoder_mlp:
 * the output and down projections requantised to int32 (REQUANT) and added to the stream
   (RESIDUAL32); the gate and up requantised, SILU_GATE, the down projection's two passes.
 
-Not done here: decode steps against a KV cache in accelerator memory, the embedding lookup,
+The KV cache is a block of rows in the program's memory (the cached tokens' keys after
+rotary, and values, int8); the block writes its new tokens' rows in place, and
+:func:`run_decoder_block` reads the cache back. Not done here: a cache that stays in
+accelerator memory from one program to the next (each program carries it), the embedding lookup,
 the final norm and the LM head, several blocks in one program, and the RTL (which has none of
 the decoder's vector operations: they stop with BAD_MODE there). A vector command is at most
 VEC_MAX_COLS columns, so wider rows go as several commands.
@@ -58,6 +63,9 @@ class DecoderBlockProgram:
     x: Tensor
     y: Tensor
     instructions: list
+    k_cache: Tensor | None = None
+    v_cache: Tensor | None = None
+    head_dim: int = 64
 
     def counts(self) -> dict:
         out: dict[str, int] = {}
@@ -182,10 +190,18 @@ class _Builder:
         return out
 
 
-def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray,
-                          array: int = 16) -> DecoderBlockProgram:
-    """Layer ``i``'s prefill of the int32 residual stream ``x`` (tokens x hidden, positions
-    0..tokens-1) as one program: weights, tables, the input, scratch, then the code."""
+def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray, array: int = 16,
+                          cache_k: np.ndarray | None = None,
+                          cache_v: np.ndarray | None = None) -> DecoderBlockProgram:
+    """Layer ``i`` on the int32 residual stream ``x`` (tokens x hidden) as one program:
+    weights, tables, the KV cache, the input, scratch, then the code.
+
+    Without a cache, the prompt's prefill (positions 0..tokens-1). With ``cache_k`` and
+    ``cache_v`` (golden.DecoderCache's layer ``i``: kv_heads x start x head_dim, int8 after
+    rotary), the continuation at positions start..start+tokens-1 (one token: a decode step):
+    the cache sits in memory as (start + tokens) x (kv_heads * head_dim) rows, the new keys
+    and values are written into its last rows in place, and the causal softmax masks with
+    offset ``start``."""
     a = im.arch
     a.require_decoder("the decoder compiler")
     T = im.tensors
@@ -194,15 +210,30 @@ def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray,
     tokens, hidden = x.shape
     heads, kv_heads, dh, ffn = a.heads, a.kv_heads, a.head_dim, a.ffn
     kv = kv_heads * dh
-    if hidden != a.hidden or not 1 <= tokens <= min(512, a.max_tokens):
-        raise ValueError(f"compile_decoder_block: tokens x {a.hidden} with 1..512 tokens, got "
-                         f"{x.shape}")
+    start = 0 if cache_k is None else int(np.shape(cache_k)[1])
+    keys = start + tokens
+    if hidden != a.hidden or tokens < 1 or keys > min(512, a.max_tokens):
+        raise ValueError(f"compile_decoder_block: tokens x {a.hidden} with 1..512 tokens in "
+                         f"all (the softmax's longest row), got {x.shape} after {start}")
+    if (cache_k is None) != (cache_v is None) or (cache_k is not None and (
+            np.shape(cache_k) != (kv_heads, start, dh) or np.shape(cache_v) != np.shape(cache_k))):
+        raise ValueError(f"compile_decoder_block: a cache of keys and values, each "
+                         f"({kv_heads}, start, {dh})")
     b = _Builder(MachineConfig(array))
     W = {name: b.tensor(name, *T[f"{p}.{name}.weight"].shape, _I8, T[f"{p}.{name}.weight"])
          for name in ("qkv", "attn_out", "gate_up", "down")}
     cos, sin = nx.rope_tables(a.block.attention.rope_theta, dh, a.max_tokens)
     trig = b.tensor("cos|sin", tokens, dh, _I16,
-                    np.concatenate([cos[:tokens], sin[:tokens]], axis=1))
+                    np.concatenate([cos[start:keys], sin[start:keys]], axis=1))
+    if _wide(im, "k"):
+        raise NotImplementedError("the decoder compiler does not map a wide k yet")
+    # The KV cache: a row per token, kv_heads * head_dim int8 columns (head g at g * dh).
+    kv_rows = {name: np.zeros((keys, kv), dtype=np.int64) for name in ("k", "v")}
+    if start:
+        for name, c in (("k", cache_k), ("v", cache_v)):
+            kv_rows[name][:start] = np.asarray(c).transpose(1, 0, 2).reshape(start, kv)
+    k_cache = b.tensor("k cache", keys, kv, _I8, kv_rows["k"])
+    v_cache = b.tensor("v cache", keys, kv, _I8, kv_rows["v"])
     xin = b.tensor("x", tokens, hidden, _I32, x)
 
     # --- attention -------------------------------------------------------------------------
@@ -215,14 +246,15 @@ def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray,
     q_fmt = _I16 if _wide(im, "q") else _I8
     k_fmt = _I16 if _wide(im, "k") else _I8
     rq = im.dyadic(f"{p}.qkv.rq")
-    parts = {}
+    parts = {"v": b.rows(v_cache, start, tokens)}           # v goes into the cache in place
     for name, c0, n, fmt in (("q", 0, hidden, q_fmt), ("k", hidden, kv, k_fmt),
                              ("v", hidden + kv, kv, _I8)):
-        parts[name] = b.tensor(name, tokens, n, fmt)
+        if name not in parts:
+            parts[name] = b.tensor(name, tokens, n, fmt)
         b.requant(b.cols(acc, c0, n), parts[name], _select(rq, slice(c0, c0 + n)))
     b.sync(Unit.VECTOR)
-    rot = {name: b.tensor(f"{name}.rot", tokens, parts[name].cols, parts[name].fmt)
-           for name in ("q", "k")}
+    rot = {"q": b.tensor("q.rot", tokens, hidden, q_fmt),
+           "k": b.rows(k_cache, start, tokens)}              # k after rotary: in place too
     for name, count in (("q", heads), ("k", kv_heads)):
         for g in range(count):
             b.vector(DecoderVecOp.ROTARY, b.cols(parts[name], g * dh, dh),
@@ -235,18 +267,16 @@ def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray,
     ctx = b.tensor("ctx", tokens, hidden, ctx_fmt)
     ctx_rq = im.dyadic(f"{p}.ctx.rq")
     wide_probs = _wide(im, "probs")
-    if _wide(im, "k"):
-        raise NotImplementedError("the decoder compiler does not map a wide k yet")
     for hd in range(heads):
         g = nx.kv_head(hd, heads, kv_heads)
-        qh, kg = b.cols(rot["q"], hd * dh, dh), b.cols(rot["k"], g * dh, dh)
-        vg = b.cols(parts["v"], g * dh, dh)
+        qh, kg = b.cols(rot["q"], hd * dh, dh), b.cols(k_cache, g * dh, dh)
+        vg = b.cols(v_cache, g * dh, dh)
         scores = b.product(f"scores{hd}", qh, kg, None, _wide(im, "q"), transposed=True)
         b.sync(Unit.MATMUL)
-        probs = b.tensor(f"probs{hd}", tokens, tokens, _I16 if wide_probs else _U8)
+        probs = b.tensor(f"probs{hd}", tokens, keys, _I16 if wide_probs else _U8)
         pe = b.raw(bytes(tokens))
         b.vector(DecoderVecOp.SOFTMAX_WIDE if wide_probs else VecOp.SOFTMAX, scores, probs,
-                 e_addr=pe, mult=int(sm_m[hd]), shift=int(sm_s[hd]), causal=1, causal_offset=0)
+                 e_addr=pe, mult=int(sm_m[hd]), shift=int(sm_s[hd]), causal=1, causal_offset=start)
         b.sync(Unit.VECTOR)
         pv = b.product(f"pv{hd}", probs, vg, pe, wide_probs)
         b.sync(Unit.MATMUL)
@@ -299,12 +329,14 @@ def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray,
     b._alloc(isa.WINDOW_ALIGN)          # the window ends on WINDOW_ALIGN past the code
     pad = -len(b.image) % isa.WINDOW_ALIGN
     b.image += bytes(pad)
-    return DecoderBlockProgram(b.config, b.image, prog, xin, y, b.code)
+    return DecoderBlockProgram(b.config, b.image, prog, xin, y, b.code, k_cache, v_cache, dh)
 
 
 def run_decoder_block(program: DecoderBlockProgram) -> tuple[np.ndarray, dict]:
     """Run a compiled block on the isa simulator with the decoder's vector operations:
-    ``(output stream, figures)``, the figures the simulator's cycle estimate and counts."""
+    ``(output stream, figures)``, the figures the simulator's cycle estimate and counts, and
+    ``k_cache``/``v_cache`` the cache read back (kv_heads x tokens x head_dim, as
+    golden.DecoderCache holds it)."""
     from .isa_sim import IsaMachine
     m = IsaMachine(program.config, len(program.image), decoder_ops=True)
     m.mem[:] = np.frombuffer(bytes(program.image), dtype=np.uint8)
@@ -318,7 +350,13 @@ def run_decoder_block(program: DecoderBlockProgram) -> tuple[np.ndarray, dict]:
                            f"{m.read_csr('ERROR_PC'):#x}: {m.error_detail}")
     y = program.y.unpack(m.mem[program.y.addr:program.y.addr + program.y.nbytes].tobytes())
     cycles = m.read_csr("CYCLES_LO") | m.read_csr("CYCLES_HI") << 32
+    caches = {}
+    for name in ("k_cache", "v_cache"):
+        t = getattr(program, name)
+        rows = t.unpack(m.mem[t.addr:t.addr + t.nbytes].tobytes())
+        heads = t.cols // program.head_dim
+        caches[name] = rows.reshape(t.rows, heads, program.head_dim).transpose(1, 0, 2)
     return y, {"cycles": cycles, "instructions": len(program.instructions),
                "hazards": list(m.hazards), "macs": m.stats["macs"],
                "array": program.config.array, "counts": program.counts(),
-               "instr_bytes": INSTR_BYTES * len(program.instructions)}
+               "instr_bytes": INSTR_BYTES * len(program.instructions), **caches}

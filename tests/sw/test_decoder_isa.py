@@ -183,3 +183,32 @@ def test_the_compiled_block_stops_with_bad_mode_on_a_build_without_decoder_ops(
     m.run()
     assert m.error == ErrorCode.BAD_MODE and "RMSNORM" in m.error_detail
     assert m.read_csr("ERROR_PC") == prog.prog           # the first instruction: RMSNORM
+
+
+@needs_llm
+@pytest.mark.parametrize("layer, new, array", [(0, 1, 16), (17, 3, 8)])
+def test_a_decode_step_through_the_kv_cache_on_isa_is_golden_bit_for_bit(
+        int_decoder, prompt_stream, layer, new, array):
+    """After a 12-token prefill (golden), ``new`` tokens through layer ``layer`` on the isa
+    backend: the cache goes into memory, the new keys and values are appended in place, the
+    causal softmax starts at offset 12; output and cache equal golden.decoder_layer's."""
+    from celosia.sw import golden
+    from celosia.sw.decoder_compiler import compile_decoder_block, run_decoder_block
+    from celosia.sw.generate import load_decoder
+    tok = load_decoder(quiet=True)[0]
+    ids = tok.encode(tok.chat([{"role": "user", "content": "What is the capital of France?"}]))
+    cache = golden.DecoderCache()
+    golden.decoder_logits(int_decoder, ids[:12], cache)
+    x = golden.decoder_embed(int_decoder, ids[12:12 + new])
+    for j in range(layer):
+        x = golden.decoder_layer(int_decoder, j, x, cache)
+    old_k, old_v = cache.keys[layer].copy(), cache.values[layer].copy()
+    want = golden.decoder_layer(int_decoder, layer, x, cache)
+    prog = compile_decoder_block(int_decoder, layer, x, array, old_k, old_v)
+    y, fig = run_decoder_block(prog)
+    assert np.array_equal(y, want) and fig["hazards"] == []
+    assert np.array_equal(fig["k_cache"], cache.keys[layer])
+    assert np.array_equal(fig["v_cache"], cache.values[layer])
+    assert fig["k_cache"].shape == (3, 12 + new, 64)
+    with pytest.raises(ValueError, match="a cache of keys and values"):
+        compile_decoder_block(int_decoder, layer, x, array, old_k, None)
