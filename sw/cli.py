@@ -2,7 +2,7 @@
 
 Subcommands:
   embed      sentence embeddings (all-MiniLM-L6-v2 or a --model checkpoint) on a backend
-  generate   text from SmolLM2-135M-Instruct's integer decoder (golden backend)
+  generate   text from SmolLM2-135M-Instruct's integer decoder (golden and isa backends)
   quantize   build (or rebuild) the integer model file
   bench      benchmarks (accuracy, golden, batching, matmul, vector) that print figures
   verilog    write the matmul engine's Verilog
@@ -227,8 +227,10 @@ def _cmd_generate(args) -> int:
     if problem:
         raise CLIError(problem)
     prompt = check_text(args.prompt, f"the prompt {os.fsencode(args.prompt)[:40]!r}")
+    if args.backend == "isa" and array_problem(args.array):
+        raise CLIError(f"--array {args.array}: {array_problem(args.array)}")
     gen = TextGenerator(args.backend, model_file=args.model_file, quiet=args.json,
-                        rebuild=args.rebuild_model)
+                        rebuild=args.rebuild_model, array=args.array)
     pieces = gen.stream(prompt, args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, seed=args.seed, raw=args.raw)
     for piece in pieces:
@@ -255,6 +257,12 @@ def _cmd_generate(args) -> int:
     _stderr(f"celosia: {args.backend}: prefill {rate(pre)}; decode {rate(dec)}; "
             f"{len(run['generated_ids'])} new tokens, {sampling}, stopped at "
             f"{STOP_REASONS[run['stopped']]}")
+    if "cycles_model" in run:
+        per = dec["cycles_per_token"]
+        _stderr(f"celosia: {run['array']}x{run['array']} array, estimated cycles: prefill "
+                f"{pre['cycles']:,}; decode {per:,} a token" if per else
+                f"celosia: {run['array']}x{run['array']} array, estimated cycles: prefill "
+                f"{pre['cycles']:,}")
     return EXIT_OK
 
 
@@ -443,8 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
             "or after --max-new-tokens. The prompt runs as one prefill, then one decode step "
             "a token through the integer KV cache; the time of each is printed on stderr (or "
             "given in the --json object).",
-            "Backends: the decoder runs on the golden integer model only today; the compiler, "
-            "the isa simulator and the RTL run the MiniLM encoder alone.",
+            "Backends: golden, the integer model in NumPy; isa, each block compiled to a "
+            "program and run on the instruction-set simulator (the KV cache, final norm and "
+            "LM head in the simulated accelerator's memory; the same tokens bit for bit, with "
+            "estimated cycles per token, about 10 s a token). The isa simulator models a build "
+            "with the decoder's vector operations, which the RTL does not have yet: verilator, "
+            "amaranth and serial do not run the decoder.",
             "The integer model is quantised on first use (a minute or so) and cached beside "
             "MiniLM's ($CELOSIA_CACHE or ~/.cache/celosia)."),
         epilog='example: celosia generate "What is the capital of France?" --max-new-tokens 16')
@@ -452,8 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
                    help="generate at most N tokens, 1 or more (default 64)")
     p.add_argument("--backend", default="golden", metavar="NAME",
-                   help="where to compute: golden, the integer model in NumPy (the only backend "
-                        "that runs the decoder today; default)")
+                   help="where to compute: golden (the integer model; default) or isa (the "
+                        "compiled program on the instruction-set simulator; estimated cycles)")
+    p.add_argument("--array", type=int, default=16, metavar="N",
+                   help="systolic array size the isa backend compiles for (default 16)")
     p.add_argument("--temperature", type=_temperature, default=0.0, metavar="T",
                    help="0: greedy (default); above 0: sample from softmax(logits / T)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",

@@ -24,13 +24,14 @@ The mapping, step by step as golden.decoder_attention and golden.decoder_mlp:
 * the output and down projections requantised to int32 (REQUANT) and added to the stream
   (RESIDUAL32); the gate and up requantised, SILU_GATE, the down projection's two passes.
 
-The KV cache is a block of rows in the program's memory (the cached tokens' keys after
-rotary, and values, int8); the block writes its new tokens' rows in place, and
-:func:`run_decoder_block` reads the cache back. Not done here: a cache that stays in
-accelerator memory from one program to the next (each program carries it), the embedding lookup,
-the final norm and the LM head, several blocks in one program, and the RTL (which has none of
-the decoder's vector operations: they stop with BAD_MODE there). A vector command is at most
-VEC_MAX_COLS columns, so wider rows go as several commands.
+The KV cache is a block of rows in memory (the cached tokens' keys after rotary, and values,
+int8); a block writes its new tokens' rows in place. :class:`DecoderSession` is the whole
+decoder this way: the weights, the LM head and every layer's cache stay in one simulated
+machine's memory, and each call runs a program per block and one for the final RMSNorm and
+the LM head (``celosia generate --backend isa``). The embedding lookup is done on the host.
+Not done: one program for all the blocks (the stream returns to the host between blocks), and
+the RTL (which has none of the decoder's vector operations: they stop with BAD_MODE there). A
+vector command is at most VEC_MAX_COLS columns, so wider rows go as several commands.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from .compiler import DTYPE, Tensor, _vector_records
 from .golden import _select, _wide
 from .quantize import IntegerModel
 
-__all__ = ["DecoderBlockProgram", "compile_decoder_block", "run_decoder_block"]
+__all__ = ["DecoderBlockProgram", "compile_decoder_block", "run_decoder_block",
+           "DecoderSession"]
 
 _I8, _U8, _I16, _I32 = OutFormat.INT8, OutFormat.UINT8, OutFormat.INT16, OutFormat.INT32
 
@@ -235,6 +237,58 @@ def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray, array: int = 
     k_cache = b.tensor("k cache", keys, kv, _I8, kv_rows["k"])
     v_cache = b.tensor("v cache", keys, kv, _I8, kv_rows["v"])
     xin = b.tensor("x", tokens, hidden, _I32, x)
+    y = _emit_block(b, im, i, xin, start, W, trig, k_cache, v_cache)
+    b.code.append(isa.halt())
+    b.image += bytes(-len(b.image) % INSTR_BYTES)      # instructions are INSTR_BYTES-aligned
+    prog = b.raw(b"".join(ins.encode() for ins in b.code))
+    b._alloc(isa.WINDOW_ALIGN)          # the window ends on WINDOW_ALIGN past the code
+    pad = -len(b.image) % isa.WINDOW_ALIGN
+    b.image += bytes(pad)
+    return DecoderBlockProgram(b.config, b.image, prog, xin, y, b.code, k_cache, v_cache, dh)
+
+
+def run_decoder_block(program: DecoderBlockProgram) -> tuple[np.ndarray, dict]:
+    """Run a compiled block on the isa simulator with the decoder's vector operations:
+    ``(output stream, figures)``, the figures the simulator's cycle estimate and counts, and
+    ``k_cache``/``v_cache`` the cache read back (kv_heads x tokens x head_dim, as
+    golden.DecoderCache holds it)."""
+    from .isa_sim import IsaMachine
+    m = IsaMachine(program.config, len(program.image), decoder_ops=True)
+    m.mem[:] = np.frombuffer(bytes(program.image), dtype=np.uint8)
+    for name, value in (("WIN_BASE", 0), ("WIN_SIZE", len(program.image)),
+                        ("PROG_ADDR", program.prog)):
+        m.write_csr(name, value)
+    m.write_csr("CTRL", CSR.CTRL.make(start=1))
+    m.run()
+    if m.error != isa.ErrorCode.OK:
+        raise RuntimeError(f"the decoder block stopped with {m.error.name} at "
+                           f"{m.read_csr('ERROR_PC'):#x}: {m.error_detail}")
+    y = program.y.unpack(m.mem[program.y.addr:program.y.addr + program.y.nbytes].tobytes())
+    cycles = m.read_csr("CYCLES_LO") | m.read_csr("CYCLES_HI") << 32
+    caches = {}
+    for name in ("k_cache", "v_cache"):
+        t = getattr(program, name)
+        rows = t.unpack(m.mem[t.addr:t.addr + t.nbytes].tobytes())
+        heads = t.cols // program.head_dim
+        caches[name] = rows.reshape(t.rows, heads, program.head_dim).transpose(1, 0, 2)
+    return y, {"cycles": cycles, "instructions": len(program.instructions),
+               "hazards": list(m.hazards), "macs": m.stats["macs"],
+               "array": program.config.array, "counts": program.counts(),
+               "instr_bytes": INSTR_BYTES * len(program.instructions), **caches}
+
+
+def _emit_block(b: "_Builder", im: IntegerModel, i: int, xin: Tensor, start: int, W: dict,
+                trig: Tensor, k_cache: Tensor, v_cache: Tensor) -> Tensor:
+    """The instructions of layer ``i`` on the stream ``xin`` (tokens at positions
+    start..start+tokens-1): ``W`` the layer's weight tensors, ``trig`` the positions' cos | sin
+    rows, ``k_cache``/``v_cache`` the cache's first start + tokens rows (the new ones are
+    written). Returns the output stream's tensor; ends with the vector unit busy."""
+    a = im.arch
+    p = f"L{i}"
+    tokens, hidden = xin.rows, xin.cols
+    heads, kv_heads, dh, ffn = a.heads, a.kv_heads, a.head_dim, a.ffn
+    kv = kv_heads * dh
+    keys = start + tokens
 
     # --- attention -------------------------------------------------------------------------
     h = b.rmsnorm(im, f"{p}.attn_norm", xin)
@@ -323,40 +377,108 @@ def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray, array: int = 
     b.sync(Unit.VECTOR)
     y = b.tensor("y", tokens, hidden, _I32)
     b.vector(DecoderVecOp.RESIDUAL32, h1, y, res=d32, res_shift=im.scalar(f"{p}.down.res_shift"))
-    b.code.append(isa.halt())
-    b.image += bytes(-len(b.image) % INSTR_BYTES)      # instructions are INSTR_BYTES-aligned
-    prog = b.raw(b"".join(ins.encode() for ins in b.code))
-    b._alloc(isa.WINDOW_ALIGN)          # the window ends on WINDOW_ALIGN past the code
-    pad = -len(b.image) % isa.WINDOW_ALIGN
-    b.image += bytes(pad)
-    return DecoderBlockProgram(b.config, b.image, prog, xin, y, b.code, k_cache, v_cache, dh)
+    return y
 
 
-def run_decoder_block(program: DecoderBlockProgram) -> tuple[np.ndarray, dict]:
-    """Run a compiled block on the isa simulator with the decoder's vector operations:
-    ``(output stream, figures)``, the figures the simulator's cycle estimate and counts, and
-    ``k_cache``/``v_cache`` the cache read back (kv_heads x tokens x head_dim, as
-    golden.DecoderCache holds it)."""
-    from .isa_sim import IsaMachine
-    m = IsaMachine(program.config, len(program.image), decoder_ops=True)
-    m.mem[:] = np.frombuffer(bytes(program.image), dtype=np.uint8)
-    for name, value in (("WIN_BASE", 0), ("WIN_SIZE", len(program.image)),
-                        ("PROG_ADDR", program.prog)):
-        m.write_csr(name, value)
-    m.write_csr("CTRL", CSR.CTRL.make(start=1))
-    m.run()
-    if m.error != isa.ErrorCode.OK:
-        raise RuntimeError(f"the decoder block stopped with {m.error.name} at "
-                           f"{m.read_csr('ERROR_PC'):#x}: {m.error_detail}")
-    y = program.y.unpack(m.mem[program.y.addr:program.y.addr + program.y.nbytes].tobytes())
-    cycles = m.read_csr("CYCLES_LO") | m.read_csr("CYCLES_HI") << 32
-    caches = {}
-    for name in ("k_cache", "v_cache"):
-        t = getattr(program, name)
-        rows = t.unpack(m.mem[t.addr:t.addr + t.nbytes].tobytes())
-        heads = t.cols // program.head_dim
-        caches[name] = rows.reshape(t.rows, heads, program.head_dim).transpose(1, 0, 2)
-    return y, {"cycles": cycles, "instructions": len(program.instructions),
-               "hazards": list(m.hazards), "macs": m.stats["macs"],
-               "array": program.config.array, "counts": program.counts(),
-               "instr_bytes": INSTR_BYTES * len(program.instructions), **caches}
+class DecoderSession:
+    """The whole decoder on the isa simulator, one program per block: every layer's weights,
+    the token table (the tied LM head), the rotary table and each layer's KV cache stay in one
+    machine's memory; :meth:`logits` runs the tokens that follow the cached ones through a
+    program per layer (the stream goes back to the host between them) and one for the final
+    RMSNorm and the LM head, appending to the caches in place. The embedding lookup is done
+    on the host (``golden.decoder_embed``), as MiniLM's is. The machine models a build with the
+    decoder's vector operations, which the RTL does not have.
+
+    ``cycles``: the isa cycle model's total so far; ``length``: the tokens cached;
+    ``programs``: the programs run; ``hazards``: unordered accesses seen (none expected)."""
+
+    def __init__(self, im: IntegerModel, array: int = 16, context: int = 512):
+        from .isa_sim import IsaMachine
+        a = im.arch
+        a.require_decoder("the decoder compiler")
+        self.im, self.context = im, min(context, 512, a.max_tokens)
+        T = im.tensors
+        b = _Builder(MachineConfig(array))
+        self.W = [{name: b.tensor(f"L{i}.{name}", *T[f"L{i}.{name}.weight"].shape, _I8,
+                                  T[f"L{i}.{name}.weight"])
+                   for name in ("qkv", "attn_out", "gate_up", "down")} for i in range(a.layers)]
+        head = T["emb.tokens" if a.output.tied else "lm_head.weight"]
+        self.head = b.tensor("lm_head", *head.shape, _I8, head)
+        cos, sin = nx.rope_tables(a.block.attention.rope_theta, a.head_dim, a.max_tokens)
+        n = self.context
+        self.trig = b.tensor("cos|sin", n, a.head_dim, _I16,
+                             np.concatenate([cos[:n], sin[:n]], axis=1))
+        kv = a.kv_heads * a.head_dim
+        self.k = [b.tensor(f"L{i} k cache", n, kv, _I8) for i in range(a.layers)]
+        self.v = [b.tensor(f"L{i} v cache", n, kv, _I8) for i in range(a.layers)]
+        b.image += bytes(-len(b.image) % isa.WINDOW_ALIGN)
+        self.b, self.scratch = b, len(b.image)
+        self.machine = IsaMachine(b.config, self.scratch + (16 << 20), decoder_ops=True)
+        self.machine.mem[:self.scratch] = np.frombuffer(bytes(b.image), dtype=np.uint8)
+        self.length = 0
+        self.cycles = 0
+        self.programs = 0
+        #: Unordered accesses the simulator saw in any program (a correct one has none).
+        self.hazards: list[str] = []
+
+    def _run(self, build) -> np.ndarray:
+        """Build one program in the scratch memory (``build(builder)`` returns the tensor to
+        read back), run it, return that tensor's values."""
+        b, m = self.b, self.machine
+        del b.image[self.scratch:]
+        b.code = []
+        out = build(b)
+        b.code.append(isa.halt())
+        b.image += bytes(-len(b.image) % INSTR_BYTES)
+        prog = b.raw(b"".join(ins.encode() for ins in b.code))
+        b.image += bytes(-len(b.image) % isa.WINDOW_ALIGN)
+        end = len(b.image)
+        if end > len(m.mem):
+            m.mem = np.concatenate([m.mem, np.zeros(end - len(m.mem) + (16 << 20), np.uint8)])
+        m.mem[self.scratch:end] = np.frombuffer(bytes(b.image[self.scratch:]), dtype=np.uint8)
+        for name, value in (("WIN_BASE", 0), ("WIN_SIZE", end), ("PROG_ADDR", prog)):
+            m.write_csr(name, value)
+        m.write_csr("CTRL", CSR.CTRL.make(start=1))
+        m.run()
+        if m.error != isa.ErrorCode.OK:
+            raise RuntimeError(f"a decoder program stopped with {m.error.name} at "
+                               f"{m.read_csr('ERROR_PC'):#x}: {m.error_detail}")
+        self.cycles += m.read_csr("CYCLES_LO") | m.read_csr("CYCLES_HI") << 32
+        self.programs += 1
+        self.hazards += m.hazards
+        return out.unpack(m.mem[out.addr:out.addr + out.nbytes].tobytes())
+
+    def logits(self, ids) -> np.ndarray:
+        """int32 logits (tokens x vocab) of ``ids`` following the cached tokens, as
+        golden.decoder_logits with a cache gives them."""
+        from .golden import decoder_embed
+        im, a = self.im, self.im.arch
+        ids = np.asarray(ids, dtype=np.int64)
+        tokens, start = len(ids), self.length
+        if tokens < 1 or start + tokens > self.context:
+            raise ValueError(f"{start + tokens} tokens exceed the isa decoder's context of "
+                             f"{self.context} (the softmax's longest row)")
+        x = decoder_embed(im, ids)
+        for i in range(a.layers):
+            def block(b, i=i, x=x):
+                xin = b.tensor("x", tokens, a.hidden, _I32, x)
+                return _emit_block(b, im, i, xin, start, self.W[i],
+                                   b.rows(self.trig, start, tokens),
+                                   b.rows(self.k[i], 0, start + tokens),
+                                   b.rows(self.v[i], 0, start + tokens))
+            x = self._run(block)
+
+        def head(b):
+            xin = b.tensor("x", tokens, a.hidden, _I32, x)
+            h = b.rmsnorm(im, "final_norm", xin)
+            b.sync(Unit.VECTOR)
+            xq, e = b.operand(im, "head_in", h, "")
+            b.sync(Unit.VECTOR)
+            acc = b.product("head", xq, self.head, e, _wide(im, "head_in"))
+            b.sync(Unit.MATMUL)
+            out = b.tensor("logits", tokens, self.head.cols, _I32)
+            b.requant(acc, out, im.dyadic("lm_head.rq"))
+            return out
+        logits = self._run(head)
+        self.length += tokens
+        return logits

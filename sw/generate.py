@@ -17,8 +17,12 @@ prompt length), then one decode step a token through the integer KV cache
 (:func:`celosia.sw.golden.decoder_logits`); ``last_run`` holds the ids, the text and the
 time of the prefill and of the decode steps apart.
 
-Backends: only the golden integer model runs the decoder today (:data:`DECODER_BACKENDS`);
-the compiler, the instruction-set simulator and the RTL run the MiniLM encoder alone.
+Backends (:data:`DECODER_BACKENDS`): ``golden``, the integer model in NumPy, and ``isa``: each
+block compiled to a program (:class:`celosia.sw.decoder_compiler.DecoderSession`, the KV
+cache resident in the simulated accelerator's memory, the final norm and LM head on it too)
+and run on the instruction-set simulator of a build with the decoder's vector operations, bit
+for bit the golden model's tokens, with the simulator's cycle estimate. The RTL has none of the
+decoder's vector operations yet, so ``verilator``, ``amaranth`` and ``serial`` do not run it.
 
 The integer model is built from the GGUF file on first use (the quantiser calibrates on
 ``sw/data/chat_calibration.tsv``: about 70 s) and cached beside MiniLM's, under the GGUF file's
@@ -45,8 +49,10 @@ from .errors import CelosiaError, check_text
 __all__ = ["TextGenerator", "DECODER_BACKENDS", "decoder_model_file", "load_decoder",
            "file_digest", "backend_problem", "sampling_problem", "sample"]
 
-#: Backends that run the decoder today.
-DECODER_BACKENDS = ("golden",)
+#: Backends that run the decoder today: golden (the integer model in NumPy) and isa (the
+#: compiled program on the instruction-set simulator of a build with the decoder's vector
+#: operations, which the RTL does not have yet; estimated cycles).
+DECODER_BACKENDS = ("golden", "isa")
 
 
 def _note(msg: str) -> None:
@@ -57,10 +63,10 @@ def backend_problem(backend) -> str | None:
     """Why ``backend`` cannot run the decoder (None if it can)."""
     if backend in DECODER_BACKENDS:
         return None
-    runs = f"the decoder runs on the {' and '.join(DECODER_BACKENDS)} backend only today"
+    runs = f"the decoder runs on the {' and '.join(DECODER_BACKENDS)} backends only today"
     if backend in BACKENDS:
-        return (f"backend {backend} does not run the decoder yet: {runs} (the compiler, the "
-                f"isa simulator and the RTL run the MiniLM encoder alone: celosia embed)")
+        return (f"backend {backend} does not run the decoder yet: {runs} (the RTL has none of "
+                f"the decoder's vector operations; it runs the MiniLM encoder: celosia embed)")
     return f"unknown backend {backend!r}: {runs}"
 
 
@@ -241,7 +247,10 @@ class TextGenerator:
     Parameters
     ----------
     backend:
-        One of :data:`DECODER_BACKENDS` (``golden``: the integer model in NumPy).
+        One of :data:`DECODER_BACKENDS`: ``golden`` (the integer model in NumPy) or ``isa``
+        (the compiled blocks on the instruction-set simulator, with its cycle estimate).
+    array:
+        Size N of the N x N array the isa backend's programs are compiled for.
     model_file:
         The integer decoder file (default: the cache, :func:`decoder_model_file`); built on
         first use.
@@ -261,18 +270,31 @@ class TextGenerator:
         ``stopped`` (``eos``, ``max_new_tokens`` or ``context``), ``sampling``
         (``temperature``, ``top_k``, ``seed``: None when greedy), ``prefill`` and
         ``decode`` (``tokens``, ``seconds``, ``tokens_per_s``: the prefill's prompt tokens,
-        which give the first new token; the decode steps, one per further token).
+        which give the first new token; the decode steps, one per further token; on isa also
+        ``cycles``, and ``cycles_per_token`` of decode, from the simulator's cycle model),
+        and on isa ``array`` and ``cycles_model``.
     """
 
     def __init__(self, backend: str = "golden", *, model_file: Path | None = None,
-                 quiet: bool = True, rebuild: bool = False):
+                 quiet: bool = True, rebuild: bool = False, array: int = 16):
         problem = backend_problem(backend)
         if problem:
             raise CelosiaError(problem)
-        self.backend = backend
+        if backend == "isa":
+            from .encoder import array_problem
+            if array_problem(array):
+                raise CelosiaError(f"array={array}: {array_problem(array)}")
+        self.backend, self.array = backend, array
         self.tokenizer, self.integer_model = load_decoder(model_file, rebuild=rebuild,
                                                           quiet=quiet)
         self.last_run: dict | None = None
+
+    @property
+    def context(self) -> int:
+        """Most tokens (prompt and new ones) the backend reads: the model's context on golden;
+        on isa the softmax's longest row (512)."""
+        a = self.integer_model.arch
+        return a.max_tokens if self.backend == "golden" else min(512, a.max_tokens)
 
     def prompt_ids(self, prompt: str, raw: bool = False) -> np.ndarray:
         """The token ids of ``prompt``: as a user turn through the chat template (with the
@@ -284,7 +306,7 @@ class TextGenerator:
         ids = self.tokenizer.encode(text)
         if len(ids) == 0:
             raise CelosiaError("the prompt is empty (it has no tokens)")
-        limit = self.integer_model.arch.max_tokens
+        limit = self.context
         if len(ids) >= limit:
             raise CelosiaError(f"the prompt has {len(ids)} tokens: the model reads at most "
                                f"{limit}, new tokens included")
@@ -321,24 +343,34 @@ class TextGenerator:
                 seed = int(np.random.SeedSequence().entropy % (1 << 63))
             rng = np.random.default_rng(seed)
         scale = golden.logit_scale(im)
-        limit = im.arch.max_tokens
+        limit = self.context
         run = {"backend": self.backend, "prompt": prompt, "chat_template": not raw,
                "prompt_ids": [int(i) for i in ids], "generated_ids": [], "text": "",
                "stopped": "max_new_tokens",
                "sampling": {"temperature": temperature, "top_k": top_k, "seed": seed}}
         self.last_run = run
-        cache = golden.DecoderCache()
+        if self.backend == "isa":
+            from .decoder_compiler import DecoderSession
+            session = DecoderSession(im, self.array, limit)
+            logits_of = session.logits
+            cycles = []
+        else:
+            cache = golden.DecoderCache()
+            logits_of = lambda step: golden.decoder_logits(im, step, cache)  # noqa: E731
         text = _TextStream(tok)
         step = np.asarray(ids, dtype=np.int64)
         times = []
         for n in range(max_new_tokens):
-            if cache.length + len(step) > limit:
+            if len(ids) + n > limit:
                 run["stopped"] = "context"
                 break
             t0 = time.perf_counter()
-            logits = golden.decoder_logits(im, step, cache)[-1]
+            before = session.cycles if self.backend == "isa" else 0
+            logits = logits_of(step)[-1]
             nxt = sample(logits, scale, temperature, top_k, rng)
             times.append(time.perf_counter() - t0)
+            if self.backend == "isa":
+                cycles.append(session.cycles - before)
             run["generated_ids"].append(nxt)
             if nxt == tok.eos_id:
                 run["stopped"] = "eos"
@@ -354,6 +386,14 @@ class TextGenerator:
             yield piece
         run["prefill"] = _rate(len(ids), times[:1])
         run["decode"] = _rate(len(times) - 1 if times else 0, times[1:])
+        if self.backend == "isa":
+            run["prefill"]["cycles"] = cycles[0] if cycles else 0
+            run["decode"]["cycles"] = sum(cycles[1:])
+            run["decode"]["cycles_per_token"] = (round(sum(cycles[1:]) / (len(cycles) - 1))
+                                                 if len(cycles) > 1 else None)
+            run["array"] = self.array
+            run["cycles_model"] = ("isa simulator estimate (each unit at its ideal rate) of a "
+                                   "build with the decoder's vector operations, not RTL")
 
 
 def _rate(tokens: int, times: list[float]) -> dict:

@@ -212,3 +212,24 @@ def test_a_decode_step_through_the_kv_cache_on_isa_is_golden_bit_for_bit(
     assert fig["k_cache"].shape == (3, 12 + new, 64)
     with pytest.raises(ValueError, match="a cache of keys and values"):
         compile_decoder_block(int_decoder, layer, x, array, old_k, None)
+
+
+@needs_llm
+def test_the_whole_decoder_on_isa_gives_the_golden_logits(int_decoder):
+    """DecoderSession: 30 block programs and the LM head's, the caches resident in the
+    machine's memory between calls: a prefill's and a decode step's logits bit for bit."""
+    from celosia.sw import golden
+    from celosia.sw.decoder_compiler import DecoderSession
+    from celosia.sw.generate import load_decoder
+    tok = load_decoder(quiet=True)[0]
+    ids = tok.encode("The capital of France is")
+    session = DecoderSession(int_decoder, array=8)
+    cache = golden.DecoderCache()
+    first = session.logits(ids)
+    assert np.array_equal(first, golden.decoder_logits(int_decoder, ids, cache))
+    nxt = [int(np.argmax(first[-1]))]
+    assert np.array_equal(session.logits(nxt), golden.decoder_logits(int_decoder, nxt, cache))
+    assert session.length == len(ids) + 1 and session.programs == 2 * 31
+    assert session.hazards == []
+    with pytest.raises(ValueError, match="exceed the isa decoder's context of 512"):
+        session.logits(np.zeros(512, dtype=np.int64))

@@ -115,9 +115,12 @@ def test_bad_settings_are_refused_by_the_api(generator):
         generator.stream("caf\udce9")
     with pytest.raises(CelosiaError, match="the prompt is empty"):
         generator.stream("", raw=True)
-    with pytest.raises(CelosiaError, match="backend isa does not run the decoder yet: the "
-                                           "decoder runs on the golden backend only today"):
-        TextGenerator("isa")
+    with pytest.raises(CelosiaError, match="backend verilator does not run the decoder yet: the "
+                                           "decoder runs on the golden and isa backends only "
+                                           "today"):
+        TextGenerator("verilator")
+    with pytest.raises(CelosiaError, match="array=5: "):
+        TextGenerator("isa", array=5)
 
 
 def run(capsys, *argv):
@@ -159,11 +162,13 @@ def one_line_error(code, err, text):
     (["--temperature", "-1"], "--temperature must be a finite number of 0 or more"),
     (["--temperature", "1", "--top-k", "0"], "--top-k must be 1 or more, not 0"),
     (["--seed", "3"], "--top-k and --seed are for sampling: give a --temperature above 0"),
-    (["--backend", "isa"], "backend isa does not run the decoder yet: the decoder runs on the "
-                           "golden backend only today"),
+    (["--backend", "serial"], "backend serial does not run the decoder yet: the decoder runs "
+                              "on the golden and isa backends only today (the RTL has none of "
+                              "the decoder's vector operations"),
     (["--backend", "verilator"], "backend verilator does not run the decoder yet"),
-    (["--backend", "gpu"], "unknown backend 'gpu': the decoder runs on the golden backend "
-                           "only today"),
+    (["--backend", "gpu"], "unknown backend 'gpu': the decoder runs on the golden and isa "
+                           "backends only today"),
+    (["--backend", "isa", "--array", "6"], "--array 6: "),
 ])
 def test_cli_refuses_bad_settings_before_any_work(capsys, monkeypatch, argv, text):
     from celosia.sw import generate
@@ -198,5 +203,21 @@ def test_generate_help_explains_itself(capsys):
     out = capsys.readouterr().out
     assert exc.value.code == 0
     for words in ("chat template", "--raw", "Greedy decoding", "--seed", "end-of-sequence",
-                  "prefill", "decode", "golden integer model only today", "--json"):
+                  "prefill", "decode", "the RTL does not have yet", "--json", "--array"):
         assert words in " ".join(out.split()), words
+
+
+def test_the_isa_backend_generates_the_golden_tokens_with_cycles(capsys, model_file, generator):
+    """Every block, the final norm and the LM head compiled and run on the isa simulator (a
+    build with the decoder's vector operations), the KV cache in its memory: the golden
+    model's tokens, and the simulator's cycles for the prefill and each decode step."""
+    code, out, err = run(capsys, "generate", "The capital of France is", "--raw",
+                         "--max-new-tokens", "2", "--backend", "isa", "--array", "16", "--json",
+                         "--model-file", model_file)
+    assert code == 0
+    doc = json.loads(out)
+    generator.generate("The capital of France is", 2, raw=True)
+    assert doc["generated_ids"] == generator.last_run["generated_ids"]
+    assert doc["backend"] == "isa" and doc["array"] == 16 and "not RTL" in doc["cycles_model"]
+    assert doc["prefill"]["cycles"] > 0 and doc["decode"]["cycles_per_token"] > 0
+    assert doc["decode"]["cycles"] == doc["decode"]["cycles_per_token"]
