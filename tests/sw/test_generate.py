@@ -221,3 +221,50 @@ def test_the_isa_backend_generates_the_golden_tokens_with_cycles(capsys, model_f
     assert doc["backend"] == "isa" and doc["array"] == 16 and "not RTL" in doc["cycles_model"]
     assert doc["prefill"]["cycles"] > 0 and doc["decode"]["cycles_per_token"] > 0
     assert doc["decode"]["cycles"] == doc["decode"]["cycles_per_token"]
+
+
+def test_the_decoder_cache_is_built_once_checked_and_rebuilt_when_stale(
+        tmp_path, monkeypatch, capsys, int_decoder):
+    """load_decoder's cache contract, with the quantiser replaced by a copy of the session's
+    model (so no minute of quantisation): built and written on first use with a note, read
+    back without quantising, rebuilt when the quantiser's sources change, a damaged file an
+    error, a named file of other sources used with a warning."""
+    from celosia.sw import generate, llm, quantize
+    from celosia.sw.quantize import CorruptModelError, IntegerModel
+    monkeypatch.setenv("CELOSIA_CACHE", str(tmp_path))
+    built = []
+
+    def fake_quantize(lm, tokenizer):
+        built.append(1)
+        return IntegerModel(dict(int_decoder.tensors),
+                            {k: v for k, v in int_decoder.meta.items()
+                             if k not in ("gguf_sha256", "quantiser_sha256")})
+
+    monkeypatch.setattr(llm, "load_gguf", lambda path: type("M", (), {
+        "weights": {}, "arch": int_decoder.arch, "tokenizer": None})())
+    monkeypatch.setattr(llm, "FloatTransformer", lambda weights, arch: None)
+    monkeypatch.setattr(quantize, "quantize_decoder", fake_quantize)
+    path = generate.decoder_model_file(generate.file_digest(llm.smollm2_path()))
+    assert path.parent == tmp_path
+    _, im = generate.load_decoder()
+    assert built == [1] and path.is_file() and "quantising SmolLM2" in capsys.readouterr().err
+    assert im.meta["quantiser_sha256"] == generate.quantiser_digest()
+    _, again = generate.load_decoder()
+    assert built == [1] and again.digest() == im.digest()
+    monkeypatch.setattr(generate, "quantiser_digest", lambda: "another version")
+    generate.load_decoder()
+    assert built == [1, 1] and "another version of the quantiser; rebuilding" in \
+        capsys.readouterr().err
+    named = tmp_path / "named.safetensors"
+    named.write_bytes(path.read_bytes())
+    monkeypatch.setattr(generate, "quantiser_digest", lambda: "yet another")
+    generate.load_decoder(named)
+    assert built == [1, 1] and "warning" in capsys.readouterr().err
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptModelError, match="celosia generate --rebuild-model"):
+        generate.load_decoder()
+    assert built == [1, 1]
+    for f in (path, named):            # 140 MB each: not left in pytest's kept tmp folders
+        f.unlink()
