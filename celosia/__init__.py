@@ -7,7 +7,7 @@ The distribution maps its sub-packages onto the repository's top-level folders:
 
 __version__ = "0.1.0"
 
-__all__ = ["SentenceEncoder", "__version__"]
+__all__ = ["SentenceEncoder", "TextGenerator", "__version__"]
 
 
 def __getattr__(name: str):
@@ -15,4 +15,7 @@ def __getattr__(name: str):
     if name == "SentenceEncoder":
         from celosia.sw.encoder import SentenceEncoder
         return SentenceEncoder
+    if name == "TextGenerator":
+        from celosia.sw.generate import TextGenerator
+        return TextGenerator
     raise AttributeError(f"module 'celosia' has no attribute {name!r}")

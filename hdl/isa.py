@@ -37,12 +37,13 @@ from .params import ADDEND_BYTES, OUT_BYTES, PARAM_RECORD_BYTES, AddendMode, Err
 
 __all__ = [
     "ISA_VERSION", "INSTR_BYTES", "INSTR_BITS", "WINDOW_ALIGN", "VEC_MAX_COLS", "RES_SHIFT_MAX",
-    "Opcode", "VecOp", "Unit", "ErrorCode",
+    "Opcode", "VecOp", "DecoderVecOp", "vec_op_name", "Unit", "ErrorCode",
     "VEC_PARAM_RECORD_BYTES", "VEC_PARAM_MULT_OFFSET", "VEC_PARAM_SHIFT_OFFSET",
     "VEC_PARAM_BIAS_OFFSET", "ENGINE_PARAM_DTYPE", "VEC_PARAM_DTYPE",
     "matmul_layout", "vector_layout", "sync_layout", "instruction_layout",
     "leaf_fields", "pack_fields", "unpack_fields", "Instruction", "MachineConfig",
     "Span", "footprint", "vec_uses_params", "vec_uses_rows_exponent", "vec_uses_residual",
+    "VEC_SECOND_OPERAND_BYTES",
     "Access", "Register", "CSR_REGISTERS", "CSR", "Ctrl", "Status", "CSR_BYTES", "ID_MAGIC",
 ]
 
@@ -85,6 +86,46 @@ class VecOp(hdl_enum.IntEnum, shape=3):
     RESIDUAL = 4       #: saturate(residual_add(x, r, res_shift), out)
     REQUANT_ROWS = 5   #: q, e = requantize_rows(x, P[j], out); e (uint8) to e_addr
     GELU_ROWS = 6      #: q, e = requantize_rows(gelu(saturate(x, INT16)), P[j], out)
+
+
+class DecoderVecOp(enum.IntEnum):
+    """VECTOR operations of the decoder (SmolLM2) that the isa simulator runs and **the RTL
+    does not implement yet**: the controller and the vector engine stop on them with
+    ``BAD_MODE`` (their check ``op > max(VecOp)``), and so does the isa simulator unless it
+    models a build with them (``IsaMachine(decoder_ops=True)``). Value 7 stays free for the
+    vector unit's next op (:class:`VecOp` is 3 bits in the unit). Each is one function of
+    :mod:`celosia.sw.numerics` (docs/isa.md, "Decoder vector operations"):
+
+    * RMSNORM: ``rmsnorm(x, gamma=P.mult, shift, out, eps=P[0].bias)``.
+    * SILU_GATE: ``q, e = requantize_rows(round_shift(silu(x) * r, res_shift), P, out)`` with
+      ``x`` the int16 gate and ``r`` the int16 ``up`` operand read at ``res_addr``
+      (``res_shift`` 0, or 8 for a wide up: numerics.gated_silu); e to ``e_addr``.
+    * ROTARY: ``rotary(x, tables=r)`` for rows of one head (``cols`` = head width), ``r`` at
+      ``res_addr`` holding each row's ``cos | sin`` (int16 Q14, head width / 2 each).
+    * SOFTMAX_WIDE: SOFTMAX with 15-bit probabilities (prob_max 32767, for matmul_wide);
+      ``causal``/``causal_offset`` as SOFTMAX's (the KV cache's offset); e to ``e_addr``.
+    * WIDE_SPLIT: an int16 operand as two byte planes for the two passes of matmul_wide:
+      ``x >> 8`` (int8) in rows 0..rows-1 of ``dst``, ``x & 255`` (uint8) in rows
+      rows..2*rows-1.
+    * WIDE_LO: the low pass's rescale, ``requantize(x, (2**14, 22 + e[i]), int32)`` per row,
+      ``e`` (uint8, one per row) read from ``e_addr``.
+    * RESIDUAL32: ``saturate(residual_add(x, r, res_shift), out)`` with an int32 ``r``.
+    """
+    RMSNORM = 8
+    SILU_GATE = 9
+    ROTARY = 10
+    SOFTMAX_WIDE = 11
+    WIDE_SPLIT = 12
+    WIDE_LO = 13
+    RESIDUAL32 = 14
+
+
+def vec_op_name(op: int) -> str:
+    """The name of a VECTOR op value (a number when it is none)."""
+    for enum_ in (VecOp, DecoderVecOp):
+        if op in enum_._value2member_map_:
+            return enum_(op).name
+    return str(op)
 
 
 class Unit(enum.IntFlag):
@@ -289,7 +330,7 @@ class Instruction:
                           for k, v in self.fields.items() if v and k != "op")
         if self.opcode == Opcode.VECTOR:
             op = self.fields.get("op", 0)
-            name += "." + (VecOp(op).name if op in VecOp._value2member_map_ else str(op))
+            name += "." + vec_op_name(op)
         return f"{name} {shown}"
 
 
@@ -341,15 +382,25 @@ class Span:
 
 
 def vec_uses_params(op: int) -> bool:
-    return op in (VecOp.LAYERNORM, VecOp.GELU, VecOp.REQUANT, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
+    return op in (VecOp.LAYERNORM, VecOp.GELU, VecOp.REQUANT, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS,
+                  DecoderVecOp.RMSNORM, DecoderVecOp.SILU_GATE)
 
 
 def vec_uses_rows_exponent(op: int) -> bool:
-    return op in (VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
+    """Whether the op writes one uint8 exponent per row to ``e_addr``."""
+    return op in (VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS, DecoderVecOp.SILU_GATE,
+                  DecoderVecOp.SOFTMAX_WIDE)
+
+
+#: Decoder ops whose second operand (at ``res_addr``) is not a residual pre-add, and its
+#: element bytes.
+VEC_SECOND_OPERAND_BYTES = {DecoderVecOp.SILU_GATE: 2, DecoderVecOp.ROTARY: 2,
+                            DecoderVecOp.RESIDUAL32: 4}
 
 
 def vec_uses_residual(f: dict) -> bool:
-    return f["op"] == VecOp.RESIDUAL or bool(f["add_residual"])
+    return (f["op"] == VecOp.RESIDUAL or f["op"] in VEC_SECOND_OPERAND_BYTES
+            or bool(f["add_residual"]))
 
 
 def footprint(ins: Instruction) -> tuple[list[tuple[str, Span, int, int]], list[tuple[str, Span, int, int]]]:
@@ -379,11 +430,15 @@ def footprint(ins: Instruction) -> tuple[list[tuple[str, Span, int, int]], list[
         reads.append(("src", Span.strided(f["src_addr"], rows, f["src_stride"], cols * sb),
                       f["src_addr"], f["src_stride"]))
         if vec_uses_residual(f):
-            reads.append(("res", Span.strided(f["res_addr"], rows, f["res_stride"], cols * 2),
+            rb = VEC_SECOND_OPERAND_BYTES.get(op, 2)
+            reads.append(("res", Span.strided(f["res_addr"], rows, f["res_stride"], cols * rb),
                           f["res_addr"], f["res_stride"]))
         if vec_uses_params(op):
             reads.append(("p", Span(f["p_addr"], f["p_addr"] + cols * VEC_PARAM_RECORD_BYTES), f["p_addr"], 0))
-        writes.append(("dst", Span.strided(f["dst_addr"], rows, f["dst_stride"], cols * db),
+        if op == DecoderVecOp.WIDE_LO:
+            reads.append(("e", Span(f["e_addr"], f["e_addr"] + rows), f["e_addr"], 0))
+        out_rows = 2 * rows if op == DecoderVecOp.WIDE_SPLIT else rows
+        writes.append(("dst", Span.strided(f["dst_addr"], out_rows, f["dst_stride"], cols * db),
                        f["dst_addr"], f["dst_stride"]))
         if vec_uses_rows_exponent(op):
             writes.append(("e", Span(f["e_addr"], f["e_addr"] + rows), f["e_addr"], 0))

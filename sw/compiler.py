@@ -118,7 +118,7 @@ class Program:
         for i in self.instructions:
             name = Opcode(i.opcode).name
             if i.opcode == Opcode.VECTOR:
-                name += "." + VecOp(i.fields["op"]).name
+                name += "." + isa.vec_op_name(i.fields["op"])
             c[name] += 1
         return c
 

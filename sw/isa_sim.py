@@ -29,8 +29,8 @@ import numpy as np
 
 from celosia.hdl import isa
 from celosia.hdl.isa import (CSR, INSTR_BYTES, RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_DTYPE,
-                             WINDOW_ALIGN, ENGINE_PARAM_DTYPE, ErrorCode, Instruction,
-                             MachineConfig, Opcode, Unit, VecOp, footprint)
+                             WINDOW_ALIGN, ENGINE_PARAM_DTYPE, DecoderVecOp, ErrorCode,
+                             Instruction, MachineConfig, Opcode, Unit, VecOp, footprint)
 from celosia.hdl.params import ADDEND_BYTES, K_MAX, OUT_BYTES, OUT_RANGE, AddendMode, OutFormat
 
 from . import numerics as nx
@@ -39,6 +39,7 @@ from .compiler import DTYPE
 __all__ = ["IsaStop", "IsaMachine", "IsaBackend"]
 
 _VEC_OPS = {op.value for op in VecOp}
+_DECODER_OPS = {op.value for op in DecoderVecOp}
 #: Cycles a vector batch spends filling and draining the unit's pipeline (docs/vector.md:
 #: 25 cycles for element-wise operations, more for two-pass rows; one number is enough here).
 _VEC_LATENCY = 28
@@ -65,10 +66,13 @@ class IsaMachine:
     """
 
     def __init__(self, config: MachineConfig = MachineConfig(), mem_size: int = 1 << 20,
-                 vector_unit: bool = True):
+                 vector_unit: bool = True, decoder_ops: bool = False):
         self.config = config
         #: False models a build without the vector unit: VECTOR stops with UNSUPPORTED.
         self.vector_unit = vector_unit
+        #: True models a vector unit with the decoder's operations (DecoderVecOp); the RTL has
+        #: none of them yet, so by default they stop with BAD_MODE as on the RTL.
+        self.decoder_ops = decoder_ops
         self.mem = np.zeros(mem_size, dtype=np.uint8)
         self.regs = {r.name: 0 for r in CSR}
         self.regs["ID"] = isa.ID_MAGIC
@@ -361,8 +365,12 @@ class IsaMachine:
     def _vector(self, ins: Instruction) -> None:
         f = ins.fields
         op, rows, cols = f["op"], f["rows"], f["cols"]
+        if op in _DECODER_OPS and self.decoder_ops:
+            return self._decoder_vector(ins)
         if op not in _VEC_OPS:
-            raise IsaStop(ErrorCode.BAD_MODE, f"vector op {op}")
+            raise IsaStop(ErrorCode.BAD_MODE, f"vector op {op}" + (
+                f" ({DecoderVecOp(op).name}: a decoder op this build does not have)"
+                if op in _DECODER_OPS else ""))
         op = VecOp(op)
         src_fmt, dst_fmt = OutFormat(f["src_fmt"]), OutFormat(f["dst_fmt"])
         use_res = isa.vec_uses_residual(f)
@@ -439,14 +447,127 @@ class IsaMachine:
         self._dispatch(Unit.VECTOR, ins, max(rows * _ceil(cols, N), _ceil(traffic, W)) + _VEC_LATENCY)
 
 
+    def _decoder_vector(self, ins: Instruction) -> None:
+        """A :class:`DecoderVecOp` (hdl/isa.py): the same checks in the same order as the
+        other VECTOR ops, then one function of the numerics."""
+        f = ins.fields
+        op, rows, cols = DecoderVecOp(f["op"]), f["rows"], f["cols"]
+        src_fmt, dst_fmt = OutFormat(f["src_fmt"]), OutFormat(f["dst_fmt"])
+        second = isa.VEC_SECOND_OPERAND_BYTES.get(op)
+        use_res = isa.vec_uses_residual(f)
+        rb = second or 2
+        use_p = isa.vec_uses_params(op)
+        e_written = isa.vec_uses_rows_exponent(op)
+        e_read = op == DecoderVecOp.WIDE_LO
+        # 1. Shapes (a wide split writes two rows per source row; rotary pairs columns).
+        if (rows == 0 or cols == 0 or cols > VEC_MAX_COLS
+                or (op == DecoderVecOp.ROTARY and cols % 2)
+                or (op == DecoderVecOp.SOFTMAX_WIDE and cols > 512)):
+            raise IsaStop(ErrorCode.BAD_SHAPE, f"rows={rows} cols={cols}")
+        strides = [("src", f["src_stride"], cols * OUT_BYTES[src_fmt]),
+                   ("dst", f["dst_stride"], cols * OUT_BYTES[dst_fmt])]
+        if use_res:
+            strides.append(("res", f["res_stride"], cols * rb))
+        for name, stride, row_bytes in strides:
+            if (rows > 1 or (name == "dst" and op == DecoderVecOp.WIDE_SPLIT)) and stride < row_bytes:
+                raise IsaStop(ErrorCode.BAD_SHAPE, f"{name}_stride {stride} < row of {row_bytes} bytes")
+        # 2. Alignment.
+        self._check_align(f["src_addr"], f["src_stride"], f["dst_addr"], f["dst_stride"])
+        if use_res:
+            self._check_align(f["res_addr"], f["res_stride"])
+        if use_p:
+            self._check_align(f["p_addr"])
+        if e_written or e_read:
+            self._check_align(f["e_addr"])
+        # 3. Modes: the operand formats each op is defined for; a second operand is no
+        # residual pre-add.
+        want_src = {DecoderVecOp.SILU_GATE: OutFormat.INT16,
+                    DecoderVecOp.WIDE_SPLIT: OutFormat.INT16}.get(op)
+        want_dst = {DecoderVecOp.WIDE_SPLIT: OutFormat.INT8,
+                    DecoderVecOp.WIDE_LO: OutFormat.INT32}.get(op)
+        if ((want_src is not None and src_fmt != want_src)
+                or (want_dst is not None and dst_fmt != want_dst)
+                or (second is not None and f["add_residual"])):
+            raise IsaStop(ErrorCode.BAD_MODE, f"{op.name} with src_fmt {src_fmt.name}, dst_fmt "
+                                              f"{dst_fmt.name}, add_residual {f['add_residual']}")
+        # 4. The window.
+        self._check_window(ins)
+        # 5. Scalars and parameter records.
+        if op in (DecoderVecOp.RMSNORM, DecoderVecOp.SOFTMAX_WIDE) and f["shift"] > nx.SHIFT_MAX:
+            raise IsaStop(ErrorCode.BAD_PARAM, f"shift {f['shift']} > {nx.SHIFT_MAX}")
+        if op == DecoderVecOp.SILU_GATE and f["res_shift"] not in (0, nx.WIDE_LO_BITS):
+            raise IsaStop(ErrorCode.BAD_PARAM, f"SILU_GATE res_shift {f['res_shift']} is not "
+                                               f"0 or {nx.WIDE_LO_BITS}")
+        if use_res and f["res_shift"] > RES_SHIFT_MAX:
+            raise IsaStop(ErrorCode.BAD_PARAM, f"res_shift {f['res_shift']} > {RES_SHIFT_MAX}")
+        out = OUT_RANGE[dst_fmt]
+        if use_p:
+            rec = self._records(f["p_addr"], cols, VEC_PARAM_DTYPE)
+            mult, shift, bias = (rec[name].astype(np.int64) for name in ("mult", "shift", "bias"))
+            if op == DecoderVecOp.RMSNORM:
+                bad = np.any(np.abs(mult) >= 1 << 20) or not 0 <= bias[0] < 1 << 62
+            else:
+                bad = (np.any((mult < 0) | (mult >= 1 << nx.MULT_BITS))
+                       or np.any((shift < nx.ROW_EXP_MAX) | (shift > nx.SHIFT_MAX)))
+            if bad:
+                raise IsaStop(ErrorCode.BAD_PARAM, f"{op.name} parameter record out of range")
+        x = self._read(f["src_addr"], rows, cols, f["src_stride"], DTYPE[src_fmt])
+        r = None
+        if use_res:
+            r = self._read(f["res_addr"], rows, cols, f["res_stride"], "<i4" if rb == 4 else "<i2")
+            if second is None:
+                x = nx.residual_add(x, r, f["res_shift"])
+        e = None
+        e_in = None
+        if e_read:
+            e_in = np.minimum(self._read(f["e_addr"], 1, rows, rows, "u1")[0], nx.ROW_EXP_MAX)
+        try:
+            if op == DecoderVecOp.RMSNORM:
+                y = nx.rmsnorm(x, mult, f["shift"], out, eps=int(bias[0]))
+            elif op == DecoderVecOp.SILU_GATE:
+                y, e = nx.gated_silu(x, r, nx.Dyadic(mult, shift), out,
+                                     wide_up=f["res_shift"] == nx.WIDE_LO_BITS)
+            elif op == DecoderVecOp.ROTARY:
+                half = cols // 2
+                y = nx.rotary(x, np.arange(rows), (r[:, :half], r[:, half:]), out)
+            elif op == DecoderVecOp.SOFTMAX_WIDE:
+                y, e = nx.softmax(x, nx.Dyadic(f["mult"], f["shift"]),
+                                  f["causal_offset"] if f["causal"] else None, nx.INT16.hi)
+                y = nx.saturate(y, out)
+            elif op == DecoderVecOp.WIDE_SPLIT:
+                y = np.concatenate([x >> nx.WIDE_LO_BITS, x & ((1 << nx.WIDE_LO_BITS) - 1)])
+            elif op == DecoderVecOp.WIDE_LO:
+                one = nx.MULT_BITS - 1
+                y = nx.requantize(x, nx.Dyadic(np.int64(1 << one),
+                                               one + nx.WIDE_LO_BITS + e_in[:, None]), nx.INT32)
+            else:  # RESIDUAL32
+                y = nx.saturate(nx.residual_add(x, r, f["res_shift"]), out)
+        except ValueError as exc:       # an operand outside the range the op is defined for
+            raise IsaStop(ErrorCode.BAD_PARAM, f"{op.name}: {exc}") from None
+        if op == DecoderVecOp.WIDE_SPLIT:
+            # The low plane's bytes are uint8 values written as int8's bits.
+            self._write(f["dst_addr"], f["dst_stride"], np.where(y > 127, y - 256, y), "i1")
+        else:
+            self._write(f["dst_addr"], f["dst_stride"], y, DTYPE[dst_fmt])
+        if e is not None:
+            self._write(f["e_addr"], rows, np.asarray(e).reshape(1, rows), "u1")
+        N, W = self.config.array, self.config.port_bytes
+        out_rows = 2 * rows if op == DecoderVecOp.WIDE_SPLIT else rows
+        traffic = (rows * cols * (OUT_BYTES[src_fmt] + (rb if use_res else 0))
+                   + out_rows * cols * OUT_BYTES[dst_fmt])
+        self.stats["vector_elements"] += rows * cols
+        self._dispatch(Unit.VECTOR, ins, max(rows * _ceil(cols, N), _ceil(traffic, W)) + _VEC_LATENCY)
+
+
 class IsaBackend:
     """The ``isa`` backend of :mod:`celosia.sw.driver`: an :class:`IsaMachine` behind the
     CSR/memory interface every backend has."""
 
     name = "isa"
 
-    def __init__(self, config: MachineConfig, mem_size: int, vector_unit: bool = True):
-        self.machine = IsaMachine(config, mem_size, vector_unit)
+    def __init__(self, config: MachineConfig, mem_size: int, vector_unit: bool = True,
+                 decoder_ops: bool = False):
+        self.machine = IsaMachine(config, mem_size, vector_unit, decoder_ops)
         #: Whether VECTOR instructions run (else they stop with UNSUPPORTED).
         self.vector_unit = vector_unit
 

