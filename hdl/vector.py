@@ -473,27 +473,30 @@ class VectorUnit(wiring.Component):
         is_res1 = cmd.op == VectorOp.RESIDUAL
         pre_add1 = is_res1 | cmd.add_residual
         res_shift1 = Mux(is_res1, cmd.shift[:5], cmd.res_shift)
-        # Slice 1: x (after the residual pre-add; int24 for LayerNorm) and the control.
-        xa = []
-        for k in range(N):
-            raw = self.i.payload.data[k]
-            r = self.i.payload.residual[k]
-            # The residual pre-add: x = saturate(x + (r << shift), int32) (numerics.residual_add).
-            res = Signal(signed(34), name=f"s1_res{k}")
-            m.d.comb += res.eq(raw + (r << res_shift1))
-            x = Signal(signed(32), name=f"s1_x{k}")
-            m.d.comb += x.eq(Mux(pre_add1, clamp(res, nx.INT32.lo, nx.INT32.hi), raw))
-            xs = Signal(signed(nx.LN_IN_BITS), name=f"s1_xsat{k}")
-            m.d.comb += xs.eq(clamp(x, _INT24.lo, _INT24.hi))
-            xa.append(piped1(Mux(cmd.op == VectorOp.LAYERNORM, xs, x), signed(32), f"s1_xa{k}"))
         ctl1 = [{"valid": fire1, "cmd": cmd, "row": row1, "first": first1, "last": last1,
-                 "lanes": valid1}]
-        for i in (1, 2):
+                 "lanes": valid1, "pre_add": pre_add1}]
+        for i in range(1, 5):
             ctl1.append({n: piped1(v, command_layout if n == "cmd" else Value.cast(v).shape(),
                                    f"s1_{n}_{i}") for n, v in ctl1[-1].items()})
-        # Slice 2: the first half of the trees (softmax: masked max, a masked lane is
-        # -2**31 - 1; LayerNorm: masked sum of the int24 values).
-        lanes1 = ctl1[1]["lanes"]
+        # Slice 1: the shifted residual. Slice 2: x (after the residual pre-add; int24 for
+        # LayerNorm).
+        xa = []
+        c1 = ctl1[1]
+        for k in range(N):
+            raw = piped1(self.i.payload.data[k], signed(32), f"s1_raw{k}")
+            rs = piped1(self.i.payload.residual[k] << res_shift1, signed(34), f"s1_rs{k}")
+            # The residual pre-add: x = saturate(x + (r << shift), int32) (numerics.residual_add).
+            res = Signal(signed(34), name=f"s1_res{k}")
+            m.d.comb += res.eq(raw + rs)
+            x = Signal(signed(32), name=f"s1_x{k}")
+            m.d.comb += x.eq(Mux(c1["pre_add"], clamp(res, nx.INT32.lo, nx.INT32.hi), raw))
+            xs = Signal(signed(nx.LN_IN_BITS), name=f"s1_xsat{k}")
+            m.d.comb += xs.eq(clamp(x, _INT24.lo, _INT24.hi))
+            xa.append(piped1(Mux(c1["cmd"].op == VectorOp.LAYERNORM, xs, x), signed(32),
+                             f"s1_xa{k}"))
+        # Slice 3: the first half of the trees (softmax: masked max, a masked lane is
+        # -2**31 - 1; LayerNorm: masked sum of the int24 values). Slice 4: the rest.
+        lanes1 = ctl1[2]["lanes"]
         maxes = [Mux(lanes1[k], xa[k], _MAX_INIT) for k in range(N)]
         sums = [Mux(lanes1[k], xa[k][:nx.LN_IN_BITS].as_signed(), 0) for k in range(N)]
         levels = (N - 1).bit_length()
@@ -502,11 +505,13 @@ class VectorUnit(wiring.Component):
         sums = _sum_tree(m, "s1a", sums, signed(_SX_BITS), levels=half)
         maxes = [piped1(v, signed(33), f"s1_max2_{j}") for j, v in enumerate(maxes)]
         sums = [piped1(v, signed(_SX_BITS), f"s1_sum2_{j}") for j, v in enumerate(sums)]
-        xb = [piped1(v, signed(32), f"s1_xb{k}") for k, v in enumerate(xa)]
-        # The rest of the trees and the running max / sum, into FIFO A and T1.
-        c2 = ctl1[2]
-        beat_max = self._max_tree(m, "s1b", maxes)[0]
-        beat_sum = _sum_tree(m, "s1b", sums, signed(_SX_BITS))[0]
+        xb = [piped1(piped1(v, signed(32), f"s1_xb{k}"), signed(32), f"s1_xc{k}")
+              for k, v in enumerate(xa)]
+        beat_max = piped1(self._max_tree(m, "s1b", maxes)[0], signed(33), "s1_beat_max")
+        beat_sum = piped1(_sum_tree(m, "s1b", sums, signed(_SX_BITS))[0], signed(_SX_BITS),
+                          "s1_beat_sum")
+        # The running max / sum, into FIFO A and T1.
+        c2 = ctl1[4]
         new_max = Signal(signed(33))
         new_sum = Signal(signed(_SX_BITS))
         m.d.comb += [new_max.eq(Mux(~c2["first"] & (acc_max > beat_max), acc_max, beat_max)),
