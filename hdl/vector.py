@@ -195,7 +195,9 @@ class VectorFinisher(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.div = div = Divider(_DIVIDEND_BITS, _DIVISOR_BITS, self.unroll)
+        m.submodules.div = div = Divider(
+            _DIVIDEND_BITS, _DIVISOR_BITS, self.unroll,
+            quotient_widths=(_RECIP_QBITS, _MEAN_QBITS, _VAR_QBITS, _INV_QBITS))
         m.submodules.sqrt = sqrt = Isqrt(_STD_BITS, self.unroll)
 
         tok = Signal(token_layout)

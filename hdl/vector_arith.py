@@ -40,6 +40,10 @@ class Divider(wiring.Component):
         Operand widths (unsigned).
     unroll : int
         Quotient bits per cycle (restoring steps chained combinationally).
+    quotient_widths : tuple of int or None
+        The only quotient widths the caller divides for, when it knows them (``steps`` is then
+        always ``steps_for`` one of them): the alignment is a multiplexer of fixed shifts
+        instead of a barrel shifter, a fraction of the LUTs.
 
     Members
     -------
@@ -52,7 +56,8 @@ class Divider(wiring.Component):
         until the next start.
     """
 
-    def __init__(self, dividend_width: int, divisor_width: int, unroll: int = 1):
+    def __init__(self, dividend_width: int, divisor_width: int, unroll: int = 1,
+                 quotient_widths=None):
         for name, v in (("dividend_width", dividend_width), ("divisor_width", divisor_width),
                         ("unroll", unroll)):
             if not isinstance(v, int) or v < 1:
@@ -61,6 +66,13 @@ class Divider(wiring.Component):
         self.divisor_width = divisor_width
         self.unroll = unroll
         self.max_steps = _ceil_div(dividend_width, unroll)
+        self.step_counts = None
+        if quotient_widths is not None:
+            if not quotient_widths or not all(isinstance(q, int) and q >= 0
+                                              for q in quotient_widths):
+                raise ValueError(f"quotient_widths must be non-negative integers, "
+                                 f"not {quotient_widths!r}")
+            self.step_counts = tuple(sorted({self.steps_for(q) for q in quotient_widths}))
         super().__init__({
             "start": In(1),
             "dividend": In(dividend_width),
@@ -95,8 +107,14 @@ class Divider(wiring.Component):
             wide = Signal(2 * Wp)
             # dividend << (Wp - steps * U): the low dividend bits left-aligned in q, the high
             # ones (already below the divisor) as the initial remainder.
-            sh = Signal(range(Wp + 1))
-            m.d.comb += [sh.eq(Wp - left * U), wide.eq(dividend << sh)]
+            if self.step_counts is None:
+                sh = Signal(range(Wp + 1))
+                m.d.comb += [sh.eq(Wp - left * U), wide.eq(dividend << sh)]
+            else:
+                with m.Switch(left):
+                    for n in self.step_counts:
+                        with m.Case(n):
+                            m.d.comb += wide.eq(dividend << (Wp - n * U))
             m.d.sync += [q.eq(wide[:Wp]), rem.eq(wide[Wp:]), align.eq(0)]
             with m.If(left == 0):
                 m.d.sync += [self.busy.eq(0), self.done.eq(1)]

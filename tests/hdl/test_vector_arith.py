@@ -29,9 +29,12 @@ def _divide(ctx, dut, a, b, quotient_bits):
     return steps
 
 
-@pytest.mark.parametrize("unroll", [1, 3, 8])
-def test_divider_exact(unroll):
-    dut = Divider(64, 27, unroll)
+@pytest.mark.parametrize("unroll,widths", [(1, None), (3, None), (8, None),
+                                            (2, (17, 5, 50, 36, 48))])
+def test_divider_exact(unroll, widths):
+    """Any quotient width, or (``quotient_widths``) only the ones the divider was built for:
+    then its alignment is a multiplexer of fixed shifts."""
+    dut = Divider(64, 27, unroll, quotient_widths=widths)
     rng = random.Random(unroll)
     # (dividend, divisor, quotient bits): the unit's real uses plus random ones.
     cases = [
@@ -42,9 +45,11 @@ def test_divider_exact(unroll):
         ((1536 << 50) - 1, 1536, 50),
         (0, 7, 5),
     ]
+    if widths:
+        cases = [c for c in cases if c[2] in widths]
     for _ in range(12):
         b = rng.randrange(1, 1 << 27)
-        qbits = rng.randrange(1, 37)
+        qbits = rng.choice(widths) if widths else rng.randrange(1, 37)
         a = rng.randrange(0, min(b << qbits, 1 << 64))
         cases.append((a, b, qbits))
 
