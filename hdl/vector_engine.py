@@ -399,7 +399,9 @@ class VectorEngine(wiring.Component):
                      r_fifo.r_en.eq(g_res.beat.ready)]
         in_beat = Signal(16)       # unit beat in the row
         in_row = Signal(17)
-        in_last = in_beat == nub_m1
+        # "This is the row's last unit beat", a register kept with the counter (as o_last):
+        # the comparison runs beside the handshake, not in front of it.
+        in_last = Signal()
         src_last_take = settled(((src_beats << lw) - ((nub - 1) << (ln + sl)))[:16], 16,
                                 "src_last_take")
         res_last_take = settled(((res_beats << lw) - ((nub - 1) << (ln + 1)))[:16], 16,
@@ -412,9 +414,9 @@ class VectorEngine(wiring.Component):
         m.d.comb += [g_src.take.eq(fire_in), g_res.take.eq(fire_in & use_res)]
         with m.If(fire_in):
             with m.If(in_last):
-                m.d.sync += [in_beat.eq(0), in_row.eq(in_row + 1)]
+                m.d.sync += [in_beat.eq(0), in_row.eq(in_row + 1), in_last.eq(nub_m1 == 0)]
             with m.Else():
-                m.d.sync += in_beat.eq(in_beat + 1)
+                m.d.sync += [in_beat.eq(in_beat + 1), in_last.eq(in_beat + 1 == nub_m1)]
         sb = g_src.bytes
         for k in range(N):
             lane = Signal(signed(32), name=f"in_lane{k}")
@@ -472,7 +474,7 @@ class VectorEngine(wiring.Component):
         with m.If(wr.ready & e_pend):
             m.d.sync += [e_pend.eq(0), e_strb.eq(0), e_buf.eq(0)]
 
-        o_last = o_beat == nub_m1
+        o_last = Signal()
         V = Signal(range(4 * N + 1))
         v_last = settled((dst_bytes - ((nub - 1) << (ln + dl)))[:len(V)], len(V), "v_last")
         v_mid = settled(N << dl, len(V), "v_mid")
@@ -511,9 +513,9 @@ class VectorEngine(wiring.Component):
             m.d.sync += [obuf.eq(shifted | ((packed & vmask) << at)),
                          olevel.eq(o_after + V)]
             with m.If(o_last):
-                m.d.sync += [o_beat.eq(0), oflush.eq(1)]
+                m.d.sync += [o_beat.eq(0), oflush.eq(1), o_last.eq(nub_m1 == 0)]
             with m.Else():
-                m.d.sync += o_beat.eq(o_beat + 1)
+                m.d.sync += [o_beat.eq(o_beat + 1), o_last.eq(o_beat + 1 == nub_m1)]
         with m.Else():
             m.d.sync += [obuf.eq(shifted), olevel.eq(o_after)]
         # Row exponents: one byte per row, W rows a beat.
@@ -577,6 +579,8 @@ class VectorEngine(wiring.Component):
                         m.next = "START"
             with m.State("START"):
                 m.d.comb += [self.busy.eq(1), unit.cmd.valid.eq(1)]
+                # nub_m1 has settled by now (it follows cmd by a cycle; CHECK came first).
+                m.d.sync += [in_last.eq(nub_m1 == 0), o_last.eq(nub_m1 == 0)]
                 with m.If(unit.cmd.ready):
                     m.d.sync += phase_run.eq(1)
                     m.next = "RUN"
