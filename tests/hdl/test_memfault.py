@@ -55,17 +55,19 @@ def before(img, k):
     cut = img.mem.copy()
     cut[prog[k][0]:prog[k][0] + isa.INSTR_BYTES] = np.frombuffer(isa.halt().encode(), np.uint8)
     from celosia.sim.tb_accelerator import Image
-    mem, _, _ = reference(Image(cut, img.base, img.size, img.prog, img.config, {}))
+    mem, _, _ = reference(Image(cut, img.base, img.size, img.prog, img.config, {}),
+                          vector_unit=True)
     mem[prog[k][0]:prog[k][0] + isa.INSTR_BYTES] = img.mem[prog[k][0]:prog[k][0] + isa.INSTR_BYTES]
     return mem
 
 
-def session(img, *, runs=2, abort_when=None, gap=0, latency=2, stall=0.0, max_cycles=60_000, **faults):
+def session(img, *, runs=2, abort_when=None, gap=0, latency=2, stall=0.0, max_cycles=60_000,
+            vector=False, **faults):
     """Start the image's program ``runs`` times on one accelerator (no reset between runs),
     writing CTRL.abort between runs (the last one ``gap`` cycles after the stop before it) (and, in the first run, 20 cycles after ``abort_when()``
     turns true); returns the memory model, the memory after the first run and each run's
     registers."""
-    dut = Accelerator(2, CONFIG.port_bytes, k_max=64, mem_timeout=TIMEOUT)
+    dut = Accelerator(2, CONFIG.port_bytes, k_max=64, mem_timeout=TIMEOUT, vector=vector)
     mem = img.mem.copy()
     model = AxiMemoryModel(dut.m_axi, mem, CONFIG.port_bytes, latency=latency, stall=stall,
                            **faults)
@@ -102,8 +104,8 @@ def session(img, *, runs=2, abort_when=None, gap=0, latency=2, stall=0.0, max_cy
     return model, first[0], results
 
 
-def check_recovered(img, mem_after, regs):
-    ref_mem, ref, _ = reference(img)
+def check_recovered(img, mem_after, regs, vector=False):
+    ref_mem, ref, _ = reference(img, vector_unit=vector)
     assert regs["ERROR"] == ErrorCode.OK and regs["INSTRET"] == ref["INSTRET"]
     diff = np.flatnonzero(mem_after != ref_mem)
     assert diff.size == 0, f"{diff.size} bytes differ after the second run, first at {diff[0]:#x}"
@@ -240,3 +242,30 @@ def test_abort_of_a_run_stuck_on_memory():
     assert prog[k + 1][1].opcode == Opcode.SYNC
     check_stopped(img, k, mem1, r1, ErrorCode.MEM_TIMEOUT, at=k + 1)
     check_recovered(img, model.mem, r2)
+
+
+@pytest.mark.parametrize("kind", ["read", "write"])
+def test_vector_engine_faults(kind):
+    """With the vector engine: a read of the first VECTOR's residual operand, or a write of
+    its destination, fails; the stop names that VECTOR (the vector engine's port, and for the
+    write the master's FIFO of write ports), and the program then runs again bit-exact."""
+    from celosia.hdl.accelerator import vector_engine_factory
+    if vector_engine_factory() is None:
+        pytest.skip("this tree has no vector engine")
+    from test_accelerator import sync_handover_image
+    img = sync_handover_image(CONFIG)
+    prog = program_of(img)
+    k = next(i for i, (_, ins) in enumerate(prog) if ins.opcode == Opcode.VECTOR)
+    reads, writes = isa.footprint(prog[k][1])
+    if kind == "read":
+        span = dict((name, sp) for name, sp, _, _ in reads)["res"]
+        fault = once(in_span(span), SLVERR)
+        model, mem1, (r1, r2) = session(img, vector=True, rresp=fault)
+        code = ErrorCode.MEM_READ_ERROR
+    else:
+        fault = once(in_span(writes[0][1]), DECERR)
+        model, mem1, (r1, r2) = session(img, vector=True, bresp=fault)
+        code = ErrorCode.MEM_WRITE_ERROR
+    assert fault.fired
+    check_stopped(img, k, mem1, r1, code)
+    check_recovered(img, model.mem, r2, vector=True)
