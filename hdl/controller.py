@@ -414,8 +414,9 @@ class Controller(wiring.Component):
             with m.If(done.valid):
                 m.d.sync += last_pc.eq(failed_pc)
             if self.issue_slot:
-                m.d.comb += head_pc.eq(Mux(q.r_rdy, q.r_data,
-                                           Mux(q.level != 0, slot_pc, last_pc)))
+                # (The FIFO's r_rdy lags the hand-over by a cycle; a command's first memory
+                # access comes later than that.)
+                m.d.comb += head_pc.eq(Mux(q.r_rdy, q.r_data, last_pc))
             else:
                 m.d.comb += head_pc.eq(Mux(busy, pc[:ab], last_pc))
             heads[name] = head_pc
@@ -432,24 +433,26 @@ class Controller(wiring.Component):
 
         # --- memory faults ---
         if self.mem_faults:
-            mem_seen = Signal()           # a fault of this run, latched with its code and pc
-            mem_code = Signal(ERROR_BITS)
-            mem_pc = Signal(ADDR_BITS)
-            fault_pc = Signal(ADDR_BITS)  # the instruction the reported fault concerns
+            # A fault is stopped with like a unit's error (unit_err, unit_code, unit_pc), and
+            # takes precedence: it overwrites a unit error taken before it (which may be its
+            # consequence: a BAD_PARAM on undefined data), and no later one overwrites it. Every
+            # address fetched or issued lies inside the window, so ``ab`` bits hold it.
+            mem_seen = Signal()           # the stop is a memory fault
+            fault_pc = Signal(ab)         # the instruction the reported fault concerns
             with m.Switch(self.mem_fault_port):
                 with m.Case(1):
                     m.d.comb += fault_pc.eq(heads["mm"])
                 with m.Case(2):
-                    m.d.comb += fault_pc.eq(heads["vec"] if self.vector else pc)
+                    m.d.comb += fault_pc.eq(heads["vec"] if self.vector else pc[:ab])
                 with m.Default():
-                    m.d.comb += fault_pc.eq(pc)
+                    m.d.comb += fault_pc.eq(pc[:ab])
             with m.If(self.mem_fault & ~mem_seen & self.running):
-                m.d.sync += [mem_seen.eq(1), mem_code.eq(self.mem_fault_code),
-                             mem_pc.eq(fault_pc)]
-            mem_stop = mem_seen | self.mem_fault
-            mem_stop_code = Mux(mem_seen, mem_code, self.mem_fault_code)
-            mem_stop_pc = Mux(mem_seen, mem_pc, fault_pc)
-            mem_drained = ~self.mem_fault | self.mem_quiet
+                m.d.sync += [mem_seen.eq(1), unit_err.eq(1), unit_code.eq(self.mem_fault_code),
+                             unit_pc.eq(fault_pc)]
+            # The raw fault too: DECODE may see it in the cycle it is latched.
+            mem_stop = self.mem_fault
+            # The stop waits until the fault is latched and no read is owed to a port.
+            mem_drained = ~self.mem_fault | (mem_seen & self.mem_quiet)
         else:
             mem_stop = C(0, 1)
             mem_drained = C(1, 1)
@@ -837,18 +840,13 @@ class Controller(wiring.Component):
                 # Commands issued before the stop finish; then the stop is published.
                 with m.If(idle_mm & idle_vec & self.writes_idle & mem_drained):
                     m.d.sync += [self.running.eq(0), abort_req.eq(0)]
-                    first = m.If
-                    if self.mem_faults:
-                        # A memory fault is reported before anything it may have caused (a
-                        # unit's BAD_PARAM on undefined data, a garbled instruction).
-                        with m.If(mem_stop):
-                            m.d.sync += [self.error.eq(1), unit_err.eq(0), code.eq(mem_stop_code),
-                                         code_pc.eq(mem_stop_pc), *set_pc(mem_stop_pc)]
-                        first = m.Elif
-                    with first(unit_err):
+                    with m.If(unit_err):
                         # The failing command was counted when issued; isa_sim does not
-                        # count an instruction that fails.
-                        m.d.comb += [self.unretire_mm.eq(~unit_vec), self.unretire_vec.eq(unit_vec)]
+                        # count an instruction that fails. (A memory fault, which isa_sim
+                        # does not model, leaves the counts as they are.)
+                        unretire = ~mem_seen if self.mem_faults else C(1, 1)
+                        m.d.comb += [self.unretire_mm.eq(~unit_vec & unretire),
+                                     self.unretire_vec.eq(unit_vec & unretire)]
                         m.d.sync += [self.error.eq(1), code.eq(unit_code),
                                      *set_pc(unit_pc)]
                     with m.Elif(code == ErrorCode.OK):
