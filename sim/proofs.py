@@ -121,9 +121,10 @@ class Outcome:
                 "status": self.status, "ok": self.ok, "seconds": round(self.seconds, 2)}
 
 
-#: The accelerator's memory master as built (accelerator.py: ``AxiMaster(W)`` with its default
-#: burst and write limits, W = 16 bytes) and the reads in flight its arbiter allows
-#: (``MemArbiter(outstanding=2 * 32 + 16)``).
+#: The accelerator's memory master (accelerator.py: ``AxiMaster(W)`` with its default burst and
+#: write limits, W = 16 bytes, but without the fault logic, ``faults=False``: the response
+#: checks, the watchdog and the fence the accelerator builds are not part of this proof) and
+#: the reads in flight its arbiter allows (``MemArbiter(outstanding=2 * 32 + 16)``).
 AXI_PORT_BYTES, AXI_READS = 16, 80
 #: The span check as the full build has it (controller.py: 32-bit addresses and strides, 16-bit
 #: rows, 24-bit row bytes, a 33-bit window end).
