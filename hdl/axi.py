@@ -224,6 +224,15 @@ class AxiMaster(wiring.Component):
         self._h_len = Signal(8)           # beats - 1
         self._joins = Signal()            # the request offered now continues the held burst
         self._pending = Signal(range(max_writes + 1))
+        # The fault state (``faults``), here for the same reason: the fenced flag, beats put on
+        # AR and not yet received, the stale ones among them, read beats owed to the port,
+        # and the stale write responses among the unacknowledged writes.
+        self._fenced = Signal()
+        self._r_out = Signal(16)
+        self._stale_r = Signal(16)
+        self._stale_nz = Signal()         # stale_r != 0, kept as a register (RREADY's path)
+        self._owed = Signal(range(max_reads + 1))
+        self._stale_b = Signal(range(max_writes + 1))
 
     def elaborate(self, platform):
         m = Module()
@@ -236,7 +245,7 @@ class AxiMaster(wiring.Component):
                 getattr(axi, f"{ch}burst").eq(BURST_INCR),
                 getattr(axi, f"{ch}cache").eq(0b0011),     # normal, bufferable, modifiable
             ]
-        fenced = Signal()
+        fenced = self._fenced
         if faults:
             m.d.comb += self.fault.eq(fenced)
 
@@ -253,7 +262,12 @@ class AxiMaster(wiring.Component):
                              & (addr[12:] == h_addr[12:]) & (addr[:lw] == h_addr[:lw])
                              & (h_len < self.max_burst - 1))
         ar_free = Signal()
-        m.d.comb += ar_free.eq(~axi.arvalid | axi.arready)
+        # After a fault no burst goes out until the stale beats have come in (they come first
+        # anyway, one ID); this bounds the beats out by the reads the port may have in flight.
+        if faults:
+            m.d.comb += ar_free.eq((~axi.arvalid | axi.arready) & ~self._stale_nz)
+        else:
+            m.d.comb += ar_free.eq(~axi.arvalid | axi.arready)
         ar_load = Signal()                # a burst goes into the AR register this cycle
         with m.If(axi.arvalid & axi.arready):
             m.d.sync += axi.arvalid.eq(0)
@@ -282,14 +296,12 @@ class AxiMaster(wiring.Component):
         else:
             # Beats issued on AR (or waiting there) and not yet received; of them, the stale
             # ones (issued before a fault); beats accepted from the port and not yet delivered.
-            r_out = Signal(16)
+            r_out, stale_r, owed = self._r_out, self._stale_r, self._owed
             r_out_next = Signal(16)
-            stale_r = Signal(16)
-            owed = Signal(range(self.max_reads + 1))
             r_hs = Signal()
             drop = Signal()
             m.d.comb += [
-                drop.eq(fenced | (stale_r != 0)),
+                drop.eq(fenced | self._stale_nz),
                 axi.rready.eq(drop | port.rd_resp.ready),
                 r_hs.eq(axi.rvalid & axi.rready),
                 port.rd_req.ready.eq(fenced | rd_req_ready),
@@ -358,7 +370,7 @@ class AxiMaster(wiring.Component):
             wr_head = wr_tags.r_data
         else:
             wr_head = C(self.write_port, self.port_bits)
-        stale_b = Signal.like(pending)
+        stale_b = self._stale_b
         b_stale = stale_b != 0
         rd_fault = Signal()
         wr_fault = Signal()
@@ -380,14 +392,16 @@ class AxiMaster(wiring.Component):
 
         fault_now = Signal()
         m.d.comb += fault_now.eq(~fenced & ~self.clear & (rd_fault | wr_fault | expired))
+        stale_r_next = Signal.like(stale_r)
         with m.If(fault_now):
             # Everything still owed by the memory is stale from now on.
-            m.d.sync += [stale_r.eq(r_out_next), stale_b.eq(pending_next)]
+            m.d.comb += stale_r_next.eq(r_out_next)
+            m.d.sync += stale_b.eq(pending_next)
         with m.Else():
-            with m.If(r_hs & (stale_r != 0)):
-                m.d.sync += stale_r.eq(stale_r - 1)
+            m.d.comb += stale_r_next.eq(stale_r - (r_hs & self._stale_nz))
             with m.If(dec & b_stale):
                 m.d.sync += stale_b.eq(stale_b - 1)
+        m.d.sync += [stale_r.eq(stale_r_next), self._stale_nz.eq(stale_r_next != 0)]
         with m.If(self.clear):
             m.d.sync += [fenced.eq(0), self.fault_code.eq(0), self.fault_port.eq(0)]
         with m.Elif(fault_now):

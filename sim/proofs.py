@@ -140,6 +140,16 @@ def _axi(cls=AxiMaster):
     return lambda: props.AxiMasterSpec(cls(AXI_PORT_BYTES), reads=AXI_READS)
 
 
+#: The fenced master's watchdog bound in the proof (short, so that a timeout is within reach).
+AXI_FENCE_TIMEOUT = 3
+
+
+def _axi_fence(cls=AxiMaster):
+    return lambda: props.AxiMasterFenceSpec(
+        cls(AXI_PORT_BYTES, faults=True, timeout=AXI_FENCE_TIMEOUT, ports=3,
+            max_reads=AXI_READS), reads=AXI_READS)
+
+
 def _csr(cls=CsrBlock):
     return lambda: props.CsrSpec(cls(8, 16))
 
@@ -205,6 +215,17 @@ PROOFS: tuple[Proof, ...] = (
                    Mutant("long_read_burst", _axi(props.AxiMasterLongReadBurst)),
                    Mutant("moving_burst", _axi(props.AxiMasterMovingBurst)),
                    Mutant("uncounted_writes", _axi(props.AxiMasterUncountedWrites)))),
+    Proof("axi_master_faults", "AxiMaster with its fault logic (as the accelerator builds it): "
+          "AR/AW/W held with a stable payload until ready across faults, fences and STARTs; "
+          "nothing new on AR/AW/W while fenced; beats out = beats on AR + beats the slave owes, "
+          "all stale while fenced, and otherwise the requester's reads = beats held + live "
+          "beats out, so a stale (late) beat is never handed to a request; writes counted "
+          "exactly; AR bursts INCR, at most 16 beats, inside 4 KiB",
+          _axi_fence(), 6, cover_depth=12,
+          abstraction="slave and requester free under the promises of axi_master, responses "
+                      "free (any error), clear and port numbers free; watchdog bound 3 cycles",
+          mutants=(Mutant("fence_dropping_ar", _axi_fence(props.AxiMasterFenceDroppingAr)),
+                   Mutant("forgetting_stale", _axi_fence(props.AxiMasterForgettingStale)))),
     Proof("csr", "CsrBlock over AXI4-Lite: PROG_ADDR, WIN_BASE, WIN_SIZE read back what was "
           "written (with byte strobes); ID, CONFIG, CTRL and unmapped offsets read their fixed "
           "values; R and B held until taken",
