@@ -34,8 +34,8 @@ from .axi import AXI4LiteSignature, AXI4Signature, AxiMaster, MemArbiter
 from .controller import Controller
 from .csr import CSR_ADDR_BITS, CsrBlock
 from .engine import MatmulEngine, MemoryPortSignature
-from .params import (ADDR_BITS, DEFAULT_ARRAY, FULL, K_MAX, Sizing, check_config,
-                     default_port_bytes)
+from .params import (ADDR_BITS, DEFAULT_ARRAY, FULL, K_MAX, MEM_TIMEOUT_CYCLES, Sizing,
+                     check_config, default_port_bytes)
 
 __all__ = ["Accelerator", "verilog_text", "write_verilog", "vector_engine_factory", "TOP_NAME"]
 
@@ -73,11 +73,17 @@ class Accelerator(wiring.Component):
         The memory interface: ``m_axi``, an AXI4 master (default), or ``mem``, the units'
         own :class:`celosia.hdl.engine.MemoryPortSignature` (reads answered in order, a write
         complete once accepted: for on-chip memory, without the AXI master's registers).
+        Only the AXI build checks responses (SLVERR/DECERR stop the run with
+        ``MEM_READ_ERROR``/``MEM_WRITE_ERROR``) and runs the memory watchdog (``MEM_TIMEOUT``
+        after ``mem_timeout`` quiet cycles; docs/reliability.md, "Memory faults").
+    mem_timeout : int
+        The watchdog's bound in cycles (default ``params.MEM_TIMEOUT_CYCLES``).
     """
 
     def __init__(self, array: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
                  vector=False, k_max: int = K_MAX, outstanding: int | None = None,
-                 sizing: Sizing = FULL, memory: str = "axi"):
+                 sizing: Sizing = FULL, memory: str = "axi",
+                 mem_timeout: int = MEM_TIMEOUT_CYCLES):
         if port_bytes is None:
             port_bytes = default_port_bytes(array)
         check_config(array, port_bytes, k_max)
@@ -93,6 +99,9 @@ class Accelerator(wiring.Component):
         if memory not in ("axi", "native"):
             raise ValueError(f"memory must be 'axi' or 'native', not {memory!r}")
         self.memory = memory
+        if not 1 <= mem_timeout < (1 << 24):
+            raise ValueError(f"mem_timeout must be in 1..2**24-1, not {mem_timeout}")
+        self.mem_timeout = mem_timeout
         super().__init__({
             "s_axil": In(AXI4LiteSignature(CSR_ADDR_BITS, 32)),
             **({"m_axi": Out(AXI4Signature(ADDR_BITS, 8 * port_bytes))} if memory == "axi"
@@ -113,7 +122,8 @@ class Accelerator(wiring.Component):
         m.submodules.ctrl = ctrl = Controller(W, vector=self.has_vector, k_max=self.k_max,
                                               queue=sz.queue, addr_bits=sz.addr_bits,
                                               issue_slot=sz.issue_slot,
-                                              serial_check=sz.serial_check)
+                                              serial_check=sz.serial_check,
+                                              mem_faults=self.memory == "axi")
         m.submodules.matmul = mm = MatmulEngine(self.array, W, k_max=self.k_max,
                                                 outstanding=self.outstanding,
                                                 addr_bits=sz.addr_bits,
@@ -129,15 +139,24 @@ class Accelerator(wiring.Component):
         if self.has_vector:
             m.submodules.vector = vec = self.vector_factory(sz.vector_lanes or self.array, W)
             ports.append(vec.mem)
-        m.submodules.arbiter = arb = MemArbiter(len(ports), W, outstanding=2 * self.outstanding + 16)
+        reads = 2 * self.outstanding + 16
+        m.submodules.arbiter = arb = MemArbiter(len(ports), W, outstanding=reads)
         wiring.connect(m, wiring.flipped(self.s_axil), csr.bus)
         for i, p in enumerate(ports):
             wiring.connect(m, p, arb.port(i))
         if self.memory == "axi":
-            m.submodules.axi = axi = AxiMaster(W)
+            # Only the engines write: without the vector engine every write is the matmul
+            # engine's (port 1) and the master needs no FIFO of write ports.
+            m.submodules.axi = axi = AxiMaster(W, faults=True, timeout=self.mem_timeout,
+                                               ports=len(ports), max_reads=reads,
+                                               write_port=None if self.has_vector else 1)
             wiring.connect(m, arb.out, axi.port)
             wiring.connect(m, axi.axi, wiring.flipped(self.m_axi))
             writes_idle = axi.writes_idle
+            m.d.comb += [axi.rd_port.eq(arb.rd_port), axi.wr_port.eq(arb.wr_port),
+                         axi.clear.eq(ctrl.mem_clear),
+                         ctrl.mem_fault.eq(axi.fault), ctrl.mem_fault_code.eq(axi.fault_code),
+                         ctrl.mem_fault_port.eq(axi.fault_port), ctrl.mem_quiet.eq(axi.quiet)]
         else:
             wiring.connect(m, arb.out, wiring.flipped(self.mem))
             writes_idle = ~self.mem.wr.valid
@@ -166,11 +185,12 @@ class Accelerator(wiring.Component):
 
 
 def verilog_text(array: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
-                 vector=False, k_max: int = K_MAX, name: str = TOP_NAME) -> str:
+                 vector=False, k_max: int = K_MAX, name: str = TOP_NAME,
+                 mem_timeout: int = MEM_TIMEOUT_CYCLES) -> str:
     """The accelerator's Verilog (Yosys through Amaranth)."""
     from amaranth.back import verilog
 
-    top = Accelerator(array, port_bytes, vector=vector, k_max=k_max)
+    top = Accelerator(array, port_bytes, vector=vector, k_max=k_max, mem_timeout=mem_timeout)
     return verilog.convert(top, name=name, emit_src=False)
 
 

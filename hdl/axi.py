@@ -13,7 +13,8 @@ AXI4 master for the memory port.
   bursts with byte strobes. Responses on one ID return in order, so read data needs no
   reordering. ``writes_idle`` is high when no write is waiting or unacknowledged (``B``
   received): the controller's SYNC and HALT wait for it, so a write is in memory before a
-  later command is allowed to read it.
+  later command is allowed to read it. With ``faults=True`` it also checks every response
+  (RRESP/BRESP) and runs a watchdog, and after a fault *fences* the memory (see the class).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .engine import MemoryPortSignature
+from .params import MEM_TIMEOUT_CYCLES, ErrorCode
 from .scratchpad import SyncFifo
 
 __all__ = ["AXI4LiteSignature", "AXI4Signature", "MemArbiter", "AxiMaster", "BURST_INCR"]
@@ -94,6 +96,10 @@ class MemArbiter(wiring.Component):
         super().__init__({
             **{f"p{i}": In(MemoryPortSignature(port_bytes)) for i in range(ports)},
             "out": Out(MemoryPortSignature(port_bytes)),
+            # For the AXI master's fault reports: the port the oldest unanswered read beat
+            # belongs to, and the port of the write offered on ``out.wr``.
+            "rd_port": Out(max(1, (ports - 1).bit_length())),
+            "wr_port": Out(max(1, (ports - 1).bit_length())),
         })
 
     def port(self, i):
@@ -133,7 +139,8 @@ class MemArbiter(wiring.Component):
             for i, p in enumerate(ports):
                 with m.Case(i):
                     m.d.comb += self.out.rd_resp.ready.eq(tags.r_rdy & p.rd_resp.ready)
-        m.d.comb += tags.r_en.eq(self.out.rd_resp.valid & self.out.rd_resp.ready)
+        m.d.comb += [tags.r_en.eq(self.out.rd_resp.valid & self.out.rd_resp.ready),
+                     self.rd_port.eq(tags.r_data)]
 
         # Writes.
         wr_last = Signal(idx_bits, init=n - 1)
@@ -148,6 +155,7 @@ class MemArbiter(wiring.Component):
                         self.out.wr.payload.eq(p.wr.payload),
                         p.wr.ready.eq(self.out.wr.ready),
                     ]
+        m.d.comb += self.wr_port.eq(wr_grant)
         with m.If(self.out.wr.valid & self.out.wr.ready):
             m.d.sync += wr_last.eq(wr_grant)
         return m
@@ -160,18 +168,54 @@ class AxiMaster(wiring.Component):
     beat (same 4 KiB page, fewer than ``max_burst`` beats so far) it joins the burst, and the
     burst goes out on ``AR`` as soon as a request does not fit or no request came in a cycle.
     Writes: one beat per burst (``AW`` and ``W`` together), at most ``max_writes``
-    unacknowledged."""
+    unacknowledged.
+
+    **Faults** (``faults=True``, the accelerator's build). A read beat with RRESP = SLVERR or
+    DECERR, a write response with BRESP = SLVERR or DECERR, or the watchdog (``timeout``
+    cycles in a row with a transaction outstanding and no channel moving: no AR/AW/W
+    handshake, no RVALID, no BVALID) is a fault: ``fault`` rises the next cycle with
+    ``fault_code`` (``MEM_READ_ERROR``, ``MEM_WRITE_ERROR``, ``MEM_TIMEOUT``) and ``fault_port``
+    (the arbiter port of the failing beat, write, or for a timeout the oldest unanswered read,
+    else the oldest unacknowledged write). All three are registers, and the first fault wins
+    until ``clear``.
+
+    From then on the master is *fenced*: it issues nothing more on AXI, accepts every write
+    from the port and drops it, and answers every read the port is owed (requests already
+    accepted, issued or not, and new ones) itself with a beat of undefined data, so the units
+    finish their commands and the controller drains without the memory. On AXI it keeps the
+    rules: an AR/AW/W whose valid is up stays up with its payload until the memory takes it;
+    RREADY and BREADY stay high, and every beat and response still owed for the transactions
+    issued before the fault is counted as *stale* and dropped when (if ever) it arrives, also
+    after ``clear`` (the next START), so a late answer is never taken for a new request. A
+    memory that never takes a pending AR/AW/W or never answers leaves those stale: the next
+    run's requests wait behind them, and that run times out too (only a reset of both sides
+    clears such a memory). ``writes_idle`` ignores unacknowledged writes while fenced.
+    """
 
     def __init__(self, port_bytes: int, *, addr_width: int = 32, max_burst: int = 16,
-                 max_writes: int = 64):
+                 max_writes: int = 64, faults: bool = False, timeout: int = MEM_TIMEOUT_CYCLES,
+                 ports: int = 1, write_port: int | None = None, max_reads: int = 1024):
         assert port_bytes & (port_bytes - 1) == 0 and 1 <= max_burst <= 256
+        assert timeout >= 1
         self.port_bytes, self.addr_width = port_bytes, addr_width
         self.max_burst, self.max_writes = max_burst, max_writes
-        super().__init__({
+        self.faults, self.timeout = faults, timeout
+        self.port_bits = max(1, (ports - 1).bit_length())
+        #: Without a write-port FIFO, every write comes from this port.
+        self.write_port = write_port
+        self.max_reads = max_reads
+        members = {
             "port": In(MemoryPortSignature(port_bytes)),
             "axi": Out(AXI4Signature(addr_width, 8 * port_bytes)),
             "writes_idle": Out(1),
-        })
+        }
+        if faults:
+            members.update({
+                "rd_port": In(self.port_bits), "wr_port": In(self.port_bits), "clear": In(1),
+                "fault": Out(1), "fault_code": Out(4), "fault_port": Out(self.port_bits),
+                "quiet": Out(1),
+            })
+        super().__init__(members)
         # The read burst being gathered and the count of unacknowledged writes. Created here
         # rather than in elaborate(): the protocol proof (celosia.sim.properties) states how
         # they relate to the transfers on both sides.
@@ -180,17 +224,30 @@ class AxiMaster(wiring.Component):
         self._h_len = Signal(8)           # beats - 1
         self._joins = Signal()            # the request offered now continues the held burst
         self._pending = Signal(range(max_writes + 1))
+        # The fault state (``faults``), here for the same reason: the fenced flag, beats put on
+        # AR and not yet received, the stale ones among them, read beats owed to the port,
+        # and the stale write responses among the unacknowledged writes.
+        self._fenced = Signal()
+        self._r_out = Signal(16)
+        self._stale_r = Signal(16)
+        self._stale_nz = Signal()         # stale_r != 0, kept as a register (RREADY's path)
+        self._owed = Signal(range(max_reads + 1))
+        self._stale_b = Signal(range(max_writes + 1))
 
     def elaborate(self, platform):
         m = Module()
         w, axi, port = self.port_bytes, self.axi, self.port
         lw = w.bit_length() - 1
+        faults = self.faults
         for ch in ("aw", "ar"):
             m.d.comb += [
                 getattr(axi, f"{ch}size").eq(lw),
                 getattr(axi, f"{ch}burst").eq(BURST_INCR),
                 getattr(axi, f"{ch}cache").eq(0b0011),     # normal, bufferable, modifiable
             ]
+        fenced = self._fenced
+        if faults:
+            m.d.comb += self.fault.eq(fenced)
 
         # --- reads: gather consecutive beats into a burst ---
         held, h_addr, h_len = self._held, self._h_addr, self._h_len
@@ -205,27 +262,68 @@ class AxiMaster(wiring.Component):
                              & (addr[12:] == h_addr[12:]) & (addr[:lw] == h_addr[:lw])
                              & (h_len < self.max_burst - 1))
         ar_free = Signal()
-        m.d.comb += ar_free.eq(~axi.arvalid | axi.arready)
+        # After a fault no burst goes out until the stale beats have come in (they come first
+        # anyway, one ID); this bounds the beats out by the reads the port may have in flight.
+        if faults:
+            m.d.comb += ar_free.eq((~axi.arvalid | axi.arready) & ~self._stale_nz)
+        else:
+            m.d.comb += ar_free.eq(~axi.arvalid | axi.arready)
+        ar_load = Signal()                # a burst goes into the AR register this cycle
         with m.If(axi.arvalid & axi.arready):
             m.d.sync += axi.arvalid.eq(0)
         # Accept a request when it joins the held burst, or when the held burst (if any) can
         # be handed to AR this cycle.
-        m.d.comb += port.rd_req.ready.eq(joins | ~held | ar_free)
+        rd_req_ready = joins | ~held | ar_free
         with m.If(port.rd_req.valid & joins):
             m.d.sync += h_len.eq(h_len + 1)
         with m.Elif(held & ar_free):
             # The held burst is complete (no joining request this cycle): send it.
+            m.d.comb += ar_load.eq(1)
             m.d.sync += [axi.arvalid.eq(1), axi.araddr.eq(h_addr), axi.arlen.eq(h_len),
                          held.eq(0)]
             with m.If(port.rd_req.valid):
                 m.d.sync += [held.eq(1), h_addr.eq(port.rd_req.payload.addr), h_len.eq(0)]
         with m.Elif(port.rd_req.valid & ~held):
             m.d.sync += [held.eq(1), h_addr.eq(port.rd_req.payload.addr), h_len.eq(0)]
-        m.d.comb += [
-            port.rd_resp.valid.eq(axi.rvalid),
-            port.rd_resp.payload.eq(axi.rdata),
-            axi.rready.eq(port.rd_resp.ready),
-        ]
+
+        if not faults:
+            m.d.comb += [
+                port.rd_req.ready.eq(rd_req_ready),
+                port.rd_resp.valid.eq(axi.rvalid),
+                port.rd_resp.payload.eq(axi.rdata),
+                axi.rready.eq(port.rd_resp.ready),
+            ]
+        else:
+            # Beats issued on AR (or waiting there) and not yet received; of them, the stale
+            # ones (issued before a fault); beats accepted from the port and not yet delivered.
+            r_out, stale_r, owed = self._r_out, self._stale_r, self._owed
+            r_out_next = Signal(16)
+            r_hs = Signal()
+            drop = Signal()
+            m.d.comb += [
+                drop.eq(fenced | self._stale_nz),
+                axi.rready.eq(drop | port.rd_resp.ready),
+                r_hs.eq(axi.rvalid & axi.rready),
+                port.rd_req.ready.eq(fenced | rd_req_ready),
+                # Fenced: the port's owed beats are answered here (data undefined).
+                port.rd_resp.valid.eq(Mux(fenced, owed != 0, axi.rvalid & ~drop)),
+                port.rd_resp.payload.eq(axi.rdata),
+                r_out_next.eq(r_out + Mux(ar_load & ~fenced, h_len + 1, 0)
+                              - (r_hs & (r_out != 0))),
+                self.quiet.eq(owed == 0),
+            ]
+            m.d.sync += r_out.eq(r_out_next)
+            with m.If(fenced):
+                # Nothing new goes out: the held burst is answered from ``owed``.
+                m.d.sync += held.eq(0)
+                with m.If(ar_load):
+                    m.d.sync += axi.arvalid.eq(0)
+            rq = port.rd_req.valid & port.rd_req.ready
+            rs = port.rd_resp.valid & port.rd_resp.ready
+            with m.If(rq & ~rs):
+                m.d.sync += owed.eq(owed + 1)
+            with m.Elif(rs & ~rq):
+                m.d.sync += owed.eq(owed - 1)
 
         # --- writes: one beat per burst ---
         pending = self._pending
@@ -233,11 +331,12 @@ class AxiMaster(wiring.Component):
         dec = Signal()
         aw_free = Signal()
         w_free = Signal()
+        wr_ready = aw_free & w_free & (pending < self.max_writes)
         m.d.comb += [
             aw_free.eq(~axi.awvalid | axi.awready),
             w_free.eq(~axi.wvalid | axi.wready),
-            port.wr.ready.eq(aw_free & w_free & (pending < self.max_writes)),
-            inc.eq(port.wr.valid & port.wr.ready),
+            port.wr.ready.eq(wr_ready | fenced),
+            inc.eq(port.wr.valid & port.wr.ready & ~fenced),
             axi.bready.eq(1),
             dec.eq(axi.bvalid),
             axi.wlast.eq(1),
@@ -253,7 +352,67 @@ class AxiMaster(wiring.Component):
                 axi.wvalid.eq(1), axi.wdata.eq(port.wr.payload.data),
                 axi.wstrb.eq(port.wr.payload.strb),
             ]
-        with m.If(inc ^ dec):
-            m.d.sync += pending.eq(pending + Mux(inc, 1, C(-1, len(pending))))
-        m.d.comb += self.writes_idle.eq((pending == 0) & ~port.wr.valid)
+        pending_next = Signal.like(pending)
+        m.d.comb += pending_next.eq(pending + Mux(inc ^ dec, Mux(inc, 1, C(-1, len(pending))), 0))
+        m.d.sync += pending.eq(pending_next)
+        idle = (pending == 0) & ~port.wr.valid
+        m.d.comb += self.writes_idle.eq(Mux(fenced, ~port.wr.valid, idle) if faults else idle)
+        if not faults:
+            return m
+
+        # --- faults ---
+        # The port of each unacknowledged write (one ID: responses come back in order).
+        if self.write_port is None:
+            m.submodules.wr_tags = wr_tags = fifo.SyncFIFO(width=self.port_bits,
+                                                           depth=self.max_writes)
+            m.d.comb += [wr_tags.w_en.eq(inc), wr_tags.w_data.eq(self.wr_port),
+                         wr_tags.r_en.eq(dec)]
+            wr_head = wr_tags.r_data
+        else:
+            wr_head = C(self.write_port, self.port_bits)
+        stale_b = self._stale_b
+        b_stale = stale_b != 0
+        rd_fault = Signal()
+        wr_fault = Signal()
+        m.d.comb += [
+            rd_fault.eq(axi.rvalid & axi.rready & ~drop & axi.rresp[1]),
+            wr_fault.eq(axi.bvalid & ~b_stale & ~fenced & axi.bresp[1]),
+        ]
+        # Watchdog.
+        outstanding = ((r_out != 0) | (pending != 0) | axi.arvalid | axi.awvalid | axi.wvalid)
+        moved = (axi.rvalid | axi.bvalid | (axi.arvalid & axi.arready)
+                 | (axi.awvalid & axi.awready) | (axi.wvalid & axi.wready))
+        quiet_n = Signal(range(self.timeout + 1))
+        expired = Signal()
+        m.d.comb += expired.eq(quiet_n == self.timeout)
+        with m.If(fenced | self.clear | ~outstanding | moved):
+            m.d.sync += quiet_n.eq(0)
+        with m.Elif(~expired):
+            m.d.sync += quiet_n.eq(quiet_n + 1)
+
+        fault_now = Signal()
+        m.d.comb += fault_now.eq(~fenced & ~self.clear & (rd_fault | wr_fault | expired))
+        stale_r_next = Signal.like(stale_r)
+        with m.If(fault_now):
+            # Everything still owed by the memory is stale from now on.
+            m.d.comb += stale_r_next.eq(r_out_next)
+            m.d.sync += stale_b.eq(pending_next)
+        with m.Else():
+            m.d.comb += stale_r_next.eq(stale_r - (r_hs & self._stale_nz))
+            with m.If(dec & b_stale):
+                m.d.sync += stale_b.eq(stale_b - 1)
+        m.d.sync += [stale_r.eq(stale_r_next), self._stale_nz.eq(stale_r_next != 0)]
+        with m.If(self.clear):
+            m.d.sync += [fenced.eq(0), self.fault_code.eq(0), self.fault_port.eq(0)]
+        with m.Elif(fault_now):
+            m.d.sync += fenced.eq(1)
+            with m.If(rd_fault):
+                m.d.sync += [self.fault_code.eq(ErrorCode.MEM_READ_ERROR),
+                             self.fault_port.eq(self.rd_port)]
+            with m.Elif(wr_fault):
+                m.d.sync += [self.fault_code.eq(ErrorCode.MEM_WRITE_ERROR),
+                             self.fault_port.eq(wr_head)]
+            with m.Else():
+                m.d.sync += [self.fault_code.eq(ErrorCode.MEM_TIMEOUT),
+                             self.fault_port.eq(Mux(owed != 0, self.rd_port, wr_head))]
         return m

@@ -239,11 +239,19 @@ class Controller(wiring.Component):
         A unit holds an issued command.
     stall, retire, retire_mm, retire_vec : Out(1)
         Counter events: a cycle waiting in SYNC/HALT, an instruction retired (MATMUL, VECTOR).
+    mem_fault, mem_fault_code, mem_fault_port, mem_quiet, mem_clear : with ``mem_faults``
+        A memory fault (``MEM_READ_ERROR``, ``MEM_WRITE_ERROR``, ``MEM_TIMEOUT``) from the
+        AXI master, the port it concerns, no read owed to any port, and the clear at START.
+        A fault stops the run: nothing more is fetched or issued, the units finish against
+        the fenced master, and the stop reports the fault (it takes precedence over any other
+        code of the same stop) with ``ERROR_PC`` the instruction that owned the access: the
+        instruction being fetched or scanned (port 0), or the oldest command in flight in the
+        unit (ports 1, 2; the unit's last finished command if none is in flight any more).
     """
 
     def __init__(self, port_bytes: int, *, vector: bool = False, queue: int = 4,
                  k_max: int = K_MAX, addr_bits: int = ADDR_BITS, issue_slot: bool = True,
-                 serial_check: bool = False):
+                 serial_check: bool = False, mem_faults: bool = False):
         assert port_bytes & (port_bytes - 1) == 0 and 4 <= port_bytes <= 128
         assert 12 <= addr_bits <= ADDR_BITS
         self.port_bytes = port_bytes
@@ -253,6 +261,7 @@ class Controller(wiring.Component):
         self.addr_bits = addr_bits
         self.issue_slot = issue_slot
         self.serial_check = serial_check
+        self.mem_faults = mem_faults
         members = {
             "mem": Out(MemoryPortSignature(port_bytes)),
             "mm_cmd": Out(stream.Signature(command_layout())),
@@ -269,6 +278,12 @@ class Controller(wiring.Component):
         if vector:
             members["vec_cmd"] = Out(stream.Signature(isa.vector_layout()))
             members["vec_done"] = In(stream.Signature(DONE_BITS))
+        if mem_faults:
+            # The AXI master's fault report (registers; port 0 is this controller's own port,
+            # 1 the matmul engine's, 2 the vector engine's) and its clear at START.
+            members.update({"mem_fault": In(1), "mem_fault_code": In(ERROR_BITS),
+                            "mem_fault_port": In(2), "mem_quiet": In(1, init=1),
+                            "mem_clear": Out(1)})
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -352,6 +367,7 @@ class Controller(wiring.Component):
 
         # --- units: an issue slot and a FIFO of the addresses of commands in flight ---
         units = {}
+        heads = {}
 
         def unit(name, cmd, done, layout, source, is_vector=0):
             # Without an issue slot these are combinational: ISSUE offers the command straight
@@ -391,6 +407,19 @@ class Controller(wiring.Component):
             with m.If(done.valid & (done.payload != 0) & ~unit_err):
                 m.d.sync += [unit_err.eq(1), unit_code.eq(done.payload),
                              unit_pc.eq(failed_pc), unit_vec.eq(is_vector)]
+            # The command a memory fault of this unit's port is blamed on: the oldest in
+            # flight, else the last one that finished (a write's response may come after).
+            last_pc = Signal(ab, name=f"{name}_last_pc")
+            head_pc = Signal(ab, name=f"{name}_head_pc")
+            with m.If(done.valid):
+                m.d.sync += last_pc.eq(failed_pc)
+            if self.issue_slot:
+                # (The FIFO's r_rdy lags the hand-over by a cycle; a command's first memory
+                # access comes later than that.)
+                m.d.comb += head_pc.eq(Mux(q.r_rdy, q.r_data, last_pc))
+            else:
+                m.d.comb += head_pc.eq(Mux(busy, pc[:ab], last_pc))
+            heads[name] = head_pc
             units[name] = (slot_valid, slot_cmd, slot_pc, busy)
             return busy
 
@@ -401,6 +430,32 @@ class Controller(wiring.Component):
             m.d.comb += self.vec_busy.eq(vec_busy)
         else:
             vec_busy = C(0, 1)
+
+        # --- memory faults ---
+        if self.mem_faults:
+            # A fault is stopped with like a unit's error (unit_err, unit_code, unit_pc), and
+            # takes precedence: it overwrites a unit error taken before it (which may be its
+            # consequence: a BAD_PARAM on undefined data), and no later one overwrites it. Every
+            # address fetched or issued lies inside the window, so ``ab`` bits hold it.
+            mem_seen = Signal()           # the stop is a memory fault
+            fault_pc = Signal(ab)         # the instruction the reported fault concerns
+            with m.Switch(self.mem_fault_port):
+                with m.Case(1):
+                    m.d.comb += fault_pc.eq(heads["mm"])
+                with m.Case(2):
+                    m.d.comb += fault_pc.eq(heads["vec"] if self.vector else pc[:ab])
+                with m.Default():
+                    m.d.comb += fault_pc.eq(pc[:ab])
+            with m.If(self.mem_fault & ~mem_seen & self.running):
+                m.d.sync += [mem_seen.eq(1), unit_err.eq(1), unit_code.eq(self.mem_fault_code),
+                             unit_pc.eq(fault_pc)]
+            # The raw fault too: DECODE may see it in the cycle it is latched.
+            mem_stop = self.mem_fault
+            # The stop waits until the fault is latched and no read is owed to a port.
+            mem_drained = ~self.mem_fault | (mem_seen & self.mem_quiet)
+        else:
+            mem_stop = C(0, 1)
+            mem_drained = C(1, 1)
 
         # --- fetch/record-read port: requests counted out, responses counted in ---
         # At most 64 / W beats of an instruction or ceil(8 * 65535 / W) of records (which, on
@@ -574,6 +629,9 @@ class Controller(wiring.Component):
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 with m.If(self.start):
+                    if self.mem_faults:
+                        m.d.comb += self.mem_clear.eq(1)
+                        m.d.sync += mem_seen.eq(0)
                     m.d.sync += [
                         base.eq(self.win_base), size.eq(self.win_size), *set_pc(self.prog_addr),
                         self.running.eq(1), self.done.eq(0), self.error.eq(0),
@@ -592,8 +650,8 @@ class Controller(wiring.Component):
                         m.next = "NEXT"
 
             with m.State("NEXT"):
-                # Between instructions: unit errors and aborts are taken here.
-                with m.If(unit_err):
+                # Between instructions: memory faults, unit errors and aborts are taken here.
+                with m.If(mem_stop | unit_err):
                     m.next = "DRAIN"
                 with m.Elif(abort_req):
                     stop_with(ErrorCode.ABORTED, pc)
@@ -635,23 +693,27 @@ class Controller(wiring.Component):
                 m.d.sync += [idx.eq(0), any_short.eq(0), any_outside.eq(0), is_vec.eq(0)]
                 if self.serial_check:
                     m.d.comb += span_check.restart.eq(1)
-                with m.Switch(instr.opcode):
-                    with m.Case(Opcode.HALT):
-                        m.d.sync += [halting.eq(1), wait_mask.eq(0b11)]
-                        m.next = "WAIT"
-                    with m.Case(Opcode.SYNC):
-                        m.d.sync += [halting.eq(0), wait_mask.eq(instr.body.sync.units[:2])]
-                        m.next = "WAIT"
-                    with m.Case(Opcode.MATMUL):
-                        m.next = "CHECK"
-                    with m.Case(Opcode.VECTOR):
-                        if self.vector:
-                            m.d.sync += is_vec.eq(1)
+                with m.If(mem_stop):
+                    # The instruction may have come from a failed read: it is not decoded.
+                    m.next = "DRAIN"
+                with m.Else():
+                    with m.Switch(instr.opcode):
+                        with m.Case(Opcode.HALT):
+                            m.d.sync += [halting.eq(1), wait_mask.eq(0b11)]
+                            m.next = "WAIT"
+                        with m.Case(Opcode.SYNC):
+                            m.d.sync += [halting.eq(0), wait_mask.eq(instr.body.sync.units[:2])]
+                            m.next = "WAIT"
+                        with m.Case(Opcode.MATMUL):
                             m.next = "CHECK"
-                        else:
-                            stop_with(ErrorCode.UNSUPPORTED, pc)
-                    with m.Default():
-                        stop_with(ErrorCode.ILLEGAL_OPCODE, pc)
+                        with m.Case(Opcode.VECTOR):
+                            if self.vector:
+                                m.d.sync += is_vec.eq(1)
+                                m.next = "CHECK"
+                            else:
+                                stop_with(ErrorCode.UNSUPPORTED, pc)
+                        with m.Default():
+                            stop_with(ErrorCode.ILLEGAL_OPCODE, pc)
 
             with m.State("CHECK"):
                 if self.serial_check:
@@ -719,7 +781,7 @@ class Controller(wiring.Component):
 
             with m.State("ISSUE"):
                 mm_slot_valid, mm_slot_cmd, mm_slot_pc, _ = units["mm"]
-                with m.If(unit_err):
+                with m.If(mem_stop | unit_err):
                     m.next = "DRAIN"
                 with m.Elif(abort_req):
                     stop_with(ErrorCode.ABORTED, pc)
@@ -760,7 +822,7 @@ class Controller(wiring.Component):
             with m.State("WAIT"):
                 ready = ((~wait_mask[0] | idle_mm) & (~wait_mask[1] | idle_vec)
                          & (~wait_mask.any() | self.writes_idle))
-                with m.If(unit_err):
+                with m.If(mem_stop | unit_err):
                     m.next = "DRAIN"
                 with m.Elif(abort_req):
                     stop_with(ErrorCode.ABORTED, pc)
@@ -776,12 +838,15 @@ class Controller(wiring.Component):
 
             with m.State("DRAIN"):
                 # Commands issued before the stop finish; then the stop is published.
-                with m.If(idle_mm & idle_vec & self.writes_idle):
+                with m.If(idle_mm & idle_vec & self.writes_idle & mem_drained):
                     m.d.sync += [self.running.eq(0), abort_req.eq(0)]
                     with m.If(unit_err):
                         # The failing command was counted when issued; isa_sim does not
-                        # count an instruction that fails.
-                        m.d.comb += [self.unretire_mm.eq(~unit_vec), self.unretire_vec.eq(unit_vec)]
+                        # count an instruction that fails. (A memory fault, which isa_sim
+                        # does not model, leaves the counts as they are.)
+                        unretire = ~mem_seen if self.mem_faults else C(1, 1)
+                        m.d.comb += [self.unretire_mm.eq(~unit_vec & unretire),
+                                     self.unretire_vec.eq(unit_vec & unretire)]
                         m.d.sync += [self.error.eq(1), code.eq(unit_code),
                                      *set_pc(unit_pc)]
                     with m.Elif(code == ErrorCode.OK):

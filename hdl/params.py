@@ -40,7 +40,7 @@ __all__ = [
     "ARRAY_MIN", "ARRAY_MAX", "DEFAULT_ARRAY", "K_MAX", "ADDR_BITS", "DIM_BITS", "K_BITS",
     "A_BITS", "B_BITS", "ACC_BITS", "SHIFT_BITS", "ZERO_POINT_BITS", "ROW_SHIFT_BITS",
     "PARAM_RECORD_BYTES", "PARAM_BIAS_OFFSET", "PARAM_MULT_OFFSET", "PARAM_SHIFT_OFFSET",
-    "OutFormat", "AddendMode", "ErrorCode", "DONE_BITS", "OUT_RANGE", "OUT_BYTES", "ADDEND_BYTES",
+    "OutFormat", "AddendMode", "ErrorCode", "DONE_BITS", "MEM_TIMEOUT_CYCLES", "OUT_RANGE", "OUT_BYTES", "ADDEND_BYTES",
     "default_port_bytes", "group_cols", "check_config", "command_layout", "pack_command",
     "view_aligned", "Sizing", "FULL", "SMALL",
 ]
@@ -115,11 +115,25 @@ class ErrorCode(enum.IntEnum):
     BAD_PARAM = 8        #: a scalar or a parameter record value outside its numerics range
     ABORTED = 9          #: the host wrote CTRL.abort
     UNSUPPORTED = 10     #: a VECTOR instruction on a build without the vector unit (at decode)
+    MEM_READ_ERROR = 11  #: the memory answered a read with SLVERR or DECERR (RRESP)
+    MEM_WRITE_ERROR = 12  #: the memory answered a write with SLVERR or DECERR (BRESP)
+    MEM_TIMEOUT = 13     #: the memory stopped answering for MEM_TIMEOUT_CYCLES cycles
 
 
 #: Width of the units' done codes (an ``ErrorCode``).
 DONE_BITS = 4
 assert max(ErrorCode) < (1 << DONE_BITS)
+
+#: The AXI4 master's watchdog: a transaction is outstanding (an address waiting for its
+#: handshake, write data not taken, read beats or write responses owed) and no channel has
+#: moved (no handshake on AR/AW/W, no RVALID or BVALID offered) for this many cycles in a row:
+#: the memory has stopped answering, the run stops with ``MEM_TIMEOUT``. A working memory's
+#: longest quiet gap is its latency behind a refresh: for the ULX3S SDRAM (LiteDRAM at
+#: 25 MHz) some tens of cycles (tRFC, precharge, activate, CAS latency and the controller's
+#: pipeline; an estimate from its timing, not a measurement), and an interconnect shared with
+#: a CPU adds arbitration of the same order. 2**14 cycles (0.66 ms at 25 MHz) is two orders of
+#: magnitude above that and still short for a host that polls STATUS.
+MEM_TIMEOUT_CYCLES = 1 << 14
 
 
 def _is_pow2(x: int) -> bool:

@@ -121,9 +121,10 @@ class Outcome:
                 "status": self.status, "ok": self.ok, "seconds": round(self.seconds, 2)}
 
 
-#: The accelerator's memory master as built (accelerator.py: ``AxiMaster(W)`` with its default
-#: burst and write limits, W = 16 bytes) and the reads in flight its arbiter allows
-#: (``MemArbiter(outstanding=2 * 32 + 16)``).
+#: The accelerator's memory master (accelerator.py: ``AxiMaster(W)`` with its default burst and
+#: write limits, W = 16 bytes, but without the fault logic, ``faults=False``: the response
+#: checks, the watchdog and the fence the accelerator builds are not part of this proof) and
+#: the reads in flight its arbiter allows (``MemArbiter(outstanding=2 * 32 + 16)``).
 AXI_PORT_BYTES, AXI_READS = 16, 80
 #: The span check as the full build has it (controller.py: 32-bit addresses and strides, 16-bit
 #: rows, 24-bit row bytes, a 33-bit window end).
@@ -137,6 +138,16 @@ SPAN_SMALL_WIDTHS = dict(addr_width=8, rows_width=4, stride_width=8, row_bytes_w
 
 def _axi(cls=AxiMaster):
     return lambda: props.AxiMasterSpec(cls(AXI_PORT_BYTES), reads=AXI_READS)
+
+
+#: The fenced master's watchdog bound in the proof (short, so that a timeout is within reach).
+AXI_FENCE_TIMEOUT = 3
+
+
+def _axi_fence(cls=AxiMaster):
+    return lambda: props.AxiMasterFenceSpec(
+        cls(AXI_PORT_BYTES, faults=True, timeout=AXI_FENCE_TIMEOUT, ports=3,
+            max_reads=AXI_READS), reads=AXI_READS)
 
 
 def _csr(cls=CsrBlock):
@@ -204,6 +215,17 @@ PROOFS: tuple[Proof, ...] = (
                    Mutant("long_read_burst", _axi(props.AxiMasterLongReadBurst)),
                    Mutant("moving_burst", _axi(props.AxiMasterMovingBurst)),
                    Mutant("uncounted_writes", _axi(props.AxiMasterUncountedWrites)))),
+    Proof("axi_master_faults", "AxiMaster with its fault logic (as the accelerator builds it): "
+          "AR/AW/W held with a stable payload until ready across faults, fences and STARTs; "
+          "nothing new on AR/AW/W while fenced; beats out = beats on AR + beats the slave owes, "
+          "all stale while fenced, and otherwise the requester's reads = beats held + live "
+          "beats out, so a stale (late) beat is never handed to a request; writes counted "
+          "exactly; AR bursts INCR, at most 16 beats, inside 4 KiB",
+          _axi_fence(), 6, cover_depth=12,
+          abstraction="slave and requester free under the promises of axi_master, responses "
+                      "free (any error), clear and port numbers free; watchdog bound 3 cycles",
+          mutants=(Mutant("fence_dropping_ar", _axi_fence(props.AxiMasterFenceDroppingAr)),
+                   Mutant("forgetting_stale", _axi_fence(props.AxiMasterForgettingStale)))),
     Proof("csr", "CsrBlock over AXI4-Lite: PROG_ADDR, WIN_BASE, WIN_SIZE read back what was "
           "written (with byte strobes); ID, CONFIG, CTRL and unmapped offsets read their fixed "
           "values; R and B held until taken",

@@ -29,7 +29,8 @@ __all__ = [
     "SkidBufferLosingSkid", "SkidBufferBypassingSkid", "CreditCounterLateOk",
     "AxiMasterAwNotHeld", "AxiMasterShortWriteBurst", "AxiMasterLongReadBurst",
     "AxiMasterMovingBurst",
-    "AxiMasterUncountedWrites", "CsrBlockIgnoringStrobes", "CsrBlockSwappedWindow",
+    "AxiMasterUncountedWrites", "AxiMasterFenceSpec", "AxiMasterFenceDroppingAr",
+    "AxiMasterForgettingStale", "CsrBlockIgnoringStrobes", "CsrBlockSwappedWindow",
     "SpanCheckWithoutRowBytes", "SpanCheckWithoutBase", "SerialSpanCheckSpec",
     "SerialSpanCheckSkippingRowBytes", "SerialSpanCheckIgnoringOverflow",
 ]
@@ -440,6 +441,164 @@ class AxiMasterUncountedWrites(AxiMaster):
     def elaborate(self, platform):
         m = super().elaborate(platform)
         m.d.sync += self._pending.eq(0)
+        return m
+
+
+class AxiMasterFenceSpec(wiring.Component):
+    """The AXI4 obligations of an :class:`AxiMaster` built with ``faults=True`` (the
+    accelerator's), under a free slave that may answer any beat or write with an error or fall
+    silent, a free requester, and free ``clear`` and port numbers, so faults, fences and
+    STARTs come at any time (a clear only while the requester offers nothing and is owed no
+    read, as the controller clears at START, from IDLE, after its drain). The slave and the
+    requester make the promises of :class:`AxiMasterSpec`. Under these the master
+
+    * holds AR, AW and W valid, with the same payload, until ready, also across a fault, a
+      fence and a clear;
+    * sends AR bursts INCR, of at most ``max_burst`` beats, inside one 4 KiB page, and single
+      W beats with WLAST that follow their AW;
+    * puts nothing new on AR, AW or W while fenced (only what was valid before stays);
+    * counts exactly: the beats put on AR and not yet received are the beats on AR plus those
+      the slave owes; while fenced all of them are stale; otherwise the reads owed to the
+      requester are the beats of the burst being gathered plus the non-stale beats (so a stale
+      beat, a late answer to a request from before a fault, is never handed to the
+      requester, and every request of the requester is answered, by the memory or, while
+      fenced, by the master); the writes counted are the AWs outstanding, the stale ones
+      among them at most all of them;
+    * hands the requester an R beat only when not fenced and no stale beat is owed.
+    """
+
+    def __init__(self, dut: AxiMaster, reads: int):
+        assert dut.faults
+        self.dut, self.reads = dut, reads
+        super().__init__({
+            "port": In(MemoryPortSignature(dut.port_bytes)),
+            "axi": Out(AXI4Signature(dut.addr_width, 8 * dut.port_bytes)),
+            "clear": In(1), "rd_port": In(dut.port_bits), "wr_port": In(dut.port_bits),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        wiring.connect(m, wiring.flipped(self.port), dut.port)
+        wiring.connect(m, dut.axi, wiring.flipped(self.axi))
+        m.d.comb += [dut.clear.eq(self.clear), dut.rd_port.eq(self.rd_port),
+                     dut.wr_port.eq(self.wr_port),
+                     # The controller's promise: it clears (START) only from IDLE, with every
+                     # unit idle (no request offered), and it reaches IDLE only when no read
+                     # is owed to a port (while fenced it waits for ``quiet``).
+                     Assume(~self.clear | ((dut._owed == 0) & ~self.port.rd_req.valid
+                                           & ~self.port.wr.valid))]
+        axi, port = dut.axi, dut.port
+        lw = dut.port_bytes.bit_length() - 1
+        page_beats = 1 << (12 - lw)
+
+        def payload(ch):
+            return Cat(getattr(axi, f"{ch}{name}") for name in
+                       ("id", "addr", "len", "size", "burst", "lock", "cache", "prot"))
+
+        _held_until_ready(m, axi.arvalid, axi.arready, payload("ar"), "AR")
+        _held_until_ready(m, axi.awvalid, axi.awready, payload("aw"), "AW")
+        _held_until_ready(m, axi.wvalid, axi.wready, Cat(axi.wdata, axi.wstrb, axi.wlast), "W")
+
+        # Nothing new while fenced: a valid now was valid and stalled in the cycle before.
+        was_fenced = Signal()
+        stalled = {ch: Signal(name=f"fence_{ch}_stalled") for ch in ("ar", "aw", "w")}
+        m.d.sync += was_fenced.eq(dut._fenced)
+        for ch, sig in stalled.items():
+            valid, ready = getattr(axi, f"{ch}valid"), getattr(axi, f"{ch}ready")
+            m.d.sync += sig.eq(valid & ~ready)
+            with m.If(was_fenced & ~sig):
+                m.d.comb += Assert(~valid, f"{ch.upper()}: new transfer while fenced")
+
+        # --- reads ---
+        ar_fire = axi.arvalid & axi.arready
+        r_fire = axi.rvalid & axi.rready
+        req_fire = port.rd_req.valid & port.rd_req.ready
+        resp_fire = port.rd_resp.valid & port.rd_resp.ready
+        spare = dut.max_burst + 1
+        in_flight = Signal(range(self.reads + spare))      # the requester's reads in flight
+        owed = Signal(range(self.reads + spare + 256))     # R beats the slave owes
+        m.d.sync += [in_flight.eq(in_flight + req_fire - resp_fire),
+                     owed.eq(owed + Mux(ar_fire, axi.arlen + 1, 0) - r_fire)]
+        m.d.comb += [
+            Assume(~port.rd_req.valid | (in_flight < self.reads)),
+            Assume(~axi.rvalid | (owed != 0)),
+        ]
+        held_beats = Mux(dut._held, dut._h_len + 1, 0)
+        ar_beats = Mux(axi.arvalid, axi.arlen + 1, 0)
+        m.d.comb += [
+            Assert(dut._r_out == ar_beats + owed, "beats on AR + owed != beats counted out"),
+            Assert(dut._stale_r <= dut._r_out, "more stale beats than beats out"),
+            Assert(dut._r_out <= self.reads, "more beats out than reads allowed"),
+            Assert(dut._stale_nz == (dut._stale_r != 0), "stale flag out of step"),
+            Assert(dut._owed == in_flight, "reads owed to the requester miscounted"),
+            Assert(in_flight <= self.reads, "more reads outstanding than the requester allows"),
+        ]
+        with m.If(dut._fenced | dut._stale_nz):
+            # No burst goes out while fenced or while stale beats are owed.
+            m.d.comb += Assert(dut._stale_r == dut._r_out, "a live beat out with stale ones")
+        with m.If(~dut._fenced):
+            m.d.comb += Assert(in_flight == held_beats + dut._r_out - dut._stale_r,
+                               "requests != beats held + live beats out")
+        with m.If(port.rd_resp.valid & ~dut._fenced):
+            m.d.comb += Assert(axi.rvalid & (dut._stale_r == 0),
+                               "R beat handed to the requester while a stale one is owed")
+        with m.If(axi.arvalid):
+            m.d.comb += [
+                Assert(axi.arlen < dut.max_burst, "AR burst longer than max_burst"),
+                Assert(axi.araddr[lw:12] + axi.arlen < page_beats, "AR burst crosses 4 KiB"),
+                Assert((axi.arburst == BURST_INCR) & (axi.arsize == lw), "AR not INCR of W bytes"),
+            ]
+        with m.If(dut._held):
+            m.d.comb += [
+                Assert(dut._h_len < dut.max_burst, "held burst longer than max_burst"),
+                Assert(dut._h_addr[lw:12] + dut._h_len < page_beats, "held burst crosses 4 KiB"),
+            ]
+
+        # --- writes ---
+        aw_fire = axi.awvalid & axi.awready
+        w_fire = axi.wvalid & axi.wready
+        b_fire = axi.bvalid & axi.bready
+        wide = range(dut.max_writes + 3)
+        aw_open = Signal(wide)
+        w_open = Signal(wide)
+        m.d.sync += [aw_open.eq(aw_open + aw_fire - b_fire),
+                     w_open.eq(w_open + (w_fire & axi.wlast) - b_fire)]
+        m.d.comb += Assume(~axi.bvalid | ((aw_open != 0) & (w_open != 0)))
+        aw_ahead = aw_open > w_open
+        with m.If(w_fire):
+            m.d.comb += [
+                Assert(aw_ahead | ((aw_open == w_open) & axi.awvalid), "W beat before its AW"),
+                Assert(axi.wlast & (axi.awlen == 0), "W not a single-beat burst"),
+            ]
+        m.d.comb += [
+            Assert(dut._pending == aw_open + axi.awvalid, "writes counted != AWs outstanding"),
+            Assert(dut._pending == w_open + axi.wvalid, "writes counted != W beats outstanding"),
+            Assert(dut._pending <= dut.max_writes, "more writes outstanding than max_writes"),
+            Assert(dut._stale_b <= dut._pending, "more stale writes than writes"),
+            # Reachable: a fence with a stale beat owed, then a clear, then a live read.
+            Cover(was_fenced & ~dut._fenced & (dut._stale_r != 0) & (dut._stale_b != 0)),
+        ]
+        return m
+
+
+class AxiMasterFenceDroppingAr(AxiMaster):
+    """Mutant: a fault withdraws an AR that the slave has not taken yet."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        with m.If(self._fenced):
+            m.d.sync += self.axi.arvalid.eq(0)
+        return m
+
+
+class AxiMasterForgettingStale(AxiMaster):
+    """Mutant: a fault does not mark the beats still owed as stale, so after the next START a
+    late beat of the old run is handed to a new request."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.sync += [self._stale_r.eq(0), self._stale_nz.eq(0)]
         return m
 
 

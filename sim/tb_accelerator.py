@@ -295,52 +295,78 @@ async def axil_read(ctx, bus, addr: int) -> int:
 class AxiMemoryModel:
     """An AXI4 slave memory for Amaranth's simulator: bursts of any length, responses in
     order after ``latency`` cycles, optional random stalls. ``axi`` is the master's
-    ``Out(AXI4Signature)``."""
+    ``Out(AXI4Signature)``.
+
+    Fault injection (each a function of the beat's byte address, called once per beat):
+    ``rresp(addr)`` and ``bresp(addr)`` give the response code (0 OKAY, 2 SLVERR, 3 DECERR;
+    an error beat's write is not performed), and ``freeze(addr)``, asked at each read
+    burst's acceptance with its first address, a number of cycles during which the memory
+    then answers nothing at all (no ready on any channel, no RVALID, no BVALID): a memory
+    that stops answering, and answers late if the number is finite. ``log`` collects
+    ``("r"|"w", addr, resp)`` for every beat and response served."""
 
     def __init__(self, axi, mem: np.ndarray, port_bytes: int, *, latency: int = 2,
-                 stall: float = 0.0, seed: int = 3):
+                 stall: float = 0.0, seed: int = 3, rresp=None, bresp=None, freeze=None):
         import random
 
         self.axi, self.mem, self.w = axi, mem, port_bytes
         self.latency, self.stall = latency, stall
         self.rng = random.Random(seed)
+        self.rresp, self.bresp, self.freeze = rresp, bresp, freeze
+        self.log = []
 
     async def testbench(self, ctx):
         from collections import deque
 
         a, w = self.axi, self.w
-        reads = deque()      # (due, addr)
+        reads = deque()      # (due, addr, last)
         writes = deque()     # addresses awaiting data
-        bresp = 0
+        bresps = deque()     # responses owed
         cycle = 0
+        frozen_until = -1
         while True:
-            go = self.rng.random() >= self.stall
+            frozen = cycle < frozen_until
+            go = self.rng.random() >= self.stall and not frozen
             ctx.set(a.arready, go)
             ctx.set(a.awready, go)
             ctx.set(a.wready, bool(writes) and go)
-            rv = bool(reads) and reads[0][0] <= cycle
+            rv = bool(reads) and reads[0][0] <= cycle and not frozen
             ctx.set(a.rvalid, rv)
             if rv:
                 addr = reads[0][1]
                 ctx.set(a.rdata, int.from_bytes(self.mem[addr:addr + w].tobytes(), "little"))
                 ctx.set(a.rlast, reads[0][2])
-            ctx.set(a.bvalid, bresp > 0)
+                ctx.set(a.rresp, reads[0][3])
+            bv = bool(bresps) and not frozen
+            ctx.set(a.bvalid, bv)
+            if bv:
+                ctx.set(a.bresp, bresps[0])
             (_, _, arv, araddr, arlen, awv, awaddr, wv, wdata, wstrb, rr, br) = await ctx.tick().sample(
                 a.arvalid, a.araddr, a.arlen, a.awvalid, a.awaddr, a.wvalid, a.wdata, a.wstrb,
                 a.rready, a.bready)
             if rv and rr:
+                self.log.append(("r", reads[0][1], reads[0][3]))
                 reads.popleft()
-            if bresp and br:
-                bresp -= 1
+            if bv and br:
+                bresps.popleft()
             if arv and go:
                 for i in range(arlen + 1):
-                    reads.append((cycle + self.latency, araddr + i * w, i == arlen))
+                    addr = araddr + i * w
+                    resp = self.rresp(addr) if self.rresp else 0
+                    reads.append((cycle + self.latency, addr, i == arlen, resp))
+                if self.freeze:
+                    hold = self.freeze(araddr)
+                    if hold:
+                        frozen_until = cycle + 1 + hold
             if wv and writes and go:
                 addr = writes.popleft()
-                raw = np.frombuffer(int(wdata).to_bytes(w, "little"), np.uint8)
-                sel = np.array([(wstrb >> i) & 1 for i in range(w)], bool)
-                self.mem[addr:addr + w][sel] = raw[sel]
-                bresp += 1
+                resp = self.bresp(addr) if self.bresp else 0
+                if resp == 0:
+                    raw = np.frombuffer(int(wdata).to_bytes(w, "little"), np.uint8)
+                    sel = np.array([(wstrb >> i) & 1 for i in range(w)], bool)
+                    self.mem[addr:addr + w][sel] = raw[sel]
+                self.log.append(("w", addr, resp))
+                bresps.append(resp)
             if awv and go:
                 writes.append(awaddr)
             cycle += 1

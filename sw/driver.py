@@ -29,7 +29,7 @@ from .memory_map import DIGEST_ADDR, RECORD_BYTES, WEIGHTS_BASE
 from .model import mean_pool_normalise
 from .quantize import IntegerModel
 
-__all__ = ["Backend", "Status", "AcceleratorError", "AcceleratorHung", "Accelerator", "Load",
+__all__ = ["Backend", "Status", "ERROR_TEXT", "describe_error", "AcceleratorError", "AcceleratorHung", "Accelerator", "Load",
            "RunResult", "BACKENDS", "register_backend", "open_backend", "run_compiled",
            "run_embedding", "run_batch", "COUNTERS"]
 
@@ -73,12 +73,52 @@ class Status:
         return f"{state}, pc {self.pc:#x}{err}{extra}"
 
 
+#: What each ``ErrorCode`` means, in words (docs/isa.md, "Checks and error codes";
+#: docs/reliability.md, "Memory faults").
+ERROR_TEXT: dict[ErrorCode, str] = {
+    ErrorCode.OK: "no error",
+    ErrorCode.ILLEGAL_OPCODE: "the instruction's opcode is not one the accelerator knows",
+    ErrorCode.FETCH_FAULT: "the instruction address is not a multiple of 64 or lies outside "
+                           "the window",
+    ErrorCode.BAD_WINDOW: "the window (WIN_BASE, WIN_SIZE) is not aligned, is empty or lies "
+                          "beyond the memory this build reaches",
+    ErrorCode.BAD_SHAPE: "a dimension is 0 or too large, or a stride is shorter than its row",
+    ErrorCode.BAD_ALIGN: "an address or stride is not a multiple of the memory port width",
+    ErrorCode.BAD_MODE: "an unknown or inconsistent mode",
+    ErrorCode.BAD_ADDRESS: "the instruction would read or write outside the window",
+    ErrorCode.BAD_PARAM: "a scalar or a parameter record value is out of range",
+    ErrorCode.ABORTED: "the host aborted the program",
+    ErrorCode.UNSUPPORTED: "a VECTOR instruction on a build without the vector unit",
+    ErrorCode.MEM_READ_ERROR: "the memory answered one of the instruction's reads with an "
+                              "error (AXI SLVERR or DECERR: a failing or unmapped address); "
+                              "the run stopped, and nothing outside the instruction's "
+                              "destination was written after it",
+    ErrorCode.MEM_WRITE_ERROR: "the memory answered one of the instruction's writes with an "
+                               "error (AXI SLVERR or DECERR: a failing or unmapped address); "
+                               "that write did not happen, the run stopped, and nothing outside "
+                               "the instruction's destination was written after it",
+    ErrorCode.MEM_TIMEOUT: "the memory stopped answering (no response within the watchdog's "
+                           "bound); the run stopped and the accelerator is ready to start "
+                           "again, but a memory that is still silent will time out again",
+}
+assert set(ERROR_TEXT) == set(ErrorCode)
+
+
+def describe_error(code: int) -> str:
+    """``ERROR``'s value as a phrase: its name and what it means (unknown values included)."""
+    try:
+        code = ErrorCode(code)
+    except ValueError:
+        return f"unknown error code {code}"
+    return f"{code.name}: {ERROR_TEXT[code]}"
+
+
 class AcceleratorError(RuntimeError):
     """The program stopped with an error code."""
 
     def __init__(self, status: Status):
         super().__init__(f"accelerator stopped with {status.error.name} at instruction "
-                         f"{status.error_pc:#x}: {status}")
+                         f"{status.error_pc:#x} ({ERROR_TEXT[status.error]}): {status}")
         self.status = status
 
 

@@ -17,6 +17,10 @@ Besides the architectural state it keeps
   overlapping the other unit until a SYNC; this is a model, not a measurement. The memory
   traffic counters (MEM_READS, MEM_WRITES) are not modelled and read 0.
 
+Its memory never fails: the memory-fault codes (``MEM_READ_ERROR``, ``MEM_WRITE_ERROR``,
+``MEM_TIMEOUT``: an AXI error response or a silent memory, docs/reliability.md) come only from
+the RTL's AXI master, and a comparison against this simulator cannot include them.
+
 :class:`IsaBackend` wraps the machine in the driver's :class:`celosia.sw.driver.Backend`
 interface (CSR and memory access).
 """

@@ -416,3 +416,18 @@ def test_driver_reports_errors_and_hangs():
     assert hung.value.status.busy
     assert acc.wait(timeout_s=10).done
     assert acc.counters()["instructions"] == 51
+
+
+def test_driver_reports_memory_faults_in_words():
+    """Every ErrorCode has words; the memory faults (which isa_sim does not model: an RTL
+    backend reports them) say what happened to the memory and to the run."""
+    from celosia.sw.driver import ERROR_TEXT, Status, describe_error
+    assert set(ERROR_TEXT) == set(ErrorCode)
+    for code, phrase in ((ErrorCode.MEM_READ_ERROR, "answered one of the instruction's reads"),
+                         (ErrorCode.MEM_WRITE_ERROR, "answered one of the instruction's writes"),
+                         (ErrorCode.MEM_TIMEOUT, "stopped answering")):
+        status = Status(False, False, code, 0x1040, 0x1040)
+        msg = str(AcceleratorError(status))
+        assert code.name in msg and phrase in msg and "0x1040" in msg
+        assert describe_error(int(code)).startswith(code.name)
+    assert describe_error(15) == "unknown error code 15"
