@@ -592,10 +592,10 @@ class VectorUnit(wiring.Component):
                             for n, v in out[-1].items()})
             return out
 
-        # Slices 1-6 work per lane (L5 is the last); slice 7 holds the masked lane values, 8
-        # half of each lane tree (sums, peak), 9 the beat's sums, so the running sums (one carry
-        # chain) share a cycle with nothing else.
-        L5, L2 = 6, 9
+        # Slices 1-7 work per lane (L5 is the last); slice 8 holds the masked lane values, 9
+        # half of each lane tree (sums, peak), 10 the beat's sums, so the running sums (one
+        # carry chain) share a cycle with nothing else.
+        L5, L2 = 7, 10
         in2 = lanes32(fa.r_data)
         ctl = carry({"valid": fire2, "tok": tok2, "first": col2 == 0, "last": last2,
                      "lanes": self._lane_valid(m, "s2", tok2.cmd, tok2.row, col2)}, L2, "")
@@ -661,12 +661,14 @@ class VectorUnit(wiring.Component):
                     m.d.comb += amt.eq(c4.cmd.shift)
                 with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
                     m.d.comb += amt.eq(s4["shift"] - ROW_EXP_MAX)
-            # Slice 5: the shifter; slice 6: the rounding adder.
-            q = round_shifted(m, sprod, amt, name=f"s2_rs{k}")
-            s5 = carry({"q": q, "pass": s4["pass"]}, 1, f"l{k}_")[1]
+            # Slice 5: the decremented product and its shift; slice 6: the shifter; slice 7:
+            # the rounding adder.
+            s5 = carry({"sprod": sprod, "amt": amt, "pass": s4["pass"]}, 1, f"l{k}_")[1]
+            q = round_shifted(m, s5["sprod"], s5["amt"], name=f"s2_rs{k}")
+            s5q = carry({"q": q, "pass": s5["pass"]}, 1, f"l{k}_q")[1]
             r = Signal(signed(len(sprod) + 1), name=f"s2_r{k}")
-            m.d.comb += r.eq(round_add(s5["q"]))
-            s6 = carry({"r": r, "pass": s5["pass"]}, 1, f"l{k}_")[1]
+            m.d.comb += r.eq(round_add(s5q["q"]))
+            s6 = carry({"r": r, "pass": s5q["pass"]}, 1, f"l{k}_")[1]
             # The beat: e (softmax), |v| for the peak, the square.
             lane_ok = ctl[L5]["lanes"][k]
             v = s6["r"]
@@ -677,7 +679,7 @@ class VectorUnit(wiring.Component):
             peaks.append(piped2(pk, pk.shape(), f"s2_peak7_{k}"))
             exp = Exp2()
             m.submodules[f"exp{k}"] = exp
-            # The table lookup is the slice's register (block RAM): t goes in with slice 6.
+            # The table lookup is the slice's register (block RAM): t goes in with slice 7.
             m.d.comb += [exp.t.eq(r[:EXP_T_BITS + 1]), exp.en.eq(1)]
             e = Signal(EXP_E_BITS, name=f"s2_e{k}")
             m.d.comb += e.eq(Mux(lane_ok, exp.e, 0))
