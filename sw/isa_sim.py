@@ -274,6 +274,21 @@ class IsaMachine:
                 raise IsaStop(ErrorCode.BAD_ADDRESS,
                               f"{name} [{span.start:#x}, {span.end:#x}) outside the window")
 
+    def _check_rows(self, f, rows, strides, use_res, use_p, use_e, dst_always=False):
+        """A VECTOR instruction's stride checks (``strides``: (name, stride, row bytes); a
+        stride matters for more than one row, or always for ``dst`` with ``dst_always``), then
+        the alignment of every address and stride it uses."""
+        for name, stride, row_bytes in strides:
+            if (rows > 1 or (name == "dst" and dst_always)) and stride < row_bytes:
+                raise IsaStop(ErrorCode.BAD_SHAPE, f"{name}_stride {stride} < row of {row_bytes} bytes")
+        self._check_align(f["src_addr"], f["src_stride"], f["dst_addr"], f["dst_stride"])
+        if use_res:
+            self._check_align(f["res_addr"], f["res_stride"])
+        if use_p:
+            self._check_align(f["p_addr"])
+        if use_e:
+            self._check_align(f["e_addr"])
+
     def _check_align(self, *values: int) -> None:
         W = self.config.port_bytes
         for v in values:
@@ -387,17 +402,8 @@ class IsaMachine:
                    ("dst", f["dst_stride"], cols * OUT_BYTES[dst_fmt])]
         if use_res:
             strides.append(("res", f["res_stride"], cols * 2))
-        for name, stride, row_bytes in strides:
-            if rows > 1 and stride < row_bytes:
-                raise IsaStop(ErrorCode.BAD_SHAPE, f"{name}_stride {stride} < row of {row_bytes} bytes")
-        # 2. Alignment.
-        self._check_align(f["src_addr"], f["src_stride"], f["dst_addr"], f["dst_stride"])
-        if use_res:
-            self._check_align(f["res_addr"], f["res_stride"])
-        if use_p:
-            self._check_align(f["p_addr"])
-        if use_e:
-            self._check_align(f["e_addr"])
+        # 2. Alignment (after the strides).
+        self._check_rows(f, rows, strides, use_res, use_p, use_e)
         # 3. (Modes: every op/format combination is defined.) 4. The window.
         self._check_window(ins)
         # 5. Scalars and parameter records.
@@ -472,17 +478,9 @@ class IsaMachine:
                    ("dst", f["dst_stride"], cols * OUT_BYTES[dst_fmt])]
         if use_res:
             strides.append(("res", f["res_stride"], cols * rb))
-        for name, stride, row_bytes in strides:
-            if (rows > 1 or (name == "dst" and op == DecoderVecOp.WIDE_SPLIT)) and stride < row_bytes:
-                raise IsaStop(ErrorCode.BAD_SHAPE, f"{name}_stride {stride} < row of {row_bytes} bytes")
-        # 2. Alignment.
-        self._check_align(f["src_addr"], f["src_stride"], f["dst_addr"], f["dst_stride"])
-        if use_res:
-            self._check_align(f["res_addr"], f["res_stride"])
-        if use_p:
-            self._check_align(f["p_addr"])
-        if e_written or e_read:
-            self._check_align(f["e_addr"])
+        # 2. Alignment (after the strides); WIDE_SPLIT writes two planes even from one row.
+        self._check_rows(f, rows, strides, use_res, use_p, e_written or e_read,
+                         dst_always=op == DecoderVecOp.WIDE_SPLIT)
         # 3. Modes: the operand formats each op is defined for; a second operand is no
         # residual pre-add.
         want_src = {DecoderVecOp.SILU_GATE: OutFormat.INT16,
