@@ -244,14 +244,7 @@ if cocotb is not None:
         await wr("WIN_SIZE", p["size"])
         await wr("PROG_ADDR", p["prog"])
         started = time.perf_counter()
-        await wr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
-        cycles = 0
-        while True:
-            await ClockCycles(dut.clk, 64)
-            cycles += 64
-            if not CSR.STATUS.get(await rd("STATUS"), "busy"):
-                break
-            assert cycles < p["max_cycles"], "accelerator did not stop"
+        await start_and_wait(dut, rd, wr, p["max_cycles"])
         wall = time.perf_counter() - started
         regs = {name: await rd(name) for name in CSR_RESULTS}
         regs["CYCLES"] = await rd("CYCLES_LO") | (await rd("CYCLES_HI")) << 32
@@ -264,6 +257,21 @@ if cocotb is not None:
 
 
 # --- Amaranth-simulator helpers ---------------------------------------------------------------
+
+async def start_and_wait(dut, rd, wr, max_cycles: int) -> int:
+    """Start the accelerator (counters cleared) and poll STATUS every 64 cycles until it is
+    idle; fails after ``max_cycles``. Returns the cycles waited."""
+    from cocotb.triggers import ClockCycles
+
+    await wr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
+    cycles = 0
+    while True:
+        await ClockCycles(dut.clk, 64)
+        cycles += 64
+        if not CSR.STATUS.get(await rd("STATUS"), "busy"):
+            return cycles
+        assert cycles < max_cycles, "accelerator did not stop"
+
 
 async def axil_write(ctx, bus, addr: int, value: int, strb: int = 0xF) -> None:
     """One AXI4-Lite write on ``bus`` (a slave's ``In(AXI4LiteSignature)``) in Amaranth's

@@ -17,7 +17,7 @@ import numpy as np
 
 from celosia.hdl.isa import CSR
 
-from .tb_accelerator import CSR_RESULTS, Image
+from .tb_accelerator import CSR_RESULTS, Image, start_and_wait
 
 __all__ = ["run_memfault_cocotb"]
 
@@ -123,14 +123,7 @@ if cocotb is not None:
                         await ClockCycles(dut.clk, 16)
                     state["hang_end"] = None
             state["fault"] = fault
-            await wr("CTRL", CSR.CTRL.make(start=1, clear_counters=1))
-            cycles = 0
-            while True:
-                await ClockCycles(dut.clk, 64)
-                cycles += 64
-                if not CSR.STATUS.get(await rd("STATUS"), "busy"):
-                    break
-                assert cycles < 200_000, "accelerator did not stop"
+            await start_and_wait(dut, rd, wr, 200_000)
             regs = {name: await rd(name) for name in CSR_RESULTS}
             regs["fired"] = state["fault"] is None
             results.append(regs)
