@@ -123,14 +123,15 @@ def _count(util: dict, *names) -> tuple[int, int]:
 
 def build(board: str, array: int | None = None, clock_mhz: float | None = None,
           out_dir: str | Path = "build/fpga", vector: bool | None = None,
-          baud: int = DEFAULT_BAUD, seed: int | None = None, window: str | None = None) -> dict:
+          baud: int = DEFAULT_BAUD, seed: int | None = None, window: str | None = None,
+          vector_lanes: int | None = None) -> dict:
     """Build a bitstream; returns the report dictionary (see docs/fpga.md)."""
     b = BOARDS[board]
     out_dir = Path(out_dir) / board
     out_dir.mkdir(parents=True, exist_ok=True)
     tool_env()
     top = CelosiaTop(b, array=array, clock_mhz=clock_mhz, vector=vector, baud=baud,
-                     window=window)
+                     window=window, vector_lanes=vector_lanes)
     platform = b.platform()
     t0 = time.monotonic()
     error = None
@@ -195,6 +196,9 @@ def add_arguments(parser) -> None:
                         help="core clock (default: the board's; the PLL picks the nearest)")
     parser.add_argument("--vector", choices=("auto", "on", "off"), default="auto",
                         help="include the vector engine (auto: when it fits the board)")
+    parser.add_argument("--vector-lanes", type=int, default=None,
+                        help="lanes of the vector engine, a power of two dividing the array "
+                             "size (default: the board's; needs the vector engine)")
     parser.add_argument("--memory", choices=("bram", "sdram"), default=None,
                         help="where the accelerator's memory is: on-chip block RAM or the "
                              "board's SDRAM (default: the board's)")
@@ -206,9 +210,12 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     vector = {"auto": None, "on": True, "off": False}[getattr(args, "vector", "auto")]
+    if vector is None and getattr(args, "vector_lanes", None) is not None:
+        vector = True
     r = build(args.board, args.array, args.clock_mhz, args.output, vector=vector,
               baud=getattr(args, "baud", DEFAULT_BAUD), seed=getattr(args, "seed", None),
-              window=getattr(args, "memory", None))
+              window=getattr(args, "memory", None),
+              vector_lanes=getattr(args, "vector_lanes", None))
     if args.json:
         print(json.dumps(r))
     else:

@@ -22,6 +22,8 @@ button (if any) is pressed.
 
 from __future__ import annotations
 
+import dataclasses
+
 from amaranth import *
 from amaranth.lib import wiring
 
@@ -40,7 +42,7 @@ class CelosiaTop(Elaboratable):
     def __init__(self, board: Board | str, *, array: int | None = None,
                  clock_mhz: float | None = None, vector: bool | None = None,
                  baud: int = DEFAULT_BAUD, mem_bytes: int | None = None,
-                 window: str | None = None):
+                 window: str | None = None, vector_lanes: int | None = None):
         self.board = BOARDS[board] if isinstance(board, str) else board
         self.array = array or self.board.array
         self.clock_mhz = clock_mhz or self.board.clock_mhz
@@ -51,8 +53,16 @@ class CelosiaTop(Elaboratable):
         self.window = window or self.board.window
         self.achieved_mhz = None
         #: The accelerator's sizing (the board's, or its sizing with the vector engine).
-        self.sizing = sizing = ((self.board.vector_sizing or self.board.sizing) if self.vector
-                                else self.board.sizing)
+        sizing = ((self.board.vector_sizing or self.board.sizing) if self.vector
+                  else self.board.sizing)
+        if vector_lanes is not None:
+            if not self.vector:
+                raise ValueError("vector lanes given for a build without the vector engine")
+            if vector_lanes < 1 or vector_lanes > self.array or self.array % vector_lanes:
+                raise ValueError(f"vector lanes must divide the array size {self.array}, "
+                                 f"not {vector_lanes}")
+            sizing = dataclasses.replace(sizing, vector_lanes=vector_lanes)
+        self.sizing = sizing
         #: Lanes of the vector engine (0 without one).
         self.vector_lanes = (sizing.vector_lanes or self.array) if self.vector else 0
 

@@ -253,6 +253,28 @@ def test_board_sizing():
     assert "synth_ice40 -dsp" in dict(plan.files)["celosia_top.ys"]
 
 
+def test_vector_lanes_option():
+    """``--vector-lanes`` sets the vector engine's lanes of a board build (and implies the
+    vector engine); lanes that do not divide the array, or lanes without the engine, are
+    refused before anything is built."""
+    ecp = BOARDS["ulx3s-85f"]
+    top = CelosiaTop(ecp, vector=True, vector_lanes=2)
+    assert top.vector_lanes == 2 and top.sizing.vector_lanes == 2
+    assert top.sizing.serial_check == ecp.vector_sizing.serial_check
+    assert CelosiaTop(ecp, vector=True).vector_lanes == ecp.vector_sizing.vector_lanes
+    for lanes in (0, 3, 16):
+        with pytest.raises(ValueError, match="vector lanes must divide"):
+            CelosiaTop(ecp, vector=True, vector_lanes=lanes)
+    with pytest.raises(ValueError, match="without the vector engine"):
+        CelosiaTop(ecp, vector=False, vector_lanes=2)
+    from celosia.fpga.build import add_arguments
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--board", "ulx3s-85f", "--vector-lanes", "2"])
+    assert args.vector_lanes == 2 and args.vector == "auto"
+
+
 def _build(board, tmp_path):
     out = subprocess.run([sys.executable, "-m", "celosia.fpga.build", "--board", board,
                           "-o", str(tmp_path), "--json"], capture_output=True, text=True,
