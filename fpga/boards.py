@@ -21,10 +21,12 @@ from celosia.hdl.params import FULL, SMALL, Sizing
 #: one-cycle check through its 16x32 product and two adders was the critical path; with the
 #: serial check the 8x8 top routes at 30.14 MHz, docs/fpga.md).
 ULX3S = Sizing(serial_check=True)
-#: ULX3S with the vector engine: four vector lanes. A lane takes 13 MULT18X18D and a LayerNorm
-#: finisher 4 (Yosys), so 8x8 PEs, the epilogue and four lanes use 136 of the 156; eight lanes
-#: would need 192 (docs/vector.md, "Cost").
-ULX3S_VECTOR = Sizing(vector_lanes=4, serial_check=True)
+#: ULX3S with the vector engine: four vector lanes and one finisher. A lane takes 13 MULT18X18D
+#: and a finisher 4 (Yosys); eight lanes would need 192 of the 156 (docs/vector.md, "Cost").
+#: One finisher instead of the three that keep rows of 128 at full rate saves about 6,200 LUT
+#: sites and 8 multipliers; at four lanes it still keeps up with LayerNorm rows of 384 and
+#: softmax rows of 56 or more (docs/fpga.md).
+ULX3S_VECTOR = Sizing(vector_lanes=4, vector_finishers=1, serial_check=True)
 
 __all__ = ["Board", "BOARDS", "ecp5_pll_params", "ice40_pll_params", "add_pll", "uart_divisor",
            "MIN_UART_DIVISOR"]

@@ -137,7 +137,9 @@ class Accelerator(wiring.Component):
                                                 port_stages=sz.port_stages)
         ports = [ctrl.mem, mm.mem]
         if self.has_vector:
-            m.submodules.vector = vec = self.vector_factory(sz.vector_lanes or self.array, W)
+            extra = {} if sz.vector_finishers is None else {"finishers": sz.vector_finishers}
+            m.submodules.vector = vec = self.vector_factory(sz.vector_lanes or self.array, W,
+                                                            **extra)
             ports.append(vec.mem)
         reads = 2 * self.outstanding + 16
         m.submodules.arbiter = arb = MemArbiter(len(ports), W, outstanding=reads)

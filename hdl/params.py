@@ -198,6 +198,10 @@ class Sizing:
         MATMUL_BUSY, VECTOR_BUSY and SYNC_STALL count (without: they read 0).
     vector_lanes
         Lanes of the vector engine (``None``: the array width).
+    vector_finishers
+        Finishers of the vector unit, the per-row scalar stage (``None``: enough to keep it at
+        full rate on rows of 128; one keeps up with LayerNorm rows of ``finisher_cycles``
+        columns per lane and softmax rows of about 14, at a fraction of the area).
     result_tiles
         Tiles of result rows (``result_tiles * N`` rows) the queue behind the never-stalling
         array holds; a tile is closed only when its rows have room there. Four let tiles as
@@ -223,6 +227,7 @@ class Sizing:
     bram_pads: bool = False
     perf_counters: bool = True
     vector_lanes: int | None = None
+    vector_finishers: int | None = None
     result_tiles: int = 4
     output_rows: int = 16
     port_stages: bool = True
@@ -234,6 +239,8 @@ class Sizing:
             raise ValueError("counter_bits must be in 1..32 and cycle_bits in 1..64")
         if self.result_tiles < 1 or self.output_rows < 0:
             raise ValueError("result_tiles must be at least 1 and output_rows at least 0")
+        if self.vector_finishers is not None and self.vector_finishers < 1:
+            raise ValueError("vector_finishers must be at least 1")
         if self.queue < 1 or self.outstanding < 2:
             raise ValueError("queue must be at least 1 and outstanding at least 2")
 

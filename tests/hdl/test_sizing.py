@@ -216,7 +216,7 @@ def test_small_engine_matches_golden(n, w, m, k, cols, mode, fmt, bt, rs):
 
 
 @pytest.mark.parametrize("array,port_bytes,sizing", [
-    (4, 8, dataclasses.replace(FULL, vector_lanes=2, serial_check=True)),
+    (4, 8, dataclasses.replace(FULL, vector_lanes=2, vector_finishers=1, serial_check=True)),
     (2, 8, SMALL),
 ])
 def test_sized_accelerator_with_vector_engine(array, port_bytes, sizing):
