@@ -87,7 +87,15 @@ class CelosiaTop(Elaboratable):
             m.d.por += por.eq(por + 1)
         rst = Signal(init=1)
         m.d.por += rst.eq(por != POR_CYCLES)
-        m.d.comb += cd_sync.rst.eq(rst)
+        if b.family == "ecp5":
+            # The core's reset reaches most of its flip-flops (their LSR pins): on the general
+            # routing it is a net of tens of thousands of sinks that crowds the router, so it
+            # goes through a DCCA onto a global line (nextpnr promotes only clocks itself).
+            rst_g = Signal()
+            m.submodules.rst_dcc = Instance("DCCA", i_CLKI=rst, i_CE=Const(1), o_CLKO=rst_g)
+            m.d.comb += cd_sync.rst.eq(rst_g)
+        else:
+            m.d.comb += cd_sync.rst.eq(rst)
 
         if self.window == "sdram":
             pins = platform.request("sdram", 0, dir="-")
