@@ -238,12 +238,20 @@ def _cmd_generate(args) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
     run = gen.last_run
+    if args.reference:
+        if not args.json:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            _stderr("celosia: reference: the float model's greedy continuation (reading the "
+                    "float weights, about 10 s)")
+        gen.reference()
     if args.json:
         json.dump(run, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
         return EXIT_OK
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    if not args.reference:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
     pre, dec = run["prefill"], run["decode"]
 
     def rate(r: dict) -> str:
@@ -263,6 +271,14 @@ def _cmd_generate(args) -> int:
                 f"{pre['cycles']:,}; decode {per:,} a token" if per else
                 f"celosia: {run['array']}x{run['array']} array, estimated cycles: prefill "
                 f"{pre['cycles']:,}")
+    if args.reference:
+        ref = run["reference"]
+        where = ("the same tokens" if ref["first_divergence"] is None else
+                 f"first divergence at new token {ref['first_divergence']}")
+        _stderr(f"celosia: vs float (greedy, {len(ref['float_ids'])} tokens): {where}; "
+                f"teacher-forced agreement {ref['agreement']:.3f} ({ref['agreeing']} of "
+                f"{ref['tokens']}), perplexity {ref['perplexity_integer']:.3f} integer, "
+                f"{ref['perplexity_float']:.3f} float")
     return EXIT_OK
 
 
@@ -481,6 +497,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object at the end (prompt and generated token ids, the "
                         "text, why it stopped, the sampling settings, prefill and decode "
                         "tokens/s) instead of streaming the text")
+    p.add_argument("--reference", action="store_true",
+                   help="also run the float model (the GGUF file's dequantised weights) greedily "
+                        "on the same prompt ids and --max-new-tokens, stopping at end-of-"
+                        "sequence, and give its ids, the first position where the generated "
+                        "ids differ from them, and the teacher-forced agreement: the integer "
+                        "model's argmax at each position of float's continuation against "
+                        "float's (golden integer logits, the isa backend's bit for bit). With "
+                        "--temperature above 0, float's greedy continuation is still the "
+                        "reference and the sampled ids are compared with it. A summary line "
+                        "on stderr, or keys of the --json object under \"reference\"")
     p.add_argument("--model-file", metavar="PATH",
                    help="integer decoder file (default: the cache, built on first use)")
     p.add_argument("--rebuild-model", action="store_true",

@@ -47,7 +47,8 @@ from .encoder import BACKENDS
 from .errors import CelosiaError, check_text
 
 __all__ = ["TextGenerator", "DECODER_BACKENDS", "decoder_model_file", "load_decoder",
-           "file_digest", "backend_problem", "sampling_problem", "sample"]
+           "file_digest", "backend_problem", "sampling_problem", "sample", "load_float_decoder",
+           "first_divergence"]
 
 #: Backends that run the decoder today: golden (the integer model in NumPy) and isa (the
 #: compiled program on the instruction-set simulator of a build with the decoder's vector
@@ -202,6 +203,24 @@ def load_decoder(model_file: Path | None = None, rebuild: bool = False, quiet: b
     return tokenizer, im
 
 
+def load_float_decoder():
+    """The float reference of the bundled SmolLM2-135M-Instruct: the GGUF file's dequantised
+    weights in :class:`celosia.sw.llm.FloatTransformer` (float32 NumPy; about 10 s to read)."""
+    from .llm import FloatTransformer, load_smollm2
+    model = load_smollm2()
+    return FloatTransformer(model.weights, model.arch)
+
+
+def first_divergence(a, b) -> int | None:
+    """The first position where token lists ``a`` and ``b`` differ (the shorter one's length
+    when one is a prefix of the other), None when they are equal."""
+    a, b = [int(t) for t in a], [int(t) for t in b]
+    for n, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return n
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
 class _TextStream:
     """The text of a growing list of byte-level BPE tokens, handed out as it becomes whole:
     a token can end inside a multi-byte UTF-8 character, whose bytes decode to U+FFFD until
@@ -272,7 +291,8 @@ class TextGenerator:
         ``decode`` (``tokens``, ``seconds``, ``tokens_per_s``: the prefill's prompt tokens,
         which give the first new token; the decode steps, one per further token; on isa also
         ``cycles``, and ``cycles_per_token`` of decode, from the simulator's cycle model),
-        and on isa ``array`` and ``cycles_model``.
+        and on isa ``array`` and ``cycles_model``; ``max_new_tokens``; after
+        :meth:`reference`, ``reference``.
     """
 
     def __init__(self, backend: str = "golden", *, model_file: Path | None = None,
@@ -288,6 +308,62 @@ class TextGenerator:
         self.tokenizer, self.integer_model = load_decoder(model_file, rebuild=rebuild,
                                                           quiet=quiet)
         self.last_run: dict | None = None
+        self._float = None
+
+    @classmethod
+    def from_model(cls, tokenizer, integer_model, backend: str = "golden", *, array: int = 16,
+                   float_model=None) -> "TextGenerator":
+        """A generator on a tokenizer and integer decoder already loaded (no file is read);
+        ``float_model``: the float reference :meth:`reference` uses (default: read on first
+        use)."""
+        problem = backend_problem(backend)
+        if problem:
+            raise CelosiaError(problem)
+        gen = cls.__new__(cls)
+        gen.backend, gen.array = backend, array
+        gen.tokenizer, gen.integer_model = tokenizer, integer_model
+        gen.last_run, gen._float = None, float_model
+        return gen
+
+    @property
+    def float_model(self):
+        """The float reference (:func:`load_float_decoder`), read on first use."""
+        if self._float is None:
+            self._float = load_float_decoder()
+        return self._float
+
+    def reference(self) -> dict:
+        """The last run against the float reference, also stored as ``last_run["reference"]``:
+        ``float_ids``, float's greedy continuation of the same prompt ids (the same chat
+        template or none, the same ``max_new_tokens`` and context, stopping after the
+        end-of-sequence token) and ``float_text``; ``first_divergence``, the first position
+        where the run's generated ids differ from float's (None when they are equal; with
+        sampling, the sampled ids against float's greedy ones); and the teacher-forced
+        ``agreement`` (:func:`celosia.sw.accuracy.teacher_forced`: the integer model's argmax
+        at each position of float's continuation against float's, over ``tokens`` positions,
+        ``agreeing`` of them) and the perplexities of that continuation under both models.
+        The integer logits of the teacher forcing are the golden model's (the isa backend's
+        are the same bit for bit)."""
+        from .accuracy import teacher_forced
+        run = self.last_run
+        if run is None:
+            raise CelosiaError("no run to compare: generate first")
+        ids = run["prompt_ids"]
+        most = min(run["max_new_tokens"], self.context - len(ids) + 1)
+        lm = self.float_model
+        cont = lm.generate(np.asarray(ids, dtype=np.int64), most, stop=self.tokenizer.eos_id)
+        tf = teacher_forced(lm, self.integer_model, ids, cont)
+        ref = {"float_ids": [int(t) for t in cont],
+               "float_text": self.tokenizer.decode([t for t in cont
+                                                    if t != self.tokenizer.eos_id]),
+               "first_divergence": first_divergence(run["generated_ids"], cont),
+               "agreement": tf["agreement"], "agreeing": int(tf["agrees"].sum()),
+               "tokens": len(cont),
+               "perplexity_integer": float(np.exp(tf["nll_integer"].mean())),
+               "perplexity_float": float(np.exp(tf["nll_float"].mean())),
+               "integer_logits": "golden (teacher-forced; bit for bit the isa backend's)"}
+        run["reference"] = ref
+        return ref
 
     @property
     def context(self) -> int:
@@ -345,7 +421,8 @@ class TextGenerator:
         scale = golden.logit_scale(im)
         limit = self.context
         run = {"backend": self.backend, "prompt": prompt, "chat_template": not raw,
-               "prompt_ids": [int(i) for i in ids], "generated_ids": [], "text": "",
+               "prompt_ids": [int(i) for i in ids], "max_new_tokens": int(max_new_tokens),
+               "generated_ids": [], "text": "",
                "stopped": "max_new_tokens",
                "sampling": {"temperature": temperature, "top_k": top_k, "seed": seed}}
         self.last_run = run
@@ -400,3 +477,4 @@ def _rate(tokens: int, times: list[float]) -> dict:
     s = float(sum(times))
     return {"tokens": tokens, "seconds": round(s, 4),
             "tokens_per_s": round(tokens / s, 2) if tokens and s > 0 else None}
+

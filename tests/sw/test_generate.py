@@ -203,7 +203,9 @@ def test_generate_help_explains_itself(capsys):
     out = capsys.readouterr().out
     assert exc.value.code == 0
     for words in ("chat template", "--raw", "Greedy decoding", "--seed", "end-of-sequence",
-                  "prefill", "decode", "the RTL does not have yet", "--json", "--array"):
+                  "prefill", "decode", "the RTL does not have yet", "--json", "--array",
+                  "--reference", "teacher-forced agreement", "float's greedy continuation is "
+                  "still the reference"):
         assert words in " ".join(out.split()), words
 
 
@@ -268,3 +270,69 @@ def test_the_decoder_cache_is_built_once_checked_and_rebuilt_when_stale(
     assert built == [1, 1]
     for f in (path, named):            # 140 MB each: not left in pytest's kept tmp folders
         f.unlink()
+
+
+# --- the float reference: celosia generate --reference, celosia bench generate ------------------
+
+@pytest.fixture(scope="module")
+def float_lm(smollm2):
+    from celosia.sw.llm import FloatTransformer
+    return FloatTransformer(smollm2.weights, smollm2.arch)
+
+
+@pytest.fixture
+def session_float(monkeypatch, float_lm):
+    """The session's float reference in place of reading the GGUF file again."""
+    from celosia.sw import generate
+    monkeypatch.setattr(generate, "load_float_decoder", lambda: float_lm)
+    return float_lm
+
+
+#: A chat prompt whose integer and float greedy continuations part at the second token.
+SKY = "Why is the sky blue?"
+
+
+def test_cli_reference_gives_float_ids_divergence_and_teacher_forced_agreement(
+        capsys, model_file, int_decoder, session_float):
+    code, out, err = run(capsys, "generate", SKY, "--max-new-tokens", "4", "--reference",
+                         "--json", "--model-file", model_file)
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    ref = doc["reference"]
+    assert {"float_ids", "float_text", "first_divergence", "agreement", "agreeing", "tokens",
+            "perplexity_integer", "perplexity_float"} <= ref.keys()
+    ids = np.array(doc["prompt_ids"])
+    eos = 2
+    float_ids = session_float.generate(ids, 4, stop=eos)
+    assert ref["float_ids"] == float_ids and ref["tokens"] == len(float_ids) == 4
+    # The agreement and divergence computed here apart from sw/accuracy.py.
+    seq = np.concatenate([ids, float_ids])
+    rows = slice(len(ids) - 1, len(seq) - 1)
+    integer = golden.decoder_logits(int_decoder, seq)[rows].argmax(-1)
+    floats = session_float.logits(seq)[rows].argmax(-1)
+    assert floats.tolist() == float_ids
+    same = integer == floats
+    assert ref["agreement"] == same.mean() and ref["agreeing"] == same.sum()
+    assert 0 < ref["agreement"] < 1                      # so a wrong count cannot pass by luck
+    mine = doc["generated_ids"]
+    diverge = next(n for n, (a, b) in enumerate(zip(mine, float_ids)) if a != b)
+    assert ref["first_divergence"] == diverge == int(np.flatnonzero(~same)[0])
+
+
+def test_cli_reference_summary_and_sampling(capsys, model_file, session_float):
+    """Without --json one summary line on stderr; with sampling the float model's greedy
+    continuation is still the reference."""
+    code, out, err = run(capsys, "generate", SKY, "--max-new-tokens", "3", "--reference",
+                         "--temperature", "0.9", "--seed", "1", "--model-file", model_file)
+    assert code == 0 and out.endswith("\n")
+    lines = err.splitlines()
+    assert "sampled at temperature 0.9" in lines[-2]
+    assert lines[-1].startswith("celosia: vs float (greedy, 3 tokens): ")
+    assert "teacher-forced agreement 0.667 (2 of 3)" in lines[-1]
+
+
+def test_generate_first_divergence():
+    from celosia.sw.generate import first_divergence
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2 == first_divergence([1, 2, 3], [1, 2])
