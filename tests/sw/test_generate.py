@@ -336,3 +336,64 @@ def test_generate_first_divergence():
     assert first_divergence([1, 2, 3], [1, 2, 3]) is None
     assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
     assert first_divergence([1, 2], [1, 2, 3]) == 2 == first_divergence([1, 2, 3], [1, 2])
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--prompts", "0"], "--prompts must be 1 or more, not 0"),
+    (["--tokens", "0"], "--tokens must be 1 or more, not 0"),
+    (["--isa-tokens", "0"], "--isa-tokens must be 1 or more, not 0"),
+    (["--clock-mhz", "0"], "--clock-mhz must be above 0"),
+    (["--array", "6"], "--array 6: "),
+    (["--prompts-file", "/no/such/prompts.txt"], "cannot read --prompts-file"),
+])
+def test_bench_generate_refuses_bad_settings_before_any_work(capsys, monkeypatch, argv, text):
+    from celosia.sw import generate
+    monkeypatch.setattr(generate, "load_decoder", lambda *a, **k: pytest.fail("model read"))
+    one_line_error(*run(capsys, "bench", "generate", *argv)[::2], text)
+
+
+def test_bench_generate_json_is_consistent(capsys, model_file, session_float):
+    """One prompt, 4 tokens, one isa decode step: the figures' fields and how they hang
+    together (the full set is the slow benchmark of docs/numerics.md and docs/isa.md)."""
+    code, out, err = run(capsys, "bench", "generate", "--prompts", "1", "--tokens", "4",
+                         "--isa-tokens", "1", "--clock-mhz", "50", "--json",
+                         "--model-file", model_file)
+    assert code == 0
+    assert "quality: 1 prompts" in err and "cycles: isa at 16x16" in err
+    doc = json.loads(out)
+    q, s, c = doc["quality"], doc["speed"], doc["cycles"]
+    assert q["prompts"] == 1 and 1 <= q["continuation_tokens"] <= 4
+    assert q["per_prompt"][0]["prompt"] == "What is the capital of France?"
+    for key in ("agreement", "paragraph_agreement"):
+        assert 0 <= q[key] <= 1
+    assert q["perplexity_ratio"] == pytest.approx(q["perplexity_integer"] / q["perplexity_float"])
+    assert q["paragraph_perplexity_ratio"] == pytest.approx(
+        q["paragraph_perplexity_integer"] / q["paragraph_perplexity_float"])
+    # The golden run's greedy ids against float's continuation.
+    assert s["prefill"]["tokens"] == s["prompt_tokens"] and s["prefill"]["tokens_per_s"] > 0
+    assert s["decode"]["tokens"] == len(s["generated_ids"]) - 1
+    assert s["greedy_first_divergence"] == q["per_prompt"][0]["first_divergence"]
+    # The isa run: one decode step, the golden tokens, the roofline of every weight byte.
+    assert c["array"] == 16 and c["decode_steps"] == 1 and c["same_tokens_as_golden"]
+    assert c["decode_cycles_per_token"] == c["decode_cycles"] > 0
+    assert c["roofline_port_bytes"] == 32
+    assert c["roofline_weight_bytes"] == 30 * (576 * 960 + 576 * 576 + 576 * 3072
+                                               + 1536 * 576) + 576 * 49152
+    assert c["roofline_cycles"] == -(-c["roofline_weight_bytes"] // 32)
+    assert c["roofline_ratio"] == pytest.approx(c["roofline_cycles"] / c["decode_cycles_per_token"])
+    assert 0.2 < c["roofline_ratio"] < 0.3                # docs/isa.md: about 0.24
+    assert c["projected_decode_tokens_per_s"] == pytest.approx(50e6 / c["decode_cycles_per_token"])
+    assert c["roofline_tokens_per_s"] == pytest.approx(50e6 / c["roofline_cycles"])
+    assert doc["targets_met"]["roofline_ratio"] is False
+    assert doc["targets_met"]["agreement"] == (q["agreement"] >= 0.96)
+
+
+
+def test_bench_generate_help_states_the_targets(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exc.value.code == 0
+    for words in (">= 0.96", "within 3%", "memory roofline", ">= 0.8", "--clock-mhz",
+                  "--prompts N", "--tokens T", "not RTL"):
+        assert words in out, words
