@@ -209,13 +209,15 @@ def test_generate_help_explains_itself(capsys):
         assert words in " ".join(out.split()), words
 
 
-def test_the_isa_backend_generates_the_golden_tokens_with_cycles(capsys, model_file, generator):
+def test_the_isa_backend_generates_the_golden_tokens_with_cycles(capsys, model_file, generator,
+                                                                 session_float):
     """Every block, the final norm and the LM head compiled and run on the isa simulator (a
     build with the decoder's vector operations), the KV cache in its memory: the golden
-    model's tokens, and the simulator's cycles for the prefill and each decode step."""
+    model's tokens, and the simulator's cycles for the prefill and each decode step; with
+    --reference, float's greedy ids of the same raw prompt."""
     code, out, err = run(capsys, "generate", "The capital of France is", "--raw",
                          "--max-new-tokens", "2", "--backend", "isa", "--array", "16", "--json",
-                         "--model-file", model_file)
+                         "--reference", "--model-file", model_file)
     assert code == 0
     doc = json.loads(out)
     generator.generate("The capital of France is", 2, raw=True)
@@ -223,6 +225,11 @@ def test_the_isa_backend_generates_the_golden_tokens_with_cycles(capsys, model_f
     assert doc["backend"] == "isa" and doc["array"] == 16 and "not RTL" in doc["cycles_model"]
     assert doc["prefill"]["cycles"] > 0 and doc["decode"]["cycles_per_token"] > 0
     assert doc["decode"]["cycles"] == doc["decode"]["cycles_per_token"]
+    ref = doc["reference"]
+    assert ref["float_ids"] == session_float.generate(np.array(doc["prompt_ids"]), 2, stop=2)
+    assert ref["tokens"] == 2 and 0 <= ref["agreement"] <= 1
+    from celosia.sw.generate import first_divergence
+    assert ref["first_divergence"] == first_divergence(doc["generated_ids"], ref["float_ids"])
 
 
 def test_the_decoder_cache_is_built_once_checked_and_rebuilt_when_stale(
