@@ -404,3 +404,24 @@ def test_bench_generate_help_states_the_targets(capsys):
     for words in (">= 0.96", "within 3%", "memory roofline", ">= 0.8", "--clock-mhz",
                   "--prompts N", "--tokens T", "not RTL"):
         assert words in out, words
+
+
+@pytest.mark.slow
+def test_bench_generate_full_set_gives_the_documented_figures(capsys, model_file, session_float):
+    """The defaults (12 prompts, 32 tokens, 2 isa decode steps): the figures of
+    docs/numerics.md ("Quality (measured)") and docs/isa.md (the memory roofline)."""
+    code, out, err = run(capsys, "bench", "generate", "--json", "--model-file", model_file)
+    assert code == 0
+    doc = json.loads(out)
+    q, c = doc["quality"], doc["cycles"]
+    assert q["prompts"] == 12 and q["continuation_tokens"] == 360
+    assert q["agreement"] == pytest.approx(347 / 360)
+    assert q["perplexity_ratio"] == pytest.approx(1.0052, abs=1e-4)
+    assert q["paragraph_perplexity_ratio"] == pytest.approx(1.0087, abs=1e-4)
+    assert [p["first_divergence"] for p in q["per_prompt"]] == [
+        None, 28, 10, 6, 13, 12, None, None, 13, 6, None, 1]
+    assert doc["speed"]["greedy_first_divergence"] == 28
+    assert c["decode_cycles_per_token"] == 17_285_289 and c["roofline_cycles"] == 4_202_496
+    assert c["roofline_ratio"] == pytest.approx(0.243, abs=5e-4)
+    assert doc["targets_met"] == {"agreement": True, "perplexity_ratio": True,
+                                  "paragraph_perplexity_ratio": True, "roofline_ratio": False}
