@@ -20,7 +20,8 @@ from .model import MiniLM
 from .quantize import IntegerModel
 
 __all__ = ["DEV_SET", "PAIRS", "read_lines", "read_pairs", "float_reference", "run_accuracy",
-           "golden_speed", "CHAT_PROMPTS", "HELDOUT_PARAGRAPH", "read_prompts", "decoder_quality"]
+           "golden_speed", "CHAT_PROMPTS", "HELDOUT_PARAGRAPH", "read_prompts", "teacher_forced",
+           "decoder_quality"]
 
 #: The dev set (sentences in neither the calibration set nor the tests) and sentence pairs,
 #: shipped inside the package so that an installed wheel finds them.
@@ -172,18 +173,43 @@ def _nll(logits: np.ndarray, targets) -> np.ndarray:
     return -_log_softmax(logits)[np.arange(len(targets)), np.asarray(targets)]
 
 
+def teacher_forced(lm, im: IntegerModel, ids, continuation) -> dict:
+    """The integer decoder ``im`` teacher-forced on the float model ``lm``'s continuation of
+    ``ids``: both read prompt and continuation at once, and at each continuation position the
+    integer model agrees when its argmax is the float model's. The first position where it
+    does not is where the integer model's own greedy continuation would first diverge from
+    float's (the prefixes are the same until then).
+
+    Returns ``agrees`` (a bool a continuation token), ``agreement`` (their mean),
+    ``first_miss`` (the first disagreeing position, None if none) and the negative
+    log-likelihoods of the continuation's tokens under each model, ``nll_integer`` and
+    ``nll_float``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    cont = np.asarray(continuation, dtype=np.int64)
+    if len(ids) < 1 or len(cont) < 1:
+        raise ValueError("teacher forcing needs a prompt and a continuation of a token or more")
+    seq = np.concatenate([ids, cont])
+    rows = slice(len(ids) - 1, len(seq) - 1)            # the rows that predict the continuation
+    f = lm.logits(seq)[rows]
+    i = golden.decoder_logits(im, seq)[rows] * golden.logit_scale(im)
+    same = i.argmax(-1) == f.argmax(-1)
+    miss = np.flatnonzero(~same)
+    return {"agrees": same, "agreement": float(same.mean()),
+            "first_miss": int(miss[0]) if len(miss) else None,
+            "nll_integer": _nll(i, cont), "nll_float": _nll(f, cont)}
+
+
 def decoder_quality(lm, im: IntegerModel, tokenizer, prompts: list[str],
                     paragraph: str | None = None, tokens: int = 32, progress=None) -> dict:
     """The golden integer decoder ``im`` against the float reference ``lm``
     (:class:`celosia.sw.llm.FloatTransformer`).
 
     Each prompt goes through the chat template; the float model continues it greedily (up to
-    ``tokens`` tokens, stopping after end-of-turn). Both models then read prompt and
-    continuation at once (teacher forcing): at each continuation position the integer model
-    agrees when its argmax is the float model's token. The first position where it does not is
-    where the integer model's own greedy continuation would first diverge (the prefixes are
-    the same until then). Perplexities of both models over the continuations (all prompts
-    pooled) and over ``paragraph`` (plain text, every position after the first).
+    ``tokens`` tokens, stopping after end-of-turn), and the integer model is teacher-forced on
+    that continuation (:func:`teacher_forced`): its top-1 agreement with float, and the first
+    position where it disagrees, which is where its own greedy continuation would first
+    diverge. Perplexities of both models over the continuations (all prompts pooled) and over
+    ``paragraph`` (plain text, every position after the first).
     """
     t0 = time.perf_counter()
     scale = golden.logit_scale(im)
@@ -191,21 +217,17 @@ def decoder_quality(lm, im: IntegerModel, tokenizer, prompts: list[str],
     for n, text in enumerate(prompts, 1):
         ids = tokenizer.encode(tokenizer.chat([{"role": "user", "content": text}]))
         cont = lm.generate(ids, tokens, stop=tokenizer.eos_id)
-        seq = np.concatenate([ids, cont])
-        rows = slice(len(ids) - 1, len(seq) - 1)        # the rows that predict the continuation
-        f = lm.logits(seq)[rows]
-        i = golden.decoder_logits(im, seq)[rows] * scale
-        same = i.argmax(-1) == f.argmax(-1)
-        ni, nf = _nll(i, cont), _nll(f, cont)
+        tf = teacher_forced(lm, im, ids, cont)
+        same, ni, nf = tf["agrees"], tf["nll_integer"], tf["nll_float"]
         nll_i.append(ni)
         nll_f.append(nf)
         agree += int(same.sum())
         total += len(cont)
-        miss = np.flatnonzero(~same)
         per_prompt.append({
             "prompt": text, "prompt_tokens": len(ids), "continuation": tokenizer.decode(cont),
-            "tokens": len(cont), "agreement": float(same.mean()),
-            "first_divergence": int(miss[0]) if len(miss) else None,
+            "continuation_ids": [int(t) for t in cont],
+            "tokens": len(cont), "agreement": tf["agreement"],
+            "first_divergence": tf["first_miss"],
             "perplexity_integer": float(np.exp(ni.mean())),
             "perplexity_float": float(np.exp(nf.mean()))})
         if progress is not None:

@@ -4,7 +4,8 @@ Subcommands:
   embed      sentence embeddings (all-MiniLM-L6-v2 or a --model checkpoint) on a backend
   generate   text from SmolLM2-135M-Instruct's integer decoder (golden and isa backends)
   quantize   build (or rebuild) the integer model file
-  bench      benchmarks (accuracy, golden, batching, matmul, vector) that print figures
+  bench      benchmarks (accuracy, golden, batching, generate, matmul, vector) that print
+             figures
   verilog    write the matmul engine's Verilog
   build      FPGA bitstreams (when fpga/ provides them)
   prove      formal proofs of the hardware blocks' properties (SymbiYosys)
@@ -238,12 +239,20 @@ def _cmd_generate(args) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
     run = gen.last_run
+    if args.reference:
+        if not args.json:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            _stderr("celosia: reference: the float model's greedy continuation (reading the "
+                    "float weights, about 10 s)")
+        gen.reference()
     if args.json:
         json.dump(run, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
         return EXIT_OK
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    if not args.reference:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
     pre, dec = run["prefill"], run["decode"]
 
     def rate(r: dict) -> str:
@@ -263,6 +272,14 @@ def _cmd_generate(args) -> int:
                 f"{pre['cycles']:,}; decode {per:,} a token" if per else
                 f"celosia: {run['array']}x{run['array']} array, estimated cycles: prefill "
                 f"{pre['cycles']:,}")
+    if args.reference:
+        ref = run["reference"]
+        where = ("the same tokens" if ref["first_divergence"] is None else
+                 f"first divergence at new token {ref['first_divergence']}")
+        _stderr(f"celosia: vs float (greedy, {len(ref['float_ids'])} tokens): {where}; "
+                f"teacher-forced agreement {ref['agreement']:.3f} ({ref['agreeing']} of "
+                f"{ref['tokens']}), perplexity {ref['perplexity_integer']:.3f} integer, "
+                f"{ref['perplexity_float']:.3f} float")
     return EXIT_OK
 
 
@@ -357,6 +374,32 @@ def _cmd_bench_batching(args) -> int:
     if args.plot:
         from .plot import plot_batching
         plot_batching(args.plot, report)
+    return _print_report(args, report)
+
+
+def _cmd_bench_generate(args) -> int:
+    import math
+    from . import generate
+    from .accuracy import read_prompts
+    for name, value in (("--prompts", args.prompts), ("--tokens", args.tokens),
+                        ("--isa-tokens", args.isa_tokens)):
+        if value is not None and value < 1:
+            raise CLIError(f"{name} must be 1 or more, not {value}")
+    if not (math.isfinite(args.clock_mhz) and args.clock_mhz > 0):
+        raise CLIError(f"--clock-mhz must be above 0, not {args.clock_mhz}")
+    if array_problem(args.array):
+        raise CLIError(f"--array {args.array}: {array_problem(args.array)}")
+    prompts = read_prompts(Path(args.prompts_file), "--prompts-file")
+    if not prompts:
+        raise CLIError(f"--prompts-file {args.prompts_file} holds no prompts")
+    prompts = prompts[:args.prompts]
+    paragraph = read_text(args.paragraph, "--paragraph")
+    tokenizer, im = generate.load_decoder(args.model_file, quiet=args.json)
+    _stderr("celosia: reading the float reference (about 10 s)")
+    lm = generate.load_float_decoder()
+    report = generate.generate_benchmark(tokenizer, im, lm, prompts, paragraph, args.tokens,
+                                         args.array, args.isa_tokens, args.clock_mhz,
+                                         progress=_stderr)
     return _print_report(args, report)
 
 
@@ -481,6 +524,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object at the end (prompt and generated token ids, the "
                         "text, why it stopped, the sampling settings, prefill and decode "
                         "tokens/s) instead of streaming the text")
+    p.add_argument("--reference", action="store_true",
+                   help="also run the float model (the GGUF file's dequantised weights) greedily "
+                        "on the same prompt ids and --max-new-tokens, stopping at end-of-"
+                        "sequence, and give its ids, the first position where the generated "
+                        "ids differ from them, and the teacher-forced agreement: the integer "
+                        "model's argmax at each position of float's continuation against "
+                        "float's (golden integer logits, the isa backend's bit for bit). With "
+                        "--temperature above 0, float's greedy continuation is still the "
+                        "reference and the sampled ids are compared with it. A summary line "
+                        "on stderr, or keys of the --json object under \"reference\"")
     p.add_argument("--model-file", metavar="PATH",
                    help="integer decoder file (default: the cache, built on first use)")
     p.add_argument("--rebuild-model", action="store_true",
@@ -542,6 +595,48 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sentences, one a line (default: the shipped dev set)")
         b.add_argument("--model-file", metavar="PATH")
         b.add_argument("--json", action="store_true", help="print one JSON object")
+    from .accuracy import CHAT_PROMPTS, HELDOUT_PARAGRAPH
+    b = bench.add_parser(
+        "generate", help="integer decoder vs float, and decode cycles vs the memory roofline",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraphs(
+            "The integer SmolLM2-135M-Instruct against its float reference and the isa "
+            "backend's decode against the memory roofline (issue 16's figures).",
+            "Quality: each prompt through the chat template, the float model's greedy "
+            "continuation (up to --tokens tokens, stopping at end-of-sequence), then both models "
+            "teacher-forced on it: top-1 agreement (target >= 0.96) and the perplexity ratio "
+            "to float (target within 3%), and the perplexity of a held-aside paragraph; each "
+            "prompt's first greedy divergence, for information (greedy runs part after one "
+            "near-tie).",
+            "Speed: the golden backend's prefill and decode tokens/s on the prompt with the "
+            "longest continuation. Cycles: the isa backend (the instruction-set simulator's "
+            "cycle estimate of a build with the decoder's vector operations, not RTL) on the "
+            "same prompt, decode cycles per token against the memory roofline (every weight "
+            "byte read once a token at the memory port's bytes a cycle; target >= 0.8 of it), "
+            "and the tokens/s that projects at --clock-mhz on a board with the memory to hold "
+            "the model.",
+            "The defaults measure the full set (12 prompts, 32 tokens: several minutes); "
+            "progress goes to stderr."))
+    b.add_argument("--prompts", type=int, default=None, metavar="N",
+                   help="the first N prompts only (default: all)")
+    b.add_argument("--tokens", type=int, default=32, metavar="T",
+                   help="new tokens a prompt at most (default 32)")
+    b.add_argument("--prompts-file", default=str(CHAT_PROMPTS), metavar="PATH",
+                   help="user turns, one a line, '#' comments (default: the shipped prompts)")
+    b.add_argument("--paragraph", default=str(HELDOUT_PARAGRAPH), metavar="PATH",
+                   help="plain text for the held-aside perplexity (default: the shipped "
+                        "paragraph)")
+    b.add_argument("--array", type=int, default=16, metavar="N",
+                   help="array size of the isa backend's build (default 16)")
+    b.add_argument("--isa-tokens", type=int, default=2, metavar="K",
+                   help="decode steps the isa backend measures after its prefill (default 2; "
+                        "about 10 s each)")
+    b.add_argument("--clock-mhz", type=float, default=100.0, metavar="F",
+                   help="the clock the projected tokens/s assume (default 100)")
+    b.add_argument("--model-file", metavar="PATH",
+                   help="integer decoder file (default: the cache of celosia generate)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=_cmd_bench_generate)
     for name, module, text in (("matmul", "celosia.sim.bench_matmul", "one random matmul on the RTL"),
                                ("vector", "celosia.sim.bench_vector", "one vector-unit batch on the RTL")):
         mod = _optional(module)

@@ -49,7 +49,7 @@ from .compiler import DTYPE, Tensor, _vector_records
 from .golden import _select, _wide
 from .quantize import IntegerModel
 
-__all__ = ["DecoderBlockProgram", "compile_decoder_block", "run_decoder_block",
+__all__ = ["DecoderBlockProgram", "decode_roofline", "compile_decoder_block", "run_decoder_block",
            "DecoderSession"]
 
 _I8, _U8, _I16, _I32 = OutFormat.INT8, OutFormat.UINT8, OutFormat.INT16, OutFormat.INT32
@@ -482,3 +482,23 @@ class DecoderSession:
         logits = self._run(head)
         self.length += tokens
         return logits
+
+
+def decode_roofline(im: IntegerModel, array: int = 16) -> dict:
+    """The memory roofline of one decode step on an ``array`` x ``array`` build: every weight
+    the step multiplies by (each layer's q|k|v, output, gate|up and down projections and the
+    LM head, all int8) read once from memory, at the memory port's bytes a cycle
+    (``MachineConfig(array).port_bytes``). The KV cache, the vector operations' records and
+    the activations are left out, so no mapping reaches it.
+
+    ``weight_bytes``, ``port_bytes`` and ``cycles`` (weight_bytes / port_bytes, rounded up)."""
+    a = im.arch
+    a.require_decoder("the decode roofline")
+    T = im.tensors
+    names = [f"L{i}.{name}.weight" for i in range(a.layers)
+             for name in ("qkv", "attn_out", "gate_up", "down")]
+    names.append("emb.tokens" if a.output.tied else "lm_head.weight")
+    weight_bytes = sum(int(np.asarray(T[n]).nbytes) for n in names)
+    port = MachineConfig(array).port_bytes
+    return {"weight_bytes": weight_bytes, "port_bytes": port, "cycles": -(-weight_bytes // port)}
+

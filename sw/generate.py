@@ -47,7 +47,8 @@ from .encoder import BACKENDS
 from .errors import CelosiaError, check_text
 
 __all__ = ["TextGenerator", "DECODER_BACKENDS", "decoder_model_file", "load_decoder",
-           "file_digest", "backend_problem", "sampling_problem", "sample"]
+           "file_digest", "backend_problem", "sampling_problem", "sample", "load_float_decoder",
+           "first_divergence", "generate_benchmark"]
 
 #: Backends that run the decoder today: golden (the integer model in NumPy) and isa (the
 #: compiled program on the instruction-set simulator of a build with the decoder's vector
@@ -202,6 +203,24 @@ def load_decoder(model_file: Path | None = None, rebuild: bool = False, quiet: b
     return tokenizer, im
 
 
+def load_float_decoder():
+    """The float reference of the bundled SmolLM2-135M-Instruct: the GGUF file's dequantised
+    weights in :class:`celosia.sw.llm.FloatTransformer` (float32 NumPy; about 10 s to read)."""
+    from .llm import FloatTransformer, load_smollm2
+    model = load_smollm2()
+    return FloatTransformer(model.weights, model.arch)
+
+
+def first_divergence(a, b) -> int | None:
+    """The first position where token lists ``a`` and ``b`` differ (the shorter one's length
+    when one is a prefix of the other), None when they are equal."""
+    a, b = [int(t) for t in a], [int(t) for t in b]
+    for n, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return n
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
 class _TextStream:
     """The text of a growing list of byte-level BPE tokens, handed out as it becomes whole:
     a token can end inside a multi-byte UTF-8 character, whose bytes decode to U+FFFD until
@@ -272,7 +291,8 @@ class TextGenerator:
         ``decode`` (``tokens``, ``seconds``, ``tokens_per_s``: the prefill's prompt tokens,
         which give the first new token; the decode steps, one per further token; on isa also
         ``cycles``, and ``cycles_per_token`` of decode, from the simulator's cycle model),
-        and on isa ``array`` and ``cycles_model``.
+        and on isa ``array`` and ``cycles_model``; ``max_new_tokens``; after
+        :meth:`reference`, ``reference``.
     """
 
     def __init__(self, backend: str = "golden", *, model_file: Path | None = None,
@@ -288,6 +308,62 @@ class TextGenerator:
         self.tokenizer, self.integer_model = load_decoder(model_file, rebuild=rebuild,
                                                           quiet=quiet)
         self.last_run: dict | None = None
+        self._float = None
+
+    @classmethod
+    def from_model(cls, tokenizer, integer_model, backend: str = "golden", *, array: int = 16,
+                   float_model=None) -> "TextGenerator":
+        """A generator on a tokenizer and integer decoder already loaded (no file is read);
+        ``float_model``: the float reference :meth:`reference` uses (default: read on first
+        use)."""
+        problem = backend_problem(backend)
+        if problem:
+            raise CelosiaError(problem)
+        gen = cls.__new__(cls)
+        gen.backend, gen.array = backend, array
+        gen.tokenizer, gen.integer_model = tokenizer, integer_model
+        gen.last_run, gen._float = None, float_model
+        return gen
+
+    @property
+    def float_model(self):
+        """The float reference (:func:`load_float_decoder`), read on first use."""
+        if self._float is None:
+            self._float = load_float_decoder()
+        return self._float
+
+    def reference(self) -> dict:
+        """The last run against the float reference, also stored as ``last_run["reference"]``:
+        ``float_ids``, float's greedy continuation of the same prompt ids (the same chat
+        template or none, the same ``max_new_tokens`` and context, stopping after the
+        end-of-sequence token) and ``float_text``; ``first_divergence``, the first position
+        where the run's generated ids differ from float's (None when they are equal; with
+        sampling, the sampled ids against float's greedy ones); and the teacher-forced
+        ``agreement`` (:func:`celosia.sw.accuracy.teacher_forced`: the integer model's argmax
+        at each position of float's continuation against float's, over ``tokens`` positions,
+        ``agreeing`` of them) and the perplexities of that continuation under both models.
+        The integer logits of the teacher forcing are the golden model's (the isa backend's
+        are the same bit for bit)."""
+        from .accuracy import teacher_forced
+        run = self.last_run
+        if run is None:
+            raise CelosiaError("no run to compare: generate first")
+        ids = run["prompt_ids"]
+        most = min(run["max_new_tokens"], self.context - len(ids) + 1)
+        lm = self.float_model
+        cont = lm.generate(np.asarray(ids, dtype=np.int64), most, stop=self.tokenizer.eos_id)
+        tf = teacher_forced(lm, self.integer_model, ids, cont)
+        ref = {"float_ids": [int(t) for t in cont],
+               "float_text": self.tokenizer.decode([t for t in cont
+                                                    if t != self.tokenizer.eos_id]),
+               "first_divergence": first_divergence(run["generated_ids"], cont),
+               "agreement": tf["agreement"], "agreeing": int(tf["agrees"].sum()),
+               "tokens": len(cont),
+               "perplexity_integer": float(np.exp(tf["nll_integer"].mean())),
+               "perplexity_float": float(np.exp(tf["nll_float"].mean())),
+               "integer_logits": "golden (teacher-forced; bit for bit the isa backend's)"}
+        run["reference"] = ref
+        return ref
 
     @property
     def context(self) -> int:
@@ -345,7 +421,8 @@ class TextGenerator:
         scale = golden.logit_scale(im)
         limit = self.context
         run = {"backend": self.backend, "prompt": prompt, "chat_template": not raw,
-               "prompt_ids": [int(i) for i in ids], "generated_ids": [], "text": "",
+               "prompt_ids": [int(i) for i in ids], "max_new_tokens": int(max_new_tokens),
+               "generated_ids": [], "text": "",
                "stopped": "max_new_tokens",
                "sampling": {"temperature": temperature, "top_k": top_k, "seed": seed}}
         self.last_run = run
@@ -400,3 +477,143 @@ def _rate(tokens: int, times: list[float]) -> dict:
     s = float(sum(times))
     return {"tokens": tokens, "seconds": round(s, 4),
             "tokens_per_s": round(tokens / s, 2) if tokens and s > 0 else None}
+
+
+#: The issue's targets the generation benchmark checks (issue 16): teacher-forced top-1
+#: agreement, perplexity ratios to float, and decode cycles per token against the memory
+#: roofline.
+TARGETS = {"agreement": 0.96, "perplexity_ratio": 1.03, "roofline_ratio": 0.8}
+
+
+def generate_benchmark(tokenizer, im, lm, prompts: list[str], paragraph: str | None = None,
+                       tokens: int = 32, array: int = 16, isa_tokens: int = 2,
+                       clock_mhz: float = 100.0, progress: Callable[[str], None] | None = None
+                       ) -> dict:
+    """``celosia bench generate``: the integer decoder ``im`` against the float reference
+    ``lm`` and the isa backend's decode against the memory roofline.
+
+    * quality: :func:`celosia.sw.accuracy.decoder_quality` over ``prompts`` (float's greedy
+      continuations of up to ``tokens`` tokens, teacher-forced), with each prompt's first
+      greedy divergence, and the perplexity of ``paragraph``;
+    * speed: the golden backend's prefill and decode tokens/s, generating up to ``tokens``
+      tokens after the prompt whose float continuation is the longest (the first such);
+    * cycles: the isa backend (``array`` x ``array``) on the same prompt, its prefill and
+      ``isa_tokens`` decode steps (about 10 s a step), decode cycles per token against
+      :func:`celosia.sw.decoder_compiler.decode_roofline`, and the tokens/s they project at
+      ``clock_mhz``.
+
+    ``progress`` receives a line at each stage and each prompt."""
+    from .accuracy import decoder_quality
+    from .decoder_compiler import decode_roofline
+    note = progress or (lambda msg: None)
+    if not prompts:
+        raise CelosiaError("no prompts to measure")
+    if tokens < 1:
+        raise CelosiaError(f"tokens must be 1 or more, not {tokens}")
+    if isa_tokens < 1:
+        raise CelosiaError(f"isa_tokens must be 1 or more, not {isa_tokens}")
+    if not (math.isfinite(clock_mhz) and clock_mhz > 0):
+        raise CelosiaError(f"the clock must be above 0 MHz, not {clock_mhz}")
+    t0 = time.perf_counter()
+    note(f"quality: {len(prompts)} prompts, float's greedy continuations of up to {tokens} "
+         f"tokens, teacher-forced" + (", then the paragraph" if paragraph else ""))
+    q = decoder_quality(lm, im, tokenizer, prompts, paragraph, tokens, progress=progress)
+    q.pop("table")
+    longest = max(range(len(prompts)), key=lambda n: (q["per_prompt"][n]["tokens"], -n))
+    prompt = prompts[longest]
+    note(f"speed: golden, up to {tokens} tokens after prompt {longest + 1} ({prompt[:40]!r})")
+    gen = TextGenerator.from_model(tokenizer, im, "golden")
+    gen.generate(prompt, tokens)
+    run = gen.last_run
+    speed = {"prompt": prompt, "prompt_tokens": run["prefill"]["tokens"],
+             "prefill": run["prefill"], "decode": run["decode"],
+             "generated_ids": run["generated_ids"],
+             "greedy_first_divergence": first_divergence(
+                 run["generated_ids"], q["per_prompt"][longest]["continuation_ids"])}
+    note(f"cycles: isa at {array}x{array}, the same prompt's prefill and {isa_tokens} decode "
+         f"steps (about 10 s each)")
+    isa_gen = TextGenerator.from_model(tokenizer, im, "isa", array=array)
+    isa_gen.generate(prompt, 1 + isa_tokens)
+    irun = isa_gen.last_run
+    steps = irun["decode"]["tokens"]
+    if steps < 1:
+        raise CelosiaError(f"the isa run stopped after its prefill ({irun['stopped']}): no "
+                           "decode step to measure")
+    per_token = irun["decode"]["cycles"] / steps
+    roof = decode_roofline(im, array)
+    ratio = roof["cycles"] / per_token
+    hz = clock_mhz * 1e6
+    cycles = {"array": array, "prompt_tokens": irun["prefill"]["tokens"],
+              "prefill_cycles": irun["prefill"]["cycles"], "decode_steps": steps,
+              "decode_cycles": irun["decode"]["cycles"], "decode_cycles_per_token": per_token,
+              "same_tokens_as_golden": irun["generated_ids"] ==
+              run["generated_ids"][:len(irun["generated_ids"])],
+              "cycles_model": irun["cycles_model"],
+              "roofline_weight_bytes": roof["weight_bytes"],
+              "roofline_port_bytes": roof["port_bytes"], "roofline_cycles": roof["cycles"],
+              "roofline_ratio": ratio, "clock_mhz": clock_mhz,
+              "projected_decode_tokens_per_s": hz / per_token,
+              "projected_prefill_tokens_per_s": hz * irun["prefill"]["tokens"]
+              / irun["prefill"]["cycles"],
+              "roofline_tokens_per_s": hz / roof["cycles"]}
+    targets = {"agreement": q["agreement"] >= TARGETS["agreement"],
+               "perplexity_ratio": q["perplexity_ratio"] <= TARGETS["perplexity_ratio"],
+               "roofline_ratio": ratio >= TARGETS["roofline_ratio"]}
+    if paragraph is not None:
+        targets["paragraph_perplexity_ratio"] = (q["paragraph_perplexity_ratio"]
+                                                 <= TARGETS["perplexity_ratio"])
+    report = {"quality": q, "speed": speed, "cycles": cycles, "targets": TARGETS,
+              "targets_met": targets, "wall_s": round(time.perf_counter() - t0, 1)}
+    report["table"] = _benchmark_table(report, tokens)
+    return report
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _benchmark_table(r: dict, tokens: int) -> str:
+    q, s, c, met, t = r["quality"], r["speed"], r["cycles"], r["targets_met"], r["targets"]
+    rows = [f"integer SmolLM2-135M-Instruct vs float on {q['prompts']} chat prompts "
+            f"({q['continuation_tokens']} tokens of float's greedy continuations, up to "
+            f"{tokens} each, teacher-forced)",
+            f"  top-1 agreement           {q['agreement']:.4f}  (target >= {t['agreement']}: "
+            f"{_met(met['agreement'])})",
+            f"  perplexity, continuations {q['perplexity_integer']:.4f} integer, "
+            f"{q['perplexity_float']:.4f} float: x{q['perplexity_ratio']:.4f}  (target <= "
+            f"x{t['perplexity_ratio']}: {_met(met['perplexity_ratio'])})"]
+    if "paragraph_perplexity_ratio" in q:
+        rows.append(f"  perplexity, paragraph     {q['paragraph_perplexity_integer']:.4f} integer, "
+                    f"{q['paragraph_perplexity_float']:.4f} float: "
+                    f"x{q['paragraph_perplexity_ratio']:.4f}  ({q['paragraph_tokens']} tokens; "
+                    f"{_met(met['paragraph_perplexity_ratio'])}); agreement "
+                    f"{q['paragraph_agreement']:.4f}")
+    rows.append("  first greedy divergence (new tokens before the integer model's greedy "
+                "choice differs from float's; '-': none), for information:")
+    rows += [f"    {p['first_divergence'] if p['first_divergence'] is not None else '-':>3} of "
+             f"{p['tokens']:>3}  agreement {p['agreement']:.3f}  {p['prompt'][:56]}"
+             for p in q["per_prompt"]]
+    pre, dec = s["prefill"], s["decode"]
+
+    def rate(x):
+        return f"{x['tokens_per_s']:.2f} tokens/s" if x["tokens_per_s"] else "-"
+    rows += [f"golden backend speed (prompt {s['prompt'][:40]!r}): prefill {pre['tokens']} "
+             f"tokens, {rate(pre)}; decode {dec['tokens']} tokens, {rate(dec)}",
+             f"isa backend at {c['array']}x{c['array']} (the simulator's cycle estimate, not "
+             f"RTL): prefill {c['prompt_tokens']} tokens {c['prefill_cycles']:,} cycles; "
+             f"decode {c['decode_cycles_per_token']:,.0f} cycles a token "
+             f"({c['decode_steps']} steps; tokens "
+             f"{'the same as' if c['same_tokens_as_golden'] else 'DIFFERENT from'} golden's)",
+             f"  memory roofline: {c['roofline_weight_bytes']:,} weight bytes / "
+             f"{c['roofline_port_bytes']} bytes a cycle = {c['roofline_cycles']:,} cycles a token",
+             f"  decode at {c['roofline_ratio']:.3f} of the roofline (target >= "
+             f"{t['roofline_ratio']}: {_met(met['roofline_ratio'])}"
+             + ("" if met["roofline_ratio"] else
+                "; each wide product's two passes read the weights twice, docs/isa.md") + ")",
+             f"  projected at {c['clock_mhz']:g} MHz: decode "
+             f"{c['projected_decode_tokens_per_s']:.2f} tokens/s, prefill "
+             f"{c['projected_prefill_tokens_per_s']:.1f} tokens/s "
+             f"(at the roofline: {c['roofline_tokens_per_s']:.1f} tokens/s), on a board with the "
+             f"memory to hold the model",
+             f"wall time {r['wall_s']:.0f} s"]
+    return "\n".join(rows)

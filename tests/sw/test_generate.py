@@ -203,17 +203,21 @@ def test_generate_help_explains_itself(capsys):
     out = capsys.readouterr().out
     assert exc.value.code == 0
     for words in ("chat template", "--raw", "Greedy decoding", "--seed", "end-of-sequence",
-                  "prefill", "decode", "the RTL does not have yet", "--json", "--array"):
+                  "prefill", "decode", "the RTL does not have yet", "--json", "--array",
+                  "--reference", "teacher-forced agreement", "float's greedy continuation is "
+                  "still the reference"):
         assert words in " ".join(out.split()), words
 
 
-def test_the_isa_backend_generates_the_golden_tokens_with_cycles(capsys, model_file, generator):
+def test_the_isa_backend_generates_the_golden_tokens_with_cycles(capsys, model_file, generator,
+                                                                 session_float):
     """Every block, the final norm and the LM head compiled and run on the isa simulator (a
     build with the decoder's vector operations), the KV cache in its memory: the golden
-    model's tokens, and the simulator's cycles for the prefill and each decode step."""
+    model's tokens, and the simulator's cycles for the prefill and each decode step; with
+    --reference, float's greedy ids of the same raw prompt."""
     code, out, err = run(capsys, "generate", "The capital of France is", "--raw",
                          "--max-new-tokens", "2", "--backend", "isa", "--array", "16", "--json",
-                         "--model-file", model_file)
+                         "--reference", "--model-file", model_file)
     assert code == 0
     doc = json.loads(out)
     generator.generate("The capital of France is", 2, raw=True)
@@ -221,6 +225,11 @@ def test_the_isa_backend_generates_the_golden_tokens_with_cycles(capsys, model_f
     assert doc["backend"] == "isa" and doc["array"] == 16 and "not RTL" in doc["cycles_model"]
     assert doc["prefill"]["cycles"] > 0 and doc["decode"]["cycles_per_token"] > 0
     assert doc["decode"]["cycles"] == doc["decode"]["cycles_per_token"]
+    ref = doc["reference"]
+    assert ref["float_ids"] == session_float.generate(np.array(doc["prompt_ids"]), 2, stop=2)
+    assert ref["tokens"] == 2 and 0 <= ref["agreement"] <= 1
+    from celosia.sw.generate import first_divergence
+    assert ref["first_divergence"] == first_divergence(doc["generated_ids"], ref["float_ids"])
 
 
 def test_the_decoder_cache_is_built_once_checked_and_rebuilt_when_stale(
@@ -268,3 +277,151 @@ def test_the_decoder_cache_is_built_once_checked_and_rebuilt_when_stale(
     assert built == [1, 1]
     for f in (path, named):            # 140 MB each: not left in pytest's kept tmp folders
         f.unlink()
+
+
+# --- the float reference: celosia generate --reference, celosia bench generate ------------------
+
+@pytest.fixture(scope="module")
+def float_lm(smollm2):
+    from celosia.sw.llm import FloatTransformer
+    return FloatTransformer(smollm2.weights, smollm2.arch)
+
+
+@pytest.fixture
+def session_float(monkeypatch, float_lm):
+    """The session's float reference in place of reading the GGUF file again."""
+    from celosia.sw import generate
+    monkeypatch.setattr(generate, "load_float_decoder", lambda: float_lm)
+    return float_lm
+
+
+#: A chat prompt whose integer and float greedy continuations part at the second token.
+SKY = "Why is the sky blue?"
+
+
+def test_cli_reference_gives_float_ids_divergence_and_teacher_forced_agreement(
+        capsys, model_file, int_decoder, session_float):
+    code, out, err = run(capsys, "generate", SKY, "--max-new-tokens", "4", "--reference",
+                         "--json", "--model-file", model_file)
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    ref = doc["reference"]
+    assert {"float_ids", "float_text", "first_divergence", "agreement", "agreeing", "tokens",
+            "perplexity_integer", "perplexity_float"} <= ref.keys()
+    ids = np.array(doc["prompt_ids"])
+    eos = 2
+    float_ids = session_float.generate(ids, 4, stop=eos)
+    assert ref["float_ids"] == float_ids and ref["tokens"] == len(float_ids) == 4
+    # The agreement and divergence computed here apart from sw/accuracy.py.
+    seq = np.concatenate([ids, float_ids])
+    rows = slice(len(ids) - 1, len(seq) - 1)
+    integer = golden.decoder_logits(int_decoder, seq)[rows].argmax(-1)
+    floats = session_float.logits(seq)[rows].argmax(-1)
+    assert floats.tolist() == float_ids
+    same = integer == floats
+    assert ref["agreement"] == same.mean() and ref["agreeing"] == same.sum()
+    assert 0 < ref["agreement"] < 1                      # so a wrong count cannot pass by luck
+    mine = doc["generated_ids"]
+    diverge = next(n for n, (a, b) in enumerate(zip(mine, float_ids)) if a != b)
+    assert ref["first_divergence"] == diverge == int(np.flatnonzero(~same)[0])
+
+
+def test_cli_reference_summary_and_sampling(capsys, model_file, session_float):
+    """Without --json one summary line on stderr; with sampling the float model's greedy
+    continuation is still the reference."""
+    code, out, err = run(capsys, "generate", SKY, "--max-new-tokens", "3", "--reference",
+                         "--temperature", "0.9", "--seed", "1", "--model-file", model_file)
+    assert code == 0 and out.endswith("\n")
+    lines = err.splitlines()
+    assert "sampled at temperature 0.9" in lines[-2]
+    assert lines[-1].startswith("celosia: vs float (greedy, 3 tokens): ")
+    assert "teacher-forced agreement 0.667 (2 of 3)" in lines[-1]
+
+
+def test_generate_first_divergence():
+    from celosia.sw.generate import first_divergence
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2 == first_divergence([1, 2, 3], [1, 2])
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--prompts", "0"], "--prompts must be 1 or more, not 0"),
+    (["--tokens", "0"], "--tokens must be 1 or more, not 0"),
+    (["--isa-tokens", "0"], "--isa-tokens must be 1 or more, not 0"),
+    (["--clock-mhz", "0"], "--clock-mhz must be above 0"),
+    (["--array", "6"], "--array 6: "),
+    (["--prompts-file", "/no/such/prompts.txt"], "cannot read --prompts-file"),
+])
+def test_bench_generate_refuses_bad_settings_before_any_work(capsys, monkeypatch, argv, text):
+    from celosia.sw import generate
+    monkeypatch.setattr(generate, "load_decoder", lambda *a, **k: pytest.fail("model read"))
+    one_line_error(*run(capsys, "bench", "generate", *argv)[::2], text)
+
+
+def test_bench_generate_json_is_consistent(capsys, model_file, session_float):
+    """One prompt, 4 tokens, one isa decode step: the figures' fields and how they hang
+    together (the full set is the slow benchmark of docs/numerics.md and docs/isa.md)."""
+    code, out, err = run(capsys, "bench", "generate", "--prompts", "1", "--tokens", "4",
+                         "--isa-tokens", "1", "--clock-mhz", "50", "--json",
+                         "--model-file", model_file)
+    assert code == 0
+    assert "quality: 1 prompts" in err and "cycles: isa at 16x16" in err
+    doc = json.loads(out)
+    q, s, c = doc["quality"], doc["speed"], doc["cycles"]
+    assert q["prompts"] == 1 and 1 <= q["continuation_tokens"] <= 4
+    assert q["per_prompt"][0]["prompt"] == "What is the capital of France?"
+    for key in ("agreement", "paragraph_agreement"):
+        assert 0 <= q[key] <= 1
+    assert q["perplexity_ratio"] == pytest.approx(q["perplexity_integer"] / q["perplexity_float"])
+    assert q["paragraph_perplexity_ratio"] == pytest.approx(
+        q["paragraph_perplexity_integer"] / q["paragraph_perplexity_float"])
+    # The golden run's greedy ids against float's continuation.
+    assert s["prefill"]["tokens"] == s["prompt_tokens"] and s["prefill"]["tokens_per_s"] > 0
+    assert s["decode"]["tokens"] == len(s["generated_ids"]) - 1
+    assert s["greedy_first_divergence"] == q["per_prompt"][0]["first_divergence"]
+    # The isa run: one decode step, the golden tokens, the roofline of every weight byte.
+    assert c["array"] == 16 and c["decode_steps"] == 1 and c["same_tokens_as_golden"]
+    assert c["decode_cycles_per_token"] == c["decode_cycles"] > 0
+    assert c["roofline_port_bytes"] == 32
+    assert c["roofline_weight_bytes"] == 30 * (576 * 960 + 576 * 576 + 576 * 3072
+                                               + 1536 * 576) + 576 * 49152
+    assert c["roofline_cycles"] == -(-c["roofline_weight_bytes"] // 32)
+    assert c["roofline_ratio"] == pytest.approx(c["roofline_cycles"] / c["decode_cycles_per_token"])
+    assert 0.2 < c["roofline_ratio"] < 0.3                # docs/isa.md: about 0.24
+    assert c["projected_decode_tokens_per_s"] == pytest.approx(50e6 / c["decode_cycles_per_token"])
+    assert c["roofline_tokens_per_s"] == pytest.approx(50e6 / c["roofline_cycles"])
+    assert doc["targets_met"]["roofline_ratio"] is False
+    assert doc["targets_met"]["agreement"] == (q["agreement"] >= 0.96)
+
+
+
+def test_bench_generate_help_states_the_targets(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exc.value.code == 0
+    for words in (">= 0.96", "within 3%", "memory roofline", ">= 0.8", "--clock-mhz",
+                  "--prompts N", "--tokens T", "not RTL"):
+        assert words in out, words
+
+
+@pytest.mark.slow
+def test_bench_generate_full_set_gives_the_documented_figures(capsys, model_file, session_float):
+    """The defaults (12 prompts, 32 tokens, 2 isa decode steps): the figures of
+    docs/numerics.md ("Quality (measured)") and docs/isa.md (the memory roofline)."""
+    code, out, err = run(capsys, "bench", "generate", "--json", "--model-file", model_file)
+    assert code == 0
+    doc = json.loads(out)
+    q, c = doc["quality"], doc["cycles"]
+    assert q["prompts"] == 12 and q["continuation_tokens"] == 360
+    assert q["agreement"] == pytest.approx(347 / 360)
+    assert q["perplexity_ratio"] == pytest.approx(1.0052, abs=1e-4)
+    assert q["paragraph_perplexity_ratio"] == pytest.approx(1.0087, abs=1e-4)
+    assert [p["first_divergence"] for p in q["per_prompt"]] == [
+        None, 28, 10, 6, 13, 12, None, None, 13, 6, None, 1]
+    assert doc["speed"]["greedy_first_divergence"] == 28
+    assert c["decode_cycles_per_token"] == 17_285_289 and c["roofline_cycles"] == 4_202_496
+    assert c["roofline_ratio"] == pytest.approx(0.243, abs=5e-4)
+    assert doc["targets_met"] == {"agreement": True, "perplexity_ratio": True,
+                                  "paragraph_perplexity_ratio": True, "roofline_ratio": False}
