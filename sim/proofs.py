@@ -25,7 +25,8 @@ from amaranth.lib import data
 from celosia.hdl.axi import AxiMaster
 from celosia.hdl.controller import Controller, SerialSpanCheck, SpanCheck
 from celosia.hdl.csr import CsrBlock
-from celosia.hdl.params import FULL, K_MAX, SMALL
+from celosia.hdl.engine import MatmulEngine
+from celosia.hdl.params import FULL, K_MAX, SMALL, Sizing
 from celosia.hdl.pipeline import CreditCounter, SkidBuffer
 from celosia.hdl.sequencer import Writer
 
@@ -194,10 +195,13 @@ def _controller(cls=Controller, sizing=FULL, port_bytes=16, mem_faults=True):
                serial_check=sizing.serial_check, mem_faults=mem_faults)
 
 
-def _checked_c(cls=Controller, small=False):
-    if small:
-        return lambda: props.ControllerSpec(_controller(cls, SMALL, mem_faults=False))
-    return lambda: props.ControllerSpec(_controller(cls))
+#: The ULX3S's sizing (fpga/boards.py): the full build with the serial span check.
+ULX3S_SIZING = Sizing(serial_check=True)
+
+
+def _checked_c(cls=Controller, sizing=FULL):
+    # The iCEBreaker's (SMALL) memory is native: no AXI faults.
+    return lambda: props.ControllerSpec(_controller(cls, sizing, mem_faults=sizing is not SMALL))
 
 
 #: The matmul engine's writer of the proof: N = 2, W = 4 (the iCEBreaker's array and port),
@@ -210,6 +214,23 @@ WRITER_ARRAY, WRITER_PORT_BYTES, WRITER_ADDR_BITS, WRITER_K_MAX = 2, 4, 8, 512
 def _writer(cls=Writer):
     return lambda: props.WriterSpec(cls(WRITER_ARRAY, WRITER_PORT_BYTES, WRITER_ADDR_BITS,
                                         k_max=WRITER_K_MAX), WRITER_K_MAX)
+
+
+#: The matmul engine of the write-path proof: N = 2, W = 4, K_MAX 4 and 8 address bits (as the
+#: writer's proof), its own command register and write stage as the full build has them, and
+#: either the small build's datapath (one serial epilogue lane, no output queue: the default
+#: run) or the full build's (``full``: slow).
+ENGINE_K_MAX = 4
+
+
+def _engine(cls=MatmulEngine, full=False):
+    def make():
+        small = {} if full else dict(epilogue_lanes=1, serial_epilogue=True, bram_pads=True,
+                                     result_rows=WRITER_ARRAY, output_rows=0)
+        engine = cls(WRITER_ARRAY, WRITER_PORT_BYTES, k_max=ENGINE_K_MAX, outstanding=2,
+                     addr_bits=WRITER_ADDR_BITS, hold_cmd=False, port_stages=True, **small)
+        return props.EngineWriteSpec(engine, ENGINE_K_MAX)
+    return make
 
 
 #: The liveness proof's environment: the memory takes a request and returns each owed beat
@@ -341,12 +362,21 @@ PROOFS: tuple[Proof, ...] = (
     Proof("controller_checked_c_small", "Controller (SMALL sizing: no issue slot, serial span "
           "check, 16 address bits, native memory; W = 16): the same, with the command held in "
           "the instruction register until the engine answers, and a window inside 64 KiB",
-          _checked_c(small=True), 22, cover_depth=None,
+          _checked_c(sizing=SMALL), 22, cover_depth=None,
           abstraction="as controller_checked_c; W = 16 rather than the iCEBreaker's 4 (W sets "
                       "only the fetch's beat count); the narrow span check's meaning is "
                       "serial_span_check_narrow's proof; its cover lies past the depth "
                       "(controller_checked_c reaches it)",
-          mutants=(Mutant("forgetting_c", _checked_c(props.ControllerForgettingC, small=True)),)),
+          mutants=(Mutant("forgetting_c", _checked_c(props.ControllerForgettingC, SMALL)),)),
+    Proof("controller_checked_c_ulx3s", "Controller (the ULX3S's sizing: issue slot, serial "
+          "span check, 32-bit addresses, AXI faults; W = 16): the same",
+          _checked_c(sizing=ULX3S_SIZING), 22, cover_depth=None,
+          abstraction="as controller_checked_c; its cover lies past the depth "
+                      "(controller_checked_c reaches it)",
+          mutants=(Mutant("forgetting_c",
+                          _checked_c(props.ControllerForgettingC, ULX3S_SIZING)),
+                   Mutant("wrapped_window",
+                          _checked_c(props.ControllerAcceptingWrappedWindow, ULX3S_SIZING)))),
     Proof("writer_in_span", "Writer (the matmul engine's result writer, N = 2, W = 4): every "
           "write beat starts inside the command's C operand [c_addr, c_addr + (M - 1) * "
           "c_stride + N * out_bytes), is W-aligned, and is offered only while a command runs, "
@@ -356,6 +386,22 @@ PROOFS: tuple[Proof, ...] = (
                       "rows' data and timing free (they do not steer the writer); the "
                       "command held from start to done as the engine holds it",
           mutants=(Mutant("writing_empty_beats", _writer(props.WriterWritingEmptyBeats)),)),
+    Proof("engine_writes_in_c", "MatmulEngine (N = 2, W = 4, its own command register and "
+          "write stage, the small build's datapath): every beat on the memory port's write "
+          "channel starts inside the C operand of the command taken last and is W-aligned, "
+          "for any command the controller issues and any memory",
+          _engine(), 3, cover_depth=None,
+          abstraction=f"{WRITER_ADDR_BITS} address bits, K_MAX {ENGINE_K_MAX}; the memory's "
+                      "data and timing free; the loader, array and epilogue run as built; "
+                      "writer_in_span reaches the writer's cover (the engine's first write "
+                      "lies past any depth that runs in CI)",
+          mutants=(Mutant("taking_commands_while_busy",
+                          _engine(props.EngineTakingCommandsWhileBusy)),)),
+    Proof("engine_writes_in_c_full", "MatmulEngine with the full build's datapath (six-stage "
+          "epilogue, output queue of 16 rows): the same",
+          _engine(full=True), 1, cover_depth=None, slow=True,
+          abstraction=f"as engine_writes_in_c; depth 1 (the invariants are 1-inductive; its "
+                      "mutant runs on engine_writes_in_c)"),
     Proof("controller_liveness", _LIVENESS_CLAIM, _liveness(), 24, mode="bmc",
           cover_depth=None, abstraction=_LIVENESS_ABSTRACTION + "; depth 24: the first "
           "instruction of each class (controller_liveness_deep: 32)",

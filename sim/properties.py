@@ -7,13 +7,14 @@ promises; a value from an earlier cycle is a register of the harness. The named 
 :func:`celosia.sim.proofs.run` checks are built from these classes.
 
 A mutant is the design with one deliberate bug, made by overriding ``elaborate`` and adding a
-statement after the design's own (the later assignment wins). Each one breaks exactly the
+statement after the design's own (the later assignment wins), or by overriding the one method
+that computes the broken value. Each one breaks exactly the
 property its docstring names; a proof that still passes on it would prove nothing.
 """
 
 
 from amaranth import *
-from amaranth.hdl import Assert, Assume, Cover, ValueCastable
+from amaranth.hdl import Assert, Assume, Cover, Fragment, ValueCastable
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -21,7 +22,7 @@ from celosia.hdl import isa
 from celosia.hdl.axi import AXI4LiteSignature, AXI4Signature, AxiMaster, BURST_INCR
 from celosia.hdl.controller import Controller, SerialSpanCheck, SpanCheck
 from celosia.hdl.csr import CSR_ADDR_BITS, CsrBlock
-from celosia.hdl.engine import MemoryPortSignature
+from celosia.hdl.engine import MatmulEngine, MemoryPortSignature
 from celosia.hdl.params import DONE_BITS, command_layout
 from celosia.hdl.sequencer import Writer, compute_plan, plan_layout
 from celosia.hdl.pipeline import CreditCounter, SkidBuffer
@@ -31,12 +32,14 @@ __all__ = [
     "SkidBufferLosingSkid", "SkidBufferBypassingSkid", "CreditCounterLateOk",
     "AxiMasterAwNotHeld", "AxiMasterShortWriteBurst", "AxiMasterLongReadBurst",
     "AxiMasterMovingBurst",
-    "AxiMasterUncountedWrites", "AxiMasterWritingNextBeat", "AxiMasterFenceSpec", "AxiMasterFenceDroppingAr",
+    "AxiMasterUncountedWrites", "AxiMasterWritingNextBeat", "AxiMasterFenceSpec",
+    "AxiMasterFenceDroppingAr",
     "AxiMasterForgettingStale", "CsrBlockIgnoringStrobes", "CsrBlockSwappedWindow",
     "SpanCheckWithoutRowBytes", "SpanCheckWithoutBase", "SerialSpanCheckSpec",
     "SerialSpanCheckSkippingRowBytes", "SerialSpanCheckIgnoringOverflow",
     "WriterSpec", "WriterWritingEmptyBeats", "ControllerSpec", "ControllerAcceptingWrappedWindow",
-    "ControllerForgettingC", "ControllerLivenessSpec", "ControllerScanningShort",
+    "ControllerForgettingC", "ControllerLivenessSpec", "EngineWriteSpec",
+    "EngineTakingCommandsWhileBusy", "ControllerScanningShort",
     "LIVENESS_CLASSES",
 ]
 
@@ -955,15 +958,10 @@ class WriterSpec(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         dut = self.dut
-        n, w, ab = dut.array, dut.port_bytes, dut.addr_bits
-        lw = w.bit_length() - 1
-        blocks = dut.group // n
         m.submodules.dut = _elaborated(dut, platform)
-        probe = dut._probe
-        walk = probe["walk"]
         cmd = self.cmd
-        plan = Signal(plan_layout(n, w, self.k_max))
-        compute_plan(m, cmd, plan, n, w)
+        plan = Signal(plan_layout(dut.array, dut.port_bytes, self.k_max))
+        compute_plan(m, cmd, plan, dut.array, dut.port_bytes)
         m.d.comb += [dut.start.eq(self.start), dut.cmd.eq(cmd), dut.plan.eq(plan),
                      dut.i.valid.eq(self.i_valid), dut.i.payload.as_value().eq(self.i_payload),
                      dut.wr.ready.eq(self.wr_ready)]
@@ -977,51 +975,171 @@ class WriterSpec(wiring.Component):
             m.d.sync += running.eq(0)
         m.d.comb += [Assume(~running | (cmd.as_value() == saved.as_value())),
                      Assume(~self.start | ~running)]
-        ob_log, row_bytes = _c_operand(cmd)
-        rows_m1 = (cmd.m - 1)[:16]
-        span_end = cmd.c_addr + rows_m1 * cmd.c_stride + row_bytes
+        span_end, issued = _issued_command(cmd, dut.addr_bits, dut.port_bytes, self.k_max)
         with m.If(self.start | running):
-            m.d.comb += [
-                Assume((cmd.m != 0) & (cmd.n != 0) & (cmd.k != 0) & (cmd.k <= self.k_max)),
-                Assume((cmd.c_addr[:lw] == 0) & (cmd.c_stride[:lw] == 0)),
-                Assume((cmd.m == 1) | (cmd.c_stride >= row_bytes)),
-                Assume(span_end <= (1 << ab)),
-                # Implied by the three above (a stride is at least W when M > 1), and stated
-                # for the solver: it bounds the row counters.
-                Assume(cmd.m <= (1 << (ab - lw))),
-            ]
-        m.d.comb += Assert(probe["running"] == running, "writer running outside a command")
-
-        # The address registers as products of the stride (modulo 2**ab, as the writer
-        # computes them), and the walk inside the command.
-        stride = cmd.c_stride[:ab]
-        beats_m1 = [max(1, (n << ob) // w) - 1 for ob in range(3)]
-        with m.If(running):
-            panel_row = Cat(C(0, n.bit_length() - 1), walk.p)
-            m.d.comb += [
-                Assert(walk.p <= plan.np_m1, "panel past the last"),
-                Assert(walk.g <= plan.ng_m1, "group past the last"),
-                Assert(walk.blk <= Mux(walk.g_last, plan.nblk_m1, blocks - 1),
-                       "tile past the group's last"),
-                Assert(probe["beat"] <= Mux(plan.ob_log2 == 2, beats_m1[2],
-                                            Mux(plan.ob_log2 == 1, beats_m1[1], beats_m1[0])),
-                       "beat past the row's last"),
-                Assert(probe["panel_addr"] == (cmd.c_addr + panel_row[:ab - lw] * stride)[:ab],
-                       "panel address off c_addr + p * N * c_stride"),
-                Assert(probe["row_addr"] == (probe["panel_addr"] + probe["row"] * stride)[:ab],
-                       "row address off the panel's + row * c_stride"),
-            ]
+            m.d.comb += [Assume(a) for a in issued]
+        m.d.comb += Assert(dut._probe["running"] == running, "writer running outside a command")
+        _writer_invariants(m, dut, cmd, plan)
         with m.If(dut.wr.valid):
-            addr = dut.wr.payload.addr
-            m.d.comb += [
-                Assert(running, "a write outside a command"),
-                Assert((addr >= cmd.c_addr) & (addr < span_end),
-                       "a write beat starts outside the command's C operand"),
-                Assert(addr[:lw] == 0, "a write beat not aligned to W"),
-            ]
+            m.d.comb += Assert(running, "a write outside a command")
+            _inside_c(m, dut.wr.payload.addr, cmd, span_end, dut.port_bytes)
         # Reachable: C's last beat, of a command of more than one row.
         m.d.comb += Cover(dut.wr.valid & dut.wr.ready & (cmd.m > 1)
-                          & (dut.wr.payload.addr + w == span_end))
+                          & (dut.wr.payload.addr + dut.port_bytes == span_end))
+        return m
+
+
+def _issued_command(cmd, ab, w, k_max):
+    """C's end, and what the controller's checks guarantee of a matmul command it issues (as
+    conditions): M, K, N at least 1, K at most ``k_max``, ``c_addr`` and ``c_stride``
+    multiples of W, a stride at least as long as C's row when M > 1, C's end at or below
+    ``2**ab`` (the window lies inside what the build reaches)."""
+    lw = w.bit_length() - 1
+    ob_log, row_bytes = _c_operand(cmd)
+    rows_m1 = (cmd.m - 1)[:16]
+    span_end = cmd.c_addr + rows_m1 * cmd.c_stride + row_bytes
+    return span_end, [
+        (cmd.m != 0) & (cmd.n != 0) & (cmd.k != 0) & (cmd.k <= k_max),
+        (cmd.c_addr[:lw] == 0) & (cmd.c_stride[:lw] == 0),
+        (cmd.m == 1) | (cmd.c_stride >= row_bytes),
+        span_end <= (1 << ab),
+        # Implied by the three above (a stride is at least W when M > 1), and stated for the
+        # solver: it bounds the row counters.
+        cmd.m <= (1 << (ab - lw)),
+    ]
+
+
+def _inside_c(m, addr, cmd, span_end, w):
+    """Assert that a write beat at ``addr`` starts inside C and is W-aligned."""
+    lw = w.bit_length() - 1
+    m.d.comb += [
+        Assert((addr >= cmd.c_addr) & (addr < span_end),
+               "a write beat starts outside the command's C operand"),
+        Assert(addr[:lw] == 0, "a write beat not aligned to W"),
+    ]
+
+
+def _writer_invariants(m, dut, cmd, plan):
+    """While the :class:`Writer` ``dut`` runs: the address registers as products of the
+    stride (modulo 2**ab, as the writer computes them), and the walk inside the command."""
+    n, w, ab = dut.array, dut.port_bytes, dut.addr_bits
+    lw = w.bit_length() - 1
+    blocks = dut.group // n
+    probe = dut._probe
+    walk = probe["walk"]
+    stride = cmd.c_stride[:ab]
+    beats_m1 = [max(1, (n << ob) // w) - 1 for ob in range(3)]
+    with m.If(probe["running"]):
+        panel_row = Cat(C(0, n.bit_length() - 1), walk.p)
+        m.d.comb += [
+            Assert(walk.p <= plan.np_m1, "panel past the last"),
+            Assert(walk.g <= plan.ng_m1, "group past the last"),
+            Assert(walk.blk <= Mux(walk.g_last, plan.nblk_m1, blocks - 1),
+                   "tile past the group's last"),
+            Assert(probe["beat"] <= Mux(plan.ob_log2 == 2, beats_m1[2],
+                                        Mux(plan.ob_log2 == 1, beats_m1[1], beats_m1[0])),
+                   "beat past the row's last"),
+            Assert(probe["panel_addr"] == (cmd.c_addr + panel_row[:ab - lw] * stride)[:ab],
+                   "panel address off c_addr + p * N * c_stride"),
+            Assert(probe["row_addr"] == (probe["panel_addr"] + probe["row"] * stride)[:ab],
+                   "row address off the panel's + row * c_stride"),
+        ]
+
+
+class _Elaborated(Elaboratable):
+    """A fragment already elaborated, as a submodule."""
+
+    def __init__(self, fragment):
+        self.fragment = fragment
+
+    def elaborate(self, platform):
+        return self.fragment
+
+
+class EngineWriteSpec(wiring.Component):
+    """Every beat a :class:`MatmulEngine` puts on its memory port's write channel starts
+    inside the C operand of the command it took last, for any command the controller issues
+    and any memory: :class:`WriterSpec`'s claim through the engine's own command register,
+    plan register, state machine and write stage.
+
+    Free inputs: the command stream (its payload with what the controller's checks guarantee
+    while it is offered), the memory's side of the port (read data and timing, write
+    ``ready``) and ``done.ready``. The rest of the engine (loader, array, epilogue, queues)
+    runs as built: whatever it does, the writer's addresses do not depend on it.
+
+    Invariants the induction needs, beyond the writer's: the command register holds the
+    command taken from CHECK to DONE and the plan is its plan from START; the writer runs
+    only in RUN; the write stage holds beats only in RUN and FLUSH, each inside C.
+    """
+
+    def __init__(self, dut, k_max: int):
+        self.dut, self.k_max = dut, k_max
+        super().__init__({"cmd": In(stream.Signature(command_layout())),
+                          "done": Out(stream.Signature(DONE_BITS)),
+                          "mem": Out(MemoryPortSignature(dut.port_bytes))})
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self.dut
+        dut._MustUse__silence = True
+        m.submodules.dut = _Elaborated(Fragment.get(dut, platform))
+        wiring.connect(m, wiring.flipped(self.cmd), dut.cmd)
+        wiring.connect(m, dut.done, wiring.flipped(self.done))
+        wiring.connect(m, dut.mem, wiring.flipped(self.mem))
+        p = dut._probe
+        fsm, writer, stage = p["fsm"], p["writer"], p["wr_stage"]
+        ab, w = dut.addr_bits, dut.port_bytes
+
+        saved = Signal(command_layout())
+        with m.If(dut.cmd.valid & dut.cmd.ready):
+            m.d.sync += saved.eq(dut.cmd.payload)
+        _, offered = _issued_command(dut.cmd.payload, ab, w, self.k_max)
+        with m.If(dut.cmd.valid):
+            m.d.comb += [Assume(a) for a in offered]
+        span_end, held = _issued_command(saved, ab, w, self.k_max)
+        taken = ~fsm.ongoing("IDLE")
+        if dut.hold_cmd:
+            # The controller without an issue slot holds the command until done is taken.
+            with m.If(taken):
+                m.d.comb += Assume(dut.cmd.payload.as_value() == saved.as_value())
+        with m.If(taken):
+            m.d.comb += [Assert(a, "the command held is not one the controller issues")
+                         for a in held]
+            m.d.comb += Assert(p["cmd"].as_value() == saved.as_value(),
+                               "the command register moved")
+        with m.If(fsm.ongoing("START") | fsm.ongoing("RUN") | fsm.ongoing("FLUSH")):
+            m.d.comb += Assert(p["plan"].as_value() == p["plan_now"].as_value(),
+                               "the plan is not the command's")
+        m.d.comb += Assert(~writer._probe["running"] | fsm.ongoing("RUN"),
+                           "the writer runs outside RUN")
+        _writer_invariants(m, writer, saved, p["plan"])
+        if stage is not None:
+            busy = fsm.ongoing("RUN") | fsm.ongoing("FLUSH")
+            m.d.comb += Assert(~stage._skid_valid | stage.o.valid, "skid entry before main")
+            with m.If(stage.o.valid):
+                m.d.comb += Assert(busy, "a beat held in the write stage outside a command")
+                _inside_c(m, stage._main_payload.addr, saved, span_end, w)
+            with m.If(stage._skid_valid):
+                m.d.comb += Assert(busy, "a beat held in the write stage outside a command")
+                _inside_c(m, stage._skid_payload.addr, saved, span_end, w)
+        with m.If(writer.wr.valid):
+            _inside_c(m, writer.wr.payload.addr, saved, span_end, w)
+        with m.If(dut.mem.wr.valid):
+            m.d.comb += Assert(taken, "a write outside a command")
+            _inside_c(m, dut.mem.wr.payload.addr, saved, span_end, w)
+        m.d.comb += Cover(dut.mem.wr.valid & dut.mem.wr.ready & (saved.m > 1)
+                          & (dut.mem.wr.payload.addr + w == span_end))
+        return m
+
+
+class EngineTakingCommandsWhileBusy(MatmulEngine):
+    """Mutant: ``cmd.ready`` is high in every state, so a command offered while the engine
+    runs is taken (and lost: the engine goes on with the first, or, holding none of its own,
+    with the new one's fields mid-run)."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.comb += self.cmd.ready.eq(1)
         return m
 
 
