@@ -362,17 +362,15 @@ PROOFS: tuple[Proof, ...] = (
     Proof("controller_checked_c_small", "Controller (SMALL sizing: no issue slot, serial span "
           "check, 16 address bits, native memory; W = 16): the same, with the command held in "
           "the instruction register until the engine answers, and a window inside 64 KiB",
-          _checked_c(sizing=SMALL), 22, cover_depth=None,
+          _checked_c(sizing=SMALL), 22, cover_depth=36,
           abstraction="as controller_checked_c; W = 16 rather than the iCEBreaker's 4 (W sets "
                       "only the fetch's beat count); the narrow span check's meaning is "
-                      "serial_span_check_narrow's proof; its cover lies past the depth "
-                      "(controller_checked_c reaches it)",
+                      "serial_span_check_narrow's proof",
           mutants=(Mutant("forgetting_c", _checked_c(props.ControllerForgettingC, SMALL)),)),
     Proof("controller_checked_c_ulx3s", "Controller (the ULX3S's sizing: issue slot, serial "
           "span check, 32-bit addresses, AXI faults; W = 16): the same",
-          _checked_c(sizing=ULX3S_SIZING), 22, cover_depth=None,
-          abstraction="as controller_checked_c; its cover lies past the depth "
-                      "(controller_checked_c reaches it)",
+          _checked_c(sizing=ULX3S_SIZING), 22, cover_depth=36,
+          abstraction="as controller_checked_c",
           mutants=(Mutant("forgetting_c",
                           _checked_c(props.ControllerForgettingC, ULX3S_SIZING)),
                    Mutant("wrapped_window",
