@@ -401,11 +401,11 @@ PROOFS: tuple[Proof, ...] = (
           abstraction=f"as engine_writes_in_c; depth 1 (the invariants are 1-inductive; its "
                       "mutant runs on engine_writes_in_c)"),
     Proof("controller_liveness", _LIVENESS_CLAIM, _liveness(), 24, mode="bmc",
-          cover_depth=None, abstraction=_LIVENESS_ABSTRACTION + "; depth 24: the first "
+          cover_depth=16, abstraction=_LIVENESS_ABSTRACTION + "; depth 24: the first "
           "instruction of each class (controller_liveness_deep: 32)",
           mutants=(Mutant("scanning_short", _liveness(props.ControllerScanningShort)),)),
     Proof("controller_liveness_deep", _LIVENESS_CLAIM, _liveness(), 32, mode="bmc",
-          cover_depth=None, slow=True,
+          cover_depth=None, slow=True,          # the same harness: controller_liveness's covers
           abstraction=_LIVENESS_ABSTRACTION + "; depth 32: also a HALT or SYNC waiting for a "
           "MATMUL issued before it",
           mutants=(Mutant("scanning_short", _liveness(props.ControllerScanningShort)),)),

@@ -1453,6 +1453,12 @@ class ControllerLivenessSpec(wiring.Component):
         bound = Signal.like(t)
         m.d.comb += bound.eq(Array(C(self.bounds[name], len(t)) for name in LIVENESS_CLASSES)[cls])
         m.d.comb += Assert(t <= bound, "an instruction took longer than its class's bound")
+        # Reachable: an instruction of every class ends (the environment leaves each one
+        # something to check).
+        was_between = Signal(init=1)
+        m.d.sync += was_between.eq(between)
+        for i, name in enumerate(LIVENESS_CLASSES):
+            m.d.comb += Cover(between & ~was_between & (cls == i))
         return m
 
 
