@@ -865,6 +865,8 @@ class Controller(wiring.Component):
                            is_vec=is_vec, any_outside=any_outside, outside=outside,
                            check_step=check_step, c_op=mm_ops[2], unit_err=unit_err,
                            abort_req=abort_req, mm_unit=units["mm"], instr=instr,
+                           vec=vec, vec_ops=vec_ops if self.vector else None,
+                           vec_unit=units.get("vec"),
                            op=(op_used, op_addr, op_rows, op_stride, op_rb),
                            scan_req=req_n, scan_beats=beats)
         return m

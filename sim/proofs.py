@@ -188,9 +188,10 @@ def _skid(shape, cls=SkidBuffer):
     return lambda: props.SkidBufferSpec(cls(shape))
 
 
-def _controller(cls=Controller, sizing=FULL, port_bytes=16, mem_faults=True):
-    """The controller as an accelerator of ``sizing`` builds it, without the vector unit."""
-    return cls(port_bytes, vector=False, k_max=K_MAX, queue=sizing.queue,
+def _controller(cls=Controller, sizing=FULL, port_bytes=16, mem_faults=True, vector=False):
+    """The controller as an accelerator of ``sizing`` builds it (without the vector unit
+    unless ``vector``)."""
+    return cls(port_bytes, vector=vector, k_max=K_MAX, queue=sizing.queue,
                addr_bits=sizing.addr_bits, issue_slot=sizing.issue_slot,
                serial_check=sizing.serial_check, mem_faults=mem_faults)
 
@@ -199,9 +200,10 @@ def _controller(cls=Controller, sizing=FULL, port_bytes=16, mem_faults=True):
 ULX3S_SIZING = Sizing(serial_check=True)
 
 
-def _checked_c(cls=Controller, sizing=FULL):
+def _checked_c(cls=Controller, sizing=FULL, vector=False):
     # The iCEBreaker's (SMALL) memory is native: no AXI faults.
-    return lambda: props.ControllerSpec(_controller(cls, sizing, mem_faults=sizing is not SMALL))
+    return lambda: props.ControllerSpec(_controller(cls, sizing, mem_faults=sizing is not SMALL,
+                                                    vector=vector))
 
 
 #: The matmul engine's writer of the proof: N = 2, W = 4 (the iCEBreaker's array and port),
@@ -375,6 +377,17 @@ PROOFS: tuple[Proof, ...] = (
                           _checked_c(props.ControllerForgettingC, ULX3S_SIZING)),
                    Mutant("wrapped_window",
                           _checked_c(props.ControllerAcceptingWrappedWindow, ULX3S_SIZING)))),
+    Proof("controller_checked_vector", "Controller with the vector unit (full build, W = 16): "
+          "the same for MATMUL commands, and every VECTOR command offered to the vector engine "
+          "has destination rows and row exponents (when its op writes them) that passed the "
+          "span check against the window latched at START",
+          _checked_c(vector=True), 12, cover_depth=20,
+          abstraction="as controller_checked_c, the vector engine's answers free too; the "
+                      "vector engine's own writes are not proved to stay inside those operands",
+          mutants=(Mutant("forgetting_dst", _checked_c(props.ControllerForgettingDst,
+                                                       vector=True)),
+                   Mutant("forgetting_c", _checked_c(props.ControllerForgettingC,
+                                                     vector=True)))),
     Proof("writer_in_span", "Writer (the matmul engine's result writer, N = 2, W = 4): every "
           "write beat starts inside the command's C operand [c_addr, c_addr + (M - 1) * "
           "c_stride + N * out_bytes), is W-aligned, and is offered only while a command runs, "

@@ -38,7 +38,7 @@ __all__ = [
     "SpanCheckWithoutRowBytes", "SpanCheckWithoutBase", "SerialSpanCheckSpec",
     "SerialSpanCheckSkippingRowBytes", "SerialSpanCheckIgnoringOverflow",
     "WriterSpec", "WriterWritingEmptyBeats", "ControllerSpec", "ControllerAcceptingWrappedWindow",
-    "ControllerForgettingC", "ControllerLivenessSpec", "EngineWriteSpec",
+    "ControllerForgettingC", "ControllerForgettingDst", "ControllerLivenessSpec", "EngineWriteSpec",
     "EngineTakingCommandsWhileBusy", "ControllerScanningShort",
     "LIVENESS_CLASSES",
 ]
@@ -1188,6 +1188,9 @@ class ControllerSpec(wiring.Component):
         members = {"mem": Out(MemoryPortSignature(W)),
                    "mm_cmd": Out(stream.Signature(command_layout())),
                    "mm_done": In(stream.Signature(DONE_BITS))}
+        if dut.vector:
+            members.update({"vec_cmd": Out(stream.Signature(isa.vector_layout())),
+                            "vec_done": In(stream.Signature(DONE_BITS))})
         self._scalars = ["writes_idle", "start", "abort", "prog_addr", "win_base", "win_size"]
         if dut.mem_faults:
             self._scalars += ["mem_fault", "mem_fault_code", "mem_fault_port", "mem_quiet"]
@@ -1204,6 +1207,9 @@ class ControllerSpec(wiring.Component):
         wiring.connect(m, dut.mem, wiring.flipped(self.mem))
         wiring.connect(m, dut.mm_cmd, wiring.flipped(self.mm_cmd))
         wiring.connect(m, wiring.flipped(self.mm_done), dut.mm_done)
+        if dut.vector:
+            wiring.connect(m, dut.vec_cmd, wiring.flipped(self.vec_cmd))
+            wiring.connect(m, wiring.flipped(self.vec_done), dut.vec_done)
         for name in self._scalars:
             m.d.comb += getattr(dut, name).eq(getattr(self, name))
         p = dut._probe
@@ -1232,64 +1238,22 @@ class ControllerSpec(wiring.Component):
             m.d.comb += Assert(start_base + start_size <= (1 << ab),
                                "a run under way with a window past the build's reach")
 
-        # The C operand's check, as the span check saw it.
-        used, op_addr, op_rows, op_stride, op_rb = p["op"]
-        fields = Cat(op_addr, op_rows, op_stride, op_rb)
-        _, c_addr, c_rows, c_stride, c_rb = p["c_op"]
-        c_fields = Cat(c_addr, c_rows, c_stride, c_rb)
-        rec = Signal(len(fields))
-        rec_window = Signal(len(Cat(p["base"], p["win_end"])))
-        rec_out = Signal()
-        window = Cat(p["base"], p["win_end"])
-        with m.If(st["CHECK"] & p["check_step"] & (p["idx"] == 2) & ~p["is_vec"]):
-            m.d.sync += [rec.eq(fields), rec_window.eq(window), rec_out.eq(p["outside"])]
-        with m.If(st["CHECK"] & ~p["is_vec"] & (p["idx"] == 2)):
-            m.d.comb += Assert(used & (fields == c_fields), "C is not operand 2 of the check")
-        after_c = ((st["CHECK"] & (p["idx"] > 2)) | st["RESOLVE"] | st["PSCAN"] | st["SCANNED"]
-                   | st["ISSUE"] | (st["HOLD"] if not dut.issue_slot else 0))
-        with m.If(after_c & ~p["is_vec"]):
-            m.d.comb += [
-                Assert(rec == c_fields, "the instruction's C operand is not the one checked"),
-                Assert(rec_window == window, "C checked against another window"),
-                Assert(p["any_outside"] | ~rec_out, "a failed check of C forgotten"),
-            ]
-        with m.If((st["PSCAN"] | st["SCANNED"] | st["ISSUE"]) & ~p["is_vec"]):
-            m.d.comb += Assert(~p["any_outside"], "a command outside the window past RESOLVE")
-
-        # The slot (or, without one, the instruction register) as the engine sees it.
+        m.d.comb += Assert(~p["any_outside"] | ~(st["PSCAN"] | st["SCANNED"] | st["ISSUE"]
+                                                 | (st["HOLD"] if not dut.issue_slot else 0)),
+                           "a command outside the window past RESOLVE")
+        _destination_check(self, m, st, p, "c", vec=False, idx=2, stream=dut.mm_cmd,
+                          operand=lambda c: (c.c_addr, c.m, c.c_stride, _c_operand(c)[1]))
+        if dut.vector:
+            # The vector engine writes its destination rows and, for the ops that make them,
+            # the row exponents.
+            def fmt_log(fmt):
+                return Mux(fmt == 3, 2, Mux(fmt == 2, 1, 0))
+            _destination_check(self, m, st, p, "dst", vec=True, idx=3, stream=dut.vec_cmd,
+                              operand=lambda c: (c.dst_addr, c.rows, c.dst_stride,
+                                                 c.cols << fmt_log(c.dst_fmt)))
+            _destination_check(self, m, st, p, "e", vec=True, idx=4, stream=dut.vec_cmd,
+                              operand=lambda c: (c.e_addr, C(1, 1), C(0, 32), c.rows))
         cmd = dut.mm_cmd.payload
-        slot_c = Cat(cmd.c_addr[:ab], cmd.m,  cmd.c_stride[:ab], _c_operand(cmd)[1])
-
-        def same_as(record):
-            # On a narrow build the check saw each field with a flag above its ab bits (set
-            # for a value at or above 2**ab); the unit gets the ab bits, zero-extended.
-            addr, rows, stride, rb = _split(record, (len(op_addr), len(op_rows),
-                                                     len(op_stride), len(op_rb)))
-            return ((cmd.c_addr[:ab] == addr[:ab]) & (cmd.c_addr[ab:] == 0)
-                    & (cmd.m == rows) & (cmd.c_stride[:ab] == stride[:ab])
-                    & (cmd.c_stride[ab:] == 0) & (_c_operand(cmd)[1] == rb))
-
-        if dut.issue_slot:
-            slot_valid = p["mm_unit"][0]
-            slot_rec = Signal(len(fields))
-            slot_window = Signal(len(rec_window))
-            slot_out = Signal(init=1)
-            with m.If(~slot_valid):
-                m.d.sync += [slot_rec.eq(rec), slot_window.eq(rec_window),
-                             slot_out.eq(rec_out | p["any_outside"])]
-            holding = slot_valid
-        else:
-            slot_rec, slot_window, slot_out = rec, rec_window, p["any_outside"]
-            holding = (st["ISSUE"] & ~p["is_vec"]) | st["HOLD"]
-        with m.If(holding):
-            m.d.comb += [
-                Assert(same_as(slot_rec), "the command's C operand is not the one checked"),
-                Assert(~slot_out, "a command whose C operand failed its check"),
-                Assert(slot_window == window, "C checked against another window"),
-                Assert(dut.running, "a command held outside a run"),
-            ]
-        with m.If(dut.mm_cmd.valid):
-            m.d.comb += Assert(holding, "a command offered that was not checked")
         # Reachable: a command whose destination ends at the window's end is taken; with the
         # one-cycle check, one of two rows (the serial check spends 16 cycles on the product
         # of each operand of more than one row: one row keeps it within a short depth).
@@ -1302,6 +1266,76 @@ class ControllerSpec(wiring.Component):
                               & (cmd.c_addr[:ab] + cmd.c_stride[:ab] + _c_operand(cmd)[1]
                                  == p["win_end"]))
         return m
+
+
+def _destination_check(spec, m, st, p, name, *, vec, idx, stream, operand):
+    """For :class:`ControllerSpec`: operand ``idx`` of the instruction's operand table (a
+    destination of its unit) is recorded as the span check saw it; it stays the one checked,
+    against the same window, until the unit takes the command (from the issue slot, or,
+    without one, from the instruction register), and a command is offered only when its check
+    passed."""
+    dut = spec.dut
+    ab = dut.addr_bits
+    mine = p["is_vec"] if vec else ~p["is_vec"]
+    used, op_addr, op_rows, op_stride, op_rb = p["op"]
+    fields = Cat(op_addr, op_rows, op_stride, op_rb)
+    _, *instr_operand = p["vec_ops"][idx] if vec else p["c_op"]
+    widths = (len(op_addr), len(op_rows), len(op_stride), len(op_rb))
+    window = Cat(p["base"], p["win_end"])
+    rec = Signal(len(fields), name=f"{name}_rec")
+    rec_window = Signal(len(window), name=f"{name}_rec_window")
+    rec_out = Signal(name=f"{name}_rec_out")
+    with m.If(st["CHECK"] & p["check_step"] & (p["idx"] == idx) & mine):
+        m.d.sync += [rec.eq(fields), rec_window.eq(window), rec_out.eq(p["outside"])]
+    # The instruction's operand as the operand table drives the check with it.
+    parts = []
+    for k, (value, width) in enumerate(zip(instr_operand, widths)):
+        part = Signal(width, name=f"{name}_instr_{k}")
+        m.d.comb += part.eq(value)
+        parts.append(part)
+    instr_fields = Cat(*parts)
+    with m.If(st["CHECK"] & mine & (p["idx"] == idx)):
+        m.d.comb += Assert(fields == instr_fields, f"{name} is not operand {idx} of the check")
+    after = ((st["CHECK"] & (p["idx"] > idx)) | st["RESOLVE"] | st["PSCAN"] | st["SCANNED"]
+             | st["ISSUE"] | (st["HOLD"] if not dut.issue_slot else 0))
+    with m.If(after & mine):
+        m.d.comb += [
+            Assert(rec == instr_fields, f"the instruction's {name} is not the one checked"),
+            Assert(rec_window == window, f"{name} checked against another window"),
+            Assert(p["any_outside"] | ~rec_out, f"a failed check of {name} forgotten"),
+        ]
+
+    cmd = stream.payload
+    c_addr, c_rows, c_stride, c_rb = operand(cmd)
+
+    def same_as(record):
+        # On a narrow build the check saw each field with a flag above its ab bits (set for a
+        # value at or above 2**ab); the unit gets the ab bits, zero-extended.
+        addr, rows, stride, rb = _split(record, widths)
+        return ((c_addr[:ab] == addr[:ab]) & (c_addr[ab:] == 0) & (c_rows == rows)
+                & (c_stride[:ab] == stride[:ab]) & (c_stride[ab:] == 0) & (c_rb == rb))
+
+    if dut.issue_slot:
+        slot_valid = p["vec_unit" if vec else "mm_unit"][0]
+        slot_rec = Signal(len(fields), name=f"{name}_slot_rec")
+        slot_window = Signal(len(rec_window), name=f"{name}_slot_window")
+        slot_out = Signal(init=1, name=f"{name}_slot_out")
+        with m.If(~slot_valid):
+            m.d.sync += [slot_rec.eq(rec), slot_window.eq(rec_window),
+                         slot_out.eq(rec_out | p["any_outside"])]
+        holding = slot_valid
+    else:
+        slot_rec, slot_window, slot_out = rec, rec_window, p["any_outside"]
+        holding = (st["ISSUE"] | st["HOLD"]) & mine
+    with m.If(holding):
+        m.d.comb += [
+            Assert(same_as(slot_rec), f"the command's {name} is not the one checked"),
+            Assert(~slot_out, f"a command whose {name} failed its check"),
+            Assert(slot_window == window, f"{name} checked against another window"),
+            Assert(dut.running, "a command held outside a run"),
+        ]
+    with m.If(stream.valid):
+        m.d.comb += Assert(holding, "a command offered that was not checked")
 
 
 def _split(value, widths):
@@ -1338,6 +1372,18 @@ class ControllerForgettingC(Controller):
 
 #: Instruction classes of :class:`ControllerLivenessSpec`, in the order of its bound table.
 LIVENESS_CLASSES = ("fetch", "halt", "sync", "matmul", "matmul_requant", "vector", "illegal")
+
+
+class ControllerForgettingDst(Controller):
+    """Mutant: the verdict of a VECTOR destination's span check is not kept, so a command
+    whose destination rows reach outside the window is issued."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        p = self._probe
+        with m.If(p["fsm"].ongoing("CHECK") & p["is_vec"] & (p["idx"] == 3)):
+            m.d.sync += p["any_outside"].eq(p["any_outside"])
+        return m
 
 
 class ControllerLivenessSpec(wiring.Component):
