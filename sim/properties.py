@@ -1177,6 +1177,9 @@ class ControllerSpec(wiring.Component):
       passed (the stop before the slot is filled is taken otherwise);
     * the controller's memory port never writes.
 
+    On a build with the vector unit the same holds for each VECTOR command's destination
+    rows and row exponents (the vector engine's writes), and its handshakes are free too.
+
     With the span-check proofs (a C operand that passes lies inside the window, byte for
     byte), the commands the matmul engine gets write, if the engine stays inside C, only
     inside the window. ``writer_in_span`` shows that the engine does.
@@ -1202,7 +1205,6 @@ class ControllerSpec(wiring.Component):
         m = Module()
         dut = self.dut
         ab = dut.addr_bits
-        narrow = ab < 32
         m.submodules.dut = _elaborated(dut, platform)
         wiring.connect(m, dut.mem, wiring.flipped(self.mem))
         wiring.connect(m, dut.mm_cmd, wiring.flipped(self.mm_cmd))
