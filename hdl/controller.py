@@ -286,6 +286,12 @@ class Controller(wiring.Component):
                             "mem_clear": Out(1)})
         super().__init__(members)
 
+    def _window_beyond(self, ab):
+        """Whether the window ``[WIN_BASE, WIN_BASE + WIN_SIZE)`` reaches past the addresses this
+        build reaches, ``2**ab`` (on a full build, past 2**32: an operand checked against it
+        could wrap around to the bottom of the memory)."""
+        return (self.win_base + self.win_size) > (1 << ab)
+
     def elaborate(self, platform):
         m = Module()
         W = self.port_bytes
@@ -626,7 +632,7 @@ class Controller(wiring.Component):
             m.d.sync += advance_pc()
             m.next = "NEXT"
 
-        with m.FSM(name="ctrl"):
+        with m.FSM(name="ctrl") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     if self.mem_faults:
@@ -638,10 +644,7 @@ class Controller(wiring.Component):
                         code.eq(0), code_pc.eq(0),
                         unit_err.eq(0), abort_req.eq(0),
                     ]
-                    beyond = C(0, 1)
-                    if ab < ADDR_BITS:
-                        # The window must lie inside the addresses this build reaches.
-                        beyond = (self.win_base + self.win_size) > (1 << ab)
+                    beyond = self._window_beyond(ab)
                     with m.If((self.win_base % WINDOW_ALIGN != 0) | (self.win_size % WINDOW_ALIGN != 0)
                               | (self.win_size == 0) | beyond):
                         m.d.sync += [code.eq(ErrorCode.BAD_WINDOW), code_pc.eq(self.prog_addr)]
@@ -729,6 +732,7 @@ class Controller(wiring.Component):
                         m.d.comb += span_check.restart.eq(1)
                     with m.If(idx == N_OPS - 1):
                         m.next = "RESOLVE"
+                check_step = checked
 
             with m.State("RESOLVE"):
                 with m.If(is_vec):
@@ -855,4 +859,14 @@ class Controller(wiring.Component):
                         m.d.sync += [self.error.eq(1),
                                      *set_pc(code_pc)]
                     m.next = "IDLE"
+        # What the proofs (celosia.sim.properties) state invariants of: the state, the window,
+        # the instruction's matmul body, the operand checks and the matmul unit's slot.
+        self._probe = dict(fsm=fsm, base=base, size=size, win_end=win_end, mm=mm, idx=idx,
+                           is_vec=is_vec, any_outside=any_outside, outside=outside,
+                           check_step=check_step, c_op=mm_ops[2], unit_err=unit_err,
+                           abort_req=abort_req, mm_unit=units["mm"], instr=instr,
+                           vec=vec, vec_ops=vec_ops if self.vector else None,
+                           vec_unit=units.get("vec"),
+                           op=(op_used, op_addr, op_rows, op_stride, op_rb),
+                           scan_req=req_n, scan_beats=beats)
         return m

@@ -311,7 +311,7 @@ class MatmulEngine(wiring.Component):
                     ((cmd.addend == AddendMode.RESIDUAL16) & (cmd.addend_shift > 16)))
 
         m.d.comb += self.done.payload.eq(code)
-        with m.FSM(name="engine"):
+        with m.FSM(name="engine") as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
@@ -349,6 +349,9 @@ class MatmulEngine(wiring.Component):
                 m.d.comb += self.done.valid.eq(1)
                 with m.If(self.done.ready):
                     m.next = "IDLE"
+        # What the write-address proof (celosia.sim.properties) states invariants of.
+        self._probe = dict(fsm=fsm, cmd=cmd, plan=plan, plan_now=plan_now, writer=writer,
+                           wr_stage=wr_stage)
         return m
 
 

@@ -107,7 +107,7 @@ class ErrorCode(enum.IntEnum):
     OK = 0
     ILLEGAL_OPCODE = 1   #: opcode not in Opcode
     FETCH_FAULT = 2      #: instruction address not INSTR_BYTES-aligned or not inside the window
-    BAD_WINDOW = 3       #: at start: window base/size not WINDOW_ALIGN multiples, or size 0
+    BAD_WINDOW = 3       #: at start: base/size not WINDOW_ALIGN multiples, size 0, or past 2**addr_bits
     BAD_SHAPE = 4        #: a dimension 0 or too large, or a row stride shorter than its row
     BAD_ALIGN = 5        #: an address or stride used by the instruction is not a multiple of W
     BAD_MODE = 6         #: an inconsistent or unknown mode (requantise without parameters, ...)

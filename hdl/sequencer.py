@@ -1002,11 +1002,16 @@ class Writer(_Unit):
             m.d.comb += [self.wr.payload.data.word_select(j, 8).eq(lane),
                          self.wr.payload.strb[j].eq(strb)]
 
+        # A beat none of whose bytes is an element of C (a row of the tile longer than a beat,
+        # past N in the last group) is skipped, not written with all strobes low: its address
+        # may lie past the end of C, and so past the window's end.
+        beat_used = Signal()
+        m.d.comb += beat_used.eq(self.wr.payload.strb.any())
         take_row = Signal()
         with m.If(running & self.i.valid):
             with m.If(row_valid):
-                m.d.comb += self.wr.valid.eq(1)
-                with m.If(self.wr.ready):
+                m.d.comb += self.wr.valid.eq(beat_used)
+                with m.If(self.wr.ready | ~beat_used):
                     with m.If(beat_last):
                         m.d.comb += take_row.eq(1)
                         m.d.sync += beat.eq(0)
@@ -1036,4 +1041,8 @@ class Writer(_Unit):
                     m.d.comb += self.done.eq(1)
             with m.Else():
                 m.d.sync += [row.eq(row + 1), row_addr.eq(next_row)]
+        # The state the write-address proof (celosia.sim.properties) states invariants of.
+        self._probe = dict(running=running, row=row, beat=beat, panel_addr=panel_addr,
+                           row_addr=row_addr, walk=walk, row_valid=row_valid,
+                           beat_last=beat_last)
         return m

@@ -23,9 +23,12 @@ from amaranth import signed, unsigned
 from amaranth.lib import data
 
 from celosia.hdl.axi import AxiMaster
-from celosia.hdl.controller import SerialSpanCheck, SpanCheck
+from celosia.hdl.controller import Controller, SerialSpanCheck, SpanCheck
 from celosia.hdl.csr import CsrBlock
+from celosia.hdl.engine import MatmulEngine
+from celosia.hdl.params import FULL, K_MAX, SMALL, Sizing
 from celosia.hdl.pipeline import CreditCounter, SkidBuffer
+from celosia.hdl.sequencer import Writer
 
 from . import properties as props
 from .formal import FormalResult, prove
@@ -76,6 +79,10 @@ class Proof:
         Cycles within which every ``Cover`` of the harness is reached (the environment's
         assumptions leave the properties something to check); ``None`` where a cover is out of
         reach by design (see the proof) and another instance of the harness shows it.
+    slow : bool
+        Takes more than about a minute: the test suite runs it only with ``-m slow`` (a
+        smaller instance of the same harness is in the default run); ``celosia prove`` runs
+        it.
     """
 
     name: str
@@ -86,6 +93,7 @@ class Proof:
     abstraction: str = ""
     mutants: tuple = ()
     cover_depth: int | None = 8
+    slow: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,84 @@ def _skid(shape, cls=SkidBuffer):
     return lambda: props.SkidBufferSpec(cls(shape))
 
 
+def _controller(cls=Controller, sizing=FULL, port_bytes=16, mem_faults=True, vector=False):
+    """The controller as an accelerator of ``sizing`` builds it (without the vector unit
+    unless ``vector``)."""
+    return cls(port_bytes, vector=vector, k_max=K_MAX, queue=sizing.queue,
+               addr_bits=sizing.addr_bits, issue_slot=sizing.issue_slot,
+               serial_check=sizing.serial_check, mem_faults=mem_faults)
+
+
+#: The ULX3S's sizing (fpga/boards.py): the full build with the serial span check.
+ULX3S_SIZING = Sizing(serial_check=True)
+
+
+def _checked_c(cls=Controller, sizing=FULL, vector=False):
+    # The iCEBreaker's (SMALL) memory is native: no AXI faults.
+    return lambda: props.ControllerSpec(_controller(cls, sizing, mem_faults=sizing is not SMALL,
+                                                    vector=vector))
+
+
+#: The matmul engine's writer of the proof: N = 2, W = 4 (the iCEBreaker's array and port),
+#: the K_MAX of the board's build, and 8 address bits: with more, the solver must relate
+#: products of a free row and a free stride (at 12 bits, the smallest a build has, the
+#: induction did not finish within 5 minutes).
+WRITER_ARRAY, WRITER_PORT_BYTES, WRITER_ADDR_BITS, WRITER_K_MAX = 2, 4, 8, 512
+
+
+def _writer(cls=Writer):
+    return lambda: props.WriterSpec(cls(WRITER_ARRAY, WRITER_PORT_BYTES, WRITER_ADDR_BITS,
+                                        k_max=WRITER_K_MAX), WRITER_K_MAX)
+
+
+#: The matmul engine of the write-path proof: N = 2, W = 4, K_MAX 4 and 8 address bits (as the
+#: writer's proof), its own command register and write stage as the full build has them, and
+#: either the small build's datapath (one serial epilogue lane, no output queue: the default
+#: run) or the full build's (``full``: slow).
+ENGINE_K_MAX = 4
+
+
+def _engine(cls=MatmulEngine, full=False):
+    def make():
+        small = {} if full else dict(epilogue_lanes=1, serial_epilogue=True, bram_pads=True,
+                                     result_rows=WRITER_ARRAY, output_rows=0)
+        engine = cls(WRITER_ARRAY, WRITER_PORT_BYTES, k_max=ENGINE_K_MAX, outstanding=2,
+                     addr_bits=WRITER_ADDR_BITS, hold_cmd=False, port_stages=True, **small)
+        return props.EngineWriteSpec(engine, ENGINE_K_MAX)
+    return make
+
+
+#: The liveness proof's environment: the memory takes a request and returns each owed beat
+#: within LIVENESS_LATENCY cycles, the engine answers a command within LIVENESS_ENGINE cycles;
+#: requantising MATMULs of at most LIVENESS_REQUANT_COLS columns. The bounds (cycles from
+#: leaving NEXT to being back in NEXT or IDLE) per class, at W = 64 (one beat per fetch and
+#: per 8 parameter records); found by bounded model checking at depth 32 (no instruction of
+#: the first ones of a run takes longer).
+LIVENESS_LATENCY, LIVENESS_ENGINE, LIVENESS_REQUANT_COLS = 2, 4, 8
+LIVENESS_PORT_BYTES = 64
+LIVENESS_BOUNDS = {"fetch": 7, "halt": 10, "sync": 10, "matmul": 16, "matmul_requant": 20,
+                   "vector": 8, "illegal": 8}
+
+
+def _liveness(cls=Controller):
+    return lambda: props.ControllerLivenessSpec(
+        _controller(cls, port_bytes=LIVENESS_PORT_BYTES), bounds=LIVENESS_BOUNDS,
+        latency=LIVENESS_LATENCY, engine=LIVENESS_ENGINE, requant_cols=LIVENESS_REQUANT_COLS)
+
+
+_LIVENESS_CLAIM = ("Controller (full build, W = 64): every instruction ends (back between "
+                   "instructions, or stopped) within its class's bound when the memory and "
+                   "the engine answer in bounded time: "
+                   + ", ".join(f"{name} {bound}" for name, bound in LIVENESS_BOUNDS.items())
+                   + " cycles")
+_LIVENESS_ABSTRACTION = (f"bounded (BMC): the instructions a run starts within the depth "
+                         f"minus their bound; memory within {LIVENESS_LATENCY} cycles, engine "
+                         f"within {LIVENESS_ENGINE} (one command at a time, answered at the "
+                         f"earliest two cycles after it was taken), no memory fault; "
+                         f"requantising MATMULs of at most {LIVENESS_REQUANT_COLS} columns; "
+                         f"the engine's own run time is abstracted")
+
+
 _CREDIT_CLAIM = ("credits + in flight = capacity, so within [0, capacity]; a take only with "
                  "enough credit; ok registered and exact")
 
@@ -205,7 +291,8 @@ PROOFS: tuple[Proof, ...] = (
     Proof("axi_master", "AxiMaster: AR/AW/W held with a stable payload until ready; W bursts of "
           "awlen + 1 beats, WLAST on the last; AR bursts INCR, at most 16 beats, inside 4 KiB; "
           "read beats conserved, each request in its burst at its address, in order; at most 80 "
-          "reads and 64 writes outstanding",
+          "reads and 64 writes outstanding; AW carries the address of the write handed over, "
+          "as a burst of one beat",
           _axi(), 4,
           abstraction="slave and requester free under their promises (R and B only for "
                       "requests made; the requester keeps at most 80 reads in flight); one "
@@ -214,7 +301,8 @@ PROOFS: tuple[Proof, ...] = (
                    Mutant("short_write_burst", _axi(props.AxiMasterShortWriteBurst)),
                    Mutant("long_read_burst", _axi(props.AxiMasterLongReadBurst)),
                    Mutant("moving_burst", _axi(props.AxiMasterMovingBurst)),
-                   Mutant("uncounted_writes", _axi(props.AxiMasterUncountedWrites)))),
+                   Mutant("uncounted_writes", _axi(props.AxiMasterUncountedWrites)),
+                   Mutant("writing_next_beat", _axi(props.AxiMasterWritingNextBeat)))),
     Proof("axi_master_faults", "AxiMaster with its fault logic (as the accelerator builds it): "
           "AR/AW/W held with a stable payload until ready across faults, fences and STARTs; "
           "nothing new on AR/AW/W while fenced; beats out = beats on AR + beats the slave owes, "
@@ -237,9 +325,9 @@ PROOFS: tuple[Proof, ...] = (
           "of an operand that passes lies outside the window [base, end) (rows between start "
           "between those), for any operand and window",
           _span(), 1,
-          abstraction="not proved: the narrow builds' widths, that the controller issues "
-                      "only checked commands, and that the engines write only inside a "
-                      "command's operands",
+          abstraction="not proved here: the narrow builds' widths (serial_span_check_narrow "
+                      "proves the boards' check); controller_checked_c and writer_in_span "
+                      "carry it to the controller's commands and the engine's writes",
           mutants=(Mutant("without_row_bytes", _span(props.SpanCheckWithoutRowBytes)),
                    Mutant("without_base", _span(props.SpanCheckWithoutBase)))),
     Proof("span_check_any_row", "SpanCheck (8-bit addresses and strides, 4-bit rows): no byte "
@@ -262,6 +350,78 @@ PROOFS: tuple[Proof, ...] = (
                           _serial(props.SerialSpanCheckSkippingRowBytes, narrow=True)),
                    Mutant("ignoring_overflow",
                           _serial(props.SerialSpanCheckIgnoringOverflow, narrow=True)))),
+    Proof("controller_checked_c", "Controller (full build, W = 16): every MATMUL command "
+          "offered to the engine has a C operand (its destination) that passed the span check "
+          "against the window latched at START, for any instruction stream; that window "
+          "holds WIN_BASE/WIN_SIZE as at START and ends at or below 2**32; the controller "
+          "never writes",
+          _checked_c(), 12, cover_depth=20,
+          abstraction="memory data and timing, engine answers, CSR requests and memory faults "
+                      "free; the span check's meaning is span_check's proof",
+          mutants=(Mutant("wrapped_window",
+                          _checked_c(props.ControllerAcceptingWrappedWindow)),
+                   Mutant("forgetting_c", _checked_c(props.ControllerForgettingC)))),
+    Proof("controller_checked_c_small", "Controller (SMALL sizing: no issue slot, serial span "
+          "check, 16 address bits, native memory; W = 16): the same, with the command held in "
+          "the instruction register until the engine answers, and a window inside 64 KiB",
+          _checked_c(sizing=SMALL), 22, cover_depth=36,
+          abstraction="as controller_checked_c; W = 16 rather than the iCEBreaker's 4 (W sets "
+                      "only the fetch's beat count); the narrow span check's meaning is "
+                      "serial_span_check_narrow's proof",
+          mutants=(Mutant("forgetting_c", _checked_c(props.ControllerForgettingC, SMALL)),)),
+    Proof("controller_checked_c_ulx3s", "Controller (the ULX3S's sizing: issue slot, serial "
+          "span check, 32-bit addresses, AXI faults; W = 16): the same",
+          _checked_c(sizing=ULX3S_SIZING), 22, cover_depth=36,
+          abstraction="as controller_checked_c",
+          mutants=(Mutant("forgetting_c",
+                          _checked_c(props.ControllerForgettingC, ULX3S_SIZING)),
+                   Mutant("wrapped_window",
+                          _checked_c(props.ControllerAcceptingWrappedWindow, ULX3S_SIZING)))),
+    Proof("controller_checked_vector", "Controller with the vector unit (full build, W = 16): "
+          "the same for MATMUL commands, and every VECTOR command offered to the vector engine "
+          "has destination rows and row exponents (when its op writes them) that passed the "
+          "span check against the window latched at START",
+          _checked_c(vector=True), 12, cover_depth=20,
+          abstraction="as controller_checked_c, the vector engine's answers free too; the "
+                      "vector engine's own writes are not proved to stay inside those operands",
+          mutants=(Mutant("forgetting_dst", _checked_c(props.ControllerForgettingDst,
+                                                       vector=True)),
+                   Mutant("forgetting_c", _checked_c(props.ControllerForgettingC,
+                                                     vector=True)))),
+    Proof("writer_in_span", "Writer (the matmul engine's result writer, N = 2, W = 4): every "
+          "write beat starts inside the command's C operand [c_addr, c_addr + (M - 1) * "
+          "c_stride + N * out_bytes), is W-aligned, and is offered only while a command runs, "
+          "for any command the controller issues and any timing of results and port",
+          _writer(), 3, cover_depth=8,
+          abstraction=f"{WRITER_ADDR_BITS} address bits (the builds have 12..32); the result "
+                      "rows' data and timing free (they do not steer the writer); the "
+                      "command held from start to done as the engine holds it",
+          mutants=(Mutant("writing_empty_beats", _writer(props.WriterWritingEmptyBeats)),)),
+    Proof("engine_writes_in_c", "MatmulEngine (N = 2, W = 4, its own command register and "
+          "write stage, the small build's datapath): every beat on the memory port's write "
+          "channel starts inside the C operand of the command taken last and is W-aligned, "
+          "for any command the controller issues and any memory",
+          _engine(), 3, cover_depth=None,
+          abstraction=f"{WRITER_ADDR_BITS} address bits, K_MAX {ENGINE_K_MAX}; the memory's "
+                      "data and timing free; the loader, array and epilogue run as built; "
+                      "writer_in_span reaches the writer's cover (the engine's first write "
+                      "lies past any depth that runs in CI)",
+          mutants=(Mutant("taking_commands_while_busy",
+                          _engine(props.EngineTakingCommandsWhileBusy)),)),
+    Proof("engine_writes_in_c_full", "MatmulEngine with the full build's datapath (six-stage "
+          "epilogue, output queue of 16 rows): the same",
+          _engine(full=True), 1, cover_depth=None, slow=True,
+          abstraction=f"as engine_writes_in_c; depth 1 (the invariants are 1-inductive; its "
+                      "mutant runs on engine_writes_in_c)"),
+    Proof("controller_liveness", _LIVENESS_CLAIM, _liveness(), 24, mode="bmc",
+          cover_depth=16, abstraction=_LIVENESS_ABSTRACTION + "; depth 24: the first "
+          "instruction of each class (controller_liveness_deep: 32)",
+          mutants=(Mutant("scanning_short", _liveness(props.ControllerScanningShort)),)),
+    Proof("controller_liveness_deep", _LIVENESS_CLAIM, _liveness(), 32, mode="bmc",
+          cover_depth=None, slow=True,          # the same harness: controller_liveness's covers
+          abstraction=_LIVENESS_ABSTRACTION + "; depth 32: also a HALT or SYNC waiting for a "
+          "MATMUL issued before it",
+          mutants=(Mutant("scanning_short", _liveness(props.ControllerScanningShort)),)),
 )
 
 

@@ -7,21 +7,24 @@ promises; a value from an earlier cycle is a register of the harness. The named 
 :func:`celosia.sim.proofs.run` checks are built from these classes.
 
 A mutant is the design with one deliberate bug, made by overriding ``elaborate`` and adding a
-statement after the design's own (the later assignment wins). Each one breaks exactly the
+statement after the design's own (the later assignment wins), or by overriding the one method
+that computes the broken value. Each one breaks exactly the
 property its docstring names; a proof that still passes on it would prove nothing.
 """
 
 
 from amaranth import *
-from amaranth.hdl import Assert, Assume, Cover, ValueCastable
-from amaranth.lib import wiring
+from amaranth.hdl import Assert, Assume, Cover, Fragment, ValueCastable
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from celosia.hdl import isa
 from celosia.hdl.axi import AXI4LiteSignature, AXI4Signature, AxiMaster, BURST_INCR
-from celosia.hdl.controller import SerialSpanCheck, SpanCheck
+from celosia.hdl.controller import Controller, SerialSpanCheck, SpanCheck
 from celosia.hdl.csr import CSR_ADDR_BITS, CsrBlock
-from celosia.hdl.engine import MemoryPortSignature
+from celosia.hdl.engine import MatmulEngine, MemoryPortSignature
+from celosia.hdl.params import DONE_BITS, command_layout
+from celosia.hdl.sequencer import Writer, compute_plan, plan_layout
 from celosia.hdl.pipeline import CreditCounter, SkidBuffer
 
 __all__ = [
@@ -29,16 +32,28 @@ __all__ = [
     "SkidBufferLosingSkid", "SkidBufferBypassingSkid", "CreditCounterLateOk",
     "AxiMasterAwNotHeld", "AxiMasterShortWriteBurst", "AxiMasterLongReadBurst",
     "AxiMasterMovingBurst",
-    "AxiMasterUncountedWrites", "AxiMasterFenceSpec", "AxiMasterFenceDroppingAr",
+    "AxiMasterUncountedWrites", "AxiMasterWritingNextBeat", "AxiMasterFenceSpec",
+    "AxiMasterFenceDroppingAr",
     "AxiMasterForgettingStale", "CsrBlockIgnoringStrobes", "CsrBlockSwappedWindow",
     "SpanCheckWithoutRowBytes", "SpanCheckWithoutBase", "SerialSpanCheckSpec",
     "SerialSpanCheckSkippingRowBytes", "SerialSpanCheckIgnoringOverflow",
+    "WriterSpec", "WriterWritingEmptyBeats", "ControllerSpec", "ControllerAcceptingWrappedWindow",
+    "ControllerForgettingC", "ControllerForgettingDst", "ControllerLivenessSpec", "EngineWriteSpec",
+    "EngineTakingCommandsWhileBusy", "ControllerScanningShort",
+    "LIVENESS_CLASSES",
 ]
 
 
 def _bits(value):
     """The plain value behind a payload (a layout's view or a signal)."""
     return value.as_value() if isinstance(value, ValueCastable) else value
+
+
+def _elaborated(dut, platform):
+    """``dut``'s module, elaborated now, so that the harness can state invariants of the
+    registers its ``elaborate`` leaves in ``dut._probe``."""
+    dut._MustUse__silence = True          # used through its module
+    return dut.elaborate(platform)
 
 
 def _held_until_ready(m: Module, valid, ready, payload, channel: str) -> None:
@@ -323,6 +338,15 @@ class AxiMasterSpec(wiring.Component):
         # (without these the induction could start from a state the design never reaches).
         m.d.comb += [Assert(w_beat == 0, "a W burst part-sent"),
                      Assert(~aw_ahead | (last_awlen == 0), "AW ahead with another length")]
+        # The write path's addresses: AW carries the address of the write the port handed
+        # over last, as a burst of one beat (so the beat's range is that address's W bytes).
+        wr_fire = port.wr.valid & port.wr.ready
+        wr_addr = Signal(len(axi.awaddr))
+        with m.If(wr_fire):
+            m.d.sync += wr_addr.eq(port.wr.payload.addr)
+        with m.If(axi.awvalid):
+            m.d.comb += Assert((axi.awaddr == wr_addr) & (axi.awlen == 0),
+                               "AW not the address of the write handed over")
         return m
 
 
@@ -441,6 +465,17 @@ class AxiMasterUncountedWrites(AxiMaster):
     def elaborate(self, platform):
         m = super().elaborate(platform)
         m.d.sync += self._pending.eq(0)
+        return m
+
+
+class AxiMasterWritingNextBeat(AxiMaster):
+    """Mutant: a write goes out on AW one beat past the address the port gave."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        port = self.port
+        with m.If(port.wr.valid & port.wr.ready):
+            m.d.sync += self.axi.awaddr.eq(port.wr.payload.addr + self.port_bytes)
         return m
 
 
@@ -884,4 +919,604 @@ class SerialSpanCheckIgnoringOverflow(SerialSpanCheck):
         m = super().elaborate(platform)
         m.d.comb += self.outside.eq(self.used & ((self.addr[:self.flag_bit] < self.base)
                                                  | (self._acc > self.end)))
+        return m
+
+
+# --- the write path: the matmul engine's result writer ----------------------------------------
+
+def _c_operand(cmd):
+    """The log2 of C's element bytes and C's row bytes, as the controller computes them."""
+    ob_log = Mux(~cmd.requant | (cmd.out_fmt == 3), 2, Mux(cmd.out_fmt == 2, 1, 0))
+    return ob_log, (cmd.n << ob_log)
+
+
+class WriterSpec(wiring.Component):
+    """Every beat the matmul engine's :class:`Writer` puts on its write port starts inside
+    the C operand of its command, ``[c_addr, c_addr + (m - 1) * c_stride + n * out_bytes)``,
+    for any command the controller accepts and any timing of the result rows and of the port.
+
+    The command is free, with what the controller's checks guarantee of a command it issues
+    (M, K, N at least 1, ``c_addr`` and ``c_stride`` multiples of W, a stride at least as
+    long as C's row, and C's last byte below ``2**addr_bits``: the window lies inside what the
+    build reaches), and held from ``start`` until ``done`` (the engine keeps it in a register,
+    or the controller holds it). The plan is computed from it as the engine computes it. The
+    result rows (``i``) and the port's ``ready`` are free: their data does not steer the
+    writer. A beat is W-aligned and starts inside C; the window is a multiple of 128 >= W
+    bytes, so the whole beat lies inside the window that C was checked against.
+
+    Invariants the induction needs: the panel's and the row's addresses are ``c_addr`` plus
+    the stride times their row (``p * N`` and ``p * N + row``), and the walk's counters stay
+    inside the command's groups, panels and tiles.
+    """
+
+    def __init__(self, dut, k_max: int):
+        self.dut, self.k_max = dut, k_max
+        n = dut.array
+        super().__init__({"start": In(1), "cmd": In(command_layout()),
+                          "i_valid": In(1), "i_payload": In(32 * n), "wr_ready": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self.dut
+        m.submodules.dut = _elaborated(dut, platform)
+        cmd = self.cmd
+        plan = Signal(plan_layout(dut.array, dut.port_bytes, self.k_max))
+        compute_plan(m, cmd, plan, dut.array, dut.port_bytes)
+        m.d.comb += [dut.start.eq(self.start), dut.cmd.eq(cmd), dut.plan.eq(plan),
+                     dut.i.valid.eq(self.i_valid), dut.i.payload.as_value().eq(self.i_payload),
+                     dut.wr.ready.eq(self.wr_ready)]
+
+        # The command, held while the writer runs.
+        running = Signal()                    # the harness's own view: start .. done
+        saved = Signal(command_layout())
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), saved.eq(cmd)]
+        with m.Elif(dut.done):
+            m.d.sync += running.eq(0)
+        m.d.comb += [Assume(~running | (cmd.as_value() == saved.as_value())),
+                     Assume(~self.start | ~running)]
+        span_end, issued = _issued_command(cmd, dut.addr_bits, dut.port_bytes, self.k_max)
+        with m.If(self.start | running):
+            m.d.comb += [Assume(a) for a in issued]
+        m.d.comb += Assert(dut._probe["running"] == running, "writer running outside a command")
+        _writer_invariants(m, dut, cmd, plan)
+        with m.If(dut.wr.valid):
+            m.d.comb += Assert(running, "a write outside a command")
+            _inside_c(m, dut.wr.payload.addr, cmd, span_end, dut.port_bytes)
+        # Reachable: C's last beat, of a command of more than one row.
+        m.d.comb += Cover(dut.wr.valid & dut.wr.ready & (cmd.m > 1)
+                          & (dut.wr.payload.addr + dut.port_bytes == span_end))
+        return m
+
+
+def _issued_command(cmd, ab, w, k_max):
+    """C's end, and what the controller's checks guarantee of a matmul command it issues (as
+    conditions): M, K, N at least 1, K at most ``k_max``, ``c_addr`` and ``c_stride``
+    multiples of W, a stride at least as long as C's row when M > 1, C's end at or below
+    ``2**ab`` (the window lies inside what the build reaches)."""
+    lw = w.bit_length() - 1
+    ob_log, row_bytes = _c_operand(cmd)
+    rows_m1 = (cmd.m - 1)[:16]
+    span_end = cmd.c_addr + rows_m1 * cmd.c_stride + row_bytes
+    return span_end, [
+        (cmd.m != 0) & (cmd.n != 0) & (cmd.k != 0) & (cmd.k <= k_max),
+        (cmd.c_addr[:lw] == 0) & (cmd.c_stride[:lw] == 0),
+        (cmd.m == 1) | (cmd.c_stride >= row_bytes),
+        span_end <= (1 << ab),
+        # Implied by the three above (a stride is at least W when M > 1), and stated for the
+        # solver: it bounds the row counters.
+        cmd.m <= (1 << (ab - lw)),
+    ]
+
+
+def _inside_c(m, addr, cmd, span_end, w):
+    """Assert that a write beat at ``addr`` starts inside C and is W-aligned."""
+    lw = w.bit_length() - 1
+    m.d.comb += [
+        Assert((addr >= cmd.c_addr) & (addr < span_end),
+               "a write beat starts outside the command's C operand"),
+        Assert(addr[:lw] == 0, "a write beat not aligned to W"),
+    ]
+
+
+def _writer_invariants(m, dut, cmd, plan):
+    """While the :class:`Writer` ``dut`` runs: the address registers as products of the
+    stride (modulo 2**ab, as the writer computes them), and the walk inside the command."""
+    n, w, ab = dut.array, dut.port_bytes, dut.addr_bits
+    lw = w.bit_length() - 1
+    blocks = dut.group // n
+    probe = dut._probe
+    walk = probe["walk"]
+    stride = cmd.c_stride[:ab]
+    beats_m1 = [max(1, (n << ob) // w) - 1 for ob in range(3)]
+    with m.If(probe["running"]):
+        panel_row = Cat(C(0, n.bit_length() - 1), walk.p)
+        m.d.comb += [
+            Assert(walk.p <= plan.np_m1, "panel past the last"),
+            Assert(walk.g <= plan.ng_m1, "group past the last"),
+            Assert(walk.blk <= Mux(walk.g_last, plan.nblk_m1, blocks - 1),
+                   "tile past the group's last"),
+            Assert(probe["beat"] <= Mux(plan.ob_log2 == 2, beats_m1[2],
+                                        Mux(plan.ob_log2 == 1, beats_m1[1], beats_m1[0])),
+                   "beat past the row's last"),
+            Assert(probe["panel_addr"] == (cmd.c_addr + panel_row[:ab - lw] * stride)[:ab],
+                   "panel address off c_addr + p * N * c_stride"),
+            Assert(probe["row_addr"] == (probe["panel_addr"] + probe["row"] * stride)[:ab],
+                   "row address off the panel's + row * c_stride"),
+        ]
+
+
+class _Elaborated(Elaboratable):
+    """A fragment already elaborated, as a submodule."""
+
+    def __init__(self, fragment):
+        self.fragment = fragment
+
+    def elaborate(self, platform):
+        return self.fragment
+
+
+class EngineWriteSpec(wiring.Component):
+    """Every beat a :class:`MatmulEngine` puts on its memory port's write channel starts
+    inside the C operand of the command it took last, for any command the controller issues
+    and any memory: :class:`WriterSpec`'s claim through the engine's own command register,
+    plan register, state machine and write stage.
+
+    Free inputs: the command stream (its payload with what the controller's checks guarantee
+    while it is offered), the memory's side of the port (read data and timing, write
+    ``ready``) and ``done.ready``. The rest of the engine (loader, array, epilogue, queues)
+    runs as built: whatever it does, the writer's addresses do not depend on it.
+
+    Invariants the induction needs, beyond the writer's: the command register holds the
+    command taken from CHECK to DONE and the plan is its plan from START; the writer runs
+    only in RUN; the write stage holds beats only in RUN and FLUSH, each inside C.
+    """
+
+    def __init__(self, dut, k_max: int):
+        self.dut, self.k_max = dut, k_max
+        super().__init__({"cmd": In(stream.Signature(command_layout())),
+                          "done": Out(stream.Signature(DONE_BITS)),
+                          "mem": Out(MemoryPortSignature(dut.port_bytes))})
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self.dut
+        dut._MustUse__silence = True
+        m.submodules.dut = _Elaborated(Fragment.get(dut, platform))
+        wiring.connect(m, wiring.flipped(self.cmd), dut.cmd)
+        wiring.connect(m, dut.done, wiring.flipped(self.done))
+        wiring.connect(m, dut.mem, wiring.flipped(self.mem))
+        p = dut._probe
+        fsm, writer, stage = p["fsm"], p["writer"], p["wr_stage"]
+        ab, w = dut.addr_bits, dut.port_bytes
+
+        saved = Signal(command_layout())
+        with m.If(dut.cmd.valid & dut.cmd.ready):
+            m.d.sync += saved.eq(dut.cmd.payload)
+        _, offered = _issued_command(dut.cmd.payload, ab, w, self.k_max)
+        with m.If(dut.cmd.valid):
+            m.d.comb += [Assume(a) for a in offered]
+        span_end, held = _issued_command(saved, ab, w, self.k_max)
+        taken = ~fsm.ongoing("IDLE")
+        if dut.hold_cmd:
+            # The controller without an issue slot holds the command until done is taken.
+            with m.If(taken):
+                m.d.comb += Assume(dut.cmd.payload.as_value() == saved.as_value())
+        with m.If(taken):
+            m.d.comb += [Assert(a, "the command held is not one the controller issues")
+                         for a in held]
+            m.d.comb += Assert(p["cmd"].as_value() == saved.as_value(),
+                               "the command register moved")
+        with m.If(fsm.ongoing("START") | fsm.ongoing("RUN") | fsm.ongoing("FLUSH")):
+            m.d.comb += Assert(p["plan"].as_value() == p["plan_now"].as_value(),
+                               "the plan is not the command's")
+        m.d.comb += Assert(~writer._probe["running"] | fsm.ongoing("RUN"),
+                           "the writer runs outside RUN")
+        _writer_invariants(m, writer, saved, p["plan"])
+        if stage is not None:
+            busy = fsm.ongoing("RUN") | fsm.ongoing("FLUSH")
+            m.d.comb += Assert(~stage._skid_valid | stage.o.valid, "skid entry before main")
+            with m.If(stage.o.valid):
+                m.d.comb += Assert(busy, "a beat held in the write stage outside a command")
+                _inside_c(m, stage._main_payload.addr, saved, span_end, w)
+            with m.If(stage._skid_valid):
+                m.d.comb += Assert(busy, "a beat held in the write stage outside a command")
+                _inside_c(m, stage._skid_payload.addr, saved, span_end, w)
+        with m.If(writer.wr.valid):
+            _inside_c(m, writer.wr.payload.addr, saved, span_end, w)
+        with m.If(dut.mem.wr.valid):
+            m.d.comb += Assert(taken, "a write outside a command")
+            _inside_c(m, dut.mem.wr.payload.addr, saved, span_end, w)
+        m.d.comb += Cover(dut.mem.wr.valid & dut.mem.wr.ready & (saved.m > 1)
+                          & (dut.mem.wr.payload.addr + w == span_end))
+        return m
+
+
+class EngineTakingCommandsWhileBusy(MatmulEngine):
+    """Mutant: ``cmd.ready`` is high in every state, so a command offered while the engine
+    runs is taken (and lost: the engine goes on with the first, or, holding none of its own,
+    with the new one's fields mid-run)."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.comb += self.cmd.ready.eq(1)
+        return m
+
+
+class WriterWritingEmptyBeats(Writer):
+    """Mutant: the writer before the fix: a beat of a tile's row that holds no element of C
+    (past N in the last group) is still written, with every strobe low, and may start past
+    C's end."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        p = self._probe
+        with m.If(p["running"] & self.i.valid & p["row_valid"]):
+            m.d.comb += self.wr.valid.eq(1)
+        return m
+
+
+# --- the write path: the controller issues only checked commands -------------------------------
+
+class ControllerSpec(wiring.Component):
+    """Every matmul command the :class:`Controller` hands to the engine has had its C operand
+    (the operand the engine writes) checked against the window set at START, and passed;
+    for any instruction stream, any memory timing and any answers of the units.
+
+    Free inputs: the memory port's side (the instruction words and parameter records are
+    whatever the read data says, at any latency), the engine's ``ready`` and ``done``, the
+    CSR requests and registers (START, abort, PROG_ADDR, WIN_BASE, WIN_SIZE) and the AXI
+    master's fault reports. The harness records what the controller's span check saw (its
+    inputs and its verdict) in the cycle it checked the C operand, and shows:
+
+    * the window registers hold WIN_BASE and WIN_SIZE as they were at START while a run is
+      under way, and a run past START lies inside ``[0, 2**addr_bits)`` (on a full build: no
+      window wraps past 2**32);
+    * from that check until the command leaves the issue slot, the instruction's (then the
+      slot's) C operand is the one checked, checked against the same window, and the check
+      passed (the stop before the slot is filled is taken otherwise);
+    * the controller's memory port never writes.
+
+    On a build with the vector unit the same holds for each VECTOR command's destination
+    rows and row exponents (the vector engine's writes), and its handshakes are free too.
+
+    With the span-check proofs (a C operand that passes lies inside the window, byte for
+    byte), the commands the matmul engine gets write, if the engine stays inside C, only
+    inside the window. ``writer_in_span`` shows that the engine does.
+    """
+
+    def __init__(self, dut: Controller):
+        self.dut = dut
+        W = dut.port_bytes
+        members = {"mem": Out(MemoryPortSignature(W)),
+                   "mm_cmd": Out(stream.Signature(command_layout())),
+                   "mm_done": In(stream.Signature(DONE_BITS))}
+        if dut.vector:
+            members.update({"vec_cmd": Out(stream.Signature(isa.vector_layout())),
+                            "vec_done": In(stream.Signature(DONE_BITS))})
+        self._scalars = ["writes_idle", "start", "abort", "prog_addr", "win_base", "win_size"]
+        if dut.mem_faults:
+            self._scalars += ["mem_fault", "mem_fault_code", "mem_fault_port", "mem_quiet"]
+        for name in self._scalars:
+            members[name] = In(len(getattr(dut, name)))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self.dut
+        ab = dut.addr_bits
+        m.submodules.dut = _elaborated(dut, platform)
+        wiring.connect(m, dut.mem, wiring.flipped(self.mem))
+        wiring.connect(m, dut.mm_cmd, wiring.flipped(self.mm_cmd))
+        wiring.connect(m, wiring.flipped(self.mm_done), dut.mm_done)
+        if dut.vector:
+            wiring.connect(m, dut.vec_cmd, wiring.flipped(self.vec_cmd))
+            wiring.connect(m, wiring.flipped(self.vec_done), dut.vec_done)
+        for name in self._scalars:
+            m.d.comb += getattr(dut, name).eq(getattr(self, name))
+        p = dut._probe
+        fsm = p["fsm"]
+        st = {name: fsm.ongoing(name) for name in
+              ("IDLE", "NEXT", "FETCH", "DECODE", "CHECK", "RESOLVE", "PSCAN", "SCANNED",
+               "ISSUE", "WAIT", "DRAIN") + (() if dut.issue_slot else ("HOLD",))}
+
+        # The window at START.
+        start_base = Signal(32)
+        start_size = Signal(32)
+        with m.If(st["IDLE"] & dut.start):
+            m.d.sync += [start_base.eq(dut.win_base), start_size.eq(dut.win_size)]
+        if not dut.vector:
+            m.d.comb += Assert(~p["is_vec"], "a vector command on a build without the unit")
+        m.d.comb += [
+            Assert(dut.running == ~st["IDLE"], "running != a run under way"),
+            Assert(~dut.mem.wr.valid, "the controller writes"),
+        ]
+        with m.If(dut.running):
+            m.d.comb += Assert((p["base"] == start_base[:ab])
+                               & (p["size"] == start_size[:ab + 1]),
+                               "the window registers moved during a run")
+        with m.If(dut.running & ~st["DRAIN"]):
+            # (So the registers hold WIN_BASE and WIN_SIZE whole.)
+            m.d.comb += Assert(start_base + start_size <= (1 << ab),
+                               "a run under way with a window past the build's reach")
+
+        m.d.comb += Assert(~p["any_outside"] | ~(st["PSCAN"] | st["SCANNED"] | st["ISSUE"]
+                                                 | (st["HOLD"] if not dut.issue_slot else 0)),
+                           "a command outside the window past RESOLVE")
+        _destination_check(self, m, st, p, "c", vec=False, idx=2, stream=dut.mm_cmd,
+                          operand=lambda c: (c.c_addr, c.m, c.c_stride, _c_operand(c)[1]))
+        if dut.vector:
+            # The vector engine writes its destination rows and, for the ops that make them,
+            # the row exponents.
+            def fmt_log(fmt):
+                return Mux(fmt == 3, 2, Mux(fmt == 2, 1, 0))
+            _destination_check(self, m, st, p, "dst", vec=True, idx=3, stream=dut.vec_cmd,
+                              operand=lambda c: (c.dst_addr, c.rows, c.dst_stride,
+                                                 c.cols << fmt_log(c.dst_fmt)))
+            _destination_check(self, m, st, p, "e", vec=True, idx=4, stream=dut.vec_cmd,
+                              operand=lambda c: (c.e_addr, C(1, 1), C(0, 32), c.rows))
+        cmd = dut.mm_cmd.payload
+        # Reachable: a command whose destination ends at the window's end is taken; with the
+        # one-cycle check, one of two rows (the serial check spends 16 cycles on the product
+        # of each operand of more than one row: one row keeps it within a short depth).
+        taken = dut.mm_cmd.valid & dut.mm_cmd.ready
+        if dut.serial_check:
+            m.d.comb += Cover(taken & (cmd.m == 1)
+                              & (cmd.c_addr[:ab] + _c_operand(cmd)[1] == p["win_end"]))
+        else:
+            m.d.comb += Cover(taken & (cmd.m > 1)
+                              & (cmd.c_addr[:ab] + cmd.c_stride[:ab] + _c_operand(cmd)[1]
+                                 == p["win_end"]))
+        return m
+
+
+def _destination_check(spec, m, st, p, name, *, vec, idx, stream, operand):
+    """For :class:`ControllerSpec`: operand ``idx`` of the instruction's operand table (a
+    destination of its unit) is recorded as the span check saw it; it stays the one checked,
+    against the same window, until the unit takes the command (from the issue slot, or,
+    without one, from the instruction register), and a command is offered only when its check
+    passed."""
+    dut = spec.dut
+    ab = dut.addr_bits
+    mine = p["is_vec"] if vec else ~p["is_vec"]
+    used, op_addr, op_rows, op_stride, op_rb = p["op"]
+    fields = Cat(op_addr, op_rows, op_stride, op_rb)
+    _, *instr_operand = p["vec_ops"][idx] if vec else p["c_op"]
+    widths = (len(op_addr), len(op_rows), len(op_stride), len(op_rb))
+    window = Cat(p["base"], p["win_end"])
+    rec = Signal(len(fields), name=f"{name}_rec")
+    rec_window = Signal(len(window), name=f"{name}_rec_window")
+    rec_out = Signal(name=f"{name}_rec_out")
+    with m.If(st["CHECK"] & p["check_step"] & (p["idx"] == idx) & mine):
+        m.d.sync += [rec.eq(fields), rec_window.eq(window), rec_out.eq(p["outside"])]
+    # The instruction's operand as the operand table drives the check with it.
+    parts = []
+    for k, (value, width) in enumerate(zip(instr_operand, widths)):
+        part = Signal(width, name=f"{name}_instr_{k}")
+        m.d.comb += part.eq(value)
+        parts.append(part)
+    instr_fields = Cat(*parts)
+    with m.If(st["CHECK"] & mine & (p["idx"] == idx)):
+        m.d.comb += Assert(fields == instr_fields, f"{name} is not operand {idx} of the check")
+    after = ((st["CHECK"] & (p["idx"] > idx)) | st["RESOLVE"] | st["PSCAN"] | st["SCANNED"]
+             | st["ISSUE"] | (st["HOLD"] if not dut.issue_slot else 0))
+    with m.If(after & mine):
+        m.d.comb += [
+            Assert(rec == instr_fields, f"the instruction's {name} is not the one checked"),
+            Assert(rec_window == window, f"{name} checked against another window"),
+            Assert(p["any_outside"] | ~rec_out, f"a failed check of {name} forgotten"),
+        ]
+
+    cmd = stream.payload
+    c_addr, c_rows, c_stride, c_rb = operand(cmd)
+
+    def same_as(record):
+        # On a narrow build the check saw each field with a flag above its ab bits (set for a
+        # value at or above 2**ab); the unit gets the ab bits, zero-extended.
+        addr, rows, stride, rb = _split(record, widths)
+        return ((c_addr[:ab] == addr[:ab]) & (c_addr[ab:] == 0) & (c_rows == rows)
+                & (c_stride[:ab] == stride[:ab]) & (c_stride[ab:] == 0) & (c_rb == rb))
+
+    if dut.issue_slot:
+        slot_valid = p["vec_unit" if vec else "mm_unit"][0]
+        slot_rec = Signal(len(fields), name=f"{name}_slot_rec")
+        slot_window = Signal(len(rec_window), name=f"{name}_slot_window")
+        slot_out = Signal(init=1, name=f"{name}_slot_out")
+        with m.If(~slot_valid):
+            m.d.sync += [slot_rec.eq(rec), slot_window.eq(rec_window),
+                         slot_out.eq(rec_out | p["any_outside"])]
+        holding = slot_valid
+    else:
+        slot_rec, slot_window, slot_out = rec, rec_window, p["any_outside"]
+        holding = (st["ISSUE"] | st["HOLD"]) & mine
+    with m.If(holding):
+        m.d.comb += [
+            Assert(same_as(slot_rec), f"the command's {name} is not the one checked"),
+            Assert(~slot_out, f"a command whose {name} failed its check"),
+            Assert(slot_window == window, f"{name} checked against another window"),
+            Assert(dut.running, "a command held outside a run"),
+        ]
+    with m.If(stream.valid):
+        m.d.comb += Assert(holding, "a command offered that was not checked")
+
+
+def _split(value, widths):
+    """``value`` cut into consecutive fields of the given widths, lowest first."""
+    out, at = [], 0
+    for width in widths:
+        out.append(value[at:at + width])
+        at += width
+    return out
+
+
+class ControllerAcceptingWrappedWindow(Controller):
+    """Mutant: the controller before the window check covered full builds: a window that
+    reaches past 2**32 is accepted, and an operand checked against it may wrap around to the
+    bottom of the memory."""
+
+    def _window_beyond(self, ab):
+        return C(0, 1) if ab == 32 else super()._window_beyond(ab)
+
+
+class ControllerForgettingC(Controller):
+    """Mutant: the verdict of C's span check is not kept, so a command whose destination
+    reaches outside the window is issued."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        p = self._probe
+        with m.If(p["fsm"].ongoing("CHECK") & (p["idx"] == 2)):
+            m.d.sync += p["any_outside"].eq(p["any_outside"])
+        return m
+
+
+# --- bounded liveness of the controller ------------------------------------------------------
+
+#: Instruction classes of :class:`ControllerLivenessSpec`, in the order of its bound table.
+LIVENESS_CLASSES = ("fetch", "halt", "sync", "matmul", "matmul_requant", "vector", "illegal")
+
+
+class ControllerForgettingDst(Controller):
+    """Mutant: the verdict of a VECTOR destination's span check is not kept, so a command
+    whose destination rows reach outside the window is issued."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        p = self._probe
+        with m.If(p["fsm"].ongoing("CHECK") & p["is_vec"] & (p["idx"] == 3)):
+            m.d.sync += p["any_outside"].eq(p["any_outside"])
+        return m
+
+
+class ControllerLivenessSpec(wiring.Component):
+    """Each instruction the :class:`Controller` runs ends (it is back between instructions,
+    or the run has stopped) within a bound of cycles for its class, when the memory and the
+    matmul engine answer within bounded times.
+
+    Free inputs, with the promises of a working memory and engine (``Assume``):
+
+    * the memory takes a read request within ``latency`` cycles of its offer, and while it
+      owes read beats it returns one at least every ``latency`` cycles; it returns no beat it
+      does not owe (the data is free: any instruction stream, any parameter records);
+    * the engine takes a command within ``latency`` cycles, holds one at a time and answers
+      it within ``engine`` cycles (with any code), at the earliest in the second cycle after
+      taking it, as the matmul engine does; no write stays unacknowledged for ``latency``
+      cycles in a row (``writes_idle``);
+    * no memory fault (the watchdog's proof, ``axi_master_faults``, covers a silent memory);
+      START, abort, PROG_ADDR and the window free.
+
+    An instruction is timed from the cycle the controller leaves NEXT (or IDLE, for START)
+    until it is back in NEXT or IDLE; the bound is that of its class, known from DECODE
+    (``fetch`` until then): HALT, SYNC, MATMUL without requantisation (whatever its checks
+    find), requantising MATMUL of at most ``requant_cols`` columns (its parameter scan reads
+    ``ceil(8 N / W)`` beats), VECTOR (a build without the unit: UNSUPPORTED) and any other
+    opcode. Bounded model checking to a depth past the largest bound finds any instruction
+    of the first ones a run executes that takes longer.
+    """
+
+    def __init__(self, dut: Controller, *, bounds: dict, latency: int, engine: int,
+                 requant_cols: int):
+        self.dut, self.bounds = dut, bounds
+        self.latency, self.engine, self.requant_cols = latency, engine, requant_cols
+        assert set(bounds) == set(LIVENESS_CLASSES)
+        W = dut.port_bytes
+        members = {"mem": Out(MemoryPortSignature(W)),
+                   "mm_cmd": Out(stream.Signature(command_layout())),
+                   "mm_done": In(stream.Signature(DONE_BITS))}
+        self._scalars = ["writes_idle", "start", "abort", "prog_addr", "win_base", "win_size"]
+        for name in self._scalars:
+            members[name] = In(len(getattr(dut, name)))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self.dut
+        W = dut.port_bytes
+        m.submodules.dut = _elaborated(dut, platform)
+        wiring.connect(m, dut.mem, wiring.flipped(self.mem))
+        wiring.connect(m, dut.mm_cmd, wiring.flipped(self.mm_cmd))
+        wiring.connect(m, wiring.flipped(self.mm_done), dut.mm_done)
+        for name in self._scalars:
+            m.d.comb += getattr(dut, name).eq(getattr(self, name))
+        if dut.mem_faults:
+            m.d.comb += [dut.mem_fault.eq(0), dut.mem_quiet.eq(1)]
+        p = dut._probe
+        fsm = p["fsm"]
+
+        def within(name, waiting, cycles):
+            """Assume ``waiting`` is never true for ``cycles`` cycles in a row."""
+            count = Signal(range(cycles + 1), name=f"{name}_wait")
+            m.d.sync += count.eq(Mux(waiting, count + 1, 0))
+            m.d.comb += Assume(~waiting | (count < cycles - 1))
+
+        mem, L = dut.mem, self.latency
+        owed = Signal(16)
+        m.d.sync += owed.eq(owed + (mem.rd_req.valid & mem.rd_req.ready) - mem.rd_resp.valid)
+        m.d.comb += Assume(~mem.rd_resp.valid | (owed != 0))
+        within("rd_req", mem.rd_req.valid & ~mem.rd_req.ready, L)
+        within("rd_resp", (owed != 0) & ~mem.rd_resp.valid, L)
+        held = Signal(range(dut.queue + 2))   # commands the engine holds
+        cmd_fire = dut.mm_cmd.valid & dut.mm_cmd.ready
+        m.d.sync += held.eq(held + cmd_fire - dut.mm_done.valid)
+        just_taken = Signal()
+        m.d.sync += just_taken.eq(cmd_fire)
+        m.d.comb += [
+            # As the matmul engine does: one command at a time (ready only while it holds
+            # none), answered at the earliest in the second cycle after it was taken (CHECK,
+            # then DONE). (An answer in the very next cycle would reach the controller's FIFO
+            # of commands in flight before the command does, and be lost.)
+            Assume(~dut.mm_cmd.ready | (held == 0)),
+            Assume(~dut.mm_done.valid | ((held != 0) & ~just_taken)),
+        ]
+        within("mm_cmd", dut.mm_cmd.valid & ~dut.mm_cmd.ready, L)
+        within("mm_done", (held != 0) & ~dut.mm_done.valid, self.engine)
+        within("writes", ~dut.writes_idle, L)
+
+        # The instruction's class, known from DECODE.
+        instr = p["instr"]
+        opcode = instr.opcode
+        cls = Signal(range(len(LIVENESS_CLASSES)))
+        index = {name: i for i, name in enumerate(LIVENESS_CLASSES)}
+        with m.If(fsm.ongoing("DECODE")):
+            with m.Switch(opcode):
+                with m.Case(isa.Opcode.HALT):
+                    m.d.sync += cls.eq(index["halt"])
+                with m.Case(isa.Opcode.SYNC):
+                    m.d.sync += cls.eq(index["sync"])
+                with m.Case(isa.Opcode.MATMUL):
+                    m.d.sync += cls.eq(Mux(p["mm"].requant, index["matmul_requant"],
+                                           index["matmul"]))
+                with m.Case(isa.Opcode.VECTOR):
+                    m.d.sync += cls.eq(index["vector"])
+                with m.Default():
+                    m.d.sync += cls.eq(index["illegal"])
+            with m.If(opcode == isa.Opcode.MATMUL):
+                m.d.comb += Assume(~p["mm"].requant | (p["mm"].n <= self.requant_cols))
+        between = fsm.ongoing("NEXT") | fsm.ongoing("IDLE")
+        with m.If(between):
+            m.d.sync += cls.eq(index["fetch"])
+        largest = max(self.bounds.values())
+        t = Signal(range(largest + 2))
+        m.d.sync += t.eq(Mux(between, 0, Mux(t == largest + 1, t, t + 1)))
+        bound = Signal.like(t)
+        m.d.comb += bound.eq(Array(C(self.bounds[name], len(t)) for name in LIVENESS_CLASSES)[cls])
+        m.d.comb += Assert(t <= bound, "an instruction took longer than its class's bound")
+        # Reachable: an instruction of every class ends (the environment leaves each one
+        # something to check).
+        was_between = Signal(init=1)
+        m.d.sync += was_between.eq(between)
+        for i, name in enumerate(LIVENESS_CLASSES):
+            m.d.comb += Cover(between & ~was_between & (cls == i))
+        return m
+
+
+class ControllerScanningShort(Controller):
+    """Mutant: the parameter scan requests one beat fewer than it waits for, so a
+    requantising MATMUL waits for ever for its last record beat."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        p = self._probe
+        with m.If(p["fsm"].ongoing("PSCAN") & (p["scan_req"] + 1 >= p["scan_beats"])):
+            m.d.comb += self.mem.rd_req.valid.eq(0)
         return m

@@ -202,6 +202,15 @@ def test_errors_match_isa_sim(kind):
         assert mm.log == []                    # rejected before the engine saw it
 
 
+def test_window_past_4_gib_is_bad():
+    """A window that reaches past 2**32 is refused at START (an operand checked against it
+    could wrap around to the bottom of the memory)."""
+    img = error_image("ok", CFG)
+    img.base, img.size = (1 << 32) - 128, 256
+    result, model, _ = run_controller(img)
+    assert result["code"] == ErrorCode.BAD_WINDOW and model.reads == 0
+
+
 def test_bad_window_and_misaligned_program():
     img = error_image("ok", CFG)
     img.base += 8

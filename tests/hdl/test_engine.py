@@ -71,6 +71,31 @@ def test_engine_runs_back_to_back_commands():
     assert np.array_equal(img1.result(data), jobs[1].golden())
 
 
+@pytest.mark.parametrize("m", [1, 3])
+def test_engine_writes_no_beat_past_c(m):
+    """A tile's row longer than a beat (N = 2 int32 results, W = 4) and a single column: the
+    beat past C's last column holds nothing of C and is not written (it was, with every
+    strobe low, at an address past C). C ends where the memory does, so such a beat would be
+    an access out of bounds."""
+    rng = np.random.default_rng(5 + m)
+    job = random_job(rng, m, 4, 1, requant=False, bias=False)
+    engine = MatmulEngine(2, 4, k_max=16)
+    img = job.image(4, seed=1)
+    c_addr, stride, rows, row_bytes = img.regions["c"]
+    img.data = img.data[:c_addr + (rows - 1) * stride + row_bytes].copy()
+    mem = MemoryModel(engine.mem, img.data, 4, rng=random.Random(3), req_stall=0.2,
+                      wr_stall=0.2)
+    out = {}
+
+    async def main(ctx):
+        out["code"], _ = await run_command(ctx, engine, img.command(), timeout=20_000)
+
+    run(engine, main, background=[mem], deadline_cycles=50_000)
+    assert out["code"] == ErrorCode.OK
+    assert np.array_equal(img.result(img.data), job.golden())
+    assert mem.writes == m          # one beat per row
+
+
 @pytest.mark.parametrize("fields,code", [
     (dict(m=0, k=4, n=4), ErrorCode.BAD_SHAPE),
     (dict(m=2, k=17, n=4), ErrorCode.BAD_SHAPE),

@@ -10,28 +10,34 @@ from celosia.sim import proofs
 from celosia.sim.formal import prove
 from celosia.sw import cli
 
-MUTANTS = [(proof, mutant) for proof in proofs.PROOFS for mutant in proof.mutants]
+def _marked(proof, *values):
+    """A parameter of ``proof`` (and ``values``), marked slow when the proof is."""
+    return pytest.param(proof, *values, marks=pytest.mark.slow if proof.slow else ())
+
+
+MUTANTS = [_marked(proof, mutant) for proof in proofs.PROOFS for mutant in proof.mutants]
 
 
 def _name(proof):
     return proof.name
 
 
-@pytest.mark.parametrize("proof", proofs.PROOFS, ids=_name)
+@pytest.mark.parametrize("proof", [_marked(p) for p in proofs.PROOFS], ids=_name)
 def test_proof_holds(proof):
     outcome = proofs.check(proof)
     assert outcome.status == "PASS", outcome.log
 
 
 @pytest.mark.parametrize("proof,mutant", MUTANTS,
-                         ids=[f"{p.name}/{m.name}" for p, m in MUTANTS])
+                         ids=[f"{p.values[0].name}/{p.values[1].name}" for p in MUTANTS])
 def test_mutant_fails_its_proof(proof, mutant):
     """A counterexample from reset (FAIL), not merely an induction that does not close."""
     outcome = proofs.check(proof, mutant)
     assert outcome.status == "FAIL", outcome.log
 
 
-@pytest.mark.parametrize("proof", [p for p in proofs.PROOFS if p.cover_depth], ids=_name)
+@pytest.mark.parametrize("proof", [_marked(p) for p in proofs.PROOFS if p.cover_depth],
+                         ids=_name)
 def test_harness_covers_are_reachable(proof):
     """The environment's assumptions do not make the properties vacuous."""
     result = prove(proof.design, proof.cover_depth, mode="cover")
