@@ -447,7 +447,7 @@ class IsaMachine:
         elif op == VecOp.REQUANT_ROWS:
             y, e = nx.requantize_rows(x, per_col, out)
         else:  # GELU_ROWS
-            y, e = nx.requantize_rows(nx.gelu(nx.saturate(x, nx.INT16)), per_col, out)
+            y, e = nx.gelu_rows(x, per_col, out)
         self._write(f["dst_addr"], f["dst_stride"], y, DTYPE[dst_fmt])
         if e is not None:
             self._write(f["e_addr"], rows, e.reshape(1, rows), "u1")

@@ -210,6 +210,36 @@ def test_rows_requantisation_edges(unit):
     _check(jobs, run_amaranth(jobs, unit, seed=12, valid_prob=0.8, ready_prob=0.7))
 
 
+def test_gelu_rows_beyond_the_table(unit):
+    """GELU_ROWS passes inputs beyond Phi's table through (x + offset, not GELU(32)): values
+    at and around the table's end (4.0), the old int16 saturation (32.0), the int32 extremes
+    and the cap of x + offset; every shift of the factor (8..47, the left-shifted products)
+    and every output range, exact against numerics.gelu_rows."""
+    from celosia.sim.vector_runner import gelu_rows_job
+
+    one = 1 << nx.GELU_IN_FRAC
+    end = nx.GELU_RANGE * one
+    top = nx.INT32.hi - nx.GELU_OFFSET_STEPS
+    rows = np.array([
+        [end - 1, end, end + 1, -end, -end - 1, 32 * one - 1, 32 * one, 32 * one + 1, 0],
+        [nx.INT32.hi, nx.INT32.lo, top, top + 1, top - 1, 1 << 30, -(1 << 30), 1 << 21, 77],
+        [40 * one, 100 * one, 1000 * one, 3 * one, -3 * one, 5 * one, 64 * one, 1, -1],
+    ])
+    rng = np.random.default_rng(41)
+    jobs = []
+    for out in (nx.INT8, nx.UINT8, nx.INT16, nx.INT32):
+        for shift in (8, 9, 21, 22, 30, 40, nx.SHIFT_MAX):
+            mult = rng.integers(0, 1 << nx.MULT_BITS, size=9)
+            mult[:2] = ((1 << nx.MULT_BITS) - 1, 1)
+            jobs.append(gelu_rows_job(rows, nx.Dyadic(mult, np.full(9, shift)), out))
+    # Random large rows at a model-like factor.
+    x = rng.integers(-(1 << 22), 1 << 22, size=(3, 9)) * rng.choice([1, 1 << 8], size=(3, 9))
+    jobs.append(gelu_rows_job(nx.saturate(x, nx.INT32),
+                              nx.Dyadic(rng.integers(1 << 14, 1 << 15, size=9),
+                                        rng.integers(28, 40, size=9)), nx.UINT8))
+    _check(jobs, run_amaranth(jobs, unit, seed=14, valid_prob=0.8, ready_prob=0.7))
+
+
 @pytest.mark.parametrize("op", ["layernorm", "requant_rows", "gelu_rows", "softmax", "requant"])
 def test_residual_pre_add(unit, op):
     """``add_residual``: x = residual_add(x, r, res_shift) before the operation, saturating."""

@@ -12,7 +12,7 @@ from celosia.sim.vector_runner import cocotb_runner
 TB_DIR = Path(__file__).parent / "vector"
 BUILD_ROOT = Path(os.environ.get("CELOSIA_BUILD", Path(__file__).resolve().parents[2] / "build"))
 LANES = 4
-TESTCASES = ["softmax", "layernorm", "gelu", "requant", "residual", "whole_unit"]
+TESTCASES = ["softmax", "layernorm", "gelu", "gelu_rows", "requant", "residual", "whole_unit"]
 SIMULATORS = ["icarus", "verilator"]
 
 

@@ -79,6 +79,25 @@ async def gelu(dut):
 
 
 @cocotb.test()
+async def gelu_rows(dut):
+    """GELU_ROWS with inputs beyond Phi's table passed through: the table's end, the old int16
+    saturation point (32.0), the int32 extremes, every range of shifts."""
+    from celosia.sim.vector_runner import gelu_rows_job
+    unit = _unit()
+    rng = np.random.default_rng(107)
+    jobs = _flavours("gelu_rows", unit, rng, (1, 2 * unit.lanes + 3))
+    one = 1 << nx.GELU_IN_FRAC
+    top = nx.INT32.hi - nx.GELU_OFFSET_STEPS
+    x = np.array([[4 * one - 1, 4 * one, -4 * one - 1, 32 * one - 1, 32 * one, 40 * one,
+                   1000 * one, nx.INT32.hi, nx.INT32.lo, top, top + 1, 0]])
+    for shift in (8, 21, 22, 36, nx.SHIFT_MAX):
+        for out in (nx.UINT8, nx.INT32):
+            jobs.append(gelu_rows_job(x, nx.Dyadic(rng.integers(1, 1 << nx.MULT_BITS, size=12),
+                                                   np.full(12, shift)), out))
+    await _run_and_check(dut, unit, jobs, seed=7)
+
+
+@cocotb.test()
 async def requant(dut):
     unit = _unit()
     rng = np.random.default_rng(104)
