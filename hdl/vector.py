@@ -25,6 +25,7 @@ from celosia.sw import numerics as nx
 from .dsp import limb_product
 from .pipeline import CreditCounter
 from .isa import VecOp
+from .params import VEC_MAX_COLS
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
                            mul_round_sat, round_add, round_shift_add, round_shifted)
@@ -40,8 +41,9 @@ __all__ = [
 VectorOp = VecOp
 
 
-#: A row has at most 2**COLS_BITS - 1 columns (LayerNorm's limit, LN_MAX_COLS, fits).
-COLS_BITS = nx.LN_MAX_COLS.bit_length()
+#: A row has at most 2**COLS_BITS - 1 columns (the longest VECTOR row, params.VEC_MAX_COLS,
+#: fits).
+COLS_BITS = VEC_MAX_COLS.bit_length()
 #: Rows in one command.
 ROWS_BITS = 16
 #: Per-column LayerNorm gamma is below 2**20 in magnitude (numerics.layernorm), beta below 2**40.
@@ -121,9 +123,9 @@ token_layout = data.StructLayout({
     "exp": unsigned(ROW_EXP_BITS),
 })
 
-_SX_BITS = 2 + nx.LN_IN_BITS + COLS_BITS            # |sum x| < 2**(23 + 11)
-_SXX_BITS = 2 * nx.LN_IN_BITS + COLS_BITS           # sum x*x < 2**(46 + 11)
-_ESUM_BITS = EXP_E_BITS + COLS_BITS                 # sum e <= 2047 * 2**15
+_SX_BITS = 2 + nx.LN_IN_BITS + COLS_BITS            # |sum x| < 2**(23 + COLS_BITS)
+_SXX_BITS = 2 * nx.LN_IN_BITS + COLS_BITS           # sum x*x < 2**(46 + COLS_BITS)
+_ESUM_BITS = EXP_E_BITS + COLS_BITS                 # sum e <= (2**COLS_BITS - 1) * 2**15
 _RECIP_NUM = nx.PROB_MAX << nx.RECIP_BITS
 #: The exp sum of a row with any unmasked column is at least 2**EXP_ONE_BITS (its maximum).
 _RECIP_QBITS = _RECIP_NUM.bit_length() - nx.EXP_ONE_BITS
@@ -227,10 +229,11 @@ class VectorFinisher(wiring.Component):
         # chains of their own, see limb_product).
         # In three cycles: the sum, the product, the difference.
         f = Signal(signed(_SX_BITS + 1))
-        # |sum + r| < 2**(23 + COLS_BITS) + 2**COLS_BITS: 36 bits at 11 column bits.
+        # |sum + r| < 2**(23 + COLS_BITS) + 2**COLS_BITS: 38 bits at 13 column bits.
         f_bits = nx.LN_IN_BITS + COLS_BITS + 1
         mf = Signal(signed(nx.LN_IN_BITS + f_bits))
-        mf_comb = limb_product(mean, f[:f_bits].as_signed(), lut_bits=2, m=m, name="mf")
+        # The top limb of f (f_bits - 34 bits) is multiplied in LUTs: four DSP multiplies.
+        mf_comb = limb_product(mean, f[:f_bits].as_signed(), lut_bits=f_bits - 34, m=m, name="mf")
 
         with m.FSM():
             with m.State("IDLE"):
@@ -339,8 +342,8 @@ class VectorUnit(wiring.Component):
         Finishers working on successive rows in parallel (None: enough for rows of 128 to keep
         the unit at full rate).
     fifo_depth : int or None
-        Depth in beats of each row FIFO (None: a power of two holding a longest row plus the
-        finisher latency).
+        Depth in beats of each row FIFO (None: one more than a power of two that holds a
+        longest row and twice the finisher latency).
     token_depth : int
         Rows that may wait between two stages.
 
@@ -361,7 +364,7 @@ class VectorUnit(wiring.Component):
         or output register in use). Low means every accepted row has left.
     """
 
-    def __init__(self, lanes: int, *, max_cols: int = nx.LN_MAX_COLS,
+    def __init__(self, lanes: int, *, max_cols: int = VEC_MAX_COLS,
                  unroll: int = FINISHER_UNROLL,
                  finishers: int | None = None, fifo_depth: int | None = None,
                  token_depth: int = 16):
@@ -383,7 +386,11 @@ class VectorUnit(wiring.Component):
             raise ValueError(f"finishers must be a positive integer, not {finishers!r}")
         self.finishers = finishers
         if fifo_depth is None:
-            fifo_depth = _ceil_pow2(self.max_beats + self.finisher_cycles() + 8)
+            # Storage (depth - 1 entries) of a power of two that holds a longest row and at
+            # least twice a finisher's latency: rows of up to storage - finisher_cycles() - 8
+            # beats (half of it at least) stream at full rate; a longest row may wait for the
+            # finisher of the one before (a block RAM of 2**k entries, not 2**(k+1)).
+            fifo_depth = _ceil_pow2(max(self.max_beats, 2 * (self.finisher_cycles() + 8))) + 1
         if not isinstance(fifo_depth, int) or fifo_depth < self.max_beats + 1:
             raise ValueError(f"fifo_depth must hold a longest row ({self.max_beats} beats)")
         self.fifo_depth = fifo_depth

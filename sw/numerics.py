@@ -380,8 +380,9 @@ LN_IN_BITS = 24
 LN_NORM_FRAC = 12
 #: inv = floor(2**LN_INV_BITS / std): at least 2**21 for any std below 2**25.
 LN_INV_BITS = 46
-#: Longest row (the FFN width of MiniLM; sums then fit 35 bits and squared sums 61 bits).
-LN_MAX_COLS = 1536
+#: Longest row (4096: BERT-base's FFN width 3072 fits; int24 sums then fit 36 bits and the
+#: squared deviations' sums 62 bits).
+LN_MAX_COLS = 4096
 
 
 def isqrt(v) -> np.ndarray:
@@ -402,7 +403,7 @@ def layernorm(x, gamma, beta, shift: int, out: Range) -> np.ndarray:
 
     1. ``x = saturate(x, int24)``.
     2. ``mean = floor(sum(x) / n)``; ``d = x - mean`` (|d| < 2**25).
-    3. ``var = floor(sum(d*d) / n)`` (d*d < 2**50; the sum fits 61 bits).
+    3. ``var = floor(sum(d*d) / n)`` (d*d < 2**50; the sum fits 62 bits for n <= 4096).
     4. ``std = max(1, isqrt(var))``; ``inv = floor(2**46 / std)``.
     5. ``z = round_shift(d * inv, 46 - 12)``: (x - mean)/std in Q12, |z| <= sqrt(n) * 2**12.
     6. ``y = saturate(round_shift(z * gamma + beta, shift), out)``; ``gamma`` (|gamma| < 2**20)

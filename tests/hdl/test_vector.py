@@ -102,7 +102,7 @@ def test_full_rate_rows_of_128(op):
 
 
 def test_long_rows():
-    """Softmax rows of 512 and LayerNorm rows of 1536 (the longest of each)."""
+    """Softmax rows of 512 and LayerNorm rows of 1536 at eight lanes."""
     unit = VectorUnit(8)
     rng = np.random.default_rng(9)
     jobs = [random_job("softmax", 2, 512, rng, "random", causal_offset=300),
@@ -110,6 +110,27 @@ def test_long_rows():
             random_job("layernorm", 2, 1536, rng, "random"),
             random_job("layernorm", 1, 1536, rng, "extremes")]
     _check(jobs, run_amaranth(jobs, unit, seed=1, valid_prob=0.9, ready_prob=0.9))
+
+
+def test_bert_base_rows():
+    """The default 4-lane unit (rows up to params.VEC_MAX_COLS = 4096) on BERT-base's shapes:
+    GELU_ROWS and REQUANT_ROWS rows of the FFN width 3072, LayerNorm rows of the hidden width
+    768 and one of 4096 (past the old 1536 limit), softmax over 512 keys; bit-exact."""
+    from celosia.hdl.params import VEC_MAX_COLS
+    from celosia.sim.vector_runner import gelu_rows_job
+
+    unit = VectorUnit(LANES)
+    assert unit.max_cols == VEC_MAX_COLS >= 4096
+    rng = np.random.default_rng(23)
+    scale = nx.Dyadic(rng.integers(1 << 14, 1 << 15, size=3072), rng.integers(30, 38, size=3072))
+    x = rng.integers(-(8 << 10), 8 << 10, size=(1, 3072))
+    x[0, rng.integers(0, 3072, size=8)] = 200 << 10          # a few inputs beyond GELU's table
+    jobs = [gelu_rows_job(x, scale, nx.UINT8),
+            random_job("requant_rows", 1, 3072, rng, "random"),
+            random_job("layernorm", 2, 768, rng, "random"),
+            random_job("layernorm", 1, 4096, rng, "extremes"),
+            random_job("softmax", 1, 512, rng, "random")]
+    _check(jobs, run_amaranth(jobs, unit, seed=5, valid_prob=0.95, ready_prob=0.95))
 
 
 def test_several_finishers_keep_row_order():

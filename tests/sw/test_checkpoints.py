@@ -137,8 +137,8 @@ def test_the_cli_embeds_with_a_checkpoint(checkpoint, use_cache, capsys):
                    {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
                    {"idx": 2, "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]),
      "module 'sentence_transformers.models.Dense' is not supported"),
-    (dict(hidden=64, heads=2, ffn=3072, layers=1),
-     "intermediate_size 3072 is more than the vector unit's 1536-column rows"),
+    (dict(hidden=64, heads=2, ffn=4160, layers=1),
+     "intermediate_size 4160 is more than the vector unit's 4096-column rows"),
     (dict(max_seq_length=600), "max_seq_length 600 exceeds the 512 position embeddings"),
 ])
 def test_unsupported_pieces_are_one_line(tmp_path, use_cache, capsys, change, message,
