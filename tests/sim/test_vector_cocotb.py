@@ -54,9 +54,10 @@ def test_vector_cocotb(sim, testcase):
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
-@pytest.mark.parametrize("testcase", ["softmax", "layernorm"])
+@pytest.mark.parametrize("testcase", ["softmax", "layernorm", "gelu_rows"])
 def test_vector_cocotb_long_rows(sim, testcase):
-    """Softmax rows of 512 and LayerNorm rows of 1536 in every flavour."""
+    """Softmax rows of 512, LayerNorm rows of 1536 in every flavour, 768 and the longest
+    (params.VEC_MAX_COLS = 4096), GELU_ROWS rows of 3072."""
     _run(sim, testcase, long=True)
 
 

@@ -67,6 +67,9 @@ async def layernorm(dut):
              random_job("layernorm", 1, 384, rng, "random")]
     if _long():
         jobs += [random_job("layernorm", 1, 1536, rng, kind) for kind in KINDS]
+        # BERT-base's hidden width and the longest row (params.VEC_MAX_COLS).
+        jobs += [random_job("layernorm", 2, 768, rng, "random"),
+                 random_job("layernorm", 1, unit.max_cols, rng, "random")]
     await _run_and_check(dut, unit, jobs, seed=2)
 
 
@@ -94,6 +97,8 @@ async def gelu_rows(dut):
         for out in (nx.UINT8, nx.INT32):
             jobs.append(gelu_rows_job(x, nx.Dyadic(rng.integers(1, 1 << nx.MULT_BITS, size=12),
                                                    np.full(12, shift)), out))
+    if _long():     # BERT-base's FFN width
+        jobs += [random_job("gelu_rows", 1, 3072, rng, kind) for kind in ("random", "huge")]
     await _run_and_check(dut, unit, jobs, seed=7)
 
 
