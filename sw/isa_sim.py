@@ -472,6 +472,7 @@ class IsaMachine:
         # 1. Shapes (a wide split writes two rows per source row; rotary pairs columns).
         if (rows == 0 or cols == 0 or cols > VEC_MAX_COLS
                 or (op == DecoderVecOp.ROTARY and cols % 2)
+                or (op == DecoderVecOp.RMSNORM and cols > nx.RMS_MAX_COLS)
                 or (op == DecoderVecOp.SOFTMAX_WIDE and cols > 512)):
             raise IsaStop(ErrorCode.BAD_SHAPE, f"rows={rows} cols={cols}")
         strides = [("src", f["src_stride"], cols * OUT_BYTES[src_fmt]),
