@@ -6,6 +6,7 @@ import os
 import cocotb
 import numpy as np
 
+from celosia.hdl.params import VEC_MAX_COLS
 from celosia.hdl.vector import VectorUnit
 from celosia.sim.vector_runner import (KINDS, OPS, drive_cocotb, layernorm_job, random_job,
                                        requant_job, residual_job, softmax_job)
@@ -14,7 +15,7 @@ from celosia.sw import numerics as nx
 
 def _unit():
     return VectorUnit(int(os.environ["VECTOR_LANES"]),
-                      max_cols=int(os.environ.get("VECTOR_MAX_COLS", nx.LN_MAX_COLS)))
+                      max_cols=int(os.environ.get("VECTOR_MAX_COLS", VEC_MAX_COLS)))
 
 
 def _long() -> bool:
