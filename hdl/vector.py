@@ -59,6 +59,7 @@ GELU_OFFSET = int(getattr(nx, "GELU_OFFSET", 0))
 #: ``g = saturate(x + GELU_OFFSET_STEPS, int32) << GELU_PHI_BITS`` (numerics.gelu).
 GELU_OFFSET_STEPS = int(getattr(nx, "GELU_OFFSET_STEPS", 0))
 _GELU_BIG = nx.GELU_RANGE << nx.GELU_IN_FRAC
+assert _GELU_BIG & (_GELU_BIG - 1) == 0     # x >= _GELU_BIG: a test of x's high bits
 
 #: Softmax rows carry a power-of-two exponent when the numerics define one:
 #: ``x = clamp(floor(log2(sum)) - EXP_ONE_BITS, 0, ROW_EXP_MAX)``, probabilities scaled by 2**x.
