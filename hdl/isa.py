@@ -56,8 +56,8 @@ INSTR_BITS = 8 * INSTR_BYTES
 #: The memory window's base and size are multiples of the widest memory port (128 bytes), so
 #: a beat-aligned access is inside the window exactly when its bytes are.
 WINDOW_ALIGN = 128
-#: Longest vector row: the vector unit's row FIFO holds a LayerNorm row of the FFN width.
-VEC_MAX_COLS = nx.LN_MAX_COLS
+#: Longest vector row (``params.VEC_MAX_COLS``, which sizes the vector unit).
+VEC_MAX_COLS = params.VEC_MAX_COLS
 #: numerics.residual_add's shift range.
 RES_SHIFT_MAX = 16
 

@@ -34,13 +34,15 @@ from dataclasses import dataclass
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-from celosia.sw.numerics import INT8, INT16, INT32, MULT_BITS, ROW_EXP_MAX, SHIFT_MAX, UINT8, Range
+from celosia.sw.numerics import (INT8, INT16, INT32, LN_MAX_COLS, MULT_BITS, ROW_EXP_MAX, SHIFT_MAX,
+                                 UINT8, Range)
 
 __all__ = [
     "ARRAY_MIN", "ARRAY_MAX", "DEFAULT_ARRAY", "K_MAX", "ADDR_BITS", "DIM_BITS", "K_BITS",
     "A_BITS", "B_BITS", "ACC_BITS", "SHIFT_BITS", "ZERO_POINT_BITS", "ROW_SHIFT_BITS",
     "PARAM_RECORD_BYTES", "PARAM_BIAS_OFFSET", "PARAM_MULT_OFFSET", "PARAM_SHIFT_OFFSET",
     "OutFormat", "AddendMode", "ErrorCode", "DONE_BITS", "MEM_TIMEOUT_CYCLES", "OUT_RANGE", "OUT_BYTES", "ADDEND_BYTES",
+    "VEC_MAX_COLS",
     "default_port_bytes", "group_cols", "check_config", "command_layout", "pack_command",
     "view_aligned", "Sizing", "FULL", "SMALL",
 ]
@@ -50,6 +52,10 @@ ARRAY_MIN, ARRAY_MAX = 2, 32
 DEFAULT_ARRAY = 8
 #: Longest reduction the operand scratchpads hold (MiniLM's FFN width is 1536).
 K_MAX = 4096
+#: Longest row of a VECTOR instruction (the vector unit's row FIFOs, parameter memory, column
+#: counters and reduction widths are sized from it): LayerNorm's limit in the numerics, 4096,
+#: so BERT-base's rows (768 hidden, 3072 FFN, softmax over up to 512 tokens) are one command.
+VEC_MAX_COLS = LN_MAX_COLS
 ADDR_BITS = 32
 #: M and N are 16-bit fields (a sequence or a feature dimension below 65536).
 DIM_BITS = 16

@@ -25,6 +25,7 @@ from celosia.sw import numerics as nx
 from .dsp import limb_product
 from .pipeline import CreditCounter
 from .isa import VecOp
+from .params import VEC_MAX_COLS
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
                            mul_round_sat, round_add, round_shift_add, round_shifted)
@@ -40,8 +41,9 @@ __all__ = [
 VectorOp = VecOp
 
 
-#: A row has at most 2**COLS_BITS - 1 columns (LayerNorm's limit, LN_MAX_COLS, fits).
-COLS_BITS = nx.LN_MAX_COLS.bit_length()
+#: A row has at most 2**COLS_BITS - 1 columns (the longest VECTOR row, params.VEC_MAX_COLS,
+#: fits).
+COLS_BITS = VEC_MAX_COLS.bit_length()
 #: Rows in one command.
 ROWS_BITS = 16
 #: Per-column LayerNorm gamma is below 2**20 in magnitude (numerics.layernorm), beta below 2**40.
@@ -53,6 +55,11 @@ SHIFT_BITS = nx.SHIFT_MAX.bit_length()
 #: GELU's output offset (x * Phi(x) + offset, clamped at 0) when the numerics define one.
 GELU_CLAMP = hasattr(nx, "GELU_OFFSET")
 GELU_OFFSET = int(getattr(nx, "GELU_OFFSET", 0))
+#: GELU_ROWS passes an input beyond Phi's table (x >= GELU_RANGE) through as
+#: ``g = saturate(x + GELU_OFFSET_STEPS, int32) << GELU_PHI_BITS`` (numerics.gelu).
+GELU_OFFSET_STEPS = int(getattr(nx, "GELU_OFFSET_STEPS", 0))
+_GELU_BIG = nx.GELU_RANGE << nx.GELU_IN_FRAC
+assert _GELU_BIG & (_GELU_BIG - 1) == 0     # x >= _GELU_BIG: a test of x's high bits
 
 #: Softmax rows carry a power-of-two exponent when the numerics define one:
 #: ``x = clamp(floor(log2(sum)) - EXP_ONE_BITS, 0, ROW_EXP_MAX)``, probabilities scaled by 2**x.
@@ -117,9 +124,9 @@ token_layout = data.StructLayout({
     "exp": unsigned(ROW_EXP_BITS),
 })
 
-_SX_BITS = 2 + nx.LN_IN_BITS + COLS_BITS            # |sum x| < 2**(23 + 11)
-_SXX_BITS = 2 * nx.LN_IN_BITS + COLS_BITS           # sum x*x < 2**(46 + 11)
-_ESUM_BITS = EXP_E_BITS + COLS_BITS                 # sum e <= 2047 * 2**15
+_SX_BITS = 2 + nx.LN_IN_BITS + COLS_BITS            # |sum x| < 2**(23 + COLS_BITS)
+_SXX_BITS = 2 * nx.LN_IN_BITS + COLS_BITS           # sum x*x < 2**(46 + COLS_BITS)
+_ESUM_BITS = EXP_E_BITS + COLS_BITS                 # sum e <= (2**COLS_BITS - 1) * 2**15
 _RECIP_NUM = nx.PROB_MAX << nx.RECIP_BITS
 #: The exp sum of a row with any unmasked column is at least 2**EXP_ONE_BITS (its maximum).
 _RECIP_QBITS = _RECIP_NUM.bit_length() - nx.EXP_ONE_BITS
@@ -152,9 +159,20 @@ _LN_DINV_MAX = (isqrt((1 << COLS_BITS) - 1) + 1) << (nx.LN_INV_BITS + 1)
 _Z_BITS = ((_LN_DINV_MAX >> (nx.LN_INV_BITS - nx.LN_NORM_FRAC)) + 1).bit_length() + 1
 #: GELU's g = x * Phi(x) + offset, x int16, Phi <= 2**14.
 _G_BITS = ((1 << 15 << nx.GELU_PHI_BITS) + GELU_OFFSET).bit_length() + 1
+#: The shared stage-2 multiplier's second operand: softmax's and the row requantisations' M,
+#: LayerNorm's |x|. A GELU_ROWS input beyond the table multiplies M << _GELU_PRE (still in
+#: the operand's width) and the product is shifted by the rest of GELU_PHI_BITS after it.
+_OPB_BITS = max(nx.MULT_BITS, nx.LN_IN_BITS)
+_GELU_PRE = _OPB_BITS - nx.MULT_BITS
+_GELU_POST = nx.GELU_PHI_BITS - _GELU_PRE
 #: Widths of the steps' products (plus rounding half, which reaches 2**(SHIFT_MAX-1)).
 _HALF_BITS = nx.SHIFT_MAX + 1
-_M1_BITS = max(_LN_DINV_MAX.bit_length() + 1, 32 + nx.MULT_BITS, _HALF_BITS) + 1
+_M1_PROD_BITS = max(_LN_DINV_MAX.bit_length() + 1, 32 + nx.MULT_BITS, _HALF_BITS) + 1
+#: GELU_ROWS beyond the table in M1: b = M << _M1_GELU_PRE fills the low 17-bit DSP limb, the
+#: product is shifted by the rest of GELU_PHI_BITS (|xo * M << 14| < 2**60).
+_M1_GELU_PRE = 17 - nx.MULT_BITS
+_M1_GELU_POST = nx.GELU_PHI_BITS - _M1_GELU_PRE
+_M1_BITS = max(_M1_PROD_BITS, 31 + nx.MULT_BITS + nx.GELU_PHI_BITS + 1)
 _M2_BITS = max(_Z_BITS + GAMMA_BITS, BETA_BITS) + 1          # z * gamma + beta, unshifted
 _M3_BITS = max(_G_BITS + nx.MULT_BITS, _M2_BITS, _HALF_BITS) + 1
 
@@ -212,10 +230,11 @@ class VectorFinisher(wiring.Component):
         # chains of their own, see limb_product).
         # In three cycles: the sum, the product, the difference.
         f = Signal(signed(_SX_BITS + 1))
-        # |sum + r| < 2**(23 + COLS_BITS) + 2**COLS_BITS: 36 bits at 11 column bits.
+        # |sum + r| < 2**(23 + COLS_BITS) + 2**COLS_BITS: 38 bits at 13 column bits.
         f_bits = nx.LN_IN_BITS + COLS_BITS + 1
         mf = Signal(signed(nx.LN_IN_BITS + f_bits))
-        mf_comb = limb_product(mean, f[:f_bits].as_signed(), lut_bits=2, m=m, name="mf")
+        # The top limb of f (f_bits - 34 bits) is multiplied in LUTs: four DSP multiplies.
+        mf_comb = limb_product(mean, f[:f_bits].as_signed(), lut_bits=f_bits - 34, m=m, name="mf")
 
         with m.FSM():
             with m.State("IDLE"):
@@ -324,8 +343,8 @@ class VectorUnit(wiring.Component):
         Finishers working on successive rows in parallel (None: enough for rows of 128 to keep
         the unit at full rate).
     fifo_depth : int or None
-        Depth in beats of each row FIFO (None: a power of two holding a longest row plus the
-        finisher latency).
+        Depth in beats of each row FIFO (None: one more than a power of two that holds a
+        longest row and twice the finisher latency).
     token_depth : int
         Rows that may wait between two stages.
 
@@ -346,7 +365,7 @@ class VectorUnit(wiring.Component):
         or output register in use). Low means every accepted row has left.
     """
 
-    def __init__(self, lanes: int, *, max_cols: int = nx.LN_MAX_COLS,
+    def __init__(self, lanes: int, *, max_cols: int = VEC_MAX_COLS,
                  unroll: int = FINISHER_UNROLL,
                  finishers: int | None = None, fifo_depth: int | None = None,
                  token_depth: int = 16):
@@ -368,7 +387,11 @@ class VectorUnit(wiring.Component):
             raise ValueError(f"finishers must be a positive integer, not {finishers!r}")
         self.finishers = finishers
         if fifo_depth is None:
-            fifo_depth = _ceil_pow2(self.max_beats + self.finisher_cycles() + 8)
+            # Storage (depth - 1 entries) of a power of two that holds a longest row and at
+            # least twice a finisher's latency: rows of up to storage - finisher_cycles() - 8
+            # beats (half of it at least) stream at full rate; a longest row may wait for the
+            # finisher of the one before (a block RAM of 2**k entries, not 2**(k+1)).
+            fifo_depth = _ceil_pow2(max(self.max_beats, 2 * (self.finisher_cycles() + 8))) + 1
         if not isinstance(fifo_depth, int) or fifo_depth < self.max_beats + 1:
             raise ValueError(f"fifo_depth must hold a longest row ({self.max_beats} beats)")
         self.fifo_depth = fifo_depth
@@ -615,7 +638,15 @@ class VectorUnit(wiring.Component):
             # difference (max - s).
             x16 = Signal(signed(16), name=f"s2_x16_{k}")
             m.d.comb += x16.eq(clamp(x, nx.INT16.lo, nx.INT16.hi))
-            s1 = carry({"x": x, "x16": x16,
+            # GELU_ROWS beyond the table (x >= 4, a test of the sign and the high bits):
+            # xo = saturate(x + offset, int32), the input itself (g = xo << 14).
+            big = Signal(name=f"s2_big{k}")
+            m.d.comb += big.eq(~x[-1] & (x[_GELU_BIG.bit_length() - 1:] != 0))
+            xo_sum = Signal(signed(32), name=f"s2_xo_sum{k}")
+            m.d.comb += xo_sum.eq(x + GELU_OFFSET_STEPS)
+            xo = Signal(signed(32), name=f"s2_xo{k}")     # only x >= 0 can overflow
+            m.d.comb += xo.eq(Mux(~x[-1] & xo_sum[-1], nx.INT32.hi, xo_sum))
+            s1 = carry({"x": x, "x16": x16, "big": big, "xo": xo,
                         "mag": Mux(x < 0, -x, x)[:nx.LN_IN_BITS],
                         "diff": (c0.a - x)[:32], "mult": p2.mult, "shift": p2.shift},
                        1, f"l{k}_")[1]
@@ -634,19 +665,27 @@ class VectorUnit(wiring.Component):
             g = Signal(signed(32), name=f"s2_g{k}")
             m.d.comb += g.eq(Mux(GELU_CLAMP & (gx < 0), 0, gx))
             is_grows = c2.cmd.op == VectorOp.GELU_ROWS
+            # A GELU_ROWS lane beyond the table: a = xo, the product |a| * (M << 9) is shifted
+            # left by the other 5 bits of 2**14 in slice 5 (|v| = round_shift(xo * M << 14,
+            # S - 8)); it goes into FIFO B as ~xo (g >= 0, so the sign marks it for stage 3).
+            big = Signal(name=f"s2_gbig{k}")
+            m.d.comb += big.eq(is_grows & s2["big"])
             ra = Signal(signed(32), name=f"s2_ra{k}")
-            m.d.comb += ra.eq(Mux(is_grows, g, s2["x"]))
+            m.d.comb += ra.eq(Mux(is_grows, Mux(s2["big"], s2["xo"], g), s2["x"]))
             is_sm, is_rows = c2.cmd.op == VectorOp.SOFTMAX, _is_rows(c2.cmd.op)
             opa = Mux(is_sm, s2["diff"], Mux(is_rows, Mux(ra < 0, -ra, ra)[:32], s2["mag"]))
-            opb = Mux(is_sm, c2.cmd.mult, Mux(is_rows, s2["mult"], s2["mag"]))
-            s3 = carry({"opa": opa[:32], "opb": opb[:max(nx.MULT_BITS, nx.LN_IN_BITS)],
-                        "neg": ra < 0, "pass": Mux(is_grows, g, s2["x"]), "shift": s2["shift"]},
+            opb = Mux(is_sm, c2.cmd.mult,
+                      Mux(is_rows, Mux(big, s2["mult"] << _GELU_PRE, s2["mult"]), s2["mag"]))
+            s3 = carry({"opa": opa[:32], "opb": opb[:_OPB_BITS], "big": big,
+                        "neg": ra < 0, "shift": s2["shift"],
+                        "pass": Mux(is_grows, Mux(s2["big"], ~s2["xo"], g), s2["x"])},
                        1, f"l{k}_")[1]
             # Slice 4: the product, its sign for the row requantisations.
             c3 = ctl[3]["tok"]
             prod = limb_product(s3["opa"], s3["opb"], m=m, name=f"s2_prod{k}")
             s4 = carry({"prod": prod[:32 + len(s3["opb"])], "neg": s3["neg"] & _is_rows(c3.cmd.op),
-                        "pass": s3["pass"], "shift": s3["shift"]}, 1, f"l{k}_")[1]
+                        "big": s3["big"], "pass": s3["pass"], "shift": s3["shift"]},
+                       1, f"l{k}_")[1]
             # Slice 5: one rounding shifter: the softmax exponent's t = round_shift(dm, S), the
             # row requantisations' |v|, v = round_shift(+-a * M, S[j] - ROW_EXP_MAX) (only the
             # peak max |v| is taken here), LayerNorm's square unshifted. For a negative a,
@@ -654,8 +693,9 @@ class VectorUnit(wiring.Component):
             # s >= 1 (p when s = 0): one decrement instead of negating p and then v.
             c4 = ctl[4]["tok"]
             amt = Signal(SHIFT_BITS, name=f"s2_amt{k}")
-            sprod = Signal(signed(len(s4["prod"]) + 1), name=f"s2_sprod{k}")
-            m.d.comb += sprod.eq(s4["prod"] - (s4["neg"] & (amt != 0)))
+            sprod = Signal(signed(len(s4["prod"]) + _GELU_POST + 1), name=f"s2_sprod{k}")
+            m.d.comb += sprod.eq(Mux(s4["big"], s4["prod"] << _GELU_POST,
+                                     s4["prod"] - (s4["neg"] & (amt != 0))))
             with m.Switch(c4.cmd.op):
                 with m.Case(VectorOp.SOFTMAX):
                     m.d.comb += amt.eq(c4.cmd.shift)
@@ -819,7 +859,9 @@ class VectorUnit(wiring.Component):
             lo = Signal(signed(32), name=f"m1_lo{k}")
             hi = Signal(signed(32), name=f"m1_hi{k}")
             sat = Signal(name=f"m1_sat{k}")
-            m.d.comb += [a.eq(x), b.eq(1), sh.eq(0), zp.eq(0), sat.eq(0), lo.eq(0), hi.eq(0)]
+            big = Signal(name=f"m1_big{k}")
+            m.d.comb += [a.eq(x), b.eq(1), sh.eq(0), zp.eq(0), sat.eq(0), lo.eq(0), hi.eq(0),
+                         big.eq(0)]
             with m.Switch(op3):
                 with m.Case(VectorOp.SOFTMAX):
                     m.d.comb += [b.eq(tok3.b), sh.eq(nx.RECIP_BITS - tok3.exp), sat.eq(1),
@@ -832,21 +874,31 @@ class VectorUnit(wiring.Component):
                 with m.Case(VectorOp.GELU):
                     m.d.comb += [b.eq(p.mult[:nx.MULT_BITS]), sh.eq(p.shift), sat.eq(1),
                                  lo.eq(nx.INT16.lo), hi.eq(nx.INT16.hi)]
-                with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
-                    # v = round_shift(a * M[j], S[j] - ROW_EXP_MAX), a = x or GELU(x) (stage 2).
+                with m.Case(VectorOp.REQUANT_ROWS):
+                    # v = round_shift(a * M[j], S[j] - ROW_EXP_MAX).
                     m.d.comb += [b.eq(p.mult[:nx.MULT_BITS]), sh.eq(p.shift - ROW_EXP_MAX)]
+                with m.Case(VectorOp.GELU_ROWS):
+                    # The same with a = g (stage 2), or for a lane beyond GELU's table, which
+                    # stage 2 marks as ~xo (g >= 0 otherwise), g = xo << 14: a = xo, b = M << 2
+                    # in the low DSP limb and the product shifted by the other 12 bits.
+                    m.d.comb += [a.eq(Mux(x[-1], ~x, x)), big.eq(x[-1]),
+                                 b.eq(Mux(x[-1], p.mult[:nx.MULT_BITS] << _M1_GELU_PRE,
+                                          p.mult[:nx.MULT_BITS])),
+                                 sh.eq(p.shift - ROW_EXP_MAX)]
             # Slice 1: operands. Slice 2: the product (b beyond its low DSP limb is LayerNorm's
             # inv only, whose a is a 25-bit d). Slice 3: the shift. Slice 4: round, saturate.
             a1 = piped(a, a.shape(), f"m1_a1_{k}")
             b1 = piped(b, b.shape(), f"m1_b1_{k}")
+            big1 = piped(big, 1, f"m1_big1_{k}")
             ctl1 = [piped(v, v.shape(), f"{v.name}_1") for v in (sh, zp, lo, hi, sat)]
             gamma = piped(p.mult, signed(GAMMA_BITS), f"gamma1_{k}")
             beta = piped(p.bias, signed(BETA_BITS), f"beta1_{k}")
             lb = 17
-            p1 = piped(limb_product(a1, b1[:lb], m=m, name=f"m1_lo{k}")
-                       + (limb_product(a1[:_LN_D_BITS].as_signed(), b1[lb:], lut_bits=0, m=m,
-                                       name=f"m1_hi{k}") << lb),
-                       signed(_M1_BITS), f"m1_p{k}")
+            prod1 = Signal(signed(_M1_PROD_BITS), name=f"m1_prod{k}")
+            m.d.comb += prod1.eq(limb_product(a1, b1[:lb], m=m, name=f"m1_lo{k}")
+                                 + (limb_product(a1[:_LN_D_BITS].as_signed(), b1[lb:], lut_bits=0,
+                                                 m=m, name=f"m1_hi{k}") << lb))
+            p1 = piped(Mux(big1, prod1 << _M1_GELU_POST, prod1), signed(_M1_BITS), f"m1_p{k}")
             ctl2 = [piped(v, v.shape(), f"{v.name[:-2]}_2") for v in ctl1]
             for i in range(2, 6):
                 gamma = piped(gamma, signed(GAMMA_BITS), f"gamma{i}_{k}")

@@ -167,9 +167,9 @@ def requant_rows_job(x, scale: nx.Dyadic, out: nx.Range) -> VectorJob:
 
 
 def gelu_rows_job(x, scale: nx.Dyadic, out: nx.Range) -> VectorJob:
-    """``q, e = requantize_rows(gelu(saturate(x, int16)), scale, out)``."""
+    """``q, e = gelu_rows(x, scale, out)``: ``requantize_rows(gelu(x), scale, out)``."""
     x = np.asarray(x, dtype=np.int64)
-    q, e = nx.requantize_rows(nx.gelu(nx.saturate(x, nx.INT16)), scale, out)
+    q, e = nx.gelu_rows(x, scale, out)
     return VectorJob("gelu_rows", x, _range_cmd(out), q,
                      params=_dyadic_params(scale, x.shape[1]), expected_exp=e)
 

@@ -9,7 +9,7 @@ executes it returns the golden int16 hidden state bit for bit:
   q|k|v); per head: ``Q_h @ K_h^T`` (raw int32, K read transposed) -> softmax (uint8) ->
   ``P @ V_h`` with the softmax's row exponents as ``row_shift``, requantised per channel to
   int8; output projection (int32) -> LayerNorm with the
-  int16 residual pre-added -> ``requantize_rows`` -> FFN1 with ``row_shift`` (int16 Q10) ->
+  int16 residual pre-added -> ``requantize_rows`` -> FFN1 with ``row_shift`` (int32 Q10) ->
   GELU + ``requantize_rows`` (uint8) -> FFN2 with ``row_shift`` (int32) -> LayerNorm with the
   residual;
 * HALT; the host reads the int16 hidden state from ``output``.
@@ -394,7 +394,7 @@ def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
     probs_exp = [alloc.tensor(f"probs_exp{b}", 1, longest, U8) for b in range(2)]
     ctx = alloc.tensor("ctx", tokens, ctx_cols, I8)
     acc = alloc.tensor("acc", tokens, hidden, I32)
-    inter = alloc.tensor("inter", tokens, ffn, I16)
+    inter = alloc.tensor("inter", tokens, ffn, I32)
     g = alloc.tensor("gelu", tokens, ffn, U8)
 
     # --- Program ------------------------------------------------------------------------------
@@ -493,7 +493,7 @@ def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
         rows_in(h1, x8, w["ffn_in.rq"])
         part(i, "ffn1")
         mm(x8.addr, x8.stride, tokens, hidden, ffn, w["ffn1"].addr, w["ffn1"].stride, inter,
-           p_addr=w["ffn1.p"], out_fmt=I16, row_shift=1, e_addr=rowexp.addr)
+           p_addr=w["ffn1.p"], out_fmt=I32, row_shift=1, e_addr=rowexp.addr)
         part(i, "gelu")
         rows_in(inter, g, w["gelu.rq"], op=VecOp.GELU_ROWS)
         part(i, "ffn2")

@@ -77,8 +77,8 @@ def encoder_layer(im: IntegerModel, i: int, h: np.ndarray, trace: dict | None = 
     # Feed-forward block.
     x8, e = nx.requantize_rows(h1, im.dyadic(f"{p}.ffn_in.rq"), nx.INT8)
     inter = nx.requantize(nx.matmul(x8, T[f"{p}.ffn1.weight"], bias=T[f"{p}.ffn1.bias"], row_shift=e),
-                          im.dyadic(f"{p}.ffn1.rq"), nx.INT16)
-    g, e = nx.requantize_rows(nx.gelu(inter), im.dyadic(f"{p}.gelu.rq"), nx.UINT8)
+                          im.dyadic(f"{p}.ffn1.rq"), nx.INT32)
+    g, e = nx.gelu_rows(inter, im.dyadic(f"{p}.gelu.rq"), nx.UINT8)
     out = nx.requantize(nx.matmul(g, T[f"{p}.ffn2.weight"], bias=T[f"{p}.ffn2.bias"], row_shift=e),
                         im.dyadic(f"{p}.ffn2.rq"), nx.INT32)
     y = _layernorm(im, f"{p}.ln2", nx.residual_add(out, h1, im.scalar(f"{p}.ffn2.res_shift")))

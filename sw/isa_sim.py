@@ -447,7 +447,7 @@ class IsaMachine:
         elif op == VecOp.REQUANT_ROWS:
             y, e = nx.requantize_rows(x, per_col, out)
         else:  # GELU_ROWS
-            y, e = nx.requantize_rows(nx.gelu(nx.saturate(x, nx.INT16)), per_col, out)
+            y, e = nx.gelu_rows(x, per_col, out)
         self._write(f["dst_addr"], f["dst_stride"], y, DTYPE[dst_fmt])
         if e is not None:
             self._write(f["e_addr"], rows, e.reshape(1, rows), "u1")
@@ -472,6 +472,7 @@ class IsaMachine:
         # 1. Shapes (a wide split writes two rows per source row; rotary pairs columns).
         if (rows == 0 or cols == 0 or cols > VEC_MAX_COLS
                 or (op == DecoderVecOp.ROTARY and cols % 2)
+                or (op == DecoderVecOp.RMSNORM and cols > nx.RMS_MAX_COLS)
                 or (op == DecoderVecOp.SOFTMAX_WIDE and cols > 512)):
             raise IsaStop(ErrorCode.BAD_SHAPE, f"rows={rows} cols={cols}")
         strides = [("src", f["src_stride"], cols * OUT_BYTES[src_fmt]),

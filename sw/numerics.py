@@ -31,7 +31,8 @@ __all__ = [
     "residual_add",
     "EXP_FRAC_BITS", "EXP_ONE_BITS", "EXP2_LUT", "PROB_MAX", "RECIP_BITS", "softmax",
     "LN_IN_BITS", "LN_NORM_FRAC", "LN_INV_BITS", "LN_MAX_COLS", "isqrt", "layernorm",
-    "GELU_IN_FRAC", "GELU_PHI_BITS", "GELU_STEP_FRAC", "GELU_RANGE", "GELU_PHI_TABLE", "GELU_MIN", "GELU_OFFSET", "gelu",
+    "GELU_IN_FRAC", "GELU_PHI_BITS", "GELU_STEP_FRAC", "GELU_RANGE", "GELU_PHI_TABLE", "GELU_MIN",
+    "GELU_OFFSET_STEPS", "GELU_OFFSET", "GELU_OUT_MAX", "gelu", "gelu_rows",
     "RMS_PEAK_BITS", "RMS_INV_BITS", "RMS_NORM_FRAC", "RMS_MAX_COLS", "RMS_EPS_BITS", "rmsnorm",
     "SILU_IN_FRAC", "SILU_SIG_BITS", "SILU_STEP_FRAC", "SILU_RANGE", "SILU_SIG_TABLE", "SILU_OUT_FRAC",
     "silu", "gated_silu",
@@ -271,7 +272,8 @@ def requantize_rows(x, scale: Dyadic, out: Range) -> tuple[np.ndarray, np.ndarra
     Per row of ``x`` (last axis = channels, per-channel ``scale`` with every S >= ROW_EXP_MAX):
 
     1. ``v = round_shift(x * M, S - ROW_EXP_MAX)``: the row at 2**ROW_EXP_MAX times the
-       static scale (|x| < 2**32, so |x * M| < 2**47).
+       static scale (|x| < 2**32, so |x * M| < 2**47; :func:`gelu_rows` passes GELU outputs
+       below 2**45, so |x * M| < 2**60).
     2. ``peak = max(|v|)`` over the row.
     3. ``k`` = the smallest k in 0..ROW_EXP_MAX with ``round_shift(peak, k) <= out.hi``
        (ROW_EXP_MAX if none).
@@ -378,8 +380,9 @@ LN_IN_BITS = 24
 LN_NORM_FRAC = 12
 #: inv = floor(2**LN_INV_BITS / std): at least 2**21 for any std below 2**25.
 LN_INV_BITS = 46
-#: Longest row (the FFN width of MiniLM; sums then fit 35 bits and squared sums 61 bits).
-LN_MAX_COLS = 1536
+#: Longest row (4096: BERT-base's FFN width 3072 fits; int24 sums then fit 36 bits and the
+#: squared deviations' sums 62 bits).
+LN_MAX_COLS = 4096
 
 
 def isqrt(v) -> np.ndarray:
@@ -400,7 +403,7 @@ def layernorm(x, gamma, beta, shift: int, out: Range) -> np.ndarray:
 
     1. ``x = saturate(x, int24)``.
     2. ``mean = floor(sum(x) / n)``; ``d = x - mean`` (|d| < 2**25).
-    3. ``var = floor(sum(d*d) / n)`` (d*d < 2**50; the sum fits 61 bits).
+    3. ``var = floor(sum(d*d) / n)`` (d*d < 2**50; the sum fits 62 bits for n <= 4096).
     4. ``std = max(1, isqrt(var))``; ``inv = floor(2**46 / std)``.
     5. ``z = round_shift(d * inv, 46 - 12)``: (x - mean)/std in Q12, |z| <= sqrt(n) * 2**12.
     6. ``y = saturate(round_shift(z * gamma + beta, shift), out)``; ``gamma`` (|gamma| < 2**20)
@@ -426,7 +429,8 @@ def layernorm(x, gamma, beta, shift: int, out: Range) -> np.ndarray:
 
 # --- GELU --------------------------------------------------------------------------------------
 
-#: GELU input is a signed 16-bit fixed-point value with this many fractional bits (|x| < 32).
+#: GELU input is a signed fixed-point value with this many fractional bits: int32 (FFN1's
+#: requantised output; |x| < 2**21) for GELU_ROWS, int16 (|x| < 32) for the GELU operation.
 GELU_IN_FRAC = 10
 #: Phi(x) = P(X <= x) of a standard normal is computed in Q14.
 GELU_PHI_BITS = 14
@@ -439,30 +443,57 @@ GELU_PHI_TABLE = np.array(
     [round((1 << GELU_PHI_BITS) * 0.5 * (1.0 + math.erf(k / (1 << GELU_STEP_FRAC) / math.sqrt(2.0))))
      for k in range(GELU_RANGE * (1 << GELU_STEP_FRAC) + 1)], dtype=np.int64)
 _GELU_FRAC_BITS = GELU_IN_FRAC - GELU_STEP_FRAC     # bits of x between two knots
-#: GELU's minimum is -0.16997 (at x = -0.7518): the output is offset by this much in Q24 so
-#: that it is non-negative and fills a uint8 with no zero point.
-GELU_MIN = -0.16997
-GELU_OFFSET = round(-GELU_MIN * (1 << (GELU_IN_FRAC + GELU_PHI_BITS)))
+#: GELU's minimum is -0.16997 (at x = -0.7518): the output is offset by about this much so
+#: that it is non-negative and fills a uint8 with no zero point. The offset is a whole number
+#: of input steps (174 / 2**10 = 0.169922, in Q24 ``174 << 14``), so that beyond the table,
+#: where GELU(x) = x, the offset output ``(x + 174) << 14`` is the input itself plus a
+#: constant; GELU's values between -0.16997 and -0.16992 (within 5e-5 of its minimum) clamp
+#: to 0.
+GELU_OFFSET_STEPS = round(0.16997 * (1 << GELU_IN_FRAC))
+GELU_OFFSET = GELU_OFFSET_STEPS << GELU_PHI_BITS
+#: The value the offset stands for (what FFN2's bias takes back): -GELU_OFFSET in real units.
+GELU_MIN = -GELU_OFFSET / (1 << (GELU_IN_FRAC + GELU_PHI_BITS))
+#: gelu's largest output: ``(INT32.hi) << 14``, reached where x + GELU_OFFSET_STEPS passes the
+#: int32 maximum (x within 174 steps of it).
+GELU_OUT_MAX = INT32.hi << GELU_PHI_BITS
 
 
 def gelu(x) -> np.ndarray:
     """Integer GELU: x * Phi(x), Phi linearly interpolated from a 65-entry table; Q24 out.
 
-    ``x``: int16 fixed point, Q10 (the caller requantises the int32 accumulator into it).
+    ``x``: int32 fixed point, Q10 (the caller requantises the accumulator into it; FFN1 gives
+    an int32, so nothing saturates below |x| = 2**21).
 
     1. ``a = |x|``; if ``a >= 4096`` (|x| >= 4.0), ``phi_pos = 2**14``; otherwise
        ``i = a >> 6``, ``f = a & 63`` and
        ``phi_pos = T[i] + (((T[i+1] - T[i]) * f) >> 6)`` (floor shift; T[i+1]-T[i] < 2**12).
     2. ``phi = phi_pos`` for x >= 0, ``2**14 - phi_pos`` for x < 0: Phi(x) in Q14.
+    3. ``g = max(0, x * phi + GELU_OFFSET)``, at most ``GELU_OUT_MAX``.
+
+    Beyond the table (|x| >= 4) the result is the input itself: ``(x + 174) << 14`` for
+    x >= 4 (``saturate(x + 174, int32) << 14``: the cap only bites within 174 steps of the
+    int32 maximum) and ``GELU_OFFSET`` (GELU = 0) for x <= -4. For |x| < 4, g < 2**27; in
+    all, ``0 <= g < 2**45``.
 
     Interpolation error of Phi is below 1.3e-4, so |GELU error| < 5.3e-4 for |x| < 4.
     """
     x = np.asarray(x, dtype=np.int64)
-    if x.min(initial=0) < INT16.lo or x.max(initial=0) > INT16.hi:
-        raise ValueError("gelu: input outside int16")
+    if x.min(initial=0) < INT32.lo or x.max(initial=0) > INT32.hi:
+        raise ValueError("gelu: input outside int32")
     phi = _symmetric_cdf(x, GELU_PHI_TABLE, GELU_RANGE << GELU_IN_FRAC, _GELU_FRAC_BITS,
                          GELU_PHI_BITS)
-    return np.maximum(x * phi + GELU_OFFSET, 0)
+    return np.minimum(np.maximum(x * phi + GELU_OFFSET, 0), GELU_OUT_MAX)
+
+
+def gelu_rows(x, scale: Dyadic, out: Range) -> tuple[np.ndarray, np.ndarray]:
+    """GELU and the per-row requantisation of its output (the vector unit's GELU_ROWS, FFN2's
+    operand): ``requantize_rows(gelu(x), scale, out)`` for int32 Q10 ``x``.
+
+    ``gelu``'s output reaches 2**45 (inputs beyond the table are passed through, not
+    saturated), so ``v = round_shift(g * M, S - 8)`` takes products up to 2**60; the rest is
+    :func:`requantize_rows`. Returns (q, e).
+    """
+    return requantize_rows(gelu(x), scale, out)
 
 
 def _symmetric_cdf(x: np.ndarray, table: np.ndarray, end: int, frac_bits: int,

@@ -442,7 +442,7 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         h1_scale = _absmax(t["h"]) * HIDDEN_HEADROOM / nx.INT16.hi
         _ln_params(im, f"{p}.ln1", L("attn_norm.weight"), L("attn_norm.bias"), h1_scale,
                    nx.INT16)
-        # --- FFN1: int16 h1 -> smoothed int8 -> matmul -> int16 Q10 -> GELU -> uint8.
+        # --- FFN1: int16 h1 -> smoothed int8 -> matmul -> int32 Q10 -> GELU -> uint8.
         x2_scale, w_1, w_1s = _smoothed_input(im, f"{p}.ffn_in", t["h"], L("up.weight"),
                                               h1_scale, config)
         im.tensors[f"{p}.ffn1.weight"] = w_1

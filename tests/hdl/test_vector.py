@@ -102,7 +102,7 @@ def test_full_rate_rows_of_128(op):
 
 
 def test_long_rows():
-    """Softmax rows of 512 and LayerNorm rows of 1536 (the longest of each)."""
+    """Softmax rows of 512 and LayerNorm rows of 1536 at eight lanes."""
     unit = VectorUnit(8)
     rng = np.random.default_rng(9)
     jobs = [random_job("softmax", 2, 512, rng, "random", causal_offset=300),
@@ -110,6 +110,27 @@ def test_long_rows():
             random_job("layernorm", 2, 1536, rng, "random"),
             random_job("layernorm", 1, 1536, rng, "extremes")]
     _check(jobs, run_amaranth(jobs, unit, seed=1, valid_prob=0.9, ready_prob=0.9))
+
+
+def test_bert_base_rows():
+    """The default 4-lane unit (rows up to params.VEC_MAX_COLS = 4096) on BERT-base's shapes:
+    GELU_ROWS and REQUANT_ROWS rows of the FFN width 3072, LayerNorm rows of the hidden width
+    768 and one of 4096 (past the old 1536 limit), softmax over 512 keys; bit-exact."""
+    from celosia.hdl.params import VEC_MAX_COLS
+    from celosia.sim.vector_runner import gelu_rows_job
+
+    unit = VectorUnit(LANES)
+    assert unit.max_cols == VEC_MAX_COLS >= 4096
+    rng = np.random.default_rng(23)
+    scale = nx.Dyadic(rng.integers(1 << 14, 1 << 15, size=3072), rng.integers(30, 38, size=3072))
+    x = rng.integers(-(8 << 10), 8 << 10, size=(1, 3072))
+    x[0, rng.integers(0, 3072, size=8)] = 200 << 10          # a few inputs beyond GELU's table
+    jobs = [gelu_rows_job(x, scale, nx.UINT8),
+            random_job("requant_rows", 1, 3072, rng, "random"),
+            random_job("layernorm", 2, 768, rng, "random"),
+            random_job("layernorm", 1, 4096, rng, "extremes"),
+            random_job("softmax", 1, 512, rng, "random")]
+    _check(jobs, run_amaranth(jobs, unit, seed=5, valid_prob=0.95, ready_prob=0.95))
 
 
 def test_several_finishers_keep_row_order():
@@ -208,6 +229,36 @@ def test_rows_requantisation_edges(unit):
         jobs.append(gelu_rows_job(g, nx.Dyadic(np.full(9, 20000), np.full(9, 30)), out))
         jobs.append(gelu_rows_job(g, nx.Dyadic(np.full(9, (1 << nx.MULT_BITS) - 1), np.full(9, 8)), out))
     _check(jobs, run_amaranth(jobs, unit, seed=12, valid_prob=0.8, ready_prob=0.7))
+
+
+def test_gelu_rows_beyond_the_table(unit):
+    """GELU_ROWS passes inputs beyond Phi's table through (x + offset, not GELU(32)): values
+    at and around the table's end (4.0), the old int16 saturation (32.0), the int32 extremes
+    and the cap of x + offset; every shift of the factor (8..47, the left-shifted products)
+    and every output range, exact against numerics.gelu_rows."""
+    from celosia.sim.vector_runner import gelu_rows_job
+
+    one = 1 << nx.GELU_IN_FRAC
+    end = nx.GELU_RANGE * one
+    top = nx.INT32.hi - nx.GELU_OFFSET_STEPS
+    rows = np.array([
+        [end - 1, end, end + 1, -end, -end - 1, 32 * one - 1, 32 * one, 32 * one + 1, 0],
+        [nx.INT32.hi, nx.INT32.lo, top, top + 1, top - 1, 1 << 30, -(1 << 30), 1 << 21, 77],
+        [40 * one, 100 * one, 1000 * one, 3 * one, -3 * one, 5 * one, 64 * one, 1, -1],
+    ])
+    rng = np.random.default_rng(41)
+    jobs = []
+    for out in (nx.INT8, nx.UINT8, nx.INT16, nx.INT32):
+        for shift in (8, 9, 21, 22, 30, 40, nx.SHIFT_MAX):
+            mult = rng.integers(0, 1 << nx.MULT_BITS, size=9)
+            mult[:2] = ((1 << nx.MULT_BITS) - 1, 1)
+            jobs.append(gelu_rows_job(rows, nx.Dyadic(mult, np.full(9, shift)), out))
+    # Random large rows at a model-like factor.
+    x = rng.integers(-(1 << 22), 1 << 22, size=(3, 9)) * rng.choice([1, 1 << 8], size=(3, 9))
+    jobs.append(gelu_rows_job(nx.saturate(x, nx.INT32),
+                              nx.Dyadic(rng.integers(1 << 14, 1 << 15, size=9),
+                                        rng.integers(28, 40, size=9)), nx.UINT8))
+    _check(jobs, run_amaranth(jobs, unit, seed=14, valid_prob=0.8, ready_prob=0.7))
 
 
 @pytest.mark.parametrize("op", ["layernorm", "requant_rows", "gelu_rows", "softmax", "requant"])

@@ -322,6 +322,20 @@ def test_rows_of_512_and_1536():
     check(engine, cases)
 
 
+def test_bert_base_rows():
+    """BERT-base's rows on the default 4-lane engine (rows up to isa.VEC_MAX_COLS = 4096):
+    GELU_ROWS int32 -> uint8 over the FFN width 3072, LayerNorm with the residual over the
+    hidden width 768, a LayerNorm row of 4096."""
+    engine = VectorEngine(4, 8)
+    assert engine.max_cols == isa.VEC_MAX_COLS >= 4096
+    rng = np.random.default_rng(17)
+    cases = [make_vector(VecOp.GELU_ROWS, 1, 3072, 8, rng, src_fmt=OutFormat.INT32,
+                         mem_size=1 << 17),
+             make_vector(VecOp.LAYERNORM, 2, 768, 8, rng, residual=True, mem_size=1 << 16),
+             make_vector(VecOp.LAYERNORM, 1, 4096, 8, rng, mem_size=1 << 17)]
+    check(engine, cases)
+
+
 def test_throughput_int16_to_int8():
     """No stalls, memory latency 3: REQUANT_ROWS int16 -> int8 rows of 128 at N = 8, W = 16
     stream at one unit beat (8 elements) a cycle once the pipe is full, after the parameter

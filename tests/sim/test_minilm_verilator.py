@@ -4,7 +4,8 @@ instruction of the program retires.
 
 The default case (4 tokens, N = 8) builds the same library as tests/sim/test_verilator_accel.py's
 vector-engine test; 16 tokens and N = 16 are marked slow (N = 16 is a separate build), and so
-are the batches (eight MiniLM sentences at N = 16, three of a test-made checkpoint at N = 8)."""
+are the batches (eight MiniLM sentences at N = 16, three of a test-made checkpoint at N = 8)
+and a layer of BERT-base's widths."""
 
 from __future__ import annotations
 
@@ -105,6 +106,25 @@ def test_another_checkpoint_shape_in_a_batch(tmp_path, make_checkpoint):
     want = SentenceEncoder(model=folder, model_file=model_file).encode(texts)
     encoder = SentenceEncoder(model=folder, model_file=model_file, backend="verilator", array=8)
     got = encoder.encode(texts, batch_size=3)
+    assert np.array_equal(got, want)
+    assert all(r["bit_exact_vs_golden"] for r in encoder.last_run["per_sentence"])
+    ref = np.stack([encoder.float_model.encode(t)[0] for t in texts])
+    assert (got * ref).sum(axis=1).min() >= 0.99
+
+
+@pytest.mark.slow
+def test_bert_base_widths_on_the_rtl(tmp_path, make_checkpoint):
+    """A layer of BERT-base's widths (hidden 768, 12 heads, FFN 3072: vector rows of 768 and
+    3072, past the old 1536-column limit) on the RTL, two sentences in one batch: the golden
+    integers, and close to the float reference."""
+    from celosia.sw.encoder import SentenceEncoder
+    folder = make_checkpoint(tmp_path / "ckpt", layers=1, hidden=768, heads=12, ffn=3072,
+                             pooling="mean", normalize=True, max_seq_length=64, seed=2)
+    model_file = tmp_path / "ckpt-int8.safetensors"
+    texts = ["A man is eating food.", "GPU vs. FPGA: which accelerator wins for int8 inference?"]
+    want = SentenceEncoder(model=folder, model_file=model_file).encode(texts)
+    encoder = SentenceEncoder(model=folder, model_file=model_file, backend="verilator", array=8)
+    got = encoder.encode(texts, batch_size=2)
     assert np.array_equal(got, want)
     assert all(r["bit_exact_vs_golden"] for r in encoder.last_run["per_sentence"])
     ref = np.stack([encoder.float_model.encode(t)[0] for t in texts])

@@ -12,7 +12,7 @@ from celosia.sim.vector_runner import cocotb_runner
 TB_DIR = Path(__file__).parent / "vector"
 BUILD_ROOT = Path(os.environ.get("CELOSIA_BUILD", Path(__file__).resolve().parents[2] / "build"))
 LANES = 4
-TESTCASES = ["softmax", "layernorm", "gelu", "requant", "residual", "whole_unit"]
+TESTCASES = ["softmax", "layernorm", "gelu", "gelu_rows", "requant", "residual", "whole_unit"]
 SIMULATORS = ["icarus", "verilator"]
 
 
@@ -54,9 +54,10 @@ def test_vector_cocotb(sim, testcase):
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
-@pytest.mark.parametrize("testcase", ["softmax", "layernorm"])
+@pytest.mark.parametrize("testcase", ["softmax", "layernorm", "gelu_rows"])
 def test_vector_cocotb_long_rows(sim, testcase):
-    """Softmax rows of 512 and LayerNorm rows of 1536 in every flavour."""
+    """Softmax rows of 512, LayerNorm rows of 1536 in every flavour, 768 and the longest
+    (params.VEC_MAX_COLS = 4096), GELU_ROWS rows of 3072."""
     _run(sim, testcase, long=True)
 
 

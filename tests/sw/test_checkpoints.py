@@ -18,12 +18,17 @@ TEXTS = ["A man is eating food.", "The new movie is awesome!", "x",
          "GPU vs. FPGA: which accelerator wins for int8 inference?"]
 
 #: (name, shape and pipeline): 3 layers, hidden 256, 4 heads, CLS pooling, no Normalize,
-#: names with the "bert." prefix; and 2 layers, hidden 128, 2 heads of 64, mean + Normalize.
+#: names with the "bert." prefix; 2 layers, hidden 128, 2 heads of 64, mean + Normalize; and
+#: one layer of BERT-base's widths.
 SHAPES = {
     "cls-256": dict(layers=3, hidden=256, heads=4, ffn=1024, pooling="cls", normalize=False,
                     prefix="bert.", max_seq_length=128),
     "mean-128": dict(layers=2, hidden=128, heads=2, ffn=512, pooling="mean", normalize=True,
                      max_seq_length=64, seed=1),
+    # BERT-base's widths (hidden 768, 12 heads, FFN 3072: vector rows past the old 1536-column
+    # limit), one layer.
+    "base-768": dict(layers=1, hidden=768, heads=12, ffn=3072, pooling="mean", normalize=True,
+                     max_seq_length=64, seed=2),
 }
 
 
@@ -137,8 +142,8 @@ def test_the_cli_embeds_with_a_checkpoint(checkpoint, use_cache, capsys):
                    {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
                    {"idx": 2, "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]),
      "module 'sentence_transformers.models.Dense' is not supported"),
-    (dict(hidden=64, heads=2, ffn=3072, layers=1),
-     "intermediate_size 3072 is more than the vector unit's 1536-column rows"),
+    (dict(hidden=64, heads=2, ffn=4160, layers=1),
+     "intermediate_size 4160 is more than the vector unit's 4096-column rows"),
     (dict(max_seq_length=600), "max_seq_length 600 exceeds the 512 position embeddings"),
 ])
 def test_unsupported_pieces_are_one_line(tmp_path, use_cache, capsys, change, message,

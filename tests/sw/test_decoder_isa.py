@@ -126,6 +126,10 @@ def test_decoder_op_refusals():
     _expect(r, isa.vector(**{**ins.fields, "dst_stride": 8}), ErrorCode.BAD_SHAPE)
     r, ins, *_ = _case(DecoderVecOp.RMSNORM, 0)
     _expect(r, isa.vector(**{**ins.fields, "shift": 48}), ErrorCode.BAD_PARAM)
+    # RMSNorm's rows stop at numerics.RMS_MAX_COLS, below the other rows' VEC_MAX_COLS.
+    assert nx.RMS_MAX_COLS < isa.VEC_MAX_COLS
+    _expect(r, isa.vector(**{**ins.fields, "rows": 1, "cols": nx.RMS_MAX_COLS + 1}),
+            ErrorCode.BAD_SHAPE)
     r, ins, *_ = _case(DecoderVecOp.WIDE_LO, 0)
     _expect(r, isa.vector(**{**ins.fields, "e_addr": ins.fields["e_addr"] + 1}),
             ErrorCode.BAD_ALIGN)

@@ -351,8 +351,43 @@ def test_gelu_exact_cases():
     # At a knot the table value is used as it is.
     assert int(nx.gelu(np.int64(one))) == one * int(nx.GELU_PHI_TABLE[16]) + off
     assert int(nx.gelu(np.int64(nx.INT16.hi))) == nx.INT16.hi * (1 << 14) + off
-    with pytest.raises(ValueError):
-        nx.gelu(np.int64(nx.INT16.hi + 1))
+    # The offset is a whole number of input steps.
+    assert off == nx.GELU_OFFSET_STEPS << 14 and nx.GELU_MIN == -off / 2**24
+    assert abs(nx.GELU_MIN + 0.16997) < 2**-11
+    # int32 inputs: passed through beyond the table, capped where x + offset leaves int32.
+    assert int(nx.gelu(np.int64(nx.INT16.hi + 1))) == (nx.INT16.hi + 1) * (1 << 14) + off
+    assert int(nx.gelu(np.int64(nx.INT32.lo))) == off
+    assert int(nx.gelu(np.int64(nx.INT32.hi))) == nx.GELU_OUT_MAX == nx.INT32.hi << 14
+    top = nx.INT32.hi - nx.GELU_OFFSET_STEPS
+    assert int(nx.gelu(np.int64(top))) == nx.GELU_OUT_MAX
+    assert int(nx.gelu(np.int64(top - 1))) == nx.GELU_OUT_MAX - (1 << 14)
+    for bad in (nx.INT32.hi + 1, nx.INT32.lo - 1):
+        with pytest.raises(ValueError):
+            nx.gelu(np.int64(bad))
+
+
+def test_gelu_large_inputs_are_the_input_itself():
+    """Beyond the old int16 Q10 range (|x| = 32) GELU is the input: the offset output is
+    (x + offset) << 14 and GELU_ROWS gives the row requantisation of exactly that (the old
+    model saturated the input at 32, so 40 and 1000 gave GELU(32))."""
+    one = 1 << nx.GELU_IN_FRAC
+    x = np.array([[40 * one, 1000 * one, -1000 * one, 32 * one, 5 * one, 0]])
+    g = nx.gelu(x)
+    np.testing.assert_array_equal(g[0, :2], (x[0, :2] + nx.GELU_OFFSET_STEPS) << 14)
+    assert g[0, 2] == nx.GELU_OFFSET
+    assert g[0, 0] != nx.gelu(np.int64(nx.INT16.hi))
+    scale = nx.Dyadic(np.full(6, 20000), np.full(6, 36))
+    q, e = nx.gelu_rows(x, scale, nx.UINT8)
+    ref = [round(v * 20000 / 2**28) for v in ((x[0] + nx.GELU_OFFSET_STEPS) << 14)[:2]]
+    v = nx.round_shift(((x + nx.GELU_OFFSET_STEPS) << 14) * 20000, 28)
+    assert e[0] == 0 and list(v[0, :2]) == ref
+    np.testing.assert_array_equal(q[0, :2], np.minimum(nx.round_shift(v[0, :2], 8), 255))
+    # The row's largest value decides its exponent: 1000.0 gives e = 0, where the old model's
+    # GELU(32) would have left room for more.
+    q40, e40 = nx.gelu_rows(x[:, :1], nx.Dyadic(np.full(1, 20000), np.full(1, 36)), nx.UINT8)
+    v40 = int(nx.round_shift(np.int64((40 * one + nx.GELU_OFFSET_STEPS) << 14) * 20000, 28))
+    k = next(k for k in range(9) if int(nx.round_shift(np.int64(v40), k)) <= 255)
+    assert e40[0] == 8 - k and q40[0, 0] == nx.round_shift(np.int64(v40), k)
 
 
 def test_gelu_never_negative_and_close_to_float_everywhere():

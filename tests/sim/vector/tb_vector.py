@@ -6,6 +6,7 @@ import os
 import cocotb
 import numpy as np
 
+from celosia.hdl.params import VEC_MAX_COLS
 from celosia.hdl.vector import VectorUnit
 from celosia.sim.vector_runner import (KINDS, OPS, drive_cocotb, layernorm_job, random_job,
                                        requant_job, residual_job, softmax_job)
@@ -14,7 +15,7 @@ from celosia.sw import numerics as nx
 
 def _unit():
     return VectorUnit(int(os.environ["VECTOR_LANES"]),
-                      max_cols=int(os.environ.get("VECTOR_MAX_COLS", nx.LN_MAX_COLS)))
+                      max_cols=int(os.environ.get("VECTOR_MAX_COLS", VEC_MAX_COLS)))
 
 
 def _long() -> bool:
@@ -67,6 +68,9 @@ async def layernorm(dut):
              random_job("layernorm", 1, 384, rng, "random")]
     if _long():
         jobs += [random_job("layernorm", 1, 1536, rng, kind) for kind in KINDS]
+        # BERT-base's hidden width and the longest row (params.VEC_MAX_COLS).
+        jobs += [random_job("layernorm", 2, 768, rng, "random"),
+                 random_job("layernorm", 1, unit.max_cols, rng, "random")]
     await _run_and_check(dut, unit, jobs, seed=2)
 
 
@@ -76,6 +80,27 @@ async def gelu(dut):
     rng = np.random.default_rng(103)
     jobs = _flavours("gelu", unit, rng, (1, 2 * unit.lanes + 3))
     await _run_and_check(dut, unit, jobs, seed=3)
+
+
+@cocotb.test()
+async def gelu_rows(dut):
+    """GELU_ROWS with inputs beyond Phi's table passed through: the table's end, the old int16
+    saturation point (32.0), the int32 extremes, every range of shifts."""
+    from celosia.sim.vector_runner import gelu_rows_job
+    unit = _unit()
+    rng = np.random.default_rng(107)
+    jobs = _flavours("gelu_rows", unit, rng, (1, 2 * unit.lanes + 3))
+    one = 1 << nx.GELU_IN_FRAC
+    top = nx.INT32.hi - nx.GELU_OFFSET_STEPS
+    x = np.array([[4 * one - 1, 4 * one, -4 * one - 1, 32 * one - 1, 32 * one, 40 * one,
+                   1000 * one, nx.INT32.hi, nx.INT32.lo, top, top + 1, 0]])
+    for shift in (8, 21, 22, 36, nx.SHIFT_MAX):
+        for out in (nx.UINT8, nx.INT32):
+            jobs.append(gelu_rows_job(x, nx.Dyadic(rng.integers(1, 1 << nx.MULT_BITS, size=12),
+                                                   np.full(12, shift)), out))
+    if _long():     # BERT-base's FFN width
+        jobs += [random_job("gelu_rows", 1, 3072, rng, kind) for kind in ("random", "huge")]
+    await _run_and_check(dut, unit, jobs, seed=7)
 
 
 @cocotb.test()
