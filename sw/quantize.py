@@ -53,7 +53,9 @@ __all__ = ["FORMAT_VERSION", "QuantConfig", "IntegerModel", "quantize", "calibra
            "DecoderQuantConfig", "chat_calibration", "quantize_decoder"]
 
 #: 2: the metadata holds the model description (``arch``) instead of loose shape keys.
-FORMAT_VERSION = 2
+#: 3: FFN1's output is int32 (GELU past its table is the input itself) and GELU's offset a
+#: whole number of input steps, so a file of version 2 has the old FFN2 bias.
+FORMAT_VERSION = 3
 CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
 
 #: Headroom over the calibrated maximum for int16 hidden states and int32 LayerNorm inputs:
