@@ -322,10 +322,12 @@ def test_rows_of_512_and_1536():
     check(engine, cases)
 
 
+@pytest.mark.slow
 def test_bert_base_rows():
     """BERT-base's rows on the default 4-lane engine (rows up to isa.VEC_MAX_COLS = 4096):
     GELU_ROWS int32 -> uint8 over the FFN width 3072, LayerNorm with the residual over the
-    hidden width 768, a LayerNorm row of 4096."""
+    hidden width 768, a LayerNorm row of 4096. Slow (about 50 s); the default run keeps the
+    unit's rows of these widths (test_vector.py) and the cocotb benches of 768, 3072 and 4096."""
     engine = VectorEngine(4, 8)
     assert engine.max_cols == isa.VEC_MAX_COLS >= 4096
     rng = np.random.default_rng(17)
