@@ -1158,7 +1158,40 @@ class WriterWritingEmptyBeats(Writer):
 
 # --- the write path: the controller issues only checked commands -------------------------------
 
-class ControllerSpec(wiring.Component):
+class _ControllerHarness(wiring.Component):
+    """The controller with its ports free to the solver: memory, the units' command and done
+    streams (the vector unit's on a build with it), START, abort, PROG_ADDR and the window,
+    and with ``faults`` the memory-fault inputs (without, the harness drives them)."""
+
+    def __init__(self, dut: Controller, *, faults: bool):
+        self.dut = dut
+        members = {"mem": Out(MemoryPortSignature(dut.port_bytes)),
+                   "mm_cmd": Out(stream.Signature(command_layout())),
+                   "mm_done": In(stream.Signature(DONE_BITS))}
+        if dut.vector:
+            members.update({"vec_cmd": Out(stream.Signature(isa.vector_layout())),
+                            "vec_done": In(stream.Signature(DONE_BITS))})
+        self._scalars = ["writes_idle", "start", "abort", "prog_addr", "win_base", "win_size"]
+        if faults and dut.mem_faults:
+            self._scalars += ["mem_fault", "mem_fault_code", "mem_fault_port", "mem_quiet"]
+        for name in self._scalars:
+            members[name] = In(len(getattr(dut, name)))
+        super().__init__(members)
+
+    def _wire(self, m: Module, platform) -> None:
+        dut = self.dut
+        m.submodules.dut = _elaborated(dut, platform)
+        wiring.connect(m, dut.mem, wiring.flipped(self.mem))
+        wiring.connect(m, dut.mm_cmd, wiring.flipped(self.mm_cmd))
+        wiring.connect(m, wiring.flipped(self.mm_done), dut.mm_done)
+        if dut.vector:
+            wiring.connect(m, dut.vec_cmd, wiring.flipped(self.vec_cmd))
+            wiring.connect(m, wiring.flipped(self.vec_done), dut.vec_done)
+        for name in self._scalars:
+            m.d.comb += getattr(dut, name).eq(getattr(self, name))
+
+
+class ControllerSpec(_ControllerHarness):
     """Every matmul command the :class:`Controller` hands to the engine has had its C operand
     (the operand the engine writes) checked against the window set at START, and passed;
     for any instruction stream, any memory timing and any answers of the units.
@@ -1186,34 +1219,13 @@ class ControllerSpec(wiring.Component):
     """
 
     def __init__(self, dut: Controller):
-        self.dut = dut
-        W = dut.port_bytes
-        members = {"mem": Out(MemoryPortSignature(W)),
-                   "mm_cmd": Out(stream.Signature(command_layout())),
-                   "mm_done": In(stream.Signature(DONE_BITS))}
-        if dut.vector:
-            members.update({"vec_cmd": Out(stream.Signature(isa.vector_layout())),
-                            "vec_done": In(stream.Signature(DONE_BITS))})
-        self._scalars = ["writes_idle", "start", "abort", "prog_addr", "win_base", "win_size"]
-        if dut.mem_faults:
-            self._scalars += ["mem_fault", "mem_fault_code", "mem_fault_port", "mem_quiet"]
-        for name in self._scalars:
-            members[name] = In(len(getattr(dut, name)))
-        super().__init__(members)
+        super().__init__(dut, faults=True)
 
     def elaborate(self, platform):
         m = Module()
         dut = self.dut
         ab = dut.addr_bits
-        m.submodules.dut = _elaborated(dut, platform)
-        wiring.connect(m, dut.mem, wiring.flipped(self.mem))
-        wiring.connect(m, dut.mm_cmd, wiring.flipped(self.mm_cmd))
-        wiring.connect(m, wiring.flipped(self.mm_done), dut.mm_done)
-        if dut.vector:
-            wiring.connect(m, dut.vec_cmd, wiring.flipped(self.vec_cmd))
-            wiring.connect(m, wiring.flipped(self.vec_done), dut.vec_done)
-        for name in self._scalars:
-            m.d.comb += getattr(dut, name).eq(getattr(self, name))
+        self._wire(m, platform)
         p = dut._probe
         fsm = p["fsm"]
         st = {name: fsm.ongoing(name) for name in
@@ -1388,7 +1400,7 @@ class ControllerForgettingDst(Controller):
         return m
 
 
-class ControllerLivenessSpec(wiring.Component):
+class ControllerLivenessSpec(_ControllerHarness):
     """Each instruction the :class:`Controller` runs ends (it is back between instructions,
     or the run has stopped) within a bound of cycles for its class, when the memory and the
     matmul engine answer within bounded times.
@@ -1419,25 +1431,13 @@ class ControllerLivenessSpec(wiring.Component):
         self.dut, self.bounds = dut, bounds
         self.latency, self.engine, self.requant_cols = latency, engine, requant_cols
         assert set(bounds) == set(LIVENESS_CLASSES)
-        W = dut.port_bytes
-        members = {"mem": Out(MemoryPortSignature(W)),
-                   "mm_cmd": Out(stream.Signature(command_layout())),
-                   "mm_done": In(stream.Signature(DONE_BITS))}
-        self._scalars = ["writes_idle", "start", "abort", "prog_addr", "win_base", "win_size"]
-        for name in self._scalars:
-            members[name] = In(len(getattr(dut, name)))
-        super().__init__(members)
+        super().__init__(dut, faults=False)
 
     def elaborate(self, platform):
         m = Module()
         dut = self.dut
         W = dut.port_bytes
-        m.submodules.dut = _elaborated(dut, platform)
-        wiring.connect(m, dut.mem, wiring.flipped(self.mem))
-        wiring.connect(m, dut.mm_cmd, wiring.flipped(self.mm_cmd))
-        wiring.connect(m, wiring.flipped(self.mm_done), dut.mm_done)
-        for name in self._scalars:
-            m.d.comb += getattr(dut, name).eq(getattr(self, name))
+        self._wire(m, platform)
         if dut.mem_faults:
             m.d.comb += [dut.mem_fault.eq(0), dut.mem_quiet.eq(1)]
         p = dut._probe
