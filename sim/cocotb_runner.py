@@ -7,6 +7,7 @@ travel in the ``CELOSIA_TB`` environment variable as JSON.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import json
@@ -49,30 +50,38 @@ def _build(simulator: str, verilog: str, top: str):
     runner = get_runner(simulator)
     marker = build_dir / "built"
     started = time.monotonic()
-    cached = marker.exists()
-    build_dir.mkdir(parents=True, exist_ok=True)
-    source = build_dir / f"{top}.v"
-    if not cached:
-        source.write_text(icarus_fixup(verilog) if simulator == "icarus" else verilog)
-    # With an unchanged source the runner only records its build products.
-    kwargs = dict(sources=[source], hdl_toplevel=top, build_dir=build_dir,
-                  timescale=TIMESCALE, always=False, log_file=build_dir / "build.log")
-    if simulator == "verilator":
-        old = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(verilator_env(old))
-        try:
-            with verilator_lock():
-                runner.build(build_args=VERILATOR_BUILD_ARGS, **kwargs)
-        finally:
-            os.environ.clear()
-            os.environ.update(old)
-    else:
-        runner.build(**kwargs)
-    marker.touch()
-    if cached:
+    if marker.exists():
+        with verilator_lock() if simulator == "verilator" else contextlib.nullcontext():
+            _run_build(runner, simulator, build_dir, top)
         return runner, build_dir, 0.0
+    # Not built yet: build under the machine-wide lock, so that two test workers wanting the
+    # same build do not write one directory at once (the second finds it built).
+    with verilator_lock():
+        if not marker.exists():
+            build_dir.mkdir(parents=True, exist_ok=True)
+            source = build_dir / f"{top}.v"
+            source.write_text(icarus_fixup(verilog) if simulator == "icarus" else verilog)
+        _run_build(runner, simulator, build_dir, top)
+        marker.touch()
     return runner, build_dir, time.monotonic() - started
+
+
+def _run_build(runner, simulator: str, build_dir: Path, top: str):
+    """The runner's build of ``build_dir``'s source (with an unchanged source it only records
+    its build products); Verilator's in its environment. The caller holds the build lock."""
+    kwargs = dict(sources=[build_dir / f"{top}.v"], hdl_toplevel=top, build_dir=build_dir,
+                  timescale=TIMESCALE, always=False, log_file=build_dir / "build.log")
+    if simulator != "verilator":
+        runner.build(**kwargs)
+        return
+    old = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(verilator_env(old))
+    try:
+        runner.build(build_args=VERILATOR_BUILD_ARGS, **kwargs)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
 
 
 def run_cocotb(simulator: str, verilog: str, top: str, module: str, *,

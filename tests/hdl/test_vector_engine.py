@@ -280,8 +280,19 @@ def test_bad_instructions(engine):
         dict(op=VecOp.SOFTMAX, e_addr=3), dict(op=VecOp.SOFTMAX, shift=63),
         dict(op=VecOp.GELU, shift=50), dict(op=VecOp.REQUANT, shift=63, add_residual=0),
     ]
-    cases = [(isa.vector(**{**f, **b}), mem) for b in bad]
+    # The bad fields run back to back in one simulation (the engine takes each next command
+    # after refusing one); each gets isa's code and memory stays as it was.
+    bad = [isa.vector(**{**f, **b}) for b in bad]
+    want_codes = []
+    for ins in bad:
+        want, code = isa_reference(ins, mem, LANES, W)
+        assert code != ErrorCode.OK and np.array_equal(want, mem), str(ins)
+        want_codes.append(code)
+    got, codes, _ = run_engine(engine, bad, mem)
+    assert codes == want_codes
+    np.testing.assert_array_equal(got, mem)
     # Parameter records out of range (read from memory): BAD_PARAM, nothing written.
+    cases = []
     for op, rec in ((VecOp.LAYERNORM, {"mult": 1 << 20}), (VecOp.LAYERNORM, {"bias": -(1 << 40)}),
                     (VecOp.REQUANT, {"mult": -1}), (VecOp.REQUANT, {"shift": 48}),
                     (VecOp.GELU, {"mult": 1 << 15}), (VecOp.REQUANT_ROWS, {"shift": 7}),
