@@ -76,8 +76,9 @@ class MatmulEngine(wiring.Component):
         0: no queue, the serial epilogue (which honours backpressure) feeds the writer.
     port_stages : bool
         A registered stage (:class:`celosia.hdl.pipeline.SkidBuffer`) on each channel of the
-        memory port (default); without, the loader and writer meet the port directly (a
-        small, slow-clocked build).
+        memory port and a write register in front of each scratchpad (default); without, the
+        loader and writer meet the port and the scratchpads directly (a small, slow-clocked
+        build).
     hold_cmd : bool
         The master keeps ``cmd.payload`` valid from the hand-over until ``done`` is taken (a
         controller without an issue slot does), so the engine uses it in place and keeps no
@@ -249,11 +250,25 @@ class MatmulEngine(wiring.Component):
             tokens.append(tok)
             m.d.comb += [tok.clear.eq(start)]
 
+        # With port stages each scratchpad's write beats pass a register of its own, next to
+        # its block RAMs (the loader's write bus reaches a dozen scratchpads over the whole
+        # array: one register stage, not one net, spans that distance), and a buffer's fill
+        # is signalled one cycle later with its last beat.
+        def staged(value, name, enable=None):
+            if not self.port_stages:
+                return value
+            reg = Signal.like(value, name=name)
+            with m.If(1 if enable is None else enable):
+                m.d.sync += reg.eq(value)
+            return reg
+
+        fill = staged(loader.fill, "fill_staged")
+        fill_buf = staged(loader.fill_buf, "fill_buf_staged")
         for j, tok in enumerate(tokens):
             m.d.comb += [
                 loader.free[2 * j:2 * j + 2].eq(tok.free),
                 tok.claim.eq(loader.claim[j]), tok.claim_buf.eq(loader.claim_buf),
-                tok.fill.eq(loader.fill[j]), tok.fill_buf.eq(loader.fill_buf),
+                tok.fill.eq(fill[j]), tok.fill_buf.eq(fill_buf),
             ]
         a_tok, b_tok, p_tok, d_tok, e_tok = tokens
         m.d.comb += [
@@ -266,25 +281,29 @@ class MatmulEngine(wiring.Component):
             e_tok.release.eq(collector.release[2]), e_tok.release_buf.eq(collector.release_e_buf),
         ]
 
-        def drive_write(pad, valid):
+        def drive_write(pad, valid, name):
+            payload = Signal.like(pad.w.payload)
             m.d.comb += [
-                pad.w.valid.eq(valid),
-                pad.w.payload.buf.eq(loader.w_buf),
-                pad.w.payload.addr.eq(loader.w_addr),
-                pad.w.payload.data.eq(loader.w_data),
+                payload.buf.eq(loader.w_buf),
+                payload.addr.eq(loader.w_addr),
+                payload.data.eq(loader.w_data),
             ]
+            if pad.byte_mask:
+                m.d.comb += payload.mask.eq(loader.w_mask)
+            m.d.comb += [pad.w.valid.eq(staged(valid, f"{name}_w_valid")),
+                         # loaded only with a beat for this scratchpad: its own register
+                         # (synthesis cannot merge the copies), and idle otherwise
+                         pad.w.payload.eq(staged(payload, f"{name}_w_payload", valid))]
 
         for r, pad in enumerate(a_pads):
-            drive_write(pad, loader.w_valid[0] & (loader.w_row == r))
+            drive_write(pad, loader.w_valid[0] & (loader.w_row == r), f"a_pad{r}")
             m.d.comb += [pad.r_en.eq(feeder.a_r_en), pad.r_buf.eq(feeder.a_r_buf),
                          pad.r_addr.eq(feeder.a_r_addr)]
         m.d.comb += feeder.a_r_data.eq(Cat(pad.r_data for pad in a_pads))
-        drive_write(b_pad, loader.w_valid[1])
-        if compact:
-            m.d.comb += b_pad.w.payload.mask.eq(loader.w_mask)
-        drive_write(p_pad, loader.w_valid[2])
-        drive_write(d_pad, loader.w_valid[3])
-        drive_write(e_pad, loader.w_valid[4])
+        drive_write(b_pad, loader.w_valid[1], "b_pad")
+        drive_write(p_pad, loader.w_valid[2], "p_pad")
+        drive_write(d_pad, loader.w_valid[3], "d_pad")
+        drive_write(e_pad, loader.w_valid[4], "e_pad")
         m.d.comb += [
             b_pad.r_en.eq(feeder.b_r_en), b_pad.r_buf.eq(feeder.b_r_buf),
             b_pad.r_addr.eq(feeder.b_r_addr), feeder.b_r_data.eq(b_pad.r_data),

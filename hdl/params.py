@@ -218,7 +218,8 @@ class Sizing:
         which holds its results until the writer takes them.
     port_stages
         A registered stage on each channel of the matmul engine's memory port, so no handshake
-        path crosses it (without: fewer flip-flops at a lower clock).
+        path crosses it, and a write register in front of each of its scratchpads (without:
+        fewer flip-flops at a lower clock).
     """
     addr_bits: int = ADDR_BITS
     epilogue_lanes: int | None = None
