@@ -347,13 +347,17 @@ class VectorUnit(wiring.Component):
         longest row and twice the finisher latency).
     token_depth : int
         Rows that may wait between two stages.
+    decoder_ops : bool
+        The residual lanes are int32 (``Sizing.decoder_ops``: the decoder's RESIDUAL32 adds
+        an int32 residual); without it they are int16.
 
     Members
     -------
     cmd : In(stream.Signature(command_layout))
         One command per batch of rows.
     i : In(stream.Signature(StructLayout({"data": N x signed(32), "residual": N x signed(16)})))
-        Input beats (``residual`` is read by the residual add only).
+        Input beats (``residual`` is read by the residual add only; signed(32) lanes with
+        ``decoder_ops``).
     o : Out(stream.Signature(StructLayout({"data": N x signed(32), "exp": unsigned(4)})))
         Output beats; lanes beyond the row's length are unspecified. ``exp`` is the row's
         power-of-two exponent (softmax; 0 for the other operations).
@@ -368,7 +372,7 @@ class VectorUnit(wiring.Component):
     def __init__(self, lanes: int, *, max_cols: int = VEC_MAX_COLS,
                  unroll: int = FINISHER_UNROLL,
                  finishers: int | None = None, fifo_depth: int | None = None,
-                 token_depth: int = 16):
+                 token_depth: int = 16, decoder_ops: bool = False):
         if not isinstance(lanes, int) or not 1 <= lanes <= 64:
             raise ValueError(f"lanes must be an integer in 1..64, not {lanes!r}")
         if not isinstance(max_cols, int) or not 1 <= max_cols < (1 << COLS_BITS):
@@ -396,10 +400,13 @@ class VectorUnit(wiring.Component):
             raise ValueError(f"fifo_depth must hold a longest row ({self.max_beats} beats)")
         self.fifo_depth = fifo_depth
         self.token_depth = token_depth
+        self.decoder_ops = bool(decoder_ops)
+        #: Bits of a residual lane.
+        self.residual_bits = 32 if self.decoder_ops else 16
 
         self.in_layout = data.StructLayout({
             "data": data.ArrayLayout(signed(32), lanes),
-            "residual": data.ArrayLayout(signed(16), lanes),
+            "residual": data.ArrayLayout(signed(self.residual_bits), lanes),
         })
         self.out_layout = data.StructLayout({
             "data": data.ArrayLayout(signed(32), lanes),
@@ -509,7 +516,16 @@ class VectorUnit(wiring.Component):
         c1 = ctl1[1]
         for k in range(N):
             raw = piped1(self.i.payload.data[k], signed(32), f"s1_raw{k}")
-            rs = piped1(self.i.payload.residual[k] << res_shift1, signed(34), f"s1_rs{k}")
+            if self.decoder_ops:
+                # An int32 residual: r << shift is clamped to [-2**32, 2**32 - 1] (no int32 x
+                # brings a sum beyond that back into int32: the saturated sum is unchanged).
+                rsh = Signal(signed(32 + 16), name=f"s1_rsh{k}")
+                m.d.comb += rsh.eq(self.i.payload.residual[k] << res_shift1)
+                big = rsh[32:] != Mux(rsh[-1], 0xFFFF, 0)
+                rsv = Mux(big, Mux(rsh[-1], -(1 << 32), (1 << 32) - 1), rsh[:33].as_signed())
+                rs = piped1(rsv, signed(34), f"s1_rs{k}")
+            else:
+                rs = piped1(self.i.payload.residual[k] << res_shift1, signed(34), f"s1_rs{k}")
             # The residual pre-add: x = saturate(x + (r << shift), int32) (numerics.residual_add).
             res = Signal(signed(34), name=f"s1_res{k}")
             m.d.comb += res.eq(raw + rs)

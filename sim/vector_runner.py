@@ -23,7 +23,7 @@ from celosia.sw import numerics as nx
 
 __all__ = [
     "OPS", "VectorJob", "softmax_job", "layernorm_job", "gelu_job", "requant_job", "residual_job",
-    "requant_rows_job", "gelu_rows_job", "with_residual",
+    "requant_rows_job", "gelu_rows_job", "with_residual", "residual32_job",
     "KINDS", "random_job", "RunResult", "run_amaranth", "write_verilog", "cocotb_runner",
     "drive_cocotb", "VERILATOR_LOCK",
 ]
@@ -191,6 +191,15 @@ def residual_job(x, residual, shift: int) -> VectorJob:
     residual = np.asarray(residual, dtype=np.int64)
     return VectorJob("residual", x, {"shift": shift}, nx.residual_add(x, residual, shift),
                      residual=residual)
+
+
+def residual32_job(rng: np.random.Generator, rows: int, cols: int, kind: str = "random",
+                   shift: int | None = None) -> VectorJob:
+    """The decoder's RESIDUAL32 on a unit built with ``decoder_ops``: the unit's RESIDUAL with
+    an int32 residual (``kind`` flavours both operands; a random shift in 0..16 by default)."""
+    x = _values(rng, (rows, cols), kind)
+    r = _values(rng, (rows, cols), kind)
+    return residual_job(x, r, int(rng.integers(0, 17)) if shift is None else shift)
 
 
 # --- Random and adversarial jobs ----------------------------------------------------------------
