@@ -38,8 +38,9 @@ from celosia.sw import numerics as nx
 from . import isa
 from .engine import MemoryPortSignature
 from .scratchpad import SyncFifo
-from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, RTL_DECODER_OPS, VEC_MAX_COLS,
-                  VEC_PARAM_RECORD_BYTES, WINDOW_ALIGN, DecoderVecOp, ErrorCode, Opcode, VecOp)
+from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, RTL_DECODER_OPS, SOFTMAX_WIDE_MAX_COLS,
+                  VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, WINDOW_ALIGN, DecoderVecOp, ErrorCode,
+                  Opcode, VecOp)
 from .params import (ADDR_BITS, DONE_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
                      PARAM_SHIFT_OFFSET, AddendMode, OutFormat, command_layout)
 
@@ -525,15 +526,19 @@ class Controller(wiring.Component):
                                  VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
         v_use_e = vec.op.matches(VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
         v_bad_mode = vec.op > max(VecOp)
-        if dec:
-            v_bad_mode = v_bad_mode & ~vec.op.matches(*RTL_DECODER_OPS)
         v_bad_dims = (vec.rows == 0) | (vec.cols == 0) | (vec.cols > VEC_MAX_COLS)
+        v_shift_ops = vec.op.matches(VecOp.SOFTMAX, VecOp.GELU, VecOp.LAYERNORM)
+        if dec:
+            v_smw = vec.op == DecoderVecOp.SOFTMAX_WIDE
+            v_use_e = v_use_e | v_smw
+            v_bad_mode = v_bad_mode & ~vec.op.matches(*RTL_DECODER_OPS)
+            v_bad_dims = v_bad_dims | (v_smw & (vec.cols > SOFTMAX_WIDE_MAX_COLS))
+            v_shift_ops = v_shift_ops | v_smw
         v_bad_align = (misaligned(vec.src_addr, vec.src_stride, vec.dst_addr, vec.dst_stride)
                        | (v_use_res & misaligned(vec.res_addr, vec.res_stride))
                        | (v_use_p & misaligned(vec.p_addr))
                        | (v_use_e & misaligned(vec.e_addr)))
-        v_bad_param = ((vec.op.matches(VecOp.SOFTMAX, VecOp.GELU, VecOp.LAYERNORM)
-                        & (vec.shift > nx.SHIFT_MAX))
+        v_bad_param = ((v_shift_ops & (vec.shift > nx.SHIFT_MAX))
                        | (v_use_res & (vec.res_shift > RES_SHIFT_MAX)))
 
         # Operand table, one operand per cycle: (used, addr, rows, stride, row bytes).

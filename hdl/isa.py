@@ -37,6 +37,7 @@ from .params import ADDEND_BYTES, OUT_BYTES, PARAM_RECORD_BYTES, AddendMode, Err
 
 __all__ = [
     "ISA_VERSION", "INSTR_BYTES", "INSTR_BITS", "WINDOW_ALIGN", "VEC_MAX_COLS", "RES_SHIFT_MAX",
+    "SOFTMAX_WIDE_MAX_COLS",
     "Opcode", "VecOp", "DecoderVecOp", "RTL_DECODER_OPS", "vec_op_name", "Unit", "ErrorCode",
     "VEC_PARAM_RECORD_BYTES", "VEC_PARAM_MULT_OFFSET", "VEC_PARAM_SHIFT_OFFSET",
     "VEC_PARAM_BIAS_OFFSET", "ENGINE_PARAM_DTYPE", "VEC_PARAM_DTYPE",
@@ -60,6 +61,8 @@ WINDOW_ALIGN = 128
 VEC_MAX_COLS = params.VEC_MAX_COLS
 #: numerics.residual_add's shift range.
 RES_SHIFT_MAX = 16
+#: Longest SOFTMAX_WIDE row (numerics.softmax's rows of up to 512).
+SOFTMAX_WIDE_MAX_COLS = 512
 
 
 class Opcode(enum.IntEnum):
@@ -91,7 +94,8 @@ class VecOp(hdl_enum.IntEnum, shape=3):
 class DecoderVecOp(enum.IntEnum):
     """VECTOR operations of the decoder (SmolLM2) that the isa simulator runs
     (``IsaMachine(decoder_ops=True)``). The RTL runs those in :data:`RTL_DECODER_OPS`
-    (RESIDUAL32 and WIDE_SPLIT, on the vector unit's residual-add pass) when built with
+    (RESIDUAL32 and WIDE_SPLIT on the vector unit's residual-add pass, SOFTMAX_WIDE on its
+    softmax with the command's ``prob_wide``) when built with
     ``Sizing(decoder_ops=True)``; it stops on the others, and on every one of them without
     the flag, with ``BAD_MODE`` (as the isa simulator does for an op its ``decoder_ops`` set
     lacks). Value 7 stays free for the vector unit's next op (:class:`VecOp` is 3 bits in the
@@ -123,7 +127,8 @@ class DecoderVecOp(enum.IntEnum):
 
 
 #: The decoder operations the RTL implements (with ``Sizing(decoder_ops=True)``).
-RTL_DECODER_OPS = frozenset({DecoderVecOp.WIDE_SPLIT, DecoderVecOp.RESIDUAL32})
+RTL_DECODER_OPS = frozenset({DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.WIDE_SPLIT,
+                             DecoderVecOp.RESIDUAL32})
 
 
 def vec_op_name(op: int) -> str:

@@ -30,11 +30,11 @@ from . import isa
 from .engine import MemoryPortSignature
 from .pipeline import SkidBuffer
 from .scratchpad import SyncFifo
-from .isa import (RES_SHIFT_MAX, RTL_DECODER_OPS, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, DecoderVecOp,
-                  ErrorCode, VecOp)
+from .isa import (RES_SHIFT_MAX, RTL_DECODER_OPS, SOFTMAX_WIDE_MAX_COLS, VEC_MAX_COLS,
+                  VEC_PARAM_RECORD_BYTES, DecoderVecOp, ErrorCode, VecOp)
 from .params import ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
 from .sequencer import read_request_layout, write_layout
-from .vector import VectorOp, VectorUnit, command_layout as unit_command_layout
+from .vector import VectorOp, VectorUnit
 
 __all__ = ["VectorEngine"]
 
@@ -144,9 +144,10 @@ class VectorEngine(wiring.Component):
         Read beats in flight or buffered per stream (source, residual).
     decoder_ops : bool
         Also run the decoder operations of ``isa.RTL_DECODER_OPS`` (``Sizing.decoder_ops``):
-        RESIDUAL32 (the unit's residual add with int32 residual lanes) and WIDE_SPLIT (the
+        RESIDUAL32 (the unit's residual add with int32 residual lanes), WIDE_SPLIT (the
         source rows passed through the unit twice, the high then the low byte of each element
-        written). Without it the engine is the encoder's, unchanged.
+        written) and SOFTMAX_WIDE (the unit's softmax with ``prob_wide``). Without it the
+        engine is the encoder's, unchanged.
     unit_kwargs
         Passed to :class:`celosia.hdl.vector.VectorUnit`.
 
@@ -214,13 +215,17 @@ class VectorEngine(wiring.Component):
             # rows..2*rows-1 byte 0 (isa_sim's int8 write of x >> 8 and x & 255).
             is_r32 = op == DecoderVecOp.RESIDUAL32
             is_split = op == DecoderVecOp.WIDE_SPLIT
+            # SOFTMAX_WIDE is the unit's SOFTMAX with 15-bit probabilities (prob_wide).
+            is_smw = op == DecoderVecOp.SOFTMAX_WIDE
         else:
-            is_r32 = is_split = C(0, 1)
+            is_r32 = is_split = is_smw = C(0, 1)
         use_res = (op == VecOp.RESIDUAL) | cmd.add_residual | is_r32 if dec else (
             (op == VecOp.RESIDUAL) | cmd.add_residual)
         use_p = ((op == VecOp.LAYERNORM) | (op == VecOp.GELU) | (op == VecOp.REQUANT)
                  | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS))
         use_e = (op == VecOp.SOFTMAX) | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
+        if dec:
+            use_e = use_e | is_smw
         is_rows_op = (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
         nub = Signal(16)         # unit beats a row
         m.d.comb += nub.eq((cols + N - 1) >> ln)
@@ -260,18 +265,22 @@ class VectorEngine(wiring.Component):
                      | (many & (cmd.src_stride < src_bytes))
                      | (((many | is_split) if dec else many) & (cmd.dst_stride < dst_bytes))
                      | (many & use_res & (cmd.res_stride < res_bytes)))
+        if dec:
+            bad_shape = bad_shape | (is_smw & (cols > SOFTMAX_WIDE_MAX_COLS))
         bad_align = (misaligned(cmd.src_addr, cmd.src_stride, cmd.dst_addr, cmd.dst_stride)
                      | (use_res & misaligned(cmd.res_addr, cmd.res_stride))
                      | (use_p & misaligned(cmd.p_addr)) | (use_e & misaligned(cmd.e_addr)))
-        bad_scalar = ((((op == VecOp.SOFTMAX) | (op == VecOp.GELU) | (op == VecOp.LAYERNORM))
-                       & (cmd.shift > nx.SHIFT_MAX))
+        shift_ops = (op == VecOp.SOFTMAX) | (op == VecOp.GELU) | (op == VecOp.LAYERNORM)
+        if dec:
+            shift_ops = shift_ops | is_smw
+        bad_scalar = ((shift_ops & (cmd.shift > nx.SHIFT_MAX))
                       | (use_res & (cmd.res_shift > RES_SHIFT_MAX)))
         # The decoder ops' operand formats (isa_sim's mode check, after the alignment).
         bad_mode = ((is_split & ((cmd.src_fmt != OutFormat.INT16) | (cmd.dst_fmt != OutFormat.INT8)))
                     | (is_r32 & cmd.add_residual)) if dec else C(0, 1)
 
         # --- the unit's command -----------------------------------------------------------
-        ucmd = Signal(unit_command_layout)
+        ucmd = Signal(unit.cmd_layout)
         out_lo = Signal(signed(32))
         out_hi = Signal(signed(32))
         with m.Switch(cmd.dst_fmt):
@@ -283,7 +292,8 @@ class VectorEngine(wiring.Component):
                 # The unit passes x whole; the output keeps one byte of it.
                 m.d.comb += [out_lo.eq(nx.INT32.lo), out_hi.eq(nx.INT32.hi)]
             is_resid = (op == VecOp.RESIDUAL) | is_r32 | is_split
-            unit_op = Mux(is_r32 | is_split, VecOp.RESIDUAL, op[:3])
+            unit_op = Mux(is_r32 | is_split, VecOp.RESIDUAL, Mux(is_smw, VecOp.SOFTMAX, op[:3]))
+            m.d.comb += ucmd.prob_wide.eq(is_smw)
         else:
             is_resid = op == VecOp.RESIDUAL
             unit_op = op[:3]

@@ -171,7 +171,7 @@ def test_vector_without_unit_is_unsupported_like_isa_sim():
 
 
 @pytest.mark.parametrize("op", [DecoderVecOp.RMSNORM, DecoderVecOp.RESIDUAL32,
-                                DecoderVecOp.WIDE_SPLIT])
+                                DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE])
 def test_decoder_vector_ops_stop_with_bad_mode_like_isa_sim(op):
     """Without ``Sizing.decoder_ops`` (the default) the controller stops on the decoder's
     vector operations with BAD_MODE before the vector unit sees them, as the isa simulator
@@ -274,7 +274,7 @@ def _decoder_program(img, **fields):
     img.mem[img.prog:img.prog + len(code)] = np.frombuffer(code, np.uint8)
 
 
-_R32, _SPLIT = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT
+_R32, _SPLIT, _SMW = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE
 _I16_I8 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8)
 
 
@@ -289,6 +289,12 @@ _I16_I8 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8)
     (dict(op=_SPLIT), ErrorCode.BAD_MODE),                       # int32 source
     (dict(op=_SPLIT, dst_addr=0x1204), ErrorCode.BAD_ALIGN),     # alignment before formats
     (dict(op=DecoderVecOp.RMSNORM, p_addr=0x1400), ErrorCode.BAD_MODE),   # not in the RTL
+    (dict(op=_SMW, e_addr=0x1800, mult=100, shift=10), ErrorCode.OK),
+    (dict(op=_SMW, e_addr=0x1800, cols=isa.SOFTMAX_WIDE_MAX_COLS + 1, src_stride=4096,
+          dst_stride=4096), ErrorCode.BAD_SHAPE),
+    (dict(op=_SMW, e_addr=0x1804), ErrorCode.BAD_ALIGN),
+    (dict(op=_SMW, e_addr=0x4000 + 0x1000), ErrorCode.BAD_ADDRESS),       # the row exponents
+    (dict(op=_SMW, e_addr=0x1800, shift=48), ErrorCode.BAD_PARAM),
 ])
 def test_decoder_ops_checks_like_isa_sim(fields, want):
     """A ``Sizing(decoder_ops=True)`` controller: RESIDUAL32's int32 residual span,

@@ -339,3 +339,24 @@ def test_decoder_unit_runs_the_encoder_ops(dec_unit, op):
         jobs.append(with_residual(layernorm_job, x, r, 16, np.arange(1, 8) * 3001,
                                   np.arange(-3, 4) << 33, 20, nx.INT16))
     _check(jobs, run_amaranth(jobs, dec_unit, seed=43, valid_prob=0.8, ready_prob=0.7))
+
+
+def test_softmax_wide(dec_unit):
+    """SOFTMAX_WIDE (the unit's softmax with prob_wide: R = floor(32767 * 2**24 / sum), 15-bit
+    probabilities): every row flavour, masks (a row fully masked, one sees its diagonal only),
+    the widest d * M, a row of 64, interleaved with the 8-bit softmax on the same build."""
+    from celosia.sim.vector_runner import softmax_wide_job
+
+    rng = np.random.default_rng(44)
+    jobs = [softmax_wide_job(rng, 2, cols, kind) for kind in KINDS
+            for cols in (1, 3, LANES, 2 * LANES + 1)]
+    s = rng.integers(-5000, 5000, size=(6, 9))
+    scale = nx.Dyadic.from_real(0.05)
+    jobs += [softmax_job(s, scale, 0, wide=True), softmax_job(s, scale, -2, wide=True),
+             softmax_job(s, scale, 3),
+             softmax_job(np.full((3, 7), nx.INT32.lo), scale, None, wide=True),
+             softmax_job(np.array([[nx.INT32.lo, nx.INT32.hi, 0, nx.INT32.hi]]),
+                         nx.Dyadic((1 << nx.MULT_BITS) - 1, 0), None, wide=True),
+             softmax_job(np.zeros((2, 64), dtype=np.int64), scale, None, wide=True),  # flat: x = 6
+             softmax_wide_job(rng, 2, 64, "random", causal_offset=20)]
+    _check(jobs, run_amaranth(jobs, dec_unit, seed=44, valid_prob=0.7, ready_prob=0.6))

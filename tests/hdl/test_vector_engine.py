@@ -366,7 +366,8 @@ def test_rejects_wide_ports():
 # --- the decoder operations of a Sizing(decoder_ops=True) build ---------------------------------
 
 def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=None,
-                 residual=False, kind="random", res_kind=None, pad=0, res_shift=None, img=None):
+                 residual=False, kind="random", res_kind=None, pad=0, res_shift=None, img=None,
+                 causal=None):
     """An image and a VECTOR instruction of a decoder op the RTL runs (RESIDUAL32: an int32
     residual; WIDE_SPLIT: int16 in, two int8 planes out, an optional int16 residual pre-add);
     its buffers are allocated in ``img`` when given."""
@@ -374,6 +375,9 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
     if op == DecoderVecOp.WIDE_SPLIT:
         src_fmt = OutFormat.INT16 if src_fmt is None else src_fmt
         dst_fmt = OutFormat.INT8 if dst_fmt is None else dst_fmt
+    elif op == DecoderVecOp.SOFTMAX_WIDE:
+        src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
+        dst_fmt = OutFormat.INT16 if dst_fmt is None else dst_fmt
     else:
         src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
         dst_fmt = OutFormat.INT32 if dst_fmt is None else dst_fmt
@@ -390,7 +394,14 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
         r = _src_values(rng, (rows, cols), rfmt, res_kind or kind)
         f["res_addr"], f["res_stride"] = img.matrix(r, rfmt, pad)
         f["res_shift"] = int(rng.integers(0, 17)) if res_shift is None else res_shift
-        f["add_residual"] = int(op == DecoderVecOp.WIDE_SPLIT)
+        f["add_residual"] = int(op != DecoderVecOp.RESIDUAL32)
+    if op == DecoderVecOp.SOFTMAX_WIDE:
+        scale = nx.Dyadic.from_real(float(rng.uniform(0.002, 0.2)) / np.sqrt(64) * np.log2(np.e))
+        f["mult"], f["shift"] = int(scale.multiplier), int(scale.shift)
+        if causal is not None:
+            f["causal"], f["causal_offset"] = 1, causal
+        f["e_addr"] = img.alloc(rows)
+        img.fill_random(f["e_addr"], -(-rows // W) * W)
     return isa.vector(**f), img.mem
 
 
@@ -419,15 +430,21 @@ def check_one_image(engine, instrs, mem, codes=None, **kw):
 
 @pytest.mark.parametrize("op", DEC_OPS)
 def test_decoder_op_formats_and_shapes(dec_engine, op):
-    """RESIDUAL32 over every source and destination format, WIDE_SPLIT with and without the
-    residual pre-add; rows below, at and above a beat, padded strides, stalls."""
+    """RESIDUAL32 over every source and destination format, WIDE_SPLIT and SOFTMAX_WIDE with
+    and without the residual pre-add (SOFTMAX_WIDE: every source format, causal too); rows
+    below, at and above a beat, padded strides, stalls."""
     rng = np.random.default_rng(int(op) + 200)
     img = Image(W, rng)
     instrs = []
     for k in range(4):
         cols = (1, 3, 2 * LANES + 1, 17)[k]
-        kw = (dict(src_fmt=OutFormat(k), dst_fmt=OutFormat(int(rng.integers(0, 4))))
-              if op == DecoderVecOp.RESIDUAL32 else dict(residual=bool(k % 2)))
+        if op == DecoderVecOp.RESIDUAL32:
+            kw = dict(src_fmt=OutFormat(k), dst_fmt=OutFormat(int(rng.integers(0, 4))))
+        elif op == DecoderVecOp.SOFTMAX_WIDE:
+            kw = dict(src_fmt=OutFormat(k), dst_fmt=(OutFormat.INT16, OutFormat.UINT8)[k % 2],
+                      residual=bool(k % 2), causal=(None, 0)[k // 2])
+        else:
+            kw = dict(residual=bool(k % 2))
         instrs.append(make_decoder(op, int(rng.integers(1, 4)), cols, W, rng, pad=k % 2,
                                    kind=("random", "extremes", "equal", "random")[k], img=img,
                                    **kw)[0])
@@ -440,7 +457,7 @@ def test_decoder_op_adversarial_rows(dec_engine):
     a row of 64 (the engine's longest here), int32 sums wrapping into WIDE_SPLIT's bytes."""
     rng = np.random.default_rng(21)
     img = Image(W, rng)
-    R32, SPLIT = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT
+    R32, SPLIT, SMW = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE
     cases = [make_decoder(R32, 3, 9, W, rng, kind="extremes", res_shift=s, img=img)
              for s in (0, 1, 15, 16)]
     cases += [
@@ -455,6 +472,10 @@ def test_decoder_op_adversarial_rows(dec_engine):
         make_decoder(SPLIT, 2, 64, W, rng, kind="extremes", img=img),
         make_decoder(SPLIT, 3, 10, W, rng, residual=True, kind="extremes", res_shift=16,
                      img=img),
+        make_decoder(SMW, 3, 9, W, rng, kind="extremes", causal=-1, img=img),   # row 0 masked
+        make_decoder(SMW, 2, 64, W, rng, kind="equal", img=img),       # flat: a row exponent
+        make_decoder(SMW, 11, 5, W, rng, kind="extremes", dst_fmt=OutFormat.INT8, img=img),
+        make_decoder(SMW, 2, 33, W, rng, dst_fmt=OutFormat.INT32, causal=20, img=img),
     ]
     check_one_image(dec_engine, [ins for ins, _ in cases], img.mem, seed=22, stall=0.1)
 
@@ -463,10 +484,8 @@ def test_decoder_build_runs_the_encoder_ops(dec_engine):
     """The int32 residual lanes of a decoder build: the encoder's ops with and without the
     int16 residual pre-add, extremes, back to back with the decoder ops on one image."""
     rng = np.random.default_rng(23)
-    cases = [make_vector(VecOp.RESIDUAL, 2, 9, W, rng, kind="extremes"),
-             make_vector(VecOp.LAYERNORM, 2, 11, W, rng, residual=True, kind="extremes"),
-             make_vector(VecOp.REQUANT_ROWS, 3, 10, W, rng, residual=True),
-             make_vector(VecOp.GELU, 2, 5, W, rng, residual=True, kind="extremes")]
+    cases = [make_vector(VecOp.LAYERNORM, 2, 11, W, rng, residual=True, kind="extremes"),
+             make_vector(VecOp.REQUANT_ROWS, 3, 10, W, rng, residual=True, kind="extremes")]
     for ins, mem in cases:
         check_one_image(dec_engine, [ins], mem, seed=24, stall=0.2)
     # WIDE_SPLIT of a RESIDUAL32's result, then REQUANT_ROWS of the high plane.
@@ -504,6 +523,9 @@ def test_decoder_op_bad_instructions(dec_engine):
              rows=1, dst_stride=0),                                     # two rows written
         dict(op=DecoderVecOp.WIDE_SPLIT, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
              add_residual=1, res_shift=20),
+        dict(op=DecoderVecOp.SOFTMAX_WIDE, cols=isa.SOFTMAX_WIDE_MAX_COLS + 1),
+        dict(op=DecoderVecOp.SOFTMAX_WIDE, shift=48, mult=100, e_addr=f["dst_addr"]),
+        dict(op=DecoderVecOp.SOFTMAX_WIDE, e_addr=f["dst_addr"] + 1),
     ]
     instrs, want = [], []
     for b in bad:
@@ -537,5 +559,7 @@ def test_decoder_ops_other_ports(lanes, port_bytes):
                            src_fmt=OutFormat(int(rng.integers(0, 4))),
                            dst_fmt=OutFormat(int(rng.integers(0, 4))), img=img)[0],
               make_decoder(DecoderVecOp.WIDE_SPLIT, 3, int(rng.integers(1, 40)), port_bytes, rng,
-                           residual=True, img=img)[0]]
+                           residual=True, img=img)[0],
+              make_decoder(DecoderVecOp.SOFTMAX_WIDE, 3, int(rng.integers(1, 40)), port_bytes,
+                           rng, src_fmt=OutFormat(int(rng.integers(0, 4))), causal=1, img=img)[0]]
     check_one_image(engine, instrs, img.mem, seed=port_bytes, stall=0.2)

@@ -15,7 +15,8 @@ from celosia.sw import numerics as nx
 
 def _unit():
     return VectorUnit(int(os.environ["VECTOR_LANES"]),
-                      max_cols=int(os.environ.get("VECTOR_MAX_COLS", VEC_MAX_COLS)))
+                      max_cols=int(os.environ.get("VECTOR_MAX_COLS", VEC_MAX_COLS)),
+                      decoder_ops=os.environ.get("VECTOR_DECODER", "0") == "1")
 
 
 def _long() -> bool:
@@ -134,3 +135,26 @@ async def whole_unit(dut):
         jobs.append(random_job(op, int(rng.integers(1, 4)), int(rng.integers(1, 3 * unit.lanes)),
                                rng, KINDS[k % len(KINDS)]))
     await _run_and_check(dut, unit, jobs, seed=6, valid_prob=0.9, ready_prob=0.8)
+
+
+@cocotb.test()
+async def residual32(dut):
+    """A unit built with ``decoder_ops`` (int32 residual lanes): the decoder's RESIDUAL32 over
+    every row flavour and every shift at the int32 extremes, then the encoder's int16 residual
+    add and residual pre-add on the same build (sign-extended lanes), back to back."""
+    from celosia.sim.vector_runner import residual32_job, with_residual
+    unit = _unit()
+    assert unit.decoder_ops, "residual32 needs a unit built with decoder_ops"
+    rng = np.random.default_rng(108)
+    jobs = [residual32_job(rng, 2, cols, kind) for kind in KINDS
+            for cols in (1, 2 * unit.lanes + 3)]
+    ext = np.array([[nx.INT32.lo, nx.INT32.hi, nx.INT32.lo + 1, nx.INT32.hi - 1, 0, -1,
+                     1 << 15, -(1 << 16), 1 << 30]])
+    jobs += [residual_job(ext, ext[:, ::-1], shift) for shift in (0, 1, 15, 16)]
+    jobs += [residual32_job(rng, 1, 96, "random")]
+    jobs += _flavours("residual", unit, rng, (3,))
+    x = np.array([[nx.INT32.hi] * 6 + [nx.INT32.lo]])
+    r = np.array([[nx.INT16.hi, nx.INT16.lo, 0, -1, 1, nx.INT16.lo, nx.INT16.hi]])
+    jobs += [with_residual(layernorm_job, x, r, 16, np.arange(1, 8) * 3001,
+                           np.arange(-3, 4) << 33, 20, nx.INT16)]
+    await _run_and_check(dut, unit, jobs, seed=8)
