@@ -138,13 +138,14 @@ async def whole_unit(dut):
 
 
 @cocotb.test()
-async def residual32(dut):
-    """A unit built with ``decoder_ops`` (int32 residual lanes): the decoder's RESIDUAL32 over
-    every row flavour and every shift at the int32 extremes, then the encoder's int16 residual
-    add and residual pre-add on the same build (sign-extended lanes), back to back."""
-    from celosia.sim.vector_runner import residual32_job, with_residual
+async def decoder_ops(dut):
+    """A unit built with ``decoder_ops``: the decoder's RESIDUAL32 (int32 residual lanes) over
+    every row flavour and every shift at the int32 extremes, SOFTMAX_WIDE (prob_wide) over
+    every flavour with masks and a flat row, then the encoder's int16 residual add, residual
+    pre-add and 8-bit softmax on the same build, back to back."""
+    from celosia.sim.vector_runner import residual32_job, softmax_wide_job, with_residual
     unit = _unit()
-    assert unit.decoder_ops, "residual32 needs a unit built with decoder_ops"
+    assert unit.decoder_ops, "decoder_ops needs a unit built with decoder_ops"
     rng = np.random.default_rng(108)
     jobs = [residual32_job(rng, 2, cols, kind) for kind in KINDS
             for cols in (1, 2 * unit.lanes + 3)]
@@ -157,4 +158,13 @@ async def residual32(dut):
     r = np.array([[nx.INT16.hi, nx.INT16.lo, 0, -1, 1, nx.INT16.lo, nx.INT16.hi]])
     jobs += [with_residual(layernorm_job, x, r, 16, np.arange(1, 8) * 3001,
                            np.arange(-3, 4) << 33, 20, nx.INT16)]
+    jobs += [softmax_wide_job(rng, 2, cols, kind) for kind in KINDS
+             for cols in (1, unit.lanes + 1)]
+    s = rng.integers(-40000, 40000, size=(5, 11))
+    scale = nx.Dyadic.from_real(0.003)
+    jobs += [softmax_job(s, scale, 0, wide=True), softmax_job(s, scale, -2, wide=True),
+             softmax_job(s, scale, 1),
+             softmax_job(np.zeros((1, 100), dtype=np.int64), scale, wide=True),
+             softmax_wide_job(rng, 1, 512 if _long() else 96, "random",
+                              causal_offset=40)]
     await _run_and_check(dut, unit, jobs, seed=8)
