@@ -123,7 +123,8 @@ class Accelerator(wiring.Component):
                                               queue=sz.queue, addr_bits=sz.addr_bits,
                                               issue_slot=sz.issue_slot,
                                               serial_check=sz.serial_check,
-                                              mem_faults=self.memory == "axi")
+                                              mem_faults=self.memory == "axi",
+                                              **({"decoder_ops": True} if sz.decoder_ops else {}))
         m.submodules.matmul = mm = MatmulEngine(self.array, W, k_max=self.k_max,
                                                 outstanding=self.outstanding,
                                                 addr_bits=sz.addr_bits,
@@ -138,6 +139,8 @@ class Accelerator(wiring.Component):
         ports = [ctrl.mem, mm.mem]
         if self.has_vector:
             extra = {} if sz.vector_finishers is None else {"finishers": sz.vector_finishers}
+            if sz.decoder_ops:
+                extra["decoder_ops"] = True
             m.submodules.vector = vec = self.vector_factory(sz.vector_lanes or self.array, W,
                                                             **extra)
             ports.append(vec.mem)

@@ -38,10 +38,11 @@ from celosia.sw import numerics as nx
 from . import isa
 from .engine import MemoryPortSignature
 from .scratchpad import SyncFifo
-from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES,
-                  WINDOW_ALIGN, ErrorCode, Opcode, VecOp)
+from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, RTL_DECODER_OPS, SOFTMAX_WIDE_MAX_COLS,
+                  VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, WINDOW_ALIGN, DecoderVecOp, ErrorCode,
+                  Opcode, VecOp)
 from .params import (ADDR_BITS, DONE_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
-                     PARAM_SHIFT_OFFSET, AddendMode, command_layout)
+                     PARAM_SHIFT_OFFSET, AddendMode, OutFormat, command_layout)
 
 __all__ = ["Controller", "SpanCheck", "SerialSpanCheck", "ERROR_BITS"]
 
@@ -217,6 +218,9 @@ class Controller(wiring.Component):
     k_max : int
         The matmul engine's longest K (``K_MAX`` in a full build; a smaller test build
         rejects longer ones with BAD_SHAPE, where the ISA simulator would accept them).
+    decoder_ops : bool
+        Accept the decoder VECTOR operations of ``isa.RTL_DECODER_OPS`` (``Sizing.decoder_ops``;
+        the vector engine must be built with it too). Without it they stop with BAD_MODE.
     addr_bits, issue_slot, serial_check : see :class:`celosia.hdl.params.Sizing`. Without an
         issue slot a unit's ``cmd.payload`` stays valid from the hand-over until its ``done``
         (the controller waits in HOLD), so the unit need not copy it.
@@ -251,7 +255,8 @@ class Controller(wiring.Component):
 
     def __init__(self, port_bytes: int, *, vector: bool = False, queue: int = 4,
                  k_max: int = K_MAX, addr_bits: int = ADDR_BITS, issue_slot: bool = True,
-                 serial_check: bool = False, mem_faults: bool = False):
+                 serial_check: bool = False, mem_faults: bool = False,
+                 decoder_ops: bool = False):
         assert port_bytes & (port_bytes - 1) == 0 and 4 <= port_bytes <= 128
         assert 12 <= addr_bits <= ADDR_BITS
         self.port_bytes = port_bytes
@@ -262,6 +267,7 @@ class Controller(wiring.Component):
         self.issue_slot = issue_slot
         self.serial_check = serial_check
         self.mem_faults = mem_faults
+        self.decoder_ops = bool(decoder_ops)
         members = {
             "mem": Out(MemoryPortSignature(port_bytes)),
             "mm_cmd": Out(stream.Signature(command_layout())),
@@ -505,18 +511,34 @@ class Controller(wiring.Component):
         vsb_log = Signal(2)
         vdb_log = Signal(2)
         m.d.comb += [vsb_log.eq(fmt_log(vec.src_fmt)), vdb_log.eq(fmt_log(vec.dst_fmt))]
-        v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual
+        dec = self.decoder_ops
+        if dec:
+            v_r32 = vec.op == DecoderVecOp.RESIDUAL32
+            v_split = vec.op == DecoderVecOp.WIDE_SPLIT
+            v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual | v_r32
+            # isa_sim's mode check (after the alignment): the operand formats of the ops.
+            v_bad_fmt = ((v_split & ((vec.src_fmt != OutFormat.INT16)
+                                     | (vec.dst_fmt != OutFormat.INT8)))
+                         | (v_r32 & vec.add_residual))
+        else:
+            v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual
         v_use_p = vec.op.matches(VecOp.LAYERNORM, VecOp.GELU, VecOp.REQUANT,
                                  VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
         v_use_e = vec.op.matches(VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
         v_bad_mode = vec.op > max(VecOp)
         v_bad_dims = (vec.rows == 0) | (vec.cols == 0) | (vec.cols > VEC_MAX_COLS)
+        v_shift_ops = vec.op.matches(VecOp.SOFTMAX, VecOp.GELU, VecOp.LAYERNORM)
+        if dec:
+            v_smw = vec.op == DecoderVecOp.SOFTMAX_WIDE
+            v_use_e = v_use_e | v_smw
+            v_bad_mode = v_bad_mode & ~vec.op.matches(*RTL_DECODER_OPS)
+            v_bad_dims = v_bad_dims | (v_smw & (vec.cols > SOFTMAX_WIDE_MAX_COLS))
+            v_shift_ops = v_shift_ops | v_smw
         v_bad_align = (misaligned(vec.src_addr, vec.src_stride, vec.dst_addr, vec.dst_stride)
                        | (v_use_res & misaligned(vec.res_addr, vec.res_stride))
                        | (v_use_p & misaligned(vec.p_addr))
                        | (v_use_e & misaligned(vec.e_addr)))
-        v_bad_param = ((vec.op.matches(VecOp.SOFTMAX, VecOp.GELU, VecOp.LAYERNORM)
-                        & (vec.shift > nx.SHIFT_MAX))
+        v_bad_param = ((v_shift_ops & (vec.shift > nx.SHIFT_MAX))
                        | (v_use_res & (vec.res_shift > RES_SHIFT_MAX)))
 
         # Operand table, one operand per cycle: (used, addr, rows, stride, row bytes).
@@ -524,7 +546,7 @@ class Controller(wiring.Component):
         idx = Signal(3)
         op_used = Signal()
         op_addr = Signal(ab + 1 if narrow else ADDR_BITS)
-        op_rows = Signal(16)
+        op_rows = Signal(17 if self.decoder_ops else 16)
         op_stride = Signal(ab + 1 if narrow else ADDR_BITS)
         op_rb = Signal(24)
         def ref(body, view, name):
@@ -559,11 +581,14 @@ class Controller(wiring.Component):
                                      op_stride.eq(stride), op_rb.eq(rb)]
 
         if self.vector:
+            # WIDE_SPLIT writes two rows a source row; RESIDUAL32's residual is int32.
             vec_ops = [
                 (1, vref("src_addr"), vec.rows, vref("src_stride"), vec.cols << vsb_log),
-                (v_use_res, vref("res_addr"), vec.rows, vref("res_stride"), vec.cols * 2),
+                (v_use_res, vref("res_addr"), vec.rows, vref("res_stride"),
+                 Mux(v_r32, vec.cols << 2, vec.cols << 1) if dec else vec.cols * 2),
                 (v_use_p, vref("p_addr"), 1, 0, vec.cols * VEC_PARAM_RECORD_BYTES),
-                (1, vref("dst_addr"), vec.rows, vref("dst_stride"), vec.cols << vdb_log),
+                (1, vref("dst_addr"), (vec.rows << v_split) if dec else vec.rows,
+                 vref("dst_stride"), vec.cols << vdb_log),
                 (v_use_e, vref("e_addr"), 1, 0, vec.rows),
             ]
             with m.If(is_vec):
@@ -742,6 +767,9 @@ class Controller(wiring.Component):
                         stop_with(ErrorCode.BAD_SHAPE, pc)
                     with m.Elif(v_bad_align):
                         stop_with(ErrorCode.BAD_ALIGN, pc)
+                    if dec:
+                        with m.Elif(v_bad_fmt):
+                            stop_with(ErrorCode.BAD_MODE, pc)
                     with m.Elif(any_outside):
                         stop_with(ErrorCode.BAD_ADDRESS, pc)
                     with m.Elif(v_bad_param):

@@ -37,7 +37,8 @@ from .params import ADDEND_BYTES, OUT_BYTES, PARAM_RECORD_BYTES, AddendMode, Err
 
 __all__ = [
     "ISA_VERSION", "INSTR_BYTES", "INSTR_BITS", "WINDOW_ALIGN", "VEC_MAX_COLS", "RES_SHIFT_MAX",
-    "Opcode", "VecOp", "DecoderVecOp", "vec_op_name", "Unit", "ErrorCode",
+    "SOFTMAX_WIDE_MAX_COLS",
+    "Opcode", "VecOp", "DecoderVecOp", "RTL_DECODER_OPS", "vec_op_name", "Unit", "ErrorCode",
     "VEC_PARAM_RECORD_BYTES", "VEC_PARAM_MULT_OFFSET", "VEC_PARAM_SHIFT_OFFSET",
     "VEC_PARAM_BIAS_OFFSET", "ENGINE_PARAM_DTYPE", "VEC_PARAM_DTYPE",
     "matmul_layout", "vector_layout", "sync_layout", "instruction_layout",
@@ -60,6 +61,8 @@ WINDOW_ALIGN = 128
 VEC_MAX_COLS = params.VEC_MAX_COLS
 #: numerics.residual_add's shift range.
 RES_SHIFT_MAX = 16
+#: Longest SOFTMAX_WIDE row (numerics.softmax's rows of up to 512).
+SOFTMAX_WIDE_MAX_COLS = 512
 
 
 class Opcode(enum.IntEnum):
@@ -89,12 +92,15 @@ class VecOp(hdl_enum.IntEnum, shape=3):
 
 
 class DecoderVecOp(enum.IntEnum):
-    """VECTOR operations of the decoder (SmolLM2) that the isa simulator runs and **the RTL
-    does not implement yet**: the controller and the vector engine stop on them with
-    ``BAD_MODE`` (their check ``op > max(VecOp)``), and so does the isa simulator unless it
-    models a build with them (``IsaMachine(decoder_ops=True)``). Value 7 stays free for the
-    vector unit's next op (:class:`VecOp` is 3 bits in the unit). Each is one function of
-    :mod:`celosia.sw.numerics` (docs/isa.md, "Decoder vector operations"):
+    """VECTOR operations of the decoder (SmolLM2) that the isa simulator runs
+    (``IsaMachine(decoder_ops=True)``). The RTL runs those in :data:`RTL_DECODER_OPS`
+    (RESIDUAL32 and WIDE_SPLIT on the vector unit's residual-add pass, SOFTMAX_WIDE on its
+    softmax with the command's ``prob_wide``) when built with
+    ``Sizing(decoder_ops=True)``; it stops on the others, and on every one of them without
+    the flag, with ``BAD_MODE`` (as the isa simulator does for an op its ``decoder_ops`` set
+    lacks). Value 7 stays free for the vector unit's next op (:class:`VecOp` is 3 bits in the
+    unit). Each is one function of :mod:`celosia.sw.numerics` (docs/isa.md, "Decoder vector
+    operations"):
 
     * RMSNORM: ``rmsnorm(x, gamma=P.mult, shift, out, eps=P[0].bias)``.
     * SILU_GATE: ``q, e = requantize_rows(round_shift(silu(x) * r, res_shift), P, out)`` with
@@ -106,7 +112,7 @@ class DecoderVecOp(enum.IntEnum):
       ``causal``/``causal_offset`` as SOFTMAX's (the KV cache's offset); e to ``e_addr``.
     * WIDE_SPLIT: an int16 operand as two byte planes for the two passes of matmul_wide:
       ``x >> 8`` (int8) in rows 0..rows-1 of ``dst``, ``x & 255`` (uint8) in rows
-      rows..2*rows-1.
+      rows..2*rows-1 (after an optional residual pre-add, each plane is that byte of ``x``).
     * WIDE_LO: the low pass's rescale, ``requantize(x, (2**14, 22 + e[i]), int32)`` per row,
       ``e`` (uint8, one per row) read from ``e_addr``.
     * RESIDUAL32: ``saturate(residual_add(x, r, res_shift), out)`` with an int32 ``r``.
@@ -118,6 +124,11 @@ class DecoderVecOp(enum.IntEnum):
     WIDE_SPLIT = 12
     WIDE_LO = 13
     RESIDUAL32 = 14
+
+
+#: The decoder operations the RTL implements (with ``Sizing(decoder_ops=True)``).
+RTL_DECODER_OPS = frozenset({DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.WIDE_SPLIT,
+                             DecoderVecOp.RESIDUAL32})
 
 
 def vec_op_name(op: int) -> str:

@@ -220,6 +220,12 @@ class Sizing:
         A registered stage on each channel of the matmul engine's memory port, so no handshake
         path crosses it, and a write register in front of each of its scratchpads (without:
         fewer flip-flops at a lower clock).
+    decoder_ops
+        The controller and the vector engine accept the decoder's VECTOR operations the RTL
+        implements (``isa.RTL_DECODER_OPS``; the other ``isa.DecoderVecOp`` values still stop
+        with ``BAD_MODE``). Off, the hardware is the encoder's, unchanged, and every decoder op
+        stops with ``BAD_MODE``. The ISA simulator models such a build with
+        ``IsaMachine(decoder_ops=Sizing.decoder_op_set())``.
     """
     addr_bits: int = ADDR_BITS
     epilogue_lanes: int | None = None
@@ -238,6 +244,12 @@ class Sizing:
     result_tiles: int = 4
     output_rows: int = 16
     port_stages: bool = True
+    decoder_ops: bool = False
+
+    def decoder_op_set(self) -> frozenset:
+        """The decoder VECTOR operations this build runs (empty without ``decoder_ops``)."""
+        from .isa import RTL_DECODER_OPS
+        return RTL_DECODER_OPS if self.decoder_ops else frozenset()
 
     def __post_init__(self):
         if not 12 <= self.addr_bits <= ADDR_BITS:

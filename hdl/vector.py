@@ -32,7 +32,8 @@ from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt
 
 __all__ = [
     "VectorOp", "COLS_BITS", "ROWS_BITS", "GAMMA_BITS", "BETA_BITS",
-    "command_layout", "param_layout", "token_layout",
+    "command_layout", "param_layout", "token_layout", "unit_command_layout", "unit_token_layout",
+    "PROB_MAX_WIDE",
     "VectorFinisher", "VectorUnit", "pack", "unpack",
 ]
 
@@ -83,7 +84,7 @@ FINISHER_UNROLL = 2
 _MAX_INIT = nx.INT32.lo - 1
 _INT24 = nx.Range(-(1 << (nx.LN_IN_BITS - 1)), (1 << (nx.LN_IN_BITS - 1)) - 1)
 
-command_layout = data.StructLayout({
+_COMMAND_FIELDS = {
     "op": VectorOp,
     "rows": unsigned(ROWS_BITS),
     "cols": unsigned(COLS_BITS),
@@ -101,7 +102,22 @@ command_layout = data.StructLayout({
     "zero_point": signed(32),
     "out_lo": signed(32),
     "out_hi": signed(32),
-})
+}
+
+
+def unit_command_layout(decoder_ops: bool = False) -> data.StructLayout:
+    """The unit's command; with ``decoder_ops`` one more field at the end, ``prob_wide``
+    (softmax: 15-bit probabilities, the decoder's SOFTMAX_WIDE), so a command packed without it
+    has the same bits."""
+    fields = dict(_COMMAND_FIELDS)
+    if decoder_ops:
+        fields["prob_wide"] = unsigned(1)
+    return data.StructLayout(fields)
+
+
+command_layout = unit_command_layout(False)
+#: Softmax's probability limit with ``prob_wide`` (numerics.softmax's prob_max for matmul_wide).
+PROB_MAX_WIDE = nx.INT16.hi
 
 #: Per-column parameters: LayerNorm gamma (mult) and beta (bias); requantise and GELU's input
 #: requantisation multiplier (mult, below 2**MULT_BITS) and shift.
@@ -116,13 +132,17 @@ _PARAM2_LAYOUT = data.StructLayout({"mult": unsigned(nx.MULT_BITS), "shift": uns
 
 #: One row in flight. ``a``: softmax max / LayerNorm sum, then mean. ``b``: softmax exp sum,
 #: then reciprocal / LayerNorm sum of squares, then floor(2**46 / std).
-token_layout = data.StructLayout({
-    "cmd": command_layout,
-    "row": unsigned(ROWS_BITS),
-    "a": signed(2 + nx.LN_IN_BITS + COLS_BITS),
-    "b": unsigned(2 * nx.LN_IN_BITS + COLS_BITS),
-    "exp": unsigned(ROW_EXP_BITS),
-})
+def unit_token_layout(decoder_ops: bool = False) -> data.StructLayout:
+    return data.StructLayout({
+        "cmd": unit_command_layout(decoder_ops),
+        "row": unsigned(ROWS_BITS),
+        "a": signed(2 + nx.LN_IN_BITS + COLS_BITS),
+        "b": unsigned(2 * nx.LN_IN_BITS + COLS_BITS),
+        "exp": unsigned(ROW_EXP_BITS),
+    })
+
+
+token_layout = unit_token_layout(False)
 
 _SX_BITS = 2 + nx.LN_IN_BITS + COLS_BITS            # |sum x| < 2**(23 + COLS_BITS)
 _SXX_BITS = 2 * nx.LN_IN_BITS + COLS_BITS           # sum x*x < 2**(46 + COLS_BITS)
@@ -130,6 +150,8 @@ _ESUM_BITS = EXP_E_BITS + COLS_BITS                 # sum e <= (2**COLS_BITS - 1
 _RECIP_NUM = nx.PROB_MAX << nx.RECIP_BITS
 #: The exp sum of a row with any unmasked column is at least 2**EXP_ONE_BITS (its maximum).
 _RECIP_QBITS = _RECIP_NUM.bit_length() - nx.EXP_ONE_BITS
+_RECIP_NUM_WIDE = PROB_MAX_WIDE << nx.RECIP_BITS
+_RECIP_QBITS_WIDE = _RECIP_NUM_WIDE.bit_length() - nx.EXP_ONE_BITS
 _MEAN_QBITS = _SX_BITS - 1
 _VAR_QBITS = 2 * (nx.LN_IN_BITS + 1)                # |d| < 2**25, so var < 2**50
 _STD_BITS = nx.LN_IN_BITS + 1
@@ -137,6 +159,10 @@ _INV_QBITS = nx.LN_INV_BITS + 1
 _INV_BITS = nx.LN_INV_BITS + 1
 _DIVISOR_BITS = max(_ESUM_BITS, _STD_BITS, COLS_BITS)
 _DIVIDEND_BITS = max(_RECIP_NUM.bit_length(), _SXX_BITS, nx.LN_INV_BITS + 1)
+assert _RECIP_NUM_WIDE.bit_length() <= _DIVIDEND_BITS
+#: R < 2**24 with prob_wide: stage 3's multiplier takes it whole (softmax's a is e <= 2**15,
+#: inside the product's high-limb operand).
+assert _RECIP_QBITS_WIDE <= _INV_BITS
 
 
 def _is_reduction(op):
@@ -201,24 +227,29 @@ class VectorFinisher(wiring.Component):
     and its remainder ``r = sum(x) - n*mean``, ``S2 = sum(x*x) - mean * (sum(x) + r)`` (as
     ``2*sum(x) - n*mean = sum(x) + r``, exactly ``sum((x - mean)**2)``), floor variance, isqrt,
     ``inv = floor(2**46 / max(1, std))``. Other operations pass through.
-    One divider (``unroll`` quotient bits a cycle) serves every division.
+    One divider (``unroll`` quotient bits a cycle) serves every division. With ``decoder_ops``
+    a softmax command's ``prob_wide`` takes ``R = floor(32767 * 2**24 / sum)``.
     """
 
-    def __init__(self, unroll: int = FINISHER_UNROLL):
+    def __init__(self, unroll: int = FINISHER_UNROLL, decoder_ops: bool = False):
         self.unroll = unroll
+        self.decoder_ops = decoder_ops
+        self.tok_layout = unit_token_layout(decoder_ops)
         super().__init__({
-            "i": In(stream.Signature(token_layout)),
-            "o": Out(stream.Signature(token_layout)),
+            "i": In(stream.Signature(self.tok_layout)),
+            "o": Out(stream.Signature(self.tok_layout)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.div = div = Divider(
-            _DIVIDEND_BITS, _DIVISOR_BITS, self.unroll,
-            quotient_widths=(_RECIP_QBITS, _MEAN_QBITS, _VAR_QBITS, _INV_QBITS))
+        qwidths = (_RECIP_QBITS, _MEAN_QBITS, _VAR_QBITS, _INV_QBITS)
+        if self.decoder_ops:
+            qwidths += (_RECIP_QBITS_WIDE,)
+        m.submodules.div = div = Divider(_DIVIDEND_BITS, _DIVISOR_BITS, self.unroll,
+                                         quotient_widths=qwidths)
         m.submodules.sqrt = sqrt = Isqrt(_STD_BITS, self.unroll)
 
-        tok = Signal(token_layout)
+        tok = Signal(self.tok_layout)
         sx = Signal(signed(_SX_BITS))
         # The mean of int24 values is an int24.
         mean = Signal(signed(nx.LN_IN_BITS))
@@ -253,6 +284,11 @@ class VectorFinisher(wiring.Component):
                             m.d.comb += [div.start.eq(1), div.dividend.eq(_RECIP_NUM),
                                          div.divisor.eq(tok.b),
                                          div.steps.eq(div.steps_for(_RECIP_QBITS))]
+                            if self.decoder_ops:
+                                with m.If(tok.cmd.prob_wide):
+                                    m.d.comb += [
+                                        div.dividend.eq(_RECIP_NUM_WIDE),
+                                        div.steps.eq(div.steps_for(_RECIP_QBITS_WIDE))]
                             m.next = "RECIP"
                     with m.Case(VectorOp.LAYERNORM):
                         # floor(a / n) = ~(~a // n) for negative a.
@@ -347,13 +383,18 @@ class VectorUnit(wiring.Component):
         longest row and twice the finisher latency).
     token_depth : int
         Rows that may wait between two stages.
+    decoder_ops : bool
+        For the decoder's operations (``Sizing.decoder_ops``): the residual lanes are int32
+        (RESIDUAL32 adds an int32 residual; int16 without), and the command has ``prob_wide``
+        (softmax with probabilities up to 32767, SOFTMAX_WIDE).
 
     Members
     -------
     cmd : In(stream.Signature(command_layout))
-        One command per batch of rows.
+        One command per batch of rows (``unit_command_layout(decoder_ops)``).
     i : In(stream.Signature(StructLayout({"data": N x signed(32), "residual": N x signed(16)})))
-        Input beats (``residual`` is read by the residual add only).
+        Input beats (``residual`` is read by the residual add only; signed(32) lanes with
+        ``decoder_ops``).
     o : Out(stream.Signature(StructLayout({"data": N x signed(32), "exp": unsigned(4)})))
         Output beats; lanes beyond the row's length are unspecified. ``exp`` is the row's
         power-of-two exponent (softmax; 0 for the other operations).
@@ -368,7 +409,7 @@ class VectorUnit(wiring.Component):
     def __init__(self, lanes: int, *, max_cols: int = VEC_MAX_COLS,
                  unroll: int = FINISHER_UNROLL,
                  finishers: int | None = None, fifo_depth: int | None = None,
-                 token_depth: int = 16):
+                 token_depth: int = 16, decoder_ops: bool = False):
         if not isinstance(lanes, int) or not 1 <= lanes <= 64:
             raise ValueError(f"lanes must be an integer in 1..64, not {lanes!r}")
         if not isinstance(max_cols, int) or not 1 <= max_cols < (1 << COLS_BITS):
@@ -396,10 +437,15 @@ class VectorUnit(wiring.Component):
             raise ValueError(f"fifo_depth must hold a longest row ({self.max_beats} beats)")
         self.fifo_depth = fifo_depth
         self.token_depth = token_depth
+        self.decoder_ops = bool(decoder_ops)
+        #: Bits of a residual lane.
+        self.residual_bits = 32 if self.decoder_ops else 16
+        self.cmd_layout = unit_command_layout(self.decoder_ops)
+        self.tok_layout = unit_token_layout(self.decoder_ops)
 
         self.in_layout = data.StructLayout({
             "data": data.ArrayLayout(signed(32), lanes),
-            "residual": data.ArrayLayout(signed(16), lanes),
+            "residual": data.ArrayLayout(signed(self.residual_bits), lanes),
         })
         self.out_layout = data.StructLayout({
             "data": data.ArrayLayout(signed(32), lanes),
@@ -410,7 +456,7 @@ class VectorUnit(wiring.Component):
             "data": data.ArrayLayout(param_layout, lanes),
         })
         super().__init__({
-            "cmd": In(stream.Signature(command_layout)),
+            "cmd": In(stream.Signature(self.cmd_layout)),
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
             "params": In(stream.Signature(self.param_write_layout)),
@@ -463,6 +509,7 @@ class VectorUnit(wiring.Component):
 
         m.submodules.fifo_a = fa = SyncFifo(width=lanes32.size, depth=self.fifo_depth)
         m.submodules.fifo_b = fb = SyncFifo(width=lanes32.size, depth=self.fifo_depth)
+        command_layout, token_layout = self.cmd_layout, self.tok_layout
         m.submodules.tok1 = t1 = SyncFifo(width=token_layout.size, depth=self.token_depth)
         m.submodules.tok2 = t2 = SyncFifo(width=token_layout.size, depth=self.token_depth)
         m.submodules.tok3 = t3 = SyncFifo(width=token_layout.size, depth=self.token_depth)
@@ -509,7 +556,16 @@ class VectorUnit(wiring.Component):
         c1 = ctl1[1]
         for k in range(N):
             raw = piped1(self.i.payload.data[k], signed(32), f"s1_raw{k}")
-            rs = piped1(self.i.payload.residual[k] << res_shift1, signed(34), f"s1_rs{k}")
+            if self.decoder_ops:
+                # An int32 residual: r << shift is clamped to [-2**32, 2**32 - 1] (no int32 x
+                # brings a sum beyond that back into int32: the saturated sum is unchanged).
+                rsh = Signal(signed(32 + 16), name=f"s1_rsh{k}")
+                m.d.comb += rsh.eq(self.i.payload.residual[k] << res_shift1)
+                big = rsh[32:] != Mux(rsh[-1], 0xFFFF, 0)
+                rsv = Mux(big, Mux(rsh[-1], -(1 << 32), (1 << 32) - 1), rsh[:33].as_signed())
+                rs = piped1(rsv, signed(34), f"s1_rs{k}")
+            else:
+                rs = piped1(self.i.payload.residual[k] << res_shift1, signed(34), f"s1_rs{k}")
             # The residual pre-add: x = saturate(x + (r << shift), int32) (numerics.residual_add).
             res = Signal(signed(34), name=f"s1_res{k}")
             m.d.comb += res.eq(raw + rs)
@@ -777,7 +833,7 @@ class VectorUnit(wiring.Component):
         # --- Finishers: per-row scalars, several rows in flight, taken and returned in order. --
         fins = []
         for f in range(self.finishers):
-            fin = VectorFinisher(self.unroll)
+            fin = VectorFinisher(self.unroll, **({"decoder_ops": True} if self.decoder_ops else {}))
             m.submodules[f"finisher{f}"] = fin
             fins.append(fin)
         # At least one bit wide: a zero-width case subject is simulated differently by Icarus.
@@ -866,6 +922,9 @@ class VectorUnit(wiring.Component):
                 with m.Case(VectorOp.SOFTMAX):
                     m.d.comb += [b.eq(tok3.b), sh.eq(nx.RECIP_BITS - tok3.exp), sat.eq(1),
                                  lo.eq(0), hi.eq(nx.PROB_MAX)]
+                    if self.decoder_ops:
+                        with m.If(c3.prob_wide):
+                            m.d.comb += hi.eq(PROB_MAX_WIDE)
                 with m.Case(VectorOp.LAYERNORM):
                     m.d.comb += [a.eq(x - tok3.a), b.eq(tok3.b), sh.eq(ln_z_shift)]
                 with m.Case(VectorOp.REQUANT):

@@ -30,10 +30,11 @@ from . import isa
 from .engine import MemoryPortSignature
 from .pipeline import SkidBuffer
 from .scratchpad import SyncFifo
-from .isa import RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, ErrorCode, VecOp
+from .isa import (RES_SHIFT_MAX, RTL_DECODER_OPS, SOFTMAX_WIDE_MAX_COLS, VEC_MAX_COLS,
+                  VEC_PARAM_RECORD_BYTES, DecoderVecOp, ErrorCode, VecOp)
 from .params import ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
 from .sequencer import read_request_layout, write_layout
-from .vector import VectorOp, VectorUnit, command_layout as unit_command_layout
+from .vector import VectorOp, VectorUnit
 
 __all__ = ["VectorEngine"]
 
@@ -141,6 +142,12 @@ class VectorEngine(wiring.Component):
         Longest row (default ``isa.VEC_MAX_COLS``).
     fifo_beats : int
         Read beats in flight or buffered per stream (source, residual).
+    decoder_ops : bool
+        Also run the decoder operations of ``isa.RTL_DECODER_OPS`` (``Sizing.decoder_ops``):
+        RESIDUAL32 (the unit's residual add with int32 residual lanes), WIDE_SPLIT (the
+        source rows passed through the unit twice, the high then the low byte of each element
+        written) and SOFTMAX_WIDE (the unit's softmax with ``prob_wide``). Without it the
+        engine is the encoder's, unchanged.
     unit_kwargs
         Passed to :class:`celosia.hdl.vector.VectorUnit`.
 
@@ -154,7 +161,8 @@ class VectorEngine(wiring.Component):
     """
 
     def __init__(self, lanes: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
-                 max_cols: int = VEC_MAX_COLS, fifo_beats: int = 16, **unit_kwargs):
+                 max_cols: int = VEC_MAX_COLS, fifo_beats: int = 16, decoder_ops: bool = False,
+                 **unit_kwargs):
         if port_bytes is None:
             port_bytes = default_port_bytes(lanes) if isinstance(lanes, int) else 16
         check_config(lanes, port_bytes)
@@ -165,6 +173,7 @@ class VectorEngine(wiring.Component):
             raise ValueError("fifo_beats must be an int >= 2")
         self.lanes, self.port_bytes, self.max_cols = lanes, port_bytes, max_cols
         self.fifo_beats = fifo_beats
+        self.decoder_ops = bool(decoder_ops)
         self.unit_kwargs = unit_kwargs
         super().__init__({
             "cmd": In(stream.Signature(isa.vector_layout())),
@@ -178,7 +187,10 @@ class VectorEngine(wiring.Component):
         N, W = self.lanes, self.port_bytes
         lw, ln = _log2(W), _log2(N)
         D = self.fifo_beats
-        m.submodules.unit = unit = VectorUnit(N, max_cols=self.max_cols, **self.unit_kwargs)
+        dec = self.decoder_ops
+        m.submodules.unit = unit = VectorUnit(N, max_cols=self.max_cols,
+                                              **({"decoder_ops": True} if dec else {}),
+                                              **self.unit_kwargs)
         # Registered stages on the unit's beat streams: the gearboxes and the output packer
         # (whose readiness follows the memory port) never share a path with the unit's intake
         # or its output queue.
@@ -196,17 +208,32 @@ class VectorEngine(wiring.Component):
         sl = Signal(2)           # log2 bytes of a source element
         dl = Signal(2)           # ... of a destination element
         m.d.comb += [sl.eq(_fmt_log(cmd.src_fmt)), dl.eq(_fmt_log(cmd.dst_fmt))]
-        use_res = (op == VecOp.RESIDUAL) | cmd.add_residual
+        if dec:
+            # RESIDUAL32 is the unit's RESIDUAL with an int32 residual; WIDE_SPLIT passes each
+            # source row (after the optional residual pre-add) through the unit's RESIDUAL with
+            # a zero residual twice: rows 0..rows-1 write byte 1 of each result, rows
+            # rows..2*rows-1 byte 0 (isa_sim's int8 write of x >> 8 and x & 255).
+            is_r32 = op == DecoderVecOp.RESIDUAL32
+            is_split = op == DecoderVecOp.WIDE_SPLIT
+            # SOFTMAX_WIDE is the unit's SOFTMAX with 15-bit probabilities (prob_wide).
+            is_smw = op == DecoderVecOp.SOFTMAX_WIDE
+        else:
+            is_r32 = is_split = is_smw = C(0, 1)
+        use_res = (op == VecOp.RESIDUAL) | cmd.add_residual | is_r32 if dec else (
+            (op == VecOp.RESIDUAL) | cmd.add_residual)
         use_p = ((op == VecOp.LAYERNORM) | (op == VecOp.GELU) | (op == VecOp.REQUANT)
                  | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS))
         use_e = (op == VecOp.SOFTMAX) | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
+        if dec:
+            use_e = use_e | is_smw
         is_rows_op = (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
         nub = Signal(16)         # unit beats a row
         m.d.comb += nub.eq((cols + N - 1) >> ln)
         src_bytes = Signal(16)
         res_bytes = Signal(16)
         dst_bytes = Signal(16)
-        m.d.comb += [src_bytes.eq(cols << sl), res_bytes.eq(cols << 1), dst_bytes.eq(cols << dl)]
+        rl = Mux(is_r32, 2, 1) if dec else 1        # log2 bytes of a residual element
+        m.d.comb += [src_bytes.eq(cols << sl), res_bytes.eq(cols << rl), dst_bytes.eq(cols << dl)]
         src_beats = Signal(16)
         res_beats = Signal(16)
         m.d.comb += [src_beats.eq((src_bytes + W - 1) >> lw), res_beats.eq((res_bytes + W - 1) >> lw)]
@@ -222,34 +249,56 @@ class VectorEngine(wiring.Component):
         nub_m1 = settled(nub - 1, 16, "nub_m1")
         src_beats_m1 = settled(src_beats - 1, 16, "src_beats_m1")
         res_beats_m1 = settled(res_beats - 1, 16, "res_beats_m1")
+        # Rows the unit passes (WIDE_SPLIT: every source row twice).
+        rows_run = settled(rows << is_split, 17, "rows_run") if dec else rows
 
         # --- checks (isa_sim order: op, shapes, alignment, scalars) ----------------------------
         def misaligned(*values):
             return Cat(v[:lw] != 0 for v in values).any()
 
-        bad_op = op > max(VecOp)
+        if dec:
+            bad_op = (op > max(VecOp)) & ~op.matches(*RTL_DECODER_OPS)
+        else:
+            bad_op = op > max(VecOp)
         many = rows > 1
         bad_shape = ((rows == 0) | (cols == 0) | (cols > VEC_MAX_COLS)
-                     | (many & (cmd.src_stride < src_bytes)) | (many & (cmd.dst_stride < dst_bytes))
+                     | (many & (cmd.src_stride < src_bytes))
+                     | (((many | is_split) if dec else many) & (cmd.dst_stride < dst_bytes))
                      | (many & use_res & (cmd.res_stride < res_bytes)))
+        if dec:
+            bad_shape = bad_shape | (is_smw & (cols > SOFTMAX_WIDE_MAX_COLS))
         bad_align = (misaligned(cmd.src_addr, cmd.src_stride, cmd.dst_addr, cmd.dst_stride)
                      | (use_res & misaligned(cmd.res_addr, cmd.res_stride))
                      | (use_p & misaligned(cmd.p_addr)) | (use_e & misaligned(cmd.e_addr)))
-        bad_scalar = ((((op == VecOp.SOFTMAX) | (op == VecOp.GELU) | (op == VecOp.LAYERNORM))
-                       & (cmd.shift > nx.SHIFT_MAX))
+        shift_ops = (op == VecOp.SOFTMAX) | (op == VecOp.GELU) | (op == VecOp.LAYERNORM)
+        if dec:
+            shift_ops = shift_ops | is_smw
+        bad_scalar = ((shift_ops & (cmd.shift > nx.SHIFT_MAX))
                       | (use_res & (cmd.res_shift > RES_SHIFT_MAX)))
+        # The decoder ops' operand formats (isa_sim's mode check, after the alignment).
+        bad_mode = ((is_split & ((cmd.src_fmt != OutFormat.INT16) | (cmd.dst_fmt != OutFormat.INT8)))
+                    | (is_r32 & cmd.add_residual)) if dec else C(0, 1)
 
         # --- the unit's command -----------------------------------------------------------
-        ucmd = Signal(unit_command_layout)
+        ucmd = Signal(unit.cmd_layout)
         out_lo = Signal(signed(32))
         out_hi = Signal(signed(32))
         with m.Switch(cmd.dst_fmt):
             for fmt in OutFormat:
                 with m.Case(fmt):
                     m.d.comb += [out_lo.eq(OUT_RANGE[fmt].lo), out_hi.eq(OUT_RANGE[fmt].hi)]
-        is_resid = op == VecOp.RESIDUAL
+        if dec:
+            with m.If(is_split):
+                # The unit passes x whole; the output keeps one byte of it.
+                m.d.comb += [out_lo.eq(nx.INT32.lo), out_hi.eq(nx.INT32.hi)]
+            is_resid = (op == VecOp.RESIDUAL) | is_r32 | is_split
+            unit_op = Mux(is_r32 | is_split, VecOp.RESIDUAL, Mux(is_smw, VecOp.SOFTMAX, op[:3]))
+            m.d.comb += ucmd.prob_wide.eq(is_smw)
+        else:
+            is_resid = op == VecOp.RESIDUAL
+            unit_op = op[:3]
         m.d.comb += [
-            ucmd.op.eq(op[:3]), ucmd.rows.eq(rows), ucmd.cols.eq(cols),
+            ucmd.op.eq(unit_op), ucmd.rows.eq(rows), ucmd.cols.eq(cols),
             ucmd.causal.eq(cmd.causal), ucmd.causal_offset.eq(cmd.causal_offset),
             ucmd.mult.eq(cmd.mult),
             ucmd.shift.eq(Mux(is_resid, cmd.res_shift, cmd.shift)),
@@ -291,8 +340,8 @@ class VectorEngine(wiring.Component):
         m.submodules.s_fifo = s_fifo = SyncFifo(width=8 * W, depth=D)
         m.submodules.r_fifo = r_fifo = SyncFifo(width=8 * W, depth=D)
         m.submodules.tags = tags = SyncFifo(width=1, depth=2 * D)
-        s_more = s_row < rows
-        r_more = use_res & (r_row < rows)
+        s_more = s_row < rows_run
+        r_more = use_res & (r_row < rows_run)
         s_can = phase_run & s_more & (s_pend < D) & tags.w_rdy
         r_can = phase_run & r_more & (r_pend < D) & tags.w_rdy
         last_grant_res = Signal()
@@ -313,16 +362,21 @@ class VectorEngine(wiring.Component):
             m.d.sync += p_req.eq(p_req + 1)
         with m.If(s_req | r_req):
             m.d.sync += last_grant_res.eq(r_req)
+        # WIDE_SPLIT: the second pass reads the source (and residual) rows again.
+        again_s = (is_split & (s_row + 1 == rows)) if dec else C(0, 1)
+        again_r = (is_split & (r_row + 1 == rows)) if dec else C(0, 1)
         with m.If(s_req):
             with m.If(s_beat == src_beats_m1):
                 m.d.sync += [s_beat.eq(0), s_row.eq(s_row + 1),
-                             s_row_addr.eq(s_row_addr + cmd.src_stride)]
+                             s_row_addr.eq(Mux(again_s, cmd.src_addr, s_row_addr + cmd.src_stride)
+                                           if dec else s_row_addr + cmd.src_stride)]
             with m.Else():
                 m.d.sync += s_beat.eq(s_beat + 1)
         with m.If(r_req):
             with m.If(r_beat == res_beats_m1):
                 m.d.sync += [r_beat.eq(0), r_row.eq(r_row + 1),
-                             r_row_addr.eq(r_row_addr + cmd.res_stride)]
+                             r_row_addr.eq(Mux(again_r, cmd.res_addr, r_row_addr + cmd.res_stride)
+                                           if dec else r_row_addr + cmd.res_stride)]
             with m.Else():
                 m.d.sync += r_beat.eq(r_beat + 1)
 
@@ -392,7 +446,7 @@ class VectorEngine(wiring.Component):
 
         # --- source and residual gearboxes into the unit ---------------------------------------
         m.submodules.g_src = g_src = _Gearbox(W, N, 2)
-        m.submodules.g_res = g_res = _Gearbox(W, N, 1)
+        m.submodules.g_res = g_res = _Gearbox(W, N, 2 if dec else 1)
         m.d.comb += [g_src.beat.valid.eq(s_fifo.r_rdy), g_src.beat.payload.eq(s_fifo.r_data),
                      s_fifo.r_en.eq(g_src.beat.ready)]
         m.d.comb += [g_res.beat.valid.eq(r_fifo.r_rdy), g_res.beat.payload.eq(r_fifo.r_data),
@@ -404,11 +458,11 @@ class VectorEngine(wiring.Component):
         in_last = Signal()
         src_last_take = settled(((src_beats << lw) - ((nub - 1) << (ln + sl)))[:16], 16,
                                 "src_last_take")
-        res_last_take = settled(((res_beats << lw) - ((nub - 1) << (ln + 1)))[:16], 16,
+        res_last_take = settled(((res_beats << lw) - ((nub - 1) << (ln + rl)))[:16], 16,
                                 "res_last_take")
         m.d.comb += [g_src.elog.eq(sl), g_src.last.eq(in_last), g_src.last_take.eq(src_last_take),
-                     g_res.elog.eq(1), g_res.last.eq(in_last), g_res.last_take.eq(res_last_take)]
-        in_ok = phase_run & (in_row < rows) & g_src.avail & (g_res.avail | ~use_res)
+                     g_res.elog.eq(rl), g_res.last.eq(in_last), g_res.last_take.eq(res_last_take)]
+        in_ok = phase_run & (in_row < rows_run) & g_src.avail & (g_res.avail | ~use_res)
         m.d.comb += unit_in.i.valid.eq(in_ok)
         fire_in = in_ok & unit_in.i.ready
         m.d.comb += [g_src.take.eq(fire_in), g_res.take.eq(fire_in & use_res)]
@@ -429,8 +483,17 @@ class VectorEngine(wiring.Component):
                     m.d.comb += lane.eq(sb[16 * k:16 * k + 16].as_signed())
                 with m.Case(OutFormat.INT32):
                     m.d.comb += lane.eq(sb[32 * k:32 * k + 32].as_signed())
-            m.d.comb += [unit_in.i.payload.data[k].eq(lane),
-                         unit_in.i.payload.residual[k].eq(g_res.bytes[16 * k:16 * k + 16].as_signed())]
+            m.d.comb += unit_in.i.payload.data[k].eq(lane)
+            if dec:
+                # int16 residual lanes sign-extended, RESIDUAL32's int32 ones; 0 without a
+                # residual (WIDE_SPLIT runs the unit's RESIDUAL, which always adds).
+                rb = g_res.bytes
+                m.d.comb += unit_in.i.payload.residual[k].eq(
+                    Mux(~use_res, 0, Mux(is_r32, rb[32 * k:32 * k + 32].as_signed(),
+                                         rb[16 * k:16 * k + 16].as_signed())))
+            else:
+                m.d.comb += unit_in.i.payload.residual[k].eq(
+                    g_res.bytes[16 * k:16 * k + 16].as_signed())
 
         # --- output: pack, saturate, write rows; row exponents ---------------------------------
         Cb = 2 * max(W, 4 * N)
@@ -475,6 +538,9 @@ class VectorEngine(wiring.Component):
             m.d.sync += [e_pend.eq(0), e_strb.eq(0), e_buf.eq(0)]
 
         o_last = Signal()
+        # WIDE_SPLIT: the unit's output rows of the high plane (byte 1) are still coming.
+        o_hi = Signal()
+        o_urow = Signal(17)
         V = Signal(range(4 * N + 1))
         v_last = settled((dst_bytes - ((nub - 1) << (ln + dl)))[:len(V)], len(V), "v_last")
         v_mid = settled(N << dl, len(V), "v_mid")
@@ -495,7 +561,10 @@ class VectorEngine(wiring.Component):
                 for b in range(3):
                     with m.Case(b):
                         eb = 1 << b
-                        m.d.comb += packed[8 * eb * k:8 * eb * (k + 1)].eq(ys[:8 * eb])
+                        if dec and b == 0:
+                            m.d.comb += packed[8 * k:8 * (k + 1)].eq(Mux(o_hi, ys[8:16], ys[:8]))
+                        else:
+                            m.d.comb += packed[8 * eb * k:8 * eb * (k + 1)].eq(ys[:8 * eb])
         vmask = Signal(8 * 4 * N)
         for byte in range(4 * N):
             m.d.comb += vmask[8 * byte:8 * byte + 8].eq(Mux(byte < V, 0xFF, 0))
@@ -514,6 +583,10 @@ class VectorEngine(wiring.Component):
                          olevel.eq(o_after + V)]
             with m.If(o_last):
                 m.d.sync += [o_beat.eq(0), oflush.eq(1), o_last.eq(nub_m1 == 0)]
+                if dec:
+                    m.d.sync += o_urow.eq(o_urow + 1)
+                    with m.If(o_urow + 1 == rows):
+                        m.d.sync += o_hi.eq(0)
             with m.Else():
                 m.d.sync += [o_beat.eq(o_beat + 1), o_last.eq(o_beat + 1 == nub_m1)]
         with m.Else():
@@ -530,6 +603,7 @@ class VectorEngine(wiring.Component):
         # --- control ----------------------------------------------------------------------
         clear = Signal()
         m.d.comb += [g_src.clear.eq(clear), g_res.clear.eq(clear)]
+        ucmd_again = Signal()
         m.d.comb += self.done.payload.eq(code)
         with m.FSM(name="vector_engine"):
             with m.State("IDLE"):
@@ -557,6 +631,10 @@ class VectorEngine(wiring.Component):
                 with m.Elif(bad_align):
                     m.d.sync += code.eq(ErrorCode.BAD_ALIGN)
                     m.next = "DONE"
+                if dec:
+                    with m.Elif(bad_mode):
+                        m.d.sync += code.eq(ErrorCode.BAD_MODE)
+                        m.next = "DONE"
                 with m.Elif(bad_scalar):
                     m.d.sync += code.eq(ErrorCode.BAD_PARAM)
                     m.next = "DONE"
@@ -581,12 +659,21 @@ class VectorEngine(wiring.Component):
                 m.d.comb += [self.busy.eq(1), unit.cmd.valid.eq(1)]
                 # nub_m1 has settled by now (it follows cmd by a cycle; CHECK came first).
                 m.d.sync += [in_last.eq(nub_m1 == 0), o_last.eq(nub_m1 == 0)]
+                if dec:
+                    m.d.sync += [o_hi.eq(is_split), o_urow.eq(0)]
                 with m.If(unit.cmd.ready):
                     m.d.sync += phase_run.eq(1)
+                    if dec:
+                        m.d.sync += ucmd_again.eq(is_split)
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
-                with m.If((o_row == rows) & ~e_pend & ~stages["wr"].o.valid):
+                if dec:
+                    # WIDE_SPLIT's second pass: the same command to the unit once more.
+                    m.d.comb += unit.cmd.valid.eq(ucmd_again)
+                    with m.If(unit.cmd.ready):
+                        m.d.sync += ucmd_again.eq(0)
+                with m.If((o_row == rows_run) & ~e_pend & ~stages["wr"].o.valid):
                     m.d.sync += phase_run.eq(0)
                     m.next = "DONE"
             with m.State("DONE"):

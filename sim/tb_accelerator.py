@@ -160,11 +160,13 @@ def error_image(kind: str, config: MachineConfig, *, base: int = 0x1000, size: i
     return img
 
 
-def reference(img: Image, *, vector_unit: bool = False, max_instructions: int = 100_000):
-    """Run ``img`` on the isa simulator: (final memory, {CSR: value}, machine)."""
+def reference(img: Image, *, vector_unit: bool = False, max_instructions: int = 100_000,
+              decoder_ops=False):
+    """Run ``img`` on the isa simulator: (final memory, {CSR: value}, machine);
+    ``decoder_ops`` as ``IsaMachine``'s (``Sizing.decoder_op_set()`` for an RTL build)."""
     from celosia.sw.isa_sim import IsaMachine
 
-    mach = IsaMachine(img.config, len(img.mem), vector_unit=vector_unit)
+    mach = IsaMachine(img.config, len(img.mem), vector_unit=vector_unit, decoder_ops=decoder_ops)
     mach.mem[:] = img.mem
     mach.write_csr("WIN_BASE", img.base)
     mach.write_csr("WIN_SIZE", img.size)

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from celosia.hdl.vector import VectorOp, VectorUnit, command_layout, pack, unpack
+from celosia.hdl.vector import (PROB_MAX_WIDE, VectorOp, VectorUnit, command_layout, pack,
+                               unit_command_layout, unpack)
 from celosia.sw import numerics as nx
 
 __all__ = [
     "OPS", "VectorJob", "softmax_job", "layernorm_job", "gelu_job", "requant_job", "residual_job",
-    "requant_rows_job", "gelu_rows_job", "with_residual",
+    "requant_rows_job", "gelu_rows_job", "with_residual", "residual32_job",
+    "softmax_wide_job",
     "KINDS", "random_job", "RunResult", "run_amaranth", "write_verilog", "cocotb_runner",
     "drive_cocotb", "VERILATOR_LOCK",
 ]
@@ -61,8 +63,10 @@ class VectorJob:
         return self.x.shape[1]
 
     def command(self) -> int:
-        return pack(command_layout, {**self.cmd, "op": _OP_CODES[self.op],
-                                     "rows": self.rows, "cols": self.cols})
+        # A decoder build's command has one more field at the end (prob_wide): the same bits.
+        layout = unit_command_layout("prob_wide" in self.cmd)
+        return pack(layout, {**self.cmd, "op": _OP_CODES[self.op],
+                             "rows": self.rows, "cols": self.cols})
 
     def beats(self, unit: VectorUnit) -> list[int]:
         """Input beats in stream order, packed."""
@@ -111,12 +115,18 @@ def _range_cmd(rng: nx.Range) -> dict:
     return {"out_lo": rng.lo, "out_hi": rng.hi}
 
 
-def softmax_job(scores, scale: nx.Dyadic, causal_offset: int | None = None) -> VectorJob:
+def softmax_job(scores, scale: nx.Dyadic, causal_offset: int | None = None,
+                wide: bool = False) -> VectorJob:
+    """Softmax; ``wide``: the decoder's SOFTMAX_WIDE (prob_max 32767, a unit built with
+    ``decoder_ops``)."""
     scores = np.asarray(scores, dtype=np.int64)
     m, s = int(np.asarray(scale.multiplier)), int(np.asarray(scale.shift))
     cmd = {"mult": m, "shift": s, "causal": causal_offset is not None,
            "causal_offset": causal_offset or 0}
-    want = nx.softmax(scores, nx.Dyadic(m, s), causal_offset)
+    if wide:
+        cmd["prob_wide"] = 1
+    want = nx.softmax(scores, nx.Dyadic(m, s), causal_offset,
+                      *((PROB_MAX_WIDE,) if wide else ()))
     # The golden softmax may give a per-row exponent with the probabilities.
     p, x = want if isinstance(want, tuple) else (want, None)
     return VectorJob("softmax", scores, cmd, p, expected_exp=x)
@@ -191,6 +201,29 @@ def residual_job(x, residual, shift: int) -> VectorJob:
     residual = np.asarray(residual, dtype=np.int64)
     return VectorJob("residual", x, {"shift": shift}, nx.residual_add(x, residual, shift),
                      residual=residual)
+
+
+def softmax_wide_job(rng: np.random.Generator, rows: int, cols: int, kind: str = "random",
+                     causal_offset: int | None = None) -> VectorJob:
+    """The decoder's SOFTMAX_WIDE on a unit built with ``decoder_ops``: random scores of a
+    flavour, the model's scale or any (M, S)."""
+    x = _values(rng, (rows, cols), kind)
+    if kind == "small" or rng.random() < 0.5:
+        scale = nx.Dyadic.from_real(float(rng.uniform(0.002, 0.2)) / np.sqrt(64) * np.log2(np.e))
+    else:
+        scale = nx.Dyadic(int(rng.integers(0, 1 << nx.MULT_BITS)),
+                          int(rng.integers(0, nx.SHIFT_MAX + 1)))
+    return softmax_job(x, nx.Dyadic(int(scale.multiplier), int(scale.shift)), causal_offset,
+                       wide=True)
+
+
+def residual32_job(rng: np.random.Generator, rows: int, cols: int, kind: str = "random",
+                   shift: int | None = None) -> VectorJob:
+    """The decoder's RESIDUAL32 on a unit built with ``decoder_ops``: the unit's RESIDUAL with
+    an int32 residual (``kind`` flavours both operands; a random shift in 0..16 by default)."""
+    x = _values(rng, (rows, cols), kind)
+    r = _values(rng, (rows, cols), kind)
+    return residual_job(x, r, int(rng.integers(0, 17)) if shift is None else shift)
 
 
 # --- Random and adversarial jobs ----------------------------------------------------------------
@@ -500,7 +533,7 @@ class cocotb_runner:
             if p not in sys.path:
                 sys.path.insert(0, p)
         extra = {"VECTOR_LANES": str(self.unit.lanes), "VECTOR_MAX_COLS": str(self.unit.max_cols),
-                 **(env or {})}
+                 "VECTOR_DECODER": str(int(self.unit.decoder_ops)), **(env or {})}
         ctx = _verilator_env() if self.simulator == "verilator" else _null()
         with ctx:
             return self.runner.test(test_module=module, hdl_toplevel="vector_unit",

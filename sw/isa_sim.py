@@ -70,12 +70,13 @@ class IsaMachine:
     """
 
     def __init__(self, config: MachineConfig = MachineConfig(), mem_size: int = 1 << 20,
-                 vector_unit: bool = True, decoder_ops: bool = False):
+                 vector_unit: bool = True, decoder_ops: bool | frozenset = False):
         self.config = config
         #: False models a build without the vector unit: VECTOR stops with UNSUPPORTED.
         self.vector_unit = vector_unit
-        #: True models a vector unit with the decoder's operations (DecoderVecOp); the RTL has
-        #: none of them yet, so by default they stop with BAD_MODE as on the RTL.
+        #: The decoder's operations (DecoderVecOp) the vector unit has: True for all of them,
+        #: False for none (they stop with BAD_MODE, as on an RTL build without
+        #: ``Sizing.decoder_ops``), or a set of them (``Sizing.decoder_op_set()``, the RTL's).
         self.decoder_ops = decoder_ops
         self.mem = np.zeros(mem_size, dtype=np.uint8)
         self.regs = {r.name: 0 for r in CSR}
@@ -384,7 +385,8 @@ class IsaMachine:
     def _vector(self, ins: Instruction) -> None:
         f = ins.fields
         op, rows, cols = f["op"], f["rows"], f["cols"]
-        if op in _DECODER_OPS and self.decoder_ops:
+        if op in _DECODER_OPS and (self.decoder_ops is True
+                                   or (self.decoder_ops and op in self.decoder_ops)):
             return self._decoder_vector(ins)
         if op not in _VEC_OPS:
             raise IsaStop(ErrorCode.BAD_MODE, f"vector op {op}" + (
@@ -473,7 +475,7 @@ class IsaMachine:
         if (rows == 0 or cols == 0 or cols > VEC_MAX_COLS
                 or (op == DecoderVecOp.ROTARY and cols % 2)
                 or (op == DecoderVecOp.RMSNORM and cols > nx.RMS_MAX_COLS)
-                or (op == DecoderVecOp.SOFTMAX_WIDE and cols > 512)):
+                or (op == DecoderVecOp.SOFTMAX_WIDE and cols > isa.SOFTMAX_WIDE_MAX_COLS)):
             raise IsaStop(ErrorCode.BAD_SHAPE, f"rows={rows} cols={cols}")
         strides = [("src", f["src_stride"], cols * OUT_BYTES[src_fmt]),
                    ("dst", f["dst_stride"], cols * OUT_BYTES[dst_fmt])]
@@ -569,7 +571,7 @@ class IsaBackend:
     name = "isa"
 
     def __init__(self, config: MachineConfig, mem_size: int, vector_unit: bool = True,
-                 decoder_ops: bool = False):
+                 decoder_ops: bool | frozenset = False):
         self.machine = IsaMachine(config, mem_size, vector_unit, decoder_ops)
         #: Whether VECTOR instructions run (else they stop with UNSUPPORTED).
         self.vector_unit = vector_unit

@@ -15,8 +15,9 @@ from celosia.sim.tb_accelerator import (AxiMemoryModel, axil_read, axil_write, e
                                         matmul_chain, reference, status_bits)
 
 
-def run_accel(img, *, array, k_max=64, latency=2, stall=0.0, max_cycles=200_000, vector=False):
-    dut = Accelerator(array, img.config.port_bytes, k_max=k_max, vector=vector)
+def run_accel(img, *, array, k_max=64, latency=2, stall=0.0, max_cycles=200_000, vector=False,
+              **kw):
+    dut = Accelerator(array, img.config.port_bytes, k_max=k_max, vector=vector, **kw)
     mem = img.mem.copy()
     model = AxiMemoryModel(dut.m_axi, mem, img.config.port_bytes, latency=latency, stall=stall)
     regs = {}
@@ -38,8 +39,8 @@ def run_accel(img, *, array, k_max=64, latency=2, stall=0.0, max_cycles=200_000,
     return mem, regs
 
 
-def check_against_isa(img, mem, regs, vector_unit=False):
-    ref_mem, ref, mach = reference(img, vector_unit=vector_unit)
+def check_against_isa(img, mem, regs, vector_unit=False, decoder_ops=False):
+    ref_mem, ref, mach = reference(img, vector_unit=vector_unit, decoder_ops=decoder_ops)
     for name in ("ERROR", "ERROR_PC", "PC", "INSTRET", "MATMUL_COUNT", "VECTOR_COUNT"):
         assert regs[name] == ref[name], (name, regs[name], ref[name], mach.error_detail)
     assert status_bits(regs["STATUS"]) == ref["STATUS"]
@@ -170,3 +171,78 @@ def test_sync_waits_for_a_command_handed_over_while_it_waits():
     mem, regs = run_accel(img, array=2, vector=True)
     check_against_isa(img, mem, regs, vector_unit=True)
     assert regs["ERROR"] == 0 and regs["MATMUL_COUNT"] == 3 and regs["VECTOR_COUNT"] == 3
+
+
+def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
+    """The decoder ops the RTL runs, in a program as the decoder compiler uses them:
+
+        MATMUL -> X (int32), SYNC(MATMUL), RESIDUAL32 X + R (int32) -> Y (int16),
+        WIDE_SPLIT Y -> planes (int8, 2m rows), SOFTMAX_WIDE X -> P (int16) + exponents,
+        SYNC(VECTOR), MATMUL high plane -> out, RMSNORM (not in the RTL: BAD_MODE)"""
+    from celosia.sim.tb_accelerator import Image, _Alloc
+
+    rng = np.random.default_rng(seed)
+    w = config.port_bytes
+    base, size = 0x1000, 0x8000
+    mem = rng.integers(0, 256, base + size + 0x1000, dtype=np.uint8)
+    mem[base:base + size] = 0
+    al = _Alloc(mem, base, max(w, isa.INSTR_BYTES))
+
+    def rup(n):
+        return -(-n // w) * w
+
+    def mat(rows, cols, dtype, lo, hi):
+        stride = rup(cols * np.dtype(dtype).itemsize)
+        return al.matrix(rng.integers(lo, hi, (rows, cols)), dtype, stride), stride
+
+    def out(rows, cols, nbytes):
+        stride = rup(cols * nbytes)
+        return al.put(bytes(rows * stride)), stride
+
+    m, k, n = 4, 16, 8
+    dec = isa.DecoderVecOp
+    a, a_s = mat(m, k, np.int8, -128, 128)
+    b, b_s = mat(k, n, np.int8, -128, 128)
+    x, x_s = out(m, n, 4)
+    r, r_s = mat(m, n, np.int32, -1 << 31, 1 << 31)
+    y, y_s = out(m, n, 2)
+    pl, pl_s = out(2 * m, n, 1)
+    p, p_s = out(m, n, 2)
+    e = al.put(bytes(w))
+    b2, b2_s = mat(n, n, np.int8, -128, 128)
+    o, o_s = out(m, n, 4)
+    program = [
+        isa.matmul(m=m, k=k, n=n, a_addr=a, a_stride=a_s, b_addr=b, b_stride=b_s,
+                   c_addr=x, c_stride=x_s),
+        isa.sync(Unit.MATMUL),
+        isa.vector(op=dec.RESIDUAL32, rows=m, cols=n, src_addr=x, src_stride=x_s, res_addr=r,
+                   res_stride=r_s, res_shift=0, dst_addr=y, dst_stride=y_s,
+                   src_fmt=OutFormat.INT32, dst_fmt=OutFormat.INT16),
+        isa.vector(op=dec.WIDE_SPLIT, rows=m, cols=n, src_addr=y, src_stride=y_s, dst_addr=pl,
+                   dst_stride=pl_s, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8),
+        isa.vector(op=dec.SOFTMAX_WIDE, rows=m, cols=n, src_addr=x, src_stride=x_s, dst_addr=p,
+                   dst_stride=p_s, e_addr=e, mult=3000, shift=20, causal=1, causal_offset=2,
+                   src_fmt=OutFormat.INT32, dst_fmt=OutFormat.INT16),
+        isa.sync(Unit.VECTOR),
+        isa.matmul(m=m, k=n, n=n, a_addr=pl, a_stride=pl_s, b_addr=b2, b_stride=b2_s,
+                   c_addr=o, c_stride=o_s),
+        isa.vector(op=dec.RMSNORM, rows=m, cols=n, src_addr=x, src_stride=x_s, dst_addr=p,
+                   dst_stride=p_s, p_addr=e, src_fmt=OutFormat.INT32, dst_fmt=OutFormat.INT16),
+        isa.halt(),
+    ]
+    prog = al.put(b"".join(ins.encode() for ins in program))
+    assert al.top <= base + size
+    return Image(mem, base, size, prog, config, {})
+
+
+def test_decoder_ops_in_a_program():
+    """``Sizing(decoder_ops=True)``: the controller and the vector engine of the whole
+    accelerator run RESIDUAL32, WIDE_SPLIT and SOFTMAX_WIDE between matmuls as the isa
+    simulator modelling that build does, and stop on RMSNORM with BAD_MODE."""
+    from celosia.hdl.params import Sizing
+    sizing = Sizing(decoder_ops=True)
+    img = decoder_ops_image(MachineConfig(2, 8))
+    mem, regs = run_accel(img, array=2, vector=True, sizing=sizing)
+    check_against_isa(img, mem, regs, vector_unit=True, decoder_ops=sizing.decoder_op_set())
+    assert regs["ERROR"] == ErrorCode.BAD_MODE and regs["VECTOR_COUNT"] == 3
+    assert regs["MATMUL_COUNT"] == 2

@@ -50,8 +50,8 @@ class StubUnit:
 
 
 def run_controller(img, *, vector=False, mm_latency=20, vec_latency=20, mm_code=lambda p: 0,
-                   abort_at=None, max_cycles=20000):
-    ctrl = Controller(W, vector=vector)
+                   abort_at=None, max_cycles=20000, decoder_ops=False):
+    ctrl = Controller(W, vector=vector, decoder_ops=decoder_ops)
     mem = img.mem.copy()
     model = MemoryModel(ctrl.mem, mem, W, latency=3)
     mm = StubUnit(ctrl.mm_cmd, ctrl.mm_done, mm_latency, mm_code)
@@ -89,8 +89,8 @@ def run_controller(img, *, vector=False, mm_latency=20, vec_latency=20, mm_code=
     return result, model, units
 
 
-def expect_like_isa(img, result, *, vector_unit=False):
-    _, regs, mach = reference(img, vector_unit=vector_unit)
+def expect_like_isa(img, result, *, vector_unit=False, decoder_ops=False):
+    _, regs, mach = reference(img, vector_unit=vector_unit, decoder_ops=decoder_ops)
     assert result["code"] == regs["ERROR"], (ErrorCode(result["code"]), mach.error_detail)
     assert result["error_pc"] == regs["ERROR_PC"]
     assert result["pc"] == regs["PC"]
@@ -170,11 +170,12 @@ def test_vector_without_unit_is_unsupported_like_isa_sim():
     assert IsaMachine(CFG, 16, vector_unit=False).vector_unit is False
 
 
-@pytest.mark.parametrize("op", [DecoderVecOp.RMSNORM, DecoderVecOp.RESIDUAL32])
+@pytest.mark.parametrize("op", [DecoderVecOp.RMSNORM, DecoderVecOp.RESIDUAL32,
+                                DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE])
 def test_decoder_vector_ops_stop_with_bad_mode_like_isa_sim(op):
-    """The RTL has none of the decoder's vector operations (docs/isa.md): the controller
-    stops on them with BAD_MODE before the vector unit sees them, as the isa simulator does
-    for a build without them (its default)."""
+    """Without ``Sizing.decoder_ops`` (the default) the controller stops on the decoder's
+    vector operations with BAD_MODE before the vector unit sees them, as the isa simulator
+    does for a build without them (its default)."""
     img = error_image("ok", CFG)
     mm_raw = img.mem[img.prog:img.prog + INSTR_BYTES].tobytes()
     v = isa.vector(op=int(op), rows=2, cols=8, src_addr=img.base, src_stride=64,
@@ -261,3 +262,52 @@ def test_abort_waits_for_the_running_command():
     result, _, (mm,) = run_controller(img, mm_latency=400, abort_at=150)   # in the first MATMUL
     assert result["error"] and result["code"] == ErrorCode.ABORTED
     assert len(mm.log) == 1 and result["cycles"] >= mm.log[0][1]
+
+
+def _decoder_program(img, **fields):
+    mm_raw = img.mem[img.prog:img.prog + INSTR_BYTES].tobytes()
+    f = dict(rows=2, cols=8, src_addr=img.base, src_stride=64, dst_addr=img.base + 0x200,
+             dst_stride=64, res_addr=img.base + 0x600, res_stride=64, src_fmt=OutFormat.INT32,
+             dst_fmt=OutFormat.INT32)
+    f.update(fields)
+    code = mm_raw + isa.vector(**f).encode() + isa.halt().encode()
+    img.mem[img.prog:img.prog + len(code)] = np.frombuffer(code, np.uint8)
+
+
+_R32, _SPLIT, _SMW = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE
+_I16_I8 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8)
+
+
+@pytest.mark.parametrize("fields,want", [
+    (dict(op=_R32), ErrorCode.OK),
+    (dict(op=_R32, res_stride=16), ErrorCode.BAD_SHAPE),         # int32 residual rows: 32 bytes
+    (dict(op=_R32, add_residual=1), ErrorCode.BAD_MODE),
+    (dict(op=_R32, res_addr=0x4000 + 0x1000 - 88), ErrorCode.BAD_ADDRESS),  # int16 rows fit
+    (dict(op=_SPLIT, **_I16_I8), ErrorCode.OK),
+    (dict(op=_SPLIT, rows=1, dst_stride=0, **_I16_I8), ErrorCode.BAD_SHAPE),  # two rows written
+    (dict(op=_SPLIT, dst_addr=0x4000 + 0x1000 - 128, **_I16_I8), ErrorCode.BAD_ADDRESS),
+    (dict(op=_SPLIT), ErrorCode.BAD_MODE),                       # int32 source
+    (dict(op=_SPLIT, dst_addr=0x1204), ErrorCode.BAD_ALIGN),     # alignment before formats
+    (dict(op=DecoderVecOp.RMSNORM, p_addr=0x1400), ErrorCode.BAD_MODE),   # not in the RTL
+    (dict(op=_SMW, e_addr=0x1800, mult=100, shift=10), ErrorCode.OK),
+    (dict(op=_SMW, e_addr=0x1800, cols=isa.SOFTMAX_WIDE_MAX_COLS + 1, src_stride=4096,
+          dst_stride=4096), ErrorCode.BAD_SHAPE),
+    (dict(op=_SMW, e_addr=0x1804), ErrorCode.BAD_ALIGN),
+    (dict(op=_SMW, e_addr=0x4000 + 0x1000), ErrorCode.BAD_ADDRESS),       # the row exponents
+    (dict(op=_SMW, e_addr=0x1800, shift=48), ErrorCode.BAD_PARAM),
+])
+def test_decoder_ops_checks_like_isa_sim(fields, want):
+    """A ``Sizing(decoder_ops=True)`` controller: RESIDUAL32's int32 residual span,
+    WIDE_SPLIT's two planes (a one-row split still needs a full stride; the second plane past
+    the window), their formats (BAD_MODE after the alignment) and the decoder ops the RTL does
+    not run, each as the isa simulator modelling that build."""
+    from celosia.hdl.params import Sizing
+
+    img = error_image("ok", CFG)
+    assert img.base == 0x1000 and img.size == 0x4000
+    _decoder_program(img, **fields)
+    ops = Sizing(decoder_ops=True).decoder_op_set()
+    result, _, (mm, vec) = run_controller(img, vector=True, decoder_ops=True)
+    expect_like_isa(img, result, vector_unit=True, decoder_ops=ops)
+    assert result["code"] == want
+    assert len(vec.log) == (want == ErrorCode.OK)

@@ -291,3 +291,72 @@ def test_residual_pre_add(unit, op):
 def _values_for(rng, shape, kind):
     from celosia.sim.vector_runner import _values
     return _values(rng, shape, kind)
+
+
+# --- a unit built for the decoder ops (Sizing.decoder_ops): int32 residual lanes ----------------
+
+@pytest.fixture(scope="module")
+def dec_unit():
+    return VectorUnit(LANES, max_cols=64, decoder_ops=True)
+
+
+def test_residual_lanes_follow_the_flag(unit, dec_unit):
+    """int16 residual lanes without the flag (the encoder's unit, unchanged), int32 with it."""
+    assert unit.in_layout["residual"].shape.elem_shape.width == 16
+    assert dec_unit.in_layout["residual"].shape.elem_shape.width == 32
+
+
+def test_int32_residual_add(dec_unit):
+    """RESIDUAL32 (the unit's RESIDUAL with an int32 residual): every row flavour on both
+    operands, every residual shift at the int32 extremes (r << 16 up to 2**47: the clamp in
+    front of the saturating add), rows below, at and above a beat, gaps and stalls."""
+    from celosia.sim.vector_runner import residual32_job, residual_job
+
+    rng = np.random.default_rng(41)
+    jobs = [residual32_job(rng, 2, cols, kind) for kind in KINDS
+            for cols in (1, 3, LANES, 2 * LANES + 1)]
+    ext = [nx.INT32.lo, nx.INT32.hi, nx.INT32.lo + 1, nx.INT32.hi - 1, 0, -1, 1, 1 << 15,
+           -(1 << 15), (1 << 16) - 1, -(1 << 16), 1 << 30]
+    x = np.array([ext, ext[::-1], [0] * len(ext)])
+    r = np.array([ext[::-1], ext, ext])
+    jobs += [residual_job(x, r, shift) for shift in (0, 1, 2, 15, 16)]
+    jobs += [residual32_job(rng, 1, 64, "random")]
+    _check(jobs, run_amaranth(jobs, dec_unit, seed=41, valid_prob=0.7, ready_prob=0.6))
+
+
+@pytest.mark.parametrize("op", ["layernorm", "softmax", "requant_rows", "residual"])
+def test_decoder_unit_runs_the_encoder_ops(dec_unit, op):
+    """The encoder's ops (int16 residuals sign-extended into the int32 lanes) on the decoder
+    build, the residual pre-add included."""
+    from celosia.sim.vector_runner import with_residual
+
+    rng = np.random.default_rng(42 + OPS.index(op))
+    jobs = [random_job(op, 2, cols, rng, kind) for kind in ("random", "extremes")
+            for cols in (3, 2 * LANES + 1)]
+    if op == "layernorm":
+        x = _values_for(rng, (2, 7), "extremes")
+        r = rng.choice([nx.INT16.lo, nx.INT16.hi, 0, -1], size=(2, 7))
+        jobs.append(with_residual(layernorm_job, x, r, 16, np.arange(1, 8) * 3001,
+                                  np.arange(-3, 4) << 33, 20, nx.INT16))
+    _check(jobs, run_amaranth(jobs, dec_unit, seed=43, valid_prob=0.8, ready_prob=0.7))
+
+
+def test_softmax_wide(dec_unit):
+    """SOFTMAX_WIDE (the unit's softmax with prob_wide: R = floor(32767 * 2**24 / sum), 15-bit
+    probabilities): every row flavour, masks (a row fully masked, one sees its diagonal only),
+    the widest d * M, a row of 64, interleaved with the 8-bit softmax on the same build."""
+    from celosia.sim.vector_runner import softmax_wide_job
+
+    rng = np.random.default_rng(44)
+    jobs = [softmax_wide_job(rng, 2, cols, kind) for kind in KINDS
+            for cols in (1, 3, LANES, 2 * LANES + 1)]
+    s = rng.integers(-5000, 5000, size=(6, 9))
+    scale = nx.Dyadic.from_real(0.05)
+    jobs += [softmax_job(s, scale, 0, wide=True), softmax_job(s, scale, -2, wide=True),
+             softmax_job(s, scale, 3),
+             softmax_job(np.full((3, 7), nx.INT32.lo), scale, None, wide=True),
+             softmax_job(np.array([[nx.INT32.lo, nx.INT32.hi, 0, nx.INT32.hi]]),
+                         nx.Dyadic((1 << nx.MULT_BITS) - 1, 0), None, wide=True),
+             softmax_job(np.zeros((2, 64), dtype=np.int64), scale, None, wide=True),  # flat: x = 6
+             softmax_wide_job(rng, 2, 64, "random", causal_offset=20)]
+    _check(jobs, run_amaranth(jobs, dec_unit, seed=44, valid_prob=0.7, ready_prob=0.6))

@@ -10,7 +10,8 @@ import pytest
 
 from celosia.hdl import isa
 from celosia.hdl.isa import VEC_PARAM_DTYPE, ErrorCode, MachineConfig, VecOp
-from celosia.hdl.params import OUT_BYTES, OutFormat
+from celosia.hdl.isa import DecoderVecOp
+from celosia.hdl.params import OUT_BYTES, OutFormat, Sizing
 from celosia.hdl.vector_engine import VectorEngine
 from celosia.sim.pysim import MemoryModel
 from celosia.sw import numerics as nx
@@ -19,9 +20,10 @@ from celosia.sw.isa_sim import IsaMachine, IsaStop
 MEM = 1 << 16
 
 
-def isa_reference(ins: isa.Instruction, mem: np.ndarray, lanes: int, port_bytes: int):
+def isa_reference(ins: isa.Instruction, mem: np.ndarray, lanes: int, port_bytes: int,
+                  decoder_ops=False):
     """Execute one VECTOR on a copy of ``mem`` (the whole memory is the window)."""
-    mach = IsaMachine(MachineConfig(lanes, port_bytes), len(mem))
+    mach = IsaMachine(MachineConfig(lanes, port_bytes), len(mem), decoder_ops=decoder_ops)
     mach.mem[:] = mem
     mach.base, mach.size, mach.pc = 0, len(mem), 0
     try:
@@ -186,7 +188,8 @@ def engine():
 
 def check(engine, cases, **kw):
     for ins, mem in cases:
-        want, code = isa_reference(ins, mem, engine.lanes, engine.port_bytes)
+        want, code = isa_reference(ins, mem, engine.lanes, engine.port_bytes,
+                                   Sizing(decoder_ops=engine.decoder_ops).decoder_op_set())
         got, codes, _ = run_engine(engine, [ins], mem, **kw)
         assert codes == [code], (str(ins), codes, code)
         diff = np.nonzero(got != want)[0]
@@ -369,3 +372,205 @@ def test_throughput_int16_to_int8():
 def test_rejects_wide_ports():
     with pytest.raises(ValueError):
         VectorEngine(2, 64)
+
+
+# --- the decoder operations of a Sizing(decoder_ops=True) build ---------------------------------
+
+def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=None,
+                 residual=False, kind="random", res_kind=None, pad=0, res_shift=None, img=None,
+                 causal=None):
+    """An image and a VECTOR instruction of a decoder op the RTL runs (RESIDUAL32: an int32
+    residual; WIDE_SPLIT: int16 in, two int8 planes out, an optional int16 residual pre-add);
+    its buffers are allocated in ``img`` when given."""
+    img = Image(W, rng) if img is None else img
+    if op == DecoderVecOp.WIDE_SPLIT:
+        src_fmt = OutFormat.INT16 if src_fmt is None else src_fmt
+        dst_fmt = OutFormat.INT8 if dst_fmt is None else dst_fmt
+    elif op == DecoderVecOp.SOFTMAX_WIDE:
+        src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
+        dst_fmt = OutFormat.INT16 if dst_fmt is None else dst_fmt
+    else:
+        src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
+        dst_fmt = OutFormat.INT32 if dst_fmt is None else dst_fmt
+    x = _src_values(rng, (rows, cols), src_fmt, kind)
+    src_addr, src_stride = img.matrix(x, src_fmt, pad)
+    f = dict(op=op, rows=rows, cols=cols, src_addr=src_addr, src_stride=src_stride,
+             src_fmt=src_fmt, dst_fmt=dst_fmt)
+    out_rows = 2 * rows if op == DecoderVecOp.WIDE_SPLIT else rows
+    dst_stride = -(-(cols * OUT_BYTES[dst_fmt]) // W) * W + pad * W
+    f["dst_addr"], f["dst_stride"] = img.alloc(out_rows * dst_stride), dst_stride
+    img.fill_random(f["dst_addr"], out_rows * dst_stride)      # the gaps must survive
+    if op == DecoderVecOp.RESIDUAL32 or residual:
+        rfmt = OutFormat.INT32 if op == DecoderVecOp.RESIDUAL32 else OutFormat.INT16
+        r = _src_values(rng, (rows, cols), rfmt, res_kind or kind)
+        f["res_addr"], f["res_stride"] = img.matrix(r, rfmt, pad)
+        f["res_shift"] = int(rng.integers(0, 17)) if res_shift is None else res_shift
+        f["add_residual"] = int(op != DecoderVecOp.RESIDUAL32)
+    if op == DecoderVecOp.SOFTMAX_WIDE:
+        scale = nx.Dyadic.from_real(float(rng.uniform(0.002, 0.2)) / np.sqrt(64) * np.log2(np.e))
+        f["mult"], f["shift"] = int(scale.multiplier), int(scale.shift)
+        if causal is not None:
+            f["causal"], f["causal_offset"] = 1, causal
+        f["e_addr"] = img.alloc(rows)
+        img.fill_random(f["e_addr"], -(-rows // W) * W)
+    return isa.vector(**f), img.mem
+
+
+@pytest.fixture(scope="module")
+def dec_engine():
+    return VectorEngine(LANES, W, max_cols=64, decoder_ops=True)
+
+
+DEC_OPS = sorted(isa.RTL_DECODER_OPS)
+
+
+def check_one_image(engine, instrs, mem, codes=None, **kw):
+    """``instrs`` back to back in one run on one image (one simulation) against isa_sim on
+    the RTL's decoder ops; every one must give OK (or its code in ``codes``)."""
+    ops = Sizing(decoder_ops=engine.decoder_ops).decoder_op_set()
+    ref, want = mem, []
+    for ins in instrs:
+        ref, code = isa_reference(ins, ref, engine.lanes, engine.port_bytes, ops)
+        want.append(code)
+    assert want == (codes or [ErrorCode.OK] * len(instrs)), [str(i) for i in instrs]
+    got, got_codes, _ = run_engine(engine, instrs, mem, **kw)
+    assert got_codes == want
+    diff = np.nonzero(got != ref)[0]
+    assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
+
+
+@pytest.mark.parametrize("op", DEC_OPS)
+def test_decoder_op_formats_and_shapes(dec_engine, op):
+    """RESIDUAL32 over every source and destination format, WIDE_SPLIT and SOFTMAX_WIDE with
+    and without the residual pre-add (SOFTMAX_WIDE: every source format, causal too); rows
+    below, at and above a beat, padded strides, stalls."""
+    rng = np.random.default_rng(int(op) + 200)
+    img = Image(W, rng)
+    instrs = []
+    for k in range(4):
+        cols = (1, 3, 2 * LANES + 1, 17)[k]
+        if op == DecoderVecOp.RESIDUAL32:
+            kw = dict(src_fmt=OutFormat(k), dst_fmt=OutFormat(int(rng.integers(0, 4))))
+        elif op == DecoderVecOp.SOFTMAX_WIDE:
+            kw = dict(src_fmt=OutFormat(k), dst_fmt=(OutFormat.INT16, OutFormat.UINT8)[k % 2],
+                      residual=bool(k % 2), causal=(None, 0)[k // 2])
+        else:
+            kw = dict(residual=bool(k % 2))
+        instrs.append(make_decoder(op, int(rng.integers(1, 4)), cols, W, rng, pad=k % 2,
+                                   kind=("random", "extremes", "equal", "random")[k], img=img,
+                                   **kw)[0])
+    check_one_image(dec_engine, instrs, img.mem, seed=int(op), stall=0.3)
+
+
+def test_decoder_op_adversarial_rows(dec_engine):
+    """Saturating sums at every residual shift (int32 extremes on both operands, shift 16:
+    residuals up to 2**47), one-column rows, one row (WIDE_SPLIT still writes two), many rows,
+    a row of 64 (the engine's longest here), int32 sums wrapping into WIDE_SPLIT's bytes."""
+    rng = np.random.default_rng(21)
+    img = Image(W, rng)
+    R32, SPLIT, SMW = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE
+    cases = [make_decoder(R32, 3, 9, W, rng, kind="extremes", res_shift=s, img=img)
+             for s in (0, 1, 15, 16)]
+    cases += [
+        make_decoder(R32, 2, 5, W, rng, kind="equal", res_kind="extremes",
+                     dst_fmt=OutFormat.INT8, img=img),
+        make_decoder(R32, 11, 1, W, rng, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT16,
+                     kind="extremes", img=img),
+        make_decoder(R32, 2, 64, W, rng, dst_fmt=OutFormat.UINT8, img=img),
+        make_decoder(SPLIT, 1, 1, W, rng, kind="extremes", img=img),
+        make_decoder(SPLIT, 1, 7, W, rng, kind="extremes", img=img),
+        make_decoder(SPLIT, 13, 3, W, rng, img=img),
+        make_decoder(SPLIT, 2, 64, W, rng, kind="extremes", img=img),
+        make_decoder(SPLIT, 3, 10, W, rng, residual=True, kind="extremes", res_shift=16,
+                     img=img),
+        make_decoder(SMW, 3, 9, W, rng, kind="extremes", causal=-1, img=img),   # row 0 masked
+        make_decoder(SMW, 2, 64, W, rng, kind="equal", img=img),       # flat: a row exponent
+        make_decoder(SMW, 11, 5, W, rng, kind="extremes", dst_fmt=OutFormat.INT8, img=img),
+        make_decoder(SMW, 2, 33, W, rng, dst_fmt=OutFormat.INT32, causal=20, img=img),
+    ]
+    check_one_image(dec_engine, [ins for ins, _ in cases], img.mem, seed=22, stall=0.1)
+
+
+def test_decoder_build_runs_the_encoder_ops(dec_engine):
+    """The int32 residual lanes of a decoder build: the encoder's ops with and without the
+    int16 residual pre-add, extremes, back to back with the decoder ops on one image."""
+    rng = np.random.default_rng(23)
+    cases = [make_vector(VecOp.LAYERNORM, 2, 11, W, rng, residual=True, kind="extremes"),
+             make_vector(VecOp.REQUANT_ROWS, 3, 10, W, rng, residual=True, kind="extremes")]
+    for ins, mem in cases:
+        check_one_image(dec_engine, [ins], mem, seed=24, stall=0.2)
+    # WIDE_SPLIT of a RESIDUAL32's result, then REQUANT_ROWS of the high plane.
+    ins1, mem = make_decoder(DecoderVecOp.RESIDUAL32, 4, 12, W, rng, dst_fmt=OutFormat.INT16)
+    f = dict(ins1.fields)
+    ins2 = isa.vector(op=DecoderVecOp.WIDE_SPLIT, rows=4, cols=12, src_addr=f["dst_addr"],
+                      src_stride=f["dst_stride"], src_fmt=OutFormat.INT16,
+                      dst_fmt=OutFormat.INT8, dst_addr=f["src_addr"], dst_stride=f["src_stride"] // 2)
+    ins3 = isa.vector(op=VecOp.RESIDUAL, rows=4, cols=12, src_addr=ins2.dst_addr,
+                      src_stride=ins2.dst_stride, src_fmt=OutFormat.INT8, dst_fmt=OutFormat.INT32,
+                      res_addr=f["dst_addr"], res_stride=f["dst_stride"], shift=3,
+                      dst_addr=f["res_addr"], dst_stride=f["res_stride"])
+    ref = mem
+    for ins in (ins1, ins2, ins3):
+        ref, code = isa_reference(ins, ref, LANES, W, isa.RTL_DECODER_OPS)
+        assert code == ErrorCode.OK, str(ins)
+    got, codes, _ = run_engine(dec_engine, [ins1, ins2, ins3], mem, seed=25, stall=0.2)
+    assert codes == [ErrorCode.OK] * 3
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_decoder_op_bad_instructions(dec_engine):
+    """The checks of the decoder ops (shapes, alignment, formats, shifts) in isa_sim's order,
+    and the decoder ops the RTL does not implement: the same code, memory untouched."""
+    rng = np.random.default_rng(26)
+    r32, mem = make_decoder(DecoderVecOp.RESIDUAL32, 3, 6, W, rng)
+    f = dict(r32.fields)
+    bad = [dict(op=op) for op in DecoderVecOp if op not in isa.RTL_DECODER_OPS] + [
+        dict(op=7), dict(op=15),
+        dict(res_stride=16), dict(res_addr=f["res_addr"] + 4), dict(res_shift=17),
+        dict(add_residual=1), dict(rows=0), dict(cols=0),
+        dict(op=DecoderVecOp.WIDE_SPLIT),                               # src INT32
+        dict(op=DecoderVecOp.WIDE_SPLIT, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.UINT8),
+        dict(op=DecoderVecOp.WIDE_SPLIT, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
+             rows=1, dst_stride=0),                                     # two rows written
+        dict(op=DecoderVecOp.WIDE_SPLIT, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
+             add_residual=1, res_shift=20),
+        dict(op=DecoderVecOp.SOFTMAX_WIDE, cols=isa.SOFTMAX_WIDE_MAX_COLS + 1),
+        dict(op=DecoderVecOp.SOFTMAX_WIDE, shift=48, mult=100, e_addr=f["dst_addr"]),
+        dict(op=DecoderVecOp.SOFTMAX_WIDE, e_addr=f["dst_addr"] + 1),
+    ]
+    instrs, want = [], []
+    for b in bad:
+        ins = isa.vector(**{**f, **b})
+        ref, code = isa_reference(ins, mem, LANES, W, isa.RTL_DECODER_OPS)
+        assert code != ErrorCode.OK and np.array_equal(ref, mem), str(ins)
+        instrs.append(ins)
+        want.append(code)
+    # All in one run (none writes anything), then a good one.
+    check_one_image(dec_engine, instrs + [r32], mem, want + [ErrorCode.OK])
+
+
+def test_decoder_ops_refused_without_the_flag(engine):
+    """A build without Sizing.decoder_ops (the default) stops on every decoder op with
+    BAD_MODE (as IsaMachine without decoder_ops), writing nothing."""
+    assert not engine.decoder_ops and not Sizing().decoder_ops
+    rng = np.random.default_rng(27)
+    ins, mem = make_decoder(DecoderVecOp.RESIDUAL32, 2, 5, W, rng)
+    instrs = [isa.vector(**{**ins.fields, "op": op}) for op in DecoderVecOp]
+    check_one_image(engine, instrs, mem, [ErrorCode.BAD_MODE] * len(instrs))
+
+
+@pytest.mark.parametrize("lanes,port_bytes", [(4, 4), (2, 32), (8, 16)])
+def test_decoder_ops_other_ports(lanes, port_bytes):
+    """RESIDUAL32's 4-byte residual and WIDE_SPLIT's planes at ports narrower than a residual
+    unit beat and wider than a row."""
+    engine = VectorEngine(lanes, port_bytes, max_cols=48, decoder_ops=True)
+    rng = np.random.default_rng(lanes * 100 + port_bytes + 1)
+    img = Image(port_bytes, rng)
+    instrs = [make_decoder(DecoderVecOp.RESIDUAL32, 2, int(rng.integers(1, 40)), port_bytes, rng,
+                           src_fmt=OutFormat(int(rng.integers(0, 4))),
+                           dst_fmt=OutFormat(int(rng.integers(0, 4))), img=img)[0],
+              make_decoder(DecoderVecOp.WIDE_SPLIT, 3, int(rng.integers(1, 40)), port_bytes, rng,
+                           residual=True, img=img)[0],
+              make_decoder(DecoderVecOp.SOFTMAX_WIDE, 3, int(rng.integers(1, 40)), port_bytes,
+                           rng, src_fmt=OutFormat(int(rng.integers(0, 4))), causal=1, img=img)[0]]
+    check_one_image(engine, instrs, img.mem, seed=port_bytes, stall=0.2)

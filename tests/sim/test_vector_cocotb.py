@@ -29,17 +29,19 @@ def _available(sim):
 _runners = {}
 
 
-def _runner(sim, lanes=LANES):
-    if (sim, lanes) not in _runners:
+def _runner(sim, lanes=LANES, decoder_ops=False):
+    if (sim, lanes, decoder_ops) not in _runners:
         if not _available(sim):
             pytest.skip(f"{sim} is not installed")
-        _runners[sim, lanes] = cocotb_runner(sim, VectorUnit(lanes),
-                                             BUILD_ROOT / f"vector_{sim}_n{lanes}")
-    return _runners[sim, lanes]
+        suffix = "_dec" if decoder_ops else ""
+        _runners[sim, lanes, decoder_ops] = cocotb_runner(
+            sim, VectorUnit(lanes, decoder_ops=decoder_ops),
+            BUILD_ROOT / f"vector_{sim}_n{lanes}{suffix}")
+    return _runners[sim, lanes, decoder_ops]
 
 
-def _run(sim, testcase, long=False, lanes=LANES):
-    r = _runner(sim, lanes)
+def _run(sim, testcase, long=False, lanes=LANES, decoder_ops=False):
+    r = _runner(sim, lanes, decoder_ops)
     results = r.test("tb_vector", testcase, python_path=[str(TB_DIR)],
                      env={"VECTOR_LONG": "1" if long else "0"})
     from cocotb_tools.check_results import get_results
@@ -67,3 +69,13 @@ def test_vector_cocotb_long_rows(sim, testcase):
 def test_vector_cocotb_8_lanes(sim, testcase):
     """The same testbenches on an 8-lane unit (one more build per simulator)."""
     _run(sim, testcase, lanes=8)
+
+
+@pytest.mark.parametrize("sim", ["icarus", pytest.param("verilator", marks=pytest.mark.slow)])
+def test_vector_cocotb_decoder_ops(sim):
+    """The unit built with ``Sizing.decoder_ops`` (one more build per simulator): RESIDUAL32's
+    int32 residual add, SOFTMAX_WIDE, and the encoder's residual add and softmax on the same
+    build. (WIDE_SPLIT is the engine's alone, on the unit's RESIDUAL pass: its tests are the
+    engine's, tests/hdl/test_vector_engine.py.) Icarus about 12 s; Verilator is slow only for
+    its build of this second unit (about 100 s, then under a second of simulation)."""
+    _run(sim, "decoder_ops", decoder_ops=True)

@@ -15,7 +15,8 @@ from celosia.sw import numerics as nx
 
 def _unit():
     return VectorUnit(int(os.environ["VECTOR_LANES"]),
-                      max_cols=int(os.environ.get("VECTOR_MAX_COLS", VEC_MAX_COLS)))
+                      max_cols=int(os.environ.get("VECTOR_MAX_COLS", VEC_MAX_COLS)),
+                      decoder_ops=os.environ.get("VECTOR_DECODER", "0") == "1")
 
 
 def _long() -> bool:
@@ -134,3 +135,36 @@ async def whole_unit(dut):
         jobs.append(random_job(op, int(rng.integers(1, 4)), int(rng.integers(1, 3 * unit.lanes)),
                                rng, KINDS[k % len(KINDS)]))
     await _run_and_check(dut, unit, jobs, seed=6, valid_prob=0.9, ready_prob=0.8)
+
+
+@cocotb.test()
+async def decoder_ops(dut):
+    """A unit built with ``decoder_ops``: the decoder's RESIDUAL32 (int32 residual lanes) over
+    every row flavour and every shift at the int32 extremes, SOFTMAX_WIDE (prob_wide) over
+    every flavour with masks and a flat row, then the encoder's int16 residual add, residual
+    pre-add and 8-bit softmax on the same build, back to back."""
+    from celosia.sim.vector_runner import residual32_job, softmax_wide_job, with_residual
+    unit = _unit()
+    assert unit.decoder_ops, "decoder_ops needs a unit built with decoder_ops"
+    rng = np.random.default_rng(108)
+    jobs = [residual32_job(rng, 2, cols, kind) for kind in KINDS
+            for cols in (1, 2 * unit.lanes + 3)]
+    ext = np.array([[nx.INT32.lo, nx.INT32.hi, nx.INT32.lo + 1, nx.INT32.hi - 1, 0, -1,
+                     1 << 15, -(1 << 16), 1 << 30]])
+    jobs += [residual_job(ext, ext[:, ::-1], shift) for shift in (0, 1, 15, 16)]
+    jobs += [residual32_job(rng, 1, 96, "random")]
+    jobs += _flavours("residual", unit, rng, (3,))
+    x = np.array([[nx.INT32.hi] * 6 + [nx.INT32.lo]])
+    r = np.array([[nx.INT16.hi, nx.INT16.lo, 0, -1, 1, nx.INT16.lo, nx.INT16.hi]])
+    jobs += [with_residual(layernorm_job, x, r, 16, np.arange(1, 8) * 3001,
+                           np.arange(-3, 4) << 33, 20, nx.INT16)]
+    jobs += [softmax_wide_job(rng, 2, cols, kind) for kind in KINDS
+             for cols in (1, unit.lanes + 1)]
+    s = rng.integers(-40000, 40000, size=(5, 11))
+    scale = nx.Dyadic.from_real(0.003)
+    jobs += [softmax_job(s, scale, 0, wide=True), softmax_job(s, scale, -2, wide=True),
+             softmax_job(s, scale, 1),
+             softmax_job(np.zeros((1, 100), dtype=np.int64), scale, wide=True),
+             softmax_wide_job(rng, 1, 512 if _long() else 96, "random",
+                              causal_offset=40)]
+    await _run_and_check(dut, unit, jobs, seed=8)
