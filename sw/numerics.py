@@ -320,8 +320,16 @@ RECIP_BITS = 24
 _EXP_SHIFT_CAP = 31
 
 
+#: Bits of the column index that pick the ordered-dither threshold of :func:`softmax`.
+DITHER_BITS = 8
+#: The thresholds: bit-reversed column indices (j mod 256), so any run of consecutive columns
+#: spreads over the whole unit interval.
+DITHER_ORDER = np.array([int(f"{j:0{DITHER_BITS}b}"[::-1], 2) for j in range(1 << DITHER_BITS)],
+                        dtype=np.int64)
+
+
 def softmax(scores, scale: Dyadic, causal_offset: int | None = None,
-            prob_max: int = PROB_MAX) -> tuple[np.ndarray, np.ndarray]:
+            prob_max: int = PROB_MAX, dither: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Integer softmax over the last axis of int32 ``scores`` (rows of 1..512): uint8
     probabilities (or up to 15 bits, ``prob_max``) with a per-row exponent, as
     :func:`requantize_rows` gives.
@@ -341,7 +349,12 @@ def softmax(scores, scale: Dyadic, causal_offset: int | None = None,
        row, whose probabilities are all small, is scaled up by ``2**x`` so that its largest
        probability (the one with e = 2**15) still lands in 128..255.
     6. ``p = min(P, round_shift(e * R, 24 - x))``: probabilities with scale 2**-x / P;
-       the P @ V matmul takes ``x`` as its row shift.
+       the P @ V matmul takes ``x`` as its row shift. With ``dither``, column j is rounded at
+       an ordered-dither threshold instead of one half: ``p = min(P, (e * R + D) >> (24 - x))``
+       with ``D = (2 * DITHER_ORDER[j % 256] + 1) << (15 - x)`` (the thresholds (k + 1/2) / 256,
+       k = 0..255, in bit-reversed column order). A long flat tail of probabilities below half
+       a step (a row with one dominant key) then keeps its mass on average instead of
+       rounding to 0; each column depends on its own index only (no carry between columns).
 
     Returns (p, x) with x of shape scores.shape[:-1].
     """
@@ -368,7 +381,12 @@ def softmax(scores, scale: Dyadic, causal_offset: int | None = None,
     recip = np.where(total > 0, (prob_max << RECIP_BITS) // np.maximum(total, 1), 0)
     log2_total = np.floor(np.log2(np.maximum(total, 1))).astype(np.int64)   # exact below 2**53
     x = np.clip(log2_total - EXP_ONE_BITS, 0, ROW_EXP_MAX)
-    p = np.minimum(round_shift(e * recip, RECIP_BITS - x), prob_max)
+    if dither:
+        d = (2 * DITHER_ORDER[np.arange(cols) & ((1 << DITHER_BITS) - 1)] + 1) \
+            << (RECIP_BITS - DITHER_BITS - 1 - x)
+        p = np.minimum((e * recip + d) >> (RECIP_BITS - x), prob_max)
+    else:
+        p = np.minimum(round_shift(e * recip, RECIP_BITS - x), prob_max)
     return p, x[..., 0]
 
 
