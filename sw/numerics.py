@@ -320,12 +320,21 @@ RECIP_BITS = 24
 _EXP_SHIFT_CAP = 31
 
 
-#: Bits of the column index that pick the ordered-dither threshold of :func:`softmax`.
+#: Bits of the ordered-dither threshold of :func:`softmax` (256 thresholds, (k + 1/2) / 256).
 DITHER_BITS = 8
-#: The thresholds: bit-reversed column indices (j mod 256), so any run of consecutive columns
-#: spreads over the whole unit interval.
-DITHER_ORDER = np.array([int(f"{j:0{DITHER_BITS}b}"[::-1], 2) for j in range(1 << DITHER_BITS)],
-                        dtype=np.int64)
+#: The thresholds follow a Weyl sequence: column j's is the top DITHER_BITS bits of
+#: ``(j * DITHER_STEP) mod 2**16``, DITHER_STEP = 2**16 / golden ratio (odd). Any arithmetic
+#: progression of columns (the keys of one token in a periodic input) spreads its thresholds
+#: over the unit interval; a bit-reversed index would not (period 2 would give the even
+#: columns the low half of the thresholds and the odd ones the high half).
+DITHER_STEP = 40503
+_DITHER_MOD_BITS = 16
+
+
+def dither_thresholds(cols: int) -> np.ndarray:
+    """Column j's dither threshold index k (0..255) for a row of ``cols`` columns."""
+    j = np.arange(cols, dtype=np.int64)
+    return ((j * DITHER_STEP) & ((1 << _DITHER_MOD_BITS) - 1)) >> (_DITHER_MOD_BITS - DITHER_BITS)
 
 
 def softmax(scores, scale: Dyadic, causal_offset: int | None = None,
@@ -351,10 +360,11 @@ def softmax(scores, scale: Dyadic, causal_offset: int | None = None,
     6. ``p = min(P, round_shift(e * R, 24 - x))``: probabilities with scale 2**-x / P;
        the P @ V matmul takes ``x`` as its row shift. With ``dither``, column j is rounded at
        an ordered-dither threshold instead of one half: ``p = min(P, (e * R + D) >> (24 - x))``
-       with ``D = (2 * DITHER_ORDER[j % 256] + 1) << (15 - x)`` (the thresholds (k + 1/2) / 256,
-       k = 0..255, in bit-reversed column order). A long flat tail of probabilities below half
-       a step (a row with one dominant key) then keeps its mass on average instead of
-       rounding to 0; each column depends on its own index only (no carry between columns).
+       with ``D = (2 * k_j + 1) << (15 - x)``, ``k_j = dither_thresholds(cols)[j]`` (the
+       thresholds (k + 1/2) / 256 in a Weyl sequence over the columns). A long flat tail of
+       probabilities below half a step (a row with one dominant key) then keeps its mass on
+       average instead of rounding to 0; each column depends on its own index only (no carry
+       between columns, so the lanes of a beat stay independent).
 
     Returns (p, x) with x of shape scores.shape[:-1].
     """
@@ -382,8 +392,7 @@ def softmax(scores, scale: Dyadic, causal_offset: int | None = None,
     log2_total = np.floor(np.log2(np.maximum(total, 1))).astype(np.int64)   # exact below 2**53
     x = np.clip(log2_total - EXP_ONE_BITS, 0, ROW_EXP_MAX)
     if dither:
-        d = (2 * DITHER_ORDER[np.arange(cols) & ((1 << DITHER_BITS) - 1)] + 1) \
-            << (RECIP_BITS - DITHER_BITS - 1 - x)
+        d = (2 * dither_thresholds(cols) + 1) << (RECIP_BITS - DITHER_BITS - 1 - x)
         p = np.minimum((e * recip + d) >> (RECIP_BITS - x), prob_max)
     else:
         p = np.minimum(round_shift(e * recip, RECIP_BITS - x), prob_max)
