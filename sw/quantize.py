@@ -144,7 +144,7 @@ class QuantConfig:
     ctx_headroom: float = 1.0
     #: Round the softmax's uint8 probabilities with ordered dither (numerics.softmax): a long
     #: row with one dominant key keeps its tail's mass ("hello " x 200: cosine 0.972 ->
-    #: 0.998). Off by default until the RTL's vector unit has it (SOFTMAX_DITHER).
+    #: 0.997). Off by default until the RTL's vector unit has it (SOFTMAX_DITHER).
     softmax_dither: bool = False
 
 
