@@ -116,6 +116,9 @@ class DecoderVecOp(enum.IntEnum):
     * WIDE_LO: the low pass's rescale, ``requantize(x, (2**14, 22 + e[i]), int32)`` per row,
       ``e`` (uint8, one per row) read from ``e_addr``.
     * RESIDUAL32: ``saturate(residual_add(x, r, res_shift), out)`` with an int32 ``r``.
+    * SOFTMAX_DITHER: SOFTMAX with its probabilities rounded at ordered-dither thresholds
+      (``softmax(..., dither=True)``): an encoder's softmax that keeps the mass of a long flat
+      tail behind one dominant key (docs/numerics.md, "Numerics under stress"); e to ``e_addr``.
     """
     RMSNORM = 8
     SILU_GATE = 9
@@ -124,6 +127,7 @@ class DecoderVecOp(enum.IntEnum):
     WIDE_SPLIT = 12
     WIDE_LO = 13
     RESIDUAL32 = 14
+    SOFTMAX_DITHER = 15
 
 
 #: The decoder operations the RTL implements (with ``Sizing(decoder_ops=True)``).
@@ -400,7 +404,7 @@ def vec_uses_params(op: int) -> bool:
 def vec_uses_rows_exponent(op: int) -> bool:
     """Whether the op writes one uint8 exponent per row to ``e_addr``."""
     return op in (VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS, DecoderVecOp.SILU_GATE,
-                  DecoderVecOp.SOFTMAX_WIDE)
+                  DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.SOFTMAX_DITHER)
 
 
 #: Decoder ops whose second operand (at ``res_addr``) is not a residual pre-add, and its

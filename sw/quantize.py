@@ -55,7 +55,8 @@ __all__ = ["FORMAT_VERSION", "QuantConfig", "IntegerModel", "quantize", "calibra
 #: 2: the metadata holds the model description (``arch``) instead of loose shape keys.
 #: 3: FFN1's output is int32 (GELU past its table is the input itself) and GELU's offset a
 #: whole number of input steps, so a file of version 2 has the old FFN2 bias.
-FORMAT_VERSION = 3
+#: 4: the metadata says whether the softmax rounds with ordered dither (``softmax_dither``).
+FORMAT_VERSION = 4
 CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
 
 #: Headroom over the calibrated maximum for int16 hidden states and int32 LayerNorm inputs:
@@ -138,6 +139,13 @@ class QuantConfig:
     qk_balance: float = 1.0
     #: Headroom of the static q, k, v and context scales over their calibrated maxima.
     attn_headroom: float = 1.0
+    #: Extra headroom of v's and the context's scales (multiplied with attn_headroom).
+    v_headroom: float = 1.0
+    ctx_headroom: float = 1.0
+    #: Round the softmax's uint8 probabilities with ordered dither (numerics.softmax): a long
+    #: row with one dominant key keeps its tail's mass ("hello " x 200: cosine 0.972 ->
+    #: 0.997). Off by default until the RTL's vector unit has it (SOFTMAX_DITHER).
+    softmax_dither: bool = False
 
 
 def calibration_texts(path: Path = CALIBRATION_FILE) -> list[str]:
@@ -157,6 +165,12 @@ class IntegerModel:
         if "arch" not in self.meta:
             raise ValueError("the integer model's metadata has no model description ('arch')")
         return Transformer.from_dict(self.meta["arch"])
+
+    @property
+    def softmax_dither(self) -> bool:
+        """Whether the softmax rounds its probabilities with ordered dither
+        (numerics.softmax's ``dither``; the vector op SOFTMAX_DITHER, not in the RTL yet)."""
+        return bool(self.meta.get("softmax_dither", False))
 
     def scalar(self, name: str) -> int:
         """A one-element integer tensor (a shift) as a Python int."""
@@ -391,7 +405,8 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         model.forward(ids, trace)
     im = IntegerModel({}, {"format_version": FORMAT_VERSION, "arch": c.to_dict(),
                            "smooth_alpha": config.smooth_alpha, "gelu_alpha": config.gelu_alpha,
-                           "ctx_alpha": config.ctx_alpha, "qk_balance": config.qk_balance})
+                           "ctx_alpha": config.ctx_alpha, "qk_balance": config.qk_balance,
+                           "softmax_dither": bool(config.softmax_dither)})
     # Embedding sum -> int32 at a power-of-two scale (the host's quantisation), then LN0 -> int16.
     emb_max = _absmax(embeds)
     emb_shift = int(math.floor(math.log2((1 << (nx.LN_IN_BITS - 1)) / LN_IN_HEADROOM / emb_max)))
@@ -422,7 +437,7 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         g = np.sqrt(k_max / q_max) ** config.qk_balance
         s_q = np.repeat((q_max * g).reshape(heads, dh).max(axis=1) * config.attn_headroom / 127.0, dh)
         s_k = np.repeat((k_max / g).reshape(heads, dh).max(axis=1) * config.attn_headroom / 127.0, dh)
-        s_v = v_max * config.attn_headroom / 127.0
+        s_v = v_max * config.attn_headroom * config.v_headroom / 127.0
         out_scale = np.concatenate([s_q / g, s_k * g, s_v])
         im.set_dyadic(f"{p}.qkv.rq", x_scale * w_s / out_scale)
         # --- softmax per head: t = (max - s) * s_q * s_k / sqrt(d) * log2(e), in Q8.
@@ -431,7 +446,7 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         # --- P (uint8, 1/255) @ V (int8) -> context int8, per-channel scale f_ctx * s_ctx.
         w_o_float = L("o.weight")
         f_ctx = _smooth_factor(_absmax(t["ctx"], axis=-1), np.abs(w_o_float).max(axis=0), config.ctx_alpha)
-        s_ctx = float(_absmax([x / f_ctx for x in t["ctx"]])) * config.attn_headroom / 127.0
+        s_ctx = float(_absmax([x / f_ctx for x in t["ctx"]])) * config.attn_headroom * config.ctx_headroom / 127.0
         im.set_dyadic(f"{p}.ctx.rq", s_v / nx.PROB_MAX / (f_ctx * s_ctx))
         w_o, w_os = _weight_int8(w_o_float * f_ctx[None, :])
         # --- output projection -> int32 residual sum -> LN1 -> int16 h1.
