@@ -139,9 +139,6 @@ class QuantConfig:
     qk_balance: float = 1.0
     #: Headroom of the static q, k, v and context scales over their calibrated maxima.
     attn_headroom: float = 1.0
-    #: Extra headroom of v's and the context's scales (multiplied with attn_headroom).
-    v_headroom: float = 1.0
-    ctx_headroom: float = 1.0
     #: Round the softmax's uint8 probabilities with ordered dither (numerics.softmax): a long
     #: row with one dominant key keeps its tail's mass ("hello " x 200: cosine 0.972 ->
     #: 0.997). Off by default until the RTL's vector unit has it (SOFTMAX_DITHER).
@@ -437,7 +434,7 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         g = np.sqrt(k_max / q_max) ** config.qk_balance
         s_q = np.repeat((q_max * g).reshape(heads, dh).max(axis=1) * config.attn_headroom / 127.0, dh)
         s_k = np.repeat((k_max / g).reshape(heads, dh).max(axis=1) * config.attn_headroom / 127.0, dh)
-        s_v = v_max * config.attn_headroom * config.v_headroom / 127.0
+        s_v = v_max * config.attn_headroom / 127.0
         out_scale = np.concatenate([s_q / g, s_k * g, s_v])
         im.set_dyadic(f"{p}.qkv.rq", x_scale * w_s / out_scale)
         # --- softmax per head: t = (max - s) * s_q * s_k / sqrt(d) * log2(e), in Q8.
@@ -446,7 +443,7 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         # --- P (uint8, 1/255) @ V (int8) -> context int8, per-channel scale f_ctx * s_ctx.
         w_o_float = L("o.weight")
         f_ctx = _smooth_factor(_absmax(t["ctx"], axis=-1), np.abs(w_o_float).max(axis=0), config.ctx_alpha)
-        s_ctx = float(_absmax([x / f_ctx for x in t["ctx"]])) * config.attn_headroom * config.ctx_headroom / 127.0
+        s_ctx = float(_absmax([x / f_ctx for x in t["ctx"]])) * config.attn_headroom / 127.0
         im.set_dyadic(f"{p}.ctx.rq", s_v / nx.PROB_MAX / (f_ctx * s_ctx))
         w_o, w_os = _weight_int8(w_o_float * f_ctx[None, :])
         # --- output projection -> int32 residual sum -> LN1 -> int16 h1.
