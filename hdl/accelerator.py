@@ -203,11 +203,12 @@ class Accelerator(wiring.Component):
 
 def verilog_text(array: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
                  vector=False, k_max: int = K_MAX, name: str = TOP_NAME,
-                 mem_timeout: int = MEM_TIMEOUT_CYCLES) -> str:
+                 mem_timeout: int = MEM_TIMEOUT_CYCLES, sizing: Sizing = FULL) -> str:
     """The accelerator's Verilog (Yosys through Amaranth)."""
     from amaranth.back import verilog
 
-    top = Accelerator(array, port_bytes, vector=vector, k_max=k_max, mem_timeout=mem_timeout)
+    top = Accelerator(array, port_bytes, vector=vector, k_max=k_max, mem_timeout=mem_timeout,
+                      sizing=sizing)
     return verilog.convert(top, name=name, emit_src=False)
 
 

@@ -552,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="PATH", default=None, help=MODEL_HELP)
     p.add_argument("--softmax-dither", action="store_true",
                    help="round the softmax's probabilities with ordered dither (long and "
-                        "repetitive inputs; golden and isa backends only, not in the RTL yet)")
+                        "repetitive inputs; golden, isa and verilator backends: the RTL runs it "
+                        "when built with its decoder ops)")
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")

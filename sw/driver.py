@@ -24,7 +24,6 @@ from celosia.hdl import isa
 from celosia.hdl.isa import CSR, ErrorCode, MachineConfig
 
 from . import golden
-from .errors import CelosiaError
 from .compiler import CompiledModel, compile_model
 from .memory_map import DIGEST_ADDR, RECORD_BYTES, WEIGHTS_BASE
 from .model import mean_pool_normalise
@@ -352,16 +351,14 @@ class GoldenBackend:
 
 def _isa_backend(compiled: CompiledModel, im: IntegerModel) -> Backend:
     from .isa_sim import IsaBackend
-    # A dithered softmax is a vector op of the isa simulator's extended build (hdl/isa.py,
-    # DecoderVecOp), not of the RTL yet.
+    # A dithered softmax is a decoder vector op (hdl/isa.py, DecoderVecOp): the isa simulator's
+    # extended build runs it.
     return IsaBackend(compiled.config, compiled.end, decoder_ops=im.softmax_dither)
 
 
 def _verilator_backend(compiled: CompiledModel, im: IntegerModel, **options) -> Backend:
-    if im.softmax_dither:
-        raise CelosiaError("this integer model's softmax rounds with dither (SOFTMAX_DITHER), "
-                           "which the RTL does not implement yet: quantise without it for "
-                           "the verilator backend")
+    # A dithered softmax (SOFTMAX_DITHER) runs on the accelerator built with the decoder ops
+    # (Sizing.decoder_ops), which the factory chooses from the model.
     from celosia.sim.verilator_accel import verilator_backend
     return verilator_backend(compiled, im, **options)
 

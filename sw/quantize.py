@@ -141,7 +141,8 @@ class QuantConfig:
     attn_headroom: float = 1.0
     #: Round the softmax's uint8 probabilities with ordered dither (numerics.softmax): a long
     #: row with one dominant key keeps its tail's mass ("hello " x 200: cosine 0.972 ->
-    #: 0.997). Off by default until the RTL's vector unit has it (SOFTMAX_DITHER).
+    #: 0.997). Off by default: the RTL runs it (SOFTMAX_DITHER) only when built with the
+    #: decoder ops (Sizing.decoder_ops; the verilator backend builds that for such a model).
     softmax_dither: bool = False
 
 
@@ -166,7 +167,7 @@ class IntegerModel:
     @property
     def softmax_dither(self) -> bool:
         """Whether the softmax rounds its probabilities with ordered dither
-        (numerics.softmax's ``dither``; the vector op SOFTMAX_DITHER, not in the RTL yet)."""
+        (numerics.softmax's ``dither``; the vector op SOFTMAX_DITHER, a decoder op of the RTL)."""
         return bool(self.meta.get("softmax_dither", False))
 
     def scalar(self, name: str) -> int:

@@ -46,10 +46,11 @@ def test_isa_backend_is_bit_exact(minilm, int_model, text):
     assert result.counters["vector_count"] == sum(v for k, v in counts.items() if k.startswith("VECTOR"))
 
 
-def test_dithered_softmax_on_the_isa_backend(minilm, int_model, dither_model):
+def test_dithered_softmax_on_the_isa_backend(minilm, int_model, dither_model, monkeypatch):
     """A model with the dithered softmax compiles it to SOFTMAX_DITHER, which the isa backend
-    runs bit-exactly like the golden model; the verilator backend refuses it (not in the RTL)."""
-    from celosia.sw.errors import CelosiaError
+    runs bit-exactly like the golden model; the verilator backend builds the accelerator with
+    its decoder ops for it (and without them for the default model). The Verilated run is
+    tests/sim/test_minilm_verilator.py's."""
     ids = minilm.tokenizer.encode("hello " * 30)[0]
     e = golden.embed_int32(minilm, dither_model, ids)
     ops = lambda c: {i.fields["op"] for i in c.program.instructions if i.opcode == Opcode.VECTOR}
@@ -59,8 +60,12 @@ def test_dithered_softmax_on_the_isa_backend(minilm, int_model, dither_model):
     want = golden.forward(dither_model, e)
     assert np.array_equal(_run_isa(compiled, dither_model, e).hidden, want)
     assert not np.array_equal(want, golden.forward(int_model, e))
-    with pytest.raises(CelosiaError, match="SOFTMAX_DITHER"):
-        open_backend("verilator", compiled, dither_model)
+    from celosia.sim import verilator_accel
+    built = []
+    monkeypatch.setattr(verilator_accel, "VerilatorBackend", lambda *a, **kw: built.append(kw))
+    open_backend("verilator", compiled, dither_model)
+    open_backend("verilator", compiled, int_model)
+    assert [kw["decoder_ops"] for kw in built] == [True, False]
 
 
 @pytest.mark.parametrize("array,port_bytes,base", [(2, None, 0), (16, None, 0x1_0000),
