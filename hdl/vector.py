@@ -270,7 +270,9 @@ class VectorFinisher(wiring.Component):
         dec = self.decoder_ops
         m.submodules.div = div = Divider(_DIVIDEND_BITS, _DIVISOR_BITS_DEC if dec else _DIVISOR_BITS,
                                          self.unroll, quotient_widths=qwidths)
-        m.submodules.sqrt = sqrt = Isqrt(_RMS_STD_BITS if dec else _STD_BITS, self.unroll)
+        # A decoder build's root has RMSNORM's 31 bits; LayerNorm's (25) skips the top steps.
+        m.submodules.sqrt = sqrt = (Isqrt(_RMS_STD_BITS, self.unroll, short_width=_STD_BITS)
+                                    if dec else Isqrt(_STD_BITS, self.unroll))
 
         tok = Signal(self.tok_layout)
         sx = Signal(signed(_SX_BITS))
@@ -375,6 +377,8 @@ class VectorFinisher(wiring.Component):
                     # RMSNORM adds its shifted epsilon (0 for LayerNorm).
                     m.d.comb += [sqrt.start.eq(1),
                                  sqrt.radicand.eq(div.quotient + epsk if dec else div.quotient)]
+                    if dec:
+                        m.d.comb += sqrt.short.eq(~tok.cmd.rms)
                     m.next = "INV"
             with m.State("INV"):
                 with m.If(sqrt.done):
@@ -523,7 +527,8 @@ class VectorUnit(wiring.Component):
         # Each division: an alignment cycle, its steps, the done cycle; the square root: its
         # steps and the done cycle; eight more for the FSM's other states.
         divisions = sum(-(-q // u) + 2 for q in (_MEAN_QBITS, _VAR_QBITS, _INV_QBITS))
-        return divisions + -(-(_RMS_STD_BITS if self.decoder_ops else _STD_BITS) // u) + 1 + 8
+        # (A decoder build's RMSNORM row is shorter: no mean, 3 more root steps.)
+        return divisions + -(-_STD_BITS // u) + 1 + 8
 
     # --- helpers -------------------------------------------------------------------------------
 
