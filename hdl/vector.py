@@ -292,16 +292,29 @@ class VectorFinisher(wiring.Component):
         # The top limb of f (f_bits - 34 bits) is multiplied in LUTs: four DSP multiplies.
         mf_comb = limb_product(mean, f[:f_bits].as_signed(), lut_bits=f_bits - 34, m=m, name="mf")
         if dec:
-            # RMSNORM's eps_k = round_shift(eps, 2k) (k >= 1) or eps << -2k (k <= 0), in two
-            # registers that follow the row's k (a) while the mean square is divided: the
-            # shifter (2 eps shifted), then the rounding adder.
+            # RMSNORM's eps_k = round_shift(eps, 2k) (k >= 1) or eps << -2k (k <= 0), while the
+            # mean square is divided: 2 eps is loaded shifted by 2 (|k| & 1) and then shifted
+            # by 4 bits a cycle, |k| >> 1 <= 15 times (a shift register, not a barrel shifter
+            # in each finisher); eps_k = (that + 1) >> 1, a register behind it, valid with
+            # eps_ok.
             k = tok.a[:_RMS_K_SHAPE.width].as_signed()
+            left = k[-1]
+            kmag = Signal(5)
+            m.d.comb += kmag.eq(Mux(left, -k, k))
             eps2 = Cat(Const(0, 1), self.eps)
-            epsq = Signal(_EPS_BITS + 1)
+            eps_sh = Signal(_EPS_BITS + 1)
+            eps_steps = Signal(4)
             epsk = Signal(_EPS_BITS)
-            m.d.sync += [epsq.eq(Mux(k[-1] | (k == 0), eps2 << Cat(Const(0, 1), (-k)[:5]),
-                                     eps2 >> Cat(Const(0, 1), k[:4]))),
-                         epsk.eq(Mux(tok.cmd.rms, (epsq + 1) >> 1, 0))]
+            eps_ok = Signal()
+            with m.If(eps_steps != 0):
+                m.d.sync += [eps_sh.eq(Mux(left, eps_sh << 4, eps_sh >> 4)),
+                             eps_steps.eq(eps_steps - 1)]
+            m.d.sync += [epsk.eq(Mux(tok.cmd.rms, (eps_sh + 1) >> 1, 0)),
+                         eps_ok.eq(eps_steps == 0)]
+
+            def eps_load():
+                m.d.sync += [eps_sh.eq(Mux(kmag[0], Mux(left, eps2 << 2, eps2 >> 2), eps2)),
+                             eps_steps.eq(kmag >> 1), eps_ok.eq(0)]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -338,6 +351,7 @@ class VectorFinisher(wiring.Component):
                             # RMSNORM: no mean; b is the sum of squares.
                             with m.If(tok.cmd.rms):
                                 m.d.sync += s2.eq(tok.b)
+                                eps_load()
                                 m.next = "VAR"
                             with m.Else():
                                 mean_division()
@@ -374,12 +388,22 @@ class VectorFinisher(wiring.Component):
                 m.next = "SQRT"
             with m.State("SQRT"):
                 with m.If(div.done):
-                    # RMSNORM adds its shifted epsilon (0 for LayerNorm).
-                    m.d.comb += [sqrt.start.eq(1),
-                                 sqrt.radicand.eq(div.quotient + epsk if dec else div.quotient)]
                     if dec:
-                        m.d.comb += sqrt.short.eq(~tok.cmd.rms)
-                    m.next = "INV"
+                        # RMSNORM adds its shifted epsilon (the quotient stays valid).
+                        with m.If(tok.cmd.rms):
+                            m.next = "EPS"
+                        with m.Else():
+                            m.d.comb += [sqrt.start.eq(1), sqrt.radicand.eq(div.quotient),
+                                         sqrt.short.eq(1)]
+                            m.next = "INV"
+                    else:
+                        m.d.comb += [sqrt.start.eq(1), sqrt.radicand.eq(div.quotient)]
+                        m.next = "INV"
+            if dec:
+                with m.State("EPS"):
+                    with m.If(eps_ok):
+                        m.d.comb += [sqrt.start.eq(1), sqrt.radicand.eq(div.quotient + epsk)]
+                        m.next = "INV"
             with m.State("INV"):
                 with m.If(sqrt.done):
                     m.d.comb += [div.start.eq(1), div.dividend.eq(1 << nx.LN_INV_BITS),
@@ -438,8 +462,10 @@ class VectorUnit(wiring.Component):
         Rows that may wait between two stages.
     decoder_ops : bool
         For the decoder's operations (``Sizing.decoder_ops``): the residual lanes are int32
-        (RESIDUAL32 adds an int32 residual; int16 without), and the command has ``prob_wide``
-        (softmax with probabilities up to 32767, SOFTMAX_WIDE).
+        (RESIDUAL32 adds an int32 residual; int16 without), the command has ``prob_wide``
+        (softmax with probabilities up to 32767, SOFTMAX_WIDE) and ``rms`` (LayerNorm as
+        RMSNORM: numerics.rmsnorm with gamma from the records), and the parameter beat an
+        ``eps`` (RMSNORM's epsilon, taken with address 0).
 
     Members
     -------
