@@ -509,8 +509,8 @@ def test_decoder_op_adversarial_rows(dec_engine):
 
 def test_rmsnorm_adversarial_rows(dec_engine):
     """RMSNORM's edges against isa_sim: int32 extremes (-2**31's 32-bit magnitude), all-zero
-    rows (with no epsilon and the largest), epsilons about the k_eps boundaries (1, 2**59,
-    2**60 + 1, 2**61, 2**62 - 1) on small and large rows, gamma at +-(2**20 - 1) with shifts 0 and
+    rows (with no epsilon and the largest), epsilons about the k_eps boundaries (2**59,
+    2**60 + 1, 2**62 - 1) on small and large rows, gamma at +-(2**20 - 1) with shifts 0 and
     SHIFT_MAX into every format (saturating), one-column rows, the residual pre-add at shift
     16, a row of 64."""
     rng = np.random.default_rng(28)
@@ -520,7 +520,7 @@ def test_rmsnorm_adversarial_rows(dec_engine):
     cases = [make_decoder(RMS, 3, 9, W, rng, kind="extremes", dst_fmt=d, img=img,
                           gamma=np.array([g, -g] * 4 + [g]))
              for d in (OutFormat.INT8, OutFormat.INT16, OutFormat.INT32)]
-    for eps in (0, 1, 1 << 59, (1 << 60) + 1, 1 << 61, (1 << 62) - 1):
+    for eps in (0, 1 << 59, (1 << 60) + 1, (1 << 62) - 1):
         cases.append(make_decoder(RMS, 2, 5, W, rng, kind=("small", "extremes")[eps & 1],
                                   src_fmt=(OutFormat.INT8, OutFormat.INT32)[eps & 1],
                                   eps=eps, img=img))
@@ -529,7 +529,7 @@ def test_rmsnorm_adversarial_rows(dec_engine):
         make_decoder(RMS, 2, 7, W, rng, kind="equal", dst_fmt=OutFormat.INT16, img=img),
         make_decoder(RMS, 3, 10, W, rng, residual=True, kind="extremes", res_shift=16,
                      dst_fmt=OutFormat.INT16, img=img),
-        make_decoder(RMS, 2, 64, W, rng, dst_fmt=OutFormat.INT8, img=img),
+        make_decoder(RMS, 1, 64, W, rng, dst_fmt=OutFormat.INT8, img=img),
     ]
     instrs = [ins for ins, _ in cases]
     for k, ins in enumerate(instrs[:3]):       # shifts SHIFT_MAX and 0
@@ -537,7 +537,7 @@ def test_rmsnorm_adversarial_rows(dec_engine):
     # All-zero rows: a zeroed source, no epsilon and the largest.
     zsrc = img.alloc(2 * 32)
     img.mem[zsrc:zsrc + 64] = 0
-    for eps_ins in (instrs[3], instrs[8]):
+    for eps_ins in (instrs[3], instrs[6]):
         instrs.append(isa.vector(**{**eps_ins.fields, "src_addr": zsrc, "src_stride": 32,
                                     "src_fmt": OutFormat.INT32, "rows": 2, "cols": 5}))
     check_one_image(dec_engine, instrs, img.mem, seed=29, stall=0.1)
