@@ -94,9 +94,9 @@ class VecOp(hdl_enum.IntEnum, shape=3):
 class DecoderVecOp(enum.IntEnum):
     """VECTOR operations of the decoder (SmolLM2) that the isa simulator runs
     (``IsaMachine(decoder_ops=True)``). The RTL runs those in :data:`RTL_DECODER_OPS`
-    (RESIDUAL32 and WIDE_SPLIT on the vector unit's residual-add pass, SOFTMAX_WIDE on its
-    softmax with the command's ``prob_wide``, RMSNORM on its LayerNorm with the command's
-    ``rms``) when built with
+    (RESIDUAL32 and WIDE_SPLIT on the vector unit's residual-add pass, SOFTMAX_WIDE and
+    SOFTMAX_DITHER on its softmax with the command's ``prob_wide`` or ``dither``, RMSNORM on its
+    LayerNorm with the command's ``rms``) when built with
     ``Sizing(decoder_ops=True)``; it stops on the others, and on every one of them without
     the flag, with ``BAD_MODE`` (as the isa simulator does for an op its ``decoder_ops`` set
     lacks). Value 7 stays free for the vector unit's next op (:class:`VecOp` is 3 bits in the
@@ -117,6 +117,9 @@ class DecoderVecOp(enum.IntEnum):
     * WIDE_LO: the low pass's rescale, ``requantize(x, (2**14, 22 + e[i]), int32)`` per row,
       ``e`` (uint8, one per row) read from ``e_addr``.
     * RESIDUAL32: ``saturate(residual_add(x, r, res_shift), out)`` with an int32 ``r``.
+    * SOFTMAX_DITHER: SOFTMAX with its probabilities rounded at ordered-dither thresholds
+      (``softmax(..., dither=True)``): an encoder's softmax that keeps the mass of a long flat
+      tail behind one dominant key (docs/numerics.md, "Numerics under stress"); e to ``e_addr``.
     """
     RMSNORM = 8
     SILU_GATE = 9
@@ -125,11 +128,13 @@ class DecoderVecOp(enum.IntEnum):
     WIDE_SPLIT = 12
     WIDE_LO = 13
     RESIDUAL32 = 14
+    SOFTMAX_DITHER = 15
 
 
 #: The decoder operations the RTL implements (with ``Sizing(decoder_ops=True)``).
 RTL_DECODER_OPS = frozenset({DecoderVecOp.RMSNORM, DecoderVecOp.SOFTMAX_WIDE,
-                             DecoderVecOp.WIDE_SPLIT, DecoderVecOp.RESIDUAL32})
+                             DecoderVecOp.WIDE_SPLIT, DecoderVecOp.RESIDUAL32,
+                             DecoderVecOp.SOFTMAX_DITHER})
 
 
 def vec_op_name(op: int) -> str:
@@ -401,7 +406,7 @@ def vec_uses_params(op: int) -> bool:
 def vec_uses_rows_exponent(op: int) -> bool:
     """Whether the op writes one uint8 exponent per row to ``e_addr``."""
     return op in (VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS, DecoderVecOp.SILU_GATE,
-                  DecoderVecOp.SOFTMAX_WIDE)
+                  DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.SOFTMAX_DITHER)
 
 
 #: Decoder ops whose second operand (at ``res_addr``) is not a residual pre-add, and its

@@ -106,12 +106,14 @@ _COMMAND_FIELDS = {
 
 
 def unit_command_layout(decoder_ops: bool = False) -> data.StructLayout:
-    """The unit's command; with ``decoder_ops`` two more fields at the end, ``prob_wide``
-    (softmax: 15-bit probabilities, the decoder's SOFTMAX_WIDE) and ``rms`` (LayerNorm as the
-    decoder's RMSNORM), so a command packed without them has the same bits."""
+    """The unit's command; with ``decoder_ops`` three more fields at the end, ``prob_wide``
+    (softmax: 15-bit probabilities, the decoder's SOFTMAX_WIDE), ``dither`` (softmax: the
+    probabilities rounded at ordered-dither thresholds, SOFTMAX_DITHER) and ``rms`` (LayerNorm as
+    the decoder's RMSNORM), so a command packed without them has the same bits."""
     fields = dict(_COMMAND_FIELDS)
     if decoder_ops:
         fields["prob_wide"] = unsigned(1)
+        fields["dither"] = unsigned(1)
         # LayerNorm as the decoder's RMSNORM: no mean, a per-row pre-shift and the epsilon.
         fields["rms"] = unsigned(1)
     return data.StructLayout(fields)
@@ -120,6 +122,16 @@ def unit_command_layout(decoder_ops: bool = False) -> data.StructLayout:
 command_layout = unit_command_layout(False)
 #: Softmax's probability limit with ``prob_wide`` (numerics.softmax's prob_max for matmul_wide).
 PROB_MAX_WIDE = nx.INT16.hi
+#: The dithered softmax (numerics.softmax(dither=True)): column j's threshold index is the top
+#: DITHER_BITS of a 16-bit phase, (j * DITHER_STEP) mod 2**16.
+_DITHER_PHASE_BITS = 16
+assert nx.dither_thresholds(3).tolist() == [
+    (j * nx.DITHER_STEP % (1 << _DITHER_PHASE_BITS)) >> (_DITHER_PHASE_BITS - nx.DITHER_BITS)
+    for j in range(3)]
+#: The dither's D = (2k + 1) << (s - DITHER_BITS - 1) with s = RECIP_BITS - x: the bits of
+#: p = e * R it meets lie in p[_DITHER_LO : RECIP_BITS] for every row exponent x.
+_DITHER_LO = nx.RECIP_BITS - nx.DITHER_BITS - 1 - ROW_EXP_MAX
+assert _DITHER_LO >= 0
 
 #: Per-column parameters: LayerNorm gamma (mult) and beta (bias); requantise and GELU's input
 #: requantisation multiplier (mult, below 2**MULT_BITS) and shift.
@@ -463,7 +475,8 @@ class VectorUnit(wiring.Component):
     decoder_ops : bool
         For the decoder's operations (``Sizing.decoder_ops``): the residual lanes are int32
         (RESIDUAL32 adds an int32 residual; int16 without), the command has ``prob_wide``
-        (softmax with probabilities up to 32767, SOFTMAX_WIDE) and ``rms`` (LayerNorm as
+        (softmax with probabilities up to 32767, SOFTMAX_WIDE), ``dither`` (softmax rounded at
+        ordered-dither thresholds, SOFTMAX_DITHER) and ``rms`` (LayerNorm as
         RMSNORM: numerics.rmsnorm with gamma from the records), and the parameter beat an
         ``eps`` (RMSNORM's epsilon, taken with address 0).
 
@@ -1025,6 +1038,18 @@ class VectorUnit(wiring.Component):
             m.d.sync += [tok3.eq(t3.r_data), loaded3.eq(1), col3.eq(0), beat3.eq(0)]
         with m.Elif(fire3 & last3):
             m.d.sync += loaded3.eq(0)
+        if self.decoder_ops:
+            # The dithered softmax: lane k's column j = col3 + k has the phase
+            # (j * DITHER_STEP) mod 2**16, from (k * DITHER_STEP) at a row's first beat, stepping
+            # by N * DITHER_STEP a beat (a token of stage 3 is one row).
+            pmask = (1 << _DITHER_PHASE_BITS) - 1
+            phase3 = [Signal(_DITHER_PHASE_BITS, init=k * nx.DITHER_STEP & pmask,
+                             name=f"s3_phase{k}") for k in range(N)]
+            for k in range(N):
+                with m.If(fire3):
+                    m.d.sync += phase3[k].eq(phase3[k] + (N * nx.DITHER_STEP & pmask))
+                with m.If(can_load3 & t3.r_rdy):
+                    m.d.sync += phase3[k].eq(k * nx.DITHER_STEP & pmask)
 
         in3 = lanes32(fb.r_data)
         op3 = tok3.cmd.op
@@ -1049,6 +1074,9 @@ class VectorUnit(wiring.Component):
         m.d.comb += [oq.w_en.eq(valid[-1]), o_beat.exp.eq(exp[-1])]
 
         ln_z_shift = nx.LN_INV_BITS - nx.LN_NORM_FRAC
+        if self.decoder_ops:
+            dither2 = piped(piped((op3 == VectorOp.SOFTMAX) & c3.dither, 1, "m1_dither1"), 1,
+                            "m1_dither2")
         for k in range(N):
             p = pr.data[k]
             x = in3[k]
@@ -1107,8 +1135,23 @@ class VectorUnit(wiring.Component):
             for i in range(2, 6):
                 gamma = piped(gamma, signed(GAMMA_BITS), f"gamma{i}_{k}")
                 beta = piped(beta, signed(BETA_BITS), f"beta{i}_{k}")
+            round_bit = {}
+            if self.decoder_ops:
+                # The dithered softmax: p = min(P, (e*R + D) >> s), D = (2k + 1) << (s - 9),
+                # s = 24 - x, is floor(e*R / 2**s) plus the carry of p[s-9 : s] + 2k + 1 out of
+                # 9 bits (the bits of p below s - 9 cannot reach it): the carry takes the
+                # place of the rounding bit. The 9 bits come from a narrow window of p
+                # shifted by x (in the shifter's slice), the carry is one 9-bit add.
+                kd = phase3[k][_DITHER_PHASE_BITS - nx.DITHER_BITS:]
+                kd = piped(piped(kd, len(kd), f"m1_dk1_{k}"), len(kd), f"m1_dk2_{k}")
+                below = Signal(nx.DITHER_BITS + 1, name=f"m1_below{k}")
+                m.d.comb += below.eq((p1[_DITHER_LO:nx.RECIP_BITS] << exp[2])
+                                     [ROW_EXP_MAX:ROW_EXP_MAX + nx.DITHER_BITS + 1])
+                dsum = Signal(nx.DITHER_BITS + 2, name=f"m1_dsum{k}")
+                m.d.comb += dsum.eq(below + Cat(Const(1, 1), kd))
+                round_bit = {"round_bit": (dither2, dsum[-1])}
             r1 = mul_round_sat(m, p1, *ctl2[:4], ctl2[4], width=_M1_BITS, name=f"m1_{k}",
-                               stage=piped)
+                               stage=piped, **round_bit)
             y1 = piped(r1, r1.shape(), f"y1_{k}")     # full width: the rows' bound needs it
             # Slice 5: the row requantisations' |v| bound, GELU's Phi(y1) (its table is read,
             # block RAM, with the slice: GELU's y1 is an int16) and y1 itself.

@@ -281,7 +281,8 @@ def round_add(q, add=0):
             else q + Cat(Const(1, 1), add)) >> 1
 
 
-def mul_round_sat(m, p, shift, zp, lo, hi, saturate, *, width, name, stage=None):
+def mul_round_sat(m, p, shift, zp, lo, hi, saturate, *, width, name, stage=None,
+                  round_bit=None):
     """``y = saturate ? clamp(round_shift(p, shift) + zp, lo, hi) : round_shift(p, shift) + zp``.
 
     ``p`` is a product (plus addend) the caller builds from DSP limbs (:func:`limb_product`)
@@ -292,6 +293,11 @@ def mul_round_sat(m, p, shift, zp, lo, hi, saturate, *, width, name, stage=None)
     With ``stage`` (``stage(value, shape, name)`` returns ``value`` registered one pipeline
     slice later), the shifter's output and ``zp``, ``lo``, ``hi``, ``saturate`` are
     registered: the shifter and the adder with its saturation take a cycle each.
+
+    ``round_bit`` (with ``stage`` only): ``(en, bit)``, values of the shifter's slice; with
+    ``en`` the shifter's lowest output bit (the rounding bit, ``p[shift - 1]``) is replaced by
+    ``bit``, so the result is ``floor(p / 2**shift) + bit + zp`` (the softmax's dithered
+    rounding gives its threshold's carry).
     """
     ps = Signal(signed(width), name=f"{name}_p")
     m.d.comb += ps.eq(p)
@@ -300,6 +306,11 @@ def mul_round_sat(m, p, shift, zp, lo, hi, saturate, *, width, name, stage=None)
         m.d.comb += r.eq(round_shift_add(m, ps, shift, zp, name=name))
     else:
         q = round_shifted(m, ps, shift, zp, name=name)
+        if round_bit is not None:
+            en, bit = round_bit
+            qd = Signal(q.shape(), name=f"{name}_qd")
+            m.d.comb += qd.eq(Cat(Mux(en, bit, q[0]), q[1:]))
+            q = qd
         q = stage(q, q.shape(), f"{name}_qr")
         zp, lo, hi, saturate = (stage(v, Value.cast(v).shape(), f"{name}_{n}r")
                                 for v, n in ((zp, "zp"), (lo, "lo"), (hi, "hi"),

@@ -146,8 +146,8 @@ class VectorEngine(wiring.Component):
         Also run the decoder operations of ``isa.RTL_DECODER_OPS`` (``Sizing.decoder_ops``):
         RESIDUAL32 (the unit's residual add with int32 residual lanes), WIDE_SPLIT (the
         source rows passed through the unit twice, the high then the low byte of each element
-        written) and SOFTMAX_WIDE (the unit's softmax with ``prob_wide``). Without it the
-        engine is the encoder's, unchanged.
+        written), SOFTMAX_WIDE and SOFTMAX_DITHER (the unit's softmax with ``prob_wide`` or
+        ``dither``). Without it the engine is the encoder's, unchanged.
     unit_kwargs
         Passed to :class:`celosia.hdl.vector.VectorUnit`.
 
@@ -217,11 +217,13 @@ class VectorEngine(wiring.Component):
             is_split = op == DecoderVecOp.WIDE_SPLIT
             # SOFTMAX_WIDE is the unit's SOFTMAX with 15-bit probabilities (prob_wide).
             is_smw = op == DecoderVecOp.SOFTMAX_WIDE
+            # SOFTMAX_DITHER is the unit's SOFTMAX with dithered rounding (dither).
+            is_smd = op == DecoderVecOp.SOFTMAX_DITHER
             # RMSNORM is the unit's LAYERNORM with rms (no mean, a per-row pre-shift, the
             # epsilon of record 0's bias, no beta).
             is_rms = op == DecoderVecOp.RMSNORM
         else:
-            is_r32 = is_split = is_smw = is_rms = C(0, 1)
+            is_r32 = is_split = is_smw = is_smd = is_rms = C(0, 1)
         use_res = (op == VecOp.RESIDUAL) | cmd.add_residual | is_r32 if dec else (
             (op == VecOp.RESIDUAL) | cmd.add_residual)
         use_p = ((op == VecOp.LAYERNORM) | (op == VecOp.GELU) | (op == VecOp.REQUANT)
@@ -230,7 +232,7 @@ class VectorEngine(wiring.Component):
             use_p = use_p | is_rms
         use_e = (op == VecOp.SOFTMAX) | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
         if dec:
-            use_e = use_e | is_smw
+            use_e = use_e | is_smw | is_smd
         is_rows_op = (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
         nub = Signal(16)         # unit beats a row
         m.d.comb += nub.eq((cols + N - 1) >> ln)
@@ -278,7 +280,7 @@ class VectorEngine(wiring.Component):
                      | (use_p & misaligned(cmd.p_addr)) | (use_e & misaligned(cmd.e_addr)))
         shift_ops = (op == VecOp.SOFTMAX) | (op == VecOp.GELU) | (op == VecOp.LAYERNORM)
         if dec:
-            shift_ops = shift_ops | is_smw | is_rms
+            shift_ops = shift_ops | is_smw | is_smd | is_rms
         bad_scalar = ((shift_ops & (cmd.shift > nx.SHIFT_MAX))
                       | (use_res & (cmd.res_shift > RES_SHIFT_MAX)))
         # The decoder ops' operand formats (isa_sim's mode check, after the alignment).
@@ -299,8 +301,9 @@ class VectorEngine(wiring.Component):
                 m.d.comb += [out_lo.eq(nx.INT32.lo), out_hi.eq(nx.INT32.hi)]
             is_resid = (op == VecOp.RESIDUAL) | is_r32 | is_split
             unit_op = Mux(is_r32 | is_split, VecOp.RESIDUAL,
-                          Mux(is_smw, VecOp.SOFTMAX, Mux(is_rms, VecOp.LAYERNORM, op[:3])))
-            m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.rms.eq(is_rms)]
+                          Mux(is_smw | is_smd, VecOp.SOFTMAX,
+                              Mux(is_rms, VecOp.LAYERNORM, op[:3])))
+            m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.dither.eq(is_smd), ucmd.rms.eq(is_rms)]
         else:
             is_resid = op == VecOp.RESIDUAL
             unit_op = op[:3]

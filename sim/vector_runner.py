@@ -66,8 +66,9 @@ class VectorJob:
         return self.x.shape[1]
 
     def command(self) -> int:
-        # A decoder build's command has more fields at the end (prob_wide, rms): the same bits.
-        layout = unit_command_layout(bool({"prob_wide", "rms"} & self.cmd.keys()))
+        # A decoder build's command has more fields at the end (prob_wide, dither, rms): the
+        # same bits.
+        layout = unit_command_layout(bool({"prob_wide", "dither", "rms"} & self.cmd.keys()))
         return pack(layout, {**self.cmd, "op": _OP_CODES[self.op],
                              "rows": self.rows, "cols": self.cols})
 
@@ -120,17 +121,19 @@ def _range_cmd(rng: nx.Range) -> dict:
 
 
 def softmax_job(scores, scale: nx.Dyadic, causal_offset: int | None = None,
-                wide: bool = False) -> VectorJob:
-    """Softmax; ``wide``: the decoder's SOFTMAX_WIDE (prob_max 32767, a unit built with
-    ``decoder_ops``)."""
+                wide: bool = False, dither: bool = False) -> VectorJob:
+    """Softmax; ``wide``: the decoder's SOFTMAX_WIDE (prob_max 32767), ``dither``: its
+    SOFTMAX_DITHER (ordered-dither rounding), each on a unit built with ``decoder_ops``."""
     scores = np.asarray(scores, dtype=np.int64)
     m, s = int(np.asarray(scale.multiplier)), int(np.asarray(scale.shift))
     cmd = {"mult": m, "shift": s, "causal": causal_offset is not None,
            "causal_offset": causal_offset or 0}
     if wide:
         cmd["prob_wide"] = 1
+    if dither:
+        cmd["dither"] = 1
     want = nx.softmax(scores, nx.Dyadic(m, s), causal_offset,
-                      *((PROB_MAX_WIDE,) if wide else ()))
+                      *((PROB_MAX_WIDE,) if wide else ()), **({"dither": True} if dither else {}))
     # The golden softmax may give a per-row exponent with the probabilities.
     p, x = want if isinstance(want, tuple) else (want, None)
     return VectorJob("softmax", scores, cmd, p, expected_exp=x)
@@ -208,9 +211,9 @@ def residual_job(x, residual, shift: int) -> VectorJob:
 
 
 def softmax_wide_job(rng: np.random.Generator, rows: int, cols: int, kind: str = "random",
-                     causal_offset: int | None = None) -> VectorJob:
-    """The decoder's SOFTMAX_WIDE on a unit built with ``decoder_ops``: random scores of a
-    flavour, the model's scale or any (M, S)."""
+                     causal_offset: int | None = None, dither: bool = False) -> VectorJob:
+    """The decoder's SOFTMAX_WIDE (or with ``dither`` its SOFTMAX_DITHER) on a unit built with
+    ``decoder_ops``: random scores of a flavour, the model's scale or any (M, S)."""
     x = _values(rng, (rows, cols), kind)
     if kind == "small" or rng.random() < 0.5:
         scale = nx.Dyadic.from_real(float(rng.uniform(0.002, 0.2)) / np.sqrt(64) * np.log2(np.e))
@@ -218,7 +221,7 @@ def softmax_wide_job(rng: np.random.Generator, rows: int, cols: int, kind: str =
         scale = nx.Dyadic(int(rng.integers(0, 1 << nx.MULT_BITS)),
                           int(rng.integers(0, nx.SHIFT_MAX + 1)))
     return softmax_job(x, nx.Dyadic(int(scale.multiplier), int(scale.shift)), causal_offset,
-                       wide=True)
+                       wide=not dither, dither=dither)
 
 
 def rmsnorm_job(x, gamma, shift: int, out: nx.Range, eps: int = 0) -> VectorJob:

@@ -71,18 +71,27 @@ class VerilatorAccel:
     TOP = "celosia_accel"
 
     def __init__(self, array: int, port_bytes: int | None = None, *, vector=False,
-                 k_max: int = K_MAX, mem_bytes: int = 1 << 20, trace: str | None = None):
+                 k_max: int = K_MAX, mem_bytes: int = 1 << 20, trace: str | None = None,
+                 decoder_ops: bool = False):
         from celosia.hdl.accelerator import verilog_text, vector_engine_factory
+        from celosia.hdl.params import FULL, Sizing
 
         if vector is None:                          # use the vector engine when there is one
             vector = vector_engine_factory() is not None
         self.config = MachineConfig(array, port_bytes)
         self.port_bytes = self.config.port_bytes
         self.vector = bool(vector)
+        #: Built with ``Sizing(decoder_ops=True)``: the decoder ops of ``isa.RTL_DECODER_OPS``
+        #: run (SOFTMAX_DITHER for a model quantised with the dithered softmax).
+        self.decoder_ops = bool(decoder_ops)
+        if self.decoder_ops and not self.vector:
+            raise ValueError("decoder_ops needs the vector engine")
+        sizing = Sizing(decoder_ops=True) if self.decoder_ops else FULL
         verilog, elaborated = _memo_verilog(
             lambda: verilog_text(array, self.port_bytes, vector=vector, k_max=k_max,
-                                 name=self.TOP),
-            array, self.port_bytes, bool(vector), k_max, self.TOP)
+                                 name=self.TOP, sizing=sizing),
+            array, self.port_bytes, bool(vector), k_max, self.TOP,
+            *(("decoder_ops",) if self.decoder_ops else ()))
         self.trace = trace
         library, built = build_library(verilog, self.TOP, trace=trace,
                                        harness="accel_harness.cpp")
@@ -212,11 +221,12 @@ class VerilatorBackend:
 
     def __init__(self, config: MachineConfig, mem_bytes: int, *, vector=None,
                  k_max: int = K_MAX, latency: int = 4, waves=None,
-                 waves_cycles: int | None = None, waves_skip: int = 0):
+                 waves_cycles: int | None = None, waves_skip: int = 0,
+                 decoder_ops: bool = False):
         mem_bytes = -(-mem_bytes // 4096) * 4096
         trace = None if waves is None else trace_format(waves)
         self.model = VerilatorAccel(config.array, config.port_bytes, vector=vector, k_max=k_max,
-                                    mem_bytes=mem_bytes, trace=trace)
+                                    mem_bytes=mem_bytes, trace=trace, decoder_ops=decoder_ops)
         self.model.memory_model(latency=latency)
         #: Whether VECTOR instructions run (else they stop with UNSUPPORTED).
         self.vector_unit = self.model.vector
@@ -277,10 +287,16 @@ class VerilatorBackend:
 
 
 def verilator_backend(compiled, im=None, *, waves=None, waves_cycles: int | None = None,
-                      waves_skip: int = 0) -> VerilatorBackend:
+                      waves_skip: int = 0, decoder_ops: bool | None = None) -> VerilatorBackend:
     """Factory for ``driver.register_backend``: memory for the compiled image, the vector
     engine when this tree has one (without it a VECTOR stops with UNSUPPORTED); ``waves``
     (a .fst or .vcd path) records ``waves_cycles`` cycles (all when None) from
-    ``waves_skip`` cycles after the model is made (the host's loading takes a few)."""
+    ``waves_skip`` cycles after the model is made (the host's loading takes a few).
+    ``decoder_ops`` (default: whether ``im`` rounds its softmax with dither, whose
+    SOFTMAX_DITHER is a decoder op) builds the accelerator with ``Sizing(decoder_ops=True)``
+    (a separate Verilator build)."""
+    if decoder_ops is None:
+        decoder_ops = bool(getattr(im, "softmax_dither", False))
     return VerilatorBackend(compiled.config, compiled.end, waves=waves,
-                            waves_cycles=waves_cycles, waves_skip=waves_skip)
+                            waves_cycles=waves_cycles, waves_skip=waves_skip,
+                            decoder_ops=decoder_ops, **({"vector": True} if decoder_ops else {}))

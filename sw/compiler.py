@@ -454,6 +454,8 @@ def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
         mm(x8.addr, x8.stride, tokens, hidden, qkv_cols, w["qkv"].addr, w["qkv"].stride, qkv,
            p_addr=w["qkv.p"], out_fmt=I8, row_shift=1, e_addr=rowexp.addr)
         sm_mult, sm_shift = T[f"{p}.softmax.mult"], T[f"{p}.softmax.shift"]
+        # Dithered probabilities: an op of the isa simulator the RTL does not have yet.
+        softmax_op = isa.DecoderVecOp.SOFTMAX_DITHER if im.softmax_dither else VecOp.SOFTMAX
 
         # Attention per sentence and head: item j's scores and probabilities go to buffer j % 2.
         items = [(s0, n, hd) for s0, n in zip(starts, sentences) for hd in range(heads)]
@@ -464,7 +466,7 @@ def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
             q_rows = rows(qkv, s0, n)
             mm(q_rows.addr + hd * pitch, qkv.stride, n, dh, n,
                q_rows.addr + (heads + hd) * pitch, qkv.stride, sc, b_transposed=1)
-            vec(VecOp.SOFTMAX, sc, pr, mult=int(sm_mult[hd]), shift=int(sm_shift[hd]),
+            vec(softmax_op, sc, pr, mult=int(sm_mult[hd]), shift=int(sm_shift[hd]),
                 e_addr=probs_exp[j % 2].addr)
 
         def head_context(j: int) -> None:

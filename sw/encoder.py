@@ -74,13 +74,15 @@ def model_problem(arch) -> str | None:
 
 
 def load_models(model_file: Path | None = None, rebuild: bool = False, quiet: bool = False,
-                checkpoint: Path | None = None):
+                checkpoint: Path | None = None, config=None):
     """The float model and its integer model; builds and caches the integer model on first use.
 
     ``checkpoint``: a sentence-transformers folder (default: the bundled all-MiniLM-L6-v2);
     its integer model is cached under the checkpoint's digest unless ``model_file`` names one.
     A damaged file is an error (never silently replaced); the default cache of another format
     version is rebuilt. Before any work whose result must be written, the folder is checked.
+    ``config``: the quantiser's QuantConfig when the integer model is built (the default
+    recipe if None).
     """
     from .model import ModelError, checkpoint_digest, load_minilm
     from .quantize import (CorruptModelError, IntegerModel, QuantizedModelError, check_writable,
@@ -126,7 +128,7 @@ def load_models(model_file: Path | None = None, rebuild: bool = False, quiet: bo
     name = "all-MiniLM-L6-v2" if checkpoint is None else str(checkpoint)
     if not quiet:
         _note(f"celosia: quantising {name} (once; cached in {path})")
-    im = quantize(model)
+    im = quantize(model) if config is None else quantize(model, config=config)
     if digest:
         im.meta["checkpoint_sha256"] = digest
     try:

@@ -68,7 +68,8 @@ def encoder_layer(im: IntegerModel, i: int, h: np.ndarray, trace: dict | None = 
         for head in range(heads):
             cols = slice(head * dh, (head + 1) * dh)
             scores = nx.matmul(q[r, cols], k[r, cols].T)
-            probs, x = nx.softmax(scores, _select(im.dyadic(f"{p}.softmax"), head))
+            probs, x = nx.softmax(scores, _select(im.dyadic(f"{p}.softmax"), head),
+                                  dither=im.softmax_dither)
             ctx[r, cols] = nx.requantize(nx.matmul(probs, v[r, cols], row_shift=x),
                                          _select(im.dyadic(f"{p}.ctx.rq"), cols), nx.INT8)
     attn = nx.requantize(nx.matmul(ctx, T[f"{p}.attn_out.weight"], bias=T[f"{p}.attn_out.bias"]),

@@ -498,7 +498,8 @@ class IsaMachine:
         # 4. The window.
         self._check_window(ins)
         # 5. Scalars and parameter records.
-        if op in (DecoderVecOp.RMSNORM, DecoderVecOp.SOFTMAX_WIDE) and f["shift"] > nx.SHIFT_MAX:
+        if (op in (DecoderVecOp.RMSNORM, DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.SOFTMAX_DITHER)
+                and f["shift"] > nx.SHIFT_MAX):
             raise IsaStop(ErrorCode.BAD_PARAM, f"shift {f['shift']} > {nx.SHIFT_MAX}")
         if op == DecoderVecOp.SILU_GATE and f["res_shift"] not in (0, nx.WIDE_LO_BITS):
             raise IsaStop(ErrorCode.BAD_PARAM, f"SILU_GATE res_shift {f['res_shift']} is not "
@@ -538,6 +539,10 @@ class IsaMachine:
             elif op == DecoderVecOp.SOFTMAX_WIDE:
                 y, e = nx.softmax(x, nx.Dyadic(f["mult"], f["shift"]),
                                   f["causal_offset"] if f["causal"] else None, nx.INT16.hi)
+                y = nx.saturate(y, out)
+            elif op == DecoderVecOp.SOFTMAX_DITHER:
+                y, e = nx.softmax(x, nx.Dyadic(f["mult"], f["shift"]),
+                                  f["causal_offset"] if f["causal"] else None, dither=True)
                 y = nx.saturate(y, out)
             elif op == DecoderVecOp.WIDE_SPLIT:
                 y = np.concatenate([x >> nx.WIDE_LO_BITS, x & ((1 << nx.WIDE_LO_BITS) - 1)])

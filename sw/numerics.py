@@ -320,8 +320,25 @@ RECIP_BITS = 24
 _EXP_SHIFT_CAP = 31
 
 
+#: Bits of the ordered-dither threshold of :func:`softmax` (256 thresholds, (k + 1/2) / 256).
+DITHER_BITS = 8
+#: The thresholds follow a Weyl sequence: column j's is the top DITHER_BITS bits of
+#: ``(j * DITHER_STEP) mod 2**16``, DITHER_STEP = 2**16 / golden ratio (odd). Any arithmetic
+#: progression of columns (the keys of one token in a periodic input) spreads its thresholds
+#: over the unit interval; a bit-reversed index would not (period 2 would give the even
+#: columns the low half of the thresholds and the odd ones the high half).
+DITHER_STEP = 40503
+_DITHER_MOD_BITS = 16
+
+
+def dither_thresholds(cols: int) -> np.ndarray:
+    """Column j's dither threshold index k (0..255) for a row of ``cols`` columns."""
+    j = np.arange(cols, dtype=np.int64)
+    return ((j * DITHER_STEP) & ((1 << _DITHER_MOD_BITS) - 1)) >> (_DITHER_MOD_BITS - DITHER_BITS)
+
+
 def softmax(scores, scale: Dyadic, causal_offset: int | None = None,
-            prob_max: int = PROB_MAX) -> tuple[np.ndarray, np.ndarray]:
+            prob_max: int = PROB_MAX, dither: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Integer softmax over the last axis of int32 ``scores`` (rows of 1..512): uint8
     probabilities (or up to 15 bits, ``prob_max``) with a per-row exponent, as
     :func:`requantize_rows` gives.
@@ -341,7 +358,13 @@ def softmax(scores, scale: Dyadic, causal_offset: int | None = None,
        row, whose probabilities are all small, is scaled up by ``2**x`` so that its largest
        probability (the one with e = 2**15) still lands in 128..255.
     6. ``p = min(P, round_shift(e * R, 24 - x))``: probabilities with scale 2**-x / P;
-       the P @ V matmul takes ``x`` as its row shift.
+       the P @ V matmul takes ``x`` as its row shift. With ``dither``, column j is rounded at
+       an ordered-dither threshold instead of one half: ``p = min(P, (e * R + D) >> (24 - x))``
+       with ``D = (2 * k_j + 1) << (15 - x)``, ``k_j = dither_thresholds(cols)[j]`` (the
+       thresholds (k + 1/2) / 256 in a Weyl sequence over the columns). A long flat tail of
+       probabilities below half a step (a row with one dominant key) then keeps its mass on
+       average instead of rounding to 0; each column depends on its own index only (no carry
+       between columns, so the lanes of a beat stay independent).
 
     Returns (p, x) with x of shape scores.shape[:-1].
     """
@@ -368,7 +391,11 @@ def softmax(scores, scale: Dyadic, causal_offset: int | None = None,
     recip = np.where(total > 0, (prob_max << RECIP_BITS) // np.maximum(total, 1), 0)
     log2_total = np.floor(np.log2(np.maximum(total, 1))).astype(np.int64)   # exact below 2**53
     x = np.clip(log2_total - EXP_ONE_BITS, 0, ROW_EXP_MAX)
-    p = np.minimum(round_shift(e * recip, RECIP_BITS - x), prob_max)
+    if dither:
+        d = (2 * dither_thresholds(cols) + 1) << (RECIP_BITS - DITHER_BITS - 1 - x)
+        p = np.minimum((e * recip + d) >> (RECIP_BITS - x), prob_max)
+    else:
+        p = np.minimum(round_shift(e * recip, RECIP_BITS - x), prob_max)
     return p, x[..., 0]
 
 

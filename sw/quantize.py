@@ -55,7 +55,8 @@ __all__ = ["FORMAT_VERSION", "QuantConfig", "IntegerModel", "quantize", "calibra
 #: 2: the metadata holds the model description (``arch``) instead of loose shape keys.
 #: 3: FFN1's output is int32 (GELU past its table is the input itself) and GELU's offset a
 #: whole number of input steps, so a file of version 2 has the old FFN2 bias.
-FORMAT_VERSION = 3
+#: 4: the metadata says whether the softmax rounds with ordered dither (``softmax_dither``).
+FORMAT_VERSION = 4
 CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
 
 #: Headroom over the calibrated maximum for int16 hidden states and int32 LayerNorm inputs:
@@ -138,6 +139,11 @@ class QuantConfig:
     qk_balance: float = 1.0
     #: Headroom of the static q, k, v and context scales over their calibrated maxima.
     attn_headroom: float = 1.0
+    #: Round the softmax's uint8 probabilities with ordered dither (numerics.softmax): a long
+    #: row with one dominant key keeps its tail's mass ("hello " x 200: cosine 0.972 ->
+    #: 0.997). Off by default: the RTL runs it (SOFTMAX_DITHER) only when built with the
+    #: decoder ops (Sizing.decoder_ops; the verilator backend builds that for such a model).
+    softmax_dither: bool = False
 
 
 def calibration_texts(path: Path = CALIBRATION_FILE) -> list[str]:
@@ -157,6 +163,12 @@ class IntegerModel:
         if "arch" not in self.meta:
             raise ValueError("the integer model's metadata has no model description ('arch')")
         return Transformer.from_dict(self.meta["arch"])
+
+    @property
+    def softmax_dither(self) -> bool:
+        """Whether the softmax rounds its probabilities with ordered dither
+        (numerics.softmax's ``dither``; the vector op SOFTMAX_DITHER, a decoder op of the RTL)."""
+        return bool(self.meta.get("softmax_dither", False))
 
     def scalar(self, name: str) -> int:
         """A one-element integer tensor (a shift) as a Python int."""
@@ -391,7 +403,8 @@ def quantize(model: MiniLM, texts: list[str] | None = None,
         model.forward(ids, trace)
     im = IntegerModel({}, {"format_version": FORMAT_VERSION, "arch": c.to_dict(),
                            "smooth_alpha": config.smooth_alpha, "gelu_alpha": config.gelu_alpha,
-                           "ctx_alpha": config.ctx_alpha, "qk_balance": config.qk_balance})
+                           "ctx_alpha": config.ctx_alpha, "qk_balance": config.qk_balance,
+                           "softmax_dither": bool(config.softmax_dither)})
     # Embedding sum -> int32 at a power-of-two scale (the host's quantisation), then LN0 -> int16.
     emb_max = _absmax(embeds)
     emb_shift = int(math.floor(math.log2((1 << (nx.LN_IN_BITS - 1)) / LN_IN_HEADROOM / emb_max)))

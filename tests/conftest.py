@@ -16,6 +16,14 @@ def int_model(minilm):
 
 
 @pytest.fixture(scope="session")
+def dither_model(int_model):
+    """``int_model`` with the dithered softmax (QuantConfig(softmax_dither=True) changes the
+    metadata's flag and no tensor)."""
+    from celosia.sw.quantize import IntegerModel
+    return IntegerModel(int_model.tensors, {**int_model.meta, "softmax_dither": True})
+
+
+@pytest.fixture(scope="session")
 def make_checkpoint():
     """Writes small sentence-transformers BERT checkpoints (tests/checkpoints.py)."""
     from checkpoints import make_checkpoint

@@ -172,7 +172,8 @@ def test_vector_without_unit_is_unsupported_like_isa_sim():
 
 
 @pytest.mark.parametrize("op", [DecoderVecOp.RMSNORM, DecoderVecOp.RESIDUAL32,
-                                DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE])
+                                DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE,
+                                DecoderVecOp.SOFTMAX_DITHER])
 def test_decoder_vector_ops_stop_with_bad_mode_like_isa_sim(op):
     """Without ``Sizing.decoder_ops`` (the default) the controller stops on the decoder's
     vector operations with BAD_MODE before the vector unit sees them, as the isa simulator
@@ -276,6 +277,7 @@ def _decoder_program(img, **fields):
 
 
 _R32, _SPLIT, _SMW = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE
+_SMD = DecoderVecOp.SOFTMAX_DITHER
 _I16_I8 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8)
 _RMS = DecoderVecOp.RMSNORM
 
@@ -303,6 +305,10 @@ _RMS = DecoderVecOp.RMSNORM
     (dict(op=_SMW, e_addr=0x1804), ErrorCode.BAD_ALIGN),
     (dict(op=_SMW, e_addr=0x4000 + 0x1000), ErrorCode.BAD_ADDRESS),       # the row exponents
     (dict(op=_SMW, e_addr=0x1800, shift=48), ErrorCode.BAD_PARAM),
+    (dict(op=_SMD, e_addr=0x1800, mult=100, shift=10), ErrorCode.OK),
+    (dict(op=_SMD, e_addr=0x1804), ErrorCode.BAD_ALIGN),
+    (dict(op=_SMD, e_addr=0x4000 + 0x1000), ErrorCode.BAD_ADDRESS),       # the row exponents
+    (dict(op=_SMD, e_addr=0x1800, shift=48), ErrorCode.BAD_PARAM),
 ])
 def test_decoder_ops_checks_like_isa_sim(fields, want):
     """A ``Sizing(decoder_ops=True)`` controller: RESIDUAL32's int32 residual span,

@@ -403,3 +403,74 @@ def test_rmsnorm(dec_unit):
     jobs += _rms_edge_jobs(rng, 64)
     jobs.insert(5, random_job("layernorm", 2, 2 * LANES + 1, rng, "extremes"))
     _check(jobs, run_amaranth(jobs, dec_unit, seed=45, valid_prob=0.7, ready_prob=0.6))
+
+
+def test_dither_carry_is_the_dithered_rounding():
+    """The unit's SOFTMAX_DITHER rounding (hdl/vector.py, stage 3): floor(p / 2**s) plus the
+    carry of p[s-9 : s] + 2k + 1 out of 9 bits, the window taken from p[_DITHER_LO:24] shifted
+    by x, is (p + ((2k + 1) << (s - 9))) >> s for every row exponent x (s = 24 - x) and
+    threshold k, at every p around each threshold and at random."""
+    from celosia.hdl.vector import _DITHER_LO, ROW_EXP_MAX
+
+    rng = np.random.default_rng(45)
+    k = np.arange(1 << nx.DITHER_BITS, dtype=np.int64)[:, None]
+    for x in range(ROW_EXP_MAX + 1):
+        s = nx.RECIP_BITS - x
+        d = (2 * k + 1) << (s - nx.DITHER_BITS - 1)
+        base = rng.integers(0, 1 << 17, size=(1, 64)) << s
+        # Around each threshold (p's fraction 2**s - d plus -2..1), random fractions, 0.
+        p = np.concatenate([base + (1 << s) - d + off for off in (-2, -1, 0, 1)]
+                           + [base + rng.integers(0, 1 << s, size=(256, 64)), 0 * k], axis=1)
+        window = (((p >> _DITHER_LO) & ((1 << (nx.RECIP_BITS - _DITHER_LO)) - 1)) << x
+                  >> ROW_EXP_MAX) & ((1 << (nx.DITHER_BITS + 1)) - 1)
+        carry = (window + 2 * k + 1) >> (nx.DITHER_BITS + 1)
+        np.testing.assert_array_equal((p >> s) + carry, (p + d) >> s, err_msg=f"x = {x}")
+
+
+def _dominant(rng, rows, cols, big=60000):
+    """Rows of one dominant key over a flat tail (the case the dither is for)."""
+    s = rng.integers(-20, 20, size=(rows, cols))
+    s[np.arange(rows), rng.integers(0, cols, size=rows)] = big
+    return s
+
+
+def test_softmax_dither(dec_unit):
+    """SOFTMAX_DITHER (the unit's softmax with dither: each column rounded at its threshold
+    (2k_j + 1) / 512, k_j from the column's Weyl phase): every row flavour and length (1,
+    below, at and above a beat), long flat rows with one dominant key (tails below half a
+    step that dither keeps), masks (fully masked rows, the diagonal only), the widest d * M,
+    a flat row of 64 (x = 6), interleaved with SOFTMAX and SOFTMAX_WIDE on the same build (the
+    phases restart at every row)."""
+    from celosia.sim.vector_runner import softmax_wide_job
+
+    rng = np.random.default_rng(46)
+    jobs = [softmax_wide_job(rng, 2, cols, kind, dither=True) for kind in KINDS
+            for cols in (1, 3, LANES, 2 * LANES + 1)]
+    s = rng.integers(-5000, 5000, size=(6, 9))
+    scale = nx.Dyadic.from_real(0.05)
+    tail = _dominant(rng, 3, 64)
+    jobs += [softmax_job(tail, scale, None, dither=True),
+             softmax_job(tail, scale, None),
+             softmax_job(s, scale, 0, dither=True), softmax_job(s, scale, -2, dither=True),
+             softmax_job(s, scale, 3, wide=True),
+             softmax_job(_dominant(rng, 4, 37), scale, 30, dither=True),
+             softmax_job(np.full((3, 7), nx.INT32.lo), scale, None, dither=True),
+             softmax_job(np.array([[nx.INT32.lo, nx.INT32.hi, 0, nx.INT32.hi]]),
+                         nx.Dyadic((1 << nx.MULT_BITS) - 1, 0), None, dither=True),
+             softmax_job(np.zeros((2, 64), dtype=np.int64), scale, None, dither=True),
+             softmax_wide_job(rng, 2, 64, "random", causal_offset=20, dither=True),
+             softmax_job(s, scale, None)]
+    # The dominant-key rows keep some of their tail (else the test would not tell the modes apart).
+    assert jobs[-11].expected.sum() > jobs[-10].expected.sum()
+    _check(jobs, run_amaranth(jobs, dec_unit, seed=46, valid_prob=0.7, ready_prob=0.6))
+
+
+def test_softmax_dither_rows_of_512():
+    """SOFTMAX_DITHER over 512 keys at eight lanes: a flat tail behind one dominant key (the
+    phase over 64 beats), a causal row."""
+    unit = VectorUnit(8, max_cols=512, decoder_ops=True)
+    rng = np.random.default_rng(47)
+    scale = nx.Dyadic.from_real(0.05)
+    jobs = [softmax_job(_dominant(rng, 1, 512), scale, None, dither=True),
+            softmax_job(rng.integers(-3000, 3000, size=(2, 512)), scale, 300, dither=True)]
+    _check(jobs, run_amaranth(jobs, unit, seed=47, valid_prob=0.9, ready_prob=0.9))

@@ -381,19 +381,26 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
                  causal=None, eps=None, gamma=None):
     """An image and a VECTOR instruction of a decoder op the RTL runs (RESIDUAL32: an int32
     residual; WIDE_SPLIT: int16 in, two int8 planes out, an optional int16 residual pre-add;
-    RMSNORM: random gamma, shift and epsilon unless given); its buffers are allocated in
-    ``img`` when given."""
+    RMSNORM: random gamma, shift and epsilon unless given; the softmaxes: ``kind`` "dominant"
+    is a flat row behind one key with a fixed scale, the tail below half a probability step);
+    its buffers are allocated in ``img`` when given."""
+    smax = (DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.SOFTMAX_DITHER)
     img = Image(W, rng) if img is None else img
     if op == DecoderVecOp.WIDE_SPLIT:
         src_fmt = OutFormat.INT16 if src_fmt is None else src_fmt
         dst_fmt = OutFormat.INT8 if dst_fmt is None else dst_fmt
-    elif op == DecoderVecOp.SOFTMAX_WIDE:
+    elif op in smax:
         src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
-        dst_fmt = OutFormat.INT16 if dst_fmt is None else dst_fmt
+        wide = op == DecoderVecOp.SOFTMAX_WIDE
+        dst_fmt = (OutFormat.INT16 if wide else OutFormat.UINT8) if dst_fmt is None else dst_fmt
     else:
         src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
         dst_fmt = OutFormat.INT32 if dst_fmt is None else dst_fmt
-    x = _src_values(rng, (rows, cols), src_fmt, kind)
+    if kind == "dominant":
+        x = rng.integers(-20, 20, size=(rows, cols))
+        x[np.arange(rows), rng.integers(0, cols, size=rows)] = 60000
+    else:
+        x = _src_values(rng, (rows, cols), src_fmt, kind)
     src_addr, src_stride = img.matrix(x, src_fmt, pad)
     f = dict(op=op, rows=rows, cols=cols, src_addr=src_addr, src_stride=src_stride,
              src_fmt=src_fmt, dst_fmt=dst_fmt)
@@ -407,8 +414,9 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
         f["res_addr"], f["res_stride"] = img.matrix(r, rfmt, pad)
         f["res_shift"] = int(rng.integers(0, 17)) if res_shift is None else res_shift
         f["add_residual"] = int(op != DecoderVecOp.RESIDUAL32)
-    if op == DecoderVecOp.SOFTMAX_WIDE:
-        scale = nx.Dyadic.from_real(float(rng.uniform(0.002, 0.2)) / np.sqrt(64) * np.log2(np.e))
+    if op in smax:
+        scale = nx.Dyadic.from_real(0.05 if kind == "dominant" else
+                                    float(rng.uniform(0.002, 0.2)) / np.sqrt(64) * np.log2(np.e))
         f["mult"], f["shift"] = int(scale.multiplier), int(scale.shift)
         if causal is not None:
             f["causal"], f["causal_offset"] = 1, causal
@@ -454,8 +462,8 @@ def check_one_image(engine, instrs, mem, codes=None, **kw):
 @pytest.mark.parametrize("op", DEC_OPS)
 def test_decoder_op_formats_and_shapes(dec_engine, op):
     """RESIDUAL32 and RMSNORM over every source and destination format, WIDE_SPLIT,
-    SOFTMAX_WIDE and RMSNORM with and without the residual pre-add (SOFTMAX_WIDE: every source
-    format, causal too); rows
+    SOFTMAX_WIDE, SOFTMAX_DITHER and RMSNORM with and without the residual pre-add (the
+    softmaxes: every source format, causal too); rows
     below, at and above a beat, padded strides, stalls."""
     rng = np.random.default_rng(int(op) + 200)
     img = Image(W, rng)
@@ -470,6 +478,9 @@ def test_decoder_op_formats_and_shapes(dec_engine, op):
         elif op == DecoderVecOp.RMSNORM:
             kw = dict(src_fmt=OutFormat(k), dst_fmt=OutFormat(int(rng.integers(0, 4))),
                       residual=bool(k % 2))
+        elif op == DecoderVecOp.SOFTMAX_DITHER:
+            kw = dict(src_fmt=OutFormat(k), dst_fmt=(OutFormat.UINT8, OutFormat.INT8)[k % 2],
+                      residual=bool(k % 2), causal=(None, 0)[k // 2])
         else:
             kw = dict(residual=bool(k % 2))
         instrs.append(make_decoder(op, int(rng.integers(1, 4)), cols, W, rng, pad=k % 2,
@@ -485,6 +496,7 @@ def test_decoder_op_adversarial_rows(dec_engine):
     rng = np.random.default_rng(21)
     img = Image(W, rng)
     R32, SPLIT, SMW = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE
+    SMD = DecoderVecOp.SOFTMAX_DITHER
     cases = [make_decoder(R32, 3, 9, W, rng, kind="extremes", res_shift=s, img=img)
              for s in (0, 1, 15, 16)]
     cases += [
@@ -503,6 +515,11 @@ def test_decoder_op_adversarial_rows(dec_engine):
         make_decoder(SMW, 2, 64, W, rng, kind="equal", img=img),       # flat: a row exponent
         make_decoder(SMW, 11, 5, W, rng, kind="extremes", dst_fmt=OutFormat.INT8, img=img),
         make_decoder(SMW, 2, 33, W, rng, dst_fmt=OutFormat.INT32, causal=20, img=img),
+        make_decoder(SMD, 3, 64, W, rng, kind="dominant", img=img),     # the tail dither keeps
+        make_decoder(SMD, 4, 37, W, rng, kind="dominant", causal=30, img=img),
+        make_decoder(SMD, 3, 9, W, rng, kind="extremes", causal=-1, img=img),   # row 0 masked
+        make_decoder(SMD, 2, 64, W, rng, kind="equal", img=img),       # flat: a row exponent
+        make_decoder(SMD, 11, 1, W, rng, kind="extremes", dst_fmt=OutFormat.INT16, img=img),
     ]
     check_one_image(dec_engine, [ins for ins, _ in cases], img.mem, seed=22, stall=0.1)
 
@@ -577,7 +594,7 @@ def test_decoder_op_bad_instructions(dec_engine):
     r32, mem = make_decoder(DecoderVecOp.RESIDUAL32, 3, 6, W, rng)
     f = dict(r32.fields)
     bad = [dict(op=op) for op in DecoderVecOp if op not in isa.RTL_DECODER_OPS] + [
-        dict(op=7), dict(op=15),
+        dict(op=7),
         dict(res_stride=16), dict(res_addr=f["res_addr"] + 4), dict(res_shift=17),
         dict(add_residual=1), dict(rows=0), dict(cols=0),
         dict(op=DecoderVecOp.WIDE_SPLIT),                               # src INT32
@@ -589,6 +606,9 @@ def test_decoder_op_bad_instructions(dec_engine):
         dict(op=DecoderVecOp.SOFTMAX_WIDE, cols=isa.SOFTMAX_WIDE_MAX_COLS + 1),
         dict(op=DecoderVecOp.SOFTMAX_WIDE, shift=48, mult=100, e_addr=f["dst_addr"]),
         dict(op=DecoderVecOp.SOFTMAX_WIDE, e_addr=f["dst_addr"] + 1),
+        dict(op=DecoderVecOp.SOFTMAX_DITHER, shift=48, mult=100, e_addr=f["dst_addr"]),
+        dict(op=DecoderVecOp.SOFTMAX_DITHER, e_addr=f["dst_addr"] + 1),
+        dict(op=DecoderVecOp.SOFTMAX_DITHER, cols=isa.VEC_MAX_COLS + 1),
     ]
     instrs, want = [], []
     for b in bad:
@@ -678,5 +698,7 @@ def test_decoder_ops_other_ports(lanes, port_bytes):
               make_decoder(DecoderVecOp.WIDE_SPLIT, 3, int(rng.integers(1, 40)), port_bytes, rng,
                            residual=True, img=img)[0],
               make_decoder(DecoderVecOp.SOFTMAX_WIDE, 3, int(rng.integers(1, 40)), port_bytes,
-                           rng, src_fmt=OutFormat(int(rng.integers(0, 4))), causal=1, img=img)[0]]
+                           rng, src_fmt=OutFormat(int(rng.integers(0, 4))), causal=1, img=img)[0],
+              make_decoder(DecoderVecOp.SOFTMAX_DITHER, 2, int(rng.integers(1, 40)), port_bytes,
+                           rng, kind="dominant", img=img)[0]]
     check_one_image(engine, instrs, img.mem, seed=port_bytes, stall=0.2)

@@ -4,8 +4,8 @@ instruction of the program retires.
 
 The default case (4 tokens, N = 8) builds the same library as tests/sim/test_verilator_accel.py's
 vector-engine test; 16 tokens and N = 16 are marked slow (N = 16 is a separate build), and so
-are the batches (eight MiniLM sentences at N = 16, three of a test-made checkpoint at N = 8)
-and a layer of BERT-base's widths."""
+are the batches (eight MiniLM sentences at N = 16, three of a test-made checkpoint at N = 8),
+a layer of BERT-base's widths and the model with the dithered softmax (a decoder-ops build)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,15 @@ def test_minilm_bit_exact_4_tokens_n8(minilm, int_model):
 @pytest.mark.parametrize("tokens,array", [(16, 8), (4, 16), (16, 16)])
 def test_minilm_bit_exact_slow(minilm, int_model, tokens, array):
     run_and_check(minilm, int_model, tokens, array)
+
+
+@pytest.mark.slow
+def test_minilm_dithered_softmax_16_tokens_n8(minilm, dither_model):
+    """The model quantised with the dithered softmax: SOFTMAX_DITHER on the accelerator built
+    with its decoder ops (the backend chooses that build for the model; a separate Verilator
+    build), bit-exact with the golden model."""
+    result = run_and_check(minilm, dither_model, 16, 8)
+    assert result.compiled.program.counts()["VECTOR.SOFTMAX_DITHER"] > 0
 
 
 #: Eight sentences of 9 to 11 tokens (77 in all): a batch fills 16x16 tiles almost whole.

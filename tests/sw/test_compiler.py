@@ -46,6 +46,28 @@ def test_isa_backend_is_bit_exact(minilm, int_model, text):
     assert result.counters["vector_count"] == sum(v for k, v in counts.items() if k.startswith("VECTOR"))
 
 
+def test_dithered_softmax_on_the_isa_backend(minilm, int_model, dither_model, monkeypatch):
+    """A model with the dithered softmax compiles it to SOFTMAX_DITHER, which the isa backend
+    runs bit-exactly like the golden model; the verilator backend builds the accelerator with
+    its decoder ops for it (and without them for the default model). The Verilated run is
+    tests/sim/test_minilm_verilator.py's."""
+    ids = minilm.tokenizer.encode("hello " * 30)[0]
+    e = golden.embed_int32(minilm, dither_model, ids)
+    ops = lambda c: {i.fields["op"] for i in c.program.instructions if i.opcode == Opcode.VECTOR}
+    assert isa.DecoderVecOp.SOFTMAX_DITHER not in ops(compile_model(int_model, len(ids), layers=1))
+    compiled = compile_model(dither_model, len(ids))
+    assert isa.DecoderVecOp.SOFTMAX_DITHER in ops(compiled) and isa.VecOp.SOFTMAX not in ops(compiled)
+    want = golden.forward(dither_model, e)
+    assert np.array_equal(_run_isa(compiled, dither_model, e).hidden, want)
+    assert not np.array_equal(want, golden.forward(int_model, e))
+    from celosia.sim import verilator_accel
+    built = []
+    monkeypatch.setattr(verilator_accel, "VerilatorBackend", lambda *a, **kw: built.append(kw))
+    open_backend("verilator", compiled, dither_model)
+    open_backend("verilator", compiled, int_model)
+    assert [kw["decoder_ops"] for kw in built] == [True, False]
+
+
 @pytest.mark.parametrize("array,port_bytes,base", [(2, None, 0), (16, None, 0x1_0000),
                                                    (32, None, 0x80), (32, 128, 0x4000_0000)])
 def test_other_arrays_ports_and_bases(minilm, int_model, array, port_bytes, base):

@@ -67,6 +67,14 @@ def _case(op, seed):
         kw.update(mult=scale.multiplier, shift=scale.shift, causal=int(causal),
                   causal_offset=seed, e_addr=r.raw(bytes(rows + 3)))
         want, want_e = nx.softmax(x, scale, seed if causal else None, nx.INT16.hi)
+    elif op == DecoderVecOp.SOFTMAX_DITHER:
+        x = rng.integers(-2**31, 2**31 - 1, (rows, cols)) >> int(rng.integers(8, 24))
+        scale = nx.Dyadic(int(rng.integers(1, 2**15)), int(rng.integers(10, 30)))
+        causal = seed % 2 == 1
+        src, dst_fmt = r.tensor(x, I32), U8
+        kw.update(mult=scale.multiplier, shift=scale.shift, causal=int(causal),
+                  causal_offset=seed, e_addr=r.raw(bytes(rows + 3)))
+        want, want_e = nx.softmax(x, scale, seed if causal else None, dither=True)
     elif op == DecoderVecOp.WIDE_SPLIT:
         x = rng.integers(-2**15, 2**15 - 1, (rows, cols))
         src, dst_fmt = r.tensor(x, I16), I8
@@ -135,7 +143,7 @@ def test_decoder_op_refusals():
             ErrorCode.BAD_ALIGN)
     r, ins, *_ = _case(DecoderVecOp.RESIDUAL32, 0)
     _expect(r, isa.vector(**{**ins.fields, "res_addr": 0x1000 + 0x10000}), ErrorCode.BAD_ADDRESS)
-    assert isa.vec_op_name(7) == "7" and isa.vec_op_name(15) == "15"
+    assert isa.vec_op_name(7) == "7" and isa.vec_op_name(15) == "SOFTMAX_DITHER"
 
 
 needs_llm = pytest.mark.skipif(

@@ -281,6 +281,53 @@ def test_softmax_close_to_float(data):
     assert np.abs(prob - ref).max() <= ref.max() * (0.5 / 128 + 0.004) + 0.5 * n / 2**15
 
 
+def _dither_reference(row, mult, shift):
+    """numerics.softmax(dither=True) of one row in Python integers, step by step."""
+    m = max(row)
+    es = []
+    for v in row:
+        t = ((m - v) * mult + (1 << (shift - 1))) >> shift if shift else (m - v) * mult
+        z, f = t >> 8, t & 255
+        z = min(z, 31)
+        es.append((int(nx.EXP2_LUT[f]) + ((1 << (z - 1)) if z else 0)) >> z)
+    total = sum(es)
+    recip = (255 << 24) // total
+    x = min(max(total.bit_length() - 1 - 15, 0), 8)
+    order = [(j * 40503 % 65536) // 256 for j in range(len(row))]
+    return [min(255, (e * recip + ((2 * k + 1) << (15 - x))) >> (24 - x))
+            for e, k in zip(es, order)], x
+
+
+@given(data=st.data())
+@settings(max_examples=50)
+def test_softmax_dither_exact(data):
+    n = data.draw(st.integers(1, 300))
+    row = data.draw(st.lists(st.integers(-(2**20), 2**20), min_size=n, max_size=n))
+    scale = nx.Dyadic.from_real(data.draw(st.floats(1e-4, 1.0)))
+    p, x = nx.softmax(np.array([row]), scale, dither=True)
+    ref, rx = _dither_reference(row, int(scale.multiplier), int(scale.shift))
+    assert p[0].tolist() == ref and int(x[0]) == rx
+
+
+def test_softmax_dither_keeps_a_flat_tail():
+    # One key at 2**9 times each of 200 others: 0.36 of a step a column (71.6 in all).
+    scale = nx.Dyadic.from_real(256.0)           # one score unit is a factor 2
+    s = np.array([[9] + [0] * 200])
+    p, x = nx.softmax(s, scale)
+    assert x.tolist() == [0] and p[0, 0] == 183 and p[0, 1:].max() == 0      # the tail is lost
+    pd, xd = nx.softmax(s, scale, dither=True)
+    assert xd.tolist() == [0] and pd[0, 0] == 183 and pd[0, 1:].sum() == 72
+    assert pd[0, 1:].max() == 1
+    # Every residue class of a period (the keys of one token in a periodic input) keeps its
+    # share (thresholds in bit-reversed column order would give period 2 [0, 72]): within 2.5
+    # for periods 2..4, and more than half of it up to period 8.
+    for period in range(2, 9):
+        sums = np.array([pd[0, 1 + c::period].sum() for c in range(period)])
+        assert sums.min() > 71.6 / period / 2 and (period > 4 or np.abs(sums - 71.6 / period).max() <= 2.5)
+    # Without a tail to keep, the dithered rounding is within one step of round half up.
+    assert nx.softmax(np.array([[1, 0]]), scale, dither=True)[0].tolist() == [[170, 85]]
+
+
 # --- layernorm --------------------------------------------------------------------------------------
 
 def test_isqrt_exact():

@@ -141,7 +141,8 @@ async def whole_unit(dut):
 async def decoder_ops(dut):
     """A unit built with ``decoder_ops``: the decoder's RESIDUAL32 (int32 residual lanes) over
     every row flavour and every shift at the int32 extremes, SOFTMAX_WIDE (prob_wide) over
-    every flavour with masks and a flat row, RMSNORM (rms) over every flavour with random
+    every flavour with masks and a flat row, SOFTMAX_DITHER (dither) over every flavour, masks
+    and flat rows behind one dominant key, RMSNORM (rms) over every flavour with random
     epsilons and a row of -2**31, then the encoder's int16 residual add, residual pre-add and
     8-bit softmax on the same build, back to back."""
     from celosia.sim.vector_runner import (residual32_job, rmsnorm_job, rmsnorm_random_job,
@@ -169,6 +170,16 @@ async def decoder_ops(dut):
              softmax_job(np.zeros((1, 100), dtype=np.int64), scale, wide=True),
              softmax_wide_job(rng, 1, 512 if _long() else 96, "random",
                               causal_offset=40)]
+    jobs += [softmax_wide_job(rng, 2, cols, kind, dither=True) for kind in KINDS
+             for cols in (1, unit.lanes + 1)]
+    # Flat rows behind one dominant key: a tail below half a step that the dither keeps.
+    tail = rng.integers(-20, 20, size=(3, 100))
+    tail[np.arange(3), rng.integers(0, 100, size=3)] = 60000
+    jobs += [softmax_job(tail, nx.Dyadic.from_real(0.05), None, dither=True),
+             softmax_job(tail, nx.Dyadic.from_real(0.05), 50, dither=True),
+             softmax_job(s, scale, -2, dither=True),
+             softmax_wide_job(rng, 1, 512 if _long() else 96, "random", causal_offset=40,
+                              dither=True)]
     jobs += [rmsnorm_random_job(rng, 2, cols, kind) for kind in KINDS
              for cols in (1, unit.lanes + 1)]
     jobs += [rmsnorm_job(np.full((1, 96), nx.INT32.lo), rng.integers(-(1 << 19), 1 << 19, 96),
