@@ -531,10 +531,14 @@ class Controller(wiring.Component):
         if dec:
             v_smw = vec.op == DecoderVecOp.SOFTMAX_WIDE
             v_smd = vec.op == DecoderVecOp.SOFTMAX_DITHER
+            # RMSNORM: LayerNorm's records and shift, rows of at most RMS_MAX_COLS.
+            v_rms = vec.op == DecoderVecOp.RMSNORM
             v_use_e = v_use_e | v_smw | v_smd
+            v_use_p = v_use_p | v_rms
             v_bad_mode = v_bad_mode & ~vec.op.matches(*RTL_DECODER_OPS)
-            v_bad_dims = v_bad_dims | (v_smw & (vec.cols > SOFTMAX_WIDE_MAX_COLS))
-            v_shift_ops = v_shift_ops | v_smw | v_smd
+            v_bad_dims = (v_bad_dims | (v_smw & (vec.cols > SOFTMAX_WIDE_MAX_COLS))
+                          | (v_rms & (vec.cols > nx.RMS_MAX_COLS)))
+            v_shift_ops = v_shift_ops | v_smw | v_smd | v_rms
         v_bad_align = (misaligned(vec.src_addr, vec.src_stride, vec.dst_addr, vec.dst_stride)
                        | (v_use_res & misaligned(vec.res_addr, vec.res_stride))
                        | (v_use_p & misaligned(vec.p_addr))

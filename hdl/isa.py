@@ -95,7 +95,8 @@ class DecoderVecOp(enum.IntEnum):
     """VECTOR operations of the decoder (SmolLM2) that the isa simulator runs
     (``IsaMachine(decoder_ops=True)``). The RTL runs those in :data:`RTL_DECODER_OPS`
     (RESIDUAL32 and WIDE_SPLIT on the vector unit's residual-add pass, SOFTMAX_WIDE and
-    SOFTMAX_DITHER on its softmax with the command's ``prob_wide`` or ``dither``) when built with
+    SOFTMAX_DITHER on its softmax with the command's ``prob_wide`` or ``dither``, RMSNORM on its
+    LayerNorm with the command's ``rms``) when built with
     ``Sizing(decoder_ops=True)``; it stops on the others, and on every one of them without
     the flag, with ``BAD_MODE`` (as the isa simulator does for an op its ``decoder_ops`` set
     lacks). Value 7 stays free for the vector unit's next op (:class:`VecOp` is 3 bits in the
@@ -131,8 +132,9 @@ class DecoderVecOp(enum.IntEnum):
 
 
 #: The decoder operations the RTL implements (with ``Sizing(decoder_ops=True)``).
-RTL_DECODER_OPS = frozenset({DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.WIDE_SPLIT,
-                             DecoderVecOp.RESIDUAL32, DecoderVecOp.SOFTMAX_DITHER})
+RTL_DECODER_OPS = frozenset({DecoderVecOp.RMSNORM, DecoderVecOp.SOFTMAX_WIDE,
+                             DecoderVecOp.WIDE_SPLIT, DecoderVecOp.RESIDUAL32,
+                             DecoderVecOp.SOFTMAX_DITHER})
 
 
 def vec_op_name(op: int) -> str:

@@ -106,14 +106,16 @@ _COMMAND_FIELDS = {
 
 
 def unit_command_layout(decoder_ops: bool = False) -> data.StructLayout:
-    """The unit's command; with ``decoder_ops`` two more fields at the end, ``prob_wide``
-    (softmax: 15-bit probabilities, the decoder's SOFTMAX_WIDE) and ``dither`` (softmax: the
-    probabilities rounded at ordered-dither thresholds, SOFTMAX_DITHER), so a command packed
-    without them has the same bits."""
+    """The unit's command; with ``decoder_ops`` three more fields at the end, ``prob_wide``
+    (softmax: 15-bit probabilities, the decoder's SOFTMAX_WIDE), ``dither`` (softmax: the
+    probabilities rounded at ordered-dither thresholds, SOFTMAX_DITHER) and ``rms`` (LayerNorm as
+    the decoder's RMSNORM), so a command packed without them has the same bits."""
     fields = dict(_COMMAND_FIELDS)
     if decoder_ops:
         fields["prob_wide"] = unsigned(1)
         fields["dither"] = unsigned(1)
+        # LayerNorm as the decoder's RMSNORM: no mean, a per-row pre-shift and the epsilon.
+        fields["rms"] = unsigned(1)
     return data.StructLayout(fields)
 
 
@@ -175,6 +177,19 @@ assert _RECIP_NUM_WIDE.bit_length() <= _DIVIDEND_BITS
 #: R < 2**24 with prob_wide: stage 3's multiplier takes it whole (softmax's a is e <= 2**15,
 #: inside the product's high-limb operand).
 assert _RECIP_QBITS_WIDE <= _INV_BITS
+
+# RMSNORM (numerics.rmsnorm), a decoder build's LayerNorm with ``rms``:
+#: the epsilon (P[0].bias) is below 2**62;
+_EPS_BITS = 62
+#: the row's pre-shift k = max(bit_length(max|x|) - RMS_PEAK_BITS, k_eps) is in -30..9;
+_RMS_K_SHAPE = signed(7)
+#: 2u = 2 round_shift(x, k) (or 2x << -k) is below 2**24 in magnitude, u below 2**23 + 1;
+_RMS_Q_BITS = nx.RMS_PEAK_BITS + 3
+#: rms = isqrt(ms + eps_k) < 2**31 (ms <= 2**46, eps_k < 2**61): the root and the divisor.
+_RMS_STD_BITS = 31
+_DIVISOR_BITS_DEC = max(_DIVISOR_BITS, _RMS_STD_BITS)
+assert nx.RMS_MAX_COLS << (2 * nx.RMS_PEAK_BITS) < 1 << _SXX_BITS
+assert nx.RMS_INV_BITS == nx.LN_INV_BITS and nx.RMS_NORM_FRAC == nx.LN_NORM_FRAC
 
 
 def _is_reduction(op):
@@ -240,26 +255,36 @@ class VectorFinisher(wiring.Component):
     ``2*sum(x) - n*mean = sum(x) + r``, exactly ``sum((x - mean)**2)``), floor variance, isqrt,
     ``inv = floor(2**46 / max(1, std))``. Other operations pass through.
     One divider (``unroll`` quotient bits a cycle) serves every division. With ``decoder_ops``
-    a softmax command's ``prob_wide`` takes ``R = floor(32767 * 2**24 / sum)``.
+    a softmax command's ``prob_wide`` takes ``R = floor(32767 * 2**24 / sum)``, and a
+    LayerNorm command's ``rms`` (RMSNORM) skips the mean: ``a`` comes in as the row's pre-shift
+    k, ``ms = floor(sum(u*u) / n)``, ``rms = isqrt(ms + eps_k)`` with ``eps_k`` the epsilon
+    (``eps``, held by the unit) shifted by 2k, ``inv = floor(2**46 / max(1, rms))``, and ``a``
+    goes out as 0 (the mean stage 3 subtracts).
     """
 
     def __init__(self, unroll: int = FINISHER_UNROLL, decoder_ops: bool = False):
         self.unroll = unroll
         self.decoder_ops = decoder_ops
         self.tok_layout = unit_token_layout(decoder_ops)
-        super().__init__({
+        ports = {
             "i": In(stream.Signature(self.tok_layout)),
             "o": Out(stream.Signature(self.tok_layout)),
-        })
+        }
+        if decoder_ops:
+            ports["eps"] = In(_EPS_BITS)
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
         qwidths = (_RECIP_QBITS, _MEAN_QBITS, _VAR_QBITS, _INV_QBITS)
         if self.decoder_ops:
             qwidths += (_RECIP_QBITS_WIDE,)
-        m.submodules.div = div = Divider(_DIVIDEND_BITS, _DIVISOR_BITS, self.unroll,
-                                         quotient_widths=qwidths)
-        m.submodules.sqrt = sqrt = Isqrt(_STD_BITS, self.unroll)
+        dec = self.decoder_ops
+        m.submodules.div = div = Divider(_DIVIDEND_BITS, _DIVISOR_BITS_DEC if dec else _DIVISOR_BITS,
+                                         self.unroll, quotient_widths=qwidths)
+        # A decoder build's root has RMSNORM's 31 bits; LayerNorm's (25) skips the top steps.
+        m.submodules.sqrt = sqrt = (Isqrt(_RMS_STD_BITS, self.unroll, short_width=_STD_BITS)
+                                    if dec else Isqrt(_STD_BITS, self.unroll))
 
         tok = Signal(self.tok_layout)
         sx = Signal(signed(_SX_BITS))
@@ -278,6 +303,30 @@ class VectorFinisher(wiring.Component):
         mf = Signal(signed(nx.LN_IN_BITS + f_bits))
         # The top limb of f (f_bits - 34 bits) is multiplied in LUTs: four DSP multiplies.
         mf_comb = limb_product(mean, f[:f_bits].as_signed(), lut_bits=f_bits - 34, m=m, name="mf")
+        if dec:
+            # RMSNORM's eps_k = round_shift(eps, 2k) (k >= 1) or eps << -2k (k <= 0), while the
+            # mean square is divided: 2 eps is loaded shifted by 2 (|k| & 1) and then shifted
+            # by 4 bits a cycle, |k| >> 1 <= 15 times (a shift register, not a barrel shifter
+            # in each finisher); eps_k = (that + 1) >> 1, a register behind it, valid with
+            # eps_ok.
+            k = tok.a[:_RMS_K_SHAPE.width].as_signed()
+            left = k[-1]
+            kmag = Signal(5)
+            m.d.comb += kmag.eq(Mux(left, -k, k))
+            eps2 = Cat(Const(0, 1), self.eps)
+            eps_sh = Signal(_EPS_BITS + 1)
+            eps_steps = Signal(4)
+            epsk = Signal(_EPS_BITS)
+            eps_ok = Signal()
+            with m.If(eps_steps != 0):
+                m.d.sync += [eps_sh.eq(Mux(left, eps_sh << 4, eps_sh >> 4)),
+                             eps_steps.eq(eps_steps - 1)]
+            m.d.sync += [epsk.eq(Mux(tok.cmd.rms, (eps_sh + 1) >> 1, 0)),
+                         eps_ok.eq(eps_steps == 0)]
+
+            def eps_load():
+                m.d.sync += [eps_sh.eq(Mux(kmag[0], Mux(left, eps2 << 2, eps2 >> 2), eps2)),
+                             eps_steps.eq(kmag >> 1), eps_ok.eq(0)]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -303,12 +352,23 @@ class VectorFinisher(wiring.Component):
                                         div.steps.eq(div.steps_for(_RECIP_QBITS_WIDE))]
                             m.next = "RECIP"
                     with m.Case(VectorOp.LAYERNORM):
-                        # floor(a / n) = ~(~a // n) for negative a.
-                        m.d.comb += [div.start.eq(1),
-                                     div.dividend.eq(Mux(sx < 0, ~sx, sx)[:_SX_BITS]),
-                                     div.divisor.eq(cols),
-                                     div.steps.eq(div.steps_for(_MEAN_QBITS))]
-                        m.next = "MEAN"
+                        def mean_division():
+                            # floor(a / n) = ~(~a // n) for negative a.
+                            m.d.comb += [div.start.eq(1),
+                                         div.dividend.eq(Mux(sx < 0, ~sx, sx)[:_SX_BITS]),
+                                         div.divisor.eq(cols),
+                                         div.steps.eq(div.steps_for(_MEAN_QBITS))]
+                            m.next = "MEAN"
+                        if dec:
+                            # RMSNORM: no mean; b is the sum of squares.
+                            with m.If(tok.cmd.rms):
+                                m.d.sync += s2.eq(tok.b)
+                                eps_load()
+                                m.next = "VAR"
+                            with m.Else():
+                                mean_division()
+                        else:
+                            mean_division()
                     with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
                         m.d.sync += tok.exp.eq(_rows_exponent(m, tok.b, tok.cmd.out_hi))
                         m.next = "DONE"
@@ -340,8 +400,22 @@ class VectorFinisher(wiring.Component):
                 m.next = "SQRT"
             with m.State("SQRT"):
                 with m.If(div.done):
-                    m.d.comb += [sqrt.start.eq(1), sqrt.radicand.eq(div.quotient)]
-                    m.next = "INV"
+                    if dec:
+                        # RMSNORM adds its shifted epsilon (the quotient stays valid).
+                        with m.If(tok.cmd.rms):
+                            m.next = "EPS"
+                        with m.Else():
+                            m.d.comb += [sqrt.start.eq(1), sqrt.radicand.eq(div.quotient),
+                                         sqrt.short.eq(1)]
+                            m.next = "INV"
+                    else:
+                        m.d.comb += [sqrt.start.eq(1), sqrt.radicand.eq(div.quotient)]
+                        m.next = "INV"
+            if dec:
+                with m.State("EPS"):
+                    with m.If(eps_ok):
+                        m.d.comb += [sqrt.start.eq(1), sqrt.radicand.eq(div.quotient + epsk)]
+                        m.next = "INV"
             with m.State("INV"):
                 with m.If(sqrt.done):
                     m.d.comb += [div.start.eq(1), div.dividend.eq(1 << nx.LN_INV_BITS),
@@ -351,6 +425,9 @@ class VectorFinisher(wiring.Component):
             with m.State("INV_WAIT"):
                 with m.If(div.done):
                     m.d.sync += tok.b.eq(div.quotient)
+                    if dec:
+                        with m.If(tok.cmd.rms):
+                            m.d.sync += tok.a.eq(0)
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += self.o.valid.eq(1)
@@ -397,8 +474,11 @@ class VectorUnit(wiring.Component):
         Rows that may wait between two stages.
     decoder_ops : bool
         For the decoder's operations (``Sizing.decoder_ops``): the residual lanes are int32
-        (RESIDUAL32 adds an int32 residual; int16 without), and the command has ``prob_wide``
-        (softmax with probabilities up to 32767, SOFTMAX_WIDE).
+        (RESIDUAL32 adds an int32 residual; int16 without), the command has ``prob_wide``
+        (softmax with probabilities up to 32767, SOFTMAX_WIDE), ``dither`` (softmax rounded at
+        ordered-dither thresholds, SOFTMAX_DITHER) and ``rms`` (LayerNorm as
+        RMSNORM: numerics.rmsnorm with gamma from the records), and the parameter beat an
+        ``eps`` (RMSNORM's epsilon, taken with address 0).
 
     Members
     -------
@@ -431,6 +511,7 @@ class VectorUnit(wiring.Component):
         self.lanes = lanes
         self.max_cols = max_cols
         self.max_beats = -(-max_cols // lanes)
+        self.decoder_ops = bool(decoder_ops)
         self.unroll = unroll
         if finishers is None:
             # A LayerNorm row keeps a finisher busy for finisher_cycles() cycles; rows of
@@ -463,10 +544,14 @@ class VectorUnit(wiring.Component):
             "data": data.ArrayLayout(signed(32), lanes),
             "exp": unsigned(ROW_EXP_BITS),
         })
-        self.param_write_layout = data.StructLayout({
+        pw_fields = {
             "addr": unsigned(max(1, (self.max_beats - 1).bit_length())),
             "data": data.ArrayLayout(param_layout, lanes),
-        })
+        }
+        if self.decoder_ops:
+            # RMSNORM's epsilon (the record of column 0's whole bias), taken with address 0.
+            pw_fields["eps"] = unsigned(_EPS_BITS)
+        self.param_write_layout = data.StructLayout(pw_fields)
         super().__init__({
             "cmd": In(stream.Signature(self.cmd_layout)),
             "i": In(stream.Signature(self.in_layout)),
@@ -481,6 +566,7 @@ class VectorUnit(wiring.Component):
         # Each division: an alignment cycle, its steps, the done cycle; the square root: its
         # steps and the done cycle; eight more for the FSM's other states.
         divisions = sum(-(-q // u) + 2 for q in (_MEAN_QBITS, _VAR_QBITS, _INV_QBITS))
+        # (A decoder build's RMSNORM row is shorter: no mean, 3 more root steps.)
         return divisions + -(-_STD_BITS // u) + 1 + 8
 
     # --- helpers -------------------------------------------------------------------------------
@@ -566,6 +652,7 @@ class VectorUnit(wiring.Component):
         # LayerNorm).
         xa = []
         c1 = ctl1[1]
+        dec = self.decoder_ops
         for k in range(N):
             raw = piped1(self.i.payload.data[k], signed(32), f"s1_raw{k}")
             if self.decoder_ops:
@@ -585,12 +672,21 @@ class VectorUnit(wiring.Component):
             m.d.comb += x.eq(Mux(c1["pre_add"], clamp(res, nx.INT32.lo, nx.INT32.hi), raw))
             xs = Signal(signed(nx.LN_IN_BITS), name=f"s1_xsat{k}")
             m.d.comb += xs.eq(clamp(x, _INT24.lo, _INT24.hi))
-            xa.append(piped1(Mux(c1["cmd"].op == VectorOp.LAYERNORM, xs, x), signed(32),
-                             f"s1_xa{k}"))
+            is_ln1 = c1["cmd"].op == VectorOp.LAYERNORM
+            if dec:
+                is_ln1 = is_ln1 & ~c1["cmd"].rms     # RMSNORM: the int32 x
+            xa.append(piped1(Mux(is_ln1, xs, x), signed(32), f"s1_xa{k}"))
         # Slice 3: the first half of the trees (softmax: masked max, a masked lane is
         # -2**31 - 1; LayerNorm: masked sum of the int24 values). Slice 4: the rest.
         lanes1 = ctl1[2]["lanes"]
-        maxes = [Mux(lanes1[k], xa[k], _MAX_INIT) for k in range(N)]
+        if dec:
+            # RMSNORM: the max of w = 2 m + (x < 0), m = x ^ sign (|x| or |x| - 1, no carry):
+            # max |x| = ceil(max w / 2) (a lane with the largest m wins the tie if negative).
+            rms1 = ctl1[2]["cmd"].rms
+            maxes = [Mux(lanes1[k], Mux(rms1, Cat(xa[k][31], xa[k][:31] ^ xa[k][31].replicate(31)),
+                                        xa[k]), _MAX_INIT) for k in range(N)]
+        else:
+            maxes = [Mux(lanes1[k], xa[k], _MAX_INIT) for k in range(N)]
         sums = [Mux(lanes1[k], xa[k][:nx.LN_IN_BITS].as_signed(), 0) for k in range(N)]
         levels = (N - 1).bit_length()
         half = (levels + 1) // 2
@@ -620,7 +716,8 @@ class VectorUnit(wiring.Component):
             fa.w_en.eq(write1),
             t1.w_en.eq(write1 & tok_now1),
             tok1.cmd.eq(cmd2), tok1.row.eq(c2["row"]), tok1.b.eq(0),
-            tok1.a.eq(Mux(cmd2.op == VectorOp.SOFTMAX, new_max, new_sum)),
+            tok1.a.eq(Mux(((cmd2.op == VectorOp.SOFTMAX) | cmd2.rms) if dec
+                          else cmd2.op == VectorOp.SOFTMAX, new_max, new_sum)),
         ]
         with m.If(write1):
             m.d.sync += [acc_max.eq(new_max), acc_sum.eq(new_sum)]
@@ -656,6 +753,19 @@ class VectorUnit(wiring.Component):
         for k in range(N):
             m.d.comb += [pw2.data[k].mult.eq(self.params.payload.data[k].mult),
                          pw2.data[k].shift.eq(self.params.payload.data[k].shift)]
+        if dec:
+            # RMSNORM's epsilon, held like the records (loaded before the batch that uses
+            # it), and its k_eps = -floor((RMS_EPS_BITS - bit_length(eps)) / 2).
+            eps = Signal(_EPS_BITS)
+            with m.If(self.params.valid & (self.params.payload.addr == 0)):
+                m.d.sync += eps.eq(self.params.payload.eps)
+            k_eps_c = Signal(_RMS_K_SHAPE)
+            m.d.comb += k_eps_c.eq(-(nx.RMS_EPS_BITS // 2))
+            for b in range(_EPS_BITS):            # the highest set bit wins
+                with m.If(eps[b]):
+                    m.d.comb += k_eps_c.eq(-((nx.RMS_EPS_BITS - (b + 1)) // 2))
+            k_eps = Signal(_RMS_K_SHAPE)
+            m.d.sync += k_eps.eq(k_eps_c)
 
         # --- Stage 2: exponent (softmax), squares (LayerNorm), peak (row requantisations), in
         # five slices that move together when the last one can write its beat (and token). ----
@@ -714,16 +824,31 @@ class VectorUnit(wiring.Component):
             m.d.comb += xo_sum.eq(x + GELU_OFFSET_STEPS)
             xo = Signal(signed(32), name=f"s2_xo{k}")     # only x >= 0 can overflow
             m.d.comb += xo.eq(Mux(~x[-1] & xo_sum[-1], nx.INT32.hi, xo_sum))
-            s1 = carry({"x": x, "x16": x16, "big": big, "xo": xo,
-                        "mag": Mux(x < 0, -x, x)[:nx.LN_IN_BITS],
-                        "diff": (c0.a - x)[:32], "mult": p2.mult, "shift": p2.shift},
-                       1, f"l{k}_")[1]
+            s1v = {"x": x, "x16": x16, "big": big, "xo": xo,
+                   "mag": Mux(x < 0, -x, x)[:nx.LN_IN_BITS],
+                   "diff": (c0.a - x)[:32], "mult": p2.mult, "shift": p2.shift}
+            if dec:
+                # RMSNORM: u = round_shift(x, k) or x << -k as ((2x shifted) + 1) >> 1, the
+                # shifter here, the adder in slice 2 (|2u| <= 2**24 by the choice of k).
+                rk = c0.a[:_RMS_K_SHAPE.width].as_signed()
+                ql = Signal(signed(_RMS_Q_BITS), name=f"s2_rms_ql{k}")
+                qr = Signal(signed(_RMS_Q_BITS), name=f"s2_rms_qr{k}")
+                m.d.comb += [ql.eq((x[:_RMS_Q_BITS - 1] << 1) << (-rk)[:5]),
+                             qr.eq((x << 1) >> rk[:4])]
+                s1v["rq"] = Mux(rk[-1] | (rk == 0), ql, qr)
+            s1 = carry(s1v, 1, f"l{k}_")[1]
             # Slice 2: Phi(x16) (GELU_ROWS: g = gelu(saturate(x, int16)), Q24, 0 <= g < 2**30),
             # its table read (block RAM) with slice 1.
             phi2 = GeluPhi()
             m.submodules[f"phi_s2_{k}"] = phi2
             m.d.comb += [phi2.x.eq(x16), phi2.en.eq(1)]
-            s2 = carry({**s1, "phi": phi2.phi}, 1, f"l{k}_")[1]
+            if dec:
+                s2v = {n: v for n, v in s1.items() if n != "rq"}
+                s2v["u"] = Signal(signed(_RMS_Q_BITS - 1), name=f"s2_rms_u{k}")
+                m.d.comb += s2v["u"].eq(round_add(s1["rq"]))
+                s2 = carry({**s2v, "phi": phi2.phi}, 1, f"l{k}_")[1]
+            else:
+                s2 = carry({**s1, "phi": phi2.phi}, 1, f"l{k}_")[1]
             # Slice 3: g, and the shared multiplier's operands: (max - s) * M for softmax,
             # |x| * |x| for LayerNorm, |a| * M[j] for the row requantisations (a = x or g).
             c2 = ctl[2]["tok"]
@@ -741,12 +866,18 @@ class VectorUnit(wiring.Component):
             ra = Signal(signed(32), name=f"s2_ra{k}")
             m.d.comb += ra.eq(Mux(is_grows, Mux(s2["big"], s2["xo"], g), s2["x"]))
             is_sm, is_rows = c2.cmd.op == VectorOp.SOFTMAX, _is_rows(c2.cmd.op)
-            opa = Mux(is_sm, s2["diff"], Mux(is_rows, Mux(ra < 0, -ra, ra)[:32], s2["mag"]))
+            mag = s2["mag"]
+            pass3 = Mux(is_grows, Mux(s2["big"], ~s2["xo"], g), s2["x"])
+            if dec:
+                # RMSNORM squares |u| (at most 2**23) and passes u on to stage 3.
+                u = s2["u"]
+                mag = Mux(c2.cmd.rms, Mux(u < 0, -u, u)[:nx.LN_IN_BITS], mag)
+                pass3 = Mux(c2.cmd.rms, u, pass3)
+            opa = Mux(is_sm, s2["diff"], Mux(is_rows, Mux(ra < 0, -ra, ra)[:32], mag))
             opb = Mux(is_sm, c2.cmd.mult,
-                      Mux(is_rows, Mux(big, s2["mult"] << _GELU_PRE, s2["mult"]), s2["mag"]))
+                      Mux(is_rows, Mux(big, s2["mult"] << _GELU_PRE, s2["mult"]), mag))
             s3 = carry({"opa": opa[:32], "opb": opb[:_OPB_BITS], "big": big,
-                        "neg": ra < 0, "shift": s2["shift"],
-                        "pass": Mux(is_grows, Mux(s2["big"], ~s2["xo"], g), s2["x"])},
+                        "neg": ra < 0, "shift": s2["shift"], "pass": pass3},
                        1, f"l{k}_")[1]
             # Slice 4: the product, its sign for the row requantisations.
             c3 = ctl[3]["tok"]
@@ -839,6 +970,19 @@ class VectorUnit(wiring.Component):
         m.d.comb += [t1.r_en.eq(can_load2 & t1.r_rdy), t1_cr.give.eq(can_load2 & t1.r_rdy)]
         with m.If(can_load2 & t1.r_rdy):
             m.d.sync += [tok2.eq(t1.r_data), loaded2.eq(1), col2.eq(0), beat2.eq(0)]
+            if dec:
+                # RMSNORM: a (stage 1's max w) becomes the row's pre-shift
+                # k = max(bit_length(ceil(w / 2)) - RMS_PEAK_BITS, k_eps).
+                t1tok = token_layout(t1.r_data)
+                peak = Signal(32, name="rms_peak")
+                m.d.comb += peak.eq((t1tok.a[:32] + 1) >> 1)
+                kp = Signal(_RMS_K_SHAPE, name="rms_kp")
+                m.d.comb += kp.eq(-nx.RMS_PEAK_BITS)
+                for b in range(32):
+                    with m.If(peak[b]):
+                        m.d.comb += kp.eq(b + 1 - nx.RMS_PEAK_BITS)
+                with m.If(t1tok.cmd.rms):
+                    m.d.sync += tok2.a.eq(Mux(kp > k_eps, kp, k_eps))
         with m.Elif(fire2 & last2):
             m.d.sync += loaded2.eq(0)
 
@@ -847,6 +991,8 @@ class VectorUnit(wiring.Component):
         for f in range(self.finishers):
             fin = VectorFinisher(self.unroll, **({"decoder_ops": True} if self.decoder_ops else {}))
             m.submodules[f"finisher{f}"] = fin
+            if dec:
+                m.d.comb += fin.eps.eq(eps)
             fins.append(fin)
         # At least one bit wide: a zero-width case subject is simulated differently by Icarus.
         wp = Signal(range(max(2, self.finishers)))
@@ -1023,7 +1169,9 @@ class VectorUnit(wiring.Component):
             b2 = Signal(signed(GAMMA_BITS + 1), name=f"m2_b{k}")
             m.d.comb += b2.eq(Mux(is_ln, gamma, Mux(is_gelu, phi.phi, 0)))
             add2 = Signal(signed(BETA_BITS), name=f"m2_add{k}")
-            m.d.comb += add2.eq(Mux(is_ln, beta, Mux(is_gelu, GELU_OFFSET, 0)))
+            # RMSNORM has no beta (its records' bias is the epsilon, column 0's only).
+            m.d.comb += add2.eq(Mux(is_ln & ~c.rms if dec else is_ln, beta,
+                                    Mux(is_gelu, GELU_OFFSET, 0)))
             kk = Signal(ROW_EXP_BITS, name=f"m2_k{k}")
             m.d.comb += kk.eq(ROW_EXP_MAX - exp[5])
             rq = Signal(signed(_ROWS_V_BITS + 1), name=f"m2_rq{k}")

@@ -157,9 +157,12 @@ class Isqrt(wiring.Component):
         Latches ``radicand`` when not busy.
     busy, done : Out(1)
         As for :class:`Divider`; ``root`` stays valid until the next start.
+    short : In(1)
+        Only with ``short_width``: the radicand is below ``2**(2 short_width)``; its leading
+        zero digits are skipped (the root of a short radicand in fewer steps).
     """
 
-    def __init__(self, root_width: int, unroll: int = 1):
+    def __init__(self, root_width: int, unroll: int = 1, short_width: int | None = None):
         if not isinstance(root_width, int) or root_width < 1:
             raise ValueError(f"root_width must be a positive integer, not {root_width!r}")
         if not isinstance(unroll, int) or unroll < 1:
@@ -167,13 +170,17 @@ class Isqrt(wiring.Component):
         self.root_width = root_width
         self.unroll = unroll
         self.steps = _ceil_div(root_width, unroll)
-        super().__init__({
+        self.short_steps = None if short_width is None else _ceil_div(short_width, unroll)
+        ports = {
             "start": In(1),
             "radicand": In(2 * root_width),
             "busy": Out(1),
             "done": Out(1),
             "root": Out(root_width),
-        })
+        }
+        if short_width is not None:
+            ports["short"] = In(1)
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -207,6 +214,11 @@ class Isqrt(wiring.Component):
         with m.Elif(self.start):
             m.d.sync += [x.eq(self.radicand), rem.eq(0), root.eq(0), left.eq(self.steps),
                          self.busy.eq(1)]
+            if self.short_steps is not None:
+                # The skipped steps would take zero digits: root and remainder stay 0.
+                with m.If(self.short):
+                    skip = 2 * (self.steps - self.short_steps) * self.unroll
+                    m.d.sync += [x.eq(self.radicand << skip), left.eq(self.short_steps)]
         m.d.comb += self.root.eq(root)
         return m
 

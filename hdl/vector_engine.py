@@ -219,12 +219,17 @@ class VectorEngine(wiring.Component):
             is_smw = op == DecoderVecOp.SOFTMAX_WIDE
             # SOFTMAX_DITHER is the unit's SOFTMAX with dithered rounding (dither).
             is_smd = op == DecoderVecOp.SOFTMAX_DITHER
+            # RMSNORM is the unit's LAYERNORM with rms (no mean, a per-row pre-shift, the
+            # epsilon of record 0's bias, no beta).
+            is_rms = op == DecoderVecOp.RMSNORM
         else:
-            is_r32 = is_split = is_smw = is_smd = C(0, 1)
+            is_r32 = is_split = is_smw = is_smd = is_rms = C(0, 1)
         use_res = (op == VecOp.RESIDUAL) | cmd.add_residual | is_r32 if dec else (
             (op == VecOp.RESIDUAL) | cmd.add_residual)
         use_p = ((op == VecOp.LAYERNORM) | (op == VecOp.GELU) | (op == VecOp.REQUANT)
                  | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS))
+        if dec:
+            use_p = use_p | is_rms
         use_e = (op == VecOp.SOFTMAX) | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
         if dec:
             use_e = use_e | is_smw | is_smd
@@ -268,13 +273,14 @@ class VectorEngine(wiring.Component):
                      | (((many | is_split) if dec else many) & (cmd.dst_stride < dst_bytes))
                      | (many & use_res & (cmd.res_stride < res_bytes)))
         if dec:
-            bad_shape = bad_shape | (is_smw & (cols > SOFTMAX_WIDE_MAX_COLS))
+            bad_shape = (bad_shape | (is_smw & (cols > SOFTMAX_WIDE_MAX_COLS))
+                         | (is_rms & (cols > nx.RMS_MAX_COLS)))
         bad_align = (misaligned(cmd.src_addr, cmd.src_stride, cmd.dst_addr, cmd.dst_stride)
                      | (use_res & misaligned(cmd.res_addr, cmd.res_stride))
                      | (use_p & misaligned(cmd.p_addr)) | (use_e & misaligned(cmd.e_addr)))
         shift_ops = (op == VecOp.SOFTMAX) | (op == VecOp.GELU) | (op == VecOp.LAYERNORM)
         if dec:
-            shift_ops = shift_ops | is_smw | is_smd
+            shift_ops = shift_ops | is_smw | is_smd | is_rms
         bad_scalar = ((shift_ops & (cmd.shift > nx.SHIFT_MAX))
                       | (use_res & (cmd.res_shift > RES_SHIFT_MAX)))
         # The decoder ops' operand formats (isa_sim's mode check, after the alignment).
@@ -295,8 +301,9 @@ class VectorEngine(wiring.Component):
                 m.d.comb += [out_lo.eq(nx.INT32.lo), out_hi.eq(nx.INT32.hi)]
             is_resid = (op == VecOp.RESIDUAL) | is_r32 | is_split
             unit_op = Mux(is_r32 | is_split, VecOp.RESIDUAL,
-                          Mux(is_smw | is_smd, VecOp.SOFTMAX, op[:3]))
-            m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.dither.eq(is_smd)]
+                          Mux(is_smw | is_smd, VecOp.SOFTMAX,
+                              Mux(is_rms, VecOp.LAYERNORM, op[:3])))
+            m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.dither.eq(is_smd), ucmd.rms.eq(is_rms)]
         else:
             is_resid = op == VecOp.RESIDUAL
             unit_op = op[:3]
@@ -434,9 +441,23 @@ class VectorEngine(wiring.Component):
             lo_shift = Mux(is_rows_op, nx.ROW_EXP_MAX, 0)
             rq_bad = ((r.mult < 0) | (r.mult >= (1 << nx.MULT_BITS))
                       | (r.shift < lo_shift) | (r.shift > nx.SHIFT_MAX))
-            rec_bad.append((rec_idx + g < cols) & Mux(op == VecOp.LAYERNORM, ln_bad, rq_bad))
+            if dec:
+                # RMSNORM: gamma as LayerNorm's; record 0's bias is the epsilon, 0..2**62 - 1
+                # (the other biases are not read).
+                rms_bad = (((r.mult >= (1 << 20)) | (r.mult <= -(1 << 20)))
+                           | ((rec_idx + g == 0) & ((r.bias < 0) | (r.bias >= (1 << 62)))))
+                rec_bad.append((rec_idx + g < cols)
+                               & Mux(is_rms, rms_bad, Mux(op == VecOp.LAYERNORM, ln_bad, rq_bad)))
+            else:
+                rec_bad.append((rec_idx + g < cols) & Mux(op == VecOp.LAYERNORM, ln_bad, rq_bad))
         last_group = rec_idx + G >= cols
         full = (slot + G == N) if N > G else C(1, 1)
+        if dec:
+            # RMSNORM's epsilon goes to the unit with its parameter address 0.
+            eps_reg = Signal(64)
+            with m.If(group_done & (rec_idx == 0)):
+                m.d.sync += eps_reg.eq(recs[0].bias)
+            m.d.comb += unit.params.payload.eps.eq(Mux(rec_idx == 0, recs[0].bias, eps_reg))
         m.d.comb += [
             unit.params.valid.eq(group_done & (full | last_group)),
             unit.params.payload.addr.eq(rec_idx >> ln),

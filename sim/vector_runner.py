@@ -25,7 +25,7 @@ from celosia.sw import numerics as nx
 __all__ = [
     "OPS", "VectorJob", "softmax_job", "layernorm_job", "gelu_job", "requant_job", "residual_job",
     "requant_rows_job", "gelu_rows_job", "with_residual", "residual32_job",
-    "softmax_wide_job",
+    "softmax_wide_job", "rmsnorm_job", "rmsnorm_random_job",
     "KINDS", "random_job", "RunResult", "run_amaranth", "write_verilog", "cocotb_runner",
     "drive_cocotb", "VERILATOR_LOCK",
 ]
@@ -33,7 +33,9 @@ __all__ = [
 OPS = ("softmax", "layernorm", "gelu", "requant", "residual", "requant_rows", "gelu_rows")
 _OP_CODES = {"softmax": VectorOp.SOFTMAX, "layernorm": VectorOp.LAYERNORM, "gelu": VectorOp.GELU,
              "requant": VectorOp.REQUANT, "residual": VectorOp.RESIDUAL,
-             "requant_rows": VectorOp.REQUANT_ROWS, "gelu_rows": VectorOp.GELU_ROWS}
+             "requant_rows": VectorOp.REQUANT_ROWS, "gelu_rows": VectorOp.GELU_ROWS,
+             # The decoder's RMSNORM: the unit's LayerNorm with the command's rms.
+             "rmsnorm": VectorOp.LAYERNORM}
 
 #: Two Verilator builds never run at once on the shared machines.
 VERILATOR_LOCK = "/tmp/celosia-verilator.lock"
@@ -49,6 +51,7 @@ class VectorJob:
     residual: np.ndarray | None = None    # rows x cols, int16 (residual add)
     params: list | None = None            # per column: {"mult", "shift", "bias"}
     expected_exp: np.ndarray | None = None  # per row: the softmax row exponent (else 0)
+    eps: int = 0                          # RMSNORM's epsilon (with the parameters' address 0)
 
     def __post_init__(self):
         if self.expected_exp is None:
@@ -63,9 +66,9 @@ class VectorJob:
         return self.x.shape[1]
 
     def command(self) -> int:
-        # A decoder build's command has two more fields at the end (prob_wide, dither): the
+        # A decoder build's command has more fields at the end (prob_wide, dither, rms): the
         # same bits.
-        layout = unit_command_layout("prob_wide" in self.cmd or "dither" in self.cmd)
+        layout = unit_command_layout(bool({"prob_wide", "dither", "rms"} & self.cmd.keys()))
         return pack(layout, {**self.cmd, "op": _OP_CODES[self.op],
                              "rows": self.rows, "cols": self.cols})
 
@@ -91,7 +94,8 @@ class VectorJob:
         nb = -(-self.cols // N)
         blank = {"mult": 0, "shift": 0, "bias": 0}
         p = list(self.params) + [blank] * (nb * N - self.cols)
-        return [pack(unit.param_write_layout, {"addr": b, "data": p[b * N:(b + 1) * N]})
+        return [pack(unit.param_write_layout, {"addr": b, "data": p[b * N:(b + 1) * N],
+                                               "eps": self.eps})
                 for b in range(nb)]
 
     def out_beats(self, unit: VectorUnit) -> int:
@@ -218,6 +222,26 @@ def softmax_wide_job(rng: np.random.Generator, rows: int, cols: int, kind: str =
                           int(rng.integers(0, nx.SHIFT_MAX + 1)))
     return softmax_job(x, nx.Dyadic(int(scale.multiplier), int(scale.shift)), causal_offset,
                        wide=not dither, dither=dither)
+
+
+def rmsnorm_job(x, gamma, shift: int, out: nx.Range, eps: int = 0) -> VectorJob:
+    """The decoder's RMSNORM on a unit built with ``decoder_ops`` (numerics.rmsnorm)."""
+    x = np.asarray(x, dtype=np.int64)
+    params = [{"mult": int(g), "shift": 0, "bias": 0} for g in gamma]
+    return VectorJob("rmsnorm", x, {"shift": shift, "rms": 1, **_range_cmd(out)},
+                     nx.rmsnorm(x, gamma, shift, out, eps=eps), params=params, eps=int(eps))
+
+
+def rmsnorm_random_job(rng: np.random.Generator, rows: int, cols: int,
+                       kind: str = "random") -> VectorJob:
+    """RMSNORM of a row flavour with random gamma, shift, output format and epsilon (none, the
+    model's size or anything below 2**62)."""
+    x = _values(rng, (rows, cols), kind)
+    gamma = rng.integers(-(1 << 20) + 1, 1 << 20, size=cols)
+    out = [nx.INT8, nx.INT16, nx.INT32][int(rng.integers(0, 3))]
+    e = int(rng.integers(0, 3))
+    eps = [0, int(rng.integers(0, 1 << 40)), int(rng.integers(0, 1 << 62))][e]
+    return rmsnorm_job(x, gamma, int(rng.integers(0, nx.SHIFT_MAX + 1)), out, eps)
 
 
 def residual32_job(rng: np.random.Generator, rows: int, cols: int, kind: str = "random",

@@ -178,7 +178,8 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
 
         MATMUL -> X (int32), SYNC(MATMUL), RESIDUAL32 X + R (int32) -> Y (int16),
         WIDE_SPLIT Y -> planes (int8, 2m rows), SOFTMAX_WIDE X -> P (int16) + exponents,
-        SOFTMAX_DITHER X -> PD (uint8) + exponents, SYNC(VECTOR), MATMUL high plane -> out, RMSNORM (not in the RTL: BAD_MODE)"""
+        SOFTMAX_DITHER X -> PD (uint8) + exponents, SYNC(VECTOR), MATMUL high plane -> out,
+        RMSNORM X (int32) -> N (int16), ROTARY (not in the RTL: BAD_MODE)"""
     from celosia.sim.tb_accelerator import Image, _Alloc
 
     rng = np.random.default_rng(seed)
@@ -213,6 +214,11 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
     ed = al.put(bytes(w))
     b2, b2_s = mat(n, n, np.int8, -128, 128)
     o, o_s = out(m, n, 4)
+    nrm, nrm_s = out(m, n, 2)
+    rec = np.zeros(n, dtype=isa.VEC_PARAM_DTYPE)
+    rec["mult"] = rng.integers(-(1 << 19), 1 << 19, n)
+    rec["bias"][0] = 1 << 40                               # the epsilon
+    recs = al.put(rec.tobytes())
     program = [
         isa.matmul(m=m, k=k, n=n, a_addr=a, a_stride=a_s, b_addr=b, b_stride=b_s,
                    c_addr=x, c_stride=x_s),
@@ -231,8 +237,12 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
         isa.sync(Unit.VECTOR),
         isa.matmul(m=m, k=n, n=n, a_addr=pl, a_stride=pl_s, b_addr=b2, b_stride=b2_s,
                    c_addr=o, c_stride=o_s),
-        isa.vector(op=dec.RMSNORM, rows=m, cols=n, src_addr=x, src_stride=x_s, dst_addr=p,
-                   dst_stride=p_s, p_addr=e, src_fmt=OutFormat.INT32, dst_fmt=OutFormat.INT16),
+        isa.vector(op=dec.RMSNORM, rows=m, cols=n, src_addr=x, src_stride=x_s, dst_addr=nrm,
+                   dst_stride=nrm_s, p_addr=recs, shift=16, src_fmt=OutFormat.INT32,
+                   dst_fmt=OutFormat.INT16),
+        isa.vector(op=dec.ROTARY, rows=m, cols=n, src_addr=y, src_stride=y_s, dst_addr=p,
+                   dst_stride=p_s, res_addr=y, res_stride=y_s, src_fmt=OutFormat.INT16,
+                   dst_fmt=OutFormat.INT16),
         isa.halt(),
     ]
     prog = al.put(b"".join(ins.encode() for ins in program))
@@ -242,12 +252,12 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
 
 def test_decoder_ops_in_a_program():
     """``Sizing(decoder_ops=True)``: the controller and the vector engine of the whole
-    accelerator run RESIDUAL32, WIDE_SPLIT, SOFTMAX_WIDE and SOFTMAX_DITHER between matmuls
-    as the isa simulator modelling that build does, and stop on RMSNORM with BAD_MODE."""
+    accelerator run RESIDUAL32, WIDE_SPLIT, SOFTMAX_WIDE, SOFTMAX_DITHER and RMSNORM between
+    matmuls as the isa simulator modelling that build does, and stop on ROTARY with BAD_MODE."""
     from celosia.hdl.params import Sizing
     sizing = Sizing(decoder_ops=True)
     img = decoder_ops_image(MachineConfig(2, 8))
     mem, regs = run_accel(img, array=2, vector=True, sizing=sizing)
     check_against_isa(img, mem, regs, vector_unit=True, decoder_ops=sizing.decoder_op_set())
-    assert regs["ERROR"] == ErrorCode.BAD_MODE and regs["VECTOR_COUNT"] == 4
+    assert regs["ERROR"] == ErrorCode.BAD_MODE and regs["VECTOR_COUNT"] == 5
     assert regs["MATMUL_COUNT"] == 2

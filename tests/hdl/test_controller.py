@@ -13,6 +13,7 @@ from celosia.hdl.isa import CSR, INSTR_BYTES, DecoderVecOp, ErrorCode, MachineCo
 from celosia.hdl.params import OutFormat
 from celosia.sim.pysim import MemoryModel, run
 from celosia.sim.tb_accelerator import error_image, matmul_chain, reference
+from celosia.sw import numerics as nx
 from celosia.sw.isa_sim import IsaMachine
 
 W = 8
@@ -278,6 +279,7 @@ def _decoder_program(img, **fields):
 _R32, _SPLIT, _SMW = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE
 _SMD = DecoderVecOp.SOFTMAX_DITHER
 _I16_I8 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8)
+_RMS = DecoderVecOp.RMSNORM
 
 
 @pytest.mark.parametrize("fields,want", [
@@ -290,7 +292,13 @@ _I16_I8 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8)
     (dict(op=_SPLIT, dst_addr=0x4000 + 0x1000 - 128, **_I16_I8), ErrorCode.BAD_ADDRESS),
     (dict(op=_SPLIT), ErrorCode.BAD_MODE),                       # int32 source
     (dict(op=_SPLIT, dst_addr=0x1204), ErrorCode.BAD_ALIGN),     # alignment before formats
-    (dict(op=DecoderVecOp.RMSNORM, p_addr=0x1400), ErrorCode.BAD_MODE),   # not in the RTL
+    (dict(op=DecoderVecOp.ROTARY, res_addr=0x1400), ErrorCode.BAD_MODE),  # not in the RTL
+    (dict(op=_RMS, p_addr=0x1400), ErrorCode.OK),
+    (dict(op=_RMS, p_addr=0x1404), ErrorCode.BAD_ALIGN),
+    (dict(op=_RMS, p_addr=0x4000 + 0x1000 - 64), ErrorCode.BAD_ADDRESS),   # 8 records: 128 B
+    (dict(op=_RMS, p_addr=0x1400, cols=nx.RMS_MAX_COLS + 1, src_stride=8192, dst_stride=8192),
+     ErrorCode.BAD_SHAPE),
+    (dict(op=_RMS, p_addr=0x1400, shift=nx.SHIFT_MAX + 1), ErrorCode.BAD_PARAM),
     (dict(op=_SMW, e_addr=0x1800, mult=100, shift=10), ErrorCode.OK),
     (dict(op=_SMW, e_addr=0x1800, cols=isa.SOFTMAX_WIDE_MAX_COLS + 1, src_stride=4096,
           dst_stride=4096), ErrorCode.BAD_SHAPE),
@@ -305,13 +313,16 @@ _I16_I8 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8)
 def test_decoder_ops_checks_like_isa_sim(fields, want):
     """A ``Sizing(decoder_ops=True)`` controller: RESIDUAL32's int32 residual span,
     WIDE_SPLIT's two planes (a one-row split still needs a full stride; the second plane past
-    the window), their formats (BAD_MODE after the alignment) and the decoder ops the RTL does
-    not run, each as the isa simulator modelling that build."""
+    the window), their formats (BAD_MODE after the alignment), RMSNORM's records, row length
+    and shift, and the decoder ops the RTL does not run, each as the isa simulator modelling
+    that build."""
     from celosia.hdl.params import Sizing
 
     img = error_image("ok", CFG)
     assert img.base == 0x1000 and img.size == 0x4000
     _decoder_program(img, **fields)
+    if fields["op"] == _RMS and fields["p_addr"] == 0x1400:
+        img.mem[0x1400:0x1400 + 16 * 8] = 0       # valid records (gamma 0, no epsilon)
     ops = Sizing(decoder_ops=True).decoder_op_set()
     result, _, (mm, vec) = run_controller(img, vector=True, decoder_ops=True)
     expect_like_isa(img, result, vector_unit=True, decoder_ops=ops)

@@ -362,6 +362,49 @@ def test_softmax_wide(dec_unit):
     _check(jobs, run_amaranth(jobs, dec_unit, seed=44, valid_prob=0.7, ready_prob=0.6))
 
 
+def _rms_edge_jobs(rng, cols_long):
+    """RMSNORM rows at the edges of numerics.rmsnorm: peaks at powers of two of either sign
+    (the pre-shift's bit length, -2**31 whose |x| needs 32 bits), all-zero rows, rows where
+    the epsilon dominates (k_eps from -30 to 1), the saturating outputs and gamma's extremes."""
+    from celosia.sim.vector_runner import rmsnorm_job
+
+    g_hi = (1 << 20) - 1
+    jobs = []
+    for p in (0, 1, 22, 23, 24, 30, 31):
+        for sign in (1, -1):
+            v = sign * (1 << p) if p < 31 or sign < 0 else nx.INT32.hi
+            x = np.clip([[v, 0, -1, 1, v // 3, 5], [-v, v, 0, 0, 0, 0]], nx.INT32.lo, nx.INT32.hi)
+            jobs.append(rmsnorm_job(x, [g_hi, -g_hi, 1, 4096, -3, 0], 12, nx.INT16))
+    jobs.append(rmsnorm_job(np.zeros((2, 5), dtype=np.int64), [g_hi] * 5, 0, nx.INT32, 0))
+    jobs.append(rmsnorm_job(np.zeros((1, 3), dtype=np.int64), [g_hi] * 3, 0, nx.INT32,
+                            (1 << 62) - 1))
+    ext = np.array([[nx.INT32.lo, nx.INT32.hi, nx.INT32.lo + 1, -1, 0, 1, nx.INT32.hi - 1]])
+    for eps in (1, 2, 3, (1 << 40) + 7, 1 << 59, (1 << 60) + 1, 1 << 61, (1 << 62) - 1):
+        jobs.append(rmsnorm_job(rng.integers(-1000, 1000, size=(1, 7)), [g_hi] * 7, 20,
+                                nx.INT8, eps))
+        jobs.append(rmsnorm_job(ext, rng.integers(-g_hi, g_hi + 1, size=7), 3, nx.INT16, eps))
+    jobs.append(rmsnorm_job(ext, [g_hi, -g_hi] * 3 + [g_hi], 0, nx.INT32))
+    jobs.append(rmsnorm_job(ext, [g_hi, -g_hi] * 3 + [g_hi], nx.SHIFT_MAX, nx.INT8, 12345))
+    x = rng.integers(nx.INT32.lo, nx.INT32.hi, endpoint=True, size=(2, cols_long))
+    x[1] = nx.INT32.lo                    # a long row of -2**31: |z| at its bound
+    jobs.append(rmsnorm_job(x, rng.integers(-g_hi, g_hi + 1, size=cols_long), 16, nx.INT32))
+    return jobs
+
+
+def test_rmsnorm(dec_unit):
+    """RMSNORM (the unit's LayerNorm with rms): every row flavour with random gamma, shift,
+    output format and epsilon at awkward lengths, the edges of _rms_edge_jobs, a row of 64,
+    interleaved with LayerNorm on the same build, gaps and stalls."""
+    from celosia.sim.vector_runner import rmsnorm_random_job
+
+    rng = np.random.default_rng(45)
+    jobs = [rmsnorm_random_job(rng, 2, cols, kind) for kind in KINDS
+            for cols in (1, 3, LANES, 2 * LANES + 1)]
+    jobs += _rms_edge_jobs(rng, 64)
+    jobs.insert(5, random_job("layernorm", 2, 2 * LANES + 1, rng, "extremes"))
+    _check(jobs, run_amaranth(jobs, dec_unit, seed=45, valid_prob=0.7, ready_prob=0.6))
+
+
 def test_dither_carry_is_the_dithered_rounding():
     """The unit's SOFTMAX_DITHER rounding (hdl/vector.py, stage 3): floor(p / 2**s) plus the
     carry of p[s-9 : s] + 2k + 1 out of 9 bits, the window taken from p[_DITHER_LO:24] shifted

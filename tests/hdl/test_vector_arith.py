@@ -91,6 +91,35 @@ def test_isqrt_exact(unroll):
     _run(dut, bench)
 
 
+@pytest.mark.parametrize("unroll", [1, 2])
+def test_isqrt_short(unroll):
+    """A decoder build's root (31 bits, RMSNORM's radicands below 2**62) with ``short``: a
+    radicand below 2**50 (LayerNorm's) in the steps of a 25-bit root, exact either way."""
+    dut = Isqrt(31, unroll, short_width=nx.LN_IN_BITS + 1)
+    rng = random.Random(unroll + 10)
+    top, short_top = 1 << 62, 1 << 50
+    values = [(v, 0) for v in [0, 1, 3, top - 1, (1 << 61) + 5, rng.randrange(top),
+                               (1 << 30) ** 2 - 1, (1 << 30) ** 2]]
+    values += [(v, 1) for v in [0, 1, 2, 15, short_top - 1, (1 << 25) ** 2 - 1,
+                                rng.randrange(short_top), rng.randrange(1 << 20)]]
+
+    async def bench(ctx):
+        for v, short in values:
+            ctx.set(dut.radicand, v)
+            ctx.set(dut.short, short)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            n = 1
+            while not ctx.get(dut.done):
+                await ctx.tick()
+                n += 1
+            assert ctx.get(dut.root) == math.isqrt(v), (v, short)
+            assert n == (dut.short_steps if short else dut.steps) + 1, (v, short, n)
+
+    _run(dut, bench)
+
+
 def _golden_exp(d, mult, shift):
     """Step 3 of numerics.softmax: e = round_shift(EXP2_LUT[t & 255], min(t >> 8, 31))."""
     t = int(nx.round_shift(np.int64(d) * mult, shift))

@@ -378,11 +378,12 @@ def test_rejects_wide_ports():
 
 def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=None,
                  residual=False, kind="random", res_kind=None, pad=0, res_shift=None, img=None,
-                 causal=None):
+                 causal=None, eps=None, gamma=None):
     """An image and a VECTOR instruction of a decoder op the RTL runs (RESIDUAL32: an int32
     residual; WIDE_SPLIT: int16 in, two int8 planes out, an optional int16 residual pre-add;
-    the softmaxes: ``kind`` "dominant" is a flat row behind one key with a fixed scale, the
-    tail below half a probability step); its buffers are allocated in ``img`` when given."""
+    RMSNORM: random gamma, shift and epsilon unless given; the softmaxes: ``kind`` "dominant"
+    is a flat row behind one key with a fixed scale, the tail below half a probability step);
+    its buffers are allocated in ``img`` when given."""
     smax = (DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.SOFTMAX_DITHER)
     img = Image(W, rng) if img is None else img
     if op == DecoderVecOp.WIDE_SPLIT:
@@ -421,6 +422,17 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
             f["causal"], f["causal_offset"] = 1, causal
         f["e_addr"] = img.alloc(rows)
         img.fill_random(f["e_addr"], -(-rows // W) * W)
+    if op == DecoderVecOp.RMSNORM:
+        if gamma is None:
+            gamma = rng.integers(-(1 << 20) + 1, 1 << 20, size=cols) >> int(rng.integers(0, 12))
+        if eps is None:
+            eps = [0, int(rng.integers(0, 1 << 40)), int(rng.integers(0, 1 << 62))][
+                int(rng.integers(0, 3))]
+        # Only column 0's bias is read (the epsilon); the others are anything.
+        bias = rng.integers(-(1 << 63), (1 << 63) - 1, size=cols, dtype=np.int64)
+        bias[0] = eps
+        f["p_addr"] = img.records(gamma, rng.integers(0, 256, size=cols), bias)
+        f["shift"] = int(rng.integers(0, 25))
     return isa.vector(**f), img.mem
 
 
@@ -449,8 +461,9 @@ def check_one_image(engine, instrs, mem, codes=None, **kw):
 
 @pytest.mark.parametrize("op", DEC_OPS)
 def test_decoder_op_formats_and_shapes(dec_engine, op):
-    """RESIDUAL32 over every source and destination format, WIDE_SPLIT and SOFTMAX_WIDE with
-    and without the residual pre-add (SOFTMAX_WIDE: every source format, causal too); rows
+    """RESIDUAL32 and RMSNORM over every source and destination format, WIDE_SPLIT,
+    SOFTMAX_WIDE, SOFTMAX_DITHER and RMSNORM with and without the residual pre-add (the
+    softmaxes: every source format, causal too); rows
     below, at and above a beat, padded strides, stalls."""
     rng = np.random.default_rng(int(op) + 200)
     img = Image(W, rng)
@@ -462,6 +475,9 @@ def test_decoder_op_formats_and_shapes(dec_engine, op):
         elif op == DecoderVecOp.SOFTMAX_WIDE:
             kw = dict(src_fmt=OutFormat(k), dst_fmt=(OutFormat.INT16, OutFormat.UINT8)[k % 2],
                       residual=bool(k % 2), causal=(None, 0)[k // 2])
+        elif op == DecoderVecOp.RMSNORM:
+            kw = dict(src_fmt=OutFormat(k), dst_fmt=OutFormat(int(rng.integers(0, 4))),
+                      residual=bool(k % 2))
         elif op == DecoderVecOp.SOFTMAX_DITHER:
             kw = dict(src_fmt=OutFormat(k), dst_fmt=(OutFormat.UINT8, OutFormat.INT8)[k % 2],
                       residual=bool(k % 2), causal=(None, 0)[k // 2])
@@ -506,6 +522,42 @@ def test_decoder_op_adversarial_rows(dec_engine):
         make_decoder(SMD, 11, 1, W, rng, kind="extremes", dst_fmt=OutFormat.INT16, img=img),
     ]
     check_one_image(dec_engine, [ins for ins, _ in cases], img.mem, seed=22, stall=0.1)
+
+
+def test_rmsnorm_adversarial_rows(dec_engine):
+    """RMSNORM's edges against isa_sim: int32 extremes (-2**31's 32-bit magnitude), all-zero
+    rows (with no epsilon and the largest), epsilons about the k_eps boundaries (2**59,
+    2**60 + 1, 2**62 - 1) on small and large rows, gamma at +-(2**20 - 1) with shifts 0 and
+    SHIFT_MAX into every format (saturating), one-column rows, the residual pre-add at shift
+    16, a row of 64."""
+    rng = np.random.default_rng(28)
+    img = Image(W, rng)
+    RMS = DecoderVecOp.RMSNORM
+    g = (1 << 20) - 1
+    cases = [make_decoder(RMS, 3, 9, W, rng, kind="extremes", dst_fmt=d, img=img,
+                          gamma=np.array([g, -g] * 4 + [g]))
+             for d in (OutFormat.INT8, OutFormat.INT16, OutFormat.INT32)]
+    for eps in (0, 1 << 59, (1 << 60) + 1, (1 << 62) - 1):
+        cases.append(make_decoder(RMS, 2, 5, W, rng, kind=("small", "extremes")[eps & 1],
+                                  src_fmt=(OutFormat.INT8, OutFormat.INT32)[eps & 1],
+                                  eps=eps, img=img))
+    cases += [
+        make_decoder(RMS, 5, 1, W, rng, kind="extremes", eps=0, img=img),
+        make_decoder(RMS, 2, 7, W, rng, kind="equal", dst_fmt=OutFormat.INT16, img=img),
+        make_decoder(RMS, 3, 10, W, rng, residual=True, kind="extremes", res_shift=16,
+                     dst_fmt=OutFormat.INT16, img=img),
+        make_decoder(RMS, 1, 64, W, rng, dst_fmt=OutFormat.INT8, img=img),
+    ]
+    instrs = [ins for ins, _ in cases]
+    for k, ins in enumerate(instrs[:3]):       # shifts SHIFT_MAX and 0
+        instrs[k] = isa.vector(**{**ins.fields, "shift": (nx.SHIFT_MAX, 0, 0)[k]})
+    # All-zero rows: a zeroed source, no epsilon and the largest.
+    zsrc = img.alloc(2 * 32)
+    img.mem[zsrc:zsrc + 64] = 0
+    for eps_ins in (instrs[3], instrs[6]):
+        instrs.append(isa.vector(**{**eps_ins.fields, "src_addr": zsrc, "src_stride": 32,
+                                    "src_fmt": OutFormat.INT32, "rows": 2, "cols": 5}))
+    check_one_image(dec_engine, instrs, img.mem, seed=29, stall=0.1)
 
 
 def test_decoder_build_runs_the_encoder_ops(dec_engine):
@@ -567,6 +619,60 @@ def test_decoder_op_bad_instructions(dec_engine):
         want.append(code)
     # All in one run (none writes anything), then a good one.
     check_one_image(dec_engine, instrs + [r32], mem, want + [ErrorCode.OK])
+
+
+@pytest.mark.slow
+def test_rmsnorm_rows_of_1536():
+    """RMSNORM's longest rows (numerics.RMS_MAX_COLS, SmolLM2's hidden width 576 within it):
+    random int32 rows and a row of -2**31 (|z| at its bound), with the residual pre-add, on
+    the default 4-lane decoder engine."""
+    engine = VectorEngine(4, 8, decoder_ops=True)
+    rng = np.random.default_rng(31)
+    img = Image(8, rng, size=1 << 17)
+    ins, _ = make_decoder(DecoderVecOp.RMSNORM, 2, nx.RMS_MAX_COLS, 8, rng, img=img,
+                          dst_fmt=OutFormat.INT16, eps=1 << 30)
+    f = dict(ins.fields)
+    x = np.ndarray((2, nx.RMS_MAX_COLS), dtype="<i4", buffer=img.mem, offset=f["src_addr"],
+                   strides=(f["src_stride"], 4))
+    x[1] = nx.INT32.lo
+    small, _ = make_decoder(DecoderVecOp.RMSNORM, 3, 576, 8, rng, img=img, residual=True)
+    check_one_image(engine, [ins, small], img.mem)
+
+
+def test_rmsnorm_bad_instructions(dec_engine):
+    """RMSNORM's checks in isa_sim's order: rows longer than RMS_MAX_COLS (BAD_SHAPE), a
+    misaligned record address (BAD_ALIGN), the shift, the residual shift, gamma at 2**20 and
+    the epsilon (record 0's bias) below 0 or at 2**62 (BAD_PARAM; other columns' biases are
+    not checked): the same code, memory untouched."""
+    rng = np.random.default_rng(30)
+    img = Image(W, rng)
+    cols = 6
+    rms, _ = make_decoder(DecoderVecOp.RMSNORM, 2, cols, W, rng, img=img, eps=5)
+    f = dict(rms.fields)
+    ones = np.ones(cols, dtype=np.int64)
+
+    def recs(mult, bias):
+        return img.records(mult, np.zeros(cols, dtype=np.int64), bias)
+
+    bad = [dict(cols=nx.RMS_MAX_COLS + 1, src_stride=1 << 13, dst_stride=1 << 13),
+           dict(p_addr=f["p_addr"] + 4), dict(shift=nx.SHIFT_MAX + 1),
+           dict(add_residual=1, res_addr=f["src_addr"], res_stride=f["src_stride"],
+                res_shift=17),
+           dict(p_addr=recs(ones * (1 << 20), ones * 0)),
+           dict(p_addr=recs(ones * -(1 << 20), ones * 0)),
+           dict(p_addr=recs(ones, np.array([-1] + [0] * (cols - 1)))),
+           dict(p_addr=recs(ones, np.array([1 << 62] + [0] * (cols - 1))))]
+    good = isa.vector(**{**f, "p_addr": recs(ones * ((1 << 20) - 1),
+                                              np.array([(1 << 62) - 1] + [-1 << 63] * (cols - 1)))})
+    instrs, want = [], []
+    for b in bad:
+        ins = isa.vector(**{**f, **b})
+        ref, code = isa_reference(ins, img.mem, LANES, W, isa.RTL_DECODER_OPS)
+        assert code != ErrorCode.OK and np.array_equal(ref, img.mem), str(ins)
+        instrs.append(ins)
+        want.append(code)
+    assert want[:3] == [ErrorCode.BAD_SHAPE, ErrorCode.BAD_ALIGN, ErrorCode.BAD_PARAM]
+    check_one_image(dec_engine, instrs + [good, rms], img.mem, want + [ErrorCode.OK] * 2)
 
 
 def test_decoder_ops_refused_without_the_flag(engine):

@@ -74,8 +74,8 @@ def test_vector_cocotb_8_lanes(sim, testcase):
 @pytest.mark.parametrize("sim", ["icarus", pytest.param("verilator", marks=pytest.mark.slow)])
 def test_vector_cocotb_decoder_ops(sim):
     """The unit built with ``Sizing.decoder_ops`` (one more build per simulator): RESIDUAL32's
-    int32 residual add, SOFTMAX_WIDE, SOFTMAX_DITHER, and the encoder's residual add and
-    softmax on the same build. (WIDE_SPLIT is the engine's alone, on the unit's RESIDUAL pass: its tests are the
+    int32 residual add, SOFTMAX_WIDE, SOFTMAX_DITHER, RMSNORM, and the encoder's residual add
+    and softmax on the same build. (WIDE_SPLIT is the engine's alone, on the unit's RESIDUAL pass: its tests are the
     engine's, tests/hdl/test_vector_engine.py.) Icarus about 12 s; Verilator is slow only for
     its build of this second unit (about 100 s, then under a second of simulation)."""
     _run(sim, "decoder_ops", decoder_ops=True)

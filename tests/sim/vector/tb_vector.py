@@ -142,9 +142,11 @@ async def decoder_ops(dut):
     """A unit built with ``decoder_ops``: the decoder's RESIDUAL32 (int32 residual lanes) over
     every row flavour and every shift at the int32 extremes, SOFTMAX_WIDE (prob_wide) over
     every flavour with masks and a flat row, SOFTMAX_DITHER (dither) over every flavour, masks
-    and flat rows behind one dominant key, then the encoder's int16 residual add, residual
-    pre-add and 8-bit softmax on the same build, back to back."""
-    from celosia.sim.vector_runner import residual32_job, softmax_wide_job, with_residual
+    and flat rows behind one dominant key, RMSNORM (rms) over every flavour with random
+    epsilons and a row of -2**31, then the encoder's int16 residual add, residual pre-add and
+    8-bit softmax on the same build, back to back."""
+    from celosia.sim.vector_runner import (residual32_job, rmsnorm_job, rmsnorm_random_job,
+                                           softmax_wide_job, with_residual)
     unit = _unit()
     assert unit.decoder_ops, "decoder_ops needs a unit built with decoder_ops"
     rng = np.random.default_rng(108)
@@ -178,4 +180,9 @@ async def decoder_ops(dut):
              softmax_job(s, scale, -2, dither=True),
              softmax_wide_job(rng, 1, 512 if _long() else 96, "random", causal_offset=40,
                               dither=True)]
+    jobs += [rmsnorm_random_job(rng, 2, cols, kind) for kind in KINDS
+             for cols in (1, unit.lanes + 1)]
+    jobs += [rmsnorm_job(np.full((1, 96), nx.INT32.lo), rng.integers(-(1 << 19), 1 << 19, 96),
+                         14, nx.INT16, (1 << 62) - 1),
+             rmsnorm_job(np.zeros((1, 5), dtype=np.int64), [1] * 5, 0, nx.INT32, 0)]
     await _run_and_check(dut, unit, jobs, seed=8)
