@@ -94,17 +94,11 @@ def test_vector_engine_plugs_in():
     assert regs["ERROR"] == ErrorCode.BAD_PARAM
 
 
-def sync_handover_image(config: MachineConfig, *, seed: int = 0, k: int = 48):
-    """Two commands of one unit back to back, a SYNC naming that unit, then a command of the
-    other unit that reads what the second one wrote, in both directions:
-
-        MATMUL (long), MATMUL -> X (int32), SYNC(MATMUL), VECTOR X -> Y (int8),
-        VECTOR, VECTOR -> Z (int8), SYNC(VECTOR), MATMUL Z -> out, HALT
-
-    The second command of each pair waits in its unit's issue slot while the SYNC waits, and
-    is handed to the engine only then: the SYNC must still wait for it (it once passed in the
-    cycle of the hand-over, and the next unit read X before the matmul had written it)."""
-    from celosia.sim.tb_accelerator import Image, _Alloc
+def _program_memory(config: MachineConfig, seed: int):
+    """Random memory with a zeroed window of 32 KiB at 0x1000, an allocator in it, and helpers
+    placing a random matrix (``mat``) or room for a result (``out``) at port-aligned strides:
+    each gives its address and stride."""
+    from celosia.sim.tb_accelerator import _Alloc
 
     rng = np.random.default_rng(seed)
     w = config.port_bytes
@@ -123,6 +117,24 @@ def sync_handover_image(config: MachineConfig, *, seed: int = 0, k: int = 48):
     def out(rows, cols, nbytes):
         stride = rup(cols * nbytes)
         return al.put(bytes(rows * stride)), stride
+
+    return rng, mem, al, mat, out
+
+
+def sync_handover_image(config: MachineConfig, *, seed: int = 0, k: int = 48):
+    """Two commands of one unit back to back, a SYNC naming that unit, then a command of the
+    other unit that reads what the second one wrote, in both directions:
+
+        MATMUL (long), MATMUL -> X (int32), SYNC(MATMUL), VECTOR X -> Y (int8),
+        VECTOR, VECTOR -> Z (int8), SYNC(VECTOR), MATMUL Z -> out, HALT
+
+    The second command of each pair waits in its unit's issue slot while the SYNC waits, and
+    is handed to the engine only then: the SYNC must still wait for it (it once passed in the
+    cycle of the hand-over, and the next unit read X before the matmul had written it)."""
+    from celosia.sim.tb_accelerator import Image
+
+    rng, mem, al, mat, out = _program_memory(config, seed)
+    base, size = 0x1000, 0x8000
 
     m, n = 4, 8
     program = []
@@ -180,25 +192,10 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
         WIDE_SPLIT Y -> planes (int8, 2m rows), SOFTMAX_WIDE X -> P (int16) + exponents,
         SOFTMAX_DITHER X -> PD (uint8) + exponents, SYNC(VECTOR), MATMUL high plane -> out,
         RMSNORM X (int32) -> N (int16), ROTARY (not in the RTL: BAD_MODE)"""
-    from celosia.sim.tb_accelerator import Image, _Alloc
+    from celosia.sim.tb_accelerator import Image
 
-    rng = np.random.default_rng(seed)
-    w = config.port_bytes
-    base, size = 0x1000, 0x8000
-    mem = rng.integers(0, 256, base + size + 0x1000, dtype=np.uint8)
-    mem[base:base + size] = 0
-    al = _Alloc(mem, base, max(w, isa.INSTR_BYTES))
-
-    def rup(n):
-        return -(-n // w) * w
-
-    def mat(rows, cols, dtype, lo, hi):
-        stride = rup(cols * np.dtype(dtype).itemsize)
-        return al.matrix(rng.integers(lo, hi, (rows, cols)), dtype, stride), stride
-
-    def out(rows, cols, nbytes):
-        stride = rup(cols * nbytes)
-        return al.put(bytes(rows * stride)), stride
+    rng, mem, al, mat, out = _program_memory(config, seed)
+    w, base, size = config.port_bytes, 0x1000, 0x8000
 
     m, k, n = 4, 16, 8
     dec = isa.DecoderVecOp
