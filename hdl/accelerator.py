@@ -34,8 +34,6 @@ from .axi import AXI4LiteSignature, AXI4Signature, AxiMaster, MemArbiter
 from .controller import Controller
 from .csr import CSR_ADDR_BITS, CsrBlock
 from .engine import MatmulEngine, MemoryPortSignature
-from .pipeline import SkidBuffer
-from .sequencer import read_request_layout
 from .params import (ADDR_BITS, DEFAULT_ARRAY, FULL, K_MAX, MEM_TIMEOUT_CYCLES, Sizing,
                      check_config, default_port_bytes)
 
@@ -157,17 +155,7 @@ class Accelerator(wiring.Component):
             m.submodules.axi = axi = AxiMaster(W, faults=True, timeout=self.mem_timeout,
                                                ports=len(ports), max_reads=reads,
                                                write_port=None if self.has_vector else 1)
-            if sz.port_stages:
-                # A registered stage on the read requests between the arbiter and the master:
-                # the master's burst gathering and its fault counters then start from a
-                # register, not from every requester's state through the round robin.
-                m.submodules.rd_req_stage = rd_stage = SkidBuffer(read_request_layout())
-                wiring.connect(m, arb.out.rd_req, rd_stage.i)
-                wiring.connect(m, rd_stage.o, axi.port.rd_req)
-                wiring.connect(m, arb.out.rd_resp, axi.port.rd_resp)
-                wiring.connect(m, arb.out.wr, axi.port.wr)
-            else:
-                wiring.connect(m, arb.out, axi.port)
+            wiring.connect(m, arb.out, axi.port)
             wiring.connect(m, axi.axi, wiring.flipped(self.m_axi))
             writes_idle = axi.writes_idle
             m.d.comb += [axi.rd_port.eq(arb.rd_port), axi.wr_port.eq(arb.wr_port),
