@@ -59,22 +59,16 @@ def _case(op, seed):
         dst_fmt = src_fmt
         kw.update(res_addr=trig.addr, res_stride=trig.stride)
         want = nx.rotary(x, pos, (cos, sin), OUT_RANGE[dst_fmt])
-    elif op == DecoderVecOp.SOFTMAX_WIDE:
+    elif op in (DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.SOFTMAX_DITHER):
+        wide = op == DecoderVecOp.SOFTMAX_WIDE
         x = rng.integers(-2**31, 2**31 - 1, (rows, cols)) >> int(rng.integers(8, 24))
         scale = nx.Dyadic(int(rng.integers(1, 2**15)), int(rng.integers(10, 30)))
         causal = seed % 2 == 1
-        src, dst_fmt = r.tensor(x, I32), I16
+        src, dst_fmt = r.tensor(x, I32), I16 if wide else U8
         kw.update(mult=scale.multiplier, shift=scale.shift, causal=int(causal),
                   causal_offset=seed, e_addr=r.raw(bytes(rows + 3)))
-        want, want_e = nx.softmax(x, scale, seed if causal else None, nx.INT16.hi)
-    elif op == DecoderVecOp.SOFTMAX_DITHER:
-        x = rng.integers(-2**31, 2**31 - 1, (rows, cols)) >> int(rng.integers(8, 24))
-        scale = nx.Dyadic(int(rng.integers(1, 2**15)), int(rng.integers(10, 30)))
-        causal = seed % 2 == 1
-        src, dst_fmt = r.tensor(x, I32), U8
-        kw.update(mult=scale.multiplier, shift=scale.shift, causal=int(causal),
-                  causal_offset=seed, e_addr=r.raw(bytes(rows + 3)))
-        want, want_e = nx.softmax(x, scale, seed if causal else None, dither=True)
+        want, want_e = nx.softmax(x, scale, seed if causal else None,
+                                  nx.INT16.hi if wide else nx.PROB_MAX, dither=not wide)
     elif op == DecoderVecOp.WIDE_SPLIT:
         x = rng.integers(-2**15, 2**15 - 1, (rows, cols))
         src, dst_fmt = r.tensor(x, I16), I8
