@@ -20,6 +20,17 @@ def _run(dut, bench, *, clock=True):
     sim.run()
 
 
+async def _start_and_wait(ctx, dut):
+    """The clock edge taking ``dut.start`` (set by the caller), then the cycles until ``done``."""
+    await ctx.tick()
+    ctx.set(dut.start, 0)
+    cycles = 0
+    while not ctx.get(dut.done):
+        await ctx.tick()
+        cycles += 1
+    return cycles
+
+
 def _divide(ctx, dut, a, b, quotient_bits):
     steps = dut.steps_for(quotient_bits)
     ctx.set(dut.dividend, a)
@@ -56,12 +67,7 @@ def test_divider_exact(unroll, widths):
     async def bench(ctx):
         for a, b, qbits in cases:
             steps = _divide(ctx, dut, a, b, qbits)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            cycles = 0
-            while not ctx.get(dut.done):
-                await ctx.tick()
-                cycles += 1
+            cycles = await _start_and_wait(ctx, dut)
             assert cycles == steps + 1           # the alignment cycle, then one a step
             assert ctx.get(dut.quotient) == a // b, (a, b)
             assert ctx.get(dut.remainder) == a % b, (a, b)
@@ -108,12 +114,7 @@ def test_isqrt_short(unroll):
             ctx.set(dut.radicand, v)
             ctx.set(dut.short, short)
             ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            n = 1
-            while not ctx.get(dut.done):
-                await ctx.tick()
-                n += 1
+            n = 1 + await _start_and_wait(ctx, dut)
             assert ctx.get(dut.root) == math.isqrt(v), (v, short)
             assert n == (dut.short_steps if short else dut.steps) + 1, (v, short, n)
 
