@@ -38,8 +38,8 @@ from celosia.sw import numerics as nx
 from . import isa
 from .engine import MemoryPortSignature
 from .scratchpad import SyncFifo
-from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, RTL_DECODER_OPS, SOFTMAX_WIDE_MAX_COLS,
-                  VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, WINDOW_ALIGN, DecoderVecOp, ErrorCode,
+from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS,
+                  SOFTMAX_WIDE_MAX_COLS, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, WINDOW_ALIGN, DecoderVecOp, ErrorCode,
                   Opcode, VecOp)
 from .params import (ADDR_BITS, DONE_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
                      PARAM_SHIFT_OFFSET, AddendMode, OutFormat, command_layout)
@@ -220,7 +220,8 @@ class Controller(wiring.Component):
         rejects longer ones with BAD_SHAPE, where the ISA simulator would accept them).
     decoder_ops : bool
         Accept the decoder VECTOR operations of ``isa.RTL_DECODER_OPS`` (``Sizing.decoder_ops``;
-        the vector engine must be built with it too). Without it they stop with BAD_MODE.
+        the vector engine must be built with it too). Without it they stop with BAD_MODE, but
+        for ``isa.RTL_ALWAYS_OPS`` (the encoder's dithered softmax), which every build runs.
     addr_bits, issue_slot, serial_check : see :class:`celosia.hdl.params.Sizing`. Without an
         issue slot a unit's ``cmd.payload`` stays valid from the hand-over until its ``done``
         (the controller waits in HOLD), so the unit need not copy it.
@@ -524,21 +525,22 @@ class Controller(wiring.Component):
             v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual
         v_use_p = vec.op.matches(VecOp.LAYERNORM, VecOp.GELU, VecOp.REQUANT,
                                  VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
-        v_use_e = vec.op.matches(VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS)
-        v_bad_mode = vec.op > max(VecOp)
+        # SOFTMAX_DITHER (every build: isa.RTL_ALWAYS_OPS) is SOFTMAX's with dithered rounding.
+        v_smd = vec.op == DecoderVecOp.SOFTMAX_DITHER
+        v_use_e = vec.op.matches(VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS) | v_smd
+        v_bad_mode = (vec.op > max(VecOp)) & ~vec.op.matches(*RTL_ALWAYS_OPS)
         v_bad_dims = (vec.rows == 0) | (vec.cols == 0) | (vec.cols > VEC_MAX_COLS)
-        v_shift_ops = vec.op.matches(VecOp.SOFTMAX, VecOp.GELU, VecOp.LAYERNORM)
+        v_shift_ops = vec.op.matches(VecOp.SOFTMAX, VecOp.GELU, VecOp.LAYERNORM) | v_smd
         if dec:
             v_smw = vec.op == DecoderVecOp.SOFTMAX_WIDE
-            v_smd = vec.op == DecoderVecOp.SOFTMAX_DITHER
             # RMSNORM: LayerNorm's records and shift, rows of at most RMS_MAX_COLS.
             v_rms = vec.op == DecoderVecOp.RMSNORM
-            v_use_e = v_use_e | v_smw | v_smd
+            v_use_e = v_use_e | v_smw
             v_use_p = v_use_p | v_rms
-            v_bad_mode = v_bad_mode & ~vec.op.matches(*RTL_DECODER_OPS)
+            v_bad_mode = (vec.op > max(VecOp)) & ~vec.op.matches(*RTL_DECODER_OPS)
             v_bad_dims = (v_bad_dims | (v_smw & (vec.cols > SOFTMAX_WIDE_MAX_COLS))
                           | (v_rms & (vec.cols > nx.RMS_MAX_COLS)))
-            v_shift_ops = v_shift_ops | v_smw | v_smd | v_rms
+            v_shift_ops = v_shift_ops | v_smw | v_rms
         v_bad_align = (misaligned(vec.src_addr, vec.src_stride, vec.dst_addr, vec.dst_stride)
                        | (v_use_res & misaligned(vec.res_addr, vec.res_stride))
                        | (v_use_p & misaligned(vec.p_addr))

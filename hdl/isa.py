@@ -38,7 +38,7 @@ from .params import ADDEND_BYTES, OUT_BYTES, PARAM_RECORD_BYTES, AddendMode, Err
 __all__ = [
     "ISA_VERSION", "INSTR_BYTES", "INSTR_BITS", "WINDOW_ALIGN", "VEC_MAX_COLS", "RES_SHIFT_MAX",
     "SOFTMAX_WIDE_MAX_COLS",
-    "Opcode", "VecOp", "DecoderVecOp", "RTL_DECODER_OPS", "vec_op_name", "Unit", "ErrorCode",
+    "Opcode", "VecOp", "DecoderVecOp", "RTL_DECODER_OPS", "RTL_ALWAYS_OPS", "vec_op_name", "Unit", "ErrorCode",
     "VEC_PARAM_RECORD_BYTES", "VEC_PARAM_MULT_OFFSET", "VEC_PARAM_SHIFT_OFFSET",
     "VEC_PARAM_BIAS_OFFSET", "ENGINE_PARAM_DTYPE", "VEC_PARAM_DTYPE",
     "matmul_layout", "vector_layout", "sync_layout", "instruction_layout",
@@ -98,7 +98,7 @@ class DecoderVecOp(enum.IntEnum):
     SOFTMAX_DITHER on its softmax with the command's ``prob_wide`` or ``dither``, RMSNORM on its
     LayerNorm with the command's ``rms``) when built with
     ``Sizing(decoder_ops=True)``; it stops on the others, and on every one of them without
-    the flag, with ``BAD_MODE`` (as the isa simulator does for an op its ``decoder_ops`` set
+    the flag but those of :data:`RTL_ALWAYS_OPS` (SOFTMAX_DITHER, the encoder's), with ``BAD_MODE`` (as the isa simulator does for an op its ``decoder_ops`` set
     lacks). Value 7 stays free for the vector unit's next op (:class:`VecOp` is 3 bits in the
     unit). Each is one function of :mod:`celosia.sw.numerics` (docs/isa.md, "Decoder vector
     operations"):
@@ -131,10 +131,13 @@ class DecoderVecOp(enum.IntEnum):
     SOFTMAX_DITHER = 15
 
 
-#: The decoder operations the RTL implements (with ``Sizing(decoder_ops=True)``).
+#: The operations of :class:`DecoderVecOp` every build of the RTL runs, with or without
+#: ``Sizing.decoder_ops``: the encoder's dithered softmax (the default recipe's softmax).
+RTL_ALWAYS_OPS = frozenset({DecoderVecOp.SOFTMAX_DITHER})
+#: The decoder operations the RTL implements with ``Sizing(decoder_ops=True)`` (a superset of
+#: :data:`RTL_ALWAYS_OPS`).
 RTL_DECODER_OPS = frozenset({DecoderVecOp.RMSNORM, DecoderVecOp.SOFTMAX_WIDE,
-                             DecoderVecOp.WIDE_SPLIT, DecoderVecOp.RESIDUAL32,
-                             DecoderVecOp.SOFTMAX_DITHER})
+                             DecoderVecOp.WIDE_SPLIT, DecoderVecOp.RESIDUAL32}) | RTL_ALWAYS_OPS
 
 
 def vec_op_name(op: int) -> str:

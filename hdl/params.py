@@ -224,7 +224,7 @@ class Sizing:
         The controller and the vector engine accept the decoder's VECTOR operations the RTL
         implements (``isa.RTL_DECODER_OPS``; the other ``isa.DecoderVecOp`` values still stop
         with ``BAD_MODE``). Off, the hardware is the encoder's, unchanged, and every decoder op
-        stops with ``BAD_MODE``. The ISA simulator models such a build with
+        but the encoder's dithered softmax (``isa.RTL_ALWAYS_OPS``) stops with ``BAD_MODE``. The ISA simulator models such a build with
         ``IsaMachine(decoder_ops=Sizing.decoder_op_set())``.
     """
     addr_bits: int = ADDR_BITS
@@ -247,9 +247,10 @@ class Sizing:
     decoder_ops: bool = False
 
     def decoder_op_set(self) -> frozenset:
-        """The decoder VECTOR operations this build runs (empty without ``decoder_ops``)."""
-        from .isa import RTL_DECODER_OPS
-        return RTL_DECODER_OPS if self.decoder_ops else frozenset()
+        """The :class:`~celosia.hdl.isa.DecoderVecOp` operations this build runs (without
+        ``decoder_ops`` only ``isa.RTL_ALWAYS_OPS``, the encoder's dithered softmax)."""
+        from .isa import RTL_ALWAYS_OPS, RTL_DECODER_OPS
+        return RTL_DECODER_OPS if self.decoder_ops else RTL_ALWAYS_OPS
 
     def __post_init__(self):
         if not 12 <= self.addr_bits <= ADDR_BITS:

@@ -106,14 +106,14 @@ _COMMAND_FIELDS = {
 
 
 def unit_command_layout(decoder_ops: bool = False) -> data.StructLayout:
-    """The unit's command; with ``decoder_ops`` three more fields at the end, ``prob_wide``
-    (softmax: 15-bit probabilities, the decoder's SOFTMAX_WIDE), ``dither`` (softmax: the
-    probabilities rounded at ordered-dither thresholds, SOFTMAX_DITHER) and ``rms`` (LayerNorm as
-    the decoder's RMSNORM), so a command packed without them has the same bits."""
+    """The unit's command: ``dither`` (softmax: the probabilities rounded at ordered-dither
+    thresholds, SOFTMAX_DITHER) after the common fields; with ``decoder_ops`` two more fields at
+    the end, ``prob_wide`` (softmax: 15-bit probabilities, the decoder's SOFTMAX_WIDE) and ``rms``
+    (LayerNorm as the decoder's RMSNORM), so a command packed without them has the same bits."""
     fields = dict(_COMMAND_FIELDS)
+    fields["dither"] = unsigned(1)
     if decoder_ops:
         fields["prob_wide"] = unsigned(1)
-        fields["dither"] = unsigned(1)
         # LayerNorm as the decoder's RMSNORM: no mean, a per-row pre-shift and the epsilon.
         fields["rms"] = unsigned(1)
     return data.StructLayout(fields)
@@ -1038,18 +1038,17 @@ class VectorUnit(wiring.Component):
             m.d.sync += [tok3.eq(t3.r_data), loaded3.eq(1), col3.eq(0), beat3.eq(0)]
         with m.Elif(fire3 & last3):
             m.d.sync += loaded3.eq(0)
-        if self.decoder_ops:
-            # The dithered softmax: lane k's column j = col3 + k has the phase
-            # (j * DITHER_STEP) mod 2**16, from (k * DITHER_STEP) at a row's first beat, stepping
-            # by N * DITHER_STEP a beat (a token of stage 3 is one row).
-            pmask = (1 << _DITHER_PHASE_BITS) - 1
-            phase3 = [Signal(_DITHER_PHASE_BITS, init=k * nx.DITHER_STEP & pmask,
-                             name=f"s3_phase{k}") for k in range(N)]
-            for k in range(N):
-                with m.If(fire3):
-                    m.d.sync += phase3[k].eq(phase3[k] + (N * nx.DITHER_STEP & pmask))
-                with m.If(can_load3 & t3.r_rdy):
-                    m.d.sync += phase3[k].eq(k * nx.DITHER_STEP & pmask)
+        # The dithered softmax: lane k's column j = col3 + k has the phase
+        # (j * DITHER_STEP) mod 2**16, from (k * DITHER_STEP) at a row's first beat, stepping
+        # by N * DITHER_STEP a beat (a token of stage 3 is one row).
+        pmask = (1 << _DITHER_PHASE_BITS) - 1
+        phase3 = [Signal(_DITHER_PHASE_BITS, init=k * nx.DITHER_STEP & pmask,
+                         name=f"s3_phase{k}") for k in range(N)]
+        for k in range(N):
+            with m.If(fire3):
+                m.d.sync += phase3[k].eq(phase3[k] + (N * nx.DITHER_STEP & pmask))
+            with m.If(can_load3 & t3.r_rdy):
+                m.d.sync += phase3[k].eq(k * nx.DITHER_STEP & pmask)
 
         in3 = lanes32(fb.r_data)
         op3 = tok3.cmd.op
@@ -1074,9 +1073,8 @@ class VectorUnit(wiring.Component):
         m.d.comb += [oq.w_en.eq(valid[-1]), o_beat.exp.eq(exp[-1])]
 
         ln_z_shift = nx.LN_INV_BITS - nx.LN_NORM_FRAC
-        if self.decoder_ops:
-            dither2 = piped(piped((op3 == VectorOp.SOFTMAX) & c3.dither, 1, "m1_dither1"), 1,
-                            "m1_dither2")
+        dither2 = piped(piped((op3 == VectorOp.SOFTMAX) & c3.dither, 1, "m1_dither1"), 1,
+                        "m1_dither2")
         for k in range(N):
             p = pr.data[k]
             x = in3[k]
@@ -1135,21 +1133,19 @@ class VectorUnit(wiring.Component):
             for i in range(2, 6):
                 gamma = piped(gamma, signed(GAMMA_BITS), f"gamma{i}_{k}")
                 beta = piped(beta, signed(BETA_BITS), f"beta{i}_{k}")
-            round_bit = {}
-            if self.decoder_ops:
-                # The dithered softmax: p = min(P, (e*R + D) >> s), D = (2k + 1) << (s - 9),
-                # s = 24 - x, is floor(e*R / 2**s) plus the carry of p[s-9 : s] + 2k + 1 out of
-                # 9 bits (the bits of p below s - 9 cannot reach it): the carry takes the
-                # place of the rounding bit. The 9 bits come from a narrow window of p
-                # shifted by x (in the shifter's slice), the carry is one 9-bit add.
-                kd = phase3[k][_DITHER_PHASE_BITS - nx.DITHER_BITS:]
-                kd = piped(piped(kd, len(kd), f"m1_dk1_{k}"), len(kd), f"m1_dk2_{k}")
-                below = Signal(nx.DITHER_BITS + 1, name=f"m1_below{k}")
-                m.d.comb += below.eq((p1[_DITHER_LO:nx.RECIP_BITS] << exp[2])
-                                     [ROW_EXP_MAX:ROW_EXP_MAX + nx.DITHER_BITS + 1])
-                dsum = Signal(nx.DITHER_BITS + 2, name=f"m1_dsum{k}")
-                m.d.comb += dsum.eq(below + Cat(Const(1, 1), kd))
-                round_bit = {"round_bit": (dither2, dsum[-1])}
+            # The dithered softmax: p = min(P, (e*R + D) >> s), D = (2k + 1) << (s - 9),
+            # s = 24 - x, is floor(e*R / 2**s) plus the carry of p[s-9 : s] + 2k + 1 out of
+            # 9 bits (the bits of p below s - 9 cannot reach it): the carry takes the
+            # place of the rounding bit. The 9 bits come from a narrow window of p
+            # shifted by x (in the shifter's slice), the carry is one 9-bit add.
+            kd = phase3[k][_DITHER_PHASE_BITS - nx.DITHER_BITS:]
+            kd = piped(piped(kd, len(kd), f"m1_dk1_{k}"), len(kd), f"m1_dk2_{k}")
+            below = Signal(nx.DITHER_BITS + 1, name=f"m1_below{k}")
+            m.d.comb += below.eq((p1[_DITHER_LO:nx.RECIP_BITS] << exp[2])
+                                 [ROW_EXP_MAX:ROW_EXP_MAX + nx.DITHER_BITS + 1])
+            dsum = Signal(nx.DITHER_BITS + 2, name=f"m1_dsum{k}")
+            m.d.comb += dsum.eq(below + Cat(Const(1, 1), kd))
+            round_bit = {"round_bit": (dither2, dsum[-1])}
             r1 = mul_round_sat(m, p1, *ctl2[:4], ctl2[4], width=_M1_BITS, name=f"m1_{k}",
                                stage=piped, **round_bit)
             y1 = piped(r1, r1.shape(), f"y1_{k}")     # full width: the rows' bound needs it

@@ -30,8 +30,8 @@ from . import isa
 from .engine import MemoryPortSignature
 from .pipeline import SkidBuffer
 from .scratchpad import SyncFifo
-from .isa import (RES_SHIFT_MAX, RTL_DECODER_OPS, SOFTMAX_WIDE_MAX_COLS, VEC_MAX_COLS,
-                  VEC_PARAM_RECORD_BYTES, DecoderVecOp, ErrorCode, VecOp)
+from .isa import (RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS, SOFTMAX_WIDE_MAX_COLS,
+                  VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, DecoderVecOp, ErrorCode, VecOp)
 from .params import ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
 from .sequencer import read_request_layout, write_layout
 from .vector import VectorOp, VectorUnit
@@ -146,8 +146,9 @@ class VectorEngine(wiring.Component):
         Also run the decoder operations of ``isa.RTL_DECODER_OPS`` (``Sizing.decoder_ops``):
         RESIDUAL32 (the unit's residual add with int32 residual lanes), WIDE_SPLIT (the
         source rows passed through the unit twice, the high then the low byte of each element
-        written), SOFTMAX_WIDE and SOFTMAX_DITHER (the unit's softmax with ``prob_wide`` or
-        ``dither``). Without it the engine is the encoder's, unchanged.
+        written) and SOFTMAX_WIDE (the unit's softmax with ``prob_wide``). Without it the engine
+        is the encoder's. SOFTMAX_DITHER (the unit's softmax with ``dither``,
+        ``isa.RTL_ALWAYS_OPS``) runs on every build.
     unit_kwargs
         Passed to :class:`celosia.hdl.vector.VectorUnit`.
 
@@ -205,6 +206,9 @@ class VectorEngine(wiring.Component):
         rows, cols = cmd.rows, cmd.cols
 
         # --- per-command constants ---------------------------------------------------------
+        # SOFTMAX_DITHER (every build, isa.RTL_ALWAYS_OPS) is the unit's SOFTMAX with dithered
+        # rounding (dither).
+        is_smd = op == DecoderVecOp.SOFTMAX_DITHER
         sl = Signal(2)           # log2 bytes of a source element
         dl = Signal(2)           # ... of a destination element
         m.d.comb += [sl.eq(_fmt_log(cmd.src_fmt)), dl.eq(_fmt_log(cmd.dst_fmt))]
@@ -217,22 +221,21 @@ class VectorEngine(wiring.Component):
             is_split = op == DecoderVecOp.WIDE_SPLIT
             # SOFTMAX_WIDE is the unit's SOFTMAX with 15-bit probabilities (prob_wide).
             is_smw = op == DecoderVecOp.SOFTMAX_WIDE
-            # SOFTMAX_DITHER is the unit's SOFTMAX with dithered rounding (dither).
-            is_smd = op == DecoderVecOp.SOFTMAX_DITHER
             # RMSNORM is the unit's LAYERNORM with rms (no mean, a per-row pre-shift, the
             # epsilon of record 0's bias, no beta).
             is_rms = op == DecoderVecOp.RMSNORM
         else:
-            is_r32 = is_split = is_smw = is_smd = is_rms = C(0, 1)
+            is_r32 = is_split = is_smw = is_rms = C(0, 1)
         use_res = (op == VecOp.RESIDUAL) | cmd.add_residual | is_r32 if dec else (
             (op == VecOp.RESIDUAL) | cmd.add_residual)
         use_p = ((op == VecOp.LAYERNORM) | (op == VecOp.GELU) | (op == VecOp.REQUANT)
                  | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS))
         if dec:
             use_p = use_p | is_rms
-        use_e = (op == VecOp.SOFTMAX) | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
+        use_e = ((op == VecOp.SOFTMAX) | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
+                 | is_smd)
         if dec:
-            use_e = use_e | is_smw | is_smd
+            use_e = use_e | is_smw
         is_rows_op = (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
         nub = Signal(16)         # unit beats a row
         m.d.comb += nub.eq((cols + N - 1) >> ln)
@@ -266,7 +269,7 @@ class VectorEngine(wiring.Component):
         if dec:
             bad_op = (op > max(VecOp)) & ~op.matches(*RTL_DECODER_OPS)
         else:
-            bad_op = op > max(VecOp)
+            bad_op = (op > max(VecOp)) & ~op.matches(*RTL_ALWAYS_OPS)
         many = rows > 1
         bad_shape = ((rows == 0) | (cols == 0) | (cols > VEC_MAX_COLS)
                      | (many & (cmd.src_stride < src_bytes))
@@ -278,9 +281,10 @@ class VectorEngine(wiring.Component):
         bad_align = (misaligned(cmd.src_addr, cmd.src_stride, cmd.dst_addr, cmd.dst_stride)
                      | (use_res & misaligned(cmd.res_addr, cmd.res_stride))
                      | (use_p & misaligned(cmd.p_addr)) | (use_e & misaligned(cmd.e_addr)))
-        shift_ops = (op == VecOp.SOFTMAX) | (op == VecOp.GELU) | (op == VecOp.LAYERNORM)
+        shift_ops = ((op == VecOp.SOFTMAX) | (op == VecOp.GELU) | (op == VecOp.LAYERNORM)
+                     | is_smd)
         if dec:
-            shift_ops = shift_ops | is_smw | is_smd | is_rms
+            shift_ops = shift_ops | is_smw | is_rms
         bad_scalar = ((shift_ops & (cmd.shift > nx.SHIFT_MAX))
                       | (use_res & (cmd.res_shift > RES_SHIFT_MAX)))
         # The decoder ops' operand formats (isa_sim's mode check, after the alignment).
@@ -303,10 +307,11 @@ class VectorEngine(wiring.Component):
             unit_op = Mux(is_r32 | is_split, VecOp.RESIDUAL,
                           Mux(is_smw | is_smd, VecOp.SOFTMAX,
                               Mux(is_rms, VecOp.LAYERNORM, op[:3])))
-            m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.dither.eq(is_smd), ucmd.rms.eq(is_rms)]
+            m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.rms.eq(is_rms)]
         else:
             is_resid = op == VecOp.RESIDUAL
-            unit_op = op[:3]
+            unit_op = Mux(is_smd, VecOp.SOFTMAX, op[:3])
+        m.d.comb += ucmd.dither.eq(is_smd)
         m.d.comb += [
             ucmd.op.eq(unit_op), ucmd.rows.eq(rows), ucmd.cols.eq(cols),
             ucmd.causal.eq(cmd.causal), ucmd.causal_offset.eq(cmd.causal_offset),

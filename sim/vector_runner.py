@@ -66,9 +66,8 @@ class VectorJob:
         return self.x.shape[1]
 
     def command(self) -> int:
-        # A decoder build's command has more fields at the end (prob_wide, dither, rms): the
-        # same bits.
-        layout = unit_command_layout(bool({"prob_wide", "dither", "rms"} & self.cmd.keys()))
+        # A decoder build's command has more fields at the end (prob_wide, rms): the same bits.
+        layout = unit_command_layout(bool({"prob_wide", "rms"} & self.cmd.keys()))
         return pack(layout, {**self.cmd, "op": _OP_CODES[self.op],
                              "rows": self.rows, "cols": self.cols})
 
@@ -123,7 +122,7 @@ def _range_cmd(rng: nx.Range) -> dict:
 def softmax_job(scores, scale: nx.Dyadic, causal_offset: int | None = None,
                 wide: bool = False, dither: bool = False) -> VectorJob:
     """Softmax; ``wide``: the decoder's SOFTMAX_WIDE (prob_max 32767), ``dither``: its
-    SOFTMAX_DITHER (ordered-dither rounding), each on a unit built with ``decoder_ops``."""
+    SOFTMAX_DITHER (ordered-dither rounding, every build; ``wide`` needs ``decoder_ops``)."""
     scores = np.asarray(scores, dtype=np.int64)
     m, s = int(np.asarray(scale.multiplier)), int(np.asarray(scale.shift))
     cmd = {"mult": m, "shift": s, "causal": causal_offset is not None,

@@ -82,7 +82,7 @@ class VerilatorAccel:
         self.port_bytes = self.config.port_bytes
         self.vector = bool(vector)
         #: Built with ``Sizing(decoder_ops=True)``: the decoder ops of ``isa.RTL_DECODER_OPS``
-        #: run (SOFTMAX_DITHER for a model quantised with the dithered softmax).
+        #: run.
         self.decoder_ops = bool(decoder_ops)
         if self.decoder_ops and not self.vector:
             raise ValueError("decoder_ops needs the vector engine")
@@ -287,16 +287,13 @@ class VerilatorBackend:
 
 
 def verilator_backend(compiled, im=None, *, waves=None, waves_cycles: int | None = None,
-                      waves_skip: int = 0, decoder_ops: bool | None = None) -> VerilatorBackend:
+                      waves_skip: int = 0, decoder_ops: bool = False) -> VerilatorBackend:
     """Factory for ``driver.register_backend``: memory for the compiled image, the vector
     engine when this tree has one (without it a VECTOR stops with UNSUPPORTED); ``waves``
     (a .fst or .vcd path) records ``waves_cycles`` cycles (all when None) from
     ``waves_skip`` cycles after the model is made (the host's loading takes a few).
-    ``decoder_ops`` (default: whether ``im`` rounds its softmax with dither, whose
-    SOFTMAX_DITHER is a decoder op) builds the accelerator with ``Sizing(decoder_ops=True)``
-    (a separate Verilator build)."""
-    if decoder_ops is None:
-        decoder_ops = bool(getattr(im, "softmax_dither", False))
+    ``decoder_ops`` builds the accelerator with ``Sizing(decoder_ops=True)`` (a separate
+    Verilator build)."""
     return VerilatorBackend(compiled.config, compiled.end, waves=waves,
                             waves_cycles=waves_cycles, waves_skip=waves_skip,
                             decoder_ops=decoder_ops, **({"vector": True} if decoder_ops else {}))

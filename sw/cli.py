@@ -313,7 +313,7 @@ def _cmd_quantize(args) -> int:
         return EXIT_OK
     t0 = time.perf_counter()
     from .quantize import QuantConfig
-    config = QuantConfig(softmax_dither=True) if args.softmax_dither else None
+    config = QuantConfig(softmax_dither=args.softmax_dither)
     _, im = load_models(path, rebuild=True, quiet=True, checkpoint=args.model, config=config)
     print(f"{path}: integer model written in {time.perf_counter() - t0:.1f} s "
           f"(sha256 {im.digest()[:16]})")
@@ -550,10 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="PATH", help=f"output file (default: {default_model_file()})")
     p.add_argument("--force", action="store_true", help="rebuild even if the file exists")
     p.add_argument("--model", metavar="PATH", default=None, help=MODEL_HELP)
-    p.add_argument("--softmax-dither", action="store_true",
-                   help="round the softmax's probabilities with ordered dither (long and "
-                        "repetitive inputs; golden, isa and verilator backends: the RTL runs it "
-                        "when built with its decoder ops)")
+    p.add_argument("--softmax-dither", action=argparse.BooleanOptionalAction, default=True,
+                   help="round the softmax's probabilities with ordered dither, which keeps the "
+                        "mass of a long flat tail on long and repetitive inputs (default: on; "
+                        "--no-softmax-dither rounds each to nearest)")
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")

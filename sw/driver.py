@@ -351,14 +351,10 @@ class GoldenBackend:
 
 def _isa_backend(compiled: CompiledModel, im: IntegerModel) -> Backend:
     from .isa_sim import IsaBackend
-    # A dithered softmax is a decoder vector op (hdl/isa.py, DecoderVecOp): the isa simulator's
-    # extended build runs it.
-    return IsaBackend(compiled.config, compiled.end, decoder_ops=im.softmax_dither)
+    return IsaBackend(compiled.config, compiled.end)
 
 
 def _verilator_backend(compiled: CompiledModel, im: IntegerModel, **options) -> Backend:
-    # A dithered softmax (SOFTMAX_DITHER) runs on the accelerator built with the decoder ops
-    # (Sizing.decoder_ops), which the factory chooses from the model.
     from celosia.sim.verilator_accel import verilator_backend
     return verilator_backend(compiled, im, **options)
 

@@ -75,8 +75,9 @@ class IsaMachine:
         #: False models a build without the vector unit: VECTOR stops with UNSUPPORTED.
         self.vector_unit = vector_unit
         #: The decoder's operations (DecoderVecOp) the vector unit has: True for all of them,
-        #: False for none (they stop with BAD_MODE, as on an RTL build without
-        #: ``Sizing.decoder_ops``), or a set of them (``Sizing.decoder_op_set()``, the RTL's).
+        #: False for none but ``isa.RTL_ALWAYS_OPS`` (the others stop with BAD_MODE, as on an
+        #: RTL build without ``Sizing.decoder_ops``), or a set of them (``Sizing.decoder_op_set()``,
+        #: the RTL's; ``isa.RTL_ALWAYS_OPS`` runs whatever the set).
         self.decoder_ops = decoder_ops
         self.mem = np.zeros(mem_size, dtype=np.uint8)
         self.regs = {r.name: 0 for r in CSR}
@@ -385,7 +386,7 @@ class IsaMachine:
     def _vector(self, ins: Instruction) -> None:
         f = ins.fields
         op, rows, cols = f["op"], f["rows"], f["cols"]
-        if op in _DECODER_OPS and (self.decoder_ops is True
+        if op in _DECODER_OPS and (self.decoder_ops is True or op in isa.RTL_ALWAYS_OPS
                                    or (self.decoder_ops and op in self.decoder_ops)):
             return self._decoder_vector(ins)
         if op not in _VEC_OPS:

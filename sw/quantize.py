@@ -56,7 +56,8 @@ __all__ = ["FORMAT_VERSION", "QuantConfig", "IntegerModel", "quantize", "calibra
 #: 3: FFN1's output is int32 (GELU past its table is the input itself) and GELU's offset a
 #: whole number of input steps, so a file of version 2 has the old FFN2 bias.
 #: 4: the metadata says whether the softmax rounds with ordered dither (``softmax_dither``).
-FORMAT_VERSION = 4
+#: 5: the softmax rounds with ordered dither by default.
+FORMAT_VERSION = 5
 CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
 
 #: Headroom over the calibrated maximum for int16 hidden states and int32 LayerNorm inputs:
@@ -141,9 +142,9 @@ class QuantConfig:
     attn_headroom: float = 1.0
     #: Round the softmax's uint8 probabilities with ordered dither (numerics.softmax): a long
     #: row with one dominant key keeps its tail's mass ("hello " x 200: cosine 0.972 ->
-    #: 0.997). Off by default: the RTL runs it (SOFTMAX_DITHER) only when built with the
-    #: decoder ops (Sizing.decoder_ops; the verilator backend builds that for such a model).
-    softmax_dither: bool = False
+    #: 0.997). Every build of the RTL runs it (SOFTMAX_DITHER, isa.RTL_ALWAYS_OPS); off gives
+    #: the plain round-to-nearest softmax (SOFTMAX).
+    softmax_dither: bool = True
 
 
 def calibration_texts(path: Path = CALIBRATION_FILE) -> list[str]:

@@ -11,16 +11,18 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def int_model(minilm):
+    """The default recipe (its softmax rounds with ordered dither)."""
     from celosia.sw.quantize import quantize
     return quantize(minilm)
 
 
 @pytest.fixture(scope="session")
-def dither_model(int_model):
-    """``int_model`` with the dithered softmax (QuantConfig(softmax_dither=True) changes the
-    metadata's flag and no tensor)."""
+def round_model(int_model):
+    """``int_model`` with the round-to-nearest softmax (QuantConfig(softmax_dither=False)
+    changes the metadata's flag and no tensor)."""
     from celosia.sw.quantize import IntegerModel
-    return IntegerModel(int_model.tensors, {**int_model.meta, "softmax_dither": True})
+    assert int_model.softmax_dither
+    return IntegerModel(int_model.tensors, {**int_model.meta, "softmax_dither": False})
 
 
 @pytest.fixture(scope="session")

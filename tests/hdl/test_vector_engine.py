@@ -274,7 +274,9 @@ def test_bad_instructions(engine):
     base, mem = make_vector(VecOp.LAYERNORM, 3, 6, W, rng, residual=True)
     f = dict(base.fields)
     bad = [
-        dict(op=7), dict(op=15),
+        dict(op=7), dict(op=14),
+        # SOFTMAX_DITHER is in every build: SOFTMAX's checks.
+        dict(op=DecoderVecOp.SOFTMAX_DITHER, e_addr=3), dict(op=DecoderVecOp.SOFTMAX_DITHER, shift=63),
         dict(rows=0), dict(cols=0), dict(cols=isa.VEC_MAX_COLS + 1),
         dict(src_stride=8), dict(dst_stride=0), dict(res_stride=W),
         dict(src_addr=f["src_addr"] + 1), dict(dst_stride=f["dst_stride"] + 2),
@@ -676,12 +678,14 @@ def test_rmsnorm_bad_instructions(dec_engine):
 
 
 def test_decoder_ops_refused_without_the_flag(engine):
-    """A build without Sizing.decoder_ops (the default) stops on every decoder op with
-    BAD_MODE (as IsaMachine without decoder_ops), writing nothing."""
+    """A build without Sizing.decoder_ops (the default) stops on every decoder op but
+    isa.RTL_ALWAYS_OPS (SOFTMAX_DITHER) with BAD_MODE (as IsaMachine without decoder_ops),
+    writing nothing."""
     assert not engine.decoder_ops and not Sizing().decoder_ops
     rng = np.random.default_rng(27)
     ins, mem = make_decoder(DecoderVecOp.RESIDUAL32, 2, 5, W, rng)
-    instrs = [isa.vector(**{**ins.fields, "op": op}) for op in DecoderVecOp]
+    instrs = [isa.vector(**{**ins.fields, "op": op}) for op in DecoderVecOp
+              if op not in isa.RTL_ALWAYS_OPS]
     check_one_image(engine, instrs, mem, [ErrorCode.BAD_MODE] * len(instrs))
 
 

@@ -118,7 +118,7 @@ def test_compiled_encoder_layer_bit_exact(small):
     of the compiled layer retires and the hidden state is the golden model's."""
     compiled, got = _run_compiled_tiny("gatelevel", 1, **SMALL)
     counts = compiled.program.counts()
-    for kind in ("MATMUL", "SYNC", "VECTOR.SOFTMAX", "VECTOR.LAYERNORM", "VECTOR.REQUANT_ROWS",
+    for kind in ("MATMUL", "SYNC", "VECTOR.SOFTMAX_DITHER", "VECTOR.LAYERNORM", "VECTOR.REQUANT_ROWS",
                  "VECTOR.GELU_ROWS"):
         assert counts[kind] > 0, kind
     assert got.backend == "gatelevel"

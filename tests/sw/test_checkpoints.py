@@ -71,8 +71,10 @@ def test_checkpoint_runs_bit_exact_and_close_to_float(checkpoint, use_cache):
     model, im = enc.float_model, enc.integer_model
     for text, row in zip(TEXTS, got):
         h = golden.forward(im, golden.embed_int32(model, im, model.tokenizer.encode(text)[0]))
-        first = h[0] if shape["pooling"] == "cls" else h.astype(np.float64).mean(axis=0)
-        expect = first * golden.output_scale(im)
+        # The hidden state in real units (float64), then the pooling (sw/model.pool's order:
+        # scale, then mean, so the float32 result is the API's to the bit).
+        x = h.astype(np.float64) * golden.output_scale(im)
+        expect = x[0] if shape["pooling"] == "cls" else x.mean(axis=0)
         if shape["normalize"]:
             expect = expect / np.linalg.norm(expect)
         assert np.array_equal(row, expect.astype(np.float32))

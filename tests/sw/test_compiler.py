@@ -46,26 +46,29 @@ def test_isa_backend_is_bit_exact(minilm, int_model, text):
     assert result.counters["vector_count"] == sum(v for k, v in counts.items() if k.startswith("VECTOR"))
 
 
-def test_dithered_softmax_on_the_isa_backend(minilm, int_model, dither_model, monkeypatch):
-    """A model with the dithered softmax compiles it to SOFTMAX_DITHER, which the isa backend
-    runs bit-exactly like the golden model; the verilator backend builds the accelerator with
-    its decoder ops for it (and without them for the default model). The Verilated run is
-    tests/sim/test_minilm_verilator.py's."""
+def test_dithered_softmax_on_the_isa_backend(minilm, int_model, round_model, monkeypatch):
+    """The default recipe compiles its softmax to SOFTMAX_DITHER, the round-to-nearest one to
+    SOFTMAX; the isa backend runs each bit-exactly like the golden model, and the verilator
+    backend builds the encoder's accelerator for both (SOFTMAX_DITHER is in every build). The
+    Verilated runs are tests/sim/test_minilm_verilator.py's."""
     ids = minilm.tokenizer.encode("hello " * 30)[0]
-    e = golden.embed_int32(minilm, dither_model, ids)
+    e = golden.embed_int32(minilm, int_model, ids)
     ops = lambda c: {i.fields["op"] for i in c.program.instructions if i.opcode == Opcode.VECTOR}
-    assert isa.DecoderVecOp.SOFTMAX_DITHER not in ops(compile_model(int_model, len(ids), layers=1))
-    compiled = compile_model(dither_model, len(ids))
+    plain = compile_model(round_model, len(ids))
+    assert isa.DecoderVecOp.SOFTMAX_DITHER not in ops(plain) and isa.VecOp.SOFTMAX in ops(plain)
+    compiled = compile_model(int_model, len(ids))
     assert isa.DecoderVecOp.SOFTMAX_DITHER in ops(compiled) and isa.VecOp.SOFTMAX not in ops(compiled)
-    want = golden.forward(dither_model, e)
-    assert np.array_equal(_run_isa(compiled, dither_model, e).hidden, want)
-    assert not np.array_equal(want, golden.forward(int_model, e))
+    want = golden.forward(int_model, e)
+    assert np.array_equal(_run_isa(compiled, int_model, e).hidden, want)
+    want_plain = golden.forward(round_model, e)
+    assert np.array_equal(_run_isa(plain, round_model, e).hidden, want_plain)
+    assert not np.array_equal(want, want_plain)
     from celosia.sim import verilator_accel
     built = []
     monkeypatch.setattr(verilator_accel, "VerilatorBackend", lambda *a, **kw: built.append(kw))
-    open_backend("verilator", compiled, dither_model)
     open_backend("verilator", compiled, int_model)
-    assert [kw["decoder_ops"] for kw in built] == [True, False]
+    open_backend("verilator", plain, round_model)
+    assert [kw["decoder_ops"] for kw in built] == [False, False]
 
 
 @pytest.mark.parametrize("array,port_bytes,base", [(2, None, 0), (16, None, 0x1_0000),
@@ -88,7 +91,7 @@ def test_program_structure(int_model):
     counts = c.program.counts()
     heads = int_model.arch.heads
     assert counts["MATMUL"] == layers * (2 * heads + 4)
-    assert counts["VECTOR.SOFTMAX"] == layers * heads
+    assert counts["VECTOR.SOFTMAX_DITHER"] == layers * heads
     assert counts["VECTOR.LAYERNORM"] == 2 * layers + 1
     assert counts["VECTOR.REQUANT_ROWS"] == 2 * layers
     assert counts["VECTOR.GELU_ROWS"] == layers
@@ -186,7 +189,7 @@ def test_a_batch_gives_each_sentence_its_own_integers(minilm, int_model, array):
         assert np.array_equal(h, golden.forward(int_model, e, layers=2))
     # Attention runs per sentence and head; the dense layers once for the whole batch.
     counts = compiled.program.counts()
-    assert counts["VECTOR.SOFTMAX"] == 2 * 12 * 3
+    assert counts["VECTOR.SOFTMAX_DITHER"] == 2 * 12 * 3
     assert counts["MATMUL"] == 2 * (2 * 12 * 3 + 4)
 
 

@@ -105,15 +105,25 @@ def test_decoder_vector_ops_match_numerics(op, seed):
         assert got[:rows].tolist() == want_e.tolist() and not got[rows:].any()
 
 
-@pytest.mark.parametrize("op", list(DecoderVecOp))
+@pytest.mark.parametrize("op", [op for op in DecoderVecOp if op not in isa.RTL_ALWAYS_OPS])
 def test_a_build_without_decoder_ops_stops_with_bad_mode_as_the_rtl(op):
-    """The RTL's controller and vector engine stop on op > max(VecOp) with BAD_MODE; the isa
-    simulator models that build by default."""
+    """The RTL's controller and vector engine stop on op > max(VecOp) with BAD_MODE but for
+    isa.RTL_ALWAYS_OPS; the isa simulator models that build by default."""
     assert int(op) > max(isa.VecOp) and isa.vec_op_name(op) == op.name
     r, ins, *_ = _case(op, 0)
     r.m.decoder_ops = False
     _expect(r, ins, ErrorCode.BAD_MODE)
     assert op.name in r.m.error_detail
+
+
+@pytest.mark.parametrize("op", sorted(isa.RTL_ALWAYS_OPS))
+def test_a_build_without_decoder_ops_runs_the_always_ops(op):
+    """SOFTMAX_DITHER (the encoder's dithered softmax) runs on every build, as on the RTL."""
+    r, ins, want, want_e, dst, kw = _case(op, 0)
+    r.m.decoder_ops = False
+    m = r.run(ins)
+    assert m.error == ErrorCode.OK, m.error_detail
+    assert np.array_equal(r.read(dst), want)
 
 
 def test_decoder_op_refusals():
