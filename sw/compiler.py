@@ -454,7 +454,7 @@ def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
         mm(x8.addr, x8.stride, tokens, hidden, qkv_cols, w["qkv"].addr, w["qkv"].stride, qkv,
            p_addr=w["qkv.p"], out_fmt=I8, row_shift=1, e_addr=rowexp.addr)
         sm_mult, sm_shift = T[f"{p}.softmax.mult"], T[f"{p}.softmax.shift"]
-        # Dithered probabilities: an op of the isa simulator the RTL does not have yet.
+        # The default recipe's dithered probabilities (SOFTMAX_DITHER, in every RTL build).
         softmax_op = isa.DecoderVecOp.SOFTMAX_DITHER if im.softmax_dither else VecOp.SOFTMAX
 
         # Attention per sentence and head: item j's scores and probabilities go to buffer j % 2.
