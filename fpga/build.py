@@ -197,7 +197,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vector", choices=("auto", "on", "off"), default="auto",
                         help="include the vector engine (auto: when it fits the board)")
     parser.add_argument("--vector-lanes", type=int, default=None,
-                        help="lanes of the vector engine, a power of two dividing the array "
+                        help="lanes of the vector engine, a power of two of at least 2 dividing the array "
                              "size (default: the board's; needs the vector engine)")
     parser.add_argument("--memory", choices=("bram", "sdram"), default=None,
                         help="where the accelerator's memory is: on-chip block RAM or the "

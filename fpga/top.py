@@ -31,6 +31,7 @@ from amaranth.lib import io
 
 from .boards import BOARDS, Board, add_pll, uart_divisor
 from .system import BoardSystem
+from celosia.hdl.params import ARRAY_MIN
 
 __all__ = ["CelosiaTop", "POR_CYCLES", "DEFAULT_BAUD"]
 
@@ -58,9 +59,10 @@ class CelosiaTop(Elaboratable):
         if vector_lanes is not None:
             if not self.vector:
                 raise ValueError("vector lanes given for a build without the vector engine")
-            if vector_lanes < 1 or vector_lanes > self.array or self.array % vector_lanes:
-                raise ValueError(f"vector lanes must divide the array size {self.array}, "
-                                 f"not {vector_lanes}")
+            # The vector engine's lanes are sized like an array (params.check_config).
+            if vector_lanes < ARRAY_MIN or vector_lanes > self.array or self.array % vector_lanes:
+                raise ValueError(f"vector lanes must be at least {ARRAY_MIN} and divide the array "
+                                 f"size {self.array}, not {vector_lanes}")
             sizing = dataclasses.replace(sizing, vector_lanes=vector_lanes)
         self.sizing = sizing
         #: Lanes of the vector engine (0 without one).

@@ -262,8 +262,8 @@ def test_vector_lanes_option():
     assert top.vector_lanes == 2 and top.sizing.vector_lanes == 2
     assert top.sizing.serial_check == ecp.vector_sizing.serial_check
     assert CelosiaTop(ecp, vector=True).vector_lanes == ecp.vector_sizing.vector_lanes
-    for lanes in (0, 3, 16):
-        with pytest.raises(ValueError, match="vector lanes must divide"):
+    for lanes in (0, 1, 3, 16):
+        with pytest.raises(ValueError, match="vector lanes must be at least 2 and divide"):
             CelosiaTop(ecp, vector=True, vector_lanes=lanes)
     with pytest.raises(ValueError, match="without the vector engine"):
         CelosiaTop(ecp, vector=False, vector_lanes=2)
