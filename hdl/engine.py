@@ -245,7 +245,8 @@ class MatmulEngine(wiring.Component):
                                                 depth_bytes=max(n, w))
         tokens = []
         for name in ("a", "b", "p", "d", "e"):
-            tok = PingPong()
+            # B's rows are counted: the feeder follows them into a buffer not yet full.
+            tok = PingPong(rows=k_max if name == "b" else 0)
             m.submodules[f"{name}_tokens"] = tok
             tokens.append(tok)
             m.d.comb += [tok.clear.eq(start)]
@@ -264,6 +265,7 @@ class MatmulEngine(wiring.Component):
 
         fill = staged(loader.fill, "fill_staged")
         fill_buf = staged(loader.fill_buf, "fill_buf_staged")
+        b_row = staged(loader.b_row, "b_row_staged")
         for j, tok in enumerate(tokens):
             m.d.comb += [
                 loader.free[2 * j:2 * j + 2].eq(tok.free),
@@ -273,6 +275,7 @@ class MatmulEngine(wiring.Component):
         a_tok, b_tok, p_tok, d_tok, e_tok = tokens
         m.d.comb += [
             feeder.full.eq(Cat(a_tok.full, b_tok.full)),
+            b_tok.row.eq(b_row), feeder.b_written.eq(b_tok.written),
             a_tok.release.eq(feeder.release[0]), a_tok.release_buf.eq(feeder.release_a_buf),
             b_tok.release.eq(feeder.release[1]), b_tok.release_buf.eq(feeder.release_b_buf),
             collector.full.eq(Cat(p_tok.full, d_tok.full, e_tok.full)),
@@ -368,9 +371,10 @@ class MatmulEngine(wiring.Component):
                 m.d.comb += self.done.valid.eq(1)
                 with m.If(self.done.ready):
                     m.next = "IDLE"
-        # What the write-address proof (celosia.sim.properties) states invariants of.
+        # What the write-address proof (celosia.sim.properties) states invariants of, and what
+        # the tests watch.
         self._probe = dict(fsm=fsm, cmd=cmd, plan=plan, plan_now=plan_now, writer=writer,
-                           wr_stage=wr_stage)
+                           wr_stage=wr_stage, feeder=feeder, b_tokens=b_tok)
         return m
 
 
