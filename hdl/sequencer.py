@@ -203,13 +203,13 @@ class _Unit(wiring.Component):
 class Loader(_Unit):
     """Reads each work item's operands from the memory port into the scratchpads.
 
-    Per item, in order: the A panel when its buffer is free already, the B group and its column
-    parameters (first panel of a group only), else then the A panel, the row exponents
-    (``row_shift``), the addend tile (``JOB_SLOTS``). Each load waits for its buffer to be free;
-    the buffer becomes full when its last beat is written. B's rows of K are written in order,
-    and ``b_row`` marks each one complete, so the feeder can start a group on a full A panel
-    while its B still arrives. Descriptors of outstanding requests wait in a FIFO, so responses
-    (in order) need no tags.
+    Per item, in order (``JOB_SLOTS``): the A panel if its buffer is free as the item starts,
+    the B group and its column parameters (first panel of a group only), the A panel if it did
+    not go first, the row exponents (``row_shift``), the addend tile. Each load waits for its
+    buffer to be free; the buffer becomes full when its last beat is written. B's rows of K are
+    written in order, and ``b_row`` marks each one complete, so the feeder can start a group on
+    a full A panel while its B still arrives. Descriptors of outstanding requests wait in a
+    FIFO, so responses (in order) need no tags.
 
     A transposed B (``b_transposed``: memory row n holds column n of B) is read W columns at a
     time for one W-byte chunk of K: those W beats fill the columns of a W x W byte corner turn,
