@@ -53,6 +53,8 @@ NRES = len(RESOURCES)
 #: parameters (``LATE_A``), and they load during the wait.
 JOB_SLOTS = (A, B, P, A, E, D)
 EARLY_A, LATE_A = 0, 3
+#: The job order of a loader whose feeder waits for full buffers (``follow_b`` off).
+FULL_BUFFER_SLOTS = (B, P, A, E, D)
 
 
 def _job_needed(cmd, p_idx, j):
@@ -63,14 +65,15 @@ def _job_needed(cmd, p_idx, j):
             D: cmd.addend != AddendMode.NONE, E: cmd.row_shift}[j]
 
 
-def _slot_needed(cmd, p_idx, pos, a_free, a_early):
-    """Whether slot ``pos`` of JOB_SLOTS loads anything: A in the early slot when its buffer is
-    free (``a_free``, as the item starts), else in the late one (``a_early``: it went early)."""
-    if pos == EARLY_A:
+def _slot_needed(cmd, p_idx, slots, pos, a_free, a_early):
+    """Whether slot ``pos`` of ``slots`` loads anything; in JOB_SLOTS, A in the early slot when
+    its buffer is free (``a_free``, as the item starts), else in the late one (``a_early``: it
+    went early)."""
+    if slots is JOB_SLOTS and pos == EARLY_A:
         return a_free
-    if pos == LATE_A:
+    if slots is JOB_SLOTS and pos == LATE_A:
         return ~a_early
-    return _job_needed(cmd, p_idx, JOB_SLOTS[pos])
+    return _job_needed(cmd, p_idx, slots[pos])
 
 
 def _log2(x: int) -> int:
@@ -236,12 +239,16 @@ class Loader(_Unit):
     w_valid : Out(NRES)
         A scratchpad beat for resource r: ``w_buf``, ``w_row`` (A bank), ``w_addr``, ``w_data``.
     b_row : Out(1)
-        One more row of B (the next k, all the group's columns) written to buffer ``fill_buf``.
+        One more row of B (the next k, all the group's columns) written to buffer ``fill_buf``
+        (with ``follow_b``; without, the loader keeps the order ``FULL_BUFFER_SLOTS``, for a
+        feeder that waits for full buffers, and ``b_row`` stays low).
     """
 
     def __init__(self, array, port_bytes, *, k_max, outstanding=32, addr_bits=ADDR_BITS,
-                 byte_turn=False):
+                 byte_turn=False, follow_b=True):
         self.k_max = k_max
+        self.follow_b = follow_b
+        self.slots = JOB_SLOTS if follow_b else FULL_BUFFER_SLOTS
         self.outstanding = outstanding
         self.byte_turn = byte_turn
         g = group_cols(array, port_bytes)
@@ -277,7 +284,7 @@ class Loader(_Unit):
             "row": range(self.max_rows), "word": range(self.max_words),
             "flush": 1,         # transposed B: the last column of a corner-turn block
             "row_last": 1,      # transposed B: the last chunk of K
-            "row_end": 1,       # the last word of a row
+            "row_end": int(self.follow_b),      # the last word of a row
         })
         m.submodules.pending = pending = SyncFifo(
             width=desc_layout.size, depth=self.outstanding)
@@ -314,10 +321,12 @@ class Loader(_Unit):
         a_free = self.free.word_select(Cat(item_parity, C(A, 3)), 1)
         a_early = Signal()       # this item's A went in the early slot
 
-        def slot_needed(pos):
-            return _slot_needed(cmd, p_idx, pos, a_free, a_early)
+        follow = self.follow_b
 
-        order = JOB_SLOTS
+        def slot_needed(pos):
+            return _slot_needed(cmd, p_idx, self.slots, pos, a_free, a_early)
+
+        order = self.slots
 
         def setup(j):
             """Statements preparing job j of the current item."""
@@ -381,7 +390,7 @@ class Loader(_Unit):
             for pos, j in enumerate(order):
                 def nxt(pos=pos):
                     """Go to the next slot (past the late A when A went early)."""
-                    if pos + 1 == LATE_A:
+                    if follow and pos + 1 == LATE_A:
                         with m.If(a_early):
                             m.next = f"SETUP_{LATE_A + 1}"
                         with m.Else():
@@ -389,7 +398,7 @@ class Loader(_Unit):
                     else:
                         m.next = f"SETUP_{pos + 1}" if pos + 1 < len(order) else "NEXT_ITEM"
                 with m.State(f"SETUP_{pos}"):
-                    if pos == EARLY_A:
+                    if follow and pos == EARLY_A:
                         m.d.sync += a_early.eq(a_free)
                     with m.If(slot_needed(pos)):
                         m.d.sync += setup(j)
@@ -419,6 +428,9 @@ class Loader(_Unit):
                 def next_item():
                     # The next item's A goes early if its buffer is free now (only the loader
                     # claims buffers); if not, its early slot is passed at once.
+                    if not follow:
+                        m.next = "SETUP_0"
+                        return
                     with m.If(self.free.bit_select(~item_parity, 1)):
                         m.next = "SETUP_0"
                     with m.Else():
@@ -480,7 +492,8 @@ class Loader(_Unit):
             m.d.comb += [self.w_addr.eq(Cat(d_blk[:lgw], d_i, d_chunk)), self.w_valid[B].eq(1)]
             m.d.sync += [turn[i].eq(turn[i + 1]) for i in range(w - 1)]
             m.d.sync += d_i.eq(d_i + 1)
-            m.d.comb += self.b_row.eq(d_row_end)
+            if follow:
+                m.d.comb += self.b_row.eq(d_row_end)
             with m.If(d_end):
                 m.d.sync += draining.eq(0)
                 with m.If(d_last):
@@ -502,7 +515,7 @@ class Loader(_Unit):
                     m.d.comb += self.w_valid[j].eq(1)
                     with m.If(resp.last):
                         m.d.comb += self.fill[j].eq(1)
-                    if j == B:
+                    if j == B and follow:
                         m.d.comb += self.b_row.eq(resp.row_end)
             with m.If(beat & turned):
                 with m.Switch(resp.word[:lw]):
@@ -537,7 +550,7 @@ class Loader(_Unit):
             "row": range(max(n, w)),
             # Scratchpad beat address (transposed B: without the two lowest bits of k).
             "addr": unsigned(addr_width),
-            "row_end": 1,       # the last word of a row
+            "row_end": int(self.follow_b),      # the last word of a row
         })
         m.submodules.pending = pending = SyncFifo(
             width=desc_layout.size, depth=self.outstanding)
@@ -587,12 +600,14 @@ class Loader(_Unit):
 
         a_free = self.free.word_select(Cat(item_parity, C(A, 3)), 1)
         a_early = Signal()       # this item's A went in the early slot
-        slot = Signal(range(len(JOB_SLOTS)))
+        slot = Signal(range(len(self.slots)))
+
+        follow = self.follow_b
 
         def slot_needed(pos):
-            return _slot_needed(cmd, p_idx, pos, a_free, a_early)
+            return _slot_needed(cmd, p_idx, self.slots, pos, a_free, a_early)
 
-        order = JOB_SLOTS
+        order = self.slots
 
         def setup(j):
             stmts = [row.eq(0), word.eq(0), target.eq(j)]
@@ -650,6 +665,8 @@ class Loader(_Unit):
         # One state per step of a job; ``slot`` walks the job slots, ``target`` is its job.
         def next_slot(now):
             """The slot after ``now`` (past the late A when A went early)."""
+            if not follow:
+                return now + 1
             return Mux((now + 1 == LATE_A) & a_early, LATE_A + 1, now + 1)
 
         with m.FSM(name="load"):
@@ -664,7 +681,7 @@ class Loader(_Unit):
                 with m.Switch(slot):
                     for pos, j in enumerate(order):
                         with m.Case(pos):
-                            if pos == EARLY_A:
+                            if follow and pos == EARLY_A:
                                 m.d.sync += a_early.eq(a_free)
                             with m.If(slot_needed(pos)):
                                 m.d.sync += setup(j)
@@ -708,10 +725,13 @@ class Loader(_Unit):
                 m.d.sync += item_parity.eq(~item_parity)
                 # The next item's A goes early if its buffer is free now (only the loader
                 # claims buffers); if not, its early slot is passed at once.
-                with m.If(self.free.bit_select(~item_parity, 1)):
-                    m.d.sync += slot.eq(EARLY_A)
-                with m.Else():
-                    m.d.sync += [slot.eq(EARLY_A + 1), a_early.eq(0)]
+                if follow:
+                    with m.If(self.free.bit_select(~item_parity, 1)):
+                        m.d.sync += slot.eq(EARLY_A)
+                    with m.Else():
+                        m.d.sync += [slot.eq(EARLY_A + 1), a_early.eq(0)]
+                else:
+                    m.d.sync += slot.eq(0)
                 with m.If(p_last):
                     m.d.sync += [p_idx.eq(0), g_idx.eq(g_idx + 1)]
                     with m.If(~transposed):
@@ -757,7 +777,8 @@ class Loader(_Unit):
                     m.d.comb += self.fill[j].eq(1)
         # A row of an ordinary B is complete with its last word (a transposed one completes no
         # row of K before its last beat).
-        m.d.comb += self.b_row.eq(beat & (resp.target == B) & ~transposed & resp.row_end)
+        if follow:
+            m.d.comb += self.b_row.eq(beat & (resp.target == B) & ~transposed & resp.row_end)
         return m
 
 
