@@ -135,7 +135,8 @@ class Accelerator(wiring.Component):
                                                 hold_cmd=not sz.issue_slot,
                                                 result_rows=sz.result_tiles * self.array,
                                                 output_rows=sz.output_rows,
-                                                port_stages=sz.port_stages)
+                                                port_stages=sz.port_stages,
+                                                follow_b=sz.follow_b)
         ports = [ctrl.mem, mm.mem]
         if self.has_vector:
             extra = {} if sz.vector_finishers is None else {"finishers": sz.vector_finishers}

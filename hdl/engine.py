@@ -79,6 +79,10 @@ class MatmulEngine(wiring.Component):
         memory port and a write register in front of each scratchpad (default); without, the
         loader and writer meet the port and the scratchpads directly (a small, slow-clocked
         build).
+    follow_b : bool
+        The feeder follows B's rows into a buffer the loader is still filling, so a group starts
+        on its A panel alone (default); without, it waits for full A and B buffers (a smaller
+        build).
     hold_cmd : bool
         The master keeps ``cmd.payload`` valid from the hand-over until ``done`` is taken (a
         controller without an issue slot does), so the engine uses it in place and keeps no
@@ -99,7 +103,7 @@ class MatmulEngine(wiring.Component):
                  epilogue_lanes: int | None = None, epilogue_registers=(True,) * 6,
                  bram_pads: bool = False, hold_cmd: bool = False,
                  serial_epilogue: bool = False, result_rows: int | None = None,
-                 output_rows: int = 16, port_stages: bool = True):
+                 output_rows: int = 16, port_stages: bool = True, follow_b: bool = True):
         if port_bytes is None:
             port_bytes = default_port_bytes(array) if isinstance(array, int) else 16
         check_config(array, port_bytes, k_max)
@@ -129,6 +133,7 @@ class MatmulEngine(wiring.Component):
         self.result_rows = result_rows
         self.output_rows = output_rows
         self.port_stages = port_stages
+        self.follow_b = follow_b
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
             "done": Out(stream.Signature(DONE_BITS)),
@@ -161,7 +166,8 @@ class MatmulEngine(wiring.Component):
         # a transposed B goes into its scratchpad one byte per cycle, without a corner turn.
         compact = self.serial_epilogue
         m.submodules.loader = loader = Loader(n, w, k_max=k_max, outstanding=self.outstanding,
-                                              addr_bits=self.addr_bits, byte_turn=compact)
+                                              addr_bits=self.addr_bits, byte_turn=compact,
+                                              follow_b=self.follow_b)
         m.submodules.feeder = feeder = Feeder(n, w, k_max=k_max)
         m.submodules.array = array = SystolicArray(n)
         lean = ((self.epilogue_lanes is not None and self.epilogue_lanes < n)
@@ -245,7 +251,9 @@ class MatmulEngine(wiring.Component):
                                                 depth_bytes=max(n, w))
         tokens = []
         for name in ("a", "b", "p", "d", "e"):
-            tok = PingPong()
+            # B's rows are counted (``follow_b``): the feeder follows them into a buffer not
+            # yet full.
+            tok = PingPong(rows=k_max if name == "b" and self.follow_b else 0)
             m.submodules[f"{name}_tokens"] = tok
             tokens.append(tok)
             m.d.comb += [tok.clear.eq(start)]
@@ -264,6 +272,7 @@ class MatmulEngine(wiring.Component):
 
         fill = staged(loader.fill, "fill_staged")
         fill_buf = staged(loader.fill_buf, "fill_buf_staged")
+        b_row = staged(loader.b_row, "b_row_staged")
         for j, tok in enumerate(tokens):
             m.d.comb += [
                 loader.free[2 * j:2 * j + 2].eq(tok.free),
@@ -273,6 +282,7 @@ class MatmulEngine(wiring.Component):
         a_tok, b_tok, p_tok, d_tok, e_tok = tokens
         m.d.comb += [
             feeder.full.eq(Cat(a_tok.full, b_tok.full)),
+            b_tok.row.eq(b_row), feeder.b_written.eq(b_tok.written),
             a_tok.release.eq(feeder.release[0]), a_tok.release_buf.eq(feeder.release_a_buf),
             b_tok.release.eq(feeder.release[1]), b_tok.release_buf.eq(feeder.release_b_buf),
             collector.full.eq(Cat(p_tok.full, d_tok.full, e_tok.full)),
@@ -368,9 +378,10 @@ class MatmulEngine(wiring.Component):
                 m.d.comb += self.done.valid.eq(1)
                 with m.If(self.done.ready):
                     m.next = "IDLE"
-        # What the write-address proof (celosia.sim.properties) states invariants of.
+        # What the write-address proof (celosia.sim.properties) states invariants of, and what
+        # the tests watch.
         self._probe = dict(fsm=fsm, cmd=cmd, plan=plan, plan_now=plan_now, writer=writer,
-                           wr_stage=wr_stage)
+                           wr_stage=wr_stage, feeder=feeder, b_tokens=b_tok)
         return m
 
 

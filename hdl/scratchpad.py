@@ -4,11 +4,14 @@ A :class:`Scratchpad` is written one memory-port beat (W bytes) per cycle and re
 cycle. Its lines are ``max(W, R)`` bytes wide and split into W-byte banks, so a beat writes
 exactly one bank and a read gets a whole line (then picks its R bytes). Each scratchpad holds
 two buffers: the loader fills one while the compute side reads the other. A buffer is written
-only while the loader owns it and read (for data that is used) only while it is full, so reads
+only while the loader owns it and read (for data that is used) only while it is full or, for
+a buffer whose rows are counted (:class:`PingPong` ``rows``), at rows already written, so reads
 and writes never meet at one address (``NO_RW_CHECK``).
 
 A :class:`PingPong` tracks the two buffers of one scratchpad: a buffer is *free*, *claimed*
 by the loader (requests issued), *full* (last beat written) and then *released* by its reader.
+A buffer filled row after row may also count the rows written so far, so its reader can follow
+the loader into a buffer that is not full yet, reading only rows already written.
 """
 
 from amaranth import *
@@ -214,9 +217,22 @@ class PingPong(wiring.Component):
         The reader is done with ``release_buf``: it is free again.
     free, full : Out(2)
         Per-buffer state.
+    row : In(1)
+        With ``rows``: one more row of ``fill_buf`` was written (rows are written in order).
+    written : Out(data.ArrayLayout(range(rows + 1), 2))
+        With ``rows``: rows of each buffer written since it was last free (up to ``rows``; 0 for
+        a buffer filled out of row order, which is read only when full).
+
+    Parameters
+    ----------
+    rows : int
+        Rows a buffer holds, counted by ``row`` (0: not counted).
     """
 
-    def __init__(self):
+    def __init__(self, rows: int = 0):
+        if not isinstance(rows, int) or rows < 0:
+            raise ValueError(f"rows must be an int >= 0, not {rows!r}")
+        self.rows = rows
         super().__init__({
             "clear": In(1),
             "claim": In(1), "claim_buf": In(1),
@@ -224,6 +240,8 @@ class PingPong(wiring.Component):
             "release": In(1), "release_buf": In(1),
             "free": Out(2),
             "full": Out(2),
+            "row": In(1),
+            "written": Out(data.ArrayLayout(range(rows + 1), 2)),
         })
 
     def elaborate(self, platform):
@@ -232,11 +250,17 @@ class PingPong(wiring.Component):
         full = Signal(2)
         m.d.comb += [self.free.eq(~claimed), self.full.eq(full)]
         for b in range(2):
+            written = self.written[b]
             with m.If(self.clear | (self.release & (self.release_buf == b))):
                 m.d.sync += [claimed[b].eq(0), full[b].eq(0)]
+                if self.rows:
+                    m.d.sync += written.eq(0)
             with m.Else():
                 with m.If(self.claim & (self.claim_buf == b)):
                     m.d.sync += claimed[b].eq(1)
                 with m.If(self.fill & (self.fill_buf == b)):
                     m.d.sync += full[b].eq(1)
+                if self.rows:
+                    with m.If(self.row & (self.fill_buf == b) & (written != self.rows)):
+                        m.d.sync += written.eq(written + 1)
         return m

@@ -46,8 +46,15 @@ A, B, P, D, E = range(5)
 NRES = len(RESOURCES)
 
 
-#: The loader's jobs within one item (panel of A and group of B), in order.
-JOB_ORDER = (B, P, A, E, D)
+#: The loader's job slots within one item (panel of A and group of B), in order. The feeder
+#: needs the whole A panel (a row of A is K contiguous bytes, a step takes a column) but
+#: follows B row after row while it arrives (``Loader.b_row``), so A goes first when its buffer
+#: is free as the item starts (``EARLY_A``); otherwise it waits in its slot after B and the
+#: parameters (``LATE_A``), and they load during the wait.
+JOB_SLOTS = (A, B, P, A, E, D)
+EARLY_A, LATE_A = 0, 3
+#: The job order of a loader whose feeder waits for full buffers (``follow_b`` off).
+FULL_BUFFER_SLOTS = (B, P, A, E, D)
 
 
 def _job_needed(cmd, p_idx, j):
@@ -56,6 +63,17 @@ def _job_needed(cmd, p_idx, j):
     first_of_group = p_idx == 0
     return {A: 1, B: first_of_group, P: first_of_group & cmd.use_params,
             D: cmd.addend != AddendMode.NONE, E: cmd.row_shift}[j]
+
+
+def _slot_needed(cmd, p_idx, slots, pos, a_free, a_early):
+    """Whether slot ``pos`` of ``slots`` loads anything; in JOB_SLOTS, A in the early slot when
+    its buffer is free (``a_free``, as the item starts), else in the late one (``a_early``: it
+    went early)."""
+    if slots is JOB_SLOTS and pos == EARLY_A:
+        return a_free
+    if slots is JOB_SLOTS and pos == LATE_A:
+        return ~a_early
+    return _job_needed(cmd, p_idx, slots[pos])
 
 
 def _log2(x: int) -> int:
@@ -188,10 +206,13 @@ class _Unit(wiring.Component):
 class Loader(_Unit):
     """Reads each work item's operands from the memory port into the scratchpads.
 
-    Per item, in order: the B group and its column parameters (first panel of a group only),
-    the A panel, the row exponents (``row_shift``), the addend tile. Each load waits for its
-    buffer to be free; the buffer becomes full when its last beat is written. Descriptors of
-    outstanding requests wait in a FIFO, so responses (in order) need no tags.
+    Per item, in order (``JOB_SLOTS``): the A panel if its buffer is free as the item starts,
+    the B group and its column parameters (first panel of a group only), the A panel if it did
+    not go first, the row exponents (``row_shift``), the addend tile. Each load waits for its
+    buffer to be free; the buffer becomes full when its last beat is written. B's rows of K are
+    written in order, and ``b_row`` marks each one complete, so the feeder can start a group on
+    a full A panel while its B still arrives. Descriptors of outstanding requests wait in a
+    FIFO, so responses (in order) need no tags.
 
     A transposed B (``b_transposed``: memory row n holds column n of B) is read W columns at a
     time for one W-byte chunk of K: those W beats fill the columns of a W x W byte corner turn,
@@ -204,7 +225,8 @@ class Loader(_Unit):
     B scratchpad one byte per cycle with a byte mask (``w_mask``): byte i of the beat holding
     column c, chunk kc is element (kc*W + i, c). A transposed B group then costs W cycles per
     beat. The scratchpad address of every beat is computed when it is requested, so the
-    descriptors are narrow, and the read address is ``row address + word * W``.
+    descriptors are narrow, and the read address is ``row address + word * W``. Such a B
+    completes no row of K before its last beat, so it gives no ``b_row`` and is read full.
 
     Members
     -------
@@ -216,11 +238,17 @@ class Loader(_Unit):
         One-cycle pulses per resource, for buffer ``claim_buf`` / ``fill_buf``.
     w_valid : Out(NRES)
         A scratchpad beat for resource r: ``w_buf``, ``w_row`` (A bank), ``w_addr``, ``w_data``.
+    b_row : Out(1)
+        One more row of B (the next k, all the group's columns) written to buffer ``fill_buf``
+        (with ``follow_b``; without, the loader keeps the order ``FULL_BUFFER_SLOTS``, for a
+        feeder that waits for full buffers, and ``b_row`` stays low).
     """
 
     def __init__(self, array, port_bytes, *, k_max, outstanding=32, addr_bits=ADDR_BITS,
-                 byte_turn=False):
+                 byte_turn=False, follow_b=True):
         self.k_max = k_max
+        self.follow_b = follow_b
+        self.slots = JOB_SLOTS if follow_b else FULL_BUFFER_SLOTS
         self.outstanding = outstanding
         self.byte_turn = byte_turn
         g = group_cols(array, port_bytes)
@@ -239,6 +267,7 @@ class Loader(_Unit):
                                     4 * array * g // port_bytes))),
             "w_data": Out(port_bytes * 8),
             "w_mask": Out(port_bytes),
+            "b_row": Out(1),
         }, addr_bits, k_max)
 
     def elaborate(self, platform):
@@ -255,6 +284,7 @@ class Loader(_Unit):
             "row": range(self.max_rows), "word": range(self.max_words),
             "flush": 1,         # transposed B: the last column of a corner-turn block
             "row_last": 1,      # transposed B: the last chunk of K
+            "row_end": int(self.follow_b),      # the last word of a row
         })
         m.submodules.pending = pending = SyncFifo(
             width=desc_layout.size, depth=self.outstanding)
@@ -288,10 +318,15 @@ class Loader(_Unit):
         panel_rows = Mux(p_last, plan.last_rows, n)
         e_full = max(1, n // w)
 
-        def job_needed(j):
-            return _job_needed(cmd, p_idx, j)
+        a_free = self.free.word_select(Cat(item_parity, C(A, 3)), 1)
+        a_early = Signal()       # this item's A went in the early slot
 
-        order = JOB_ORDER
+        follow = self.follow_b
+
+        def slot_needed(pos):
+            return _slot_needed(cmd, p_idx, self.slots, pos, a_free, a_early)
+
+        order = self.slots
 
         def setup(j):
             """Statements preparing job j of the current item."""
@@ -336,6 +371,7 @@ class Loader(_Unit):
             desc.last.eq(row_last & word_last),
             desc.flush.eq(word_last | (word[:lw] == w - 1)),
             desc.row_last.eq(row_last),
+            desc.row_end.eq(word_last),
             pending.w_data.eq(desc),
             self.rd_req.payload.addr.eq(addr),
             self.claim_buf.eq(buf),
@@ -350,20 +386,30 @@ class Loader(_Unit):
                         a_pbase.eq(cmd.a_addr), d_pbase.eq(cmd.d_addr), d_gbase.eq(cmd.d_addr),
                         e_pbase.eq(cmd.e_addr),
                     ]
-                    m.next = f"SETUP_{order[0]}"
+                    m.next = "SETUP_0"
             for pos, j in enumerate(order):
-                nxt = f"SETUP_{order[pos + 1]}" if pos + 1 < len(order) else "NEXT_ITEM"
-                with m.State(f"SETUP_{j}"):
-                    with m.If(job_needed(j)):
+                def nxt(pos=pos):
+                    """Go to the next slot (past the late A when A went early)."""
+                    if follow and pos + 1 == LATE_A:
+                        with m.If(a_early):
+                            m.next = f"SETUP_{LATE_A + 1}"
+                        with m.Else():
+                            m.next = f"SETUP_{LATE_A}"
+                    else:
+                        m.next = f"SETUP_{pos + 1}" if pos + 1 < len(order) else "NEXT_ITEM"
+                with m.State(f"SETUP_{pos}"):
+                    if follow and pos == EARLY_A:
+                        m.d.sync += a_early.eq(a_free)
+                    with m.If(slot_needed(pos)):
                         m.d.sync += setup(j)
-                        m.next = f"CLAIM_{j}"
+                        m.next = f"CLAIM_{pos}"
                     with m.Else():
-                        m.next = nxt
-                with m.State(f"CLAIM_{j}"):
+                        nxt()
+                with m.State(f"CLAIM_{pos}"):
                     with m.If(self.free.word_select(Cat(buf, C(j, 3)), 1)):
                         m.d.comb += self.claim.eq(1 << j)
-                        m.next = f"ISSUE_{j}"
-                with m.State(f"ISSUE_{j}"):
+                        m.next = f"ISSUE_{pos}"
+                with m.State(f"ISSUE_{pos}"):
                     m.d.comb += [
                         self.rd_req.valid.eq(pending.w_rdy),
                         pending.w_en.eq(self.rd_req.ready),
@@ -374,11 +420,22 @@ class Loader(_Unit):
                                          row_addr.eq(row_addr + stride),
                                          addr.eq(row_addr + stride)]
                             with m.If(row_last):
-                                m.next = nxt
+                                nxt()
                         with m.Else():
                             m.d.sync += [word.eq(word + 1), addr.eq(addr + step)]
             with m.State("NEXT_ITEM"):
                 m.d.sync += item_parity.eq(~item_parity)
+                def next_item():
+                    # The next item's A goes early if its buffer is free now (only the loader
+                    # claims buffers); if not, its early slot is passed at once.
+                    if not follow:
+                        m.next = "SETUP_0"
+                        return
+                    with m.If(self.free.bit_select(~item_parity, 1)):
+                        m.next = "SETUP_0"
+                    with m.Else():
+                        m.d.sync += a_early.eq(0)
+                        m.next = "SETUP_1"
                 with m.If(p_last):
                     m.d.sync += [
                         p_idx.eq(0), g_idx.eq(g_idx + 1),
@@ -392,7 +449,7 @@ class Loader(_Unit):
                     with m.If(g_last):
                         m.next = "IDLE"
                     with m.Else():
-                        m.next = f"SETUP_{order[0]}"
+                        next_item()
                 with m.Else():
                     m.d.sync += [
                         p_idx.eq(p_idx + 1),
@@ -400,7 +457,7 @@ class Loader(_Unit):
                         d_pbase.eq(d_pbase + (cmd.d_stride << _log2(n))),
                         e_pbase.eq(e_pbase + n),
                     ]
-                    m.next = f"SETUP_{order[0]}"
+                    next_item()
 
         # --- Response side ------------------------------------------------------------------
         resp = Signal(desc_layout)
@@ -413,6 +470,7 @@ class Loader(_Unit):
         d_buf = Signal()
         d_last = Signal()
         d_chunk_last = Signal()
+        d_row_end = Signal()    # the chunk's last block: each row drained completes a k
         d_end = Signal()
         m.d.comb += d_end.eq((d_i == w - 1) | (d_chunk_last & (d_i == (cmd.k - 1)[:lw])))
 
@@ -434,6 +492,8 @@ class Loader(_Unit):
             m.d.comb += [self.w_addr.eq(Cat(d_blk[:lgw], d_i, d_chunk)), self.w_valid[B].eq(1)]
             m.d.sync += [turn[i].eq(turn[i + 1]) for i in range(w - 1)]
             m.d.sync += d_i.eq(d_i + 1)
+            if follow:
+                m.d.comb += self.b_row.eq(d_row_end)
             with m.If(d_end):
                 m.d.sync += draining.eq(0)
                 with m.If(d_last):
@@ -455,6 +515,8 @@ class Loader(_Unit):
                     m.d.comb += self.w_valid[j].eq(1)
                     with m.If(resp.last):
                         m.d.comb += self.fill[j].eq(1)
+                    if j == B and follow:
+                        m.d.comb += self.b_row.eq(resp.row_end)
             with m.If(beat & turned):
                 with m.Switch(resp.word[:lw]):
                     for col in range(w):
@@ -464,7 +526,8 @@ class Loader(_Unit):
                 with m.If(resp.flush):
                     m.d.sync += [draining.eq(1), d_i.eq(0), d_chunk.eq(resp.row),
                                  d_blk.eq(resp.word >> lw), d_buf.eq(resp.buf),
-                                 d_last.eq(resp.last), d_chunk_last.eq(resp.row_last)]
+                                 d_last.eq(resp.last), d_chunk_last.eq(resp.row_last),
+                                 d_row_end.eq(resp.row_end)]
         with m.If(self.start):
             m.d.sync += draining.eq(0)
         return m
@@ -487,6 +550,7 @@ class Loader(_Unit):
             "row": range(max(n, w)),
             # Scratchpad beat address (transposed B: without the two lowest bits of k).
             "addr": unsigned(addr_width),
+            "row_end": int(self.follow_b),      # the last word of a row
         })
         m.submodules.pending = pending = SyncFifo(
             width=desc_layout.size, depth=self.outstanding)
@@ -534,13 +598,19 @@ class Loader(_Unit):
         panel_rows = Mux(p_last, plan.last_rows, n)
         e_full = max(1, n // w)
 
-        def job_needed(j):
-            return _job_needed(cmd, p_idx, j)
+        a_free = self.free.word_select(Cat(item_parity, C(A, 3)), 1)
+        a_early = Signal()       # this item's A went in the early slot
+        slot = Signal(range(len(self.slots)))
 
-        order = JOB_ORDER
+        follow = self.follow_b
+
+        def slot_needed(pos):
+            return _slot_needed(cmd, p_idx, self.slots, pos, a_free, a_early)
+
+        order = self.slots
 
         def setup(j):
-            stmts = [row.eq(0), word.eq(0)]
+            stmts = [row.eq(0), word.eq(0), target.eq(j)]
             if j == B:
                 stmts += [buf.eq(g_idx[0]), row_addr.eq(b_gbase),
                           rows.eq(Mux(transposed, Mux(g_last, plan.cols_last, g), cmd.k)),
@@ -569,6 +639,7 @@ class Loader(_Unit):
         desc = Signal(desc_layout)
         m.d.comb += [
             desc.target.eq(target), desc.buf.eq(buf), desc.last.eq(row_last & word_last),
+            desc.row_end.eq(word_last),
             pending.w_data.eq(desc),
             self.rd_req.payload.addr.eq((row_addr + (word << lw))[:ab]),
             self.claim_buf.eq(buf),
@@ -591,26 +662,33 @@ class Loader(_Unit):
             with m.Default():
                 m.d.comb += desc.addr.eq(word)
 
-        # One state per step of a job; ``target`` (the job) walks the order B, P, A, E, D.
-        nxt_job = {order[i]: order[i + 1] for i in range(len(order) - 1)}
+        # One state per step of a job; ``slot`` walks the job slots, ``target`` is its job.
+        def next_slot(now):
+            """The slot after ``now`` (past the late A when A went early)."""
+            if not follow:
+                return now + 1
+            return Mux((now + 1 == LATE_A) & a_early, LATE_A + 1, now + 1)
+
         with m.FSM(name="load"):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [
-                        g_idx.eq(0), p_idx.eq(0), item_parity.eq(0), target.eq(order[0]),
+                        g_idx.eq(0), p_idx.eq(0), item_parity.eq(0), slot.eq(0),
                         b_gbase.eq(cmd.b_addr), a_pbase.eq(cmd.a_addr),
                     ]
                     m.next = "SETUP"
             with m.State("SETUP"):
-                with m.Switch(target):
-                    for j in order:
-                        with m.Case(j):
-                            with m.If(job_needed(j)):
+                with m.Switch(slot):
+                    for pos, j in enumerate(order):
+                        with m.Case(pos):
+                            if follow and pos == EARLY_A:
+                                m.d.sync += a_early.eq(a_free)
+                            with m.If(slot_needed(pos)):
                                 m.d.sync += setup(j)
                                 m.next = "CLAIM"
                             with m.Else():
-                                if j in nxt_job:
-                                    m.d.sync += target.eq(nxt_job[j])
+                                if pos + 1 < len(order):
+                                    m.d.sync += slot.eq(next_slot(pos))
                                 else:
                                     m.next = "NEXT_ITEM"
             with m.State("CLAIM"):
@@ -636,18 +714,24 @@ class Loader(_Unit):
                                 with m.Case(B):
                                     with m.If(transposed):
                                         m.d.sync += b_gbase.eq(next_row)
-                            with m.If(target == order[-1]):
+                            with m.If(slot == len(order) - 1):
                                 m.next = "NEXT_ITEM"
                             with m.Else():
-                                with m.Switch(target):
-                                    for j, k in nxt_job.items():
-                                        with m.Case(j):
-                                            m.d.sync += target.eq(k)
+                                m.d.sync += slot.eq(next_slot(slot))
                                 m.next = "SETUP"
                     with m.Else():
                         m.d.sync += word.eq(word + 1)
             with m.State("NEXT_ITEM"):
-                m.d.sync += [item_parity.eq(~item_parity), target.eq(order[0])]
+                m.d.sync += item_parity.eq(~item_parity)
+                # The next item's A goes early if its buffer is free now (only the loader
+                # claims buffers); if not, its early slot is passed at once.
+                if follow:
+                    with m.If(self.free.bit_select(~item_parity, 1)):
+                        m.d.sync += slot.eq(EARLY_A)
+                    with m.Else():
+                        m.d.sync += [slot.eq(EARLY_A + 1), a_early.eq(0)]
+                else:
+                    m.d.sync += slot.eq(0)
                 with m.If(p_last):
                     m.d.sync += [p_idx.eq(0), g_idx.eq(g_idx + 1)]
                     with m.If(~transposed):
@@ -691,6 +775,10 @@ class Loader(_Unit):
                 m.d.comb += self.w_valid[j].eq(1)
                 with m.If(resp.last & beat_done):
                     m.d.comb += self.fill[j].eq(1)
+        # A row of an ordinary B is complete with its last word (a transposed one completes no
+        # row of K before its last beat).
+        if follow:
+            m.d.comb += self.b_row.eq(beat & (resp.target == B) & ~transposed & resp.row_end)
         return m
 
 
@@ -698,6 +786,9 @@ class Feeder(_Unit):
     """Streams A columns and B rows from the scratchpads into the array, tile after tile.
 
     Steps past K (tiles shorter than the array are padded to ``array`` steps) carry zeros.
+    A step needs the A panel full and, for B, either the buffer full or its row k already
+    written (``b_written``: rows of each B buffer written so far), so a group starts while
+    its B still arrives, one row ahead of the steps.
     Reads are pipelined one cycle. The array never stalls, so nothing here waits on it: the
     step that closes a tile is issued only with ``credit_ok`` (the result queue behind the
     array has room for the tile's ``array`` rows), and that step takes the credits
@@ -709,6 +800,7 @@ class Feeder(_Unit):
         g = group_cols(array, port_bytes)
         super().__init__(array, port_bytes, {
             "full": In(4),                       # A buffers 0,1 then B buffers 0,1
+            "b_written": In(data.ArrayLayout(range(k_max + 1), 2)),
             "release": Out(2), "release_a_buf": Out(1), "release_b_buf": Out(1),
             "a_r_en": Out(1), "a_r_buf": Out(1), "a_r_addr": Out(range(k_max)),
             "a_r_data": In(array * 8),
@@ -731,7 +823,8 @@ class Feeder(_Unit):
 
         a_buf = walk.item_parity
         b_buf = walk.group_parity
-        ready_tokens = self.full.bit_select(a_buf, 1) & self.full.bit_select(2 + b_buf, 1)
+        b_row_ok = self.full.bit_select(2 + b_buf, 1) | (k < self.b_written[b_buf])
+        ready_tokens = self.full.bit_select(a_buf, 1) & b_row_ok
 
         v1 = Signal()
         live1 = Signal()

@@ -216,6 +216,80 @@ def test_engine_random_row_shift_transposed_shapes():
         assert img.untouched_outside_c(img.data)
 
 
+@pytest.mark.parametrize("bt,compact", [(False, False), (True, False), (False, True)])
+def test_engine_first_step_before_b_is_full(bt, compact):
+    """B's rows of K are written in order (a transposed B's after the corner turn) and the
+    feeder follows them: the first step enters the array while the first group's B is still
+    arriving, not after its last beat (which cost every command K x G / W cycles first).
+    The compact build (no corner turn) included; the results stay exact."""
+    rng = np.random.default_rng(31)
+    n, w, k = 4, 8, 32
+    job = random_job(rng, 6, k, 11, row_shift=True, addend_mode=AddendMode.ACC32,
+                     b_transposed=bt)
+    tame(rng, job)
+    sizing = dict(serial_epilogue=True, epilogue_lanes=1, output_rows=0) if compact else {}
+    engine = MatmulEngine(n, w, k_max=k, **sizing)
+    img = job.image(w, seed=4)
+    mem = MemoryModel(engine.mem, img.data, w, rng=random.Random(2), latency=3)
+    out, seen = {}, {}
+
+    async def main(ctx):
+        out["code"], _ = await run_command(ctx, engine, img.command(), timeout=100_000)
+
+    async def watch(ctx):
+        feeder, b_tok = engine._probe["feeder"], engine._probe["b_tokens"]
+        cycle = 0
+        async for _, _, step, full, written in ctx.tick().sample(
+                feeder.o.valid, b_tok.full, b_tok.written[0]):
+            cycle += 1
+            if step and "step" not in seen:
+                seen["step"], seen["written"] = cycle, written
+            if full & 1 and "full" not in seen:
+                seen["full"] = cycle
+
+    run(engine, main, background=[mem, watch], deadline_cycles=200_000)
+    assert out["code"] == ErrorCode.OK
+    assert np.array_equal(img.result(img.data), job.golden())
+    # The first step is issued when B's first row is written, far ahead of its 32nd.
+    assert seen["step"] < seen["full"] - k // 2
+    assert 1 <= seen["written"] < k
+
+
+@pytest.mark.parametrize("bt", [False, True])
+def test_engine_without_follow_b_waits_for_full_b(bt):
+    """``follow_b=False`` (the iCE40 build): B is loaded before A and the first step waits
+    for the full B buffer; the results are the same."""
+    rng = np.random.default_rng(37)
+    n, w, k = 4, 8, 32
+    job = random_job(rng, 6, k, 11, row_shift=True, addend_mode=AddendMode.ACC32,
+                     b_transposed=bt)
+    tame(rng, job)
+    engine = MatmulEngine(n, w, k_max=k, serial_epilogue=True, epilogue_lanes=1,
+                          output_rows=0, port_stages=False, follow_b=False)
+    img = job.image(w, seed=4)
+    mem = MemoryModel(engine.mem, img.data, w, rng=random.Random(2), latency=3,
+                      req_stall=0.2, resp_gap=0.2, wr_stall=0.2)
+    out, seen = {}, {}
+
+    async def main(ctx):
+        out["code"], _ = await run_command(ctx, engine, img.command(), timeout=100_000)
+
+    async def watch(ctx):
+        feeder, b_tok = engine._probe["feeder"], engine._probe["b_tokens"]
+        cycle = 0
+        async for _, _, step, full in ctx.tick().sample(feeder.o.valid, b_tok.full):
+            cycle += 1
+            if step and "step" not in seen:
+                seen["step"] = cycle
+            if full & 1 and "full" not in seen:
+                seen["full"] = cycle
+
+    run(engine, main, background=[mem, watch], deadline_cycles=200_000)
+    assert out["code"] == ErrorCode.OK
+    assert np.array_equal(img.result(img.data), job.golden())
+    assert seen["full"] < seen["step"]
+
+
 @pytest.mark.parametrize("head", [0, 1, 3])
 def test_engine_attention_head_views(head):
     """Scores of one head, Q_h @ K_h^T, with Q_h and K_h column slices of a tokens x (3*hidden)

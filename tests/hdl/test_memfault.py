@@ -196,14 +196,14 @@ def test_write_error(resp):
 
 
 def test_timeout_while_still_silent():
-    """A START while the memory is still silent times out again (the master does not take
-    new requests past transactions the memory still owes); once it answers, the next run
-    is bit-exact."""
+    """A START while the memory is still silent (since the second MATMUL's first read of its
+    column parameters, after A and B) times out again (the master does not take new requests
+    past transactions the memory still owes); once it answers, the next run is bit-exact."""
     img, prog, mm = chain()
     k = mm[1]
     reads, _ = isa.footprint(prog[k][1])
-    a = dict((name, span) for name, span, _, _ in reads)["a"]
-    frozen = once(in_span(a), 3 * TIMEOUT)
+    p = dict((name, span) for name, span, _, _ in reads)["p"]
+    frozen = once(in_span(p), 3 * TIMEOUT)
     model, mem1, (r1, r2, r3) = session(img, runs=3, freeze=frozen, gap=2 * TIMEOUT)
     check_stopped(img, k, mem1, r1, ErrorCode.MEM_TIMEOUT)
     assert r2["ERROR"] == ErrorCode.MEM_TIMEOUT and r2["ERROR_PC"] == img.prog
@@ -211,15 +211,17 @@ def test_timeout_while_still_silent():
 
 
 def test_timeout_then_restart():
-    """The memory stops answering (all channels) when the second MATMUL reads its A operand,
-    for twice the watchdog bound: MEM_TIMEOUT at that MATMUL; the next START comes while the
-    memory is still silent and owes the old run's beats, which arrive late and are dropped,
-    and the new run's requests are answered after them."""
+    """The memory stops answering (all channels) when the second MATMUL reads its column
+    parameters (after A and B, so the controller's fetch ahead has been answered; the first
+    read of A comes with that fetch), for twice the watchdog bound: MEM_TIMEOUT at that
+    MATMUL; the next START comes while the memory is still silent and owes the old run's
+    beats, which arrive late and are dropped, and the new run's requests are answered after
+    them."""
     img, prog, mm = chain()
     k = mm[1]
     reads, _ = isa.footprint(prog[k][1])
-    a = dict((name, span) for name, span, _, _ in reads)["a"]
-    frozen = once(in_span(a), 2 * TIMEOUT)
+    p = dict((name, span) for name, span, _, _ in reads)["p"]
+    frozen = once(in_span(p), 2 * TIMEOUT)
     model, mem1, (r1, r2) = session(img, freeze=frozen)
     assert frozen.fired
     check_stopped(img, k, mem1, r1, ErrorCode.MEM_TIMEOUT)

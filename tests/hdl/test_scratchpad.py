@@ -72,6 +72,38 @@ def test_pingpong_states():
     run(dut, bench, deadline_cycles=100)
 
 
+def test_pingpong_counts_rows_written():
+    """``rows``: each buffer counts the rows written into it (``row`` with ``fill_buf``), up to
+    ``rows``, and starts again at 0 when released or cleared."""
+    dut = PingPong(rows=3)
+
+    async def bench(ctx):
+        async def rows(buf, count):
+            ctx.set(dut.fill_buf, buf)
+            for _ in range(count):
+                ctx.set(dut.row, 1)
+                await ctx.tick()
+            ctx.set(dut.row, 0)
+
+        written = lambda: [ctx.get(dut.written[b]) for b in range(2)]
+        assert written() == [0, 0]
+        await rows(1, 2)
+        assert written() == [0, 2] and ctx.get(dut.full) == 0
+        await rows(0, 1)
+        await rows(1, 5)
+        assert written() == [1, 3]
+        ctx.set(dut.release, 1); ctx.set(dut.release_buf, 1)
+        await ctx.tick()
+        ctx.set(dut.release, 0)
+        assert written() == [1, 0]
+        ctx.set(dut.clear, 1)
+        await ctx.tick()
+        ctx.set(dut.clear, 0)
+        assert written() == [0, 0]
+
+    run(dut, bench, deadline_cycles=100)
+
+
 def test_read_registers_have_no_defined_init():
     """The read data registers carry an undefined initial value and no reset into the netlist,
     so synthesis can use a block RAM's output register without emulating a power-up value."""
