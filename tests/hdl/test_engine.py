@@ -216,6 +216,35 @@ def test_engine_random_row_shift_transposed_shapes():
         assert img.untouched_outside_c(img.data)
 
 
+def _first_step_and_full_b(engine, job, w, rng, **memory):
+    """Runs ``job`` on ``engine``: the cycles of the first array step and of the first B
+    buffer's ``full``, and the B rows written at that step; the result checked exact."""
+    img = job.image(w, seed=4)
+    mem = MemoryModel(engine.mem, img.data, w, rng=random.Random(2), latency=3, **memory)
+    out, seen = {}, {}
+
+    async def main(ctx):
+        out["code"], _ = await run_command(ctx, engine, img.command(), timeout=100_000)
+
+    async def watch(ctx):
+        feeder, b_tok = engine._probe["feeder"], engine._probe["b_tokens"]
+        # B's row count (absent without follow_b).
+        rows = [b_tok.written[0]] if hasattr(b_tok, "written") else []
+        cycle = 0
+        async for _, _, step, full, *written in ctx.tick().sample(feeder.o.valid, b_tok.full,
+                                                                   *rows):
+            cycle += 1
+            if step and "step" not in seen:
+                seen["step"], seen["written"] = cycle, (written or [None])[0]
+            if full & 1 and "full" not in seen:
+                seen["full"] = cycle
+
+    run(engine, main, background=[mem, watch], deadline_cycles=200_000)
+    assert out["code"] == ErrorCode.OK
+    assert np.array_equal(img.result(img.data), job.golden())
+    return seen
+
+
 @pytest.mark.parametrize("bt,compact", [(False, False), (True, False), (False, True)])
 def test_engine_first_step_before_b_is_full(bt, compact):
     """B's rows of K are written in order (a transposed B's after the corner turn) and the
@@ -228,28 +257,7 @@ def test_engine_first_step_before_b_is_full(bt, compact):
                      b_transposed=bt)
     tame(rng, job)
     sizing = dict(serial_epilogue=True, epilogue_lanes=1, output_rows=0) if compact else {}
-    engine = MatmulEngine(n, w, k_max=k, **sizing)
-    img = job.image(w, seed=4)
-    mem = MemoryModel(engine.mem, img.data, w, rng=random.Random(2), latency=3)
-    out, seen = {}, {}
-
-    async def main(ctx):
-        out["code"], _ = await run_command(ctx, engine, img.command(), timeout=100_000)
-
-    async def watch(ctx):
-        feeder, b_tok = engine._probe["feeder"], engine._probe["b_tokens"]
-        cycle = 0
-        async for _, _, step, full, written in ctx.tick().sample(
-                feeder.o.valid, b_tok.full, b_tok.written[0]):
-            cycle += 1
-            if step and "step" not in seen:
-                seen["step"], seen["written"] = cycle, written
-            if full & 1 and "full" not in seen:
-                seen["full"] = cycle
-
-    run(engine, main, background=[mem, watch], deadline_cycles=200_000)
-    assert out["code"] == ErrorCode.OK
-    assert np.array_equal(img.result(img.data), job.golden())
+    seen = _first_step_and_full_b(MatmulEngine(n, w, k_max=k, **sizing), job, w, rng)
     # The first step is issued when B's first row is written, far ahead of its 32nd.
     assert seen["step"] < seen["full"] - k // 2
     assert 1 <= seen["written"] < k
@@ -266,27 +274,8 @@ def test_engine_without_follow_b_waits_for_full_b(bt):
     tame(rng, job)
     engine = MatmulEngine(n, w, k_max=k, serial_epilogue=True, epilogue_lanes=1,
                           output_rows=0, port_stages=False, follow_b=False)
-    img = job.image(w, seed=4)
-    mem = MemoryModel(engine.mem, img.data, w, rng=random.Random(2), latency=3,
-                      req_stall=0.2, resp_gap=0.2, wr_stall=0.2)
-    out, seen = {}, {}
-
-    async def main(ctx):
-        out["code"], _ = await run_command(ctx, engine, img.command(), timeout=100_000)
-
-    async def watch(ctx):
-        feeder, b_tok = engine._probe["feeder"], engine._probe["b_tokens"]
-        cycle = 0
-        async for _, _, step, full in ctx.tick().sample(feeder.o.valid, b_tok.full):
-            cycle += 1
-            if step and "step" not in seen:
-                seen["step"] = cycle
-            if full & 1 and "full" not in seen:
-                seen["full"] = cycle
-
-    run(engine, main, background=[mem, watch], deadline_cycles=200_000)
-    assert out["code"] == ErrorCode.OK
-    assert np.array_equal(img.result(img.data), job.golden())
+    seen = _first_step_and_full_b(engine, job, w, rng, req_stall=0.2, resp_gap=0.2,
+                                  wr_stall=0.2)
     assert seen["full"] < seen["step"]
 
 
