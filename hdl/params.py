@@ -224,7 +224,8 @@ class Sizing:
         The controller and the vector engine accept the decoder's VECTOR operations the RTL
         implements (``isa.RTL_DECODER_OPS``; the other ``isa.DecoderVecOp`` values still stop
         with ``BAD_MODE``). Off, the hardware is the encoder's, unchanged, and every decoder op
-        but the encoder's dithered softmax (``isa.RTL_ALWAYS_OPS``) stops with ``BAD_MODE``. The ISA simulator models such a build with
+        but the encoder's dithered softmax (``isa.RTL_ALWAYS_OPS``) stops with ``BAD_MODE``.
+        The ISA simulator models such a build with
         ``IsaMachine(decoder_ops=Sizing.decoder_op_set())``.
     follow_b
         The matmul engine's feeder follows B's rows into a buffer the loader is still filling,
