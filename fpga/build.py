@@ -109,6 +109,7 @@ def tool_options(board, seed: int | None = None) -> dict:
     so that multipliers use the SB_MAC16s) and nextpnr's (ECP5: router2, which routes the
     congested 8x8 design far faster than router1; the JSON report for the critical paths)."""
     opts = ["--timing-allow-fail", "--report", REPORT_NAME] + board.nextpnr_opts.split()
+    seed = board.seed if seed is None else seed
     if seed is not None:
         opts += ["--seed", str(seed)]
     return {"synth_opts": board.synth_opts, "nextpnr_opts": " ".join(opts)}

@@ -243,7 +243,8 @@ def test_bridge_rejects_and_resyncs():
 
 def test_board_sizing():
     """The iCEBreaker builds the board-sized accelerator (same ISA and CSR map) with the DSPs
-    inferred; the ULX3S the full-size one with serial span checks."""
+    inferred; the ULX3S the full-size one with serial span checks, placed with its seed
+    unless the command line gives one."""
     from celosia.hdl.params import FULL, SMALL
     ice, ecp = BOARDS["icebreaker"], BOARDS["ulx3s-85f"]
     assert ice.sizing == SMALL and "-dsp" in ice.synth_opts.split()
@@ -251,6 +252,9 @@ def test_board_sizing():
     top = CelosiaTop(ice)
     plan = ice.platform().build(top, name="celosia_top", do_build=False, **tool_options(ice))
     assert "synth_ice40 -dsp" in dict(plan.files)["celosia_top.ys"]
+    assert tool_options(ecp)["nextpnr_opts"].split()[-2:] == ["--seed", "2"]
+    assert tool_options(ecp, seed=5)["nextpnr_opts"].split()[-2:] == ["--seed", "5"]
+    assert "--seed" not in tool_options(ice)["nextpnr_opts"]
 
 
 def test_vector_lanes_option():
