@@ -124,6 +124,7 @@ class Accelerator(wiring.Component):
                                               issue_slot=sz.issue_slot,
                                               serial_check=sz.serial_check,
                                               mem_faults=self.memory == "axi",
+                                              mm_independence=sz.prefetch,
                                               **({"decoder_ops": True} if sz.decoder_ops else {}))
         m.submodules.matmul = mm = MatmulEngine(self.array, W, k_max=self.k_max,
                                                 outstanding=self.outstanding,
@@ -136,7 +137,8 @@ class Accelerator(wiring.Component):
                                                 result_rows=sz.result_tiles * self.array,
                                                 output_rows=sz.output_rows,
                                                 port_stages=sz.port_stages,
-                                                follow_b=sz.follow_b)
+                                                follow_b=sz.follow_b,
+                                                prefetch=sz.prefetch)
         ports = [ctrl.mem, mm.mem]
         if self.has_vector:
             extra = {} if sz.vector_finishers is None else {"finishers": sz.vector_finishers}
@@ -168,6 +170,7 @@ class Accelerator(wiring.Component):
             writes_idle = ~self.mem.wr.valid
 
         wiring.connect(m, ctrl.mm_cmd, mm.cmd)
+        m.d.comb += mm.cmd_independent.eq(ctrl.mm_cmd_independent)
         wiring.connect(m, mm.done, ctrl.mm_done)
         if self.has_vector:
             wiring.connect(m, ctrl.vec_cmd, vec.cmd)

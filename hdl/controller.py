@@ -63,6 +63,9 @@ def _span_members(addr_width, rows_width, stride_width, row_bytes_width, end_wid
         "used": In(1), "addr": In(addr_width), "rows": In(rows_width),
         "stride": In(stride_width), "row_bytes": In(row_bytes_width),
         "base": In(end_width), "end": In(end_width), "outside": Out(1),
+        # One past the operand's last byte (its low addr_width + 1 bits: exact for an operand
+        # inside a window of a full build).
+        "span_end": Out(addr_width + 1),
     }
 
 
@@ -105,7 +108,8 @@ class SpanCheck(wiring.Component):
         rows_m1 = Signal.like(self.rows)
         m.d.comb += rows_m1.eq(Mux(self.rows == 0, 0, self.rows - 1))
         span_end = self.addr + rows_m1 * self.stride + self.row_bytes
-        m.d.comb += self.outside.eq(self.used & ((self.addr < self.base) | (span_end > self.end)))
+        m.d.comb += [self.outside.eq(self.used & ((self.addr < self.base) | (span_end > self.end))),
+                     self.span_end.eq(span_end)]
         return m
 
 
@@ -175,7 +179,7 @@ class SerialSpanCheck(wiring.Component):
             with m.Default():
                 m.d.comb += addend.eq(self.row_bytes)
         m.d.comb += [acc_next.eq(Mux(phase == 0, acc << 1, acc) + addend),
-                     self.done.eq(phase == 3)]
+                     self.done.eq(phase == 3), self.span_end.eq(acc)]
         if ab is not None:
             m.d.comb += self.outside.eq(self.used & ((self.addr[:ab] < self.base) | ovf
                                                      | (acc > self.end)))
@@ -257,7 +261,7 @@ class Controller(wiring.Component):
     def __init__(self, port_bytes: int, *, vector: bool = False, queue: int = 4,
                  k_max: int = K_MAX, addr_bits: int = ADDR_BITS, issue_slot: bool = True,
                  serial_check: bool = False, mem_faults: bool = False,
-                 decoder_ops: bool = False):
+                 decoder_ops: bool = False, mm_independence: bool = False):
         assert port_bytes & (port_bytes - 1) == 0 and 4 <= port_bytes <= 128
         assert 12 <= addr_bits <= ADDR_BITS
         self.port_bytes = port_bytes
@@ -269,9 +273,14 @@ class Controller(wiring.Component):
         self.serial_check = serial_check
         self.mem_faults = mem_faults
         self.decoder_ops = bool(decoder_ops)
+        if mm_independence and (not issue_slot or addr_bits < ADDR_BITS):
+            raise ValueError("mm_independence needs the issue slot and full-width addresses")
+        self.mm_independence = mm_independence
         members = {
             "mem": Out(MemoryPortSignature(port_bytes)),
             "mm_cmd": Out(stream.Signature(command_layout())),
+            # Beside mm_cmd: the command reads no byte the MATMUL before it writes.
+            "mm_cmd_independent": Out(1),
             "mm_done": In(stream.Signature(DONE_BITS)),
             "writes_idle": In(1, init=1),
             "start": In(1), "abort": In(1),
@@ -632,6 +641,19 @@ class Controller(wiring.Component):
         any_short = Signal()
         any_outside = Signal()
 
+        # --- independence of consecutive MATMULs (``mm_independence``) ---
+        # The span of the last issued MATMUL's C; while a MATMUL is checked, whether an operand
+        # it reads overlaps that span (the engine then loads it only after the one before it
+        # has written its result).
+        if self.mm_independence:
+            prev_c = Signal(2 * (ADDR_BITS + 1), name="mm_prev_c")     # [lo, hi)
+            next_c = Signal(2 * (ADDR_BITS + 1), name="mm_next_c")
+            mm_dep = Signal()
+            mm_slot_indep = Signal()
+            prev_lo, prev_hi = prev_c[:ADDR_BITS + 1], prev_c[ADDR_BITS + 1:]
+            reads_prev = (op_used & (op_addr < prev_hi) & (prev_lo < span_check.span_end))
+            m.d.comb += self.mm_cmd_independent.eq(mm_slot_indep)
+
         # --- parameter-record scan (requantising MATMUL) ---
         lanes = W // 4
         scan_bad = Signal()
@@ -726,6 +748,8 @@ class Controller(wiring.Component):
 
             with m.State("DECODE"):
                 m.d.sync += [idx.eq(0), any_short.eq(0), any_outside.eq(0), is_vec.eq(0)]
+                if self.mm_independence:
+                    m.d.sync += mm_dep.eq(0)
                 if self.serial_check:
                     m.d.comb += span_check.restart.eq(1)
                 with m.If(mem_stop):
@@ -760,6 +784,12 @@ class Controller(wiring.Component):
                     m.d.sync += [any_short.eq(any_short | short),
                                  any_outside.eq(any_outside | outside),
                                  idx.eq(idx + 1)]
+                    if self.mm_independence:
+                        # Operand 2 is C (mm_ops' order); the others are read.
+                        with m.If(~is_vec & (idx == 2)):
+                            m.d.sync += next_c.eq(Cat(op_addr, C(0, 1), span_check.span_end))
+                        with m.Elif(~is_vec & reads_prev):
+                            m.d.sync += mm_dep.eq(1)
                     if self.serial_check:
                         m.d.comb += span_check.restart.eq(1)
                     with m.If(idx == N_OPS - 1):
@@ -833,6 +863,8 @@ class Controller(wiring.Component):
                             next_instruction()
                     with m.Elif(~is_vec & ~mm_slot_valid):
                         m.d.sync += [mm_slot_valid.eq(1), mm_slot_cmd.eq(mm), mm_slot_pc.eq(pc)]
+                        if self.mm_independence:
+                            m.d.sync += [prev_c.eq(next_c), mm_slot_indep.eq(~mm_dep)]
                         m.d.comb += self.retire_mm.eq(1)
                         next_instruction()
                 else:

@@ -87,11 +87,21 @@ class MatmulEngine(wiring.Component):
         The master keeps ``cmd.payload`` valid from the hand-over until ``done`` is taken (a
         controller without an issue slot does), so the engine uses it in place and keeps no
         copy.
+    prefetch : bool
+        The loader works one command ahead: once it has loaded the running command's operands
+        it takes the next command offered with ``cmd_independent`` and loads that one's while
+        the running one computes and writes (a second copy of the command; default: on unless
+        ``hold_cmd`` or ``serial_epilogue``).
 
     Members
     -------
     cmd : In(stream.Signature(command_layout()))
-        One command at a time (``ready`` while idle).
+        A command (``ready`` while idle; with ``prefetch`` also once the loader is done with
+        the running command).
+    cmd_independent : In(1)
+        Beside ``cmd.payload``: the command reads no byte that the one before it writes (the
+        controller's check), so its loads may overlap that command. Without it a command starts
+        loading only when the one before it has finished.
     done : Out(stream.Signature(DONE_BITS))
         An ``ErrorCode`` per command (OK, BAD_SHAPE, BAD_ALIGN or BAD_MODE), once every result beat has been accepted by the port.
     mem : Out(MemoryPortSignature(port_bytes))
@@ -103,7 +113,8 @@ class MatmulEngine(wiring.Component):
                  epilogue_lanes: int | None = None, epilogue_registers=(True,) * 6,
                  bram_pads: bool = False, hold_cmd: bool = False,
                  serial_epilogue: bool = False, result_rows: int | None = None,
-                 output_rows: int = 16, port_stages: bool = True, follow_b: bool = True):
+                 output_rows: int = 16, port_stages: bool = True, follow_b: bool = True,
+                 prefetch: bool | None = None):
         if port_bytes is None:
             port_bytes = default_port_bytes(array) if isinstance(array, int) else 16
         check_config(array, port_bytes, k_max)
@@ -134,8 +145,15 @@ class MatmulEngine(wiring.Component):
         self.output_rows = output_rows
         self.port_stages = port_stages
         self.follow_b = follow_b
+        if prefetch is None:
+            prefetch = not hold_cmd and not serial_epilogue
+        if prefetch and (hold_cmd or serial_epilogue):
+            raise ValueError("prefetch needs a command copy (not hold_cmd) and the corner-turn "
+                             "loader (not serial_epilogue)")
+        self.prefetch = prefetch
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
+            "cmd_independent": In(1),
             "done": Out(stream.Signature(DONE_BITS)),
             "mem": Out(MemoryPortSignature(port_bytes)),
             "busy": Out(1),
@@ -153,14 +171,22 @@ class MatmulEngine(wiring.Component):
         n, w, g, k_max = self.array, self.port_bytes, self.group, self.k_max
         lw = w.bit_length() - 1
 
-        cmd = Signal(command_layout())
+        # ``lcmd``: the command taken last, which the loader works on; ``cmd``: the one the
+        # feeder, collector, epilogue and writer work on. One register without ``prefetch``.
+        prefetch = self.prefetch
+        lcmd = Signal(command_layout(), name="lcmd")
         if self.hold_cmd:
-            m.d.comb += cmd.eq(self.cmd.payload)
+            m.d.comb += lcmd.eq(self.cmd.payload)
+        cmd = Signal(command_layout()) if prefetch else lcmd
         plan_now = Signal(plan_layout(n, w, k_max))
-        plan = Signal(plan_layout(n, w, k_max))
-        compute_plan(m, cmd, plan_now, n, w)
-        start = Signal()
+        lplan = Signal(plan_layout(n, w, k_max), name="lplan")
+        plan = Signal(plan_layout(n, w, k_max)) if prefetch else lplan
+        compute_plan(m, lcmd, plan_now, n, w)
+        lstart = Signal()          # the loader starts on lcmd
+        start = Signal()           # the others start on cmd
+        clear = Signal()           # every buffer is free: parities back to 0
         code = Signal(DONE_BITS)
+        lcode = Signal(DONE_BITS)
 
         # With a serial epilogue (about 25 cycles per element) the sequencer is built for size:
         # a transposed B goes into its scratchpad one byte per cycle, without a corner turn.
@@ -177,8 +203,11 @@ class MatmulEngine(wiring.Component):
                                                     self.epilogue_registers,
                                                     serial=self.serial_epilogue)
         m.submodules.writer = writer = Writer(n, w, self.addr_bits, k_max=k_max)
-        for unit in (loader, feeder, collector, writer):
+        m.d.comb += [loader.start.eq(lstart), loader.cmd.eq(lcmd), loader.plan.eq(lplan)]
+        for unit in (feeder, collector, writer):
             m.d.comb += [unit.start.eq(start), unit.cmd.eq(cmd), unit.plan.eq(plan)]
+        for unit in (loader, feeder, collector, writer):
+            m.d.comb += unit.clear.eq(clear)
 
         # Memory port: a registered stage on each channel (``port_stages``), so no handshake
         # path crosses it.
@@ -256,7 +285,7 @@ class MatmulEngine(wiring.Component):
             tok = PingPong(rows=k_max if name == "b" and self.follow_b else 0)
             m.submodules[f"{name}_tokens"] = tok
             tokens.append(tok)
-            m.d.comb += [tok.clear.eq(start)]
+            m.d.comb += [tok.clear.eq(clear)]
 
         # With port stages each scratchpad's write beats pass a register of its own, next to
         # its block RAMs (the loader's write bus reaches a dozen scratchpads over the whole
@@ -325,42 +354,71 @@ class MatmulEngine(wiring.Component):
             e_pad.r_addr.eq(collector.e_r_addr), collector.e_r_data.eq(e_pad.r_data),
         ]
 
-        # Command checks.
+        # Command checks, on the command taken last.
         def misaligned(*values):
             return Cat(v[:lw] != 0 for v in values).any()
 
-        use_d = cmd.addend != AddendMode.NONE
-        bad_shape = ((cmd.m == 0) | (cmd.k == 0) | (cmd.n == 0) | (cmd.k > k_max))
-        bad_align = (misaligned(cmd.a_addr, cmd.b_addr, cmd.c_addr,
-                                cmd.a_stride, cmd.b_stride, cmd.c_stride) |
-                     (cmd.use_params & misaligned(cmd.p_addr)) |
-                     (use_d & misaligned(cmd.d_addr, cmd.d_stride)) |
-                     (cmd.row_shift & misaligned(cmd.e_addr)))
-        bad_mode = ((cmd.requant & ~cmd.use_params) | (cmd.addend == 3) |
-                    ((cmd.addend == AddendMode.RESIDUAL16) & (cmd.addend_shift > 16)))
+        use_d = lcmd.addend != AddendMode.NONE
+        bad_shape = ((lcmd.m == 0) | (lcmd.k == 0) | (lcmd.n == 0) | (lcmd.k > k_max))
+        bad_align = (misaligned(lcmd.a_addr, lcmd.b_addr, lcmd.c_addr,
+                                lcmd.a_stride, lcmd.b_stride, lcmd.c_stride) |
+                     (lcmd.use_params & misaligned(lcmd.p_addr)) |
+                     (use_d & misaligned(lcmd.d_addr, lcmd.d_stride)) |
+                     (lcmd.row_shift & misaligned(lcmd.e_addr)))
+        bad_mode = ((lcmd.requant & ~lcmd.use_params) | (lcmd.addend == 3) |
+                    ((lcmd.addend == AddendMode.RESIDUAL16) & (lcmd.addend_shift > 16)))
 
+        # Two state machines. The front takes a command, checks it and starts the loader on
+        # it; the back (``engine``) runs the feeder, collector and writer on it and answers.
+        # Without ``prefetch`` the front takes a command only while the back is idle; with
+        # it, as soon as the loader is done with the running command, and an independent
+        # command's loads then overlap the running one's compute and writes. Answers keep
+        # the order of the commands.
+        back_idle = Signal()
+        lindep = Signal()          # the command taken last is independent of the one before
         m.d.comb += self.done.payload.eq(code)
-        with m.FSM(name="engine") as fsm:
+        with m.FSM(name="front") as front:
             with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
+                m.d.comb += self.cmd.ready.eq(loader.idle & (back_idle if not prefetch else 1))
+                with m.If(self.cmd.valid & self.cmd.ready):
                     if not self.hold_cmd:
-                        m.d.sync += cmd.eq(self.cmd.payload)
+                        m.d.sync += lcmd.eq(self.cmd.payload)
+                    m.d.sync += lindep.eq(self.cmd_independent)
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.sync += plan.eq(plan_now)
+                m.d.sync += lplan.eq(plan_now)
                 with m.If(bad_shape):
-                    m.d.sync += code.eq(ErrorCode.BAD_SHAPE)
-                    m.next = "DONE"
+                    m.d.sync += lcode.eq(ErrorCode.BAD_SHAPE)
+                    m.next = "HOLD"
                 with m.Elif(bad_align):
-                    m.d.sync += code.eq(ErrorCode.BAD_ALIGN)
-                    m.next = "DONE"
+                    m.d.sync += lcode.eq(ErrorCode.BAD_ALIGN)
+                    m.next = "HOLD"
                 with m.Elif(bad_mode):
-                    m.d.sync += code.eq(ErrorCode.BAD_MODE)
-                    m.next = "DONE"
-                with m.Else():
-                    m.d.sync += code.eq(ErrorCode.OK)
-                    m.next = "START"
+                    m.d.sync += lcode.eq(ErrorCode.BAD_MODE)
+                    m.next = "HOLD"
+                with m.Elif(back_idle | lindep):
+                    m.d.sync += lcode.eq(ErrorCode.OK)
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                # With nothing in flight every buffer is free: the parities restart.
+                m.d.comb += [lstart.eq(1), clear.eq(back_idle)]
+                m.next = "HOLD"
+            with m.State("HOLD"):
+                # The command waits for the back (which takes it in its IDLE state).
+                with m.If(back_idle):
+                    m.next = "IDLE"
+
+        with m.FSM(name="engine") as fsm:
+            with m.State("IDLE"):
+                m.d.comb += back_idle.eq(1)
+                with m.If(front.ongoing("HOLD")):
+                    m.d.sync += code.eq(lcode)
+                    if prefetch:
+                        m.d.sync += [cmd.eq(lcmd), plan.eq(lplan)]
+                    with m.If(lcode == ErrorCode.OK):
+                        m.next = "START"
+                    with m.Else():
+                        m.next = "DONE"
             with m.State("START"):
                 m.d.comb += [start.eq(1), self.busy.eq(1)]
                 m.next = "RUN"
@@ -380,7 +438,8 @@ class MatmulEngine(wiring.Component):
                     m.next = "IDLE"
         # What the write-address proof (celosia.sim.properties) states invariants of, and what
         # the tests watch.
-        self._probe = dict(fsm=fsm, cmd=cmd, plan=plan, plan_now=plan_now, writer=writer,
+        self._probe = dict(fsm=fsm, front=front, cmd=cmd, lcmd=lcmd, plan=plan, lplan=lplan,
+                           plan_now=plan_now, writer=writer,
                            wr_stage=wr_stage, feeder=feeder, b_tokens=b_tok)
         return m
 

@@ -232,6 +232,13 @@ class Sizing:
         so a group starts on its A panel alone (the first load of a command costs N·K/W beats,
         not (N + G)·K/W); off, a group waits for full A and B buffers, for about 70 fewer LUTs
         and a narrower request queue (the iCE40 build, which fills its device).
+    prefetch
+        The matmul engine's loader works one command ahead: the controller marks each MATMUL
+        that reads no byte of the previous MATMUL's result (``mm_cmd_independent``), and the
+        engine loads such a command's operands while the one before it still computes and
+        writes (a second copy of the command in the engine, the previous result's span in the
+        controller). Needs the issue slot, full-width addresses and the corner-turn loader
+        (not ``serial_epilogue``).
     """
     addr_bits: int = ADDR_BITS
     epilogue_lanes: int | None = None
@@ -252,6 +259,7 @@ class Sizing:
     port_stages: bool = True
     decoder_ops: bool = False
     follow_b: bool = True
+    prefetch: bool = True
 
     def decoder_op_set(self) -> frozenset:
         """The :class:`~celosia.hdl.isa.DecoderVecOp` operations this build runs (without
@@ -270,6 +278,10 @@ class Sizing:
             raise ValueError("vector_finishers must be at least 1")
         if self.queue < 1 or self.outstanding < 2:
             raise ValueError("queue must be at least 1 and outstanding at least 2")
+        if self.prefetch and (not self.issue_slot or self.serial_epilogue
+                              or self.addr_bits < ADDR_BITS):
+            raise ValueError("prefetch needs issue_slot, full-width addresses (addr_bits "
+                             f"{ADDR_BITS}) and no serial_epilogue")
 
 
 #: The full-size accelerator.
@@ -282,7 +294,7 @@ SMALL = Sizing(addr_bits=16, epilogue_lanes=1, serial_epilogue=True, issue_slot=
                serial_check=True, queue=1,
                counter_bits=16, cycle_bits=40, outstanding=32, bram_pads=True,
                perf_counters=False, result_tiles=1, output_rows=0, port_stages=False,
-               follow_b=False)
+               follow_b=False, prefetch=False)
 
 
 def check_config(array: int, port_bytes: int, k_max: int = K_MAX) -> None:

@@ -155,7 +155,10 @@ class _Walk:
         self.g = Signal(len(plan.ng_m1), name=f"{name}_g")
         self.p = Signal(len(plan.np_m1), name=f"{name}_p")
         self.blk = Signal(range(blocks), name=f"{name}_blk")
+        # The buffer parities run on from command to command (reset by ``clear`` only), so
+        # a loader working ahead on the next command fills the buffers its reader takes next.
         self.item_parity = Signal(name=f"{name}_item_parity")
+        self.gpar = Signal(name=f"{name}_group_parity")
         self.g_last = Signal(name=f"{name}_g_last")
         self.p_last = Signal(name=f"{name}_p_last")
         self.blk_last = Signal(name=f"{name}_blk_last")
@@ -171,17 +174,22 @@ class _Walk:
 
     @property
     def group_parity(self):
-        return self.g[0]
+        return self.gpar
 
     def reset(self):
-        return [self.g.eq(0), self.p.eq(0), self.blk.eq(0), self.item_parity.eq(0)]
+        """Back to the first tile of a command (the parities run on)."""
+        return [self.g.eq(0), self.p.eq(0), self.blk.eq(0)]
+
+    def clear(self):
+        """Both buffers of every scratchpad free again: parities back to 0."""
+        return [self.item_parity.eq(0), self.gpar.eq(0)]
 
     def advance(self, m: Module, domain="sync"):
         """Statements (under the caller's condition) moving to the next tile."""
         with m.If(self.blk_last):
             m.d[domain] += [self.blk.eq(0), self.item_parity.eq(~self.item_parity)]
             with m.If(self.p_last):
-                m.d[domain] += [self.p.eq(0), self.g.eq(self.g + 1)]
+                m.d[domain] += [self.p.eq(0), self.g.eq(self.g + 1), self.gpar.eq(~self.gpar)]
             with m.Else():
                 m.d[domain] += self.p.eq(self.p + 1)
         with m.Else():
@@ -197,6 +205,8 @@ class _Unit(wiring.Component):
         self.group = group_cols(array, port_bytes)
         super().__init__({
             "start": In(1),
+            # The scratchpads' buffers were all made free: the buffer parities restart at 0.
+            "clear": In(1),
             "cmd": In(command_layout()),
             "plan": In(plan_layout(array, port_bytes, k_max)),
             **members,
@@ -268,6 +278,7 @@ class Loader(_Unit):
             "w_data": Out(port_bytes * 8),
             "w_mask": Out(port_bytes),
             "b_row": Out(1),
+            "idle": Out(1),
         }, addr_bits, k_max)
 
     def elaborate(self, platform):
@@ -293,6 +304,7 @@ class Loader(_Unit):
         g_idx = Signal(DIM_BITS)
         p_idx = Signal(DIM_BITS)
         item_parity = Signal()
+        g_par = Signal()         # B's and P's buffer: one per group, run on across commands
         g_last = Signal()
         p_last = Signal()
         m.d.comb += [g_last.eq(g_idx == plan.ng_m1), p_last.eq(p_idx == plan.np_m1)]
@@ -334,7 +346,7 @@ class Loader(_Unit):
             if j != B:
                 stmts.append(step.eq(w))
             if j == B:
-                stmts += [buf.eq(g_idx[0]), row_addr.eq(b_gbase), addr.eq(b_gbase)]
+                stmts += [buf.eq(g_par), row_addr.eq(b_gbase), addr.eq(b_gbase)]
                 with m.If(cmd.b_transposed):
                     # Rows are W-byte chunks of K, words are the group's columns.
                     m.d.sync += [rows.eq(plan.a_words), stride.eq(w), step.eq(cmd.b_stride),
@@ -344,7 +356,7 @@ class Loader(_Unit):
                                  words.eq(Mux(g_last, plan.bw_last, g // w))]
                 return stmts
             elif j == P:
-                stmts += [buf.eq(g_idx[0]), rows.eq(1), stride.eq(0),
+                stmts += [buf.eq(g_par), rows.eq(1), stride.eq(0),
                           words.eq(Mux(g_last, plan.pw_last, PARAM_RECORD_BYTES * g // w)),
                           row_addr.eq(p_gbase), addr.eq(p_gbase)]
             elif j == A:
@@ -377,11 +389,11 @@ class Loader(_Unit):
             self.claim_buf.eq(buf),
         ]
 
-        with m.FSM(name="load"):
+        with m.FSM(name="load") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [
-                        g_idx.eq(0), p_idx.eq(0), item_parity.eq(0),
+                        g_idx.eq(0), p_idx.eq(0),
                         b_gbase.eq(cmd.b_addr), p_gbase.eq(cmd.p_addr),
                         a_pbase.eq(cmd.a_addr), d_pbase.eq(cmd.d_addr), d_gbase.eq(cmd.d_addr),
                         e_pbase.eq(cmd.e_addr),
@@ -438,7 +450,7 @@ class Loader(_Unit):
                         m.next = "SETUP_1"
                 with m.If(p_last):
                     m.d.sync += [
-                        p_idx.eq(0), g_idx.eq(g_idx + 1),
+                        p_idx.eq(0), g_idx.eq(g_idx + 1), g_par.eq(~g_par),
                         b_gbase.eq(b_gbase + Mux(cmd.b_transposed, cmd.b_stride << _log2(g), g)),
                         p_gbase.eq(p_gbase + PARAM_RECORD_BYTES * g),
                         a_pbase.eq(cmd.a_addr),
@@ -530,6 +542,10 @@ class Loader(_Unit):
                                  d_row_end.eq(resp.row_end)]
         with m.If(self.start):
             m.d.sync += draining.eq(0)
+        # Every request issued and every response written: ready for another command.
+        m.d.comb += self.idle.eq(fsm.ongoing("IDLE") & (pending.level == 0) & ~draining)
+        with m.If(self.clear):
+            m.d.sync += [item_parity.eq(0), g_par.eq(0)]
         return m
 
     def _elaborate_byte_turn(self):
@@ -559,6 +575,7 @@ class Loader(_Unit):
         g_idx = Signal(len(plan.ng_m1))
         p_idx = Signal(len(plan.np_m1))
         item_parity = Signal()
+        g_par = Signal()         # B's and P's buffer: one per group, run on across commands
         g_last = Signal()
         p_last = Signal()
         m.d.comb += [g_last.eq(g_idx == plan.ng_m1), p_last.eq(p_idx == plan.np_m1)]
@@ -612,12 +629,12 @@ class Loader(_Unit):
         def setup(j):
             stmts = [row.eq(0), word.eq(0), target.eq(j)]
             if j == B:
-                stmts += [buf.eq(g_idx[0]), row_addr.eq(b_gbase),
+                stmts += [buf.eq(g_par), row_addr.eq(b_gbase),
                           rows.eq(Mux(transposed, Mux(g_last, plan.cols_last, g), cmd.k)),
                           words.eq(Mux(transposed, plan.a_words,
                                        Mux(g_last, plan.bw_last, g // w)))]
             elif j == P:
-                stmts += [buf.eq(g_idx[0]), rows.eq(1),
+                stmts += [buf.eq(g_par), rows.eq(1),
                           words.eq(Mux(g_last, plan.pw_last, PARAM_RECORD_BYTES * g // w)),
                           row_addr.eq(p_gbase)]
             elif j == A:
@@ -669,11 +686,11 @@ class Loader(_Unit):
                 return now + 1
             return Mux((now + 1 == LATE_A) & a_early, LATE_A + 1, now + 1)
 
-        with m.FSM(name="load"):
+        with m.FSM(name="load") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [
-                        g_idx.eq(0), p_idx.eq(0), item_parity.eq(0), slot.eq(0),
+                        g_idx.eq(0), p_idx.eq(0), slot.eq(0),
                         b_gbase.eq(cmd.b_addr), a_pbase.eq(cmd.a_addr),
                     ]
                     m.next = "SETUP"
@@ -733,7 +750,7 @@ class Loader(_Unit):
                 else:
                     m.d.sync += slot.eq(0)
                 with m.If(p_last):
-                    m.d.sync += [p_idx.eq(0), g_idx.eq(g_idx + 1)]
+                    m.d.sync += [p_idx.eq(0), g_idx.eq(g_idx + 1), g_par.eq(~g_par)]
                     with m.If(~transposed):
                         m.d.sync += b_gbase.eq(b_gbase + g)
                     with m.If(g_last):
@@ -779,6 +796,9 @@ class Loader(_Unit):
         # row of K before its last beat).
         if follow:
             m.d.comb += self.b_row.eq(beat & (resp.target == B) & ~transposed & resp.row_end)
+        m.d.comb += self.idle.eq(fsm.ongoing("IDLE") & (pending.level == 0))
+        with m.If(self.clear):
+            m.d.sync += [item_parity.eq(0), g_par.eq(0)]
         return m
 
 
@@ -840,6 +860,8 @@ class Feeder(_Unit):
         ]
         with m.If(self.start):
             m.d.sync += [running.eq(1), k.eq(0), *walk.reset()]
+        with m.If(self.clear):
+            m.d.sync += walk.clear()
         with m.If(issue):
             m.d.sync += [v1.eq(1), live1.eq(k < cmd.k), last1.eq(k_last)]
             with m.If(k_last):
@@ -961,6 +983,8 @@ class Collector(_Unit):
                 m.d.sync += v1.eq(0)
         with m.If(self.start):
             m.d.sync += [running.eq(1), row.eq(0), *walk.reset()]
+        with m.If(self.clear):
+            m.d.sync += walk.clear()
         with m.If(accept):
             with m.If(row_last):
                 m.d.sync += row.eq(0)

@@ -1087,29 +1087,53 @@ class EngineWriteSpec(wiring.Component):
         wiring.connect(m, dut.done, wiring.flipped(self.done))
         wiring.connect(m, dut.mem, wiring.flipped(self.mem))
         p = dut._probe
-        fsm, writer, stage = p["fsm"], p["writer"], p["wr_stage"]
+        fsm, front, writer, stage = p["fsm"], p["front"], p["writer"], p["wr_stage"]
         ab, w = dut.addr_bits, dut.port_bytes
 
+        # The command the front took last, and the one the back (feeder to writer) runs: the
+        # back takes the front's when it leaves IDLE (with ``prefetch`` the front may take
+        # the next one meanwhile).
+        front_saved = Signal(command_layout())
         saved = Signal(command_layout())
         with m.If(dut.cmd.valid & dut.cmd.ready):
-            m.d.sync += saved.eq(dut.cmd.payload)
+            m.d.sync += front_saved.eq(dut.cmd.payload)
+        with m.If(fsm.ongoing("IDLE") & front.ongoing("HOLD")):
+            m.d.sync += saved.eq(front_saved)
         _, offered = _issued_command(dut.cmd.payload, ab, w, self.k_max)
         with m.If(dut.cmd.valid):
             m.d.comb += [Assume(a) for a in offered]
+        _, front_held = _issued_command(front_saved, ab, w, self.k_max)
         span_end, held = _issued_command(saved, ab, w, self.k_max)
         taken = ~fsm.ongoing("IDLE")
+        front_taken = ~front.ongoing("IDLE")
         if dut.hold_cmd:
             # The controller without an issue slot holds the command until done is taken.
-            with m.If(taken):
-                m.d.comb += Assume(dut.cmd.payload.as_value() == saved.as_value())
+            with m.If(taken | front_taken):
+                m.d.comb += Assume(dut.cmd.payload.as_value() == front_saved.as_value())
+        with m.If(front_taken):
+            m.d.comb += [Assert(a, "the command taken is not one the controller issues")
+                         for a in front_held]
+            m.d.comb += Assert(p["lcmd"].as_value() == front_saved.as_value(),
+                               "the front's command register moved")
         with m.If(taken):
             m.d.comb += [Assert(a, "the command held is not one the controller issues")
                          for a in held]
             m.d.comb += Assert(p["cmd"].as_value() == saved.as_value(),
                                "the command register moved")
+        if not dut.prefetch:
+            # One command at a time: the front takes another only once the back is idle.
+            with m.If(taken):
+                m.d.comb += Assert(front.ongoing("IDLE"), "a command taken while one runs")
+        plan_ref = Signal(plan_layout(dut.array, dut.port_bytes, dut.k_max))
+        compute_plan(m, saved, plan_ref, dut.array, dut.port_bytes)
         with m.If(fsm.ongoing("START") | fsm.ongoing("RUN") | fsm.ongoing("FLUSH")):
-            m.d.comb += Assert(p["plan"].as_value() == p["plan_now"].as_value(),
+            m.d.comb += Assert(p["plan"].as_value() == plan_ref.as_value(),
                                "the plan is not the command's")
+        front_plan_ref = Signal(plan_layout(dut.array, dut.port_bytes, dut.k_max))
+        compute_plan(m, front_saved, front_plan_ref, dut.array, dut.port_bytes)
+        with m.If(front.ongoing("LOAD") | front.ongoing("HOLD")):
+            m.d.comb += Assert(p["lplan"].as_value() == front_plan_ref.as_value(),
+                               "the front's plan is not its command's")
         m.d.comb += Assert(~writer._probe["running"] | fsm.ongoing("RUN"),
                            "the writer runs outside RUN")
         _writer_invariants(m, writer, saved, p["plan"])

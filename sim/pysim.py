@@ -134,6 +134,41 @@ class MemoryModel:
             cycle += 1
 
 
+async def run_commands(ctx, engine, commands, *, independent=False, timeout: int = 1_000_000):
+    """Offer ``commands`` to a ``MatmulEngine`` back to back, each as soon as the engine takes
+    the one before, with ``cmd_independent`` from ``independent`` (one flag for all, or one
+    per command), and collect their done codes in order.
+
+    Returns ``(codes, cycles)``: cycles from the first offer to the last ``done``."""
+    flags = list(independent) if isinstance(independent, (list, tuple)) else \
+        [independent] * len(commands)
+    codes, offered, cycles = [], 0, 0
+
+    def offer():
+        more = offered < len(commands)
+        if more:
+            ctx.set(engine.cmd.payload.as_value(), commands[offered])
+            ctx.set(engine.cmd_independent, int(flags[offered]))
+        ctx.set(engine.cmd.valid, int(more))
+
+    offer()
+    ctx.set(engine.done.ready, 1)
+    while len(codes) < len(commands):
+        _, _, valid, ready, done, code = await ctx.tick().sample(
+            engine.cmd.valid, engine.cmd.ready, engine.done.valid, engine.done.payload)
+        cycles += 1
+        if valid and ready:
+            offered += 1
+            offer()
+        if done:
+            codes.append(int(code))
+        if cycles > timeout:
+            raise TimeoutError("engine did not finish")
+    ctx.set(engine.done.ready, 0)
+    ctx.set(engine.cmd_independent, 0)
+    return codes, cycles
+
+
 async def run_command(ctx, engine, command: int, *, timeout: int = 1_000_000):
     """Issue one command to a ``MatmulEngine`` and wait for its done code.
 

@@ -40,7 +40,7 @@ from celosia.hdl.params import ADDEND_BYTES, K_MAX, OUT_BYTES, OUT_RANGE, Addend
 from . import numerics as nx
 from .compiler import DTYPE
 
-__all__ = ["IsaStop", "IsaMachine", "IsaBackend"]
+__all__ = ["IsaStop", "IsaMachine", "IsaBackend", "matmul_spans", "independent_matmuls"]
 
 _VEC_OPS = {op.value for op in VecOp}
 _DECODER_OPS = {op.value for op in DecoderVecOp}
@@ -56,6 +56,40 @@ class IsaStop(Exception):
         super().__init__(f"{code.name}: {detail}" if detail else code.name)
         self.code = code
         self.detail = detail
+
+
+def matmul_spans(f: dict) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """The byte ranges ``[lo, hi)`` a MATMUL's fields ``f`` read (A, B, and the addend, the
+    records and the row exponents when used) and the one it writes (C), each from the first
+    byte of its first row to the last byte of its last."""
+    m, k, n = f["m"], f["k"], f["n"]
+    ob = OUT_BYTES[OutFormat(f["out_fmt"])] if f["requant"] else 4
+    bt = f["b_transposed"]
+
+    def span(addr, rows, stride, row_bytes):
+        return addr, addr + (max(rows, 1) - 1) * stride + row_bytes
+
+    reads = [span(f["a_addr"], m, f["a_stride"], k),
+             span(f["b_addr"], n if bt else k, f["b_stride"], k if bt else n)]
+    if f["addend"] in (AddendMode.ACC32, AddendMode.RESIDUAL16):
+        reads.append(span(f["d_addr"], m, f["d_stride"], n * ADDEND_BYTES[AddendMode(f["addend"])]))
+    if f["use_params"]:
+        reads.append(span(f["p_addr"], 1, 0, n * ENGINE_PARAM_DTYPE.itemsize))
+    if f["row_shift"]:
+        reads.append(span(f["e_addr"], 1, 0, m))
+    return reads, span(f["c_addr"], m, f["c_stride"], n * ob)
+
+
+def independent_matmuls(fields: list[dict]) -> list[bool]:
+    """For each MATMUL of a program in order, whether it reads no byte the MATMUL before it
+    writes (the first one: nothing before it), as the controller marks it for the matmul
+    engine, which then loads its operands while the one before it still runs."""
+    flags, prev = [], None
+    for f in fields:
+        reads, write = matmul_spans(f)
+        flags.append(prev is None or all(hi <= prev[0] or prev[1] <= lo for lo, hi in reads))
+        prev = write
+    return flags
 
 
 def _ceil(a: int, b: int) -> int:

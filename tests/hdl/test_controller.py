@@ -12,9 +12,9 @@ from celosia.hdl.controller import Controller
 from celosia.hdl.isa import CSR, INSTR_BYTES, DecoderVecOp, ErrorCode, MachineConfig, Unit, VecOp
 from celosia.hdl.params import OutFormat
 from celosia.sim.pysim import MemoryModel, run
-from celosia.sim.tb_accelerator import error_image, matmul_chain, reference
+from celosia.sim.tb_accelerator import Image, error_image, matmul_chain, reference
 from celosia.sw import numerics as nx
-from celosia.sw.isa_sim import IsaMachine
+from celosia.sw.isa_sim import IsaMachine, independent_matmuls
 
 W = 8
 CFG = MachineConfig(4, W)
@@ -24,15 +24,19 @@ class StubUnit:
     """Accepts commands, answers each ``latency`` cycles later with ``code(cmd)``; records
     (cycle accepted, cycle done, payload)."""
 
-    def __init__(self, cmd, done, latency=20, code=lambda p: 0, layout=None):
+    def __init__(self, cmd, done, latency=20, code=lambda p: 0, layout=None, flag=None):
         self.cmd, self.done, self.latency, self.code = cmd, done, latency, code
+        self.flag = flag          # a signal beside cmd, sampled with each command (``flags``)
         self.log = []
+        self.flags = []
 
     async def testbench(self, ctx):
         cycle = 0
         ctx.set(self.cmd.ready, 1)
         while True:
             valid, payload = ctx.get(self.cmd.valid), ctx.get(self.cmd.payload.as_value())
+            if valid and self.flag is not None:
+                self.flags.append(bool(ctx.get(self.flag)))
             await ctx.tick()
             cycle += 1
             if valid:
@@ -51,11 +55,15 @@ class StubUnit:
 
 
 def run_controller(img, *, vector=False, mm_latency=20, vec_latency=20, mm_code=lambda p: 0,
-                   abort_at=None, max_cycles=20000, decoder_ops=False):
-    ctrl = Controller(W, vector=vector, decoder_ops=decoder_ops)
+                   abort_at=None, max_cycles=20000, decoder_ops=False, independence=None):
+    """Runs ``img`` on a controller with stub units; ``independence``: build it with
+    ``mm_independence`` and the given ``serial_check``."""
+    extra = {} if independence is None else dict(mm_independence=True,
+                                                 serial_check=independence == "serial")
+    ctrl = Controller(W, vector=vector, decoder_ops=decoder_ops, **extra)
     mem = img.mem.copy()
     model = MemoryModel(ctrl.mem, mem, W, latency=3)
-    mm = StubUnit(ctrl.mm_cmd, ctrl.mm_done, mm_latency, mm_code)
+    mm = StubUnit(ctrl.mm_cmd, ctrl.mm_done, mm_latency, mm_code, flag=ctrl.mm_cmd_independent)
     units = [mm]
     if vector:
         units.append(StubUnit(ctrl.vec_cmd, ctrl.vec_done, vec_latency))
@@ -328,3 +336,65 @@ def test_decoder_ops_checks_like_isa_sim(fields, want):
     expect_like_isa(img, result, vector_unit=True, decoder_ops=ops)
     assert result["code"] == want
     assert len(vec.log) == (want == ErrorCode.OK)
+
+
+def _matmul_program(cmds, *, base=0x1000, size=0x4000):
+    """An image running MATMULs with the given fields (the window zeroed; no requantisation,
+    so no records are read), then HALT."""
+    mem = np.zeros(base + size + 0x100, np.uint8)
+    code = b"".join(ins.encode() for ins in [isa.matmul(**f) for f in cmds] + [isa.halt()])
+    prog = base + size - 0x400
+    mem[prog:prog + len(code)] = np.frombuffer(code, np.uint8)
+    return Image(mem, base, size, prog, CFG, {"instructions": len(cmds) + 1})
+
+
+def _mm(c_addr, a_addr=0x1000, b_addr=0x1400, **extra):
+    fields = dict(m=3, k=8, n=8, a_addr=a_addr, a_stride=16, b_addr=b_addr, b_stride=8,
+                  c_addr=c_addr, c_stride=32)
+    fields.update(extra)
+    return fields
+
+
+# The first MATMUL writes C at 0x2000: 3 rows of 32 bytes at a stride of 32, [0x2000, 0x2060).
+# A covers [a_addr, a_addr + 40), B [b_addr, b_addr + 64). Each case: the MATMULs, and the
+# flags expected for the second one on.
+INDEPENDENCE_CASES = {
+    "apart": ([_mm(0x2000), _mm(0x2400)], [True]),
+    "A is the previous C": ([_mm(0x2000), _mm(0x2400, a_addr=0x2000)], [False]),
+    "A ends where C starts": ([_mm(0x2000), _mm(0x2400, a_addr=0x2000 - 40)], [True]),
+    "A's last byte in C": ([_mm(0x2000), _mm(0x2400, a_addr=0x2000 - 32)], [False]),
+    "B starts at C's end": ([_mm(0x2000), _mm(0x2400, b_addr=0x2060)], [True]),
+    "B's first byte in C": ([_mm(0x2000), _mm(0x2400, b_addr=0x2058)], [False]),
+    "transposed B in C": ([_mm(0x2000), _mm(0x2400, b_addr=0x1fa0, b_transposed=1,
+                                             b_stride=16)], [False]),
+    "addend in C": ([_mm(0x2000), _mm(0x2400, addend=1, d_addr=0x2040, d_stride=32)], [False]),
+    "records in C": ([_mm(0x2000), _mm(0x2400, use_params=1, p_addr=0x2020)], [False]),
+    "exponents in C": ([_mm(0x2000), _mm(0x2400, row_shift=1, e_addr=0x2058)], [False]),
+    "writes over its own reads": ([_mm(0x2000), _mm(0x1000)], [True]),
+    "a chain of three": ([_mm(0x2000), _mm(0x2400), _mm(0x2800, a_addr=0x2400, a_stride=32)],
+                         [True, False]),
+}
+
+
+@pytest.mark.parametrize("serial_check", [False, True])
+@pytest.mark.parametrize("case", sorted(INDEPENDENCE_CASES))
+def test_controller_marks_matmuls_that_read_the_previous_result(case, serial_check):
+    """``mm_cmd_independent`` beside each MATMUL: set exactly when none of the bytes it reads
+    (A, B, the addend, the records, the row exponents: first to last byte) is one the MATMUL
+    before it writes, as ``isa_sim.independent_matmuls`` says; with both span checks."""
+    cmds, expected = INDEPENDENCE_CASES[case]
+    img = _matmul_program(cmds)
+    result, _, (mm,) = run_controller(img, independence="serial" if serial_check else "one cycle")
+    expect_like_isa(img, result)
+    assert result["done"]
+    want = independent_matmuls([isa.matmul(**f).fields for f in cmds])
+    assert want == [True] + expected
+    assert mm.flags == want
+
+
+def test_controller_marks_a_dependent_chain():
+    """matmul_chain without SYNCs: each link reads the one before's result."""
+    img = matmul_chain(2, CFG, links=3, fence=False)
+    result, _, (mm,) = run_controller(img, independence="one cycle")
+    assert result["done"]
+    assert mm.flags == [True, False, False]
