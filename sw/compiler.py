@@ -462,10 +462,14 @@ def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
 
         def head_scores(j: int) -> None:
             s0, n, hd = items[j]
-            sc, pr = rows(scores[j % 2], 0, n, n), rows(probs[j % 2], 0, n, n)
+            sc = rows(scores[j % 2], 0, n, n)
             q_rows = rows(qkv, s0, n)
             mm(q_rows.addr + hd * pitch, qkv.stride, n, dh, n,
                q_rows.addr + (heads + hd) * pitch, qkv.stride, sc, b_transposed=1)
+
+        def head_softmax(j: int) -> None:
+            _, n, hd = items[j]
+            sc, pr = rows(scores[j % 2], 0, n, n), rows(probs[j % 2], 0, n, n)
             vec(softmax_op, sc, pr, mult=int(sm_mult[hd]), shift=int(sm_shift[hd]),
                 e_addr=probs_exp[j % 2].addr)
 
@@ -477,13 +481,22 @@ def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
                p_addr=w["ctx.p"] + hd * dh * params.PARAM_RECORD_BYTES, out_fmt=I8, a_unsigned=1,
                row_shift=1, e_addr=probs_exp[j % 2].addr)
 
-        # Software pipeline: item j+1's scores are computed while item j's softmax runs.
+        # Software pipeline over two buffers: after a barrier (item j's softmax and item
+        # j+1's scores done), item j+1's softmax on the vector unit runs beside item j's
+        # context and item j+2's scores on the matmul engine (a SYNC waits for whole units, so
+        # without the barrier first the context would wait for the softmax issued before it).
         part(i, "attention")
         head_scores(0)
+        head_softmax(0)
+        if len(items) > 1:
+            head_scores(1)
         for j in range(len(items)):
             if j + 1 < len(items):
-                head_scores(j + 1)
+                issue(isa.sync(Unit.ALL))
+                head_softmax(j + 1)
             head_context(j)
+            if j + 2 < len(items):
+                head_scores(j + 2)
         part(i, "attn_out")
         mm(ctx.addr, ctx.stride, tokens, ctx_cols, hidden, w["attn_out"].addr, w["attn_out"].stride,
            acc, p_addr=w["attn_out.p"], out_fmt=I32)
