@@ -443,7 +443,7 @@ class Loader(_Unit):
                     if not follow:
                         m.next = "SETUP_0"
                         return
-                    with m.If(self.free.bit_select(~item_parity, 1)):
+                    with m.If(self.free.word_select(Cat(~item_parity, C(A, 3)), 1)):
                         m.next = "SETUP_0"
                     with m.Else():
                         m.d.sync += a_early.eq(0)
@@ -743,7 +743,7 @@ class Loader(_Unit):
                 # The next item's A goes early if its buffer is free now (only the loader
                 # claims buffers); if not, its early slot is passed at once.
                 if follow:
-                    with m.If(self.free.bit_select(~item_parity, 1)):
+                    with m.If(self.free.word_select(Cat(~item_parity, C(A, 3)), 1)):
                         m.d.sync += slot.eq(EARLY_A)
                     with m.Else():
                         m.d.sync += [slot.eq(EARLY_A + 1), a_early.eq(0)]
