@@ -15,6 +15,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .epilogue import Epilogue
+from .isa import RES_SHIFT_MAX
 from .params import (ADDR_BITS, DEFAULT_ARRAY, K_MAX, PARAM_RECORD_BYTES, AddendMode, DONE_BITS, ErrorCode,
                      check_config, command_layout, default_port_bytes, group_cols)
 from .pipeline import CreditCounter, SkidBuffer
@@ -366,7 +367,7 @@ class MatmulEngine(wiring.Component):
                      (use_d & misaligned(lcmd.d_addr, lcmd.d_stride)) |
                      (lcmd.row_shift & misaligned(lcmd.e_addr)))
         bad_mode = ((lcmd.requant & ~lcmd.use_params) | (lcmd.addend == 3) |
-                    ((lcmd.addend == AddendMode.RESIDUAL16) & (lcmd.addend_shift > 16)))
+                    ((lcmd.addend == AddendMode.RESIDUAL16) & (lcmd.addend_shift > RES_SHIFT_MAX)))
 
         # Two state machines. The front takes a command, checks it and starts the loader on
         # it; the back (``engine``) runs the feeder, collector and writer on it and answers.

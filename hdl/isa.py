@@ -60,7 +60,7 @@ WINDOW_ALIGN = 128
 #: Longest vector row (``params.VEC_MAX_COLS``, which sizes the vector unit).
 VEC_MAX_COLS = params.VEC_MAX_COLS
 #: numerics.residual_add's shift range.
-RES_SHIFT_MAX = 16
+RES_SHIFT_MAX = nx.RES_SHIFT_MAX
 #: Longest SOFTMAX_WIDE row (numerics.softmax's rows of up to 512).
 SOFTMAX_WIDE_MAX_COLS = 512
 

@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = [
     "INT8", "UINT8", "INT16", "INT32", "Range",
-    "MULT_BITS", "SHIFT_MAX", "Dyadic",
+    "MULT_BITS", "SHIFT_MAX", "RES_SHIFT_MAX", "Dyadic",
     "saturate", "round_shift", "requantize", "ROW_EXP_MAX", "requantize_rows",
     "FLOAT64_EXACT", "exact_sum_bound", "integer_matmul", "int64_matmuls", "one_blas_thread",
     "matmul", "WIDE_LO_BITS", "matmul_wide",
@@ -294,11 +294,15 @@ def requantize_rows(x, scale: Dyadic, out: Range) -> tuple[np.ndarray, np.ndarra
     return saturate(round_shift(v, k), out), (ROW_EXP_MAX - k)[..., 0]
 
 
+#: residual_add's largest shift (an int16 residual aligned to the top of an int32 sum).
+RES_SHIFT_MAX = 16
+
+
 def residual_add(x, residual, shift: int) -> np.ndarray:
     """``saturate(x + (residual << shift), int32)``: the int16 residual stream aligned to an
-    int32 sum whose scale is ``2**-shift`` times finer (0 <= shift <= 16)."""
-    if not 0 <= shift <= 16:
-        raise ValueError("residual_add: shift must be in 0..16")
+    int32 sum whose scale is ``2**-shift`` times finer (0 <= shift <= RES_SHIFT_MAX)."""
+    if not 0 <= shift <= RES_SHIFT_MAX:
+        raise ValueError(f"residual_add: shift must be in 0..{RES_SHIFT_MAX}")
     r = np.asarray(residual, dtype=np.int64)
     return saturate(np.asarray(x, dtype=np.int64) + (r << shift), INT32)
 
