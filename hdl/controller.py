@@ -41,7 +41,7 @@ from .scratchpad import SyncFifo
 from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS,
                   SOFTMAX_WIDE_MAX_COLS, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, WINDOW_ALIGN, DecoderVecOp, ErrorCode,
                   Opcode, VecOp)
-from .params import (ADDR_BITS, DONE_BITS, INDEPENDENCE_DEPTH, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
+from .params import (ADDR_BITS, DONE_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
                      PARAM_SHIFT_OFFSET, AddendMode, OutFormat, command_layout)
 
 __all__ = ["Controller", "SpanCheck", "SerialSpanCheck", "ERROR_BITS"]
@@ -279,7 +279,7 @@ class Controller(wiring.Component):
         members = {
             "mem": Out(MemoryPortSignature(port_bytes)),
             "mm_cmd": Out(stream.Signature(command_layout())),
-            # Beside mm_cmd: the command reads no byte the two MATMULs before it write.
+            # Beside mm_cmd: the command reads no byte the MATMUL before it writes.
             "mm_cmd_independent": Out(1),
             "mm_done": In(stream.Signature(DONE_BITS)),
             "writes_idle": In(1, init=1),
@@ -642,21 +642,16 @@ class Controller(wiring.Component):
         any_outside = Signal()
 
         # --- independence of consecutive MATMULs (``mm_independence``) ---
-        # The spans of the last two issued MATMULs' C (the engine holds up to three commands:
-        # loading, feeding, writing); while a MATMUL is checked, whether an operand it reads
-        # overlaps either (the engine then loads it only after those have written their
-        # results).
+        # The span of the last issued MATMUL's C; while a MATMUL is checked, whether an operand
+        # it reads overlaps that span (the engine then loads it only after the one before it
+        # has written its result).
         if self.mm_independence:
-            span_bits = 2 * (ADDR_BITS + 1)                               # [lo, hi)
-            prev_c = [Signal(span_bits, name=f"mm_prev{i}_c") for i in range(INDEPENDENCE_DEPTH)]
-            next_c = Signal(span_bits, name="mm_next_c")
+            prev_c = Signal(2 * (ADDR_BITS + 1), name="mm_prev_c")     # [lo, hi)
+            next_c = Signal(2 * (ADDR_BITS + 1), name="mm_next_c")
             mm_dep = Signal()
             mm_slot_indep = Signal()
-            reads_prev = C(0, 1)
-            for span in prev_c:
-                p_lo, p_hi = span[:ADDR_BITS + 1], span[ADDR_BITS + 1:]
-                reads_prev = reads_prev | ((op_addr < p_hi) & (p_lo < span_check.span_end))
-            reads_prev = op_used & reads_prev
+            prev_lo, prev_hi = prev_c[:ADDR_BITS + 1], prev_c[ADDR_BITS + 1:]
+            reads_prev = (op_used & (op_addr < prev_hi) & (prev_lo < span_check.span_end))
             m.d.comb += self.mm_cmd_independent.eq(mm_slot_indep)
 
         # --- parameter-record scan (requantising MATMUL) ---
@@ -869,9 +864,7 @@ class Controller(wiring.Component):
                     with m.Elif(~is_vec & ~mm_slot_valid):
                         m.d.sync += [mm_slot_valid.eq(1), mm_slot_cmd.eq(mm), mm_slot_pc.eq(pc)]
                         if self.mm_independence:
-                            m.d.sync += [prev_c[0].eq(next_c), mm_slot_indep.eq(~mm_dep)]
-                            m.d.sync += [later.eq(earlier)
-                                         for earlier, later in zip(prev_c, prev_c[1:])]
+                            m.d.sync += [prev_c.eq(next_c), mm_slot_indep.eq(~mm_dep)]
                         m.d.comb += self.retire_mm.eq(1)
                         next_instruction()
                 else:

@@ -172,27 +172,21 @@ class MatmulEngine(wiring.Component):
         n, w, g, k_max = self.array, self.port_bytes, self.group, self.k_max
         lw = w.bit_length() - 1
 
-        # ``lcmd``: the command taken last, which the loader works on; ``fcmd``: the one the
-        # feeder works on; ``cmd``: the one the collector, epilogue and writer work on. One
-        # register without ``prefetch``.
+        # ``lcmd``: the command taken last, which the loader works on; ``cmd``: the one the
+        # feeder, collector, epilogue and writer work on. One register without ``prefetch``.
         prefetch = self.prefetch
-        layout = plan_layout(n, w, k_max)
         lcmd = Signal(command_layout(), name="lcmd")
         if self.hold_cmd:
             m.d.comb += lcmd.eq(self.cmd.payload)
-        fcmd = Signal(command_layout(), name="fcmd") if prefetch else lcmd
         cmd = Signal(command_layout()) if prefetch else lcmd
-        plan_now = Signal(layout)
-        lplan = Signal(layout, name="lplan")
-        fplan = Signal(layout, name="fplan") if prefetch else lplan
-        plan = Signal(layout) if prefetch else lplan
+        plan_now = Signal(plan_layout(n, w, k_max))
+        lplan = Signal(plan_layout(n, w, k_max), name="lplan")
+        plan = Signal(plan_layout(n, w, k_max)) if prefetch else lplan
         compute_plan(m, lcmd, plan_now, n, w)
         lstart = Signal()          # the loader starts on lcmd
-        fstart = Signal()          # the feeder starts on fcmd
-        start = Signal()           # the collector and writer start on cmd
+        start = Signal()           # the others start on cmd
         clear = Signal()           # every buffer is free: parities back to 0
         code = Signal(DONE_BITS)
-        fcode = Signal(DONE_BITS)
         lcode = Signal(DONE_BITS)
 
         # With a serial epilogue (about 25 cycles per element) the sequencer is built for size:
@@ -210,9 +204,8 @@ class MatmulEngine(wiring.Component):
                                                     self.epilogue_registers,
                                                     serial=self.serial_epilogue)
         m.submodules.writer = writer = Writer(n, w, self.addr_bits, k_max=k_max)
-        m.d.comb += [loader.start.eq(lstart), loader.cmd.eq(lcmd), loader.plan.eq(lplan),
-                     feeder.start.eq(fstart), feeder.cmd.eq(fcmd), feeder.plan.eq(fplan)]
-        for unit in (collector, writer):
+        m.d.comb += [loader.start.eq(lstart), loader.cmd.eq(lcmd), loader.plan.eq(lplan)]
+        for unit in (feeder, collector, writer):
             m.d.comb += [unit.start.eq(start), unit.cmd.eq(cmd), unit.plan.eq(plan)]
         for unit in (loader, feeder, collector, writer):
             m.d.comb += unit.clear.eq(clear)
@@ -376,25 +369,18 @@ class MatmulEngine(wiring.Component):
         bad_mode = ((lcmd.requant & ~lcmd.use_params) | (lcmd.addend == 3) |
                     ((lcmd.addend == AddendMode.RESIDUAL16) & (lcmd.addend_shift > RES_SHIFT_MAX)))
 
-        # Three state machines hand each command on. The front takes it, checks it and starts
-        # the loader on it; the middle starts the feeder on it; the back runs the collector,
-        # epilogue and writer on it and answers. Without ``prefetch`` the front takes a
-        # command only when the three are idle. With it the front takes the next command as
-        # soon as the loader is done with the one before and, when it is independent of that
-        # one, loads it at once; the middle starts the feeder on it as soon as the feeder has
-        # issued the last step of the one before, and the back takes it when it has answered
-        # the one before. Answers keep the order of the commands.
+        # Two state machines. The front takes a command, checks it and starts the loader on
+        # it; the back (``engine``) runs the feeder, collector and writer on it and answers.
+        # Without ``prefetch`` the front takes a command only while the back is idle; with
+        # it, as soon as the loader is done with the running command, and an independent
+        # command's loads then overlap the running one's compute and writes. Answers keep
+        # the order of the commands.
         back_idle = Signal()
-        mid_idle = Signal()
-        take_mid = Signal()        # the middle takes the front's command
-        take_back = Signal()       # the back takes the middle's command
-        quiet = Signal()           # no command in flight past the front
-        m.d.comb += quiet.eq(back_idle & mid_idle)
         lindep = Signal()          # the command taken last is independent of the one before
         m.d.comb += self.done.payload.eq(code)
         with m.FSM(name="front") as front:
             with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(loader.idle & (quiet if not prefetch else 1))
+                m.d.comb += self.cmd.ready.eq(loader.idle & (back_idle if not prefetch else 1))
                 with m.If(self.cmd.valid & self.cmd.ready):
                     if not self.hold_cmd:
                         m.d.sync += lcmd.eq(self.cmd.payload)
@@ -411,45 +397,26 @@ class MatmulEngine(wiring.Component):
                 with m.Elif(bad_mode):
                     m.d.sync += lcode.eq(ErrorCode.BAD_MODE)
                     m.next = "HOLD"
-                with m.Elif(quiet | lindep):
+                with m.Elif(back_idle | lindep):
                     m.d.sync += lcode.eq(ErrorCode.OK)
                     m.next = "LOAD"
             with m.State("LOAD"):
                 # With nothing in flight every buffer is free: the parities restart.
-                m.d.comb += [lstart.eq(1), clear.eq(quiet)]
+                m.d.comb += [lstart.eq(1), clear.eq(back_idle)]
                 m.next = "HOLD"
             with m.State("HOLD"):
-                # The command waits for the middle (which takes it in its IDLE state).
-                with m.If(take_mid):
+                # The command waits for the back (which takes it in its IDLE state).
+                with m.If(back_idle):
                     m.next = "IDLE"
 
-        with m.FSM(name="middle") as middle:
-            with m.State("IDLE"):
-                m.d.comb += [mid_idle.eq(~feeder.busy),
-                             take_mid.eq(front.ongoing("HOLD") & ~feeder.busy)]
-                with m.If(take_mid):
-                    m.d.sync += fcode.eq(lcode)
-                    if prefetch:
-                        m.d.sync += [fcmd.eq(lcmd), fplan.eq(lplan)]
-                    with m.If(lcode == ErrorCode.OK):
-                        m.next = "FEED"
-                    with m.Else():
-                        m.next = "HAND"
-            with m.State("FEED"):
-                m.d.comb += fstart.eq(1)
-                m.next = "HAND"
-            with m.State("HAND"):
-                # The command waits for the back (which takes it in its IDLE state).
-                with m.If(take_back):
-                    m.next = "IDLE"
         with m.FSM(name="engine") as fsm:
             with m.State("IDLE"):
-                m.d.comb += [back_idle.eq(1), take_back.eq(middle.ongoing("HAND"))]
-                with m.If(take_back):
-                    m.d.sync += code.eq(fcode)
+                m.d.comb += back_idle.eq(1)
+                with m.If(front.ongoing("HOLD")):
+                    m.d.sync += code.eq(lcode)
                     if prefetch:
-                        m.d.sync += [cmd.eq(fcmd), plan.eq(fplan)]
-                    with m.If(fcode == ErrorCode.OK):
+                        m.d.sync += [cmd.eq(lcmd), plan.eq(lplan)]
+                    with m.If(lcode == ErrorCode.OK):
                         m.next = "START"
                     with m.Else():
                         m.next = "DONE"
@@ -472,10 +439,9 @@ class MatmulEngine(wiring.Component):
                     m.next = "IDLE"
         # What the write-address proof (celosia.sim.properties) states invariants of, and what
         # the tests watch.
-        self._probe = dict(fsm=fsm, front=front, middle=middle, take_mid=take_mid,
-                           take_back=take_back, cmd=cmd, fcmd=fcmd, lcmd=lcmd, plan=plan,
-                           fplan=fplan, lplan=lplan, plan_now=plan_now, writer=writer,
-                           wr_stage=wr_stage, feeder=feeder, loader=loader, b_tokens=b_tok)
+        self._probe = dict(fsm=fsm, front=front, cmd=cmd, lcmd=lcmd, plan=plan, lplan=lplan,
+                           plan_now=plan_now, writer=writer,
+                           wr_stage=wr_stage, feeder=feeder, b_tokens=b_tok)
         return m
 
 

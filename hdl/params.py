@@ -42,7 +42,7 @@ __all__ = [
     "A_BITS", "B_BITS", "ACC_BITS", "SHIFT_BITS", "ZERO_POINT_BITS", "ROW_SHIFT_BITS",
     "PARAM_RECORD_BYTES", "PARAM_BIAS_OFFSET", "PARAM_MULT_OFFSET", "PARAM_SHIFT_OFFSET",
     "OutFormat", "AddendMode", "ErrorCode", "DONE_BITS", "MEM_TIMEOUT_CYCLES", "OUT_RANGE", "OUT_BYTES", "ADDEND_BYTES",
-    "VEC_MAX_COLS", "INDEPENDENCE_DEPTH",
+    "VEC_MAX_COLS",
     "default_port_bytes", "group_cols", "check_config", "command_layout", "pack_command",
     "view_aligned", "Sizing", "FULL", "SMALL",
 ]
@@ -50,10 +50,6 @@ __all__ = [
 #: Array sizes the engine is built and tested for (powers of two).
 ARRAY_MIN, ARRAY_MAX = 2, 32
 DEFAULT_ARRAY = 8
-#: MATMULs before a command whose results the controller's independence check covers
-#: (``Sizing.prefetch``: the matmul engine holds up to three commands, one loading, one
-#: feeding the array, one writing).
-INDEPENDENCE_DEPTH = 2
 #: Longest reduction the operand scratchpads hold (MiniLM's FFN width is 1536).
 K_MAX = 4096
 #: Longest row of a VECTOR instruction (the vector unit's row FIFOs, parameter memory, column

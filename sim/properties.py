@@ -1090,61 +1090,49 @@ class EngineWriteSpec(wiring.Component):
         fsm, front, writer, stage = p["fsm"], p["front"], p["writer"], p["wr_stage"]
         ab, w = dut.addr_bits, dut.port_bytes
 
-        # The command the front took last, the one the middle (the feeder) took and the one the
-        # back (collector to writer) runs: each stage takes its predecessor's when it leaves
-        # IDLE (with ``prefetch`` the earlier stages may take the next commands meanwhile).
+        # The command the front took last, and the one the back (feeder to writer) runs: the
+        # back takes the front's when it leaves IDLE (with ``prefetch`` the front may take
+        # the next one meanwhile).
         front_saved = Signal(command_layout())
-        mid_saved = Signal(command_layout())
         saved = Signal(command_layout())
         with m.If(dut.cmd.valid & dut.cmd.ready):
             m.d.sync += front_saved.eq(dut.cmd.payload)
-        with m.If(p["take_mid"]):
-            m.d.sync += mid_saved.eq(front_saved)
-        with m.If(p["take_back"]):
-            m.d.sync += saved.eq(mid_saved)
+        with m.If(fsm.ongoing("IDLE") & front.ongoing("HOLD")):
+            m.d.sync += saved.eq(front_saved)
         _, offered = _issued_command(dut.cmd.payload, ab, w, self.k_max)
         with m.If(dut.cmd.valid):
             m.d.comb += [Assume(a) for a in offered]
         _, front_held = _issued_command(front_saved, ab, w, self.k_max)
-        _, mid_held = _issued_command(mid_saved, ab, w, self.k_max)
         span_end, held = _issued_command(saved, ab, w, self.k_max)
-        middle = p["middle"]
         taken = ~fsm.ongoing("IDLE")
-        mid_taken = ~middle.ongoing("IDLE")
         front_taken = ~front.ongoing("IDLE")
         if dut.hold_cmd:
             # The controller without an issue slot holds the command until done is taken.
-            with m.If(taken | mid_taken | front_taken):
+            with m.If(taken | front_taken):
                 m.d.comb += Assume(dut.cmd.payload.as_value() == front_saved.as_value())
-        for stage_taken, stage_held, reg, ref, what in (
-                (front_taken, front_held, p["lcmd"], front_saved, "the front's"),
-                (mid_taken, mid_held, p["fcmd"], mid_saved, "the middle's"),
-                (taken, held, p["cmd"], saved, "the back's")):
-            with m.If(stage_taken):
-                m.d.comb += [Assert(a, f"{what} command is not one the controller issues")
-                             for a in stage_held]
-                m.d.comb += Assert(reg.as_value() == ref.as_value(),
-                                   f"{what} command register moved")
+        with m.If(front_taken):
+            m.d.comb += [Assert(a, "the command taken is not one the controller issues")
+                         for a in front_held]
+            m.d.comb += Assert(p["lcmd"].as_value() == front_saved.as_value(),
+                               "the front's command register moved")
+        with m.If(taken):
+            m.d.comb += [Assert(a, "the command held is not one the controller issues")
+                         for a in held]
+            m.d.comb += Assert(p["cmd"].as_value() == saved.as_value(),
+                               "the command register moved")
         if not dut.prefetch:
-            # One command at a time: the front takes another only when nothing is in flight.
-            with m.If(front_taken):
-                m.d.comb += Assert(~mid_taken & ~taken, "a command taken while one runs")
-            with m.If(mid_taken):
-                m.d.comb += Assert(~taken, "a command taken while one runs")
-
-        def plan_of(command, name):
-            ref = Signal(plan_layout(dut.array, dut.port_bytes, dut.k_max), name=name)
-            compute_plan(m, command, ref, dut.array, dut.port_bytes)
-            return ref.as_value()
-
+            # One command at a time: the front takes another only once the back is idle.
+            with m.If(taken):
+                m.d.comb += Assert(front.ongoing("IDLE"), "a command taken while one runs")
+        plan_ref = Signal(plan_layout(dut.array, dut.port_bytes, dut.k_max))
+        compute_plan(m, saved, plan_ref, dut.array, dut.port_bytes)
         with m.If(fsm.ongoing("START") | fsm.ongoing("RUN") | fsm.ongoing("FLUSH")):
-            m.d.comb += Assert(p["plan"].as_value() == plan_of(saved, "plan_ref"),
+            m.d.comb += Assert(p["plan"].as_value() == plan_ref.as_value(),
                                "the plan is not the command's")
-        with m.If(mid_taken):
-            m.d.comb += Assert(p["fplan"].as_value() == plan_of(mid_saved, "mid_plan_ref"),
-                               "the middle's plan is not its command's")
+        front_plan_ref = Signal(plan_layout(dut.array, dut.port_bytes, dut.k_max))
+        compute_plan(m, front_saved, front_plan_ref, dut.array, dut.port_bytes)
         with m.If(front.ongoing("LOAD") | front.ongoing("HOLD")):
-            m.d.comb += Assert(p["lplan"].as_value() == plan_of(front_saved, "front_plan_ref"),
+            m.d.comb += Assert(p["lplan"].as_value() == front_plan_ref.as_value(),
                                "the front's plan is not its command's")
         m.d.comb += Assert(~writer._probe["running"] | fsm.ongoing("RUN"),
                            "the writer runs outside RUN")

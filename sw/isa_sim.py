@@ -35,8 +35,7 @@ from celosia.hdl import isa
 from celosia.hdl.isa import (CSR, INSTR_BYTES, RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_DTYPE,
                              WINDOW_ALIGN, ENGINE_PARAM_DTYPE, DecoderVecOp, ErrorCode,
                              Instruction, MachineConfig, Opcode, Unit, VecOp, footprint)
-from celosia.hdl.params import (ADDEND_BYTES, INDEPENDENCE_DEPTH, K_MAX, OUT_BYTES, OUT_RANGE,
-                                AddendMode, OutFormat)
+from celosia.hdl.params import ADDEND_BYTES, K_MAX, OUT_BYTES, OUT_RANGE, AddendMode, OutFormat
 
 from . import numerics as nx
 from .compiler import DTYPE
@@ -82,14 +81,14 @@ def matmul_spans(f: dict) -> tuple[list[tuple[int, int]], tuple[int, int]]:
 
 
 def independent_matmuls(fields: list[dict]) -> list[bool]:
-    """For each MATMUL of a program in order, whether it reads no byte the two MATMULs before it
-    write (INDEPENDENCE_DEPTH; fewer at the start), as the controller marks it for the matmul
-    engine, which then loads its operands while those still run."""
-    flags, prev = [], []
+    """For each MATMUL of a program in order, whether it reads no byte the MATMUL before it
+    writes (the first one: nothing before it), as the controller marks it for the matmul
+    engine, which then loads its operands while the one before it still runs."""
+    flags, prev = [], None
     for f in fields:
         reads, write = matmul_spans(f)
-        flags.append(all(hi <= w_lo or w_hi <= lo for lo, hi in reads for w_lo, w_hi in prev))
-        prev = [write] + prev[:INDEPENDENCE_DEPTH - 1]
+        flags.append(prev is None or all(hi <= prev[0] or prev[1] <= lo for lo, hi in reads))
+        prev = write
     return flags
 
 

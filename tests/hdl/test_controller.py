@@ -373,12 +373,6 @@ INDEPENDENCE_CASES = {
     "writes over its own reads": ([_mm(0x2000), _mm(0x1000)], [True]),
     "a chain of three": ([_mm(0x2000), _mm(0x2400), _mm(0x2800, a_addr=0x2400, a_stride=32)],
                          [True, False]),
-    # The engine holds up to three commands: the check covers the two MATMULs before.
-    "reads the result two before": ([_mm(0x2000), _mm(0x2400),
-                                     _mm(0x2800, a_addr=0x2000, a_stride=32)], [True, False]),
-    "reads the result three before": ([_mm(0x2000), _mm(0x2400), _mm(0x2800),
-                                       _mm(0x2c00, a_addr=0x2000, a_stride=32)],
-                                      [True, True, True]),
 }
 
 
@@ -386,8 +380,8 @@ INDEPENDENCE_CASES = {
 @pytest.mark.parametrize("case", sorted(INDEPENDENCE_CASES))
 def test_controller_marks_matmuls_that_read_the_previous_result(case, serial_check):
     """``mm_cmd_independent`` beside each MATMUL: set exactly when none of the bytes it reads
-    (A, B, the addend, the records, the row exponents: first to last byte) is one the two
-    MATMULs before it write, as ``isa_sim.independent_matmuls`` says; with both span checks."""
+    (A, B, the addend, the records, the row exponents: first to last byte) is one the MATMUL
+    before it writes, as ``isa_sim.independent_matmuls`` says; with both span checks."""
     cmds, expected = INDEPENDENCE_CASES[case]
     img = _matmul_program(cmds)
     result, _, (mm,) = run_controller(img, independence="serial" if serial_check else "one cycle")
