@@ -525,11 +525,14 @@ class Controller(wiring.Component):
         if dec:
             v_r32 = vec.op == DecoderVecOp.RESIDUAL32
             v_split = vec.op == DecoderVecOp.WIDE_SPLIT
-            v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual | v_r32
+            # SILU_GATE: the int16 gate, up as its second operand (int16 at res_addr).
+            v_silu = vec.op == DecoderVecOp.SILU_GATE
+            v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual | v_r32 | v_silu
             # isa_sim's mode check (after the alignment): the operand formats of the ops.
             v_bad_fmt = ((v_split & ((vec.src_fmt != OutFormat.INT16)
                                      | (vec.dst_fmt != OutFormat.INT8)))
-                         | (v_r32 & vec.add_residual))
+                         | ((v_r32 | v_silu) & vec.add_residual)
+                         | (v_silu & (vec.src_fmt != OutFormat.INT16)))
         else:
             v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual
         v_use_p = vec.op.matches(VecOp.LAYERNORM, VecOp.GELU, VecOp.REQUANT,
@@ -544,8 +547,8 @@ class Controller(wiring.Component):
             v_smw = vec.op == DecoderVecOp.SOFTMAX_WIDE
             # RMSNORM: LayerNorm's records and shift, rows of at most RMS_MAX_COLS.
             v_rms = vec.op == DecoderVecOp.RMSNORM
-            v_use_e = v_use_e | v_smw
-            v_use_p = v_use_p | v_rms
+            v_use_e = v_use_e | v_smw | v_silu
+            v_use_p = v_use_p | v_rms | v_silu
             v_bad_mode = (vec.op > max(VecOp)) & ~vec.op.matches(*RTL_DECODER_OPS)
             v_bad_dims = (v_bad_dims | (v_smw & (vec.cols > SOFTMAX_WIDE_MAX_COLS))
                           | (v_rms & (vec.cols > nx.RMS_MAX_COLS)))
@@ -556,6 +559,9 @@ class Controller(wiring.Component):
                        | (v_use_e & misaligned(vec.e_addr)))
         v_bad_param = ((v_shift_ops & (vec.shift > nx.SHIFT_MAX))
                        | (v_use_res & (vec.res_shift > RES_SHIFT_MAX)))
+        if dec:
+            v_bad_param = v_bad_param | (v_silu & (vec.res_shift != 0)
+                                         & (vec.res_shift != nx.WIDE_LO_BITS))
 
         # Operand table, one operand per cycle: (used, addr, rows, stride, row bytes).
         is_vec = Signal()

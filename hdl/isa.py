@@ -96,7 +96,8 @@ class DecoderVecOp(enum.IntEnum):
     (``IsaMachine(decoder_ops=True)``). The RTL runs those in :data:`RTL_DECODER_OPS`
     (RESIDUAL32 and WIDE_SPLIT on the vector unit's residual-add pass, SOFTMAX_WIDE and
     SOFTMAX_DITHER on its softmax with the command's ``prob_wide`` or ``dither``, RMSNORM on its
-    LayerNorm with the command's ``rms``) when built with
+    LayerNorm with the command's ``rms``, SILU_GATE on its REQUANT_ROWS with ``silu``) when
+    built with
     ``Sizing(decoder_ops=True)``; it stops on the others, and on every one of them without
     the flag but those of :data:`RTL_ALWAYS_OPS` (SOFTMAX_DITHER, the encoder's), with ``BAD_MODE`` (as the isa simulator does for an op its ``decoder_ops`` set
     lacks). Value 7 stays free for the vector unit's next op (:class:`VecOp` is 3 bits in the
@@ -105,8 +106,9 @@ class DecoderVecOp(enum.IntEnum):
 
     * RMSNORM: ``rmsnorm(x, gamma=P.mult, shift, out, eps=P[0].bias)``.
     * SILU_GATE: ``q, e = requantize_rows(round_shift(silu(x) * r, res_shift), P, out)`` with
-      ``x`` the int16 gate and ``r`` the int16 ``up`` operand read at ``res_addr``
-      (``res_shift`` 0, or 8 for a wide up: numerics.gated_silu); e to ``e_addr``.
+      ``x`` the int16 gate and ``r`` the ``up`` operand read as int16 at ``res_addr``
+      (``res_shift`` 0, or 8 for a wide up: numerics.gated_silu), saturated to int8 when
+      ``res_shift`` is 0; e to ``e_addr``.
     * ROTARY: ``rotary(x, tables=r)`` for rows of one head (``cols`` = head width), ``r`` at
       ``res_addr`` holding each row's ``cos | sin`` (int16 Q14, head width / 2 each).
     * SOFTMAX_WIDE: SOFTMAX with 15-bit probabilities (prob_max 32767, for matmul_wide);
@@ -137,7 +139,8 @@ RTL_ALWAYS_OPS = frozenset({DecoderVecOp.SOFTMAX_DITHER})
 #: The decoder operations the RTL implements with ``Sizing(decoder_ops=True)`` (a superset of
 #: :data:`RTL_ALWAYS_OPS`).
 RTL_DECODER_OPS = frozenset({DecoderVecOp.RMSNORM, DecoderVecOp.SOFTMAX_WIDE,
-                             DecoderVecOp.WIDE_SPLIT, DecoderVecOp.RESIDUAL32}) | RTL_ALWAYS_OPS
+                             DecoderVecOp.WIDE_SPLIT, DecoderVecOp.RESIDUAL32,
+                             DecoderVecOp.SILU_GATE}) | RTL_ALWAYS_OPS
 
 
 def vec_op_name(op: int) -> str:

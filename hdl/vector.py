@@ -27,7 +27,8 @@ from .pipeline import CreditCounter
 from .isa import VecOp
 from .params import VEC_MAX_COLS
 from .scratchpad import SyncFifo
-from .vector_arith import (EXP_E_BITS, EXP_T_BITS, Divider, Exp2, GeluPhi, Isqrt, clamp,
+from .vector_arith import (EXP_E_BITS, EXP_T_BITS, SILU_SIG_WIDTH, Divider, Exp2, GeluPhi, Isqrt,
+                           SiluSigmoid, clamp,
                            mul_round_sat, round_add, round_shift_add, round_shifted)
 
 __all__ = [
@@ -107,15 +108,19 @@ _COMMAND_FIELDS = {
 
 def unit_command_layout(decoder_ops: bool = False) -> data.StructLayout:
     """The unit's command: ``dither`` (softmax: the probabilities rounded at ordered-dither
-    thresholds, SOFTMAX_DITHER) after the common fields; with ``decoder_ops`` two more fields at
-    the end, ``prob_wide`` (softmax: 15-bit probabilities, the decoder's SOFTMAX_WIDE) and ``rms``
-    (LayerNorm as the decoder's RMSNORM), so a command packed without them has the same bits."""
+    thresholds, SOFTMAX_DITHER) after the common fields; with ``decoder_ops`` three more fields
+    at the end, ``prob_wide`` (softmax: 15-bit probabilities, the decoder's SOFTMAX_WIDE),
+    ``rms`` (LayerNorm as the decoder's RMSNORM) and ``silu`` (REQUANT_ROWS as the decoder's
+    SILU_GATE), so a command packed without them has the same bits."""
     fields = dict(_COMMAND_FIELDS)
     fields["dither"] = unsigned(1)
     if decoder_ops:
         fields["prob_wide"] = unsigned(1)
         # LayerNorm as the decoder's RMSNORM: no mean, a per-row pre-shift and the epsilon.
         fields["rms"] = unsigned(1)
+        # The row requantisation as the decoder's SILU_GATE: x = silu(gate) * up, the gate in
+        # the data lanes (int16), up in the residual lanes (int8; int16 with res_shift 8).
+        fields["silu"] = unsigned(1)
     return data.StructLayout(fields)
 
 
@@ -190,6 +195,10 @@ _RMS_STD_BITS = 31
 _DIVISOR_BITS_DEC = max(_DIVISOR_BITS, _RMS_STD_BITS)
 assert nx.RMS_MAX_COLS << (2 * nx.RMS_PEAK_BITS) < 1 << _SXX_BITS
 assert nx.RMS_INV_BITS == nx.LN_INV_BITS and nx.RMS_NORM_FRAC == nx.LN_NORM_FRAC
+
+
+#: SILU_GATE's product takes this many slices of stage 1 (VectorUnit._silu_gate).
+_SILU_SLICES = 6
 
 
 def _is_reduction(op):
@@ -597,6 +606,45 @@ class VectorUnit(wiring.Component):
             values, level = nxt, level + 1
         return values
 
+    def _silu_gate(self, m, ctl):
+        """SILU_GATE's x, ``silu(gate) * up`` (numerics.gated_silu before its requantisation),
+        per lane, in the _SILU_SLICES slices of stage 1 (``ctl``: its control per slice): the
+        sigmoid's table read (slice 1), its interpolation (2), gate * sigmoid (3), the rounding
+        to SiLU in Q16 (4), SiLU * up (5), and for an int16 up the rounding by 8 (6).
+        The gate is the data lane's int16, up the residual lane's int8 (int16 with the
+        command's res_shift 8), saturated to that range."""
+        out = []
+        for k in range(self.lanes):
+            def piped(value, shape, name):
+                return _piped(m, 1, value, shape, f"s1_silu_{name}{k}")
+            sig = SiluSigmoid()
+            m.submodules[f"silu_sig{k}"] = sig
+            g0 = self.i.payload.data[k][:16].as_signed()
+            m.d.comb += [sig.x.eq(g0), sig.en.eq(1)]
+            g1 = piped(g0, signed(16), "g1_")
+            r1 = piped(self.i.payload.residual[k], signed(self.residual_bits), "r1_")
+            wide1 = ctl[1]["cmd"].res_shift != 0
+            u1 = Mux(wide1, clamp(r1, nx.INT16.lo, nx.INT16.hi), clamp(r1, nx.INT8.lo, nx.INT8.hi))
+            # Slice 2: the sigmoid (Q16, 0..2**16), the gate and up held.
+            s2 = piped(sig.y, unsigned(SILU_SIG_WIDTH), "sig2_")
+            g2 = piped(g1, signed(16), "g2_")
+            u2 = piped(u1, signed(16), "u2_")
+            # Slice 3: gate * sigmoid (|.| <= 2**31).
+            gs3 = piped(limb_product(g2, s2, m=m, name=f"s1_silu_gs{k}"), signed(33), "gs3_")
+            u3 = piped(u2, signed(16), "u3_")
+            # Slice 4: SiLU in Q16, round_shift(gate * sigmoid, 8): |.| < 2**23.
+            sh = nx.SILU_IN_FRAC + nx.SILU_SIG_BITS - nx.SILU_OUT_FRAC
+            s4 = piped((gs3 + (1 << (sh - 1))) >> sh, signed(25), "silu4_")
+            u4 = piped(u3, signed(16), "u4_")
+            # Slice 5: SiLU * up (|.| < 2**38).
+            p5 = piped(limb_product(s4, u4, m=m, name=f"s1_silu_p{k}"), signed(40), "p5_")
+            # Slice 6: an int16 up's product rounded by 8 (|.| < 2**30 either way).
+            wide5 = ctl[5]["cmd"].res_shift != 0
+            lo = nx.WIDE_LO_BITS
+            p6 = piped(Mux(wide5, (p5 + (1 << (lo - 1))) >> lo, p5), signed(32), "p6_")
+            out.append(p6)
+        return out
+
     # --- stages --------------------------------------------------------------------------------
 
     def elaborate(self, platform):
@@ -645,14 +693,17 @@ class VectorUnit(wiring.Component):
         res_shift1 = Mux(is_res1, cmd.shift[:5], cmd.res_shift)
         ctl1 = [{"valid": fire1, "cmd": cmd, "row": row1, "first": first1, "last": last1,
                  "lanes": valid1, "pre_add": pre_add1}]
-        for i in range(1, 5):
+        dec = self.decoder_ops
+        # The beat goes into FIFO A from slice L1: 4, or 6 in a decoder build, whose SILU_GATE
+        # product takes six slices from the unit's input (its last two only delay the rest).
+        L1 = 4 + (_SILU_SLICES - 4 if dec else 0)
+        for i in range(1, L1 + 1):
             ctl1.append({n: piped1(v, command_layout if n == "cmd" else Value.cast(v).shape(),
                                    f"s1_{n}_{i}") for n, v in ctl1[-1].items()})
         # Slice 1: the shifted residual. Slice 2: x (after the residual pre-add; int24 for
         # LayerNorm).
         xa = []
         c1 = ctl1[1]
-        dec = self.decoder_ops
         for k in range(N):
             raw = piped1(self.i.payload.data[k], signed(32), f"s1_raw{k}")
             if self.decoder_ops:
@@ -694,13 +745,19 @@ class VectorUnit(wiring.Component):
         sums = _sum_tree(m, "s1a", sums, signed(_SX_BITS), levels=half)
         maxes = [piped1(v, signed(33), f"s1_max2_{j}") for j, v in enumerate(maxes)]
         sums = [piped1(v, signed(_SX_BITS), f"s1_sum2_{j}") for j, v in enumerate(sums)]
-        xb = [piped1(piped1(v, signed(32), f"s1_xb{k}"), signed(32), f"s1_xc{k}")
-              for k, v in enumerate(xa)]
+        xb = []
+        for k, v in enumerate(xa):
+            for i in range(3, L1 + 1):
+                v = piped1(v, signed(32), f"s1_x{i}_{k}")
+            xb.append(v)
         beat_max = piped1(self._max_tree(m, "s1b", maxes)[0], signed(33), "s1_beat_max")
         beat_sum = piped1(_sum_tree(m, "s1b", sums, signed(_SX_BITS))[0], signed(_SX_BITS),
                           "s1_beat_sum")
+        for i in range(5, L1 + 1):
+            beat_max = piped1(beat_max, signed(33), f"s1_beat_max{i}")
+            beat_sum = piped1(beat_sum, signed(_SX_BITS), f"s1_beat_sum{i}")
         # The running max / sum, into FIFO A and T1.
-        c2 = ctl1[4]
+        c2 = ctl1[L1]
         new_max = Signal(signed(33))
         new_sum = Signal(signed(_SX_BITS))
         m.d.comb += [new_max.eq(Mux(~c2["first"] & (acc_max > beat_max), acc_max, beat_max)),
@@ -711,7 +768,11 @@ class VectorUnit(wiring.Component):
         m.d.comb += write1.eq(c2["valid"])
         out1 = lanes32(fa.w_data)
         tok1 = token_layout(t1.w_data)
-        m.d.comb += [out1[k].eq(xb[k]) for k in range(N)]
+        if dec:
+            silu = self._silu_gate(m, ctl1)
+            m.d.comb += [out1[k].eq(Mux(cmd2.silu, silu[k], xb[k])) for k in range(N)]
+        else:
+            m.d.comb += [out1[k].eq(xb[k]) for k in range(N)]
         m.d.comb += [
             fa.w_en.eq(write1),
             t1.w_en.eq(write1 & tok_now1),

@@ -16,9 +16,9 @@ from celosia.sw import numerics as nx
 from .dsp import lut_product
 
 __all__ = [
-    "Divider", "Isqrt", "Exp2", "GeluPhi",
+    "Divider", "Isqrt", "Exp2", "GeluPhi", "SiluSigmoid", "CurveTable",
     "clamp", "mul_round_sat", "round_shift_add", "round_shifted", "round_add",
-    "EXP_T_BITS", "EXP_E_BITS", "GELU_PHI_WIDTH",
+    "EXP_T_BITS", "EXP_E_BITS", "GELU_PHI_WIDTH", "SILU_SIG_WIDTH",
 ]
 
 
@@ -351,90 +351,98 @@ class Exp2(wiring.Component):
         return m
 
 
-# --- GELU -------------------------------------------------------------------------------------
+# --- GELU's Phi and SiLU's sigmoid: a symmetric curve from a table of knots ------------------
 
-_GELU_FRAC_BITS = nx.GELU_IN_FRAC - nx.GELU_STEP_FRAC
-_GELU_KNOTS = len(nx.GELU_PHI_TABLE) - 1
-_GELU_INSIDE = nx.GELU_RANGE << nx.GELU_IN_FRAC
-_GELU_SLOPES = [int(nx.GELU_PHI_TABLE[i + 1] - nx.GELU_PHI_TABLE[i]) for i in range(_GELU_KNOTS)]
-_GELU_BASE_BITS = int(max(nx.GELU_PHI_TABLE)).bit_length()
-_GELU_SLOPE_BITS = max(1, max(_GELU_SLOPES).bit_length())
+class _Curve:
+    """A curve F with F(-x) = 2**one_bits - F(x), interpolated from the knots ``table`` of its
+    positive half, 2**step_frac knots per unit of x (Q``in_frac``), flat 2**one_bits from
+    ``range_`` on: numerics._symmetric_cdf's arguments, taken from the numerics' constants."""
+
+    def __init__(self, table, in_frac: int, step_frac: int, range_: int, one_bits: int):
+        self.table = [int(v) for v in table]
+        self.frac = in_frac - step_frac          # bits of x between two knots
+        self.knots = len(self.table) - 1
+        self.inside = range_ << in_frac
+        self.one_bits = one_bits
+        #: The curve's width (it reaches 2**one_bits exactly).
+        self.width = one_bits + 1
+        #: The table is indexed by x >> frac (signed), clamped to this many bits: the end
+        #: buckets lie beyond the last knot, where the curve is flat.
+        self.index_bits = self.knots.bit_length() + 1
+
+    def at(self, xs) -> np.ndarray:
+        """F of int16 ``xs`` (numerics._symmetric_cdf itself)."""
+        return nx._symmetric_cdf(np.asarray(xs, dtype=np.int64), np.asarray(self.table),
+                                 self.inside, self.frac, self.one_bits)
+
+    def buckets(self):
+        """One entry per bucket of 2**frac consecutive x (``x >> frac`` in the signed index
+        range, the end buckets standing for everything beyond): ``(base, slope, zero)`` with
+        ``F(x) = base + ((slope * f + c) >> frac)``, ``f = x & (2**frac - 1)``,
+        ``c = 2**frac - 1`` for x < 0 (there the mirrored interpolation
+        ``2**one - T[k] - floor(S (2**frac - f) / 2**frac)`` is ``2**one - T[k+1] +
+        ceil(S f / 2**frac)``), 0 otherwise; ``zero``: F is 0 at f = 0 (x = -range, where the
+        table's last knot may be below 2**one). Every x of a bucket is checked against the
+        definition."""
+        F, t = self.frac, self.table
+        lo_i, hi_i = -(1 << (self.index_bits - 1)), (1 << (self.index_bits - 1)) - 1
+        rows = []
+        for i in range(lo_i, hi_i + 1):
+            c = (1 << F) - 1 if i < 0 else 0
+            if 0 <= i < self.knots:
+                slope = t[i + 1] - t[i]
+            elif -self.knots <= i < 0:
+                slope = t[-i] - t[-i - 1]
+            else:
+                slope = 0
+            want = [int(v) for v in self.at(np.arange(i << F, (i + 1) << F))]
+            base = want[1] - ((slope + c) >> F)
+            zero = want[0] != base + (c >> F)
+            got = [base + ((slope * f + c) >> F) for f in range(1 << F)]
+            if zero:
+                got[0] = 0
+            if got != want or base < 0:
+                raise AssertionError(f"bucket {i} is not linear: {got} != {want}")
+            rows.append((base, slope, int(zero)))
+        # The end buckets stand for every x beyond them: F is flat there.
+        assert rows[0][1] == 0 and rows[-1][1] == 0 and self.inside <= (hi_i << F)
+        return rows
+
+
+#: GELU's Phi (numerics.gelu: x int16 Q10, Phi Q14).
+GELU_CURVE = _Curve(nx.GELU_PHI_TABLE, nx.GELU_IN_FRAC, nx.GELU_STEP_FRAC, nx.GELU_RANGE,
+                    nx.GELU_PHI_BITS)
+#: SiLU's sigmoid (numerics.silu: x int16 Q8, sigmoid Q16).
+SILU_CURVE = _Curve(nx.SILU_SIG_TABLE, nx.SILU_IN_FRAC, nx.SILU_STEP_FRAC, nx.SILU_RANGE,
+                    nx.SILU_SIG_BITS)
 #: Width of Phi in Q14 (it reaches 2**14 exactly).
-GELU_PHI_WIDTH = nx.GELU_PHI_BITS + 1
+GELU_PHI_WIDTH = GELU_CURVE.width
+#: Width of the sigmoid in Q16.
+SILU_SIG_WIDTH = SILU_CURVE.width
 
 
-def _gelu_phi(x: int) -> int:
-    """Phi(x) of :func:`celosia.sw.numerics.gelu` for one int16 ``x`` (Q14), from its table."""
-    a = abs(x)
-    t = [int(v) for v in nx.GELU_PHI_TABLE]
-    if a >= _GELU_INSIDE:
-        pos = 1 << nx.GELU_PHI_BITS
-    else:
-        i, f = a >> _GELU_FRAC_BITS, a & ((1 << _GELU_FRAC_BITS) - 1)
-        pos = t[i] + (((t[i + 1] - t[i]) * f) >> _GELU_FRAC_BITS)
-    return pos if x >= 0 else (1 << nx.GELU_PHI_BITS) - pos
+class CurveTable(wiring.Component):
+    """F(x) of a :class:`_Curve` (``x`` int16): a knot and the slope to the next one from a
+    table in block RAM, read synchronously as :class:`Exp2` does: ``y`` belongs to the ``x``
+    presented in the last cycle ``en`` was high.
 
-
-#: GeluPhi's table is indexed by x >> 6 (signed), clamped to this many bits.
-_GELU_INDEX_BITS = 8
-
-
-def _gelu_bucket_table():
-    """One entry per bucket of 64 consecutive x (``x >> 6`` in the signed 8-bit index range,
-    the end buckets standing for everything beyond): ``(base, slope, zero)`` with
-    ``Phi(x) = base + ((slope * f + c) >> 6)``, ``f = x & 63``, ``c = 63`` for x < 0 (there the
-    mirrored interpolation ``2**14 - T[k] - floor(S (64 - f) / 64)`` is ``2**14 - T[k+1] +
-    ceil(S f / 64)``), 0 otherwise; ``zero``: Phi is 0 at f = 0 (x = -4096, where the table's last
-    knot is below 2**14). Every x of a bucket is checked against the definition."""
-    F = _GELU_FRAC_BITS
-    lo_i, hi_i = -(1 << (_GELU_INDEX_BITS - 1)), (1 << (_GELU_INDEX_BITS - 1)) - 1
-    t = [int(v) for v in nx.GELU_PHI_TABLE]
-    rows = []
-    for i in range(lo_i, hi_i + 1):
-        x0 = i << F
-        c = (1 << F) - 1 if i < 0 else 0
-        if 0 <= i < _GELU_KNOTS:
-            slope = t[i + 1] - t[i]
-        elif -_GELU_KNOTS <= i < 0:
-            slope = t[-i] - t[-i - 1]
-        else:
-            slope = 0
-        xs = range(x0, x0 + (1 << F))
-        want = [_gelu_phi(x) for x in xs]
-        base = want[1] - ((slope + c) >> F)
-        zero = want[0] != base + (c >> F)
-        got = [base + ((slope * f + c) >> F) for f in range(1 << F)]
-        if zero:
-            got[0] = 0
-        if got != want or base < 0:
-            raise AssertionError(f"GELU bucket {i} is not linear: {got} != {want}")
-        rows.append((base, slope, int(zero)))
-    # The end buckets stand for every x beyond them: Phi is flat there.
-    assert rows[0][1] == 0 and rows[-1][1] == 0 and _GELU_INSIDE <= (hi_i << F)
-    return rows
-
-
-class GeluPhi(wiring.Component):
-    """Phi(x) of :func:`celosia.sw.numerics.gelu` (``x`` int16 Q10, Phi Q14): a knot and the slope
-    to the next one from a table in block RAM, read synchronously as :class:`Exp2` does:
-    ``phi`` belongs to the ``x`` presented in the last cycle ``en`` was high.
-
-    The table is indexed by ``x >> 6`` as a signed number (clamped to 8 bits: Phi is flat
-    beyond |x| = 4.0), so neither |x| nor the mirrored ``2**14 - Phi(|x|)`` is computed: the
-    negative buckets hold the mirrored knots and round the interpolation up.
+    The table is indexed by ``x >> frac`` as a signed number (clamped: the curve is flat beyond
+    its range), so neither |x| nor the mirrored ``2**one - F(|x|)`` is computed: the negative
+    buckets hold the mirrored knots and round the interpolation up.
     """
 
-    x: In(signed(16))
-    en: In(1)
-    phi: Out(GELU_PHI_WIDTH)
+    def __init__(self, curve: _Curve):
+        self.curve = curve
+        super().__init__({"x": In(signed(16)), "en": In(1), "y": Out(curve.width)})
 
     def elaborate(self, platform):
         m = Module()
-        F = _GELU_FRAC_BITS
-        rows = _gelu_bucket_table()
+        cv = self.curve
+        F = cv.frac
+        rows = cv.buckets()
         slope_bits = max(1, max(r[1] for r in rows).bit_length())
-        base_bits = GELU_PHI_WIDTH
-        ib = _GELU_INDEX_BITS
+        base_bits = cv.width
+        ib = cv.index_bits
         m.submodules.table = table = memory.Memory(
             shape=unsigned(base_bits + slope_bits + 1), depth=len(rows),
             init=[b | (s << base_bits) | (z << (base_bits + slope_bits))
@@ -454,9 +462,27 @@ class GeluPhi(wiring.Component):
         base = rd.data[:base_bits]
         slope = rd.data[base_bits:base_bits + slope_bits]
         zero = rd.data[-1]
-        # The slope times the 6-bit fraction is a shift-and-add: no DSP slice for it.
+        # The slope times the fraction is a shift-and-add: no DSP slice for it.
         interp = Signal(slope_bits + F + 1)
         m.d.comb += interp.eq(lut_product(f, slope, m=m, name="slope_f")
                               + Mux(neg, (1 << F) - 1, 0))
-        m.d.comb += self.phi.eq(Mux(zero & (f == 0), 0, base + (interp >> F)))
+        m.d.comb += self.y.eq(Mux(zero & (f == 0), 0, base + (interp >> F)))
         return m
+
+
+class GeluPhi(CurveTable):
+    """Phi(x) of :func:`celosia.sw.numerics.gelu` (``x`` int16 Q10, ``phi`` Q14)."""
+
+    def __init__(self):
+        super().__init__(GELU_CURVE)
+
+    @property
+    def phi(self):
+        return self.y
+
+
+class SiluSigmoid(CurveTable):
+    """sigmoid(x) of :func:`celosia.sw.numerics.silu` (``x`` int16 Q8, ``y`` Q16)."""
+
+    def __init__(self):
+        super().__init__(SILU_CURVE)

@@ -146,7 +146,8 @@ class VectorEngine(wiring.Component):
         Also run the decoder operations of ``isa.RTL_DECODER_OPS`` (``Sizing.decoder_ops``):
         RESIDUAL32 (the unit's residual add with int32 residual lanes), WIDE_SPLIT (the
         source rows passed through the unit twice, the high then the low byte of each element
-        written) and SOFTMAX_WIDE (the unit's softmax with ``prob_wide``). Without it the engine
+        written), SOFTMAX_WIDE (the unit's softmax with ``prob_wide``), RMSNORM (its LayerNorm
+        with ``rms``) and SILU_GATE (its REQUANT_ROWS with ``silu``). Without it the engine
         is the encoder's. SOFTMAX_DITHER (the unit's softmax with ``dither``,
         ``isa.RTL_ALWAYS_OPS``) runs on every build.
     unit_kwargs
@@ -224,19 +225,23 @@ class VectorEngine(wiring.Component):
             # RMSNORM is the unit's LAYERNORM with rms (no mean, a per-row pre-shift, the
             # epsilon of record 0's bias, no beta).
             is_rms = op == DecoderVecOp.RMSNORM
+            # SILU_GATE is the unit's REQUANT_ROWS with silu: x = silu(gate) * up, the gate the
+            # int16 source, up the second operand (int16 lanes at res_addr; res_shift 8 for a
+            # wide up, else 0 and up saturated to int8).
+            is_silu = op == DecoderVecOp.SILU_GATE
         else:
-            is_r32 = is_split = is_smw = is_rms = C(0, 1)
-        use_res = (op == VecOp.RESIDUAL) | cmd.add_residual | is_r32 if dec else (
+            is_r32 = is_split = is_smw = is_rms = is_silu = C(0, 1)
+        use_res = (op == VecOp.RESIDUAL) | cmd.add_residual | is_r32 | is_silu if dec else (
             (op == VecOp.RESIDUAL) | cmd.add_residual)
         use_p = ((op == VecOp.LAYERNORM) | (op == VecOp.GELU) | (op == VecOp.REQUANT)
                  | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS))
         if dec:
-            use_p = use_p | is_rms
+            use_p = use_p | is_rms | is_silu
         use_e = ((op == VecOp.SOFTMAX) | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
                  | is_smd)
         if dec:
-            use_e = use_e | is_smw
-        is_rows_op = (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
+            use_e = use_e | is_smw | is_silu
+        is_rows_op = (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS) | is_silu
         nub = Signal(16)         # unit beats a row
         m.d.comb += nub.eq((cols + N - 1) >> ln)
         src_bytes = Signal(16)
@@ -286,10 +291,12 @@ class VectorEngine(wiring.Component):
         if dec:
             shift_ops = shift_ops | is_smw | is_rms
         bad_scalar = ((shift_ops & (cmd.shift > nx.SHIFT_MAX))
-                      | (use_res & (cmd.res_shift > RES_SHIFT_MAX)))
+                      | (use_res & (cmd.res_shift > RES_SHIFT_MAX))
+                      | (is_silu & (cmd.res_shift != 0) & (cmd.res_shift != nx.WIDE_LO_BITS)))
         # The decoder ops' operand formats (isa_sim's mode check, after the alignment).
         bad_mode = ((is_split & ((cmd.src_fmt != OutFormat.INT16) | (cmd.dst_fmt != OutFormat.INT8)))
-                    | (is_r32 & cmd.add_residual)) if dec else C(0, 1)
+                    | ((is_r32 | is_silu) & cmd.add_residual)
+                    | (is_silu & (cmd.src_fmt != OutFormat.INT16))) if dec else C(0, 1)
 
         # --- the unit's command -----------------------------------------------------------
         ucmd = Signal(unit.cmd_layout)
@@ -306,8 +313,9 @@ class VectorEngine(wiring.Component):
             is_resid = (op == VecOp.RESIDUAL) | is_r32 | is_split
             unit_op = Mux(is_r32 | is_split, VecOp.RESIDUAL,
                           Mux(is_smw | is_smd, VecOp.SOFTMAX,
-                              Mux(is_rms, VecOp.LAYERNORM, op[:3])))
-            m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.rms.eq(is_rms)]
+                              Mux(is_rms, VecOp.LAYERNORM,
+                                  Mux(is_silu, VecOp.REQUANT_ROWS, op[:3]))))
+            m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.rms.eq(is_rms), ucmd.silu.eq(is_silu)]
         else:
             is_resid = op == VecOp.RESIDUAL
             unit_op = Mux(is_smd, VecOp.SOFTMAX, op[:3])

@@ -25,7 +25,7 @@ from celosia.sw import numerics as nx
 __all__ = [
     "OPS", "VectorJob", "softmax_job", "layernorm_job", "gelu_job", "requant_job", "residual_job",
     "requant_rows_job", "gelu_rows_job", "with_residual", "residual32_job",
-    "softmax_wide_job", "rmsnorm_job", "rmsnorm_random_job",
+    "softmax_wide_job", "rmsnorm_job", "rmsnorm_random_job", "silu_gate_job", "silu_gate_random_job",
     "KINDS", "random_job", "RunResult", "run_amaranth", "write_verilog", "cocotb_runner",
     "drive_cocotb", "VERILATOR_LOCK",
 ]
@@ -67,7 +67,7 @@ class VectorJob:
 
     def command(self) -> int:
         # A decoder build's command has more fields at the end (prob_wide, rms): the same bits.
-        layout = unit_command_layout(bool({"prob_wide", "rms"} & self.cmd.keys()))
+        layout = unit_command_layout(bool({"prob_wide", "rms", "silu"} & self.cmd.keys()))
         return pack(layout, {**self.cmd, "op": _OP_CODES[self.op],
                              "rows": self.rows, "cols": self.cols})
 
@@ -241,6 +241,39 @@ def rmsnorm_random_job(rng: np.random.Generator, rows: int, cols: int,
     e = int(rng.integers(0, 3))
     eps = [0, int(rng.integers(0, 1 << 40)), int(rng.integers(0, 1 << 62))][e]
     return rmsnorm_job(x, gamma, int(rng.integers(0, nx.SHIFT_MAX + 1)), out, eps)
+
+
+def silu_gate_job(gate, up, scale: nx.Dyadic, out: nx.Range, wide: bool = False) -> VectorJob:
+    """The decoder's SILU_GATE on a unit built with ``decoder_ops``: the unit's REQUANT_ROWS
+    with ``silu``, ``requantize_rows(silu(gate) * up, scale, out)`` (numerics.gated_silu;
+    ``wide``: an int16 up, res_shift 8), up saturated to its range as the ISA defines it."""
+    gate = np.asarray(gate, dtype=np.int64)
+    up = np.asarray(up, dtype=np.int64)
+    q, e = nx.gated_silu(gate, nx.saturate(up, nx.INT16 if wide else nx.INT8), scale, out,
+                         wide_up=wide)
+    return VectorJob("requant_rows", gate,
+                     {**_range_cmd(out), "silu": 1, "res_shift": nx.WIDE_LO_BITS if wide else 0},
+                     q, residual=up, params=_dyadic_params(scale, gate.shape[1]),
+                     expected_exp=e)
+
+
+def silu_gate_random_job(rng: np.random.Generator, rows: int, cols: int,
+                         kind: str = "random") -> VectorJob:
+    """SILU_GATE on int16 gates of a row flavour, up of either width (now and then beyond
+    int8 for a narrow up: saturated), random per-column scales and output format."""
+    def values(hi):
+        if kind == "random":     # magnitudes spread over every bit length
+            return (rng.integers(-hi - 1, hi, endpoint=True, size=(rows, cols))
+                    >> rng.integers(0, hi.bit_length(), size=(rows, cols)))
+        return _values(rng, (rows, cols), kind, -hi - 1, hi)
+
+    gate = values(nx.INT16.hi)
+    wide = bool(rng.integers(0, 2))
+    up = values(nx.INT16.hi if wide or rng.random() < 0.2 else nx.INT8.hi)
+    mult = rng.integers(0, 1 << nx.MULT_BITS, size=cols)
+    shift = rng.integers(nx.ROW_EXP_MAX, nx.SHIFT_MAX + 1, size=cols)
+    out = [nx.INT8, nx.INT16, nx.INT32][int(rng.integers(0, 3))]
+    return silu_gate_job(gate, up, nx.Dyadic(mult, shift), out, wide)
 
 
 def residual32_job(rng: np.random.Generator, rows: int, cols: int, kind: str = "random",

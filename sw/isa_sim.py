@@ -566,8 +566,10 @@ class IsaMachine:
             if op == DecoderVecOp.RMSNORM:
                 y = nx.rmsnorm(x, mult, f["shift"], out, eps=int(bias[0]))
             elif op == DecoderVecOp.SILU_GATE:
-                y, e = nx.gated_silu(x, r, nx.Dyadic(mult, shift), out,
-                                     wide_up=f["res_shift"] == nx.WIDE_LO_BITS)
+                # A narrow up is saturated to int8 (isa.DecoderVecOp).
+                wide = f["res_shift"] == nx.WIDE_LO_BITS
+                y, e = nx.gated_silu(x, nx.saturate(r, nx.INT16 if wide else nx.INT8),
+                                     nx.Dyadic(mult, shift), out, wide_up=wide)
             elif op == DecoderVecOp.ROTARY:
                 half = cols // 2
                 y = nx.rotary(x, np.arange(rows), (r[:, :half], r[:, half:]), out)

@@ -10,6 +10,7 @@ from celosia.hdl.accelerator import Accelerator, verilog_text
 from celosia.hdl import isa
 from celosia.hdl.isa import CSR, ErrorCode, MachineConfig, Unit
 from celosia.hdl.params import OutFormat
+from celosia.sw import numerics as nx
 from celosia.sim.pysim import run
 from celosia.sim.tb_accelerator import (AxiMemoryModel, axil_read, axil_write, error_image,
                                         matmul_chain, reference, status_bits)
@@ -191,7 +192,9 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
         MATMUL -> X (int32), SYNC(MATMUL), RESIDUAL32 X + R (int32) -> Y (int16),
         WIDE_SPLIT Y -> planes (int8, 2m rows), SOFTMAX_WIDE X -> P (int16) + exponents,
         SOFTMAX_DITHER X -> PD (uint8) + exponents, SYNC(VECTOR), MATMUL high plane -> out,
-        RMSNORM X (int32) -> N (int16), ROTARY (not in the RTL: BAD_MODE)"""
+        RMSNORM X (int32) -> N (int16), SYNC(VECTOR), SILU_GATE gate Y, up N (wide) -> S (int8)
+        + exponents, SILU_GATE gate N, up Y (narrow: saturated to int8) -> S2 (int16)
+        + exponents, ROTARY (not in the RTL: BAD_MODE)"""
     from celosia.sim.tb_accelerator import Image
 
     rng, mem, al, mat, out = _program_memory(config, seed)
@@ -212,6 +215,13 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
     b2, b2_s = mat(n, n, np.int8, -128, 128)
     o, o_s = out(m, n, 4)
     nrm, nrm_s = out(m, n, 2)
+    sg, sg_s = out(m, n, 1)
+    sg2, sg2_s = out(m, n, 2)
+    es, es2 = al.put(bytes(w)), al.put(bytes(w))
+    srec = np.zeros(n, dtype=isa.VEC_PARAM_DTYPE)
+    srec["mult"] = rng.integers(0, 1 << nx.MULT_BITS, n)
+    srec["shift"] = rng.integers(nx.ROW_EXP_MAX + 10, nx.SHIFT_MAX + 1, n)
+    srecs = al.put(srec.tobytes())
     rec = np.zeros(n, dtype=isa.VEC_PARAM_DTYPE)
     rec["mult"] = rng.integers(-(1 << 19), 1 << 19, n)
     rec["bias"][0] = 1 << 40                               # the epsilon
@@ -237,6 +247,13 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
         isa.vector(op=dec.RMSNORM, rows=m, cols=n, src_addr=x, src_stride=x_s, dst_addr=nrm,
                    dst_stride=nrm_s, p_addr=recs, shift=16, src_fmt=OutFormat.INT32,
                    dst_fmt=OutFormat.INT16),
+        isa.sync(Unit.VECTOR),
+        isa.vector(op=dec.SILU_GATE, rows=m, cols=n, src_addr=y, src_stride=y_s, res_addr=nrm,
+                   res_stride=nrm_s, res_shift=8, p_addr=srecs, e_addr=es, dst_addr=sg,
+                   dst_stride=sg_s, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8),
+        isa.vector(op=dec.SILU_GATE, rows=m, cols=n, src_addr=nrm, src_stride=nrm_s, res_addr=y,
+                   res_stride=y_s, res_shift=0, p_addr=srecs, e_addr=es2, dst_addr=sg2,
+                   dst_stride=sg2_s, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT16),
         isa.vector(op=dec.ROTARY, rows=m, cols=n, src_addr=y, src_stride=y_s, dst_addr=p,
                    dst_stride=p_s, res_addr=y, res_stride=y_s, src_fmt=OutFormat.INT16,
                    dst_fmt=OutFormat.INT16),
@@ -249,12 +266,13 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
 
 def test_decoder_ops_in_a_program():
     """``Sizing(decoder_ops=True)``: the controller and the vector engine of the whole
-    accelerator run RESIDUAL32, WIDE_SPLIT, SOFTMAX_WIDE, SOFTMAX_DITHER and RMSNORM between
-    matmuls as the isa simulator modelling that build does, and stop on ROTARY with BAD_MODE."""
+    accelerator run RESIDUAL32, WIDE_SPLIT, SOFTMAX_WIDE, SOFTMAX_DITHER, RMSNORM and SILU_GATE
+    between matmuls as the isa simulator modelling that build does, and stop on ROTARY with
+    BAD_MODE."""
     from celosia.hdl.params import Sizing
     sizing = Sizing(decoder_ops=True)
     img = decoder_ops_image(MachineConfig(2, 8))
     mem, regs = run_accel(img, array=2, vector=True, sizing=sizing)
     check_against_isa(img, mem, regs, vector_unit=True, decoder_ops=sizing.decoder_op_set())
-    assert regs["ERROR"] == ErrorCode.BAD_MODE and regs["VECTOR_COUNT"] == 5
+    assert regs["ERROR"] == ErrorCode.BAD_MODE and regs["VECTOR_COUNT"] == 7
     assert regs["MATMUL_COUNT"] == 2

@@ -288,6 +288,8 @@ _R32, _SPLIT, _SMW = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT, DecoderVe
 _SMD = DecoderVecOp.SOFTMAX_DITHER
 _I16_I8 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8)
 _RMS = DecoderVecOp.RMSNORM
+_SILU = dict(op=DecoderVecOp.SILU_GATE, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
+             p_addr=0x1400, e_addr=0x1800)
 
 
 @pytest.mark.parametrize("fields,want", [
@@ -317,13 +319,22 @@ _RMS = DecoderVecOp.RMSNORM
     (dict(op=_SMD, e_addr=0x1804), ErrorCode.BAD_ALIGN),
     (dict(op=_SMD, e_addr=0x4000 + 0x1000), ErrorCode.BAD_ADDRESS),       # the row exponents
     (dict(op=_SMD, e_addr=0x1800, shift=48), ErrorCode.BAD_PARAM),
+    (dict(_SILU), ErrorCode.OK),
+    (dict(_SILU, res_shift=8), ErrorCode.OK),
+    (dict(_SILU, res_stride=8), ErrorCode.BAD_SHAPE),            # int16 up rows: 16 bytes
+    (dict(_SILU, e_addr=0x1804), ErrorCode.BAD_ALIGN),
+    (dict(_SILU, src_fmt=OutFormat.INT32), ErrorCode.BAD_MODE),
+    (dict(_SILU, add_residual=1), ErrorCode.BAD_MODE),
+    (dict(_SILU, p_addr=0x4000 + 0x1000 - 64), ErrorCode.BAD_ADDRESS),   # 8 records: 128 B
+    (dict(_SILU, res_shift=4), ErrorCode.BAD_PARAM),
+    (dict(_SILU, res_shift=17), ErrorCode.BAD_PARAM),
 ])
 def test_decoder_ops_checks_like_isa_sim(fields, want):
     """A ``Sizing(decoder_ops=True)`` controller: RESIDUAL32's int32 residual span,
     WIDE_SPLIT's two planes (a one-row split still needs a full stride; the second plane past
     the window), their formats (BAD_MODE after the alignment), RMSNORM's records, row length
-    and shift, and the decoder ops the RTL does not run, each as the isa simulator modelling
-    that build."""
+    and shift, SILU_GATE's operands, formats and res_shift, and the decoder ops the RTL does
+    not run, each as the isa simulator modelling that build."""
     from celosia.hdl.params import Sizing
 
     img = error_image("ok", CFG)
@@ -331,6 +342,10 @@ def test_decoder_ops_checks_like_isa_sim(fields, want):
     _decoder_program(img, **fields)
     if fields["op"] == _RMS and fields["p_addr"] == 0x1400:
         img.mem[0x1400:0x1400 + 16 * 8] = 0       # valid records (gamma 0, no epsilon)
+    if fields["op"] == DecoderVecOp.SILU_GATE and fields["p_addr"] == 0x1400:
+        rec = np.zeros(8, dtype=isa.VEC_PARAM_DTYPE)
+        rec["mult"], rec["shift"] = 1000, nx.ROW_EXP_MAX + 10      # valid records
+        img.mem[0x1400:0x1400 + 16 * 8] = np.frombuffer(rec.tobytes(), np.uint8)
     ops = Sizing(decoder_ops=True).decoder_op_set()
     result, _, (mm, vec) = run_controller(img, vector=True, decoder_ops=True)
     expect_like_isa(img, result, vector_unit=True, decoder_ops=ops)

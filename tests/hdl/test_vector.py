@@ -405,6 +405,33 @@ def test_rmsnorm(dec_unit):
     _check(jobs, run_amaranth(jobs, dec_unit, seed=45, valid_prob=0.7, ready_prob=0.6))
 
 
+def test_silu_gate(dec_unit):
+    """SILU_GATE (the unit's REQUANT_ROWS with silu): every row flavour of gate and up, both
+    widths of up (a narrow up beyond int8 saturated), random per-column scales and output
+    formats at awkward lengths; the edges (gates at the int16 extremes and the table's end,
+    up at its extremes, the largest multiplier with the smallest shift); interleaved with
+    REQUANT_ROWS with a residual pre-add on the same build, gaps and stalls."""
+    from celosia.sim.vector_runner import (requant_rows_job, silu_gate_job, silu_gate_random_job,
+                                           with_residual)
+
+    rng = np.random.default_rng(47)
+    jobs = [silu_gate_random_job(rng, 2, cols, kind) for kind in KINDS
+            for cols in (1, 3, LANES, 2 * LANES + 1)]
+    edge = [nx.INT16.lo, nx.INT16.hi, -4097, -4096, -4095, 4095, 4096, 0, -1, 1, 256, -256]
+    gate = np.array([edge, edge[::-1]])
+    big = nx.Dyadic(np.full(len(edge), (1 << nx.MULT_BITS) - 1), np.full(len(edge), nx.ROW_EXP_MAX))
+    for wide, hi in ((False, nx.INT8.hi), (True, nx.INT16.hi)):
+        up = np.array([[hi, -hi - 1] * (len(edge) // 2), [-hi - 1, hi] * (len(edge) // 2)])
+        for out in (nx.INT8, nx.INT16, nx.INT32):
+            jobs.append(silu_gate_job(gate, up, big, out, wide))
+        jobs.append(silu_gate_job(gate, up, nx.Dyadic(1, nx.SHIFT_MAX), nx.INT8, wide))
+    jobs.append(silu_gate_random_job(rng, 1, 64, "random"))
+    jobs.insert(3, with_residual(requant_rows_job, rng.integers(-5000, 5000, size=(2, 5)),
+                                 rng.integers(-3000, 3000, size=(2, 5)), 4,
+                                 nx.Dyadic(20000, 20), nx.INT8))
+    _check(jobs, run_amaranth(jobs, dec_unit, seed=47, valid_prob=0.7, ready_prob=0.6))
+
+
 def test_dither_carry_is_the_dithered_rounding():
     """The unit's SOFTMAX_DITHER rounding (hdl/vector.py, stage 3): floor(p / 2**s) plus the
     carry of p[s-9 : s] + 2k + 1 out of 9 bits, the window taken from p[_DITHER_LO:24] shifted

@@ -179,3 +179,28 @@ def test_gelu_phi_exhaustive_product():
         assert finish(xs[-1] * ctx.get(dut.phi)) == int(want[-1])
 
     _run(dut, bench)
+
+
+def test_silu_sigmoid_exhaustive():
+    """SiLU from the unit's sigmoid table, round_shift(x * sigmoid(x), 8), equals the golden
+    numerics.silu for every int16 input (the table's clamp, its mirrored negative buckets and
+    the end of the table included)."""
+    from celosia.hdl.vector_arith import SiluSigmoid
+
+    dut = SiluSigmoid()
+    xs = list(range(nx.INT16.lo, nx.INT16.hi + 1))
+    want = nx.silu(np.array(xs))
+    sh = nx.SILU_IN_FRAC + nx.SILU_SIG_BITS - nx.SILU_OUT_FRAC
+
+    async def bench(ctx):
+        ctx.set(dut.en, 1)
+        bad = []
+        for x, w in zip(xs, want):
+            ctx.set(dut.x, x)
+            await ctx.tick()
+            got = (x * ctx.get(dut.y) + (1 << (sh - 1))) >> sh
+            if got != int(w):
+                bad.append((x, got, int(w)))
+        assert not bad, bad[:5]
+
+    _run(dut, bench)

@@ -388,7 +388,11 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
     its buffers are allocated in ``img`` when given."""
     smax = (DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.SOFTMAX_DITHER)
     img = Image(W, rng) if img is None else img
+    silu = op == DecoderVecOp.SILU_GATE
     if op == DecoderVecOp.WIDE_SPLIT:
+        src_fmt = OutFormat.INT16 if src_fmt is None else src_fmt
+        dst_fmt = OutFormat.INT8 if dst_fmt is None else dst_fmt
+    elif silu:
         src_fmt = OutFormat.INT16 if src_fmt is None else src_fmt
         dst_fmt = OutFormat.INT8 if dst_fmt is None else dst_fmt
     elif op in smax:
@@ -410,7 +414,21 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
     dst_stride = -(-(cols * OUT_BYTES[dst_fmt]) // W) * W + pad * W
     f["dst_addr"], f["dst_stride"] = img.alloc(out_rows * dst_stride), dst_stride
     img.fill_random(f["dst_addr"], out_rows * dst_stride)      # the gaps must survive
-    if op == DecoderVecOp.RESIDUAL32 or residual:
+    if silu:
+        # up: int16 in memory; with res_shift 0 mostly int8 (beyond it saturated).
+        if res_shift is None:
+            res_shift = int(rng.choice([0, nx.WIDE_LO_BITS]))
+        r = _src_values(rng, (rows, cols), OutFormat.INT16, res_kind or kind)
+        if not res_shift and rng.random() < 0.7:
+            r = r >> 8
+        f["res_addr"], f["res_stride"] = img.matrix(r, OutFormat.INT16, pad)
+        f["res_shift"] = res_shift
+        f["p_addr"] = img.records(rng.integers(0, 1 << nx.MULT_BITS, size=cols),
+                                  rng.integers(nx.ROW_EXP_MAX, nx.SHIFT_MAX + 1, size=cols),
+                                  rng.integers(-(1 << 40), 1 << 40, size=cols))
+        f["e_addr"] = img.alloc(rows)
+        img.fill_random(f["e_addr"], -(-rows // W) * W)
+    elif op == DecoderVecOp.RESIDUAL32 or residual:
         rfmt = OutFormat.INT32 if op == DecoderVecOp.RESIDUAL32 else OutFormat.INT16
         r = _src_values(rng, (rows, cols), rfmt, res_kind or kind)
         f["res_addr"], f["res_stride"] = img.matrix(r, rfmt, pad)
@@ -483,6 +501,8 @@ def test_decoder_op_formats_and_shapes(dec_engine, op):
         elif op == DecoderVecOp.SOFTMAX_DITHER:
             kw = dict(src_fmt=OutFormat(k), dst_fmt=(OutFormat.UINT8, OutFormat.INT8)[k % 2],
                       residual=bool(k % 2), causal=(None, 0)[k // 2])
+        elif op == DecoderVecOp.SILU_GATE:
+            kw = dict(dst_fmt=OutFormat(k), res_shift=(0, nx.WIDE_LO_BITS)[k % 2])
         else:
             kw = dict(residual=bool(k % 2))
         instrs.append(make_decoder(op, int(rng.integers(1, 4)), cols, W, rng, pad=k % 2,
@@ -562,6 +582,38 @@ def test_rmsnorm_adversarial_rows(dec_engine):
     check_one_image(dec_engine, instrs, img.mem, seed=29, stall=0.1)
 
 
+def test_silu_gate_adversarial_rows(dec_engine):
+    """SILU_GATE's edges against isa_sim: gates at the int16 extremes and about the sigmoid
+    table's end (|x| = 16 in Q8), up at its extremes (a narrow up beyond int8 saturated, a wide
+    up at +-2**15), the largest multiplier at the smallest shift into every format
+    (saturating), one-column rows, equal rows, a row of 64, back to back with RMSNORM."""
+    rng = np.random.default_rng(32)
+    img = Image(W, rng)
+    SILU = DecoderVecOp.SILU_GATE
+    cases = [make_decoder(SILU, 3, 9, W, rng, kind="extremes", res_kind="extremes", dst_fmt=d,
+                          res_shift=s, img=img)
+             for d in (OutFormat.INT8, OutFormat.INT16, OutFormat.INT32, OutFormat.UINT8)
+             for s in (0, nx.WIDE_LO_BITS)]
+    cases += [
+        make_decoder(SILU, 5, 1, W, rng, kind="extremes", img=img),
+        make_decoder(SILU, 2, 7, W, rng, kind="equal", dst_fmt=OutFormat.INT16, img=img),
+        make_decoder(SILU, 1, 64, W, rng, dst_fmt=OutFormat.INT8, img=img),
+        make_decoder(DecoderVecOp.RMSNORM, 3, 10, W, rng, residual=True, kind="extremes",
+                     img=img),
+    ]
+    instrs = [ins for ins, _ in cases]
+    # The gates about the table's end, the largest multiplier at the smallest shift.
+    edge = np.array([-4097, -4096, -4095, 4095, 4096, 4097, nx.INT16.lo, nx.INT16.hi, 0])
+    f = dict(instrs[0].fields)
+    src, stride = img.matrix(np.stack([edge, edge[::-1], -edge]), OutFormat.INT16)
+    p = img.records(np.full(9, (1 << nx.MULT_BITS) - 1), np.full(9, nx.ROW_EXP_MAX),
+                    np.zeros(9, dtype=np.int64))
+    for s in (0, nx.WIDE_LO_BITS):
+        instrs.append(isa.vector(**{**f, "src_addr": src, "src_stride": stride, "p_addr": p,
+                                    "res_shift": s}))
+    check_one_image(dec_engine, instrs, img.mem, seed=33, stall=0.1)
+
+
 def test_decoder_build_runs_the_encoder_ops(dec_engine):
     """The int32 residual lanes of a decoder build: the encoder's ops with and without the
     int16 residual pre-add, extremes, back to back with the decoder ops on one image."""
@@ -593,7 +645,8 @@ def test_decoder_op_bad_instructions(dec_engine):
     """The checks of the decoder ops (shapes, alignment, formats, shifts) in isa_sim's order,
     and the decoder ops the RTL does not implement: the same code, memory untouched."""
     rng = np.random.default_rng(26)
-    r32, mem = make_decoder(DecoderVecOp.RESIDUAL32, 3, 6, W, rng)
+    img = Image(W, rng)
+    r32, mem = make_decoder(DecoderVecOp.RESIDUAL32, 3, 6, W, rng, img=img)
     f = dict(r32.fields)
     bad = [dict(op=op) for op in DecoderVecOp if op not in isa.RTL_DECODER_OPS] + [
         dict(op=7),
@@ -612,6 +665,13 @@ def test_decoder_op_bad_instructions(dec_engine):
         dict(op=DecoderVecOp.SOFTMAX_DITHER, e_addr=f["dst_addr"] + 1),
         dict(op=DecoderVecOp.SOFTMAX_DITHER, cols=isa.VEC_MAX_COLS + 1),
     ]
+    silu, _ = make_decoder(DecoderVecOp.SILU_GATE, 3, 6, W, rng, img=img)
+    g = dict(silu.fields)
+    bad += [dict(g, src_fmt=OutFormat.INT32),                           # BAD_MODE
+            dict(g, add_residual=1),                                    # BAD_MODE
+            dict(g, res_shift=4), dict(g, res_shift=16),                # BAD_PARAM
+            dict(g, e_addr=g["e_addr"] + 1),                            # BAD_ALIGN
+            dict(g, cols=isa.VEC_MAX_COLS + 1)]                         # BAD_SHAPE
     instrs, want = [], []
     for b in bad:
         ins = isa.vector(**{**f, **b})

@@ -143,9 +143,11 @@ async def decoder_ops(dut):
     every row flavour and every shift at the int32 extremes, SOFTMAX_WIDE (prob_wide) over
     every flavour with masks and a flat row, SOFTMAX_DITHER (dither) over every flavour, masks
     and flat rows behind one dominant key, RMSNORM (rms) over every flavour with random
-    epsilons and a row of -2**31, then the encoder's int16 residual add, residual pre-add and
-    8-bit softmax on the same build, back to back."""
+    epsilons and a row of -2**31, SILU_GATE (silu) over every flavour with both widths of up
+    and the gates about the sigmoid table's end, then the encoder's int16 residual add,
+    residual pre-add and 8-bit softmax on the same build, back to back."""
     from celosia.sim.vector_runner import (residual32_job, rmsnorm_job, rmsnorm_random_job,
+                                           silu_gate_job, silu_gate_random_job,
                                            softmax_wide_job, with_residual)
     unit = _unit()
     assert unit.decoder_ops, "decoder_ops needs a unit built with decoder_ops"
@@ -185,4 +187,10 @@ async def decoder_ops(dut):
     jobs += [rmsnorm_job(np.full((1, 96), nx.INT32.lo), rng.integers(-(1 << 19), 1 << 19, 96),
                          14, nx.INT16, (1 << 62) - 1),
              rmsnorm_job(np.zeros((1, 5), dtype=np.int64), [1] * 5, 0, nx.INT32, 0)]
+    jobs += [silu_gate_random_job(rng, 2, cols, kind) for kind in KINDS
+             for cols in (1, unit.lanes + 1)]
+    edge = np.array([[nx.INT16.lo, nx.INT16.hi, -4097, -4096, -4095, 4095, 4096, 0, -1]])
+    big = nx.Dyadic(np.full(9, (1 << nx.MULT_BITS) - 1), np.full(9, nx.ROW_EXP_MAX))
+    jobs += [silu_gate_job(edge, edge[:, ::-1], big, nx.INT16, wide)
+             for wide in (False, True)]
     await _run_and_check(dut, unit, jobs, seed=8)
