@@ -37,7 +37,7 @@ from .params import ADDEND_BYTES, OUT_BYTES, PARAM_RECORD_BYTES, AddendMode, Err
 
 __all__ = [
     "ISA_VERSION", "INSTR_BYTES", "INSTR_BITS", "WINDOW_ALIGN", "VEC_MAX_COLS", "RES_SHIFT_MAX",
-    "SOFTMAX_WIDE_MAX_COLS",
+    "SOFTMAX_WIDE_MAX_COLS", "WIDE_LO_MAX_ROWS",
     "Opcode", "VecOp", "DecoderVecOp", "RTL_DECODER_OPS", "RTL_ALWAYS_OPS", "vec_op_name", "Unit", "ErrorCode",
     "VEC_PARAM_RECORD_BYTES", "VEC_PARAM_MULT_OFFSET", "VEC_PARAM_SHIFT_OFFSET",
     "VEC_PARAM_BIAS_OFFSET", "ENGINE_PARAM_DTYPE", "VEC_PARAM_DTYPE",
@@ -63,6 +63,8 @@ VEC_MAX_COLS = params.VEC_MAX_COLS
 RES_SHIFT_MAX = nx.RES_SHIFT_MAX
 #: Longest SOFTMAX_WIDE row (numerics.softmax's rows of up to 512).
 SOFTMAX_WIDE_MAX_COLS = 512
+#: Most rows of one WIDE_LO (the vector engine holds their exponents while it runs).
+WIDE_LO_MAX_ROWS = 512
 
 
 class Opcode(enum.IntEnum):
@@ -96,8 +98,8 @@ class DecoderVecOp(enum.IntEnum):
     (``IsaMachine(decoder_ops=True)``). The RTL runs those in :data:`RTL_DECODER_OPS`
     (RESIDUAL32 and WIDE_SPLIT on the vector unit's residual-add pass, SOFTMAX_WIDE and
     SOFTMAX_DITHER on its softmax with the command's ``prob_wide`` or ``dither``, RMSNORM on its
-    LayerNorm with the command's ``rms``, SILU_GATE on its REQUANT_ROWS with ``silu``) when
-    built with
+    LayerNorm with the command's ``rms``, SILU_GATE on its REQUANT_ROWS with ``silu``, WIDE_LO
+    on its REQUANT with ``lo_shift``) when built with
     ``Sizing(decoder_ops=True)``; it stops on the others, and on every one of them without
     the flag but those of :data:`RTL_ALWAYS_OPS` (SOFTMAX_DITHER, the encoder's), with ``BAD_MODE`` (as the isa simulator does for an op its ``decoder_ops`` set
     lacks). Value 7 stays free for the vector unit's next op (:class:`VecOp` is 3 bits in the
@@ -117,7 +119,8 @@ class DecoderVecOp(enum.IntEnum):
       ``x >> 8`` (int8) in rows 0..rows-1 of ``dst``, ``x & 255`` (uint8) in rows
       rows..2*rows-1 (after an optional residual pre-add, each plane is that byte of ``x``).
     * WIDE_LO: the low pass's rescale, ``requantize(x, (2**14, 22 + e[i]), int32)`` per row,
-      ``e`` (uint8, one per row) read from ``e_addr``.
+      ``e`` (uint8, one per row, clamped to ROW_EXP_MAX) read from ``e_addr``; at most
+      :data:`WIDE_LO_MAX_ROWS` rows.
     * RESIDUAL32: ``saturate(residual_add(x, r, res_shift), out)`` with an int32 ``r``.
     * SOFTMAX_DITHER: SOFTMAX with its probabilities rounded at ordered-dither thresholds
       (``softmax(..., dither=True)``): an encoder's softmax that keeps the mass of a long flat
@@ -140,7 +143,7 @@ RTL_ALWAYS_OPS = frozenset({DecoderVecOp.SOFTMAX_DITHER})
 #: :data:`RTL_ALWAYS_OPS`).
 RTL_DECODER_OPS = frozenset({DecoderVecOp.RMSNORM, DecoderVecOp.SOFTMAX_WIDE,
                              DecoderVecOp.WIDE_SPLIT, DecoderVecOp.RESIDUAL32,
-                             DecoderVecOp.SILU_GATE}) | RTL_ALWAYS_OPS
+                             DecoderVecOp.SILU_GATE, DecoderVecOp.WIDE_LO}) | RTL_ALWAYS_OPS
 
 
 def vec_op_name(op: int) -> str:

@@ -110,8 +110,9 @@ def unit_command_layout(decoder_ops: bool = False) -> data.StructLayout:
     """The unit's command: ``dither`` (softmax: the probabilities rounded at ordered-dither
     thresholds, SOFTMAX_DITHER) after the common fields; with ``decoder_ops`` three more fields
     at the end, ``prob_wide`` (softmax: 15-bit probabilities, the decoder's SOFTMAX_WIDE),
-    ``rms`` (LayerNorm as the decoder's RMSNORM) and ``silu`` (REQUANT_ROWS as the decoder's
-    SILU_GATE), so a command packed without them has the same bits."""
+    ``rms`` (LayerNorm as the decoder's RMSNORM), ``silu`` (REQUANT_ROWS as the decoder's
+    SILU_GATE) and ``lo_shift`` (REQUANT as the decoder's WIDE_LO), so a command packed
+    without them has the same bits."""
     fields = dict(_COMMAND_FIELDS)
     fields["dither"] = unsigned(1)
     if decoder_ops:
@@ -121,6 +122,9 @@ def unit_command_layout(decoder_ops: bool = False) -> data.StructLayout:
         # The row requantisation as the decoder's SILU_GATE: x = silu(gate) * up, the gate in
         # the data lanes (int16), up in the residual lanes (int8; int16 with res_shift 8).
         fields["silu"] = unsigned(1)
+        # REQUANT as the decoder's WIDE_LO: round_shift(x, 8 + e) with e each row's ``rexp``
+        # (the input beat's field).
+        fields["lo_shift"] = unsigned(1)
     return data.StructLayout(fields)
 
 
@@ -545,10 +549,14 @@ class VectorUnit(wiring.Component):
         self.cmd_layout = unit_command_layout(self.decoder_ops)
         self.tok_layout = unit_token_layout(self.decoder_ops)
 
-        self.in_layout = data.StructLayout({
+        in_fields = {
             "data": data.ArrayLayout(signed(32), lanes),
             "residual": data.ArrayLayout(signed(self.residual_bits), lanes),
-        })
+        }
+        if self.decoder_ops:
+            # WIDE_LO (``lo_shift``): the row's exponent, 0..ROW_EXP_MAX, with each beat.
+            in_fields["rexp"] = unsigned(ROW_EXP_BITS)
+        self.in_layout = data.StructLayout(in_fields)
         self.out_layout = data.StructLayout({
             "data": data.ArrayLayout(signed(32), lanes),
             "exp": unsigned(ROW_EXP_BITS),
@@ -693,6 +701,8 @@ class VectorUnit(wiring.Component):
         res_shift1 = Mux(is_res1, cmd.shift[:5], cmd.res_shift)
         ctl1 = [{"valid": fire1, "cmd": cmd, "row": row1, "first": first1, "last": last1,
                  "lanes": valid1, "pre_add": pre_add1}]
+        if self.decoder_ops:
+            ctl1[0]["rexp"] = self.i.payload.rexp
         dec = self.decoder_ops
         # The beat goes into FIFO A from slice L1: 4, or 6 in a decoder build, whose SILU_GATE
         # product takes six slices from the unit's input (its last two only delay the rest).
@@ -777,6 +787,7 @@ class VectorUnit(wiring.Component):
             fa.w_en.eq(write1),
             t1.w_en.eq(write1 & tok_now1),
             tok1.cmd.eq(cmd2), tok1.row.eq(c2["row"]), tok1.b.eq(0),
+            tok1.exp.eq(Mux(cmd2.lo_shift, c2["rexp"], 0) if dec else 0),
             tok1.a.eq(Mux(((cmd2.op == VectorOp.SOFTMAX) | cmd2.rms) if dec
                           else cmd2.op == VectorOp.SOFTMAX, new_max, new_sum)),
         ]
@@ -1018,6 +1029,7 @@ class VectorUnit(wiring.Component):
         m.d.comb += [
             fb.w_en.eq(write2), t2.w_en.eq(write2 & tok_now),
             tok2o.cmd.eq(tokL.cmd), tok2o.row.eq(tokL.row), tok2o.a.eq(tokL.a),
+            tok2o.exp.eq(tokL.exp),
             tok2o.b.eq(Mux(is_smL, new_e, Mux(_is_rows(op_at[L2]), new_peak, new_sq))),
         ]
         with m.If(write2):
@@ -1162,6 +1174,11 @@ class VectorUnit(wiring.Component):
                 with m.Case(VectorOp.REQUANT):
                     m.d.comb += [b.eq(p.mult[:nx.MULT_BITS]), sh.eq(p.shift), zp.eq(c3.zero_point),
                                  sat.eq(1), lo.eq(c3.out_lo), hi.eq(c3.out_hi)]
+                    if self.decoder_ops:
+                        # WIDE_LO: round_shift(x, 8 + e) (requantize(x, (2**14, 22 + e))).
+                        with m.If(c3.lo_shift):
+                            m.d.comb += [b.eq(1), sh.eq(nx.WIDE_LO_BITS + tok3.exp),
+                                         zp.eq(0)]
                 with m.Case(VectorOp.GELU):
                     m.d.comb += [b.eq(p.mult[:nx.MULT_BITS]), sh.eq(p.shift), sat.eq(1),
                                  lo.eq(nx.INT16.lo), hi.eq(nx.INT16.hi)]

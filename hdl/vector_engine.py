@@ -21,7 +21,7 @@ Per command::
 from __future__ import annotations
 
 from amaranth import *
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from celosia.sw import numerics as nx
@@ -31,6 +31,7 @@ from .engine import MemoryPortSignature
 from .pipeline import SkidBuffer
 from .scratchpad import SyncFifo
 from .isa import (RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS, SOFTMAX_WIDE_MAX_COLS,
+                  WIDE_LO_MAX_ROWS,
                   VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, DecoderVecOp, ErrorCode, VecOp)
 from .params import ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
 from .sequencer import read_request_layout, write_layout
@@ -229,8 +230,12 @@ class VectorEngine(wiring.Component):
             # int16 source, up the second operand (int16 lanes at res_addr; res_shift 8 for a
             # wide up, else 0 and up saturated to int8).
             is_silu = op == DecoderVecOp.SILU_GATE
+            # WIDE_LO is the unit's REQUANT with lo_shift: round_shift(x, 8 + e[i]), the rows'
+            # exponents read from e_addr in the PARAMS phase (in place of records) into a
+            # buffer, and given to the unit with each beat of their row.
+            is_wlo = op == DecoderVecOp.WIDE_LO
         else:
-            is_r32 = is_split = is_smw = is_rms = is_silu = C(0, 1)
+            is_r32 = is_split = is_smw = is_rms = is_silu = is_wlo = C(0, 1)
         use_res = (op == VecOp.RESIDUAL) | cmd.add_residual | is_r32 | is_silu if dec else (
             (op == VecOp.RESIDUAL) | cmd.add_residual)
         use_p = ((op == VecOp.LAYERNORM) | (op == VecOp.GELU) | (op == VecOp.REQUANT)
@@ -253,7 +258,9 @@ class VectorEngine(wiring.Component):
         res_beats = Signal(16)
         m.d.comb += [src_beats.eq((src_bytes + W - 1) >> lw), res_beats.eq((res_bytes + W - 1) >> lw)]
         p_beats = Signal(20)
-        m.d.comb += p_beats.eq(((cols << 4) + W - 1) >> lw)
+        p_base = Signal(ADDR_BITS)
+        m.d.comb += [p_beats.eq(Mux(is_wlo, (rows + W - 1) >> lw, ((cols << 4) + W - 1) >> lw)),
+                     p_base.eq(Mux(is_wlo, cmd.e_addr, cmd.p_addr))]
         # The same facts registered for the run-time paths (the handshakes and the gearboxes):
         # ``cmd`` holds from CHECK on, and nothing runs before START, so they are settled by then
         # and no length arithmetic sits in front of a handshake.
@@ -282,10 +289,12 @@ class VectorEngine(wiring.Component):
                      | (many & use_res & (cmd.res_stride < res_bytes)))
         if dec:
             bad_shape = (bad_shape | (is_smw & (cols > SOFTMAX_WIDE_MAX_COLS))
-                         | (is_rms & (cols > nx.RMS_MAX_COLS)))
+                         | (is_rms & (cols > nx.RMS_MAX_COLS))
+                         | (is_wlo & (rows > WIDE_LO_MAX_ROWS)))
         bad_align = (misaligned(cmd.src_addr, cmd.src_stride, cmd.dst_addr, cmd.dst_stride)
                      | (use_res & misaligned(cmd.res_addr, cmd.res_stride))
-                     | (use_p & misaligned(cmd.p_addr)) | (use_e & misaligned(cmd.e_addr)))
+                     | (use_p & misaligned(cmd.p_addr))
+                     | ((use_e | is_wlo) & misaligned(cmd.e_addr)))
         shift_ops = ((op == VecOp.SOFTMAX) | (op == VecOp.GELU) | (op == VecOp.LAYERNORM)
                      | is_smd)
         if dec:
@@ -296,7 +305,8 @@ class VectorEngine(wiring.Component):
         # The decoder ops' operand formats (isa_sim's mode check, after the alignment).
         bad_mode = ((is_split & ((cmd.src_fmt != OutFormat.INT16) | (cmd.dst_fmt != OutFormat.INT8)))
                     | ((is_r32 | is_silu) & cmd.add_residual)
-                    | (is_silu & (cmd.src_fmt != OutFormat.INT16))) if dec else C(0, 1)
+                    | (is_silu & (cmd.src_fmt != OutFormat.INT16))
+                    | (is_wlo & (cmd.dst_fmt != OutFormat.INT32))) if dec else C(0, 1)
 
         # --- the unit's command -----------------------------------------------------------
         ucmd = Signal(unit.cmd_layout)
@@ -314,8 +324,10 @@ class VectorEngine(wiring.Component):
             unit_op = Mux(is_r32 | is_split, VecOp.RESIDUAL,
                           Mux(is_smw | is_smd, VecOp.SOFTMAX,
                               Mux(is_rms, VecOp.LAYERNORM,
-                                  Mux(is_silu, VecOp.REQUANT_ROWS, op[:3]))))
-            m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.rms.eq(is_rms), ucmd.silu.eq(is_silu)]
+                                  Mux(is_silu, VecOp.REQUANT_ROWS,
+                                      Mux(is_wlo, VecOp.REQUANT, op[:3])))))
+            m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.rms.eq(is_rms), ucmd.silu.eq(is_silu),
+                         ucmd.lo_shift.eq(is_wlo)]
         else:
             is_resid = op == VecOp.RESIDUAL
             unit_op = Mux(is_smd, VecOp.SOFTMAX, op[:3])
@@ -372,7 +384,7 @@ class VectorEngine(wiring.Component):
         m.d.comb += pick_res.eq(r_can & (~s_can | ~last_grant_res))
         p_can = phase_params & (p_req < p_beats)
         with m.If(p_can):
-            m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(cmd.p_addr + (p_req << lw))]
+            m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(p_base + (p_req << lw))]
         with m.Elif(pick_res):
             m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(r_row_addr + (r_beat << lw))]
         with m.Elif(s_can):
@@ -472,13 +484,13 @@ class VectorEngine(wiring.Component):
                 m.d.sync += eps_reg.eq(recs[0].bias)
             m.d.comb += unit.params.payload.eps.eq(Mux(rec_idx == 0, recs[0].bias, eps_reg))
         m.d.comb += [
-            unit.params.valid.eq(group_done & (full | last_group)),
+            unit.params.valid.eq(group_done & (full | last_group) & ~is_wlo),
             unit.params.payload.addr.eq(rec_idx >> ln),
             unit.params.payload.data.eq(new_stage),
         ]
         with m.If(group_done):
             m.d.sync += [staging.eq(new_stage), rec_idx.eq(rec_idx + G)]
-            with m.If(Cat(rec_bad).any()):
+            with m.If(Cat(rec_bad).any() & ~is_wlo):
                 m.d.sync += bad_rec.eq(1)
 
         # --- source and residual gearboxes into the unit ---------------------------------------
@@ -508,6 +520,21 @@ class VectorEngine(wiring.Component):
                 m.d.sync += [in_beat.eq(0), in_row.eq(in_row + 1), in_last.eq(nub_m1 == 0)]
             with m.Else():
                 m.d.sync += [in_beat.eq(in_beat + 1), in_last.eq(in_beat + 1 == nub_m1)]
+        if dec:
+            # WIDE_LO's row exponents: the PARAMS phase's beats in a buffer, read for the row
+            # the next unit beat belongs to (its data follows the address by a cycle, when
+            # in_row has moved on with it), clamped to ROW_EXP_MAX.
+            m.submodules.e_rows = e_rows = memory.Memory(
+                shape=unsigned(8 * W), depth=max(2, WIDE_LO_MAX_ROWS // W), init=[])
+            ew, er = e_rows.write_port(), e_rows.read_port()
+            m.d.comb += [ew.en.eq(is_wlo & phase_params & fire_resp), ew.addr.eq(p_resp),
+                         ew.data.eq(resp.payload)]
+            next_row = Mux(fire_in & in_last, in_row + 1, in_row)
+            m.d.comb += er.addr.eq(next_row >> lw)
+            e_byte = Signal(8)
+            m.d.comb += e_byte.eq(er.data.word_select(in_row[:lw], 8) if lw else er.data)
+            row_e = Signal(range(nx.ROW_EXP_MAX + 1))
+            m.d.comb += row_e.eq(Mux(e_byte > nx.ROW_EXP_MAX, nx.ROW_EXP_MAX, e_byte))
         sb = g_src.bytes
         for k in range(N):
             lane = Signal(signed(32), name=f"in_lane{k}")
@@ -522,6 +549,7 @@ class VectorEngine(wiring.Component):
                     m.d.comb += lane.eq(sb[32 * k:32 * k + 32].as_signed())
             m.d.comb += unit_in.i.payload.data[k].eq(lane)
             if dec:
+                m.d.comb += unit_in.i.payload.rexp.eq(row_e)
                 # int16 residual lanes sign-extended, RESIDUAL32's int32 ones; 0 without a
                 # residual (WIDE_SPLIT runs the unit's RESIDUAL, which always adds).
                 rb = g_res.bytes
@@ -675,7 +703,7 @@ class VectorEngine(wiring.Component):
                 with m.Elif(bad_scalar):
                     m.d.sync += code.eq(ErrorCode.BAD_PARAM)
                     m.next = "DONE"
-                with m.Elif(use_p):
+                with m.Elif(use_p | is_wlo):
                     m.d.sync += [code.eq(ErrorCode.OK), phase_params.eq(1)]
                     m.next = "PARAMS"
                 with m.Else():

@@ -26,6 +26,7 @@ __all__ = [
     "OPS", "VectorJob", "softmax_job", "layernorm_job", "gelu_job", "requant_job", "residual_job",
     "requant_rows_job", "gelu_rows_job", "with_residual", "residual32_job",
     "softmax_wide_job", "rmsnorm_job", "rmsnorm_random_job", "silu_gate_job", "silu_gate_random_job",
+    "wide_lo_job",
     "KINDS", "random_job", "RunResult", "run_amaranth", "write_verilog", "cocotb_runner",
     "drive_cocotb", "VERILATOR_LOCK",
 ]
@@ -52,6 +53,7 @@ class VectorJob:
     params: list | None = None            # per column: {"mult", "shift", "bias"}
     expected_exp: np.ndarray | None = None  # per row: the softmax row exponent (else 0)
     eps: int = 0                          # RMSNORM's epsilon (with the parameters' address 0)
+    rexp: np.ndarray | None = None        # per row: WIDE_LO's exponent (the beats' rexp)
 
     def __post_init__(self):
         if self.expected_exp is None:
@@ -67,7 +69,8 @@ class VectorJob:
 
     def command(self) -> int:
         # A decoder build's command has more fields at the end (prob_wide, rms): the same bits.
-        layout = unit_command_layout(bool({"prob_wide", "rms", "silu"} & self.cmd.keys()))
+        layout = unit_command_layout(bool({"prob_wide", "rms", "silu", "lo_shift"}
+                                          & self.cmd.keys()))
         return pack(layout, {**self.cmd, "op": _OP_CODES[self.op],
                              "rows": self.rows, "cols": self.cols})
 
@@ -82,8 +85,11 @@ class VectorJob:
         out = []
         for i in range(self.rows):
             for b in range(nb):
-                out.append(pack(unit.in_layout, {"data": x[i, b * N:(b + 1) * N].tolist(),
-                                                 "residual": r[i, b * N:(b + 1) * N].tolist()}))
+                beat = {"data": x[i, b * N:(b + 1) * N].tolist(),
+                        "residual": r[i, b * N:(b + 1) * N].tolist()}
+                if self.rexp is not None:
+                    beat["rexp"] = int(self.rexp[i])
+                out.append(pack(unit.in_layout, beat))
         return out
 
     def param_beats(self, unit: VectorUnit) -> list[int]:
@@ -274,6 +280,18 @@ def silu_gate_random_job(rng: np.random.Generator, rows: int, cols: int,
     shift = rng.integers(nx.ROW_EXP_MAX, nx.SHIFT_MAX + 1, size=cols)
     out = [nx.INT8, nx.INT16, nx.INT32][int(rng.integers(0, 3))]
     return silu_gate_job(gate, up, nx.Dyadic(mult, shift), out, wide)
+
+
+def wide_lo_job(x, e) -> VectorJob:
+    """The decoder's WIDE_LO on a unit built with ``decoder_ops``: the unit's REQUANT with
+    ``lo_shift``, ``requantize(x, (2**14, 22 + e[i]), int32)`` per row, ``e`` (0..ROW_EXP_MAX)
+    on each beat of its row (the engine clamps the stored exponents)."""
+    x = np.asarray(x, dtype=np.int64)
+    e = np.asarray(e, dtype=np.int64)
+    one = nx.MULT_BITS - 1
+    want = nx.requantize(x, nx.Dyadic(np.int64(1 << one), one + nx.WIDE_LO_BITS + e[:, None]),
+                         nx.INT32)
+    return VectorJob("requant", x, {**_range_cmd(nx.INT32), "lo_shift": 1}, want, rexp=e)
 
 
 def residual32_job(rng: np.random.Generator, rows: int, cols: int, kind: str = "random",

@@ -160,7 +160,11 @@ class _Builder:
         if e is None:
             e = self.raw(bytes(a.rows))
         lo2 = self.tensor(f"{name}.lo2", a.rows, n, _I32)
-        self.vector(DecoderVecOp.WIDE_LO, lo, lo2, e_addr=e)
+        step = isa.WIDE_LO_MAX_ROWS       # rows of one WIDE_LO
+        for r0 in range(0, a.rows, step):
+            r = min(step, a.rows - r0)
+            self.vector(DecoderVecOp.WIDE_LO, self.rows(lo, r0, r), self.rows(lo2, r0, r),
+                        e_addr=e + r0)
         self.sync(Unit.VECTOR)
         self.matmul(self.rows(planes, 0, a.rows), b, out, transposed, addend=int(AddendMode.ACC32),
                     d_addr=lo2.addr, d_stride=lo2.stride, **shift)

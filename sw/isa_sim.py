@@ -510,6 +510,7 @@ class IsaMachine:
         if (rows == 0 or cols == 0 or cols > VEC_MAX_COLS
                 or (op == DecoderVecOp.ROTARY and cols % 2)
                 or (op == DecoderVecOp.RMSNORM and cols > nx.RMS_MAX_COLS)
+                or (op == DecoderVecOp.WIDE_LO and rows > isa.WIDE_LO_MAX_ROWS)
                 or (op == DecoderVecOp.SOFTMAX_WIDE and cols > isa.SOFTMAX_WIDE_MAX_COLS)):
             raise IsaStop(ErrorCode.BAD_SHAPE, f"rows={rows} cols={cols}")
         strides = [("src", f["src_stride"], cols * OUT_BYTES[src_fmt]),

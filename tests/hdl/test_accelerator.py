@@ -194,7 +194,8 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
         SOFTMAX_DITHER X -> PD (uint8) + exponents, SYNC(VECTOR), MATMUL high plane -> out,
         RMSNORM X (int32) -> N (int16), SYNC(VECTOR), SILU_GATE gate Y, up N (wide) -> S (int8)
         + exponents, SILU_GATE gate N, up Y (narrow: saturated to int8) -> S2 (int16)
-        + exponents, ROTARY (not in the RTL: BAD_MODE)"""
+        + exponents, SYNC(VECTOR), WIDE_LO of X by S's exponents -> L (int32), ROTARY (not in
+        the RTL: BAD_MODE)"""
     from celosia.sim.tb_accelerator import Image
 
     rng, mem, al, mat, out = _program_memory(config, seed)
@@ -222,6 +223,7 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
     srec["mult"] = rng.integers(0, 1 << nx.MULT_BITS, n)
     srec["shift"] = rng.integers(nx.ROW_EXP_MAX + 10, nx.SHIFT_MAX + 1, n)
     srecs = al.put(srec.tobytes())
+    lo, lo_s = out(m, n, 4)
     rec = np.zeros(n, dtype=isa.VEC_PARAM_DTYPE)
     rec["mult"] = rng.integers(-(1 << 19), 1 << 19, n)
     rec["bias"][0] = 1 << 40                               # the epsilon
@@ -254,6 +256,10 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
         isa.vector(op=dec.SILU_GATE, rows=m, cols=n, src_addr=nrm, src_stride=nrm_s, res_addr=y,
                    res_stride=y_s, res_shift=0, p_addr=srecs, e_addr=es2, dst_addr=sg2,
                    dst_stride=sg2_s, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT16),
+        isa.sync(Unit.VECTOR),
+        isa.vector(op=dec.WIDE_LO, rows=m, cols=n, src_addr=x, src_stride=x_s, e_addr=es,
+                   dst_addr=lo, dst_stride=lo_s, src_fmt=OutFormat.INT32,
+                   dst_fmt=OutFormat.INT32),
         isa.vector(op=dec.ROTARY, rows=m, cols=n, src_addr=y, src_stride=y_s, dst_addr=p,
                    dst_stride=p_s, res_addr=y, res_stride=y_s, src_fmt=OutFormat.INT16,
                    dst_fmt=OutFormat.INT16),
@@ -266,13 +272,13 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
 
 def test_decoder_ops_in_a_program():
     """``Sizing(decoder_ops=True)``: the controller and the vector engine of the whole
-    accelerator run RESIDUAL32, WIDE_SPLIT, SOFTMAX_WIDE, SOFTMAX_DITHER, RMSNORM and SILU_GATE
-    between matmuls as the isa simulator modelling that build does, and stop on ROTARY with
+    accelerator run RESIDUAL32, WIDE_SPLIT, SOFTMAX_WIDE, SOFTMAX_DITHER, RMSNORM, SILU_GATE
+    and WIDE_LO between matmuls as the isa simulator modelling that build does, and stop on ROTARY with
     BAD_MODE."""
     from celosia.hdl.params import Sizing
     sizing = Sizing(decoder_ops=True)
     img = decoder_ops_image(MachineConfig(2, 8))
     mem, regs = run_accel(img, array=2, vector=True, sizing=sizing)
     check_against_isa(img, mem, regs, vector_unit=True, decoder_ops=sizing.decoder_op_set())
-    assert regs["ERROR"] == ErrorCode.BAD_MODE and regs["VECTOR_COUNT"] == 7
+    assert regs["ERROR"] == ErrorCode.BAD_MODE and regs["VECTOR_COUNT"] == 8
     assert regs["MATMUL_COUNT"] == 2

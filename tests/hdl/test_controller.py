@@ -288,6 +288,7 @@ _R32, _SPLIT, _SMW = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT, DecoderVe
 _SMD = DecoderVecOp.SOFTMAX_DITHER
 _I16_I8 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8)
 _RMS = DecoderVecOp.RMSNORM
+_WLO = DecoderVecOp.WIDE_LO
 _SILU = dict(op=DecoderVecOp.SILU_GATE, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
              p_addr=0x1400, e_addr=0x1800)
 
@@ -328,13 +329,19 @@ _SILU = dict(op=DecoderVecOp.SILU_GATE, src_fmt=OutFormat.INT16, dst_fmt=OutForm
     (dict(_SILU, p_addr=0x4000 + 0x1000 - 64), ErrorCode.BAD_ADDRESS),   # 8 records: 128 B
     (dict(_SILU, res_shift=4), ErrorCode.BAD_PARAM),
     (dict(_SILU, res_shift=17), ErrorCode.BAD_PARAM),
+    (dict(op=_WLO, e_addr=0x1800), ErrorCode.OK),
+    (dict(op=_WLO, e_addr=0x1800, rows=isa.WIDE_LO_MAX_ROWS + 1), ErrorCode.BAD_SHAPE),
+    (dict(op=_WLO, e_addr=0x1804), ErrorCode.BAD_ALIGN),
+    (dict(op=_WLO, e_addr=0x1800, dst_fmt=OutFormat.INT16), ErrorCode.BAD_MODE),
+    (dict(op=_WLO, e_addr=0x4000 + 0x1000), ErrorCode.BAD_ADDRESS),       # the exponents read
 ])
 def test_decoder_ops_checks_like_isa_sim(fields, want):
     """A ``Sizing(decoder_ops=True)`` controller: RESIDUAL32's int32 residual span,
     WIDE_SPLIT's two planes (a one-row split still needs a full stride; the second plane past
     the window), their formats (BAD_MODE after the alignment), RMSNORM's records, row length
-    and shift, SILU_GATE's operands, formats and res_shift, and the decoder ops the RTL does
-    not run, each as the isa simulator modelling that build."""
+    and shift, SILU_GATE's operands, formats and res_shift, WIDE_LO's rows, exponents and
+    format, and the decoder op the RTL does not run, each as the isa simulator modelling that
+    build."""
     from celosia.hdl.params import Sizing
 
     img = error_image("ok", CFG)

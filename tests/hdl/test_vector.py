@@ -432,6 +432,40 @@ def test_silu_gate(dec_unit):
     _check(jobs, run_amaranth(jobs, dec_unit, seed=47, valid_prob=0.7, ready_prob=0.6))
 
 
+def test_wide_lo(dec_unit):
+    """WIDE_LO (the unit's REQUANT with lo_shift): round_shift(x, 8 + e) per row for every row
+    exponent 0..ROW_EXP_MAX, int32 extremes and every row flavour, ties of the rounding
+    (x = (2k + 1) * 2**(7 + e)), with the residual pre-add, one-column and long rows,
+    interleaved with REQUANT on the same build, gaps and stalls."""
+    from celosia.sim.vector_runner import requant_job, wide_lo_job, with_residual
+
+    rng = np.random.default_rng(48)
+    E = nx.ROW_EXP_MAX
+    ext = [nx.INT32.lo, nx.INT32.hi, nx.INT32.lo + 1, nx.INT32.hi - 1, 0, -1, 1, 127, 128, -128,
+           -129, 1 << 20]
+    x = np.array([ext] * (E + 1))
+    jobs = [wide_lo_job(x, np.arange(E + 1))]
+    ties = np.array([[(2 * k + 1) << (7 + e) for k in range(-4, 4)] for e in range(E + 1)])
+    jobs.append(wide_lo_job(ties, np.arange(E + 1)))
+    for kind in KINDS:
+        for cols in (1, 3, LANES, 2 * LANES + 1):
+            rows = int(rng.integers(1, 4))
+            jobs.append(wide_lo_job(_values_of(rng, (rows, cols), kind),
+                                    rng.integers(0, E + 1, size=rows)))
+    jobs.append(with_residual(wide_lo_job, rng.integers(-(1 << 31), 1 << 31, size=(3, 7)),
+                              rng.integers(-(1 << 15), 1 << 15, size=(3, 7)), 16,
+                              np.array([0, E, 3])))
+    jobs.append(wide_lo_job(rng.integers(-(1 << 31), 1 << 31, size=(2, 64)), np.array([E, 1])))
+    jobs.insert(4, requant_job(rng.integers(-5000, 5000, size=(2, 5)),
+                               nx.Dyadic(np.full(5, 20000), np.full(5, 20)), nx.INT8))
+    _check(jobs, run_amaranth(jobs, dec_unit, seed=48, valid_prob=0.7, ready_prob=0.6))
+
+
+def _values_of(rng, shape, kind):
+    from celosia.sim.vector_runner import _values
+    return _values(rng, shape, kind)
+
+
 def test_dither_carry_is_the_dithered_rounding():
     """The unit's SOFTMAX_DITHER rounding (hdl/vector.py, stage 3): floor(p / 2**s) plus the
     carry of p[s-9 : s] + 2k + 1 out of 9 bits, the window taken from p[_DITHER_LO:24] shifted

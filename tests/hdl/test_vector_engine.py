@@ -395,6 +395,9 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
     elif silu:
         src_fmt = OutFormat.INT16 if src_fmt is None else src_fmt
         dst_fmt = OutFormat.INT8 if dst_fmt is None else dst_fmt
+    elif op == DecoderVecOp.WIDE_LO:
+        src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
+        dst_fmt = OutFormat.INT32 if dst_fmt is None else dst_fmt
     elif op in smax:
         src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
         wide = op == DecoderVecOp.SOFTMAX_WIDE
@@ -442,6 +445,12 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
             f["causal"], f["causal_offset"] = 1, causal
         f["e_addr"] = img.alloc(rows)
         img.fill_random(f["e_addr"], -(-rows // W) * W)
+    if op == DecoderVecOp.WIDE_LO:
+        # The rows' exponents: any byte (the engine clamps them to ROW_EXP_MAX).
+        f["e_addr"] = img.alloc(rows)
+        e = rng.integers(0, nx.ROW_EXP_MAX + 1, size=rows)
+        e[rng.random(rows) < 0.2] = rng.integers(nx.ROW_EXP_MAX + 1, 256)
+        img.mem[f["e_addr"]:f["e_addr"] + rows] = e
     if op == DecoderVecOp.RMSNORM:
         if gamma is None:
             gamma = rng.integers(-(1 << 20) + 1, 1 << 20, size=cols) >> int(rng.integers(0, 12))
@@ -503,6 +512,8 @@ def test_decoder_op_formats_and_shapes(dec_engine, op):
                       residual=bool(k % 2), causal=(None, 0)[k // 2])
         elif op == DecoderVecOp.SILU_GATE:
             kw = dict(dst_fmt=OutFormat(k), res_shift=(0, nx.WIDE_LO_BITS)[k % 2])
+        elif op == DecoderVecOp.WIDE_LO:
+            kw = dict(src_fmt=OutFormat(k), residual=bool(k % 2))
         else:
             kw = dict(residual=bool(k % 2))
         instrs.append(make_decoder(op, int(rng.integers(1, 4)), cols, W, rng, pad=k % 2,
@@ -614,6 +625,33 @@ def test_silu_gate_adversarial_rows(dec_engine):
     check_one_image(dec_engine, instrs, img.mem, seed=33, stall=0.1)
 
 
+def test_wide_lo_adversarial_rows(dec_engine):
+    """WIDE_LO's edges against isa_sim: int32 extremes at every row exponent 0..8 and beyond
+    it (clamped), rows beyond one port beat of exponents (rows > W), one-column rows, the
+    residual pre-add at shift 16, a row of 64, back to back with RESIDUAL32."""
+    rng = np.random.default_rng(34)
+    img = Image(W, rng)
+    WLO = DecoderVecOp.WIDE_LO
+    cases = [make_decoder(WLO, 3 * W + 1, 9, W, rng, kind="extremes", img=img),
+             make_decoder(WLO, 5, 1, W, rng, kind="extremes", img=img),
+             make_decoder(WLO, 3, 10, W, rng, residual=True, kind="extremes", res_shift=16,
+                          img=img),
+             make_decoder(WLO, 2, 64, W, rng, img=img),
+             make_decoder(DecoderVecOp.RESIDUAL32, 2, 7, W, rng, img=img),
+             make_decoder(WLO, W, 3, W, rng, kind="equal", img=img)]
+    instrs = [ins for ins, _ in cases]
+    # Every exponent 0..9 and 255 on rows of the extremes.
+    f = dict(instrs[0].fields)
+    ev = np.array(list(range(nx.ROW_EXP_MAX + 2)) + [255], dtype=np.uint8)
+    e_addr = img.alloc(len(ev))
+    img.mem[e_addr:e_addr + len(ev)] = ev
+    ext = np.array([nx.INT32.lo, nx.INT32.hi, nx.INT32.lo + 1, 255, 256, -256, 383, -385, 0])
+    src, stride = img.matrix(np.tile(ext, (len(ev), 1)), OutFormat.INT32)
+    instrs.append(isa.vector(**{**f, "rows": len(ev), "src_addr": src, "src_stride": stride,
+                                "e_addr": e_addr}))
+    check_one_image(dec_engine, instrs, img.mem, seed=35, stall=0.1)
+
+
 def test_decoder_build_runs_the_encoder_ops(dec_engine):
     """The int32 residual lanes of a decoder build: the encoder's ops with and without the
     int16 residual pre-add, extremes, back to back with the decoder ops on one image."""
@@ -672,6 +710,13 @@ def test_decoder_op_bad_instructions(dec_engine):
             dict(g, res_shift=4), dict(g, res_shift=16),                # BAD_PARAM
             dict(g, e_addr=g["e_addr"] + 1),                            # BAD_ALIGN
             dict(g, cols=isa.VEC_MAX_COLS + 1)]                         # BAD_SHAPE
+    wlo, _ = make_decoder(DecoderVecOp.WIDE_LO, 3, 6, W, rng, img=img)
+    h = dict(wlo.fields)
+    bad += [dict(h, dst_fmt=OutFormat.INT16),                           # BAD_MODE
+            dict(h, e_addr=h["e_addr"] + 1),                            # BAD_ALIGN
+            dict(h, rows=isa.WIDE_LO_MAX_ROWS + 1, src_stride=64, dst_stride=64),  # BAD_SHAPE
+            dict(h, add_residual=1, res_addr=h["src_addr"], res_stride=h["src_stride"],
+                 res_shift=17)]                                         # BAD_PARAM
     instrs, want = [], []
     for b in bad:
         ins = isa.vector(**{**f, **b})

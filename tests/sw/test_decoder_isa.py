@@ -249,3 +249,39 @@ def test_the_whole_decoder_on_isa_gives_the_golden_logits(int_decoder):
     assert session.hazards == []
     with pytest.raises(ValueError, match="exceed the isa decoder's context of 512"):
         session.logits(np.zeros(512, dtype=np.int64))
+
+
+def test_a_wide_product_of_more_rows_than_one_wide_lo():
+    """numerics.matmul_wide over more rows than one WIDE_LO takes (isa.WIDE_LO_MAX_ROWS): the
+    compiler splits the low pass's rescale by rows, and the isa simulator gives matmul_wide's
+    integers, row exponents included."""
+    from celosia.hdl.isa import CSR, MachineConfig
+    from celosia.sw.decoder_compiler import _Builder
+    from celosia.sw.isa_sim import IsaMachine
+
+    rng = np.random.default_rng(77)
+    rows, k, n = isa.WIDE_LO_MAX_ROWS + 37, 8, 4
+    a = rng.integers(nx.INT16.lo, nx.INT16.hi, (rows, k), endpoint=True)
+    w = rng.integers(-128, 128, (k, n))
+    e = rng.integers(0, nx.ROW_EXP_MAX + 1, rows)
+    b = _Builder(MachineConfig(4, 8))
+    ta = b.tensor("a", rows, k, OutFormat.INT16, a)
+    tw = b.tensor("w", k, n, OutFormat.INT8, w)
+    ea = b.raw(bytes(e.astype(np.uint8)))
+    out = b.product("y", ta, tw, ea, wide=True)
+    b.sync()
+    b.code.append(isa.halt())
+    b.image += bytes(-len(b.image) % isa.INSTR_BYTES)
+    prog = b.raw(b"".join(ins.encode() for ins in b.code))
+    b.image += bytes(-len(b.image) % isa.WINDOW_ALIGN)
+    assert sum(ins.opcode == isa.Opcode.VECTOR and ins.fields["op"] == DecoderVecOp.WIDE_LO
+               for ins in b.code) == 2
+    m = IsaMachine(b.config, len(b.image), decoder_ops=True)
+    m.mem[:] = np.frombuffer(bytes(b.image), dtype=np.uint8)
+    for name, value in (("WIN_BASE", 0), ("WIN_SIZE", len(b.image)), ("PROG_ADDR", prog)):
+        m.write_csr(name, value)
+    m.write_csr("CTRL", CSR.CTRL.make(start=1))
+    m.run()
+    assert m.error == isa.ErrorCode.OK, m.error_detail
+    got = out.unpack(m.mem[out.addr:out.addr + out.nbytes].tobytes())
+    assert np.array_equal(got, nx.matmul_wide(a, w, row_shift=e))

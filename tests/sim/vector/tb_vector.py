@@ -144,10 +144,11 @@ async def decoder_ops(dut):
     every flavour with masks and a flat row, SOFTMAX_DITHER (dither) over every flavour, masks
     and flat rows behind one dominant key, RMSNORM (rms) over every flavour with random
     epsilons and a row of -2**31, SILU_GATE (silu) over every flavour with both widths of up
-    and the gates about the sigmoid table's end, then the encoder's int16 residual add,
+    and the gates about the sigmoid table's end, WIDE_LO (lo_shift) at every row exponent,
+    then the encoder's int16 residual add,
     residual pre-add and 8-bit softmax on the same build, back to back."""
     from celosia.sim.vector_runner import (residual32_job, rmsnorm_job, rmsnorm_random_job,
-                                           silu_gate_job, silu_gate_random_job,
+                                           silu_gate_job, silu_gate_random_job, wide_lo_job,
                                            softmax_wide_job, with_residual)
     unit = _unit()
     assert unit.decoder_ops, "decoder_ops needs a unit built with decoder_ops"
@@ -193,4 +194,8 @@ async def decoder_ops(dut):
     big = nx.Dyadic(np.full(9, (1 << nx.MULT_BITS) - 1), np.full(9, nx.ROW_EXP_MAX))
     jobs += [silu_gate_job(edge, edge[:, ::-1], big, nx.INT16, wide)
              for wide in (False, True)]
+    ext = np.array([[nx.INT32.lo, nx.INT32.hi, 383, -385, 0, -1, 1 << 20]])
+    jobs += [wide_lo_job(np.repeat(ext, nx.ROW_EXP_MAX + 1, 0), np.arange(nx.ROW_EXP_MAX + 1)),
+             wide_lo_job(rng.integers(-(1 << 31), 1 << 31, size=(3, unit.lanes + 1)),
+                         rng.integers(0, nx.ROW_EXP_MAX + 1, size=3))]
     await _run_and_check(dut, unit, jobs, seed=8)
