@@ -39,7 +39,7 @@ from . import isa
 from .engine import MemoryPortSignature
 from .scratchpad import SyncFifo
 from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS,
-                  SOFTMAX_WIDE_MAX_COLS, WIDE_LO_MAX_ROWS, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, WINDOW_ALIGN, DecoderVecOp, ErrorCode,
+                  SOFTMAX_WIDE_MAX_COLS, WIDE_LO_MAX_ROWS, ROTARY_MAX_COLS, ROTARY_MAX_ROWS, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, WINDOW_ALIGN, DecoderVecOp, ErrorCode,
                   Opcode, VecOp)
 from .params import (ADDR_BITS, DONE_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
                      PARAM_SHIFT_OFFSET, AddendMode, OutFormat, command_layout)
@@ -529,11 +529,14 @@ class Controller(wiring.Component):
             v_silu = vec.op == DecoderVecOp.SILU_GATE
             # WIDE_LO: the rows' exponents read at e_addr, an int32 destination.
             v_wlo = vec.op == DecoderVecOp.WIDE_LO
-            v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual | v_r32 | v_silu
+            # ROTARY: cos | sin rows (int16) at res_addr; an int8, uint8 or int16 source.
+            v_rot = vec.op == DecoderVecOp.ROTARY
+            v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual | v_r32 | v_silu | v_rot
             # isa_sim's mode check (after the alignment): the operand formats of the ops.
             v_bad_fmt = ((v_split & ((vec.src_fmt != OutFormat.INT16)
                                      | (vec.dst_fmt != OutFormat.INT8)))
-                         | ((v_r32 | v_silu) & vec.add_residual)
+                         | ((v_r32 | v_silu | v_rot) & vec.add_residual)
+                         | (v_rot & (vec.src_fmt == OutFormat.INT32))
                          | (v_silu & (vec.src_fmt != OutFormat.INT16))
                          | (v_wlo & (vec.dst_fmt != OutFormat.INT32)))
         else:
@@ -555,7 +558,9 @@ class Controller(wiring.Component):
             v_bad_mode = (vec.op > max(VecOp)) & ~vec.op.matches(*RTL_DECODER_OPS)
             v_bad_dims = (v_bad_dims | (v_smw & (vec.cols > SOFTMAX_WIDE_MAX_COLS))
                           | (v_rms & (vec.cols > nx.RMS_MAX_COLS))
-                          | (v_wlo & (vec.rows > WIDE_LO_MAX_ROWS)))
+                          | (v_wlo & (vec.rows > WIDE_LO_MAX_ROWS))
+                          | (v_rot & (vec.cols[0] | (vec.cols > ROTARY_MAX_COLS)
+                                      | (vec.rows > ROTARY_MAX_ROWS))))
             v_shift_ops = v_shift_ops | v_smw | v_rms
         v_bad_align = (misaligned(vec.src_addr, vec.src_stride, vec.dst_addr, vec.dst_stride)
                        | (v_use_res & misaligned(vec.res_addr, vec.res_stride))

@@ -37,7 +37,7 @@ from .params import ADDEND_BYTES, OUT_BYTES, PARAM_RECORD_BYTES, AddendMode, Err
 
 __all__ = [
     "ISA_VERSION", "INSTR_BYTES", "INSTR_BITS", "WINDOW_ALIGN", "VEC_MAX_COLS", "RES_SHIFT_MAX",
-    "SOFTMAX_WIDE_MAX_COLS", "WIDE_LO_MAX_ROWS",
+    "SOFTMAX_WIDE_MAX_COLS", "WIDE_LO_MAX_ROWS", "ROTARY_MAX_COLS", "ROTARY_MAX_ROWS",
     "Opcode", "VecOp", "DecoderVecOp", "RTL_DECODER_OPS", "RTL_ALWAYS_OPS", "vec_op_name", "Unit", "ErrorCode",
     "VEC_PARAM_RECORD_BYTES", "VEC_PARAM_MULT_OFFSET", "VEC_PARAM_SHIFT_OFFSET",
     "VEC_PARAM_BIAS_OFFSET", "ENGINE_PARAM_DTYPE", "VEC_PARAM_DTYPE",
@@ -65,6 +65,10 @@ RES_SHIFT_MAX = nx.RES_SHIFT_MAX
 SOFTMAX_WIDE_MAX_COLS = 512
 #: Most rows of one WIDE_LO (the vector engine holds their exponents while it runs).
 WIDE_LO_MAX_ROWS = 512
+#: ROTARY's longest row (a head's width; the vector unit holds one row while it runs) and most
+#: rows (the unit takes each row twice, in one command of at most 2**16 - 1 rows).
+ROTARY_MAX_COLS = 256
+ROTARY_MAX_ROWS = (1 << 15) - 1
 
 
 class Opcode(enum.IntEnum):
@@ -99,7 +103,7 @@ class DecoderVecOp(enum.IntEnum):
     (RESIDUAL32 and WIDE_SPLIT on the vector unit's residual-add pass, SOFTMAX_WIDE and
     SOFTMAX_DITHER on its softmax with the command's ``prob_wide`` or ``dither``, RMSNORM on its
     LayerNorm with the command's ``rms``, SILU_GATE on its REQUANT_ROWS with ``silu``, WIDE_LO
-    on its REQUANT with ``lo_shift``) when built with
+    on its REQUANT with ``lo_shift``, ROTARY on its RESIDUAL with ``rot``) when built with
     ``Sizing(decoder_ops=True)``; it stops on the others, and on every one of them without
     the flag but those of :data:`RTL_ALWAYS_OPS` (SOFTMAX_DITHER, the encoder's), with ``BAD_MODE`` (as the isa simulator does for an op its ``decoder_ops`` set
     lacks). Value 7 stays free for the vector unit's next op (:class:`VecOp` is 3 bits in the
@@ -111,8 +115,10 @@ class DecoderVecOp(enum.IntEnum):
       ``x`` the int16 gate and ``r`` the ``up`` operand read as int16 at ``res_addr``
       (``res_shift`` 0, or 8 for a wide up: numerics.gated_silu), saturated to int8 when
       ``res_shift`` is 0; e to ``e_addr``.
-    * ROTARY: ``rotary(x, tables=r)`` for rows of one head (``cols`` = head width), ``r`` at
-      ``res_addr`` holding each row's ``cos | sin`` (int16 Q14, head width / 2 each).
+    * ROTARY: ``rotary(x, tables=r)`` for rows of one head (``cols`` = head width, even, at
+      most :data:`ROTARY_MAX_COLS`; at most :data:`ROTARY_MAX_ROWS` rows), ``x`` int8, uint8
+      or int16, ``r`` at ``res_addr`` holding each row's ``cos | sin`` (int16 Q14, head
+      width / 2 each).
     * SOFTMAX_WIDE: SOFTMAX with 15-bit probabilities (prob_max 32767, for matmul_wide);
       ``causal``/``causal_offset`` as SOFTMAX's (the KV cache's offset); e to ``e_addr``.
     * WIDE_SPLIT: an int16 operand as two byte planes for the two passes of matmul_wide:
@@ -143,7 +149,8 @@ RTL_ALWAYS_OPS = frozenset({DecoderVecOp.SOFTMAX_DITHER})
 #: :data:`RTL_ALWAYS_OPS`).
 RTL_DECODER_OPS = frozenset({DecoderVecOp.RMSNORM, DecoderVecOp.SOFTMAX_WIDE,
                              DecoderVecOp.WIDE_SPLIT, DecoderVecOp.RESIDUAL32,
-                             DecoderVecOp.SILU_GATE, DecoderVecOp.WIDE_LO}) | RTL_ALWAYS_OPS
+                             DecoderVecOp.SILU_GATE, DecoderVecOp.WIDE_LO,
+                             DecoderVecOp.ROTARY}) | RTL_ALWAYS_OPS
 
 
 def vec_op_name(op: int) -> str:

@@ -24,7 +24,7 @@ from celosia.sw import numerics as nx
 
 from .dsp import limb_product
 from .pipeline import CreditCounter
-from .isa import VecOp
+from .isa import ROTARY_MAX_COLS, VecOp
 from .params import VEC_MAX_COLS
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, SILU_SIG_WIDTH, Divider, Exp2, GeluPhi, Isqrt,
@@ -111,8 +111,8 @@ def unit_command_layout(decoder_ops: bool = False) -> data.StructLayout:
     thresholds, SOFTMAX_DITHER) after the common fields; with ``decoder_ops`` three more fields
     at the end, ``prob_wide`` (softmax: 15-bit probabilities, the decoder's SOFTMAX_WIDE),
     ``rms`` (LayerNorm as the decoder's RMSNORM), ``silu`` (REQUANT_ROWS as the decoder's
-    SILU_GATE) and ``lo_shift`` (REQUANT as the decoder's WIDE_LO), so a command packed
-    without them has the same bits."""
+    SILU_GATE), ``lo_shift`` (REQUANT as the decoder's WIDE_LO) and ``rot`` (RESIDUAL as the
+    decoder's ROTARY), so a command packed without them has the same bits."""
     fields = dict(_COMMAND_FIELDS)
     fields["dither"] = unsigned(1)
     if decoder_ops:
@@ -125,6 +125,9 @@ def unit_command_layout(decoder_ops: bool = False) -> data.StructLayout:
         # REQUANT as the decoder's WIDE_LO: round_shift(x, 8 + e) with e each row's ``rexp``
         # (the input beat's field).
         fields["lo_shift"] = unsigned(1)
+        # RESIDUAL as the decoder's ROTARY: every row comes twice, the first time kept, the
+        # second time turned by the kept row (x and the residual lanes' cos | sin).
+        fields["rot"] = unsigned(1)
     return data.StructLayout(fields)
 
 
@@ -653,6 +656,85 @@ class VectorUnit(wiring.Component):
             out.append(p6)
         return out
 
+    def _rotary(self, m, ctl, col1):
+        """ROTARY's results (numerics.rotary), per lane, in the _SILU_SLICES slices of stage 1
+        (``ctl``: its control per slice; ``col1``: the column of the beat's lane 0). Every row
+        comes twice (the command's rows are twice the op's): the first time (an even row of
+        the command) its beats are kept in a buffer, a bank per lane (x and the residual
+        lane's cos | sin, 16 bits each); the second time each column c is paired with the
+        kept column c + half (c < half) or c - half, read from the bank that holds it:
+        ``x[c] r[c] - x[c+h] r[c+h]`` (x1 C - x2 S) or ``x[c] r[c-h] + x[c-h] r[c]``
+        (x2 C + x1 S), rounded by 14. The engine writes the second rows' results only.
+
+        Slices: the banks' reads (1), the rotation of the read lanes by ``half mod N`` onto
+        their lanes (2), the operands (3), the two products (4), their sum or difference (5),
+        the rounding (6)."""
+        N = self.lanes
+        ln = (N - 1).bit_length()
+        depth = max(2, ROTARY_MAX_COLS // N)
+        cmd0 = ctl[0]["cmd"]
+        half0 = cmd0.cols >> 1
+        j = col1 >> ln
+        q = half0 >> ln
+        rr = half0[:ln] if ln else Const(0, 1)
+        second = ctl[0]["row"][0]
+
+        def piped(value, shape, name):
+            return _piped(m, 1, value, shape, f"s1_rot_{name}")
+
+        ups, downs = [], []
+        for b in range(N):
+            bank = memory.Memory(shape=unsigned(32), depth=depth, init=[])
+            m.submodules[f"rot_bank{b}"] = bank
+            wp = bank.write_port()
+            m.d.comb += [wp.en.eq(ctl[0]["valid"] & cmd0.rot & ~second), wp.addr.eq(j),
+                         wp.data.eq(Cat(self.i.payload.data[b][:16],
+                                        self.i.payload.residual[b][:16]))]
+            up, down = bank.read_port(), bank.read_port()
+            # Lane k = (b - rr) mod N reads column c + half from bank b; lane (b + rr) mod N
+            # reads c - half: entries j + q (+1 past the wrap) and j - q (-1 past it).
+            m.d.comb += [up.addr.eq(j + q + (b < rr)),
+                         down.addr.eq(j - q - (b >= N - rr))]
+            ups.append(up.data)
+            downs.append(down.data)
+        # Slice 1: the banks' data; rotated onto the lanes by rr (a barrel shifter).
+        rr1 = piped(rr, unsigned(max(1, ln)), "rr1")
+        up_l, down_l = Cat(*ups), Cat(*downs)
+        for s_ in range(ln):
+            k = 1 << s_
+            up_l = Mux(rr1[s_], up_l.rotate_right(32 * k), up_l)
+            down_l = Mux(rr1[s_], down_l.rotate_left(32 * k), down_l)
+        out = []
+        for k in range(N):
+            upper0 = (col1 + k) < half0
+            own1 = piped(Cat(self.i.payload.data[k][:16], self.i.payload.residual[k][:16]),
+                         unsigned(32), f"own1_{k}")
+            upper1 = piped(upper0, 1, f"upper1_{k}")
+            # Slice 2: own and partner values, (x, r) each.
+            own2 = piped(own1, unsigned(32), f"own2_{k}")
+            upper2 = piped(upper1, 1, f"upper2_{k}")
+            part2 = piped(Mux(upper1, up_l.word_select(k, 32), down_l.word_select(k, 32)),
+                          unsigned(32), f"part2_{k}")
+            ox, orr = own2[:16].as_signed(), own2[16:].as_signed()
+            px, pr = part2[:16].as_signed(), part2[16:].as_signed()
+            # Slice 3: the operands: x[c] * (upper ? r[c] : r[partner]) and
+            # x[partner] * (upper ? r[partner] : r[c]).
+            a3 = piped(Cat(ox, Mux(upper2, orr, pr)), unsigned(32), f"a3_{k}")
+            b3 = piped(Cat(px, Mux(upper2, pr, orr)), unsigned(32), f"b3_{k}")
+            upper3 = piped(upper2, 1, f"upper3_{k}")
+            # Slice 4: the products (|.| <= 2**30).
+            pa = piped(limb_product(a3[:16].as_signed(), a3[16:].as_signed(), m=m,
+                                    name=f"s1_rot_pa{k}"), signed(32), f"pa4_{k}")
+            pb = piped(limb_product(b3[:16].as_signed(), b3[16:].as_signed(), m=m,
+                                    name=f"s1_rot_pb{k}"), signed(32), f"pb4_{k}")
+            upper4 = piped(upper3, 1, f"upper4_{k}")
+            # Slice 5: x1 C - x2 S, or x2 C + x1 S.
+            t5 = piped(Mux(upper4, pa - pb, pa + pb), signed(33), f"t5_{k}")
+            # Slice 6: round_shift(., 14).
+            sh = nx.ROPE_TRIG_BITS
+            out.append(piped((t5 + (1 << (sh - 1))) >> sh, signed(32), f"y6_{k}"))
+        return out
+
     # --- stages --------------------------------------------------------------------------------
 
     def elaborate(self, platform):
@@ -698,6 +780,8 @@ class VectorUnit(wiring.Component):
 
         is_res1 = cmd.op == VectorOp.RESIDUAL
         pre_add1 = is_res1 | cmd.add_residual
+        if self.decoder_ops:
+            pre_add1 = pre_add1 & ~cmd.rot       # ROTARY's residual lanes are cos | sin
         res_shift1 = Mux(is_res1, cmd.shift[:5], cmd.res_shift)
         ctl1 = [{"valid": fire1, "cmd": cmd, "row": row1, "first": first1, "last": last1,
                  "lanes": valid1, "pre_add": pre_add1}]
@@ -780,7 +864,9 @@ class VectorUnit(wiring.Component):
         tok1 = token_layout(t1.w_data)
         if dec:
             silu = self._silu_gate(m, ctl1)
-            m.d.comb += [out1[k].eq(Mux(cmd2.silu, silu[k], xb[k])) for k in range(N)]
+            rot = self._rotary(m, ctl1, col1)
+            m.d.comb += [out1[k].eq(Mux(cmd2.silu, silu[k], Mux(cmd2.rot, rot[k], xb[k])))
+                         for k in range(N)]
         else:
             m.d.comb += [out1[k].eq(xb[k]) for k in range(N)]
         m.d.comb += [

@@ -31,7 +31,7 @@ from .engine import MemoryPortSignature
 from .pipeline import SkidBuffer
 from .scratchpad import SyncFifo
 from .isa import (RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS, SOFTMAX_WIDE_MAX_COLS,
-                  WIDE_LO_MAX_ROWS,
+                  WIDE_LO_MAX_ROWS, ROTARY_MAX_COLS, ROTARY_MAX_ROWS,
                   VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, DecoderVecOp, ErrorCode, VecOp)
 from .params import ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
 from .sequencer import read_request_layout, write_layout
@@ -234,9 +234,13 @@ class VectorEngine(wiring.Component):
             # exponents read from e_addr in the PARAMS phase (in place of records) into a
             # buffer, and given to the unit with each beat of their row.
             is_wlo = op == DecoderVecOp.WIDE_LO
+            # ROTARY is the unit's RESIDUAL with rot: every row given to the unit twice (its
+            # cos | sin row from res_addr in the residual lanes), the second pass's results
+            # written.
+            is_rot = op == DecoderVecOp.ROTARY
         else:
-            is_r32 = is_split = is_smw = is_rms = is_silu = is_wlo = C(0, 1)
-        use_res = (op == VecOp.RESIDUAL) | cmd.add_residual | is_r32 | is_silu if dec else (
+            is_r32 = is_split = is_smw = is_rms = is_silu = is_wlo = is_rot = C(0, 1)
+        use_res = (op == VecOp.RESIDUAL) | cmd.add_residual | is_r32 | is_silu | is_rot if dec else (
             (op == VecOp.RESIDUAL) | cmd.add_residual)
         use_p = ((op == VecOp.LAYERNORM) | (op == VecOp.GELU) | (op == VecOp.REQUANT)
                  | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS))
@@ -272,7 +276,9 @@ class VectorEngine(wiring.Component):
         src_beats_m1 = settled(src_beats - 1, 16, "src_beats_m1")
         res_beats_m1 = settled(res_beats - 1, 16, "res_beats_m1")
         # Rows the unit passes (WIDE_SPLIT: every source row twice).
-        rows_run = settled(rows << is_split, 17, "rows_run") if dec else rows
+        rows_run = settled(rows << (is_split | is_rot), 17, "rows_run") if dec else rows
+        # Rows written (ROTARY writes one of the unit's two rows a row).
+        rows_out = settled(Mux(is_rot, rows, rows << is_split), 17, "rows_out") if dec else rows
 
         # --- checks (isa_sim order: op, shapes, alignment, scalars) ----------------------------
         def misaligned(*values):
@@ -290,7 +296,9 @@ class VectorEngine(wiring.Component):
         if dec:
             bad_shape = (bad_shape | (is_smw & (cols > SOFTMAX_WIDE_MAX_COLS))
                          | (is_rms & (cols > nx.RMS_MAX_COLS))
-                         | (is_wlo & (rows > WIDE_LO_MAX_ROWS)))
+                         | (is_wlo & (rows > WIDE_LO_MAX_ROWS))
+                         | (is_rot & (cols[0] | (cols > ROTARY_MAX_COLS)
+                                      | (rows > ROTARY_MAX_ROWS))))
         bad_align = (misaligned(cmd.src_addr, cmd.src_stride, cmd.dst_addr, cmd.dst_stride)
                      | (use_res & misaligned(cmd.res_addr, cmd.res_stride))
                      | (use_p & misaligned(cmd.p_addr))
@@ -306,7 +314,9 @@ class VectorEngine(wiring.Component):
         bad_mode = ((is_split & ((cmd.src_fmt != OutFormat.INT16) | (cmd.dst_fmt != OutFormat.INT8)))
                     | ((is_r32 | is_silu) & cmd.add_residual)
                     | (is_silu & (cmd.src_fmt != OutFormat.INT16))
-                    | (is_wlo & (cmd.dst_fmt != OutFormat.INT32))) if dec else C(0, 1)
+                    | (is_wlo & (cmd.dst_fmt != OutFormat.INT32))
+                    | (is_rot & ((cmd.src_fmt == OutFormat.INT32) | cmd.add_residual))
+                    ) if dec else C(0, 1)
 
         # --- the unit's command -----------------------------------------------------------
         ucmd = Signal(unit.cmd_layout)
@@ -321,19 +331,19 @@ class VectorEngine(wiring.Component):
                 # The unit passes x whole; the output keeps one byte of it.
                 m.d.comb += [out_lo.eq(nx.INT32.lo), out_hi.eq(nx.INT32.hi)]
             is_resid = (op == VecOp.RESIDUAL) | is_r32 | is_split
-            unit_op = Mux(is_r32 | is_split, VecOp.RESIDUAL,
+            unit_op = Mux(is_r32 | is_split | is_rot, VecOp.RESIDUAL,
                           Mux(is_smw | is_smd, VecOp.SOFTMAX,
                               Mux(is_rms, VecOp.LAYERNORM,
                                   Mux(is_silu, VecOp.REQUANT_ROWS,
                                       Mux(is_wlo, VecOp.REQUANT, op[:3])))))
             m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.rms.eq(is_rms), ucmd.silu.eq(is_silu),
-                         ucmd.lo_shift.eq(is_wlo)]
+                         ucmd.lo_shift.eq(is_wlo), ucmd.rot.eq(is_rot)]
         else:
             is_resid = op == VecOp.RESIDUAL
             unit_op = Mux(is_smd, VecOp.SOFTMAX, op[:3])
         m.d.comb += ucmd.dither.eq(is_smd)
         m.d.comb += [
-            ucmd.op.eq(unit_op), ucmd.rows.eq(rows), ucmd.cols.eq(cols),
+            ucmd.op.eq(unit_op), ucmd.rows.eq(Mux(is_rot, rows << 1, rows)), ucmd.cols.eq(cols),
             ucmd.causal.eq(cmd.causal), ucmd.causal_offset.eq(cmd.causal_offset),
             ucmd.mult.eq(cmd.mult),
             ucmd.shift.eq(Mux(is_resid, cmd.res_shift, cmd.shift)),
@@ -403,14 +413,18 @@ class VectorEngine(wiring.Component):
         with m.If(s_req):
             with m.If(s_beat == src_beats_m1):
                 m.d.sync += [s_beat.eq(0), s_row.eq(s_row + 1),
-                             s_row_addr.eq(Mux(again_s, cmd.src_addr, s_row_addr + cmd.src_stride)
+                             s_row_addr.eq(Mux(again_s, cmd.src_addr,
+                                               Mux(is_rot & ~s_row[0], s_row_addr,
+                                                   s_row_addr + cmd.src_stride))
                                            if dec else s_row_addr + cmd.src_stride)]
             with m.Else():
                 m.d.sync += s_beat.eq(s_beat + 1)
         with m.If(r_req):
             with m.If(r_beat == res_beats_m1):
                 m.d.sync += [r_beat.eq(0), r_row.eq(r_row + 1),
-                             r_row_addr.eq(Mux(again_r, cmd.res_addr, r_row_addr + cmd.res_stride)
+                             r_row_addr.eq(Mux(again_r, cmd.res_addr,
+                                               Mux(is_rot & ~r_row[0], r_row_addr,
+                                                   r_row_addr + cmd.res_stride))
                                            if dec else r_row_addr + cmd.res_stride)]
             with m.Else():
                 m.d.sync += r_beat.eq(r_beat + 1)
@@ -609,7 +623,9 @@ class VectorEngine(wiring.Component):
         V = Signal(range(4 * N + 1))
         v_last = settled((dst_bytes - ((nub - 1) << (ln + dl)))[:len(V)], len(V), "v_last")
         v_mid = settled(N << dl, len(V), "v_mid")
-        m.d.comb += V.eq(Mux(o_last, v_last, v_mid))
+        # ROTARY: the unit's first row of each pair (its even rows) is not written.
+        o_drop = (is_rot & ~o_urow[0]) if dec else C(0, 1)
+        m.d.comb += V.eq(Mux(o_drop, 0, Mux(o_last, v_last, v_mid)))
         # A unit beat goes in only below half the buffer (o_after < Cb / 2, so o_after + V <= Cb):
         # the insertion shifter spans half the positions.
         Ch = Cb // 2
@@ -647,7 +663,7 @@ class VectorEngine(wiring.Component):
             m.d.sync += [obuf.eq(shifted | ((packed & vmask) << at)),
                          olevel.eq(o_after + V)]
             with m.If(o_last):
-                m.d.sync += [o_beat.eq(0), oflush.eq(1), o_last.eq(nub_m1 == 0)]
+                m.d.sync += [o_beat.eq(0), oflush.eq(~o_drop), o_last.eq(nub_m1 == 0)]
                 if dec:
                     m.d.sync += o_urow.eq(o_urow + 1)
                     with m.If(o_urow + 1 == rows):
@@ -738,7 +754,7 @@ class VectorEngine(wiring.Component):
                     m.d.comb += unit.cmd.valid.eq(ucmd_again)
                     with m.If(unit.cmd.ready):
                         m.d.sync += ucmd_again.eq(0)
-                with m.If((o_row == rows_run) & ~e_pend & ~stages["wr"].o.valid):
+                with m.If((o_row == rows_out) & ~e_pend & ~stages["wr"].o.valid):
                     m.d.sync += phase_run.eq(0)
                     m.next = "DONE"
             with m.State("DONE"):

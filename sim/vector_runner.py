@@ -26,7 +26,7 @@ __all__ = [
     "OPS", "VectorJob", "softmax_job", "layernorm_job", "gelu_job", "requant_job", "residual_job",
     "requant_rows_job", "gelu_rows_job", "with_residual", "residual32_job",
     "softmax_wide_job", "rmsnorm_job", "rmsnorm_random_job", "silu_gate_job", "silu_gate_random_job",
-    "wide_lo_job",
+    "wide_lo_job", "rotary_job",
     "KINDS", "random_job", "RunResult", "run_amaranth", "write_verilog", "cocotb_runner",
     "drive_cocotb", "VERILATOR_LOCK",
 ]
@@ -54,6 +54,7 @@ class VectorJob:
     expected_exp: np.ndarray | None = None  # per row: the softmax row exponent (else 0)
     eps: int = 0                          # RMSNORM's epsilon (with the parameters' address 0)
     rexp: np.ndarray | None = None        # per row: WIDE_LO's exponent (the beats' rexp)
+    odd_rows: bool = False                # ROTARY: only the unit's odd rows are results
 
     def __post_init__(self):
         if self.expected_exp is None:
@@ -69,7 +70,7 @@ class VectorJob:
 
     def command(self) -> int:
         # A decoder build's command has more fields at the end (prob_wide, rms): the same bits.
-        layout = unit_command_layout(bool({"prob_wide", "rms", "silu", "lo_shift"}
+        layout = unit_command_layout(bool({"prob_wide", "rms", "silu", "lo_shift", "rot"}
                                           & self.cmd.keys()))
         return pack(layout, {**self.cmd, "op": _OP_CODES[self.op],
                              "rows": self.rows, "cols": self.cols})
@@ -118,6 +119,8 @@ class VectorJob:
             out[k // nb, (k % nb) * N:(k % nb + 1) * N] = v["data"]
             row = k // nb
             exps[row] = v["exp"] if exps[row] in (-2, v["exp"]) else -1
+        if self.odd_rows:
+            return out[1::2, :self.cols], exps[1::2]
         return out[:, :self.cols], exps
 
 
@@ -292,6 +295,22 @@ def wide_lo_job(x, e) -> VectorJob:
     want = nx.requantize(x, nx.Dyadic(np.int64(1 << one), one + nx.WIDE_LO_BITS + e[:, None]),
                          nx.INT32)
     return VectorJob("requant", x, {**_range_cmd(nx.INT32), "lo_shift": 1}, want, rexp=e)
+
+
+def rotary_job(x, cos, sin, out: nx.Range = nx.INT32) -> VectorJob:
+    """The decoder's ROTARY on a unit built with ``decoder_ops``: the unit's RESIDUAL with
+    ``rot``, each row of ``x`` (int16 values, an even number of columns) twice with its row of
+    ``cos | sin`` (int16 Q14) in the residual lanes; the second pass's rows are
+    ``rotary(x, tables=(cos, sin))`` before the engine's saturation to ``out`` (the unit's
+    results are unsaturated: ``out`` only sets the golden values' range, int32 by default)."""
+    x = np.asarray(x, dtype=np.int64)
+    cos, sin = np.asarray(cos, dtype=np.int64), np.asarray(sin, dtype=np.int64)
+    rows = x.shape[0]
+    want = nx.rotary(x, np.arange(rows), (cos, sin), out)
+    r = np.concatenate([cos, sin], axis=1)
+    return VectorJob("residual", np.repeat(x, 2, axis=0), {"rot": 1}, want,
+                     residual=np.repeat(r, 2, axis=0), odd_rows=True,
+                     expected_exp=np.zeros(rows, dtype=np.int64))
 
 
 def residual32_job(rng: np.random.Generator, rows: int, cols: int, kind: str = "random",

@@ -508,7 +508,8 @@ class IsaMachine:
         e_read = op == DecoderVecOp.WIDE_LO
         # 1. Shapes (a wide split writes two rows per source row; rotary pairs columns).
         if (rows == 0 or cols == 0 or cols > VEC_MAX_COLS
-                or (op == DecoderVecOp.ROTARY and cols % 2)
+                or (op == DecoderVecOp.ROTARY and (cols % 2 or cols > isa.ROTARY_MAX_COLS
+                                                   or rows > isa.ROTARY_MAX_ROWS))
                 or (op == DecoderVecOp.RMSNORM and cols > nx.RMS_MAX_COLS)
                 or (op == DecoderVecOp.WIDE_LO and rows > isa.WIDE_LO_MAX_ROWS)
                 or (op == DecoderVecOp.SOFTMAX_WIDE and cols > isa.SOFTMAX_WIDE_MAX_COLS)):
@@ -527,6 +528,7 @@ class IsaMachine:
         want_dst = {DecoderVecOp.WIDE_SPLIT: OutFormat.INT8,
                     DecoderVecOp.WIDE_LO: OutFormat.INT32}.get(op)
         if ((want_src is not None and src_fmt != want_src)
+                or (op == DecoderVecOp.ROTARY and src_fmt == OutFormat.INT32)
                 or (want_dst is not None and dst_fmt != want_dst)
                 or (second is not None and f["add_residual"])):
             raise IsaStop(ErrorCode.BAD_MODE, f"{op.name} with src_fmt {src_fmt.name}, dst_fmt "

@@ -194,8 +194,9 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
         SOFTMAX_DITHER X -> PD (uint8) + exponents, SYNC(VECTOR), MATMUL high plane -> out,
         RMSNORM X (int32) -> N (int16), SYNC(VECTOR), SILU_GATE gate Y, up N (wide) -> S (int8)
         + exponents, SILU_GATE gate N, up Y (narrow: saturated to int8) -> S2 (int16)
-        + exponents, SYNC(VECTOR), WIDE_LO of X by S's exponents -> L (int32), ROTARY (not in
-        the RTL: BAD_MODE)"""
+        + exponents, SYNC(VECTOR), WIDE_LO of X by S's exponents -> L (int32), ROTARY of Y
+        with Y as its cos | sin rows -> P (int16), ROTARY of the high plane (int8 rows) with the
+        real tables -> RT (int8)"""
     from celosia.sim.tb_accelerator import Image
 
     rng, mem, al, mat, out = _program_memory(config, seed)
@@ -224,6 +225,12 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
     srec["shift"] = rng.integers(nx.ROW_EXP_MAX + 10, nx.SHIFT_MAX + 1, n)
     srecs = al.put(srec.tobytes())
     lo, lo_s = out(m, n, 4)
+    cos, sin = nx.rope_tables(10000.0, n, 50)
+    pos = rng.integers(0, 50, size=m)
+    trig, trig_s = mat(m, n, np.int16, 0, 1)
+    mem_view = np.ndarray((m, n), dtype="<i2", buffer=mem, offset=trig, strides=(trig_s, 2))
+    mem_view[...] = np.concatenate([cos[pos], sin[pos]], axis=1)
+    rt, rt_s = out(m, n, 1)
     rec = np.zeros(n, dtype=isa.VEC_PARAM_DTYPE)
     rec["mult"] = rng.integers(-(1 << 19), 1 << 19, n)
     rec["bias"][0] = 1 << 40                               # the epsilon
@@ -263,6 +270,9 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
         isa.vector(op=dec.ROTARY, rows=m, cols=n, src_addr=y, src_stride=y_s, dst_addr=p,
                    dst_stride=p_s, res_addr=y, res_stride=y_s, src_fmt=OutFormat.INT16,
                    dst_fmt=OutFormat.INT16),
+        isa.vector(op=dec.ROTARY, rows=m, cols=n, src_addr=pl, src_stride=pl_s, dst_addr=rt,
+                   dst_stride=rt_s, res_addr=trig, res_stride=trig_s, src_fmt=OutFormat.INT8,
+                   dst_fmt=OutFormat.INT8),
         isa.halt(),
     ]
     prog = al.put(b"".join(ins.encode() for ins in program))
@@ -273,12 +283,11 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
 def test_decoder_ops_in_a_program():
     """``Sizing(decoder_ops=True)``: the controller and the vector engine of the whole
     accelerator run RESIDUAL32, WIDE_SPLIT, SOFTMAX_WIDE, SOFTMAX_DITHER, RMSNORM, SILU_GATE
-    and WIDE_LO between matmuls as the isa simulator modelling that build does, and stop on ROTARY with
-    BAD_MODE."""
+    and WIDE_LO and ROTARY between matmuls as the isa simulator modelling that build does."""
     from celosia.hdl.params import Sizing
     sizing = Sizing(decoder_ops=True)
     img = decoder_ops_image(MachineConfig(2, 8))
     mem, regs = run_accel(img, array=2, vector=True, sizing=sizing)
     check_against_isa(img, mem, regs, vector_unit=True, decoder_ops=sizing.decoder_op_set())
-    assert regs["ERROR"] == ErrorCode.BAD_MODE and regs["VECTOR_COUNT"] == 8
+    assert regs["ERROR"] == ErrorCode.OK and regs["VECTOR_COUNT"] == 10
     assert regs["MATMUL_COUNT"] == 2

@@ -289,6 +289,8 @@ _SMD = DecoderVecOp.SOFTMAX_DITHER
 _I16_I8 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8)
 _RMS = DecoderVecOp.RMSNORM
 _WLO = DecoderVecOp.WIDE_LO
+_ROT = DecoderVecOp.ROTARY
+_I16_I16 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT16)
 _SILU = dict(op=DecoderVecOp.SILU_GATE, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
              p_addr=0x1400, e_addr=0x1800)
 
@@ -303,7 +305,15 @@ _SILU = dict(op=DecoderVecOp.SILU_GATE, src_fmt=OutFormat.INT16, dst_fmt=OutForm
     (dict(op=_SPLIT, dst_addr=0x4000 + 0x1000 - 128, **_I16_I8), ErrorCode.BAD_ADDRESS),
     (dict(op=_SPLIT), ErrorCode.BAD_MODE),                       # int32 source
     (dict(op=_SPLIT, dst_addr=0x1204), ErrorCode.BAD_ALIGN),     # alignment before formats
-    (dict(op=DecoderVecOp.ROTARY, res_addr=0x1400), ErrorCode.BAD_MODE),  # not in the RTL
+    (dict(op=_ROT, **_I16_I16), ErrorCode.OK),
+    (dict(op=_ROT, src_fmt=OutFormat.INT8, dst_fmt=OutFormat.INT8), ErrorCode.OK),
+    (dict(op=_ROT, cols=7, **_I16_I16), ErrorCode.BAD_SHAPE),              # an odd head width
+    (dict(op=_ROT, cols=isa.ROTARY_MAX_COLS + 2, src_stride=1024, dst_stride=1024,
+          res_stride=1024, **_I16_I16), ErrorCode.BAD_SHAPE),
+    (dict(op=_ROT), ErrorCode.BAD_MODE),                                  # int32 source
+    (dict(op=_ROT, add_residual=1, **_I16_I16), ErrorCode.BAD_MODE),
+    (dict(op=_ROT, res_stride=8, **_I16_I16), ErrorCode.BAD_SHAPE),       # cos | sin: 16 bytes
+    (dict(op=_ROT, res_addr=0x4000 + 0x1000 - 72, **_I16_I16), ErrorCode.BAD_ADDRESS),
     (dict(op=_RMS, p_addr=0x1400), ErrorCode.OK),
     (dict(op=_RMS, p_addr=0x1404), ErrorCode.BAD_ALIGN),
     (dict(op=_RMS, p_addr=0x4000 + 0x1000 - 64), ErrorCode.BAD_ADDRESS),   # 8 records: 128 B
@@ -340,7 +350,7 @@ def test_decoder_ops_checks_like_isa_sim(fields, want):
     WIDE_SPLIT's two planes (a one-row split still needs a full stride; the second plane past
     the window), their formats (BAD_MODE after the alignment), RMSNORM's records, row length
     and shift, SILU_GATE's operands, formats and res_shift, WIDE_LO's rows, exponents and
-    format, and the decoder op the RTL does not run, each as the isa simulator modelling that
+    format, ROTARY's head width, formats and tables, each as the isa simulator modelling that
     build."""
     from celosia.hdl.params import Sizing
 

@@ -461,6 +461,34 @@ def test_wide_lo(dec_unit):
     _check(jobs, run_amaranth(jobs, dec_unit, seed=48, valid_prob=0.7, ready_prob=0.6))
 
 
+def test_rotary(dec_unit):
+    """ROTARY (the unit's RESIDUAL with rot, every row twice): head widths 2 to 64 (half a row
+    a multiple of the lanes or not: the partner in another lane), int16 extremes with the
+    tables' extremes (+-2**14, the largest products), the real tables at random positions,
+    one-row and many-row commands, interleaved with RESIDUAL on the same build, gaps and
+    stalls."""
+    from celosia.sim.vector_runner import residual_job, rotary_job
+
+    rng = np.random.default_rng(49)
+    jobs = []
+    for cols in (2, 4, 6, 2 * LANES, 2 * LANES + 2, 3 * LANES + 2, 64):
+        rows = int(rng.integers(1, 5))
+        cos, sin = nx.rope_tables(10000.0, cols, 100)
+        pos = rng.integers(0, 100, size=rows)
+        x = rng.integers(nx.INT16.lo, nx.INT16.hi, endpoint=True, size=(rows, cols))
+        jobs.append(rotary_job(x >> int(rng.integers(0, 12)), cos[pos], sin[pos]))
+    one = 1 << nx.ROPE_TRIG_BITS
+    for cols in (2, 10):
+        ext = np.array([[nx.INT16.lo, nx.INT16.hi] * (cols // 2), [nx.INT16.hi] * cols,
+                        [nx.INT16.lo] * cols])
+        trig = np.array([[one, -one] * (cols // 4) + [one] * (cols // 2 % 2)] * 3)
+        jobs.append(rotary_job(ext, trig, trig))
+        jobs.append(rotary_job(ext, trig, -trig))
+    jobs.insert(2, residual_job(rng.integers(-5000, 5000, size=(2, 7)),
+                                rng.integers(-3000, 3000, size=(2, 7)), 3))
+    _check(jobs, run_amaranth(jobs, dec_unit, seed=49, valid_prob=0.7, ready_prob=0.6))
+
+
 def _values_of(rng, shape, kind):
     from celosia.sim.vector_runner import _values
     return _values(rng, shape, kind)

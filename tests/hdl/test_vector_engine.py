@@ -398,6 +398,9 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
     elif op == DecoderVecOp.WIDE_LO:
         src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
         dst_fmt = OutFormat.INT32 if dst_fmt is None else dst_fmt
+    elif op == DecoderVecOp.ROTARY:
+        src_fmt = OutFormat.INT16 if src_fmt is None else src_fmt
+        dst_fmt = src_fmt if dst_fmt is None else dst_fmt
     elif op in smax:
         src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
         wide = op == DecoderVecOp.SOFTMAX_WIDE
@@ -417,6 +420,15 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
     dst_stride = -(-(cols * OUT_BYTES[dst_fmt]) // W) * W + pad * W
     f["dst_addr"], f["dst_stride"] = img.alloc(out_rows * dst_stride), dst_stride
     img.fill_random(f["dst_addr"], out_rows * dst_stride)      # the gaps must survive
+    if op == DecoderVecOp.ROTARY:
+        # Each row's cos | sin: the real tables at random positions, or the extremes.
+        cos, sin = nx.rope_tables(10000.0, cols, 200)
+        pos = rng.integers(0, 200, size=rows)
+        trig = np.concatenate([cos[pos], sin[pos]], axis=1)
+        if kind == "extremes":
+            one = 1 << nx.ROPE_TRIG_BITS
+            trig = rng.choice([one, -one, 0, one - 1], size=trig.shape)
+        f["res_addr"], f["res_stride"] = img.matrix(trig, OutFormat.INT16, pad)
     if silu:
         # up: int16 in memory; with res_shift 0 mostly int8 (beyond it saturated).
         if res_shift is None:
@@ -499,6 +511,8 @@ def test_decoder_op_formats_and_shapes(dec_engine, op):
     instrs = []
     for k in range(4):
         cols = (1, 3, 2 * LANES + 1, 17)[k]
+        if op == DecoderVecOp.ROTARY:          # a head's width is even
+            cols = (2, 4, 2 * LANES + 2, 18)[k]
         if op == DecoderVecOp.RESIDUAL32:
             kw = dict(src_fmt=OutFormat(k), dst_fmt=OutFormat(int(rng.integers(0, 4))))
         elif op == DecoderVecOp.SOFTMAX_WIDE:
@@ -514,6 +528,9 @@ def test_decoder_op_formats_and_shapes(dec_engine, op):
             kw = dict(dst_fmt=OutFormat(k), res_shift=(0, nx.WIDE_LO_BITS)[k % 2])
         elif op == DecoderVecOp.WIDE_LO:
             kw = dict(src_fmt=OutFormat(k), residual=bool(k % 2))
+        elif op == DecoderVecOp.ROTARY:
+            kw = dict(src_fmt=(OutFormat.INT8, OutFormat.UINT8, OutFormat.INT16, OutFormat.INT16)[k],
+                      dst_fmt=OutFormat(int(rng.integers(0, 4))))
         else:
             kw = dict(residual=bool(k % 2))
         instrs.append(make_decoder(op, int(rng.integers(1, 4)), cols, W, rng, pad=k % 2,
@@ -652,6 +669,25 @@ def test_wide_lo_adversarial_rows(dec_engine):
     check_one_image(dec_engine, instrs, img.mem, seed=35, stall=0.1)
 
 
+def test_rotary_adversarial_rows(dec_engine):
+    """ROTARY's edges against isa_sim: head widths from 2 to 64 with half a row a multiple of
+    the lanes or not, int16 extremes with the tables' extremes into every format (saturating),
+    one row and many, the largest head the unit holds (ROTARY_MAX_COLS is beyond this test
+    engine's rows; 64), back to back with WIDE_LO."""
+    rng = np.random.default_rng(36)
+    img = Image(W, rng)
+    ROT = DecoderVecOp.ROTARY
+    cases = [make_decoder(ROT, int(rng.integers(1, 4)), cols, W, rng, img=img)
+             for cols in (2, 6, 2 * LANES, 2 * LANES + 2, 64)]
+    cases += [make_decoder(ROT, 3, 10, W, rng, kind="extremes", src_fmt=OutFormat.INT16,
+                           dst_fmt=d, img=img)
+              for d in (OutFormat.INT8, OutFormat.INT16, OutFormat.INT32)]
+    cases += [make_decoder(ROT, 2 * W + 1, 4, W, rng, kind="extremes", img=img),
+              make_decoder(DecoderVecOp.WIDE_LO, 3, 9, W, rng, img=img),
+              make_decoder(ROT, 1, 2, W, rng, kind="equal", img=img)]
+    check_one_image(dec_engine, [ins for ins, _ in cases], img.mem, seed=37, stall=0.1)
+
+
 def test_decoder_build_runs_the_encoder_ops(dec_engine):
     """The int32 residual lanes of a decoder build: the encoder's ops with and without the
     int16 residual pre-add, extremes, back to back with the decoder ops on one image."""
@@ -717,6 +753,14 @@ def test_decoder_op_bad_instructions(dec_engine):
             dict(h, rows=isa.WIDE_LO_MAX_ROWS + 1, src_stride=64, dst_stride=64),  # BAD_SHAPE
             dict(h, add_residual=1, res_addr=h["src_addr"], res_stride=h["src_stride"],
                  res_shift=17)]                                         # BAD_PARAM
+    rot, _ = make_decoder(DecoderVecOp.ROTARY, 3, 6, W, rng, img=img)
+    t = dict(rot.fields)
+    bad += [dict(t, cols=5),                                            # BAD_SHAPE (odd)
+            dict(t, cols=isa.ROTARY_MAX_COLS + 2, src_stride=1024, dst_stride=1024,
+                 res_stride=1024),                                      # BAD_SHAPE
+            dict(t, src_fmt=OutFormat.INT32),                           # BAD_MODE
+            dict(t, add_residual=1),                                    # BAD_MODE
+            dict(t, res_addr=t["res_addr"] + 2)]                        # BAD_ALIGN
     instrs, want = [], []
     for b in bad:
         ins = isa.vector(**{**f, **b})

@@ -145,10 +145,11 @@ async def decoder_ops(dut):
     and flat rows behind one dominant key, RMSNORM (rms) over every flavour with random
     epsilons and a row of -2**31, SILU_GATE (silu) over every flavour with both widths of up
     and the gates about the sigmoid table's end, WIDE_LO (lo_shift) at every row exponent,
-    then the encoder's int16 residual add,
+    ROTARY (rot) at head widths with half a row a multiple of the lanes and not, then the encoder's int16 residual add,
     residual pre-add and 8-bit softmax on the same build, back to back."""
     from celosia.sim.vector_runner import (residual32_job, rmsnorm_job, rmsnorm_random_job,
                                            silu_gate_job, silu_gate_random_job, wide_lo_job,
+                                           rotary_job,
                                            softmax_wide_job, with_residual)
     unit = _unit()
     assert unit.decoder_ops, "decoder_ops needs a unit built with decoder_ops"
@@ -198,4 +199,9 @@ async def decoder_ops(dut):
     jobs += [wide_lo_job(np.repeat(ext, nx.ROW_EXP_MAX + 1, 0), np.arange(nx.ROW_EXP_MAX + 1)),
              wide_lo_job(rng.integers(-(1 << 31), 1 << 31, size=(3, unit.lanes + 1)),
                          rng.integers(0, nx.ROW_EXP_MAX + 1, size=3))]
+    for cols in (2, 2 * unit.lanes, 2 * unit.lanes + 2, 64):
+        cos, sin = nx.rope_tables(10000.0, cols, 64)
+        pos = rng.integers(0, 64, size=3)
+        jobs.append(rotary_job(rng.integers(nx.INT16.lo, nx.INT16.hi, endpoint=True,
+                                            size=(3, cols)), cos[pos], sin[pos]))
     await _run_and_check(dut, unit, jobs, seed=8)
