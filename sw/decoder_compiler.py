@@ -251,33 +251,52 @@ def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray, array: int = 
     return DecoderBlockProgram(b.config, b.image, prog, xin, y, b.code, k_cache, v_cache, dh)
 
 
-def run_decoder_block(program: DecoderBlockProgram) -> tuple[np.ndarray, dict]:
-    """Run a compiled block on the isa simulator with the decoder's vector operations:
-    ``(output stream, figures)``, the figures the simulator's cycle estimate and counts, and
-    ``k_cache``/``v_cache`` the cache read back (kv_heads x tokens x head_dim, as
-    golden.DecoderCache holds it)."""
-    from .isa_sim import IsaMachine
-    m = IsaMachine(program.config, len(program.image), decoder_ops=True)
-    m.mem[:] = np.frombuffer(bytes(program.image), dtype=np.uint8)
-    for name, value in (("WIN_BASE", 0), ("WIN_SIZE", len(program.image)),
-                        ("PROG_ADDR", program.prog)):
-        m.write_csr(name, value)
-    m.write_csr("CTRL", CSR.CTRL.make(start=1))
-    m.run()
-    if m.error != isa.ErrorCode.OK:
-        raise RuntimeError(f"the decoder block stopped with {m.error.name} at "
-                           f"{m.read_csr('ERROR_PC'):#x}: {m.error_detail}")
-    y = program.y.unpack(m.mem[program.y.addr:program.y.addr + program.y.nbytes].tobytes())
-    cycles = m.read_csr("CYCLES_LO") | m.read_csr("CYCLES_HI") << 32
+def run_decoder_block(program: DecoderBlockProgram, backend=None, max_cycles: int | None = None,
+                      timeout_s: float | None = None) -> tuple[np.ndarray, dict]:
+    """Run a compiled block: ``(output stream, figures)``, the figures its cycles and counts,
+    and ``k_cache``/``v_cache`` the cache read back (kv_heads x tokens x head_dim, as
+    golden.DecoderCache holds it).
+
+    ``backend``: a :class:`celosia.sw.driver.Backend` of the block's machine with the
+    decoder's vector operations and memory for its image (e.g. the ``verilator`` backend's
+    ``VerilatorBackend(config, len(image), vector=True, decoder_ops=True)``); by default the
+    isa simulator modelling such a build, whose unordered accesses come back as ``hazards``
+    (None on other backends). ``max_cycles``/``timeout_s`` bound the run
+    (:class:`celosia.sw.driver.AcceleratorHung` past them)."""
+    from .driver import Accelerator, AcceleratorError
+    from .isa_sim import IsaBackend
+    if backend is None:
+        backend = IsaBackend(program.config, len(program.image), decoder_ops=True)
+    acc = Accelerator(backend)
+    if acc.config != program.config:
+        raise ValueError(f"the block is compiled for {program.config}, the backend is "
+                         f"{acc.config}")
+    backend.write_memory(0, bytes(program.image))
+    backend.write_csr("WIN_BASE", 0)
+    backend.write_csr("WIN_SIZE", len(program.image))
+    acc.start(program.prog)
+    try:
+        acc.wait(max_cycles=max_cycles, timeout_s=timeout_s)
+    except AcceleratorError as exc:
+        st = exc.status
+        raise RuntimeError(f"the decoder block stopped with {st.error.name} at "
+                           f"{st.error_pc:#x}: {st.detail}") from None
+
+    def read(t: Tensor) -> np.ndarray:
+        return t.unpack(backend.read_memory(t.addr, t.nbytes))
+
+    y = read(program.y)
     caches = {}
     for name in ("k_cache", "v_cache"):
-        t = getattr(program, name)
-        rows = t.unpack(m.mem[t.addr:t.addr + t.nbytes].tobytes())
-        heads = t.cols // program.head_dim
-        caches[name] = rows.reshape(t.rows, heads, program.head_dim).transpose(1, 0, 2)
-    return y, {"cycles": cycles, "instructions": len(program.instructions),
-               "hazards": list(m.hazards), "macs": m.stats["macs"],
-               "array": program.config.array, "counts": program.counts(),
+        rows = read(getattr(program, name))
+        heads = rows.shape[1] // program.head_dim
+        caches[name] = rows.reshape(rows.shape[0], heads, program.head_dim).transpose(1, 0, 2)
+    macs = sum(ins.fields["m"] * ins.fields["k"] * ins.fields["n"]
+               for ins in program.instructions if ins.opcode == isa.Opcode.MATMUL)
+    hazards = list(backend.machine.hazards) if isinstance(backend, IsaBackend) else None
+    return y, {"cycles": acc.counters()["cycles"], "instructions": len(program.instructions),
+               "hazards": hazards, "macs": macs, "array": program.config.array,
+               "counts": program.counts(), "backend": backend.name,
                "instr_bytes": INSTR_BYTES * len(program.instructions), **caches}
 
 
