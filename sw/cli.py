@@ -2,7 +2,7 @@
 
 Subcommands:
   embed      sentence embeddings (all-MiniLM-L6-v2 or a --model checkpoint) on a backend
-  generate   text from SmolLM2-135M-Instruct's integer decoder (golden and isa backends)
+  generate   text from SmolLM2-135M-Instruct's integer decoder (golden, isa, verilator)
   quantize   build (or rebuild) the integer model file
   bench      benchmarks (accuracy, golden, batching, generate, matmul, vector) that print
              figures
@@ -228,7 +228,7 @@ def _cmd_generate(args) -> int:
     if problem:
         raise CLIError(problem)
     prompt = check_text(args.prompt, f"the prompt {os.fsencode(args.prompt)[:40]!r}")
-    if args.backend == "isa" and array_problem(args.array):
+    if args.backend in ("isa", "verilator") and array_problem(args.array):
         raise CLIError(f"--array {args.array}: {array_problem(args.array)}")
     gen = TextGenerator(args.backend, model_file=args.model_file, quiet=args.json,
                         rebuild=args.rebuild_model, array=args.array)
@@ -268,10 +268,9 @@ def _cmd_generate(args) -> int:
             f"{STOP_REASONS[run['stopped']]}")
     if "cycles_model" in run:
         per = dec["cycles_per_token"]
-        _stderr(f"celosia: {run['array']}x{run['array']} array, estimated cycles: prefill "
-                f"{pre['cycles']:,}; decode {per:,} a token" if per else
-                f"celosia: {run['array']}x{run['array']} array, estimated cycles: prefill "
-                f"{pre['cycles']:,}")
+        kind = "estimated cycles" if args.backend == "isa" else "RTL cycles"
+        _stderr(f"celosia: {run['array']}x{run['array']} array, {kind}: prefill "
+                f"{pre['cycles']:,}" + (f"; decode {per:,} a token" if per else ""))
     if args.reference:
         ref = run["reference"]
         where = ("the same tokens" if ref["first_divergence"] is None else
@@ -497,11 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
             "a token through the integer KV cache; the time of each is printed on stderr (or "
             "given in the --json object).",
             "Backends: golden, the integer model in NumPy; isa, each block compiled to a "
-            "program and run on the instruction-set simulator (the KV cache, final norm and "
-            "LM head in the simulated accelerator's memory; the same tokens bit for bit, with "
-            "estimated cycles per token, about 10 s a token). The isa simulator models a build "
-            "with the decoder's vector operations, which the RTL does not have yet: verilator, "
-            "amaranth and serial do not run the decoder.",
+            "program and run on the instruction-set simulator of a build with the decoder's "
+            "vector operations (the KV cache, final norm and LM head in the simulated "
+            "accelerator's memory; the same tokens bit for bit, with estimated cycles per "
+            "token, about 10 s a token); verilator, the same programs on that build's "
+            "Verilated RTL (a build of a few minutes on first use, then minutes a token, RTL "
+            "cycles). amaranth and serial do not run the decoder.",
             "The integer model is quantised on first use (a minute or so) and cached beside "
             "MiniLM's ($CELOSIA_CACHE or ~/.cache/celosia)."),
         epilog='example: celosia generate "What is the capital of France?" --max-new-tokens 16')
@@ -509,10 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
                    help="generate at most N tokens, 1 or more (default 64)")
     p.add_argument("--backend", default="golden", metavar="NAME",
-                   help="where to compute: golden (the integer model; default) or isa (the "
-                        "compiled program on the instruction-set simulator; estimated cycles)")
+                   help="where to compute: golden (the integer model; default), isa (the "
+                        "compiled programs on the instruction-set simulator; estimated cycles) "
+                        "or verilator (the same programs on the Verilated RTL; RTL cycles)")
     p.add_argument("--array", type=int, default=16, metavar="N",
-                   help="systolic array size the isa backend compiles for (default 16)")
+                   help="systolic array size the isa and verilator backends compile for "
+                        "(default 16)")
     p.add_argument("--temperature", type=_temperature, default=0.0, metavar="T",
                    help="0: greedy (default); above 0: sample from softmax(logits / T)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",

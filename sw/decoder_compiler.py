@@ -403,20 +403,32 @@ def _emit_block(b: "_Builder", im: IntegerModel, i: int, xin: Tensor, start: int
     return y
 
 
+#: Memory a backend other than isa has for each program beyond the resident weights, tables
+#: and caches (the isa simulator's memory grows as a program needs).
+SESSION_PROGRAM_BYTES = 96 << 20
+
+
 class DecoderSession:
-    """The whole decoder on the isa simulator, one program per block: every layer's weights,
-    the token table (the tied LM head), the rotary table and each layer's KV cache stay in one
+    """The whole decoder on one accelerator, one program per block: every layer's weights,
+    the token table (the tied LM head), the rotary table and each layer's KV cache stay in the
     machine's memory; :meth:`logits` runs the tokens that follow the cached ones through a
     program per layer (the stream goes back to the host between them) and one for the final
     RMSNorm and the LM head, appending to the caches in place. The embedding lookup is done
-    on the host (``golden.decoder_embed``), as MiniLM's is. The machine models a build with the
-    decoder's vector operations, which the RTL does not have.
+    on the host (``golden.decoder_embed``), as MiniLM's is.
 
-    ``cycles``: the isa cycle model's total so far; ``length``: the tokens cached;
-    ``programs``: the programs run; ``hazards``: unordered accesses seen (none expected)."""
+    ``backend``: ``"isa"`` (the instruction-set simulator modelling a build with the decoder's
+    vector operations; estimated cycles) or ``"verilator"`` (the Verilated accelerator built
+    with them, ``Sizing(decoder_ops=True)``: RTL cycles; its memory is the resident part plus
+    :data:`SESSION_PROGRAM_BYTES`).
 
-    def __init__(self, im: IntegerModel, array: int = 16, context: int = 512):
-        from .isa_sim import IsaMachine
+    ``cycles``: the backend's cycles so far; ``length``: the tokens cached; ``programs``: the
+    programs run; ``hazards``: unordered accesses the isa simulator saw (none expected; always
+    empty on other backends)."""
+
+    def __init__(self, im: IntegerModel, array: int = 16, context: int = 512,
+                 backend: str = "isa"):
+        from .driver import Accelerator
+        from .isa_sim import IsaBackend
         a = im.arch
         a.require_decoder("the decoder compiler")
         self.im, self.context = im, min(context, 512, a.max_tokens)
@@ -436,18 +448,34 @@ class DecoderSession:
         self.v = [b.tensor(f"L{i} v cache", n, kv, _I8) for i in range(a.layers)]
         b.image += bytes(-len(b.image) % isa.WINDOW_ALIGN)
         self.b, self.scratch = b, len(b.image)
-        self.machine = IsaMachine(b.config, self.scratch + (16 << 20), decoder_ops=True)
-        self.machine.mem[:self.scratch] = np.frombuffer(bytes(b.image), dtype=np.uint8)
+        if backend == "isa":
+            self.backend = IsaBackend(b.config, self.scratch + (16 << 20), decoder_ops=True)
+        elif backend == "verilator":
+            from celosia.sim.verilator_accel import VerilatorBackend
+            self.backend = VerilatorBackend(b.config, self.scratch + SESSION_PROGRAM_BYTES,
+                                            vector=True, decoder_ops=True)
+        else:
+            raise ValueError(f"DecoderSession: backend {backend!r} is not isa or verilator")
+        self.accel = Accelerator(self.backend)
+        self.backend.write_memory(0, bytes(b.image))
         self.length = 0
         self.cycles = 0
         self.programs = 0
         #: Unordered accesses the simulator saw in any program (a correct one has none).
         self.hazards: list[str] = []
 
+    def close(self) -> None:
+        """Free the backend (a Verilated model); the session is not usable after."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
     def _run(self, build) -> np.ndarray:
         """Build one program in the scratch memory (``build(builder)`` returns the tensor to
         read back), run it, return that tensor's values."""
-        b, m = self.b, self.machine
+        from .driver import AcceleratorError
+        from .isa_sim import IsaBackend
+        b, be = self.b, self.backend
         del b.image[self.scratch:]
         b.code = []
         out = build(b)
@@ -456,24 +484,34 @@ class DecoderSession:
         prog = b.raw(b"".join(ins.encode() for ins in b.code))
         b.image += bytes(-len(b.image) % isa.WINDOW_ALIGN)
         end = len(b.image)
-        if end > len(m.mem):
-            m.mem = np.concatenate([m.mem, np.zeros(end - len(m.mem) + (16 << 20), np.uint8)])
-        m.mem[self.scratch:end] = np.frombuffer(bytes(b.image[self.scratch:]), dtype=np.uint8)
-        for name, value in (("WIN_BASE", 0), ("WIN_SIZE", end), ("PROG_ADDR", prog)):
-            m.write_csr(name, value)
-        m.write_csr("CTRL", CSR.CTRL.make(start=1))
-        m.run()
-        if m.error != isa.ErrorCode.OK:
-            raise RuntimeError(f"a decoder program stopped with {m.error.name} at "
-                               f"{m.read_csr('ERROR_PC'):#x}: {m.error_detail}")
-        self.cycles += m.read_csr("CYCLES_LO") | m.read_csr("CYCLES_HI") << 32
+        if isinstance(be, IsaBackend):
+            m = be.machine
+            if end > len(m.mem):
+                m.mem = np.concatenate([m.mem, np.zeros(end - len(m.mem) + (16 << 20), np.uint8)])
+        elif end > self.scratch + SESSION_PROGRAM_BYTES:
+            raise RuntimeError(f"a decoder program needs {end - self.scratch:,} bytes beyond the "
+                               f"resident ones; the {be.name} backend has "
+                               f"{SESSION_PROGRAM_BYTES:,} (SESSION_PROGRAM_BYTES)")
+        be.write_memory(self.scratch, bytes(b.image[self.scratch:]))
+        be.write_csr("WIN_BASE", 0)
+        be.write_csr("WIN_SIZE", end)
+        self.accel.start(prog)
+        try:
+            self.accel.wait()
+        except AcceleratorError as exc:
+            st = exc.status
+            raise RuntimeError(f"a decoder program stopped with {st.error.name} at "
+                               f"{st.error_pc:#x}: {st.detail}") from None
+        self.cycles += self.accel.counters()["cycles"]
         self.programs += 1
-        self.hazards += m.hazards
-        return out.unpack(m.mem[out.addr:out.addr + out.nbytes].tobytes())
+        if isinstance(be, IsaBackend):
+            self.hazards += be.machine.hazards      # the start cleared them
+        return out.unpack(be.read_memory(out.addr, out.nbytes))
 
-    def logits(self, ids) -> np.ndarray:
+    def logits(self, ids, last_only: bool = False) -> np.ndarray:
         """int32 logits (tokens x vocab) of ``ids`` following the cached tokens, as
-        golden.decoder_logits with a cache gives them."""
+        golden.decoder_logits with a cache gives them; ``last_only``: the last token's row
+        only (1 x vocab), the LM head run on that token alone (what generation needs)."""
         from .golden import decoder_embed
         im, a = self.im, self.im.arch
         ids = np.asarray(ids, dtype=np.int64)
@@ -491,15 +529,17 @@ class DecoderSession:
                                    b.rows(self.v[i], 0, start + tokens))
             x = self._run(block)
 
+        rows = x[-1:] if last_only else x
+
         def head(b):
-            xin = b.tensor("x", tokens, a.hidden, _I32, x)
+            xin = b.tensor("x", len(rows), a.hidden, _I32, rows)
             h = b.rmsnorm(im, "final_norm", xin)
             b.sync(Unit.VECTOR)
             xq, e = b.operand(im, "head_in", h, "")
             b.sync(Unit.VECTOR)
             acc = b.product("head", xq, self.head, e, _wide(im, "head_in"))
             b.sync(Unit.MATMUL)
-            out = b.tensor("logits", tokens, self.head.cols, _I32)
+            out = b.tensor("logits", len(rows), self.head.cols, _I32)
             b.requant(acc, out, im.dyadic("lm_head.rq"))
             return out
         logits = self._run(head)

@@ -17,12 +17,13 @@ prompt length), then one decode step a token through the integer KV cache
 (:func:`celosia.sw.golden.decoder_logits`); ``last_run`` holds the ids, the text and the
 time of the prefill and of the decode steps apart.
 
-Backends (:data:`DECODER_BACKENDS`): ``golden``, the integer model in NumPy, and ``isa``: each
-block compiled to a program (:class:`celosia.sw.decoder_compiler.DecoderSession`, the KV
-cache resident in the simulated accelerator's memory, the final norm and LM head on it too)
-and run on the instruction-set simulator of a build with the decoder's vector operations, bit
-for bit the golden model's tokens, with the simulator's cycle estimate. The RTL has none of the
-decoder's vector operations yet, so ``verilator``, ``amaranth`` and ``serial`` do not run it.
+Backends (:data:`DECODER_BACKENDS`): ``golden``, the integer model in NumPy; ``isa`` and
+``verilator``: each block compiled to a program (:class:`celosia.sw.decoder_compiler.
+DecoderSession`, the KV cache resident in the accelerator's memory, the final norm and LM
+head on it too), run on the instruction-set simulator of a build with the decoder's vector
+operations (the simulator's cycle estimate) or on that build's Verilated RTL (its cycles;
+minutes a token), bit for bit the golden model's tokens. ``amaranth`` and ``serial`` do not
+run the decoder (no board build has the decoder's vector operations).
 
 The integer model is built from the GGUF file on first use (the quantiser calibrates on
 ``sw/data/chat_calibration.tsv``: about 70 s) and cached beside MiniLM's, under the GGUF file's
@@ -53,7 +54,9 @@ __all__ = ["TextGenerator", "DECODER_BACKENDS", "decoder_model_file", "load_deco
 #: Backends that run the decoder today: golden (the integer model in NumPy) and isa (the
 #: compiled program on the instruction-set simulator of a build with the decoder's vector
 #: operations, which the RTL does not have yet; estimated cycles).
-DECODER_BACKENDS = ("golden", "isa")
+DECODER_BACKENDS = ("golden", "isa", "verilator")
+#: The backends that run the decoder as compiled programs (DecoderSession).
+SESSION_BACKENDS = ("isa", "verilator")
 
 
 def _note(msg: str) -> None:
@@ -64,9 +67,10 @@ def backend_problem(backend) -> str | None:
     """Why ``backend`` cannot run the decoder (None if it can)."""
     if backend in DECODER_BACKENDS:
         return None
-    runs = f"the decoder runs on the {' and '.join(DECODER_BACKENDS)} backends only today"
+    runs = (f"the decoder runs on the {', '.join(DECODER_BACKENDS[:-1])} and "
+            f"{DECODER_BACKENDS[-1]} backends only today")
     if backend in BACKENDS:
-        return (f"backend {backend} does not run the decoder yet: {runs} (the RTL has none of "
+        return (f"backend {backend} does not run the decoder yet: {runs} (no board build has "
                 f"the decoder's vector operations; it runs the MiniLM encoder: celosia embed)")
     return f"unknown backend {backend!r}: {runs}"
 
@@ -266,10 +270,13 @@ class TextGenerator:
     Parameters
     ----------
     backend:
-        One of :data:`DECODER_BACKENDS`: ``golden`` (the integer model in NumPy) or ``isa``
-        (the compiled blocks on the instruction-set simulator, with its cycle estimate).
+        One of :data:`DECODER_BACKENDS`: ``golden`` (the integer model in NumPy), ``isa``
+        (the compiled blocks on the instruction-set simulator, with its cycle estimate) or
+        ``verilator`` (the compiled blocks on the Verilated RTL built with the decoder's
+        vector operations, its cycles; a build of a few minutes on first use, then minutes
+        a token).
     array:
-        Size N of the N x N array the isa backend's programs are compiled for.
+        Size N of the N x N array the isa and verilator backends' programs are compiled for.
     model_file:
         The integer decoder file (default: the cache, :func:`decoder_model_file`); built on
         first use.
@@ -289,9 +296,9 @@ class TextGenerator:
         ``stopped`` (``eos``, ``max_new_tokens`` or ``context``), ``sampling``
         (``temperature``, ``top_k``, ``seed``: None when greedy), ``prefill`` and
         ``decode`` (``tokens``, ``seconds``, ``tokens_per_s``: the prefill's prompt tokens,
-        which give the first new token; the decode steps, one per further token; on isa also
-        ``cycles``, and ``cycles_per_token`` of decode, from the simulator's cycle model),
-        and on isa ``array`` and ``cycles_model``; ``max_new_tokens``; after
+        which give the first new token; the decode steps, one per further token; on isa and
+        verilator also ``cycles``, and ``cycles_per_token`` of decode), and on isa and
+        verilator ``array`` and ``cycles_model`` (where the cycles come from); ``max_new_tokens``; after
         :meth:`reference`, ``reference``.
     """
 
@@ -300,7 +307,7 @@ class TextGenerator:
         problem = backend_problem(backend)
         if problem:
             raise CelosiaError(problem)
-        if backend == "isa":
+        if backend in SESSION_BACKENDS:
             from .encoder import array_problem
             if array_problem(array):
                 raise CelosiaError(f"array={array}: {array_problem(array)}")
@@ -368,7 +375,7 @@ class TextGenerator:
     @property
     def context(self) -> int:
         """Most tokens (prompt and new ones) the backend reads: the model's context on golden;
-        on isa the softmax's longest row (512)."""
+        on isa and verilator the softmax's longest row (512)."""
         a = self.integer_model.arch
         return a.max_tokens if self.backend == "golden" else min(512, a.max_tokens)
 
@@ -426,10 +433,11 @@ class TextGenerator:
                "stopped": "max_new_tokens",
                "sampling": {"temperature": temperature, "top_k": top_k, "seed": seed}}
         self.last_run = run
-        if self.backend == "isa":
+        compiled = self.backend in SESSION_BACKENDS
+        if compiled:
             from .decoder_compiler import DecoderSession
-            session = DecoderSession(im, self.array, limit)
-            logits_of = session.logits
+            session = DecoderSession(im, self.array, limit, backend=self.backend)
+            logits_of = lambda step: session.logits(step, last_only=True)  # noqa: E731
             cycles = []
         else:
             cache = golden.DecoderCache()
@@ -442,11 +450,11 @@ class TextGenerator:
                 run["stopped"] = "context"
                 break
             t0 = time.perf_counter()
-            before = session.cycles if self.backend == "isa" else 0
+            before = session.cycles if compiled else 0
             logits = logits_of(step)[-1]
             nxt = sample(logits, scale, temperature, top_k, rng)
             times.append(time.perf_counter() - t0)
-            if self.backend == "isa":
+            if compiled:
                 cycles.append(session.cycles - before)
             run["generated_ids"].append(nxt)
             if nxt == tok.eos_id:
@@ -463,14 +471,18 @@ class TextGenerator:
             yield piece
         run["prefill"] = _rate(len(ids), times[:1])
         run["decode"] = _rate(len(times) - 1 if times else 0, times[1:])
-        if self.backend == "isa":
+        if compiled:
+            session.close()
             run["prefill"]["cycles"] = cycles[0] if cycles else 0
             run["decode"]["cycles"] = sum(cycles[1:])
             run["decode"]["cycles_per_token"] = (round(sum(cycles[1:]) / (len(cycles) - 1))
                                                  if len(cycles) > 1 else None)
             run["array"] = self.array
-            run["cycles_model"] = ("isa simulator estimate (each unit at its ideal rate) of a "
-                                   "build with the decoder's vector operations, not RTL")
+            run["cycles_model"] = (
+                "isa simulator estimate (each unit at its ideal rate) of a build with the "
+                "decoder's vector operations, not RTL" if self.backend == "isa" else
+                "the Verilated RTL (Sizing(decoder_ops=True)), cycles counted by the "
+                "accelerator")
 
 
 def _rate(tokens: int, times: list[float]) -> dict:
