@@ -77,3 +77,62 @@ def test_a_decode_step_on_verilator_is_golden_bit_for_bit(int_decoder):
     assert np.array_equal(y, want) and np.array_equal(yi, want)
     assert np.array_equal(fig["k_cache"], cache.keys[layer])
     assert np.array_equal(fig["v_cache"], cache.values[layer])
+
+
+def _first_layers(im, layers: int):
+    """The integer decoder cut to its first ``layers`` blocks (the same tensors; the final
+    norm and LM head follow the last block kept)."""
+    from celosia.sw.quantize import IntegerModel
+    return IntegerModel(im.tensors, {**im.meta, "arch": {**im.meta["arch"], "layers": layers}})
+
+
+def test_generation_on_verilator_gives_the_golden_tokens(int_decoder):
+    """TextGenerator on the verilator backend (DecoderSession: the weights, the LM head and
+    the KV caches resident in the Verilated accelerator's memory, a program per block and one
+    for the final norm and LM head) with the decoder cut to two blocks: the prefill's last
+    logits equal golden.decoder_logits', and the generator gives the golden backend's token,
+    with RTL cycles. (The LM head is most of the time: 49152 x 576 weights on 8x8, about 7 M
+    cycles a token, 35 s.)"""
+    from celosia.sw import golden
+    from celosia.sw.decoder_compiler import DecoderSession
+    from celosia.sw.generate import TextGenerator, load_decoder
+    im = _first_layers(int_decoder, 2)
+    ids = _chat_ids()[:7]
+    session = DecoderSession(im, ARRAY, 64, backend="verilator")
+    try:
+        assert np.array_equal(session.logits(ids, last_only=True),
+                              golden.decoder_logits(im, ids)[-1:])
+        assert session.programs == 3 and session.cycles > 0 and session.length == 7
+    finally:
+        session.close()
+    tok = load_decoder(quiet=True)[0]
+    want = TextGenerator.from_model(tok, im, "golden").generate("Hi", 1, raw=True)
+    gen = TextGenerator.from_model(tok, im, "verilator", array=ARRAY)
+    assert gen.generate("Hi", 1, raw=True) == want
+    run = gen.last_run
+    assert run["prefill"]["cycles"] > 0 and run["generated_ids"]
+    assert "Verilated RTL" in run["cycles_model"] and run["array"] == ARRAY
+
+
+@pytest.mark.slow
+def test_decode_steps_on_verilator_give_the_golden_logits(int_decoder):
+    """The two-block decoder's session on Verilator: a prompt's prefill (every row of logits)
+    and two decode steps through the resident KV caches, each step's logits equal to
+    golden.decoder_logits' with the same cache (about 3 minutes)."""
+    from celosia.sw import golden
+    from celosia.sw.decoder_compiler import DecoderSession
+    im = _first_layers(int_decoder, 2)
+    ids = _chat_ids()[:9]
+    session = DecoderSession(im, ARRAY, 64, backend="verilator")
+    try:
+        cache = golden.DecoderCache()
+        first = golden.decoder_logits(im, ids, cache)
+        assert np.array_equal(session.logits(ids), first)
+        nxt = [int(np.argmax(first[-1]))]
+        for _ in range(2):
+            want = golden.decoder_logits(im, nxt, cache)
+            assert np.array_equal(session.logits(nxt), want)
+            nxt = [int(np.argmax(want[-1]))]
+        assert session.length == 11 and session.programs == 9
+    finally:
+        session.close()
