@@ -148,7 +148,9 @@ class VectorEngine(wiring.Component):
         RESIDUAL32 (the unit's residual add with int32 residual lanes), WIDE_SPLIT (the
         source rows passed through the unit twice, the high then the low byte of each element
         written), SOFTMAX_WIDE (the unit's softmax with ``prob_wide``), RMSNORM (its LayerNorm
-        with ``rms``) and SILU_GATE (its REQUANT_ROWS with ``silu``). Without it the engine
+        with ``rms``), SILU_GATE (its REQUANT_ROWS with ``silu``), WIDE_LO (its REQUANT with
+        ``lo_shift``, the rows' exponents read in the PARAMS phase) and ROTARY (its RESIDUAL
+        with ``rot``, every row twice). Without it the engine
         is the encoder's. SOFTMAX_DITHER (the unit's softmax with ``dither``,
         ``isa.RTL_ALWAYS_OPS``) runs on every build.
     unit_kwargs
