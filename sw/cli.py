@@ -232,8 +232,10 @@ def _cmd_generate(args) -> int:
         raise CLIError(f"--array {args.array}: {array_problem(args.array)}")
     gen = TextGenerator(args.backend, model_file=args.model_file, quiet=args.json,
                         rebuild=args.rebuild_model, array=args.array)
+    # The compiled backends' programs (minutes a token on verilator): a bar on a terminal.
     pieces = gen.stream(prompt, args.max_new_tokens, temperature=args.temperature,
-                        top_k=args.top_k, seed=args.seed, raw=args.raw)
+                        top_k=args.top_k, seed=args.seed, raw=args.raw,
+                        progress=None if not args.json else False)
     for piece in pieces:
         if not args.json:
             sys.stdout.write(piece)
@@ -501,7 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
             "accelerator's memory; the same tokens bit for bit, with estimated cycles per "
             "token, about 10 s a token); verilator, the same programs on that build's "
             "Verilated RTL (a build of a few minutes on first use, then minutes a token, RTL "
-            "cycles). amaranth and serial do not run the decoder.",
+            "cycles). On both, a bar on stderr (on a terminal, without --json) counts the "
+            "block programs of the prefill and of each decode step. amaranth and serial do "
+            "not run the decoder.",
             "The integer model is quantised on first use (a minute or so) and cached beside "
             "MiniLM's ($CELOSIA_CACHE or ~/.cache/celosia)."),
         epilog='example: celosia generate "What is the capital of France?" --max-new-tokens 16')

@@ -508,10 +508,12 @@ class DecoderSession:
             self.hazards += be.machine.hazards      # the start cleared them
         return out.unpack(be.read_memory(out.addr, out.nbytes))
 
-    def logits(self, ids, last_only: bool = False) -> np.ndarray:
+    def logits(self, ids, last_only: bool = False, progress=None) -> np.ndarray:
         """int32 logits (tokens x vocab) of ``ids`` following the cached tokens, as
         golden.decoder_logits with a cache gives them; ``last_only``: the last token's row
-        only (1 x vocab), the LM head run on that token alone (what generation needs)."""
+        only (1 x vocab), the LM head run on that token alone (what generation needs);
+        ``progress(done, total)`` is called after each of the call's programs."""
+        total = self.im.arch.layers + 1
         from .golden import decoder_embed
         im, a = self.im, self.im.arch
         ids = np.asarray(ids, dtype=np.int64)
@@ -528,6 +530,8 @@ class DecoderSession:
                                    b.rows(self.k[i], 0, start + tokens),
                                    b.rows(self.v[i], 0, start + tokens))
             x = self._run(block)
+            if progress is not None:
+                progress(i + 1, total)
 
         rows = x[-1:] if last_only else x
 
@@ -543,6 +547,8 @@ class DecoderSession:
             b.requant(acc, out, im.dyadic("lm_head.rq"))
             return out
         logits = self._run(head)
+        if progress is not None:
+            progress(total, total)
         self.length += tokens
         return logits
 

@@ -397,28 +397,34 @@ class TextGenerator:
 
     def generate(self, prompt: str, max_new_tokens: int = 64, *, temperature: float = 0.0,
                  top_k: int | None = None, seed: int | None = None, raw: bool = False,
-                 callback: Callable[[str], None] | None = None) -> str:
+                 callback: Callable[[str], None] | None = None,
+                 progress: bool | None = False) -> str:
         """The text generated after ``prompt`` (without the end-of-sequence token);
-        ``callback`` receives each piece of text as soon as it is produced."""
+        ``callback`` receives each piece of text as soon as it is produced; ``progress`` as
+        :meth:`stream`'s."""
         for piece in self.stream(prompt, max_new_tokens, temperature=temperature, top_k=top_k,
-                                 seed=seed, raw=raw):
+                                 seed=seed, raw=raw, progress=progress):
             if callback is not None:
                 callback(piece)
         return self.last_run["text"]
 
     def stream(self, prompt: str, max_new_tokens: int = 64, *, temperature: float = 0.0,
                top_k: int | None = None, seed: int | None = None,
-               raw: bool = False) -> Iterator[str]:
+               raw: bool = False, progress: bool | None = False) -> Iterator[str]:
         """Yield the generated text piece by piece (a token's text, or nothing while a token
         ends inside a UTF-8 character); ``last_run`` is complete when the iterator ends.
-        Bad settings or a bad prompt raise :class:`CelosiaError` here, before any token."""
+        Bad settings or a bad prompt raise :class:`CelosiaError` here, before any token.
+        ``progress``: on the isa and verilator backends, a bar on stderr of the block programs
+        of the prefill and of each decode step (True: always; None: when stderr is a
+        terminal; False: never)."""
         problem = sampling_problem(max_new_tokens, temperature, top_k, seed)
         if problem:
             raise CelosiaError(problem)
         ids = self.prompt_ids(prompt, raw)
-        return self._run(prompt, ids, max_new_tokens, float(temperature), top_k, seed, raw)
+        return self._run(prompt, ids, max_new_tokens, float(temperature), top_k, seed, raw,
+                         progress)
 
-    def _run(self, prompt, ids, max_new_tokens, temperature, top_k, seed, raw):
+    def _run(self, prompt, ids, max_new_tokens, temperature, top_k, seed, raw, progress=False):
         im, tok = self.integer_model, self.tokenizer
         rng = None
         if temperature > 0:
@@ -437,8 +443,17 @@ class TextGenerator:
         if compiled:
             from .decoder_compiler import DecoderSession
             session = DecoderSession(im, self.array, limit, backend=self.backend)
-            logits_of = lambda step: session.logits(step, last_only=True)  # noqa: E731
             cycles = []
+
+            def logits_of(step):
+                from .progress import ProgressBar
+                what = "prefill" if not cycles else f"token {len(cycles) + 1}"
+                bar = ProgressBar(im.arch.layers + 1, f"programs ({what})", progress)
+                try:
+                    return session.logits(step, last_only=True,
+                                          progress=lambda done, total: bar.update(done))
+                finally:
+                    bar.close()
         else:
             cache = golden.DecoderCache()
             logits_of = lambda step: golden.decoder_logits(im, step, cache)  # noqa: E731

@@ -428,3 +428,21 @@ def test_bench_generate_full_set_gives_the_documented_figures(capsys, model_file
     assert c["roofline_ratio"] == pytest.approx(0.243, abs=5e-4)
     assert doc["targets_met"] == {"agreement": True, "perplexity_ratio": True,
                                   "paragraph_perplexity_ratio": True, "roofline_ratio": False}
+
+
+def test_compiled_backends_show_their_programs_progress(capsys, int_decoder, generator):
+    """On the isa (and verilator) backends each prefill and decode step is a program per
+    block and one for the head: ``progress=True`` draws a bar of them on stderr, and the
+    tokens are the golden backend's. (The decoder cut to two blocks keeps it short.)"""
+    from celosia.sw.quantize import IntegerModel
+    from celosia.sw.generate import TextGenerator
+    im = IntegerModel(int_decoder.tensors,
+                      {**int_decoder.meta, "arch": {**int_decoder.meta["arch"], "layers": 2}})
+    tok = generator.tokenizer
+    want = TextGenerator.from_model(tok, im, "golden").generate("Hi", 2, raw=True)
+    gen = TextGenerator.from_model(tok, im, "isa", array=8)
+    assert gen.generate("Hi", 2, raw=True, progress=True) == want
+    err = capsys.readouterr().err
+    assert "3/3 programs (prefill)" in err and "3/3 programs (token 2)" in err, err
+    assert gen.generate("Hi", 1, raw=True) == want[:len(gen.last_run["text"])]
+    assert capsys.readouterr().err == ""            # progress=False: nothing drawn
