@@ -39,7 +39,8 @@ from . import isa
 from .engine import MemoryPortSignature
 from .scratchpad import SyncFifo
 from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS,
-                  SOFTMAX_WIDE_MAX_COLS, WIDE_LO_MAX_ROWS, ROTARY_MAX_COLS, ROTARY_MAX_ROWS, VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, WINDOW_ALIGN, DecoderVecOp, ErrorCode,
+                  VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, WINDOW_ALIGN, DecoderVecOp, ErrorCode,
+                  decoder_vector_checks,
                   Opcode, VecOp)
 from .params import (ADDR_BITS, DONE_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
                      PARAM_SHIFT_OFFSET, AddendMode, OutFormat, command_layout)
@@ -523,22 +524,15 @@ class Controller(wiring.Component):
         m.d.comb += [vsb_log.eq(fmt_log(vec.src_fmt)), vdb_log.eq(fmt_log(vec.dst_fmt))]
         dec = self.decoder_ops
         if dec:
-            v_r32 = vec.op == DecoderVecOp.RESIDUAL32
-            v_split = vec.op == DecoderVecOp.WIDE_SPLIT
-            # SILU_GATE: the int16 gate, up as its second operand (int16 at res_addr).
-            v_silu = vec.op == DecoderVecOp.SILU_GATE
-            # WIDE_LO: the rows' exponents read at e_addr, an int32 destination.
-            v_wlo = vec.op == DecoderVecOp.WIDE_LO
-            # ROTARY: cos | sin rows (int16) at res_addr; an int8, uint8 or int16 source.
-            v_rot = vec.op == DecoderVecOp.ROTARY
-            v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual | v_r32 | v_silu | v_rot
+            # The decoder ops' uses and checks (isa.decoder_vector_checks, the vector
+            # engine's too): RESIDUAL32's int32 residual, WIDE_SPLIT's two planes, the second
+            # operands of SILU_GATE (up) and ROTARY (cos | sin), WIDE_LO's exponents read.
+            dchk = decoder_vector_checks(vec.op, vec.rows, vec.cols, vec.src_fmt, vec.dst_fmt,
+                                         vec.add_residual, vec.res_shift)
+            v_r32, v_split = dchk["is"]["RESIDUAL32"], dchk["is"]["WIDE_SPLIT"]
+            v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual | dchk["use_res"]
             # isa_sim's mode check (after the alignment): the operand formats of the ops.
-            v_bad_fmt = ((v_split & ((vec.src_fmt != OutFormat.INT16)
-                                     | (vec.dst_fmt != OutFormat.INT8)))
-                         | ((v_r32 | v_silu | v_rot) & vec.add_residual)
-                         | (v_rot & (vec.src_fmt == OutFormat.INT32))
-                         | (v_silu & (vec.src_fmt != OutFormat.INT16))
-                         | (v_wlo & (vec.dst_fmt != OutFormat.INT32)))
+            v_bad_fmt = dchk["bad_mode"]
         else:
             v_use_res = (vec.op == VecOp.RESIDUAL) | vec.add_residual
         v_use_p = vec.op.matches(VecOp.LAYERNORM, VecOp.GELU, VecOp.REQUANT,
@@ -550,18 +544,12 @@ class Controller(wiring.Component):
         v_bad_dims = (vec.rows == 0) | (vec.cols == 0) | (vec.cols > VEC_MAX_COLS)
         v_shift_ops = vec.op.matches(VecOp.SOFTMAX, VecOp.GELU, VecOp.LAYERNORM) | v_smd
         if dec:
-            v_smw = vec.op == DecoderVecOp.SOFTMAX_WIDE
-            # RMSNORM: LayerNorm's records and shift, rows of at most RMS_MAX_COLS.
-            v_rms = vec.op == DecoderVecOp.RMSNORM
-            v_use_e = v_use_e | v_smw | v_silu | v_wlo
-            v_use_p = v_use_p | v_rms | v_silu
+            # The row exponents' span: written, or read by WIDE_LO.
+            v_use_e = v_use_e | dchk["writes_e"] | dchk["reads_e"]
+            v_use_p = v_use_p | dchk["use_params"]
             v_bad_mode = (vec.op > max(VecOp)) & ~vec.op.matches(*RTL_DECODER_OPS)
-            v_bad_dims = (v_bad_dims | (v_smw & (vec.cols > SOFTMAX_WIDE_MAX_COLS))
-                          | (v_rms & (vec.cols > nx.RMS_MAX_COLS))
-                          | (v_wlo & (vec.rows > WIDE_LO_MAX_ROWS))
-                          | (v_rot & (vec.cols[0] | (vec.cols > ROTARY_MAX_COLS)
-                                      | (vec.rows > ROTARY_MAX_ROWS))))
-            v_shift_ops = v_shift_ops | v_smw | v_rms
+            v_bad_dims = v_bad_dims | dchk["bad_shape"]
+            v_shift_ops = v_shift_ops | dchk["shift_ops"]
         v_bad_align = (misaligned(vec.src_addr, vec.src_stride, vec.dst_addr, vec.dst_stride)
                        | (v_use_res & misaligned(vec.res_addr, vec.res_stride))
                        | (v_use_p & misaligned(vec.p_addr))
@@ -569,8 +557,7 @@ class Controller(wiring.Component):
         v_bad_param = ((v_shift_ops & (vec.shift > nx.SHIFT_MAX))
                        | (v_use_res & (vec.res_shift > RES_SHIFT_MAX)))
         if dec:
-            v_bad_param = v_bad_param | (v_silu & (vec.res_shift != 0)
-                                         & (vec.res_shift != nx.WIDE_LO_BITS))
+            v_bad_param = v_bad_param | dchk["bad_param"]
 
         # Operand table, one operand per cycle: (used, addr, rows, stride, row bytes).
         is_vec = Signal()

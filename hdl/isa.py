@@ -44,7 +44,7 @@ __all__ = [
     "matmul_layout", "vector_layout", "sync_layout", "instruction_layout",
     "leaf_fields", "pack_fields", "unpack_fields", "Instruction", "MachineConfig",
     "Span", "footprint", "vec_uses_params", "vec_uses_rows_exponent", "vec_uses_residual",
-    "VEC_SECOND_OPERAND_BYTES",
+    "VEC_SECOND_OPERAND_BYTES", "decoder_vector_checks",
     "Access", "Register", "CSR_REGISTERS", "CSR", "Ctrl", "Status", "CSR_BYTES", "ID_MAGIC",
 ]
 
@@ -412,6 +412,40 @@ class Span:
 
     def overlaps(self, other: "Span") -> bool:
         return self.start < other.end and other.start < self.end
+
+
+def decoder_vector_checks(op, rows, cols, src_fmt, dst_fmt, add_residual, res_shift) -> dict:
+    """What the RTL's decoder build adds to a VECTOR's operand uses and checks (the
+    controller's and the vector engine's one definition, isa_sim's rules), as Amaranth
+    expressions of the instruction's fields:
+
+    ``is``: op name -> "the op is it"; ``use_res``: a second operand at ``res_addr``;
+    ``use_params``: records; ``writes_e``/``reads_e``: row exponents at ``e_addr``;
+    ``shift_ops``: ``shift`` is checked; ``bad_shape``, ``bad_mode`` (the operand formats,
+    ``add_residual`` where ``res_addr`` is a second operand), ``bad_param``."""
+    d = DecoderVecOp
+    is_ = {o.name: op == o for o in (d.RESIDUAL32, d.WIDE_SPLIT, d.SOFTMAX_WIDE, d.RMSNORM,
+                                     d.SILU_GATE, d.WIDE_LO, d.ROTARY)}
+    r32, split, smw, rms = is_["RESIDUAL32"], is_["WIDE_SPLIT"], is_["SOFTMAX_WIDE"], is_["RMSNORM"]
+    silu, wlo, rot = is_["SILU_GATE"], is_["WIDE_LO"], is_["ROTARY"]
+    fmt = OutFormat
+    return {
+        "is": is_,
+        "use_res": r32 | silu | rot,
+        "use_params": rms | silu,
+        "writes_e": smw | silu,
+        "reads_e": wlo,
+        "shift_ops": smw | rms,
+        "bad_shape": ((smw & (cols > SOFTMAX_WIDE_MAX_COLS)) | (rms & (cols > nx.RMS_MAX_COLS))
+                      | (wlo & (rows > WIDE_LO_MAX_ROWS))
+                      | (rot & (cols[0] | (cols > ROTARY_MAX_COLS) | (rows > ROTARY_MAX_ROWS)))),
+        "bad_mode": ((split & ((src_fmt != fmt.INT16) | (dst_fmt != fmt.INT8)))
+                     | ((r32 | silu | rot) & add_residual)
+                     | (silu & (src_fmt != fmt.INT16))
+                     | (wlo & (dst_fmt != fmt.INT32))
+                     | (rot & (src_fmt == fmt.INT32))),
+        "bad_param": silu & (res_shift != 0) & (res_shift != nx.WIDE_LO_BITS),
+    }
 
 
 def vec_uses_params(op: int) -> bool:

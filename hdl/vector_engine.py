@@ -30,9 +30,8 @@ from . import isa
 from .engine import MemoryPortSignature
 from .pipeline import SkidBuffer
 from .scratchpad import SyncFifo
-from .isa import (RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS, SOFTMAX_WIDE_MAX_COLS,
-                  WIDE_LO_MAX_ROWS, ROTARY_MAX_COLS, ROTARY_MAX_ROWS,
-                  VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, DecoderVecOp, ErrorCode, VecOp)
+from .isa import (RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS, WIDE_LO_MAX_ROWS,
+                  VEC_MAX_COLS, decoder_vector_checks, VEC_PARAM_RECORD_BYTES, DecoderVecOp, ErrorCode, VecOp)
 from .params import ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
 from .sequencer import read_request_layout, write_layout
 from .vector import VectorOp, VectorUnit
@@ -217,41 +216,38 @@ class VectorEngine(wiring.Component):
         dl = Signal(2)           # ... of a destination element
         m.d.comb += [sl.eq(_fmt_log(cmd.src_fmt)), dl.eq(_fmt_log(cmd.dst_fmt))]
         if dec:
+            # The decoder ops' uses and checks (isa.decoder_vector_checks, the controller's too).
             # RESIDUAL32 is the unit's RESIDUAL with an int32 residual; WIDE_SPLIT passes each
             # source row (after the optional residual pre-add) through the unit's RESIDUAL with
             # a zero residual twice: rows 0..rows-1 write byte 1 of each result, rows
             # rows..2*rows-1 byte 0 (isa_sim's int8 write of x >> 8 and x & 255).
-            is_r32 = op == DecoderVecOp.RESIDUAL32
-            is_split = op == DecoderVecOp.WIDE_SPLIT
             # SOFTMAX_WIDE is the unit's SOFTMAX with 15-bit probabilities (prob_wide).
-            is_smw = op == DecoderVecOp.SOFTMAX_WIDE
             # RMSNORM is the unit's LAYERNORM with rms (no mean, a per-row pre-shift, the
             # epsilon of record 0's bias, no beta).
-            is_rms = op == DecoderVecOp.RMSNORM
             # SILU_GATE is the unit's REQUANT_ROWS with silu: x = silu(gate) * up, the gate the
             # int16 source, up the second operand (int16 lanes at res_addr; res_shift 8 for a
             # wide up, else 0 and up saturated to int8).
-            is_silu = op == DecoderVecOp.SILU_GATE
             # WIDE_LO is the unit's REQUANT with lo_shift: round_shift(x, 8 + e[i]), the rows'
             # exponents read from e_addr in the PARAMS phase (in place of records) into a
             # buffer, and given to the unit with each beat of their row.
-            is_wlo = op == DecoderVecOp.WIDE_LO
             # ROTARY is the unit's RESIDUAL with rot: every row given to the unit twice (its
             # cos | sin row from res_addr in the residual lanes), the second pass's results
             # written.
-            is_rot = op == DecoderVecOp.ROTARY
+            dchk = decoder_vector_checks(op, rows, cols, cmd.src_fmt, cmd.dst_fmt,
+                                         cmd.add_residual, cmd.res_shift)
+            is_r32, is_split, is_smw, is_rms, is_silu, is_wlo, is_rot = (
+                dchk["is"][o] for o in ("RESIDUAL32", "WIDE_SPLIT", "SOFTMAX_WIDE", "RMSNORM",
+                                        "SILU_GATE", "WIDE_LO", "ROTARY"))
         else:
             is_r32 = is_split = is_smw = is_rms = is_silu = is_wlo = is_rot = C(0, 1)
-        use_res = (op == VecOp.RESIDUAL) | cmd.add_residual | is_r32 | is_silu | is_rot if dec else (
-            (op == VecOp.RESIDUAL) | cmd.add_residual)
+        use_res = (op == VecOp.RESIDUAL) | cmd.add_residual
         use_p = ((op == VecOp.LAYERNORM) | (op == VecOp.GELU) | (op == VecOp.REQUANT)
                  | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS))
-        if dec:
-            use_p = use_p | is_rms | is_silu
         use_e = ((op == VecOp.SOFTMAX) | (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS)
                  | is_smd)
         if dec:
-            use_e = use_e | is_smw | is_silu
+            use_res, use_p, use_e = (use_res | dchk["use_res"], use_p | dchk["use_params"],
+                                     use_e | dchk["writes_e"])
         is_rows_op = (op == VecOp.REQUANT_ROWS) | (op == VecOp.GELU_ROWS) | is_silu
         nub = Signal(16)         # unit beats a row
         m.d.comb += nub.eq((cols + N - 1) >> ln)
@@ -296,11 +292,7 @@ class VectorEngine(wiring.Component):
                      | (((many | is_split) if dec else many) & (cmd.dst_stride < dst_bytes))
                      | (many & use_res & (cmd.res_stride < res_bytes)))
         if dec:
-            bad_shape = (bad_shape | (is_smw & (cols > SOFTMAX_WIDE_MAX_COLS))
-                         | (is_rms & (cols > nx.RMS_MAX_COLS))
-                         | (is_wlo & (rows > WIDE_LO_MAX_ROWS))
-                         | (is_rot & (cols[0] | (cols > ROTARY_MAX_COLS)
-                                      | (rows > ROTARY_MAX_ROWS))))
+            bad_shape = bad_shape | dchk["bad_shape"]
         bad_align = (misaligned(cmd.src_addr, cmd.src_stride, cmd.dst_addr, cmd.dst_stride)
                      | (use_res & misaligned(cmd.res_addr, cmd.res_stride))
                      | (use_p & misaligned(cmd.p_addr))
@@ -308,17 +300,13 @@ class VectorEngine(wiring.Component):
         shift_ops = ((op == VecOp.SOFTMAX) | (op == VecOp.GELU) | (op == VecOp.LAYERNORM)
                      | is_smd)
         if dec:
-            shift_ops = shift_ops | is_smw | is_rms
+            shift_ops = shift_ops | dchk["shift_ops"]
         bad_scalar = ((shift_ops & (cmd.shift > nx.SHIFT_MAX))
-                      | (use_res & (cmd.res_shift > RES_SHIFT_MAX))
-                      | (is_silu & (cmd.res_shift != 0) & (cmd.res_shift != nx.WIDE_LO_BITS)))
+                      | (use_res & (cmd.res_shift > RES_SHIFT_MAX)))
+        if dec:
+            bad_scalar = bad_scalar | dchk["bad_param"]
         # The decoder ops' operand formats (isa_sim's mode check, after the alignment).
-        bad_mode = ((is_split & ((cmd.src_fmt != OutFormat.INT16) | (cmd.dst_fmt != OutFormat.INT8)))
-                    | ((is_r32 | is_silu) & cmd.add_residual)
-                    | (is_silu & (cmd.src_fmt != OutFormat.INT16))
-                    | (is_wlo & (cmd.dst_fmt != OutFormat.INT32))
-                    | (is_rot & ((cmd.src_fmt == OutFormat.INT32) | cmd.add_residual))
-                    ) if dec else C(0, 1)
+        bad_mode = dchk["bad_mode"] if dec else C(0, 1)
 
         # --- the unit's command -----------------------------------------------------------
         ucmd = Signal(unit.cmd_layout)
