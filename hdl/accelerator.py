@@ -195,13 +195,15 @@ class Accelerator(wiring.Component):
 
 def verilog_text(array: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
                  vector=False, k_max: int = K_MAX, name: str = TOP_NAME,
-                 mem_timeout: int = MEM_TIMEOUT_CYCLES, sizing: Sizing = FULL) -> str:
-    """The accelerator's Verilog (Yosys through Amaranth)."""
+                 mem_timeout: int = MEM_TIMEOUT_CYCLES, sizing: Sizing = FULL,
+                 wrap=None) -> str:
+    """The accelerator's Verilog (Yosys through Amaranth); ``wrap(accelerator)``, when given,
+    is the top written instead (a component with the accelerator's ports)."""
     from amaranth.back import verilog
 
     top = Accelerator(array, port_bytes, vector=vector, k_max=k_max, mem_timeout=mem_timeout,
                       sizing=sizing)
-    return verilog.convert(top, name=name, emit_src=False)
+    return verilog.convert(top if wrap is None else wrap(top), name=name, emit_src=False)
 
 
 def write_verilog(path, array: int = DEFAULT_ARRAY, port_bytes: int | None = None, **kwargs) -> str:

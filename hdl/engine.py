@@ -446,12 +446,13 @@ class MatmulEngine(wiring.Component):
 
 
 def verilog_text(array: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
-                 k_max: int = K_MAX, name: str = "celosia_matmul") -> str:
-    """The engine's Verilog (Yosys through Amaranth)."""
+                 k_max: int = K_MAX, name: str = "celosia_matmul", wrap=None) -> str:
+    """The engine's Verilog (Yosys through Amaranth); ``wrap(engine)``, when given, is the top
+    written instead (a component with the engine's ports)."""
     from amaranth.back import verilog
 
     engine = MatmulEngine(array, port_bytes, k_max=k_max)
-    return verilog.convert(engine, name=name, emit_src=False)
+    return verilog.convert(engine if wrap is None else wrap(engine), name=name, emit_src=False)
 
 
 def add_verilog_arguments(parser: argparse.ArgumentParser) -> None:

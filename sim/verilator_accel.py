@@ -21,6 +21,7 @@ import numpy as np
 from celosia.hdl.isa import CSR, MachineConfig
 from celosia.hdl.params import K_MAX
 
+from .registered_reset import RegisteredReset
 from .verilator_build import build_library, cache_root, trace_format
 
 __all__ = ["VerilatorAccel", "VerilatorBackend", "verilator_backend"]
@@ -89,8 +90,8 @@ class VerilatorAccel:
         sizing = Sizing(decoder_ops=True) if self.decoder_ops else FULL
         verilog, elaborated = _memo_verilog(
             lambda: verilog_text(array, self.port_bytes, vector=vector, k_max=k_max,
-                                 name=self.TOP, sizing=sizing),
-            array, self.port_bytes, bool(vector), k_max, self.TOP,
+                                 name=self.TOP, sizing=sizing, wrap=RegisteredReset),
+            array, self.port_bytes, bool(vector), k_max, self.TOP, "registered_reset",
             *(("decoder_ops",) if self.decoder_ops else ()))
         self.trace = trace
         library, built = build_library(verilog, self.TOP, trace=trace,

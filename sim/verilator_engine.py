@@ -14,6 +14,7 @@ import numpy as np
 from celosia.hdl.engine import verilog_text
 from celosia.hdl.params import K_MAX, command_layout, default_port_bytes
 
+from .registered_reset import RegisteredReset
 from .verilator_build import build_library
 
 __all__ = ["VerilatorEngine"]
@@ -31,7 +32,8 @@ class VerilatorEngine:
         self.array = array
         self.port_bytes = port_bytes or default_port_bytes(array)
         self.k_max = k_max
-        verilog = verilog_text(array, self.port_bytes, k_max=k_max, name=self.TOP)
+        verilog = verilog_text(array, self.port_bytes, k_max=k_max, name=self.TOP,
+                               wrap=RegisteredReset)
         self.library, self.build_seconds = build_library(verilog, self.TOP)
         lib = self._lib = ctypes.CDLL(str(self.library))
         lib.celosia_new.restype = ctypes.c_void_p

@@ -72,6 +72,9 @@ struct Harness {
         top->clk = 0;
         top->rst = 0;
         top->eval();
+        // One more edge: a simulation top that registers its reset input (the model's reset
+        // then leaves the combinational logic's inputs) leaves reset on it.
+        top->clk = 1; top->eval(); top->clk = 0; top->eval();
         rq.clear(); awq.clear(); wq.clear(); bq.clear();
         error = 0;
     }

@@ -59,6 +59,8 @@ struct Harness {
         for (int i = 0; i < cycles; i++) { top->eval(); tick(); }
         top->rst = 0;
         top->eval();
+        tick();             // a top that registers its reset leaves reset on this edge
+        top->eval();
         pending.clear();
     }
 
