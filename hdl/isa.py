@@ -38,7 +38,7 @@ from .params import ADDEND_BYTES, OUT_BYTES, PARAM_RECORD_BYTES, AddendMode, Err
 __all__ = [
     "ISA_VERSION", "INSTR_BYTES", "INSTR_BITS", "WINDOW_ALIGN", "VEC_MAX_COLS", "RES_SHIFT_MAX",
     "SOFTMAX_WIDE_MAX_COLS", "WIDE_LO_MAX_ROWS", "ROTARY_MAX_COLS", "ROTARY_MAX_ROWS",
-    "Opcode", "VecOp", "DecoderVecOp", "RTL_DECODER_OPS", "RTL_ALWAYS_OPS", "vec_op_name", "Unit", "ErrorCode",
+    "Opcode", "VecOp", "UNIT_OPS", "DECODER_OPS", "RTL_DECODER_OPS", "RTL_ALWAYS_OPS", "vec_op_name", "Unit", "ErrorCode",
     "VEC_PARAM_RECORD_BYTES", "VEC_PARAM_MULT_OFFSET", "VEC_PARAM_SHIFT_OFFSET",
     "VEC_PARAM_BIAS_OFFSET", "ENGINE_PARAM_DTYPE", "VEC_PARAM_DTYPE",
     "matmul_layout", "vector_layout", "sync_layout", "instruction_layout",
@@ -79,36 +79,27 @@ class Opcode(enum.IntEnum):
     SYNC = 4
 
 
-class VecOp(hdl_enum.IntEnum, shape=3):
-    """Operation of a VECTOR instruction (``x``: the source row, after the optional residual
-    pre-add ``x = residual_add(x, r, res_shift)``; ``out``: the range of ``dst_fmt``), and the
-    vector unit's command (:data:`celosia.hdl.vector.VectorOp` is this enum).
+class VecOp(hdl_enum.IntEnum, shape=4):
+    """Operation of a VECTOR instruction (its 4-bit ``op`` field): every vector operation of
+    the ISA, the encoder's and the decoder's, in one enum.
 
-    The ``*_ROWS`` operations add a per-row exponent output (numerics.requantize_rows).
-    SOFTMAX, REQUANT_ROWS and GELU_ROWS write one uint8 exponent per row to ``e_addr`` (for
-    SOFTMAX, the probabilities' row exponent; 0 with numerics whose softmax has none).
-    """
-    SOFTMAX = 0        #: p, e = softmax(x, Dyadic(mult, shift), causal_offset if causal); saturate(p, out)
-    LAYERNORM = 1      #: layernorm(x, gamma[j], beta[j], shift, out)
-    GELU = 2           #: requantize(gelu(requantize(x, P[j], INT16)), Dyadic(mult, shift), out, zp)
-    REQUANT = 3        #: requantize(x, P[j], out, zero_point)
-    RESIDUAL = 4       #: saturate(residual_add(x, r, res_shift), out)
-    REQUANT_ROWS = 5   #: q, e = requantize_rows(x, P[j], out); e (uint8) to e_addr
-    GELU_ROWS = 6      #: q, e = requantize_rows(gelu(saturate(x, INT16)), P[j], out)
+    ``x`` is the source row, after the optional residual pre-add
+    ``x = residual_add(x, r, res_shift)``; ``out`` the range of ``dst_fmt``. The ``*_ROWS``
+    operations add a per-row exponent output (numerics.requantize_rows). SOFTMAX, REQUANT_ROWS
+    and GELU_ROWS write one uint8 exponent per row to ``e_addr`` (for SOFTMAX, the
+    probabilities' row exponent; 0 with numerics whose softmax has none).
 
-
-class DecoderVecOp(enum.IntEnum):
-    """VECTOR operations of the decoder (SmolLM2) that the isa simulator runs
-    (``IsaMachine(decoder_ops=True)``). The RTL runs those in :data:`RTL_DECODER_OPS`
-    (RESIDUAL32 and WIDE_SPLIT on the vector unit's residual-add pass, SOFTMAX_WIDE and
-    SOFTMAX_DITHER on its softmax with the command's ``prob_wide`` or ``dither``, RMSNORM on its
-    LayerNorm with the command's ``rms``, SILU_GATE on its REQUANT_ROWS with ``silu``, WIDE_LO
-    on its REQUANT with ``lo_shift``, ROTARY on its RESIDUAL with ``rot``) when built with
-    ``Sizing(decoder_ops=True)``; it stops on the others, and on every one of them without
-    the flag but those of :data:`RTL_ALWAYS_OPS` (SOFTMAX_DITHER, the encoder's), with ``BAD_MODE`` (as the isa simulator does for an op its ``decoder_ops`` set
-    lacks). Value 7 stays free for the vector unit's next op (:class:`VecOp` is 3 bits in the
-    unit). Each is one function of :mod:`celosia.sw.numerics` (docs/isa.md, "Decoder vector
-    operations"):
+    The values below 8 (:data:`UNIT_OPS`) are the vector unit's own commands
+    (:data:`celosia.hdl.vector.VectorOp`, the unit's 3-bit command enum, is made from them).
+    The others (:data:`DECODER_OPS`) run on one of them with a modifier of the unit's command:
+    RESIDUAL32 and WIDE_SPLIT on the residual-add pass, SOFTMAX_WIDE and SOFTMAX_DITHER on the
+    softmax with ``prob_wide`` or ``dither``, RMSNORM on the LayerNorm with ``rms``, SILU_GATE on
+    REQUANT_ROWS with ``silu``, WIDE_LO on REQUANT with ``lo_shift``, ROTARY on RESIDUAL with
+    ``rot``. A build with ``Sizing(decoder_ops=True)`` runs them all (:data:`RTL_DECODER_OPS`);
+    every other build runs only :data:`RTL_ALWAYS_OPS` (SOFTMAX_DITHER, the encoder's) and
+    stops on the rest with ``BAD_MODE``, as the isa simulator does for an op its
+    ``decoder_ops`` set lacks. Value 7 stays free for the unit's next command. Each decoder op
+    is one function of :mod:`celosia.sw.numerics` (docs/isa.md, "Decoder vector operations"):
 
     * RMSNORM: ``rmsnorm(x, gamma=P.mult, shift, out, eps=P[0].bias)``.
     * SILU_GATE: ``q, e = requantize_rows(round_shift(silu(x) * r, res_shift), P, out)`` with
@@ -132,6 +123,13 @@ class DecoderVecOp(enum.IntEnum):
       (``softmax(..., dither=True)``): an encoder's softmax that keeps the mass of a long flat
       tail behind one dominant key (docs/numerics.md, "Numerics under stress"); e to ``e_addr``.
     """
+    SOFTMAX = 0        #: p, e = softmax(x, Dyadic(mult, shift), causal_offset if causal); saturate(p, out)
+    LAYERNORM = 1      #: layernorm(x, gamma[j], beta[j], shift, out)
+    GELU = 2           #: requantize(gelu(requantize(x, P[j], INT16)), Dyadic(mult, shift), out, zp)
+    REQUANT = 3        #: requantize(x, P[j], out, zero_point)
+    RESIDUAL = 4       #: saturate(residual_add(x, r, res_shift), out)
+    REQUANT_ROWS = 5   #: q, e = requantize_rows(x, P[j], out); e (uint8) to e_addr
+    GELU_ROWS = 6      #: q, e = requantize_rows(gelu(saturate(x, INT16)), P[j], out)
     RMSNORM = 8
     SILU_GATE = 9
     ROTARY = 10
@@ -142,23 +140,26 @@ class DecoderVecOp(enum.IntEnum):
     SOFTMAX_DITHER = 15
 
 
-#: The operations of :class:`DecoderVecOp` every build of the RTL runs, with or without
+#: The vector unit's own commands (3 bits in the unit).
+UNIT_OPS = frozenset(op for op in VecOp if op < 8)
+#: The operations that run on a unit command with a modifier (the decoder's, and the
+#: encoder's dithered softmax): the isa simulator's ``decoder_ops``.
+DECODER_OPS = frozenset(VecOp) - UNIT_OPS
+
+
+#: The operations of :data:`DECODER_OPS` every build of the RTL runs, with or without
 #: ``Sizing.decoder_ops``: the encoder's dithered softmax (the default recipe's softmax).
-RTL_ALWAYS_OPS = frozenset({DecoderVecOp.SOFTMAX_DITHER})
+RTL_ALWAYS_OPS = frozenset({VecOp.SOFTMAX_DITHER})
 #: The decoder operations the RTL implements with ``Sizing(decoder_ops=True)`` (a superset of
 #: :data:`RTL_ALWAYS_OPS`).
-RTL_DECODER_OPS = frozenset({DecoderVecOp.RMSNORM, DecoderVecOp.SOFTMAX_WIDE,
-                             DecoderVecOp.WIDE_SPLIT, DecoderVecOp.RESIDUAL32,
-                             DecoderVecOp.SILU_GATE, DecoderVecOp.WIDE_LO,
-                             DecoderVecOp.ROTARY}) | RTL_ALWAYS_OPS
+RTL_DECODER_OPS = frozenset({VecOp.RMSNORM, VecOp.SOFTMAX_WIDE, VecOp.WIDE_SPLIT,
+                             VecOp.RESIDUAL32, VecOp.SILU_GATE, VecOp.WIDE_LO,
+                             VecOp.ROTARY}) | RTL_ALWAYS_OPS
 
 
 def vec_op_name(op: int) -> str:
     """The name of a VECTOR op value (a number when it is none)."""
-    for enum_ in (VecOp, DecoderVecOp):
-        if op in enum_._value2member_map_:
-            return enum_(op).name
-    return str(op)
+    return VecOp(op).name if op in VecOp._value2member_map_ else str(op)
 
 
 class Unit(enum.IntFlag):
@@ -423,7 +424,7 @@ def decoder_vector_checks(op, rows, cols, src_fmt, dst_fmt, add_residual, res_sh
     ``use_params``: records; ``writes_e``/``reads_e``: row exponents at ``e_addr``;
     ``shift_ops``: ``shift`` is checked; ``bad_shape``, ``bad_mode`` (the operand formats,
     ``add_residual`` where ``res_addr`` is a second operand), ``bad_param``."""
-    d = DecoderVecOp
+    d = VecOp
     is_ = {o.name: op == o for o in (d.RESIDUAL32, d.WIDE_SPLIT, d.SOFTMAX_WIDE, d.RMSNORM,
                                      d.SILU_GATE, d.WIDE_LO, d.ROTARY)}
     r32, split, smw, rms = is_["RESIDUAL32"], is_["WIDE_SPLIT"], is_["SOFTMAX_WIDE"], is_["RMSNORM"]
@@ -450,19 +451,19 @@ def decoder_vector_checks(op, rows, cols, src_fmt, dst_fmt, add_residual, res_sh
 
 def vec_uses_params(op: int) -> bool:
     return op in (VecOp.LAYERNORM, VecOp.GELU, VecOp.REQUANT, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS,
-                  DecoderVecOp.RMSNORM, DecoderVecOp.SILU_GATE)
+                  VecOp.RMSNORM, VecOp.SILU_GATE)
 
 
 def vec_uses_rows_exponent(op: int) -> bool:
     """Whether the op writes one uint8 exponent per row to ``e_addr``."""
-    return op in (VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS, DecoderVecOp.SILU_GATE,
-                  DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.SOFTMAX_DITHER)
+    return op in (VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS, VecOp.SILU_GATE,
+                  VecOp.SOFTMAX_WIDE, VecOp.SOFTMAX_DITHER)
 
 
 #: Decoder ops whose second operand (at ``res_addr``) is not a residual pre-add, and its
 #: element bytes.
-VEC_SECOND_OPERAND_BYTES = {DecoderVecOp.SILU_GATE: 2, DecoderVecOp.ROTARY: 2,
-                            DecoderVecOp.RESIDUAL32: 4}
+VEC_SECOND_OPERAND_BYTES = {VecOp.SILU_GATE: 2, VecOp.ROTARY: 2,
+                            VecOp.RESIDUAL32: 4}
 
 
 def vec_uses_residual(f: dict) -> bool:
@@ -502,9 +503,9 @@ def footprint(ins: Instruction) -> tuple[list[tuple[str, Span, int, int]], list[
                           f["res_addr"], f["res_stride"]))
         if vec_uses_params(op):
             reads.append(("p", Span(f["p_addr"], f["p_addr"] + cols * VEC_PARAM_RECORD_BYTES), f["p_addr"], 0))
-        if op == DecoderVecOp.WIDE_LO:
+        if op == VecOp.WIDE_LO:
             reads.append(("e", Span(f["e_addr"], f["e_addr"] + rows), f["e_addr"], 0))
-        out_rows = 2 * rows if op == DecoderVecOp.WIDE_SPLIT else rows
+        out_rows = 2 * rows if op == VecOp.WIDE_SPLIT else rows
         writes.append(("dst", Span.strided(f["dst_addr"], out_rows, f["dst_stride"], cols * db),
                        f["dst_addr"], f["dst_stride"]))
         if vec_uses_rows_exponent(op):

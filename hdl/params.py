@@ -222,7 +222,7 @@ class Sizing:
         fewer flip-flops at a lower clock).
     decoder_ops
         The controller and the vector engine accept the decoder's VECTOR operations the RTL
-        implements (``isa.RTL_DECODER_OPS``; the other ``isa.DecoderVecOp`` values still stop
+        implements (``isa.RTL_DECODER_OPS``; the other ``isa.VecOp`` values still stop
         with ``BAD_MODE``). Off, the hardware is the encoder's, unchanged, and every decoder op
         but the encoder's dithered softmax (``isa.RTL_ALWAYS_OPS``) stops with ``BAD_MODE``.
         The ISA simulator models such a build with
@@ -262,7 +262,7 @@ class Sizing:
     prefetch: bool = True
 
     def decoder_op_set(self) -> frozenset:
-        """The :class:`~celosia.hdl.isa.DecoderVecOp` operations this build runs (without
+        """The :class:`~celosia.hdl.isa.VecOp` operations this build runs (without
         ``decoder_ops`` only ``isa.RTL_ALWAYS_OPS``, the encoder's dithered softmax)."""
         from .isa import RTL_ALWAYS_OPS, RTL_DECODER_OPS
         return RTL_DECODER_OPS if self.decoder_ops else RTL_ALWAYS_OPS

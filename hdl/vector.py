@@ -24,7 +24,7 @@ from celosia.sw import numerics as nx
 
 from .dsp import limb_product
 from .pipeline import CreditCounter
-from .isa import ROTARY_MAX_COLS, VecOp
+from .isa import ROTARY_MAX_COLS, UNIT_OPS
 from .params import VEC_MAX_COLS
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, SILU_SIG_WIDTH, Divider, Exp2, GeluPhi, Isqrt,
@@ -39,8 +39,20 @@ __all__ = [
 ]
 
 
-#: The operation of a command: the ISA's VECTOR operations, one enum for both.
-VectorOp = VecOp
+def _unit_ops() -> type:
+    """The unit's 3-bit command enum: the members of :data:`celosia.hdl.isa.UNIT_OPS`, by the
+    same names and values (one definition: the ISA's :class:`~celosia.hdl.isa.VecOp`)."""
+    ns = enum.EnumType.__prepare__("VectorOp", (enum.IntEnum,), shape=3)
+    ns["__doc__"] = ("The vector unit's command: the ISA's VecOp members below 8 (the decoder "
+                     "ops run on these with the command's modifiers).")
+    ns["__module__"] = __name__
+    for op in sorted(UNIT_OPS):
+        ns[op.name] = op.value
+    return enum.EnumType("VectorOp", (enum.IntEnum,), ns, shape=3)
+
+
+#: The operation of a command (values equal to the ISA's :class:`~celosia.hdl.isa.VecOp`).
+VectorOp = _unit_ops()
 
 
 #: A row has at most 2**COLS_BITS - 1 columns (the longest VECTOR row, params.VEC_MAX_COLS,

@@ -30,8 +30,8 @@ from . import isa
 from .engine import MemoryPortSignature
 from .pipeline import SkidBuffer
 from .scratchpad import SyncFifo
-from .isa import (RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS, WIDE_LO_MAX_ROWS,
-                  VEC_MAX_COLS, decoder_vector_checks, VEC_PARAM_RECORD_BYTES, DecoderVecOp, ErrorCode, VecOp)
+from .isa import (RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS, UNIT_OPS, WIDE_LO_MAX_ROWS,
+                  VEC_MAX_COLS, decoder_vector_checks, VEC_PARAM_RECORD_BYTES, ErrorCode, VecOp)
 from .params import ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
 from .sequencer import read_request_layout, write_layout
 from .vector import VectorOp, VectorUnit
@@ -211,7 +211,7 @@ class VectorEngine(wiring.Component):
         # --- per-command constants ---------------------------------------------------------
         # SOFTMAX_DITHER (every build, isa.RTL_ALWAYS_OPS) is the unit's SOFTMAX with dithered
         # rounding (dither).
-        is_smd = op == DecoderVecOp.SOFTMAX_DITHER
+        is_smd = op == VecOp.SOFTMAX_DITHER
         sl = Signal(2)           # log2 bytes of a source element
         dl = Signal(2)           # ... of a destination element
         m.d.comb += [sl.eq(_fmt_log(cmd.src_fmt)), dl.eq(_fmt_log(cmd.dst_fmt))]
@@ -283,9 +283,9 @@ class VectorEngine(wiring.Component):
             return Cat(v[:lw] != 0 for v in values).any()
 
         if dec:
-            bad_op = (op > max(VecOp)) & ~op.matches(*RTL_DECODER_OPS)
+            bad_op = ~op.matches(*sorted(UNIT_OPS | RTL_DECODER_OPS))
         else:
-            bad_op = (op > max(VecOp)) & ~op.matches(*RTL_ALWAYS_OPS)
+            bad_op = ~op.matches(*sorted(UNIT_OPS | RTL_ALWAYS_OPS))
         many = rows > 1
         bad_shape = ((rows == 0) | (cols == 0) | (cols > VEC_MAX_COLS)
                      | (many & (cmd.src_stride < src_bytes))
@@ -321,16 +321,16 @@ class VectorEngine(wiring.Component):
                 # The unit passes x whole; the output keeps one byte of it.
                 m.d.comb += [out_lo.eq(nx.INT32.lo), out_hi.eq(nx.INT32.hi)]
             is_resid = (op == VecOp.RESIDUAL) | is_r32 | is_split
-            unit_op = Mux(is_r32 | is_split | is_rot, VecOp.RESIDUAL,
-                          Mux(is_smw | is_smd, VecOp.SOFTMAX,
-                              Mux(is_rms, VecOp.LAYERNORM,
-                                  Mux(is_silu, VecOp.REQUANT_ROWS,
-                                      Mux(is_wlo, VecOp.REQUANT, op[:3])))))
+            unit_op = Mux(is_r32 | is_split | is_rot, VectorOp.RESIDUAL,
+                          Mux(is_smw | is_smd, VectorOp.SOFTMAX,
+                              Mux(is_rms, VectorOp.LAYERNORM,
+                                  Mux(is_silu, VectorOp.REQUANT_ROWS,
+                                      Mux(is_wlo, VectorOp.REQUANT, op[:3])))))
             m.d.comb += [ucmd.prob_wide.eq(is_smw), ucmd.rms.eq(is_rms), ucmd.silu.eq(is_silu),
                          ucmd.lo_shift.eq(is_wlo), ucmd.rot.eq(is_rot)]
         else:
             is_resid = op == VecOp.RESIDUAL
-            unit_op = Mux(is_smd, VecOp.SOFTMAX, op[:3])
+            unit_op = Mux(is_smd, VectorOp.SOFTMAX, op[:3])
         m.d.comb += ucmd.dither.eq(is_smd)
         m.d.comb += [
             ucmd.op.eq(unit_op), ucmd.rows.eq(Mux(is_rot, rows << 1, rows)), ucmd.cols.eq(cols),

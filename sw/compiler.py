@@ -455,7 +455,7 @@ def compile_model(im: IntegerModel, tokens, array: int = params.DEFAULT_ARRAY,
            p_addr=w["qkv.p"], out_fmt=I8, row_shift=1, e_addr=rowexp.addr)
         sm_mult, sm_shift = T[f"{p}.softmax.mult"], T[f"{p}.softmax.shift"]
         # The default recipe's dithered probabilities (SOFTMAX_DITHER, in every RTL build).
-        softmax_op = isa.DecoderVecOp.SOFTMAX_DITHER if im.softmax_dither else VecOp.SOFTMAX
+        softmax_op = isa.VecOp.SOFTMAX_DITHER if im.softmax_dither else VecOp.SOFTMAX
 
         # Attention per sentence and head: item j's scores and probabilities go to buffer j % 2.
         items = [(s0, n, hd) for s0, n in zip(starts, sentences) for hd in range(heads)]

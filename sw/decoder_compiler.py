@@ -6,7 +6,7 @@ program (the ``isa`` backend's first decoder path).
 (tokens x hidden: a prompt's prefill, or with the layer's KV cache a continuation of it, one
 token being a decode step) into MATMUL and VECTOR instructions;
 :func:`run_decoder_block` runs them on the instruction-set simulator with the decoder's
-vector operations (:class:`celosia.hdl.isa.DecoderVecOp`, ``IsaMachine(decoder_ops=True)``)
+vector operations (:data:`celosia.hdl.isa.DECODER_OPS`, ``IsaMachine(decoder_ops=True)``)
 and returns the block's output stream, bit for bit :func:`celosia.sw.golden.decoder_layer`'s.
 
 The mapping, step by step as golden.decoder_attention and golden.decoder_mlp:
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from celosia.hdl import isa
-from celosia.hdl.isa import CSR, INSTR_BYTES, DecoderVecOp, MachineConfig, Unit, VecOp
+from celosia.hdl.isa import CSR, INSTR_BYTES, MachineConfig, Unit, VecOp
 from celosia.hdl.params import AddendMode, OutFormat
 
 from . import numerics as nx
@@ -152,7 +152,7 @@ class _Builder:
             self.matmul(a, b, out, transposed, **shift)
             return out
         planes = self.tensor(f"{name}.planes", 2 * a.rows, a.cols, _I8)
-        self.vector(DecoderVecOp.WIDE_SPLIT, a, planes)
+        self.vector(VecOp.WIDE_SPLIT, a, planes)
         self.sync(Unit.VECTOR)
         lo = self.tensor(f"{name}.lo", a.rows, n, _I32)
         self.matmul(self.rows(planes, a.rows, a.rows, _U8), b, lo, transposed)
@@ -163,7 +163,7 @@ class _Builder:
         step = isa.WIDE_LO_MAX_ROWS       # rows of one WIDE_LO
         for r0 in range(0, a.rows, step):
             r = min(step, a.rows - r0)
-            self.vector(DecoderVecOp.WIDE_LO, self.rows(lo, r0, r), self.rows(lo2, r0, r),
+            self.vector(VecOp.WIDE_LO, self.rows(lo, r0, r), self.rows(lo2, r0, r),
                         e_addr=e + r0)
         self.sync(Unit.VECTOR)
         self.matmul(self.rows(planes, 0, a.rows), b, out, transposed, addend=int(AddendMode.ACC32),
@@ -191,7 +191,7 @@ class _Builder:
         gamma = im.tensors[f"{name}.gamma"]
         eps = np.zeros(x.cols, dtype=np.int64)
         eps[0] = im.scalar("rms.eps")
-        self.vector(DecoderVecOp.RMSNORM, x, out, shift=im.scalar(f"{name}.shift"),
+        self.vector(VecOp.RMSNORM, x, out, shift=im.scalar(f"{name}.shift"),
                     p_addr=self.raw(_vector_records(gamma, 0, eps)))
         return out
 
@@ -334,7 +334,7 @@ def _emit_block(b: "_Builder", im: IntegerModel, i: int, xin: Tensor, start: int
            "k": b.rows(k_cache, start, tokens)}              # k after rotary: in place too
     for name, count in (("q", heads), ("k", kv_heads)):
         for g in range(count):
-            b.vector(DecoderVecOp.ROTARY, b.cols(parts[name], g * dh, dh),
+            b.vector(VecOp.ROTARY, b.cols(parts[name], g * dh, dh),
                      b.cols(rot[name], g * dh, dh), res=trig)
     b.sync(Unit.VECTOR)
     sm = im.dyadic(f"{p}.softmax")
@@ -352,7 +352,7 @@ def _emit_block(b: "_Builder", im: IntegerModel, i: int, xin: Tensor, start: int
         b.sync(Unit.MATMUL)
         probs = b.tensor(f"probs{hd}", tokens, keys, _I16 if wide_probs else _U8)
         pe = b.raw(bytes(tokens))
-        b.vector(DecoderVecOp.SOFTMAX_WIDE if wide_probs else VecOp.SOFTMAX, scores, probs,
+        b.vector(VecOp.SOFTMAX_WIDE if wide_probs else VecOp.SOFTMAX, scores, probs,
                  e_addr=pe, mult=int(sm_m[hd]), shift=int(sm_s[hd]), causal=1, causal_offset=start)
         b.sync(Unit.VECTOR)
         pv = b.product(f"pv{hd}", probs, vg, pe, wide_probs)
@@ -365,7 +365,7 @@ def _emit_block(b: "_Builder", im: IntegerModel, i: int, xin: Tensor, start: int
     b.requant(o, o32, im.dyadic(f"{p}.attn_out.rq"))
     b.sync(Unit.VECTOR)
     h1 = b.tensor("h", tokens, hidden, _I32)
-    b.vector(DecoderVecOp.RESIDUAL32, xin, h1, res=o32,
+    b.vector(VecOp.RESIDUAL32, xin, h1, res=o32,
              res_shift=im.scalar(f"{p}.attn_out.res_shift"))
     b.sync(Unit.VECTOR)
 
@@ -388,7 +388,7 @@ def _emit_block(b: "_Builder", im: IntegerModel, i: int, xin: Tensor, start: int
     inner = b.tensor("inner", tokens, ffn, inner_fmt)
     ie = b.raw(bytes(tokens))
     d = im.dyadic(f"{p}.inner.rq")
-    b.vector(DecoderVecOp.SILU_GATE, gate, inner, res=up, e_addr=ie,
+    b.vector(VecOp.SILU_GATE, gate, inner, res=up, e_addr=ie,
              res_shift=nx.WIDE_LO_BITS if wide_up else 0,
              p_addr=b.raw(_vector_records(np.broadcast_to(d.multiplier, (ffn,)),
                                           np.broadcast_to(d.shift, (ffn,)))))
@@ -399,7 +399,7 @@ def _emit_block(b: "_Builder", im: IntegerModel, i: int, xin: Tensor, start: int
     b.requant(dn, d32, im.dyadic(f"{p}.down.rq"))
     b.sync(Unit.VECTOR)
     y = b.tensor("y", tokens, hidden, _I32)
-    b.vector(DecoderVecOp.RESIDUAL32, h1, y, res=d32, res_shift=im.scalar(f"{p}.down.res_shift"))
+    b.vector(VecOp.RESIDUAL32, h1, y, res=d32, res_shift=im.scalar(f"{p}.down.res_shift"))
     return y
 
 

@@ -78,7 +78,7 @@ def _plausible(rng, opcode, f, w: int) -> None:
         rows = {"a": f["k"], "b": f["k"] if f["b_transposed"] else f["n"], "c": f["n"] * ob,
                 "d": f["n"] * (0, 4, 2)[f["addend"]]}
     else:
-        f["op"] = int(rng.integers(0, len(VecOp)))
+        f["op"] = int(rng.integers(0, len(isa.UNIT_OPS)))      # the unit's own commands
         f["shift"] = int(rng.integers(0, 48))
         f["res_shift"] = int(rng.integers(0, 17))
         f["rows"], f["cols"] = int(rng.integers(1, 8)), int(rng.integers(1, 40))

@@ -33,7 +33,7 @@ import numpy as np
 
 from celosia.hdl import isa
 from celosia.hdl.isa import (CSR, INSTR_BYTES, RES_SHIFT_MAX, VEC_MAX_COLS, VEC_PARAM_DTYPE,
-                             WINDOW_ALIGN, ENGINE_PARAM_DTYPE, DecoderVecOp, ErrorCode,
+                             WINDOW_ALIGN, ENGINE_PARAM_DTYPE, ErrorCode,
                              Instruction, MachineConfig, Opcode, Unit, VecOp, footprint)
 from celosia.hdl.params import ADDEND_BYTES, K_MAX, OUT_BYTES, OUT_RANGE, AddendMode, OutFormat
 
@@ -42,8 +42,8 @@ from .compiler import DTYPE
 
 __all__ = ["IsaStop", "IsaMachine", "IsaBackend", "matmul_spans", "independent_matmuls"]
 
-_VEC_OPS = {op.value for op in VecOp}
-_DECODER_OPS = {op.value for op in DecoderVecOp}
+_VEC_OPS = {op.value for op in isa.UNIT_OPS}
+_DECODER_OPS = {op.value for op in isa.DECODER_OPS}
 #: Cycles a vector batch spends filling and draining the unit's pipeline (docs/vector.md:
 #: 25 cycles for element-wise operations, more for two-pass rows; one number is enough here).
 _VEC_LATENCY = 28
@@ -108,7 +108,7 @@ class IsaMachine:
         self.config = config
         #: False models a build without the vector unit: VECTOR stops with UNSUPPORTED.
         self.vector_unit = vector_unit
-        #: The decoder's operations (DecoderVecOp) the vector unit has: True for all of them,
+        #: The decoder's operations (isa.DECODER_OPS) the vector unit has: True for all of them,
         #: False for none but ``isa.RTL_ALWAYS_OPS`` (the others stop with BAD_MODE, as on an
         #: RTL build without ``Sizing.decoder_ops``), or a set of them (``Sizing.decoder_op_set()``,
         #: the RTL's; ``isa.RTL_ALWAYS_OPS`` runs whatever the set).
@@ -425,7 +425,7 @@ class IsaMachine:
             return self._decoder_vector(ins)
         if op not in _VEC_OPS:
             raise IsaStop(ErrorCode.BAD_MODE, f"vector op {op}" + (
-                f" ({DecoderVecOp(op).name}: a decoder op this build does not have)"
+                f" ({VecOp(op).name}: a decoder op this build does not have)"
                 if op in _DECODER_OPS else ""))
         op = VecOp(op)
         src_fmt, dst_fmt = OutFormat(f["src_fmt"]), OutFormat(f["dst_fmt"])
@@ -495,24 +495,24 @@ class IsaMachine:
 
 
     def _decoder_vector(self, ins: Instruction) -> None:
-        """A :class:`DecoderVecOp` (hdl/isa.py): the same checks in the same order as the
+        """A VecOp of isa.DECODER_OPS (hdl/isa.py): the same checks in the same order as the
         other VECTOR ops, then one function of the numerics."""
         f = ins.fields
-        op, rows, cols = DecoderVecOp(f["op"]), f["rows"], f["cols"]
+        op, rows, cols = VecOp(f["op"]), f["rows"], f["cols"]
         src_fmt, dst_fmt = OutFormat(f["src_fmt"]), OutFormat(f["dst_fmt"])
         second = isa.VEC_SECOND_OPERAND_BYTES.get(op)
         use_res = isa.vec_uses_residual(f)
         rb = second or 2
         use_p = isa.vec_uses_params(op)
         e_written = isa.vec_uses_rows_exponent(op)
-        e_read = op == DecoderVecOp.WIDE_LO
+        e_read = op == VecOp.WIDE_LO
         # 1. Shapes (a wide split writes two rows per source row; rotary pairs columns).
         if (rows == 0 or cols == 0 or cols > VEC_MAX_COLS
-                or (op == DecoderVecOp.ROTARY and (cols % 2 or cols > isa.ROTARY_MAX_COLS
+                or (op == VecOp.ROTARY and (cols % 2 or cols > isa.ROTARY_MAX_COLS
                                                    or rows > isa.ROTARY_MAX_ROWS))
-                or (op == DecoderVecOp.RMSNORM and cols > nx.RMS_MAX_COLS)
-                or (op == DecoderVecOp.WIDE_LO and rows > isa.WIDE_LO_MAX_ROWS)
-                or (op == DecoderVecOp.SOFTMAX_WIDE and cols > isa.SOFTMAX_WIDE_MAX_COLS)):
+                or (op == VecOp.RMSNORM and cols > nx.RMS_MAX_COLS)
+                or (op == VecOp.WIDE_LO and rows > isa.WIDE_LO_MAX_ROWS)
+                or (op == VecOp.SOFTMAX_WIDE and cols > isa.SOFTMAX_WIDE_MAX_COLS)):
             raise IsaStop(ErrorCode.BAD_SHAPE, f"rows={rows} cols={cols}")
         strides = [("src", f["src_stride"], cols * OUT_BYTES[src_fmt]),
                    ("dst", f["dst_stride"], cols * OUT_BYTES[dst_fmt])]
@@ -520,15 +520,15 @@ class IsaMachine:
             strides.append(("res", f["res_stride"], cols * rb))
         # 2. Alignment (after the strides); WIDE_SPLIT writes two planes even from one row.
         self._check_rows(f, rows, strides, use_res, use_p, e_written or e_read,
-                         dst_always=op == DecoderVecOp.WIDE_SPLIT)
+                         dst_always=op == VecOp.WIDE_SPLIT)
         # 3. Modes: the operand formats each op is defined for; a second operand is no
         # residual pre-add.
-        want_src = {DecoderVecOp.SILU_GATE: OutFormat.INT16,
-                    DecoderVecOp.WIDE_SPLIT: OutFormat.INT16}.get(op)
-        want_dst = {DecoderVecOp.WIDE_SPLIT: OutFormat.INT8,
-                    DecoderVecOp.WIDE_LO: OutFormat.INT32}.get(op)
+        want_src = {VecOp.SILU_GATE: OutFormat.INT16,
+                    VecOp.WIDE_SPLIT: OutFormat.INT16}.get(op)
+        want_dst = {VecOp.WIDE_SPLIT: OutFormat.INT8,
+                    VecOp.WIDE_LO: OutFormat.INT32}.get(op)
         if ((want_src is not None and src_fmt != want_src)
-                or (op == DecoderVecOp.ROTARY and src_fmt == OutFormat.INT32)
+                or (op == VecOp.ROTARY and src_fmt == OutFormat.INT32)
                 or (want_dst is not None and dst_fmt != want_dst)
                 or (second is not None and f["add_residual"])):
             raise IsaStop(ErrorCode.BAD_MODE, f"{op.name} with src_fmt {src_fmt.name}, dst_fmt "
@@ -536,10 +536,10 @@ class IsaMachine:
         # 4. The window.
         self._check_window(ins)
         # 5. Scalars and parameter records.
-        if (op in (DecoderVecOp.RMSNORM, DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.SOFTMAX_DITHER)
+        if (op in (VecOp.RMSNORM, VecOp.SOFTMAX_WIDE, VecOp.SOFTMAX_DITHER)
                 and f["shift"] > nx.SHIFT_MAX):
             raise IsaStop(ErrorCode.BAD_PARAM, f"shift {f['shift']} > {nx.SHIFT_MAX}")
-        if op == DecoderVecOp.SILU_GATE and f["res_shift"] not in (0, nx.WIDE_LO_BITS):
+        if op == VecOp.SILU_GATE and f["res_shift"] not in (0, nx.WIDE_LO_BITS):
             raise IsaStop(ErrorCode.BAD_PARAM, f"SILU_GATE res_shift {f['res_shift']} is not "
                                                f"0 or {nx.WIDE_LO_BITS}")
         if use_res and f["res_shift"] > RES_SHIFT_MAX:
@@ -548,7 +548,7 @@ class IsaMachine:
         if use_p:
             rec = self._records(f["p_addr"], cols, VEC_PARAM_DTYPE)
             mult, shift, bias = (rec[name].astype(np.int64) for name in ("mult", "shift", "bias"))
-            if op == DecoderVecOp.RMSNORM:
+            if op == VecOp.RMSNORM:
                 bad = np.any(np.abs(mult) >= 1 << 20) or not 0 <= bias[0] < 1 << 62
             else:
                 bad = (np.any((mult < 0) | (mult >= 1 << nx.MULT_BITS))
@@ -566,27 +566,27 @@ class IsaMachine:
         if e_read:
             e_in = np.minimum(self._read(f["e_addr"], 1, rows, rows, "u1")[0], nx.ROW_EXP_MAX)
         try:
-            if op == DecoderVecOp.RMSNORM:
+            if op == VecOp.RMSNORM:
                 y = nx.rmsnorm(x, mult, f["shift"], out, eps=int(bias[0]))
-            elif op == DecoderVecOp.SILU_GATE:
-                # A narrow up is saturated to int8 (isa.DecoderVecOp).
+            elif op == VecOp.SILU_GATE:
+                # A narrow up is saturated to int8 (isa.VecOp).
                 wide = f["res_shift"] == nx.WIDE_LO_BITS
                 y, e = nx.gated_silu(x, nx.saturate(r, nx.INT16 if wide else nx.INT8),
                                      nx.Dyadic(mult, shift), out, wide_up=wide)
-            elif op == DecoderVecOp.ROTARY:
+            elif op == VecOp.ROTARY:
                 half = cols // 2
                 y = nx.rotary(x, np.arange(rows), (r[:, :half], r[:, half:]), out)
-            elif op == DecoderVecOp.SOFTMAX_WIDE:
+            elif op == VecOp.SOFTMAX_WIDE:
                 y, e = nx.softmax(x, nx.Dyadic(f["mult"], f["shift"]),
                                   f["causal_offset"] if f["causal"] else None, nx.INT16.hi)
                 y = nx.saturate(y, out)
-            elif op == DecoderVecOp.SOFTMAX_DITHER:
+            elif op == VecOp.SOFTMAX_DITHER:
                 y, e = nx.softmax(x, nx.Dyadic(f["mult"], f["shift"]),
                                   f["causal_offset"] if f["causal"] else None, dither=True)
                 y = nx.saturate(y, out)
-            elif op == DecoderVecOp.WIDE_SPLIT:
+            elif op == VecOp.WIDE_SPLIT:
                 y = np.concatenate([x >> nx.WIDE_LO_BITS, x & ((1 << nx.WIDE_LO_BITS) - 1)])
-            elif op == DecoderVecOp.WIDE_LO:
+            elif op == VecOp.WIDE_LO:
                 one = nx.MULT_BITS - 1
                 y = nx.requantize(x, nx.Dyadic(np.int64(1 << one),
                                                one + nx.WIDE_LO_BITS + e_in[:, None]), nx.INT32)
@@ -594,7 +594,7 @@ class IsaMachine:
                 y = nx.saturate(nx.residual_add(x, r, f["res_shift"]), out)
         except ValueError as exc:       # an operand outside the range the op is defined for
             raise IsaStop(ErrorCode.BAD_PARAM, f"{op.name}: {exc}") from None
-        if op == DecoderVecOp.WIDE_SPLIT:
+        if op == VecOp.WIDE_SPLIT:
             # The low plane's bytes are uint8 values written as int8's bits.
             self._write(f["dst_addr"], f["dst_stride"], np.where(y > 127, y - 256, y), "i1")
         else:
@@ -602,7 +602,7 @@ class IsaMachine:
         if e is not None:
             self._write(f["e_addr"], rows, np.asarray(e).reshape(1, rows), "u1")
         N, W = self.config.array, self.config.port_bytes
-        out_rows = 2 * rows if op == DecoderVecOp.WIDE_SPLIT else rows
+        out_rows = 2 * rows if op == VecOp.WIDE_SPLIT else rows
         traffic = (rows * cols * (OUT_BYTES[src_fmt] + (rb if use_res else 0))
                    + out_rows * cols * OUT_BYTES[dst_fmt])
         self.stats["vector_elements"] += rows * cols

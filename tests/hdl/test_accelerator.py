@@ -203,7 +203,7 @@ def decoder_ops_image(config: MachineConfig, *, seed: int = 0):
     w, base, size = config.port_bytes, 0x1000, 0x8000
 
     m, k, n = 4, 16, 8
-    dec = isa.DecoderVecOp
+    dec = isa.VecOp
     a, a_s = mat(m, k, np.int8, -128, 128)
     b, b_s = mat(k, n, np.int8, -128, 128)
     x, x_s = out(m, n, 4)

@@ -9,7 +9,7 @@ from amaranth.lib import wiring
 
 from celosia.hdl import isa
 from celosia.hdl.controller import Controller
-from celosia.hdl.isa import CSR, INSTR_BYTES, DecoderVecOp, ErrorCode, MachineConfig, Unit, VecOp
+from celosia.hdl.isa import CSR, INSTR_BYTES, ErrorCode, MachineConfig, Unit, VecOp
 from celosia.hdl.params import OutFormat
 from celosia.sim.pysim import MemoryModel, run
 from celosia.sim.tb_accelerator import Image, error_image, matmul_chain, reference
@@ -179,8 +179,8 @@ def test_vector_without_unit_is_unsupported_like_isa_sim():
     assert IsaMachine(CFG, 16, vector_unit=False).vector_unit is False
 
 
-@pytest.mark.parametrize("op", [DecoderVecOp.RMSNORM, DecoderVecOp.RESIDUAL32,
-                                DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE])
+@pytest.mark.parametrize("op", [VecOp.RMSNORM, VecOp.RESIDUAL32,
+                                VecOp.WIDE_SPLIT, VecOp.SOFTMAX_WIDE])
 def test_decoder_vector_ops_stop_with_bad_mode_like_isa_sim(op):
     """Without ``Sizing.decoder_ops`` (the default) the controller stops on the decoder's
     vector operations with BAD_MODE before the vector unit sees them, as the isa simulator
@@ -284,14 +284,14 @@ def _decoder_program(img, **fields):
     img.mem[img.prog:img.prog + len(code)] = np.frombuffer(code, np.uint8)
 
 
-_R32, _SPLIT, _SMW = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE
-_SMD = DecoderVecOp.SOFTMAX_DITHER
+_R32, _SPLIT, _SMW = VecOp.RESIDUAL32, VecOp.WIDE_SPLIT, VecOp.SOFTMAX_WIDE
+_SMD = VecOp.SOFTMAX_DITHER
 _I16_I8 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8)
-_RMS = DecoderVecOp.RMSNORM
-_WLO = DecoderVecOp.WIDE_LO
-_ROT = DecoderVecOp.ROTARY
+_RMS = VecOp.RMSNORM
+_WLO = VecOp.WIDE_LO
+_ROT = VecOp.ROTARY
 _I16_I16 = dict(src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT16)
-_SILU = dict(op=DecoderVecOp.SILU_GATE, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
+_SILU = dict(op=VecOp.SILU_GATE, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
              p_addr=0x1400, e_addr=0x1800)
 
 
@@ -359,7 +359,7 @@ def test_decoder_ops_checks_like_isa_sim(fields, want):
     _decoder_program(img, **fields)
     if fields["op"] == _RMS and fields["p_addr"] == 0x1400:
         img.mem[0x1400:0x1400 + 16 * 8] = 0       # valid records (gamma 0, no epsilon)
-    if fields["op"] == DecoderVecOp.SILU_GATE and fields["p_addr"] == 0x1400:
+    if fields["op"] == VecOp.SILU_GATE and fields["p_addr"] == 0x1400:
         rec = np.zeros(8, dtype=isa.VEC_PARAM_DTYPE)
         rec["mult"], rec["shift"] = 1000, nx.ROW_EXP_MAX + 10      # valid records
         img.mem[0x1400:0x1400 + 16 * 8] = np.frombuffer(rec.tobytes(), np.uint8)

@@ -10,7 +10,7 @@ import pytest
 
 from celosia.hdl import isa
 from celosia.hdl.isa import VEC_PARAM_DTYPE, ErrorCode, MachineConfig, VecOp
-from celosia.hdl.isa import DecoderVecOp
+from celosia.hdl.isa import VecOp
 from celosia.hdl.params import OUT_BYTES, OutFormat, Sizing
 from celosia.hdl.vector_engine import VectorEngine
 from celosia.sim.pysim import MemoryModel
@@ -201,7 +201,7 @@ def check_batch(engine, cases, **kw):
     check(engine, cases, **kw)
 
 
-@pytest.mark.parametrize("op", list(VecOp))
+@pytest.mark.parametrize("op", sorted(isa.UNIT_OPS))
 def test_op_formats_and_shapes(engine, op):
     """Each opcode over every source format, random destination formats, row lengths below, at
     and above a beat, padded strides, with and without the residual pre-add, with stalls."""
@@ -276,7 +276,7 @@ def test_bad_instructions(engine):
     bad = [
         dict(op=7), dict(op=14),
         # SOFTMAX_DITHER is in every build: SOFTMAX's checks.
-        dict(op=DecoderVecOp.SOFTMAX_DITHER, e_addr=3), dict(op=DecoderVecOp.SOFTMAX_DITHER, shift=63),
+        dict(op=VecOp.SOFTMAX_DITHER, e_addr=3), dict(op=VecOp.SOFTMAX_DITHER, shift=63),
         dict(rows=0), dict(cols=0), dict(cols=isa.VEC_MAX_COLS + 1),
         dict(src_stride=8), dict(dst_stride=0), dict(res_stride=W),
         dict(src_addr=f["src_addr"] + 1), dict(dst_stride=f["dst_stride"] + 2),
@@ -378,7 +378,7 @@ def test_rejects_wide_ports():
 
 # --- the decoder operations of a Sizing(decoder_ops=True) build ---------------------------------
 
-def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=None,
+def make_decoder(op: VecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=None,
                  residual=False, kind="random", res_kind=None, pad=0, res_shift=None, img=None,
                  causal=None, eps=None, gamma=None):
     """An image and a VECTOR instruction of a decoder op the RTL runs (RESIDUAL32: an int32
@@ -386,24 +386,24 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
     RMSNORM: random gamma, shift and epsilon unless given; the softmaxes: ``kind`` "dominant"
     is a flat row behind one key with a fixed scale, the tail below half a probability step);
     its buffers are allocated in ``img`` when given."""
-    smax = (DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.SOFTMAX_DITHER)
+    smax = (VecOp.SOFTMAX_WIDE, VecOp.SOFTMAX_DITHER)
     img = Image(W, rng) if img is None else img
-    silu = op == DecoderVecOp.SILU_GATE
-    if op == DecoderVecOp.WIDE_SPLIT:
+    silu = op == VecOp.SILU_GATE
+    if op == VecOp.WIDE_SPLIT:
         src_fmt = OutFormat.INT16 if src_fmt is None else src_fmt
         dst_fmt = OutFormat.INT8 if dst_fmt is None else dst_fmt
     elif silu:
         src_fmt = OutFormat.INT16 if src_fmt is None else src_fmt
         dst_fmt = OutFormat.INT8 if dst_fmt is None else dst_fmt
-    elif op == DecoderVecOp.WIDE_LO:
+    elif op == VecOp.WIDE_LO:
         src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
         dst_fmt = OutFormat.INT32 if dst_fmt is None else dst_fmt
-    elif op == DecoderVecOp.ROTARY:
+    elif op == VecOp.ROTARY:
         src_fmt = OutFormat.INT16 if src_fmt is None else src_fmt
         dst_fmt = src_fmt if dst_fmt is None else dst_fmt
     elif op in smax:
         src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
-        wide = op == DecoderVecOp.SOFTMAX_WIDE
+        wide = op == VecOp.SOFTMAX_WIDE
         dst_fmt = (OutFormat.INT16 if wide else OutFormat.UINT8) if dst_fmt is None else dst_fmt
     else:
         src_fmt = OutFormat.INT32 if src_fmt is None else src_fmt
@@ -416,11 +416,11 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
     src_addr, src_stride = img.matrix(x, src_fmt, pad)
     f = dict(op=op, rows=rows, cols=cols, src_addr=src_addr, src_stride=src_stride,
              src_fmt=src_fmt, dst_fmt=dst_fmt)
-    out_rows = 2 * rows if op == DecoderVecOp.WIDE_SPLIT else rows
+    out_rows = 2 * rows if op == VecOp.WIDE_SPLIT else rows
     dst_stride = -(-(cols * OUT_BYTES[dst_fmt]) // W) * W + pad * W
     f["dst_addr"], f["dst_stride"] = img.alloc(out_rows * dst_stride), dst_stride
     img.fill_random(f["dst_addr"], out_rows * dst_stride)      # the gaps must survive
-    if op == DecoderVecOp.ROTARY:
+    if op == VecOp.ROTARY:
         # Each row's cos | sin: the real tables at random positions, or the extremes.
         cos, sin = nx.rope_tables(10000.0, cols, 200)
         pos = rng.integers(0, 200, size=rows)
@@ -443,12 +443,12 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
                                   rng.integers(-(1 << 40), 1 << 40, size=cols))
         f["e_addr"] = img.alloc(rows)
         img.fill_random(f["e_addr"], -(-rows // W) * W)
-    elif op == DecoderVecOp.RESIDUAL32 or residual:
-        rfmt = OutFormat.INT32 if op == DecoderVecOp.RESIDUAL32 else OutFormat.INT16
+    elif op == VecOp.RESIDUAL32 or residual:
+        rfmt = OutFormat.INT32 if op == VecOp.RESIDUAL32 else OutFormat.INT16
         r = _src_values(rng, (rows, cols), rfmt, res_kind or kind)
         f["res_addr"], f["res_stride"] = img.matrix(r, rfmt, pad)
         f["res_shift"] = int(rng.integers(0, 17)) if res_shift is None else res_shift
-        f["add_residual"] = int(op != DecoderVecOp.RESIDUAL32)
+        f["add_residual"] = int(op != VecOp.RESIDUAL32)
     if op in smax:
         scale = nx.Dyadic.from_real(0.05 if kind == "dominant" else
                                     float(rng.uniform(0.002, 0.2)) / np.sqrt(64) * np.log2(np.e))
@@ -457,13 +457,13 @@ def make_decoder(op: DecoderVecOp, rows, cols, W, rng, *, src_fmt=None, dst_fmt=
             f["causal"], f["causal_offset"] = 1, causal
         f["e_addr"] = img.alloc(rows)
         img.fill_random(f["e_addr"], -(-rows // W) * W)
-    if op == DecoderVecOp.WIDE_LO:
+    if op == VecOp.WIDE_LO:
         # The rows' exponents: any byte (the engine clamps them to ROW_EXP_MAX).
         f["e_addr"] = img.alloc(rows)
         e = rng.integers(0, nx.ROW_EXP_MAX + 1, size=rows)
         e[rng.random(rows) < 0.2] = rng.integers(nx.ROW_EXP_MAX + 1, 256)
         img.mem[f["e_addr"]:f["e_addr"] + rows] = e
-    if op == DecoderVecOp.RMSNORM:
+    if op == VecOp.RMSNORM:
         if gamma is None:
             gamma = rng.integers(-(1 << 20) + 1, 1 << 20, size=cols) >> int(rng.integers(0, 12))
         if eps is None:
@@ -511,24 +511,24 @@ def test_decoder_op_formats_and_shapes(dec_engine, op):
     instrs = []
     for k in range(4):
         cols = (1, 3, 2 * LANES + 1, 17)[k]
-        if op == DecoderVecOp.ROTARY:          # a head's width is even
+        if op == VecOp.ROTARY:          # a head's width is even
             cols = (2, 4, 2 * LANES + 2, 18)[k]
-        if op == DecoderVecOp.RESIDUAL32:
+        if op == VecOp.RESIDUAL32:
             kw = dict(src_fmt=OutFormat(k), dst_fmt=OutFormat(int(rng.integers(0, 4))))
-        elif op == DecoderVecOp.SOFTMAX_WIDE:
+        elif op == VecOp.SOFTMAX_WIDE:
             kw = dict(src_fmt=OutFormat(k), dst_fmt=(OutFormat.INT16, OutFormat.UINT8)[k % 2],
                       residual=bool(k % 2), causal=(None, 0)[k // 2])
-        elif op == DecoderVecOp.RMSNORM:
+        elif op == VecOp.RMSNORM:
             kw = dict(src_fmt=OutFormat(k), dst_fmt=OutFormat(int(rng.integers(0, 4))),
                       residual=bool(k % 2))
-        elif op == DecoderVecOp.SOFTMAX_DITHER:
+        elif op == VecOp.SOFTMAX_DITHER:
             kw = dict(src_fmt=OutFormat(k), dst_fmt=(OutFormat.UINT8, OutFormat.INT8)[k % 2],
                       residual=bool(k % 2), causal=(None, 0)[k // 2])
-        elif op == DecoderVecOp.SILU_GATE:
+        elif op == VecOp.SILU_GATE:
             kw = dict(dst_fmt=OutFormat(k), res_shift=(0, nx.WIDE_LO_BITS)[k % 2])
-        elif op == DecoderVecOp.WIDE_LO:
+        elif op == VecOp.WIDE_LO:
             kw = dict(src_fmt=OutFormat(k), residual=bool(k % 2))
-        elif op == DecoderVecOp.ROTARY:
+        elif op == VecOp.ROTARY:
             kw = dict(src_fmt=(OutFormat.INT8, OutFormat.UINT8, OutFormat.INT16, OutFormat.INT16)[k],
                       dst_fmt=OutFormat(int(rng.integers(0, 4))))
         else:
@@ -545,8 +545,8 @@ def test_decoder_op_adversarial_rows(dec_engine):
     a row of 64 (the engine's longest here), int32 sums wrapping into WIDE_SPLIT's bytes."""
     rng = np.random.default_rng(21)
     img = Image(W, rng)
-    R32, SPLIT, SMW = DecoderVecOp.RESIDUAL32, DecoderVecOp.WIDE_SPLIT, DecoderVecOp.SOFTMAX_WIDE
-    SMD = DecoderVecOp.SOFTMAX_DITHER
+    R32, SPLIT, SMW = VecOp.RESIDUAL32, VecOp.WIDE_SPLIT, VecOp.SOFTMAX_WIDE
+    SMD = VecOp.SOFTMAX_DITHER
     cases = [make_decoder(R32, 3, 9, W, rng, kind="extremes", res_shift=s, img=img)
              for s in (0, 1, 15, 16)]
     cases += [
@@ -582,7 +582,7 @@ def test_rmsnorm_adversarial_rows(dec_engine):
     16, a row of 64."""
     rng = np.random.default_rng(28)
     img = Image(W, rng)
-    RMS = DecoderVecOp.RMSNORM
+    RMS = VecOp.RMSNORM
     g = (1 << 20) - 1
     cases = [make_decoder(RMS, 3, 9, W, rng, kind="extremes", dst_fmt=d, img=img,
                           gamma=np.array([g, -g] * 4 + [g]))
@@ -617,7 +617,7 @@ def test_silu_gate_adversarial_rows(dec_engine):
     (saturating), one-column rows, equal rows, a row of 64, back to back with RMSNORM."""
     rng = np.random.default_rng(32)
     img = Image(W, rng)
-    SILU = DecoderVecOp.SILU_GATE
+    SILU = VecOp.SILU_GATE
     cases = [make_decoder(SILU, 3, 9, W, rng, kind="extremes", res_kind="extremes", dst_fmt=d,
                           res_shift=s, img=img)
              for d in (OutFormat.INT8, OutFormat.INT16, OutFormat.INT32, OutFormat.UINT8)
@@ -626,7 +626,7 @@ def test_silu_gate_adversarial_rows(dec_engine):
         make_decoder(SILU, 5, 1, W, rng, kind="extremes", img=img),
         make_decoder(SILU, 2, 7, W, rng, kind="equal", dst_fmt=OutFormat.INT16, img=img),
         make_decoder(SILU, 1, 64, W, rng, dst_fmt=OutFormat.INT8, img=img),
-        make_decoder(DecoderVecOp.RMSNORM, 3, 10, W, rng, residual=True, kind="extremes",
+        make_decoder(VecOp.RMSNORM, 3, 10, W, rng, residual=True, kind="extremes",
                      img=img),
     ]
     instrs = [ins for ins, _ in cases]
@@ -648,13 +648,13 @@ def test_wide_lo_adversarial_rows(dec_engine):
     residual pre-add at shift 16, a row of 64, back to back with RESIDUAL32."""
     rng = np.random.default_rng(34)
     img = Image(W, rng)
-    WLO = DecoderVecOp.WIDE_LO
+    WLO = VecOp.WIDE_LO
     cases = [make_decoder(WLO, 3 * W + 1, 9, W, rng, kind="extremes", img=img),
              make_decoder(WLO, 5, 1, W, rng, kind="extremes", img=img),
              make_decoder(WLO, 3, 10, W, rng, residual=True, kind="extremes", res_shift=16,
                           img=img),
              make_decoder(WLO, 2, 64, W, rng, img=img),
-             make_decoder(DecoderVecOp.RESIDUAL32, 2, 7, W, rng, img=img),
+             make_decoder(VecOp.RESIDUAL32, 2, 7, W, rng, img=img),
              make_decoder(WLO, W, 3, W, rng, kind="equal", img=img)]
     instrs = [ins for ins, _ in cases]
     # Every exponent 0..9 and 255 on rows of the extremes.
@@ -676,14 +676,14 @@ def test_rotary_adversarial_rows(dec_engine):
     engine's rows; 64), back to back with WIDE_LO."""
     rng = np.random.default_rng(36)
     img = Image(W, rng)
-    ROT = DecoderVecOp.ROTARY
+    ROT = VecOp.ROTARY
     cases = [make_decoder(ROT, int(rng.integers(1, 4)), cols, W, rng, img=img)
              for cols in (2, 6, 2 * LANES, 2 * LANES + 2, 64)]
     cases += [make_decoder(ROT, 3, 10, W, rng, kind="extremes", src_fmt=OutFormat.INT16,
                            dst_fmt=d, img=img)
               for d in (OutFormat.INT8, OutFormat.INT16, OutFormat.INT32)]
     cases += [make_decoder(ROT, 2 * W + 1, 4, W, rng, kind="extremes", img=img),
-              make_decoder(DecoderVecOp.WIDE_LO, 3, 9, W, rng, img=img),
+              make_decoder(VecOp.WIDE_LO, 3, 9, W, rng, img=img),
               make_decoder(ROT, 1, 2, W, rng, kind="equal", img=img)]
     check_one_image(dec_engine, [ins for ins, _ in cases], img.mem, seed=37, stall=0.1)
 
@@ -697,9 +697,9 @@ def test_decoder_build_runs_the_encoder_ops(dec_engine):
     for ins, mem in cases:
         check_one_image(dec_engine, [ins], mem, seed=24, stall=0.2)
     # WIDE_SPLIT of a RESIDUAL32's result, then REQUANT_ROWS of the high plane.
-    ins1, mem = make_decoder(DecoderVecOp.RESIDUAL32, 4, 12, W, rng, dst_fmt=OutFormat.INT16)
+    ins1, mem = make_decoder(VecOp.RESIDUAL32, 4, 12, W, rng, dst_fmt=OutFormat.INT16)
     f = dict(ins1.fields)
-    ins2 = isa.vector(op=DecoderVecOp.WIDE_SPLIT, rows=4, cols=12, src_addr=f["dst_addr"],
+    ins2 = isa.vector(op=VecOp.WIDE_SPLIT, rows=4, cols=12, src_addr=f["dst_addr"],
                       src_stride=f["dst_stride"], src_fmt=OutFormat.INT16,
                       dst_fmt=OutFormat.INT8, dst_addr=f["src_addr"], dst_stride=f["src_stride"] // 2)
     ins3 = isa.vector(op=VecOp.RESIDUAL, rows=4, cols=12, src_addr=ins2.dst_addr,
@@ -720,40 +720,40 @@ def test_decoder_op_bad_instructions(dec_engine):
     and the decoder ops the RTL does not implement: the same code, memory untouched."""
     rng = np.random.default_rng(26)
     img = Image(W, rng)
-    r32, mem = make_decoder(DecoderVecOp.RESIDUAL32, 3, 6, W, rng, img=img)
+    r32, mem = make_decoder(VecOp.RESIDUAL32, 3, 6, W, rng, img=img)
     f = dict(r32.fields)
-    bad = [dict(op=op) for op in DecoderVecOp if op not in isa.RTL_DECODER_OPS] + [
+    bad = [dict(op=op) for op in sorted(isa.DECODER_OPS) if op not in isa.RTL_DECODER_OPS] + [
         dict(op=7),
         dict(res_stride=16), dict(res_addr=f["res_addr"] + 4), dict(res_shift=17),
         dict(add_residual=1), dict(rows=0), dict(cols=0),
-        dict(op=DecoderVecOp.WIDE_SPLIT),                               # src INT32
-        dict(op=DecoderVecOp.WIDE_SPLIT, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.UINT8),
-        dict(op=DecoderVecOp.WIDE_SPLIT, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
+        dict(op=VecOp.WIDE_SPLIT),                               # src INT32
+        dict(op=VecOp.WIDE_SPLIT, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.UINT8),
+        dict(op=VecOp.WIDE_SPLIT, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
              rows=1, dst_stride=0),                                     # two rows written
-        dict(op=DecoderVecOp.WIDE_SPLIT, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
+        dict(op=VecOp.WIDE_SPLIT, src_fmt=OutFormat.INT16, dst_fmt=OutFormat.INT8,
              add_residual=1, res_shift=20),
-        dict(op=DecoderVecOp.SOFTMAX_WIDE, cols=isa.SOFTMAX_WIDE_MAX_COLS + 1),
-        dict(op=DecoderVecOp.SOFTMAX_WIDE, shift=48, mult=100, e_addr=f["dst_addr"]),
-        dict(op=DecoderVecOp.SOFTMAX_WIDE, e_addr=f["dst_addr"] + 1),
-        dict(op=DecoderVecOp.SOFTMAX_DITHER, shift=48, mult=100, e_addr=f["dst_addr"]),
-        dict(op=DecoderVecOp.SOFTMAX_DITHER, e_addr=f["dst_addr"] + 1),
-        dict(op=DecoderVecOp.SOFTMAX_DITHER, cols=isa.VEC_MAX_COLS + 1),
+        dict(op=VecOp.SOFTMAX_WIDE, cols=isa.SOFTMAX_WIDE_MAX_COLS + 1),
+        dict(op=VecOp.SOFTMAX_WIDE, shift=48, mult=100, e_addr=f["dst_addr"]),
+        dict(op=VecOp.SOFTMAX_WIDE, e_addr=f["dst_addr"] + 1),
+        dict(op=VecOp.SOFTMAX_DITHER, shift=48, mult=100, e_addr=f["dst_addr"]),
+        dict(op=VecOp.SOFTMAX_DITHER, e_addr=f["dst_addr"] + 1),
+        dict(op=VecOp.SOFTMAX_DITHER, cols=isa.VEC_MAX_COLS + 1),
     ]
-    silu, _ = make_decoder(DecoderVecOp.SILU_GATE, 3, 6, W, rng, img=img)
+    silu, _ = make_decoder(VecOp.SILU_GATE, 3, 6, W, rng, img=img)
     g = dict(silu.fields)
     bad += [dict(g, src_fmt=OutFormat.INT32),                           # BAD_MODE
             dict(g, add_residual=1),                                    # BAD_MODE
             dict(g, res_shift=4), dict(g, res_shift=16),                # BAD_PARAM
             dict(g, e_addr=g["e_addr"] + 1),                            # BAD_ALIGN
             dict(g, cols=isa.VEC_MAX_COLS + 1)]                         # BAD_SHAPE
-    wlo, _ = make_decoder(DecoderVecOp.WIDE_LO, 3, 6, W, rng, img=img)
+    wlo, _ = make_decoder(VecOp.WIDE_LO, 3, 6, W, rng, img=img)
     h = dict(wlo.fields)
     bad += [dict(h, dst_fmt=OutFormat.INT16),                           # BAD_MODE
             dict(h, e_addr=h["e_addr"] + 1),                            # BAD_ALIGN
             dict(h, rows=isa.WIDE_LO_MAX_ROWS + 1, src_stride=64, dst_stride=64),  # BAD_SHAPE
             dict(h, add_residual=1, res_addr=h["src_addr"], res_stride=h["src_stride"],
                  res_shift=17)]                                         # BAD_PARAM
-    rot, _ = make_decoder(DecoderVecOp.ROTARY, 3, 6, W, rng, img=img)
+    rot, _ = make_decoder(VecOp.ROTARY, 3, 6, W, rng, img=img)
     t = dict(rot.fields)
     bad += [dict(t, cols=5),                                            # BAD_SHAPE (odd)
             dict(t, cols=isa.ROTARY_MAX_COLS + 2, src_stride=1024, dst_stride=1024,
@@ -780,13 +780,13 @@ def test_rmsnorm_rows_of_1536():
     engine = VectorEngine(4, 8, decoder_ops=True)
     rng = np.random.default_rng(31)
     img = Image(8, rng, size=1 << 17)
-    ins, _ = make_decoder(DecoderVecOp.RMSNORM, 2, nx.RMS_MAX_COLS, 8, rng, img=img,
+    ins, _ = make_decoder(VecOp.RMSNORM, 2, nx.RMS_MAX_COLS, 8, rng, img=img,
                           dst_fmt=OutFormat.INT16, eps=1 << 30)
     f = dict(ins.fields)
     x = np.ndarray((2, nx.RMS_MAX_COLS), dtype="<i4", buffer=img.mem, offset=f["src_addr"],
                    strides=(f["src_stride"], 4))
     x[1] = nx.INT32.lo
-    small, _ = make_decoder(DecoderVecOp.RMSNORM, 3, 576, 8, rng, img=img, residual=True)
+    small, _ = make_decoder(VecOp.RMSNORM, 3, 576, 8, rng, img=img, residual=True)
     check_one_image(engine, [ins, small], img.mem)
 
 
@@ -798,7 +798,7 @@ def test_rmsnorm_bad_instructions(dec_engine):
     rng = np.random.default_rng(30)
     img = Image(W, rng)
     cols = 6
-    rms, _ = make_decoder(DecoderVecOp.RMSNORM, 2, cols, W, rng, img=img, eps=5)
+    rms, _ = make_decoder(VecOp.RMSNORM, 2, cols, W, rng, img=img, eps=5)
     f = dict(rms.fields)
     ones = np.ones(cols, dtype=np.int64)
 
@@ -832,8 +832,8 @@ def test_decoder_ops_refused_without_the_flag(engine):
     writing nothing."""
     assert not engine.decoder_ops and not Sizing().decoder_ops
     rng = np.random.default_rng(27)
-    ins, mem = make_decoder(DecoderVecOp.RESIDUAL32, 2, 5, W, rng)
-    instrs = [isa.vector(**{**ins.fields, "op": op}) for op in DecoderVecOp
+    ins, mem = make_decoder(VecOp.RESIDUAL32, 2, 5, W, rng)
+    instrs = [isa.vector(**{**ins.fields, "op": op}) for op in sorted(isa.DECODER_OPS)
               if op not in isa.RTL_ALWAYS_OPS]
     check_one_image(engine, instrs, mem, [ErrorCode.BAD_MODE] * len(instrs))
 
@@ -845,13 +845,13 @@ def test_decoder_ops_other_ports(lanes, port_bytes):
     engine = VectorEngine(lanes, port_bytes, max_cols=48, decoder_ops=True)
     rng = np.random.default_rng(lanes * 100 + port_bytes + 1)
     img = Image(port_bytes, rng)
-    instrs = [make_decoder(DecoderVecOp.RESIDUAL32, 2, int(rng.integers(1, 40)), port_bytes, rng,
+    instrs = [make_decoder(VecOp.RESIDUAL32, 2, int(rng.integers(1, 40)), port_bytes, rng,
                            src_fmt=OutFormat(int(rng.integers(0, 4))),
                            dst_fmt=OutFormat(int(rng.integers(0, 4))), img=img)[0],
-              make_decoder(DecoderVecOp.WIDE_SPLIT, 3, int(rng.integers(1, 40)), port_bytes, rng,
+              make_decoder(VecOp.WIDE_SPLIT, 3, int(rng.integers(1, 40)), port_bytes, rng,
                            residual=True, img=img)[0],
-              make_decoder(DecoderVecOp.SOFTMAX_WIDE, 3, int(rng.integers(1, 40)), port_bytes,
+              make_decoder(VecOp.SOFTMAX_WIDE, 3, int(rng.integers(1, 40)), port_bytes,
                            rng, src_fmt=OutFormat(int(rng.integers(0, 4))), causal=1, img=img)[0],
-              make_decoder(DecoderVecOp.SOFTMAX_DITHER, 2, int(rng.integers(1, 40)), port_bytes,
+              make_decoder(VecOp.SOFTMAX_DITHER, 2, int(rng.integers(1, 40)), port_bytes,
                            rng, kind="dominant", img=img)[0]]
     check_one_image(engine, instrs, img.mem, seed=port_bytes, stall=0.2)

@@ -55,9 +55,9 @@ def test_dithered_softmax_on_the_isa_backend(minilm, int_model, round_model, mon
     e = golden.embed_int32(minilm, int_model, ids)
     ops = lambda c: {i.fields["op"] for i in c.program.instructions if i.opcode == Opcode.VECTOR}
     plain = compile_model(round_model, len(ids))
-    assert isa.DecoderVecOp.SOFTMAX_DITHER not in ops(plain) and isa.VecOp.SOFTMAX in ops(plain)
+    assert isa.VecOp.SOFTMAX_DITHER not in ops(plain) and isa.VecOp.SOFTMAX in ops(plain)
     compiled = compile_model(int_model, len(ids))
-    assert isa.DecoderVecOp.SOFTMAX_DITHER in ops(compiled) and isa.VecOp.SOFTMAX not in ops(compiled)
+    assert isa.VecOp.SOFTMAX_DITHER in ops(compiled) and isa.VecOp.SOFTMAX not in ops(compiled)
     want = golden.forward(int_model, e)
     assert np.array_equal(_run_isa(compiled, int_model, e).hidden, want)
     want_plain = golden.forward(round_model, e)

@@ -1,4 +1,4 @@
-"""The decoder on the isa backend: the decoder's vector operations (hdl/isa.py, DecoderVecOp)
+"""The decoder on the isa backend: the decoder's vector operations (hdl/isa.py, isa.DECODER_OPS)
 against the numerics on random rows, their refusals, and one compiled decoder block's prefill
 (sw/decoder_compiler.py) bit for bit the golden model's."""
 
@@ -9,7 +9,7 @@ import pytest
 from test_isa_sim import Rig, _expect, _vec, _vec_records
 
 from celosia.hdl import isa
-from celosia.hdl.isa import DecoderVecOp, ErrorCode
+from celosia.hdl.isa import ErrorCode, VecOp
 from celosia.hdl.params import OUT_RANGE, OutFormat
 from celosia.sw import numerics as nx
 
@@ -28,7 +28,7 @@ def _case(op, seed):
     r = _rig()
     rows, cols = int(rng.integers(1, 9)), 2 * int(rng.integers(1, 20))
     kw, want_e = {}, None
-    if op == DecoderVecOp.RMSNORM:
+    if op == VecOp.RMSNORM:
         x = rng.integers(-2**31, 2**31 - 1, (rows, cols)) >> int(rng.integers(0, 24))
         gamma = rng.integers(-2**19, 2**19, cols)
         eps = np.zeros(cols, dtype=np.int64)
@@ -37,7 +37,7 @@ def _case(op, seed):
         src, dst_fmt = r.tensor(x, I32), I16
         kw.update(shift=shift, p_addr=r.raw(_vec_records(gamma, 0, eps)))
         want = nx.rmsnorm(x, gamma, shift, nx.INT16, eps=int(eps[0]))
-    elif op == DecoderVecOp.SILU_GATE:
+    elif op == VecOp.SILU_GATE:
         wide = seed % 2 == 1
         gate = rng.integers(-2**15, 2**15 - 1, (rows, cols))
         lo, hi = (-2**15, 2**15 - 1) if wide else (-128, 127)
@@ -50,7 +50,7 @@ def _case(op, seed):
                   p_addr=r.raw(_vec_records(mult, shift, np.zeros(cols))),
                   e_addr=r.raw(bytes(rows + 3)))
         want, want_e = nx.gated_silu(gate, up, nx.Dyadic(mult, shift), OUT_RANGE[dst_fmt], wide)
-    elif op == DecoderVecOp.ROTARY:
+    elif op == VecOp.ROTARY:
         src_fmt = I16 if seed % 2 else I8
         x = rng.integers(OUT_RANGE[src_fmt].lo, OUT_RANGE[src_fmt].hi, (rows, cols), endpoint=True)
         cos, sin = nx.rope_tables(10000.0, cols, 64)
@@ -59,8 +59,8 @@ def _case(op, seed):
         dst_fmt = src_fmt
         kw.update(res_addr=trig.addr, res_stride=trig.stride)
         want = nx.rotary(x, pos, (cos, sin), OUT_RANGE[dst_fmt])
-    elif op in (DecoderVecOp.SOFTMAX_WIDE, DecoderVecOp.SOFTMAX_DITHER):
-        wide = op == DecoderVecOp.SOFTMAX_WIDE
+    elif op in (VecOp.SOFTMAX_WIDE, VecOp.SOFTMAX_DITHER):
+        wide = op == VecOp.SOFTMAX_WIDE
         x = rng.integers(-2**31, 2**31 - 1, (rows, cols)) >> int(rng.integers(8, 24))
         scale = nx.Dyadic(int(rng.integers(1, 2**15)), int(rng.integers(10, 30)))
         causal = seed % 2 == 1
@@ -69,11 +69,11 @@ def _case(op, seed):
                   causal_offset=seed, e_addr=r.raw(bytes(rows + 3)))
         want, want_e = nx.softmax(x, scale, seed if causal else None,
                                   nx.INT16.hi if wide else nx.PROB_MAX, dither=not wide)
-    elif op == DecoderVecOp.WIDE_SPLIT:
+    elif op == VecOp.WIDE_SPLIT:
         x = rng.integers(-2**15, 2**15 - 1, (rows, cols))
         src, dst_fmt = r.tensor(x, I16), I8
         want = np.concatenate([x >> 8, (x & 255) - 256 * ((x & 255) > 127)])
-    elif op == DecoderVecOp.WIDE_LO:
+    elif op == VecOp.WIDE_LO:
         x = rng.integers(-2**31, 2**31 - 1, (rows, cols))
         e = rng.integers(0, nx.ROW_EXP_MAX + 1, rows)
         src, dst_fmt = r.tensor(x, I32), I32
@@ -86,13 +86,13 @@ def _case(op, seed):
         dst_fmt = I32
         kw.update(res_addr=res.addr, res_stride=res.stride, res_shift=seed * 2)
         want = nx.saturate(nx.residual_add(x, y, seed * 2), nx.INT32)
-    out_rows = 2 * rows if op == DecoderVecOp.WIDE_SPLIT else rows
+    out_rows = 2 * rows if op == VecOp.WIDE_SPLIT else rows
     dst = r.empty(out_rows, cols, dst_fmt)
     ins = _vec(op, src, dst, **kw)
     return r, ins, want, want_e, dst, kw
 
 
-@pytest.mark.parametrize("op", list(DecoderVecOp))
+@pytest.mark.parametrize("op", sorted(isa.DECODER_OPS))
 @pytest.mark.parametrize("seed", range(3))
 def test_decoder_vector_ops_match_numerics(op, seed):
     r, ins, want, want_e, dst, kw = _case(op, seed)
@@ -105,11 +105,11 @@ def test_decoder_vector_ops_match_numerics(op, seed):
         assert got[:rows].tolist() == want_e.tolist() and not got[rows:].any()
 
 
-@pytest.mark.parametrize("op", [op for op in DecoderVecOp if op not in isa.RTL_ALWAYS_OPS])
+@pytest.mark.parametrize("op", sorted(isa.DECODER_OPS - isa.RTL_ALWAYS_OPS))
 def test_a_build_without_decoder_ops_stops_with_bad_mode_as_the_rtl(op):
-    """The RTL's controller and vector engine stop on op > max(VecOp) with BAD_MODE but for
-    isa.RTL_ALWAYS_OPS; the isa simulator models that build by default."""
-    assert int(op) > max(isa.VecOp) and isa.vec_op_name(op) == op.name
+    """The RTL's controller and vector engine stop on an op outside isa.UNIT_OPS with BAD_MODE
+    but for isa.RTL_ALWAYS_OPS; the isa simulator models that build by default."""
+    assert op not in isa.UNIT_OPS and isa.vec_op_name(op) == op.name
     r, ins, *_ = _case(op, 0)
     r.m.decoder_ops = False
     _expect(r, ins, ErrorCode.BAD_MODE)
@@ -127,25 +127,25 @@ def test_a_build_without_decoder_ops_runs_the_always_ops(op):
 
 
 def test_decoder_op_refusals():
-    r, ins, *_ = _case(DecoderVecOp.SILU_GATE, 0)
+    r, ins, *_ = _case(VecOp.SILU_GATE, 0)
     _expect(r, isa.vector(**{**ins.fields, "res_shift": 3}), ErrorCode.BAD_PARAM)
     _expect(r, isa.vector(**{**ins.fields, "src_fmt": int(I8)}), ErrorCode.BAD_MODE)
     _expect(r, isa.vector(**{**ins.fields, "add_residual": 1}), ErrorCode.BAD_MODE)
-    r, ins, *_ = _case(DecoderVecOp.ROTARY, 0)
+    r, ins, *_ = _case(VecOp.ROTARY, 0)
     _expect(r, isa.vector(**{**ins.fields, "cols": ins.fields["cols"] - 1}), ErrorCode.BAD_SHAPE)
-    r, ins, *_ = _case(DecoderVecOp.WIDE_SPLIT, 0)
+    r, ins, *_ = _case(VecOp.WIDE_SPLIT, 0)
     _expect(r, isa.vector(**{**ins.fields, "dst_fmt": int(I16)}), ErrorCode.BAD_MODE)
     _expect(r, isa.vector(**{**ins.fields, "dst_stride": 8}), ErrorCode.BAD_SHAPE)
-    r, ins, *_ = _case(DecoderVecOp.RMSNORM, 0)
+    r, ins, *_ = _case(VecOp.RMSNORM, 0)
     _expect(r, isa.vector(**{**ins.fields, "shift": 48}), ErrorCode.BAD_PARAM)
     # RMSNorm's rows stop at numerics.RMS_MAX_COLS, below the other rows' VEC_MAX_COLS.
     assert nx.RMS_MAX_COLS < isa.VEC_MAX_COLS
     _expect(r, isa.vector(**{**ins.fields, "rows": 1, "cols": nx.RMS_MAX_COLS + 1}),
             ErrorCode.BAD_SHAPE)
-    r, ins, *_ = _case(DecoderVecOp.WIDE_LO, 0)
+    r, ins, *_ = _case(VecOp.WIDE_LO, 0)
     _expect(r, isa.vector(**{**ins.fields, "e_addr": ins.fields["e_addr"] + 1}),
             ErrorCode.BAD_ALIGN)
-    r, ins, *_ = _case(DecoderVecOp.RESIDUAL32, 0)
+    r, ins, *_ = _case(VecOp.RESIDUAL32, 0)
     _expect(r, isa.vector(**{**ins.fields, "res_addr": 0x1000 + 0x10000}), ErrorCode.BAD_ADDRESS)
     assert isa.vec_op_name(7) == "7" and isa.vec_op_name(15) == "SOFTMAX_DITHER"
 
@@ -274,7 +274,7 @@ def test_a_wide_product_of_more_rows_than_one_wide_lo():
     b.image += bytes(-len(b.image) % isa.INSTR_BYTES)
     prog = b.raw(b"".join(ins.encode() for ins in b.code))
     b.image += bytes(-len(b.image) % isa.WINDOW_ALIGN)
-    assert sum(ins.opcode == isa.Opcode.VECTOR and ins.fields["op"] == DecoderVecOp.WIDE_LO
+    assert sum(ins.opcode == isa.Opcode.VECTOR and ins.fields["op"] == VecOp.WIDE_LO
                for ins in b.code) == 2
     m = IsaMachine(b.config, len(b.image), decoder_ops=True)
     m.mem[:] = np.frombuffer(bytes(b.image), dtype=np.uint8)

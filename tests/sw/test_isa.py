@@ -31,12 +31,17 @@ def test_matmul_body_is_the_engine_command():
     assert names == {name for name, _ in params.command_layout()}
 
 
-def test_vector_ops_are_the_vector_units():
-    """One enum: the unit's command field is the ISA's operation, and it fits the field."""
+def test_one_enum_of_vector_operations():
+    """One enum of the ISA's vector operations; the unit's 3-bit command enum is made from its
+    members below 8, by name and value; both fit their fields."""
     from celosia.hdl.vector import VectorOp, command_layout
-    assert VectorOp is VecOp
-    assert command_layout["op"].shape is VecOp
-    assert max(VecOp).bit_length() <= Shape.cast(VecOp).width
+    assert command_layout["op"].shape is VectorOp
+    assert {(op.name, op.value) for op in VectorOp} == {(op.name, op.value)
+                                                        for op in isa.UNIT_OPS}
+    assert isa.UNIT_OPS | isa.DECODER_OPS == set(VecOp) and not isa.UNIT_OPS & isa.DECODER_OPS
+    assert max(VecOp).bit_length() <= Shape.cast(VecOp).width == isa.vector_layout()["op"].shape.width
+    assert max(VectorOp).bit_length() <= Shape.cast(VectorOp).width == 3
+    assert isa.RTL_DECODER_OPS <= isa.DECODER_OPS and isa.RTL_ALWAYS_OPS <= isa.RTL_DECODER_OPS
 
 
 @pytest.mark.parametrize("opcode", list(Opcode))
