@@ -241,7 +241,7 @@ def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray, array: int = 
     k_cache = b.tensor("k cache", keys, kv, _I8, kv_rows["k"])
     v_cache = b.tensor("v cache", keys, kv, _I8, kv_rows["v"])
     xin = b.tensor("x", tokens, hidden, _I32, x)
-    y = _emit_block(b, im, i, xin, start, W, trig, k_cache, v_cache)
+    y = _emit_block(b, im, i, xin, [_Seq(0, tokens, start, k_cache, v_cache)], W, trig)
     b.code.append(isa.halt())
     b.image += bytes(-len(b.image) % INSTR_BYTES)      # instructions are INSTR_BYTES-aligned
     prog = b.raw(b"".join(ins.encode() for ins in b.code))
@@ -300,18 +300,31 @@ def run_decoder_block(program: DecoderBlockProgram, backend=None, max_cycles: in
                "instr_bytes": INSTR_BYTES * len(program.instructions), **caches}
 
 
-def _emit_block(b: "_Builder", im: IntegerModel, i: int, xin: Tensor, start: int, W: dict,
-                trig: Tensor, k_cache: Tensor, v_cache: Tensor) -> Tensor:
-    """The instructions of layer ``i`` on the stream ``xin`` (tokens at positions
-    start..start+tokens-1): ``W`` the layer's weight tensors, ``trig`` the positions' cos | sin
-    rows, ``k_cache``/``v_cache`` the cache's first start + tokens rows (the new ones are
-    written). Returns the output stream's tensor; ends with the vector unit busy."""
+@dataclass
+class _Seq:
+    """One sequence of a block's stream: its ``tokens`` rows from ``row0``, at positions
+    start..start+tokens-1, and its cache's first start + tokens rows (the new ones are
+    written)."""
+    row0: int
+    tokens: int
+    start: int
+    k_cache: Tensor
+    v_cache: Tensor
+
+
+def _emit_block(b: "_Builder", im: IntegerModel, i: int, xin: Tensor, seqs: list, W: dict,
+                trig: Tensor) -> Tensor:
+    """The instructions of layer ``i`` on the stream ``xin``: the rows of the sequences
+    ``seqs`` (:class:`_Seq`, their rows in order), ``W`` the layer's weight tensors, ``trig``
+    the rows' cos | sin. Everything but attention runs on all rows at once; attention runs a
+    sequence at a time against its own cache. Returns the output stream's tensor; ends with
+    the vector unit busy."""
     a = im.arch
     p = f"L{i}"
     tokens, hidden = xin.rows, xin.cols
     heads, kv_heads, dh, ffn = a.heads, a.kv_heads, a.head_dim, a.ffn
     kv = kv_heads * dh
-    keys = start + tokens
+    batch = len(seqs) > 1
 
     # --- attention -------------------------------------------------------------------------
     h = b.rmsnorm(im, f"{p}.attn_norm", xin)
@@ -323,19 +336,27 @@ def _emit_block(b: "_Builder", im: IntegerModel, i: int, xin: Tensor, start: int
     q_fmt = _I16 if _wide(im, "q") else _I8
     k_fmt = _I16 if _wide(im, "k") else _I8
     rq = im.dyadic(f"{p}.qkv.rq")
-    parts = {"v": b.rows(v_cache, start, tokens)}           # v goes into the cache in place
+    parts = {}
     for name, c0, n, fmt in (("q", 0, hidden, q_fmt), ("k", hidden, kv, k_fmt),
                              ("v", hidden + kv, kv, _I8)):
-        if name not in parts:
+        d = _select(rq, slice(c0, c0 + n))
+        if name != "v":
             parts[name] = b.tensor(name, tokens, n, fmt)
-        b.requant(b.cols(acc, c0, n), parts[name], _select(rq, slice(c0, c0 + n)))
+            b.requant(b.cols(acc, c0, n), parts[name], d)
+            continue
+        for sq in seqs:                                      # v goes into each cache in place
+            b.requant(b.rows(b.cols(acc, c0, n), sq.row0, sq.tokens),
+                      b.rows(sq.v_cache, sq.start, sq.tokens), d)
     b.sync(Unit.VECTOR)
-    rot = {"q": b.tensor("q.rot", tokens, hidden, q_fmt),
-           "k": b.rows(k_cache, start, tokens)}              # k after rotary: in place too
-    for name, count in (("q", heads), ("k", kv_heads)):
-        for g in range(count):
-            b.vector(VecOp.ROTARY, b.cols(parts[name], g * dh, dh),
-                     b.cols(rot[name], g * dh, dh), res=trig)
+    rot_q = b.tensor("q.rot", tokens, hidden, q_fmt)
+    for g in range(heads):
+        b.vector(VecOp.ROTARY, b.cols(parts["q"], g * dh, dh), b.cols(rot_q, g * dh, dh),
+                 res=trig)
+    for g in range(kv_heads):                                # k after rotary: in place too
+        for sq in seqs:
+            b.vector(VecOp.ROTARY, b.cols(b.rows(parts["k"], sq.row0, sq.tokens), g * dh, dh),
+                     b.cols(b.rows(sq.k_cache, sq.start, sq.tokens), g * dh, dh),
+                     res=b.rows(trig, sq.row0, sq.tokens))
     b.sync(Unit.VECTOR)
     sm = im.dyadic(f"{p}.softmax")
     sm_m = np.broadcast_to(sm.multiplier, (heads,))
@@ -344,20 +365,26 @@ def _emit_block(b: "_Builder", im: IntegerModel, i: int, xin: Tensor, start: int
     ctx = b.tensor("ctx", tokens, hidden, ctx_fmt)
     ctx_rq = im.dyadic(f"{p}.ctx.rq")
     wide_probs = _wide(im, "probs")
-    for hd in range(heads):
-        g = nx.kv_head(hd, heads, kv_heads)
-        qh, kg = b.cols(rot["q"], hd * dh, dh), b.cols(k_cache, g * dh, dh)
-        vg = b.cols(v_cache, g * dh, dh)
-        scores = b.product(f"scores{hd}", qh, kg, None, _wide(im, "q"), transposed=True)
-        b.sync(Unit.MATMUL)
-        probs = b.tensor(f"probs{hd}", tokens, keys, _I16 if wide_probs else _U8)
-        pe = b.raw(bytes(tokens))
-        b.vector(VecOp.SOFTMAX_WIDE if wide_probs else VecOp.SOFTMAX, scores, probs,
-                 e_addr=pe, mult=int(sm_m[hd]), shift=int(sm_s[hd]), causal=1, causal_offset=start)
-        b.sync(Unit.VECTOR)
-        pv = b.product(f"pv{hd}", probs, vg, pe, wide_probs)
-        b.sync(Unit.MATMUL)
-        b.requant(pv, b.cols(ctx, hd * dh, dh), _select(ctx_rq, slice(hd * dh, (hd + 1) * dh)))
+    for n_sq, sq in enumerate(seqs):
+        keys, tag = sq.start + sq.tokens, f"s{n_sq}." if batch else ""
+        q_rows, ctx_rows = (b.rows(t, sq.row0, sq.tokens) for t in (rot_q, ctx))
+        for hd in range(heads):
+            g = nx.kv_head(hd, heads, kv_heads)
+            qh, kg = b.cols(q_rows, hd * dh, dh), b.cols(sq.k_cache, g * dh, dh)
+            vg = b.cols(sq.v_cache, g * dh, dh)
+            scores = b.product(f"{tag}scores{hd}", qh, kg, None, _wide(im, "q"),
+                               transposed=True)
+            b.sync(Unit.MATMUL)
+            probs = b.tensor(f"{tag}probs{hd}", sq.tokens, keys, _I16 if wide_probs else _U8)
+            pe = b.raw(bytes(sq.tokens))
+            b.vector(VecOp.SOFTMAX_WIDE if wide_probs else VecOp.SOFTMAX, scores, probs,
+                     e_addr=pe, mult=int(sm_m[hd]), shift=int(sm_s[hd]), causal=1,
+                     causal_offset=sq.start)
+            b.sync(Unit.VECTOR)
+            pv = b.product(f"{tag}pv{hd}", probs, vg, pe, wide_probs)
+            b.sync(Unit.MATMUL)
+            b.requant(pv, b.cols(ctx_rows, hd * dh, dh),
+                      _select(ctx_rq, slice(hd * dh, (hd + 1) * dh)))
     b.sync(Unit.VECTOR)
     o = b.product("attn_out", ctx, W["attn_out"], None, _wide(im, "ctx"))
     b.sync(Unit.MATMUL)
@@ -426,12 +453,15 @@ class DecoderSession:
     empty on other backends)."""
 
     def __init__(self, im: IntegerModel, array: int = 16, context: int = 512,
-                 backend: str = "isa"):
+                 backend: str = "isa", sequences: int = 1):
         from .driver import Accelerator
         from .isa_sim import IsaBackend
         a = im.arch
         a.require_decoder("the decoder compiler")
+        if not 1 <= sequences <= 64:
+            raise ValueError(f"DecoderSession: 1..64 sequences, got {sequences}")
         self.im, self.context = im, min(context, 512, a.max_tokens)
+        self.sequences = sequences
         T = im.tensors
         b = _Builder(MachineConfig(array))
         self.W = [{name: b.tensor(f"L{i}.{name}", *T[f"L{i}.{name}.weight"].shape, _I8,
@@ -441,11 +471,14 @@ class DecoderSession:
         self.head = b.tensor("lm_head", *head.shape, _I8, head)
         cos, sin = nx.rope_tables(a.block.attention.rope_theta, a.head_dim, a.max_tokens)
         n = self.context
-        self.trig = b.tensor("cos|sin", n, a.head_dim, _I16,
-                             np.concatenate([cos[:n], sin[:n]], axis=1))
+        self._trig_rows = np.concatenate([cos[:n], sin[:n]], axis=1)
+        self.trig = b.tensor("cos|sin", n, a.head_dim, _I16, self._trig_rows)
         kv = a.kv_heads * a.head_dim
-        self.k = [b.tensor(f"L{i} k cache", n, kv, _I8) for i in range(a.layers)]
-        self.v = [b.tensor(f"L{i} v cache", n, kv, _I8) for i in range(a.layers)]
+        # Each sequence's caches: self.k[s][i], self.v[s][i] (layer i).
+        self.k = [[b.tensor(f"s{s} L{i} k cache", n, kv, _I8) for i in range(a.layers)]
+                  for s in range(sequences)]
+        self.v = [[b.tensor(f"s{s} L{i} v cache", n, kv, _I8) for i in range(a.layers)]
+                  for s in range(sequences)]
         b.image += bytes(-len(b.image) % isa.WINDOW_ALIGN)
         self.b, self.scratch = b, len(b.image)
         if backend == "isa":
@@ -458,7 +491,8 @@ class DecoderSession:
             raise ValueError(f"DecoderSession: backend {backend!r} is not isa or verilator")
         self.accel = Accelerator(self.backend)
         self.backend.write_memory(0, bytes(b.image))
-        self.length = 0
+        #: Tokens cached, per sequence.
+        self.lengths = [0] * sequences
         self.cycles = 0
         self.programs = 0
         #: Unordered accesses the simulator saw in any program (a correct one has none).
@@ -508,32 +542,63 @@ class DecoderSession:
             self.hazards += be.machine.hazards      # the start cleared them
         return out.unpack(be.read_memory(out.addr, out.nbytes))
 
+    @property
+    def length(self) -> int:
+        """Tokens cached (of the first sequence)."""
+        return self.lengths[0]
+
     def logits(self, ids, last_only: bool = False, progress=None) -> np.ndarray:
         """int32 logits (tokens x vocab) of ``ids`` following the cached tokens, as
         golden.decoder_logits with a cache gives them; ``last_only``: the last token's row
         only (1 x vocab), the LM head run on that token alone (what generation needs);
-        ``progress(done, total)`` is called after each of the call's programs."""
-        total = self.im.arch.layers + 1
+        ``progress(done, total)`` is called after each of the call's programs. A session of
+        one sequence."""
+        if self.sequences != 1:
+            raise ValueError(f"DecoderSession.logits: a session of {self.sequences} sequences "
+                             f"takes logits_batch")
+        return self.logits_batch([ids], last_only, progress)[0]
+
+    def logits_batch(self, ids, last_only: bool = False, progress=None) -> list:
+        """:meth:`logits` of every sequence at once: ``ids[s]`` (one or more tokens) follow
+        sequence ``s``'s cached tokens; one program per layer runs all of them, their rows
+        stacked, so each weight is read once for the whole batch (attention runs a sequence
+        at a time against its own cache). Returns each sequence's logits, bit for bit those
+        of a session of that sequence alone."""
         from .golden import decoder_embed
         im, a = self.im, self.im.arch
-        ids = np.asarray(ids, dtype=np.int64)
-        tokens, start = len(ids), self.length
-        if tokens < 1 or start + tokens > self.context:
-            raise ValueError(f"{start + tokens} tokens exceed the isa decoder's context of "
-                             f"{self.context} (the softmax's longest row)")
-        x = decoder_embed(im, ids)
+        total = a.layers + 1
+        if len(ids) != self.sequences:
+            raise ValueError(f"DecoderSession: ids for {self.sequences} sequences, got "
+                             f"{len(ids)}")
+        ids = [np.asarray(t, dtype=np.int64).reshape(-1) for t in ids]
+        seq_rows, row0 = [], 0
+        for s, t in enumerate(ids):
+            start = self.lengths[s]
+            if len(t) < 1 or start + len(t) > self.context:
+                raise ValueError(f"{start + len(t)} tokens exceed the isa decoder's context of "
+                                 f"{self.context} (the softmax's longest row)")
+            seq_rows.append((row0, len(t), start))
+            row0 += len(t)
+        tokens = row0
+        x = decoder_embed(im, np.concatenate(ids))
+        one = self.sequences == 1
+        trig = None if one else np.concatenate(
+            [self._trig_rows[start:start + n] for _, n, start in seq_rows])
         for i in range(a.layers):
             def block(b, i=i, x=x):
                 xin = b.tensor("x", tokens, a.hidden, _I32, x)
-                return _emit_block(b, im, i, xin, start, self.W[i],
-                                   b.rows(self.trig, start, tokens),
-                                   b.rows(self.k[i], 0, start + tokens),
-                                   b.rows(self.v[i], 0, start + tokens))
+                seqs = [_Seq(r0, n, start, b.rows(self.k[s][i], 0, start + n),
+                             b.rows(self.v[s][i], 0, start + n))
+                        for s, (r0, n, start) in enumerate(seq_rows)]
+                rows = (b.rows(self.trig, seq_rows[0][2], tokens) if one
+                        else b.tensor("cos|sin", tokens, a.head_dim, _I16, trig))
+                return _emit_block(b, im, i, xin, seqs, self.W[i], rows)
             x = self._run(block)
             if progress is not None:
                 progress(i + 1, total)
 
-        rows = x[-1:] if last_only else x
+        last = [r0 + n - 1 for r0, n, _ in seq_rows]
+        rows = x[last] if last_only else x
 
         def head(b):
             xin = b.tensor("x", len(rows), a.hidden, _I32, rows)
@@ -549,8 +614,11 @@ class DecoderSession:
         logits = self._run(head)
         if progress is not None:
             progress(total, total)
-        self.length += tokens
-        return logits
+        for s, (_, n, _) in enumerate(seq_rows):
+            self.lengths[s] += n
+        if last_only:
+            return [logits[s:s + 1] for s in range(self.sequences)]
+        return [logits[r0:r0 + n] for r0, n, _ in seq_rows]
 
 
 def decode_roofline(im: IntegerModel, array: int = 16) -> dict:

@@ -251,6 +251,43 @@ def test_the_whole_decoder_on_isa_gives_the_golden_logits(int_decoder):
         session.logits(np.zeros(512, dtype=np.int64))
 
 
+@needs_llm
+def test_sequences_decoded_together_give_each_ones_golden_logits(int_decoder):
+    """DecoderSession(sequences=3) on a two-layer cut of the decoder: prompts of different
+    lengths in one prefill, then a decode step of all three (their rows stacked in each
+    layer's program, attention per sequence against its own cache): each sequence's logits
+    bit for bit golden.decoder_logits' with its own cache; the step's weights are read once."""
+    from celosia.sw import golden
+    from celosia.sw.decoder_compiler import DecoderSession
+    from celosia.sw.quantize import IntegerModel
+    im = IntegerModel(int_decoder.tensors, {**int_decoder.meta,
+                                            "arch": {**int_decoder.meta["arch"], "layers": 2}})
+    rng = np.random.default_rng(7)
+    prompts = [rng.integers(0, 49152, n) for n in (5, 2, 9)]
+    caches = [golden.DecoderCache() for _ in prompts]
+    session = DecoderSession(im, array=8, sequences=3)
+    got = session.logits_batch(prompts)
+    for g, ids, cache in zip(got, prompts, caches):
+        assert np.array_equal(g, golden.decoder_logits(im, ids, cache))
+    nxt = [[int(np.argmax(g[-1]))] for g in got]
+    cycles = session.cycles
+    got = session.logits_batch(nxt, last_only=True)
+    for g, ids, cache in zip(got, nxt, caches):
+        assert g.shape == (1, 49152)
+        assert np.array_equal(g, golden.decoder_logits(im, ids, cache)[-1:])
+    assert session.lengths == [6, 3, 10] and session.hazards == []
+    step = session.cycles - cycles
+    alone = DecoderSession(im, array=8)
+    alone.logits(prompts[0])
+    before = alone.cycles
+    assert np.array_equal(alone.logits(nxt[0], last_only=True), got[0])
+    assert step < 2 * (alone.cycles - before)       # three tokens for well under two steps
+    with pytest.raises(ValueError, match="takes logits_batch"):
+        session.logits(nxt[0])
+    with pytest.raises(ValueError, match="ids for 3 sequences"):
+        session.logits_batch(nxt[:2])
+
+
 def test_a_wide_product_of_more_rows_than_one_wide_lo():
     """numerics.matmul_wide over more rows than one WIDE_LO takes (isa.WIDE_LO_MAX_ROWS): the
     compiler splits the low pass's rescale by rows, and the isa simulator gives matmul_wide's
