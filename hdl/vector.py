@@ -60,9 +60,10 @@ VectorOp = _unit_ops()
 COLS_BITS = VEC_MAX_COLS.bit_length()
 #: Rows in one command.
 ROWS_BITS = 16
-#: Per-column LayerNorm gamma is below 2**20 in magnitude (numerics.layernorm), beta below 2**40.
-GAMMA_BITS = 21
-BETA_BITS = 41
+#: Per-column LayerNorm gamma and beta as signed fields (|gamma| < 2**nx.LN_GAMMA_BITS,
+#: |beta| < 2**nx.LN_BETA_BITS: numerics.layernorm).
+GAMMA_BITS = nx.LN_GAMMA_BITS + 1
+BETA_BITS = nx.LN_BETA_BITS + 1
 #: Shift fields: up to SHIFT_MAX for requantisation.
 SHIFT_BITS = nx.SHIFT_MAX.bit_length()
 

@@ -465,16 +465,17 @@ class VectorEngine(wiring.Component):
                                      new_stage[base * G + g].bias.eq(r.bias)]
         rec_bad = []
         for g, r in enumerate(recs):
-            ln_bad = ((r.mult >= (1 << 20)) | (r.mult <= -(1 << 20))
-                      | (r.bias >= (1 << 40)) | (r.bias <= -(1 << 40)))
+            gamma_bad = (r.mult >= (1 << nx.LN_GAMMA_BITS)) | (r.mult <= -(1 << nx.LN_GAMMA_BITS))
+            ln_bad = (gamma_bad | (r.bias >= (1 << nx.LN_BETA_BITS))
+                      | (r.bias <= -(1 << nx.LN_BETA_BITS)))
             lo_shift = Mux(is_rows_op, nx.ROW_EXP_MAX, 0)
             rq_bad = ((r.mult < 0) | (r.mult >= (1 << nx.MULT_BITS))
                       | (r.shift < lo_shift) | (r.shift > nx.SHIFT_MAX))
             if dec:
-                # RMSNORM: gamma as LayerNorm's; record 0's bias is the epsilon, 0..2**62 - 1
-                # (the other biases are not read).
-                rms_bad = (((r.mult >= (1 << 20)) | (r.mult <= -(1 << 20)))
-                           | ((rec_idx + g == 0) & ((r.bias < 0) | (r.bias >= (1 << 62)))))
+                # RMSNORM: gamma as LayerNorm's; record 0's bias is the epsilon,
+                # 0..2**RMS_EPS_MAX_BITS - 1 (the other biases are not read).
+                rms_bad = (gamma_bad | ((rec_idx + g == 0)
+                                        & ((r.bias < 0) | (r.bias >= (1 << nx.RMS_EPS_MAX_BITS)))))
                 rec_bad.append((rec_idx + g < cols)
                                & Mux(is_rms, rms_bad, Mux(op == VecOp.LAYERNORM, ln_bad, rq_bad)))
             else:

@@ -453,7 +453,8 @@ class IsaMachine:
         if rec is not None:
             mult, shift, bias = (rec[name].astype(np.int64) for name in ("mult", "shift", "bias"))
             if op == VecOp.LAYERNORM:
-                bad = np.any(np.abs(mult) >= 1 << 20) or np.any(np.abs(bias) >= 1 << 40)
+                bad = (np.any(np.abs(mult) >= 1 << nx.LN_GAMMA_BITS)
+                       or np.any(np.abs(bias) >= 1 << nx.LN_BETA_BITS))
             else:
                 lo = nx.ROW_EXP_MAX if op in (VecOp.REQUANT_ROWS, VecOp.GELU_ROWS) else 0
                 bad = (np.any((mult < 0) | (mult >= 1 << nx.MULT_BITS))
@@ -549,7 +550,8 @@ class IsaMachine:
             rec = self._records(f["p_addr"], cols, VEC_PARAM_DTYPE)
             mult, shift, bias = (rec[name].astype(np.int64) for name in ("mult", "shift", "bias"))
             if op == VecOp.RMSNORM:
-                bad = np.any(np.abs(mult) >= 1 << 20) or not 0 <= bias[0] < 1 << 62
+                bad = (np.any(np.abs(mult) >= 1 << nx.LN_GAMMA_BITS)
+                       or not 0 <= bias[0] < 1 << nx.RMS_EPS_MAX_BITS)
             else:
                 bad = (np.any((mult < 0) | (mult >= 1 << nx.MULT_BITS))
                        or np.any((shift < nx.ROW_EXP_MAX) | (shift > nx.SHIFT_MAX)))

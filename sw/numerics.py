@@ -30,10 +30,12 @@ __all__ = [
     "matmul", "WIDE_LO_BITS", "matmul_wide",
     "residual_add",
     "EXP_FRAC_BITS", "EXP_ONE_BITS", "EXP2_LUT", "PROB_MAX", "RECIP_BITS", "softmax",
-    "LN_IN_BITS", "LN_NORM_FRAC", "LN_INV_BITS", "LN_MAX_COLS", "isqrt", "layernorm",
+    "LN_IN_BITS", "LN_NORM_FRAC", "LN_INV_BITS", "LN_MAX_COLS", "LN_GAMMA_BITS", "LN_BETA_BITS",
+    "isqrt", "layernorm",
     "GELU_IN_FRAC", "GELU_PHI_BITS", "GELU_STEP_FRAC", "GELU_RANGE", "GELU_PHI_TABLE", "GELU_MIN",
     "GELU_OFFSET_STEPS", "GELU_OFFSET", "GELU_OUT_MAX", "gelu", "gelu_rows",
-    "RMS_PEAK_BITS", "RMS_INV_BITS", "RMS_NORM_FRAC", "RMS_MAX_COLS", "RMS_EPS_BITS", "rmsnorm",
+    "RMS_PEAK_BITS", "RMS_INV_BITS", "RMS_NORM_FRAC", "RMS_MAX_COLS", "RMS_EPS_BITS",
+    "RMS_EPS_MAX_BITS", "rmsnorm",
     "SILU_IN_FRAC", "SILU_SIG_BITS", "SILU_STEP_FRAC", "SILU_RANGE", "SILU_SIG_TABLE", "SILU_OUT_FRAC",
     "silu", "gated_silu",
     "ROPE_TRIG_BITS", "rope_tables", "rotary",
@@ -414,6 +416,10 @@ LN_INV_BITS = 46
 #: Longest row (4096: BERT-base's FFN width 3072 fits; int24 sums then fit 36 bits and the
 #: squared deviations' sums 62 bits).
 LN_MAX_COLS = 4096
+#: |gamma| < 2**LN_GAMMA_BITS and |beta| < 2**LN_BETA_BITS (LayerNorm's and RMSNorm's
+#: per-column records; the ISA refuses others with BAD_PARAM).
+LN_GAMMA_BITS = 20
+LN_BETA_BITS = 40
 
 
 def isqrt(v) -> np.ndarray:
@@ -557,6 +563,8 @@ RMS_MAX_COLS = 1536
 #: The epsilon, shifted with the row, stays below 2**RMS_EPS_BITS (mean square plus epsilon
 #: then stays below isqrt's 2**62).
 RMS_EPS_BITS = 61
+#: RMSNORM's epsilon: 0 <= eps < 2**RMS_EPS_MAX_BITS (isqrt's range).
+RMS_EPS_MAX_BITS = 62
 
 
 def rmsnorm(x, gamma, shift: int, out: Range, eps: int = 0) -> np.ndarray:
@@ -585,8 +593,8 @@ def rmsnorm(x, gamma, shift: int, out: Range, eps: int = 0) -> np.ndarray:
     n = x.shape[-1]
     if not 1 <= n <= RMS_MAX_COLS:
         raise ValueError(f"rmsnorm: rows of 1..{RMS_MAX_COLS} columns, got {n}")
-    if not 0 <= int(eps) < (1 << 62):
-        raise ValueError("rmsnorm: eps must be in 0..2**62 - 1")
+    if not 0 <= int(eps) < (1 << RMS_EPS_MAX_BITS):
+        raise ValueError(f"rmsnorm: eps must be in 0..2**{RMS_EPS_MAX_BITS} - 1")
     k_eps = -((RMS_EPS_BITS - int(eps).bit_length()) // 2)
     peak = np.abs(x).max(axis=-1, keepdims=True)
     bits = np.where(peak > 0, np.floor(np.log2(np.maximum(peak, 1))).astype(np.int64) + 1, 0)

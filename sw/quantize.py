@@ -379,7 +379,7 @@ def _ln_params(im: IntegerModel, name: str, gamma, beta, out_scale: float, out: 
     shift = 16
     g = np.round(gamma / out_scale * 2.0 ** (shift - nx.LN_NORM_FRAC)).astype(np.int64)
     b = np.round(beta / out_scale * 2.0 ** shift).astype(np.int64)
-    while np.abs(g).max() >= (1 << 20):
+    while np.abs(g).max() >= (1 << nx.LN_GAMMA_BITS):
         shift -= 1
         g = np.round(gamma / out_scale * 2.0 ** (shift - nx.LN_NORM_FRAC)).astype(np.int64)
         b = np.round(beta / out_scale * 2.0 ** shift).astype(np.int64)
@@ -590,7 +590,7 @@ def _rms_params(im: IntegerModel, name: str, gamma, out_scale: float) -> None:
     while True:
         g = np.round(np.asarray(gamma, np.float64) / out_scale
                      * 2.0 ** (shift - nx.RMS_NORM_FRAC)).astype(np.int64)
-        if np.abs(g).max() < (1 << 20):
+        if np.abs(g).max() < (1 << nx.LN_GAMMA_BITS):
             break
         shift -= 1
     im.tensors[f"{name}.gamma"] = g
