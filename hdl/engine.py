@@ -237,19 +237,25 @@ class MatmulEngine(wiring.Component):
         def enqueue(queue, source):
             m.d.comb += [queue.w_en.eq(source.valid), queue.w_data.eq(source.payload)]
 
-        def dequeue(queue, sink, counter):
+        def dequeue(queue, sink, counter, name):
+            # A credit goes back the cycle after its row leaves the queue: a register between
+            # the consumer's ready (the writer's or the collector's whole take decision) and
+            # the counter's adder. The counter then holds at most one credit fewer than the
+            # room, never more.
+            give = Signal(name=f"{name}_give")
+            m.d.sync += give.eq(queue.r_rdy & sink.ready)
             m.d.comb += [sink.valid.eq(queue.r_rdy), sink.payload.eq(queue.r_data),
-                         queue.r_en.eq(sink.ready), counter.give.eq(queue.r_rdy & sink.ready)]
+                         queue.r_en.eq(sink.ready), counter.give.eq(give)]
 
         enqueue(results, array.o)
-        dequeue(results, collector.i, credits)
+        dequeue(results, collector.i, credits, "results")
         m.d.comb += [credits.take.eq(feeder.credit_take), feeder.credit_ok.eq(credits.ok)]
         if self.output_rows:
             m.submodules.outputs = outputs = self._queue(32 * n, self.output_rows)
             m.submodules.out_credits = out_credits = CreditCounter(self.output_rows, 1)
             m.d.comb += epilogue.o.ready.eq(1)
             enqueue(outputs, epilogue.o)
-            dequeue(outputs, writer.i, out_credits)
+            dequeue(outputs, writer.i, out_credits, "outputs")
             m.d.comb += [out_credits.take.eq(collector.credit_take),
                          collector.credit_ok.eq(out_credits.ok)]
         else:
