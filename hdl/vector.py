@@ -112,7 +112,8 @@ _COMMAND_FIELDS = {
     "add_residual": unsigned(1),
     "res_shift": unsigned(5),
     "shift": unsigned(SHIFT_BITS),
-    # Requantise and GELU: output zero point. LayerNorm, requantise, GELU: output range.
+    # Requantise and GELU: output zero point. Every operation's output is saturated to
+    # [out_lo, out_hi] (the destination format's range; int32's for a pass kept whole).
     "zero_point": signed(32),
     "out_lo": signed(32),
     "out_hi": signed(32),
@@ -1326,17 +1327,18 @@ class VectorUnit(wiring.Component):
             r1 = mul_round_sat(m, p1, *ctl2[:4], ctl2[4], width=_M1_BITS, name=f"m1_{k}",
                                stage=piped, **round_bit)
             y1 = piped(r1, r1.shape(), f"y1_{k}")     # full width: the rows' bound needs it
-            # Slice 5: the row requantisations' |v| bound, GELU's Phi(y1) (its table is read,
-            # block RAM, with the slice: GELU's y1 is an int16) and y1 itself.
-            y1w = piped(clamp(y1, -_ROWS_V_MAX, _ROWS_V_MAX), signed(_ROWS_V_BITS), f"y1w_{k}")
+            # Slice 5: GELU's Phi(y1) (its table is read, block RAM, with the slice: GELU's y1
+            # is an int16), and one register for the row requantisations' bounded |v| or the
+            # passing y1 (the rows' round_shift(v, k) and saturation are M3's).
             phi = GeluPhi()
             m.submodules[f"phi{k}"] = phi
             m.d.comb += [phi.x.eq(y1[:16]), phi.en.eq(1)]
-            y1 = piped(y1, signed(33), f"y1_5_{k}")
+            y1 = piped(Mux(_is_rows(cmd[4].op), clamp(y1, -_ROWS_V_MAX, _ROWS_V_MAX),
+                           y1[:33].as_signed()), signed(_ROWS_V_BITS), f"y1m_{k}")
 
             # Step 2: LayerNorm z * gamma + beta (rounded and saturated by step 3); GELU
-            # max(0, x * Phi(x) + offset); the row requantisations'
-            # q = saturate(round_shift(v, k), out), k = ROW_EXP_MAX - e.
+            # max(0, x * Phi(x) + offset); the row requantisations' v passes (step 3 rounds
+            # and saturates it).
             c = cmd[5]
             is_ln, is_gelu = c.op == VectorOp.LAYERNORM, c.op == VectorOp.GELU
             b2 = Signal(signed(GAMMA_BITS + 1), name=f"m2_b{k}")
@@ -1345,24 +1347,17 @@ class VectorUnit(wiring.Component):
             # RMSNORM has no beta (its records' bias is the epsilon, column 0's only).
             m.d.comb += add2.eq(Mux(is_ln & ~c.rms if dec else is_ln, beta,
                                     Mux(is_gelu, GELU_OFFSET, 0)))
-            kk = Signal(ROW_EXP_BITS, name=f"m2_k{k}")
-            m.d.comb += kk.eq(ROW_EXP_MAX - exp[5])
-            rq = Signal(signed(_ROWS_V_BITS + 1), name=f"m2_rq{k}")
-            m.d.comb += rq.eq(round_shift_add(m, y1w, kk, name=f"m2_rs{k}"))
             # Slice 6: operands (y1 is z for LayerNorm or an int16 for GELU: _Z_BITS hold
             # either), the row requantisations' rounded value and the passing value.
             z6 = piped(y1[:_Z_BITS].as_signed(), signed(_Z_BITS), f"m2_z6_{k}")
             b6 = piped(b2, b2.shape(), f"m2_b6_{k}")
             add6 = piped(add2, add2.shape(), f"m2_add6_{k}")
-            pass6 = piped(y1, signed(33), f"m2_pass6_{k}")
-            rq6 = piped(rq, rq.shape(), f"m2_rq6_{k}")
+            pass6 = piped(y1, signed(_ROWS_V_BITS), f"m2_pass6_{k}")
             # Slice 7: the product; the row requantisations' saturation. Slice 8: GELU's clamp
             # (the offset keeps it at or above 0).
             p2 = piped(limb_product(z6, b6, lut_bits=5, m=m, name=f"m2_{k}") + add6,
                        signed(_M2_BITS), f"m2_p{k}")
-            c = cmd[6]
-            pass7 = piped(Mux(_is_rows(c.op), clamp(rq6, c.out_lo, c.out_hi), pass6), signed(33),
-                          f"m2_pass7_{k}")
+            pass7 = piped(pass6, signed(_ROWS_V_BITS), f"m2_pass7_{k}")
             c = cmd[7]
             g2 = Mux(GELU_CLAMP & (p2 < 0), 0, p2)
             y2 = piped(Mux(c.op == VectorOp.LAYERNORM, p2,
@@ -1374,15 +1369,20 @@ class VectorUnit(wiring.Component):
             c = cmd[8]
             g3 = limb_product(y2[:_G_BITS].as_signed(), c.mult, m=m, name=f"m3_{k}")
             p3 = piped(Mux(c.op == VectorOp.GELU, g3, y2), signed(_M3_BITS), f"m3_p{k}")
-            y3 = piped(y2, signed(33), f"y3_{k}")
             c = cmd[9]
             is_gelu = c.op == VectorOp.GELU
-            r3 = mul_round_sat(m, p3, c.shift, Mux(is_gelu, c.zero_point, 0), c.out_lo,
+            # Every operation leaves through this one rounding and saturation: GELU and
+            # LayerNorm by the command's shift, the row requantisations by k = ROW_EXP_MAX - e
+            # (q = saturate(round_shift(v, k), out)), the others by 0 (a clamp to
+            # [out_lo, out_hi]).
+            kk9 = Signal(ROW_EXP_BITS, name=f"m3_k{k}")
+            m.d.comb += kk9.eq(ROW_EXP_MAX - exp[9])
+            sh3 = Signal(SHIFT_BITS, name=f"m3_sh{k}")
+            m.d.comb += sh3.eq(Mux(is_gelu | (c.op == VectorOp.LAYERNORM), c.shift,
+                                   Mux(_is_rows(c.op), kk9, 0)))
+            r3 = mul_round_sat(m, p3, sh3, Mux(is_gelu, c.zero_point, 0), c.out_lo,
                                c.out_hi, 1, width=_M3_BITS, name=f"m3_{k}", stage=piped)
-            y3 = piped(y3, signed(33), f"y3_10_{k}")
-            c = cmd[10]
-            m.d.comb += out[k].eq(Mux((c.op == VectorOp.GELU) | (c.op == VectorOp.LAYERNORM),
-                                      r3, y3))
+            m.d.comb += out[k].eq(r3)
 
         fifos_used = [f.r_level != 0 for f in (fa, fb, t1, t2, t3, oq)]
         finishers_used = [~fin.i.ready for fin in fins]

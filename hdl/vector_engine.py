@@ -628,7 +628,7 @@ class VectorEngine(wiring.Component):
         for k in range(N):
             y = unit_out.o.payload.data[k]
             ys = Signal(signed(32), name=f"out_lane{k}")
-            m.d.comb += ys.eq(Mux(y < out_lo, out_lo, Mux(y > out_hi, out_hi, y)))
+            m.d.comb += ys.eq(y)       # saturated to the destination's range by the unit
             with m.Switch(dl):
                 for b in range(3):
                     with m.Case(b):

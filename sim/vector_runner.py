@@ -72,8 +72,10 @@ class VectorJob:
         # A decoder build's command has more fields at the end (prob_wide, rms): the same bits.
         layout = unit_command_layout(bool({"prob_wide", "rms", "silu", "lo_shift", "rot"}
                                           & self.cmd.keys()))
-        return pack(layout, {**self.cmd, "op": _OP_CODES[self.op],
-                             "rows": self.rows, "cols": self.cols})
+        # The unit saturates every output to [out_lo, out_hi]: a job whose golden output is
+        # not saturated (softmax, residual, the decoder's passes) runs with the int32 range.
+        return pack(layout, {"out_lo": nx.INT32.lo, "out_hi": nx.INT32.hi, **self.cmd,
+                             "op": _OP_CODES[self.op], "rows": self.rows, "cols": self.cols})
 
     def beats(self, unit: VectorUnit) -> list[int]:
         """Input beats in stream order, packed."""
