@@ -158,6 +158,9 @@ class MemArbiter(wiring.Component):
         m.d.comb += self.wr_port.eq(wr_grant)
         with m.If(self.out.wr.valid & self.out.wr.ready):
             m.d.sync += wr_last.eq(wr_grant)
+        # The round robin's state, which the arbiter's proof (celosia.sim.properties) states
+        # invariants of.
+        self._probe = dict(rd_last=rd_last, wr_last=wr_last)
         return m
 
 

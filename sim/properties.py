@@ -19,7 +19,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from celosia.hdl import isa
-from celosia.hdl.axi import AXI4LiteSignature, AXI4Signature, AxiMaster, BURST_INCR
+from celosia.hdl.axi import AXI4LiteSignature, AXI4Signature, AxiMaster, BURST_INCR, MemArbiter
 from celosia.hdl.controller import Controller, SerialSpanCheck, SpanCheck
 from celosia.hdl.csr import CSR_ADDR_BITS, CsrBlock
 from celosia.hdl.engine import MatmulEngine, MemoryPortSignature
@@ -34,7 +34,8 @@ __all__ = [
     "AxiMasterMovingBurst",
     "AxiMasterUncountedWrites", "AxiMasterWritingNextBeat", "AxiMasterFenceSpec",
     "AxiMasterFenceDroppingAr",
-    "AxiMasterForgettingStale", "CsrBlockIgnoringStrobes", "CsrBlockSwappedWindow",
+    "AxiMasterForgettingStale", "MemArbiterSpec", "MemArbiterDroppingTag",
+    "MemArbiterAckingEveryWrite", "CsrBlockIgnoringStrobes", "CsrBlockSwappedWindow",
     "SpanCheckWithoutRowBytes", "SpanCheckWithoutBase", "SerialSpanCheckSpec",
     "SerialSpanCheckSkippingRowBytes", "SerialSpanCheckIgnoringOverflow",
     "WriterSpec", "WriterWritingEmptyBeats", "ControllerSpec", "ControllerAcceptingWrappedWindow",
@@ -634,6 +635,338 @@ class AxiMasterForgettingStale(AxiMaster):
     def elaborate(self, platform):
         m = super().elaborate(platform)
         m.d.sync += [self._stale_r.eq(0), self._stale_nz.eq(0)]
+        return m
+
+
+# --- memory arbiter ----------------------------------------------------------------------------
+
+def _assume_held(m: Module, valid, ready, payload, channel: str) -> None:
+    """Assume the handshake rule of a free sender: once ``valid`` is high without ``ready``,
+    the next cycle has ``valid`` high again with the same ``payload``."""
+    stalled = Signal(name=f"{channel}_stalled")
+    last = Signal(len(payload), name=f"{channel}_last")
+    m.d.sync += [stalled.eq(valid & ~ready), last.eq(payload)]
+    with m.If(stalled):
+        m.d.comb += Assume(valid & (payload == last))
+
+
+def _named_signals(module: Module, *names):
+    """The signals called ``names`` that the statements of ``module`` (an elaborated
+    ``Module``, not its submodules) use: the local registers of a design's ``elaborate``,
+    which a harness needs for the invariants of an induction, where the design keeps no
+    ``_probe``. Each name must be one signal. (Reads Amaranth 0.5's ``Module._statements``.)"""
+    found = {name: {} for name in names}       # by id: a Signal is not hashable
+    for statements in module._statements.values():
+        for statement in statements:
+            for signal in statement._lhs_signals() | statement._rhs_signals():
+                if signal.name in found:
+                    found[signal.name][id(signal)] = signal
+    for name, signals in found.items():
+        if len(signals) != 1:
+            raise LookupError(f"{len(signals)} signals named {name!r} in the module")
+    return [next(iter(found[name].values())) for name in names]
+
+
+def _sync_fifo_state(m: Module, fifo, platform):
+    """The state of a design's :class:`celosia.hdl.scratchpad.SyncFifo` (depth >= 3), for
+    invariants of its content: ``(entries, invariants)``, where ``entries[k]`` is the
+    ``k``-th oldest entry it holds (the output register's first, when ``r_rdy``; then the
+    storage's from its read pointer on; meaningful for ``k < fifo.level``) and
+    ``invariants`` are ``Assert`` statements of its pointers and levels.
+
+    The FIFO is elaborated here and its later elaboration (inside the design) returns the
+    same module, so that the harness sees its pointers and can add asynchronous read ports
+    to its storage (they only read; the FIFO's own ports are unchanged)."""
+    module = fifo.elaborate(platform)
+    fifo.elaborate = lambda platform: module
+    storage = module.submodules.storage
+    inner = fifo.depth - 1
+    produce, consume, level = _named_signals(module, "produce", "consume", "inner_level")
+    stored = []
+    for k in range(inner):
+        port = storage.read_port(domain="comb")
+        at = consume + k
+        m.d.comb += port.addr.eq(Mux(at >= inner, at - inner, at))
+        stored.append(port.data)
+    entries = [Mux(fifo.r_rdy, fifo.r_data, stored[0])]
+    for k in range(1, fifo.depth):
+        entries.append(Mux(fifo.r_rdy, stored[k - 1], stored[k]) if k < inner
+                       else stored[k - 1])
+    at = consume + level
+    invariants = [
+        Assert((produce < inner) & (consume < inner), "FIFO pointer past the storage"),
+        Assert(level <= inner, "FIFO storage over-full"),
+        Assert(produce == Mux(at >= inner, at - inner, at), "FIFO pointers apart by != level"),
+        # The output register is empty only until the storage's oldest entry reaches it.
+        Assert(fifo.r_rdy | (level <= 1), "FIFO output register empty behind two entries"),
+    ]
+    return entries, invariants
+
+
+class MemArbiterSpec(wiring.Component):
+    """The promises of a :class:`MemArbiter` to its ports and to the memory, under free ports
+    and a free memory that keep the stream rule (a sender holds valid and payload until ready;
+    ``Assume``). Nothing else is assumed of either side: the memory may take requests and
+    offer responses at any time, also when it owes none.
+
+    The harness keeps, in the order the memory took them, the ports of the reads the memory
+    took and has not answered (a FIFO of up to ``outstanding`` port numbers; the memory
+    answers in order), and per port the reads taken from it and not answered. Then:
+
+    * **read requests**: a request leaves a port exactly when the memory takes one, never two
+      ports at once, with the port's payload unchanged; the memory is offered a request only
+      while some port offers that request, and whenever a port offers one and fewer than
+      ``outstanding`` reads are unanswered;
+    * **read responses**: the memory's response is taken exactly when one port takes it, and
+      only while a read is unanswered; it is offered only to the port of the oldest unanswered
+      read, with the memory's payload; the reads unanswered per port are exactly that port's
+      entries in the FIFO of ports, so no response is lost or duplicated, none reaches a port
+      that is owed none, and each port gets its answers in its request order; a port's
+      response is held until it takes it (as the memory holds it); ``rd_port`` (the AXI
+      master's fault reports) is the port of the oldest unanswered read, except in the cycle
+      after that read was taken into an empty tag FIFO (its output register fills a cycle
+      later; no response can be taken then), when it still names an older read's port;
+    * **writes**: a write leaves a port exactly when the memory takes one, never two at once,
+      with its payload unchanged, so a port's write is acknowledged only when the memory
+      takes it; the memory is offered a write whenever, and only while, a port offers one,
+      and it is the write of the port ``wr_port`` names;
+    * **round robin**, per channel: while a port offers a request, the others are granted at
+      most ``n - 1`` before it;
+    * **the memory side's stream rule**: a request or write offered to the memory stays
+      offered until the memory takes it. Its payload is *not* held: while the memory stalls,
+      the arbiter decides anew in every cycle, and a port that starts to offer and comes
+      earlier in the round robin takes the offer over (its consumers, :class:`AxiMaster` and
+      the boards' ``NativeRam``, take the payload in the cycle they accept it and rely on no
+      more). What is proved is that the offer changes only then (the payload stays while no
+      other port starts to offer).
+
+    The induction needs the tag FIFO's content (its pointers and level, and its entries equal
+    to the harness's FIFO of ports: see :func:`_sync_fifo_state`) and the round robin's last
+    grants (``rd_last``, ``wr_last``, the arbiter's ``_probe``).
+
+    Members
+    -------
+    p0 ... : In(MemoryPortSignature)
+        The ports' masters' side, free.
+    mem : Out(MemoryPortSignature)
+        The memory's side; its ``In`` signals are free.
+    """
+
+    def __init__(self, dut: MemArbiter):
+        self.dut = dut
+        super().__init__({**{f"p{i}": In(MemoryPortSignature(dut.port_bytes))
+                             for i in range(dut.n)},
+                          "mem": Out(MemoryPortSignature(dut.port_bytes))})
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self.dut
+        n, depth = dut.n, dut.outstanding
+        assert depth >= 3          # the tag FIFO keeps entries in storage (see the level rule)
+        arbiter = _elaborated(dut, platform)
+        tags = arbiter.submodules.tags
+        entries, fifo_invariants = _sync_fifo_state(m, tags, platform)
+        rd_last, wr_last = (dut._probe[name] for name in ("rd_last", "wr_last"))
+        m.submodules.dut = arbiter
+        for i in range(n):
+            wiring.connect(m, wiring.flipped(getattr(self, f"p{i}")), dut.port(i))
+        wiring.connect(m, dut.out, wiring.flipped(self.mem))
+        ports, out = [dut.port(i) for i in range(n)], dut.out
+
+        # The environment: every sender keeps the stream rule.
+        for i, p in enumerate(ports):
+            _assume_held(m, p.rd_req.valid, p.rd_req.ready, _bits(p.rd_req.payload),
+                         f"p{i}_rd_req")
+            _assume_held(m, p.wr.valid, p.wr.ready, _bits(p.wr.payload), f"p{i}_wr")
+        _assume_held(m, out.rd_resp.valid, out.rd_resp.ready, out.rd_resp.payload,
+                     "mem_rd_resp")
+
+        def fired(s):
+            return s.valid & s.ready
+
+        rq, rs, wq = ([fired(getattr(p, ch)) for p in ports] for ch in ("rd_req", "rd_resp", "wr"))
+        out_rq, out_rs, out_wr = fired(out.rd_req), fired(out.rd_resp), fired(out.wr)
+        req_port = Signal(range(n))           # the port whose read request is taken now
+        for i in range(n):
+            with m.If(rq[i]):
+                m.d.comb += req_port.eq(i)
+
+        # --- the reads the memory owes, in order, by port ---
+        count = Signal(range(depth + 1))
+        owed = [Signal(range(n), name=f"owed_port_{k}") for k in range(depth)]
+        m.d.sync += count.eq(count + out_rq - out_rs)
+        for k in range(depth):
+            with m.If(out_rq & (count - out_rs == k)):
+                m.d.sync += owed[k].eq(req_port)
+            if k + 1 < depth:
+                with m.Elif(out_rs):
+                    m.d.sync += owed[k].eq(owed[k + 1])
+        per_port = [Signal(range(depth + 2), name=f"unanswered_{i}") for i in range(n)]
+        for i in range(n):
+            m.d.sync += per_port[i].eq(per_port[i] + rq[i] - rs[i])
+            m.d.comb += Assert(per_port[i] == sum((count > k) & (owed[k] == i)
+                                                  for k in range(depth)),
+                               f"port {i}'s unanswered reads != its entries in the order")
+        head = owed[0]
+        m.d.comb += [Assert(count <= depth, "more reads unanswered than outstanding")]
+        for k in range(depth):
+            with m.If(count > k):
+                m.d.comb += Assert(owed[k] < n, "an unanswered read of no port")
+        # The tag FIFO holds exactly the ports of the reads owed (the induction's invariant).
+        m.d.comb += fifo_invariants
+        m.d.comb += Assert(tags.level == count, "tags held != reads unanswered")
+        for k in range(depth):
+            with m.If(count > k):
+                m.d.comb += Assert(entries[k] == owed[k], f"tag {k} is not the port of read {k}")
+
+        # The round robin's last grants name ports (no grant follows an unknown port).
+        m.d.comb += [Assert(rd_last < n, "rd_last names no port"),
+                     Assert(wr_last < n, "wr_last names no port")]
+
+        # --- read requests ---
+        rd_valids = Cat(p.rd_req.valid for p in ports)
+        m.d.comb += [
+            Assert(sum(rq) <= 1, "read requests of two ports taken at once"),
+            Assert(out_rq == Cat(rq).any(),
+                   "a read request taken by the memory != one taken from a port"),
+            Assert(out.rd_req.valid == (rd_valids.any() & (count < depth)),
+                   "a read request not offered to the memory while a port offers one and "
+                   "a tag is free, or offered otherwise"),
+            Assert(~out.rd_req.valid | Cat(p.rd_req.valid & (_bits(p.rd_req.payload)
+                                                            == _bits(out.rd_req.payload))
+                                           for p in ports).any(),
+                   "the memory offered a read request no port offers"),
+        ]
+        for i, p in enumerate(ports):
+            with m.If(rq[i]):
+                m.d.comb += Assert(_bits(out.rd_req.payload) == _bits(p.rd_req.payload),
+                                   f"port {i}'s read request changed on its way")
+        self._offer_held(m, out.rd_req, rd_valids, "mem rd_req")
+
+        # --- read responses ---
+        m.d.comb += [
+            Assert(sum(rs) <= 1, "a response handed to two ports"),
+            Assert(out_rs == Cat(rs).any(),
+                   "a response taken from the memory != one handed to a port"),
+            Assert(~out.rd_resp.ready | (count != 0),
+                   "a response taken from the memory while no read is unanswered"),
+        ]
+        # ``rd_port`` is the tag FIFO's output register, which fills a cycle after a read is
+        # taken into an empty FIFO: until then it names an older read's port, and no response
+        # can be taken.
+        took_read = Signal()
+        m.d.sync += took_read.eq(out_rq)
+        with m.If((count != 0) & tags.r_rdy):
+            m.d.comb += Assert(dut.rd_port == head, "rd_port not the oldest unanswered read's")
+        with m.If((count != 0) & ~tags.r_rdy):
+            m.d.comb += Assert((count == 1) & took_read & ~out.rd_resp.ready,
+                               "rd_port stale but for the cycle after the only read was taken")
+        for i, p in enumerate(ports):
+            with m.If(p.rd_resp.valid):
+                m.d.comb += Assert(out.rd_resp.valid & (count != 0) & (head == i),
+                                   f"a response offered to port {i}, which is not owed the "
+                                   f"oldest read")
+            m.d.comb += Assert(p.rd_resp.payload == out.rd_resp.payload,
+                               f"port {i}'s response data not the memory's")
+            _held_until_ready(m, p.rd_resp.valid, p.rd_resp.ready, p.rd_resp.payload,
+                              f"p{i}_rd_resp")
+
+        # --- writes ---
+        wr_valids = Cat(p.wr.valid for p in ports)
+        m.d.comb += [
+            Assert(sum(wq) <= 1, "writes of two ports taken at once"),
+            Assert(out_wr == Cat(wq).any(), "a write taken by the memory != one taken from a port"),
+            Assert(out.wr.valid == wr_valids.any(),
+                   "a write not offered to the memory while a port offers one, or offered "
+                   "otherwise"),
+        ]
+        for i, p in enumerate(ports):
+            with m.If(out.wr.valid & (dut.wr_port == i)):
+                m.d.comb += Assert(p.wr.valid & (_bits(p.wr.payload) == _bits(out.wr.payload)),
+                                   f"the memory offered a write that port {i} (wr_port) "
+                                   f"does not offer")
+            with m.If(wq[i]):
+                m.d.comb += Assert(out_wr & (dut.wr_port == i)
+                                   & (_bits(out.wr.payload) == _bits(p.wr.payload)),
+                                   f"port {i}'s write taken but not the memory's")
+        with m.If(out.wr.valid):
+            m.d.comb += Assert(dut.wr_port < n, "wr_port names no port")
+        self._offer_held(m, out.wr, wr_valids, "mem wr")
+
+        self._round_robin(m, [p.rd_req.valid for p in ports], rq, rd_last, "read")
+        self._round_robin(m, [p.wr.valid for p in ports], wq, wr_last, "write")
+
+        # Reachable: the last port's read answered while reads of the others wait behind it
+        # (its answer comes first, so the order matters); every tag in use and a port waiting;
+        # a request, a response and a write in one cycle.
+        m.d.comb += [
+            Cover(rs[n - 1] & Cat(per_port[i] != 0 for i in range(n - 1)).all()),
+            Cover((count == depth) & rd_valids.any()),
+            Cover(out_rq & out_rs & out_wr),
+        ]
+        return m
+
+    @staticmethod
+    def _round_robin(m, valids, fires, last, channel):
+        """Round robin: while a port offers a request, the others are granted at most
+        ``n - 1`` requests before it (each grant to another port lies between the last grant
+        and this port in the round robin's order, which it shortens: the induction's
+        invariant)."""
+        n = len(valids)
+        for i in range(n):
+            passed = Signal(range(n + 1), name=f"{channel}_passed_{i}")
+            with m.If(~valids[i] | fires[i]):
+                m.d.sync += passed.eq(0)
+            with m.Elif(Cat(fires).any()):
+                m.d.sync += passed.eq(passed + 1)
+            ahead = Mux(last < i, i - last, i + n - last)   # grants until port i's turn
+            with m.If(valids[i]):
+                m.d.comb += Assert(passed + ahead <= n,
+                                   f"port {i}'s {channel} passed over more than the round "
+                                   f"robin allows")
+            m.d.comb += Assert(passed < n, f"port {i}'s {channel} passed over {n} times")
+            if i == 0:
+                # Reachable: the bound is met (port 0 waits while every other port is served).
+                m.d.comb += Cover(valids[0] & (passed == n - 1))
+
+    @staticmethod
+    def _offer_held(m, s, valids, channel):
+        """The memory side's stream rule, as far as the arbiter keeps it: once ``s`` is offered
+        without ready, it is offered in the next cycle too, with the same payload unless a port
+        that did not offer before offers now."""
+        stalled = Signal(name=f"{channel.replace(' ', '_')}_stalled")
+        last = Signal(len(_bits(s.payload)), name=f"{channel.replace(' ', '_')}_last")
+        before = Signal(len(valids), name=f"{channel.replace(' ', '_')}_valids")
+        m.d.sync += [stalled.eq(s.valid & ~s.ready), last.eq(_bits(s.payload)),
+                     before.eq(valids)]
+        with m.If(stalled):
+            m.d.comb += Assert(s.valid, f"{channel}: valid dropped before ready")
+            with m.If((valids & ~before) == 0):
+                m.d.comb += Assert(_bits(s.payload) == last,
+                                   f"{channel}: payload changed before ready, no port new")
+
+
+class MemArbiterDroppingTag(MemArbiter):
+    """Mutant: the tag FIFO is not written in a cycle it is read (a read granted while a
+    response is taken gets no tag), so the read's answer goes to the port of the read after
+    it, or to none."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        tags = m.submodules.tags
+        with m.If(tags.r_en):
+            m.d.comb += tags.w_en.eq(0)
+        return m
+
+
+class MemArbiterAckingEveryWrite(MemArbiter):
+    """Mutant: every port's write ``ready`` follows the memory's, not only the granted
+    port's, so a port whose write the memory did not take sees it acknowledged (lost)."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        for i in range(self.n):
+            m.d.comb += self.port(i).wr.ready.eq(self.out.wr.ready)
         return m
 
 
