@@ -139,8 +139,10 @@ class MemArbiter(wiring.Component):
             for i, p in enumerate(ports):
                 with m.Case(i):
                     m.d.comb += self.out.rd_resp.ready.eq(tags.r_rdy & p.rd_resp.ready)
+        # The tag FIFO's output fills a cycle after a read enters it empty: that read, the
+        # only one unanswered, is then the last one granted.
         m.d.comb += [tags.r_en.eq(self.out.rd_resp.valid & self.out.rd_resp.ready),
-                     self.rd_port.eq(tags.r_data)]
+                     self.rd_port.eq(Mux(tags.r_rdy, tags.r_data, rd_last))]
 
         # Writes.
         wr_last = Signal(idx_bits, init=n - 1)

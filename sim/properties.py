@@ -851,16 +851,17 @@ class MemArbiterSpec(wiring.Component):
             Assert(~out.rd_resp.ready | (count != 0),
                    "a response taken from the memory while no read is unanswered"),
         ]
-        # ``rd_port`` is the tag FIFO's output register, which fills a cycle after a read is
-        # taken into an empty FIFO: until then it names an older read's port, and no response
-        # can be taken.
+        # ``rd_port`` names the oldest unanswered read's port in every cycle. The tag FIFO's
+        # output register fills a cycle after a read is taken into an empty FIFO: until then
+        # that read is the only one, the last granted (``rd_port`` takes it from the round
+        # robin), and no response can be taken.
         took_read = Signal()
         m.d.sync += took_read.eq(out_rq)
-        with m.If((count != 0) & tags.r_rdy):
+        with m.If(count != 0):
             m.d.comb += Assert(dut.rd_port == head, "rd_port not the oldest unanswered read's")
         with m.If((count != 0) & ~tags.r_rdy):
             m.d.comb += Assert((count == 1) & took_read & ~out.rd_resp.ready,
-                               "rd_port stale but for the cycle after the only read was taken")
+                               "the tag FIFO empty but for the cycle after the only read")
         for i, p in enumerate(ports):
             with m.If(p.rd_resp.valid):
                 m.d.comb += Assert(out.rd_resp.valid & (count != 0) & (head == i),
