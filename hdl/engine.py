@@ -203,7 +203,8 @@ class MatmulEngine(wiring.Component):
         m.submodules.epilogue = epilogue = Epilogue(n, self.epilogue_lanes,
                                                     self.epilogue_registers,
                                                     serial=self.serial_epilogue)
-        m.submodules.writer = writer = Writer(n, w, self.addr_bits, k_max=k_max)
+        m.submodules.writer = writer = Writer(n, w, self.addr_bits, k_max=k_max,
+                                              ready_registered=self.port_stages)
         m.d.comb += [loader.start.eq(lstart), loader.cmd.eq(lcmd), loader.plan.eq(lplan)]
         for unit in (feeder, collector, writer):
             m.d.comb += [unit.start.eq(start), unit.cmd.eq(cmd), unit.plan.eq(plan)]

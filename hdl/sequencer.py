@@ -1039,12 +1039,17 @@ class Writer(_Unit):
     of a beat chooses among the few element bytes that can reach it.
     """
 
-    def __init__(self, array, port_bytes, addr_bits=ADDR_BITS, *, k_max=K_MAX):
+    def __init__(self, array, port_bytes, addr_bits=ADDR_BITS, *, k_max=K_MAX,
+                 ready_registered: bool = False):
         super().__init__(array, port_bytes, {
             "i": In(stream.Signature(data.ArrayLayout(signed(32), array))),
             "wr": Out(stream.Signature(write_layout(port_bytes))),
             "done": Out(1),
         }, addr_bits, k_max)
+        #: ``wr.ready`` never waits for ``wr.valid`` (a registered stage behind the writer):
+        #: a skipped beat then waits for it too, which takes the strobes out of the take
+        #: decision.
+        self.ready_registered = ready_registered
 
     def elaborate(self, platform):
         m = Module()
@@ -1121,14 +1126,18 @@ class Writer(_Unit):
 
         # A beat none of whose bytes is an element of C (a row of the tile longer than a beat,
         # past N in the last group) is skipped, not written with all strobes low: its address
-        # may lie past the end of C, and so past the window's end.
+        # may lie past the end of C, and so past the window's end. Behind a registered stage
+        # (``ready_registered``) it still waits for the stage's ready like a written beat, so
+        # that the take decision does not wait for the strobes (the tile's columns inside N
+        # and their OR); a ready that may wait for valid is not waited for.
         beat_used = Signal()
         m.d.comb += beat_used.eq(self.wr.payload.strb.any())
         take_row = Signal()
         with m.If(running & self.i.valid):
             with m.If(row_valid):
                 m.d.comb += self.wr.valid.eq(beat_used)
-                with m.If(self.wr.ready | ~beat_used):
+                with m.If(self.wr.ready if self.ready_registered
+                          else self.wr.ready | ~beat_used):
                     with m.If(beat_last):
                         m.d.comb += take_row.eq(1)
                         m.d.sync += beat.eq(0)
