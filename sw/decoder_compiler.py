@@ -448,7 +448,13 @@ class DecoderSession:
     with them, ``Sizing(decoder_ops=True)``: RTL cycles; its memory is the resident part plus
     :data:`SESSION_PROGRAM_BYTES`).
 
-    ``cycles``: the backend's cycles so far; ``length``: the tokens cached; ``programs``: the
+    ``sequences``: how many sequences the session holds (each its own KV caches);
+    :meth:`logits_batch` runs all of them in one program per block, their tokens stacked as
+    the rows of every projection (each weight read once for the batch), :meth:`logits` the
+    one sequence of a session of one.
+
+    ``cycles``: the backend's cycles so far; ``length``: the tokens cached (``lengths``: per
+    sequence); ``programs``: the
     programs run; ``hazards``: unordered accesses the isa simulator saw (none expected; always
     empty on other backends)."""
 
