@@ -38,7 +38,7 @@ from celosia.sw import numerics as nx
 from . import isa
 from .engine import MemoryPortSignature
 from .scratchpad import SyncFifo
-from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS, UNIT_OPS,
+from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, UNIT_OPS, rtl_decoder_ops,
                   VEC_MAX_COLS, VEC_PARAM_RECORD_BYTES, WINDOW_ALIGN, ErrorCode,
                   decoder_vector_checks,
                   Opcode, VecOp)
@@ -540,14 +540,13 @@ class Controller(wiring.Component):
         # SOFTMAX_DITHER (every build: isa.RTL_ALWAYS_OPS) is SOFTMAX's with dithered rounding.
         v_smd = vec.op == VecOp.SOFTMAX_DITHER
         v_use_e = vec.op.matches(VecOp.SOFTMAX, VecOp.REQUANT_ROWS, VecOp.GELU_ROWS) | v_smd
-        v_bad_mode = ~vec.op.matches(*sorted(UNIT_OPS | RTL_ALWAYS_OPS))
+        v_bad_mode = ~vec.op.matches(*sorted(UNIT_OPS | rtl_decoder_ops(dec)))
         v_bad_dims = (vec.rows == 0) | (vec.cols == 0) | (vec.cols > VEC_MAX_COLS)
         v_shift_ops = vec.op.matches(VecOp.SOFTMAX, VecOp.GELU, VecOp.LAYERNORM) | v_smd
         if dec:
             # The row exponents' span: written, or read by WIDE_LO.
             v_use_e = v_use_e | dchk["writes_e"] | dchk["reads_e"]
             v_use_p = v_use_p | dchk["use_params"]
-            v_bad_mode = ~vec.op.matches(*sorted(UNIT_OPS | RTL_DECODER_OPS))
             v_bad_dims = v_bad_dims | dchk["bad_shape"]
             v_shift_ops = v_shift_ops | dchk["shift_ops"]
         v_bad_align = (misaligned(vec.src_addr, vec.src_stride, vec.dst_addr, vec.dst_stride)

@@ -38,7 +38,7 @@ from .params import ADDEND_BYTES, OUT_BYTES, PARAM_RECORD_BYTES, AddendMode, Err
 __all__ = [
     "ISA_VERSION", "INSTR_BYTES", "INSTR_BITS", "WINDOW_ALIGN", "VEC_MAX_COLS", "RES_SHIFT_MAX",
     "SOFTMAX_WIDE_MAX_COLS", "WIDE_LO_MAX_ROWS", "ROTARY_MAX_COLS", "ROTARY_MAX_ROWS",
-    "Opcode", "VecOp", "UNIT_OPS", "DECODER_OPS", "RTL_DECODER_OPS", "RTL_ALWAYS_OPS", "vec_op_name", "Unit", "ErrorCode",
+    "Opcode", "VecOp", "UNIT_OPS", "DECODER_OPS", "RTL_DECODER_OPS", "RTL_ALWAYS_OPS", "rtl_decoder_ops", "vec_op_name", "Unit", "ErrorCode",
     "VEC_PARAM_RECORD_BYTES", "VEC_PARAM_MULT_OFFSET", "VEC_PARAM_SHIFT_OFFSET",
     "VEC_PARAM_BIAS_OFFSET", "ENGINE_PARAM_DTYPE", "VEC_PARAM_DTYPE",
     "matmul_layout", "vector_layout", "sync_layout", "instruction_layout",
@@ -155,6 +155,13 @@ RTL_ALWAYS_OPS = frozenset({VecOp.SOFTMAX_DITHER})
 RTL_DECODER_OPS = frozenset({VecOp.RMSNORM, VecOp.SOFTMAX_WIDE, VecOp.WIDE_SPLIT,
                              VecOp.RESIDUAL32, VecOp.SILU_GATE, VecOp.WIDE_LO,
                              VecOp.ROTARY}) | RTL_ALWAYS_OPS
+
+
+def rtl_decoder_ops(decoder_ops: bool) -> frozenset:
+    """The :data:`DECODER_OPS` an RTL build runs: all of :data:`RTL_DECODER_OPS` with
+    ``Sizing.decoder_ops``, else :data:`RTL_ALWAYS_OPS`; every other op of
+    :data:`DECODER_OPS` stops it with ``BAD_MODE`` (with the values no op has)."""
+    return RTL_DECODER_OPS if decoder_ops else RTL_ALWAYS_OPS
 
 
 def vec_op_name(op: int) -> str:

@@ -264,8 +264,8 @@ class Sizing:
     def decoder_op_set(self) -> frozenset:
         """The :class:`~celosia.hdl.isa.VecOp` operations this build runs (without
         ``decoder_ops`` only ``isa.RTL_ALWAYS_OPS``, the encoder's dithered softmax)."""
-        from .isa import RTL_ALWAYS_OPS, RTL_DECODER_OPS
-        return RTL_DECODER_OPS if self.decoder_ops else RTL_ALWAYS_OPS
+        from .isa import rtl_decoder_ops
+        return rtl_decoder_ops(self.decoder_ops)
 
     def __post_init__(self):
         if not 12 <= self.addr_bits <= ADDR_BITS:

@@ -29,7 +29,7 @@ from .params import VEC_MAX_COLS
 from .scratchpad import SyncFifo
 from .vector_arith import (EXP_E_BITS, EXP_T_BITS, SILU_SIG_WIDTH, Divider, Exp2, GeluPhi, Isqrt,
                            SiluSigmoid, clamp,
-                           mul_round_sat, round_add, round_shift_add, round_shifted)
+                           mul_round_sat, round_add, round_shifted)
 
 __all__ = [
     "VectorOp", "COLS_BITS", "ROWS_BITS", "GAMMA_BITS", "BETA_BITS",

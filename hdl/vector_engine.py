@@ -30,7 +30,7 @@ from . import isa
 from .engine import MemoryPortSignature
 from .pipeline import SkidBuffer
 from .scratchpad import SyncFifo
-from .isa import (RES_SHIFT_MAX, RTL_ALWAYS_OPS, RTL_DECODER_OPS, UNIT_OPS, WIDE_LO_MAX_ROWS,
+from .isa import (RES_SHIFT_MAX, UNIT_OPS, WIDE_LO_MAX_ROWS, rtl_decoder_ops,
                   VEC_MAX_COLS, decoder_vector_checks, VEC_PARAM_RECORD_BYTES, ErrorCode, VecOp)
 from .params import ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
 from .sequencer import read_request_layout, write_layout
@@ -282,10 +282,7 @@ class VectorEngine(wiring.Component):
         def misaligned(*values):
             return Cat(v[:lw] != 0 for v in values).any()
 
-        if dec:
-            bad_op = ~op.matches(*sorted(UNIT_OPS | RTL_DECODER_OPS))
-        else:
-            bad_op = ~op.matches(*sorted(UNIT_OPS | RTL_ALWAYS_OPS))
+        bad_op = ~op.matches(*sorted(UNIT_OPS | rtl_decoder_ops(dec)))
         many = rows > 1
         bad_shape = ((rows == 0) | (cols == 0) | (cols > VEC_MAX_COLS)
                      | (many & (cmd.src_stride < src_bytes))
@@ -626,9 +623,7 @@ class VectorEngine(wiring.Component):
         fire_o = unit_out.o.valid & o_ok
         packed = Signal(8 * 4 * N)
         for k in range(N):
-            y = unit_out.o.payload.data[k]
-            ys = Signal(signed(32), name=f"out_lane{k}")
-            m.d.comb += ys.eq(y)       # saturated to the destination's range by the unit
+            ys = unit_out.o.payload.data[k]     # saturated to the destination's range by the unit
             with m.Switch(dl):
                 for b in range(3):
                     with m.Case(b):

@@ -335,13 +335,14 @@ PROOFS: tuple[Proof, ...] = (
           "read is unanswered; a port's write is acknowledged only when the memory takes it; "
           "a request or write is offered whenever a port offers one (reads: while fewer than "
           "8 are unanswered) and stays offered until taken; rd_port names the oldest "
-          "unanswered read's port (but in the cycle after it was taken into an empty FIFO)",
+          "unanswered read's port in every cycle; round robin: a waiting port is passed over "
+          "at most ports - 1 times",
           _arbiter(), 4, cover_depth=12,
           abstraction="ports and memory free under the stream rule only; a tag FIFO of 8 reads "
                       "(the accelerator's: 80); not proved, as not a property of the design: "
                       "the memory side's payload held while stalled (a port that starts to "
                       "offer and comes first in the round robin takes the offer over; proved: "
-                      "only then does it change); not proved: round-robin fairness",
+                      "only then does it change)",
           mutants=(Mutant("dropping_tag", _arbiter(props.MemArbiterDroppingTag)),
                    Mutant("acking_every_write", _arbiter(props.MemArbiterAckingEveryWrite)))),
     Proof("csr", "CsrBlock over AXI4-Lite: PROG_ADDR, WIN_BASE, WIN_SIZE read back what was "

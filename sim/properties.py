@@ -57,15 +57,18 @@ def _elaborated(dut, platform):
     return dut.elaborate(platform)
 
 
-def _held_until_ready(m: Module, valid, ready, payload, channel: str) -> None:
-    """Assert the handshake rule of a sender: once ``valid`` is high without ``ready``, the
-    next cycle has ``valid`` high again with the same ``payload``."""
+def _held_until_ready(m: Module, valid, ready, payload, channel: str, *,
+                      assume: bool = False) -> None:
+    """Assert (or, for a free sender, ``assume``) the handshake rule of a sender: once
+    ``valid`` is high without ``ready``, the next cycle has ``valid`` high again with the same
+    ``payload``."""
     stalled = Signal(name=f"{channel}_stalled")
     last = Signal(len(payload), name=f"{channel}_last")
     m.d.sync += [stalled.eq(valid & ~ready), last.eq(payload)]
     with m.If(stalled):
-        m.d.comb += Assert(valid & (payload == last),
-                           f"{channel}: valid dropped or payload changed before ready")
+        held = valid & (payload == last)
+        m.d.comb += (Assume(held) if assume else
+                     Assert(held, f"{channel}: valid dropped or payload changed before ready"))
 
 
 # --- pipeline ----------------------------------------------------------------------------------
@@ -640,16 +643,6 @@ class AxiMasterForgettingStale(AxiMaster):
 
 # --- memory arbiter ----------------------------------------------------------------------------
 
-def _assume_held(m: Module, valid, ready, payload, channel: str) -> None:
-    """Assume the handshake rule of a free sender: once ``valid`` is high without ``ready``,
-    the next cycle has ``valid`` high again with the same ``payload``."""
-    stalled = Signal(name=f"{channel}_stalled")
-    last = Signal(len(payload), name=f"{channel}_last")
-    m.d.sync += [stalled.eq(valid & ~ready), last.eq(payload)]
-    with m.If(stalled):
-        m.d.comb += Assume(valid & (payload == last))
-
-
 def _named_signals(module: Module, *names):
     """The signals called ``names`` that the statements of ``module`` (an elaborated
     ``Module``, not its submodules) use: the local registers of a design's ``elaborate``,
@@ -723,9 +716,9 @@ class MemArbiterSpec(wiring.Component):
       entries in the FIFO of ports, so no response is lost or duplicated, none reaches a port
       that is owed none, and each port gets its answers in its request order; a port's
       response is held until it takes it (as the memory holds it); ``rd_port`` (the AXI
-      master's fault reports) is the port of the oldest unanswered read, except in the cycle
-      after that read was taken into an empty tag FIFO (its output register fills a cycle
-      later; no response can be taken then), when it still names an older read's port;
+      master's fault reports) is the port of the oldest unanswered read in every cycle (in
+      the cycle after a read is taken into an empty tag FIFO, whose output register fills a
+      cycle later, it is the last one granted; no response can be taken then);
     * **writes**: a write leaves a port exactly when the memory takes one, never two at once,
       with its payload unchanged, so a port's write is acknowledged only when the memory
       takes it; the memory is offered a write whenever, and only while, a port offers one,
@@ -775,11 +768,12 @@ class MemArbiterSpec(wiring.Component):
 
         # The environment: every sender keeps the stream rule.
         for i, p in enumerate(ports):
-            _assume_held(m, p.rd_req.valid, p.rd_req.ready, _bits(p.rd_req.payload),
-                         f"p{i}_rd_req")
-            _assume_held(m, p.wr.valid, p.wr.ready, _bits(p.wr.payload), f"p{i}_wr")
-        _assume_held(m, out.rd_resp.valid, out.rd_resp.ready, out.rd_resp.payload,
-                     "mem_rd_resp")
+            _held_until_ready(m, p.rd_req.valid, p.rd_req.ready, _bits(p.rd_req.payload),
+                              f"p{i}_rd_req", assume=True)
+            _held_until_ready(m, p.wr.valid, p.wr.ready, _bits(p.wr.payload), f"p{i}_wr",
+                              assume=True)
+        _held_until_ready(m, out.rd_resp.valid, out.rd_resp.ready, out.rd_resp.payload,
+                          "mem_rd_resp", assume=True)
 
         def fired(s):
             return s.valid & s.ready
