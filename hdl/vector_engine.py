@@ -141,7 +141,9 @@ class VectorEngine(wiring.Component):
     max_cols : int
         Longest row (default ``isa.VEC_MAX_COLS``).
     fifo_beats : int
-        Read beats in flight or buffered per stream (source, residual).
+        Read beats in flight or buffered per stream (source, residual): at least the read
+        round trip through the accelerator's memory path (more than 16 cycles), or a lone
+        stream runs below a beat a cycle (docs/vector.md).
     decoder_ops : bool
         Also run the decoder operations of ``isa.RTL_DECODER_OPS`` (``Sizing.decoder_ops``):
         RESIDUAL32 (the unit's residual add with int32 residual lanes), WIDE_SPLIT (the
@@ -165,7 +167,7 @@ class VectorEngine(wiring.Component):
     """
 
     def __init__(self, lanes: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
-                 max_cols: int = VEC_MAX_COLS, fifo_beats: int = 16, decoder_ops: bool = False,
+                 max_cols: int = VEC_MAX_COLS, fifo_beats: int = 32, decoder_ops: bool = False,
                  **unit_kwargs):
         if port_bytes is None:
             port_bytes = default_port_bytes(lanes) if isinstance(lanes, int) else 16

@@ -252,7 +252,8 @@ def compile_decoder_block(im: IntegerModel, i: int, x: np.ndarray, array: int = 
 
 
 def run_decoder_block(program: DecoderBlockProgram, backend=None, max_cycles: int | None = None,
-                      timeout_s: float | None = None) -> tuple[np.ndarray, dict]:
+                      timeout_s: float | None = None,
+                      retire_cycles: bool = False) -> tuple[np.ndarray, dict]:
     """Run a compiled block: ``(output stream, figures)``, the figures its cycles and counts,
     and ``k_cache``/``v_cache`` the cache read back (kv_heads x tokens x head_dim, as
     golden.DecoderCache holds it).
@@ -262,7 +263,9 @@ def run_decoder_block(program: DecoderBlockProgram, backend=None, max_cycles: in
     ``VerilatorBackend(config, len(image), vector=True, decoder_ops=True)``); by default the
     isa simulator modelling such a build, whose unordered accesses come back as ``hazards``
     (None on other backends). ``max_cycles``/``timeout_s`` bound the run
-    (:class:`celosia.sw.driver.AcceleratorHung` past them)."""
+    (:class:`celosia.sw.driver.AcceleratorHung` past them). ``retire_cycles``: the figures
+    also hold ``retire_cycles``, the cycle counter as each instruction retired (the run
+    stops at every instruction to read it: slower)."""
     from .driver import Accelerator, AcceleratorError
     from .isa_sim import IsaBackend
     if backend is None:
@@ -276,7 +279,8 @@ def run_decoder_block(program: DecoderBlockProgram, backend=None, max_cycles: in
     backend.write_csr("WIN_SIZE", len(program.image))
     acc.start(program.prog)
     try:
-        acc.wait(max_cycles=max_cycles, timeout_s=timeout_s)
+        acc.wait(max_cycles=max_cycles, timeout_s=timeout_s,
+                 marks=list(range(1, len(program.instructions) + 1)) if retire_cycles else None)
     except AcceleratorError as exc:
         st = exc.status
         raise RuntimeError(f"the decoder block stopped with {st.error.name} at "
@@ -297,7 +301,8 @@ def run_decoder_block(program: DecoderBlockProgram, backend=None, max_cycles: in
     return y, {"cycles": acc.counters()["cycles"], "instructions": len(program.instructions),
                "hazards": hazards, "macs": macs, "array": program.config.array,
                "counts": program.counts(), "backend": backend.name,
-               "instr_bytes": INSTR_BYTES * len(program.instructions), **caches}
+               "instr_bytes": INSTR_BYTES * len(program.instructions), **caches,
+               **({"retire_cycles": acc.mark_cycles} if retire_cycles else {})}
 
 
 @dataclass

@@ -336,7 +336,7 @@ class SentenceEncoder:
         if "waves" in options:
             batch["waves"] = str(options["waves"])
         if self.backend == "isa":
-            batch["cycles_model"] = "isa simulator estimate (each unit at its ideal rate), not RTL"
+            batch["cycles_model"] = "isa simulator estimate (docs/isa.md, \"The cycle model\"), not RTL"
         if res.build_s:
             batch["build_s"] = round(res.build_s, 2)
         if res.link_bytes is not None:

@@ -494,7 +494,7 @@ class TextGenerator:
                                                  if len(cycles) > 1 else None)
             run["array"] = self.array
             run["cycles_model"] = (
-                "isa simulator estimate (each unit at its ideal rate) of a build with the "
+                "isa simulator estimate (docs/isa.md, \"The cycle model\") of a build with the "
                 "decoder's vector operations, not RTL" if self.backend == "isa" else
                 "the Verilated RTL (Sizing(decoder_ops=True)), cycles counted by the "
                 "accelerator")

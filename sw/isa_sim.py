@@ -12,9 +12,10 @@ Besides the architectural state it keeps
   an unsynchronised command writes, a command writing what it reads itself, an instruction
   fetched from bytes an unsynchronised command writes, ...): a correct program has none, and
   the memory a program with hazards leaves may differ between this simulator and the RTL;
-* an estimate of cycles: each unit runs its commands in order at the ideal rate of an N x N
-  array and N vector lanes behind a W-byte port (``max(compute, memory)`` per command),
-  overlapping the other unit until a SYNC; this is a model, not a measurement. The memory
+* an estimate of cycles: each unit runs its commands in order, MATMUL at the ideal rate of
+  an N x N array behind a W-byte port (``max(compute, memory)`` per command), VECTOR by a
+  model fitted to the RTL's cycles (:meth:`IsaMachine._vector_cycles`), overlapping the other
+  unit until a SYNC; this is a model, not a measurement (docs/isa.md, "The cycle model"). The memory
   traffic counters (MEM_READS, MEM_WRITES) are not modelled and read 0.
 
 Its memory never fails: the memory-fault codes (``MEM_READ_ERROR``, ``MEM_WRITE_ERROR``,
@@ -44,9 +45,21 @@ __all__ = ["IsaStop", "IsaMachine", "IsaBackend", "matmul_spans", "independent_m
 
 _VEC_OPS = {op.value for op in isa.UNIT_OPS}
 _DECODER_OPS = {op.value for op in isa.DECODER_OPS}
-#: Cycles a vector batch spends filling and draining the unit's pipeline (docs/vector.md:
-#: 25 cycles for element-wise operations, more for two-pass rows; one number is enough here).
-_VEC_LATENCY = 28
+#: The vector engine's timing, per operation: (cycles a command costs beyond its beats, passes
+#: over a row's unit beats that follow the last row's read). Fitted to the Verilated RTL's
+#: cycles for single commands of every operation and shape (docs/isa.md, "The cycle model").
+_VEC_TIMING = {
+    VecOp.SOFTMAX: (86, 2), VecOp.SOFTMAX_DITHER: (86, 2), VecOp.SOFTMAX_WIDE: (88, 2),
+    VecOp.LAYERNORM: (191, 2), VecOp.RMSNORM: (171, 3),
+    VecOp.REQUANT_ROWS: (101, 1), VecOp.GELU_ROWS: (101, 1), VecOp.SILU_GATE: (85, 1),
+    VecOp.GELU: (95, 0), VecOp.REQUANT: (95, 0), VecOp.RESIDUAL: (71, 0),
+    VecOp.RESIDUAL32: (58, 0), VecOp.WIDE_SPLIT: (76, 0), VecOp.WIDE_LO: (85, 0),
+    VecOp.ROTARY: (57, 0),
+}
+#: Cycles between a vector command's last write and a SYNC on it retiring.
+_VEC_DRAIN = 44
+#: The same for a MATMUL: the array's and the epilogue's pipeline, the last results' writes.
+_MATMUL_DRAIN = 125
 
 
 class IsaStop(Exception):
@@ -161,7 +174,8 @@ class IsaMachine:
 
     def _reset_timing(self) -> None:
         self.now = 0                                   # the controller's cycle
-        self.free = {Unit.MATMUL: 0, Unit.VECTOR: 0}   # when each unit finishes its queue
+        self.free = {Unit.MATMUL: 0, Unit.VECTOR: 0}   # when each unit can start the next command
+        self.done = {Unit.MATMUL: 0, Unit.VECTOR: 0}   # when a SYNC on it sees its queue done
         self.busy = {Unit.MATMUL: 0, Unit.VECTOR: 0}
         self.stall = 0
         self._pending = {u: ([], []) for u in (Unit.MATMUL, Unit.VECTOR)}
@@ -193,7 +207,7 @@ class IsaMachine:
             self.error_detail = detail
 
     def _publish_counters(self) -> None:
-        cycles = max(self.now, *self.free.values()) if not self.running else self.now
+        cycles = max(self.now, *self.done.values()) if not self.running else self.now
         self.regs["CYCLES_LO"] = cycles & 0xFFFFFFFF
         self.regs["CYCLES_HI"] = cycles >> 32
         self.regs["MATMUL_BUSY"] = min(self.busy[Unit.MATMUL], 0xFFFFFFFF)
@@ -261,7 +275,7 @@ class IsaMachine:
         self.now += 1
 
     def _wait(self, units: Unit) -> None:
-        until = max([self.free[u] for u in (Unit.MATMUL, Unit.VECTOR) if u & units], default=0)
+        until = max([self.done[u] for u in (Unit.MATMUL, Unit.VECTOR) if u & units], default=0)
         if until > self.now:
             self.stall += until - self.now
             self.now = until
@@ -279,10 +293,13 @@ class IsaMachine:
                 self.hazards.append(f"{pc:#x}: instruction fetched from bytes an "
                                     f"unsynchronised {u.name} command writes")
 
-    def _dispatch(self, unit: Unit, ins: Instruction, cycles: int) -> None:
-        """Timing model and hazard record of an accepted command."""
+    def _dispatch(self, unit: Unit, ins: Instruction, cycles: int, drain: int = 0) -> None:
+        """Timing model and hazard record of an accepted command: it occupies ``unit`` for
+        ``cycles`` after the unit's previous command, and a SYNC sees it done ``drain``
+        cycles after that."""
         start = max(self.now, self.free[unit])
         self.free[unit] = start + cycles
+        self.done[unit] = start + cycles + drain
         self.busy[unit] += cycles
         reads, writes = ([s for _, s, _, _ in lst] for lst in footprint(ins))
         if any(w.overlaps(r) for w in writes for r in reads):
@@ -413,7 +430,7 @@ class IsaMachine:
         compute = _ceil(m, N) * _ceil(n, N) * max(k, N) + 2 * N
         traffic = m * k * _ceil(n, G) + k * n + m * n * (ob + db) + (n * 8 if f["use_params"] else 0)
         self.stats["macs"] += m * k * n
-        self._dispatch(Unit.MATMUL, ins, max(compute, _ceil(traffic, W)))
+        self._dispatch(Unit.MATMUL, ins, max(compute, _ceil(traffic, W)), _MATMUL_DRAIN)
 
     # --- VECTOR ----------------------------------------------------------------------------
 
@@ -489,10 +506,9 @@ class IsaMachine:
         self._write(f["dst_addr"], f["dst_stride"], y, DTYPE[dst_fmt])
         if e is not None:
             self._write(f["e_addr"], rows, e.reshape(1, rows), "u1")
-        N, W = self.config.array, self.config.port_bytes
-        traffic = rows * cols * (OUT_BYTES[src_fmt] + OUT_BYTES[dst_fmt] + (2 if use_res else 0))
         self.stats["vector_elements"] += rows * cols
-        self._dispatch(Unit.VECTOR, ins, max(rows * _ceil(cols, N), _ceil(traffic, W)) + _VEC_LATENCY)
+        self._dispatch(Unit.VECTOR, ins, self._vector_cycles(op, f, 2 if use_res else 0, use_p),
+                       _VEC_DRAIN)
 
 
     def _decoder_vector(self, ins: Instruction) -> None:
@@ -603,12 +619,30 @@ class IsaMachine:
             self._write(f["dst_addr"], f["dst_stride"], y, DTYPE[dst_fmt])
         if e is not None:
             self._write(f["e_addr"], rows, np.asarray(e).reshape(1, rows), "u1")
-        N, W = self.config.array, self.config.port_bytes
-        out_rows = 2 * rows if op == VecOp.WIDE_SPLIT else rows
-        traffic = (rows * cols * (OUT_BYTES[src_fmt] + (rb if use_res else 0))
-                   + out_rows * cols * OUT_BYTES[dst_fmt])
         self.stats["vector_elements"] += rows * cols
-        self._dispatch(Unit.VECTOR, ins, max(rows * _ceil(cols, N), _ceil(traffic, W)) + _VEC_LATENCY)
+        self._dispatch(Unit.VECTOR, ins, self._vector_cycles(op, f, rb if use_res else 0, use_p),
+                       _VEC_DRAIN)
+
+    def _vector_cycles(self, op: VecOp, f: dict, res_bytes: int, use_p: bool) -> int:
+        """The vector engine's cycles for one command (``res_bytes``: a residual or second
+        operand element's bytes, 0 without one): its parameter records (16 bytes a column) or
+        row exponents read first, then the larger of the read beats, the write beats and the
+        unit's beats, then the last row's remaining passes and the pipeline (_VEC_TIMING)."""
+        N, W = self.config.array, self.config.port_bytes
+        rows, cols = f["rows"], f["cols"]
+        src, dst = OUT_BYTES[OutFormat(f["src_fmt"])], OUT_BYTES[OutFormat(f["dst_fmt"])]
+        per_row = _ceil(cols, N)
+        # A wide split reads its rows twice (one plane a pass); rotary reads each row and its
+        # cos|sin twice (the unit takes the pairs' two halves as two rows).
+        passes = 2 if op in (VecOp.WIDE_SPLIT, VecOp.ROTARY) else 1
+        params = (_ceil(16 * cols, W) if use_p else
+                  _ceil(rows, W) if op == VecOp.WIDE_LO else 0)
+        reads = passes * rows * (_ceil(cols * src, W) + (_ceil(cols * res_bytes, W)
+                                                          if res_bytes else 0))
+        out_rows = 2 * rows if op == VecOp.WIDE_SPLIT else rows
+        writes = out_rows * _ceil(cols * dst, W)
+        fixed, tail = _VEC_TIMING[op]
+        return fixed + params + max(reads, writes, passes * rows * per_row) + tail * per_row
 
 
 class IsaBackend:

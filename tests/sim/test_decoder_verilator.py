@@ -24,16 +24,31 @@ def _chat_ids():
     return tok.encode(tok.chat([{"role": "user", "content": "Name three colours."}]))
 
 
-def _run_both(prog):
+def _run_both(prog, retire_cycles=False):
     """The block on the Verilated decoder build and on the isa simulator."""
     from celosia.sim.verilator_accel import VerilatorBackend
     from celosia.sw.decoder_compiler import run_decoder_block
     backend = VerilatorBackend(prog.config, len(prog.image), vector=True, decoder_ops=True)
     try:
-        y, fig = run_decoder_block(prog, backend, max_cycles=20_000_000)
+        y, fig = run_decoder_block(prog, backend, max_cycles=20_000_000,
+                                   retire_cycles=retire_cycles)
     finally:
         backend.close()
-    return (y, fig), run_decoder_block(prog)
+    return (y, fig), run_decoder_block(prog, retire_cycles=retire_cycles)
+
+
+def _sync_intervals(prog, retired):
+    """(cycles from the SYNC before to this SYNC, the opcodes between them) for each SYNC."""
+    from celosia.hdl.isa import Opcode
+    out, last, body = [], 0, set()
+    for ins, cycle in zip(prog.instructions, retired):
+        name = Opcode(ins.opcode).name
+        if name == "SYNC":
+            out.append((cycle - last, body))
+            last, body = cycle, set()
+        elif name != "HALT":
+            body.add(name)
+    return out
 
 
 def test_a_decoder_block_prefill_on_verilator_is_golden_bit_for_bit(int_decoder):
@@ -53,6 +68,8 @@ def test_a_decoder_block_prefill_on_verilator_is_golden_bit_for_bit(int_decoder)
     (y, fig), (yi, fi) = _run_both(prog)
     assert fig["backend"] == "verilator"
     assert np.array_equal(y, want) and np.array_equal(yi, want)
+    # The isa simulator's cycle model (docs/isa.md, "The cycle model") within 2% of the RTL.
+    assert abs(fi["cycles"] - fig["cycles"]) <= 0.02 * fig["cycles"], (fi["cycles"], fig["cycles"])
     assert np.array_equal(fig["k_cache"], cache.keys[0])
     assert np.array_equal(fig["v_cache"], cache.values[0])
     assert fig["cycles"] > fig["macs"] / ARRAY ** 2
@@ -73,8 +90,18 @@ def test_a_decode_step_on_verilator_is_golden_bit_for_bit(int_decoder):
     old_k, old_v = cache.keys[layer].copy(), cache.values[layer].copy()
     want = golden.decoder_layer(int_decoder, layer, x, cache)
     prog = compile_decoder_block(int_decoder, layer, x, ARRAY, old_k, old_v)
-    (y, fig), (yi, fi) = _run_both(prog)
+    (y, fig), (yi, fi) = _run_both(prog, retire_cycles=True)
     assert np.array_equal(y, want) and np.array_equal(yi, want)
+    # The cycle model, program and pieces: the whole step within 2% of the RTL, and every
+    # stretch between two SYNCs (a matmul, or the vector commands of one step of the block:
+    # one-row RMSNORM, requantisations, rotary, the attention's small softmax) within 10% or
+    # 120 cycles of it.
+    assert abs(fi["cycles"] - fig["cycles"]) <= 0.02 * fig["cycles"], (fi["cycles"], fig["cycles"])
+    rtl = _sync_intervals(prog, fig["retire_cycles"])
+    model = _sync_intervals(prog, fi["retire_cycles"])
+    assert len(rtl) == len(model) > 20
+    for (r, body), (m, _) in zip(rtl, model):
+        assert abs(m - r) <= max(0.1 * r, 120), (sorted(body), m, r)
     assert np.array_equal(fig["k_cache"], cache.keys[layer])
     assert np.array_equal(fig["v_cache"], cache.values[layer])
 
@@ -118,20 +145,35 @@ def test_generation_on_verilator_gives_the_golden_tokens(int_decoder):
 def test_decode_steps_on_verilator_give_the_golden_logits(int_decoder):
     """The two-block decoder's session on Verilator: a prompt's prefill (every row of logits)
     and two decode steps through the resident KV caches, each step's logits equal to
-    golden.decoder_logits' with the same cache (about 3 minutes)."""
+    golden.decoder_logits' with the same cache, and the isa backend's cycle estimate within 2%
+    of the RTL's cycles for each (about 3 minutes)."""
     from celosia.sw import golden
     from celosia.sw.decoder_compiler import DecoderSession
     im = _first_layers(int_decoder, 2)
     ids = _chat_ids()[:9]
     session = DecoderSession(im, ARRAY, 64, backend="verilator")
+    model = DecoderSession(im, ARRAY, 64, backend="isa")
+
+    def cycles(s, tokens):
+        c0 = s.cycles
+        out = s.logits(tokens)
+        return out, s.cycles - c0
+
     try:
         cache = golden.DecoderCache()
         first = golden.decoder_logits(im, ids, cache)
-        assert np.array_equal(session.logits(ids), first)
+        got, rtl = cycles(session, ids)
+        assert np.array_equal(got, first)
+        # The isa backend's cycle estimate within 2% of the RTL's, the prefill and each step.
+        est = cycles(model, ids)[1]
+        assert abs(est - rtl) <= 0.02 * rtl, ("prefill", est, rtl)
         nxt = [int(np.argmax(first[-1]))]
-        for _ in range(2):
+        for step in range(2):
             want = golden.decoder_logits(im, nxt, cache)
-            assert np.array_equal(session.logits(nxt), want)
+            got, rtl = cycles(session, nxt)
+            assert np.array_equal(got, want)
+            est = cycles(model, nxt)[1]
+            assert abs(est - rtl) <= 0.02 * rtl, (f"decode step {step}", est, rtl)
             nxt = [int(np.argmax(want[-1]))]
         assert session.length == 11 and session.programs == 9
     finally:

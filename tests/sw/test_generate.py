@@ -434,11 +434,11 @@ def test_bench_generate_full_set_gives_the_documented_figures(capsys, model_file
     assert [p["first_divergence"] for p in q["per_prompt"]] == [
         None, 28, 10, 6, 13, 12, None, None, 13, 6, None, 1]
     assert doc["speed"]["greedy_first_divergence"] == 28
-    assert c["decode_cycles_per_token"] == 17_283_329 and c["roofline_cycles"] == 4_202_496
-    assert c["roofline_ratio"] == pytest.approx(0.243, abs=5e-4)
+    assert c["decode_cycles_per_token"] == 17_806_819 and c["roofline_cycles"] == 4_202_496
+    assert c["roofline_ratio"] == pytest.approx(0.236, abs=5e-4)
     bt = c["batched"]                     # the first 8 prompts decoded together
-    assert bt["sequences"] == 8 and bt["step_cycles"] == 20_333_375
-    assert bt["roofline_ratio"] == pytest.approx(1.653, abs=5e-4)
+    assert bt["sequences"] == 8 and bt["step_cycles"] == 22_572_715
+    assert bt["roofline_ratio"] == pytest.approx(1.489, abs=5e-4)
     assert doc["targets_met"] == {"agreement": True, "perplexity_ratio": True,
                                   "paragraph_perplexity_ratio": True, "roofline_ratio": True}
 
