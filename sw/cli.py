@@ -227,11 +227,18 @@ def _cmd_generate(args) -> int:
          "top_k": "--top-k", "seed": "--seed"})
     if problem:
         raise CLIError(problem)
-    prompt = check_text(args.prompt, f"the prompt {os.fsencode(args.prompt)[:40]!r}")
+    prompts = [check_text(p, f"the prompt {os.fsencode(p)[:40]!r}") for p in args.prompt]
+    if len(prompts) > 64:
+        raise CLIError(f"{len(prompts)} prompts: at most 64 are decoded together")
+    if len(prompts) > 1 and args.reference:
+        raise CLIError("--reference compares one prompt's run: give one PROMPT")
     if args.backend in ("isa", "verilator") and array_problem(args.array):
         raise CLIError(f"--array {args.array}: {array_problem(args.array)}")
     gen = TextGenerator(args.backend, model_file=args.model_file, quiet=args.json,
                         rebuild=args.rebuild_model, array=args.array)
+    if len(prompts) > 1:
+        return _generate_batch(gen, prompts, args)
+    prompt = prompts[0]
     # The compiled backends' programs (minutes a token on verilator): a bar on a terminal.
     pieces = gen.stream(prompt, args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, seed=args.seed, raw=args.raw,
@@ -281,6 +288,35 @@ def _cmd_generate(args) -> int:
                 f"teacher-forced agreement {ref['agreement']:.3f} ({ref['agreeing']} of "
                 f"{ref['tokens']}), perplexity {ref['perplexity_integer']:.3f} integer, "
                 f"{ref['perplexity_float']:.3f} float")
+    return EXIT_OK
+
+
+def _generate_batch(gen, prompts: list[str], args) -> int:
+    """Several prompts decoded together (TextGenerator.generate_batch): each one's text once
+    it is done, then a summary line on stderr; or the batch's record with --json."""
+    texts = gen.generate_batch(prompts, args.max_new_tokens, temperature=args.temperature,
+                               top_k=args.top_k, seed=args.seed, raw=args.raw,
+                               progress=None if not args.json else False)
+    rec = gen.last_run
+    if args.json:
+        json.dump(rec, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    for k, (prompt, text) in enumerate(zip(prompts, texts)):
+        sys.stdout.write(f"[{k + 1}] {prompt}\n{text}\n")
+    sys.stdout.flush()
+    pre, dec = rec["prefill"], rec["decode"]
+    stops = ", ".join(f"{n} at {STOP_REASONS[r]}" for r, n in sorted(
+        {r: sum(run["stopped"] == r for run in rec["runs"]) for r in STOP_REASONS}.items())
+        if n)
+    _stderr(f"celosia: {args.backend}: {len(prompts)} prompts decoded together: prefill "
+            f"{pre['tokens']} tokens in {pre['seconds']:.2f} s; decode {dec['tokens']} tokens "
+            f"in {dec['seconds']:.2f} s; stopped: {stops}")
+    if "cycles_model" in rec:
+        per = dec["cycles_per_token"]
+        kind = "estimated cycles" if args.backend == "isa" else "RTL cycles"
+        _stderr(f"celosia: {rec['array']}x{rec['array']} array, {kind}: prefill "
+                f"{pre['cycles']:,}" + (f"; decode {per:,} a token" if per else ""))
     return EXIT_OK
 
 
@@ -508,10 +544,18 @@ def build_parser() -> argparse.ArgumentParser:
             "cycles). On both, a bar on stderr (on a terminal, without --json) counts the "
             "block programs of the prefill and of each decode step. amaranth and serial do "
             "not run the decoder.",
+            "Several PROMPTs are decoded together: one prefill of all of them, then one step "
+            "a token for all those still generating (on isa and verilator one program per "
+            "block for all of them, each weight read once a step); each gives the text it "
+            "gives alone, printed once all are done.",
             "The integer model is quantised on first use (a minute or so) and cached beside "
             "MiniLM's ($CELOSIA_CACHE or ~/.cache/celosia)."),
         epilog='example: celosia generate "What is the capital of France?" --max-new-tokens 16')
-    p.add_argument("prompt", metavar="PROMPT", help="the text to continue (UTF-8)")
+    p.add_argument("prompt", metavar="PROMPT", nargs="+",
+                   help="the text to continue (UTF-8); several PROMPTs are decoded together "
+                        "(one program per block for all of them on isa and verilator, each "
+                        "weight read once a step), each giving the text it gives alone, "
+                        "printed when all are done")
     p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
                    help="generate at most N tokens, 1 or more (default 64)")
     p.add_argument("--backend", default="golden", metavar="NAME",

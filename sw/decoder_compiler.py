@@ -574,7 +574,8 @@ class DecoderSession:
         sequence ``s``'s cached tokens; one program per layer runs all of them, their rows
         stacked, so each weight is read once for the whole batch (attention runs a sequence
         at a time against its own cache). Returns each sequence's logits, bit for bit those
-        of a session of that sequence alone."""
+        of a session of that sequence alone. A sequence given no tokens takes no step (its
+        logits: 0 rows); at least one must have some."""
         from .golden import decoder_embed
         im, a = self.im, self.im.arch
         total = a.layers + 1
@@ -582,33 +583,37 @@ class DecoderSession:
             raise ValueError(f"DecoderSession: ids for {self.sequences} sequences, got "
                              f"{len(ids)}")
         ids = [np.asarray(t, dtype=np.int64).reshape(-1) for t in ids]
+        # (sequence, first row, rows, cached tokens) of each sequence that takes a step.
         seq_rows, row0 = [], 0
         for s, t in enumerate(ids):
             start = self.lengths[s]
-            if len(t) < 1 or start + len(t) > self.context:
+            if start + len(t) > self.context:
                 raise ValueError(f"{start + len(t)} tokens exceed the isa decoder's context of "
                                  f"{self.context} (the softmax's longest row)")
-            seq_rows.append((row0, len(t), start))
-            row0 += len(t)
+            if len(t):
+                seq_rows.append((s, row0, len(t), start))
+                row0 += len(t)
+        if not seq_rows:
+            raise ValueError("DecoderSession: no sequence has a token to run")
         tokens = row0
         x = decoder_embed(im, np.concatenate(ids))
-        one = self.sequences == 1
+        one = len(seq_rows) == 1
         trig = None if one else np.concatenate(
-            [self._trig_rows[start:start + n] for _, n, start in seq_rows])
+            [self._trig_rows[start:start + n] for _, _, n, start in seq_rows])
         for i in range(a.layers):
             def block(b, i=i, x=x):
                 xin = b.tensor("x", tokens, a.hidden, _I32, x)
                 seqs = [_Seq(r0, n, start, b.rows(self.k[s][i], 0, start + n),
                              b.rows(self.v[s][i], 0, start + n))
-                        for s, (r0, n, start) in enumerate(seq_rows)]
-                rows = (b.rows(self.trig, seq_rows[0][2], tokens) if one
+                        for s, r0, n, start in seq_rows]
+                rows = (b.rows(self.trig, seq_rows[0][3], tokens) if one
                         else b.tensor("cos|sin", tokens, a.head_dim, _I16, trig))
                 return _emit_block(b, im, i, xin, seqs, self.W[i], rows)
             x = self._run(block)
             if progress is not None:
                 progress(i + 1, total)
 
-        last = [r0 + n - 1 for r0, n, _ in seq_rows]
+        last = [r0 + n - 1 for _, r0, n, _ in seq_rows]
         rows = x[last] if last_only else x
 
         def head(b):
@@ -625,11 +630,11 @@ class DecoderSession:
         logits = self._run(head)
         if progress is not None:
             progress(total, total)
-        for s, (_, n, _) in enumerate(seq_rows):
+        out = [np.zeros((0, self.head.cols), dtype=logits.dtype)] * self.sequences
+        for k, (s, r0, n, _) in enumerate(seq_rows):
             self.lengths[s] += n
-        if last_only:
-            return [logits[s:s + 1] for s in range(self.sequences)]
-        return [logits[r0:r0 + n] for r0, n, _ in seq_rows]
+            out[s] = logits[k:k + 1] if last_only else logits[r0:r0 + n]
+        return out
 
 
 def decode_roofline(im: IntegerModel, array: int = 16) -> dict:

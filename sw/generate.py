@@ -285,6 +285,9 @@ class TextGenerator:
     rebuild:
         Quantise again and rewrite the file.
 
+    :meth:`generate` and :meth:`stream` continue one prompt; :meth:`generate_batch` several,
+    decoded together.
+
     Members
     -------
     tokenizer, integer_model:
@@ -424,76 +427,131 @@ class TextGenerator:
         return self._run(prompt, ids, max_new_tokens, float(temperature), top_k, seed, raw,
                          progress)
 
+    def generate_batch(self, prompts, max_new_tokens: int = 64, *, temperature: float = 0.0,
+                       top_k: int | None = None, seed: int | None = None, raw: bool = False,
+                       progress: bool | None = False) -> list[str]:
+        """The texts generated after each of ``prompts`` (1 to 64), decoded together: on the
+        isa and verilator backends one session of ``len(prompts)`` sequences
+        (:class:`DecoderSession` with ``logits_batch``), so each step runs one program per
+        block for every sequence still generating and reads each weight once for all of them;
+        on golden one integer KV cache per prompt. Each text is, token for token, what
+        :meth:`generate` gives its prompt alone with the same settings (with sampling, each
+        prompt draws from its own generator seeded with ``seed``); each sequence stops on its
+        own. ``last_run``: ``backend``, ``sequences``, ``runs`` (each prompt's ``prompt``,
+        ``prompt_ids``, ``generated_ids``, ``text``, ``stopped``, ``sampling`` as in
+        :meth:`generate`), ``prefill`` (every prompt's tokens in one step) and ``decode`` (the
+        steps after it, ``tokens`` the new tokens they gave), on isa and verilator with
+        ``cycles`` and ``cycles_per_token``, ``array`` and ``cycles_model``."""
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+            raise CelosiaError("generate_batch takes a list of prompts")
+        if not 1 <= len(prompts) <= 64:
+            raise CelosiaError(f"generate_batch takes 1 to 64 prompts, not {len(prompts)}")
+        problem = sampling_problem(max_new_tokens, temperature, top_k, seed)
+        if problem:
+            raise CelosiaError(problem)
+        ids = [self.prompt_ids(p, raw) for p in prompts]
+        for _ in self._decode(list(prompts), ids, max_new_tokens, float(temperature), top_k,
+                              seed, raw, progress):
+            pass
+        return [run["text"] for run in self.last_run["runs"]]
+
     def _run(self, prompt, ids, max_new_tokens, temperature, top_k, seed, raw, progress=False):
+        for _, piece in self._decode([prompt], [ids], max_new_tokens, temperature, top_k, seed,
+                                     raw, progress):
+            yield piece
+
+    def _decode(self, prompts, ids, max_new_tokens, temperature, top_k, seed, raw, progress):
+        """Generate after every prompt at once, yielding ``(prompt index, text piece)`` as
+        each piece is produced; ``last_run`` is the one run's record for one prompt, the
+        batch's (:meth:`generate_batch`) for several."""
         im, tok = self.integer_model, self.tokenizer
-        rng = None
-        if temperature > 0:
-            if seed is None:
-                seed = int(np.random.SeedSequence().entropy % (1 << 63))
-            rng = np.random.default_rng(seed)
+        B = len(prompts)
+        if temperature > 0 and seed is None:
+            seed = int(np.random.SeedSequence().entropy % (1 << 63))
+        rngs = [np.random.default_rng(seed) if temperature > 0 else None for _ in range(B)]
         scale = golden.logit_scale(im)
         limit = self.context
-        run = {"backend": self.backend, "prompt": prompt, "chat_template": not raw,
-               "prompt_ids": [int(i) for i in ids], "max_new_tokens": int(max_new_tokens),
-               "generated_ids": [], "text": "",
-               "stopped": "max_new_tokens",
-               "sampling": {"temperature": temperature, "top_k": top_k, "seed": seed}}
-        self.last_run = run
+        runs = [{"backend": self.backend, "prompt": prompts[k], "chat_template": not raw,
+                 "prompt_ids": [int(i) for i in ids[k]], "max_new_tokens": int(max_new_tokens),
+                 "generated_ids": [], "text": "", "stopped": "max_new_tokens",
+                 "sampling": {"temperature": temperature, "top_k": top_k, "seed": seed}}
+                for k in range(B)]
+        batch = ({"backend": self.backend, "sequences": B, "runs": runs} if B > 1 else None)
+        self.last_run = batch if batch is not None else runs[0]
         compiled = self.backend in SESSION_BACKENDS
+        cycles = []
         if compiled:
             from .decoder_compiler import DecoderSession
-            session = DecoderSession(im, self.array, limit, backend=self.backend)
-            cycles = []
+            session = DecoderSession(im, self.array, limit, backend=self.backend, sequences=B)
 
-            def logits_of(step):
+            def logits_of(steps):
                 from .progress import ProgressBar
-                what = "prefill" if not cycles else f"token {len(cycles) + 1}"
+                what = ("prefill" if not cycles else
+                        f"{'token' if B == 1 else 'step'} {len(cycles) + 1}")
                 bar = ProgressBar(im.arch.layers + 1, f"programs ({what})", progress)
                 try:
-                    return session.logits(step, last_only=True,
-                                          progress=lambda done, total: bar.update(done))
+                    return session.logits_batch(steps, last_only=True,
+                                                progress=lambda done, total: bar.update(done))
                 finally:
                     bar.close()
         else:
-            cache = golden.DecoderCache()
-            logits_of = lambda step: golden.decoder_logits(im, step, cache)  # noqa: E731
-        text = _TextStream(tok)
-        step = np.asarray(ids, dtype=np.int64)
-        times = []
-        for n in range(max_new_tokens):
-            if len(ids) + n > limit:
-                run["stopped"] = "context"
-                break
-            t0 = time.perf_counter()
-            before = session.cycles if compiled else 0
-            logits = logits_of(step)[-1]
-            nxt = sample(logits, scale, temperature, top_k, rng)
-            times.append(time.perf_counter() - t0)
+            caches = [golden.DecoderCache() for _ in range(B)]
+
+            def logits_of(steps):
+                return [golden.decoder_logits(im, st, caches[k]) if len(st) else None
+                        for k, st in enumerate(steps)]
+        streams = [_TextStream(tok) for _ in range(B)]
+        steps = [np.asarray(t, dtype=np.int64) for t in ids]
+        active = [True] * B
+        times, step_tokens = [], []
+        none = np.zeros(0, dtype=np.int64)
+        try:
+            for n in range(max_new_tokens):
+                for k in range(B):
+                    if active[k] and len(ids[k]) + n > limit:
+                        runs[k]["stopped"] = "context"
+                        active[k] = False
+                if not any(active):
+                    break
+                t0 = time.perf_counter()
+                before = session.cycles if compiled else 0
+                logits = logits_of([steps[k] if active[k] else none for k in range(B)])
+                times.append(time.perf_counter() - t0)
+                step_tokens.append(sum(active))
+                if compiled:
+                    cycles.append(session.cycles - before)
+                for k in range(B):
+                    if not active[k]:
+                        continue
+                    nxt = sample(logits[k][-1], scale, temperature, top_k, rngs[k])
+                    runs[k]["generated_ids"].append(nxt)
+                    if nxt == tok.eos_id:
+                        runs[k]["stopped"] = "eos"
+                        active[k] = False
+                        continue
+                    piece = streams[k].push(nxt)
+                    runs[k]["text"] += piece
+                    if piece:
+                        yield k, piece
+                    steps[k] = np.array([nxt], dtype=np.int64)
+            for k in range(B):
+                piece = streams[k].flush()
+                runs[k]["text"] += piece
+                if piece:
+                    yield k, piece
+        finally:
             if compiled:
-                cycles.append(session.cycles - before)
-            run["generated_ids"].append(nxt)
-            if nxt == tok.eos_id:
-                run["stopped"] = "eos"
-                break
-            piece = text.push(nxt)
-            run["text"] += piece
-            if piece:
-                yield piece
-            step = np.array([nxt], dtype=np.int64)
-        piece = text.flush()
-        run["text"] += piece
-        if piece:
-            yield piece
-        run["prefill"] = _rate(len(ids), times[:1])
-        run["decode"] = _rate(len(times) - 1 if times else 0, times[1:])
+                session.close()
+        rec = self.last_run
+        rec["prefill"] = _rate(sum(len(t) for t in ids), times[:1])
+        rec["decode"] = _rate(sum(step_tokens[1:]), times[1:])
         if compiled:
-            session.close()
-            run["prefill"]["cycles"] = cycles[0] if cycles else 0
-            run["decode"]["cycles"] = sum(cycles[1:])
-            run["decode"]["cycles_per_token"] = (round(sum(cycles[1:]) / (len(cycles) - 1))
-                                                 if len(cycles) > 1 else None)
-            run["array"] = self.array
-            run["cycles_model"] = (
+            rec["prefill"]["cycles"] = cycles[0] if cycles else 0
+            rec["decode"]["cycles"] = sum(cycles[1:])
+            rec["decode"]["cycles_per_token"] = (round(sum(cycles[1:]) / sum(step_tokens[1:]))
+                                                 if sum(step_tokens[1:]) else None)
+            rec["array"] = self.array
+            rec["cycles_model"] = (
                 "isa simulator estimate (docs/isa.md, \"The cycle model\") of a build with the "
                 "decoder's vector operations, not RTL" if self.backend == "isa" else
                 "the Verilated RTL (Sizing(decoder_ops=True)), cycles counted by the "

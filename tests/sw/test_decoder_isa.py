@@ -286,6 +286,18 @@ def test_sequences_decoded_together_give_each_ones_golden_logits(int_decoder):
         session.logits(nxt[0])
     with pytest.raises(ValueError, match="ids for 3 sequences"):
         session.logits_batch(nxt[:2])
+    # A sequence given no tokens takes no step (one that has stopped generating): 0 rows of
+    # logits, its cache and length unchanged; the others' logits still golden's.
+    nxt = [[int(np.argmax(g[-1]))] for g in got]
+    got = session.logits_batch([nxt[0], [], nxt[2]], last_only=True)
+    assert got[1].shape == (0, 49152) and session.lengths == [7, 3, 11]
+    for k in (0, 2):
+        assert np.array_equal(got[k], golden.decoder_logits(im, nxt[k], caches[k])[-1:])
+    got = session.logits_batch([[], nxt[1], []])
+    assert np.array_equal(got[1], golden.decoder_logits(im, nxt[1], caches[1]))
+    assert session.lengths == [7, 4, 11] and session.hazards == []
+    with pytest.raises(ValueError, match="no sequence has a token"):
+        session.logits_batch([[], [], []])
 
 
 def test_a_wide_product_of_more_rows_than_one_wide_lo():

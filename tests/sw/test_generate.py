@@ -459,3 +459,65 @@ def test_compiled_backends_show_their_programs_progress(capsys, int_decoder, gen
     assert "3/3 programs (prefill)" in err and "3/3 programs (token 2)" in err, err
     assert gen.generate("Hi", 1, raw=True) == want[:len(gen.last_run["text"])]
     assert capsys.readouterr().err == ""            # progress=False: nothing drawn
+
+
+def test_prompts_generated_together_give_each_ones_own_text(generator):
+    """generate_batch on golden: each prompt's text and ids are generate()'s for it alone,
+    greedy and sampled (each prompt's generator seeded with the seed); a prompt that ends
+    with the end-of-sequence token stops while the others go on."""
+    prompts = ["What is the capital of France?", "Why is the sky blue?"]
+    texts = generator.generate_batch(prompts, 10)
+    rec = generator.last_run
+    assert rec["sequences"] == 2 and len(rec["runs"]) == 2
+    alone = []
+    for prompt, text, run in zip(prompts, texts, rec["runs"]):
+        assert generator.generate(prompt, 10) == text
+        alone.append(generator.last_run)
+        assert run["generated_ids"] == alone[-1]["generated_ids"]
+        assert run["stopped"] == alone[-1]["stopped"] and run["prompt"] == prompt
+    assert [r["stopped"] for r in rec["runs"]] == ["eos", "max_new_tokens"]
+    new = sum(len(r["generated_ids"]) for r in rec["runs"])
+    assert rec["prefill"]["tokens"] == sum(len(r["prompt_ids"]) for r in rec["runs"])
+    assert rec["decode"]["tokens"] == new - 2
+    raw = ["Once upon a time", "The sky is"]
+    sampled = generator.generate_batch(raw, 3, temperature=0.9, top_k=30, seed=7, raw=True)
+    assert sampled == [generator.generate(p, 3, temperature=0.9, top_k=30, seed=7, raw=True)
+                       for p in raw]
+
+
+def test_prompts_decoded_together_on_isa_share_each_step(int_decoder, generator):
+    """On isa (the decoder cut to two blocks): the batch's texts are the golden backend's
+    one by one, each step is one program per block for all the sequences, and a token costs
+    fewer cycles than one sequence's decode step."""
+    from celosia.sw.generate import TextGenerator
+    from celosia.sw.quantize import IntegerModel
+    im = IntegerModel(int_decoder.tensors,
+                      {**int_decoder.meta, "arch": {**int_decoder.meta["arch"], "layers": 2}})
+    tok = generator.tokenizer
+    prompts = ["Hi", "The capital of France is", "One, two,"]
+    want = [TextGenerator.from_model(tok, im, "golden").generate(p, 3, raw=True)
+            for p in prompts]
+    gen = TextGenerator.from_model(tok, im, "isa", array=8)
+    assert gen.generate_batch(prompts, 3, raw=True) == want
+    batch = gen.last_run["decode"]
+    assert batch["tokens"] == 6 and gen.last_run["array"] == 8
+    gen.generate(prompts[0], 3, raw=True)
+    assert batch["cycles_per_token"] < gen.last_run["decode"]["cycles_per_token"]
+
+
+def test_cli_generates_several_prompts_together(capsys, model_file, generator):
+    code, out, err = run(capsys, "generate", "The capital of France is", "One, two,", "--raw",
+                         "--max-new-tokens", "3", "--model-file", model_file)
+    assert code == 0
+    texts = [generator.generate(p, 3, raw=True) for p in ("The capital of France is",
+                                                          "One, two,")]
+    assert out == (f"[1] The capital of France is\n{texts[0]}\n[2] One, two,\n{texts[1]}\n")
+    assert err.startswith("celosia: golden: 2 prompts decoded together: prefill ")
+    assert "decode 4 tokens in " in err and "2 at --max-new-tokens" in err
+    code, out, err = run(capsys, "generate", "The capital of France is", "One, two,", "--raw",
+                         "--max-new-tokens", "2", "--json", "--model-file", model_file)
+    doc = json.loads(out)
+    assert code == 0 and doc["sequences"] == 2 and [r["prompt"] for r in doc["runs"]] == [
+        "The capital of France is", "One, two,"]
+    code, out, err = run(capsys, "generate", "a", "b", "--reference", "--model-file", model_file)
+    one_line_error(code, err, "--reference compares one prompt's run")
