@@ -275,11 +275,7 @@ def _cmd_generate(args) -> int:
     _stderr(f"celosia: {args.backend}: prefill {rate(pre)}; decode {rate(dec)}; "
             f"{len(run['generated_ids'])} new tokens, {sampling}, stopped at "
             f"{STOP_REASONS[run['stopped']]}")
-    if "cycles_model" in run:
-        per = dec["cycles_per_token"]
-        kind = "estimated cycles" if args.backend == "isa" else "RTL cycles"
-        _stderr(f"celosia: {run['array']}x{run['array']} array, {kind}: prefill "
-                f"{pre['cycles']:,}" + (f"; decode {per:,} a token" if per else ""))
+    _cycles_line(run, args.backend)
     if args.reference:
         ref = run["reference"]
         where = ("the same tokens" if ref["first_divergence"] is None else
@@ -312,12 +308,18 @@ def _generate_batch(gen, prompts: list[str], args) -> int:
     _stderr(f"celosia: {args.backend}: {len(prompts)} prompts decoded together: prefill "
             f"{pre['tokens']} tokens in {pre['seconds']:.2f} s; decode {dec['tokens']} tokens "
             f"in {dec['seconds']:.2f} s; stopped: {stops}")
-    if "cycles_model" in rec:
-        per = dec["cycles_per_token"]
-        kind = "estimated cycles" if args.backend == "isa" else "RTL cycles"
-        _stderr(f"celosia: {rec['array']}x{rec['array']} array, {kind}: prefill "
-                f"{pre['cycles']:,}" + (f"; decode {per:,} a token" if per else ""))
+    _cycles_line(rec, args.backend)
     return EXIT_OK
+
+
+def _cycles_line(run: dict, backend: str) -> None:
+    """The compiled backends' cycles of a generation (a run or a batch) on stderr."""
+    if "cycles_model" not in run:
+        return
+    pre, per = run["prefill"], run["decode"]["cycles_per_token"]
+    kind = "estimated cycles" if backend == "isa" else "RTL cycles"
+    _stderr(f"celosia: {run['array']}x{run['array']} array, {kind}: prefill "
+            f"{pre['cycles']:,}" + (f"; decode {per:,} a token" if per else ""))
 
 
 #: How a generation ended, for the summary line.
