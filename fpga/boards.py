@@ -69,6 +69,9 @@ class Board:
     nextpnr_opts: str = ""    #: extra options of nextpnr
     #: nextpnr's placement seed when the command line gives none (None: nextpnr's default).
     seed: int | None = None
+    #: nextpnr's options for a build with the vector engine, and then nextpnr's default seed
+    #: unless the command line gives one (None: ``nextpnr_opts`` and ``seed`` as without it).
+    vector_nextpnr_opts: str | None = None
 
     def platform(self):
         import importlib
@@ -88,7 +91,11 @@ BOARDS = {
         dsps=156, reset_button="button_fire", sizing=ULX3S, vector_sizing=ULX3S_VECTOR,
         # Seed 2: at 4fc7bee nextpnr's default seed placed a top router2 did not converge on
         # (160 overused wires at best); seed 2 routed it at 46.60 MHz (docs/fpga.md).
-        window="sdram", nextpnr_opts="--router router2", seed=2),
+        # With the vector engine router2 falls to a few dozen overused wires and then climbs
+        # again, whatever the seed or weights; router1 routes the 4x4 array with four vector
+        # lanes (48.39 MHz at 25; docs/fpga.md).
+        window="sdram", nextpnr_opts="--router router2", seed=2,
+        vector_nextpnr_opts="--router router1"),
     "icebreaker": Board(
         name="icebreaker", family="ice40", platform_module="amaranth_boards.icebreaker",
         platform_class="ICEBreakerPlatform", clk_name="clk12", clk_in_mhz=12.0,

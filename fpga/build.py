@@ -104,12 +104,15 @@ def parse_nextpnr_report(report: dict, count: int = 3) -> list[dict]:
     return paths[:count]
 
 
-def tool_options(board, seed: int | None = None) -> dict:
+def tool_options(board, seed: int | None = None, vector: bool = False) -> dict:
     """Overrides for the platform's build: the board's Yosys synthesis options (iCE40: ``-dsp``
     so that multipliers use the SB_MAC16s) and nextpnr's (ECP5: router2, which routes the
-    congested 8x8 design far faster than router1; the JSON report for the critical paths)."""
-    opts = ["--timing-allow-fail", "--report", REPORT_NAME] + board.nextpnr_opts.split()
-    seed = board.seed if seed is None else seed
+    congested 8x8 matmul-only design far faster than router1, and router1 with the vector
+    engine, where router2 does not converge; the JSON report for the critical paths)."""
+    special = vector and board.vector_nextpnr_opts is not None
+    extra = board.vector_nextpnr_opts if special else board.nextpnr_opts
+    opts = ["--timing-allow-fail", "--report", REPORT_NAME] + extra.split()
+    seed = (None if special else board.seed) if seed is None else seed
     if seed is not None:
         opts += ["--seed", str(seed)]
     return {"synth_opts": board.synth_opts, "nextpnr_opts": " ".join(opts)}
@@ -138,7 +141,7 @@ def build(board: str, array: int | None = None, clock_mhz: float | None = None,
     error = None
     try:
         platform.build(top, name=TOP_NAME, build_dir=str(out_dir), do_program=False,
-                       **tool_options(b, seed))
+                       **tool_options(b, seed, top.vector))
     except Exception as e:            # noqa: BLE001 - reported, with the log's tail
         error = f"{type(e).__name__}: {e}"
     wall = time.monotonic() - t0

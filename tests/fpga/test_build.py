@@ -252,9 +252,16 @@ def test_board_sizing():
     top = CelosiaTop(ice)
     plan = ice.platform().build(top, name="celosia_top", do_build=False, **tool_options(ice))
     assert "synth_ice40 -dsp" in dict(plan.files)["celosia_top.ys"]
-    assert tool_options(ecp)["nextpnr_opts"].split()[-2:] == ["--seed", "2"]
+    assert tool_options(ecp)["nextpnr_opts"].split()[-4:] == [
+        "--router", "router2", "--seed", "2"]
     assert tool_options(ecp, seed=5)["nextpnr_opts"].split()[-2:] == ["--seed", "5"]
     assert "--seed" not in tool_options(ice)["nextpnr_opts"]
+    # With the vector engine: router1 (router2 does not converge there), nextpnr's seed.
+    assert tool_options(ecp, vector=True)["nextpnr_opts"].split()[-2:] == [
+        "--router", "router1"]
+    assert tool_options(ecp, seed=3, vector=True)["nextpnr_opts"].split()[-4:] == [
+        "--router", "router1", "--seed", "3"]
+    assert tool_options(ice, vector=True) == tool_options(ice)
 
 
 def test_vector_lanes_option():
@@ -279,10 +286,10 @@ def test_vector_lanes_option():
     assert args.vector_lanes == 2 and args.vector == "auto"
 
 
-def _build(board, tmp_path):
+def _build(board, tmp_path, *options):
     out = subprocess.run([sys.executable, "-m", "celosia.fpga.build", "--board", board,
-                          "-o", str(tmp_path), "--json"], capture_output=True, text=True,
-                         timeout=3600)
+                          "-o", str(tmp_path), "--json", *options], capture_output=True,
+                         text=True, timeout=3600)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return out.returncode, r
 
@@ -328,6 +335,17 @@ def test_icebreaker_bitstream(tmp_path):
     assert any(abs(p["delay_ns"] - period) < 0.02 * period for p in r["worst_paths"]), r
     with open(r["bitstream"], "rb") as f:
         assert len(f.read()) > 100_000
+
+
+@pytest.mark.slow
+def test_ulx3s_bitstream_with_the_vector_engine(tmp_path):
+    """The whole accelerator on the ULX3S: a 4x4 array with a four-lane vector engine and its
+    memory in SDRAM, routed by router1, timing met at the default clock (about 30 minutes on
+    two cores; docs/fpga.md)."""
+    rc, r = _build("ulx3s-85f", tmp_path, "--array", "4", "--vector", "on")
+    assert r["array"] == 4 and r["vector"] is True and r["vector_lanes"] == 4 and r["bitstream"]
+    assert r["window"] == "sdram" and r["dsps"] <= r["dsps_total"]
+    assert rc == 0 and r["timing_met"] is True, r
 
 
 @pytest.mark.slow
