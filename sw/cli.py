@@ -228,8 +228,9 @@ def _cmd_generate(args) -> int:
     if problem:
         raise CLIError(problem)
     prompts = [check_text(p, f"the prompt {os.fsencode(p)[:40]!r}") for p in args.prompt]
-    if len(prompts) > 64:
-        raise CLIError(f"{len(prompts)} prompts: at most 64 are decoded together")
+    from .decoder_compiler import MAX_SEQUENCES
+    if len(prompts) > MAX_SEQUENCES:
+        raise CLIError(f"{len(prompts)} prompts: at most {MAX_SEQUENCES} are decoded together")
     if len(prompts) > 1 and args.reference:
         raise CLIError("--reference compares one prompt's run: give one PROMPT")
     if args.backend in ("isa", "verilator") and array_problem(args.array):

@@ -305,6 +305,10 @@ def run_decoder_block(program: DecoderBlockProgram, backend=None, max_cycles: in
                **({"retire_cycles": acc.mark_cycles} if retire_cycles else {})}
 
 
+#: Most sequences one DecoderSession holds (and so decodes together).
+MAX_SEQUENCES = 64
+
+
 @dataclass
 class _Seq:
     """One sequence of a block's stream: its ``tokens`` rows from ``row0``, at positions
@@ -469,8 +473,8 @@ class DecoderSession:
         from .isa_sim import IsaBackend
         a = im.arch
         a.require_decoder("the decoder compiler")
-        if not 1 <= sequences <= 64:
-            raise ValueError(f"DecoderSession: 1..64 sequences, got {sequences}")
+        if not 1 <= sequences <= MAX_SEQUENCES:
+            raise ValueError(f"DecoderSession: 1..{MAX_SEQUENCES} sequences, got {sequences}")
         self.im, self.context = im, min(context, 512, a.max_tokens)
         self.sequences = sequences
         T = im.tensors

@@ -444,8 +444,10 @@ class TextGenerator:
         ``cycles`` and ``cycles_per_token``, ``array`` and ``cycles_model``."""
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
             raise CelosiaError("generate_batch takes a list of prompts")
-        if not 1 <= len(prompts) <= 64:
-            raise CelosiaError(f"generate_batch takes 1 to 64 prompts, not {len(prompts)}")
+        from .decoder_compiler import MAX_SEQUENCES
+        if not 1 <= len(prompts) <= MAX_SEQUENCES:
+            raise CelosiaError(f"generate_batch takes 1 to {MAX_SEQUENCES} prompts, not "
+                               f"{len(prompts)}")
         problem = sampling_problem(max_new_tokens, temperature, top_k, seed)
         if problem:
             raise CelosiaError(problem)
@@ -604,8 +606,10 @@ def generate_benchmark(tokenizer, im, lm, prompts: list[str], paragraph: str | N
         raise CelosiaError(f"tokens must be 1 or more, not {tokens}")
     if isa_tokens < 1:
         raise CelosiaError(f"isa_tokens must be 1 or more, not {isa_tokens}")
-    if not 0 <= decode_batch <= 64:
-        raise CelosiaError(f"the decode batch must be 0..64 sequences, not {decode_batch}")
+    from .decoder_compiler import MAX_SEQUENCES
+    if not 0 <= decode_batch <= MAX_SEQUENCES:
+        raise CelosiaError(f"the decode batch must be 0..{MAX_SEQUENCES} sequences, not "
+                           f"{decode_batch}")
     if not (math.isfinite(clock_mhz) and clock_mhz > 0):
         raise CelosiaError(f"the clock must be above 0 MHz, not {clock_mhz}")
     t0 = time.perf_counter()
