@@ -123,7 +123,11 @@ class SerialSpanCheck(wiring.Component):
     * ADDR, ROWB: add the address, then the row bytes: the span's end;
     * CMP: ``done``; ``outside`` compares the registered end with the window's.
 
-    The operand and the window must stay put from ``restart`` until ``done``.
+    The operand's fields go through a register before they reach the adder (the controller
+    selects them from its operand table in the same cycle), so the first cycle after a
+    restart only loads that register: the operand may still change in that cycle (the
+    controller moves to the next operand as it restarts), and must stay put from the next one
+    until ``done``; the window must stay put from ``restart`` until ``done``.
 
     Parameters
     ----------
@@ -159,14 +163,25 @@ class SerialSpanCheck(wiring.Component):
         self._mul_n = Signal(range(rows_width + 1))
         self._acc = Signal(self.acc_width)
         self._ovf = Signal()
+        # The operand's registered copy (rows as rows - 1, with its "at most one row" flag),
+        # and whether it is loaded (low in the cycle after a restart or the reset).
+        self._loaded = Signal()
+        self._addr_r = Signal(addr_width)
+        self._rows_m1_r = Signal(rows_width)
+        self._one_row_r = Signal()
+        self._stride_r = Signal(stride_width)
+        self._row_bytes_r = Signal(row_bytes_width)
 
     def elaborate(self, platform):
         m = Module()
         phase, mul_n, acc, ovf = self._phase, self._mul_n, self._acc, self._ovf
         rows_width, pw, ab = len(self.rows), self.acc_width, self.flag_bit
-        rows_m1 = Signal(rows_width)
-        m.d.comb += rows_m1.eq(Mux(self.rows == 0, 0, self.rows - 1))
-        mul_done = (mul_n == rows_width) | (rows_m1 == 0)
+        addr, rows_m1, stride = self._addr_r, self._rows_m1_r, self._stride_r
+        m.d.sync += [self._loaded.eq(~self.restart), addr.eq(self.addr),
+                     rows_m1.eq(Mux(self.rows == 0, 0, self.rows - 1)),
+                     self._one_row_r.eq(self.rows <= 1), stride.eq(self.stride),
+                     self._row_bytes_r.eq(self.row_bytes)]
+        mul_done = (mul_n == rows_width) | self._one_row_r
         mul_bit = Signal()
         m.d.comb += mul_bit.eq(rows_m1[::-1].bit_select(
             mul_n[:max(1, (rows_width - 1).bit_length())], 1))
@@ -174,22 +189,22 @@ class SerialSpanCheck(wiring.Component):
         acc_next = Signal(len(addend) + 2)
         with m.Switch(phase):
             with m.Case(0):
-                m.d.comb += addend.eq(Mux(mul_bit, self.stride, 0))
+                m.d.comb += addend.eq(Mux(mul_bit, stride, 0))
             with m.Case(1):
-                m.d.comb += addend.eq(self.addr)
+                m.d.comb += addend.eq(addr)
             with m.Default():
-                m.d.comb += addend.eq(self.row_bytes)
+                m.d.comb += addend.eq(self._row_bytes_r)
         m.d.comb += [acc_next.eq(Mux(phase == 0, acc << 1, acc) + addend),
                      self.done.eq(phase == 3), self.span_end.eq(acc)]
         if ab is not None:
-            m.d.comb += self.outside.eq(self.used & ((self.addr[:ab] < self.base) | ovf
+            m.d.comb += self.outside.eq(self.used & ((addr[:ab] < self.base) | ovf
                                                      | (acc > self.end)))
         else:
-            m.d.comb += self.outside.eq(self.used & ((self.addr < self.base) | (acc > self.end)))
+            m.d.comb += self.outside.eq(self.used & ((addr < self.base) | (acc > self.end)))
 
         with m.If(self.restart):
             m.d.sync += [mul_n.eq(0), acc.eq(0), ovf.eq(0), phase.eq(0)]
-        with m.Elif(self.run):
+        with m.Elif(self.run & self._loaded):
             step = Signal()                   # this cycle updates the accumulator
             with m.Switch(phase):
                 with m.Case(0):
@@ -205,7 +220,7 @@ class SerialSpanCheck(wiring.Component):
                 m.d.sync += acc.eq(acc_next[:pw])
                 if ab is not None:
                     m.d.sync += ovf.eq(ovf | (acc_next[pw:] != 0)
-                                       | ((phase == 0) & mul_bit & self.stride[ab]))
+                                       | ((phase == 0) & mul_bit & stride[ab]))
         return m
 
 

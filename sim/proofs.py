@@ -369,13 +369,13 @@ PROOFS: tuple[Proof, ...] = (
                           _span(props.SpanCheckWithoutRowBytes, SPAN_SMALL_WIDTHS)),)),
     Proof("serial_span_check", "SerialSpanCheck (the boards' check, several cycles): no byte of "
           "any row of an operand that passes lies outside the window, under any restarts",
-          _serial(), 4, cover_depth=12,
+          _serial(), 5, cover_depth=12,
           abstraction="6-bit addresses and strides, 3-bit rows, 4-bit row bytes",
           mutants=(Mutant("skipping_row_bytes",
                           _serial(props.SerialSpanCheckSkippingRowBytes)),)),
     Proof("serial_span_check_narrow", "SerialSpanCheck of a narrow build (values flagged at "
           "2**ab, window below 2**ab): the same, and no flagged address or stride passes",
-          _serial(narrow=True), 4, cover_depth=12,
+          _serial(narrow=True), 5, cover_depth=12,
           abstraction="ab = 6: 7-bit addresses and strides, 3-bit rows, 4-bit row bytes",
           mutants=(Mutant("skipping_row_bytes",
                           _serial(props.SerialSpanCheckSkippingRowBytes, narrow=True)),
@@ -395,14 +395,14 @@ PROOFS: tuple[Proof, ...] = (
     Proof("controller_checked_c_small", "Controller (SMALL sizing: no issue slot, serial span "
           "check, 16 address bits, native memory; W = 16): the same, with the command held in "
           "the instruction register until the engine answers, and a window inside 64 KiB",
-          _checked_c(sizing=SMALL), 22, cover_depth=36,
+          _checked_c(sizing=SMALL), 26, cover_depth=40,
           abstraction="as controller_checked_c; W = 16 rather than the iCEBreaker's 4 (W sets "
                       "only the fetch's beat count); the narrow span check's meaning is "
                       "serial_span_check_narrow's proof",
           mutants=(Mutant("forgetting_c", _checked_c(props.ControllerForgettingC, SMALL)),)),
     Proof("controller_checked_c_ulx3s", "Controller (the ULX3S's sizing: issue slot, serial "
           "span check, 32-bit addresses, AXI faults; W = 16): the same",
-          _checked_c(sizing=ULX3S_SIZING), 22, cover_depth=36,
+          _checked_c(sizing=ULX3S_SIZING), 26, cover_depth=40,
           abstraction="as controller_checked_c",
           mutants=(Mutant("forgetting_c",
                           _checked_c(props.ControllerForgettingC, ULX3S_SIZING)),

@@ -1206,6 +1206,14 @@ class SerialSpanCheckSpec(wiring.Component):
             with m.Case(3):
                 m.d.comb += value.eq(product + self.addr + self.row_bytes)
         m.d.comb += Assert(dut._mul_n <= rows_width, "multiplier step past the last bit")
+        # The operand's registered copy: loaded from the second cycle after a restart on.
+        m.d.comb += Assert(dut._loaded == ~fresh, "operand register loaded out of turn")
+        with m.If(~fresh):
+            m.d.comb += Assert((dut._addr_r == self.addr) & (dut._rows_m1_r == rows_m1)
+                               & (dut._one_row_r == (self.rows <= 1))
+                               & (dut._stride_r == self.stride)
+                               & (dut._row_bytes_r == self.row_bytes),
+                               "operand register off the operand")
         with m.If(dut._phase != 0):
             m.d.comb += Assert((dut._mul_n == rows_width) | (rows_m1 == 0),
                                "multiplication left before its last bit")
