@@ -219,7 +219,7 @@ assert nx.RMS_INV_BITS == nx.LN_INV_BITS and nx.RMS_NORM_FRAC == nx.LN_NORM_FRAC
 
 
 #: SILU_GATE's product takes this many slices of stage 1 (VectorUnit._silu_gate).
-_SILU_SLICES = 6
+_SILU_SLICES = 7
 
 
 def _is_reduction(op):
@@ -634,8 +634,9 @@ class VectorUnit(wiring.Component):
     def _silu_gate(self, m, ctl):
         """SILU_GATE's x, ``silu(gate) * up`` (numerics.gated_silu before its requantisation),
         per lane, in the _SILU_SLICES slices of stage 1 (``ctl``: its control per slice): the
-        sigmoid's table read (slice 1), its interpolation (2), gate * sigmoid (3), the rounding
-        to SiLU in Q16 (4), SiLU * up (5), and for an int16 up the rounding by 8 (6).
+        sigmoid's table read (slice 1) and its register (2), its interpolation (3), gate *
+        sigmoid (4), the rounding to SiLU in Q16 (5), SiLU * up (6), and for an int16 up the
+        rounding by 8 (7).
         The gate is the data lane's int16, up the residual lane's int8 (int16 with the
         command's res_shift 8), saturated to that range."""
         out = []
@@ -644,30 +645,34 @@ class VectorUnit(wiring.Component):
                 return _piped(m, 1, value, shape, f"s1_silu_{name}{k}")
             sig = SiluSigmoid()
             m.submodules[f"silu_sig{k}"] = sig
+            assert SiluSigmoid.LATENCY == 2
             g0 = self.i.payload.data[k][:16].as_signed()
             m.d.comb += [sig.x.eq(g0), sig.en.eq(1)]
             g1 = piped(g0, signed(16), "g1_")
             r1 = piped(self.i.payload.residual[k], signed(self.residual_bits), "r1_")
             wide1 = ctl[1]["cmd"].res_shift != 0
             u1 = Mux(wide1, clamp(r1, nx.INT16.lo, nx.INT16.hi), clamp(r1, nx.INT8.lo, nx.INT8.hi))
-            # Slice 2: the sigmoid (Q16, 0..2**16), the gate and up held.
-            s2 = piped(sig.y, unsigned(SILU_SIG_WIDTH), "sig2_")
+            # Slice 2: the gate and up held (the table's register).
             g2 = piped(g1, signed(16), "g2_")
             u2 = piped(u1, signed(16), "u2_")
-            # Slice 3: gate * sigmoid (|.| <= 2**31).
-            gs3 = piped(limb_product(g2, s2, m=m, name=f"s1_silu_gs{k}"), signed(33), "gs3_")
+            # Slice 3: the sigmoid (Q16, 0..2**16), the gate and up held.
+            s3 = piped(sig.y, unsigned(SILU_SIG_WIDTH), "sig3_")
+            g3 = piped(g2, signed(16), "g3_")
             u3 = piped(u2, signed(16), "u3_")
-            # Slice 4: SiLU in Q16, round_shift(gate * sigmoid, 8): |.| < 2**23.
-            sh = nx.SILU_IN_FRAC + nx.SILU_SIG_BITS - nx.SILU_OUT_FRAC
-            s4 = piped((gs3 + (1 << (sh - 1))) >> sh, signed(25), "silu4_")
+            # Slice 4: gate * sigmoid (|.| <= 2**31).
+            gs4 = piped(limb_product(g3, s3, m=m, name=f"s1_silu_gs{k}"), signed(33), "gs4_")
             u4 = piped(u3, signed(16), "u4_")
-            # Slice 5: SiLU * up (|.| < 2**38).
-            p5 = piped(limb_product(s4, u4, m=m, name=f"s1_silu_p{k}"), signed(40), "p5_")
-            # Slice 6: an int16 up's product rounded by 8 (|.| < 2**30 either way).
-            wide5 = ctl[5]["cmd"].res_shift != 0
+            # Slice 5: SiLU in Q16, round_shift(gate * sigmoid, 8): |.| < 2**23.
+            sh = nx.SILU_IN_FRAC + nx.SILU_SIG_BITS - nx.SILU_OUT_FRAC
+            s5 = piped((gs4 + (1 << (sh - 1))) >> sh, signed(25), "silu5_")
+            u5 = piped(u4, signed(16), "u5_")
+            # Slice 6: SiLU * up (|.| < 2**38).
+            p6 = piped(limb_product(s5, u5, m=m, name=f"s1_silu_p{k}"), signed(40), "p6_")
+            # Slice 7: an int16 up's product rounded by 8 (|.| < 2**30 either way).
+            wide6 = ctl[6]["cmd"].res_shift != 0
             lo = nx.WIDE_LO_BITS
-            p6 = piped(Mux(wide5, (p5 + (1 << (lo - 1))) >> lo, p5), signed(32), "p6_")
-            out.append(p6)
+            p7 = piped(Mux(wide6, (p6 + (1 << (lo - 1))) >> lo, p6), signed(32), "p7_")
+            out.append(p7)
         return out
 
     def _rotary(self, m, ctl, col1):
@@ -682,7 +687,7 @@ class VectorUnit(wiring.Component):
 
         Slices: the banks' reads (1), the rotation of the read lanes by ``half mod N`` onto
         their lanes (2), the operands (3), the two products (4), their sum or difference (5),
-        the rounding (6)."""
+        the rounding (6), a register to match SILU_GATE's slices (7)."""
         N = self.lanes
         ln = (N - 1).bit_length()
         depth = max(2, ROTARY_MAX_COLS // N)
@@ -744,9 +749,11 @@ class VectorUnit(wiring.Component):
             upper4 = piped(upper3, 1, f"upper4_{k}")
             # Slice 5: x1 C - x2 S, or x2 C + x1 S.
             t5 = piped(Mux(upper4, pa - pb, pa + pb), signed(33), f"t5_{k}")
-            # Slice 6: round_shift(., 14).
+            # Slice 6: round_shift(., 14). Slice 7: held.
             sh = nx.ROPE_TRIG_BITS
-            out.append(piped((t5 + (1 << (sh - 1))) >> sh, signed(32), f"y6_{k}"))
+            y6 = piped((t5 + (1 << (sh - 1))) >> sh, signed(32), f"y6_{k}")
+            out.append(piped(y6, signed(32), f"y7_{k}"))
+        assert _SILU_SLICES == 7
         return out
 
     # --- stages --------------------------------------------------------------------------------
@@ -802,8 +809,9 @@ class VectorUnit(wiring.Component):
         if self.decoder_ops:
             ctl1[0]["rexp"] = self.i.payload.rexp
         dec = self.decoder_ops
-        # The beat goes into FIFO A from slice L1: 4, or 6 in a decoder build, whose SILU_GATE
-        # product takes six slices from the unit's input (its last two only delay the rest).
+        # The beat goes into FIFO A from slice L1: 4, or 7 in a decoder build, whose SILU_GATE
+        # product takes seven slices from the unit's input (its last three only delay the
+        # rest).
         L1 = 4 + (_SILU_SLICES - 4 if dec else 0)
         for i in range(1, L1 + 1):
             ctl1.append({n: piped1(v, command_layout if n == "cmd" else Value.cast(v).shape(),
@@ -965,10 +973,10 @@ class VectorUnit(wiring.Component):
                             for n, v in out[-1].items()})
             return out
 
-        # Slices 1-7 work per lane (L5 is the last); slice 8 holds the masked lane values, 9
-        # half of each lane tree (sums, peak), 10 the beat's sums, so the running sums (one
+        # Slices 1-8 work per lane (L5 is the last); slice 9 holds the masked lane values, 10
+        # half of each lane tree (sums, peak), 11 the beat's sums, so the running sums (one
         # carry chain) share a cycle with nothing else.
-        L5, L2 = 7, 10
+        L5, L2 = 8, 11
         in2 = lanes32(fa.r_data)
         ctl = carry({"valid": fire2, "tok": tok2, "first": col2 == 0, "last": last2,
                      "lanes": self._lane_valid(m, "s2", tok2.cmd, tok2.row, col2)}, L2, "")
@@ -1009,21 +1017,24 @@ class VectorUnit(wiring.Component):
                              qr.eq((x << 1) >> rk[:4])]
                 s1v["rq"] = Mux(rk[-1] | (rk == 0), ql, qr)
             s1 = carry(s1v, 1, f"l{k}_")[1]
-            # Slice 2: Phi(x16) (GELU_ROWS: g = gelu(saturate(x, int16)), Q24, 0 <= g < 2**30),
-            # its table read (block RAM) with slice 1.
+            # Slices 2 and 3: Phi(x16) (GELU_ROWS: g = gelu(saturate(x, int16)), Q24,
+            # 0 <= g < 2**30), its table read (block RAM) with slice 1 and registered, its
+            # interpolation in slice 3.
             phi2 = GeluPhi()
             m.submodules[f"phi_s2_{k}"] = phi2
+            assert GeluPhi.LATENCY == 2
             m.d.comb += [phi2.x.eq(x16), phi2.en.eq(1)]
             if dec:
                 s2v = {n: v for n, v in s1.items() if n != "rq"}
                 s2v["u"] = Signal(signed(_RMS_Q_BITS - 1), name=f"s2_rms_u{k}")
                 m.d.comb += s2v["u"].eq(round_add(s1["rq"]))
-                s2 = carry({**s2v, "phi": phi2.phi}, 1, f"l{k}_")[1]
+                s2 = carry(s2v, 1, f"l{k}_")[1]
             else:
-                s2 = carry({**s1, "phi": phi2.phi}, 1, f"l{k}_")[1]
-            # Slice 3: g, and the shared multiplier's operands: (max - s) * M for softmax,
+                s2 = carry(s1, 1, f"l{k}_")[1]
+            s2 = carry({**s2, "phi": phi2.phi}, 1, f"l{k}_w")[1]
+            # Slice 4: g, and the shared multiplier's operands: (max - s) * M for softmax,
             # |x| * |x| for LayerNorm, |a| * M[j] for the row requantisations (a = x or g).
-            c2 = ctl[2]["tok"]
+            c2 = ctl[3]["tok"]
             gx = Signal(signed(_G_BITS + 1), name=f"s2_gx{k}")
             m.d.comb += gx.eq(limb_product(s2["x16"], s2["phi"], m=m, name=f"s2_gx{k}")
                             + GELU_OFFSET)
@@ -1051,18 +1062,18 @@ class VectorUnit(wiring.Component):
             s3 = carry({"opa": opa[:32], "opb": opb[:_OPB_BITS], "big": big,
                         "neg": ra < 0, "shift": s2["shift"], "pass": pass3},
                        1, f"l{k}_")[1]
-            # Slice 4: the product, its sign for the row requantisations.
-            c3 = ctl[3]["tok"]
+            # Slice 5: the product, its sign for the row requantisations.
+            c3 = ctl[4]["tok"]
             prod = limb_product(s3["opa"], s3["opb"], m=m, name=f"s2_prod{k}")
             s4 = carry({"prod": prod[:32 + len(s3["opb"])], "neg": s3["neg"] & _is_rows(c3.cmd.op),
                         "big": s3["big"], "pass": s3["pass"], "shift": s3["shift"]},
                        1, f"l{k}_")[1]
-            # Slice 5: one rounding shifter: the softmax exponent's t = round_shift(dm, S), the
+            # Slice 6: one rounding shifter: the softmax exponent's t = round_shift(dm, S), the
             # row requantisations' |v|, v = round_shift(+-a * M, S[j] - ROW_EXP_MAX) (only the
             # peak max |v| is taken here), LayerNorm's square unshifted. For a negative a,
             # |round_shift(-p, s)| = ceil((p - 2**(s-1)) / 2**s) = round_shift(p - 1, s) when
             # s >= 1 (p when s = 0): one decrement instead of negating p and then v.
-            c4 = ctl[4]["tok"]
+            c4 = ctl[5]["tok"]
             amt = Signal(SHIFT_BITS, name=f"s2_amt{k}")
             sprod = Signal(signed(len(s4["prod"]) + _GELU_POST + 1), name=f"s2_sprod{k}")
             m.d.comb += sprod.eq(Mux(s4["big"], s4["prod"] << _GELU_POST,
@@ -1072,7 +1083,7 @@ class VectorUnit(wiring.Component):
                     m.d.comb += amt.eq(c4.cmd.shift)
                 with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
                     m.d.comb += amt.eq(s4["shift"] - ROW_EXP_MAX)
-            # Slice 5: the decremented product and its shift; slice 6: the shifter; slice 7:
+            # Slice 6: the decremented product and its shift; slice 7: the shifter; slice 8:
             # the rounding adder.
             s5 = carry({"sprod": sprod, "amt": amt, "pass": s4["pass"]}, 1, f"l{k}_")[1]
             q = round_shifted(m, s5["sprod"], s5["amt"], name=f"s2_rs{k}")
@@ -1090,7 +1101,7 @@ class VectorUnit(wiring.Component):
             peaks.append(piped2(pk, pk.shape(), f"s2_peak7_{k}"))
             exp = Exp2()
             m.submodules[f"exp{k}"] = exp
-            # The table lookup is the slice's register (block RAM): t goes in with slice 7.
+            # The table lookup is the slice's register (block RAM): t goes in with slice 8.
             m.d.comb += [exp.t.eq(r[:EXP_T_BITS + 1]), exp.en.eq(1)]
             e = Signal(EXP_E_BITS, name=f"s2_e{k}")
             m.d.comb += e.eq(Mux(lane_ok, exp.e, 0))
@@ -1187,7 +1198,7 @@ class VectorUnit(wiring.Component):
                         m.d.sync += rp.eq(0 if f == self.finishers - 1 else f + 1)
 
         # --- Stage 3: output through the multiplier bank (three multiply-round-saturate steps
-        # a lane) in eight slices that never stall, into the output queue: a beat is taken
+        # a lane) in eleven slices that never stall, into the output queue: a beat is taken
         # from FIFO B only with credit for its place in the queue. ---------------------------
 
         tok3 = Signal(token_layout)
@@ -1232,7 +1243,7 @@ class VectorUnit(wiring.Component):
         def piped(value, shape, name):
             return _piped(m, 1, value, shape, name)
 
-        # Ten slices, three multiply steps. Each step's operands are registered in front of
+        # Eleven slices, three multiply steps. Each step's operands are registered in front of
         # its product (the DSP's input registers), its product behind it (the output
         # registers); then its rounding shifter and its adder with the saturation take a slice
         # each. At most one carry chain or one multiplier in a slice.
@@ -1308,7 +1319,7 @@ class VectorUnit(wiring.Component):
                                                  m=m, name=f"m1_hi{k}") << lb))
             p1 = piped(Mux(big1, prod1 << _M1_GELU_POST, prod1), signed(_M1_BITS), f"m1_p{k}")
             ctl2 = [piped(v, v.shape(), f"{v.name[:-2]}_2") for v in ctl1]
-            for i in range(2, 6):
+            for i in range(2, 7):
                 gamma = piped(gamma, signed(GAMMA_BITS), f"gamma{i}_{k}")
                 beta = piped(beta, signed(BETA_BITS), f"beta{i}_{k}")
             # The dithered softmax: p = min(P, (e*R + D) >> s), D = (2k + 1) << (s - 9),
@@ -1327,19 +1338,22 @@ class VectorUnit(wiring.Component):
             r1 = mul_round_sat(m, p1, *ctl2[:4], ctl2[4], width=_M1_BITS, name=f"m1_{k}",
                                stage=piped, **round_bit)
             y1 = piped(r1, r1.shape(), f"y1_{k}")     # full width: the rows' bound needs it
-            # Slice 5: GELU's Phi(y1) (its table is read, block RAM, with the slice: GELU's y1
-            # is an int16), and one register for the row requantisations' bounded |v| or the
-            # passing y1 (the rows' round_shift(v, k) and saturation are M3's).
+            # Slices 5 and 6: GELU's Phi(y1) (its table is read, block RAM, with slice 5 and
+            # registered; the interpolation is slice 6's: GELU's y1 is an int16), and one
+            # register for the row requantisations' bounded |v| or the passing y1 (the rows'
+            # round_shift(v, k) and saturation are M3's), then one to wait for Phi.
             phi = GeluPhi()
             m.submodules[f"phi{k}"] = phi
+            assert GeluPhi.LATENCY == 2
             m.d.comb += [phi.x.eq(y1[:16]), phi.en.eq(1)]
             y1 = piped(Mux(_is_rows(cmd[4].op), clamp(y1, -_ROWS_V_MAX, _ROWS_V_MAX),
                            y1[:33].as_signed()), signed(_ROWS_V_BITS), f"y1m_{k}")
+            y1 = piped(y1, signed(_ROWS_V_BITS), f"y1w_{k}")
 
             # Step 2: LayerNorm z * gamma + beta (rounded and saturated by step 3); GELU
             # max(0, x * Phi(x) + offset); the row requantisations' v passes (step 3 rounds
             # and saturates it).
-            c = cmd[5]
+            c = cmd[6]
             is_ln, is_gelu = c.op == VectorOp.LAYERNORM, c.op == VectorOp.GELU
             b2 = Signal(signed(GAMMA_BITS + 1), name=f"m2_b{k}")
             m.d.comb += b2.eq(Mux(is_ln, gamma, Mux(is_gelu, phi.phi, 0)))
@@ -1347,36 +1361,36 @@ class VectorUnit(wiring.Component):
             # RMSNORM has no beta (its records' bias is the epsilon, column 0's only).
             m.d.comb += add2.eq(Mux(is_ln & ~c.rms if dec else is_ln, beta,
                                     Mux(is_gelu, GELU_OFFSET, 0)))
-            # Slice 6: operands (y1 is z for LayerNorm or an int16 for GELU: _Z_BITS hold
+            # Slice 7: operands (y1 is z for LayerNorm or an int16 for GELU: _Z_BITS hold
             # either), the row requantisations' rounded value and the passing value.
-            z6 = piped(y1[:_Z_BITS].as_signed(), signed(_Z_BITS), f"m2_z6_{k}")
-            b6 = piped(b2, b2.shape(), f"m2_b6_{k}")
-            add6 = piped(add2, add2.shape(), f"m2_add6_{k}")
-            pass6 = piped(y1, signed(_ROWS_V_BITS), f"m2_pass6_{k}")
-            # Slice 7: the product; the row requantisations' saturation. Slice 8: GELU's clamp
+            z7 = piped(y1[:_Z_BITS].as_signed(), signed(_Z_BITS), f"m2_z7_{k}")
+            b7 = piped(b2, b2.shape(), f"m2_b7_{k}")
+            add7 = piped(add2, add2.shape(), f"m2_add7_{k}")
+            pass7 = piped(y1, signed(_ROWS_V_BITS), f"m2_pass7_{k}")
+            # Slice 8: the product; the row requantisations' saturation. Slice 9: GELU's clamp
             # (the offset keeps it at or above 0).
-            p2 = piped(limb_product(z6, b6, lut_bits=5, m=m, name=f"m2_{k}") + add6,
+            p2 = piped(limb_product(z7, b7, lut_bits=5, m=m, name=f"m2_{k}") + add7,
                        signed(_M2_BITS), f"m2_p{k}")
-            pass7 = piped(pass6, signed(_ROWS_V_BITS), f"m2_pass7_{k}")
-            c = cmd[7]
+            pass8 = piped(pass7, signed(_ROWS_V_BITS), f"m2_pass8_{k}")
+            c = cmd[8]
             g2 = Mux(GELU_CLAMP & (p2 < 0), 0, p2)
             y2 = piped(Mux(c.op == VectorOp.LAYERNORM, p2,
-                           Mux(c.op == VectorOp.GELU, g2, pass7)), signed(_M2_BITS), f"y2_{k}")
+                           Mux(c.op == VectorOp.GELU, g2, pass8)), signed(_M2_BITS), f"y2_{k}")
 
             # Step 3: GELU's output requantisation (per tensor, from the command), LayerNorm's
-            # output shift and saturation. Slice 9: the product (LayerNorm's passes). Slice
-            # 10: the shift; the queue's write rounds and saturates.
-            c = cmd[8]
+            # output shift and saturation. Slice 10: the product (LayerNorm's passes). Slice
+            # 11: the shift; the queue's write rounds and saturates.
+            c = cmd[9]
             g3 = limb_product(y2[:_G_BITS].as_signed(), c.mult, m=m, name=f"m3_{k}")
             p3 = piped(Mux(c.op == VectorOp.GELU, g3, y2), signed(_M3_BITS), f"m3_p{k}")
-            c = cmd[9]
+            c = cmd[10]
             is_gelu = c.op == VectorOp.GELU
             # Every operation leaves through this one rounding and saturation: GELU and
             # LayerNorm by the command's shift, the row requantisations by k = ROW_EXP_MAX - e
             # (q = saturate(round_shift(v, k), out)), the others by 0 (a clamp to
             # [out_lo, out_hi]).
             kk9 = Signal(ROW_EXP_BITS, name=f"m3_k{k}")
-            m.d.comb += kk9.eq(ROW_EXP_MAX - exp[9])
+            m.d.comb += kk9.eq(ROW_EXP_MAX - exp[10])
             sh3 = Signal(SHIFT_BITS, name=f"m3_sh{k}")
             m.d.comb += sh3.eq(Mux(is_gelu | (c.op == VectorOp.LAYERNORM), c.shift,
                                    Mux(_is_rows(c.op), kk9, 0)))
@@ -1411,7 +1425,7 @@ def _sum_tree(m, name, values, shape, *, levels=None):
 #: queue's own latency, so the credits never cut the rate of a consumer that is always ready.
 _OUT_QUEUE = 16
 #: Slices of the output pass (stage 3).
-_S3_SLICES = 10
+_S3_SLICES = 11
 
 
 def _credits(queue):

@@ -423,13 +423,17 @@ SILU_SIG_WIDTH = SILU_CURVE.width
 
 class CurveTable(wiring.Component):
     """F(x) of a :class:`_Curve` (``x`` int16): a knot and the slope to the next one from a
-    table in block RAM, read synchronously as :class:`Exp2` does: ``y`` belongs to the ``x``
-    presented in the last cycle ``en`` was high.
+    table in block RAM, read synchronously and then registered (the block RAM's data goes
+    straight into a register, the interpolation follows in the next cycle): ``y`` belongs to
+    the ``x`` presented two cycles before, ``en`` high in both (``LATENCY``).
 
     The table is indexed by ``x >> frac`` as a signed number (clamped: the curve is flat beyond
     its range), so neither |x| nor the mirrored ``2**one - F(|x|)`` is computed: the negative
     buckets hold the mirrored knots and round the interpolation up.
     """
+
+    #: Cycles from ``x`` to its ``y``.
+    LATENCY = 2
 
     def __init__(self, curve: _Curve):
         self.curve = curve
@@ -455,13 +459,15 @@ class CurveTable(wiring.Component):
         m.d.comb += [rd.en.eq(self.en),
                      rd.addr.eq(Mux(fits, self.x[F:F + ib], Mux(self.x[-1], 1 << (ib - 1),
                                                                 (1 << (ib - 1)) - 1)))]
-        f = Signal(F)
-        neg = Signal()
+        f1, neg1 = Signal(F), Signal()
+        f, neg = Signal(F), Signal()
+        data = Signal.like(rd.data)
         with m.If(self.en):
-            m.d.sync += [f.eq(self.x[:F]), neg.eq(self.x[-1])]
-        base = rd.data[:base_bits]
-        slope = rd.data[base_bits:base_bits + slope_bits]
-        zero = rd.data[-1]
+            m.d.sync += [f1.eq(self.x[:F]), neg1.eq(self.x[-1]),
+                         f.eq(f1), neg.eq(neg1), data.eq(rd.data)]
+        base = data[:base_bits]
+        slope = data[base_bits:base_bits + slope_bits]
+        zero = data[-1]
         # The slope times the fraction is a shift-and-add: no DSP slice for it.
         interp = Signal(slope_bits + F + 1)
         m.d.comb += interp.eq(lut_product(f, slope, m=m, name="slope_f")

@@ -156,7 +156,8 @@ def test_exp2_lane():
 def test_gelu_phi_exhaustive_product():
     """x * Phi(x) (with the output offset and clamp the unit applies) over int16 inputs equals
     the golden GELU (every code within |x| <= 4160, sampled every 7 codes beyond). The table
-    is read synchronously: Phi belongs to the x of the last cycle with ``en``."""
+    is read synchronously and registered: Phi belongs to the x of two cycles before, one x a
+    cycle."""
     dut = GeluPhi()
     edge = 4096 + 64
     xs = (list(range(nx.INT16.lo, -edge, 7)) + list(range(-edge, edge + 1))
@@ -166,12 +167,16 @@ def test_gelu_phi_exhaustive_product():
     def finish(p):
         return max(p + GELU_OFFSET, 0) if GELU_CLAMP else p
 
+    lat = GeluPhi.LATENCY
+
     async def bench(ctx):
         ctx.set(dut.en, 1)
-        for x, w in zip(xs, want):
+        for i, x in enumerate(xs + [0] * (lat - 1)):
             ctx.set(dut.x, x)
             await ctx.tick()
-            assert finish(x * ctx.get(dut.phi)) == int(w), x
+            if i >= lat - 1:
+                j = i - (lat - 1)
+                assert finish(xs[j] * ctx.get(dut.phi)) == int(want[j]), xs[j]
         # Without en the lookup holds its result.
         ctx.set(dut.en, 0)
         ctx.set(dut.x, 0)
@@ -192,15 +197,19 @@ def test_silu_sigmoid_exhaustive():
     want = nx.silu(np.array(xs))
     sh = nx.SILU_IN_FRAC + nx.SILU_SIG_BITS - nx.SILU_OUT_FRAC
 
+    lat = SiluSigmoid.LATENCY
+
     async def bench(ctx):
         ctx.set(dut.en, 1)
         bad = []
-        for x, w in zip(xs, want):
+        for i, x in enumerate(xs + [0] * (lat - 1)):
             ctx.set(dut.x, x)
             await ctx.tick()
-            got = (x * ctx.get(dut.y) + (1 << (sh - 1))) >> sh
-            if got != int(w):
-                bad.append((x, got, int(w)))
+            if i >= lat - 1:
+                j = i - (lat - 1)
+                got = (xs[j] * ctx.get(dut.y) + (1 << (sh - 1))) >> sh
+                if got != int(want[j]):
+                    bad.append((xs[j], got, int(want[j])))
         assert not bad, bad[:5]
 
     _run(dut, bench)
