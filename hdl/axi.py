@@ -112,12 +112,17 @@ class MemArbiter(wiring.Component):
         idx_bits = max(1, (n - 1).bit_length())
         m.submodules.tags = tags = SyncFifo(width=idx_bits, depth=self.outstanding)
 
-        # Read requests.
-        rd_last = Signal(idx_bits, init=n - 1)
+        # Read requests, through a registered grant: ``rd_grant`` names the port offered to the
+        # memory; it stays while that port offers and is not taken, otherwise it moves to the
+        # first port offering after it in the round robin (itself last), for the next cycle.
+        # No port's ready depends on another port's valid in the same cycle; the price is a
+        # cycle without an offer when the granted port stops offering and another starts.
+        rd_last = Signal(idx_bits, init=n - 1)      # the port of the last read taken
         rd_grant = Signal(idx_bits)
         rd_valids = [p.rd_req.valid for p in ports]
-        _round_robin(m, rd_valids, rd_last, rd_grant)
-        m.d.comb += self.out.rd_req.valid.eq(Cat(rd_valids).any() & tags.w_rdy)
+        granted_valid = Signal()
+        m.d.comb += granted_valid.eq(Cat(rd_valids).bit_select(rd_grant, 1))
+        m.d.comb += self.out.rd_req.valid.eq(granted_valid & tags.w_rdy)
         with m.Switch(rd_grant):
             for i, p in enumerate(ports):
                 with m.Case(i):
@@ -125,9 +130,15 @@ class MemArbiter(wiring.Component):
                         self.out.rd_req.payload.eq(p.rd_req.payload),
                         p.rd_req.ready.eq(self.out.rd_req.ready & tags.w_rdy),
                     ]
-        with m.If(self.out.rd_req.valid & self.out.rd_req.ready):
+        rd_taken = self.out.rd_req.valid & self.out.rd_req.ready
+        with m.If(rd_taken):
             m.d.comb += [tags.w_en.eq(1), tags.w_data.eq(rd_grant)]
             m.d.sync += rd_last.eq(rd_grant)
+        rd_next = Signal(idx_bits)
+        m.d.comb += rd_next.eq(rd_grant)
+        _round_robin(m, rd_valids, rd_grant, rd_next)
+        with m.If(~granted_valid | rd_taken):
+            m.d.sync += rd_grant.eq(rd_next)
 
         # Read data, back to the port that asked.
         for i, p in enumerate(ports):
@@ -162,7 +173,7 @@ class MemArbiter(wiring.Component):
             m.d.sync += wr_last.eq(wr_grant)
         # The round robin's state, which the arbiter's proof (celosia.sim.properties) states
         # invariants of.
-        self._probe = dict(rd_last=rd_last, wr_last=wr_last)
+        self._probe = dict(rd_last=rd_last, rd_grant=rd_grant, wr_last=wr_last)
         return m
 
 

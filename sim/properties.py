@@ -708,8 +708,10 @@ class MemArbiterSpec(wiring.Component):
 
     * **read requests**: a request leaves a port exactly when the memory takes one, never two
       ports at once, with the port's payload unchanged; the memory is offered a request only
-      while some port offers that request, and whenever a port offers one and fewer than
-      ``outstanding`` reads are unanswered;
+      while some port offers that request and fewer than ``outstanding`` reads are
+      unanswered, and never two cycles in a row goes without an offer while a port offers
+      one and a read may be taken (the registered grant moves to an offering port in a
+      cycle);
     * **read responses**: the memory's response is taken exactly when one port takes it, and
       only while a read is unanswered; it is offered only to the port of the oldest unanswered
       read, with the memory's payload; the reads unanswered per port are exactly that port's
@@ -724,18 +726,19 @@ class MemArbiterSpec(wiring.Component):
       takes it; the memory is offered a write whenever, and only while, a port offers one,
       and it is the write of the port ``wr_port`` names;
     * **round robin**, per channel: while a port offers a request, the others are granted at
-      most ``n - 1`` before it;
+      most ``n - 1`` before it (reads: counted from the port before the registered grant);
     * **the memory side's stream rule**: a request or write offered to the memory stays
-      offered until the memory takes it. Its payload is *not* held: while the memory stalls,
-      the arbiter decides anew in every cycle, and a port that starts to offer and comes
-      earlier in the round robin takes the offer over (its consumers, :class:`AxiMaster` and
+      offered until the memory takes it; a read request's payload is held too (the grant
+      stays). A write's payload is *not* held: while the memory stalls, the arbiter decides
+      anew in every cycle, and a port that starts to offer and comes earlier in the round
+      robin takes the offer over (its consumers, :class:`AxiMaster` and
       the boards' ``NativeRam``, take the payload in the cycle they accept it and rely on no
       more). What is proved is that the offer changes only then (the payload stays while no
       other port starts to offer).
 
     The induction needs the tag FIFO's content (its pointers and level, and its entries equal
-    to the harness's FIFO of ports: see :func:`_sync_fifo_state`) and the round robin's last
-    grants (``rd_last``, ``wr_last``, the arbiter's ``_probe``).
+    to the harness's FIFO of ports: see :func:`_sync_fifo_state`) and the round robin's state
+    (``rd_grant``, ``rd_last``, ``wr_last``, the arbiter's ``_probe``).
 
     Members
     -------
@@ -759,7 +762,8 @@ class MemArbiterSpec(wiring.Component):
         arbiter = _elaborated(dut, platform)
         tags = arbiter.submodules.tags
         entries, fifo_invariants = _sync_fifo_state(m, tags, platform)
-        rd_last, wr_last = (dut._probe[name] for name in ("rd_last", "wr_last"))
+        rd_last, rd_grant, wr_last = (dut._probe[name]
+                                      for name in ("rd_last", "rd_grant", "wr_last"))
         m.submodules.dut = arbiter
         for i in range(n):
             wiring.connect(m, wiring.flipped(getattr(self, f"p{i}")), dut.port(i))
@@ -815,6 +819,7 @@ class MemArbiterSpec(wiring.Component):
 
         # The round robin's last grants name ports (no grant follows an unknown port).
         m.d.comb += [Assert(rd_last < n, "rd_last names no port"),
+                     Assert(rd_grant < n, "rd_grant names no port"),
                      Assert(wr_last < n, "wr_last names no port")]
 
         # --- read requests ---
@@ -823,9 +828,9 @@ class MemArbiterSpec(wiring.Component):
             Assert(sum(rq) <= 1, "read requests of two ports taken at once"),
             Assert(out_rq == Cat(rq).any(),
                    "a read request taken by the memory != one taken from a port"),
-            Assert(out.rd_req.valid == (rd_valids.any() & (count < depth)),
-                   "a read request not offered to the memory while a port offers one and "
-                   "a tag is free, or offered otherwise"),
+            Assert(~out.rd_req.valid | (rd_valids.any() & (count < depth)),
+                   "a read request offered to the memory while no port offers one or no "
+                   "tag is free"),
             Assert(~out.rd_req.valid | Cat(p.rd_req.valid & (_bits(p.rd_req.payload)
                                                             == _bits(out.rd_req.payload))
                                            for p in ports).any(),
@@ -835,7 +840,14 @@ class MemArbiterSpec(wiring.Component):
             with m.If(rq[i]):
                 m.d.comb += Assert(_bits(out.rd_req.payload) == _bits(p.rd_req.payload),
                                    f"port {i}'s read request changed on its way")
-        self._offer_held(m, out.rd_req, rd_valids, "mem rd_req")
+        self._offer_held(m, out.rd_req, rd_valids, "mem rd_req", strict=True)
+        starved = Signal()                    # a port offers, a tag is free, no offer
+        starved_before = Signal()
+        m.d.comb += starved.eq(rd_valids.any() & (count < depth) & ~out.rd_req.valid)
+        m.d.sync += starved_before.eq(starved)
+        m.d.comb += Assert(~(starved & starved_before),
+                           "two cycles in a row without a read offered while a port offers "
+                           "one and a tag is free")
 
         # --- read responses ---
         m.d.comb += [
@@ -888,7 +900,8 @@ class MemArbiterSpec(wiring.Component):
             m.d.comb += Assert(dut.wr_port < n, "wr_port names no port")
         self._offer_held(m, out.wr, wr_valids, "mem wr")
 
-        self._round_robin(m, [p.rd_req.valid for p in ports], rq, rd_last, "read")
+        self._round_robin(m, [p.rd_req.valid for p in ports], rq,
+                          Mux(rd_grant == 0, n - 1, rd_grant - 1), "read")
         self._round_robin(m, [p.wr.valid for p in ports], wq, wr_last, "write")
 
         # Reachable: the last port's read answered while reads of the others wait behind it
@@ -925,10 +938,10 @@ class MemArbiterSpec(wiring.Component):
                 m.d.comb += Cover(valids[0] & (passed == n - 1))
 
     @staticmethod
-    def _offer_held(m, s, valids, channel):
+    def _offer_held(m, s, valids, channel, strict=False):
         """The memory side's stream rule, as far as the arbiter keeps it: once ``s`` is offered
-        without ready, it is offered in the next cycle too, with the same payload unless a port
-        that did not offer before offers now."""
+        without ready, it is offered in the next cycle too, with the same payload (unless a
+        port that did not offer before offers now, when not ``strict``)."""
         stalled = Signal(name=f"{channel.replace(' ', '_')}_stalled")
         last = Signal(len(_bits(s.payload)), name=f"{channel.replace(' ', '_')}_last")
         before = Signal(len(valids), name=f"{channel.replace(' ', '_')}_valids")
@@ -936,9 +949,9 @@ class MemArbiterSpec(wiring.Component):
                      before.eq(valids)]
         with m.If(stalled):
             m.d.comb += Assert(s.valid, f"{channel}: valid dropped before ready")
-            with m.If((valids & ~before) == 0):
+            with m.If(C(strict, 1) | ((valids & ~before) == 0)):
                 m.d.comb += Assert(_bits(s.payload) == last,
-                                   f"{channel}: payload changed before ready, no port new")
+                                   f"{channel}: payload changed before ready")
 
 
 class MemArbiterDroppingTag(MemArbiter):
@@ -951,6 +964,18 @@ class MemArbiterDroppingTag(MemArbiter):
         tags = m.submodules.tags
         with m.If(tags.r_en):
             m.d.comb += tags.w_en.eq(0)
+        return m
+
+
+class MemArbiterStuckGrant(MemArbiter):
+    """Mutant: the read grant moves only when a read is taken, so once the granted port stops
+    offering, the other ports' requests wait for it forever."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        grant = self._probe["rd_grant"]
+        with m.If(~(self.out.rd_req.valid & self.out.rd_req.ready)):
+            m.d.sync += grant.eq(grant)
         return m
 
 
