@@ -572,9 +572,26 @@ def _rate(tokens: int, times: list[float]) -> dict:
 TARGETS = {"agreement": 0.96, "perplexity_ratio": 1.03, "roofline_ratio": 0.8}
 
 
+#: The board whose build clock the projections assume unless given one.
+PROJECTION_BOARD = "ulx3s-85f"
+
+
+def board_clock_mhz() -> float:
+    """The core clock of the :data:`PROJECTION_BOARD` build (the whole accelerator, both
+    engines, meets timing there: docs/fpga.md), the clock the projected tokens/s assume by
+    default."""
+    from celosia.fpga.boards import BOARDS
+    return BOARDS[PROJECTION_BOARD].clock_mhz
+
+
+def _clock_note(c) -> str:
+    return f" (the {PROJECTION_BOARD} build's clock)" if c.get("clock_from", "given") != "given" else ""
+
+
 def generate_benchmark(tokenizer, im, lm, prompts: list[str], paragraph: str | None = None,
                        tokens: int = 32, array: int = 16, isa_tokens: int = 2,
-                       clock_mhz: float = 100.0, progress: Callable[[str], None] | None = None,
+                       clock_mhz: float | None = None,
+                       progress: Callable[[str], None] | None = None,
                        decode_batch: int = 8) -> dict:
     """``celosia bench generate``: the integer decoder ``im`` against the float reference
     ``lm`` and the isa backend's decode against the memory roofline.
@@ -587,7 +604,7 @@ def generate_benchmark(tokenizer, im, lm, prompts: list[str], paragraph: str | N
     * cycles: the isa backend (``array`` x ``array``) on the same prompt, its prefill and
       ``isa_tokens`` decode steps (about 10 s a step), decode cycles per token against
       :func:`celosia.sw.decoder_compiler.decode_roofline`, and the tokens/s they project at
-      ``clock_mhz``;
+      ``clock_mhz`` (default :func:`board_clock_mhz`);
     * batched decode: the first ``decode_batch`` prompts (repeated when there are fewer)
       prefilled in one :class:`~celosia.sw.decoder_compiler.DecoderSession` of that many
       sequences, then one decode step of all of them together (their rows stacked, each
@@ -610,6 +627,9 @@ def generate_benchmark(tokenizer, im, lm, prompts: list[str], paragraph: str | N
     if not 0 <= decode_batch <= MAX_SEQUENCES:
         raise CelosiaError(f"the decode batch must be 0..{MAX_SEQUENCES} sequences, not "
                            f"{decode_batch}")
+    clock_from = "given"
+    if clock_mhz is None:
+        clock_mhz, clock_from = board_clock_mhz(), f"{PROJECTION_BOARD} build"
     if not (math.isfinite(clock_mhz) and clock_mhz > 0):
         raise CelosiaError(f"the clock must be above 0 MHz, not {clock_mhz}")
     t0 = time.perf_counter()
@@ -649,7 +669,7 @@ def generate_benchmark(tokenizer, im, lm, prompts: list[str], paragraph: str | N
               "cycles_model": irun["cycles_model"],
               "roofline_weight_bytes": roof["weight_bytes"],
               "roofline_port_bytes": roof["port_bytes"], "roofline_cycles": roof["cycles"],
-              "roofline_ratio": ratio, "clock_mhz": clock_mhz,
+              "roofline_ratio": ratio, "clock_mhz": clock_mhz, "clock_from": clock_from,
               "projected_decode_tokens_per_s": hz / per_token,
               "projected_prefill_tokens_per_s": hz * irun["prefill"]["tokens"]
               / irun["prefill"]["cycles"],
@@ -733,7 +753,7 @@ def _benchmark_table(r: dict, tokens: int) -> str:
              f"  one sequence: decode at {c['roofline_ratio']:.3f} of the roofline (each wide "
              f"product's two passes read the weights twice, and at M = 1 the array takes N of "
              f"the port's 2N bytes a cycle: docs/model.md)",
-             f"  projected at {c['clock_mhz']:g} MHz: decode "
+             f"  projected at {c['clock_mhz']:g} MHz{_clock_note(c)}: decode "
              f"{c['projected_decode_tokens_per_s']:.2f} tokens/s, prefill "
              f"{c['projected_prefill_tokens_per_s']:.1f} tokens/s "
              f"(at the roofline: {c['roofline_tokens_per_s']:.1f} tokens/s), on a board with the "

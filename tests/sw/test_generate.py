@@ -393,6 +393,7 @@ def test_bench_generate_json_is_consistent(capsys, model_file, session_float):
     assert c["roofline_cycles"] == -(-c["roofline_weight_bytes"] // 32)
     assert c["roofline_ratio"] == pytest.approx(c["roofline_cycles"] / c["decode_cycles_per_token"])
     assert 0.2 < c["roofline_ratio"] < 0.3                # docs/isa.md: about 0.24
+    assert c["clock_mhz"] == 50 and c["clock_from"] == "given"
     assert c["projected_decode_tokens_per_s"] == pytest.approx(50e6 / c["decode_cycles_per_token"])
     assert c["roofline_tokens_per_s"] == pytest.approx(50e6 / c["roofline_cycles"])
     # Two sequences decoded together (the prompt twice): one step for both, about the
@@ -415,6 +416,7 @@ def test_bench_generate_help_states_the_targets(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert exc.value.code == 0
     for words in (">= 0.96", "within 3%", "memory roofline", ">= 0.8", "--clock-mhz",
+                  "ULX3S build's core clock",
                   "--prompts N", "--tokens T", "not RTL"):
         assert words in out, words
 
