@@ -3,6 +3,7 @@ work it counts against the program the compiler emits, and the refusal of what n
 yet. The float and integer MiniLM come from the session fixtures (tests/conftest.py)."""
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import pytest
@@ -147,3 +148,38 @@ def test_a_config_whose_tensors_disagree_is_refused(tmp_path, make_checkpoint):
                              config={"num_attention_heads": 3})
     with pytest.raises(ModelError, match="config.json: hidden 64 is not a multiple of heads 3"):
         load_minilm(folder)
+
+
+#: MiniLM's numbers on this tree, pinned: the integer model's tensors, the golden model's
+#: last hidden state of one sentence, the compiled memory image (weights, program, tables)
+#: and the isa simulator's cycles, at N = 8 and 16. MiniLM moved onto the model description
+#: with every one of them unchanged (docs/model.md); a change to the quantiser, the golden
+#: model or the compiler that moves any of them fails here and must update the pin on purpose.
+PINNED_SENTENCE = "Celosia runs MiniLM on its own RTL."
+PINNED = {
+    "tensors": "7889008fee712033",
+    "hidden": "f10ff6036cb5df4e",
+    8: ("cbb15b7529d2450c", 2_780_816),
+    16: ("082517ee3e291823", 736_556),
+}
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else
+                 p if isinstance(p, bytes) else np.ascontiguousarray(p).tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_minilms_numbers_are_pinned(minilm, int_model):
+    from celosia.sw.driver import run_batch
+    tensors = [x for name in sorted(int_model.tensors) for x in (name, int_model.tensors[name])]
+    assert _digest(*tensors) == PINNED["tensors"]
+    ids, _ = minilm.tokenizer.encode(PINNED_SENTENCE)
+    want = golden.forward(int_model, golden.embed_int32(minilm, int_model, np.asarray(ids)))
+    assert _digest(want) == PINNED["hidden"]
+    for array in (8, 16):
+        run = run_batch("isa", minilm, int_model, [ids], array=array)
+        np.testing.assert_array_equal(run.hidden, want)
+        assert (_digest(run.compiled.image), run.counters["cycles"]) == PINNED[array], array
