@@ -84,6 +84,22 @@ def _round_robin(m: Module, valids: list, last: Signal, grant: Signal) -> None:
                         m.d.comb += grant.eq(i)
 
 
+def _registered_grant(m: Module, name: str, valids: list, taken) -> tuple[Signal, Signal]:
+    """A round-robin grant held in a register: it names the port offered to the memory and
+    stays while that port offers and ``taken`` is low; otherwise it moves, for the next cycle,
+    to the first port offering after it (itself last). Returns the grant and whether the
+    granted port offers. The price of the register: a cycle without an offer when the granted
+    port stops offering and another starts."""
+    grant = Signal(max(1, (len(valids) - 1).bit_length()), name=f"{name}_grant")
+    offered = Signal(name=f"{name}_offered")
+    nxt = Signal.like(grant, name=f"{name}_next")
+    m.d.comb += [offered.eq(Cat(valids).bit_select(grant, 1)), nxt.eq(grant)]
+    _round_robin(m, valids, grant, nxt)
+    with m.If(~offered | taken):
+        m.d.sync += grant.eq(nxt)
+    return grant, offered
+
+
 class MemArbiter(wiring.Component):
     """``ports`` memory-port masters onto ``out``; reads answered in order per port.
 
@@ -112,17 +128,14 @@ class MemArbiter(wiring.Component):
         idx_bits = max(1, (n - 1).bit_length())
         m.submodules.tags = tags = SyncFifo(width=idx_bits, depth=self.outstanding)
 
-        # Read requests, through a registered grant: ``rd_grant`` names the port offered to the
-        # memory; it stays while that port offers and is not taken, otherwise it moves to the
-        # first port offering after it in the round robin (itself last), for the next cycle.
-        # No port's ready depends on another port's valid in the same cycle; the price is a
-        # cycle without an offer when the granted port stops offering and another starts.
+        # Read requests, through a registered grant (``_registered_grant``: no port's ready
+        # depends on another port's valid in the same cycle).
         rd_last = Signal(idx_bits, init=n - 1)      # the port of the last read taken
-        rd_grant = Signal(idx_bits)
-        rd_valids = [p.rd_req.valid for p in ports]
-        granted_valid = Signal()
-        m.d.comb += granted_valid.eq(Cat(rd_valids).bit_select(rd_grant, 1))
-        m.d.comb += self.out.rd_req.valid.eq(granted_valid & tags.w_rdy)
+        rd_taken = Signal()
+        rd_grant, rd_offered = _registered_grant(m, "rd", [p.rd_req.valid for p in ports],
+                                                 rd_taken)
+        m.d.comb += [self.out.rd_req.valid.eq(rd_offered & tags.w_rdy),
+                     rd_taken.eq(self.out.rd_req.valid & self.out.rd_req.ready)]
         with m.Switch(rd_grant):
             for i, p in enumerate(ports):
                 with m.Case(i):
@@ -130,15 +143,9 @@ class MemArbiter(wiring.Component):
                         self.out.rd_req.payload.eq(p.rd_req.payload),
                         p.rd_req.ready.eq(self.out.rd_req.ready & tags.w_rdy),
                     ]
-        rd_taken = self.out.rd_req.valid & self.out.rd_req.ready
         with m.If(rd_taken):
             m.d.comb += [tags.w_en.eq(1), tags.w_data.eq(rd_grant)]
             m.d.sync += rd_last.eq(rd_grant)
-        rd_next = Signal(idx_bits)
-        m.d.comb += rd_next.eq(rd_grant)
-        _round_robin(m, rd_valids, rd_grant, rd_next)
-        with m.If(~granted_valid | rd_taken):
-            m.d.sync += rd_grant.eq(rd_next)
 
         # Read data, back to the port that asked.
         for i, p in enumerate(ports):
@@ -155,12 +162,11 @@ class MemArbiter(wiring.Component):
         m.d.comb += [tags.r_en.eq(self.out.rd_resp.valid & self.out.rd_resp.ready),
                      self.rd_port.eq(Mux(tags.r_rdy, tags.r_data, rd_last))]
 
-        # Writes.
-        wr_last = Signal(idx_bits, init=n - 1)
-        wr_grant = Signal(idx_bits)
-        wr_valids = [p.wr.valid for p in ports]
-        _round_robin(m, wr_valids, wr_last, wr_grant)
-        m.d.comb += self.out.wr.valid.eq(Cat(wr_valids).any())
+        # Writes, the same way.
+        wr_taken = Signal()
+        wr_grant, wr_offered = _registered_grant(m, "wr", [p.wr.valid for p in ports], wr_taken)
+        m.d.comb += [self.out.wr.valid.eq(wr_offered),
+                     wr_taken.eq(self.out.wr.valid & self.out.wr.ready)]
         with m.Switch(wr_grant):
             for i, p in enumerate(ports):
                 with m.Case(i):
@@ -169,11 +175,9 @@ class MemArbiter(wiring.Component):
                         p.wr.ready.eq(self.out.wr.ready),
                     ]
         m.d.comb += self.wr_port.eq(wr_grant)
-        with m.If(self.out.wr.valid & self.out.wr.ready):
-            m.d.sync += wr_last.eq(wr_grant)
         # The round robin's state, which the arbiter's proof (celosia.sim.properties) states
         # invariants of.
-        self._probe = dict(rd_last=rd_last, rd_grant=rd_grant, wr_last=wr_last)
+        self._probe = dict(rd_last=rd_last, rd_grant=rd_grant, wr_grant=wr_grant)
         return m
 
 

@@ -333,21 +333,20 @@ PROOFS: tuple[Proof, ...] = (
           "side takes it; each response goes to the port of the oldest unanswered read (the "
           "reads unanswered per port are that port's tags, in order), none is taken while no "
           "read is unanswered; a port's write is acknowledged only when the memory takes it; "
-          "a write is offered whenever a port offers one, a read only while a port offers "
-          "one and fewer than 8 are unanswered, and no two cycles in a row without one while "
-          "a port offers one and a tag is free (the registered read grant); both stay offered "
-          "until taken, a read with its payload; rd_port names the oldest unanswered read's "
-          "port in every cycle; round robin: a waiting port is passed over at most "
-          "ports - 1 times",
+          "a write is offered only while a port offers one, a read only while a port offers "
+          "one and fewer than 8 are unanswered, and no two cycles in a row pass without an "
+          "offer while a port offers one (and, for reads, a tag is free: the grants are "
+          "registers); an offer stays, with its payload, until taken; rd_port names the "
+          "oldest unanswered read's port in every cycle; round robin: a waiting port is "
+          "passed over at most ports - 1 times",
           _arbiter(), 4, cover_depth=12,
           abstraction="ports and memory free under the stream rule only; a tag FIFO of 8 reads "
-                      "(the accelerator's: 80); not proved, as not a property of the design: "
-                      "a write's payload held while stalled (a port that starts to offer and "
-                      "comes first in the round robin takes the offer over; proved: only then "
-                      "does it change)",
+                      "(the accelerator's: 80)",
           mutants=(Mutant("dropping_tag", _arbiter(props.MemArbiterDroppingTag)),
                    Mutant("acking_every_write", _arbiter(props.MemArbiterAckingEveryWrite)),
-                   Mutant("stuck_grant", _arbiter(props.MemArbiterStuckGrant)))),
+                   Mutant("stuck_grant", _arbiter(props.MemArbiterStuckGrant)),
+                   Mutant("switching_stalled_write",
+                          _arbiter(props.MemArbiterSwitchingStalledWrite)))),
     Proof("csr", "CsrBlock over AXI4-Lite: PROG_ADDR, WIN_BASE, WIN_SIZE read back what was "
           "written (with byte strobes); ID, CONFIG, CTRL and unmapped offsets read their fixed "
           "values; R and B held until taken",

@@ -35,7 +35,8 @@ __all__ = [
     "AxiMasterUncountedWrites", "AxiMasterWritingNextBeat", "AxiMasterFenceSpec",
     "AxiMasterFenceDroppingAr",
     "AxiMasterForgettingStale", "MemArbiterSpec", "MemArbiterDroppingTag",
-    "MemArbiterAckingEveryWrite", "CsrBlockIgnoringStrobes", "CsrBlockSwappedWindow",
+    "MemArbiterAckingEveryWrite", "MemArbiterStuckGrant",
+    "MemArbiterSwitchingStalledWrite", "CsrBlockIgnoringStrobes", "CsrBlockSwappedWindow",
     "SpanCheckWithoutRowBytes", "SpanCheckWithoutBase", "SerialSpanCheckSpec",
     "SerialSpanCheckSkippingRowBytes", "SerialSpanCheckIgnoringOverflow",
     "WriterSpec", "WriterWritingEmptyBeats", "ControllerSpec", "ControllerAcceptingWrappedWindow",
@@ -709,9 +710,8 @@ class MemArbiterSpec(wiring.Component):
     * **read requests**: a request leaves a port exactly when the memory takes one, never two
       ports at once, with the port's payload unchanged; the memory is offered a request only
       while some port offers that request and fewer than ``outstanding`` reads are
-      unanswered, and never two cycles in a row goes without an offer while a port offers
-      one and a read may be taken (the registered grant moves to an offering port in a
-      cycle);
+      unanswered, and never two cycles in a row go without an offer while a port offers one
+      and a read may be taken (the registered grant moves to an offering port in a cycle);
     * **read responses**: the memory's response is taken exactly when one port takes it, and
       only while a read is unanswered; it is offered only to the port of the oldest unanswered
       read, with the memory's payload; the reads unanswered per port are exactly that port's
@@ -723,22 +723,17 @@ class MemArbiterSpec(wiring.Component):
       cycle later, it is the last one granted; no response can be taken then);
     * **writes**: a write leaves a port exactly when the memory takes one, never two at once,
       with its payload unchanged, so a port's write is acknowledged only when the memory
-      takes it; the memory is offered a write whenever, and only while, a port offers one,
-      and it is the write of the port ``wr_port`` names;
+      takes it; the memory is offered a write only while a port offers one, never two cycles
+      in a row none while a port offers one, and it is the write of the port ``wr_port``
+      names;
     * **round robin**, per channel: while a port offers a request, the others are granted at
-      most ``n - 1`` before it (reads: counted from the port before the registered grant);
+      most ``n - 1`` before it (counted from the port before the registered grant);
     * **the memory side's stream rule**: a request or write offered to the memory stays
-      offered until the memory takes it; a read request's payload is held too (the grant
-      stays). A write's payload is *not* held: while the memory stalls, the arbiter decides
-      anew in every cycle, and a port that starts to offer and comes earlier in the round
-      robin takes the offer over (its consumers, :class:`AxiMaster` and
-      the boards' ``NativeRam``, take the payload in the cycle they accept it and rely on no
-      more). What is proved is that the offer changes only then (the payload stays while no
-      other port starts to offer).
+      offered, with its payload, until the memory takes it (the grant stays).
 
     The induction needs the tag FIFO's content (its pointers and level, and its entries equal
     to the harness's FIFO of ports: see :func:`_sync_fifo_state`) and the round robin's state
-    (``rd_grant``, ``rd_last``, ``wr_last``, the arbiter's ``_probe``).
+    (``rd_grant``, ``rd_last``, ``wr_grant``, the arbiter's ``_probe``).
 
     Members
     -------
@@ -762,8 +757,8 @@ class MemArbiterSpec(wiring.Component):
         arbiter = _elaborated(dut, platform)
         tags = arbiter.submodules.tags
         entries, fifo_invariants = _sync_fifo_state(m, tags, platform)
-        rd_last, rd_grant, wr_last = (dut._probe[name]
-                                      for name in ("rd_last", "rd_grant", "wr_last"))
+        rd_last, rd_grant, wr_grant = (dut._probe[name]
+                                       for name in ("rd_last", "rd_grant", "wr_grant"))
         m.submodules.dut = arbiter
         for i in range(n):
             wiring.connect(m, wiring.flipped(getattr(self, f"p{i}")), dut.port(i))
@@ -820,7 +815,7 @@ class MemArbiterSpec(wiring.Component):
         # The round robin's last grants name ports (no grant follows an unknown port).
         m.d.comb += [Assert(rd_last < n, "rd_last names no port"),
                      Assert(rd_grant < n, "rd_grant names no port"),
-                     Assert(wr_last < n, "wr_last names no port")]
+                     Assert(wr_grant < n, "wr_grant names no port")]
 
         # --- read requests ---
         rd_valids = Cat(p.rd_req.valid for p in ports)
@@ -840,14 +835,9 @@ class MemArbiterSpec(wiring.Component):
             with m.If(rq[i]):
                 m.d.comb += Assert(_bits(out.rd_req.payload) == _bits(p.rd_req.payload),
                                    f"port {i}'s read request changed on its way")
-        self._offer_held(m, out.rd_req, rd_valids, "mem rd_req", strict=True)
-        starved = Signal()                    # a port offers, a tag is free, no offer
-        starved_before = Signal()
-        m.d.comb += starved.eq(rd_valids.any() & (count < depth) & ~out.rd_req.valid)
-        m.d.sync += starved_before.eq(starved)
-        m.d.comb += Assert(~(starved & starved_before),
-                           "two cycles in a row without a read offered while a port offers "
-                           "one and a tag is free")
+        self._offer_held(m, out.rd_req, "mem rd_req")
+        self._never_starved(m, rd_valids.any() & (count < depth) & ~out.rd_req.valid,
+                            "a read", "and a tag is free")
 
         # --- read responses ---
         m.d.comb += [
@@ -883,9 +873,8 @@ class MemArbiterSpec(wiring.Component):
         m.d.comb += [
             Assert(sum(wq) <= 1, "writes of two ports taken at once"),
             Assert(out_wr == Cat(wq).any(), "a write taken by the memory != one taken from a port"),
-            Assert(out.wr.valid == wr_valids.any(),
-                   "a write not offered to the memory while a port offers one, or offered "
-                   "otherwise"),
+            Assert(~out.wr.valid | wr_valids.any(),
+                   "a write offered to the memory while no port offers one"),
         ]
         for i, p in enumerate(ports):
             with m.If(out.wr.valid & (dut.wr_port == i)):
@@ -898,11 +887,13 @@ class MemArbiterSpec(wiring.Component):
                                    f"port {i}'s write taken but not the memory's")
         with m.If(out.wr.valid):
             m.d.comb += Assert(dut.wr_port < n, "wr_port names no port")
-        self._offer_held(m, out.wr, wr_valids, "mem wr")
+        self._offer_held(m, out.wr, "mem wr")
+        self._never_starved(m, wr_valids.any() & ~out.wr.valid, "a write", "")
 
         self._round_robin(m, [p.rd_req.valid for p in ports], rq,
                           Mux(rd_grant == 0, n - 1, rd_grant - 1), "read")
-        self._round_robin(m, [p.wr.valid for p in ports], wq, wr_last, "write")
+        self._round_robin(m, [p.wr.valid for p in ports], wq,
+                          Mux(wr_grant == 0, n - 1, wr_grant - 1), "write")
 
         # Reachable: the last port's read answered while reads of the others wait behind it
         # (its answer comes first, so the order matters); every tag in use and a port waiting;
@@ -938,20 +929,26 @@ class MemArbiterSpec(wiring.Component):
                 m.d.comb += Cover(valids[0] & (passed == n - 1))
 
     @staticmethod
-    def _offer_held(m, s, valids, channel, strict=False):
-        """The memory side's stream rule, as far as the arbiter keeps it: once ``s`` is offered
-        without ready, it is offered in the next cycle too, with the same payload (unless a
-        port that did not offer before offers now, when not ``strict``)."""
+    def _never_starved(m, starved, what, condition):
+        """``starved`` (a port offers, the memory side is offered nothing) never holds two
+        cycles in a row: the registered grant moves to an offering port in a cycle."""
+        before = Signal(name=f"starved_{what.split()[-1]}")
+        m.d.sync += before.eq(starved)
+        m.d.comb += Assert(~(starved & before),
+                           f"two cycles in a row without {what} offered while a port offers "
+                           f"one {condition}".strip())
+
+    @staticmethod
+    def _offer_held(m, s, channel):
+        """The memory side's stream rule: once ``s`` is offered without ready, it is offered
+        in the next cycle too, with the same payload (the registered grant stays)."""
         stalled = Signal(name=f"{channel.replace(' ', '_')}_stalled")
         last = Signal(len(_bits(s.payload)), name=f"{channel.replace(' ', '_')}_last")
-        before = Signal(len(valids), name=f"{channel.replace(' ', '_')}_valids")
-        m.d.sync += [stalled.eq(s.valid & ~s.ready), last.eq(_bits(s.payload)),
-                     before.eq(valids)]
+        m.d.sync += [stalled.eq(s.valid & ~s.ready), last.eq(_bits(s.payload))]
         with m.If(stalled):
-            m.d.comb += Assert(s.valid, f"{channel}: valid dropped before ready")
-            with m.If(C(strict, 1) | ((valids & ~before) == 0)):
-                m.d.comb += Assert(_bits(s.payload) == last,
-                                   f"{channel}: payload changed before ready")
+            m.d.comb += [Assert(s.valid, f"{channel}: valid dropped before ready"),
+                         Assert(_bits(s.payload) == last,
+                                f"{channel}: payload changed before ready")]
 
 
 class MemArbiterDroppingTag(MemArbiter):
@@ -976,6 +973,18 @@ class MemArbiterStuckGrant(MemArbiter):
         grant = self._probe["rd_grant"]
         with m.If(~(self.out.rd_req.valid & self.out.rd_req.ready)):
             m.d.sync += grant.eq(grant)
+        return m
+
+
+class MemArbiterSwitchingStalledWrite(MemArbiter):
+    """Mutant: the write grant moves on whenever the memory does not take the write, so a
+    stalled write is taken back and another port's offered in its place."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        grant = self._probe["wr_grant"]
+        with m.If(self.out.wr.valid & ~self.out.wr.ready):
+            m.d.sync += grant.eq(Mux(grant == self.n - 1, 0, grant + 1))
         return m
 
 
