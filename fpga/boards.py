@@ -4,7 +4,7 @@ Each :class:`Board` names an amaranth-boards platform, the accelerator configura
 the device, the memory window, the default core clock and the PLL primitive that makes it:
 
 * ``ulx3s-85f``: ECP5 LFE5U-85F (156 MULT18X18D, 208 DP16KD), 25 MHz oscillator, FTDI UART.
-  EHXPLLL; the memory window is block RAM.
+  EHXPLLL; the accelerator's memory is the board's 32 MB SDRAM (or a block-RAM window).
 * ``icebreaker``: iCE40UP5K (8 SB_MAC16, 30 EBR, 4 SPRAM), 12 MHz oscillator, FTDI UART.
   SB_PLL40_PAD; the memory window is two SPRAMs (64 KiB, 32 bits wide).
 """
@@ -82,15 +82,17 @@ BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5", platform_module="amaranth_boards.ulx3s",
         platform_class="ULX3S_85F_Platform", clk_name="clk25", clk_in_mhz=25.0,
-        # With an eight-lane vector engine an 8x8 build needs 192 MULT18X18D (Yosys), above
-        # the 156, hence ULX3S_VECTOR (four lanes: placed at 71% of the LUTs, not yet
-        # routed; docs/fpga.md). router2 routes the 8x8 matmul-only top in about 6 min,
-        # where router1 stalls on the congestion; routed Fmax 30.14 MHz at 25 MHz (the
-        # default clock, timing-clean; docs/fpga.md).
-        array=8, clock_mhz=25.0, vector=False, k_max=4096, mem_bytes=128 * 1024, spram=False,
+        # The default is the configuration that runs a whole model there: a 4x4 array with
+        # the four-lane vector engine (ULX3S_VECTOR), routed by router1 with timing met at
+        # 25 MHz (docs/fpga.md). An 8x8 array with the same engine fits and places (75% of
+        # the LUTs) but router1 has not finished it within the hour tried; eight lanes would
+        # need 192 MULT18X18D (Yosys), above the 156. The 8x8 matmul-only top
+        # (``--array 8 --vector off``) routes with router2 in about 12 min.
+        array=4, clock_mhz=25.0, vector=True, k_max=4096, mem_bytes=128 * 1024, spram=False,
         dsps=156, reset_button="button_fire", sizing=ULX3S, vector_sizing=ULX3S_VECTOR,
-        # Seed 2: at 4fc7bee nextpnr's default seed placed a top router2 did not converge on
-        # (160 overused wires at best); seed 2 routed it at 46.60 MHz (docs/fpga.md).
+        # Without the vector engine, seed 2: at 4fc7bee nextpnr's default seed placed an 8x8
+        # top router2 did not converge on (160 overused wires at best); seed 2 routed it at
+        # 46.60 MHz (docs/fpga.md).
         # With the vector engine router2 falls to a few dozen overused wires and then climbs
         # again, whatever the seed or weights; router1 routes the 4x4 array with four vector
         # lanes (48.39 MHz at 25; docs/fpga.md).

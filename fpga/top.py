@@ -64,6 +64,9 @@ class CelosiaTop(Elaboratable):
                 raise ValueError(f"vector lanes must be at least {ARRAY_MIN} and divide the array "
                                  f"size {self.array}, not {vector_lanes}")
             sizing = dataclasses.replace(sizing, vector_lanes=vector_lanes)
+        elif self.vector and sizing.vector_lanes and sizing.vector_lanes > self.array:
+            # A smaller array than the board's default: as many lanes as the array is wide.
+            sizing = dataclasses.replace(sizing, vector_lanes=self.array)
         self.sizing = sizing
         #: Lanes of the vector engine (0 without one).
         self.vector_lanes = (sizing.vector_lanes or self.array) if self.vector else 0
