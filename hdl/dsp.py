@@ -106,7 +106,7 @@ def lut_product(x, y, *, m=None, name="lp"):
     return _tree_sum(terms, m, name)
 
 
-def limb_product(a, b, *, lut_bits: int = LUT_LIMB_BITS, m=None, name="limb"):
+def limb_product(a, b, *, lut_bits: int = LUT_LIMB_BITS, m=None, name="limb", stage=None):
     """``a * b`` exactly, from one DSP multiply per pair of wide limbs.
 
     Both operands are cut into :data:`LIMB_BITS`-bit unsigned limbs (the top one signed for a
@@ -114,6 +114,10 @@ def limb_product(a, b, *, lut_bits: int = LUT_LIMB_BITS, m=None, name="limb"):
     most ``lut_bits`` bits are shift-and-adds in LUTs instead (:func:`lut_product`). The caller
     shapes the operands: every bit it can prove zero is a limb not paid for. With a module ``m``
     the partial products are summed on carry chains (see :func:`_tree_sum`).
+
+    ``stage`` (``stage(value, shape, name)`` -> the value a pipeline slice later) puts every
+    partial product through a register before the sum (the DSP's output register): the
+    product then belongs to the operands of the slice before.
     """
     terms = []
     for i, (la, oa) in enumerate(_limbs(a)):
@@ -123,6 +127,8 @@ def limb_product(a, b, *, lut_bits: int = LUT_LIMB_BITS, m=None, name="limb"):
                 p = lut_product(narrow, wide, m=m, name=f"{name}_l{i}{j}")
             else:
                 p = la * lb
+            if stage is not None:
+                p = stage(p, Value.cast(p).shape(), f"{name}_p{i}{j}")
             terms.append(p << (oa + ob) if oa + ob else p)
     return _tree_sum(terms, m, name)
 

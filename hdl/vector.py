@@ -973,10 +973,10 @@ class VectorUnit(wiring.Component):
                             for n, v in out[-1].items()})
             return out
 
-        # Slices 1-8 work per lane (L5 is the last); slice 9 holds the masked lane values, 10
-        # half of each lane tree (sums, peak), 11 the beat's sums, so the running sums (one
+        # Slices 1-9 work per lane (L5 is the last); slice 10 holds the masked lane values, 11
+        # half of each lane tree (sums, peak), 12 the beat's sums, so the running sums (one
         # carry chain) share a cycle with nothing else.
-        L5, L2 = 8, 11
+        L5, L2 = 9, 12
         in2 = lanes32(fa.r_data)
         ctl = carry({"valid": fire2, "tok": tok2, "first": col2 == 0, "last": last2,
                      "lanes": self._lane_valid(m, "s2", tok2.cmd, tok2.row, col2)}, L2, "")
@@ -1062,18 +1062,19 @@ class VectorUnit(wiring.Component):
             s3 = carry({"opa": opa[:32], "opb": opb[:_OPB_BITS], "big": big,
                         "neg": ra < 0, "shift": s2["shift"], "pass": pass3},
                        1, f"l{k}_")[1]
-            # Slice 5: the product, its sign for the row requantisations.
+            # Slices 5 and 6: the limbs' products (each registered), their sum; its sign for
+            # the row requantisations.
             c3 = ctl[4]["tok"]
-            prod = limb_product(s3["opa"], s3["opb"], m=m, name=f"s2_prod{k}")
-            s4 = carry({"prod": prod[:32 + len(s3["opb"])], "neg": s3["neg"] & _is_rows(c3.cmd.op),
-                        "big": s3["big"], "pass": s3["pass"], "shift": s3["shift"]},
-                       1, f"l{k}_")[1]
-            # Slice 6: one rounding shifter: the softmax exponent's t = round_shift(dm, S), the
+            prod = limb_product(s3["opa"], s3["opb"], m=m, name=f"s2_prod{k}", stage=piped2)
+            s3w = carry({"neg": s3["neg"] & _is_rows(c3.cmd.op), "big": s3["big"],
+                         "pass": s3["pass"], "shift": s3["shift"]}, 1, f"l{k}_p")[1]
+            s4 = carry({"prod": prod[:32 + len(s3["opb"])], **s3w}, 1, f"l{k}_")[1]
+            # Slice 7: one rounding shifter: the softmax exponent's t = round_shift(dm, S), the
             # row requantisations' |v|, v = round_shift(+-a * M, S[j] - ROW_EXP_MAX) (only the
             # peak max |v| is taken here), LayerNorm's square unshifted. For a negative a,
             # |round_shift(-p, s)| = ceil((p - 2**(s-1)) / 2**s) = round_shift(p - 1, s) when
             # s >= 1 (p when s = 0): one decrement instead of negating p and then v.
-            c4 = ctl[5]["tok"]
+            c4 = ctl[6]["tok"]
             amt = Signal(SHIFT_BITS, name=f"s2_amt{k}")
             sprod = Signal(signed(len(s4["prod"]) + _GELU_POST + 1), name=f"s2_sprod{k}")
             m.d.comb += sprod.eq(Mux(s4["big"], s4["prod"] << _GELU_POST,
@@ -1083,7 +1084,7 @@ class VectorUnit(wiring.Component):
                     m.d.comb += amt.eq(c4.cmd.shift)
                 with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
                     m.d.comb += amt.eq(s4["shift"] - ROW_EXP_MAX)
-            # Slice 6: the decremented product and its shift; slice 7: the shifter; slice 8:
+            # Slice 7: the decremented product and its shift; slice 8: the shifter; slice 9:
             # the rounding adder.
             s5 = carry({"sprod": sprod, "amt": amt, "pass": s4["pass"]}, 1, f"l{k}_")[1]
             q = round_shifted(m, s5["sprod"], s5["amt"], name=f"s2_rs{k}")
@@ -1101,7 +1102,7 @@ class VectorUnit(wiring.Component):
             peaks.append(piped2(pk, pk.shape(), f"s2_peak7_{k}"))
             exp = Exp2()
             m.submodules[f"exp{k}"] = exp
-            # The table lookup is the slice's register (block RAM): t goes in with slice 8.
+            # The table lookup is the slice's register (block RAM): t goes in with slice 9.
             m.d.comb += [exp.t.eq(r[:EXP_T_BITS + 1]), exp.en.eq(1)]
             e = Signal(EXP_E_BITS, name=f"s2_e{k}")
             m.d.comb += e.eq(Mux(lane_ok, exp.e, 0))
@@ -1198,7 +1199,7 @@ class VectorUnit(wiring.Component):
                         m.d.sync += rp.eq(0 if f == self.finishers - 1 else f + 1)
 
         # --- Stage 3: output through the multiplier bank (three multiply-round-saturate steps
-        # a lane) in eleven slices that never stall, into the output queue: a beat is taken
+        # a lane) in fourteen slices that never stall, into the output queue: a beat is taken
         # from FIFO B only with credit for its place in the queue. ---------------------------
 
         tok3 = Signal(token_layout)
@@ -1243,7 +1244,7 @@ class VectorUnit(wiring.Component):
         def piped(value, shape, name):
             return _piped(m, 1, value, shape, name)
 
-        # Eleven slices, three multiply steps. Each step's operands are registered in front of
+        # Fourteen slices, three multiply steps. Each step's operands are registered in front of
         # its product (the DSP's input registers), its product behind it (the output
         # registers); then its rounding shifter and its adder with the saturation take a slice
         # each. At most one carry chain or one multiplier in a slice.
@@ -1257,8 +1258,9 @@ class VectorUnit(wiring.Component):
         m.d.comb += [oq.w_en.eq(valid[-1]), o_beat.exp.eq(exp[-1])]
 
         ln_z_shift = nx.LN_INV_BITS - nx.LN_NORM_FRAC
-        dither2 = piped(piped((op3 == VectorOp.SOFTMAX) & c3.dither, 1, "m1_dither1"), 1,
-                        "m1_dither2")
+        dither2 = (op3 == VectorOp.SOFTMAX) & c3.dither
+        for i in range(1, 4):
+            dither2 = piped(dither2, 1, f"m1_dither{i}")
         for k in range(N):
             p = pr.data[k]
             x = in3[k]
@@ -1304,8 +1306,9 @@ class VectorUnit(wiring.Component):
                                  b.eq(Mux(x[-1], p.mult[:nx.MULT_BITS] << _M1_GELU_PRE,
                                           p.mult[:nx.MULT_BITS])),
                                  sh.eq(p.shift - ROW_EXP_MAX)]
-            # Slice 1: operands. Slice 2: the product (b beyond its low DSP limb is LayerNorm's
-            # inv only, whose a is a 25-bit d). Slice 3: the shift. Slice 4: round, saturate.
+            # Slice 1: operands. Slice 2: the limbs' products (b beyond its low DSP limb is
+            # LayerNorm's inv only, whose a is a 25-bit d). Slice 3: their sum. Slice 4: the
+            # shift. Slice 5: round, saturate.
             a1 = piped(a, a.shape(), f"m1_a1_{k}")
             b1 = piped(b, b.shape(), f"m1_b1_{k}")
             big1 = piped(big, 1, f"m1_big1_{k}")
@@ -1314,12 +1317,14 @@ class VectorUnit(wiring.Component):
             beta = piped(p.bias, signed(BETA_BITS), f"beta1_{k}")
             lb = 17
             prod1 = Signal(signed(_M1_PROD_BITS), name=f"m1_prod{k}")
-            m.d.comb += prod1.eq(limb_product(a1, b1[:lb], m=m, name=f"m1_lo{k}")
+            m.d.comb += prod1.eq(limb_product(a1, b1[:lb], m=m, name=f"m1_lo{k}", stage=piped)
                                  + (limb_product(a1[:_LN_D_BITS].as_signed(), b1[lb:], lut_bits=0,
-                                                 m=m, name=f"m1_hi{k}") << lb))
-            p1 = piped(Mux(big1, prod1 << _M1_GELU_POST, prod1), signed(_M1_BITS), f"m1_p{k}")
-            ctl2 = [piped(v, v.shape(), f"{v.name[:-2]}_2") for v in ctl1]
-            for i in range(2, 7):
+                                                 m=m, name=f"m1_hi{k}", stage=piped) << lb))
+            big2 = piped(big1, 1, f"m1_big2_{k}")
+            p1 = piped(Mux(big2, prod1 << _M1_GELU_POST, prod1), signed(_M1_BITS), f"m1_p{k}")
+            ctl2 = [piped(piped(v, v.shape(), f"{v.name[:-2]}_2"), v.shape(),
+                          f"{v.name[:-2]}_3") for v in ctl1]
+            for i in range(2, 8):
                 gamma = piped(gamma, signed(GAMMA_BITS), f"gamma{i}_{k}")
                 beta = piped(beta, signed(BETA_BITS), f"beta{i}_{k}")
             # The dithered softmax: p = min(P, (e*R + D) >> s), D = (2k + 1) << (s - 9),
@@ -1328,9 +1333,10 @@ class VectorUnit(wiring.Component):
             # place of the rounding bit. The 9 bits come from a narrow window of p
             # shifted by x (in the shifter's slice), the carry is one 9-bit add.
             kd = phase3[k][_DITHER_PHASE_BITS - nx.DITHER_BITS:]
-            kd = piped(piped(kd, len(kd), f"m1_dk1_{k}"), len(kd), f"m1_dk2_{k}")
+            for i in range(1, 4):
+                kd = piped(kd, len(kd), f"m1_dk{i}_{k}")
             below = Signal(nx.DITHER_BITS + 1, name=f"m1_below{k}")
-            m.d.comb += below.eq((p1[_DITHER_LO:nx.RECIP_BITS] << exp[2])
+            m.d.comb += below.eq((p1[_DITHER_LO:nx.RECIP_BITS] << exp[3])
                                  [ROW_EXP_MAX:ROW_EXP_MAX + nx.DITHER_BITS + 1])
             dsum = Signal(nx.DITHER_BITS + 2, name=f"m1_dsum{k}")
             m.d.comb += dsum.eq(below + Cat(Const(1, 1), kd))
@@ -1338,22 +1344,22 @@ class VectorUnit(wiring.Component):
             r1 = mul_round_sat(m, p1, *ctl2[:4], ctl2[4], width=_M1_BITS, name=f"m1_{k}",
                                stage=piped, **round_bit)
             y1 = piped(r1, r1.shape(), f"y1_{k}")     # full width: the rows' bound needs it
-            # Slices 5 and 6: GELU's Phi(y1) (its table is read, block RAM, with slice 5 and
-            # registered; the interpolation is slice 6's: GELU's y1 is an int16), and one
+            # Slices 6 and 7: GELU's Phi(y1) (its table is read, block RAM, with slice 6 and
+            # registered; the interpolation is slice 7's: GELU's y1 is an int16), and one
             # register for the row requantisations' bounded |v| or the passing y1 (the rows'
             # round_shift(v, k) and saturation are M3's), then one to wait for Phi.
             phi = GeluPhi()
             m.submodules[f"phi{k}"] = phi
             assert GeluPhi.LATENCY == 2
             m.d.comb += [phi.x.eq(y1[:16]), phi.en.eq(1)]
-            y1 = piped(Mux(_is_rows(cmd[4].op), clamp(y1, -_ROWS_V_MAX, _ROWS_V_MAX),
+            y1 = piped(Mux(_is_rows(cmd[5].op), clamp(y1, -_ROWS_V_MAX, _ROWS_V_MAX),
                            y1[:33].as_signed()), signed(_ROWS_V_BITS), f"y1m_{k}")
             y1 = piped(y1, signed(_ROWS_V_BITS), f"y1w_{k}")
 
             # Step 2: LayerNorm z * gamma + beta (rounded and saturated by step 3); GELU
             # max(0, x * Phi(x) + offset); the row requantisations' v passes (step 3 rounds
             # and saturates it).
-            c = cmd[6]
+            c = cmd[7]
             is_ln, is_gelu = c.op == VectorOp.LAYERNORM, c.op == VectorOp.GELU
             b2 = Signal(signed(GAMMA_BITS + 1), name=f"m2_b{k}")
             m.d.comb += b2.eq(Mux(is_ln, gamma, Mux(is_gelu, phi.phi, 0)))
@@ -1361,36 +1367,41 @@ class VectorUnit(wiring.Component):
             # RMSNORM has no beta (its records' bias is the epsilon, column 0's only).
             m.d.comb += add2.eq(Mux(is_ln & ~c.rms if dec else is_ln, beta,
                                     Mux(is_gelu, GELU_OFFSET, 0)))
-            # Slice 7: operands (y1 is z for LayerNorm or an int16 for GELU: _Z_BITS hold
+            # Slice 8: operands (y1 is z for LayerNorm or an int16 for GELU: _Z_BITS hold
             # either), the row requantisations' rounded value and the passing value.
-            z7 = piped(y1[:_Z_BITS].as_signed(), signed(_Z_BITS), f"m2_z7_{k}")
-            b7 = piped(b2, b2.shape(), f"m2_b7_{k}")
-            add7 = piped(add2, add2.shape(), f"m2_add7_{k}")
-            pass7 = piped(y1, signed(_ROWS_V_BITS), f"m2_pass7_{k}")
-            # Slice 8: the product; the row requantisations' saturation. Slice 9: GELU's clamp
-            # (the offset keeps it at or above 0).
-            p2 = piped(limb_product(z7, b7, lut_bits=5, m=m, name=f"m2_{k}") + add7,
+            z8 = piped(y1[:_Z_BITS].as_signed(), signed(_Z_BITS), f"m2_z8_{k}")
+            b8 = piped(b2, b2.shape(), f"m2_b8_{k}")
+            add8 = piped(add2, add2.shape(), f"m2_add8_{k}")
+            pass8 = piped(y1, signed(_ROWS_V_BITS), f"m2_pass8_{k}")
+            # Slice 9: the limbs' products. Slice 10: their sum; the row requantisations'
+            # saturation. Slice 11: GELU's clamp (the offset keeps it at or above 0).
+            add9 = piped(add8, add8.shape(), f"m2_add9_{k}")
+            p2 = piped(limb_product(z8, b8, lut_bits=5, m=m, name=f"m2_{k}", stage=piped) + add9,
                        signed(_M2_BITS), f"m2_p{k}")
-            pass8 = piped(pass7, signed(_ROWS_V_BITS), f"m2_pass8_{k}")
-            c = cmd[8]
+            pass10 = piped(piped(pass8, signed(_ROWS_V_BITS), f"m2_pass9_{k}"),
+                           signed(_ROWS_V_BITS), f"m2_pass10_{k}")
+            c = cmd[10]
             g2 = Mux(GELU_CLAMP & (p2 < 0), 0, p2)
             y2 = piped(Mux(c.op == VectorOp.LAYERNORM, p2,
-                           Mux(c.op == VectorOp.GELU, g2, pass8)), signed(_M2_BITS), f"y2_{k}")
+                           Mux(c.op == VectorOp.GELU, g2, pass10)), signed(_M2_BITS), f"y2_{k}")
 
             # Step 3: GELU's output requantisation (per tensor, from the command), LayerNorm's
-            # output shift and saturation. Slice 10: the product (LayerNorm's passes). Slice
-            # 11: the shift; the queue's write rounds and saturates.
-            c = cmd[9]
-            g3 = limb_product(y2[:_G_BITS].as_signed(), c.mult, m=m, name=f"m3_{k}")
-            p3 = piped(Mux(c.op == VectorOp.GELU, g3, y2), signed(_M3_BITS), f"m3_p{k}")
-            c = cmd[10]
+            # output shift and saturation. Slice 12: the limbs' products (LayerNorm's y2
+            # passes). Slice 13: their sum. Slice 14: the shift; the queue's write rounds and
+            # saturates.
+            c = cmd[11]
+            g3 = limb_product(y2[:_G_BITS].as_signed(), c.mult, m=m, name=f"m3_{k}", stage=piped)
+            gelu12 = piped(c.op == VectorOp.GELU, 1, f"m3_gelu12_{k}")
+            y2 = piped(y2, signed(_M2_BITS), f"y2d_{k}")
+            p3 = piped(Mux(gelu12, g3, y2), signed(_M3_BITS), f"m3_p{k}")
+            c = cmd[13]
             is_gelu = c.op == VectorOp.GELU
             # Every operation leaves through this one rounding and saturation: GELU and
             # LayerNorm by the command's shift, the row requantisations by k = ROW_EXP_MAX - e
             # (q = saturate(round_shift(v, k), out)), the others by 0 (a clamp to
             # [out_lo, out_hi]).
             kk9 = Signal(ROW_EXP_BITS, name=f"m3_k{k}")
-            m.d.comb += kk9.eq(ROW_EXP_MAX - exp[10])
+            m.d.comb += kk9.eq(ROW_EXP_MAX - exp[13])
             sh3 = Signal(SHIFT_BITS, name=f"m3_sh{k}")
             m.d.comb += sh3.eq(Mux(is_gelu | (c.op == VectorOp.LAYERNORM), c.shift,
                                    Mux(_is_rows(c.op), kk9, 0)))
@@ -1423,9 +1434,9 @@ def _sum_tree(m, name, values, shape, *, levels=None):
 
 #: Output queue (beats): room for the output slices in flight (``_S3_SLICES``) plus the
 #: queue's own latency, so the credits never cut the rate of a consumer that is always ready.
-_OUT_QUEUE = 16
+_OUT_QUEUE = 32
 #: Slices of the output pass (stage 3).
-_S3_SLICES = 11
+_S3_SLICES = 14
 
 
 def _credits(queue):
