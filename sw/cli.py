@@ -100,7 +100,9 @@ def _cmd_embed(args) -> int:
     if args.backend not in BACKENDS:
         raise CLIError(f"unknown backend {args.backend!r}; available: {', '.join(BACKENDS)}")
     texts = _read_texts(args)
-    if args.backend != "golden" and array_problem(args.array):
+    if args.array is None and args.backend != "serial":
+        args.array = 8
+    if args.array is not None and args.backend != "golden" and array_problem(args.array):
         raise CLIError(f"--array {args.array}: {array_problem(args.array)}")
     if args.waves_cycles < 0 or args.waves_skip < 0:
         raise CLIError("--waves-cycles and --waves-skip must be 0 or more")
@@ -151,8 +153,10 @@ def _cmd_embed(args) -> int:
         from .plot import plot_run
         plot_run(args.plot, run)
     if args.json:
-        json.dump({"backend": args.backend, "batch_size": args.batch_size,
-                   "batches": run["batches"], "results": results}, sys.stdout)
+        json.dump({"backend": args.backend,
+                   "array": encoder.array if args.backend != "golden" else None,
+                   "batch_size": args.batch_size, "batches": run["batches"],
+                   "results": results}, sys.stdout)
         sys.stdout.write("\n")
         return EXIT_OK
     head = f"{'tokens':>6}  {'first values':<34}  {'norm':>6}"
@@ -493,8 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the RTL in Amaranth's simulator; small programs only), verilator "
                         "(the RTL compiled by Verilator), serial (an FPGA board over --port) "
                         "(default: golden)")
-    p.add_argument("--array", type=int, default=8, metavar="N",
-                   help="systolic array size the program is compiled for (default 8; not golden)")
+    p.add_argument("--array", type=int, default=None, metavar="N",
+                   help="systolic array size the program is compiled for (default 8; on the "
+                        "serial backend the board's own; not golden)")
     p.add_argument("--timeout", type=seconds, default=1800.0, metavar="S",
                    help="give up on a backend run after S seconds, reporting the last status "
                         "(default 1800)")

@@ -182,7 +182,8 @@ class SentenceEncoder:
     backend:
         One of :data:`BACKENDS`; ``golden`` by default.
     array:
-        Size N of the N x N systolic array the program is compiled for (not golden).
+        Size N of the N x N systolic array the program is compiled for (not golden); on the
+        serial backend None asks the board (its CONFIG register).
     port, baud:
         The board's serial port (or a pyserial URL) and baud rate (serial backend).
     model_file:
@@ -220,13 +221,22 @@ class SentenceEncoder:
         ``batch``, and on accelerator backends ``bit_exact_vs_golden``).
     """
 
-    def __init__(self, model=None, backend: str = "golden", array: int = 16, port=None,
+    def __init__(self, model=None, backend: str = "golden", array: int | None = 16, port=None,
                  baud: int | None = None, *, model_file: Path | None = None,
                  timeout: float = 1800.0, quiet: bool = True,
                  backend_options: dict | Callable[[int], dict] | None = None,
                  layer_progress: Callable[[], Callable[[int, int], None]] | None = None):
         if backend not in BACKENDS:
             raise CelosiaError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+        if array is None:
+            if backend != "serial":
+                raise CelosiaError(f"array=None (the board's) is for the serial backend, not "
+                                   f"{backend}")
+            from .serial_backend import board_array
+            try:
+                array = board_array(port, baud)
+            except (ValueError, OSError, RuntimeError) as exc:
+                raise CelosiaError(f"backend serial: {exc}") from None
         if backend != "golden" and array_problem(array):
             raise CelosiaError(f"array={array}: {array_problem(array)}")
         if backend != "serial" and (port is not None or baud is not None):

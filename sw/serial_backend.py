@@ -533,6 +533,16 @@ def serial_backend(compiled=None, im=None, *, port=None, baud: int | None = None
     return backend
 
 
+def board_array(port=None, baud: int | None = None) -> int:
+    """The array size of the board on ``port`` (its CONFIG register), for a program compiled
+    to fit it: the link is opened, CONFIG read and the link closed."""
+    backend = serial_backend(None, port=port, baud=baud)
+    try:
+        return CSR.CONFIG.get(backend.read_csr("CONFIG"), "array")
+    finally:
+        backend.close()
+
+
 def serial_backend_factory(port, baud: int = DEFAULT_BAUD, timeout: float = 0.1,
                            **options) -> Callable:
     """``serial_backend`` with the port and options bound: ``(compiled, im) -> backend``."""

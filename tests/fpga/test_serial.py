@@ -859,7 +859,8 @@ def test_resident_weights_over_the_link(fast_board):
 def test_embed_keeps_the_weights_on_the_board(fast_board, make_checkpoint, tmp_path, capsys):
     """``celosia embed --backend serial --baud 3000000 --json`` twice on the board: the first
     sentence loads a test-made checkpoint's weights, the second finds them there; both
-    bit-exact with the golden model, and the JSON says so."""
+    bit-exact with the golden model, and the JSON says so. The second names no ``--array``:
+    the program is compiled for the board's own (its CONFIG register)."""
     import json
 
     from celosia.sw import cli
@@ -867,16 +868,18 @@ def test_embed_keeps_the_weights_on_the_board(fast_board, make_checkpoint, tmp_p
     folder = make_checkpoint(tmp_path / "ckpt", hidden=16, heads=2, layers=1, ffn=32,
                              pooling="mean", normalize=True)
     runs = []
-    for text in ("a small test sentence", "another one, a little longer than the first"):
+    for text, array in (("a small test sentence", ["--array", str(SIM_CFG.array)]),
+                        ("another one, a little longer than the first", [])):
         status = cli.main(["embed", "--model", str(folder), "--model-file", str(tmp_path / "im"),
                            "--backend", "serial", "--port", fast_board.url, "--baud",
-                           str(FAST_BAUD), "--array", str(SIM_CFG.array), "--json", text])
+                           str(FAST_BAUD), *array, "--json", text])
         out = capsys.readouterr()
         assert status == 0, out.err
         runs.append(json.loads(out.out))
     first, second = (r["batches"][0] for r in runs)
     assert first["weights_loaded"] and not second["weights_loaded"]
     assert all(r["results"][0]["bit_exact_vs_golden"] for r in runs)
+    assert [r["array"] for r in runs] == [SIM_CFG.array] * 2
     assert second["link_bytes"] < first["link_bytes"]
 
 
