@@ -687,7 +687,7 @@ class VectorUnit(wiring.Component):
 
         Slices: the banks' reads (1), the rotation of the read lanes by ``half mod N`` onto
         their lanes (2), the operands (3), the two products (4), their sum or difference (5),
-        the rounding (6), a register to match SILU_GATE's slices (7)."""
+        the rounding (6), then registers up to SILU_GATE's last slice."""
         N = self.lanes
         ln = (N - 1).bit_length()
         depth = max(2, ROTARY_MAX_COLS // N)
@@ -749,11 +749,12 @@ class VectorUnit(wiring.Component):
             upper4 = piped(upper3, 1, f"upper4_{k}")
             # Slice 5: x1 C - x2 S, or x2 C + x1 S.
             t5 = piped(Mux(upper4, pa - pb, pa + pb), signed(33), f"t5_{k}")
-            # Slice 6: round_shift(., 14). Slice 7: held.
+            # Slice 6: round_shift(., 14); held until SILU_GATE's last slice.
             sh = nx.ROPE_TRIG_BITS
-            y6 = piped((t5 + (1 << (sh - 1))) >> sh, signed(32), f"y6_{k}")
-            out.append(piped(y6, signed(32), f"y7_{k}"))
-        assert _SILU_SLICES == 7
+            y = piped((t5 + (1 << (sh - 1))) >> sh, signed(32), f"y6_{k}")
+            for i in range(7, _SILU_SLICES + 1):
+                y = piped(y, signed(32), f"y{i}_{k}")
+            out.append(y)
         return out
 
     # --- stages --------------------------------------------------------------------------------
@@ -1432,11 +1433,12 @@ def _sum_tree(m, name, values, shape, *, levels=None):
     return values
 
 
-#: Output queue (beats): room for the output slices in flight (``_S3_SLICES``) plus the
-#: queue's own latency, so the credits never cut the rate of a consumer that is always ready.
-_OUT_QUEUE = 32
 #: Slices of the output pass (stage 3).
 _S3_SLICES = 14
+#: Output queue (beats): room for the output slices in flight (``_S3_SLICES``) plus the
+#: queue's own latency, so the credits never cut the rate of a consumer that is always ready
+#: (a power of two: 32).
+_OUT_QUEUE = 1 << (_S3_SLICES + 4).bit_length()
 
 
 def _credits(queue):

@@ -585,7 +585,7 @@ def board_clock_mhz() -> float:
 
 
 def _clock_note(c) -> str:
-    return f" (the {PROJECTION_BOARD} build's clock)" if c.get("clock_from", "given") != "given" else ""
+    return f" (the {PROJECTION_BOARD} build's clock)" if c["clock_from"] != "given" else ""
 
 
 def generate_benchmark(tokenizer, im, lm, prompts: list[str], paragraph: str | None = None,
