@@ -154,6 +154,9 @@ class VectorEngine(wiring.Component):
         with ``rot``, every row twice). Without it the engine
         is the encoder's. SOFTMAX_DITHER (the unit's softmax with ``dither``,
         ``isa.RTL_ALWAYS_OPS``) runs on every build.
+    addr_bits : int
+        Width of the address registers (default ``params.ADDR_BITS``); the engine's addresses
+        are zero-extended to the memory port's.
     unit_kwargs
         Passed to :class:`celosia.hdl.vector.VectorUnit`.
 
@@ -168,7 +171,7 @@ class VectorEngine(wiring.Component):
 
     def __init__(self, lanes: int = DEFAULT_ARRAY, port_bytes: int | None = None, *,
                  max_cols: int = VEC_MAX_COLS, fifo_beats: int = 32, decoder_ops: bool = False,
-                 **unit_kwargs):
+                 addr_bits: int = ADDR_BITS, **unit_kwargs):
         if port_bytes is None:
             port_bytes = default_port_bytes(lanes) if isinstance(lanes, int) else 16
         check_config(lanes, port_bytes)
@@ -180,6 +183,9 @@ class VectorEngine(wiring.Component):
         self.lanes, self.port_bytes, self.max_cols = lanes, port_bytes, max_cols
         self.fifo_beats = fifo_beats
         self.decoder_ops = bool(decoder_ops)
+        if not isinstance(addr_bits, int) or not 1 <= addr_bits <= ADDR_BITS:
+            raise ValueError(f"addr_bits must be an int in 1..{ADDR_BITS}")
+        self.addr_bits = addr_bits
         self.unit_kwargs = unit_kwargs
         super().__init__({
             "cmd": In(stream.Signature(isa.vector_layout())),
@@ -188,15 +194,18 @@ class VectorEngine(wiring.Component):
             "busy": Out(1),
         })
 
+    def _make_unit(self):
+        return VectorUnit(self.lanes, max_cols=self.max_cols,
+                          **({"decoder_ops": True} if self.decoder_ops else {}), **self.unit_kwargs)
+
     def elaborate(self, platform):
         m = Module()
         N, W = self.lanes, self.port_bytes
+        ab = self.addr_bits
         lw, ln = _log2(W), _log2(N)
         D = self.fifo_beats
         dec = self.decoder_ops
-        m.submodules.unit = unit = VectorUnit(N, max_cols=self.max_cols,
-                                              **({"decoder_ops": True} if dec else {}),
-                                              **self.unit_kwargs)
+        m.submodules.unit = unit = self._make_unit()
         # Registered stages on the unit's beat streams: the gearboxes and the output packer
         # (whose readiness follows the memory port) never share a path with the unit's intake
         # or its output queue.
@@ -262,7 +271,7 @@ class VectorEngine(wiring.Component):
         res_beats = Signal(16)
         m.d.comb += [src_beats.eq((src_bytes + W - 1) >> lw), res_beats.eq((res_bytes + W - 1) >> lw)]
         p_beats = Signal(20)
-        p_base = Signal(ADDR_BITS)
+        p_base = Signal(ab)
         m.d.comb += [p_beats.eq(Mux(is_wlo, (rows + W - 1) >> lw, ((cols << 4) + W - 1) >> lw)),
                      p_base.eq(Mux(is_wlo, cmd.e_addr, cmd.p_addr))]
         # The same facts registered for the run-time paths (the handshakes and the gearboxes):
@@ -363,10 +372,10 @@ class VectorEngine(wiring.Component):
         p_req = Signal(20)
         p_resp = Signal(20)
         # Source / residual streams: row address, beat in the row, rows left to request.
-        s_row_addr = Signal(ADDR_BITS)
+        s_row_addr = Signal(ab)
         s_beat = Signal(16)
         s_row = Signal(17)
-        r_row_addr = Signal(ADDR_BITS)
+        r_row_addr = Signal(ab)
         r_beat = Signal(16)
         r_row = Signal(17)
         s_pend = Signal(range(D + 1))
@@ -383,11 +392,11 @@ class VectorEngine(wiring.Component):
         m.d.comb += pick_res.eq(r_can & (~s_can | ~last_grant_res))
         p_can = phase_params & (p_req < p_beats)
         with m.If(p_can):
-            m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(p_base + (p_req << lw))]
+            m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq((p_base + (p_req << lw))[:ab])]
         with m.Elif(pick_res):
-            m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(r_row_addr + (r_beat << lw))]
+            m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq((r_row_addr + (r_beat << lw))[:ab])]
         with m.Elif(s_can):
-            m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(s_row_addr + (s_beat << lw))]
+            m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq((s_row_addr + (s_beat << lw))[:ab])]
         fire_rd = rd.valid & rd.ready
         s_req = fire_rd & ~p_can & ~pick_res
         r_req = fire_rd & ~p_can & pick_res
@@ -571,18 +580,21 @@ class VectorEngine(wiring.Component):
         oflush = Signal()
         o_beat = Signal(16)        # unit beat of the output row
         o_row = Signal(17)         # output rows fully written
-        w_row_addr = Signal(ADDR_BITS)
+        w_row_addr = Signal(ab)
         w_beat = Signal(16)
         wr = stages["wr"].i
         e_buf = Signal(8 * W)
         e_strb = Signal(W)
         e_pend = Signal()
         e_row = Signal(17)         # rows whose exponent is recorded
-        e_word_addr = Signal(ADDR_BITS)
+        e_word_addr = Signal(ab)
 
-        # Write port: a pending exponent beat first, else a data beat.
-        d_want = phase_run & ((olevel >= W) | (oflush & (olevel != 0)))
-        m.d.comb += [wr.payload.addr.eq(Mux(e_pend, e_word_addr, w_row_addr + (w_beat << lw))),
+        # Write port: a pending exponent beat first, else a data beat; data only for the
+        # command's rows (a fence: the unit's beats past them are never written).
+        row_fence = Signal()
+        m.d.comb += row_fence.eq(o_row < rows_out)
+        d_want = phase_run & row_fence & ((olevel >= W) | (oflush & (olevel != 0)))
+        m.d.comb += [wr.payload.addr.eq(Mux(e_pend, e_word_addr, (w_row_addr + (w_beat << lw))[:ab])),
                      wr.payload.data.eq(Mux(e_pend, e_buf, obuf[:8 * W])),
                      wr.valid.eq(e_pend | d_want)]
         d_strb = Signal(W)
@@ -662,7 +674,9 @@ class VectorEngine(wiring.Component):
             m.d.sync += [obuf.eq(shifted), olevel.eq(o_after)]
         # Row exponents: one byte per row, W rows a beat.
         e_pos = e_row[:lw] if lw else C(0, 1)
-        with m.If(fire_o & o_last & use_e):
+        e_fence = Signal()                   # (a fence, as d_want's)
+        m.d.comb += e_fence.eq(e_row < rows)
+        with m.If(fire_o & o_last & use_e & e_fence):
             m.d.sync += [e_buf.eq(e_buf | (unit_out.o.payload.exp << (e_pos << 3))),
                          e_strb.eq(e_strb | (Const(1, 1) << e_pos)), e_row.eq(e_row + 1)]
             with m.If((e_pos == W - 1) | (e_row + 1 == rows)):
@@ -674,7 +688,7 @@ class VectorEngine(wiring.Component):
         m.d.comb += [g_src.clear.eq(clear), g_res.clear.eq(clear)]
         ucmd_again = Signal()
         m.d.comb += self.done.payload.eq(code)
-        with m.FSM(name="vector_engine"):
+        with m.FSM(name="vector_engine") as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
@@ -749,4 +763,11 @@ class VectorEngine(wiring.Component):
                 m.d.comb += [self.busy.eq(1), self.done.valid.eq(1)]
                 with m.If(self.done.ready):
                     m.next = "IDLE"
+        # For the write-path proof (sim/properties.py).
+        self._probe = dict(fsm=fsm, cmd=cmd, phase_run=phase_run, rows_out=rows_out,
+                           nub_m1=nub_m1, dst_bytes=dst_bytes, dl=dl, use_e=use_e, o_row=o_row,
+                           o_beat=o_beat, o_last=o_last, olevel=olevel, oflush=oflush,
+                           o_drop=o_drop, w_row_addr=w_row_addr, w_beat=w_beat, e_pend=e_pend,
+                           e_row=e_row, e_word_addr=e_word_addr, wr_stage=stages["wr"],
+                           row_fence=row_fence, e_fence=e_fence)
         return m

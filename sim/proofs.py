@@ -54,6 +54,9 @@ class Mutant:
 
     name: str
     design: Callable
+    #: Bound of a bounded model check from reset, for a bug that lies deeper than its proof's
+    #: induction depth (``None``: the proof's own mode and depth).
+    depth: int | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,22 @@ def _engine(cls=MatmulEngine, full=False):
                      addr_bits=WRITER_ADDR_BITS, hold_cmd=False, port_stages=True, **small)
         return props.EngineWriteSpec(engine, ENGINE_K_MAX)
     return make
+
+
+#: The vector engine of its write-path proof: N = 2, W = 4, 8 address bits (as the writer's
+#: proof), read FIFOs of 2 beats, the decoder build's packer (ROTARY's dropped rows,
+#: WIDE_SPLIT's two planes) or the encoder build's; the vector unit a stand-in with free
+#: outputs.
+VECTOR_ENGINE_LANES = 2
+#: The cycles from reset to the first write past the rows in the vector engine's mutants (a
+#: command, its last row, the unit's extra beat, its write: found by a bounded check).
+VECTOR_MUTANT_DEPTH = 10
+
+
+def _vector_engine(cls=props.VectorEngineFreeUnit, dec=True):
+    return lambda: props.VectorEngineWriteSpec(cls(
+        VECTOR_ENGINE_LANES, WRITER_PORT_BYTES, max_cols=8, fifo_beats=2, decoder_ops=dec,
+        addr_bits=WRITER_ADDR_BITS))
 
 
 #: The liveness proof's environment: the memory takes a request and returns each owed beat
@@ -446,6 +465,26 @@ PROOFS: tuple[Proof, ...] = (
           _engine(full=True), 1, cover_depth=None, slow=True,
           abstraction=f"as engine_writes_in_c; depth 1 (the invariants are 1-inductive; its "
                       "mutant runs on engine_writes_in_c)"),
+    Proof("vector_engine_writes_in_dst", "VectorEngine (N = 2, W = 4, the decoder build's "
+          "ops): every beat on the memory port's write channel is W-aligned and starts inside "
+          "the destination rows or the row exponents of the command taken last, for any "
+          "command the controller issues, any memory and any behaviour of the vector unit",
+          _vector_engine(), 3, cover_depth=16,
+          abstraction=f"{WRITER_ADDR_BITS} address bits; the vector unit a stand-in whose "
+                      "output beats and readiness are free (the claim holds whatever the unit "
+                      "does); the memory's data and timing free",
+          mutants=(Mutant("writing_past_rows", _vector_engine(props.VectorEngineWritingPastRows),
+                          depth=VECTOR_MUTANT_DEPTH),
+                   Mutant("recording_past_rows",
+                          _vector_engine(props.VectorEngineRecordingPastRows),
+                          depth=VECTOR_MUTANT_DEPTH))),
+    Proof("vector_engine_writes_in_dst_encoder", "VectorEngine as the encoder-only builds "
+          "have it (no decoder ops): the same",
+          _vector_engine(dec=False), 3, cover_depth=16,
+          abstraction="as vector_engine_writes_in_dst",
+          mutants=(Mutant("writing_past_rows",
+                          _vector_engine(props.VectorEngineWritingPastRows, dec=False),
+                          depth=VECTOR_MUTANT_DEPTH),)),
     Proof("controller_liveness", _LIVENESS_CLAIM, _liveness(), 24, mode="bmc",
           cover_depth=16, abstraction=_LIVENESS_ABSTRACTION + "; depth 24: the first "
           "instruction of each class (controller_liveness_deep: 32)",
@@ -491,7 +530,10 @@ def check(proof: Proof, mutant: Mutant | None = None, *, workdir=None) -> Outcom
     Outcome
     """
     design = proof.design if mutant is None else mutant.design
-    result: FormalResult = prove(design, proof.depth, proof.mode, workdir=workdir)
+    if mutant is not None and mutant.depth is not None:
+        result: FormalResult = prove(design, mutant.depth, "bmc", workdir=workdir)
+    else:
+        result = prove(design, proof.depth, proof.mode, workdir=workdir)
     return Outcome(proof.name, "" if mutant is None else mutant.name,
                    "PASS" if mutant is None else "FAIL", result.status, result.seconds,
                    result.log)

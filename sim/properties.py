@@ -23,7 +23,8 @@ from celosia.hdl.axi import AXI4LiteSignature, AXI4Signature, AxiMaster, BURST_I
 from celosia.hdl.controller import Controller, SerialSpanCheck, SpanCheck
 from celosia.hdl.csr import CSR_ADDR_BITS, CsrBlock
 from celosia.hdl.engine import MatmulEngine, MemoryPortSignature
-from celosia.hdl.params import DONE_BITS, command_layout
+from celosia.hdl.params import DONE_BITS, OutFormat, command_layout
+from celosia.hdl.vector_engine import VectorEngine
 from celosia.hdl.sequencer import Writer, compute_plan, plan_layout
 from celosia.hdl.pipeline import CreditCounter, SkidBuffer
 
@@ -41,7 +42,8 @@ __all__ = [
     "SerialSpanCheckSkippingRowBytes", "SerialSpanCheckIgnoringOverflow",
     "WriterSpec", "WriterWritingEmptyBeats", "ControllerSpec", "ControllerAcceptingWrappedWindow",
     "ControllerForgettingC", "ControllerForgettingDst", "ControllerLivenessSpec", "EngineWriteSpec",
-    "EngineTakingCommandsWhileBusy", "ControllerScanningShort",
+    "EngineTakingCommandsWhileBusy", "ControllerScanningShort", "VectorEngineFreeUnit",
+    "VectorEngineWriteSpec", "VectorEngineWritingPastRows", "VectorEngineRecordingPastRows",
     "LIVENESS_CLASSES",
 ]
 
@@ -1547,6 +1549,206 @@ class WriterWritingEmptyBeats(Writer):
         p = self._probe
         with m.If(p["running"] & self.i.valid & p["row_valid"]):
             m.d.comb += self.wr.valid.eq(1)
+        return m
+
+
+# --- the vector engine's writes ----------------------------------------------------------------
+
+class _FreeVectorUnit(wiring.Component):
+    """The vector unit's stand-in in :class:`VectorEngineWriteSpec`: its ports are the real
+    unit's, and the harness drives its outputs (beats out, readiness) from free inputs."""
+
+    def __init__(self, unit):
+        self.in_layout, self.out_layout = unit.in_layout, unit.out_layout
+        self.cmd_layout = unit.cmd_layout
+        super().__init__(unit.signature)
+
+    def elaborate(self, platform):
+        return Module()
+
+
+class VectorEngineFreeUnit(VectorEngine):
+    """The :class:`VectorEngine` with :class:`_FreeVectorUnit` in place of its unit."""
+
+    def _make_unit(self):
+        unit = super()._make_unit()
+        unit._MustUse__silence = True
+        self.free_unit = _FreeVectorUnit(unit)
+        return self.free_unit
+
+
+def _vector_destinations(cmd, dec, ab, w):
+    """The destination rows' and the row exponents' spans of a VECTOR command as the
+    controller checks them, and what its checks guarantee of a command it issues (as
+    conditions): rows and columns at least 1, the addresses and the stride multiples of W, a
+    stride at least as long as a destination row when there are several, both spans ending at
+    or below ``2**ab`` (the window lies inside what the build reaches)."""
+    lw = w.bit_length() - 1
+    chk = isa.decoder_vector_checks(cmd.op, cmd.rows, cmd.cols, cmd.src_fmt, cmd.dst_fmt,
+                                    cmd.add_residual, cmd.res_shift) if dec else None
+    split = chk["is"]["WIDE_SPLIT"] if dec else C(0, 1)
+    rows_out = cmd.rows << split
+    dl = Mux(cmd.dst_fmt == OutFormat.INT32, 2, Mux(cmd.dst_fmt == OutFormat.INT16, 1, 0))
+    row_bytes = cmd.cols << dl
+    use_e = cmd.op.matches(isa.VecOp.SOFTMAX, isa.VecOp.REQUANT_ROWS, isa.VecOp.GELU_ROWS,
+                           isa.VecOp.SOFTMAX_DITHER)
+    if dec:
+        use_e = use_e | chk["writes_e"] | chk["reads_e"]
+    dst_end = cmd.dst_addr + (rows_out - 1)[:len(rows_out)] * cmd.dst_stride + row_bytes
+    e_end = cmd.e_addr + cmd.rows
+    return dict(dst_end=dst_end, e_end=e_end, use_e=use_e, rows_out=rows_out), [
+        (cmd.rows != 0) & (cmd.cols != 0) & (cmd.cols <= isa.VEC_MAX_COLS),
+        (cmd.dst_addr[:lw] == 0) & (cmd.dst_stride[:lw] == 0),
+        (rows_out == 1) | (cmd.dst_stride >= row_bytes),
+        dst_end <= (1 << ab),
+        ~use_e | ((cmd.e_addr[:lw] == 0) & (e_end <= (1 << ab))),
+    ]
+
+
+def _inside_vector_destinations(m, addr, cmd, span, w, what):
+    """Assert that a write beat at ``addr`` is W-aligned and starts inside the destination
+    rows or (for an op with row exponents) inside the row exponents."""
+    lw = w.bit_length() - 1
+    in_dst = (addr >= cmd.dst_addr) & (addr < span["dst_end"])
+    in_e = span["use_e"] & (addr >= cmd.e_addr) & (addr < span["e_end"])
+    m.d.comb += [Assert(in_dst | in_e, f"{what} starts outside the destination rows and the "
+                                       "row exponents"),
+                 Assert(addr[:lw] == 0, f"{what} not aligned to W")]
+
+
+class VectorEngineWriteSpec(wiring.Component):
+    """Every beat a :class:`VectorEngine` puts on its memory port's write channel is W-aligned
+    and starts inside the destination rows ``[dst_addr, dst_addr + (rows_out - 1) *
+    dst_stride + cols * dst_bytes)`` or the row exponents ``[e_addr, e_addr + rows)`` of the
+    command it took last, for any command the controller issues, any memory and **any vector
+    unit**: the unit is a stand-in whose output beats and readiness are free (whatever it
+    emits, and however many beats, the engine's writes stay inside), so the claim does not rest
+    on the unit's pipeline.
+
+    Free inputs: the command stream (its payload with what the controller's checks guarantee
+    while it is offered), the memory's side of the port, ``done.ready`` and the unit's side.
+
+    Invariants the induction needs: the command register holds the command taken from CHECK to
+    DONE and the lengths derived from it have settled from PARAMS on; the packer's bytes of a
+    row (written beats times W plus the bytes buffered) are the unit beats taken times the
+    beat's bytes (a row's whole bytes once it flushes); the row address is ``dst_addr`` plus
+    the stride times the rows written; a pending exponent beat lies inside the row exponents;
+    the write stage holds beats only in RUN, each inside.
+    """
+
+    def __init__(self, dut):
+        self.dut = dut
+        unit = dut._make_unit()             # (elaboration makes the one wired up)
+        unit._MustUse__silence = True
+        super().__init__({"cmd": In(stream.Signature(isa.vector_layout())),
+                          "done": Out(stream.Signature(DONE_BITS)),
+                          "mem": Out(MemoryPortSignature(dut.port_bytes)),
+                          "u_cmd_ready": In(1), "u_i_ready": In(1), "u_p_ready": In(1),
+                          "u_o_valid": In(1), "u_o_payload": In(unit.out_layout)})
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self.dut
+        dut._MustUse__silence = True
+        m.submodules.dut = _Elaborated(Fragment.get(dut, platform))
+        wiring.connect(m, wiring.flipped(self.cmd), dut.cmd)
+        wiring.connect(m, dut.done, wiring.flipped(self.done))
+        wiring.connect(m, dut.mem, wiring.flipped(self.mem))
+        unit = dut.free_unit
+        m.d.comb += [unit.cmd.ready.eq(self.u_cmd_ready), unit.i.ready.eq(self.u_i_ready),
+                     unit.params.ready.eq(self.u_p_ready), unit.o.valid.eq(self.u_o_valid),
+                     unit.o.payload.eq(self.u_o_payload)]
+        p = dut._probe
+        fsm, stage = p["fsm"], p["wr_stage"]
+        N, w, ab, dec = dut.lanes, dut.port_bytes, dut.addr_bits, dut.decoder_ops
+        lw, ln = w.bit_length() - 1, N.bit_length() - 1
+
+        saved = Signal(isa.vector_layout())
+        with m.If(dut.cmd.valid & dut.cmd.ready):
+            m.d.sync += saved.eq(dut.cmd.payload)
+        _, offered = _vector_destinations(dut.cmd.payload, dec, ab, w)
+        with m.If(dut.cmd.valid):
+            m.d.comb += [Assume(a) for a in offered]
+        span, held = _vector_destinations(saved, dec, ab, w)
+        taken = ~fsm.ongoing("IDLE")
+        run = fsm.ongoing("RUN")
+        settled = fsm.ongoing("PARAMS") | fsm.ongoing("START") | run | fsm.ongoing("DONE")
+        with m.If(taken):
+            m.d.comb += [Assert(a, "the command taken is not one the controller issues")
+                         for a in held]
+            m.d.comb += Assert(p["cmd"].as_value() == saved.as_value(),
+                               "the command register moved")
+        cols = saved.cols
+        nub = (cols + N - 1) >> ln
+        with m.If(settled):
+            m.d.comb += [Assert(p["nub_m1"] == (nub - 1)[:16], "nub_m1 not settled"),
+                         Assert(p["rows_out"] == span["rows_out"], "rows_out not settled")]
+        m.d.comb += Assert(p["phase_run"] == run, "phase_run outside RUN")
+        stride = saved.dst_stride[:ab]
+        with m.If(fsm.ongoing("PARAMS") | fsm.ongoing("START")):
+            m.d.comb += Assert((p["o_row"] == 0) & (p["olevel"] == 0) & (p["w_beat"] == 0)
+                               & ~p["oflush"] & (p["o_beat"] == 0) & (p["e_row"] == 0)
+                               & ~p["e_pend"],
+                               "the packer not cleared before RUN")
+        with m.If(settled):
+            m.d.comb += Assert(p["w_row_addr"] == (saved.dst_addr + p["o_row"] * stride)[:ab],
+                               "row address off dst_addr + o_row * dst_stride")
+        with m.If(run):
+            beat_bytes = p["o_beat"] << (ln + p["dl"])
+            written = p["w_beat"] * w + p["olevel"]
+            m.d.comb += [
+                Assert(p["o_beat"] <= p["nub_m1"], "unit beat past the row's last"),
+                Assert(p["o_last"] == (p["o_beat"] == p["nub_m1"]), "o_last off the last beat"),
+                Assert(p["o_row"] <= p["rows_out"], "rows written past the command's"),
+                Assert(~p["oflush"] | (p["o_beat"] == 0), "a unit beat taken while flushing"),
+                # Row exponents (ops without split or dropped rows): one recorded per row
+                # whose last unit beat was taken, at most rows.
+                Assert(~p["use_e"] | ((p["e_row"] <= saved.rows)
+                                      & (p["e_row"] >= p["o_row"] + (p["oflush"] & p["row_fence"]))),
+                       "row exponents recorded off the rows taken"),
+                Assert(written == Mux(p["oflush"], p["dst_bytes"],
+                                      Mux(p["o_drop"], 0, beat_bytes)),
+                       "the packer's bytes off the unit beats taken"),
+            ]
+        with m.If(p["e_pend"]):
+            m.d.comb += Assert(run & span["use_e"], "an exponent beat pending outside RUN")
+            _inside_vector_destinations(m, p["e_word_addr"], saved, span, w, "an exponent beat")
+        m.d.comb += Assert(~stage._skid_valid | stage.o.valid, "skid entry before main")
+        with m.If(stage.o.valid):
+            m.d.comb += Assert(run, "a beat held in the write stage outside RUN")
+            _inside_vector_destinations(m, stage._main_payload.addr, saved, span, w,
+                                        "a beat held in the write stage")
+        with m.If(stage._skid_valid):
+            _inside_vector_destinations(m, stage._skid_payload.addr, saved, span, w,
+                                        "a beat held in the write stage's skid")
+        with m.If(dut.mem.wr.valid):
+            m.d.comb += Assert(taken, "a write outside a command")
+            _inside_vector_destinations(m, dut.mem.wr.payload.addr, saved, span, w,
+                                        "a write beat")
+        # Reachable: a write of the second destination row.
+        m.d.comb += Cover(dut.mem.wr.valid & dut.mem.wr.ready
+                          & (dut.mem.wr.payload.addr >= saved.dst_addr + stride) & (stride != 0))
+        return m
+
+
+class VectorEngineWritingPastRows(VectorEngineFreeUnit):
+    """Mutant: the packer without its fence: beats the unit sends past the command's rows
+    are written, after the last row, at ``dst_addr + rows_out * dst_stride``."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.comb += self._probe["row_fence"].eq(1)
+        return m
+
+
+class VectorEngineRecordingPastRows(VectorEngineFreeUnit):
+    """Mutant: row exponents recorded without their fence: a row past the command's rows
+    (the unit's extra beats) records an exponent, whose beat lies past ``e_addr + rows``
+    when ``rows`` is a multiple of W."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.comb += self._probe["e_fence"].eq(1)
         return m
 
 
