@@ -1428,6 +1428,18 @@ class _Elaborated(Elaboratable):
         return self.fragment
 
 
+def _engine_on_free_ports(m, spec, platform):
+    """Elaborate ``spec.dut`` (an engine) into ``m`` with its command, done and memory ports
+    wired to the harness's own (free to the solver); returns the engine."""
+    dut = spec.dut
+    dut._MustUse__silence = True
+    m.submodules.dut = _Elaborated(Fragment.get(dut, platform))
+    wiring.connect(m, wiring.flipped(spec.cmd), dut.cmd)
+    wiring.connect(m, dut.done, wiring.flipped(spec.done))
+    wiring.connect(m, dut.mem, wiring.flipped(spec.mem))
+    return dut
+
+
 class EngineWriteSpec(wiring.Component):
     """Every beat a :class:`MatmulEngine` puts on its memory port's write channel starts
     inside the C operand of the command it took last, for any command the controller issues
@@ -1452,12 +1464,7 @@ class EngineWriteSpec(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        dut = self.dut
-        dut._MustUse__silence = True
-        m.submodules.dut = _Elaborated(Fragment.get(dut, platform))
-        wiring.connect(m, wiring.flipped(self.cmd), dut.cmd)
-        wiring.connect(m, dut.done, wiring.flipped(self.done))
-        wiring.connect(m, dut.mem, wiring.flipped(self.mem))
+        dut = _engine_on_free_ports(m, self, platform)
         p = dut._probe
         fsm, front, writer, stage = p["fsm"], p["front"], p["writer"], p["wr_stage"]
         ab, w = dut.addr_bits, dut.port_bytes
@@ -1648,12 +1655,7 @@ class VectorEngineWriteSpec(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        dut = self.dut
-        dut._MustUse__silence = True
-        m.submodules.dut = _Elaborated(Fragment.get(dut, platform))
-        wiring.connect(m, wiring.flipped(self.cmd), dut.cmd)
-        wiring.connect(m, dut.done, wiring.flipped(self.done))
-        wiring.connect(m, dut.mem, wiring.flipped(self.mem))
+        dut = _engine_on_free_ports(m, self, platform)
         unit = dut.free_unit
         m.d.comb += [unit.cmd.ready.eq(self.u_cmd_ready), unit.i.ready.eq(self.u_i_ready),
                      unit.params.ready.eq(self.u_p_ready), unit.o.valid.eq(self.u_o_valid),
