@@ -974,10 +974,10 @@ class VectorUnit(wiring.Component):
                             for n, v in out[-1].items()})
             return out
 
-        # Slices 1-10 work per lane (L5 is the last); slice 11 holds the masked lane values, 12
-        # half of each lane tree (sums, peak), 13 the beat's sums, so the running sums (one
+        # Slices 1-11 work per lane (L5 is the last); slice 12 holds the masked lane values, 13
+        # half of each lane tree (sums, peak), 14 the beat's sums, so the running sums (one
         # carry chain) share a cycle with nothing else.
-        L5, L2 = 10, 13
+        L5, L2 = 11, 14
         in2 = lanes32(fa.r_data)
         ctl = carry({"valid": fire2, "tok": tok2, "first": col2 == 0, "last": last2,
                      "lanes": self._lane_valid(m, "s2", tok2.cmd, tok2.row, col2)}, L2, "")
@@ -1018,13 +1018,14 @@ class VectorUnit(wiring.Component):
                              qr.eq((x << 1) >> rk[:4])]
                 s1v["rq"] = Mux(rk[-1] | (rk == 0), ql, qr)
             s1 = carry(s1v, 1, f"l{k}_")[1]
-            # Slices 2 and 3: Phi(x16) (GELU_ROWS: g = gelu(saturate(x, int16)), Q24,
-            # 0 <= g < 2**30), its table read (block RAM) with slice 1 and registered, its
-            # interpolation in slice 3.
+            # Slices 2 to 4: Phi(x16) (GELU_ROWS: g = gelu(saturate(x, int16)), Q24,
+            # 0 <= g < 2**30), its table read (block RAM) with slice 2 from slice 1's x16 (FIFO
+            # A's block RAM data never reaches the table's address in the same cycle), its
+            # data registered in slice 3, its interpolation in slice 4.
             phi2 = GeluPhi()
             m.submodules[f"phi_s2_{k}"] = phi2
             assert GeluPhi.LATENCY == 2
-            m.d.comb += [phi2.x.eq(x16), phi2.en.eq(1)]
+            m.d.comb += [phi2.x.eq(s1["x16"]), phi2.en.eq(1)]
             if dec:
                 s2v = {n: v for n, v in s1.items() if n != "rq"}
                 s2v["u"] = Signal(signed(_RMS_Q_BITS - 1), name=f"s2_rms_u{k}")
@@ -1032,14 +1033,15 @@ class VectorUnit(wiring.Component):
                 s2 = carry(s2v, 1, f"l{k}_")[1]
             else:
                 s2 = carry(s1, 1, f"l{k}_")[1]
+            s2 = carry(s2, 1, f"l{k}_t")[1]
             s2 = carry({**s2, "phi": phi2.phi}, 1, f"l{k}_w")[1]
-            # Slice 4: x16 * Phi, each limb's product registered (the DSP's output register).
+            # Slice 5: x16 * Phi, each limb's product registered (the DSP's output register).
             gprod = limb_product(s2["x16"], s2["phi"], m=m, name=f"s2_gx{k}", stage=piped2)
             s2 = carry({n: v for n, v in s2.items() if n not in ("phi", "x16")}, 1,
                        f"l{k}_g")[1]
-            # Slice 5: g, and the shared multiplier's operands: (max - s) * M for softmax,
+            # Slice 6: g, and the shared multiplier's operands: (max - s) * M for softmax,
             # |x| * |x| for LayerNorm, |a| * M[j] for the row requantisations (a = x or g).
-            c2 = ctl[4]["tok"]
+            c2 = ctl[5]["tok"]
             gx = Signal(signed(_G_BITS + 1), name=f"s2_gx{k}")
             m.d.comb += gx.eq(gprod + GELU_OFFSET)
             g = Signal(signed(32), name=f"s2_g{k}")
@@ -1066,19 +1068,19 @@ class VectorUnit(wiring.Component):
             s3 = carry({"opa": opa[:32], "opb": opb[:_OPB_BITS], "big": big,
                         "neg": ra < 0, "shift": s2["shift"], "pass": pass3},
                        1, f"l{k}_")[1]
-            # Slices 6 and 7: the limbs' products (each registered), their sum; its sign for
+            # Slices 7 and 8: the limbs' products (each registered), their sum; its sign for
             # the row requantisations.
-            c3 = ctl[5]["tok"]
+            c3 = ctl[6]["tok"]
             prod = limb_product(s3["opa"], s3["opb"], m=m, name=f"s2_prod{k}", stage=piped2)
             s3w = carry({"neg": s3["neg"] & _is_rows(c3.cmd.op), "big": s3["big"],
                          "pass": s3["pass"], "shift": s3["shift"]}, 1, f"l{k}_p")[1]
             s4 = carry({"prod": prod[:32 + len(s3["opb"])], **s3w}, 1, f"l{k}_")[1]
-            # Slice 8: one rounding shifter: the softmax exponent's t = round_shift(dm, S), the
+            # Slice 9: one rounding shifter: the softmax exponent's t = round_shift(dm, S), the
             # row requantisations' |v|, v = round_shift(+-a * M, S[j] - ROW_EXP_MAX) (only the
             # peak max |v| is taken here), LayerNorm's square unshifted. For a negative a,
             # |round_shift(-p, s)| = ceil((p - 2**(s-1)) / 2**s) = round_shift(p - 1, s) when
             # s >= 1 (p when s = 0): one decrement instead of negating p and then v.
-            c4 = ctl[7]["tok"]
+            c4 = ctl[8]["tok"]
             amt = Signal(SHIFT_BITS, name=f"s2_amt{k}")
             sprod = Signal(signed(len(s4["prod"]) + _GELU_POST + 1), name=f"s2_sprod{k}")
             m.d.comb += sprod.eq(Mux(s4["big"], s4["prod"] << _GELU_POST,
@@ -1088,7 +1090,7 @@ class VectorUnit(wiring.Component):
                     m.d.comb += amt.eq(c4.cmd.shift)
                 with m.Case(VectorOp.REQUANT_ROWS, VectorOp.GELU_ROWS):
                     m.d.comb += amt.eq(s4["shift"] - ROW_EXP_MAX)
-            # Slice 8: the decremented product and its shift; slice 9: the shifter; slice 10:
+            # Slice 9: the decremented product and its shift; slice 10: the shifter; slice 11:
             # the rounding adder.
             s5 = carry({"sprod": sprod, "amt": amt, "pass": s4["pass"]}, 1, f"l{k}_")[1]
             q = round_shifted(m, s5["sprod"], s5["amt"], name=f"s2_rs{k}")
@@ -1106,7 +1108,7 @@ class VectorUnit(wiring.Component):
             peaks.append(piped2(pk, pk.shape(), f"s2_peak7_{k}"))
             exp = Exp2()
             m.submodules[f"exp{k}"] = exp
-            # The table lookup is the slice's register (block RAM): t goes in with slice 10.
+            # The table lookup is the slice's register (block RAM): t goes in with slice 11.
             m.d.comb += [exp.t.eq(r[:EXP_T_BITS + 1]), exp.en.eq(1)]
             e = Signal(EXP_E_BITS, name=f"s2_e{k}")
             m.d.comb += e.eq(Mux(lane_ok, exp.e, 0))

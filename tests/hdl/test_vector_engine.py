@@ -366,8 +366,8 @@ def test_throughput_int16_to_int8():
     np.testing.assert_array_equal(got, want)
     param_beats, beats, row_beats = 128 * 16 // 16, 8 * 128 // 8, 128 // 8
     # The pipeline's fill: memory latency, the port and beat stages, the unit's three stages
-    # (4 + 13 + 14 slices, its FIFOs and output queue) and the output packer.
-    fill = 21 + 4 + 13 + 14
+    # (4 + 14 + 14 slices, its FIFOs and output queue) and the output packer.
+    fill = 21 + 4 + 14 + 14
     assert cycles[0] <= param_beats + beats + 2 * row_beats + fill, cycles
 
 
