@@ -784,13 +784,14 @@ class VectorUnit(wiring.Component):
 
         valid1 = self._lane_valid(m, "s1", cmd, row1, col1)
         first1 = col1 == 0
-        last1 = col1 + N >= cmd.cols
+        fire1 = Signal()
+        last1 = _row_end(m, "last1", N, col1, cmd.cols, fire1)
+        last_row1 = Signal()       # row1 + 1 == cmd.rows, kept with row1
         # The slices never stall: a beat goes in only with credit for its place in FIFO A (and
         # for its token in T1), so backpressure stops intake, not the datapath.
         m.submodules.fa_credit = fa_cr = _credits(fa)
         m.submodules.t1_credit = t1_cr = _credits(t1)
         tok_in1 = Mux(_is_reduction(cmd.op), last1, first1)
-        fire1 = Signal()
         m.d.comb += [
             self.i.ready.eq(have & fa_cr.ok & (~tok_in1 | t1_cr.ok)),
             fire1.eq(self.i.ready & self.i.valid),
@@ -905,17 +906,18 @@ class VectorUnit(wiring.Component):
         stage1_slices = [c["valid"] for c in ctl1[1:]]
         with m.If(fire1):
             with m.If(last1):
-                m.d.sync += [col1.eq(0), row1.eq(row1 + 1)]
-                with m.If(row1 + 1 == cmd.rows):
+                m.d.sync += [col1.eq(0), row1.eq(row1 + 1), last_row1.eq(row1 + 2 == cmd.rows)]
+                with m.If(last_row1):
                     m.d.sync += have.eq(0)
             with m.Else():
                 m.d.sync += col1.eq(col1 + N)
         # The next command is taken in the cycle the last beat of a batch goes in: batches follow
         # each other without a bubble.
-        m.d.comb += self.cmd.ready.eq(~have | (fire1 & last1 & (row1 + 1 == cmd.rows)))
+        m.d.comb += self.cmd.ready.eq(~have | (fire1 & last1 & last_row1))
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [cmd.eq(self.cmd.payload), have.eq(self.cmd.payload.rows != 0),
-                         row1.eq(0), col1.eq(0)]
+                         row1.eq(0), col1.eq(0), last1.eq(self.cmd.payload.cols <= N),
+                         last_row1.eq(self.cmd.payload.rows == 1)]
 
         # Per-column parameters: stage 3 reads whole records, stage 2 (the row requantisations'
         # peak) the multiplier and shift only, each through a synchronous read port of its own
@@ -954,8 +956,10 @@ class VectorUnit(wiring.Component):
         loaded2 = Signal()
         col2 = Signal(col_shape)
         beat2 = Signal(range(self.max_beats + 1))
-        last2 = col2 + N >= tok2.cmd.cols
         fire2 = Signal()
+        load2 = Signal()
+        last2 = _row_end(m, "last2", N, col2, tok2.cmd.cols, fire2, load2,
+                         token_layout(t1.r_data).cmd.cols)
         # As in stage 1: a beat is taken from FIFO A only with credit for FIFO B (and T2).
         m.submodules.fb_credit = fb_cr = _credits(fb)
         m.submodules.t2_credit = t2_cr = _credits(t2)
@@ -1158,7 +1162,8 @@ class VectorUnit(wiring.Component):
             m.d.sync += [col2.eq(col2 + N), beat2.eq(beat2 + 1)]
         can_load2 = ~loaded2 | (fire2 & last2)
         m.d.comb += pr2.addr.eq(Mux(can_load2 & t1.r_rdy, 0, Mux(fire2, beat2 + 1, beat2)))
-        m.d.comb += [t1.r_en.eq(can_load2 & t1.r_rdy), t1_cr.give.eq(can_load2 & t1.r_rdy)]
+        m.d.comb += [load2.eq(can_load2 & t1.r_rdy),
+                     t1.r_en.eq(can_load2 & t1.r_rdy), t1_cr.give.eq(can_load2 & t1.r_rdy)]
         with m.If(can_load2 & t1.r_rdy):
             m.d.sync += [tok2.eq(t1.r_data), loaded2.eq(1), col2.eq(0), beat2.eq(0)]
             if dec:
@@ -1216,15 +1221,17 @@ class VectorUnit(wiring.Component):
         m.submodules.out_credit = o_cr = _credits(oq)
         m.d.comb += [self.o.valid.eq(oq.r_rdy), self.o.payload.eq(oq.r_data),
                      oq.r_en.eq(self.o.ready), o_cr.give.eq(self.o.valid & self.o.ready)]
-        last3 = col3 + N >= tok3.cmd.cols
         fire3 = Signal()
+        load3 = Signal()
+        last3 = _row_end(m, "last3", N, col3, tok3.cmd.cols, fire3, load3,
+                         token_layout(t3.r_data).cmd.cols)
         m.d.comb += [fire3.eq(loaded3 & fb.r_rdy & o_cr.ok), fb.r_en.eq(fire3),
                      fb_cr.give.eq(fire3), o_cr.take.eq(fire3)]
         with m.If(fire3):
             m.d.sync += [col3.eq(col3 + N), beat3.eq(beat3 + 1)]
         can_load3 = ~loaded3 | (fire3 & last3)
         m.d.comb += pr.addr.eq(Mux(can_load3 & t3.r_rdy, 0, Mux(fire3, beat3 + 1, beat3)))
-        m.d.comb += t3.r_en.eq(can_load3 & t3.r_rdy)
+        m.d.comb += [load3.eq(can_load3 & t3.r_rdy), t3.r_en.eq(can_load3 & t3.r_rdy)]
         with m.If(can_load3 & t3.r_rdy):
             m.d.sync += [tok3.eq(t3.r_data), loaded3.eq(1), col3.eq(0), beat3.eq(0)]
         with m.Elif(fire3 & last3):
@@ -1444,6 +1451,24 @@ _S3_SLICES = 14
 #: queue's own latency, so the credits never cut the rate of a consumer that is always ready
 #: (a power of two: 32).
 _OUT_QUEUE = 1 << (_S3_SLICES + 4).bit_length()
+
+
+def _row_end(m, name, N, col, cols, fire, load=None, load_cols=None):
+    """``col + N >= cols`` (the beat at column ``col`` is its row's last) as a register kept
+    with ``col``: set from the next command's ``load_cols`` when ``load`` (``col`` goes to 0),
+    else, when ``fire`` moves ``col`` on, from ``col + 2N`` (or, with ``load`` None, back to
+    0 after the last beat). The handshakes that depend on it then start at a flip-flop, not
+    behind ``col``'s adder and comparator."""
+    last = Signal(name=name)
+    with m.If(fire):
+        if load is None:
+            m.d.sync += last.eq(Mux(last, cols <= N, col + 2 * N >= cols))
+        else:
+            m.d.sync += last.eq(col + 2 * N >= cols)
+    if load is not None:
+        with m.If(load):
+            m.d.sync += last.eq(load_cols <= N)
+    return last
 
 
 def _credits(queue):
