@@ -514,6 +514,13 @@ def select(names=None) -> list[Proof]:
     return [proof for proof in PROOFS if proof.name in set(names)]
 
 
+def _mode_depth(proof: Proof, mutant: Mutant | None = None) -> tuple[str, int]:
+    """The SymbiYosys mode and depth a run of ``proof`` (or of its ``mutant``) uses."""
+    if mutant is not None and mutant.depth is not None:
+        return "bmc", mutant.depth
+    return proof.mode, proof.depth
+
+
 def check(proof: Proof, mutant: Mutant | None = None, *, workdir=None) -> Outcome:
     """Run ``proof`` (or one of its mutants, which must fail it) with SymbiYosys.
 
@@ -530,10 +537,8 @@ def check(proof: Proof, mutant: Mutant | None = None, *, workdir=None) -> Outcom
     Outcome
     """
     design = proof.design if mutant is None else mutant.design
-    if mutant is not None and mutant.depth is not None:
-        result: FormalResult = prove(design, mutant.depth, "bmc", workdir=workdir)
-    else:
-        result = prove(design, proof.depth, proof.mode, workdir=workdir)
+    mode, depth = _mode_depth(proof, mutant)
+    result: FormalResult = prove(design, depth, mode, workdir=workdir)
     return Outcome(proof.name, "" if mutant is None else mutant.name,
                    "PASS" if mutant is None else "FAIL", result.status, result.seconds,
                    result.log)
@@ -572,10 +577,11 @@ def run(args) -> int:
     results = []
     for proof, mutant, label in runs:
         outcome = check(proof, mutant)
-        results.append({**outcome.as_dict(), "claim": proof.claim, "mode": proof.mode,
-                        "depth": proof.depth, "abstraction": proof.abstraction or None})
+        mode, depth = _mode_depth(proof, mutant)
+        results.append({**outcome.as_dict(), "claim": proof.claim, "mode": mode,
+                        "depth": depth, "abstraction": proof.abstraction or None})
         if not args.json:
-            print(f"{label:<{width}}  {proof.mode:<5}  {proof.depth:>5}  {outcome.expected:<4}  "
+            print(f"{label:<{width}}  {mode:<5}  {depth:>5}  {outcome.expected:<4}  "
                   f"{outcome.status:<7}  {outcome.seconds:>7.1f}"
                   + ("" if outcome.ok else "  <- not the verdict wanted"), flush=True)
     ok = all(result["ok"] for result in results)
