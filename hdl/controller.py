@@ -43,7 +43,7 @@ from .isa import (INSTR_BITS, INSTR_BYTES, RES_SHIFT_MAX, UNIT_OPS, rtl_decoder_
                   decoder_vector_checks,
                   Opcode, VecOp)
 from .params import (ADDR_BITS, DONE_BITS, K_MAX, PARAM_MULT_OFFSET, PARAM_RECORD_BYTES,
-                     PARAM_SHIFT_OFFSET, AddendMode, OutFormat, command_layout)
+                     PARAM_SHIFT_OFFSET, AddendMode, OutFormat, command_layout, out_bytes_log2)
 
 __all__ = ["Controller", "SpanCheck", "SerialSpanCheck", "ERROR_BITS"]
 
@@ -531,12 +531,9 @@ class Controller(wiring.Component):
         mm_bad_mode = ((mm.requant & ~mm.use_params) | (mm.addend == 3)
                        | ((mm.addend == AddendMode.RESIDUAL16) & (mm.addend_shift > RES_SHIFT_MAX)))
         # Vector.
-        def fmt_log(fmt):
-            return Mux(fmt == 3, 2, Mux(fmt == 2, 1, 0))
-
         vsb_log = Signal(2)
         vdb_log = Signal(2)
-        m.d.comb += [vsb_log.eq(fmt_log(vec.src_fmt)), vdb_log.eq(fmt_log(vec.dst_fmt))]
+        m.d.comb += [vsb_log.eq(out_bytes_log2(vec.src_fmt)), vdb_log.eq(out_bytes_log2(vec.dst_fmt))]
         dec = self.decoder_ops
         if dec:
             # The decoder ops' uses and checks (isa.decoder_vector_checks, the vector

@@ -41,7 +41,7 @@ __all__ = [
     "ARRAY_MIN", "ARRAY_MAX", "DEFAULT_ARRAY", "K_MAX", "ADDR_BITS", "DIM_BITS", "K_BITS",
     "A_BITS", "B_BITS", "ACC_BITS", "SHIFT_BITS", "ZERO_POINT_BITS", "ROW_SHIFT_BITS",
     "PARAM_RECORD_BYTES", "PARAM_BIAS_OFFSET", "PARAM_MULT_OFFSET", "PARAM_SHIFT_OFFSET",
-    "OutFormat", "AddendMode", "ErrorCode", "DONE_BITS", "MEM_TIMEOUT_CYCLES", "OUT_RANGE", "OUT_BYTES", "ADDEND_BYTES",
+    "OutFormat", "AddendMode", "ErrorCode", "DONE_BITS", "MEM_TIMEOUT_CYCLES", "OUT_RANGE", "OUT_BYTES", "out_bytes_log2", "ADDEND_BYTES",
     "VEC_MAX_COLS",
     "default_port_bytes", "group_cols", "check_config", "command_layout", "pack_command",
     "view_aligned", "Sizing", "FULL", "SMALL",
@@ -91,6 +91,13 @@ OUT_RANGE: dict[OutFormat, Range] = {
 OUT_BYTES: dict[OutFormat, int] = {
     OutFormat.INT8: 1, OutFormat.UINT8: 1, OutFormat.INT16: 2, OutFormat.INT32: 4,
 }
+
+
+def out_bytes_log2(fmt):
+    """log2 of :data:`OUT_BYTES` of an ``OutFormat`` value, as hardware (INT8/UINT8 0,
+    INT16 1, INT32 2)."""
+    from amaranth import Mux
+    return Mux(fmt == OutFormat.INT32, 2, Mux(fmt == OutFormat.INT16, 1, 0))
 
 
 class AddendMode(enum.IntEnum):

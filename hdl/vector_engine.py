@@ -32,7 +32,8 @@ from .pipeline import SkidBuffer
 from .scratchpad import SyncFifo
 from .isa import (RES_SHIFT_MAX, UNIT_OPS, WIDE_LO_MAX_ROWS, rtl_decoder_ops,
                   VEC_MAX_COLS, decoder_vector_checks, VEC_PARAM_RECORD_BYTES, ErrorCode, VecOp)
-from .params import ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config, default_port_bytes
+from .params import (ADDR_BITS, DONE_BITS, DEFAULT_ARRAY, OUT_RANGE, OutFormat, check_config,
+                     default_port_bytes, out_bytes_log2)
 from .sequencer import read_request_layout, write_layout
 from .vector import VectorOp, VectorUnit
 
@@ -46,11 +47,6 @@ _REC = VEC_PARAM_RECORD_BYTES
 def _log2(n: int) -> int:
     assert n > 0 and n & (n - 1) == 0, n
     return n.bit_length() - 1
-
-
-def _fmt_log(fmt):
-    """log2 of the element bytes of an OutFormat (INT8/UINT8 0, INT16 1, INT32 2)."""
-    return Mux(fmt == OutFormat.INT32, 2, Mux(fmt == OutFormat.INT16, 1, 0))
 
 
 class _Gearbox(wiring.Component):
@@ -225,7 +221,7 @@ class VectorEngine(wiring.Component):
         is_smd = op == VecOp.SOFTMAX_DITHER
         sl = Signal(2)           # log2 bytes of a source element
         dl = Signal(2)           # ... of a destination element
-        m.d.comb += [sl.eq(_fmt_log(cmd.src_fmt)), dl.eq(_fmt_log(cmd.dst_fmt))]
+        m.d.comb += [sl.eq(out_bytes_log2(cmd.src_fmt)), dl.eq(out_bytes_log2(cmd.dst_fmt))]
         if dec:
             # The decoder ops' uses and checks (isa.decoder_vector_checks, the controller's too).
             # RESIDUAL32 is the unit's RESIDUAL with an int32 residual; WIDE_SPLIT passes each

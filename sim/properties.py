@@ -23,7 +23,7 @@ from celosia.hdl.axi import AXI4LiteSignature, AXI4Signature, AxiMaster, BURST_I
 from celosia.hdl.controller import Controller, SerialSpanCheck, SpanCheck
 from celosia.hdl.csr import CSR_ADDR_BITS, CsrBlock
 from celosia.hdl.engine import MatmulEngine, MemoryPortSignature
-from celosia.hdl.params import DONE_BITS, OutFormat, command_layout
+from celosia.hdl.params import DONE_BITS, command_layout, out_bytes_log2
 from celosia.hdl.vector_engine import VectorEngine
 from celosia.hdl.sequencer import Writer, compute_plan, plan_layout
 from celosia.hdl.pipeline import CreditCounter, SkidBuffer
@@ -1595,8 +1595,7 @@ def _vector_destinations(cmd, dec, ab, w):
                                     cmd.add_residual, cmd.res_shift) if dec else None
     split = chk["is"]["WIDE_SPLIT"] if dec else C(0, 1)
     rows_out = cmd.rows << split
-    dl = Mux(cmd.dst_fmt == OutFormat.INT32, 2, Mux(cmd.dst_fmt == OutFormat.INT16, 1, 0))
-    row_bytes = cmd.cols << dl
+    row_bytes = cmd.cols << out_bytes_log2(cmd.dst_fmt)
     use_e = cmd.op.matches(isa.VecOp.SOFTMAX, isa.VecOp.REQUANT_ROWS, isa.VecOp.GELU_ROWS,
                            isa.VecOp.SOFTMAX_DITHER)
     if dec:
@@ -1858,11 +1857,9 @@ class ControllerSpec(_ControllerHarness):
         if dut.vector:
             # The vector engine writes its destination rows and, for the ops that make them,
             # the row exponents.
-            def fmt_log(fmt):
-                return Mux(fmt == 3, 2, Mux(fmt == 2, 1, 0))
             _destination_check(self, m, st, p, "dst", vec=True, idx=3, stream=dut.vec_cmd,
                               operand=lambda c: (c.dst_addr, c.rows, c.dst_stride,
-                                                 c.cols << fmt_log(c.dst_fmt)))
+                                                 c.cols << out_bytes_log2(c.dst_fmt)))
             _destination_check(self, m, st, p, "e", vec=True, idx=4, stream=dut.vec_cmd,
                               operand=lambda c: (c.e_addr, C(1, 1), C(0, 32), c.rows))
         cmd = dut.mm_cmd.payload
