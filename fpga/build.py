@@ -22,8 +22,8 @@ from pathlib import Path
 from .boards import BOARDS
 from .top import DEFAULT_BAUD, CelosiaTop
 
-__all__ = ["add_arguments", "run", "build", "parse_nextpnr_log", "parse_nextpnr_report",
-           "tool_env", "tool_options"]
+__all__ = ["add_arguments", "run", "build", "synth_paths", "parse_nextpnr_log",
+           "parse_nextpnr_report", "tool_env", "tool_options"]
 
 TOP_NAME = "celosia_top"
 
@@ -192,6 +192,44 @@ def build(board: str, array: int | None = None, clock_mhz: float | None = None,
     return report
 
 
+def synth_paths(board: str, array: int | None = None, clock_mhz: float | None = None,
+                out_dir: str | Path = "build/fpga", vector: bool | None = None,
+                window: str | None = None, vector_lanes: int | None = None,
+                count: int = 20, trace: int = 0) -> dict:
+    """Synthesise a board top with Yosys only (no place and route: minutes, not the better part
+    of an hour) and estimate its register-to-register paths (``fpga.paths``): the ``count``
+    slowest endpoint groups and how many exceed the target clock's period. ECP5 only."""
+    from .paths import estimate, load_netlist
+    b = BOARDS[board]
+    if b.family != "ecp5":
+        raise ValueError(f"--paths models ECP5 cells only; {board} is {b.family}")
+    out_dir = Path(out_dir) / board
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = tool_env()
+    top = CelosiaTop(b, array=array, clock_mhz=clock_mhz, vector=vector, window=window,
+                     vector_lanes=vector_lanes)
+    t0 = time.monotonic()
+    plan = b.platform().build(top, name=TOP_NAME, do_build=False,
+                              **tool_options(b, None, top.vector))
+    for name, content in dict(plan.files).items():
+        (out_dir / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    import subprocess
+    subprocess.run([env["YOSYS"], "-q", "-l", f"{TOP_NAME}.synth.log",
+                    "-p", f"script {TOP_NAME}.ys"], cwd=out_dir, check=True)
+    ends = estimate(load_netlist(out_dir / f"{TOP_NAME}.json"), trace=trace)
+    target = top.achieved_mhz or clock_mhz or b.clock_mhz
+    period = 1000.0 / target
+    return {"board": board, "array": top.array, "vector": top.vector,
+            "vector_lanes": top.vector_lanes, "target_mhz": round(target, 4),
+            "endpoint_groups": len(ends),
+            "over_target": sum(1 for e in ends if e.ns > period),
+            "over_8ns": sum(1 for e in ends if e.ns > 8.0),
+            "worst_ns": round(ends[0].ns, 2) if ends else None,
+            "paths": [e.as_dict() for e in ends[:count]],
+            "wall_s": round(time.monotonic() - t0, 1),
+            "netlist": str(out_dir / f"{TOP_NAME}.json")}
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--board", required=True, choices=sorted(BOARDS))
     parser.add_argument("--array", type=int, default=None,
@@ -210,12 +248,45 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="nextpnr placement seed")
     parser.add_argument("-o", "--output", default="build/fpga", help="build directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--paths", type=int, default=None, metavar="N",
+                        help="synthesise only (minutes, no place and route) and print the N "
+                             "slowest register-to-register paths by a fixed delay model: a "
+                             "ranking and logic depth, not an Fmax (ECP5; docs/fpga.md)")
+    parser.add_argument("--trace", type=int, default=0, metavar="K",
+                        help="with --paths: list the cells of the K slowest paths")
+
+
+def _run_paths(args, vector) -> int:
+    try:
+        r = synth_paths(args.board, args.array, args.clock_mhz, args.output, vector=vector,
+                        window=getattr(args, "memory", None),
+                        vector_lanes=getattr(args, "vector_lanes", None), count=args.paths,
+                        trace=args.trace)
+    except ValueError as e:
+        print(f"celosia build: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['board']}: {r['array']}x{r['array']}"
+          + (f" + vector ({r['vector_lanes']} lanes)" if r["vector"] else " (matmul only)")
+          + f", synthesised in {r['wall_s']} s; {r['endpoint_groups']} register groups, "
+          f"{r['over_target']} estimated above the {r['target_mhz']} MHz period, "
+          f"{r['over_8ns']} above 8 ns (125 MHz)")
+    print(f"{'est. ns':>8} {'levels':>6}  endpoint  <-  start")
+    for p in r["paths"]:
+        print(f"{p['ns']:8.2f} {p['levels']:6d}  {p['end']}  <-  {p['start']}")
+        for cell in p.get("path", []):
+            print(f"{'':16}{cell}")
+    return 0
 
 
 def run(args) -> int:
     vector = {"auto": None, "on": True, "off": False}[getattr(args, "vector", "auto")]
     if vector is None and getattr(args, "vector_lanes", None) is not None:
         vector = True
+    if getattr(args, "paths", None) is not None:
+        return _run_paths(args, vector)
     r = build(args.board, args.array, args.clock_mhz, args.output, vector=vector,
               baud=getattr(args, "baud", DEFAULT_BAUD), seed=getattr(args, "seed", None),
               window=getattr(args, "memory", None),

@@ -586,9 +586,13 @@ class VectorEngine(wiring.Component):
         e_word_addr = Signal(ab)
 
         # Write port: a pending exponent beat first, else a data beat; data only for the
-        # command's rows (a fence: the unit's beats past them are never written).
+        # command's rows (a fence: the unit's beats past them are never written). The fences
+        # are registers (o_row < rows_out and e_row < rows, updated with the counters), and
+        # every decision below is taken from registers and the write stage's registered ready,
+        # never from the bytes this cycle's write pops.
         row_fence = Signal()
-        m.d.comb += row_fence.eq(o_row < rows_out)
+        o_open = Signal()                   # o_row < rows_out
+        m.d.comb += row_fence.eq(o_open)
         d_want = phase_run & row_fence & ((olevel >= W) | (oflush & (olevel != 0)))
         m.d.comb += [wr.payload.addr.eq(Mux(e_pend, e_word_addr, (w_row_addr + (w_beat << lw))[:ab])),
                      wr.payload.data.eq(Mux(e_pend, e_buf, obuf[:8 * W])),
@@ -600,15 +604,13 @@ class VectorEngine(wiring.Component):
             m.d.comb += d_strb.eq((Const(1, W + 1) << olevel) - 1)
         m.d.comb += wr.payload.strb.eq(Mux(e_pend, e_strb, d_strb))
         d_fire = wr.ready & ~e_pend & d_want
-        o_pop = Signal(range(Cb + 1))
-        m.d.comb += o_pop.eq(Mux(d_fire, Mux(olevel >= W, W, olevel), 0))
-        o_after = Signal(range(Cb + 1))
-        m.d.comb += o_after.eq(olevel - o_pop)
-        flush_done = oflush & (o_after == 0) & d_fire
+        # A write pops W bytes, or on a row's last write (flushing) all olevel <= W of them.
+        last_write = oflush & (olevel <= W)
+        flush_done = last_write & d_fire
         with m.If(d_fire):
             with m.If(flush_done):
                 m.d.sync += [w_beat.eq(0), w_row_addr.eq(w_row_addr + cmd.dst_stride),
-                             o_row.eq(o_row + 1), oflush.eq(0)]
+                             o_row.eq(o_row + 1), oflush.eq(0), o_open.eq(o_row + 1 < rows_out)]
             with m.Else():
                 m.d.sync += w_beat.eq(w_beat + 1)
         with m.If(wr.ready & e_pend):
@@ -624,10 +626,11 @@ class VectorEngine(wiring.Component):
         # ROTARY: the unit's first row of each pair (its even rows) is not written.
         o_drop = (is_rot & ~o_urow[0]) if dec else C(0, 1)
         m.d.comb += V.eq(Mux(o_drop, 0, Mux(o_last, v_last, v_mid)))
-        # A unit beat goes in only below half the buffer (o_after < Cb / 2, so o_after + V <= Cb):
-        # the insertion shifter spans half the positions.
+        # A unit beat goes in below half the buffer (olevel < Cb / 2, so olevel + V <= Cb: the
+        # insertion shifter spans half the positions), or while flushing in the cycle the row's
+        # last write leaves the buffer empty.
         Ch = Cb // 2
-        o_ok = (phase_run & (~oflush | flush_done) & (o_after < Ch)
+        o_ok = (phase_run & Mux(oflush, flush_done, olevel < Ch)
                 & ~(e_pend & use_e & o_last))
         m.d.comb += unit_out.o.ready.eq(o_ok)
         fire_o = unit_out.o.valid & o_ok
@@ -650,14 +653,21 @@ class VectorEngine(wiring.Component):
         # a unit beat always goes in at a multiple of min(N, W) bytes.
         lg = _log2(min(N, W))
         # Bytes of obuf at and above olevel are always zero (it starts zeroed, the unit's beats
-        # are masked to V bytes, and bytes come out at the bottom). A write pops W bytes, or on a
-        # row's last write all olevel < W of them: either way obuf >> 8 W is what stays.
-        shifted = Signal(8 * Cb)
-        m.d.comb += shifted.eq(Mux(o_pop != 0, obuf >> (8 * W), obuf))
+        # are masked to V bytes, and bytes come out at the bottom). Outside a flush a beat goes
+        # in at olevel and a write then moves everything down by W bytes; a flush's last write
+        # leaves nothing, and a beat taken with it goes in at 0.
+        ins = Signal(8 * Cb)
+        m.d.comb += ins.eq(Mux(fire_o, packed & vmask, 0)
+                           << Mux(oflush, 0, olevel[lg:_log2(Ch)] << (3 + lg)))
+        merged = Signal(8 * Cb)
+        m.d.comb += merged.eq(Mux(flush_done, 0, obuf) | ins)
+        m.d.sync += obuf.eq(Mux(d_fire & ~last_write, merged >> (8 * W), merged))
+        # The level: + V for a beat taken, - W for a write, or V alone after a flush's last one.
+        v_in = Mux(fire_o, V, 0)
+        lvl_in = Signal(range(Cb + 1))
+        m.d.comb += lvl_in.eq(olevel + v_in)
+        m.d.sync += olevel.eq(Mux(flush_done, v_in, Mux(d_fire, lvl_in - W, lvl_in)))
         with m.If(fire_o):
-            at = o_after[lg:_log2(Ch)] << (3 + lg)
-            m.d.sync += [obuf.eq(shifted | ((packed & vmask) << at)),
-                         olevel.eq(o_after + V)]
             with m.If(o_last):
                 m.d.sync += [o_beat.eq(0), oflush.eq(~o_drop), o_last.eq(nub_m1 == 0)]
                 if dec:
@@ -666,15 +676,15 @@ class VectorEngine(wiring.Component):
                         m.d.sync += o_hi.eq(0)
             with m.Else():
                 m.d.sync += [o_beat.eq(o_beat + 1), o_last.eq(o_beat + 1 == nub_m1)]
-        with m.Else():
-            m.d.sync += [obuf.eq(shifted), olevel.eq(o_after)]
         # Row exponents: one byte per row, W rows a beat.
         e_pos = e_row[:lw] if lw else C(0, 1)
         e_fence = Signal()                   # (a fence, as d_want's)
-        m.d.comb += e_fence.eq(e_row < rows)
+        e_open = Signal()                    # e_row < rows
+        m.d.comb += e_fence.eq(e_open)
         with m.If(fire_o & o_last & use_e & e_fence):
             m.d.sync += [e_buf.eq(e_buf | (unit_out.o.payload.exp << (e_pos << 3))),
-                         e_strb.eq(e_strb | (Const(1, 1) << e_pos)), e_row.eq(e_row + 1)]
+                         e_strb.eq(e_strb | (Const(1, 1) << e_pos)), e_row.eq(e_row + 1),
+                         e_open.eq(e_row + 1 < rows)]
             with m.If((e_pos == W - 1) | (e_row + 1 == rows)):
                 m.d.sync += [e_pend.eq(1),
                              e_word_addr.eq(cmd.e_addr + ((e_row >> lw) << lw))]
@@ -700,7 +710,7 @@ class VectorEngine(wiring.Component):
                              oflush.eq(0), olevel.eq(0), obuf.eq(0),
                              w_row_addr.eq(cmd.dst_addr), w_beat.eq(0),
                              e_buf.eq(0), e_strb.eq(0), e_pend.eq(0), e_row.eq(0),
-                             last_grant_res.eq(0)]
+                             o_open.eq(1), e_open.eq(1), last_grant_res.eq(0)]
                 with m.If(bad_op):
                     m.d.sync += code.eq(ErrorCode.BAD_MODE)
                     m.next = "DONE"
@@ -765,5 +775,6 @@ class VectorEngine(wiring.Component):
                            o_beat=o_beat, o_last=o_last, olevel=olevel, oflush=oflush,
                            o_drop=o_drop, w_row_addr=w_row_addr, w_beat=w_beat, e_pend=e_pend,
                            e_row=e_row, e_word_addr=e_word_addr, wr_stage=stages["wr"],
-                           row_fence=row_fence, e_fence=e_fence)
+                           row_fence=row_fence, e_fence=e_fence,
+                           o_open=o_open, e_open=e_open)
         return m

@@ -1689,7 +1689,7 @@ class VectorEngineWriteSpec(wiring.Component):
         with m.If(fsm.ongoing("PARAMS") | fsm.ongoing("START")):
             m.d.comb += Assert((p["o_row"] == 0) & (p["olevel"] == 0) & (p["w_beat"] == 0)
                                & ~p["oflush"] & (p["o_beat"] == 0) & (p["e_row"] == 0)
-                               & ~p["e_pend"],
+                               & ~p["e_pend"] & p["o_open"] & p["e_open"],
                                "the packer not cleared before RUN")
         with m.If(settled):
             m.d.comb += Assert(p["w_row_addr"] == (saved.dst_addr + p["o_row"] * stride)[:ab],
@@ -1701,6 +1701,8 @@ class VectorEngineWriteSpec(wiring.Component):
                 Assert(p["o_beat"] <= p["nub_m1"], "unit beat past the row's last"),
                 Assert(p["o_last"] == (p["o_beat"] == p["nub_m1"]), "o_last off the last beat"),
                 Assert(p["o_row"] <= p["rows_out"], "rows written past the command's"),
+                Assert(p["o_open"] == (p["o_row"] < p["rows_out"]), "the row fence off o_row"),
+                Assert(p["e_open"] == (p["e_row"] < saved.rows), "the exponent fence off e_row"),
                 Assert(~p["oflush"] | (p["o_beat"] == 0), "a unit beat taken while flushing"),
                 # Row exponents (ops without split or dropped rows): one recorded per row
                 # whose last unit beat was taken, at most rows.
