@@ -242,6 +242,9 @@ class AxiMaster(wiring.Component):
         self._held = Signal()
         self._h_addr = Signal(addr_width)
         self._h_len = Signal(8)           # beats - 1
+        # the held burst's next beat within its 4 KiB page, h_addr[lw:12] + h_len + 1, kept as
+        # a register beside them (a carry out of the page's beat bits: the burst cannot grow)
+        self._h_next = Signal(max(12 - (port_bytes.bit_length() - 1), 8) + 1)
         self._joins = Signal()            # the request offered now continues the held burst
         self._pending = Signal(range(max_writes + 1))
         # The fault state (``faults``), here for the same reason: the fenced flag, beats put on
@@ -274,8 +277,7 @@ class AxiMaster(wiring.Component):
         # The next beat of the burst lies in the same 4 KiB page: only the beat index within
         # the page is added to (a carry out of it means the burst would cross the page).
         addr = port.rd_req.payload.addr
-        nxt_beat = Signal(max(12 - lw, len(h_len)) + 1)
-        m.d.comb += nxt_beat.eq(h_addr[lw:12] + h_len + 1)
+        nxt_beat = self._h_next
         joins = self._joins
         m.d.comb += joins.eq(held & (addr[lw:12] == nxt_beat[:12 - lw])
                              & ~nxt_beat[12 - lw:].any()
@@ -295,16 +297,18 @@ class AxiMaster(wiring.Component):
         # be handed to AR this cycle.
         rd_req_ready = joins | ~held | ar_free
         with m.If(port.rd_req.valid & joins):
-            m.d.sync += h_len.eq(h_len + 1)
+            m.d.sync += [h_len.eq(h_len + 1), nxt_beat.eq(nxt_beat + 1)]
         with m.Elif(held & ar_free):
             # The held burst is complete (no joining request this cycle): send it.
             m.d.comb += ar_load.eq(1)
             m.d.sync += [axi.arvalid.eq(1), axi.araddr.eq(h_addr), axi.arlen.eq(h_len),
                          held.eq(0)]
             with m.If(port.rd_req.valid):
-                m.d.sync += [held.eq(1), h_addr.eq(port.rd_req.payload.addr), h_len.eq(0)]
+                m.d.sync += [held.eq(1), h_addr.eq(port.rd_req.payload.addr), h_len.eq(0),
+                             nxt_beat.eq(port.rd_req.payload.addr[lw:12] + 1)]
         with m.Elif(port.rd_req.valid & ~held):
-            m.d.sync += [held.eq(1), h_addr.eq(port.rd_req.payload.addr), h_len.eq(0)]
+            m.d.sync += [held.eq(1), h_addr.eq(port.rd_req.payload.addr), h_len.eq(0),
+                         nxt_beat.eq(port.rd_req.payload.addr[lw:12] + 1)]
 
         if not faults:
             m.d.comb += [

@@ -95,10 +95,11 @@ class _Gearbox(wiring.Component):
         m.d.comb += self.avail.eq((count << lw) >= span)
         pop = Signal(range(D + 1))           # whole beats leaving
         m.d.comb += pop.eq(Mux(self.take, span >> lw, 0))
-        after = Signal(range(D + 1))
-        m.d.comb += after.eq(count - pop)
+        # A beat comes in while a slot is free before this cycle's take (the buffer's two
+        # widest unit beats keep the unit fed all the same), so the intake does not wait for
+        # the take's decision.
         push = Signal()
-        m.d.comb += [push.eq(self.beat.valid & (after < D)), self.beat.ready.eq(push)]
+        m.d.comb += [push.eq(self.beat.valid & (count < D)), self.beat.ready.eq(push)]
         # The unit beat starts at a multiple of N bytes inside the head beat.
         window = Cat(*q[:R], C(0, 8 * U))
         if lw > ln:
@@ -111,17 +112,17 @@ class _Gearbox(wiring.Component):
         with m.If(self.clear):
             m.d.sync += [count.eq(0), off.eq(0)]
         with m.Else():
-            m.d.sync += [count.eq(after + push), off.eq(Mux(self.take, span, off)[:len(off)])]
-        # A slot loads the incoming beat or moves down by the beats leaving, else holds (the
-        # flip-flops' clock enable); slots emptied by a move keep stale beats.
+            m.d.sync += [count.eq(count - pop + push),
+                         off.eq(Mux(self.take, span, off)[:len(off)])]
+        # The incoming beat goes in at ``count``, then every slot moves down by the beats
+        # leaving (the last choice, so the take's decision comes in at the end); slots past
+        # the count keep stale beats.
+        qq = [Mux(push & (count == j), self.beat.payload, q[j]) for j in range(D)]
         for j in range(D):
-            with m.If(push & (after == j)):
-                m.d.sync += q[j].eq(self.beat.payload)
-            with m.Elif(pop != 0):
-                with m.Switch(pop):
-                    for k in range(1, min(R, D - 1 - j) + 1):
-                        with m.Case(k):
-                            m.d.sync += q[j].eq(q[j + k])
+            with m.Switch(pop):
+                for k in range(0, min(R, D - 1 - j) + 1):
+                    with m.Case(k):
+                        m.d.sync += q[j].eq(qq[j + k])
         return m
 
 
@@ -520,13 +521,15 @@ class VectorEngine(wiring.Component):
                                 "res_last_take")
         m.d.comb += [g_src.elog.eq(sl), g_src.last.eq(in_last), g_src.last_take.eq(src_last_take),
                      g_res.elog.eq(rl), g_res.last.eq(in_last), g_res.last_take.eq(res_last_take)]
-        in_ok = phase_run & (in_row < rows_run) & g_src.avail & (g_res.avail | ~use_res)
+        in_open = Signal()          # in_row < rows_run, a register kept with the counter
+        in_ok = phase_run & in_open & g_src.avail & (g_res.avail | ~use_res)
         m.d.comb += unit_in.i.valid.eq(in_ok)
         fire_in = in_ok & unit_in.i.ready
         m.d.comb += [g_src.take.eq(fire_in), g_res.take.eq(fire_in & use_res)]
         with m.If(fire_in):
             with m.If(in_last):
-                m.d.sync += [in_beat.eq(0), in_row.eq(in_row + 1), in_last.eq(nub_m1 == 0)]
+                m.d.sync += [in_beat.eq(0), in_row.eq(in_row + 1), in_last.eq(nub_m1 == 0),
+                             in_open.eq(in_row + 1 < rows_run)]
             with m.Else():
                 m.d.sync += [in_beat.eq(in_beat + 1), in_last.eq(in_beat + 1 == nub_m1)]
         if dec:
@@ -710,7 +713,7 @@ class VectorEngine(wiring.Component):
                              oflush.eq(0), olevel.eq(0), obuf.eq(0),
                              w_row_addr.eq(cmd.dst_addr), w_beat.eq(0),
                              e_buf.eq(0), e_strb.eq(0), e_pend.eq(0), e_row.eq(0),
-                             o_open.eq(1), e_open.eq(1), last_grant_res.eq(0)]
+                             in_open.eq(1), o_open.eq(1), e_open.eq(1), last_grant_res.eq(0)]
                 with m.If(bad_op):
                     m.d.sync += code.eq(ErrorCode.BAD_MODE)
                     m.next = "DONE"

@@ -300,6 +300,8 @@ class AxiMasterSpec(wiring.Component):
             m.d.comb += [
                 Assert(dut._h_len < dut.max_burst, "held burst longer than max_burst"),
                 Assert(dut._h_addr[lw:12] + dut._h_len < page_beats, "held burst crosses 4 KiB"),
+                Assert(dut._h_next == dut._h_addr[lw:12] + dut._h_len + 1,
+                       "the held burst's next beat off h_addr + h_len + 1"),
             ]
         self._track_read(m, in_flight, owed, ar_beats)
 
@@ -595,6 +597,8 @@ class AxiMasterFenceSpec(wiring.Component):
             m.d.comb += [
                 Assert(dut._h_len < dut.max_burst, "held burst longer than max_burst"),
                 Assert(dut._h_addr[lw:12] + dut._h_len < page_beats, "held burst crosses 4 KiB"),
+                Assert(dut._h_next == dut._h_addr[lw:12] + dut._h_len + 1,
+                       "the held burst's next beat off h_addr + h_len + 1"),
             ]
 
         # --- writes ---
