@@ -36,7 +36,7 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from celosia.hdl.axi import AXI4Signature
+from celosia.hdl.axi import AXI4Signature, AxiSlice
 
 from .bridge import BytePortSignature
 
@@ -515,7 +515,13 @@ class SdramWindow(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.core = core = self._core_view
-        wiring.connect(m, wiring.flipped(self.axi), core.axi)
+        # A register slice between the accelerator's AXI master and the core: the core's
+        # ready and valid signals come out of its FIFOs and bank machines through logic of
+        # their own, and would otherwise run on into the master's and the engines' decisions.
+        sig = core.axi.signature
+        m.submodules.axi_slice = cut = AxiSlice(sig.addr_width, sig.data_width, sig.id_width)
+        wiring.connect(m, wiring.flipped(self.axi), cut.s)
+        wiring.connect(m, cut.m, core.axi)
         wiring.connect(m, wiring.flipped(self.pins), core.pins)
         m.d.comb += self.init_done.eq(core.init_done)
         m.submodules.byte = byte = ByteToWishbone(len(core.byte_bus.adr),

@@ -25,9 +25,11 @@ from amaranth.lib.wiring import In, Out
 
 from .engine import MemoryPortSignature
 from .params import MEM_TIMEOUT_CYCLES, ErrorCode
+from .pipeline import SkidBuffer
 from .scratchpad import SyncFifo
 
-__all__ = ["AXI4LiteSignature", "AXI4Signature", "MemArbiter", "AxiMaster", "BURST_INCR"]
+__all__ = ["AXI4LiteSignature", "AXI4Signature", "MemArbiter", "AxiMaster", "AxiSlice",
+           "BURST_INCR"]
 
 BURST_INCR = 1
 
@@ -439,4 +441,53 @@ class AxiMaster(wiring.Component):
             with m.Else():
                 m.d.sync += [self.fault_code.eq(ErrorCode.MEM_TIMEOUT),
                              self.fault_port.eq(Mux(owed != 0, self.rd_port, wr_head))]
+        return m
+
+
+#: The AXI4 channels and the signals each carries (besides valid and ready), with the
+#: direction of the channel seen from the master: True when the master drives it.
+_AXI_CHANNELS = {
+    "aw": (True, ("awid", "awaddr", "awlen", "awsize", "awburst", "awlock", "awcache", "awprot")),
+    "w": (True, ("wdata", "wstrb", "wlast")),
+    "ar": (True, ("arid", "araddr", "arlen", "arsize", "arburst", "arlock", "arcache", "arprot")),
+    "b": (False, ("bid", "bresp")),
+    "r": (False, ("rid", "rdata", "rresp", "rlast")),
+}
+
+
+class AxiSlice(wiring.Component):
+    """An AXI4 register slice: a :class:`celosia.hdl.pipeline.SkidBuffer` on each of the five
+    channels, so no valid, ready or payload path runs through it in either direction.
+    Transfers pass in order, each once, one per cycle and channel when both sides are willing;
+    each channel takes one cycle more.
+
+    Members
+    -------
+    s : ``In(AXI4Signature(...))``
+        Towards the master.
+    m : ``Out(AXI4Signature(...))``
+        Towards the slave.
+    """
+
+    def __init__(self, addr_width: int = 32, data_width: int = 128, id_width: int = 1):
+        sig = AXI4Signature(addr_width, data_width, id_width)
+        self._sig = sig
+        super().__init__({"s": In(sig), "m": Out(sig)})
+
+    def elaborate(self, platform):
+        m = Module()
+        for ch, (forward, names) in _AXI_CHANNELS.items():
+            src, dst = (self.s, self.m) if forward else (self.m, self.s)
+            fields = [getattr(src, n) for n in names]
+            stage = SkidBuffer(unsigned(sum(len(f) for f in fields)))
+            m.submodules[f"{ch}_stage"] = stage
+            m.d.comb += [stage.i.valid.eq(getattr(src, f"{ch}valid")),
+                         stage.i.payload.eq(Cat(*fields)),
+                         getattr(src, f"{ch}ready").eq(stage.i.ready),
+                         getattr(dst, f"{ch}valid").eq(stage.o.valid),
+                         stage.o.ready.eq(getattr(dst, f"{ch}ready"))]
+            at = 0
+            for n, f in zip(names, fields):
+                m.d.comb += getattr(dst, n).eq(stage.o.payload[at:at + len(f)])
+                at += len(f)
         return m

@@ -152,5 +152,11 @@ class CreditCounter(wiring.Component):
         m = Module()
         taken = self.take & self.ok
         after = self.credits - Mux(taken, self._cost, 0) + self.give
-        m.d.sync += [self.credits.eq(after), self.ok.eq(after >= self._cost)]
+        # ok of the next cycle, (credits - taken * cost + give) >= cost, as four comparisons of
+        # the register with constants chosen by the two bits: take and give come in last,
+        # through one multiplexer, not through the adder and a comparison behind it.
+        c, cost = self.credits, self._cost
+        m.d.sync += [self.credits.eq(after),
+                     self.ok.eq(Mux(taken, Mux(self.give, c >= 2 * cost - 1, c >= 2 * cost),
+                                    Mux(self.give, c >= cost - 1, c >= cost)))]
         return m
