@@ -1112,15 +1112,19 @@ class VectorUnit(wiring.Component):
             peaks.append(piped2(pk, pk.shape(), f"s2_peak7_{k}"))
             exp = Exp2()
             m.submodules[f"exp{k}"] = exp
-            # The table lookup is the slice's register (block RAM): t goes in with slice 11.
+            # The table lookup is the slice's register (block RAM): t goes in with slice 11;
+            # its data is registered again (slice 12), and e, rounded from it, belongs to
+            # slice 12 (no register of its own: the table's data register is that slice's).
+            assert Exp2.LATENCY == 2
             m.d.comb += [exp.t.eq(r[:EXP_T_BITS + 1]), exp.en.eq(1)]
             e = Signal(EXP_E_BITS, name=f"s2_e{k}")
-            m.d.comb += e.eq(Mux(lane_ok, exp.e, 0))
-            es.append(piped2(e, e.shape(), f"s2_e7_{k}"))
+            m.d.comb += e.eq(Mux(ctl[L5 + 1]["lanes"][k], exp.e, 0))
+            es.append(e)
             sqs.append(piped2(Mux(lane_ok, v[:2 * nx.LN_IN_BITS], 0), unsigned(2 * nx.LN_IN_BITS),
                               f"s2_sq7_{k}"))
-            o = Mux(op_at[L5] == VectorOp.SOFTMAX, e, s6["pass"])
-            for i in range(L5 + 1, L2 + 1):
+            o = Mux(op_at[L5 + 1] == VectorOp.SOFTMAX, e,
+                    piped2(s6["pass"], signed(32), f"s2_pass12_{k}"))
+            for i in range(L5 + 2, L2 + 1):
                 o = piped2(o, signed(32), f"s2_out{i}_{k}")
             m.d.comb += out2[k].eq(o)
 

@@ -325,13 +325,17 @@ class Exp2(wiring.Component):
     """One lane of the softmax exponent from ``t = round_shift((max - s) * M, S)`` (the
     multiplier and the rounding shifter live in the stage):
     ``e = round_shift(EXP2_LUT[t & 255], t >> 8)`` (0 once the shift rounds every entry away),
-    step 3 of :func:`celosia.sw.numerics.softmax`. The table is read synchronously (block RAM):
-    ``e`` belongs to the ``t`` presented in the last cycle ``en`` was high.
+    step 3 of :func:`celosia.sw.numerics.softmax`. The table is read synchronously (block RAM)
+    and its data registered (the rounding shift follows in the next cycle): ``e`` belongs to the
+    ``t`` presented two cycles before, ``en`` high in both (``LATENCY``).
     """
 
     t: In(EXP_T_BITS + 1)
     en: In(1)
     e: Out(EXP_E_BITS)
+
+    #: Cycles from ``t`` to its ``e``.
+    LATENCY = 2
 
     def elaborate(self, platform):
         m = Module()
@@ -340,13 +344,15 @@ class Exp2(wiring.Component):
             init=[int(v) for v in nx.EXP2_LUT])
         rd = lut.read_port()
         m.d.comb += [rd.en.eq(self.en), rd.addr.eq(self.t[:nx.EXP_FRAC_BITS])]
+        z1 = Signal(len(self.t) - nx.EXP_FRAC_BITS)
         z = Signal(len(self.t) - nx.EXP_FRAC_BITS)
+        data = Signal.like(rd.data)
         with m.If(self.en):
-            m.d.sync += z.eq(self.t[nx.EXP_FRAC_BITS:])
+            m.d.sync += [z1.eq(self.t[nx.EXP_FRAC_BITS:]), z.eq(z1), data.eq(rd.data)]
         zs = Signal(range(_EXP_ZERO_SHIFT))
         m.d.comb += zs.eq(z)
         rounded = Signal(EXP_E_BITS + 1)
-        m.d.comb += rounded.eq(round_shift_add(m, rd.data, zs, name="e"))
+        m.d.comb += rounded.eq(round_shift_add(m, data, zs, name="e"))
         m.d.comb += self.e.eq(Mux(z < _EXP_ZERO_SHIFT, rounded, 0))
         return m
 
