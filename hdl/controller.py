@@ -502,10 +502,13 @@ class Controller(wiring.Component):
         req_n = Signal(cnt_bits)
         resp_n = Signal(cnt_bits)
         beats = Signal(cnt_bits)          # beats to read in this FETCH or PSCAN
-        rd_base = Signal(ab)
-        m.d.comb += [
-            self.mem.rd_req.payload.addr.eq(rd_base + (req_n << lw)),
-        ]
+        # The request's address, the base plus req_n * W, kept as a register with req_n (set
+        # with the base, advanced by W with each request), so no adder sits in front of the
+        # memory arbiter and the AXI master's burst gathering.
+        rd_addr = Signal(ab)
+        m.d.comb += self.mem.rd_req.payload.addr.eq(rd_addr)
+        with m.If(self.mem.rd_req.valid & self.mem.rd_req.ready):
+            m.d.sync += rd_addr.eq(rd_addr + W)
 
         # --- command checks ---
         # Matmul.
@@ -730,7 +733,7 @@ class Controller(wiring.Component):
                 with m.Else():
                     m.d.sync += [req_n.eq(0), resp_n.eq(0),
                                  beats.eq(max(1, INSTR_BYTES // W)),
-                                 rd_base.eq(pc & ~(W - 1))]
+                                 rd_addr.eq(pc & ~(W - 1))]
                     m.d.sync += [flag.eq(0) for flag in hi.values()]
                     m.next = "FETCH"
 
@@ -837,7 +840,7 @@ class Controller(wiring.Component):
                         stop_with(ErrorCode.BAD_ADDRESS, pc)
                     with m.Elif(mm.requant):
                         m.d.sync += [req_n.eq(0), resp_n.eq(0), scan_bad.eq(0),
-                                     rd_base.eq(mm.p_addr),
+                                     rd_addr.eq(mm.p_addr),
                                      beats.eq((mm.n * PARAM_RECORD_BYTES + W - 1) >> lw)]
                         m.next = "PSCAN"
                     with m.Else():
