@@ -783,7 +783,7 @@ class VectorUnit(wiring.Component):
         acc_sum = Signal(signed(_SX_BITS))
 
         valid1 = self._lane_valid(m, "s1", cmd, row1, col1)
-        first1 = col1 == 0
+        first1 = Signal(init=1)    # col1 == 0, kept with col1 (off the intake's handshake)
         fire1 = Signal()
         last1 = _row_end(m, "last1", N, col1, cmd.cols, fire1)
         last_row1 = Signal()       # row1 + 1 == cmd.rows, kept with row1
@@ -906,17 +906,19 @@ class VectorUnit(wiring.Component):
         stage1_slices = [c["valid"] for c in ctl1[1:]]
         with m.If(fire1):
             with m.If(last1):
-                m.d.sync += [col1.eq(0), row1.eq(row1 + 1), last_row1.eq(row1 + 2 == cmd.rows)]
+                m.d.sync += [col1.eq(0), first1.eq(1), row1.eq(row1 + 1),
+                             last_row1.eq(row1 + 2 == cmd.rows)]
                 with m.If(last_row1):
                     m.d.sync += have.eq(0)
             with m.Else():
-                m.d.sync += col1.eq(col1 + N)
+                m.d.sync += [col1.eq(col1 + N), first1.eq(0)]
         # The next command is taken in the cycle the last beat of a batch goes in: batches follow
         # each other without a bubble.
         m.d.comb += self.cmd.ready.eq(~have | (fire1 & last1 & last_row1))
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [cmd.eq(self.cmd.payload), have.eq(self.cmd.payload.rows != 0),
-                         row1.eq(0), col1.eq(0), last1.eq(self.cmd.payload.cols <= N),
+                         row1.eq(0), col1.eq(0), first1.eq(1),
+                         last1.eq(self.cmd.payload.cols <= N),
                          last_row1.eq(self.cmd.payload.rows == 1)]
 
         # Per-column parameters: stage 3 reads whole records, stage 2 (the row requantisations'
