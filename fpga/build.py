@@ -195,17 +195,18 @@ def build(board: str, array: int | None = None, clock_mhz: float | None = None,
 def synth_paths(board: str, array: int | None = None, clock_mhz: float | None = None,
                 out_dir: str | Path = "build/fpga", vector: bool | None = None,
                 window: str | None = None, vector_lanes: int | None = None,
-                count: int = 20, trace: int = 0) -> dict:
+                count: int = 20, trace: int = 0, against: str | Path | None = None) -> dict:
     """Synthesise a board top with Yosys only (no place and route: minutes, not the better part
     of an hour) and estimate its register-to-register paths (``fpga.paths``): the ``count``
-    slowest endpoint groups and how many exceed the target clock's period. ECP5 only."""
-    from .paths import estimate, load_netlist
+    slowest endpoint groups, how many exceed the target clock's period and each of
+    ``paths.PROFILE_NS``, and with ``against`` (an older netlist) that one's profile. ECP5 only."""
+    from .paths import estimate, load_netlist, profile
     b = BOARDS[board]
     if b.family != "ecp5":
         raise ValueError(f"--paths models ECP5 cells only; {board} is {b.family}")
     out_dir = Path(out_dir) / board
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = tool_env()
+    tool_env()
     top = CelosiaTop(b, array=array, clock_mhz=clock_mhz, vector=vector, window=window,
                      vector_lanes=vector_lanes)
     t0 = time.monotonic()
@@ -214,7 +215,7 @@ def synth_paths(board: str, array: int | None = None, clock_mhz: float | None = 
     for name, content in dict(plan.files).items():
         (out_dir / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     import subprocess
-    subprocess.run([env["YOSYS"], "-q", "-l", f"{TOP_NAME}.synth.log",
+    subprocess.run([os.environ["YOSYS"], "-q", "-l", f"{TOP_NAME}.synth.log",
                     "-p", f"script {TOP_NAME}.ys"], cwd=out_dir, check=True)
     ends = estimate(load_netlist(out_dir / f"{TOP_NAME}.json"), trace=trace)
     target = top.achieved_mhz or clock_mhz or b.clock_mhz
@@ -224,6 +225,8 @@ def synth_paths(board: str, array: int | None = None, clock_mhz: float | None = 
             "endpoint_groups": len(ends),
             "over_target": sum(1 for e in ends if e.ns > period),
             "over_8ns": sum(1 for e in ends if e.ns > 8.0),
+            "over_ns": profile(ends),
+            **({"against_over_ns": profile(estimate(load_netlist(against)))} if against else {}),
             "worst_ns": round(ends[0].ns, 2) if ends else None,
             "paths": [e.as_dict() for e in ends[:count]],
             "wall_s": round(time.monotonic() - t0, 1),
@@ -254,6 +257,9 @@ def add_arguments(parser) -> None:
                              "ranking and logic depth, not an Fmax (ECP5; docs/fpga.md)")
     parser.add_argument("--trace", type=int, default=0, metavar="K",
                         help="with --paths: list the cells of the K slowest paths")
+    parser.add_argument("--against", default=None, metavar="NETLIST",
+                        help="with --paths: an older celosia_top.json whose counts of groups "
+                             "above 8..18 ns are printed beside this one's")
 
 
 def _run_paths(args, vector) -> int:
@@ -261,7 +267,7 @@ def _run_paths(args, vector) -> int:
         r = synth_paths(args.board, args.array, args.clock_mhz, args.output, vector=vector,
                         window=getattr(args, "memory", None),
                         vector_lanes=getattr(args, "vector_lanes", None), count=args.paths,
-                        trace=args.trace)
+                        trace=args.trace, against=getattr(args, "against", None))
     except ValueError as e:
         print(f"celosia build: {e}", file=sys.stderr)
         return 1
@@ -273,6 +279,9 @@ def _run_paths(args, vector) -> int:
           + f", synthesised in {r['wall_s']} s; {r['endpoint_groups']} register groups, "
           f"{r['over_target']} estimated above the {r['target_mhz']} MHz period, "
           f"{r['over_8ns']} above 8 ns (125 MHz)")
+    was = r.get("against_over_ns")
+    print("groups above " + ", ".join(
+        f"{t} ns: {n}" + (f" (was {was[t]})" if was else "") for t, n in r["over_ns"].items()))
     print(f"{'est. ns':>8} {'levels':>6}  endpoint  <-  start")
     for p in r["paths"]:
         print(f"{p['ns']:8.2f} {p['levels']:6d}  {p['end']}  <-  {p['start']}")

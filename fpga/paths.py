@@ -23,10 +23,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["NET_NS", "Endpoint", "estimate", "group_name", "load_netlist"]
+__all__ = ["NET_NS", "PROFILE_NS", "Endpoint", "estimate", "group_name", "load_netlist", "profile"]
 
 #: one general-routing net (the model's only routing figure)
 NET_NS = 1.0
+#: the thresholds of ``profile`` (ns): 8 ns is the 125 MHz target
+PROFILE_NS = (8, 10, 12, 14, 16, 18)
 _CLK_TO_Q = 0.52
 _LUT = 0.24
 _MUX = 0.16               # PFUMX / L6MUX21 after their LUTs
@@ -211,3 +213,32 @@ def _inputs(c) -> tuple:
     if t == "TRELLIS_DPR16X4":
         return ("RAD",)
     return ()
+
+
+def profile(ends: list[Endpoint], thresholds=PROFILE_NS) -> dict[int, int]:
+    """How many endpoint groups are estimated above each threshold (ns): the figure to compare
+    between two netlists (single paths move by about a nanosecond with Yosys's mapping)."""
+    return {t: sum(1 for e in ends if e.ns > t) for t in thresholds}
+
+
+def main(argv=None) -> int:
+    """``python -m celosia.fpga.paths NETLIST [--against OLD] [--top N]``: the estimate for a
+    netlist already written (a ``celosia build`` directory's ``celosia_top.json``)."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m celosia.fpga.paths", description=main.__doc__)
+    p.add_argument("netlist")
+    p.add_argument("--against", default=None, help="an older netlist to compare the profile with")
+    p.add_argument("--top", type=int, default=20)
+    args = p.parse_args(argv)
+    ends = estimate(load_netlist(args.netlist))
+    old = profile(estimate(load_netlist(args.against))) if args.against else None
+    new = profile(ends)
+    print("groups above " + ", ".join(
+        f"{t} ns: {n}" + (f" (was {old[t]})" if old else "") for t, n in new.items()))
+    for e in ends[:args.top]:
+        print(f"{e.ns:8.2f} {e.levels:6d}  {e.end}  <-  {e.start}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

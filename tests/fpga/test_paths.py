@@ -4,6 +4,7 @@ A hand-made netlist checks the delay model's arithmetic cell by cell; a small Am
 synthesised by Yosys (``synth_ecp5``, seconds) checks that real netlists are read: the adder's
 carry chain and the comparator behind it are found between the right registers."""
 
+import os
 import subprocess
 
 import pytest
@@ -66,7 +67,8 @@ def test_reads_a_yosys_netlist(tmp_path):
     top = _AddCompare()
     (tmp_path / "top.il").write_text(rtlil.convert(top, ports=[top.x, top.y, top.hit],
                                                    name="celosia_top"))
-    subprocess.run([tool_env()["YOSYS"], "-q", "-p",
+    tool_env()                    # sets YOSYS unless the environment names one already
+    subprocess.run([os.environ["YOSYS"], "-q", "-p",
                     "read_rtlil top.il; synth_ecp5 -top celosia_top; write_json top.json"],
                    cwd=tmp_path, check=True, timeout=600)
     ends = {e.end: e for e in paths.estimate(paths.load_netlist(tmp_path / "top.json"))}
@@ -84,3 +86,18 @@ def test_paths_option_refuses_ice40(capsys):
     build.add_arguments(p)
     assert build.run(p.parse_args(["--board", "icebreaker", "--paths", "5"])) == 1
     assert "ECP5 cells only" in capsys.readouterr().err
+
+
+def test_profile_and_the_netlist_command(tmp_path, capsys):
+    cells = {
+        "x.a_TRELLIS_FF_Q": _cell("TRELLIS_FF", CLK=1, DI=90, Q=10),
+        "l1": _cell("LUT4", A=10, B="0", C="0", D="0", Z=11),
+        "x.b_TRELLIS_FF_Q": _cell("TRELLIS_FF", CLK=1, DI=11, Q=12),
+    }
+    ends = paths.estimate(cells)                       # x.b: 0.52 + 1 + 0.24 + 1 = 2.76 ns
+    assert paths.profile(ends, (2, 3)) == {2: 1, 3: 0}
+    import json
+    (tmp_path / "n.json").write_text(json.dumps({"modules": {"celosia_top": {"cells": cells}}}))
+    assert paths.main([str(tmp_path / "n.json"), "--against", str(tmp_path / "n.json")]) == 0
+    out = capsys.readouterr().out
+    assert "8 ns: 0 (was 0)" in out and "x.b  <-  x.a" in out
