@@ -279,9 +279,8 @@ def _run_paths(args, vector) -> int:
           + f", synthesised in {r['wall_s']} s; {r['endpoint_groups']} register groups, "
           f"{r['over_target']} estimated above the {r['target_mhz']} MHz period, "
           f"{r['over_8ns']} above 8 ns (125 MHz)")
-    was = r.get("against_over_ns")
-    print("groups above " + ", ".join(
-        f"{t} ns: {n}" + (f" (was {was[t]})" if was else "") for t, n in r["over_ns"].items()))
+    from .paths import format_profile
+    print(format_profile(r["over_ns"], r.get("against_over_ns")))
     print(f"{'est. ns':>8} {'levels':>6}  endpoint  <-  start")
     for p in r["paths"]:
         print(f"{p['ns']:8.2f} {p['levels']:6d}  {p['end']}  <-  {p['start']}")

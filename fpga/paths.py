@@ -23,7 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["NET_NS", "PROFILE_NS", "Endpoint", "estimate", "group_name", "load_netlist", "profile"]
+__all__ = ["NET_NS", "PROFILE_NS", "Endpoint", "estimate", "format_profile", "group_name",
+           "load_netlist", "profile"]
 
 #: one general-routing net (the model's only routing figure)
 NET_NS = 1.0
@@ -221,6 +222,12 @@ def profile(ends: list[Endpoint], thresholds=PROFILE_NS) -> dict[int, int]:
     return {t: sum(1 for e in ends if e.ns > t) for t in thresholds}
 
 
+def format_profile(new: dict[int, int], old: dict[int, int] | None = None) -> str:
+    """``profile`` as one line, an older netlist's counts beside each (``--against``)."""
+    return "groups above " + ", ".join(
+        f"{t} ns: {n}" + (f" (was {old[t]})" if old else "") for t, n in new.items())
+
+
 def main(argv=None) -> int:
     """``python -m celosia.fpga.paths NETLIST [--against OLD] [--top N]``: the estimate for a
     netlist already written (a ``celosia build`` directory's ``celosia_top.json``)."""
@@ -232,9 +239,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     ends = estimate(load_netlist(args.netlist))
     old = profile(estimate(load_netlist(args.against))) if args.against else None
-    new = profile(ends)
-    print("groups above " + ", ".join(
-        f"{t} ns: {n}" + (f" (was {old[t]})" if old else "") for t, n in new.items()))
+    print(format_profile(profile(ends), old))
     for e in ends[:args.top]:
         print(f"{e.ns:8.2f} {e.levels:6d}  {e.end}  <-  {e.start}")
     return 0
